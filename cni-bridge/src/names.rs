@@ -1,0 +1,85 @@
+//! Names derived from the attachment, so DEL and GC find what ADD made
+//! without any state file: the host veth, nft tables and chains.
+
+/// FNV-1a 64: stable across releases and machines (unlike std's hasher).
+pub fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            // A separator byte no name contains, so ("ab","c") != ("a","bc").
+            h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in p.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Host-side veth of an attachment: `veth` + 11 hex digits (15 chars, the
+/// kernel's limit). The reference plugin's random names are 12 chars, so
+/// ours are told apart by length.
+pub fn host_veth(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("veth{:011x}", fnv64(&[network, container_id, ifname]) & 0xfff_ffff_ffff)
+}
+
+pub fn is_our_veth(name: &str) -> bool {
+    name.len() == 15 && name.starts_with("veth") && name[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Alias of a host veth: `cni-bridge net=<network> cid=<container> if=<ifname>`.
+pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("cni-bridge net={network} cid={container_id} if={ifname}")
+}
+
+/// Reads an alias written by [`veth_alias`] back into (network, container, ifname).
+pub fn parse_veth_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let rest = alias.strip_prefix("cni-bridge net=")?;
+    let (net, rest) = rest.split_once(" cid=")?;
+    let (cid, ifname) = rest.split_once(" if=")?;
+    Some((net, cid, ifname))
+}
+
+/// nftables table of one network (inet family for masquerade, bridge family for macspoofchk).
+pub fn nft_table(network: &str) -> String {
+    let clean: String =
+        network.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("cni_bridge_{clean}_{:04x}", fnv64(&[network]) & 0xffff)
+}
+
+/// The macspoofchk chain of one attachment.
+pub fn mac_chain(container_id: &str, ifname: &str) -> String {
+    format!("mac_{:012x}", fnv64(&[container_id, ifname]) & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_are_stable_kernel_sized_and_distinct() {
+        let a = host_veth("net", "c1", "eth0");
+        assert_eq!(a, host_veth("net", "c1", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert!(is_our_veth(&a));
+        assert_ne!(a, host_veth("net", "c1", "eth1"));
+        assert_ne!(a, host_veth("net2", "c1", "eth0"));
+        assert!(!is_our_veth("veth1234abcd"));
+    }
+
+    #[test]
+    fn aliases_round_trip() {
+        let a = veth_alias("net-1", "abc.def", "eth0");
+        assert_eq!(parse_veth_alias(&a), Some(("net-1", "abc.def", "eth0")));
+        assert_eq!(parse_veth_alias("something else"), None);
+    }
+
+    #[test]
+    fn table_names_are_nft_identifiers() {
+        let t = nft_table("My-net.v2");
+        assert!(t.starts_with("cni_bridge_my_net_v2_"));
+        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        assert_ne!(nft_table("a-b"), nft_table("a_b"));
+    }
+}

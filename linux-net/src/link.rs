@@ -1,0 +1,317 @@
+//! Links: bridges, veth pairs, bridge-port options and bridge VLANs.
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::error::{Error, Result};
+
+pub use netlink_packet_route::link::InfoBridgePort as PortOption;
+use crate::netlink::Netlink;
+
+/// What we need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    pub master: Option<u32>,
+    pub up: bool,
+    pub promisc: bool,
+    pub kind: Option<String>,
+    pub alias: Option<String>,
+}
+
+impl Link {
+    fn from_msg(m: &LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            master: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            promisc: m.header.flags.contains(LinkFlags::Promisc),
+            kind: None,
+            alias: None,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(mac) if mac.len() == 6 => {
+                    let mut b = [0u8; 6];
+                    b.copy_from_slice(mac);
+                    l.mac = Some(b);
+                }
+                LinkAttribute::Mtu(mtu) => l.mtu = *mtu,
+                LinkAttribute::Controller(i) => l.master = Some(*i),
+                LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+
+    pub fn mac_string(&self) -> String {
+        self.mac.map(|m| format_mac(&m)).unwrap_or_default()
+    }
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Looks a link up by name; `Ok(None)` when there is none.
+pub fn get(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    match nl.dump_one(RouteNetlinkMessage::GetLink(msg), &|| format!("get link {name}")) {
+        Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_msg(&m))),
+        Ok(_) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn get_by_index(nl: &mut Netlink, index: u32) -> Result<Option<Link>> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    match nl.dump_one(RouteNetlinkMessage::GetLink(msg), &|| format!("get link #{index}")) {
+        Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_msg(&m))),
+        Ok(_) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every link in the namespace.
+pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
+    let msgs = nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), &|| "list links".into())?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(m) => Some(Link::from_msg(m)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Options for a bridge we may have to create.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeSpec<'a> {
+    pub name: &'a str,
+    pub mtu: Option<u32>,
+    pub promisc: bool,
+    pub vlan_filtering: bool,
+}
+
+/// Returns the bridge, creating it if absent (a concurrent creator's EEXIST
+/// is success), and makes sure it is up with the requested options.
+pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
+    let mut link = match get(nl, spec.name)? {
+        Some(l) => l,
+        None => {
+            let mut msg = LinkMessage::default();
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+            msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
+            if let Some(mtu) = spec.mtu {
+                msg.attributes.push(LinkAttribute::Mtu(mtu));
+            }
+            let mut data = vec![];
+            if spec.vlan_filtering {
+                data.push(InfoBridge::VlanFiltering(true));
+            }
+            let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+            if !data.is_empty() {
+                info.push(LinkInfo::Data(InfoData::Bridge(data)));
+            }
+            msg.attributes.push(LinkAttribute::LinkInfo(info));
+            match nl.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL, &|| {
+                format!("create bridge {}", spec.name)
+            }) {
+                Ok(()) => {}
+                Err(e) if e.is_exists() => {}
+                Err(e) => return Err(e),
+            }
+            get(nl, spec.name)?.ok_or_else(|| Error::NotFound(format!("bridge {}", spec.name)))?
+        }
+    };
+    if link.kind.as_deref() != Some("bridge") {
+        return Err(Error::Kernel {
+            op: format!("use {} as a bridge: it is a {}", spec.name, link.kind.as_deref().unwrap_or("non-bridge link")),
+            errno: nix::errno::Errno::EINVAL,
+        });
+    }
+    let want_promisc = spec.promisc && !link.promisc;
+    if !link.up || want_promisc {
+        let mut msg = LinkMessage::default();
+        msg.header.index = link.index;
+        msg.header.flags = LinkFlags::Up | if spec.promisc { LinkFlags::Promisc } else { LinkFlags::empty() };
+        msg.header.change_mask = msg.header.flags;
+        nl.request(RouteNetlinkMessage::SetLink(msg), 0, &|| format!("bring bridge {} up", spec.name))?;
+        link.up = true;
+    }
+    if spec.vlan_filtering {
+        set_bridge_opts(nl, link.index, vec![InfoBridge::VlanFiltering(true)], spec.name)?;
+    }
+    Ok(link)
+}
+
+fn set_bridge_opts(nl: &mut Netlink, index: u32, opts: Vec<InfoBridge>, name: &str) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Bridge),
+        LinkInfo::Data(InfoData::Bridge(opts)),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(msg), 0, &|| format!("set options on bridge {name}"))
+}
+
+/// A veth pair created in one request: `host` in this namespace, up and
+/// enslaved to `master`; `peer` created directly inside the namespace `peer_ns_fd`,
+/// down: the kernel refuses (ENOTCONN) to open a veth end before its pair is
+/// linked, so the caller brings the peer up from inside its namespace.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    pub host: &'a str,
+    pub peer: &'a str,
+    pub peer_ns_fd: i32,
+    pub mtu: Option<u32>,
+    pub peer_mac: Option<[u8; 6]>,
+    pub master: Option<u32>,
+}
+
+pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<()> {
+    let mut peer = LinkMessage::default();
+    peer.attributes.push(LinkAttribute::IfName(spec.peer.to_string()));
+    peer.attributes.push(LinkAttribute::NetNsFd(spec.peer_ns_fd));
+    if let Some(mtu) = spec.mtu {
+        peer.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = spec.peer_mac {
+        peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    let mut msg = LinkMessage::default();
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    msg.attributes.push(LinkAttribute::IfName(spec.host.to_string()));
+    if let Some(mtu) = spec.mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(master) = spec.master {
+        msg.attributes.push(LinkAttribute::Controller(master));
+    }
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL, &|| {
+        format!("create veth {} <-> {}", spec.host, spec.peer)
+    })
+}
+
+/// Deletes a link by name; `Ok(false)` when it was already gone.
+pub fn delete(nl: &mut Netlink, name: &str) -> Result<bool> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    match nl.request(RouteNetlinkMessage::DelLink(msg), 0, &|| format!("delete link {name}")) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets the alias and bridge-port flags of an enslaved link in one request.
+pub fn set_port(nl: &mut Netlink, index: u32, alias: Option<&str>, opts: Vec<InfoBridgePort>) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    if let Some(a) = alias {
+        msg.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+    }
+    if !opts.is_empty() {
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(opts)),
+        ]));
+    }
+    nl.request(RouteNetlinkMessage::NewLink(msg), 0, &|| format!("set alias and port options of link #{index}"))
+}
+
+pub fn set_up(nl: &mut Netlink, index: u32, up: bool) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+    msg.header.change_mask = LinkFlags::Up;
+    nl.request(RouteNetlinkMessage::SetLink(msg), 0, &|| format!("set link #{index} up={up}"))
+}
+
+/// Adds or removes a VLAN on a bridge port (`self_` = on the bridge device itself).
+pub fn bridge_vlan(nl: &mut Netlink, index: u32, vid: u16, pvid_untagged: bool, self_: bool, add: bool) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.interface_family = AddressFamily::Bridge;
+    msg.header.index = index;
+    let mut flags = BridgeVlanInfoFlags::empty();
+    if pvid_untagged {
+        flags |= BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged;
+    }
+    let mut spec = vec![AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid })];
+    if self_ {
+        spec.insert(0, AfSpecBridge::Flags(netlink_packet_route::link::BridgeFlag::LowerDev));
+    }
+    msg.attributes.push(LinkAttribute::AfSpecBridge(spec));
+    let op = || format!("{} vlan {vid} on link #{index}", if add { "add" } else { "delete" });
+    if add {
+        nl.request(RouteNetlinkMessage::SetLink(msg), 0, &op)
+    } else {
+        nl.request(RouteNetlinkMessage::DelLink(msg), 0, &op)
+    }
+}
+
+/// Creates (or finds) VLAN link `name` with id `vid` on top of link `parent`, up.
+pub fn ensure_vlan(nl: &mut Netlink, name: &str, parent: u32, vid: u16) -> Result<Link> {
+    if let Some(l) = get(nl, name)? {
+        return Ok(l);
+    }
+    let mut msg = LinkMessage::default();
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::Link(parent));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vlan),
+        LinkInfo::Data(InfoData::Vlan(vec![netlink_packet_route::link::InfoVlan::Id(vid)])),
+    ]));
+    match nl.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL, &|| {
+        format!("create vlan {name} (id {vid})")
+    }) {
+        Ok(()) => {}
+        Err(e) if e.is_exists() => {}
+        Err(e) => return Err(e),
+    }
+    get(nl, name)?.ok_or_else(|| Error::NotFound(format!("vlan link {name}")))
+}

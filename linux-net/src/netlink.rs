@@ -1,0 +1,135 @@
+//! A synchronous rtnetlink socket: one request, its ack or its dump.
+//!
+//! A netlink socket belongs to the network namespace it was opened in, so a
+//! plugin opens one on the host and one inside the container (see
+//! [`crate::netns::NetNs::netlink`]) and never has to switch back and forth.
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// Opens a route socket in the calling thread's current network namespace.
+    pub fn open() -> Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
+        sock.bind_auto().map_err(|e| Error::io("bind netlink socket", e))?;
+        sock.connect(&SocketAddr::new(0, 0)).map_err(|e| Error::io("connect netlink socket", e))?;
+        // Extended acks make the kernel's refusals carry a reason; failure to enable is harmless.
+        let _ = sock.set_ext_ack(true);
+        Ok(Netlink { sock, seq: 0, buf: vec![0; 64 * 1024] })
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &dyn Fn() -> String) -> Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(|e| Error::io(op(), e))?;
+        Ok(self.seq)
+    }
+
+    /// Sends `msg` and waits for the kernel's ack.
+    pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &dyn Fn() -> String) -> Result<()> {
+        let seq = self.send(msg, flags | NLM_F_REQUEST | NLM_F_ACK, op)?;
+        loop {
+            for reply in self.receive(op)? {
+                if reply.header.sequence_number != seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(()),
+                            Some(code) => Err(Error::Kernel { op: op(), errno: Errno::from_raw(-code.get()) }),
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a dump request and collects every reply message.
+    pub fn dump(&mut self, msg: RouteNetlinkMessage, op: &dyn Fn() -> String) -> Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_DUMP, op)?;
+        let mut out = Vec::new();
+        loop {
+            for reply in self.receive(op)? {
+                if reply.header.sequence_number != seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(Error::Kernel { op: op(), errno: Errno::from_raw(-code.get()) }),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a GET for one object and returns its reply (`Ok(None)` if none came).
+    pub fn dump_one(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        op: &dyn Fn() -> String,
+    ) -> Result<Option<RouteNetlinkMessage>> {
+        let seq = self.send(msg, NLM_F_REQUEST, op)?;
+        loop {
+            for reply in self.receive(op)? {
+                if reply.header.sequence_number != seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::InnerMessage(m) => return Ok(Some(m)),
+                    NetlinkPayload::Done(_) => return Ok(None),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(None),
+                            Some(code) => Err(Error::Kernel { op: op(), errno: Errno::from_raw(-code.get()) }),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, op: &dyn Fn() -> String) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(|e| Error::io(op(), e))?;
+        let mut msgs = Vec::new();
+        let mut off = 0;
+        while off < n {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
+                .map_err(|e| Error::Decode { op: op(), detail: e.to_string() })?;
+            let len = m.header.length as usize;
+            msgs.push(m);
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+        Ok(msgs)
+    }
+}

@@ -1,0 +1,137 @@
+//! Routes.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::error::Result;
+use crate::netlink::Netlink;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+    pub priority: Option<u32>,
+    pub table: Option<u32>,
+    /// Raw rtm_scope; universe (0) when None and there is a gateway, link (253) otherwise.
+    pub scope: Option<u8>,
+    pub onlink: bool,
+}
+
+impl Route {
+    pub fn new(dst: IpNetwork, gw: Option<IpAddr>, oif: Option<u32>) -> Route {
+        Route { dst, gw, oif, mtu: None, advmss: None, priority: None, table: None, scope: None, onlink: false }
+    }
+}
+
+fn addr(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn message(r: &Route) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = if r.dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.header.destination_prefix_length = r.dst.prefix();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = match (r.scope, r.gw) {
+        (Some(s), _) => RouteScope::from(s),
+        (None, Some(_)) => RouteScope::Universe,
+        (None, None) => RouteScope::Link,
+    };
+    if r.onlink {
+        msg.header.flags = RouteFlags::Onlink;
+    }
+    if r.dst.prefix() > 0 {
+        msg.attributes.push(RouteAttribute::Destination(addr(r.dst.network())));
+    }
+    if let Some(gw) = r.gw {
+        msg.attributes.push(RouteAttribute::Gateway(addr(gw)));
+    }
+    if let Some(oif) = r.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if let Some(p) = r.priority {
+        msg.attributes.push(RouteAttribute::Priority(p));
+    }
+    if let Some(t) = r.table {
+        if t < 256 {
+            msg.header.table = t as u8;
+        } else {
+            msg.header.table = 252; // RT_TABLE_COMPAT: the real id is in RTA_TABLE
+        }
+        msg.attributes.push(RouteAttribute::Table(t));
+    }
+    let mut metrics = vec![];
+    if let Some(m) = r.mtu {
+        metrics.push(RouteMetric::Mtu(m));
+    }
+    if let Some(m) = r.advmss {
+        metrics.push(RouteMetric::Advmss(m));
+    }
+    if !metrics.is_empty() {
+        msg.attributes.push(RouteAttribute::Metrics(metrics));
+    }
+    msg
+}
+
+pub fn add(nl: &mut Netlink, r: &Route) -> Result<()> {
+    nl.request(RouteNetlinkMessage::NewRoute(message(r)), NLM_F_CREATE | NLM_F_EXCL, &|| {
+        format!("add route {} via {:?}", r.dst, r.gw)
+    })
+}
+
+pub fn del(nl: &mut Netlink, r: &Route) -> Result<()> {
+    nl.request(RouteNetlinkMessage::DelRoute(message(r)), 0, &|| format!("delete route {} via {:?}", r.dst, r.gw))
+}
+
+/// Routes of the main (or every) table, as our [`Route`]s.
+pub fn list(nl: &mut Netlink, v6: bool) -> Result<Vec<Route>> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let msgs = nl.dump(RouteNetlinkMessage::GetRoute(req), &|| "list routes".into())?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewRoute(m) = m else { continue };
+        let mut dst = None;
+        let mut r = Route::new(
+            if v6 { "::/0".parse().expect("valid") } else { "0.0.0.0/0".parse().expect("valid") },
+            None,
+            None,
+        );
+        r.scope = Some(u8::from(m.header.scope));
+        r.table = Some(m.header.table as u32);
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => r.gw = Some(IpAddr::V4(*a)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(a)) => r.gw = Some(IpAddr::V6(*a)),
+                RouteAttribute::Oif(i) => r.oif = Some(*i),
+                RouteAttribute::Priority(p) => r.priority = Some(*p),
+                RouteAttribute::Table(t) => r.table = Some(*t),
+                _ => {}
+            }
+        }
+        if let Some(d) = dst {
+            if let Ok(n) = IpNetwork::new(d, m.header.destination_prefix_length) {
+                r.dst = n;
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}

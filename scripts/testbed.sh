@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every system dependency the demo and the test suite need, idempotently,
+# on a fresh Debian 12 machine (run as root). Later issues append their packages here.
+set -euo pipefail
+
+PACKAGES=(
+  iproute2 nftables iputils-ping curl tcpdump iperf3 jq python3
+  containernetworking-plugins   # reference bridge/host-local/portmap/tuning: interop + side-by-side benchmarks
+  protobuf-compiler             # prost/tonic builds (CSI, etcd-client)
+  linux-libc-dev                # kernel UAPI headers (nf_tables.h) for the nftables wire format
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "testbed: installing ${missing[*]}" >&2
+  apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+# Fuzzing needs a nightly toolchain (preinstalled on this machine kind) and cargo-fuzz.
+if [[ "${WITH_FUZZ:-1}" == 1 ]] && ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "testbed: installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked >&2
+fi
+for tool in ip nft ping; do
+  command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
+done
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "testbed: reference CNI plugins missing" >&2; exit 1; }
