@@ -1,3 +1,2 @@
-fn main() {
-    cni_core::skel::run(&cni_bridge::Bridge)
-}
+#![no_main]
+cni_core::plugin_main!(cni_bridge::Bridge);

@@ -228,23 +228,36 @@ pub trait Plugin {
     fn gc(&self, ctx: &Context) -> Result<()>;
 }
 
+/// Defines a plugin binary's C `main` (use with `#![no_main]` in `main.rs`).
+///
+/// A CNI plugin is a process per operation, so process start-up is part of
+/// every ADD. Skipping std's runtime set-up (stack-guard discovery through
+/// `/proc/self/maps`, the SIGSEGV alt stack, SIGPIPE) saves ~0.1 ms per call;
+/// args, environment and stdio work as usual. Release builds abort on panic.
+#[macro_export]
+macro_rules! plugin_main {
+    ($plugin:expr) => {
+        #[no_mangle]
+        pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+            $crate::skel::run(&$plugin)
+        }
+    };
+}
+
 /// What a plugin binary's `main` calls. Never returns.
 pub fn run(plugin: &dyn Plugin) -> ! {
     let env = |k: &str| std::env::var(k).ok();
-    let code = match dispatch(plugin, &env, &mut std::io::stdin(), &mut std::io::stdout()) {
-        Ok(()) => 0,
-        Err(()) => 1,
-    };
-    std::process::exit(code)
+    let ok = dispatch(plugin, &env, &mut std::io::stdin(), &mut std::io::stdout());
+    std::process::exit(if ok { 0 } else { 1 })
 }
 
-/// Runs one invocation; Err(()) once the error object has been printed.
+/// Runs one invocation; false once the error object has been printed.
 pub fn dispatch(
     plugin: &dyn Plugin,
     env: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
-) -> std::result::Result<(), ()> {
+) -> bool {
     let mut fallback_version = Version::LATEST.as_str().to_string();
     let outcome = (|| -> Result<Option<Value>> {
         if env("CNI_COMMAND").as_deref() == Some("VERSION") {
@@ -299,14 +312,14 @@ pub fn dispatch(
         Ok(Some(v)) => {
             let _ = writeln!(stdout, "{v}");
             let _ = stdout.flush();
-            Ok(())
+            true
         }
-        Ok(None) => Ok(()),
+        Ok(None) => true,
         Err(e) => {
             tracing::warn!(code = e.code.as_u32(), "{e}");
             let _ = writeln!(stdout, "{}", e.to_json(&fallback_version));
             let _ = stdout.flush();
-            Err(())
+            false
         }
     }
 }
@@ -342,7 +355,7 @@ mod tests {
             .collect();
         let env = move |k: &str| map.get(k).cloned();
         let mut out = Vec::new();
-        let ok = dispatch(&Echo, &env, &mut stdin.as_bytes(), &mut out).is_ok();
+        let ok = dispatch(&Echo, &env, &mut stdin.as_bytes(), &mut out);
         let v = if out.is_empty() {
             Value::Null
         } else {

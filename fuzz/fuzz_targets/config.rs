@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             })
         };
         let mut out = Vec::new();
-        let ok = dispatch(&Echo, &env, &mut &data[..], &mut out).is_ok();
+        let ok = dispatch(&Echo, &env, &mut &data[..], &mut out);
         if !ok {
             // Every failure is exactly one JSON error object with a code.
             let v: serde_json::Value = serde_json::from_slice(&out).expect("error output is JSON");

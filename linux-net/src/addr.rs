@@ -4,7 +4,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::Result;
@@ -29,16 +31,20 @@ pub fn add(nl: &mut Netlink, index: u32, net: IpNetwork, nodad: bool) -> Result<
     msg.attributes.push(AddressAttribute::Address(net.ip()));
     if net.is_ipv6() && nodad {
         msg.header.flags = AddressHeaderFlags::Nodad;
-        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     if let IpNetwork::V4(v4) = net {
         if net.prefix() < 31 {
-            msg.attributes.push(AddressAttribute::Broadcast(v4.broadcast()));
+            msg.attributes
+                .push(AddressAttribute::Broadcast(v4.broadcast()));
         }
     }
-    nl.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_EXCL, &|| {
-        format!("add address {net} to link #{index}")
-    })
+    nl.request(
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+        &|| format!("add address {net} to link #{index}"),
+    )
 }
 
 pub fn del(nl: &mut Netlink, index: u32, net: IpNetwork) -> Result<()> {
@@ -48,15 +54,22 @@ pub fn del(nl: &mut Netlink, index: u32, net: IpNetwork) -> Result<()> {
     msg.header.index = index;
     msg.attributes.push(AddressAttribute::Local(net.ip()));
     msg.attributes.push(AddressAttribute::Address(net.ip()));
-    nl.request(RouteNetlinkMessage::DelAddress(msg), 0, &|| format!("delete address {net} from link #{index}"))
+    nl.request(RouteNetlinkMessage::DelAddress(msg), 0, &|| {
+        format!("delete address {net} from link #{index}")
+    })
 }
 
 /// Addresses of one link (or every link when `index` is None), as (link index, address/prefix).
 pub fn list(nl: &mut Netlink, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
-    let msgs = nl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()), &|| "list addresses".into())?;
+    let msgs = nl.dump(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        &|| "list addresses".into(),
+    )?;
     let mut out = Vec::new();
     for m in msgs {
-        let RouteNetlinkMessage::NewAddress(m) = m else { continue };
+        let RouteNetlinkMessage::NewAddress(m) = m else {
+            continue;
+        };
         if index.is_some_and(|i| i != m.header.index) {
             continue;
         }

@@ -5,7 +5,7 @@
 //! [`crate::netns::NetNs::netlink`]) and never has to switch back and forth.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -22,15 +22,27 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a route socket in the calling thread's current network namespace.
     pub fn open() -> Result<Netlink> {
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
-        sock.bind_auto().map_err(|e| Error::io("bind netlink socket", e))?;
-        sock.connect(&SocketAddr::new(0, 0)).map_err(|e| Error::io("connect netlink socket", e))?;
+        let mut sock =
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
+        sock.bind_auto()
+            .map_err(|e| Error::io("bind netlink socket", e))?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::io("connect netlink socket", e))?;
         // Extended acks make the kernel's refusals carry a reason; failure to enable is harmless.
         let _ = sock.set_ext_ack(true);
-        Ok(Netlink { sock, seq: 0, buf: vec![0; 64 * 1024] })
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+        })
     }
 
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &dyn Fn() -> String) -> Result<u32> {
+    fn send(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &dyn Fn() -> String,
+    ) -> Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -44,21 +56,43 @@ impl Netlink {
     }
 
     /// Sends `msg` and waits for the kernel's ack.
-    pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &dyn Fn() -> String) -> Result<()> {
+    pub fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &dyn Fn() -> String,
+    ) -> Result<()> {
+        self.request_echo(msg, flags & !NLM_F_ECHO, op).map(|_| ())
+    }
+
+    /// Like [`Netlink::request`], also returning what the kernel echoes back
+    /// when `flags` has NLM_F_ECHO (e.g. the link it just created, which
+    /// saves a GET). Kernels that do not echo a verb return an empty list.
+    pub fn request_echo(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &dyn Fn() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let seq = self.send(msg, flags | NLM_F_REQUEST | NLM_F_ACK, op)?;
+        let mut echoed = Vec::new();
         loop {
             for reply in self.receive(op)? {
                 if reply.header.sequence_number != seq {
                     continue;
                 }
                 match reply.payload {
+                    NetlinkPayload::InnerMessage(m) => echoed.push(m),
                     NetlinkPayload::Error(e) => {
                         return match e.code {
-                            None => Ok(()),
-                            Some(code) => Err(Error::Kernel { op: op(), errno: Errno::from_raw(-code.get()) }),
+                            None => Ok(echoed),
+                            Some(code) => Err(Error::Kernel {
+                                op: op(),
+                                errno: Errno::from_raw(-code.get()),
+                            }),
                         }
                     }
-                    NetlinkPayload::Done(_) => return Ok(()),
+                    NetlinkPayload::Done(_) => return Ok(echoed),
                     _ => {}
                 }
             }
@@ -66,7 +100,11 @@ impl Netlink {
     }
 
     /// Sends a dump request and collects every reply message.
-    pub fn dump(&mut self, msg: RouteNetlinkMessage, op: &dyn Fn() -> String) -> Result<Vec<RouteNetlinkMessage>> {
+    pub fn dump(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        op: &dyn Fn() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let seq = self.send(msg, NLM_F_REQUEST | NLM_F_DUMP, op)?;
         let mut out = Vec::new();
         loop {
@@ -80,7 +118,10 @@ impl Netlink {
                     NetlinkPayload::Error(e) => {
                         return match e.code {
                             None => Ok(out),
-                            Some(code) => Err(Error::Kernel { op: op(), errno: Errno::from_raw(-code.get()) }),
+                            Some(code) => Err(Error::Kernel {
+                                op: op(),
+                                errno: Errno::from_raw(-code.get()),
+                            }),
                         }
                     }
                     _ => {}
@@ -107,7 +148,10 @@ impl Netlink {
                     NetlinkPayload::Error(e) => {
                         return match e.code {
                             None => Ok(None),
-                            Some(code) => Err(Error::Kernel { op: op(), errno: Errno::from_raw(-code.get()) }),
+                            Some(code) => Err(Error::Kernel {
+                                op: op(),
+                                errno: Errno::from_raw(-code.get()),
+                            }),
                         }
                     }
                     _ => {}
@@ -116,13 +160,23 @@ impl Netlink {
         }
     }
 
-    fn receive(&mut self, op: &dyn Fn() -> String) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(|e| Error::io(op(), e))?;
+    fn receive(
+        &mut self,
+        op: &dyn Fn() -> String,
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let n = self
+            .sock
+            .recv(&mut &mut self.buf[..], 0)
+            .map_err(|e| Error::io(op(), e))?;
         let mut msgs = Vec::new();
         let mut off = 0;
         while off < n {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
-                .map_err(|e| Error::Decode { op: op(), detail: e.to_string() })?;
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n]).map_err(
+                |e| Error::Decode {
+                    op: op(),
+                    detail: e.to_string(),
+                },
+            )?;
             let len = m.header.length as usize;
             msgs.push(m);
             if len == 0 {
