@@ -1,0 +1,224 @@
+//! Command line: `cni`, `interop`, `bench cni`, `demo`, `list`, `cleanup`.
+//! Tables and JSON go to stdout, progress to stderr.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::checks::{catalog, Suite};
+use crate::interop::own_dir;
+use crate::plugin::PluginSet;
+use crate::util::R;
+use crate::{bench, demo, interop, net, report};
+
+pub const USAGE: &str = "\
+usage:
+  conformance cni --plugin-dir DIR --config FILE [--ipam-plugin-dir DIR] [--only NAME...] [--json]
+      run the conformance checks against the plugin named by the config's \"type\"
+  conformance interop [--plugin-dir DIR] [--ref-dir /usr/lib/cni] [--json]
+      ours (cni-bridge, cni-ipam) mixed with / chained to the reference plugins
+  conformance bench cni [--n 50] [--plugin-dir DIR] [--ref-dir /usr/lib/cni] [--json]
+      ADD/DEL latency, ours vs reference, ipMasq off/on
+  conformance demo [--plugin-dir DIR] [--ipam-plugin-dir DIR] [--bridge-type cni-bridge] [--ipam-type cni-ipam]
+      three containers on one bridge, pings, verified teardown
+  conformance list [--markdown]      the checks and what they verify
+  conformance cleanup                remove leftovers of dead conformance runs
+--plugin-dir defaults to the directory of this binary. Needs root.
+";
+
+struct Args {
+    pos: Vec<String>,
+    flags: BTreeMap<String, Vec<String>>,
+}
+
+impl Args {
+    fn parse(a: &[String]) -> R<Args> {
+        let mut pos = Vec::new();
+        let mut flags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut i = 0;
+        while i < a.len() {
+            let s = &a[i];
+            if let Some(f) = s.strip_prefix("--") {
+                let (name, inline) = match f.split_once('=') {
+                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                    None => (f.to_string(), None),
+                };
+                let e = flags.entry(name.clone()).or_default();
+                if let Some(v) = inline {
+                    e.push(v);
+                } else if matches!(name.as_str(), "json" | "markdown" | "help") {
+                } else if name == "only" {
+                    while i + 1 < a.len() && !a[i + 1].starts_with("--") {
+                        i += 1;
+                        e.extend(a[i].split(',').filter(|x| !x.is_empty()).map(String::from));
+                    }
+                } else {
+                    i += 1;
+                    let v = a.get(i).ok_or_else(|| format!("--{name} needs a value"))?;
+                    e.push(v.clone());
+                }
+            } else {
+                pos.push(s.clone());
+            }
+            i += 1;
+        }
+        Ok(Args { pos, flags })
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.flags.get(k).and_then(|v| v.last()).map(String::as_str)
+    }
+
+    fn has(&self, k: &str) -> bool {
+        self.flags.contains_key(k)
+    }
+
+    fn dir(&self, k: &str, default: PathBuf) -> PathBuf {
+        self.get(k).map(PathBuf::from).unwrap_or(default)
+    }
+
+    fn check_known(&self, known: &[&str]) -> R<()> {
+        for k in self.flags.keys() {
+            if !known.contains(&k.as_str()) {
+                return Err(format!("unknown option --{k}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Entry point; returns the process exit code (0 ok, 1 checks failed, 2 usage/setup error).
+pub fn main(argv: &[String]) -> i32 {
+    match dispatch(argv) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("conformance: {e}");
+            2
+        }
+    }
+}
+
+fn need_root() -> R<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err("must run as root (creates network namespaces and bridges)".into())
+    }
+}
+
+fn dispatch(argv: &[String]) -> R<i32> {
+    let a = Args::parse(argv)?;
+    crate::util::install_interrupt_handler();
+    if a.has("help") || a.pos.is_empty() {
+        print!("{USAGE}");
+        return Ok(if a.pos.is_empty() && !a.has("help") { 2 } else { 0 });
+    }
+    match a.pos[0].as_str() {
+        "cni" => {
+            a.check_known(&["plugin-dir", "config", "ipam-plugin-dir", "only", "json"])?;
+            need_root()?;
+            cmd_cni(&a)
+        }
+        "interop" => {
+            a.check_known(&["plugin-dir", "ref-dir", "json"])?;
+            need_root()?;
+            let ours = a.dir("plugin-dir", own_dir());
+            let reference = a.dir("ref-dir", PathBuf::from("/usr/lib/cni"));
+            let rs = interop::run_all(&ours, &reference);
+            let title = format!("CNI interop: ours {} / reference {}", ours.display(), reference.display());
+            emit(&a, &title, json!({}), &[], &rs);
+            Ok(i32::from(report::counts(&rs).1 > 0))
+        }
+        "bench" => {
+            a.check_known(&["n", "plugin-dir", "ref-dir", "json"])?;
+            if a.pos.get(1).map(String::as_str) != Some("cni") {
+                return Err("usage: conformance bench cni [--n 50] ...".into());
+            }
+            need_root()?;
+            let n: usize = a.get("n").unwrap_or("50").parse().map_err(|e| format!("--n: {e}"))?;
+            let ours = a.dir("plugin-dir", own_dir());
+            let reference = a.dir("ref-dir", PathBuf::from("/usr/lib/cni"));
+            let r = bench::run(n, &ours, &reference)?;
+            if a.has("json") {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(0)
+        }
+        "demo" => {
+            a.check_known(&["plugin-dir", "ipam-plugin-dir", "bridge-type", "ipam-type"])?;
+            need_root()?;
+            let mut ps = PluginSet::new(a.dir("plugin-dir", own_dir()));
+            if let Some(d) = a.get("ipam-plugin-dir") {
+                ps = ps.with_dir(d);
+            }
+            let o = demo::DemoOpts {
+                ps,
+                bridge_type: a.get("bridge-type").unwrap_or("cni-bridge").into(),
+                ipam_type: a.get("ipam-type").unwrap_or("cni-ipam").into(),
+            };
+            let ok = demo::run(&o, &mut |l| println!("{l}"))?;
+            println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
+            Ok(i32::from(!ok))
+        }
+        "list" => {
+            for c in catalog() {
+                if a.has("markdown") {
+                    println!("| `{}` | {} |", c.name, c.about);
+                } else {
+                    println!("{:<24} {}", c.name, c.about);
+                }
+            }
+            Ok(0)
+        }
+        "cleanup" => {
+            need_root()?;
+            for r in net::sweep_dead_runs() {
+                println!("removed {r}");
+            }
+            Ok(0)
+        }
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+fn cmd_cni(a: &Args) -> R<i32> {
+    let dir = a.get("plugin-dir").ok_or("--plugin-dir is required")?;
+    let cfg = a.get("config").ok_or("--config is required")?;
+    let text = std::fs::read_to_string(cfg).map_err(|e| format!("read {cfg}: {e}"))?;
+    let base: Value = serde_json::from_str(&text).map_err(|e| format!("parse {cfg}: {e}"))?;
+    let mut ps = PluginSet::new(dir);
+    if let Some(d) = a.get("ipam-plugin-dir") {
+        ps = ps.with_dir(d);
+    }
+    let suite = Suite::new(ps, base)?;
+    let only: Vec<String> = a.flags.get("only").cloned().unwrap_or_default();
+    let rs = suite.run(&only, true)?;
+    let title = format!(
+        "CNI conformance: plugin {} from {} (CNI_PATH {}), cniVersion {}, supports [{}]",
+        suite.plugin_type,
+        dir,
+        suite.ps.cni_path(),
+        suite.version,
+        suite.supported.join(" ")
+    );
+    let info = json!({
+        "plugin": suite.plugin_type,
+        "cniPath": suite.ps.cni_path(),
+        "cniVersion": suite.version,
+        "supportedVersions": suite.supported,
+    });
+    emit(a, &title, info, &suite.notes, &rs);
+    Ok(i32::from(report::counts(&rs).1 > 0))
+}
+
+fn emit(a: &Args, title: &str, info: Value, notes: &[String], rs: &[crate::CheckResult]) {
+    if a.has("json") {
+        println!("{}", report::to_json(title, info, notes, rs));
+    } else {
+        print!("{}", report::table(title, notes, rs));
+    }
+}

@@ -1,0 +1,147 @@
+//! `conformance demo`: three containers on one bridge network, addresses
+//! and pings printed, then a full teardown that is verified to leave nothing.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use cni_core::version::cmp_str;
+
+use crate::checks::{container_ip, plugin_versions, Ctr, IFNAME, RESULT_VERSIONS};
+use crate::interop::bridge_conf;
+use crate::net::{iptables_rules_matching, nft_tables_matching, remove_traces, Range, TestNet};
+use crate::plugin::{PluginSet, Request};
+use crate::util::{ip, R};
+
+pub struct DemoOpts {
+    pub ps: PluginSet,
+    pub bridge_type: String,
+    pub ipam_type: String,
+}
+
+/// Runs the demo, streaming its narrative to `out`. Ok(true) if every ping
+/// worked and nothing was left behind.
+pub fn run(o: &DemoOpts, out: &mut dyn FnMut(&str)) -> R<bool> {
+    let versions = plugin_versions(&o.ps, &o.bridge_type)
+        .ok_or_else(|| format!("{} does not answer VERSION (looked in {})", o.bridge_type, o.ps.cni_path()))?;
+    let version = versions
+        .iter()
+        .filter(|v| RESULT_VERSIONS.contains(&v.as_str()))
+        .max_by(|a, b| cmp_str(a, b))
+        .cloned()
+        .ok_or("plugin supports none of 0.3.1..1.1.0")?;
+    let mut net =
+        Some(TestNet::new(&bridge_conf(&o.bridge_type, &o.ipam_type, &version, true), &version, Range::Full)?);
+    let (name, bridge, data_dir, gw) = {
+        let n = net.as_ref().ok_or("no net")?;
+        (n.name.clone(), n.bridge.clone(), n.data_dir.clone(), n.gateway())
+    };
+    out(&format!(
+        "network {name}: type {} + ipam {}, bridge {bridge}, subnet {}, isGateway, ipMasq, cniVersion {version}",
+        o.bridge_type,
+        o.ipam_type,
+        net.as_ref().map(|n| n.subnet().to_string()).unwrap_or_default()
+    ));
+    let mut ctrs = Vec::new();
+    let mut all_ok = true;
+    for k in 0..3 {
+        let c = Ctr::new()?;
+        let n = net.as_ref().ok_or("no net")?;
+        let r = o.ps.exec(&o.bridge_type, &Request::container("ADD", &n.conf, &c.id, Some(c.ns.path()), IFNAME));
+        if !r.success() {
+            return Err(format!("ADD container {k} failed: {}", r.describe()));
+        }
+        let res = r.json().unwrap_or_default();
+        let cip = container_ip(&res, &c)?;
+        let link = c.ns.link(IFNAME).ok_or("eth0 missing after ADD")?;
+        let mut line = format!("container {k} (netns {}): {IFNAME}", c.ns.name());
+        for (a, l) in &link.addrs {
+            let _ = write!(line, " {a}/{l}");
+        }
+        let _ = write!(line, " mac {} mtu {} (ADD {:.1} ms)", link.mac, link.mtu, r.elapsed.as_secs_f64() * 1e3);
+        out(&line);
+        ctrs.push((c, res, cip.ip()));
+    }
+    let names = ["container 0", "container 1", "container 2"];
+    for i in 0..ctrs.len() {
+        for j in 0..ctrs.len() {
+            if i == j {
+                continue;
+            }
+            let dst = ctrs[j].2;
+            all_ok &= ping_line(out, &ctrs[i].0, names[i], names[j], dst);
+        }
+        if let Some(g) = gw {
+            all_ok &= ping_line(out, &ctrs[i].0, names[i], "gateway", g);
+        }
+    }
+    out("teardown: DEL each container, delete netns, bridge, nft table, IPAM state");
+    let mut ns_names = Vec::new();
+    let n = net.as_ref().ok_or("no net")?;
+    for (k, (mut c, res, _)) in ctrs.into_iter().enumerate() {
+        let mut conf = n.conf.clone();
+        conf["prevResult"] = res;
+        let r = o.ps.exec(&o.bridge_type, &Request::container("DEL", &conf, &c.id, Some(c.ns.path()), IFNAME));
+        if !r.success() {
+            out(&format!("DEL container {k} FAILED: {}", r.describe()));
+            all_ok = false;
+        }
+        ns_names.push(c.ns.name().to_string());
+        c.ns.delete()?;
+    }
+    // What the plugin's DELs left for the operator (the bridge is expected:
+    // plugins keep it; rules or tables naming the network are not).
+    let mut kept = Vec::new();
+    if ip(&["link", "show", "dev", &bridge]).is_ok() {
+        kept.push(format!("bridge {bridge}"));
+    }
+    for (f, t) in nft_tables_matching(&name, Some(&bridge)) {
+        kept.push(format!("nft table {f} {t}"));
+    }
+    let rules = iptables_rules_matching(&name).len();
+    if rules > 0 {
+        kept.push(format!("{rules} iptables rules"));
+    }
+    out(&format!(
+        "after the DELs the plugin kept: {}; removing them",
+        if kept.is_empty() { "nothing".to_string() } else { kept.join(", ") }
+    ));
+    remove_traces(&name, Some(&bridge));
+    net.take(); // drops the guard: data dir and subnet claim
+    let mut left = Vec::new();
+    let listed = ip(&["netns", "list"]).unwrap_or_default();
+    for ns in &ns_names {
+        if listed.lines().any(|l| l.split_whitespace().next() == Some(ns)) {
+            left.push(format!("netns {ns}"));
+        }
+    }
+    if ip(&["link", "show", "dev", &bridge]).is_ok() {
+        left.push(format!("bridge {bridge}"));
+    }
+    for (f, t) in nft_tables_matching(&name, Some(&bridge)) {
+        left.push(format!("nft table {f} {t}"));
+    }
+    for (t, r) in iptables_rules_matching(&name) {
+        left.push(format!("iptables -t {t} {r}"));
+    }
+    if data_dir.exists() {
+        left.push(format!("dir {}", data_dir.display()));
+    }
+    if left.is_empty() {
+        out("nothing left: netns, bridge, nft/iptables rules and IPAM state are gone");
+    } else {
+        out(&format!("LEFT BEHIND: {}", left.join(", ")));
+        all_ok = false;
+    }
+    Ok(all_ok)
+}
+
+fn ping_line(out: &mut dyn FnMut(&str), from: &Ctr, fname: &str, tname: &str, dst: IpAddr) -> bool {
+    let (ok, text) = from.ns.exec(&["ping", "-c", "1", "-W", "2", &dst.to_string()]);
+    let rtt = text.split("time=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?");
+    if ok {
+        out(&format!("ping {fname} -> {tname} ({dst}): ok, rtt {rtt} ms"));
+    } else {
+        out(&format!("ping {fname} -> {tname} ({dst}): FAILED"));
+    }
+    ok
+}

@@ -1,0 +1,82 @@
+//! The suite against our `cni-bridge` + `cni-ipam` (built into the same
+//! target dir as this crate's binary): zero failures expected, STATUS and
+//! GC included. Also the DEL-leaking self-test, the demo and a bench smoke run.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn our_bridge_and_ipam_pass_every_check() {
+    require_root();
+    let ours = require_ours();
+    let run = run_suite(&ours, None, &bridge_config("cni-bridge", "cni-ipam", "1.1.0", true), &[]);
+    assert_eq!(run.report["info"]["cniVersion"], "1.1.0");
+    assert!(run.failed().is_empty(), "failures: {:?}\n{}", run.failed(), run.pretty());
+    assert_eq!(run.code, 0);
+    run.expect(&CORE_CHECKS, "pass");
+    run.expect(
+        &[
+            "add-result-1.1.0",
+            "error-missing-netns",
+            "status",
+            "status-exhausted",
+            "gc-frees-invalid",
+            "results-cached-del",
+        ],
+        "pass",
+    );
+}
+
+#[test]
+fn suite_detects_a_del_leaking_cni_bridge() {
+    require_root();
+    let ours = require_ours();
+    let broken = del_leaking_wrapper("cni-bridge", &ours.join("cni-bridge"));
+    let run = run_suite(
+        &broken.0,
+        Some(&ours),
+        &bridge_config("cni-bridge", "cni-ipam", "1.1.0", false),
+        &["ping-peer-and-gateway", "del-*", "ip-reuse-after-del", "range-exhausted", "results-cached-del"],
+    );
+    assert_eq!(run.code, 1, "the suite must fail a plugin whose DEL leaks\n{}", run.pretty());
+    run.expect(&["ip-reuse-after-del", "del-netns-gone", "del-no-netns", "del-twice", "range-exhausted"], "fail");
+    run.expect(&["ping-peer-and-gateway", "del-never-added"], "pass");
+}
+
+#[test]
+fn demo_runs_pings_and_leaves_nothing() {
+    require_root();
+    let ours = require_ours();
+    let out = Command::new(conformance_bin()).arg("demo").arg("--plugin-dir").arg(&ours).output().expect("run demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "demo failed:\n{text}");
+    assert_eq!(text.matches("): ok").count(), 9, "6 pair pings + 3 gateway pings:\n{text}");
+    assert!(text.contains("nothing left"), "{text}");
+}
+
+#[test]
+fn bench_smoke_runs_both_implementations() {
+    require_root();
+    let ours = require_ours();
+    let r = require_reference();
+    let out = Command::new(conformance_bin())
+        .args(["bench", "cni", "--n", "3", "--json", "--plugin-dir"])
+        .arg(&ours)
+        .arg("--ref-dir")
+        .arg(&r)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("bench JSON");
+    let rs = v["results"].as_array().expect("results");
+    assert_eq!(rs.len(), 4, "{v}");
+    for r in rs {
+        assert!(r["add_median_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        assert!(r["del_median_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    }
+}
