@@ -72,45 +72,32 @@ impl BridgeConf {
     }
 
     fn validate(&self, ctx: &Context) -> Result<()> {
-        if self.bridge.is_empty() || self.bridge.len() > 15 || self.bridge.contains(['/', ':', ' '])
-        {
-            return Err(
-                Error::config("invalid bridge name").with_details(format!("{:?}", self.bridge))
-            );
+        if self.bridge.is_empty() || self.bridge.len() > 15 || self.bridge.contains(['/', ':', ' ']) {
+            return Err(Error::config("invalid bridge name").with_details(format!("{:?}", self.bridge)));
         }
         if self.hairpin_mode && self.promisc_mode {
-            return Err(Error::config(
-                "cannot set hairpin mode and promiscuous mode at the same time",
-            ));
+            return Err(Error::config("cannot set hairpin mode and promiscuous mode at the same time"));
         }
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
-                return Err(Error::config("invalid mtu")
-                    .with_details(format!("{mtu} is outside 68..65535")));
+                return Err(Error::config("invalid mtu").with_details(format!("{mtu} is outside 68..65535")));
             }
         }
         if let Some(v) = self.vlan {
             if v > 4094 {
-                return Err(
-                    Error::config("invalid VLAN ID").with_details(format!("{v} (must be 0-4094)"))
-                );
+                return Err(Error::config("invalid VLAN ID").with_details(format!("{v} (must be 0-4094)")));
             }
             if v > 0 && !self.vlan_trunk.is_empty() {
-                return Err(Error::config(
-                    "cannot set vlan and vlanTrunk at the same time",
-                ));
+                return Err(Error::config("cannot set vlan and vlanTrunk at the same time"));
             }
         }
         self.trunk_vids()?;
         if self.disable_container_interface && ctx.conf.ipam_type().is_some() {
-            return Err(Error::config(
-                "cannot use IPAM when disableContainerInterface is set",
-            ));
+            return Err(Error::config("cannot use IPAM when disableContainerInterface is set"));
         }
         if let Some(b) = &self.ip_masq_backend {
             if b != "iptables" && b != "nftables" {
-                return Err(Error::config("invalid ipMasqBackend")
-                    .with_details(format!("{b:?}: iptables or nftables")));
+                return Err(Error::config("invalid ipMasqBackend").with_details(format!("{b:?}: iptables or nftables")));
             }
         }
         Ok(())
@@ -134,9 +121,7 @@ impl BridgeConf {
                 }
                 (None, Some(lo), Some(hi)) => {
                     if !(1..=4094).contains(&lo) || !(1..=4094).contains(&hi) || lo > hi {
-                        return Err(bad(format!(
-                            "range {lo}-{hi} must be within 1-4094 and ordered"
-                        )));
+                        return Err(bad(format!("range {lo}-{hi} must be within 1-4094 and ordered")));
                     }
                     out.extend(lo..=hi);
                 }
@@ -155,23 +140,13 @@ impl BridgeConf {
 
 /// The container MAC asked for through runtimeConfig `mac`, `args.cni.mac` or CNI_ARGS `MAC`.
 pub fn requested_mac(ctx: &Context) -> Result<Option<[u8; 6]>> {
-    let from_rt = ctx
-        .conf
-        .runtime_config
-        .as_ref()
-        .and_then(|r| r.get("mac"))
-        .and_then(|m| m.as_str());
-    let from_args = ctx
-        .conf
-        .args
-        .as_ref()
-        .and_then(|a| a.pointer("/cni/mac"))
-        .and_then(|m| m.as_str());
+    let from_rt = ctx.conf.runtime_config.as_ref().and_then(|r| r.get("mac")).and_then(|m| m.as_str());
+    let from_args = ctx.conf.args.as_ref().and_then(|a| a.pointer("/cni/mac")).and_then(|m| m.as_str());
     let from_env = ctx.args.get("MAC");
     match from_rt.or(from_args).or(from_env) {
         None | Some("") => Ok(None),
-        Some(s) => linux_net::link::parse_mac(s).map(Some).ok_or_else(|| {
-            Error::config("invalid MAC address requested").with_details(format!("{s:?}"))
-        }),
+        Some(s) => linux_net::link::parse_mac(s)
+            .map(Some)
+            .ok_or_else(|| Error::config("invalid MAC address requested").with_details(format!("{s:?}"))),
     }
 }

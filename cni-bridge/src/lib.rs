@@ -95,9 +95,7 @@ impl<'a> Ipam<'a> {
                 _ => Ok(()),
             },
             Ipam::Exec(t) => match command {
-                Command::Status | Command::Gc => {
-                    delegate::forward_if_supported(t, command, ctx, &ctx.raw).map(|_| ())
-                }
+                Command::Status | Command::Gc => delegate::forward_if_supported(t, command, ctx, &ctx.raw).map(|_| ()),
                 _ => delegate::ipam_verb(t, command, ctx, &ctx.raw),
             },
         }
@@ -106,10 +104,7 @@ impl<'a> Ipam<'a> {
 
 /// Opens the container's netns; a missing one is the runtime's mistake (code 4 on ADD).
 fn open_netns(ctx: &Context) -> Result<NetNs> {
-    let path = ctx
-        .netns
-        .as_deref()
-        .ok_or_else(|| Error::env("CNI_NETNS is required"))?;
+    let path = ctx.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS is required"))?;
     NetNs::open(path).map_err(|e| Error::env("CNI_NETNS cannot be opened").with_details(e))
 }
 
@@ -130,17 +125,12 @@ impl Plugin for Bridge {
                 // nft state, then the address lease. Shared state (bridge, gateway address,
                 // the network's masquerade rule) stays, as other containers rely on it.
                 let mut undo = Vec::new();
-                if let Err(u) = Netlink::open().and_then(|mut nl| link::delete(&mut nl, &host_veth))
-                {
+                if let Err(u) = Netlink::open().and_then(|mut nl| link::delete(&mut nl, &host_veth)) {
                     undo.push(format!("delete {host_veth}: {u}"));
                 }
                 if conf.mac_spoof_check {
                     let chain = names::mac_chain(&ctx.container_id, &ctx.ifname);
-                    if let Err(u) = nft::delete_chain(
-                        nft::Family::Bridge,
-                        &names::nft_table(&ctx.conf.name),
-                        &chain,
-                    ) {
+                    if let Err(u) = nft::delete_chain(nft::Family::Bridge, &names::nft_table(&ctx.conf.name), &chain) {
                         undo.push(format!("delete nft chain {chain}: {u}"));
                     }
                 }
@@ -150,15 +140,8 @@ impl Plugin for Bridge {
                 if undo.is_empty() {
                     Err(e)
                 } else {
-                    let details = if e.details.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{}; ", e.details)
-                    };
-                    Err(Error {
-                        details: format!("{details}rollback also failed: {}", undo.join("; ")),
-                        ..e
-                    })
+                    let details = if e.details.is_empty() { String::new() } else { format!("{}; ", e.details) };
+                    Err(Error { details: format!("{details}rollback also failed: {}", undo.join("; ")), ..e })
                 }
             }
         }
@@ -178,11 +161,7 @@ impl Plugin for Bridge {
         }
         if conf.mac_spoof_check {
             let chain = names::mac_chain(&ctx.container_id, &ctx.ifname);
-            if let Err(e) = nft::delete_chain(
-                nft::Family::Bridge,
-                &names::nft_table(&ctx.conf.name),
-                &chain,
-            ) {
+            if let Err(e) = nft::delete_chain(nft::Family::Bridge, &names::nft_table(&ctx.conf.name), &chain) {
                 errors.push(nft_err(e));
             }
         }
@@ -194,10 +173,9 @@ impl Plugin for Bridge {
 
     fn check(&self, ctx: &Context) -> Result<()> {
         let conf = BridgeConf::parse(ctx)?;
-        let prev = ctx.prev_result()?.ok_or_else(|| {
-            Error::config("CHECK needs prevResult")
-                .with_details("the runtime passes the ADD result")
-        })?;
+        let prev = ctx
+            .prev_result()?
+            .ok_or_else(|| Error::config("CHECK needs prevResult").with_details("the runtime passes the ADD result"))?;
         Ipam::of(ctx).verb(Command::Check, ctx)?;
         check_host_side(ctx, &conf)?;
         if !conf.disable_container_interface {
@@ -315,11 +293,9 @@ fn configure(
         Err(e) if !e.is_exists() => return Err(kernel(e)),
         Err(e) => {
             if link::get(&mut nl, host_veth).map_err(kernel)?.is_none() {
-                return Err(Error::internal(format!(
-                    "container already has an interface named {}",
-                    ctx.ifname
-                ))
-                .with_details(e));
+                return Err(
+                    Error::internal(format!("container already has an interface named {}", ctx.ifname)).with_details(e)
+                );
             }
             tracing::info!(host_veth, "removing a stale host veth of this attachment");
             link::delete(&mut nl, host_veth).map_err(kernel)?;
@@ -356,17 +332,10 @@ fn configure(
     let mut cnl = ns.netlink().map_err(kernel)?;
     let cont = link::get(&mut cnl, &ctx.ifname)
         .map_err(kernel)?
-        .ok_or_else(|| {
-            Error::internal(format!(
-                "{} missing in the container after creation",
-                ctx.ifname
-            ))
-        })?;
+        .ok_or_else(|| Error::internal(format!("{} missing in the container after creation", ctx.ifname)))?;
     if conf.is_default_gateway {
         for gw in &gateways {
-            let dst: IpNetwork = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
-                .parse()
-                .expect("valid");
+            let dst: IpNetwork = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }.parse().expect("valid");
             if !result.routes.iter().any(|r| r.dst == dst) {
                 result.routes.push(Route::new(dst, Some(gw.ip())));
             }
@@ -399,15 +368,12 @@ fn configure(
     if conf.ip_masq {
         let table = names::nft_table(&ctx.conf.name);
         for ip in &result.ips {
-            let subnet =
-                IpNetwork::new(ip.address.network(), ip.address.prefix()).expect("prefix is valid");
+            let subnet = IpNetwork::new(ip.address.network(), ip.address.prefix()).expect("prefix is valid");
             nft::ensure_masquerade(&table, &ctx.conf.name, subnet).map_err(nft_err)?;
         }
     }
     if conf.mac_spoof_check {
-        let mac = cont
-            .mac
-            .ok_or_else(|| Error::internal("container interface has no MAC"))?;
+        let mac = cont.mac.ok_or_else(|| Error::internal("container interface has no MAC"))?;
         nft::ensure_macspoofchk(
             &names::nft_table(&ctx.conf.name),
             &names::mac_chain(&ctx.container_id, &ctx.ifname),
@@ -423,27 +389,13 @@ fn configure(
     steps.done("nft");
     let mtu = conf.mtu.or(Some(cont.mtu));
     result.interfaces = vec![
-        Interface {
-            name: br.name.clone(),
-            mac: br.mac_string(),
-            mtu: Some(br.mtu),
-            ..Default::default()
-        },
-        Interface {
-            name: host.name.clone(),
-            mac: host.mac_string(),
-            mtu,
-            ..Default::default()
-        },
+        Interface { name: br.name.clone(), mac: br.mac_string(), mtu: Some(br.mtu), ..Default::default() },
+        Interface { name: host.name.clone(), mac: host.mac_string(), mtu, ..Default::default() },
         Interface {
             name: cont.name.clone(),
             mac: cont.mac_string(),
             mtu,
-            sandbox: ctx
-                .netns
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
+            sandbox: ctx.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             ..Default::default()
         },
     ];
@@ -480,10 +432,7 @@ fn ensure_gateway_addr(nl: &mut Netlink, l: &Link, gw: IpNetwork, force: bool) -
         Err(e) => return Err(kernel(e)),
     }
     let existing = addr::list(nl, Some(l.index)).map_err(kernel)?;
-    for (_, a) in existing
-        .iter()
-        .filter(|(_, a)| a.is_ipv4() == gw.is_ipv4() && a.ip() != gw.ip())
-    {
+    for (_, a) in existing.iter().filter(|(_, a)| a.is_ipv4() == gw.is_ipv4() && a.ip() != gw.ip()) {
         if a.is_ipv6() && a.ip().is_unicast_link_local_v6() {
             continue;
         }
@@ -493,11 +442,8 @@ fn ensure_gateway_addr(nl: &mut Netlink, l: &Link, gw: IpNetwork, force: bool) -
         }
         if !force {
             let _ = addr::del(nl, l.index, gw);
-            return Err(Error::internal(format!(
-                "{} already has an IP address different from {gw}",
-                l.name
-            ))
-            .with_details(format!("found {a}; set forceAddress to replace it")));
+            return Err(Error::internal(format!("{} already has an IP address different from {gw}", l.name))
+                .with_details(format!("found {a}; set forceAddress to replace it")));
         }
         addr::del(nl, l.index, *a).map_err(kernel)?;
     }
@@ -528,94 +474,48 @@ fn check_host_side(ctx: &Context, conf: &BridgeConf) -> Result<()> {
         .map_err(kernel)?
         .ok_or_else(|| drift(format!("host veth {host_veth} does not exist")))?;
     if host.master != Some(br.index) {
-        return Err(drift(format!(
-            "host veth {host_veth} is not attached to {}",
-            conf.bridge
-        )));
+        return Err(drift(format!("host veth {host_veth} is not attached to {}", conf.bridge)));
     }
     Ok(())
 }
 
 fn check_container(ctx: &Context, prev: &CniResult) -> Result<()> {
-    let netns = ctx
-        .netns
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let netns = ctx.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
     let idx = prev
         .interfaces
         .iter()
         .position(|i| i.name == ctx.ifname && !i.sandbox.is_empty())
-        .ok_or_else(|| {
-            Error::config(format!(
-                "prevResult has no container interface {}",
-                ctx.ifname
-            ))
-        })?;
+        .ok_or_else(|| Error::config(format!("prevResult has no container interface {}", ctx.ifname)))?;
     let want = &prev.interfaces[idx];
     if want.sandbox != netns {
-        return Err(drift(format!(
-            "prevResult sandbox {} is not CNI_NETNS {netns}",
-            want.sandbox
-        )));
+        return Err(drift(format!("prevResult sandbox {} is not CNI_NETNS {netns}", want.sandbox)));
     }
-    let ns =
-        NetNs::open(ctx.netns.as_deref().unwrap_or(std::path::Path::new(""))).map_err(|e| {
-            Error::new(Code::UnknownContainer, "container netns is gone").with_details(e)
-        })?;
+    let ns = NetNs::open(ctx.netns.as_deref().unwrap_or(std::path::Path::new("")))
+        .map_err(|e| Error::new(Code::UnknownContainer, "container netns is gone").with_details(e))?;
     let mut cnl = ns.netlink().map_err(kernel)?;
     let cont = link::get(&mut cnl, &ctx.ifname)
         .map_err(kernel)?
-        .ok_or_else(|| {
-            Error::new(
-                Code::UnknownContainer,
-                format!("{} does not exist in {netns}", ctx.ifname),
-            )
-        })?;
+        .ok_or_else(|| Error::new(Code::UnknownContainer, format!("{} does not exist in {netns}", ctx.ifname)))?;
     if !want.mac.is_empty() && !want.mac.eq_ignore_ascii_case(&cont.mac_string()) {
-        return Err(drift(format!(
-            "{} has MAC {} but prevResult says {}",
-            ctx.ifname,
-            cont.mac_string(),
-            want.mac
-        )));
+        return Err(drift(format!("{} has MAC {} but prevResult says {}", ctx.ifname, cont.mac_string(), want.mac)));
     }
     let have = addr::list(&mut cnl, Some(cont.index)).map_err(kernel)?;
-    for ip in prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface.is_none_or(|i| i == idx))
-    {
-        if !have
-            .iter()
-            .any(|(_, a)| a.ip() == ip.address.ip() && a.prefix() == ip.address.prefix())
-        {
-            return Err(drift(format!(
-                "{} is missing address {}",
-                ctx.ifname, ip.address
-            )));
+    for ip in prev.ips.iter().filter(|ip| ip.interface.is_none_or(|i| i == idx)) {
+        if !have.iter().any(|(_, a)| a.ip() == ip.address.ip() && a.prefix() == ip.address.prefix()) {
+            return Err(drift(format!("{} is missing address {}", ctx.ifname, ip.address)));
         }
     }
     for fam_v6 in [false, true] {
-        let wanted: Vec<&Route> = prev
-            .routes
-            .iter()
-            .filter(|r| r.dst.is_ipv6() == fam_v6)
-            .collect();
+        let wanted: Vec<&Route> = prev.routes.iter().filter(|r| r.dst.is_ipv6() == fam_v6).collect();
         if wanted.is_empty() {
             continue;
         }
         let routes = route::list(&mut cnl, fam_v6).map_err(kernel)?;
         for r in wanted {
             let dst = IpNetwork::new(r.dst.network(), r.dst.prefix()).expect("prefix is valid");
-            let found = routes
-                .iter()
-                .any(|k| k.dst == dst && (r.gw.is_none() || k.gw == r.gw));
+            let found = routes.iter().any(|k| k.dst == dst && (r.gw.is_none() || k.gw == r.gw));
             if !found {
-                return Err(drift(format!(
-                    "route to {} via {:?} is missing in the container",
-                    r.dst, r.gw
-                )));
+                return Err(drift(format!("route to {} via {:?} is missing in the container", r.dst, r.gw)));
             }
         }
     }
@@ -633,10 +533,7 @@ fn gc_kernel(ctx: &Context, conf: &BridgeConf, valid: &HashSet<(String, String)>
         let keep: HashSet<String> = valid.iter().map(|(c, i)| names::mac_chain(c, i)).collect();
         match nft::list_chains(nft::Family::Bridge, &table) {
             Ok(chains) => {
-                for (chain, _) in chains
-                    .into_iter()
-                    .filter(|(c, _)| c.starts_with("mac_") && !keep.contains(c))
-                {
+                for (chain, _) in chains.into_iter().filter(|(c, _)| c.starts_with("mac_") && !keep.contains(c)) {
                     if let Err(e) = nft::delete_chain(nft::Family::Bridge, &table, &chain) {
                         errors.push(format!("delete chain {chain}: {e}"));
                     }
@@ -650,23 +547,13 @@ fn gc_kernel(ctx: &Context, conf: &BridgeConf, valid: &HashSet<(String, String)>
             errors.push(format!("delete table {table}: {e}"));
         }
     }
-    let keep: HashSet<String> = valid
-        .iter()
-        .map(|(c, i)| names::host_veth(net, c, i))
-        .collect();
+    let keep: HashSet<String> = valid.iter().map(|(c, i)| names::host_veth(net, c, i)).collect();
     let mut nl = Netlink::open().map_err(kernel)?;
     if let Some(br) = link::get(&mut nl, &conf.bridge).map_err(kernel)? {
         let links = link::list(&mut nl).map_err(kernel)?;
-        for l in links
-            .iter()
-            .filter(|l| l.master == Some(br.index) && names::is_our_veth(&l.name))
-        {
+        for l in links.iter().filter(|l| l.master == Some(br.index) && names::is_our_veth(&l.name)) {
             // Only ports of *this* network are ours to judge: networks may share a bridge.
-            let ours = l
-                .alias
-                .as_deref()
-                .and_then(names::parse_veth_alias)
-                .is_some_and(|(n, _, _)| n == net);
+            let ours = l.alias.as_deref().and_then(names::parse_veth_alias).is_some_and(|(n, _, _)| n == net);
             if keep.contains(&l.name) || !ours {
                 continue;
             }

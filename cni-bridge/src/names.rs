@@ -21,10 +21,7 @@ pub fn fnv64(parts: &[&str]) -> u64 {
 /// kernel's limit). The reference plugin's random names are 12 chars, so
 /// ours are told apart by length.
 pub fn host_veth(network: &str, container_id: &str, ifname: &str) -> String {
-    format!(
-        "veth{:011x}",
-        fnv64(&[network, container_id, ifname]) & 0xfff_ffff_ffff
-    )
+    format!("veth{:011x}", fnv64(&[network, container_id, ifname]) & 0xfff_ffff_ffff)
 }
 
 pub fn is_our_veth(name: &str) -> bool {
@@ -46,25 +43,14 @@ pub fn parse_veth_alias(alias: &str) -> Option<(&str, &str, &str)> {
 
 /// nftables table of one network (inet family for masquerade, bridge family for macspoofchk).
 pub fn nft_table(network: &str) -> String {
-    let clean: String = network
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let clean: String =
+        network.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     format!("cni_bridge_{clean}_{:04x}", fnv64(&[network]) & 0xffff)
 }
 
 /// The macspoofchk chain of one attachment.
 pub fn mac_chain(container_id: &str, ifname: &str) -> String {
-    format!(
-        "mac_{:012x}",
-        fnv64(&[container_id, ifname]) & 0xffff_ffff_ffff
-    )
+    format!("mac_{:012x}", fnv64(&[container_id, ifname]) & 0xffff_ffff_ffff)
 }
 
 #[cfg(test)]

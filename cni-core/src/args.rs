@@ -13,21 +13,14 @@ impl CniArgs {
         for seg in s.split(';').filter(|seg| !seg.is_empty()) {
             match seg.split_once('=') {
                 Some((k, v)) if !k.is_empty() => out.push((k.to_string(), v.to_string())),
-                _ => {
-                    return Err(Error::env("CNI_ARGS: invalid pair")
-                        .with_details(format!("{seg:?} is not KEY=VALUE")))
-                }
+                _ => return Err(Error::env("CNI_ARGS: invalid pair").with_details(format!("{seg:?} is not KEY=VALUE"))),
             }
         }
         Ok(CniArgs(out))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -47,13 +40,7 @@ mod tests {
 
     #[test]
     fn malformed_pairs_are_code_4() {
-        assert_eq!(
-            CniArgs::parse("IP").unwrap_err().code,
-            crate::Code::InvalidEnvironment
-        );
-        assert_eq!(
-            CniArgs::parse("=x").unwrap_err().code,
-            crate::Code::InvalidEnvironment
-        );
+        assert_eq!(CniArgs::parse("IP").unwrap_err().code, crate::Code::InvalidEnvironment);
+        assert_eq!(CniArgs::parse("=x").unwrap_err().code, crate::Code::InvalidEnvironment);
     }
 }

@@ -21,13 +21,9 @@ pub fn find(plugin: &str, path: &[PathBuf]) -> Result<PathBuf> {
     if plugin.is_empty() || plugin.contains('/') {
         return Err(Error::config("invalid plugin type").with_details(format!("{plugin:?}")));
     }
-    path.iter()
-        .map(|dir| dir.join(plugin))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::config(format!("failed to find plugin {plugin:?} in CNI_PATH"))
-                .with_details(format!("{path:?}"))
-        })
+    path.iter().map(|dir| dir.join(plugin)).find(|p| p.is_file()).ok_or_else(|| {
+        Error::config(format!("failed to find plugin {plugin:?} in CNI_PATH")).with_details(format!("{path:?}"))
+    })
 }
 
 /// Runs `plugin` with `command` and `conf` on stdin; returns its stdout on success.
@@ -56,53 +52,30 @@ fn exec_path(bin: &Path, command: Command, ctx: &Context, conf: &Value) -> Resul
         // A delegate may exit without reading stdin; that is its answer, not ours to fail.
         let _ = stdin.write_all(&input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(format!("wait for {}", bin.display()), e))?;
+    let out = child.wait_with_output().map_err(|e| Error::io(format!("wait for {}", bin.display()), e))?;
     if out.status.success() {
         return Ok(out.stdout);
     }
-    let name = bin
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Err(Error::from_json(&out.stdout)
-        .map(|e| e.context(format!("{name} {}", command.as_str())))
-        .unwrap_or_else(|| {
-            Error::internal(format!(
-                "{name} {} failed ({})",
-                command.as_str(),
-                out.status
-            ))
+    let name = bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Err(Error::from_json(&out.stdout).map(|e| e.context(format!("{name} {}", command.as_str()))).unwrap_or_else(|| {
+        Error::internal(format!("{name} {} failed ({})", command.as_str(), out.status))
             .with_details(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        }))
+    }))
 }
 
 /// The versions a delegate says it supports (its VERSION answer).
 pub fn supported_versions(plugin: &str, ctx: &Context) -> Result<Vec<String>> {
-    let out = exec(
-        plugin,
-        Command::Version,
-        ctx,
-        &serde_json::json!({"cniVersion": ctx.version.as_str()}),
-    )?;
-    let v: Value = serde_json::from_slice(&out).map_err(|e| {
-        Error::new(Code::Decode, format!("decode {plugin} VERSION")).with_details(e)
-    })?;
+    let out = exec(plugin, Command::Version, ctx, &serde_json::json!({"cniVersion": ctx.version.as_str()}))?;
+    let v: Value = serde_json::from_slice(&out)
+        .map_err(|e| Error::new(Code::Decode, format!("decode {plugin} VERSION")).with_details(e))?;
     Ok(v["supportedVersions"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
         .unwrap_or_default())
 }
 
 fn speaks(plugin: &str, ctx: &Context, want: Version) -> Result<bool> {
-    Ok(supported_versions(plugin, ctx)?
-        .iter()
-        .any(|v| version::cmp_str(v, want.as_str()).is_ge()))
+    Ok(supported_versions(plugin, ctx)?.iter().any(|v| version::cmp_str(v, want.as_str()).is_ge()))
 }
 
 /// Runs a verb on a delegate; when the delegate rejects our version (code 1)
@@ -111,12 +84,8 @@ fn exec_negotiated(plugin: &str, command: Command, ctx: &Context, conf: &Value) 
     match exec(plugin, command, ctx, conf) {
         Err(e) if e.code == Code::IncompatibleVersion => {
             let theirs = supported_versions(plugin, ctx)?;
-            let common = theirs
-                .iter()
-                .filter_map(|v| Version::parse(v))
-                .filter(|v| *v <= ctx.version)
-                .max()
-                .ok_or(e)?;
+            let common =
+                theirs.iter().filter_map(|v| Version::parse(v)).filter(|v| *v <= ctx.version).max().ok_or(e)?;
             let mut conf = conf.clone();
             if let Some(o) = conf.as_object_mut() {
                 o.insert("cniVersion".into(), Value::from(common.as_str()));
@@ -146,18 +115,9 @@ pub fn ipam_verb(plugin: &str, command: Command, ctx: &Context, conf: &Value) ->
 
 /// GC or STATUS forwarded to a delegate, only if it implements 1.1.0.
 /// Returns false when the delegate is too old and the caller must answer alone.
-pub fn forward_if_supported(
-    plugin: &str,
-    command: Command,
-    ctx: &Context,
-    conf: &Value,
-) -> Result<bool> {
+pub fn forward_if_supported(plugin: &str, command: Command, ctx: &Context, conf: &Value) -> Result<bool> {
     if !speaks(plugin, ctx, Version::V1_1_0)? {
-        tracing::debug!(
-            plugin,
-            "delegate does not speak 1.1.0; not forwarding {}",
-            command.as_str()
-        );
+        tracing::debug!(plugin, "delegate does not speak 1.1.0; not forwarding {}", command.as_str());
         return Ok(false);
     }
     exec(plugin, command, ctx, conf)?;

@@ -74,11 +74,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        Error {
-            code,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        Error { code, msg: msg.into(), details: String::new() }
     }
 
     pub fn with_details(mut self, details: impl std::fmt::Display) -> Self {
@@ -114,11 +110,7 @@ impl Error {
             cni_version: cni_version.to_string(),
             code: self.code.as_u32(),
             msg: self.msg.clone(),
-            details: if self.details.is_empty() {
-                None
-            } else {
-                Some(self.details.clone())
-            },
+            details: if self.details.is_empty() { None } else { Some(self.details.clone()) },
         };
         serde_json::to_value(wire).unwrap_or_default()
     }
@@ -126,11 +118,7 @@ impl Error {
     /// Parses the error object a delegate printed.
     pub fn from_json(bytes: &[u8]) -> Option<Error> {
         let w: WireError = serde_json::from_slice(bytes).ok()?;
-        Some(Error {
-            code: Code::from_u32(w.code),
-            msg: w.msg,
-            details: w.details.unwrap_or_default(),
-        })
+        Some(Error { code: Code::from_u32(w.code), msg: w.msg, details: w.details.unwrap_or_default() })
     }
 }
 

@@ -17,17 +17,9 @@ pub fn init(conf: &NetConf) {
             .or_else(|| std::env::var("CNI_LOG_LEVEL").ok())
             .and_then(|l| l.parse::<tracing::Level>().ok())
             .unwrap_or(tracing::Level::WARN);
-        let builder = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_target(false);
-        let file = conf.log_file.as_deref().and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .ok()
-        });
+        let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_target(false);
+        let file =
+            conf.log_file.as_deref().and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
         let _ = match file {
             Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
             None => builder.with_writer(std::io::stderr).try_init(),

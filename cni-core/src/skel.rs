@@ -52,9 +52,7 @@ impl Command {
     /// Variables the spec requires for this verb (besides CNI_COMMAND).
     fn required_env(self) -> &'static [&'static str] {
         match self {
-            Command::Add | Command::Check => {
-                &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
-            }
+            Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
             Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
             Command::Status | Command::Gc => &["CNI_PATH"],
             Command::Version => &[],
@@ -102,20 +100,14 @@ impl Context {
     pub fn from_parts(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Context> {
         let command = match env("CNI_COMMAND").filter(|s| !s.is_empty()) {
             None => return Err(Error::env("required env variables [CNI_COMMAND] missing")),
-            Some(c) => Command::parse(&c)
-                .ok_or_else(|| Error::env("unknown CNI_COMMAND").with_details(format!("{c:?}")))?,
+            Some(c) => {
+                Command::parse(&c).ok_or_else(|| Error::env("unknown CNI_COMMAND").with_details(format!("{c:?}")))?
+            }
         };
-        let missing: Vec<&str> = command
-            .required_env()
-            .iter()
-            .copied()
-            .filter(|k| env(k).is_none_or(|v| v.is_empty()))
-            .collect();
+        let missing: Vec<&str> =
+            command.required_env().iter().copied().filter(|k| env(k).is_none_or(|v| v.is_empty())).collect();
         if !missing.is_empty() {
-            return Err(Error::env(format!(
-                "required env variables [{}] missing",
-                missing.join(",")
-            )));
+            return Err(Error::env(format!("required env variables [{}] missing", missing.join(","))));
         }
         let container_id = env("CNI_CONTAINERID").unwrap_or_default();
         let ifname = env("CNI_IFNAME").unwrap_or_default();
@@ -124,56 +116,30 @@ impl Context {
             validate_ifname(&ifname)?;
         }
         let args = CniArgs::parse(&env("CNI_ARGS").unwrap_or_default())?;
-        let path = env("CNI_PATH")
-            .unwrap_or_default()
-            .split(':')
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect();
-        let netns = env("CNI_NETNS")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
+        let path =
+            env("CNI_PATH").unwrap_or_default().split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+        let netns = env("CNI_NETNS").filter(|s| !s.is_empty()).map(PathBuf::from);
 
         let raw: Value = serde_json::from_slice(stdin)
             .map_err(|e| Error::new(Code::Decode, "decode network config").with_details(e))?;
         if !raw.is_object() {
-            return Err(
-                Error::new(Code::Decode, "decode network config").with_details("not a JSON object")
-            );
+            return Err(Error::new(Code::Decode, "decode network config").with_details("not a JSON object"));
         }
         let conf: NetConf = serde_json::from_value(raw.clone())
             .map_err(|e| Error::new(Code::Decode, "decode network config").with_details(e))?;
-        let version =
-            version::negotiate(conf.cni_version.as_deref(), conf.cni_versions.as_deref())?;
+        let version = version::negotiate(conf.cni_version.as_deref(), conf.cni_versions.as_deref())?;
         if version < command.min_version() {
             return Err(Error::new(
                 Code::IncompatibleVersion,
-                format!(
-                    "config version {version} does not allow {}",
-                    command.as_str()
-                ),
+                format!("config version {version} does not allow {}", command.as_str()),
             )
-            .with_details(format!(
-                "{} needs cniVersion >= {}",
-                command.as_str(),
-                command.min_version()
-            )));
+            .with_details(format!("{} needs cniVersion >= {}", command.as_str(), command.min_version())));
         }
         validate_network_name(&conf.name)?;
         if conf.plugin_type.is_empty() {
             return Err(Error::config("network config has no \"type\""));
         }
-        Ok(Context {
-            command,
-            container_id,
-            netns,
-            ifname,
-            args,
-            path,
-            version,
-            conf,
-            raw,
-        })
+        Ok(Context { command, container_id, netns, ifname, args, path, version, conf, raw })
     }
 }
 
@@ -196,12 +162,9 @@ fn validate_ifname(name: &str) -> Result<()> {
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if bad {
-        Err(Error::env("invalid CNI_IFNAME")
-            .with_details(format!("{name:?}: 1-15 chars, no '/', ':' or spaces")))
+        Err(Error::env("invalid CNI_IFNAME").with_details(format!("{name:?}: 1-15 chars, no '/', ':' or spaces")))
     } else {
         Ok(())
     }
@@ -212,9 +175,7 @@ fn validate_network_name(name: &str) -> Result<()> {
         return Err(Error::config("network config has no \"name\""));
     }
     if !id_chars_ok(name) {
-        return Err(
-            Error::config("invalid characters in network name").with_details(format!("{name:?}"))
-        );
+        return Err(Error::config("invalid characters in network name").with_details(format!("{name:?}")));
     }
     Ok(())
 }
@@ -265,11 +226,7 @@ pub fn dispatch(
             let _ = stdin.read_to_end(&mut buf);
             let asked = serde_json::from_slice::<Value>(&buf)
                 .ok()
-                .and_then(|v| {
-                    v.get("cniVersion")
-                        .and_then(|s| s.as_str())
-                        .map(str::to_string)
-                })
+                .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
                 .unwrap_or_else(|| Version::LATEST.as_str().to_string());
             return Ok(Some(json!({
                 "cniVersion": asked,
@@ -277,14 +234,11 @@ pub fn dispatch(
             })));
         }
         let mut buf = Vec::new();
-        stdin
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io("read network config from stdin", e))?;
-        if let Some(v) = serde_json::from_slice::<Value>(&buf).ok().and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|s| s.as_str())
-                .map(str::to_string)
-        }) {
+        stdin.read_to_end(&mut buf).map_err(|e| Error::io("read network config from stdin", e))?;
+        if let Some(v) = serde_json::from_slice::<Value>(&buf)
+            .ok()
+            .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
+        {
             fallback_version = v;
         }
         let ctx = Context::from_parts(env, &buf)?;
@@ -349,18 +303,11 @@ mod tests {
     }
 
     fn call(vars: &[(&str, &str)], stdin: &str) -> (bool, Value) {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let env = move |k: &str| map.get(k).cloned();
         let mut out = Vec::new();
         let ok = dispatch(&Echo, &env, &mut stdin.as_bytes(), &mut out);
-        let v = if out.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&out).unwrap()
-        };
+        let v = if out.is_empty() { Value::Null } else { serde_json::from_slice(&out).unwrap() };
         (ok, v)
     }
 
@@ -386,22 +333,13 @@ mod tests {
         assert_eq!(call(&[("CNI_COMMAND", "FROB")], conf).1["code"], 4);
         assert_eq!(call(&ADD[..3], conf).1["code"], 4); // no CNI_IFNAME
         assert_eq!(call(ADD, "{not json").1["code"], 6);
-        assert_eq!(
-            call(ADD, r#"{"cniVersion":"1.1.0","type":"t"}"#).1["code"],
-            7
-        );
-        assert_eq!(
-            call(ADD, r#"{"cniVersion":"7.0.0","name":"n","type":"t"}"#).1["code"],
-            1
-        );
+        assert_eq!(call(ADD, r#"{"cniVersion":"1.1.0","type":"t"}"#).1["code"], 7);
+        assert_eq!(call(ADD, r#"{"cniVersion":"7.0.0","name":"n","type":"t"}"#).1["code"], 1);
         let (ok, v) = call(&[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")], conf);
         assert!(!ok);
         assert_eq!(v["code"], 50);
         let old = r#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#;
-        assert_eq!(
-            call(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")], old).1["code"],
-            1
-        );
+        assert_eq!(call(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")], old).1["code"], 1);
     }
 
     #[test]

@@ -49,18 +49,12 @@ pub struct NetConf {
 impl NetConf {
     /// The IPAM plugin's `type`, if the config delegates to one.
     pub fn ipam_type(&self) -> Option<&str> {
-        self.ipam
-            .as_ref()?
-            .get("type")?
-            .as_str()
-            .filter(|s| !s.is_empty())
+        self.ipam.as_ref()?.get("type")?.as_str().filter(|s| !s.is_empty())
     }
 
     /// The attachments GC must keep, whichever key the runtime used.
     pub fn gc_valid_attachments(&self) -> Option<&[Attachment]> {
-        self.valid_attachments
-            .as_deref()
-            .or(self.attachments.as_deref())
+        self.valid_attachments.as_deref().or(self.attachments.as_deref())
     }
 }
 
@@ -89,11 +83,7 @@ pub struct Interface {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sandbox: String,
-    #[serde(
-        rename = "socketPath",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "socketPath", default, skip_serializing_if = "String::is_empty")]
     pub socket_path: String,
     #[serde(rename = "pciID", default, skip_serializing_if = "String::is_empty")]
     pub pci_id: String,
@@ -130,15 +120,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Route {
-        Route {
-            dst,
-            gw,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -208,13 +190,10 @@ impl CniResult {
     /// Decodes a result of any version we accept (0.3.0 and later shapes).
     pub fn from_json(v: &Value) -> Result<CniResult> {
         if v.get("ip4").is_some() || v.get("ip6").is_some() {
-            return Err(Error::new(
-                Code::IncompatibleVersion,
-                "results before 0.3.0 are not supported",
-            ));
+            return Err(Error::new(Code::IncompatibleVersion, "results before 0.3.0 are not supported"));
         }
-        let any: AnyResult = serde_json::from_value(v.clone())
-            .map_err(|e| Error::new(Code::Decode, "decode result").with_details(e))?;
+        let any: AnyResult =
+            serde_json::from_value(v.clone()).map_err(|e| Error::new(Code::Decode, "decode result").with_details(e))?;
         let mut ips = Vec::with_capacity(any.ips.len());
         for ip in any.ips {
             if let Some(ver) = ip.version.as_deref() {
@@ -224,18 +203,9 @@ impl CniResult {
                         .with_details(format!("ip {} says version {ver}", ip.address)));
                 }
             }
-            ips.push(IpConfig {
-                address: ip.address,
-                gateway: ip.gateway,
-                interface: ip.interface,
-            });
+            ips.push(IpConfig { address: ip.address, gateway: ip.gateway, interface: ip.interface });
         }
-        Ok(CniResult {
-            interfaces: any.interfaces,
-            ips,
-            routes: any.routes,
-            dns: any.dns,
-        })
+        Ok(CniResult { interfaces: any.interfaces, ips, routes: any.routes, dns: any.dns })
     }
 
     /// Encodes the result in the shape of `version`.
@@ -278,21 +248,14 @@ impl CniResult {
                 .routes
                 .iter()
                 .map(|r| {
-                    let r = if version < Version::V1_1_0 {
-                        Route::new(r.dst, r.gw)
-                    } else {
-                        r.clone()
-                    };
+                    let r = if version < Version::V1_1_0 { Route::new(r.dst, r.gw) } else { r.clone() };
                     serde_json::to_value(r).unwrap_or_default()
                 })
                 .collect();
             out.insert("routes".into(), Value::Array(routes));
         }
         if !self.dns.is_empty() {
-            out.insert(
-                "dns".into(),
-                serde_json::to_value(&self.dns).unwrap_or_default(),
-            );
+            out.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or_default());
         }
         Value::Object(out)
     }
@@ -317,18 +280,11 @@ mod tests {
                     gateway: Some("10.1.0.1".parse().unwrap()),
                     interface: Some(0),
                 },
-                IpConfig {
-                    address: "fd00::5/64".parse().unwrap(),
-                    gateway: None,
-                    interface: Some(0),
-                },
+                IpConfig { address: "fd00::5/64".parse().unwrap(), gateway: None, interface: Some(0) },
             ],
             routes: vec![Route {
                 priority: Some(10),
-                ..Route::new(
-                    "0.0.0.0/0".parse().unwrap(),
-                    Some("10.1.0.1".parse().unwrap()),
-                )
+                ..Route::new("0.0.0.0/0".parse().unwrap(), Some("10.1.0.1".parse().unwrap()))
             }],
             dns: Dns::default(),
         }

@@ -13,13 +13,8 @@ pub enum Version {
 }
 
 /// Every version our plugins accept, oldest first (what VERSION reports).
-pub const SUPPORTED: [Version; 5] = [
-    Version::V0_3_0,
-    Version::V0_3_1,
-    Version::V0_4_0,
-    Version::V1_0_0,
-    Version::V1_1_0,
-];
+pub const SUPPORTED: [Version; 5] =
+    [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
 
 impl Version {
     pub const LATEST: Version = Version::V1_1_0;
@@ -60,38 +55,23 @@ pub fn cmp_str(a: &str, b: &str) -> std::cmp::Ordering {
 /// that we support when the list is present, otherwise `cniVersion`.
 pub fn negotiate(cni_version: Option<&str>, cni_versions: Option<&[String]>) -> Result<Version> {
     if let Some(list) = cni_versions.filter(|l| !l.is_empty()) {
-        return list
-            .iter()
-            .filter_map(|s| Version::parse(s))
-            .max()
-            .ok_or_else(|| {
-                Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
-                    format!(
-                        "config lists {list:?}, plugin supports {}",
-                        supported_list()
-                    ),
-                )
-            });
+        return list.iter().filter_map(|s| Version::parse(s)).max().ok_or_else(|| {
+            Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
+                .with_details(format!("config lists {list:?}, plugin supports {}", supported_list()))
+        });
     }
     match cni_version {
-        None | Some("") => Err(
-            Error::new(Code::IncompatibleVersion, "cniVersion is missing")
-                .with_details(format!("plugin supports {}", supported_list())),
-        ),
+        None | Some("") => Err(Error::new(Code::IncompatibleVersion, "cniVersion is missing")
+            .with_details(format!("plugin supports {}", supported_list()))),
         Some(s) => Version::parse(s).ok_or_else(|| {
-            Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
-                format!("config is {s:?}, plugin supports {}", supported_list()),
-            )
+            Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
+                .with_details(format!("config is {s:?}, plugin supports {}", supported_list()))
         }),
     }
 }
 
 fn supported_list() -> String {
-    SUPPORTED
-        .iter()
-        .map(|v| v.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    SUPPORTED.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -100,33 +80,17 @@ mod tests {
 
     #[test]
     fn negotiation_prefers_the_highest_common_version() {
-        let list = vec![
-            "0.4.0".to_string(),
-            "1.1.0".to_string(),
-            "9.9.9".to_string(),
-        ];
-        assert_eq!(
-            negotiate(Some("0.4.0"), Some(&list)).unwrap(),
-            Version::V1_1_0
-        );
+        let list = vec!["0.4.0".to_string(), "1.1.0".to_string(), "9.9.9".to_string()];
+        assert_eq!(negotiate(Some("0.4.0"), Some(&list)).unwrap(), Version::V1_1_0);
         assert_eq!(negotiate(Some("0.3.1"), None).unwrap(), Version::V0_3_1);
     }
 
     #[test]
     fn unknown_versions_are_code_1() {
-        assert_eq!(
-            negotiate(Some("0.2.0"), None).unwrap_err().code,
-            Code::IncompatibleVersion
-        );
-        assert_eq!(
-            negotiate(None, None).unwrap_err().code,
-            Code::IncompatibleVersion
-        );
+        assert_eq!(negotiate(Some("0.2.0"), None).unwrap_err().code, Code::IncompatibleVersion);
+        assert_eq!(negotiate(None, None).unwrap_err().code, Code::IncompatibleVersion);
         let list = vec!["2.0.0".to_string()];
-        assert_eq!(
-            negotiate(Some("1.0.0"), Some(&list)).unwrap_err().code,
-            Code::IncompatibleVersion
-        );
+        assert_eq!(negotiate(Some("1.0.0"), Some(&list)).unwrap_err().code, Code::IncompatibleVersion);
     }
 
     #[test]

@@ -21,10 +21,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(op: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            op: op.into(),
-            source,
-        }
+        Error::Io { op: op.into(), source }
     }
 
     /// The errno behind a kernel refusal, if that is what this is.
@@ -37,11 +34,7 @@ impl Error {
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound(_))
-            || matches!(
-                self.errno(),
-                Some(Errno::ENODEV | Errno::ENOENT | Errno::ESRCH)
-            )
+        matches!(self, Error::NotFound(_)) || matches!(self.errno(), Some(Errno::ENODEV | Errno::ENOENT | Errno::ESRCH))
     }
 
     pub fn is_exists(&self) -> bool {

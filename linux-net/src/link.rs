@@ -2,9 +2,8 @@
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData,
-    InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -70,10 +69,7 @@ impl Link {
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -93,22 +89,17 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn get(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
     let mut msg = LinkMessage::default();
     msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-    match nl.dump_one(RouteNetlinkMessage::GetLink(msg), &|| {
-        format!("get link {name}")
-    }) {
-        Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_msg(&m))),
-        Ok(_) => Ok(None),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
+    get_one(nl, msg, &|| format!("get link {name}"))
 }
 
 pub fn get_by_index(nl: &mut Netlink, index: u32) -> Result<Option<Link>> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
-    match nl.dump_one(RouteNetlinkMessage::GetLink(msg), &|| {
-        format!("get link #{index}")
-    }) {
+    get_one(nl, msg, &|| format!("get link #{index}"))
+}
+
+fn get_one(nl: &mut Netlink, msg: LinkMessage, op: &dyn Fn() -> String) -> Result<Option<Link>> {
+    match nl.dump_one(RouteNetlinkMessage::GetLink(msg), op) {
         Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_msg(&m))),
         Ok(_) => Ok(None),
         Err(e) if e.is_not_found() => Ok(None),
@@ -118,10 +109,7 @@ pub fn get_by_index(nl: &mut Netlink, index: u32) -> Result<Option<Link>> {
 
 /// Every link in the namespace.
 pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
-    let msgs = nl.dump(
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        &|| "list links".into(),
-    )?;
+    let msgs = nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), &|| "list links".into())?;
     Ok(msgs
         .iter()
         .filter_map(|m| match m {
@@ -149,8 +137,7 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
             let mut msg = LinkMessage::default();
             msg.header.flags = LinkFlags::Up;
             msg.header.change_mask = LinkFlags::Up;
-            msg.attributes
-                .push(LinkAttribute::IfName(spec.name.to_string()));
+            msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
             if let Some(mtu) = spec.mtu {
                 msg.attributes.push(LinkAttribute::Mtu(mtu));
             }
@@ -163,11 +150,9 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
                 info.push(LinkInfo::Data(InfoData::Bridge(data)));
             }
             msg.attributes.push(LinkAttribute::LinkInfo(info));
-            match nl.request(
-                RouteNetlinkMessage::NewLink(msg),
-                NLM_F_CREATE | NLM_F_EXCL,
-                &|| format!("create bridge {}", spec.name),
-            ) {
+            match nl.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL, &|| {
+                format!("create bridge {}", spec.name)
+            }) {
                 Ok(()) => {}
                 Err(e) if e.is_exists() => {}
                 Err(e) => return Err(e),
@@ -177,11 +162,7 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
     };
     if link.kind.as_deref() != Some("bridge") {
         return Err(Error::Kernel {
-            op: format!(
-                "use {} as a bridge: it is a {}",
-                spec.name,
-                link.kind.as_deref().unwrap_or("non-bridge link")
-            ),
+            op: format!("use {} as a bridge: it is a {}", spec.name, link.kind.as_deref().unwrap_or("non-bridge link")),
             errno: nix::errno::Errno::EINVAL,
         });
     }
@@ -189,25 +170,13 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
     if !link.up || want_promisc {
         let mut msg = LinkMessage::default();
         msg.header.index = link.index;
-        msg.header.flags = LinkFlags::Up
-            | if spec.promisc {
-                LinkFlags::Promisc
-            } else {
-                LinkFlags::empty()
-            };
+        msg.header.flags = LinkFlags::Up | if spec.promisc { LinkFlags::Promisc } else { LinkFlags::empty() };
         msg.header.change_mask = msg.header.flags;
-        nl.request(RouteNetlinkMessage::SetLink(msg), 0, &|| {
-            format!("bring bridge {} up", spec.name)
-        })?;
+        nl.request(RouteNetlinkMessage::SetLink(msg), 0, &|| format!("bring bridge {} up", spec.name))?;
         link.up = true;
     }
     if spec.vlan_filtering {
-        set_bridge_opts(
-            nl,
-            link.index,
-            vec![InfoBridge::VlanFiltering(true)],
-            spec.name,
-        )?;
+        set_bridge_opts(nl, link.index, vec![InfoBridge::VlanFiltering(true)], spec.name)?;
     }
     Ok(link)
 }
@@ -215,13 +184,9 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
 fn set_bridge_opts(nl: &mut Netlink, index: u32, opts: Vec<InfoBridge>, name: &str) -> Result<()> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
-    msg.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(InfoKind::Bridge),
-        LinkInfo::Data(InfoData::Bridge(opts)),
-    ]));
-    nl.request(RouteNetlinkMessage::NewLink(msg), 0, &|| {
-        format!("set options on bridge {name}")
-    })
+    msg.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge), LinkInfo::Data(InfoData::Bridge(opts))]));
+    nl.request(RouteNetlinkMessage::NewLink(msg), 0, &|| format!("set options on bridge {name}"))
 }
 
 /// A veth pair created in one request: `host` in this namespace, up and
@@ -242,10 +207,8 @@ pub struct VethSpec<'a> {
 /// looked up otherwise).
 pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Link> {
     let mut peer = LinkMessage::default();
-    peer.attributes
-        .push(LinkAttribute::IfName(spec.peer.to_string()));
-    peer.attributes
-        .push(LinkAttribute::NetNsFd(spec.peer_ns_fd));
+    peer.attributes.push(LinkAttribute::IfName(spec.peer.to_string()));
+    peer.attributes.push(LinkAttribute::NetNsFd(spec.peer_ns_fd));
     if let Some(mtu) = spec.mtu {
         peer.attributes.push(LinkAttribute::Mtu(mtu));
     }
@@ -255,8 +218,7 @@ pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Link> {
     let mut msg = LinkMessage::default();
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
-    msg.attributes
-        .push(LinkAttribute::IfName(spec.host.to_string()));
+    msg.attributes.push(LinkAttribute::IfName(spec.host.to_string()));
     if let Some(mtu) = spec.mtu {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
     }
@@ -267,19 +229,16 @@ pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Link> {
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    let echoed = nl.request_echo(
-        RouteNetlinkMessage::NewLink(msg),
-        NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
-        &|| format!("create veth {} <-> {}", spec.host, spec.peer),
-    )?;
+    let echoed = nl.request_echo(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, &|| {
+        format!("create veth {} <-> {}", spec.host, spec.peer)
+    })?;
     let host = echoed.iter().find_map(|m| match m {
         RouteNetlinkMessage::NewLink(m) => Some(Link::from_msg(m)).filter(|l| l.name == spec.host),
         _ => None,
     });
     match host {
         Some(l) => Ok(l),
-        None => get(nl, spec.host)?
-            .ok_or_else(|| Error::NotFound(format!("veth {} after creating it", spec.host))),
+        None => get(nl, spec.host)?.ok_or_else(|| Error::NotFound(format!("veth {} after creating it", spec.host))),
     }
 }
 
@@ -287,9 +246,7 @@ pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Link> {
 pub fn delete(nl: &mut Netlink, name: &str) -> Result<bool> {
     let mut msg = LinkMessage::default();
     msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-    match nl.request(RouteNetlinkMessage::DelLink(msg), 0, &|| {
-        format!("delete link {name}")
-    }) {
+    match nl.request(RouteNetlinkMessage::DelLink(msg), 0, &|| format!("delete link {name}")) {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
@@ -297,12 +254,7 @@ pub fn delete(nl: &mut Netlink, name: &str) -> Result<bool> {
 }
 
 /// Sets the alias and bridge-port flags of an enslaved link in one request.
-pub fn set_port(
-    nl: &mut Netlink,
-    index: u32,
-    alias: Option<&str>,
-    opts: Vec<InfoBridgePort>,
-) -> Result<()> {
+pub fn set_port(nl: &mut Netlink, index: u32, alias: Option<&str>, opts: Vec<InfoBridgePort>) -> Result<()> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     if let Some(a) = alias {
@@ -314,34 +266,19 @@ pub fn set_port(
             LinkInfo::PortData(InfoPortData::BridgePort(opts)),
         ]));
     }
-    nl.request(RouteNetlinkMessage::NewLink(msg), 0, &|| {
-        format!("set alias and port options of link #{index}")
-    })
+    nl.request(RouteNetlinkMessage::NewLink(msg), 0, &|| format!("set alias and port options of link #{index}"))
 }
 
 pub fn set_up(nl: &mut Netlink, index: u32, up: bool) -> Result<()> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
-    msg.header.flags = if up {
-        LinkFlags::Up
-    } else {
-        LinkFlags::empty()
-    };
+    msg.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
     msg.header.change_mask = LinkFlags::Up;
-    nl.request(RouteNetlinkMessage::SetLink(msg), 0, &|| {
-        format!("set link #{index} up={up}")
-    })
+    nl.request(RouteNetlinkMessage::SetLink(msg), 0, &|| format!("set link #{index} up={up}"))
 }
 
 /// Adds or removes a VLAN on a bridge port (`self_` = on the bridge device itself).
-pub fn bridge_vlan(
-    nl: &mut Netlink,
-    index: u32,
-    vid: u16,
-    pvid_untagged: bool,
-    self_: bool,
-    add: bool,
-) -> Result<()> {
+pub fn bridge_vlan(nl: &mut Netlink, index: u32, vid: u16, pvid_untagged: bool, self_: bool, add: bool) -> Result<()> {
     let mut msg = LinkMessage::default();
     msg.header.interface_family = AddressFamily::Bridge;
     msg.header.index = index;
@@ -351,18 +288,10 @@ pub fn bridge_vlan(
     }
     let mut spec = vec![AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid })];
     if self_ {
-        spec.insert(
-            0,
-            AfSpecBridge::Flags(netlink_packet_route::link::BridgeFlag::LowerDev),
-        );
+        spec.insert(0, AfSpecBridge::Flags(netlink_packet_route::link::BridgeFlag::LowerDev));
     }
     msg.attributes.push(LinkAttribute::AfSpecBridge(spec));
-    let op = || {
-        format!(
-            "{} vlan {vid} on link #{index}",
-            if add { "add" } else { "delete" }
-        )
-    };
+    let op = || format!("{} vlan {vid} on link #{index}", if add { "add" } else { "delete" });
     if add {
         nl.request(RouteNetlinkMessage::SetLink(msg), 0, &op)
     } else {
@@ -382,15 +311,11 @@ pub fn ensure_vlan(nl: &mut Netlink, name: &str, parent: u32, vid: u16) -> Resul
     msg.attributes.push(LinkAttribute::Link(parent));
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Vlan),
-        LinkInfo::Data(InfoData::Vlan(vec![
-            netlink_packet_route::link::InfoVlan::Id(vid),
-        ])),
+        LinkInfo::Data(InfoData::Vlan(vec![netlink_packet_route::link::InfoVlan::Id(vid)])),
     ]));
-    match nl.request(
-        RouteNetlinkMessage::NewLink(msg),
-        NLM_F_CREATE | NLM_F_EXCL,
-        &|| format!("create vlan {name} (id {vid})"),
-    ) {
+    match nl.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL, &|| {
+        format!("create vlan {name} (id {vid})")
+    }) {
         Ok(()) => {}
         Err(e) if e.is_exists() => {}
         Err(e) => return Err(e),

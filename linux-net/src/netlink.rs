@@ -22,27 +22,15 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a route socket in the calling thread's current network namespace.
     pub fn open() -> Result<Netlink> {
-        let mut sock =
-            Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
-        sock.bind_auto()
-            .map_err(|e| Error::io("bind netlink socket", e))?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(|e| Error::io("connect netlink socket", e))?;
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
+        sock.bind_auto().map_err(|e| Error::io("bind netlink socket", e))?;
+        sock.connect(&SocketAddr::new(0, 0)).map_err(|e| Error::io("connect netlink socket", e))?;
         // Extended acks make the kernel's refusals carry a reason; failure to enable is harmless.
         let _ = sock.set_ext_ack(true);
-        Ok(Netlink {
-            sock,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        })
+        Ok(Netlink { sock, seq: 0, buf: vec![0; 64 * 1024] })
     }
 
-    fn send(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        op: &dyn Fn() -> String,
-    ) -> Result<u32> {
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &dyn Fn() -> String) -> Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -56,12 +44,7 @@ impl Netlink {
     }
 
     /// Sends `msg` and waits for the kernel's ack.
-    pub fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        op: &dyn Fn() -> String,
-    ) -> Result<()> {
+    pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &dyn Fn() -> String) -> Result<()> {
         self.request_echo(msg, flags & !NLM_F_ECHO, op).map(|_| ())
     }
 
@@ -75,59 +58,13 @@ impl Netlink {
         op: &dyn Fn() -> String,
     ) -> Result<Vec<RouteNetlinkMessage>> {
         let seq = self.send(msg, flags | NLM_F_REQUEST | NLM_F_ACK, op)?;
-        let mut echoed = Vec::new();
-        loop {
-            for reply in self.receive(op)? {
-                if reply.header.sequence_number != seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => echoed.push(m),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(echoed),
-                            Some(code) => Err(Error::Kernel {
-                                op: op(),
-                                errno: Errno::from_raw(-code.get()),
-                            }),
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(echoed),
-                    _ => {}
-                }
-            }
-        }
+        self.replies(seq, false, op)
     }
 
     /// Sends a dump request and collects every reply message.
-    pub fn dump(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        op: &dyn Fn() -> String,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+    pub fn dump(&mut self, msg: RouteNetlinkMessage, op: &dyn Fn() -> String) -> Result<Vec<RouteNetlinkMessage>> {
         let seq = self.send(msg, NLM_F_REQUEST | NLM_F_DUMP, op)?;
-        let mut out = Vec::new();
-        loop {
-            for reply in self.receive(op)? {
-                if reply.header.sequence_number != seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(code) => Err(Error::Kernel {
-                                op: op(),
-                                errno: Errno::from_raw(-code.get()),
-                            }),
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.replies(seq, false, op)
     }
 
     /// Sends a GET for one object and returns its reply (`Ok(None)` if none came).
@@ -137,21 +74,30 @@ impl Netlink {
         op: &dyn Fn() -> String,
     ) -> Result<Option<RouteNetlinkMessage>> {
         let seq = self.send(msg, NLM_F_REQUEST, op)?;
+        Ok(self.replies(seq, true, op)?.pop())
+    }
+
+    /// Collects the messages answering request `seq` until its ack, DONE or
+    /// error (or the first message, with `first_only`).
+    fn replies(&mut self, seq: u32, first_only: bool, op: &dyn Fn() -> String) -> Result<Vec<RouteNetlinkMessage>> {
+        let mut out = Vec::new();
         loop {
             for reply in self.receive(op)? {
                 if reply.header.sequence_number != seq {
                     continue;
                 }
                 match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => return Ok(Some(m)),
-                    NetlinkPayload::Done(_) => return Ok(None),
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if first_only {
+                            return Ok(out);
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(out),
                     NetlinkPayload::Error(e) => {
                         return match e.code {
-                            None => Ok(None),
-                            Some(code) => Err(Error::Kernel {
-                                op: op(),
-                                errno: Errno::from_raw(-code.get()),
-                            }),
+                            None => Ok(out),
+                            Some(code) => Err(Error::Kernel { op: op(), errno: Errno::from_raw(-code.get()) }),
                         }
                     }
                     _ => {}
@@ -160,23 +106,13 @@ impl Netlink {
         }
     }
 
-    fn receive(
-        &mut self,
-        op: &dyn Fn() -> String,
-    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-        let n = self
-            .sock
-            .recv(&mut &mut self.buf[..], 0)
-            .map_err(|e| Error::io(op(), e))?;
+    fn receive(&mut self, op: &dyn Fn() -> String) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(|e| Error::io(op(), e))?;
         let mut msgs = Vec::new();
         let mut off = 0;
         while off < n {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n]).map_err(
-                |e| Error::Decode {
-                    op: op(),
-                    detail: e.to_string(),
-                },
-            )?;
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
+                .map_err(|e| Error::Decode { op: op(), detail: e.to_string() })?;
             let len = m.header.length as usize;
             msgs.push(m);
             if len == 0 {

@@ -17,12 +17,8 @@ pub struct NetNs {
 
 impl NetNs {
     pub fn open(path: &Path) -> Result<NetNs> {
-        let file =
-            File::open(path).map_err(|e| Error::io(format!("open netns {}", path.display()), e))?;
-        Ok(NetNs {
-            file,
-            path: path.to_path_buf(),
-        })
+        let file = File::open(path).map_err(|e| Error::io(format!("open netns {}", path.display()), e))?;
+        Ok(NetNs { file, path: path.to_path_buf() })
     }
 
     /// The namespace the calling thread is in now.
@@ -41,15 +37,11 @@ impl NetNs {
     /// Runs `f` with the calling thread inside this namespace, then returns.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let home = NetNs::current()?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::Kernel {
-            op: format!("enter netns {}", self.path.display()),
-            errno: e,
-        })?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::Kernel { op: format!("enter netns {}", self.path.display()), errno: e })?;
         let out = f();
-        setns(home.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::Kernel {
-            op: "return to the original netns".into(),
-            errno: e,
-        })?;
+        setns(home.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::Kernel { op: "return to the original netns".into(), errno: e })?;
         Ok(out)
     }
 

@@ -395,12 +395,7 @@ struct SingleRule<'a> {
 /// chain, NEWRULE. Concurrent callers are safe: transactions serialize in
 /// the kernel and each leaves exactly one rule.
 fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
-    let SingleRule {
-        family,
-        table,
-        chain,
-        ..
-    } = *want;
+    let SingleRule { family, table, chain, .. } = *want;
     // validate everything before any I/O
     check_name("table", table)?;
     check_name("chain", chain)?;
@@ -418,14 +413,7 @@ fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
 
     let mut b = Batch::new();
     b.new_table(family, table)?;
-    b.new_base_chain(
-        family,
-        table,
-        chain,
-        want.chain_type,
-        want.hooknum,
-        want.priority,
-    )?;
+    b.new_base_chain(family, table, chain, want.chain_type, want.hooknum, want.priority)?;
     b.flush_chain(family, table, chain)?;
     b.new_rule(family, table, chain, &want.exprs, Some(want.comment))?;
     execute_on(&sock, b, false)
@@ -433,24 +421,13 @@ fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
 
 /// Whether the chain is the wanted base chain and holds exactly the wanted
 /// rule: one rule dump, then (only if that matches) one chain get.
-fn already_in_place(
-    sock: &Socket,
-    want: &SingleRule<'_>,
-    userdata: &[u8],
-) -> Result<bool, DumpError> {
-    let SingleRule {
-        family,
-        table,
-        chain,
-        ..
-    } = *want;
+fn already_in_place(sock: &Socket, want: &SingleRule<'_>, userdata: &[u8]) -> Result<bool, DumpError> {
+    let SingleRule { family, table, chain, .. } = *want;
     let rules = chain_rules(sock, family, table, chain)?;
     let [only] = rules.as_slice() else {
         return Ok(false);
     };
-    if only.exprs.as_deref() != Some(want.exprs.as_slice())
-        || only.userdata.as_deref() != Some(userdata)
-    {
+    if only.exprs.as_deref() != Some(want.exprs.as_slice()) || only.userdata.as_deref() != Some(userdata) {
         return Ok(false);
     }
     let req = get_request(
@@ -519,15 +496,8 @@ fn prefix_match(offset: u32, addr: IpAddr, prefix: u8, op: u32) -> Vec<Expr> {
     if prefix > 0 && prefix % 8 == 0 {
         let n = prefix / 8;
         return vec![
-            Expr::Payload {
-                base: NFT_PAYLOAD_NETWORK_HEADER,
-                offset,
-                len: n as u32,
-            },
-            Expr::Cmp {
-                op,
-                data: full[..n].to_vec(),
-            },
+            Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len: n as u32 },
+            Expr::Cmp { op, data: full[..n].to_vec() },
         ];
     }
     let mask: Vec<u8> = (0..full.len())
@@ -539,11 +509,7 @@ fn prefix_match(offset: u32, addr: IpAddr, prefix: u8, op: u32) -> Vec<Expr> {
         .collect();
     let value: Vec<u8> = full.iter().zip(&mask).map(|(a, m)| a & m).collect();
     vec![
-        Expr::Payload {
-            base: NFT_PAYLOAD_NETWORK_HEADER,
-            offset,
-            len: full.len() as u32,
-        },
+        Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len: full.len() as u32 },
         Expr::Bitwise { mask },
         Expr::Cmp { op, data: value },
     ]
@@ -552,26 +518,11 @@ fn prefix_match(offset: u32, addr: IpAddr, prefix: u8, op: u32) -> Vec<Expr> {
 /// `ip saddr S ip daddr != S ip daddr != 224.0.0.0/4 masquerade` (or ip6).
 fn masquerade_exprs(subnet: IpNetwork) -> Vec<Expr> {
     let (addr, prefix) = canonical(subnet);
-    let (nfproto, saddr_off, daddr_off, mcast, mcast_prefix): (u8, u32, u32, IpAddr, u8) =
-        match addr {
-            IpAddr::V4(_) => (NFPROTO_IPV4, 12, 16, IpAddr::from([224, 0, 0, 0]), 4),
-            IpAddr::V6(_) => (
-                NFPROTO_IPV6,
-                8,
-                24,
-                IpAddr::from([0xff00, 0, 0, 0, 0, 0, 0, 0u16]),
-                8,
-            ),
-        };
-    let mut e = vec![
-        Expr::Meta {
-            key: NFT_META_NFPROTO,
-        },
-        Expr::Cmp {
-            op: NFT_CMP_EQ,
-            data: vec![nfproto],
-        },
-    ];
+    let (nfproto, saddr_off, daddr_off, mcast, mcast_prefix): (u8, u32, u32, IpAddr, u8) = match addr {
+        IpAddr::V4(_) => (NFPROTO_IPV4, 12, 16, IpAddr::from([224, 0, 0, 0]), 4),
+        IpAddr::V6(_) => (NFPROTO_IPV6, 8, 24, IpAddr::from([0xff00, 0, 0, 0, 0, 0, 0, 0u16]), 8),
+    };
+    let mut e = vec![Expr::Meta { key: NFT_META_NFPROTO }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![nfproto] }];
     e.extend(prefix_match(saddr_off, addr, prefix, NFT_CMP_EQ));
     e.extend(prefix_match(daddr_off, addr, prefix, NFT_CMP_NEQ));
     e.extend(prefix_match(daddr_off, mcast, mcast_prefix, NFT_CMP_NEQ));
@@ -590,31 +541,17 @@ fn macspoof_exprs(host_ifname: &str, mac: [u8; 6]) -> NftResult<Vec<Expr>> {
     let mut name = [0u8; IFNAMSIZ];
     name[..host_ifname.len()].copy_from_slice(host_ifname.as_bytes());
     Ok(vec![
-        Expr::Meta {
-            key: NFT_META_IIFNAME,
-        },
-        Expr::Cmp {
-            op: NFT_CMP_EQ,
-            data: name.to_vec(),
-        },
-        Expr::Payload {
-            base: NFT_PAYLOAD_LL_HEADER,
-            offset: 6,
-            len: 6,
-        },
-        Expr::Cmp {
-            op: NFT_CMP_NEQ,
-            data: mac.to_vec(),
-        },
+        Expr::Meta { key: NFT_META_IIFNAME },
+        Expr::Cmp { op: NFT_CMP_EQ, data: name.to_vec() },
+        Expr::Payload { base: NFT_PAYLOAD_LL_HEADER, offset: 6, len: 6 },
+        Expr::Cmp { op: NFT_CMP_NEQ, data: mac.to_vec() },
         Expr::Verdict { code: NF_DROP },
     ])
 }
 
 /// 32-bit FNV-1a.
 fn fnv1a32(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    data.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 // ---------------------------------------------------------------------------
@@ -824,12 +761,7 @@ impl Batch {
             NFNL_SUBSYS_NFTABLES,
         );
         msg_end(&mut buf, m);
-        Batch {
-            buf,
-            begin_seq: first_seq,
-            next_seq: first_seq.wrapping_add(1),
-            ops: Vec::new(),
-        }
+        Batch { buf, begin_seq: first_seq, next_seq: first_seq.wrapping_add(1), ops: Vec::new() }
     }
 
     /// Starts an nf_tables message; the caller appends attributes and calls
@@ -838,25 +770,13 @@ impl Batch {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
         self.ops.push((seq, op));
-        msg_start(
-            &mut self.buf,
-            nft_type(msg),
-            NLM_F_REQUEST | NLM_F_ACK | extra_flags,
-            seq,
-            family.nfproto(),
-            0,
-        )
+        msg_start(&mut self.buf, nft_type(msg), NLM_F_REQUEST | NLM_F_ACK | extra_flags, seq, family.nfproto(), 0)
     }
 
     /// NEWTABLE without NLM_F_EXCL: creates, or no-op if it exists.
     fn new_table(&mut self, family: Family, table: &str) -> NftResult<()> {
         check_name("table", table)?;
-        let m = self.start(
-            NFT_MSG_NEWTABLE,
-            NLM_F_CREATE,
-            family,
-            format!("add table {family} {table}"),
-        );
+        let m = self.start(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, format!("add table {family} {table}"));
         put_strz(&mut self.buf, NFTA_TABLE_NAME, table);
         msg_end(&mut self.buf, m);
         Ok(())
@@ -864,12 +784,7 @@ impl Batch {
 
     fn del_table(&mut self, family: Family, table: &str) -> NftResult<()> {
         check_name("table", table)?;
-        let m = self.start(
-            NFT_MSG_DELTABLE,
-            0,
-            family,
-            format!("delete table {family} {table}"),
-        );
+        let m = self.start(NFT_MSG_DELTABLE, 0, family, format!("delete table {family} {table}"));
         put_strz(&mut self.buf, NFTA_TABLE_NAME, table);
         msg_end(&mut self.buf, m);
         Ok(())
@@ -981,14 +896,7 @@ fn dump_request(msg: u16, family: Family, seq: u32, attrs: &[(u16, &str)]) -> Ve
 /// then ends the reply the way NLMSG_DONE ends a dump).
 fn get_request(msg: u16, flags: u16, family: Family, seq: u32, attrs: &[(u16, &str)]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
-    let m = msg_start(
-        &mut buf,
-        nft_type(msg),
-        NLM_F_REQUEST | flags,
-        seq,
-        family.nfproto(),
-        0,
-    );
+    let m = msg_start(&mut buf, nft_type(msg), NLM_F_REQUEST | flags, seq, family.nfproto(), 0);
     for (ty, s) in attrs {
         put_strz(&mut buf, *ty, s);
     }
@@ -1024,10 +932,7 @@ fn parse_msgs(mut data: &[u8]) -> NftResult<Vec<NlMsg<'_>>> {
     while data.len() >= NLMSG_HDRLEN {
         let len = ne_u32(data) as usize;
         if len < NLMSG_HDRLEN || len > data.len() {
-            return Err(NftError::Protocol(format!(
-                "bad nlmsg_len {len} with {} bytes left",
-                data.len()
-            )));
+            return Err(NftError::Protocol(format!("bad nlmsg_len {len} with {} bytes left", data.len())));
         }
         out.push(NlMsg {
             ty: ne_u16(&data[4..]),
@@ -1044,10 +949,7 @@ fn parse_msgs(mut data: &[u8]) -> NftResult<Vec<NlMsg<'_>>> {
 /// errno 0 is a plain ack.
 fn parse_error(payload: &[u8]) -> NftResult<(i32, u32)> {
     if payload.len() < 4 + NLMSG_HDRLEN {
-        return Err(NftError::Protocol(format!(
-            "short NLMSG_ERROR ({} bytes)",
-            payload.len()
-        )));
+        return Err(NftError::Protocol(format!("short NLMSG_ERROR ({} bytes)", payload.len())));
     }
     let err = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
     let orig_seq = ne_u32(&payload[4 + 8..]);
@@ -1149,28 +1051,18 @@ fn data_value(nested: &[u8]) -> Option<Vec<u8>> {
 fn decode_exprs(list: &[u8]) -> Option<Vec<Expr>> {
     parse_attrs(list)
         .into_iter()
-        .map(|(ty, elem)| {
-            if ty == NFTA_LIST_ELEM {
-                decode_expr(elem)
-            } else {
-                None
-            }
-        })
+        .map(|(ty, elem)| if ty == NFTA_LIST_ELEM { decode_expr(elem) } else { None })
         .collect()
 }
 
 fn decode_expr(elem: &[u8]) -> Option<Expr> {
     let e = parse_attrs(elem);
     let name = attr_str(find_attr(&e, NFTA_EXPR_NAME)?);
-    let d = find_attr(&e, NFTA_EXPR_DATA)
-        .map(parse_attrs)
-        .unwrap_or_default();
+    let d = find_attr(&e, NFTA_EXPR_DATA).map(parse_attrs).unwrap_or_default();
     let u = |ty| find_attr(&d, ty).and_then(be32);
     let reg1 = |ty| u(ty) == Some(NFT_REG_1);
     match name.as_str() {
-        "meta" if reg1(NFTA_META_DREG) => Some(Expr::Meta {
-            key: u(NFTA_META_KEY)?,
-        }),
+        "meta" if reg1(NFTA_META_DREG) => Some(Expr::Meta { key: u(NFTA_META_KEY)? }),
         "payload" if reg1(NFTA_PAYLOAD_DREG) => Some(Expr::Payload {
             base: u(NFTA_PAYLOAD_BASE)?,
             offset: u(NFTA_PAYLOAD_OFFSET)?,
@@ -1183,27 +1075,19 @@ fn decode_expr(elem: &[u8]) -> Option<Expr> {
             let len_ok = u(NFTA_BITWISE_LEN)? as usize == mask.len();
             (op_ok && len_ok && xor.iter().all(|&b| b == 0)).then_some(Expr::Bitwise { mask })
         }
-        "cmp" if reg1(NFTA_CMP_SREG) => Some(Expr::Cmp {
-            op: u(NFTA_CMP_OP)?,
-            data: data_value(find_attr(&d, NFTA_CMP_DATA)?)?,
-        }),
+        "cmp" if reg1(NFTA_CMP_SREG) => {
+            Some(Expr::Cmp { op: u(NFTA_CMP_OP)?, data: data_value(find_attr(&d, NFTA_CMP_DATA)?)? })
+        }
         "immediate" if u(NFTA_IMMEDIATE_DREG) == Some(NFT_REG_VERDICT) => {
             let data = parse_attrs(find_attr(&d, NFTA_IMMEDIATE_DATA)?);
             let verdict = parse_attrs(find_attr(&data, NFTA_DATA_VERDICT)?);
             if find_attr(&verdict, NFTA_VERDICT_CHAIN).is_some() {
                 return None;
             }
-            Some(Expr::Verdict {
-                code: be32(find_attr(&verdict, NFTA_VERDICT_CODE)?)?,
-            })
+            Some(Expr::Verdict { code: be32(find_attr(&verdict, NFTA_VERDICT_CODE)?)? })
         }
         // masq with flags or port ranges is not ours
-        "masq"
-            if d.iter()
-                .all(|(ty, v)| *ty == NFTA_MASQ_FLAGS && be32(v) == Some(0)) =>
-        {
-            Some(Expr::Masq)
-        }
+        "masq" if d.iter().all(|(ty, v)| *ty == NFTA_MASQ_FLAGS && be32(v) == Some(0)) => Some(Expr::Masq),
         _ => None,
     }
 }
@@ -1232,9 +1116,7 @@ fn recv_into(sock: &Socket, buf: &mut Vec<u8>, flags: libc::c_int) -> NftResult<
     buf.clear();
     loop {
         match sock.recv(buf, flags | libc::MSG_TRUNC) {
-            Ok(n) if n > buf.capacity() => {
-                return Err(NftError::Protocol(format!("{n}-byte datagram truncated")))
-            }
+            Ok(n) if n > buf.capacity() => return Err(NftError::Protocol(format!("{n}-byte datagram truncated"))),
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -1244,11 +1126,7 @@ fn recv_into(sock: &Socket, buf: &mut Vec<u8>, flags: libc::c_int) -> NftResult<
 }
 
 fn wait_readable(sock: &Socket, timeout: Duration) -> NftResult<bool> {
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd for the duration of the call.
         let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
@@ -1274,10 +1152,7 @@ fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftResult<()> {
     let (bytes, begin_seq, ops) = batch.finish();
     let sent = sock.send(&bytes, 0)?;
     if sent != bytes.len() {
-        return Err(NftError::Protocol(format!(
-            "short send: {sent} of {} bytes",
-            bytes.len()
-        )));
+        return Err(NftError::Protocol(format!("short send: {sent} of {} bytes", bytes.len())));
     }
     let mut pending: Vec<bool> = vec![true; ops.len()];
     let mut remaining = ops.len();
@@ -1328,10 +1203,8 @@ fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftResult<()> {
         None => Ok(()),
         Some((_, errno)) if enoent_ok && errno == libc::ENOENT => Ok(()),
         Some((seq, errno)) => {
-            let op = ops
-                .iter()
-                .find(|(s, _)| *s == seq)
-                .map_or_else(|| "nftables batch".to_string(), |(_, op)| op.clone());
+            let op =
+                ops.iter().find(|(s, _)| *s == seq).map_or_else(|| "nftables batch".to_string(), |(_, op)| op.clone());
             tracing::debug!(%op, errno, "nftables transaction rejected");
             Err(NftError::Kernel { op, errno })
         }
@@ -1382,19 +1255,12 @@ fn dump(
             match msg.ty {
                 NLMSG_DONE => {
                     // The payload is the dump's final status (0 or -errno).
-                    let status = msg
-                        .payload
-                        .get(..4)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    let status = msg.payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                     return match -status {
                         _ if interrupted => Err(DumpError::Interrupted),
                         0 | libc::ENOENT => Ok(()),
                         libc::EINTR => Err(DumpError::Interrupted),
-                        errno => Err(NftError::Kernel {
-                            op: what.to_string(),
-                            errno,
-                        }
-                        .into()),
+                        errno => Err(NftError::Kernel { op: what.to_string(), errno }.into()),
                     };
                 }
                 NLMSG_ERROR => {
@@ -1403,11 +1269,7 @@ fn dump(
                         0 => Ok(()),
                         libc::ENOENT => Ok(()),
                         libc::EINTR => Err(DumpError::Interrupted),
-                        errno => Err(NftError::Kernel {
-                            op: what.to_string(),
-                            errno,
-                        }
-                        .into()),
+                        errno => Err(NftError::Kernel { op: what.to_string(), errno }.into()),
                     };
                 }
                 t if t == reply_type => each(msg.payload),
@@ -1418,18 +1280,9 @@ fn dump(
 }
 
 /// Rules of one chain, in order (empty if the table or chain is absent).
-fn chain_rules(
-    sock: &Socket,
-    family: Family,
-    table: &str,
-    chain: &str,
-) -> Result<Vec<RuleInfo>, DumpError> {
-    let req = dump_request(
-        NFT_MSG_GETRULE,
-        family,
-        DUMP_SEQ + 2,
-        &[(NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, chain)],
-    );
+fn chain_rules(sock: &Socket, family: Family, table: &str, chain: &str) -> Result<Vec<RuleInfo>, DumpError> {
+    let req =
+        dump_request(NFT_MSG_GETRULE, family, DUMP_SEQ + 2, &[(NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, chain)]);
     let what = format!("list rules of chain {chain} in table {family} {table}");
     let mut rules = Vec::new();
     dump(sock, &req, nft_type(NFT_MSG_NEWRULE), &what, |p| {
@@ -1442,11 +1295,7 @@ fn chain_rules(
     Ok(rules)
 }
 
-fn list_chains_once(
-    sock: &Socket,
-    family: Family,
-    table: &str,
-) -> Result<Vec<(String, Option<String>)>, DumpError> {
+fn list_chains_once(sock: &Socket, family: Family, table: &str) -> Result<Vec<(String, Option<String>)>, DumpError> {
     // Chain dumps cannot be filtered by table in the kernel; filter here.
     let mut chains: Vec<(String, Option<String>)> = Vec::new();
     let req = dump_request(NFT_MSG_GETCHAIN, family, DUMP_SEQ, &[]);
@@ -1463,12 +1312,7 @@ fn list_chains_once(
     }
     // Rule dumps are filtered by table in the kernel and come in chain
     // order, so the first rule seen per chain is its first rule.
-    let req = dump_request(
-        NFT_MSG_GETRULE,
-        family,
-        DUMP_SEQ + 1,
-        &[(NFTA_RULE_TABLE, table)],
-    );
+    let req = dump_request(NFT_MSG_GETRULE, family, DUMP_SEQ + 1, &[(NFTA_RULE_TABLE, table)]);
     let what = format!("list rules of table {family} {table}");
     let mut seen: Vec<bool> = vec![false; chains.len()];
     dump(sock, &req, nft_type(NFT_MSG_NEWRULE), &what, |p| {
@@ -1545,40 +1389,21 @@ mod tests {
     fn batch_framing() {
         let mut batch = Batch::with_seq(100);
         batch.new_table(Family::Inet, "t").unwrap();
-        batch
-            .new_base_chain(Family::Inet, "t", "c", "nat", NF_INET_POST_ROUTING, 100)
-            .unwrap();
+        batch.new_base_chain(Family::Inet, "t", "c", "nat", NF_INET_POST_ROUTING, 100).unwrap();
         batch.flush_chain(Family::Inet, "t", "c").unwrap();
-        batch
-            .new_rule(
-                Family::Inet,
-                "t",
-                "c",
-                &masquerade_exprs(net("10.0.0.0/8")),
-                Some("hi"),
-            )
-            .unwrap();
+        batch.new_rule(Family::Inet, "t", "c", &masquerade_exprs(net("10.0.0.0/8")), Some("hi")).unwrap();
         let (bytes, begin, ops) = batch.finish();
         assert_eq!(begin, 100);
-        assert_eq!(
-            ops.iter().map(|o| o.0).collect::<Vec<_>>(),
-            [101, 102, 103, 104]
-        );
+        assert_eq!(ops.iter().map(|o| o.0).collect::<Vec<_>>(), [101, 102, 103, 104]);
         assert_eq!(ops[1].1, "add chain c in table inet t");
 
         let msgs = parse_msgs(&bytes).unwrap();
-        let total: usize = msgs
-            .iter()
-            .map(|m| align4(m.payload.len() + NLMSG_HDRLEN))
-            .sum();
+        let total: usize = msgs.iter().map(|m| align4(m.payload.len() + NLMSG_HDRLEN)).sum();
         assert_eq!(total, bytes.len());
         assert_eq!(msgs.len(), 6);
 
         let (first, last) = (msgs[0], msgs[5]);
-        assert_eq!(
-            (first.ty, first.seq, first.flags),
-            (0x10, 100, NLM_F_REQUEST)
-        );
+        assert_eq!((first.ty, first.seq, first.flags), (0x10, 100, NLM_F_REQUEST));
         assert_eq!(first.payload, [0, 0, 0, 10]); // AF_UNSPEC, v0, res_id be16 10
         assert_eq!((last.ty, last.seq), (0x11, 105));
         assert_eq!(last.payload, [0, 0, 0, 10]);
@@ -1593,16 +1418,10 @@ mod tests {
         assert_eq!(msgs[1].flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE);
         assert_eq!(msgs[2].flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE);
         assert_eq!(msgs[3].flags, NLM_F_REQUEST | NLM_F_ACK);
-        assert_eq!(
-            msgs[4].flags,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
-        );
+        assert_eq!(msgs[4].flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND);
         // the flush carries exactly table + chain
         let flush = parse_attrs(&msgs[3].payload[4..]);
-        assert_eq!(
-            flush.iter().map(|a| a.0).collect::<Vec<_>>(),
-            [NFTA_RULE_TABLE, NFTA_RULE_CHAIN]
-        );
+        assert_eq!(flush.iter().map(|a| a.0).collect::<Vec<_>>(), [NFTA_RULE_TABLE, NFTA_RULE_CHAIN]);
         // the rule carries its comment
         let rule = rule_of(msgs[4].payload).unwrap();
         assert_eq!((rule.table.as_str(), rule.chain.as_str()), ("t", "c"));
@@ -1663,168 +1482,51 @@ mod tests {
         let e = prefix_match(12, "10.99.0.0".parse().unwrap(), 24, NFT_CMP_EQ);
         assert_eq!(
             e,
-            [
-                Expr::Payload {
-                    base: 1,
-                    offset: 12,
-                    len: 3
-                },
-                Expr::Cmp {
-                    op: NFT_CMP_EQ,
-                    data: vec![10, 99, 0]
-                },
-            ]
+            [Expr::Payload { base: 1, offset: 12, len: 3 }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 99, 0] },]
         );
         // unaligned: whole field + mask
         let e = prefix_match(12, "10.96.0.0".parse().unwrap(), 12, NFT_CMP_EQ);
-        assert_eq!(
-            e[0],
-            Expr::Payload {
-                base: 1,
-                offset: 12,
-                len: 4
-            }
-        );
-        assert_eq!(
-            e[1],
-            Expr::Bitwise {
-                mask: vec![0xff, 0xf0, 0, 0]
-            }
-        );
-        assert_eq!(
-            e[2],
-            Expr::Cmp {
-                op: NFT_CMP_EQ,
-                data: vec![10, 96, 0, 0]
-            }
-        );
+        assert_eq!(e[0], Expr::Payload { base: 1, offset: 12, len: 4 });
+        assert_eq!(e[1], Expr::Bitwise { mask: vec![0xff, 0xf0, 0, 0] });
+        assert_eq!(e[2], Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 96, 0, 0] });
         // /0: zero mask, never a zero-length load
         let e = prefix_match(16, "0.0.0.0".parse().unwrap(), 0, NFT_CMP_NEQ);
         assert_eq!(e[1], Expr::Bitwise { mask: vec![0; 4] });
         // /32 and /128 compare everything
         let e = prefix_match(24, "fd00::1".parse().unwrap(), 128, NFT_CMP_NEQ);
-        assert_eq!(
-            e[0],
-            Expr::Payload {
-                base: 1,
-                offset: 24,
-                len: 16
-            }
-        );
+        assert_eq!(e[0], Expr::Payload { base: 1, offset: 24, len: 16 });
         let e = prefix_match(24, "fd00::".parse().unwrap(), 60, NFT_CMP_EQ);
-        assert_eq!(
-            e[1],
-            Expr::Bitwise {
-                mask: [vec![0xff; 7], vec![0xf0], vec![0; 8]].concat()
-            }
-        );
+        assert_eq!(e[1], Expr::Bitwise { mask: [vec![0xff; 7], vec![0xf0], vec![0; 8]].concat() });
     }
 
     #[test]
     fn masquerade_rule_shape() {
         let e = masquerade_exprs(net("10.99.0.7/24"));
-        assert_eq!(
-            e[0],
-            Expr::Meta {
-                key: NFT_META_NFPROTO
-            }
-        );
-        assert_eq!(
-            e[1],
-            Expr::Cmp {
-                op: NFT_CMP_EQ,
-                data: vec![NFPROTO_IPV4]
-            }
-        );
+        assert_eq!(e[0], Expr::Meta { key: NFT_META_NFPROTO });
+        assert_eq!(e[1], Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV4] });
         // host bits are cleared
-        assert_eq!(
-            e[3],
-            Expr::Cmp {
-                op: NFT_CMP_EQ,
-                data: vec![10, 99, 0]
-            }
-        );
-        assert_eq!(
-            e[4],
-            Expr::Payload {
-                base: 1,
-                offset: 16,
-                len: 3
-            }
-        );
-        assert_eq!(
-            e[5],
-            Expr::Cmp {
-                op: NFT_CMP_NEQ,
-                data: vec![10, 99, 0]
-            }
-        );
+        assert_eq!(e[3], Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 99, 0] });
+        assert_eq!(e[4], Expr::Payload { base: 1, offset: 16, len: 3 });
+        assert_eq!(e[5], Expr::Cmp { op: NFT_CMP_NEQ, data: vec![10, 99, 0] });
         // 224.0.0.0/4
-        assert_eq!(
-            e[7],
-            Expr::Bitwise {
-                mask: vec![0xf0, 0, 0, 0]
-            }
-        );
-        assert_eq!(
-            e[8],
-            Expr::Cmp {
-                op: NFT_CMP_NEQ,
-                data: vec![224, 0, 0, 0]
-            }
-        );
+        assert_eq!(e[7], Expr::Bitwise { mask: vec![0xf0, 0, 0, 0] });
+        assert_eq!(e[8], Expr::Cmp { op: NFT_CMP_NEQ, data: vec![224, 0, 0, 0] });
         assert_eq!(e.last(), Some(&Expr::Masq));
 
         let e = masquerade_exprs(net("fd00:99::/64"));
-        assert_eq!(
-            e[1],
-            Expr::Cmp {
-                op: NFT_CMP_EQ,
-                data: vec![NFPROTO_IPV6]
-            }
-        );
-        assert_eq!(
-            e[2],
-            Expr::Payload {
-                base: 1,
-                offset: 8,
-                len: 8
-            }
-        );
-        assert_eq!(
-            e[4],
-            Expr::Payload {
-                base: 1,
-                offset: 24,
-                len: 8
-            }
-        );
+        assert_eq!(e[1], Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV6] });
+        assert_eq!(e[2], Expr::Payload { base: 1, offset: 8, len: 8 });
+        assert_eq!(e[4], Expr::Payload { base: 1, offset: 24, len: 8 });
         // ff00::/8
-        assert_eq!(
-            e[6],
-            Expr::Payload {
-                base: 1,
-                offset: 24,
-                len: 1
-            }
-        );
-        assert_eq!(
-            e[7],
-            Expr::Cmp {
-                op: NFT_CMP_NEQ,
-                data: vec![0xff]
-            }
-        );
+        assert_eq!(e[6], Expr::Payload { base: 1, offset: 24, len: 1 });
+        assert_eq!(e[7], Expr::Cmp { op: NFT_CMP_NEQ, data: vec![0xff] });
     }
 
     #[test]
     fn masq_expr_has_no_data() {
         let mut b = Vec::new();
         put_expr(&mut b, &Expr::Masq);
-        assert_eq!(
-            b,
-            [[16, 0, 1, 0x80], [9, 0, 1, 0], *b"masq", [0, 0, 0, 0]].concat()
-        );
+        assert_eq!(b, [[16, 0, 1, 0x80], [9, 0, 1, 0], *b"masq", [0, 0, 0, 0]].concat());
     }
 
     #[test]
@@ -1842,19 +1544,10 @@ mod tests {
     #[test]
     fn validation() {
         let mut b = Batch::new();
-        assert!(matches!(
-            b.new_table(Family::Inet, ""),
-            Err(NftError::Invalid(_))
-        ));
-        assert!(matches!(
-            b.new_table(Family::Inet, &"x".repeat(256)),
-            Err(NftError::Invalid(_))
-        ));
+        assert!(matches!(b.new_table(Family::Inet, ""), Err(NftError::Invalid(_))));
+        assert!(matches!(b.new_table(Family::Inet, &"x".repeat(256)), Err(NftError::Invalid(_))));
         assert!(b.new_table(Family::Inet, &"x".repeat(255)).is_ok());
-        assert!(matches!(
-            macspoof_exprs("0123456789abcdef", [0; 6]),
-            Err(NftError::Invalid(_))
-        ));
+        assert!(matches!(macspoof_exprs("0123456789abcdef", [0; 6]), Err(NftError::Invalid(_))));
         assert!(macspoof_exprs("0123456789abcde", [0; 6]).is_ok());
         assert!(comment_userdata(&"c".repeat(MAX_COMMENT_LEN)).is_ok());
         assert!(comment_userdata(&"c".repeat(MAX_COMMENT_LEN + 1)).is_err());
@@ -1866,10 +1559,7 @@ mod tests {
     fn comment_parsing() {
         assert_eq!(parse_comment(&[0, 3, b'h', b'i', 0]).as_deref(), Some("hi"));
         // other TLVs first (e.g. ebtables compat), comment later
-        assert_eq!(
-            parse_comment(&[1, 1, 9, 0, 2, b'x', 0]).as_deref(),
-            Some("x")
-        );
+        assert_eq!(parse_comment(&[1, 1, 9, 0, 2, b'x', 0]).as_deref(), Some("x"));
         assert_eq!(parse_comment(&[1, 1, 9]), None);
         assert_eq!(parse_comment(&[0, 9, b'x']), None); // truncated
     }
@@ -1905,19 +1595,10 @@ mod tests {
 
     #[test]
     fn error_display_names_op_and_errno() {
-        let e = NftError::Kernel {
-            op: "add chain masq_x in table inet cni_br_ab12".into(),
-            errno: libc::EEXIST,
-        };
-        assert_eq!(
-            e.to_string(),
-            "add chain masq_x in table inet cni_br_ab12: EEXIST"
-        );
+        let e = NftError::Kernel { op: "add chain masq_x in table inet cni_br_ab12".into(), errno: libc::EEXIST };
+        assert_eq!(e.to_string(), "add chain masq_x in table inet cni_br_ab12: EEXIST");
         assert_eq!(e.errno(), Some(libc::EEXIST));
-        let e = NftError::Kernel {
-            op: "x".into(),
-            errno: 4095,
-        };
+        let e = NftError::Kernel { op: "x".into(), errno: 4095 };
         assert_eq!(e.to_string(), "x: errno 4095");
     }
 
@@ -1936,9 +1617,7 @@ mod tests {
         put_data_value(&mut b, NFTA_BITWISE_XOR, &[0; 4]);
         nest_end(&mut b, d);
         nest_end(&mut b, elem);
-        let want = Expr::Bitwise {
-            mask: vec![0xf0, 0, 0, 0],
-        };
+        let want = Expr::Bitwise { mask: vec![0xf0, 0, 0, 0] };
         assert_eq!(decode_exprs(&b), Some(vec![want]));
 
         // masq with explicit zero flags is still plain masq; with flags it is not
@@ -1985,14 +1664,7 @@ mod tests {
 
     #[test]
     fn every_rule_we_write_decodes_to_itself() {
-        for s in [
-            "10.0.0.0/8",
-            "10.96.0.0/12",
-            "0.0.0.0/0",
-            "10.1.2.3/32",
-            "fd00::/60",
-            "::/0",
-        ] {
+        for s in ["10.0.0.0/8", "10.96.0.0/12", "0.0.0.0/0", "10.1.2.3/32", "fd00::/60", "::/0"] {
             let exprs = masquerade_exprs(net(s));
             let mut b = Vec::new();
             for e in &exprs {
@@ -2011,8 +1683,7 @@ mod tests {
     #[test]
     fn chain_parsing() {
         let mut b = Batch::with_seq(1);
-        b.new_base_chain(Family::Bridge, "t", "c", "filter", NF_BR_PRE_ROUTING, -300)
-            .unwrap();
+        b.new_base_chain(Family::Bridge, "t", "c", "filter", NF_BR_PRE_ROUTING, -300).unwrap();
         let (bytes, _, _) = b.finish();
         let msgs = parse_msgs(&bytes).unwrap();
         let c = chain_of(msgs[1].payload).unwrap();
@@ -2030,12 +1701,7 @@ mod tests {
 
     #[test]
     fn dump_request_shape() {
-        let r = dump_request(
-            NFT_MSG_GETRULE,
-            Family::Bridge,
-            2,
-            &[(NFTA_RULE_TABLE, "t")],
-        );
+        let r = dump_request(NFT_MSG_GETRULE, Family::Bridge, 2, &[(NFTA_RULE_TABLE, "t")]);
         let m = parse_msgs(&r).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].ty, 0x0a07);

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
-    RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -29,17 +29,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>, oif: Option<u32>) -> Route {
-        Route {
-            dst,
-            gw,
-            oif,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-            onlink: false,
-        }
+        Route { dst, gw, oif, mtu: None, advmss: None, priority: None, table: None, scope: None, onlink: false }
     }
 }
 
@@ -52,11 +42,7 @@ fn addr(ip: IpAddr) -> RouteAddress {
 
 fn message(r: &Route) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = if r.dst.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
+    msg.header.address_family = if r.dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     msg.header.destination_prefix_length = r.dst.prefix();
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::Boot;
@@ -70,8 +56,7 @@ fn message(r: &Route) -> RouteMessage {
         msg.header.flags = RouteFlags::Onlink;
     }
     if r.dst.prefix() > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(addr(r.dst.network())));
+        msg.attributes.push(RouteAttribute::Destination(addr(r.dst.network())));
     }
     if let Some(gw) = r.gw {
         msg.attributes.push(RouteAttribute::Gateway(addr(gw)));
@@ -104,27 +89,19 @@ fn message(r: &Route) -> RouteMessage {
 }
 
 pub fn add(nl: &mut Netlink, r: &Route) -> Result<()> {
-    nl.request(
-        RouteNetlinkMessage::NewRoute(message(r)),
-        NLM_F_CREATE | NLM_F_EXCL,
-        &|| format!("add route {} via {:?}", r.dst, r.gw),
-    )
+    nl.request(RouteNetlinkMessage::NewRoute(message(r)), NLM_F_CREATE | NLM_F_EXCL, &|| {
+        format!("add route {} via {:?}", r.dst, r.gw)
+    })
 }
 
 pub fn del(nl: &mut Netlink, r: &Route) -> Result<()> {
-    nl.request(RouteNetlinkMessage::DelRoute(message(r)), 0, &|| {
-        format!("delete route {} via {:?}", r.dst, r.gw)
-    })
+    nl.request(RouteNetlinkMessage::DelRoute(message(r)), 0, &|| format!("delete route {} via {:?}", r.dst, r.gw))
 }
 
 /// Routes of the main (or every) table, as our [`Route`]s.
 pub fn list(nl: &mut Netlink, v6: bool) -> Result<Vec<Route>> {
     let mut req = RouteMessage::default();
-    req.header.address_family = if v6 {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
+    req.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
     let msgs = nl.dump(RouteNetlinkMessage::GetRoute(req), &|| "list routes".into())?;
     let mut out = Vec::new();
     for m in msgs {
@@ -133,11 +110,7 @@ pub fn list(nl: &mut Netlink, v6: bool) -> Result<Vec<Route>> {
         };
         let mut dst = None;
         let mut r = Route::new(
-            if v6 {
-                "::/0".parse().expect("valid")
-            } else {
-                "0.0.0.0/0".parse().expect("valid")
-            },
+            if v6 { "::/0".parse().expect("valid") } else { "0.0.0.0/0".parse().expect("valid") },
             None,
             None,
         );
