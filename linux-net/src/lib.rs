@@ -8,10 +8,12 @@
 pub mod addr;
 pub mod error;
 pub mod link;
+pub mod neigh;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod route;
 pub mod sysctl;
+pub mod vxlan;
 
 pub use error::{Error, Result};

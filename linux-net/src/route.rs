@@ -137,3 +137,69 @@ pub fn list(nl: &mut Netlink, v6: bool) -> Result<Vec<Route>> {
     }
     Ok(out)
 }
+
+/// Adds `r`, or replaces the route to the same destination (same table,
+/// priority and TOS) whatever its gateway/link were (NLM_F_CREATE|NLM_F_REPLACE).
+pub fn replace(nl: &mut Netlink, r: &Route) -> Result<()> {
+    nl.request(RouteNetlinkMessage::NewRoute(message(r)), NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE, &|| {
+        format!("replace route {} via {:?} dev #{:?}", r.dst, r.gw, r.oif)
+    })
+}
+
+/// Routes of the main table whose (single) nexthop leaves through link
+/// `oif`, with `onlink`, `mtu` and `advmss` read back too. Like [`list`],
+/// `scope` and `table` are always filled in; `priority` is filled in when
+/// the kernel reports one (always for IPv6, only when non-zero for IPv4).
+pub fn list_oif(nl: &mut Netlink, v6: bool, oif: u32) -> Result<Vec<Route>> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let msgs = nl.dump(RouteNetlinkMessage::GetRoute(req), &|| format!("list routes via link #{oif}"))?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewRoute(m) = m else {
+            continue;
+        };
+        let main = Some(RouteHeader::RT_TABLE_MAIN as u32);
+        if let Some(r) = route_of(&m).filter(|r| r.oif == Some(oif) && r.table == main) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// One dumped route as our [`Route`] (None for a family we do not handle).
+fn route_of(m: &RouteMessage) -> Option<Route> {
+    let zero: IpAddr = match m.header.address_family {
+        AddressFamily::Inet => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        AddressFamily::Inet6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        _ => return None,
+    };
+    let mut dst = zero;
+    let mut r = Route::new(IpNetwork::new(zero, 0).ok()?, None, None);
+    r.scope = Some(u8::from(m.header.scope));
+    r.table = Some(m.header.table as u32);
+    r.onlink = m.header.flags.contains(RouteFlags::Onlink);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = IpAddr::V4(*a),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = IpAddr::V6(*a),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => r.gw = Some(IpAddr::V4(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => r.gw = Some(IpAddr::V6(*a)),
+            RouteAttribute::Oif(i) => r.oif = Some(*i),
+            RouteAttribute::Priority(p) => r.priority = Some(*p),
+            RouteAttribute::Table(t) => r.table = Some(*t),
+            RouteAttribute::Metrics(ms) => {
+                for metric in ms {
+                    match metric {
+                        RouteMetric::Mtu(v) => r.mtu = Some(*v),
+                        RouteMetric::Advmss(v) => r.advmss = Some(*v),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    r.dst = IpNetwork::new(dst, m.header.destination_prefix_length).ok()?;
+    Some(r)
+}
