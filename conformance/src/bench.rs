@@ -108,8 +108,51 @@ pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
         }
     }
     // Dropping `live` deletes namespaces, bridges, nft tables and data dirs.
-    let combos = live.into_iter().map(|l| l.combo).collect();
+    let mut combos: Vec<Combo> = live.into_iter().map(|l| l.combo).collect();
+    combos.push(kernel_floor(n)?);
     Ok(BenchReport { n, version: version.into(), combos, notes })
+}
+
+/// What the kernel alone costs for the work every bridge plugin must do: one
+/// veth pair with its container end in a fresh netns and its host end on a
+/// bridge, created and deleted over netlink from this process (no exec, no
+/// IPAM). DEL can never be faster than this row's DEL.
+fn kernel_floor(n: usize) -> R<Combo> {
+    use linux_net::link::{self, BridgeSpec, VethSpec};
+    let kerr = |e: linux_net::Error| e.to_string();
+    let bridge = crate::util::unique_link(crate::util::next_id());
+    let mut nl = linux_net::netlink::Netlink::open().map_err(kerr)?;
+    let br = link::ensure_bridge(&mut nl, &BridgeSpec { name: &bridge, ..Default::default() }).map_err(kerr)?;
+    /// Removes the floor's bridge (and so its ports) however the run ends.
+    struct BridgeGuard(String);
+    impl Drop for BridgeGuard {
+        fn drop(&mut self) {
+            if let Ok(mut nl) = linux_net::netlink::Netlink::open() {
+                let _ = link::delete(&mut nl, &self.0);
+            }
+        }
+    }
+    let guard = BridgeGuard(bridge.clone());
+    let ctrs = (0..n).map(|_| Ctr::new()).collect::<R<Vec<_>>>()?;
+    let mut combo = Combo { implementation: "kernel floor", ip_masq: false, add_ms: vec![], del_ms: vec![] };
+    let names: Vec<String> = (0..n).map(|i| format!("{bridge}v{i}")).collect();
+    for (c, host) in ctrs.iter().zip(&names) {
+        let ns = linux_net::netns::NetNs::open(std::path::Path::new(c.ns.path())).map_err(kerr)?;
+        let t = std::time::Instant::now();
+        link::create_veth(
+            &mut nl,
+            &VethSpec { host, peer: IFNAME, peer_ns_fd: ns.fd(), mtu: None, peer_mac: None, master: Some(br.index) },
+        )
+        .map_err(kerr)?;
+        combo.add_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for host in &names {
+        let t = std::time::Instant::now();
+        link::delete(&mut nl, host).map_err(kerr)?;
+        combo.del_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(guard);
+    Ok(combo)
 }
 
 impl BenchReport {
@@ -126,14 +169,14 @@ impl BenchReport {
             s.push_str(&format!("note: {n}\n"));
         }
         s.push_str(&format!(
-            "{:<10} {:<6} {:>11} {:>10} {:>11} {:>10}\n",
+            "{:<13} {:<6} {:>11} {:>10} {:>11} {:>10}\n",
             "impl", "ipMasq", "ADD med ms", "ADD p90", "DEL med ms", "DEL p90"
         ));
         for c in &self.combos {
             let (am, ap) = median_p90(&c.add_ms);
             let (dm, dp) = median_p90(&c.del_ms);
             s.push_str(&format!(
-                "{:<10} {:<6} {:>11.2} {:>10.2} {:>11.2} {:>10.2}\n",
+                "{:<13} {:<6} {:>11.2} {:>10.2} {:>11.2} {:>10.2}\n",
                 c.implementation, c.ip_masq, am, ap, dm, dp
             ));
         }
