@@ -17,6 +17,7 @@ pub mod checks;
 pub mod cli;
 pub mod demo;
 pub mod interop;
+pub mod lab;
 pub mod net;
 pub mod netns;
 pub mod plugin;
