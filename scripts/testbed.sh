@@ -8,6 +8,9 @@ PACKAGES=(
   containernetworking-plugins   # reference bridge/host-local/portmap/tuning: interop + side-by-side benchmarks
   protobuf-compiler             # prost/tonic builds (CSI, etcd-client)
   linux-libc-dev                # kernel UAPI headers (nf_tables.h) for the nftables wire format
+  # Guest kernel for what the host kernel lacks (bridge VLAN filtering, 8021q): scripts/guest/run.sh
+  # boots Debian's kernel under QEMU (TCG) with the host's userland through virtme-ng (below).
+  qemu-system-x86 linux-image-amd64 busybox-static
 )
 
 missing=()
@@ -29,3 +32,15 @@ for tool in ip nft ping; do
   command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "testbed: reference CNI plugins missing" >&2; exit 1; }
+
+# virtme-ng (PyPI) gives `vng`, which scripts/guest/run.sh uses to boot the guest kernel.
+if ! command -v vng >/dev/null; then
+  echo "testbed: installing virtme-ng" >&2
+  python3 -m pip install -q virtme-ng==1.42 >&2
+  hash -r
+  if ! command -v vng >/dev/null && command -v pyenv >/dev/null; then pyenv rehash; fi
+fi
+for tool in vng qemu-system-x86_64 busybox; do
+  command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
+done
+compgen -G '/boot/vmlinuz-*-amd64' >/dev/null || { echo "testbed: no guest kernel in /boot (linux-image-amd64)" >&2; exit 1; }

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Boots ONE guest kernel with the host's userland (virtme-ng, software emulation) and
+# runs a guest-side script in it; prints the script's output and exits with its status.
+#
+#   scripts/guest/run.sh SCRIPT [ARGS...]
+#
+# The guest sees the host's filesystem through 9p (read-only root; /tmp, /run, /var
+# writable overlays), so freshly built binaries are there at the same paths. It has no
+# network device: whatever the script does stays inside the guest.
+#
+# Why a guest: the host kernel lacks features some tests need (bridge VLAN filtering,
+# 8021q), and cannot load modules. The guest is Debian's kernel (linux-image-amd64),
+# the newest /boot/vmlinuz-*-amd64 whose modules are installed; KVM hangs on these
+# machines, so it runs under TCG (--disable-kvm): one boot takes about 25-30 s.
+#
+# Environment:
+#   GUEST_MODULES  modules loaded in the guest before the script (default: bridge 8021q veth)
+#   GUEST_KERNEL   a kernel version to use instead of the newest one (e.g. 6.1.0-56-amd64)
+#   GUEST_TIMEOUT  seconds before the guest is killed (default 240)
+#
+# The kernel boots with mitigations=off: the guest runs nothing but test code for a minute,
+# and under TCG the speculation mitigations double the cost of every exec.
+#
+# A missing prerequisite is an error (exit 2), never a skip: scripts/testbed.sh installs
+# qemu-system-x86, linux-image-amd64, busybox-static and virtme-ng.
+set -euo pipefail
+
+die() {
+  echo "run.sh: FAIL: $*" >&2
+  exit 2
+}
+
+(($# >= 1)) || die "usage: $0 SCRIPT [ARGS...]"
+[[ -f $1 ]] || die "guest script $1 not found"
+script=$(readlink -f "$1")
+shift
+
+for tool in vng qemu-system-x86_64 busybox; do
+  command -v "$tool" >/dev/null || die "$tool not found (run scripts/testbed.sh)"
+done
+
+kver=${GUEST_KERNEL:-}
+if [[ -z $kver ]]; then
+  while read -r k; do
+    v=${k#/boot/vmlinuz-}
+    if [[ -d /lib/modules/$v ]]; then
+      kver=$v
+      break
+    fi
+  done < <(ls -1 /boot/vmlinuz-*-amd64 2>/dev/null | sort -V -r)
+fi
+[[ -n $kver ]] || die "no /boot/vmlinuz-*-amd64 with /lib/modules/<version> (install linux-image-amd64)"
+[[ -r /boot/vmlinuz-$kver && -d /lib/modules/$kver ]] || die "kernel $kver: /boot/vmlinuz-$kver or /lib/modules/$kver missing"
+
+modules=${GUEST_MODULES-bridge 8021q veth}
+guest_cmd="exec 2>&1"
+if [[ -n $modules ]]; then
+  guest_cmd+="; modprobe -a $modules || { echo 'run.sh: FAIL: modprobe $modules failed in the guest'; exit 3; }"
+fi
+guest_cmd+="; exec bash $(printf '%q ' "$script" "$@")"
+
+echo "run.sh: booting $kver (TCG) for $script" >&2
+start=$SECONDS
+# The guest's console (and vng's own messages) reach us through a pipe: vng reopens its
+# stdout and stderr, and were they a file, its writes would clobber what came before.
+# With pipefail the pipeline's status is vng's (cat exits 0), i.e. the guest script's.
+rc=0
+timeout --kill-after=10 "${GUEST_TIMEOUT:-240}" \
+  vng --run "/boot/vmlinuz-$kver" --disable-kvm --force-9p --memory 1G --cpus 2 \
+  --append "mitigations=off" --exec "$guest_cmd" </dev/null 2>&1 | cat || rc=$?
+if ((rc == 124 || rc == 137)); then
+  echo "run.sh: FAIL: guest timed out after ${GUEST_TIMEOUT:-240}s" >&2
+fi
+echo "run.sh: guest finished in $((SECONDS - start))s with exit status $rc" >&2
+exit "$rc"
