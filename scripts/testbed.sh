@@ -6,7 +6,8 @@ set -euo pipefail
 PACKAGES=(
   iproute2 nftables iputils-ping curl tcpdump iperf3 jq python3
   containernetworking-plugins   # reference bridge/host-local/portmap/tuning: interop + side-by-side benchmarks
-  protobuf-compiler             # prost/tonic builds (CSI, etcd-client)
+  protobuf-compiler libprotobuf-dev  # prost/tonic builds (CSI, etcd-client needs descriptor.proto)
+  etcd-server etcd-client       # etcd 3.4: cluster IPAM and the overlay's tests, a real server per test
   linux-libc-dev                # kernel UAPI headers (nf_tables.h) for the nftables wire format
   # Guest kernel for what the host kernel lacks (bridge VLAN filtering, 8021q): scripts/guest/run.sh
   # boots Debian's kernel under QEMU (TCG) with the host's userland through virtme-ng (below).

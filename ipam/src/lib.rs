@@ -20,6 +20,8 @@
 //! [`store::disk::DiskStore`] is the on-disk implementation.
 
 pub mod alloc;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod range;
 pub mod store;

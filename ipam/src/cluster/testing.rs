@@ -1,0 +1,344 @@
+//! A throw-away real etcd for tests and the lab: [`EtcdServer`] starts
+//! `etcd` (3.4+, from `$ETCD_BIN` or `PATH`) on free loopback ports with a
+//! fresh data dir (on tmpfs when `/dev/shm` exists) and kills it and
+//! removes the dir on drop.
+//!
+//! [`EtcdServer::start_tls`] serves https with a throw-away CA (made with
+//! the `openssl` CLI) and requires client certificates; its
+//! [`EtcdServer::etcd_config`] carries the CA, client cert and key.
+//!
+//! [`EtcdServer::freeze`] (SIGSTOP) simulates a hung server or a network
+//! partition: connections stay open, nothing answers.
+//!
+//! ```no_run
+//! let etcd = ipam::cluster::testing::EtcdServer::start().unwrap();
+//! let cfg = etcd.etcd_config(); // endpoints + default prefix
+//! etcd.etcdctl(&["put", "/coreos.com/network/config", r#"{"Network":"10.5.0.0/16"}"#]).unwrap();
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::subnet::EtcdConfig;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running single-member etcd; see the module docs.
+#[derive(Debug)]
+pub struct EtcdServer {
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS server (all under the server's directory).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A CA, a server cert for 127.0.0.1 and a client cert, via `openssl`.
+    fn generate(dir: &Path) -> io::Result<TlsFiles> {
+        let f = |n: &str| dir.join(n);
+        let t = TlsFiles {
+            ca: f("ca.crt"),
+            server_cert: f("server.crt"),
+            server_key: f("server.key"),
+            client_cert: f("client.crt"),
+            client_key: f("client.key"),
+        };
+        let openssl = |args: &[&str]| -> io::Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output()?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr))));
+            }
+            Ok(())
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=etcd-test-ca"],
+            ]
+            .concat(),
+        )?;
+        for (name, cn, san, eku) in [
+            ("server", "etcd-test-server", "subjectAltName=IP:127.0.0.1,DNS:localhost", "extendedKeyUsage=serverAuth"),
+            ("client", "etcd-test-client", "subjectAltName=DNS:client", "extendedKeyUsage=clientAuth"),
+        ] {
+            let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+            let subj = format!("/CN={cn}");
+            openssl(
+                &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &subj, "-addext", san, "-addext", eku]]
+                    .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-copy_extensions",
+                "copy",
+            ])?;
+        }
+        Ok(t)
+    }
+}
+
+fn etcd_bin() -> String {
+    std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string())
+}
+
+fn etcdctl_bin() -> String {
+    std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".to_string())
+}
+
+fn free_ports() -> io::Result<(u16, u16)> {
+    // Hold both listeners so the two ports differ.
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+impl EtcdServer {
+    /// Whether an etcd binary can be run (for tests that skip without one).
+    pub fn available() -> bool {
+        Command::new(etcd_bin()).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    }
+
+    /// Starts etcd and waits until it is healthy (has a leader).
+    pub fn start() -> io::Result<EtcdServer> {
+        Self::start_inner(false)
+    }
+
+    /// Like [`Self::start`], serving https only and requiring client
+    /// certificates signed by a throw-away CA (needs the `openssl` CLI).
+    pub fn start_tls() -> io::Result<EtcdServer> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> io::Result<EtcdServer> {
+        let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let dir = base.join(format!("etcd-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let tls = match tls {
+            false => None,
+            true => match TlsFiles::generate(&dir) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            },
+        };
+        let mut last = None;
+        for _ in 0..3 {
+            let (client_port, peer_port) = free_ports()?;
+            let mut s = EtcdServer { dir: dir.clone(), client_port, peer_port, child: None, tls: tls.clone() };
+            match s.start_again() {
+                Ok(()) => return Ok(s),
+                Err(e) => {
+                    // Port taken between probe and bind: try new ports.
+                    s.kill();
+                    let _ = std::fs::remove_dir_all(s.data_dir());
+                    std::mem::forget(s);
+                    last = Some(e);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Err(last.unwrap_or_else(|| io::Error::other("etcd did not start")))
+    }
+
+    /// (Re)starts etcd on the same ports and data dir (after [`Self::kill`]).
+    pub fn start_again(&mut self) -> io::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.endpoint();
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file").arg(&t.server_cert).arg("--key-file").arg(&t.server_key);
+            cmd.arg("--trusted-ca-file").arg(&t.ca).arg("--client-cert-auth");
+        }
+        let child = cmd
+            .arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            // Fast single-member election; also lowers the minimum lease TTL.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "250"])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", etcd_bin())))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr: SocketAddr = ([127, 0, 0, 1], self.client_port).into();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(io::Error::other(format!("etcd exited ({status}) at start:\n{}", self.log_tail())));
+            }
+            if self.tls.is_some() {
+                let healthy = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    && self.etcdctl(&["endpoint", "health", "--command-timeout", "1s"]).is_ok();
+                if healthy {
+                    return Ok(());
+                }
+            } else if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut body = String::new();
+                if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
+                    && s.read_to_string(&mut body).is_ok()
+                    && body.contains("\"health\":\"true\"")
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "etcd not healthy after {READY_TIMEOUT:?}:\n{}",
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// SIGKILLs etcd (no clean shutdown); the data dir stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill, then start on the same ports and data dir.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.start_again()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `http://127.0.0.1:<port>` (`https://` for a TLS server)
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// This server with the default prefix (and, for a TLS server, the CA
+    /// and the client certificate).
+    pub fn etcd_config(&self) -> EtcdConfig {
+        let mut cfg = EtcdConfig { endpoints: vec![self.endpoint()], ..EtcdConfig::default() };
+        if let Some(t) = &self.tls {
+            cfg.ca_file = Some(t.ca.clone());
+            cfg.cert_file = Some(t.client_cert.clone());
+            cfg.key_file = Some(t.client_key.clone());
+        }
+        cfg
+    }
+
+    /// The PEM files of a TLS server.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// SIGSTOPs etcd: it keeps its connections but answers nothing.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONTs a frozen etcd.
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Runs `etcdctl` (v3 API) against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> io::Result<Output> {
+        let mut cmd = Command::new(etcdctl_bin());
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert").arg(&t.ca).arg("--cert").arg(&t.client_cert).arg("--key").arg(&t.client_key);
+        }
+        let out = cmd
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "etcdctl {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
