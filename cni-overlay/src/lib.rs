@@ -1,1 +1,7 @@
-//! VXLAN overlay across hosts (Flannel class): filled by the cluster IPAM + overlay issue; nothing here yet.
+//! VXLAN overlay across hosts (Flannel class): one binary that is a CNI
+//! plugin when `CNI_COMMAND` is set ([`plugin`]) and the per-host agent or an
+//! admin tool otherwise ([`agent`], [`admin`]).
+
+pub mod admin;
+pub mod agent;
+pub mod plugin;
