@@ -1,4 +1,4 @@
-//! Command line: `cni`, `interop`, `bench cni`, `demo`, `list`, `cleanup`.
+//! Command line: `cni`, `interop`, `bench cni`, `bench overlay`, `demo [--overlay]`, `list`, `cleanup`.
 //! Tables and JSON go to stdout, progress to stderr.
 #![allow(clippy::print_stdout)]
 
@@ -11,7 +11,7 @@ use crate::checks::{catalog, Suite};
 use crate::interop::own_dir;
 use crate::plugin::PluginSet;
 use crate::util::R;
-use crate::{bench, demo, interop, net, report};
+use crate::{bench, bench_overlay, demo, interop, net, report};
 
 pub const USAGE: &str = "\
 usage:
@@ -21,8 +21,14 @@ usage:
       ours (cni-bridge, cni-ipam) mixed with / chained to the reference plugins
   conformance bench cni [--n 50] [--plugin-dir DIR] [--ref-dir /usr/lib/cni] [--json]
       ADD/DEL latency, ours vs reference, ipMasq off/on
+  conformance bench overlay [--plugin-dir DIR] [--hosts 3,10,30] [--joins 5] [--allocs 2000] [--json]
+      cni-overlay in a lab: route convergence of a joining host, iperf3 over
+      the overlay vs a veth pair, allocations/s (etcd txn per IP vs local store)
   conformance demo [--plugin-dir DIR] [--ipam-plugin-dir DIR] [--bridge-type cni-bridge] [--ipam-type cni-ipam]
       three containers on one bridge, pings, verified teardown
+  conformance demo --overlay [--plugin-dir DIR]
+      three lab hosts (one behind a router), etcd, cni-overlay agents, one
+      container per host, pings, a VXLAN packet, verified teardown
   conformance list [--markdown]      the checks and what they verify
   conformance cleanup                remove leftovers of dead conformance runs
 --plugin-dir defaults to the directory of this binary. Needs root.
@@ -48,7 +54,7 @@ impl Args {
                 let e = flags.entry(name.clone()).or_default();
                 if let Some(v) = inline {
                     e.push(v);
-                } else if matches!(name.as_str(), "json" | "markdown" | "help") {
+                } else if matches!(name.as_str(), "json" | "markdown" | "help" | "overlay") {
                 } else if name == "only" {
                     while i + 1 < a.len() && !a[i + 1].starts_with("--") {
                         i += 1;
@@ -131,10 +137,15 @@ fn dispatch(argv: &[String]) -> R<i32> {
             emit(&a, &title, json!({}), &[], &rs);
             Ok(i32::from(report::counts(&rs).1 > 0))
         }
+        "bench" if a.pos.get(1).map(String::as_str) == Some("overlay") => {
+            a.check_known(&["plugin-dir", "hosts", "joins", "allocs", "json"])?;
+            need_root()?;
+            cmd_bench_overlay(&a)
+        }
         "bench" => {
             a.check_known(&["n", "plugin-dir", "ref-dir", "json"])?;
             if a.pos.get(1).map(String::as_str) != Some("cni") {
-                return Err("usage: conformance bench cni [--n 50] ...".into());
+                return Err("usage: conformance bench cni [--n 50] ... | conformance bench overlay ...".into());
             }
             need_root()?;
             let n: usize = a.get("n").unwrap_or("50").parse().map_err(|e| format!("--n: {e}"))?;
@@ -147,6 +158,13 @@ fn dispatch(argv: &[String]) -> R<i32> {
                 print!("{}", r.table());
             }
             Ok(0)
+        }
+        "demo" if a.has("overlay") => {
+            a.check_known(&["plugin-dir", "overlay"])?;
+            need_root()?;
+            let ok = demo::run_overlay(&a.dir("plugin-dir", own_dir()), &mut |l| println!("{l}"))?;
+            println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
+            Ok(i32::from(!ok))
         }
         "demo" => {
             a.check_known(&["plugin-dir", "ipam-plugin-dir", "bridge-type", "ipam-type"])?;
@@ -183,6 +201,34 @@ fn dispatch(argv: &[String]) -> R<i32> {
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
+}
+
+fn cmd_bench_overlay(a: &Args) -> R<i32> {
+    let num = |k: &str, d: &str| -> R<usize> { a.get(k).unwrap_or(d).parse().map_err(|e| format!("--{k}: {e}")) };
+    let hosts = a
+        .get("hosts")
+        .unwrap_or("3,10,30")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse::<usize>().map_err(|e| format!("--hosts {s:?}: {e}")))
+        .collect::<R<Vec<usize>>>()?;
+    if hosts.iter().any(|&n| !(2..=200).contains(&n)) {
+        return Err("--hosts: each count must be 2..=200".into());
+    }
+    let o = bench_overlay::Opts {
+        plugin_dir: a.dir("plugin-dir", own_dir()),
+        hosts,
+        joins: num("joins", "5")?.max(1),
+        allocs: num("allocs", "2000")?.max(1),
+        iperf_secs: 3,
+    };
+    let r = bench_overlay::run(&o, &mut |l| eprintln!("{l}"))?;
+    if a.has("json") {
+        println!("{}", r.to_json());
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(0)
 }
 
 fn cmd_cni(a: &Args) -> R<i32> {

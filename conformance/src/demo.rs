@@ -145,3 +145,128 @@ fn ping_line(out: &mut dyn FnMut(&str), from: &Ctr, fname: &str, tname: &str, ds
     }
     ok
 }
+
+/// `conformance demo --overlay`: three hosts (two on one segment, one behind
+/// a router), real etcd, one `cni-overlay agent` per host, one container per
+/// host attached with the cni-overlay plugin; every pair pings, one VXLAN
+/// packet is shown on the underlay, then everything is removed and checked.
+/// Ok(true) if every ping worked and nothing was left behind.
+pub fn run_overlay(plugin_dir: &std::path::Path, out: &mut dyn FnMut(&str)) -> R<bool> {
+    use crate::bench_overlay::{overlay_bin, OverlayLab, NETWORK};
+    use std::time::Duration;
+
+    let bin = overlay_bin(plugin_dir)?;
+    let mut all_ok = true;
+    let mut o = OverlayLab::new("demo", bin)?;
+    let a = o.lab.segment("192.168.71.0/24")?;
+    let b = o.lab.segment("192.168.72.0/24")?;
+    let hosts = [o.lab.host(a)?, o.lab.host(a)?, o.lab.host(b)?];
+    let router = o.lab.router(&[a, b])?;
+    out(&format!("lab {}: etcd {}, network config {NETWORK}", o.lab.prefix(), o.lab.etcd_url().unwrap_or_default()));
+    out(&format!(
+        "underlay: host 0 {} and host 1 {} on {}, host 2 {} on {} behind router {} ({} / {})",
+        o.lab.host_ip(hosts[0]),
+        o.lab.host_ip(hosts[1]),
+        o.lab.segment_net(a),
+        o.lab.host_ip(hosts[2]),
+        o.lab.segment_net(b),
+        router.0,
+        o.lab.host_ip_on(router, a).map(|x| x.to_string()).unwrap_or_default(),
+        o.lab.host_ip_on(router, b).map(|x| x.to_string()).unwrap_or_default(),
+    ));
+    for h in hosts {
+        o.spawn_agent(h)?;
+    }
+    let mut subnets = Vec::new();
+    for (k, h) in hosts.iter().enumerate() {
+        let s = o.wait_agent(*h, Duration::from_secs(15))?;
+        out(&format!("host {k} (netns {}): agent leased subnet {s}", o.lab.host_ns(*h)));
+        subnets.push(s);
+    }
+    let mut ctrs = Vec::new();
+    for (k, h) in hosts.iter().enumerate() {
+        let (c, ip, _) = o.container(*h)?;
+        let mtu = o.lab.exec_ok(c, &["cat", "/sys/class/net/eth0/mtu"]).unwrap_or_default();
+        out(&format!(
+            "container {k} on host {k} (netns {}): eth0 {ip} mtu {} (in {})",
+            o.lab.container_id(c),
+            mtu.trim(),
+            subnets[k]
+        ));
+        ctrs.push((c, ip));
+    }
+    let cap = o.lab.capture(hosts[0], "eth0", "udp port 8472", 1, Duration::from_secs(10))?;
+    for (i, (c, _)) in ctrs.iter().enumerate() {
+        for (j, (_, ip)) in ctrs.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let t = std::time::Instant::now();
+            let ok = o.lab.ping_until(*c, *ip, Duration::from_secs(5));
+            let (_, text) = match o.lab.exec(*c, &["ping", "-c", "1", "-W", "2", &ip.to_string()]) {
+                Ok(x) => (x.status.success(), String::from_utf8_lossy(&x.stdout).into_owned()),
+                Err(e) => (false, e),
+            };
+            let rtt = text.split("time=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?");
+            if ok {
+                out(&format!(
+                    "ping container {i} -> container {j} ({ip}): ok, rtt {rtt} ms (first answer after {:.0} ms)",
+                    t.elapsed().as_secs_f64() * 1e3
+                ));
+            } else {
+                out(&format!("ping container {i} -> container {j} ({ip}): FAILED"));
+                all_ok = false;
+            }
+        }
+    }
+    let seen = cap.wait();
+    match seen.lines().find(|l| l.contains(".8472")) {
+        Some(l) => out(&format!("VXLAN on host 0's underlay eth0: {l}")),
+        None => {
+            out(&format!("no VXLAN packet captured on host 0's eth0: {seen}"));
+            all_ok = false;
+        }
+    }
+    out("teardown: DEL each container with the plugin, stop the agents, remove the lab (netns, links, etcd, dirs)");
+    for (k, (c, _)) in ctrs.iter().enumerate() {
+        let h = hosts[k];
+        let (ok, v) = o.lab.cni(h, &o.bin, "DEL", *c, "eth0", &o.plugin_conf(h), &[])?;
+        if !ok {
+            out(&format!("DEL container {k} FAILED: {v}"));
+            all_ok = false;
+        }
+    }
+    for g in o.agents.iter_mut().filter_map(Option::take) {
+        g.terminate(Duration::from_secs(5));
+    }
+    let names = o.lab.netns_names();
+    let links = o.lab.root_links();
+    let dir = o.lab.dir().to_path_buf();
+    drop(o);
+    let mut left = Vec::new();
+    let listed = ip(&["netns", "list"]).unwrap_or_default();
+    for ns in &names {
+        if listed.lines().any(|l| l.split_whitespace().next() == Some(ns)) {
+            left.push(format!("netns {ns}"));
+        }
+    }
+    for l in &links {
+        if ip(&["link", "show", "dev", l]).is_ok() {
+            left.push(format!("link {l}"));
+        }
+    }
+    if dir.exists() {
+        left.push(format!("dir {}", dir.display()));
+    }
+    if left.is_empty() {
+        out(&format!(
+            "nothing left: {} netns, {} root links, etcd, agents and the lab dir are gone",
+            names.len(),
+            links.len()
+        ));
+    } else {
+        out(&format!("LEFT BEHIND: {}", left.join(", ")));
+        all_ok = false;
+    }
+    Ok(all_ok)
+}

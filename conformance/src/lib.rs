@@ -12,6 +12,7 @@
 //! * [`demo`]: three containers, pings, verified teardown.
 
 pub mod bench;
+pub mod bench_overlay;
 pub mod chain;
 pub mod checks;
 pub mod cli;

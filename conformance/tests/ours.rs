@@ -74,7 +74,12 @@ fn bench_smoke_runs_both_implementations() {
     assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("bench JSON");
     let rs = v["results"].as_array().expect("results");
-    assert_eq!(rs.len(), 4, "{v}");
+    // ours and reference, each with and without ipMasq, plus the kernel floor row.
+    assert_eq!(rs.len(), 5, "{v}");
+    let impls: Vec<&str> = rs.iter().filter_map(|r| r["impl"].as_str()).collect();
+    for want in ["ours", "reference", "kernel floor"] {
+        assert!(impls.contains(&want), "no {want} row: {v}");
+    }
     for r in rs {
         assert!(r["add_median_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
         assert!(r["del_median_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
