@@ -41,8 +41,9 @@ for t in config result cni_args; do
 done
 
 step "benchmarks (side by side with the reference plugins; shipped 'plugin' profile)"
-cargo build --profile plugin -p cni-bridge -p ipam
+cargo build --profile plugin -p cni-bridge -p ipam -p cni-overlay
 target/release/conformance bench cni --n 50 --plugin-dir target/plugin
+target/release/conformance bench overlay --plugin-dir target/plugin
 
 step "done"
 echo "all steps passed in ${SECONDS}s"
