@@ -48,6 +48,19 @@ pub struct CheckResult {
     pub seconds: f64,
 }
 
+impl CheckResult {
+    /// One line on stderr while a suite runs.
+    pub fn print_progress(&self) {
+        eprintln!(
+            "[conformance] {:<24} {:<4} {:>5.2}s  {}",
+            self.name,
+            self.verdict.as_str(),
+            self.seconds,
+            clip(&self.detail, 120)
+        );
+    }
+}
+
 /// What a check function returns when it did not fail.
 pub enum Done {
     Pass(String),
@@ -263,13 +276,7 @@ impl Suite {
             };
             let res = CheckResult { name: c.name.clone(), verdict, detail, seconds: t.elapsed().as_secs_f64() };
             if progress {
-                eprintln!(
-                    "[conformance] {:<24} {:<4} {:>5.2}s  {}",
-                    res.name,
-                    res.verdict.as_str(),
-                    res.seconds,
-                    clip(&res.detail, 120)
-                );
+                res.print_progress();
             }
             out.push(res);
         }

@@ -14,7 +14,7 @@ use crate::chain::{add_list, check_list, del_list, NetList, RuntimeConf};
 use crate::checks::{container_ip, CheckResult, Ctr, Suite, Verdict, IFNAME};
 use crate::net::{iptables_rules_matching, Range, SubnetClaim, TestNet};
 use crate::plugin::PluginSet;
-use crate::util::{clip, ip, next_id, pid, unique_link, Context, R};
+use crate::util::{ip, next_id, pid, unique_link, Context, R};
 use crate::{bail, ensure};
 
 /// Core checks run for mixed bridge/IPAM pairs (versions both sides list).
@@ -202,13 +202,7 @@ fn as_result(name: &str, t: Instant, r: R<String>) -> CheckResult {
         Err(e) => (Verdict::Fail, e),
     };
     let res = CheckResult { name: name.into(), verdict, detail, seconds: t.elapsed().as_secs_f64() };
-    eprintln!(
-        "[conformance] {:<24} {:<4} {:>5.2}s  {}",
-        res.name,
-        res.verdict.as_str(),
-        res.seconds,
-        clip(&res.detail, 120)
-    );
+    res.print_progress();
     res
 }
 

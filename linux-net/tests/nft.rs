@@ -156,6 +156,15 @@ fn ensure_leaves_a_correct_rule_alone() {
     assert_ne!(after, before);
 }
 
+/// The exact rule `ensure_masquerade(table, "n", 10.88.0.0/24)` writes, added by `nft`.
+fn add_our_masq_rule(table: &str, chain: &str) {
+    let rule = "ip saddr 10.88.0.0/24 ip daddr != 10.88.0.0/24 ip daddr != 224.0.0.0/4 masquerade \
+                comment \"cni-bridge net=n subnet=10.88.0.0/24\"";
+    let mut args = vec!["add", "rule", "inet", table, chain];
+    args.extend(rule.split_whitespace());
+    nft_cmd(&args);
+}
+
 #[test]
 fn right_rule_in_wrong_chain_is_not_accepted() {
     let t = TableGuard::new(Family::Inet, "wrongchain");
@@ -165,54 +174,14 @@ fn right_rule_in_wrong_chain_is_not_accepted() {
     // exact rule ensure_masquerade would write: that is not "in place".
     nft_cmd(&["add", "table", "inet", &t.name]);
     nft_cmd(&["add", "chain", "inet", &t.name, &chain]);
-    nft_cmd(&[
-        "add",
-        "rule",
-        "inet",
-        &t.name,
-        &chain,
-        "ip",
-        "saddr",
-        "10.88.0.0/24",
-        "ip",
-        "daddr",
-        "!=",
-        "10.88.0.0/24",
-        "ip",
-        "daddr",
-        "!=",
-        "224.0.0.0/4",
-        "masquerade",
-        "comment",
-        "\"cni-bridge net=n subnet=10.88.0.0/24\"",
-    ]);
+    add_our_masq_rule(&t.name, &chain);
     let err = nft::ensure_masquerade(&t.name, "n", subnet).unwrap_err();
     assert!(matches!(err, NftError::Kernel { .. }), "{err:?}");
 
     // Same for a base chain at the wrong priority.
     nft_cmd(&["delete", "chain", "inet", &t.name, &chain]);
     nft_cmd(&["add", "chain", "inet", &t.name, &chain, "{ type nat hook postrouting priority 50; }"]);
-    nft_cmd(&[
-        "add",
-        "rule",
-        "inet",
-        &t.name,
-        &chain,
-        "ip",
-        "saddr",
-        "10.88.0.0/24",
-        "ip",
-        "daddr",
-        "!=",
-        "10.88.0.0/24",
-        "ip",
-        "daddr",
-        "!=",
-        "224.0.0.0/4",
-        "masquerade",
-        "comment",
-        "\"cni-bridge net=n subnet=10.88.0.0/24\"",
-    ]);
+    add_our_masq_rule(&t.name, &chain);
     let err = nft::ensure_masquerade(&t.name, "n", subnet).unwrap_err();
     assert!(matches!(err, NftError::Kernel { .. }), "{err:?}");
 }

@@ -158,15 +158,11 @@ pub fn del_leaking_wrapper(name: &str, real: &Path) -> TempDir {
 }
 
 pub fn bridge_config(bridge_type: &str, ipam_type: &str, version: &str, ip_masq: bool) -> Value {
-    serde_json::json!({
-        "cniVersion": version,
-        "name": "cft",
-        "type": bridge_type,
-        "bridge": "cft0",
-        "isGateway": true,
-        "ipMasq": ip_masq,
-        "ipam": {"type": ipam_type, "ranges": [[{"subnet": "10.88.0.0/24"}]], "dataDir": "/tmp/cft-unused"}
-    })
+    // The CLI's own config, on a subnet of its own so a CLI run beside this test cannot collide.
+    let mut c = conformance::interop::bridge_conf(bridge_type, ipam_type, version, ip_masq);
+    c["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.88.0.0/24"}]]);
+    c["ipam"]["dataDir"] = serde_json::json!("/tmp/cft-unused");
+    c
 }
 
 /// Checks every correct bridge+IPAM pair must pass regardless of spec version.
