@@ -20,6 +20,12 @@ use crate::CODE_EXHAUSTED;
 /// (a runtime retrying an ADD after a crash gets the same lease). On error
 /// nothing this call reserved is left behind.
 pub fn allocate(store: &dyn Store, conf: &IpamConfig, container_id: &str, ifname: &str) -> Result<Vec<IpConfig>> {
+    validate_requested(conf)?;
+    let locked = store.lock()?;
+    allocate_locked(&*locked, conf, container_id, ifname)
+}
+
+fn validate_requested(conf: &IpamConfig) -> Result<()> {
     let n = conf.range_sets.len();
     let mut requested: Vec<Option<IpAddr>> = vec![None; n];
     for &ip in &conf.requested {
@@ -45,8 +51,26 @@ pub fn allocate(store: &dyn Store, conf: &IpamConfig, container_id: &str, ifname
         }
         requested[i] = Some(ip);
     }
+    Ok(())
+}
 
-    let locked = store.lock()?;
+/// [`allocate`] with the store's lock already held (callers that do more
+/// under the same lock, such as cluster mode claiming a block first).
+pub fn allocate_locked(
+    locked: &dyn Locked,
+    conf: &IpamConfig,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Vec<IpConfig>> {
+    validate_requested(conf)?;
+    let n = conf.range_sets.len();
+    let mut requested: Vec<Option<IpAddr>> = vec![None; n];
+    for &ip in &conf.requested {
+        // validate_requested checked that each lands in one set.
+        if let Some(i) = conf.set_for(ip) {
+            requested[i] = Some(ip);
+        }
+    }
     let held = locked.leased_to(container_id, ifname)?;
     let mut assigned: Vec<Option<IpAddr>> = vec![None; n];
     for ip in &held {
@@ -83,7 +107,7 @@ pub fn allocate(store: &dyn Store, conf: &IpamConfig, container_id: &str, ifname
                     }
                     want
                 }
-                None => round_robin(&*locked, conf, i, container_id, ifname)?,
+                None => round_robin(locked, conf, i, container_id, ifname)?,
             };
             fresh.push(ip);
             assigned[i] = Some(ip);
@@ -108,7 +132,6 @@ pub fn allocate(store: &dyn Store, conf: &IpamConfig, container_id: &str, ifname
         }
         return Err(e);
     }
-    drop(locked);
 
     Ok(assigned
         .into_iter()
@@ -239,11 +262,16 @@ pub struct GcReport {
 /// records (container ID only) are kept when any valid attachment has that
 /// container ID. Keeps going on errors and reports them all at the end.
 pub fn gc(store: &dyn Store, valid: &[Attachment]) -> Result<GcReport> {
+    let locked = store.lock()?;
+    gc_locked(&*locked, valid)
+}
+
+/// [`gc`] with the store's lock already held.
+pub fn gc_locked(locked: &dyn Locked, valid: &[Attachment]) -> Result<GcReport> {
     let pairs: HashSet<(&str, &str)> = valid.iter().map(|a| (a.container_id.as_str(), a.ifname.as_str())).collect();
     let ids: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
     let keep = |id: &str, ifname: &str| pairs.contains(&(id, ifname));
 
-    let locked = store.lock()?;
     let mut report = GcReport::default();
     let mut errors: Vec<String> = Vec::new();
     for lease in locked.leases()? {

@@ -60,7 +60,7 @@ struct RawIpam {
     resolv_conf: Option<String>,
 }
 
-fn ipam_section(ctx: &Context) -> Result<&Value> {
+pub(crate) fn ipam_section(ctx: &Context) -> Result<&Value> {
     match ctx.raw.get("ipam") {
         Some(v) if v.is_object() => Ok(v),
         Some(_) => Err(Error::config("\"ipam\" must be an object")),
@@ -68,7 +68,7 @@ fn ipam_section(ctx: &Context) -> Result<&Value> {
     }
 }
 
-fn data_dir_of(ipam: &Value) -> Result<PathBuf> {
+pub(crate) fn data_dir_of(ipam: &Value) -> Result<PathBuf> {
     match ipam.get("dataDir") {
         None | Some(Value::Null) => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
         Some(Value::String(s)) if !s.is_empty() => Ok(PathBuf::from(s)),
@@ -144,6 +144,24 @@ fn decode<'a, T: Deserialize<'a>>(what: &str, v: &'a Value) -> Result<T> {
 impl IpamConfig {
     /// Parses and validates everything ADD, CHECK and STATUS need.
     pub fn from_ctx(ctx: &Context) -> Result<IpamConfig> {
+        Self::parse(ctx, true)
+    }
+
+    /// Everything but the ranges, for stores that bring their own (cluster
+    /// mode: the host's blocks). `range_sets` is empty; static `ranges`,
+    /// `subnet` or `runtimeConfig.ipRanges` are refused (code 7), since
+    /// they would silently be ignored.
+    pub fn without_ranges(ctx: &Context, why: &str) -> Result<IpamConfig> {
+        let conf = Self::parse(ctx, false)?;
+        if !conf.range_sets.is_empty() {
+            return Err(Error::config(format!(
+                "ipam.ranges, ipam.subnet and runtimeConfig.ipRanges cannot be used {why}"
+            )));
+        }
+        Ok(conf)
+    }
+
+    fn parse(ctx: &Context, need_ranges: bool) -> Result<IpamConfig> {
         let ipam_v = ipam_section(ctx)?;
         let data_dir = data_dir_of(ipam_v)?;
         let raw: RawIpam = decode("ipam section", ipam_v)?;
@@ -176,7 +194,7 @@ impl IpamConfig {
                 sets
             }
         };
-        if range_sets.is_empty() {
+        if range_sets.is_empty() && need_ranges {
             return Err(Error::config("no IP ranges configured: set ipam.ranges (or ipam.subnet)"));
         }
         for (i, a) in range_sets.iter().enumerate() {

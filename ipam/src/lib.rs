@@ -40,7 +40,7 @@ pub const CODE_EXHAUSTED: u32 = 110;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ipam;
 
-fn disk_store(data_dir: &std::path::Path, network: &str) -> Result<DiskStore> {
+pub(crate) fn disk_store(data_dir: &std::path::Path, network: &str) -> Result<DiskStore> {
     // cni-core validated the name for binary calls; in-process callers may
     // hand us anything, and it becomes a directory name.
     if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0']) {
@@ -49,20 +49,52 @@ fn disk_store(data_dir: &std::path::Path, network: &str) -> Result<DiskStore> {
     Ok(DiskStore::new(data_dir, network))
 }
 
+/// Cluster mode (`ipam.cluster`): the affine-blocks verbs take over.
+#[cfg(feature = "cluster")]
+fn cluster(ctx: &Context) -> Result<Option<cluster::blocks::ClusterConfig>> {
+    cluster::blocks::verbs::cluster_config(ctx)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster(ctx: &Context) -> Result<Option<std::convert::Infallible>> {
+    match config::ipam_section(ctx)?.get("cluster") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(_) => Err(Error::config("ipam.cluster needs cni-ipam built with the \"cluster\" feature")),
+    }
+}
+
 impl Plugin for Ipam {
     fn add(&self, ctx: &Context) -> Result<CniResult> {
+        if let Some(cc) = cluster(ctx)? {
+            #[cfg(feature = "cluster")]
+            return cluster::blocks::verbs::add(ctx, &cc);
+            #[cfg(not(feature = "cluster"))]
+            match cc {}
+        }
         let conf = IpamConfig::from_ctx(ctx)?;
         let store = disk_store(&conf.data_dir, &conf.network)?;
         alloc::add(&store, &conf, &ctx.container_id, &ctx.ifname)
     }
 
     fn del(&self, ctx: &Context) -> Result<()> {
+        if let Some(cc) = cluster(ctx)? {
+            #[cfg(feature = "cluster")]
+            return cluster::blocks::verbs::del(ctx, &cc);
+            #[cfg(not(feature = "cluster"))]
+            match cc {}
+        }
         let (data_dir, network) = config::store_location(ctx)?;
         let store = disk_store(&data_dir, &network)?;
         alloc::release(&store, &ctx.container_id, &ctx.ifname).map(|_| ())
     }
 
     fn check(&self, ctx: &Context) -> Result<()> {
+        if let Some(cc) = cluster(ctx)? {
+            #[cfg(feature = "cluster")]
+            return cluster::blocks::verbs::check(ctx, &cc);
+            #[cfg(not(feature = "cluster"))]
+            match cc {}
+        }
         let conf = IpamConfig::from_ctx(ctx)?;
         let store = disk_store(&conf.data_dir, &conf.network)?;
         let prev = ctx.prev_result()?;
@@ -70,14 +102,18 @@ impl Plugin for Ipam {
     }
 
     fn status(&self, ctx: &Context) -> Result<()> {
+        if let Some(cc) = cluster(ctx)? {
+            #[cfg(feature = "cluster")]
+            return cluster::blocks::verbs::status(ctx, &cc);
+            #[cfg(not(feature = "cluster"))]
+            match cc {}
+        }
         let conf = IpamConfig::from_ctx(ctx)?;
         let store = disk_store(&conf.data_dir, &conf.network)?;
         alloc::status(&store, &conf)
     }
 
     fn gc(&self, ctx: &Context) -> Result<()> {
-        let (data_dir, network) = config::store_location(ctx)?;
-        let store = disk_store(&data_dir, &network)?;
         let given = ["cni.dev/valid-attachments", "cni.dev/attachments"].iter().any(|k| ctx.raw.get(*k).is_some());
         if !given {
             // Refuse rather than treat "no list" as "nothing is valid".
@@ -86,6 +122,14 @@ impl Plugin for Ipam {
             ));
         }
         let valid = ctx.conf.gc_valid_attachments().unwrap_or(&[]);
+        if let Some(cc) = cluster(ctx)? {
+            #[cfg(feature = "cluster")]
+            return cluster::blocks::verbs::gc(ctx, &cc, valid);
+            #[cfg(not(feature = "cluster"))]
+            match cc {}
+        }
+        let (data_dir, network) = config::store_location(ctx)?;
+        let store = disk_store(&data_dir, &network)?;
         let report = alloc::gc(&store, valid)?;
         tracing::info!(released = report.released.len(), kept = report.kept, "GC done");
         Ok(())

@@ -19,7 +19,7 @@ pub fn to_u128(ip: IpAddr) -> u128 {
 }
 
 /// The address `n` of the family of `like`. `n` must fit the family.
-fn from_u128(like: IpAddr, n: u128) -> IpAddr {
+pub fn from_u128(like: IpAddr, n: u128) -> IpAddr {
     match like {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),

@@ -5,10 +5,14 @@
 //!   with Flannel's value JSON and acquire order, renewal, watch, removal.
 //!   Async (tokio); its users are the overlay agent and admin commands.
 //! * [`subnet_file`]: Flannel's `subnet.env` (what the CNI side reads).
+//! * [`blocks`]: affine blocks (Calico-style): hosts claim blocks of a
+//!   pool in etcd and hand out addresses inside them; the `ipam.cluster`
+//!   mode of the plugin and the `remove-host`/`blocks` admin commands.
 //! * [`testing`]: a throw-away real etcd server for tests and the lab.
 //!
 //! See `docs/cluster-ipam.md`.
 
+pub mod blocks;
 pub mod subnet;
 pub mod subnet_file;
 pub mod testing;

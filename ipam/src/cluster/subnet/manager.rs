@@ -109,7 +109,7 @@ fn random_below(n: usize) -> usize {
     (h.finish() % n as u64) as usize
 }
 
-fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
+pub(crate) fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)

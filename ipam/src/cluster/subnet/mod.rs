@@ -41,6 +41,7 @@ mod manager;
 mod watch;
 
 pub use config::{Backend, BackendKind, NetworkConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, MAX_VNI};
+pub(crate) use manager::{connect_options, is_transport_error};
 pub use manager::{SubnetManager, RACE_RETRIES, REQUEST_TIMEOUT};
 pub use watch::Watcher;
 

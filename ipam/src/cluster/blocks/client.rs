@@ -1,0 +1,208 @@
+//! [`BlockClient`]: block records in etcd, written only by transactions
+//! (create-if-absent, or compare-and-swap on the key's `mod_revision`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use ipnetwork::IpNetwork;
+
+use super::{block_key, parse_block_key, Block, BlockError, BlockValue, Result};
+use crate::cluster::subnet::{connect_options, is_transport_error, EtcdConfig};
+
+/// Budget for all etcd work of one plugin call (connect included). Past it
+/// the call fails with code 11 and leaves nothing behind locally.
+pub const PLUGIN_DEADLINE: Duration = Duration::from_secs(2);
+/// Budget of an admin command.
+pub const ADMIN_DEADLINE: Duration = Duration::from_secs(20);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Block records of one network: `<prefix>/<network>/blocks/<ip>-<len>`.
+#[derive(Clone)]
+pub struct BlockClient {
+    client: Client,
+    desc: String,
+    /// `<prefix>/<network>/blocks/`
+    root: String,
+}
+
+impl std::fmt::Debug for BlockClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockClient").field("etcd", &self.desc).field("root", &self.root).finish()
+    }
+}
+
+/// The key prefix of a network's blocks.
+pub fn blocks_root(prefix: &str, network: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    let prefix = if prefix.is_empty() { super::DEFAULT_PREFIX } else { prefix };
+    format!("{prefix}/{network}/blocks/")
+}
+
+/// Runs `f` on a fresh current-thread tokio runtime with an overall
+/// `deadline`; past it the result is [`BlockError::Unavailable`]. The
+/// runtime exists only for this call, so the local fast path never pays
+/// for one.
+pub fn block_on<T>(endpoints: &[String], deadline: Duration, f: impl Future<Output = Result<T>>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        BlockError::Unavailable { endpoints: endpoints.join(","), reason: format!("cannot start a runtime: {e}") }
+    })?;
+    rt.block_on(async {
+        match tokio::time::timeout(deadline, f).await {
+            Ok(r) => r,
+            Err(_) => Err(BlockError::Unavailable {
+                endpoints: endpoints.join(","),
+                reason: format!("no answer within {deadline:?}"),
+            }),
+        }
+    })
+}
+
+impl BlockClient {
+    /// A client for `network`'s blocks. Does not wait for etcd: the first
+    /// request does (bounded by the caller's deadline).
+    pub async fn connect(etcd: &EtcdConfig, network: &str) -> Result<BlockClient> {
+        if etcd.endpoints.is_empty() {
+            return Err(BlockError::Config("no etcd endpoints".into()));
+        }
+        let options = connect_options(etcd).map_err(|e| BlockError::Config(e.to_string()))?;
+        let options = options.with_connect_timeout(CONNECT_TIMEOUT).with_timeout(PLUGIN_DEADLINE);
+        let desc = etcd.endpoints.join(",");
+        let client = Client::connect(&etcd.endpoints, Some(options)).await.map_err(|e| match e {
+            etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
+                BlockError::Config(format!("etcdEndpoints {:?}: {e}", etcd.endpoints))
+            }
+            e => BlockError::Unavailable { endpoints: desc.clone(), reason: format!("connect: {e}") },
+        })?;
+        Ok(BlockClient { client, desc, root: blocks_root(&etcd.prefix, network) })
+    }
+
+    /// `<prefix>/<network>/blocks/`
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The full key of a block.
+    pub fn key(&self, cidr: IpNetwork) -> String {
+        format!("{}{}", self.root, block_key(cidr))
+    }
+
+    fn map(&self, op: &'static str, e: etcd_client::Error) -> BlockError {
+        if is_transport_error(&e) {
+            BlockError::Unavailable { endpoints: self.desc.clone(), reason: format!("{op}: {e}") }
+        } else {
+            BlockError::Etcd { op, source: e }
+        }
+    }
+
+    fn decode(&self, kv: &etcd_client::KeyValue) -> Option<Block> {
+        let key = String::from_utf8_lossy(kv.key());
+        let Some(cidr) = parse_block_key(&key) else {
+            tracing::warn!(%key, "ignoring a key under blocks/ that is not <ip>-<len>");
+            return None;
+        };
+        match serde_json::from_slice::<BlockValue>(kv.value()) {
+            Ok(value) => Some(Block { cidr, value, mod_revision: kv.mod_revision() }),
+            Err(e) => {
+                // Kept out of every pick: a key we cannot read is taken.
+                tracing::warn!(%key, "unreadable block record: {e}");
+                Some(Block {
+                    cidr,
+                    value: BlockValue { host: "?".into(), exclusive: true, ..BlockValue::default() },
+                    mod_revision: kv.mod_revision(),
+                })
+            }
+        }
+    }
+
+    /// Every block of the network, in address order.
+    pub async fn list(&self) -> Result<Vec<Block>> {
+        let mut c = self.client.clone();
+        let resp = c
+            .get(self.root.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.map("list blocks", e))?;
+        let mut blocks: Vec<Block> = resp.kvs().iter().filter_map(|kv| self.decode(kv)).collect();
+        blocks.sort_by_key(|b| (crate::range::to_u128(b.cidr.network()), b.cidr.prefix()));
+        Ok(blocks)
+    }
+
+    /// One block, if claimed.
+    pub async fn get(&self, cidr: IpNetwork) -> Result<Option<Block>> {
+        let mut c = self.client.clone();
+        let resp = c.get(self.key(cidr), None).await.map_err(|e| self.map("get block", e))?;
+        Ok(resp.kvs().first().and_then(|kv| self.decode(kv)))
+    }
+
+    /// Creates the block key only if it does not exist (`Version == 0`).
+    /// The new block on success, None when someone else has it.
+    pub async fn create(&self, cidr: IpNetwork, value: &BlockValue) -> Result<Option<Block>> {
+        let key = self.key(cidr);
+        let txn = Txn::new().when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)]).and_then(vec![TxnOp::put(
+            key,
+            value.to_json(),
+            None,
+        )]);
+        let mut c = self.client.clone();
+        let resp = c.txn(txn).await.map_err(|e| self.map("claim block", e))?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Some(Block { cidr, value: value.clone(), mod_revision: rev }))
+    }
+
+    /// Replaces `old`'s value with `value` if the key is unchanged since
+    /// `old` was read. The updated block, or None when it changed.
+    pub async fn update(&self, old: &Block, value: &BlockValue) -> Result<Option<Block>> {
+        let key = self.key(old.cidr);
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, old.mod_revision)])
+            .and_then(vec![TxnOp::put(key, value.to_json(), None)]);
+        let mut c = self.client.clone();
+        let resp = c.txn(txn).await.map_err(|e| self.map("update block", e))?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Some(Block { cidr: old.cidr, value: value.clone(), mod_revision: rev }))
+    }
+
+    /// Deletes `old`'s key if unchanged since it was read.
+    pub async fn delete(&self, old: &Block) -> Result<bool> {
+        let key = self.key(old.cidr);
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, old.mod_revision)])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        let resp = c.txn(txn).await.map_err(|e| self.map("delete block", e))?;
+        Ok(resp.succeeded())
+    }
+
+    /// Read-modify-write of one block with CAS, retried on conflicts:
+    /// `change` gets the current block and returns the new value, `None`
+    /// for "no change", or `Some(None)` to delete the key. Returns the
+    /// block as written (None when deleted or absent).
+    pub async fn modify(
+        &self,
+        mut block: Block,
+        mut change: impl FnMut(&Block) -> Option<Option<BlockValue>>,
+    ) -> Result<Option<Block>> {
+        const TRIES: u32 = 16;
+        for _ in 0..TRIES {
+            let outcome = match change(&block) {
+                None => return Ok(Some(block)),
+                Some(Some(v)) => self.update(&block, &v).await?.map(Some),
+                Some(None) => self.delete(&block).await?.then_some(None),
+            };
+            if let Some(done) = outcome {
+                return Ok(done);
+            }
+            match self.get(block.cidr).await? {
+                Some(b) => block = b,
+                None => return Ok(None),
+            }
+        }
+        Err(BlockError::TooManyRaces { block: block_key(block.cidr), tries: TRIES })
+    }
+}

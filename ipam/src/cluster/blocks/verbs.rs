@@ -1,0 +1,494 @@
+//! The CNI verbs in cluster mode (`ipam.cluster.mode: "blocks"`).
+//!
+//! Every verb holds the network's local lock (the disk store's `flock`) for
+//! its whole run, etcd work included, so one host's calls never race each
+//! other; only other hosts (and admin commands) race in etcd, and every
+//! etcd write is a transaction guarded by absence or `mod_revision`.
+//!
+//! The etcd part of a call runs on a tokio runtime made for that call and
+//! is bounded by [`PLUGIN_DEADLINE`] (connect included); unreachable etcd is
+//! code 11. An ADD that fails leaves no local lease, and a block is only
+//! ever created whole (one transaction).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use cni_core::{Attachment, CniResult, Code, Context, Error, IpConfig, Result as CniRes};
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+use super::cache::BlockCache;
+use super::client::block_on;
+use super::{
+    block_key, block_range, handle, Allocation, Block, BlockClient, BlockError, BlockValue, ClusterConfig, Result,
+    PLUGIN_DEADLINE,
+};
+use crate::alloc;
+use crate::config::IpamConfig;
+use crate::range::{to_u128, Range, RangeSet};
+use crate::store::{Lease, Locked, Owner, Store};
+use crate::CODE_EXHAUSTED;
+
+/// Budget of the etcd part of a GC (it may touch every block).
+pub const GC_DEADLINE: Duration = Duration::from_secs(10);
+/// Upper bound on create attempts when other hosts keep winning blocks.
+const CLAIM_TRIES: u32 = 64;
+/// The batch publish at claim time must not eat the claim's deadline.
+const PUBLISH_BUDGET: Duration = Duration::from_millis(500);
+
+/// The `ipam.cluster` section, when the config has one.
+pub fn cluster_config(ctx: &Context) -> CniRes<Option<ClusterConfig>> {
+    let ipam = crate::config::ipam_section(ctx)?;
+    match ipam.get("cluster") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(ClusterConfig::parse(&ctx.conf.name, v)?)),
+    }
+}
+
+fn common_config(ctx: &Context) -> CniRes<IpamConfig> {
+    let conf = IpamConfig::without_ranges(ctx, "together with ipam.cluster (the ranges are the host's blocks)")?;
+    if !conf.requested.is_empty() {
+        return Err(Error::config("requesting specific IP addresses is not supported with ipam.cluster"));
+    }
+    Ok(conf)
+}
+
+/// The result entry of `ip`: inside one of our blocks it carries the
+/// block's prefix and gateway (block network + 1); a borrowed address is a
+/// host route (/32, /128) without gateway, to be routed by the main plugin.
+fn ip_config(ip: IpAddr, cache: &BlockCache) -> IpConfig {
+    match cache.contains_ip(ip) {
+        Some(block) => IpConfig {
+            address: IpNetwork::new(ip, block.prefix()).expect("block prefix"),
+            gateway: Some(block_range(block).gateway),
+            interface: None,
+        },
+        None => IpConfig {
+            address: IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix"),
+            gateway: None,
+            interface: None,
+        },
+    }
+}
+
+fn owner_handle(owner: &Owner) -> String {
+    match owner {
+        Owner::Attachment { container_id, ifname } => handle(container_id, ifname),
+        Owner::ContainerOnly(id) => id.clone(),
+        Owner::Unknown(_) | Owner::Unreadable(_) => "?".to_string(),
+    }
+}
+
+/// ADD in cluster mode.
+pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
+    let mut conf = common_config(ctx)?;
+    let dns = conf.dns()?;
+    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    let locked = store.lock()?;
+    let mut cache = BlockCache::read(store.dir(), cc)?;
+    let (cid, ifname) = (ctx.container_id.as_str(), ctx.ifname.as_str());
+
+    let held: Vec<IpAddr> = locked.leased_to(cid, ifname)?.into_iter().filter(|ip| cc.pool.contains(*ip)).collect();
+    let ips = if !held.is_empty() {
+        tracing::info!(?held, "attachment already holds an address; reusing it");
+        held.iter().map(|ip| ip_config(*ip, &cache)).take(1).collect()
+    } else if cc.strict_affinity {
+        add_strict(cc, &mut conf, &*locked, store.dir(), &mut cache, cid, ifname)?
+    } else {
+        vec![add_shared(cc, &*locked, store.dir(), &mut cache, cid, ifname)?]
+    };
+    Ok(CniResult { interfaces: Vec::new(), ips, routes: conf.routes.clone(), dns })
+}
+
+/// strictAffinity: the local store with the host's blocks as ranges; etcd
+/// only when they are full.
+fn add_strict(
+    cc: &ClusterConfig,
+    conf: &mut IpamConfig,
+    locked: &dyn Locked,
+    dir: &Path,
+    cache: &mut BlockCache,
+    cid: &str,
+    ifname: &str,
+) -> CniRes<Vec<IpConfig>> {
+    for _ in 0..3 {
+        if !cache.blocks.is_empty() {
+            let set = RangeSet::new(cache.blocks.iter().map(|b| block_range(*b)).collect()).map_err(Error::config)?;
+            conf.range_sets = vec![set];
+            match alloc::allocate_locked(locked, conf, cid, ifname) {
+                Err(e) if e.code == Code::Other(CODE_EXHAUSTED) => {}
+                other => return other,
+            }
+        }
+        // Slow path: our blocks are full (or we have none yet).
+        let leases = locked.leases()?;
+        let known = cache.blocks.clone();
+        let got = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, claim_strict(cc, &known, &leases))?;
+        cache.blocks.extend(got);
+        cache.blocks.sort_by_key(|b| to_u128(b.network()));
+        cache.blocks.dedup();
+        cache.write(dir)?;
+    }
+    Err(BlockError::Exhausted {
+        pool: cc.pool,
+        host: cc.host.clone(),
+        detail: "new blocks were claimed but are already full".into(),
+    }
+    .into())
+}
+
+/// Adopts blocks etcd says are ours but the cache does not know (a lost
+/// cache, or a claim whose answer timed out), else claims a new one; then
+/// publishes our allocations into our older blocks (batch).
+async fn claim_strict(cc: &ClusterConfig, known: &[IpNetwork], leases: &[Lease]) -> Result<Vec<IpNetwork>> {
+    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let blocks = client.list().await?;
+    let mine: Vec<Block> = blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).cloned().collect();
+    let adopted: Vec<IpNetwork> = mine.iter().map(|b| b.cidr).filter(|c| !known.contains(c)).collect();
+    let new = if !adopted.is_empty() {
+        tracing::info!(?adopted, "adopting blocks of this host found in etcd");
+        adopted
+    } else {
+        let base = BlockValue { host: cc.host.clone(), exclusive: true, allocations: BTreeMap::new() };
+        match claim_new(&client, cc, &blocks, |_| Some(base.clone())).await? {
+            Some(b) => vec![b.cidr],
+            None => {
+                return Err(BlockError::Exhausted {
+                    pool: cc.pool,
+                    host: cc.host.clone(),
+                    detail: format!(
+                        "every /{} block is claimed, this host's {} block(s) are full, and strictAffinity is true \
+                         (no borrowing from other hosts)",
+                        cc.block_size,
+                        mine.len()
+                    ),
+                })
+            }
+        }
+    };
+    match tokio::time::timeout(PUBLISH_BUDGET, publish(&client, cc, &mine, leases)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("publishing allocations to etcd failed (next claim or GC retries): {e}"),
+        Err(_) => tracing::warn!("publishing allocations to etcd timed out (next claim or GC retries)"),
+    }
+    Ok(new)
+}
+
+/// strictAffinity: writes the local leases of each of our blocks as its
+/// `allocations` (other hosts' records, if any, are kept).
+async fn publish(client: &BlockClient, cc: &ClusterConfig, mine: &[Block], leases: &[Lease]) -> Result<()> {
+    for b in mine {
+        let own: BTreeMap<IpAddr, Allocation> = leases
+            .iter()
+            .filter(|l| b.cidr.contains(l.ip))
+            .map(|l| (l.ip, Allocation { handle: owner_handle(&l.owner), host: cc.host.clone() }))
+            .collect();
+        client
+            .modify(b.clone(), |cur| {
+                if cur.value.host != cc.host {
+                    return None; // removed (remove-host) since we listed it
+                }
+                let mut v = cur.value.clone();
+                v.allocations.retain(|_, a| a.host != cc.host);
+                v.allocations.extend(own.clone());
+                v.exclusive = true;
+                (v != cur.value).then_some(Some(v))
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Stable per-host starting point, so hosts claiming at once spread over
+/// the pool instead of all racing for its first free block.
+fn start_index(host: &str, n: u128) -> u128 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    u128::from(h) % n
+}
+
+/// Creates the first unclaimed block (from this host's starting point) with
+/// the value `make` gives for it (None: skip that block). Lost races move on
+/// to the next one. None when no block is unclaimed.
+async fn claim_new(
+    client: &BlockClient,
+    cc: &ClusterConfig,
+    blocks: &[Block],
+    make: impl Fn(IpNetwork) -> Option<BlockValue>,
+) -> Result<Option<Block>> {
+    let taken: HashSet<u128> = blocks.iter().map(|b| to_u128(b.cidr.network())).collect();
+    let n = cc.block_count();
+    let start = start_index(&cc.host, n);
+    let mut tries = 0;
+    let mut i: u128 = 0;
+    while i < n {
+        let cidr = cc.block((start + i) % n);
+        i += 1;
+        if taken.contains(&to_u128(cidr.network())) {
+            continue;
+        }
+        let Some(value) = make(cidr) else { continue };
+        if tries == CLAIM_TRIES {
+            return Err(BlockError::TooManyRaces { block: block_key(cidr), tries });
+        }
+        tries += 1;
+        if let Some(b) = client.create(cidr, &value).await? {
+            tracing::info!(block = %cidr, host = %cc.host, "claimed block");
+            return Ok(Some(b));
+        }
+        tracing::debug!(block = %cidr, "another host claimed the block first");
+    }
+    Ok(None)
+}
+
+/// Non-strict ADD: the allocation is recorded in etcd first (CAS), then
+/// mirrored in the local store; a local failure undoes the etcd record.
+fn add_shared(
+    cc: &ClusterConfig,
+    locked: &dyn Locked,
+    dir: &Path,
+    cache: &mut BlockCache,
+    cid: &str,
+    ifname: &str,
+) -> CniRes<IpConfig> {
+    let h = handle(cid, ifname);
+    // A stale local lease must not be handed out twice.
+    let taken = |ip: IpAddr| locked.is_reserved(ip).unwrap_or(true);
+    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken))?;
+    let undo = |e: Error| -> Error {
+        if let Err(re) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h)) {
+            tracing::error!(%ip, "rollback of the etcd allocation failed (GC will free it): {re}");
+        }
+        let _ = locked.forget(cid, ifname);
+        e
+    };
+    if own != cache.blocks {
+        cache.blocks = own;
+        if let Err(e) = cache.write(dir) {
+            return Err(undo(e.into()));
+        }
+    }
+    match locked.reserve(cid, ifname, ip) {
+        Ok(true) => Ok(ip_config(ip, cache)),
+        Ok(false) => Err(undo(Error::new(Code::Io, format!("{ip} is recorded free in etcd but leased locally")))),
+        Err(e) => Err(undo(e.into())),
+    }
+}
+
+/// Takes one free address of `block` for `rec` with a CAS on the block,
+/// re-reading it after a lost race. `may_use` re-checks the block's owner
+/// and mode on every attempt.
+async fn try_take(
+    client: &BlockClient,
+    block: &Block,
+    rec: &Allocation,
+    taken: &dyn Fn(IpAddr) -> bool,
+    may_use: &dyn Fn(&BlockValue) -> bool,
+) -> Result<Option<IpAddr>> {
+    let mut picked = None;
+    client
+        .modify(block.clone(), |cur| {
+            picked = None;
+            if !may_use(&cur.value) {
+                return None;
+            }
+            let ip = cur.first_free(taken)?;
+            picked = Some(ip);
+            let mut v = cur.value.clone();
+            v.allocations.insert(ip, rec.clone());
+            Some(Some(v))
+        })
+        .await?;
+    Ok(picked)
+}
+
+/// The etcd side of a non-strict ADD. Returns the address and the host's
+/// blocks afterwards.
+async fn allocate_shared(
+    cc: &ClusterConfig,
+    h: &str,
+    taken: &dyn Fn(IpAddr) -> bool,
+) -> Result<(IpAddr, Vec<IpNetwork>)> {
+    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let blocks = client.list().await?;
+    let mut own: Vec<IpNetwork> =
+        blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
+    // An ADD retried after its answer was lost: the record is already there.
+    for b in &blocks {
+        if let Some((ip, _)) = b.value.allocations.iter().find(|(_, a)| a.host == cc.host && a.handle == h) {
+            tracing::info!(%ip, block = %b.cidr, "etcd already records an address for this attachment; reusing it");
+            return Ok((*ip, own));
+        }
+    }
+    let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
+
+    let is_mine = |v: &BlockValue| v.host == cc.host;
+    for b in blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)) {
+        if let Some(ip) = try_take(&client, b, &rec, taken, &is_mine).await? {
+            return Ok((ip, own));
+        }
+    }
+
+    let make = |cidr: IpNetwork| {
+        let fresh = Block { cidr, value: BlockValue::default(), mod_revision: 0 };
+        let ip = fresh.first_free(taken)?;
+        let mut v = BlockValue { host: cc.host.clone(), exclusive: false, allocations: BTreeMap::new() };
+        v.allocations.insert(ip, rec.clone());
+        Some(v)
+    };
+    if let Some(b) = claim_new(&client, cc, &blocks, make).await? {
+        let ip = *b.value.allocations.keys().next().expect("made with one allocation");
+        own.push(b.cidr);
+        own.sort_by_key(|c| to_u128(c.network()));
+        return Ok((ip, own));
+    }
+
+    let lendable = |v: &BlockValue| v.host != cc.host && !v.exclusive;
+    for b in blocks.iter().filter(|b| lendable(&b.value) && cc.is_block(b.cidr)) {
+        if let Some(ip) = try_take(&client, b, &rec, taken, &lendable).await? {
+            tracing::info!(%ip, block = %b.cidr, owner = %b.value.host, "borrowed an address from another host's block");
+            return Ok((ip, own));
+        }
+    }
+    Err(BlockError::Exhausted {
+        pool: cc.pool,
+        host: cc.host.clone(),
+        detail: format!(
+            "every /{} block is claimed, this host's {} block(s) are full, and no other host's non-exclusive block \
+             has a free address to lend",
+            cc.block_size,
+            own.len()
+        ),
+    })
+}
+
+/// Drops every etcd record of this host for handle `h` (deleting an
+/// owner-less block once empty). Returns the freed addresses.
+async fn release_handle(cc: &ClusterConfig, h: &str) -> Result<Vec<IpAddr>> {
+    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let mut freed = Vec::new();
+    for b in client.list().await? {
+        let mine = |a: &Allocation| a.host == cc.host && a.handle == h;
+        if !b.value.allocations.values().any(mine) {
+            continue;
+        }
+        let mut gone = Vec::new();
+        client
+            .modify(b, |cur| {
+                gone = cur.value.allocations.iter().filter(|(_, a)| mine(a)).map(|(ip, _)| *ip).collect();
+                let mut v = cur.value.clone();
+                v.allocations.retain(|_, a| !mine(a));
+                finish_change(cur, v)
+            })
+            .await?;
+        freed.extend(gone);
+    }
+    if !freed.is_empty() {
+        tracing::info!(?freed, handle = h, "freed allocations in etcd");
+    }
+    Ok(freed)
+}
+
+/// The `modify` decision for a new value: no change, update, or delete an
+/// owner-less block that has nothing left.
+pub(super) fn finish_change(cur: &Block, v: BlockValue) -> Option<Option<BlockValue>> {
+    if v == cur.value {
+        None
+    } else if v.host.is_empty() && v.allocations.is_empty() {
+        Some(None)
+    } else {
+        Some(Some(v))
+    }
+}
+
+/// DEL in cluster mode. Non-strict: etcd first (so a failure leaves the
+/// local lease for the retry), then the local lease. strictAffinity: local
+/// only, plus etcd for an address outside our blocks (borrowed earlier).
+pub fn del(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
+    let (data_dir, network) = crate::config::store_location(ctx)?;
+    let store = crate::disk_store(&data_dir, &network)?;
+    let locked = store.lock()?;
+    let h = handle(&ctx.container_id, &ctx.ifname);
+    if cc.strict_affinity {
+        let released = locked.release(&ctx.container_id, &ctx.ifname)?;
+        let cache = BlockCache::read(store.dir(), cc)?;
+        if released.iter().any(|ip| cc.pool.contains(*ip) && cache.contains_ip(*ip).is_none()) {
+            block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h))?;
+        }
+        tracing::info!(?released, "released leases");
+    } else {
+        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h))?;
+        let released = locked.release(&ctx.container_id, &ctx.ifname)?;
+        tracing::info!(?released, "released leases");
+    }
+    Ok(())
+}
+
+/// CHECK: the attachment holds an address of the pool, and `prevResult`
+/// agrees with the local store.
+pub fn check(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
+    let mut conf = common_config(ctx)?;
+    let pool = Range::new(cc.pool, None, None, None).map_err(Error::config)?;
+    conf.range_sets = vec![RangeSet::new(vec![pool]).map_err(Error::config)?];
+    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    let prev = ctx.prev_result()?;
+    alloc::check(&store, &conf, &ctx.container_id, &ctx.ifname, prev.as_ref())
+}
+
+/// STATUS: the local store must be writable (etcd is not probed: STATUS
+/// must stay cheap, and an ADD that needs etcd reports code 11 itself).
+pub fn status(ctx: &Context, _cc: &ClusterConfig) -> CniRes<()> {
+    let conf = common_config(ctx)?;
+    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))
+}
+
+/// GC: the local GC, then in etcd every record of this host whose handle
+/// is not valid is dropped; under strictAffinity our blocks' records are
+/// replaced by the local leases (the batch publish).
+pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()> {
+    let (data_dir, network) = crate::config::store_location(ctx)?;
+    let store = crate::disk_store(&data_dir, &network)?;
+    let locked = store.lock()?;
+    let local = alloc::gc_locked(&*locked, valid);
+    let leases = locked.leases()?;
+    let valid: HashSet<String> = valid.iter().map(|a| handle(&a.container_id, &a.ifname)).collect();
+    let remote = block_on(&cc.etcd.endpoints, GC_DEADLINE, gc_etcd(cc, &valid, &leases));
+    let report = local?;
+    let freed = remote?;
+    tracing::info!(released = report.released.len(), kept = report.kept, etcd_freed = freed, "GC done");
+    Ok(())
+}
+
+async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) -> Result<usize> {
+    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let mut freed = 0;
+    for b in client.list().await? {
+        let local: BTreeMap<IpAddr, Allocation> = leases
+            .iter()
+            .filter(|l| b.cidr.contains(l.ip))
+            .map(|l| (l.ip, Allocation { handle: owner_handle(&l.owner), host: cc.host.clone() }))
+            .collect();
+        let mut dropped = 0;
+        client
+            .modify(b, |cur| {
+                let mut v = cur.value.clone();
+                if cc.strict_affinity && cur.value.host == cc.host {
+                    v.allocations.retain(|_, a| a.host != cc.host);
+                    v.allocations.extend(local.clone());
+                } else {
+                    v.allocations.retain(|_, a| a.host != cc.host || valid.contains(&a.handle));
+                }
+                dropped = cur.value.allocations.keys().filter(|ip| !v.allocations.contains_key(ip)).count();
+                finish_change(cur, v)
+            })
+            .await?;
+        freed += dropped;
+    }
+    Ok(freed)
+}

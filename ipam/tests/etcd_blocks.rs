@@ -1,0 +1,417 @@
+//! Affine blocks (`ipam.cluster.mode: "blocks"`) against a real etcd (one per
+//! test, on free ports, killed on drop): the plugin verbs in-process and
+//! through the binary, and the admin commands.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cni_core::{Code, Plugin};
+use common::{addresses, ctx, ip_of, leases, run_json, TestDir, BIN};
+use ipam::cluster::blocks::{list_blocks, Block};
+use ipam::cluster::subnet::EtcdConfig;
+use ipam::cluster::testing::EtcdServer;
+use ipam::Ipam;
+use serde_json::{json, Value};
+
+const NET: &str = "blocknet";
+
+/// One simulated host: its own dataDir and host name, one network config.
+struct Host {
+    dir: TestDir,
+    name: String,
+    conf: Value,
+}
+
+impl Host {
+    fn new(etcd: &EtcdServer, name: &str, cluster: Value) -> Host {
+        let dir = TestDir::new(&format!("blocks-{name}"));
+        let mut c = json!({"mode": "blocks", "etcdEndpoints": [etcd.endpoint()], "host": name});
+        for (k, v) in cluster.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let conf = dir.conf(NET, json!({"cluster": c}));
+        Host { dir, name: name.to_string(), conf }
+    }
+
+    fn add(&self, id: &str) -> cni_core::Result<Value> {
+        Ipam.add(&ctx("ADD", id, "eth0", &self.conf, "")).map(|r| r.to_json(cni_core::Version::V1_1_0))
+    }
+
+    /// ADD that must succeed; returns "ip/len".
+    fn add_ok(&self, id: &str) -> String {
+        let r = self.add(id).unwrap_or_else(|e| panic!("{}: ADD {id}: {e}", self.name));
+        addresses(&r).remove(0)
+    }
+
+    fn del(&self, id: &str) -> cni_core::Result<()> {
+        Ipam.del(&ctx("DEL", id, "eth0", &self.conf, ""))
+    }
+
+    fn gc(&self, valid: &[&str]) -> cni_core::Result<()> {
+        let mut conf = self.conf.clone();
+        conf["cni.dev/valid-attachments"] =
+            Value::Array(valid.iter().map(|id| json!({"containerID": id, "ifname": "eth0"})).collect());
+        Ipam.gc(&ctx("GC", "", "", &conf, ""))
+    }
+
+    /// Local leases: ip -> "id\r\nifname".
+    fn local(&self) -> BTreeMap<String, String> {
+        leases(&self.dir.net_dir(NET))
+    }
+
+    fn cached_blocks(&self) -> Vec<String> {
+        let p = self.dir.net_dir(NET).join("blocks.json");
+        let Ok(s) = std::fs::read_to_string(p) else { return Vec::new() };
+        let v: Value = serde_json::from_str(&s).unwrap();
+        v["blocks"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect()
+    }
+}
+
+fn etcd_cfg(etcd: &EtcdServer) -> EtcdConfig {
+    EtcdConfig { prefix: "/cni-ipam".into(), ..etcd.etcd_config() }
+}
+
+/// The network's blocks as etcd has them.
+fn blocks(etcd: &EtcdServer) -> Vec<Block> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(list_blocks(&etcd_cfg(etcd), NET)).expect("list blocks")
+}
+
+/// ip -> (host, handle) over every block.
+fn etcd_allocations(etcd: &EtcdServer) -> BTreeMap<IpAddr, (String, String)> {
+    blocks(etcd)
+        .into_iter()
+        .flat_map(|b| b.value.allocations.into_iter().map(|(ip, a)| (ip, (a.host, a.handle))))
+        .collect()
+}
+
+fn in_block(addr: &str, block: &str) -> bool {
+    let block: ipnetwork::IpNetwork = block.parse().unwrap();
+    block.contains(ip_of(addr).parse().unwrap())
+}
+
+fn admin(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).env_remove("CNI_COMMAND").args(args).output().expect("run cni-ipam");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn eight_hosts_racing_for_eight_blocks_each_get_one() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    // 10.210.0.0/24 in /27 blocks: exactly 8 blocks, so the hosts must collide.
+    let cluster = json!({"pool": "10.210.0.0/24", "blockSize": 27, "strictAffinity": true});
+    let hosts: Vec<Host> = (0..8).map(|i| Host::new(&etcd, &format!("node-{i}"), cluster.clone())).collect();
+    let barrier = std::sync::Barrier::new(hosts.len());
+    let got: Vec<(String, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let ips: Vec<String> = (0..3).map(|k| h.add_ok(&format!("{}-c{k}", h.name))).collect();
+                    (h.name.clone(), ips)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+
+    let in_etcd = blocks(&etcd);
+    assert_eq!(in_etcd.len(), 8, "{in_etcd:?}");
+    let owners: HashSet<&str> = in_etcd.iter().map(|b| b.value.host.as_str()).collect();
+    assert_eq!(owners.len(), 8, "every host owns exactly one block: {in_etcd:?}");
+    let mut all = HashSet::new();
+    for (name, ips) in &got {
+        let block = in_etcd.iter().find(|b| &b.value.host == name).unwrap().cidr.to_string();
+        let h = hosts.iter().find(|h| &h.name == name).unwrap();
+        assert_eq!(h.cached_blocks(), std::slice::from_ref(&block));
+        for ip in ips {
+            assert!(in_block(ip, &block), "{name}: {ip} outside its block {block}");
+            assert!(all.insert(ip_of(ip)), "{ip} handed out twice");
+        }
+    }
+    // A ninth host finds every block taken: strictAffinity means no borrowing.
+    let late = Host::new(&etcd, "node-late", cluster);
+    let e = late.add("late-c0").unwrap_err();
+    assert_eq!(e.code, Code::Other(ipam::CODE_EXHAUSTED), "{e}");
+    assert!(e.msg.contains("pool 10.210.0.0/24") && e.msg.contains("strictAffinity"), "{e}");
+    assert!(late.local().is_empty());
+}
+
+#[test]
+fn a_host_fills_its_block_then_claims_a_second_and_publishes_on_claim_and_gc() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    // /28 blocks: 16 addresses, 13 handed out (no network, gateway, broadcast).
+    let a = Host::new(&etcd, "node-a", json!({"pool": "10.211.0.0/24", "blockSize": 28, "strictAffinity": true}));
+    let first: Vec<String> = (0..13).map(|i| a.add_ok(&format!("c{i}"))).collect();
+    let blocks1 = a.cached_blocks();
+    assert_eq!(blocks1.len(), 1);
+    let b1 = blocks1[0].clone();
+    let b1net: ipnetwork::IpNetwork = b1.parse().unwrap();
+    for ip in &first {
+        assert!(in_block(ip, &b1) && ip.ends_with("/28"), "{ip} in {b1}");
+    }
+    let r = a.add("c0").unwrap();
+    assert_eq!(addresses(&r), [first[0].clone()], "ADD is idempotent");
+    assert_eq!(r["ips"][0]["gateway"].as_str().unwrap(), ipam::cluster::blocks::block_range(b1net).gateway.to_string());
+    // Published only in batch: nothing recorded before the next claim.
+    assert!(etcd_allocations(&etcd).is_empty());
+
+    let fourteenth = a.add_ok("c13");
+    let cached = a.cached_blocks();
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    let b2 = cached.iter().find(|b| **b != b1).unwrap();
+    assert!(in_block(&fourteenth, b2), "{fourteenth} in the new block {b2}");
+    let in_etcd = blocks(&etcd);
+    assert_eq!(in_etcd.len(), 2);
+    assert!(in_etcd.iter().all(|b| b.value.host == "node-a" && b.value.exclusive));
+    // The claim published the full block's 13 allocations with their handles.
+    let recs = etcd_allocations(&etcd);
+    assert_eq!(recs.len(), 13, "{recs:?}");
+    for (i, ip) in first.iter().enumerate() {
+        let want = ("node-a".to_string(), format!("c{i}/eth0"));
+        assert_eq!(recs[&ip_of(ip).parse::<IpAddr>().unwrap()], want);
+    }
+    // GC publishes too: c13 appears, the orphans c5..c12 go, locally and in etcd.
+    let valid = ["c0", "c1", "c2", "c3", "c4", "c13"];
+    a.gc(&valid).unwrap();
+    let recs = etcd_allocations(&etcd);
+    let handles: HashSet<String> = recs.values().map(|(_, h)| h.clone()).collect();
+    let want: HashSet<String> = valid.iter().map(|v| format!("{v}/eth0")).collect();
+    assert_eq!(handles, want);
+    assert_eq!(a.local().len(), 6);
+
+    // The binary serves cluster mode too (fast path: no etcd round trip needed).
+    let (ok, v) = run_json(BIN, "ADD", "bin-c1", "eth0", &a.conf, "");
+    assert!(ok, "{v}");
+    assert!(addresses(&v)[0].ends_with("/28"), "{v}");
+    let (ok, v) = run_json(BIN, "DEL", "bin-c1", "eth0", &a.conf, "");
+    assert!(ok, "{v}");
+}
+
+#[test]
+fn fast_path_works_with_etcd_down_and_a_needed_claim_fails_with_code_11_leaving_nothing() {
+    let mut etcd = EtcdServer::start().expect("start etcd");
+    let a = Host::new(&etcd, "node-a", json!({"pool": "10.212.0.0/24", "blockSize": 28, "strictAffinity": true}));
+    a.add_ok("c0");
+    etcd.kill();
+
+    // Inside the claimed block: local only, so etcd being down does not matter.
+    let t = Instant::now();
+    for i in 1..13 {
+        a.add_ok(&format!("c{i}"));
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "fast path took {:?}", t.elapsed());
+    a.del("c5").unwrap();
+    a.add_ok("c5");
+
+    // The block is full: a claim is needed and etcd is unreachable.
+    let t = Instant::now();
+    let e = a.add("c13").unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.code, Code::TryAgainLater, "{e}");
+    assert!(took < Duration::from_millis(2600), "gave up after {took:?}");
+    assert_eq!(a.local().len(), 13, "no lease for c13");
+    assert!(!a.local().values().any(|o| o.starts_with("c13")));
+    assert_eq!(a.cached_blocks().len(), 1);
+    assert!(common::files_with_prefix(&a.dir.net_dir(NET), ".att.c13").is_empty());
+
+    etcd.start_again().unwrap();
+    assert_eq!(blocks(&etcd).len(), 1, "no half-claimed block");
+    let ip = a.add_ok("c13");
+    assert_eq!(a.cached_blocks().len(), 2);
+    assert!(in_block(&ip, &a.cached_blocks().into_iter().find(|b| in_block(&ip, b)).unwrap()));
+
+    // Non-strict: every ADD needs etcd; down means code 11 and no local lease.
+    let b = Host::new(&etcd, "node-b", json!({"pool": "10.212.0.0/24", "blockSize": 28}));
+    b.add_ok("b0");
+    etcd.kill();
+    let e = b.add("b1").unwrap_err();
+    assert_eq!(e.code, Code::TryAgainLater, "{e}");
+    assert_eq!(b.local().len(), 1);
+    etcd.start_again().unwrap();
+    b.add_ok("b1");
+    assert_eq!(etcd_allocations(&etcd).values().filter(|(h, _)| h == "node-b").count(), 2);
+}
+
+#[test]
+fn non_strict_hosts_borrow_when_the_pool_is_exhausted_and_del_frees_borrowed_addresses() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    // Two /28 blocks in the pool.
+    let cluster = json!({"pool": "10.213.0.0/27", "blockSize": 28});
+    let a = Host::new(&etcd, "node-a", cluster.clone());
+    let b = Host::new(&etcd, "node-b", cluster.clone());
+    let c = Host::new(&etcd, "node-c", cluster);
+    let a0 = a.add_ok("a0");
+    let b0 = b.add_ok("b0");
+    assert!(a0.ends_with("/28") && b0.ends_with("/28"));
+    // Every allocation is recorded in etcd at once, with its handle.
+    let recs = etcd_allocations(&etcd);
+    assert_eq!(recs[&ip_of(&a0).parse::<IpAddr>().unwrap()], ("node-a".into(), "a0/eth0".into()));
+
+    // c has no block and none is left: it borrows one address.
+    let r = c.add("c0").unwrap();
+    let c0 = addresses(&r).remove(0);
+    assert!(c0.ends_with("/32"), "a borrowed address is a host route: {r}");
+    assert!(r["ips"][0].get("gateway").is_none(), "{r}");
+    let owner = blocks(&etcd).into_iter().find(|bl| bl.cidr.contains(ip_of(&c0).parse().unwrap())).unwrap();
+    assert_ne!(owner.value.host, "node-c");
+    assert_eq!(owner.value.allocations[&ip_of(&c0).parse::<IpAddr>().unwrap()].host, "node-c");
+    assert!(c.cached_blocks().is_empty());
+    assert_eq!(c.local().len(), 1);
+
+    // Fill everything: 26 addresses in total.
+    let mut n = 3;
+    while c.add(&format!("c{n}")).is_ok() {
+        n += 1;
+        assert!(n < 40);
+    }
+    assert_eq!(etcd_allocations(&etcd).len(), 26);
+    let e = a.add("a-last").unwrap_err();
+    assert_eq!(e.code, Code::Other(ipam::CODE_EXHAUSTED), "{e}");
+    assert!(e.msg.contains("no IP addresses available in pool 10.213.0.0/27"), "{e}");
+    assert!(a.local().len() == 1);
+
+    // DEL of a borrowed address frees it in etcd, and its owner can use it.
+    c.del("c0").unwrap();
+    assert!(!etcd_allocations(&etcd).contains_key(&ip_of(&c0).parse::<IpAddr>().unwrap()));
+    assert!(c.local().values().all(|o| !o.starts_with("c0\r")));
+    let again = if owner.value.host == "node-a" { a.add_ok("a1") } else { b.add_ok("b1") };
+    assert_eq!(ip_of(&again), ip_of(&c0));
+    // A second DEL is fine.
+    c.del("c0").unwrap();
+}
+
+#[test]
+fn strict_affinity_never_lends_and_reports_exhaustion() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let cluster = json!({"pool": "10.214.0.0/27", "blockSize": 28, "strictAffinity": true});
+    let a = Host::new(&etcd, "node-a", cluster.clone());
+    let b = Host::new(&etcd, "node-b", cluster.clone());
+    a.add_ok("a0");
+    b.add_ok("b0");
+    // A non-strict host may not borrow from exclusive blocks either.
+    let c = Host::new(&etcd, "node-c", json!({"pool": "10.214.0.0/27", "blockSize": 28}));
+    for h in [&Host::new(&etcd, "node-d", cluster), &c] {
+        let e = h.add("x0").unwrap_err();
+        assert_eq!(e.code, Code::Other(ipam::CODE_EXHAUSTED), "{e}");
+        assert!(e.msg.contains("pool 10.214.0.0/27"), "{e}");
+        assert!(h.local().is_empty());
+    }
+    assert!(etcd_allocations(&etcd).is_empty());
+}
+
+#[test]
+fn remove_host_frees_its_blocks_and_allocations_and_others_can_claim_them() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let cluster = json!({"pool": "10.215.0.0/27", "blockSize": 28});
+    let a = Host::new(&etcd, "node-a", cluster.clone());
+    let b = Host::new(&etcd, "node-b", cluster.clone());
+    let a0 = a.add_ok("a0");
+    a.add_ok("a1");
+    b.add_ok("b0");
+    let ep = etcd.endpoint();
+    let (ok, out, err) = admin(&["blocks", "--etcd-endpoints", &ep, "--network", NET]);
+    assert!(ok, "{err}");
+    let line_a = out.lines().find(|l| l.contains("node-a")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line_a.split_whitespace().collect::<Vec<_>>()[1..4] == ["node-a", "2", "0"], "{out}");
+
+    let (ok, out, err) =
+        admin(&["remove-host", "--etcd-endpoints", &ep, "--etcd-prefix", "/cni-ipam", "--network", NET, "node-a"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 block(s) freed, 2 allocation(s) freed"), "{out}");
+    let left = blocks(&etcd);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].value.host, "node-b");
+    // A new host claims the freed block and gets its first address again.
+    let c = Host::new(&etcd, "node-c", cluster);
+    let c0 = c.add_ok("c0");
+    assert_eq!(c0, a0);
+    assert_eq!(blocks(&etcd).iter().filter(|b| b.value.host == "node-c").count(), 1);
+
+    // b fills its block, then borrows from c's; removing c keeps c's block
+    // without an owner for b's borrowed address, until that goes too.
+    for n in 1..13 {
+        b.add_ok(&format!("b{n}"));
+    }
+    let borrowed = b.add_ok("b-borrow");
+    assert!(borrowed.ends_with("/32"), "{borrowed}");
+    let (ok, out, err) = admin(&["remove-host", "--etcd-endpoints", &ep, "--network", NET, "node-c"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0 block(s) freed, 1 allocation(s) freed") && out.contains("kept 10.215.0."), "{out}");
+    let orphan = blocks(&etcd).into_iter().find(|bl| bl.value.host.is_empty()).expect("orphaned block");
+    assert_eq!(orphan.value.allocations.len(), 1);
+    b.del("b-borrow").unwrap();
+    assert!(blocks(&etcd).iter().all(|bl| !bl.value.host.is_empty()), "the empty orphan is deleted");
+
+    let (ok, _, err) = admin(&["remove-host", "--etcd-endpoints", &ep, "--network", NET]);
+    assert!(!ok && err.contains("exactly one HOST"), "{err}");
+    let (ok, _, err) = admin(&["bogus"]);
+    assert!(!ok && err.contains("usage:"), "{err}");
+}
+
+#[test]
+fn gc_frees_orphans_in_etcd_and_locally() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let cluster = json!({"pool": "10.216.0.0/26", "blockSize": 28});
+    let a = Host::new(&etcd, "node-a", cluster.clone());
+    let b = Host::new(&etcd, "node-b", cluster);
+    for id in ["a0", "a1", "a2"] {
+        a.add_ok(id);
+    }
+    b.add_ok("b0");
+    // A record of node-a with no local lease (e.g. an ADD whose answer was lost).
+    let mut blk = blocks(&etcd).into_iter().find(|x| x.value.host == "node-a").unwrap();
+    let stray: IpAddr = ipam::cluster::blocks::block_addresses(blk.cidr).last().unwrap();
+    blk.value
+        .allocations
+        .insert(stray, ipam::cluster::blocks::Allocation { handle: "gone/eth0".into(), host: "node-a".into() });
+    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(blk.cidr));
+    etcd.etcdctl(&["put", &key, &blk.value.to_json()]).unwrap();
+
+    a.gc(&["a1"]).unwrap();
+    let recs = etcd_allocations(&etcd);
+    let left: Vec<&str> = recs.values().map(|(_, h)| h.as_str()).collect();
+    assert_eq!(left.len(), 2, "{recs:?}");
+    assert!(left.contains(&"a1/eth0") && left.contains(&"b0/eth0"), "other hosts' records are not touched: {recs:?}");
+    assert_eq!(a.local().values().cloned().collect::<Vec<_>>(), ["a1\r\neth0"]);
+    // GC without the key is refused, as in local mode.
+    let e = Ipam.gc(&ctx("GC", "", "", &a.conf, "")).unwrap_err();
+    assert_eq!(e.code, Code::InvalidConfig);
+}
+
+#[test]
+fn invalid_cluster_config_is_code_7() {
+    let dir = TestDir::new("blocks-bad");
+    let cases = [
+        (json!({"mode": "blocks", "pool": "10.0.0.0/16"}), "etcdEndpoints is required"),
+        (json!({"mode": "ipip", "etcdEndpoints": ["http://127.0.0.1:1"], "pool": "10.0.0.0/16"}), "mode \"ipip\""),
+        (
+            json!({"mode": "blocks", "etcdEndpoints": ["http://127.0.0.1:1"], "pool": "10.0.0.0/16", "blockSize": 8}),
+            "blockSize 8",
+        ),
+    ];
+    for (cluster, want) in cases {
+        let conf = dir.conf(NET, json!({"cluster": cluster}));
+        let e = Ipam.add(&ctx("ADD", "c1", "eth0", &conf, "")).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig, "{e}");
+        assert!(e.msg.contains("invalid ipam.cluster config") && e.msg.contains(want), "{e}");
+    }
+    let conf = dir.conf(
+        NET,
+        json!({"ranges": [[{"subnet": "10.0.0.0/24"}]],
+               "cluster": {"mode": "blocks", "etcdEndpoints": ["http://127.0.0.1:1"], "pool": "10.0.0.0/16"}}),
+    );
+    let e = Ipam.add(&ctx("ADD", "c1", "eth0", &conf, "")).unwrap_err();
+    assert_eq!(e.code, Code::InvalidConfig);
+    assert!(e.msg.contains("ipam.ranges") && e.msg.contains("ipam.cluster"), "{e}");
+}
