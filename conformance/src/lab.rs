@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -31,7 +31,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::Value;
 
 use crate::net::{sweep_dead_runs, SubnetClaim};
@@ -95,6 +95,8 @@ impl From<ContainerId> for Node {
 #[derive(Debug)]
 struct Segment {
     net: Ipv4Network,
+    /// The segment's IPv6 prefix, for dual-stack segments.
+    net6: Option<Ipv6Network>,
     /// The bridge in the switch netns.
     bridge: String,
     /// Offsets into `net` already handed out.
@@ -106,6 +108,8 @@ struct Leg {
     seg: SegmentId,
     ifname: String,
     ip: Ipv4Addr,
+    /// Same host offset as `ip`, in the segment's IPv6 prefix.
+    ip6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug)]
@@ -246,6 +250,31 @@ impl Lab {
     /// Hosts get `.1`, `.2`, … of `cidr`, routers the top addresses (`.254`
     /// of a /24, then `.253`, …). Must not overlap the mgmt net or another segment.
     pub fn segment(&mut self, cidr: &str) -> R<SegmentId> {
+        self.add_segment(cidr, None)
+    }
+
+    /// A dual-stack segment: like [`Lab::segment`], and every leg on it also
+    /// gets the address with the same host offset in `cidr6` (`nodad`, so it
+    /// is usable at once): `192.168.70.1` and `fd00:70::1` with
+    /// `("192.168.70.0/24", "fd00:70::/64")`, a router `.254` and `::fe`.
+    /// Routers forward IPv6 too, and hosts get IPv6 routes through them to
+    /// other dual-stack segments.
+    pub fn segment_with_ipv6(&mut self, cidr: &str, cidr6: &str) -> R<SegmentId> {
+        let net6: Ipv6Network = cidr6.parse().ctx(format!("segment IPv6 cidr {cidr6:?}"))?;
+        let net6 = Ipv6Network::new(net6.network(), net6.prefix()).ctx("segment IPv6 cidr")?;
+        ensure!(net6.prefix() <= 120, "IPv6 segment {net6} is too small (need /120 or larger)");
+        if let Some(s) = self
+            .segments
+            .iter()
+            .filter_map(|s| s.net6)
+            .find(|n| n.contains(net6.network()) || net6.contains(n.network()))
+        {
+            bail!("IPv6 segment {net6} overlaps segment {s}");
+        }
+        self.add_segment(cidr, Some(net6))
+    }
+
+    fn add_segment(&mut self, cidr: &str, net6: Option<Ipv6Network>) -> R<SegmentId> {
         let net: Ipv4Network = cidr.parse().ctx(format!("segment cidr {cidr:?}"))?;
         let net = Ipv4Network::new(net.network(), net.prefix()).ctx("segment cidr")?;
         ensure!(net.prefix() <= 30, "segment {net} is too small (need /30 or larger)");
@@ -265,13 +294,18 @@ impl Lab {
             ],
         )
         .ctx(format!("create segment {net}"))?;
-        self.segments.push(Segment { net, bridge, used: BTreeSet::new() });
+        self.segments.push(Segment { net, net6, bridge, used: BTreeSet::new() });
         Ok(SegmentId(k))
     }
 
     /// The segment's subnet.
     pub fn segment_net(&self, s: SegmentId) -> Ipv4Network {
         self.segments[s.0].net
+    }
+
+    /// The segment's IPv6 prefix (dual-stack segments only).
+    pub fn segment_net6(&self, s: SegmentId) -> Option<Ipv6Network> {
+        self.segments[s.0].net6
     }
 
     /// A host on `seg` with MTU 1500 (see [`Lab::host_with_mtu`]).
@@ -302,8 +336,8 @@ impl Lab {
         ensure!(!self.hosts[h.0].legs.iter().any(|l| l.seg == seg), "{h:?} is already on {seg:?}");
         let j = self.hosts[h.0].legs.len();
         let router = self.hosts[h.0].router;
-        let ip = self.alloc_ip(seg, router)?;
-        let leg = Leg { seg, ifname: format!("eth{j}"), ip };
+        let (ip, ip6) = self.alloc_ip(seg, router)?;
+        let leg = Leg { seg, ifname: format!("eth{j}"), ip, ip6 };
         self.wire_leg(h, j, &leg, mtu)?;
         let ifname = leg.ifname.clone();
         self.hosts[h.0].legs.push(leg);
@@ -338,7 +372,7 @@ impl Lab {
             format!("link set {mgmt_link} master {} up", self.mgmt_bridge),
         ];
         if router {
-            root.push(format!("netns exec {ns} sysctl -q -w net.ipv4.ip_forward=1"));
+            root.push(format!("netns exec {ns} sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"));
         }
         ip_batch(None, &root).ctx(format!("create {ns}"))?;
         ip_batch(
@@ -351,8 +385,8 @@ impl Lab {
             ],
         )
         .ctx(format!("configure {ns}"))?;
-        for (j, ((seg, mtu), ip)) in legs.iter().zip(ips).enumerate() {
-            let leg = Leg { seg: *seg, ifname: format!("eth{j}"), ip };
+        for (j, ((seg, mtu), (ip, ip6))) in legs.iter().zip(ips).enumerate() {
+            let leg = Leg { seg: *seg, ifname: format!("eth{j}"), ip, ip6 };
             self.wire_leg(HostId(i), j, &leg, *mtu)?;
             self.hosts[i].legs.push(leg);
         }
@@ -380,19 +414,29 @@ impl Lab {
             ],
         )
         .ctx(format!("plug {port} into {}", seg.bridge))?;
-        ip_batch(
-            Some(ns),
-            &[
-                format!("link set {ifn} addrgenmode none"),
-                format!("addr add {}/{} dev {ifn}", leg.ip, seg.net.prefix()),
-                format!("link set {ifn} up"),
-            ],
-        )
-        .ctx(format!("configure {ns} {ifn}"))
+        let mut cmds = vec![
+            format!("link set {ifn} addrgenmode none"),
+            format!("addr add {}/{} dev {ifn}", leg.ip, seg.net.prefix()),
+        ];
+        if let (Some(ip6), Some(net6)) = (leg.ip6, seg.net6) {
+            // A static link-local address too: the kernel sends a neighbour
+            // solicitation for a forwarded packet only from a link-local
+            // address, so a router without one cannot reach hosts it has not
+            // talked to itself. No router solicitations (accept_ra 0).
+            let offset = u128::from(ip6) - u128::from(net6.network());
+            let ll = Ipv6Addr::from(0xfe80_u128 << 112 | offset);
+            ip_batch(None, &[format!("netns exec {ns} sysctl -q -w net.ipv6.conf.{ifn}.accept_ra=0")])
+                .ctx(format!("configure {ns} {ifn}"))?;
+            cmds.push(format!("addr add {ip6}/{} dev {ifn} nodad", net6.prefix()));
+            cmds.push(format!("addr add {ll}/64 dev {ifn} nodad"));
+        }
+        cmds.push(format!("link set {ifn} up"));
+        ip_batch(Some(ns), &cmds).ctx(format!("configure {ns} {ifn}"))
     }
 
-    /// Hosts get `.1` upwards, routers the top addresses downwards.
-    fn alloc_ip(&mut self, s: SegmentId, router: bool) -> R<Ipv4Addr> {
+    /// Hosts get `.1` upwards, routers the top addresses downwards; the
+    /// IPv6 address (dual-stack segments) has the same offset.
+    fn alloc_ip(&mut self, s: SegmentId, router: bool) -> R<(Ipv4Addr, Option<Ipv6Addr>)> {
         let seg = self.segments.get_mut(s.0).ok_or_else(|| format!("no segment {s:?}"))?;
         let last = seg.net.size() - 2; // the highest usable offset
         let pick = if router {
@@ -404,14 +448,15 @@ impl Lab {
             bail!("segment {} is full", seg.net);
         };
         seg.used.insert(o);
-        Ok(Ipv4Addr::from(u32::from(seg.net.network()) + o))
+        let ip6 = seg.net6.map(|n| Ipv6Addr::from(u128::from(n.network()) + u128::from(o)));
+        Ok((Ipv4Addr::from(u32::from(seg.net.network()) + o), ip6))
     }
 
     /// Gives every (non-router) host a route to each segment that a router
     /// on one of its segments reaches (one hop; first router wins).
     /// Idempotent; [`Lab::host`], [`Lab::router`] and [`Lab::attach`] call it.
     pub fn route_via_router(&mut self) -> R<()> {
-        let mut plan: Vec<(usize, SegmentId, Ipv4Addr)> = Vec::new();
+        let mut plan: Vec<(usize, SegmentId, Ipv4Addr, Option<Ipv6Addr>)> = Vec::new();
         for (hi, h) in self.hosts.iter().enumerate().filter(|(_, h)| !h.router) {
             let on: BTreeSet<SegmentId> = h.legs.iter().map(|l| l.seg).collect();
             let mut planned = BTreeSet::new();
@@ -421,15 +466,18 @@ impl Lab {
                 };
                 for t in r.legs.iter().map(|l| l.seg) {
                     if !on.contains(&t) && !h.routed.contains(&t) && planned.insert(t) {
-                        plan.push((hi, t, via.ip));
+                        plan.push((hi, t, via.ip, via.ip6));
                     }
                 }
             }
         }
-        for (hi, t, via) in plan {
+        for (hi, t, via, via6) in plan {
             let net = self.segments[t.0].net;
-            ip_batch(Some(&self.hosts[hi].ns), &[format!("route add {net} via {via}")])
-                .ctx(format!("route {net} via {via} in {}", self.hosts[hi].ns))?;
+            let mut cmds = vec![format!("route add {net} via {via}")];
+            if let (Some(net6), Some(via6)) = (self.segments[t.0].net6, via6) {
+                cmds.push(format!("route add {net6} via {via6}"));
+            }
+            ip_batch(Some(&self.hosts[hi].ns), &cmds).ctx(format!("route {net} via {via} in {}", self.hosts[hi].ns))?;
             self.hosts[hi].routed.insert(t);
         }
         Ok(())
@@ -438,6 +486,11 @@ impl Lab {
     /// The host's underlay address (on `eth0`).
     pub fn host_ip(&self, h: HostId) -> Ipv4Addr {
         self.hosts[h.0].legs[0].ip
+    }
+
+    /// The host's IPv6 underlay address (on `eth0`), if its segment is dual-stack.
+    pub fn host_ip6(&self, h: HostId) -> Option<Ipv6Addr> {
+        self.hosts[h.0].legs[0].ip6
     }
 
     /// The host's address on `seg`, if it has a leg there.

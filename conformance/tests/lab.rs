@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,42 @@ fn router_joins_two_segments_and_capture_sees_the_icmp() -> R<()> {
     let err = lab.capture(ha, "nope0", "", 1, Duration::from_secs(1)).unwrap_err();
     assert!(err.contains("nope0"), "{err}");
 
+    let made = Made::of(&lab);
+    drop(lab);
+    made.assert_gone();
+    Ok(())
+}
+
+#[test]
+fn dual_stack_segments_route_ipv6_through_the_router() -> R<()> {
+    common::require_root();
+    let mut lab = Lab::new("rtr6")?;
+    let a = lab.segment_with_ipv6("192.168.84.0/24", "fd00:84::/64")?;
+    let b = lab.segment_with_ipv6("192.168.85.0/24", "fd00:85::/64")?;
+    let plain = lab.segment("192.168.86.0/24")?;
+    let (h1, h2) = (lab.host(a)?, lab.host(a)?);
+    let r = lab.router(&[a, b, plain])?;
+    let h3 = lab.host(b)?;
+    let h4 = lab.host(plain)?;
+    assert_eq!(lab.segment_net6(a), Some("fd00:84::/64".parse().unwrap()));
+    assert_eq!(lab.segment_net6(plain), None);
+    assert_eq!(lab.host_ip6(h1), Some(Ipv6Addr::new(0xfd00, 0x84, 0, 0, 0, 0, 0, 1)));
+    assert_eq!(lab.host_ip6(h2), Some(Ipv6Addr::new(0xfd00, 0x84, 0, 0, 0, 0, 0, 2)));
+    assert_eq!(lab.host_ip6(r), Some(Ipv6Addr::new(0xfd00, 0x84, 0, 0, 0, 0, 0, 0xfe)));
+    assert_eq!(lab.host_ip6(h4), None);
+    let (ip1, ip2, ip3) = (lab.host_ip6(h1).unwrap(), lab.host_ip6(h2).unwrap(), lab.host_ip6(h3).unwrap());
+    // Usable at once (nodad), both ways, on the segment and across the router
+    // (forwarded first: the router has not talked to h3 before).
+    let cap = lab.capture(h3, "eth0", "icmp6 and ip6[40] == 128", 1, Duration::from_secs(5))?;
+    for (from, to) in [(h1, ip3), (h1, ip2), (h2, ip1), (h3, ip1), (h3, ip2)] {
+        assert!(lab.ping(from, to), "{} -> {to}", lab.host_ns(from));
+    }
+    assert!(cap.wait().contains(&format!("{ip1} > {ip3}: ICMP6, echo request")));
+    let out = lab.exec_ok(h3, &["ping", "-c", "1", "-W", "1", &ip1.to_string()])?;
+    assert!(out.contains("ttl=63"), "one routed hop: {out}");
+    // IPv4 is as before, and the IPv4-only segment has no IPv6.
+    assert!(lab.ping(h1, lab.host_ip(h4)) && lab.ping(h4, lab.host_ip(h3)));
+    assert!(!lab.exec_ok(h4, &["ip", "-6", "addr", "show", "dev", "eth0"])?.contains("inet6"));
     let made = Made::of(&lab);
     drop(lab);
     made.assert_gone();
