@@ -1,7 +1,8 @@
 //! `conformance bench overlay`: the overlay (cni-overlay, run as a black-box
 //! binary) in a [`Lab`]: convergence of a joining host's subnet route,
 //! container throughput across VXLAN vs a plain veth, and address
-//! allocations per second (one etcd transaction per IP vs the local store).
+//! allocations per second (one etcd transaction per IP vs the local store vs
+//! affine blocks through `ipam.cluster`).
 //! Numbers are printed, never asserted. Also the shared lab helpers of
 //! `conformance demo --overlay` ([`OverlayLab`]).
 
@@ -158,7 +159,7 @@ pub struct Opts {
 pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
     let bin = overlay_bin(&o.plugin_dir)?;
     let mut rep = Report::default();
-    progress("allocations: per-IP etcd transactions vs the local store");
+    progress("allocations: per-IP etcd transactions vs the local store vs affine blocks");
     rep.alloc = Some(alloc_bench(o.allocs)?);
     for &n in &o.hosts {
         progress(&format!("convergence: {n} hosts ({} joins)", o.joins));
@@ -199,6 +200,13 @@ pub struct Alloc {
     pub local: f64,
     /// dataDir on /dev/shm: the same medium as the bench's etcd.
     pub local_tmpfs: Option<f64>,
+    /// Affine blocks, strictAffinity: in-process ADDs through `ipam.cluster`
+    /// (local store inside the host's blocks, a block claim in etcd per 61 IPs).
+    pub blocks: f64,
+    /// The same with the dataDir on /dev/shm.
+    pub blocks_tmpfs: Option<f64>,
+    /// Affine blocks, non-strict: every ADD is a CAS on its block in etcd.
+    pub blocks_shared: f64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -285,12 +293,31 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "note: the etcd under test keeps its data on tmpfs (/dev/shm); the first local line uses {} like a host's dataDir",
-                std::env::temp_dir().display()
+                "affine blocks (blockSize 26, in-process ipam ADDs with cluster mode, strictAffinity) {:>10.0} /s  ({:.1}x sequential etcd, {:.1}x concurrent; goal >= 5000/s per host: {})",
+                a.blocks,
+                a.blocks / a.etcd_seq,
+                a.blocks / a.etcd_par,
+                if a.blocks >= 5000.0 { "met" } else { "NOT met" }
+            );
+            if let Some(t) = a.blocks_tmpfs {
+                let _ = writeln!(
+                    s,
+                    "affine blocks, strictAffinity, dataDir on tmpfs (as the etcd)  {:>10.0} /s  ({:.1}x sequential etcd, {:.1}x concurrent)",
+                    t,
+                    t / a.etcd_seq,
+                    t / a.etcd_par
+                );
+            }
+            let _ = writeln!(
+                s,
+                "affine blocks, non-strict (one CAS per IP on its block, Calico's model) {:>10.0} /s  ({:.1}x sequential etcd)",
+                a.blocks_shared,
+                a.blocks_shared / a.etcd_seq
             );
             let _ = writeln!(
                 s,
-                "note: affine IP blocks are not built yet; the local store is what a host uses inside its leased subnet"
+                "note: the etcd under test keeps its data on tmpfs (/dev/shm); the local and affine-block lines use {} like a host's dataDir",
+                std::env::temp_dir().display()
             );
         }
         s
@@ -313,7 +340,9 @@ impl Report {
                 "n": a.n, "etcdTxnSequentialPerSec": a.etcd_seq, "etcdTxnConcurrent8PerSec": a.etcd_par,
                 "localStorePerSec": a.local,
                 "localStoreTmpfsPerSec": a.local_tmpfs,
-                "note": "affine blocks are not built yet; the local store is what a host uses inside its leased subnet",
+                "affineBlocksStrictPerSec": a.blocks,
+                "affineBlocksStrictTmpfsPerSec": a.blocks_tmpfs,
+                "affineBlocksNonStrictPerSec": a.blocks_shared,
             })),
         })
     }
@@ -530,24 +559,35 @@ fn alloc_bench(n: usize) -> R<Alloc> {
         let par = n as f64 / t.elapsed().as_secs_f64();
         Ok::<(f64, f64), String>((seq, par))
     })?;
-    drop(etcd);
-    let local = local_bench(n, &std::env::temp_dir())?;
+    let tmp = std::env::temp_dir();
+    // The real blocks path against the same etcd, block claims included.
+    // One bench host per run (its own host name), each claiming its own blocks.
+    let blocks_ipam = |strict: bool, host: &str| {
+        json!({"cluster": {"mode": "blocks", "etcdEndpoints": [etcd.endpoint()], "etcdPrefix": "/cft-bench/blocks",
+                           "pool": "10.251.0.0/16", "blockSize": 26, "strictAffinity": strict, "host": host}})
+    };
     let shm = Path::new("/dev/shm");
-    let local_tmpfs = if shm.is_dir() { Some(local_bench(n, shm)?) } else { None };
-    Ok(Alloc { n, etcd_seq: seq, etcd_par: par, local, local_tmpfs })
+    let blocks = local_bench(n, &tmp, blocks_ipam(true, "bench-strict"))?;
+    let blocks_tmpfs =
+        if shm.is_dir() { Some(local_bench(n, shm, blocks_ipam(true, "bench-strict-tmpfs"))?) } else { None };
+    let blocks_shared = local_bench(n, &tmp, blocks_ipam(false, "bench-shared"))?;
+    drop(etcd);
+    let ranges = json!({"ranges": [[{"subnet": "10.250.0.0/16"}]]});
+    let local = local_bench(n, &tmp, ranges.clone())?;
+    let local_tmpfs = if shm.is_dir() { Some(local_bench(n, shm, ranges)?) } else { None };
+    Ok(Alloc { n, etcd_seq: seq, etcd_par: par, local, local_tmpfs, blocks, blocks_tmpfs, blocks_shared })
 }
 
 /// N in-process `ipam::Ipam` ADDs (context built from env + config each
-/// time, like a call) against a fresh dataDir with a /16 range.
-fn local_bench(n: usize, base: &Path) -> R<f64> {
+/// time, like a call) against a fresh dataDir; `ipam` is the section
+/// without `type`/`dataDir` (a /16 range, or a cluster section).
+fn local_bench(n: usize, base: &Path, mut ipam: Value) -> R<f64> {
     use cni_core::Plugin as _;
     let dir = base.join(format!("{}-ipambench", unique_name(next_id())));
     std::fs::create_dir_all(&dir).ctx("create temp dir")?;
-    let conf = json!({
-        "cniVersion": "1.1.0", "name": "bench", "type": "bench",
-        "ipam": {"type": "cni-ipam", "dataDir": dir.join("ipam"), "ranges": [[{"subnet": "10.250.0.0/16"}]]},
-    })
-    .to_string();
+    ipam["type"] = json!("cni-ipam");
+    ipam["dataDir"] = json!(dir.join("ipam"));
+    let conf = json!({"cniVersion": "1.1.0", "name": "bench", "type": "bench", "ipam": ipam}).to_string();
     let res = (|| {
         let t = Instant::now();
         for i in 0..n {

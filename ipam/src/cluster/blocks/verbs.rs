@@ -123,9 +123,8 @@ fn add_strict(
             }
         }
         // Slow path: our blocks are full (or we have none yet).
-        let leases = locked.leases()?;
         let known = cache.blocks.clone();
-        let got = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, claim_strict(cc, &known, &leases))?;
+        let got = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, claim_strict(cc, &known, dir))?;
         cache.blocks.extend(got);
         cache.blocks.sort_by_key(|b| to_u128(b.network()));
         cache.blocks.dedup();
@@ -139,10 +138,24 @@ fn add_strict(
     .into())
 }
 
+/// The local leases inside `cidr`, read by name (a block's worth of
+/// lookups instead of a scan of the whole store).
+fn block_leases(dir: &Path, cidr: IpNetwork) -> Vec<Lease> {
+    super::block_addresses(cidr)
+        .filter_map(|ip| match std::fs::read_to_string(dir.join(ip.to_string())) {
+            Ok(s) => Some(Lease { ip, owner: Owner::parse(&s) }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Lease { ip, owner: Owner::Unreadable(e.to_string()) }),
+        })
+        .collect()
+}
+
 /// Adopts blocks etcd says are ours but the cache does not know (a lost
 /// cache, or a claim whose answer timed out), else claims a new one; then
-/// publishes our allocations into our older blocks (batch).
-async fn claim_strict(cc: &ClusterConfig, known: &[IpNetwork], leases: &[Lease]) -> Result<Vec<IpNetwork>> {
+/// publishes our allocations into those of our blocks whose record is
+/// short of a full block (all of them are full locally at this point, so
+/// a complete record is current but for handle churn, which GC publishes).
+async fn claim_strict(cc: &ClusterConfig, known: &[IpNetwork], dir: &Path) -> Result<Vec<IpNetwork>> {
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
     let blocks = client.list().await?;
     let mine: Vec<Block> = blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).cloned().collect();
@@ -168,7 +181,15 @@ async fn claim_strict(cc: &ClusterConfig, known: &[IpNetwork], leases: &[Lease])
             }
         }
     };
-    match tokio::time::timeout(PUBLISH_BUDGET, publish(&client, cc, &mine, leases)).await {
+    let stale: Vec<Block> = mine
+        .into_iter()
+        .filter(|b| {
+            let recorded = b.value.allocations.values().filter(|a| a.host == cc.host).count() as u128;
+            recorded < block_range(b.cidr).capacity()
+        })
+        .collect();
+    let leases: Vec<Lease> = stale.iter().flat_map(|b| block_leases(dir, b.cidr)).collect();
+    match tokio::time::timeout(PUBLISH_BUDGET, publish(&client, cc, &stale, &leases)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("publishing allocations to etcd failed (next claim or GC retries): {e}"),
         Err(_) => tracing::warn!("publishing allocations to etcd timed out (next claim or GC retries)"),
