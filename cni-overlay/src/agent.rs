@@ -4,17 +4,21 @@
 //! subnet file the CNI side reads, and converges the kernel on every other
 //! host's lease (Flannel's L3 mode: per peer one neighbour entry, one FDB
 //! entry and one onlink route; `DirectRouting` peers on our L2 segment get a
-//! plain route instead). Shutdown keeps lease and kernel state, so a restart
-//! disturbs nothing; losing the lease removes routes, device and subnet file.
+//! plain route instead). With `EnableIPv6` the same is done a second time
+//! for IPv6 on `flannel-v6.<VNI>`, VXLAN over the IPv6 underlay. The devices
+//! are created only once the lease is ours, so a host that gets no subnet
+//! leaves nothing behind. Shutdown keeps lease and kernel state, so a restart
+//! disturbs nothing; losing the lease removes routes, devices and subnet file.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use linux_net::link::{self, format_mac, parse_mac};
 use linux_net::netlink::Netlink;
 use linux_net::route::{self, Route};
@@ -38,6 +42,13 @@ pub enum AgentError {
     Etcd(#[from] ipam::cluster::subnet::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// No lease (pool exhausted, bad settings): nothing was programmed.
+    #[error("no subnet lease for this host ({what}): {source}")]
+    Acquire {
+        what: String,
+        #[source]
+        source: ipam::cluster::subnet::Error,
+    },
     #[error("lease for {0} was lost (deleted or expired): routes, device and subnet file removed")]
     LeaseLost(Ipv4Network),
 }
@@ -49,6 +60,8 @@ type Result<T, E = AgentError> = std::result::Result<T, E>;
 pub struct AgentArgs {
     pub etcd: EtcdConfig,
     pub public_ip: Option<Ipv4Addr>,
+    /// flanneld's `--public-ipv6`: the IPv6 address peers send to (EnableIPv6).
+    pub public_ipv6: Option<Ipv6Addr>,
     pub iface: Option<String>,
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
@@ -68,6 +81,7 @@ impl AgentArgs {
                 key_file: None,
             },
             public_ip: None,
+            public_ipv6: None,
             iface: None,
             subnet_file: PathBuf::from(crate::plugin::DEFAULT_SUBNET_FILE),
             ip_masq: false,
@@ -104,6 +118,10 @@ impl AgentArgs {
                 "public-ip" => {
                     let v = value()?;
                     a.public_ip = Some(v.parse().map_err(|_| bad("public-ip", &v))?);
+                }
+                "public-ipv6" => {
+                    let v = value()?;
+                    a.public_ipv6 = Some(v.parse().map_err(|_| bad("public-ipv6", &v))?);
                 }
                 "iface" => a.iface = Some(value()?),
                 "subnet-file" => a.subnet_file = value()?.into(),
@@ -150,7 +168,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
     num.parse::<u64>().ok().filter(|n| *n > 0).map(|n| Duration::from_secs(n * mul))
 }
 
-/// The host's way out: the underlay interface and our address on it.
+/// The host's way out: the underlay interface and our addresses on it.
 #[derive(Debug, Clone)]
 struct External {
     index: u32,
@@ -159,6 +177,9 @@ struct External {
     mtu: u32,
     /// The connected subnet of `ip`: peers inside it are on our L2 segment.
     segment: Ipv4Network,
+    /// Our global IPv6 address on the interface, with its prefix (the IPv6
+    /// segment): `--public-ipv6` if it is on the interface, else the first one.
+    ip6: Option<Ipv6Network>,
 }
 
 fn external(args: &AgentArgs) -> Result<External> {
@@ -175,6 +196,17 @@ fn external(args: &AgentArgs) -> Result<External> {
             })
             .collect()
     };
+    // Global IPv6 addresses only: link-local ones cannot carry VXLAN between segments.
+    let v6 = |index: u32| -> Vec<Ipv6Network> {
+        addrs
+            .iter()
+            .filter(|(i, _)| *i == index)
+            .filter_map(|(_, a)| match a {
+                IpNetwork::V6(n) if is_global6(n.ip()) => Some(*n),
+                _ => None,
+            })
+            .collect()
+    };
     let pick = |l: &link::Link| -> Option<External> {
         let nets = v4(l.index);
         let net = match args.public_ip {
@@ -182,12 +214,21 @@ fn external(args: &AgentArgs) -> Result<External> {
             None => *nets.first()?,
         };
         let segment = Ipv4Network::new(net.network(), net.prefix()).ok()?;
-        Some(External { index: l.index, name: l.name.clone(), ip: net.ip(), mtu: l.mtu, segment })
+        let nets6 = v6(l.index);
+        let ip6 = args
+            .public_ipv6
+            .and_then(|ip| nets6.iter().find(|n| n.ip() == ip).copied())
+            .or_else(|| nets6.first().copied());
+        Some(External { index: l.index, name: l.name.clone(), ip: net.ip(), mtu: l.mtu, segment, ip6 })
+    };
+    let has_ip = |l: &link::Link, want: &str| {
+        v4(l.index).iter().any(|n| n.ip().to_string() == *want)
+            || want.parse::<Ipv6Addr>().is_ok_and(|ip| v6(l.index).iter().any(|n| n.ip() == ip))
     };
     let ext = match &args.iface {
         Some(want) => links
             .iter()
-            .find(|l| &l.name == want || v4(l.index).iter().any(|n| n.ip().to_string() == *want))
+            .find(|l| &l.name == want || has_ip(l, want))
             .and_then(pick)
             .ok_or_else(|| AgentError::Usage(format!("--iface {want}: no such interface with an IPv4 address")))?,
         None => {
@@ -206,40 +247,83 @@ fn external(args: &AgentArgs) -> Result<External> {
     Ok(ext)
 }
 
-/// What the kernel holds for one peer host.
+/// Not unspecified, loopback, link-local (fe80::/10) or multicast.
+fn is_global6(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || (ip.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// What the kernel holds for one peer host in one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Peer {
-    public_ip: Ipv4Addr,
+    /// The peer's underlay address of this family (`PublicIP` or `PublicIPv6`).
+    public_ip: IpAddr,
     vtep_mac: Option<[u8; 6]>,
     direct: bool,
+}
+
+/// One address family's half of the data path: IPv4 through `flannel.<VNI>`,
+/// IPv6 through `flannel-v6.<VNI>`, each with its own peers.
+struct Plane {
+    v6: bool,
+    /// VXLAN device index (vxlan backend only).
+    dev: Option<u32>,
+    /// Our underlay address's connected subnet: DirectRouting peers are inside it.
+    segment: Option<IpNetwork>,
+    /// `Network` or `IPv6Network`: routes inside it on our links are ours.
+    network: IpNetwork,
+    /// Our own subnet of this family.
+    own: IpNetwork,
+    peers: HashMap<IpNetwork, Peer>,
 }
 
 struct Dataplane {
     nl: Netlink,
     kind: BackendKind,
-    ext: External,
-    /// VXLAN device index (vxlan backend only).
-    dev: Option<u32>,
+    ext_index: u32,
     direct_routing: bool,
-    peers: HashMap<Ipv4Network, Peer>,
+    /// IPv4, then IPv6 when `EnableIPv6` is set.
+    planes: Vec<Plane>,
 }
 
 impl Dataplane {
-    fn peer_of(&self, lease: &Lease) -> Peer {
-        let mac = lease.attrs.backend_data.get("VtepMAC").and_then(|m| m.as_str()).and_then(parse_mac);
-        let same_l2 = self.ext.segment.contains(lease.attrs.public_ip);
+    /// The peer entry `lease` asks for in plane `pi`, if the lease has that family.
+    fn wanted(&self, pi: usize, lease: &Lease) -> Option<(IpNetwork, Peer)> {
+        let plane = &self.planes[pi];
+        let (subnet, public_ip, data) = if plane.v6 {
+            let (Some(sn6), Some(ip6)) = (lease.ipv6_subnet, lease.attrs.public_ipv6) else {
+                return None;
+            };
+            // host-gw leases have no BackendV6Data.
+            (
+                IpNetwork::V6(sn6),
+                IpAddr::V6(ip6),
+                lease.attrs.backend_v6_data.as_ref().unwrap_or(&serde_json::Value::Null),
+            )
+        } else {
+            (IpNetwork::V4(lease.subnet), IpAddr::V4(lease.attrs.public_ip), &lease.attrs.backend_data)
+        };
+        let mac = data.get("VtepMAC").and_then(|m| m.as_str()).and_then(parse_mac);
+        let same_l2 = plane.segment.is_some_and(|s| s.contains(public_ip));
         let direct = match self.kind {
             BackendKind::HostGw => true,
             BackendKind::Vxlan => self.direct_routing && same_l2,
         };
-        Peer { public_ip: lease.attrs.public_ip, vtep_mac: mac, direct }
+        Some((subnet, Peer { public_ip, vtep_mac: mac, direct }))
     }
 
-    fn route_for(&self, subnet: Ipv4Network, p: &Peer) -> Route {
+    /// Every peer entry `lease` asks for, by plane.
+    fn wanted_all(&self, lease: &Lease) -> Vec<(usize, IpNetwork, Peer)> {
+        (0..self.planes.len()).filter_map(|pi| self.wanted(pi, lease).map(|(s, p)| (pi, s, p))).collect()
+    }
+
+    /// The peer's subnet via its VTEP address (the subnet's network address,
+    /// as Flannel does) onlink on the VXLAN device, or via its public address
+    /// on the underlay when direct.
+    fn route_for(&self, pi: usize, subnet: IpNetwork, p: &Peer) -> Route {
         if p.direct {
-            Route::new(IpNetwork::V4(subnet), Some(IpAddr::V4(p.public_ip)), Some(self.ext.index))
+            Route::new(subnet, Some(p.public_ip), Some(self.ext_index))
         } else {
-            let mut r = Route::new(IpNetwork::V4(subnet), Some(IpAddr::V4(subnet.network())), self.dev);
+            let mut r = Route::new(subnet, Some(subnet.network()), self.planes[pi].dev);
             r.onlink = true;
             r
         }
@@ -247,68 +331,84 @@ impl Dataplane {
 
     /// Programs one peer: neighbour and FDB first, the route last, so no
     /// packet is routed to the device before it can be encapsulated.
-    fn add(&mut self, subnet: Ipv4Network, p: Peer) -> Result<()> {
-        if self.peers.get(&subnet) == Some(&p) {
+    fn add(&mut self, pi: usize, subnet: IpNetwork, p: Peer) -> Result<()> {
+        let old = self.planes[pi].peers.get(&subnet).cloned();
+        if old.as_ref() == Some(&p) {
             return Ok(());
         }
-        if let Some(old) = self.peers.get(&subnet).cloned() {
-            self.remove(subnet, &old)?;
+        if let Some(old) = old {
+            self.remove(pi, subnet, &old)?;
         }
         if !p.direct {
-            let (Some(dev), Some(mac)) = (self.dev, p.vtep_mac) else {
+            let (Some(dev), Some(mac)) = (self.planes[pi].dev, p.vtep_mac) else {
                 tracing::warn!(%subnet, "lease has no VtepMAC; skipping");
                 return Ok(());
             };
-            neigh::neigh_replace(&mut self.nl, dev, IpAddr::V4(subnet.network()), mac)?;
-            neigh::fdb_replace(&mut self.nl, dev, mac, IpAddr::V4(p.public_ip))?;
+            neigh::neigh_replace(&mut self.nl, dev, subnet.network(), mac)?;
+            neigh::fdb_replace(&mut self.nl, dev, mac, p.public_ip)?;
         }
-        let r = self.route_for(subnet, &p);
+        let r = self.route_for(pi, subnet, &p);
         route::replace(&mut self.nl, &r)?;
         tracing::info!(%subnet, public_ip = %p.public_ip, direct = p.direct, "peer programmed");
-        self.peers.insert(subnet, p);
+        self.planes[pi].peers.insert(subnet, p);
         Ok(())
     }
 
     /// Removes one peer in the reverse order.
-    fn remove(&mut self, subnet: Ipv4Network, p: &Peer) -> Result<()> {
-        let r = self.route_for(subnet, p);
+    fn remove(&mut self, pi: usize, subnet: IpNetwork, p: &Peer) -> Result<()> {
+        let r = self.route_for(pi, subnet, p);
         match route::del(&mut self.nl, &r) {
             Ok(()) => {}
             Err(e) if e.is_not_found() || e.errno() == Some(nix::errno::Errno::ESRCH) => {}
             Err(e) => return Err(e.into()),
         }
-        if let (false, Some(dev), Some(mac)) = (p.direct, self.dev, p.vtep_mac) {
-            neigh::fdb_del(&mut self.nl, dev, mac, IpAddr::V4(p.public_ip))?;
-            neigh::neigh_del(&mut self.nl, dev, IpAddr::V4(subnet.network()))?;
+        if let (false, Some(dev), Some(mac)) = (p.direct, self.planes[pi].dev, p.vtep_mac) {
+            neigh::fdb_del(&mut self.nl, dev, mac, p.public_ip)?;
+            neigh::neigh_del(&mut self.nl, dev, subnet.network())?;
         }
         tracing::info!(%subnet, "peer removed");
-        self.peers.remove(&subnet);
+        self.planes[pi].peers.remove(&subnet);
         Ok(())
+    }
+
+    /// Removes the peer of plane `pi` with `subnet`, if programmed.
+    fn forget(&mut self, pi: usize, subnet: IpNetwork) {
+        if let Some(p) = self.planes.get(pi).and_then(|pl| pl.peers.get(&subnet)).cloned() {
+            if let Err(e) = self.remove(pi, subnet, &p) {
+                tracing::error!(%subnet, "remove peer: {e}");
+            }
+        }
     }
 
     /// Converges on exactly `leases` (a full list), also removing kernel
     /// state a previous run left for hosts that are gone.
-    fn resync(&mut self, network: Ipv4Network, own: Ipv4Network, leases: &[Lease]) -> Result<()> {
-        let want: HashMap<Ipv4Network, Peer> =
-            leases.iter().filter(|l| l.subnet != own).map(|l| (l.subnet, self.peer_of(l))).collect();
-        let stale: Vec<(Ipv4Network, Peer)> =
-            self.peers.iter().filter(|(s, _)| !want.contains_key(s)).map(|(s, p)| (*s, p.clone())).collect();
-        for (s, p) in stale {
-            self.remove(s, &p)?;
-        }
-        // Routes into the overlay network that no lease explains (left by an earlier run).
-        for oif in [self.dev, Some(self.ext.index)].into_iter().flatten() {
-            for r in route::list_oif(&mut self.nl, false, oif)? {
-                let IpNetwork::V4(dst) = r.dst else { continue };
-                let ours = dst.prefix() > network.prefix() && network.contains(dst.network());
-                if ours && dst != own && !want.contains_key(&dst) {
-                    tracing::info!(%dst, "removing a stale route");
-                    let _ = route::del(&mut self.nl, &r);
+    fn resync(&mut self, own: Ipv4Network, leases: &[Lease]) -> Result<()> {
+        for pi in 0..self.planes.len() {
+            let want: HashMap<IpNetwork, Peer> =
+                leases.iter().filter(|l| l.subnet != own).filter_map(|l| self.wanted(pi, l)).collect();
+            let plane = &self.planes[pi];
+            let stale: Vec<(IpNetwork, Peer)> =
+                plane.peers.iter().filter(|(s, _)| !want.contains_key(s)).map(|(s, p)| (*s, p.clone())).collect();
+            for (s, p) in stale {
+                self.remove(pi, s, &p)?;
+            }
+            // Routes into the overlay network that no lease explains (left by an earlier run).
+            let plane = &self.planes[pi];
+            let (v6, network, own_sn) = (plane.v6, plane.network, plane.own);
+            for oif in [plane.dev, Some(self.ext_index)].into_iter().flatten() {
+                for r in route::list_oif(&mut self.nl, v6, oif)? {
+                    let ours = r.dst.prefix() > network.prefix() && network.contains(r.dst.network());
+                    // Inside our own subnet: the kernel's route to our IPv6 VTEP address.
+                    let own_route = own_sn.contains(r.dst.network());
+                    if ours && !own_route && !want.contains_key(&r.dst) {
+                        tracing::info!(dst = %r.dst, "removing a stale route");
+                        let _ = route::del(&mut self.nl, &r);
+                    }
                 }
             }
-        }
-        for (s, p) in want {
-            self.add(s, p)?;
+            for (s, p) in want {
+                self.add(pi, s, p)?;
+            }
         }
         Ok(())
     }
@@ -318,12 +418,63 @@ fn vtep_name(vni: u32) -> String {
     format!("flannel.{vni}")
 }
 
-fn first_host(subnet: Ipv4Network) -> Ipv4Network {
-    Ipv4Network::new((u32::from(subnet.network()) + 1).into(), subnet.prefix()).expect("same prefix")
+/// Flannel's name for the IPv6 VXLAN device.
+fn vtep6_name(vni: u32) -> String {
+    format!("flannel-v6.{vni}")
 }
+
+/// IPv4 VXLAN overhead: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const VXLAN_OVERHEAD: u32 = 50;
+/// IPv6 VXLAN overhead: the outer header is IPv6 (40).
+const VXLAN6_OVERHEAD: u32 = 70;
 
 fn masq_table() -> &'static str {
     "cni_overlay"
+}
+
+/// The MAC the VXLAN device `name` has (an agent restart keeps it), or a
+/// fresh random one for a device still to be created. Known before the
+/// lease is acquired, so the device is only created once the lease is ours:
+/// a host that gets no subnet leaves no trace.
+fn vtep_mac(nl: &mut Netlink, name: &str) -> Result<[u8; 6]> {
+    if let Some(mac) = link::get(nl, name)?.filter(|l| l.kind.as_deref() == Some("vxlan")).and_then(|l| l.mac) {
+        return Ok(mac);
+    }
+    let mut mac = [0u8; 6];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut mac)?;
+    mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
+    Ok(mac)
+}
+
+/// One VXLAN device (created, or kept if it already fits) with `address`
+/// as its only address of that family: the VTEP address peers route to.
+fn vtep(nl: &mut Netlink, spec: &VxlanSpec<'_>, address: IpNetwork) -> Result<u32> {
+    let l = ensure_vxlan(nl, spec)?;
+    for (_, a) in addr::list(nl, Some(l.index))? {
+        // The kernel's IPv6 link-local address stays.
+        let global = match a.ip() {
+            IpAddr::V6(ip6) => is_global6(ip6),
+            IpAddr::V4(_) => true,
+        };
+        if a != address && a.is_ipv4() == address.is_ipv4() && global {
+            addr::del(nl, l.index, a)?;
+        }
+    }
+    match addr::add(nl, l.index, address, true) {
+        Ok(()) => {}
+        Err(e) if e.is_exists() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(l.index)
+}
+
+/// The network config's description for error messages.
+fn pool_of(cfg: &NetworkConfig) -> String {
+    let mut s = format!("Network {}, SubnetLen {}", cfg.network, cfg.subnet_len);
+    if let (true, Some(n6)) = (cfg.enable_ipv6, cfg.ipv6_network) {
+        s += &format!(", IPv6Network {n6}, IPv6SubnetLen {}", cfg.ipv6_subnet_len);
+    }
+    s
 }
 
 /// Runs the agent until SIGTERM/SIGINT (Ok: state kept) or until the lease is lost.
@@ -334,7 +485,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     let ext = external(&args)?;
     let public_ip = args.public_ip.unwrap_or(ext.ip);
-    tracing::info!(iface = %ext.name, %public_ip, "external interface");
+    let public_ipv6 = args.public_ipv6.or(ext.ip6.map(|n| n.ip()));
+    tracing::info!(iface = %ext.name, %public_ip, ?public_ipv6, "external interface");
 
     let sm = connect(&args.etcd).await;
     let cfg = loop {
@@ -348,101 +500,146 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
+    // IPv6 needs an underlay address to send VXLAN from (or to route to, host-gw).
+    let public_ipv6 = match (cfg.enable_ipv6, public_ipv6) {
+        (false, _) => None,
+        (true, Some(ip6)) => Some(ip6),
+        (true, None) => {
+            return Err(AgentError::Usage(format!(
+                "EnableIPv6 is set in the network config but {} has no global IPv6 address: \
+                 add one or pass --public-ipv6",
+                ext.name
+            )))
+        }
+    };
+    let ipv6 = cfg.ipv6_network.filter(|_| cfg.enable_ipv6);
 
     let mut nl = Netlink::open()?;
-    let (dev, attrs_data) = match cfg.backend.kind {
+    let vni = cfg.backend.vni;
+    let (mac4, mac6) = match cfg.backend.kind {
         BackendKind::Vxlan => {
-            let mtu = cfg.backend.mtu.unwrap_or(ext.mtu.saturating_sub(50));
-            let l = ensure_vxlan(
-                &mut nl,
-                &VxlanSpec {
-                    name: &vtep_name(cfg.backend.vni),
-                    vni: cfg.backend.vni,
-                    port: cfg.backend.port,
-                    local: Some(IpAddr::V4(public_ip)),
-                    underlay: Some(ext.index),
-                    mtu: Some(mtu),
-                    learning: false,
-                    mac: None,
-                },
-            )?;
-            let mac = l.mac.map(|m| format_mac(&m)).unwrap_or_default();
-            (Some((l.index, mtu)), json!({ "VNI": cfg.backend.vni, "VtepMAC": mac }))
+            let mac6 = match ipv6 {
+                Some(_) => Some(vtep_mac(&mut nl, &vtep6_name(vni))?),
+                None => None,
+            };
+            (Some(vtep_mac(&mut nl, &vtep_name(vni))?), mac6)
         }
-        BackendKind::HostGw => (None, json!(null)),
+        BackendKind::HostGw => (None, None),
     };
+    let data = |mac: Option<[u8; 6]>| mac.map(|m| json!({ "VNI": vni, "VtepMAC": format_mac(&m) }));
     let attrs = LeaseAttrs {
         public_ip,
-        public_ipv6: None,
-        backend_type: match cfg.backend.kind {
-            BackendKind::Vxlan => "vxlan".into(),
-            BackendKind::HostGw => "host-gw".into(),
-        },
-        backend_data: attrs_data,
-        backend_v6_data: None,
+        public_ipv6,
+        backend_type: cfg.backend.kind.as_str().into(),
+        backend_data: data(mac4).unwrap_or(serde_json::Value::Null),
+        backend_v6_data: data(mac6),
     };
-    let previous = read_subnet_file(&args.subnet_file)
-        .ok()
-        .map(|f| Ipv4Network::new(f.subnet.network(), f.subnet.prefix()).expect("prefix from the file is valid"));
+    let previous_file = read_subnet_file(&args.subnet_file).ok();
+    let previous = previous_file.as_ref().map(|f| f.lease_subnet());
+    let previous_v6 = previous_file.as_ref().and_then(|f| f.lease_ipv6_subnet());
     let lease = loop {
-        match sm.acquire(&cfg, &attrs, previous, args.lease_ttl).await {
+        match sm.acquire_dual(&cfg, &attrs, previous, previous_v6, args.lease_ttl).await {
             Ok(l) => break l,
             Err(e) if e.is_unavailable() => {
                 tracing::warn!("etcd unavailable, retrying: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => return Err(e.into()),
+            // Many hosts starting at once: the pool is not full, try again.
+            Err(e @ ipam::cluster::subnet::Error::TooManyRaces(_)) => {
+                tracing::warn!("{e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100 + u64::from(std::process::id() % 200))).await;
+            }
+            // Pool exhausted and the like: nothing has been programmed yet.
+            Err(e) => {
+                return Err(AgentError::Acquire { what: format!("PublicIP {public_ip}, {}", pool_of(&cfg)), source: e })
+            }
         }
     };
     let own = lease.subnet;
-    tracing::info!(subnet = %own, "lease acquired");
+    let own6 = lease.ipv6_subnet.filter(|_| ipv6.is_some());
+    tracing::info!(subnet = %own, ipv6_subnet = ?own6, "lease acquired");
 
-    let mtu = match dev {
-        Some((index, mtu)) => {
-            // The device's only address is the network address of our subnet (/32),
-            // the next hop peers route to.
-            let want = IpNetwork::new(IpAddr::V4(own.network()), 32).expect("/32");
-            for (_, a) in addr::list(&mut nl, Some(index))? {
-                if a != want && a.is_ipv4() {
-                    addr::del(&mut nl, index, a)?;
-                }
-            }
-            match addr::add(&mut nl, index, want, true) {
-                Ok(()) => {}
-                Err(e) if e.is_exists() => {}
-                Err(e) => return Err(e.into()),
-            }
-            mtu
-        }
-        None => ext.mtu,
-    };
+    // The devices, only now that the lease is ours. Each one's only address is
+    // the network address of our subnet (/32, /128), the next hop peers route to.
+    let mut dev4 = None;
+    let mut dev6 = None;
+    let mut mtu = ext.mtu;
+    if let Some(mac) = mac4 {
+        let mtu4 = cfg.backend.mtu.unwrap_or(ext.mtu.saturating_sub(VXLAN_OVERHEAD));
+        let spec = VxlanSpec {
+            name: &vtep_name(vni),
+            vni,
+            port: cfg.backend.port,
+            local: Some(IpAddr::V4(public_ip)),
+            underlay: Some(ext.index),
+            mtu: Some(mtu4),
+            learning: false,
+            mac: Some(mac),
+        };
+        dev4 = Some(vtep(&mut nl, &spec, IpNetwork::new(IpAddr::V4(own.network()), 32).expect("/32"))?);
+        mtu = mtu4;
+    }
+    if let (Some(mac), Some(sn6)) = (mac6, own6) {
+        let mtu6 = cfg.backend.mtu.unwrap_or(ext.mtu.saturating_sub(VXLAN6_OVERHEAD));
+        // Sent from our address on the interface (Flannel's IfaceV6Addr);
+        // --public-ipv6 is what peers send to.
+        let local = ext.ip6.map(|n| n.ip()).or(public_ipv6).map(IpAddr::V6);
+        let spec = VxlanSpec {
+            name: &vtep6_name(vni),
+            vni,
+            port: cfg.backend.port,
+            local,
+            underlay: Some(ext.index),
+            mtu: Some(mtu6),
+            learning: false,
+            mac: Some(mac),
+        };
+        dev6 = Some(vtep(&mut nl, &spec, IpNetwork::new(IpAddr::V6(sn6.network()), 128).expect("/128"))?);
+        // One pod interface carries both families: it gets the smaller MTU,
+        // so IPv6 fits flannel-v6 without relying on ICMPv6 Packet Too Big.
+        mtu = mtu.min(mtu6);
+    }
+    if ipv6.is_none() {
+        // IPv6 was switched off: a device left by an earlier run goes.
+        link::delete(&mut nl, &vtep6_name(vni))?;
+    }
     if args.ip_masq {
         nft::ensure_masquerade(masq_table(), "overlay", IpNetwork::V4(cfg.network))?;
+        if let Some(n6) = ipv6 {
+            nft::ensure_masquerade(masq_table(), "overlay", IpNetwork::V6(n6))?;
+        }
     }
-    write_subnet_file(
-        &args.subnet_file,
-        &SubnetFile {
-            network: cfg.network,
-            subnet: first_host(own),
-            mtu,
-            ipmasq: args.ip_masq,
-            ipv6_network: None,
-            ipv6_subnet: None,
-        },
-    )?;
+    write_subnet_file(&args.subnet_file, &SubnetFile::new(&cfg, &lease, mtu, args.ip_masq))?;
 
+    let mut planes = vec![Plane {
+        v6: false,
+        dev: dev4,
+        segment: Some(IpNetwork::V4(ext.segment)),
+        network: IpNetwork::V4(cfg.network),
+        own: IpNetwork::V4(own),
+        peers: HashMap::new(),
+    }];
+    if let (Some(n6), Some(sn6)) = (ipv6, own6) {
+        planes.push(Plane {
+            v6: true,
+            dev: dev6,
+            segment: ext.ip6.and_then(|n| Ipv6Network::new(n.network(), n.prefix()).ok()).map(IpNetwork::V6),
+            network: IpNetwork::V6(n6),
+            own: IpNetwork::V6(sn6),
+            peers: HashMap::new(),
+        });
+    }
     let mut dp = Dataplane {
         nl,
         kind: cfg.backend.kind,
-        ext: ext.clone(),
-        dev: dev.map(|d| d.0),
+        ext_index: ext.index,
         direct_routing: cfg.backend.direct_routing,
-        peers: HashMap::new(),
+        planes,
     };
     let (all, rev) = sm.leases().await?;
-    dp.resync(cfg.network, own, &all)?;
+    dp.resync(own, &all)?;
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(peers = dp.peers.len(), "ready");
+    tracing::info!(peers = dp.planes[0].peers.len(), "ready");
 
     let mut events = sm.watch(rev);
     let renew_every = (args.lease_ttl.saturating_sub(args.renew_margin)).max(Duration::from_secs(1));
@@ -452,25 +649,25 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(Event::Added(l)) if l.subnet != own => {
-                    let p = dp.peer_of(&l);
-                    if let Err(e) = dp.add(l.subnet, p) {
-                        tracing::error!(subnet = %l.subnet, "program peer: {e}");
+                    for (pi, s, p) in dp.wanted_all(&l) {
+                        if let Err(e) = dp.add(pi, s, p) {
+                            tracing::error!(subnet = %s, "program peer: {e}");
+                        }
                     }
                 }
                 Some(Event::Added(_)) => {}
                 Some(Event::Removed { subnet, .. }) if subnet == own => break true,
-                Some(Event::Removed { subnet, .. }) => {
-                    if let Some(p) = dp.peers.get(&subnet).cloned() {
-                        if let Err(e) = dp.remove(subnet, &p) {
-                            tracing::error!(%subnet, "remove peer: {e}");
-                        }
+                Some(Event::Removed { subnet, ipv6_subnet }) => {
+                    dp.forget(0, IpNetwork::V4(subnet));
+                    if let Some(s6) = ipv6_subnet {
+                        dp.forget(1, IpNetwork::V6(s6));
                     }
                 }
                 Some(Event::Resync(all)) => {
                     if !all.iter().any(|l| l.subnet == own) {
                         break true;
                     }
-                    if let Err(e) = dp.resync(cfg.network, own, &all) {
+                    if let Err(e) = dp.resync(own, &all) {
                         tracing::error!("resync: {e}");
                     }
                 }
@@ -500,12 +697,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 }
 
 fn teardown(dp: &mut Dataplane, cfg: &NetworkConfig, args: &AgentArgs) -> Result<()> {
-    let peers: Vec<(Ipv4Network, Peer)> = dp.peers.iter().map(|(s, p)| (*s, p.clone())).collect();
-    for (s, p) in peers {
-        let _ = dp.remove(s, &p);
+    for pi in 0..dp.planes.len() {
+        let peers: Vec<(IpNetwork, Peer)> = dp.planes[pi].peers.iter().map(|(s, p)| (*s, p.clone())).collect();
+        for (s, p) in peers {
+            let _ = dp.remove(pi, s, &p);
+        }
     }
     if cfg.backend.kind == BackendKind::Vxlan {
         link::delete(&mut dp.nl, &vtep_name(cfg.backend.vni))?;
+        link::delete(&mut dp.nl, &vtep6_name(cfg.backend.vni))?;
     }
     if args.ip_masq {
         let _ = nft::delete_table(nft::Family::Inet, masq_table());

@@ -9,7 +9,7 @@ use cni_overlay::{admin, plugin};
 
 const USAGE: &str = "usage:
   cni-overlay agent [--etcd-endpoints URLS] [--etcd-prefix P] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F]
-                    [--public-ip IP] [--iface NAME|IP] [--subnet-file F] [--ip-masq]
+                    [--public-ip IP] [--public-ipv6 IP6] [--iface NAME|IP] [--subnet-file F] [--ip-masq]
                     [--healthz-ip IP --healthz-port N] [--subnet-lease-ttl 24h] [--subnet-lease-renew-margin MINUTES]
   cni-overlay leases [--etcd-endpoints URLS] [--etcd-prefix P]
   cni-overlay remove-host [--etcd-endpoints URLS] [--etcd-prefix P] SUBNET|PUBLIC-IP

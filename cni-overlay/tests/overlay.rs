@@ -3,139 +3,16 @@
 //! The lab's segments are bridges in a private switch namespace, so hosts
 //! reach each other's containers only through what the agents program.
 
+mod common;
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conformance::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
-use serde_json::{json, Value};
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cni-overlay"))
-}
-
-struct Overlay {
-    lab: Lab,
-    agents: Vec<Option<ProcessGuard>>,
-    extra_args: Vec<String>,
-}
-
-impl Overlay {
-    fn new(hint: &str, config: Value, extra_args: &[&str]) -> Overlay {
-        let mut lab = Lab::new(hint).expect("lab");
-        lab.start_etcd().expect("etcd");
-        let o = Overlay { lab, agents: vec![], extra_args: extra_args.iter().map(|s| s.to_string()).collect() };
-        o.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()]);
-        o
-    }
-
-    fn etcdctl(&self, args: &[&str]) -> String {
-        let url = self.lab.etcd_local_url().expect("etcd running");
-        let out =
-            Command::new("etcdctl").env("ETCDCTL_API", "3").arg("--endpoints").arg(&url).args(args).output().unwrap();
-        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn state_dir(&self, h: HostId) -> PathBuf {
-        self.lab.dir().join(format!("host{}", h.0))
-    }
-
-    fn subnet_file(&self, h: HostId) -> PathBuf {
-        self.state_dir(h).join("subnet.env")
-    }
-
-    fn agent_args(&self, h: HostId) -> Vec<String> {
-        let mut a = vec![
-            "agent".to_string(),
-            "--etcd-endpoints".into(),
-            self.lab.etcd_url().unwrap(),
-            "--iface".into(),
-            "eth0".into(),
-            "--subnet-file".into(),
-            self.subnet_file(h).display().to_string(),
-        ];
-        a.extend(self.extra_args.iter().cloned());
-        a
-    }
-
-    /// Starts the agent of host `h` and waits until its subnet file exists.
-    fn start_agent(&mut self, h: HostId) {
-        let args = self.agent_args(h);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let guard = self.lab.spawn(h, bin().to_str().unwrap(), &args, &[("CNI_OVERLAY_LOG", "info")]).unwrap();
-        while self.agents.len() <= h.0 {
-            self.agents.push(None);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.subnet_file(h).exists() {
-            assert!(guard.is_running(), "agent on host {} exited:\n{}", h.0, guard.log());
-            assert!(Instant::now() < deadline, "agent on host {} not ready:\n{}", h.0, guard.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.agents[h.0] = Some(guard);
-    }
-
-    fn stop_agent(&mut self, h: HostId) -> ProcessGuard {
-        let g = self.agents[h.0].take().expect("agent running");
-        g.terminate(Duration::from_secs(5));
-        g
-    }
-
-    fn subnet_env(&self, h: HostId) -> String {
-        std::fs::read_to_string(self.subnet_file(h)).unwrap()
-    }
-
-    fn plugin_conf(&self, h: HostId) -> Value {
-        json!({
-            "cniVersion": "1.1.0", "name": "overlay", "type": "cni-overlay",
-            "subnetFile": self.subnet_file(h), "dataDir": self.state_dir(h).join("cni"),
-            // What kube-flannel's conflist passes.
-            "delegate": {"hairpinMode": true, "isDefaultGateway": true},
-        })
-    }
-
-    /// A container on host `h`, attached through the plugin; returns it and its IPv4.
-    fn container(&mut self, h: HostId) -> (ContainerId, Ipv4Addr) {
-        let c = self.lab.container(h).unwrap();
-        let (ok, r) = self.lab.cni(h, &bin(), "ADD", c, "eth0", &self.plugin_conf(h), &[]).unwrap();
-        assert!(ok, "ADD on host {}: {r}", h.0);
-        let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
-        (c, ip)
-    }
-
-    fn routes(&self, h: HostId) -> String {
-        self.lab.exec_ok(h, &["ip", "-4", "route", "show"]).unwrap()
-    }
-
-    fn wait_routes(&self, h: HostId, pred: impl Fn(&str) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = self.routes(h);
-            if pred(&r) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "host {}: {what}; routes:\n{r}", h.0);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn subnet_of(env: &str) -> String {
-    let line = env.lines().find(|l| l.starts_with("FLANNEL_SUBNET=")).expect("FLANNEL_SUBNET");
-    let (ip, len) = line["FLANNEL_SUBNET=".len()..].split_once('/').unwrap();
-    let ip: Ipv4Addr = ip.parse().unwrap();
-    format!("{}/{len}", Ipv4Addr::from(u32::from(ip) - 1))
-}
-
-fn conf(extra: Value) -> Value {
-    let mut c = json!({"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}});
-    for (k, v) in extra.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    c
-}
+use common::{bin, conf, subnet_of, Overlay};
+use conformance::lab::{ContainerId, HostId, Lab, Node};
+use serde_json::json;
 
 /// The source address a UDP receiver in `to` sees for a datagram from `from`.
 fn udp_source(lab: &Lab, from: ContainerId, to: ContainerId, to_ip: Ipv4Addr) -> String {
