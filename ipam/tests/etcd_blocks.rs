@@ -415,3 +415,22 @@ fn invalid_cluster_config_is_code_7() {
     assert_eq!(e.code, Code::InvalidConfig);
     assert!(e.msg.contains("ipam.ranges") && e.msg.contains("ipam.cluster"), "{e}");
 }
+
+#[test]
+fn a_changed_block_size_never_overlaps_existing_blocks() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let a = Host::new(&etcd, "node-a", json!({"pool": "10.217.0.0/26", "blockSize": 27, "strictAffinity": true}));
+    a.add_ok("a0");
+    // The other hosts run with /28 blocks: two of the four overlap a's /27.
+    let small = json!({"pool": "10.217.0.0/26", "blockSize": 28, "strictAffinity": true});
+    let others: Vec<Host> = ["node-b", "node-c", "node-d"].iter().map(|n| Host::new(&etcd, n, small.clone())).collect();
+    let results: Vec<_> = others.iter().map(|h| h.add(&format!("{}-0", h.name))).collect();
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert_eq!(results[2].as_ref().unwrap_err().code, Code::Other(ipam::CODE_EXHAUSTED));
+    let all = blocks(&etcd);
+    for (i, x) in all.iter().enumerate() {
+        for y in &all[i + 1..] {
+            assert!(!x.cidr.contains(y.cidr.network()) && !y.cidr.contains(x.cidr.network()), "{x:?} overlaps {y:?}");
+        }
+    }
+}

@@ -243,6 +243,16 @@ async fn claim_new(
     make: impl Fn(IpNetwork) -> Option<BlockValue>,
 ) -> Result<Option<Block>> {
     let taken: HashSet<u128> = blocks.iter().map(|b| to_u128(b.cidr.network())).collect();
+    // Records of another size (a changed blockSize) must not be overlapped.
+    let odd: Vec<(u128, u128)> = blocks
+        .iter()
+        .filter(|b| b.cidr.prefix() != cc.block_size && b.cidr.is_ipv4() == cc.pool.is_ipv4())
+        .map(|b| (to_u128(b.cidr.network()), to_u128(b.cidr.broadcast())))
+        .collect();
+    let overlaps_odd = |c: IpNetwork| {
+        let (lo, hi) = (to_u128(c.network()), to_u128(c.broadcast()));
+        odd.iter().any(|&(a, b)| lo <= b && a <= hi)
+    };
     let n = cc.block_count();
     let start = start_index(&cc.host, n);
     let mut tries = 0;
@@ -250,7 +260,7 @@ async fn claim_new(
     while i < n {
         let cidr = cc.block((start + i) % n);
         i += 1;
-        if taken.contains(&to_u128(cidr.network())) {
+        if taken.contains(&to_u128(cidr.network())) || overlaps_odd(cidr) {
             continue;
         }
         let Some(value) = make(cidr) else { continue };
