@@ -636,7 +636,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         direct_routing: cfg.backend.direct_routing,
         planes,
     };
-    let (all, rev) = sm.leases().await?;
+    // etcd may go away right here too (a restart while we start): wait for it
+    // like everywhere else instead of exiting with the lease half set up.
+    let (all, rev) = loop {
+        match sm.leases().await {
+            Ok(r) => break r,
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!("etcd unavailable, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     dp.resync(own, &all)?;
     ready.store(true, Ordering::SeqCst);
     tracing::info!(peers = dp.planes[0].peers.len(), "ready");

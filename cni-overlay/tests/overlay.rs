@@ -168,7 +168,11 @@ fn agent_restart_keeps_the_subnet_and_an_established_tcp_stream_and_etcd_restart
     let h3 = o.lab.host(seg).unwrap();
     o.start_agent(h3);
     let (_, ip3) = o.container(h3);
-    assert!(o.lab.ping_until(c1, ip3, Duration::from_secs(10)), "h1's agent learned of h3 after the etcd restart");
+    assert!(
+        o.lab.ping_until(c1, ip3, Duration::from_secs(10)),
+        "h1's agent learned of h3 after the etcd restart:\n{}",
+        o.agents[h1.0].as_ref().map(|g| g.log()).unwrap_or_default()
+    );
     assert!(o.lab.ping_until(c2, ip3, Duration::from_secs(10)));
 }
 
