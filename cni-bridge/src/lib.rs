@@ -62,7 +62,9 @@ impl Steps {
 /// Where the IPAM section of the config sends us.
 enum Ipam<'a> {
     None,
-    /// Our own `cni-ipam`, called in-process: no exec on the ADD path.
+    /// Our own `cni-ipam` on its local store, called in-process: no exec on
+    /// the ADD path. (Its cluster modes are exec'd, which keeps etcd code out
+    /// of this binary and its start-up.)
     InProcess,
     Exec(&'a str),
 }
@@ -71,7 +73,7 @@ impl<'a> Ipam<'a> {
     fn of(ctx: &'a Context) -> Ipam<'a> {
         match ctx.conf.ipam_type() {
             None => Ipam::None,
-            Some("cni-ipam") => Ipam::InProcess,
+            Some("cni-ipam") if !ipam::is_cluster_config(ctx) => Ipam::InProcess,
             Some(t) => Ipam::Exec(t),
         }
     }
@@ -79,7 +81,7 @@ impl<'a> Ipam<'a> {
     fn add(&self, ctx: &Context) -> Result<CniResult> {
         match self {
             Ipam::None => Ok(CniResult::default()),
-            Ipam::InProcess => ipam::Ipam.add(ctx),
+            Ipam::InProcess => ipam::LocalIpam.add(ctx),
             Ipam::Exec(t) => delegate::ipam_add(t, ctx, &ctx.raw),
         }
     }
@@ -88,10 +90,10 @@ impl<'a> Ipam<'a> {
         match self {
             Ipam::None => Ok(()),
             Ipam::InProcess => match command {
-                Command::Del => ipam::Ipam.del(ctx),
-                Command::Check => ipam::Ipam.check(ctx),
-                Command::Status => ipam::Ipam.status(ctx),
-                Command::Gc => ipam::Ipam.gc(ctx),
+                Command::Del => ipam::LocalIpam.del(ctx),
+                Command::Check => ipam::LocalIpam.check(ctx),
+                Command::Status => ipam::LocalIpam.status(ctx),
+                Command::Gc => ipam::LocalIpam.gc(ctx),
                 _ => Ok(()),
             },
             Ipam::Exec(t) => match command {

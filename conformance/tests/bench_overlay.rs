@@ -63,5 +63,5 @@ fn bench_overlay_prints_the_three_sections() {
         assert!(out.contains(section), "missing {section:?}:\n{out}");
     }
     assert!(out.contains("Gbit/s") && out.contains("/s"), "{out}");
-    assert!(out.contains("affine IP blocks are not built yet"), "{out}");
+    assert!(out.contains("affine blocks (blockSize 26"), "{out}");
 }

@@ -37,8 +37,22 @@ pub use store::disk::DiskStore;
 pub const CODE_EXHAUSTED: u32 = 110;
 
 /// The plugin. Stateless: every call reads its config from the context.
+/// With `ipam.cluster` set the cluster verbs serve the call; otherwise it is
+/// [`LocalIpam`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ipam;
+
+/// The local store only (host-local semantics), without any cluster code,
+/// for plugins that embed the IPAM in-process and should stay small and
+/// quick to exec: a config with `ipam.cluster` is refused with code 7, so
+/// such a caller checks [`is_cluster_config`] first and execs `cni-ipam`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalIpam;
+
+/// Whether the IPAM section asks for a cluster mode (`ipam.cluster`).
+pub fn is_cluster_config(ctx: &Context) -> bool {
+    config::ipam_section(ctx).ok().and_then(|s| s.get("cluster")).is_some_and(|v| !v.is_null())
+}
 
 pub(crate) fn disk_store(data_dir: &std::path::Path, network: &str) -> Result<DiskStore> {
     // cni-core validated the name for binary calls; in-process callers may
@@ -63,38 +77,77 @@ fn cluster(ctx: &Context) -> Result<Option<std::convert::Infallible>> {
     }
 }
 
+/// Runs `$cluster` when the config names a cluster mode, else `$local`.
+macro_rules! dispatch {
+    ($ctx:expr, $cc:ident => $cluster:expr, $local:expr) => {{
+        match cluster($ctx)? {
+            #[cfg(feature = "cluster")]
+            Some($cc) => $cluster,
+            #[cfg(not(feature = "cluster"))]
+            Some($cc) => match $cc {},
+            None => $local,
+        }
+    }};
+}
+
 impl Plugin for Ipam {
     fn add(&self, ctx: &Context) -> Result<CniResult> {
-        if let Some(cc) = cluster(ctx)? {
-            #[cfg(feature = "cluster")]
-            return cluster::blocks::verbs::add(ctx, &cc);
-            #[cfg(not(feature = "cluster"))]
-            match cc {}
-        }
+        dispatch!(ctx, cc => cluster::blocks::verbs::add(ctx, &cc), LocalIpam.add(ctx))
+    }
+
+    fn del(&self, ctx: &Context) -> Result<()> {
+        dispatch!(ctx, cc => cluster::blocks::verbs::del(ctx, &cc), LocalIpam.del(ctx))
+    }
+
+    fn check(&self, ctx: &Context) -> Result<()> {
+        dispatch!(ctx, cc => cluster::blocks::verbs::check(ctx, &cc), LocalIpam.check(ctx))
+    }
+
+    fn status(&self, ctx: &Context) -> Result<()> {
+        dispatch!(ctx, cc => cluster::blocks::verbs::status(ctx, &cc), LocalIpam.status(ctx))
+    }
+
+    fn gc(&self, ctx: &Context) -> Result<()> {
+        let valid = gc_valid(ctx)?;
+        dispatch!(ctx, cc => cluster::blocks::verbs::gc(ctx, &cc, valid), LocalIpam.gc(ctx))
+    }
+}
+
+/// The GC list; its absence is refused rather than read as "nothing is valid".
+fn gc_valid(ctx: &Context) -> Result<&[cni_core::Attachment]> {
+    let given = ["cni.dev/valid-attachments", "cni.dev/attachments"].iter().any(|k| ctx.raw.get(*k).is_some());
+    if !given {
+        return Err(Error::config(
+            "GC needs \"cni.dev/valid-attachments\" in the config; refusing to release every lease",
+        ));
+    }
+    Ok(ctx.conf.gc_valid_attachments().unwrap_or(&[]))
+}
+
+fn refuse_cluster(ctx: &Context) -> Result<()> {
+    if is_cluster_config(ctx) {
+        return Err(Error::config("ipam.cluster is served by the cni-ipam binary, not the in-process local IPAM"));
+    }
+    Ok(())
+}
+
+impl Plugin for LocalIpam {
+    fn add(&self, ctx: &Context) -> Result<CniResult> {
+        refuse_cluster(ctx)?;
         let conf = IpamConfig::from_ctx(ctx)?;
         let store = disk_store(&conf.data_dir, &conf.network)?;
         alloc::add(&store, &conf, &ctx.container_id, &ctx.ifname)
     }
 
     fn del(&self, ctx: &Context) -> Result<()> {
-        if let Some(cc) = cluster(ctx)? {
-            #[cfg(feature = "cluster")]
-            return cluster::blocks::verbs::del(ctx, &cc);
-            #[cfg(not(feature = "cluster"))]
-            match cc {}
-        }
+        refuse_cluster(ctx)?;
         let (data_dir, network) = config::store_location(ctx)?;
         let store = disk_store(&data_dir, &network)?;
         alloc::release(&store, &ctx.container_id, &ctx.ifname).map(|_| ())
     }
 
     fn check(&self, ctx: &Context) -> Result<()> {
-        if let Some(cc) = cluster(ctx)? {
-            #[cfg(feature = "cluster")]
-            return cluster::blocks::verbs::check(ctx, &cc);
-            #[cfg(not(feature = "cluster"))]
-            match cc {}
-        }
+        refuse_cluster(ctx)?;
         let conf = IpamConfig::from_ctx(ctx)?;
         let store = disk_store(&conf.data_dir, &conf.network)?;
         let prev = ctx.prev_result()?;
@@ -102,32 +155,15 @@ impl Plugin for Ipam {
     }
 
     fn status(&self, ctx: &Context) -> Result<()> {
-        if let Some(cc) = cluster(ctx)? {
-            #[cfg(feature = "cluster")]
-            return cluster::blocks::verbs::status(ctx, &cc);
-            #[cfg(not(feature = "cluster"))]
-            match cc {}
-        }
+        refuse_cluster(ctx)?;
         let conf = IpamConfig::from_ctx(ctx)?;
         let store = disk_store(&conf.data_dir, &conf.network)?;
         alloc::status(&store, &conf)
     }
 
     fn gc(&self, ctx: &Context) -> Result<()> {
-        let given = ["cni.dev/valid-attachments", "cni.dev/attachments"].iter().any(|k| ctx.raw.get(*k).is_some());
-        if !given {
-            // Refuse rather than treat "no list" as "nothing is valid".
-            return Err(Error::config(
-                "GC needs \"cni.dev/valid-attachments\" in the config; refusing to release every lease",
-            ));
-        }
-        let valid = ctx.conf.gc_valid_attachments().unwrap_or(&[]);
-        if let Some(cc) = cluster(ctx)? {
-            #[cfg(feature = "cluster")]
-            return cluster::blocks::verbs::gc(ctx, &cc, valid);
-            #[cfg(not(feature = "cluster"))]
-            match cc {}
-        }
+        refuse_cluster(ctx)?;
+        let valid = gc_valid(ctx)?;
         let (data_dir, network) = config::store_location(ctx)?;
         let store = disk_store(&data_dir, &network)?;
         let report = alloc::gc(&store, valid)?;
