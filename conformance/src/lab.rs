@@ -35,7 +35,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::Value;
 
 use crate::net::{sweep_dead_runs, SubnetClaim};
-use crate::plugin::{Outcome, PLUGIN_TIMEOUT};
+use crate::plugin::{run_with_stdin, Outcome, PLUGIN_TIMEOUT};
 use crate::util::{b36, clip, have_tool, pid, pid_alive, Context, PREFIX, R, SYS_PATH};
 use crate::{bail, ensure};
 
@@ -1223,47 +1223,6 @@ fn batch(mut cmd: Command, lines: &[String]) -> R<()> {
     let o = run_with_stdin(cmd, input, Duration::from_secs(30));
     ensure!(o.success(), "ip batch failed: {}\n  {}", o.describe(), lines.join("\n  "));
     Ok(())
-}
-
-/// Spawns, feeds stdin from a thread, waits (SIGKILL after `timeout`).
-fn run_with_stdin(mut cmd: Command, stdin: Vec<u8>, timeout: Duration) -> Outcome {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Outcome::spawn_failed(format!("spawn {:?}: {e}", cmd.get_program())),
-    };
-    let input = child.stdin.take();
-    let writer = std::thread::spawn(move || {
-        if let Some(mut s) = input {
-            let _ = s.write_all(&stdin);
-        }
-    });
-    let pid = child.id() as libc::pid_t;
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(timeout) {
-            // SAFETY: plain kill(2) on the child we spawned and have not reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    });
-    let out = child.wait_with_output();
-    let elapsed = start.elapsed();
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
-    let _ = writer.join();
-    match out {
-        Ok(o) => Outcome {
-            status: o.status.code(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-            elapsed,
-            spawn_error: None,
-        },
-        Err(e) => Outcome::spawn_failed(format!("wait: {e}")),
-    }
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);

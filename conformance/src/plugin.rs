@@ -166,23 +166,29 @@ pub fn exec_binary(bin: &Path, cni_path: &str, req: &Request) -> Outcome {
     for (k, v) in &req.env {
         cmd.env(k, v);
     }
+    run_with_stdin(cmd, req.stdin.clone(), PLUGIN_TIMEOUT)
+}
+
+/// Spawns `cmd`, feeds `stdin` from a thread (so a child that never reads
+/// cannot block us), waits; SIGKILL after `timeout`.
+pub(crate) fn run_with_stdin(mut cmd: Command, stdin: Vec<u8>, timeout: Duration) -> Outcome {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let program = cmd.get_program().to_owned();
     let start = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome::spawn_failed(format!("spawn {}: {e}", bin.display())),
+        Err(e) => return Outcome::spawn_failed(format!("spawn {}: {e}", Path::new(&program).display())),
     };
-    // Feed stdin from a thread so a plugin that never reads cannot block us.
-    let stdin = child.stdin.take();
-    let data = req.stdin.clone();
+    let input = child.stdin.take();
     let writer = std::thread::spawn(move || {
-        if let Some(mut s) = stdin {
-            let _ = s.write_all(&data);
+        if let Some(mut s) = input {
+            let _ = s.write_all(&stdin);
         }
     });
     let pid = child.id() as libc::pid_t;
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(PLUGIN_TIMEOUT) {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(timeout) {
             // SAFETY: plain kill(2) on the child we spawned and have not reaped yet.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -202,6 +208,6 @@ pub fn exec_binary(bin: &Path, cni_path: &str, req: &Request) -> Outcome {
             elapsed,
             spawn_error: None,
         },
-        Err(e) => Outcome::spawn_failed(format!("wait {}: {e}", bin.display())),
+        Err(e) => Outcome::spawn_failed(format!("wait {}: {e}", Path::new(&program).display())),
     }
 }

@@ -119,6 +119,22 @@ pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
         .collect())
 }
 
+/// A new-link message for `name`: up, with the MTU and MAC when given. The
+/// caller adds the kind-specific `LinkInfo` (and anything else).
+pub(crate) fn new_link_message(name: &str, mtu: Option<u32>, mac: Option<[u8; 6]>) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    if let Some(mtu) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = mac {
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    msg
+}
+
 /// Options for a bridge we may have to create.
 #[derive(Debug, Clone, Default)]
 pub struct BridgeSpec<'a> {
@@ -134,13 +150,7 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
     let mut link = match get(nl, spec.name)? {
         Some(l) => l,
         None => {
-            let mut msg = LinkMessage::default();
-            msg.header.flags = LinkFlags::Up;
-            msg.header.change_mask = LinkFlags::Up;
-            msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
-            if let Some(mtu) = spec.mtu {
-                msg.attributes.push(LinkAttribute::Mtu(mtu));
-            }
+            let mut msg = new_link_message(spec.name, spec.mtu, None);
             let mut data = vec![];
             if spec.vlan_filtering {
                 data.push(InfoBridge::VlanFiltering(true));
@@ -215,13 +225,7 @@ pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Link> {
     if let Some(mac) = spec.peer_mac {
         peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
     }
-    let mut msg = LinkMessage::default();
-    msg.header.flags = LinkFlags::Up;
-    msg.header.change_mask = LinkFlags::Up;
-    msg.attributes.push(LinkAttribute::IfName(spec.host.to_string()));
-    if let Some(mtu) = spec.mtu {
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
-    }
+    let mut msg = new_link_message(spec.host, spec.mtu, None);
     if let Some(master) = spec.master {
         msg.attributes.push(LinkAttribute::Controller(master));
     }

@@ -192,16 +192,7 @@ fn create(nl: &mut Netlink, spec: &VxlanSpec<'_>) -> Result<()> {
         data.push(InfoVxlan::Link(i));
     }
     data.push(InfoVxlan::Learning(spec.learning));
-    let mut msg = LinkMessage::default();
-    msg.header.flags = LinkFlags::Up;
-    msg.header.change_mask = LinkFlags::Up;
-    msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
-    if let Some(mtu) = spec.mtu {
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
-    }
-    if let Some(mac) = spec.mac {
-        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
-    }
+    let mut msg = link::new_link_message(spec.name, spec.mtu, spec.mac);
     msg.attributes
         .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Vxlan), LinkInfo::Data(InfoData::Vxlan(data))]));
     nl.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL, &|| {
