@@ -13,6 +13,7 @@ const USAGE: &str = "usage:
                     [--healthz-ip IP --healthz-port N] [--subnet-lease-ttl 24h] [--subnet-lease-renew-margin MINUTES]
   cni-overlay leases [--etcd-endpoints URLS] [--etcd-prefix P]
   cni-overlay remove-host [--etcd-endpoints URLS] [--etcd-prefix P] SUBNET|PUBLIC-IP
+  (SUBNET, or the host's PublicIP or PublicIPv6)
   (with CNI_COMMAND set it is the CNI plugin, type \"cni-overlay\")";
 
 fn main() {
