@@ -355,6 +355,20 @@ mod tests {
     }
 
     #[test]
+    fn a_hung_syscall_is_abandoned_at_the_deadline() {
+        let start = std::time::Instant::now();
+        let err = bounded("unmount /dead".into(), Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(err.to_string(), "unmount /dead: not finished after 50ms");
+    }
+
+    #[test]
     fn own_mount_table_has_a_root() {
         let t = mounts().unwrap();
         assert!(t.iter().any(|m| m.mount_point == Path::new("/")));
