@@ -1,1 +1,27 @@
-//! CSI driver for NFS: filled by the CSI core + csi-nfs issue; nothing here yet.
+//! `csi-nfs`: a CSI driver for NFS shares, compatible with csi-driver-nfs's
+//! parameters and volume IDs.
+//!
+//! - [`volume`]: the volume ID (`server#share#subdir#uuid#onDelete`) and the
+//!   CreateVolume parameters, parsed without I/O;
+//! - [`nfs`]: the userspace NFS client (libnfs) the controller works through:
+//!   it never mounts;
+//! - [`controller`]: CreateVolume/DeleteVolume, snapshots, clones, expansion;
+//! - [`node`]: NodePublish/NodeUnpublish with the kernel NFS client, stats, info.
+
+pub mod controller;
+pub mod nfs;
+pub mod node;
+pub mod volume;
+
+/// The default driver name, the same as csi-driver-nfs's so that existing
+/// StorageClasses and PersistentVolumes keep working.
+pub const DRIVER_NAME: &str = "nfs.csi.k8s.io";
+
+/// Driver-wide settings from the command line, shared by both services.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// `--mount-options`: NFS options used when a request carries none
+    /// (e.g. `nfsvers=4.1,port=20490`); the controller takes `port` and the
+    /// NFS version from them, the node passes them to the kernel.
+    pub mount_options: String,
+}

@@ -1,0 +1,39 @@
+//! `csi-nfs`: serves the CSI Identity, Controller and Node services.
+
+use csi_core::flags::{Defaults, ExtraFlag, Flags};
+
+const DEFAULTS: Defaults = Defaults {
+    program: "csi-nfs",
+    driver_name: csi_nfs::DRIVER_NAME,
+    extra: &[ExtraFlag {
+        name: "mount-options",
+        default: Some(""),
+        help: "NFS mount options used when a request carries none, e.g. nfsvers=4.1,port=2049",
+    }],
+};
+
+fn main() {
+    let flags = Flags::from_env(&DEFAULTS);
+    if let Err(e) = csi_core::flags::init_logging(&flags.log_level) {
+        eprintln!("csi-nfs: {e}");
+        std::process::exit(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("csi-nfs: tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let config = csi_nfs::Config { mount_options: flags.extra("mount-options").unwrap_or_default().to_string() };
+    let plugin = csi_core::server::Plugin {
+        identity: csi_core::identity::Identity::new(&flags.driver_name).vendor_version(env!("CARGO_PKG_VERSION")),
+        controller: Some(csi_nfs::controller::ControllerService::new(config.clone())),
+        node: Some(csi_nfs::node::NodeService::new(&flags.node_id, config)),
+    };
+    if let Err(e) = runtime.block_on(csi_core::server::run(&flags, plugin)) {
+        tracing::error!("{e}");
+        eprintln!("csi-nfs: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+//! The userspace NFS client (libnfs) the controller works through.
