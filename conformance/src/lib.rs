@@ -17,6 +17,7 @@ pub mod chain;
 pub mod checks;
 pub mod cli;
 pub mod demo;
+pub mod ganesha;
 pub mod interop;
 pub mod lab;
 pub mod net;

@@ -12,6 +12,11 @@ impl ControllerService {
     pub fn new(config: crate::Config) -> Self {
         Self { config }
     }
+
+    /// The driver-wide settings.
+    pub fn config(&self) -> &crate::Config {
+        &self.config
+    }
 }
 
 #[tonic::async_trait]
