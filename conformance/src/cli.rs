@@ -1,4 +1,4 @@
-//! Command line: `cni`, `interop`, `bench cni`, `bench overlay`, `demo [--overlay]`, `list`, `cleanup`.
+//! Command line: `cni`, `csi`, `interop`, `bench cni`, `bench overlay`, `demo [--overlay]`, `list`, `cleanup`.
 //! Tables and JSON go to stdout, progress to stderr.
 #![allow(clippy::print_stdout)]
 
@@ -17,6 +17,11 @@ pub const USAGE: &str = "\
 usage:
   conformance cni --plugin-dir DIR --config FILE [--ipam-plugin-dir DIR] [--only NAME...] [--json]
       run the conformance checks against the plugin named by the config's \"type\"
+  conformance csi --endpoint URL [--controller-endpoint URL] [--params FILE] [--secrets FILE]
+                  [--mount-dir DIR] [--focus SUBSTR]... [--skip SUBSTR]... [--volume-size BYTES]
+                  [--expand-size BYTES] [--mutable-params FILE] [--rpc-timeout SECS]
+      csi-sanity's specs against a CSI driver (unix:///path.sock or tcp://host:port)
+  conformance csi list               the CSI specs and the capabilities each needs
   conformance interop [--plugin-dir DIR] [--ref-dir /usr/lib/cni] [--json]
       ours (cni-bridge, cni-ipam) mixed with / chained to the reference plugins
   conformance bench cni [--n 50] [--plugin-dir DIR] [--ref-dir /usr/lib/cni] [--json]
@@ -127,6 +132,14 @@ fn dispatch(argv: &[String]) -> R<i32> {
             need_root()?;
             cmd_cni(&a)
         }
+        "csi" if a.pos.get(1).map(String::as_str) == Some("list") => {
+            print!("{}", crate::csi::list());
+            Ok(0)
+        }
+        "csi" => {
+            a.check_known(CSI_FLAGS)?;
+            cmd_csi(&a)
+        }
         "interop" => {
             a.check_known(&["plugin-dir", "ref-dir", "json"])?;
             need_root()?;
@@ -201,6 +214,62 @@ fn dispatch(argv: &[String]) -> R<i32> {
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
+}
+
+const CSI_FLAGS: &[&str] = &[
+    "endpoint",
+    "controller-endpoint",
+    "params",
+    "secrets",
+    "mount-dir",
+    "focus",
+    "skip",
+    "volume-size",
+    "expand-size",
+    "mutable-params",
+    "rpc-timeout",
+];
+
+fn cmd_csi(a: &Args) -> R<i32> {
+    let endpoint = |k: &str| -> R<Option<csi_core::flags::Endpoint>> {
+        a.get(k)
+            .map(|e| e.parse().map_err(|e: csi_core::Error| e.to_string().replace("--endpoint", &format!("--{k}"))))
+            .transpose()
+    };
+    let file = |k: &str| -> R<Option<String>> {
+        a.get(k).map(|f| std::fs::read_to_string(f).map_err(|e| format!("--{k} {f}: {e}"))).transpose()
+    };
+    let num =
+        |k: &str| -> R<Option<u64>> { a.get(k).map(|v| v.parse().map_err(|e| format!("--{k}: {e}"))).transpose() };
+    let mut o = crate::csi::Options::new(endpoint("endpoint")?.ok_or("--endpoint is required")?);
+    o.controller_endpoint = endpoint("controller-endpoint")?;
+    if let Some(t) = file("params")? {
+        o.params = crate::csi::config::parse_map(&t).map_err(|e| format!("--params: {e}"))?;
+    }
+    if let Some(t) = file("mutable-params")? {
+        o.mutable_params = crate::csi::config::parse_map(&t).map_err(|e| format!("--mutable-params: {e}"))?;
+    }
+    if let Some(t) = file("secrets")? {
+        o.secrets = crate::csi::config::parse_secrets(&t).map_err(|e| format!("--secrets: {e}"))?;
+    }
+    if let Some(d) = a.get("mount-dir") {
+        o.mount_dir = PathBuf::from(d);
+    }
+    o.focus = a.flags.get("focus").cloned().unwrap_or_default();
+    o.skip = a.flags.get("skip").cloned().unwrap_or_default();
+    if let Some(n) = num("volume-size")? {
+        o.volume_size = i64::try_from(n).map_err(|e| format!("--volume-size: {e}"))?;
+    }
+    if let Some(n) = num("expand-size")? {
+        o.expand_size = i64::try_from(n).map_err(|e| format!("--expand-size: {e}"))?;
+    }
+    if let Some(n) = num("rpc-timeout")? {
+        o.rpc_timeout = std::time::Duration::from_secs(n.max(1));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
+    let out = rt.block_on(crate::csi::run(o))?;
+    print!("{}", out.table());
+    Ok(i32::from(out.failed() > 0))
 }
 
 fn cmd_bench_overlay(a: &Args) -> R<i32> {

@@ -10,12 +10,14 @@
 //! * [`chain`]: libcni-style conflist execution.
 //! * [`bench`]: ADD/DEL latency, ours vs reference.
 //! * [`demo`]: three containers, pings, verified teardown.
+//! * [`csi`]: a CSI sanity suite (csi-sanity's specs) against any CSI endpoint.
 
 pub mod bench;
 pub mod bench_overlay;
 pub mod chain;
 pub mod checks;
 pub mod cli;
+pub mod csi;
 pub mod demo;
 pub mod ganesha;
 pub mod interop;

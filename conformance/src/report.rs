@@ -10,24 +10,37 @@ pub fn counts(rs: &[CheckResult]) -> (usize, usize, usize) {
     (c(Verdict::Pass), c(Verdict::Fail), c(Verdict::Skip))
 }
 
-/// The table: name, result, detail; notes above, a summary line below.
-pub fn table(title: &str, notes: &[String], rs: &[CheckResult]) -> String {
+/// How [`rows`] renders a result: the CNI suite shows seconds and
+/// lower-case verdicts (`pass`, `FAIL`, `skip`), `conformance csi` shows
+/// milliseconds and `PASS`/`FAIL`/`SKIP`.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub millis: bool,
+    pub upper: bool,
+}
+
+/// The title, notes, a header and one row per result (name, result, time,
+/// detail), without a summary line.
+pub fn rows(title: &str, notes: &[String], rs: &[CheckResult], layout: Layout) -> String {
     let w = rs.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
     let mut s = format!("{title}\n");
     for n in notes {
         s.push_str(&format!("note: {n}\n"));
     }
-    s.push_str(&format!("{:<w$}  {:<6}  {:>6}  detail\n", "check", "result", "secs"));
+    let unit = if layout.millis { "ms" } else { "secs" };
+    s.push_str(&format!("{:<w$}  {:<6}  {:>6}  detail\n", "check", "result", unit));
     s.push_str(&format!("{}  {}  {}  {}\n", "-".repeat(w), "-".repeat(6), "-".repeat(6), "-".repeat(40)));
     for r in rs {
-        s.push_str(&format!(
-            "{:<w$}  {:<6}  {:>6.2}  {}\n",
-            r.name,
-            r.verdict.as_str(),
-            r.seconds,
-            r.detail.replace('\n', " ")
-        ));
+        let verdict = if layout.upper { r.verdict.as_str().to_uppercase() } else { r.verdict.as_str().to_string() };
+        let time = if layout.millis { format!("{:>6.0}", r.seconds * 1000.0) } else { format!("{:>6.2}", r.seconds) };
+        s.push_str(&format!("{:<w$}  {:<6}  {}  {}\n", r.name, verdict, time, r.detail.replace('\n', " ")));
     }
+    s
+}
+
+/// The table: name, result, detail; notes above, a summary line below.
+pub fn table(title: &str, notes: &[String], rs: &[CheckResult]) -> String {
+    let mut s = rows(title, notes, rs, Layout { millis: false, upper: false });
     let (p, f, k) = counts(rs);
     s.push_str(&format!("{p} passed, {f} failed, {k} skipped\n"));
     s
