@@ -437,6 +437,12 @@ impl Ctx {
         Ok(self.spec_dir()?.join("mount").to_string_lossy().into_owned())
     }
 
+    /// An absolute path that does not exist (csi-sanity's `some/path`, made
+    /// absolute as the spec requires of volume_path).
+    pub fn absent_path(&mut self) -> Res<String> {
+        Ok(self.spec_dir()?.join("mount").join("some").join("path").to_string_lossy().into_owned())
+    }
+
     /// NodeStageVolume's staging_target_path: a directory the suite created.
     pub fn staging_path(&mut self) -> Res<String> {
         Ok(self.spec_dir()?.join("staging").to_string_lossy().into_owned())

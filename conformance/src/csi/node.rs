@@ -7,6 +7,12 @@
 //! STAGE_UNSTAGE_VOLUME is not advertised, the flows below skip staging and
 //! still publish and unpublish; ControllerPublish happens only when
 //! PUBLISH_UNPUBLISH_VOLUME is advertised.
+//!
+//! Where csi-sanity sends the relative path `some/path` for "a path the
+//! volume is not at", we send an absolute path that does not exist (inside
+//! the spec's directory): the spec says volume_path MUST be absolute, so a
+//! driver may rightly answer INVALID_ARGUMENT to `some/path` before looking
+//! for the volume, and the spec would test nothing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -337,7 +343,7 @@ async fn unpublish_removes_target(c: &mut Ctx) -> Res {
 // ---- NodeGetVolumeStats ----------------------------------------------------------------
 
 async fn stats_no_id(c: &mut Ctx) -> Res {
-    let req = pb::NodeGetVolumeStatsRequest { volume_path: "some/path".into(), ..Default::default() };
+    let req = pb::NodeGetVolumeStatsRequest { volume_path: c.absent_path()?, ..Default::default() };
     expect_code("NodeGetVolumeStats", c.node_stats(req).await, Code::InvalidArgument)
 }
 
@@ -349,7 +355,7 @@ async fn stats_no_path(c: &mut Ctx) -> Res {
 async fn stats_missing_volume(c: &mut Ctx) -> Res {
     let req = pb::NodeGetVolumeStatsRequest {
         volume_id: c.fake_volume_id(),
-        volume_path: "some/path".into(),
+        volume_path: c.absent_path()?,
         ..Default::default()
     };
     expect_code("NodeGetVolumeStats", c.node_stats(req).await, Code::NotFound)
@@ -359,7 +365,7 @@ async fn stats_wrong_path(c: &mut Ctx) -> Res {
     let p = publish_new(c, "sanity-node-get-volume-stats", 1).await?;
     let req = pb::NodeGetVolumeStatsRequest {
         volume_id: p.vol.volume_id.clone(),
-        volume_path: "some/path".into(),
+        volume_path: c.absent_path()?,
         ..Default::default()
     };
     expect_code("NodeGetVolumeStats", c.node_stats(req).await, Code::NotFound)
@@ -407,7 +413,8 @@ async fn expand_no_path(c: &mut Ctx) -> Res {
 }
 
 async fn expand_missing(c: &mut Ctx) -> Res {
-    let mut req = node_expand_req(c, &c.fake_volume_id(), "some/path");
+    let path = c.absent_path()?;
+    let mut req = node_expand_req(c, &c.fake_volume_id(), &path);
     req.volume_capability = None;
     expect_code("NodeExpandVolume", c.node_expand(req).await, Code::NotFound)
 }
