@@ -37,6 +37,9 @@ pub mod identity;
 pub mod node;
 pub mod snapshot;
 
+#[cfg(test)]
+mod mock;
+
 pub use config::Secrets;
 
 pub use pb::controller_service_capability::rpc::Type as CtrlCap;
