@@ -176,3 +176,531 @@ mod client {
         assert_eq!(made.mode, 0o700);
     }
 }
+
+/// The `csi-nfs` binary serving Identity + Controller on a unix socket in
+/// a temp dir; killed and its dir removed on drop.
+mod driver {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    use csi_core::flags::Endpoint;
+    use csi_core::pb::controller_client::ControllerClient;
+    use csi_core::pb::{self, volume_capability as vc};
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    pub struct Driver {
+        child: Child,
+        dir: PathBuf,
+        pub client: ControllerClient<Channel>,
+    }
+
+    fn binary() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        // target/release/deps/<test> -> target/release/csi-nfs
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("csi-nfs");
+        assert!(bin.is_file(), "{} missing: run `cargo build --release -p csi-nfs` first", bin.display());
+        bin
+    }
+
+    impl Driver {
+        pub async fn start(mount_options: &str) -> Driver {
+            let dir = std::env::temp_dir().join(format!(
+                "csi-nfs-ctl-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let sock = dir.join("csi.sock");
+            let child = Command::new(binary())
+                .arg(format!("--endpoint=unix://{}", sock.display()))
+                .args(["--mode", "controller", "--node-id", "test", "--log-level", "debug"])
+                .arg(format!("--mount-options={mount_options}"))
+                .stdin(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("driver.log")).unwrap())
+                .spawn()
+                .expect("start csi-nfs");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !sock.exists() {
+                assert!(Instant::now() < deadline, "csi-nfs did not create {}", sock.display());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let channel = csi_core::client::connect(&Endpoint::Unix(sock)).await.expect("connect");
+            Driver { child, dir, client: ControllerClient::new(channel) }
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.join("driver.log")).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    pub fn mount_cap(mode: vc::access_mode::Mode) -> pb::VolumeCapability {
+        pb::VolumeCapability {
+            access_type: Some(vc::AccessType::Mount(vc::MountVolume::default())),
+            access_mode: Some(vc::AccessMode { mode: mode as i32 }),
+        }
+    }
+
+    pub fn params(g: &Ganesha, export: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut p: HashMap<String, String> = [("server", "127.0.0.1".to_string()), ("share", export.to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        p.insert("mountOptions".into(), format!("port={},nfsvers=4.1", g.port()));
+        for (k, v) in extra {
+            p.insert(k.to_string(), v.to_string());
+        }
+        p
+    }
+
+    pub fn create_req(name: &str, params: HashMap<String, String>) -> pb::CreateVolumeRequest {
+        pb::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 1 << 30, limit_bytes: 0 }),
+            volume_capabilities: vec![mount_cap(vc::access_mode::Mode::MultiNodeMultiWriter)],
+            parameters: params,
+            ..Default::default()
+        }
+    }
+}
+
+mod controller {
+    use std::collections::{BTreeSet, HashMap};
+
+    use csi_core::pb::{self, volume_capability as vc, volume_content_source as vcs};
+    use tonic::Code;
+
+    use super::driver::{create_req, mount_cap, params, Driver};
+    use super::*;
+
+    /// The share's entries, metadata dir left out.
+    fn listing(dir: &Path) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".csi-nfs")
+            .collect()
+    }
+
+    async fn create(d: &mut Driver, req: pb::CreateVolumeRequest) -> Result<pb::Volume, tonic::Status> {
+        d.client.create_volume(req).await.map(|r| r.into_inner().volume.unwrap())
+    }
+
+    async fn delete(d: &mut Driver, id: &str) {
+        d.client
+            .delete_volume(pb::DeleteVolumeRequest { volume_id: id.into(), ..Default::default() })
+            .await
+            .unwrap_or_else(|e| panic!("delete {id}: {e:?}"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_makes_the_directory_with_mode_owner_and_context_and_is_idempotent() {
+        let g = ganesha();
+        let mut d = Driver::start("").await;
+        let p = params(&g, "/export", &[("mountPermissions", "0750"), ("uid", "1001"), ("gid", "2002")]);
+        let started = Instant::now();
+        let v = create(&mut d, create_req("pvc-a", p.clone())).await.unwrap();
+        eprintln!("CreateVolume (mkdir, chmod, chown, record): {:?}", started.elapsed());
+        assert_eq!(v.volume_id, "127.0.0.1#export#pvc-a##");
+        assert_eq!(v.capacity_bytes, 1 << 30);
+        let ctx = &v.volume_context;
+        assert_eq!(ctx["server"], "127.0.0.1");
+        assert_eq!(ctx["share"], "/export");
+        assert_eq!(ctx["subdir"], "pvc-a");
+        assert_eq!(ctx["mountPermissions"], "750");
+        assert_eq!(ctx["mountOptions"], format!("port={},nfsvers=4.1", g.port()));
+        let dir = g.root().join("pvc-a");
+        let md = std::fs::metadata(&dir).unwrap();
+        assert_eq!((mode(&dir), md.uid(), md.gid()), (0o750, 1001, 2002));
+        assert_eq!(mode(&g.root()), 0o755, "the share root is never chmod-ed");
+
+        // The same request again: the same volume.
+        let again = create(&mut d, create_req("pvc-a", p.clone())).await.unwrap();
+        assert_eq!(again, v);
+        // Same name, other size or parameters: ALREADY_EXISTS.
+        let mut bigger = create_req("pvc-a", p.clone());
+        bigger.capacity_range = Some(pb::CapacityRange { required_bytes: 2 << 30, limit_bytes: 0 });
+        assert_eq!(create(&mut d, bigger).await.unwrap_err().code(), Code::AlreadyExists);
+        let mut other = p.clone();
+        other.insert("mountPermissions".into(), "0700".into());
+        assert_eq!(create(&mut d, create_req("pvc-a", other)).await.unwrap_err().code(), Code::AlreadyExists);
+
+        delete(&mut d, &v.volume_id).await;
+        assert!(!dir.exists());
+        delete(&mut d, &v.volume_id).await;
+        assert!(listing(&g.root()).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_get_the_spec_codes_and_leave_nothing() {
+        let g = ganesha();
+        let mut d = Driver::start("").await;
+        let p = params(&g, "/export", &[]);
+        let mut no_name = create_req("", p.clone());
+        assert_eq!(create(&mut d, no_name.clone()).await.unwrap_err().code(), Code::InvalidArgument);
+        no_name.name = "x".into();
+        no_name.volume_capabilities.clear();
+        assert_eq!(create(&mut d, no_name).await.unwrap_err().code(), Code::InvalidArgument);
+        let mut block = create_req("x", p.clone());
+        block.volume_capabilities[0].access_type = Some(vc::AccessType::Block(vc::BlockVolume {}));
+        assert_eq!(create(&mut d, block).await.unwrap_err().code(), Code::InvalidArgument);
+        let mut range = create_req("x", p.clone());
+        range.capacity_range = Some(pb::CapacityRange { required_bytes: 10, limit_bytes: 5 });
+        assert_eq!(create(&mut d, range).await.unwrap_err().code(), Code::InvalidArgument);
+        let mut unknown = p.clone();
+        unknown.insert("colour".into(), "blue".into());
+        assert_eq!(create(&mut d, create_req("x", unknown)).await.unwrap_err().code(), Code::InvalidArgument);
+        let mut template = p.clone();
+        template.insert("subDir".into(), "${pvc.metadata.name}".into());
+        let e = create(&mut d, create_req("x", template)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let mut from = create_req("x", p.clone());
+        from.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(vcs::Type::Volume(vcs::VolumeSource { volume_id: "127.0.0.1#export#nope##".into() })),
+        });
+        assert_eq!(create(&mut d, from).await.unwrap_err().code(), Code::NotFound);
+        assert!(listing(&g.root()).is_empty(), "{:?}", listing(&g.root()));
+        // An ID we never made: DeleteVolume succeeds (idempotent), as in csi-driver-nfs.
+        delete(&mut d, "not-a-volume-id").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subdir_templates_and_each_on_delete_policy() {
+        let g = ganesha();
+        let mut d = Driver::start("").await;
+        let tpl = |policy: &str| {
+            params(
+                &g,
+                "/export",
+                &[
+                    ("subDir", "${pvc.metadata.namespace}-${pvc.metadata.name}"),
+                    ("csi.storage.k8s.io/pvc/namespace", "ns"),
+                    ("csi.storage.k8s.io/pvc/name", policy),
+                    ("csi.storage.k8s.io/pv/name", "ignored"),
+                    ("onDelete", policy),
+                ],
+            )
+        };
+        let del = create(&mut d, create_req("pv-del", tpl("delete"))).await.unwrap();
+        let ret = create(&mut d, create_req("pv-ret", tpl("retain"))).await.unwrap();
+        let arc = create(&mut d, create_req("pv-arc", tpl("archive"))).await.unwrap();
+        assert_eq!(del.volume_id, "127.0.0.1#export#ns-delete#pv-del#");
+        assert_eq!(ret.volume_id, "127.0.0.1#export#ns-retain#pv-ret#retain");
+        assert_eq!(arc.volume_id, "127.0.0.1#export#ns-archive#pv-arc#archive");
+        std::fs::write(g.root().join("ns-archive/data"), b"keep me").unwrap();
+        for v in [&del, &ret, &arc] {
+            delete(&mut d, &v.volume_id).await;
+        }
+        let left = listing(&g.root());
+        assert_eq!(left, ["archived-ns-archive", "ns-retain"].into_iter().map(String::from).collect());
+        assert_eq!(std::fs::read(g.root().join("archived-ns-archive/data")).unwrap(), b"keep me");
+        // Records are gone for all three.
+        assert_eq!(std::fs::read_dir(g.root().join(".csi-nfs/volumes")).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn twenty_parallel_creates_of_one_name_make_one_directory_and_one_id() {
+        let g = ganesha();
+        let d = Driver::start("").await;
+        let p = params(&g, "/export", &[]);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let mut c = d.client.clone();
+                let r = create_req("pvc-same", p.clone());
+                tokio::spawn(async move { c.create_volume(r).await })
+            })
+            .collect();
+        let mut ids = BTreeSet::new();
+        for t in tasks {
+            ids.insert(t.await.unwrap().expect("every caller succeeds").into_inner().volume.unwrap().volume_id);
+        }
+        eprintln!("20 parallel CreateVolume, one name: {:?}", started.elapsed());
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        assert_eq!(listing(&g.root()), BTreeSet::from(["pvc-same".to_string()]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn twenty_parallel_creates_of_different_names_then_deletes_leave_the_share_empty() {
+        let g = ganesha();
+        let d = Driver::start("").await;
+        let p = params(&g, "/export", &[]);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let mut c = d.client.clone();
+                let r = create_req(&format!("pvc-{i:02}"), p.clone());
+                tokio::spawn(async move { c.create_volume(r).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap().unwrap().into_inner().volume.unwrap().volume_id);
+        }
+        eprintln!("20 parallel CreateVolume, 20 names: {:?}", started.elapsed());
+        assert_eq!(listing(&g.root()).len(), 20);
+        let tasks: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let mut c = d.client.clone();
+                tokio::spawn(async move {
+                    c.delete_volume(pb::DeleteVolumeRequest { volume_id: id, ..Default::default() }).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert!(listing(&g.root()).is_empty(), "{:?}", listing(&g.root()));
+        assert_eq!(std::fs::read_dir(g.root().join(".csi-nfs/volumes")).unwrap().count(), 0);
+    }
+
+    /// Root squash: the controller runs as root, the server makes root
+    /// nobody. mkdir works (the share is 0777) but chown cannot: the user
+    /// gets PERMISSION_DENIED naming the cause, and no directory is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_root_squashed_share_chown_fails_clearly_and_nothing_is_left() {
+        let g = ganesha();
+        let mut d = Driver::start("").await;
+        let p = params(&g, "/squash", &[("uid", "1000"), ("gid", "1000")]);
+        let e = create(&mut d, create_req("pvc-sq", p)).await.unwrap_err();
+        eprintln!("root squash + uid/gid: {:?}: {}", e.code(), e.message());
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e.message().contains("root squash") || e.message().contains("root_squash"), "{}", e.message());
+        assert!(listing(&g.squash_root()).is_empty(), "{:?}", listing(&g.squash_root()));
+        // Without uid/gid the volume is made, owned by the anonymous user;
+        // mountPermissions works because the owner (nobody) may chmod.
+        let p = params(&g, "/squash", &[("mountPermissions", "0777")]);
+        let v = create(&mut d, create_req("pvc-sq2", p)).await.unwrap();
+        let dir = g.squash_root().join("pvc-sq2");
+        let md = std::fs::metadata(&dir).unwrap();
+        eprintln!(
+            "root squash, no uid/gid: {} owned by {}:{} mode {:o}",
+            dir.display(),
+            md.uid(),
+            md.gid(),
+            mode(&dir)
+        );
+        assert_eq!((md.uid(), md.gid(), mode(&dir)), (65534, 65534, 0o777));
+        delete(&mut d, &v.volume_id).await;
+        assert!(!dir.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_server_is_unavailable_quickly_and_nothing_is_left() {
+        let mut g = ganesha();
+        let mut d = Driver::start("").await;
+        let p = params(&g, "/export", &[]);
+        g.stop();
+        let started = Instant::now();
+        let e = create(&mut d, create_req("pvc-down", p.clone())).await.unwrap_err();
+        let took = started.elapsed();
+        eprintln!("server down: {:?} after {took:?}: {}", e.code(), e.message());
+        assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e:?}");
+        assert!(e.message().contains("127.0.0.1"), "the message names the server: {}", e.message());
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        g.restart().unwrap();
+        assert!(listing(&g.root()).is_empty());
+        let v = create(&mut d, create_req("pvc-down", p)).await.unwrap();
+        assert!(g.root().join("pvc-down").is_dir());
+        delete(&mut d, &v.volume_id).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_and_clones_carry_the_files() {
+        let g = ganesha();
+        let mut d = Driver::start("").await;
+        let p = params(&g, "/export", &[]);
+        let src = create(&mut d, create_req("pvc-src", p.clone())).await.unwrap();
+        std::fs::create_dir(g.root().join("pvc-src/sub")).unwrap();
+        std::fs::write(g.root().join("pvc-src/sub/file"), b"snapshot me").unwrap();
+        std::os::unix::fs::symlink("sub/file", g.root().join("pvc-src/link")).unwrap();
+
+        let snap_req = pb::CreateSnapshotRequest {
+            source_volume_id: src.volume_id.clone(),
+            name: "snap-1".into(),
+            parameters: [("mountOptions".to_string(), format!("port={}", g.port()))].into(),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let snap = d.client.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
+        eprintln!("CreateSnapshot of 1 file: {:?}", started.elapsed());
+        assert!(snap.ready_to_use && snap.creation_time.is_some());
+        assert_eq!(snap.source_volume_id, src.volume_id);
+        assert_eq!(snap.snapshot_id, "127.0.0.1#export#snap-1#.csi-nfs/snapshots/snap-1#pvc-src");
+        let again = d.client.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
+        assert_eq!(again, snap, "idempotent on the name");
+        // The snapshot does not follow later writes to the volume.
+        std::fs::write(g.root().join("pvc-src/sub/file"), b"changed").unwrap();
+
+        let other = create(&mut d, create_req("pvc-other", p.clone())).await.unwrap();
+        let mut clash = snap_req.clone();
+        clash.source_volume_id = other.volume_id.clone();
+        assert_eq!(d.client.create_snapshot(clash).await.unwrap_err().code(), Code::AlreadyExists);
+
+        let mut from_snap = create_req("pvc-from-snap", p.clone());
+        from_snap.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: snap.snapshot_id.clone() })),
+        });
+        let restored = create(&mut d, from_snap).await.unwrap();
+        assert!(restored.content_source.is_some());
+        assert_eq!(std::fs::read(g.root().join("pvc-from-snap/sub/file")).unwrap(), b"snapshot me");
+        assert_eq!(std::fs::read_link(g.root().join("pvc-from-snap/link")).unwrap(), Path::new("sub/file"));
+
+        let mut clone = create_req("pvc-clone", p.clone());
+        clone.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(vcs::Type::Volume(vcs::VolumeSource { volume_id: src.volume_id.clone() })),
+        });
+        create(&mut d, clone).await.unwrap();
+        assert_eq!(std::fs::read(g.root().join("pvc-clone/sub/file")).unwrap(), b"changed");
+
+        let listed = d
+            .client
+            .list_snapshots(pb::ListSnapshotsRequest { source_volume_id: src.volume_id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.entries.len(), 1);
+        let by_id = d
+            .client
+            .list_snapshots(pb::ListSnapshotsRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_id.entries[0].snapshot.as_ref().unwrap(), &snap);
+
+        let del = pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() };
+        d.client.delete_snapshot(del.clone()).await.unwrap();
+        d.client.delete_snapshot(del).await.unwrap();
+        assert!(!g.root().join(".csi-nfs/snapshots/snap-1").exists());
+        let mut from_gone = create_req("pvc-from-gone", p.clone());
+        from_gone.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: snap.snapshot_id.clone() })),
+        });
+        assert_eq!(create(&mut d, from_gone).await.unwrap_err().code(), Code::NotFound);
+        assert!(!g.root().join("pvc-from-gone").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expand_validate_list_and_capacity() {
+        let g = ganesha();
+        let mut d = Driver::start(&format!("port={}", g.port())).await;
+        // No mountOptions in the request: the driver's --mount-options apply.
+        let mut p = params(&g, "/export", &[]);
+        p.remove("mountOptions");
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(create(&mut d, create_req(&format!("pvc-l{i}"), p.clone())).await.unwrap().volume_id);
+        }
+        let unknown = "127.0.0.1#export#nope##".to_string();
+
+        let exp = d
+            .client
+            .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+                volume_id: ids[0].clone(),
+                capacity_range: Some(pb::CapacityRange { required_bytes: 5 << 30, limit_bytes: 0 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((exp.capacity_bytes, exp.node_expansion_required), (5 << 30, false));
+        let e = d
+            .client
+            .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+                volume_id: unknown.clone(),
+                capacity_range: Some(pb::CapacityRange { required_bytes: 1, limit_bytes: 0 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+
+        use vc::access_mode::Mode;
+        let caps: Vec<_> = [
+            Mode::SingleNodeWriter,
+            Mode::SingleNodeReaderOnly,
+            Mode::MultiNodeReaderOnly,
+            Mode::MultiNodeSingleWriter,
+            Mode::MultiNodeMultiWriter,
+            Mode::SingleNodeSingleWriter,
+            Mode::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(mount_cap)
+        .collect();
+        let ok = d
+            .client
+            .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                volume_id: ids[0].clone(),
+                volume_capabilities: caps.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.confirmed.unwrap().volume_capabilities, caps);
+        let e = d
+            .client
+            .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                volume_id: unknown,
+                volume_capabilities: caps,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let r = d
+                .client
+                .list_volumes(pb::ListVolumesRequest { max_entries: 2, starting_token: token.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.entries.len() <= 2);
+            seen.extend(r.entries.into_iter().map(|e| e.volume.unwrap().volume_id));
+            if r.next_token.is_empty() {
+                break;
+            }
+            token = r.next_token;
+        }
+        ids.sort();
+        assert_eq!(seen, ids);
+        let e = d
+            .client
+            .list_volumes(pb::ListVolumesRequest { max_entries: 2, starting_token: "garbage".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Aborted);
+
+        let cap = d
+            .client
+            .get_capacity(pb::GetCapacityRequest { parameters: p.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(cap.available_capacity > 0, "{cap:?}");
+        let e = d.client.get_capacity(pb::GetCapacityRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+
+        let caps = d.client.controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}).await.unwrap();
+        assert_eq!(caps.into_inner().capabilities.len(), 8);
+        let e = d.client.controller_publish_volume(pb::ControllerPublishVolumeRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+        let _ = HashMap::<(), ()>::new();
+        assert!(!d.log().contains("panicked"));
+    }
+}

@@ -1,23 +1,860 @@
 //! The Controller service: volumes are directories on the share, made over
-//! NFS from userspace.
+//! NFS from userspace (`crate::nfs`); the controller never mounts.
+//!
+//! Layout on each share (`<share>` is the export root):
+//!
+//! ```text
+//! <share>/<subdir>                              a volume
+//! <share>/archived-<subdir>                     a volume deleted with onDelete=archive
+//! <share>/.csi-nfs/volumes/<name>.json          the volume's record
+//! <share>/.csi-nfs/snapshots/<name>/            a snapshot: a copy of the volume's files
+//! <share>/.csi-nfs/snapshots/<name>.json        the snapshot's record
+//! ```
+//!
+//! The records make CreateVolume and CreateSnapshot idempotent across
+//! restarts and replicas (same name and arguments: the same answer; same
+//! name, other arguments: ALREADY_EXISTS) and back ListVolumes and
+//! ListSnapshots. Names are escaped into one path component
+//! (`volume::escape`).
+//!
+//! Every operation takes an async lock on its name, so concurrent calls for
+//! one name run one after the other and all get the same answer (no
+//! ABORTED), and makes a fresh NFS connection (see `crate::nfs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use csi_core::pb::{self, controller_service_capability as csc, volume_content_source as vcs};
+use csi_core::validate::{self, CapabilitySupport, Capacity};
+use csi_core::Error;
+use serde_json::{json, Value};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::nfs::{self, Client, Target};
+use crate::volume::{escape, CreateParams, MountOptions, OnDelete, SnapshotId, VolumeId};
+
+/// Bound on each NFS call, connecting included.
+pub const NFS_TIMEOUT: Duration = nfs::DEFAULT_TIMEOUT;
+
+const VOLUMES_DIR: &str = ".csi-nfs/volumes";
+const SNAPSHOTS_DIR: &str = ".csi-nfs/snapshots";
 
 /// csi-nfs's Controller service.
 #[derive(Debug, Default)]
 pub struct ControllerService {
     config: crate::Config,
+    locks: Locks,
+    /// Shares seen since start, for ListVolumes and ListSnapshots.
+    shares: Mutex<BTreeMap<String, Share>>,
+}
+
+/// A share the controller has worked on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Share {
+    server: String,
+    share: String,
+    mount_options: String,
+}
+
+impl Share {
+    fn key(&self) -> String {
+        format!("{}:/{}", self.server, self.share)
+    }
+
+    fn target(&self) -> Result<Target, Error> {
+        let o = MountOptions::parse(&self.mount_options)?;
+        Ok(Target {
+            server: self.server.clone(),
+            export: format!("/{}", self.share),
+            port: o.port,
+            version: o.version,
+            timeout: NFS_TIMEOUT,
+        })
+    }
 }
 
 impl ControllerService {
     /// A controller with no state yet.
     pub fn new(config: crate::Config) -> Self {
-        Self { config }
+        Self { config, ..Default::default() }
     }
 
     /// The driver-wide settings.
     pub fn config(&self) -> &crate::Config {
         &self.config
     }
+
+    /// The share `server:/share`, reached with `mount_options` when given,
+    /// else with the options it was last reached with (DeleteVolume carries
+    /// none: csi-driver-nfs issue #260), else the driver's `--mount-options`.
+    fn share(&self, server: &str, share: &str, mount_options: Option<&str>) -> Share {
+        let mut s = Share {
+            server: server.to_string(),
+            share: share.trim_matches('/').to_string(),
+            mount_options: String::new(),
+        };
+        let mut known = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        s.mount_options = match mount_options.map(str::trim).filter(|o| !o.is_empty()) {
+            Some(o) => o.to_string(),
+            None => match known.get(&s.key()) {
+                Some(k) => k.mount_options.clone(),
+                None => self.config.mount_options.trim().to_string(),
+            },
+        };
+        // The latest options win: they are the ones that worked last.
+        known.insert(s.key(), s.clone());
+        s
+    }
+
+    fn known_shares(&self) -> Vec<Share> {
+        self.shares.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+/// Runs `f` on a fresh connection to `share`, on a blocking thread, and
+/// maps the NFS error to the spec's code at this edge.
+async fn on_share<T, F>(share: &Share, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Client) -> Result<T, Error> + Send + 'static,
+{
+    let target = share.target()?;
+    let out = nfs::run(target, move |c| Ok(f(c))).await;
+    match out {
+        Ok(r) => r,
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn nfs_err(e: nfs::Error) -> Error {
+    e.into()
+}
+
+fn now() -> (i64, i32) {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos() as i32)
+}
+
+fn volume_record_path(name: &str) -> String {
+    format!("{VOLUMES_DIR}/{}.json", escape(name))
+}
+
+fn snapshot_record_path(name: &str) -> String {
+    format!("{SNAPSHOTS_DIR}/{}.json", escape(name))
+}
+
+/// Reads a JSON record; a missing one is `None`, an unreadable one an error.
+fn read_record(c: &mut Client, path: &str) -> Result<Option<Value>, Error> {
+    match c.read_file(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("record {path} on {}: {e}", c.target()))),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_record(c: &mut Client, path: &str, v: &Value) -> Result<(), Error> {
+    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    c.mkdir_all(dir, 0o755).map_err(nfs_err)?;
+    c.write_file_atomic(path, v.to_string().as_bytes(), 0o644).map_err(nfs_err)
+}
+
+/// The records in `dir` (`*.json`), in name order.
+fn read_records(c: &mut Client, dir: &str) -> Result<Vec<Value>, Error> {
+    let entries = match c.read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| e.name.ends_with(".json") && e.kind == nfs::FileType::File) {
+        match read_record(c, &format!("{dir}/{}", e.name)) {
+            Ok(Some(v)) => out.push(v),
+            Ok(None) => {}
+            Err(err) => warn!("skipping unreadable record: {err}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Copies every entry of directory `from` into the existing directory `to`.
+fn copy_into(c: &mut Client, from: &str, to: &str) -> Result<(), Error> {
+    for e in c.read_dir(from).map_err(nfs_err)? {
+        c.copy_tree(&format!("{from}/{}", e.name), &format!("{to}/{}", e.name)).map_err(nfs_err)?;
+    }
+    Ok(())
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn volume_from_record(v: &Value) -> pb::Volume {
+    let context = v
+        .get("volume_context")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+        .unwrap_or_default();
+    pb::Volume {
+        volume_id: str_field(v, "volume_id").to_string(),
+        capacity_bytes: v.get("capacity_bytes").and_then(Value::as_i64).unwrap_or(0),
+        volume_context: context,
+        content_source: content_source_from(str_field(v, "content_source")),
+        ..Default::default()
+    }
+}
+
+fn snapshot_from_record(v: &Value) -> pb::Snapshot {
+    pb::Snapshot {
+        snapshot_id: str_field(v, "snapshot_id").to_string(),
+        source_volume_id: str_field(v, "source_volume_id").to_string(),
+        size_bytes: v.get("size_bytes").and_then(Value::as_i64).unwrap_or(0),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: v.get("created").and_then(Value::as_i64).unwrap_or(0),
+            nanos: v.get("created_nanos").and_then(Value::as_i64).unwrap_or(0) as i32,
+        }),
+        ready_to_use: true,
+        ..Default::default()
+    }
+}
+
+/// `snapshot:<id>` / `volume:<id>` / empty: how a record keeps the source.
+fn content_source_key(src: Option<&pb::VolumeContentSource>) -> Result<String, Error> {
+    match src.and_then(|s| s.r#type.as_ref()) {
+        None => Ok(String::new()),
+        Some(vcs::Type::Snapshot(s)) => Ok(format!("snapshot:{}", s.snapshot_id)),
+        Some(vcs::Type::Volume(v)) => Ok(format!("volume:{}", v.volume_id)),
+    }
+}
+
+fn content_source_from(key: &str) -> Option<pb::VolumeContentSource> {
+    let (kind, id) = key.split_once(':')?;
+    let r#type = match kind {
+        "snapshot" => vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: id.to_string() }),
+        "volume" => vcs::Type::Volume(vcs::VolumeSource { volume_id: id.to_string() }),
+        _ => return None,
+    };
+    Some(pb::VolumeContentSource { r#type: Some(r#type) })
+}
+
+/// Where a clone's files come from, checked before anything is made.
+enum Source {
+    None,
+    /// A directory on the same share.
+    Dir(String),
+}
+
+fn resolve_source(key: &str, dest: &VolumeId) -> Result<Source, Error> {
+    let Some((kind, id)) = key.split_once(':') else {
+        return Ok(Source::None);
+    };
+    let same_share = |server: &str, share: &str, what: &str| {
+        if server != dest.server || share != dest.share {
+            return Err(Error::InvalidArgument(format!(
+                "{what} is on {server}:/{share}; csi-nfs copies only within one share (the new volume is on {}:/{})",
+                dest.server, dest.share
+            )));
+        }
+        Ok(())
+    };
+    if kind == "snapshot" {
+        let s = SnapshotId::parse(id).map_err(|_| Error::NotFound(format!("snapshot {id:?} not found")))?;
+        if !s.is_ours() {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot {id:?} is a csi-driver-nfs tarball; csi-nfs restores only its own directory snapshots"
+            )));
+        }
+        same_share(&s.server, &s.share, "source snapshot")?;
+        Ok(Source::Dir(s.path))
+    } else {
+        let v = VolumeId::parse(id).map_err(|_| Error::NotFound(format!("source volume {id:?} not found")))?;
+        same_share(&v.server, &v.share, "source volume")?;
+        Ok(Source::Dir(v.subdir))
+    }
+}
+
+/// The parts of a CreateVolume that must match for a repeat to be the
+/// same request.
+fn request_key(p: &CreateParams, source: &str) -> Value {
+    json!({
+        "volume_id": p.id.to_string(),
+        "mount_permissions": p.mount_permissions,
+        "uid": p.uid,
+        "gid": p.gid,
+        "mount_options": p.mount_options,
+        "content_source": source,
+    })
+}
+
+fn capacity_key(c: &Capacity) -> Value {
+    json!({ "required": c.required, "limit": c.limit })
+}
+
+/// The blocking body of CreateVolume.
+fn create_volume(
+    c: &mut Client,
+    name: &str,
+    p: &CreateParams,
+    cap: Capacity,
+    source_key: &str,
+    source: &Source,
+) -> Result<pb::Volume, Error> {
+    let record_path = volume_record_path(name);
+    let key = request_key(p, source_key);
+    if let Some(rec) = read_record(c, &record_path)? {
+        if rec.get("request") != Some(&key) {
+            return Err(validate::already_exists(
+                "volume",
+                name,
+                &format!("it was created with other parameters ({})", rec.get("request").unwrap_or(&Value::Null)),
+            ));
+        }
+        if rec.get("capacity") != Some(&capacity_key(&cap)) {
+            let had = rec.get("capacity_bytes").and_then(Value::as_i64).unwrap_or(0) as u64;
+            if had == 0 || cap.check(had).is_err() {
+                return Err(validate::already_exists("volume", name, &format!("it was created with {had} bytes")));
+            }
+        }
+        // The directory may have been removed behind our back: make it again.
+        if c.try_stat(&p.id.subdir).map_err(nfs_err)?.is_none() {
+            warn!(volume = name, "record without directory: making the directory again");
+        } else {
+            return Ok(volume_from_record(&rec));
+        }
+    }
+    // Source first: a missing source is NOT_FOUND with nothing made.
+    if let Source::Dir(dir) = source {
+        match c.try_stat(dir).map_err(nfs_err)? {
+            Some(st) if st.kind == nfs::FileType::Dir => {}
+            _ => return Err(Error::NotFound(format!("volume content source {source_key:?}: {dir} not found"))),
+        }
+    }
+    let subdir = p.id.subdir.clone();
+    if let Some((parent, _)) = subdir.rsplit_once('/') {
+        c.mkdir_all(parent, 0o755).map_err(nfs_err)?;
+    }
+    let created = match c.mkdir(&subdir, p.mount_permissions.unwrap_or(0o755)) {
+        Ok(()) => true,
+        // An existing directory is reused, as csi-driver-nfs does (a
+        // shared subDir, or a retained one): it is never removed on failure.
+        Err(e) if e.is_exists() => false,
+        Err(e) => return Err(e.into()),
+    };
+    let finish = |c: &mut Client| -> Result<pb::Volume, Error> {
+        if let Some(m) = p.mount_permissions {
+            c.chmod(&subdir, m).map_err(nfs_err)?;
+        }
+        if p.uid.is_some() || p.gid.is_some() {
+            let st = c.stat(&subdir).map_err(nfs_err)?;
+            let (uid, gid) = (p.uid.unwrap_or(st.uid), p.gid.unwrap_or(st.gid));
+            c.chown(&subdir, uid, gid).map_err(|e| match e.errno {
+                libc::EPERM | libc::EACCES | libc::EINVAL => Error::PermissionDenied(format!(
+                    "{e}: the server refused to give the volume directory to {uid}:{gid}; a server that squashes \
+                     root (root_squash, all_squash) does not let the controller chown: export the share with \
+                     no_root_squash or leave out the uid/gid parameters"
+                )),
+                _ => e.into(),
+            })?;
+            // A squashing server may also "succeed" and leave another owner.
+            let after = c.stat(&subdir).map_err(nfs_err)?;
+            if (after.uid, after.gid) != (uid, gid) {
+                return Err(Error::PermissionDenied(format!(
+                    "the server left the volume directory {subdir} owned by {}:{} instead of {uid}:{gid} \
+                     (root squash?)",
+                    after.uid, after.gid
+                )));
+            }
+        }
+        if let Source::Dir(dir) = source {
+            copy_into(c, dir, &subdir)?;
+        }
+        let (secs, _) = now();
+        let volume = pb::Volume {
+            volume_id: p.id.to_string(),
+            capacity_bytes: cap.required.unwrap_or(0) as i64,
+            volume_context: p.volume_context(),
+            content_source: content_source_from(source_key),
+            ..Default::default()
+        };
+        let rec = json!({
+            "name": name,
+            "volume_id": volume.volume_id,
+            "capacity_bytes": volume.capacity_bytes,
+            "capacity": capacity_key(&cap),
+            "volume_context": volume.volume_context,
+            "content_source": source_key,
+            "request": key,
+            "created": secs,
+        });
+        write_record(c, &record_path, &rec)?;
+        Ok(volume)
+    };
+    match finish(c) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            if created {
+                if let Err(rm) = c.remove_all(&subdir) {
+                    warn!(volume = name, "CreateVolume failed and the directory could not be removed: {rm}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Per-name async locks: concurrent calls for one name run in turn.
+#[derive(Debug, Default)]
+struct Locks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+struct LockGuard {
+    map: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Locks {
+    async fn lock(&self, kind: &str, key: &str) -> LockGuard {
+        let key = format!("{kind}\0{key}");
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(map.entry(key.clone()).or_default())
+        };
+        let guard = m.lock_owned().await;
+        LockGuard { map: Arc::clone(&self.0), key, guard: Some(guard) }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.guard.take());
+        // Nobody else holds or waits for it (they clone under this lock).
+        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Pagination over a sorted list: the token is the index of the next entry.
+fn page<T>(all: Vec<T>, max_entries: i32, token: &str) -> Result<(Vec<T>, String), Error> {
+    if max_entries < 0 {
+        return Err(Error::InvalidArgument(format!("max_entries {max_entries} is negative")));
+    }
+    let start = match token {
+        "" => 0,
+        t => t
+            .parse::<usize>()
+            .ok()
+            .filter(|s| *s <= all.len())
+            .ok_or_else(|| Error::Aborted(format!("starting_token {t:?} is not valid (any more)")))?,
+    };
+    let end = match max_entries {
+        0 => all.len(),
+        n => all.len().min(start + n as usize),
+    };
+    let next = if end < all.len() { end.to_string() } else { String::new() };
+    Ok((all.into_iter().skip(start).take(end - start).collect(), next))
+}
+
+fn rpc(t: csc::rpc::Type) -> pb::ControllerServiceCapability {
+    pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) }
+}
+
+fn secret_mount_options(secrets: &HashMap<String, String>) -> Option<&str> {
+    secrets.iter().find(|(k, _)| k.eq_ignore_ascii_case("mountOptions")).map(|(_, v)| v.as_str())
 }
 
 #[tonic::async_trait]
-impl csi_core::pb::controller_server::Controller for ControllerService {}
+impl pb::controller_server::Controller for ControllerService {
+    async fn controller_get_capabilities(
+        &self,
+        _req: Request<pb::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
+        use csc::rpc::Type as T;
+        let capabilities = [
+            T::CreateDeleteVolume,
+            T::CreateDeleteSnapshot,
+            T::CloneVolume,
+            T::ExpandVolume,
+            T::SingleNodeMultiWriter,
+            T::ListVolumes,
+            T::ListSnapshots,
+            T::GetCapacity,
+        ]
+        .into_iter()
+        .map(rpc)
+        .collect();
+        Ok(Response::new(pb::ControllerGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_name(&req.name)?;
+        validate::require_capabilities(&req.volume_capabilities, &CapabilitySupport::SHARED_FILESYSTEM)?;
+        let cap = validate::capacity_range(req.capacity_range.as_ref())?;
+        let p = CreateParams::parse(&req.name, &req.parameters, &self.config.mount_options)?;
+        let source_key = content_source_key(req.volume_content_source.as_ref())?;
+        let source = resolve_source(&source_key, &p.id)?;
+        let _lock = self.locks.lock("volume", &req.name).await;
+        let share = self.share(&p.id.server, &p.id.share, Some(&p.mount_options));
+        let started = std::time::Instant::now();
+        let name = req.name.clone();
+        let volume = on_share(&share, move |c| create_volume(c, &name, &p, cap, &source_key, &source)).await?;
+        info!(name = req.name, volume_id = volume.volume_id, ms = started.elapsed().as_millis() as u64, "volume ready");
+        Ok(Response::new(pb::CreateVolumeResponse { volume: Some(volume) }))
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        let id = match VolumeId::parse(&req.volume_id) {
+            Ok(id) => id,
+            Err(e) => {
+                // csi-driver-nfs's choice, kept: an ID we never made names
+                // nothing to delete, and success keeps DeleteVolume idempotent.
+                warn!(volume_id = req.volume_id, "DeleteVolume of an unparsable ID: nothing to do ({e})");
+                return Ok(Response::new(pb::DeleteVolumeResponse {}));
+            }
+        };
+        let name = id.name().to_string();
+        let _lock = self.locks.lock("volume", &name).await;
+        let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
+        let on_delete = id.on_delete.unwrap_or_default();
+        let volume_id = req.volume_id.clone();
+        on_share(&share, move |c| {
+            match on_delete {
+                OnDelete::Delete => c.remove_all(&id.subdir).map_err(nfs_err)?,
+                OnDelete::Retain => {}
+                OnDelete::Archive => {
+                    if c.try_stat(&id.subdir).map_err(nfs_err)?.is_some() {
+                        let mut to = id.archived_subdir();
+                        if c.try_stat(&to).map_err(nfs_err)?.is_some() {
+                            // Never overwrite an earlier archive.
+                            to = format!("{to}-{}", now().0);
+                        }
+                        if let Some((parent, _)) = to.rsplit_once('/') {
+                            c.mkdir_all(parent, 0o755).map_err(nfs_err)?;
+                        }
+                        c.rename(&id.subdir, &to).map_err(nfs_err)?;
+                        info!(volume_id, archived = to, "volume archived");
+                    }
+                }
+            }
+            // Only the record of this volume: a shared subDir's other
+            // volumes keep theirs.
+            let rec = volume_record_path(&name);
+            if let Some(r) = read_record(c, &rec)? {
+                if str_field(&r, "volume_id") == volume_id {
+                    match c.unlink(&rec) {
+                        Err(e) if !e.is_not_found() => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        info!(volume_id = req.volume_id, on_delete = on_delete.as_str(), "volume deleted");
+        Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        req: Request<pb::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Error::InvalidArgument("volume capabilities missing in request".into()).into());
+        }
+        let id = VolumeId::parse(&req.volume_id)?;
+        let share = self.share(&id.server, &id.share, req.volume_context.get("mountOptions").map(String::as_str));
+        let dir = id.subdir.clone();
+        let exists = on_share(&share, move |c| c.try_stat(&dir).map_err(nfs_err)).await?;
+        if !matches!(exists, Some(st) if st.kind == nfs::FileType::Dir) {
+            return Err(validate::volume_not_found(&req.volume_id).into());
+        }
+        if let Some(e) = req
+            .volume_capabilities
+            .iter()
+            .find_map(|c| validate::check_capability(c, &CapabilitySupport::SHARED_FILESYSTEM).err())
+        {
+            return Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: e.to_string(),
+            }));
+        }
+        Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
+            confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
+                volume_context: req.volume_context,
+                volume_capabilities: req.volume_capabilities,
+                parameters: req.parameters,
+                mutable_parameters: req.mutable_parameters,
+            }),
+            message: String::new(),
+        }))
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let req = req.into_inner();
+        let mut all = Vec::new();
+        for share in self.known_shares() {
+            let recs = on_share(&share, |c| read_records(c, VOLUMES_DIR)).await?;
+            all.extend(recs.iter().map(volume_from_record));
+        }
+        all.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+        let (vols, next_token) = page(all, req.max_entries, &req.starting_token)?;
+        let entries =
+            vols.into_iter().map(|v| pb::list_volumes_response::Entry { volume: Some(v), status: None }).collect();
+        Ok(Response::new(pb::ListVolumesResponse { entries, next_token }))
+    }
+
+    async fn get_capacity(
+        &self,
+        req: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
+        let req = req.into_inner();
+        let get = |k: &str| req.parameters.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
+        let server = get("server")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::InvalidArgument("GetCapacity needs the server (and share) parameters".into()))?;
+        let share = self.share(server, get("share").unwrap_or(""), get("mountOptions"));
+        let fs = on_share(&share, |c| c.statvfs("").map_err(nfs_err)).await?;
+        Ok(Response::new(pb::GetCapacityResponse {
+            available_capacity: fs.available_bytes.min(i64::MAX as u64) as i64,
+            maximum_volume_size: None,
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_name(&req.name)?;
+        if req.source_volume_id.is_empty() {
+            return Err(Error::InvalidArgument("source volume id missing in request".into()).into());
+        }
+        let src = VolumeId::parse(&req.source_volume_id)
+            .map_err(|_| Error::NotFound(format!("source volume {:?} not found", req.source_volume_id)))?;
+        let mut mount_options = None;
+        for (k, v) in &req.parameters {
+            match k.to_ascii_lowercase().as_str() {
+                "server" if !v.is_empty() && v != &src.server => {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshots are kept on the source volume's server {}, not {v}",
+                        src.server
+                    ))
+                    .into())
+                }
+                "share" if !v.is_empty() && v.trim_matches('/') != src.share => {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshots are kept on the source volume's share /{}, not {v}",
+                        src.share
+                    ))
+                    .into())
+                }
+                "server" | "share" => {}
+                "mountoptions" => mount_options = Some(v.as_str()),
+                key if key.starts_with("csi.storage.k8s.io/") => {}
+                _ => return Err(Error::InvalidArgument(format!("invalid snapshot parameter {k:?}")).into()),
+            }
+        }
+        let _lock = self.locks.lock("snapshot", &req.name).await;
+        let share = self.share(&src.server, &src.share, mount_options);
+        let id = SnapshotId {
+            server: src.server.clone(),
+            share: src.share.clone(),
+            name: req.name.clone(),
+            path: SnapshotId::path_for(&req.name),
+            src: src.name().to_string(),
+        };
+        let (name, source_volume_id) = (req.name.clone(), req.source_volume_id.clone());
+        let started = std::time::Instant::now();
+        let snapshot = on_share(&share, move |c| {
+            let rec_path = snapshot_record_path(&name);
+            if let Some(rec) = read_record(c, &rec_path)? {
+                if str_field(&rec, "source_volume_id") != source_volume_id {
+                    return Err(validate::already_exists(
+                        "snapshot",
+                        &name,
+                        &format!("it is a snapshot of {}", str_field(&rec, "source_volume_id")),
+                    ));
+                }
+                return Ok(snapshot_from_record(&rec));
+            }
+            match c.try_stat(&src.subdir).map_err(nfs_err)? {
+                Some(st) if st.kind == nfs::FileType::Dir => {}
+                _ => return Err(Error::NotFound(format!("source volume {source_volume_id:?}: directory not found"))),
+            }
+            c.mkdir_all(SNAPSHOTS_DIR, 0o755).map_err(nfs_err)?;
+            // A copy left by a crash before its record was written.
+            c.remove_all(&id.path).map_err(nfs_err)?;
+            let made = c.copy_tree(&src.subdir, &id.path).map_err(nfs_err).and_then(|()| {
+                let (secs, nanos) = now();
+                let rec = json!({
+                    "name": name,
+                    "snapshot_id": id.to_string(),
+                    "source_volume_id": source_volume_id,
+                    "created": secs,
+                    "created_nanos": nanos,
+                    "size_bytes": 0,
+                });
+                write_record(c, &rec_path, &rec)?;
+                Ok(snapshot_from_record(&rec))
+            });
+            if made.is_err() {
+                let _ = c.remove_all(&id.path);
+            }
+            made
+        })
+        .await?;
+        info!(
+            name = req.name,
+            snapshot_id = snapshot.snapshot_id,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot ready"
+        );
+        Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(snapshot) }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_snapshot_id(&req.snapshot_id)?;
+        let Ok(id) = SnapshotId::parse(&req.snapshot_id) else {
+            warn!(snapshot_id = req.snapshot_id, "DeleteSnapshot of an unparsable ID: nothing to do");
+            return Ok(Response::new(pb::DeleteSnapshotResponse {}));
+        };
+        let _lock = self.locks.lock("snapshot", &id.name).await;
+        let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
+        let snapshot_id = req.snapshot_id.clone();
+        on_share(&share, move |c| {
+            // csi-driver-nfs's tarball directories (<share>/<name>) go the same way.
+            c.remove_all(&id.path).map_err(nfs_err)?;
+            let rec = snapshot_record_path(&id.name);
+            if let Some(r) = read_record(c, &rec)? {
+                if str_field(&r, "snapshot_id") == snapshot_id {
+                    match c.unlink(&rec) {
+                        Err(e) if !e.is_not_found() => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        info!(snapshot_id = req.snapshot_id, "snapshot deleted");
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let req = req.into_inner();
+        let mut all = Vec::new();
+        if !req.snapshot_id.is_empty() {
+            // One snapshot, looked up where its ID says it is.
+            if let Ok(id) = SnapshotId::parse(&req.snapshot_id) {
+                let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
+                let name = id.name.clone();
+                if let Some(rec) = on_share(&share, move |c| read_record(c, &snapshot_record_path(&name))).await? {
+                    if str_field(&rec, "snapshot_id") == req.snapshot_id {
+                        all.push(snapshot_from_record(&rec));
+                    }
+                }
+            }
+        } else {
+            for share in self.known_shares() {
+                let recs = on_share(&share, |c| read_records(c, SNAPSHOTS_DIR)).await?;
+                all.extend(recs.iter().map(snapshot_from_record));
+            }
+        }
+        if !req.source_volume_id.is_empty() {
+            all.retain(|s| s.source_volume_id == req.source_volume_id);
+        }
+        all.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        let (snaps, next_token) = page(all, req.max_entries, &req.starting_token)?;
+        let entries = snaps.into_iter().map(|s| pb::list_snapshots_response::Entry { snapshot: Some(s) }).collect();
+        Ok(Response::new(pb::ListSnapshotsResponse { entries, next_token }))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        req: Request<pb::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        let cap = validate::capacity_range(req.capacity_range.as_ref())?;
+        if req.capacity_range.is_none() {
+            return Err(Error::InvalidArgument("capacity range missing in request".into()).into());
+        }
+        let id = VolumeId::parse(&req.volume_id)?;
+        let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
+        let dir = id.subdir.clone();
+        let exists = on_share(&share, move |c| c.try_stat(&dir).map_err(nfs_err)).await?;
+        if !matches!(exists, Some(st) if st.kind == nfs::FileType::Dir) {
+            return Err(validate::volume_not_found(&req.volume_id).into());
+        }
+        // NFS has no per-volume size: the new size is only bookkeeping.
+        let size = cap.required.or(cap.limit).unwrap_or(0);
+        Ok(Response::new(pb::ControllerExpandVolumeResponse {
+            capacity_bytes: size as i64,
+            node_expansion_required: false,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_walk_the_list_and_a_bad_token_is_aborted() {
+        let all: Vec<u32> = (0..5).collect();
+        assert_eq!(page(all.clone(), 2, "").unwrap(), (vec![0, 1], "2".into()));
+        assert_eq!(page(all.clone(), 2, "2").unwrap(), (vec![2, 3], "4".into()));
+        assert_eq!(page(all.clone(), 2, "4").unwrap(), (vec![4], String::new()));
+        assert_eq!(page(all.clone(), 0, "").unwrap(), (all.clone(), String::new()));
+        assert!(matches!(page(all.clone(), 1, "x"), Err(Error::Aborted(_))));
+        assert!(matches!(page(all.clone(), 1, "6"), Err(Error::Aborted(_))));
+        assert!(matches!(page(all, -1, ""), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn content_sources_round_trip_through_records() {
+        for key in ["snapshot:s#e#n#p#v", "volume:s#e#d##"] {
+            let src = content_source_from(key).unwrap();
+            assert_eq!(content_source_key(Some(&src)).unwrap(), key);
+        }
+        assert!(content_source_from("").is_none());
+    }
+
+    #[tokio::test]
+    async fn one_name_at_a_time_and_locks_are_forgotten_after_use() {
+        let locks = Locks::default();
+        let a = locks.lock("volume", "x").await;
+        let other = locks.lock("volume", "y").await;
+        let waiting = tokio::time::timeout(Duration::from_millis(50), locks.lock("volume", "x")).await;
+        assert!(waiting.is_err(), "a second lock on one name waits");
+        drop((a, other));
+        let _again = locks.lock("volume", "x").await;
+        assert_eq!(locks.0.lock().unwrap().len(), 1);
+    }
+}

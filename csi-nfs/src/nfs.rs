@@ -205,6 +205,7 @@ mod ffi {
         pub fn nfs_set_timeout(nfs: *mut nfs_context, milliseconds: c_int);
         pub fn nfs_set_autoreconnect(nfs: *mut nfs_context, num_retries: c_int);
         pub fn nfs_umask(nfs: *mut nfs_context, mask: u16) -> u16;
+        pub fn nfs4_set_client_name(nfs: *mut nfs_context, id: *const c_char);
         pub fn nfs_get_readmax(nfs: *mut nfs_context) -> u64;
         pub fn nfs_get_writemax(nfs: *mut nfs_context) -> u64;
         pub fn nfs_mount(nfs: *mut nfs_context, server: *const c_char, exportname: *const c_char) -> c_int;
@@ -610,6 +611,17 @@ impl Client {
             ffi::nfs_set_autoreconnect(nfs, 0);
             ffi::nfs_umask(nfs, 0);
         }
+        // libnfs names every v4 client alike within a process; two
+        // connections opened at once then evict each other's client ID on
+        // the server (SETCLIENTID_CONFIRM fails with NFS4ERR_STALE_CLIENTID,
+        // seen with 20 parallel CreateVolume). One name per connection.
+        static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = CString::new(format!("csi-nfs-{host}-{}-{n}", std::process::id()))
+            .map_err(|_| fail("connect", libc::EINVAL, "NUL in host name"))?;
+        // SAFETY: valid context; libnfs copies the string.
+        unsafe { ffi::nfs4_set_client_name(nfs, name.as_ptr()) };
         if let Some(port) = t.port {
             // libnfs 4.0 has no nfs_set_nfsport: the URL's nfsport= sets it.
             // The URL is parsed only for its options; the server and export
