@@ -536,6 +536,7 @@ mod controller {
         let snap = d.client.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
         eprintln!("CreateSnapshot of 1 file: {:?}", started.elapsed());
         assert!(snap.ready_to_use && snap.creation_time.is_some());
+        assert_eq!(snap.size_bytes, 11, "the bytes copied");
         assert_eq!(snap.source_volume_id, src.volume_id);
         assert_eq!(snap.snapshot_id, "127.0.0.1#export#snap-1#.csi-nfs/snapshots/snap-1#pvc-src");
         let again = d.client.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
@@ -578,6 +579,15 @@ mod controller {
             .unwrap()
             .into_inner();
         assert_eq!(by_id.entries[0].snapshot.as_ref().unwrap(), &snap);
+
+        // Made-up IDs never delete a volume or the metadata.
+        for id in ["127.0.0.1#export#pvc-src#pvc-src#x", "127.0.0.1#export#n#pvc-src#x"] {
+            let req = pb::DeleteSnapshotRequest { snapshot_id: id.into(), ..Default::default() };
+            let r = d.client.delete_snapshot(req).await;
+            assert!(r.is_ok() || r.as_ref().unwrap_err().code() == Code::FailedPrecondition, "{r:?}");
+        }
+        delete(&mut d, "127.0.0.1#export#.csi-nfs##").await;
+        assert!(g.root().join("pvc-src/sub/file").exists() && g.root().join(".csi-nfs/volumes").is_dir());
 
         let del = pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() };
         d.client.delete_snapshot(del.clone()).await.unwrap();

@@ -181,11 +181,12 @@ fn read_records(c: &mut Client, dir: &str) -> Result<Vec<Value>, Error> {
 }
 
 /// Copies every entry of directory `from` into the existing directory `to`.
-fn copy_into(c: &mut Client, from: &str, to: &str) -> Result<(), Error> {
+fn copy_into(c: &mut Client, from: &str, to: &str) -> Result<u64, Error> {
+    let mut bytes = 0;
     for e in c.read_dir(from).map_err(nfs_err)? {
-        c.copy_tree(&format!("{from}/{}", e.name), &format!("{to}/{}", e.name)).map_err(nfs_err)?;
+        bytes += c.copy_tree(&format!("{from}/{}", e.name), &format!("{to}/{}", e.name)).map_err(nfs_err)?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -525,6 +526,13 @@ impl pb::controller_server::Controller for ControllerService {
                 return Ok(Response::new(pb::DeleteVolumeResponse {}));
             }
         };
+        if id.subdir.split('/').any(|c| c == ".." || c == crate::volume::META_DIR) {
+            warn!(
+                volume_id = req.volume_id,
+                "DeleteVolume of an ID pointing at metadata or outside the share: nothing to do"
+            );
+            return Ok(Response::new(pb::DeleteVolumeResponse {}));
+        }
         let name = id.name().to_string();
         let _lock = self.locks.lock("volume", &name).await;
         let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
@@ -703,7 +711,7 @@ impl pb::controller_server::Controller for ControllerService {
             c.mkdir_all(SNAPSHOTS_DIR, 0o755).map_err(nfs_err)?;
             // A copy left by a crash before its record was written.
             c.remove_all(&id.path).map_err(nfs_err)?;
-            let made = c.copy_tree(&src.subdir, &id.path).map_err(nfs_err).and_then(|()| {
+            let made = c.copy_tree(&src.subdir, &id.path).map_err(nfs_err).and_then(|bytes| {
                 let (secs, nanos) = now();
                 let rec = json!({
                     "name": name,
@@ -711,7 +719,7 @@ impl pb::controller_server::Controller for ControllerService {
                     "source_volume_id": source_volume_id,
                     "created": secs,
                     "created_nanos": nanos,
-                    "size_bytes": 0,
+                    "size_bytes": bytes,
                 });
                 write_record(c, &rec_path, &rec)?;
                 Ok(snapshot_from_record(&rec))
@@ -745,8 +753,30 @@ impl pb::controller_server::Controller for ControllerService {
         let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
         let snapshot_id = req.snapshot_id.clone();
         on_share(&share, move |c| {
-            // csi-driver-nfs's tarball directories (<share>/<name>) go the same way.
-            c.remove_all(&id.path).map_err(nfs_err)?;
+            if id.is_ours() {
+                c.remove_all(&id.path).map_err(nfs_err)?;
+            } else if id.path == id.name {
+                // csi-driver-nfs's snapshot: <share>/<name>/<src>.tar.gz. Only
+                // a directory holding nothing else is removed, so a made-up ID
+                // cannot delete a volume.
+                let tarball = format!("{}.tar.gz", id.src);
+                match c.read_dir(&id.path) {
+                    Ok(entries) if entries.iter().all(|e| e.name == tarball) => {
+                        c.remove_all(&id.path).map_err(nfs_err)?
+                    }
+                    Ok(_) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "snapshot {snapshot_id}: {} holds more than {tarball}; not removing it",
+                            id.path
+                        )))
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                warn!(snapshot_id, "DeleteSnapshot of an ID neither csi-nfs nor csi-driver-nfs makes: nothing to do");
+                return Ok(());
+            }
             let rec = snapshot_record_path(&id.name);
             if let Some(r) = read_record(c, &rec)? {
                 if str_field(&r, "snapshot_id") == snapshot_id {

@@ -974,21 +974,23 @@ impl Client {
     /// Copies the tree at `from` to `to` (which must not exist): files,
     /// directories and symlinks, with their modes, and their owners where
     /// the server lets us (a root-squashing server does not; that is not an
-    /// error). Devices, FIFOs and sockets are skipped.
-    pub fn copy_tree(&mut self, from: &str, to: &str) -> Result<()> {
+    /// error). Devices, FIFOs and sockets are skipped. Returns the bytes
+    /// of file data copied.
+    pub fn copy_tree(&mut self, from: &str, to: &str) -> Result<u64> {
         let st = self.lstat(from)?;
+        let mut bytes = 0;
         match st.kind {
             FileType::Dir => {
                 // Writable while we fill it; the real mode at the end.
                 self.mkdir(to, 0o700)?;
                 for ent in self.read_dir(from)? {
-                    self.copy_tree(&join(from, &ent.name), &join(to, &ent.name))?;
+                    bytes += self.copy_tree(&join(from, &ent.name), &join(to, &ent.name))?;
                 }
                 self.best_effort_chown(to, st.uid, st.gid, true);
                 self.chmod(to, st.mode)?;
             }
             FileType::File => {
-                self.copy_file(from, to, st.mode)?;
+                bytes = self.copy_file(from, to, st.mode)?;
                 self.best_effort_chown(to, st.uid, st.gid, true);
                 // After chown, which may clear setuid/setgid bits.
                 self.chmod(to, st.mode)?;
@@ -1000,7 +1002,7 @@ impl Client {
             }
             FileType::Other => tracing::debug!(path = from, "copy: skipping a device, FIFO or socket"),
         }
-        Ok(())
+        Ok(bytes)
     }
 
     fn best_effort_chown(&mut self, path: &str, uid: u32, gid: u32, follow: bool) {
@@ -1010,7 +1012,7 @@ impl Client {
         }
     }
 
-    fn copy_file(&mut self, from: &str, to: &str, mode: u32) -> Result<()> {
+    fn copy_file(&mut self, from: &str, to: &str, mode: u32) -> Result<u64> {
         let src = self.open(from, libc::O_RDONLY)?;
         let dst = self.create(to, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode | 0o200)?;
         let mut buf = vec![0u8; self.read_size() as usize];
@@ -1018,14 +1020,14 @@ impl Client {
         let r = (|| loop {
             let n = self.pread(&src, off, &mut buf, from)?;
             if n == 0 {
-                return Ok(());
+                return Ok(off);
             }
             self.pwrite_all(&dst, off, &buf[..n], to)?;
             off += n as u64;
         })();
-        self.close(src, from)?;
-        self.close(dst, to)?;
-        r
+        let closed = self.close(src, from).and(self.close(dst, to));
+        let copied = r?;
+        closed.map(|()| copied)
     }
 
     fn read_size(&self) -> u64 {
@@ -1253,6 +1255,18 @@ mod tests {
         let mut timed_out = err(libc::EIO, false);
         timed_out.message = "Command timed out".into();
         assert_eq!(code(timed_out), "unavailable");
+    }
+
+    #[test]
+    fn setattr_values_are_xdr_in_attribute_order() {
+        let (mask, vals) = encode_attrs(Some(0o2750), Some((1000, 65534)));
+        assert_eq!(mask, vec![0, (1 << 1) | (1 << 4) | (1 << 5)], "MODE=33, OWNER=36, OWNER_GROUP=37");
+        let mut want = 0o2750u32.to_be_bytes().to_vec();
+        want.extend_from_slice(&[0, 0, 0, 4, b'1', b'0', b'0', b'0']);
+        want.extend_from_slice(&[0, 0, 0, 5, b'6', b'5', b'5', b'3', b'4', 0, 0, 0]);
+        assert_eq!(vals, want);
+        assert_eq!(encode_attrs(None, None), (vec![0, 0], vec![]));
+        assert_eq!((nfs4_errno(13), nfs4_errno(10039), nfs4_errno(10013)), (libc::EACCES, libc::EINVAL, libc::EAGAIN));
     }
 
     #[test]
