@@ -635,9 +635,11 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::GetCapacityResponse>, Status> {
         let req = req.into_inner();
         let get = |k: &str| req.parameters.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
-        let server = get("server")
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| Error::InvalidArgument("GetCapacity needs the server (and share) parameters".into()))?;
+        // Every GetCapacityRequest field is OPTIONAL in the spec: with no
+        // server there is no share to measure, and 0 ("unknown") is the answer.
+        let Some(server) = get("server").filter(|s| !s.is_empty()) else {
+            return Ok(Response::new(pb::GetCapacityResponse::default()));
+        };
         let share = self.share(server, get("share").unwrap_or(""), get("mountOptions"));
         let fs = on_share(&share, |c| c.statvfs("").map_err(nfs_err)).await?;
         Ok(Response::new(pb::GetCapacityResponse {
