@@ -24,6 +24,11 @@ use crate::pb::controller_server::{Controller, ControllerServer};
 use crate::pb::identity_server::IdentityServer;
 use crate::pb::node_server::{Node, NodeServer};
 
+/// How long in-flight RPCs may run on after SIGTERM/SIGINT before the
+/// server stops anyway (kubelet's default grace period is 30 s; a mount is
+/// bounded by 20 s in csi-nfs).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a driver serves: Identity always, Controller and Node if it has them.
 #[derive(Debug)]
 pub struct Plugin<C, N> {
@@ -69,19 +74,40 @@ where
         .add_optional_service(controller.map(ControllerServer::new))
         .add_optional_service(node.map(NodeServer::new));
 
+    // After the signal, in-flight RPCs get SHUTDOWN_GRACE to finish. Clients
+    // that merely keep a connection open (kubelet, sidecars, a test that still
+    // holds a channel) must not keep the driver alive past it: tonic's graceful
+    // shutdown alone would wait for them for ever.
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = fired_tx.send(());
+    };
+    let grace = async move {
+        if fired_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!(after = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; exiting");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     match endpoint {
         Endpoint::Unix(path) => {
             let (listener, _socket) = bind_unix(path)?;
-            let served = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await;
+            let served = tokio::select! {
+                r = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown) => r,
+                () = grace => Ok(()),
+            };
             // `_socket` removes the socket file when dropped, here or on error.
             served.map_err(|e| Error::Internal(format!("serve on {endpoint}: {e}")))
         }
         Endpoint::Tcp(addr) => {
             let listener = TcpListener::bind(addr).await.map_err(|e| Error::io(format!("listen on {endpoint}"), e))?;
-            router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                .await
-                .map_err(|e| Error::Internal(format!("serve on {endpoint}: {e}")))
+            let served = tokio::select! {
+                r = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown) => r,
+                () = grace => Ok(()),
+            };
+            served.map_err(|e| Error::Internal(format!("serve on {endpoint}: {e}")))
         }
     }
 }

@@ -399,3 +399,32 @@ async fn tcp_endpoint() {
     let _ = stop.send(());
     done.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_answering_cannot_keep_the_server_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path(), Mode::All).await;
+    // A client whose runtime is stuck: it holds its connection and never
+    // answers the server's GOAWAY (a wedged sidecar; a test blocked in wait()).
+    let ep = Endpoint::Unix(srv.socket.clone());
+    let (ready_tx, ready_rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ch = rt.block_on(async {
+            let c = csi_core::client::connect(&ep).await.unwrap();
+            IdentityClient::new(c.clone()).probe(pb::ProbeRequest {}).await.unwrap();
+            c
+        });
+        ready_tx.send(()).unwrap();
+        std::thread::sleep(csi_core::server::SHUTDOWN_GRACE + Duration::from_secs(10));
+        drop(ch);
+    });
+    ready_rx.await.unwrap();
+    let _ = srv.stop.send(());
+    drop(srv.channel);
+    let done = tokio::time::timeout(csi_core::server::SHUTDOWN_GRACE + Duration::from_secs(5), srv.done)
+        .await
+        .expect("server stops within the grace period although a client holds a connection");
+    done.expect("server task").expect("clean exit");
+    assert!(!srv.socket.exists(), "socket removed on shutdown");
+}
