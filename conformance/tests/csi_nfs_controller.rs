@@ -466,18 +466,35 @@ mod controller {
     }
 
     /// Root squash: the controller runs as root, the server makes root
-    /// nobody. mkdir works (the share is 0777) but chown cannot: the user
-    /// gets PERMISSION_DENIED naming the cause, and no directory is left.
+    /// nobody, so a chown by root is refused. The controller then makes the
+    /// directory as uid:gid themselves (their AUTH_SYS identity), and the
+    /// volume is theirs with its mountPermissions. Where uid:gid may not
+    /// write the share root either, the user gets PERMISSION_DENIED naming
+    /// the cause, and nothing is left.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_a_root_squashed_share_chown_fails_clearly_and_nothing_is_left() {
+    async fn on_a_root_squashed_share_the_volume_is_made_as_its_owner() {
         let g = ganesha();
         let mut d = Driver::start("").await;
-        let p = params(&g, "/squash", &[("uid", "1000"), ("gid", "1000")]);
-        let e = create(&mut d, create_req("pvc-sq", p)).await.unwrap_err();
-        eprintln!("root squash + uid/gid: {:?}: {}", e.code(), e.message());
-        assert_eq!(e.code(), Code::PermissionDenied);
-        assert!(e.message().contains("root squash") || e.message().contains("root_squash"), "{}", e.message());
-        assert!(listing(&g.squash_root()).is_empty(), "{:?}", listing(&g.squash_root()));
+        let p = params(&g, "/squash", &[("uid", "1000"), ("gid", "1000"), ("mountPermissions", "0770")]);
+        let v = create(&mut d, create_req("pvc-sq", p)).await.expect("CreateVolume with uid/gid on a squashed share");
+        let dir = g.squash_root().join("pvc-sq");
+        let md = std::fs::metadata(&dir).unwrap();
+        assert_eq!((md.uid(), md.gid(), mode(&dir)), (1000, 1000, 0o770));
+        delete(&mut d, &v.volume_id).await;
+        assert!(!dir.exists(), "DeleteVolume removed the owner's directory");
+
+        // The owner cannot write a 0755 root-owned parent: clear refusal, nothing left.
+        std::fs::create_dir(g.squash_root().join("closed")).unwrap();
+        let p = params(&g, "/squash", &[("uid", "1000"), ("gid", "1000"), ("subDir", "closed/${pvc.metadata.name}")]);
+        let mut req = create_req("pvc-sq3", p);
+        req.parameters.insert("csi.storage.k8s.io/pvc/name".into(), "pvc-sq3".into());
+        let e = create(&mut d, req).await.unwrap_err();
+        eprintln!("root squash + uid/gid, parent not writable: {:?}: {}", e.code(), e.message());
+        assert!(matches!(e.code(), Code::PermissionDenied), "{e:?}");
+        assert!(e.message().contains("squash"), "{}", e.message());
+        assert!(listing(&g.squash_root().join("closed")).is_empty());
+        std::fs::remove_dir(g.squash_root().join("closed")).unwrap();
+
         // Without uid/gid the volume is made, owned by the anonymous user;
         // mountPermissions works because the owner (nobody) may chmod.
         let p = params(&g, "/squash", &[("mountPermissions", "0777")]);

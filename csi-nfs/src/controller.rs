@@ -337,36 +337,61 @@ fn create_volume(
     if let Some((parent, _)) = subdir.rsplit_once('/') {
         c.mkdir_all(parent, 0o755).map_err(nfs_err)?;
     }
-    let created = match c.mkdir(&subdir, p.mount_permissions.unwrap_or(0o755)) {
+    let mode = p.mount_permissions.unwrap_or(0o755);
+    let owner = (p.uid.is_some() || p.gid.is_some()).then(|| (p.uid.unwrap_or(0), p.gid.unwrap_or(0)));
+    let created = match c.mkdir(&subdir, mode) {
         Ok(()) => true,
+        // Root may not write here (squashed to nobody), the volume's owner may.
+        Err(e) if matches!(e.errno, libc::EACCES | libc::EPERM) && owner.is_some() => {
+            let (uid, gid) = owner.unwrap_or_default();
+            mkdir_as_owner(c, &subdir, mode, uid, gid)?;
+            true
+        }
         // An existing directory is reused, as csi-driver-nfs does (a
         // shared subDir, or a retained one): it is never removed on failure.
         Err(e) if e.is_exists() => false,
         Err(e) => return Err(e.into()),
     };
     let finish = |c: &mut Client| -> Result<pb::Volume, Error> {
-        if let Some(m) = p.mount_permissions {
-            c.chmod(&subdir, m).map_err(nfs_err)?;
-        }
-        if p.uid.is_some() || p.gid.is_some() {
+        if owner.is_some() {
             let st = c.stat(&subdir).map_err(nfs_err)?;
             let (uid, gid) = (p.uid.unwrap_or(st.uid), p.gid.unwrap_or(st.gid));
-            c.chown(&subdir, uid, gid).map_err(|e| match e.errno {
-                libc::EPERM | libc::EACCES | libc::EINVAL => Error::PermissionDenied(format!(
-                    "{e}: the server refused to give the volume directory to {uid}:{gid}; a server that squashes \
-                     root (root_squash, all_squash) does not let the controller chown: export the share with \
-                     no_root_squash or leave out the uid/gid parameters"
-                )),
-                _ => e.into(),
-            })?;
-            // A squashing server may also "succeed" and leave another owner.
-            let after = c.stat(&subdir).map_err(nfs_err)?;
-            if (after.uid, after.gid) != (uid, gid) {
-                return Err(Error::PermissionDenied(format!(
-                    "the server left the volume directory {subdir} owned by {}:{} instead of {uid}:{gid} \
-                     (root squash?)",
-                    after.uid, after.gid
-                )));
+            let chowned = (st.uid, st.gid) == (uid, gid)
+                || match c.chown(&subdir, uid, gid) {
+                    // A squashing server may also "succeed" and leave another owner.
+                    Ok(()) => {
+                        let after = c.stat(&subdir).map_err(nfs_err)?;
+                        (after.uid, after.gid) == (uid, gid)
+                    }
+                    Err(e) if matches!(e.errno, libc::EPERM | libc::EACCES | libc::EINVAL) => false,
+                    Err(e) => return Err(e.into()),
+                };
+            if !chowned {
+                // Root squash: root (seen as nobody) may not give the directory
+                // away, but uid:gid may make its own. csi-driver-nfs fails here.
+                if !created {
+                    return Err(Error::PermissionDenied(format!(
+                        "the server refused to give the existing directory {subdir} to {uid}:{gid} (root squash?)"
+                    )));
+                }
+                c.rmdir(&subdir).map_err(nfs_err)?;
+                mkdir_as_owner(c, &subdir, mode, uid, gid)?;
+            }
+        }
+        if let Some(m) = p.mount_permissions {
+            // Applied to the volume's directory, never the share root; as
+            // the owner when root is squashed and the owner is someone else.
+            if c.stat(&subdir).map_err(nfs_err)?.mode & 0o7777 != m {
+                match (c.chmod(&subdir, m), owner) {
+                    (Ok(()), _) => {}
+                    (Err(e), Some((uid, gid))) if matches!(e.errno, libc::EPERM | libc::EACCES) => {
+                        c.set_credentials(uid, gid);
+                        let r = c.chmod(&subdir, m);
+                        c.set_credentials(0, 0);
+                        r.map_err(nfs_err)?;
+                    }
+                    (Err(e), _) => return Err(nfs_err(e)),
+                }
             }
         }
         if let Source::Dir(dir) = source {
@@ -404,6 +429,52 @@ fn create_volume(
             Err(e)
         }
     }
+}
+
+/// Removes a volume's directory and everything in it. On a squashing server
+/// root cannot look into a 0770 directory of its owner: the owner can, so the
+/// contents go as the owner (the directory itself then as whoever may).
+fn remove_volume_dir(c: &mut Client, subdir: &str) -> Result<(), Error> {
+    match c.remove_all(subdir) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.errno, libc::EACCES | libc::EPERM) => {
+            let Some(st) = c.try_stat(subdir).map_err(nfs_err)? else { return Ok(()) };
+            c.set_credentials(st.uid, st.gid);
+            let as_owner = c.remove_all(subdir);
+            c.set_credentials(0, 0);
+            match as_owner {
+                Ok(()) => Ok(()),
+                // The contents are gone; the parent may be writable by root only.
+                Err(_) => c.remove_all(subdir).map_err(|_| nfs_err(e)),
+            }
+        }
+        Err(e) => Err(nfs_err(e)),
+    }
+}
+
+/// Makes the directory `subdir` as `uid:gid` themselves,
+/// for servers that squash root: the request goes out with uid:gid as its
+/// AUTH_SYS identity, so the server makes the directory theirs. The parent
+/// must be writable by uid:gid (the share root of a squashing export usually
+/// is, since root cannot write it either).
+fn mkdir_as_owner(c: &mut Client, subdir: &str, mode: u32, uid: u32, gid: u32) -> Result<(), Error> {
+    c.set_credentials(uid, gid);
+    let made = c.mkdir(subdir, mode).and_then(|()| c.chmod(subdir, mode));
+    c.set_credentials(0, 0);
+    made.map_err(|e| {
+        Error::PermissionDenied(format!(
+            "{e}: root is squashed on this export and {uid}:{gid} may not create {subdir} either; export the share \
+             with no_root_squash, make its root writable by {uid}:{gid}, or leave out the uid/gid parameters"
+        ))
+    })?;
+    let st = c.stat(subdir).map_err(nfs_err)?;
+    if (st.uid, st.gid) != (uid, gid) {
+        return Err(Error::PermissionDenied(format!(
+            "the server left the volume directory {subdir} owned by {}:{} instead of {uid}:{gid} (all_squash?)",
+            st.uid, st.gid
+        )));
+    }
+    Ok(())
 }
 
 /// Per-name async locks: concurrent calls for one name run in turn.
@@ -540,7 +611,7 @@ impl pb::controller_server::Controller for ControllerService {
         let volume_id = req.volume_id.clone();
         on_share(&share, move |c| {
             match on_delete {
-                OnDelete::Delete => c.remove_all(&id.subdir).map_err(nfs_err)?,
+                OnDelete::Delete => remove_volume_dir(c, &id.subdir)?,
                 OnDelete::Retain => {}
                 OnDelete::Archive => {
                     if c.try_stat(&id.subdir).map_err(nfs_err)?.is_some() {

@@ -206,6 +206,8 @@ mod ffi {
         pub fn nfs_set_autoreconnect(nfs: *mut nfs_context, num_retries: c_int);
         pub fn nfs_umask(nfs: *mut nfs_context, mask: u16) -> u16;
         pub fn nfs4_set_client_name(nfs: *mut nfs_context, id: *const c_char);
+        pub fn nfs_set_uid(nfs: *mut nfs_context, uid: c_int);
+        pub fn nfs_set_gid(nfs: *mut nfs_context, gid: c_int);
         pub fn nfs_get_readmax(nfs: *mut nfs_context) -> u64;
         pub fn nfs_get_writemax(nfs: *mut nfs_context) -> u64;
         pub fn nfs_mount(nfs: *mut nfs_context, server: *const c_char, exportname: *const c_char) -> c_int;
@@ -760,6 +762,18 @@ impl Client {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The AUTH_SYS identity of the calls that follow (0:0 after connect).
+    /// A server that squashes root maps uid 0 to nobody, but passes other
+    /// uids through: acting as the volume's owner is how the controller makes
+    /// a directory owned by `uid:gid` there, where a chown by root is refused.
+    pub fn set_credentials(&mut self, uid: u32, gid: u32) {
+        // SAFETY: valid context; libnfs rebuilds its AUTH_SYS credential.
+        unsafe {
+            ffi::nfs_set_uid(self.ctx.as_ptr(), uid as c_int);
+            ffi::nfs_set_gid(self.ctx.as_ptr(), gid as c_int);
         }
     }
 
