@@ -207,6 +207,7 @@ mod ffi {
         pub fn nfs_umask(nfs: *mut nfs_context, mask: u16) -> u16;
         pub fn nfs4_set_client_name(nfs: *mut nfs_context, id: *const c_char);
         pub fn nfs_set_uid(nfs: *mut nfs_context, uid: c_int);
+        pub fn nfs_set_tcp_syncnt(nfs: *mut nfs_context, v: c_int);
         pub fn nfs_set_gid(nfs: *mut nfs_context, gid: c_int);
         pub fn nfs_get_readmax(nfs: *mut nfs_context) -> u64;
         pub fn nfs_get_writemax(nfs: *mut nfs_context) -> u64;
@@ -611,6 +612,10 @@ impl Client {
             ffi::nfs_set_timeout(nfs, (secs.min(3600) * 1000) as c_int);
             // Fail instead of reconnecting forever: the caller retries.
             ffi::nfs_set_autoreconnect(nfs, 0);
+            // nfs_set_timeout does not cover the TCP connect: to a server
+            // whose packets vanish, the kernel's SYN retries take ~130 s
+            // (measured). Two retries give up after ~7 s (1 + 2 + 4).
+            ffi::nfs_set_tcp_syncnt(nfs, 2);
             ffi::nfs_umask(nfs, 0);
         }
         // libnfs names every v4 client alike within a process; two
