@@ -926,6 +926,8 @@ async fn discover(
 
 /// Runs the suite. Progress lines go to stderr as specs finish.
 pub async fn run(opts: Options) -> Res<Outcome> {
+    // csi-sanity makes --mount-dir (and its parents) if missing; so do we.
+    std::fs::create_dir_all(&opts.mount_dir).map_err(|e| format!("create {}: {e}", opts.mount_dir.display()))?;
     let node_ch = connect(&opts.endpoint).await?;
     let ctrl_ch = match &opts.controller_endpoint {
         Some(e) => connect(e).await?,
