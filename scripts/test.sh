@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lints, unit + integration tests in real
-# network namespaces, the CNI conformance suite against our plugins and the
-# reference ones, fuzzing, and the side-by-side benchmarks (printed, not asserted).
+# network namespaces (CNI) and against a real nfs-ganesha and a guest kernel's NFS
+# client (CSI), the CNI conformance suite against our plugins and the reference ones,
+# fuzzing, and the side-by-side benchmarks (printed, not asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -18,7 +19,10 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 step "build"
 cargo build --release --workspace
 
-step "unit and integration tests (real netns, nftables, host-local interop)"
+step "unit and integration tests (real netns, nftables, host-local interop, nfs-ganesha; csi-nfs node in one guest kernel)"
+# `conformance csi` (csi-sanity's 90 specs) runs against csi-nfs twice in here: identity,
+# controller and snapshots on this host (conformance/tests/csi_suite.rs), and all of it,
+# node specs included, inside the guest kernel (conformance/tests/csi_nfs_node.rs).
 cargo test --release --workspace -- --test-threads=2
 
 step "conformance: ours (cni-bridge + cni-ipam)"
@@ -44,6 +48,7 @@ step "benchmarks (side by side with the reference plugins; shipped 'plugin' prof
 cargo build --profile plugin -p cni-bridge -p ipam -p cni-overlay
 target/release/conformance bench cni --n 50 --plugin-dir target/plugin
 target/release/conformance bench overlay --plugin-dir target/plugin
+target/release/conformance bench csi-nfs --n 20 --driver target/release/csi-nfs
 
 step "done"
 echo "all steps passed in ${SECONDS}s"

@@ -12,6 +12,9 @@ PACKAGES=(
   # Guest kernel for what the host kernel lacks (bridge VLAN filtering, 8021q): scripts/guest/run.sh
   # boots Debian's kernel under QEMU (TCG) with the host's userland through virtme-ng (below).
   qemu-system-x86 linux-image-amd64 busybox-static
+  # csi-nfs: a real NFS server for its tests (nfs-ganesha, userspace: the host kernel has no
+  # nfsd), libnfs for the controller's userspace NFS client, nfs-ls for debugging
+  nfs-ganesha nfs-ganesha-vfs libnfs-dev libnfs-utils
 )
 
 missing=()
@@ -29,7 +32,7 @@ if [[ "${WITH_FUZZ:-1}" == 1 ]] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "testbed: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked >&2
 fi
-for tool in ip nft ping; do
+for tool in ip nft ping ganesha.nfsd; do
   command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "testbed: reference CNI plugins missing" >&2; exit 1; }

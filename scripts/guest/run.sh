@@ -6,10 +6,11 @@
 #
 # The guest sees the host's filesystem through 9p (read-only root; /tmp, /run, /var
 # writable overlays), so freshly built binaries are there at the same paths. It has no
-# network device: whatever the script does stays inside the guest.
+# network device unless GUEST_NETWORK=user (below): by default whatever the script does
+# stays inside the guest.
 #
 # Why a guest: the host kernel lacks features some tests need (bridge VLAN filtering,
-# 8021q), and cannot load modules. The guest is Debian's kernel (linux-image-amd64),
+# 8021q, the NFS client), and cannot load modules. The guest is Debian's kernel (linux-image-amd64),
 # the newest /boot/vmlinuz-*-amd64 whose modules are installed; KVM hangs on these
 # machines, so it runs under TCG (--disable-kvm): one boot takes about 25-30 s.
 #
@@ -17,6 +18,9 @@
 #   GUEST_MODULES  modules loaded in the guest before the script (default: bridge 8021q veth)
 #   GUEST_KERNEL   a kernel version to use instead of the newest one (e.g. 6.1.0-56-amd64)
 #   GUEST_TIMEOUT  seconds before the guest is killed (default 240)
+#   GUEST_NETWORK  "user" gives the guest a NIC on QEMU's user network: the guest is
+#                  10.0.2.15/24 and reaches the host's loopback services at 10.0.2.2
+#                  (e.g. an NFS server the test started on the host). Default: none.
 #
 # The kernel boots with mitigations=off: the guest runs nothing but test code for a minute,
 # and under TCG the speculation mitigations double the cost of every exec.
@@ -57,6 +61,19 @@ guest_cmd="exec 2>&1"
 if [[ -n $modules ]]; then
   guest_cmd+="; modprobe -a $modules || { echo 'run.sh: FAIL: modprobe $modules failed in the guest'; exit 3; }"
 fi
+net_args=()
+case ${GUEST_NETWORK:-} in
+  "") ;;
+  user)
+    net_args=(--network user)
+    # The NIC's name varies (eth0, enp0s*): take the first that is not lo, and set
+    # the address QEMU's user network expects, whether or not vng's DHCP did it.
+    guest_cmd+='; nic=$(ls /sys/class/net | grep -vx lo | head -n1)'
+    guest_cmd+='; [ -n "$nic" ] || { echo "run.sh: FAIL: no NIC in the guest"; exit 3; }'
+    guest_cmd+='; ip link set "$nic" up && ip addr replace 10.0.2.15/24 dev "$nic" && ip route replace default via 10.0.2.2'
+    ;;
+  *) die "GUEST_NETWORK=$GUEST_NETWORK: only 'user' is supported" ;;
+esac
 guest_cmd+="; exec bash $(printf '%q ' "$script" "$@")"
 
 echo "run.sh: booting $kver (TCG) for $script" >&2
@@ -67,7 +84,7 @@ start=$SECONDS
 rc=0
 timeout --kill-after=10 "${GUEST_TIMEOUT:-240}" \
   vng --run "/boot/vmlinuz-$kver" --disable-kvm --force-9p --memory 1G --cpus 2 \
-  --append "mitigations=off" --exec "$guest_cmd" </dev/null 2>&1 | cat || rc=$?
+  --append "mitigations=off" "${net_args[@]}" --exec "$guest_cmd" </dev/null 2>&1 | cat || rc=$?
 if ((rc == 124 || rc == 137)); then
   echo "run.sh: FAIL: guest timed out after ${GUEST_TIMEOUT:-240}s" >&2
 fi

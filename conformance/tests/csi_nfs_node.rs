@@ -1,0 +1,473 @@
+//! csi-nfs's Node service with a real kernel NFS client and a real NFS server.
+//!
+//! The host kernel has no NFS client, so [`node_service_in_a_guest_kernel`]
+//! starts nfs-ganesha on the host, boots ONE guest kernel
+//! (`scripts/guest/run.sh`, QEMU user network: the guest reaches the host's
+//! server at 10.0.2.2) and runs the `guest_*` tests of this same binary in it
+//! (`scripts/guest/csi-nfs.sh`). Each of those starts its own `csi-nfs` (all
+//! services, unix socket) inside the guest and drives it over gRPC. The
+//! `guest_*` tests are `#[ignore]`d on the host: they only make sense in the
+//! guest, and fail if run elsewhere.
+//!
+//! A missing prerequisite (ganesha, vng, qemu, the guest kernel:
+//! `scripts/testbed.sh` installs them) fails the test; it never skips.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conformance::ganesha::Ganesha;
+use csi_core::pb;
+use csi_core::pb::controller_client::ControllerClient;
+use csi_core::pb::node_client::NodeClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// Set (to the server's port) only inside the guest.
+const PORT_ENV: &str = "CSI_NFS_GUEST_PORT";
+/// The host as the guest sees it on QEMU's user network.
+const SERVER: &str = "10.0.2.2";
+
+/// Every guest test; the host test checks that each one ran and passed.
+const GUEST_TESTS: &[&str] = &[
+    "guest_data_survives_unpublish_and_publish_on_another_target",
+    "guest_read_only_publish_refuses_writes",
+    "guest_root_squash_non_root_writer_sees_uid_gid_and_permissions",
+    "guest_dead_server_unpublish_and_stats_return_in_bounded_time",
+    "guest_conformance_csi_suite_passes_with_zero_failures",
+];
+
+#[test]
+fn node_service_in_a_guest_kernel() {
+    let server = Ganesha::start().expect("start nfs-ganesha (scripts/testbed.sh installs it)");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = root.join("scripts/guest/run.sh");
+    let script = root.join("scripts/guest/csi-nfs.sh");
+    let exe = std::env::current_exe().expect("own path");
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(&run)
+        .arg(&script)
+        .arg(&exe)
+        .arg(server.port().to_string())
+        .env("GUEST_NETWORK", "user")
+        .env("GUEST_MODULES", "nfsv4 nf_tables")
+        .env("GUEST_TIMEOUT", "600")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", run.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}\n{stderr}\n(guest run took {:?})", started.elapsed());
+    for t in GUEST_TESTS {
+        assert!(stdout.contains(&format!("test {t} ... ok")), "guest test {t} did not pass (output above)");
+    }
+    assert!(out.status.success(), "guest script failed: {:?}", out.status);
+
+    // What the guest's non-root writer made is on the server with its owner.
+    let squashed = server.squash_root();
+    let file = find_file(&squashed, "written-by-1000").expect("the squash export holds the writer's file");
+    let meta = std::fs::metadata(&file).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "{}", file.display());
+    // Every volume the guest tests and the suite made was deleted again.
+    let left: Vec<String> = std::fs::read_dir(server.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "volumes left on the share: {left:?}");
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Guest side.
+
+/// A `csi-nfs` serving every service on a socket of its own, stopped on drop.
+struct Driver {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port: u16 = std::env::var(PORT_ENV)
+            .unwrap_or_else(|_| panic!("{PORT_ENV} unset: guest_* tests run inside the guest only"))
+            .parse()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("csi.sock");
+        // The driver's log goes to a file (shown if the test fails), so the
+        // console keeps libtest's "test … ok" lines whole for the host to read.
+        let log = std::fs::File::create(dir.path().join("csi-nfs.log")).unwrap();
+        let child = Command::new(common::our_dir().join("csi-nfs"))
+            .arg(format!("--endpoint=unix://{}", sock.display()))
+            .args(["--mode", "all", "--node-id", "guest", "--log-level", "debug"])
+            .arg(format!("--mount-options=port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start csi-nfs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "csi-nfs did not create {}", sock.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Driver { child, dir, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.dir.path().join("csi.sock").display())
+    }
+
+    fn channel(&self, rt: &tokio::runtime::Runtime) -> Channel {
+        let ep: csi_core::flags::Endpoint = self.endpoint().parse().unwrap();
+        rt.block_on(csi_core::client::connect(&ep)).unwrap()
+    }
+
+    fn target(&self, name: &str) -> PathBuf {
+        self.dir.path().join("pods").join(name).join("mount")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("csi-nfs.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- csi-nfs log (last 60 lines)");
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn mount_cap(mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_mode: Some(pb::volume_capability::AccessMode { mode: mode as i32 }),
+        access_type: Some(pb::volume_capability::AccessType::Mount(Default::default())),
+    }
+}
+
+fn rwx() -> pb::VolumeCapability {
+    mount_cap(pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter)
+}
+
+/// CreateVolume on `share` with extra `params`; returns the volume.
+fn create(rt: &tokio::runtime::Runtime, ch: &Channel, name: &str, share: &str, params: &[(&str, &str)]) -> pb::Volume {
+    let mut parameters: HashMap<String, String> =
+        [("server", SERVER), ("share", share)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    parameters.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let req = pb::CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![rwx()],
+        parameters,
+        ..Default::default()
+    };
+    rt.block_on(ControllerClient::new(ch.clone()).create_volume(req))
+        .unwrap_or_else(|e| panic!("CreateVolume {name}: {e}"))
+        .into_inner()
+        .volume
+        .expect("a volume")
+}
+
+fn delete(rt: &tokio::runtime::Runtime, ch: &Channel, volume_id: &str) {
+    let req = pb::DeleteVolumeRequest { volume_id: volume_id.into(), ..Default::default() };
+    rt.block_on(ControllerClient::new(ch.clone()).delete_volume(req)).unwrap_or_else(|e| panic!("DeleteVolume: {e}"));
+}
+
+fn publish(
+    rt: &tokio::runtime::Runtime,
+    ch: &Channel,
+    vol: &pb::Volume,
+    target: &Path,
+    readonly: bool,
+) -> Result<(), tonic::Status> {
+    let req = pb::NodePublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwx()),
+        readonly,
+        volume_context: vol.volume_context.clone(),
+        ..Default::default()
+    };
+    rt.block_on(NodeClient::new(ch.clone()).node_publish_volume(req)).map(|_| ())
+}
+
+fn unpublish(rt: &tokio::runtime::Runtime, ch: &Channel, vol: &pb::Volume, target: &Path) -> Result<(), tonic::Status> {
+    let req =
+        pb::NodeUnpublishVolumeRequest { volume_id: vol.volume_id.clone(), target_path: target.display().to_string() };
+    rt.block_on(NodeClient::new(ch.clone()).node_unpublish_volume(req)).map(|_| ())
+}
+
+fn stats(rt: &tokio::runtime::Runtime, ch: &Channel, vol: &pb::Volume, path: &Path) -> pb::NodeGetVolumeStatsResponse {
+    let req = pb::NodeGetVolumeStatsRequest {
+        volume_id: vol.volume_id.clone(),
+        volume_path: path.display().to_string(),
+        ..Default::default()
+    };
+    rt.block_on(NodeClient::new(ch.clone()).node_get_volume_stats(req)).expect("NodeGetVolumeStats").into_inner()
+}
+
+fn is_mounted(path: &Path) -> bool {
+    csi_core::mount::is_mount_point(path).unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Runs `sh -c script` as uid/gid `id` (setpriv, util-linux).
+fn as_user(id: u32, script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()])
+        .args(["sh", "-c", script])
+        .output()
+        .expect("setpriv")
+}
+
+#[test]
+#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
+fn guest_data_survives_unpublish_and_publish_on_another_target() {
+    let d = Driver::start();
+    let rt = rt();
+    let ch = d.channel(&rt);
+    let vol = create(&rt, &ch, &unique("survive"), "/export", &[]);
+    let (a, b) = (d.target("pod-a"), d.target("pod-b"));
+
+    publish(&rt, &ch, &vol, &a, false).expect("publish on pod-a");
+    assert!(is_mounted(&a), "{} is not a mount point after NodePublish", a.display());
+    publish(&rt, &ch, &vol, &a, false).expect("a repeated publish is idempotent");
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    {
+        let mut f = std::fs::File::create(a.join("data.bin")).unwrap();
+        f.write_all(&payload).unwrap();
+        f.sync_all().unwrap();
+    }
+    let st = stats(&rt, &ch, &vol, &a);
+    let cond = st.volume_condition.expect("volume condition");
+    assert!(!cond.abnormal, "{}", cond.message);
+    let bytes = st.usage.iter().find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32).expect("byte usage");
+    assert!(bytes.total > 0 && bytes.used > 0, "{bytes:?}");
+
+    unpublish(&rt, &ch, &vol, &a).expect("unpublish pod-a");
+    assert!(!a.exists(), "the target is removed after NodeUnpublish");
+    unpublish(&rt, &ch, &vol, &a).expect("a repeated unpublish is idempotent");
+
+    // The "container moved": another target, same volume, same bytes.
+    publish(&rt, &ch, &vol, &b, false).expect("publish on pod-b");
+    let mut read = Vec::new();
+    std::fs::File::open(b.join("data.bin")).unwrap().read_to_end(&mut read).unwrap();
+    assert!(read == payload, "data changed across unpublish/publish");
+    unpublish(&rt, &ch, &vol, &b).expect("unpublish pod-b");
+    delete(&rt, &ch, &vol.volume_id);
+}
+
+#[test]
+#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
+fn guest_read_only_publish_refuses_writes() {
+    let d = Driver::start();
+    let rt = rt();
+    let ch = d.channel(&rt);
+    let vol = create(&rt, &ch, &unique("ro"), "/export", &[]);
+    let (rw, ro) = (d.target("writer"), d.target("reader"));
+    publish(&rt, &ch, &vol, &rw, false).unwrap();
+    std::fs::write(rw.join("hello"), b"hi").unwrap();
+    publish(&rt, &ch, &vol, &ro, true).unwrap();
+    assert_eq!(std::fs::read(ro.join("hello")).unwrap(), b"hi");
+    let err = std::fs::write(ro.join("nope"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // The same target asked read-write now is a different publish: ALREADY_EXISTS.
+    let err = publish(&rt, &ch, &vol, &ro, false).unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    unpublish(&rt, &ch, &vol, &ro).unwrap();
+    unpublish(&rt, &ch, &vol, &rw).unwrap();
+    delete(&rt, &ch, &vol.volume_id);
+}
+
+#[test]
+#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
+fn guest_root_squash_non_root_writer_sees_uid_gid_and_permissions() {
+    let d = Driver::start();
+    let rt = rt();
+    let ch = d.channel(&rt);
+    let vol = create(
+        &rt,
+        &ch,
+        &unique("squash"),
+        "/squash",
+        &[("uid", "1000"), ("gid", "1000"), ("mountPermissions", "0770")],
+    );
+    let t = d.target("app");
+    publish(&rt, &ch, &vol, &t, false).expect("publish on a root-squashed export");
+    // Root on the node is squashed too, and may not even look inside: ask as the pod's user.
+    let seen = as_user(1000, &format!("stat -c '%u %g %a' {}", t.display()));
+    assert_eq!(String::from_utf8_lossy(&seen.stdout).trim(), "1000 1000 770", "volume root as the pod sees it");
+
+    let ok = as_user(1000, &format!("echo data > {}/written-by-1000", t.display()));
+    assert!(ok.status.success(), "uid 1000 cannot write: {}", String::from_utf8_lossy(&ok.stderr));
+    let other = as_user(2000, &format!("echo data > {}/written-by-2000", t.display()));
+    assert!(!other.status.success(), "uid 2000 could write into a 0770 volume of 1000:1000");
+    // Root on the node is squashed to nobody: the server, not the node, decides.
+    let root_write = std::fs::write(t.join("written-by-root"), b"x").unwrap_err();
+    assert_eq!(root_write.raw_os_error(), Some(libc::EACCES), "{root_write}");
+    let f = as_user(1000, &format!("stat -c '%u %g' {}/written-by-1000", t.display()));
+    assert_eq!(String::from_utf8_lossy(&f.stdout).trim(), "1000 1000");
+    unpublish(&rt, &ch, &vol, &t).unwrap();
+    // The file stays for the host-side check; the volume is retained by design
+    // of this test (deleting it would remove the evidence): it lives on /squash.
+}
+
+#[test]
+#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
+fn guest_dead_server_unpublish_and_stats_return_in_bounded_time() {
+    let d = Driver::start();
+    let rt = rt();
+    let ch = d.channel(&rt);
+    let vol = create(&rt, &ch, &unique("dead"), "/export", &[]);
+    let t = d.target("victim");
+    publish(&rt, &ch, &vol, &t, false).unwrap();
+    std::fs::write(t.join("before"), b"x").unwrap();
+
+    // The server "dies": every packet to it is dropped from now on.
+    let _blackhole = Blackhole::new(d.port);
+    // A process of the pod is stuck on the dead mount, as in real life.
+    let mut stuck = Command::new("stat").arg(t.join("before")).stdout(Stdio::null()).spawn().unwrap();
+
+    let started = Instant::now();
+    let st = stats(&rt, &ch, &vol, &t);
+    let cond = st.volume_condition.clone().expect("volume condition");
+    assert!(cond.abnormal, "stats of a dead server's volume report it as healthy: {st:?}");
+    eprintln!("NodeGetVolumeStats with a dead server: {:?}, {}", started.elapsed(), cond.message);
+    assert!(started.elapsed() < Duration::from_secs(15), "stats took {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let leaked = unique("leak");
+    let req = pb::CreateVolumeRequest {
+        name: leaked.clone(),
+        volume_capabilities: vec![rwx()],
+        parameters: [("server", SERVER), ("share", "/export")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let err = rt
+        .block_on(ControllerClient::new(ch.clone()).create_volume(req))
+        .expect_err("CreateVolume with the server gone");
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "CreateVolume against a dead server: {err}"
+    );
+    let took = started.elapsed();
+    eprintln!("CreateVolume with a dead server: {:?} after {took:?}", err.code());
+    assert!(took < Duration::from_secs(30), "CreateVolume took {took:?}");
+
+    let started = Instant::now();
+    unpublish(&rt, &ch, &vol, &t).expect("NodeUnpublish with the server gone");
+    let took = started.elapsed();
+    eprintln!("NodeUnpublish with a dead server took {took:?}");
+    assert!(took < Duration::from_secs(20), "NodeUnpublish took {took:?}");
+    assert!(!is_mounted(&t) && !t.exists(), "target still there after NodeUnpublish");
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+
+    // The server is back: nothing of the failed CreateVolume was left on it.
+    drop(_blackhole);
+    let check = d.target("check");
+    let whole = pb::Volume {
+        volume_id: format!("{SERVER}#export#..#"),
+        volume_context: [("server", SERVER), ("share", "/export"), ("subdir", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    publish(&rt, &ch, &whole, &check, true).expect("mount the share root to look");
+    let names: Vec<String> =
+        std::fs::read_dir(&check).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    unpublish(&rt, &ch, &whole, &check).unwrap();
+    assert!(!names.iter().any(|n| n.contains(&leaked)), "failed CreateVolume left {names:?}");
+    delete(&rt, &ch, &vol.volume_id);
+}
+
+/// Drops every packet to the NFS server's port until dropped (nftables).
+struct Blackhole {
+    table: String,
+}
+
+impl Blackhole {
+    fn new(port: u16) -> Blackhole {
+        let table = unique("csinfsdead").replace('-', "_");
+        let rules = format!(
+            "table inet {table} {{\n chain out {{\n type filter hook output priority 0; tcp dport {port} drop\n }}\n}}\n"
+        );
+        let out = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("run nft");
+        assert!(out.status.success(), "nft blackhole: {}", String::from_utf8_lossy(&out.stderr));
+        Blackhole { table }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
+#[test]
+#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
+fn guest_conformance_csi_suite_passes_with_zero_failures() {
+    let d = Driver::start();
+    let params = d.dir.path().join("params.json");
+    std::fs::write(&params, format!(r#"{{"server":"{SERVER}","share":"/export"}}"#)).unwrap();
+    let out = Command::new(common::conformance_bin())
+        .args(["csi", "--endpoint", &d.endpoint(), "--params"])
+        .arg(&params)
+        .arg("--mount-dir")
+        .arg(d.dir.path().join("sanity"))
+        .output()
+        .expect("run conformance csi");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "conformance csi failed against csi-nfs");
+    assert!(stdout.contains(" 0 failed"), "summary without '0 failed'");
+}
