@@ -29,6 +29,9 @@ usage:
   conformance bench overlay [--plugin-dir DIR] [--hosts 3,10,30] [--joins 5] [--allocs 2000] [--json]
       cni-overlay in a lab: route convergence of a joining host, iperf3 over
       the overlay vs a veth pair, allocations/s (etcd txn per IP vs local store)
+  conformance bench csi-nfs [--driver PATH] [--n 20] [--no-node] [--json]
+      csi-nfs vs the raw operations: CreateVolume/DeleteVolume vs NFS mkdir/rmdir
+      (host, nfs-ganesha), NodePublish/Unpublish vs mount/umount (one guest kernel)
   conformance demo [--plugin-dir DIR] [--ipam-plugin-dir DIR] [--bridge-type cni-bridge] [--ipam-type cni-ipam]
       three containers on one bridge, pings, verified teardown
   conformance demo --overlay [--plugin-dir DIR]
@@ -59,7 +62,7 @@ impl Args {
                 let e = flags.entry(name.clone()).or_default();
                 if let Some(v) = inline {
                     e.push(v);
-                } else if matches!(name.as_str(), "json" | "markdown" | "help" | "overlay") {
+                } else if matches!(name.as_str(), "json" | "markdown" | "help" | "overlay" | "no-node" | "node-only") {
                 } else if name == "only" {
                     while i + 1 < a.len() && !a[i + 1].starts_with("--") {
                         i += 1;
@@ -149,6 +152,11 @@ fn dispatch(argv: &[String]) -> R<i32> {
             let title = format!("CNI interop: ours {} / reference {}", ours.display(), reference.display());
             emit(&a, &title, json!({}), &[], &rs);
             Ok(i32::from(report::counts(&rs).1 > 0))
+        }
+        "bench" if a.pos.get(1).map(String::as_str) == Some("csi-nfs") => {
+            a.check_known(&["driver", "n", "no-node", "node-only", "server", "port", "json"])?;
+            need_root()?;
+            cmd_bench_csi(&a)
         }
         "bench" if a.pos.get(1).map(String::as_str) == Some("overlay") => {
             a.check_known(&["plugin-dir", "hosts", "joins", "allocs", "json"])?;
@@ -336,4 +344,23 @@ fn emit(a: &Args, title: &str, info: Value, notes: &[String], rs: &[crate::Check
     } else {
         print!("{}", report::table(title, notes, rs));
     }
+}
+
+fn cmd_bench_csi(a: &Args) -> R<i32> {
+    let n: usize = a.get("n").unwrap_or("20").parse().map_err(|e| format!("--n: {e}"))?;
+    let driver = a.get("driver").map(PathBuf::from).unwrap_or_else(|| own_dir().join("csi-nfs"));
+    if a.has("node-only") {
+        // The guest half (scripts/guest/bench-csi-nfs.sh).
+        let server = a.get("server").ok_or("--node-only needs --server")?;
+        let port: u16 = a.get("port").ok_or("--node-only needs --port")?.parse().map_err(|e| format!("--port: {e}"))?;
+        crate::bench_csi::node_only(&driver, server, port, n)?;
+        return Ok(0);
+    }
+    let r = crate::bench_csi::run(&crate::bench_csi::Opts { driver, n, node: !a.has("no-node") })?;
+    if a.has("json") {
+        println!("{}", r.to_json());
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(0)
 }

@@ -13,6 +13,7 @@
 //! * [`csi`]: a CSI sanity suite (csi-sanity's specs) against any CSI endpoint.
 
 pub mod bench;
+pub mod bench_csi;
 pub mod bench_overlay;
 pub mod chain;
 pub mod checks;
