@@ -14,15 +14,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use csi_core::pb;
 use csi_core::pb::controller_client::ControllerClient;
 use csi_core::pb::node_client::NodeClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
+use crate::csi_process::DriverProcess;
 use crate::ganesha::Ganesha;
 use crate::util::{median_p90, R};
 use crate::{bail, ensure};
@@ -58,45 +58,15 @@ pub struct Report {
 /// Marker of the node half's JSON line in the guest's output.
 const NODE_MARK: &str = "BENCH-CSI-NFS-NODE ";
 
-/// A `csi-nfs` child on a socket in `dir`, stopped on drop.
-struct Driver {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl Driver {
-    fn start(bin: &Path, dir: &Path, mode: &str, port: u16) -> R<Driver> {
-        let sock = dir.join(format!("csi-{mode}.sock"));
-        let child = Command::new(bin)
-            .arg(format!("--endpoint=unix://{}", sock.display()))
-            .args(["--mode", mode, "--node-id", "bench", "--log-level"])
-            .arg(std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "warn".into()))
-            .arg(format!("--mount-options=port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
-        let d = Driver { child, sock };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.sock.exists() {
-            ensure!(Instant::now() < deadline, "{} did not create {}", bin.display(), d.sock.display());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(d)
-    }
-
-    async fn channel(&self) -> R<Channel> {
-        let ep = csi_core::flags::Endpoint::Unix(self.sock.clone());
-        csi_core::client::connect(&ep).await.map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
+/// `csi-nfs` in `mode`, quiet unless BENCH_CSI_LOG says otherwise.
+fn start_driver(bin: &Path, mode: &str, port: u16) -> R<DriverProcess> {
+    let level = std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "warn".into());
+    let args: Vec<String> = ["--mode", mode, "--node-id", "bench", "--log-level", &level]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("--mount-options=port={port}")])
+        .collect();
+    DriverProcess::start(bin, "bench-csi-nfs", &args)
 }
 
 fn ms(t: Instant) -> f64 {
@@ -135,8 +105,7 @@ pub fn run(o: &Opts) -> R<Report> {
 }
 
 fn controller(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
-    let dir = tempfile_dir("bench-csi-nfs")?;
-    let driver = Driver::start(&o.driver, &dir, "controller", server.port())?;
+    let driver = start_driver(&o.driver, "controller", server.port())?;
     let rt = runtime()?;
     let ch = rt.block_on(driver.channel())?;
     let mut create = Row { what: "CreateVolume", baseline: "NFS connect + mkdir", ours_ms: vec![], base_ms: vec![] };
@@ -192,14 +161,7 @@ fn controller(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
     drop(ch);
     drop(rt);
     drop(driver);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(vec![create, delete])
-}
-
-fn tempfile_dir(prefix: &str) -> R<PathBuf> {
-    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
-    Ok(d)
 }
 
 /// Boots one guest that runs `conformance bench csi-nfs --node-only` and
@@ -253,8 +215,8 @@ fn node_in_guest(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
 /// mount/umount of the same source with the same options; prints one JSON
 /// line after [`NODE_MARK`].
 pub fn node_only(driver: &Path, server: &str, port: u16, n: usize) -> R<()> {
-    let dir = tempfile_dir("bench-csi-nfs-node")?;
-    let d = Driver::start(driver, &dir, "node", port)?;
+    let d = start_driver(driver, "node", port)?;
+    let dir = d.dir().to_path_buf();
     let rt = runtime()?;
     let ch = rt.block_on(d.channel())?;
     let context: HashMap<String, String> = [("server", server), ("share", "/export"), ("subdir", "bench-node")]
@@ -306,7 +268,6 @@ pub fn node_only(driver: &Path, server: &str, port: u16, n: usize) -> R<()> {
     drop(ch);
     drop(rt);
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
     #[allow(clippy::print_stdout)]
     {
         println!(

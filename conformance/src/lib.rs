@@ -19,6 +19,7 @@ pub mod chain;
 pub mod checks;
 pub mod cli;
 pub mod csi;
+pub mod csi_process;
 pub mod demo;
 pub mod ganesha;
 pub mod interop;

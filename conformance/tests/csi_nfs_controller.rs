@@ -182,19 +182,19 @@ mod client {
 mod driver {
     use std::collections::HashMap;
     use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
 
-    use csi_core::flags::Endpoint;
+    use conformance::csi_process::DriverProcess;
     use csi_core::pb::controller_client::ControllerClient;
     use csi_core::pb::{self, volume_capability as vc};
     use tonic::transport::Channel;
 
     use super::*;
 
+    /// Fields drop in order: the client's connection closes before the
+    /// driver is asked to stop.
     pub struct Driver {
-        child: Child,
-        dir: PathBuf,
         pub client: ControllerClient<Channel>,
+        p: DriverProcess,
     }
 
     fn binary() -> PathBuf {
@@ -207,40 +207,15 @@ mod driver {
 
     impl Driver {
         pub async fn start(mount_options: &str) -> Driver {
-            let dir = std::env::temp_dir().join(format!(
-                "csi-nfs-ctl-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let sock = dir.join("csi.sock");
-            let child = Command::new(binary())
-                .arg(format!("--endpoint=unix://{}", sock.display()))
-                .args(["--mode", "controller", "--node-id", "test", "--log-level", "debug"])
-                .arg(format!("--mount-options={mount_options}"))
-                .stdin(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("driver.log")).unwrap())
-                .spawn()
-                .expect("start csi-nfs");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !sock.exists() {
-                assert!(Instant::now() < deadline, "csi-nfs did not create {}", sock.display());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let channel = csi_core::client::connect(&Endpoint::Unix(sock)).await.expect("connect");
-            Driver { child, dir, client: ControllerClient::new(channel) }
+            let args = ["--mode", "controller", "--node-id", "test", "--log-level", "debug"].map(String::from);
+            let args: Vec<String> = args.into_iter().chain([format!("--mount-options={mount_options}")]).collect();
+            let p = DriverProcess::start(&binary(), "csi-nfs-ctl", &args).expect("start csi-nfs");
+            let channel = p.channel().await.expect("connect");
+            Driver { client: ControllerClient::new(channel), p }
         }
 
         pub fn log(&self) -> String {
-            std::fs::read_to_string(self.dir.join("driver.log")).unwrap_or_default()
-        }
-    }
-
-    impl Drop for Driver {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = std::fs::remove_dir_all(&self.dir);
+            self.p.log()
         }
     }
 

@@ -17,9 +17,10 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use conformance::csi_process::DriverProcess;
 use conformance::ganesha::Ganesha;
 use csi_core::pb;
 use csi_core::pb::controller_client::ControllerClient;
@@ -103,8 +104,7 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// A `csi-nfs` serving every service on a socket of its own, stopped on drop.
 struct Driver {
-    child: Child,
-    dir: tempfile::TempDir,
+    p: DriverProcess,
     port: u16,
 }
 
@@ -114,55 +114,27 @@ impl Driver {
             .unwrap_or_else(|_| panic!("{PORT_ENV} unset: guest_* tests run inside the guest only"))
             .parse()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("csi.sock");
-        // The driver's log goes to a file (shown if the test fails), so the
-        // console keeps libtest's "test … ok" lines whole for the host to read.
-        let log = std::fs::File::create(dir.path().join("csi-nfs.log")).unwrap();
-        let child = Command::new(common::our_dir().join("csi-nfs"))
-            .arg(format!("--endpoint=unix://{}", sock.display()))
-            .args(["--mode", "all", "--node-id", "guest", "--log-level", "debug"])
-            .arg(format!("--mount-options=port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start csi-nfs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "csi-nfs did not create {}", sock.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Driver { child, dir, port }
+        let args: Vec<String> = ["--mode", "all", "--node-id", "guest", "--log-level", "debug"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("--mount-options=port={port}")])
+            .collect();
+        // The driver logs to a file (shown if the test fails), so the console
+        // keeps libtest's "test … ok" lines whole for the host to read.
+        let p = DriverProcess::start(&common::our_dir().join("csi-nfs"), "csi-nfs-guest", &args).unwrap();
+        Driver { p, port }
     }
 
     fn endpoint(&self) -> String {
-        format!("unix://{}", self.dir.path().join("csi.sock").display())
+        self.p.endpoint()
     }
 
     fn channel(&self, rt: &tokio::runtime::Runtime) -> Channel {
-        let ep: csi_core::flags::Endpoint = self.endpoint().parse().unwrap();
-        rt.block_on(csi_core::client::connect(&ep)).unwrap()
+        rt.block_on(self.p.channel()).unwrap()
     }
 
     fn target(&self, name: &str) -> PathBuf {
-        self.dir.path().join("pods").join(name).join("mount")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.path().join("csi-nfs.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- csi-nfs log (last 60 lines)");
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
-        }
+        self.p.dir().join("pods").join(name).join("mount")
     }
 }
 
@@ -457,13 +429,13 @@ impl Drop for Blackhole {
 #[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
 fn guest_conformance_csi_suite_passes_with_zero_failures() {
     let d = Driver::start();
-    let params = d.dir.path().join("params.json");
+    let params = d.p.dir().join("params.json");
     std::fs::write(&params, format!(r#"{{"server":"{SERVER}","share":"/export"}}"#)).unwrap();
     let out = Command::new(common::conformance_bin())
         .args(["csi", "--endpoint", &d.endpoint(), "--params"])
         .arg(&params)
         .arg("--mount-dir")
-        .arg(d.dir.path().join("sanity"))
+        .arg(d.p.dir().join("sanity"))
         .output()
         .expect("run conformance csi");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -7,9 +7,9 @@
 //! `cargo build --release -p csi-nfs -p conformance && cargo test --release -p conformance --test csi_suite`
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use conformance::csi_process::DriverProcess;
 use conformance::ganesha::Ganesha;
 
 fn conformance_bin() -> PathBuf {
@@ -22,49 +22,10 @@ fn csi_nfs_bin() -> PathBuf {
     p
 }
 
-/// A temp dir and the driver serving on a socket in it; both gone on drop.
-struct Driver {
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Driver {
-    fn start(port: u16) -> Driver {
-        let dir = std::env::temp_dir().join(format!("csi-suite-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("csi.sock");
-        let child = Command::new(csi_nfs_bin())
-            .arg(format!("--endpoint=unix://{}", sock.display()))
-            .args(["--mode", "all", "--node-id", "csi-suite-node"])
-            .arg(format!("--mount-options=port={port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("driver.log")).unwrap())
-            .spawn()
-            .expect("spawn csi-nfs");
-        let d = Driver { dir, child };
-        let t0 = Instant::now();
-        while !sock.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "csi-nfs did not create {}", sock.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn endpoint(&self) -> String {
-        format!("unix://{}", self.dir.join("csi.sock").display())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("driver.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn start_driver(port: u16) -> DriverProcess {
+    let args = ["--mode", "all", "--node-id", "csi-suite-node"].map(String::from);
+    let args: Vec<String> = args.into_iter().chain([format!("--mount-options=port={port}")]).collect();
+    DriverProcess::start(&csi_nfs_bin(), "csi-suite", &args).expect("start csi-nfs")
 }
 
 fn entries(p: &Path) -> Vec<String> {
@@ -77,10 +38,10 @@ fn entries(p: &Path) -> Vec<String> {
 #[test]
 fn identity_controller_and_snapshot_specs_pass_against_csi_nfs_and_leak_nothing() {
     let g = Ganesha::start().expect("start nfs-ganesha (apt-get install nfs-ganesha nfs-ganesha-vfs)");
-    let d = Driver::start(g.port());
-    let params = d.dir.join("params.yaml");
+    let d = start_driver(g.port());
+    let params = d.dir().join("params.yaml");
     std::fs::write(&params, "server: 127.0.0.1\nshare: /export\n").unwrap();
-    let mount_dir = d.dir.join("mnt");
+    let mount_dir = d.dir().join("mnt");
     std::fs::create_dir(&mount_dir).unwrap();
 
     let out = Command::new(conformance_bin())

@@ -162,6 +162,18 @@ fn bounded<F>(what: String, timeout: Duration, op: F) -> Result<()>
 where
     F: FnOnce() -> nix::Result<()> + Send + 'static,
 {
+    bounded_call(what, timeout, op)
+}
+
+/// Runs `op` (any call that may block on a server: statvfs, chmod, stat of
+/// a mount root) on its own thread and waits at most `timeout` for it; on
+/// timeout the thread is abandoned (it may stay stuck in the kernel) and the
+/// error is [`Error::Timeout`]. `op`'s own failure becomes [`Error::Sys`].
+pub fn bounded_call<T, F>(what: String, timeout: Duration, op: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> nix::Result<T> + Send + 'static,
+{
     let (tx, rx) = sync_channel(1);
     std::thread::Builder::new()
         .name("csi-mount".into())
@@ -170,7 +182,7 @@ where
         })
         .map_err(|e| Error::io(format!("{what}: start a thread"), e))?;
     match rx.recv_timeout(timeout) {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(errno)) => Err(Error::sys(what, errno)),
         Err(RecvTimeoutError::Timeout) => {
             tracing::warn!(after = ?timeout, "{what}: gave up waiting; the syscall may still be stuck in the kernel");

@@ -13,7 +13,6 @@
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::time::Duration;
 
 use csi_core::mount::{self, MsFlags};
@@ -230,24 +229,11 @@ fn mount_error(plan: &MountPlan, e: Error) -> Error {
     }
 }
 
-/// statvfs on its own thread, abandoned after `timeout` (a hard NFS mount
-/// whose server is gone would block it for ever).
+/// statvfs, abandoned after `timeout` (a hard NFS mount whose server is
+/// gone would block it for ever).
 fn bounded_statvfs(path: &Path, timeout: Duration) -> Result<nix::sys::statvfs::Statvfs, Error> {
-    let (tx, rx) = sync_channel(1);
     let p = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("csi-statvfs".into())
-        .spawn(move || {
-            let _ = tx.send(nix::sys::statvfs::statvfs(&p));
-        })
-        .map_err(|e| Error::io("statvfs: start a thread", e))?;
-    let what = format!("statvfs {}", path.display());
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(errno)) => Err(Error::sys(what, errno)),
-        Err(RecvTimeoutError::Timeout) => Err(Error::Timeout { what, after: timeout }),
-        Err(RecvTimeoutError::Disconnected) => Err(Error::Internal(format!("{what}: worker thread died"))),
-    }
+    mount::bounded_call(format!("statvfs {}", path.display()), timeout, move || nix::sys::statvfs::statvfs(&p))
 }
 
 /// Runs blocking mount work off the async runtime.
@@ -303,23 +289,15 @@ fn publish(plan: &MountPlan, target: &Path) -> Result<(), Error> {
 /// chmod of the mounted volume root when its mode differs (bounded: it is a
 /// call to the server).
 fn apply_permissions(target: &Path, mode: u32) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let (tx, rx) = sync_channel(1);
+    use nix::fcntl::AT_FDCWD;
+    use nix::sys::stat::{fchmodat, stat, FchmodatFlags, Mode};
     let t = target.to_path_buf();
-    std::thread::spawn(move || {
-        let r = std::fs::metadata(&t).and_then(|m| {
-            if m.permissions().mode() & 0o7777 == mode {
-                Ok(())
-            } else {
-                std::fs::set_permissions(&t, std::fs::Permissions::from_mode(mode))
-            }
-        });
-        let _ = tx.send(r);
-    });
-    match rx.recv_timeout(STATS_TIMEOUT) {
-        Ok(r) => r.map_err(|e| Error::io(format!("chmod {:o} {}", mode, target.display()), e)),
-        Err(_) => Err(Error::Timeout { what: format!("chmod {}", target.display()), after: STATS_TIMEOUT }),
-    }
+    mount::bounded_call(format!("chmod {mode:o} {}", target.display()), STATS_TIMEOUT, move || {
+        if stat(&t)?.st_mode & 0o7777 == mode {
+            return Ok(());
+        }
+        fchmodat(AT_FDCWD, &t, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink)
+    })
 }
 
 /// NodeGetVolumeStats's answer for a mounted volume at `path`.
