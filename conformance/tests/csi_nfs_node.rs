@@ -1,16 +1,21 @@
 //! csi-nfs's Node service with a real kernel NFS client and a real NFS server.
 //!
-//! The host kernel has no NFS client, so [`node_service_in_a_guest_kernel`]
-//! starts nfs-ganesha on the host, boots ONE guest kernel
-//! (`scripts/guest/run.sh`, QEMU user network: the guest reaches the host's
-//! server at 10.0.2.2) and runs the `guest_*` tests of this same binary in it
-//! (`scripts/guest/csi-nfs.sh`). Each of those starts its own `csi-nfs` (all
-//! services, unix socket) inside the guest and drives it over gRPC. The
-//! `guest_*` tests are `#[ignore]`d on the host: they only make sense in the
-//! guest, and fail if run elsewhere.
+//! The host kernel has no NFS client. This test binary (`harness = false`)
+//! therefore has two halves. Run by `cargo test`, [`host`] starts
+//! nfs-ganesha on the host, boots ONE guest kernel (`scripts/guest/run.sh`,
+//! QEMU user network: the guest reaches the host's server at 10.0.2.2) and
+//! runs this same binary in it with `--in-guest`
+//! (`scripts/guest/csi-nfs.sh`). [`guest`] then runs every check of
+//! [`GUEST_CHECKS`] in turn; each starts its own `csi-nfs` (all services,
+//! unix socket) and drives it over gRPC. The host requires a
+//! `check NAME ... ok` line from the guest for every check, then inspects
+//! the server's side.
 //!
 //! A missing prerequisite (ganesha, vng, qemu, the guest kernel:
 //! `scripts/testbed.sh` installs them) fails the test; it never skips.
+
+// A harness-less test: its report goes to stdout, as libtest's does.
+#![allow(clippy::print_stdout)]
 
 mod common;
 
@@ -33,17 +38,52 @@ const PORT_ENV: &str = "CSI_NFS_GUEST_PORT";
 /// The host as the guest sees it on QEMU's user network.
 const SERVER: &str = "10.0.2.2";
 
-/// Every guest test; the host test checks that each one ran and passed.
-const GUEST_TESTS: &[&str] = &[
-    "guest_data_survives_unpublish_and_publish_on_another_target",
-    "guest_read_only_publish_refuses_writes",
-    "guest_root_squash_non_root_writer_sees_uid_gid_and_permissions",
-    "guest_dead_server_unpublish_and_stats_return_in_bounded_time",
-    "guest_conformance_csi_suite_passes_with_zero_failures",
+/// Every check run in the guest, in order (one blackholes the server for a
+/// while, so they run one at a time); the host requires each to pass.
+const GUEST_CHECKS: &[(&str, fn())] = &[
+    ("conformance_csi_suite_passes_with_zero_failures", conformance_csi_suite_passes_with_zero_failures),
+    ("data_survives_unpublish_and_publish_on_another_target", data_survives_unpublish_and_publish_on_another_target),
+    ("read_only_publish_refuses_writes", read_only_publish_refuses_writes),
+    (
+        "root_squash_non_root_writer_sees_uid_gid_and_permissions",
+        root_squash_non_root_writer_sees_uid_gid_and_permissions,
+    ),
+    ("dead_server_unpublish_and_stats_return_in_bounded_time", dead_server_unpublish_and_stats_return_in_bounded_time),
 ];
 
-#[test]
-fn node_service_in_a_guest_kernel() {
+fn main() {
+    // cargo passes libtest's flags (e.g. --test-threads) to this binary too:
+    // only --in-guest matters.
+    if std::env::args().any(|a| a == "--in-guest") {
+        std::process::exit(guest());
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test -- --list`: nothing to list for a harness-less test
+    }
+    host();
+    println!("csi_nfs_node: node service in a guest kernel ... ok");
+}
+
+/// Inside the guest: every check, a panic failing only that check (its
+/// guards still clean up while unwinding). Returns the exit status.
+fn guest() -> i32 {
+    let mut failed = 0;
+    for (name, check) in GUEST_CHECKS {
+        let started = Instant::now();
+        match std::panic::catch_unwind(check) {
+            Ok(()) => println!("check {name} ... ok ({:?})", started.elapsed()),
+            Err(_) => {
+                failed += 1;
+                println!("check {name} ... FAILED ({:?}; panic message above)", started.elapsed());
+            }
+        }
+    }
+    println!("{} checks: {} passed, {failed} failed", GUEST_CHECKS.len(), GUEST_CHECKS.len() - failed);
+    i32::from(failed > 0)
+}
+
+/// On the host: the server, one guest boot, and what the server holds after.
+fn host() {
     let server = Ganesha::start().expect("start nfs-ganesha (scripts/testbed.sh installs it)");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = root.join("scripts/guest/run.sh");
@@ -64,8 +104,8 @@ fn node_service_in_a_guest_kernel() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}\n(guest run took {:?})", started.elapsed());
-    for t in GUEST_TESTS {
-        assert!(stdout.contains(&format!("test {t} ... ok")), "guest test {t} did not pass (output above)");
+    for (name, _) in GUEST_CHECKS {
+        assert!(stdout.contains(&format!("check {name} ... ok")), "guest check {name} did not pass (output above)");
     }
     assert!(out.status.success(), "guest script failed: {:?}", out.status);
 
@@ -111,7 +151,7 @@ struct Driver {
 impl Driver {
     fn start() -> Driver {
         let port: u16 = std::env::var(PORT_ENV)
-            .unwrap_or_else(|_| panic!("{PORT_ENV} unset: guest_* tests run inside the guest only"))
+            .unwrap_or_else(|_| panic!("{PORT_ENV} unset: the checks run inside the guest only (--in-guest)"))
             .parse()
             .unwrap();
         let args: Vec<String> = ["--mode", "all", "--node-id", "guest", "--log-level", "debug"]
@@ -228,9 +268,7 @@ fn as_user(id: u32, script: &str) -> std::process::Output {
         .expect("setpriv")
 }
 
-#[test]
-#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
-fn guest_data_survives_unpublish_and_publish_on_another_target() {
+fn data_survives_unpublish_and_publish_on_another_target() {
     let d = Driver::start();
     let rt = rt();
     let ch = d.channel(&rt);
@@ -265,9 +303,7 @@ fn guest_data_survives_unpublish_and_publish_on_another_target() {
     delete(&rt, &ch, &vol.volume_id);
 }
 
-#[test]
-#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
-fn guest_read_only_publish_refuses_writes() {
+fn read_only_publish_refuses_writes() {
     let d = Driver::start();
     let rt = rt();
     let ch = d.channel(&rt);
@@ -287,9 +323,7 @@ fn guest_read_only_publish_refuses_writes() {
     delete(&rt, &ch, &vol.volume_id);
 }
 
-#[test]
-#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
-fn guest_root_squash_non_root_writer_sees_uid_gid_and_permissions() {
+fn root_squash_non_root_writer_sees_uid_gid_and_permissions() {
     let d = Driver::start();
     let rt = rt();
     let ch = d.channel(&rt);
@@ -320,9 +354,7 @@ fn guest_root_squash_non_root_writer_sees_uid_gid_and_permissions() {
     // of this test (deleting it would remove the evidence): it lives on /squash.
 }
 
-#[test]
-#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
-fn guest_dead_server_unpublish_and_stats_return_in_bounded_time() {
+fn dead_server_unpublish_and_stats_return_in_bounded_time() {
     let d = Driver::start();
     let rt = rt();
     let ch = d.channel(&rt);
@@ -425,9 +457,7 @@ impl Drop for Blackhole {
     }
 }
 
-#[test]
-#[ignore = "runs inside the guest kernel (node_service_in_a_guest_kernel)"]
-fn guest_conformance_csi_suite_passes_with_zero_failures() {
+fn conformance_csi_suite_passes_with_zero_failures() {
     let d = Driver::start();
     let params = d.p.dir().join("params.json");
     std::fs::write(&params, format!(r#"{{"server":"{SERVER}","share":"/export"}}"#)).unwrap();

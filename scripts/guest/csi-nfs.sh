@@ -5,12 +5,12 @@
 #
 #   csi-nfs.sh TEST_BINARY PORT
 #
-# Runs the test binary's guest_* tests (ignored on the host) one at a time: one of
-# them blackholes the server for a while, which must not disturb the others.
+# Runs the test binary's guest half (--in-guest): its checks, one at a time (one of
+# them blackholes the server for a while, which must not disturb the others).
 set -euo pipefail
 exe=$1
 port=$2
 mkdir -p /run/csi-nfs-guest
 cd /run/csi-nfs-guest
 export CSI_NFS_GUEST_PORT=$port
-exec "$exe" --ignored --test-threads=1 guest_
+exec "$exe" --in-guest
