@@ -17,6 +17,11 @@ use crate::range::{Range, RangeSet};
 
 /// host-local's default `dataDir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// The default with `ipam.cluster` (affine blocks): a tmpfs that boot
+/// empties. etcd holds the blocks; the local leases only mirror this
+/// boot's containers, so stale ones cannot outlive a reboot (host-local's
+/// classic leak after an unclean restart), and a lease costs no disk inode.
+pub const CLUSTER_DEFAULT_DATA_DIR: &str = "/run/cni-ipam";
 
 /// A fully validated IPAM configuration for one invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,10 +74,14 @@ pub(crate) fn ipam_section(ctx: &Context) -> Result<&Value> {
 }
 
 pub(crate) fn data_dir_of(ipam: &Value) -> Result<PathBuf> {
+    let default = match ipam.get("cluster") {
+        None | Some(Value::Null) => DEFAULT_DATA_DIR,
+        Some(_) => CLUSTER_DEFAULT_DATA_DIR,
+    };
     match ipam.get("dataDir") {
-        None | Some(Value::Null) => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
+        None | Some(Value::Null) => Ok(PathBuf::from(default)),
         Some(Value::String(s)) if !s.is_empty() => Ok(PathBuf::from(s)),
-        Some(Value::String(_)) => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
+        Some(Value::String(_)) => Ok(PathBuf::from(default)),
         Some(other) => Err(Error::config(format!("ipam.dataDir must be a string, got {other}"))),
     }
 }
@@ -330,6 +339,15 @@ mod tests {
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[1].gw.unwrap().to_string(), "10.1.0.254");
         assert_eq!(c.network, "net1");
+    }
+
+    #[test]
+    fn cluster_mode_keeps_its_leases_on_tmpfs_by_default() {
+        let dir = |v: Value| data_dir_of(&v).unwrap();
+        assert_eq!(dir(json!({"cluster": {"mode": "blocks"}})), PathBuf::from(CLUSTER_DEFAULT_DATA_DIR));
+        assert_eq!(dir(json!({"cluster": {"mode": "blocks"}, "dataDir": "/x"})), PathBuf::from("/x"));
+        assert_eq!(dir(json!({"cluster": null})), PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(dir(json!({})), PathBuf::from(DEFAULT_DATA_DIR));
     }
 
     #[test]

@@ -199,6 +199,37 @@ fn a_host_fills_its_block_then_claims_a_second_and_publishes_on_claim_and_gc() {
 }
 
 #[test]
+fn a_freed_address_in_a_full_block_is_reused_before_a_new_claim_and_gc_adopts_unknown_blocks() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let a = Host::new(&etcd, "node-a", json!({"pool": "10.218.0.0/24", "blockSize": 28, "strictAffinity": true}));
+    let first: Vec<String> = (0..14).map(|i| a.add_ok(&format!("c{i}"))).collect();
+    let cached = a.cached_blocks();
+    assert_eq!(cached.len(), 2, "the 14th ADD claimed a second block: {cached:?}");
+    let full_file = a.dir.net_dir(NET).join("blocks.full");
+    assert!(full_file.exists(), "the claim recorded the first block as full");
+    // Freeing an address of the full block makes it the next one handed out
+    // (after the open block fills), not a reason for a third block.
+    a.del("c3").unwrap();
+    assert!(!full_file.exists(), "a release forgets which blocks are full");
+    let second: Vec<String> = (14..27).map(|i| a.add_ok(&format!("c{i}"))).collect();
+    assert!(second.contains(&first[3]), "{} reused: {second:?}", first[3]);
+    assert_eq!(a.cached_blocks().len(), 2, "no third block while an address was free");
+    assert_eq!(blocks(&etcd).len(), 2);
+    a.add_ok("c27");
+    assert_eq!(a.cached_blocks().len(), 3, "both blocks full: a third is claimed");
+
+    // A block of ours that the cache misses (a claim whose answer timed out):
+    // claims list keys only and do not see it; GC adopts it.
+    let lost: ipnetwork::IpNetwork = "10.218.0.240/28".parse().unwrap();
+    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(lost));
+    let value = ipam::cluster::blocks::BlockValue { host: "node-a".into(), exclusive: true, ..Default::default() };
+    etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+    let valid: Vec<String> = (0..28).filter(|i| *i != 3).map(|i| format!("c{i}")).collect();
+    a.gc(&valid.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(a.cached_blocks().contains(&lost.to_string()), "{:?}", a.cached_blocks());
+}
+
+#[test]
 fn fast_path_works_with_etcd_down_and_a_needed_claim_fails_with_code_11_leaving_nothing() {
     let mut etcd = EtcdServer::start().expect("start etcd");
     let a = Host::new(&etcd, "node-a", json!({"pool": "10.212.0.0/24", "blockSize": 28, "strictAffinity": true}));

@@ -19,6 +19,14 @@ use crate::store::StoreError;
 
 pub const CACHE_FILE: &str = "blocks.json";
 const CACHE_TEMP: &str = ".tmp.blocks";
+/// Blocks of the cache known to be full: written when an ADD finds every
+/// block it tried full (just before it claims another), removed before
+/// anything in the store is released. While it exists its blocks have no
+/// free address, so an ADD tries only the others and a claim does not
+/// start with a scan of every address the host holds. Losing it costs one
+/// such scan; a stale one (releases by another tool) costs a block.
+pub const FULL_FILE: &str = "blocks.full";
+const FULL_TEMP: &str = ".tmp.blocks.full";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -83,5 +91,35 @@ impl BlockCache {
             return Err(StoreError::io("write", target, e).into());
         }
         Ok(())
+    }
+}
+
+/// The blocks [`FULL_FILE`] names (none when it is missing or unreadable).
+pub fn read_full(dir: &Path) -> Vec<IpNetwork> {
+    match fs::read(dir.join(FULL_FILE)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Records `blocks` as full. Best effort and without fsync: the file is a
+/// hint whose loss costs time, never an address.
+pub fn write_full(dir: &Path, blocks: &[IpNetwork]) {
+    let tmp = dir.join(FULL_TEMP);
+    let body = serde_json::to_vec(blocks).expect("blocks serialize");
+    if let Err(e) = fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, dir.join(FULL_FILE))) {
+        let _ = fs::remove_file(&tmp);
+        tracing::warn!("cannot record full blocks: {e}");
+    }
+}
+
+/// Forgets which blocks are full: every release calls this first, since
+/// the block it frees an address in is no longer full.
+pub fn clear_full(dir: &Path) -> Result<()> {
+    let p = dir.join(FULL_FILE);
+    match fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("remove", p, e).into()),
     }
 }

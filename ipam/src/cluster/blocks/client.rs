@@ -127,6 +127,17 @@ impl BlockClient {
         Ok(blocks)
     }
 
+    /// The claimed blocks' CIDRs only (no values: a claim needs to know
+    /// what is taken, and the values hold every allocation of the pool).
+    pub async fn list_cidrs(&self) -> Result<Vec<IpNetwork>> {
+        let mut c = self.client.clone();
+        let resp = c
+            .get(self.root.clone(), Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .map_err(|e| self.map("list blocks", e))?;
+        Ok(resp.kvs().iter().filter_map(|kv| parse_block_key(&String::from_utf8_lossy(kv.key()))).collect())
+    }
+
     /// One block, if claimed.
     pub async fn get(&self, cidr: IpNetwork) -> Result<Option<Block>> {
         let mut c = self.client.clone();

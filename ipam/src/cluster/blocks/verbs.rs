@@ -19,7 +19,7 @@ use cni_core::{Attachment, CniResult, Code, Context, Error, IpConfig, Result as 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use super::cache::BlockCache;
+use super::cache::{self, BlockCache};
 use super::client::block_on;
 use super::{
     block_key, block_range, handle, Allocation, Block, BlockClient, BlockError, BlockValue, ClusterConfig, Result,
@@ -113,10 +113,11 @@ fn add_strict(
     cid: &str,
     ifname: &str,
 ) -> CniRes<Vec<IpConfig>> {
+    let mut full = cache::read_full(dir);
     for _ in 0..3 {
-        if !cache.blocks.is_empty() {
-            let set = RangeSet::new(cache.blocks.iter().map(|b| block_range(*b)).collect()).map_err(Error::config)?;
-            conf.range_sets = vec![set];
+        let open: Vec<Range> = cache.blocks.iter().filter(|b| !full.contains(b)).map(|b| block_range(*b)).collect();
+        if !open.is_empty() {
+            conf.range_sets = vec![RangeSet::new(open).map_err(Error::config)?];
             match alloc::allocate_locked(locked, conf, cid, ifname) {
                 Err(e) if e.code == Code::Other(CODE_EXHAUSTED) => {}
                 other => return other,
@@ -124,11 +125,13 @@ fn add_strict(
         }
         // Slow path: our blocks are full (or we have none yet).
         let known = cache.blocks.clone();
-        let got = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, claim_strict(cc, &known, dir))?;
+        let got = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, claim_strict(cc, &known, &full, dir))?;
         cache.blocks.extend(got);
         cache.blocks.sort_by_key(|b| to_u128(b.network()));
         cache.blocks.dedup();
         cache.write(dir)?;
+        cache::write_full(dir, &known);
+        full = known;
     }
     Err(BlockError::Exhausted {
         pool: cc.pool,
@@ -150,22 +153,48 @@ fn block_leases(dir: &Path, cidr: IpNetwork) -> Vec<Lease> {
         .collect()
 }
 
-/// Adopts blocks etcd says are ours but the cache does not know (a lost
-/// cache, or a claim whose answer timed out), else claims a new one; then
-/// publishes our allocations into those of our blocks whose record is
-/// short of a full block (all of them are full locally at this point, so
-/// a complete record is current but for handle churn, which GC publishes).
-async fn claim_strict(cc: &ClusterConfig, known: &[IpNetwork], dir: &Path) -> Result<Vec<IpNetwork>> {
+/// Claims a block for a host whose blocks are all full, then publishes
+/// our allocations into those of our blocks whose record is short of a
+/// full block (all of them are full locally at this point, so a complete
+/// record is current but for handle churn, which GC publishes).
+///
+/// With no block cached (a new host, or a lost cache) it lists every block
+/// with its value and adopts those etcd says are ours instead of claiming.
+/// Otherwise it lists only the taken keys (the values hold every
+/// allocation of the pool) and reads just the blocks that filled since the
+/// last claim (`known` minus `full`); a block that a timed-out claim left
+/// in etcd is adopted by GC.
+async fn claim_strict(
+    cc: &ClusterConfig,
+    known: &[IpNetwork],
+    full: &[IpNetwork],
+    dir: &Path,
+) -> Result<Vec<IpNetwork>> {
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
-    let blocks = client.list().await?;
-    let mine: Vec<Block> = blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).cloned().collect();
+    let (taken, mine) = if known.is_empty() {
+        let blocks = client.list().await?;
+        let mine: Vec<Block> =
+            blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).cloned().collect();
+        (blocks.into_iter().map(|b| b.cidr).collect(), mine)
+    } else {
+        let taken = client.list_cidrs().await?;
+        let mut mine = Vec::new();
+        for cidr in known.iter().filter(|c| !full.contains(c)) {
+            if let Some(b) = client.get(*cidr).await? {
+                if b.value.host == cc.host {
+                    mine.push(b);
+                }
+            }
+        }
+        (taken, mine)
+    };
     let adopted: Vec<IpNetwork> = mine.iter().map(|b| b.cidr).filter(|c| !known.contains(c)).collect();
     let new = if !adopted.is_empty() {
         tracing::info!(?adopted, "adopting blocks of this host found in etcd");
         adopted
     } else {
         let base = BlockValue { host: cc.host.clone(), exclusive: true, allocations: BTreeMap::new() };
-        match claim_new(&client, cc, &blocks, |_| Some(base.clone())).await? {
+        match claim_new(&client, cc, &taken, |_| Some(base.clone())).await? {
             Some(b) => vec![b.cidr],
             None => {
                 return Err(BlockError::Exhausted {
@@ -175,7 +204,7 @@ async fn claim_strict(cc: &ClusterConfig, known: &[IpNetwork], dir: &Path) -> Re
                         "every /{} block is claimed, this host's {} block(s) are full, and strictAffinity is true \
                          (no borrowing from other hosts)",
                         cc.block_size,
-                        mine.len()
+                        known.len().max(mine.len())
                     ),
                 })
             }
@@ -191,8 +220,8 @@ async fn claim_strict(cc: &ClusterConfig, known: &[IpNetwork], dir: &Path) -> Re
     let leases: Vec<Lease> = stale.iter().flat_map(|b| block_leases(dir, b.cidr)).collect();
     match tokio::time::timeout(PUBLISH_BUDGET, publish(&client, cc, &stale, &leases)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("publishing allocations to etcd failed (next claim or GC retries): {e}"),
-        Err(_) => tracing::warn!("publishing allocations to etcd timed out (next claim or GC retries)"),
+        Ok(Err(e)) => tracing::warn!("publishing allocations to etcd failed (the next GC retries): {e}"),
+        Err(_) => tracing::warn!("publishing allocations to etcd timed out (the next GC retries)"),
     }
     Ok(new)
 }
@@ -239,15 +268,15 @@ fn start_index(host: &str, n: u128) -> u128 {
 async fn claim_new(
     client: &BlockClient,
     cc: &ClusterConfig,
-    blocks: &[Block],
+    claimed: &[IpNetwork],
     make: impl Fn(IpNetwork) -> Option<BlockValue>,
 ) -> Result<Option<Block>> {
-    let taken: HashSet<u128> = blocks.iter().map(|b| to_u128(b.cidr.network())).collect();
+    let taken: HashSet<u128> = claimed.iter().map(|c| to_u128(c.network())).collect();
     // Records of another size (a changed blockSize) must not be overlapped.
-    let odd: Vec<(u128, u128)> = blocks
+    let odd: Vec<(u128, u128)> = claimed
         .iter()
-        .filter(|b| b.cidr.prefix() != cc.block_size && b.cidr.is_ipv4() == cc.pool.is_ipv4())
-        .map(|b| (to_u128(b.cidr.network()), to_u128(b.cidr.broadcast())))
+        .filter(|c| c.prefix() != cc.block_size && c.is_ipv4() == cc.pool.is_ipv4())
+        .map(|c| (to_u128(c.network()), to_u128(c.broadcast())))
         .collect();
     let overlaps_odd = |c: IpNetwork| {
         let (lo, hi) = (to_u128(c.network()), to_u128(c.broadcast()));
@@ -372,7 +401,8 @@ async fn allocate_shared(
         v.allocations.insert(ip, rec.clone());
         Some(v)
     };
-    if let Some(b) = claim_new(&client, cc, &blocks, make).await? {
+    let claimed: Vec<IpNetwork> = blocks.iter().map(|b| b.cidr).collect();
+    if let Some(b) = claim_new(&client, cc, &claimed, make).await? {
         let ip = *b.value.allocations.keys().next().expect("made with one allocation");
         own.push(b.cidr);
         own.sort_by_key(|c| to_u128(c.network()));
@@ -445,6 +475,7 @@ pub fn del(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let store = crate::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
     let h = handle(&ctx.container_id, &ctx.ifname);
+    cache::clear_full(store.dir())?;
     if cc.strict_affinity {
         let released = locked.release(&ctx.container_id, &ctx.ifname)?;
         let cache = BlockCache::read(store.dir(), cc)?;
@@ -486,20 +517,35 @@ pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()>
     let (data_dir, network) = crate::config::store_location(ctx)?;
     let store = crate::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
+    cache::clear_full(store.dir())?;
     let local = alloc::gc_locked(&*locked, valid);
     let leases = locked.leases()?;
     let valid: HashSet<String> = valid.iter().map(|a| handle(&a.container_id, &a.ifname)).collect();
     let remote = block_on(&cc.etcd.endpoints, GC_DEADLINE, gc_etcd(cc, &valid, &leases));
     let report = local?;
-    let freed = remote?;
+    let (freed, ours) = remote?;
+    // Blocks of ours the cache misses (a claim whose answer timed out).
+    let mut cache = BlockCache::read(store.dir(), cc)?;
+    let missing: Vec<IpNetwork> = ours.into_iter().filter(|b| !cache.blocks.contains(b)).collect();
+    if !missing.is_empty() {
+        tracing::info!(?missing, "adopting blocks of this host found in etcd");
+        cache.blocks.extend(missing);
+        cache.blocks.sort_by_key(|b| to_u128(b.network()));
+        cache.write(store.dir())?;
+    }
     tracing::info!(released = report.released.len(), kept = report.kept, etcd_freed = freed, "GC done");
     Ok(())
 }
 
-async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) -> Result<usize> {
+/// Drops invalid records of this host; returns how many, and this host's blocks.
+async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) -> Result<(usize, Vec<IpNetwork>)> {
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
     let mut freed = 0;
+    let mut ours = Vec::new();
     for b in client.list().await? {
+        if b.value.host == cc.host && cc.is_block(b.cidr) {
+            ours.push(b.cidr);
+        }
         let local: BTreeMap<IpAddr, Allocation> = leases
             .iter()
             .filter(|l| b.cidr.contains(l.ip))
@@ -521,5 +567,5 @@ async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) 
             .await?;
         freed += dropped;
     }
-    Ok(freed)
+    Ok((freed, ours))
 }
