@@ -10,24 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, conf, subnet_of, Overlay};
-use conformance::lab::{ContainerId, HostId, Lab, Node};
+use common::{bin, conf, subnet_of, udp_source, Overlay};
+use conformance::lab::{ContainerId, HostId, Node};
 use serde_json::json;
-
-/// The source address a UDP receiver in `to` sees for a datagram from `from`.
-fn udp_source(lab: &Lab, from: ContainerId, to: ContainerId, to_ip: Ipv4Addr) -> String {
-    let port = 40000 + std::process::id() % 20000;
-    let recv = format!(
-        "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',{port}));s.settimeout(5);d,a=s.recvfrom(64);print(a[0])"
-    );
-    let g = lab.spawn(to, "python3", &["-c", &recv], &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let send =
-        format!("import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.sendto(b'x',('{to_ip}',{port}))");
-    lab.exec_ok(from, &["python3", "-c", &send]).unwrap();
-    g.wait_timeout(Duration::from_secs(6));
-    g.log().trim().to_string()
-}
 
 #[test]
 fn containers_on_three_hosts_talk_over_vxlan_and_hosts_join_and_leave() {
@@ -59,8 +44,11 @@ fn containers_on_three_hosts_talk_over_vxlan_and_hosts_join_and_leave() {
     let seen = cap.wait();
     assert!(seen.contains(".8472"), "no VXLAN packet on the underlay: {seen}");
 
-    // --ip-masq masquerades only traffic leaving the Network: container sources survive between hosts.
-    assert_eq!(udp_source(&o.lab, ctrs[0].0, ctrs[1].0, ctrs[1].1), ctrs[0].1.to_string());
+    // --ip-masq masquerades only traffic leaving the Network: container sources survive between hosts,
+    // while a datagram to another host's underlay address leaves with its host's address.
+    assert_eq!(udp_source(&o.lab, ctrs[0].0, ctrs[1].0, ctrs[1].1.into()), ctrs[0].1.to_string());
+    let h1_ip = o.lab.host_ip(hosts[1]);
+    assert_eq!(udp_source(&o.lab, ctrs[0].0, hosts[1], h1_ip.into()), o.lab.host_ip(hosts[0]).to_string());
 
     // A fourth host joins and is reachable from all.
     let h4 = o.lab.host(seg).unwrap();

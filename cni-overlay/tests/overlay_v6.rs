@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bin, subnet6_of, subnet_of, Overlay};
+use common::{bin, subnet6_of, subnet_of, udp_source, Overlay};
 use conformance::lab::HostId;
 use serde_json::{json, Value};
 
@@ -125,6 +125,13 @@ fn dual_stack_containers_ping6_across_hosts_over_ipv6_vxlan() {
     let ip3 = ctrs[2].1.iter().find(|ip| ip.is_ipv4()).copied().unwrap();
     assert!(o.lab.ping_until(ctrs[0].0, ip3, Duration::from_secs(5)), "IPv4 across the router");
     assert!(cap4.wait().contains(".8472"));
+    // --ip-masq for IPv6: the source survives between containers (across the router), and a
+    // datagram leaving IPv6Network (to h2's underlay address) leaves with h1's address.
+    let src = udp_source(&o.lab, ctrs[0].0, ctrs[2].0, v6(&ctrs[2].1).into());
+    assert_eq!(src, v6(&ctrs[0].1).to_string(), "container IPv6 source preserved");
+    let h2_ip6 = o.lab.host_ip6(h2).unwrap();
+    let src = udp_source(&o.lab, ctrs[0].0, h2, h2_ip6.into());
+    assert_eq!(src, o.lab.host_ip6(h1).unwrap().to_string(), "IPv6 leaving the network is masqueraded");
 
     // The largest IPv6 packet the MTU allows goes through unfragmented (1430 - 40 - 8 = 1382
     // bytes of payload), one byte more is refused locally.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conformance::lab::{ContainerId, HostId, Lab, ProcessGuard};
+use conformance::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
 use serde_json::{json, Value};
 
 pub fn bin() -> PathBuf {
@@ -176,4 +176,21 @@ pub fn subnet6_of(env: &str) -> String {
     let (ip, len) = line["FLANNEL_IPV6_SUBNET=".len()..].split_once('/').unwrap();
     let ip: std::net::Ipv6Addr = ip.parse().unwrap();
     format!("{}/{len}", std::net::Ipv6Addr::from(u128::from(ip) - 1))
+}
+
+/// The source address a UDP receiver in `to` sees for a datagram that
+/// `from` sends to `to_ip` (either family).
+pub fn udp_source(lab: &Lab, from: impl Into<Node>, to: impl Into<Node>, to_ip: IpAddr) -> String {
+    let port = 40000 + std::process::id() % 20000;
+    let (family, any) = if to_ip.is_ipv4() { ("AF_INET", "0.0.0.0") } else { ("AF_INET6", "::") };
+    let recv = format!(
+        "import socket;s=socket.socket(socket.{family},socket.SOCK_DGRAM);s.bind(('{any}',{port}));s.settimeout(5);d,a=s.recvfrom(64);print(a[0])"
+    );
+    let g = lab.spawn(to, "python3", &["-c", &recv], &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let send =
+        format!("import socket;s=socket.socket(socket.{family},socket.SOCK_DGRAM);s.sendto(b'x',('{to_ip}',{port}))");
+    lab.exec_ok(from, &["python3", "-c", &send]).unwrap();
+    g.wait_timeout(Duration::from_secs(6));
+    g.log().trim().to_string()
 }
