@@ -190,6 +190,12 @@ pub struct Tput {
     pub veth_gbps: f64,
     pub overlay_gbps: f64,
     pub overlay_mtu: String,
+    /// Where the overlay's cost goes: two containers on one host through
+    /// cni0 (no VXLAN), and host to host on the underlay (no bridge).
+    pub bridge_gbps: f64,
+    pub underlay_gbps: f64,
+    /// net.ipv4.tcp_congestion_control (bbr vs cubic alone moves the veth baseline by half).
+    pub congestion_control: String,
 }
 
 pub struct Alloc {
@@ -259,12 +265,29 @@ impl Report {
         }
         if let Some(t) = &self.throughput {
             let ratio = t.overlay_gbps / t.veth_gbps;
-            let _ = writeln!(s, "== throughput: iperf3 TCP, one stream");
+            let _ = writeln!(
+                s,
+                "== throughput: iperf3 TCP, one stream, medians of alternating rounds (congestion control {})",
+                t.congestion_control
+            );
             let _ = writeln!(s, "veth pair between two netns (MTU 1500)        {:>8.2} Gbit/s", t.veth_gbps);
             let _ = writeln!(
                 s,
-                "overlay, containers on two hosts (MTU {:>4})   {:>8.2} Gbit/s",
-                t.overlay_mtu, t.overlay_gbps
+                "containers on one host through cni0           {:>8.2} Gbit/s  (bridge + veth hops, no VXLAN)",
+                t.bridge_gbps
+            );
+            let _ = writeln!(
+                s,
+                "host to host on the underlay (MTU 1500)       {:>8.2} Gbit/s  (lab switch, no bridge, no VXLAN)",
+                t.underlay_gbps
+            );
+            let _ = writeln!(
+                s,
+                "overlay, containers on two hosts (MTU {:>4})   {:>8.2} Gbit/s  ({:.2}x the underlay, {:.2}x one host's bridge)",
+                t.overlay_mtu,
+                t.overlay_gbps,
+                t.overlay_gbps / t.underlay_gbps,
+                t.overlay_gbps / t.bridge_gbps
             );
             let _ = writeln!(
                 s,
@@ -334,6 +357,8 @@ impl Report {
             })).collect::<Vec<_>>(),
             "throughput": self.throughput.as_ref().map(|t| json!({
                 "vethGbps": t.veth_gbps, "overlayGbps": t.overlay_gbps,
+                "bridgeGbps": t.bridge_gbps, "underlayGbps": t.underlay_gbps,
+                "congestionControl": t.congestion_control,
                 "overlayMtu": t.overlay_mtu, "ratio": t.overlay_gbps / t.veth_gbps,
             })),
             "allocations": self.alloc.as_ref().map(|a| json!({
@@ -506,14 +531,35 @@ fn throughput(bin: &Path, secs: u32) -> R<Tput> {
     o.lab.exec_ok(b, &["ip", "addr", "add", "10.255.0.2/30", "dev", "v1"])?;
     o.lab.exec_ok(b, &["ip", "link", "set", "v1", "up"])?;
     ensure!(o.lab.ping_until(a, Ipv4Addr::new(10, 255, 0, 2), Duration::from_secs(5)), "veth pair does not ping");
-    let veth = iperf(&o.lab, b.into(), a.into(), Ipv4Addr::new(10, 255, 0, 2), secs)?;
     // Overlay: containers on two hosts.
     let (c1, _, _) = o.container(h1)?;
     let (c2, ip2, _) = o.container(h2)?;
     ensure!(o.lab.ping_until(c1, ip2, Duration::from_secs(10)), "overlay containers do not ping");
     let mtu = o.lab.exec_ok(c1, &["cat", "/sys/class/net/eth0/mtu"])?.trim().to_string();
-    let overlay = iperf(&o.lab, c2.into(), c1.into(), ip2, secs)?;
-    Ok(Tput { veth_gbps: veth, overlay_gbps: overlay, overlay_mtu: mtu })
+    // Decomposition: a second container on h1 (bridge path), and the hosts themselves.
+    let (c3, ip3, _) = o.container(h1)?;
+    ensure!(o.lab.ping_until(c1, ip3, Duration::from_secs(10)), "containers on one host do not ping");
+    let h1_ip = o.lab.host_ip(h1);
+    // One sample of each path is at the mercy of whatever else the machine
+    // runs (back-to-back single samples of one setup ranged over ratios
+    // 0.55-0.85): alternate the paths and keep each one's median.
+    const ROUNDS: usize = 3;
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    for _ in 0..ROUNDS {
+        samples[0].push(iperf(&o.lab, b.into(), a.into(), Ipv4Addr::new(10, 255, 0, 2), secs)?);
+        samples[1].push(iperf(&o.lab, c3.into(), c1.into(), ip3, secs)?);
+        samples[2].push(iperf(&o.lab, h1.into(), h2.into(), h1_ip, secs)?);
+        samples[3].push(iperf(&o.lab, c2.into(), c1.into(), ip2, secs)?);
+    }
+    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
+    Ok(Tput {
+        veth_gbps: median(&samples[0]),
+        bridge_gbps: median(&samples[1]),
+        underlay_gbps: median(&samples[2]),
+        overlay_gbps: median(&samples[3]),
+        overlay_mtu: mtu,
+        congestion_control: cc.trim().to_string(),
+    })
 }
 
 // ---------------------------------------------------------------- allocations
