@@ -288,6 +288,17 @@ fn non_strict_hosts_borrow_when_the_pool_is_exhausted_and_del_frees_borrowed_add
     // Every allocation is recorded in etcd at once, with its handle.
     let recs = etcd_allocations(&etcd);
     assert_eq!(recs[&ip_of(&a0).parse::<IpAddr>().unwrap()], ("node-a".into(), "a0/eth0".into()));
+    // An ADD retried after its answer was lost (etcd has the record, the local store has not)
+    // gets the recorded address, found on the fast path through a's cached block.
+    let mut blk = blocks(&etcd).into_iter().find(|x| x.value.host == "node-a").unwrap();
+    let lost: IpAddr = ipam::cluster::blocks::block_addresses(blk.cidr).last().unwrap();
+    blk.value
+        .allocations
+        .insert(lost, ipam::cluster::blocks::Allocation { handle: "lost/eth0".into(), host: "node-a".into() });
+    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(blk.cidr));
+    etcd.etcdctl(&["put", &key, &blk.value.to_json()]).unwrap();
+    assert_eq!(ip_of(&a.add_ok("lost")), lost.to_string());
+    assert_eq!(etcd_allocations(&etcd).len(), 3, "no second record for the retried ADD");
 
     // c has no block and none is left: it borrows one address.
     let r = c.add("c0").unwrap();
@@ -310,7 +321,7 @@ fn non_strict_hosts_borrow_when_the_pool_is_exhausted_and_del_frees_borrowed_add
     let e = a.add("a-last").unwrap_err();
     assert_eq!(e.code, Code::Other(ipam::CODE_EXHAUSTED), "{e}");
     assert!(e.msg.contains("no IP addresses available in pool 10.213.0.0/27"), "{e}");
-    assert!(a.local().len() == 1);
+    assert_eq!(a.local().len(), 2, "a0 and lost");
 
     // DEL of a borrowed address frees it in etcd, and its owner can use it.
     c.del("c0").unwrap();

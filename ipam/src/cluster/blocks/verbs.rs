@@ -319,7 +319,7 @@ fn add_shared(
     let h = handle(cid, ifname);
     // A stale local lease must not be handed out twice.
     let taken = |ip: IpAddr| locked.is_reserved(ip).unwrap_or(true);
-    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken))?;
+    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken, &cache.blocks))?;
     let undo = |e: Error| -> Error {
         if let Err(re) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h)) {
             tracing::error!(%ip, "rollback of the etcd allocation failed (GC will free it): {re}");
@@ -367,14 +367,41 @@ async fn try_take(
     Ok(picked)
 }
 
+/// How many of its cached blocks a non-strict ADD tries one by one before
+/// it lists every block of the pool.
+const SHARED_FAST_TRIES: usize = 2;
+
 /// The etcd side of a non-strict ADD. Returns the address and the host's
 /// blocks afterwards.
+///
+/// Fast path: the host's last [`SHARED_FAST_TRIES`] cached blocks (the
+/// highest addresses, where claims go first) are read one key each and
+/// the address taken by CAS, as long as they have room. Otherwise (no
+/// cache, or they are full) every block of the pool is listed with its
+/// value, which costs more the more the pool holds.
 async fn allocate_shared(
     cc: &ClusterConfig,
     h: &str,
     taken: &dyn Fn(IpAddr) -> bool,
+    cached: &[IpNetwork],
 ) -> Result<(IpAddr, Vec<IpNetwork>)> {
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
+    let is_mine = |v: &BlockValue| v.host == cc.host;
+    for cidr in cached.iter().rev().take(SHARED_FAST_TRIES) {
+        let Some(b) = client.get(*cidr).await? else { continue };
+        if !is_mine(&b.value) {
+            continue;
+        }
+        if let Some((ip, _)) = b.value.allocations.iter().find(|(_, a)| a.host == cc.host && a.handle == h) {
+            tracing::info!(%ip, block = %b.cidr, "etcd already records an address for this attachment; reusing it");
+            return Ok((*ip, cached.to_vec()));
+        }
+        if let Some(ip) = try_take(&client, &b, &rec, taken, &is_mine).await? {
+            return Ok((ip, cached.to_vec()));
+        }
+    }
+
     let blocks = client.list().await?;
     let mut own: Vec<IpNetwork> =
         blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
@@ -385,9 +412,6 @@ async fn allocate_shared(
             return Ok((*ip, own));
         }
     }
-    let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
-
-    let is_mine = |v: &BlockValue| v.host == cc.host;
     for b in blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)) {
         if let Some(ip) = try_take(&client, b, &rec, taken, &is_mine).await? {
             return Ok((ip, own));
