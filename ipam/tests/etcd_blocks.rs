@@ -89,6 +89,19 @@ fn etcd_allocations(etcd: &EtcdServer) -> BTreeMap<IpAddr, (String, String)> {
         .collect()
 }
 
+/// Writes straight into etcd a record of `host` for `handle` at the last
+/// address of `host`'s first block, as a plugin killed between its etcd and
+/// its local write leaves it. Returns the address.
+fn plant_record(etcd: &EtcdServer, host: &str, handle: &str) -> IpAddr {
+    let mut blk = blocks(etcd).into_iter().find(|x| x.value.host == host).unwrap();
+    let ip: IpAddr = ipam::cluster::blocks::block_addresses(blk.cidr).last().unwrap();
+    let rec = ipam::cluster::blocks::Allocation { handle: handle.into(), host: host.into() };
+    blk.value.allocations.insert(ip, rec);
+    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(blk.cidr));
+    etcd.etcdctl(&["put", &key, &blk.value.to_json()]).unwrap();
+    ip
+}
+
 fn in_block(addr: &str, block: &str) -> bool {
     let block: ipnetwork::IpNetwork = block.parse().unwrap();
     block.contains(ip_of(addr).parse().unwrap())
@@ -290,13 +303,7 @@ fn non_strict_hosts_borrow_when_the_pool_is_exhausted_and_del_frees_borrowed_add
     assert_eq!(recs[&ip_of(&a0).parse::<IpAddr>().unwrap()], ("node-a".into(), "a0/eth0".into()));
     // An ADD retried after its answer was lost (etcd has the record, the local store has not)
     // gets the recorded address, found on the fast path through a's cached block.
-    let mut blk = blocks(&etcd).into_iter().find(|x| x.value.host == "node-a").unwrap();
-    let lost: IpAddr = ipam::cluster::blocks::block_addresses(blk.cidr).last().unwrap();
-    blk.value
-        .allocations
-        .insert(lost, ipam::cluster::blocks::Allocation { handle: "lost/eth0".into(), host: "node-a".into() });
-    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(blk.cidr));
-    etcd.etcdctl(&["put", &key, &blk.value.to_json()]).unwrap();
+    let lost = plant_record(&etcd, "node-a", "lost/eth0");
     assert_eq!(ip_of(&a.add_ok("lost")), lost.to_string());
     assert_eq!(etcd_allocations(&etcd).len(), 3, "no second record for the retried ADD");
 
@@ -412,13 +419,7 @@ fn gc_frees_orphans_in_etcd_and_locally() {
     }
     b.add_ok("b0");
     // A record of node-a with no local lease (e.g. an ADD whose answer was lost).
-    let mut blk = blocks(&etcd).into_iter().find(|x| x.value.host == "node-a").unwrap();
-    let stray: IpAddr = ipam::cluster::blocks::block_addresses(blk.cidr).last().unwrap();
-    blk.value
-        .allocations
-        .insert(stray, ipam::cluster::blocks::Allocation { handle: "gone/eth0".into(), host: "node-a".into() });
-    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(blk.cidr));
-    etcd.etcdctl(&["put", &key, &blk.value.to_json()]).unwrap();
+    plant_record(&etcd, "node-a", "gone/eth0");
 
     a.gc(&["a1"]).unwrap();
     let recs = etcd_allocations(&etcd);
