@@ -212,7 +212,7 @@ fn a_host_fills_its_block_then_claims_a_second_and_publishes_on_claim_and_gc() {
 }
 
 #[test]
-fn a_freed_address_in_a_full_block_is_reused_before_a_new_claim_and_gc_adopts_unknown_blocks() {
+fn a_freed_address_in_a_full_block_is_reused_before_a_new_claim_and_gc_handles_unknown_blocks() {
     let etcd = EtcdServer::start().expect("start etcd");
     let a = Host::new(&etcd, "node-a", json!({"pool": "10.218.0.0/24", "blockSize": 28, "strictAffinity": true}));
     let first: Vec<String> = (0..14).map(|i| a.add_ok(&format!("c{i}"))).collect();
@@ -231,15 +231,81 @@ fn a_freed_address_in_a_full_block_is_reused_before_a_new_claim_and_gc_adopts_un
     a.add_ok("c27");
     assert_eq!(a.cached_blocks().len(), 3, "both blocks full: a third is claimed");
 
-    // A block of ours that the cache misses (a claim whose answer timed out):
-    // claims list keys only and do not see it; GC adopts it.
-    let lost: ipnetwork::IpNetwork = "10.218.0.240/28".parse().unwrap();
-    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(lost));
-    let value = ipam::cluster::blocks::BlockValue { host: "node-a".into(), exclusive: true, ..Default::default() };
-    etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+    // A block of ours that the cache misses (a claim whose answer timed out): claims list
+    // keys only and do not see it. It is empty (strict records mirror the local leases), so
+    // GC gives it back instead of leaving it claimed for ever.
+    let put_block = |cidr: &str, host: &str, exclusive: bool, handle: Option<&str>| {
+        let cidr: ipnetwork::IpNetwork = cidr.parse().unwrap();
+        let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(cidr));
+        let mut value = ipam::cluster::blocks::BlockValue { host: host.into(), exclusive, ..Default::default() };
+        if let Some(h) = handle {
+            let ip = ipam::cluster::blocks::block_addresses(cidr).next().unwrap();
+            value.allocations.insert(ip, ipam::cluster::blocks::Allocation { handle: h.into(), host: host.into() });
+        }
+        etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+        cidr.to_string()
+    };
+    let lost = put_block("10.218.0.240/28", "node-a", true, None);
     let valid: Vec<String> = (0..28).filter(|i| *i != 3).map(|i| format!("c{i}")).collect();
     a.gc(&valid.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    assert!(a.cached_blocks().contains(&lost.to_string()), "{:?}", a.cached_blocks());
+    assert!(!a.cached_blocks().contains(&lost), "{:?}", a.cached_blocks());
+    assert!(!blocks(&etcd).iter().any(|b| b.cidr.to_string() == lost), "given back");
+    // Non-strict, the lost block holds the retried ADD's record: GC adopts it.
+    let n = Host::new(&etcd, "node-n", json!({"pool": "10.218.1.0/24", "blockSize": 28}));
+    n.add_ok("n0");
+    let lost = put_block("10.218.1.240/28", "node-n", false, Some("n1/eth0"));
+    n.gc(&["n0", "n1"]).unwrap();
+    assert!(n.cached_blocks().contains(&lost), "{:?}", n.cached_blocks());
+}
+
+#[test]
+fn gc_gives_empty_blocks_back_but_keeps_one_and_never_one_a_borrower_uses() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    // strictAffinity: 14 ADDs take two /28 blocks; with c13 gone the second is empty.
+    let a = Host::new(&etcd, "node-a", json!({"pool": "10.219.0.0/24", "blockSize": 28, "strictAffinity": true}));
+    let ids: Vec<String> = (0..14).map(|i| format!("c{i}")).collect();
+    for id in &ids {
+        a.add_ok(id);
+    }
+    let before = a.cached_blocks();
+    assert_eq!(before.len(), 2);
+    a.del("c13").unwrap();
+    a.gc(&ids[..13].iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let after = a.cached_blocks();
+    assert_eq!(after.len(), 1, "the empty block was given back: {after:?}");
+    let in_etcd: Vec<String> = blocks(&etcd).iter().map(|b| b.cidr.to_string()).collect();
+    assert_eq!(in_etcd, after, "etcd and the cache agree");
+    assert_eq!(etcd_allocations(&etcd).len(), 13, "the full block's records are intact");
+    // The full block makes the next ADD claim again; then everything goes: of two empty
+    // blocks the host keeps one, the highest (where its claims go last).
+    a.add_ok("late");
+    let two = a.cached_blocks();
+    assert_eq!(two.len(), 2);
+    for id in ids[..13].iter().map(String::as_str).chain(["late"]) {
+        a.del(id).unwrap();
+    }
+    a.gc(&[]).unwrap();
+    let highest = two.iter().max_by_key(|b| b.parse::<ipnetwork::IpNetwork>().unwrap().network()).unwrap();
+    assert_eq!(a.cached_blocks(), std::slice::from_ref(highest));
+    assert_eq!(blocks(&etcd).len(), 1);
+    assert!(etcd_allocations(&etcd).is_empty());
+
+    // Non-strict: a block another host borrows from is not empty, so it stays.
+    let cluster = json!({"pool": "10.219.1.0/27", "blockSize": 28});
+    let (p, q) = (Host::new(&etcd, "node-p", cluster.clone()), Host::new(&etcd, "node-q", cluster));
+    for id in &ids {
+        p.add_ok(id);
+    }
+    assert_eq!(p.cached_blocks().len(), 2, "p owns both blocks of its pool");
+    p.del("c13").unwrap();
+    let borrowed = q.add_ok("q0");
+    assert!(borrowed.ends_with("/32"), "q borrows: {borrowed}");
+    p.gc(&ids[..13].iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert_eq!(p.cached_blocks().len(), 2, "a borrowed address keeps the block");
+    q.del("q0").unwrap();
+    p.gc(&ids[..13].iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert_eq!(p.cached_blocks().len(), 1, "empty once the borrower left: given back");
+    assert!(q.add_ok("q1").ends_with("/28"), "q can now claim the freed block as its own");
 }
 
 #[test]

@@ -536,7 +536,8 @@ pub fn status(ctx: &Context, _cc: &ClusterConfig) -> CniRes<()> {
 
 /// GC: the local GC, then in etcd every record of this host whose handle
 /// is not valid is dropped; under strictAffinity our blocks' records are
-/// replaced by the local leases (the batch publish).
+/// replaced by the local leases (the batch publish). Empty blocks but one
+/// go back to the pool; the cache follows etcd.
 pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()> {
     let (data_dir, network) = crate::config::store_location(ctx)?;
     let store = crate::disk_store(&data_dir, &network)?;
@@ -547,36 +548,61 @@ pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()>
     let valid: HashSet<String> = valid.iter().map(|a| handle(&a.container_id, &a.ifname)).collect();
     let remote = block_on(&cc.etcd.endpoints, GC_DEADLINE, gc_etcd(cc, &valid, &leases));
     let report = local?;
-    let (freed, ours) = remote?;
-    // Blocks of ours the cache misses (a claim whose answer timed out).
+    let outcome = remote?;
+    // Blocks of ours the cache misses (a claim whose answer timed out), and
+    // blocks given back.
     let mut cache = BlockCache::read(store.dir(), cc)?;
-    let missing: Vec<IpNetwork> = ours.into_iter().filter(|b| !cache.blocks.contains(b)).collect();
-    if !missing.is_empty() {
-        tracing::info!(?missing, "adopting blocks of this host found in etcd");
+    let missing: Vec<IpNetwork> = outcome.ours.iter().copied().filter(|b| !cache.blocks.contains(b)).collect();
+    if !missing.is_empty() || cache.blocks.iter().any(|b| outcome.released.contains(b)) {
+        if !missing.is_empty() {
+            tracing::info!(?missing, "adopting blocks of this host found in etcd");
+        }
+        cache.blocks.retain(|b| !outcome.released.contains(b));
         cache.blocks.extend(missing);
         cache.blocks.sort_by_key(|b| to_u128(b.network()));
         cache.write(store.dir())?;
     }
-    tracing::info!(released = report.released.len(), kept = report.kept, etcd_freed = freed, "GC done");
+    tracing::info!(
+        released = report.released.len(),
+        kept = report.kept,
+        etcd_freed = outcome.freed,
+        blocks_released = outcome.released.len(),
+        "GC done"
+    );
     Ok(())
 }
 
-/// Drops invalid records of this host; returns how many, and this host's blocks.
-async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) -> Result<(usize, Vec<IpNetwork>)> {
+/// What the etcd part of a GC did.
+struct GcOutcome {
+    /// Records of this host dropped.
+    freed: usize,
+    /// This host's blocks afterwards.
+    ours: Vec<IpNetwork>,
+    /// This host's blocks given back to the pool.
+    released: Vec<IpNetwork>,
+}
+
+/// Drops invalid records of this host (under strictAffinity: rewrites our
+/// blocks from the local leases), then gives back every block of this host
+/// that is empty in etcd and locally, but one: a host keeps at least one
+/// block, so a quiet host does not claim anew for its next container.
+/// Like Calico's release of empty blocks, without its grace period: GC
+/// holds the local lock, so no ADD of this host races it, and the delete
+/// is a CAS, so a borrower's CAS in between keeps the block.
+async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) -> Result<GcOutcome> {
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
     let mut freed = 0;
-    let mut ours = Vec::new();
+    // This host's blocks as written, and whether the local store has no lease in them.
+    let mut ours: Vec<(Block, bool)> = Vec::new();
     for b in client.list().await? {
-        if b.value.host == cc.host && cc.is_block(b.cidr) {
-            ours.push(b.cidr);
-        }
         let local: BTreeMap<IpAddr, Allocation> = leases
             .iter()
             .filter(|l| b.cidr.contains(l.ip))
             .map(|l| (l.ip, Allocation { handle: owner_handle(&l.owner), host: cc.host.clone() }))
             .collect();
+        let local_empty = local.is_empty();
         let mut dropped = 0;
-        client
+        let now = client
             .modify(b, |cur| {
                 let mut v = cur.value.clone();
                 if cc.strict_affinity && cur.value.host == cc.host {
@@ -590,6 +616,23 @@ async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) 
             })
             .await?;
         freed += dropped;
+        if let Some(now) = now.filter(|n| n.value.host == cc.host && cc.is_block(n.cidr)) {
+            ours.push((now, local_empty));
+        }
     }
-    Ok((freed, ours))
+    let empty = |(b, local_empty): &&(Block, bool)| *local_empty && b.value.allocations.is_empty();
+    let mut keep_one = ours.iter().all(|o| empty(&o));
+    let mut released = Vec::new();
+    // Highest addresses first: the one kept is where this host's claims went last.
+    for (b, _) in ours.iter().rev().filter(empty) {
+        if std::mem::take(&mut keep_one) {
+            continue;
+        }
+        if client.delete(b).await? {
+            tracing::info!(block = %b.cidr, "gave an empty block back to the pool");
+            released.push(b.cidr);
+        }
+    }
+    let ours = ours.into_iter().map(|(b, _)| b.cidr).filter(|c| !released.contains(c)).collect();
+    Ok(GcOutcome { freed, ours, released })
 }
