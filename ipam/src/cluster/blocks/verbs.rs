@@ -177,39 +177,23 @@ async fn claim_strict(
             blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).cloned().collect();
         (blocks.into_iter().map(|b| b.cidr).collect(), mine)
     } else {
-        let taken = client.list_cidrs().await?;
-        let mut mine = Vec::new();
-        for cidr in known.iter().filter(|c| !full.contains(c)) {
-            if let Some(b) = client.get(*cidr).await? {
-                if b.value.host == cc.host {
-                    mine.push(b);
+        // Concurrent requests on the one connection: the keys, and the blocks that filled.
+        let filled = async {
+            let mut mine = Vec::new();
+            for cidr in known.iter().filter(|c| !full.contains(c)) {
+                if let Some(b) = client.get(*cidr).await? {
+                    if b.value.host == cc.host {
+                        mine.push(b);
+                    }
                 }
             }
-        }
-        (taken, mine)
+            Ok::<_, BlockError>(mine)
+        };
+        let (taken, mine) = tokio::join!(client.list_cidrs(), filled);
+        (taken?, mine?)
     };
     let adopted: Vec<IpNetwork> = mine.iter().map(|b| b.cidr).filter(|c| !known.contains(c)).collect();
-    let new = if !adopted.is_empty() {
-        tracing::info!(?adopted, "adopting blocks of this host found in etcd");
-        adopted
-    } else {
-        let base = BlockValue { host: cc.host.clone(), exclusive: true, allocations: BTreeMap::new() };
-        match claim_new(&client, cc, &taken, |_| Some(base.clone())).await? {
-            Some(b) => vec![b.cidr],
-            None => {
-                return Err(BlockError::Exhausted {
-                    pool: cc.pool,
-                    host: cc.host.clone(),
-                    detail: format!(
-                        "every /{} block is claimed, this host's {} block(s) are full, and strictAffinity is true \
-                         (no borrowing from other hosts)",
-                        cc.block_size,
-                        known.len().max(mine.len())
-                    ),
-                })
-            }
-        }
-    };
+    let owned = known.len().max(mine.len());
     let stale: Vec<Block> = mine
         .into_iter()
         .filter(|b| {
@@ -218,12 +202,35 @@ async fn claim_strict(
         })
         .collect();
     let leases: Vec<Lease> = stale.iter().flat_map(|b| block_leases(dir, b.cidr)).collect();
-    match tokio::time::timeout(PUBLISH_BUDGET, publish(&client, cc, &stale, &leases)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("publishing allocations to etcd failed (the next GC retries): {e}"),
-        Err(_) => tracing::warn!("publishing allocations to etcd timed out (the next GC retries)"),
-    }
-    Ok(new)
+    // The claim and the publish touch different keys: both at once.
+    let claiming = async {
+        if !adopted.is_empty() {
+            tracing::info!(?adopted, "adopting blocks of this host found in etcd");
+            return Ok(adopted);
+        }
+        let base = BlockValue { host: cc.host.clone(), exclusive: true, allocations: BTreeMap::new() };
+        match claim_new(&client, cc, &taken, |_| Some(base.clone())).await? {
+            Some(b) => Ok(vec![b.cidr]),
+            None => Err(BlockError::Exhausted {
+                pool: cc.pool,
+                host: cc.host.clone(),
+                detail: format!(
+                    "every /{} block is claimed, this host's {owned} block(s) are full, and strictAffinity is true \
+                     (no borrowing from other hosts)",
+                    cc.block_size
+                ),
+            }),
+        }
+    };
+    let publishing = async {
+        match tokio::time::timeout(PUBLISH_BUDGET, publish(&client, cc, &stale, &leases)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("publishing allocations to etcd failed (the next GC retries): {e}"),
+            Err(_) => tracing::warn!("publishing allocations to etcd timed out (the next GC retries)"),
+        }
+    };
+    let (new, ()) = tokio::join!(claiming, publishing);
+    new
 }
 
 /// strictAffinity: writes the local leases of each of our blocks as its
