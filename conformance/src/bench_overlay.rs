@@ -196,6 +196,9 @@ pub struct Tput {
     pub underlay_gbps: f64,
     /// net.ipv4.tcp_congestion_control (bbr vs cubic alone moves the veth baseline by half).
     pub congestion_control: String,
+    /// The machine's busy CPU per GB received (ms), medians: veth, bridge,
+    /// underlay, overlay. What a path costs, however many cores there are.
+    pub cpu_ms_per_gb: [f64; 4],
 }
 
 pub struct Alloc {
@@ -294,6 +297,13 @@ impl Report {
                 "ratio overlay/veth {ratio:.2} (goal >= 0.9: {})",
                 if ratio >= 0.9 { "met" } else { "NOT met" }
             );
+            let [veth, bridge, underlay, overlay] = t.cpu_ms_per_gb;
+            let _ = writeln!(
+                s,
+                "CPU per GB received (whole machine, ms): veth {veth:.0}, bridge {bridge:.0}, underlay {underlay:.0}, overlay {overlay:.0} ({:.2}x the veth, {:.2}x the underlay)",
+                overlay / veth,
+                overlay / underlay
+            );
         }
         if let Some(a) = &self.alloc {
             let _ = writeln!(s, "== allocations per second ({} IPs each)", a.n);
@@ -359,6 +369,8 @@ impl Report {
                 "vethGbps": t.veth_gbps, "overlayGbps": t.overlay_gbps,
                 "bridgeGbps": t.bridge_gbps, "underlayGbps": t.underlay_gbps,
                 "congestionControl": t.congestion_control,
+                "cpuMsPerGb": {"veth": t.cpu_ms_per_gb[0], "bridge": t.cpu_ms_per_gb[1],
+                               "underlay": t.cpu_ms_per_gb[2], "overlay": t.cpu_ms_per_gb[3]},
                 "overlayMtu": t.overlay_mtu, "ratio": t.overlay_gbps / t.veth_gbps,
             })),
             "allocations": self.alloc.as_ref().map(|a| json!({
@@ -487,7 +499,26 @@ fn convergence(bin: &Path, n: usize, joins: usize, progress: &mut dyn FnMut(&str
 
 // ---------------------------------------------------------------- throughput
 
-fn iperf(lab: &Lab, server: Node, client: Node, dst: Ipv4Addr, secs: u32) -> R<f64> {
+/// Busy CPU time of the whole machine so far, in ms (/proc/stat's first
+/// line: user, nice, system, irq, softirq and steal, in USER_HZ = 100).
+fn cpu_busy_ms() -> R<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ctx("read /proc/stat")?;
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .ok_or("/proc/stat: no cpu line")?
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    ensure!(f.len() >= 8, "/proc/stat: short cpu line");
+    Ok((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) * 10.0)
+}
+
+/// One iperf3 run: Gbit/s, and the machine's busy CPU per GB received
+/// (ms). Both lab hosts live on this machine, so the CPU figure is the
+/// whole path's: sender, forwarding and receiver.
+fn iperf(lab: &Lab, server: Node, client: Node, dst: Ipv4Addr, secs: u32) -> R<(f64, f64)> {
     let port = (40000 + (std::process::id() + next_id()) % 20000).to_string();
     let srv = lab.spawn(server, "iperf3", &["-s", "-1", "-p", &port], &[])?;
     // Wait for the listener.
@@ -500,13 +531,16 @@ fn iperf(lab: &Lab, server: Node, client: Node, dst: Ipv4Addr, secs: u32) -> R<f
         ensure!(Instant::now() < deadline && srv.is_running(), "iperf3 server did not start: {}", srv.log());
         std::thread::sleep(Duration::from_millis(20));
     }
+    let cpu0 = cpu_busy_ms()?;
     let out = lab.exec_ok(client, &["iperf3", "-c", &dst.to_string(), "-p", &port, "-t", &secs.to_string(), "-J"])?;
+    let cpu = cpu_busy_ms()? - cpu0;
     let v: Value = serde_json::from_str(&out).ctx("iperf3 -J output")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .ok_or_else(|| format!("iperf3: no end.sum_received: {}", crate::util::clip(&out, 300)))?;
+    let got = &v["end"]["sum_received"];
+    let (Some(bps), Some(bytes)) = (got["bits_per_second"].as_f64(), got["bytes"].as_f64()) else {
+        return Err(format!("iperf3: no end.sum_received: {}", crate::util::clip(&out, 300)));
+    };
     srv.wait_timeout(Duration::from_secs(3));
-    Ok(bps / 1e9)
+    Ok((bps / 1e9, cpu / (bytes / 1e9)))
 }
 
 fn throughput(bin: &Path, secs: u32) -> R<Tput> {
@@ -544,19 +578,27 @@ fn throughput(bin: &Path, secs: u32) -> R<Tput> {
     // runs (back-to-back single samples of one setup ranged over ratios
     // 0.55-0.85): alternate the paths and keep each one's median.
     const ROUNDS: usize = 3;
-    let mut samples: [Vec<f64>; 4] = Default::default();
+    let mut gbps: [Vec<f64>; 4] = Default::default();
+    let mut cpu: [Vec<f64>; 4] = Default::default();
     for _ in 0..ROUNDS {
-        samples[0].push(iperf(&o.lab, b.into(), a.into(), Ipv4Addr::new(10, 255, 0, 2), secs)?);
-        samples[1].push(iperf(&o.lab, c3.into(), c1.into(), ip3, secs)?);
-        samples[2].push(iperf(&o.lab, h1.into(), h2.into(), h1_ip, secs)?);
-        samples[3].push(iperf(&o.lab, c2.into(), c1.into(), ip2, secs)?);
+        let runs = [
+            iperf(&o.lab, b.into(), a.into(), Ipv4Addr::new(10, 255, 0, 2), secs)?,
+            iperf(&o.lab, c3.into(), c1.into(), ip3, secs)?,
+            iperf(&o.lab, h1.into(), h2.into(), h1_ip, secs)?,
+            iperf(&o.lab, c2.into(), c1.into(), ip2, secs)?,
+        ];
+        for (k, (g, c)) in runs.into_iter().enumerate() {
+            gbps[k].push(g);
+            cpu[k].push(c);
+        }
     }
     let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
     Ok(Tput {
-        veth_gbps: median(&samples[0]),
-        bridge_gbps: median(&samples[1]),
-        underlay_gbps: median(&samples[2]),
-        overlay_gbps: median(&samples[3]),
+        veth_gbps: median(&gbps[0]),
+        bridge_gbps: median(&gbps[1]),
+        underlay_gbps: median(&gbps[2]),
+        overlay_gbps: median(&gbps[3]),
+        cpu_ms_per_gb: [median(&cpu[0]), median(&cpu[1]), median(&cpu[2]), median(&cpu[3])],
         overlay_mtu: mtu,
         congestion_control: cc.trim().to_string(),
     })
