@@ -163,7 +163,7 @@ fn block_leases(dir: &Path, cidr: IpNetwork) -> Vec<Lease> {
 /// Otherwise it lists only the taken keys (the values hold every
 /// allocation of the pool) and reads just the blocks that filled since the
 /// last claim (`known` minus `full`); a block that a timed-out claim left
-/// in etcd is adopted by GC.
+/// in etcd is GC's to adopt or give back.
 async fn claim_strict(
     cc: &ClusterConfig,
     known: &[IpNetwork],
