@@ -343,6 +343,10 @@ pub fn delete_chain(family: Family, table: &str, chain: &str) -> NftResult<()> {
     execute(b, true)
 }
 
+/// How often a dump interrupted by a concurrent ruleset change
+/// (NLM_F_DUMP_INTR) is tried; the generation seldom moves twice in a row.
+const MAX_DUMP_ATTEMPTS: u32 = 5;
+
 /// Chain names of `<family> <table>` in kernel order, each with the comment
 /// of its first rule (`None` if the chain is empty or the rule has no
 /// comment). Empty if the table does not exist.
@@ -355,7 +359,7 @@ pub fn list_chains(family: Family, table: &str) -> NftResult<Vec<(String, Option
     loop {
         attempt += 1;
         match list_chains_once(&sock, family, table) {
-            Err(DumpError::Interrupted) if attempt < 5 => continue,
+            Err(DumpError::Interrupted) if attempt < MAX_DUMP_ATTEMPTS => continue,
             Err(DumpError::Interrupted) => {
                 return Err(NftError::Protocol(format!(
                     "listing table {family} {table}: dump kept being interrupted by ruleset changes"
@@ -403,12 +407,18 @@ fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
 
     let sock = open_socket()?;
     // An unreadable chain is not fatal: the batch below rewrites it and
-    // reports a meaningful error if the kernel objects.
-    match already_in_place(&sock, want, &userdata) {
-        Ok(true) => return Ok(()),
-        Ok(false) | Err(DumpError::Interrupted) => {}
-        Err(DumpError::Nft(NftError::Kernel { .. })) => {}
-        Err(DumpError::Nft(e)) => return Err(e),
+    // reports a meaningful error if the kernel objects. A dump interrupted
+    // by someone else's ruleset change (other tables, other plugins) is
+    // retried first, so that a correct rule is not rewritten for nothing.
+    for attempt in 1..=MAX_DUMP_ATTEMPTS {
+        match already_in_place(&sock, want, &userdata) {
+            Ok(true) => return Ok(()),
+            Err(DumpError::Interrupted) if attempt < MAX_DUMP_ATTEMPTS => continue,
+            Ok(false) | Err(DumpError::Interrupted) => {}
+            Err(DumpError::Nft(NftError::Kernel { .. })) => {}
+            Err(DumpError::Nft(e)) => return Err(e),
+        }
+        break;
     }
 
     let mut b = Batch::new();
