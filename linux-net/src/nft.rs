@@ -353,20 +353,24 @@ const MAX_DUMP_ATTEMPTS: u32 = 5;
 pub fn list_chains(family: Family, table: &str) -> NftResult<Vec<(String, Option<String>)>> {
     check_name("table", table)?;
     let sock = open_socket()?;
-    // A dump interrupted by a concurrent ruleset change (NLM_F_DUMP_INTR)
-    // is retried; the generation seldom moves twice in a row.
-    let mut attempt = 0;
+    match retry_interrupted(|| list_chains_once(&sock, family, table)) {
+        Err(DumpError::Interrupted) => Err(NftError::Protocol(format!(
+            "listing table {family} {table}: dump kept being interrupted by ruleset changes"
+        ))),
+        Err(DumpError::Nft(e)) => Err(e),
+        Ok(v) => Ok(v),
+    }
+}
+
+/// Runs `read` (one or more dumps that must agree) again while a
+/// concurrent ruleset change interrupts it, up to [`MAX_DUMP_ATTEMPTS`]
+/// times; the last outcome otherwise.
+fn retry_interrupted<T>(mut read: impl FnMut() -> Result<T, DumpError>) -> Result<T, DumpError> {
+    let mut attempt = 1;
     loop {
-        attempt += 1;
-        match list_chains_once(&sock, family, table) {
-            Err(DumpError::Interrupted) if attempt < MAX_DUMP_ATTEMPTS => continue,
-            Err(DumpError::Interrupted) => {
-                return Err(NftError::Protocol(format!(
-                    "listing table {family} {table}: dump kept being interrupted by ruleset changes"
-                )))
-            }
-            Err(DumpError::Nft(e)) => return Err(e),
-            Ok(v) => return Ok(v),
+        match read() {
+            Err(DumpError::Interrupted) if attempt < MAX_DUMP_ATTEMPTS => attempt += 1,
+            outcome => return outcome,
         }
     }
 }
@@ -410,15 +414,11 @@ fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
     // reports a meaningful error if the kernel objects. A dump interrupted
     // by someone else's ruleset change (other tables, other plugins) is
     // retried first, so that a correct rule is not rewritten for nothing.
-    for attempt in 1..=MAX_DUMP_ATTEMPTS {
-        match already_in_place(&sock, want, &userdata) {
-            Ok(true) => return Ok(()),
-            Err(DumpError::Interrupted) if attempt < MAX_DUMP_ATTEMPTS => continue,
-            Ok(false) | Err(DumpError::Interrupted) => {}
-            Err(DumpError::Nft(NftError::Kernel { .. })) => {}
-            Err(DumpError::Nft(e)) => return Err(e),
-        }
-        break;
+    match retry_interrupted(|| already_in_place(&sock, want, &userdata)) {
+        Ok(true) => return Ok(()),
+        Ok(false) | Err(DumpError::Interrupted) => {}
+        Err(DumpError::Nft(NftError::Kernel { .. })) => {}
+        Err(DumpError::Nft(e)) => return Err(e),
     }
 
     let mut b = Batch::new();
