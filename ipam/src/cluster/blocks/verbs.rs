@@ -233,15 +233,28 @@ async fn claim_strict(
     new
 }
 
+/// The block records of this host's local leases inside `cidr`.
+fn local_records(cc: &ClusterConfig, leases: &[Lease], cidr: IpNetwork) -> BTreeMap<IpAddr, Allocation> {
+    leases
+        .iter()
+        .filter(|l| cidr.contains(l.ip))
+        .map(|l| (l.ip, Allocation { handle: owner_handle(&l.owner), host: cc.host.clone() }))
+        .collect()
+}
+
+/// The address `b` records for this host's attachment `h` (an ADD retried
+/// after its answer was lost).
+fn recorded_for(cc: &ClusterConfig, b: &Block, h: &str) -> Option<IpAddr> {
+    let (ip, _) = b.value.allocations.iter().find(|(_, a)| a.host == cc.host && a.handle == h)?;
+    tracing::info!(%ip, block = %b.cidr, "etcd already records an address for this attachment; reusing it");
+    Some(*ip)
+}
+
 /// strictAffinity: writes the local leases of each of our blocks as its
 /// `allocations` (other hosts' records, if any, are kept).
 async fn publish(client: &BlockClient, cc: &ClusterConfig, mine: &[Block], leases: &[Lease]) -> Result<()> {
     for b in mine {
-        let own: BTreeMap<IpAddr, Allocation> = leases
-            .iter()
-            .filter(|l| b.cidr.contains(l.ip))
-            .map(|l| (l.ip, Allocation { handle: owner_handle(&l.owner), host: cc.host.clone() }))
-            .collect();
+        let own = local_records(cc, leases, b.cidr);
         client
             .modify(b.clone(), |cur| {
                 if cur.value.host != cc.host {
@@ -400,9 +413,8 @@ async fn allocate_shared(
         if !is_mine(&b.value) {
             continue;
         }
-        if let Some((ip, _)) = b.value.allocations.iter().find(|(_, a)| a.host == cc.host && a.handle == h) {
-            tracing::info!(%ip, block = %b.cidr, "etcd already records an address for this attachment; reusing it");
-            return Ok((*ip, cached.to_vec()));
+        if let Some(ip) = recorded_for(cc, &b, h) {
+            return Ok((ip, cached.to_vec()));
         }
         if let Some(ip) = try_take(&client, &b, &rec, taken, &is_mine).await? {
             return Ok((ip, cached.to_vec()));
@@ -414,9 +426,8 @@ async fn allocate_shared(
         blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
     // An ADD retried after its answer was lost: the record is already there.
     for b in &blocks {
-        if let Some((ip, _)) = b.value.allocations.iter().find(|(_, a)| a.host == cc.host && a.handle == h) {
-            tracing::info!(%ip, block = %b.cidr, "etcd already records an address for this attachment; reusing it");
-            return Ok((*ip, own));
+        if let Some(ip) = recorded_for(cc, b, h) {
+            return Ok((ip, own));
         }
     }
     for b in blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)) {
@@ -602,11 +613,7 @@ async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) 
     // This host's blocks as written, and whether the local store has no lease in them.
     let mut ours: Vec<(Block, bool)> = Vec::new();
     for b in client.list().await? {
-        let local: BTreeMap<IpAddr, Allocation> = leases
-            .iter()
-            .filter(|l| b.cidr.contains(l.ip))
-            .map(|l| (l.ip, Allocation { handle: owner_handle(&l.owner), host: cc.host.clone() }))
-            .collect();
+        let local = local_records(cc, leases, b.cidr);
         let local_empty = local.is_empty();
         let mut dropped = 0;
         let now = client
