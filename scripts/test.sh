@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 step() { printf '\n=== %s (%ss)\n' "$*" "$SECONDS"; }
+# Builds go to one directory outside the clone, so a fresh clone on a machine that
+# already built the project (a developer's session, an earlier CI run) reuses the
+# compiled dependencies instead of rebuilding them cold.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cni-csi-target}"
+T="$CARGO_TARGET_DIR"
 
 step "testbed"
 bash scripts/testbed.sh
@@ -32,11 +37,11 @@ cat > "$work/ours.json" <<JSON
 {"cniVersion":"1.1.0","name":"cft","type":"cni-bridge","bridge":"cft0","isGateway":true,
  "ipam":{"type":"cni-ipam","ranges":[[{"subnet":"10.123.0.0/24"}]],"dataDir":"$work/ipam"}}
 JSON
-target/release/conformance cni --plugin-dir target/release --config "$work/ours.json"
+"$T"/release/conformance cni --plugin-dir "$T"/release --config "$work/ours.json"
 
 step "conformance: reference bridge + host-local (informational: they lack 1.1.0)"
 sed -e 's/"cni-bridge"/"bridge"/' -e 's/"cni-ipam"/"host-local"/' -e 's/"1.1.0"/"1.0.0"/' "$work/ours.json" > "$work/ref.json"
-target/release/conformance cni --plugin-dir /usr/lib/cni --config "$work/ref.json" || echo "(reference failures are expected; see docs/conformance.md)"
+"$T"/release/conformance cni --plugin-dir /usr/lib/cni --config "$work/ref.json" || echo "(reference failures are expected; see docs/conformance.md)"
 
 step "fuzzing (${FUZZ_SECONDS}s per target)"
 for t in config result cni_args; do
@@ -46,9 +51,9 @@ done
 
 step "benchmarks (side by side with the reference plugins; shipped 'plugin' profile)"
 cargo build --profile plugin -p cni-bridge -p ipam -p cni-overlay
-target/release/conformance bench cni --n 50 --plugin-dir target/plugin
-target/release/conformance bench overlay --plugin-dir target/plugin
-target/release/conformance bench csi-nfs --n 20 --driver target/release/csi-nfs
+"$T"/release/conformance bench cni --n 50 --plugin-dir "$T"/plugin
+"$T"/release/conformance bench overlay --plugin-dir "$T"/plugin
+"$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs
 
 step "done"
 echo "all steps passed in ${SECONDS}s"
