@@ -69,6 +69,9 @@ impl Command {
     }
 }
 
+/// The keys a runtime sends the GC list under (libcni >= 1.2.3 sends both).
+const GC_LIST_KEYS: [&str; 2] = ["cni.dev/valid-attachments", "cni.dev/attachments"];
+
 /// Everything a verb needs: the validated environment and the config.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -94,6 +97,13 @@ impl Context {
             None | Some(Value::Null) => Ok(None),
             Some(v) => CniResult::from_json(v).map(Some),
         }
+    }
+
+    /// The attachments a GC must keep, exactly as the runtime sent them. A GC
+    /// context always has the list (empty or null means "nothing is valid"):
+    /// [`Context::from_parts`] refuses a GC without it. Empty for other verbs.
+    pub fn gc_valid(&self) -> &[crate::types::Attachment] {
+        self.conf.gc_valid_attachments().unwrap_or(&[])
     }
 
     /// Builds a context from explicit parts (used by tests and in-process callers).
@@ -138,6 +148,14 @@ impl Context {
         validate_network_name(&conf.name)?;
         if conf.plugin_type.is_empty() {
             return Err(Error::config("network config has no \"type\""));
+        }
+        // Read as "nothing is valid", a missing list would delete every
+        // attachment of the network: refused here, once, for every plugin. A
+        // key that is present is the runtime's list even when null (libcni
+        // marshals an empty Go slice as null).
+        if command == Command::Gc && !GC_LIST_KEYS.iter().any(|k| raw.get(*k).is_some()) {
+            return Err(Error::config("GC needs the list of valid attachments")
+                .with_details("\"cni.dev/valid-attachments\" is missing from the config; refusing to collect anything"));
         }
         Ok(Context { command, container_id, netns, ifname, args, path, version, conf, raw })
     }
@@ -205,11 +223,54 @@ macro_rules! plugin_main {
     };
 }
 
+/// Set to a verb (e.g. `ADD`), makes the plugin panic in that verb once the
+/// config is parsed: the tests' way to prove every shipped plugin binary
+/// still answers with a CNI error object when something panics.
+pub const PANIC_FOR_TEST: &str = "CNI_PANIC_FOR_TEST";
+
 /// What a plugin binary's `main` calls. Never returns.
 pub fn run(plugin: &dyn Plugin) -> ! {
+    install_panic_hook();
     let env = |k: &str| std::env::var(k).ok();
     let ok = dispatch(plugin, &env, &mut std::io::stdin(), &mut std::io::stdout());
     std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// The version the error object of a panic is printed in: the config's, once known.
+static ANSWER_VERSION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn set_answer_version(v: &str) {
+    if let Ok(mut g) = ANSWER_VERSION.lock() {
+        *g = Some(v.to_string());
+    }
+}
+
+/// A plugin must always answer with a CNI error object, and release builds
+/// abort on panic without unwinding to `dispatch`. The hook runs before the
+/// abort: it prints the error (code 999, the panic message) on stdout, flushes
+/// it and exits non-zero itself.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".to_string());
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        // try_lock: a panic while the lock is held must still answer.
+        let version = ANSWER_VERSION
+            .try_lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .unwrap_or_else(|| Version::LATEST.as_str().to_string());
+        let err = Error::internal(format!("plugin panicked: {what}")).with_details(place.trim_start());
+        let _ = writeln!(std::io::stderr(), "{err}");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", err.to_json(&version));
+        let _ = out.flush();
+        std::process::exit(1);
+    }));
 }
 
 /// Runs one invocation; false once the error object has been printed.
@@ -240,9 +301,11 @@ pub fn dispatch(
             .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
         {
             fallback_version = v;
+            set_answer_version(&fallback_version);
         }
         let ctx = Context::from_parts(env, &buf)?;
         fallback_version = ctx.version.as_str().to_string();
+        set_answer_version(&fallback_version);
         crate::log::init(&ctx.conf);
         let span = tracing::info_span!(
             "cni",
@@ -252,6 +315,9 @@ pub fn dispatch(
             ifname = %ctx.ifname
         );
         let _g = span.enter();
+        if env(PANIC_FOR_TEST).is_some_and(|v| v == ctx.command.as_str()) {
+            panic!("{PANIC_FOR_TEST} asked for a panic in {}", ctx.command.as_str());
+        }
         let out = match ctx.command {
             Command::Add => Some(plugin.add(&ctx)?.to_json(ctx.version)),
             Command::Del => plugin.del(&ctx).map(|_| None)?,
@@ -348,6 +414,33 @@ mod tests {
             "prevResult":{"cniVersion":"1.1.0","ips":[{"address":"10.0.0.2/24"}]}}"#;
         let (ok, v) = call(ADD, conf);
         assert!(ok);
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(v["ips"][0]["version"], "4");
+    }
+
+    #[test]
+    fn gc_without_the_valid_list_is_refused_with_code_7() {
+        let gc = &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")];
+        let (ok, v) = call(gc, r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#);
+        assert!(!ok);
+        assert_eq!(v["code"], 7);
+        assert!(v["details"].as_str().unwrap().contains("cni.dev/valid-attachments"), "{v}");
+        // An explicit empty list is the runtime saying "nothing is valid"; either key
+        // counts, and so does null (what libcni sends for an empty Go slice).
+        let (ok, v) = call(gc, r#"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":null}"#);
+        assert!(ok, "{v}");
+        let (ok, v) = call(gc, r#"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":[]}"#);
+        assert!(ok, "{v}");
+        let (ok, v) = call(gc, r#"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/attachments":[]}"#);
+        assert!(ok, "{v}");
+    }
+
+    #[test]
+    fn add_answers_in_the_runtimes_cni_version_not_the_lists_highest() {
+        let conf = r#"{"cniVersion":"0.4.0","cniVersions":["0.4.0","1.0.0","1.1.0"],"name":"n","type":"t",
+            "prevResult":{"cniVersion":"1.1.0","ips":[{"address":"10.0.0.2/24"}]}}"#;
+        let (ok, v) = call(ADD, conf);
+        assert!(ok, "{v}");
         assert_eq!(v["cniVersion"], "0.4.0");
         assert_eq!(v["ips"][0]["version"], "4");
     }

@@ -51,22 +51,33 @@ pub fn cmp_str(a: &str, b: &str) -> std::cmp::Ordering {
     parts(a).cmp(&parts(b))
 }
 
-/// Picks the version a config asks for: the highest entry of `cniVersions`
-/// that we support when the list is present, otherwise `cniVersion`.
+/// Picks the version to answer in. The runtime states the version it chose
+/// in `cniVersion` (libcni picks from a list's `cniVersions` and writes its
+/// choice there), so `cniVersion` wins; `cniVersions` only serves when
+/// `cniVersion` is absent (its highest entry we support) and otherwise must
+/// name `cniVersion` among its entries, or the config contradicts itself.
 pub fn negotiate(cni_version: Option<&str>, cni_versions: Option<&[String]>) -> Result<Version> {
-    if let Some(list) = cni_versions.filter(|l| !l.is_empty()) {
-        return list.iter().filter_map(|s| Version::parse(s)).max().ok_or_else(|| {
+    let list = cni_versions.filter(|l| !l.is_empty());
+    match (cni_version.filter(|s| !s.is_empty()), list) {
+        (Some(s), list) => {
+            let v = Version::parse(s).ok_or_else(|| {
+                Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
+                    .with_details(format!("config is {s:?}, plugin supports {}", supported_list()))
+            })?;
+            if let Some(list) = list {
+                if !list.iter().any(|l| l == s) {
+                    return Err(Error::config("cniVersion is not one of cniVersions")
+                        .with_details(format!("cniVersion {s:?}, cniVersions {list:?}")));
+                }
+            }
+            Ok(v)
+        }
+        (None, Some(list)) => list.iter().filter_map(|s| Version::parse(s)).max().ok_or_else(|| {
             Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
                 .with_details(format!("config lists {list:?}, plugin supports {}", supported_list()))
-        });
-    }
-    match cni_version {
-        None | Some("") => Err(Error::new(Code::IncompatibleVersion, "cniVersion is missing")
-            .with_details(format!("plugin supports {}", supported_list()))),
-        Some(s) => Version::parse(s).ok_or_else(|| {
-            Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
-                .with_details(format!("config is {s:?}, plugin supports {}", supported_list()))
         }),
+        (None, None) => Err(Error::new(Code::IncompatibleVersion, "cniVersion is missing")
+            .with_details(format!("plugin supports {}", supported_list()))),
     }
 }
 
@@ -79,10 +90,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn negotiation_prefers_the_highest_common_version() {
-        let list = vec!["0.4.0".to_string(), "1.1.0".to_string(), "9.9.9".to_string()];
-        assert_eq!(negotiate(Some("0.4.0"), Some(&list)).unwrap(), Version::V1_1_0);
+    fn the_runtimes_cni_version_wins_over_the_list() {
+        let list = vec!["0.4.0".to_string(), "1.0.0".to_string(), "1.1.0".to_string(), "9.9.9".to_string()];
+        assert_eq!(negotiate(Some("1.0.0"), Some(&list)).unwrap(), Version::V1_0_0);
+        assert_eq!(negotiate(Some("0.4.0"), Some(&list)).unwrap(), Version::V0_4_0);
         assert_eq!(negotiate(Some("0.3.1"), None).unwrap(), Version::V0_3_1);
+        // Without cniVersion, the highest entry we support.
+        assert_eq!(negotiate(None, Some(&list)).unwrap(), Version::V1_1_0);
+        assert_eq!(negotiate(Some(""), Some(&list)).unwrap(), Version::V1_1_0);
+        // A cniVersion the list does not name is a contradictory config.
+        assert_eq!(negotiate(Some("0.3.1"), Some(&list)).unwrap_err().code, Code::InvalidConfig);
     }
 
     #[test]
@@ -90,7 +107,8 @@ mod tests {
         assert_eq!(negotiate(Some("0.2.0"), None).unwrap_err().code, Code::IncompatibleVersion);
         assert_eq!(negotiate(None, None).unwrap_err().code, Code::IncompatibleVersion);
         let list = vec!["2.0.0".to_string()];
-        assert_eq!(negotiate(Some("1.0.0"), Some(&list)).unwrap_err().code, Code::IncompatibleVersion);
+        assert_eq!(negotiate(None, Some(&list)).unwrap_err().code, Code::IncompatibleVersion);
+        assert_eq!(negotiate(Some("2.0.0"), Some(&list)).unwrap_err().code, Code::IncompatibleVersion);
     }
 
     #[test]

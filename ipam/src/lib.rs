@@ -108,20 +108,9 @@ impl Plugin for Ipam {
     }
 
     fn gc(&self, ctx: &Context) -> Result<()> {
-        let valid = gc_valid(ctx)?;
-        dispatch!(ctx, cc => cluster::blocks::verbs::gc(ctx, &cc, valid), LocalIpam.gc(ctx))
+        // cni-core refuses a GC without the runtime's list, so it is the runtime's own.
+        dispatch!(ctx, cc => cluster::blocks::verbs::gc(ctx, &cc, ctx.gc_valid()), LocalIpam.gc(ctx))
     }
-}
-
-/// The GC list; its absence is refused rather than read as "nothing is valid".
-fn gc_valid(ctx: &Context) -> Result<&[cni_core::Attachment]> {
-    let given = ["cni.dev/valid-attachments", "cni.dev/attachments"].iter().any(|k| ctx.raw.get(*k).is_some());
-    if !given {
-        return Err(Error::config(
-            "GC needs \"cni.dev/valid-attachments\" in the config; refusing to release every lease",
-        ));
-    }
-    Ok(ctx.conf.gc_valid_attachments().unwrap_or(&[]))
 }
 
 fn refuse_cluster(ctx: &Context) -> Result<()> {
@@ -163,7 +152,7 @@ impl Plugin for LocalIpam {
 
     fn gc(&self, ctx: &Context) -> Result<()> {
         refuse_cluster(ctx)?;
-        let valid = gc_valid(ctx)?;
+        let valid = ctx.gc_valid();
         let (data_dir, network) = config::store_location(ctx)?;
         let store = disk_store(&data_dir, &network)?;
         let report = alloc::gc(&store, valid)?;

@@ -249,9 +249,12 @@ fn gc_keeps_valid_attachments_and_frees_the_rest() {
     std::fs::write(dir.join("10.22.0.201"), "gone").unwrap(); // old format, stale
     std::fs::write(dir.join("10.22.0.202"), "").unwrap(); // crashed host-local writer
 
-    // Without the list GC refuses to touch anything.
-    let e = Ipam.gc(&ctx("GC", "", "", &conf, "")).unwrap_err();
-    assert_eq!(e.code, Code::InvalidConfig);
+    // Without the list GC refuses to touch anything (cni-core refuses it for
+    // every plugin: the real binary answers code 7 and releases nothing).
+    let (ok, v) = run_json(BIN, "GC", "", "", &conf, "");
+    assert!(!ok, "GC without the list must fail: {v}");
+    assert_eq!(v["code"], 7, "{v}");
+    assert!(v["details"].as_str().unwrap_or_default().contains("cni.dev/valid-attachments"), "{v}");
     assert_eq!(leases(&dir).len(), 7);
 
     conf["cni.dev/valid-attachments"] = json!([{"containerID":"keep1","ifname":"eth0"}]);
