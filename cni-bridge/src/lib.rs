@@ -127,7 +127,7 @@ impl Plugin for Bridge {
                 // nft state, then the address lease. Shared state (bridge, gateway address,
                 // the network's masquerade rule) stays, as other containers rely on it.
                 let mut undo = Vec::new();
-                if let Err(u) = Netlink::open().and_then(|mut nl| link::delete(&mut nl, &host_veth)) {
+                if let Err(u) = delete_if_ours(ctx, &host_veth) {
                     undo.push(format!("delete {host_veth}: {u}"));
                 }
                 if conf.mac_spoof_check {
@@ -158,8 +158,8 @@ impl Plugin for Bridge {
         }
         // Deleting the host end removes the pair, wherever the container end is.
         let host_veth = names::host_veth(&ctx.conf.name, &ctx.container_id, &ctx.ifname);
-        if let Err(e) = Netlink::open().and_then(|mut nl| link::delete(&mut nl, &host_veth)) {
-            errors.push(kernel(e));
+        if let Err(e) = delete_if_ours(ctx, &host_veth) {
+            errors.push(e);
         }
         if conf.mac_spoof_check {
             let chain = names::mac_chain(&ctx.container_id, &ctx.ifname);
@@ -193,10 +193,9 @@ impl Plugin for Bridge {
 
     fn gc(&self, ctx: &Context) -> Result<()> {
         let conf = BridgeConf::parse(ctx)?;
+        // cni-core refused a GC without the runtime's list: this is that list.
         let valid: HashSet<(String, String)> = ctx
-            .conf
-            .gc_valid_attachments()
-            .unwrap_or_default()
+            .gc_valid()
             .iter()
             .map(|a| (a.container_id.clone(), a.ifname.clone()))
             .collect();
@@ -211,6 +210,46 @@ impl Plugin for Bridge {
             Ok(())
         } else {
             Err(Error::internal("GC finished with errors").with_details(errors.join("; ")))
+        }
+    }
+}
+
+/// The alias a link carries, if any (the kernel reports an empty one as set).
+fn alias_of(l: &Link) -> Option<&str> {
+    l.alias.as_deref().filter(|a| !a.is_empty())
+}
+
+/// A host veth of network `net`: its alias says so or, when an ADD died
+/// before the alias was set, its MAC is the one we give that name in `net`.
+fn is_this_networks(net: &str, l: &Link) -> bool {
+    match alias_of(l) {
+        Some(a) => names::parse_veth_alias(a).is_some_and(|(n, _, _)| n == net),
+        None => names::is_our_veth(&l.name) && l.mac == Some(names::host_veth_mac(net, &l.name)),
+    }
+}
+
+/// The host veth of exactly this attachment (network, container, ifname).
+fn is_this_attachment(ctx: &Context, l: &Link) -> bool {
+    let net = &ctx.conf.name;
+    match alias_of(l) {
+        Some(a) => a == names::veth_alias(net, &ctx.container_id, &ctx.ifname),
+        None => {
+            l.name == names::host_veth(net, &ctx.container_id, &ctx.ifname)
+                && l.mac == Some(names::host_veth_mac(net, &l.name))
+        }
+    }
+}
+
+/// Deletes this attachment's host veth (and with it the container end). A
+/// link of that name that is not provably ours is left alone and logged.
+fn delete_if_ours(ctx: &Context, host_veth: &str) -> Result<()> {
+    let mut nl = Netlink::open().map_err(kernel)?;
+    match link::get(&mut nl, host_veth).map_err(kernel)? {
+        None => Ok(()),
+        Some(l) if is_this_attachment(ctx, &l) => link::delete(&mut nl, host_veth).map(|_| ()).map_err(kernel),
+        Some(l) => {
+            tracing::warn!(host_veth, alias = ?l.alias, mac = %l.mac_string(), "not this attachment's link: left in place");
+            Ok(())
         }
     }
 }
@@ -279,9 +318,12 @@ fn configure(
 
     steps.done("gateway");
 
-    // One request: both ends, the host end enslaved and up, the container end named
-    // CNI_IFNAME inside the netns. A leftover host end from an ADD whose DEL never
-    // came is ours by name: remove it and try once more.
+    // One request: both ends, the host end enslaved, up and labelled with its
+    // MAC, the container end named CNI_IFNAME inside the netns. A leftover
+    // host end of this very attachment (an ADD killed or never DELeted) is
+    // removed, with its container end, and the pair made once more; a link of
+    // the same name that is not provably this attachment's is left alone.
+    let host_mac = names::host_veth_mac(&ctx.conf.name, host_veth);
     let spec = VethSpec {
         host: host_veth,
         peer: &ctx.ifname,
@@ -290,18 +332,29 @@ fn configure(
         peer_mac: mac,
         master: Some(br.index),
     };
-    let host = match link::create_veth(&mut nl, &spec) {
+    let host = match link::create_veth_with_host_mac(&mut nl, &spec, Some(host_mac)) {
         Ok(host) => host,
         Err(e) if !e.is_exists() => return Err(kernel(e)),
         Err(e) => {
-            if link::get(&mut nl, host_veth).map_err(kernel)?.is_none() {
+            let Some(old) = link::get(&mut nl, host_veth).map_err(kernel)? else {
                 return Err(
                     Error::internal(format!("container already has an interface named {}", ctx.ifname)).with_details(e)
                 );
+            };
+            if !is_this_attachment(ctx, &old) {
+                return Err(Error::internal(format!("host interface {host_veth} exists and is not this attachment's"))
+                    .with_details(format!(
+                        "alias {:?}, MAC {}: not made by cni-bridge for network {} container {} {}; left in place",
+                        old.alias.as_deref().unwrap_or(""),
+                        old.mac_string(),
+                        ctx.conf.name,
+                        ctx.container_id,
+                        ctx.ifname
+                    )));
             }
             tracing::info!(host_veth, "removing a stale host veth of this attachment");
             link::delete(&mut nl, host_veth).map_err(kernel)?;
-            link::create_veth(&mut nl, &spec).map_err(kernel)?
+            link::create_veth_with_host_mac(&mut nl, &spec, Some(host_mac)).map_err(kernel)?
         }
     };
     steps.done("veth");
@@ -555,8 +608,7 @@ fn gc_kernel(ctx: &Context, conf: &BridgeConf, valid: &HashSet<(String, String)>
         let links = link::list(&mut nl).map_err(kernel)?;
         for l in links.iter().filter(|l| l.master == Some(br.index) && names::is_our_veth(&l.name)) {
             // Only ports of *this* network are ours to judge: networks may share a bridge.
-            let ours = l.alias.as_deref().and_then(names::parse_veth_alias).is_some_and(|(n, _, _)| n == net);
-            if keep.contains(&l.name) || !ours {
+            if keep.contains(&l.name) || !is_this_networks(net, l) {
                 continue;
             }
             if let Err(e) = link::delete(&mut nl, &l.name) {

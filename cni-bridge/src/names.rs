@@ -28,6 +28,16 @@ pub fn is_our_veth(name: &str) -> bool {
     name.len() == 15 && name.starts_with("veth") && name[4..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// MAC of a host veth, set in the request that creates it: locally
+/// administered, unicast, 46 bits of hash over (network, veth name). The
+/// kernel ignores an alias in that request, so until the alias is set (or
+/// forever, if the ADD is killed first) this is what marks the link as this
+/// network's: GC and a repeated ADD recompute it from the link's name.
+pub fn host_veth_mac(network: &str, veth: &str) -> [u8; 6] {
+    let h = fnv64(&["cni-bridge host veth", network, veth]).to_be_bytes();
+    [(h[2] & 0xfc) | 0x02, h[3], h[4], h[5], h[6], h[7]]
+}
+
 /// Alias of a host veth: `cni-bridge net=<network> cid=<container> if=<ifname>`.
 pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
     format!("cni-bridge net={network} cid={container_id} if={ifname}")
@@ -66,6 +76,16 @@ mod tests {
         assert_ne!(a, host_veth("net", "c1", "eth1"));
         assert_ne!(a, host_veth("net2", "c1", "eth0"));
         assert!(!is_our_veth("veth1234abcd"));
+    }
+
+    #[test]
+    fn host_macs_are_local_unicast_and_per_network() {
+        let v = host_veth("net", "c1", "eth0");
+        let m = host_veth_mac("net", &v);
+        assert_eq!(m, host_veth_mac("net", &v));
+        assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
+        assert_ne!(m, host_veth_mac("net2", &v));
+        assert_ne!(m, host_veth_mac("net", &host_veth("net", "c2", "eth0")));
     }
 
     #[test]

@@ -216,6 +216,15 @@ pub struct VethSpec<'a> {
 /// Returns the host end as the kernel created it (echoed on kernels >= 6.3,
 /// looked up otherwise).
 pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Link> {
+    create_veth_with_host_mac(nl, spec, None)
+}
+
+/// [`create_veth`], with the host end's MAC set in the creating request.
+///
+/// The MAC is the one label the kernel takes in RTM_NEWLINK when it creates
+/// a link: it ignores IFLA_IFALIAS there (an alias needs a second request),
+/// so a process killed between the two leaves a link only its MAC can tell.
+pub fn create_veth_with_host_mac(nl: &mut Netlink, spec: &VethSpec<'_>, host_mac: Option<[u8; 6]>) -> Result<Link> {
     let mut peer = LinkMessage::default();
     peer.attributes.push(LinkAttribute::IfName(spec.peer.to_string()));
     peer.attributes.push(LinkAttribute::NetNsFd(spec.peer_ns_fd));
@@ -225,7 +234,7 @@ pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Link> {
     if let Some(mac) = spec.peer_mac {
         peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
     }
-    let mut msg = new_link_message(spec.host, spec.mtu, None);
+    let mut msg = new_link_message(spec.host, spec.mtu, host_mac);
     if let Some(master) = spec.master {
         msg.attributes.push(LinkAttribute::Controller(master));
     }
