@@ -194,11 +194,8 @@ impl Plugin for Bridge {
     fn gc(&self, ctx: &Context) -> Result<()> {
         let conf = BridgeConf::parse(ctx)?;
         // cni-core refused a GC without the runtime's list: this is that list.
-        let valid: HashSet<(String, String)> = ctx
-            .gc_valid()
-            .iter()
-            .map(|a| (a.container_id.clone(), a.ifname.clone()))
-            .collect();
+        let valid: HashSet<(String, String)> =
+            ctx.gc_valid().iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
         let mut errors: Vec<String> = Vec::new();
         if let Err(e) = Ipam::of(ctx).verb(Command::Gc, ctx) {
             errors.push(e.to_string());

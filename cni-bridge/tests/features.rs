@@ -109,18 +109,28 @@ fn ping(ns: &str, ip: &str) -> bool {
 }
 
 /// Sends one UDP datagram from `from_ns` to `to_ip:port` and returns the
-/// source address the receiver in `to_ns` saw.
+/// source address the receiver in `to_ns` saw. The receiver says `ready`
+/// once its socket is bound; only then is the datagram sent.
 fn udp_source_seen(from_ns: &str, to_ns: &str, to_ip: &str) -> String {
+    use std::io::{BufRead, BufReader};
     let port = 40000 + (uniq() % 20000);
     let recv = format!(
-        "ip netns exec {to_ns} timeout 5 python3 -c \"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',{port}));d,a=s.recvfrom(64);print(a[0])\""
+        "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',{port}));print('ready',flush=True);d,a=s.recvfrom(64);print(a[0])"
     );
-    let handle = std::thread::spawn(move || sh(&recv).1);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", to_ns, "timeout", "5", "python3", "-c", &recv])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the UDP receiver (python3)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert_eq!(first, "ready", "UDP receiver in {to_ns} did not start");
     sh(&format!(
         "ip netns exec {from_ns} python3 -c \"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.sendto(b'x',('{to_ip}',{port}))\""
     ));
-    handle.join().unwrap().trim().to_string()
+    let seen = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    let _ = child.wait();
+    seen.trim().to_string()
 }
 
 /// An "outside" host: a netns joined to the host by a veth, with a route back to nothing

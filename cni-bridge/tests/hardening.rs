@@ -115,10 +115,7 @@ impl Net {
     /// Names of the links enslaved to our bridge.
     fn ports(&self) -> BTreeSet<String> {
         let out = sh(&format!("ip -o link show master {}", self.bridge)).1;
-        out.lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap().to_string())
-            .collect()
+        out.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap().to_string()).collect()
     }
 
     fn veth(&self, cid: &str) -> String {

@@ -154,8 +154,9 @@ impl Context {
         // key that is present is the runtime's list even when null (libcni
         // marshals an empty Go slice as null).
         if command == Command::Gc && !GC_LIST_KEYS.iter().any(|k| raw.get(*k).is_some()) {
-            return Err(Error::config("GC needs the list of valid attachments")
-                .with_details("\"cni.dev/valid-attachments\" is missing from the config; refusing to collect anything"));
+            return Err(Error::config("GC needs the list of valid attachments").with_details(
+                "\"cni.dev/valid-attachments\" is missing from the config; refusing to collect anything",
+            ));
         }
         Ok(Context { command, container_id, netns, ifname, args, path, version, conf, raw })
     }

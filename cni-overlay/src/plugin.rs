@@ -207,9 +207,8 @@ fn load(ctx: &Context, conf: &OverlayConf) -> Result<Option<(PathBuf, Value)>> {
     let path = conf.saved(&ctx.conf.name, &ctx.container_id, &ctx.ifname);
     if let Some(b) = read(&path)? {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let rec = Record::ours(&name, &b).ok_or_else(|| {
-            Error::new(Code::Decode, format!("{} is not a cni-overlay record", path.display()))
-        })?;
+        let rec = Record::ours(&name, &b)
+            .ok_or_else(|| Error::new(Code::Decode, format!("{} is not a cni-overlay record", path.display())))?;
         return Ok(Some((path, rec.delegate)));
     }
     if let Some(old) = conf.legacy(&ctx.container_id, &ctx.ifname) {

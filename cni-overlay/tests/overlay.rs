@@ -130,9 +130,14 @@ fn agent_restart_keeps_the_subnet_and_an_established_tcp_stream_and_etcd_restart
 
     // A TCP stream from c1 to c2 that must survive h1's agent restart.
     let flag = o.lab.dir().join("go-on");
-    let server = "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',7777));s.listen(1)\nc,_=s.accept()\nwhile True:\n d=c.recv(64)\n if not d: break\n c.sendall(d)\n";
-    let _srv = o.lab.spawn(c2, "python3", &["-c", server], &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    let server = "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',7777));s.listen(1)\nprint('listening',flush=True)\nc,_=s.accept()\nwhile True:\n d=c.recv(64)\n if not d: break\n c.sendall(d)\n";
+    let srv = o.lab.spawn(c2, "python3", &["-c", server], &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !srv.log().contains("listening") {
+        assert!(srv.is_running(), "TCP server exited: {}", srv.log());
+        assert!(Instant::now() < deadline, "TCP server not listening: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let client = format!(
         "import socket,os,time\nc=socket.create_connection(('{ip2}',7777),timeout=5)\nc.sendall(b'one');assert c.recv(64)==b'one'\nprint('first',flush=True)\nwhile not os.path.exists('{}'): time.sleep(0.05)\nc.sendall(b'two');assert c.recv(64)==b'two'\nprint('second',flush=True)\n",
         flag.display()

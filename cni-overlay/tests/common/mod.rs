@@ -179,18 +179,24 @@ pub fn subnet6_of(env: &str) -> String {
 }
 
 /// The source address a UDP receiver in `to` sees for a datagram that
-/// `from` sends to `to_ip` (either family).
+/// `from` sends to `to_ip` (either family). The receiver prints `ready` once
+/// bound; the datagram goes only after that.
 pub fn udp_source(lab: &Lab, from: impl Into<Node>, to: impl Into<Node>, to_ip: IpAddr) -> String {
     let port = 40000 + std::process::id() % 20000;
     let (family, any) = if to_ip.is_ipv4() { ("AF_INET", "0.0.0.0") } else { ("AF_INET6", "::") };
     let recv = format!(
-        "import socket;s=socket.socket(socket.{family},socket.SOCK_DGRAM);s.bind(('{any}',{port}));s.settimeout(5);d,a=s.recvfrom(64);print(a[0])"
+        "import socket;s=socket.socket(socket.{family},socket.SOCK_DGRAM);s.bind(('{any}',{port}));s.settimeout(5);print('ready',flush=True);d,a=s.recvfrom(64);print(a[0])"
     );
     let g = lab.spawn(to, "python3", &["-c", &recv], &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.log().contains("ready") {
+        assert!(g.is_running() || g.log().contains("ready"), "UDP receiver exited: {}", g.log());
+        assert!(Instant::now() < deadline, "UDP receiver not ready: {}", g.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let send =
         format!("import socket;s=socket.socket(socket.{family},socket.SOCK_DGRAM);s.sendto(b'x',('{to_ip}',{port}))");
     lab.exec_ok(from, &["python3", "-c", &send]).unwrap();
     g.wait_timeout(Duration::from_secs(6));
-    g.log().trim().to_string()
+    g.log().lines().filter(|l| l.trim() != "ready").last().unwrap_or_default().trim().to_string()
 }
