@@ -218,7 +218,7 @@ fn add_and_del_leave_a_link_that_is_not_this_attachments() {
     assert!(has_eth0(&n2));
     let r = net.add("c2", &n2);
     let alias = must(&format!("ip -d link show {own}"));
-    assert!(alias.contains(&format!("cid=c2 if=eth0")), "new pair carries the alias: {alias}");
+    assert!(alias.contains("cid=c2 if=eth0"), "new pair carries the alias: {alias}");
     assert!(ping(&n0, &ip_of(&r)), "c0 reaches the re-added c2");
 }
 

@@ -198,5 +198,5 @@ pub fn udp_source(lab: &Lab, from: impl Into<Node>, to: impl Into<Node>, to_ip: 
         format!("import socket;s=socket.socket(socket.{family},socket.SOCK_DGRAM);s.sendto(b'x',('{to_ip}',{port}))");
     lab.exec_ok(from, &["python3", "-c", &send]).unwrap();
     g.wait_timeout(Duration::from_secs(6));
-    g.log().lines().filter(|l| l.trim() != "ready").last().unwrap_or_default().trim().to_string()
+    g.log().lines().rfind(|l| l.trim() != "ready").unwrap_or_default().trim().to_string()
 }
