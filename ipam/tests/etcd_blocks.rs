@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cni_core::{Code, Plugin};
-use common::{addresses, ctx, ip_of, leases, run_json, TestDir, BIN};
+use common::{addresses, ctx, ip_of, leases, run_json, try_ctx, TestDir, BIN};
 use ipam::cluster::blocks::{list_blocks, Block};
 use ipam::cluster::subnet::EtcdConfig;
 use ipam::cluster::testing::EtcdServer;
@@ -493,8 +493,8 @@ fn gc_frees_orphans_in_etcd_and_locally() {
     assert_eq!(left.len(), 2, "{recs:?}");
     assert!(left.contains(&"a1/eth0") && left.contains(&"b0/eth0"), "other hosts' records are not touched: {recs:?}");
     assert_eq!(a.local().values().cloned().collect::<Vec<_>>(), ["a1\r\neth0"]);
-    // GC without the key is refused, as in local mode.
-    let e = Ipam.gc(&ctx("GC", "", "", &a.conf, "")).unwrap_err();
+    // GC without the key is refused (by cni-core, before any plugin runs), as in local mode.
+    let e = try_ctx("GC", "", "", &a.conf, "").unwrap_err();
     assert_eq!(e.code, Code::InvalidConfig);
 }
 

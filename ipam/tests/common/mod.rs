@@ -69,9 +69,14 @@ pub fn env_for(cmd: &str, id: &str, ifname: &str, cni_args: &str) -> Vec<(&'stat
 
 /// A validated context, as skel would build it.
 pub fn ctx(cmd: &str, id: &str, ifname: &str, conf: &Value, cni_args: &str) -> Context {
+    try_ctx(cmd, id, ifname, conf, cni_args).expect("valid context")
+}
+
+/// The context cni-core builds for this call, or the error it answers instead.
+pub fn try_ctx(cmd: &str, id: &str, ifname: &str, conf: &Value, cni_args: &str) -> cni_core::Result<Context> {
     let vars: BTreeMap<&str, String> = env_for(cmd, id, ifname, cni_args).into_iter().collect();
     let env = move |k: &str| vars.get(k).cloned();
-    Context::from_parts(&env, conf.to_string().as_bytes()).expect("valid context")
+    Context::from_parts(&env, conf.to_string().as_bytes())
 }
 
 /// Starts a plugin binary with the CNI environment and config on stdin.
