@@ -343,7 +343,9 @@ mod tests {
         assert_ne!(ab, ac);
         assert_ne!(tmp_path(&ab), tmp_path(&ac));
         assert_eq!(tmp_path(&ab), Path::new("/d/net+a.b+eth0.json.tmp"));
-        assert_ne!(record_name("n", "a", "b+c"), record_name("n", "a+b", "c"));
+        // Network names and container IDs cannot hold '+' (CNI's charset), so the split is unambiguous.
+        assert_ne!(record_name("n", "a", "b+c"), record_name("n", "a.b", "c"));
+        assert_ne!(record_name("n", "a.b", "eth0"), record_name("n", "a", "b.eth0"));
         assert_ne!(record_name("n1", "c", "eth0"), record_name("n2", "c", "eth0"));
     }
 
