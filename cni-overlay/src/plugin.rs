@@ -282,6 +282,7 @@ impl Plugin for Overlay {
         // cni-core refused a GC without the runtime's list: this is that list.
         let valid: &[Attachment] = ctx.gc_valid();
         let mut errors = Vec::new();
+        let mut saved: Option<Value> = None;
         // Our records of this network's attachments the runtime no longer knows.
         // Anything else in the directory (other networks, files we did not
         // write) is not ours to judge.
@@ -293,6 +294,9 @@ impl Plugin for Overlay {
                 }
                 let Ok(bytes) = std::fs::read(entry.path()) else { continue };
                 let Some(rec) = Record::ours(&name, &bytes) else { continue };
+                if rec.network == ctx.conf.name && saved.is_none() {
+                    saved = Some(rec.delegate.clone());
+                }
                 let keep = rec.network != ctx.conf.name
                     || valid.iter().any(|a| a.container_id == rec.container_id && a.ifname == rec.ifname);
                 if !keep {
@@ -303,9 +307,20 @@ impl Plugin for Overlay {
             }
         }
         // The delegates collect their own state (leases, ports) with the list
-        // exactly as the runtime sent it, under the keys it used.
-        if let Ok(sn) = subnet(&conf, Code::Unavailable) {
-            let mut d = render(ctx, &conf, &sn);
+        // exactly as the runtime sent it, under the keys it used. Without the
+        // agent's subnet file, a config ADD saved still names the delegates
+        // and their store (IPAM keys its store by network and dataDir, not range).
+        let d = match subnet(&conf, Code::Unavailable) {
+            Ok(sn) => Some(render(ctx, &conf, &sn)),
+            Err(e) => {
+                if saved.is_none() {
+                    tracing::warn!("{e}; no saved config of this network either: nothing to forward GC to");
+                }
+                saved
+            }
+        };
+        if let Some(mut d) = d {
+            d["cniVersion"] = json!(ctx.version.as_str());
             for k in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
                 if let Some(v) = ctx.raw.get(k) {
                     d[k] = v.clone();
