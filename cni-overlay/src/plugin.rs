@@ -22,7 +22,7 @@ pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 /// Our own directory: Flannel's CNI plugin keeps its files in
 /// [`LEGACY_DATA_DIR`], and a directory shared with it is not ours to collect.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/cni-overlay";
-/// Where releases before 0.1 saved records by default (Flannel's directory).
+/// Where earlier releases saved records by default (Flannel's directory).
 /// DEL and CHECK still read a record of ours there, so containers added
 /// before an upgrade are deleted cleanly; GC never looks there.
 pub const LEGACY_DATA_DIR: &str = "/var/lib/cni/flannel";
