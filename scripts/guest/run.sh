@@ -76,6 +76,14 @@ case ${GUEST_NETWORK:-} in
 esac
 guest_cmd+="; exec bash $(printf '%q ' "$script" "$@")"
 
+# The guest's /var is an empty in-memory overlay, so a build dir under /var (test.sh's
+# default CARGO_TARGET_DIR is /var/tmp/cni-csi-target) would hide the binaries under
+# test: share it read-only at the same path.
+dir_args=()
+if [[ -n ${CARGO_TARGET_DIR:-} && -d $CARGO_TARGET_DIR ]]; then
+  dir_args=(--rodir="$(readlink -f "$CARGO_TARGET_DIR")")
+fi
+
 echo "run.sh: booting $kver (TCG) for $script" >&2
 start=$SECONDS
 # The guest's console (and vng's own messages) reach us through a pipe: vng reopens its
@@ -84,7 +92,7 @@ start=$SECONDS
 rc=0
 timeout --kill-after=10 "${GUEST_TIMEOUT:-240}" \
   vng --run "/boot/vmlinuz-$kver" --disable-kvm --force-9p --memory 1G --cpus 2 \
-  --append "mitigations=off" "${net_args[@]}" --exec "$guest_cmd" </dev/null 2>&1 | cat || rc=$?
+  --append "mitigations=off" "${net_args[@]}" "${dir_args[@]}" --exec "$guest_cmd" </dev/null 2>&1 | cat || rc=$?
 if ((rc == 124 || rc == 137)); then
   echo "run.sh: FAIL: guest timed out after ${GUEST_TIMEOUT:-240}s" >&2
 fi
