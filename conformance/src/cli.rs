@@ -7,11 +7,13 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use crate::checks::{catalog, Suite};
-use crate::interop::own_dir;
-use crate::plugin::PluginSet;
-use crate::util::R;
-use crate::{bench, bench_overlay, demo, interop, net, report};
+use crate::{bench, bench_overlay, demo};
+use cni_suite::checks::{catalog, Suite};
+use cni_suite::interop;
+use cni_suite::interop::own_dir;
+use testkit::plugin::PluginSet;
+use testkit::util::R;
+use testkit::{net, report};
 
 pub const USAGE: &str = "\
 usage:
@@ -124,7 +126,7 @@ fn need_root() -> R<()> {
 
 fn dispatch(argv: &[String]) -> R<i32> {
     let a = Args::parse(argv)?;
-    crate::util::install_interrupt_handler();
+    testkit::util::install_interrupt_handler();
     if a.has("help") || a.pos.is_empty() {
         print!("{USAGE}");
         return Ok(if a.pos.is_empty() && !a.has("help") { 2 } else { 0 });
@@ -136,7 +138,7 @@ fn dispatch(argv: &[String]) -> R<i32> {
             cmd_cni(&a)
         }
         "csi" if a.pos.get(1).map(String::as_str) == Some("list") => {
-            print!("{}", crate::csi::list());
+            print!("{}", csi_suite::csi::list());
             Ok(0)
         }
         "csi" => {
@@ -249,16 +251,16 @@ fn cmd_csi(a: &Args) -> R<i32> {
     };
     let num =
         |k: &str| -> R<Option<u64>> { a.get(k).map(|v| v.parse().map_err(|e| format!("--{k}: {e}"))).transpose() };
-    let mut o = crate::csi::Options::new(endpoint("endpoint")?.ok_or("--endpoint is required")?);
+    let mut o = csi_suite::csi::Options::new(endpoint("endpoint")?.ok_or("--endpoint is required")?);
     o.controller_endpoint = endpoint("controller-endpoint")?;
     if let Some(t) = file("params")? {
-        o.params = crate::csi::config::parse_map(&t).map_err(|e| format!("--params: {e}"))?;
+        o.params = csi_suite::csi::config::parse_map(&t).map_err(|e| format!("--params: {e}"))?;
     }
     if let Some(t) = file("mutable-params")? {
-        o.mutable_params = crate::csi::config::parse_map(&t).map_err(|e| format!("--mutable-params: {e}"))?;
+        o.mutable_params = csi_suite::csi::config::parse_map(&t).map_err(|e| format!("--mutable-params: {e}"))?;
     }
     if let Some(t) = file("secrets")? {
-        o.secrets = crate::csi::config::parse_secrets(&t).map_err(|e| format!("--secrets: {e}"))?;
+        o.secrets = csi_suite::csi::config::parse_secrets(&t).map_err(|e| format!("--secrets: {e}"))?;
     }
     if let Some(d) = a.get("mount-dir") {
         o.mount_dir = PathBuf::from(d);
@@ -275,7 +277,7 @@ fn cmd_csi(a: &Args) -> R<i32> {
         o.rpc_timeout = std::time::Duration::from_secs(n.max(1));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    let out = rt.block_on(crate::csi::run(o))?;
+    let out = rt.block_on(csi_suite::csi::run(o))?;
     print!("{}", out.table());
     Ok(i32::from(out.failed() > 0))
 }
@@ -338,7 +340,7 @@ fn cmd_cni(a: &Args) -> R<i32> {
     Ok(i32::from(report::counts(&rs).1 > 0))
 }
 
-fn emit(a: &Args, title: &str, info: Value, notes: &[String], rs: &[crate::CheckResult]) {
+fn emit(a: &Args, title: &str, info: Value, notes: &[String], rs: &[testkit::report::CheckResult]) {
     if a.has("json") {
         println!("{}", report::to_json(title, info, notes, rs));
     } else {

@@ -6,11 +6,11 @@ use std::net::IpAddr;
 
 use cni_core::version::cmp_str;
 
-use crate::checks::{container_ip, plugin_versions, Ctr, IFNAME, RESULT_VERSIONS};
-use crate::interop::bridge_conf;
-use crate::net::{iptables_rules_matching, nft_tables_matching, remove_traces, Range, TestNet};
-use crate::plugin::{PluginSet, Request};
-use crate::util::{ip, R};
+use cni_suite::checks::{container_ip, plugin_versions, Ctr, IFNAME, RESULT_VERSIONS};
+use cni_suite::interop::bridge_conf;
+use testkit::net::{iptables_rules_matching, nft_tables_matching, remove_traces, Range, TestNet};
+use testkit::plugin::{PluginSet, Request};
+use testkit::util::{ip, R};
 
 pub struct DemoOpts {
     pub ps: PluginSet,

@@ -12,10 +12,10 @@ use serde_json::{json, Map, Value};
 
 use crate::chain::{add_list, check_list, del_list, NetList, RuntimeConf};
 use crate::checks::{container_ip, CheckResult, Ctr, Suite, Verdict, IFNAME};
-use crate::net::{iptables_rules_matching, Range, SubnetClaim, TestNet};
-use crate::plugin::PluginSet;
-use crate::util::{ip, next_id, pid, unique_link, Context, R};
-use crate::{bail, ensure};
+use testkit::net::{iptables_rules_matching, Range, SubnetClaim, TestNet};
+use testkit::plugin::PluginSet;
+use testkit::util::{ip, next_id, pid, unique_link, Context, R};
+use testkit::{bail, ensure};
 
 /// Core checks run for mixed bridge/IPAM pairs (versions both sides list).
 pub const MIXED_CHECKS: [&str; 7] = [
