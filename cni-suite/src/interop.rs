@@ -187,7 +187,7 @@ pub fn chain_tuning_portmap(ps: &PluginSet, bridge_type: &str, ipam_type: &str) 
     let d = outcome?;
     del?;
     ensure!(c.ns.link(IFNAME).is_none(), "eth0 still in the netns after chained DEL");
-    let left = iptables_rules_matching(&net.name);
+    let left = iptables_rules_matching(&net.name)?;
     ensure!(left.is_empty(), "iptables rules left after chained DEL: {:?}", left);
     // The mapping must be gone: nothing listens on the host address itself.
     if let Ok(s) = connect_read(SocketAddr::new(IpAddr::V4(host_ip), host_port)) {

@@ -94,10 +94,10 @@ pub fn run(o: &DemoOpts, out: &mut dyn FnMut(&str)) -> R<bool> {
     if ip(&["link", "show", "dev", &bridge]).is_ok() {
         kept.push(format!("bridge {bridge}"));
     }
-    for (f, t) in nft_tables_matching(&name, Some(&bridge)) {
+    for (f, t) in nft_tables_matching(&name, Some(&bridge))? {
         kept.push(format!("nft table {f} {t}"));
     }
-    let rules = iptables_rules_matching(&name).len();
+    let rules = iptables_rules_matching(&name)?.len();
     if rules > 0 {
         kept.push(format!("{rules} iptables rules"));
     }
@@ -117,10 +117,10 @@ pub fn run(o: &DemoOpts, out: &mut dyn FnMut(&str)) -> R<bool> {
     if ip(&["link", "show", "dev", &bridge]).is_ok() {
         left.push(format!("bridge {bridge}"));
     }
-    for (f, t) in nft_tables_matching(&name, Some(&bridge)) {
+    for (f, t) in nft_tables_matching(&name, Some(&bridge))? {
         left.push(format!("nft table {f} {t}"));
     }
-    for (t, r) in iptables_rules_matching(&name) {
+    for (t, r) in iptables_rules_matching(&name)? {
         left.push(format!("iptables -t {t} {r}"));
     }
     if data_dir.exists() {
