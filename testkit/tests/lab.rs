@@ -307,3 +307,24 @@ fn a_panicking_test_still_leaves_nothing() {
     assert!(!pid_alive(pid), "process survived the panic");
     made.assert_gone();
 }
+
+#[test]
+fn sweep_kills_a_dead_labs_process_and_waits_for_it() {
+    require_root();
+    // An owner pid that is certainly dead: a child we started and reaped.
+    let mut gone = std::process::Command::new("true").spawn().expect("spawn true");
+    let dead = gone.id();
+    gone.wait().expect("wait true");
+    assert!(!pid_alive(dead));
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("60")
+        .env(testkit::lab::LAB_ENV, format!("cft-{dead}-lab9"))
+        .spawn()
+        .expect("spawn sleep");
+    let removed = testkit::lab::sweep_dead_labs();
+    let mine = format!("process {} of dead lab owner {dead}", orphan.id());
+    assert!(removed.contains(&mine), "{mine:?} not in {removed:?}");
+    // Killed and exited by the time the sweep returns (only our reaping is left).
+    let st = orphan.try_wait().expect("try_wait").expect("the swept process has exited");
+    assert!(!st.success());
+}
