@@ -6,8 +6,12 @@
 //! * [`csi_process`]: a CSI driver started as a process, ready when its socket answers.
 //! * [`ganesha`]: a private nfs-ganesha export for one test.
 //!
-//! Errors: the suite's specs fail with a message (`Result<T, String>`, as
-//! [`testkit::util::R`]); a spec's failure is its message.
+//! Errors: `Result<T, String>` (the suite's `csi::Res`, the same type as
+//! [`testkit::util::R`]): a spec's failure is its message. The RPC wrappers
+//! return the driver's `tonic::Status` unchanged, because the specs check
+//! its code. The one exception is [`ganesha`], which still returns
+//! `std::io::Result` (process and file I/O only); it is to move to the
+//! message style with its next change.
 
 pub mod csi;
 pub mod csi_process;
