@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{bin, conf, subnet_of, udp_source, Overlay};
-use conformance::lab::{ContainerId, HostId, Node};
 use serde_json::json;
+use testkit::lab::{ContainerId, HostId, Node};
 
 #[test]
 fn containers_on_three_hosts_talk_over_vxlan_and_hosts_join_and_leave() {

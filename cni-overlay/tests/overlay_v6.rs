@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{bin, subnet6_of, subnet_of, udp_source, Overlay};
-use conformance::lab::HostId;
 use serde_json::{json, Value};
+use testkit::lab::HostId;
 
 const IPV6_NETWORK: &str = "fd00:10:245::/56";
 

@@ -10,9 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{bin, subnet_of, Overlay};
-use conformance::lab::{HostId, ProcessGuard};
 use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
+use testkit::lab::{HostId, ProcessGuard};
 
 const AGENTS: usize = 30;
 /// 10.50.0.0/22 in /26s: 16 subnets, the first never leased (SubnetMin's default).

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::checks::{container_ip, Ctr, IFNAME};
-use crate::interop::bridge_conf;
-use crate::net::{Range, TestNet};
-use crate::plugin::{PluginSet, Request};
-use crate::util::{median_p90, R};
-use crate::{bail, ensure};
+use cni_suite::checks::{container_ip, Ctr, IFNAME};
+use cni_suite::interop::bridge_conf;
+use testkit::net::{Range, TestNet};
+use testkit::plugin::{PluginSet, Request};
+use testkit::util::{median_p90, R};
+use testkit::{bail, ensure};
 
 /// One measured configuration.
 pub struct Combo {
@@ -78,7 +78,7 @@ pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
     let k = live.len();
     // ADD round i runs every configuration once, rotating who goes first.
     for i in 0..n {
-        ensure!(!crate::util::interrupted(), "interrupted");
+        ensure!(!testkit::util::interrupted(), "interrupted");
         for j in 0..k {
             let l = &mut live[(i + j) % k];
             let c = &l.ctrs[i];
@@ -120,7 +120,7 @@ pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
 fn kernel_floor(n: usize) -> R<Combo> {
     use linux_net::link::{self, BridgeSpec, VethSpec};
     let kerr = |e: linux_net::Error| e.to_string();
-    let bridge = crate::util::unique_link(crate::util::next_id());
+    let bridge = testkit::util::unique_link(testkit::util::next_id());
     let mut nl = linux_net::netlink::Netlink::open().map_err(kerr)?;
     let br = link::ensure_bridge(&mut nl, &BridgeSpec { name: &bridge, ..Default::default() }).map_err(kerr)?;
     /// Removes the floor's bridge (and so its ports) however the run ends.

@@ -22,10 +22,10 @@ use csi_core::pb::controller_client::ControllerClient;
 use csi_core::pb::node_client::NodeClient;
 use serde_json::{json, Value};
 
-use crate::csi_process::DriverProcess;
-use crate::ganesha::Ganesha;
-use crate::util::{median_p90, R};
-use crate::{bail, ensure};
+use csi_suite::csi_process::DriverProcess;
+use csi_suite::ganesha::Ganesha;
+use testkit::util::{median_p90, R};
+use testkit::{bail, ensure};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -191,8 +191,8 @@ fn node_in_guest(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
         bail!(
             "the guest printed no result ({:?}):\n{}\n{}",
             out.status,
-            crate::util::clip(&stdout, 4000),
-            crate::util::clip(&String::from_utf8_lossy(&out.stderr), 2000)
+            testkit::util::clip(&stdout, 4000),
+            testkit::util::clip(&String::from_utf8_lossy(&out.stderr), 2000)
         )
     };
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("guest result {line:?}: {e}"))?;

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::{json, Value};
 
-use crate::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
-use crate::util::{next_id, unique_name, Context as _, R};
-use crate::{bail, ensure};
+use testkit::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
+use testkit::util::{next_id, unique_name, Context as _, R};
+use testkit::{bail, ensure};
 
 use ipam::cluster::subnet::{EtcdConfig, Event, SubnetManager};
 
@@ -537,7 +537,7 @@ fn iperf(lab: &Lab, server: Node, client: Node, dst: Ipv4Addr, secs: u32) -> R<(
     let v: Value = serde_json::from_str(&out).ctx("iperf3 -J output")?;
     let got = &v["end"]["sum_received"];
     let (Some(bps), Some(bytes)) = (got["bits_per_second"].as_f64(), got["bytes"].as_f64()) else {
-        return Err(format!("iperf3: no end.sum_received: {}", crate::util::clip(&out, 300)));
+        return Err(format!("iperf3: no end.sum_received: {}", testkit::util::clip(&out, 300)));
     };
     srv.wait_timeout(Duration::from_secs(3));
     Ok((bps / 1e9, cpu / (bytes / 1e9)))

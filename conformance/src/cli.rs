@@ -1,111 +1,252 @@
-//! Command line: `cni`, `csi`, `interop`, `bench cni`, `bench overlay`, `demo [--overlay]`, `list`, `cleanup`.
-//! Tables and JSON go to stdout, progress to stderr.
+//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs`,
+//! `demo [--overlay]`, `list`, `cleanup`, `completions SHELL`.
+//! Tables and JSON go to stdout, progress to stderr. Exit codes: 0 ok, 1 checks
+//! failed, 2 usage or setup error (clap's own usage errors included).
 #![allow(clippy::print_stdout)]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::checks::{catalog, Suite};
-use crate::interop::own_dir;
-use crate::plugin::PluginSet;
-use crate::util::R;
-use crate::{bench, bench_overlay, demo, interop, net, report};
+use crate::{bench, bench_overlay, demo};
+use cni_suite::checks::{catalog, Suite};
+use cni_suite::interop::{self, own_dir};
+use csi_core::flags::Endpoint;
+use testkit::net;
+use testkit::plugin::PluginSet;
+use testkit::report::{self, CheckResult};
+use testkit::util::R;
 
-pub const USAGE: &str = "\
-usage:
-  conformance cni --plugin-dir DIR --config FILE [--ipam-plugin-dir DIR] [--only NAME...] [--json]
-      run the conformance checks against the plugin named by the config's \"type\"
-  conformance csi --endpoint URL [--controller-endpoint URL] [--params FILE] [--secrets FILE]
-                  [--mount-dir DIR] [--focus SUBSTR]... [--skip SUBSTR]... [--volume-size BYTES]
-                  [--expand-size BYTES] [--mutable-params FILE] [--rpc-timeout SECS]
-      csi-sanity's specs against a CSI driver (unix:///path.sock or tcp://host:port)
-  conformance csi list               the CSI specs and the capabilities each needs
-  conformance interop [--plugin-dir DIR] [--ref-dir /usr/lib/cni] [--json]
-      ours (cni-bridge, cni-ipam) mixed with / chained to the reference plugins
-  conformance bench cni [--n 50] [--plugin-dir DIR] [--ref-dir /usr/lib/cni] [--json]
-      ADD/DEL latency, ours vs reference, ipMasq off/on
-  conformance bench overlay [--plugin-dir DIR] [--hosts 3,10,30] [--joins 5] [--allocs 2000] [--json]
-      cni-overlay in a lab: route convergence of a joining host, iperf3 over
-      the overlay vs a veth pair, allocations/s (etcd txn per IP vs local store)
-  conformance bench csi-nfs [--driver PATH] [--n 20] [--no-node] [--json]
-      csi-nfs vs the raw operations: CreateVolume/DeleteVolume vs NFS mkdir/rmdir
-      (host, nfs-ganesha), NodePublish/Unpublish vs mount/umount (one guest kernel)
-  conformance demo [--plugin-dir DIR] [--ipam-plugin-dir DIR] [--bridge-type cni-bridge] [--ipam-type cni-ipam]
-      three containers on one bridge, pings, verified teardown
-  conformance demo --overlay [--plugin-dir DIR]
-      three lab hosts (one behind a router), etcd, cni-overlay agents, one
-      container per host, pings, a VXLAN packet, verified teardown
-  conformance list [--markdown]      the checks and what they verify
-  conformance cleanup                remove leftovers of dead conformance runs
---plugin-dir defaults to the directory of this binary. Needs root.
-";
-
-struct Args {
-    pos: Vec<String>,
-    flags: BTreeMap<String, Vec<String>>,
+/// Conformance suites, interop checks, benchmarks and demos for CNI plugins and CSI drivers.
+///
+/// Needs root (except `csi`, `list` and `completions`). --plugin-dir defaults to the
+/// directory of this binary. Exit status: 0 ok, 1 a check failed, 2 usage or setup error.
+#[derive(Parser, Debug)]
+#[command(name = "conformance", version, arg_required_else_help = true, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
 }
 
-impl Args {
-    fn parse(a: &[String]) -> R<Args> {
-        let mut pos = Vec::new();
-        let mut flags: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut i = 0;
-        while i < a.len() {
-            let s = &a[i];
-            if let Some(f) = s.strip_prefix("--") {
-                let (name, inline) = match f.split_once('=') {
-                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
-                    None => (f.to_string(), None),
-                };
-                let e = flags.entry(name.clone()).or_default();
-                if let Some(v) = inline {
-                    e.push(v);
-                } else if matches!(name.as_str(), "json" | "markdown" | "help" | "overlay" | "no-node" | "node-only") {
-                } else if name == "only" {
-                    while i + 1 < a.len() && !a[i + 1].starts_with("--") {
-                        i += 1;
-                        e.extend(a[i].split(',').filter(|x| !x.is_empty()).map(String::from));
-                    }
-                } else {
-                    i += 1;
-                    let v = a.get(i).ok_or_else(|| format!("--{name} needs a value"))?;
-                    e.push(v.clone());
-                }
-            } else {
-                pos.push(s.clone());
-            }
-            i += 1;
-        }
-        Ok(Args { pos, flags })
-    }
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the conformance checks against the plugin named by the config's "type".
+    Cni(CniArgs),
+    /// csi-sanity's specs against a CSI driver (unix:///path.sock or tcp://host:port).
+    Csi(CsiArgs),
+    /// Ours (cni-bridge, cni-ipam) mixed with / chained to the reference plugins.
+    Interop(InteropArgs),
+    /// Benchmarks, ours side by side with the reference or the raw operations.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Three containers on one bridge, pings, verified teardown; with --overlay,
+    /// three lab hosts (one behind a router), etcd, cni-overlay agents, one container
+    /// per host, pings, a VXLAN packet, verified teardown.
+    Demo(DemoArgs),
+    /// The CNI checks and what they verify.
+    List {
+        /// One markdown table row per check.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Remove leftovers of dead conformance runs.
+    Cleanup,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
 
-    fn get(&self, k: &str) -> Option<&str> {
-        self.flags.get(k).and_then(|v| v.last()).map(String::as_str)
-    }
+#[derive(Args, Debug)]
+pub struct CniArgs {
+    /// Where the plugin under test is.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: PathBuf,
+    /// The network config (its "type" names the plugin).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Another directory for delegated (IPAM) plugins.
+    #[arg(long, value_name = "DIR")]
+    pub ipam_plugin_dir: Option<PathBuf>,
+    /// Run only these checks (names or `prefix-*`; space- or comma-separated).
+    #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// JSON report instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-    fn has(&self, k: &str) -> bool {
-        self.flags.contains_key(k)
-    }
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CsiArgs {
+    #[command(subcommand)]
+    pub list: Option<CsiList>,
+    /// The driver's socket: unix:///path.sock or tcp://host:port.
+    #[arg(long, value_name = "URL", required = true, value_parser = endpoint)]
+    pub endpoint: Option<Endpoint>,
+    /// A separate controller endpoint (default: --endpoint).
+    #[arg(long, value_name = "URL", value_parser = endpoint)]
+    pub controller_endpoint: Option<Endpoint>,
+    /// CreateVolume parameters (JSON object or key=value lines).
+    #[arg(long, value_name = "FILE")]
+    pub params: Option<PathBuf>,
+    /// Secrets for every RPC that takes them.
+    #[arg(long, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
+    /// Where the node specs stage and publish.
+    #[arg(long, value_name = "DIR")]
+    pub mount_dir: Option<PathBuf>,
+    /// Run only specs whose name contains this (repeatable).
+    #[arg(long, value_name = "SUBSTR")]
+    pub focus: Vec<String>,
+    /// Skip specs whose name contains this (repeatable).
+    #[arg(long, value_name = "SUBSTR")]
+    pub skip: Vec<String>,
+    /// Capacity asked for in CreateVolume.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
+    pub volume_size: Option<u64>,
+    /// Capacity asked for in ControllerExpandVolume.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
+    pub expand_size: Option<u64>,
+    /// Mutable parameters for ControllerModifyVolume.
+    #[arg(long, value_name = "FILE")]
+    pub mutable_params: Option<PathBuf>,
+    /// Deadline of each RPC in seconds (at least 1).
+    #[arg(long, value_name = "SECS")]
+    pub rpc_timeout: Option<u64>,
+}
 
-    fn dir(&self, k: &str, default: PathBuf) -> PathBuf {
-        self.get(k).map(PathBuf::from).unwrap_or(default)
-    }
+/// csi-core's endpoint syntax; clap names the flag, so drop csi-core's own prefix.
+fn endpoint(s: &str) -> Result<Endpoint, String> {
+    s.parse::<Endpoint>().map_err(|e| {
+        let m = e.to_string();
+        m.split_once(": ").map(|(_, why)| why.to_string()).unwrap_or(m)
+    })
+}
 
-    fn check_known(&self, known: &[&str]) -> R<()> {
-        for k in self.flags.keys() {
-            if !known.contains(&k.as_str()) {
-                return Err(format!("unknown option --{k}"));
-            }
-        }
-        Ok(())
-    }
+#[derive(Subcommand, Debug)]
+pub enum CsiList {
+    /// The CSI specs and the capabilities each needs.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct InteropArgs {
+    /// Where our plugins are (default: this binary's directory).
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Where the reference plugins are.
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/cni")]
+    pub ref_dir: PathBuf,
+    /// JSON report instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// ADD/DEL latency, ours vs reference, ipMasq off/on.
+    Cni {
+        /// ADDs (then DELs) per configuration.
+        #[arg(long, default_value_t = 50)]
+        n: usize,
+        /// Where our plugins are (default: this binary's directory).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// Where the reference plugins are.
+        #[arg(long, value_name = "DIR", default_value = "/usr/lib/cni")]
+        ref_dir: PathBuf,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// cni-overlay in a lab: route convergence of a joining host, iperf3 over the
+    /// overlay vs a veth pair, allocations/s (etcd txn per IP vs local store).
+    Overlay {
+        /// Where cni-overlay is (default: this binary's directory).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// Lab sizes to measure convergence at (each 2..=200).
+        #[arg(long, value_name = "N,N,...", value_delimiter = ',', default_value = "3,10,30",
+              value_parser = clap::value_parser!(u16).range(2..=200))]
+        hosts: Vec<u16>,
+        /// Joins measured per lab size (at least 1).
+        #[arg(long, default_value_t = 5)]
+        joins: usize,
+        /// Allocations per allocator (at least 1).
+        #[arg(long, default_value_t = 2000)]
+        allocs: usize,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// csi-nfs vs the raw operations: CreateVolume/DeleteVolume vs NFS mkdir/rmdir
+    /// (host, nfs-ganesha), NodePublish/Unpublish vs mount/umount (one guest kernel).
+    #[command(name = "csi-nfs")]
+    CsiNfs(BenchCsiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCsiArgs {
+    /// The csi-nfs binary (default: csi-nfs next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub driver: Option<PathBuf>,
+    /// Operations per measurement.
+    #[arg(long, default_value_t = 20)]
+    pub n: usize,
+    /// Skip the node half (no guest kernel).
+    #[arg(long)]
+    pub no_node: bool,
+    /// JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Run only the guest's node half (scripts/guest/bench-csi-nfs.sh).
+    #[arg(long, hide = true, requires_all = ["server", "port"])]
+    pub node_only: bool,
+    /// The NFS server, for --node-only.
+    #[arg(long, hide = true)]
+    pub server: Option<String>,
+    /// The NFS server's port, for --node-only.
+    #[arg(long, hide = true)]
+    pub port: Option<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The overlay demo instead of the bridge one.
+    #[arg(long)]
+    pub overlay: bool,
+    /// Where the plugins are (default: this binary's directory).
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Another directory for the IPAM plugin.
+    #[arg(long, value_name = "DIR", conflicts_with = "overlay")]
+    pub ipam_plugin_dir: Option<PathBuf>,
+    /// The bridge plugin's type.
+    #[arg(long, default_value = "cni-bridge", conflicts_with = "overlay")]
+    pub bridge_type: String,
+    /// The IPAM plugin's type.
+    #[arg(long, default_value = "cni-ipam", conflicts_with = "overlay")]
+    pub ipam_type: String,
 }
 
 /// Entry point; returns the process exit code (0 ok, 1 checks failed, 2 usage/setup error).
-pub fn main(argv: &[String]) -> i32 {
-    match dispatch(argv) {
+pub fn main<I, T>(argv: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match dispatch(cli.cmd) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("conformance: {e}");
@@ -122,90 +263,77 @@ fn need_root() -> R<()> {
     }
 }
 
-fn dispatch(argv: &[String]) -> R<i32> {
-    let a = Args::parse(argv)?;
-    crate::util::install_interrupt_handler();
-    if a.has("help") || a.pos.is_empty() {
-        print!("{USAGE}");
-        return Ok(if a.pos.is_empty() && !a.has("help") { 2 } else { 0 });
-    }
-    match a.pos[0].as_str() {
-        "cni" => {
-            a.check_known(&["plugin-dir", "config", "ipam-plugin-dir", "only", "json"])?;
+fn dispatch(cmd: Cmd) -> R<i32> {
+    testkit::util::install_interrupt_handler();
+    match cmd {
+        Cmd::Cni(a) => {
             need_root()?;
-            cmd_cni(&a)
+            cmd_cni(a)
         }
-        "csi" if a.pos.get(1).map(String::as_str) == Some("list") => {
-            print!("{}", crate::csi::list());
+        Cmd::Csi(CsiArgs { list: Some(CsiList::List), .. }) => {
+            print!("{}", csi_suite::csi::list());
             Ok(0)
         }
-        "csi" => {
-            a.check_known(CSI_FLAGS)?;
-            cmd_csi(&a)
-        }
-        "interop" => {
-            a.check_known(&["plugin-dir", "ref-dir", "json"])?;
+        Cmd::Csi(a) => cmd_csi(a),
+        Cmd::Interop(a) => {
             need_root()?;
-            let ours = a.dir("plugin-dir", own_dir());
-            let reference = a.dir("ref-dir", PathBuf::from("/usr/lib/cni"));
-            let rs = interop::run_all(&ours, &reference);
-            let title = format!("CNI interop: ours {} / reference {}", ours.display(), reference.display());
-            emit(&a, &title, json!({}), &[], &rs);
+            let ours = a.plugin_dir.unwrap_or_else(own_dir);
+            let rs = interop::run_all(&ours, &a.ref_dir);
+            let title = format!("CNI interop: ours {} / reference {}", ours.display(), a.ref_dir.display());
+            emit(a.json, &title, json!({}), &[], &rs);
             Ok(i32::from(report::counts(&rs).1 > 0))
         }
-        "bench" if a.pos.get(1).map(String::as_str) == Some("csi-nfs") => {
-            a.check_known(&["driver", "n", "no-node", "node-only", "server", "port", "json"])?;
+        Cmd::Bench(BenchCmd::Cni { n, plugin_dir, ref_dir, json }) => {
             need_root()?;
-            cmd_bench_csi(&a)
-        }
-        "bench" if a.pos.get(1).map(String::as_str) == Some("overlay") => {
-            a.check_known(&["plugin-dir", "hosts", "joins", "allocs", "json"])?;
-            need_root()?;
-            cmd_bench_overlay(&a)
-        }
-        "bench" => {
-            a.check_known(&["n", "plugin-dir", "ref-dir", "json"])?;
-            if a.pos.get(1).map(String::as_str) != Some("cni") {
-                return Err("usage: conformance bench cni [--n 50] ... | conformance bench overlay ...".into());
-            }
-            need_root()?;
-            let n: usize = a.get("n").unwrap_or("50").parse().map_err(|e| format!("--n: {e}"))?;
-            let ours = a.dir("plugin-dir", own_dir());
-            let reference = a.dir("ref-dir", PathBuf::from("/usr/lib/cni"));
-            let r = bench::run(n, &ours, &reference)?;
-            if a.has("json") {
+            let r = bench::run(n, &plugin_dir.unwrap_or_else(own_dir), &ref_dir)?;
+            if json {
                 println!("{}", r.to_json());
             } else {
                 print!("{}", r.table());
             }
             Ok(0)
         }
-        "demo" if a.has("overlay") => {
-            a.check_known(&["plugin-dir", "overlay"])?;
+        Cmd::Bench(BenchCmd::Overlay { plugin_dir, hosts, joins, allocs, json }) => {
             need_root()?;
-            let ok = demo::run_overlay(&a.dir("plugin-dir", own_dir()), &mut |l| println!("{l}"))?;
+            let o = bench_overlay::Opts {
+                plugin_dir: plugin_dir.unwrap_or_else(own_dir),
+                hosts: hosts.into_iter().map(usize::from).collect(),
+                joins: joins.max(1),
+                allocs: allocs.max(1),
+                iperf_secs: 3,
+            };
+            let r = bench_overlay::run(&o, &mut |l| eprintln!("{l}"))?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(0)
+        }
+        Cmd::Bench(BenchCmd::CsiNfs(a)) => {
+            need_root()?;
+            cmd_bench_csi(a)
+        }
+        Cmd::Demo(a) if a.overlay => {
+            need_root()?;
+            let ok = demo::run_overlay(&a.plugin_dir.unwrap_or_else(own_dir), &mut |l| println!("{l}"))?;
             println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
             Ok(i32::from(!ok))
         }
-        "demo" => {
-            a.check_known(&["plugin-dir", "ipam-plugin-dir", "bridge-type", "ipam-type"])?;
+        Cmd::Demo(a) => {
             need_root()?;
-            let mut ps = PluginSet::new(a.dir("plugin-dir", own_dir()));
-            if let Some(d) = a.get("ipam-plugin-dir") {
+            let mut ps = PluginSet::new(a.plugin_dir.unwrap_or_else(own_dir));
+            if let Some(d) = a.ipam_plugin_dir {
                 ps = ps.with_dir(d);
             }
-            let o = demo::DemoOpts {
-                ps,
-                bridge_type: a.get("bridge-type").unwrap_or("cni-bridge").into(),
-                ipam_type: a.get("ipam-type").unwrap_or("cni-ipam").into(),
-            };
+            let o = demo::DemoOpts { ps, bridge_type: a.bridge_type, ipam_type: a.ipam_type };
             let ok = demo::run(&o, &mut |l| println!("{l}"))?;
             println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
             Ok(i32::from(!ok))
         }
-        "list" => {
+        Cmd::List { markdown } => {
             for c in catalog() {
-                if a.has("markdown") {
+                if markdown {
                     println!("| `{}` | {} |", c.name, c.about);
                 } else {
                     println!("{:<24} {}", c.name, c.about);
@@ -213,117 +341,72 @@ fn dispatch(argv: &[String]) -> R<i32> {
             }
             Ok(0)
         }
-        "cleanup" => {
+        Cmd::Cleanup => {
             need_root()?;
             for r in net::sweep_dead_runs() {
                 println!("removed {r}");
             }
             Ok(0)
         }
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "conformance", &mut std::io::stdout());
+            Ok(0)
+        }
     }
 }
 
-const CSI_FLAGS: &[&str] = &[
-    "endpoint",
-    "controller-endpoint",
-    "params",
-    "secrets",
-    "mount-dir",
-    "focus",
-    "skip",
-    "volume-size",
-    "expand-size",
-    "mutable-params",
-    "rpc-timeout",
-];
-
-fn cmd_csi(a: &Args) -> R<i32> {
-    let endpoint = |k: &str| -> R<Option<csi_core::flags::Endpoint>> {
-        a.get(k)
-            .map(|e| e.parse().map_err(|e: csi_core::Error| e.to_string().replace("--endpoint", &format!("--{k}"))))
-            .transpose()
+fn cmd_csi(a: CsiArgs) -> R<i32> {
+    let file = |k: &str, f: &Option<PathBuf>| -> R<Option<String>> {
+        f.as_ref().map(|f| std::fs::read_to_string(f).map_err(|e| format!("--{k} {}: {e}", f.display()))).transpose()
     };
-    let file = |k: &str| -> R<Option<String>> {
-        a.get(k).map(|f| std::fs::read_to_string(f).map_err(|e| format!("--{k} {f}: {e}"))).transpose()
-    };
-    let num =
-        |k: &str| -> R<Option<u64>> { a.get(k).map(|v| v.parse().map_err(|e| format!("--{k}: {e}"))).transpose() };
-    let mut o = crate::csi::Options::new(endpoint("endpoint")?.ok_or("--endpoint is required")?);
-    o.controller_endpoint = endpoint("controller-endpoint")?;
-    if let Some(t) = file("params")? {
-        o.params = crate::csi::config::parse_map(&t).map_err(|e| format!("--params: {e}"))?;
+    let endpoint = a.endpoint.ok_or("--endpoint is required")?;
+    let mut o = csi_suite::csi::Options::new(endpoint);
+    o.controller_endpoint = a.controller_endpoint;
+    if let Some(t) = file("params", &a.params)? {
+        o.params = csi_suite::csi::config::parse_map(&t).map_err(|e| format!("--params: {e}"))?;
     }
-    if let Some(t) = file("mutable-params")? {
-        o.mutable_params = crate::csi::config::parse_map(&t).map_err(|e| format!("--mutable-params: {e}"))?;
+    if let Some(t) = file("mutable-params", &a.mutable_params)? {
+        o.mutable_params = csi_suite::csi::config::parse_map(&t).map_err(|e| format!("--mutable-params: {e}"))?;
     }
-    if let Some(t) = file("secrets")? {
-        o.secrets = crate::csi::config::parse_secrets(&t).map_err(|e| format!("--secrets: {e}"))?;
+    if let Some(t) = file("secrets", &a.secrets)? {
+        o.secrets = csi_suite::csi::config::parse_secrets(&t).map_err(|e| format!("--secrets: {e}"))?;
     }
-    if let Some(d) = a.get("mount-dir") {
-        o.mount_dir = PathBuf::from(d);
+    if let Some(d) = a.mount_dir {
+        o.mount_dir = d;
     }
-    o.focus = a.flags.get("focus").cloned().unwrap_or_default();
-    o.skip = a.flags.get("skip").cloned().unwrap_or_default();
-    if let Some(n) = num("volume-size")? {
+    o.focus = a.focus;
+    o.skip = a.skip;
+    // The parser bounds both sizes to i64::MAX.
+    if let Some(n) = a.volume_size {
         o.volume_size = i64::try_from(n).map_err(|e| format!("--volume-size: {e}"))?;
     }
-    if let Some(n) = num("expand-size")? {
+    if let Some(n) = a.expand_size {
         o.expand_size = i64::try_from(n).map_err(|e| format!("--expand-size: {e}"))?;
     }
-    if let Some(n) = num("rpc-timeout")? {
-        o.rpc_timeout = std::time::Duration::from_secs(n.max(1));
+    if let Some(n) = a.rpc_timeout {
+        o.rpc_timeout = Duration::from_secs(n.max(1));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
-    let out = rt.block_on(crate::csi::run(o))?;
+    let out = rt.block_on(csi_suite::csi::run(o))?;
     print!("{}", out.table());
     Ok(i32::from(out.failed() > 0))
 }
 
-fn cmd_bench_overlay(a: &Args) -> R<i32> {
-    let num = |k: &str, d: &str| -> R<usize> { a.get(k).unwrap_or(d).parse().map_err(|e| format!("--{k}: {e}")) };
-    let hosts = a
-        .get("hosts")
-        .unwrap_or("3,10,30")
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim().parse::<usize>().map_err(|e| format!("--hosts {s:?}: {e}")))
-        .collect::<R<Vec<usize>>>()?;
-    if hosts.iter().any(|&n| !(2..=200).contains(&n)) {
-        return Err("--hosts: each count must be 2..=200".into());
-    }
-    let o = bench_overlay::Opts {
-        plugin_dir: a.dir("plugin-dir", own_dir()),
-        hosts,
-        joins: num("joins", "5")?.max(1),
-        allocs: num("allocs", "2000")?.max(1),
-        iperf_secs: 3,
-    };
-    let r = bench_overlay::run(&o, &mut |l| eprintln!("{l}"))?;
-    if a.has("json") {
-        println!("{}", r.to_json());
-    } else {
-        print!("{}", r.table());
-    }
-    Ok(0)
-}
-
-fn cmd_cni(a: &Args) -> R<i32> {
-    let dir = a.get("plugin-dir").ok_or("--plugin-dir is required")?;
-    let cfg = a.get("config").ok_or("--config is required")?;
-    let text = std::fs::read_to_string(cfg).map_err(|e| format!("read {cfg}: {e}"))?;
+fn cmd_cni(a: CniArgs) -> R<i32> {
+    let cfg = a.config.display();
+    let text = std::fs::read_to_string(&a.config).map_err(|e| format!("read {cfg}: {e}"))?;
     let base: Value = serde_json::from_str(&text).map_err(|e| format!("parse {cfg}: {e}"))?;
-    let mut ps = PluginSet::new(dir);
-    if let Some(d) = a.get("ipam-plugin-dir") {
+    let mut ps = PluginSet::new(&a.plugin_dir);
+    if let Some(d) = &a.ipam_plugin_dir {
         ps = ps.with_dir(d);
     }
     let suite = Suite::new(ps, base)?;
-    let only: Vec<String> = a.flags.get("only").cloned().unwrap_or_default();
+    let only: Vec<String> = a.only.into_iter().filter(|x| !x.is_empty()).collect();
     let rs = suite.run(&only, true)?;
     let title = format!(
         "CNI conformance: plugin {} from {} (CNI_PATH {}), cniVersion {}, supports [{}]",
         suite.plugin_type,
-        dir,
+        a.plugin_dir.display(),
         suite.ps.cni_path(),
         suite.version,
         suite.supported.join(" ")
@@ -334,33 +417,157 @@ fn cmd_cni(a: &Args) -> R<i32> {
         "cniVersion": suite.version,
         "supportedVersions": suite.supported,
     });
-    emit(a, &title, info, &suite.notes, &rs);
+    emit(a.json, &title, info, &suite.notes, &rs);
     Ok(i32::from(report::counts(&rs).1 > 0))
 }
 
-fn emit(a: &Args, title: &str, info: Value, notes: &[String], rs: &[crate::CheckResult]) {
-    if a.has("json") {
+fn emit(json: bool, title: &str, info: Value, notes: &[String], rs: &[CheckResult]) {
+    if json {
         println!("{}", report::to_json(title, info, notes, rs));
     } else {
         print!("{}", report::table(title, notes, rs));
     }
 }
 
-fn cmd_bench_csi(a: &Args) -> R<i32> {
-    let n: usize = a.get("n").unwrap_or("20").parse().map_err(|e| format!("--n: {e}"))?;
-    let driver = a.get("driver").map(PathBuf::from).unwrap_or_else(|| own_dir().join("csi-nfs"));
-    if a.has("node-only") {
-        // The guest half (scripts/guest/bench-csi-nfs.sh).
-        let server = a.get("server").ok_or("--node-only needs --server")?;
-        let port: u16 = a.get("port").ok_or("--node-only needs --port")?.parse().map_err(|e| format!("--port: {e}"))?;
-        crate::bench_csi::node_only(&driver, server, port, n)?;
+fn cmd_bench_csi(a: BenchCsiArgs) -> R<i32> {
+    let driver = a.driver.unwrap_or_else(|| own_dir().join("csi-nfs"));
+    if a.node_only {
+        // The guest half (scripts/guest/bench-csi-nfs.sh); clap requires --server and --port.
+        let server = a.server.ok_or("--node-only needs --server")?;
+        let port = a.port.ok_or("--node-only needs --port")?;
+        crate::bench_csi::node_only(&driver, &server, port, a.n)?;
         return Ok(0);
     }
-    let r = crate::bench_csi::run(&crate::bench_csi::Opts { driver, n, node: !a.has("no-node") })?;
-    if a.has("json") {
+    let r = crate::bench_csi::run(&crate::bench_csi::Opts { driver, n: a.n, node: !a.no_node })?;
+    if a.json {
         println!("{}", r.to_json());
     } else {
         print!("{}", r.table());
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("conformance").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cni_takes_several_only_names_and_both_flag_forms() {
+        let Cmd::Cni(a) =
+            parse(&["cni", "--plugin-dir=/p", "--config", "c.json", "--only", "del-*", "gc-frees-invalid", "--json"])
+                .unwrap()
+        else {
+            panic!("not cni")
+        };
+        assert_eq!(a.plugin_dir, PathBuf::from("/p"));
+        assert_eq!(a.only, ["del-*", "gc-frees-invalid"]);
+        assert!(a.json);
+        let Cmd::Cni(a) = parse(&["cni", "--plugin-dir", "/p", "--config", "c", "--only", "a,b"]).unwrap() else {
+            panic!("not cni")
+        };
+        assert_eq!(a.only, ["a", "b"]);
+        // The last of a repeated flag wins, as before clap.
+        let Cmd::Cni(a) = parse(&["cni", "--plugin-dir", "/a", "--plugin-dir", "/b", "--config", "c"]).unwrap() else {
+            panic!("not cni")
+        };
+        assert_eq!(a.plugin_dir, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn usage_errors_name_the_flag() {
+        let e = parse(&["cni", "--config", "c"]).unwrap_err().to_string();
+        assert!(e.contains("--plugin-dir"), "{e}");
+        let e = parse(&["cni", "--plugin-dir", "/p", "--config", "c", "--bogus"]).unwrap_err().to_string();
+        assert!(e.contains("--bogus"), "{e}");
+        let e = parse(&["csi"]).unwrap_err().to_string();
+        assert!(e.contains("--endpoint"), "{e}");
+        let e = parse(&["csi", "--endpoint", "unix://relative.sock"]).unwrap_err().to_string();
+        assert!(e.contains("absolute"), "{e}");
+        let e = parse(&["bench", "overlay", "--hosts", "3,1"]).unwrap_err().to_string();
+        assert!(e.contains("--hosts"), "{e}");
+        let e = parse(&["bench", "cni", "--n", "x"]).unwrap_err().to_string();
+        assert!(e.contains("--n"), "{e}");
+        let e = parse(&["demo", "--overlay", "--bridge-type", "bridge"]).unwrap_err().to_string();
+        assert!(e.contains("--bridge-type") && e.contains("--overlay"), "{e}");
+        assert!(parse(&["bench"]).is_err());
+        assert!(parse(&["bench", "csi-nfs", "--node-only", "--server", "10.0.2.2"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn every_command_parses_with_its_documented_flags() {
+        let ok = |args: &[&str]| parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(matches!(ok(&["csi", "list"]), Cmd::Csi(CsiArgs { list: Some(CsiList::List), .. })));
+        let Cmd::Csi(a) = ok(&[
+            "csi",
+            "--endpoint",
+            "unix:///tmp/csi.sock",
+            "--controller-endpoint",
+            "tcp://10.0.0.5:10000",
+            "--params",
+            "p.json",
+            "--secrets",
+            "s",
+            "--mount-dir",
+            "/m",
+            "--focus",
+            "Node",
+            "--focus",
+            "Controller",
+            "--skip",
+            "x",
+            "--volume-size",
+            "1024",
+            "--expand-size",
+            "2048",
+            "--mutable-params",
+            "m",
+            "--rpc-timeout",
+            "5",
+        ]) else {
+            panic!("not csi")
+        };
+        assert_eq!(a.endpoint, Some(Endpoint::Unix("/tmp/csi.sock".into())));
+        assert_eq!(a.focus, ["Node", "Controller"]);
+        assert_eq!((a.volume_size, a.expand_size, a.rpc_timeout), (Some(1024), Some(2048), Some(5)));
+        let Cmd::Interop(a) = ok(&["interop", "--plugin-dir", "/p", "--json"]) else { panic!() };
+        assert_eq!(a.ref_dir, PathBuf::from("/usr/lib/cni"));
+        let Cmd::Bench(BenchCmd::Cni { n, ref_dir, .. }) = ok(&["bench", "cni"]) else { panic!() };
+        assert_eq!((n, ref_dir), (50, PathBuf::from("/usr/lib/cni")));
+        let Cmd::Bench(BenchCmd::Overlay { hosts, joins, allocs, .. }) = ok(&["bench", "overlay"]) else { panic!() };
+        assert_eq!((hosts, joins, allocs), (vec![3, 10, 30], 5, 2000));
+        let Cmd::Bench(BenchCmd::Overlay { hosts, .. }) = ok(&["bench", "overlay", "--hosts", "3,4"]) else { panic!() };
+        assert_eq!(hosts, [3, 4]);
+        let Cmd::Bench(BenchCmd::CsiNfs(a)) = ok(&["bench", "csi-nfs", "--n", "20", "--driver", "/d", "--no-node"])
+        else {
+            panic!()
+        };
+        assert_eq!((a.n, a.no_node, a.node_only), (20, true, false));
+        let Cmd::Bench(BenchCmd::CsiNfs(a)) =
+            ok(&["bench", "csi-nfs", "--node-only", "--server", "10.0.2.2", "--port", "2049"])
+        else {
+            panic!()
+        };
+        assert_eq!((a.server.as_deref(), a.port), (Some("10.0.2.2"), Some(2049)));
+        let Cmd::Demo(a) =
+            ok(&["demo", "--plugin-dir", "/usr/lib/cni", "--bridge-type", "bridge", "--ipam-type", "host-local"])
+        else {
+            panic!()
+        };
+        assert_eq!((a.overlay, a.bridge_type.as_str(), a.ipam_type.as_str()), (false, "bridge", "host-local"));
+        let Cmd::Demo(a) = ok(&["demo", "--overlay", "--plugin-dir", "target/release"]) else { panic!() };
+        assert!(a.overlay && a.bridge_type == "cni-bridge");
+        assert!(matches!(ok(&["list", "--markdown"]), Cmd::List { markdown: true }));
+        assert!(matches!(ok(&["cleanup"]), Cmd::Cleanup));
+        assert!(matches!(ok(&["completions", "bash"]), Cmd::Completions { .. }));
+    }
 }

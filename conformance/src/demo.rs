@@ -6,11 +6,11 @@ use std::net::IpAddr;
 
 use cni_core::version::cmp_str;
 
-use crate::checks::{container_ip, plugin_versions, Ctr, IFNAME, RESULT_VERSIONS};
-use crate::interop::bridge_conf;
-use crate::net::{iptables_rules_matching, nft_tables_matching, remove_traces, Range, TestNet};
-use crate::plugin::{PluginSet, Request};
-use crate::util::{ip, R};
+use cni_suite::checks::{container_ip, plugin_versions, Ctr, IFNAME, RESULT_VERSIONS};
+use cni_suite::interop::bridge_conf;
+use testkit::net::{iptables_rules_matching, nft_tables_matching, remove_traces, Range, TestNet};
+use testkit::plugin::{PluginSet, Request};
+use testkit::util::{ip, R};
 
 pub struct DemoOpts {
     pub ps: PluginSet,
@@ -94,10 +94,10 @@ pub fn run(o: &DemoOpts, out: &mut dyn FnMut(&str)) -> R<bool> {
     if ip(&["link", "show", "dev", &bridge]).is_ok() {
         kept.push(format!("bridge {bridge}"));
     }
-    for (f, t) in nft_tables_matching(&name, Some(&bridge)) {
+    for (f, t) in nft_tables_matching(&name, Some(&bridge))? {
         kept.push(format!("nft table {f} {t}"));
     }
-    let rules = iptables_rules_matching(&name).len();
+    let rules = iptables_rules_matching(&name)?.len();
     if rules > 0 {
         kept.push(format!("{rules} iptables rules"));
     }
@@ -117,10 +117,10 @@ pub fn run(o: &DemoOpts, out: &mut dyn FnMut(&str)) -> R<bool> {
     if ip(&["link", "show", "dev", &bridge]).is_ok() {
         left.push(format!("bridge {bridge}"));
     }
-    for (f, t) in nft_tables_matching(&name, Some(&bridge)) {
+    for (f, t) in nft_tables_matching(&name, Some(&bridge))? {
         left.push(format!("nft table {f} {t}"));
     }
-    for (t, r) in iptables_rules_matching(&name) {
+    for (t, r) in iptables_rules_matching(&name)? {
         left.push(format!("iptables -t {t} {r}"));
     }
     if data_dir.exists() {

@@ -1,34 +1,19 @@
-//! Black-box CNI conformance suite for bridge-like plugins.
+//! The `conformance` command: the CNI and CSI suites, interop checks,
+//! benchmarks and the demo behind one CLI. The suites and the lab are
+//! their own crates (`cni-suite`, `csi-suite`, `testkit`), so a plugin's
+//! own tests build only what they use.
 //!
-//! Every plugin is executed as a process with the spec's environment and
-//! stdin; effects are observed with real network namespaces, `ip`, `ping`
-//! and TCP connections. Every resource is named `cft-<pid>-<n>` (links
-//! `cf<pid36>-<n36>`) and removed by Drop guards, even when a check fails.
-//!
-//! * [`checks`]: the conformance catalog and [`checks::Suite`].
-//! * [`interop`]: ours mixed with the reference plugins, and chaining.
-//! * [`chain`]: libcni-style conflist execution.
+//! * [`cli`]: the command line.
 //! * [`bench`]: ADD/DEL latency, ours vs reference.
-//! * [`demo`]: three containers, pings, verified teardown.
-//! * [`csi`]: a CSI sanity suite (csi-sanity's specs) against any CSI endpoint.
+//! * [`bench_overlay`]: the overlay in a lab: convergence, throughput, allocations.
+//! * [`bench_csi`]: csi-nfs against the raw NFS and mount operations.
+//! * [`demo`]: three containers, pings, verified teardown (and the overlay demo).
+//!
+//! Errors: [`testkit::util::R`] (`Result<T, String>`), printed by the CLI
+//! with exit code 2.
 
 pub mod bench;
 pub mod bench_csi;
 pub mod bench_overlay;
-pub mod chain;
-pub mod checks;
 pub mod cli;
-pub mod csi;
-pub mod csi_process;
 pub mod demo;
-pub mod ganesha;
-pub mod interop;
-pub mod lab;
-pub mod net;
-pub mod netns;
-pub mod plugin;
-pub mod report;
-pub mod util;
-
-pub use checks::{CheckResult, Suite, Verdict};
-pub use plugin::{Outcome, PluginSet, Request};

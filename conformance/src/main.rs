@@ -1,4 +1,3 @@
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(conformance::cli::main(&args));
+    std::process::exit(conformance::cli::main(std::env::args_os()));
 }

@@ -1,7 +1,7 @@
 //! csi-nfs's controller against a real nfs-ganesha: the userspace client
 //! (`csi_nfs::nfs`) first, then the `csi-nfs` binary served on a unix socket
 //! and driven over gRPC. Each test starts its own server (see
-//! `conformance::ganesha`), so tests run in parallel; every server, socket
+//! `csi_suite::ganesha`), so tests run in parallel; every server, socket
 //! and temp dir is removed by a Drop guard, even when a check fails.
 //!
 //! `cargo test --release -p conformance --test csi_nfs_controller -- --test-threads=2`
@@ -10,8 +10,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use conformance::ganesha::Ganesha;
 use csi_nfs::nfs::{self, Client, FileType, Target};
+use csi_suite::ganesha::Ganesha;
 
 fn ganesha() -> Ganesha {
     Ganesha::start().expect("start nfs-ganesha (apt-get install nfs-ganesha nfs-ganesha-vfs)")
@@ -183,9 +183,9 @@ mod driver {
     use std::collections::HashMap;
     use std::path::PathBuf;
 
-    use conformance::csi_process::DriverProcess;
     use csi_core::pb::controller_client::ControllerClient;
     use csi_core::pb::{self, volume_capability as vc};
+    use csi_suite::csi_process::DriverProcess;
     use tonic::transport::Channel;
 
     use super::*;

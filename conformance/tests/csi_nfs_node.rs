@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conformance::csi_process::DriverProcess;
-use conformance::ganesha::Ganesha;
 use csi_core::pb;
 use csi_core::pb::controller_client::ControllerClient;
 use csi_core::pb::node_client::NodeClient;
+use csi_suite::csi_process::DriverProcess;
+use csi_suite::ganesha::Ganesha;
 use tonic::transport::Channel;
 use tonic::Code;
 

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use conformance::csi_process::DriverProcess;
-use conformance::ganesha::Ganesha;
+use csi_suite::csi_process::DriverProcess;
+use csi_suite::ganesha::Ganesha;
 
 fn conformance_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_conformance"))

@@ -5,12 +5,12 @@
 
 mod common;
 
+use cni_suite::checks::Verdict;
+use cni_suite::interop::{chain_tuning_portmap, mixed_pair, MIXED_CHECKS};
 use common::*;
-use conformance::checks::Verdict;
-use conformance::interop::{chain_tuning_portmap, mixed_pair, MIXED_CHECKS};
-use conformance::PluginSet;
+use testkit::plugin::PluginSet;
 
-fn assert_all_pass(label: &str, rs: &[conformance::CheckResult]) {
+fn assert_all_pass(label: &str, rs: &[cni_suite::checks::CheckResult]) {
     assert_eq!(rs.len(), MIXED_CHECKS.len(), "{label}: {rs:?}");
     let bad: Vec<_> = rs.iter().filter(|r| r.verdict != Verdict::Pass).collect();
     assert!(bad.is_empty(), "{label}: {bad:#?}");

@@ -1,15 +1,21 @@
-//! The command line every CSI driver shares.
+//! The command line every CSI driver shares, built with `clap`.
 //!
 //! `--endpoint`, `--node-id`, `--driver-name`, `--mode`, `--log-level`, in
 //! `--flag value` or `--flag=value` form; a driver may register a few
 //! flags of its own ([`ExtraFlag`]). Anything else is a usage error that
 //! names the flag, because a typo in a DaemonSet's args should stop the
-//! pod, not be ignored.
+//! pod, not be ignored. [`CommonArgs`] is the clap definition of the common
+//! flags, for a driver that builds its own command with clap's derive
+//! (`#[command(flatten)]`); [`Flags::parse`] and [`Flags::from_env`] serve a
+//! driver that only adds [`ExtraFlag`]s, and [`command`] is the whole
+//! command (help text, completions).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Arg, ArgAction, Command, FromArgMatches as _};
 
 use crate::error::{Error, Result};
 
@@ -62,7 +68,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// Which services this process serves (Identity is always served).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// Identity + Controller (the provisioner's sidecar pod).
     Controller,
@@ -119,6 +125,31 @@ pub struct Defaults {
     pub extra: &'static [ExtraFlag],
 }
 
+/// The common flags as clap arguments. `--driver-name` has no default here
+/// (it is the driver's, see [`Defaults`]); [`command`] adds it.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct CommonArgs {
+    /// unix:///path/to.sock or tcp://host:port
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: Endpoint,
+    /// This node's ID in NodeGetInfo [default: the host name]
+    #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+    pub node_id: Option<String>,
+    /// Plugin name in GetPluginInfo
+    #[arg(long, value_name = "NAME")]
+    pub driver_name: Option<String>,
+    /// Which services to serve besides Identity
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Mode::All)]
+    pub mode: Mode,
+    /// error, warn, info, debug or trace
+    #[arg(long, value_name = "LEVEL", default_value = DEFAULT_LOG_LEVEL, value_parser = level_arg)]
+    pub log_level: String,
+}
+
+fn level_arg(s: &str) -> std::result::Result<String, String> {
+    parse_level(s).map(|_| s.to_string()).map_err(|_| "expected error, warn, info, debug or trace".to_string())
+}
+
 /// The parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flags {
@@ -136,88 +167,79 @@ pub struct Flags {
     pub extra: BTreeMap<String, String>,
 }
 
+/// The whole command for a driver: the common flags (with the driver's
+/// `--driver-name` default) and its [`ExtraFlag`]s.
+pub fn command(d: &Defaults) -> Command {
+    use clap::Args as _;
+    let mut cmd = CommonArgs::augment_args(Command::new(d.program))
+        .about("A CSI driver: serves Identity and, per --mode, Controller and Node over gRPC")
+        .long_about(None::<&str>)
+        .mut_arg("driver_name", |a| a.default_value(d.driver_name))
+        .args_override_self(true);
+    for f in d.extra {
+        let mut a = Arg::new(f.name).long(f.name).value_name("VALUE").help(f.help).action(ArgAction::Set);
+        if let Some(def) = f.default {
+            a = a.default_value(def);
+        }
+        cmd = cmd.arg(a);
+    }
+    cmd
+}
+
 impl Flags {
-    /// Parses `args` (without the program name).
+    /// Parses `args` (without the program name). A usage error's message
+    /// names the flag and ends with the usage line; `--help` returns the
+    /// help text as the error.
     pub fn parse<I, S>(args: I, defaults: &Defaults) -> Result<Flags>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut endpoint = None;
-        let mut node_id = None;
-        let mut driver_name = None;
-        let mut mode = None;
-        let mut log_level = None;
-        let mut extra: BTreeMap<String, String> =
-            defaults.extra.iter().filter_map(|f| f.default.map(|d| (f.name.to_string(), d.to_string()))).collect();
+        Flags::try_parse(args, defaults).map_err(|e| match e {
+            ParseError::Clap(e) => Error::Usage(e.render().to_string().trim_end().to_string()),
+            ParseError::Other(e) => e,
+        })
+    }
 
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(arg) = args.next() {
-            if arg == "-h" || arg == "--help" {
-                return Err(Error::Usage(usage(defaults)));
-            }
-            let Some(body) = arg.strip_prefix("--") else {
-                return Err(Error::Usage(format!("unexpected argument {arg:?}\n\n{}", usage(defaults))));
-            };
-            let (name, inline) = match body.split_once('=') {
-                Some((n, v)) => (n.to_string(), Some(v.to_string())),
-                None => (body.to_string(), None),
-            };
-            let known = matches!(name.as_str(), "endpoint" | "node-id" | "driver-name" | "mode" | "log-level")
-                || defaults.extra.iter().any(|f| f.name == name);
-            if !known {
-                return Err(Error::Usage(format!("unknown flag --{name}\n\n{}", usage(defaults))));
-            }
-            let value = match inline {
-                Some(v) => v,
-                None => args.next().ok_or_else(|| Error::Usage(format!("flag --{name} needs a value")))?,
-            };
-            match name.as_str() {
-                "endpoint" => endpoint = Some(value.parse()?),
-                "node-id" => node_id = Some(value),
-                "driver-name" => driver_name = Some(value),
-                "mode" => mode = Some(value.parse()?),
-                "log-level" => {
-                    parse_level(&value)?;
-                    log_level = Some(value)
-                }
-                _ => {
-                    extra.insert(name, value);
-                }
-            }
-        }
-
-        let node_id = match node_id {
-            Some(n) if n.is_empty() => return Err(Error::Usage("--node-id is empty".into())),
+    fn try_parse<I, S>(args: I, defaults: &Defaults) -> std::result::Result<Flags, ParseError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let argv = std::iter::once(defaults.program.to_string()).chain(args.into_iter().map(Into::into));
+        let m = command(defaults).try_get_matches_from(argv).map_err(ParseError::Clap)?;
+        let c = CommonArgs::from_arg_matches(&m).map_err(ParseError::Clap)?;
+        let extra = defaults
+            .extra
+            .iter()
+            .filter_map(|f| m.get_one::<String>(f.name).map(|v| (f.name.to_string(), v.clone())))
+            .collect();
+        let node_id = match c.node_id {
             Some(n) => n,
             None => nix::unistd::gethostname()
-                .map_err(|e| Error::sys("read the host name for --node-id", e))?
+                .map_err(|e| ParseError::Other(Error::sys("read the host name for --node-id", e)))?
                 .to_string_lossy()
                 .into_owned(),
         };
         Ok(Flags {
-            endpoint: match endpoint {
-                Some(e) => e,
-                None => DEFAULT_ENDPOINT.parse()?,
-            },
+            endpoint: c.endpoint,
             node_id,
-            driver_name: driver_name.unwrap_or_else(|| defaults.driver_name.to_string()),
-            mode: mode.unwrap_or(Mode::All),
-            log_level: log_level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string()),
+            driver_name: c.driver_name.unwrap_or_else(|| defaults.driver_name.to_string()),
+            mode: c.mode,
+            log_level: c.log_level,
             extra,
         })
     }
 
-    /// Parses the process's arguments; prints the usage error to stderr and
-    /// exits with status 2 on a bad command line (0 for `--help`).
+    /// Parses the process's arguments. `--help` prints the help on stdout
+    /// and exits 0; a bad command line prints the error on stderr and exits 2.
     pub fn from_env(defaults: &Defaults) -> Flags {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let help = args.iter().any(|a| a == "-h" || a == "--help");
-        match Flags::parse(args, defaults) {
+        match Flags::try_parse(std::env::args().skip(1), defaults) {
             Ok(f) => f,
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(if help { 0 } else { 2 });
+            Err(ParseError::Clap(e)) => e.exit(),
+            Err(ParseError::Other(e)) => {
+                eprintln!("{}: {e}", defaults.program);
+                std::process::exit(2);
             }
         }
     }
@@ -228,25 +250,14 @@ impl Flags {
     }
 }
 
-/// The usage text for a driver.
+enum ParseError {
+    Clap(clap::Error),
+    Other(Error),
+}
+
+/// The help text for a driver.
 pub fn usage(d: &Defaults) -> String {
-    let mut u = format!(
-        "usage: {} [flags]\n\n\
-         \x20 --endpoint URL     unix:///path/to.sock or tcp://host:port (default {DEFAULT_ENDPOINT})\n\
-         \x20 --node-id ID       this node's ID in NodeGetInfo (default: the host name)\n\
-         \x20 --driver-name NAME plugin name in GetPluginInfo (default {})\n\
-         \x20 --mode MODE        controller, node or all (default all)\n\
-         \x20 --log-level LEVEL  error, warn, info, debug or trace (default {DEFAULT_LOG_LEVEL})\n",
-        d.program, d.driver_name
-    );
-    for f in d.extra {
-        let _ = write!(u, "  --{} VALUE  {}", f.name, f.help);
-        if let Some(def) = f.default {
-            let _ = write!(u, " (default {def})");
-        }
-        u.push('\n');
-    }
-    u
+    command(d).render_help().to_string()
 }
 
 fn parse_level(s: &str) -> Result<tracing::Level> {
@@ -314,19 +325,39 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let e = Flags::parse(["--endpiont=unix:///x"], &D).unwrap_err();
-        assert!(e.to_string().starts_with("unknown flag --endpiont"), "{e}");
-        assert!(e.to_string().contains("usage: csi-test"), "{e}");
-        let e = Flags::parse(["--mode", "both"], &D).unwrap_err();
-        assert!(e.to_string().contains("controller, node or all"), "{e}");
-        let e = Flags::parse(["--node-id"], &D).unwrap_err();
-        assert_eq!(e.to_string(), "flag --node-id needs a value");
-        let e = Flags::parse(["--endpoint", "unix://relative.sock"], &D).unwrap_err();
-        assert!(e.to_string().contains("absolute"), "{e}");
-        let e = Flags::parse(["--endpoint", "tcp://:x"], &D).unwrap_err();
-        assert!(e.to_string().contains("tcp://host:port"), "{e}");
-        assert!(Flags::parse(["--log-level", "loud"], &D).is_err());
+        let e = Flags::parse(["--endpiont=unix:///x"], &D).unwrap_err().to_string();
+        assert!(e.contains("unexpected argument '--endpiont'"), "{e}");
+        assert!(e.contains("Usage: csi-test"), "{e}");
+        let e = Flags::parse(["--mode", "both"], &D).unwrap_err().to_string();
+        assert!(e.contains("--mode") && e.contains("controller, node, all"), "{e}");
+        let e = Flags::parse(["--node-id"], &D).unwrap_err().to_string();
+        assert!(e.contains("a value is required for '--node-id <ID>'"), "{e}");
+        let e = Flags::parse(["--node-id="], &D).unwrap_err().to_string();
+        assert!(e.contains("--node-id"), "{e}");
+        let e = Flags::parse(["--endpoint", "unix://relative.sock"], &D).unwrap_err().to_string();
+        assert!(e.contains("absolute"), "{e}");
+        let e = Flags::parse(["--endpoint", "tcp://:x"], &D).unwrap_err().to_string();
+        assert!(e.contains("tcp://host:port"), "{e}");
+        let e = Flags::parse(["--log-level", "loud"], &D).unwrap_err().to_string();
+        assert!(e.contains("--log-level") && e.contains("debug"), "{e}");
         assert!(Flags::parse(["stray"], &D).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_the_drivers_defaults() {
+        let h = Flags::parse(["--help"], &D).unwrap_err().to_string();
+        for want in ["--endpoint", "--node-id", "--driver-name", "--mode", "--log-level", "--working-mount-dir"] {
+            assert!(h.contains(want), "{want} missing from\n{h}");
+        }
+        assert!(h.contains("[default: test.csi.example.com]") && h.contains("[default: /tmp]"), "{h}");
+        assert!(h.contains("[default: unix:///csi/csi.sock]"), "{h}");
+        assert_eq!(usage(&D), command(&D).render_help().to_string());
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_flag_wins() {
+        let f = Flags::parse(["--mode", "node", "--mode=controller"], &D).unwrap();
+        assert_eq!(f.mode, Mode::Controller);
     }
 
     #[test]

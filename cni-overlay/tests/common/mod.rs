@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conformance::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
 use serde_json::{json, Value};
+use testkit::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cni-overlay"))

@@ -159,7 +159,7 @@ pub fn del_leaking_wrapper(name: &str, real: &Path) -> TempDir {
 
 pub fn bridge_config(bridge_type: &str, ipam_type: &str, version: &str, ip_masq: bool) -> Value {
     // The CLI's own config, on a subnet of its own so a CLI run beside this test cannot collide.
-    let mut c = conformance::interop::bridge_conf(bridge_type, ipam_type, version, ip_masq);
+    let mut c = cni_suite::interop::bridge_conf(bridge_type, ipam_type, version, ip_masq);
     c["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.88.0.0/24"}]]);
     c["ipam"]["dataDir"] = serde_json::json!("/tmp/cft-unused");
     c

@@ -12,10 +12,10 @@ use serde_json::{json, Map, Value};
 
 use crate::chain::{add_list, check_list, del_list, NetList, RuntimeConf};
 use crate::checks::{container_ip, CheckResult, Ctr, Suite, Verdict, IFNAME};
-use crate::net::{iptables_rules_matching, Range, SubnetClaim, TestNet};
-use crate::plugin::PluginSet;
-use crate::util::{ip, next_id, pid, unique_link, Context, R};
-use crate::{bail, ensure};
+use testkit::net::{iptables_rules_matching, Range, SubnetClaim, TestNet};
+use testkit::plugin::PluginSet;
+use testkit::util::{ip, next_id, pid, unique_link, Context, R};
+use testkit::{bail, ensure};
 
 /// Core checks run for mixed bridge/IPAM pairs (versions both sides list).
 pub const MIXED_CHECKS: [&str; 7] = [
@@ -187,7 +187,7 @@ pub fn chain_tuning_portmap(ps: &PluginSet, bridge_type: &str, ipam_type: &str) 
     let d = outcome?;
     del?;
     ensure!(c.ns.link(IFNAME).is_none(), "eth0 still in the netns after chained DEL");
-    let left = iptables_rules_matching(&net.name);
+    let left = iptables_rules_matching(&net.name)?;
     ensure!(left.is_empty(), "iptables rules left after chained DEL: {:?}", left);
     // The mapping must be gone: nothing listens on the host address itself.
     if let Ok(s) = connect_read(SocketAddr::new(IpAddr::V4(host_ip), host_port)) {

@@ -195,7 +195,9 @@ pub fn remove_traces(net_name: &str, bridge: Option<&str>) {
             let _ = ip(&["link", "del", "dev", b]);
         }
     }
-    for (family, table) in nft_tables_matching(net_name, bridge) {
+    // Best effort: cleanup of what a check may have left; the checks themselves
+    // call the *_matching functions and fail when they cannot look.
+    for (family, table) in nft_tables_matching(net_name, bridge).unwrap_or_default() {
         let _ = run("nft", &["delete", "table", &family, &table]);
     }
     remove_iptables_rules(net_name);
@@ -212,16 +214,15 @@ fn name_variants(net_name: &str, bridge: Option<&str>) -> Vec<String> {
 }
 
 /// nft tables whose name contains the network's name (or its bridge's).
-pub fn nft_tables_matching(net_name: &str, bridge: Option<&str>) -> Vec<(String, String)> {
+/// A missing `nft` or an unreadable ruleset is an error, never "nothing left".
+pub fn nft_tables_matching(net_name: &str, bridge: Option<&str>) -> R<Vec<(String, String)>> {
     if !have_tool("nft") {
-        return Vec::new();
+        bail!("nft is not installed (apt-get install nftables): cannot check for leftover tables");
     }
-    let Ok(out) = run("nft", &["-j", "list", "tables"]) else {
-        return Vec::new();
-    };
-    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let out = run("nft", &["-j", "list", "tables"])?;
+    let v: Value = serde_json::from_str(&out).ctx("nft -j list tables")?;
     let variants = name_variants(net_name, bridge);
-    v["nftables"]
+    Ok(v["nftables"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -233,32 +234,31 @@ pub fn nft_tables_matching(net_name: &str, bridge: Option<&str>) -> Vec<(String,
                 })
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// iptables rules whose comment names the network (reference plugins tag
 /// them `name: "<net>" id: "<cid>"`), as (table, rule line) pairs.
-pub fn iptables_rules_matching(net_name: &str) -> Vec<(String, String)> {
+/// A missing `iptables-save` or a failed dump is an error, never "no rules".
+pub fn iptables_rules_matching(net_name: &str) -> R<Vec<(String, String)>> {
     if !have_tool("iptables-save") {
-        return Vec::new();
+        bail!("iptables-save is not installed (apt-get install iptables): cannot check for leftover rules");
     }
     let needle = format!("name: \\\"{net_name}\\\"");
     let mut found = Vec::new();
     for table in ["nat", "filter", "mangle"] {
-        let Ok(out) = run("iptables-save", &["-t", table]) else {
-            continue;
-        };
+        let out = run("iptables-save", &["-t", table])?;
         for l in out.lines() {
             if l.starts_with("-A ") && l.contains(&needle) {
                 found.push((table.to_string(), l.to_string()));
             }
         }
     }
-    found
+    Ok(found)
 }
 
 fn remove_iptables_rules(net_name: &str) {
-    let rules = iptables_rules_matching(net_name);
+    let rules = iptables_rules_matching(net_name).unwrap_or_default();
     let mut chains: Vec<(String, String)> = Vec::new();
     for (table, line) in &rules {
         let mut words = crate::util::shell_words(line);

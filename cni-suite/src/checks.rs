@@ -11,55 +11,18 @@ use cni_core::version::cmp_str;
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
-use crate::net::{Range, TestNet};
-use crate::netns::Netns;
-use crate::plugin::{Outcome, PluginSet, Request};
-use crate::util::{clip, ip, Context, R};
-use crate::{bail, ensure};
+use testkit::net::{Range, TestNet};
+use testkit::netns::Netns;
+use testkit::plugin::{Outcome, PluginSet, Request};
+pub use testkit::report::{CheckResult, Verdict};
+use testkit::util::{clip, ip, Context, R};
+use testkit::{bail, ensure};
 
 /// The interface name every check asks for.
 pub const IFNAME: &str = "eth0";
 
 /// Result versions the `add-result-<v>` checks cover.
 pub const RESULT_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Skip,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Fail => "FAIL",
-            Verdict::Skip => "skip",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    pub name: String,
-    pub verdict: Verdict,
-    pub detail: String,
-    pub seconds: f64,
-}
-
-impl CheckResult {
-    /// One line on stderr while a suite runs.
-    pub fn print_progress(&self) {
-        eprintln!(
-            "[conformance] {:<24} {:<4} {:>5.2}s  {}",
-            self.name,
-            self.verdict.as_str(),
-            self.seconds,
-            clip(&self.detail, 120)
-        );
-    }
-}
 
 /// What a check function returns when it did not fail.
 pub enum Done {
@@ -248,7 +211,7 @@ impl Suite {
             if !only.is_empty() && !only.iter().any(|o| matches(o, &c.name)) {
                 continue;
             }
-            if crate::util::interrupted() {
+            if testkit::util::interrupted() {
                 out.push(CheckResult {
                     name: c.name.clone(),
                     verdict: Verdict::Fail,

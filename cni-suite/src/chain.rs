@@ -8,9 +8,9 @@
 use cni_core::version::cmp_str;
 use serde_json::{json, Map, Value};
 
-use crate::plugin::{Outcome, PluginSet, Request};
-use crate::util::R;
-use crate::{bail, ensure};
+use testkit::plugin::{Outcome, PluginSet, Request};
+use testkit::util::R;
+use testkit::{bail, ensure};
 
 /// A network configuration list (`.conflist`).
 #[derive(Debug, Clone)]

@@ -1145,6 +1145,7 @@ impl Proc {
 /// of dead runs). [`Lab::new`] calls it; returns what was removed.
 pub fn sweep_dead_labs() -> Vec<String> {
     let mut removed = Vec::new();
+    let mut killed = Vec::new();
     let me = pid();
     let needle = format!("{LAB_ENV}={PREFIX}-");
     if let Ok(rd) = std::fs::read_dir("/proc") {
@@ -1164,16 +1165,28 @@ pub fn sweep_dead_labs() -> Vec<String> {
                     // SAFETY: plain kill(2); the process carries a dead lab's marker.
                     if unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) } == 0 {
                         removed.push(format!("process {p} of dead lab owner {o}"));
+                        killed.push(p);
                     }
                 }
             }
         }
     }
-    if !removed.is_empty() {
-        std::thread::sleep(Duration::from_millis(100)); // let them leave their netns
+    // A killed process holds its netns until it has exited (a zombie holds
+    // none): wait for that, bounded, before deleting the namespaces.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while killed.iter().any(|&p| still_running(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
     removed.extend(sweep_dead_runs());
     removed
+}
+
+/// Whether `p` still runs (exists and is not yet a zombie).
+fn still_running(p: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{p}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// `cft<pid36>-0<lab36><role>`: a leading `0` after the dash never occurs in

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::R;
+use testkit::util::R;
 
 /// How long a driver gets to create its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

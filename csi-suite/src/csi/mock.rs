@@ -11,7 +11,7 @@ use csi_core::pb::{self, controller_server::Controller, node_server::Node};
 use tonic::{Request, Response, Status};
 
 use super::{Options, Outcome};
-use crate::checks::Verdict;
+use testkit::report::Verdict;
 
 const NODE: &str = "mock-node";
 const GIB: i64 = 1 << 30;

@@ -2,7 +2,46 @@
 
 use serde_json::{json, Value};
 
-use crate::checks::{CheckResult, Verdict};
+use crate::util::clip;
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub name: String,
+    pub verdict: Verdict,
+    pub detail: String,
+    pub seconds: f64,
+}
+
+impl CheckResult {
+    /// One line on stderr while a suite runs.
+    pub fn print_progress(&self) {
+        eprintln!(
+            "[conformance] {:<24} {:<4} {:>5.2}s  {}",
+            self.name,
+            self.verdict.as_str(),
+            self.seconds,
+            clip(&self.detail, 120)
+        );
+    }
+}
 
 /// Counts (pass, fail, skip).
 pub fn counts(rs: &[CheckResult]) -> (usize, usize, usize) {

@@ -28,8 +28,8 @@ use csi_core::pb;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::checks::{CheckResult, Verdict};
-use crate::report;
+use testkit::report;
+use testkit::report::{CheckResult, Verdict};
 
 pub mod config;
 pub mod controller;
@@ -939,7 +939,7 @@ pub async fn run(opts: Options) -> Res<Outcome> {
         ctrl: pb::controller_client::ControllerClient::new(ctrl_ch),
         node: pb::node_client::NodeClient::new(node_ch),
         caps: Caps::default(),
-        run_id: format!("{}{}", crate::util::b36(std::process::id()), crate::util::b36(now_secs())),
+        run_id: format!("{}{}", testkit::util::b36(std::process::id()), testkit::util::b36(now_secs())),
         counter: std::cell::Cell::new(0),
         opts,
     };
@@ -962,7 +962,7 @@ pub async fn run(opts: Options) -> Res<Outcome> {
             filtered += 1;
             continue;
         }
-        if crate::util::interrupted() {
+        if testkit::util::interrupted() {
             notes.push("interrupted: the remaining specs were not run".into());
             break;
         }

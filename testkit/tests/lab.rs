@@ -1,17 +1,19 @@
-//! The multi-host lab (conformance::lab) on real namespaces: L2 segments,
+//! The multi-host lab (testkit::lab) on real namespaces: L2 segments,
 //! a router between segments, captures, etcd over the mgmt network,
 //! processes, containers and CNI execution, and a teardown that leaves
 //! nothing behind (also when the test panics). Needs root.
-
-mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use conformance::lab::{HostId, Lab, Node};
-use conformance::util::{pid_alive, run, R};
 use serde_json::{json, Value};
+use testkit::lab::{HostId, Lab, Node};
+use testkit::util::{pid_alive, run, R};
+
+fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "the lab creates network namespaces and bridges: run as root");
+}
 
 /// What a lab made, captured before dropping it.
 struct Made {
@@ -51,7 +53,7 @@ fn mtu(lab: &Lab, h: HostId, ifname: &str) -> R<u64> {
 
 #[test]
 fn three_hosts_on_one_segment_ping_each_other() -> R<()> {
-    common::require_root();
+    require_root();
     let mut lab = Lab::new("seg")?;
     let s = lab.segment("192.168.77.0/24")?;
     let hosts = [lab.host(s)?, lab.host(s)?, lab.host_with_mtu(s, 1400)?];
@@ -79,7 +81,7 @@ fn three_hosts_on_one_segment_ping_each_other() -> R<()> {
 
 #[test]
 fn router_joins_two_segments_and_capture_sees_the_icmp() -> R<()> {
-    common::require_root();
+    require_root();
     let mut lab = Lab::new("rtr")?;
     let (a, b) = (lab.segment("192.168.81.0/24")?, lab.segment("192.168.82.0/24")?);
     let ha = lab.host(a)?; // before the router: route added by router()
@@ -138,7 +140,7 @@ fn router_joins_two_segments_and_capture_sees_the_icmp() -> R<()> {
 
 #[test]
 fn dual_stack_segments_route_ipv6_through_the_router() -> R<()> {
-    common::require_root();
+    require_root();
     let mut lab = Lab::new("rtr6")?;
     let a = lab.segment_with_ipv6("192.168.84.0/24", "fd00:84::/64")?;
     let b = lab.segment_with_ipv6("192.168.85.0/24", "fd00:85::/64")?;
@@ -181,7 +183,7 @@ fn etcdctl(lab: &Lab, h: HostId, url: &str, args: &[&str]) -> R<String> {
 
 #[test]
 fn etcd_reachable_from_a_host_and_keeps_data_across_restart() -> R<()> {
-    common::require_root();
+    require_root();
     let mut lab = Lab::new("etcd")?;
     let s = lab.segment("192.168.90.0/24")?;
     let h = lab.host(s)?;
@@ -237,7 +239,7 @@ fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn processes_containers_and_cni_run_in_the_right_netns() -> R<()> {
-    common::require_root();
+    require_root();
     let mut lab = Lab::new("proc")?;
     let s = lab.segment("192.168.95.0/24")?;
     let h = lab.host(s)?;
@@ -289,7 +291,7 @@ fn processes_containers_and_cni_run_in_the_right_netns() -> R<()> {
 
 #[test]
 fn a_panicking_test_still_leaves_nothing() {
-    common::require_root();
+    require_root();
     let made = std::sync::Mutex::new(None);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut lab = Lab::new("panic").expect("lab");
@@ -304,4 +306,25 @@ fn a_panicking_test_still_leaves_nothing() {
     let (made, pid) = made.into_inner().unwrap().expect("lab was built");
     assert!(!pid_alive(pid), "process survived the panic");
     made.assert_gone();
+}
+
+#[test]
+fn sweep_kills_a_dead_labs_process_and_waits_for_it() {
+    require_root();
+    // An owner pid that is certainly dead: a child we started and reaped.
+    let mut gone = std::process::Command::new("true").spawn().expect("spawn true");
+    let dead = gone.id();
+    gone.wait().expect("wait true");
+    assert!(!pid_alive(dead));
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("60")
+        .env(testkit::lab::LAB_ENV, format!("cft-{dead}-lab9"))
+        .spawn()
+        .expect("spawn sleep");
+    let removed = testkit::lab::sweep_dead_labs();
+    let mine = format!("process {} of dead lab owner {dead}", orphan.id());
+    assert!(removed.contains(&mine), "{mine:?} not in {removed:?}");
+    // Killed and exited by the time the sweep returns (only our reaping is left).
+    let st = orphan.try_wait().expect("try_wait").expect("the swept process has exited");
+    assert!(!st.success());
 }

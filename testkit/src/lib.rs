@@ -1,0 +1,25 @@
+//! What the suites, benchmarks, demo and the plugins' own integration tests
+//! share: unique names, network namespaces, test networks, running a CNI
+//! plugin as a process, check results, and the multi-host lab.
+//!
+//! Every resource is named `cft-<pid>-<n>` (links `cf<pid36>-<n36>`) and
+//! removed by Drop guards, even when a test fails; [`net::sweep_dead_runs`]
+//! reclaims what a killed run left behind.
+//!
+//! * [`util`]: host tools, unique names, the error alias.
+//! * [`netns`]: a network namespace that is deleted on drop.
+//! * [`net`]: test networks, subnet claims, leftovers of dead runs.
+//! * [`plugin`]: executing a CNI plugin with the spec's environment and stdin.
+//! * [`report`]: a check's verdict, tables and JSON.
+//! * [`lab`]: hosts as namespaces on L2 segments, a router, etcd, captures (docs/lab.md).
+//!
+//! Errors: every function returns [`util::R`], a `Result<T, String>` whose
+//! message says what failed and why; tests and the CLI print it as is.
+//! Build it with [`bail!`] / [`ensure!`] and add context with [`util::Context`].
+
+pub mod lab;
+pub mod net;
+pub mod netns;
+pub mod plugin;
+pub mod report;
+pub mod util;
