@@ -21,8 +21,10 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 
-step "build"
-cargo build --release --workspace
+step "build (with the toolchain Cargo.toml's rust-version names, so that field stays true)"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+[[ -n $msrv ]] || { echo "no rust-version in Cargo.toml" >&2; exit 1; }
+cargo +"$msrv" build --release --workspace
 
 step "unit and integration tests (real netns, nftables, host-local interop, nfs-ganesha; csi-nfs node in one guest kernel)"
 # `conformance csi` (csi-sanity's 90 specs) runs against csi-nfs twice in here: identity,
