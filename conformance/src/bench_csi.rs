@@ -61,7 +61,7 @@ const NODE_MARK: &str = "BENCH-CSI-NFS-NODE ";
 /// `csi-nfs` in `mode`, quiet unless BENCH_CSI_LOG says otherwise.
 fn start_driver(bin: &Path, mode: &str, port: u16) -> R<DriverProcess> {
     let level = std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "warn".into());
-    let args: Vec<String> = ["--mode", mode, "--node-id", "bench", "--log-level", &level]
+    let args: Vec<String> = ["--mode", mode, "--node-id", "bench", "--log-level", &level, "--state-dir={dir}/state"]
         .iter()
         .map(|s| s.to_string())
         .chain([format!("--mount-options=port={port}")])

@@ -207,7 +207,8 @@ mod driver {
 
     impl Driver {
         pub async fn start(mount_options: &str) -> Driver {
-            let args = ["--mode", "controller", "--node-id", "test", "--log-level", "debug"].map(String::from);
+            let args = ["--mode", "controller", "--node-id", "test", "--log-level", "debug", "--state-dir={dir}/state"]
+                .map(String::from);
             let args: Vec<String> = args.into_iter().chain([format!("--mount-options={mount_options}")]).collect();
             let p = DriverProcess::start(&binary(), "csi-nfs-ctl", &args).expect("start csi-nfs");
             let channel = p.channel().await.expect("connect");

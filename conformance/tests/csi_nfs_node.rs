@@ -154,7 +154,7 @@ impl Driver {
             .unwrap_or_else(|_| panic!("{PORT_ENV} unset: the checks run inside the guest only (--in-guest)"))
             .parse()
             .unwrap();
-        let args: Vec<String> = ["--mode", "all", "--node-id", "guest", "--log-level", "debug"]
+        let args: Vec<String> = ["--mode", "all", "--node-id", "guest", "--log-level", "debug", "--state-dir={dir}/state"]
             .iter()
             .map(|s| s.to_string())
             .chain([format!("--mount-options=port={port}")])

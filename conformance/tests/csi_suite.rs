@@ -23,7 +23,7 @@ fn csi_nfs_bin() -> PathBuf {
 }
 
 fn start_driver(port: u16) -> DriverProcess {
-    let args = ["--mode", "all", "--node-id", "csi-suite-node"].map(String::from);
+    let args = ["--mode", "all", "--node-id", "csi-suite-node", "--state-dir={dir}/state"].map(String::from);
     let args: Vec<String> = args.into_iter().chain([format!("--mount-options=port={port}")]).collect();
     DriverProcess::start(&csi_nfs_bin(), "csi-suite", &args).expect("start csi-nfs")
 }

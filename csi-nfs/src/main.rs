@@ -5,11 +5,18 @@ use csi_core::flags::{Defaults, ExtraFlag, Flags};
 const DEFAULTS: Defaults = Defaults {
     program: "csi-nfs",
     driver_name: csi_nfs::DRIVER_NAME,
-    extra: &[ExtraFlag {
-        name: "mount-options",
-        default: Some(""),
-        help: "NFS mount options used when a request carries none, e.g. nfsvers=4.1,port=2049",
-    }],
+    extra: &[
+        ExtraFlag {
+            name: "mount-options",
+            default: Some(""),
+            help: "NFS mount options used when a request carries none, e.g. nfsvers=4.1,port=2049",
+        },
+        ExtraFlag {
+            name: "state-dir",
+            default: Some("/var/lib/csi-nfs"),
+            help: "where the controller remembers the shares it has volumes on (empty: nowhere)",
+        },
+    ],
 };
 
 fn main() {
@@ -25,7 +32,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let config = csi_nfs::Config { mount_options: flags.extra("mount-options").unwrap_or_default().to_string() };
+    let config = csi_nfs::Config {
+        mount_options: flags.extra("mount-options").unwrap_or_default().to_string(),
+        state_dir: flags.extra("state-dir").filter(|d| !d.is_empty()).map(std::path::PathBuf::from),
+    };
     let plugin = csi_core::server::Plugin {
         identity: csi_core::identity::Identity::new(&flags.driver_name).vendor_version(env!("CARGO_PKG_VERSION")),
         controller: Some(csi_nfs::controller::ControllerService::new(config.clone())),
