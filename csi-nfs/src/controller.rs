@@ -642,7 +642,8 @@ fn hex_decode(s: &str) -> Option<String> {
     if s.len() % 2 != 0 {
         return None;
     }
-    let bytes = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
+    let bytes =
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
     String::from_utf8(bytes).ok()
 }
 
@@ -803,7 +804,8 @@ impl pb::controller_server::Controller for ControllerService {
         req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let req = req.into_inner();
-        let mut all: Vec<pb::Volume> = self.records_everywhere(VOLUMES_DIR).await?.iter().map(volume_from_record).collect();
+        let mut all: Vec<pb::Volume> =
+            self.records_everywhere(VOLUMES_DIR).await?.iter().map(volume_from_record).collect();
         all.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
         let (vols, next_token) = page(all, |v| v.volume_id.as_str(), req.max_entries, &req.starting_token)?;
         let entries =

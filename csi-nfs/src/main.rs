@@ -12,6 +12,11 @@ const DEFAULTS: Defaults = Defaults {
             help: "NFS mount options used when a request carries none, e.g. nfsvers=4.1,port=2049",
         },
         ExtraFlag {
+            name: "nfs-idle-connections",
+            default: Some("4"),
+            help: "open NFS connections the controller keeps per share for reuse (0: connect for every call)",
+        },
+        ExtraFlag {
             name: "state-dir",
             default: Some("/var/lib/csi-nfs"),
             help: "where the controller remembers the shares it has volumes on (empty: nowhere)",
@@ -24,6 +29,13 @@ fn main() {
     if let Err(e) = csi_core::flags::init_logging(&flags.log_level) {
         eprintln!("csi-nfs: {e}");
         std::process::exit(2);
+    }
+    match flags.extra("nfs-idle-connections").unwrap_or("4").parse::<usize>() {
+        Ok(n) if n <= 64 => csi_nfs::nfs::pool::set_max_idle(n),
+        _ => {
+            eprintln!("csi-nfs: --nfs-idle-connections: expected a number from 0 to 64");
+            std::process::exit(2);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -383,7 +383,8 @@ impl pb::node_server::Node for NodeService {
             &self.config.mount_options,
             req.readonly,
         )?;
-        let single_writer = cap.access_mode.as_ref().is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32);
+        let single_writer =
+            cap.access_mode.as_ref().is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32);
         let target = mount::normalize(Path::new(&req.target_path))?;
         let _guard = self.in_flight.lock(&req.volume_id)?;
         blocking(move || publish(&plan, &target, single_writer)).await?;

@@ -668,14 +668,7 @@ impl Ctx {
         "GetPluginCapabilities (controller endpoint)"
     );
     plain_rpc!(ctrl_probe, ctrl_ident, probe, pb::ProbeRequest, pb::ProbeResponse, "Probe (controller endpoint)");
-    plain_rpc!(
-        get_snapshot,
-        ctrl,
-        get_snapshot,
-        pb::GetSnapshotRequest,
-        pb::GetSnapshotResponse,
-        "GetSnapshot"
-    );
+    plain_rpc!(get_snapshot, ctrl, get_snapshot, pb::GetSnapshotRequest, pb::GetSnapshotResponse, "GetSnapshot");
 
     /// Whether the Controller service has an endpoint of its own (csi-sanity
     /// then runs the Identity specs against both).

@@ -194,11 +194,17 @@ async fn get_no_id(c: &mut Ctx) -> Res {
 
 async fn get_by_id(c: &mut Ctx) -> Res {
     let target = three_snapshots(c, "getSnapshot", "s").await?;
-    let req = pb::GetSnapshotRequest { snapshot_id: target.snapshot_id.clone(), secrets: c.secret("GetSnapshotSecret") };
+    let req =
+        pb::GetSnapshotRequest { snapshot_id: target.snapshot_id.clone(), secrets: c.secret("GetSnapshotSecret") };
     let r = ok("GetSnapshot", c.get_snapshot(req).await)?;
     let got = r.snapshot.ok_or("GetSnapshot: no snapshot in the response")?;
     verify_snapshot("GetSnapshot", &got)?;
-    ensure!(got.snapshot_id == target.snapshot_id, "GetSnapshot returned {} for {}", got.snapshot_id, target.snapshot_id);
+    ensure!(
+        got.snapshot_id == target.snapshot_id,
+        "GetSnapshot returned {} for {}",
+        got.snapshot_id,
+        target.snapshot_id
+    );
     Ok(())
 }
 

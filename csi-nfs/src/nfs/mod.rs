@@ -79,7 +79,11 @@ impl Error {
         ) || m.contains("timed out")
             || m.contains("timeout")
             || m.contains("connect")
-            || (self.connecting && !matches!(self.errno, libc::EACCES | libc::EPERM | libc::ENOENT | libc::EINVAL))
+            || (self.connecting
+                && !matches!(
+                    self.errno,
+                    libc::EACCES | libc::EPERM | libc::ENOENT | libc::EINVAL | libc::EPROTONOSUPPORT
+                ))
     }
 
     /// Whether the path did not exist.
@@ -118,6 +122,12 @@ impl From<Error> for csi_core::Error {
             libc::ENOENT if e.connecting => E::NotFound(format!("export not found: {e}")),
             libc::ENOENT => E::NotFound(e.to_string()),
             libc::EROFS => E::FailedPrecondition(e.to_string()),
+            libc::EPROTONOSUPPORT if e.connecting => E::FailedPrecondition(format!(
+                "{e}: the server does not serve NFSv4.0, and the controller's NFS client (libnfs {}) speaks \
+                 only NFSv3 and NFSv4.0; enable one of them on the server for the controller \
+                 (nodes mount with the kernel client, which speaks 4.1 and 4.2)",
+                LIBNFS_VERSION
+            )),
             _ => E::Internal(e.to_string()),
         }
     }
@@ -266,11 +276,19 @@ fn rpc_error(rpc: *mut ffi::rpc_context) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// The libnfs release the bindings were generated from (Debian 12's).
+pub const LIBNFS_VERSION: &str = "4.0";
+
 /// libnfs reports its own timeouts as EINTR with "timed out" in the
 /// message: call them ETIMEDOUT so messages and codes say what happened.
+/// A server that does not serve minor version 0 answers libnfs's first
+/// NFSv4 call with NFS4ERR_MINOR_VERS_MISMATCH (libnfs gives EIO):
+/// EPROTONOSUPPORT, which is what it means.
 fn timed_out(errno: i32, message: &str) -> i32 {
     if message.to_ascii_lowercase().contains("timed out") {
         libc::ETIMEDOUT
+    } else if message.contains("NFS4ERR_MINOR_VERS_MISMATCH") {
+        libc::EPROTONOSUPPORT
     } else {
         errno
     }
@@ -456,7 +474,13 @@ impl Client {
             return Ok(rc);
         }
         let message = self.last_error();
-        let e = Error { target: self.target.clone(), op: op(), errno: timed_out(-rc, &message), message, connecting: false };
+        let e = Error {
+            target: self.target.clone(),
+            op: op(),
+            errno: timed_out(-rc, &message),
+            message,
+            connecting: false,
+        };
         if e.is_unreachable() || e.errno == libc::EIO {
             self.broken = true;
         }
@@ -634,7 +658,10 @@ impl Client {
         for n in names.iter_mut() {
             let mut lookup = op_of(ffi::OP_LOOKUP);
             lookup.nfs_argop4_u.oplookup = ffi::LOOKUP4args {
-                objname: ffi::component4 { utf8string_len: n.len() as u32, utf8string_val: n.as_mut_ptr() as *mut c_char },
+                objname: ffi::component4 {
+                    utf8string_len: n.len() as u32,
+                    utf8string_val: n.as_mut_ptr() as *mut c_char,
+                },
             };
             ops.push(lookup);
         }

@@ -4,7 +4,7 @@
 //! open connection).
 //!
 //! - **Bounded**: at most [`MAX_IDLE_PER_TARGET`] idle connections per
-//!   target (server, export, port, version, timeout), and
+//!   target (changed with [`set_max_idle`]; 0 turns pooling off) (server, export, port, version, timeout), and
 //!   [`MAX_IDLE_TARGETS`] targets; a connection is only in the pool while
 //!   nobody uses it, so a burst of parallel calls opens what it needs and
 //!   keeps the newest few.
@@ -22,13 +22,13 @@
 //! - Each connection goes back with the root identity (0:0) restored.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Client, Result, Target};
 
-/// Idle connections kept per target.
+/// Idle connections kept per target by default (`--nfs-idle-connections`).
 pub const MAX_IDLE_PER_TARGET: usize = 4;
 /// Targets with idle connections kept at once (the oldest go first).
 pub const MAX_IDLE_TARGETS: usize = 32;
@@ -43,13 +43,28 @@ struct Idle {
 }
 
 static IDLE: LazyLock<Mutex<HashMap<Target, Vec<Idle>>>> = LazyLock::new(Default::default);
+static MAX_IDLE_NOW: AtomicUsize = AtomicUsize::new(MAX_IDLE_PER_TARGET);
 static CONNECTS: AtomicU64 = AtomicU64::new(0);
 static REUSES: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how many idle connections are kept per target; 0: none (every
+/// call connects afresh, as before the pool existed).
+pub fn set_max_idle(n: usize) {
+    MAX_IDLE_NOW.store(n, Ordering::Relaxed);
+    if n == 0 {
+        clear();
+    }
+}
 
 /// How many connections were opened and how many calls reused one, since
 /// the process started (for tests and the benchmark).
 pub fn counters() -> (u64, u64) {
     (CONNECTS.load(Ordering::Relaxed), REUSES.load(Ordering::Relaxed))
+}
+
+/// How many idle connections to `t` the pool holds.
+pub fn idle(t: &Target) -> usize {
+    IDLE.lock().unwrap_or_else(|e| e.into_inner()).get(t).map_or(0, Vec::len)
 }
 
 /// Closes every idle connection (e.g. before measuring connect costs).
@@ -76,7 +91,10 @@ pub(super) fn take(t: &Target) -> Result<Client> {
             REUSES.fetch_add(1, Ordering::Relaxed);
             return Ok(idle.client);
         }
-        tracing::debug!(target = idle.client.target(), "closing a pooled NFS connection: stale or closed by the server");
+        tracing::debug!(
+            target = idle.client.target(),
+            "closing a pooled NFS connection: stale or closed by the server"
+        );
     }
     CONNECTS.fetch_add(1, Ordering::Relaxed);
     Client::connect(t)
@@ -88,21 +106,23 @@ pub(super) fn give_back(t: Target, mut c: Client) {
         tracing::debug!(target = c.target(), "dropping an NFS connection after a transport error");
         return;
     }
+    let max = MAX_IDLE_NOW.load(Ordering::Relaxed);
+    if max == 0 {
+        return;
+    }
     c.set_credentials(0, 0);
     let mut evicted = Vec::new();
     {
         let mut map = IDLE.lock().unwrap_or_else(|e| e.into_inner());
         if !map.contains_key(&t) && map.len() >= MAX_IDLE_TARGETS {
             // Make room: the target whose newest idle connection is oldest.
-            if let Some(oldest) =
-                map.iter().min_by_key(|(_, v)| v.last().map(|i| i.since)).map(|(k, _)| k.clone())
-            {
+            if let Some(oldest) = map.iter().min_by_key(|(_, v)| v.last().map(|i| i.since)).map(|(k, _)| k.clone()) {
                 evicted.extend(map.remove(&oldest).unwrap_or_default());
             }
         }
         let list = map.entry(t).or_default();
         list.push(Idle { client: c, since: Instant::now() });
-        if list.len() > MAX_IDLE_PER_TARGET {
+        while list.len() > max {
             evicted.push(list.remove(0));
         }
     }
