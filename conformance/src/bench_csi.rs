@@ -193,6 +193,29 @@ fn controller(o: &Opts, server: &Ganesha, pooled: bool) -> R<Vec<Row>> {
     Ok(vec![create, delete])
 }
 
+/// Copies of binaries in a fresh directory under the temp dir, removed on drop.
+struct StagedBins {
+    dir: PathBuf,
+}
+
+impl StagedBins {
+    fn new(bins: &[(&Path, &str)]) -> R<StagedBins> {
+        let dir = std::env::temp_dir().join(format!("bench-csi-nfs-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let staged = StagedBins { dir };
+        for (from, name) in bins {
+            std::fs::copy(from, staged.dir.join(name)).map_err(|e| format!("copy {}: {e}", from.display()))?;
+        }
+        Ok(staged)
+    }
+}
+
+impl Drop for StagedBins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Boots one guest that runs `conformance bench csi-nfs --node-only` and
 /// reads its JSON line.
 fn node_in_guest(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
@@ -202,11 +225,14 @@ fn node_in_guest(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
     let script = root.join("scripts/guest/bench-csi-nfs.sh");
     ensure!(run.is_file() && script.is_file(), "{} or {} missing", run.display(), script.display());
     let me = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    // The guest sees the host's /tmp but not its /var/tmp (a tmpfs there),
+    // where CARGO_TARGET_DIR may put the binaries: run copies from /tmp.
+    let stage = StagedBins::new(&[(&me, "conformance"), (&o.driver, "csi-nfs")])?;
     let out = Command::new("bash")
         .arg(&run)
         .arg(&script)
-        .arg(&me)
-        .arg(&o.driver)
+        .arg(stage.dir.join("conformance"))
+        .arg(stage.dir.join("csi-nfs"))
         .arg(server.port().to_string())
         .arg(o.n.to_string())
         .env("GUEST_NETWORK", "user")

@@ -786,9 +786,9 @@ impl Client {
                 FileType::from_mode(u64::from(ent.mode))
             } else {
                 match ent.type_ {
-                    t if t == ffi::NF3REG as u32 => FileType::File,
-                    t if t == ffi::NF3DIR as u32 => FileType::Dir,
-                    t if t == ffi::NF3LNK as u32 => FileType::Symlink,
+                    t if t == ffi::NF3REG => FileType::File,
+                    t if t == ffi::NF3DIR => FileType::Dir,
+                    t if t == ffi::NF3LNK => FileType::Symlink,
                     _ => FileType::Other,
                 }
             };
