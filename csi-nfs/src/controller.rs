@@ -124,6 +124,14 @@ impl ControllerService {
         s
     }
 
+    /// Makes `s` known (again), with the options it was just reached with.
+    fn remember(&self, s: &Share) {
+        let mut known = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if known.insert(s.key(), s.clone()).as_ref() != Some(s) {
+            self.save_shares(&known);
+        }
+    }
+
     fn known_shares(&self) -> Vec<Share> {
         self.shares.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
@@ -694,6 +702,9 @@ impl pb::controller_server::Controller for ControllerService {
         let started = std::time::Instant::now();
         let name = req.name.clone();
         let volume = on_share(&share, move |c| create_volume(c, &name, &p, cap, &source_key, &source)).await?;
+        // A listing that ran meanwhile may have found the share still empty
+        // and forgotten it: it holds a record now.
+        self.remember(&share);
         info!(name = req.name, volume_id = volume.volume_id, ms = started.elapsed().as_millis() as u64, "volume ready");
         Ok(Response::new(pb::CreateVolumeResponse { volume: Some(volume) }))
     }
@@ -916,6 +927,7 @@ impl pb::controller_server::Controller for ControllerService {
             made
         })
         .await?;
+        self.remember(&share);
         info!(
             name = req.name,
             snapshot_id = snapshot.snapshot_id,
