@@ -142,7 +142,7 @@ mod client {
         g.thaw();
     }
 
-    /// The number behind "a fresh connection per RPC" in nfs.rs.
+    /// The numbers behind the connection pool (csi-nfs/src/nfs/pool.rs).
     #[test]
     fn connect_cost() {
         let g = ganesha();

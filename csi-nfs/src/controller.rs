@@ -19,7 +19,7 @@
 //!
 //! Every operation takes an async lock on its name, so concurrent calls for
 //! one name run one after the other and all get the same answer (no
-//! ABORTED), and makes a fresh NFS connection (see `crate::nfs`).
+//! ABORTED), and works on a pooled NFS connection (see `crate::nfs::pool`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -211,7 +211,7 @@ fn has_records(c: &mut Client, dir: &str) -> Result<bool, Error> {
     }
 }
 
-/// Runs `f` on a fresh connection to `share`, on a blocking thread, and
+/// Runs `f` on a connection to `share` from the pool, on a blocking thread, and
 /// maps the NFS error to the spec's code at this edge.
 async fn on_share<T, F>(share: &Share, f: F) -> Result<T, Error>
 where

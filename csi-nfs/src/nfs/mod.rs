@@ -8,7 +8,7 @@
 //! One [`Client`] is one `nfs_context` mounted on one export. Paths are
 //! relative to the export's root. A context is not thread-safe: a
 //! `Client` is `Send` but not `Sync`, every call blocks, and async code
-//! goes through [`run`], which runs a closure on a fresh connection inside
+//! goes through [`run`], which runs a closure on a pooled connection inside
 //! `tokio::task::spawn_blocking`.
 //!
 //! [`run`] takes its connection from a small pool ([`pool`]): connecting
