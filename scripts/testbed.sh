@@ -15,6 +15,7 @@ PACKAGES=(
   # csi-nfs: a real NFS server for its tests (nfs-ganesha, userspace: the host kernel has no
   # nfsd), libnfs for the controller's userspace NFS client, nfs-ls for debugging
   nfs-ganesha nfs-ganesha-vfs libnfs-dev libnfs-utils
+  libclang-dev                  # bindgen generates csi-nfs's libnfs bindings from libnfs-dev's headers
 )
 
 missing=()

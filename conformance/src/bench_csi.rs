@@ -60,9 +60,14 @@ const NODE_MARK: &str = "BENCH-CSI-NFS-NODE ";
 
 /// `csi-nfs` in `mode`, quiet unless BENCH_CSI_LOG says otherwise.
 fn start_driver(bin: &Path, mode: &str, port: u16) -> R<DriverProcess> {
+    start_driver_with(bin, mode, port, &[])
+}
+
+fn start_driver_with(bin: &Path, mode: &str, port: u16, extra: &[&str]) -> R<DriverProcess> {
     let level = std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "warn".into());
-    let args: Vec<String> = ["--mode", mode, "--node-id", "bench", "--log-level", &level]
+    let args: Vec<String> = ["--mode", mode, "--node-id", "bench", "--log-level", &level, "--state-dir={dir}/state"]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .chain([format!("--mount-options=port={port}")])
         .collect();
@@ -92,7 +97,11 @@ pub fn run(o: &Opts) -> R<Report> {
     ensure!(o.driver.is_file(), "csi-nfs not found at {} (--driver)", o.driver.display());
     let server = Ganesha::start().map_err(|e| format!("start nfs-ganesha: {e}"))?;
     let mut report = Report { n: o.n, ..Default::default() };
-    report.rows.extend(controller(o, &server)?);
+    // Before and after the connection pool, in one run: the controller with
+    // pooling off (a connection per NFS call) against connect + op, then
+    // with its default pool against the op on an open connection.
+    report.rows.extend(controller(o, &server, false)?);
+    report.rows.extend(controller(o, &server, true)?);
     if o.node {
         match node_in_guest(o, &server) {
             Ok(rows) => report.rows.extend(rows),
@@ -104,12 +113,22 @@ pub fn run(o: &Opts) -> R<Report> {
     Ok(report)
 }
 
-fn controller(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
-    let driver = start_driver(&o.driver, "controller", server.port())?;
+fn controller(o: &Opts, server: &Ganesha, pooled: bool) -> R<Vec<Row>> {
+    let extra: &[&str] = if pooled { &[] } else { &["--nfs-idle-connections=0"] };
+    let driver = start_driver_with(&o.driver, "controller", server.port(), extra)?;
     let rt = runtime()?;
     let ch = rt.block_on(driver.channel())?;
-    let mut create = Row { what: "CreateVolume", baseline: "NFS connect + mkdir", ours_ms: vec![], base_ms: vec![] };
-    let mut delete = Row { what: "DeleteVolume", baseline: "NFS connect + rmdir", ours_ms: vec![], base_ms: vec![] };
+    let (mut create, mut delete) = if pooled {
+        (
+            Row { what: "CreateVolume (pool)", baseline: "mkdir, open conn.", ours_ms: vec![], base_ms: vec![] },
+            Row { what: "DeleteVolume (pool)", baseline: "rmdir, open conn.", ours_ms: vec![], base_ms: vec![] },
+        )
+    } else {
+        (
+            Row { what: "CreateVolume (no pool)", baseline: "NFS connect + mkdir", ours_ms: vec![], base_ms: vec![] },
+            Row { what: "DeleteVolume (no pool)", baseline: "NFS connect + rmdir", ours_ms: vec![], base_ms: vec![] },
+        )
+    };
     let params: HashMap<String, String> =
         [("server", "127.0.0.1"), ("share", "/export")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let target = csi_nfs::nfs::Target {
@@ -119,23 +138,32 @@ fn controller(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
         version: 4,
         timeout: csi_nfs::nfs::DEFAULT_TIMEOUT,
     };
+    let mut open = csi_nfs::nfs::Client::connect(&target).map_err(|e| format!("raw connect: {e}"))?;
+    let tag = if pooled { "p" } else { "n" };
     for i in 0..o.n {
-        // Raw: what CreateVolume/DeleteVolume do on the server, same client library.
-        let name = format!("raw-{i}");
+        // Raw: what CreateVolume/DeleteVolume do on the server, same client
+        // library; on a fresh connection each, or on one open connection.
+        let name = format!("raw-{tag}{i}");
         let t = Instant::now();
-        let mut c = csi_nfs::nfs::Client::connect(&target).map_err(|e| format!("raw connect: {e}"))?;
-        c.mkdir(&name, 0o777).map_err(|e| format!("raw mkdir: {e}"))?;
-        drop(c);
+        if pooled {
+            open.mkdir(&name, 0o777).map_err(|e| format!("raw mkdir: {e}"))?;
+        } else {
+            let mut c = csi_nfs::nfs::Client::connect(&target).map_err(|e| format!("raw connect: {e}"))?;
+            c.mkdir(&name, 0o777).map_err(|e| format!("raw mkdir: {e}"))?;
+        }
         create.base_ms.push(ms(t));
         let t = Instant::now();
-        let mut c = csi_nfs::nfs::Client::connect(&target).map_err(|e| format!("raw connect: {e}"))?;
-        c.rmdir(&name).map_err(|e| format!("raw rmdir: {e}"))?;
-        drop(c);
+        if pooled {
+            open.rmdir(&name).map_err(|e| format!("raw rmdir: {e}"))?;
+        } else {
+            let mut c = csi_nfs::nfs::Client::connect(&target).map_err(|e| format!("raw connect: {e}"))?;
+            c.rmdir(&name).map_err(|e| format!("raw rmdir: {e}"))?;
+        }
         delete.base_ms.push(ms(t));
 
         // Ours, over gRPC.
         let req = pb::CreateVolumeRequest {
-            name: format!("bench-{i}"),
+            name: format!("bench-{tag}{i}"),
             volume_capabilities: vec![rwx()],
             parameters: params.clone(),
             ..Default::default()
@@ -161,7 +189,31 @@ fn controller(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
     drop(ch);
     drop(rt);
     drop(driver);
+    drop(open);
     Ok(vec![create, delete])
+}
+
+/// Copies of binaries in a fresh directory under the temp dir, removed on drop.
+struct StagedBins {
+    dir: PathBuf,
+}
+
+impl StagedBins {
+    fn new(bins: &[(&Path, &str)]) -> R<StagedBins> {
+        let dir = std::env::temp_dir().join(format!("bench-csi-nfs-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let staged = StagedBins { dir };
+        for (from, name) in bins {
+            std::fs::copy(from, staged.dir.join(name)).map_err(|e| format!("copy {}: {e}", from.display()))?;
+        }
+        Ok(staged)
+    }
+}
+
+impl Drop for StagedBins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Boots one guest that runs `conformance bench csi-nfs --node-only` and
@@ -173,11 +225,14 @@ fn node_in_guest(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
     let script = root.join("scripts/guest/bench-csi-nfs.sh");
     ensure!(run.is_file() && script.is_file(), "{} or {} missing", run.display(), script.display());
     let me = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    // The guest sees the host's /tmp but not its /var/tmp (a tmpfs there),
+    // where CARGO_TARGET_DIR may put the binaries: run copies from /tmp.
+    let stage = StagedBins::new(&[(&me, "conformance"), (&o.driver, "csi-nfs")])?;
     let out = Command::new("bash")
         .arg(&run)
         .arg(&script)
-        .arg(&me)
-        .arg(&o.driver)
+        .arg(stage.dir.join("conformance"))
+        .arg(stage.dir.join("csi-nfs"))
         .arg(server.port().to_string())
         .arg(o.n.to_string())
         .env("GUEST_NETWORK", "user")
@@ -286,14 +341,14 @@ impl Report {
             self.n
         );
         s += &format!(
-            "{:<21} {:>15}  {:<20} {:>15} {:>10} {:>7}\n",
+            "{:<23} {:>15}  {:<20} {:>15} {:>10} {:>7}\n",
             "operation", "ours", "baseline", "baseline ms", "overhead", "ratio"
         );
         for r in &self.rows {
             let (om, op) = median_p90(&r.ours_ms);
             let (bm, bp) = median_p90(&r.base_ms);
             s += &format!(
-                "{:<21} {:>7.2} / {:>5.1}  {:<20} {:>7.2} / {:>5.1} {:>+10.2} {:>6.2}x\n",
+                "{:<23} {:>7.2} / {:>5.1}  {:<20} {:>7.2} / {:>5.1} {:>+10.2} {:>6.2}x\n",
                 r.what,
                 om,
                 op,

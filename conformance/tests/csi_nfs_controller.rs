@@ -142,7 +142,7 @@ mod client {
         g.thaw();
     }
 
-    /// The number behind "a fresh connection per RPC" in nfs.rs.
+    /// The numbers behind the connection pool (csi-nfs/src/nfs/pool.rs).
     #[test]
     fn connect_cost() {
         let g = ganesha();
@@ -162,6 +162,58 @@ mod client {
             c.stat("").unwrap();
         }
         eprintln!("stat on an open connection: {:?}", started.elapsed() / n);
+    }
+
+    /// nfs::run keeps a connection for the next call, but never one the
+    /// server closed (restart) or one a call broke (a hung server).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_reuses_connections_but_never_a_closed_or_broken_one() {
+        use csi_nfs::nfs::pool;
+        let mut g = ganesha();
+        let mut t = target(&g, "/export");
+        t.timeout = Duration::from_secs(2);
+        nfs::run(t.clone(), |c| c.mkdir("p", 0o755)).await.unwrap();
+        assert_eq!(pool::idle(&t), 1, "the connection went back to the pool");
+        let (_, reused_before) = pool::counters();
+        for _ in 0..5 {
+            nfs::run(t.clone(), |c| c.stat("p")).await.unwrap();
+        }
+        assert!(pool::counters().1 >= reused_before + 5, "five calls reused the pooled connection");
+        assert_eq!(pool::idle(&t), 1, "still one connection: {:?}", pool::counters());
+        // A call that fails on the server's side (ENOENT) keeps the connection.
+        assert!(nfs::run(t.clone(), |c| c.stat("nope")).await.unwrap_err().is_not_found());
+        assert_eq!(pool::idle(&t), 1);
+
+        // The server restarts: the pooled connection is closed under us, and
+        // the next call must work on a new one, not fail on the dead one.
+        g.restart().unwrap();
+        let st = nfs::run(t.clone(), |c| c.stat("p")).await.unwrap();
+        assert_eq!(st.kind, FileType::Dir);
+
+        // A hung server: the call times out, the connection is not kept.
+        g.freeze();
+        let e = nfs::run(t.clone(), |c| c.stat("p")).await.unwrap_err();
+        assert!(e.is_unreachable(), "{e:?}");
+        assert_eq!(pool::idle(&t), 0, "a connection a timeout broke went back to the pool");
+        g.thaw();
+        nfs::run(t.clone(), |c| c.rmdir("p")).await.unwrap();
+        assert!(!g.root().join("p").exists());
+    }
+
+    /// libnfs 4.0 speaks NFSv4.0 only: a server serving just 4.1 refuses it
+    /// (NFS4ERR_MINOR_VERS_MISMATCH), and the controller says so with
+    /// FAILED_PRECONDITION instead of an UNAVAILABLE that invites retries.
+    #[test]
+    fn a_server_without_nfs_4_0_is_refused_with_the_reason() {
+        let g = Ganesha::start_with_minor_versions("1").expect("start nfs-ganesha");
+        let e = Client::connect(&target(&g, "/export")).unwrap_err();
+        assert_eq!(e.errno, libc::EPROTONOSUPPORT, "{e:?}");
+        assert!(!e.is_unreachable(), "{e:?}");
+        let msg = match csi_core::Error::from(e) {
+            csi_core::Error::FailedPrecondition(m) => m,
+            other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+        };
+        assert!(msg.contains("NFSv4.0") && msg.contains("libnfs"), "{msg}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +259,17 @@ mod driver {
 
     impl Driver {
         pub async fn start(mount_options: &str) -> Driver {
+            Driver::start_with_state(mount_options, "{dir}/state").await
+        }
+
+        /// A controller that keeps its known shares in `state_dir`
+        /// (`{dir}`: the driver's own temp dir).
+        pub async fn start_with_state(mount_options: &str, state_dir: &str) -> Driver {
             let args = ["--mode", "controller", "--node-id", "test", "--log-level", "debug"].map(String::from);
-            let args: Vec<String> = args.into_iter().chain([format!("--mount-options={mount_options}")]).collect();
+            let args: Vec<String> = args
+                .into_iter()
+                .chain([format!("--mount-options={mount_options}"), format!("--state-dir={state_dir}")])
+                .collect();
             let p = DriverProcess::start(&binary(), "csi-nfs-ctl", &args).expect("start csi-nfs");
             let channel = p.channel().await.expect("connect");
             Driver { client: ControllerClient::new(channel), p }
@@ -705,5 +766,139 @@ mod controller {
         assert_eq!(e.code(), Code::Unimplemented);
         let _ = HashMap::<(), ()>::new();
         assert!(!d.log().contains("panicked"));
+    }
+
+    fn volume_ids(r: &pb::ListVolumesResponse) -> Vec<String> {
+        r.entries.iter().map(|e| e.volume.as_ref().unwrap().volume_id.clone()).collect()
+    }
+
+    async fn list_all(d: &mut Driver) -> Vec<String> {
+        volume_ids(&d.client.list_volumes(pb::ListVolumesRequest::default()).await.unwrap().into_inner())
+    }
+
+    /// A restarted controller lists the volumes and snapshots it listed
+    /// before (the known shares are in --state-dir), without any call
+    /// naming their share first; one without that state lists nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_controller_lists_the_same_volumes_and_snapshots() {
+        let g = ganesha();
+        let state = tempfile::tempdir().unwrap();
+        let state_dir = state.path().display().to_string();
+        let p = params(&g, "/export", &[]);
+        let mut d = Driver::start_with_state("", &state_dir).await;
+        let mut ids = Vec::new();
+        for n in ["r-1", "r-2", "r-3"] {
+            ids.push(create(&mut d, create_req(n, p.clone())).await.unwrap().volume_id);
+        }
+        ids.sort();
+        let snap = d
+            .client
+            .create_snapshot(pb::CreateSnapshotRequest {
+                name: "r-snap".into(),
+                source_volume_id: ids[0].clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(list_all(&mut d).await, ids);
+        drop(d);
+
+        let mut d = Driver::start_with_state("", &state_dir).await;
+        assert_eq!(list_all(&mut d).await, ids, "the restarted controller lists the same volumes");
+        let snaps = d.client.list_snapshots(pb::ListSnapshotsRequest::default()).await.unwrap().into_inner();
+        let snap_ids: Vec<String> =
+            snaps.entries.iter().map(|e| e.snapshot.as_ref().unwrap().snapshot_id.clone()).collect();
+        assert_eq!(snap_ids, vec![snap.snapshot_id.clone()]);
+
+        // Without the state, a fresh controller knows no share: nothing listed.
+        let mut fresh = Driver::start("").await;
+        assert_eq!(list_all(&mut fresh).await, Vec::<String>::new());
+        drop(fresh);
+
+        // Everything deleted: the share is forgotten at the next listing and
+        // stays forgotten after another restart.
+        d.client
+            .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
+            .await
+            .unwrap();
+        for id in &ids {
+            delete(&mut d, id).await;
+        }
+        assert_eq!(list_all(&mut d).await, Vec::<String>::new());
+        let saved = std::fs::read_to_string(state.path().join("shares.json")).unwrap();
+        assert!(!saved.contains("export"), "an empty share is forgotten: {saved}");
+        drop(d);
+        let mut d = Driver::start_with_state("", &state_dir).await;
+        assert_eq!(list_all(&mut d).await, Vec::<String>::new());
+        assert!(!d.log().contains("panicked"));
+    }
+
+    /// Entries added and removed between pages: every volume that stayed is
+    /// listed exactly once, and the token still works when the entry it
+    /// points after was deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_stay_exact_when_volumes_come_and_go_between_them() {
+        let g = ganesha();
+        let p = params(&g, "/export", &[]);
+        let mut d = Driver::start("").await;
+        let mut id = HashMap::new();
+        for n in ["pg-1", "pg-2", "pg-3", "pg-4", "pg-5"] {
+            id.insert(n, create(&mut d, create_req(n, p.clone())).await.unwrap().volume_id);
+        }
+        let first = d
+            .client
+            .list_volumes(pb::ListVolumesRequest { max_entries: 2, starting_token: String::new() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(volume_ids(&first), vec![id["pg-1"].clone(), id["pg-2"].clone()]);
+        // The last entry of the page and an earlier one go; one volume is
+        // added before the token's position and one after it.
+        delete(&mut d, &id["pg-2"]).await;
+        delete(&mut d, &id["pg-1"]).await;
+        let before = create(&mut d, create_req("pg-0", p.clone())).await.unwrap().volume_id;
+        let after = create(&mut d, create_req("pg-9", p.clone())).await.unwrap().volume_id;
+        let mut rest = Vec::new();
+        let mut token = first.next_token;
+        while !token.is_empty() {
+            let r = d
+                .client
+                .list_volumes(pb::ListVolumesRequest { max_entries: 2, starting_token: token.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.entries.len() <= 2);
+            rest.extend(volume_ids(&r));
+            token = r.next_token;
+        }
+        assert_eq!(rest, vec![id["pg-3"].clone(), id["pg-4"].clone(), id["pg-5"].clone(), after.clone()]);
+        assert!(!rest.contains(&before), "an entry before the token is not repeated");
+        // Tokens are ours: anything else is ABORTED, as the spec says.
+        let e = d
+            .client
+            .list_volumes(pb::ListVolumesRequest { max_entries: 2, starting_token: "2".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Aborted);
+        for v in rest.iter().chain([&before]) {
+            delete(&mut d, v).await;
+        }
+    }
+
+    /// The controller cannot speak to a 4.1-only server (libnfs 4.0): it
+    /// says so, quickly, and leaves nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_volume_on_a_server_without_nfs_4_0_is_failed_precondition() {
+        let g = Ganesha::start_with_minor_versions("1").expect("start nfs-ganesha");
+        let mut d = Driver::start("").await;
+        let started = Instant::now();
+        let e = create(&mut d, create_req("v41", params(&g, "/export", &[]))).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("NFSv4.0"), "{}", e.message());
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(listing(&g.root()).is_empty());
     }
 }

@@ -21,6 +21,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +36,12 @@ use tonic::Code;
 
 /// Set (to the server's port) only inside the guest.
 const PORT_ENV: &str = "CSI_NFS_GUEST_PORT";
+/// The port of a second server that serves NFSv4.1 only (inside the guest).
+const PORT41_ENV: &str = "CSI_NFS_GUEST_PORT41";
+/// Where the guest finds the staged binaries ([`GuestBins`]).
+const BIN_DIR_ENV: &str = "CSI_NFS_GUEST_BIN_DIR";
+/// The directory made on the 4.1-only server for the guest to publish.
+const VOL41: &str = "vol41";
 /// The host as the guest sees it on QEMU's user network.
 const SERVER: &str = "10.0.2.2";
 
@@ -49,6 +56,7 @@ const GUEST_CHECKS: &[(&str, fn())] = &[
         root_squash_non_root_writer_sees_uid_gid_and_permissions,
     ),
     ("dead_server_unpublish_and_stats_return_in_bounded_time", dead_server_unpublish_and_stats_return_in_bounded_time),
+    ("nfs_4_1_only_server_is_mounted_and_holds_data", nfs_4_1_only_server_is_mounted_and_holds_data),
 ];
 
 fn main() {
@@ -85,16 +93,23 @@ fn guest() -> i32 {
 /// On the host: the server, one guest boot, and what the server holds after.
 fn host() {
     let server = Ganesha::start().expect("start nfs-ganesha (scripts/testbed.sh installs it)");
+    // A server that speaks NFSv4.1 only, with one volume directory the
+    // controller cannot make there (libnfs 4.0 speaks 4.0).
+    let server41 = Ganesha::start_with_minor_versions("1").expect("start a 4.1-only nfs-ganesha");
+    std::fs::create_dir(server41.root().join(VOL41)).unwrap();
+    std::fs::set_permissions(server41.root().join(VOL41), std::fs::Permissions::from_mode(0o777)).unwrap();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = root.join("scripts/guest/run.sh");
     let script = root.join("scripts/guest/csi-nfs.sh");
-    let exe = std::env::current_exe().expect("own path");
+    let bins = GuestBins::stage();
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(&run)
         .arg(&script)
-        .arg(&exe)
+        .arg(bins.dir.join("csi_nfs_node"))
         .arg(server.port().to_string())
+        .arg(server41.port().to_string())
+        .arg(&bins.dir)
         .env("GUEST_NETWORK", "user")
         .env("GUEST_MODULES", "nfsv4 nf_tables")
         .env("GUEST_TIMEOUT", "600")
@@ -122,6 +137,50 @@ fn host() {
         .filter(|n| !n.starts_with('.'))
         .collect();
     assert!(left.is_empty(), "volumes left on the share: {left:?}");
+    // What the guest wrote over NFSv4.1 is on the 4.1-only server.
+    for name in ["written-over-4.1-negotiated", "written-over-4.1-asked"] {
+        let f = server41.root().join(VOL41).join(name);
+        assert_eq!(std::fs::read(&f).unwrap_or_default(), name.as_bytes(), "{}", f.display());
+    }
+}
+
+/// The binaries the guest runs (this test, `csi-nfs`, `conformance`),
+/// copied to a directory under the host's /tmp: the guest sees the host's
+/// /tmp (an overlay on it) but not its /var/tmp (a tmpfs there), where
+/// CARGO_TARGET_DIR may put them. Removed on drop.
+struct GuestBins {
+    dir: PathBuf,
+}
+
+impl GuestBins {
+    fn stage() -> GuestBins {
+        let dir = std::env::temp_dir().join(format!("csi-nfs-guest-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bins = GuestBins { dir };
+        let exe = std::env::current_exe().expect("own path");
+        for (from, name) in [
+            (exe, "csi_nfs_node"),
+            (common::our_dir().join("csi-nfs"), "csi-nfs"),
+            (common::conformance_bin(), "conformance"),
+        ] {
+            std::fs::copy(&from, bins.dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        }
+        bins
+    }
+}
+
+impl Drop for GuestBins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `conformance`: the staged copy inside the guest, the built one elsewhere.
+fn conformance_bin() -> PathBuf {
+    match std::env::var_os(BIN_DIR_ENV) {
+        Some(d) => PathBuf::from(d).join("conformance"),
+        None => common::conformance_bin(),
+    }
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -154,11 +213,12 @@ impl Driver {
             .unwrap_or_else(|_| panic!("{PORT_ENV} unset: the checks run inside the guest only (--in-guest)"))
             .parse()
             .unwrap();
-        let args: Vec<String> = ["--mode", "all", "--node-id", "guest", "--log-level", "debug"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([format!("--mount-options=port={port}")])
-            .collect();
+        let args: Vec<String> =
+            ["--mode", "all", "--node-id", "guest", "--log-level", "debug", "--state-dir={dir}/state"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([format!("--mount-options=port={port}")])
+                .collect();
         // The driver logs to a file (shown if the test fails), so the console
         // keeps libtest's "test … ok" lines whole for the host to read.
         let p = DriverProcess::start(&common::our_dir().join("csi-nfs"), "csi-nfs-guest", &args).unwrap();
@@ -266,6 +326,42 @@ fn as_user(id: u32, script: &str) -> std::process::Output {
         .args(["sh", "-c", script])
         .output()
         .expect("setpriv")
+}
+
+/// A server that serves NFSv4.1 only: the node mounts it with the version
+/// negotiated (4.2 refused, 4.1 taken) and with `nfsvers=4.1` asked for,
+/// data written lands on the server, stats work, unpublish cleans up.
+fn nfs_4_1_only_server_is_mounted_and_holds_data() {
+    let port41: u16 = std::env::var(PORT41_ENV).expect("CSI_NFS_GUEST_PORT41").parse().unwrap();
+    let d = Driver::start();
+    let rt = rt();
+    let ch = d.channel(&rt);
+    for (tag, options) in [("negotiated", format!("port={port41}")), ("asked", format!("port={port41},nfsvers=4.1"))] {
+        let vol = pb::Volume {
+            volume_id: format!("{SERVER}#export#{VOL41}##"),
+            volume_context: [
+                ("server", SERVER.to_string()),
+                ("share", "/export".to_string()),
+                ("subdir", VOL41.to_string()),
+                ("mountOptions", options),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            ..Default::default()
+        };
+        let target = d.target(&format!("v41-{tag}"));
+        publish(&rt, &ch, &vol, &target, false).unwrap_or_else(|e| panic!("publish ({tag}): {e}"));
+        let table = csi_core::mount::mounts().unwrap();
+        let m = csi_core::mount::find_mount(&table, &target).unwrap().expect("mounted").clone();
+        assert!(m.fs_type == "nfs4" && m.super_options.contains("vers=4.1"), "({tag}) {m:?}");
+        let name = format!("written-over-4.1-{tag}");
+        std::fs::write(target.join(&name), name.as_bytes()).unwrap();
+        let st = stats(&rt, &ch, &vol, &target);
+        assert!(!st.volume_condition.expect("condition").abnormal);
+        unpublish(&rt, &ch, &vol, &target).unwrap();
+        assert!(!target.exists());
+    }
 }
 
 fn data_survives_unpublish_and_publish_on_another_target() {
@@ -461,7 +557,7 @@ fn conformance_csi_suite_passes_with_zero_failures() {
     let d = Driver::start();
     let params = d.p.dir().join("params.json");
     std::fs::write(&params, format!(r#"{{"server":"{SERVER}","share":"/export"}}"#)).unwrap();
-    let out = Command::new(common::conformance_bin())
+    let out = Command::new(conformance_bin())
         .args(["csi", "--endpoint", &d.endpoint(), "--params"])
         .arg(&params)
         .arg("--mount-dir")

@@ -19,7 +19,7 @@
 //!
 //! Every operation takes an async lock on its name, so concurrent calls for
 //! one name run one after the other and all get the same answer (no
-//! ABORTED), and makes a fresh NFS connection (see `crate::nfs`).
+//! ABORTED), and works on a pooled NFS connection (see `crate::nfs::pool`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,7 @@ pub struct ControllerService {
 }
 
 /// A share the controller has worked on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Share {
     server: String,
     share: String,
@@ -75,10 +75,24 @@ impl Share {
     }
 }
 
+/// The file in `--state-dir` that lists the known shares.
+const SHARES_FILE: &str = "shares.json";
+
 impl ControllerService {
-    /// A controller with no state yet.
+    /// A controller that knows the shares listed in `config.state_dir`, if
+    /// any. An unreadable list is logged and the controller starts without
+    /// it (it is rewritten on the next new share): volumes are never lost
+    /// with it, they stay on their shares.
     pub fn new(config: crate::Config) -> Self {
-        Self { config, ..Default::default() }
+        let mut shares = BTreeMap::new();
+        if let Some(dir) = &config.state_dir {
+            match load_shares(&dir.join(SHARES_FILE)) {
+                Ok(list) => shares.extend(list.into_iter().map(|s| (s.key(), s))),
+                Err(e) => warn!("{e}; starting with no known shares"),
+            }
+            info!(state_dir = %dir.display(), shares = shares.len(), "known shares loaded");
+        }
+        Self { config, shares: Mutex::new(shares), ..Default::default() }
     }
 
     /// The driver-wide settings.
@@ -104,16 +118,100 @@ impl ControllerService {
             },
         };
         // The latest options win: they are the ones that worked last.
-        known.insert(s.key(), s.clone());
+        if known.insert(s.key(), s.clone()).as_ref() != Some(&s) {
+            self.save_shares(&known);
+        }
         s
+    }
+
+    /// Makes `s` known (again), with the options it was just reached with.
+    fn remember(&self, s: &Share) {
+        let mut known = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if known.insert(s.key(), s.clone()).as_ref() != Some(s) {
+            self.save_shares(&known);
+        }
     }
 
     fn known_shares(&self) -> Vec<Share> {
         self.shares.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
+
+    /// Forgets a share found to hold no records (so that a share whose
+    /// volumes are all gone, or a test server long dead, does not stay in
+    /// every listing for ever). A share seen again is known again.
+    fn forget_share(&self, s: &Share) {
+        let mut known = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if known.get(&s.key()) == Some(s) {
+            known.remove(&s.key());
+            info!(share = s.key(), "share holds no volumes or snapshots: no longer listed");
+            self.save_shares(&known);
+        }
+    }
+
+    /// Writes the list through a temp file and a rename (called with the
+    /// list locked, so writers do not race). A failure is logged: the list
+    /// only speeds up finding the shares again after a restart.
+    fn save_shares(&self, known: &BTreeMap<String, Share>) {
+        let Some(dir) = &self.config.state_dir else { return };
+        let list: Vec<&Share> = known.values().collect();
+        let r = std::fs::create_dir_all(dir).and_then(|()| {
+            let tmp = dir.join(format!("{SHARES_FILE}.tmp"));
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&list).unwrap_or_default())?;
+            std::fs::rename(&tmp, dir.join(SHARES_FILE))
+        });
+        if let Err(e) = r {
+            warn!(state_dir = %dir.display(), "cannot save the known shares: {e}");
+        }
+    }
+
+    /// The records in `dir` on every known share. A share with neither
+    /// volume nor snapshot records, or whose export is gone, is forgotten.
+    async fn records_everywhere(&self, dir: &'static str) -> Result<Vec<Value>, Error> {
+        let mut all = Vec::new();
+        for share in self.known_shares() {
+            let found = on_share(&share, move |c| {
+                let recs = read_records(c, dir)?;
+                let other = if dir == VOLUMES_DIR { SNAPSHOTS_DIR } else { VOLUMES_DIR };
+                let empty = recs.is_empty() && !has_records(c, other)?;
+                Ok((recs, empty))
+            })
+            .await;
+            match found {
+                Ok((recs, empty)) => {
+                    if empty {
+                        self.forget_share(&share);
+                    }
+                    all.extend(recs);
+                }
+                Err(Error::NotFound(m)) => {
+                    warn!(share = share.key(), "{m}");
+                    self.forget_share(&share);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(all)
+    }
 }
 
-/// Runs `f` on a fresh connection to `share`, on a blocking thread, and
+fn load_shares(path: &std::path::Path) -> Result<Vec<Share>, String> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Whether `dir` holds at least one record.
+fn has_records(c: &mut Client, dir: &str) -> Result<bool, Error> {
+    match c.read_dir(dir) {
+        Ok(e) => Ok(e.iter().any(|e| e.name.ends_with(".json") && e.kind == nfs::FileType::File)),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `f` on a connection to `share` from the pool, on a blocking thread, and
 /// maps the NFS error to the spec's code at this edge.
 async fn on_share<T, F>(share: &Share, f: F) -> Result<T, Error>
 where
@@ -510,25 +608,51 @@ impl Drop for LockGuard {
     }
 }
 
-/// Pagination over a sorted list: the token is the index of the next entry.
-fn page<T>(all: Vec<T>, max_entries: i32, token: &str) -> Result<(Vec<T>, String), Error> {
+/// Marks our pagination tokens, so that a token we did not make is ABORTED.
+const TOKEN_PREFIX: &str = "after:";
+
+/// Pagination over a list sorted by `key`. The token names the last entry
+/// returned (`after:` and its key in hex), not an index: entries added or
+/// removed between two calls do not shift the next page, so an entry that
+/// stays in the list is returned exactly once, and the next page starts
+/// after the last one returned even when that one was deleted meanwhile.
+fn page<T>(all: Vec<T>, key: impl Fn(&T) -> &str, max_entries: i32, token: &str) -> Result<(Vec<T>, String), Error> {
     if max_entries < 0 {
         return Err(Error::InvalidArgument(format!("max_entries {max_entries} is negative")));
     }
-    let start = match token {
-        "" => 0,
-        t => t
-            .parse::<usize>()
-            .ok()
-            .filter(|s| *s <= all.len())
-            .ok_or_else(|| Error::Aborted(format!("starting_token {t:?} is not valid (any more)")))?,
+    let after = match token {
+        "" => None,
+        t => Some(
+            t.strip_prefix(TOKEN_PREFIX)
+                .and_then(hex_decode)
+                .ok_or_else(|| Error::Aborted(format!("starting_token {t:?} is not one this driver made")))?,
+        ),
     };
-    let end = match max_entries {
-        0 => all.len(),
-        n => all.len().min(start + n as usize),
+    let mut rest: Vec<T> = match &after {
+        None => all,
+        Some(a) => all.into_iter().filter(|e| key(e) > a.as_str()).collect(),
     };
-    let next = if end < all.len() { end.to_string() } else { String::new() };
-    Ok((all.into_iter().skip(start).take(end - start).collect(), next))
+    let next = match max_entries {
+        n if n > 0 && rest.len() > n as usize => {
+            rest.truncate(n as usize);
+            rest.last().map(|e| format!("{TOKEN_PREFIX}{}", hex_encode(key(e)))).unwrap_or_default()
+        }
+        _ => String::new(),
+    };
+    Ok((rest, next))
+}
+
+fn hex_encode(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes =
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 fn rpc(t: csc::rpc::Type) -> pb::ControllerServiceCapability {
@@ -578,6 +702,9 @@ impl pb::controller_server::Controller for ControllerService {
         let started = std::time::Instant::now();
         let name = req.name.clone();
         let volume = on_share(&share, move |c| create_volume(c, &name, &p, cap, &source_key, &source)).await?;
+        // A listing that ran meanwhile may have found the share still empty
+        // and forgotten it: it holds a record now.
+        self.remember(&share);
         info!(name = req.name, volume_id = volume.volume_id, ms = started.elapsed().as_millis() as u64, "volume ready");
         Ok(Response::new(pb::CreateVolumeResponse { volume: Some(volume) }))
     }
@@ -688,13 +815,10 @@ impl pb::controller_server::Controller for ControllerService {
         req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let req = req.into_inner();
-        let mut all = Vec::new();
-        for share in self.known_shares() {
-            let recs = on_share(&share, |c| read_records(c, VOLUMES_DIR)).await?;
-            all.extend(recs.iter().map(volume_from_record));
-        }
+        let mut all: Vec<pb::Volume> =
+            self.records_everywhere(VOLUMES_DIR).await?.iter().map(volume_from_record).collect();
         all.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
-        let (vols, next_token) = page(all, req.max_entries, &req.starting_token)?;
+        let (vols, next_token) = page(all, |v| v.volume_id.as_str(), req.max_entries, &req.starting_token)?;
         let entries =
             vols.into_iter().map(|v| pb::list_volumes_response::Entry { volume: Some(v), status: None }).collect();
         Ok(Response::new(pb::ListVolumesResponse { entries, next_token }))
@@ -803,6 +927,7 @@ impl pb::controller_server::Controller for ControllerService {
             made
         })
         .await?;
+        self.remember(&share);
         info!(
             name = req.name,
             snapshot_id = snapshot.snapshot_id,
@@ -884,16 +1009,13 @@ impl pb::controller_server::Controller for ControllerService {
                 }
             }
         } else {
-            for share in self.known_shares() {
-                let recs = on_share(&share, |c| read_records(c, SNAPSHOTS_DIR)).await?;
-                all.extend(recs.iter().map(snapshot_from_record));
-            }
+            all.extend(self.records_everywhere(SNAPSHOTS_DIR).await?.iter().map(snapshot_from_record));
         }
         if !req.source_volume_id.is_empty() {
             all.retain(|s| s.source_volume_id == req.source_volume_id);
         }
         all.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
-        let (snaps, next_token) = page(all, req.max_entries, &req.starting_token)?;
+        let (snaps, next_token) = page(all, |s| s.snapshot_id.as_str(), req.max_entries, &req.starting_token)?;
         let entries = snaps.into_iter().map(|s| pb::list_snapshots_response::Entry { snapshot: Some(s) }).collect();
         Ok(Response::new(pb::ListSnapshotsResponse { entries, next_token }))
     }
@@ -928,16 +1050,39 @@ impl pb::controller_server::Controller for ControllerService {
 mod tests {
     use super::*;
 
+    fn key(s: &String) -> &str {
+        s
+    }
+
     #[test]
     fn pages_walk_the_list_and_a_bad_token_is_aborted() {
-        let all: Vec<u32> = (0..5).collect();
-        assert_eq!(page(all.clone(), 2, "").unwrap(), (vec![0, 1], "2".into()));
-        assert_eq!(page(all.clone(), 2, "2").unwrap(), (vec![2, 3], "4".into()));
-        assert_eq!(page(all.clone(), 2, "4").unwrap(), (vec![4], String::new()));
-        assert_eq!(page(all.clone(), 0, "").unwrap(), (all.clone(), String::new()));
-        assert!(matches!(page(all.clone(), 1, "x"), Err(Error::Aborted(_))));
-        assert!(matches!(page(all.clone(), 1, "6"), Err(Error::Aborted(_))));
-        assert!(matches!(page(all, -1, ""), Err(Error::InvalidArgument(_))));
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let all = ids(&["a", "b", "c", "d", "e"]);
+        let (p1, t1) = page(all.clone(), key, 2, "").unwrap();
+        assert_eq!((p1, t1.as_str()), (ids(&["a", "b"]), "after:62"));
+        let (p2, t2) = page(all.clone(), key, 2, &t1).unwrap();
+        assert_eq!(p2, ids(&["c", "d"]));
+        assert_eq!(page(all.clone(), key, 2, &t2).unwrap(), (ids(&["e"]), String::new()));
+        assert_eq!(page(all.clone(), key, 0, "").unwrap(), (all.clone(), String::new()));
+        assert_eq!(page(all.clone(), key, 5, "").unwrap(), (all.clone(), String::new()));
+        for bad in ["x", "6", "after:6", "after:zz", "invalid-token"] {
+            assert!(matches!(page(all.clone(), key, 1, bad), Err(Error::Aborted(_))), "{bad}");
+        }
+        assert!(matches!(page(all, key, -1, ""), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn pages_stay_right_when_the_list_changes_between_calls() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let (p1, t1) = page(ids(&["b", "d", "f", "h"]), key, 2, "").unwrap();
+        assert_eq!(p1, ids(&["b", "d"]));
+        // "d" (the token's own entry) and "b" removed, "a", "c" (before the
+        // token) and "e", "g" (after it) added: nothing that stayed is
+        // repeated or skipped, and new entries after the token show up.
+        let (p2, t2) = page(ids(&["a", "c", "e", "f", "g", "h"]), key, 2, &t1).unwrap();
+        assert_eq!(p2, ids(&["e", "f"]));
+        let (p3, t3) = page(ids(&["a", "c", "e", "f", "g", "h"]), key, 2, &t2).unwrap();
+        assert_eq!((p3, t3), (ids(&["g", "h"]), String::new()));
     }
 
     #[test]

@@ -24,4 +24,8 @@ pub struct Config {
     /// (e.g. `nfsvers=4.1,port=20490`); the controller takes `port` and the
     /// NFS version from them, the node passes them to the kernel.
     pub mount_options: String,
+    /// `--state-dir`: where the controller keeps the list of shares it has
+    /// made volumes or snapshots on (`shares.json`), so that a restarted
+    /// controller lists them again. `None`: kept in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
 }

@@ -5,11 +5,23 @@ use csi_core::flags::{Defaults, ExtraFlag, Flags};
 const DEFAULTS: Defaults = Defaults {
     program: "csi-nfs",
     driver_name: csi_nfs::DRIVER_NAME,
-    extra: &[ExtraFlag {
-        name: "mount-options",
-        default: Some(""),
-        help: "NFS mount options used when a request carries none, e.g. nfsvers=4.1,port=2049",
-    }],
+    extra: &[
+        ExtraFlag {
+            name: "mount-options",
+            default: Some(""),
+            help: "NFS mount options used when a request carries none, e.g. nfsvers=4.1,port=2049",
+        },
+        ExtraFlag {
+            name: "nfs-idle-connections",
+            default: Some("4"),
+            help: "open NFS connections the controller keeps per share for reuse (0: connect for every call)",
+        },
+        ExtraFlag {
+            name: "state-dir",
+            default: Some("/var/lib/csi-nfs"),
+            help: "where the controller remembers the shares it has volumes on (empty: nowhere)",
+        },
+    ],
 };
 
 fn main() {
@@ -18,6 +30,13 @@ fn main() {
         eprintln!("csi-nfs: {e}");
         std::process::exit(2);
     }
+    match flags.extra("nfs-idle-connections").unwrap_or("4").parse::<usize>() {
+        Ok(n) if n <= 64 => csi_nfs::nfs::pool::set_max_idle(n),
+        _ => {
+            eprintln!("csi-nfs: --nfs-idle-connections: expected a number from 0 to 64");
+            std::process::exit(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -25,7 +44,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let config = csi_nfs::Config { mount_options: flags.extra("mount-options").unwrap_or_default().to_string() };
+    let config = csi_nfs::Config {
+        mount_options: flags.extra("mount-options").unwrap_or_default().to_string(),
+        state_dir: flags.extra("state-dir").filter(|d| !d.is_empty()).map(std::path::PathBuf::from),
+    };
     let plugin = csi_core::server::Plugin {
         identity: csi_core::identity::Identity::new(&flags.driver_name).vendor_version(env!("CARGO_PKG_VERSION")),
         controller: Some(csi_nfs::controller::ControllerService::new(config.clone())),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use csi_core::mount::{self, MsFlags};
 use csi_core::pb;
 use csi_core::pb::node_service_capability::rpc::Type as NodeCap;
+use csi_core::pb::volume_capability::access_mode::Mode as AccessMode;
 use csi_core::validate::{self, CapabilitySupport, InFlight};
 use csi_core::Error;
 use nix::errno::Errno;
@@ -249,8 +250,20 @@ where
 }
 
 /// NodePublishVolume's work once the request is checked.
-fn publish(plan: &MountPlan, target: &Path) -> Result<(), Error> {
+fn publish(plan: &MountPlan, target: &Path, single_writer: bool) -> Result<(), Error> {
     let table = mount::mounts()?;
+    if single_writer {
+        // SINGLE_NODE_SINGLE_WRITER: one target path on this node at most.
+        if let Some(other) =
+            table.iter().find(|m| m.source == plan.source && m.fs_type.starts_with("nfs") && m.mount_point != target)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
+                plan.source,
+                other.mount_point.display()
+            )));
+        }
+    }
     if let Some(m) = mount::find_mount(&table, target)? {
         // Idempotent: the same volume with the same read-only-ness is success.
         let same_ro = m.read_only() == plan.flags.contains(MsFlags::MS_RDONLY);
@@ -370,9 +383,11 @@ impl pb::node_server::Node for NodeService {
             &self.config.mount_options,
             req.readonly,
         )?;
+        let single_writer =
+            cap.access_mode.as_ref().is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32);
         let target = mount::normalize(Path::new(&req.target_path))?;
         let _guard = self.in_flight.lock(&req.volume_id)?;
-        blocking(move || publish(&plan, &target)).await?;
+        blocking(move || publish(&plan, &target, single_writer)).await?;
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
 
@@ -397,6 +412,16 @@ impl pb::node_server::Node for NodeService {
         validate::require_volume_id(&req.volume_id)?;
         if req.volume_path.is_empty() {
             return Err(Error::InvalidArgument("volume path missing in request".into()).into());
+        }
+        // The spec makes volume_path absolute, but a relative one names no
+        // volume either, and NOT_FOUND is what the spec and csi-sanity ask for
+        // when no volume is at the path (csi-sanity sends `some/path`).
+        if !Path::new(&req.volume_path).is_absolute() {
+            return Err(Error::NotFound(format!(
+                "no volume at {:?}: not an absolute path, so nothing is published there",
+                req.volume_path
+            ))
+            .into());
         }
         let path = mount::normalize(Path::new(&req.volume_path))?;
         let resp = blocking(move || stats(&path)).await?;

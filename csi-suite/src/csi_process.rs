@@ -22,7 +22,9 @@ pub struct DriverProcess {
 
 impl DriverProcess {
     /// Starts `bin --endpoint=unix://<dir>/csi.sock ARGS…` in a fresh temp
-    /// dir named after `hint`, and returns once the socket exists.
+    /// dir named after `hint`, and returns once the socket exists. `{dir}`
+    /// in an argument is replaced by that directory (e.g. a state directory
+    /// of the driver's own, removed with it).
     pub fn start(bin: &Path, hint: &str, args: &[String]) -> R<DriverProcess> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -32,7 +34,7 @@ impl DriverProcess {
         let sock = dir.join("csi.sock");
         let child = Command::new(bin)
             .arg(format!("--endpoint=unix://{}", sock.display()))
-            .args(args)
+            .args(args.iter().map(|a| a.replace("{dir}", &dir.display().to_string())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -49,18 +49,26 @@ pub struct Ganesha {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// NFSv4 minor versions served (`Minor_Versions`).
+    minor_versions: &'static str,
 }
 
 impl Ganesha {
     /// Starts a server on a free port (never 2049) with a fresh temp dir,
     /// and returns once the port accepts TCP connections.
     pub fn start() -> io::Result<Ganesha> {
+        Ganesha::start_with_minor_versions("0,1,2")
+    }
+
+    /// [`Ganesha::start`] serving only the given NFSv4 minor versions
+    /// (ganesha's `Minor_Versions`, e.g. `"1"` for a 4.1-only server).
+    pub fn start_with_minor_versions(minor_versions: &'static str) -> io::Result<Ganesha> {
         let dir = std::env::temp_dir().join(format!("ganesha-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(dir.join("export"))?;
         std::fs::create_dir_all(dir.join("squash"))?;
         std::fs::create_dir_all(dir.join("recov"))?;
         std::fs::set_permissions(dir.join("squash"), std::fs::Permissions::from_mode(0o777))?;
-        let mut g = Ganesha { dir, port: 0, child: None };
+        let mut g = Ganesha { dir, port: 0, child: None, minor_versions };
         let mut last = None;
         // Another process may take the port between our probe and ganesha's
         // bind: try a few ports before giving up (drop removes the dir).
@@ -120,8 +128,25 @@ impl Ganesha {
 
     /// Freezes the server (SIGSTOP): the kernel still accepts TCP
     /// connections on its port but nothing answers, as with a hung server.
+    /// Returns once every thread of the server is stopped: the signal is
+    /// asynchronous, and a request sent before it lands would still be served.
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(c) = &self.child else { return };
+        let task_dir = PathBuf::from(format!("/proc/{}/task", c.id()));
+        let stopped = || {
+            std::fs::read_dir(&task_dir).map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .map(|st| st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
+                        .unwrap_or(true)
+                })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(stopped(), Ok(true)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Lets a frozen server run again (SIGCONT).
@@ -162,14 +187,15 @@ impl Ganesha {
         let d = self.dir.display();
         format!(
             "NFS_CORE_PARAM {{ Enable_NLM = false; Enable_RQUOTA = false; Protocols = 4; NFS_Port = {port}; }}\n\
-             NFSV4 {{ Graceless = true; Minor_Versions = 0,1,2; RecoveryRoot = {d}/recov; Only_Numeric_Owners = true; }}\n\
+             NFSV4 {{ Graceless = true; Minor_Versions = {minor}; RecoveryRoot = {d}/recov; Only_Numeric_Owners = true; }}\n\
              EXPORT {{ Export_Id = 1; Path = {d}/export; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash;\n\
              \x20 SecType = sys; Protocols = 4; Transports = TCP; FSAL {{ Name = VFS; }} }}\n\
              EXPORT {{ Export_Id = 2; Path = {d}/squash; Pseudo = /squash; Access_Type = RW; Squash = Root_Squash;\n\
              \x20 Anonymous_Uid = 65534; Anonymous_Gid = 65534;\n\
              \x20 SecType = sys; Protocols = 4; Transports = TCP; FSAL {{ Name = VFS; }} }}\n\
              LOG {{ Default_Log_Level = WARN; }}\n",
-            port = self.port
+            port = self.port,
+            minor = self.minor_versions,
         )
     }
 

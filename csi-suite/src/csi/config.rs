@@ -37,6 +37,7 @@ pub const SECRET_KINDS: &[&str] = &[
     "ControllerExpandVolumeSecret",
     "ControllerModifyVolumeSecret",
     "ListSnapshotsSecret",
+    "GetSnapshotSecret",
     "NodeExpandVolumeSecret",
 ];
 

@@ -183,7 +183,7 @@ async fn all_volume_ids(c: &mut Ctx) -> Res<Vec<String>> {
 /// other users of the same backend cannot disturb.
 async fn list_presence(c: &mut Ctx) -> Res {
     let before = all_volume_ids(c).await?;
-    let vol = c.must_create_volume(c.create_req(&c.unique("sanity-list"), None)).await?;
+    let vol = c.must_create_volume(c.required_req(&c.unique("sanity-list"))).await?;
     ensure!(!before.contains(&vol.volume_id), "ListVolumes listed {} before it was created", vol.volume_id);
     let during = all_volume_ids(c).await?;
     ensure!(during.contains(&vol.volume_id), "ListVolumes does not list the new volume {}", vol.volume_id);
@@ -202,7 +202,7 @@ async fn list_pagination(c: &mut Ctx) -> Res {
     const MAX: i32 = 2;
     let existing = all_volume_ids(c).await?;
     for _ in existing.len()..3 {
-        c.must_create_volume(c.sized_req(&c.unique("sanity-list-page"))).await?;
+        c.must_create_volume(c.required_req(&c.unique("sanity-list-page"))).await?;
     }
     let total = all_volume_ids(c).await?.len();
     let first = ok(
@@ -295,9 +295,18 @@ async fn create_twice_same(c: &mut Ctx) -> Res {
     Ok(())
 }
 
+/// As csi-sanity: the first volume is asked for exactly the test size (a
+/// limit too), so a capacity it reports must be that size; 0 ("unknown")
+/// is accepted, where csi-sanity skips the rest.
 async fn create_twice_different(c: &mut Ctx) -> Res {
     let name = c.unique("sanity-controller-create-twice-different");
-    c.must_create_volume(c.sized_req(&name)).await?;
+    let v1 = c.must_create_volume(c.sized_req(&name)).await?;
+    ensure!(
+        v1.capacity_bytes == 0 || v1.capacity_bytes == c.volume_size(),
+        "asked for exactly {} bytes (required = limit), got capacity_bytes {}",
+        c.volume_size(),
+        v1.capacity_bytes
+    );
     let size2 = 2 * c.volume_size();
     let req = c.create_req(&name, Some(pb::CapacityRange { required_bytes: size2, limit_bytes: size2 }));
     expect_code("CreateVolume (same name, twice the size)", c.create_volume(req).await, Code::AlreadyExists)
@@ -323,9 +332,9 @@ pub async fn ready_snapshot(c: &mut Ctx, name: &str, source: &str) -> Res<pb::Sn
 }
 
 async fn create_from_snapshot(c: &mut Ctx) -> Res {
-    let v1 = c.must_create_volume(c.sized_req(&c.unique("sanity-controller-source-vol"))).await?;
+    let v1 = c.must_create_volume(c.required_req(&c.unique("sanity-controller-source-vol"))).await?;
     let snap = ready_snapshot(c, &c.unique("sanity-controller-snap-from-vol"), &v1.volume_id).await?;
-    let mut req = c.sized_req(&c.unique("sanity-controller-vol-from-snap"));
+    let mut req = c.required_req(&c.unique("sanity-controller-vol-from-snap"));
     req.volume_content_source = Some(pb::VolumeContentSource {
         r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
             snapshot_id: snap.snapshot_id.clone(),
@@ -337,7 +346,7 @@ async fn create_from_snapshot(c: &mut Ctx) -> Res {
 }
 
 async fn create_from_missing_snapshot(c: &mut Ctx) -> Res {
-    let mut req = c.sized_req(&c.unique("sanity-controller-vol-from-snap"));
+    let mut req = c.required_req(&c.unique("sanity-controller-vol-from-snap"));
     req.volume_content_source = Some(pb::VolumeContentSource {
         r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
             snapshot_id: "non-existing-snapshot-id".into(),
@@ -355,14 +364,14 @@ fn clone_source(id: &str) -> Option<pb::VolumeContentSource> {
 }
 
 async fn create_clone(c: &mut Ctx) -> Res {
-    let v1 = c.must_create_volume(c.sized_req(&c.unique("sanity-controller-source-vol"))).await?;
-    let mut req = c.sized_req(&c.unique("sanity-controller-vol-from-vol"));
+    let v1 = c.must_create_volume(c.required_req(&c.unique("sanity-controller-source-vol"))).await?;
+    let mut req = c.required_req(&c.unique("sanity-controller-vol-from-vol"));
     req.volume_content_source = clone_source(&v1.volume_id);
     c.must_create_volume(req).await.map(drop)
 }
 
 async fn create_clone_of_missing(c: &mut Ctx) -> Res {
-    let mut req = c.sized_req(&c.unique("sanity-controller-vol-from-vol"));
+    let mut req = c.required_req(&c.unique("sanity-controller-vol-from-vol"));
     req.volume_content_source = clone_source(&c.fake_volume_id());
     expect_code("CreateVolume", c.create_volume(req).await, Code::NotFound)
 }
@@ -372,13 +381,13 @@ fn fake_mutable() -> std::collections::HashMap<String, String> {
 }
 
 async fn create_with_vac(c: &mut Ctx) -> Res {
-    let mut req = c.sized_req(&c.unique("sanity-controller-vol-with-mutable-parameters"));
+    let mut req = c.required_req(&c.unique("sanity-controller-vol-with-mutable-parameters"));
     req.mutable_parameters = c.s.opts.mutable_params.clone();
     c.must_create_volume(req).await.map(drop)
 }
 
 async fn create_with_bad_vac(c: &mut Ctx) -> Res {
-    let mut req = c.sized_req(&c.unique("sanity-controller-vol-with-mutable-parameters"));
+    let mut req = c.required_req(&c.unique("sanity-controller-vol-with-mutable-parameters"));
     req.mutable_parameters = fake_mutable();
     expect_code("CreateVolume", c.create_volume(req).await, Code::InvalidArgument)
 }
@@ -476,7 +485,7 @@ async fn publish_missing_volume(c: &mut Ctx) -> Res {
 }
 
 async fn publish_missing_node(c: &mut Ctx) -> Res {
-    let v = c.must_create_volume(c.create_req(&c.unique("sanity-controller-wrong-node"), None)).await?;
+    let v = c.must_create_volume(c.required_req(&c.unique("sanity-controller-wrong-node"))).await?;
     let req = publish_req(c, &v.volume_id, &c.fake_node_id(), Some(Ctx::snw()));
     expect_code("ControllerPublishVolume", c.ctrl_publish(req).await, Code::NotFound)
 }
@@ -488,7 +497,7 @@ async fn node_id(c: &mut Ctx) -> Res<pb::NodeGetInfoResponse> {
 }
 
 async fn publish_incompatible(c: &mut Ctx) -> Res {
-    let v = c.must_create_volume(c.create_req(&c.unique("sanity-controller-published-incompatible"), None)).await?;
+    let v = c.must_create_volume(c.required_req(&c.unique("sanity-controller-published-incompatible"))).await?;
     let ni = node_id(c).await?;
     let mut req = publish_req(c, &v.volume_id, &ni.node_id, Some(Ctx::snw()));
     ok("ControllerPublishVolume", c.ctrl_publish(req.clone()).await)?;
@@ -500,7 +509,7 @@ async fn publish_incompatible(c: &mut Ctx) -> Res {
 /// call must succeed (csi-sanity leaves the unpublish to its cleanup).
 async fn lifecycle(c: &mut Ctx, count: usize) -> Res {
     let ni = node_id(c).await?;
-    let mut req = c.create_req(&c.unique(&format!("sanity-controller-publish-{count}")), None);
+    let mut req = c.required_req(&c.unique(&format!("sanity-controller-publish-{count}")));
     req.accessibility_requirements =
         ni.accessible_topology.clone().map(|t| pb::TopologyRequirement { requisite: vec![t], preferred: vec![] });
     let v = c.must_create_volume(req).await?;
@@ -595,19 +604,19 @@ async fn modify_missing(c: &mut Ctx) -> Res {
 }
 
 async fn modify_unsupported(c: &mut Ctx) -> Res {
-    let v = c.must_create_volume(c.sized_req(&c.unique("sanity-modify-volume"))).await?;
+    let v = c.must_create_volume(c.required_req(&c.unique("sanity-modify-volume"))).await?;
     let mut req = c.modify_req(&v.volume_id);
     req.mutable_parameters = fake_mutable();
     expect_code("ControllerModifyVolume", c.ctrl_modify(req).await, Code::InvalidArgument)
 }
 
 async fn modify_plain(c: &mut Ctx) -> Res {
-    let v = c.must_create_volume(c.sized_req(&c.unique("sanity-modify-volume"))).await?;
+    let v = c.must_create_volume(c.required_req(&c.unique("sanity-modify-volume"))).await?;
     ok("ControllerModifyVolume", c.ctrl_modify(c.modify_req(&v.volume_id)).await).map(drop)
 }
 
 async fn create_with_mutable(c: &mut Ctx) -> Res<pb::Volume> {
-    let mut req = c.sized_req(&c.unique("sanity-modify-volume"));
+    let mut req = c.required_req(&c.unique("sanity-modify-volume"));
     req.mutable_parameters = c.s.opts.mutable_params.clone();
     c.must_create_volume(req).await
 }

@@ -23,6 +23,11 @@ enum Bug {
     DeleteUnknownNotFound,
     /// NodeUnpublishVolume leaves the target directory behind.
     KeepTarget,
+    /// NodeGetVolumeStats answers INVALID_ARGUMENT to a relative path
+    /// (csi-nfs did; csi-sanity sends `some/path` and wants NOT_FOUND).
+    StatsRelativeInvalid,
+    /// A SINGLE_NODE_SINGLE_WRITER volume is published at a second target.
+    SingleWriterTwice,
 }
 
 #[derive(Default)]
@@ -243,6 +248,7 @@ impl Controller for Mock {
             GetVolume,
             VolumeCondition,
             ModifyVolume,
+            GetSnapshot,
         ]
         .into_iter()
         .map(ctrl_cap)
@@ -279,6 +285,16 @@ impl Controller for Mock {
         }
         self.lock().snapshots.remove(&id);
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+
+    async fn get_snapshot(&self, r: Request<pb::GetSnapshotRequest>) -> R<pb::GetSnapshotResponse> {
+        let id = r.into_inner().snapshot_id;
+        if id.is_empty() {
+            return Err(ia("snapshot_id"));
+        }
+        let s = self.lock();
+        let (_, src) = s.snapshots.get(&id).ok_or_else(|| Status::not_found(id.clone()))?;
+        Ok(Response::new(pb::GetSnapshotResponse { snapshot: Some(Mock::snapshot(&id, src)) }))
     }
 
     async fn list_snapshots(&self, r: Request<pb::ListSnapshotsRequest>) -> R<pb::ListSnapshotsResponse> {
@@ -384,13 +400,23 @@ impl Node for Mock {
         if r.target_path.is_empty() {
             return Err(ia("target_path"));
         }
-        if r.volume_capability.is_none() {
+        let Some(cap) = &r.volume_capability else {
             return Err(ia("volume_capability"));
-        }
+        };
+        let single_writer = cap
+            .access_mode
+            .as_ref()
+            .is_some_and(|m| m.mode == pb::volume_capability::access_mode::Mode::SingleNodeSingleWriter as i32);
         let mut s = self.lock();
         self.volume(&s, &r.volume_id)?;
         if !s.staged.contains(&(r.volume_id.clone(), r.staging_target_path.clone())) {
             return Err(Status::failed_precondition("not staged"));
+        }
+        if single_writer
+            && self.bug != Bug::SingleWriterTwice
+            && s.published.iter().any(|(v, t)| *v == r.volume_id && *t != r.target_path)
+        {
+            return Err(Status::failed_precondition("single writer: published at another target"));
         }
         match std::fs::create_dir(&r.target_path) {
             Ok(()) => {}
@@ -430,6 +456,9 @@ impl Node for Mock {
         if r.volume_path.is_empty() {
             return Err(ia("volume_path"));
         }
+        if self.bug == Bug::StatsRelativeInvalid && !r.volume_path.starts_with('/') {
+            return Err(Status::invalid_argument("volume_path must be absolute"));
+        }
         let s = self.lock();
         let v = self.volume(&s, &r.volume_id)?;
         if !s.published.contains(&(r.volume_id.clone(), r.volume_path.clone())) {
@@ -462,8 +491,10 @@ impl Node for Mock {
         _: Request<pb::NodeGetCapabilitiesRequest>,
     ) -> R<pb::NodeGetCapabilitiesResponse> {
         use super::NodeCap::*;
-        let capabilities =
-            [StageUnstageVolume, GetVolumeStats, ExpandVolume, VolumeCondition].into_iter().map(node_cap).collect();
+        let capabilities = [StageUnstageVolume, GetVolumeStats, ExpandVolume, VolumeCondition, SingleNodeMultiWriter]
+            .into_iter()
+            .map(node_cap)
+            .collect();
         Ok(Response::new(pb::NodeGetCapabilitiesResponse { capabilities }))
     }
 
@@ -549,4 +580,26 @@ fn a_target_left_behind_fails_the_unpublish_spec_and_is_still_cleaned() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(f[0].contains("still exists after NodeUnpublishVolume"), "{f:?}");
     assert_eq!(left, Vec::<std::path::PathBuf>::new(), "the empty target dir is removed by the suite");
+}
+
+/// The defect csi-sanity found in csi-nfs and our suite missed: a relative
+/// volume_path answered INVALID_ARGUMENT. Both specs that send one fail.
+#[test]
+fn stats_refusing_a_relative_path_fails_the_not_found_specs() {
+    let (o, held, _) = run_against(Bug::StatsRelativeInvalid, &["Node Service NodeGetVolumeStats"]);
+    let f = failures(&o);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(f[0].contains("should fail when volume is not found") && f[0].contains("\"some/path\""), "{f:?}");
+    assert!(f[1].contains("does not exist on the specified path") && f[1].contains("InvalidArgument"), "{f:?}");
+    assert_eq!(held, 0);
+}
+
+#[test]
+fn a_single_writer_volume_published_twice_fails_its_spec() {
+    let (o, held, left) = run_against(Bug::SingleWriterTwice, &["Node Service NodePublishVolume with single node"]);
+    let f = failures(&o);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].contains("single node single writer") && f[0].contains("FailedPrecondition"), "{f:?}");
+    assert_eq!(held, 0, "the second publication is cleaned up too");
+    assert_eq!(left, Vec::<std::path::PathBuf>::new());
 }

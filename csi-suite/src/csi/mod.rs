@@ -223,6 +223,8 @@ pub struct Shared {
     pub opts: Options,
     pub caps: Caps,
     ident: pb::identity_client::IdentityClient<Channel>,
+    /// Identity on the controller endpoint (the same channel when there is one endpoint).
+    ctrl_ident: pb::identity_client::IdentityClient<Channel>,
     ctrl: pb::controller_client::ControllerClient<Channel>,
     node: pb::node_client::NodeClient<Channel>,
     run_id: String,
@@ -549,7 +551,7 @@ impl Ctx {
         vol_prefix: &str,
         snap_name: &str,
     ) -> Res<(pb::Snapshot, pb::Volume)> {
-        let req = self.sized_req(&self.unique(vol_prefix));
+        let req = self.required_req(&self.unique(vol_prefix));
         let vol = self.must_create_volume(req).await?;
         let snap = self.must_create_snapshot(self.snapshot_req(snap_name, &vol.volume_id)).await?;
         Ok((snap, vol))
@@ -649,6 +651,30 @@ impl Ctx {
         "GetPluginCapabilities"
     );
     plain_rpc!(probe, ident, probe, pb::ProbeRequest, pb::ProbeResponse, "Probe");
+    plain_rpc!(
+        ctrl_plugin_info,
+        ctrl_ident,
+        get_plugin_info,
+        pb::GetPluginInfoRequest,
+        pb::GetPluginInfoResponse,
+        "GetPluginInfo (controller endpoint)"
+    );
+    plain_rpc!(
+        ctrl_plugin_caps,
+        ctrl_ident,
+        get_plugin_capabilities,
+        pb::GetPluginCapabilitiesRequest,
+        pb::GetPluginCapabilitiesResponse,
+        "GetPluginCapabilities (controller endpoint)"
+    );
+    plain_rpc!(ctrl_probe, ctrl_ident, probe, pb::ProbeRequest, pb::ProbeResponse, "Probe (controller endpoint)");
+    plain_rpc!(get_snapshot, ctrl, get_snapshot, pb::GetSnapshotRequest, pb::GetSnapshotResponse, "GetSnapshot");
+
+    /// Whether the Controller service has an endpoint of its own (csi-sanity
+    /// then runs the Identity specs against both).
+    pub fn split_controller(&self) -> bool {
+        self.s.opts.controller_endpoint.is_some()
+    }
     plain_rpc!(
         ctrl_caps,
         ctrl,
@@ -936,6 +962,7 @@ pub async fn run(opts: Options) -> Res<Outcome> {
     let ctrl_ident = pb::identity_client::IdentityClient::new(ctrl_ch.clone());
     let mut shared = Shared {
         ident: pb::identity_client::IdentityClient::new(node_ch.clone()),
+        ctrl_ident: ctrl_ident.clone(),
         ctrl: pb::controller_client::ControllerClient::new(ctrl_ch),
         node: pb::node_client::NodeClient::new(node_ch),
         caps: Caps::default(),

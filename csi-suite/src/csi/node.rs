@@ -9,10 +9,10 @@
 //! PUBLISH_UNPUBLISH_VOLUME is advertised.
 //!
 //! Where csi-sanity sends the relative path `some/path` for "a path the
-//! volume is not at", we send an absolute path that does not exist (inside
-//! the spec's directory): the spec says volume_path MUST be absolute, so a
-//! driver may rightly answer INVALID_ARGUMENT to `some/path` before looking
-//! for the volume, and the spec would test nothing.
+//! volume is not at" and expects NOT_FOUND, we send it too, and then an
+//! absolute path that does not exist (inside the spec's directory): both
+//! must be NOT_FOUND, so a driver that passes here passes csi-sanity, and one
+//! that only answers relative paths right does not pass.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +28,10 @@ const STAGE: Cap = Cap::Node(NodeCap::StageUnstageVolume);
 const STATS: Cap = Cap::Node(NodeCap::GetVolumeStats);
 const NEXP: Cap = Cap::Node(NodeCap::ExpandVolume);
 const CTRL: Cap = Cap::Plugin(PluginSvc::ControllerService);
+const SNMW: Cap = Cap::Node(NodeCap::SingleNodeMultiWriter);
+
+/// csi-sanity's relative "path where no volume is".
+const SOME_PATH: &str = "some/path";
 
 pub fn specs() -> Vec<Spec> {
     vec![
@@ -36,6 +40,11 @@ pub fn specs() -> Vec<Spec> {
         spec!(format!("{D} NodePublishVolume should fail when no volume id is provided"), [], publish_no_id),
         spec!(format!("{D} NodePublishVolume should fail when no target path is provided"), [], publish_no_target),
         spec!(format!("{D} NodePublishVolume should fail when no volume capability is provided"), [], publish_no_cap),
+        spec!(
+            format!("{D} NodePublishVolume with single node multi writer capability should fail when volume with single node single writer access mode is already mounted at a different target path"),
+            [SNMW, CDV],
+            publish_snsw_twice
+        ),
         spec!(format!("{D} NodeUnpublishVolume should fail when no volume id is provided"), [], unpublish_no_id),
         spec!(format!("{D} NodeUnpublishVolume should fail when no target path is provided"), [], unpublish_no_target),
         spec!(format!("{D} NodeUnpublishVolume should remove target path"), [CDV], unpublish_removes_target),
@@ -208,26 +217,36 @@ struct Published {
 /// Creates a volume and publishes it on this node, each step `count` times
 /// (csi-sanity's runControllerTest).
 async fn publish_new(c: &mut Ctx, prefix: &str, count: usize) -> Res<Published> {
-    let (vol, node_id) = create_for_node(c, prefix).await?;
-    publish(c, vol, node_id, count).await
+    let (vol, node_id) = create_for_node(c, prefix, Ctx::snw()).await?;
+    publish(c, vol, node_id, count, Ctx::snw()).await
 }
 
-/// A volume for this node (honouring its topology), and the node's ID.
-async fn create_for_node(c: &mut Ctx, prefix: &str) -> Res<(pb::Volume, String)> {
+/// A volume for this node (honouring its topology) with capability `cap`,
+/// and the node's ID.
+async fn create_for_node(c: &mut Ctx, prefix: &str, cap: pb::VolumeCapability) -> Res<(pb::Volume, String)> {
     let ni = ok("NodeGetInfo", c.node_info(pb::NodeGetInfoRequest {}).await)?;
     ensure!(!ni.node_id.is_empty(), "NodeGetInfo: empty node_id");
     let mut req = c.required_req(&c.unique(prefix));
+    req.volume_capabilities = vec![cap];
     req.accessibility_requirements =
         ni.accessible_topology.clone().map(|t| pb::TopologyRequirement { requisite: vec![t], preferred: vec![] });
     Ok((c.must_create_volume(req).await?, ni.node_id))
 }
 
-/// [Controller publish,] [stage `count` times,] publish `count` times.
-async fn publish(c: &mut Ctx, vol: pb::Volume, node_id: String, count: usize) -> Res<Published> {
+/// [Controller publish,] [stage `count` times,] publish `count` times, with `cap`.
+async fn publish(
+    c: &mut Ctx,
+    vol: pb::Volume,
+    node_id: String,
+    count: usize,
+    cap: pb::VolumeCapability,
+) -> Res<Published> {
     let mut publish_context = HashMap::new();
     let ctrl_published = c.has(Cap::Ctrl(CtrlCap::PublishUnpublishVolume));
     if ctrl_published {
-        let r = ok("ControllerPublishVolume", c.ctrl_publish(c.ctrl_publish_req(&vol, &node_id)).await)?;
+        let mut req = c.ctrl_publish_req(&vol, &node_id);
+        req.volume_capability = Some(cap.clone());
+        let r = ok("ControllerPublishVolume", c.ctrl_publish(req).await)?;
         publish_context = r.publish_context;
     }
     let staging = if c.has(Cap::Node(NodeCap::StageUnstageVolume)) { Some(c.staging_path()?) } else { None };
@@ -237,7 +256,7 @@ async fn publish(c: &mut Ctx, vol: pb::Volume, node_id: String, count: usize) ->
                 volume_id: vol.volume_id.clone(),
                 publish_context: publish_context.clone(),
                 staging_target_path: path.clone(),
-                volume_capability: Some(Ctx::snw()),
+                volume_capability: Some(cap.clone()),
                 secrets: c.secret("NodeStageVolumeSecret"),
                 volume_context: vol.volume_context.clone(),
             };
@@ -251,7 +270,7 @@ async fn publish(c: &mut Ctx, vol: pb::Volume, node_id: String, count: usize) ->
             publish_context: publish_context.clone(),
             staging_target_path: staging.clone().unwrap_or_default(),
             target_path: target.clone(),
-            volume_capability: Some(Ctx::snw()),
+            volume_capability: Some(cap.clone()),
             readonly: false,
             secrets: c.secret("NodePublishVolumeSecret"),
             volume_context: vol.volume_context.clone(),
@@ -331,6 +350,26 @@ async fn idempotent(c: &mut Ctx) -> Res {
     full_flow(c, IDEMPOTENT_COUNT).await
 }
 
+/// A SINGLE_NODE_SINGLE_WRITER volume published at one target may not be
+/// published at another: FAILED_PRECONDITION (the spec's code for "not
+/// MULTI_NODE, already published elsewhere").
+async fn publish_snsw_twice(c: &mut Ctx) -> Res {
+    let cap = Ctx::mount_cap(pb::volume_capability::access_mode::Mode::SingleNodeSingleWriter);
+    let (vol, node_id) = create_for_node(c, "sanity-node-publish-single-node-single-writer", cap.clone()).await?;
+    let p = publish(c, vol, node_id, 1, cap.clone()).await?;
+    let other = format!("{}/other_target", c.target_parent()?);
+    let req = pb::NodePublishVolumeRequest {
+        volume_id: p.vol.volume_id.clone(),
+        staging_target_path: p.staging.clone().unwrap_or_default(),
+        target_path: other,
+        volume_capability: Some(cap),
+        secrets: c.secret("NodePublishVolumeSecret"),
+        volume_context: p.vol.volume_context.clone(),
+        ..Default::default()
+    };
+    expect_code("NodePublishVolume (a second target)", c.node_publish(req).await, Code::FailedPrecondition)
+}
+
 /// The SP creates the target path and MUST remove it in NodeUnpublishVolume.
 async fn unpublish_removes_target(c: &mut Ctx) -> Res {
     let p = publish_new(c, "sanity-node-unpublish-volume", 1).await?;
@@ -343,8 +382,22 @@ async fn unpublish_removes_target(c: &mut Ctx) -> Res {
 // ---- NodeGetVolumeStats ----------------------------------------------------------------
 
 async fn stats_no_id(c: &mut Ctx) -> Res {
-    let req = pb::NodeGetVolumeStatsRequest { volume_path: c.absent_path()?, ..Default::default() };
+    let req = pb::NodeGetVolumeStatsRequest { volume_path: SOME_PATH.into(), ..Default::default() };
     expect_code("NodeGetVolumeStats", c.node_stats(req).await, Code::InvalidArgument)
+}
+
+/// NodeGetVolumeStats of `volume` at `some/path` and at an absolute path
+/// that does not exist: NOT_FOUND both times.
+async fn stats_not_found_at_absent_paths(c: &mut Ctx, volume: &str) -> Res {
+    for path in [SOME_PATH.to_string(), c.absent_path()?] {
+        let req = pb::NodeGetVolumeStatsRequest {
+            volume_id: volume.to_string(),
+            volume_path: path.clone(),
+            ..Default::default()
+        };
+        expect_code(&format!("NodeGetVolumeStats at {path:?}"), c.node_stats(req).await, Code::NotFound)?;
+    }
+    Ok(())
 }
 
 async fn stats_no_path(c: &mut Ctx) -> Res {
@@ -353,22 +406,13 @@ async fn stats_no_path(c: &mut Ctx) -> Res {
 }
 
 async fn stats_missing_volume(c: &mut Ctx) -> Res {
-    let req = pb::NodeGetVolumeStatsRequest {
-        volume_id: c.fake_volume_id(),
-        volume_path: c.absent_path()?,
-        ..Default::default()
-    };
-    expect_code("NodeGetVolumeStats", c.node_stats(req).await, Code::NotFound)
+    let id = c.fake_volume_id();
+    stats_not_found_at_absent_paths(c, &id).await
 }
 
 async fn stats_wrong_path(c: &mut Ctx) -> Res {
     let p = publish_new(c, "sanity-node-get-volume-stats", 1).await?;
-    let req = pb::NodeGetVolumeStatsRequest {
-        volume_id: p.vol.volume_id.clone(),
-        volume_path: c.absent_path()?,
-        ..Default::default()
-    };
-    expect_code("NodeGetVolumeStats", c.node_stats(req).await, Code::NotFound)
+    stats_not_found_at_absent_paths(c, &p.vol.volume_id).await
 }
 
 async fn stats_plain(c: &mut Ctx) -> Res {
@@ -412,17 +456,21 @@ async fn expand_no_path(c: &mut Ctx) -> Res {
     expect_code("NodeExpandVolume", c.node_expand(req).await, Code::InvalidArgument)
 }
 
+/// As csi-sanity (`some/path`, no capability), then at an absolute path.
 async fn expand_missing(c: &mut Ctx) -> Res {
-    let path = c.absent_path()?;
-    let mut req = node_expand_req(c, &c.fake_volume_id(), &path);
-    req.volume_capability = None;
-    expect_code("NodeExpandVolume", c.node_expand(req).await, Code::NotFound)
+    for path in [SOME_PATH.to_string(), c.absent_path()?] {
+        let mut req = node_expand_req(c, &c.fake_volume_id(), &path);
+        req.volume_capability = None;
+        req.secrets.clear();
+        expect_code(&format!("NodeExpandVolume at {path:?}"), c.node_expand(req).await, Code::NotFound)?;
+    }
+    Ok(())
 }
 
 /// As csi-sanity: controller expansion (when advertised) before publishing,
 /// node expansion of the published volume after.
 async fn expand_after_publish(c: &mut Ctx) -> Res {
-    let (vol, node_id) = create_for_node(c, "sanity-node-expand-volume").await?;
+    let (vol, node_id) = create_for_node(c, "sanity-node-expand-volume", Ctx::snw()).await?;
     if c.has(Cap::Ctrl(CtrlCap::ExpandVolume)) {
         let mut req = c.expand_req(&vol.volume_id);
         req.volume_capability = None;
@@ -434,7 +482,7 @@ async fn expand_after_publish(c: &mut Ctx) -> Res {
             c.expand_size()
         );
     }
-    let p = publish(c, vol, node_id, 1).await?;
+    let p = publish(c, vol, node_id, 1, Ctx::snw()).await?;
     let mut req = node_expand_req(c, &p.vol.volume_id, &p.target);
     req.capacity_range = Some(pb::CapacityRange { required_bytes: c.expand_size(), limit_bytes: 0 });
     req.staging_target_path = p.staging.clone().unwrap_or_default();

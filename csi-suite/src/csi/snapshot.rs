@@ -1,5 +1,6 @@
-//! csi-sanity's "ListSnapshots [Controller Server]", "DeleteSnapshot
-//! [Controller Server]" and "CreateSnapshot [Controller Server]" specs.
+//! csi-sanity's "ListSnapshots [Controller Server]", "GetSnapshot
+//! [Controller Server]", "DeleteSnapshot [Controller Server]" and
+//! "CreateSnapshot [Controller Server]" specs.
 
 use csi_core::pb;
 use tonic::Code;
@@ -9,9 +10,11 @@ use super::{ensure, expect_code, ok, spec, verify_snapshot, Cap, CtrlCap, Ctx, R
 const CDV: Cap = Cap::Ctrl(CtrlCap::CreateDeleteVolume);
 const CDS: Cap = Cap::Ctrl(CtrlCap::CreateDeleteSnapshot);
 const LIST: Cap = Cap::Ctrl(CtrlCap::ListSnapshots);
+const GET: Cap = Cap::Ctrl(CtrlCap::GetSnapshot);
 
 pub fn specs() -> Vec<Spec> {
     let l = "ListSnapshots [Controller Server]";
+    let g = "GetSnapshot [Controller Server]";
     let d = "DeleteSnapshot [Controller Server]";
     let c = "CreateSnapshot [Controller Server]";
     vec![
@@ -34,6 +37,9 @@ pub fn specs() -> Vec<Spec> {
             [LIST, CDS, CDV],
             list_pagination
         ),
+        spec!(format!("{g} should return an error"), [GET], get_no_id),
+        spec!(format!("{g} should return snapshot that match the specified snapshot id"), [GET, CDS, CDV], get_by_id),
+        spec!(format!("{g} should return an error when the specified snapshot id does not exist"), [GET], get_missing),
         spec!(format!("{d} should fail when no snapshot id is provided"), [CDS], delete_no_id),
         spec!(format!("{d} should succeed when an invalid snapshot id is used"), [CDS], delete_invalid_id),
         spec!(format!("{d} should return appropriate values (no optional values added)"), [CDS, CDV], delete_plain),
@@ -71,11 +77,11 @@ async fn list_plain(c: &mut Ctx) -> Res {
 }
 
 /// Three snapshots of three volumes; the middle one is the one to find.
-async fn three_snapshots(c: &mut Ctx, tag: &str) -> Res<pb::Snapshot> {
+async fn three_snapshots(c: &mut Ctx, prefix: &str, tag: &str) -> Res<pb::Snapshot> {
     let mut target = None;
     for (i, kind) in ["unrelated", "target", "unrelated"].into_iter().enumerate() {
-        let name = c.unique(&format!("listSnapshots-snapshot-{kind}-{tag}"));
-        let (s, _) = c.must_create_snapshot_of_new_volume(&format!("listSnapshots-volume-{kind}-{tag}"), &name).await?;
+        let name = c.unique(&format!("{prefix}-snapshot-{kind}-{tag}"));
+        let (s, _) = c.must_create_snapshot_of_new_volume(&format!("{prefix}-volume-{kind}-{tag}"), &name).await?;
         if i == 1 {
             target = Some(s);
         }
@@ -84,7 +90,7 @@ async fn three_snapshots(c: &mut Ctx, tag: &str) -> Res<pb::Snapshot> {
 }
 
 async fn list_by_id(c: &mut Ctx) -> Res {
-    let target = three_snapshots(c, "s").await?;
+    let target = three_snapshots(c, "listSnapshots", "s").await?;
     let mut req = c.list_snapshots_req();
     req.snapshot_id = target.snapshot_id.clone();
     let got = list(c, req).await?;
@@ -107,7 +113,7 @@ async fn list_missing_id(c: &mut Ctx) -> Res {
 }
 
 async fn list_by_source(c: &mut Ctx) -> Res {
-    let target = three_snapshots(c, "v").await?;
+    let target = three_snapshots(c, "listSnapshots", "v").await?;
     let mut req = c.list_snapshots_req();
     req.source_volume_id = target.source_volume_id.clone();
     let got = list(c, req).await?;
@@ -179,6 +185,34 @@ async fn list_pagination(c: &mut Ctx) -> Res {
     Ok(())
 }
 
+// ---- GetSnapshot (csi-sanity accepts any error; we ask for the spec's code) ----------
+
+async fn get_no_id(c: &mut Ctx) -> Res {
+    let req = pb::GetSnapshotRequest { snapshot_id: String::new(), secrets: c.secret("GetSnapshotSecret") };
+    expect_code("GetSnapshot", c.get_snapshot(req).await, Code::InvalidArgument)
+}
+
+async fn get_by_id(c: &mut Ctx) -> Res {
+    let target = three_snapshots(c, "getSnapshot", "s").await?;
+    let req =
+        pb::GetSnapshotRequest { snapshot_id: target.snapshot_id.clone(), secrets: c.secret("GetSnapshotSecret") };
+    let r = ok("GetSnapshot", c.get_snapshot(req).await)?;
+    let got = r.snapshot.ok_or("GetSnapshot: no snapshot in the response")?;
+    verify_snapshot("GetSnapshot", &got)?;
+    ensure!(
+        got.snapshot_id == target.snapshot_id,
+        "GetSnapshot returned {} for {}",
+        got.snapshot_id,
+        target.snapshot_id
+    );
+    Ok(())
+}
+
+async fn get_missing(c: &mut Ctx) -> Res {
+    let req = pb::GetSnapshotRequest { snapshot_id: "none-exist-id".into(), secrets: c.secret("GetSnapshotSecret") };
+    expect_code("GetSnapshot", c.get_snapshot(req).await, Code::NotFound)
+}
+
 // ---- DeleteSnapshot ------------------------------------------------------------------
 
 async fn delete_no_id(c: &mut Ctx) -> Res {
@@ -208,7 +242,7 @@ async fn create_no_source(c: &mut Ctx) -> Res {
 }
 
 async fn create_twice_same(c: &mut Ctx) -> Res {
-    let v = c.must_create_volume(c.sized_req(&c.unique("CreateSnapshot-volume-1"))).await?;
+    let v = c.must_create_volume(c.required_req(&c.unique("CreateSnapshot-volume-1"))).await?;
     let req = c.snapshot_req(&c.unique("CreateSnapshot-snapshot-1"), &v.volume_id);
     let s1 = c.must_create_snapshot(req.clone()).await?;
     let s2 = c.must_create_snapshot(req).await?;
@@ -224,13 +258,13 @@ async fn create_twice_same(c: &mut Ctx) -> Res {
 async fn create_twice_different(c: &mut Ctx) -> Res {
     let name = c.unique("CreateSnapshot-snapshot-2");
     c.must_create_snapshot_of_new_volume("CreateSnapshot-volume-2", &name).await?;
-    let v2 = c.must_create_volume(c.sized_req(&c.unique("CreateSnapshot-volume-3"))).await?;
+    let v2 = c.must_create_volume(c.required_req(&c.unique("CreateSnapshot-volume-3"))).await?;
     let req = c.snapshot_req(&name, &v2.volume_id);
     expect_code("CreateSnapshot (same name, another volume)", c.create_snapshot(req).await, Code::AlreadyExists)
 }
 
 async fn create_max_name(c: &mut Ctx) -> Res {
-    let v = c.must_create_volume(c.sized_req(&c.unique("CreateSnapshot-volume-maxlen-name"))).await?;
+    let v = c.must_create_volume(c.required_req(&c.unique("CreateSnapshot-volume-maxlen-name"))).await?;
     let req = c.snapshot_req(&c.unique_len("CreateSnapshot-snapshot-maxlen", MAX_NAME_LENGTH), &v.volume_id);
     c.must_create_snapshot(req.clone()).await?;
     c.must_create_snapshot(req).await.map(drop)
