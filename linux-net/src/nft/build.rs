@@ -327,3 +327,16 @@ pub(super) fn get_request(msg: u16, flags: u16, family: Family, seq: u32, attrs:
     msg_end(&mut buf, m);
     buf
 }
+
+/// A single-rule get (`NFT_MSG_GETRULE` without `NLM_F_DUMP`): the rule with
+/// `handle` in `<family> <table>` chain `<chain>`, answered by one NEWRULE
+/// and the ack, or by ENOENT when any of the three is gone.
+pub(super) fn rule_get_request(family: Family, seq: u32, table: &str, chain: &str, handle: u64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    let m = msg_start(&mut buf, nft_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_ACK, seq, family.nfproto(), 0);
+    put_strz(&mut buf, NFTA_RULE_TABLE, table);
+    put_strz(&mut buf, NFTA_RULE_CHAIN, chain);
+    put_attr(&mut buf, NFTA_RULE_HANDLE, &handle.to_be_bytes());
+    msg_end(&mut buf, m);
+    buf
+}

@@ -39,9 +39,9 @@ mod wire;
 use ipnetwork::IpNetwork;
 use netlink_sys::Socket;
 
-use build::{check_name, comment_userdata, get_request, Batch};
+use build::{check_name, comment_userdata, get_request, rule_get_request, Batch};
 use io::{chain_rules, dump, execute, execute_on, list_chains_once, open_socket, DumpError, DUMP_SEQ};
-use parse::chain_of;
+use parse::{chain_of, rule_of, ChainInfo, RuleInfo};
 use rules::{canonical_cidr, fnv1a32, macspoof_exprs, masquerade_exprs, Expr};
 use wire::*;
 
@@ -168,18 +168,39 @@ pub fn masq_chain_name(subnet: IpNetwork) -> String {
 /// When a read of the chain shows it already holds exactly this rule, no
 /// batch is sent at all (see `ensure_single_rule` for why).
 pub fn ensure_masquerade(table: &str, network: &str, subnet: IpNetwork) -> NftResult<()> {
+    ensure_masquerade_known(table, network, subnet, None).map(|_| ())
+}
+
+/// [`ensure_masquerade`] for a caller that remembers where the rule was:
+/// `known` is a handle an earlier call returned. When the rule is still in
+/// place at that handle, the check is two single-object gets instead of a
+/// dump and a get, and nothing is written. Any other state (table deleted,
+/// chain flushed, rule replaced, chain policy changed, a stale or foreign
+/// handle) falls back to the full check and repair of [`ensure_masquerade`].
+///
+/// Returns the handle to pass next time (`None` if it could not be read
+/// back after a write).
+pub fn ensure_masquerade_known(
+    table: &str,
+    network: &str,
+    subnet: IpNetwork,
+    known: Option<u64>,
+) -> NftResult<Option<u64>> {
     let chain = masq_chain_name(subnet);
     let comment = format!("cni-bridge net={network} subnet={}", canonical_cidr(subnet));
-    ensure_single_rule(&SingleRule {
-        family: Family::Inet,
-        table,
-        chain: &chain,
-        chain_type: "nat",
-        hooknum: NF_INET_POST_ROUTING,
-        priority: PRIO_SRCNAT,
-        exprs: masquerade_exprs(subnet),
-        comment: &comment,
-    })
+    ensure_single_rule(
+        &SingleRule {
+            family: Family::Inet,
+            table,
+            chain: &chain,
+            chain_type: "nat",
+            hooknum: NF_INET_POST_ROUTING,
+            priority: PRIO_SRCNAT,
+            exprs: masquerade_exprs(subnet),
+            comment: &comment,
+        },
+        known,
+    )
 }
 
 /// Deletes table `<family> <table>` with everything in it.
@@ -208,16 +229,20 @@ pub fn ensure_macspoofchk(
     mac: [u8; 6],
 ) -> NftResult<()> {
     let comment = format!("cni-bridge macspoofchk net={network} cid={container_id} if={ifname}");
-    ensure_single_rule(&SingleRule {
-        family: Family::Bridge,
-        table,
-        chain,
-        chain_type: "filter",
-        hooknum: NF_BR_PRE_ROUTING,
-        priority: PRIO_MACSPOOF,
-        exprs: macspoof_exprs(host_ifname, mac)?,
-        comment: &comment,
-    })
+    ensure_single_rule(
+        &SingleRule {
+            family: Family::Bridge,
+            table,
+            chain,
+            chain_type: "filter",
+            hooknum: NF_BR_PRE_ROUTING,
+            priority: PRIO_MACSPOOF,
+            exprs: macspoof_exprs(host_ifname, mac)?,
+            comment: &comment,
+        },
+        None,
+    )
+    .map(|_| ())
 }
 
 /// Removes chain `<chain>` (and its rules) from `<family> <table>`, in one
@@ -273,7 +298,14 @@ struct SingleRule<'a> {
     comment: &'a str,
 }
 
-/// Makes `want.chain` hold exactly `want`'s rule.
+/// Makes `want.chain` hold exactly `want`'s rule; returns the rule's handle
+/// (for [`ensure_masquerade_known`]'s next call), `None` if it could not be
+/// read back after writing.
+///
+/// Fastest path, when the caller passes the `known` handle of an earlier
+/// call: two single-object gets (the rule by handle, then the chain), no
+/// dump. A handle is never reused within a table's lifetime, so a rule that
+/// was deleted, flushed or replaced answers ENOENT and we fall through.
 ///
 /// Fast path: one filtered rule dump (tens of µs); if the chain already
 /// holds exactly that rule (same expressions, same comment), nothing is
@@ -288,7 +320,7 @@ struct SingleRule<'a> {
 /// Slow path: the one atomic batch NEWTABLE, NEWCHAIN (no EXCL), flush
 /// chain, NEWRULE. Concurrent callers are safe: transactions serialize in
 /// the kernel and each leaves exactly one rule.
-fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
+fn ensure_single_rule(want: &SingleRule<'_>, known: Option<u64>) -> NftResult<Option<u64>> {
     let SingleRule { family, table, chain, .. } = *want;
     // validate everything before any I/O
     check_name("table", table)?;
@@ -296,13 +328,19 @@ fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
     let userdata = comment_userdata(want.comment)?;
 
     let sock = open_socket()?;
+    if let Some(handle) = known {
+        // Any failure here only means "not proven": the full check decides.
+        if let Ok(true) = retry_interrupted(|| in_place_at(&sock, want, &userdata, handle)) {
+            return Ok(Some(handle));
+        }
+    }
     // An unreadable chain is not fatal: the batch below rewrites it and
     // reports a meaningful error if the kernel objects. A dump interrupted
     // by someone else's ruleset change (other tables, other plugins) is
     // retried first, so that a correct rule is not rewritten for nothing.
     match retry_interrupted(|| already_in_place(&sock, want, &userdata)) {
-        Ok(true) => return Ok(()),
-        Ok(false) | Err(DumpError::Interrupted) => {}
+        Ok(Some(handle)) => return Ok(Some(handle)),
+        Ok(None) | Err(DumpError::Interrupted) => {}
         Err(DumpError::Nft(NftError::Kernel { .. })) => {}
         Err(DumpError::Nft(e)) => return Err(e),
     }
@@ -312,20 +350,61 @@ fn ensure_single_rule(want: &SingleRule<'_>) -> NftResult<()> {
     b.new_base_chain(family, table, chain, want.chain_type, want.hooknum, want.priority)?;
     b.flush_chain(family, table, chain)?;
     b.new_rule(family, table, chain, &want.exprs, Some(want.comment))?;
-    execute_on(&sock, b, false)
+    execute_on(&sock, b, false)?;
+    // The handle the kernel gave the new rule; not knowing it only costs the
+    // next caller the full check.
+    Ok(retry_interrupted(|| already_in_place(&sock, want, &userdata)).ok().flatten())
 }
 
 /// Whether the chain is the wanted base chain and holds exactly the wanted
-/// rule: one rule dump, then (only if that matches) one chain get.
-fn already_in_place(sock: &Socket, want: &SingleRule<'_>, userdata: &[u8]) -> Result<bool, DumpError> {
+/// rule: one rule dump, then (only if that matches) one chain get. The
+/// rule's handle if so.
+fn already_in_place(sock: &Socket, want: &SingleRule<'_>, userdata: &[u8]) -> Result<Option<u64>, DumpError> {
     let SingleRule { family, table, chain, .. } = *want;
     let rules = chain_rules(sock, family, table, chain)?;
     let [only] = rules.as_slice() else {
-        return Ok(false);
+        return Ok(None);
     };
-    if only.exprs.as_deref() != Some(want.exprs.as_slice()) || only.userdata.as_deref() != Some(userdata) {
+    if !is_wanted_rule(only, want, userdata) {
+        return Ok(None);
+    }
+    // Handles start at 1: a rule without one (never seen) is not found by handle.
+    Ok(get_chain(sock, want)?.is_some_and(|c| is_wanted_chain(&c, want)).then_some(only.handle.unwrap_or(0)))
+}
+
+/// Whether rule `handle` of the chain is exactly the wanted rule and the
+/// chain the wanted base chain: two single-object gets.
+///
+/// The chain may hold other rules only if someone added them after the
+/// handle was recorded; nothing of ours does, and their presence does not
+/// make our rule less in place.
+fn in_place_at(sock: &Socket, want: &SingleRule<'_>, userdata: &[u8], handle: u64) -> Result<bool, DumpError> {
+    let SingleRule { family, table, chain, .. } = *want;
+    let req = rule_get_request(family, DUMP_SEQ + 4, table, chain, handle);
+    let what = format!("get rule {handle} of chain {chain} in table {family} {table}");
+    let mut rule = None;
+    dump(sock, &req, nft_type(NFT_MSG_NEWRULE), &what, |p| {
+        rule = rule_of(p);
+    })?;
+    if !rule.is_some_and(|r| r.handle == Some(handle) && is_wanted_rule(&r, want, userdata)) {
         return Ok(false);
     }
+    // A base chain is never a jump target, so its use count is its number
+    // of rules: 1 means nobody added a rule next to ours (one inserted
+    // before it could accept packets before they reach the masquerade).
+    Ok(get_chain(sock, want)?.is_some_and(|c| is_wanted_chain(&c, want) && c.use_count == Some(1)))
+}
+
+fn is_wanted_rule(rule: &RuleInfo, want: &SingleRule<'_>, userdata: &[u8]) -> bool {
+    rule.table == want.table
+        && rule.chain == want.chain
+        && rule.exprs.as_deref() == Some(want.exprs.as_slice())
+        && rule.userdata.as_deref() == Some(userdata)
+}
+
+/// The chain as the kernel has it (one single-object get), `None` if absent.
+fn get_chain(sock: &Socket, want: &SingleRule<'_>) -> Result<Option<ChainInfo>, DumpError> {
+    let SingleRule { family, table, chain, .. } = *want;
     let req = get_request(
         NFT_MSG_GETCHAIN,
         NLM_F_ACK,
@@ -338,9 +417,12 @@ fn already_in_place(sock: &Socket, want: &SingleRule<'_>, userdata: &[u8]) -> Re
     dump(sock, &req, nft_type(NFT_MSG_NEWCHAIN), &what, |p| {
         info = chain_of(p);
     })?;
-    Ok(info.is_some_and(|c| {
-        c.hook == Some((want.hooknum, want.priority))
-            && c.chain_type.as_deref() == Some(want.chain_type)
-            && c.policy == Some(NF_ACCEPT)
-    }))
+    Ok(info)
+}
+
+/// Whether the chain is the wanted base chain (type, hook, priority, policy accept).
+fn is_wanted_chain(c: &ChainInfo, want: &SingleRule<'_>) -> bool {
+    c.hook == Some((want.hooknum, want.priority))
+        && c.chain_type.as_deref() == Some(want.chain_type)
+        && c.policy == Some(NF_ACCEPT)
 }

@@ -81,6 +81,8 @@ pub(super) struct ChainInfo {
     pub(super) hook: Option<(u32, i32)>,
     pub(super) chain_type: Option<String>,
     pub(super) policy: Option<u32>,
+    /// References to the chain: its rules, plus jumps to it (none for a base chain).
+    pub(super) use_count: Option<u32>,
 }
 
 /// Parses a NEWCHAIN message payload (nfgenmsg + attributes).
@@ -99,6 +101,7 @@ pub(super) fn chain_of(payload: &[u8]) -> Option<ChainInfo> {
         hook,
         chain_type: get(NFTA_CHAIN_TYPE).map(attr_str),
         policy: get(NFTA_CHAIN_POLICY).and_then(be32),
+        use_count: get(NFTA_CHAIN_USE).and_then(be32),
     })
 }
 
@@ -107,6 +110,8 @@ pub(super) fn chain_of(payload: &[u8]) -> Option<ChainInfo> {
 pub(super) struct RuleInfo {
     pub(super) table: String,
     pub(super) chain: String,
+    /// The kernel's handle of the rule, unique in its table for the table's lifetime.
+    pub(super) handle: Option<u64>,
     /// `None` if some expression is not one [`Expr`] can represent.
     pub(super) exprs: Option<Vec<Expr>>,
     pub(super) userdata: Option<Vec<u8>>,
@@ -125,6 +130,7 @@ pub(super) fn rule_of(payload: &[u8]) -> Option<RuleInfo> {
     Some(RuleInfo {
         table: attr_str(get(NFTA_RULE_TABLE)?),
         chain: attr_str(get(NFTA_RULE_CHAIN)?),
+        handle: get(NFTA_RULE_HANDLE).and_then(be64),
         exprs: get(NFTA_RULE_EXPRESSIONS).map_or(Some(Vec::new()), decode_exprs),
         userdata: get(NFTA_RULE_USERDATA).map(<[u8]>::to_vec),
     })
@@ -132,6 +138,10 @@ pub(super) fn rule_of(payload: &[u8]) -> Option<RuleInfo> {
 
 pub(super) fn find_attr<'a>(attrs: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
     attrs.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v)
+}
+
+pub(super) fn be64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
 pub(super) fn be32(v: &[u8]) -> Option<u32> {

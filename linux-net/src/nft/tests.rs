@@ -364,6 +364,7 @@ fn chain_parsing() {
             hook: Some((NF_BR_PRE_ROUTING, -300)),
             chain_type: Some("filter".into()),
             policy: Some(NF_ACCEPT),
+            use_count: None,
         }
     );
 }
@@ -376,4 +377,31 @@ fn dump_request_shape() {
     assert_eq!(m[0].ty, 0x0a07);
     assert_eq!(m[0].flags, NLM_F_REQUEST | NLM_F_DUMP);
     assert_eq!(m[0].payload[0], NFPROTO_BRIDGE);
+}
+
+#[test]
+fn rule_get_by_handle_bytes() {
+    let r = rule_get_request(Family::Inet, 7, "t", "c", 0x0102_0304_0506_0708);
+    #[rustfmt::skip]
+    let want = cat(&[
+        &48u32.to_ne_bytes(), &0x0a07u16.to_ne_bytes(), &(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes(),
+        &7u32.to_ne_bytes(), &0u32.to_ne_bytes(),
+        &[NFPROTO_INET, NFNETLINK_V0, 0, 0],
+        &6u16.to_ne_bytes(), &NFTA_RULE_TABLE.to_ne_bytes(), b"t\0\0\0",
+        &6u16.to_ne_bytes(), &NFTA_RULE_CHAIN.to_ne_bytes(), b"c\0\0\0",
+        &12u16.to_ne_bytes(), &NFTA_RULE_HANDLE.to_ne_bytes(), &[1, 2, 3, 4, 5, 6, 7, 8],
+    ]);
+    assert_eq!(r, want);
+}
+
+#[test]
+fn rule_handle_is_parsed() {
+    // A NEWRULE as the kernel sends it: nfgenmsg, table, chain, handle (be64).
+    let mut p = vec![NFPROTO_INET, NFNETLINK_V0, 0, 0];
+    put_strz(&mut p, NFTA_RULE_TABLE, "t");
+    put_strz(&mut p, NFTA_RULE_CHAIN, "c");
+    put_attr(&mut p, NFTA_RULE_HANDLE, &42u64.to_be_bytes());
+    let r = rule_of(&p).unwrap();
+    assert_eq!((r.table.as_str(), r.chain.as_str(), r.handle), ("t", "c", Some(42)));
+    assert_eq!(r.exprs, Some(vec![]));
 }

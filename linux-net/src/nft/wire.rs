@@ -38,6 +38,7 @@ pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
 pub(super) const NFTA_CHAIN_NAME: u16 = 3;
 pub(super) const NFTA_CHAIN_HOOK: u16 = 4;
 pub(super) const NFTA_CHAIN_POLICY: u16 = 5;
+pub(super) const NFTA_CHAIN_USE: u16 = 6;
 pub(super) const NFTA_CHAIN_TYPE: u16 = 7;
 // enum nft_hook_attributes
 pub(super) const NFTA_HOOK_HOOKNUM: u16 = 1;
@@ -45,6 +46,7 @@ pub(super) const NFTA_HOOK_PRIORITY: u16 = 2;
 // enum nft_rule_attributes
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
 pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_HANDLE: u16 = 3;
 pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 pub(super) const NFTA_RULE_USERDATA: u16 = 7;
 // enum nft_list_attributes / nft_expr_attributes
