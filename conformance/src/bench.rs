@@ -116,6 +116,39 @@ impl Drop for AliasDir {
     }
 }
 
+/// Where cni-bridge remembers its masquerade rules' handles (docs/cni-bridge.md), one file per
+/// `<table>.<chain>`, the table being `cni_bridge_<network, non-alphanumerics as _>_<hash>`.
+const MASQ_MARKER_DIR: &str = "/run/cni-bridge/masq";
+
+/// Removes cni-bridge's masquerade markers of the bench's networks when dropped, as the
+/// networks' own teardown removes their nft tables.
+struct MarkerSweep(Vec<String>);
+
+impl Drop for MarkerSweep {
+    fn drop(&mut self) {
+        let prefixes: Vec<String> = self
+            .0
+            .iter()
+            .map(|n| {
+                let clean: String =
+                    n.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+                format!("cni_bridge_{clean}_")
+            })
+            .collect();
+        let Ok(dir) = std::fs::read_dir(MASQ_MARKER_DIR) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            // The hash after the name is 4 hex digits then the chain: `cft_1_2` must not match `cft_1_23`.
+            if prefixes.iter().any(|p| name.strip_prefix(p.as_str()).is_some_and(|rest| rest.get(4..5) == Some("."))) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Runs the benchmark. `ours` holds cni-bridge/cni-ipam; `reference` bridge/host-local.
 pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
     ensure!((2..=250).contains(&n), "--n must be 2..=250 (one /24 per configuration)");
@@ -138,6 +171,7 @@ pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
         notes.push(format!("bridge not found in {}: ours only", reference.display()));
     }
     ensure!(!impls.is_empty(), "no plugins to benchmark");
+    let mut sweep = MarkerSweep(Vec::new());
     let mut live = Vec::new();
     for (name, ps, b, i) in impls {
         for masq in [false, true] {
@@ -145,9 +179,11 @@ pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
             let net = TestNet::new(&conf, version, Range::Full)?;
             // Namespaces and networks are created up front and not timed.
             let ctrs = (0..n).map(|_| Ctr::new()).collect::<R<Vec<_>>>()?;
+            sweep.0.push(net.name.clone());
             let firsts = (0..EXTRA_FIRST_NETS)
                 .map(|_| Ok((TestNet::new(&conf, version, Range::Full)?, Ctr::new()?)))
                 .collect::<R<Vec<_>>>()?;
+            sweep.0.extend(firsts.iter().map(|(n, _)| n.name.clone()));
             live.push(Live {
                 ps: ps.clone(),
                 bridge_type: b,
@@ -220,6 +256,7 @@ pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
         combos.push(p.combo);
     }
     drop(alias);
+    drop(sweep);
     Ok(BenchReport { n, version: version.into(), combos, notes })
 }
 
