@@ -418,10 +418,9 @@ fn configure(
 
     steps.done("container");
     if conf.ip_masq {
-        let table = names::nft_table(&ctx.conf.name);
         for ip in &result.ips {
             let subnet = IpNetwork::new(ip.address.network(), ip.address.prefix()).expect("prefix is valid");
-            nft::ensure_masquerade(&table, &ctx.conf.name, subnet).map_err(nft_err)?;
+            ensure_masquerade(&ctx.conf.name, subnet)?;
         }
     }
     if conf.mac_spoof_check {
@@ -455,6 +454,70 @@ fn configure(
         ip.interface = Some(2);
     }
     Ok(())
+}
+
+/// Where ADD remembers the kernel handle of each masquerade rule it proved
+/// in place: one file per (network table, subnet chain), holding the handle
+/// in decimal. On tmpfs, so it never outlives the ruleset (a reboot clears
+/// both).
+pub const MASQ_MARKER_DIR: &str = "/run/cni-bridge/masq";
+
+fn masq_marker(table: &str, subnet: IpNetwork) -> std::path::PathBuf {
+    std::path::Path::new(MASQ_MARKER_DIR).join(format!("{table}.{}", nft::masq_chain_name(subnet)))
+}
+
+/// The network's masquerade rule for `subnet`, installed once per network.
+///
+/// Every ADD after the first passes the remembered handle, so the kernel is
+/// asked two single-object gets (the rule by handle, its chain) instead of
+/// a dump: nothing is written while the rule is in place. The marker is
+/// never trusted alone: a table deleted or flushed, a rule replaced or
+/// added, a changed chain policy all fail those gets, and this ADD falls
+/// back to the full check and re-installs the rule (then records the new
+/// handle). A marker that cannot be read or written only costs the full check.
+fn ensure_masquerade(net: &str, subnet: IpNetwork) -> Result<()> {
+    let table = names::nft_table(net);
+    let marker = masq_marker(&table, subnet);
+    let known = std::fs::read_to_string(&marker).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let handle = nft::ensure_masquerade_known(&table, net, subnet, known).map_err(nft_err)?;
+    if handle != known {
+        let written = match handle {
+            Some(h) => write_marker(&marker, h),
+            None => std::fs::remove_file(&marker).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        };
+        if let Err(e) = written {
+            tracing::debug!(marker = %marker.display(), error = %e, "masquerade marker not updated");
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the marker atomically (temp file + rename), so a concurrent ADD
+/// reads the old handle or the new one, never half of one.
+fn write_marker(marker: &std::path::Path, handle: u64) -> std::io::Result<()> {
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = marker.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, handle.to_string())?;
+    std::fs::rename(&tmp, marker).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Removes the network's masquerade markers (GC, once its table is gone).
+fn forget_masquerade(table: &str) {
+    let prefix = format!("{table}.");
+    if let Ok(dir) = std::fs::read_dir(MASQ_MARKER_DIR) {
+        for e in dir.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 fn first_host(net: IpNetwork) -> IpAddr {
@@ -595,8 +658,9 @@ fn gc_kernel(ctx: &Context, conf: &BridgeConf, valid: &HashSet<(String, String)>
         }
     }
     if valid.is_empty() && conf.ip_masq {
-        if let Err(e) = nft::delete_table(nft::Family::Inet, &table) {
-            errors.push(format!("delete table {table}: {e}"));
+        match nft::delete_table(nft::Family::Inet, &table) {
+            Ok(()) => forget_masquerade(&table),
+            Err(e) => errors.push(format!("delete table {table}: {e}")),
         }
     }
     let keep: HashSet<String> = valid.iter().map(|(c, i)| names::host_veth(net, c, i)).collect();

@@ -95,6 +95,7 @@ impl Drop for Net {
         sh(&format!("ip link del {} 2>/dev/null", self.bridge));
         let table = cni_bridge::names::nft_table(&self.name);
         sh(&format!("nft delete table inet {table} 2>/dev/null; nft delete table bridge {table} 2>/dev/null"));
+        sh(&format!("rm -f {}/{table}.*", cni_bridge::MASQ_MARKER_DIR));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -169,6 +170,71 @@ fn masquerade_rewrites_the_source_only_when_ip_masq_is_set() {
     let seen = udp_source_seen(&c, &out_ns, &format!("{out_net}.2"));
     assert_eq!(seen, ip_of(&r2, 0));
     let _ = r;
+}
+
+/// The masquerade rule is installed by a network's first ADD and then only
+/// checked by handle (a marker in `MASQ_MARKER_DIR`). Whatever happens to it
+/// behind our back, the next ADD notices and re-installs it: packets of an
+/// existing container are masqueraded again.
+#[test]
+fn masquerade_deleted_behind_our_back_is_reinstalled_by_the_next_add() {
+    let u = uniq();
+    let mut net =
+        Net::new(&format!("10.{}.{}.0/24", 150 + u % 50, u % 250), json!({"isDefaultGateway": true, "ipMasq": true}));
+    let table = cni_bridge::names::nft_table(&net.name);
+    let c = net.netns();
+    let (out_ns, out_net) = outside(&mut net, u);
+    let to = format!("{out_net}.2");
+    let host = format!("{out_net}.1");
+    let r1 = net.add("c1", &c);
+    let own = ip_of(&r1, 0);
+    assert_eq!(udp_source_seen(&c, &out_ns, &to), host, "first ADD installs the masquerade");
+    let marker_of = |t: &str| {
+        std::fs::read_dir(cni_bridge::MASQ_MARKER_DIR)
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{t}."))).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(marker_of(&table), 1, "the first ADD records where its rule is");
+    let mut add_another = |i: usize| {
+        let ns = net.netns();
+        net.add(&format!("x{i}"), &ns);
+    };
+
+    // Table deleted: without the rule the outside sees the container's own address ...
+    assert!(sh(&format!("nft delete table inet {table}")).0);
+    assert_eq!(udp_source_seen(&c, &out_ns, &to), own, "no rule, no masquerade");
+    // ... until the next ADD on the network, which notices and re-installs it.
+    add_another(1);
+    assert_eq!(udp_source_seen(&c, &out_ns, &to), host, "re-installed after the table was deleted");
+
+    // Chain flushed (table and chain stay, the rule goes).
+    let chain = sh(&format!("nft list table inet {table} | awk '/chain masq_/ {{print $2}}'")).1.trim().to_string();
+    assert!(sh(&format!("nft flush chain inet {table} {chain}")).0);
+    assert_eq!(udp_source_seen(&c, &out_ns, &to), own);
+    add_another(2);
+    assert_eq!(udp_source_seen(&c, &out_ns, &to), host, "re-installed after the chain was flushed");
+
+    // A rule slipped in before ours that lets packets through unmasqueraded.
+    assert!(sh(&format!("nft insert rule inet {table} {chain} accept")).0);
+    assert_eq!(udp_source_seen(&c, &out_ns, &to), own);
+    add_another(3);
+    assert_eq!(udp_source_seen(&c, &out_ns, &to), host, "foreign rule removed");
+    let (_, rules) = sh(&format!("nft list chain inet {table} {chain}"));
+    assert_eq!(rules.matches("masquerade").count(), 1, "{rules}");
+    assert!(!rules.lines().any(|l| l.trim() == "accept"), "{rules}");
+
+    // Steady state: more ADDs leave the rule alone (same handle, nothing written).
+    let handle = || sh(&format!("nft -a list chain inet {table} {chain} | awk '/masquerade/ {{print $NF}}'")).1;
+    let before = handle();
+    add_another(4);
+    assert_eq!(handle(), before);
+
+    // GC with nothing valid removes the table and forgets the marker.
+    let mut gc = net.conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let (ok, v) = net.call("GC", "", "", "", &gc, "");
+    assert!(ok, "GC failed: {v}");
+    assert_eq!(marker_of(&table), 0, "GC forgets the marker with the table");
 }
 
 #[test]

@@ -74,14 +74,20 @@ fn bench_smoke_runs_both_implementations() {
     assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("bench JSON");
     let rs = v["results"].as_array().expect("results");
-    // ours and reference, each with and without ipMasq, plus the kernel floor row.
-    assert_eq!(rs.len(), 5, "{v}");
+    // ours (IPAM in-process and exec'd) and reference, each with and without
+    // ipMasq, plus the kernel veth, kernel floor and process floor rows.
+    assert_eq!(rs.len(), 9, "{v}");
     let impls: Vec<&str> = rs.iter().filter_map(|r| r["impl"].as_str()).collect();
-    for want in ["ours", "reference", "kernel floor"] {
+    for want in ["ours", "ours exec-IPAM", "reference", "kernel veth", "kernel floor", "process floor"] {
         assert!(impls.contains(&want), "no {want} row: {v}");
     }
     for r in rs {
         assert!(r["add_median_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
         assert!(r["del_median_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        if !r["impl"].as_str().is_some_and(|i| i.starts_with("kernel") || i.ends_with("floor")) {
+            assert!(r["first_add_median_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        }
     }
+    assert_eq!(v["ratios_to_reference"].as_array().map(Vec::len), Some(4), "{v}");
+    assert_eq!(v["ratios_to_kernel_floor"].as_array().map(Vec::len), Some(4), "{v}");
 }

@@ -586,3 +586,43 @@ fn masquerade_translates_real_packets() {
     in_netns(&r, || nft::delete_table(Family::Inet, &table)).unwrap();
     assert!(!ping_ok(&a, "192.0.2.2"), "masquerade still active after delete_table");
 }
+
+/// The handle fast path (`ensure_masquerade_known`) never trusts a handle
+/// blindly: every change behind our back is noticed on the next call and
+/// repaired, and a correct rule is left alone (same handle, no write).
+#[test]
+fn known_handle_notices_every_change_behind_our_back() {
+    let t = TableGuard::new(Family::Inet, "known");
+    let subnet = net("10.86.0.0/24");
+    let chain = nft::masq_chain_name(subnet);
+    let want = [concat!(
+        "ip saddr 10.86.0.0/24 ip daddr != 10.86.0.0/24 ip daddr != 224.0.0.0/4 masquerade ",
+        "comment \"cni-bridge net=n subnet=10.86.0.0/24\""
+    )];
+    let in_place = |known: Option<u64>| -> u64 {
+        let h = nft::ensure_masquerade_known(&t.name, "n", subnet, known).unwrap().expect("handle read back");
+        let listing = nft_cmd(&["list", "table", "inet", &t.name]);
+        assert_eq!(rule_lines(&listing), want, "{listing}");
+        assert_eq!(rule_handles(Family::Inet, &t.name), [h.to_string()], "returned handle is the rule's");
+        h
+    };
+    let h = in_place(None);
+    assert_eq!(in_place(Some(h)), h, "a correct rule is left alone");
+
+    // rule flushed: the handle is gone, the rule comes back under a new one
+    nft_cmd(&["flush", "chain", "inet", &t.name, &chain]);
+    let h = in_place(Some(h));
+    // a rule inserted before ours (it could accept packets before the masquerade)
+    nft_cmd(&["insert", "rule", "inet", &t.name, &chain, "accept"]);
+    let h = in_place(Some(h));
+    // the chain's policy turned to drop
+    nft_cmd(&["add", "chain", "inet", &t.name, &chain, "{ type nat hook postrouting priority 100; policy drop; }"]);
+    let h = in_place(Some(h));
+    assert!(nft_cmd(&["list", "table", "inet", &t.name]).contains("policy accept"));
+    // table deleted and recreated by us elsewhere: handles restart, the content decides
+    nft_cmd(&["delete", "table", "inet", &t.name]);
+    let h2 = in_place(Some(h));
+    // a handle that never was ours: the full check finds the rule in place, no write
+    assert_eq!(in_place(Some(h2 + 1000)), h2);
+    assert_eq!(in_place(Some(0)), h2);
+}

@@ -1,0 +1,129 @@
+//! Kernel constants of nfnetlink and nf_tables, checked against the uapi
+//! headers named in the [module docs](super). Nothing but numbers.
+
+pub(super) const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLA_HDRLEN: usize = 4;
+pub(super) const NLA_F_NESTED: u16 = 0x8000;
+pub(super) const NLA_TYPE_MASK: u16 = 0x3fff;
+pub(super) const NLM_F_REQUEST: u16 = 0x01;
+pub(super) const NLM_F_ACK: u16 = 0x04;
+pub(super) const NLM_F_DUMP_INTR: u16 = 0x10;
+pub(super) const NLM_F_DUMP: u16 = 0x300; // NLM_F_ROOT | NLM_F_MATCH
+pub(super) const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_APPEND: u16 = 0x800;
+pub(super) const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_DONE: u16 = 3;
+
+// nfnetlink.h
+pub(super) const NFGENMSG_LEN: usize = 4;
+pub(super) const NFNETLINK_V0: u8 = 0;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+pub(super) const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+// enum nf_tables_msg_types
+pub(super) const NFT_MSG_NEWTABLE: u16 = 0;
+pub(super) const NFT_MSG_DELTABLE: u16 = 2;
+pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
+pub(super) const NFT_MSG_GETCHAIN: u16 = 4;
+pub(super) const NFT_MSG_DELCHAIN: u16 = 5;
+pub(super) const NFT_MSG_NEWRULE: u16 = 6;
+pub(super) const NFT_MSG_GETRULE: u16 = 7;
+pub(super) const NFT_MSG_DELRULE: u16 = 8;
+
+// enum nft_table_attributes
+pub(super) const NFTA_TABLE_NAME: u16 = 1;
+// enum nft_chain_attributes
+pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(super) const NFTA_CHAIN_NAME: u16 = 3;
+pub(super) const NFTA_CHAIN_HOOK: u16 = 4;
+pub(super) const NFTA_CHAIN_POLICY: u16 = 5;
+pub(super) const NFTA_CHAIN_USE: u16 = 6;
+pub(super) const NFTA_CHAIN_TYPE: u16 = 7;
+// enum nft_hook_attributes
+pub(super) const NFTA_HOOK_HOOKNUM: u16 = 1;
+pub(super) const NFTA_HOOK_PRIORITY: u16 = 2;
+// enum nft_rule_attributes
+pub(super) const NFTA_RULE_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_HANDLE: u16 = 3;
+pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(super) const NFTA_RULE_USERDATA: u16 = 7;
+// enum nft_list_attributes / nft_expr_attributes
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_EXPR_NAME: u16 = 1;
+pub(super) const NFTA_EXPR_DATA: u16 = 2;
+// enum nft_data_attributes / nft_verdict_attributes
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
+// enum nft_masq_attributes
+pub(super) const NFTA_MASQ_FLAGS: u16 = 1;
+// enum nft_immediate_attributes
+pub(super) const NFTA_IMMEDIATE_DREG: u16 = 1;
+pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
+// enum nft_bitwise_attributes
+pub(super) const NFTA_BITWISE_SREG: u16 = 1;
+pub(super) const NFTA_BITWISE_DREG: u16 = 2;
+pub(super) const NFTA_BITWISE_LEN: u16 = 3;
+pub(super) const NFTA_BITWISE_MASK: u16 = 4;
+pub(super) const NFTA_BITWISE_XOR: u16 = 5;
+pub(super) const NFTA_BITWISE_OP: u16 = 6;
+// enum nft_cmp_attributes / nft_cmp_ops
+pub(super) const NFTA_CMP_SREG: u16 = 1;
+pub(super) const NFTA_CMP_OP: u16 = 2;
+pub(super) const NFTA_CMP_DATA: u16 = 3;
+pub(super) const NFT_CMP_EQ: u32 = 0;
+pub(super) const NFT_CMP_NEQ: u32 = 1;
+// enum nft_payload_attributes / nft_payload_bases
+pub(super) const NFTA_PAYLOAD_DREG: u16 = 1;
+pub(super) const NFTA_PAYLOAD_BASE: u16 = 2;
+pub(super) const NFTA_PAYLOAD_OFFSET: u16 = 3;
+pub(super) const NFTA_PAYLOAD_LEN: u16 = 4;
+pub(super) const NFT_PAYLOAD_LL_HEADER: u32 = 0;
+pub(super) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+// enum nft_meta_attributes / nft_meta_keys
+pub(super) const NFTA_META_DREG: u16 = 1;
+pub(super) const NFTA_META_KEY: u16 = 2;
+pub(super) const NFT_META_IIFNAME: u32 = 6;
+pub(super) const NFT_META_NFPROTO: u32 = 15;
+// enum nft_registers
+pub(super) const NFT_REG_VERDICT: u32 = 0;
+pub(super) const NFT_REG_1: u32 = 1;
+// linux/netfilter.h
+pub(super) const NF_DROP: u32 = 0;
+pub(super) const NF_ACCEPT: u32 = 1;
+pub(super) const NF_INET_POST_ROUTING: u32 = 4;
+pub(super) const NFPROTO_INET: u8 = 1;
+pub(super) const NFPROTO_IPV4: u8 = 2;
+pub(super) const NFPROTO_BRIDGE: u8 = 7;
+pub(super) const NFPROTO_IPV6: u8 = 10;
+// linux/netfilter_bridge.h
+pub(super) const NF_BR_PRE_ROUTING: u32 = 0;
+
+// libnftnl userdata TLV types (NFTNL_UDATA_RULE_COMMENT)
+pub(super) const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+
+/// Longest table/chain name the kernel accepts (NFT_NAME_MAXLEN incl. NUL).
+pub(super) const NFT_NAME_MAXLEN: usize = 256;
+/// Max size of NFTA_RULE_USERDATA (NFT_USERDATA_MAXLEN).
+pub(super) const NFT_USERDATA_MAXLEN: usize = 256;
+/// Longest comment that fits one userdata TLV (2-byte header, NUL).
+pub const MAX_COMMENT_LEN: usize = NFT_USERDATA_MAXLEN - 3;
+pub(super) const IFNAMSIZ: usize = 16;
+
+/// `srcnat` priority (NF_IP_PRI_NAT_SRC).
+pub(super) const PRIO_SRCNAT: i32 = 100;
+/// Priority of the MAC spoof-check chain (bridge `dstnat`, as the reference plugin).
+pub(super) const PRIO_MACSPOOF: i32 = -300;
+
+/// Netlink messages and attributes are 4-byte aligned.
+pub(super) const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// `nlmsg_type` of an nf_tables message: subsystem in the high byte.
+pub(super) const fn nft_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
