@@ -11,8 +11,8 @@
 //! partition: connections stay open, nothing answers.
 //!
 //! ```no_run
-//! let etcd = ipam::cluster::testing::EtcdServer::start().unwrap();
-//! let cfg = etcd.etcd_config(); // endpoints + default prefix
+//! let etcd = etcd_kv::testing::EtcdServer::start().unwrap();
+//! let cfg = etcd.etcd_config(); // endpoints, the user's default prefix
 //! etcd.etcdctl(&["put", "/coreos.com/network/config", r#"{"Network":"10.5.0.0/16"}"#]).unwrap();
 //! ```
 
@@ -23,7 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::subnet::EtcdConfig;
+use crate::EtcdConfig;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);

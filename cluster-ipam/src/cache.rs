@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterConfig, Result};
-use crate::store::StoreError;
+use ipam::store::StoreError;
 
 pub const CACHE_FILE: &str = "blocks.json";
 const CACHE_TEMP: &str = ".tmp.blocks";

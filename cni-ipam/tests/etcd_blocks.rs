@@ -9,12 +9,12 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cluster_ipam::{list_blocks, Block};
 use cni_core::{Code, Plugin};
+use cni_ipam::Ipam;
 use common::{addresses, ctx, ip_of, leases, run_json, TestDir, BIN};
-use ipam::cluster::blocks::{list_blocks, Block};
-use ipam::cluster::subnet::EtcdConfig;
-use ipam::cluster::testing::EtcdServer;
-use ipam::Ipam;
+use etcd_kv::testing::EtcdServer;
+use etcd_kv::EtcdConfig;
 use serde_json::{json, Value};
 
 const NET: &str = "blocknet";
@@ -94,10 +94,10 @@ fn etcd_allocations(etcd: &EtcdServer) -> BTreeMap<IpAddr, (String, String)> {
 /// its local write leaves it. Returns the address.
 fn plant_record(etcd: &EtcdServer, host: &str, handle: &str) -> IpAddr {
     let mut blk = blocks(etcd).into_iter().find(|x| x.value.host == host).unwrap();
-    let ip: IpAddr = ipam::cluster::blocks::block_addresses(blk.cidr).last().unwrap();
-    let rec = ipam::cluster::blocks::Allocation { handle: handle.into(), host: host.into() };
+    let ip: IpAddr = cluster_ipam::block_addresses(blk.cidr).last().unwrap();
+    let rec = cluster_ipam::Allocation { handle: handle.into(), host: host.into() };
     blk.value.allocations.insert(ip, rec);
-    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(blk.cidr));
+    let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(blk.cidr));
     etcd.etcdctl(&["put", &key, &blk.value.to_json()]).unwrap();
     ip
 }
@@ -175,7 +175,7 @@ fn a_host_fills_its_block_then_claims_a_second_and_publishes_on_claim_and_gc() {
     }
     let r = a.add("c0").unwrap();
     assert_eq!(addresses(&r), [first[0].clone()], "ADD is idempotent");
-    assert_eq!(r["ips"][0]["gateway"].as_str().unwrap(), ipam::cluster::blocks::block_range(b1net).gateway.to_string());
+    assert_eq!(r["ips"][0]["gateway"].as_str().unwrap(), cluster_ipam::block_range(b1net).gateway.to_string());
     // Published only in batch: nothing recorded before the next claim.
     assert!(etcd_allocations(&etcd).is_empty());
 
@@ -236,11 +236,11 @@ fn a_freed_address_in_a_full_block_is_reused_before_a_new_claim_and_gc_handles_u
     // GC gives it back instead of leaving it claimed for ever.
     let put_block = |cidr: &str, host: &str, exclusive: bool, handle: Option<&str>| {
         let cidr: ipnetwork::IpNetwork = cidr.parse().unwrap();
-        let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(cidr));
-        let mut value = ipam::cluster::blocks::BlockValue { host: host.into(), exclusive, ..Default::default() };
+        let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(cidr));
+        let mut value = cluster_ipam::BlockValue { host: host.into(), exclusive, ..Default::default() };
         if let Some(h) = handle {
-            let ip = ipam::cluster::blocks::block_addresses(cidr).next().unwrap();
-            value.allocations.insert(ip, ipam::cluster::blocks::Allocation { handle: h.into(), host: host.into() });
+            let ip = cluster_ipam::block_addresses(cidr).next().unwrap();
+            value.allocations.insert(ip, cluster_ipam::Allocation { handle: h.into(), host: host.into() });
         }
         etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
         cidr.to_string()

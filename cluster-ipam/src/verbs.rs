@@ -25,11 +25,11 @@ use super::{
     block_key, block_range, handle, Allocation, Block, BlockClient, BlockError, BlockValue, ClusterConfig, Result,
     PLUGIN_DEADLINE,
 };
-use crate::alloc;
-use crate::config::IpamConfig;
-use crate::range::{to_u128, Range, RangeSet};
-use crate::store::{Lease, Locked, Owner, Store};
-use crate::CODE_EXHAUSTED;
+use ipam::alloc;
+use ipam::config::IpamConfig;
+use ipam::range::{to_u128, Range, RangeSet};
+use ipam::store::{Lease, Locked, Owner, Store};
+use ipam::CODE_EXHAUSTED;
 
 /// Budget of the etcd part of a GC (it may touch every block).
 pub const GC_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ const PUBLISH_BUDGET: Duration = Duration::from_millis(500);
 
 /// The `ipam.cluster` section, when the config has one.
 pub fn cluster_config(ctx: &Context) -> CniRes<Option<ClusterConfig>> {
-    let ipam = crate::config::ipam_section(ctx)?;
+    let ipam = ipam::config::ipam_section(ctx)?;
     match ipam.get("cluster") {
         None | Some(Value::Null) => Ok(None),
         Some(v) => Ok(Some(ClusterConfig::parse(&ctx.conf.name, v)?)),
@@ -85,7 +85,7 @@ fn owner_handle(owner: &Owner) -> String {
 pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
     let mut conf = common_config(ctx)?;
     let dns = conf.dns()?;
-    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     let locked = store.lock()?;
     let mut cache = BlockCache::read(store.dir(), cc)?;
     let (cid, ifname) = (ctx.container_id.as_str(), ctx.ifname.as_str());
@@ -513,8 +513,8 @@ pub(super) fn finish_change(cur: &Block, v: BlockValue) -> Option<Option<BlockVa
 /// local lease for the retry), then the local lease. strictAffinity: local
 /// only, plus etcd for an address outside our blocks (borrowed earlier).
 pub fn del(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
-    let (data_dir, network) = crate::config::store_location(ctx)?;
-    let store = crate::disk_store(&data_dir, &network)?;
+    let (data_dir, network) = ipam::config::store_location(ctx)?;
+    let store = ipam::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
     let h = handle(&ctx.container_id, &ctx.ifname);
     cache::clear_full(store.dir())?;
@@ -539,7 +539,7 @@ pub fn check(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let mut conf = common_config(ctx)?;
     let pool = Range::new(cc.pool, None, None, None).map_err(Error::config)?;
     conf.range_sets = vec![RangeSet::new(vec![pool]).map_err(Error::config)?];
-    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     let prev = ctx.prev_result()?;
     alloc::check(&store, &conf, &ctx.container_id, &ctx.ifname, prev.as_ref())
 }
@@ -548,7 +548,7 @@ pub fn check(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
 /// must stay cheap, and an ADD that needs etcd reports code 11 itself).
 pub fn status(ctx: &Context, _cc: &ClusterConfig) -> CniRes<()> {
     let conf = common_config(ctx)?;
-    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))
 }
 
@@ -557,8 +557,8 @@ pub fn status(ctx: &Context, _cc: &ClusterConfig) -> CniRes<()> {
 /// replaced by the local leases (the batch publish). Empty blocks but one
 /// go back to the pool; the cache follows etcd.
 pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()> {
-    let (data_dir, network) = crate::config::store_location(ctx)?;
-    let store = crate::disk_store(&data_dir, &network)?;
+    let (data_dir, network) = ipam::config::store_location(ctx)?;
+    let store = ipam::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
     cache::clear_full(store.dir())?;
     let local = alloc::gc_locked(&*locked, valid);
