@@ -687,7 +687,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             _ = renew.tick() => {
                 match sm.renew(&lease).await {
                     Ok(()) => tracing::debug!(subnet = %own, "lease renewed"),
-                    Err(e) if e.is_unavailable() => tracing::warn!("renew failed, will retry: {e}"),
+                    Err(e) if e.is_unavailable() => {
+                        // Retry soon rather than a whole period later: an
+                        // etcd election or a dead member must not let a short
+                        // TTL run out.
+                        tracing::warn!("renew failed, retrying in {RENEW_RETRY:?}: {e}");
+                        renew.reset_after(RENEW_RETRY.min(renew_every));
+                    }
                     Err(e) => {
                         tracing::error!("renew: {e}");
                         break true;
@@ -706,6 +712,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     teardown(&mut dp, &cfg, &args)?;
     Err(AgentError::LeaseLost(own))
 }
+
+/// How soon a renew that failed because etcd was unavailable is retried.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
 
 fn teardown(dp: &mut Dataplane, cfg: &NetworkConfig, args: &AgentArgs) -> Result<()> {
     for pi in 0..dp.planes.len() {
