@@ -139,6 +139,19 @@ impl BlockClient {
         Ok(resp.kvs().iter().filter_map(|kv| parse_block_key(&String::from_utf8_lossy(kv.key()))).collect())
     }
 
+    /// A linearizable count of the network's block keys: succeeds only when
+    /// a member with a leader answers, i.e. when a write could commit.
+    pub async fn probe(&self) -> Result<i64> {
+        let root = self.root.clone();
+        let resp = self
+            .call("probe", Retry::Idempotent, move |mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix().with_count_only())).await }
+            })
+            .await?;
+        Ok(resp.count())
+    }
+
     /// One block, if claimed.
     pub async fn get(&self, cidr: IpNetwork) -> Result<Option<Block>> {
         let key = self.key(cidr);

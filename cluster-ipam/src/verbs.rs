@@ -526,11 +526,53 @@ pub fn del(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
         }
         tracing::info!(?released, "released leases");
     } else {
-        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h))?;
+        let held: Vec<IpAddr> =
+            locked.leased_to(&ctx.container_id, &ctx.ifname)?.into_iter().filter(|ip| cc.pool.contains(*ip)).collect();
+        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_held(cc, &h, &held))?;
         let released = locked.release(&ctx.container_id, &ctx.ifname)?;
         tracing::info!(?released, "released leases");
     }
     Ok(())
+}
+
+/// Non-strict DEL in etcd: the blocks of the attachment's local leases are
+/// read one key each and the records dropped there. Only when that finds
+/// nothing to drop (no local lease: a repeated DEL, or an ADD whose answer
+/// was lost after etcd recorded it) is every block listed, as
+/// [`release_handle`] does.
+async fn release_held(cc: &ClusterConfig, h: &str, held: &[IpAddr]) -> Result<Vec<IpAddr>> {
+    if held.is_empty() {
+        return release_handle(cc, h).await;
+    }
+    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let mut freed = Vec::new();
+    for ip in held {
+        let cidr = IpNetwork::new(*ip, cc.block_size).map_err(|e| BlockError::Config(e.to_string()))?;
+        let cidr = IpNetwork::new(cidr.network(), cc.block_size).map_err(|e| BlockError::Config(e.to_string()))?;
+        let Some(b) = client.get(cidr).await? else { continue };
+        let mine = |a: &Allocation| a.host == cc.host && a.handle == h;
+        if !b.value.allocations.get(ip).is_some_and(mine) {
+            continue;
+        }
+        client
+            .modify(b, |cur| {
+                let mut v = cur.value.clone();
+                if !v.allocations.get(ip).is_some_and(mine) {
+                    return None;
+                }
+                v.allocations.remove(ip);
+                finish_change(cur, v)
+            })
+            .await?;
+        freed.push(*ip);
+    }
+    if freed.is_empty() {
+        // The record is not where the local lease says (a block of another
+        // size after a blockSize change): look everywhere.
+        return release_handle(cc, h).await;
+    }
+    tracing::info!(?freed, handle = h, "freed allocations in etcd");
+    Ok(freed)
 }
 
 /// CHECK: the attachment holds an address of the pool, and `prevResult`
@@ -544,12 +586,30 @@ pub fn check(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     alloc::check(&store, &conf, &ctx.container_id, &ctx.ifname, prev.as_ref())
 }
 
-/// STATUS: the local store must be writable (etcd is not probed: STATUS
-/// must stay cheap, and an ADD that needs etcd reports code 11 itself).
-pub fn status(ctx: &Context, _cc: &ClusterConfig) -> CniRes<()> {
+/// STATUS: the local store must be writable, and etcd must answer (with a
+/// leader) whenever the next ADD would need it: always in non-strict mode
+/// (every ADD records its address there), under strictAffinity when the
+/// host has no block with room left. Either failure is code 50 ("the
+/// plugin is not available"), so a runtime stops sending ADDs that would
+/// fail with 11.
+pub fn status(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let conf = common_config(ctx)?;
     let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
-    store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))
+    store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))?;
+    let needs_etcd = !cc.strict_affinity || {
+        let cache = BlockCache::read(store.dir(), cc)?;
+        let full = cache::read_full(store.dir());
+        cache.blocks.iter().all(|b| full.contains(b))
+    };
+    if needs_etcd {
+        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, async {
+            BlockClient::connect(&cc.etcd, &cc.network).await?.probe().await
+        })
+        .map_err(|e| {
+            Error::new(Code::Unavailable, "cluster IPAM: etcd unavailable, ADDs would fail").with_details(&e)
+        })?;
+    }
+    Ok(())
 }
 
 /// GC: the local GC, then in etcd every record of this host whose handle

@@ -543,3 +543,75 @@ fn a_changed_block_size_never_overlaps_existing_blocks() {
         }
     }
 }
+
+/// Bytes etcd has sent to gRPC clients so far (its Prometheus counter).
+fn etcd_sent_bytes(etcd: &EtcdServer) -> f64 {
+    use std::io::{Read, Write};
+    let port = etcd.endpoint().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find(|l| l.starts_with("etcd_network_client_grpc_sent_bytes_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("etcd_network_client_grpc_sent_bytes_total in /metrics")
+}
+
+#[test]
+fn non_strict_del_reads_only_its_block_and_status_reports_50_when_etcd_is_needed_and_gone() {
+    let mut etcd = EtcdServer::start().unwrap();
+    // 40 blocks of other hosts, each with 60 records: listing the pool
+    // with its values sends well over 100 kB.
+    for i in 0..40u32 {
+        let cidr: ipnetwork::IpNetwork = format!("10.219.{}.{}/26", i / 4, (i % 4) * 64).parse().unwrap();
+        let mut value = cluster_ipam::BlockValue { host: format!("other-{i}"), exclusive: false, ..Default::default() };
+        for (n, ip) in cluster_ipam::block_addresses(cidr).take(60).enumerate() {
+            value.allocations.insert(
+                ip,
+                cluster_ipam::Allocation { handle: format!("{:064x}/eth0", n), host: format!("other-{i}") },
+            );
+        }
+        let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(cidr));
+        etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+    }
+    let h = Host::new(&etcd, "node-s", json!({"pool": "10.219.0.0/16"}));
+    let ip = h.add_ok("s0");
+    h.add_ok("s1");
+    let listing = {
+        let before = etcd_sent_bytes(&etcd);
+        etcd.etcdctl(&["get", "/cni-ipam/", "--prefix"]).unwrap();
+        etcd_sent_bytes(&etcd) - before
+    };
+    assert!(listing > 100_000.0, "the pool listing is big: {listing} bytes");
+
+    // DEL with a local lease: one block read and one CAS, not the listing.
+    let before = etcd_sent_bytes(&etcd);
+    h.del("s0").unwrap();
+    let del = etcd_sent_bytes(&etcd) - before;
+    eprintln!("non-strict DEL: {del} bytes from etcd; listing the pool: {listing} bytes");
+    assert!(del < listing / 20.0, "DEL received {del} bytes from etcd; the listing is {listing}");
+    let recs = etcd_allocations(&etcd);
+    assert!(!recs.contains_key(&ip_of(&ip).parse::<IpAddr>().unwrap()), "record freed");
+    assert!(recs.values().any(|(host, handle)| handle == "s1/eth0" && host == "node-s"), "the other stays");
+    // A repeated DEL (no local lease left) still works, by looking everywhere.
+    h.del("s0").unwrap();
+
+    // STATUS: non-strict needs etcd for every ADD.
+    let status = |host: &Host| Ipam.status(&ctx("STATUS", "", "", &host.conf, ""));
+    status(&h).unwrap();
+    let strict = Host::new(&etcd, "node-t", json!({"pool": "10.219.0.0/16", "strictAffinity": true}));
+    strict.add_ok("t0"); // claims a block with room left
+    etcd.kill();
+    let e = status(&h).unwrap_err();
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+    assert!(e.to_string().contains(&etcd.endpoint()), "names the endpoint: {e}");
+    let (ok, v) = run_json(BIN, "STATUS", "", "", &h.conf, "");
+    assert!(!ok && v["code"] == 50, "{v}");
+    // strictAffinity with room in its block: ADDs work without etcd, so STATUS is fine.
+    status(&strict).unwrap();
+    strict.add_ok("t1");
+    etcd.start_again().unwrap();
+    status(&h).unwrap();
+}
