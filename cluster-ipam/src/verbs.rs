@@ -339,7 +339,7 @@ fn add_shared(
     let h = handle(cid, ifname);
     // A stale local lease must not be handed out twice.
     let taken = |ip: IpAddr| locked.is_reserved(ip).unwrap_or(true);
-    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken, &cache.blocks))?;
+    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken, &cache.blocks, dir))?;
     let undo = |e: Error| -> Error {
         if let Err(re) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h)) {
             tracing::error!(%ip, "rollback of the etcd allocation failed (GC will free it): {re}");
@@ -387,43 +387,64 @@ async fn try_take(
     Ok(picked)
 }
 
-/// How many of its cached blocks a non-strict ADD tries one by one before
-/// it lists every block of the pool.
-const SHARED_FAST_TRIES: usize = 2;
-
 /// The etcd side of a non-strict ADD. Returns the address and the host's
 /// blocks afterwards.
 ///
-/// Fast path: the host's last [`SHARED_FAST_TRIES`] cached blocks (the
-/// highest addresses, where claims go first) are read one key each and
-/// the address taken by CAS, as long as they have room. Otherwise (no
-/// cache, or they are full) every block of the pool is listed with its
-/// value, which costs more the more the pool holds.
+/// With cached blocks, the pool is never listed with its values:
+/// 1. the host's cached blocks are read one key each, newest first, and
+///    the address taken by CAS in the first with room (a record of this
+///    attachment found there is returned: a retried ADD);
+/// 2. the block named by [`cache::CLAIMING_FILE`] (a claim whose answer
+///    was lost) is read the same way;
+/// 3. the taken block keys are listed without values and a new block is
+///    created with the record in it (the claiming file written first).
+///
+/// Only a host without a cache (its first ADD, or the first after a
+/// reboot emptied the tmpfs dataDir) lists every block with its value, to
+/// adopt its blocks and find a lost ADD's record; and so does an ADD when
+/// no block is left unclaimed and it must borrow from another host.
 async fn allocate_shared(
     cc: &ClusterConfig,
     h: &str,
     taken: &dyn Fn(IpAddr) -> bool,
     cached: &[IpNetwork],
+    dir: &Path,
 ) -> Result<(IpAddr, Vec<IpNetwork>)> {
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
     let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
     let is_mine = |v: &BlockValue| v.host == cc.host;
-    for cidr in cached.iter().rev().take(SHARED_FAST_TRIES) {
-        let Some(b) = client.get(*cidr).await? else { continue };
-        if !is_mine(&b.value) {
-            continue;
+    let mut own: Vec<IpNetwork> = cached.to_vec();
+    if !cached.is_empty() {
+        let claiming = cache::read_claiming(dir).filter(|c| !cached.contains(c) && cc.is_block(*c));
+        let candidates = cached.iter().rev().copied().chain(claiming);
+        for cidr in candidates {
+            let Some(b) = client.get(cidr).await? else { continue };
+            if !is_mine(&b.value) {
+                continue;
+            }
+            if !own.contains(&cidr) {
+                own.push(cidr);
+                own.sort_by_key(|c| to_u128(c.network()));
+            }
+            if let Some(ip) = recorded_for(cc, &b, h) {
+                return Ok((ip, own));
+            }
+            if let Some(ip) = try_take(&client, &b, &rec, taken, &is_mine).await? {
+                return Ok((ip, own));
+            }
         }
-        if let Some(ip) = recorded_for(cc, &b, h) {
-            return Ok((ip, cached.to_vec()));
-        }
-        if let Some(ip) = try_take(&client, &b, &rec, taken, &is_mine).await? {
-            return Ok((ip, cached.to_vec()));
+        let claimed = client.list_cidrs().await?;
+        if let Some(b) = claim_shared(&client, cc, &claimed, &rec, taken, dir).await? {
+            let ip = *b.value.allocations.keys().next().expect("made with one allocation");
+            own.push(b.cidr);
+            own.sort_by_key(|c| to_u128(c.network()));
+            return Ok((ip, own));
         }
     }
 
+    // No cache, or nothing left to claim: every block with its value.
     let blocks = client.list().await?;
-    let mut own: Vec<IpNetwork> =
-        blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
+    own = blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
     // An ADD retried after its answer was lost: the record is already there.
     for b in &blocks {
         if let Some(ip) = recorded_for(cc, b, h) {
@@ -435,16 +456,8 @@ async fn allocate_shared(
             return Ok((ip, own));
         }
     }
-
-    let make = |cidr: IpNetwork| {
-        let fresh = Block { cidr, value: BlockValue::default(), mod_revision: 0 };
-        let ip = fresh.first_free(taken)?;
-        let mut v = BlockValue { host: cc.host.clone(), exclusive: false, allocations: BTreeMap::new() };
-        v.allocations.insert(ip, rec.clone());
-        Some(v)
-    };
     let claimed: Vec<IpNetwork> = blocks.iter().map(|b| b.cidr).collect();
-    if let Some(b) = claim_new(&client, cc, &claimed, make).await? {
+    if let Some(b) = claim_shared(&client, cc, &claimed, &rec, taken, dir).await? {
         let ip = *b.value.allocations.keys().next().expect("made with one allocation");
         own.push(b.cidr);
         own.sort_by_key(|c| to_u128(c.network()));
@@ -468,6 +481,29 @@ async fn allocate_shared(
             own.len()
         ),
     })
+}
+
+/// Claims a new block holding `rec` at its first free address, writing
+/// [`cache::CLAIMING_FILE`] before each create.
+async fn claim_shared(
+    client: &BlockClient,
+    cc: &ClusterConfig,
+    claimed: &[IpNetwork],
+    rec: &Allocation,
+    taken: &dyn Fn(IpAddr) -> bool,
+    dir: &Path,
+) -> Result<Option<Block>> {
+    let make = |cidr: IpNetwork| {
+        let fresh = Block { cidr, value: BlockValue::default(), mod_revision: 0 };
+        let ip = fresh.first_free(taken)?;
+        if let Err(e) = cache::write_claiming(dir, cidr) {
+            tracing::warn!(block = %cidr, "cannot record the block being claimed: {e}");
+        }
+        let mut v = BlockValue { host: cc.host.clone(), exclusive: false, allocations: BTreeMap::new() };
+        v.allocations.insert(ip, rec.clone());
+        Some(v)
+    };
+    claim_new(client, cc, claimed, make).await
 }
 
 /// Drops every etcd record of this host for handle `h` (deleting an

@@ -544,6 +544,23 @@ fn a_changed_block_size_never_overlaps_existing_blocks() {
     }
 }
 
+/// 40 blocks of other hosts in 10.219.0.0/22, each with 60 records:
+/// listing the network with its values sends well over 100 kB.
+fn plant_busy_blocks(etcd: &EtcdServer) {
+    for i in 0..40u32 {
+        let cidr: ipnetwork::IpNetwork = format!("10.219.{}.{}/26", i / 4, (i % 4) * 64).parse().unwrap();
+        let mut value = cluster_ipam::BlockValue { host: format!("other-{i}"), exclusive: false, ..Default::default() };
+        for (n, ip) in cluster_ipam::block_addresses(cidr).take(60).enumerate() {
+            value.allocations.insert(
+                ip,
+                cluster_ipam::Allocation { handle: format!("{:064x}/eth0", n), host: format!("other-{i}") },
+            );
+        }
+        let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(cidr));
+        etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+    }
+}
+
 /// Bytes etcd has sent to gRPC clients so far (its Prometheus counter).
 fn etcd_sent_bytes(etcd: &EtcdServer) -> f64 {
     use std::io::{Read, Write};
@@ -562,20 +579,7 @@ fn etcd_sent_bytes(etcd: &EtcdServer) -> f64 {
 #[test]
 fn non_strict_del_reads_only_its_block_and_status_reports_50_when_etcd_is_needed_and_gone() {
     let mut etcd = EtcdServer::start().unwrap();
-    // 40 blocks of other hosts, each with 60 records: listing the pool
-    // with its values sends well over 100 kB.
-    for i in 0..40u32 {
-        let cidr: ipnetwork::IpNetwork = format!("10.219.{}.{}/26", i / 4, (i % 4) * 64).parse().unwrap();
-        let mut value = cluster_ipam::BlockValue { host: format!("other-{i}"), exclusive: false, ..Default::default() };
-        for (n, ip) in cluster_ipam::block_addresses(cidr).take(60).enumerate() {
-            value.allocations.insert(
-                ip,
-                cluster_ipam::Allocation { handle: format!("{:064x}/eth0", n), host: format!("other-{i}") },
-            );
-        }
-        let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(cidr));
-        etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
-    }
+    plant_busy_blocks(&etcd);
     let h = Host::new(&etcd, "node-s", json!({"pool": "10.219.0.0/16"}));
     let ip = h.add_ok("s0");
     h.add_ok("s1");
@@ -614,4 +618,52 @@ fn non_strict_del_reads_only_its_block_and_status_reports_50_when_etcd_is_needed
     strict.add_ok("t1");
     etcd.start_again().unwrap();
     status(&h).unwrap();
+}
+
+#[test]
+fn non_strict_add_with_full_cached_blocks_claims_without_listing_and_finds_a_lost_claims_record() {
+    let etcd = EtcdServer::start().unwrap();
+    plant_busy_blocks(&etcd);
+    let listing = {
+        let before = etcd_sent_bytes(&etcd);
+        etcd.etcdctl(&["get", "/cni-ipam/", "--prefix"]).unwrap();
+        etcd_sent_bytes(&etcd) - before
+    };
+    let h = Host::new(&etcd, "node-u", json!({"pool": "10.220.0.0/24", "blockSize": 28}));
+    let first: Vec<String> = (0..13).map(|i| h.add_ok(&format!("u{i}"))).collect();
+    assert_eq!(h.cached_blocks().len(), 1, "13 addresses fill one /28");
+
+    // The cached block is full: the 14th ADD claims a second block from the
+    // keys alone.
+    let before = etcd_sent_bytes(&etcd);
+    let fourteenth = h.add_ok("u13");
+    let claim = etcd_sent_bytes(&etcd) - before;
+    eprintln!("non-strict ADD with a full cached block: {claim} bytes from etcd; listing: {listing} bytes");
+    assert!(claim < listing / 20.0, "the claiming ADD received {claim} bytes; the listing is {listing}");
+    assert_eq!(h.cached_blocks().len(), 2);
+    assert!(!first.contains(&fourteenth));
+    for i in 14..26 {
+        h.add_ok(&format!("u{i}"));
+    }
+
+    // Both blocks full. A claim whose answer was lost left a third block in
+    // etcd with this attachment's record, and the claiming marker: the
+    // retried ADD returns that address and claims nothing more.
+    let cached = h.cached_blocks();
+    let lost: ipnetwork::IpNetwork =
+        (0..16).map(|i| format!("10.220.0.{}/28", i * 16)).find(|c| !cached.contains(c)).unwrap().parse().unwrap();
+    let lost_ip = cluster_ipam::block_addresses(lost).next().unwrap();
+    let mut value = cluster_ipam::BlockValue { host: "node-u".into(), exclusive: false, ..Default::default() };
+    value.allocations.insert(lost_ip, cluster_ipam::Allocation { handle: "lost/eth0".into(), host: "node-u".into() });
+    let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(lost));
+    etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+    std::fs::write(h.dir.net_dir(NET).join("blocks.claiming"), format!("\"{lost}\"")).unwrap();
+    let got = h.add_ok("lost");
+    assert_eq!(ip_of(&got), lost_ip.to_string(), "the recorded address");
+    assert_eq!(h.cached_blocks().len(), 3, "the lost block is adopted: {:?}", h.cached_blocks());
+    let mine = blocks(&etcd).into_iter().filter(|b| b.value.host == "node-u").count();
+    assert_eq!(mine, 3, "no fourth block");
+    let records = etcd_allocations(&etcd);
+    assert_eq!(records.values().filter(|(host, handle)| host == "node-u" && handle == "lost/eth0").count(), 1);
+    assert_eq!(records.values().filter(|(host, _)| host == "node-u").count(), 27);
 }
