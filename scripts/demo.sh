@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_FUZZ=0 bash scripts/testbed.sh
-cargo build --release -q -p cni-bridge -p ipam -p cni-overlay -p conformance
+cargo build --release -q -p cni-bridge -p cni-ipam -p cni-overlay -p conformance
 echo "=== one host: cni-bridge + cni-ipam"
 target/release/conformance demo --plugin-dir target/release
 echo

@@ -52,7 +52,7 @@ for t in config result cni_args; do
 done
 
 step "benchmarks (side by side with the reference plugins; shipped 'plugin' profile)"
-cargo build --profile plugin -p cni-bridge -p ipam -p cni-overlay
+cargo build --profile plugin -p cni-bridge -p cni-ipam -p cni-overlay
 "$T"/release/conformance bench cni --n 50 --plugin-dir "$T"/plugin
 "$T"/release/conformance bench overlay --plugin-dir "$T"/plugin
 "$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnetwork::Ipv4Network;
 
 use crate::agent::{AgentArgs, AgentError};
-use ipam::cluster::subnet::{Lease, SubnetManager};
+use subnet_lease::{Lease, SubnetManager};
 
 /// `cni-overlay leases [etcd flags]`: one line per host lease; dual-stack
 /// leases show their IPv6 subnet and public address too.
@@ -63,7 +63,7 @@ pub async fn remove_host(args: &AgentArgs, which: &str) -> Result<String, AgentE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipam::cluster::subnet::LeaseAttrs;
+    use subnet_lease::LeaseAttrs;
 
     #[test]
     fn a_dual_stack_lease_lists_both_halves() {

@@ -27,8 +27,8 @@ use linux_net::{addr, neigh, nft};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use ipam::cluster::subnet::{BackendKind, EtcdConfig, Event, Lease, LeaseAttrs, NetworkConfig, SubnetManager};
-use ipam::cluster::subnet_file::{read_subnet_file, write_subnet_file, SubnetFile};
+use subnet_lease::subnet_file::{read_subnet_file, write_subnet_file, SubnetFile};
+use subnet_lease::{BackendKind, EtcdConfig, Event, Lease, LeaseAttrs, NetworkConfig, SubnetManager};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -39,7 +39,7 @@ pub enum AgentError {
     #[error("nftables: {0}")]
     Nft(#[from] nft::NftError),
     #[error("etcd: {0}")]
-    Etcd(#[from] ipam::cluster::subnet::Error),
+    Etcd(#[from] subnet_lease::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// No lease (pool exhausted, bad settings): nothing was programmed.
@@ -47,7 +47,7 @@ pub enum AgentError {
     Acquire {
         what: String,
         #[source]
-        source: ipam::cluster::subnet::Error,
+        source: subnet_lease::Error,
     },
     #[error("lease for {0} was lost (deleted or expired): routes, device and subnet file removed")]
     LeaseLost(Ipv4Network),
@@ -545,7 +545,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             // Many hosts starting at once: the pool is not full, try again.
-            Err(e @ ipam::cluster::subnet::Error::TooManyRaces(_)) => {
+            Err(e @ subnet_lease::Error::TooManyRaces(_)) => {
                 tracing::warn!("{e}; retrying");
                 tokio::time::sleep(Duration::from_millis(100 + u64::from(std::process::id() % 200))).await;
             }
@@ -687,7 +687,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             _ = renew.tick() => {
                 match sm.renew(&lease).await {
                     Ok(()) => tracing::debug!(subnet = %own, "lease renewed"),
-                    Err(e) if e.is_unavailable() => tracing::warn!("renew failed, will retry: {e}"),
+                    Err(e) if e.is_unavailable() => {
+                        // Retry soon rather than a whole period later: an
+                        // etcd election or a dead member must not let a short
+                        // TTL run out.
+                        tracing::warn!("renew failed, retrying in {RENEW_RETRY:?}: {e}");
+                        renew.reset_after(RENEW_RETRY.min(renew_every));
+                    }
                     Err(e) => {
                         tracing::error!("renew: {e}");
                         break true;
@@ -706,6 +712,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     teardown(&mut dp, &cfg, &args)?;
     Err(AgentError::LeaseLost(own))
 }
+
+/// How soon a renew that failed because etcd was unavailable is retried.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
 
 fn teardown(dp: &mut Dataplane, cfg: &NetworkConfig, args: &AgentArgs) -> Result<()> {
     for pi in 0..dp.planes.len() {

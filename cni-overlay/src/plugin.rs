@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use cni_core::delegate;
 use cni_core::{Attachment, CniResult};
 use cni_core::{Code, Command, Context, Error, Plugin, Result};
-use ipam::cluster::subnet_file::{read_subnet_file, SubnetFile};
+use subnet_lease::subnet_file::{read_subnet_file, SubnetFile};
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 /// Our own directory: Flannel's CNI plugin keeps its files in

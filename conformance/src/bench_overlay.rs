@@ -20,7 +20,7 @@ use testkit::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
 use testkit::util::{next_id, unique_name, Context as _, R};
 use testkit::{bail, ensure};
 
-use ipam::cluster::subnet::{EtcdConfig, Event, SubnetManager};
+use subnet_lease::{EtcdConfig, Event, SubnetManager};
 
 /// The overlay's network config (Flannel's format), VXLAN on 8472.
 pub const NETWORK: &str = r#"{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
@@ -608,7 +608,7 @@ fn throughput(bin: &Path, secs: u32) -> R<Tput> {
 
 fn alloc_bench(n: usize) -> R<Alloc> {
     use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-    let etcd = ipam::cluster::testing::EtcdServer::start().ctx("start etcd")?;
+    let etcd = etcd_kv::testing::EtcdServer::start().ctx("start etcd")?;
     let rt = runtime()?;
     let ep = etcd.endpoint();
     let (seq, par) = rt.block_on(async move {
@@ -666,7 +666,7 @@ fn alloc_bench(n: usize) -> R<Alloc> {
     Ok(Alloc { n, etcd_seq: seq, etcd_par: par, local, local_tmpfs, blocks, blocks_disk, blocks_shared })
 }
 
-/// N in-process `ipam::Ipam` ADDs (context built from env + config each
+/// N in-process `cni_ipam::Ipam` ADDs (context built from env + config each
 /// time, like a call) against a fresh dataDir; `ipam` is the section
 /// without `type`/`dataDir` (a /16 range, or a cluster section).
 fn local_bench(n: usize, base: &Path, mut ipam: Value) -> R<f64> {
@@ -692,7 +692,7 @@ fn local_bench(n: usize, base: &Path, mut ipam: Value) -> R<f64> {
             };
             let ctx =
                 cni_core::skel::Context::from_parts(&env, conf.as_bytes()).map_err(|e| format!("context: {e}"))?;
-            ipam::Ipam.add(&ctx).map_err(|e| format!("ADD {i}: {e}"))?;
+            cni_ipam::Ipam.add(&ctx).map_err(|e| format!("ADD {i}: {e}"))?;
         }
         Ok(n as f64 / t.elapsed().as_secs_f64())
     })();

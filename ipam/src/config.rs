@@ -65,7 +65,8 @@ struct RawIpam {
     resolv_conf: Option<String>,
 }
 
-pub(crate) fn ipam_section(ctx: &Context) -> Result<&Value> {
+/// The `ipam` object of the network config (code 7 when missing or not an object).
+pub fn ipam_section(ctx: &Context) -> Result<&Value> {
     match ctx.raw.get("ipam") {
         Some(v) if v.is_object() => Ok(v),
         Some(_) => Err(Error::config("\"ipam\" must be an object")),
@@ -73,7 +74,8 @@ pub(crate) fn ipam_section(ctx: &Context) -> Result<&Value> {
     }
 }
 
-pub(crate) fn data_dir_of(ipam: &Value) -> Result<PathBuf> {
+/// `dataDir`, or the default of the mode (local or `cluster`).
+pub fn data_dir_of(ipam: &Value) -> Result<PathBuf> {
     let default = match ipam.get("cluster") {
         None | Some(Value::Null) => DEFAULT_DATA_DIR,
         Some(_) => CLUSTER_DEFAULT_DATA_DIR,

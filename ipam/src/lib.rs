@@ -1,4 +1,7 @@
-//! `cni-ipam`: a host-local compatible IPAM plugin.
+//! The local IPAM library: host-local compatible address management, with
+//! no etcd and no async runtime, so a plugin that embeds it (`cni-bridge`)
+//! stays small and quick to exec. The `cni-ipam` plugin binary and its
+//! cluster mode live in the `cni-ipam` and `cluster-ipam` crates.
 //!
 //! Config, allocation order and the on-disk layout follow
 //! containernetworking's `host-local` (v1.1.1 verified by running it), so
@@ -6,13 +9,13 @@
 //! `lock` file. On top of host-local: crash-safe lease creation, idempotent
 //! ADD, STATUS and GC. See `docs/cni-ipam.md`.
 //!
-//! Embedding: a main plugin calls the verbs of [`Ipam`] in-process with its
-//! own [`Context`]; the IPAM section is read from `ctx.raw["ipam"]`:
+//! Embedding: a main plugin calls the verbs of [`LocalIpam`] in-process
+//! with its own [`Context`]; the IPAM section is read from `ctx.raw["ipam"]`:
 //!
 //! ```no_run
 //! use cni_core::Plugin;
 //! # fn f(ctx: &cni_core::Context) -> cni_core::Result<()> {
-//! let result = ipam::Ipam.add(ctx)?; // ips (no interface index), routes, dns
+//! let result = ipam::LocalIpam.add(ctx)?; // ips (no interface index), routes, dns
 //! # Ok(()) }
 //! ```
 //!
@@ -20,8 +23,6 @@
 //! [`store::disk::DiskStore`] is the on-disk implementation.
 
 pub mod alloc;
-#[cfg(feature = "cluster")]
-pub mod cluster;
 pub mod config;
 pub mod range;
 pub mod store;
@@ -36,16 +37,11 @@ pub use store::disk::DiskStore;
 /// range set N: <ranges>`.
 pub const CODE_EXHAUSTED: u32 = 110;
 
-/// The plugin. Stateless: every call reads its config from the context.
-/// With `ipam.cluster` set the cluster verbs serve the call; otherwise it is
-/// [`LocalIpam`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Ipam;
-
 /// The local store only (host-local semantics), without any cluster code,
 /// for plugins that embed the IPAM in-process and should stay small and
 /// quick to exec: a config with `ipam.cluster` is refused with code 7, so
-/// such a caller checks [`is_cluster_config`] first and execs `cni-ipam`.
+/// such a caller checks [`is_cluster_config`] first and execs `cni-ipam`
+/// (whose `Ipam` serves both modes).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalIpam;
 
@@ -54,63 +50,15 @@ pub fn is_cluster_config(ctx: &Context) -> bool {
     config::ipam_section(ctx).ok().and_then(|s| s.get("cluster")).is_some_and(|v| !v.is_null())
 }
 
-pub(crate) fn disk_store(data_dir: &std::path::Path, network: &str) -> Result<DiskStore> {
+/// The disk store of `network` under `data_dir`, refusing names that
+/// cannot name a directory.
+pub fn disk_store(data_dir: &std::path::Path, network: &str) -> Result<DiskStore> {
     // cni-core validated the name for binary calls; in-process callers may
     // hand us anything, and it becomes a directory name.
     if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0']) {
         return Err(Error::config(format!("network name {network:?} cannot name a store directory")));
     }
     Ok(DiskStore::new(data_dir, network))
-}
-
-/// Cluster mode (`ipam.cluster`): the affine-blocks verbs take over.
-#[cfg(feature = "cluster")]
-fn cluster(ctx: &Context) -> Result<Option<cluster::blocks::ClusterConfig>> {
-    cluster::blocks::verbs::cluster_config(ctx)
-}
-
-#[cfg(not(feature = "cluster"))]
-fn cluster(ctx: &Context) -> Result<Option<std::convert::Infallible>> {
-    match config::ipam_section(ctx)?.get("cluster") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(_) => Err(Error::config("ipam.cluster needs cni-ipam built with the \"cluster\" feature")),
-    }
-}
-
-/// Runs `$cluster` when the config names a cluster mode, else `$local`.
-macro_rules! dispatch {
-    ($ctx:expr, $cc:ident => $cluster:expr, $local:expr) => {{
-        match cluster($ctx)? {
-            #[cfg(feature = "cluster")]
-            Some($cc) => $cluster,
-            #[cfg(not(feature = "cluster"))]
-            Some($cc) => match $cc {},
-            None => $local,
-        }
-    }};
-}
-
-impl Plugin for Ipam {
-    fn add(&self, ctx: &Context) -> Result<CniResult> {
-        dispatch!(ctx, cc => cluster::blocks::verbs::add(ctx, &cc), LocalIpam.add(ctx))
-    }
-
-    fn del(&self, ctx: &Context) -> Result<()> {
-        dispatch!(ctx, cc => cluster::blocks::verbs::del(ctx, &cc), LocalIpam.del(ctx))
-    }
-
-    fn check(&self, ctx: &Context) -> Result<()> {
-        dispatch!(ctx, cc => cluster::blocks::verbs::check(ctx, &cc), LocalIpam.check(ctx))
-    }
-
-    fn status(&self, ctx: &Context) -> Result<()> {
-        dispatch!(ctx, cc => cluster::blocks::verbs::status(ctx, &cc), LocalIpam.status(ctx))
-    }
-
-    fn gc(&self, ctx: &Context) -> Result<()> {
-        // cni-core refuses a GC without the runtime's list, so it is the runtime's own.
-        dispatch!(ctx, cc => cluster::blocks::verbs::gc(ctx, &cc, ctx.gc_valid()), LocalIpam.gc(ctx))
-    }
 }
 
 fn refuse_cluster(ctx: &Context) -> Result<()> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use etcd_kv::testing::EtcdCluster;
 use serde_json::{json, Value};
 use testkit::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
 
@@ -15,6 +16,8 @@ pub fn bin() -> PathBuf {
 }
 
 pub struct Overlay {
+    /// A multi-member etcd on the mgmt bridge, used instead of the lab's own.
+    pub cluster: Option<EtcdCluster>,
     pub lab: Lab,
     pub agents: Vec<Option<ProcessGuard>>,
     pub extra_args: Vec<String>,
@@ -24,12 +27,44 @@ impl Overlay {
     pub fn new(hint: &str, config: Value, extra_args: &[&str]) -> Overlay {
         let mut lab = Lab::new(hint).expect("lab");
         lab.start_etcd().expect("etcd");
-        let o = Overlay { lab, agents: vec![], extra_args: extra_args.iter().map(|s| s.to_string()).collect() };
+        let o = Overlay {
+            cluster: None,
+            lab,
+            agents: vec![],
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
         o.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()]);
         o
     }
 
+    /// Like [`Overlay::new`] with an etcd cluster of `members` on the mgmt
+    /// bridge (reachable from every host) instead of the lab's single etcd.
+    pub fn with_cluster(hint: &str, members: usize, config: Value, extra_args: &[&str]) -> Overlay {
+        let lab = Lab::new(hint).expect("lab");
+        let cluster = EtcdCluster::start_on(members, lab.mgmt_gateway().into()).expect("etcd cluster");
+        let o = Overlay {
+            cluster: Some(cluster),
+            lab,
+            agents: vec![],
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        o.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()]);
+        o
+    }
+
+    /// The etcd endpoints as the hosts reach them, comma-separated.
+    pub fn etcd_endpoints(&self) -> String {
+        match &self.cluster {
+            Some(c) => c.endpoints().join(","),
+            None => self.lab.etcd_url().unwrap(),
+        }
+    }
+
     pub fn etcdctl(&self, args: &[&str]) -> String {
+        if let Some(c) = &self.cluster {
+            let out = c.etcdctl(args).unwrap_or_else(|e| panic!("{e}"));
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
         let url = self.lab.etcd_local_url().expect("etcd running");
         let out =
             Command::new("etcdctl").env("ETCDCTL_API", "3").arg("--endpoints").arg(&url).args(args).output().unwrap();
@@ -49,7 +84,7 @@ impl Overlay {
         let mut a = vec![
             "agent".to_string(),
             "--etcd-endpoints".into(),
-            self.lab.etcd_url().unwrap(),
+            self.etcd_endpoints(),
             "--iface".into(),
             "eth0".into(),
             "--subnet-file".into(),

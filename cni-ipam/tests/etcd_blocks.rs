@@ -9,12 +9,12 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cluster_ipam::{list_blocks, Block};
 use cni_core::{Code, Plugin};
+use cni_ipam::Ipam;
 use common::{addresses, ctx, ip_of, leases, run_json, try_ctx, TestDir, BIN};
-use ipam::cluster::blocks::{list_blocks, Block};
-use ipam::cluster::subnet::EtcdConfig;
-use ipam::cluster::testing::EtcdServer;
-use ipam::Ipam;
+use etcd_kv::testing::EtcdServer;
+use etcd_kv::EtcdConfig;
 use serde_json::{json, Value};
 
 const NET: &str = "blocknet";
@@ -94,10 +94,10 @@ fn etcd_allocations(etcd: &EtcdServer) -> BTreeMap<IpAddr, (String, String)> {
 /// its local write leaves it. Returns the address.
 fn plant_record(etcd: &EtcdServer, host: &str, handle: &str) -> IpAddr {
     let mut blk = blocks(etcd).into_iter().find(|x| x.value.host == host).unwrap();
-    let ip: IpAddr = ipam::cluster::blocks::block_addresses(blk.cidr).last().unwrap();
-    let rec = ipam::cluster::blocks::Allocation { handle: handle.into(), host: host.into() };
+    let ip: IpAddr = cluster_ipam::block_addresses(blk.cidr).last().unwrap();
+    let rec = cluster_ipam::Allocation { handle: handle.into(), host: host.into() };
     blk.value.allocations.insert(ip, rec);
-    let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(blk.cidr));
+    let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(blk.cidr));
     etcd.etcdctl(&["put", &key, &blk.value.to_json()]).unwrap();
     ip
 }
@@ -175,7 +175,7 @@ fn a_host_fills_its_block_then_claims_a_second_and_publishes_on_claim_and_gc() {
     }
     let r = a.add("c0").unwrap();
     assert_eq!(addresses(&r), [first[0].clone()], "ADD is idempotent");
-    assert_eq!(r["ips"][0]["gateway"].as_str().unwrap(), ipam::cluster::blocks::block_range(b1net).gateway.to_string());
+    assert_eq!(r["ips"][0]["gateway"].as_str().unwrap(), cluster_ipam::block_range(b1net).gateway.to_string());
     // Published only in batch: nothing recorded before the next claim.
     assert!(etcd_allocations(&etcd).is_empty());
 
@@ -236,11 +236,11 @@ fn a_freed_address_in_a_full_block_is_reused_before_a_new_claim_and_gc_handles_u
     // GC gives it back instead of leaving it claimed for ever.
     let put_block = |cidr: &str, host: &str, exclusive: bool, handle: Option<&str>| {
         let cidr: ipnetwork::IpNetwork = cidr.parse().unwrap();
-        let key = format!("/cni-ipam/{NET}/blocks/{}", ipam::cluster::blocks::block_key(cidr));
-        let mut value = ipam::cluster::blocks::BlockValue { host: host.into(), exclusive, ..Default::default() };
+        let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(cidr));
+        let mut value = cluster_ipam::BlockValue { host: host.into(), exclusive, ..Default::default() };
         if let Some(h) = handle {
-            let ip = ipam::cluster::blocks::block_addresses(cidr).next().unwrap();
-            value.allocations.insert(ip, ipam::cluster::blocks::Allocation { handle: h.into(), host: host.into() });
+            let ip = cluster_ipam::block_addresses(cidr).next().unwrap();
+            value.allocations.insert(ip, cluster_ipam::Allocation { handle: h.into(), host: host.into() });
         }
         etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
         cidr.to_string()
@@ -542,4 +542,128 @@ fn a_changed_block_size_never_overlaps_existing_blocks() {
             assert!(!x.cidr.contains(y.cidr.network()) && !y.cidr.contains(x.cidr.network()), "{x:?} overlaps {y:?}");
         }
     }
+}
+
+/// 40 blocks of other hosts in 10.219.0.0/22, each with 60 records:
+/// listing the network with its values sends well over 100 kB.
+fn plant_busy_blocks(etcd: &EtcdServer) {
+    for i in 0..40u32 {
+        let cidr: ipnetwork::IpNetwork = format!("10.219.{}.{}/26", i / 4, (i % 4) * 64).parse().unwrap();
+        let mut value = cluster_ipam::BlockValue { host: format!("other-{i}"), exclusive: false, ..Default::default() };
+        for (n, ip) in cluster_ipam::block_addresses(cidr).take(60).enumerate() {
+            value.allocations.insert(
+                ip,
+                cluster_ipam::Allocation { handle: format!("{:064x}/eth0", n), host: format!("other-{i}") },
+            );
+        }
+        let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(cidr));
+        etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+    }
+}
+
+/// Bytes etcd has sent to gRPC clients so far (its Prometheus counter).
+fn etcd_sent_bytes(etcd: &EtcdServer) -> f64 {
+    use std::io::{Read, Write};
+    let port = etcd.endpoint().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find(|l| l.starts_with("etcd_network_client_grpc_sent_bytes_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("etcd_network_client_grpc_sent_bytes_total in /metrics")
+}
+
+#[test]
+fn non_strict_del_reads_only_its_block_and_status_reports_50_when_etcd_is_needed_and_gone() {
+    let mut etcd = EtcdServer::start().unwrap();
+    plant_busy_blocks(&etcd);
+    let h = Host::new(&etcd, "node-s", json!({"pool": "10.219.0.0/16"}));
+    let ip = h.add_ok("s0");
+    h.add_ok("s1");
+    let listing = {
+        let before = etcd_sent_bytes(&etcd);
+        etcd.etcdctl(&["get", "/cni-ipam/", "--prefix"]).unwrap();
+        etcd_sent_bytes(&etcd) - before
+    };
+    assert!(listing > 100_000.0, "the pool listing is big: {listing} bytes");
+
+    // DEL with a local lease: one block read and one CAS, not the listing.
+    let before = etcd_sent_bytes(&etcd);
+    h.del("s0").unwrap();
+    let del = etcd_sent_bytes(&etcd) - before;
+    eprintln!("non-strict DEL: {del} bytes from etcd; listing the pool: {listing} bytes");
+    assert!(del < listing / 20.0, "DEL received {del} bytes from etcd; the listing is {listing}");
+    let recs = etcd_allocations(&etcd);
+    assert!(!recs.contains_key(&ip_of(&ip).parse::<IpAddr>().unwrap()), "record freed");
+    assert!(recs.values().any(|(host, handle)| handle == "s1/eth0" && host == "node-s"), "the other stays");
+    // A repeated DEL (no local lease left) still works, by looking everywhere.
+    h.del("s0").unwrap();
+
+    // STATUS: non-strict needs etcd for every ADD.
+    let status = |host: &Host| Ipam.status(&ctx("STATUS", "", "", &host.conf, ""));
+    status(&h).unwrap();
+    let strict = Host::new(&etcd, "node-t", json!({"pool": "10.219.0.0/16", "strictAffinity": true}));
+    strict.add_ok("t0"); // claims a block with room left
+    etcd.kill();
+    let e = status(&h).unwrap_err();
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+    assert!(e.to_string().contains(&etcd.endpoint()), "names the endpoint: {e}");
+    let (ok, v) = run_json(BIN, "STATUS", "", "", &h.conf, "");
+    assert!(!ok && v["code"] == 50, "{v}");
+    // strictAffinity with room in its block: ADDs work without etcd, so STATUS is fine.
+    status(&strict).unwrap();
+    strict.add_ok("t1");
+    etcd.start_again().unwrap();
+    status(&h).unwrap();
+}
+
+#[test]
+fn non_strict_add_with_full_cached_blocks_claims_without_listing_and_finds_a_lost_claims_record() {
+    let etcd = EtcdServer::start().unwrap();
+    plant_busy_blocks(&etcd);
+    let listing = {
+        let before = etcd_sent_bytes(&etcd);
+        etcd.etcdctl(&["get", "/cni-ipam/", "--prefix"]).unwrap();
+        etcd_sent_bytes(&etcd) - before
+    };
+    let h = Host::new(&etcd, "node-u", json!({"pool": "10.220.0.0/24", "blockSize": 28}));
+    let first: Vec<String> = (0..13).map(|i| h.add_ok(&format!("u{i}"))).collect();
+    assert_eq!(h.cached_blocks().len(), 1, "13 addresses fill one /28");
+
+    // The cached block is full: the 14th ADD claims a second block from the
+    // keys alone.
+    let before = etcd_sent_bytes(&etcd);
+    let fourteenth = h.add_ok("u13");
+    let claim = etcd_sent_bytes(&etcd) - before;
+    eprintln!("non-strict ADD with a full cached block: {claim} bytes from etcd; listing: {listing} bytes");
+    assert!(claim < listing / 20.0, "the claiming ADD received {claim} bytes; the listing is {listing}");
+    assert_eq!(h.cached_blocks().len(), 2);
+    assert!(!first.contains(&fourteenth));
+    for i in 14..26 {
+        h.add_ok(&format!("u{i}"));
+    }
+
+    // Both blocks full. A claim whose answer was lost left a third block in
+    // etcd with this attachment's record, and the claiming marker: the
+    // retried ADD returns that address and claims nothing more.
+    let cached = h.cached_blocks();
+    let lost: ipnetwork::IpNetwork =
+        (0..16).map(|i| format!("10.220.0.{}/28", i * 16)).find(|c| !cached.contains(c)).unwrap().parse().unwrap();
+    let lost_ip = cluster_ipam::block_addresses(lost).next().unwrap();
+    let mut value = cluster_ipam::BlockValue { host: "node-u".into(), exclusive: false, ..Default::default() };
+    value.allocations.insert(lost_ip, cluster_ipam::Allocation { handle: "lost/eth0".into(), host: "node-u".into() });
+    let key = format!("/cni-ipam/{NET}/blocks/{}", cluster_ipam::block_key(lost));
+    etcd.etcdctl(&["put", &key, &value.to_json()]).unwrap();
+    std::fs::write(h.dir.net_dir(NET).join("blocks.claiming"), format!("\"{lost}\"")).unwrap();
+    let got = h.add_ok("lost");
+    assert_eq!(ip_of(&got), lost_ip.to_string(), "the recorded address");
+    assert_eq!(h.cached_blocks().len(), 3, "the lost block is adopted: {:?}", h.cached_blocks());
+    let mine = blocks(&etcd).into_iter().filter(|b| b.value.host == "node-u").count();
+    assert_eq!(mine, 3, "no fourth block");
+    let records = etcd_allocations(&etcd);
+    assert_eq!(records.values().filter(|(host, handle)| host == "node-u" && handle == "lost/eth0").count(), 1);
+    assert_eq!(records.values().filter(|(host, _)| host == "node-u").count(), 27);
 }

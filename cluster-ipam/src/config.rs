@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockError, Result};
-use crate::cluster::subnet::EtcdConfig;
+use etcd_kv::EtcdConfig;
 
 /// Default `etcdPrefix` of the blocks mode.
 pub const DEFAULT_PREFIX: &str = "/cni-ipam";
@@ -143,8 +143,8 @@ impl ClusterConfig {
     /// Block number `i` of the pool (`i < block_count()`).
     pub fn block(&self, i: u128) -> IpNetwork {
         let bits: u32 = if self.pool.is_ipv4() { 32 } else { 128 };
-        let base = crate::range::to_u128(self.pool.network());
-        let ip = crate::range::from_u128(self.pool.network(), base + (i << (bits - u32::from(self.block_size))));
+        let base = ipam::range::to_u128(self.pool.network());
+        let ip = ipam::range::from_u128(self.pool.network(), base + (i << (bits - u32::from(self.block_size))));
         IpNetwork::new(ip, self.block_size).expect("valid prefix")
     }
 

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use super::subnet::{Lease, NetworkConfig};
+use crate::{Lease, NetworkConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetFile {

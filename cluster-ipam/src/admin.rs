@@ -4,7 +4,7 @@
 use ipnetwork::IpNetwork;
 
 use super::{Block, BlockClient, Result};
-use crate::cluster::subnet::EtcdConfig;
+use etcd_kv::EtcdConfig;
 
 /// Every block of `network`, in address order.
 pub async fn list_blocks(etcd: &EtcdConfig, network: &str) -> Result<Vec<Block>> {

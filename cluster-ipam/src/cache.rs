@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterConfig, Result};
-use crate::store::StoreError;
+use ipam::store::StoreError;
 
 pub const CACHE_FILE: &str = "blocks.json";
 const CACHE_TEMP: &str = ".tmp.blocks";
@@ -122,4 +122,24 @@ pub fn clear_full(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io("remove", p, e).into()),
     }
+}
+
+/// The block a non-strict ADD is about to create with its record in it,
+/// written before the create transaction: if the answer is lost (deadline,
+/// kill), the runtime's retried ADD reads this block first and finds its
+/// record there instead of claiming another block.
+pub const CLAIMING_FILE: &str = "blocks.claiming";
+const CLAIMING_TEMP: &str = ".tmp.blocks.claiming";
+
+/// The block [`CLAIMING_FILE`] names, if any.
+pub fn read_claiming(dir: &Path) -> Option<IpNetwork> {
+    serde_json::from_slice(&fs::read(dir.join(CLAIMING_FILE)).ok()?).ok()
+}
+
+/// Records that `block` is about to be created (atomic rename, no fsync:
+/// its loss can cost one leaked record, which DEL's full search frees).
+pub fn write_claiming(dir: &Path, block: IpNetwork) -> std::io::Result<()> {
+    let tmp = dir.join(CLAIMING_TEMP);
+    let body = serde_json::to_vec(&block).expect("block serializes");
+    fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, dir.join(CLAIMING_FILE)))
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::manager::{is_transport_error, Inner, REQUEST_TIMEOUT};
+use etcd_kv::is_transport_error;
+
+use super::manager::{Inner, REQUEST_TIMEOUT};
 use super::{parse_subnet_key, Event};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -116,7 +118,14 @@ async fn run(inner: Arc<Inner>, revision: i64, tx: mpsc::Sender<Event>) {
             }
         }
 
-        let (generation, mut client) = inner.stream_client();
+        let (handle, mut client) = match inner.etcd.stream_client().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("subnet watch: {e}");
+                pause(&mut backoff).await;
+                continue;
+            }
+        };
         let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
         let prefix = inner.subnets_prefix.clone();
         let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, client.watch(prefix, Some(opts))).await {
@@ -124,7 +133,7 @@ async fn run(inner: Arc<Inner>, revision: i64, tx: mpsc::Sender<Event>) {
             Ok(Err(e)) => {
                 tracing::debug!("subnet watch: cannot start: {e}");
                 if is_transport_error(&e) {
-                    inner.stream_failed(generation).await;
+                    inner.etcd.stream_failed(handle);
                 }
                 resync = true;
                 pause(&mut backoff).await;
@@ -132,7 +141,7 @@ async fn run(inner: Arc<Inner>, revision: i64, tx: mpsc::Sender<Event>) {
             }
             Err(_) => {
                 tracing::debug!("subnet watch: no answer within {REQUEST_TIMEOUT:?}");
-                inner.stream_failed(generation).await;
+                inner.etcd.stream_failed(handle);
                 resync = true;
                 pause(&mut backoff).await;
                 continue;
@@ -144,13 +153,13 @@ async fn run(inner: Arc<Inner>, revision: i64, tx: mpsc::Sender<Event>) {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
                     tracing::warn!("subnet watch: stream ended, resyncing");
-                    inner.stream_failed(generation).await;
+                    inner.etcd.stream_failed(handle);
                     break;
                 }
                 Err(e) => {
                     tracing::warn!("subnet watch: stream broke ({e}), resyncing");
                     if is_transport_error(&e) {
-                        inner.stream_failed(generation).await;
+                        inner.etcd.stream_failed(handle);
                     }
                     break;
                 }

@@ -1,18 +1,18 @@
 //! Flannel-compatible subnet leases against a real etcd (one per test, on
-//! free ports, killed on drop): `ipam::cluster::subnet` and the subnet file.
+//! free ports, killed on drop): `subnet_lease` and the subnet file.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipam::cluster::subnet::{
-    subnet_key, Error, EtcdConfig, Event, Lease, LeaseAttrs, NetworkConfig, SubnetManager, Watcher, REQUEST_TIMEOUT,
-};
-use ipam::cluster::subnet_file::{read_subnet_file, write_subnet_file, SubnetFile};
-use ipam::cluster::testing::EtcdServer;
+use etcd_kv::testing::EtcdServer;
 use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
+use subnet_lease::subnet_file::{read_subnet_file, write_subnet_file, SubnetFile};
+use subnet_lease::{
+    subnet_key, Error, EtcdConfig, Event, Lease, LeaseAttrs, NetworkConfig, SubnetManager, Watcher, REQUEST_TIMEOUT,
+};
 
 const CONFIG_KEY: &str = "/coreos.com/network/config";
 const PREFIX: &str = "/coreos.com/network/subnets/";
@@ -76,7 +76,7 @@ async fn unreachable_etcd_missing_and_bad_config() {
 
     let bad = EtcdConfig { cert_file: Some("/nonexistent.pem".into()), ..cfg.clone() };
     let e = SubnetManager::connect(&bad).await.unwrap_err();
-    assert!(matches!(e, Error::InvalidSettings(_)) && !e.is_unavailable(), "{e}");
+    assert!(matches!(e, Error::Etcd(etcd_kv::Error::InvalidSettings(_))) && !e.is_unavailable(), "{e}");
 
     let etcd = EtcdServer::start().unwrap();
     let sm = SubnetManager::connect(&etcd.etcd_config()).await.unwrap();
@@ -528,5 +528,9 @@ async fn tls_with_client_certificates() {
     );
     let http = EtcdConfig { endpoints: vec![etcd.endpoint().replace("https://", "http://")], ..etcd.etcd_config() };
     let e = SubnetManager::connect(&http).await.unwrap_err();
-    assert!(matches!(e, Error::InvalidSettings(_)) && e.to_string().contains("use https:// endpoints"), "{e}");
+    assert!(
+        matches!(e, Error::Etcd(etcd_kv::Error::InvalidSettings(_)))
+            && e.to_string().contains("use https:// endpoints"),
+        "{e}"
+    );
 }

@@ -2,33 +2,36 @@
 //! (create-if-absent, or compare-and-swap on the key's `mod_revision`).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_kv::{EtcdClient, EtcdConfig, Retry, Timeouts};
 use ipnetwork::IpNetwork;
 
 use super::{block_key, parse_block_key, Block, BlockError, BlockValue, Result};
-use crate::cluster::subnet::{connect_options, is_transport_error, EtcdConfig};
 
 /// Budget for all etcd work of one plugin call (connect included). Past it
 /// the call fails with code 11 and leaves nothing behind locally.
 pub const PLUGIN_DEADLINE: Duration = Duration::from_secs(2);
 /// Budget of an admin command.
 pub const ADMIN_DEADLINE: Duration = Duration::from_secs(20);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Per endpoint: a dead member costs at most this before the next one is
+/// tried, within [`PLUGIN_DEADLINE`].
+const PLUGIN_TIMEOUTS: Timeouts =
+    Timeouts { connect: Duration::from_millis(500), request: Duration::from_secs(1), keep_alive: None };
 
 /// Block records of one network: `<prefix>/<network>/blocks/<ip>-<len>`.
 #[derive(Clone)]
 pub struct BlockClient {
-    client: Client,
-    desc: String,
+    etcd: Arc<EtcdClient>,
     /// `<prefix>/<network>/blocks/`
     root: String,
 }
 
 impl std::fmt::Debug for BlockClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockClient").field("etcd", &self.desc).field("root", &self.root).finish()
+        f.debug_struct("BlockClient").field("etcd", &self.etcd.endpoints_desc()).field("root", &self.root).finish()
     }
 }
 
@@ -40,20 +43,21 @@ pub fn blocks_root(prefix: &str, network: &str) -> String {
 }
 
 /// Runs `f` on a fresh current-thread tokio runtime with an overall
-/// `deadline`; past it the result is [`BlockError::Unavailable`]. The
+/// `deadline`; past it the result is [`etcd_kv::Error::Unavailable`]. The
 /// runtime exists only for this call, so the local fast path never pays
 /// for one.
 pub fn block_on<T>(endpoints: &[String], deadline: Duration, f: impl Future<Output = Result<T>>) -> Result<T> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        BlockError::Unavailable { endpoints: endpoints.join(","), reason: format!("cannot start a runtime: {e}") }
-    })?;
+    let unavailable = |reason: String| -> BlockError {
+        etcd_kv::Error::Unavailable { endpoints: endpoints.join(","), reason }.into()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unavailable(format!("cannot start a runtime: {e}")))?;
     rt.block_on(async {
         match tokio::time::timeout(deadline, f).await {
             Ok(r) => r,
-            Err(_) => Err(BlockError::Unavailable {
-                endpoints: endpoints.join(","),
-                reason: format!("no answer within {deadline:?}"),
-            }),
+            Err(_) => Err(unavailable(format!("no answer within {deadline:?}"))),
         }
     })
 }
@@ -62,19 +66,11 @@ impl BlockClient {
     /// A client for `network`'s blocks. Does not wait for etcd: the first
     /// request does (bounded by the caller's deadline).
     pub async fn connect(etcd: &EtcdConfig, network: &str) -> Result<BlockClient> {
-        if etcd.endpoints.is_empty() {
-            return Err(BlockError::Config("no etcd endpoints".into()));
-        }
-        let options = connect_options(etcd).map_err(|e| BlockError::Config(e.to_string()))?;
-        let options = options.with_connect_timeout(CONNECT_TIMEOUT).with_timeout(PLUGIN_DEADLINE);
-        let desc = etcd.endpoints.join(",");
-        let client = Client::connect(&etcd.endpoints, Some(options)).await.map_err(|e| match e {
-            etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
-                BlockError::Config(format!("etcdEndpoints {:?}: {e}", etcd.endpoints))
-            }
-            e => BlockError::Unavailable { endpoints: desc.clone(), reason: format!("connect: {e}") },
+        let client = EtcdClient::new(etcd, PLUGIN_TIMEOUTS).map_err(|e| match e {
+            etcd_kv::Error::InvalidSettings(m) => BlockError::Config(format!("etcd: {m}")),
+            e => e.into(),
         })?;
-        Ok(BlockClient { client, desc, root: blocks_root(&etcd.prefix, network) })
+        Ok(BlockClient { etcd: Arc::new(client), root: blocks_root(&etcd.prefix, network) })
     }
 
     /// `<prefix>/<network>/blocks/`
@@ -87,12 +83,13 @@ impl BlockClient {
         format!("{}{}", self.root, block_key(cidr))
     }
 
-    fn map(&self, op: &'static str, e: etcd_client::Error) -> BlockError {
-        if is_transport_error(&e) {
-            BlockError::Unavailable { endpoints: self.desc.clone(), reason: format!("{op}: {e}") }
-        } else {
-            BlockError::Etcd { op, source: e }
-        }
+    /// One etcd request with failover (see [`EtcdClient::call`]).
+    async fn call<T, F, Fut>(&self, op: &'static str, retry: Retry, f: F) -> Result<T>
+    where
+        F: Fn(etcd_client::Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        Ok(self.etcd.call(op, retry, f).await?)
     }
 
     fn decode(&self, kv: &etcd_client::KeyValue) -> Option<Block> {
@@ -117,31 +114,53 @@ impl BlockClient {
 
     /// Every block of the network, in address order.
     pub async fn list(&self) -> Result<Vec<Block>> {
-        let mut c = self.client.clone();
-        let resp = c
-            .get(self.root.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.map("list blocks", e))?;
+        let root = self.root.clone();
+        let resp = self
+            .call("list blocks", Retry::Idempotent, move |mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         let mut blocks: Vec<Block> = resp.kvs().iter().filter_map(|kv| self.decode(kv)).collect();
-        blocks.sort_by_key(|b| (crate::range::to_u128(b.cidr.network()), b.cidr.prefix()));
+        blocks.sort_by_key(|b| (ipam::range::to_u128(b.cidr.network()), b.cidr.prefix()));
         Ok(blocks)
     }
 
     /// The claimed blocks' CIDRs only (no values: a claim needs to know
     /// what is taken, and the values hold every allocation of the pool).
     pub async fn list_cidrs(&self) -> Result<Vec<IpNetwork>> {
-        let mut c = self.client.clone();
-        let resp = c
-            .get(self.root.clone(), Some(GetOptions::new().with_prefix().with_keys_only()))
-            .await
-            .map_err(|e| self.map("list blocks", e))?;
+        let root = self.root.clone();
+        let resp = self
+            .call("list blocks", Retry::Idempotent, move |mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix().with_keys_only())).await }
+            })
+            .await?;
         Ok(resp.kvs().iter().filter_map(|kv| parse_block_key(&String::from_utf8_lossy(kv.key()))).collect())
+    }
+
+    /// A linearizable count of the network's block keys: succeeds only when
+    /// a member with a leader answers, i.e. when a write could commit.
+    pub async fn probe(&self) -> Result<i64> {
+        let root = self.root.clone();
+        let resp = self
+            .call("probe", Retry::Idempotent, move |mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix().with_count_only())).await }
+            })
+            .await?;
+        Ok(resp.count())
     }
 
     /// One block, if claimed.
     pub async fn get(&self, cidr: IpNetwork) -> Result<Option<Block>> {
-        let mut c = self.client.clone();
-        let resp = c.get(self.key(cidr), None).await.map_err(|e| self.map("get block", e))?;
+        let key = self.key(cidr);
+        let resp = self
+            .call("get block", Retry::Idempotent, move |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().and_then(|kv| self.decode(kv)))
     }
 
@@ -154,8 +173,12 @@ impl BlockClient {
             value.to_json(),
             None,
         )]);
-        let mut c = self.client.clone();
-        let resp = c.txn(txn).await.map_err(|e| self.map("claim block", e))?;
+        let resp = self
+            .call("claim block", Retry::Once, move |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if !resp.succeeded() {
             return Ok(None);
         }
@@ -170,8 +193,12 @@ impl BlockClient {
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, old.mod_revision)])
             .and_then(vec![TxnOp::put(key, value.to_json(), None)]);
-        let mut c = self.client.clone();
-        let resp = c.txn(txn).await.map_err(|e| self.map("update block", e))?;
+        let resp = self
+            .call("update block", Retry::Once, move |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if !resp.succeeded() {
             return Ok(None);
         }
@@ -185,8 +212,12 @@ impl BlockClient {
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, old.mod_revision)])
             .and_then(vec![TxnOp::delete(key, None)]);
-        let mut c = self.client.clone();
-        let resp = c.txn(txn).await.map_err(|e| self.map("delete block", e))?;
+        let resp = self
+            .call("delete block", Retry::Once, move |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         Ok(resp.succeeded())
     }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::client::{block_on, ADMIN_DEADLINE};
 use super::{block_range, list_blocks, remove_host, DEFAULT_PREFIX};
-use crate::cluster::subnet::EtcdConfig;
+use etcd_kv::EtcdConfig;
 
 pub const USAGE: &str = "\
 usage:

@@ -4,10 +4,11 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_kv::{is_not_found, EtcdClient, Retry, Timeouts, LEASE_NOT_FOUND};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use super::Error;
@@ -17,13 +18,10 @@ use super::{
 
 /// Flannel's `raceRetries`: how many lost creation races `acquire` takes.
 pub const RACE_RETRIES: u32 = 10;
-/// Deadline of every unary etcd call; past it the call fails with
-/// [`Error::Unavailable`].
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// HTTP/2 pings, so a watch on a dead connection breaks within ~15 s.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of every etcd request on one endpoint; past it the next
+/// endpoint is tried (reads) or the call fails with
+/// [`etcd_kv::Error::Unavailable`] (writes).
+pub const REQUEST_TIMEOUT: Duration = Timeouts::DAEMON.request;
 /// At most this many free subnets are considered for a random pick.
 const PICK_AMONG: usize = 100;
 
@@ -31,72 +29,31 @@ const PICK_AMONG: usize = 100;
 /// all methods take `&self`. Must be created and used inside one tokio
 /// runtime (the gRPC channel's worker runs there).
 ///
-/// Failure model: every call has a [`REQUEST_TIMEOUT`] deadline; when etcd
-/// is unreachable calls fail fast with [`Error::Unavailable`] and the
-/// connection is rebuilt for the next call, so the manager recovers on its
-/// own once etcd is back (restart, network partition). Nothing is retried
-/// behind the caller's back except lost creation races in `acquire`.
+/// Failure model: every request has a [`REQUEST_TIMEOUT`] deadline per
+/// endpoint; the shared [`EtcdClient`] fails over to the next endpoint
+/// when one is down, and rebuilds a failed endpoint's connection for its
+/// next use, so the manager recovers on its own once etcd is back (member
+/// restart, network partition). When no endpoint answers, calls fail with
+/// [`etcd_kv::Error::Unavailable`]. Nothing else is retried behind the
+/// caller's back except lost creation races in `acquire`.
 pub struct SubnetManager {
     pub(super) inner: Arc<Inner>,
 }
 
 pub(super) struct Inner {
-    endpoints: Vec<String>,
-    options: ConnectOptions,
-    /// (generation, client); replaced after a transport failure.
-    client: Mutex<(u64, Client)>,
+    pub(super) etcd: EtcdClient,
     /// `<prefix>/subnets/`
     pub(super) subnets_prefix: String,
     config_key: String,
-    desc: String,
 }
 
 impl std::fmt::Debug for SubnetManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubnetManager")
-            .field("etcd", &self.inner.desc)
+            .field("etcd", &self.inner.etcd.endpoints_desc())
             .field("prefix", &self.inner.subnets_prefix)
             .finish()
     }
-}
-
-/// etcd-client's message for a keep-alive answered with TTL 0.
-const LEASE_NOT_FOUND: &str = "lease not found";
-
-/// Connection-level failures (as opposed to etcd refusing a request).
-pub(crate) fn is_transport_error(e: &etcd_client::Error) -> bool {
-    use etcd_client::Error as E;
-    match e {
-        E::LeaseKeepAliveError(m) => m != LEASE_NOT_FOUND,
-        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
-        E::GRpcStatus(s) => {
-            use tonic_code::*;
-            let code = s.code() as i32;
-            matches!(code, UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED)
-                || (code == UNKNOWN && {
-                    let m = s.message().to_ascii_lowercase();
-                    m.contains("transport") || m.contains("connect") || m.contains("not ready") || m.contains("broken pipe")
-                })
-                // etcd: "etcdserver: no leader", "leader changed", "request timed out"
-                || s.message().contains("no leader")
-                || s.message().contains("leader changed")
-                || s.message().contains("request timed out")
-        }
-        _ => false,
-    }
-}
-
-/// gRPC status codes (numeric, so tonic need not be a direct dependency).
-mod tonic_code {
-    pub const CANCELLED: i32 = 1;
-    pub const UNKNOWN: i32 = 2;
-    pub const DEADLINE_EXCEEDED: i32 = 4;
-    pub const NOT_FOUND: i32 = 5;
-    pub const UNAVAILABLE: i32 = 14;
-}
-
-fn is_not_found(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() as i32 == tonic_code::NOT_FOUND || s.message().contains("not found"))
 }
 
 /// A random index below `n` (> 0); no `rand` dependency needed for this.
@@ -109,101 +66,14 @@ fn random_below(n: usize) -> usize {
     (h.finish() % n as u64) as usize
 }
 
-pub(crate) fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
-    let mut opts = ConnectOptions::new()
-        .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-        .with_require_leader(true);
-    let tls_wanted = cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some();
-    if tls_wanted {
-        let read = |what: &str, p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| Error::InvalidSettings(format!("cannot read {what} {}: {e}", p.display())))
-        };
-        let mut tls = etcd_client::TlsOptions::new();
-        if let Some(ca) = &cfg.ca_file {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read("CA file", ca)?));
-        }
-        match (&cfg.cert_file, &cfg.key_file) {
-            (Some(cert), Some(key)) => {
-                tls = tls.identity(etcd_client::Identity::from_pem(read("cert file", cert)?, read("key file", key)?));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::InvalidSettings(
-                    "a client certificate needs both the cert file and the key file".into(),
-                ))
-            }
-        }
-        if let Some(e) = cfg.endpoints.iter().find(|e| !e.starts_with("https://")) {
-            return Err(Error::InvalidSettings(format!(
-                "endpoint {e:?} is not https:// but TLS files are set: use https:// endpoints"
-            )));
-        }
-        opts = opts.with_tls(tls);
-    }
-    Ok(opts)
-}
-
 impl Inner {
-    fn unavailable(&self, reason: impl Into<String>) -> Error {
-        Error::Unavailable { endpoints: self.desc.clone(), reason: reason.into() }
-    }
-
-    async fn new_client(&self) -> Result<Client> {
-        Client::connect(&self.endpoints, Some(self.options.clone())).await.map_err(|e| match e {
-            etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
-                Error::InvalidSettings(format!("endpoints {:?}: {e}", self.endpoints))
-            }
-            e => self.unavailable(format!("connect: {e}")),
-        })
-    }
-
-    /// Replaces the client (a fresh gRPC channel) unless someone already
-    /// did since generation `seen`.
-    async fn reconnect(&self, seen: u64) {
-        if self.client.lock().unwrap().0 != seen {
-            return;
-        }
-        match self.new_client().await {
-            Ok(c) => {
-                let mut g = self.client.lock().unwrap();
-                if g.0 == seen {
-                    *g = (seen + 1, c);
-                    tracing::debug!(etcd = %self.desc, "etcd connection rebuilt");
-                }
-            }
-            Err(e) => tracing::debug!("etcd reconnect failed: {e}"),
-        }
-    }
-
-    /// Runs one etcd call with the deadline and error mapping.
-    pub(super) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    /// Runs one etcd request with the deadline, failover and error mapping.
+    pub(super) async fn call<T, F, Fut>(&self, op: &'static str, retry: Retry, f: F) -> Result<T>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let (generation, client) = self.client.lock().unwrap().clone();
-        match tokio::time::timeout(REQUEST_TIMEOUT, f(client)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if is_transport_error(&e) => {
-                self.reconnect(generation).await;
-                Err(self.unavailable(format!("{op}: {e}")))
-            }
-            Ok(Err(e)) => Err(Error::Etcd { op, source: e }),
-            Err(_) => {
-                self.reconnect(generation).await;
-                Err(self.unavailable(format!("{op}: no answer within {REQUEST_TIMEOUT:?}")))
-            }
-        }
-    }
-
-    /// A fresh client for a long-lived stream (watch).
-    pub(super) fn stream_client(&self) -> (u64, Client) {
-        self.client.lock().unwrap().clone()
-    }
-
-    pub(super) async fn stream_failed(&self, generation: u64) {
-        self.reconnect(generation).await
+        Ok(self.etcd.call(op, retry, f).await?)
     }
 
     pub(super) fn key(&self, subnet: Ipv4Network, ipv6_subnet: Option<Ipv6Network>) -> String {
@@ -222,16 +92,20 @@ impl Inner {
     /// Time left on an etcd lease (0 when already gone).
     pub(super) async fn ttl_of(&self, id: i64) -> Result<Duration> {
         let resp =
-            self.call("lease time-to-live", move |mut c| async move { c.lease_time_to_live(id, None).await }).await?;
+            self.call("lease time-to-live", Retry::Idempotent, move |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await?;
         Ok(Duration::from_secs(resp.ttl().max(0) as u64))
     }
 
     /// All leases (bad records skipped with a warning) and the revision.
     pub(super) async fn list(&self, with_ttl: bool) -> Result<(Vec<Lease>, i64)> {
         let prefix = self.subnets_prefix.clone();
-        let resp =
-            self.call("list subnets", move |mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        let resp = self
+            .call("list subnets", Retry::Idempotent, move |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -254,9 +128,9 @@ impl Inner {
         if id == 0 {
             return;
         }
-        match self.call("lease revoke", move |mut c| async move { c.lease_revoke(id).await }).await {
+        match self.call("lease revoke", Retry::Idempotent, move |mut c| async move { c.lease_revoke(id).await }).await {
             Ok(_) => {}
-            Err(Error::Etcd { source, .. }) if is_not_found(&source) => {}
+            Err(Error::Etcd(etcd_kv::Error::Etcd { source, .. })) if is_not_found(&source) => {}
             Err(e) => tracing::warn!("could not revoke etcd lease {id:x}: {e}"),
         }
     }
@@ -271,39 +145,24 @@ struct Grant {
 }
 
 impl SubnetManager {
-    /// Connects and checks that etcd answers (an [`Error::Unavailable`]
+    /// Connects and checks that etcd answers (an [`etcd_kv::Error::Unavailable`]
     /// otherwise, so admin commands fail fast; an agent retries).
     pub async fn connect(cfg: &EtcdConfig) -> Result<SubnetManager> {
-        if cfg.endpoints.is_empty() {
-            return Err(Error::InvalidSettings("no etcd endpoints".into()));
-        }
-        let options = connect_options(cfg)?;
+        let etcd = EtcdClient::new(cfg, Timeouts::DAEMON)?;
         let prefix = cfg.prefix.trim_end_matches('/');
-        let prefix = if cfg.prefix.is_empty() { DEFAULT_PREFIX } else { prefix };
-        let desc = cfg.endpoints.join(",");
-        let probe = Client::connect(&cfg.endpoints, Some(options.clone())).await;
-        let inner = Inner {
-            endpoints: cfg.endpoints.clone(),
-            options,
-            client: Mutex::new((
-                0,
-                match probe {
-                    Ok(c) => c,
-                    Err(e) => return Err(Error::InvalidSettings(format!("endpoints {:?}: {e}", cfg.endpoints))),
-                },
-            )),
-            subnets_prefix: format!("{prefix}/subnets/"),
-            config_key: format!("{prefix}/config"),
-            desc,
-        };
+        let prefix = if prefix.is_empty() { DEFAULT_PREFIX } else { prefix };
+        let inner =
+            Inner { etcd, subnets_prefix: format!("{prefix}/subnets/"), config_key: format!("{prefix}/config") };
         let key = inner.config_key.clone();
-        let probe = inner
-            .call("connect", move |mut c| async move { c.get(key, Some(GetOptions::new().with_count_only())).await });
+        let probe = inner.call("connect", Retry::Idempotent, move |mut c| {
+            let key = key.clone();
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+        });
         match probe.await {
             Ok(_) => Ok(SubnetManager { inner: Arc::new(inner) }),
-            Err(Error::Unavailable { endpoints, reason }) if cfg.ca_file.is_some() || cfg.cert_file.is_some() => {
+            Err(Error::Etcd(etcd_kv::Error::Unavailable { endpoints, reason })) if cfg.uses_tls() => {
                 let reason = format!("{reason} (TLS in use: check the CA file and the client certificate)");
-                Err(Error::Unavailable { endpoints, reason })
+                Err(etcd_kv::Error::Unavailable { endpoints, reason }.into())
             }
             Err(e) => Err(e),
         }
@@ -322,7 +181,13 @@ impl SubnetManager {
     /// Reads and checks `<prefix>/config`.
     pub async fn network_config(&self) -> Result<NetworkConfig> {
         let key = self.inner.config_key.clone();
-        let resp = self.inner.call("get network config", move |mut c| async move { c.get(key, None).await }).await?;
+        let resp = self
+            .inner
+            .call("get network config", Retry::Idempotent, move |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         match resp.kvs().first() {
             None => Err(Error::ConfigNotFound { key: self.inner.config_key.clone() }),
             Some(kv) => NetworkConfig::parse(kv.value()),
@@ -333,7 +198,12 @@ impl SubnetManager {
     pub async fn set_network_config(&self, json: &[u8]) -> Result<NetworkConfig> {
         let cfg = NetworkConfig::parse(json)?;
         let (key, value) = (self.inner.config_key.clone(), json.to_vec());
-        self.inner.call("put network config", move |mut c| async move { c.put(key, value, None).await }).await?;
+        self.inner
+            .call("put network config", Retry::Idempotent, move |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            })
+            .await?;
         Ok(cfg)
     }
 
@@ -374,7 +244,7 @@ impl SubnetManager {
         ttl: Duration,
     ) -> Result<Lease> {
         if ttl.is_zero() {
-            return Err(Error::InvalidSettings("lease TTL must be at least 1 s".into()));
+            return Err(Error::InvalidTtl("a lease TTL must be at least 1 s".into()));
         }
         let ttl_secs = ttl.as_secs() as i64 + i64::from(ttl.subsec_nanos() > 0);
         let mut grant = None;
@@ -389,8 +259,10 @@ impl SubnetManager {
         if let Some(g) = grant {
             return Ok((g.id, g.ttl));
         }
-        let resp =
-            self.inner.call("lease grant", move |mut c| async move { c.lease_grant(ttl_secs, None).await }).await?;
+        let resp = self
+            .inner
+            .call("lease grant", Retry::Once, move |mut c| async move { c.lease_grant(ttl_secs, None).await })
+            .await?;
         *grant = Some(Grant { id: resp.id(), ttl: resp.ttl(), used: false });
         Ok((resp.id(), resp.ttl()))
     }
@@ -424,7 +296,12 @@ impl SubnetManager {
                     let txn = Txn::new()
                         .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, own.revision)])
                         .and_then(vec![TxnOp::put(key.clone(), value.clone(), put)]);
-                    let resp = inner.call("re-take own lease", move |mut c| async move { c.txn(txn).await }).await?;
+                    let resp = inner
+                        .call("re-take own lease", Retry::Once, move |mut c| {
+                            let txn = txn.clone();
+                            async move { c.txn(txn).await }
+                        })
+                        .await?;
                     if !resp.succeeded() {
                         continue;
                     }
@@ -448,7 +325,12 @@ impl SubnetManager {
                 let txn = Txn::new()
                     .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, own.revision)])
                     .and_then(vec![TxnOp::delete(key, None)]);
-                let resp = inner.call("delete stale own lease", move |mut c| async move { c.txn(txn).await }).await?;
+                let resp = inner
+                    .call("delete stale own lease", Retry::Once, move |mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await?;
                 if !resp.succeeded() {
                     continue;
                 }
@@ -464,7 +346,12 @@ impl SubnetManager {
             let txn = Txn::new()
                 .when(vec![Compare::version(v4_prefix, CompareOp::Equal, 0).with_prefix()])
                 .and_then(vec![TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(lease_id)))]);
-            let resp = inner.call("create lease", move |mut c| async move { c.txn(txn).await }).await?;
+            let resp = inner
+                .call("create lease", Retry::Once, move |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
             if !resp.succeeded() {
                 tracing::debug!(%subnet, attempt, "lost the race for a subnet, retrying");
                 continue;
@@ -499,7 +386,7 @@ impl SubnetManager {
             // etcd-client's keep_alive() sends the first keep-alive itself and
             // fails with "lease not found" when etcd answers TTL 0.
             let alive = inner
-                .call("lease keep-alive", move |mut c| async move {
+                .call("lease keep-alive", Retry::Idempotent, move |mut c| async move {
                     match c.lease_keep_alive(id).await {
                         Ok(_) => Ok(true),
                         Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == LEASE_NOT_FOUND => Ok(false),
@@ -513,7 +400,12 @@ impl SubnetManager {
         }
         let key = inner.key(lease.subnet, lease.ipv6_subnet);
         let k = key.clone();
-        let resp = inner.call("check lease key", move |mut c| async move { c.get(k, None).await }).await?;
+        let resp = inner
+            .call("check lease key", Retry::Idempotent, move |mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?;
         match resp.kvs().first() {
             None => {
                 inner.revoke_quietly(lease.etcd_lease).await;
@@ -545,7 +437,10 @@ impl SubnetManager {
         let inner = &self.inner;
         let prefix = inner.key(subnet, None);
         let resp = inner
-            .call("find lease", move |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .call("find lease", Retry::Idempotent, move |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let mut removed = false;
         for kv in resp.kvs() {
@@ -554,7 +449,12 @@ impl SubnetManager {
                 continue;
             }
             let k = key.clone();
-            let del = inner.call("delete lease", move |mut c| async move { c.delete(k, None).await }).await?;
+            let del = inner
+                .call("delete lease", Retry::Idempotent, move |mut c| {
+                    let k = k.clone();
+                    async move { c.delete(k, None).await }
+                })
+                .await?;
             removed |= del.deleted() > 0;
             inner.revoke_quietly(kv.lease()).await;
             tracing::info!(%key, "removed subnet lease");

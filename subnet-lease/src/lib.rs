@@ -1,4 +1,5 @@
-//! Flannel-compatible subnet leases in etcd (v3 API).
+//! Flannel-compatible subnet leases in etcd (v3 API): the overlay's control
+//! plane. Each host leases one pod subnet of a cluster-wide network.
 //!
 //! Layout (Flannel's, so a Flannel agent and ours can share one etcd):
 //!
@@ -16,8 +17,8 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use ipam::cluster::subnet::{EtcdConfig, LeaseAttrs, SubnetManager};
-//! # async fn f() -> ipam::cluster::subnet::Result<()> {
+//! use subnet_lease::{EtcdConfig, LeaseAttrs, SubnetManager};
+//! # async fn f() -> subnet_lease::Result<()> {
 //! let sm = SubnetManager::connect(&EtcdConfig::default()).await?;
 //! let cfg = sm.network_config().await?;
 //! let attrs = LeaseAttrs::new("192.168.1.10".parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1}));
@@ -30,7 +31,6 @@
 //! ```
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -38,44 +38,16 @@ use serde::{Deserialize, Serialize};
 
 mod config;
 mod manager;
+pub mod subnet_file;
 mod watch;
 
 pub use config::{Backend, BackendKind, NetworkConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, MAX_VNI};
-pub(crate) use manager::{connect_options, is_transport_error};
+pub use etcd_kv::EtcdConfig;
 pub use manager::{SubnetManager, RACE_RETRIES, REQUEST_TIMEOUT};
 pub use watch::Watcher;
 
 /// Flannel's default `--etcd-prefix`.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
-
-/// Where etcd is and how to reach it (Flannel's `--etcd-endpoints`,
-/// `--etcd-prefix`, `--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
-///
-/// `prefix` has no trailing `/` (one is ignored; empty means the default).
-/// Endpoints are URLs (`http://127.0.0.1:2379`, `https://…`); with any TLS
-/// file set they must all be `https://`. A client certificate needs both
-/// `cert_file` and `key_file`; `ca_file` alone gives server-verified TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdConfig {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
-
-impl Default for EtcdConfig {
-    /// `http://127.0.0.1:2379` and `/coreos.com/network`, like Flannel.
-    fn default() -> Self {
-        EtcdConfig {
-            endpoints: vec!["http://127.0.0.1:2379".to_string()],
-            prefix: DEFAULT_PREFIX.to_string(),
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-        }
-    }
-}
 
 /// A lease's value: Flannel's `LeaseAttrs` JSON, field names exactly
 /// Flannel's (`PublicIP`, `PublicIPv6`, `BackendType`, `BackendData`,
@@ -156,17 +128,10 @@ pub enum Event {
 /// Errors of [`SubnetManager`] and [`NetworkConfig::parse`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// etcd could not be reached, did not answer in time, or has no leader.
-    /// Retry later; the CNI side maps this to code 11 ("try again later").
-    #[error("etcd unavailable at {endpoints}: {reason}")]
-    Unavailable { endpoints: String, reason: String },
-    /// etcd answered with an error.
-    #[error("etcd {op} failed: {source}")]
-    Etcd {
-        op: &'static str,
-        #[source]
-        source: etcd_client::Error,
-    },
+    /// etcd unreachable, slow, leaderless, or refusing a request; bad client
+    /// settings ([`etcd_kv::Error`], shared with the blocks IPAM).
+    #[error(transparent)]
+    Etcd(#[from] etcd_kv::Error),
     #[error(
         "no network config at {key}: create it with the etcd v3 API, e.g. \
          etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'"
@@ -175,9 +140,9 @@ pub enum Error {
     /// The network JSON is unusable; the message names the key.
     #[error("invalid network config: {0}")]
     InvalidConfig(String),
-    /// Bad client settings (endpoints, TLS files, TTL).
-    #[error("invalid etcd client settings: {0}")]
-    InvalidSettings(String),
+    /// A lease TTL of zero.
+    #[error("invalid lease TTL: {0}")]
+    InvalidTtl(String),
     #[error(
         "subnet pool exhausted: all {total} /{subnet_len} subnets of Network {network} between SubnetMin {min} and \
          SubnetMax {max} are leased; remove stale hosts or widen the range"
@@ -200,11 +165,7 @@ pub enum Error {
 impl Error {
     /// True when etcd is unreachable or leaderless: a retry may succeed.
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            Error::Unavailable { .. } => true,
-            Error::Etcd { source, .. } => manager::is_transport_error(source),
-            _ => false,
-        }
+        matches!(self, Error::Etcd(e) if e.is_unavailable())
     }
 }
 

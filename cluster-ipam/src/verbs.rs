@@ -25,11 +25,11 @@ use super::{
     block_key, block_range, handle, Allocation, Block, BlockClient, BlockError, BlockValue, ClusterConfig, Result,
     PLUGIN_DEADLINE,
 };
-use crate::alloc;
-use crate::config::IpamConfig;
-use crate::range::{to_u128, Range, RangeSet};
-use crate::store::{Lease, Locked, Owner, Store};
-use crate::CODE_EXHAUSTED;
+use ipam::alloc;
+use ipam::config::IpamConfig;
+use ipam::range::{to_u128, Range, RangeSet};
+use ipam::store::{Lease, Locked, Owner, Store};
+use ipam::CODE_EXHAUSTED;
 
 /// Budget of the etcd part of a GC (it may touch every block).
 pub const GC_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ const PUBLISH_BUDGET: Duration = Duration::from_millis(500);
 
 /// The `ipam.cluster` section, when the config has one.
 pub fn cluster_config(ctx: &Context) -> CniRes<Option<ClusterConfig>> {
-    let ipam = crate::config::ipam_section(ctx)?;
+    let ipam = ipam::config::ipam_section(ctx)?;
     match ipam.get("cluster") {
         None | Some(Value::Null) => Ok(None),
         Some(v) => Ok(Some(ClusterConfig::parse(&ctx.conf.name, v)?)),
@@ -85,7 +85,7 @@ fn owner_handle(owner: &Owner) -> String {
 pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
     let mut conf = common_config(ctx)?;
     let dns = conf.dns()?;
-    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     let locked = store.lock()?;
     let mut cache = BlockCache::read(store.dir(), cc)?;
     let (cid, ifname) = (ctx.container_id.as_str(), ctx.ifname.as_str());
@@ -339,7 +339,7 @@ fn add_shared(
     let h = handle(cid, ifname);
     // A stale local lease must not be handed out twice.
     let taken = |ip: IpAddr| locked.is_reserved(ip).unwrap_or(true);
-    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken, &cache.blocks))?;
+    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken, &cache.blocks, dir))?;
     let undo = |e: Error| -> Error {
         if let Err(re) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h)) {
             tracing::error!(%ip, "rollback of the etcd allocation failed (GC will free it): {re}");
@@ -387,43 +387,64 @@ async fn try_take(
     Ok(picked)
 }
 
-/// How many of its cached blocks a non-strict ADD tries one by one before
-/// it lists every block of the pool.
-const SHARED_FAST_TRIES: usize = 2;
-
 /// The etcd side of a non-strict ADD. Returns the address and the host's
 /// blocks afterwards.
 ///
-/// Fast path: the host's last [`SHARED_FAST_TRIES`] cached blocks (the
-/// highest addresses, where claims go first) are read one key each and
-/// the address taken by CAS, as long as they have room. Otherwise (no
-/// cache, or they are full) every block of the pool is listed with its
-/// value, which costs more the more the pool holds.
+/// With cached blocks, the pool is never listed with its values:
+/// 1. the host's cached blocks are read one key each, newest first, and
+///    the address taken by CAS in the first with room (a record of this
+///    attachment found there is returned: a retried ADD);
+/// 2. the block named by [`cache::CLAIMING_FILE`] (a claim whose answer
+///    was lost) is read the same way;
+/// 3. the taken block keys are listed without values and a new block is
+///    created with the record in it (the claiming file written first).
+///
+/// Only a host without a cache (its first ADD, or the first after a
+/// reboot emptied the tmpfs dataDir) lists every block with its value, to
+/// adopt its blocks and find a lost ADD's record; and so does an ADD when
+/// no block is left unclaimed and it must borrow from another host.
 async fn allocate_shared(
     cc: &ClusterConfig,
     h: &str,
     taken: &dyn Fn(IpAddr) -> bool,
     cached: &[IpNetwork],
+    dir: &Path,
 ) -> Result<(IpAddr, Vec<IpNetwork>)> {
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
     let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
     let is_mine = |v: &BlockValue| v.host == cc.host;
-    for cidr in cached.iter().rev().take(SHARED_FAST_TRIES) {
-        let Some(b) = client.get(*cidr).await? else { continue };
-        if !is_mine(&b.value) {
-            continue;
+    let mut own: Vec<IpNetwork> = cached.to_vec();
+    if !cached.is_empty() {
+        let claiming = cache::read_claiming(dir).filter(|c| !cached.contains(c) && cc.is_block(*c));
+        let candidates = cached.iter().rev().copied().chain(claiming);
+        for cidr in candidates {
+            let Some(b) = client.get(cidr).await? else { continue };
+            if !is_mine(&b.value) {
+                continue;
+            }
+            if !own.contains(&cidr) {
+                own.push(cidr);
+                own.sort_by_key(|c| to_u128(c.network()));
+            }
+            if let Some(ip) = recorded_for(cc, &b, h) {
+                return Ok((ip, own));
+            }
+            if let Some(ip) = try_take(&client, &b, &rec, taken, &is_mine).await? {
+                return Ok((ip, own));
+            }
         }
-        if let Some(ip) = recorded_for(cc, &b, h) {
-            return Ok((ip, cached.to_vec()));
-        }
-        if let Some(ip) = try_take(&client, &b, &rec, taken, &is_mine).await? {
-            return Ok((ip, cached.to_vec()));
+        let claimed = client.list_cidrs().await?;
+        if let Some(b) = claim_shared(&client, cc, &claimed, &rec, taken, dir).await? {
+            let ip = *b.value.allocations.keys().next().expect("made with one allocation");
+            own.push(b.cidr);
+            own.sort_by_key(|c| to_u128(c.network()));
+            return Ok((ip, own));
         }
     }
 
+    // No cache, or nothing left to claim: every block with its value.
     let blocks = client.list().await?;
-    let mut own: Vec<IpNetwork> =
-        blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
+    own = blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
     // An ADD retried after its answer was lost: the record is already there.
     for b in &blocks {
         if let Some(ip) = recorded_for(cc, b, h) {
@@ -435,16 +456,8 @@ async fn allocate_shared(
             return Ok((ip, own));
         }
     }
-
-    let make = |cidr: IpNetwork| {
-        let fresh = Block { cidr, value: BlockValue::default(), mod_revision: 0 };
-        let ip = fresh.first_free(taken)?;
-        let mut v = BlockValue { host: cc.host.clone(), exclusive: false, allocations: BTreeMap::new() };
-        v.allocations.insert(ip, rec.clone());
-        Some(v)
-    };
     let claimed: Vec<IpNetwork> = blocks.iter().map(|b| b.cidr).collect();
-    if let Some(b) = claim_new(&client, cc, &claimed, make).await? {
+    if let Some(b) = claim_shared(&client, cc, &claimed, &rec, taken, dir).await? {
         let ip = *b.value.allocations.keys().next().expect("made with one allocation");
         own.push(b.cidr);
         own.sort_by_key(|c| to_u128(c.network()));
@@ -468,6 +481,29 @@ async fn allocate_shared(
             own.len()
         ),
     })
+}
+
+/// Claims a new block holding `rec` at its first free address, writing
+/// [`cache::CLAIMING_FILE`] before each create.
+async fn claim_shared(
+    client: &BlockClient,
+    cc: &ClusterConfig,
+    claimed: &[IpNetwork],
+    rec: &Allocation,
+    taken: &dyn Fn(IpAddr) -> bool,
+    dir: &Path,
+) -> Result<Option<Block>> {
+    let make = |cidr: IpNetwork| {
+        let fresh = Block { cidr, value: BlockValue::default(), mod_revision: 0 };
+        let ip = fresh.first_free(taken)?;
+        if let Err(e) = cache::write_claiming(dir, cidr) {
+            tracing::warn!(block = %cidr, "cannot record the block being claimed: {e}");
+        }
+        let mut v = BlockValue { host: cc.host.clone(), exclusive: false, allocations: BTreeMap::new() };
+        v.allocations.insert(ip, rec.clone());
+        Some(v)
+    };
+    claim_new(client, cc, claimed, make).await
 }
 
 /// Drops every etcd record of this host for handle `h` (deleting an
@@ -513,8 +549,8 @@ pub(super) fn finish_change(cur: &Block, v: BlockValue) -> Option<Option<BlockVa
 /// local lease for the retry), then the local lease. strictAffinity: local
 /// only, plus etcd for an address outside our blocks (borrowed earlier).
 pub fn del(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
-    let (data_dir, network) = crate::config::store_location(ctx)?;
-    let store = crate::disk_store(&data_dir, &network)?;
+    let (data_dir, network) = ipam::config::store_location(ctx)?;
+    let store = ipam::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
     let h = handle(&ctx.container_id, &ctx.ifname);
     cache::clear_full(store.dir())?;
@@ -526,11 +562,53 @@ pub fn del(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
         }
         tracing::info!(?released, "released leases");
     } else {
-        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h))?;
+        let held: Vec<IpAddr> =
+            locked.leased_to(&ctx.container_id, &ctx.ifname)?.into_iter().filter(|ip| cc.pool.contains(*ip)).collect();
+        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_held(cc, &h, &held))?;
         let released = locked.release(&ctx.container_id, &ctx.ifname)?;
         tracing::info!(?released, "released leases");
     }
     Ok(())
+}
+
+/// Non-strict DEL in etcd: the blocks of the attachment's local leases are
+/// read one key each and the records dropped there. Only when that finds
+/// nothing to drop (no local lease: a repeated DEL, or an ADD whose answer
+/// was lost after etcd recorded it) is every block listed, as
+/// [`release_handle`] does.
+async fn release_held(cc: &ClusterConfig, h: &str, held: &[IpAddr]) -> Result<Vec<IpAddr>> {
+    if held.is_empty() {
+        return release_handle(cc, h).await;
+    }
+    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let mut freed = Vec::new();
+    for ip in held {
+        let cidr = IpNetwork::new(*ip, cc.block_size).map_err(|e| BlockError::Config(e.to_string()))?;
+        let cidr = IpNetwork::new(cidr.network(), cc.block_size).map_err(|e| BlockError::Config(e.to_string()))?;
+        let Some(b) = client.get(cidr).await? else { continue };
+        let mine = |a: &Allocation| a.host == cc.host && a.handle == h;
+        if !b.value.allocations.get(ip).is_some_and(mine) {
+            continue;
+        }
+        client
+            .modify(b, |cur| {
+                let mut v = cur.value.clone();
+                if !v.allocations.get(ip).is_some_and(mine) {
+                    return None;
+                }
+                v.allocations.remove(ip);
+                finish_change(cur, v)
+            })
+            .await?;
+        freed.push(*ip);
+    }
+    if freed.is_empty() {
+        // The record is not where the local lease says (a block of another
+        // size after a blockSize change): look everywhere.
+        return release_handle(cc, h).await;
+    }
+    tracing::info!(?freed, handle = h, "freed allocations in etcd");
+    Ok(freed)
 }
 
 /// CHECK: the attachment holds an address of the pool, and `prevResult`
@@ -539,17 +617,35 @@ pub fn check(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let mut conf = common_config(ctx)?;
     let pool = Range::new(cc.pool, None, None, None).map_err(Error::config)?;
     conf.range_sets = vec![RangeSet::new(vec![pool]).map_err(Error::config)?];
-    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
+    let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     let prev = ctx.prev_result()?;
     alloc::check(&store, &conf, &ctx.container_id, &ctx.ifname, prev.as_ref())
 }
 
-/// STATUS: the local store must be writable (etcd is not probed: STATUS
-/// must stay cheap, and an ADD that needs etcd reports code 11 itself).
-pub fn status(ctx: &Context, _cc: &ClusterConfig) -> CniRes<()> {
+/// STATUS: the local store must be writable, and etcd must answer (with a
+/// leader) whenever the next ADD would need it: always in non-strict mode
+/// (every ADD records its address there), under strictAffinity when the
+/// host has no block with room left. Either failure is code 50 ("the
+/// plugin is not available"), so a runtime stops sending ADDs that would
+/// fail with 11.
+pub fn status(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let conf = common_config(ctx)?;
-    let store = crate::disk_store(&conf.data_dir, &conf.network)?;
-    store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))
+    let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
+    store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))?;
+    let needs_etcd = !cc.strict_affinity || {
+        let cache = BlockCache::read(store.dir(), cc)?;
+        let full = cache::read_full(store.dir());
+        cache.blocks.iter().all(|b| full.contains(b))
+    };
+    if needs_etcd {
+        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, async {
+            BlockClient::connect(&cc.etcd, &cc.network).await?.probe().await
+        })
+        .map_err(|e| {
+            Error::new(Code::Unavailable, "cluster IPAM: etcd unavailable, ADDs would fail").with_details(&e)
+        })?;
+    }
+    Ok(())
 }
 
 /// GC: the local GC, then in etcd every record of this host whose handle
@@ -557,8 +653,8 @@ pub fn status(ctx: &Context, _cc: &ClusterConfig) -> CniRes<()> {
 /// replaced by the local leases (the batch publish). Empty blocks but one
 /// go back to the pool; the cache follows etcd.
 pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()> {
-    let (data_dir, network) = crate::config::store_location(ctx)?;
-    let store = crate::disk_store(&data_dir, &network)?;
+    let (data_dir, network) = ipam::config::store_location(ctx)?;
+    let store = ipam::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
     cache::clear_full(store.dir())?;
     let local = alloc::gc_locked(&*locked, valid);

@@ -4,8 +4,9 @@
 mod common;
 
 use cni_core::{Code, Plugin};
+use cni_ipam::Ipam;
 use common::*;
-use ipam::{Ipam, CODE_EXHAUSTED};
+use ipam::CODE_EXHAUSTED;
 use serde_json::{json, Value};
 
 fn add(conf: &Value, id: &str) -> cni_core::Result<cni_core::CniResult> {

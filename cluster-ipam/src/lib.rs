@@ -1,4 +1,5 @@
-//! Affine blocks (Calico-style cluster IPAM): a pool CIDR is cut into blocks
+//! Cluster IPAM with affine blocks (Calico-style), the `ipam.cluster` mode
+//! of the `cni-ipam` plugin: a pool CIDR is cut into blocks
 //! (default /26); a host claims whole blocks in etcd with a create-if-absent
 //! transaction and hands out addresses inside them. See
 //! `docs/cluster-ipam.md`, section "Affine blocks".
@@ -42,8 +43,8 @@ pub use admin::{list_blocks, remove_host, RemoveReport};
 pub use client::{BlockClient, ADMIN_DEADLINE, PLUGIN_DEADLINE};
 pub use config::{ClusterConfig, DEFAULT_BLOCK_SIZE_V4, DEFAULT_BLOCK_SIZE_V6, DEFAULT_PREFIX};
 
-use crate::range::{from_u128, to_u128, Range};
-use crate::store::StoreError;
+use ipam::range::{from_u128, to_u128, Range};
+use ipam::store::StoreError;
 
 /// One address's record in a block: who holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,16 +134,10 @@ pub enum BlockError {
     /// The `ipam.cluster` section is unusable (code 7).
     #[error("invalid ipam.cluster config: {0}")]
     Config(String),
-    /// etcd could not be reached or did not answer in time (code 11).
-    #[error("etcd unavailable at {endpoints}: {reason}")]
-    Unavailable { endpoints: String, reason: String },
-    /// etcd refused a request (code 11 when it is a transport failure).
-    #[error("etcd {op} failed: {source}")]
-    Etcd {
-        op: &'static str,
-        #[source]
-        source: etcd_client::Error,
-    },
+    /// etcd unreachable, slow or leaderless (code 11), or refusing a request
+    /// (code 5); the one etcd error type, shared with the subnet leases.
+    #[error(transparent)]
+    Etcd(#[from] etcd_kv::Error),
     /// No address left for this host (code 110).
     #[error("no IP addresses available in pool {pool} for host {host}: {detail}")]
     Exhausted { pool: IpNetwork, host: String, detail: String },
@@ -157,8 +152,8 @@ impl BlockError {
     /// True when a retry later may succeed (etcd down, slow or contended).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            BlockError::Unavailable { .. } | BlockError::TooManyRaces { .. } => true,
-            BlockError::Etcd { source, .. } => crate::cluster::subnet::is_transport_error(source),
+            BlockError::TooManyRaces { .. } => true,
+            BlockError::Etcd(e) => e.is_unavailable(),
             _ => false,
         }
     }
@@ -171,7 +166,7 @@ impl From<BlockError> for cni_core::Error {
         use cni_core::{Code, Error};
         match e {
             BlockError::Config(m) => Error::config(format!("invalid ipam.cluster config: {m}")),
-            BlockError::Exhausted { .. } => Error::new(Code::Other(crate::CODE_EXHAUSTED), e.to_string()),
+            BlockError::Exhausted { .. } => Error::new(Code::Other(ipam::CODE_EXHAUSTED), e.to_string()),
             BlockError::Store(s) => s.into(),
             e if e.is_unavailable() => {
                 Error::new(Code::TryAgainLater, "cluster IPAM: etcd unavailable, try again later").with_details(&e)

@@ -31,14 +31,14 @@ fn p90(v: &[Duration]) -> Duration {
 fn timed_add(conf: &Value, id: &str) -> Duration {
     let c = ctx("ADD", id, "eth0", conf, "");
     let t0 = Instant::now();
-    ipam::Ipam.add(&c).unwrap();
+    cni_ipam::Ipam.add(&c).unwrap();
     t0.elapsed()
 }
 
 fn timed_del(conf: &Value, id: &str) -> Duration {
     let c = ctx("DEL", id, "eth0", conf, "");
     let t0 = Instant::now();
-    ipam::Ipam.del(&c).unwrap();
+    cni_ipam::Ipam.del(&c).unwrap();
     t0.elapsed()
 }
 

@@ -67,7 +67,7 @@ fn shares_a_data_dir_with_host_local() {
             assert!(ok, "ADD {id}: {v}");
             v
         } else {
-            let r = ipam::Ipam.add(&ctx("ADD", &id, "eth0", &ours, "")).unwrap_or_else(|e| panic!("ADD {id}: {e}"));
+            let r = cni_ipam::Ipam.add(&ctx("ADD", &id, "eth0", &ours, "")).unwrap_or_else(|e| panic!("ADD {id}: {e}"));
             r.to_json(cni_core::Version::V1_0_0)
         };
         for ip in ips(&v) {

@@ -11,8 +11,8 @@
 //! partition: connections stay open, nothing answers.
 //!
 //! ```no_run
-//! let etcd = ipam::cluster::testing::EtcdServer::start().unwrap();
-//! let cfg = etcd.etcd_config(); // endpoints + default prefix
+//! let etcd = etcd_kv::testing::EtcdServer::start().unwrap();
+//! let cfg = etcd.etcd_config(); // endpoints, the user's default prefix
 //! etcd.etcdctl(&["put", "/coreos.com/network/config", r#"{"Network":"10.5.0.0/16"}"#]).unwrap();
 //! ```
 
@@ -23,7 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::subnet::EtcdConfig;
+use crate::EtcdConfig;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -341,4 +341,288 @@ impl Drop for EtcdServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A throw-away etcd cluster of several members on one IP (loopback, or an
+/// address such as a lab's management bridge), each with its own ports and
+/// data dir; see [`EtcdCluster::start`]. Members can be killed, restarted
+/// (they rejoin with their data dir) and frozen one by one. Drop kills
+/// every member and removes the directory.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    dir: PathBuf,
+    ip: std::net::IpAddr,
+    members: Vec<Member>,
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// Election timing of [`EtcdCluster`]: slow enough that a loaded 2-core
+/// machine does not see spurious elections, quick enough for tests.
+const CLUSTER_HEARTBEAT_MS: &str = "100";
+const CLUSTER_ELECTION_MS: &str = "1000";
+
+impl EtcdCluster {
+    /// Starts `n` members on 127.0.0.1 and waits until every one is healthy
+    /// (sees a leader).
+    pub fn start(n: usize) -> io::Result<EtcdCluster> {
+        Self::start_on(n, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`Self::start`] listening on `ip` (which must be an address of this
+    /// netns).
+    pub fn start_on(n: usize, ip: std::net::IpAddr) -> io::Result<EtcdCluster> {
+        let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let dir = base.join(format!("etcd-cluster-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        // Hold every listener until all ports are chosen, so they differ.
+        let mut held = Vec::new();
+        let mut members = Vec::new();
+        for i in 0..n {
+            let a = TcpListener::bind((ip, 0))?;
+            let b = TcpListener::bind((ip, 0))?;
+            members.push(Member {
+                name: format!("m{i}"),
+                client_port: a.local_addr()?.port(),
+                peer_port: b.local_addr()?.port(),
+                child: None,
+            });
+            held.push((a, b));
+        }
+        drop(held);
+        let mut c = EtcdCluster { dir, ip, members };
+        for i in 0..n {
+            c.spawn(i, true)?;
+        }
+        for i in 0..n {
+            c.wait_healthy(i)?;
+        }
+        Ok(c)
+    }
+
+    fn url(&self, port: u16) -> String {
+        match self.ip {
+            std::net::IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+            std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+        }
+    }
+
+    fn initial_cluster(&self) -> String {
+        let parts: Vec<String> = self.members.iter().map(|m| format!("{}={}", m.name, self.url(m.peer_port))).collect();
+        parts.join(",")
+    }
+
+    fn member_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.members[i].name)
+    }
+
+    fn spawn(&mut self, i: usize, new_cluster: bool) -> io::Result<()> {
+        if self.members[i].child.is_some() {
+            return Ok(());
+        }
+        let mdir = self.member_dir(i);
+        std::fs::create_dir_all(&mdir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(mdir.join("etcd.log"))?;
+        let m = &self.members[i];
+        let (client, peer) = (self.url(m.client_port), self.url(m.peer_port));
+        let child = Command::new(etcd_bin())
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(mdir.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-cluster-state", if new_cluster { "new" } else { "existing" }])
+            .args(["--initial-cluster-token", &self.dir.file_name().unwrap_or_default().to_string_lossy()])
+            .args(["--heartbeat-interval", CLUSTER_HEARTBEAT_MS, "--election-timeout", CLUSTER_ELECTION_MS])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", etcd_bin())))?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until member `i` answers `/health` with a leader.
+    pub fn wait_healthy(&mut self, i: usize) -> io::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.members[i].child = None;
+                return Err(io::Error::other(format!("etcd member {i} exited ({status}):\n{}", self.log_tail(i))));
+            }
+            if http(self.ip, self.members[i].client_port, "GET", "/health", "")
+                .is_some_and(|b| b.contains("\"health\":\"true\""))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "etcd member {i} not healthy after {READY_TIMEOUT:?}:\n{}",
+                    self.log_tail(i)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// Every member's client URL, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| self.url(m.client_port)).collect()
+    }
+
+    /// All members' endpoints, the user's default prefix.
+    pub fn etcd_config(&self) -> EtcdConfig {
+        EtcdConfig { endpoints: self.endpoints(), ..EtcdConfig::default() }
+    }
+
+    /// The member that a running member reports as leader, if any agrees
+    /// (asked over the JSON gateway, `/v3/maintenance/status`).
+    pub fn leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let Some(body) = http(self.ip, m.client_port, "POST", "/v3/maintenance/status", "{}") else {
+                continue;
+            };
+            let Some(v) = json_body(&body) else { continue };
+            let leader = v["leader"].as_str().unwrap_or("0");
+            if leader == "0" || leader.is_empty() {
+                continue;
+            }
+            if v["header"]["member_id"].as_str() == Some(leader) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until the running members agree on a leader (bounded) and
+    /// returns it.
+    pub fn wait_leader(&self, timeout: Duration) -> io::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("no etcd leader after {timeout:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs member `i` (its data dir stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again with its data dir (it rejoins) and waits
+    /// until it is healthy.
+    pub fn start_again(&mut self, i: usize) -> io::Result<()> {
+        self.spawn(i, false)?;
+        self.wait_healthy(i)
+    }
+
+    /// Starts every stopped member again, then waits until all are healthy.
+    pub fn start_all(&mut self) -> io::Result<()> {
+        for i in 0..self.members.len() {
+            self.spawn(i, false)?;
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// SIGSTOPs member `i`: it keeps its connections but answers nothing.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONTs member `i`.
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.members[i].child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.member_dir(i).join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Runs `etcdctl` (v3 API) against every running member.
+    pub fn etcdctl(&self, args: &[&str]) -> io::Result<Output> {
+        let running: Vec<String> =
+            self.members.iter().filter(|m| m.child.is_some()).map(|m| self.url(m.client_port)).collect();
+        let out = Command::new(etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(running.join(","))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "etcdctl {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.thaw(i);
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP/1.0 request to etcd's client port; the response body.
+fn http(ip: std::net::IpAddr, port: u16, method: &str, path: &str, body: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.contains(" 200 ").then(|| body.to_string()))
+}
+
+fn json_body(body: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(body.trim()).ok()
 }
