@@ -59,6 +59,14 @@ pub fn catalog() -> Vec<CheckDef> {
             ver,
         );
     }
+    push(
+        "add-cniversion-wins",
+        "ADD whose config carries cniVersion 1.0.0 (then 0.4.0, if listed) and cniVersions \
+         [0.4.0, 1.0.0, 1.1.0]: the result is in cniVersion, the version the runtime chose, with \
+         that version's shape; skipped if VERSION lacks 1.0.0",
+        check_cniversion_wins,
+        "",
+    );
     push("ping-peer-and-gateway", "two containers on one network ping each other and the gateway", check_ping, "");
     push("check-passes", "CHECK with prevResult = the ADD result exits 0", check_check_passes, "");
     push(
@@ -121,6 +129,23 @@ pub fn catalog() -> Vec<CheckDef> {
         "three containers fill a 3-address range; GC with valid-attachments naming one frees the \
          other two (two new ADDs get exactly their IPs, a third fails) and the kept one still pings",
         check_gc,
+        "",
+    );
+    push(
+        "gc-without-list-keeps-all",
+        "two containers fill a 2-address range; GC with neither cni.dev/valid-attachments nor \
+         cni.dev/attachments removes nothing: both keep their IPs, ping each other and the \
+         gateway, pass CHECK, and a 3rd ADD still fails. A refusal must be a JSON error (the \
+         detail names its code; 7 expected)",
+        check_gc_without_list,
+        "",
+    );
+    push(
+        "gc-empty-list-frees-all",
+        "two containers fill a 2-address range, their netns are deleted; GC with \
+         \"cni.dev/valid-attachments\": [] (the spec's key only) exits 0 and frees both IPs: two \
+         new ADDs get exactly them and ping each other",
+        check_gc_empty_list,
         "",
     );
     push(
@@ -393,6 +418,37 @@ fn check_add_result(s: &Suite, ver: &str) -> R<Done> {
     Ok(Done::Pass(d))
 }
 
+/// The versions the runtime may list; `cniVersion` names the one it chose.
+const CNI_VERSIONS_LIST: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+
+fn check_cniversion_wins(s: &Suite, _: &str) -> R<Done> {
+    if !s.supports("1.0.0") {
+        return Ok(Done::Skip(format!("VERSION lacks 1.0.0 (has {})", s.supported.join(" "))));
+    }
+    let mut done = Vec::new();
+    for chosen in ["1.0.0", "0.4.0"].into_iter().filter(|v| s.supports(v)) {
+        let net = TestNet::new(&s.base, chosen, Range::Full)?;
+        let mut conf = net.conf_at(chosen);
+        conf["cniVersions"] = json!(CNI_VERSIONS_LIST);
+        let c = Ctr::new()?;
+        let o = s.exec(&Request::container("ADD", &conf, &c.id, Some(c.ns.path()), IFNAME));
+        ensure!(o.success(), "ADD with cniVersion {chosen} and cniVersions failed: {}", o.describe());
+        let res = o.json().ok_or_else(|| format!("ADD printed no JSON: {}", o.describe()))?;
+        let shape = validate_result(&res, chosen, &c).map_err(|e| {
+            format!(
+                "cniVersion {chosen} with cniVersions {CNI_VERSIONS_LIST:?}: {e} (the runtime's cniVersion must win)"
+            )
+        });
+        let mut del_conf = conf.clone();
+        del_conf["prevResult"] = res.clone();
+        let od = s.exec(&Request::container("DEL", &del_conf, &c.id, Some(c.ns.path()), IFNAME));
+        shape?;
+        ensure!(od.success(), "DEL with cniVersion {chosen} and cniVersions failed: {}", od.describe());
+        done.push(chosen);
+    }
+    Ok(Done::Pass(format!("result in cniVersion {} although cniVersions lists 1.1.0", done.join(", then "))))
+}
+
 fn check_ping(s: &Suite, _: &str) -> R<Done> {
     let net = TestNet::new(&s.base, &s.version, Range::Full)?;
     let a = Ctr::new()?;
@@ -655,6 +711,91 @@ fn check_gc(s: &Suite, _: &str) -> R<Done> {
     s.del_ok(&net, &e, v, Some(&re))?;
     s.del_ok(&net, &a, v, Some(&ra))?;
     Ok(Done::Pass(format!("freed {} and {}; kept {} pings", ipb.ip(), ipc.ip(), ipa.ip())))
+}
+
+/// The CNI 1.1 spec says the runtime MUST send the list of valid attachments
+/// with GC; it does not say what a plugin does without it. Removing nothing is
+/// the hard requirement here (a missing list is not "nothing is valid"); a
+/// refusal must still be a spec error object, and its code is reported.
+fn check_gc_without_list(s: &Suite, _: &str) -> R<Done> {
+    if let Some(d) = lacks_1_1(s) {
+        return Ok(d);
+    }
+    let v = "1.1.0";
+    let net = TestNet::new(&s.base, v, Range::Tiny(2))?;
+    let a = Ctr::new()?;
+    let b = Ctr::new()?;
+    let (ra, ipa) = s.add_ok(&net, &a, v)?;
+    let (rb, ipb) = s.add_ok(&net, &b, v)?;
+    let mut conf = net.conf_at(v);
+    if let Some(m) = conf.as_object_mut() {
+        m.remove("cni.dev/valid-attachments");
+        m.remove("cni.dev/attachments");
+    }
+    let o = s.exec(&Request::new("GC", &conf));
+    let answer = if o.success() {
+        "GC exited 0".to_string()
+    } else {
+        let code =
+            o.error_code().ok_or_else(|| format!("GC failed without a JSON error with a code: {}", o.describe()))?;
+        let msg = o.json().map(|j| j["msg"].to_string()).unwrap_or_default();
+        let note = if code == 7 { "" } else { " (7, invalid network config, expected)" };
+        format!("refused with code {code}{note}: {}", clip(&msg, 60))
+    };
+    for (c, ipc) in [(&a, ipa), (&b, ipb)] {
+        c.ns.expect_addr(IFNAME, ipc.ip(), ipc.prefix())
+            .map_err(|x| format!("GC without the list ({answer}) damaged {}: {x}", c.id))?;
+    }
+    a.ns.ping(ipb.ip()).map_err(|x| format!("after GC without the list ({answer}): {x}"))?;
+    b.ns.ping(ipa.ip()).map_err(|x| format!("after GC without the list ({answer}): {x}"))?;
+    if let Some(gw) = net.gateway() {
+        a.ns.ping(gw).map_err(|x| format!("after GC without the list ({answer}): {x}"))?;
+    }
+    for (c, r) in [(&a, &ra), (&b, &rb)] {
+        let o = s.exec(&Request::container("CHECK", &net.conf_prev(v, r), &c.id, Some(c.ns.path()), IFNAME));
+        ensure!(o.success(), "CHECK of {} fails after GC without the list ({answer}): {}", c.id, o.describe());
+    }
+    let c = Ctr::new()?;
+    let oc = s.add(&net, &c, v);
+    if oc.success() {
+        let got = oc.json().and_then(|r| container_ip(&r, &c).ok()).map(|x| x.to_string()).unwrap_or_default();
+        let _ = s.del(&net, &c, v, oc.json().as_ref());
+        bail!("GC without the list ({answer}) released a lease: a 3rd ADD in the 2-address range got {got}");
+    }
+    let _ = s.del(&net, &c, v, None);
+    s.del_ok(&net, &a, v, Some(&ra))?;
+    s.del_ok(&net, &b, v, Some(&rb))?;
+    Ok(Done::Pass(format!("{answer}; {} and {} kept, ping, CHECK ok; leases kept", ipa.ip(), ipb.ip())))
+}
+
+fn check_gc_empty_list(s: &Suite, _: &str) -> R<Done> {
+    if let Some(d) = lacks_1_1(s) {
+        return Ok(d);
+    }
+    let v = "1.1.0";
+    let net = TestNet::new(&s.base, v, Range::Tiny(2))?;
+    let mut a = Ctr::new()?;
+    let mut b = Ctr::new()?;
+    let (_, ipa) = s.add_ok(&net, &a, v)?;
+    let (_, ipb) = s.add_ok(&net, &b, v)?;
+    // The runtime lost both (their netns are gone) and lists nothing as valid.
+    a.ns.delete()?;
+    b.ns.delete()?;
+    let mut conf = net.conf_at(v);
+    conf["cni.dev/valid-attachments"] = json!([]);
+    let o = s.exec(&Request::new("GC", &conf));
+    ensure!(o.success(), "GC with an empty valid-attachments list failed: {}", o.describe());
+    let d = Ctr::new()?;
+    let e = Ctr::new()?;
+    let (rd, ipd) = s.add_ok(&net, &d, v).map_err(|x| format!("GC with [] freed neither IP: {x}"))?;
+    let (re, ipe) = s.add_ok(&net, &e, v).map_err(|x| format!("GC with [] freed only one of two IPs: {x}"))?;
+    let got: BTreeSet<IpAddr> = [ipd.ip(), ipe.ip()].into();
+    let want: BTreeSet<IpAddr> = [ipa.ip(), ipb.ip()].into();
+    ensure!(got == want, "new ADDs got {got:?}, expected the freed {want:?}");
+    d.ns.ping(ipe.ip()).map_err(|x| format!("after GC with []: {x}"))?;
+    s.del_ok(&net, &d, v, Some(&rd))?;
+    s.del_ok(&net, &e, v, Some(&re))?;
+    Ok(Done::Pass(format!("freed {} and {}; new containers got them and ping", ipa.ip(), ipb.ip())))
 }
 
 fn check_concurrent(s: &Suite, n: &str) -> R<Done> {

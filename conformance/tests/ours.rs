@@ -1,6 +1,8 @@
 //! The suite against our `cni-bridge` + `cni-ipam` (built into the same
 //! target dir as this crate's binary): zero failures expected, STATUS and
-//! GC included. Also the DEL-leaking self-test, the demo and a bench smoke run.
+//! GC included. Also the self-tests with a DEL-leaking plugin and with one
+//! that reads a missing GC list as empty and prefers `cniVersions`, the demo
+//! and a bench smoke run.
 
 mod common;
 
@@ -24,10 +26,32 @@ fn our_bridge_and_ipam_pass_every_check() {
             "status",
             "status-exhausted",
             "gc-frees-invalid",
+            "gc-without-list-keeps-all",
+            "gc-empty-list-frees-all",
             "results-cached-del",
         ],
         "pass",
     );
+    // Ours refuses a GC without the list as an invalid config (cni-core).
+    let (_, detail) = &run.results["gc-without-list-keeps-all"];
+    assert!(detail.starts_with("refused with code 7:"), "{detail}");
+}
+
+#[test]
+fn suite_detects_unsafe_gc_and_a_version_the_runtime_did_not_choose() {
+    require_root();
+    let ours = require_ours();
+    let broken = unsafe_gc_and_version_wrapper("cni-bridge", &ours.join("cni-bridge"));
+    let run = run_suite(
+        &broken.0,
+        Some(&ours),
+        &bridge_config("cni-bridge", "cni-ipam", "1.1.0", false),
+        &["add-cniversion-wins", "gc-*"],
+    );
+    assert_eq!(run.code, 1, "the suite must fail this plugin\n{}", run.pretty());
+    run.expect(&["add-cniversion-wins", "gc-without-list-keeps-all"], "fail");
+    // GCs that carry a list are untouched by the wrapper.
+    run.expect(&["gc-frees-invalid", "gc-empty-list-frees-all"], "pass");
 }
 
 #[test]

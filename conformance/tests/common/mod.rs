@@ -157,6 +157,38 @@ pub fn del_leaking_wrapper(name: &str, real: &Path) -> TempDir {
     t
 }
 
+/// A plugin dir holding `name`, a shell wrapper that execs `real` after
+/// rewriting stdin the way the pre-hardening code read it: a GC without any
+/// attachments list gets an empty one ("nothing is valid"), and a config
+/// carrying `cniVersions` is answered in 1.1.0, the list's highest entry,
+/// instead of its `cniVersion`.
+pub fn unsafe_gc_and_version_wrapper(name: &str, real: &Path) -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TempDir::new("unsafe");
+    let p = t.0.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            r#"#!/bin/sh
+# Broken on purpose: a missing GC list means "nothing is valid"; cniVersions beats cniVersion.
+in=$(cat)
+case "$in" in
+  *'"cni.dev/valid-attachments"'*|*'"cni.dev/attachments"'*) ;;
+  *) if [ "$CNI_COMMAND" = GC ]; then in=$(printf '%s' "$in" | sed 's|^{{|{{"cni.dev/valid-attachments":[],|'); fi ;;
+esac
+case "$in" in
+  *'"cniVersions"'*) in=$(printf '%s' "$in" | sed 's/"cniVersion":"[0-9.]*"/"cniVersion":"1.1.0"/g') ;;
+esac
+printf '%s' "$in" | exec {} "$@"
+"#,
+            real.display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    t
+}
+
 pub fn bridge_config(bridge_type: &str, ipam_type: &str, version: &str, ip_masq: bool) -> Value {
     // The CLI's own config, on a subnet of its own so a CLI run beside this test cannot collide.
     let mut c = cni_suite::interop::bridge_conf(bridge_type, ipam_type, version, ip_masq);
@@ -166,11 +198,12 @@ pub fn bridge_config(bridge_type: &str, ipam_type: &str, version: &str, ip_masq:
 }
 
 /// Checks every correct bridge+IPAM pair must pass regardless of spec version.
-pub const CORE_CHECKS: [&str; 18] = [
+pub const CORE_CHECKS: [&str; 19] = [
     "version",
     "add-result-0.3.1",
     "add-result-0.4.0",
     "add-result-1.0.0",
+    "add-cniversion-wins",
     "ping-peer-and-gateway",
     "check-passes",
     "check-detects-drift",
