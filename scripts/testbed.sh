@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   iproute2 nftables iputils-ping curl tcpdump iperf3 jq python3
+  openssl                       # throw-away CA and certificates for the TLS etcd tests
   containernetworking-plugins   # reference bridge/host-local/portmap/tuning: interop + side-by-side benchmarks
   protobuf-compiler libprotobuf-dev  # prost/tonic builds (CSI, etcd-client needs descriptor.proto)
   etcd-server etcd-client       # etcd 3.4: cluster IPAM and the overlay's tests, a real server per test

@@ -132,15 +132,13 @@ fn host_local_waits_for_our_lock() {
     let store = ipam::DiskStore::new(&t.data_dir, NET);
     let guard = store.lock().unwrap();
     let mut child = spawn(HOST_LOCAL, "ADD", "h1", "eth0", &theirs, "");
-    std::thread::sleep(Duration::from_millis(300));
     assert!(
-        child.try_wait().unwrap().is_none(),
-        "host-local finished while we held the lock: it does not use our lock"
+        waits_for_a_lock(&mut child),
+        "host-local finished or never queued on the lock while we held it: it does not use our lock"
     );
     // Our own binary waits too.
     let mut ours_child = spawn(BIN, "ADD", "c1", "eth0", &ours, "");
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(ours_child.try_wait().unwrap().is_none());
+    assert!(waits_for_a_lock(&mut ours_child), "cni-ipam did not queue on the lock we hold");
     assert!(leases(&t.net_dir(NET)).is_empty());
     drop(guard);
     let out = child.wait_with_output().unwrap();
@@ -148,4 +146,27 @@ fn host_local_waits_for_our_lock() {
     let out = ours_child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(leases(&t.net_dir(NET)).len(), 4);
+}
+
+/// Whether `child` is queued on a file lock: the kernel lists a blocked
+/// request in /proc/locks as `N: -> FLOCK ADVISORY WRITE <pid> ...`. Polls
+/// for up to 10 s, and fails at once if the child exits (it did not wait).
+fn waits_for_a_lock(child: &mut std::process::Child) -> bool {
+    let pid = child.id().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let queued = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"->") && f.get(5) == Some(&pid.as_str())
+        });
+        if queued {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
