@@ -4,6 +4,11 @@
 //! transaction and hands out addresses inside them. See
 //! `docs/cluster-ipam.md`, section "Affine blocks".
 //!
+//! A network has one pool (`pool`) or several (`pools`), IPv4 and IPv6
+//! mixed: an ADD takes one address per family, from a cached block with
+//! room first, then from the first pool in config order that has one for
+//! this host (see "Several pools and dual stack" in the docs).
+//!
 //! * [`ClusterConfig`]: the `ipam.cluster` section (`mode: "blocks"`).
 //! * [`BlockClient`]: the etcd side (async): `<prefix>/<network>/blocks/<ip>-<len>`
 //!   keys holding [`BlockValue`] JSON, compare-and-swap on create and on

@@ -98,6 +98,11 @@ pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
     let locked = store.lock()?;
     let (cid, ifname) = (ctx.container_id.as_str(), ctx.ifname.as_str());
     let held_all: Vec<IpAddr> = locked.leased_to(cid, ifname)?;
+    if cc.strict_affinity && !held_all.iter().any(|ip| cc.in_pools(*ip)) {
+        if let Some(ips) = strict_fast_path(cc, &mut conf, &*locked, store.dir(), cid, ifname)? {
+            return Ok(CniResult { interfaces: Vec::new(), ips, routes: conf.routes.clone(), dns });
+        }
+    }
     let mut ips = Vec::new();
     // Addresses this ADD took, with their pool: undone if a later family fails.
     let mut fresh: Vec<(ClusterConfig, IpAddr)> = Vec::new();
@@ -113,7 +118,18 @@ pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
             continue;
         }
         let got = if cc.strict_affinity {
-            add_strict(&views, &mut conf, &*locked, store.dir(), caches, cid, ifname)
+            // The allocator keeps its round-robin position in slot 0; the
+            // fast path keeps one per family (slot = the family's place).
+            let slot = usize::from(!v4 && !cc.family(true).is_empty());
+            let saved = if slot == 0 { None } else { locked.last_reserved(0).ok().flatten() };
+            let got = add_strict(&views, &mut conf, &*locked, store.dir(), caches, cid, ifname);
+            if let (Ok((_, ipc)), 1) = (&got, slot) {
+                let moved = locked.set_last_reserved(1, ipc.address.ip());
+                if let Err(e) = saved.map_or(Ok(()), |ip| locked.set_last_reserved(0, ip)).and(moved) {
+                    tracing::warn!("cannot record last reserved IP: {e}");
+                }
+            }
+            got
         } else {
             add_shared(&views, &*locked, store.dir(), caches, cid, ifname)
         };
@@ -134,6 +150,48 @@ pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
         }
     }
     Ok(CniResult { interfaces: Vec::new(), ips, routes: conf.routes.clone(), dns })
+}
+
+/// strictAffinity, the common case: every family has a cached block with
+/// room. One local allocation over one range set per family (the open
+/// blocks of the family's first pool that has any), as host-local does for
+/// dual stack: all or nothing, and each family keeps its own round-robin
+/// position. None when a family has no open block or its blocks turn out
+/// full; the per-family path then takes over.
+fn strict_fast_path(
+    cc: &ClusterConfig,
+    conf: &mut IpamConfig,
+    locked: &dyn Locked,
+    dir: &Path,
+    cid: &str,
+    ifname: &str,
+) -> CniRes<Option<Vec<IpConfig>>> {
+    let mut sets = Vec::new();
+    for v4 in [true, false] {
+        let views = cc.family(v4);
+        if views.is_empty() {
+            continue;
+        }
+        let mut open = Vec::new();
+        for v in &views {
+            let cache = BlockCache::read(dir, v)?;
+            let full = cache::read_full(dir, v);
+            open = cache.blocks.iter().filter(|b| !full.contains(b)).map(|b| block_range(*b)).collect();
+            if !open.is_empty() {
+                break;
+            }
+        }
+        if open.is_empty() {
+            return Ok(None);
+        }
+        sets.push(RangeSet::new(open).map_err(Error::config)?);
+    }
+    conf.range_sets = sets;
+    match alloc::allocate_locked(locked, conf, cid, ifname) {
+        Ok(ips) => Ok(Some(ips)),
+        Err(e) if e.code == Code::Other(CODE_EXHAUSTED) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Releases the addresses an ADD took before a later family failed: the
