@@ -18,7 +18,27 @@ use super::{ClusterConfig, Result};
 use ipam::store::StoreError;
 
 pub const CACHE_FILE: &str = "blocks.json";
-const CACHE_TEMP: &str = ".tmp.blocks";
+
+/// The name of one of a pool's local files. The config's first pool keeps
+/// the single-pool names (`blocks.json`, `blocks.full`, `blocks.claiming`);
+/// every other pool's carry its CIDR: `blocks-<ip>-<len>.json`, `.full`,
+/// `.claiming`. `ext` is `json`, `full` or `claiming`.
+pub fn file_name(cc: &ClusterConfig, ext: &str) -> String {
+    if cc.is_first_pool() {
+        match ext {
+            "json" => CACHE_FILE,
+            "full" => FULL_FILE,
+            _ => CLAIMING_FILE,
+        }
+        .to_string()
+    } else {
+        format!("blocks-{}.{ext}", super::block_key(cc.pool))
+    }
+}
+
+fn temp_name(cc: &ClusterConfig, ext: &str) -> String {
+    format!(".tmp.{}", file_name(cc, ext))
+}
 /// Blocks of the cache known to be full: written when an ADD finds every
 /// block it tried full (just before it claims another), removed before
 /// anything in the store is released. While it exists its blocks have no
@@ -26,7 +46,6 @@ const CACHE_TEMP: &str = ".tmp.blocks";
 /// start with a scan of every address the host holds. Losing it costs one
 /// such scan; a stale one (releases by another tool) costs a block.
 pub const FULL_FILE: &str = "blocks.full";
-const FULL_TEMP: &str = ".tmp.blocks.full";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,14 +57,14 @@ pub struct BlockCache {
 }
 
 impl BlockCache {
-    pub fn path(dir: &Path) -> PathBuf {
-        dir.join(CACHE_FILE)
+    pub fn path(dir: &Path, cc: &ClusterConfig) -> PathBuf {
+        dir.join(file_name(cc, "json"))
     }
 
     /// The cached blocks that still fit `cc` (a changed pool, block size or
     /// host makes the cache empty rather than wrong).
     pub fn read(dir: &Path, cc: &ClusterConfig) -> Result<BlockCache> {
-        let p = Self::path(dir);
+        let p = Self::path(dir, cc);
         let bytes = match fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Self::empty(cc)),
@@ -74,9 +93,9 @@ impl BlockCache {
     }
 
     /// Atomically replaces the file (the store directory must exist).
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join(CACHE_TEMP);
-        let target = Self::path(dir);
+    pub fn write(&self, dir: &Path, cc: &ClusterConfig) -> Result<()> {
+        let tmp = dir.join(temp_name(cc, "json"));
+        let target = Self::path(dir, cc);
         let _ = fs::remove_file(&tmp);
         let mut body = serde_json::to_vec(self).expect("cache serializes");
         body.push(b'\n');
@@ -95,8 +114,8 @@ impl BlockCache {
 }
 
 /// The blocks [`FULL_FILE`] names (none when it is missing or unreadable).
-pub fn read_full(dir: &Path) -> Vec<IpNetwork> {
-    match fs::read(dir.join(FULL_FILE)) {
+pub fn read_full(dir: &Path, cc: &ClusterConfig) -> Vec<IpNetwork> {
+    match fs::read(dir.join(file_name(cc, "full"))) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
         Err(_) => Vec::new(),
     }
@@ -104,24 +123,27 @@ pub fn read_full(dir: &Path) -> Vec<IpNetwork> {
 
 /// Records `blocks` as full. Best effort and without fsync: the file is a
 /// hint whose loss costs time, never an address.
-pub fn write_full(dir: &Path, blocks: &[IpNetwork]) {
-    let tmp = dir.join(FULL_TEMP);
+pub fn write_full(dir: &Path, cc: &ClusterConfig, blocks: &[IpNetwork]) {
+    let tmp = dir.join(temp_name(cc, "full"));
     let body = serde_json::to_vec(blocks).expect("blocks serialize");
-    if let Err(e) = fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, dir.join(FULL_FILE))) {
+    if let Err(e) = fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, dir.join(file_name(cc, "full")))) {
         let _ = fs::remove_file(&tmp);
         tracing::warn!("cannot record full blocks: {e}");
     }
 }
 
-/// Forgets which blocks are full: every release calls this first, since
-/// the block it frees an address in is no longer full.
-pub fn clear_full(dir: &Path) -> Result<()> {
-    let p = dir.join(FULL_FILE);
-    match fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io("remove", p, e).into()),
+/// Forgets which blocks are full, in every pool: every release calls this
+/// first, since the block it frees an address in is no longer full.
+pub fn clear_full(dir: &Path, cc: &ClusterConfig) -> Result<()> {
+    for view in cc.views() {
+        let p = dir.join(file_name(&view, "full"));
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove", p, e).into()),
+        }
     }
+    Ok(())
 }
 
 /// The block a non-strict ADD is about to create with its record in it,
@@ -129,17 +151,16 @@ pub fn clear_full(dir: &Path) -> Result<()> {
 /// kill), the runtime's retried ADD reads this block first and finds its
 /// record there instead of claiming another block.
 pub const CLAIMING_FILE: &str = "blocks.claiming";
-const CLAIMING_TEMP: &str = ".tmp.blocks.claiming";
 
 /// The block [`CLAIMING_FILE`] names, if any.
-pub fn read_claiming(dir: &Path) -> Option<IpNetwork> {
-    serde_json::from_slice(&fs::read(dir.join(CLAIMING_FILE)).ok()?).ok()
+pub fn read_claiming(dir: &Path, cc: &ClusterConfig) -> Option<IpNetwork> {
+    serde_json::from_slice(&fs::read(dir.join(file_name(cc, "claiming"))).ok()?).ok()
 }
 
 /// Records that `block` is about to be created (atomic rename, no fsync:
 /// its loss can cost one leaked record, which DEL's full search frees).
-pub fn write_claiming(dir: &Path, block: IpNetwork) -> std::io::Result<()> {
-    let tmp = dir.join(CLAIMING_TEMP);
+pub fn write_claiming(dir: &Path, cc: &ClusterConfig, block: IpNetwork) -> std::io::Result<()> {
+    let tmp = dir.join(temp_name(cc, "claiming"));
     let body = serde_json::to_vec(&block).expect("block serializes");
-    fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, dir.join(CLAIMING_FILE)))
+    fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, dir.join(file_name(cc, "claiming"))))
 }

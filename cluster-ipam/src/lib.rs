@@ -4,6 +4,11 @@
 //! transaction and hands out addresses inside them. See
 //! `docs/cluster-ipam.md`, section "Affine blocks".
 //!
+//! A network has one pool (`pool`) or several (`pools`), IPv4 and IPv6
+//! mixed: an ADD takes one address per family, from a cached block with
+//! room first, then from the first pool in config order that has one for
+//! this host (see "Several pools and dual stack" in the docs).
+//!
 //! * [`ClusterConfig`]: the `ipam.cluster` section (`mode: "blocks"`).
 //! * [`BlockClient`]: the etcd side (async): `<prefix>/<network>/blocks/<ip>-<len>`
 //!   keys holding [`BlockValue`] JSON, compare-and-swap on create and on
@@ -141,6 +146,9 @@ pub enum BlockError {
     /// No address left for this host (code 110).
     #[error("no IP addresses available in pool {pool} for host {host}: {detail}")]
     Exhausted { pool: IpNetwork, host: String, detail: String },
+    /// No address left for this host in any pool of a family (code 110).
+    #[error("no IP addresses available in pools {pools} for host {host}: {detail}")]
+    PoolsExhausted { pools: String, host: String, detail: String },
     /// Other writers kept changing the block under us (code 11: retry).
     #[error("block {block} changed under us {tries} times in a row; try again")]
     TooManyRaces { block: String, tries: u32 },
@@ -166,7 +174,9 @@ impl From<BlockError> for cni_core::Error {
         use cni_core::{Code, Error};
         match e {
             BlockError::Config(m) => Error::config(format!("invalid ipam.cluster config: {m}")),
-            BlockError::Exhausted { .. } => Error::new(Code::Other(ipam::CODE_EXHAUSTED), e.to_string()),
+            BlockError::Exhausted { .. } | BlockError::PoolsExhausted { .. } => {
+                Error::new(Code::Other(ipam::CODE_EXHAUSTED), e.to_string())
+            }
             BlockError::Store(s) => s.into(),
             e if e.is_unavailable() => {
                 Error::new(Code::TryAgainLater, "cluster IPAM: etcd unavailable, try again later").with_details(&e)

@@ -55,11 +55,12 @@ fn common_config(ctx: &Context) -> CniRes<IpamConfig> {
     Ok(conf)
 }
 
-/// The result entry of `ip`: inside one of our blocks it carries the
-/// block's prefix and gateway (block network + 1); a borrowed address is a
-/// host route (/32, /128) without gateway, to be routed by the main plugin.
-fn ip_config(ip: IpAddr, cache: &BlockCache) -> IpConfig {
-    match cache.contains_ip(ip) {
+/// The result entry of `ip`: inside one of our blocks (of any pool) it
+/// carries the block's prefix and gateway (block network + 1); a borrowed
+/// address is a host route (/32, /128) without gateway, to be routed by the
+/// main plugin.
+fn ip_config(ip: IpAddr, caches: &[BlockCache]) -> IpConfig {
+    match caches.iter().find_map(|c| c.contains_ip(ip)) {
         Some(block) => IpConfig {
             address: IpNetwork::new(ip, block.prefix()).expect("block prefix"),
             gateway: Some(block_range(block).gateway),
@@ -81,61 +82,229 @@ fn owner_handle(owner: &Owner) -> String {
     }
 }
 
-/// ADD in cluster mode.
+/// The block caches of `views`, in the same order.
+fn read_caches(dir: &Path, views: &[ClusterConfig]) -> Result<Vec<BlockCache>> {
+    views.iter().map(|v| BlockCache::read(dir, v)).collect()
+}
+
+/// ADD in cluster mode: one address per family that has a pool (IPv4
+/// first, then IPv6). If a later family fails, the addresses this ADD took
+/// for the earlier ones are released again (etcd record and local lease),
+/// so a failed ADD leaves nothing behind.
 pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
     let mut conf = common_config(ctx)?;
     let dns = conf.dns()?;
     let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     let locked = store.lock()?;
-    let mut cache = BlockCache::read(store.dir(), cc)?;
     let (cid, ifname) = (ctx.container_id.as_str(), ctx.ifname.as_str());
-
-    let held: Vec<IpAddr> = locked.leased_to(cid, ifname)?.into_iter().filter(|ip| cc.pool.contains(*ip)).collect();
-    let ips = if !held.is_empty() {
-        tracing::info!(?held, "attachment already holds an address; reusing it");
-        held.iter().map(|ip| ip_config(*ip, &cache)).take(1).collect()
-    } else if cc.strict_affinity {
-        add_strict(cc, &mut conf, &*locked, store.dir(), &mut cache, cid, ifname)?
-    } else {
-        vec![add_shared(cc, &*locked, store.dir(), &mut cache, cid, ifname)?]
-    };
+    let held_all: Vec<IpAddr> = locked.leased_to(cid, ifname)?;
+    if cc.strict_affinity && !held_all.iter().any(|ip| cc.in_pools(*ip)) {
+        if let Some(ips) = strict_fast_path(cc, &mut conf, &*locked, store.dir(), cid, ifname)? {
+            return Ok(CniResult { interfaces: Vec::new(), ips, routes: conf.routes.clone(), dns });
+        }
+    }
+    let mut ips = Vec::new();
+    // Addresses this ADD took, with their pool: undone if a later family fails.
+    let mut fresh: Vec<(ClusterConfig, IpAddr)> = Vec::new();
+    for v4 in [true, false] {
+        let views = cc.family(v4);
+        if views.is_empty() {
+            continue;
+        }
+        let caches = read_caches(store.dir(), &views)?;
+        if let Some(ip) = held_all.iter().copied().find(|ip| views.iter().any(|v| v.pool.contains(*ip))) {
+            tracing::info!(%ip, "attachment already holds an address; reusing it");
+            ips.push(ip_config(ip, &caches));
+            continue;
+        }
+        let got = if cc.strict_affinity {
+            // The allocator keeps its round-robin position in slot 0; the
+            // fast path keeps one per family (slot = the family's place).
+            let slot = usize::from(!v4 && !cc.family(true).is_empty());
+            let saved = if slot == 0 { None } else { locked.last_reserved(0).ok().flatten() };
+            let got = add_strict(&views, &mut conf, &*locked, store.dir(), caches, cid, ifname);
+            if let (Ok((_, ipc)), 1) = (&got, slot) {
+                let moved = locked.set_last_reserved(1, ipc.address.ip());
+                if let Err(e) = saved.map_or(Ok(()), |ip| locked.set_last_reserved(0, ip)).and(moved) {
+                    tracing::warn!("cannot record last reserved IP: {e}");
+                }
+            }
+            got
+        } else {
+            add_shared(&views, &*locked, store.dir(), caches, cid, ifname)
+        };
+        match got {
+            Ok((view, ipc)) => {
+                fresh.push((view, ipc.address.ip()));
+                ips.push(ipc);
+            }
+            Err(e) => {
+                undo_fresh(&*locked, store.dir(), &fresh, cid, ifname);
+                if held_all.is_empty() {
+                    if let Err(re) = locked.forget(cid, ifname) {
+                        tracing::warn!("rollback: {re}");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
     Ok(CniResult { interfaces: Vec::new(), ips, routes: conf.routes.clone(), dns })
 }
 
-/// strictAffinity: the local store with the host's blocks as ranges; etcd
-/// only when they are full.
-fn add_strict(
+/// strictAffinity, the common case: every family has a cached block with
+/// room. One local allocation over one range set per family (the open
+/// blocks of the family's first pool that has any), as host-local does for
+/// dual stack: all or nothing, and each family keeps its own round-robin
+/// position. None when a family has no open block or its blocks turn out
+/// full; the per-family path then takes over.
+fn strict_fast_path(
     cc: &ClusterConfig,
     conf: &mut IpamConfig,
     locked: &dyn Locked,
     dir: &Path,
-    cache: &mut BlockCache,
     cid: &str,
     ifname: &str,
-) -> CniRes<Vec<IpConfig>> {
-    let mut full = cache::read_full(dir);
+) -> CniRes<Option<Vec<IpConfig>>> {
+    let mut sets = Vec::new();
+    for v4 in [true, false] {
+        let views = cc.family(v4);
+        if views.is_empty() {
+            continue;
+        }
+        let mut open = Vec::new();
+        for v in &views {
+            let cache = BlockCache::read(dir, v)?;
+            let full = cache::read_full(dir, v);
+            open = cache.blocks.iter().filter(|b| !full.contains(b)).map(|b| block_range(*b)).collect();
+            if !open.is_empty() {
+                break;
+            }
+        }
+        if open.is_empty() {
+            return Ok(None);
+        }
+        sets.push(RangeSet::new(open).map_err(Error::config)?);
+    }
+    conf.range_sets = sets;
+    match alloc::allocate_locked(locked, conf, cid, ifname) {
+        Ok(ips) => Ok(Some(ips)),
+        Err(e) if e.code == Code::Other(CODE_EXHAUSTED) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Releases the addresses an ADD took before a later family failed: the
+/// etcd record first (non-strict; a strict host's record is published in
+/// batch), then the local lease and the attachment's marker.
+fn undo_fresh(locked: &dyn Locked, dir: &Path, fresh: &[(ClusterConfig, IpAddr)], cid: &str, ifname: &str) {
+    if fresh.is_empty() {
+        return;
+    }
+    let h = handle(cid, ifname);
+    for (view, ip) in fresh {
+        if !view.strict_affinity {
+            if let Err(e) = block_on(&view.etcd.endpoints, PLUGIN_DEADLINE, release_held(view, &h, &[*ip])) {
+                tracing::error!(%ip, "rollback of the etcd allocation failed (GC will free it): {e}");
+            }
+        }
+        if let Err(e) = cache::clear_full(dir, view) {
+            tracing::warn!("rollback: {e}");
+        }
+        match locked.release_ip(*ip) {
+            Ok(_) => tracing::info!(%ip, "released after a failed ADD"),
+            Err(e) => tracing::error!(%ip, "rollback of the local lease failed: {e}"),
+        }
+    }
+}
+
+/// The code-110 error of a family none of whose pools has an address: one
+/// pool's own error, or every pool's reason in config order.
+fn family_exhausted(cc: &ClusterConfig, errors: Vec<BlockError>) -> BlockError {
+    if errors.len() == 1 {
+        return errors.into_iter().next().expect("one error");
+    }
+    let detail = errors
+        .iter()
+        .map(|e| match e {
+            BlockError::Exhausted { pool, detail, .. } => format!("pool {pool}: {detail}"),
+            e => e.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let pools = errors
+        .iter()
+        .filter_map(|e| match e {
+            BlockError::Exhausted { pool, .. } => Some(pool.to_string()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    BlockError::PoolsExhausted { pools, host: cc.host.clone(), detail }
+}
+
+/// strictAffinity: the local store with the host's blocks as ranges; etcd
+/// only when they are full. Among the family's pools (`views`, config
+/// order): first a cached block with room, pools in order, without etcd;
+/// then a new block, claimed in the first pool that has one.
+fn add_strict(
+    views: &[ClusterConfig],
+    conf: &mut IpamConfig,
+    locked: &dyn Locked,
+    dir: &Path,
+    mut caches: Vec<BlockCache>,
+    cid: &str,
+    ifname: &str,
+) -> CniRes<(ClusterConfig, IpConfig)> {
+    let mut full: Vec<Vec<IpNetwork>> = views.iter().map(|v| cache::read_full(dir, v)).collect();
     for _ in 0..3 {
-        let open: Vec<Range> = cache.blocks.iter().filter(|b| !full.contains(b)).map(|b| block_range(*b)).collect();
-        if !open.is_empty() {
+        for (i, cache) in caches.iter().enumerate() {
+            let open: Vec<Range> =
+                cache.blocks.iter().filter(|b| !full[i].contains(b)).map(|b| block_range(*b)).collect();
+            if open.is_empty() {
+                continue;
+            }
             conf.range_sets = vec![RangeSet::new(open).map_err(Error::config)?];
             match alloc::allocate_locked(locked, conf, cid, ifname) {
                 Err(e) if e.code == Code::Other(CODE_EXHAUSTED) => {}
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(mut got) => return Ok((views[i].clone(), got.remove(0))),
             }
         }
-        // Slow path: our blocks are full (or we have none yet).
-        let known = cache.blocks.clone();
-        let got = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, claim_strict(cc, &known, &full, dir))?;
+        // Slow path: every cached block is full (or there is none yet).
+        let mut exhausted = Vec::new();
+        let mut claimed = None;
+        for (i, v) in views.iter().enumerate() {
+            let known = caches[i].blocks.clone();
+            match block_on(&v.etcd.endpoints, PLUGIN_DEADLINE, claim_strict(v, &known, &full[i], dir)) {
+                Ok(got) => {
+                    claimed = Some((i, got));
+                    break;
+                }
+                Err(e @ BlockError::Exhausted { .. }) => exhausted.push(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some((i, got)) = claimed else {
+            return Err(family_exhausted(&views[0], exhausted).into());
+        };
+        // Every pool tried so far is full locally: remember it.
+        for j in 0..i {
+            cache::write_full(dir, &views[j], &caches[j].blocks);
+            full[j] = caches[j].blocks.clone();
+        }
+        let known = caches[i].blocks.clone();
+        let cache = &mut caches[i];
         cache.blocks.extend(got);
         cache.blocks.sort_by_key(|b| to_u128(b.network()));
         cache.blocks.dedup();
-        cache.write(dir)?;
-        cache::write_full(dir, &known);
-        full = known;
+        cache.write(dir, &views[i])?;
+        cache::write_full(dir, &views[i], &known);
+        full[i] = known;
     }
     Err(BlockError::Exhausted {
-        pool: cc.pool,
-        host: cc.host.clone(),
+        pool: views[0].pool,
+        host: views[0].host.clone(),
         detail: "new blocks were claimed but are already full".into(),
     }
     .into())
@@ -329,35 +498,83 @@ async fn claim_new(
 /// Non-strict ADD: the allocation is recorded in etcd first (CAS), then
 /// mirrored in the local store; a local failure undoes the etcd record.
 fn add_shared(
-    cc: &ClusterConfig,
+    views: &[ClusterConfig],
     locked: &dyn Locked,
     dir: &Path,
-    cache: &mut BlockCache,
+    mut caches: Vec<BlockCache>,
     cid: &str,
     ifname: &str,
-) -> CniRes<IpConfig> {
+) -> CniRes<(ClusterConfig, IpConfig)> {
     let h = handle(cid, ifname);
     // A stale local lease must not be handed out twice.
     let taken = |ip: IpAddr| locked.is_reserved(ip).unwrap_or(true);
-    let (ip, own) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, allocate_shared(cc, &h, &taken, &cache.blocks, dir))?;
+    let cached: Vec<Vec<IpNetwork>> = caches.iter().map(|c| c.blocks.clone()).collect();
+    let endpoints = &views[0].etcd.endpoints;
+    let (i, ip, own) = block_on(endpoints, PLUGIN_DEADLINE, allocate_family(views, &h, &taken, &cached, dir))?;
+    let view = &views[i];
     let undo = |e: Error| -> Error {
-        if let Err(re) = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h)) {
+        if let Err(re) = block_on(endpoints, PLUGIN_DEADLINE, release_held(view, &h, &[ip])) {
             tracing::error!(%ip, "rollback of the etcd allocation failed (GC will free it): {re}");
         }
-        let _ = locked.forget(cid, ifname);
         e
     };
-    if own != cache.blocks {
-        cache.blocks = own;
-        if let Err(e) = cache.write(dir) {
+    if own != caches[i].blocks {
+        caches[i].blocks = own;
+        if let Err(e) = caches[i].write(dir, view) {
             return Err(undo(e.into()));
         }
     }
     match locked.reserve(cid, ifname, ip) {
-        Ok(true) => Ok(ip_config(ip, cache)),
+        Ok(true) => Ok((view.clone(), ip_config(ip, &caches))),
         Ok(false) => Err(undo(Error::new(Code::Io, format!("{ip} is recorded free in etcd but leased locally")))),
         Err(e) => Err(undo(e.into())),
     }
+}
+
+/// The etcd side of a non-strict ADD over the pools of one family
+/// (`views`, config order). Returns the pool's index, the address and that
+/// pool's blocks of this host afterwards.
+///
+/// 1. The cached blocks of every pool, in pool order, one key read each
+///    (a record of this attachment found there is returned: a retried ADD).
+/// 2. Then each pool in turn as [`allocate_shared`] does it (a new block,
+///    a lost claim, adoption, borrowing); the next pool only when this one
+///    has no address for this host at all (code 110).
+async fn allocate_family(
+    views: &[ClusterConfig],
+    h: &str,
+    taken: &dyn Fn(IpAddr) -> bool,
+    cached: &[Vec<IpNetwork>],
+    dir: &Path,
+) -> Result<(usize, IpAddr, Vec<IpNetwork>)> {
+    let client = BlockClient::connect(&views[0].etcd, &views[0].network).await?;
+    if views.len() > 1 {
+        for (i, cc) in views.iter().enumerate() {
+            let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
+            let is_mine = |v: &BlockValue| v.host == cc.host;
+            for cidr in cached[i].iter().rev() {
+                let Some(b) = client.get(*cidr).await? else { continue };
+                if !is_mine(&b.value) {
+                    continue;
+                }
+                if let Some(ip) = recorded_for(cc, &b, h) {
+                    return Ok((i, ip, cached[i].clone()));
+                }
+                if let Some(ip) = try_take(&client, &b, &rec, taken, &is_mine).await? {
+                    return Ok((i, ip, cached[i].clone()));
+                }
+            }
+        }
+    }
+    let mut exhausted = Vec::new();
+    for (i, cc) in views.iter().enumerate() {
+        match allocate_shared(&client, cc, h, taken, &cached[i], dir).await {
+            Ok((ip, own)) => return Ok((i, ip, own)),
+            Err(e @ BlockError::Exhausted { .. }) => exhausted.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(family_exhausted(&views[0], exhausted))
 }
 
 /// Takes one free address of `block` for `rec` with a CAS on the block,
@@ -404,18 +621,19 @@ async fn try_take(
 /// adopt its blocks and find a lost ADD's record; and so does an ADD when
 /// no block is left unclaimed and it must borrow from another host.
 async fn allocate_shared(
+    client: &BlockClient,
     cc: &ClusterConfig,
     h: &str,
     taken: &dyn Fn(IpAddr) -> bool,
     cached: &[IpNetwork],
     dir: &Path,
 ) -> Result<(IpAddr, Vec<IpNetwork>)> {
-    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let client = client.clone();
     let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
     let is_mine = |v: &BlockValue| v.host == cc.host;
     let mut own: Vec<IpNetwork> = cached.to_vec();
     if !cached.is_empty() {
-        let claiming = cache::read_claiming(dir).filter(|c| !cached.contains(c) && cc.is_block(*c));
+        let claiming = cache::read_claiming(dir, cc).filter(|c| !cached.contains(c) && cc.is_block(*c));
         let candidates = cached.iter().rev().copied().chain(claiming);
         for cidr in candidates {
             let Some(b) = client.get(cidr).await? else { continue };
@@ -445,8 +663,9 @@ async fn allocate_shared(
     // No cache, or nothing left to claim: every block with its value.
     let blocks = client.list().await?;
     own = blocks.iter().filter(|b| b.value.host == cc.host && cc.is_block(b.cidr)).map(|b| b.cidr).collect();
-    // An ADD retried after its answer was lost: the record is already there.
-    for b in &blocks {
+    // An ADD retried after its answer was lost: the record is already there
+    // (in a block of this family; another pool's answers the same).
+    for b in blocks.iter().filter(|b| b.cidr.is_ipv4() == cc.pool.is_ipv4()) {
         if let Some(ip) = recorded_for(cc, b, h) {
             return Ok((ip, own));
         }
@@ -496,7 +715,7 @@ async fn claim_shared(
     let make = |cidr: IpNetwork| {
         let fresh = Block { cidr, value: BlockValue::default(), mod_revision: 0 };
         let ip = fresh.first_free(taken)?;
-        if let Err(e) = cache::write_claiming(dir, cidr) {
+        if let Err(e) = cache::write_claiming(dir, cc, cidr) {
             tracing::warn!(block = %cidr, "cannot record the block being claimed: {e}");
         }
         let mut v = BlockValue { host: cc.host.clone(), exclusive: false, allocations: BTreeMap::new() };
@@ -553,17 +772,18 @@ pub fn del(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let store = ipam::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
     let h = handle(&ctx.container_id, &ctx.ifname);
-    cache::clear_full(store.dir())?;
+    cache::clear_full(store.dir(), cc)?;
     if cc.strict_affinity {
         let released = locked.release(&ctx.container_id, &ctx.ifname)?;
-        let cache = BlockCache::read(store.dir(), cc)?;
-        if released.iter().any(|ip| cc.pool.contains(*ip) && cache.contains_ip(*ip).is_none()) {
+        let caches = read_caches(store.dir(), &cc.views())?;
+        let outside = |ip: &IpAddr| cc.in_pools(*ip) && caches.iter().all(|c| c.contains_ip(*ip).is_none());
+        if released.iter().any(outside) {
             block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_handle(cc, &h))?;
         }
         tracing::info!(?released, "released leases");
     } else {
         let held: Vec<IpAddr> =
-            locked.leased_to(&ctx.container_id, &ctx.ifname)?.into_iter().filter(|ip| cc.pool.contains(*ip)).collect();
+            locked.leased_to(&ctx.container_id, &ctx.ifname)?.into_iter().filter(|ip| cc.in_pools(*ip)).collect();
         block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, release_held(cc, &h, &held))?;
         let released = locked.release(&ctx.container_id, &ctx.ifname)?;
         tracing::info!(?released, "released leases");
@@ -583,8 +803,10 @@ async fn release_held(cc: &ClusterConfig, h: &str, held: &[IpAddr]) -> Result<Ve
     let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
     let mut freed = Vec::new();
     for ip in held {
-        let cidr = IpNetwork::new(*ip, cc.block_size).map_err(|e| BlockError::Config(e.to_string()))?;
-        let cidr = IpNetwork::new(cidr.network(), cc.block_size).map_err(|e| BlockError::Config(e.to_string()))?;
+        // The block of the pool holding the address (its blockSize).
+        let size = cc.pool_of(*ip).map_or(cc.block_size, |v| v.block_size);
+        let cidr = IpNetwork::new(*ip, size).map_err(|e| BlockError::Config(e.to_string()))?;
+        let cidr = IpNetwork::new(cidr.network(), size).map_err(|e| BlockError::Config(e.to_string()))?;
         let Some(b) = client.get(cidr).await? else { continue };
         let mine = |a: &Allocation| a.host == cc.host && a.handle == h;
         if !b.value.allocations.get(ip).is_some_and(mine) {
@@ -611,12 +833,20 @@ async fn release_held(cc: &ClusterConfig, h: &str, held: &[IpAddr]) -> Result<Ve
     Ok(freed)
 }
 
-/// CHECK: the attachment holds an address of the pool, and `prevResult`
-/// agrees with the local store.
+/// CHECK: the attachment holds an address of a pool of each family that
+/// has one, and `prevResult` agrees with the local store.
 pub fn check(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let mut conf = common_config(ctx)?;
-    let pool = Range::new(cc.pool, None, None, None).map_err(Error::config)?;
-    conf.range_sets = vec![RangeSet::new(vec![pool]).map_err(Error::config)?];
+    conf.range_sets = Vec::new();
+    for v4 in [true, false] {
+        let pools = cc.family(v4);
+        if pools.is_empty() {
+            continue;
+        }
+        let ranges =
+            pools.iter().map(|v| Range::new(v.pool, None, None, None)).collect::<std::result::Result<Vec<_>, _>>();
+        conf.range_sets.push(RangeSet::new(ranges.map_err(Error::config)?).map_err(Error::config)?);
+    }
     let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     let prev = ctx.prev_result()?;
     alloc::check(&store, &conf, &ctx.container_id, &ctx.ifname, prev.as_ref())
@@ -632,11 +862,21 @@ pub fn status(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let conf = common_config(ctx)?;
     let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))?;
-    let needs_etcd = !cc.strict_affinity || {
-        let cache = BlockCache::read(store.dir(), cc)?;
-        let full = cache::read_full(store.dir());
-        cache.blocks.iter().all(|b| full.contains(b))
-    };
+    // strict: some family has no cached block with room in any of its pools.
+    let mut needs_etcd = !cc.strict_affinity;
+    for v4 in [true, false] {
+        let views = cc.family(v4);
+        if needs_etcd || views.is_empty() {
+            continue;
+        }
+        let mut room = false;
+        for v in &views {
+            let cache = BlockCache::read(store.dir(), v)?;
+            let full = cache::read_full(store.dir(), v);
+            room |= cache.blocks.iter().any(|b| !full.contains(b));
+        }
+        needs_etcd = !room;
+    }
     if needs_etcd {
         block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, async {
             BlockClient::connect(&cc.etcd, &cc.network).await?.probe().await
@@ -656,7 +896,7 @@ pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()>
     let (data_dir, network) = ipam::config::store_location(ctx)?;
     let store = ipam::disk_store(&data_dir, &network)?;
     let locked = store.lock()?;
-    cache::clear_full(store.dir())?;
+    cache::clear_full(store.dir(), cc)?;
     let local = alloc::gc_locked(&*locked, valid);
     let leases = locked.leases()?;
     let valid: HashSet<String> = valid.iter().map(|a| handle(&a.container_id, &a.ifname)).collect();
@@ -664,17 +904,20 @@ pub fn gc(ctx: &Context, cc: &ClusterConfig, valid: &[Attachment]) -> CniRes<()>
     let report = local?;
     let outcome = remote?;
     // Blocks of ours the cache misses (a claim whose answer timed out), and
-    // blocks given back.
-    let mut cache = BlockCache::read(store.dir(), cc)?;
-    let missing: Vec<IpNetwork> = outcome.ours.iter().copied().filter(|b| !cache.blocks.contains(b)).collect();
-    if !missing.is_empty() || cache.blocks.iter().any(|b| outcome.released.contains(b)) {
-        if !missing.is_empty() {
-            tracing::info!(?missing, "adopting blocks of this host found in etcd");
+    // blocks given back; per pool.
+    for view in cc.views() {
+        let mut cache = BlockCache::read(store.dir(), &view)?;
+        let missing: Vec<IpNetwork> =
+            outcome.ours.iter().copied().filter(|b| view.is_block(*b) && !cache.blocks.contains(b)).collect();
+        if !missing.is_empty() || cache.blocks.iter().any(|b| outcome.released.contains(b)) {
+            if !missing.is_empty() {
+                tracing::info!(?missing, "adopting blocks of this host found in etcd");
+            }
+            cache.blocks.retain(|b| !outcome.released.contains(b));
+            cache.blocks.extend(missing);
+            cache.blocks.sort_by_key(|b| to_u128(b.network()));
+            cache.write(store.dir(), &view)?;
         }
-        cache.blocks.retain(|b| !outcome.released.contains(b));
-        cache.blocks.extend(missing);
-        cache.blocks.sort_by_key(|b| to_u128(b.network()));
-        cache.write(store.dir())?;
     }
     tracing::info!(
         released = report.released.len(),
@@ -726,21 +969,25 @@ async fn gc_etcd(cc: &ClusterConfig, valid: &HashSet<String>, leases: &[Lease]) 
             })
             .await?;
         freed += dropped;
-        if let Some(now) = now.filter(|n| n.value.host == cc.host && cc.is_block(n.cidr)) {
+        if let Some(now) = now.filter(|n| n.value.host == cc.host && cc.views().iter().any(|v| v.is_block(n.cidr))) {
             ours.push((now, local_empty));
         }
     }
     let empty = |(b, local_empty): &&(Block, bool)| *local_empty && b.value.allocations.is_empty();
-    let mut keep_one = ours.iter().all(|o| empty(&o));
     let mut released = Vec::new();
-    // Highest addresses first: the one kept is where this host's claims went last.
-    for (b, _) in ours.iter().rev().filter(empty) {
-        if std::mem::take(&mut keep_one) {
-            continue;
-        }
-        if client.delete(b).await? {
-            tracing::info!(block = %b.cidr, "gave an empty block back to the pool");
-            released.push(b.cidr);
+    // Per pool: the host keeps one block in each.
+    for view in cc.views() {
+        let in_pool: Vec<&(Block, bool)> = ours.iter().filter(|(b, _)| view.is_block(b.cidr)).collect();
+        let mut keep_one = in_pool.iter().all(empty);
+        // Highest addresses first: the one kept is where this host's claims went last.
+        for (b, _) in in_pool.into_iter().rev().filter(empty) {
+            if std::mem::take(&mut keep_one) {
+                continue;
+            }
+            if client.delete(b).await? {
+                tracing::info!(block = %b.cidr, "gave an empty block back to the pool");
+                released.push(b.cidr);
+            }
         }
     }
     let ours = ours.into_iter().map(|(b, _)| b.cidr).filter(|c| !released.contains(c)).collect();

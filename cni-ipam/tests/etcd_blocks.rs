@@ -667,3 +667,185 @@ fn non_strict_add_with_full_cached_blocks_claims_without_listing_and_finds_a_los
     assert_eq!(records.values().filter(|(host, handle)| host == "node-u" && handle == "lost/eth0").count(), 1);
     assert_eq!(records.values().filter(|(host, _)| host == "node-u").count(), 27);
 }
+
+// ---- Several pools and dual stack (`pools`) ----
+
+impl Host {
+    /// ADD that must succeed; returns every "ip/len" of the result.
+    fn add_all(&self, id: &str) -> Vec<String> {
+        let r = self.add(id).unwrap_or_else(|e| panic!("{}: ADD {id}: {e}", self.name));
+        addresses(&r)
+    }
+
+    /// The blocks cached for a pool other than the config's first.
+    fn cached_blocks_of(&self, pool_key: &str) -> Vec<String> {
+        let p = self.dir.net_dir(NET).join(format!("blocks-{pool_key}.json"));
+        let Ok(s) = std::fs::read_to_string(p) else { return Vec::new() };
+        let v: Value = serde_json::from_str(&s).unwrap();
+        v["blocks"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect()
+    }
+}
+
+fn net(s: &str) -> ipnetwork::IpNetwork {
+    s.parse().unwrap()
+}
+
+/// The etcd records of `handle`: address -> host.
+fn records_of(etcd: &EtcdServer, handle: &str) -> BTreeMap<IpAddr, String> {
+    etcd_allocations(etcd).into_iter().filter(|(_, (_, h))| h == handle).map(|(ip, (host, _))| (ip, host)).collect()
+}
+
+const V4_POOL: &str = "10.230.0.0/24";
+const V6_POOL: &str = "fd00:230::/120";
+
+fn dual_stack(strict: bool) -> Value {
+    json!({"pools": [{"cidr": V4_POOL, "blockSize": 28}, {"cidr": V6_POOL, "blockSize": 124}], "strictAffinity": strict})
+}
+
+#[test]
+fn dual_stack_add_gives_one_v4_and_one_v6_and_del_and_gc_free_both() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    for strict in [false, true] {
+        let a = Host::new(&etcd, &format!("node-ds-{strict}"), dual_stack(strict));
+        let got = a.add_all("c1");
+        assert_eq!(got.len(), 2, "strict={strict}: one address per family: {got:?}");
+        let (v4, v6) = (net(&got[0]), net(&got[1]));
+        assert!(v4.is_ipv4() && net(V4_POOL).contains(v4.ip()) && v4.prefix() == 28, "{got:?}");
+        assert!(v6.is_ipv6() && net(V6_POOL).contains(v6.ip()) && v6.prefix() == 124, "{got:?}");
+        let r = a.add("c1").unwrap();
+        assert_eq!(addresses(&r), got, "ADD is idempotent for both families");
+        let gw6 = cluster_ipam::block_range(net(&a.cached_blocks_of("fd00:230::-120")[0])).gateway;
+        assert_eq!(r["ips"][1]["gateway"].as_str().unwrap(), gw6.to_string());
+        assert_eq!(a.local().len(), 2);
+        // CHECK wants an address of each family, and prevResult to match.
+        let mut with_prev = a.conf.clone();
+        with_prev["prevResult"] = r.clone();
+        Ipam.check(&ctx("CHECK", "c1", "eth0", &with_prev, "")).unwrap();
+        Ipam.status(&ctx("STATUS", "", "", &a.conf, "")).unwrap();
+        if !strict {
+            // Non-strict: both recorded in etcd before the ADD returned.
+            let recs = records_of(&etcd, "c1/eth0");
+            let want: Vec<IpAddr> = vec![v4.ip(), v6.ip()];
+            assert_eq!(recs.keys().copied().collect::<Vec<_>>(), want, "{recs:?}");
+        }
+
+        a.del("c1").unwrap();
+        assert!(a.local().is_empty(), "DEL frees both locally: {:?}", a.local());
+        a.gc(&[]).unwrap(); // strict: publish, so etcd shows what is left
+        assert!(records_of(&etcd, "c1/eth0").is_empty(), "DEL frees both in etcd");
+
+        let keep = a.add_all("c2");
+        let gone = a.add_all("c3");
+        assert_eq!((keep.len(), gone.len()), (2, 2));
+        if strict {
+            // The local allocator's round robin, kept per family (as host-local's
+            // range sets): c1's freed addresses are not handed out again at once.
+            assert!(keep[0] != got[0] && keep[1] != got[1], "{keep:?} after {got:?}");
+        }
+        a.gc(&["c2"]).unwrap();
+        let local: Vec<String> = a.local().keys().cloned().collect();
+        let want: Vec<String> = keep.iter().map(|x| ip_of(x)).collect();
+        assert_eq!(local, want, "GC keeps c2's two addresses and frees c3's");
+        assert!(records_of(&etcd, "c3/eth0").is_empty(), "GC frees both of c3 in etcd");
+        let recs = records_of(&etcd, "c2/eth0");
+        assert_eq!(recs.len(), 2, "c2 stays recorded for both families: {recs:?}");
+        a.del("c2").unwrap();
+    }
+
+    // Through the binary, as a runtime runs it: one result with both.
+    let b = Host::new(&etcd, "node-ds-bin", dual_stack(false));
+    let (ok, v) = run_json(BIN, "ADD", "bin-ds", "eth0", &b.conf, "");
+    assert!(ok, "{v}");
+    let got = addresses(&v);
+    assert_eq!(got.len(), 2, "{v}");
+    assert!(net(&got[0]).is_ipv4() && net(&got[1]).is_ipv6(), "{v}");
+    let (ok, v) = run_json(BIN, "DEL", "bin-ds", "eth0", &b.conf, "");
+    assert!(ok, "{v}");
+    assert!(records_of(&etcd, "bin-ds/eth0").is_empty() && b.local().is_empty());
+}
+
+#[test]
+fn a_full_v6_pool_fails_the_add_with_110_and_releases_its_v4_address() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    // One /124 block: the whole IPv6 pool.
+    let v6_pool = "fd00:231::/124";
+    let room = cluster_ipam::block_addresses(net(v6_pool)).count();
+    for strict in [false, true] {
+        let cluster = json!({"pools": [{"cidr": "10.231.0.0/24", "blockSize": 28},
+                                       {"cidr": v6_pool, "blockSize": 124}], "strictAffinity": strict});
+        let a = Host::new(&etcd, &format!("node-v6full-{strict}"), cluster);
+        for i in 0..room {
+            assert_eq!(a.add_all(&format!("c{i}")).len(), 2);
+        }
+        let before_local = a.local();
+        let before_etcd = etcd_allocations(&etcd);
+        let e = a.add("one-too-many").unwrap_err();
+        assert_eq!(e.code, Code::Other(ipam::CODE_EXHAUSTED), "strict={strict}: {e}");
+        assert!(e.msg.contains(&format!("pool {v6_pool}")) && e.msg.contains("node-v6full"), "{e}");
+        // The IPv4 address it took first is released: nothing half-done.
+        assert_eq!(a.local(), before_local, "strict={strict}: no lease left behind");
+        assert!(records_of(&etcd, "one-too-many/eth0").is_empty());
+        if !strict {
+            // (A strict claim attempt publishes the host's full blocks: etcd changes there.)
+            assert_eq!(etcd_allocations(&etcd), before_etcd, "etcd as before the failed ADD");
+        }
+        let markers = common::files_with_prefix(&a.dir.net_dir(NET), ".att.one-too-many");
+        assert!(markers.is_empty(), "{markers:?}");
+        // A DEL frees room; the retried ADD then gets both.
+        a.del("c0").unwrap();
+        assert_eq!(a.add_all("one-too-many").len(), 2);
+        // Give the pool back for the next mode.
+        for i in 1..room {
+            a.del(&format!("c{i}")).unwrap();
+        }
+        a.del("one-too-many").unwrap();
+        let removed = admin(&["remove-host", "--etcd-endpoints", &etcd.endpoint(), "--network", NET, &a.name]);
+        assert!(removed.0, "{removed:?}");
+    }
+}
+
+#[test]
+fn two_v4_pools_the_second_is_used_when_the_first_is_exhausted() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    for strict in [false, true] {
+        // Each pool is one /28 block of 13 addresses.
+        let (p1, p2) = if strict { ("10.232.1.0/28", "10.232.2.0/28") } else { ("10.233.1.0/28", "10.233.2.0/28") };
+        let cluster = json!({"pools": [{"cidr": p1, "blockSize": 28}, {"cidr": p2, "blockSize": 28}],
+                             "strictAffinity": strict});
+        let a = Host::new(&etcd, &format!("node-2p-{strict}"), cluster);
+        let room = cluster_ipam::block_addresses(net(p1)).count();
+        for i in 0..room {
+            let got = a.add_all(&format!("c{i}"));
+            assert_eq!(got.len(), 1, "one address per family: {got:?}");
+            assert!(net(p1).contains(net(&got[0]).ip()), "strict={strict}: {got:?} from the first pool");
+        }
+        assert!(a.cached_blocks_of(&p2.replace('/', "-")).is_empty(), "the second pool untouched so far");
+        let next = a.add_all("c-next");
+        assert!(net(p2).contains(net(&next[0]).ip()), "strict={strict}: {next:?} from the second pool");
+        assert_eq!(a.cached_blocks_of(&p2.replace('/', "-")), [p2.to_string()]);
+        assert_eq!(a.cached_blocks(), [p1.to_string()]);
+        // An address freed in the first pool is used before the second pool's.
+        a.del("c3").unwrap();
+        let back = a.add_all("c-back");
+        assert!(net(p1).contains(net(&back[0]).ip()), "strict={strict}: config order: {back:?}");
+        // Both full: 110 naming both pools.
+        for i in 1..room {
+            a.add_all(&format!("d{i}"));
+        }
+        let e = a.add("late").unwrap_err();
+        assert_eq!(e.code, Code::Other(ipam::CODE_EXHAUSTED), "strict={strict}: {e}");
+        assert!(e.msg.contains(&format!("pools {p1}, {p2}")), "{e}");
+        assert!(!a.local().values().any(|o| o.starts_with("late")));
+        // GC covers both pools.
+        a.gc(&["c0", "d1"]).unwrap();
+        let left: Vec<String> = a.local().values().cloned().collect();
+        assert_eq!(left, ["c0\r\neth0", "d1\r\neth0"], "strict={strict}");
+        let recs = etcd_allocations(&etcd);
+        let mine: Vec<&String> = recs
+            .iter()
+            .filter(|(ip, _)| net(p1).contains(**ip) || net(p2).contains(**ip))
+            .map(|(_, (_, h))| h)
+            .collect();
+        assert_eq!(mine, ["c0/eth0", "d1/eth0"], "strict={strict}: {recs:?}");
+    }
+}
