@@ -36,7 +36,7 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
         /// The host's name, as in `ipam.cluster.host` (default: its hostname)
-        #[arg(value_name = "HOST", value_parser = NonEmptyStringValueParser::new())]
+        #[arg(value_name = "HOST", value_parser = parse_host)]
         host: String,
     },
     /// Lists the network's blocks with their host and allocation counts
@@ -83,6 +83,11 @@ fn parse_endpoints(v: &str) -> Result<Endpoints, String> {
         return Err(format!("{e:?} is not an http:// or https:// URL"));
     }
     Ok(Endpoints(list))
+}
+
+/// HOST: what a block record may carry (1-253 characters, no `/` or blanks).
+fn parse_host(h: &str) -> Result<String, String> {
+    super::config::check_host(h).map(|()| h.to_string()).map_err(|e| e.to_string())
 }
 
 impl Target {
@@ -270,6 +275,9 @@ mod tests {
         assert!(err(&["blocks", "--etcd-endpoints", "a:2379", "--network", "n"]).contains("not an http://"));
         assert!(err(&["blocks", "--etcd-endpoints", " , ", "--network", "n"]).contains("no endpoint"));
         assert!(err(&["remove-host", "--etcd-endpoints", "http://a:1", "--network", "n"]).contains("<HOST>"));
+        assert!(
+            err(&["remove-host", "--etcd-endpoints", "http://a:1", "--network", "n", "a/b"]).contains("without '/'")
+        );
         assert!(err(&["blocks", "--etcd-endpoints", "http://a:1", "--network", "n", "--etcd-certfile", "/c"])
             .contains("--etcd-keyfile"));
         assert!(err(&["bogus"]).contains("Usage:"));

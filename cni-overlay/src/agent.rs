@@ -166,7 +166,7 @@ pub struct AgentFlags {
     /// etcd lease TTL of the host's subnet: `90s`, `15m`, `24h` or plain seconds
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration_arg)]
     pub subnet_lease_ttl: Duration,
-    /// Renew this many minutes before expiry (at least the TTL: half the TTL)
+    /// Renew this many minutes before expiry; a margin of at least the TTL renews at half the TTL
     #[arg(long, value_name = "MINUTES", default_value_t = 60)]
     pub subnet_lease_renew_margin: u64,
 }
