@@ -2,85 +2,122 @@
 //! plugin binary runs when `CNI_COMMAND` is unset and arguments are given.
 
 use std::io::Write;
+use std::path::PathBuf;
+
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Args, Parser, Subcommand};
 
 use super::client::{block_on, ADMIN_DEADLINE};
 use super::{block_range, list_blocks, remove_host, DEFAULT_PREFIX};
 use etcd_kv::EtcdConfig;
 
-pub const USAGE: &str = "\
-usage:
-  cni-ipam remove-host --etcd-endpoints URL[,URL…] [--etcd-prefix P] --network NAME HOST
-      frees HOST's blocks and every allocation recorded for it
-  cni-ipam blocks --etcd-endpoints URL[,URL…] [--etcd-prefix P] --network NAME
-      lists the network's blocks with their host and allocation counts
-options:
-  --etcd-prefix P      default /cni-ipam (the ipam.cluster etcdPrefix)
-  --etcd-cafile F, --etcd-certfile F, --etcd-keyfile F   TLS
-Without arguments, or with CNI_COMMAND set, cni-ipam is the CNI plugin.";
-
-#[derive(Debug)]
-struct Args {
-    cmd: String,
-    etcd: EtcdConfig,
-    network: Option<String>,
-    positional: Vec<String>,
+/// The admin commands (clap derive). The CNI path never builds this: main
+/// decides on `CNI_COMMAND` and `argc` before any parsing.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cni-ipam",
+    about = "Admin commands of cni-ipam's cluster (affine blocks) mode",
+    after_help = "Without arguments, or with CNI_COMMAND set, cni-ipam is the CNI plugin.",
+    args_override_self = true,
+    subcommand_required = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-fn parse(args: &[String]) -> Result<Args, String> {
-    let Some((cmd, rest)) = args.split_first() else { return Err("no command".into()) };
-    let mut a = Args {
-        cmd: cmd.clone(),
-        etcd: EtcdConfig { endpoints: Vec::new(), prefix: DEFAULT_PREFIX.into(), ..EtcdConfig::default() },
-        network: None,
-        positional: Vec::new(),
-    };
-    let mut it = rest.iter();
-    while let Some(arg) = it.next() {
-        if !arg.starts_with("--") {
-            a.positional.push(arg.clone());
-            continue;
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f, Some(v.to_string())),
-            None => (arg.as_str(), None),
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Frees HOST's blocks and every allocation recorded for it
+    ///
+    /// Blocks in which other hosts still borrow addresses are kept without a host until the
+    /// last one is freed. Run it only for a host that is gone.
+    RemoveHost {
+        #[command(flatten)]
+        target: Target,
+        /// The host's name, as in `ipam.cluster.host` (default: its hostname)
+        #[arg(value_name = "HOST", value_parser = parse_host)]
+        host: String,
+    },
+    /// Lists the network's blocks with their host and allocation counts
+    Blocks {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which etcd and which network: the flags both commands take.
+#[derive(Debug, Args)]
+struct Target {
+    /// etcd endpoints, comma-separated http:// or https:// URLs
+    #[arg(long, value_name = "URL[,URL…]", required = true, value_parser = parse_endpoints)]
+    etcd_endpoints: Endpoints,
+    /// Key prefix (the ipam.cluster etcdPrefix)
+    #[arg(long, value_name = "P", default_value = DEFAULT_PREFIX, value_parser = NonEmptyStringValueParser::new())]
+    etcd_prefix: String,
+    /// CA certificate for TLS to etcd (endpoints must be https://)
+    #[arg(long, value_name = "F")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for TLS to etcd (with --etcd-keyfile)
+    #[arg(long, value_name = "F", requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for TLS to etcd (with --etcd-certfile)
+    #[arg(long, value_name = "F", requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// The network's name (the config's `name`)
+    #[arg(long, value_name = "NAME", required = true, value_parser = NonEmptyStringValueParser::new())]
+    network: String,
+}
+
+/// `--etcd-endpoints`, split at commas (blanks around and empty entries
+/// ignored).
+#[derive(Debug, Clone)]
+struct Endpoints(Vec<String>);
+
+fn parse_endpoints(v: &str) -> Result<Endpoints, String> {
+    let list: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if list.is_empty() {
+        return Err("no endpoint given".into());
+    }
+    if let Some(e) = list.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+        return Err(format!("{e:?} is not an http:// or https:// URL"));
+    }
+    Ok(Endpoints(list))
+}
+
+/// HOST: what a block record may carry (1-253 characters, no `/` or blanks).
+fn parse_host(h: &str) -> Result<String, String> {
+    super::config::check_host(h).map(|()| h.to_string()).map_err(|e| e.to_string())
+}
+
+impl Target {
+    fn etcd(&self) -> Result<EtcdConfig, String> {
+        let etcd = EtcdConfig {
+            endpoints: self.etcd_endpoints.0.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
         };
-        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or(format!("{flag} needs a value"));
-        match flag {
-            "--etcd-endpoints" => {
-                a.etcd.endpoints =
-                    value()?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        if etcd.uses_tls() {
+            if let Some(e) = etcd.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(format!("--etcd-endpoints: {e:?} is not https:// but TLS files are set"));
             }
-            "--etcd-prefix" => a.etcd.prefix = value()?,
-            "--etcd-cafile" => a.etcd.ca_file = Some(value()?.into()),
-            "--etcd-certfile" => a.etcd.cert_file = Some(value()?.into()),
-            "--etcd-keyfile" => a.etcd.key_file = Some(value()?.into()),
-            "--network" => a.network = Some(value()?),
-            _ => return Err(format!("unknown option {flag}")),
         }
+        Ok(etcd)
     }
-    if a.etcd.endpoints.is_empty() {
-        return Err("--etcd-endpoints is required".into());
-    }
-    if a.network.as_deref().is_none_or(str::is_empty) {
-        return Err("--network is required".into());
-    }
-    Ok(a)
 }
 
-fn run(args: &[String], out: &mut dyn Write) -> Result<(), String> {
-    if matches!(args.first().map(String::as_str), Some("-h" | "--help" | "help")) {
-        let _ = writeln!(out, "{USAGE}");
-        return Ok(());
-    }
-    let a = parse(args)?;
-    let network = a.network.clone().unwrap_or_default();
+fn parse(args: &[String]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("cni-ipam").chain(args.iter().map(String::as_str)))
+}
+
+fn run(cli: Cli, out: &mut dyn Write) -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
-    match a.cmd.as_str() {
-        "remove-host" => {
-            let [host] = a.positional.as_slice() else {
-                return Err("remove-host takes exactly one HOST".into());
-            };
-            let r = block_on(&a.etcd.endpoints, ADMIN_DEADLINE, remove_host(&a.etcd, &network, host))
+    match cli.cmd {
+        Cmd::RemoveHost { target, host } => {
+            let (etcd, network) = (target.etcd()?, target.network);
+            let r = block_on(&etcd.endpoints, ADMIN_DEADLINE, remove_host(&etcd, &network, &host))
                 .map_err(|e| e.to_string())?;
             writeln!(
                 out,
@@ -97,12 +134,10 @@ fn run(args: &[String], out: &mut dyn Write) -> Result<(), String> {
             }
             Ok(())
         }
-        "blocks" => {
-            if !a.positional.is_empty() {
-                return Err(format!("blocks takes no arguments, got {:?}", a.positional));
-            }
-            let blocks = block_on(&a.etcd.endpoints, ADMIN_DEADLINE, list_blocks(&a.etcd, &network))
-                .map_err(|e| e.to_string())?;
+        Cmd::Blocks { target } => {
+            let (etcd, network) = (target.etcd()?, target.network);
+            let blocks =
+                block_on(&etcd.endpoints, ADMIN_DEADLINE, list_blocks(&etcd, &network)).map_err(|e| e.to_string())?;
             writeln!(
                 out,
                 "{:<24} {:<20} {:>9} {:>8} {:>6} {:>9}",
@@ -127,20 +162,27 @@ fn run(args: &[String], out: &mut dyn Write) -> Result<(), String> {
             }
             Ok(())
         }
-        other => Err(format!("unknown command {other:?}")),
     }
 }
 
-/// Runs an admin command; returns the process exit code (errors and usage
-/// go to stderr).
+/// Runs an admin command; returns the process exit code: 0, or 1 on any
+/// error (usage errors with clap's message and usage line, on stderr; help
+/// goes to stdout with 0).
 pub fn main(args: &[String]) -> i32 {
+    let cli = match parse(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match run(args, &mut out) {
+    match run(cli, &mut out) {
         Ok(()) => 0,
         Err(e) => {
             let _ = out.flush();
-            eprintln!("cni-ipam: {e}\n{USAGE}");
+            eprintln!("cni-ipam: {e}");
             1
         }
     }
@@ -154,16 +196,116 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    fn target(cli: &Cli) -> &Target {
+        match &cli.cmd {
+            Cmd::RemoveHost { target, .. } | Cmd::Blocks { target } => target,
+        }
+    }
+
+    fn err(v: &[&str]) -> String {
+        parse(&s(v)).unwrap_err().render().to_string()
+    }
+
     #[test]
-    fn parses_flags_both_ways() {
-        let a =
-            parse(&s(&["remove-host", "--etcd-endpoints=http://a:1,http://b:2", "--network", "n1", "node-a"])).unwrap();
-        assert_eq!(a.etcd.endpoints, ["http://a:1", "http://b:2"]);
-        assert_eq!(a.etcd.prefix, "/cni-ipam");
-        assert_eq!(a.positional, ["node-a"]);
-        assert!(parse(&s(&["blocks", "--network", "n"])).unwrap_err().contains("--etcd-endpoints"));
-        assert!(parse(&s(&["blocks", "--etcd-endpoints", "http://a:1"])).unwrap_err().contains("--network"));
-        assert!(parse(&s(&["blocks", "--bogus"])).unwrap_err().contains("unknown option --bogus"));
-        assert!(parse(&s(&["blocks", "--network"])).unwrap_err().contains("needs a value"));
+    fn the_documented_invocations_parse() {
+        // docs/cluster-ipam.md, "Admin commands".
+        let cli = parse(&s(&["blocks", "--etcd-endpoints", "http://127.0.0.1:2379", "--network", "podnet"])).unwrap();
+        let etcd = target(&cli).etcd().unwrap();
+        assert_eq!(etcd.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(etcd.prefix, "/cni-ipam");
+        assert_eq!(target(&cli).network, "podnet");
+        assert!(matches!(cli.cmd, Cmd::Blocks { .. }));
+
+        let cli = parse(&s(&[
+            "remove-host",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--etcd-prefix",
+            "/p",
+            "--network",
+            "podnet",
+            "node-a",
+        ]))
+        .unwrap();
+        assert_eq!(target(&cli).etcd().unwrap().prefix, "/p");
+        assert!(matches!(&cli.cmd, Cmd::RemoveHost { host, .. } if host == "node-a"));
+
+        // `--flag=value`, several endpoints, HOST anywhere, the last repeated flag wins.
+        let cli = parse(&s(&[
+            "remove-host",
+            "node-b",
+            "--etcd-endpoints=http://a:1, http://b:2,",
+            "--network=n1",
+            "--network=n2",
+        ]))
+        .unwrap();
+        assert_eq!(target(&cli).etcd().unwrap().endpoints, ["http://a:1", "http://b:2"]);
+        assert_eq!(target(&cli).network, "n2");
+        assert!(matches!(&cli.cmd, Cmd::RemoveHost { host, .. } if host == "node-b"));
+
+        // TLS.
+        let cli = parse(&s(&[
+            "blocks",
+            "--etcd-endpoints",
+            "https://e:2379",
+            "--network",
+            "n",
+            "--etcd-cafile",
+            "/ca.pem",
+            "--etcd-certfile",
+            "/c.pem",
+            "--etcd-keyfile",
+            "/k.pem",
+        ]))
+        .unwrap();
+        let etcd = target(&cli).etcd().unwrap();
+        assert_eq!(etcd.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(etcd.cert_file.as_deref(), Some(std::path::Path::new("/c.pem")));
+        assert_eq!(etcd.key_file.as_deref(), Some(std::path::Path::new("/k.pem")));
+    }
+
+    #[test]
+    fn bad_invocations_name_what_is_wrong() {
+        assert!(err(&["blocks", "--network", "n"]).contains("--etcd-endpoints"));
+        assert!(err(&["blocks", "--etcd-endpoints", "http://a:1"]).contains("--network"));
+        assert!(err(&["blocks", "--etcd-endpoints", "http://a:1", "--network", ""]).contains("--network"));
+        assert!(err(&["blocks", "--bogus"]).contains("--bogus"));
+        assert!(err(&["blocks", "--etcd-endpoints", "http://a:1", "--network"]).contains("--network"));
+        assert!(err(&["blocks", "--etcd-endpoints", "http://a:1", "--network", "n", "extra"]).contains("extra"));
+        assert!(err(&["blocks", "--etcd-endpoints", "a:2379", "--network", "n"]).contains("not an http://"));
+        assert!(err(&["blocks", "--etcd-endpoints", " , ", "--network", "n"]).contains("no endpoint"));
+        assert!(err(&["remove-host", "--etcd-endpoints", "http://a:1", "--network", "n"]).contains("<HOST>"));
+        assert!(
+            err(&["remove-host", "--etcd-endpoints", "http://a:1", "--network", "n", "a/b"]).contains("without '/'")
+        );
+        assert!(err(&["blocks", "--etcd-endpoints", "http://a:1", "--network", "n", "--etcd-certfile", "/c"])
+            .contains("--etcd-keyfile"));
+        assert!(err(&["bogus"]).contains("Usage:"));
+        assert!(err(&[]).contains("Usage:"));
+        let cli =
+            parse(&s(&["blocks", "--etcd-endpoints", "http://a:1", "--network", "n", "--etcd-cafile", "/ca"])).unwrap();
+        assert!(target(&cli).etcd().unwrap_err().contains("not https://"));
+    }
+
+    #[test]
+    fn help_is_not_an_error_and_lists_every_flag() {
+        for args in [&["--help"][..], &["help"], &["-h"], &["blocks", "--help"], &["help", "remove-host"]] {
+            let e = parse(&s(args)).unwrap_err();
+            assert!(!e.use_stderr(), "{args:?} is help, on stdout");
+        }
+        let help = parse(&s(&["remove-host", "--help"])).unwrap_err().render().to_string();
+        for flag in [
+            "--etcd-endpoints",
+            "--etcd-prefix",
+            "--etcd-cafile",
+            "--etcd-certfile",
+            "--etcd-keyfile",
+            "--network",
+            "<HOST>",
+            "/cni-ipam",
+        ] {
+            assert!(help.contains(flag), "{flag} missing in\n{help}");
+        }
+        // The binary's exit codes (1 on a usage error, 0 for help): cni-ipam/tests/etcd_blocks.rs.
     }
 }

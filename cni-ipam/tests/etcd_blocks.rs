@@ -469,9 +469,9 @@ fn remove_host_frees_its_blocks_and_allocations_and_others_can_claim_them() {
     assert!(blocks(&etcd).iter().all(|bl| !bl.value.host.is_empty()), "the empty orphan is deleted");
 
     let (ok, _, err) = admin(&["remove-host", "--etcd-endpoints", &ep, "--network", NET]);
-    assert!(!ok && err.contains("exactly one HOST"), "{err}");
+    assert!(!ok && err.contains("<HOST>"), "{err}");
     let (ok, _, err) = admin(&["bogus"]);
-    assert!(!ok && err.contains("usage:"), "{err}");
+    assert!(!ok && err.contains("Usage:"), "{err}");
 }
 
 #[test]
@@ -848,4 +848,30 @@ fn two_v4_pools_the_second_is_used_when_the_first_is_exhausted() {
             .collect();
         assert_eq!(mine, ["c0/eth0", "d1/eth0"], "strict={strict}: {recs:?}");
     }
+}
+
+/// The binary: with `CNI_COMMAND` set it is the plugin whatever its
+/// arguments (clap never sees them); without it, `help` is on stdout with
+/// exit 0 and a usage error on stderr with exit 1. No etcd needed.
+#[test]
+fn the_cni_path_ignores_arguments_and_admin_help_is_on_stdout() {
+    let out = Command::new(BIN)
+        .env("CNI_COMMAND", "VERSION")
+        .args(["blocks", "--help"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cni-ipam");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not the VERSION answer ({e}): {stdout}"));
+    assert!(out.status.success() && v["supportedVersions"].is_array(), "{v}");
+
+    let (ok, out, _) = admin(&["--help"]);
+    assert!(ok && out.contains("remove-host") && out.contains("blocks") && out.contains("CNI_COMMAND"), "{out}");
+    let (ok, out, _) = admin(&["help", "remove-host"]);
+    assert!(ok && out.contains("--etcd-endpoints") && out.contains("<HOST>"), "{out}");
+    let out = Command::new(BIN).env_remove("CNI_COMMAND").args(["blocks", "--network", "n"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty() && err.contains("--etcd-endpoints"), "{err}");
 }

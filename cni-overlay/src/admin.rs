@@ -5,13 +5,13 @@ use std::net::IpAddr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::agent::{AgentArgs, AgentError};
-use subnet_lease::{Lease, SubnetManager};
+use crate::agent::AgentError;
+use subnet_lease::{EtcdConfig, Lease, SubnetManager};
 
 /// `cni-overlay leases [etcd flags]`: one line per host lease; dual-stack
 /// leases show their IPv6 subnet and public address too.
-pub async fn leases(args: &AgentArgs) -> Result<String, AgentError> {
-    let sm = SubnetManager::connect(&args.etcd).await?;
+pub async fn leases(etcd: &EtcdConfig) -> Result<String, AgentError> {
+    let sm = SubnetManager::connect(etcd).await?;
     let (leases, _) = sm.leases().await?;
     Ok(format_leases(&leases))
 }
@@ -36,8 +36,8 @@ fn format_leases(leases: &[Lease]) -> String {
 }
 
 /// `cni-overlay remove-host [etcd flags] <SUBNET|PUBLIC-IP>`.
-pub async fn remove_host(args: &AgentArgs, which: &str) -> Result<String, AgentError> {
-    let sm = SubnetManager::connect(&args.etcd).await?;
+pub async fn remove_host(etcd: &EtcdConfig, which: &str) -> Result<String, AgentError> {
+    let sm = SubnetManager::connect(etcd).await?;
     let subnet: Ipv4Network = if let Ok(n) = which.parse::<Ipv4Network>() {
         n
     } else if let Ok(ip) = which.parse::<IpAddr>() {

@@ -70,91 +70,155 @@ pub struct AgentArgs {
     pub renew_margin: Duration,
 }
 
-impl AgentArgs {
-    pub fn parse(args: &[String]) -> Result<AgentArgs> {
-        let mut a = AgentArgs {
-            etcd: EtcdConfig {
-                endpoints: vec!["http://127.0.0.1:2379".into()],
-                prefix: "/coreos.com/network".into(),
-                ca_file: None,
-                cert_file: None,
-                key_file: None,
-            },
-            public_ip: None,
-            public_ipv6: None,
-            iface: None,
-            subnet_file: PathBuf::from(crate::plugin::DEFAULT_SUBNET_FILE),
-            ip_masq: false,
-            healthz: None,
-            lease_ttl: Duration::from_secs(24 * 3600),
-            renew_margin: Duration::from_secs(3600),
+/// The etcd flags of every command (flanneld's names and defaults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdFlags {
+    /// etcd endpoints, comma-separated http:// or https:// URLs
+    #[arg(long, value_name = "URLS", default_value = "http://127.0.0.1:2379", value_parser = parse_endpoints)]
+    pub etcd_endpoints: Endpoints,
+    /// Where `config` and `subnets/` live
+    #[arg(long, value_name = "PREFIX", default_value = "/coreos.com/network", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub etcd_prefix: String,
+    /// CA certificate for TLS to etcd (endpoints must be https://)
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for TLS to etcd (with --etcd-keyfile)
+    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key for TLS to etcd (with --etcd-certfile)
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+}
+
+/// `--etcd-endpoints`, split at commas (blanks around and empty entries ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints(pub Vec<String>);
+
+fn parse_endpoints(v: &str) -> Result<Endpoints, String> {
+    let list: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if list.is_empty() {
+        return Err("no endpoint given".into());
+    }
+    if let Some(e) = list.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+        return Err(format!("{e:?} is not an http:// or https:// URL"));
+    }
+    Ok(Endpoints(list))
+}
+
+impl EtcdFlags {
+    /// The client settings; TLS files need https:// endpoints.
+    pub fn config(&self) -> Result<EtcdConfig> {
+        let etcd = EtcdConfig {
+            endpoints: self.etcd_endpoints.0.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
         };
-        let mut healthz_ip = "0.0.0.0".to_string();
-        let mut healthz_port = 0u16;
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) => (f.to_string(), Some(v.to_string())),
-                None => (arg.clone(), None),
-            };
-            let flag = flag.trim_start_matches('-').to_string();
-            if flag == "ip-masq" {
-                a.ip_masq = inline.as_deref().is_none_or(|v| v == "true" || v == "1");
-                continue;
-            }
-            let mut value = || -> Result<String> {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .ok_or_else(|| AgentError::Usage(format!("--{flag} needs a value")))
-            };
-            let bad = |what: &str, v: &str| AgentError::Usage(format!("--{what}: invalid value {v:?}"));
-            match flag.as_str() {
-                "etcd-endpoints" => a.etcd.endpoints = value()?.split(',').map(str::to_string).collect(),
-                "etcd-prefix" => a.etcd.prefix = value()?,
-                "etcd-cafile" => a.etcd.ca_file = Some(value()?.into()),
-                "etcd-certfile" => a.etcd.cert_file = Some(value()?.into()),
-                "etcd-keyfile" => a.etcd.key_file = Some(value()?.into()),
-                "public-ip" => {
-                    let v = value()?;
-                    a.public_ip = Some(v.parse().map_err(|_| bad("public-ip", &v))?);
-                }
-                "public-ipv6" => {
-                    let v = value()?;
-                    a.public_ipv6 = Some(v.parse().map_err(|_| bad("public-ipv6", &v))?);
-                }
-                "iface" => a.iface = Some(value()?),
-                "subnet-file" => a.subnet_file = value()?.into(),
-                "healthz-ip" => healthz_ip = value()?,
-                "healthz-port" => {
-                    let v = value()?;
-                    healthz_port = v.parse().map_err(|_| bad("healthz-port", &v))?;
-                }
-                "subnet-lease-ttl" => {
-                    a.lease_ttl = parse_duration(&value()?).ok_or_else(|| bad("subnet-lease-ttl", ""))?
-                }
-                "subnet-lease-renew-margin" => {
-                    let v = value()?;
-                    // flanneld takes minutes here.
-                    let mins: u64 = v.parse().map_err(|_| bad("subnet-lease-renew-margin", &v))?;
-                    a.renew_margin = Duration::from_secs(mins * 60);
-                }
-                other => return Err(AgentError::Usage(format!("unknown flag --{other}"))),
+        if etcd.uses_tls() {
+            if let Some(e) = etcd.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(AgentError::Usage(format!(
+                    "--etcd-endpoints: {e:?} is not https:// but TLS files are set"
+                )));
             }
         }
-        if healthz_port != 0 {
-            let ip: IpAddr = healthz_ip.parse().map_err(|_| bad_flag("healthz-ip", &healthz_ip))?;
-            a.healthz = Some(SocketAddr::new(ip, healthz_port));
-        }
-        if a.renew_margin >= a.lease_ttl {
-            a.renew_margin = a.lease_ttl / 2;
-        }
-        Ok(a)
+        Ok(etcd)
     }
 }
 
-fn bad_flag(what: &str, v: &str) -> AgentError {
-    AgentError::Usage(format!("--{what}: invalid value {v:?}"))
+/// `cni-overlay agent`'s flags: flanneld's names, defaults and units.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentFlags {
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
+    /// The IPv4 address other hosts send VXLAN to [default: the --iface address]
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// The IPv6 address other hosts send VXLAN to, with EnableIPv6 [default: --iface's first
+    /// global IPv6 address]
+    #[arg(long, value_name = "IP6")]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The underlay interface: its name, IPv4 or IPv6 address [default: the default route's
+    /// interface]
+    #[arg(long, value_name = "NAME|IP")]
+    pub iface: Option<String>,
+    /// Written when the host is ready; the CNI side reads it
+    #[arg(long, value_name = "FILE", default_value = crate::plugin::DEFAULT_SUBNET_FILE)]
+    pub subnet_file: PathBuf,
+    /// Masquerade traffic that leaves the overlay's Network (`--ip-masq` or `--ip-masq=BOOL`)
+    #[arg(
+        long,
+        value_name = "BOOL",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
+    pub ip_masq: bool,
+    /// Address of the HTTP readiness endpoint (200 once ready, 503 before)
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// Port of the readiness endpoint; 0 turns it off
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// etcd lease TTL of the host's subnet: `90s`, `15m`, `24h` or plain seconds
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration_arg)]
+    pub subnet_lease_ttl: Duration,
+    /// Renew this many minutes before expiry; a margin of at least the TTL renews at half the TTL
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub subnet_lease_renew_margin: u64,
+}
+
+impl AgentArgs {
+    /// The agent's settings from its parsed flags ([`crate::cli`]).
+    pub fn from_flags(f: &AgentFlags) -> Result<AgentArgs> {
+        let lease_ttl = f.subnet_lease_ttl;
+        let mut renew_margin = Duration::from_secs(f.subnet_lease_renew_margin.saturating_mul(60));
+        if renew_margin >= lease_ttl {
+            renew_margin = lease_ttl / 2;
+        }
+        Ok(AgentArgs {
+            etcd: f.etcd.config()?,
+            public_ip: f.public_ip,
+            public_ipv6: f.public_ipv6,
+            iface: f.iface.clone(),
+            subnet_file: f.subnet_file.clone(),
+            ip_masq: f.ip_masq,
+            healthz: (f.healthz_port != 0).then(|| SocketAddr::new(f.healthz_ip, f.healthz_port)),
+            lease_ttl,
+            renew_margin,
+        })
+    }
+}
+
+/// Go's flag package (flanneld's) takes `-flag` as well as `--flag`: the
+/// single-dash long form becomes clap's `--flag`. `-h` stays, and nothing
+/// after a `--` is touched.
+pub fn go_style_flags(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for a in args {
+        rest |= a == "--";
+        let single = a.len() > 2 && a.starts_with('-') && !a.starts_with("--");
+        let long_name = a[1..].starts_with(|c: char| c.is_ascii_alphabetic());
+        out.push(if !rest && single && long_name { format!("-{a}") } else { a.clone() });
+    }
+    out
+}
+
+/// Go's `strconv.ParseBool`, as flanneld reads `--ip-masq=…`.
+fn parse_go_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_duration_arg(v: &str) -> Result<Duration, String> {
+    parse_duration(v).ok_or_else(|| "expected a positive duration such as 90s, 15m, 24h or plain seconds".into())
 }
 
 /// `90s`, `15m`, `24h` or plain seconds.
@@ -165,7 +229,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
         'h' => (&s[..s.len() - 1], 3600),
         _ => (s, 1),
     };
-    num.parse::<u64>().ok().filter(|n| *n > 0).map(|n| Duration::from_secs(n * mul))
+    num.parse::<u64>().ok().filter(|n| *n > 0).and_then(|n| n.checked_mul(mul)).map(Duration::from_secs)
 }
 
 /// The host's way out: the underlay interface and our addresses on it.

@@ -1,7 +1,8 @@
 //! VXLAN overlay across hosts (Flannel class): one binary that is a CNI
 //! plugin when `CNI_COMMAND` is set ([`plugin`]) and the per-host agent or an
-//! admin tool otherwise ([`agent`], [`admin`]).
+//! admin tool otherwise ([`agent`], [`admin`], their command line in [`cli`]).
 
 pub mod admin;
 pub mod agent;
+pub mod cli;
 pub mod plugin;

@@ -270,3 +270,43 @@ fn a_panicking_plugin_still_answers_with_a_cni_error() {
     assert_eq!(v["code"], 999, "{v}");
     assert!(v["msg"].as_str().unwrap().contains("panicked"), "{v}");
 }
+
+/// The binary: with `CNI_COMMAND` set it is the plugin whatever its
+/// arguments (clap never sees them); without it, the clap command line with
+/// help on stdout (exit 0) and usage errors on stderr (exit 2).
+#[test]
+fn the_cni_path_ignores_arguments_and_the_cli_has_help_and_usage_errors() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.env_remove("CNI_COMMAND").envs(env.iter().copied()).args(args).stdin(Stdio::null());
+        let out = c.output().expect("run cni-overlay");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&[("CNI_COMMAND", "VERSION")], &["agent", "--help"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not the VERSION answer ({e}): {out}"));
+    assert_eq!(code, Some(0));
+    assert!(v["supportedVersions"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
+
+    let (code, out, _) = run(&[], &["--help"]);
+    assert_eq!(code, Some(0));
+    for cmd in ["agent", "leases", "remove-host", "completions", "CNI_COMMAND"] {
+        assert!(out.contains(cmd), "{cmd} missing in\n{out}");
+    }
+    let (code, out, _) = run(&[], &["agent", "-h"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("--subnet-lease-renew-margin"), "{out}");
+
+    let (code, out, err) = run(&[], &["agent", "--subnet-lease-ttl", "soon"]);
+    assert_eq!(code, Some(2));
+    assert!(out.is_empty() && err.contains("--subnet-lease-ttl") && err.contains("soon"), "{err}");
+    let (code, _, err) = run(&[], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("Usage:"), "{err}");
+    let (code, out, _) = run(&[], &["completions", "bash"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("complete") && out.contains("--etcd-endpoints"), "{out}");
+}

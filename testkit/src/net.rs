@@ -201,6 +201,35 @@ pub fn remove_traces(net_name: &str, bridge: Option<&str>) {
         let _ = run("nft", &["delete", "table", &family, &table]);
     }
     remove_iptables_rules(net_name);
+    remove_masq_markers(net_name);
+}
+
+/// Where cni-bridge remembers its masquerade rules' handles (its
+/// `MASQ_MARKER_DIR`; testkit does not link the plugin).
+const MASQ_MARKER_DIR: &str = "/run/cni-bridge/masq";
+
+/// Whether `file` is one of cni-bridge's masquerade markers of `net_name`:
+/// `<table>.<chain>`, the table being `cni_bridge_<name, lowercased,
+/// non-alphanumerics as _>_<4 hex digits>` (cni-bridge's `names::nft_table`).
+/// The hex digits and the dot after them keep network `a` from matching
+/// `a_b`'s markers.
+fn is_masq_marker_of(file: &str, net_name: &str) -> bool {
+    let clean: String =
+        net_name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let Some(rest) = file.strip_prefix(&format!("cni_bridge_{clean}_")) else { return false };
+    let (Some(hash), Some(chain)) = (rest.get(..4), rest.get(4..)) else { return false };
+    hash.chars().all(|c| c.is_ascii_hexdigit()) && chain.len() > 1 && chain.starts_with('.')
+}
+
+/// Deletes cni-bridge's masquerade markers of the network, which its GC
+/// removes only once it deletes the table itself.
+fn remove_masq_markers(net_name: &str) {
+    let Ok(dir) = std::fs::read_dir(MASQ_MARKER_DIR) else { return };
+    for e in dir.flatten() {
+        if e.file_name().to_str().is_some_and(|n| is_masq_marker_of(n, net_name)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The tokens a plugin may have derived from the network name for its nft table.
@@ -340,4 +369,46 @@ pub fn sweep_dead_runs() -> Vec<String> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masq_markers_match_only_their_network() {
+        assert!(is_masq_marker_of("cni_bridge_cft_12_3_0a1f.masq_0123abcd", "cft-12-3"));
+        assert!(is_masq_marker_of("cni_bridge_my_net_ffff.masq_00000000", "My.Net"));
+        assert!(!is_masq_marker_of("cni_bridge_cft_12_30_0a1f.masq_0123abcd", "cft-12-3"));
+        assert!(!is_masq_marker_of("cni_bridge_cft_12_3_x_0a1f.masq_0123abcd", "cft-12-3"));
+        assert!(!is_masq_marker_of("cni_bridge_cft_12_3_0a1f.", "cft-12-3"));
+        assert!(!is_masq_marker_of("cni_bridge_cft_12_3_0a1f", "cft-12-3"));
+        assert!(!is_masq_marker_of("cni_bridge_cft_12_3_0a1g.masq_0123abcd", "cft-12-3"));
+    }
+
+    /// Real files in cni-bridge's marker directory: the network's go, a
+    /// network whose name extends it keeps its own.
+    #[test]
+    fn remove_traces_deletes_the_networks_masq_markers() {
+        let n = next_id();
+        let net = unique_name(n);
+        let other = format!("{net}0");
+        let clean = |s: &str| s.replace('-', "_");
+        std::fs::create_dir_all(MASQ_MARKER_DIR).unwrap();
+        let dir = std::path::Path::new(MASQ_MARKER_DIR);
+        let ours = [
+            dir.join(format!("cni_bridge_{}_1a2b.masq_0000abcd", clean(&net))),
+            dir.join(format!("cni_bridge_{}_1a2b.masq_1111abcd", clean(&net))),
+        ];
+        let theirs = dir.join(format!("cni_bridge_{}_3c4d.masq_0000abcd", clean(&other)));
+        for p in ours.iter().chain([&theirs]) {
+            std::fs::write(p, "7").unwrap();
+        }
+        remove_traces(&net, None);
+        let left: Vec<_> = ours.iter().filter(|p| p.exists()).collect();
+        let kept = theirs.exists();
+        let _ = std::fs::remove_file(&theirs);
+        assert!(left.is_empty(), "markers left behind: {left:?}");
+        assert!(kept, "another network's marker was deleted");
+    }
 }
