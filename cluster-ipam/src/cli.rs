@@ -75,14 +75,7 @@ struct Target {
 struct Endpoints(Vec<String>);
 
 fn parse_endpoints(v: &str) -> Result<Endpoints, String> {
-    let list: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-    if list.is_empty() {
-        return Err("no endpoint given".into());
-    }
-    if let Some(e) = list.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
-        return Err(format!("{e:?} is not an http:// or https:// URL"));
-    }
-    Ok(Endpoints(list))
+    etcd_kv::parse_endpoints(v).map(Endpoints)
 }
 
 /// HOST: what a block record may carry (1-253 characters, no `/` or blanks).

@@ -67,6 +67,20 @@ impl EtcdConfig {
     }
 }
 
+/// An `--etcd-endpoints` value, as every command line takes it: split at
+/// commas, blanks around and empty entries ignored; each must be an
+/// `http://` or `https://` URL, and there must be at least one.
+pub fn parse_endpoints(v: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if list.is_empty() {
+        return Err("no endpoint given".into());
+    }
+    if let Some(e) = list.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+        return Err(format!("{e:?} is not an http:// or https:// URL"));
+    }
+    Ok(list)
+}
+
 /// etcd errors, for every user of etcd in the workspace.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
