@@ -3,21 +3,10 @@
 //! cleans up through Drop guards even when an assertion fails.
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn uniq() -> u32 {
-    // pid keeps parallel test binaries apart; SEQ keeps tests in one binary apart.
-    (std::process::id() % 10_000) * 100 + SEQ.fetch_add(1, Ordering::SeqCst)
-}
-
-fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("sh").arg("-c").arg(cmd).stderr(Stdio::inherit()).output().expect("run sh");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use testkit::util::{sh, uniq};
 
 /// A test network: bridge, namespaces, data dir and nft tables, removed on drop.
 struct Net {

@@ -6,23 +6,13 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use cni_bridge::names;
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn uniq() -> u32 {
-    (std::process::id() % 10_000) * 100 + SEQ.fetch_add(1, Ordering::SeqCst)
-}
-
-fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("sh").arg("-c").arg(cmd).stderr(Stdio::inherit()).output().expect("run sh");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use testkit::util::{sh, uniq};
 
 fn must(cmd: &str) -> String {
     let (ok, out) = sh(cmd);

@@ -198,6 +198,21 @@ pub fn shell_words(line: &str) -> Vec<String> {
     words
 }
 
+static SMALL_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique per process and call, small enough to go into interface
+/// and netns names: the pid keeps parallel test binaries apart, the counter
+/// keeps the tests of one binary apart.
+pub fn uniq() -> u32 {
+    (std::process::id() % 10_000) * 100 + SMALL_SEQ.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Runs `cmd` with `sh -c`; stderr goes to the test's. Whether it succeeded, and its stdout.
+pub fn sh(cmd: &str) -> (bool, String) {
+    let out = Command::new("sh").arg("-c").arg(cmd).stderr(Stdio::inherit()).output().expect("run sh");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
