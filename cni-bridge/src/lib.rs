@@ -320,13 +320,19 @@ fn configure(
     // host end of this very attachment (an ADD killed or never DELeted) is
     // removed, with its container end, and the pair made once more; a link of
     // the same name that is not provably this attachment's is left alone.
+    // The container end's MAC is chosen here (the requested one, else random
+    // as the kernel would pick it), so that end need not be looked up later.
     let host_mac = names::host_veth_mac(&ctx.conf.name, host_veth);
+    let peer_mac = match mac {
+        Some(m) => m,
+        None => link::random_mac().map_err(kernel)?,
+    };
     let spec = VethSpec {
         host: host_veth,
         peer: &ctx.ifname,
         peer_ns_fd: ns.fd(),
         mtu: conf.mtu,
-        peer_mac: mac,
+        peer_mac: Some(peer_mac),
         master: Some(br.index),
     };
     let host = match link::create_veth_with_host_mac(&mut nl, &spec, Some(host_mac)) {
@@ -380,11 +386,27 @@ fn configure(
 
     steps.done("port");
 
-    // Inside the container.
+    // Inside the container. The host end names its peer's index (IFLA_LINK)
+    // and both ends got the same MTU, so the container end is not looked up;
+    // a kernel that reported no peer index gets the lookup.
     let mut cnl = ns.netlink().map_err(kernel)?;
-    let cont = link::get(&mut cnl, &ctx.ifname)
-        .map_err(kernel)?
-        .ok_or_else(|| Error::internal(format!("{} missing in the container after creation", ctx.ifname)))?;
+    let cont = match host.link {
+        Some(index) => Link {
+            index,
+            name: ctx.ifname.clone(),
+            mac: Some(peer_mac),
+            mtu: host.mtu,
+            master: None,
+            up: false,
+            promisc: false,
+            kind: Some("veth".into()),
+            alias: None,
+            link: Some(host.index),
+        },
+        None => link::get(&mut cnl, &ctx.ifname)
+            .map_err(kernel)?
+            .ok_or_else(|| Error::internal(format!("{} missing in the container after creation", ctx.ifname)))?,
+    };
     if conf.is_default_gateway {
         for gw in &gateways {
             let dst: IpNetwork = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }.parse().expect("valid");

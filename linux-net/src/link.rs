@@ -24,6 +24,8 @@ pub struct Link {
     pub promisc: bool,
     pub kind: Option<String>,
     pub alias: Option<String>,
+    /// IFLA_LINK: for a veth end, its peer's index (in the peer's namespace).
+    pub link: Option<u32>,
 }
 
 impl Link {
@@ -38,6 +40,7 @@ impl Link {
             promisc: m.header.flags.contains(LinkFlags::Promisc),
             kind: None,
             alias: None,
+            link: None,
         };
         for a in &m.attributes {
             match a {
@@ -50,6 +53,7 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => l.mtu = *mtu,
                 LinkAttribute::Controller(i) => l.master = Some(*i),
                 LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+                LinkAttribute::Link(i) => l.link = Some(*i),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -70,6 +74,19 @@ impl Link {
 
 pub fn format_mac(m: &[u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// A random locally administered unicast MAC, as the kernel picks for a
+/// link created without one (`eth_random_addr`). Choosing it ourselves means
+/// knowing it without asking the kernel afterwards.
+pub fn random_mac() -> Result<[u8; 6]> {
+    use std::io::Read;
+    let mut m = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut m))
+        .map_err(|e| Error::io("read /dev/urandom", e))?;
+    m[0] = (m[0] & 0xfe) | 0x02;
+    Ok(m)
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
