@@ -92,11 +92,7 @@ impl Target {
             cert_file: self.etcd_certfile.clone(),
             key_file: self.etcd_keyfile.clone(),
         };
-        if etcd.uses_tls() {
-            if let Some(e) = etcd.endpoints.iter().find(|e| !e.starts_with("https://")) {
-                return Err(format!("--etcd-endpoints: {e:?} is not https:// but TLS files are set"));
-            }
-        }
+        etcd.check_tls_endpoints()?;
         Ok(etcd)
     }
 }

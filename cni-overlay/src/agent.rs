@@ -108,13 +108,7 @@ impl EtcdFlags {
             cert_file: self.etcd_certfile.clone(),
             key_file: self.etcd_keyfile.clone(),
         };
-        if etcd.uses_tls() {
-            if let Some(e) = etcd.endpoints.iter().find(|e| !e.starts_with("https://")) {
-                return Err(AgentError::Usage(format!(
-                    "--etcd-endpoints: {e:?} is not https:// but TLS files are set"
-                )));
-            }
-        }
+        etcd.check_tls_endpoints().map_err(AgentError::Usage)?;
         Ok(etcd)
     }
 }

@@ -65,6 +65,17 @@ impl EtcdConfig {
     pub fn uses_tls(&self) -> bool {
         self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
     }
+
+    /// With TLS files set, every endpoint must be `https://`: what each
+    /// command line checks before contacting etcd.
+    pub fn check_tls_endpoints(&self) -> Result<(), String> {
+        if self.uses_tls() {
+            if let Some(e) = self.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(format!("--etcd-endpoints: {e:?} is not https:// but TLS files are set"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An `--etcd-endpoints` value, as every command line takes it: split at

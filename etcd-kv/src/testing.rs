@@ -317,21 +317,7 @@ impl EtcdServer {
         if let Some(t) = &self.tls {
             cmd.arg("--cacert").arg(&t.ca).arg("--cert").arg(&t.client_cert).arg("--key").arg(&t.client_key);
         }
-        let out = cmd
-            .env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(self.endpoint())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "etcdctl {args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(out)
+        run_etcdctl(cmd, &self.endpoint(), args)
     }
 }
 
@@ -578,21 +564,7 @@ impl EtcdCluster {
     pub fn etcdctl(&self, args: &[&str]) -> io::Result<Output> {
         let running: Vec<String> =
             self.members.iter().filter(|m| m.child.is_some()).map(|m| self.url(m.client_port)).collect();
-        let out = Command::new(etcdctl_bin())
-            .env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(running.join(","))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "etcdctl {args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(out)
+        run_etcdctl(Command::new(etcdctl_bin()), &running.join(","), args)
     }
 }
 
@@ -625,4 +597,18 @@ fn http(ip: std::net::IpAddr, port: u16, method: &str, path: &str, body: &str) -
 
 fn json_body(body: &str) -> Option<serde_json::Value> {
     serde_json::from_str(body.trim()).ok()
+}
+
+/// Runs `cmd` (an `etcdctl` with any TLS flags set) with the v3 API against
+/// `endpoints`; a failure carries etcdctl's output.
+fn run_etcdctl(mut cmd: Command, endpoints: &str, args: &[&str]) -> io::Result<Output> {
+    let out = cmd.env("ETCDCTL_API", "3").arg("--endpoints").arg(endpoints).args(args).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "etcdctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(out)
 }
