@@ -144,6 +144,13 @@ pub const META_DIR: &str = ".csi-nfs";
 /// used only for `subDir` templates.
 const CO_PREFIX: &str = "csi.storage.k8s.io/";
 
+/// The StorageClass parameters CreateVolume accepts (case-insensitive), as
+/// csi-driver-nfs spells them. Any other key is INVALID_ARGUMENT, except the
+/// CO's `csi.storage.k8s.io/*` keys. docs/csi-nfs.md lists exactly these
+/// (`csi-nfs/tests/docs_params.rs` compares the two).
+pub const PARAMETERS: &[&str] =
+    &["server", "share", "subDir", "mountPermissions", "uid", "gid", "onDelete", "mountOptions"];
+
 /// CreateVolume's parameters, checked, with the subdirectory resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateParams {
@@ -171,7 +178,11 @@ impl CreateParams {
         let (mut perms, mut uid, mut gid, mut opts) = (None, None, None, None);
         let mut templates: Vec<(&str, &str)> = Vec::new();
         for (k, v) in params {
-            match k.to_ascii_lowercase().as_str() {
+            let key = k.to_ascii_lowercase();
+            if !key.starts_with(CO_PREFIX) && !PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(k)) {
+                return Err(bad(format!("invalid parameter {k:?}")));
+            }
+            match key.as_str() {
                 "server" => server = Some(v.trim().to_string()),
                 "share" => share = v.clone(),
                 "subdir" => subdir = Some(v.clone()),

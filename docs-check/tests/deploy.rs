@@ -1,0 +1,358 @@
+//! The files in deploy/ (docs/install.md): every YAML file parses, document by document, into
+//! Kubernetes objects; every command line given to our binaries (the containers' `command` +
+//! `args`, the systemd unit's `ExecStart`) is accepted by the real binary; the CSI sockets the
+//! sidecars dial are the one the driver serves, and kubelet's registration path is where that
+//! socket is on the host; the node plugin's pod directory is mounted with Bidirectional
+//! propagation; the driver name agrees everywhere with the binary's default; StorageClass
+//! parameters and conflist keys are documented ones (the docs tables are held to the code by
+//! the plugins' own `tests/docs_*.rs`).
+//!
+//! Needs `cni-overlay` and `csi-nfs` built beside the test (`cargo build --release -p
+//! cni-overlay -p csi-nfs`, or the workspace); fails saying so otherwise.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use docs_check::{help_flags, read, run_help, table_under, workspace_root, Table, CNI_SPEC_KEYS};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Every file under deploy/, relative to the workspace root.
+fn deploy_files() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let root = workspace_root();
+    let mut files = Vec::new();
+    walk(&root.join("deploy"), &mut files);
+    files.sort();
+    files.iter().map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect()
+}
+
+/// The documents of a YAML file (empty ones dropped), as JSON values.
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .enumerate()
+        .map(|(i, d)| Value::deserialize(d).unwrap_or_else(|e| panic!("{rel}: document {i}: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// One of our binaries, built beside this test.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo build --release -p cni-overlay -p csi-nfs)",
+        p.display()
+    );
+    p
+}
+
+/// `$(VAR)` replaced as kubelet does: from the container's `env` (a literal value, or a sample
+/// for a `fieldRef`).
+fn expand(arg: &str, env: &[Value]) -> String {
+    let mut s = arg.to_string();
+    for e in env {
+        let name = e["name"].as_str().unwrap_or_default();
+        let value = match (&e["value"], e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+            (Value::String(v), _) => v.clone(),
+            (_, Some("status.podIP")) => "10.0.0.9".into(),
+            (_, Some("spec.nodeName")) => "node-1".into(),
+            other => panic!("env {name}: no sample for {other:?}"),
+        };
+        s = s.replace(&format!("$({name})"), &value);
+    }
+    assert!(!s.contains("$("), "{arg}: a variable the container's env does not define");
+    s
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().map(|x| x.as_str().expect("a string").to_string()).collect()).unwrap_or_default()
+}
+
+/// The value of `--flag` in `argv` (`--flag=v` or `--flag v`).
+fn flag(argv: &[String], name: &str) -> Option<String> {
+    let long = format!("--{name}");
+    argv.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix(&format!("{long}=")).map(str::to_string).or_else(|| (*a == long).then(|| argv[i + 1].clone()))
+    })
+}
+
+/// Runs the binary with `argv` and `--help` appended: clap reads every flag and value before it
+/// reaches `--help`, so an unknown flag or a bad value fails (exit 2) and exit 0 means accepted.
+fn accepted_by(bin: &str, argv: &[String]) {
+    let mut args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    args.push("--help");
+    run_help(&binary(bin), &args);
+}
+
+/// A container's command line, `$(VAR)`s expanded; `None` unless it runs one of our binaries.
+fn our_argv(c: &Value) -> Option<(String, Vec<String>)> {
+    let env = c["env"].as_array().cloned().unwrap_or_default();
+    let mut argv: Vec<String> = strs(&c["command"]);
+    argv.extend(strs(&c["args"]));
+    let argv: Vec<String> = argv.iter().map(|a| expand(a, &env)).collect();
+    let bin = Path::new(argv.first()?).file_name()?.to_string_lossy().into_owned();
+    ["csi-nfs", "cni-overlay"].contains(&bin.as_str()).then(|| (bin, argv[1..].to_vec()))
+}
+
+fn csi_nfs_default_driver_name() -> String {
+    let help = run_help(&binary("csi-nfs"), &["--help"]);
+    help_flags(&help)
+        .into_iter()
+        .find(|(f, _)| f == "driver-name")
+        .and_then(|(_, d)| d)
+        .expect("csi-nfs --help shows the default --driver-name")
+}
+
+/// The keys of a CNI config object that are neither the spec's nor documented in `table`,
+/// recursing into arrays (`ranges[][].subnet`), and into `cluster` / `delegate` with their
+/// own tables.
+fn undocumented(obj: &Value, table: &BTreeSet<String>, prefix: &str, out: &mut Vec<String>) {
+    let Some(map) = obj.as_object() else { return };
+    for (k, v) in map {
+        let path = format!("{prefix}{k}");
+        if prefix.is_empty() && CNI_SPEC_KEYS.contains(&k.as_str()) && k != "ipam" {
+            continue;
+        }
+        if !table.contains(&path) && !(prefix.is_empty() && k == "ipam") {
+            out.push(path.clone());
+            continue;
+        }
+        match (k.as_str(), v) {
+            ("ipam", _) if prefix.is_empty() => {
+                undocumented(v, &table_under("docs/cni-ipam.md", "Configuration (ipam section)").keys(), "", out)
+            }
+            ("cluster", _) => undocumented(v, &table_under("docs/cluster-ipam.md", "Config (ipam.cluster)").keys(), "", out),
+            ("delegate", _) => undocumented(v, &table_under("docs/cni-bridge.md", "Config fields").keys(), "", out),
+            (_, Value::Array(items)) => {
+                for it in items {
+                    match it {
+                        Value::Object(_) => undocumented(it, table, &format!("{path}[]."), out),
+                        Value::Array(inner) => {
+                            for x in inner {
+                                undocumented(x, table, &format!("{path}[][]."), out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A conflist: well-formed, plugins of ours, and only keys the pages document.
+fn check_conflist(what: &str, text: &str) {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(v["cniVersion"].is_string() && v["name"].is_string(), "{what}: cniVersion and name");
+    let plugins = v["plugins"].as_array().filter(|p| !p.is_empty()).unwrap_or_else(|| panic!("{what}: no plugins"));
+    for p in plugins {
+        let table: Table = match p["type"].as_str() {
+            Some("cni-bridge") => table_under("docs/cni-bridge.md", "Config fields"),
+            Some("cni-overlay") => table_under("docs/cni-overlay.md", "The plugin"),
+            other => panic!("{what}: plugin type {other:?} is not one of ours"),
+        };
+        let mut bad = Vec::new();
+        undocumented(p, &table.keys(), "", &mut bad);
+        assert!(bad.is_empty(), "{what}: keys no docs table lists: {bad:?}");
+    }
+}
+
+#[test]
+fn every_yaml_file_is_well_formed_kubernetes_objects() {
+    let yamls: Vec<String> = deploy_files().into_iter().filter(|f| f.ends_with(".yaml") || f.ends_with(".yml")).collect();
+    assert!(yamls.len() >= 5, "deploy/ has {yamls:?}");
+    for f in &yamls {
+        let docs = yaml_docs(f);
+        assert!(!docs.is_empty(), "{f}: no document");
+        for d in docs {
+            for key in ["apiVersion", "kind"] {
+                assert!(d[key].is_string(), "{f}: a document without {key}: {d}");
+            }
+            assert!(d["metadata"]["name"].is_string(), "{f}: {} without metadata.name", d["kind"]);
+            if let Some(spec) = pod_spec(&d) {
+                let names: Vec<_> = containers(spec).iter().map(|c| c["name"].as_str().unwrap_or("").to_string()).collect();
+                assert!(names.iter().all(|n| !n.is_empty()), "{f}: a container without a name");
+                let vols: BTreeSet<_> = spec["volumes"].as_array().into_iter().flatten().map(|v| v["name"].clone()).collect();
+                for c in containers(spec) {
+                    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                        assert!(vols.contains(&m["name"]), "{f}: {} mounts an undeclared volume {}", c["name"], m["name"]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pod_spec(d: &Value) -> Option<&Value> {
+    matches!(d["kind"].as_str(), Some("Deployment" | "DaemonSet" | "StatefulSet")).then(|| &d["spec"]["template"]["spec"])
+}
+
+fn containers(spec: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"].iter().flat_map(|k| spec[*k].as_array().into_iter().flatten()).collect()
+}
+
+#[test]
+fn our_binaries_accept_every_command_line_the_manifests_give_them() {
+    let mut seen = BTreeSet::new();
+    for f in deploy_files().into_iter().filter(|f| f.ends_with(".yaml")) {
+        for d in yaml_docs(&f) {
+            let Some(spec) = pod_spec(&d) else { continue };
+            for c in containers(spec) {
+                if let Some((bin, argv)) = our_argv(c) {
+                    accepted_by(&bin, &argv);
+                    seen.insert(bin);
+                }
+            }
+        }
+    }
+    // The systemd unit.
+    for f in deploy_files().into_iter().filter(|f| f.ends_with(".service")) {
+        let text = read(&f).replace("\\\n", " ");
+        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap_or_else(|| panic!("{f}: no ExecStart"));
+        let argv: Vec<String> = exec.split_whitespace().map(str::to_string).collect();
+        let bin = Path::new(&argv[0]).file_name().unwrap().to_string_lossy().into_owned();
+        accepted_by(&bin, &argv[1..]);
+        seen.insert(format!("{bin} (systemd)"));
+    }
+    let want: BTreeSet<String> = ["cni-overlay", "cni-overlay (systemd)", "csi-nfs"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, want, "the manifests should run each of our daemons");
+}
+
+#[test]
+fn the_csi_sockets_and_kubelet_paths_line_up() {
+    let driver = csi_nfs_default_driver_name();
+    let mut checked = Vec::new();
+    for f in ["deploy/csi-nfs/controller.yaml", "deploy/csi-nfs/node.yaml"] {
+        for d in yaml_docs(f) {
+            let Some(spec) = pod_spec(&d) else { continue };
+            let cs = containers(spec);
+            let (ours, argv) = cs
+                .iter()
+                .find_map(|c| our_argv(c).filter(|(b, _)| b == "csi-nfs").map(|(_, a)| (*c, a)))
+                .unwrap_or_else(|| panic!("{f}: no csi-nfs container"));
+            assert_eq!(flag(&argv, "driver-name").unwrap_or(driver.clone()), driver, "{f}");
+            let endpoint = flag(&argv, "endpoint").unwrap_or_else(|| panic!("{f}: csi-nfs without --endpoint"));
+            let sock = endpoint.strip_prefix("unix://").unwrap_or_else(|| panic!("{f}: {endpoint} is not unix://"));
+            let sock_dir = Path::new(sock).parent().unwrap().to_str().unwrap().to_string();
+            let mount_of = |c: &Value, dir: &str| {
+                c["volumeMounts"].as_array().into_iter().flatten().find(|m| m["mountPath"] == dir).map(|m| m["name"].clone())
+            };
+            let sock_vol = mount_of(ours, &sock_dir).unwrap_or_else(|| panic!("{f}: csi-nfs has no volume at {sock_dir}"));
+            let mode = flag(&argv, "mode").unwrap_or_else(|| "all".into());
+            let mut sidecars = 0;
+            for c in &cs {
+                let env = c["env"].as_array().cloned().unwrap_or_default();
+                let args: Vec<String> = strs(&c["args"]).iter().map(|a| expand(a, &env)).collect();
+                if let Some(addr) = flag(&args, "csi-address") {
+                    assert_eq!(addr, sock, "{f}: {} dials another socket", c["name"]);
+                    assert_eq!(mount_of(c, &sock_dir), Some(sock_vol.clone()), "{f}: {} sees another {sock_dir}", c["name"]);
+                    sidecars += 1;
+                }
+                if let Some(reg) = flag(&args, "kubelet-registration-path") {
+                    let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == sock_vol).unwrap();
+                    let host = vol["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("{f}: socket dir is no hostPath"));
+                    let file = Path::new(sock).file_name().unwrap().to_str().unwrap();
+                    assert_eq!(reg, format!("{host}/{file}"), "{f}: kubelet would look for the socket elsewhere");
+                    assert!(mount_of(c, "/registration").is_some(), "{f}: registrar without /registration");
+                }
+            }
+            if mode == "node" {
+                assert_eq!(d["kind"], "DaemonSet", "{f}");
+                assert_eq!(ours["securityContext"]["privileged"], true, "{f}: the node plugin mounts");
+                let pods = ours["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["mountPath"] == "/var/lib/kubelet/pods")
+                    .unwrap_or_else(|| panic!("{f}: csi-nfs node without /var/lib/kubelet/pods"));
+                assert_eq!(pods["mountPropagation"], "Bidirectional", "{f}");
+                assert_eq!(spec["hostNetwork"], true, "{f}: NFS mounts connect from the mounting process's netns");
+                assert_eq!(sidecars, 2, "{f}: node-driver-registrar and livenessprobe");
+            } else {
+                assert_eq!(mode, "controller", "{f}");
+                assert_eq!(d["kind"], "Deployment", "{f}");
+                // provisioner, snapshotter, resizer, livenessprobe; no attacher (no ControllerPublish).
+                assert_eq!(sidecars, 4, "{f}");
+                assert!(!cs.iter().any(|c| c["image"].as_str().unwrap_or("").contains("csi-attacher")), "{f}");
+            }
+            checked.push(mode);
+        }
+    }
+    assert_eq!(checked, ["controller", "node"]);
+
+    let objs: Vec<Value> = yaml_docs("deploy/csi-nfs/csidriver.yaml").into_iter().chain(yaml_docs("deploy/csi-nfs/storageclass.yaml")).collect();
+    let by_kind = |k: &str| objs.iter().find(|o| o["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
+    assert_eq!(by_kind("CSIDriver")["metadata"]["name"], driver.as_str());
+    assert_eq!(by_kind("CSIDriver")["spec"]["attachRequired"], false, "csi-nfs has no ControllerPublish");
+    assert_eq!(by_kind("StorageClass")["provisioner"], driver.as_str());
+    assert_eq!(by_kind("VolumeSnapshotClass")["driver"], driver.as_str());
+}
+
+#[test]
+fn storageclass_parameters_and_conflists_use_only_documented_keys() {
+    let params = table_under("docs/csi-nfs.md", "CreateVolume parameters").keys();
+    for d in yaml_docs("deploy/csi-nfs/storageclass.yaml") {
+        if d["kind"] != "StorageClass" {
+            continue;
+        }
+        for k in d["parameters"].as_object().expect("parameters").keys() {
+            assert!(
+                params.iter().any(|p| p.eq_ignore_ascii_case(k)) || k.starts_with("csi.storage.k8s.io/"),
+                "StorageClass parameter {k} is not in docs/csi-nfs.md"
+            );
+        }
+    }
+    let mut n = 0;
+    for f in deploy_files().into_iter().filter(|f| f.ends_with(".conflist")) {
+        check_conflist(&f, &read(&f));
+        n += 1;
+    }
+    for f in deploy_files().into_iter().filter(|f| f.ends_with(".yaml")) {
+        for d in yaml_docs(&f) {
+            if d["kind"] == "ConfigMap" {
+                for (k, v) in d["data"].as_object().into_iter().flatten() {
+                    if k.ends_with(".conflist") {
+                        check_conflist(&format!("{f} {k}"), v.as_str().unwrap());
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(n >= 4, "{n} conflists checked");
+}
+
+#[test]
+fn an_undocumented_key_or_a_bad_flag_is_caught() {
+    // The checks above can fail: a key no table lists, and a flag the binary refuses.
+    let mut bad = Vec::new();
+    let p: Value = serde_json::json!({"type": "cni-bridge", "bridge": "cni0", "bridgeName": "x",
+        "ipam": {"type": "cni-ipam", "ranges": [[{"subnet": "10.0.0.0/24", "rangeBegin": "10.0.0.5"}]]}});
+    undocumented(&p, &table_under("docs/cni-bridge.md", "Config fields").keys(), "", &mut bad);
+    assert_eq!(bad, ["bridgeName", "ranges[][].rangeBegin"]);
+    let out = std::process::Command::new(binary("csi-nfs"))
+        .args(["--mode=controller", "--no-such-flag", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(binary("cni-overlay"))
+        .args(["agent", "--public-ip=not-an-ip", "--help"])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
