@@ -857,7 +857,13 @@ impl pb::controller_server::Controller for ControllerService {
             .map_err(|_| Error::NotFound(format!("source volume {:?} not found", req.source_volume_id)))?;
         let mut mount_options = None;
         for (k, v) in &req.parameters {
-            match k.to_ascii_lowercase().as_str() {
+            let key = k.to_ascii_lowercase();
+            if !key.starts_with("csi.storage.k8s.io/")
+                && !crate::volume::SNAPSHOT_PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(k))
+            {
+                return Err(Error::InvalidArgument(format!("invalid snapshot parameter {k:?}")).into());
+            }
+            match key.as_str() {
                 "server" if !v.is_empty() && v != &src.server => {
                     return Err(Error::InvalidArgument(format!(
                         "snapshots are kept on the source volume's server {}, not {v}",

@@ -151,6 +151,11 @@ const CO_PREFIX: &str = "csi.storage.k8s.io/";
 pub const PARAMETERS: &[&str] =
     &["server", "share", "subDir", "mountPermissions", "uid", "gid", "onDelete", "mountOptions"];
 
+/// The VolumeSnapshotClass parameters CreateSnapshot accepts (case-insensitive;
+/// `server` and `share` must name the source volume's). The same rules for
+/// other keys as [`PARAMETERS`].
+pub const SNAPSHOT_PARAMETERS: &[&str] = &["server", "share", "mountOptions"];
+
 /// CreateVolume's parameters, checked, with the subdirectory resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateParams {

@@ -1,12 +1,13 @@
 //! docs/csi-nfs.md against the driver: the flags `csi-nfs --help` lists (the real binary)
 //! are csi-core's common flags plus the rows of the page's own table, with their defaults;
 //! the StorageClass parameters table lists exactly `volume::PARAMETERS`, the list
-//! CreateVolume validates against, and every entry of that list is accepted.
+//! CreateVolume validates against, and every entry of that list is accepted; the
+//! VolumeSnapshotClass table lists exactly `volume::SNAPSHOT_PARAMETERS`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use csi_nfs::volume::{CreateParams, PARAMETERS};
+use csi_nfs::volume::{CreateParams, PARAMETERS, SNAPSHOT_PARAMETERS};
 use docs_check::{assert_same_keys, defaults_missing, flag_keys, help_flags, run_help, table_under, tables};
 
 const PAGE: &str = "docs/csi-nfs.md";
@@ -33,6 +34,17 @@ fn the_parameters_table_lists_exactly_the_parameters_createvolume_accepts() {
     let table = table_under(PAGE, "CreateVolume parameters");
     let code: BTreeSet<String> = PARAMETERS.iter().map(|p| p.to_string()).collect();
     assert_same_keys(&format!("{PAGE} CreateVolume parameters vs csi_nfs::volume::PARAMETERS"), &table.keys(), &code);
+}
+
+#[test]
+fn the_snapshot_class_table_lists_exactly_the_parameters_createsnapshot_accepts() {
+    let table = table_under(PAGE, "Snapshots and clones");
+    let code: BTreeSet<String> = SNAPSHOT_PARAMETERS.iter().map(|p| p.to_string()).collect();
+    assert_same_keys(
+        &format!("{PAGE} VolumeSnapshotClass parameters vs csi_nfs::volume::SNAPSHOT_PARAMETERS"),
+        &table.keys(),
+        &code,
+    );
 }
 
 fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {

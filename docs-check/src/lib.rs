@@ -333,22 +333,27 @@ pub fn help_flags(help: &str) -> Vec<(String, Option<String>)> {
     let mut current: Option<usize> = None;
     for line in help.lines() {
         let t = line.trim_start();
-        if t.starts_with('-') && line.starts_with("  ") {
+        // `--flag …` or `-f, --flag …`; not a `- value: …` line of "Possible values".
+        let long = t.strip_prefix("--").or_else(|| {
+            let b = t.as_bytes();
+            (b.len() > 6 && b[0] == b'-' && b[1].is_ascii_alphanumeric() && t[2..].starts_with(", --"))
+                .then(|| &t[6..])
+        });
+        if let (Some(rest), true) = (long, line.starts_with("  ")) {
             current = None;
-            if let Some(i) = t.find("--") {
-                let flag: String =
-                    t[i + 2..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-                if !flag.is_empty() && flag != "help" && flag != "version" {
-                    out.push((flag, None));
-                    current = Some(out.len() - 1);
-                }
+            let flag: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            if !flag.is_empty() && flag != "help" && flag != "version" {
+                out.push((flag, None));
+                current = Some(out.len() - 1);
             }
         } else if !line.is_empty() && !line.starts_with(' ') {
             current = None;
         }
         if let (Some(i), Some(d)) = (current, t.find("[default: ")) {
             let rest = &t[d + "[default: ".len()..];
-            out[i].1 = Some(rest[..rest.find(']').unwrap_or(rest.len())].to_string());
+            let d = &rest[..rest.find(']').unwrap_or(rest.len())];
+            // clap shows an empty default as `""`.
+            out[i].1 = Some(if d == "\"\"" { String::new() } else { d.to_string() });
         }
     }
     out
@@ -489,13 +494,15 @@ mod tests {
 
     #[test]
     fn help_text_flags_and_defaults() {
-        let help = "Usage: x [OPTIONS]\n\nOptions:\n      --endpoint <URL>\n          where\n\n          [default: unix:///csi/csi.sock]\n\n      --node-id <ID>  this node\n      --mode <MODE>  m [default: all] [possible values: a]\n  -h, --help  Print help\n";
+        let help = "Usage: x [OPTIONS]\n\nOptions:\n      --endpoint <URL>\n          where\n\n          [default: unix:///csi/csi.sock]\n\n      --node-id <ID>  this node\n      --mode <MODE>\n          m\n\n          Possible values:\n          - a: x\n\n          [default: all]\n\n      --opts <V>  o [default: \"\"]\n  -v, --verbose  v\n  -h, --help  Print help\n";
         assert_eq!(
             help_flags(help),
             [
                 ("endpoint".to_string(), Some("unix:///csi/csi.sock".to_string())),
                 ("node-id".to_string(), None),
                 ("mode".to_string(), Some("all".to_string())),
+                ("opts".to_string(), Some(String::new())),
+                ("verbose".to_string(), None),
             ]
         );
     }
