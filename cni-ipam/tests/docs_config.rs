@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use docs_check::{
-    assert_same_keys, cni_extension_keys, defaults_missing, flag_keys, has_str_literal, help_flags, prefixed,
-    run_help, serde_keys, table_under,
+    assert_same_keys, cni_extension_keys, defaults_missing, flag_keys, has_str_literal, help_flags, prefixed, run_help,
+    serde_keys, table_under,
 };
 
 /// Keys of the `ipam` section that the code reads by hand rather than through the serde

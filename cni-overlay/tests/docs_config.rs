@@ -32,7 +32,11 @@ fn the_admin_commands_take_exactly_the_documented_etcd_flags() {
     let table = table_under(PAGE, "Admin commands");
     for cmd in ["leases", "remove-host"] {
         let flags = subcommand_flags(cmd);
-        assert_same_keys(&format!("{PAGE} admin flags vs `cni-overlay {cmd}`"), &table.keys(), &flag_keys(&flags, "--"));
+        assert_same_keys(
+            &format!("{PAGE} admin flags vs `cni-overlay {cmd}`"),
+            &table.keys(),
+            &flag_keys(&flags, "--"),
+        );
         let missing = defaults_missing(&table, &flags, "--");
         assert!(missing.is_empty(), "{PAGE}: {missing:#?}");
     }
@@ -52,5 +56,9 @@ fn every_network_config_key_is_documented_and_every_documented_key_exists() {
     let mut code: std::collections::BTreeSet<String> =
         str_list("subnet-lease/src/config.rs", "TOP_KEYS").into_iter().collect();
     code.extend(prefixed("Backend.", str_list("subnet-lease/src/config.rs", "BACKEND_KEYS")));
-    assert_same_keys("docs/cluster-ipam.md network config vs subnet-lease TOP_KEYS + BACKEND_KEYS", &table.keys(), &code);
+    assert_same_keys(
+        "docs/cluster-ipam.md network config vs subnet-lease TOP_KEYS + BACKEND_KEYS",
+        &table.keys(),
+        &code,
+    );
 }

@@ -303,7 +303,10 @@ pub const CNI_SPEC_KEYS: &[&str] = &[
 /// The top-level keys every plugin of ours reads beyond the spec's (cni-core's `NetConf`
 /// minus [`CNI_SPEC_KEYS`]): `logFile`, `logLevel`.
 pub fn cni_extension_keys() -> BTreeSet<String> {
-    serde_keys("cni-core/src/types.rs", "NetConf").into_iter().filter(|k| !CNI_SPEC_KEYS.contains(&k.as_str())).collect()
+    serde_keys("cni-core/src/types.rs", "NetConf")
+        .into_iter()
+        .filter(|k| !CNI_SPEC_KEYS.contains(&k.as_str()))
+        .collect()
 }
 
 /// `keys` with `prefix` in front of each (`ranges[][].` + `subnet`).
@@ -336,8 +339,7 @@ pub fn help_flags(help: &str) -> Vec<(String, Option<String>)> {
         // `--flag …` or `-f, --flag …`; not a `- value: …` line of "Possible values".
         let long = t.strip_prefix("--").or_else(|| {
             let b = t.as_bytes();
-            (b.len() > 6 && b[0] == b'-' && b[1].is_ascii_alphanumeric() && t[2..].starts_with(", --"))
-                .then(|| &t[6..])
+            (b.len() > 6 && b[0] == b'-' && b[1].is_ascii_alphanumeric() && t[2..].starts_with(", --")).then(|| &t[6..])
         });
         if let (Some(rest), true) = (long, line.starts_with("  ")) {
             current = None;

@@ -134,7 +134,9 @@ fn undocumented(obj: &Value, table: &BTreeSet<String>, prefix: &str, out: &mut V
             ("ipam", _) if prefix.is_empty() => {
                 undocumented(v, &table_under("docs/cni-ipam.md", "Configuration (ipam section)").keys(), "", out)
             }
-            ("cluster", _) => undocumented(v, &table_under("docs/cluster-ipam.md", "Config (ipam.cluster)").keys(), "", out),
+            ("cluster", _) => {
+                undocumented(v, &table_under("docs/cluster-ipam.md", "Config (ipam.cluster)").keys(), "", out)
+            }
             ("delegate", _) => undocumented(v, &table_under("docs/cni-bridge.md", "Config fields").keys(), "", out),
             (_, Value::Array(items)) => {
                 for it in items {
@@ -173,7 +175,8 @@ fn check_conflist(what: &str, text: &str) {
 
 #[test]
 fn every_yaml_file_is_well_formed_kubernetes_objects() {
-    let yamls: Vec<String> = deploy_files().into_iter().filter(|f| f.ends_with(".yaml") || f.ends_with(".yml")).collect();
+    let yamls: Vec<String> =
+        deploy_files().into_iter().filter(|f| f.ends_with(".yaml") || f.ends_with(".yml")).collect();
     assert!(yamls.len() >= 5, "deploy/ has {yamls:?}");
     for f in &yamls {
         let docs = yaml_docs(f);
@@ -184,12 +187,19 @@ fn every_yaml_file_is_well_formed_kubernetes_objects() {
             }
             assert!(d["metadata"]["name"].is_string(), "{f}: {} without metadata.name", d["kind"]);
             if let Some(spec) = pod_spec(&d) {
-                let names: Vec<_> = containers(spec).iter().map(|c| c["name"].as_str().unwrap_or("").to_string()).collect();
+                let names: Vec<_> =
+                    containers(spec).iter().map(|c| c["name"].as_str().unwrap_or("").to_string()).collect();
                 assert!(names.iter().all(|n| !n.is_empty()), "{f}: a container without a name");
-                let vols: BTreeSet<_> = spec["volumes"].as_array().into_iter().flatten().map(|v| v["name"].clone()).collect();
+                let vols: BTreeSet<_> =
+                    spec["volumes"].as_array().into_iter().flatten().map(|v| v["name"].clone()).collect();
                 for c in containers(spec) {
                     for m in c["volumeMounts"].as_array().into_iter().flatten() {
-                        assert!(vols.contains(&m["name"]), "{f}: {} mounts an undeclared volume {}", c["name"], m["name"]);
+                        assert!(
+                            vols.contains(&m["name"]),
+                            "{f}: {} mounts an undeclared volume {}",
+                            c["name"],
+                            m["name"]
+                        );
                     }
                 }
             }
@@ -198,7 +208,8 @@ fn every_yaml_file_is_well_formed_kubernetes_objects() {
 }
 
 fn pod_spec(d: &Value) -> Option<&Value> {
-    matches!(d["kind"].as_str(), Some("Deployment" | "DaemonSet" | "StatefulSet")).then(|| &d["spec"]["template"]["spec"])
+    matches!(d["kind"].as_str(), Some("Deployment" | "DaemonSet" | "StatefulSet"))
+        .then(|| &d["spec"]["template"]["spec"])
 }
 
 fn containers(spec: &Value) -> Vec<&Value> {
@@ -222,13 +233,15 @@ fn our_binaries_accept_every_command_line_the_manifests_give_them() {
     // The systemd unit.
     for f in deploy_files().into_iter().filter(|f| f.ends_with(".service")) {
         let text = read(&f).replace("\\\n", " ");
-        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap_or_else(|| panic!("{f}: no ExecStart"));
+        let exec =
+            text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap_or_else(|| panic!("{f}: no ExecStart"));
         let argv: Vec<String> = exec.split_whitespace().map(str::to_string).collect();
         let bin = Path::new(&argv[0]).file_name().unwrap().to_string_lossy().into_owned();
         accepted_by(&bin, &argv[1..]);
         seen.insert(format!("{bin} (systemd)"));
     }
-    let want: BTreeSet<String> = ["cni-overlay", "cni-overlay (systemd)", "csi-nfs"].iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> =
+        ["cni-overlay", "cni-overlay (systemd)", "csi-nfs"].iter().map(|s| s.to_string()).collect();
     assert_eq!(seen, want, "the manifests should run each of our daemons");
 }
 
@@ -249,9 +262,15 @@ fn the_csi_sockets_and_kubelet_paths_line_up() {
             let sock = endpoint.strip_prefix("unix://").unwrap_or_else(|| panic!("{f}: {endpoint} is not unix://"));
             let sock_dir = Path::new(sock).parent().unwrap().to_str().unwrap().to_string();
             let mount_of = |c: &Value, dir: &str| {
-                c["volumeMounts"].as_array().into_iter().flatten().find(|m| m["mountPath"] == dir).map(|m| m["name"].clone())
+                c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["mountPath"] == dir)
+                    .map(|m| m["name"].clone())
             };
-            let sock_vol = mount_of(ours, &sock_dir).unwrap_or_else(|| panic!("{f}: csi-nfs has no volume at {sock_dir}"));
+            let sock_vol =
+                mount_of(ours, &sock_dir).unwrap_or_else(|| panic!("{f}: csi-nfs has no volume at {sock_dir}"));
             let mode = flag(&argv, "mode").unwrap_or_else(|| "all".into());
             let mut sidecars = 0;
             for c in &cs {
@@ -259,12 +278,18 @@ fn the_csi_sockets_and_kubelet_paths_line_up() {
                 let args: Vec<String> = strs(&c["args"]).iter().map(|a| expand(a, &env)).collect();
                 if let Some(addr) = flag(&args, "csi-address") {
                     assert_eq!(addr, sock, "{f}: {} dials another socket", c["name"]);
-                    assert_eq!(mount_of(c, &sock_dir), Some(sock_vol.clone()), "{f}: {} sees another {sock_dir}", c["name"]);
+                    assert_eq!(
+                        mount_of(c, &sock_dir),
+                        Some(sock_vol.clone()),
+                        "{f}: {} sees another {sock_dir}",
+                        c["name"]
+                    );
                     sidecars += 1;
                 }
                 if let Some(reg) = flag(&args, "kubelet-registration-path") {
                     let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == sock_vol).unwrap();
-                    let host = vol["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("{f}: socket dir is no hostPath"));
+                    let host =
+                        vol["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("{f}: socket dir is no hostPath"));
                     let file = Path::new(sock).file_name().unwrap().to_str().unwrap();
                     assert_eq!(reg, format!("{host}/{file}"), "{f}: kubelet would look for the socket elsewhere");
                     assert!(mount_of(c, "/registration").is_some(), "{f}: registrar without /registration");
@@ -294,7 +319,10 @@ fn the_csi_sockets_and_kubelet_paths_line_up() {
     }
     assert_eq!(checked, ["controller", "node"]);
 
-    let objs: Vec<Value> = yaml_docs("deploy/csi-nfs/csidriver.yaml").into_iter().chain(yaml_docs("deploy/csi-nfs/storageclass.yaml")).collect();
+    let objs: Vec<Value> = yaml_docs("deploy/csi-nfs/csidriver.yaml")
+        .into_iter()
+        .chain(yaml_docs("deploy/csi-nfs/storageclass.yaml"))
+        .collect();
     let by_kind = |k: &str| objs.iter().find(|o| o["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
     assert_eq!(by_kind("CSIDriver")["metadata"]["name"], driver.as_str());
     assert_eq!(by_kind("CSIDriver")["spec"]["attachRequired"], false, "csi-nfs has no ControllerPublish");
