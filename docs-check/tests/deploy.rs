@@ -190,12 +190,16 @@ fn every_yaml_file_is_well_formed_kubernetes_objects() {
                 let names: Vec<_> =
                     containers(spec).iter().map(|c| c["name"].as_str().unwrap_or("").to_string()).collect();
                 assert!(names.iter().all(|n| !n.is_empty()), "{f}: a container without a name");
-                let vols: BTreeSet<_> =
-                    spec["volumes"].as_array().into_iter().flatten().map(|v| v["name"].clone()).collect();
+                let vols: BTreeSet<String> = spec["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v["name"].as_str().map(str::to_string))
+                    .collect();
                 for c in containers(spec) {
                     for m in c["volumeMounts"].as_array().into_iter().flatten() {
                         assert!(
-                            vols.contains(&m["name"]),
+                            m["name"].as_str().is_some_and(|n| vols.contains(n)),
                             "{f}: {} mounts an undeclared volume {}",
                             c["name"],
                             m["name"]
