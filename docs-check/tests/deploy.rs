@@ -126,7 +126,8 @@ fn undocumented(obj: &Value, table: &BTreeSet<String>, prefix: &str, out: &mut V
         if prefix.is_empty() && CNI_SPEC_KEYS.contains(&k.as_str()) && k != "ipam" {
             continue;
         }
-        if !table.contains(&path) && !(prefix.is_empty() && k == "ipam") {
+        let ipam = prefix.is_empty() && k == "ipam";
+        if !ipam && !table.contains(&path) {
             out.push(path.clone());
             continue;
         }
