@@ -7,8 +7,12 @@
 //! parameters and conflist keys are documented ones (the docs tables are held to the code by
 //! the plugins' own `tests/docs_*.rs`).
 //!
-//! Needs `cni-overlay` and `csi-nfs` built beside the test (`cargo build --release -p
-//! cni-overlay -p csi-nfs`, or the workspace); fails saying so otherwise.
+//! Every conflist also passes STATUS with the real plugins (its `dataDir`s moved to a temp
+//! dir, the overlay given a subnet file, the cluster IPAM pointed at a throw-away etcd), so
+//! each config parses and validates as the plugins read it.
+//!
+//! Needs `cni-bridge`, `cni-ipam`, `cni-overlay` and `csi-nfs` built beside the test (`cargo
+//! build --release --workspace`) and etcd installed; fails saying so otherwise.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -53,7 +57,7 @@ fn binary(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.is_file(),
-        "{} is missing: build it first (cargo build --release -p cni-overlay -p csi-nfs)",
+        "{} is missing: build it first (cargo build --release -p cni-bridge -p cni-ipam -p cni-overlay -p csi-nfs)",
         p.display()
     );
     p
@@ -349,23 +353,11 @@ fn storageclass_parameters_and_conflists_use_only_documented_keys() {
             );
         }
     }
-    let mut n = 0;
-    for f in deploy_files().into_iter().filter(|f| f.ends_with(".conflist")) {
-        check_conflist(&f, &read(&f));
-        n += 1;
+    let lists = conflists();
+    for (what, text) in &lists {
+        check_conflist(what, text);
     }
-    for f in deploy_files().into_iter().filter(|f| f.ends_with(".yaml")) {
-        for d in yaml_docs(&f) {
-            if d["kind"] == "ConfigMap" {
-                for (k, v) in d["data"].as_object().into_iter().flatten() {
-                    if k.ends_with(".conflist") {
-                        check_conflist(&format!("{f} {k}"), v.as_str().unwrap());
-                        n += 1;
-                    }
-                }
-            }
-        }
-    }
+    let n = lists.len();
     assert!(n >= 4, "{n} conflists checked");
 }
 
@@ -388,4 +380,91 @@ fn an_undocumented_key_or_a_bad_flag_is_caught() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Every conflist of deploy/ (files and ConfigMaps): (where, text).
+fn conflists() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for f in deploy_files() {
+        if f.ends_with(".conflist") {
+            out.push((f.clone(), read(&f)));
+        } else if f.ends_with(".yaml") {
+            for d in yaml_docs(&f) {
+                for (k, v) in d["data"].as_object().into_iter().flatten().filter(|(k, _)| k.ends_with(".conflist")) {
+                    out.push((format!("{f} {k}"), v.as_str().unwrap().to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs plugin `ty` with `CNI_COMMAND=STATUS` and `conf` on stdin, `CNI_PATH` the directory of
+/// our binaries.
+fn status(ty: &str, conf: &Value) -> std::process::Output {
+    use std::io::Write;
+    let bin = binary(ty);
+    let mut child = std::process::Command::new(&bin)
+        .env("CNI_COMMAND", "STATUS")
+        .env("CNI_PATH", bin.parent().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn every_conflist_passes_status_with_the_real_plugins() {
+    let etcd = etcd_kv::testing::EtcdServer::start().expect("start etcd (is it installed?)");
+    let tmp = tempfile::tempdir().unwrap();
+    let subnet_file = tmp.path().join("subnet.env");
+    std::fs::write(
+        &subnet_file,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    )
+    .unwrap();
+    // The delegates, found through CNI_PATH.
+    binary("cni-bridge");
+    binary("cni-ipam");
+    let mut n = 0;
+    for (i, (what, text)) in conflists().into_iter().enumerate() {
+        let list: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        for p in list["plugins"].as_array().unwrap() {
+            let mut conf = p.clone();
+            conf["name"] = list["name"].clone();
+            conf["cniVersion"] = list["cniVersion"].clone();
+            let data = tmp.path().join(format!("data-{i}"));
+            if conf["type"] == "cni-overlay" {
+                conf["subnetFile"] = Value::String(subnet_file.to_string_lossy().into_owned());
+                conf["dataDir"] = Value::String(data.to_string_lossy().into_owned());
+            }
+            if conf["ipam"].is_object() {
+                conf["ipam"]["dataDir"] = Value::String(data.to_string_lossy().into_owned());
+                if conf["ipam"]["cluster"].is_object() {
+                    conf["ipam"]["cluster"]["etcdEndpoints"] = serde_json::json!([etcd.endpoint()]);
+                }
+            }
+            let ty = conf["type"].as_str().unwrap().to_string();
+            let out = status(&ty, &conf);
+            assert!(
+                out.status.success() && out.stdout.is_empty(),
+                "{what}: STATUS of {ty}: {}\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "{n} plugin configs checked");
+    // And STATUS can fail: the overlay without its subnet file is not ready (code 50).
+    std::fs::remove_file(&subnet_file).unwrap();
+    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "overlay", "type": "cni-overlay",
+        "subnetFile": subnet_file, "dataDir": tmp.path().join("x")});
+    let out = status("cni-overlay", &conf);
+    let err: Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    assert_eq!(err["code"], 50, "{err}");
 }
