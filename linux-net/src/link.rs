@@ -80,11 +80,14 @@ pub fn format_mac(m: &[u8; 6]) -> String {
 /// link created without one (`eth_random_addr`). Choosing it ourselves means
 /// knowing it without asking the kernel afterwards.
 pub fn random_mac() -> Result<[u8; 6]> {
-    use std::io::Read;
     let mut m = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut m))
-        .map_err(|e| Error::io("read /dev/urandom", e))?;
+    // One getrandom(2) (the urandom source; a request this small is never
+    // cut short) instead of opening, reading and closing /dev/urandom.
+    // SAFETY: writes at most m.len() bytes into m.
+    let n = unsafe { libc::getrandom(m.as_mut_ptr().cast(), m.len(), 0) };
+    if n != m.len() as isize {
+        return Err(Error::io("getrandom for a MAC address", std::io::Error::last_os_error()));
+    }
     m[0] = (m[0] & 0xfe) | 0x02;
     Ok(m)
 }
