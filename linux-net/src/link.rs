@@ -295,6 +295,7 @@ const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
 
 /// `struct ethtool_drvinfo` of <linux/ethtool.h> (196 bytes; the kernel
 /// copies all of it back, so the layout must be exact).
+#[derive(Default)]
 #[repr(C)]
 struct EthtoolDrvinfo {
     cmd: u32,
@@ -309,25 +310,6 @@ struct EthtoolDrvinfo {
     testinfo_len: u32,
     eedump_len: u32,
     regdump_len: u32,
-}
-
-impl Default for EthtoolDrvinfo {
-    fn default() -> Self {
-        EthtoolDrvinfo {
-            cmd: 0,
-            driver: [0; 32],
-            version: [0; 32],
-            fw_version: [0; 32],
-            bus_info: [0; 32],
-            erom_version: [0; 32],
-            reserved2: [0; 12],
-            n_priv_flags: 0,
-            n_stats: 0,
-            testinfo_len: 0,
-            eedump_len: 0,
-            regdump_len: 0,
-        }
-    }
 }
 
 const _: () = assert!(std::mem::size_of::<EthtoolDrvinfo>() == 196);
