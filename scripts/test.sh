@@ -51,10 +51,10 @@ for t in config result cni_args; do
   (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | tail -n 4)
 done
 
-step "benchmarks (side by side with the reference plugins; shipped 'plugin' profile)"
-cargo build --profile plugin -p cni-bridge -p cni-ipam -p cni-overlay
-"$T"/release/conformance bench cni --n 50 --plugin-dir "$T"/plugin
-"$T"/release/conformance bench overlay --plugin-dir "$T"/plugin
+step "benchmarks (side by side with the reference plugins; the shipped build of scripts/build-plugins.sh)"
+plugins=$(bash scripts/build-plugins.sh "$T/cni-plugins" | tail -n 1)
+"$T"/release/conformance bench cni --n 50 --plugin-dir "$plugins"
+"$T"/release/conformance bench overlay --plugin-dir "$plugins"
 "$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs
 
 step "done"

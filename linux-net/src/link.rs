@@ -80,11 +80,14 @@ pub fn format_mac(m: &[u8; 6]) -> String {
 /// link created without one (`eth_random_addr`). Choosing it ourselves means
 /// knowing it without asking the kernel afterwards.
 pub fn random_mac() -> Result<[u8; 6]> {
-    use std::io::Read;
     let mut m = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut m))
-        .map_err(|e| Error::io("read /dev/urandom", e))?;
+    // One getrandom(2) (the urandom source; a request this small is never
+    // cut short) instead of opening, reading and closing /dev/urandom.
+    // SAFETY: writes at most m.len() bytes into m.
+    let n = unsafe { libc::getrandom(m.as_mut_ptr().cast(), m.len(), 0) };
+    if n != m.len() as isize {
+        return Err(Error::io("getrandom for a MAC address", std::io::Error::last_os_error()));
+    }
     m[0] = (m[0] & 0xfe) | 0x02;
     Ok(m)
 }
@@ -163,7 +166,22 @@ pub struct BridgeSpec<'a> {
 
 /// Returns the bridge, creating it if absent (a concurrent creator's EEXIST
 /// is success), and makes sure it is up with the requested options.
+///
+/// The steady state (an existing bridge, up, in the wanted promiscuous mode,
+/// no VLAN filtering to set) costs three ioctls by name instead of an
+/// RTM_GETLINK, whose reply (≈1.9 kB for a bridge: statistics, every IPv4
+/// and IPv6 setting, ~45 bridge options) the kernel fills and we parse on
+/// every ADD. The returned link then carries only what those calls tell:
+/// index, name, kind, up and promiscuous; anything else falls back to the
+/// full lookup.
 pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
+    if !spec.vlan_filtering {
+        if let Some(l) = existing_bridge(nl, spec.name) {
+            if l.up && (l.promisc || !spec.promisc) {
+                return Ok(l);
+            }
+        }
+    }
     let mut link = match get(nl, spec.name)? {
         Some(l) => l,
         None => {
@@ -207,6 +225,94 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
     }
     Ok(link)
 }
+
+/// The bridge named `name`, from ioctls on `nl`'s socket (the device ioctls
+/// work on any socket, in its namespace): SIOCGIFINDEX, the ethtool driver
+/// name (`bridge` for a Linux bridge and nothing else) and SIOCGIFFLAGS.
+/// `None` when any of them fails or the device is not a bridge: the caller
+/// then does the full netlink lookup, which also gives the precise error.
+///
+/// Each call resolves the name afresh in the kernel, so the index is the one
+/// the name has now, exactly as with RTM_GETLINK (indexes are not reused
+/// while the netns lives, unless someone asks for one explicitly).
+fn existing_bridge(nl: &Netlink, name: &str) -> Option<Link> {
+    let fd = nl.raw_fd();
+    let named = || -> Option<libc::ifreq> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+            return None;
+        }
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in r.ifr_name.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        Some(r)
+    };
+    let mut r = named()?;
+    // SAFETY: SIOCGIFINDEX reads ifr_name and writes ifr_ifindex of `r`.
+    if unsafe { libc::ioctl(fd, libc::SIOCGIFINDEX, &mut r) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel just wrote the index member of the union.
+    let index = u32::try_from(unsafe { r.ifr_ifru.ifru_ifindex }).ok()?;
+
+    let mut info = EthtoolDrvinfo { cmd: ETHTOOL_GDRVINFO, ..EthtoolDrvinfo::default() };
+    let mut r = named()?;
+    r.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO writes one ethtool_drvinfo
+    // (the struct below has the kernel's layout) through ifr_data.
+    if unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut r) } != 0 {
+        return None;
+    }
+    let driver = info.driver.split(|b| *b == 0).next().unwrap_or(&[]);
+    if driver != b"bridge" {
+        return None;
+    }
+
+    let mut r = named()?;
+    // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags of `r`.
+    if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut r) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel just wrote the flags member of the union.
+    let flags = unsafe { r.ifr_ifru.ifru_flags } as libc::c_int;
+    Some(Link {
+        index,
+        name: name.to_string(),
+        mac: None,
+        mtu: 0,
+        master: None,
+        up: flags & libc::IFF_UP != 0,
+        promisc: flags & libc::IFF_PROMISC != 0,
+        kind: Some("bridge".into()),
+        alias: None,
+        link: None,
+    })
+}
+
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// `struct ethtool_drvinfo` of <linux/ethtool.h> (196 bytes; the kernel
+/// copies all of it back, so the layout must be exact).
+#[derive(Default)]
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<EthtoolDrvinfo>() == 196);
 
 fn set_bridge_opts(nl: &mut Netlink, index: u32, opts: Vec<InfoBridge>, name: &str) -> Result<()> {
     let mut msg = LinkMessage::default();

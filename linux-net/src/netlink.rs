@@ -30,6 +30,13 @@ impl Netlink {
         Ok(Netlink { sock, seq: 0, buf: vec![0; 64 * 1024] })
     }
 
+    /// The socket's descriptor, for the device ioctls (SIOCGIFINDEX and the
+    /// like), which the kernel serves on any socket in its namespace.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
+    }
+
     fn send(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &dyn Fn() -> String) -> Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
