@@ -637,7 +637,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             // Pool exhausted and the like: nothing has been programmed yet.
             Err(e) => {
                 m.etcd_error(EtcdOp::Acquire);
-                return Err(AgentError::Acquire { what: format!("PublicIP {public_ip}, {}", pool_of(&cfg)), source: e });
+                return Err(AgentError::Acquire {
+                    what: format!("PublicIP {public_ip}, {}", pool_of(&cfg)),
+                    source: e,
+                });
             }
         }
     };

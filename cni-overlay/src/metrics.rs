@@ -82,7 +82,11 @@ impl AgentMetrics {
             reconcile: Histogram::new(prom_endpoint::LATENCY_BUCKETS),
         };
         let r = registry.sub_registry_with_prefix("cni_overlay");
-        r.register("lease_held", "1 while this host holds the lease of the subnet, 0 once it is lost", m.lease_held.clone());
+        r.register(
+            "lease_held",
+            "1 while this host holds the lease of the subnet, 0 once it is lost",
+            m.lease_held.clone(),
+        );
         r.register("lease_renewals", "Lease renewals, by result (ok, error)", m.renewals.clone());
         r.register(
             "etcd_errors",

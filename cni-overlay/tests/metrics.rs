@@ -122,7 +122,11 @@ fn the_agent_reports_its_lease_peers_kernel_entries_and_resyncs() {
         v(s, "cni_overlay_remote_subnets", &[]) == Some(K)
             && v(s, "cni_overlay_neighbour_entries", &[("family", "ipv4")]) == Some(K)
     });
-    assert_eq!(v(&s, "cni_overlay_reconcile_duration_seconds_count", &[]), Some(1.0), "events are not resyncs:\n{body}");
+    assert_eq!(
+        v(&s, "cni_overlay_reconcile_duration_seconds_count", &[]),
+        Some(1.0),
+        "events are not resyncs:\n{body}"
+    );
 
     // etcd restarts: the watch breaks, the agent re-reads every lease once
     // etcd is back and reconciles (one more pass per resync).

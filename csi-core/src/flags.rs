@@ -361,9 +361,15 @@ mod tests {
     #[test]
     fn help_lists_every_flag_with_the_drivers_defaults() {
         let h = Flags::parse(["--help"], &D).unwrap_err().to_string();
-        for want in
-            ["--endpoint", "--node-id", "--driver-name", "--mode", "--log-level", "--metrics-address", "--working-mount-dir"]
-        {
+        for want in [
+            "--endpoint",
+            "--node-id",
+            "--driver-name",
+            "--mode",
+            "--log-level",
+            "--metrics-address",
+            "--working-mount-dir",
+        ] {
             assert!(h.contains(want), "{want} missing from\n{h}");
         }
         assert!(h.contains("[default: test.csi.example.com]") && h.contains("[default: /tmp]"), "{h}");

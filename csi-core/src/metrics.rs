@@ -58,14 +58,11 @@ impl RpcMetrics {
 /// path outside `csi.v1` (so a client sending made-up paths cannot make
 /// the series grow without bound).
 pub fn method_label(path: &str) -> String {
-    let csi = path
-        .strip_prefix("/csi.v1.")
-        .and_then(|r| r.split_once('/'))
-        .is_some_and(|(svc, m)| {
-            matches!(svc, "Identity" | "Controller" | "Node" | "GroupController" | "SnapshotMetadata")
-                && !m.is_empty()
-                && m.chars().all(|c| c.is_ascii_alphanumeric())
-        });
+    let csi = path.strip_prefix("/csi.v1.").and_then(|r| r.split_once('/')).is_some_and(|(svc, m)| {
+        matches!(svc, "Identity" | "Controller" | "Node" | "GroupController" | "SnapshotMetadata")
+            && !m.is_empty()
+            && m.chars().all(|c| c.is_ascii_alphanumeric())
+    });
     if csi {
         path.to_string()
     } else {

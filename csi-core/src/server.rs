@@ -57,7 +57,11 @@ where
 /// `registry`. The metrics listener is bound before the CSI endpoint, so a
 /// bad or busy address stops the driver at start-up. Without the flag
 /// nothing listens and `registry` is dropped.
-pub async fn run_with_metrics<C, N>(flags: &Flags, plugin: Plugin<C, N>, mut registry: prom_endpoint::Registry) -> Result<()>
+pub async fn run_with_metrics<C, N>(
+    flags: &Flags,
+    plugin: Plugin<C, N>,
+    mut registry: prom_endpoint::Registry,
+) -> Result<()>
 where
     C: Controller,
     N: Node,

@@ -32,11 +32,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+pub use prometheus_client;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-pub use prometheus_client;
 pub use prometheus_client::registry::Registry;
 
 /// How long a scraper may take to send its request headers.
@@ -182,7 +182,12 @@ pub struct FnGauge {
 
 impl FnGauge {
     /// Registers a gauge `name` (without the registry's prefix) read from `f`.
-    pub fn register(registry: &mut Registry, name: &'static str, help: &'static str, f: impl Fn() -> i64 + Send + Sync + 'static) {
+    pub fn register(
+        registry: &mut Registry,
+        name: &'static str,
+        help: &'static str,
+        f: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
         registry.register_collector(Box::new(FnGauge { name, help, f: Arc::new(f) }));
     }
 }
@@ -211,7 +216,12 @@ pub struct FnCounter {
 
 impl FnCounter {
     /// Registers a counter `name` (without `_total`) read from `f`.
-    pub fn register(registry: &mut Registry, name: &'static str, help: &'static str, f: impl Fn() -> u64 + Send + Sync + 'static) {
+    pub fn register(
+        registry: &mut Registry,
+        name: &'static str,
+        help: &'static str,
+        f: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
         registry.register_collector(Box::new(FnCounter { name, help, f: Arc::new(f) }));
     }
 }

@@ -54,16 +54,20 @@ async fn serves_the_registry_and_nothing_else() {
     assert_eq!(value(&parse_text(&body).unwrap(), "demo_level", &[]), Some(-2.0), "{body}");
 
     let (head, body) = tokio::task::spawn_blocking(move || {
-        raw(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n")
+        raw(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n",
+        )
     })
     .await
     .unwrap();
     assert!(head.starts_with("HTTP/1.1 200") && head.contains("application/openmetrics-text"), "{head}");
     assert!(body.ends_with("# EOF\n"), "{body}");
 
-    let (head, _) = tokio::task::spawn_blocking(move || raw(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
-        .await
-        .unwrap();
+    let (head, _) =
+        tokio::task::spawn_blocking(move || raw(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+            .await
+            .unwrap();
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let (head, _) = tokio::task::spawn_blocking(move || {
         raw(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
