@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,27 +39,8 @@ fn wait_for(addr: SocketAddr, what: &str, pred: impl Fn(&[Sample]) -> bool) -> (
     }
 }
 
-/// The TCP sockets in LISTEN state that process `pid` holds (in its netns).
 fn listening_sockets_of(pid: u32) -> usize {
-    let mut listening = HashSet::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "0A" {
-                listening.insert(f[9].to_string());
-            }
-        }
-    }
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .filter_map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-        })
-        .filter(|ino| listening.contains(ino))
-        .count()
+    testkit::util::tcp_listeners_of(pid).unwrap()
 }
 
 #[test]

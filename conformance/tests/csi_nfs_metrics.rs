@@ -5,7 +5,7 @@
 //!
 //! `cargo build --release -p csi-nfs && cargo test --release -p conformance --test csi_nfs_metrics -- --test-threads=2`
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -62,32 +62,8 @@ async fn scrape_now(addr: SocketAddr) -> (String, Vec<Sample>) {
     (body, samples)
 }
 
-/// The inodes of the TCP sockets in LISTEN state in this network namespace.
-fn listening_inodes() -> HashSet<u64> {
-    let mut out = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "0A" {
-                out.insert(f[9].parse().unwrap());
-            }
-        }
-    }
-    out
-}
-
-/// The TCP ports process `pid` listens on.
 fn listening_sockets_of(pid: u32) -> usize {
-    let listening = listening_inodes();
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .filter_map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
-        })
-        .filter(|ino| listening.contains(ino))
-        .count()
+    testkit::util::tcp_listeners_of(pid).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
