@@ -134,7 +134,9 @@ async fn counts_every_call_by_method_and_code_and_reports_the_nfs_pool() {
     let connects = v("csi_nfs_connects_total", &[]).unwrap();
     let reuses = v("csi_nfs_connection_reuses_total", &[]).unwrap();
     assert!(connects >= 1.0 && reuses >= 1.0, "connects {connects}, reuses {reuses}:\n{body}");
-    eprintln!("NFS pool after {} calls: {connects} connects, {reuses} reuses, {open} open", N + 2);
+    // Each call that reached the server (N creates, one delete) took one connection.
+    assert_eq!(connects + reuses, (N + 1) as f64, "connects {connects}, reuses {reuses}:\n{body}");
+    eprintln!("NFS pool after {} calls to the server: {connects} connects, {reuses} reuses, {open} open", N + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
