@@ -57,6 +57,9 @@ fn the_agent_reports_its_lease_peers_kernel_entries_and_resyncs() {
     // Agents without the flag listen nowhere.
     let pid = o.agents[others[0].0].as_ref().unwrap().pid();
     assert_eq!(listening_sockets_of(pid), 0, "an agent without --metrics-address listens on TCP");
+    let off = SocketAddr::new(o.lab.mgmt_ip(others[0]).into(), PORT);
+    let e = scrape(off, Duration::from_secs(5)).unwrap_err();
+    assert!(e.contains("refused"), "scraping an agent without the flag: {e}");
 
     let h = o.lab.host(seg).unwrap();
     let addr = SocketAddr::new(o.lab.mgmt_ip(h).into(), PORT);
