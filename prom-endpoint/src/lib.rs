@@ -13,7 +13,9 @@
 //!   with an error that says what was expected;
 //! - [`FnGauge`] and [`FnCounter`] read a value at scrape time (a pool
 //!   size, a counter kept in a static), so the code that owns the value
-//!   does not need to know about metrics.
+//!   does not need to know about metrics;
+//! - [`scrape`], [`parse_text`] and [`value`] read an endpoint back the way
+//!   Prometheus would, for the tests that check what an operator sees.
 //!
 //! The listener is hyper's HTTP/1.1 server, already in every user's
 //! dependency tree through tonic. Each connection is its own task with a
