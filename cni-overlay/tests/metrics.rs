@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{bin, conf, subnet_of, Overlay};
@@ -96,11 +95,7 @@ fn the_agent_reports_its_lease_peers_kernel_entries_and_resyncs() {
             && v(s, "cni_overlay_fdb_entries", &[("family", "ipv4")]) == Some(K + 1.0)
     });
     let s4 = subnet_of(&o.subnet_env(h4));
-    let out = Command::new(bin())
-        .args(["remove-host", "--etcd-endpoints", &o.lab.etcd_local_url().unwrap(), &s4])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    o.remove_host(&s4);
     let (body, s) = wait_for(addr, "the removed host's subnet is still counted", |s| {
         v(s, "cni_overlay_remote_subnets", &[]) == Some(K)
             && v(s, "cni_overlay_neighbour_entries", &[("family", "ipv4")]) == Some(K)
