@@ -10,7 +10,7 @@
 //! leaves nothing behind. Shutdown keeps lease and kernel state, so a restart
 //! disturbs nothing; losing the lease removes routes, devices and subnet file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -27,6 +27,7 @@ use linux_net::{addr, neigh, nft};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use crate::metrics::{AgentMetrics, EtcdOp, Programmed};
 use subnet_lease::subnet_file::{read_subnet_file, write_subnet_file, SubnetFile};
 use subnet_lease::{BackendKind, EtcdConfig, Event, Lease, LeaseAttrs, NetworkConfig, SubnetManager};
 
@@ -42,6 +43,8 @@ pub enum AgentError {
     Etcd(#[from] subnet_lease::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Metrics(#[from] prom_endpoint::Error),
     /// No lease (pool exhausted, bad settings): nothing was programmed.
     #[error("no subnet lease for this host ({what}): {source}")]
     Acquire {
@@ -66,6 +69,8 @@ pub struct AgentArgs {
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
     pub healthz: Option<SocketAddr>,
+    /// `--metrics-address`: where Prometheus metrics are served (None: off).
+    pub metrics: Option<SocketAddr>,
     pub lease_ttl: Duration,
     pub renew_margin: Duration,
 }
@@ -150,6 +155,9 @@ pub struct AgentFlags {
     /// Port of the readiness endpoint; 0 turns it off
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics [default: off]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = prom_endpoint::parse_address)]
+    pub metrics_address: Option<SocketAddr>,
     /// etcd lease TTL of the host's subnet: `90s`, `15m`, `24h` or plain seconds
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration_arg)]
     pub subnet_lease_ttl: Duration,
@@ -174,6 +182,7 @@ impl AgentArgs {
             subnet_file: f.subnet_file.clone(),
             ip_masq: f.ip_masq,
             healthz: (f.healthz_port != 0).then(|| SocketAddr::new(f.healthz_ip, f.healthz_port)),
+            metrics: f.metrics_address,
             lease_ttl,
             renew_margin,
         })
@@ -362,6 +371,18 @@ impl Dataplane {
         Some((subnet, Peer { public_ip, vtep_mac: mac, direct }))
     }
 
+    /// What is programmed now, per plane: (family, counts).
+    fn programmed(&self) -> Vec<(&'static str, Programmed)> {
+        self.planes
+            .iter()
+            .map(|pl| {
+                let encap = pl.peers.values().filter(|p| !p.direct).count() as i64;
+                let family = if pl.v6 { "ipv6" } else { "ipv4" };
+                (family, Programmed { routes: pl.peers.len() as i64, fdb: encap, neighbours: encap })
+            })
+            .collect()
+    }
+
     /// Every peer entry `lease` asks for, by plane.
     fn wanted_all(&self, lease: &Lease) -> Vec<(usize, IpNetwork, Peer)> {
         (0..self.planes.len()).filter_map(|pi| self.wanted(pi, lease).map(|(s, p)| (pi, s, p))).collect()
@@ -534,21 +555,33 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(addr) = args.healthz {
         serve_health(addr, ready.clone()).await?;
     }
+    // Started first, so that an agent stuck on etcd shows it in its metrics;
+    // a bad address stops the agent here, before anything is programmed.
+    let mut registry = prom_endpoint::Registry::default();
+    let m = AgentMetrics::register(&mut registry);
+    let _metrics_endpoint = match args.metrics {
+        Some(addr) => Some(prom_endpoint::serve(addr, registry).await?),
+        None => None,
+    };
     let ext = external(&args)?;
     let public_ip = args.public_ip.unwrap_or(ext.ip);
     let public_ipv6 = args.public_ipv6.or(ext.ip6.map(|n| n.ip()));
     tracing::info!(iface = %ext.name, %public_ip, ?public_ipv6, "external interface");
 
-    let sm = connect(&args.etcd).await;
+    let sm = connect(&args.etcd, &m).await;
     let cfg = loop {
         match sm.network_config().await {
             Ok(c) => break c,
             Err(e) if e.is_unavailable() => {
+                m.etcd_error(EtcdOp::Config);
                 tracing::warn!("etcd unavailable, retrying: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             // A bad config is final: nothing has been programmed yet.
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                m.etcd_error(EtcdOp::Config);
+                return Err(e.into());
+            }
         }
     };
     // IPv6 needs an underlay address to send VXLAN from (or to route to, host-gw).
@@ -592,6 +625,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         match sm.acquire_dual(&cfg, &attrs, previous, previous_v6, args.lease_ttl).await {
             Ok(l) => break l,
             Err(e) if e.is_unavailable() => {
+                m.etcd_error(EtcdOp::Acquire);
                 tracing::warn!("etcd unavailable, retrying: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -602,13 +636,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             }
             // Pool exhausted and the like: nothing has been programmed yet.
             Err(e) => {
-                return Err(AgentError::Acquire { what: format!("PublicIP {public_ip}, {}", pool_of(&cfg)), source: e })
+                m.etcd_error(EtcdOp::Acquire);
+                return Err(AgentError::Acquire {
+                    what: format!("PublicIP {public_ip}, {}", pool_of(&cfg)),
+                    source: e,
+                });
             }
         }
     };
     let own = lease.subnet;
     let own6 = lease.ipv6_subnet.filter(|_| ipv6.is_some());
     tracing::info!(subnet = %own, ipv6_subnet = ?own6, "lease acquired");
+    m.lease(&own.to_string(), true);
+    if let Some(sn6) = own6 {
+        m.lease(&sn6.to_string(), true);
+    }
 
     // The devices, only now that the lease is ours. Each one's only address is
     // the network address of our subnet (/32, /128), the next hop peers route to.
@@ -693,13 +735,22 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         match sm.leases().await {
             Ok(r) => break r,
             Err(e) if e.is_unavailable() => {
+                m.etcd_error(EtcdOp::List);
                 tracing::warn!("etcd unavailable, retrying: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                m.etcd_error(EtcdOp::List);
+                return Err(e.into());
+            }
         }
     };
+    let started = std::time::Instant::now();
     dp.resync(own, &all)?;
+    m.reconciled(started.elapsed());
+    // Other hosts' subnets known from etcd (IPv4: one per host).
+    let mut remote: HashSet<Ipv4Network> = all.iter().map(|l| l.subnet).filter(|s| *s != own).collect();
+    m.dataplane(remote.len(), &dp.programmed());
     ready.store(true, Ordering::SeqCst);
     tracing::info!(peers = dp.planes[0].peers.len(), "ready");
 
@@ -711,6 +762,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(Event::Added(l)) if l.subnet != own => {
+                    remote.insert(l.subnet);
                     for (pi, s, p) in dp.wanted_all(&l) {
                         if let Err(e) = dp.add(pi, s, p) {
                             tracing::error!(subnet = %s, "program peer: {e}");
@@ -720,23 +772,33 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 Some(Event::Added(_)) => {}
                 Some(Event::Removed { subnet, .. }) if subnet == own => break true,
                 Some(Event::Removed { subnet, ipv6_subnet }) => {
+                    remote.remove(&subnet);
                     dp.forget(0, IpNetwork::V4(subnet));
                     if let Some(s6) = ipv6_subnet {
                         dp.forget(1, IpNetwork::V6(s6));
                     }
                 }
                 Some(Event::Resync(all)) => {
+                    m.resync();
                     if !all.iter().any(|l| l.subnet == own) {
                         break true;
                     }
+                    remote = all.iter().map(|l| l.subnet).filter(|s| *s != own).collect();
+                    let started = std::time::Instant::now();
                     if let Err(e) = dp.resync(own, &all) {
                         tracing::error!("resync: {e}");
                     }
+                    m.reconciled(started.elapsed());
                 }
                 None => break false,
             },
             _ = renew.tick() => {
-                match sm.renew(&lease).await {
+                let renewed = sm.renew(&lease).await;
+                m.renewal(renewed.is_ok());
+                if renewed.is_err() {
+                    m.etcd_error(EtcdOp::Renew);
+                }
+                match renewed {
                     Ok(()) => tracing::debug!(subnet = %own, "lease renewed"),
                     Err(e) if e.is_unavailable() => {
                         // Retry soon rather than a whole period later: an
@@ -754,13 +816,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break false,
             _ = term.recv() => break false,
         }
+        m.dataplane(remote.len(), &dp.programmed());
     };
     if !lost {
         tracing::info!("shutting down; lease and kernel state kept");
         return Ok(());
     }
     ready.store(false, Ordering::SeqCst);
-    teardown(&mut dp, &cfg, &args)?;
+    m.lease(&own.to_string(), false);
+    if let Some(sn6) = own6 {
+        m.lease(&sn6.to_string(), false);
+    }
+    let torn_down = teardown(&mut dp, &cfg, &args);
+    m.dataplane(0, &dp.programmed());
+    torn_down?;
     Err(AgentError::LeaseLost(own))
 }
 
@@ -788,11 +857,12 @@ fn teardown(dp: &mut Dataplane, cfg: &NetworkConfig, args: &AgentArgs) -> Result
     }
 }
 
-async fn connect(cfg: &EtcdConfig) -> SubnetManager {
+async fn connect(cfg: &EtcdConfig, m: &AgentMetrics) -> SubnetManager {
     loop {
         match SubnetManager::connect(cfg).await {
             Ok(sm) => return sm,
             Err(e) => {
+                m.etcd_error(EtcdOp::Connect);
                 tracing::warn!("connect to etcd {:?}: {e}; retrying", cfg.endpoints);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

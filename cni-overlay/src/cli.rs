@@ -97,6 +97,7 @@ mod tests {
         assert_eq!(a.subnet_file, std::path::Path::new("/run/flannel/subnet.env"));
         assert!(!a.ip_masq);
         assert_eq!(a.healthz, None);
+        assert_eq!(a.metrics, None);
         assert_eq!(a.lease_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(a.renew_margin, Duration::from_secs(3600));
         assert_eq!((a.public_ip, a.public_ipv6, a.iface.clone()), (None, None, None));
@@ -146,6 +147,7 @@ mod tests {
             "6s",
             "--subnet-lease-renew-margin",
             "5",
+            "--metrics-address=[::]:9471",
         ]);
         assert_eq!(a.etcd.endpoints, ["https://e1:2379", "https://e2:2379"]);
         assert_eq!(a.etcd.prefix, "/my/net");
@@ -159,6 +161,7 @@ mod tests {
         assert!(!a.ip_masq);
         assert_eq!(a.healthz, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(a.lease_ttl, Duration::from_secs(6));
+        assert_eq!(a.metrics, Some("[::]:9471".parse().unwrap()));
         // A margin of at least the TTL renews at half of it (the tests' "TTL 6 s, renew every 3 s").
         assert_eq!(a.renew_margin, Duration::from_secs(3));
 
@@ -200,6 +203,8 @@ mod tests {
             (&["agent", "--subnet-lease-ttl", "1d"], "--subnet-lease-ttl"),
             (&["agent", "--subnet-lease-renew-margin", "1h"], "--subnet-lease-renew-margin"),
             (&["agent", "--ip-masq=maybe"], "--ip-masq"),
+            (&["agent", "--metrics-address", "localhost:9471"], "IP:PORT"),
+            (&["agent", "--metrics-address", "9471"], "--metrics-address"),
             (&["agent", "--etcd-endpoints", "127.0.0.1:2379"], "not an http://"),
             (&["agent", "--etcd-endpoints", ","], "no endpoint"),
             (&["agent", "--etcd-certfile", "/c"], "--etcd-keyfile"),
@@ -237,6 +242,7 @@ mod tests {
             "--healthz-port",
             "--subnet-lease-ttl",
             "--subnet-lease-renew-margin",
+            "--metrics-address",
             "http://127.0.0.1:2379",
             "/coreos.com/network",
             "/run/flannel/subnet.env",

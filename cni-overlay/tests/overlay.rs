@@ -65,11 +65,7 @@ fn containers_on_three_hosts_talk_over_vxlan_and_hosts_join_and_leave() {
 
     // Removing the fourth host removes its routes everywhere and tears it down.
     let s4 = subnet_of(&o.subnet_env(h4));
-    let out = Command::new(bin())
-        .args(["remove-host", "--etcd-endpoints", &o.lab.etcd_local_url().unwrap(), &s4])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    o.remove_host(&s4);
     for h in &hosts {
         o.wait_routes(*h, |r| !r.contains(&s4), "route to the removed host should vanish");
     }

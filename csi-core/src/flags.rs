@@ -1,6 +1,7 @@
 //! The command line every CSI driver shares, built with `clap`.
 //!
-//! `--endpoint`, `--node-id`, `--driver-name`, `--mode`, `--log-level`, in
+//! `--endpoint`, `--node-id`, `--driver-name`, `--mode`, `--log-level`,
+//! `--metrics-address`, in
 //! `--flag value` or `--flag=value` form; a driver may register a few
 //! flags of its own ([`ExtraFlag`]). Anything else is a usage error that
 //! names the flag, because a typo in a DaemonSet's args should stop the
@@ -11,6 +12,7 @@
 //! command (help text, completions).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -144,6 +146,9 @@ pub struct CommonArgs {
     /// error, warn, info, debug or trace
     #[arg(long, value_name = "LEVEL", default_value = DEFAULT_LOG_LEVEL, value_parser = level_arg)]
     pub log_level: String,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics [default: off]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = prom_endpoint::parse_address)]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 fn level_arg(s: &str) -> std::result::Result<String, String> {
@@ -163,6 +168,9 @@ pub struct Flags {
     pub mode: Mode,
     /// `--log-level` (error, warn, info, debug, trace), default `info`.
     pub log_level: String,
+    /// `--metrics-address`: where Prometheus metrics are served; `None`
+    /// (the default): no metrics listener.
+    pub metrics_address: Option<SocketAddr>,
     /// The driver's own flags: every registered name with its value or default.
     pub extra: BTreeMap<String, String>,
 }
@@ -227,6 +235,7 @@ impl Flags {
             driver_name: c.driver_name.unwrap_or_else(|| defaults.driver_name.to_string()),
             mode: c.mode,
             log_level: c.log_level,
+            metrics_address: c.metrics_address,
             extra,
         })
     }
@@ -293,6 +302,7 @@ mod tests {
         assert_eq!(f.driver_name, "test.csi.example.com");
         assert_eq!(f.mode, Mode::All);
         assert_eq!(f.log_level, "info");
+        assert_eq!(f.metrics_address, None);
         assert!(!f.node_id.is_empty());
         assert_eq!(f.extra("working-mount-dir"), Some("/tmp"));
     }
@@ -308,6 +318,8 @@ mod tests {
                 "--mode",
                 "node",
                 "--log-level=debug",
+                "--metrics-address",
+                "127.0.0.1:9810",
                 "--working-mount-dir",
                 "/w",
             ],
@@ -320,6 +332,7 @@ mod tests {
         assert_eq!(f.mode, Mode::Node);
         assert!(f.mode.node() && !f.mode.controller());
         assert_eq!(f.log_level, "debug");
+        assert_eq!(f.metrics_address, Some("127.0.0.1:9810".parse().unwrap()));
         assert_eq!(f.extra("working-mount-dir"), Some("/w"));
     }
 
@@ -338,6 +351,8 @@ mod tests {
         assert!(e.contains("absolute"), "{e}");
         let e = Flags::parse(["--endpoint", "tcp://:x"], &D).unwrap_err().to_string();
         assert!(e.contains("tcp://host:port"), "{e}");
+        let e = Flags::parse(["--metrics-address", "localhost:9810"], &D).unwrap_err().to_string();
+        assert!(e.contains("--metrics-address") && e.contains("IP:PORT"), "{e}");
         let e = Flags::parse(["--log-level", "loud"], &D).unwrap_err().to_string();
         assert!(e.contains("--log-level") && e.contains("debug"), "{e}");
         assert!(Flags::parse(["stray"], &D).is_err());
@@ -346,7 +361,15 @@ mod tests {
     #[test]
     fn help_lists_every_flag_with_the_drivers_defaults() {
         let h = Flags::parse(["--help"], &D).unwrap_err().to_string();
-        for want in ["--endpoint", "--node-id", "--driver-name", "--mode", "--log-level", "--working-mount-dir"] {
+        for want in [
+            "--endpoint",
+            "--node-id",
+            "--driver-name",
+            "--mode",
+            "--log-level",
+            "--metrics-address",
+            "--working-mount-dir",
+        ] {
             assert!(h.contains(want), "{want} missing from\n{h}");
         }
         assert!(h.contains("[default: test.csi.example.com]") && h.contains("[default: /tmp]"), "{h}");

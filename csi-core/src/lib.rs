@@ -5,6 +5,8 @@
 //! - [`flags`]: the command line every driver shares, and log setup;
 //! - [`server`]: serves Identity + Controller + Node on the endpoint, with
 //!   one log line per RPC and a clean shutdown on SIGTERM/SIGINT;
+//! - [`metrics`]: the calls by method and code, and their latency, served
+//!   with `--metrics-address`;
 //! - [`identity`]: the Identity service;
 //! - [`validate`]: request checks that return the spec's gRPC codes, and
 //!   the in-flight lock behind ABORTED;
@@ -17,6 +19,7 @@ pub mod client;
 pub mod error;
 pub mod flags;
 pub mod identity;
+pub mod metrics;
 pub mod mount;
 pub mod redact;
 pub mod server;

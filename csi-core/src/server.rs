@@ -5,6 +5,8 @@
 //! a stale socket left by a crash is removed first, and the socket is
 //! removed again on shutdown. Each RPC is logged with its method, duration
 //! and status code; request bodies are never logged (they carry secrets).
+//! With `--metrics-address` the same layer counts it ([`crate::metrics`])
+//! and the metrics are served on that address ([`run_with_metrics`]).
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -20,6 +22,7 @@ use tonic::transport::Server;
 use crate::error::{Error, Result};
 use crate::flags::{Endpoint, Flags, Mode};
 use crate::identity::Identity;
+use crate::metrics::RpcMetrics;
 use crate::pb::controller_server::{Controller, ControllerServer};
 use crate::pb::identity_server::IdentityServer;
 use crate::pb::node_server::{Node, NodeServer};
@@ -46,12 +49,50 @@ where
     C: Controller,
     N: Node,
 {
-    serve(&flags.endpoint, flags.mode, plugin, shutdown_signal()).await
+    run_with_metrics(flags, plugin, prom_endpoint::Registry::default()).await
+}
+
+/// [`run`], and with `--metrics-address` the metrics: every call counted by
+/// the server ([`RpcMetrics`]) plus whatever the driver registered in
+/// `registry`. The metrics listener is bound before the CSI endpoint, so a
+/// bad or busy address stops the driver at start-up. Without the flag
+/// nothing listens and `registry` is dropped.
+pub async fn run_with_metrics<C, N>(
+    flags: &Flags,
+    plugin: Plugin<C, N>,
+    mut registry: prom_endpoint::Registry,
+) -> Result<()>
+where
+    C: Controller,
+    N: Node,
+{
+    let Some(addr) = flags.metrics_address else {
+        return serve(&flags.endpoint, flags.mode, plugin, shutdown_signal()).await;
+    };
+    let rpc = RpcMetrics::register(&mut registry);
+    let _endpoint = prom_endpoint::serve(addr, registry).await.map_err(|e| Error::Usage(e.to_string()))?;
+    serve_with(&flags.endpoint, flags.mode, plugin, shutdown_signal(), Some(rpc)).await
 }
 
 /// Serves `plugin` on `endpoint` until `shutdown` completes; `mode` picks
 /// which of Controller and Node are served.
 pub async fn serve<C, N, F>(endpoint: &Endpoint, mode: Mode, plugin: Plugin<C, N>, shutdown: F) -> Result<()>
+where
+    C: Controller,
+    N: Node,
+    F: Future<Output = ()> + Send,
+{
+    serve_with(endpoint, mode, plugin, shutdown, None).await
+}
+
+/// [`serve`], counting every call in `metrics` when given.
+pub async fn serve_with<C, N, F>(
+    endpoint: &Endpoint,
+    mode: Mode,
+    plugin: Plugin<C, N>,
+    shutdown: F,
+    metrics: Option<RpcMetrics>,
+) -> Result<()>
 where
     C: Controller,
     N: Node,
@@ -69,7 +110,7 @@ where
         "serving CSI"
     );
     let router = Server::builder()
-        .layer(RpcLogLayer)
+        .layer(RpcLogLayer { metrics })
         .add_service(IdentityServer::new(identity))
         .add_optional_service(controller.map(ControllerServer::new))
         .add_optional_service(node.map(NodeServer::new));
@@ -177,21 +218,25 @@ fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile)> {
     Ok((listener, SocketFile(path.to_path_buf())))
 }
 
-/// Logs one line per RPC: method, duration, gRPC status code.
-#[derive(Clone, Copy, Debug)]
-struct RpcLogLayer;
+/// Logs one line per RPC: method, duration, gRPC status code; and counts
+/// it in the metrics, when they are on.
+#[derive(Clone, Debug)]
+struct RpcLogLayer {
+    metrics: Option<RpcMetrics>,
+}
 
 impl<S> tower::Layer<S> for RpcLogLayer {
     type Service = RpcLog<S>;
 
     fn layer(&self, inner: S) -> RpcLog<S> {
-        RpcLog { inner }
+        RpcLog { inner, metrics: self.metrics.clone() }
     }
 }
 
 #[derive(Clone, Debug)]
 struct RpcLog<S> {
     inner: S,
+    metrics: Option<RpcMetrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -214,9 +259,11 @@ where
         let method = req.uri().path().to_owned();
         let start = Instant::now();
         let fut = self.inner.call(req);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let res = fut.await;
-            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let secs = start.elapsed().as_secs_f64();
+            let ms = secs * 1000.0;
             match &res {
                 Ok(resp) => {
                     // A unary error is a trailers-only response: grpc-status
@@ -228,8 +275,16 @@ where
                         .and_then(|v| v.parse::<i32>().ok())
                         .map_or(tonic::Code::Ok, tonic::Code::from_i32);
                     log_rpc(&method, ms, code, resp.headers().get("grpc-message"));
+                    if let Some(m) = &metrics {
+                        m.observe(&method, code, secs);
+                    }
                 }
-                Err(e) => tracing::warn!(%method, ms, "rpc failed in transport: {e}"),
+                Err(e) => {
+                    tracing::warn!(%method, ms, "rpc failed in transport: {e}");
+                    if let Some(m) = &metrics {
+                        m.observe(&method, tonic::Code::Unknown, secs);
+                    }
+                }
             }
             res
         })

@@ -46,8 +46,9 @@ const SNAPSHOTS_DIR: &str = ".csi-nfs/snapshots";
 pub struct ControllerService {
     config: crate::Config,
     locks: Locks,
-    /// Shares seen since start, for ListVolumes and ListSnapshots.
-    shares: Mutex<BTreeMap<String, Share>>,
+    /// Shares seen since start, for ListVolumes and ListSnapshots (shared
+    /// with the metrics' `csi_nfs_shares_known`).
+    shares: Arc<Mutex<BTreeMap<String, Share>>>,
 }
 
 /// A share the controller has worked on.
@@ -92,7 +93,14 @@ impl ControllerService {
             }
             info!(state_dir = %dir.display(), shares = shares.len(), "known shares loaded");
         }
-        Self { config, shares: Mutex::new(shares), ..Default::default() }
+        Self { config, shares: Arc::new(Mutex::new(shares)), ..Default::default() }
+    }
+
+    /// Reads how many shares the controller knows (has made volumes or
+    /// snapshots on, or loaded from `--state-dir`), for the metrics.
+    pub fn known_shares_gauge(&self) -> impl Fn() -> i64 + Send + Sync + 'static {
+        let shares = self.shares.clone();
+        move || shares.lock().unwrap_or_else(|e| e.into_inner()).len() as i64
     }
 
     /// The driver-wide settings.

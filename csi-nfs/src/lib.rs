@@ -29,3 +29,31 @@ pub struct Config {
     /// controller lists them again. `None`: kept in memory only.
     pub state_dir: Option<std::path::PathBuf>,
 }
+
+/// Registers csi-nfs's own metrics (docs/csi-nfs.md, "Metrics"), read at
+/// scrape time: the controller's NFS connections and known shares. The
+/// per-call metrics come from csi-core's server runner.
+pub fn register_metrics(registry: &mut prom_endpoint::Registry, controller: &controller::ControllerService) {
+    use prom_endpoint::{FnCounter, FnGauge};
+    FnGauge::register(
+        registry,
+        "csi_nfs_connections_open",
+        "NFS connections the controller holds open (in use or idle in the pool)",
+        nfs::open_connections,
+    );
+    FnGauge::register(registry, "csi_nfs_connections_idle", "Idle NFS connections kept in the pool for reuse", || {
+        nfs::pool::idle_total() as i64
+    });
+    FnCounter::register(registry, "csi_nfs_connects", "NFS connections opened by the controller", || {
+        nfs::pool::counters().0
+    });
+    FnCounter::register(registry, "csi_nfs_connection_reuses", "NFS calls served on a pooled connection", || {
+        nfs::pool::counters().1
+    });
+    FnGauge::register(
+        registry,
+        "csi_nfs_shares_known",
+        "NFS shares the controller has volumes or snapshots on (ListVolumes walks these)",
+        controller.known_shares_gauge(),
+    );
+}

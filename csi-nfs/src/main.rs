@@ -48,12 +48,15 @@ fn main() {
         mount_options: flags.extra("mount-options").unwrap_or_default().to_string(),
         state_dir: flags.extra("state-dir").filter(|d| !d.is_empty()).map(std::path::PathBuf::from),
     };
+    let controller = csi_nfs::controller::ControllerService::new(config.clone());
+    let mut registry = prom_endpoint::Registry::default();
+    csi_nfs::register_metrics(&mut registry, &controller);
     let plugin = csi_core::server::Plugin {
         identity: csi_core::identity::Identity::new(&flags.driver_name).vendor_version(env!("CARGO_PKG_VERSION")),
-        controller: Some(csi_nfs::controller::ControllerService::new(config.clone())),
+        controller: Some(controller),
         node: Some(csi_nfs::node::NodeService::new(&flags.node_id, config)),
     };
-    if let Err(e) = runtime.block_on(csi_core::server::run(&flags, plugin)) {
+    if let Err(e) = runtime.block_on(csi_core::server::run_with_metrics(&flags, plugin, registry)) {
         tracing::error!("{e}");
         eprintln!("csi-nfs: {e}");
         std::process::exit(1);

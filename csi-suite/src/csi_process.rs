@@ -54,6 +54,11 @@ impl DriverProcess {
         Ok(d)
     }
 
+    /// The driver's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The driver's directory (socket, log; scratch space for the caller).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -136,6 +136,31 @@ pub fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// How many TCP sockets in LISTEN state process `pid` holds, looked up in
+/// the tables of its own network namespace (`/proc/PID/net/tcp{,6}`) and
+/// matched by inode against its open file descriptors. For "this daemon
+/// opened no listener" checks.
+pub fn tcp_listeners_of(pid: u32) -> R<usize> {
+    let mut listening = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let path = format!("/proc/{pid}/net/{table}");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // st 0A: TCP_LISTEN; field 9: the socket's inode.
+            if f.len() > 9 && f[3] == "0A" {
+                listening.insert(f[9].to_string());
+            }
+        }
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| format!("list /proc/{pid}/fd: {e}"))?;
+    Ok(fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| Some(l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_string()))
+        .filter(|ino| listening.contains(ino))
+        .count())
+}
+
 /// Shortens a string for a table cell.
 pub fn clip(s: &str, max: usize) -> String {
     let s = s.trim().replace('\n', " ");

@@ -123,6 +123,15 @@ impl Overlay {
         g
     }
 
+    /// `cni-overlay remove-host TARGET` against the lab's etcd; must succeed.
+    pub fn remove_host(&self, target: &str) {
+        let out = Command::new(bin())
+            .args(["remove-host", "--etcd-endpoints", &self.lab.etcd_local_url().unwrap(), target])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remove-host {target}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn subnet_env(&self, h: HostId) -> String {
         std::fs::read_to_string(self.subnet_file(h)).unwrap()
     }

@@ -336,8 +336,18 @@ impl fmt::Debug for Client {
     }
 }
 
+/// Client contexts alive: connections open, in use or idle in the pool
+/// (and, for a moment, one being connected).
+static OPEN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// How many NFS connections this process holds open right now.
+pub fn open_connections() -> i64 {
+    OPEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the context is ours and no call is running (&mut self).
         // Destroying it cancels pending PDUs, whose callbacks may still
         // write to the abandoned states: free those only afterwards.
@@ -401,6 +411,7 @@ impl Client {
             connected_at: std::time::Instant::now(),
             broken: false,
         };
+        OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nfs = client.ctx.as_ptr();
         let secs = t.timeout.as_secs().max(1) + u64::from(t.timeout.subsec_nanos() > 0);
         // SAFETY: nfs is a valid context for every call below.

@@ -67,6 +67,11 @@ pub fn idle(t: &Target) -> usize {
     IDLE.lock().unwrap_or_else(|e| e.into_inner()).get(t).map_or(0, Vec::len)
 }
 
+/// How many idle connections the pool holds, over all targets.
+pub fn idle_total() -> usize {
+    IDLE.lock().unwrap_or_else(|e| e.into_inner()).values().map(Vec::len).sum()
+}
+
 /// Closes every idle connection (e.g. before measuring connect costs).
 pub fn clear() {
     let drained: Vec<Idle> = IDLE.lock().unwrap_or_else(|e| e.into_inner()).drain().flat_map(|(_, v)| v).collect();
