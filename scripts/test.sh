@@ -56,6 +56,9 @@ cargo build --profile plugin -p cni-bridge -p cni-ipam -p cni-overlay
 "$T"/release/conformance bench cni --n 50 --plugin-dir "$T"/plugin
 "$T"/release/conformance bench overlay --plugin-dir "$T"/plugin
 "$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs
+# Clean csi-nfs moves in the 3-host overlay lab, in one guest kernel (docs/migration.md).
+GUEST_MODULES="bridge veth vxlan nfsv4 nf_tables" GUEST_TIMEOUT=900 \
+  bash scripts/guest/run.sh scripts/guest/migrate.sh "$T"/release bench migrate --n 5
 
 step "done"
 echo "all steps passed in ${SECONDS}s"
