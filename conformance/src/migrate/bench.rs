@@ -45,7 +45,7 @@ impl BenchReport {
         let _ = writeln!(s, "    CSI (NodeUnpublish+Publish) {:>9.1}", med(&self.ours_csi));
         let _ = writeln!(s, "    CNI (DEL on A + ADD on B)   {:>9.1}", med(&self.ours_cni));
         let _ = writeln!(s, "  raw operations                {:>9.1}", self.raw());
-        let _ = writeln!(s, "    mount + umount (same export){:>9.1}", med(&self.raw_mount));
+        let _ = writeln!(s, "    mount + umount, same export {:>9.1}", med(&self.raw_mount));
         let _ = writeln!(s, "    veth create+addr+route+del  {:>9.1}", med(&self.raw_veth));
         let _ = writeln!(s, "  ratio ours / raw              {:>9.2}x (goal <= 1.2x)", self.ratio());
         let _ = writeln!(s, "  whole move incl. container    {:>9.1}", med(&self.move_total));

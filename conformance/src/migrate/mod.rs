@@ -1173,3 +1173,69 @@ fn scenario(w: &mut World, o: &Opts, out: &mut dyn FnMut(&str), report: &mut Rep
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, ms: f64, ours: bool, ok: bool) -> Step {
+        Step { name: name.into(), ms, ours, ok, detail: String::new() }
+    }
+
+    fn good_move() -> Move {
+        Move {
+            kind: "clean".into(),
+            steps: vec![
+                step("container stop A", 5.0, false, true),
+                step("CNI DEL A (StopPodSandbox)", 10.0, true, true),
+                step("NodeUnpublishVolume A", 20.0, true, true),
+            ],
+            checksums_equal: true,
+            ping_ok: true,
+            old_ip_released: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn our_time_counts_only_our_calls_and_any_failure_fails_the_report() {
+        let m = good_move();
+        assert_eq!((m.total_ms(), m.ours_ms()), (35.0, 30.0));
+        let mut r = Report { moves: vec![m], teardown_done: true, ..Default::default() };
+        assert!(r.ok());
+        assert_eq!(r.to_json()["moves"][0]["ours_ms"], 30.0);
+        // A bad sequence that does not apply does not fail the run; one with the wrong code does.
+        r.bad.push(Bad {
+            name: "n/a".into(),
+            expected: "-".into(),
+            got: "-".into(),
+            state_unchanged: true,
+            applies: false,
+            detail: String::new(),
+        });
+        assert!(r.ok());
+        r.bad.push(Bad {
+            name: "x".into(),
+            expected: "Unimplemented".into(),
+            got: "OK".into(),
+            state_unchanged: true,
+            applies: true,
+            detail: String::new(),
+        });
+        assert!(!r.ok() && r.summary().ends_with("migrate: FAILED\n"));
+        r.bad.pop();
+        for broken in [
+            |m: &mut Move| m.checksums_equal = false,
+            |m: &mut Move| m.ping_ok = false,
+            |m: &mut Move| m.old_ip_released = false,
+            |m: &mut Move| m.steps[1].ok = false,
+        ] {
+            let mut r2 = r.clone();
+            broken(&mut r2.moves[0]);
+            assert!(!r2.ok());
+        }
+        r.teardown_left.push("netns x".into());
+        assert!(!r.ok());
+        assert!(!Report::default().ok(), "a run with no move is not a success");
+    }
+}
