@@ -33,7 +33,7 @@ use csi_core::pb::node_client::NodeClient;
 use csi_suite::csi_process::DriverProcess;
 use testkit::ensure;
 use testkit::lab::{ContainerId, HostId, Node, ProcessGuard};
-use testkit::util::{ip, Context as _, R};
+use testkit::util::{Context as _, R};
 
 use crate::bench_overlay::{overlay_bin, OverlayLab};
 use backend::{NfsBackend, Takeover, VolumeBackend};
@@ -1091,20 +1091,7 @@ impl World {
         drop(_controller);
         drop(o);
         drop(backend);
-        let listed = ip(&["netns", "list"]).unwrap_or_default();
-        for ns in &names {
-            if listed.lines().any(|l| l.split_whitespace().next() == Some(ns)) {
-                left.push(format!("netns {ns}"));
-            }
-        }
-        for l in &links {
-            if ip(&["link", "show", "dev", l]).is_ok() {
-                left.push(format!("link {l}"));
-            }
-        }
-        if dir.exists() {
-            left.push(format!("dir {}", dir.display()));
-        }
+        left.extend(crate::demo::lab_leftovers(&names, &links, &dir));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let d = dir.display().to_string();
         left.extend(mounts.lines().filter(|l| l.contains(&d)).map(|l| format!("mount {l}")));
