@@ -50,3 +50,38 @@ impl NetNs {
         self.run(Netlink::open)?
     }
 }
+
+/// Runs `f` on a new thread inside the network namespace at `net` and, if
+/// given, the mount namespace at `mnt` (e.g. `/proc/PID/ns/mnt`); the
+/// calling thread stays where it is. Both files are opened before the thread
+/// starts, so a wrong path is an error here. The thread first unshares its
+/// filesystem context: a thread that shares it with the rest of the process
+/// may not change its mount namespace. The caller can bound the wait with
+/// [`std::thread::JoinHandle::is_finished`] (a call into a dead NFS server
+/// may block).
+pub fn spawn_in<T, F>(net: &Path, mnt: Option<&Path>, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let net = NetNs::open(net)?;
+    let mnt = match mnt {
+        Some(p) => Some((File::open(p).map_err(|e| Error::io(format!("open {}", p.display()), e))?, p.to_path_buf())),
+        None => None,
+    };
+    let enter = move || -> Result<T> {
+        if let Some((file, path)) = &mnt {
+            nix::sched::unshare(CloneFlags::CLONE_FS)
+                .map_err(|e| Error::Kernel { op: "unshare the thread's fs context".into(), errno: e })?;
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNS)
+                .map_err(|e| Error::Kernel { op: format!("enter mount namespace {}", path.display()), errno: e })?;
+        }
+        setns(net.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::Kernel { op: format!("enter netns {}", net.path.display()), errno: e })?;
+        Ok(f())
+    };
+    std::thread::Builder::new()
+        .name("in-netns".into())
+        .spawn(enter)
+        .map_err(|e| Error::io("spawn a namespace thread", e))
+}
