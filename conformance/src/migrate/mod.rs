@@ -287,7 +287,14 @@ pub struct World {
     exe: PathBuf,
     data_bytes: usize,
     seq: u32,
+    /// A host that crashed: its netns and its node plugin's mount namespace,
+    /// held open so the dead NFS mount stays as the crash left it until
+    /// the teardown releases it ([`World::release_dead`]).
+    dead: Option<(HostId, std::fs::File)>,
 }
+
+/// Bound on releasing a crashed host's NFS mount at teardown.
+const DEAD_MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn host_name(k: usize) -> &'static str {
     ["A", "B", "C"][k.min(2)]
@@ -344,6 +351,7 @@ impl World {
             exe,
             data_bytes: o.data_mib.max(1) << 20,
             seq: 0,
+            dead: None,
         };
         for (k, h) in hosts.iter().enumerate().take(2) {
             w.start_node(*h, host_name(k))?;
@@ -810,18 +818,31 @@ impl World {
             let workload = pod.proc.take();
             let node = self.nodes.get_mut(a.0).and_then(Option::take);
             let agent = self.o.agents.get_mut(a.0).and_then(Option::take);
-            let lab = &self.o.lab;
             let cid = pod.c.take();
-            Self::step(&mut steps, out, "host A killed", false, || {
-                // Everything of host A dies at once: no NodeUnpublish, no CNI DEL.
-                for g in [workload, node.and_then(|mut n| n.proc.take()), agent].into_iter().flatten() {
-                    g.kill();
-                }
-                // Its underlay and mgmt links go down: nothing of A reaches anyone.
+            // Hold A's mount namespace: its NFS mount outlives A's processes,
+            // so their deaths cannot end the NFS session (a crashed host sends nothing).
+            let node_proc = node.and_then(|mut n| n.proc.take());
+            if let Some(p) = &node_proc {
+                let ns = format!("/proc/{}/ns/mnt", p.pid());
+                self.dead = Some((a, std::fs::File::open(&ns).ctx(format!("open {ns}"))?));
+            }
+            let lab = &self.o.lab;
+            Self::step(&mut steps, out, "host A crashes", false, || {
+                // First cut A off: its underlay and mgmt links go down, so the NFS
+                // server and the overlay hear nothing more from it, not even a close.
                 for dev in ["eth0", "mgmt"] {
                     lab.exec_ok(a, &["ip", "link", "set", dev, "down"])?;
                 }
-                Ok(((), "workload, node plugin and agent SIGKILLed; eth0 and mgmt down".to_string()))
+                // Then everything of A dies at once: no NodeUnpublish, no CNI DEL.
+                for g in [workload, node_proc, agent].into_iter().flatten() {
+                    g.kill();
+                }
+                Ok((
+                    (),
+                    "eth0 and mgmt down first, then workload, node plugin and agent SIGKILLed; \
+                     A's NFS mount left as it was"
+                        .to_string(),
+                ))
             })?;
             if let Some(cid) = cid {
                 self.o.lab.remove_container(cid)?;
@@ -1064,8 +1085,60 @@ impl World {
         self.delete_volume(pod)
     }
 
+    /// Releases a crashed host's NFS mount, bounded: its mgmt link comes back
+    /// up so the server answers the dead client's last calls (a real host
+    /// would have rebooted instead), then a forced, lazy umount of every
+    /// NFS mount under the lab's dir in its mount namespace. Returns what
+    /// failed.
+    fn release_dead(&mut self) -> Vec<String> {
+        let Some((h, ns)) = self.dead.take() else { return Vec::new() };
+        let mut left = Vec::new();
+        if let Err(e) = self.o.lab.exec_ok(h, &["ip", "link", "set", "mgmt", "up"]) {
+            left.push(format!("host A's mgmt link not back up: {e}"));
+        }
+        use std::os::fd::AsRawFd as _;
+        let mnt = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
+        let net = PathBuf::from(format!("/var/run/netns/{}", self.o.lab.host_ns(h)));
+        let dir = self.o.lab.dir().display().to_string();
+        let th = linux_net::netns::spawn_in(&net, Some(&mnt), move || -> Vec<String> {
+            let info = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
+            let table = csi_core::mount::parse_mountinfo(&info).unwrap_or_default();
+            let mut failed = Vec::new();
+            for m in table.iter().filter(|m| m.fs_type.starts_with("nfs")) {
+                if m.mount_point.starts_with(&dir) {
+                    let flags = nix::mount::MntFlags::MNT_FORCE | nix::mount::MntFlags::MNT_DETACH;
+                    if let Err(e) = nix::mount::umount2(&m.mount_point, flags) {
+                        failed.push(format!("host A's dead mount {}: umount -f -l: {e}", m.mount_point.display()));
+                    }
+                }
+            }
+            failed
+        });
+        match th {
+            Err(e) => left.push(format!("host A's dead mount: {e}")),
+            Ok(th) => {
+                let t = Instant::now();
+                while !th.is_finished() && t.elapsed() < DEAD_MOUNT_TIMEOUT {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if th.is_finished() {
+                    match th.join() {
+                        Ok(Ok(failed)) => left.extend(failed),
+                        Ok(Err(e)) => left.push(format!("host A's dead mount: {e}")),
+                        Err(_) => left.push("host A's dead mount: the thread panicked".into()),
+                    }
+                } else {
+                    left.push(format!("host A's dead NFS mount: umount -f -l did not return in {DEAD_MOUNT_TIMEOUT:?}"));
+                }
+            }
+        }
+        drop(ns);
+        left
+    }
+
     /// Tears everything down and returns what is left (netns, links, dir, volumes on the server).
     pub fn teardown(mut self) -> Vec<String> {
+        let dead = self.release_dead();
         let names = self.o.lab.netns_names();
         let links = self.o.lab.root_links();
         let dir = self.o.lab.dir().to_path_buf();
@@ -1091,6 +1164,7 @@ impl World {
         drop(_controller);
         drop(o);
         drop(backend);
+        left.extend(dead);
         left.extend(crate::demo::lab_leftovers(&names, &links, &dir));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let d = dir.display().to_string();
