@@ -2,7 +2,7 @@
 //! against the raw operations they perform, measured in the same lab and
 //! run, in host B's netns, with two baselines:
 //!
-//! * the **kernel floor**, from this process: `mount(2)` + `umount(2)` of the
+//! * the **kernel floor**, from this process: mkdir, `mount(2)`, `umount(2)`, rmdir of the
 //!   same export with the data csi-nfs's node passes (version, port, addr),
 //!   in the mount namespace of B's node plugin; and `bench cni`'s kernel
 //!   floor over netlink (a veth pair on a bridge, the container end moved
@@ -43,6 +43,7 @@ pub struct BenchReport {
     pub floor_veth: Vec<f64>,
     /// The mount data the floor passed (as csi-nfs's node does).
     pub floor_mount_data: String,
+    pub floor_mount_fstype: String,
     pub move_total: Vec<f64>,
 }
 
@@ -110,7 +111,11 @@ impl BenchReport {
             self.ratio_floor(),
             self.ratio()
         );
-        let _ = writeln!(s, "  kernel floor: mount(2) -t nfs4 -o {} + umount(2); bench cni's kernel floor", self.floor_mount_data);
+        let _ = writeln!(
+            s,
+            "  kernel floor: mkdir, mount(2) -t {} -o {}, umount(2), rmdir; bench cni's kernel floor (netlink)",
+            self.floor_mount_fstype, self.floor_mount_data
+        );
         let _ = writeln!(s, "  exec'd: mount -t nfs4 + umount (mount.nfs4); ip x7 (veth, address, up, routes, delete)");
         let _ = writeln!(s, "  whole move incl. container    {:>9.1}", med(&self.move_total));
         let _ = writeln!(s, "  our time for a clean move     {:>9.1} (goal < 2000 ms)", med(&self.ours));
@@ -132,7 +137,7 @@ impl BenchReport {
             "floor_ms": self.floor(),
             "floor_mount_umount_ms": med(&self.floor_mount),
             "floor_veth_ms": med(&self.floor_veth),
-            "floor_mount_data": self.floor_mount_data,
+            "floor_mount": format!("-t {} -o {}", self.floor_mount_fstype, self.floor_mount_data),
             "ratio_floor": self.ratio_floor(),
             "ratios": {
                 "csi": {"to_floor": csi_f, "to_exec": csi_x},
@@ -188,6 +193,7 @@ fn measure(w: &mut World, n: usize, out: &mut dyn FnMut(&str)) -> R<BenchReport>
         floor_mount: Vec::new(),
         floor_veth: Vec::new(),
         floor_mount_data: String::new(),
+        floor_mount_fstype: String::new(),
         move_total: Vec::new(),
     };
     // The raw operations: in host B's netns, the same export, a scratch container netns.
@@ -215,7 +221,8 @@ fn measure(w: &mut World, n: usize, out: &mut dyn FnMut(&str)) -> R<BenchReport>
     );
     // The kernel floor: host B's netns, its node plugin's mount namespace.
     let b_net = PathBuf::from(format!("/var/run/netns/{}", w.o.lab.host_ns(b)));
-    let b_mnt = PathBuf::from(format!("/proc/{}/ns/mnt", w.node(b)?.proc.as_ref().ok_or("B's node plugin gone")?.pid()));
+    let b_mnt =
+        PathBuf::from(format!("/proc/{}/ns/mnt", w.node(b)?.proc.as_ref().ok_or("B's node plugin gone")?.pid()));
     let floor_target = w.o.lab.dir().join("floor-mount");
     let plan = csi_nfs::node::MountPlan::new(&pod.vol.volume_id, ctx, &[], &node_opts, false)
         .map_err(|e| format!("mount plan: {e}"))?;
@@ -230,6 +237,7 @@ fn measure(w: &mut World, n: usize, out: &mut dyn FnMut(&str)) -> R<BenchReport>
     }
     let (fstype, data) = chosen.ok_or_else(|| format!("the kernel floor could not mount {} at all", plan.source))?;
     rep.floor_mount_data = data.clone();
+    rep.floor_mount_fstype = fstype.to_string();
     let mut kernel = linux_net::netns::spawn_in(&b_net, None, move || KernelFloor::new(n, true))
         .map_err(|e| e.to_string())?
         .join()
@@ -268,8 +276,8 @@ fn measure(w: &mut World, n: usize, out: &mut dyn FnMut(&str)) -> R<BenchReport>
     Ok(rep)
 }
 
-/// The kernel floor of NodePublish + NodeUnpublish: `mount(2)` + `umount(2)`
-/// of `source` at `target`, from a thread in host B's netns (`net`) and its
+/// The kernel floor of NodePublish + NodeUnpublish: mkdir, `mount(2)`,
+/// `umount(2)`, rmdir of `source` at `target`, from a thread in host B's netns (`net`) and its
 /// node plugin's mount namespace (`mnt`), bounded by [`FLOOR_TIMEOUT`].
 /// Returns the time of the two calls (ms).
 fn floor_mount(
@@ -283,12 +291,18 @@ fn floor_mount(
 ) -> R<f64> {
     let (source, data, target) = (source.to_string(), data.to_string(), target.to_path_buf());
     let th = linux_net::netns::spawn_in(net, Some(mnt), move || -> R<f64> {
-        std::fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
+        // The target made and removed as the driver does (NodePublish / NodeUnpublish).
         let t = Instant::now();
-        nix::mount::mount(Some(source.as_str()), &target, Some(fstype), flags, Some(data.as_str()))
-            .map_err(|e| format!("mount(2) {source} -t {fstype} -o {data}: {e}"))?;
-        let r = nix::mount::umount(&target).map_err(|e| format!("umount(2) {}: {e}", target.display()));
+        std::fs::create_dir(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+        let m = nix::mount::mount(Some(source.as_str()), &target, Some(fstype), flags, Some(data.as_str()))
+            .map_err(|e| format!("mount(2) {source} -t {fstype} -o {data}: {e}"));
+        let u =
+            m.and_then(|()| nix::mount::umount(&target).map_err(|e| format!("umount(2) {}: {e}", target.display())));
+        let r = u.and_then(|()| std::fs::remove_dir(&target).map_err(|e| format!("rmdir {}: {e}", target.display())));
         let ms = t.elapsed().as_secs_f64() * 1e3;
+        if r.is_err() {
+            let _ = std::fs::remove_dir(&target);
+        }
         r.map(|()| ms)
     })
     .map_err(|e| e.to_string())?;

@@ -1128,7 +1128,9 @@ impl World {
                         Err(_) => left.push("host A's dead mount: the thread panicked".into()),
                     }
                 } else {
-                    left.push(format!("host A's dead NFS mount: umount -f -l did not return in {DEAD_MOUNT_TIMEOUT:?}"));
+                    left.push(format!(
+                        "host A's dead NFS mount: umount -f -l did not return in {DEAD_MOUNT_TIMEOUT:?}"
+                    ));
                 }
             }
         }
