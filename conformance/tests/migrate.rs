@@ -139,6 +139,12 @@ fn check(r: &Value) {
                 crash["detail"].as_str().is_some_and(|d| d.starts_with("eth0 and mgmt down first, then")),
                 "{kind}: {crash}"
             );
+            // ... and its NFS mount was still there (not unmounted by a clean shutdown) while B took over.
+            let notes = m["notes"].as_array().expect("notes");
+            assert!(
+                notes.iter().any(|n| n.as_str().is_some_and(|n| n.starts_with("host A's NFS mount still in place"))),
+                "{kind}: {notes:?}"
+            );
         }
     }
     let bad = r["bad_sequences"].as_array().expect("bad_sequences");

@@ -85,3 +85,29 @@ where
         .spawn(enter)
         .map_err(|e| Error::io("spawn a namespace thread", e))
 }
+
+/// [`spawn_in`], waiting at most `timeout` for `f`'s result: `Ok(None)` if it
+/// did not return in time (the thread is left to finish on its own, e.g. a
+/// call blocked on an unreachable NFS server).
+pub fn run_in_bounded<T, F>(net: &Path, mnt: Option<&Path>, timeout: std::time::Duration, f: F) -> Result<Option<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let th = spawn_in(net, mnt, move || {
+        let _ = tx.send(f());
+    })?;
+    match rx.recv_timeout(timeout) {
+        Ok(v) => {
+            th.join().map_err(|_| Error::io("namespace thread", std::io::Error::other("panicked")))??;
+            Ok(Some(v))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+        // The sender went away without a value: entering a namespace failed, or `f` panicked.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            th.join().map_err(|_| Error::io("namespace thread", std::io::Error::other("panicked")))??;
+            Err(Error::io("namespace thread", std::io::Error::other("ended without a result")))
+        }
+    }
+}

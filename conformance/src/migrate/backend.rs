@@ -132,7 +132,7 @@ impl VolumeBackend for NfsBackend {
 
     fn takeover_doc(&self) -> &'static str {
         "NFS volumes are multi-node: the new node publishes the volume at once; the dead node's \
-         mount died with its mount namespace and its NFSv4 state expires with its lease on the server"
+         mount is left as the crash left it and its NFSv4 state expires with its lease on the server"
     }
 
     fn check_kernel(&self) -> R<()> {

@@ -290,7 +290,7 @@ fn floor_mount(
     target: &Path,
 ) -> R<f64> {
     let (source, data, target) = (source.to_string(), data.to_string(), target.to_path_buf());
-    let th = linux_net::netns::spawn_in(net, Some(mnt), move || -> R<f64> {
+    let r = linux_net::netns::run_in_bounded(net, Some(mnt), FLOOR_TIMEOUT, move || -> R<f64> {
         // The target made and removed as the driver does (NodePublish / NodeUnpublish).
         let t = Instant::now();
         std::fs::create_dir(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
@@ -306,10 +306,5 @@ fn floor_mount(
         r.map(|()| ms)
     })
     .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    while !th.is_finished() {
-        ensure!(started.elapsed() < FLOOR_TIMEOUT, "kernel floor mount + umount: no return in {FLOOR_TIMEOUT:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    th.join().map_err(|_| "the kernel floor's thread panicked")?.map_err(|e| e.to_string())?
+    r.ok_or_else(|| format!("kernel floor mount + umount: no return in {FLOOR_TIMEOUT:?}"))?
 }

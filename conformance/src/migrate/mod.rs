@@ -866,6 +866,12 @@ impl World {
         mv.steps = steps;
         r?;
         mv.notes.push(format!("takeover: {}", self.backend.takeover_doc()));
+        // Evidence of a crash, not a shutdown: A's NFS mount was still there while B took over.
+        mv.notes.push(match self.dead_nfs_mounts(false) {
+            Ok(m) if !m.is_empty() => format!("host A's NFS mount still in place after B took over: {}", m.join(", ")),
+            Ok(_) => "host A's NFS mount: NONE left in its mount namespace".to_string(),
+            Err(e) => format!("host A's NFS mount: not readable: {e}"),
+        });
         Self::compare(&mut mv, &source, &pod.ready);
         // The overlay: A's lease stays until its TTL; `cni-overlay remove-host` is the operator's step.
         let url = self.o.etcd_local()?;
@@ -1091,51 +1097,44 @@ impl World {
     /// NFS mount under the lab's dir in its mount namespace. Returns what
     /// failed.
     fn release_dead(&mut self) -> Vec<String> {
-        let Some((h, ns)) = self.dead.take() else { return Vec::new() };
         let mut left = Vec::new();
+        let Some((h, _)) = self.dead else { return left };
         if let Err(e) = self.o.lab.exec_ok(h, &["ip", "link", "set", "mgmt", "up"]) {
             left.push(format!("host A's mgmt link not back up: {e}"));
         }
-        use std::os::fd::AsRawFd as _;
-        let mnt = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
-        let net = PathBuf::from(format!("/var/run/netns/{}", self.o.lab.host_ns(h)));
-        let dir = self.o.lab.dir().display().to_string();
-        let th = linux_net::netns::spawn_in(&net, Some(&mnt), move || -> Vec<String> {
-            let info = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
-            let table = csi_core::mount::parse_mountinfo(&info).unwrap_or_default();
-            let mut failed = Vec::new();
-            for m in table.iter().filter(|m| m.fs_type.starts_with("nfs")) {
-                if m.mount_point.starts_with(&dir) {
-                    let flags = nix::mount::MntFlags::MNT_FORCE | nix::mount::MntFlags::MNT_DETACH;
-                    if let Err(e) = nix::mount::umount2(&m.mount_point, flags) {
-                        failed.push(format!("host A's dead mount {}: umount -f -l: {e}", m.mount_point.display()));
-                    }
-                }
-            }
-            failed
-        });
-        match th {
-            Err(e) => left.push(format!("host A's dead mount: {e}")),
-            Ok(th) => {
-                let t = Instant::now();
-                while !th.is_finished() && t.elapsed() < DEAD_MOUNT_TIMEOUT {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if th.is_finished() {
-                    match th.join() {
-                        Ok(Ok(failed)) => left.extend(failed),
-                        Ok(Err(e)) => left.push(format!("host A's dead mount: {e}")),
-                        Err(_) => left.push("host A's dead mount: the thread panicked".into()),
-                    }
-                } else {
-                    left.push(format!(
-                        "host A's dead NFS mount: umount -f -l did not return in {DEAD_MOUNT_TIMEOUT:?}"
-                    ));
-                }
-            }
+        match self.dead_nfs_mounts(true).and_then(|_| self.dead_nfs_mounts(false)) {
+            Ok(still) => left.extend(still.iter().map(|m| format!("host A's dead NFS mount {m}"))),
+            Err(e) => left.push(format!("host A's dead NFS mount: {e}")),
         }
-        drop(ns);
+        self.dead = None;
         left
+    }
+
+    /// The NFS mounts under the lab's dir in the crashed host's held mount
+    /// namespace; with `umount`, each gets `umount2(MNT_FORCE | MNT_DETACH)`.
+    /// Bounded by [`DEAD_MOUNT_TIMEOUT`].
+    fn dead_nfs_mounts(&self, umount: bool) -> R<Vec<String>> {
+        use std::os::fd::AsRawFd as _;
+        let Some((h, ns)) = &self.dead else { return Ok(Vec::new()) };
+        let mnt = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
+        let net = PathBuf::from(format!("/var/run/netns/{}", self.o.lab.host_ns(*h)));
+        let dir = self.o.lab.dir().display().to_string();
+        let r = linux_net::netns::run_in_bounded(&net, Some(&mnt), DEAD_MOUNT_TIMEOUT, move || -> R<Vec<String>> {
+            let info = std::fs::read_to_string("/proc/thread-self/mountinfo").ctx("mountinfo")?;
+            let table = csi_core::mount::parse_mountinfo(&info).map_err(|e| e.to_string())?;
+            let mut found = Vec::new();
+            for m in table.iter().filter(|m| m.fs_type.starts_with("nfs") && m.mount_point.starts_with(&dir)) {
+                if umount {
+                    let flags = nix::mount::MntFlags::MNT_FORCE | nix::mount::MntFlags::MNT_DETACH;
+                    nix::mount::umount2(&m.mount_point, flags)
+                        .map_err(|e| format!("umount -f -l {}: {e}", m.mount_point.display()))?;
+                }
+                found.push(m.mount_point.display().to_string());
+            }
+            Ok(found)
+        })
+        .map_err(|e| e.to_string())?;
+        r.ok_or_else(|| format!("no return in {DEAD_MOUNT_TIMEOUT:?}"))?
     }
 
     /// Tears everything down and returns what is left (netns, links, dir, volumes on the server).
