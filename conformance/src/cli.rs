@@ -46,7 +46,7 @@ pub enum Cmd {
     /// per host, pings, a VXLAN packet, verified teardown.
     Demo(DemoArgs),
     /// A container moves from host A to host B of a 3-host overlay lab with its
-    /// csi-nfs volume (clean move, bad sequences, host A killed); needs a kernel NFS
+    /// csi-nfs volume (clean move, bad sequences, host A crashes); needs a kernel NFS
     /// client (scripts/guest/migrate.sh runs it in a guest kernel).
     Migrate(MigrateArgs),
     /// The migrated container's program (run by `migrate` inside the container).
@@ -203,8 +203,9 @@ pub enum BenchCmd {
     /// (host, nfs-ganesha), NodePublish/Unpublish vs mount/umount (one guest kernel).
     #[command(name = "csi-nfs")]
     CsiNfs(BenchCsiArgs),
-    /// Clean csi-nfs moves in the migration lab: our calls vs the raw mount/umount and
-    /// veth operations, medians over N moves (needs a kernel NFS client).
+    /// Clean csi-nfs moves in the migration lab: our calls vs the same kernel work done
+    /// in-process (kernel floor) and vs the exec'd mount/umount and ip commands, medians
+    /// over N moves (needs a kernel NFS client).
     Migrate {
         /// Moves to measure (at least 1).
         #[arg(long, default_value_t = 5)]
