@@ -1,4 +1,5 @@
-//! Network namespaces: opening one by path, and doing work inside it.
+//! Network namespaces: opening one by path, and doing work inside it (on
+//! this thread, or on a new one that may also enter a mount namespace).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
