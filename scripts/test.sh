@@ -56,6 +56,9 @@ plugins=$(bash scripts/build-plugins.sh "$T/cni-plugins" | tail -n 1)
 "$T"/release/conformance bench cni --n 50 --plugin-dir "$plugins"
 "$T"/release/conformance bench overlay --plugin-dir "$plugins"
 "$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs
+# Clean csi-nfs moves in the 3-host overlay lab, in one guest kernel (docs/migration.md).
+GUEST_MODULES="bridge veth vxlan nfsv4 nf_tables" GUEST_TIMEOUT=900 \
+  bash scripts/guest/run.sh scripts/guest/migrate.sh "$T"/release bench migrate --n 5
 
 step "done"
 echo "all steps passed in ${SECONDS}s"

@@ -270,7 +270,11 @@ pub fn run(n: usize, ours: &Path, reference: &Path) -> R<BenchReport> {
 ///   end up with an address and a default route. Deleting an interface
 ///   that is up costs extra RCU grace periods, so only this row's DEL is
 ///   the floor for a plugin's DEL.
-struct KernelFloor {
+///
+/// It works in the network namespace of the thread that makes it (its
+/// netlink socket and bridge stay there): `bench migrate` makes one in a
+/// lab host's netns.
+pub(crate) struct KernelFloor {
     full: bool,
     nl: linux_net::netlink::Netlink,
     bridge_index: u32,
@@ -280,12 +284,13 @@ struct KernelFloor {
     _guard: BridgeGuard,
 }
 
-/// Removes the floor's bridge (and so its ports) however the run ends.
-struct BridgeGuard(String);
+/// Removes the floor's bridge (and so its ports) however the run ends, in
+/// the netns it was made in.
+struct BridgeGuard(String, linux_net::netns::NetNs);
 
 impl Drop for BridgeGuard {
     fn drop(&mut self) {
-        if let Ok(mut nl) = linux_net::netlink::Netlink::open() {
+        if let Ok(mut nl) = self.1.netlink() {
             let _ = linux_net::link::delete(&mut nl, &self.0);
         }
     }
@@ -296,12 +301,12 @@ fn kerr(e: linux_net::Error) -> String {
 }
 
 impl KernelFloor {
-    fn new(n: usize, full: bool) -> R<KernelFloor> {
+    pub(crate) fn new(n: usize, full: bool) -> R<KernelFloor> {
         use linux_net::link::{self, BridgeSpec};
         let bridge = testkit::util::unique_link(testkit::util::next_id());
         let mut nl = linux_net::netlink::Netlink::open().map_err(kerr)?;
         let br = link::ensure_bridge(&mut nl, &BridgeSpec { name: &bridge, ..Default::default() }).map_err(kerr)?;
-        let guard = BridgeGuard(bridge.clone());
+        let guard = BridgeGuard(bridge.clone(), linux_net::netns::NetNs::current().map_err(kerr)?);
         let ctrs = (0..n).map(|_| Ctr::new()).collect::<R<Vec<_>>>()?;
         let names = (0..n).map(|i| format!("{bridge}v{i}")).collect();
         Ok(KernelFloor {
@@ -315,7 +320,7 @@ impl KernelFloor {
         })
     }
 
-    fn add(&mut self, i: usize) -> R<()> {
+    pub(crate) fn add(&mut self, i: usize) -> R<()> {
         use linux_net::link::{self, VethSpec};
         let ns = linux_net::netns::NetNs::open(Path::new(self.ctrs[i].ns.path())).map_err(kerr)?;
         let t = std::time::Instant::now();
@@ -343,7 +348,7 @@ impl KernelFloor {
         Ok(())
     }
 
-    fn del(&mut self, i: usize) -> R<()> {
+    pub(crate) fn del(&mut self, i: usize) -> R<()> {
         let t = std::time::Instant::now();
         linux_net::link::delete(&mut self.nl, &self.names[i]).map_err(kerr)?;
         self.combo.del_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -352,6 +357,11 @@ impl KernelFloor {
 
     fn finish(self) -> Combo {
         self.combo
+    }
+
+    /// The last ADD's and the last DEL's time (ms).
+    pub(crate) fn last(&self) -> (f64, f64) {
+        (self.combo.add_ms.last().copied().unwrap_or(f64::NAN), self.combo.del_ms.last().copied().unwrap_or(f64::NAN))
     }
 }
 

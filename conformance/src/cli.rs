@@ -1,5 +1,5 @@
-//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs`,
-//! `demo [--overlay]`, `list`, `cleanup`, `completions SHELL`.
+//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|migrate`,
+//! `demo [--overlay]`, `migrate`, `list`, `cleanup`, `completions SHELL`.
 //! Tables and JSON go to stdout, progress to stderr. Exit codes: 0 ok, 1 checks
 //! failed, 2 usage or setup error (clap's own usage errors included).
 #![allow(clippy::print_stdout)]
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::{bench, bench_overlay, demo};
+use crate::{bench, bench_overlay, demo, migrate};
 use cni_suite::checks::{catalog, Suite};
 use cni_suite::interop::{self, own_dir};
 use csi_core::flags::Endpoint;
@@ -45,6 +45,22 @@ pub enum Cmd {
     /// three lab hosts (one behind a router), etcd, cni-overlay agents, one container
     /// per host, pings, a VXLAN packet, verified teardown.
     Demo(DemoArgs),
+    /// A container moves from host A to host B of a 3-host overlay lab with its
+    /// csi-nfs volume (clean move, bad sequences, host A crashes); needs a kernel NFS
+    /// client (scripts/guest/migrate.sh runs it in a guest kernel).
+    Migrate(MigrateArgs),
+    /// The migrated container's program (run by `migrate` inside the container).
+    #[command(name = "migrate-workload", hide = true)]
+    MigrateWorkload {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        tag: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: usize,
+    },
     /// The CNI checks and what they verify.
     List {
         /// One markdown table row per check.
@@ -187,6 +203,39 @@ pub enum BenchCmd {
     /// (host, nfs-ganesha), NodePublish/Unpublish vs mount/umount (one guest kernel).
     #[command(name = "csi-nfs")]
     CsiNfs(BenchCsiArgs),
+    /// Clean csi-nfs moves in the migration lab: our calls vs the same kernel work done
+    /// in-process (kernel floor) and vs the exec'd mount/umount and ip commands, medians
+    /// over N moves (needs a kernel NFS client).
+    Migrate {
+        /// Moves to measure (at least 1).
+        #[arg(long, default_value_t = 5)]
+        n: usize,
+        /// Where cni-overlay and csi-nfs are (default: this binary's directory).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// The big file's size in MiB.
+        #[arg(long, default_value_t = 4)]
+        data_mib: usize,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Where cni-overlay and csi-nfs are (default: this binary's directory).
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Size of the data set's big file in MiB (three 64 KiB files come with it).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub data_mib: u16,
+    /// Only the clean move (no bad sequences, no unclean move).
+    #[arg(long)]
+    pub clean_only: bool,
+    /// JSON report on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -264,7 +313,11 @@ fn need_root() -> R<()> {
 }
 
 fn dispatch(cmd: Cmd) -> R<i32> {
-    testkit::util::install_interrupt_handler();
+    // The migrated container's program keeps the default SIGTERM (it dies
+    // with its "container stop"); everything else finishes its check first.
+    if !matches!(cmd, Cmd::MigrateWorkload { .. }) {
+        testkit::util::install_interrupt_handler();
+    }
     match cmd {
         Cmd::Cni(a) => {
             need_root()?;
@@ -330,6 +383,42 @@ fn dispatch(cmd: Cmd) -> R<i32> {
             let ok = demo::run(&o, &mut |l| println!("{l}"))?;
             println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
             Ok(i32::from(!ok))
+        }
+        Cmd::Migrate(a) => {
+            need_root()?;
+            let o = migrate::Opts {
+                plugin_dir: a.plugin_dir.unwrap_or_else(own_dir),
+                data_mib: usize::from(a.data_mib),
+                unclean: !a.clean_only,
+                bad: !a.clean_only,
+            };
+            let r = migrate::run(&o, &mut |l| eprintln!("{l}"))?;
+            if a.json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.summary());
+            }
+            Ok(i32::from(!r.ok()))
+        }
+        Cmd::MigrateWorkload { dir, tag, port, bytes } => {
+            migrate::workload::run(&dir, &tag, port, bytes)?;
+            Ok(0)
+        }
+        Cmd::Bench(BenchCmd::Migrate { n, plugin_dir, data_mib, json }) => {
+            need_root()?;
+            let o = migrate::Opts {
+                plugin_dir: plugin_dir.unwrap_or_else(own_dir),
+                data_mib: data_mib.max(1),
+                unclean: false,
+                bad: false,
+            };
+            let r = migrate::bench::run(&o, n.max(1), &mut |l| eprintln!("{l}"))?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(0)
         }
         Cmd::List { markdown } => {
             for c in catalog() {
@@ -566,6 +655,11 @@ mod tests {
         assert_eq!((a.overlay, a.bridge_type.as_str(), a.ipam_type.as_str()), (false, "bridge", "host-local"));
         let Cmd::Demo(a) = ok(&["demo", "--overlay", "--plugin-dir", "target/release"]) else { panic!() };
         assert!(a.overlay && a.bridge_type == "cni-bridge");
+        let Cmd::Migrate(a) = ok(&["migrate", "--plugin-dir", "/p", "--data-mib", "8", "--json"]) else { panic!() };
+        assert!(a.json && !a.clean_only && a.data_mib == 8);
+        assert!(parse(&["migrate", "--data-mib", "0"]).is_err());
+        let Cmd::Bench(BenchCmd::Migrate { n, data_mib, .. }) = ok(&["bench", "migrate", "--n", "3"]) else { panic!() };
+        assert_eq!((n, data_mib), (3, 4));
         assert!(matches!(ok(&["list", "--markdown"]), Cmd::List { markdown: true }));
         assert!(matches!(ok(&["cleanup"]), Cmd::Cleanup));
         assert!(matches!(ok(&["completions", "bash"]), Cmd::Completions { .. }));

@@ -243,21 +243,7 @@ pub fn run_overlay(plugin_dir: &std::path::Path, out: &mut dyn FnMut(&str)) -> R
     let links = o.lab.root_links();
     let dir = o.lab.dir().to_path_buf();
     drop(o);
-    let mut left = Vec::new();
-    let listed = ip(&["netns", "list"]).unwrap_or_default();
-    for ns in &names {
-        if listed.lines().any(|l| l.split_whitespace().next() == Some(ns)) {
-            left.push(format!("netns {ns}"));
-        }
-    }
-    for l in &links {
-        if ip(&["link", "show", "dev", l]).is_ok() {
-            left.push(format!("link {l}"));
-        }
-    }
-    if dir.exists() {
-        left.push(format!("dir {}", dir.display()));
-    }
+    let left = lab_leftovers(&names, &links, &dir);
     if left.is_empty() {
         out(&format!(
             "nothing left: {} netns, {} root links, etcd, agents and the lab dir are gone",
@@ -269,4 +255,25 @@ pub fn run_overlay(plugin_dir: &std::path::Path, out: &mut dyn FnMut(&str)) -> R
         all_ok = false;
     }
     Ok(all_ok)
+}
+
+/// What a dropped lab left: its netns, root links and dir that still exist
+/// (`names`, `links`, `dir` taken from the lab before the drop).
+pub fn lab_leftovers(names: &[String], links: &[String], dir: &std::path::Path) -> Vec<String> {
+    let mut left = Vec::new();
+    let listed = ip(&["netns", "list"]).unwrap_or_default();
+    for ns in names {
+        if listed.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())) {
+            left.push(format!("netns {ns}"));
+        }
+    }
+    for l in links {
+        if ip(&["link", "show", "dev", l]).is_ok() {
+            left.push(format!("link {l}"));
+        }
+    }
+    if dir.exists() {
+        left.push(format!("dir {}", dir.display()));
+    }
+    left
 }

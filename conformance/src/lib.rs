@@ -8,6 +8,7 @@
 //! * [`bench_overlay`]: the overlay in a lab: convergence, throughput, allocations.
 //! * [`bench_csi`]: csi-nfs against the raw NFS and mount operations.
 //! * [`demo`]: three containers, pings, verified teardown (and the overlay demo).
+//! * [`migrate`]: a container moves between lab hosts with its CSI volume (and `bench migrate`).
 //!
 //! Errors: [`testkit::util::R`] (`Result<T, String>`), printed by the CLI
 //! with exit code 2.
@@ -17,3 +18,4 @@ pub mod bench_csi;
 pub mod bench_overlay;
 pub mod cli;
 pub mod demo;
+pub mod migrate;
