@@ -33,8 +33,8 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::nfs::{self, kernel, ShareFs, Target};
-use crate::Provisioner;
 use crate::volume::{escape, CreateParams, MountOptions, OnDelete, SnapshotId, VolumeId};
+use crate::Provisioner;
 
 /// Bound on each NFS call, connecting included.
 pub const NFS_TIMEOUT: Duration = nfs::DEFAULT_TIMEOUT;
@@ -179,13 +179,14 @@ impl ControllerService {
     async fn records_everywhere(&self, dir: &'static str) -> Result<Vec<Value>, Error> {
         let mut all = Vec::new();
         for share in self.known_shares() {
-            let found = self.on_share(&share, move |c| {
-                let recs = read_records(c, dir)?;
-                let other = if dir == VOLUMES_DIR { SNAPSHOTS_DIR } else { VOLUMES_DIR };
-                let empty = recs.is_empty() && !has_records(c, other)?;
-                Ok((recs, empty))
-            })
-            .await;
+            let found = self
+                .on_share(&share, move |c| {
+                    let recs = read_records(c, dir)?;
+                    let other = if dir == VOLUMES_DIR { SNAPSHOTS_DIR } else { VOLUMES_DIR };
+                    let empty = recs.is_empty() && !has_records(c, other)?;
+                    Ok((recs, empty))
+                })
+                .await;
             match found {
                 Ok((recs, empty)) => {
                     if empty {
@@ -223,10 +224,7 @@ impl ControllerService {
         let use_kernel = match self.config.provisioner {
             Provisioner::Libnfs => false,
             Provisioner::Kernel if !has_kernel => {
-                return Err(Error::FailedPrecondition(format!(
-                    "--provisioner=kernel, but {}",
-                    kernel::NO_CLIENT
-                )))
+                return Err(Error::FailedPrecondition(format!("--provisioner=kernel, but {}", kernel::NO_CLIENT)))
             }
             Provisioner::Kernel => true,
             Provisioner::Auto => {
@@ -243,7 +241,10 @@ impl ControllerService {
         match nfs::run(target.clone(), move |c| Ok(g(c))).await {
             Ok(r) => r,
             Err(e) if e.is_version_refused() && self.config.provisioner == Provisioner::Auto && has_kernel => {
-                info!(share = share.key(), "the server refuses NFSv4.0 (libnfs): provisioning through the kernel NFS client");
+                info!(
+                    share = share.key(),
+                    "the server refuses NFSv4.0 (libnfs): provisioning through the kernel NFS client"
+                );
                 self.v4_0_refused.lock().unwrap_or_else(|e| e.into_inner()).insert(share.key());
                 kernel::run(Arc::clone(&self.mounts), kernel_target(), move |c| f(c)).await
             }
@@ -944,44 +945,47 @@ impl pb::controller_server::Controller for ControllerService {
         };
         let (name, source_volume_id) = (req.name.clone(), req.source_volume_id.clone());
         let started = std::time::Instant::now();
-        let snapshot = self.on_share(&share, move |c| {
-            let rec_path = snapshot_record_path(&name);
-            if let Some(rec) = read_record(c, &rec_path)? {
-                if str_field(&rec, "source_volume_id") != source_volume_id {
-                    return Err(validate::already_exists(
-                        "snapshot",
-                        &name,
-                        &format!("it is a snapshot of {}", str_field(&rec, "source_volume_id")),
-                    ));
+        let snapshot = self
+            .on_share(&share, move |c| {
+                let rec_path = snapshot_record_path(&name);
+                if let Some(rec) = read_record(c, &rec_path)? {
+                    if str_field(&rec, "source_volume_id") != source_volume_id {
+                        return Err(validate::already_exists(
+                            "snapshot",
+                            &name,
+                            &format!("it is a snapshot of {}", str_field(&rec, "source_volume_id")),
+                        ));
+                    }
+                    return Ok(snapshot_from_record(&rec));
                 }
-                return Ok(snapshot_from_record(&rec));
-            }
-            match c.try_stat(&src.subdir).map_err(nfs_err)? {
-                Some(st) if st.kind == nfs::FileType::Dir => {}
-                _ => return Err(Error::NotFound(format!("source volume {source_volume_id:?}: directory not found"))),
-            }
-            c.mkdir_all(SNAPSHOTS_DIR, 0o755).map_err(nfs_err)?;
-            // A copy left by a crash before its record was written.
-            c.remove_all(&id.path).map_err(nfs_err)?;
-            let made = c.copy_tree(&src.subdir, &id.path).map_err(nfs_err).and_then(|bytes| {
-                let (secs, nanos) = now();
-                let rec = json!({
-                    "name": name,
-                    "snapshot_id": id.to_string(),
-                    "source_volume_id": source_volume_id,
-                    "created": secs,
-                    "created_nanos": nanos,
-                    "size_bytes": bytes,
+                match c.try_stat(&src.subdir).map_err(nfs_err)? {
+                    Some(st) if st.kind == nfs::FileType::Dir => {}
+                    _ => {
+                        return Err(Error::NotFound(format!("source volume {source_volume_id:?}: directory not found")))
+                    }
+                }
+                c.mkdir_all(SNAPSHOTS_DIR, 0o755).map_err(nfs_err)?;
+                // A copy left by a crash before its record was written.
+                c.remove_all(&id.path).map_err(nfs_err)?;
+                let made = c.copy_tree(&src.subdir, &id.path).map_err(nfs_err).and_then(|bytes| {
+                    let (secs, nanos) = now();
+                    let rec = json!({
+                        "name": name,
+                        "snapshot_id": id.to_string(),
+                        "source_volume_id": source_volume_id,
+                        "created": secs,
+                        "created_nanos": nanos,
+                        "size_bytes": bytes,
+                    });
+                    write_record(c, &rec_path, &rec)?;
+                    Ok(snapshot_from_record(&rec))
                 });
-                write_record(c, &rec_path, &rec)?;
-                Ok(snapshot_from_record(&rec))
-            });
-            if made.is_err() {
-                let _ = c.remove_all(&id.path);
-            }
-            made
-        })
-        .await?;
+                if made.is_err() {
+                    let _ = c.remove_all(&id.path);
+                }
+                made
+            })
+            .await?;
         self.remember(&share);
         info!(
             name = req.name,

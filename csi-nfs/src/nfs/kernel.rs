@@ -538,8 +538,7 @@ mod tests {
     fn a_local_tree_is_made_copied_and_removed_without_following_symlinks() {
         let d = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let mut s =
-            MountedShare { root: d.path().to_path_buf(), target: "local".into(), creds: (0, 0), broken: false };
+        let mut s = MountedShare { root: d.path().to_path_buf(), target: "local".into(), creds: (0, 0), broken: false };
         s.mkdir_all("a/b", 0o755).unwrap();
         s.mkdir("a/b/c", 0o2770).unwrap();
         assert_eq!(s.stat("a/b/c").unwrap().mode, 0o2770, "exactly the mode, whatever the umask");

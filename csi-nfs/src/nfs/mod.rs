@@ -30,9 +30,9 @@ mod fs;
 pub mod kernel;
 pub mod pool;
 
-pub use fs::ShareFs;
 #[cfg(test)]
 use fs::join;
+pub use fs::ShareFs;
 
 /// The default bound on one NFS call (libnfs counts it in whole seconds).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
