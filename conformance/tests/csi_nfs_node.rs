@@ -400,6 +400,24 @@ fn controller_provisions_on_a_4_1_only_server_through_the_kernel_client() {
     assert!(kernel::client_available(), "the guest kernel has an NFS client");
     let port41: u16 = std::env::var(PORT41_ENV).expect("CSI_NFS_GUEST_PORT41").parse().unwrap();
     let d = Driver::start();
+    // Should a call hang, the console shows where: the driver's log and the
+    // NFS mounts, after 240 s (the whole check takes about a minute).
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let log = d.p.dir().join("driver.log");
+    std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(240)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            eprintln!("k41: still running after 240 s; driver log tail:");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+            let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for l in mi.lines().filter(|l| l.contains(" nfs")) {
+                eprintln!("  mount: {l}");
+            }
+        }
+    });
     let rt = rt();
     let ch = d.channel(&rt);
     let mut ctl = ControllerClient::new(ch.clone());
@@ -413,6 +431,7 @@ fn controller_provisions_on_a_4_1_only_server_through_the_kernel_client() {
         let vol = create(&rt, &ch, &name, "/export", &params);
         eprintln!("CreateVolume on the 4.1-only server ({tag}): {:?}", started.elapsed());
         assert_eq!(create(&rt, &ch, &name, "/export", &params).volume_id, vol.volume_id, "({tag}) idempotent");
+        eprintln!("k41 ({tag}): idempotent");
         let other = [("mountOptions", options.as_str()), ("onDelete", on_delete), ("mountPermissions", "0700")];
         let req = pb::CreateVolumeRequest {
             name: name.clone(),
@@ -439,6 +458,7 @@ fn controller_provisions_on_a_4_1_only_server_through_the_kernel_client() {
             .expect("GetCapacity")
             .into_inner();
         assert!(cap.available_capacity > 0, "({tag}) {cap:?}");
+        eprintln!("k41 ({tag}): capacity {}", cap.available_capacity);
 
         let t = d.target(&format!("{name}-a"));
         publish(&rt, &ch, &vol, &t, false).unwrap_or_else(|e| panic!("publish ({tag}): {e}"));
@@ -450,6 +470,7 @@ fn controller_provisions_on_a_4_1_only_server_through_the_kernel_client() {
         publish(&rt, &ch, &vol, &t2, false).unwrap();
         assert_eq!(std::fs::read(t2.join(K41_FILE)).unwrap(), K41_FILE.as_bytes(), "({tag}) read back");
         unpublish(&rt, &ch, &vol, &t2).unwrap();
+        eprintln!("k41 ({tag}): written and read back");
         vols.push(vol);
     }
     let listed = |ctl: &mut ControllerClient<Channel>| -> Vec<String> {
@@ -458,9 +479,16 @@ fn controller_provisions_on_a_4_1_only_server_through_the_kernel_client() {
     };
     let ids = listed(&mut ctl);
     assert!(vols.iter().all(|v| ids.contains(&v.volume_id)), "ListVolumes {ids:?}");
+    eprintln!("k41: made, published, written, listed; deleting");
+    for vol in &vols {
+        delete(&rt, &ch, &vol.volume_id);
+    }
+    let ids = listed(&mut ctl);
+    assert!(!vols.iter().any(|v| ids.contains(&v.volume_id)), "deleted volumes still listed: {ids:?}");
 
     // The server stops answering: CreateVolume fails in bounded time
     // (the controller's soft mount), and nothing hangs.
+    eprintln!("k41: blackholing the 4.1-only server");
     {
         let _blackhole = Blackhole::new(port41);
         let started = Instant::now();
@@ -474,21 +502,26 @@ fn controller_provisions_on_a_4_1_only_server_through_the_kernel_client() {
                 .collect(),
             ..Default::default()
         };
-        let e = rt.block_on(ctl.create_volume(req)).expect_err("CreateVolume with the server gone");
+        let e = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(120), ctl.create_volume(req)).await })
+            .expect("CreateVolume returns within 120 s")
+            .expect_err("CreateVolume with the server gone");
         let took = started.elapsed();
         eprintln!("CreateVolume on a dead 4.1-only server (kernel client): {:?} after {took:?}", e.code());
         assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e}");
         assert!(took < Duration::from_secs(60), "CreateVolume took {took:?}");
     }
 
-    // Back: the controller mounts again and deletes.
-    for vol in &vols {
-        delete(&rt, &ch, &vol.volume_id);
-    }
-    let ids = listed(&mut ctl);
-    assert!(!vols.iter().any(|v| ids.contains(&v.volume_id)), "deleted volumes still listed: {ids:?}");
+    // Back: the controller mounts again.
+    eprintln!("k41: server back");
+    let started = Instant::now();
+    let vol =
+        create(&rt, &ch, &unique("k41-back"), "/export", &[("mountOptions", &format!("port={port41},nfsvers=4.1"))]);
+    delete(&rt, &ch, &vol.volume_id);
+    eprintln!("k41: create and delete once the server is back: {:?}", started.elapsed());
     drop((ctl, ch));
     drop(d);
+    let _ = done.send(());
     let table = csi_core::mount::mounts().unwrap();
     let left: Vec<_> =
         table.iter().filter(|m| m.mount_point.starts_with(kernel::DEFAULT_MOUNT_DIR)).map(|m| &m.mount_point).collect();

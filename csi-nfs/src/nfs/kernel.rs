@@ -29,7 +29,7 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,14 @@ pub const DEFAULT_MOUNT_DIR: &str = "/run/csi-nfs/mounts";
 
 /// A share's mount unused this long is unmounted.
 pub const IDLE_UNMOUNT: Duration = Duration::from_secs(30);
+
+/// A call on a mount that makes no progress (no file system call returns)
+/// for this long is abandoned: the soft mount bounds each NFS request, but
+/// the kernel's NFSv4 state recovery against a dead server can keep a call
+/// waiting beyond it. The RPC then answers UNAVAILABLE, the mount is
+/// force-unmounted (which fails what is stuck in it), and the abandoned
+/// call's remaining steps fail at once.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// NFS options of the controller's own mounts, after `port=` and `vers=`
 /// taken from the share's mount options (the node's other options are for
@@ -136,11 +144,6 @@ impl Mounts {
         Mounts { dir, bases: Mutex::default(), next: AtomicU64::new(0), reaper: Once::new() }
     }
 
-    /// The directories of this process's mounts that are mounted now.
-    pub fn mounted(&self) -> Vec<PathBuf> {
-        lock(&self.bases).values().filter(|b| lock(&b.state).mounted).map(|b| b.dir.clone()).collect()
-    }
-
     /// The mount of `t`, mounted if it is not.
     fn take(self: &Arc<Self>, t: &Target) -> std::result::Result<Arc<Base>, csi_core::Error> {
         self.start_reaper();
@@ -166,6 +169,17 @@ impl Mounts {
         st.users = st.users.saturating_sub(1);
         st.last_used = Some(Instant::now());
         if broken && st.users == 0 && st.mounted {
+            st.mounted = !unmount(&base.dir);
+        }
+    }
+
+    /// A call on `t` is stuck: force-unmount it (NFS fails the requests
+    /// pending in it) so that the next call mounts afresh.
+    fn abort(&self, t: &Target) {
+        let Some(base) = lock(&self.bases).get(t).cloned() else { return };
+        let mut st = lock(&base.state);
+        if st.mounted {
+            let _ = csi_core::mount::umount2(&base.dir, nix::mount::MntFlags::MNT_FORCE, crate::node::UNMOUNT_TIMEOUT);
             st.mounted = !unmount(&base.dir);
         }
     }
@@ -266,25 +280,84 @@ fn mount_base(t: &Target, dir: &Path) -> std::result::Result<(), csi_core::Error
     })
 }
 
-/// Runs `f` on a blocking thread on `t` mounted under `mounts`, and maps the
-/// errors to the spec's codes as [`super::run`] does.
+/// How far a call on a mount has got, watched by [`run`].
+#[derive(Debug)]
+struct Progress {
+    started: Instant,
+    /// Milliseconds after `started` when a file system call last returned.
+    last: AtomicU64,
+    /// The caller gave up: every further call fails at once.
+    abandoned: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { started: Instant::now(), last: AtomicU64::new(0), abandoned: AtomicBool::new(false) }
+    }
+
+    fn tick(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn stalled_for(&self) -> Duration {
+        self.started.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs `f` on its own thread on `t` mounted under `mounts`, and maps the
+/// errors to the spec's codes as [`super::run`] does. A call that makes no
+/// progress for [`STALL_TIMEOUT`] is abandoned (UNAVAILABLE) and the mount
+/// force-unmounted. Its own thread: the identity `f` may take
+/// (`set_credentials`) never leaks to another call, and a thread stuck in
+/// the kernel is left behind without holding up a pool.
 pub async fn run<T, F>(mounts: Arc<Mounts>, t: Target, f: F) -> std::result::Result<T, csi_core::Error>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn ShareFs) -> std::result::Result<T, csi_core::Error> + Send + 'static,
 {
     let what = t.nfs.display();
-    tokio::task::spawn_blocking(move || {
-        let base = mounts.take(&t)?;
-        let mut share = MountedShare { root: base.dir.clone(), target: t.nfs.display(), creds: (0, 0), broken: false };
-        let r = f(&mut share);
-        let broken = share.broken;
-        drop(share); // back to root's identity before the thread is reused
-        mounts.release(&base, broken);
-        r
-    })
-    .await
-    .map_err(|e| csi_core::Error::Internal(format!("{what}: blocking task: {e}")))?
+    let progress = Arc::new(Progress::new());
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let (m, target, p) = (Arc::clone(&mounts), t.clone(), Arc::clone(&progress));
+    std::thread::Builder::new()
+        .name("csi-nfs-kernel".into())
+        .spawn(move || {
+            let r = m.take(&target).and_then(|base| {
+                p.tick();
+                let mut share = MountedShare {
+                    root: base.dir.clone(),
+                    target: target.nfs.display(),
+                    creds: (0, 0),
+                    broken: false,
+                    progress: p,
+                };
+                let r = f(&mut share);
+                let broken = share.broken;
+                drop(share); // back to root's identity
+                m.release(&base, broken);
+                r
+            });
+            let _ = tx.send(r);
+        })
+        .map_err(|e| csi_core::Error::io(format!("{what}: start a thread"), e))?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), &mut rx).await {
+            Ok(Ok(r)) => return r,
+            Ok(Err(_)) => return Err(csi_core::Error::Internal(format!("{what}: the worker thread died"))),
+            Err(_) if progress.stalled_for() >= STALL_TIMEOUT => {
+                progress.abandoned.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    share = what,
+                    "no answer through the kernel NFS client for {STALL_TIMEOUT:?}: call abandoned, unmounting"
+                );
+                tokio::task::spawn_blocking(move || mounts.abort(&t));
+                return Err(csi_core::Error::Unavailable(format!(
+                    "NFS server unreachable: {what}: no answer through the kernel NFS client for {STALL_TIMEOUT:?}"
+                )));
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// A share's root mounted by the kernel, as [`ShareFs`].
@@ -296,6 +369,8 @@ pub struct MountedShare {
     creds: (u32, u32),
     /// A call failed in a way that says the mount is unusable.
     broken: bool,
+    /// Watched by [`run`].
+    progress: Arc<Progress>,
 }
 
 impl Drop for MountedShare {
@@ -321,6 +396,10 @@ impl MountedShare {
     /// The local path of `rel`, refusing `..` and symlinks on the way.
     fn path(&mut self, rel: &str) -> Result<PathBuf> {
         check_path(&self.target, rel)?;
+        if self.progress.abandoned.load(Ordering::Relaxed) {
+            self.broken = true;
+            return Err(Error::local(&self.target, format!("path {rel}"), libc::ETIMEDOUT, "call abandoned"));
+        }
         let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
         let mut p = self.root.clone();
         for (i, c) in parts.iter().enumerate() {
@@ -335,7 +414,11 @@ impl MountedShare {
                             "a parent is a symlink; the controller never follows one",
                         ))
                     }
-                    _ => {} // a missing parent fails in the call itself
+                    Ok(_) => {}
+                    // A missing parent fails in the call itself, with its errno.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => break,
+                    // A server that does not answer: say so now, not after each component.
+                    Err(e) => return self.check(Err(e), || format!("stat {}", parts[..=i].join("/"))),
                 }
             }
         }
@@ -344,6 +427,7 @@ impl MountedShare {
 
     /// `r` as this module's result, noting errors that break the mount.
     fn check<T>(&mut self, r: std::io::Result<T>, op: impl FnOnce() -> String) -> Result<T> {
+        self.progress.tick();
         r.map_err(|e| {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             if matches!(errno, libc::ETIMEDOUT | libc::EIO | libc::ESTALE | libc::ENOTCONN | libc::ECONNREFUSED) {
@@ -503,7 +587,17 @@ impl ShareFs for MountedShare {
                 .mode(mode | 0o200)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&t)?;
-            let n = std::io::copy(&mut src, &mut dst)?;
+            // Chunks, not one copy_file_range: each shows progress to run().
+            let (mut buf, mut n) = (vec![0u8; 1 << 20], 0u64);
+            loop {
+                let got = src.read(&mut buf)?;
+                if got == 0 {
+                    break;
+                }
+                dst.write_all(&buf[..got])?;
+                n += got as u64;
+                self.progress.tick();
+            }
             dst.sync_all().map(|()| n)
         });
         self.check(r, || format!("copy {from} to {to}"))
@@ -538,7 +632,13 @@ mod tests {
     fn a_local_tree_is_made_copied_and_removed_without_following_symlinks() {
         let d = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let mut s = MountedShare { root: d.path().to_path_buf(), target: "local".into(), creds: (0, 0), broken: false };
+        let mut s = MountedShare {
+            root: d.path().to_path_buf(),
+            target: "local".into(),
+            creds: (0, 0),
+            broken: false,
+            progress: Arc::new(Progress::new()),
+        };
         s.mkdir_all("a/b", 0o755).unwrap();
         s.mkdir("a/b/c", 0o2770).unwrap();
         assert_eq!(s.stat("a/b/c").unwrap().mode, 0o2770, "exactly the mode, whatever the umask");
