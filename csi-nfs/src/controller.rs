@@ -1,5 +1,7 @@
 //! The Controller service: volumes are directories on the share, made over
-//! NFS from userspace (`crate::nfs`); the controller never mounts.
+//! NFS from userspace (`crate::nfs`, libnfs), or through the kernel NFS
+//! client for servers libnfs cannot speak to (`crate::nfs::kernel`, see
+//! `ControllerService::on_share` and `--provisioner`).
 //!
 //! Layout on each share (`<share>` is the export root):
 //!

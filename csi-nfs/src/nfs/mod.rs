@@ -1,9 +1,11 @@
 //! The userspace NFS client (libnfs) the controller works through.
 //!
-//! The controller never mounts: the host may have no NFS client in its
-//! kernel, and a hung kernel mount would hang the controller with it.
-//! libnfs speaks NFSv3/v4 over its own TCP socket instead, with a time
-//! bound on every call.
+//! The controller does not mount where it can avoid it: the host may have no
+//! NFS client in its kernel, and a hung kernel mount would hang the
+//! controller with it. libnfs speaks NFSv3/v4.0 over its own TCP socket
+//! instead, with a time bound on every call. For servers that serve only
+//! NFSv4.1/4.2, which libnfs 4.0 cannot speak to, [`kernel`] mounts the
+//! share with the kernel client; both implement [`ShareFs`].
 //!
 //! One [`Client`] is one `nfs_context` mounted on one export. Paths are
 //! relative to the export's root. A context is not thread-safe: a
