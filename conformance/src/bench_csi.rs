@@ -71,7 +71,7 @@ fn start_driver_with(bin: &Path, mode: &str, port: u16, extra: &[&str]) -> R<Dri
         .map(|s| s.to_string())
         .chain([format!("--mount-options=port={port}")])
         .collect();
-    DriverProcess::start(bin, "bench-csi-nfs", &args)
+    Ok(DriverProcess::start(bin, "bench-csi-nfs", &args)?)
 }
 
 fn ms(t: Instant) -> f64 {

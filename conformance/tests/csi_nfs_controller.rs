@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use csi_nfs::nfs::{self, Client, FileType, Target};
+use csi_nfs::nfs::{self, Client, FileType, ShareFs, Target};
 use csi_suite::ganesha::Ganesha;
 
 fn ganesha() -> Ganesha {
@@ -265,10 +265,16 @@ mod driver {
         /// A controller that keeps its known shares in `state_dir`
         /// (`{dir}`: the driver's own temp dir).
         pub async fn start_with_state(mount_options: &str, state_dir: &str) -> Driver {
+            Driver::start_with_args(mount_options, &[&format!("--state-dir={state_dir}")]).await
+        }
+
+        /// A controller with more flags (`{dir}`: the driver's own temp dir).
+        pub async fn start_with_args(mount_options: &str, extra: &[&str]) -> Driver {
             let args = ["--mode", "controller", "--node-id", "test", "--log-level", "debug"].map(String::from);
             let args: Vec<String> = args
                 .into_iter()
-                .chain([format!("--mount-options={mount_options}"), format!("--state-dir={state_dir}")])
+                .chain([format!("--mount-options={mount_options}")])
+                .chain(extra.iter().map(|a| a.to_string()))
                 .collect();
             let p = DriverProcess::start(&binary(), "csi-nfs-ctl", &args).expect("start csi-nfs");
             let channel = p.channel().await.expect("connect");
@@ -888,17 +894,54 @@ mod controller {
         }
     }
 
-    /// The controller cannot speak to a 4.1-only server (libnfs 4.0): it
-    /// says so, quickly, and leaves nothing.
+    /// On this host (no kernel NFS client) the controller cannot speak to a
+    /// 4.1-only server: libnfs 4.0 speaks 4.0, and there is no kernel client
+    /// to fall back on (the guest test `csi_nfs_node` provisions there
+    /// through it). It says exactly that, quickly, and leaves nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn create_volume_on_a_server_without_nfs_4_0_is_failed_precondition() {
+        assert!(!nfs::kernel::client_available(), "this test is for a host without a kernel NFS client");
         let g = Ganesha::start_with_minor_versions("1").expect("start nfs-ganesha");
         let mut d = Driver::start("").await;
-        let started = Instant::now();
-        let e = create(&mut d, create_req("v41", params(&g, "/export", &[]))).await.unwrap_err();
+        for (name, options) in
+            [("v41", format!("port={}", g.port())), ("v41-asked", format!("port={},nfsvers=4.1", g.port()))]
+        {
+            let started = Instant::now();
+            let e = create(&mut d, create_req(name, params(&g, "/export", &[("mountOptions", &options)])))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+            let m = e.message();
+            assert!(m.contains("libnfs 4.0") && m.contains("NFSv4.0") && m.contains("no kernel NFS client"), "{m}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        }
+        let e = d
+            .client
+            .get_capacity(pb::GetCapacityRequest { parameters: params(&g, "/export", &[]), ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-        assert!(e.message().contains("NFSv4.0"), "{}", e.message());
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(listing(&g.root()).is_empty());
+    }
+
+    /// `--provisioner=kernel` on a host without a kernel NFS client: every
+    /// call that reaches a share is FAILED_PRECONDITION saying so, even on a
+    /// server libnfs could speak to; `--provisioner=libnfs` works there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_provisioner_flag_forces_a_backend() {
+        let g = ganesha();
+        let mut d = Driver::start_with_args("", &["--provisioner=kernel"]).await;
+        let e = create(&mut d, create_req("k1", params(&g, "/export", &[]))).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("--provisioner=kernel") && e.message().contains("no kernel NFS client"), "{e:?}");
+        assert!(listing(&g.root()).is_empty());
+        let mut d = Driver::start_with_args("", &["--provisioner=libnfs"]).await;
+        let v = create(&mut d, create_req("l1", params(&g, "/export", &[]))).await.unwrap();
+        assert!(g.root().join("l1").is_dir());
+        delete(&mut d, &v.volume_id).await;
+        assert!(!g.root().join("l1").exists());
+        let g41 = Ganesha::start_with_minor_versions("1").expect("start nfs-ganesha");
+        let e = create(&mut d, create_req("l2", params(&g41, "/export", &[]))).await.unwrap_err();
+        assert!(e.message().contains("--provisioner=libnfs rules out the kernel NFS client"), "{e:?}");
     }
 }

@@ -57,6 +57,10 @@ const GUEST_CHECKS: &[(&str, fn())] = &[
     ),
     ("dead_server_unpublish_and_stats_return_in_bounded_time", dead_server_unpublish_and_stats_return_in_bounded_time),
     ("nfs_4_1_only_server_is_mounted_and_holds_data", nfs_4_1_only_server_is_mounted_and_holds_data),
+    (
+        "controller_provisions_on_a_4_1_only_server_through_the_kernel_client",
+        controller_provisions_on_a_4_1_only_server_through_the_kernel_client,
+    ),
 ];
 
 fn main() {
@@ -142,6 +146,22 @@ fn host() {
         let f = server41.root().join(VOL41).join(name);
         assert_eq!(std::fs::read(&f).unwrap_or_default(), name.as_bytes(), "{}", f.display());
     }
+    // The controller made volumes there (through the kernel client): the
+    // archived one holds what the pod wrote, the deleted ones are gone, and
+    // so are all their records.
+    let on41: Vec<String> = std::fs::read_dir(server41.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let archived: Vec<&String> = on41.iter().filter(|n| n.starts_with("archived-k41-auto-")).collect();
+    assert_eq!(archived.len(), 1, "one archived volume on the 4.1-only server: {on41:?}");
+    let f = server41.root().join(archived[0]).join(K41_FILE);
+    assert_eq!(std::fs::read(&f).unwrap_or_default(), K41_FILE.as_bytes(), "{}", f.display());
+    assert!(!on41.iter().any(|n| n.starts_with("k41-")), "deleted volumes left on the 4.1-only server: {on41:?}");
+    let records = server41.root().join(".csi-nfs/volumes");
+    let left: Vec<_> =
+        std::fs::read_dir(&records).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "volume records left on the 4.1-only server: {left:?}");
 }
 
 /// The binaries the guest runs (this test, `csi-nfs`, `conformance`),
@@ -362,6 +382,150 @@ fn nfs_4_1_only_server_is_mounted_and_holds_data() {
         unpublish(&rt, &ch, &vol, &target).unwrap();
         assert!(!target.exists());
     }
+}
+
+/// What the pod writes into the volumes the controller makes on the 4.1-only server.
+const K41_FILE: &str = "written-into-a-volume-made-over-4.1";
+
+/// The controller on a server that serves NFSv4.1 only, which libnfs 4.0
+/// cannot speak to: it provisions through the kernel NFS client, with the
+/// version negotiated (libnfs refused, then the kernel) and with
+/// `nfsvers=4.1` asked for (the kernel at once). Each volume is idempotent,
+/// listed, measured, published, written, read back on another target and
+/// deleted (one archived, for the host to find the data on the server). A
+/// blackholed server fails CreateVolume in bounded time and the next calls
+/// work once it is back; a stopped controller leaves no mount behind.
+fn controller_provisions_on_a_4_1_only_server_through_the_kernel_client() {
+    use csi_nfs::nfs::kernel;
+    assert!(kernel::client_available(), "the guest kernel has an NFS client");
+    let port41: u16 = std::env::var(PORT41_ENV).expect("CSI_NFS_GUEST_PORT41").parse().unwrap();
+    let d = Driver::start();
+    // Should a call hang, the console shows where: the driver's log and the
+    // NFS mounts, after 240 s (the whole check takes about a minute).
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let log = d.p.dir().join("driver.log");
+    std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(240)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            eprintln!("k41: still running after 240 s; driver log tail:");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+            let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for l in mi.lines().filter(|l| l.contains(" nfs")) {
+                eprintln!("  mount: {l}");
+            }
+        }
+    });
+    let rt = rt();
+    let ch = d.channel(&rt);
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut vols = Vec::new();
+    for (tag, options, on_delete) in
+        [("auto", format!("port={port41}"), "archive"), ("asked", format!("port={port41},nfsvers=4.1"), "delete")]
+    {
+        let name = unique(&format!("k41-{tag}"));
+        let params = [("mountOptions", options.as_str()), ("onDelete", on_delete), ("mountPermissions", "0775")];
+        let started = Instant::now();
+        let vol = create(&rt, &ch, &name, "/export", &params);
+        eprintln!("CreateVolume on the 4.1-only server ({tag}): {:?}", started.elapsed());
+        assert_eq!(create(&rt, &ch, &name, "/export", &params).volume_id, vol.volume_id, "({tag}) idempotent");
+        eprintln!("k41 ({tag}): idempotent");
+        let other = [("mountOptions", options.as_str()), ("onDelete", on_delete), ("mountPermissions", "0700")];
+        let req = pb::CreateVolumeRequest {
+            name: name.clone(),
+            volume_capabilities: vec![rwx()],
+            parameters: [("server", SERVER), ("share", "/export")]
+                .into_iter()
+                .chain(other)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let e = rt.block_on(ctl.create_volume(req)).expect_err("same name, other parameters");
+        assert_eq!(e.code(), Code::AlreadyExists, "({tag}) {e}");
+        let cap = rt
+            .block_on(
+                ctl.get_capacity(pb::GetCapacityRequest {
+                    parameters: [("server", SERVER), ("share", "/export"), ("mountOptions", options.as_str())]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+            )
+            .expect("GetCapacity")
+            .into_inner();
+        assert!(cap.available_capacity > 0, "({tag}) {cap:?}");
+        eprintln!("k41 ({tag}): capacity {}", cap.available_capacity);
+
+        let t = d.target(&format!("{name}-a"));
+        publish(&rt, &ch, &vol, &t, false).unwrap_or_else(|e| panic!("publish ({tag}): {e}"));
+        let mode = std::fs::metadata(&t).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o775, "({tag}) mountPermissions as the controller set them");
+        std::fs::write(t.join(K41_FILE), K41_FILE).unwrap();
+        unpublish(&rt, &ch, &vol, &t).unwrap();
+        let t2 = d.target(&format!("{name}-b"));
+        publish(&rt, &ch, &vol, &t2, false).unwrap();
+        assert_eq!(std::fs::read(t2.join(K41_FILE)).unwrap(), K41_FILE.as_bytes(), "({tag}) read back");
+        unpublish(&rt, &ch, &vol, &t2).unwrap();
+        eprintln!("k41 ({tag}): written and read back");
+        vols.push(vol);
+    }
+    let listed = |ctl: &mut ControllerClient<Channel>| -> Vec<String> {
+        let r = rt.block_on(ctl.list_volumes(pb::ListVolumesRequest::default())).expect("ListVolumes").into_inner();
+        r.entries.into_iter().filter_map(|e| e.volume).map(|v| v.volume_id).collect()
+    };
+    let ids = listed(&mut ctl);
+    assert!(vols.iter().all(|v| ids.contains(&v.volume_id)), "ListVolumes {ids:?}");
+    eprintln!("k41: made, published, written, listed; deleting");
+    for vol in &vols {
+        delete(&rt, &ch, &vol.volume_id);
+    }
+    let ids = listed(&mut ctl);
+    assert!(!vols.iter().any(|v| ids.contains(&v.volume_id)), "deleted volumes still listed: {ids:?}");
+
+    // The server stops answering: CreateVolume fails in bounded time
+    // (the controller's soft mount), and nothing hangs.
+    eprintln!("k41: blackholing the 4.1-only server");
+    {
+        let _blackhole = Blackhole::new(port41);
+        let started = Instant::now();
+        let req = pb::CreateVolumeRequest {
+            name: unique("k41-dead"),
+            volume_capabilities: vec![rwx()],
+            parameters: [("server", SERVER), ("share", "/export")]
+                .into_iter()
+                .chain([("mountOptions", format!("port={port41},nfsvers=4.1").as_str())])
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let e = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(120), ctl.create_volume(req)).await })
+            .expect("CreateVolume returns within 120 s")
+            .expect_err("CreateVolume with the server gone");
+        let took = started.elapsed();
+        eprintln!("CreateVolume on a dead 4.1-only server (kernel client): {:?} after {took:?}", e.code());
+        assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e}");
+        assert!(took < Duration::from_secs(60), "CreateVolume took {took:?}");
+    }
+
+    // Back: the controller mounts again.
+    eprintln!("k41: server back");
+    let started = Instant::now();
+    let vol =
+        create(&rt, &ch, &unique("k41-back"), "/export", &[("mountOptions", &format!("port={port41},nfsvers=4.1"))]);
+    delete(&rt, &ch, &vol.volume_id);
+    eprintln!("k41: create and delete once the server is back: {:?}", started.elapsed());
+    drop((ctl, ch));
+    drop(d);
+    let _ = done.send(());
+    let table = csi_core::mount::mounts().unwrap();
+    let left: Vec<_> =
+        table.iter().filter(|m| m.mount_point.starts_with(kernel::DEFAULT_MOUNT_DIR)).map(|m| &m.mount_point).collect();
+    assert!(left.is_empty(), "a stopped controller left its mounts: {left:?}");
 }
 
 fn data_survives_unpublish_and_publish_on_another_target() {

@@ -1,5 +1,7 @@
 //! The Controller service: volumes are directories on the share, made over
-//! NFS from userspace (`crate::nfs`); the controller never mounts.
+//! NFS from userspace (`crate::nfs`, libnfs), or through the kernel NFS
+//! client for servers libnfs cannot speak to (`crate::nfs::kernel`, see
+//! `ControllerService::on_share` and `--provisioner`).
 //!
 //! Layout on each share (`<share>` is the export root):
 //!
@@ -32,8 +34,9 @@ use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::nfs::{self, Client, Target};
+use crate::nfs::{self, kernel, ShareFs, Target};
 use crate::volume::{escape, CreateParams, MountOptions, OnDelete, SnapshotId, VolumeId};
+use crate::Provisioner;
 
 /// Bound on each NFS call, connecting included.
 pub const NFS_TIMEOUT: Duration = nfs::DEFAULT_TIMEOUT;
@@ -49,6 +52,11 @@ pub struct ControllerService {
     /// Shares seen since start, for ListVolumes and ListSnapshots (shared
     /// with the metrics' `csi_nfs_shares_known`).
     shares: Arc<Mutex<BTreeMap<String, Share>>>,
+    /// The kernel backend's mounts of share roots.
+    mounts: Arc<kernel::Mounts>,
+    /// Shares that refused libnfs's NFSv4.0 (4.1/4.2 only): reached through
+    /// the kernel client from then on (`--provisioner=auto`).
+    v4_0_refused: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A share the controller has worked on.
@@ -93,7 +101,11 @@ impl ControllerService {
             }
             info!(state_dir = %dir.display(), shares = shares.len(), "known shares loaded");
         }
-        Self { config, shares: Arc::new(Mutex::new(shares)), ..Default::default() }
+        let mounts = match &config.kernel_mount_dir {
+            Some(dir) => kernel::Mounts::new(dir.clone()),
+            None => kernel::Mounts::default(),
+        };
+        Self { config, shares: Arc::new(Mutex::new(shares)), mounts: Arc::new(mounts), ..Default::default() }
     }
 
     /// Reads how many shares the controller knows (has made volumes or
@@ -177,13 +189,14 @@ impl ControllerService {
     async fn records_everywhere(&self, dir: &'static str) -> Result<Vec<Value>, Error> {
         let mut all = Vec::new();
         for share in self.known_shares() {
-            let found = on_share(&share, move |c| {
-                let recs = read_records(c, dir)?;
-                let other = if dir == VOLUMES_DIR { SNAPSHOTS_DIR } else { VOLUMES_DIR };
-                let empty = recs.is_empty() && !has_records(c, other)?;
-                Ok((recs, empty))
-            })
-            .await;
+            let found = self
+                .on_share(&share, move |c| {
+                    let recs = read_records(c, dir)?;
+                    let other = if dir == VOLUMES_DIR { SNAPSHOTS_DIR } else { VOLUMES_DIR };
+                    let empty = recs.is_empty() && !has_records(c, other)?;
+                    Ok((recs, empty))
+                })
+                .await;
             match found {
                 Ok((recs, empty)) => {
                     if empty {
@@ -202,6 +215,66 @@ impl ControllerService {
     }
 }
 
+impl ControllerService {
+    /// Runs `f` on `share` through the backend that can speak to it (see
+    /// [`Provisioner`]), on a blocking thread, and maps the NFS error to
+    /// the spec's code at this edge. Over libnfs, a server that refuses
+    /// NFSv4.0 is remembered and reached through the kernel client (when
+    /// there is one) from then on; otherwise it is FAILED_PRECONDITION,
+    /// saying why.
+    async fn on_share<T, F>(&self, share: &Share, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: Fn(&mut dyn ShareFs) -> Result<T, Error> + Send + Sync + 'static,
+    {
+        let target = share.target()?;
+        let minor = MountOptions::parse(&share.mount_options)?.minor;
+        let kernel_target = || kernel::Target { nfs: target.clone(), minor };
+        let has_kernel = kernel::client_available();
+        let use_kernel = match self.config.provisioner {
+            Provisioner::Libnfs => false,
+            Provisioner::Kernel if !has_kernel => {
+                return Err(Error::FailedPrecondition(format!("--provisioner=kernel, but {}", kernel::NO_CLIENT)))
+            }
+            Provisioner::Kernel => true,
+            Provisioner::Auto => {
+                has_kernel
+                    && (minor.is_some_and(|m| m >= 1)
+                        || self.v4_0_refused.lock().unwrap_or_else(|e| e.into_inner()).contains(&share.key()))
+            }
+        };
+        if use_kernel {
+            return kernel::run(Arc::clone(&self.mounts), kernel_target(), f).await;
+        }
+        let f = Arc::new(f);
+        let g = Arc::clone(&f);
+        match nfs::run(target.clone(), move |c| Ok(g(c))).await {
+            Ok(r) => r,
+            Err(e) if e.is_version_refused() && self.config.provisioner == Provisioner::Auto && has_kernel => {
+                info!(
+                    share = share.key(),
+                    "the server refuses NFSv4.0 (libnfs): provisioning through the kernel NFS client"
+                );
+                self.v4_0_refused.lock().unwrap_or_else(|e| e.into_inner()).insert(share.key());
+                kernel::run(Arc::clone(&self.mounts), kernel_target(), move |c| f(c)).await
+            }
+            Err(e) if e.is_version_refused() => {
+                let why = match self.config.provisioner {
+                    Provisioner::Libnfs => "--provisioner=libnfs rules out the kernel NFS client".to_string(),
+                    _ => kernel::NO_CLIENT.to_string(),
+                };
+                Err(Error::FailedPrecondition(format!(
+                    "{e}: the server does not serve NFSv4.0 (nor is it asked for NFSv3), the controller's \
+                     userspace NFS client (libnfs {}) speaks only NFSv3 and NFSv4.0, and {why}; run the \
+                     controller where the kernel has an NFS client, or enable NFSv4.0 or NFSv3 on the server",
+                    nfs::LIBNFS_VERSION
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 fn load_shares(path: &std::path::Path) -> Result<Vec<Share>, String> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
@@ -211,25 +284,10 @@ fn load_shares(path: &std::path::Path) -> Result<Vec<Share>, String> {
 }
 
 /// Whether `dir` holds at least one record.
-fn has_records(c: &mut Client, dir: &str) -> Result<bool, Error> {
+fn has_records(c: &mut dyn ShareFs, dir: &str) -> Result<bool, Error> {
     match c.read_dir(dir) {
         Ok(e) => Ok(e.iter().any(|e| e.name.ends_with(".json") && e.kind == nfs::FileType::File)),
         Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Runs `f` on a connection to `share` from the pool, on a blocking thread, and
-/// maps the NFS error to the spec's code at this edge.
-async fn on_share<T, F>(share: &Share, f: F) -> Result<T, Error>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut Client) -> Result<T, Error> + Send + 'static,
-{
-    let target = share.target()?;
-    let out = nfs::run(target, move |c| Ok(f(c))).await;
-    match out {
-        Ok(r) => r,
         Err(e) => Err(e.into()),
     }
 }
@@ -252,7 +310,7 @@ fn snapshot_record_path(name: &str) -> String {
 }
 
 /// Reads a JSON record; a missing one is `None`, an unreadable one an error.
-fn read_record(c: &mut Client, path: &str) -> Result<Option<Value>, Error> {
+fn read_record(c: &mut dyn ShareFs, path: &str) -> Result<Option<Value>, Error> {
     match c.read_file(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -262,14 +320,14 @@ fn read_record(c: &mut Client, path: &str) -> Result<Option<Value>, Error> {
     }
 }
 
-fn write_record(c: &mut Client, path: &str, v: &Value) -> Result<(), Error> {
+fn write_record(c: &mut dyn ShareFs, path: &str, v: &Value) -> Result<(), Error> {
     let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     c.mkdir_all(dir, 0o755).map_err(nfs_err)?;
     c.write_file_atomic(path, v.to_string().as_bytes(), 0o644).map_err(nfs_err)
 }
 
 /// The records in `dir` (`*.json`), in name order.
-fn read_records(c: &mut Client, dir: &str) -> Result<Vec<Value>, Error> {
+fn read_records(c: &mut dyn ShareFs, dir: &str) -> Result<Vec<Value>, Error> {
     let entries = match c.read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
@@ -287,7 +345,7 @@ fn read_records(c: &mut Client, dir: &str) -> Result<Vec<Value>, Error> {
 }
 
 /// Copies every entry of directory `from` into the existing directory `to`.
-fn copy_into(c: &mut Client, from: &str, to: &str) -> Result<u64, Error> {
+fn copy_into(c: &mut dyn ShareFs, from: &str, to: &str) -> Result<u64, Error> {
     let mut bytes = 0;
     for e in c.read_dir(from).map_err(nfs_err)? {
         bytes += c.copy_tree(&format!("{from}/{}", e.name), &format!("{to}/{}", e.name)).map_err(nfs_err)?;
@@ -402,7 +460,7 @@ fn capacity_key(c: &Capacity) -> Value {
 
 /// The blocking body of CreateVolume.
 fn create_volume(
-    c: &mut Client,
+    c: &mut dyn ShareFs,
     name: &str,
     p: &CreateParams,
     cap: Capacity,
@@ -458,7 +516,7 @@ fn create_volume(
         Err(e) if e.is_exists() => false,
         Err(e) => return Err(e.into()),
     };
-    let finish = |c: &mut Client| -> Result<pb::Volume, Error> {
+    let finish = |c: &mut dyn ShareFs| -> Result<pb::Volume, Error> {
         if owner.is_some() {
             let st = c.stat(&subdir).map_err(nfs_err)?;
             let (uid, gid) = (p.uid.unwrap_or(st.uid), p.gid.unwrap_or(st.gid));
@@ -540,7 +598,7 @@ fn create_volume(
 /// Removes a volume's directory and everything in it. On a squashing server
 /// root cannot look into a 0770 directory of its owner: the owner can, so the
 /// contents go as the owner (the directory itself then as whoever may).
-fn remove_volume_dir(c: &mut Client, subdir: &str) -> Result<(), Error> {
+fn remove_volume_dir(c: &mut dyn ShareFs, subdir: &str) -> Result<(), Error> {
     match c.remove_all(subdir) {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.errno, libc::EACCES | libc::EPERM) => {
@@ -563,7 +621,7 @@ fn remove_volume_dir(c: &mut Client, subdir: &str) -> Result<(), Error> {
 /// AUTH_SYS identity, so the server makes the directory theirs. The parent
 /// must be writable by uid:gid (the share root of a squashing export usually
 /// is, since root cannot write it either).
-fn mkdir_as_owner(c: &mut Client, subdir: &str, mode: u32, uid: u32, gid: u32) -> Result<(), Error> {
+fn mkdir_as_owner(c: &mut dyn ShareFs, subdir: &str, mode: u32, uid: u32, gid: u32) -> Result<(), Error> {
     c.set_credentials(uid, gid);
     let made = c.mkdir(subdir, mode).and_then(|()| c.chmod(subdir, mode));
     c.set_credentials(0, 0);
@@ -709,7 +767,7 @@ impl pb::controller_server::Controller for ControllerService {
         let share = self.share(&p.id.server, &p.id.share, Some(&p.mount_options));
         let started = std::time::Instant::now();
         let name = req.name.clone();
-        let volume = on_share(&share, move |c| create_volume(c, &name, &p, cap, &source_key, &source)).await?;
+        let volume = self.on_share(&share, move |c| create_volume(c, &name, &p, cap, &source_key, &source)).await?;
         // A listing that ran meanwhile may have found the share still empty
         // and forgotten it: it holds a record now.
         self.remember(&share);
@@ -744,7 +802,7 @@ impl pb::controller_server::Controller for ControllerService {
         let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
         let on_delete = id.on_delete.unwrap_or_default();
         let volume_id = req.volume_id.clone();
-        on_share(&share, move |c| {
+        self.on_share(&share, move |c| {
             match on_delete {
                 OnDelete::Delete => remove_volume_dir(c, &id.subdir)?,
                 OnDelete::Retain => {}
@@ -793,7 +851,7 @@ impl pb::controller_server::Controller for ControllerService {
         let id = VolumeId::parse(&req.volume_id)?;
         let share = self.share(&id.server, &id.share, req.volume_context.get("mountOptions").map(String::as_str));
         let dir = id.subdir.clone();
-        let exists = on_share(&share, move |c| c.try_stat(&dir).map_err(nfs_err)).await?;
+        let exists = self.on_share(&share, move |c| c.try_stat(&dir).map_err(nfs_err)).await?;
         if !matches!(exists, Some(st) if st.kind == nfs::FileType::Dir) {
             return Err(validate::volume_not_found(&req.volume_id).into());
         }
@@ -844,7 +902,7 @@ impl pb::controller_server::Controller for ControllerService {
             return Ok(Response::new(pb::GetCapacityResponse::default()));
         };
         let share = self.share(server, get("share").unwrap_or(""), get("mountOptions"));
-        let fs = on_share(&share, |c| c.statvfs("").map_err(nfs_err)).await?;
+        let fs = self.on_share(&share, |c| c.statvfs("").map_err(nfs_err)).await?;
         Ok(Response::new(pb::GetCapacityResponse {
             available_capacity: fs.available_bytes.min(i64::MAX as u64) as i64,
             maximum_volume_size: None,
@@ -903,44 +961,47 @@ impl pb::controller_server::Controller for ControllerService {
         };
         let (name, source_volume_id) = (req.name.clone(), req.source_volume_id.clone());
         let started = std::time::Instant::now();
-        let snapshot = on_share(&share, move |c| {
-            let rec_path = snapshot_record_path(&name);
-            if let Some(rec) = read_record(c, &rec_path)? {
-                if str_field(&rec, "source_volume_id") != source_volume_id {
-                    return Err(validate::already_exists(
-                        "snapshot",
-                        &name,
-                        &format!("it is a snapshot of {}", str_field(&rec, "source_volume_id")),
-                    ));
+        let snapshot = self
+            .on_share(&share, move |c| {
+                let rec_path = snapshot_record_path(&name);
+                if let Some(rec) = read_record(c, &rec_path)? {
+                    if str_field(&rec, "source_volume_id") != source_volume_id {
+                        return Err(validate::already_exists(
+                            "snapshot",
+                            &name,
+                            &format!("it is a snapshot of {}", str_field(&rec, "source_volume_id")),
+                        ));
+                    }
+                    return Ok(snapshot_from_record(&rec));
                 }
-                return Ok(snapshot_from_record(&rec));
-            }
-            match c.try_stat(&src.subdir).map_err(nfs_err)? {
-                Some(st) if st.kind == nfs::FileType::Dir => {}
-                _ => return Err(Error::NotFound(format!("source volume {source_volume_id:?}: directory not found"))),
-            }
-            c.mkdir_all(SNAPSHOTS_DIR, 0o755).map_err(nfs_err)?;
-            // A copy left by a crash before its record was written.
-            c.remove_all(&id.path).map_err(nfs_err)?;
-            let made = c.copy_tree(&src.subdir, &id.path).map_err(nfs_err).and_then(|bytes| {
-                let (secs, nanos) = now();
-                let rec = json!({
-                    "name": name,
-                    "snapshot_id": id.to_string(),
-                    "source_volume_id": source_volume_id,
-                    "created": secs,
-                    "created_nanos": nanos,
-                    "size_bytes": bytes,
+                match c.try_stat(&src.subdir).map_err(nfs_err)? {
+                    Some(st) if st.kind == nfs::FileType::Dir => {}
+                    _ => {
+                        return Err(Error::NotFound(format!("source volume {source_volume_id:?}: directory not found")))
+                    }
+                }
+                c.mkdir_all(SNAPSHOTS_DIR, 0o755).map_err(nfs_err)?;
+                // A copy left by a crash before its record was written.
+                c.remove_all(&id.path).map_err(nfs_err)?;
+                let made = c.copy_tree(&src.subdir, &id.path).map_err(nfs_err).and_then(|bytes| {
+                    let (secs, nanos) = now();
+                    let rec = json!({
+                        "name": name,
+                        "snapshot_id": id.to_string(),
+                        "source_volume_id": source_volume_id,
+                        "created": secs,
+                        "created_nanos": nanos,
+                        "size_bytes": bytes,
+                    });
+                    write_record(c, &rec_path, &rec)?;
+                    Ok(snapshot_from_record(&rec))
                 });
-                write_record(c, &rec_path, &rec)?;
-                Ok(snapshot_from_record(&rec))
-            });
-            if made.is_err() {
-                let _ = c.remove_all(&id.path);
-            }
-            made
-        })
-        .await?;
+                if made.is_err() {
+                    let _ = c.remove_all(&id.path);
+                }
+                made
+            })
+            .await?;
         self.remember(&share);
         info!(
             name = req.name,
@@ -964,7 +1025,7 @@ impl pb::controller_server::Controller for ControllerService {
         let _lock = self.locks.lock("snapshot", &id.name).await;
         let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
         let snapshot_id = req.snapshot_id.clone();
-        on_share(&share, move |c| {
+        self.on_share(&share, move |c| {
             if id.is_ours() {
                 c.remove_all(&id.path).map_err(nfs_err)?;
             } else if id.path == id.name {
@@ -1016,7 +1077,7 @@ impl pb::controller_server::Controller for ControllerService {
             if let Ok(id) = SnapshotId::parse(&req.snapshot_id) {
                 let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
                 let name = id.name.clone();
-                if let Some(rec) = on_share(&share, move |c| read_record(c, &snapshot_record_path(&name))).await? {
+                if let Some(rec) = self.on_share(&share, move |c| read_record(c, &snapshot_record_path(&name))).await? {
                     if str_field(&rec, "snapshot_id") == req.snapshot_id {
                         all.push(snapshot_from_record(&rec));
                     }
@@ -1047,7 +1108,7 @@ impl pb::controller_server::Controller for ControllerService {
         let id = VolumeId::parse(&req.volume_id)?;
         let share = self.share(&id.server, &id.share, secret_mount_options(&req.secrets));
         let dir = id.subdir.clone();
-        let exists = on_share(&share, move |c| c.try_stat(&dir).map_err(nfs_err)).await?;
+        let exists = self.on_share(&share, move |c| c.try_stat(&dir).map_err(nfs_err)).await?;
         if !matches!(exists, Some(st) if st.kind == nfs::FileType::Dir) {
             return Err(validate::volume_not_found(&req.volume_id).into());
         }

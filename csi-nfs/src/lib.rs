@@ -3,8 +3,10 @@
 //!
 //! - [`volume`]: the volume ID (`server#share#subdir#uuid#onDelete`) and the
 //!   CreateVolume parameters, parsed without I/O;
-//! - [`nfs`]: the userspace NFS client (libnfs) the controller works through:
-//!   it never mounts;
+//! - [`nfs`]: how the controller reaches a share: the userspace NFS client
+//!   (libnfs), or for servers it cannot speak to (NFSv4.1/4.2 only) a mount
+//!   with the kernel NFS client ([`nfs::kernel`]), behind one interface
+//!   ([`nfs::ShareFs`]);
 //! - [`controller`]: CreateVolume/DeleteVolume, snapshots, clones, expansion;
 //! - [`node`]: NodePublish/NodeUnpublish with the kernel NFS client, stats, info.
 
@@ -28,6 +30,48 @@ pub struct Config {
     /// made volumes or snapshots on (`shares.json`), so that a restarted
     /// controller lists them again. `None`: kept in memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// `--provisioner`: which NFS client the controller works through.
+    pub provisioner: Provisioner,
+    /// `--kernel-mount-dir`: where the kernel backend mounts shares
+    /// (`None`: [`nfs::kernel::DEFAULT_MOUNT_DIR`]).
+    pub kernel_mount_dir: Option<std::path::PathBuf>,
+}
+
+/// Which NFS client the controller provisions through (`--provisioner`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Provisioner {
+    /// libnfs, unless it cannot speak the server's version (the options
+    /// ask for NFSv4.1/4.2, or the server refuses 4.0) and the kernel has an
+    /// NFS client: then the kernel client.
+    #[default]
+    Auto,
+    /// libnfs only (NFSv3 and NFSv4.0), never a mount.
+    Libnfs,
+    /// The kernel NFS client only (a mount of the share per server).
+    Kernel,
+}
+
+impl std::str::FromStr for Provisioner {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Provisioner::Auto),
+            "libnfs" => Ok(Provisioner::Libnfs),
+            "kernel" => Ok(Provisioner::Kernel),
+            _ => Err(format!("{s:?}: expected auto, libnfs or kernel")),
+        }
+    }
+}
+
+impl Provisioner {
+    /// The flag's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provisioner::Auto => "auto",
+            Provisioner::Libnfs => "libnfs",
+            Provisioner::Kernel => "kernel",
+        }
+    }
 }
 
 /// Registers csi-nfs's own metrics (docs/csi-nfs.md, "Metrics"), read at

@@ -17,6 +17,16 @@ const DEFAULTS: Defaults = Defaults {
             help: "open NFS connections the controller keeps per share for reuse (0: connect for every call)",
         },
         ExtraFlag {
+            name: "provisioner",
+            default: Some("auto"),
+            help: "NFS client of the controller: auto (libnfs, the kernel client for servers libnfs cannot speak to), libnfs or kernel",
+        },
+        ExtraFlag {
+            name: "kernel-mount-dir",
+            default: Some(csi_nfs::nfs::kernel::DEFAULT_MOUNT_DIR),
+            help: "where the controller mounts shares when it provisions through the kernel NFS client",
+        },
+        ExtraFlag {
             name: "state-dir",
             default: Some("/var/lib/csi-nfs"),
             help: "where the controller remembers the shares it has volumes on (empty: nowhere)",
@@ -44,9 +54,18 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let provisioner = match flags.extra("provisioner").unwrap_or("auto").parse::<csi_nfs::Provisioner>() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("csi-nfs: --provisioner: {e}");
+            std::process::exit(2);
+        }
+    };
     let config = csi_nfs::Config {
         mount_options: flags.extra("mount-options").unwrap_or_default().to_string(),
         state_dir: flags.extra("state-dir").filter(|d| !d.is_empty()).map(std::path::PathBuf::from),
+        provisioner,
+        kernel_mount_dir: flags.extra("kernel-mount-dir").filter(|d| !d.is_empty()).map(std::path::PathBuf::from),
     };
     let controller = csi_nfs::controller::ControllerService::new(config.clone());
     let mut registry = prom_endpoint::Registry::default();

@@ -199,8 +199,9 @@ fn resolve(server: &str) -> Result<IpAddr, Error> {
         .ok_or_else(|| Error::Unavailable(format!("NFS server {server:?} has no address")))
 }
 
-/// Mounts per `plan` at `target` (which exists), trying each version in turn.
-fn mount_nfs(plan: &MountPlan, target: &Path) -> Result<(), Error> {
+/// Mounts per `plan` at `target` (which exists), trying each version in turn
+/// (also the controller's mounts of share roots, `crate::nfs::kernel`).
+pub(crate) fn mount_nfs(plan: &MountPlan, target: &Path) -> Result<(), Error> {
     let addr = resolve(&plan.server)?;
     let mut last = None;
     for (fstype, data) in plan.attempts(addr) {

@@ -310,12 +310,14 @@ pub struct MountOptions {
     pub port: Option<u16>,
     /// 3 or 4; 4 when not given (no portmapper needed).
     pub version: u32,
+    /// The NFSv4 minor version asked for (`nfsvers=4.1`: 1), if any.
+    pub minor: Option<u32>,
 }
 
 impl MountOptions {
     /// Parses a comma-separated option list.
     pub fn parse(s: &str) -> Result<MountOptions, Error> {
-        let mut o = MountOptions { port: None, version: 4 };
+        let mut o = MountOptions { port: None, version: 4, minor: None };
         for opt in s.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
             match k {
@@ -325,9 +327,10 @@ impl MountOptions {
                     o.port = (p != 0).then_some(p);
                 }
                 "nfsvers" | "vers" => {
-                    o.version = match v.split('.').next() {
-                        Some("3") => 3,
-                        Some("4") => 4,
+                    (o.version, o.minor) = match v.split_once('.').unwrap_or((v, "")) {
+                        ("3", _) => (3, None),
+                        ("4", "") => (4, None),
+                        ("4", m) if m.parse::<u32>().is_ok() => (4, m.parse().ok()),
                         _ => {
                             return Err(Error::InvalidArgument(format!(
                                 "mount option {opt:?}: NFS version 3 or 4 (4.0, 4.1, 4.2)"
@@ -508,12 +511,15 @@ mod tests {
 
     #[test]
     fn mount_options_give_the_controller_its_port_and_version() {
-        assert_eq!(MountOptions::parse("").unwrap(), MountOptions { port: None, version: 4 });
+        assert_eq!(MountOptions::parse("").unwrap(), MountOptions { port: None, version: 4, minor: None });
         assert_eq!(
             MountOptions::parse("hard, nfsvers=3,port=20490,timeo=600").unwrap(),
-            MountOptions { port: Some(20490), version: 3 }
+            MountOptions { port: Some(20490), version: 3, minor: None }
         );
         assert_eq!(MountOptions::parse("vers=4.2").unwrap().version, 4);
+        assert_eq!(MountOptions::parse("vers=4.2").unwrap().minor, Some(2));
+        assert_eq!(MountOptions::parse("nfsvers=4").unwrap().minor, None);
+        assert!(MountOptions::parse("nfsvers=4.x").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::util::R;
+use crate::{Error, Result};
 
 /// How long a driver gets to create its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -25,12 +25,12 @@ impl DriverProcess {
     /// dir named after `hint`, and returns once the socket exists. `{dir}`
     /// in an argument is replaced by that directory (e.g. a state directory
     /// of the driver's own, removed with it).
-    pub fn start(bin: &Path, hint: &str, args: &[String]) -> R<DriverProcess> {
+    pub fn start(bin: &Path, hint: &str, args: &[String]) -> Result<DriverProcess> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("{hint}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let log = std::fs::File::create(dir.join("driver.log")).map_err(|e| format!("driver.log: {e}"))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let log = std::fs::File::create(dir.join("driver.log")).map_err(|e| Error::io("create driver.log", e))?;
         let sock = dir.join("csi.sock");
         let child = Command::new(bin)
             .arg(format!("--endpoint=unix://{}", sock.display()))
@@ -39,15 +39,19 @@ impl DriverProcess {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+            .map_err(|e| Error::io(format!("start {}", bin.display()), e))?;
         let mut d = DriverProcess { child, dir };
         let started = Instant::now();
         while !sock.exists() {
             if let Ok(Some(st)) = d.child.try_wait() {
-                return Err(format!("{} exited ({st}) before serving:\n{}", bin.display(), d.log()));
+                return Err(Error::Driver(format!("{} exited ({st}) before serving:\n{}", bin.display(), d.log())));
             }
             if started.elapsed() > START_TIMEOUT {
-                return Err(format!("{} did not create {} in {START_TIMEOUT:?}", bin.display(), sock.display()));
+                return Err(Error::Driver(format!(
+                    "{} did not create {} in {START_TIMEOUT:?}",
+                    bin.display(),
+                    sock.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -75,8 +79,10 @@ impl DriverProcess {
     }
 
     /// A gRPC channel to the driver.
-    pub async fn channel(&self) -> R<tonic::transport::Channel> {
-        csi_core::client::connect(&csi_core::flags::Endpoint::Unix(self.socket())).await.map_err(|e| e.to_string())
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        csi_core::client::connect(&csi_core::flags::Endpoint::Unix(self.socket()))
+            .await
+            .map_err(|e| Error::Driver(format!("connect to {}: {e}", self.endpoint())))
     }
 
     /// What the driver logged so far.

@@ -24,13 +24,15 @@
 //! mounts `10.0.2.2:/export` with `port=PORT`.
 
 use std::collections::HashSet;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
 
 /// How long a server may take to accept TCP connections (≈3 s when idle;
 /// more while the machine is busy compiling).
@@ -56,18 +58,20 @@ pub struct Ganesha {
 impl Ganesha {
     /// Starts a server on a free port (never 2049) with a fresh temp dir,
     /// and returns once the port accepts TCP connections.
-    pub fn start() -> io::Result<Ganesha> {
+    pub fn start() -> Result<Ganesha> {
         Ganesha::start_with_minor_versions("0,1,2")
     }
 
     /// [`Ganesha::start`] serving only the given NFSv4 minor versions
     /// (ganesha's `Minor_Versions`, e.g. `"1"` for a 4.1-only server).
-    pub fn start_with_minor_versions(minor_versions: &'static str) -> io::Result<Ganesha> {
+    pub fn start_with_minor_versions(minor_versions: &'static str) -> Result<Ganesha> {
         let dir = std::env::temp_dir().join(format!("ganesha-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir_all(dir.join("export"))?;
-        std::fs::create_dir_all(dir.join("squash"))?;
-        std::fs::create_dir_all(dir.join("recov"))?;
-        std::fs::set_permissions(dir.join("squash"), std::fs::Permissions::from_mode(0o777))?;
+        for sub in ["export", "squash", "recov"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| Error::io(format!("create {}/{sub}", dir.display()), e))?;
+        }
+        std::fs::set_permissions(dir.join("squash"), std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| Error::io(format!("chmod {}/squash", dir.display()), e))?;
         let mut g = Ganesha { dir, port: 0, child: None, minor_versions };
         let mut last = None;
         // Another process may take the port between our probe and ganesha's
@@ -82,7 +86,7 @@ impl Ganesha {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| io::Error::other("ganesha did not start")))
+        Err(last.unwrap_or_else(|| Error::Ganesha("ganesha did not start".into())))
     }
 
     /// The TCP port the server listens on.
@@ -162,7 +166,7 @@ impl Ganesha {
     }
 
     /// Starts a stopped server again, same port, same exports.
-    pub fn restart(&mut self) -> io::Result<()> {
+    pub fn restart(&mut self) -> Result<()> {
         self.stop();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -199,9 +203,9 @@ impl Ganesha {
         )
     }
 
-    fn spawn(&mut self) -> io::Result<()> {
+    fn spawn(&mut self) -> Result<()> {
         let conf = self.dir.join("ganesha.conf");
-        std::fs::write(&conf, self.config())?;
+        std::fs::write(&conf, self.config()).map_err(|e| Error::io(format!("write {}", conf.display()), e))?;
         let log = self.dir.join("ganesha.log");
         let child = Command::new(GANESHA)
             .arg("-F")
@@ -216,15 +220,13 @@ impl Ganesha {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("{GANESHA}: {e} (apt-get install nfs-ganesha nfs-ganesha-vfs)"))
-            })?;
+            .map_err(|e| Error::io(format!("start {GANESHA} (apt-get install nfs-ganesha nfs-ganesha-vfs)"), e))?;
         self.child = Some(child);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let started = Instant::now();
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return Err(io::Error::other(format!(
+                return Err(Error::Ganesha(format!(
                     "ganesha on port {} exited with {status}; log tail:\n{}",
                     self.port,
                     self.log_tail(15)
@@ -234,14 +236,11 @@ impl Ganesha {
                 return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "ganesha on port {} not accepting TCP after {START_TIMEOUT:?}; log tail:\n{}",
-                        self.port,
-                        self.log_tail(15)
-                    ),
-                ));
+                return Err(Error::Ganesha(format!(
+                    "ganesha on port {} not accepting TCP after {START_TIMEOUT:?}; log tail:\n{}",
+                    self.port,
+                    self.log_tail(15)
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -257,10 +256,10 @@ impl Drop for Ganesha {
 
 /// A port free for both TCP and UDP (ganesha binds both), never 2049 and
 /// never one this process handed out before.
-fn free_port() -> io::Result<u16> {
+fn free_port() -> Result<u16> {
     for _ in 0..50 {
-        let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        let port = tcp.local_addr()?.port();
+        let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| Error::io("bind a TCP port", e))?;
+        let port = tcp.local_addr().map_err(|e| Error::io("TCP port", e))?.port();
         if port == 2049 || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_err() {
             continue;
         }
@@ -269,7 +268,7 @@ fn free_port() -> io::Result<u16> {
             return Ok(port);
         }
     }
-    Err(io::Error::other("no free TCP+UDP port found"))
+    Err(Error::Ganesha("no free TCP+UDP port found".into()))
 }
 
 fn unique() -> String {

@@ -6,13 +6,16 @@
 //! * [`csi_process`]: a CSI driver started as a process, ready when its socket answers.
 //! * [`ganesha`]: a private nfs-ganesha export for one test.
 //!
-//! Errors: `Result<T, String>` (the suite's `csi::Res`, the same type as
-//! [`testkit::util::R`]): a spec's failure is its message. The RPC wrappers
+//! Errors: a spec's failure is its message (`Result<T, String>`, the suite's
+//! `csi::Res`, the same type as [`testkit::util::R`]); the RPC wrappers
 //! return the driver's `tonic::Status` unchanged, because the specs check
-//! its code. The one exception is [`ganesha`], which still returns
-//! `std::io::Result` (process and file I/O only); it is to move to the
-//! message style with its next change.
+//! its code. The fixtures ([`ganesha`], [`csi_process`]) return [`Error`],
+//! the crate's one error enum, which converts into a message where a
+//! caller wants one.
 
 pub mod csi;
+mod error;
+
+pub use error::{Error, Result};
 pub mod csi_process;
 pub mod ganesha;

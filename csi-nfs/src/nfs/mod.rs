@@ -1,9 +1,11 @@
 //! The userspace NFS client (libnfs) the controller works through.
 //!
-//! The controller never mounts: the host may have no NFS client in its
-//! kernel, and a hung kernel mount would hang the controller with it.
-//! libnfs speaks NFSv3/v4 over its own TCP socket instead, with a time
-//! bound on every call.
+//! The controller does not mount where it can avoid it: the host may have no
+//! NFS client in its kernel, and a hung kernel mount would hang the
+//! controller with it. libnfs speaks NFSv3/v4.0 over its own TCP socket
+//! instead, with a time bound on every call. For servers that serve only
+//! NFSv4.1/4.2, which libnfs 4.0 cannot speak to, [`kernel`] mounts the
+//! share with the kernel client; both implement [`ShareFs`].
 //!
 //! One [`Client`] is one `nfs_context` mounted on one export. Paths are
 //! relative to the export's root. A context is not thread-safe: a
@@ -26,7 +28,13 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 mod ffi;
+mod fs;
+pub mod kernel;
 pub mod pool;
+
+#[cfg(test)]
+use fs::join;
+pub use fs::ShareFs;
 
 /// The default bound on one NFS call (libnfs counts it in whole seconds).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +92,12 @@ impl Error {
                     self.errno,
                     libc::EACCES | libc::EPERM | libc::ENOENT | libc::EINVAL | libc::EPROTONOSUPPORT
                 ))
+    }
+
+    /// Whether the server refused the NFS version while connecting: it does
+    /// not serve NFSv4.0 (NFS4ERR_MINOR_VERS_MISMATCH), e.g. 4.1 only.
+    pub fn is_version_refused(&self) -> bool {
+        self.connecting && self.errno == libc::EPROTONOSUPPORT
     }
 
     /// Whether the path did not exist.
@@ -363,19 +377,9 @@ impl Drop for Client {
 /// export's root. `..` components are refused: nothing the controller does
 /// leaves its share.
 fn export_path(target: &str, rel: &str) -> Result<CString> {
-    if rel.split('/').any(|c| c == "..") {
-        return Err(Error::local(target, format!("path {rel:?}"), libc::EINVAL, "'..' is not allowed"));
-    }
+    fs::check_path(target, rel)?;
     CString::new(format!("/{}", rel.trim_start_matches('/')))
         .map_err(|_| Error::local(target, format!("path {rel:?}"), libc::EINVAL, "NUL byte in path"))
-}
-
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() || dir == "/" {
-        name.to_string()
-    } else {
-        format!("{}/{name}", dir.trim_end_matches('/'))
-    }
 }
 
 impl Client {
@@ -529,21 +533,6 @@ impl Client {
         self.check(rc, || format!("mkdir {path}")).map(drop)
     }
 
-    /// Makes `path` and its missing parents (each with `mode`); existing
-    /// directories are fine.
-    pub fn mkdir_all(&mut self, path: &str, mode: u32) -> Result<()> {
-        let mut cur = String::new();
-        for c in path.split('/').filter(|c| !c.is_empty()) {
-            cur = join(&cur, c);
-            match self.mkdir(&cur, mode) {
-                Ok(()) => {}
-                Err(e) if e.is_exists() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Removes an empty directory.
     pub fn rmdir(&mut self, path: &str) -> Result<()> {
         let p = self.path(path)?;
@@ -589,15 +578,6 @@ impl Client {
     /// Attributes of `path` itself (a symlink is reported as one).
     pub fn lstat(&mut self, path: &str) -> Result<Stat> {
         self.stat_impl(path, false)
-    }
-
-    /// `stat`, with a missing path as `None`.
-    pub fn try_stat(&mut self, path: &str) -> Result<Option<Stat>> {
-        match self.stat(path) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// The AUTH_SYS identity of the calls that follow (0:0 after connect).
@@ -811,70 +791,6 @@ impl Client {
         Ok(out)
     }
 
-    /// Removes `path` and everything under it; symlinks are removed, never
-    /// followed. A missing path is success.
-    pub fn remove_all(&mut self, path: &str) -> Result<()> {
-        let st = match self.lstat(path) {
-            Ok(st) => st,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if st.kind != FileType::Dir {
-            return match self.unlink(path) {
-                Err(e) if !e.is_not_found() => Err(e),
-                _ => Ok(()),
-            };
-        }
-        for ent in self.read_dir(path)? {
-            self.remove_all(&join(path, &ent.name))?;
-        }
-        match self.rmdir(path) {
-            Err(e) if !e.is_not_found() => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Copies the tree at `from` to `to` (which must not exist): files,
-    /// directories and symlinks, with their modes, and their owners where
-    /// the server lets us (a root-squashing server does not; that is not an
-    /// error). Devices, FIFOs and sockets are skipped. Returns the bytes
-    /// of file data copied.
-    pub fn copy_tree(&mut self, from: &str, to: &str) -> Result<u64> {
-        let st = self.lstat(from)?;
-        let mut bytes = 0;
-        match st.kind {
-            FileType::Dir => {
-                // Writable while we fill it; the real mode at the end.
-                self.mkdir(to, 0o700)?;
-                for ent in self.read_dir(from)? {
-                    bytes += self.copy_tree(&join(from, &ent.name), &join(to, &ent.name))?;
-                }
-                self.best_effort_chown(to, st.uid, st.gid, true);
-                self.chmod(to, st.mode)?;
-            }
-            FileType::File => {
-                bytes = self.copy_file(from, to, st.mode)?;
-                self.best_effort_chown(to, st.uid, st.gid, true);
-                // After chown, which may clear setuid/setgid bits.
-                self.chmod(to, st.mode)?;
-            }
-            FileType::Symlink => {
-                let target = self.readlink(from)?;
-                self.symlink(&target, to)?;
-                self.best_effort_chown(to, st.uid, st.gid, false);
-            }
-            FileType::Other => tracing::debug!(path = from, "copy: skipping a device, FIFO or socket"),
-        }
-        Ok(bytes)
-    }
-
-    fn best_effort_chown(&mut self, path: &str, uid: u32, gid: u32, follow: bool) {
-        let r = if follow { self.chown(path, uid, gid) } else { self.lchown(path, uid, gid) };
-        if let Err(e) = r {
-            tracing::debug!("copy keeps the server's owner: {e}");
-        }
-    }
-
     fn copy_file(&mut self, from: &str, to: &str, mode: u32) -> Result<u64> {
         let src = self.open(from, libc::O_RDONLY)?;
         let dst = self.create(to, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode | 0o200)?;
@@ -967,20 +883,6 @@ impl Client {
         r.and(c)
     }
 
-    /// Writes `data` to `path` (new or replaced) through a temporary file
-    /// and a rename, so a reader sees the old content or the new one,
-    /// never a part.
-    pub fn write_file_atomic(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = format!("{path}.tmp-{}-{n}", std::process::id());
-        if let Err(e) = self.write_file(&tmp, data, mode).and_then(|()| self.rename(&tmp, path)) {
-            let _ = self.unlink(&tmp);
-            return Err(e);
-        }
-        Ok(())
-    }
-
     /// The whole content of a (small) file.
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {
         let fh = self.open(path, libc::O_RDONLY)?;
@@ -1044,6 +946,64 @@ impl Client {
             off += n as u64;
         }
         Ok(())
+    }
+}
+
+/// The libnfs backend: each method is the inherent one of the same name.
+impl ShareFs for Client {
+    fn target(&self) -> &str {
+        Client::target(self)
+    }
+    fn mkdir(&mut self, path: &str, mode: u32) -> Result<()> {
+        Client::mkdir(self, path, mode)
+    }
+    fn rmdir(&mut self, path: &str) -> Result<()> {
+        Client::rmdir(self, path)
+    }
+    fn unlink(&mut self, path: &str) -> Result<()> {
+        Client::unlink(self, path)
+    }
+    fn stat(&mut self, path: &str) -> Result<Stat> {
+        Client::stat(self, path)
+    }
+    fn lstat(&mut self, path: &str) -> Result<Stat> {
+        Client::lstat(self, path)
+    }
+    fn set_credentials(&mut self, uid: u32, gid: u32) {
+        Client::set_credentials(self, uid, gid)
+    }
+    fn chmod(&mut self, path: &str, mode: u32) -> Result<()> {
+        Client::chmod(self, path, mode)
+    }
+    fn chown(&mut self, path: &str, uid: u32, gid: u32) -> Result<()> {
+        Client::chown(self, path, uid, gid)
+    }
+    fn lchown(&mut self, path: &str, uid: u32, gid: u32) -> Result<()> {
+        Client::lchown(self, path, uid, gid)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        Client::rename(self, from, to)
+    }
+    fn read_dir(&mut self, path: &str) -> Result<Vec<DirEntry>> {
+        Client::read_dir(self, path)
+    }
+    fn readlink(&mut self, path: &str) -> Result<String> {
+        Client::readlink(self, path)
+    }
+    fn symlink(&mut self, target: &str, link: &str) -> Result<()> {
+        Client::symlink(self, target, link)
+    }
+    fn statvfs(&mut self, path: &str) -> Result<FsStat> {
+        Client::statvfs(self, path)
+    }
+    fn write_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        Client::write_file(self, path, data, mode)
+    }
+    fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {
+        Client::read_file(self, path)
+    }
+    fn copy_file(&mut self, from: &str, to: &str, mode: u32) -> Result<u64> {
+        Client::copy_file(self, from, to, mode)
     }
 }
 
