@@ -38,7 +38,7 @@ use tonic::Code;
 const PORT_ENV: &str = "CSI_NFS_GUEST_PORT";
 /// The port of a second server that serves NFSv4.1 only (inside the guest).
 const PORT41_ENV: &str = "CSI_NFS_GUEST_PORT41";
-/// Where the guest finds the staged binaries ([`GuestBins`]).
+/// Where the guest finds the staged binaries ([`common::GuestBins`]).
 const BIN_DIR_ENV: &str = "CSI_NFS_GUEST_BIN_DIR";
 /// The directory made on the 4.1-only server for the guest to publish.
 const VOL41: &str = "vol41";
@@ -105,7 +105,15 @@ fn host() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = root.join("scripts/guest/run.sh");
     let script = root.join("scripts/guest/csi-nfs.sh");
-    let bins = GuestBins::stage();
+    let exe = std::env::current_exe().expect("own path");
+    let bins = common::GuestBins::stage(
+        "csi-nfs",
+        &[
+            (exe, "csi_nfs_node"),
+            (common::our_dir().join("csi-nfs"), "csi-nfs"),
+            (common::conformance_bin(), "conformance"),
+        ],
+    );
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(&run)
@@ -162,37 +170,6 @@ fn host() {
     let left: Vec<_> =
         std::fs::read_dir(&records).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "volume records left on the 4.1-only server: {left:?}");
-}
-
-/// The binaries the guest runs (this test, `csi-nfs`, `conformance`),
-/// copied to a directory under the host's /tmp: the guest sees the host's
-/// /tmp (an overlay on it) but not its /var/tmp (a tmpfs there), where
-/// CARGO_TARGET_DIR may put them. Removed on drop.
-struct GuestBins {
-    dir: PathBuf,
-}
-
-impl GuestBins {
-    fn stage() -> GuestBins {
-        let dir = std::env::temp_dir().join(format!("csi-nfs-guest-bin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bins = GuestBins { dir };
-        let exe = std::env::current_exe().expect("own path");
-        for (from, name) in [
-            (exe, "csi_nfs_node"),
-            (common::our_dir().join("csi-nfs"), "csi-nfs"),
-            (common::conformance_bin(), "conformance"),
-        ] {
-            std::fs::copy(&from, bins.dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-        }
-        bins
-    }
-}
-
-impl Drop for GuestBins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// `conformance`: the staged copy inside the guest, the built one elsewhere.

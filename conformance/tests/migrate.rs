@@ -37,43 +37,14 @@ fn main() {
     println!("migrate: clean + unclean moves and bad sequences in a guest kernel ... ok");
 }
 
-/// The binaries copied under the host's /tmp (the guest's /var/tmp is its
-/// own tmpfs, and CARGO_TARGET_DIR may be there). Removed on drop.
-struct GuestBins {
-    dir: PathBuf,
-}
-
-impl GuestBins {
-    fn stage() -> GuestBins {
-        let dir = std::env::temp_dir().join(format!("migrate-guest-bin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bins = GuestBins { dir };
-        let ours = common::our_dir();
-        let mut from: Vec<(PathBuf, &str)> = BINS.iter().map(|b| (ours.join(b), *b)).collect();
-        from.push((common::conformance_bin(), "conformance"));
-        for (src, name) in from {
-            assert!(
-                src.is_file(),
-                "{} not found: cargo build --release -p conformance -p csi-nfs -p cni-overlay -p cni-bridge -p cni-ipam",
-                src.display()
-            );
-            std::fs::copy(&src, bins.dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-        }
-        bins
-    }
-}
-
-impl Drop for GuestBins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn run_in_guest() -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = root.join("scripts/guest/run.sh");
     let script = root.join("scripts/guest/migrate.sh");
-    let bins = GuestBins::stage();
+    let ours = common::our_dir();
+    let mut from: Vec<(PathBuf, &str)> = BINS.iter().map(|b| (ours.join(b), *b)).collect();
+    from.push((common::conformance_bin(), "conformance"));
+    let bins = common::GuestBins::stage("migrate", &from);
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(&run)

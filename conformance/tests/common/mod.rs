@@ -219,3 +219,32 @@ pub const CORE_CHECKS: [&str; 19] = [
     "error-unknown-command",
     "concurrent-24",
 ];
+
+/// Binaries a guest kernel runs, copied to a directory under the host's
+/// /tmp: the guest sees the host's /tmp (an overlay on it) but not its
+/// /var/tmp (a tmpfs there), where CARGO_TARGET_DIR may put them. Removed on
+/// drop.
+pub struct GuestBins {
+    pub dir: PathBuf,
+}
+
+impl GuestBins {
+    /// Copies each `(source, name)` into a fresh directory tagged `tag`;
+    /// a missing source fails the test naming it and how to build it.
+    pub fn stage(tag: &str, bins: &[(PathBuf, &str)]) -> GuestBins {
+        let dir = std::env::temp_dir().join(format!("{tag}-guest-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let staged = GuestBins { dir };
+        for (src, name) in bins {
+            assert!(src.is_file(), "{} not found: cargo build --release --workspace", src.display());
+            std::fs::copy(src, staged.dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        }
+        staged
+    }
+}
+
+impl Drop for GuestBins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
