@@ -11,14 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_FUZZ=0 bash scripts/testbed.sh
 cargo build --release -q -p cni-bridge -p cni-ipam -p cni-overlay -p csi-nfs -p conformance
+bin=$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)
 echo "=== one host: cni-bridge + cni-ipam"
-target/release/conformance demo --plugin-dir target/release
+"$bin/conformance" demo --plugin-dir "$bin"
 echo
 echo "=== three hosts: cni-overlay (VXLAN, leases in etcd)"
-target/release/conformance demo --overlay --plugin-dir target/release
+"$bin/conformance" demo --overlay --plugin-dir "$bin"
 echo
 echo "=== a container moves from host A to host B with its NFS volume (cni-overlay + csi-nfs)"
-bin=$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)
 if grep -qw nfs4 /proc/filesystems || { modprobe nfsv4 2>/dev/null && grep -qw nfs4 /proc/filesystems; }; then
   "$bin/conformance" migrate --plugin-dir "$bin"
 else
