@@ -102,9 +102,6 @@ fn host() {
     let server41 = Ganesha::start_with_minor_versions("1").expect("start a 4.1-only nfs-ganesha");
     std::fs::create_dir(server41.root().join(VOL41)).unwrap();
     std::fs::set_permissions(server41.root().join(VOL41), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let run = root.join("scripts/guest/run.sh");
-    let script = root.join("scripts/guest/csi-nfs.sh");
     let exe = std::env::current_exe().expect("own path");
     let bins = common::GuestBins::stage(
         "csi-nfs",
@@ -114,27 +111,16 @@ fn host() {
             (common::conformance_bin(), "conformance"),
         ],
     );
-    let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(&run)
-        .arg(&script)
-        .arg(bins.dir.join("csi_nfs_node"))
-        .arg(server.port().to_string())
-        .arg(server41.port().to_string())
-        .arg(&bins.dir)
-        .env("GUEST_NETWORK", "user")
-        .env("GUEST_MODULES", "nfsv4 nf_tables")
-        .env("GUEST_TIMEOUT", "600")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", run.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}\n{stderr}\n(guest run took {:?})", started.elapsed());
+    let (port, port41) = (server.port().to_string(), server41.port().to_string());
+    let (status, stdout) = common::run_in_guest(
+        "scripts/guest/csi-nfs.sh",
+        &[bins.dir.join("csi_nfs_node").as_os_str(), port.as_ref(), port41.as_ref(), bins.dir.as_os_str()],
+        &[("GUEST_NETWORK", "user"), ("GUEST_MODULES", "nfsv4 nf_tables"), ("GUEST_TIMEOUT", "600")],
+    );
     for (name, _) in GUEST_CHECKS {
         assert!(stdout.contains(&format!("check {name} ... ok")), "guest check {name} did not pass (output above)");
     }
-    assert!(out.status.success(), "guest script failed: {:?}", out.status);
+    assert!(status.success(), "guest script failed: {status:?}");
 
     // What the guest's non-root writer made is on the server with its owner.
     let squashed = server.squash_root();

@@ -19,8 +19,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use serde_json::Value;
 
@@ -38,31 +36,19 @@ fn main() {
 }
 
 fn run_in_guest() -> Value {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let run = root.join("scripts/guest/run.sh");
-    let script = root.join("scripts/guest/migrate.sh");
     let ours = common::our_dir();
     let mut from: Vec<(PathBuf, &str)> = BINS.iter().map(|b| (ours.join(b), *b)).collect();
     from.push((common::conformance_bin(), "conformance"));
     let bins = common::GuestBins::stage("migrate", &from);
-    let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(&run)
-        .arg(&script)
-        .arg(&bins.dir)
-        .args(["migrate", "--json"])
-        .env("GUEST_MODULES", "bridge veth vxlan nfsv4 nf_tables")
-        .env("GUEST_TIMEOUT", "900")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", run.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}\n{stderr}\n(guest run took {:?})", started.elapsed());
+    let (status, stdout) = common::run_in_guest(
+        "scripts/guest/migrate.sh",
+        &[bins.dir.as_os_str(), "migrate".as_ref(), "--json".as_ref()],
+        &[("GUEST_MODULES", "bridge veth vxlan nfsv4 nf_tables"), ("GUEST_TIMEOUT", "900")],
+    );
     let json: String = stdout.lines().filter_map(|l| l.strip_prefix("MIGRATE-OUT ")).collect();
     let report: Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("no JSON report from the guest ({e}): output above"));
-    assert!(out.status.success(), "conformance migrate failed in the guest: {:?}\n{report:#}", out.status);
+    assert!(status.success(), "conformance migrate failed in the guest: {status:?}\n{report:#}");
     report
 }
 

@@ -248,3 +248,29 @@ impl Drop for GuestBins {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Boots one guest kernel with `scripts/guest/run.sh SCRIPT ARGS...` (the
+/// guest half of a test), with `env` for run.sh (GUEST_MODULES, …). Prints
+/// the guest's output and how long it took, and returns its exit status and
+/// stdout.
+pub fn run_in_guest(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = root.join("scripts/guest/run.sh");
+    let started = std::time::Instant::now();
+    let out = Command::new("bash")
+        .arg(&run)
+        .arg(root.join(script))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", run.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}\n{stderr}\n(guest run took {:?})", started.elapsed());
+    (out.status, stdout)
+}
