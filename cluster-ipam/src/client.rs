@@ -168,13 +168,30 @@ impl BlockClient {
     /// The new block on success, None when someone else has it.
     pub async fn create(&self, cidr: IpNetwork, value: &BlockValue) -> Result<Option<Block>> {
         let key = self.key(cidr);
-        let txn = Txn::new().when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)]).and_then(vec![TxnOp::put(
-            key,
-            value.to_json(),
-            None,
-        )]);
+        self.put_if("claim block", Compare::version(key.clone(), CompareOp::Equal, 0), key, cidr, value).await
+    }
+
+    /// Replaces `old`'s value with `value` if the key is unchanged since
+    /// `old` was read. The updated block, or None when it changed.
+    pub async fn update(&self, old: &Block, value: &BlockValue) -> Result<Option<Block>> {
+        let key = self.key(old.cidr);
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, old.mod_revision);
+        self.put_if("update block", unchanged, key, old.cidr, value).await
+    }
+
+    /// Puts `value` at `key` (block `cidr`) in one transaction guarded by
+    /// `cond`. The block as written, or None when `cond` did not hold.
+    async fn put_if(
+        &self,
+        op: &'static str,
+        cond: Compare,
+        key: String,
+        cidr: IpNetwork,
+        value: &BlockValue,
+    ) -> Result<Option<Block>> {
+        let txn = Txn::new().when(vec![cond]).and_then(vec![TxnOp::put(key, value.to_json(), None)]);
         let resp = self
-            .call("claim block", Retry::Once, move |mut c| {
+            .call(op, Retry::Once, move |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -184,26 +201,6 @@ impl BlockClient {
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok(Some(Block { cidr, value: value.clone(), mod_revision: rev }))
-    }
-
-    /// Replaces `old`'s value with `value` if the key is unchanged since
-    /// `old` was read. The updated block, or None when it changed.
-    pub async fn update(&self, old: &Block, value: &BlockValue) -> Result<Option<Block>> {
-        let key = self.key(old.cidr);
-        let txn = Txn::new()
-            .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, old.mod_revision)])
-            .and_then(vec![TxnOp::put(key, value.to_json(), None)]);
-        let resp = self
-            .call("update block", Retry::Once, move |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        if !resp.succeeded() {
-            return Ok(None);
-        }
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(Some(Block { cidr: old.cidr, value: value.clone(), mod_revision: rev }))
     }
 
     /// Deletes `old`'s key if unchanged since it was read.
