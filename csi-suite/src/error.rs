@@ -16,6 +16,9 @@ pub enum Error {
     /// nfs-ganesha exited or did not accept connections in time.
     #[error("{0}")]
     Ganesha(String),
+    /// The test Ceph cluster could not be set up or a `ceph`/`rbd` command failed.
+    #[error("{0}")]
+    Ceph(String),
     /// A driver process exited or did not serve in time.
     #[error("{0}")]
     Driver(String),

@@ -5,6 +5,7 @@
 //! * [`csi`]: the specs, their runner and the options (`conformance csi`).
 //! * [`csi_process`]: a CSI driver started as a process, ready when its socket answers.
 //! * [`ganesha`]: a private nfs-ganesha export for one test.
+//! * [`ceph`]: a private single-node Ceph cluster (RBD) on a bridge of its own.
 //!
 //! Errors: a spec's failure is its message (`Result<T, String>`, the suite's
 //! `csi::Res`, the same type as [`testkit::util::R`]); the RPC wrappers
@@ -17,5 +18,6 @@ pub mod csi;
 mod error;
 
 pub use error::{Error, Result};
+pub mod ceph;
 pub mod csi_process;
 pub mod ganesha;
