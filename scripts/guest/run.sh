@@ -21,6 +21,14 @@
 #   GUEST_NETWORK  "user" gives the guest a NIC on QEMU's user network: the guest is
 #                  10.0.2.15/24 and reaches the host's loopback services at 10.0.2.2
 #                  (e.g. an NFS server the test started on the host). Default: none.
+#                  "bridge:NAME" attaches the guest's NIC to the host bridge NAME (which
+#                  /etc/qemu/bridge.conf must allow) and gives it GUEST_ADDR (CIDR, required)
+#                  and the MAC GUEST_MAC (default: derived from GUEST_ADDR, so that two
+#                  guests on one bridge never share QEMU's default MAC). Use it when the
+#                  server must be reachable at one address from every guest (Ceph: its
+#                  monitor hands out the OSDs' addresses).
+#   GUEST_MEMORY   guest memory (default 1G)
+#   GUEST_CPUS     guest vCPUs (default 2)
 #
 # The kernel boots with mitigations=off: the guest runs nothing but test code for a minute,
 # and under TCG the speculation mitigations double the cost of every exec.
@@ -72,7 +80,17 @@ case ${GUEST_NETWORK:-} in
     guest_cmd+='; [ -n "$nic" ] || { echo "run.sh: FAIL: no NIC in the guest"; exit 3; }'
     guest_cmd+='; ip link set "$nic" up && ip addr replace 10.0.2.15/24 dev "$nic" && ip route replace default via 10.0.2.2'
     ;;
-  *) die "GUEST_NETWORK=$GUEST_NETWORK: only 'user' is supported" ;;
+  bridge:?*)
+    [[ -n ${GUEST_ADDR:-} ]] || die "GUEST_NETWORK=bridge:NAME needs GUEST_ADDR (e.g. 10.224.3.10/24)"
+    ip4=${GUEST_ADDR%/*}
+    IFS=. read -r _ _ o3 o4 <<<"$ip4"
+    mac=${GUEST_MAC:-$(printf '52:54:00:aa:%02x:%02x' "$o3" "$o4")}
+    net_args=(--network "bridge=${GUEST_NETWORK#bridge:}" --no-dhcp --net-mac-address "$mac")
+    guest_cmd+='; nic=$(ls /sys/class/net | grep -vx lo | head -n1)'
+    guest_cmd+='; [ -n "$nic" ] || { echo "run.sh: FAIL: no NIC in the guest"; exit 3; }'
+    guest_cmd+="; ip link set \"\$nic\" up && ip addr replace $(printf '%q' "$GUEST_ADDR") dev \"\$nic\""
+    ;;
+  *) die "GUEST_NETWORK=$GUEST_NETWORK: expected 'user' or 'bridge:NAME'" ;;
 esac
 guest_cmd+="; exec bash $(printf '%q ' "$script" "$@")"
 
@@ -91,7 +109,7 @@ start=$SECONDS
 # With pipefail the pipeline's status is vng's (cat exits 0), i.e. the guest script's.
 rc=0
 timeout --kill-after=10 "${GUEST_TIMEOUT:-240}" \
-  vng --run "/boot/vmlinuz-$kver" --disable-kvm --force-9p --memory 1G --cpus 2 \
+  vng --run "/boot/vmlinuz-$kver" --disable-kvm --force-9p --memory "${GUEST_MEMORY:-1G}" --cpus "${GUEST_CPUS:-2}" \
   --append "mitigations=off" "${net_args[@]}" "${dir_args[@]}" --exec "$guest_cmd" </dev/null 2>&1 | cat || rc=$?
 if ((rc == 124 || rc == 137)); then
   echo "run.sh: FAIL: guest timed out after ${GUEST_TIMEOUT:-240}s" >&2
