@@ -2,13 +2,13 @@
 //! plugin binary runs when `CNI_COMMAND` is unset and arguments are given.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use super::client::{block_on, ADMIN_DEADLINE};
 use super::{block_range, list_blocks, remove_host, DEFAULT_PREFIX};
+use etcd_kv::flags::{Endpoints, TlsFlags};
 use etcd_kv::EtcdConfig;
 
 /// The admin commands (clap derive). The CNI path never builds this: main
@@ -50,32 +50,16 @@ enum Cmd {
 #[derive(Debug, Args)]
 struct Target {
     /// etcd endpoints, comma-separated http:// or https:// URLs
-    #[arg(long, value_name = "URL[,URL…]", required = true, value_parser = parse_endpoints)]
+    #[arg(long, value_name = "URL[,URL…]", required = true)]
     etcd_endpoints: Endpoints,
     /// Key prefix (the ipam.cluster etcdPrefix)
     #[arg(long, value_name = "P", default_value = DEFAULT_PREFIX, value_parser = NonEmptyStringValueParser::new())]
     etcd_prefix: String,
-    /// CA certificate for TLS to etcd (endpoints must be https://)
-    #[arg(long, value_name = "F")]
-    etcd_cafile: Option<PathBuf>,
-    /// Client certificate for TLS to etcd (with --etcd-keyfile)
-    #[arg(long, value_name = "F", requires = "etcd_keyfile")]
-    etcd_certfile: Option<PathBuf>,
-    /// Client key for TLS to etcd (with --etcd-certfile)
-    #[arg(long, value_name = "F", requires = "etcd_certfile")]
-    etcd_keyfile: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsFlags,
     /// The network's name (the config's `name`)
     #[arg(long, value_name = "NAME", required = true, value_parser = NonEmptyStringValueParser::new())]
     network: String,
-}
-
-/// `--etcd-endpoints`, split at commas (blanks around and empty entries
-/// ignored).
-#[derive(Debug, Clone)]
-struct Endpoints(Vec<String>);
-
-fn parse_endpoints(v: &str) -> Result<Endpoints, String> {
-    etcd_kv::parse_endpoints(v).map(Endpoints)
 }
 
 /// HOST: what a block record may carry (1-253 characters, no `/` or blanks).
@@ -85,15 +69,7 @@ fn parse_host(h: &str) -> Result<String, String> {
 
 impl Target {
     fn etcd(&self) -> Result<EtcdConfig, String> {
-        let etcd = EtcdConfig {
-            endpoints: self.etcd_endpoints.0.clone(),
-            prefix: self.etcd_prefix.clone(),
-            ca_file: self.etcd_cafile.clone(),
-            cert_file: self.etcd_certfile.clone(),
-            key_file: self.etcd_keyfile.clone(),
-        };
-        etcd.check_tls_endpoints()?;
-        Ok(etcd)
+        self.tls.config(&self.etcd_endpoints, &self.etcd_prefix)
     }
 }
 

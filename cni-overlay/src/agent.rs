@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::metrics::{AgentMetrics, EtcdOp, Programmed};
+use etcd_kv::flags::{Endpoints, TlsFlags};
 use subnet_lease::subnet_file::{read_subnet_file, write_subnet_file, SubnetFile};
 use subnet_lease::{BackendKind, EtcdConfig, Event, Lease, LeaseAttrs, NetworkConfig, SubnetManager};
 
@@ -79,42 +80,19 @@ pub struct AgentArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdFlags {
     /// etcd endpoints, comma-separated http:// or https:// URLs
-    #[arg(long, value_name = "URLS", default_value = "http://127.0.0.1:2379", value_parser = parse_endpoints)]
+    #[arg(long, value_name = "URLS", default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: Endpoints,
     /// Where `config` and `subnets/` live
     #[arg(long, value_name = "PREFIX", default_value = "/coreos.com/network", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub etcd_prefix: String,
-    /// CA certificate for TLS to etcd (endpoints must be https://)
-    #[arg(long, value_name = "FILE")]
-    pub etcd_cafile: Option<PathBuf>,
-    /// Client certificate for TLS to etcd (with --etcd-keyfile)
-    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
-    pub etcd_certfile: Option<PathBuf>,
-    /// Client key for TLS to etcd (with --etcd-certfile)
-    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
-    pub etcd_keyfile: Option<PathBuf>,
-}
-
-/// `--etcd-endpoints`, split at commas (blanks around and empty entries ignored).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoints(pub Vec<String>);
-
-fn parse_endpoints(v: &str) -> Result<Endpoints, String> {
-    etcd_kv::parse_endpoints(v).map(Endpoints)
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 impl EtcdFlags {
     /// The client settings; TLS files need https:// endpoints.
     pub fn config(&self) -> Result<EtcdConfig> {
-        let etcd = EtcdConfig {
-            endpoints: self.etcd_endpoints.0.clone(),
-            prefix: self.etcd_prefix.clone(),
-            ca_file: self.etcd_cafile.clone(),
-            cert_file: self.etcd_certfile.clone(),
-            key_file: self.etcd_keyfile.clone(),
-        };
-        etcd.check_tls_endpoints().map_err(AgentError::Usage)?;
-        Ok(etcd)
+        self.tls.config(&self.etcd_endpoints, &self.etcd_prefix).map_err(AgentError::Usage)
     }
 }
 

@@ -28,6 +28,7 @@ use std::time::Duration;
 pub use etcd_client;
 use etcd_client::{Client, ConnectOptions};
 
+pub mod flags;
 pub mod testing;
 
 /// Where etcd is and how to reach it (Flannel's `--etcd-endpoints`,
