@@ -115,6 +115,33 @@ fn etcdctl_bin() -> String {
     std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".to_string())
 }
 
+/// What every etcd we start is told about itself: its name, data dir and
+/// URLs (the client URL is also the advertised one), logging to `log`.
+struct MemberFlags<'a> {
+    name: &'a str,
+    data_dir: &'a Path,
+    client: &'a str,
+    peer: &'a str,
+}
+
+impl MemberFlags<'_> {
+    /// Adds the member's own flags to `cmd` (which carries the cluster's)
+    /// and starts it.
+    fn spawn(&self, mut cmd: Command, log: std::fs::File) -> io::Result<Child> {
+        cmd.args(["--name", self.name])
+            .arg("--data-dir")
+            .arg(self.data_dir)
+            .args(["--listen-client-urls", self.client, "--advertise-client-urls", self.client])
+            .args(["--listen-peer-urls", self.peer, "--initial-advertise-peer-urls", self.peer])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", etcd_bin())))
+    }
+}
+
 fn free_ports() -> io::Result<(u16, u16)> {
     // Hold both listeners so the two ports differ.
     let a = TcpListener::bind("127.0.0.1:0")?;
@@ -186,23 +213,11 @@ impl EtcdServer {
             cmd.arg("--cert-file").arg(&t.server_cert).arg("--key-file").arg(&t.server_key);
             cmd.arg("--trusted-ca-file").arg(&t.ca).arg("--client-cert-auth");
         }
-        let child = cmd
-            .arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            // Fast single-member election; also lowers the minimum lease TTL.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "250"])
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", etcd_bin())))?;
-        self.child = Some(child);
+        let member = MemberFlags { name: "default", data_dir: &self.data_dir(), client: &client, peer: &peer };
+        cmd.args(["--initial-cluster", &format!("default={peer}")]);
+        // Fast single-member election; also lowers the minimum lease TTL.
+        cmd.args(["--heartbeat-interval", "50", "--election-timeout", "250"]);
+        self.child = Some(member.spawn(cmd, log)?);
         self.wait_ready()
     }
 
@@ -418,22 +433,13 @@ impl EtcdCluster {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(mdir.join("etcd.log"))?;
         let m = &self.members[i];
         let (client, peer) = (self.url(m.client_port), self.url(m.peer_port));
-        let child = Command::new(etcd_bin())
-            .args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(mdir.join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster()])
+        let mut cmd = Command::new(etcd_bin());
+        cmd.args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-state", if new_cluster { "new" } else { "existing" }])
             .args(["--initial-cluster-token", &self.dir.file_name().unwrap_or_default().to_string_lossy()])
-            .args(["--heartbeat-interval", CLUSTER_HEARTBEAT_MS, "--election-timeout", CLUSTER_ELECTION_MS])
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", etcd_bin())))?;
+            .args(["--heartbeat-interval", CLUSTER_HEARTBEAT_MS, "--election-timeout", CLUSTER_ELECTION_MS]);
+        let member = MemberFlags { name: &m.name, data_dir: &mdir.join("data"), client: &client, peer: &peer };
+        let child = member.spawn(cmd, log)?;
         self.members[i].child = Some(child);
         Ok(())
     }
