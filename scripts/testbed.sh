@@ -18,9 +18,9 @@ PACKAGES=(
   nfs-ganesha nfs-ganesha-vfs libnfs-dev libnfs-utils
   libclang-dev                  # bindgen generates csi-nfs's libnfs bindings from libnfs-dev's headers
   # csi-rbd: a real single-node Ceph 16 cluster for its tests (monitor + in-memory OSD),
-  # librados/librbd headers for the bindings, rbd-nbd for the alternative mounter,
+  # ceph-mgr (Pacific serves `df`, pool capacity, from the manager), librados/librbd headers for the bindings, rbd-nbd for the alternative mounter,
   # xfsprogs for XFS volumes
-  ceph-mon ceph-osd ceph-common librados-dev librbd-dev rbd-nbd xfsprogs
+  ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev rbd-nbd xfsprogs
 )
 
 missing=()
