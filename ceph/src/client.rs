@@ -183,7 +183,7 @@ impl Client {
         Ok(o)
     }
 
-    fn mon_command(&self, cmd: &str) -> Result<Vec<u8>> {
+    fn mon_command(&self, op: &str, cmd: &str) -> Result<Vec<u8>> {
         let ccmd = cstr("mon command", cmd)?;
         let cmds = [ccmd.as_ptr()];
         let mut out: *mut c_char = ptr::null_mut();
@@ -209,7 +209,8 @@ impl Client {
         let (data, status) = unsafe { (take_buffer(out, out_len), take_buffer(outs, outs_len)) };
         if rc < 0 {
             let status = String::from_utf8_lossy(&status).into_owned();
-            return Err(Error::from_errno(&format!("monitor command {cmd} ({status})"), -rc));
+            let status = if status.is_empty() { String::new() } else { format!(": {status}") };
+            return Err(Error::from_errno(&format!("{op} (monitor command {cmd}{status})"), -rc));
         }
         Ok(data)
     }
@@ -470,7 +471,7 @@ impl Rbd for Client {
 
     fn pool_stats(&self, pool: &str) -> Result<PoolStats> {
         let op = format!("pool stats of {pool}");
-        let out = self.mon_command(r#"{"prefix":"df","format":"json"}"#)?;
+        let out = self.mon_command(&op, r#"{"prefix":"df","format":"json"}"#)?;
         let v: serde_json::Value = serde_json::from_slice(&out)
             .map_err(|e| Error::Other { op: format!("{op}: df output is not JSON ({e})"), errno: libc::EBADMSG })?;
         let p = v["pools"]
@@ -1017,6 +1018,21 @@ fn snap_list(img: &Image, pool: &str, image: &str) -> Result<Vec<SnapInfo>> {
         let mut out = Vec::with_capacity(count);
         let mut err = None;
         for s in &snaps[..count] {
+            let mut ns: sys::rbd_snap_namespace_type_t = sys::RBD_SNAP_NAMESPACE_TYPE_USER;
+            // SAFETY: open image; out-pointer to a local.
+            let rc = unsafe { sys::rbd_snap_get_namespace_type(img.0, s.id, &mut ns) };
+            if rc < 0 {
+                // SAFETY: name filled in by librbd.
+                let name = unsafe { owned(s.name) };
+                err = Some(Error::from_errno(&format!("namespace of snapshot {pool}/{image}@{name}"), -rc));
+                break;
+            }
+            // Only user snapshots: a removed snapshot that clone v2
+            // children still need stays in the trash namespace under a
+            // UUID name, and group or mirror snapshots are not ours.
+            if ns != sys::RBD_SNAP_NAMESPACE_TYPE_USER {
+                continue;
+            }
             let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
             // SAFETY: open image; ts is a local timespec (same layout as the header's).
             let rc = unsafe { sys::rbd_snap_get_timestamp(img.0, s.id, &mut ts as *mut libc::timespec as *mut _) };

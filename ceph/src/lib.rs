@@ -81,6 +81,7 @@ pub struct ImageInfo {
     pub size: u64,
     pub features: Vec<String>,
     pub parent: Option<ParentSpec>,
+    /// User snapshots (as [`Rbd::snap_list`] counts them).
     pub snapshot_count: usize,
 }
 
@@ -191,6 +192,8 @@ pub trait Rbd: Send + Sync + std::fmt::Debug {
     fn snap_create(&self, pool: &str, image: &str, snap: &str) -> Result<()>;
     /// NotFound if there is no such snapshot.
     fn snap_remove(&self, pool: &str, image: &str, snap: &str) -> Result<()>;
+    /// The image's user snapshots (not the trashed ones clone v2 children
+    /// still hold, nor group or mirror snapshots).
     fn snap_list(&self, pool: &str, image: &str) -> Result<Vec<SnapInfo>>;
     /// A clone v2 of `pool/parent@snap` (no protection needed).
     fn clone_image(
