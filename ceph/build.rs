@@ -86,6 +86,8 @@ const RBD_FUNCTIONS: &[&str] = &[
     "rbd_snap_get_timestamp",
     "rbd_snap_get_namespace_type",
     "rbd_flatten",
+    "rbd_read",
+    "rbd_write",
     "rbd_list_children3",
 ];
 

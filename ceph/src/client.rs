@@ -999,7 +999,54 @@ impl Rbd for Client {
             return Ok(out);
         }
     }
+
+    fn read_image(&self, pool: &str, image: &str, snap: Option<&str>, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let io = self.ioctx(pool)?;
+        let img = self.open_image(&io, pool, image, snap.map_or(Open::ReadOnly, Open::Snap))?;
+        let at = snap.map_or(String::new(), |s| format!("@{s}"));
+        let mut out = vec![0u8; len];
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(IO_CHUNK);
+            // SAFETY: open image; out[done..done + n] is writable.
+            let rc = unsafe { sys::rbd_read(img.0, offset + done as u64, n, out[done..].as_mut_ptr() as *mut c_char) };
+            let got =
+                check(rc as i64, || format!("read {n} bytes at {} of image {pool}/{image}{at}", offset + done as u64))?
+                    as usize;
+            done += got;
+            if got < n {
+                break;
+            }
+        }
+        out.truncate(done);
+        Ok(out)
+    }
+
+    fn write_image(&self, pool: &str, image: &str, offset: u64, data: &[u8]) -> Result<()> {
+        let io = self.ioctx(pool)?;
+        let img = self.open_image(&io, pool, image, Open::ReadWrite)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let n = (data.len() - done).min(IO_CHUNK);
+            // SAFETY: open image; data[done..done + n] is readable.
+            let rc = unsafe { sys::rbd_write(img.0, offset + done as u64, n, data[done..].as_ptr() as *const c_char) };
+            let wrote =
+                check(rc as i64, || format!("write {n} bytes at {} of image {pool}/{image}", offset + done as u64))?
+                    as usize;
+            if wrote == 0 {
+                return Err(Error::Other {
+                    op: format!("write to image {pool}/{image}: no progress"),
+                    errno: libc::EIO,
+                });
+            }
+            done += wrote;
+        }
+        Ok(())
+    }
 }
+
+/// librbd caps one read or write at INT_MAX bytes; larger ones go in pieces.
+const IO_CHUNK: usize = 64 << 20;
 
 fn snap_list(img: &Image, pool: &str, image: &str) -> Result<Vec<SnapInfo>> {
     let mut max: c_int = 16;

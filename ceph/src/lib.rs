@@ -209,6 +209,14 @@ pub trait Rbd: Send + Sync + std::fmt::Debug {
     fn flatten_image(&self, pool: &str, image: &str) -> Result<()>;
     /// The clones of `pool/image@snap` as (pool, image), trashed ones left out.
     fn children(&self, pool: &str, image: &str, snap: &str) -> Result<Vec<(String, String)>>;
+
+    // Added by h1 (beyond the contract): image data, for tests that
+    // compare contents (restore, clone) without a kernel client.
+    /// Reads up to `len` bytes at `offset` of the image, or of its snapshot
+    /// `snap`; shorter only at the end of the image.
+    fn read_image(&self, pool: &str, image: &str, snap: Option<&str>, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Writes `data` at `offset` (within the image's size).
+    fn write_image(&self, pool: &str, image: &str, offset: u64, data: &[u8]) -> Result<()>;
 }
 
 /// Shared handle to a connection.

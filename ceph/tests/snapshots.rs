@@ -88,6 +88,22 @@ fn snapshots_clones_flatten_and_metadata() {
     let e = r.snap_remove("rbd", "parent", "s1").unwrap_err();
     assert!(matches!(e, Error::NotFound(ref m) if m.contains("rbd/parent@s1")), "{e:?}");
 
+    // Image data through the crate: the same bytes as rbd export, from the
+    // image and from a snapshot, and writes that land.
+    assert_eq!(r.read_image("clones", "child", None, 0, data.len()).unwrap(), data);
+    assert_eq!(
+        r.read_image("clones", "child", None, 8 * MIB - 10, 100).unwrap(),
+        &data[data.len() - 10..],
+        "short at the end"
+    );
+    r.write_image("clones", "grandchild", MIB, b"overwritten").unwrap();
+    let mut want = data.clone();
+    want[MIB as usize..MIB as usize + 11].copy_from_slice(b"overwritten");
+    assert_eq!(export(&c, "clones/grandchild"), want);
+    assert_eq!(r.read_image("clones", "child", Some("c1"), 0, data.len()).unwrap(), data, "snapshot read");
+    assert!(matches!(r.read_image("clones", "child", Some("nope"), 0, 1), Err(Error::NotFound(_))));
+    assert!(r.write_image("clones", "grandchild", 8 * MIB, b"past the end").is_err());
+
     // Metadata.
     assert_eq!(r.metadata_get("clones", "child", "csi.volname").unwrap(), None);
     r.metadata_set("clones", "child", "csi.volname", "pvc-1234").unwrap();
