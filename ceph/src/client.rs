@@ -343,7 +343,12 @@ impl OmapIter {
             // SAFETY: librados points k/v at kl/vl bytes that stay valid
             // until the iterator ends (after this copy).
             let key = unsafe { std::slice::from_raw_parts(k as *const u8, kl) };
-            let val = if v.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(v as *const u8, vl) } };
+            let val = if v.is_null() {
+                &[][..]
+            } else {
+                // SAFETY: as for the key: vl bytes at v, valid until the iterator ends.
+                unsafe { std::slice::from_raw_parts(v as *const u8, vl) }
+            };
             out.push((String::from_utf8_lossy(key).into_owned(), val.to_vec()));
         }
     }

@@ -13,6 +13,9 @@
 //! - Errors are one enum, [`Error`], every message naming the operation
 //!   and the object.
 
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod client;
 mod error;
 mod lockinfo;
