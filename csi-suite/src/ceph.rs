@@ -164,6 +164,9 @@ impl Ceph {
         if self.mgr.is_some() {
             return Ok(());
         }
+        if !testkit::util::have_tool("ceph-mgr") {
+            return Err(Error::Ceph("ceph-mgr not found: apt-get install ceph-mgr (scripts/testbed.sh)".into()));
+        }
         let d = self.dir.clone();
         let data = d.join("mgr");
         std::fs::create_dir_all(&data).map_err(|e| Error::io(format!("create {}", data.display()), e))?;
