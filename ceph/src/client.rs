@@ -479,10 +479,15 @@ impl Rbd for Client {
         let out = self.mon_command(&op, r#"{"prefix":"df","format":"json"}"#)?;
         let v: serde_json::Value = serde_json::from_slice(&out)
             .map_err(|e| Error::Other { op: format!("{op}: df output is not JSON ({e})"), errno: libc::EBADMSG })?;
-        let p = v["pools"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == pool))
-            .ok_or_else(|| Error::NotFound(format!("{op}: no pool {pool} in df")))?;
+        let Some(p) = v["pools"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == pool)) else {
+            // No such pool (NotFound), or the statistics are missing: the
+            // manager computes them, and without one df lists no pools.
+            self.pool_id(pool)?;
+            return Err(Error::Other {
+                op: format!("{op}: the monitor's df has no statistics for it (is a ceph-mgr running?)"),
+                errno: libc::ENODATA,
+            });
+        };
         let num = |k: &str| {
             p["stats"][k].as_u64().ok_or_else(|| Error::Other {
                 op: format!("{op}: df has no stats.{k} for {pool}"),

@@ -140,6 +140,8 @@ pub trait Rbd: Send + Sync + std::fmt::Debug {
     /// A pool's name from its ID.
     fn pool_name(&self, pool_id: i64) -> Result<String>;
     /// A pool's `stored` and `max_avail`, from the monitor's `df` (JSON).
+    /// NotFound if there is no such pool; `Other` (ENODATA) when the
+    /// cluster has no statistics because no ceph-mgr runs.
     fn pool_stats(&self, pool: &str) -> Result<PoolStats>;
     /// This connection's address (`IP:0/NONCE`), as a blocklist takes it.
     fn client_address(&self) -> Result<String>;
