@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use bgp::packet::{
-    decode_message, frame_len, negotiate, AddPathFamily, AsPath, AsSegment, Attr, AttrValue, Capability, Family,
-    GrFamily, GracefulRestart, Message, MpNextHop, MpReach, MpUnreach, Nlri, Notification, Open, Origin, Prefix,
-    RouteRefresh, SegmentKind, SessionCaps, Update,
+    decode_message, frame_len, negotiate, AddPathFamily, AsPath, AsSegment, AttrValue, Capability, Family, GrFamily,
+    GracefulRestart, Message, MpNextHop, MpReach, MpUnreach, Nlri, Notification, Open, Origin, Prefix, RouteRefresh,
+    SegmentKind, SessionCaps, Update,
 };
 use netgauze_bgp_pkt::wire::deserializer::BgpParsingContext;
 use netgauze_bgp_pkt::BgpMessage;
@@ -211,7 +211,6 @@ fn gen_update(r: &mut Rng, c: &SessionCaps) -> Update {
             a.flags |= 0x10;
         }
     }
-    let _ = Attr::new(AttrValue::AtomicAggregate);
     u
 }
 
