@@ -186,7 +186,6 @@ fn update_treat_as_withdraw() {
         (base(2, &attr(0x40, 2, &[2, 2, 0, 0, 0, 1])), 2),   // segment overrun
         (base(3, &attr(0x40, 3, &[10, 0, 0, 1, 0])), 3),     // NEXT_HOP length 5
         (base(0, &attr(0x80, 4, &[0, 0, 1])), 4),            // MED length 3
-        (base(0, &attr(0x40, 5, &[0, 1])), 5),               // LOCAL_PREF length 2
         (base(0, &attr(0xc0, 8, &[0, 0, 0, 1, 2])), 8),      // COMMUNITIES length 5
         (base(0, &attr(0xc0, 8, &[])), 8),                   // COMMUNITIES empty
         (base(0, &attr(0x80, 9, &[1, 2, 3])), 9),            // ORIGINATOR_ID length 3
@@ -197,8 +196,10 @@ fn update_treat_as_withdraw() {
     for (bytes, code) in cases {
         assert_eq!(withdraws(&bytes, &c), vec![code], "{bytes:02x?}");
     }
-    // LOCAL_PREF is mandatory on iBGP only.
+    // LOCAL_PREF is mandatory on iBGP only, and checked there.
     let ibgp = SessionCaps { ibgp: true, ..caps() };
+    let bad_lp = update(&[ORIGIN, AS_PATH_4, NEXT_HOP, &attr(0x40, 5, &[0, 1])], NLRI);
+    assert_eq!(withdraws(&bad_lp, &ibgp), vec![5]);
     assert_eq!(withdraws(&update(&[ORIGIN, AS_PATH_4, NEXT_HOP], NLRI), &ibgp), vec![5]);
     assert_eq!(decoded(&update(&[ORIGIN, AS_PATH_4, NEXT_HOP], NLRI), &c).verdict, Verdict::Accept);
     // An attribute overrunning the list (RFC 7606 §4): the list length still finds the NLRI.
@@ -235,6 +236,13 @@ fn update_attribute_discard() {
         assert_eq!(u.attr(4), Some(&AttrValue::Med(1)), "the first MED stays");
         assert_eq!(u.announced().len(), 1);
     }
+    // LOCAL_PREF from an external peer is discarded (RFC 7606 §7.5), kept from an internal one.
+    let lp = attr(0x40, 5, &[0, 0, 0, 100]);
+    let u = decoded(&update(&[ORIGIN, AS_PATH_4, NEXT_HOP, &lp], NLRI), &c);
+    assert_eq!((u.verdict.clone(), u.attr(5), u.discarded().count()), (Verdict::Accept, None, 1));
+    let ibgp = SessionCaps { ibgp: true, ..caps() };
+    let u = decoded(&update(&[ORIGIN, AS_PATH_4, NEXT_HOP, &lp], NLRI), &ibgp);
+    assert_eq!(u.attr(5), Some(&AttrValue::LocalPref(100)));
     // AGGREGATOR's width follows the session: 6 octets without 4-octet AS.
     let two = SessionCaps::default();
     let as2 = [0x40, 2, 4, 2, 1, 0xfd, 0xe8];
@@ -255,6 +263,30 @@ fn unknown_optional_attributes_pass_with_the_partial_bit() {
     let u = decoded(&update(&[ORIGIN, AS_PATH_4, &attr(0x90, 14, &[0, 25, 70, 0, 0])], &[]), &c);
     assert_eq!(u.verdict, Verdict::Accept);
     assert!(matches!(u.attrs[2].value, AttrValue::Unknown { code: 14, .. }));
+}
+
+#[test]
+fn as4_path_merge() {
+    use bgp::packet::AsPath;
+    // RFC 6793 §4.2.3: a 2-octet speaker prepended 65010 and 65020 in front of the AS4 part.
+    let two = AsPath::sequence(&[65010, 65020, 23456, 23456]);
+    let four = AsPath::sequence(&[4_200_000_001, 4_200_000_002]);
+    assert_eq!(two.merge_as4(&four).length(), 4);
+    assert_eq!(two.merge_as4(&four).0.concat_asns(), vec![65010, 65020, 4_200_000_001, 4_200_000_002]);
+    // AS4_PATH longer than AS_PATH: ignored.
+    assert_eq!(AsPath::sequence(&[23456]).merge_as4(&four), AsPath::sequence(&[23456]));
+    let (t, f) = four.to_two_octet();
+    assert_eq!((t, f), (AsPath::sequence(&[23456, 23456]), Some(four.clone())));
+    assert_eq!(AsPath::sequence(&[65001]).to_two_octet(), (AsPath::sequence(&[65001]), None));
+}
+
+trait Asns {
+    fn concat_asns(&self) -> Vec<u32>;
+}
+impl Asns for Vec<bgp::packet::AsSegment> {
+    fn concat_asns(&self) -> Vec<u32> {
+        self.iter().flat_map(|s| s.asns.clone()).collect()
+    }
 }
 
 #[test]

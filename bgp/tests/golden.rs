@@ -120,6 +120,10 @@ fn check_routes(daemon: &str, s: &Session, ibgp: bool, four_octet: bool) {
             // RFC 6793 §4.2.2: AS_TRANS in AS_PATH, the real path in AS4_PATH.
             assert_eq!(p, &AsPath::sequence(&[u32::from(AS_TRANS)]), "{daemon}");
             assert_eq!(u.attr(17), Some(&AttrValue::As4Path(AsPath::sequence(&[DAEMON_AS]))), "{daemon}");
+            assert_eq!(u.as_path(&s.caps), Some(AsPath::sequence(&[DAEMON_AS])), "{daemon}: merged path");
+            // What we would send in the daemon's place is what it sent.
+            let (two, four) = AsPath::sequence(&[DAEMON_AS]).to_two_octet();
+            assert_eq!((Some(&AttrValue::AsPath(two)), four.map(AttrValue::As4Path).as_ref()), (u.attr(2), u.attr(17)));
         }
         if let Some(m) = u.mp_reach() {
             // IPv4 routes in MP_REACH_NLRI only with an IPv6 next hop (RFC 8950, negotiated).

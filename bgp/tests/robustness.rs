@@ -98,6 +98,7 @@ fn mutations_never_panic_and_round_trip() {
             Ok(None) | Err(_) => rejected += 1,
         }
     }
+    eprintln!("accepted {accepted}, rejected {rejected}");
     // Both outcomes are exercised.
     assert!(accepted > 1000 && rejected > 1000, "accepted {accepted}, rejected {rejected}");
 }

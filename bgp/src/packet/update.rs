@@ -75,6 +75,65 @@ impl AsPath {
             .sum()
     }
 
+    /// The path for a session without the 4-octet AS capability (RFC 6793 §4.2.2): AS_TRANS
+    /// in place of each 4-octet AS, and the real path to send as AS4_PATH if any was replaced.
+    pub fn to_two_octet(&self) -> (AsPath, Option<AsPath>) {
+        let trans = u32::from(super::AS_TRANS);
+        let mut replaced = false;
+        let p = AsPath(
+            self.0
+                .iter()
+                .map(|s| AsSegment {
+                    kind: s.kind,
+                    asns: s
+                        .asns
+                        .iter()
+                        .map(|&a| {
+                            if a > 0xffff {
+                                replaced = true;
+                                trans
+                            } else {
+                                a
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        );
+        (p, replaced.then(|| self.clone()))
+    }
+
+    /// Rebuilds the real path from a 2-octet AS_PATH and an AS4_PATH (RFC 6793 §4.2.3): the
+    /// leading ASes of AS_PATH that AS4_PATH does not cover, then AS4_PATH; AS_PATH alone when
+    /// AS4_PATH is the longer (it is then ignored).
+    pub fn merge_as4(&self, as4: &AsPath) -> AsPath {
+        let (n, n4) = (self.length(), as4.length());
+        if n < n4 {
+            return self.clone();
+        }
+        let mut keep = n - n4;
+        let mut out = Vec::new();
+        for s in &self.0 {
+            if keep == 0 {
+                break;
+            }
+            match s.kind {
+                SegmentKind::Sequence => {
+                    let take = keep.min(s.asns.len());
+                    out.push(AsSegment { kind: s.kind, asns: s.asns.iter().take(take).copied().collect() });
+                    keep -= take;
+                }
+                SegmentKind::Set => {
+                    out.push(s.clone());
+                    keep -= 1;
+                }
+                _ => out.push(s.clone()),
+            }
+        }
+        out.extend(as4.0.iter().cloned());
+        AsPath(out)
+    }
+
     fn decode(v: &[u8], four: bool) -> Option<AsPath> {
         let mut r = Reader::new(v);
         let mut segs = Vec::new();
@@ -409,6 +468,16 @@ impl Update {
         self.attrs.iter().map(|a| &a.value).find(|v| v.code() == code && !matches!(v, AttrValue::Malformed { .. }))
     }
 
+    /// The AS path to use: AS_PATH, merged with AS4_PATH on a session without 4-octet AS
+    /// numbers (RFC 6793 §4.2.3; AS4_PATH between two 4-octet speakers is ignored).
+    pub fn as_path(&self, caps: &SessionCaps) -> Option<AsPath> {
+        let Some(AttrValue::AsPath(p)) = self.attr(ATTR_AS_PATH) else { return None };
+        match self.attr(ATTR_AS4_PATH) {
+            Some(AttrValue::As4Path(p4)) if !caps.four_octet_as => Some(p.merge_as4(p4)),
+            _ => Some(p.clone()),
+        }
+    }
+
     pub fn mp_reach(&self) -> Option<&MpReach> {
         self.attrs.iter().find_map(|a| if let AttrValue::MpReach(m) = &a.value { Some(m) } else { None })
     }
@@ -545,6 +614,10 @@ impl Update {
                     }
                     None if flags & OPTIONAL == 0 => {
                         return Err(attr_notify(3, 2, flags, code, value, "unrecognised well-known attribute"));
+                    }
+                    // RFC 7606 §7.5: LOCAL_PREF from an external peer is discarded.
+                    _ if code == ATTR_LOCAL_PREF && !caps.ibgp => {
+                        keep("LOCAL_PREF from an external peer".to_string(), Remedy::Discard)
                     }
                     _ => match decode_attr(code, flags, value, caps)? {
                         Ok(v) => v,
