@@ -1,8 +1,9 @@
 //! The BGP finite state machine of RFC 4271 §8, one instance per TCP connection, with no
 //! sockets and no clock: the caller feeds [`Event`]s (a timer expired, TCP came up or failed,
 //! a message arrived) and carries out the [`Action`]s it returns (connect, send, start or stop
-//! a timer, drop the connection, report the session up or down). Optional RFC 4271 features
-//! not implemented: DelayOpen, IdleHold / peer oscillation damping, automatic stop.
+//! a timer, drop the connection, report the session up or down). Of RFC 4271's optional
+//! features, automatic start after a failure is implemented (the IdleHold timer, a fixed
+//! delay, no damping); DelayOpen and automatic stop are not.
 
 use std::net::Ipv4Addr;
 
@@ -28,6 +29,8 @@ pub enum Timer {
     ConnectRetry,
     Hold,
     Keepalive,
+    /// Delay before restarting after a failure (RFC 4271 §8.1.3 IdleHoldTimer).
+    IdleHold,
 }
 
 /// Who opened the TCP connection this FSM runs on (what collision detection compares).
@@ -52,6 +55,8 @@ pub enum Event {
     HoldTimerExpires,
     /// 11
     KeepaliveTimerExpires,
+    /// 13: the delay after a failure is over: start again (AutomaticStart, event 3).
+    IdleHoldTimerExpires,
     /// 16/17: the TCP connection is up (ours or the peer's, see [`Direction`]).
     TcpConnectionUp(Direction),
     /// 18
@@ -109,6 +114,9 @@ pub struct Config {
     pub connect_retry_time: u16,
     /// Wait for the peer to connect instead of connecting (RFC 4271 PassiveTcpEstablishment).
     pub passive: bool,
+    /// Restart this many seconds after the session failed (automatic start); `None`: stay
+    /// in Idle until the next `ManualStart`.
+    pub idle_hold_time: Option<u16>,
     /// Capabilities in our OPEN (4-octet AS is always added).
     pub capabilities: Vec<Capability>,
     /// Families the peer must offer, else NOTIFICATION 2/7 Unsupported Capability.
@@ -116,8 +124,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults of RFC 4271 §10: hold time 90 s, connect retry 120 s; IPv4 and IPv6 unicast,
-    /// route refresh.
+    /// Defaults of RFC 4271 §10: hold time 90 s, connect retry 120 s; restart 5 s after a
+    /// failure; IPv4 and IPv6 unicast, route refresh.
     pub fn new(local_as: u32, peer_as: u32, router_id: Ipv4Addr) -> Config {
         Config {
             local_as,
@@ -126,6 +134,7 @@ impl Config {
             hold_time: 90,
             connect_retry_time: 120,
             passive: false,
+            idle_hold_time: Some(5),
             capabilities: vec![
                 Capability::Multiprotocol { afi: 1, safi: 1 },
                 Capability::Multiprotocol { afi: 2, safi: 1 },
@@ -145,6 +154,8 @@ impl Config {
 pub struct Fsm {
     config: Config,
     state: State,
+    /// Between ManualStart and ManualStop: failures restart after the IdleHold delay.
+    started: bool,
     direction: Option<Direction>,
     connect_retry_counter: u32,
     peer_open: Option<Open>,
@@ -158,6 +169,7 @@ impl Fsm {
         Fsm {
             config,
             state: State::Idle,
+            started: false,
             direction: None,
             connect_retry_counter: 0,
             peer_open: None,
@@ -215,15 +227,13 @@ impl Fsm {
         use Event as E;
         use State as S;
         match (self.state, ev) {
-            (S::Idle, E::ManualStart) => {
-                self.connect_retry_counter = 0;
-                a.push(Action::StartTimer(Timer::ConnectRetry, self.config.connect_retry_time));
-                if self.config.passive {
-                    self.state = S::Active;
-                } else {
-                    a.push(Action::Connect);
-                    self.state = S::Connect;
-                }
+            (S::Idle, E::ManualStart) => self.start(&mut a),
+            (S::Idle, E::IdleHoldTimerExpires) if self.started && self.config.idle_hold_time.is_some() => {
+                self.start(&mut a)
+            }
+            (S::Idle, E::ManualStop) => {
+                self.started = false;
+                a.push(Action::StopTimer(Timer::IdleHold));
             }
             (S::Idle, _) => {}
 
@@ -231,10 +241,16 @@ impl Fsm {
                 if matches!(self.state, S::OpenSent | S::OpenConfirm | S::Established) {
                     a.push(Action::Send(Message::Notification(Notification::new(6, 2))));
                 }
+                self.started = false;
+                a.push(Action::StopTimer(Timer::IdleHold));
                 self.enter_idle(&mut a, DownReason::Stopped);
                 self.connect_retry_counter = 0;
             }
 
+            (S::Active, E::ConnectRetryTimerExpires) if self.config.passive => {
+                // A passive speaker keeps listening.
+                a.push(Action::StartTimer(Timer::ConnectRetry, self.config.connect_retry_time));
+            }
             (S::Connect | S::Active, E::ConnectRetryTimerExpires) => {
                 if self.state == S::Connect {
                     a.push(Action::DropConnection);
@@ -249,11 +265,6 @@ impl Fsm {
                 a.push(Action::Send(Message::Open(self.config.open())));
                 a.push(Action::StartTimer(Timer::Hold, OPEN_HOLD_TIME));
                 self.state = S::OpenSent;
-            }
-            (S::Connect, E::TcpConnectionFails) => {
-                a.push(Action::DropConnection);
-                a.push(Action::StartTimer(Timer::ConnectRetry, self.config.connect_retry_time));
-                self.state = S::Active;
             }
             (S::Connect | S::Active, _) => {
                 // Anything else (a message before any OPEN exchange, a failure in Active).
@@ -338,6 +349,19 @@ impl Fsm {
         a
     }
 
+    /// ManualStart (event 1) or AutomaticStart (event 3) in Idle.
+    fn start(&mut self, a: &mut Vec<Action>) {
+        self.started = true;
+        self.connect_retry_counter = 0;
+        a.push(Action::StartTimer(Timer::ConnectRetry, self.config.connect_retry_time));
+        if self.config.passive {
+            self.state = State::Active;
+        } else {
+            a.push(Action::Connect);
+            self.state = State::Connect;
+        }
+    }
+
     /// RFC 4271 §6.2 checks that need our configuration (the codec did the rest).
     fn check_open(&self, o: &Open) -> Result<(), Notify> {
         if o.asn() != self.config.peer_as {
@@ -385,6 +409,9 @@ impl Fsm {
             a.push(Action::StopTimer(Timer::Hold));
             a.push(Action::StopTimer(Timer::Keepalive));
             a.push(Action::DropConnection);
+        }
+        if let (true, Some(t)) = (self.started, self.config.idle_hold_time) {
+            a.push(Action::StartTimer(Timer::IdleHold, t));
         }
         a.push(if was == State::Established { Action::SessionDown(why) } else { Action::ConnectionFailed(why) });
         self.state = State::Idle;

@@ -36,4 +36,6 @@ fn fsm_numbers() {
     let c = Config::new(65000, 65001, [10, 0, 0, 1].into());
     assert!(page.contains(&format!("hold time {} s, connect retry {} s", c.hold_time, c.connect_retry_time)));
     assert!(page.contains(&format!("hold timer {OPEN_HOLD_TIME} s while waiting for the OPEN")));
+    let idle = c.idle_hold_time.expect("automatic start by default");
+    assert!(page.contains(&format!("default `Some({idle})`: the FSM restarts {idle} s after a failure")));
 }

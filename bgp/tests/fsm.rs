@@ -65,16 +65,52 @@ fn manual_start_connects_or_listens() {
 fn connect_retry_cycle() {
     let mut f = fsm();
     f.handle(Event::ManualStart);
-    let a = f.handle(Event::TcpConnectionFails);
-    assert_eq!(f.state(), State::Active);
-    assert!(a.contains(&Action::StartTimer(Timer::ConnectRetry, 5)));
-    let a = f.handle(Event::ConnectRetryTimerExpires);
-    assert_eq!(f.state(), State::Connect);
-    assert_eq!(a, vec![Action::StartTimer(Timer::ConnectRetry, 5), Action::Connect]);
     // In Connect, the timer expiring drops the attempt and tries again.
     let a = f.handle(Event::ConnectRetryTimerExpires);
-    assert_eq!(a.first(), Some(&Action::DropConnection));
-    assert!(a.contains(&Action::Connect));
+    assert_eq!(a, vec![Action::DropConnection, Action::StartTimer(Timer::ConnectRetry, 5), Action::Connect]);
+    assert_eq!(f.state(), State::Connect);
+    // RFC 4271 §8.2.2 Connect, event 18 without DelayOpen: to Idle; automatic start after
+    // the IdleHold delay.
+    let a = f.handle(Event::TcpConnectionFails);
+    assert_eq!(f.state(), State::Idle);
+    assert!(a.contains(&Action::StartTimer(Timer::IdleHold, 5)), "{a:?}");
+    assert_eq!(a.last(), Some(&Action::ConnectionFailed(DownReason::TcpFailed)));
+    assert_eq!(f.connect_retry_counter(), 1);
+    let a = f.handle(Event::IdleHoldTimerExpires);
+    assert_eq!(a, vec![Action::StartTimer(Timer::ConnectRetry, 5), Action::Connect]);
+    assert_eq!(f.state(), State::Connect);
+    // After ManualStop nothing restarts.
+    let a = f.handle(Event::ManualStop);
+    assert!(a.contains(&Action::StopTimer(Timer::IdleHold)));
+    assert!(!a.iter().any(|x| matches!(x, Action::StartTimer(..))), "{a:?}");
+    assert!(f.handle(Event::IdleHoldTimerExpires).is_empty());
+    assert_eq!(f.state(), State::Idle);
+    // Without automatic start, a failure leaves the FSM in Idle.
+    let mut m = Fsm::new(Config { idle_hold_time: None, ..fsm().config().clone() });
+    m.handle(Event::ManualStart);
+    let a = m.handle(Event::TcpConnectionFails);
+    assert!(!a.iter().any(|x| matches!(x, Action::StartTimer(..))), "{a:?}");
+    assert!(m.handle(Event::IdleHoldTimerExpires).is_empty());
+
+    // A passive speaker waits in Active; its connect retry timer does not make it connect;
+    // a failed accepted connection sends it to Idle.
+    let mut p = Fsm::new(Config { passive: true, ..fsm().config().clone() });
+    p.handle(Event::ManualStart);
+    assert_eq!(p.handle(Event::ConnectRetryTimerExpires), vec![Action::StartTimer(Timer::ConnectRetry, 5)]);
+    assert_eq!(p.state(), State::Active);
+    p.handle(Event::TcpConnectionFails);
+    assert_eq!(p.state(), State::Idle);
+    // An active speaker in Active (after OpenSent lost its connection) retries on the timer.
+    let mut f = fsm();
+    f.handle(Event::ManualStart);
+    f.handle(Event::TcpConnectionUp(Direction::Outgoing));
+    f.handle(Event::TcpConnectionFails);
+    assert_eq!(f.state(), State::Active);
+    assert_eq!(
+        f.handle(Event::ConnectRetryTimerExpires),
+        vec![Action::StartTimer(Timer::ConnectRetry, 5), Action::Connect]
+    );
+    assert_eq!(f.state(), State::Connect);
 }
 
 #[test]
