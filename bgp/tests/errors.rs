@@ -87,6 +87,12 @@ fn header_errors() {
     assert_eq!(frame_len(&long).expect_err("5000").subcode, 2);
     let n = reset(&msg(4, &[0]), &caps());
     assert_eq!((n.code, n.subcode), (1, 2), "a KEEPALIVE is exactly 19 octets");
+    // ROUTE-REFRESH: 1/2 for a plain request of the wrong length, 7/1 (RFC 7313) for a
+    // BoRR/EoRR demarcation, with the message as data.
+    assert_eq!(reset(&msg(5, &[0, 1, 0, 1, 9]), &caps()).subcode, 2);
+    let rr = msg(5, &[0, 1, 1, 1, 9]);
+    let n = reset(&rr, &caps());
+    assert_eq!((n.code, n.subcode, n.data), (7, 1, rr));
     let n = reset(&msg(9, &[]), &caps());
     assert_eq!((n.code, n.subcode, n.data), (1, 3, vec![9]));
     // Incomplete input is not an error: the caller reads more.

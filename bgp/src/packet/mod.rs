@@ -231,7 +231,8 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Notify> {
         _ => return Err(Notify::new(1, 3, [ty], format!("message header: unknown message type {ty}"))),
     };
     let n = usize::from(len);
-    let exact = matches!(ty, TYPE_KEEPALIVE | TYPE_ROUTE_REFRESH);
+    // ROUTE-REFRESH's exact length is checked in `decode_message`, where the subtype is known.
+    let exact = ty == TYPE_KEEPALIVE;
     if n < min || n > MAX_LEN || (exact && n != min) {
         return Err(Notify::new(
             1,
@@ -269,6 +270,15 @@ pub fn decode_message(frame: &[u8], caps: &SessionCaps) -> Result<Message, Notif
             Message::Notification(Notification { code, subcode, data: r.rest().to_vec() })
         }
         TYPE_KEEPALIVE => Message::Keepalive,
+        _ if n != 23 => {
+            // RFC 7313 §5: an enhanced route refresh demarcation (subtype 1 or 2) of the wrong
+            // length is 7/1 with the message as data; otherwise RFC 4271's 1/2.
+            return Err(if matches!(frame.get(21), Some(1 | 2)) {
+                Notify::new(7, 1, frame, format!("ROUTE-REFRESH: length {n}, expected 23"))
+            } else {
+                Notify::new(1, 2, (n as u16).to_be_bytes(), format!("ROUTE-REFRESH: length {n}, expected 23"))
+            });
+        }
         _ => {
             let (afi, subtype, safi) = (r.u16().unwrap_or(0), r.u8().unwrap_or(0), r.u8().unwrap_or(0));
             Message::RouteRefresh(RouteRefresh { afi, subtype, safi })
