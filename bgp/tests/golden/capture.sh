@@ -3,9 +3,20 @@
 # their own, joined by a veth to a namespace where recorder.py connects to them, sends an OPEN
 # and writes what the daemon sends. Run as root from anywhere:
 #   bash bgp/tests/golden/capture.sh [bird|gobgp|frr ...]
+# With --interop first, it records nothing: our own speaker (bgp/examples/speak.rs, the codec
+# and the FSM over a plain TCP socket) peers with each daemon instead, announces
+# 10.251.200.0/24 and fd00:bbbb::/48 with community 65000:200, and the script checks that the
+# daemon accepted both and that the speaker learned the daemon's three prefixes.
 # Needs: bird2 gobgpd frr python3 iproute2 (apt-get install bird2 gobgpd frr).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+mode=capture
+if [ "${1:-}" = --interop ]; then
+  mode=interop; shift
+  root=$(cd "$here/../../.." && pwd)
+  (cd "$root" && cargo build --release -p bgp --example speak >&2)
+  speak="${CARGO_TARGET_DIR:-$root/target}/release/examples/speak"
+fi
 daemons=${*:-bird gobgp frr}
 work=$(mktemp -d /tmp/bgp-golden.XXXXXX); chmod 755 "$work"
 DAEMON_AS=4200000001   # a 4-octet AS: the daemons' OPENs carry AS_TRANS
@@ -46,8 +57,38 @@ record() { # daemon index session args...
   ip netns exec "h5g-$d-r" python3 "$here/recorder.py" --out "$here/$d-$s" "$@"
 }
 
+poll() { # what-for command...: bounded wait (15 s) for a command to succeed
+  local what=$1; shift
+  for _ in $(seq 75); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "FAIL: $what" >&2; return 1
+}
+
+daemon_has() { # daemon index prefix text: the daemon's table shows the prefix with the text
+  local d=$1 i=$2 p=$3 t=$4 af=ipv4; case $p in *:*) af=ipv6 ;; esac
+  case $d in
+  bird) ip netns exec h5g-bird-d birdc -s "$work/bird.ctl" show route "$p" all | grep -q -- "$t" ;;
+  gobgp) ip netns exec h5g-gobgp-d gobgp -u 127.0.0.1 -p 50151 global rib -a $af "$p" | grep -q -- "$t" ;;
+  frr) ip netns exec h5g-frr-d vtysh -N h5g -c "show bgp $af unicast $p" 2>/dev/null | grep -q -- "$t" ;;
+  esac
+}
+
+interop() { # daemon index
+  local d=$1 i=$2
+  ip netns exec "h5g-$d-r" "$speak" "10.251.$i.2" $PEER_AS $DAEMON_AS "10.251.$i.1" "10.251.$i.1" \
+    "fd00:251:$i::1" 8 10.251.200.0/24 fd00:bbbb::/48 2> "$work/speak-$d.log" &
+  local pid=$! ok=1
+  case $d in bird) c4='(65000,200)' ;; *) c4='65000:200' ;; esac
+  poll "$d accepts 10.251.200.0/24 from our speaker" daemon_has "$d" "$i" 10.251.200.0/24 "$c4" || ok=0
+  poll "$d accepts fd00:bbbb::/48 from our speaker" daemon_has "$d" "$i" fd00:bbbb::/48 "$c4" || ok=0
+  wait "$pid" || ok=0
+  cat "$work/speak-$d.log" >&2
+  grep -q "learned 3 prefixes" "$work/speak-$d.log" || { echo "FAIL: $d: speaker did not learn 3 prefixes" >&2; ok=0; }
+  [ $ok = 1 ] && echo "interop $d: OK" || { echo "interop $d: FAILED"; return 1; }
+}
+
 sessions() { # daemon index: the four recordings every daemon gets
   local d=$1 i=$2
+  if [ $mode = interop ]; then interop "$d" "$i"; return; fi
   record "$d" "$i" ebgp-v4 --connect "10.251.$i.2" --asn $PEER_AS --router-id "10.251.$i.1"
   record "$d" "$i" ebgp-as2 --connect "10.251.$i.2" --asn $PEER_AS --router-id "10.251.$i.1" --no-as4
   # FRR 8.4 configured with extended-optional-parameters parses the peer's OPEN in that
@@ -184,4 +225,4 @@ CONF
   *) echo "unknown daemon $d" >&2; exit 2 ;;
   esac
 done
-ls -l "$here"/*.bin
+if [ $mode = capture ]; then ls -l "$here"/*.bin; fi
