@@ -21,6 +21,8 @@ PACKAGES=(
   # ceph-mgr (Pacific serves `df`, pool capacity, from the manager), librados/librbd headers for the bindings, rbd-nbd for the alternative mounter,
   # xfsprogs for XFS volumes
   ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev rbd-nbd xfsprogs
+  # bgp: the speaker's interop tests and golden captures peer with the daemons the industry runs
+  bird2 gobgpd frr
 )
 
 missing=()
@@ -38,7 +40,7 @@ if [[ "${WITH_FUZZ:-1}" == 1 ]] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "testbed: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked >&2
 fi
-for tool in ip nft ping ganesha.nfsd ceph-mon ceph-osd rbd rbd-nbd mkfs.xfs; do
+for tool in ip nft ping ganesha.nfsd ceph-mon ceph-osd rbd rbd-nbd mkfs.xfs bird gobgpd; do
   command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "testbed: reference CNI plugins missing" >&2; exit 1; }
