@@ -51,6 +51,12 @@ pub enum Error {
     Decode(#[from] Notify),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A RIB call named a peer that [`crate::rib::Rib::add_peer`] did not give.
+    #[error("rib: no peer {0}")]
+    UnknownPeer(u32),
+    /// A RIB call that needs an established session (receive, updates) on a peer without one.
+    #[error("rib: peer {0} has no established session")]
+    PeerNotUp(u32),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

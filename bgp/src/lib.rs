@@ -11,5 +11,6 @@
 mod error;
 pub mod fsm;
 pub mod packet;
+pub mod rib;
 
 pub use error::{EncodeError, Error, Notify, Result};
