@@ -75,7 +75,10 @@ fn as_set_counts_one() {
     ]);
     b.as_path = AsPath::sequence(&[65001, 65005, 65006]);
     let g = PeerFacts { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), ..f };
-    assert_eq!(compare(&Candidate { attrs: &a, peer: Some(f) }, &Candidate { attrs: &b, peer: Some(g) }), (Ordering::Less, Step::AsPathLength));
+    assert_eq!(
+        compare(&Candidate { attrs: &a, peer: Some(f) }, &Candidate { attrs: &b, peer: Some(g) }),
+        (Ordering::Less, Step::AsPathLength)
+    );
 }
 
 #[test]
@@ -128,7 +131,14 @@ fn loc_rib_follows_selection_with_one_change_per_new_best() {
     let c = announce(&mut r, e1, false, &["10.1.0.0/24"], nh(2), attrs(&[65001, 65100, 65101], vec![]));
     assert!(c.is_empty(), "{c:?}");
     // Higher LOCAL_PREF over iBGP beats the shorter path.
-    let c = announce(&mut r, i1, true, &["10.1.0.0/24"], nh(4), attrs(&[65003, 65004, 65005], vec![AttrValue::LocalPref(300)]));
+    let c = announce(
+        &mut r,
+        i1,
+        true,
+        &["10.1.0.0/24"],
+        nh(4),
+        attrs(&[65003, 65004, 65005], vec![AttrValue::LocalPref(300)]),
+    );
     assert_eq!(c[0].best.as_ref().and_then(|b| b.peer), Some(i1));
     assert_eq!(c[0].best.as_ref().map(|b| b.attrs.next_hop), Some(MpNextHop::Ipv4(nh(4))));
     // Withdrawals fall back in order, then the prefix is gone.

@@ -95,7 +95,14 @@ fn client_route_reaches_non_clients_with_reflection_attributes() {
 #[test]
 fn ebgp_export_prepends_sets_next_hop_self_and_strips_ibgp_attributes() {
     let mut l = lab();
-    announce(&mut l.r, l.c1, true, &[P], nh(11), attrs(&[65100], vec![AttrValue::Med(7), AttrValue::Communities(vec![0xfde8_0001])]));
+    announce(
+        &mut l.r,
+        l.c1,
+        true,
+        &[P],
+        nh(11),
+        attrs(&[65100], vec![AttrValue::Med(7), AttrValue::Communities(vec![0xfde8_0001])]),
+    );
     let ups = got(&mut l.r, l.e1);
     assert_eq!(announced(&ups), vec![pfx(P)]);
     let u = &ups[0];
@@ -138,7 +145,14 @@ fn loops_are_dropped_on_receipt() {
     announce(&mut l.r, c1, true, &[P], nh(11), attrs(&[], vec![]));
     assert_eq!(l.r.adj_rib_in(c1).len(), 1);
     // Our CLUSTER_ID in CLUSTER_LIST: the route is treated as withdrawn.
-    let c = announce(&mut l.r, c1, true, &[P], nh(11), attrs(&[], vec![AttrValue::ClusterList(vec![Ipv4Addr::new(10, 9, 9, 9), OUR_ID])]));
+    let c = announce(
+        &mut l.r,
+        c1,
+        true,
+        &[P],
+        nh(11),
+        attrs(&[], vec![AttrValue::ClusterList(vec![Ipv4Addr::new(10, 9, 9, 9), OUR_ID])]),
+    );
     assert!(l.r.adj_rib_in(c1).is_empty());
     assert_eq!(c.len(), 1);
     assert!(c[0].best.is_none());
@@ -146,7 +160,20 @@ fn loops_are_dropped_on_receipt() {
     announce(&mut l.r, c1, true, &[P], nh(11), attrs(&[], vec![AttrValue::OriginatorId(OUR_ID)]));
     assert!(l.r.adj_rib_in(c1).is_empty());
     // Another originator and cluster are fine.
-    announce(&mut l.r, c1, true, &[P], nh(11), attrs(&[], vec![AttrValue::OriginatorId(Ipv4Addr::new(10, 3, 3, 3)), AttrValue::ClusterList(vec![Ipv4Addr::new(10, 9, 9, 9)])]));
+    announce(
+        &mut l.r,
+        c1,
+        true,
+        &[P],
+        nh(11),
+        attrs(
+            &[],
+            vec![
+                AttrValue::OriginatorId(Ipv4Addr::new(10, 3, 3, 3)),
+                AttrValue::ClusterList(vec![Ipv4Addr::new(10, 9, 9, 9)]),
+            ],
+        ),
+    );
     assert_eq!(l.r.adj_rib_in(c1).len(), 1);
     // Our AS in the AS_PATH from an eBGP peer.
     announce(&mut l.r, e1, false, &["10.6.0.0/24"], nh(31), attrs(&[65031, OUR_AS, 65100], vec![]));
@@ -219,7 +246,7 @@ fn packing_10k_prefixes_under_4096_octets_round_trips() {
     back.sort();
     assert_eq!(back, want);
     let msgs = ups.len();
-    println!("10k IPv4 + 10k IPv6 prefixes in {msgs} UPDATEs (2 End-of-RIB)");
+    eprintln!("10k IPv4 + 10k IPv6 prefixes in {msgs} UPDATEs (2 End-of-RIB)");
     assert!(msgs < 200, "{msgs} UPDATEs: prefixes are not being packed");
     for (p, _) in v4.iter().chain(&v6) {
         r.withdraw_local(*p);
@@ -228,6 +255,6 @@ fn packing_10k_prefixes_under_4096_octets_round_trips() {
     let mut gone: Vec<Prefix> = ups.iter().flat_map(|u| u.withdrawn_all()).map(|n| n.prefix).collect();
     gone.sort();
     assert_eq!(gone, want.iter().map(|x| x.0).collect::<Vec<_>>());
-    println!("withdrawing 20k prefixes: {} UPDATEs", ups.len());
+    eprintln!("withdrawing 20k prefixes: {} UPDATEs", ups.len());
     assert_eq!(r.attr_sets(), 0, "unused attribute sets are freed");
 }

@@ -63,7 +63,8 @@ fn restart_timer_expiry_drops_all_stale_routes() {
     let e = gr_peer(&mut r, 2, 65002);
     announce(&mut r, e, false, &[A, B], nh(), attrs(&[65002], vec![]));
     assert_eq!(r.peer_down(e, true).expect("down").restart_timer, Some(120));
-    let mut gone: Vec<_> = r.restart_timer_expired(e).expect("expire").into_iter().map(|c| (c.prefix, c.best.is_none())).collect();
+    let mut gone: Vec<_> =
+        r.restart_timer_expired(e).expect("expire").into_iter().map(|c| (c.prefix, c.best.is_none())).collect();
     gone.sort();
     assert_eq!(gone, vec![(pfx(A), true), (pfx(B), true)]);
     assert!(r.loc_rib().is_empty());
@@ -105,8 +106,20 @@ fn stale_routes_of_a_family_no_longer_preserved_go_on_reconnect() {
 #[test]
 fn restarting_speaker_defers_selection_until_every_end_of_rib() {
     let mut r = rib(false);
-    let e1 = r.add_peer(PeerConfig { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), asn: 65002, rr_client: false, local_v4: Some(OUR_ID), local_v6: None });
-    let e2 = r.add_peer(PeerConfig { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)), asn: 65003, rr_client: false, local_v4: Some(OUR_ID), local_v6: None });
+    let e1 = r.add_peer(PeerConfig {
+        addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        asn: 65002,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
+    let e2 = r.add_peer(PeerConfig {
+        addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
+        asn: 65003,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
     r.defer_selection();
     assert!(r.deferring());
     r.originate(pfx("10.7.0.0/26"), PathAttrs::local(MpNextHop::Ipv4(Ipv4Addr::UNSPECIFIED)));
@@ -137,8 +150,20 @@ fn restarting_speaker_defers_selection_until_every_end_of_rib() {
 #[test]
 fn selection_deferral_timer_selects_without_the_missing_end_of_rib() {
     let mut r = rib(false);
-    let e1 = r.add_peer(PeerConfig { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), asn: 65002, rr_client: false, local_v4: Some(OUR_ID), local_v6: None });
-    r.add_peer(PeerConfig { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)), asn: 65003, rr_client: false, local_v4: Some(OUR_ID), local_v6: None });
+    let e1 = r.add_peer(PeerConfig {
+        addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        asn: 65002,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
+    r.add_peer(PeerConfig {
+        addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
+        asn: 65003,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
     r.defer_selection();
     r.peer_up(e1, gr_caps(false, 120), router_id(2)).expect("up");
     announce(&mut r, e1, false, &[A], nh(), attrs(&[65002], vec![]));
@@ -150,7 +175,9 @@ fn selection_deferral_timer_selects_without_the_missing_end_of_rib() {
 
 #[test]
 fn our_capability_carries_the_restart_and_forwarding_bits() {
-    let Capability::GracefulRestart(g) = graceful_restart_capability(true, 120, &[Family::Ipv4Unicast, Family::Ipv6Unicast], true) else {
+    let Capability::GracefulRestart(g) =
+        graceful_restart_capability(true, 120, &[Family::Ipv4Unicast, Family::Ipv6Unicast], true)
+    else {
         panic!()
     };
     assert!(g.restarting());

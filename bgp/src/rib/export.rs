@@ -104,7 +104,12 @@ fn wire_attrs(a: &PathAttrs, family: Family, caps: &SessionCaps) -> Vec<Attr> {
     if !a.cluster_list.is_empty() {
         v.push(Attr::new(AttrValue::ClusterList(a.cluster_list.clone())));
     }
-    v.extend(a.other.iter().filter(|x| caps.four_octet_as || !matches!(x.value, AttrValue::Aggregator { asn, .. } if asn > 0xffff)).cloned());
+    v.extend(
+        a.other
+            .iter()
+            .filter(|x| caps.four_octet_as || !matches!(x.value, AttrValue::Aggregator { asn, .. } if asn > 0xffff))
+            .cloned(),
+    );
     v.sort_by_key(|x| x.value.code());
     v
 }

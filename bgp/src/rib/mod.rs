@@ -313,11 +313,8 @@ impl Rib {
         if !gr_capable {
             changes.extend(self.deferral_done(id));
         }
-        let bests: Vec<(Prefix, Path)> = self
-            .loc
-            .iter()
-            .filter_map(|(n, d)| Some((prefix(n)?, d.paths.get(d.best?)?.clone())))
-            .collect();
+        let bests: Vec<(Prefix, Path)> =
+            self.loc.iter().filter_map(|(n, d)| Some((prefix(n)?, d.paths.get(d.best?)?.clone()))).collect();
         for (pfx, path) in bests {
             self.export_to(id, pfx, Some(&path));
         }
@@ -337,11 +334,8 @@ impl Rib {
         p.pending.clear();
         p.eor_due.clear();
         let gr = s.caps.peer_graceful_restart.clone().filter(|_| graceful);
-        let keep: Vec<Family> = gr
-            .iter()
-            .flat_map(|g| g.families.iter())
-            .filter_map(|f| family_of(f.afi, f.safi))
-            .collect();
+        let keep: Vec<Family> =
+            gr.iter().flat_map(|g| g.families.iter()).filter_map(|f| family_of(f.afi, f.safi)).collect();
         p.stale = keep.clone();
         p.last_caps = Some(s.caps);
         let mut changes = self.drop_paths(id, |pfx, _| !keep.contains(&pfx.family()));

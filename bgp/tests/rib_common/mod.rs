@@ -77,7 +77,14 @@ pub fn attrs(path: &[u32], extra: Vec<AttrValue>) -> Vec<AttrValue> {
 }
 
 /// Peer `id` announces IPv4 `prefixes` with next hop `nh` and `a`.
-pub fn announce(r: &mut Rib, id: PeerId, ibgp: bool, prefixes: &[&str], nh: Ipv4Addr, a: Vec<AttrValue>) -> Vec<Change> {
+pub fn announce(
+    r: &mut Rib,
+    id: PeerId,
+    ibgp: bool,
+    prefixes: &[&str],
+    nh: Ipv4Addr,
+    a: Vec<AttrValue>,
+) -> Vec<Change> {
     let mut a = a;
     a.push(AttrValue::NextHop(nh));
     if ibgp && !a.iter().any(|x| matches!(x, AttrValue::LocalPref(_))) {
@@ -88,7 +95,14 @@ pub fn announce(r: &mut Rib, id: PeerId, ibgp: bool, prefixes: &[&str], nh: Ipv4
 }
 
 /// Peer `id` announces IPv6 `prefixes` (MP_REACH_NLRI) with next hop `nh`.
-pub fn announce6(r: &mut Rib, id: PeerId, ibgp: bool, prefixes: &[&str], nh: Ipv6Addr, a: Vec<AttrValue>) -> Vec<Change> {
+pub fn announce6(
+    r: &mut Rib,
+    id: PeerId,
+    ibgp: bool,
+    prefixes: &[&str],
+    nh: Ipv6Addr,
+    a: Vec<AttrValue>,
+) -> Vec<Change> {
     let mut a = a;
     a.push(AttrValue::MpReach(MpReach {
         family: Family::Ipv6Unicast,
