@@ -258,3 +258,19 @@ fn packing_10k_prefixes_under_4096_octets_round_trips() {
     eprintln!("withdrawing 20k prefixes: {} UPDATEs", ups.len());
     assert_eq!(r.attr_sets(), 0, "unused attribute sets are freed");
 }
+
+#[test]
+fn import_policy_rewrites_or_refuses_routes() {
+    let mut r = rib(false);
+    let e1 = peer(&mut r, 2, 65002, false);
+    // Only 10.0.0.0/8 from external peers, with LOCAL_PREF 50.
+    r.set_import_policy(Box::new(|from, p, a| {
+        a.local_pref = Some(50);
+        from.asn == OUR_AS || p.to_string().starts_with("10.")
+    }));
+    announce(&mut r, e1, false, &["10.4.0.0/24", "172.16.0.0/24"], nh(2), attrs(&[65002], vec![]));
+    let rib_in = r.adj_rib_in(e1);
+    assert_eq!(rib_in.len(), 1);
+    assert_eq!((rib_in[0].0, rib_in[0].1.local_pref), (pfx("10.4.0.0/24"), Some(50)));
+    assert!(r.best(pfx("172.16.0.0/24")).is_none());
+}

@@ -8,6 +8,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bgp::packet::{AttrValue, Nlri, Prefix, Update};
@@ -41,8 +42,12 @@ static A: Counting = Counting;
 
 const N: u32 = 100_000;
 
+/// The allocation counter is global: one measurement at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn insert_100k_prefixes_from_one_peer() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut r = rib(false);
     let e = peer(&mut r, 2, 65002, false);
     let _ = r.updates(e);
@@ -102,4 +107,43 @@ fn insert_100k_prefixes_from_one_peer() {
     assert_eq!(d.changes.len(), N as usize);
     eprintln!("RIB: peer down withdrawing {N} routes: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     assert_eq!(r.attr_sets(), 0);
+}
+
+/// The other extreme: every route its own attribute set (MED = i). Interning must stay cheap
+/// (no quadratic collection) and withdrawing frees the sets.
+#[test]
+fn insert_100k_prefixes_with_distinct_attribute_sets() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = rib(false);
+    let e = peer(&mut r, 2, 65002, false);
+    let c = caps(false);
+    let ups: Vec<Update> = (0..N)
+        .map(|i| {
+            let p = Nlri::from(Prefix::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)).into(), 24).expect("prefix"));
+            let extra = vec![AttrValue::NextHop(Ipv4Addr::new(192, 0, 2, 2)), AttrValue::Med(i)];
+            wire(Update::new(attrs(&[65002, 65100], extra), vec![p]), &c)
+        })
+        .collect();
+    let before = LIVE.load(Ordering::Relaxed);
+    let t = Instant::now();
+    for u in &ups {
+        r.receive(e, u).expect("receive");
+    }
+    let dt = t.elapsed();
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    assert_eq!(r.attr_sets(), N as usize);
+    eprintln!(
+        "RIB: {N} prefixes, one attribute set each: {:.0} ms ({:.2} µs/route), {} bytes/route",
+        dt.as_secs_f64() * 1e3,
+        dt.as_secs_f64() * 1e6 / f64::from(N),
+        bytes / N as isize
+    );
+    let w: Vec<Update> = ups.iter().map(|u| Update { withdrawn: u.nlri.clone(), ..Update::default() }).collect();
+    let t = Instant::now();
+    for u in &w {
+        r.receive(e, u).expect("withdraw");
+    }
+    eprintln!("RIB: {N} withdrawals, one UPDATE each: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    assert_eq!(r.attr_sets(), 0);
+    assert!(r.loc_rib().is_empty());
 }

@@ -86,6 +86,9 @@ impl PathAttrs {
 #[derive(Debug, Default)]
 pub struct AttrPool {
     sets: HashSet<Arc<PathAttrs>>,
+    /// How many sets the last collection left: the next one runs when the pool has doubled,
+    /// so that freeing costs O(1) amortised per interned set.
+    after_collect: usize,
 }
 
 impl AttrPool {
@@ -101,14 +104,22 @@ impl AttrPool {
     /// Forgets the sets no route holds any more (the pool's own reference is the last).
     pub fn collect(&mut self) {
         self.sets.retain(|a| Arc::strong_count(a) > 1);
+        self.after_collect = self.sets.len();
     }
 
-    /// How many distinct attribute sets are held.
+    /// [`AttrPool::collect`] once the pool has doubled since the last collection.
+    pub fn maybe_collect(&mut self) {
+        if self.sets.len() > 2 * self.after_collect + 64 {
+            self.collect();
+        }
+    }
+
+    /// How many distinct attribute sets routes hold.
     pub fn len(&self) -> usize {
-        self.sets.len()
+        self.sets.iter().filter(|a| Arc::strong_count(a) > 1).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sets.is_empty()
+        self.len() == 0
     }
 }

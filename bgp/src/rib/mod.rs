@@ -78,6 +78,11 @@ pub struct ExportRoute<'a> {
 /// rules (which may still refuse, e.g. iBGP to iBGP).
 pub type ExportPolicy = Box<dyn Fn(&PeerConfig, &ExportRoute<'_>) -> bool + Send + Sync>;
 
+/// The import policy hook, run on every route a peer announces after the RFC 7606 and loop
+/// checks: it may change the attributes (e.g. LOCAL_PREF) or refuse the route (`false`: the
+/// route is treated as withdrawn). The Adj-RIB-In holds what it lets through.
+pub type ImportPolicy = Box<dyn Fn(&PeerConfig, Prefix, &mut PathAttrs) -> bool + Send + Sync>;
+
 /// What a peer going down did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerDown {
@@ -138,6 +143,7 @@ pub struct Rib {
     loc: JointPrefixMap<IpNet, Dest>,
     pool: AttrPool,
     policy: Option<ExportPolicy>,
+    import: Option<ImportPolicy>,
     /// Restarting speaker (RFC 4724 §4.1): peers whose End-of-RIB we still wait for before
     /// selecting best paths.
     deferring: Option<HashSet<PeerId>>,
@@ -183,6 +189,7 @@ impl Rib {
             loc: JointPrefixMap::new(),
             pool: AttrPool::default(),
             policy: None,
+            import: None,
             deferring: None,
         }
     }
@@ -195,6 +202,11 @@ impl Rib {
     /// node's blocks).
     pub fn set_export_policy(&mut self, policy: ExportPolicy) {
         self.policy = Some(policy);
+    }
+
+    /// Sets the import policy hook.
+    pub fn set_import_policy(&mut self, policy: ImportPolicy) {
+        self.import = Some(policy);
     }
 
     pub fn add_peer(&mut self, cfg: PeerConfig) -> PeerId {
@@ -318,7 +330,7 @@ impl Rib {
         for (pfx, path) in bests {
             self.export_to(id, pfx, Some(&path));
         }
-        self.pool.collect();
+        self.pool.maybe_collect();
         Ok(changes)
     }
 
@@ -351,7 +363,7 @@ impl Rib {
         let p = self.peer_mut(id)?;
         p.stale.clear();
         let changes = self.drop_paths(id, |_, path| path.stale);
-        self.pool.collect();
+        self.pool.maybe_collect();
         Ok(changes)
     }
 
@@ -369,7 +381,7 @@ impl Rib {
         if all {
             changes.extend(self.deferral_done(id));
         }
-        self.pool.collect();
+        self.pool.maybe_collect();
         Ok(changes)
     }
 
@@ -384,7 +396,7 @@ impl Rib {
     /// Withdraws a locally originated route.
     pub fn withdraw_local(&mut self, pfx: Prefix) -> Vec<Change> {
         let c = self.set_path(pfx, None, None).into_iter().collect();
-        self.pool.collect();
+        self.pool.maybe_collect();
         c
     }
 
@@ -402,9 +414,18 @@ impl Rib {
             changes.extend(self.set_path(n.prefix, Some(id), None));
         }
         let announce = |nlri: &[crate::packet::Nlri], nh: MpNextHop, this: &mut Rib, changes: &mut Vec<Change>| {
-            let attrs = PathAttrs::from_update(u, &caps, nh).filter(|a| !this.looped(a)).map(|a| this.pool.intern(a));
+            let attrs = PathAttrs::from_update(u, &caps, nh).filter(|a| !this.looped(a));
+            let shared = attrs.clone().map(|a| this.pool.intern(a));
             for n in nlri {
-                changes.extend(this.set_path(n.prefix, Some(id), attrs.clone()));
+                let a = match (&this.import, &attrs) {
+                    (Some(policy), Some(a)) => {
+                        let mut a = a.clone();
+                        let cfg = this.peers.get(&id).map(|p| &p.cfg);
+                        cfg.is_some_and(|c| policy(c, n.prefix, &mut a)).then(|| this.pool.intern(a))
+                    }
+                    _ => shared.clone(),
+                };
+                changes.extend(this.set_path(n.prefix, Some(id), a));
             }
         };
         let announced = u.announced();
@@ -427,7 +448,7 @@ impl Rib {
                 announce(&m.nlri, m.next_hop, self, &mut changes);
             }
         }
-        self.pool.collect();
+        self.pool.maybe_collect();
         Ok(changes)
     }
 
