@@ -274,3 +274,22 @@ fn import_policy_rewrites_or_refuses_routes() {
     assert_eq!((rib_in[0].0, rib_in[0].1.local_pref), (pfx("10.4.0.0/24"), Some(50)));
     assert!(r.best(pfx("172.16.0.0/24")).is_none());
 }
+
+/// RFC 7606 §7.3 and RFC 4271 §6.3 checks that need the session: treat-as-withdraw.
+#[test]
+fn semantic_checks_on_receipt() {
+    let mut r = rib(false);
+    let e1 = peer(&mut r, 2, 65002, false);
+    let ok = |r: &Rib| r.best(pfx(P)).is_some();
+    announce(&mut r, e1, false, &[P], nh(2), attrs(&[65002], vec![]));
+    assert!(ok(&r));
+    // AS_PATH not starting with the peer's AS: the earlier route is withdrawn too.
+    announce(&mut r, e1, false, &[P], nh(2), attrs(&[65099, 65002], vec![]));
+    assert!(!ok(&r), "first AS must be the eBGP peer's");
+    for bad in [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::UNSPECIFIED, Ipv4Addr::LOCALHOST, Ipv4Addr::new(224, 0, 0, 5)] {
+        announce(&mut r, e1, false, &[P], nh(2), attrs(&[65002], vec![]));
+        assert!(ok(&r));
+        announce(&mut r, e1, false, &[P], bad, attrs(&[65002], vec![]));
+        assert!(!ok(&r), "next hop {bad}");
+    }
+}

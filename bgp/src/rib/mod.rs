@@ -414,7 +414,7 @@ impl Rib {
             changes.extend(self.set_path(n.prefix, Some(id), None));
         }
         let announce = |nlri: &[crate::packet::Nlri], nh: MpNextHop, this: &mut Rib, changes: &mut Vec<Change>| {
-            let attrs = PathAttrs::from_update(u, &caps, nh).filter(|a| !this.looped(a));
+            let attrs = PathAttrs::from_update(u, &caps, nh).filter(|a| !this.looped(a) && this.sane(id, a));
             let shared = attrs.clone().map(|a| this.pool.intern(a));
             for n in nlri {
                 let a = match (&this.import, &attrs) {
@@ -450,6 +450,22 @@ impl Rib {
         }
         self.pool.maybe_collect();
         Ok(changes)
+    }
+
+    /// RFC 7606's semantic checks, which need the session: an eBGP AS_PATH must start with
+    /// the peer's AS (RFC 4271 §6.3), and the next hop must be neither ours on this session
+    /// nor a martian (unspecified, loopback, multicast); otherwise treat-as-withdraw.
+    fn sane(&self, id: PeerId, a: &PathAttrs) -> bool {
+        let Some(p) = self.peers.get(&id) else { return false };
+        if self.is_ebgp(&p.cfg) && a.neighbour_as() != Some(p.cfg.asn) {
+            return false;
+        }
+        let nh = a.next_hop.addr();
+        let ours = match nh {
+            IpAddr::V4(x) => p.cfg.local_v4 == Some(x),
+            IpAddr::V6(x) => p.cfg.local_v6 == Some(x),
+        };
+        !(ours || nh.is_unspecified() || nh.is_loopback() || nh.is_multicast())
     }
 
     fn looped(&self, a: &PathAttrs) -> bool {
