@@ -3,6 +3,7 @@
 
 use bgp::fsm::{Config, OPEN_HOLD_TIME};
 use bgp::packet::notification_name;
+use bgp::rib::{Step, DEFAULT_LOCAL_PREF};
 
 #[test]
 fn error_table_names_registered_notifications() {
@@ -38,4 +39,15 @@ fn fsm_numbers() {
     assert!(page.contains(&format!("hold timer {OPEN_HOLD_TIME} s while waiting for the OPEN")));
     let idle = c.idle_hold_time.expect("automatic start by default");
     assert!(page.contains(&format!("default `Some({idle})`: the FSM restarts {idle} s after a failure")));
+}
+
+#[test]
+fn best_path_table_is_the_code_order() {
+    let t = docs_check::table_under("docs/bgp.md", "Best path");
+    let documented: Vec<String> =
+        t.rows.iter().filter_map(|r| r.first()).map(|c| c.text.trim_matches('`').to_string()).collect();
+    let code: Vec<String> = Step::ORDER.iter().map(|s| format!("{s:?}")).collect();
+    assert_eq!(documented, code);
+    let page = docs_check::read("docs/bgp.md");
+    assert!(page.contains(&format!("highest LOCAL_PREF (none: {DEFAULT_LOCAL_PREF})")));
 }

@@ -11,16 +11,10 @@ use bgp::packet::{AsPath, AsSegment, AttrValue, MpNextHop, Origin, SegmentKind};
 use bgp::rib::{compare, Candidate, PathAttrs, PeerFacts, Step};
 use common::*;
 
-const STEPS: [Step; 8] = [
-    Step::LocalPref,
-    Step::AsPathLength,
-    Step::Origin,
-    Step::Med,
-    Step::EbgpOverIbgp,
-    Step::RouterId,
-    Step::ClusterListLength,
-    Step::PeerAddress,
-];
+/// The steps between two learned routes (`Local` is tested on its own).
+fn steps() -> &'static [Step] {
+    &Step::ORDER[1..]
+}
 
 /// A route whose value at each step is the better one (`true`) or the worse one.
 fn route(good: impl Fn(Step) -> bool) -> (PathAttrs, PeerFacts) {
@@ -43,10 +37,12 @@ fn route(good: impl Fn(Step) -> bool) -> (PathAttrs, PeerFacts) {
 
 #[test]
 fn each_step_decides_alone() {
-    for (k, step) in STEPS.iter().enumerate() {
+    assert_eq!(Step::ORDER[0], Step::Local);
+    let steps = steps();
+    for (k, step) in steps.iter().enumerate() {
         // Equal (good) before step k, the winner better at k and worse at every later step.
-        let (wa, wf) = route(|s| STEPS.iter().position(|x| *x == s).is_some_and(|i| i <= k));
-        let (la, lf) = route(|s| STEPS.iter().position(|x| *x == s).is_some_and(|i| i != k));
+        let (wa, wf) = route(|s| steps.iter().position(|x| *x == s).is_some_and(|i| i <= k));
+        let (la, lf) = route(|s| steps.iter().position(|x| *x == s).is_some_and(|i| i != k));
         let w = Candidate { attrs: &wa, peer: Some(wf) };
         let l = Candidate { attrs: &la, peer: Some(lf) };
         assert_eq!(compare(&w, &l), (Ordering::Less, *step), "winner first, step {step:?}");

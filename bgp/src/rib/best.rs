@@ -32,6 +32,21 @@ pub enum Step {
     Equal,
 }
 
+impl Step {
+    /// Every deciding step, in order (docs/bgp.md's table is held to it).
+    pub const ORDER: [Step; 9] = [
+        Step::Local,
+        Step::LocalPref,
+        Step::AsPathLength,
+        Step::Origin,
+        Step::Med,
+        Step::EbgpOverIbgp,
+        Step::RouterId,
+        Step::ClusterListLength,
+        Step::PeerAddress,
+    ];
+}
+
 /// LOCAL_PREF assumed for a route without one (eBGP-learned or local), as BIRD and FRR do.
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
