@@ -293,3 +293,28 @@ fn semantic_checks_on_receipt() {
         assert!(!ok(&r), "next hop {bad}");
     }
 }
+
+/// A peer without the 4-octet AS capability gets AS_TRANS in AS_PATH and the real path in
+/// AS4_PATH (RFC 6793 §4.2.2), which its side merges back.
+#[test]
+fn two_octet_session_gets_as4_path() {
+    let mut r = rib(false);
+    let e1 = peer(&mut r, 2, 65002, false);
+    let old = r.add_peer(bgp::rib::PeerConfig {
+        addr: "10.0.0.3".parse().expect("addr"),
+        asn: 65003,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
+    let two = bgp::packet::SessionCaps { four_octet_as: false, families: vec![Family::Ipv4Unicast], ..caps(false) };
+    r.peer_up(old, two.clone(), router_id(3)).expect("up");
+    let _ = r.updates(old);
+    announce(&mut r, e1, false, &[P], nh(2), attrs(&[65002, 4_200_000_000], vec![]));
+    let ups = r.updates(old).expect("updates");
+    let u = ups.into_iter().find(|u| !u.nlri.is_empty()).expect("an announcement");
+    let b = bgp::packet::Message::Update(u).to_bytes(&two).expect("encode on a 2-octet session");
+    let Ok(bgp::packet::Message::Update(u)) = bgp::packet::decode_message(&b, &two) else { panic!() };
+    assert_eq!(u.attr(2), Some(&AttrValue::AsPath(AsPath::sequence(&[OUR_AS, 65002, 23456]))));
+    assert_eq!(u.as_path(&two), Some(AsPath::sequence(&[OUR_AS, 65002, 4_200_000_000])));
+}

@@ -232,8 +232,9 @@ impl Rib {
     /// Forgets a peer and every route it gave (no graceful restart).
     pub fn remove_peer(&mut self, id: PeerId) -> Result<Vec<Change>> {
         self.peer(id)?;
-        let changes = self.drop_paths(id, |_, _| true);
+        let mut changes = self.drop_paths(id, |_, _| true);
         self.peers.remove(&id);
+        changes.extend(self.deferral_done(id));
         self.pool.collect();
         Ok(changes)
     }
