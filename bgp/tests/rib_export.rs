@@ -318,3 +318,50 @@ fn two_octet_session_gets_as4_path() {
     assert_eq!(u.attr(2), Some(&AttrValue::AsPath(AsPath::sequence(&[OUR_AS, 65002, 23456]))));
     assert_eq!(u.as_path(&two), Some(AsPath::sequence(&[OUR_AS, 65002, 4_200_000_000])));
 }
+
+/// ROUTE-REFRESH: the whole Adj-RIB-Out of the family again; the other family not.
+#[test]
+fn route_refresh_resends_the_family() {
+    let mut r = rib(false);
+    let e1 = peer(&mut r, 2, 65002, false);
+    let e2 = peer(&mut r, 3, 65003, false);
+    drain(&mut r, &[e1, e2]);
+    announce(&mut r, e1, false, &[P, "10.9.1.0/24"], nh(2), attrs(&[65002], vec![]));
+    announce6(&mut r, e1, false, &["fd00:9::/64"], "fd00::2".parse().expect("v6"), attrs(&[65002], vec![]));
+    assert_eq!(announced(&got(&mut r, e2)).len(), 3);
+    assert!(got(&mut r, e2).is_empty());
+    r.refresh(e2, Family::Ipv4Unicast).expect("refresh");
+    assert_eq!(announced(&got(&mut r, e2)), vec![pfx(P), pfx("10.9.1.0/24")]);
+}
+
+/// An IPv4 route learned with an IPv6 next hop (RFC 8950) goes over iBGP only to peers that
+/// negotiated the extended next hop.
+#[test]
+fn ipv6_next_hop_for_ipv4_only_where_negotiated() {
+    let mut r = rib(false);
+    let e1 = peer(&mut r, 2, 65002, false);
+    let i1 = peer(&mut r, 3, OUR_AS, false);
+    let i2 = r.add_peer(bgp::rib::PeerConfig {
+        addr: "10.0.0.4".parse().expect("addr"),
+        asn: OUR_AS,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
+    let mut ext = caps(true);
+    ext.extended_next_hop = vec![(Family::Ipv4Unicast, bgp::packet::AFI_IPV6)];
+    r.peer_up(i2, ext, router_id(4)).expect("up");
+    drain(&mut r, &[e1, i1, i2]);
+    let mut a = attrs(&[65002], vec![]);
+    a.push(AttrValue::MpReach(bgp::packet::MpReach {
+        family: Family::Ipv4Unicast,
+        next_hop: MpNextHop::Ipv6 { global: "fd00::2".parse().expect("v6"), link_local: None },
+        nlri: vec![pfx(P).into()],
+    }));
+    r.receive(e1, &wire(Update::new(a, vec![]), &caps(false))).expect("receive");
+    assert!(r.best(pfx(P)).is_some());
+    assert!(got(&mut r, i1).is_empty(), "i1 did not negotiate extended next hop");
+    let ups = got(&mut r, i2);
+    assert_eq!(announced(&ups), vec![pfx(P)]);
+    assert_eq!(ups[0].mp_reach().map(|m| m.next_hop.addr()), Some("fd00::2".parse().expect("v6")));
+}

@@ -514,6 +514,25 @@ impl Rib {
         Ok(self.peer(id)?.out.iter().filter_map(|(n, a)| Some((prefix(n)?, a.clone()))).collect())
     }
 
+    /// The peer asked for a ROUTE-REFRESH (RFC 2918) of a family: its whole Adj-RIB-Out of
+    /// that family is sent again by the next [`Rib::updates`].
+    pub fn refresh(&mut self, id: PeerId, family: Family) -> Result<()> {
+        let p = self.peer_mut(id)?;
+        if p.session.is_none() {
+            return Err(Error::PeerNotUp(id));
+        }
+        let all: Vec<(Prefix, Arc<PathAttrs>)> = p
+            .out
+            .iter()
+            .filter_map(|(n, a)| Some((prefix(n)?, a.clone())))
+            .filter(|(k, _)| k.family() == family)
+            .collect();
+        for (k, a) in all {
+            p.pending.insert(k, Some(a));
+        }
+        Ok(())
+    }
+
     /// Drains the Adj-RIB-Out changes of a peer as UPDATE messages of at most 4096 octets,
     /// with End-of-RIB after the initial dump.
     pub fn updates(&mut self, id: PeerId) -> Result<Vec<Update>> {
@@ -651,7 +670,16 @@ impl Rib {
                 return None;
             }
         }
-        export::transform(&self.cfg, &t.cfg, pfx, &path.attrs, from.map(|f| (&f.cfg, f.router_id)))
+        let a = export::transform(&self.cfg, &t.cfg, pfx, &path.attrs, from.map(|f| (&f.cfg, f.router_id)))?;
+        // An IPv4 route with an IPv6 next hop only where RFC 8950 was negotiated.
+        let ext_nh_ok = match (pfx.family(), a.next_hop) {
+            (Family::Ipv4Unicast, MpNextHop::Ipv6 { .. }) => {
+                session.caps.extended_next_hop.contains(&(Family::Ipv4Unicast, crate::packet::AFI_IPV6))
+            }
+            (Family::Ipv6Unicast, MpNextHop::Ipv4(_)) => false,
+            _ => true,
+        };
+        ext_nh_ok.then_some(a)
     }
 
     /// Removes the paths of peer `id` that `which` selects, reselecting their prefixes.
