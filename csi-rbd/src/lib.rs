@@ -12,6 +12,9 @@
 //! - [`controller`]: the Controller service.
 
 pub mod config;
+pub mod connection;
+pub mod controller;
+pub mod journal;
 pub mod params;
 pub mod volume_id;
 
@@ -51,4 +54,26 @@ impl Default for Config {
             hard_max_clone_depth: 8,
         }
     }
+}
+
+/// Registers csi-rbd's own metrics, read at scrape time: the controller's
+/// cluster connections. The per-call metrics come from csi-core's server
+/// runner.
+pub fn register_metrics(registry: &mut prom_endpoint::Registry, controller: &controller::ControllerService) {
+    use prom_endpoint::{FnCounter, FnGauge};
+    let c = controller.connections();
+    FnGauge::register(registry, "csi_rbd_connections_cached", "Cluster connections the controller keeps open", {
+        let c = c.clone();
+        move || c.cached() as i64
+    });
+    FnCounter::register(registry, "csi_rbd_connects", "Cluster connections made by the controller", {
+        let c = c.clone();
+        move || c.counters().0
+    });
+    FnCounter::register(
+        registry,
+        "csi_rbd_connection_reuses",
+        "Calls served on a cached cluster connection",
+        move || c.counters().1,
+    );
 }
