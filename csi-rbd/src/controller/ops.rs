@@ -195,7 +195,9 @@ pub fn create_volume(
         )));
     }
     let size = pick_size(&cap, src_size)?;
-    let attrs = [(CONTENT_SOURCE_KEY, source_key)];
+    // The journal stores no empty values: no source, no key (read back as "").
+    let attrs: Vec<(&str, &str)> =
+        if source_key.is_empty() { Vec::new() } else { vec![(CONTENT_SOURCE_KEY, source_key)] };
     let entry = match journal::lookup(rbd, &p.pool, VOLUMES, name, &p.volume_prefix, &attrs).map_err(ceph_err)? {
         Some(e) => e,
         None => journal::reserve(rbd, &p.pool, VOLUMES, name, &p.volume_prefix, &attrs).map_err(ceph_err)?,
