@@ -99,11 +99,15 @@ fn image_hash(c: &Ceph, dir: &Path, spec: &str) -> String {
 }
 
 /// Writes `bytes` of random data at the start of image `spec`, through an
-/// image diff (the CLI has no "write into an existing image").
+/// image diff (the CLI has no "write into an existing image"). The diff
+/// carries its image's size, so the data image has `spec`'s size.
 fn write_random(c: &Ceph, dir: &Path, spec: &str, bytes: usize, tag: &str) {
+    let info: serde_json::Value = serde_json::from_str(&c.rbd(&["info", spec, "--format", "json"]).unwrap()).unwrap();
+    let size = info["size"].as_u64().unwrap() as usize;
+    assert!(bytes <= size);
     let data = dir.join(format!("data-{tag}"));
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).unwrap();
+    let mut buf = vec![0u8; size];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf[..bytes])).unwrap();
     std::fs::write(&data, &buf).unwrap();
     let tmp = format!("rbd/tmp-data-{tag}");
     c.rbd(&["import", "--no-progress", data.to_str().unwrap(), &tmp]).unwrap();
@@ -149,7 +153,7 @@ async fn volumes_are_idempotent_concurrent_safe_expandable_listed_and_deleted() 
     assert_eq!(id.cluster_id, CLUSTER);
     let image = image_of(&v);
     assert_eq!(image, format!("csi-vol-{}", id.uuid));
-    assert_eq!(images(&c), [image.clone()]);
+    assert_eq!(images(&c), vec![image.clone()]);
     assert_eq!(v.volume_context["mapOptions"], "ms_mode=prefer-crc");
     assert_eq!(v.volume_context["pool"], "rbd");
     assert_eq!(omap_keys(&c, VOL_DIR), ["csi.volume.pvc-a"]);
