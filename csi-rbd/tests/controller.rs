@@ -532,59 +532,85 @@ async fn snapshots_restores_and_clones_have_the_source_s_contents() {
     assert!(omap_keys(&c, "csi.snaps.default").is_empty());
 }
 
+/// Where the controller is killed during a CreateVolume that clones a volume.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// As soon as the name's reservation is in the journal.
+    Reserved,
+    /// As soon as the clone's image exists (the flatten is running).
+    ImageMade,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_in_createvolume_leaves_exactly_one_image_after_the_retry() {
     let c = cluster();
     let key = c.admin_key().to_string();
     let config = c.cluster_config_json(CLUSTER);
     let dir = scratch("csi-rbd-kill");
-    // A source big enough that the clone's flatten takes a while: the kill
-    // lands between the reservation and the end of CreateVolume.
+    // A source big enough that the clone's flatten takes a while, so the
+    // kill lands between the reservation and the end of CreateVolume.
     let d = driver(&config, &[]);
     let mut ctl = client(&d).await;
     let src = ctl.create_volume(create_req("pvc-src", 64 * MIB, &key)).await.unwrap().into_inner().volume.unwrap();
-    write_random(&c, dir.path(), &format!("rbd/{}", image_of(&src)), 48 << 20, "k");
-    let mut req = create_req("pvc-killed", 64 * MIB, &key);
-    req.volume_content_source = Some(pb::VolumeContentSource {
-        r#type: Some(vcs::Type::Volume(vcs::VolumeSource { volume_id: src.volume_id.clone() })),
-    });
-    let pending = {
-        let mut ctl = ctl.clone();
-        let req = req.clone();
-        tokio::spawn(async move { ctl.create_volume(req).await })
-    };
-    // As soon as the reservation is in the pool: SIGSTOP, then SIGKILL.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !omap_keys(&c, VOL_DIR).contains(&"csi.volume.pvc-killed".to_string()) {
-        assert!(Instant::now() < deadline, "the reservation never appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let finished_before_kill = pending.is_finished();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    let r = pending.await.unwrap();
-    assert!(r.is_err() || finished_before_kill, "the call was cut by the kill: {r:?}");
-    eprintln!("killed; images then: {:?}", images(&c));
+    let src_spec = format!("rbd/{}", image_of(&src));
+    write_random(&c, dir.path(), &src_spec, 48 << 20, "k");
+    let src_hash = image_hash(&c, dir.path(), &src_spec);
     drop(ctl);
     drop(d);
+    let mut want = vec![image_of(&src)];
+    for (round, at) in [KillAt::Reserved, KillAt::ImageMade].into_iter().enumerate() {
+        let name = format!("pvc-killed-{round}");
+        let mut req = create_req(&name, 64 * MIB, &key);
+        req.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(vcs::Type::Volume(vcs::VolumeSource { volume_id: src.volume_id.clone() })),
+        });
+        let d = driver(&config, &[]);
+        let ctl = client(&d).await;
+        let before = images(&c).len();
+        let pending = {
+            let mut ctl = ctl.clone();
+            let req = req.clone();
+            tokio::spawn(async move { ctl.create_volume(req).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reached = match at {
+                KillAt::Reserved => omap_keys(&c, VOL_DIR).contains(&format!("csi.volume.{name}")),
+                KillAt::ImageMade => images(&c).len() > before,
+            };
+            if reached {
+                break;
+            }
+            assert!(Instant::now() < deadline && !pending.is_finished(), "{at:?} never seen before the call ended");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let r = pending.await.unwrap();
+        assert!(r.is_err(), "{at:?}: the call was cut by the kill: {r:?}");
+        eprintln!("killed at {at:?}: images then {:?}", images(&c));
+        drop(ctl);
+        drop(d);
 
-    // A new controller, the retry: exactly one image for the name, the
-    // source's contents, and no temporary snapshot left on the source.
-    let d = driver(&config, &[]);
-    let mut ctl = client(&d).await;
-    let v = ctl.create_volume(req.clone()).await.unwrap().into_inner().volume.unwrap();
-    let again = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
-    assert_eq!(v.volume_id, again.volume_id);
-    let mut want = vec![image_of(&src), image_of(&v)];
-    want.sort();
-    assert_eq!(images(&c), want, "one image per name, no orphan");
-    let src_spec = format!("rbd/{}", image_of(&src));
-    assert_eq!(image_hash(&c, dir.path(), &format!("rbd/{}", image_of(&v))), image_hash(&c, dir.path(), &src_spec));
-    let snaps: serde_json::Value =
-        serde_json::from_str(&c.rbd(&["snap", "ls", &src_spec, "--format", "json"]).unwrap()).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
-    assert_eq!(omap_keys(&c, VOL_DIR).len(), 2);
+        // A new controller, the retry: exactly one image for the name, the
+        // source's contents, and no temporary snapshot left on the source.
+        let d = driver(&config, &[]);
+        let mut ctl = client(&d).await;
+        let v = ctl.create_volume(req.clone()).await.unwrap().into_inner().volume.unwrap();
+        let again = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+        assert_eq!(v.volume_id, again.volume_id);
+        want.push(image_of(&v));
+        want.sort();
+        assert_eq!(images(&c), want, "{at:?}: one image per name, no orphan");
+        assert_eq!(image_hash(&c, dir.path(), &format!("rbd/{}", image_of(&v))), src_hash, "{at:?}");
+        let snaps: serde_json::Value =
+            serde_json::from_str(&c.rbd(&["snap", "ls", &src_spec, "--format", "json"]).unwrap()).unwrap();
+        assert_eq!(snaps.as_array().unwrap().len(), 0, "{at:?}: {snaps}");
+        assert_eq!(omap_keys(&c, VOL_DIR).len(), want.len());
+        if matches!(at, KillAt::ImageMade) {
+            assert!(d.log().contains("discarding the unfinished clone"), "{}", d.log());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

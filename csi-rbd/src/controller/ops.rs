@@ -220,10 +220,20 @@ pub fn create_volume(
             info
         }
         found => {
-            if found.is_none() {
+            match (&found, &source) {
+                (None, _) => {}
+                (Some(_), Source::None) => info!(name, image, "adopting the image of an interrupted CreateVolume"),
+                (Some(_), _) => {
+                    // A clone cut short may be half made (librbd creates the
+                    // image, then links its parent) or half flattened; it was
+                    // never returned (the entry has no mark), so nobody uses
+                    // it: start it again.
+                    warn!(name, image, "discarding the unfinished clone of an interrupted CreateVolume");
+                    discard_clone(rbd, &p.pool, &image, &entry.uuid, &source)?;
+                }
+            }
+            if found.is_none() || !matches!(source, Source::None) {
                 make_image(rbd, &p.pool, &image, &entry.uuid, size, p, &source)?;
-            } else {
-                info!(name, image, "adopting the image of an interrupted CreateVolume");
             }
             finish_image(rbd, &p.pool, &image, &entry.uuid, size, &source)?
         }
@@ -267,6 +277,15 @@ fn make_image(
             ok_if(rbd.clone_image(sp, simg, &tmp, pool, image, &clone_options(p)), exists)
         }
     }
+}
+
+/// Removes an unfinished clone and the temporary snapshot it was cloned from.
+fn discard_clone(rbd: &dyn Rbd, pool: &str, image: &str, uuid: &str, source: &Source) -> Result<(), Error> {
+    ok_if(rbd.remove_image(pool, image), not_found)?;
+    if let Source::Volume { pool: sp, image: simg, .. } = source {
+        ok_if(rbd.snap_remove(sp, simg, &format!("{TMP_SNAP_PREFIX}{uuid}")), not_found)?;
+    }
+    Ok(())
 }
 
 /// Flattens a clone, drops the temporary snapshot of a volume source, and
@@ -419,7 +438,13 @@ pub fn create_snapshot(
     let image = entry.image.clone();
     if entry.image_id.is_none() {
         let tmp = format!("{TMP_SNAP_PREFIX}{}", entry.uuid);
-        if info_opt(rbd, &pool, &image)?.is_none() {
+        if info_opt(rbd, &pool, &image)?.is_some() {
+            // Cut short earlier (see create_volume): never returned, start again.
+            warn!(name, image, "discarding the unfinished snapshot image of an interrupted CreateSnapshot");
+            ok_if(rbd.remove_image(&pool, &image), not_found)?;
+            ok_if(rbd.snap_remove(&pool, &src_entry.image, &tmp), not_found)?;
+        }
+        {
             ok_if(rbd.snap_create(&pool, &src_entry.image, &tmp), exists)?;
             let opts =
                 ImageOptions { features: vec!["layering".into(), "deep-flatten".into()], data_pool: None, order: None };
