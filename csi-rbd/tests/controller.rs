@@ -663,3 +663,47 @@ async fn a_wrong_key_and_an_unreachable_monitor_fail_fast_with_clear_codes() {
     let log = d.log();
     assert!(!log.contains(&key) && !log.contains(wrong), "a key is in the driver log");
 }
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_connection_saves_the_connect_on_every_call() {
+    let c = cluster();
+    let key = c.admin_key().to_string();
+    let d = driver(&c.cluster_config_json(CLUSTER), &[]);
+    let mut ctl = client(&d).await;
+    let v = ctl.create_volume(create_req("pvc-m", MIB, &key)).await.unwrap().into_inner().volume.unwrap();
+    let validate = |key: &str, user: &str| pb::ValidateVolumeCapabilitiesRequest {
+        volume_id: v.volume_id.clone(),
+        volume_capabilities: vec![mount_cap()],
+        secrets: HashMap::from([("userID".to_string(), user.to_string()), ("userKey".to_string(), key.to_string())]),
+        ..Default::default()
+    };
+    // The same secrets each time: one connection, reused.
+    let mut cached = Vec::new();
+    for _ in 0..12 {
+        let t = Instant::now();
+        let r = ctl.validate_volume_capabilities(validate(&key, "admin")).await.unwrap().into_inner();
+        cached.push(t.elapsed());
+        assert!(r.confirmed.is_some());
+    }
+    // A user the controller has not seen each time: a connection each time.
+    let mut fresh = Vec::new();
+    for i in 0..12 {
+        let user = format!("csi-{i}");
+        let k = c.add_user(&user, &["mon", "profile rbd", "osd", "profile rbd"]).unwrap();
+        let t = Instant::now();
+        let r = ctl.validate_volume_capabilities(validate(&k, &user)).await.unwrap().into_inner();
+        fresh.push(t.elapsed());
+        assert!(r.confirmed.is_some());
+    }
+    let (mc, mf) = (median(cached), median(fresh));
+    eprintln!(
+        "ValidateVolumeCapabilities median: cached connection {mc:?}, new connection {mf:?} ({:.1}x)",
+        mf.as_secs_f64() / mc.as_secs_f64()
+    );
+    assert!(mc < mf, "cached {mc:?} vs new {mf:?}");
+}
