@@ -19,16 +19,6 @@ const DEFAULTS: Defaults = Defaults {
             default: Some("10"),
             help: "seconds a connection to a cluster, or one Ceph call, may take (1 to 300)",
         },
-        ExtraFlag {
-            name: "rbd-soft-max-clone-depth",
-            default: Some("4"),
-            help: "a clone deeper than this is flattened in the background after CreateVolume",
-        },
-        ExtraFlag {
-            name: "rbd-hard-max-clone-depth",
-            default: Some("8"),
-            help: "a clone deeper than this is flattened before CreateVolume returns",
-        },
     ],
 };
 
@@ -58,13 +48,7 @@ fn main() {
     let config = csi_rbd::Config {
         cluster_config: flags.extra("cluster-config").unwrap_or(csi_rbd::DEFAULT_CLUSTER_CONFIG).into(),
         ceph_timeout: Duration::from_secs(number(&flags, "ceph-timeout", 1..=300)),
-        soft_max_clone_depth: number(&flags, "rbd-soft-max-clone-depth", 1..=64) as u32,
-        hard_max_clone_depth: number(&flags, "rbd-hard-max-clone-depth", 1..=64) as u32,
     };
-    if config.soft_max_clone_depth > config.hard_max_clone_depth {
-        eprintln!("csi-rbd: --rbd-soft-max-clone-depth must not exceed --rbd-hard-max-clone-depth");
-        std::process::exit(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
