@@ -4,9 +4,15 @@
 //!
 //! - [`config`]: ceph-csi's cluster config (`--cluster-config`): clusterID → monitors;
 //! - [`volume_id`]: the volume ID (`0001-<len>-<clusterID>-<poolID>-<uuid>`),
-//!   encoded and decoded without I/O.
+//!   encoded and decoded without I/O;
+//! - [`attach`]: exclusive attach (one read-write node per image) and fencing;
+//! - [`node`]: the Node service (map, mkfs, mount, stage records);
+//! - [`takeover`]: `csi-rbd takeover`, fencing a dead node by hand.
 
+pub mod attach;
 pub mod config;
+pub mod node;
+pub mod takeover;
 pub mod volume_id;
 
 /// The default driver name, the same as ceph-csi's RBD driver so that
