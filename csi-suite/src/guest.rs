@@ -85,7 +85,8 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A running guest; its console goes to [`Guest::log_path`].
+/// A running guest; its console goes to [`Guest::log_path`] (kept when
+/// the test fails, removed otherwise).
 #[derive(Debug)]
 pub struct Guest {
     name: String,
@@ -246,9 +247,13 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let alive = self.child.is_some();
         self.kill();
-        if alive && std::thread::panicking() {
-            eprintln!("--- guest {} console, last lines ({})", self.name, self.log.display());
-            eprintln!("{}", tail(&self.log(), 80));
+        if std::thread::panicking() {
+            if alive {
+                eprintln!("--- guest {} console, last lines ({})", self.name, self.log.display());
+                eprintln!("{}", tail(&self.log(), 80));
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
