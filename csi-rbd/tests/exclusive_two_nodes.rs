@@ -52,8 +52,10 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     // 2. Both at once: one winner, the loser told who won.
     c.image("raced", 64);
     let r = Vol::with_context("raced", &[]);
-    let (ra, rb) =
-        tokio::join!(a.node_stage_volume(r.stage_req(&c, cap.clone())), b.node_stage_volume(r.stage_req(&c, cap.clone())));
+    let (ra, rb) = tokio::join!(
+        a.node_stage_volume(r.stage_req(&c, cap.clone())),
+        b.node_stage_volume(r.stage_req(&c, cap.clone()))
+    );
     let (winner, loser_err, loser_g) = match (&ra, &rb) {
         (Ok(_), Err(e)) => ("node-a", e.clone(), &gb),
         (Err(e), Ok(_)) => ("node-b", e.clone(), &ga),
@@ -115,7 +117,11 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     assert!(migrated < TAKEOVER_BOUND, "kill → B staged took {migrated:?}");
     for (v, sum) in vols.iter().zip(&sums) {
         b.node_publish_volume(v.publish_req(1, cap.clone(), false)).await.unwrap();
-        assert_eq!(&sha(&gb, &format!("{}/data", v.target(1))), sum, "data fsynced on A before the kill is not intact on B");
+        assert_eq!(
+            &sha(&gb, &format!("{}/data", v.target(1))),
+            sum,
+            "data fsynced on A before the kill is not intact on B"
+        );
         assert_eq!(c.lock_holders(&v.image), vec!["node-b"]);
     }
     let blocked = c.blocklist();

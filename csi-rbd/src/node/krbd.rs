@@ -100,7 +100,9 @@ pub fn check_options(options: &[String]) -> Result<(), Error> {
             return Err(Error::InvalidArgument(format!("krbd map option {o:?} is not a single option")));
         }
         if matches!(key, "name" | "secret" | "key") {
-            return Err(Error::InvalidArgument(format!("krbd map option {key}= is set by the driver from the secrets")));
+            return Err(Error::InvalidArgument(format!(
+                "krbd map option {key}= is set by the driver from the secrets"
+            )));
         }
     }
     Ok(())
@@ -119,7 +121,7 @@ pub fn check_secret(user: &str, key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// What to map.
+/// What to map (krbd and rbd-nbd).
 #[derive(Clone, Debug)]
 pub struct MapRequest<'a> {
     /// Monitor addresses (`IP:3300`).
@@ -248,7 +250,9 @@ pub fn device_size(device: &str) -> Result<u64, Error> {
     let name = Path::new(device).file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let p = Path::new("/sys/class/block").join(name).join("size");
     let s = read_attr(p.parent().unwrap_or(Path::new("/")), "size")?;
-    s.parse::<u64>().map(|sectors| sectors * 512).map_err(|_| Error::Internal(format!("{}: not a number: {s:?}", p.display())))
+    s.parse::<u64>()
+        .map(|sectors| sectors * 512)
+        .map_err(|_| Error::Internal(format!("{}: not a number: {s:?}", p.display())))
 }
 
 #[cfg(test)]

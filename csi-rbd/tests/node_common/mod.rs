@@ -82,7 +82,10 @@ impl Cluster {
             Err(_) => return Vec::new(),
         };
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-        v["lockers"].as_array().map(|a| a.iter().filter_map(|l| l["cookie"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v["lockers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|l| l["cookie"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     }
 
     /// `ceph osd blocklist ls` (JSON) addresses. Ceph 16 prints two JSON
@@ -98,7 +101,10 @@ impl Cluster {
     }
 
     pub fn secrets(&self) -> HashMap<String, String> {
-        HashMap::from([("userID".to_string(), "admin".to_string()), ("userKey".to_string(), self.ceph.admin_key().to_string())])
+        HashMap::from([
+            ("userID".to_string(), "admin".to_string()),
+            ("userKey".to_string(), self.ceph.admin_key().to_string()),
+        ])
     }
 
     /// A volume ID for image `csi-vol-<uuid>` in pool rbd.
