@@ -164,7 +164,11 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     assert!(src.starts_with("/dev/nbd"), "staged from {src}");
     let sumn = write_data(&g, &format!("{}/data", vn.target(1)), 2);
     assert_eq!(sha(&g, &format!("{}/data", vn.target(1))), sumn);
-    assert_eq!(g.sh_ok("ls /var/lib/csi-rbd/ | grep -c nbd-key || true").unwrap(), "0", "rbd-nbd keyfile left behind");
+    assert_eq!(
+        g.sh_ok("ls -A /var/lib/csi-rbd/ | grep -c nbd-key || true").unwrap(),
+        "0",
+        "rbd-nbd keyfile left behind"
+    );
     n.node_unpublish_volume(vn.unpublish_req(1)).await.unwrap();
     n.node_unstage_volume(vn.unstage_req()).await.unwrap();
     assert_eq!(
