@@ -758,6 +758,10 @@ async fn publish_gives_one_node_read_write_and_unpublish_frees_it() {
         assert_eq!(e.code(), Code::FailedPrecondition, "{mode:?}: {e:?}");
         assert!(e.message().contains("node-a"), "{e:?}");
     }
+    // The same node, now read-only: incompatible with its read-write publication.
+    let mut ro = publish_req(&v.volume_id, "node-a", Mode::SingleNodeWriter, &key);
+    ro.readonly = true;
+    assert_eq!(ctl.controller_publish_volume(ro).await.unwrap_err().code(), Code::AlreadyExists);
     assert_eq!(published(&mut ctl).await, ["node-a"]);
     let listed = ctl.list_volumes(pb::ListVolumesRequest::default()).await.unwrap().into_inner();
     let entry = listed.entries.iter().find(|e| e.volume.as_ref().unwrap().volume_id == v.volume_id).unwrap();

@@ -390,6 +390,13 @@ impl pb::controller_server::Controller for ControllerService {
             let Some((pool, entry, _)) = ops::find_volume(rbd, &id)? else {
                 return Err(validate::volume_not_found(&id.to_string()).into());
             };
+            // Already published read-write to this very node, now asked
+            // read-only: incompatible with the existing publication.
+            if readonly && crate::attach::holders(rbd, &pool, &entry.image)?.contains(&node) {
+                return Err(Status::already_exists(format!(
+                    "volume {id} is published read-write to node {node:?}: unpublish it before publishing it read-only"
+                )));
+            }
             crate::attach::publish(rbd, &pool, &entry.image, &node, readonly)
         })
         .await?;
