@@ -121,8 +121,8 @@ pub fn check_secret(user: &str, key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// What to map (krbd and rbd-nbd).
-#[derive(Clone, Debug)]
+/// What to map (krbd and rbd-nbd). Its Debug leaves the key out.
+#[derive(Clone)]
 pub struct MapRequest<'a> {
     /// Monitor addresses (`IP:3300`).
     pub monitors: &'a [String],
@@ -136,6 +136,19 @@ pub struct MapRequest<'a> {
     pub pool: &'a str,
     /// The image.
     pub image: &'a str,
+}
+
+impl std::fmt::Debug for MapRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapRequest")
+            .field("monitors", &self.monitors)
+            .field("user", &self.user)
+            .field("key", &"***")
+            .field("options", &self.options)
+            .field("pool", &self.pool)
+            .field("image", &self.image)
+            .finish()
+    }
 }
 
 /// Maps the image (or finds the mapping a previous attempt left) and
@@ -270,6 +283,8 @@ mod tests {
         assert!(check_secret("admin", "AQB,ro").is_err());
         assert!(check_secret("a b", "AQB=").is_err());
         assert!(check_secret("", "AQB=").is_err());
+        let r = MapRequest { monitors: &[], user: "u", key: "AQBsecret==", options: &[], pool: "p", image: "i" };
+        assert!(!format!("{r:?}").contains("AQBsecret"));
     }
 
     #[test]

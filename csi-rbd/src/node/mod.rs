@@ -235,8 +235,7 @@ fn mount_flags(flags: &[String], readonly: bool) -> (MsFlags, Vec<String>) {
     (f, data)
 }
 
-/// What NodeStageVolume was asked, checked.
-#[derive(Debug)]
+/// What NodeStageVolume was asked, checked. Its Debug leaves the key out.
 struct StageReq {
     volume_id: String,
     staging: PathBuf,
@@ -250,6 +249,21 @@ struct StageReq {
     mount_flags: Vec<String>,
     user: String,
     key: String,
+}
+
+impl std::fmt::Debug for StageReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageReq")
+            .field("volume_id", &self.volume_id)
+            .field("staging", &self.staging)
+            .field("target", &self.target)
+            .field("mounter", &self.mounter)
+            .field("readonly", &self.readonly)
+            .field("fs_type", &self.fs_type)
+            .field("user", &self.user)
+            .field("key", &"***")
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeService {
