@@ -70,6 +70,8 @@ pub struct Failure {
 enum Target {
     Via(NextHop),
     Blackhole,
+    /// Found at start in a shape we do not write: deleted as read back.
+    Other(Route),
 }
 
 pub struct Fib {
@@ -88,7 +90,14 @@ impl Fib {
     /// A FIB writer on `nl` (a route socket in the namespace to program)
     /// for routing table `table` ([`MAIN_TABLE`] normally).
     pub fn new(nl: Netlink, table: u32) -> Fib {
-        Fib { nl, table, installed: HashMap::new(), learned: HashMap::new(), own: HashSet::new(), stale: HashSet::new() }
+        Fib {
+            nl,
+            table,
+            installed: HashMap::new(),
+            learned: HashMap::new(),
+            own: HashSet::new(),
+            stale: HashSet::new(),
+        }
     }
 
     /// Reads what the kernel holds under [`PROTOCOL`] in our table (IPv4
@@ -101,12 +110,8 @@ impl Fib {
             let target = match (r.kind, r.gw) {
                 (RouteKind::Blackhole, _) => Target::Blackhole,
                 (RouteKind::Unicast, Some(gw)) => Target::Via(NextHop { gw, oif: r.oif, onlink: r.onlink }),
-                // Not something we write (a link route): still ours to sweep.
-                (RouteKind::Unicast, None) => Target::Via(NextHop {
-                    gw: r.dst.network(),
-                    oif: r.oif,
-                    onlink: r.onlink,
-                }),
+                // Not a shape we write (multipath, a link route): ours all the same, to sweep.
+                (RouteKind::Unicast, None) => Target::Other(r.clone()),
             };
             self.installed.insert(r.dst, target);
             self.stale.insert(r.dst);
@@ -178,6 +183,7 @@ impl Fib {
                 r.onlink = nh.onlink;
                 r
             }
+            Target::Other(r) => r.clone(),
         };
         r.protocol = Some(PROTOCOL);
         r.table = Some(self.table);
@@ -207,7 +213,10 @@ impl Fib {
                     targets.push(Some(w));
                 }
                 (None, Some(h)) => {
-                    ops.push(Op::Delete(self.route(p, h)));
+                    let mut r = self.route(p, h);
+                    // RT_SCOPE_NOWHERE: match whatever scope it was added with (IPv4 checks).
+                    r.scope = Some(255);
+                    ops.push(Op::Delete(r));
                     targets.push(None);
                 }
                 (None, None) => {}

@@ -215,7 +215,10 @@ fn a_restart_keeps_forwarding_and_the_sweep_removes_only_what_was_not_relearned(
 
     assert!(!ping(&h, "10.99.0.1"), "no route yet: must not get through");
     let mut first = r.fib();
-    assert!(first.apply([via("10.99.0.0/24", "10.78.2.2"), via("10.99.5.0/24", "10.78.2.2")]).expect("apply").is_empty());
+    assert!(first
+        .apply([via("10.99.0.0/24", "10.78.2.2"), via("10.99.5.0/24", "10.78.2.2")])
+        .expect("apply")
+        .is_empty());
     assert!(ping(&h, "10.99.0.1") && ping(&h, "10.99.5.1"));
     drop(first); // the agent stops: nothing is withdrawn
 
@@ -238,6 +241,28 @@ fn a_restart_keeps_forwarding_and_the_sweep_removes_only_what_was_not_relearned(
     assert!(!ping(&h, "10.99.5.1"), "the swept route no longer forwards");
 }
 
+#[test]
+fn the_sweep_removes_stale_routes_of_every_shape_and_nothing_else() {
+    let ns = Ns::new("s").with_dummy();
+    let p = PROTOCOL.to_string();
+    ns.ip(&["route", "add", "blackhole", "10.94.0.0/26", "proto", &p]);
+    ns.ip(&["route", "add", "10.94.1.0/24", "proto", &p, "nexthop", "via", "10.77.0.2", "nexthop", "via", "10.77.0.3"]);
+    ns.ip(&["route", "add", "10.94.2.0/24", "dev", "d0", "proto", &p]);
+    ns.ip(&["route", "add", "10.94.3.0/24", "via", "10.77.0.2", "proto", &p, "table", "100"]);
+    ns.ip(&["route", "add", "10.94.4.0/24", "via", "10.77.0.2", "proto", "static"]);
+    let mut fib = ns.fib();
+    assert_eq!(fib.reconcile_start().expect("reconcile").len(), 3, "table 100 is not ours to manage");
+    let (swept, failed) = fib.sweep_stale().expect("sweep");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(swept, 3);
+    assert!(ns.ours(false).is_empty(), "{:?}", ns.ours(false));
+    assert_eq!(
+        ns.ip(&["route", "show", "table", "100"]).trim(),
+        format!("10.94.3.0/24 via 10.77.0.2 dev d0 proto {p}")
+    );
+    assert_eq!(ns.ip(&["route", "show", "proto", "static"]).trim(), "10.94.4.0/24 via 10.77.0.2 dev d0");
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -249,6 +274,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Run: cargo test --release -p cni-bgp --test fib -- --ignored --nocapture
 #[test]
 #[ignore = "benchmark: about a minute"]
+#[allow(clippy::print_stdout)] // the benchmark's report
 fn bench_fib_100k_routes_against_ip_batch() {
     const N: u32 = 100_000;
     let prefixes: Vec<IpNetwork> =
@@ -265,7 +291,10 @@ fn bench_fib_100k_routes_against_ip_batch() {
         ours.push(t.elapsed());
         assert!(failed.is_empty());
         let mut nl = ns.open().netlink().expect("nl");
-        assert_eq!(linux_net::route::list_protocol(&mut nl, false, MAIN_TABLE, PROTOCOL).expect("list").len(), N as usize);
+        assert_eq!(
+            linux_net::route::list_protocol(&mut nl, false, MAIN_TABLE, PROTOCOL).expect("list").len(),
+            N as usize
+        );
         drop(ns);
 
         let ns = Ns::new(&format!("i{run}")).with_dummy();
@@ -273,9 +302,15 @@ fn bench_fib_100k_routes_against_ip_batch() {
         ns.ip(&["-batch", script.to_str().expect("utf-8")]);
         theirs.push(t.elapsed());
         let mut nl = ns.open().netlink().expect("nl");
-        assert_eq!(linux_net::route::list_protocol(&mut nl, false, MAIN_TABLE, PROTOCOL).expect("list").len(), N as usize);
+        assert_eq!(
+            linux_net::route::list_protocol(&mut nl, false, MAIN_TABLE, PROTOCOL).expect("list").len(),
+            N as usize
+        );
     }
     let _ = std::fs::remove_file(&script);
     let (o, i) = (median(ours.clone()), median(theirs.clone()));
-    println!("100k IPv4 routes: Fib::apply median {o:?} {ours:?}; ip -batch median {i:?} {theirs:?}; ratio {:.2}", o.as_secs_f64() / i.as_secs_f64());
+    println!(
+        "100k IPv4 routes: Fib::apply median {o:?} {ours:?}; ip -batch median {i:?} {theirs:?}; ratio {:.2}",
+        o.as_secs_f64() / i.as_secs_f64()
+    );
 }

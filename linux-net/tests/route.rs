@@ -58,7 +58,8 @@ fn ours(dst: &str, gw: Option<&str>) -> Route {
 fn a_batch_applies_in_order_and_reports_only_the_refused_ops() {
     let ns = Ns::new("a");
     let mut nl = NetNs::open(&PathBuf::from(format!("/run/netns/{}", ns.0))).expect("ns").netlink().expect("nl");
-    let index = ns.ip(&["-o", "link", "show", "v0"]).split(':').next().expect("index").trim().parse::<u32>().expect("n");
+    let index =
+        ns.ip(&["-o", "link", "show", "v0"]).split(':').next().expect("index").trim().parse::<u32>().expect("n");
 
     // Far more ops than one window, IPv4 and IPv6, unicast, onlink and blackhole.
     let mut ops: Vec<Op> = (0..1500u32)
