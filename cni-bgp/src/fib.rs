@@ -71,7 +71,7 @@ enum Target {
     Via(NextHop),
     Blackhole,
     /// Found at start in a shape we do not write: deleted as read back.
-    Other(Route),
+    Other(Box<Route>),
 }
 
 pub struct Fib {
@@ -111,7 +111,7 @@ impl Fib {
                 (RouteKind::Blackhole, _) => Target::Blackhole,
                 (RouteKind::Unicast, Some(gw)) => Target::Via(NextHop { gw, oif: r.oif, onlink: r.onlink }),
                 // Not a shape we write (multipath, a link route): ours all the same, to sweep.
-                (RouteKind::Unicast, None) => Target::Other(r.clone()),
+                (RouteKind::Unicast, None) => Target::Other(Box::new(r.clone())),
             };
             self.installed.insert(r.dst, target);
             self.stale.insert(r.dst);
@@ -183,7 +183,7 @@ impl Fib {
                 r.onlink = nh.onlink;
                 r
             }
-            Target::Other(r) => r.clone(),
+            Target::Other(r) => (**r).clone(),
         };
         r.protocol = Some(PROTOCOL);
         r.table = Some(self.table);
