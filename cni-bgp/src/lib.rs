@@ -1,1 +1,14 @@
-//! Routed networking with our own BGP speaker (Calico class): filled by the BGP routing issue; nothing here yet.
+//! Routed networking with our own BGP speaker (Calico class). [`fib`] is the
+//! node agent's kernel side: learned routes and own-block blackholes under
+//! our route protocol number, reconciled across agent restarts.
+
+pub mod fib;
+
+/// The crate's error: what was being done, and the kernel's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Net(#[from] linux_net::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -113,6 +113,78 @@ impl Netlink {
         }
     }
 
+    /// Sends every request of `msgs` (with NLM_F_REQUEST|NLM_F_ACK added to
+    /// its flags) without waiting for each ack in turn: up to `window` of
+    /// them are packed into one write, which the kernel runs in order before
+    /// the write returns, then their acks are read. `refused(i, errno)` is
+    /// called for the i-th request the kernel refused. The receive buffer is
+    /// raised (SO_RCVBUFFORCE, root) so that a window of acks, refusals with
+    /// their echoed request included, fits: the kernel drops an ack that does
+    /// not fit, and the next read reports ENOBUFS.
+    pub fn pipeline(
+        &mut self,
+        msgs: &mut dyn Iterator<Item = (RouteNetlinkMessage, u16)>,
+        window: usize,
+        refused: &mut dyn FnMut(usize, Errno),
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let want = (window * 4096).max(256 * 1024) as libc::c_int;
+        // SAFETY: setsockopt on our own socket, with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&want as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            // Not root: net.core.rmem_max caps what we get; a smaller window is the caller's fix.
+            let _ = self.sock.set_rx_buf_sz(want);
+        }
+        let op = || "batched route requests".to_string();
+        let mut out = Vec::with_capacity(window * 128);
+        let mut index = 0usize;
+        loop {
+            out.clear();
+            let first_seq = self.seq.wrapping_add(1);
+            let first_index = index;
+            for (msg, flags) in (&mut *msgs).take(window) {
+                self.seq = self.seq.wrapping_add(1);
+                let mut header = NetlinkHeader::default();
+                header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
+                header.sequence_number = self.seq;
+                let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+                nl.finalize();
+                let at = out.len();
+                out.resize(at + nl.buffer_len(), 0);
+                nl.serialize(&mut out[at..]);
+                index += 1;
+            }
+            let sent = index - first_index;
+            if sent == 0 {
+                return Ok(());
+            }
+            self.sock.send(&out, 0).map_err(|e| Error::io(op(), e))?;
+            let mut acked = 0;
+            while acked < sent {
+                for reply in self.receive(&op)? {
+                    let off = reply.header.sequence_number.wrapping_sub(first_seq) as usize;
+                    if off >= sent {
+                        continue;
+                    }
+                    if let NetlinkPayload::Error(e) = reply.payload {
+                        acked += 1;
+                        if let Some(code) = e.code {
+                            refused(first_index + off, Errno::from_raw(-code.get()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn receive(&mut self, op: &dyn Fn() -> String) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
         let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(|e| Error::io(op(), e))?;
         let mut msgs = Vec::new();

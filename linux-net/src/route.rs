@@ -10,7 +10,9 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::error::Result;
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
 use crate::netlink::Netlink;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +27,43 @@ pub struct Route {
     /// Raw rtm_scope; universe (0) when None and there is a gateway, link (253) otherwise.
     pub scope: Option<u8>,
     pub onlink: bool,
+    /// rtm_protocol: who owns the route (`ip route ... proto N`); None is `boot` (3), the
+    /// kernel's default for routes added by hand. A routing daemon sets its own number so
+    /// that it can find (and only touch) its routes again.
+    pub protocol: Option<u8>,
+    pub kind: RouteKind,
+}
+
+/// rtm_type: the two kinds we install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteKind {
+    /// Forward to the gateway / out of the link.
+    #[default]
+    Unicast,
+    /// Drop silently (no ICMP): a prefix we own but have no more specific route in.
+    Blackhole,
 }
 
 impl Route {
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>, oif: Option<u32>) -> Route {
-        Route { dst, gw, oif, mtu: None, advmss: None, priority: None, table: None, scope: None, onlink: false }
+        Route {
+            dst,
+            gw,
+            oif,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+            onlink: false,
+            protocol: None,
+            kind: RouteKind::Unicast,
+        }
+    }
+
+    /// A blackhole route to `dst` (no gateway, no link).
+    pub fn blackhole(dst: IpNetwork) -> Route {
+        Route { kind: RouteKind::Blackhole, ..Route::new(dst, None, None) }
     }
 }
 
@@ -45,12 +79,15 @@ fn message(r: &Route) -> RouteMessage {
     msg.header.address_family = if r.dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     msg.header.destination_prefix_length = r.dst.prefix();
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    msg.header.protocol = RouteProtocol::Boot;
-    msg.header.kind = RouteType::Unicast;
-    msg.header.scope = match (r.scope, r.gw) {
-        (Some(s), _) => RouteScope::from(s),
-        (None, Some(_)) => RouteScope::Universe,
-        (None, None) => RouteScope::Link,
+    msg.header.protocol = r.protocol.map_or(RouteProtocol::Boot, RouteProtocol::from);
+    msg.header.kind = match r.kind {
+        RouteKind::Unicast => RouteType::Unicast,
+        RouteKind::Blackhole => RouteType::BlackHole,
+    };
+    msg.header.scope = match (r.scope, r.gw, r.kind) {
+        (Some(s), _, _) => RouteScope::from(s),
+        (None, Some(_), _) | (None, None, RouteKind::Blackhole) => RouteScope::Universe,
+        (None, None, RouteKind::Unicast) => RouteScope::Link,
     };
     if r.onlink {
         msg.header.flags = RouteFlags::Onlink;
@@ -179,6 +216,12 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
     r.scope = Some(u8::from(m.header.scope));
     r.table = Some(m.header.table as u32);
     r.onlink = m.header.flags.contains(RouteFlags::Onlink);
+    r.protocol = Some(u8::from(m.header.protocol));
+    r.kind = match m.header.kind {
+        RouteType::Unicast => RouteKind::Unicast,
+        RouteType::BlackHole => RouteKind::Blackhole,
+        _ => return None,
+    };
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = IpAddr::V4(*a),
@@ -202,4 +245,92 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
     }
     r.dst = IpNetwork::new(dst, m.header.destination_prefix_length).ok()?;
     Some(r)
+}
+
+/// The routes of table `table` (e.g. 254, main) owned by `protocol`, IPv4 or
+/// IPv6: what a routing daemon installed, as [`Route`]s with `protocol`,
+/// `kind`, `table`, `scope` and `onlink` read back. Cached clones of IPv6
+/// routes and kinds other than unicast/blackhole are left out.
+pub fn list_protocol(nl: &mut Netlink, v6: bool, table: u32, protocol: u8) -> Result<Vec<Route>> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let msgs = nl.dump(RouteNetlinkMessage::GetRoute(req), &|| format!("list routes of protocol {protocol}"))?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewRoute(m) = m else {
+            continue;
+        };
+        if u8::from(m.header.protocol) != protocol || m.header.flags.contains(RouteFlags::Cloned) {
+            continue;
+        }
+        if let Some(r) = route_of(&m).filter(|r| r.table == Some(table)) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// One step of a [`batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create; fails with EEXIST if a route with the same key (table,
+    /// destination, metric, TOS) is there, whoever owns it.
+    Add(Route),
+    /// Create or overwrite the route with the same key, whoever owns it: use
+    /// only where the caller knows the route at that key is its own.
+    Replace(Route),
+    /// Delete; matches the route's protocol, so a route of another owner to
+    /// the same destination is not deleted. A route already gone counts as done.
+    Delete(Route),
+}
+
+impl Op {
+    pub fn route(&self) -> &Route {
+        match self {
+            Op::Add(r) | Op::Replace(r) | Op::Delete(r) => r,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let (verb, r) = match self {
+            Op::Add(r) => ("add", r),
+            Op::Replace(r) => ("replace", r),
+            Op::Delete(r) => ("delete", r),
+        };
+        let kind = if r.kind == RouteKind::Blackhole { "blackhole route" } else { "route" };
+        let mut s = format!("{verb} {kind} {}", r.dst);
+        if let Some(gw) = r.gw {
+            s += &format!(" via {gw}");
+        }
+        if let Some(oif) = r.oif {
+            s += &format!(" dev #{oif}");
+        }
+        s
+    }
+}
+
+/// How many requests are in flight at once in a [`batch`]: their acks must
+/// fit in the socket's receive buffer (see [`Netlink::pipeline`]).
+pub const BATCH_WINDOW: usize = 512;
+
+/// Runs `ops` on one socket, [`BATCH_WINDOW`] requests per write, and
+/// returns the ones the kernel refused (index into `ops`, and the error
+/// naming the route), in order. The others took effect. A socket failure
+/// (not a per-route refusal) is the outer error; some ops may then have
+/// been done.
+pub fn batch(nl: &mut Netlink, ops: &[Op]) -> Result<Vec<(usize, Error)>> {
+    use netlink_packet_core::NLM_F_REPLACE;
+    let mut failed = Vec::new();
+    let mut msgs = ops.iter().map(|op| match op {
+        Op::Add(r) => (RouteNetlinkMessage::NewRoute(message(r)), NLM_F_CREATE | NLM_F_EXCL),
+        Op::Replace(r) => (RouteNetlinkMessage::NewRoute(message(r)), NLM_F_CREATE | NLM_F_REPLACE),
+        Op::Delete(r) => (RouteNetlinkMessage::DelRoute(message(r)), 0),
+    });
+    nl.pipeline(&mut msgs, BATCH_WINDOW, &mut |i, errno| {
+        let gone = matches!(ops[i], Op::Delete(_)) && matches!(errno, Errno::ENOENT | Errno::ESRCH);
+        if !gone {
+            failed.push((i, Error::Kernel { op: ops[i].describe(), errno }));
+        }
+    })?;
+    Ok(failed)
 }

@@ -1,0 +1,259 @@
+//! The agent's kernel side: makes the kernel's FIB hold what the BGP RIB
+//! chose, under our own route protocol number, and nothing of anyone else's.
+//!
+//! Input is the RIB's output reduced to what the kernel needs: a prefix and
+//! its new next hop, or `None` when it has no best route any more. Routes
+//! are written in batches over one netlink socket ([`linux_net::route::batch`]).
+//!
+//! Ownership: every route we write carries [`PROTOCOL`]; deletes name it
+//! too, and the kernel only deletes a route of that protocol. A prefix we
+//! have not installed is *added* (never replaced), so a route another owner
+//! (an admin, another daemon) put at the same key is refused with EEXIST and
+//! left alone, and the refusal is reported for that prefix only.
+//!
+//! Graceful restart: [`Fib::reconcile_start`] adopts what a previous run
+//! left under our protocol as *stale* and deletes nothing, so packets keep
+//! flowing while sessions come back; [`Fib::sweep_stale`], called once the
+//! sessions have sent End-of-RIB, deletes only the stale routes nothing
+//! re-learned.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use linux_net::netlink::Netlink;
+use linux_net::route::{self, Op, Route, RouteKind};
+
+use crate::{Error, Result};
+
+/// Our rtm_protocol, `ip route show proto 76`. Free in iproute2's
+/// `/etc/iproute2/rt_protos` (0-4, 8-18, 42, 99, 186-192), FRR's
+/// `rt_protos.d/frr.conf` (186-198), BIRD's 12 (`proto bird`, which Calico's
+/// BIRD also uses) and the kernel's `RTPROT_*` list. 76 is ASCII 'L'.
+pub const PROTOCOL: u8 = 76;
+
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// Where a learned prefix goes: the BGP next hop, and the link to reach it
+/// by when the agent knows it (`onlink` for a next hop not in a connected
+/// subnet of that link, e.g. a /32 peer address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub gw: IpAddr,
+    pub oif: Option<u32>,
+    pub onlink: bool,
+}
+
+impl NextHop {
+    pub fn via(gw: IpAddr) -> NextHop {
+        NextHop { gw, oif: None, onlink: false }
+    }
+}
+
+/// One RIB decision: `prefix` now goes `via`, or (None) nowhere we know of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub prefix: IpNetwork,
+    pub via: Option<NextHop>,
+}
+
+/// A prefix the kernel refused: the others of the same call took effect.
+#[derive(Debug)]
+pub struct Failure {
+    pub prefix: IpNetwork,
+    pub error: linux_net::Error,
+}
+
+/// What one of our routes in the kernel is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Via(NextHop),
+    Blackhole,
+    /// Found at start in a shape we do not write: deleted as read back.
+    Other(Box<Route>),
+}
+
+pub struct Fib {
+    nl: Netlink,
+    table: u32,
+    /// What the kernel holds under our protocol, as far as our writes and
+    /// the start-up dump tell.
+    installed: HashMap<IpNetwork, Target>,
+    learned: HashMap<IpNetwork, NextHop>,
+    own: HashSet<IpNetwork>,
+    /// Found at start, not yet re-asserted by a change or an own block.
+    stale: HashSet<IpNetwork>,
+}
+
+impl Fib {
+    /// A FIB writer on `nl` (a route socket in the namespace to program)
+    /// for routing table `table` ([`MAIN_TABLE`] normally).
+    pub fn new(nl: Netlink, table: u32) -> Fib {
+        Fib {
+            nl,
+            table,
+            installed: HashMap::new(),
+            learned: HashMap::new(),
+            own: HashSet::new(),
+            stale: HashSet::new(),
+        }
+    }
+
+    /// Reads what the kernel holds under [`PROTOCOL`] in our table (IPv4
+    /// and IPv6) and adopts it as stale: kept in the kernel, forwarding,
+    /// until [`Fib::sweep_stale`]. Call once, before the first change.
+    pub fn reconcile_start(&mut self) -> Result<Vec<Route>> {
+        let mut found = route::list_protocol(&mut self.nl, false, self.table, PROTOCOL)?;
+        found.extend(route::list_protocol(&mut self.nl, true, self.table, PROTOCOL)?);
+        for r in &found {
+            let target = match (r.kind, r.gw) {
+                (RouteKind::Blackhole, _) => Target::Blackhole,
+                (RouteKind::Unicast, Some(gw)) => Target::Via(NextHop { gw, oif: r.oif, onlink: r.onlink }),
+                // Not a shape we write (multipath, a link route): ours all the same, to sweep.
+                (RouteKind::Unicast, None) => Target::Other(Box::new(r.clone())),
+            };
+            self.installed.insert(r.dst, target);
+            self.stale.insert(r.dst);
+        }
+        tracing::info!(routes = found.len(), protocol = PROTOCOL, "adopted routes of a previous run as stale");
+        Ok(found)
+    }
+
+    /// Applies the RIB's changes: installs, re-points or deletes routes so
+    /// the kernel matches. Own blocks keep their blackhole whatever is
+    /// learned for them.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<Vec<Failure>> {
+        let mut touched = Vec::new();
+        for c in changes {
+            match c.via {
+                Some(nh) => self.learned.insert(c.prefix, nh),
+                None => self.learned.remove(&c.prefix),
+            };
+            touched.push(c.prefix);
+        }
+        self.sync(touched)
+    }
+
+    /// Our own address blocks: each gets a blackhole route (more specific
+    /// routes to local pods win over it; the rest of the block is dropped
+    /// instead of following the default route out). Blocks no longer in
+    /// `blocks` lose theirs.
+    pub fn set_own_blocks(&mut self, blocks: &[IpNetwork]) -> Result<Vec<Failure>> {
+        let new: HashSet<IpNetwork> = blocks.iter().copied().collect();
+        let touched: Vec<IpNetwork> = self.own.symmetric_difference(&new).copied().chain(new.iter().copied()).collect();
+        self.own = new;
+        self.sync(touched)
+    }
+
+    /// After re-convergence (every session sent End-of-RIB): deletes the
+    /// routes adopted at start that nothing re-asserted. Returns how many
+    /// were deleted, and the refusals.
+    pub fn sweep_stale(&mut self) -> Result<(usize, Vec<Failure>)> {
+        let stale: Vec<IpNetwork> = self.stale.drain().collect();
+        let before = self.installed.len();
+        let failed = self.sync(stale)?;
+        let swept = before - self.installed.len();
+        tracing::info!(swept, failed = failed.len(), "swept stale routes");
+        Ok((swept, failed))
+    }
+
+    /// Prefixes adopted at start and not re-asserted yet.
+    pub fn stale(&self) -> impl Iterator<Item = &IpNetwork> {
+        self.stale.iter()
+    }
+
+    /// How many routes we hold in the kernel.
+    pub fn installed(&self) -> usize {
+        self.installed.len()
+    }
+
+    fn want(&self, p: &IpNetwork) -> Option<Target> {
+        if self.own.contains(p) {
+            return Some(Target::Blackhole);
+        }
+        self.learned.get(p).cloned().map(Target::Via)
+    }
+
+    fn route(&self, p: IpNetwork, t: &Target) -> Route {
+        let mut r = match t {
+            Target::Blackhole => Route::blackhole(p),
+            Target::Via(nh) => {
+                let mut r = Route::new(p, Some(nh.gw), nh.oif);
+                r.onlink = nh.onlink;
+                r
+            }
+            Target::Other(r) => (**r).clone(),
+        };
+        r.protocol = Some(PROTOCOL);
+        r.table = Some(self.table);
+        r
+    }
+
+    /// Brings each of `prefixes` to what [`Fib::want`] says, in one batch.
+    fn sync(&mut self, mut prefixes: Vec<IpNetwork>) -> Result<Vec<Failure>> {
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        let mut ops = Vec::new();
+        let mut targets = Vec::new();
+        for p in prefixes {
+            let want = self.want(&p);
+            let have = self.installed.get(&p);
+            if want.is_some() && want.as_ref() == have {
+                self.stale.remove(&p);
+                continue;
+            }
+            match (want, have) {
+                (Some(w), Some(_)) => {
+                    ops.push(Op::Replace(self.route(p, &w)));
+                    targets.push(Some(w));
+                }
+                (Some(w), None) => {
+                    ops.push(Op::Add(self.route(p, &w)));
+                    targets.push(Some(w));
+                }
+                (None, Some(h)) => {
+                    let mut r = self.route(p, h);
+                    // RT_SCOPE_NOWHERE: match whatever scope it was added with (IPv4 checks).
+                    r.scope = Some(255);
+                    ops.push(Op::Delete(r));
+                    targets.push(None);
+                }
+                (None, None) => {}
+            }
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refused = route::batch(&mut self.nl, &ops)?;
+        let mut failures = Vec::with_capacity(refused.len());
+        let mut refused = refused.into_iter().peekable();
+        for (i, (op, target)) in ops.iter().zip(targets).enumerate() {
+            let p = op.route().dst;
+            if refused.peek().is_some_and(|(j, _)| *j == i) {
+                let (_, error) = refused.next().expect("peeked");
+                tracing::warn!(prefix = %p, %error, "kernel refused a route");
+                failures.push(Failure { prefix: p, error });
+                continue;
+            }
+            self.stale.remove(&p);
+            match target {
+                Some(t) => self.installed.insert(p, t),
+                None => self.installed.remove(&p),
+            };
+        }
+        Ok(failures)
+    }
+}
+
+/// Turns on IPv4 and/or IPv6 forwarding in the calling thread's network
+/// namespace (a router forwards; the kernel default is off).
+pub fn enable_forwarding(v4: bool, v6: bool) -> Result<()> {
+    if v4 {
+        linux_net::sysctl::ensure("net/ipv4/ip_forward", "1").map_err(Error::from)?;
+    }
+    if v6 {
+        linux_net::sysctl::ensure("net/ipv6/conf/all/forwarding", "1").map_err(Error::from)?;
+    }
+    Ok(())
+}
