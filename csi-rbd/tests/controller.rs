@@ -587,6 +587,25 @@ async fn snapshots_restores_and_clones_have_the_source_s_contents() {
     assert!(omap_keys(&c, "csi.snaps.default").is_empty());
 }
 
+#[test]
+fn a_max_clone_depth_outside_0_to_16_is_refused_at_start() {
+    for bad in ["17", "-1", "four", ""] {
+        let sock = scratch("csi-rbd-depth");
+        // Bounded: a value wrongly accepted would serve (exit 124, not 2).
+        let out = Command::new("timeout")
+            .arg("10")
+            .arg(bin())
+            .args(["--mode=controller", "--node-id=ctrl", &format!("--max-clone-depth={bad}")])
+            .arg(format!("--endpoint=unix://{}/csi.sock", sock.path().display()))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("--max-clone-depth: expected a number from 0 to 16"), "{bad:?}: {err}");
+    }
+}
+
 /// The image of a snapshot (`csi-snap-<uuid>`, the ID's UUID).
 fn snap_image(s: &pb::Snapshot) -> String {
     format!("csi-snap-{}", &s.snapshot_id[s.snapshot_id.len() - 36..])
