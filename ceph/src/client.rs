@@ -988,26 +988,15 @@ impl Rbd for Client {
     fn children(&self, pool: &str, image: &str, snap: &str) -> Result<Vec<(String, String)>> {
         let io = self.ioctx(pool)?;
         let img = self.open_image(&io, pool, image, Open::Snap(snap))?;
-        let mut max: usize = 16;
-        loop {
-            let mut specs: Vec<sys::rbd_linked_image_spec_t> = vec![sys::rbd_linked_image_spec_t::default(); max];
-            let mut n = max;
-            // SAFETY: specs has room for n entries; librbd fills at most n.
-            let rc = unsafe { sys::rbd_list_children3(img.0, specs.as_mut_ptr(), &mut n) };
-            if rc == -libc::ERANGE {
-                max = n.max(max * 2);
-                continue;
-            }
-            check(rc.into(), || format!("list children of {pool}/{image}@{snap}"))?;
-            // SAFETY: the first n entries were filled in; freed once.
-            let out = unsafe {
-                let out =
-                    specs[..n].iter().filter(|s| !s.trash).map(|s| (owned(s.pool_name), owned(s.image_name))).collect();
-                sys::rbd_linked_image_spec_list_cleanup(specs.as_mut_ptr(), n);
-                out
-            };
-            return Ok(out);
-        }
+        list_children(&img, &format!("{pool}/{image}@{snap}"))
+    }
+
+    fn all_children(&self, pool: &str, image: &str) -> Result<Vec<(String, String)>> {
+        let io = self.ioctx(pool)?;
+        // Opened at its head, librbd lists the children of every snapshot,
+        // those in the trash namespace included.
+        let img = self.open_image(&io, pool, image, Open::ReadOnly)?;
+        list_children(&img, &format!("{pool}/{image}"))
     }
 
     fn read_image(&self, pool: &str, image: &str, snap: Option<&str>, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -1057,6 +1046,31 @@ impl Rbd for Client {
 
 /// librbd caps one read or write at INT_MAX bytes; larger ones go in pieces.
 const IO_CHUNK: usize = 64 << 20;
+
+/// The children of an open image (at a snapshot: that snapshot's; at its
+/// head: every snapshot's), trashed images left out.
+fn list_children(img: &Image, what: &str) -> Result<Vec<(String, String)>> {
+    let mut max: usize = 16;
+    loop {
+        let mut specs: Vec<sys::rbd_linked_image_spec_t> = vec![sys::rbd_linked_image_spec_t::default(); max];
+        let mut n = max;
+        // SAFETY: specs has room for n entries; librbd fills at most n.
+        let rc = unsafe { sys::rbd_list_children3(img.0, specs.as_mut_ptr(), &mut n) };
+        if rc == -libc::ERANGE {
+            max = n.max(max * 2);
+            continue;
+        }
+        check(rc.into(), || format!("list children of {what}"))?;
+        // SAFETY: the first n entries were filled in; freed once.
+        let out = unsafe {
+            let out =
+                specs[..n].iter().filter(|s| !s.trash).map(|s| (owned(s.pool_name), owned(s.image_name))).collect();
+            sys::rbd_linked_image_spec_list_cleanup(specs.as_mut_ptr(), n);
+            out
+        };
+        return Ok(out);
+    }
+}
 
 fn snap_list(img: &Image, pool: &str, image: &str) -> Result<Vec<SnapInfo>> {
     let mut max: c_int = 16;

@@ -214,6 +214,10 @@ pub trait Rbd: Send + Sync + std::fmt::Debug {
     fn flatten_image(&self, pool: &str, image: &str) -> Result<()>;
     /// The clones of `pool/image@snap` as (pool, image), trashed ones left out.
     fn children(&self, pool: &str, image: &str, snap: &str) -> Result<Vec<(String, String)>>;
+    /// The clones of every snapshot of `pool/image` as (pool, image),
+    /// including the clones of its trashed snapshots (a removed snapshot
+    /// that clone v2 children still hold); clones in the RBD trash left out.
+    fn all_children(&self, pool: &str, image: &str) -> Result<Vec<(String, String)>>;
 
     // Added by h1 (beyond the contract): image data, for tests that
     // compare contents (restore, clone) without a kernel client.

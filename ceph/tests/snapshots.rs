@@ -85,6 +85,11 @@ fn snapshots_clones_flatten_and_metadata() {
     r.snap_remove("rbd", "parent", "s1").unwrap();
     assert!(r.snap_list("rbd", "parent").unwrap().is_empty());
     assert_eq!(export(&c, "clones/child"), data);
+    // ... but all_children still finds it (the trashed snapshot's clone),
+    // and an image without clones has none.
+    assert_eq!(r.all_children("rbd", "parent").unwrap(), [("clones".to_string(), "child".to_string())]);
+    assert!(r.all_children("clones", "grandchild").unwrap().is_empty());
+    assert!(matches!(r.all_children("rbd", "nope"), Err(Error::NotFound(_))));
     let e = r.snap_remove("rbd", "parent", "s1").unwrap_err();
     assert!(matches!(e, Error::NotFound(ref m) if m.contains("rbd/parent@s1")), "{e:?}");
 

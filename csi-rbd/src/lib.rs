@@ -43,11 +43,22 @@ pub struct Config {
     /// `--ceph-timeout`: the bound on connecting to a cluster and on each
     /// Ceph call.
     pub ceph_timeout: Duration,
+    /// `--max-clone-depth`: the longest clone chain (ancestors of an
+    /// image) a snapshot, restore or clone may make; a longer one is
+    /// flattened before the call returns (0: every clone is flattened).
+    pub max_clone_depth: u32,
 }
+
+/// Default `--max-clone-depth`: ceph-csi's `--rbdsoftmaxclonedepth`.
+pub const DEFAULT_MAX_CLONE_DEPTH: u32 = 4;
 
 impl Default for Config {
     fn default() -> Self {
-        Config { cluster_config: PathBuf::from(DEFAULT_CLUSTER_CONFIG), ceph_timeout: Duration::from_secs(10) }
+        Config {
+            cluster_config: PathBuf::from(DEFAULT_CLUSTER_CONFIG),
+            ceph_timeout: Duration::from_secs(10),
+            max_clone_depth: DEFAULT_MAX_CLONE_DEPTH,
+        }
     }
 }
 

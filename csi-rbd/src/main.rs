@@ -21,6 +21,11 @@ const DEFAULTS: Defaults = Defaults {
             help: "seconds the controller's connection to a cluster, or one Ceph call, may take (1 to 300)",
         },
         ExtraFlag {
+            name: "max-clone-depth",
+            default: Some("4"),
+            help: "the longest clone chain a snapshot, restore or clone may make; a longer one is flattened before the call returns (0 to 16; 0: flatten every clone)",
+        },
+        ExtraFlag {
             name: "state-dir",
             default: Some("/var/lib/csi-rbd"),
             help: "where the node keeps its stage records (what is mapped and mounted where)",
@@ -84,6 +89,7 @@ fn main() {
     let config = csi_rbd::Config {
         cluster_config: config_path,
         ceph_timeout: Duration::from_secs(number(&flags, "ceph-timeout", 1..=300)),
+        max_clone_depth: number(&flags, "max-clone-depth", 0..=16) as u32,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -162,6 +162,20 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The number of ancestors of image `spec` (`rbd info`'s parent links).
+fn depth(c: &Ceph, spec: &str) -> usize {
+    let mut spec = spec.to_string();
+    let mut n = 0;
+    loop {
+        let info: serde_json::Value =
+            serde_json::from_str(&c.rbd(&["info", &spec, "--format", "json"]).unwrap()).unwrap();
+        let Some(p) = info.get("parent") else { return n };
+        n += 1;
+        assert!(n <= 64, "{spec}: endless chain");
+        spec = format!("{}/{}", p["pool"].as_str().unwrap(), p["image"].as_str().unwrap());
+    }
+}
+
 fn scratch(hint: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(hint).tempdir().unwrap()
 }
@@ -475,13 +489,10 @@ async fn snapshots_restores_and_clones_have_the_source_s_contents() {
     });
     let cloned = ctl.create_volume(clone).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(image_hash(&c, dir.path(), &format!("rbd/{}", image_of(&cloned))), after);
-    // Flat: no image depends on another (depth 0), so deletes never block.
-    for v in [&restored, &cloned] {
-        let info: serde_json::Value =
-            serde_json::from_str(&c.rbd(&["info", &format!("rbd/{}", image_of(v)), "--format", "json"]).unwrap())
-                .unwrap();
-        assert!(info.get("parent").is_none(), "{info}");
-    }
+    // Copy-on-write: the restore's parent is the snapshot image, the
+    // clone's the source (depth 2 and 1, within the default limit of 4).
+    assert_eq!(depth(&c, &format!("rbd/{}", image_of(&restored))), 2);
+    assert_eq!(depth(&c, &format!("rbd/{}", image_of(&cloned))), 1);
     // A restore bigger than the snapshot is grown; smaller is OUT_OF_RANGE.
     let mut big = create_req("pvc-big", 32 * MIB, &key);
     big.volume_content_source = restore.volume_content_source.clone();
@@ -545,8 +556,10 @@ async fn snapshots_restores_and_clones_have_the_source_s_contents() {
     restore2.name = "pvc-restore-2".into();
     let r2 = ctl.create_volume(restore2).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(image_hash(&c, dir.path(), &format!("rbd/{}", image_of(&r2))), before);
+    assert_eq!(image_hash(&c, dir.path(), &format!("rbd/{}", image_of(&cloned))), after, "the clone lives on");
 
-    // Delete everything: the pool ends empty, journal included.
+    // Delete everything: the pool ends empty, journal included. The
+    // snapshots go first: the volumes restored from them stay intact.
     for s in [&snap, &snap2, &snap3] {
         for _ in 0..2 {
             ctl.delete_snapshot(pb::DeleteSnapshotRequest {
@@ -557,7 +570,153 @@ async fn snapshots_restores_and_clones_have_the_source_s_contents() {
             .unwrap();
         }
     }
+    for v in [&restored, &r2] {
+        assert_eq!(
+            image_hash(&c, dir.path(), &format!("rbd/{}", image_of(v))),
+            before,
+            "restore after its snapshot went"
+        );
+    }
     for v in [&restored, &cloned, &big, &r2] {
+        ctl.delete_volume(pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), secrets: secrets(&key) })
+            .await
+            .unwrap();
+    }
+    assert_eq!(images(&c), Vec::<String>::new());
+    assert!(omap_keys(&c, VOL_DIR).is_empty(), "{:?}", omap_keys(&c, VOL_DIR));
+    assert!(omap_keys(&c, "csi.snaps.default").is_empty());
+}
+
+#[test]
+fn a_max_clone_depth_outside_0_to_16_is_refused_at_start() {
+    for bad in ["17", "-1", "four", ""] {
+        let sock = scratch("csi-rbd-depth");
+        // Bounded: a value wrongly accepted would serve (exit 124, not 2).
+        let out = Command::new("timeout")
+            .arg("10")
+            .arg(bin())
+            .args(["--mode=controller", "--node-id=ctrl", &format!("--max-clone-depth={bad}")])
+            .arg(format!("--endpoint=unix://{}/csi.sock", sock.path().display()))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("--max-clone-depth: expected a number from 0 to 16"), "{bad:?}: {err}");
+    }
+}
+
+/// The image of a snapshot (`csi-snap-<uuid>`, the ID's UUID).
+fn snap_image(s: &pb::Snapshot) -> String {
+    format!("csi-snap-{}", &s.snapshot_id[s.snapshot_id.len() - 36..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_copy_on_write_and_chains_are_flattened_past_the_depth_limit() {
+    let c = cluster();
+    let key = c.admin_key().to_string();
+    let config = c.cluster_config_json(CLUSTER);
+    let dir = scratch("csi-rbd-cow");
+    // The default --max-clone-depth (4), and a controller that flattens
+    // every clone (the cost copy-on-write saves).
+    let d = driver(&config, &[]);
+    let flat = driver(&config, &["--max-clone-depth=0"]);
+    let mut ctl = client(&d).await;
+    let mut flat_ctl = client(&flat).await;
+    let src = ctl.create_volume(create_req("pvc-cow-src", 256 * MIB, &key)).await.unwrap().into_inner().volume.unwrap();
+    let src_spec = format!("rbd/{}", image_of(&src));
+    write_random(&c, dir.path(), &src_spec, 64 << 20, "cow");
+    let hash = image_hash(&c, dir.path(), &src_spec);
+    let snap_req = |name: &str, source: &str| pb::CreateSnapshotRequest {
+        source_volume_id: source.to_string(),
+        name: name.to_string(),
+        secrets: secrets(&key),
+        parameters: HashMap::from([("clusterID".to_string(), CLUSTER.to_string())]),
+    };
+    let from = |name: &str, source: vcs::Type| {
+        let mut r = create_req(name, 256 * MIB, &key);
+        r.volume_content_source = Some(pb::VolumeContentSource { r#type: Some(source) });
+        r
+    };
+    let of_snap = |s: &pb::Snapshot| vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: s.snapshot_id.clone() });
+    let of_vol = |v: &pb::Volume| vcs::Type::Volume(vcs::VolumeSource { volume_id: v.volume_id.clone() });
+    let snap_spec = |s: &pb::Snapshot| format!("rbd/{0}@{0}", snap_image(s));
+    let vol_spec = |v: &pb::Volume| format!("rbd/{}", image_of(v));
+
+    let t = Instant::now();
+    let s1 = ctl.create_snapshot(snap_req("snap-cow", &src.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    let cow_time = t.elapsed();
+    let t = Instant::now();
+    let sf =
+        flat_ctl.create_snapshot(snap_req("snap-flat", &src.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    let flat_time = t.elapsed();
+    eprintln!(
+        "CreateSnapshot of a 256 MiB volume holding 64 MiB: copy-on-write {:.3} s, flattened {:.3} s",
+        cow_time.as_secs_f64(),
+        flat_time.as_secs_f64()
+    );
+    let s1_image = format!("rbd/{}", snap_image(&s1));
+    let parent: serde_json::Value =
+        serde_json::from_str(&c.rbd(&["info", &s1_image, "--format", "json"]).unwrap()).unwrap();
+    assert_eq!(parent["parent"]["image"], image_of(&src), "the snapshot image is a clone of the source: {parent}");
+    assert_eq!(depth(&c, &format!("rbd/{}", snap_image(&sf))), 0, "--max-clone-depth=0 flattens");
+    assert_eq!(image_hash(&c, dir.path(), &snap_spec(&s1)), hash);
+    assert_eq!(image_hash(&c, dir.path(), &snap_spec(&sf)), hash);
+    // The source keeps no snapshot of ours (the temporary ones are gone).
+    let snaps: serde_json::Value =
+        serde_json::from_str(&c.rbd(&["snap", "ls", &src_spec, "--format", "json"]).unwrap()).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
+
+    // A chain: snapshot (1) → restore (2) → clone (3) → snapshot (4) →
+    // restore (5 > 4: flattened, 0) → clone (1). Every image holds the data.
+    let c0 = ctl.create_volume(from("pvc-c0", of_vol(&src))).await.unwrap().into_inner().volume.unwrap();
+    let r1 = ctl.create_volume(from("pvc-r1", of_snap(&s1))).await.unwrap().into_inner().volume.unwrap();
+    let c1 = ctl.create_volume(from("pvc-c1", of_vol(&r1))).await.unwrap().into_inner().volume.unwrap();
+    let s2 = ctl.create_snapshot(snap_req("snap-2", &c1.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    let r2 = ctl.create_volume(from("pvc-r2", of_snap(&s2))).await.unwrap().into_inner().volume.unwrap();
+    let c2 = ctl.create_volume(from("pvc-c2", of_vol(&r2))).await.unwrap().into_inner().volume.unwrap();
+    let depths: Vec<usize> = [vol_spec(&c0), vol_spec(&r1), vol_spec(&c1), format!("rbd/{}", snap_image(&s2))]
+        .iter()
+        .chain([vol_spec(&r2), vol_spec(&c2)].iter())
+        .map(|s| depth(&c, s))
+        .collect();
+    assert_eq!(depths, [1, 2, 3, 4, 0, 1], "c0 r1 c1 s2 r2 c2");
+    for v in [&c0, &r1, &c1, &r2, &c2] {
+        assert_eq!(image_hash(&c, dir.path(), &vol_spec(v)), hash, "{}", image_of(v));
+    }
+    assert_eq!(image_hash(&c, dir.path(), &snap_spec(&s2)), hash);
+    assert!(d.log().contains("clone flattened"), "{}", d.log());
+
+    // The source goes while its snapshots and clones live: they are
+    // flattened first and keep its data.
+    ctl.delete_volume(pb::DeleteVolumeRequest { volume_id: src.volume_id.clone(), secrets: secrets(&key) })
+        .await
+        .unwrap();
+    assert!(!images(&c).contains(&image_of(&src)));
+    assert_eq!(depth(&c, &vol_spec(&c0)), 0);
+    assert_eq!(depth(&c, &s1_image), 0);
+    for spec in [vol_spec(&c0), snap_spec(&s1), vol_spec(&r1), vol_spec(&c1)] {
+        assert_eq!(image_hash(&c, dir.path(), &spec), hash, "{spec}");
+    }
+    // A snapshot goes while volumes restored from it live: intact.
+    for s in [&s1, &s2] {
+        ctl.delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: s.snapshot_id.clone(), secrets: secrets(&key) })
+            .await
+            .unwrap();
+    }
+    assert_eq!(depth(&c, &vol_spec(&r1)), 0);
+    assert_eq!(depth(&c, &vol_spec(&c1)), 1);
+    for v in [&r1, &c1, &r2, &c2] {
+        assert_eq!(image_hash(&c, dir.path(), &vol_spec(v)), hash, "{}", image_of(v));
+    }
+
+    // Everything else goes (parents before children too): the pool ends
+    // empty, journals and trashed snapshots included.
+    flat_ctl
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: sf.snapshot_id.clone(), secrets: secrets(&key) })
+        .await
+        .unwrap();
+    for v in [&r1, &c1, &r2, &c2, &c0] {
         ctl.delete_volume(pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), secrets: secrets(&key) })
             .await
             .unwrap();
@@ -575,6 +734,10 @@ enum KillAt {
     /// As soon as the clone's image exists (the flatten is running).
     ImageMade,
 }
+
+/// The controller of the kill test's CreateVolume rounds: every clone is
+/// flattened (`--max-clone-depth=0`), so the kill lands in a flatten.
+const FLATTEN_ALL: &[&str] = &["--max-clone-depth=0"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_in_createvolume_leaves_exactly_one_image_after_the_retry() {
@@ -599,7 +762,7 @@ async fn a_controller_killed_in_createvolume_leaves_exactly_one_image_after_the_
         req.volume_content_source = Some(pb::VolumeContentSource {
             r#type: Some(vcs::Type::Volume(vcs::VolumeSource { volume_id: src.volume_id.clone() })),
         });
-        let d = driver(&config, &[]);
+        let d = driver(&config, FLATTEN_ALL);
         let ctl = client(&d).await;
         let before = images(&c).len();
         let pending = {
@@ -629,7 +792,7 @@ async fn a_controller_killed_in_createvolume_leaves_exactly_one_image_after_the_
 
         // A new controller, the retry: exactly one image for the name, the
         // source's contents, and no temporary snapshot left on the source.
-        let d = driver(&config, &[]);
+        let d = driver(&config, FLATTEN_ALL);
         let mut ctl = client(&d).await;
         let v = ctl.create_volume(req.clone()).await.unwrap().into_inner().volume.unwrap();
         let again = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
@@ -646,6 +809,52 @@ async fn a_controller_killed_in_createvolume_leaves_exactly_one_image_after_the_
             assert!(d.log().contains("discarding the unfinished clone"), "{}", d.log());
         }
     }
+
+    // A copy-on-write clone (default depth limit), then DeleteVolume of its
+    // source killed while it flattens the clone: the retry finishes the
+    // flatten and the delete, and the clone keeps the source's contents.
+    let d = driver(&config, &[]);
+    let mut ctl = client(&d).await;
+    let mut req = create_req("pvc-cow", 64 * MIB, &key);
+    req.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(vcs::Type::Volume(vcs::VolumeSource { volume_id: src.volume_id.clone() })),
+    });
+    let cow = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let cow_spec = format!("rbd/{}", image_of(&cow));
+    assert_eq!(depth(&c, &cow_spec), 1);
+    let pending = {
+        let mut ctl = ctl.clone();
+        let id = src.volume_id.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            ctl.delete_volume(pb::DeleteVolumeRequest { volume_id: id, secrets: secrets(&key) }).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("flattening a child before the delete") {
+        assert!(Instant::now() < deadline && !pending.is_finished(), "the flatten was never seen: {}", d.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let r = pending.await.unwrap();
+    assert!(r.is_err(), "the delete was cut by the kill: {r:?}");
+    eprintln!("killed in DeleteVolume's flatten: depth of the clone then {}", depth(&c, &cow_spec));
+    drop(ctl);
+    drop(d);
+    let d = driver(&config, &[]);
+    let mut ctl = client(&d).await;
+    for _ in 0..2 {
+        ctl.delete_volume(pb::DeleteVolumeRequest { volume_id: src.volume_id.clone(), secrets: secrets(&key) })
+            .await
+            .unwrap();
+    }
+    want.retain(|i| *i != image_of(&src));
+    want.push(image_of(&cow));
+    want.sort();
+    assert_eq!(images(&c), want, "the source is gone, every clone stays");
+    assert_eq!(depth(&c, &cow_spec), 0, "flattened");
+    assert_eq!(image_hash(&c, dir.path(), &cow_spec), src_hash);
+    assert!(!omap_keys(&c, VOL_DIR).contains(&"csi.volume.pvc-src".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

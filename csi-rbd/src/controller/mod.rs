@@ -191,7 +191,8 @@ impl pb::controller_server::Controller for ControllerService {
         let name = req.name.clone();
         let cluster = p.cluster_id.clone();
         let r = Arc::clone(&rbd);
-        let made = blocking(move || ops::create_volume(r.as_ref(), &name, &p, cap, &source_key))
+        let depth = self.config.max_clone_depth;
+        let made = blocking(move || ops::create_volume(r.as_ref(), &name, &p, cap, &source_key, depth))
             .await
             .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
         self.remember_pool(&cluster, &made.pool);
@@ -478,7 +479,8 @@ impl pb::controller_server::Controller for ControllerService {
         let started = std::time::Instant::now();
         let (name, s) = (req.name.clone(), src.clone());
         let r = Arc::clone(&rbd);
-        let (pool, snapshot) = blocking(move || ops::create_snapshot(r.as_ref(), &name, &s, &sp))
+        let depth = self.config.max_clone_depth;
+        let (pool, snapshot) = blocking(move || ops::create_snapshot(r.as_ref(), &name, &s, &sp, depth))
             .await
             .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
         self.remember_pool(&src.cluster_id, &pool);

@@ -3,21 +3,21 @@
 //! so a retry after a crash anywhere finishes the work (see
 //! [`crate::journal`]).
 //!
-//! Snapshots and clones (the chain depth is at most 1, by construction):
+//! Snapshots and clones are copy-on-write (clone v2), as in ceph-csi:
 //! - CreateSnapshot: a temporary snapshot `csi-tmp-<uuid>` of the source →
-//!   clone `csi-snap-<uuid>` → flatten it → remove the temporary snapshot →
-//!   snapshot `csi-snap-<uuid>@csi-snap-<uuid>`. The snapshot image shares
-//!   nothing with its source, so the source volume can be deleted at once
-//!   (CSI requires volumes and snapshots to be independent).
-//! - CreateVolume from a snapshot: clone the snapshot image's snapshot, then
-//!   flatten, so the snapshot can be deleted while the volume lives.
+//!   clone `csi-snap-<uuid>` → remove the temporary snapshot (librbd keeps
+//!   it in the trash namespace while the clone needs it) → snapshot
+//!   `csi-snap-<uuid>@csi-snap-<uuid>`.
+//! - CreateVolume from a snapshot: clone the snapshot image's snapshot.
 //! - CreateVolume from a volume: temporary snapshot of the source → clone →
-//!   flatten → remove the temporary snapshot.
+//!   remove the temporary snapshot.
 //!
-//! Flattening copies the data inside the cluster; it is what ceph-csi
-//! eventually does past its clone-depth limits, done here at once so no
-//! image ever depends on another one and no deletion is ever blocked by a
-//! child.
+//! A new image whose chain (its number of ancestors) would exceed
+//! `--max-clone-depth` is flattened before the call returns, so no chain is
+//! ever longer. Deleting an image that has clones flattens them first
+//! ([`flatten_children`]): no delete is blocked by a child and no child is
+//! broken; librbd's flatten copies only the objects the child lacks, so a
+//! delete killed in the middle continues where it stopped when retried.
 
 use std::time::SystemTime;
 
@@ -111,6 +111,52 @@ fn not_found(e: &ceph::Error) -> bool {
     matches!(e, ceph::Error::NotFound(_))
 }
 
+/// The number of ancestors of `pool/image` (0: not a clone).
+pub fn ancestors(rbd: &dyn Rbd, pool: &str, image: &str) -> Result<u32, Error> {
+    let (mut pool, mut image) = (pool.to_string(), image.to_string());
+    let mut n = 0;
+    while let Some(parent) = rbd.image_info(&pool, &image).map_err(ceph_err)?.parent {
+        n += 1;
+        if n > 64 {
+            return Err(Error::Internal(format!("image {pool}/{image}: a clone chain longer than 64")));
+        }
+        (pool, image) = (parent.pool, parent.image);
+    }
+    Ok(n)
+}
+
+/// Flattens `pool/image` if its chain is longer than `max_depth`.
+fn flatten_past(rbd: &dyn Rbd, pool: &str, image: &str, max_depth: u32) -> Result<(), Error> {
+    let depth = ancestors(rbd, pool, image)?;
+    if depth > max_depth {
+        let started = std::time::Instant::now();
+        rbd.flatten_image(pool, image).map_err(ceph_err)?;
+        info!(pool, image, depth, max_depth, ms = started.elapsed().as_millis() as u64, "clone flattened");
+    }
+    Ok(())
+}
+
+/// Flattens every clone of `pool/image` (of any of its snapshots, trashed
+/// ones included), so the image can go without breaking them.
+fn flatten_children(rbd: &dyn Rbd, pool: &str, image: &str) -> Result<(), Error> {
+    let children = match rbd.all_children(pool, image) {
+        Ok(c) => c,
+        Err(ceph::Error::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(ceph_err(e)),
+    };
+    for (cpool, child) in children {
+        let started = std::time::Instant::now();
+        info!(pool, image, child_pool = cpool, child, "flattening a child before the delete");
+        match rbd.flatten_image(&cpool, &child) {
+            // Gone or flattened meanwhile: nothing depends on us any more.
+            Ok(()) | Err(ceph::Error::NotFound(_)) | Err(ceph::Error::InvalidArgument(_)) => {}
+            Err(e) => return Err(ceph_err(e)),
+        }
+        info!(pool, image, child_pool = cpool, child, ms = started.elapsed().as_millis() as u64, "child flattened");
+    }
+    Ok(())
+}
+
 /// A clone needs layering; the other features as requested.
 fn clone_options(p: &CreateParams) -> ImageOptions {
     let mut features = p.features.clone();
@@ -196,6 +242,7 @@ pub fn create_volume(
     p: &CreateParams,
     cap: Capacity,
     source_key: &str,
+    max_depth: u32,
 ) -> Result<Made, Error> {
     let pool_id = pool_id(rbd, &p.pool)?;
     let source = resolve_source(rbd, &p.cluster_id, source_key)?;
@@ -249,7 +296,7 @@ pub fn create_volume(
             if found.is_none() || !matches!(source, Source::None) {
                 make_image(rbd, &p.pool, &image, &entry.uuid, size, p, &source)?;
             }
-            finish_image(rbd, &p.pool, &image, &entry.uuid, size, &source)?
+            finish_image(rbd, &p.pool, &image, &entry.uuid, size, &source, max_depth)?
         }
     };
     if entry.image_id.is_none() {
@@ -302,8 +349,9 @@ fn discard_clone(rbd: &dyn Rbd, pool: &str, image: &str, uuid: &str, source: &So
     Ok(())
 }
 
-/// Flattens a clone, drops the temporary snapshot of a volume source, and
-/// grows the image to `size`: every step idempotent.
+/// Flattens a clone whose chain is longer than `max_depth`, drops the
+/// temporary snapshot of a volume source (into the trash namespace while
+/// the clone needs it), and grows the image to `size`: every step idempotent.
 fn finish_image(
     rbd: &dyn Rbd,
     pool: &str,
@@ -311,13 +359,10 @@ fn finish_image(
     uuid: &str,
     size: u64,
     source: &Source,
+    max_depth: u32,
 ) -> Result<ImageInfo, Error> {
+    flatten_past(rbd, pool, image, max_depth)?;
     let info = rbd.image_info(pool, image).map_err(ceph_err)?;
-    if info.parent.is_some() {
-        let started = std::time::Instant::now();
-        rbd.flatten_image(pool, image).map_err(ceph_err)?;
-        info!(pool, image, ms = started.elapsed().as_millis() as u64, "clone flattened");
-    }
     if let Source::Volume { pool: sp, image: simg, .. } = source {
         ok_if(rbd.snap_remove(sp, simg, &format!("{TMP_SNAP_PREFIX}{uuid}")), not_found)?;
     }
@@ -356,8 +401,8 @@ pub fn delete_volume(rbd: &dyn Rbd, id: &VolumeId) -> Result<(), Error> {
 }
 
 /// Removes an image unless a client has it open or mapped (FAILED_PRECONDITION
-/// naming the watchers). Temporary snapshots left by an interrupted clone or
-/// snapshot go with it, when nothing was cloned from them.
+/// naming the watchers). Its clones are flattened first; its snapshots of
+/// ours (temporary ones, a snapshot image's own) go with it.
 fn remove_image_checked(rbd: &dyn Rbd, pool: &str, image: &str, uuid: &str) -> Result<(), Error> {
     let watchers = match rbd.image_watchers(pool, image) {
         Ok(w) => w,
@@ -371,6 +416,7 @@ fn remove_image_checked(rbd: &dyn Rbd, pool: &str, image: &str, uuid: &str) -> R
             who.join(", ")
         )));
     }
+    flatten_children(rbd, pool, image)?;
     for s in rbd.snap_list(pool, image).map_err(ceph_err)? {
         if s.name.starts_with(TMP_SNAP_PREFIX) || s.name.ends_with(uuid) {
             if !rbd.children(pool, image, &s.name).map_err(ceph_err)?.is_empty() {
@@ -446,6 +492,7 @@ pub fn create_snapshot(
     name: &str,
     src: &VolumeId,
     sp: &SnapshotParams,
+    max_depth: u32,
 ) -> Result<(String, pb::Snapshot), Error> {
     let nf = || Error::NotFound(format!("source volume {:?} not found", src.to_string()));
     let pool = pool_name(rbd, src)?.ok_or_else(nf)?;
@@ -466,6 +513,9 @@ pub fn create_snapshot(
         if info_opt(rbd, &pool, &image)?.is_some() {
             // Cut short earlier (see create_volume): never returned, start again.
             warn!(name, image, "discarding the unfinished snapshot image of an interrupted CreateSnapshot");
+            // Killed after its snapshot was made: nothing was cloned from it
+            // (the entry has no mark), so it goes with the image.
+            ok_if(rbd.snap_remove(&pool, &image, &image), not_found)?;
             ok_if(rbd.remove_image(&pool, &image), not_found)?;
             ok_if(rbd.snap_remove(&pool, &src_entry.image, &tmp), not_found)?;
         }
@@ -475,12 +525,8 @@ pub fn create_snapshot(
                 ImageOptions { features: vec!["layering".into(), "deep-flatten".into()], data_pool: None, order: None };
             ok_if(rbd.clone_image(&pool, &src_entry.image, &tmp, &pool, &image, &opts), exists)?;
         }
+        flatten_past(rbd, &pool, &image, max_depth)?;
         let info = rbd.image_info(&pool, &image).map_err(ceph_err)?;
-        if info.parent.is_some() {
-            let started = std::time::Instant::now();
-            rbd.flatten_image(&pool, &image).map_err(ceph_err)?;
-            info!(pool, image, ms = started.elapsed().as_millis() as u64, "snapshot image flattened");
-        }
         ok_if(rbd.snap_remove(&pool, &src_entry.image, &tmp), not_found)?;
         ok_if(rbd.snap_create(&pool, &image, &image), exists)?;
         journal::mark_complete(rbd, &pool, SNAPSHOTS, &entry.uuid, &info.id).map_err(ceph_err)?;
