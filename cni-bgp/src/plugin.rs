@@ -48,8 +48,8 @@ struct BgpConf {
     mtu: Option<u32>,
     #[serde(default)]
     nat_outgoing: bool,
-    /// The pools traffic stays inside of unmasqueraded; default: the
-    /// subnet of each address IPAM returned.
+    /// The pools traffic stays inside of unmasqueraded; default: the IPAM
+    /// pool or range of each address (see [`ipam_subnet`]).
     #[serde(default)]
     pools: Vec<IpNetwork>,
     #[serde(default)]
@@ -376,6 +376,12 @@ fn configure(
     if result.ips.is_empty() {
         return Err(Error::internal("IPAM returned no address"));
     }
+    // Taken before the addresses become /32 (/128) below.
+    let nat_pools: Vec<IpNetwork> = if conf.pools.is_empty() {
+        result.ips.iter().filter_map(|ip| ipam_subnet(ip, &ctx.raw)).collect()
+    } else {
+        conf.pools.clone()
+    };
     let has_v4 = result.ips.iter().any(|ip| ip.address.is_ipv4());
     let has_v6 = result.ips.iter().any(|ip| ip.address.is_ipv6());
     let mut nl = Netlink::open().map_err(kernel)?;
@@ -480,12 +486,7 @@ fn configure(
 
     if conf.nat_outgoing {
         let table = names::nft_table(&ctx.conf.name);
-        let pools: Vec<IpNetwork> = if conf.pools.is_empty() {
-            result.ips.iter().filter_map(|ip| ipam_subnet(ip, &ctx.raw)).collect()
-        } else {
-            conf.pools.clone()
-        };
-        for p in pools {
+        for p in nat_pools {
             let p = IpNetwork::new(p.network(), p.prefix()).expect("prefix is valid");
             nft::ensure_masquerade(&table, &ctx.conf.name, p)
                 .map_err(|e| Error::internal("nftables").with_details(e))?;
@@ -506,10 +507,15 @@ fn configure(
     Ok(())
 }
 
-/// The pool an address came from: the range subnet of the IPAM config that
-/// holds it, else the prefix IPAM returned it with.
+/// The pool an address came from: the cluster pool (`ipam.cluster.pool`)
+/// or the range subnet of the IPAM config that holds it, else the prefix
+/// IPAM returned it with.
 fn ipam_subnet(ip: &cni_core::IpConfig, raw: &Value) -> Option<IpNetwork> {
     let a = ip.address.ip();
+    let cluster_pool = raw["ipam"]["cluster"]["pool"].as_str().and_then(|s| s.parse::<IpNetwork>().ok());
+    if let Some(p) = cluster_pool.filter(|p| p.contains(a)) {
+        return Some(p);
+    }
     let ranges = raw["ipam"]["ranges"].as_array().cloned().unwrap_or_default();
     for set in ranges {
         for r in set.as_array().cloned().unwrap_or_default() {
@@ -647,5 +653,37 @@ fn gc_kernel(ctx: &Context, conf: &BgpConf, valid: &HashSet<(String, String)>) -
         Ok(())
     } else {
         Err(Error::internal("GC").with_details(errors.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ip(a: &str) -> cni_core::IpConfig {
+        cni_core::IpConfig { address: a.parse().unwrap(), gateway: None, interface: None }
+    }
+
+    #[test]
+    fn nat_pools_come_from_the_cluster_pool_then_the_ranges_then_the_prefix() {
+        let cluster = json!({"ipam": {"cluster": {"pool": "10.244.0.0/16"}}});
+        assert_eq!(ipam_subnet(&ip("10.244.3.7/26"), &cluster), Some("10.244.0.0/16".parse().unwrap()));
+        let ranges = json!({"ipam": {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]}});
+        assert_eq!(ipam_subnet(&ip("fd00:1::5/64"), &ranges), Some("fd00:1::/64".parse().unwrap()));
+        assert_eq!(ipam_subnet(&ip("10.9.0.5/24"), &ranges), Some("10.9.0.5/24".parse().unwrap()));
+        assert_eq!(ipam_subnet(&ip("10.9.0.5/32"), &json!({})), None, "a lone /32 names no pool");
+    }
+
+    #[test]
+    fn only_our_records_under_their_own_names_are_ours() {
+        let rec = json!({"kind": RECORD_KIND, "network": "n", "containerID": "c1", "ifname": "eth0",
+            "hostVeth": names::host_veth("c1", "eth0")});
+        let bytes = rec.to_string().into_bytes();
+        assert!(Record::ours("n+c1+eth0.json", &bytes).is_some());
+        assert!(Record::ours("n+c2+eth0.json", &bytes).is_none(), "renamed");
+        let mut wrong = rec.clone();
+        wrong["hostVeth"] = json!("cali00000000000");
+        assert!(Record::ours("n+c1+eth0.json", wrong.to_string().as_bytes()).is_none(), "names a link not its own");
     }
 }

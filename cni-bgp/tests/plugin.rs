@@ -209,6 +209,7 @@ fn containers_reach_each_other_and_the_host_through_host_routes_without_a_bridge
 fn dual_stack_containers_route_v6_via_the_host_link_local() {
     let mut h = Host::new("10.69.0.0/24");
     h.conf["ipam"]["ranges"] = json!([[{"subnet": "10.69.0.0/24"}], [{"subnet": "fd00:69::/64"}]]);
+    h.conf["mtu"] = json!(1400);
     let (c1, c2) = (h.container(), h.container());
     let r1 = h.add("cid-6a", &c1);
     let r2 = h.add("cid-6b", &c2);
@@ -219,10 +220,16 @@ fn dual_stack_containers_route_v6_via_the_host_link_local() {
         a.split('/').next().unwrap().to_string()
     };
     let (a1, a2) = (v6(&r1), v6(&r2));
-    assert!(r1["routes"].as_array().unwrap().contains(&json!({"dst": "::/0", "gw": "fe80::ecee:eeff:feee:eeee"})), "{r1}");
+    assert!(
+        r1["routes"].as_array().unwrap().contains(&json!({"dst": "::/0", "gw": "fe80::ecee:eeff:feee:eeee"})),
+        "{r1}"
+    );
     let croutes = must(&format!("ip -n {c1} -6 route show"));
     assert!(croutes.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"), "{croutes}");
     let veth = names::host_veth("cid-6a", "eth0");
+    assert!(h.sh(&format!("ip link show {veth}")).1.contains("mtu 1400"), "mtu on the host end");
+    assert!(must(&format!("ip -n {c1} link show eth0")).contains("mtu 1400"), "mtu in the container");
+    assert_eq!(r1["interfaces"][1]["mtu"], 1400);
     let hroutes = h.sh("ip -6 route show").1;
     assert!(hroutes.contains(&format!("{a1} dev {veth}")), "{hroutes}");
     assert_eq!(h.sh("cat /proc/sys/net/ipv6/conf/all/forwarding").1.trim(), "1");
@@ -230,15 +237,15 @@ fn dual_stack_containers_route_v6_via_the_host_link_local() {
     let ll_ready = |host: &Host, v: &str| {
         (0..50).any(|_| {
             let out = host.sh(&format!("ip -6 addr show dev {v} scope link")).1;
-            out.contains("fe80::ecee:eeff:feee:eeee") && !out.contains("tentative")
-                || {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    false
-                }
+            out.contains("fe80::ecee:eeff:feee:eeee") && !out.contains("tentative") || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                false
+            }
         })
     };
     assert!(ll_ready(&h, &veth) && ll_ready(&h, &names::host_veth("cid-6b", "eth0")));
-    let ping6 = |ns: &str, ip: &str| (0..3).any(|_| sh(&format!("ip netns exec {ns} ping -6 -c1 -W1 {ip} >/dev/null 2>&1")).0);
+    let ping6 =
+        |ns: &str, ip: &str| (0..3).any(|_| sh(&format!("ip netns exec {ns} ping -6 -c1 -W1 {ip} >/dev/null 2>&1")).0);
     assert!(ping6(&c1, &a2), "v6 container to container");
     assert!(ping(&c1, &ip_of(&r2)), "and v4 alongside");
     let (ok, v) = h.check("cid-6a", &c1, &r1);
