@@ -442,3 +442,51 @@ fn version_lists_the_supported_versions() {
         assert!(versions.iter().any(|x| x == want), "{want} in {v}");
     }
 }
+
+#[test]
+fn a_link_left_without_its_alias_is_recognised_by_the_record_only() {
+    // What an ADD killed between creating the veth and setting its alias
+    // leaves: the link under our name, no alias, and the attachment's record.
+    let h = Host::new("10.70.0.0/24");
+    let (killed_del, killed_gc, no_record) =
+        (names::host_veth("cid-kd", "eth0"), names::host_veth("cid-kg", "eth0"), names::host_veth("cid-nr", "eth0"));
+    for l in [&killed_del, &killed_gc, &no_record] {
+        h.foreign(l);
+    }
+    write_record_for(&h, "cid-kd");
+    write_record_for(&h, "cid-kg");
+
+    assert!(h.call("DEL", "cid-nr", "").0);
+    assert!(h.sh(&format!("ip link show {no_record}")).0, "no alias, no record: not ours, DEL leaves it");
+    assert!(h.call("DEL", "cid-kd", "").0);
+    assert!(!h.sh(&format!("ip link show {killed_del}")).0, "DEL removed the link its record names");
+    assert_eq!(h.records(), 1);
+    let (ok, v) = h.gc(&[]);
+    assert!(ok, "{v}");
+    assert_eq!(h.cali_links(), vec![no_record], "GC removed the recorded link only");
+    assert_eq!(h.records(), 0);
+
+    // A re-ADD of an attachment whose killed ADD left link and record replaces the link.
+    let mut h = h;
+    must(&format!("ip -n {} addr add 192.168.70.1/32 dev lo", h.ns)); // a source address for the host's ping
+    let c = h.container();
+    let again = names::host_veth("cid-ka", "eth0");
+    h.foreign(&again);
+    write_record_for(&h, "cid-ka");
+    let r = h.add("cid-ka", &c);
+    assert_eq!(r["interfaces"][0]["name"], again.as_str());
+    assert!(h.sh(&format!("ip -d link show {again}")).1.contains("alias cni-bgp"), "the new link has its alias");
+    assert!(ping_host(&h, &ip_of(&r)), "and works");
+}
+
+fn write_record_for(h: &Host, cid: &str) {
+    let dir = format!("{}/records", h.dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = json!({"kind": "cni-bgp/attachment-v1", "network": h.name, "containerID": cid, "ifname": "eth0",
+        "hostVeth": names::host_veth(cid, "eth0")});
+    std::fs::write(format!("{dir}/{}+{cid}+eth0.json", h.name), rec.to_string()).unwrap();
+}
+
+fn ping_host(h: &Host, ip: &str) -> bool {
+    (0..3).any(|_| h.sh(&format!("ping -c1 -W1 {ip}")).0)
+}
