@@ -53,6 +53,12 @@ impl Host {
     }
 
     fn call_with(&self, cmd: &str, cid: &str, netns: &str, conf: &Value) -> (bool, Value) {
+        let out = self.spawn(cmd, cid, netns, conf).wait_with_output().unwrap();
+        (out.status.success(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    }
+
+    /// The plugin running in the host namespace (`ip netns exec` execs it: its pid is the plugin's).
+    fn spawn(&self, cmd: &str, cid: &str, netns: &str, conf: &Value) -> std::process::Child {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_cni-bgp")])
             .env("CNI_COMMAND", cmd)
@@ -65,8 +71,7 @@ impl Host {
             .spawn()
             .expect("spawn cni-bgp");
         child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (out.status.success(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+        child
     }
 
     fn call(&self, cmd: &str, cid: &str, netns: &str) -> (bool, Value) {
@@ -489,4 +494,70 @@ fn write_record_for(h: &Host, cid: &str) {
 
 fn ping_host(h: &Host, ip: &str) -> bool {
     (0..3).any(|_| h.sh(&format!("ping -c1 -W1 {ip}")).0)
+}
+
+/// A small deterministic generator for kill points (replayable from its seed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+#[test]
+fn adds_killed_at_random_points_leave_nothing_gc_cannot_attribute() {
+    const KILLS: usize = 16;
+    let mut h = Host::new("10.71.0.0/24");
+    must(&format!("ip -n {} addr add 192.168.71.1/32 dev lo", h.ns));
+    let mut up: Vec<String> = Vec::new();
+    let mut took = std::time::Duration::MAX;
+    for i in 0..3 {
+        let c = h.container();
+        let t = std::time::Instant::now();
+        h.add(&format!("w{i}"), &c);
+        took = took.min(t.elapsed());
+        up.push(format!("w{i}"));
+    }
+    let seed = std::env::var("KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("SIGKILL points: seed {seed} (KILL_SEED to replay), one ADD takes {took:?}");
+    let mut rng = Lcg(seed);
+    let mut killed: Vec<(String, String)> = Vec::new();
+    for i in 0..KILLS {
+        let c = h.container();
+        let cid = format!("k{i}");
+        // Anywhere from exec to past a whole ADD.
+        let at = std::time::Duration::from_micros(rng.next() % (took.as_micros() as u64 * 2 + 1));
+        let mut child = h.spawn("ADD", &cid, &c, &h.conf);
+        let start = std::time::Instant::now();
+        while start.elapsed() < at {
+            std::hint::spin_loop();
+        }
+        let _ = child.kill();
+        if child.wait_with_output().unwrap().status.success() {
+            up.push(cid);
+        } else {
+            killed.push((cid, c));
+        }
+    }
+    eprintln!("{} ADDs killed, {} finished first", killed.len(), up.len() - 3);
+    assert!(!killed.is_empty(), "no ADD was killed: the kill points missed");
+
+    let valid: Vec<&str> = up.iter().map(String::as_str).collect();
+    let (ok, v) = h.gc(&valid);
+    assert!(ok, "GC: {v}");
+    let mut want: Vec<String> = up.iter().map(|c| names::host_veth(c, "eth0")).collect();
+    want.sort();
+    assert_eq!(h.cali_links(), want, "exactly the host veths of the containers that came up");
+    assert_eq!(h.leases().len(), up.len(), "one lease per container that came up");
+    assert_eq!(h.records(), up.len(), "one record per container that came up");
+
+    // Every killed container can be added again and works.
+    for (cid, c) in &killed {
+        let r = h.add(cid, c);
+        assert!(ping_host(&h, &ip_of(&r)), "{cid} re-added and reachable");
+    }
 }
