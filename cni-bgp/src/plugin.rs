@@ -125,6 +125,14 @@ fn save_record(path: &Path, ctx: &Context, host_veth: &str) -> Result<()> {
         .map_err(|e| Error::io(format!("save attachment record {}", path.display()), e))
 }
 
+/// (network, container, ifname) of a record's temp file name, `<record name>.tmp`.
+fn tmp_record_name(file_name: &str) -> Option<(&str, &str, &str)> {
+    let base = file_name.strip_suffix(".json.tmp")?;
+    let mut parts = base.splitn(3, '+');
+    let (n, c, i) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((n, c, i))
+}
+
 fn remove_record(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -615,7 +623,21 @@ fn gc_kernel(ctx: &Context, conf: &BgpConf, valid: &HashSet<(String, String)>) -
     if let Ok(dir) = std::fs::read_dir(conf.data_dir()) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !entry.file_type().is_ok_and(|t| t.is_file()) || !name.ends_with(".json") {
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            // A temp file an ADD killed while saving its record left (maybe
+            // empty): its name is the proof, as network and container ID
+            // cannot hold '+'.
+            if let Some((n, c, i)) = tmp_record_name(&name) {
+                if n == net && !valid.contains(&(c.to_string(), i.to_string())) {
+                    if let Err(e) = remove_record(&entry.path()) {
+                        errors.push(e.to_string());
+                    }
+                }
+                continue;
+            }
+            if !name.ends_with(".json") {
                 continue;
             }
             let Ok(bytes) = std::fs::read(entry.path()) else { continue };
@@ -673,6 +695,14 @@ mod tests {
         assert_eq!(ipam_subnet(&ip("fd00:1::5/64"), &ranges), Some("fd00:1::/64".parse().unwrap()));
         assert_eq!(ipam_subnet(&ip("10.9.0.5/24"), &ranges), Some("10.9.0.5/24".parse().unwrap()));
         assert_eq!(ipam_subnet(&ip("10.9.0.5/32"), &json!({})), None, "a lone /32 names no pool");
+    }
+
+    #[test]
+    fn temp_record_names_parse_back() {
+        assert_eq!(tmp_record_name("n+c.1+eth0.json.tmp"), Some(("n", "c.1", "eth0")));
+        assert_eq!(tmp_record_name("n+c.1+eth0.json"), None);
+        assert_eq!(tmp_record_name("n+c.1.json.tmp"), None);
+        assert_eq!(tmp_record_name("n+c+eth0+x.json.tmp"), Some(("n", "c", "eth0+x")), "an ifname may hold '+'");
     }
 
     #[test]
