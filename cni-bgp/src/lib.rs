@@ -1,8 +1,13 @@
 //! Routed networking with our own BGP speaker (Calico class). [`fib`] is the
 //! node agent's kernel side: learned routes and own-block blackholes under
-//! our route protocol number, reconciled across agent restarts.
+//! our route protocol number, reconciled across agent restarts. [`plugin`]
+//! is the CNI plugin (`type: "cni-bgp"`), [`status`] the one-line protocol
+//! through which STATUS asks the agent whether it is ready.
 
 pub mod fib;
+pub mod names;
+pub mod plugin;
+pub mod status;
 
 /// The crate's error: what was being done, and the kernel's answer.
 #[derive(Debug, thiserror::Error)]
