@@ -4,6 +4,8 @@
 //! is the CNI plugin (`type: "cni-bgp"`), [`status`] the one-line protocol
 //! through which STATUS asks the agent whether it is ready.
 
+pub mod cli;
+pub mod cluster;
 pub mod fib;
 pub mod names;
 pub mod plugin;

@@ -1,10 +1,35 @@
-//! `cni-bgp`: the CNI plugin when CNI_COMMAND is set. The agent and CLI
-//! subcommands (issue #13 items 2 and 4) are not part of this binary yet.
+//! `cni-bgp`: the CNI plugin when CNI_COMMAND is set; otherwise the admin
+//! commands `config show|set`, `peer add|remove`, `nodes`, `completions`
+//! (`--help` for all). The agent (issue #13 item 2) is not part of this
+//! binary yet.
+
+use std::io::Write;
+
+use clap::Parser;
+use cni_bgp::cli::{self, Cli};
 
 fn main() {
+    // The CNI path first, before any argument parsing: clap is never touched there.
     if std::env::var_os("CNI_COMMAND").is_some() {
         cni_core::skel::run(&cni_bgp::plugin::Bgp);
     }
-    eprintln!("cni-bgp: run as a CNI plugin (set CNI_COMMAND); the agent and CLI subcommands are not implemented yet");
-    std::process::exit(2);
+    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    let level = std::env::var("CNI_BGP_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cni-bgp: start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(cli::run(cli.cmd)) {
+        Ok(out) => {
+            let _ = std::io::stdout().write_all(out.as_bytes());
+        }
+        Err(f) => {
+            eprintln!("cni-bgp: {}", f.message);
+            std::process::exit(f.code);
+        }
+    }
 }

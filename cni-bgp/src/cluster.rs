@@ -1,0 +1,554 @@
+//! The cluster-wide BGP config and the node registry in etcd (issue #13,
+//! item 2): the data model with its checks (no I/O), and [`BgpStore`], which
+//! reads and writes them and turns etcd's watch into typed [`ClusterEvent`]s
+//! for the agent.
+//!
+//! Layout under the prefix (default `/cni-ipam`, the cluster IPAM's, so one
+//! `--etcd-prefix` serves both):
+//!
+//! * `<prefix>/bgp/config`: one JSON [`ClusterBgpConfig`]; absent means the
+//!   defaults (AS 64512, mesh on, no peers, no reflectors).
+//! * `<prefix>/bgp/nodes/<name>`: one JSON [`NodeRecord`] per live agent,
+//!   attached to an etcd lease the agent keeps alive: when the agent dies
+//!   the key expires and every other node unpeers it.
+//!
+//! See docs/cni-bgp.md, "Cluster config".
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use etcd_kv::etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_kv::{EtcdClient, EtcdConfig, Retry, Timeouts};
+use serde::{Deserialize, Serialize};
+
+/// The prefix when `--etcd-prefix` is empty: the cluster IPAM's.
+pub const DEFAULT_PREFIX: &str = "/cni-ipam";
+/// The cluster's AS when the config does not say (a private AS, Calico's).
+pub const DEFAULT_AS: u32 = 64512;
+/// AS_TRANS (RFC 6793): a placeholder in 2-octet fields, never a real AS.
+pub const AS_TRANS: u32 = 23456;
+
+fn default_as() -> u32 {
+    DEFAULT_AS
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `<prefix>/bgp/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterBgpConfig {
+    /// The AS of every node that does not set its own.
+    #[serde(default = "default_as")]
+    pub as_number: u32,
+    /// Whether every node peers with every other node (iBGP full mesh).
+    #[serde(default = "default_true")]
+    pub node_to_node_mesh: bool,
+    /// External peers: of every node, or of one node (`node`).
+    #[serde(default)]
+    pub peers: Vec<GlobalPeer>,
+    /// The nodes that reflect routes (RFC 4456).
+    #[serde(default)]
+    pub route_reflectors: Vec<RouteReflector>,
+}
+
+impl Default for ClusterBgpConfig {
+    fn default() -> Self {
+        ClusterBgpConfig { as_number: DEFAULT_AS, node_to_node_mesh: true, peers: vec![], route_reflectors: vec![] }
+    }
+}
+
+/// One external peer. The address stays a string so that a bad one read
+/// from etcd is reported by [`ClusterBgpConfig::validate`] naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalPeer {
+    pub address: String,
+    #[serde(rename = "as")]
+    pub as_number: u32,
+    /// Only this node peers with it; absent: every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// One route-reflector node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteReflector {
+    pub node: String,
+    /// Reflectors with the same cluster ID are a redundant set (they do not
+    /// reflect to each other's clients twice). Required when there are two
+    /// or more reflectors; a single one defaults to its router ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+/// A config that breaks a rule; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), reason: reason.into() }
+}
+
+/// The AS rules: 1..=4294967295 and not AS_TRANS.
+pub fn check_as(key: &str, n: u32) -> Result<(), ConfigError> {
+    match n {
+        0 => Err(bad(key, "AS 0 is reserved (RFC 7607); use 1..=4294967295")),
+        AS_TRANS => Err(bad(key, "AS 23456 is AS_TRANS (RFC 6793), not a real AS")),
+        _ => Ok(()),
+    }
+}
+
+/// A node name is one etcd key segment: non-empty, no `/`, at most 253
+/// bytes (a hostname), no whitespace or control characters.
+pub fn check_node_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(bad(key, format!("node name {name:?} must be 1 to 253 bytes")));
+    }
+    if name.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()) {
+        return Err(bad(key, format!("node name {name:?} must not contain '/', spaces or control characters")));
+    }
+    Ok(())
+}
+
+impl ClusterBgpConfig {
+    /// Parses the JSON of `<prefix>/bgp/config` and checks it.
+    pub fn from_json(bytes: &[u8]) -> Result<ClusterBgpConfig, ConfigError> {
+        let c: ClusterBgpConfig = serde_json::from_slice(bytes).map_err(|e| bad("bgp/config", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The rules of issue #13: AS in range, peer addresses parse, no
+    /// duplicate peer, no duplicate reflector, a cluster ID on every
+    /// reflector when there are several.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_as("asNumber", self.as_number)?;
+        let mut seen = HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let addr: IpAddr = p
+                .address
+                .parse()
+                .map_err(|_| bad(format!("peers[{i}].address"), format!("{:?} is not an IP address", p.address)))?;
+            check_as(&format!("peers[{i}].as"), p.as_number)?;
+            if let Some(n) = &p.node {
+                check_node_name(&format!("peers[{i}].node"), n)?;
+            }
+            if !seen.insert((addr, p.node.clone())) {
+                let scope = p.node.as_deref().map(|n| format!(" for node {n}")).unwrap_or_default();
+                return Err(bad(format!("peers[{i}]"), format!("duplicate peer {addr}{scope}")));
+            }
+        }
+        let mut nodes = HashSet::new();
+        let several = self.route_reflectors.len() > 1;
+        for (i, r) in self.route_reflectors.iter().enumerate() {
+            check_node_name(&format!("routeReflectors[{i}].node"), &r.node)?;
+            if !nodes.insert(&r.node) {
+                return Err(bad(format!("routeReflectors[{i}]"), format!("node {} is listed twice", r.node)));
+            }
+            if several && r.cluster_id.is_none() {
+                return Err(bad(
+                    format!("routeReflectors[{i}].clusterId"),
+                    format!(
+                        "route reflector {} needs a cluster ID: with several reflectors each must say which \
+                         cluster it serves (the same ID for a redundant pair)",
+                        r.node
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical JSON (what the CLI writes).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serializable")
+    }
+}
+
+/// `<prefix>/bgp/nodes/<name>`: what a node's agent registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRecord {
+    pub name: String,
+    /// The address its peers connect to.
+    pub ipv4: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Its own AS (`--as`); absent: the cluster's.
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// Started with `--route-reflector`.
+    #[serde(default)]
+    pub route_reflector: bool,
+    /// `--cluster-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+impl NodeRecord {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_node_name("name", &self.name)?;
+        if let Some(n) = self.as_number {
+            check_as("as", n)?;
+        }
+        if self.cluster_id.is_some() && !self.route_reflector {
+            return Err(bad("clusterId", "only a route reflector has a cluster ID"));
+        }
+        Ok(())
+    }
+
+    /// Parses a node key's JSON; the record's name must be the key's.
+    pub fn from_json(key_name: &str, bytes: &[u8]) -> Result<NodeRecord, ConfigError> {
+        let r: NodeRecord =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("bgp/nodes/{key_name}"), e.to_string()))?;
+        r.validate().map_err(|e| bad(format!("bgp/nodes/{key_name}: {}", e.key), e.reason))?;
+        if r.name != key_name {
+            return Err(bad(format!("bgp/nodes/{key_name}: name"), format!("{:?} is not the key's name", r.name)));
+        }
+        Ok(r)
+    }
+}
+
+/// The store's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The config (or an edit of it) breaks a rule: exit code 2 in the CLI.
+    #[error("invalid BGP config: {0}")]
+    Invalid(#[from] ConfigError),
+    #[error(transparent)]
+    Etcd(#[from] etcd_kv::Error),
+    /// Another writer kept winning the revision race.
+    #[error("the BGP config changed under us {0} times in a row; try again")]
+    TooManyRaces(usize),
+}
+
+/// A live registration: the etcd lease its key hangs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    pub lease: i64,
+    pub ttl: Duration,
+}
+
+/// What the watch reports, in etcd's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// A node registered (a new key).
+    NodeJoined(NodeRecord),
+    /// A registered node's record changed (addresses, AS, reflector).
+    NodeChanged(NodeRecord),
+    /// A node's key is gone: deleted, or its lease expired (agent dead).
+    NodeLeft(String),
+    /// A node key whose JSON breaks the rules: ignored, with why.
+    NodeRejected { name: String, error: String },
+    /// A new valid config (the defaults when the key was deleted).
+    ConfigChanged(ClusterBgpConfig),
+    /// A new config that breaks a rule: NOT to be applied, the running one
+    /// stays; `error` names the key.
+    ConfigRejected { error: String },
+    /// etcd compacted past where the watch was: list again
+    /// ([`BgpStore::config`], [`BgpStore::nodes`]) and watch from there.
+    Resync,
+}
+
+const RACE_RETRIES: usize = 20;
+
+/// The BGP config and node registry in etcd.
+#[derive(Debug)]
+pub struct BgpStore {
+    etcd: EtcdClient,
+    prefix: String,
+}
+
+fn cfg_key(prefix: &str) -> String {
+    format!("{prefix}/bgp/config")
+}
+fn nodes_prefix(prefix: &str) -> String {
+    format!("{prefix}/bgp/nodes/")
+}
+
+impl BgpStore {
+    /// Checks the settings; connects lazily. An empty prefix is
+    /// [`DEFAULT_PREFIX`]; a trailing `/` is ignored.
+    pub fn new(cfg: &EtcdConfig) -> Result<BgpStore, StoreError> {
+        let p = cfg.prefix.trim_end_matches('/');
+        let prefix = if p.is_empty() { DEFAULT_PREFIX.to_string() } else { p.to_string() };
+        Ok(BgpStore { etcd: EtcdClient::new(cfg, Timeouts::DAEMON)?, prefix })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The raw config and its mod revision (0: no key, the defaults).
+    async fn config_raw(&self) -> Result<(Option<Vec<u8>>, i64, i64), StoreError> {
+        let key = cfg_key(&self.prefix);
+        let resp = self
+            .etcd
+            .call("get BGP config", Retry::Idempotent, move |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(match resp.kvs().first() {
+            Some(kv) => (Some(kv.value().to_vec()), kv.mod_revision(), rev),
+            None => (None, 0, rev),
+        })
+    }
+
+    /// The current config (checked) and the store revision it was read at.
+    pub async fn config(&self) -> Result<(ClusterBgpConfig, i64), StoreError> {
+        let (raw, _, rev) = self.config_raw().await?;
+        let c = match raw {
+            Some(b) => ClusterBgpConfig::from_json(&b)?,
+            None => ClusterBgpConfig::default(),
+        };
+        Ok((c, rev))
+    }
+
+    /// Read, edit, check, write if nobody wrote in between (compare on the
+    /// key's mod revision), else again: concurrent writers never lose an
+    /// update. A stored config that is not valid JSON is an error (fix it
+    /// with etcdctl); one that parses but breaks a rule may be edited into
+    /// shape (the result is checked, not the start).
+    pub async fn update_config<F>(&self, edit: F) -> Result<ClusterBgpConfig, StoreError>
+    where
+        F: Fn(&mut ClusterBgpConfig) -> Result<(), ConfigError>,
+    {
+        let key = cfg_key(&self.prefix);
+        for _ in 0..RACE_RETRIES {
+            let (raw, mod_rev, _) = self.config_raw().await?;
+            let mut c = match &raw {
+                Some(b) => serde_json::from_slice(b).map_err(|e| bad("bgp/config", e.to_string()))?,
+                None => ClusterBgpConfig::default(),
+            };
+            edit(&mut c)?;
+            c.validate()?;
+            let cmp = if raw.is_some() {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, mod_rev)
+            } else {
+                Compare::version(key.clone(), CompareOp::Equal, 0)
+            };
+            let (k, v) = (key.clone(), c.to_json());
+            let won = self
+                .etcd
+                .call("write BGP config", Retry::Once, move |mut cl| {
+                    let txn = Txn::new().when(vec![cmp.clone()]).and_then(vec![TxnOp::put(k.clone(), v.clone(), None)]);
+                    async move { cl.txn(txn).await }
+                })
+                .await?
+                .succeeded();
+            if won {
+                return Ok(c);
+            }
+        }
+        Err(StoreError::TooManyRaces(RACE_RETRIES))
+    }
+
+    /// Registers (or re-registers) a node under a fresh etcd lease of `ttl`
+    /// (whole seconds, at least 1). Keep it with [`Self::refresh`] well
+    /// within the TTL.
+    pub async fn register(&self, rec: &NodeRecord, ttl: Duration) -> Result<Registration, StoreError> {
+        rec.validate()?;
+        let secs = ttl.as_secs().max(1) as i64;
+        let lease = self
+            .etcd
+            .call("grant node lease", Retry::Once, move |mut c| async move { c.lease_grant(secs, None).await })
+            .await?
+            .id();
+        let (k, v) = (format!("{}{}", nodes_prefix(&self.prefix), rec.name), serde_json::to_string(rec).unwrap());
+        self.etcd
+            .call("register node", Retry::Idempotent, move |mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+            })
+            .await?;
+        Ok(Registration { lease, ttl: Duration::from_secs(secs as u64) })
+    }
+
+    /// Keeps a registration alive; when its lease is gone (expired while
+    /// the agent was stalled, or revoked), registers again and returns the
+    /// new one.
+    pub async fn refresh(&self, rec: &NodeRecord, reg: Registration) -> Result<Registration, StoreError> {
+        let id = reg.lease;
+        let alive = self
+            .etcd
+            .call("node lease keep-alive", Retry::Idempotent, move |mut c| async move {
+                match c.lease_keep_alive(id).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_kv::etcd_client::Error::LeaseKeepAliveError(m)) if m == etcd_kv::LEASE_NOT_FOUND => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if alive {
+            Ok(reg)
+        } else {
+            tracing::warn!(node = %rec.name, "node lease {id:x} expired: registering again");
+            self.register(rec, reg.ttl).await
+        }
+    }
+
+    /// Removes a registration at once (an orderly agent stop).
+    pub async fn deregister(&self, reg: Registration) -> Result<(), StoreError> {
+        let id = reg.lease;
+        self.etcd
+            .call("revoke node lease", Retry::Idempotent, move |mut c| async move {
+                match c.lease_revoke(id).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if etcd_kv::is_not_found(&e) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The registered nodes, by name, those whose record breaks the rules
+    /// (name, error), and the revision they were read at.
+    pub async fn nodes(&self) -> Result<(Vec<NodeRecord>, Vec<(String, String)>, i64), StoreError> {
+        let p = nodes_prefix(&self.prefix);
+        let resp = self
+            .etcd
+            .call("list nodes", Retry::Idempotent, move |mut c| {
+                let p = p.clone();
+                async move { c.get(p, Some(etcd_kv::etcd_client::GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let (mut ok, mut badr) = (vec![], vec![]);
+        let plen = nodes_prefix(&self.prefix).len();
+        for kv in resp.kvs() {
+            let name = String::from_utf8_lossy(&kv.key()[plen..]).to_string();
+            match NodeRecord::from_json(&name, kv.value()) {
+                Ok(r) => ok.push(r),
+                Err(e) => badr.push((name, e.to_string())),
+            }
+        }
+        ok.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((ok, badr, rev))
+    }
+
+    /// Watches `<prefix>/bgp/` from revision `after + 1` (the revision of a
+    /// [`Self::config`] or [`Self::nodes`] read). A broken stream is started
+    /// again from where it was; a compacted revision gives
+    /// [`ClusterEvent::Resync`]. Ends when the receiver is dropped. Must be
+    /// called inside a tokio runtime.
+    pub fn watch(self: &std::sync::Arc<Self>, after: i64) -> tokio::sync::mpsc::Receiver<ClusterEvent> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let me = self.clone();
+        tokio::spawn(async move { me.watch_loop(after, tx).await });
+        rx
+    }
+
+    async fn watch_loop(&self, mut rev: i64, tx: tokio::sync::mpsc::Sender<ClusterEvent>) {
+        let (ckey, np) = (cfg_key(&self.prefix), nodes_prefix(&self.prefix));
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            let (handle, mut client) = match self.etcd.stream_client().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("BGP config watch: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+            let started = tokio::time::timeout(
+                self.etcd.timeouts().request,
+                client.watch(format!("{}/bgp/", self.prefix), Some(opts)),
+            )
+            .await;
+            let mut stream = match started {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!("BGP config watch: cannot start: {e}");
+                    if etcd_kv::is_transport_error(&e) {
+                        self.etcd.stream_failed(handle);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(_) => {
+                    self.etcd.stream_failed(handle);
+                    continue;
+                }
+            };
+            loop {
+                let resp = tokio::select! {
+                    r = stream.message() => r,
+                    _ = tx.closed() => return,
+                };
+                let resp = match resp {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("BGP config watch: stream broke, starting again after revision {rev}");
+                        self.etcd.stream_failed(handle);
+                        break;
+                    }
+                };
+                if resp.compact_revision() > 0 {
+                    rev = resp.compact_revision() - 1;
+                    if tx.send(ClusterEvent::Resync).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                if resp.canceled() {
+                    break;
+                }
+                backoff = Duration::from_millis(100);
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    rev = rev.max(kv.mod_revision());
+                    let key = String::from_utf8_lossy(kv.key()).to_string();
+                    let put = ev.event_type() == EventType::Put;
+                    let event = if key == ckey {
+                        if !put {
+                            ClusterEvent::ConfigChanged(ClusterBgpConfig::default())
+                        } else {
+                            match ClusterBgpConfig::from_json(kv.value()) {
+                                Ok(c) => ClusterEvent::ConfigChanged(c),
+                                Err(e) => {
+                                    let error = format!("{ckey}: {e}; the running config stays");
+                                    tracing::error!("rejected BGP config change: {error}");
+                                    ClusterEvent::ConfigRejected { error }
+                                }
+                            }
+                        }
+                    } else if let Some(name) = key.strip_prefix(&np) {
+                        if !put {
+                            ClusterEvent::NodeLeft(name.to_string())
+                        } else {
+                            match NodeRecord::from_json(name, kv.value()) {
+                                Ok(r) if kv.version() == 1 => ClusterEvent::NodeJoined(r),
+                                Ok(r) => ClusterEvent::NodeChanged(r),
+                                Err(e) => ClusterEvent::NodeRejected { name: name.to_string(), error: e.to_string() },
+                            }
+                        }
+                    } else {
+                        continue;
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
