@@ -552,3 +552,74 @@ impl BgpStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        ClusterBgpConfig::from_json(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn absent_keys_are_the_defaults() {
+        assert_eq!(ClusterBgpConfig::from_json(b"{}").unwrap(), ClusterBgpConfig::default());
+        let d = ClusterBgpConfig::default();
+        assert_eq!((d.as_number, d.node_to_node_mesh), (64512, true));
+        let c = ClusterBgpConfig::from_json(
+            br#"{"asNumber":65000,"nodeToNodeMesh":false,"peers":[{"address":"fd00::1","as":65001,"node":"n1"}],
+                "routeReflectors":[{"node":"rr1","clusterId":"10.0.0.1"},{"node":"rr2","clusterId":"10.0.0.1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ClusterBgpConfig::from_json(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn every_rule_names_its_key() {
+        assert_eq!(err(r#"{"asNumber":0}"#), "asNumber: AS 0 is reserved (RFC 7607); use 1..=4294967295");
+        assert!(err(r#"{"asNumber":23456}"#).starts_with("asNumber: AS 23456 is AS_TRANS"));
+        assert!(err(r#"{"asNumber":4294967296}"#).starts_with("bgp/config: invalid value"));
+        assert!(err(r#"{"asnumber":1}"#).contains("unknown field `asnumber`"));
+        assert_eq!(
+            err(r#"{"peers":[{"address":"10.0.0.1","as":65001},{"address":"10.0.0.300","as":65001}]}"#),
+            r#"peers[1].address: "10.0.0.300" is not an IP address"#
+        );
+        assert!(err(r#"{"peers":[{"address":"10.0.0.1","as":0}]}"#).starts_with("peers[0].as: AS 0"));
+        assert_eq!(
+            err(r#"{"peers":[{"address":"10.0.0.1","as":65001},{"address":"10.0.0.1","as":65002}]}"#),
+            "peers[1]: duplicate peer 10.0.0.1"
+        );
+        // The same address for one node and for all nodes are two peers.
+        ClusterBgpConfig::from_json(
+            br#"{"peers":[{"address":"10.0.0.1","as":65001},{"address":"10.0.0.1","as":65001,"node":"n1"}]}"#,
+        )
+        .unwrap();
+        assert!(err(r#"{"peers":[{"address":"10.0.0.1","as":1,"node":"a/b"}]}"#).starts_with("peers[0].node:"));
+        // One reflector: no cluster ID needed (its router ID).
+        ClusterBgpConfig::from_json(br#"{"routeReflectors":[{"node":"rr1"}]}"#).unwrap();
+        assert!(err(r#"{"routeReflectors":[{"node":"rr1","clusterId":"1.1.1.1"},{"node":"rr2"}]}"#)
+            .starts_with("routeReflectors[1].clusterId: route reflector rr2 needs a cluster ID"));
+        assert_eq!(
+            err(r#"{"routeReflectors":[{"node":"rr1","clusterId":"1.1.1.1"},{"node":"rr1","clusterId":"1.1.1.1"}]}"#),
+            "routeReflectors[1]: node rr1 is listed twice"
+        );
+    }
+
+    #[test]
+    fn node_records_are_checked_against_their_key() {
+        let r = NodeRecord::from_json("n1", br#"{"name":"n1","ipv4":"10.0.0.1","as":65001}"#).unwrap();
+        assert_eq!((r.as_number, r.ipv6, r.route_reflector), (Some(65001), None, false));
+        assert!(NodeRecord::from_json("n2", br#"{"name":"n1","ipv4":"10.0.0.1"}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("bgp/nodes/n2: name:"));
+        assert!(NodeRecord::from_json("n1", br#"{"name":"n1","ipv4":"10.0.0.1","as":0}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("bgp/nodes/n1: as: AS 0"));
+        assert!(NodeRecord::from_json("n1", br#"{"name":"n1","ipv4":"10.0.0.1","clusterId":"1.1.1.1"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("only a route reflector"));
+    }
+}
