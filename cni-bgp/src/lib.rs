@@ -2,7 +2,9 @@
 //! node agent's kernel side: learned routes and own-block blackholes under
 //! our route protocol number, reconciled across agent restarts. [`plugin`]
 //! is the CNI plugin (`type: "cni-bgp"`), [`status`] the one-line protocol
-//! through which STATUS asks the agent whether it is ready.
+//! through which STATUS asks the agent whether it is ready. [`cluster`] is
+//! the cluster-wide BGP config and node registry in etcd, [`cli`] the admin
+//! commands that edit it.
 
 pub mod cli;
 pub mod cluster;

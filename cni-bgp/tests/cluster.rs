@@ -62,7 +62,7 @@ async fn nodes_join_change_and_leave_when_their_agent_stops_refreshing() {
     let n1 = node("n1", 1);
     let reg1 = s.register(&n1, Duration::from_secs(2)).await.unwrap();
     assert_eq!(next(&mut rx, Duration::from_secs(5)).await, ClusterEvent::NodeJoined(n1.clone()));
-    assert_eq!(s.nodes().await.unwrap().0, [n1.clone()]);
+    assert_eq!(s.nodes().await.unwrap().0, std::slice::from_ref(&n1));
 
     // A second node, kept alive by refreshes, and a change of n1's record.
     let n2 = NodeRecord { ipv6: Some("fd00::2".parse().unwrap()), as_number: Some(65002), ..node("n2", 2) };
@@ -86,7 +86,7 @@ async fn nodes_join_change_and_leave_when_their_agent_stops_refreshing() {
     };
     assert_eq!(left, ClusterEvent::NodeLeft("n1".into()));
     assert!(start.elapsed() >= Duration::from_secs(1), "expired too early: {:?}", start.elapsed());
-    assert_eq!(s.nodes().await.unwrap().0, [n2.clone()]);
+    assert_eq!(s.nodes().await.unwrap().0, std::slice::from_ref(&n2));
     // Once n1 expired, refreshing its old registration registers it again.
     let reg1c = s.refresh(&n1b, reg1b).await.unwrap();
     assert_ne!(reg1c.lease, reg1b.lease);
@@ -216,6 +216,8 @@ fn the_cli_edits_the_config_with_exit_codes_for_scripts() {
         .unwrap();
     let e = failed(&o, 1);
     assert!(e.contains("etcd unavailable at http://127.0.0.1:1"), "{e}");
+    let o = Command::new(env!("CARGO_BIN_EXE_cni-bgp")).args(["completions", "bash"]).output().unwrap();
+    assert!(ok(&o).contains("peer"), "{o:?}");
     // A usage error: exit 2.
     let o = Command::new(env!("CARGO_BIN_EXE_cni-bgp")).args(["peer", "add"]).output().unwrap();
     failed(&o, 2);

@@ -27,3 +27,36 @@ fn documented_defaults_are_the_codes() {
     assert!(cell("mtu").contains("kernel"));
     assert!(cell("pools").contains("ipam.cluster.pool"));
 }
+
+#[test]
+fn every_cluster_config_and_node_key_is_documented_and_exists() {
+    const SRC: &str = "cni-bgp/src/cluster.rs";
+    for (heading, ty) in [
+        ("Cluster config keys", "ClusterBgpConfig"),
+        ("Peer keys", "GlobalPeer"),
+        ("Route reflector keys", "RouteReflector"),
+        ("Node record keys", "NodeRecord"),
+    ] {
+        let table = table_under(PAGE, heading);
+        assert_same_keys(&format!("{PAGE} {heading} vs {ty}"), &table.keys(), &serde_keys(SRC, ty));
+    }
+    let table = table_under(PAGE, "Cluster config keys");
+    let d = cni_bgp::cluster::ClusterBgpConfig::default();
+    assert!(table.cell("asNumber", "default").unwrap().text.contains(&d.as_number.to_string()));
+    assert!(table.cell("nodeToNodeMesh", "default").unwrap().text.contains(&d.node_to_node_mesh.to_string()));
+}
+
+#[test]
+fn every_cli_flag_is_documented_with_the_codes_default() {
+    use clap::CommandFactory;
+    let table = table_under(PAGE, "CLI");
+    let cmd = cni_bgp::cli::Cli::command();
+    let nodes = cmd.find_subcommand("nodes").expect("nodes command");
+    let code: BTreeSet<String> = nodes.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")).collect();
+    assert_same_keys(&format!("{PAGE} CLI flags vs `cni-bgp nodes`"), &table.keys(), &code);
+    for a in nodes.get_arguments() {
+        let (Some(l), Some(d)) = (a.get_long(), a.get_default_values().first()) else { continue };
+        let cell = table.cell(&format!("--{l}"), "default").unwrap();
+        assert!(cell.text.contains(d.to_str().unwrap()), "--{l}: docs say {:?}, code {d:?}", cell.text);
+    }
+}
