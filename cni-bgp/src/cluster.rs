@@ -253,8 +253,9 @@ pub enum ClusterEvent {
     /// A new config that breaks a rule: NOT to be applied, the running one
     /// stays; `error` names the key.
     ConfigRejected { error: String },
-    /// etcd compacted past where the watch was: list again
-    /// ([`BgpStore::config`], [`BgpStore::nodes`]) and watch from there.
+    /// etcd compacted past where the watch was, so events were lost: the
+    /// watch ends after this; list again ([`BgpStore::config`],
+    /// [`BgpStore::nodes`]) and start a new watch from that read.
     Resync,
 }
 
@@ -485,7 +486,10 @@ impl BgpStore {
                     continue;
                 }
                 Err(_) => {
+                    tracing::warn!("BGP config watch: no answer to the watch request");
                     self.etcd.stream_failed(handle);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -503,11 +507,15 @@ impl BgpStore {
                     }
                 };
                 if resp.compact_revision() > 0 {
-                    rev = resp.compact_revision() - 1;
-                    if tx.send(ClusterEvent::Resync).await.is_err() {
-                        return;
-                    }
-                    break;
+                    // Events were lost: the caller lists again and starts a
+                    // new watch from that read.
+                    tracing::warn!(
+                        from = rev + 1,
+                        compacted = resp.compact_revision(),
+                        "BGP config watch: start revision was compacted"
+                    );
+                    let _ = tx.send(ClusterEvent::Resync).await;
+                    return;
                 }
                 if resp.canceled() {
                     break;

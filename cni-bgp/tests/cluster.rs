@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cni_bgp::cluster::{BgpStore, ClusterBgpConfig, ClusterEvent, NodeRecord};
+use cni_bgp::cluster::{BgpStore, ClusterBgpConfig, ClusterEvent, NodeRecord, StoreError};
 use etcd_kv::testing::EtcdServer;
 use etcd_kv::EtcdConfig;
 use tokio::sync::mpsc::Receiver;
@@ -248,4 +248,47 @@ fn concurrent_peer_adds_from_several_cli_processes_all_land() {
     let mut want: Vec<String> = (0..N).map(|i| format!("198.51.100.{},{}", i + 1, 65100 + i)).collect();
     want.sort();
     assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn the_watch_survives_an_etcd_restart_and_says_resync_after_a_compaction() {
+    let mut etcd = EtcdServer::start().expect("start etcd");
+    let p = "/t-bgp-restart";
+    let s = store(&etcd, p);
+    let (_, rev) = s.config().await.unwrap();
+    let mut rx = s.watch(rev);
+    let set = |n: u32| {
+        s.update_config(move |c| {
+            c.as_number = n;
+            Ok(())
+        })
+    };
+    set(65001).await.unwrap();
+    assert!(
+        matches!(next(&mut rx, Duration::from_secs(5)).await, ClusterEvent::ConfigChanged(c) if c.as_number == 65001)
+    );
+
+    // etcd dies and comes back: the same watch delivers the next change.
+    etcd.restart().unwrap();
+    // The first call on the old channel may fail as unavailable (the
+    // client then builds a new one): the agent retries, so does this.
+    let mut tries = 0;
+    while let Err(e) = set(65002).await {
+        tries += 1;
+        assert!(tries < 3 && matches!(&e, StoreError::Etcd(e) if e.is_unavailable()), "{e}");
+    }
+    assert!(
+        matches!(next(&mut rx, Duration::from_secs(15)).await, ClusterEvent::ConfigChanged(c) if c.as_number == 65002)
+    );
+
+    // A watch from a revision etcd compacted away: Resync, then the end.
+    let (_, old) = s.config().await.unwrap();
+    set(65003).await.unwrap();
+    set(65004).await.unwrap();
+    let (_, now) = s.config().await.unwrap();
+    let o = etcd.etcdctl(&["compact", &now.to_string()]).unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let mut rx = s.watch(old);
+    assert_eq!(next(&mut rx, Duration::from_secs(5)).await, ClusterEvent::Resync);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap(), None);
 }
