@@ -11,9 +11,8 @@ use clap::{Parser, Subcommand};
 use etcd_kv::flags::{Endpoints, TlsFlags};
 use etcd_kv::EtcdConfig;
 
-use crate::cluster::{
-    self, BgpStore, ClusterBgpConfig, ConfigError, GlobalPeer, NodeRecord, RouteReflector, StoreError,
-};
+use crate::cluster::{self, BgpStore, ClusterBgpConfig, ConfigError, GlobalPeer, NodeRecord, RouteReflector};
+use crate::Error;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -157,11 +156,11 @@ pub struct Failure {
     pub message: String,
 }
 
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Failure {
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
         let code = match &e {
-            StoreError::Invalid(_) => 2,
-            StoreError::Etcd(etcd_kv::Error::InvalidSettings(_)) => 2,
+            Error::Invalid(_) => 2,
+            Error::Etcd(etcd_kv::Error::InvalidSettings(_)) => 2,
             _ => 1,
         };
         Failure { code, message: e.to_string() }

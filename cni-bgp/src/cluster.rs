@@ -22,6 +22,8 @@ use etcd_kv::etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp
 use etcd_kv::{EtcdClient, EtcdConfig, Retry, Timeouts};
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
+
 /// The prefix when `--etcd-prefix` is empty: the cluster IPAM's.
 pub const DEFAULT_PREFIX: &str = "/cni-ipam";
 /// The cluster's AS when the config does not say (a private AS, Calico's).
@@ -217,19 +219,6 @@ impl NodeRecord {
     }
 }
 
-/// The store's errors.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The config (or an edit of it) breaks a rule: exit code 2 in the CLI.
-    #[error("invalid BGP config: {0}")]
-    Invalid(#[from] ConfigError),
-    #[error(transparent)]
-    Etcd(#[from] etcd_kv::Error),
-    /// Another writer kept winning the revision race.
-    #[error("the BGP config changed under us {0} times in a row; try again")]
-    TooManyRaces(usize),
-}
-
 /// A live registration: the etcd lease its key hangs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Registration {
@@ -278,7 +267,7 @@ fn nodes_prefix(prefix: &str) -> String {
 impl BgpStore {
     /// Checks the settings; connects lazily. An empty prefix is
     /// [`DEFAULT_PREFIX`]; a trailing `/` is ignored.
-    pub fn new(cfg: &EtcdConfig) -> Result<BgpStore, StoreError> {
+    pub fn new(cfg: &EtcdConfig) -> Result<BgpStore, Error> {
         let p = cfg.prefix.trim_end_matches('/');
         let prefix = if p.is_empty() { DEFAULT_PREFIX.to_string() } else { p.to_string() };
         Ok(BgpStore { etcd: EtcdClient::new(cfg, Timeouts::DAEMON)?, prefix })
@@ -289,7 +278,7 @@ impl BgpStore {
     }
 
     /// The raw config and its mod revision (0: no key, the defaults).
-    async fn config_raw(&self) -> Result<(Option<Vec<u8>>, i64, i64), StoreError> {
+    async fn config_raw(&self) -> Result<(Option<Vec<u8>>, i64, i64), Error> {
         let key = cfg_key(&self.prefix);
         let resp = self
             .etcd
@@ -306,7 +295,7 @@ impl BgpStore {
     }
 
     /// The current config (checked) and the store revision it was read at.
-    pub async fn config(&self) -> Result<(ClusterBgpConfig, i64), StoreError> {
+    pub async fn config(&self) -> Result<(ClusterBgpConfig, i64), Error> {
         let (raw, _, rev) = self.config_raw().await?;
         let c = match raw {
             Some(b) => ClusterBgpConfig::from_json(&b)?,
@@ -320,7 +309,7 @@ impl BgpStore {
     /// update. A stored config that is not valid JSON is an error (fix it
     /// with etcdctl); one that parses but breaks a rule may be edited into
     /// shape (the result is checked, not the start).
-    pub async fn update_config<F>(&self, edit: F) -> Result<ClusterBgpConfig, StoreError>
+    pub async fn update_config<F>(&self, edit: F) -> Result<ClusterBgpConfig, Error>
     where
         F: Fn(&mut ClusterBgpConfig) -> Result<(), ConfigError>,
     {
@@ -351,13 +340,13 @@ impl BgpStore {
                 return Ok(c);
             }
         }
-        Err(StoreError::TooManyRaces(RACE_RETRIES))
+        Err(Error::TooManyRaces(RACE_RETRIES))
     }
 
     /// Registers (or re-registers) a node under a fresh etcd lease of `ttl`
     /// (whole seconds, at least 1). Keep it with [`Self::refresh`] well
     /// within the TTL.
-    pub async fn register(&self, rec: &NodeRecord, ttl: Duration) -> Result<Registration, StoreError> {
+    pub async fn register(&self, rec: &NodeRecord, ttl: Duration) -> Result<Registration, Error> {
         rec.validate()?;
         let secs = ttl.as_secs().max(1) as i64;
         let lease = self
@@ -378,7 +367,7 @@ impl BgpStore {
     /// Keeps a registration alive; when its lease is gone (expired while
     /// the agent was stalled, or revoked), registers again and returns the
     /// new one.
-    pub async fn refresh(&self, rec: &NodeRecord, reg: Registration) -> Result<Registration, StoreError> {
+    pub async fn refresh(&self, rec: &NodeRecord, reg: Registration) -> Result<Registration, Error> {
         let id = reg.lease;
         let alive = self
             .etcd
@@ -401,7 +390,7 @@ impl BgpStore {
     }
 
     /// Removes a registration at once (an orderly agent stop).
-    pub async fn deregister(&self, reg: Registration) -> Result<(), StoreError> {
+    pub async fn deregister(&self, reg: Registration) -> Result<(), Error> {
         let id = reg.lease;
         self.etcd
             .call("revoke node lease", Retry::Idempotent, move |mut c| async move {
@@ -417,7 +406,7 @@ impl BgpStore {
 
     /// The registered nodes, by name, those whose record breaks the rules
     /// (name, error), and the revision they were read at.
-    pub async fn nodes(&self) -> Result<(Vec<NodeRecord>, Vec<(String, String)>, i64), StoreError> {
+    pub async fn nodes(&self) -> Result<(Vec<NodeRecord>, Vec<(String, String)>, i64), Error> {
         let p = nodes_prefix(&self.prefix);
         let resp = self
             .etcd

@@ -13,11 +13,20 @@ pub mod names;
 pub mod plugin;
 pub mod status;
 
-/// The crate's error: what was being done, and the kernel's answer.
+/// The crate's error: what was being done, and the kernel's or etcd's
+/// answer, or which rule a config breaks.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Net(#[from] linux_net::Error),
+    /// The BGP config (or an edit of it) breaks a rule: exit code 2 in the CLI.
+    #[error("invalid BGP config: {0}")]
+    Invalid(#[from] cluster::ConfigError),
+    #[error(transparent)]
+    Etcd(#[from] etcd_kv::Error),
+    /// Another writer of the BGP config kept winning the revision race.
+    #[error("the BGP config changed under us {0} times in a row; try again")]
+    TooManyRaces(usize),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cni_bgp::cluster::{BgpStore, ClusterBgpConfig, ClusterEvent, NodeRecord, StoreError};
+use cni_bgp::cluster::{BgpStore, ClusterBgpConfig, ClusterEvent, NodeRecord};
+use cni_bgp::Error;
 use etcd_kv::testing::EtcdServer;
 use etcd_kv::EtcdConfig;
 use tokio::sync::mpsc::Receiver;
@@ -275,7 +276,7 @@ async fn the_watch_survives_an_etcd_restart_and_says_resync_after_a_compaction()
     let mut tries = 0;
     while let Err(e) = set(65002).await {
         tries += 1;
-        assert!(tries < 3 && matches!(&e, StoreError::Etcd(e) if e.is_unavailable()), "{e}");
+        assert!(tries < 3 && matches!(&e, Error::Etcd(e) if e.is_unavailable()), "{e}");
     }
     assert!(
         matches!(next(&mut rx, Duration::from_secs(15)).await, ClusterEvent::ConfigChanged(c) if c.as_number == 65002)
