@@ -293,3 +293,32 @@ async fn the_watch_survives_an_etcd_restart_and_says_resync_after_a_compaction()
     assert_eq!(next(&mut rx, Duration::from_secs(5)).await, ClusterEvent::Resync);
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap(), None);
 }
+
+#[test]
+fn the_cli_speaks_tls_to_etcd_with_the_shared_flags() {
+    let etcd = EtcdServer::start_tls().expect("start etcd with TLS");
+    let t = etcd.tls_files().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cni-bgp"))
+            .args(["peer", "add", "203.0.113.1,65001", "--json", "--etcd-endpoints", &etcd.endpoint()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let (ca, cert, key) = (t.ca.to_str().unwrap(), t.client_cert.to_str().unwrap(), t.client_key.to_str().unwrap());
+    let c: ClusterBgpConfig =
+        serde_json::from_str(&ok(&run(&["--etcd-cafile", ca, "--etcd-certfile", cert, "--etcd-keyfile", key])))
+            .unwrap();
+    assert_eq!(c.peers.len(), 1);
+    // No client certificate: etcd refuses (exit 1). A cert without its key: usage (exit 2).
+    failed(&run(&["--etcd-cafile", ca]), 1);
+    let e = failed(&run(&["--etcd-cafile", ca, "--etcd-certfile", cert]), 2);
+    assert!(e.contains("--etcd-keyfile"), "{e}");
+    // TLS files with an http:// endpoint: usage (exit 2).
+    let o = Command::new(env!("CARGO_BIN_EXE_cni-bgp"))
+        .args(["nodes", "--etcd-endpoints", "http://127.0.0.1:1", "--etcd-cafile", ca])
+        .output()
+        .unwrap();
+    let e = failed(&o, 2);
+    assert!(e.contains("is not https://"), "{e}");
+}
