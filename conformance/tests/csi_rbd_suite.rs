@@ -1,0 +1,127 @@
+//! `conformance csi` (the CSI sanity suite, all of it, node specs included)
+//! against csi-rbd and a real Ceph cluster: zero failures, nothing
+//! filtered, and no image left in the pool afterwards.
+//!
+//! The host kernel has no `rbd`, so the node service cannot run here: this
+//! test starts a throwaway cluster ([`csi_suite::ceph::Ceph`], on a bridge
+//! of its own), writes ceph-csi's config.json, the StorageClass-style
+//! parameters and the secrets (every RPC's section: `userID`, `userKey`),
+//! and boots ONE guest kernel on the cluster's bridge
+//! (`scripts/guest/csi-rbd-suite.sh`) that runs `csi-rbd --mode all` and
+//! the suite against it. The host reads the suite's summary from the
+//! guest's output, then looks at the pool itself.
+//!
+//! Needs `csi-rbd` next to the `conformance` binary
+//! (`cargo build --release -p csi-rbd -p conformance`); a missing binary,
+//! Ceph or guest kernel fails the test, never skips it.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use csi_suite::ceph::Ceph;
+use csi_suite::csi::config::SECRET_KINDS;
+
+/// The `clusterID` of the test's config.json.
+const CLUSTER_ID: &str = "suite";
+/// Each spec's volume: small, so that mkfs.ext4 under the emulated CPU is quick
+/// (the images are thin either way).
+const VOLUME_SIZE: u64 = 64 << 20;
+
+/// The counts of the suite's last line:
+/// `94 specs: P passed, F failed, S skipped (capability not advertised), X filtered`.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    total: usize,
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+    filtered: usize,
+}
+
+fn summary(stdout: &str) -> Option<Summary> {
+    let line = stdout.lines().rev().find(|l| l.contains(" specs: ") && l.contains(" passed"))?;
+    let (total, rest) = line.trim().split_once(" specs: ")?;
+    let count = |word: &str| -> Option<usize> {
+        rest.split(", ").find_map(|part| {
+            let (n, what) = part.split_once(' ')?;
+            what.starts_with(word).then(|| n.parse().ok()).flatten()
+        })
+    };
+    Some(Summary {
+        total: total.parse().ok()?,
+        passed: count("passed")?,
+        failed: count("failed")?,
+        skipped: count("skipped").unwrap_or(0),
+        filtered: count("filtered").unwrap_or(0),
+    })
+}
+
+#[test]
+fn summary_lines_parse() {
+    let s = summary("x\n94 specs: 45 passed, 0 failed, 23 skipped (capability not advertised), 26 filtered\n");
+    assert_eq!(s, Some(Summary { total: 94, passed: 45, failed: 0, skipped: 23, filtered: 26 }));
+    let s = summary("94 specs: 93 passed, 1 failed, 0 skipped (capability not advertised), 0 filtered");
+    assert_eq!(s.map(|s| s.failed), Some(1));
+    assert_eq!(summary("no summary here"), None);
+}
+
+#[test]
+fn every_spec_passes_against_csi_rbd_on_ceph_in_a_guest_and_no_image_is_left() {
+    common::require_root();
+    let c = Ceph::start().expect("start ceph (scripts/testbed.sh installs ceph-mon ceph-osd ceph-common)");
+    let work = common::TempDir::new("csi-rbd-suite");
+    let write = |name: &str, text: String| {
+        let p = work.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write("config.json", c.cluster_config_json(CLUSTER_ID));
+    write("params.json", serde_json::json!({"clusterID": CLUSTER_ID, "pool": "rbd"}).to_string());
+    let user = serde_json::json!({"userID": "admin", "userKey": c.admin_key()});
+    let secrets: serde_json::Map<String, serde_json::Value> =
+        SECRET_KINDS.iter().map(|k| (k.to_string(), user.clone())).collect();
+    write("secrets.json", serde_json::Value::Object(secrets).to_string());
+
+    let bins = common::GuestBins::stage(
+        "csi-rbd-suite",
+        &[(common::our_dir().join("csi-rbd"), "csi-rbd"), (common::conformance_bin(), "conformance")],
+    );
+    let addr = format!("{}/{}", c.host(10), c.prefix_len());
+    let net = format!("bridge:{}", c.bridge());
+    let size = VOLUME_SIZE.to_string();
+    let (status, stdout) = common::run_in_guest(
+        "scripts/guest/csi-rbd-suite.sh",
+        &[
+            bins.dir.join("conformance").as_os_str(),
+            bins.dir.join("csi-rbd").as_os_str(),
+            work.0.as_os_str(),
+            "--volume-size".as_ref(),
+            size.as_ref(),
+            "--rpc-timeout".as_ref(),
+            "120".as_ref(),
+        ],
+        &[
+            ("GUEST_NETWORK", &net),
+            ("GUEST_ADDR", &addr),
+            ("GUEST_MODULES", "rbd"),
+            ("GUEST_TIMEOUT", "1500"),
+        ],
+    );
+
+    let s = summary(&stdout).unwrap_or_else(|| panic!("the guest printed no suite summary ({status:?}, output above)"));
+    eprintln!("csi-rbd suite: {s:?}");
+    assert_eq!(s.failed, 0, "specs failed (output above)");
+    assert_eq!(s.filtered, 0, "every spec applies to csi-rbd: nothing may be filtered");
+    assert_eq!(s.passed + s.skipped, s.total, "{s:?}");
+    assert!(s.passed >= 70, "only {} of {} specs passed: capabilities csi-rbd should advertise are missing", s.passed, s.total);
+    assert!(status.success(), "guest script failed: {status:?}");
+    let left: Vec<&str> = stdout.lines().filter(|l| l.starts_with("LEFT: ")).collect();
+    assert!(left.is_empty(), "the run left devices or mounts in the guest: {left:?}");
+
+    // The pool: no image (volumes, and the csi-snap-* images behind snapshots), nothing in the trash.
+    let images = c.rbd(&["ls", "rbd"]).expect("rbd ls");
+    assert_eq!(images.trim(), "", "images left in the pool");
+    let trash = c.rbd(&["trash", "ls", "rbd"]).expect("rbd trash ls");
+    assert_eq!(trash.trim(), "", "images left in the pool's trash");
+}
