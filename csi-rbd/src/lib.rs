@@ -10,12 +10,18 @@
 //! - [`journal`]: ceph-csi's omap journal (CSI name → image), the source of
 //!   idempotency across retries, restarts and controller replicas;
 //! - [`controller`]: the Controller service.
+//! - [`attach`]: exclusive attach (one read-write node per image) and fencing;
+//! - [`node`]: the Node service (map, mkfs, mount, stage records);
+//! - [`takeover`]: `csi-rbd takeover`, fencing a dead node by hand.
 
+pub mod attach;
 pub mod config;
 pub mod connection;
 pub mod controller;
 pub mod journal;
 pub mod params;
+pub mod node;
+pub mod takeover;
 pub mod volume_id;
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! `csi-rbd`: serves the CSI Identity, Controller and Node services for
-//! Ceph RBD volumes.
+//! Ceph RBD volumes; `csi-rbd takeover …` is the admin command that fences
+//! a dead node and frees its volume (docs/csi-rbd.md).
 
 use std::time::Duration;
 
@@ -29,15 +30,18 @@ const DEFAULTS: Defaults = Defaults {
             default: Some("8"),
             help: "a clone deeper than this is flattened before CreateVolume returns",
         },
+        ExtraFlag {
+            name: "state-dir",
+            default: Some("/var/lib/csi-rbd"),
+            help: "where the node keeps its stage records (what is mapped and mounted where)",
+        },
+        ExtraFlag {
+            name: "max-volumes",
+            default: Some("0"),
+            help: "NodeGetInfo's max_volumes_per_node (0: no limit stated)",
+        },
     ],
 };
-
-/// Until the node service exists on this branch: the Node service is not
-/// served (`--mode node` serves Identity only).
-#[derive(Debug)]
-struct NoNode;
-
-impl csi_core::pb::node_server::Node for NoNode {}
 
 fn number(flags: &Flags, name: &str, range: std::ops::RangeInclusive<u64>) -> u64 {
     match flags.extra(name).unwrap_or_default().parse::<u64>() {
@@ -50,6 +54,10 @@ fn number(flags: &Flags, name: &str, range: std::ops::RangeInclusive<u64>) -> u6
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("takeover") {
+        std::process::exit(csi_rbd::takeover::main(&args[2..]));
+    }
     let flags = Flags::from_env(&DEFAULTS);
     if let Err(e) = csi_core::flags::init_logging(&flags.log_level) {
         eprintln!("csi-rbd: {e}");
@@ -65,6 +73,14 @@ fn main() {
         eprintln!("csi-rbd: --rbd-soft-max-clone-depth must not exceed --rbd-hard-max-clone-depth");
         std::process::exit(2);
     }
+    let clusters = match csi_rbd::config::ClusterConfig::load(&config.cluster_config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("csi-rbd: --cluster-config: {e}");
+            std::process::exit(2);
+        }
+    };
+    let max_volumes = number(&flags, "max-volumes", 0..=i64::MAX as u64) as i64;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -75,10 +91,16 @@ fn main() {
     let controller = csi_rbd::controller::ControllerService::new(config);
     let mut registry = prom_endpoint::Registry::default();
     csi_rbd::register_metrics(&mut registry, &controller);
+    let node = csi_rbd::node::Node::new(csi_rbd::node::NodeConfig {
+        node_id: flags.node_id.clone(),
+        state_dir: std::path::PathBuf::from(flags.extra("state-dir").unwrap_or("/var/lib/csi-rbd")),
+        clusters,
+        max_volumes,
+    });
     let plugin = csi_core::server::Plugin {
         identity: csi_core::identity::Identity::new(&flags.driver_name).vendor_version(env!("CARGO_PKG_VERSION")),
         controller: Some(controller),
-        node: None::<NoNode>,
+        node: Some(node),
     };
     if let Err(e) = runtime.block_on(csi_core::server::run_with_metrics(&flags, plugin, registry)) {
         tracing::error!("{e}");

@@ -6,6 +6,7 @@
 //! * [`csi_process`]: a CSI driver started as a process, ready when its socket answers.
 //! * [`ganesha`]: a private nfs-ganesha export for one test.
 //! * [`ceph`]: a private single-node Ceph cluster (RBD) on a bridge of its own.
+//! * [`guest`]: long-lived guest kernels on a test bridge (the RBD nodes).
 //!
 //! Errors: a spec's failure is its message (`Result<T, String>`, the suite's
 //! `csi::Res`, the same type as [`testkit::util::R`]); the RPC wrappers
@@ -21,3 +22,4 @@ pub use error::{Error, Result};
 pub mod ceph;
 pub mod csi_process;
 pub mod ganesha;
+pub mod guest;

@@ -1,0 +1,906 @@
+//! The Node service: maps an RBD image (krbd through sysfs, or rbd-nbd),
+//! makes a filesystem only on a blank device, mounts it at the staging
+//! path, and bind-mounts it (or the raw device) at each target path.
+//!
+//! Exclusivity ([`crate::attach`]): a read-write stage claims the image's
+//! attach lock for this node before mapping (FAILED_PRECONDITION naming the
+//! holder otherwise) and records its Ceph client address after mapping, so
+//! that a takeover can fence exactly this client.
+//!
+//! What stage did is kept in a stage record ([`record`]) under
+//! `--state-dir`: publish, expand, stats and unstage need neither Ceph nor
+//! the volume context, and a restarted plugin picks up where it was.
+//! Unstage works with Ceph down: unmount and unmap are bounded and escalate
+//! (lazy unmount, forced unmap); releasing the lock in Ceph is best effort
+//! and bounded (a lock left behind is broken by the controller's
+//! ControllerUnpublishVolume, which follows every unstage).
+//!
+//! Every step is idempotent: a retried stage finds its mapping (by pool and
+//! image, [`krbd::find`]) and its mount, a retried unstage finds nothing
+//! left to do.
+
+pub mod exec;
+pub mod fs;
+pub mod krbd;
+pub mod nbd;
+pub mod record;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use csi_core::mount::{self, MsFlags};
+use csi_core::pb;
+use csi_core::pb::node_service_capability::rpc::Type as NodeCap;
+use csi_core::pb::volume_capability::access_mode::Mode as AccessMode;
+use csi_core::pb::volume_capability::AccessType;
+use csi_core::validate::{self, CapabilitySupport, InFlight};
+use csi_core::Error;
+use tonic::{Request, Response, Status};
+
+use crate::attach;
+use crate::config::ClusterConfig;
+use crate::volume_id::VolumeId;
+use record::{Mounter, Records, StageRecord, StageSecret};
+
+/// Bound on connecting to Ceph at stage, and on each Ceph call.
+pub const CEPH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on releasing the attach lock at unstage (best effort).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one mount or unmount step.
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on each unmount step at unstage (then lazy/forced, see csi-core).
+pub const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long expand waits for the kernel to see the image's new size.
+pub const RESIZE_WAIT: Duration = Duration::from_secs(30);
+/// Bound on statvfs for NodeGetVolumeStats.
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default map options: the kernel client cannot map from a
+/// msgr2-only monitor without `ms_mode`; `noshare` gives every mapping a
+/// Ceph client of its own, so that fencing one volume's client leaves the
+/// node's other volumes alone.
+pub const DEFAULT_KRBD_OPTIONS: &[&str] = &["ms_mode=prefer-crc", "noshare"];
+
+/// Access modes a node stages: one node at a time, or read-only anywhere.
+const MODES: &[AccessMode] = &[
+    AccessMode::SingleNodeWriter,
+    AccessMode::SingleNodeReaderOnly,
+    AccessMode::MultiNodeReaderOnly,
+    AccessMode::SingleNodeSingleWriter,
+    AccessMode::SingleNodeMultiWriter,
+];
+/// Block and filesystem volumes, in those modes.
+pub const SUPPORT: CapabilitySupport = CapabilitySupport { block: true, modes: MODES };
+
+/// The node's settings (flags).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// `--node-id`.
+    pub node_id: String,
+    /// `--state-dir`: stage records.
+    pub state_dir: PathBuf,
+    /// `--cluster-config`: clusterID → monitors.
+    pub clusters: ClusterConfig,
+    /// `--max-volumes`: NodeGetInfo's `max_volumes_per_node` (0: no limit stated).
+    pub max_volumes: i64,
+}
+
+/// csi-rbd's Node service.
+#[derive(Debug)]
+pub struct NodeService {
+    cfg: NodeConfig,
+    records: Records,
+    in_flight: InFlight,
+    conns: Arc<Mutex<HashMap<String, Arc<dyn ceph::Rbd>>>>,
+}
+
+/// A counter for unique temp names.
+pub(crate) fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs `f` on its own thread, waiting at most `timeout` (a hung cluster
+/// must not hang the RPC; the thread is abandoned).
+fn bounded<T, F>(what: &str, timeout: Duration, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("csi-rbd-ceph".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| Status::internal(format!("{what}: start a thread: {e}")))?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!("{what}: Ceph did not answer within {timeout:?}"))),
+    }
+}
+
+/// Runs blocking work off the async runtime.
+async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(Status::internal(format!("worker panicked: {e}"))),
+    }
+}
+
+/// Where a volume lives, from the volume context or else the volume ID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// ceph-csi's clusterID.
+    pub cluster_id: String,
+    /// The pool's name, if the context gave it (else resolved from `pool_id`).
+    pub pool: Option<String>,
+    /// The pool's ID from the volume ID.
+    pub pool_id: Option<i64>,
+    /// The image.
+    pub image: String,
+}
+
+impl Target {
+    /// Resolves without I/O. NOT_FOUND when neither the context nor the ID
+    /// names an image.
+    pub fn new(volume_id: &str, ctx: &HashMap<String, String>) -> Result<Target, Error> {
+        let get = |k: &str| ctx.get(k).filter(|v| !v.is_empty()).cloned();
+        let parsed = VolumeId::parse(volume_id);
+        let cluster_id = match (get("clusterID"), &parsed) {
+            (Some(c), _) => c,
+            (None, Ok(id)) => id.cluster_id.clone(),
+            (None, Err(e)) => return Err(Error::NotFound(format!("volume {volume_id:?}: {e}; no clusterID in the volume context"))),
+        };
+        let image = match (get("imageName"), &parsed) {
+            (Some(i), _) => i,
+            (None, Ok(id)) => format!("csi-vol-{}", id.uuid),
+            (None, Err(e)) => return Err(Error::NotFound(format!("volume {volume_id:?}: {e}; no imageName in the volume context"))),
+        };
+        let pool = get("pool");
+        let pool_id = parsed.as_ref().ok().map(|id| id.pool_id);
+        if pool.is_none() && pool_id.is_none() {
+            return Err(Error::NotFound(format!("volume {volume_id:?}: no pool in the volume context or the ID")));
+        }
+        Ok(Target { cluster_id, pool, pool_id, image })
+    }
+}
+
+/// `mapOptions` / `unmapOptions` for one mounter, in ceph-csi's syntax:
+/// `opt,opt` for the mounter in use, or `krbd:opt,opt;nbd:opt` per mounter.
+pub fn options_for(spec: &str, mounter: Mounter) -> Vec<String> {
+    let want = match mounter {
+        Mounter::Krbd => "krbd",
+        Mounter::RbdNbd => "nbd",
+    };
+    let mut out = Vec::new();
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let opts = match part.split_once(':') {
+            Some((m, rest)) if matches!(m.trim(), "krbd" | "nbd") => {
+                if m.trim() != want {
+                    continue;
+                }
+                rest
+            }
+            _ => part,
+        };
+        out.extend(opts.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_string));
+    }
+    out
+}
+
+/// krbd map options: the defaults unless the context overrides them, then the context's.
+pub fn krbd_options(spec: &str, readonly: bool) -> Vec<String> {
+    let given = options_for(spec, Mounter::Krbd);
+    let key = |o: &str| o.split('=').next().unwrap_or("").to_string();
+    let mut out: Vec<String> = DEFAULT_KRBD_OPTIONS
+        .iter()
+        .filter(|d| !given.iter().any(|g| key(g) == key(d)))
+        .map(|d| d.to_string())
+        .collect();
+    out.extend(given);
+    if readonly && !out.iter().any(|o| o == "ro" || o == "read_only") {
+        out.push("ro".into());
+    }
+    out
+}
+
+/// Mount flags and data from the capability's `mount_flags`.
+fn mount_flags(flags: &[String], readonly: bool) -> (MsFlags, Vec<String>) {
+    let mut f = if readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let mut data = Vec::new();
+    for o in flags.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => f |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" | "_netdev" => {}
+            "noatime" => f |= MsFlags::MS_NOATIME,
+            "nodiratime" => f |= MsFlags::MS_NODIRATIME,
+            "relatime" => f |= MsFlags::MS_RELATIME,
+            "nosuid" => f |= MsFlags::MS_NOSUID,
+            "nodev" => f |= MsFlags::MS_NODEV,
+            "noexec" => f |= MsFlags::MS_NOEXEC,
+            "sync" => f |= MsFlags::MS_SYNCHRONOUS,
+            other => data.push(other.to_string()),
+        }
+    }
+    (f, data)
+}
+
+/// What NodeStageVolume was asked, checked.
+#[derive(Debug)]
+struct StageReq {
+    volume_id: String,
+    staging: PathBuf,
+    target: Target,
+    mounter: Mounter,
+    map_options: String,
+    unmap_options: String,
+    readonly: bool,
+    /// Empty: raw block.
+    fs_type: String,
+    mount_flags: Vec<String>,
+    user: String,
+    key: String,
+}
+
+impl NodeService {
+    /// The node service for `cfg`.
+    pub fn new(cfg: NodeConfig) -> NodeService {
+        let records = Records::new(&cfg.state_dir);
+        NodeService { cfg, records, in_flight: InFlight::default(), conns: Arc::default() }
+    }
+
+    fn monitors(&self, cluster_id: &str) -> Result<Vec<String>, Status> {
+        self.cfg
+            .clusters
+            .cluster(cluster_id)
+            .map(|c| c.monitors.clone())
+            .map_err(|e| Status::not_found(format!("{e} (--cluster-config)")))
+    }
+
+    /// A Ceph connection for `cluster_id` as `user`, reused across calls.
+    fn connect(&self, cluster_id: &str, user: &str, key: &str, timeout: Duration) -> Result<Arc<dyn ceph::Rbd>, Status> {
+        let monitors = self.monitors(cluster_id)?;
+        let cache_key = format!("{cluster_id}\0{user}\0{key}");
+        if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+            return Ok(Arc::clone(c));
+        }
+        let spec = ceph::ConnectSpec { monitors, user: user.to_string(), key: key.to_string(), timeout };
+        let conn = bounded(&format!("connect to Ceph cluster {cluster_id:?}"), timeout + Duration::from_secs(2), move || {
+            ceph::connect(&spec).map_err(|e| match e {
+                ceph::Error::Timeout(m) => Status::unavailable(format!("Ceph cluster {m}")),
+                e => attach::status(e),
+            })
+        })?;
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    fn forget_connection(&self, cluster_id: &str, user: &str, key: &str) {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("{cluster_id}\0{user}\0{key}"));
+    }
+
+    fn stage_request(&self, req: pb::NodeStageVolumeRequest) -> Result<StageReq, Status> {
+        validate::require_volume_id(&req.volume_id)?;
+        validate::require_staging_path(&req.staging_target_path)?;
+        let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
+        let mode = cap.access_mode.as_ref().map(|m| m.mode).unwrap_or_default();
+        let readonly =
+            mode == AccessMode::SingleNodeReaderOnly as i32 || mode == AccessMode::MultiNodeReaderOnly as i32;
+        let (fs_type, flags) = match &cap.access_type {
+            Some(AccessType::Mount(m)) => (fs::check_type(&m.fs_type)?.to_string(), m.mount_flags.clone()),
+            _ => (String::new(), Vec::new()),
+        };
+        let staging = mount::normalize(Path::new(&req.staging_target_path))?;
+        let target = Target::new(&req.volume_id, &req.volume_context)?;
+        let ctx = |k: &str| req.volume_context.get(k).cloned().unwrap_or_default();
+        let mounter = Mounter::parse(req.volume_context.get("mounter").map(String::as_str))?;
+        let secrets = csi_core::redact::Secrets::from(req.secrets);
+        let (Some(user), Some(key)) = (secrets.get("userID"), secrets.get("userKey")) else {
+            return Err(Status::invalid_argument(format!(
+                "stage secrets must hold userID and userKey (got keys {:?})",
+                secrets.keys()
+            )));
+        };
+        krbd::check_secret(user, key)?;
+        Ok(StageReq {
+            volume_id: req.volume_id.clone(),
+            staging,
+            target,
+            mounter,
+            map_options: ctx("mapOptions"),
+            unmap_options: ctx("unmapOptions"),
+            readonly,
+            fs_type,
+            mount_flags: flags,
+            user: user.to_string(),
+            key: key.to_string(),
+        })
+    }
+
+    /// NodeStageVolume's work (blocking).
+    fn stage(&self, r: StageReq) -> Result<(), Status> {
+        // A retry of a stage that completed: same path, still mapped and mounted.
+        if let Some(rec) = self.records.load(&r.volume_id)? {
+            if rec.staging_path != r.staging {
+                return Err(Status::already_exists(format!(
+                    "volume {} is already staged at {}, not {}",
+                    r.volume_id,
+                    rec.staging_path.display(),
+                    r.staging.display()
+                )));
+            }
+            if rec.readonly != r.readonly || rec.is_block() != r.fs_type.is_empty() {
+                return Err(Status::already_exists(format!(
+                    "volume {} is already staged with another capability (read-only {}, block {})",
+                    r.volume_id,
+                    rec.readonly,
+                    rec.is_block()
+                )));
+            }
+            if !rec.device.is_empty() && self.fully_staged(&rec)? {
+                return Ok(());
+            }
+        }
+        let monitors = self.monitors(&r.target.cluster_id)?;
+        let rbd = self.connect(&r.target.cluster_id, &r.user, &r.key, CEPH_TIMEOUT)?;
+        let pool = match (&r.target.pool, r.target.pool_id) {
+            (Some(p), _) => p.clone(),
+            (None, Some(id)) => {
+                let c = Arc::clone(&rbd);
+                bounded("look up the pool", CEPH_TIMEOUT, move || c.pool_name(id).map_err(attach::status))?
+            }
+            (None, None) => return Err(Status::not_found(format!("volume {}: no pool", r.volume_id))),
+        };
+        let image = r.target.image.clone();
+        let node = self.cfg.node_id.clone();
+
+        // Exclusivity first: nothing is mapped unless this node may have it.
+        let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
+        bounded("claim the attach lock", CEPH_TIMEOUT, move || attach::publish(c.as_ref(), &p, &i, &n, ro))?;
+
+        let mut rec = StageRecord {
+            volume_id: r.volume_id.clone(),
+            cluster_id: r.target.cluster_id.clone(),
+            pool: pool.clone(),
+            image: image.clone(),
+            mounter: r.mounter,
+            device: String::new(),
+            unmap_options: r.unmap_options.clone(),
+            fs_type: r.fs_type.clone(),
+            staging_path: r.staging.clone(),
+            node: node.clone(),
+            readonly: r.readonly,
+        };
+        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec);
+        if let Err(e) = result {
+            tracing::warn!(volume = %r.volume_id, "stage failed, rolling back: {}", e.message());
+            self.rollback(&rec, &rbd);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn map_and_mount(
+        &self,
+        r: &StageReq,
+        monitors: &[String],
+        rbd: &Arc<dyn ceph::Rbd>,
+        rec: &mut StageRecord,
+    ) -> Result<(), Status> {
+        // The record (and the secret, to release the lock at unstage) before
+        // mapping: a crash after the map leaves what unstage needs.
+        if !r.readonly {
+            self.records.save_secret(&r.volume_id, &StageSecret { user: r.user.clone(), key: r.key.clone() })?;
+        }
+        self.records.save(rec)?;
+        let (pool, image) = (rec.pool.clone(), rec.image.clone());
+        let (device, client_addr) = match r.mounter {
+            Mounter::Krbd => {
+                let opts = krbd_options(&r.map_options, r.readonly);
+                krbd::check_options(&opts)?;
+                let id = krbd::map(&krbd::MapRequest {
+                    monitors,
+                    user: &r.user,
+                    key: &r.key,
+                    options: &opts,
+                    pool: &pool,
+                    image: &image,
+                })?;
+                (id.device(), id.client_addr().unwrap_or_default())
+            }
+            Mounter::RbdNbd => {
+                let watchers = |rbd: &Arc<dyn ceph::Rbd>| -> Result<Vec<String>, Status> {
+                    let (c, p, i) = (Arc::clone(rbd), pool.clone(), image.clone());
+                    bounded("list the image's watchers", CEPH_TIMEOUT, move || {
+                        Ok(c.image_watchers(&p, &i).map_err(attach::status)?.into_iter().map(|w| w.address).collect())
+                    })
+                };
+                let before = watchers(rbd)?;
+                let opts = options_for(&r.map_options, Mounter::RbdNbd);
+                let dev = nbd::map(monitors, &r.user, &r.key, &opts, r.readonly, &pool, &image, self.records.dir())?;
+                // rbd-nbd's client is the watcher that appeared with it.
+                let after = watchers(rbd)?;
+                let new: Vec<&String> = after.iter().filter(|a| !before.contains(a)).collect();
+                let addr = if new.len() == 1 { new[0].clone() } else { String::new() };
+                (dev, addr)
+            }
+        };
+        rec.device = device.clone();
+        self.records.save(rec)?;
+        if client_addr.is_empty() {
+            tracing::warn!(volume = %r.volume_id, %device, "the client address of the mapping is unknown: a takeover cannot fence it");
+        }
+        let a = attach::NodeAttachment::new(&client_addr, r.mounter.as_str(), &device, r.readonly);
+        let (c, p, i, n) = (Arc::clone(rbd), pool.clone(), image.clone(), rec.node.clone());
+        bounded("record the attachment", CEPH_TIMEOUT, move || attach::record(c.as_ref(), &p, &i, &n, &a))?;
+
+        if rec.is_block() {
+            return Ok(());
+        }
+        let found = fs::probe(&device)?;
+        let fs_type = match found {
+            None if r.readonly => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} has no filesystem and is staged read-only: nothing to mount",
+                    r.volume_id
+                )))
+            }
+            None => {
+                fs::mkfs(&device, &rec.fs_type)?;
+                rec.fs_type.clone()
+            }
+            Some(t) if fs::SUPPORTED.contains(&t.as_str()) => t,
+            Some(other) => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} holds {other}, not a filesystem this driver mounts (ext4, xfs); it is left untouched",
+                    r.volume_id
+                )))
+            }
+        };
+        if fs_type != rec.fs_type {
+            tracing::info!(volume = %r.volume_id, "mounting the existing {fs_type} filesystem (asked for {})", rec.fs_type);
+            rec.fs_type = fs_type.clone();
+            self.records.save(rec)?;
+        }
+        let table = mount::mounts()?;
+        if let Some(m) = mount::find_mount(&table, &r.staging)? {
+            if m.source == device {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "{} is already a mount of {}, not of {device}",
+                r.staging.display(),
+                m.source
+            )));
+        }
+        std::fs::create_dir_all(&r.staging)
+            .map_err(|e| Error::io(format!("create staging path {}", r.staging.display()), e))?;
+        let (flags, mut data) = mount_flags(&r.mount_flags, r.readonly);
+        data = vec![fs::mount_data(&fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
+        mount::mount(&device, &r.staging, &fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// Undoes a failed stage: unmount, unmap, release, forget (best effort).
+    fn rollback(&self, rec: &StageRecord, rbd: &Arc<dyn ceph::Rbd>) {
+        if let Err(e) = self.teardown(rec) {
+            tracing::warn!(volume = %rec.volume_id, "rollback: {}", e.message());
+            return;
+        }
+        if !rec.readonly {
+            let (c, p, i, n) = (Arc::clone(rbd), rec.pool.clone(), rec.image.clone(), rec.node.clone());
+            if let Err(e) = bounded("release the attach lock", RELEASE_TIMEOUT, move || attach::release(c.as_ref(), &p, &i, &n)) {
+                tracing::warn!(volume = %rec.volume_id, "rollback: {}", e.message());
+            }
+        }
+        let _ = self.records.remove(&rec.volume_id);
+    }
+
+    /// Is the recorded stage complete (mapped, and mounted for a filesystem)?
+    fn fully_staged(&self, rec: &StageRecord) -> Result<bool, Status> {
+        if !Path::new(&rec.device).exists() || !self.mapped(rec)? {
+            return Ok(false);
+        }
+        if rec.is_block() {
+            return Ok(true);
+        }
+        let table = mount::mounts()?;
+        Ok(mount::find_mount(&table, &rec.staging_path)?.is_some_and(|m| m.source == rec.device))
+    }
+
+    fn mapped(&self, rec: &StageRecord) -> Result<bool, Status> {
+        Ok(match rec.mounter {
+            Mounter::Krbd => krbd::find(&rec.pool, &rec.image)?.map(|d| d.device()) == Some(rec.device.clone()),
+            Mounter::RbdNbd => nbd::find(&rec.pool, &rec.image)?.as_deref() == Some(rec.device.as_str()),
+        })
+    }
+
+    /// Unmounts the staging path and unmaps (no Ceph calls of ours; the
+    /// kernel's own are bounded by the escalation).
+    fn teardown(&self, rec: &StageRecord) -> Result<(), Status> {
+        for _ in 0..16 {
+            if !mount::is_mount_point(&rec.staging_path)? {
+                break;
+            }
+            mount::unmount(&rec.staging_path, UNMOUNT_TIMEOUT)?;
+        }
+        match rec.mounter {
+            Mounter::Krbd => {
+                let id = match krbd::DevId::from_device(&rec.device) {
+                    Some(id) => Some(id),
+                    None => krbd::find(&rec.pool, &rec.image)?,
+                };
+                if let Some(id) = id {
+                    let opts = options_for(&rec.unmap_options, Mounter::Krbd).join(",");
+                    krbd::unmap(id, &opts)?;
+                }
+            }
+            Mounter::RbdNbd => {
+                let dev = if rec.device.is_empty() { nbd::find(&rec.pool, &rec.image)? } else { Some(rec.device.clone()) };
+                if let Some(dev) = dev {
+                    nbd::unmap(&dev)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// NodeUnstageVolume's work (blocking).
+    fn unstage(&self, volume_id: &str, staging: &Path) -> Result<(), Status> {
+        let Some(rec) = self.records.load(volume_id)? else {
+            // Nothing staged here by us; leave no mount at the path either way.
+            for _ in 0..16 {
+                if !mount::is_mount_point(staging)? {
+                    break;
+                }
+                mount::unmount(staging, UNMOUNT_TIMEOUT)?;
+            }
+            return Ok(());
+        };
+        let started = Instant::now();
+        self.teardown(&rec)?;
+        if !rec.readonly {
+            match self.records.load_secret(volume_id) {
+                Some(s) => {
+                    let released = self.connect(&rec.cluster_id, &s.user, &s.key, RELEASE_TIMEOUT).and_then(|rbd| {
+                        let (p, i, n) = (rec.pool.clone(), rec.image.clone(), rec.node.clone());
+                        bounded("release the attach lock", RELEASE_TIMEOUT, move || attach::release(rbd.as_ref(), &p, &i, &n))
+                    });
+                    if let Err(e) = released {
+                        self.forget_connection(&rec.cluster_id, &s.user, &s.key);
+                        tracing::warn!(
+                            volume = volume_id,
+                            "unstaged, but the attach lock stays held until ControllerUnpublishVolume breaks it: {}",
+                            e.message()
+                        );
+                    }
+                }
+                None => tracing::warn!(volume = volume_id, "no stage secret kept: the attach lock is left to ControllerUnpublishVolume"),
+            }
+        }
+        self.records.remove(volume_id)?;
+        tracing::info!(volume = volume_id, ms = started.elapsed().as_millis() as u64, "unstaged");
+        Ok(())
+    }
+
+    fn record_of(&self, volume_id: &str) -> Result<StageRecord, Status> {
+        self.records
+            .load(volume_id)?
+            .ok_or_else(|| Status::not_found(format!("volume {volume_id:?} is not staged on this node")))
+    }
+
+    /// NodePublishVolume's work (blocking).
+    fn publish(&self, rec: &StageRecord, target: &Path, block: bool, readonly: bool) -> Result<(), Status> {
+        if block != rec.is_block() {
+            return Err(Status::invalid_argument(format!(
+                "volume {} was staged as a {} volume and cannot be published as a {} one",
+                rec.volume_id,
+                if rec.is_block() { "block" } else { "filesystem" },
+                if block { "block" } else { "filesystem" }
+            )));
+        }
+        let source = if block { PathBuf::from(&rec.device) } else { rec.staging_path.clone() };
+        let table = mount::mounts()?;
+        if let Some(m) = mount::find_mount(&table, target)? {
+            let same_ro = m.read_only() == (readonly || rec.readonly);
+            let staged = mount::find_mount(&table, &rec.staging_path)?;
+            let same_source = if block {
+                m.source == rec.device || m.source == "devtmpfs" || m.source == "udev"
+            } else {
+                staged.is_some_and(|s| s.dev == m.dev)
+            };
+            if same_source && same_ro {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "{} is already published, with another volume or read-only setting",
+                target.display()
+            )));
+        }
+        if block {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(target)
+                .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
+        } else {
+            std::fs::create_dir_all(target).map_err(|e| Error::io(format!("create {}", target.display()), e))?;
+        }
+        mount::bind_mount(&source, target, readonly || rec.readonly, MOUNT_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// NodeExpandVolume's work (blocking): wait for the kernel to see the
+    /// new size, then grow the filesystem. Returns the device's size.
+    fn expand(&self, rec: &StageRecord, required: u64) -> Result<u64, Status> {
+        if rec.mounter == Mounter::Krbd {
+            if let Some(id) = krbd::DevId::from_device(&rec.device) {
+                krbd::refresh(id)?;
+            }
+        }
+        let deadline = Instant::now() + RESIZE_WAIT;
+        let size = loop {
+            let s = krbd::device_size(&rec.device)?;
+            if s >= required {
+                break s;
+            }
+            if Instant::now() > deadline {
+                return Err(Status::failed_precondition(format!(
+                    "{} is {s} bytes after {RESIZE_WAIT:?}, not the {required} asked: was the image expanded (ControllerExpandVolume)?",
+                    rec.device
+                )));
+            }
+            // rbd-nbd (and krbd's header watch) pick the new size up on their own.
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if !rec.is_block() {
+            fs::grow(&rec.device, &rec.staging_path, &rec.fs_type)?;
+        }
+        Ok(size)
+    }
+
+    fn stats(&self, rec: &StageRecord, path: &Path) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(Status::not_found(format!("volume path {} does not exist", path.display())));
+        }
+        if rec.is_block() {
+            let size = krbd::device_size(&rec.device)?;
+            return Ok(pb::NodeGetVolumeStatsResponse {
+                usage: vec![pb::VolumeUsage { unit: pb::volume_usage::Unit::Bytes as i32, total: size as i64, ..Default::default() }],
+                volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
+            });
+        }
+        let table = mount::mounts()?;
+        if mount::find_mount(&table, path)?.is_none() {
+            return Err(Status::not_found(format!("no volume is mounted at {}", path.display())));
+        }
+        let p = path.to_path_buf();
+        match mount::bounded_call(format!("statvfs {}", path.display()), STATS_TIMEOUT, move || nix::sys::statvfs::statvfs(&p)) {
+            Ok(s) => {
+                let frsize = s.fragment_size() as i64;
+                let (blocks, bfree, bavail) = (s.blocks() as i64, s.blocks_free() as i64, s.blocks_available() as i64);
+                let (files, ffree) = (s.files() as i64, s.files_free() as i64);
+                Ok(pb::NodeGetVolumeStatsResponse {
+                    usage: vec![
+                        pb::VolumeUsage {
+                            unit: pb::volume_usage::Unit::Bytes as i32,
+                            total: blocks * frsize,
+                            available: bavail * frsize,
+                            used: (blocks - bfree) * frsize,
+                        },
+                        pb::VolumeUsage {
+                            unit: pb::volume_usage::Unit::Inodes as i32,
+                            total: files,
+                            available: ffree,
+                            used: files - ffree,
+                        },
+                    ],
+                    volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
+                })
+            }
+            Err(e @ Error::Timeout { .. }) => Ok(pb::NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: Some(pb::VolumeCondition { abnormal: true, message: e.to_string() }),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The service behind an `Arc`, so that blocking work can own it.
+#[derive(Clone, Debug)]
+pub struct Node(Arc<NodeService>);
+
+impl Node {
+    /// The node service for `cfg`.
+    pub fn new(cfg: NodeConfig) -> Node {
+        Node(Arc::new(NodeService::new(cfg)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::node_server::Node for Node {
+    async fn node_stage_volume(
+        &self,
+        req: Request<pb::NodeStageVolumeRequest>,
+    ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        let r = self.0.stage_request(req.into_inner())?;
+        let _guard = self.0.in_flight.lock(&r.volume_id)?;
+        let svc = Arc::clone(&self.0);
+        let started = Instant::now();
+        let volume = r.volume_id.clone();
+        blocking(move || svc.stage(r)).await?;
+        tracing::info!(%volume, ms = started.elapsed().as_millis() as u64, "staged");
+        Ok(Response::new(pb::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<pb::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        validate::require_staging_path(&req.staging_target_path)?;
+        let staging = mount::normalize(Path::new(&req.staging_target_path))?;
+        let _guard = self.0.in_flight.lock(&req.volume_id)?;
+        let svc = Arc::clone(&self.0);
+        blocking(move || svc.unstage(&req.volume_id, &staging)).await?;
+        Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<pb::NodePublishVolumeRequest>,
+    ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        validate::require_staging_path(&req.staging_target_path)?;
+        validate::require_target_path(&req.target_path)?;
+        let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
+        let block = matches!(cap.access_type, Some(AccessType::Block(_)));
+        let target = mount::normalize(Path::new(&req.target_path))?;
+        let _guard = self.0.in_flight.lock(&req.volume_id)?;
+        let rec = self.0.record_of(&req.volume_id)?;
+        let svc = Arc::clone(&self.0);
+        blocking(move || svc.publish(&rec, &target, block, req.readonly)).await?;
+        Ok(Response::new(pb::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<pb::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        validate::require_target_path(&req.target_path)?;
+        let target = mount::normalize(Path::new(&req.target_path))?;
+        let _guard = self.0.in_flight.lock(&req.volume_id)?;
+        blocking(move || mount::cleanup_target(&target, UNMOUNT_TIMEOUT).map_err(Status::from)).await?;
+        Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<pb::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        if req.volume_path.is_empty() {
+            return Err(Status::invalid_argument("volume path missing in request"));
+        }
+        if !Path::new(&req.volume_path).is_absolute() {
+            return Err(Status::not_found(format!("no volume at {:?}: not an absolute path", req.volume_path)));
+        }
+        let path = mount::normalize(Path::new(&req.volume_path))?;
+        let rec = self.0.record_of(&req.volume_id)?;
+        let svc = Arc::clone(&self.0);
+        Ok(Response::new(blocking(move || svc.stats(&rec, &path)).await?))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        req: Request<pb::NodeExpandVolumeRequest>,
+    ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        if req.volume_path.is_empty() {
+            return Err(Status::invalid_argument("volume path missing in request"));
+        }
+        let range = validate::capacity_range(req.capacity_range.as_ref())?;
+        let _guard = self.0.in_flight.lock(&req.volume_id)?;
+        let rec = self.0.record_of(&req.volume_id)?;
+        if std::fs::symlink_metadata(&req.volume_path).is_err() {
+            return Err(Status::not_found(format!("volume path {} does not exist", req.volume_path)));
+        }
+        let required = range.required.or(range.limit).unwrap_or(0);
+        let svc = Arc::clone(&self.0);
+        let size = blocking(move || svc.expand(&rec, required)).await?;
+        Ok(Response::new(pb::NodeExpandVolumeResponse { capacity_bytes: size as i64 }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<pb::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
+        let cap = |t: NodeCap| pb::NodeServiceCapability {
+            r#type: Some(pb::node_service_capability::Type::Rpc(pb::node_service_capability::Rpc { r#type: t as i32 })),
+        };
+        Ok(Response::new(pb::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                cap(NodeCap::StageUnstageVolume),
+                cap(NodeCap::ExpandVolume),
+                cap(NodeCap::GetVolumeStats),
+                cap(NodeCap::VolumeCondition),
+                cap(NodeCap::SingleNodeMultiWriter),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<pb::NodeGetInfoRequest>,
+    ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(pb::NodeGetInfoResponse {
+            node_id: self.0.cfg.node_id.clone(),
+            max_volumes_per_node: self.0.cfg.max_volumes,
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_image_comes_from_the_context_or_else_the_volume_id() {
+        let id = VolumeId::new("c1", 2, "92837648-1431-11eb-8990-0242ac110005").unwrap().to_string();
+        let t = Target::new(&id, &HashMap::new()).unwrap();
+        assert_eq!(
+            t,
+            Target {
+                cluster_id: "c1".into(),
+                pool: None,
+                pool_id: Some(2),
+                image: "csi-vol-92837648-1431-11eb-8990-0242ac110005".into()
+            }
+        );
+        let t = Target::new("static", &ctx(&[("clusterID", "c"), ("pool", "p"), ("imageName", "img")])).unwrap();
+        assert_eq!((t.pool.as_deref(), t.image.as_str()), (Some("p"), "img"));
+        let e = Target::new("garbage", &HashMap::new()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert!(Target::new("x", &ctx(&[("clusterID", "c"), ("imageName", "i")])).is_err());
+    }
+
+    #[test]
+    fn map_options_follow_ceph_csis_syntax_with_our_defaults() {
+        assert_eq!(krbd_options("", false), vec!["ms_mode=prefer-crc", "noshare"]);
+        assert_eq!(krbd_options("ms_mode=secure,lock_on_read", true), vec!["noshare", "ms_mode=secure", "lock_on_read", "ro"]);
+        assert_eq!(
+            krbd_options("krbd:queue_depth=128;nbd:try-netlink", false),
+            vec!["ms_mode=prefer-crc", "noshare", "queue_depth=128"]
+        );
+        assert_eq!(options_for("krbd:a;nbd:try-netlink,io-timeout=9", Mounter::RbdNbd), vec!["try-netlink", "io-timeout=9"]);
+        assert_eq!(options_for("force", Mounter::Krbd), vec!["force"]);
+    }
+
+    #[test]
+    fn mount_flags_split_into_flags_and_data() {
+        let (f, d) = mount_flags(&["noatime,discard".into(), "ro".into()], false);
+        assert!(f.contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY));
+        assert_eq!(d, vec!["discard"]);
+    }
+}
