@@ -84,7 +84,10 @@ const RBD_FUNCTIONS: &[&str] = &[
     "rbd_snap_list",
     "rbd_snap_list_end",
     "rbd_snap_get_timestamp",
+    "rbd_snap_get_namespace_type",
     "rbd_flatten",
+    "rbd_read",
+    "rbd_write",
     "rbd_list_children3",
 ];
 
@@ -102,6 +105,7 @@ const TYPES: &[&str] = &[
     "rbd_snap_spec_t",
     "rbd_snap_info_t",
     "rbd_image_watcher_t",
+    "rbd_snap_namespace_type_t",
     "librbd_progress_fn_t",
 ];
 

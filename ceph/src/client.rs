@@ -183,7 +183,7 @@ impl Client {
         Ok(o)
     }
 
-    fn mon_command(&self, cmd: &str) -> Result<Vec<u8>> {
+    fn mon_command(&self, op: &str, cmd: &str) -> Result<Vec<u8>> {
         let ccmd = cstr("mon command", cmd)?;
         let cmds = [ccmd.as_ptr()];
         let mut out: *mut c_char = ptr::null_mut();
@@ -209,7 +209,8 @@ impl Client {
         let (data, status) = unsafe { (take_buffer(out, out_len), take_buffer(outs, outs_len)) };
         if rc < 0 {
             let status = String::from_utf8_lossy(&status).into_owned();
-            return Err(Error::from_errno(&format!("monitor command {cmd} ({status})"), -rc));
+            let status = if status.is_empty() { String::new() } else { format!(": {status}") };
+            return Err(Error::from_errno(&format!("{op} (monitor command {cmd}{status})"), -rc));
         }
         Ok(data)
     }
@@ -342,7 +343,12 @@ impl OmapIter {
             // SAFETY: librados points k/v at kl/vl bytes that stay valid
             // until the iterator ends (after this copy).
             let key = unsafe { std::slice::from_raw_parts(k as *const u8, kl) };
-            let val = if v.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(v as *const u8, vl) } };
+            let val = if v.is_null() {
+                &[][..]
+            } else {
+                // SAFETY: as for the key: vl bytes at v, valid until the iterator ends.
+                unsafe { std::slice::from_raw_parts(v as *const u8, vl) }
+            };
             out.push((String::from_utf8_lossy(key).into_owned(), val.to_vec()));
         }
     }
@@ -470,13 +476,18 @@ impl Rbd for Client {
 
     fn pool_stats(&self, pool: &str) -> Result<PoolStats> {
         let op = format!("pool stats of {pool}");
-        let out = self.mon_command(r#"{"prefix":"df","format":"json"}"#)?;
+        let out = self.mon_command(&op, r#"{"prefix":"df","format":"json"}"#)?;
         let v: serde_json::Value = serde_json::from_slice(&out)
             .map_err(|e| Error::Other { op: format!("{op}: df output is not JSON ({e})"), errno: libc::EBADMSG })?;
-        let p = v["pools"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == pool))
-            .ok_or_else(|| Error::NotFound(format!("{op}: no pool {pool} in df")))?;
+        let Some(p) = v["pools"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == pool)) else {
+            // No such pool (NotFound), or the statistics are missing: the
+            // manager computes them, and without one df lists no pools.
+            self.pool_id(pool)?;
+            return Err(Error::Other {
+                op: format!("{op}: the monitor's df has no statistics for it (is a ceph-mgr running?)"),
+                errno: libc::ENODATA,
+            });
+        };
         let num = |k: &str| {
             p["stats"][k].as_u64().ok_or_else(|| Error::Other {
                 op: format!("{op}: df has no stats.{k} for {pool}"),
@@ -998,7 +1009,54 @@ impl Rbd for Client {
             return Ok(out);
         }
     }
+
+    fn read_image(&self, pool: &str, image: &str, snap: Option<&str>, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let io = self.ioctx(pool)?;
+        let img = self.open_image(&io, pool, image, snap.map_or(Open::ReadOnly, Open::Snap))?;
+        let at = snap.map_or(String::new(), |s| format!("@{s}"));
+        let mut out = vec![0u8; len];
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(IO_CHUNK);
+            // SAFETY: open image; out[done..done + n] is writable.
+            let rc = unsafe { sys::rbd_read(img.0, offset + done as u64, n, out[done..].as_mut_ptr() as *mut c_char) };
+            let got =
+                check(rc as i64, || format!("read {n} bytes at {} of image {pool}/{image}{at}", offset + done as u64))?
+                    as usize;
+            done += got;
+            if got < n {
+                break;
+            }
+        }
+        out.truncate(done);
+        Ok(out)
+    }
+
+    fn write_image(&self, pool: &str, image: &str, offset: u64, data: &[u8]) -> Result<()> {
+        let io = self.ioctx(pool)?;
+        let img = self.open_image(&io, pool, image, Open::ReadWrite)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let n = (data.len() - done).min(IO_CHUNK);
+            // SAFETY: open image; data[done..done + n] is readable.
+            let rc = unsafe { sys::rbd_write(img.0, offset + done as u64, n, data[done..].as_ptr() as *const c_char) };
+            let wrote =
+                check(rc as i64, || format!("write {n} bytes at {} of image {pool}/{image}", offset + done as u64))?
+                    as usize;
+            if wrote == 0 {
+                return Err(Error::Other {
+                    op: format!("write to image {pool}/{image}: no progress"),
+                    errno: libc::EIO,
+                });
+            }
+            done += wrote;
+        }
+        Ok(())
+    }
 }
+
+/// librbd caps one read or write at INT_MAX bytes; larger ones go in pieces.
+const IO_CHUNK: usize = 64 << 20;
 
 fn snap_list(img: &Image, pool: &str, image: &str) -> Result<Vec<SnapInfo>> {
     let mut max: c_int = 16;
@@ -1017,6 +1075,21 @@ fn snap_list(img: &Image, pool: &str, image: &str) -> Result<Vec<SnapInfo>> {
         let mut out = Vec::with_capacity(count);
         let mut err = None;
         for s in &snaps[..count] {
+            let mut ns: sys::rbd_snap_namespace_type_t = sys::RBD_SNAP_NAMESPACE_TYPE_USER;
+            // SAFETY: open image; out-pointer to a local.
+            let rc = unsafe { sys::rbd_snap_get_namespace_type(img.0, s.id, &mut ns) };
+            if rc < 0 {
+                // SAFETY: name filled in by librbd.
+                let name = unsafe { owned(s.name) };
+                err = Some(Error::from_errno(&format!("namespace of snapshot {pool}/{image}@{name}"), -rc));
+                break;
+            }
+            // Only user snapshots: a removed snapshot that clone v2
+            // children still need stays in the trash namespace under a
+            // UUID name, and group or mirror snapshots are not ours.
+            if ns != sys::RBD_SNAP_NAMESPACE_TYPE_USER {
+                continue;
+            }
             let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
             // SAFETY: open image; ts is a local timespec (same layout as the header's).
             let rc = unsafe { sys::rbd_snap_get_timestamp(img.0, s.id, &mut ts as *mut libc::timespec as *mut _) };

@@ -41,6 +41,7 @@ pub struct Ceph {
     admin_key: String,
     mon: Option<Child>,
     osd: Option<Child>,
+    mgr: Option<Child>,
 }
 
 impl Ceph {
@@ -58,7 +59,7 @@ impl Ceph {
         let bridge = testkit::util::unique_link(testkit::util::next_id());
         let dir = std::env::temp_dir().join(format!("ceph-{}-{}", std::process::id(), bridge));
         let fsid = uuid_v4();
-        let mut c = Ceph { dir, bridge, claim, fsid, admin_key: String::new(), mon: None, osd: None };
+        let mut c = Ceph { dir, bridge, claim, fsid, admin_key: String::new(), mon: None, osd: None, mgr: None };
         c.setup()?;
         Ok(c)
     }
@@ -155,6 +156,55 @@ impl Ceph {
         v["key"].as_str().map(str::to_string).ok_or_else(|| Error::Ceph(format!("no key for {entity} in {v}")))
     }
 
+    /// Starts a manager (`mgr.x`), which usage statistics need: without
+    /// one the monitor's `df` lists no pools (GetCapacity, `pool_stats`).
+    /// Not started by [`Ceph::start`] (it costs a few seconds of CPU);
+    /// returns once `df` reports pool `rbd`.
+    pub fn start_mgr(&mut self) -> Result<()> {
+        if self.mgr.is_some() {
+            return Ok(());
+        }
+        if !testkit::util::have_tool("ceph-mgr") {
+            return Err(Error::Ceph("ceph-mgr not found: apt-get install ceph-mgr (scripts/testbed.sh)".into()));
+        }
+        let d = self.dir.clone();
+        let data = d.join("mgr");
+        std::fs::create_dir_all(&data).map_err(|e| Error::io(format!("create {}", data.display()), e))?;
+        let keyring = data.join("keyring").to_string_lossy().into_owned();
+        self.ceph(&[
+            "auth",
+            "get-or-create",
+            "mgr.x",
+            "mon",
+            "allow profile mgr",
+            "osd",
+            "allow *",
+            "mds",
+            "allow *",
+            "-o",
+            &keyring,
+        ])?;
+        let c = self.conf().to_string_lossy().into_owned();
+        let data_s = data.to_string_lossy().into_owned();
+        self.mgr =
+            Some(spawn_daemon("ceph-mgr", &["-f", "-i", "x", "-c", &c, "--mgr-data", &data_s, "--keyring", &keyring])?);
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let df = self.ceph_json(&["df"])?;
+            let has_rbd = df["pools"].as_array().is_some_and(|ps| ps.iter().any(|p| p["name"] == "rbd"));
+            if has_rbd && df["stats"]["total_bytes"].as_u64().unwrap_or(0) > 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Ceph(format!(
+                    "ceph-mgr: df has no pool stats after {STEP_TIMEOUT:?}: {df}\n{}",
+                    self.log_tail("mgr.x", 20)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Whether the monitor process is running.
     pub fn mon_running(&mut self) -> bool {
         matches!(self.mon.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -180,7 +230,7 @@ impl Ceph {
     }
 
     fn signal(&self, sig: libc::c_int) {
-        for c in [&self.mon, &self.osd].into_iter().flatten() {
+        for c in [&self.mon, &self.osd, &self.mgr].into_iter().flatten() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(c.id() as libc::pid_t, sig) };
         }
@@ -313,7 +363,7 @@ impl Ceph {
 
     fn stop(&mut self) {
         self.thaw();
-        for child in [self.osd.take(), self.mon.take()].into_iter().flatten() {
+        for child in [self.mgr.take(), self.osd.take(), self.mon.take()].into_iter().flatten() {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
