@@ -69,7 +69,9 @@ fn summary_lines_parse() {
 #[test]
 fn every_spec_passes_against_csi_rbd_on_ceph_in_a_guest_and_no_image_is_left() {
     common::require_root();
-    let c = Ceph::start().expect("start ceph (scripts/testbed.sh installs ceph-mon ceph-osd ceph-common)");
+    let mut c = Ceph::start().expect("start ceph (scripts/testbed.sh installs ceph-mon ceph-osd ceph-common)");
+    // GetCapacity's pool statistics come from the manager.
+    c.start_mgr().expect("start ceph-mgr (scripts/testbed.sh installs it)");
     let work = common::TempDir::new("csi-rbd-suite");
     let write = |name: &str, text: String| {
         let p = work.0.join(name);
