@@ -27,6 +27,10 @@ pub const SYSFS: &str = "/sys/bus/rbd";
 pub const MAP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on one unmap write.
 pub const UNMAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a forced unmap when the cluster is known to hang.
+pub const HUNG_UNMAP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an unmap retries while the device is busy (still open).
+pub const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 /// The kernel's ID of a mapped image (`/dev/rbd<ID>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,11 +169,17 @@ pub fn map(r: &MapRequest<'_>) -> Result<DevId, Error> {
 
 /// Unmaps `id` with `options` (`force`: even if open, failing pending I/O).
 /// Already gone is success. A plain unmap that does not return in
-/// [`UNMAP_TIMEOUT`] (a hung cluster) is retried with `force`.
-pub fn unmap(id: DevId, options: &str) -> Result<(), Error> {
+/// [`UNMAP_TIMEOUT`] (a hung cluster) is retried with `force`. With
+/// `cluster_hung` (the unmount had to be forced: dirty data cannot reach
+/// the cluster anyway) the unmap is forced from the start.
+pub fn unmap(id: DevId, options: &str, cluster_hung: bool) -> Result<(), Error> {
     let remove = Path::new(SYSFS).join("remove_single_major");
     let what = format!("unmap {}", id.device());
-    let opts = options.split(',').map(str::trim).filter(|o| !o.is_empty()).collect::<Vec<_>>().join(",");
+    let mut opts = options.split(',').map(str::trim).filter(|o| !o.is_empty()).collect::<Vec<_>>();
+    if cluster_hung && !opts.contains(&"force") {
+        opts.push("force");
+    }
+    let opts = opts.join(",");
     let gone = |r: Result<(), Error>| match r {
         Err(Error::Sys { errno: Errno::ENOENT, .. }) => Ok(()),
         r => r,
@@ -178,12 +188,52 @@ pub fn unmap(id: DevId, options: &str) -> Result<(), Error> {
         return Ok(());
     }
     let line = if opts.is_empty() { id.0.to_string() } else { format!("{} {opts}", id.0) };
-    match gone(exec::sysfs_write(&remove, line, &what, UNMAP_TIMEOUT)) {
-        Err(Error::Timeout { .. }) if !opts.contains("force") => {
+    let busy_until = std::time::Instant::now() + BUSY_WAIT;
+    let first_bound = if cluster_hung { HUNG_UNMAP_TIMEOUT } else { UNMAP_TIMEOUT };
+    match gone(exec::sysfs_write(&remove, line.clone(), &what, first_bound)) {
+        Err(Error::Timeout { .. }) if opts.contains("force") => return removal_in_progress(id),
+        Err(Error::Timeout { .. }) => {
             tracing::warn!(device = %id.device(), "unmap hung; forcing");
-            gone(exec::sysfs_write(&remove, format!("{} force", id.0), &what, UNMAP_TIMEOUT))
+            return match gone(exec::sysfs_write(&remove, format!("{} force", id.0), &what, HUNG_UNMAP_TIMEOUT)) {
+                Err(Error::Timeout { .. }) => removal_in_progress(id),
+                r => r,
+            };
         }
-        r => r,
+        Err(Error::Sys { errno: Errno::EBUSY, .. }) => {}
+        r => return r,
+    }
+    loop {
+        match gone(exec::sysfs_write(&remove, line.clone(), &what, UNMAP_TIMEOUT)) {
+            // The filesystem just unmounted may still be letting go of the
+            // device (seen with xfs right after umount returns): wait a little.
+            Err(Error::Sys { errno: Errno::EBUSY, .. }) if std::time::Instant::now() < busy_until => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A forced unmap that does not return: the kernel waits for the cluster
+/// to release the image (its header lock and watch), which a hung cluster
+/// never answers. The device is dead already (its I/O fails, nothing can
+/// open it), and the kernel finishes the removal when the cluster answers,
+/// or when fencing blocklists this client. A second remove tells which:
+/// EINPROGRESS (the removal is under way) is success, so that unstage
+/// returns in bounded time instead of waiting for the cluster.
+fn removal_in_progress(id: DevId) -> Result<(), Error> {
+    let remove = Path::new(SYSFS).join("remove_single_major");
+    let what = format!("unmap {} (check)", id.device());
+    match exec::sysfs_write(&remove, format!("{} force", id.0), &what, HUNG_UNMAP_TIMEOUT) {
+        Err(Error::Sys { errno: Errno::EINPROGRESS, .. }) => {
+            tracing::warn!(
+                device = %id.device(),
+                "the cluster does not answer: the device is dead and its removal completes when the cluster answers or fences this client"
+            );
+            Ok(())
+        }
+        Ok(()) | Err(Error::Sys { errno: Errno::ENOENT, .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

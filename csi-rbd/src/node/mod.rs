@@ -523,13 +523,9 @@ impl NodeService {
 
     /// Unmounts the staging path and unmaps (no Ceph calls of ours; the
     /// kernel's own are bounded by the escalation).
-    fn teardown(&self, rec: &StageRecord) -> Result<(), Status> {
-        for _ in 0..16 {
-            if !mount::is_mount_point(&rec.staging_path)? {
-                break;
-            }
-            mount::unmount(&rec.staging_path, UNMOUNT_TIMEOUT)?;
-        }
+    /// Returns whether the cluster looked hung (the unmount had to be forced).
+    fn teardown(&self, rec: &StageRecord) -> Result<bool, Status> {
+        let cluster_hung = unmount_all(&rec.staging_path)?;
         match rec.mounter {
             Mounter::Krbd => {
                 let id = match krbd::DevId::from_device(&rec.device) {
@@ -538,7 +534,7 @@ impl NodeService {
                 };
                 if let Some(id) = id {
                     let opts = options_for(&rec.unmap_options, Mounter::Krbd).join(",");
-                    krbd::unmap(id, &opts)?;
+                    krbd::unmap(id, &opts, cluster_hung)?;
                 }
             }
             Mounter::RbdNbd => {
@@ -548,24 +544,24 @@ impl NodeService {
                 }
             }
         }
-        Ok(())
+        Ok(cluster_hung)
     }
 
     /// NodeUnstageVolume's work (blocking).
     fn unstage(&self, volume_id: &str, staging: &Path) -> Result<(), Status> {
         let Some(rec) = self.records.load(volume_id)? else {
             // Nothing staged here by us; leave no mount at the path either way.
-            for _ in 0..16 {
-                if !mount::is_mount_point(staging)? {
-                    break;
-                }
-                mount::unmount(staging, UNMOUNT_TIMEOUT)?;
-            }
+            unmount_all(staging)?;
             return Ok(());
         };
         let started = Instant::now();
-        self.teardown(&rec)?;
-        if !rec.readonly {
+        let cluster_hung = self.teardown(&rec)?;
+        if cluster_hung && !rec.readonly {
+            tracing::warn!(
+                volume = volume_id,
+                "the cluster does not answer: the attach lock stays held until ControllerUnpublishVolume fences this node"
+            );
+        } else if !rec.readonly {
             match self.records.load_secret(volume_id) {
                 Some(s) => {
                     let released = self.connect(&rec.cluster_id, &s.user, &s.key, RELEASE_TIMEOUT).and_then(|rbd| {
@@ -714,6 +710,41 @@ impl NodeService {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Unmounts everything stacked at `path`: a plain unmount first (it
+/// flushes dirty data), a lazy detach when busy, and when the unmount does
+/// not return in [`UNMOUNT_TIMEOUT`] (the cluster hangs, so the flush
+/// cannot finish) a forced detach. Returns whether the unmount hung.
+fn unmount_all(path: &Path) -> Result<bool, Status> {
+    use csi_core::mount::MntFlags;
+    use nix::errno::Errno;
+    let gone = |e: &Error| matches!(e, Error::Sys { errno: Errno::EINVAL | Errno::ENOENT, .. });
+    let mut hung = false;
+    for _ in 0..16 {
+        if !mount::is_mount_point(path)? {
+            return Ok(hung);
+        }
+        match mount::umount2(path, MntFlags::empty(), UNMOUNT_TIMEOUT) {
+            Ok(()) => {}
+            Err(e) if gone(&e) => {}
+            Err(Error::Sys { errno: Errno::EBUSY, .. }) => {
+                tracing::info!(path = %path.display(), "busy; detaching lazily");
+                mount::umount2(path, MntFlags::MNT_DETACH, UNMOUNT_TIMEOUT).or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })?;
+            }
+            Err(Error::Timeout { .. }) => {
+                tracing::warn!(path = %path.display(), "unmount hung (is the cluster down?); forcing and detaching");
+                hung = true;
+                mount::umount2(path, MntFlags::MNT_FORCE | MntFlags::MNT_DETACH, UNMOUNT_TIMEOUT)
+                    .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if mount::is_mount_point(path)? {
+        return Err(Status::failed_precondition(format!("{} still mounted after 16 unmounts", path.display())));
+    }
+    Ok(hung)
 }
 
 /// The service behind an `Arc`, so that blocking work can own it.

@@ -1,0 +1,182 @@
+//! csi-rbd's node service on one node (a guest kernel on a real Ceph
+//! cluster's bridge), every single-node scenario batched into one boot:
+//! stage/publish/write, idempotency, expansion while published, read-only
+//! publish, xfs, a raw block volume, the rbd-nbd mounter, the volume ID
+//! fallback, NOT_FOUND for a missing image, and unstage with the cluster
+//! frozen (bounded in time).
+
+mod node_common;
+
+use std::time::{Duration, Instant};
+
+use csi_core::pb;
+use csi_core::pb::volume_capability::access_mode::Mode;
+use node_common::*;
+use tonic::Code;
+
+/// Unstage with a frozen cluster: unmount (5 s, then lazy) + unmap (10 s,
+/// then forced, 10 s) + lock release (5 s), with margin for TCG.
+const FROZEN_UNSTAGE_BOUND: Duration = Duration::from_secs(45);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
+    let c = Cluster::start();
+    let mut g = c.boot("node-a", 10);
+    let mut n = node(&mut g).await;
+
+    // Info and capabilities.
+    let info = n.node_get_info(pb::NodeGetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.node_id, "node-a");
+    let caps = n.node_get_capabilities(pb::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.capabilities.len(), 5, "{caps:?}");
+
+    // A missing image: NOT_FOUND, nothing left mapped or locked.
+    let missing = Vol::with_context("no-such-image", &[]);
+    let e = n.node_stage_volume(missing.stage_req(&c, mount_cap("ext4", Mode::SingleNodeWriter))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(c.lock_holders("no-such-image").is_empty());
+    assert_eq!(g.sh_ok("ls /sys/bus/rbd/devices | wc -l").unwrap(), "0");
+
+    // ext4: stage (twice), publish, write, stats.
+    c.image("vol-ext4", 64);
+    let v = Vol::with_context("vol-ext4", &[]);
+    let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    let t = Instant::now();
+    n.node_stage_volume(v.stage_req(&c, cap.clone())).await.unwrap();
+    eprintln!("stage (map + mkfs.ext4 + mount) took {:?}", t.elapsed());
+    n.node_stage_volume(v.stage_req(&c, cap.clone())).await.expect("a second stage is idempotent");
+    assert_eq!(c.lock_holders("vol-ext4"), vec!["node-a"]);
+    n.node_publish_volume(v.publish_req(1, cap.clone(), false)).await.unwrap();
+    n.node_publish_volume(v.publish_req(1, cap.clone(), false)).await.expect("a second publish is idempotent");
+    let sum = write_data(&g, &format!("{}/data", v.target(1)), 4);
+    let stats = n
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest { volume_id: v.id.clone(), volume_path: v.target(1), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let bytes_before = stats.usage[0].total;
+    assert!(bytes_before > 40 << 20 && bytes_before <= 64 << 20, "{stats:?}");
+    assert!(stats.usage[1].total > 0, "inodes: {stats:?}");
+
+    // Expand while published: the kernel sees the new size, the fs grows.
+    c.ceph.rbd(&["resize", "--size", "128M", "vol-ext4"]).unwrap();
+    let r = n
+        .node_expand_volume(pb::NodeExpandVolumeRequest {
+            volume_id: v.id.clone(),
+            volume_path: v.target(1),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 128 << 20, limit_bytes: 0 }),
+            staging_target_path: v.staging(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.capacity_bytes, 128 << 20);
+    let df: i64 = g.sh_ok(&format!("df -B1 --output=size {} | tail -n1", v.target(1))).unwrap().trim().parse().unwrap();
+    assert!(df > 100 << 20, "df after expand: {df}");
+    let stats = n
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest { volume_id: v.id.clone(), volume_path: v.target(1), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.usage[0].total > bytes_before + (50 << 20), "{bytes_before} → {stats:?}");
+    assert_eq!(sha(&g, &format!("{}/data", v.target(1))), sum);
+
+    // Read-only publish of the same staged volume: writes refused.
+    n.node_publish_volume(v.publish_req(2, cap.clone(), true)).await.unwrap();
+    let (rc, out) = g.sh(&format!("touch {}/x", v.target(2))).unwrap();
+    assert_ne!(rc, 0, "a write to the read-only publish succeeded: {out}");
+    assert!(out.contains("Read-only"), "{out}");
+    assert_eq!(sha(&g, &format!("{}/data", v.target(2))), sum);
+
+    // Unpublish (twice, and a path never published), unstage (twice).
+    for t in [1, 2, 1, 9] {
+        n.node_unpublish_volume(v.unpublish_req(t)).await.unwrap();
+    }
+    assert_eq!(g.sh(&format!("test -e {}", v.target(1))).unwrap().0, 1, "target path left behind");
+    n.node_unstage_volume(v.unstage_req()).await.unwrap();
+    n.node_unstage_volume(v.unstage_req()).await.expect("a second unstage is idempotent");
+    assert_eq!(g.sh_ok("ls /sys/bus/rbd/devices | wc -l").unwrap(), "0", "still mapped");
+    assert!(c.lock_holders("vol-ext4").is_empty(), "lock not released");
+    assert_eq!(g.sh_ok("ls /var/lib/csi-rbd | wc -l").unwrap(), "0", "stage record left");
+
+    // xfs, named by its volume ID only (no context: the ID's pool, csi-vol-<uuid>).
+    let uuid = "5a0f0a8e-3c1e-4f7e-9d2b-0123456789ab";
+    let image = format!("csi-vol-{uuid}");
+    c.image(&image, 320);
+    let vx = Vol { id: c.volume_id(uuid), image: image.clone(), context: Default::default() };
+    let capx = mount_cap("xfs", Mode::SingleNodeWriter);
+    n.node_stage_volume(vx.stage_req(&c, capx.clone())).await.unwrap();
+    n.node_publish_volume(vx.publish_req(1, capx.clone(), false)).await.unwrap();
+    assert_eq!(g.sh_ok(&format!("stat -f -c %T {}", vx.target(1))).unwrap(), "xfs");
+    let sumx = write_data(&g, &format!("{}/data", vx.target(1)), 2);
+    n.node_unpublish_volume(vx.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vx.unstage_req()).await.unwrap();
+    // Staged again: the filesystem is found, not made again.
+    n.node_stage_volume(vx.stage_req(&c, capx.clone())).await.unwrap();
+    n.node_publish_volume(vx.publish_req(1, capx.clone(), false)).await.unwrap();
+    assert_eq!(sha(&g, &format!("{}/data", vx.target(1))), sumx, "data lost: mkfs ran on a device with a filesystem?");
+    n.node_unpublish_volume(vx.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vx.unstage_req()).await.unwrap();
+
+    // Raw block: write and read through the published device file.
+    c.image("vol-block", 32);
+    let vb = Vol::with_context("vol-block", &[]);
+    n.node_stage_volume(vb.stage_req(&c, block_cap())).await.unwrap();
+    n.node_publish_volume(vb.publish_req(1, block_cap(), false)).await.unwrap();
+    let dev = vb.target(1);
+    let sumb = g
+        .sh_ok(&format!(
+            "head -c 1048576 /dev/urandom > /run/blk && dd if=/run/blk of={dev} bs=1M oflag=direct status=none && sync && \
+             dd if={dev} bs=1M count=1 iflag=direct status=none | sha256sum && sha256sum < /run/blk"
+        ))
+        .unwrap();
+    let sums: Vec<&str> = sumb.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(sums.len(), 2, "{sumb}");
+    assert_eq!(sums[0], sums[1], "read back differs from what was written");
+    let stats = n
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest { volume_id: vb.id.clone(), volume_path: dev.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.usage[0].total, 32 << 20, "{stats:?}");
+    n.node_unpublish_volume(vb.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vb.unstage_req()).await.unwrap();
+
+    // rbd-nbd mounter.
+    c.image("vol-nbd", 64);
+    let vn = Vol::with_context("vol-nbd", &[("mounter", "rbd-nbd")]);
+    n.node_stage_volume(vn.stage_req(&c, cap.clone())).await.unwrap();
+    n.node_publish_volume(vn.publish_req(1, cap.clone(), false)).await.unwrap();
+    let src = g.sh_ok(&format!("findmnt -n -o SOURCE {}", vn.staging())).unwrap();
+    assert!(src.starts_with("/dev/nbd"), "staged from {src}");
+    let sumn = write_data(&g, &format!("{}/data", vn.target(1)), 2);
+    assert_eq!(sha(&g, &format!("{}/data", vn.target(1))), sumn);
+    assert_eq!(g.sh_ok("ls /var/lib/csi-rbd/ | grep -c nbd-key || true").unwrap(), "0", "rbd-nbd keyfile left behind");
+    n.node_unpublish_volume(vn.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vn.unstage_req()).await.unwrap();
+    assert_eq!(g.sh_ok("rbd-nbd list-mapped --format json").unwrap().trim_matches(|c| c == '[' || c == ']' || c == '\n'), "");
+    assert!(c.lock_holders("vol-nbd").is_empty());
+
+    // Unstage with the cluster frozen: bounded, and the device is gone.
+    c.image("vol-frozen", 64);
+    let vf = Vol::with_context("vol-frozen", &[]);
+    n.node_stage_volume(vf.stage_req(&c, cap.clone())).await.unwrap();
+    n.node_publish_volume(vf.publish_req(1, cap.clone(), false)).await.unwrap();
+    write_data(&g, &format!("{}/data", vf.target(1)), 1);
+    n.node_unpublish_volume(vf.unpublish_req(1)).await.unwrap();
+    c.ceph.freeze();
+    let t = Instant::now();
+    let r = n.node_unstage_volume(vf.unstage_req()).await;
+    let took = t.elapsed();
+    c.ceph.thaw();
+    eprintln!("unstage with the cluster frozen took {took:?}: {r:?}");
+    r.expect("unstage with a frozen cluster");
+    assert!(took < FROZEN_UNSTAGE_BOUND, "unstage with a frozen cluster took {took:?}");
+    assert_eq!(g.sh_ok(&format!("findmnt -n {} | wc -l", vf.staging())).unwrap(), "0");
+    // Once the cluster answers again, the kernel finishes the removal.
+    g.sh_ok("for i in $(seq 600); do [ -z \"$(ls /sys/bus/rbd/devices)\" ] && exit 0; sleep 0.1; done; ls -l /sys/bus/rbd/devices; exit 1")
+        .expect("the device is gone within 60 s of the thaw");
+    // The lock the frozen cluster kept: ControllerUnpublishVolume fences and breaks it.
+    assert_eq!(c.lock_holders("vol-frozen"), vec!["node-a"]);
+}
