@@ -454,4 +454,17 @@ mod tests {
         let still = Command::new("ip").args(["link", "show", &bridge]).output().unwrap();
         assert!(!still.status.success(), "bridge {bridge} left behind");
     }
+
+    #[test]
+    fn a_manager_reports_pool_statistics_and_stops_with_the_cluster() {
+        let mut c = Ceph::start().expect("start ceph");
+        let df = c.ceph_json(&["df"]).unwrap();
+        assert_eq!(df["pools"].as_array().map(Vec::len), Some(0), "no statistics without a manager: {df}");
+        c.start_mgr().unwrap();
+        let df = c.ceph_json(&["df"]).unwrap();
+        assert!(df["pools"].as_array().unwrap().iter().any(|p| p["name"] == "rbd"), "{df}");
+        let pid = c.mgr.as_ref().unwrap().id();
+        drop(c);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "ceph-mgr {pid} left running");
+    }
 }
