@@ -26,7 +26,9 @@
 //! A controller killed anywhere leaves state that a retry of the same name
 //! adopts: a directory key without its UUID object gets the object
 //! ([`lookup`] fills it in), a UUID object without image gets the image, an
-//! image without mark is finished and marked. Deletion runs the other way
+//! image without mark is finished and marked (an empty image) or made again
+//! (a clone, which librbd may have left half made; without the mark it was
+//! never returned to anyone). Deletion runs the other way
 //! (image, directory key, UUID object), so a retried DeleteVolume finishes
 //! it. An image that is not in the journal is never touched.
 

@@ -43,22 +43,11 @@ pub struct Config {
     /// `--ceph-timeout`: the bound on connecting to a cluster and on each
     /// Ceph call.
     pub ceph_timeout: Duration,
-    /// `--rbd-soft-max-clone-depth`: a clone whose parent chain is deeper
-    /// than this is flattened in the background after CreateVolume returns.
-    pub soft_max_clone_depth: u32,
-    /// `--rbd-hard-max-clone-depth`: a clone deeper than this is flattened
-    /// before CreateVolume returns.
-    pub hard_max_clone_depth: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            cluster_config: PathBuf::from(DEFAULT_CLUSTER_CONFIG),
-            ceph_timeout: Duration::from_secs(10),
-            soft_max_clone_depth: 4,
-            hard_max_clone_depth: 8,
-        }
+        Config { cluster_config: PathBuf::from(DEFAULT_CLUSTER_CONFIG), ceph_timeout: Duration::from_secs(10) }
     }
 }
 

@@ -21,16 +21,6 @@ const DEFAULTS: Defaults = Defaults {
             help: "seconds a connection to a cluster, or one Ceph call, may take (1 to 300)",
         },
         ExtraFlag {
-            name: "rbd-soft-max-clone-depth",
-            default: Some("4"),
-            help: "a clone deeper than this is flattened in the background after CreateVolume",
-        },
-        ExtraFlag {
-            name: "rbd-hard-max-clone-depth",
-            default: Some("8"),
-            help: "a clone deeper than this is flattened before CreateVolume returns",
-        },
-        ExtraFlag {
             name: "state-dir",
             default: Some("/var/lib/csi-rbd"),
             help: "where the node keeps its stage records (what is mapped and mounted where)",
@@ -66,13 +56,7 @@ fn main() {
     let config = csi_rbd::Config {
         cluster_config: flags.extra("cluster-config").unwrap_or(csi_rbd::DEFAULT_CLUSTER_CONFIG).into(),
         ceph_timeout: Duration::from_secs(number(&flags, "ceph-timeout", 1..=300)),
-        soft_max_clone_depth: number(&flags, "rbd-soft-max-clone-depth", 1..=64) as u32,
-        hard_max_clone_depth: number(&flags, "rbd-hard-max-clone-depth", 1..=64) as u32,
     };
-    if config.soft_max_clone_depth > config.hard_max_clone_depth {
-        eprintln!("csi-rbd: --rbd-soft-max-clone-depth must not exceed --rbd-hard-max-clone-depth");
-        std::process::exit(2);
-    }
     let clusters = match csi_rbd::config::ClusterConfig::load(&config.cluster_config) {
         Ok(c) => c,
         Err(e) => {

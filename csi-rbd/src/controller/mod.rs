@@ -275,7 +275,14 @@ impl pb::controller_server::Controller for ControllerService {
         CreateParams::parse(&req.parameters)?;
         let rbd = self.conns.latest(cluster)?.rbd;
         let pool = pool.clone();
-        let stats = blocking(move || rbd.pool_stats(&pool).map_err(ceph_err)).await?;
+        let stats = blocking(move || {
+            rbd.pool_stats(&pool).map_err(|e| match e {
+                // No ceph-mgr: the monitor has no usage figures (yet).
+                ceph::Error::Other { errno: libc::ENODATA, .. } => Error::Unavailable(e.to_string()),
+                e => ceph_err(e),
+            })
+        })
+        .await?;
         Ok(Response::new(pb::GetCapacityResponse {
             available_capacity: stats.max_avail.min(i64::MAX as u64) as i64,
             maximum_volume_size: None,

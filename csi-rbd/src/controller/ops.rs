@@ -195,7 +195,9 @@ pub fn create_volume(
         )));
     }
     let size = pick_size(&cap, src_size)?;
-    let attrs = [(CONTENT_SOURCE_KEY, source_key)];
+    // The journal stores no empty values: no source, no key (read back as "").
+    let attrs: Vec<(&str, &str)> =
+        if source_key.is_empty() { Vec::new() } else { vec![(CONTENT_SOURCE_KEY, source_key)] };
     let entry = match journal::lookup(rbd, &p.pool, VOLUMES, name, &p.volume_prefix, &attrs).map_err(ceph_err)? {
         Some(e) => e,
         None => journal::reserve(rbd, &p.pool, VOLUMES, name, &p.volume_prefix, &attrs).map_err(ceph_err)?,
@@ -218,10 +220,20 @@ pub fn create_volume(
             info
         }
         found => {
-            if found.is_none() {
+            match (&found, &source) {
+                (None, _) => {}
+                (Some(_), Source::None) => info!(name, image, "adopting the image of an interrupted CreateVolume"),
+                (Some(_), _) => {
+                    // A clone cut short may be half made (librbd creates the
+                    // image, then links its parent) or half flattened; it was
+                    // never returned (the entry has no mark), so nobody uses
+                    // it: start it again.
+                    warn!(name, image, "discarding the unfinished clone of an interrupted CreateVolume");
+                    discard_clone(rbd, &p.pool, &image, &entry.uuid, &source)?;
+                }
+            }
+            if found.is_none() || !matches!(source, Source::None) {
                 make_image(rbd, &p.pool, &image, &entry.uuid, size, p, &source)?;
-            } else {
-                info!(name, image, "adopting the image of an interrupted CreateVolume");
             }
             finish_image(rbd, &p.pool, &image, &entry.uuid, size, &source)?
         }
@@ -265,6 +277,15 @@ fn make_image(
             ok_if(rbd.clone_image(sp, simg, &tmp, pool, image, &clone_options(p)), exists)
         }
     }
+}
+
+/// Removes an unfinished clone and the temporary snapshot it was cloned from.
+fn discard_clone(rbd: &dyn Rbd, pool: &str, image: &str, uuid: &str, source: &Source) -> Result<(), Error> {
+    ok_if(rbd.remove_image(pool, image), not_found)?;
+    if let Source::Volume { pool: sp, image: simg, .. } = source {
+        ok_if(rbd.snap_remove(sp, simg, &format!("{TMP_SNAP_PREFIX}{uuid}")), not_found)?;
+    }
+    Ok(())
 }
 
 /// Flattens a clone, drops the temporary snapshot of a volume source, and
@@ -417,7 +438,13 @@ pub fn create_snapshot(
     let image = entry.image.clone();
     if entry.image_id.is_none() {
         let tmp = format!("{TMP_SNAP_PREFIX}{}", entry.uuid);
-        if info_opt(rbd, &pool, &image)?.is_none() {
+        if info_opt(rbd, &pool, &image)?.is_some() {
+            // Cut short earlier (see create_volume): never returned, start again.
+            warn!(name, image, "discarding the unfinished snapshot image of an interrupted CreateSnapshot");
+            ok_if(rbd.remove_image(&pool, &image), not_found)?;
+            ok_if(rbd.snap_remove(&pool, &src_entry.image, &tmp), not_found)?;
+        }
+        {
             ok_if(rbd.snap_create(&pool, &src_entry.image, &tmp), exists)?;
             let opts =
                 ImageOptions { features: vec!["layering".into(), "deep-flatten".into()], data_pool: None, order: None };
