@@ -168,6 +168,29 @@ pub fn recorded(rbd: &dyn Rbd, pool: &str, image: &str, node: &str) -> Result<Op
     Ok(m.get(&key).map(|v| serde_json::from_slice(v).unwrap_or_default()))
 }
 
+/// The nodes the image is attached to: those holding the read-write lock
+/// and those with a stage record (read-only readers too), sorted. What
+/// ListVolumes reports as `published_node_ids`.
+pub fn nodes(rbd: &dyn Rbd, pool: &str, image: &str) -> Result<Vec<String>, Status> {
+    let mut out = holders(rbd, pool, image)?;
+    let mut after = String::new();
+    loop {
+        let page = rbd.omap_list(pool, &object(image), &after, 256).map_err(status)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = last.clone();
+        let full = page.len() < 256;
+        out.extend(page.into_iter().filter_map(|(k, _)| k.strip_prefix(NODE_KEY_PREFIX).map(str::to_string)));
+        if full {
+            break;
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Breaks every lock held for `node`; returns how many.
 fn break_locks(rbd: &dyn Rbd, pool: &str, image: &str, node: &str) -> Result<usize, Status> {
     let oid = object(image);

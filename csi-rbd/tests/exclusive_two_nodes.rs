@@ -2,6 +2,8 @@
 //! cluster's bridge), batched into one pair of boots:
 //!
 //! 1. write on A, unstage, stage on B: the data is intact;
+//!    Read-only many: refused while A holds the image read-write, then
+//!    staged on both, no lock;
 //! 2. NodeStage on A and B at once: exactly one wins, the other gets
 //!    FAILED_PRECONDITION naming the winner;
 //! 3. A dies (its guest SIGKILLed, no unstage) with two volumes staged;
@@ -30,6 +32,14 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     let mut a = node(&mut ga).await;
     let mut b = node(&mut gb).await;
     let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    // The controller's view of attachments (librados from the host).
+    let rbd = ceph::connect(&ceph::ConnectSpec {
+        monitors: c.ceph.monitors(),
+        user: "admin".into(),
+        key: c.ceph.admin_key().into(),
+        timeout: Duration::from_secs(15),
+    })
+    .unwrap();
 
     // 1. A writes, unstages; B stages and reads the same bytes.
     c.image("moved", 64);
@@ -49,11 +59,34 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     b.node_unpublish_volume(v.unpublish_req(1)).await.unwrap();
     b.node_unstage_volume(v.unstage_req()).await.unwrap();
 
+    // 1b. Read-only many: refused while a node holds the image read-write,
+    // then any number of readers, no lock.
+    let rox = mount_cap("ext4", Mode::MultiNodeReaderOnly);
+    a.node_stage_volume(v.stage_req(&c, cap.clone())).await.unwrap();
+    let e = b.node_stage_volume(v.stage_req(&c, rox.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("\"node-a\""), "{}", e.message());
+    a.node_unstage_volume(v.unstage_req()).await.unwrap();
+    for (n, g) in [(&mut a, &ga), (&mut b, &gb)] {
+        n.node_stage_volume(v.stage_req(&c, rox.clone())).await.expect("read-only stage");
+        n.node_publish_volume(v.publish_req(1, rox.clone(), true)).await.unwrap();
+        assert_eq!(sha(g, &format!("{}/data", v.target(1))), sum);
+        assert_ne!(g.sh(&format!("touch {}/x", v.target(1))).unwrap().0, 0, "a read-only stage took a write");
+    }
+    assert!(c.lock_holders("moved").is_empty(), "read-only stages take no lock");
+    assert_eq!(csi_rbd::attach::nodes(rbd.as_ref(), "rbd", "moved").unwrap(), vec!["node-a", "node-b"]);
+    for n in [&mut a, &mut b] {
+        n.node_unpublish_volume(v.unpublish_req(1)).await.unwrap();
+        n.node_unstage_volume(v.unstage_req()).await.unwrap();
+    }
+
     // 2. Both at once: one winner, the loser told who won.
     c.image("raced", 64);
     let r = Vol::with_context("raced", &[]);
-    let (ra, rb) =
-        tokio::join!(a.node_stage_volume(r.stage_req(&c, cap.clone())), b.node_stage_volume(r.stage_req(&c, cap.clone())));
+    let (ra, rb) = tokio::join!(
+        a.node_stage_volume(r.stage_req(&c, cap.clone())),
+        b.node_stage_volume(r.stage_req(&c, cap.clone()))
+    );
     let (winner, loser_err, loser_g) = match (&ra, &rb) {
         (Ok(_), Err(e)) => ("node-a", e.clone(), &gb),
         (Err(e), Ok(_)) => ("node-b", e.clone(), &ga),
@@ -100,13 +133,6 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     let migrated = killed.elapsed();
 
     // The second through ControllerUnpublishVolume's path.
-    let rbd = ceph::connect(&ceph::ConnectSpec {
-        monitors: c.ceph.monitors(),
-        user: "admin".into(),
-        key: c.ceph.admin_key().into(),
-        timeout: Duration::from_secs(15),
-    })
-    .unwrap();
     csi_rbd::attach::unpublish(rbd.as_ref(), "rbd", &vols[1].image, "node-a").unwrap();
     csi_rbd::attach::unpublish(rbd.as_ref(), "rbd", &vols[1].image, "node-a").expect("unpublish is idempotent");
     b.node_stage_volume(vols[1].stage_req(&c, cap.clone())).await.expect("B stages after ControllerUnpublish");
@@ -115,8 +141,13 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     assert!(migrated < TAKEOVER_BOUND, "kill → B staged took {migrated:?}");
     for (v, sum) in vols.iter().zip(&sums) {
         b.node_publish_volume(v.publish_req(1, cap.clone(), false)).await.unwrap();
-        assert_eq!(&sha(&gb, &format!("{}/data", v.target(1))), sum, "data fsynced on A before the kill is not intact on B");
+        assert_eq!(
+            &sha(&gb, &format!("{}/data", v.target(1))),
+            sum,
+            "data fsynced on A before the kill is not intact on B"
+        );
         assert_eq!(c.lock_holders(&v.image), vec!["node-b"]);
+        assert_eq!(csi_rbd::attach::nodes(rbd.as_ref(), "rbd", &v.image).unwrap(), vec!["node-b"]);
     }
     let blocked = c.blocklist();
     for cl in &clients {

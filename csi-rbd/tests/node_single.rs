@@ -50,7 +50,11 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     n.node_publish_volume(v.publish_req(1, cap.clone(), false)).await.expect("a second publish is idempotent");
     let sum = write_data(&g, &format!("{}/data", v.target(1)), 4);
     let stats = n
-        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest { volume_id: v.id.clone(), volume_path: v.target(1), ..Default::default() })
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: v.id.clone(),
+            volume_path: v.target(1),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -75,7 +79,11 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     let df: i64 = g.sh_ok(&format!("df -B1 --output=size {} | tail -n1", v.target(1))).unwrap().trim().parse().unwrap();
     assert!(df > 100 << 20, "df after expand: {df}");
     let stats = n
-        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest { volume_id: v.id.clone(), volume_path: v.target(1), ..Default::default() })
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: v.id.clone(),
+            volume_path: v.target(1),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -135,7 +143,11 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     assert_eq!(sums.len(), 2, "{sumb}");
     assert_eq!(sums[0], sums[1], "read back differs from what was written");
     let stats = n
-        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest { volume_id: vb.id.clone(), volume_path: dev.clone(), ..Default::default() })
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vb.id.clone(),
+            volume_path: dev.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -152,10 +164,17 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     assert!(src.starts_with("/dev/nbd"), "staged from {src}");
     let sumn = write_data(&g, &format!("{}/data", vn.target(1)), 2);
     assert_eq!(sha(&g, &format!("{}/data", vn.target(1))), sumn);
-    assert_eq!(g.sh_ok("ls /var/lib/csi-rbd/ | grep -c nbd-key || true").unwrap(), "0", "rbd-nbd keyfile left behind");
+    assert_eq!(
+        g.sh_ok("ls -A /var/lib/csi-rbd/ | grep -c nbd-key || true").unwrap(),
+        "0",
+        "rbd-nbd keyfile left behind"
+    );
     n.node_unpublish_volume(vn.unpublish_req(1)).await.unwrap();
     n.node_unstage_volume(vn.unstage_req()).await.unwrap();
-    assert_eq!(g.sh_ok("rbd-nbd list-mapped --format json").unwrap().trim_matches(|c| c == '[' || c == ']' || c == '\n'), "");
+    assert_eq!(
+        g.sh_ok("rbd-nbd list-mapped --format json").unwrap().trim_matches(|c| c == '[' || c == ']' || c == '\n'),
+        ""
+    );
     assert!(c.lock_holders("vol-nbd").is_empty());
 
     // Unstage with the cluster frozen: bounded, and the device is gone.

@@ -53,12 +53,8 @@ pub struct GuestConfig {
 impl GuestConfig {
     /// A guest that runs `scripts/guest/rbd-node.sh ADDR csi_port exec_port BIN ARGS…`.
     pub fn node(name: &str, bridge: &str, addr: Ipv4Addr, prefix_len: u8, bin: &Path, args: &[String]) -> GuestConfig {
-        let mut a = vec![
-            addr.to_string(),
-            NODE_CSI_PORT.to_string(),
-            NODE_EXEC_PORT.to_string(),
-            bin.display().to_string(),
-        ];
+        let mut a =
+            vec![addr.to_string(), NODE_CSI_PORT.to_string(), NODE_EXEC_PORT.to_string(), bin.display().to_string()];
         a.extend(args.iter().cloned());
         GuestConfig {
             name: name.to_string(),
@@ -85,7 +81,8 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A running guest; its console goes to [`Guest::log_path`].
+/// A running guest; its console goes to [`Guest::log_path`] (kept when
+/// the test fails, removed otherwise).
 #[derive(Debug)]
 pub struct Guest {
     name: String,
@@ -180,7 +177,11 @@ impl Guest {
             };
             match tokio::time::timeout(Duration::from_secs(3), attempt).await {
                 Ok(Ok(ch)) => {
-                    eprintln!("guest {}: plugin ready {:.1}s after boot", self.name, self.booted.elapsed().as_secs_f64());
+                    eprintln!(
+                        "guest {}: plugin ready {:.1}s after boot",
+                        self.name,
+                        self.booted.elapsed().as_secs_f64()
+                    );
                     return Ok(ch);
                 }
                 Ok(Err(e)) => last = e,
@@ -211,8 +212,10 @@ impl Guest {
         let mut out = Vec::new();
         s.read_to_end(&mut out).map_err(|e| Error::io(&what, e))?;
         let text = String::from_utf8_lossy(&out).into_owned();
-        let (body, status) =
-            text.trim_end().rsplit_once("__EXIT__ ").ok_or_else(|| Error::Driver(format!("{what}: no exit status in {text:?}")))?;
+        let (body, status) = text
+            .trim_end()
+            .rsplit_once("__EXIT__ ")
+            .ok_or_else(|| Error::Driver(format!("{what}: no exit status in {text:?}")))?;
         let rc = status.trim().parse().map_err(|_| Error::Driver(format!("{what}: bad exit status {status:?}")))?;
         Ok((rc, body.trim_end().to_string()))
     }
@@ -246,9 +249,13 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let alive = self.child.is_some();
         self.kill();
-        if alive && std::thread::panicking() {
-            eprintln!("--- guest {} console, last lines ({})", self.name, self.log.display());
-            eprintln!("{}", tail(&self.log(), 80));
+        if std::thread::panicking() {
+            if alive {
+                eprintln!("--- guest {} console, last lines ({})", self.name, self.log.display());
+                eprintln!("{}", tail(&self.log(), 80));
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }

@@ -103,8 +103,8 @@ mod tests {
 
     #[test]
     fn sysfs_write_errors_name_the_operation_not_the_data() {
-        let e = sysfs_write(Path::new("/nonexistent/add"), "secret=K".into(), "map x", Duration::from_secs(5))
-            .unwrap_err();
+        let e =
+            sysfs_write(Path::new("/nonexistent/add"), "secret=K".into(), "map x", Duration::from_secs(5)).unwrap_err();
         assert!(e.to_string().starts_with("map x"), "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
     }

@@ -100,7 +100,9 @@ pub fn check_options(options: &[String]) -> Result<(), Error> {
             return Err(Error::InvalidArgument(format!("krbd map option {o:?} is not a single option")));
         }
         if matches!(key, "name" | "secret" | "key") {
-            return Err(Error::InvalidArgument(format!("krbd map option {key}= is set by the driver from the secrets")));
+            return Err(Error::InvalidArgument(format!(
+                "krbd map option {key}= is set by the driver from the secrets"
+            )));
         }
     }
     Ok(())
@@ -119,8 +121,8 @@ pub fn check_secret(user: &str, key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// What to map.
-#[derive(Clone, Debug)]
+/// What to map (krbd and rbd-nbd). Its Debug leaves the key out.
+#[derive(Clone)]
 pub struct MapRequest<'a> {
     /// Monitor addresses (`IP:3300`).
     pub monitors: &'a [String],
@@ -134,6 +136,19 @@ pub struct MapRequest<'a> {
     pub pool: &'a str,
     /// The image.
     pub image: &'a str,
+}
+
+impl std::fmt::Debug for MapRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapRequest")
+            .field("monitors", &self.monitors)
+            .field("user", &self.user)
+            .field("key", &"***")
+            .field("options", &self.options)
+            .field("pool", &self.pool)
+            .field("image", &self.image)
+            .finish()
+    }
 }
 
 /// Maps the image (or finds the mapping a previous attempt left) and
@@ -248,7 +263,9 @@ pub fn device_size(device: &str) -> Result<u64, Error> {
     let name = Path::new(device).file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let p = Path::new("/sys/class/block").join(name).join("size");
     let s = read_attr(p.parent().unwrap_or(Path::new("/")), "size")?;
-    s.parse::<u64>().map(|sectors| sectors * 512).map_err(|_| Error::Internal(format!("{}: not a number: {s:?}", p.display())))
+    s.parse::<u64>()
+        .map(|sectors| sectors * 512)
+        .map_err(|_| Error::Internal(format!("{}: not a number: {s:?}", p.display())))
 }
 
 #[cfg(test)]
@@ -266,6 +283,8 @@ mod tests {
         assert!(check_secret("admin", "AQB,ro").is_err());
         assert!(check_secret("a b", "AQB=").is_err());
         assert!(check_secret("", "AQB=").is_err());
+        let r = MapRequest { monitors: &[], user: "u", key: "AQBsecret==", options: &[], pool: "p", image: "i" };
+        assert!(!format!("{r:?}").contains("AQBsecret"));
     }
 
     #[test]

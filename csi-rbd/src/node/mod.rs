@@ -155,12 +155,16 @@ impl Target {
         let cluster_id = match (get("clusterID"), &parsed) {
             (Some(c), _) => c,
             (None, Ok(id)) => id.cluster_id.clone(),
-            (None, Err(e)) => return Err(Error::NotFound(format!("volume {volume_id:?}: {e}; no clusterID in the volume context"))),
+            (None, Err(e)) => {
+                return Err(Error::NotFound(format!("volume {volume_id:?}: {e}; no clusterID in the volume context")))
+            }
         };
         let image = match (get("imageName"), &parsed) {
             (Some(i), _) => i,
             (None, Ok(id)) => format!("csi-vol-{}", id.uuid),
-            (None, Err(e)) => return Err(Error::NotFound(format!("volume {volume_id:?}: {e}; no imageName in the volume context"))),
+            (None, Err(e)) => {
+                return Err(Error::NotFound(format!("volume {volume_id:?}: {e}; no imageName in the volume context")))
+            }
         };
         let pool = get("pool");
         let pool_id = parsed.as_ref().ok().map(|id| id.pool_id);
@@ -231,8 +235,7 @@ fn mount_flags(flags: &[String], readonly: bool) -> (MsFlags, Vec<String>) {
     (f, data)
 }
 
-/// What NodeStageVolume was asked, checked.
-#[derive(Debug)]
+/// What NodeStageVolume was asked, checked. Its Debug leaves the key out.
 struct StageReq {
     volume_id: String,
     staging: PathBuf,
@@ -246,6 +249,21 @@ struct StageReq {
     mount_flags: Vec<String>,
     user: String,
     key: String,
+}
+
+impl std::fmt::Debug for StageReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageReq")
+            .field("volume_id", &self.volume_id)
+            .field("staging", &self.staging)
+            .field("target", &self.target)
+            .field("mounter", &self.mounter)
+            .field("readonly", &self.readonly)
+            .field("fs_type", &self.fs_type)
+            .field("user", &self.user)
+            .field("key", &"***")
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeService {
@@ -264,19 +282,26 @@ impl NodeService {
     }
 
     /// A Ceph connection for `cluster_id` as `user`, reused across calls.
-    fn connect(&self, cluster_id: &str, user: &str, key: &str, timeout: Duration) -> Result<Arc<dyn ceph::Rbd>, Status> {
+    fn connect(
+        &self,
+        cluster_id: &str,
+        user: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Arc<dyn ceph::Rbd>, Status> {
         let monitors = self.monitors(cluster_id)?;
         let cache_key = format!("{cluster_id}\0{user}\0{key}");
         if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
             return Ok(Arc::clone(c));
         }
         let spec = ceph::ConnectSpec { monitors, user: user.to_string(), key: key.to_string(), timeout };
-        let conn = bounded(&format!("connect to Ceph cluster {cluster_id:?}"), timeout + Duration::from_secs(2), move || {
-            ceph::connect(&spec).map_err(|e| match e {
-                ceph::Error::Timeout(m) => Status::unavailable(format!("Ceph cluster {m}")),
-                e => attach::status(e),
-            })
-        })?;
+        let conn =
+            bounded(&format!("connect to Ceph cluster {cluster_id:?}"), timeout + Duration::from_secs(2), move || {
+                ceph::connect(&spec).map_err(|e| match e {
+                    ceph::Error::Timeout(m) => Status::unavailable(format!("Ceph cluster {m}")),
+                    e => attach::status(e),
+                })
+            })?;
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, Arc::clone(&conn));
         Ok(conn)
     }
@@ -423,7 +448,15 @@ impl NodeService {
                 };
                 let before = watchers(rbd)?;
                 let opts = options_for(&r.map_options, Mounter::RbdNbd);
-                let dev = nbd::map(monitors, &r.user, &r.key, &opts, r.readonly, &pool, &image, self.records.dir())?;
+                let req = krbd::MapRequest {
+                    monitors,
+                    user: &r.user,
+                    key: &r.key,
+                    options: &opts,
+                    pool: &pool,
+                    image: &image,
+                };
+                let dev = nbd::map(&req, r.readonly, self.records.dir())?;
                 // rbd-nbd's client is the watcher that appeared with it.
                 let after = watchers(rbd)?;
                 let new: Vec<&String> = after.iter().filter(|a| !before.contains(a)).collect();
@@ -495,7 +528,9 @@ impl NodeService {
         }
         if !rec.readonly {
             let (c, p, i, n) = (Arc::clone(rbd), rec.pool.clone(), rec.image.clone(), rec.node.clone());
-            if let Err(e) = bounded("release the attach lock", RELEASE_TIMEOUT, move || attach::release(c.as_ref(), &p, &i, &n)) {
+            if let Err(e) =
+                bounded("release the attach lock", RELEASE_TIMEOUT, move || attach::release(c.as_ref(), &p, &i, &n))
+            {
                 tracing::warn!(volume = %rec.volume_id, "rollback: {}", e.message());
             }
         }
@@ -538,7 +573,8 @@ impl NodeService {
                 }
             }
             Mounter::RbdNbd => {
-                let dev = if rec.device.is_empty() { nbd::find(&rec.pool, &rec.image)? } else { Some(rec.device.clone()) };
+                let dev =
+                    if rec.device.is_empty() { nbd::find(&rec.pool, &rec.image)? } else { Some(rec.device.clone()) };
                 if let Some(dev) = dev {
                     nbd::unmap(&dev)?;
                 }
@@ -566,7 +602,9 @@ impl NodeService {
                 Some(s) => {
                     let released = self.connect(&rec.cluster_id, &s.user, &s.key, RELEASE_TIMEOUT).and_then(|rbd| {
                         let (p, i, n) = (rec.pool.clone(), rec.image.clone(), rec.node.clone());
-                        bounded("release the attach lock", RELEASE_TIMEOUT, move || attach::release(rbd.as_ref(), &p, &i, &n))
+                        bounded("release the attach lock", RELEASE_TIMEOUT, move || {
+                            attach::release(rbd.as_ref(), &p, &i, &n)
+                        })
                     });
                     if let Err(e) = released {
                         self.forget_connection(&rec.cluster_id, &s.user, &s.key);
@@ -577,7 +615,10 @@ impl NodeService {
                         );
                     }
                 }
-                None => tracing::warn!(volume = volume_id, "no stage secret kept: the attach lock is left to ControllerUnpublishVolume"),
+                None => tracing::warn!(
+                    volume = volume_id,
+                    "no stage secret kept: the attach lock is left to ControllerUnpublishVolume"
+                ),
             }
         }
         self.records.remove(volume_id)?;
@@ -671,7 +712,11 @@ impl NodeService {
         if rec.is_block() {
             let size = krbd::device_size(&rec.device)?;
             return Ok(pb::NodeGetVolumeStatsResponse {
-                usage: vec![pb::VolumeUsage { unit: pb::volume_usage::Unit::Bytes as i32, total: size as i64, ..Default::default() }],
+                usage: vec![pb::VolumeUsage {
+                    unit: pb::volume_usage::Unit::Bytes as i32,
+                    total: size as i64,
+                    ..Default::default()
+                }],
                 volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
             });
         }
@@ -680,7 +725,9 @@ impl NodeService {
             return Err(Status::not_found(format!("no volume is mounted at {}", path.display())));
         }
         let p = path.to_path_buf();
-        match mount::bounded_call(format!("statvfs {}", path.display()), STATS_TIMEOUT, move || nix::sys::statvfs::statvfs(&p)) {
+        match mount::bounded_call(format!("statvfs {}", path.display()), STATS_TIMEOUT, move || {
+            nix::sys::statvfs::statvfs(&p)
+        }) {
             Ok(s) => {
                 let frsize = s.fragment_size() as i64;
                 let (blocks, bfree, bavail) = (s.blocks() as i64, s.blocks_free() as i64, s.blocks_available() as i64);
@@ -730,13 +777,24 @@ fn unmount_all(path: &Path) -> Result<bool, Status> {
             Err(e) if gone(&e) => {}
             Err(Error::Sys { errno: Errno::EBUSY, .. }) => {
                 tracing::info!(path = %path.display(), "busy; detaching lazily");
-                mount::umount2(path, MntFlags::MNT_DETACH, UNMOUNT_TIMEOUT).or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })?;
+                mount::umount2(path, MntFlags::MNT_DETACH, UNMOUNT_TIMEOUT).or_else(|e| {
+                    if gone(&e) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
             }
             Err(Error::Timeout { .. }) => {
                 tracing::warn!(path = %path.display(), "unmount hung (is the cluster down?); forcing and detaching");
                 hung = true;
-                mount::umount2(path, MntFlags::MNT_FORCE | MntFlags::MNT_DETACH, UNMOUNT_TIMEOUT)
-                    .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })?;
+                mount::umount2(path, MntFlags::MNT_FORCE | MntFlags::MNT_DETACH, UNMOUNT_TIMEOUT).or_else(|e| {
+                    if gone(&e) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -919,12 +977,18 @@ mod tests {
     #[test]
     fn map_options_follow_ceph_csis_syntax_with_our_defaults() {
         assert_eq!(krbd_options("", false), vec!["ms_mode=prefer-crc", "noshare"]);
-        assert_eq!(krbd_options("ms_mode=secure,lock_on_read", true), vec!["noshare", "ms_mode=secure", "lock_on_read", "ro"]);
+        assert_eq!(
+            krbd_options("ms_mode=secure,lock_on_read", true),
+            vec!["noshare", "ms_mode=secure", "lock_on_read", "ro"]
+        );
         assert_eq!(
             krbd_options("krbd:queue_depth=128;nbd:try-netlink", false),
             vec!["ms_mode=prefer-crc", "noshare", "queue_depth=128"]
         );
-        assert_eq!(options_for("krbd:a;nbd:try-netlink,io-timeout=9", Mounter::RbdNbd), vec!["try-netlink", "io-timeout=9"]);
+        assert_eq!(
+            options_for("krbd:a;nbd:try-netlink,io-timeout=9", Mounter::RbdNbd),
+            vec!["try-netlink", "io-timeout=9"]
+        );
         assert_eq!(options_for("force", Mounter::Krbd), vec!["force"]);
     }
 

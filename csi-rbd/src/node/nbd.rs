@@ -16,6 +16,7 @@ use csi_core::Error;
 use serde::Deserialize;
 
 use super::exec;
+use super::krbd::MapRequest;
 
 /// Bound on `rbd-nbd map`.
 pub const MAP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,27 +79,20 @@ pub fn option_args(options: &[String]) -> Result<Vec<String>, Error> {
     Ok(args)
 }
 
-/// Maps `pool/image` through rbd-nbd (or finds its mapping) and returns the
-/// device. `key_dir` is where the short-lived keyfile goes.
-pub fn map(
-    monitors: &[String],
-    user: &str,
-    key: &str,
-    options: &[String],
-    readonly: bool,
-    pool: &str,
-    image: &str,
-    key_dir: &Path,
-) -> Result<String, Error> {
+/// Maps `r.pool/r.image` through rbd-nbd (or finds its mapping) and
+/// returns the device; `r.options` are rbd-nbd's (see [`option_args`]).
+/// `key_dir` is where the short-lived keyfile goes.
+pub fn map(r: &MapRequest<'_>, readonly: bool, key_dir: &Path) -> Result<String, Error> {
+    let (pool, image) = (r.pool, r.image);
     if let Some(dev) = find(pool, image)? {
         return Ok(dev);
     }
-    let mut args = vec!["map".to_string(), format!("{pool}/{image}"), "--id".into(), user.into()];
-    args.extend(["-m".to_string(), monitors.join(",")]);
+    let mut args = vec!["map".to_string(), format!("{pool}/{image}"), "--id".into(), r.user.into()];
+    args.extend(["-m".to_string(), r.monitors.join(",")]);
     if readonly {
         args.push("--read-only".into());
     }
-    args.extend(option_args(options)?);
+    args.extend(option_args(r.options)?);
     std::fs::create_dir_all(key_dir).map_err(|e| Error::io(format!("create {}", key_dir.display()), e))?;
     let keyfile = key_dir.join(format!(".nbd-key-{}-{}", std::process::id(), super::unique()));
     let mut f = std::fs::OpenOptions::new()
@@ -107,7 +101,7 @@ pub fn map(
         .mode(0o600)
         .open(&keyfile)
         .map_err(|e| Error::io(format!("create {}", keyfile.display()), e))?;
-    let written = f.write_all(key.as_bytes()).map_err(|e| Error::io(format!("write {}", keyfile.display()), e));
+    let written = f.write_all(r.key.as_bytes()).map_err(|e| Error::io(format!("write {}", keyfile.display()), e));
     drop(f);
     let result = written.and_then(|()| {
         args.extend(["--keyfile".to_string(), keyfile.display().to_string()]);
@@ -146,7 +140,11 @@ pub fn unmap(device: &str) -> Result<(), Error> {
     match exec::run("rbd-nbd", &["unmap", device], UNMAP_TIMEOUT) {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) if list()?.iter().all(|x| x.device != device) => {
-            tracing::debug!(device, "rbd-nbd unmap said {:?} but the device is gone", String::from_utf8_lossy(&out.stderr));
+            tracing::debug!(
+                device,
+                "rbd-nbd unmap said {:?} but the device is gone",
+                String::from_utf8_lossy(&out.stderr)
+            );
             Ok(())
         }
         Ok(out) => Err(Error::Internal(format!(

@@ -148,11 +148,8 @@ impl Records {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-        f.write_all(data)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))
+        f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))
     }
 
     /// Saves (replaces) the record of `r.volume_id`.

@@ -82,17 +82,29 @@ impl Cluster {
             Err(_) => return Vec::new(),
         };
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-        v["lockers"].as_array().map(|a| a.iter().filter_map(|l| l["cookie"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v["lockers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|l| l["cookie"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     }
 
-    /// `ceph osd blocklist ls` (JSON) addresses.
+    /// `ceph osd blocklist ls` (JSON) addresses. Ceph 16 prints two JSON
+    /// lists one after the other (addresses, then ranges).
     pub fn blocklist(&self) -> Vec<String> {
-        let v = self.ceph.ceph_json(&["osd", "blocklist", "ls"]).unwrap();
-        v.as_array().map(|a| a.iter().filter_map(|e| e["addr"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+        let out = self.ceph.ceph(&["osd", "blocklist", "ls", "--format", "json"]).unwrap();
+        serde_json::Deserializer::from_str(&out)
+            .into_iter::<serde_json::Value>()
+            .map(|v| v.unwrap())
+            .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["addr"].as_str().map(str::to_string))
+            .collect()
     }
 
     pub fn secrets(&self) -> HashMap<String, String> {
-        HashMap::from([("userID".to_string(), "admin".to_string()), ("userKey".to_string(), self.ceph.admin_key().to_string())])
+        HashMap::from([
+            ("userID".to_string(), "admin".to_string()),
+            ("userKey".to_string(), self.ceph.admin_key().to_string()),
+        ])
     }
 
     /// A volume ID for image `csi-vol-<uuid>` in pool rbd.
