@@ -1,4 +1,4 @@
-//! docs/csi-rbd-controller.md against the driver: the flags `csi-rbd --help`
+//! docs/csi-rbd.md (the controller part) against the driver: the flags `csi-rbd --help`
 //! lists (the real binary) are csi-core's common flags plus the page's own
 //! table, with their defaults; the StorageClass table lists exactly
 //! `params::PARAMETERS` and the VolumeSnapshotClass table exactly
@@ -10,7 +10,7 @@ use std::path::Path;
 use csi_rbd::params::{PARAMETERS, SNAPSHOT_PARAMETERS};
 use docs_check::{assert_same_keys, defaults_missing, flag_keys, help_flags, run_help, table_under};
 
-const PAGE: &str = "docs/csi-rbd-controller.md";
+const PAGE: &str = "docs/csi-rbd.md";
 
 #[test]
 fn every_flag_of_the_binary_is_documented_with_its_default() {
