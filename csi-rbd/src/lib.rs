@@ -19,8 +19,8 @@ pub mod config;
 pub mod connection;
 pub mod controller;
 pub mod journal;
-pub mod params;
 pub mod node;
+pub mod params;
 pub mod takeover;
 pub mod volume_id;
 

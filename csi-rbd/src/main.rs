@@ -13,12 +13,12 @@ const DEFAULTS: Defaults = Defaults {
         ExtraFlag {
             name: "cluster-config",
             default: Some(csi_rbd::DEFAULT_CLUSTER_CONFIG),
-            help: "ceph-csi's config.json: a list of {\"clusterID\", \"monitors\"}, read on every lookup",
+            help: "ceph-csi's config.json: a list of {\"clusterID\", \"monitors\"}",
         },
         ExtraFlag {
             name: "ceph-timeout",
             default: Some("10"),
-            help: "seconds a connection to a cluster, or one Ceph call, may take (1 to 300)",
+            help: "seconds the controller's connection to a cluster, or one Ceph call, may take (1 to 300)",
         },
         ExtraFlag {
             name: "state-dir",
@@ -53,18 +53,38 @@ fn main() {
         eprintln!("csi-rbd: {e}");
         std::process::exit(2);
     }
+    let config_path =
+        std::path::PathBuf::from(flags.extra("cluster-config").unwrap_or(csi_rbd::DEFAULT_CLUSTER_CONFIG));
+    // The controller reads the cluster config on every lookup (a ConfigMap
+    // updated in place needs no restart); the node loads it at start.
+    let node = if flags.mode.node() {
+        let clusters = match csi_rbd::config::ClusterConfig::load(&config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("csi-rbd: --cluster-config: {e}");
+                std::process::exit(2);
+            }
+        };
+        let max_volumes = match flags.extra("max-volumes").unwrap_or("0").parse::<i64>() {
+            Ok(n) if n >= 0 => n,
+            _ => {
+                eprintln!("csi-rbd: --max-volumes: expected a number >= 0");
+                std::process::exit(2);
+            }
+        };
+        Some(csi_rbd::node::Node::new(csi_rbd::node::NodeConfig {
+            node_id: flags.node_id.clone(),
+            state_dir: std::path::PathBuf::from(flags.extra("state-dir").unwrap_or("/var/lib/csi-rbd")),
+            clusters,
+            max_volumes,
+        }))
+    } else {
+        None
+    };
     let config = csi_rbd::Config {
-        cluster_config: flags.extra("cluster-config").unwrap_or(csi_rbd::DEFAULT_CLUSTER_CONFIG).into(),
+        cluster_config: config_path,
         ceph_timeout: Duration::from_secs(number(&flags, "ceph-timeout", 1..=300)),
     };
-    let clusters = match csi_rbd::config::ClusterConfig::load(&config.cluster_config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("csi-rbd: --cluster-config: {e}");
-            std::process::exit(2);
-        }
-    };
-    let max_volumes = number(&flags, "max-volumes", 0..=i64::MAX as u64) as i64;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -75,16 +95,10 @@ fn main() {
     let controller = csi_rbd::controller::ControllerService::new(config);
     let mut registry = prom_endpoint::Registry::default();
     csi_rbd::register_metrics(&mut registry, &controller);
-    let node = csi_rbd::node::Node::new(csi_rbd::node::NodeConfig {
-        node_id: flags.node_id.clone(),
-        state_dir: std::path::PathBuf::from(flags.extra("state-dir").unwrap_or("/var/lib/csi-rbd")),
-        clusters,
-        max_volumes,
-    });
     let plugin = csi_core::server::Plugin {
         identity: csi_core::identity::Identity::new(&flags.driver_name).vendor_version(env!("CARGO_PKG_VERSION")),
         controller: Some(controller),
-        node: Some(node),
+        node,
     };
     if let Err(e) = runtime.block_on(csi_core::server::run_with_metrics(&flags, plugin, registry)) {
         tracing::error!("{e}");

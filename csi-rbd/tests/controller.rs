@@ -707,3 +707,101 @@ async fn a_cached_connection_saves_the_connect_on_every_call() {
     );
     assert!(mc < mf, "cached {mc:?} vs new {mf:?}");
 }
+
+fn publish_req(
+    volume_id: &str,
+    node: &str,
+    mode: vc::access_mode::Mode,
+    key: &str,
+) -> pb::ControllerPublishVolumeRequest {
+    pb::ControllerPublishVolumeRequest {
+        volume_id: volume_id.to_string(),
+        node_id: node.to_string(),
+        volume_capability: Some(pb::VolumeCapability {
+            access_type: Some(vc::AccessType::Mount(vc::MountVolume::default())),
+            access_mode: Some(vc::AccessMode { mode: mode as i32 }),
+        }),
+        readonly: false,
+        secrets: secrets(key),
+        volume_context: HashMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_gives_one_node_read_write_and_unpublish_frees_it() {
+    use vc::access_mode::Mode;
+    let c = cluster();
+    let key = c.admin_key().to_string();
+    let d = driver(&c.cluster_config_json(CLUSTER), &[]);
+    let mut ctl = client(&d).await;
+    let v = ctl.create_volume(create_req("pvc-pub", MIB, &key)).await.unwrap().into_inner().volume.unwrap();
+    let unpublish = |node: &str| pb::ControllerUnpublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        node_id: node.to_string(),
+        secrets: secrets(&key),
+    };
+    let published = |ctl: &mut ControllerClient<Channel>| {
+        let mut ctl = ctl.clone();
+        let id = v.volume_id.clone();
+        async move {
+            let r = ctl.controller_get_volume(pb::ControllerGetVolumeRequest { volume_id: id }).await.unwrap();
+            r.into_inner().status.unwrap().published_node_ids
+        }
+    };
+
+    ctl.controller_publish_volume(publish_req(&v.volume_id, "node-a", Mode::SingleNodeWriter, &key)).await.unwrap();
+    // Again for the same node: fine (idempotent).
+    ctl.controller_publish_volume(publish_req(&v.volume_id, "node-a", Mode::SingleNodeWriter, &key)).await.unwrap();
+    // Another node, read-write or read-only: FAILED_PRECONDITION naming node-a.
+    for mode in [Mode::SingleNodeWriter, Mode::MultiNodeReaderOnly] {
+        let e = ctl.controller_publish_volume(publish_req(&v.volume_id, "node-b", mode, &key)).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{mode:?}: {e:?}");
+        assert!(e.message().contains("node-a"), "{e:?}");
+    }
+    // The same node, now read-only: incompatible with its read-write publication.
+    let mut ro = publish_req(&v.volume_id, "node-a", Mode::SingleNodeWriter, &key);
+    ro.readonly = true;
+    assert_eq!(ctl.controller_publish_volume(ro).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(published(&mut ctl).await, ["node-a"]);
+    let listed = ctl.list_volumes(pb::ListVolumesRequest::default()).await.unwrap().into_inner();
+    let entry = listed.entries.iter().find(|e| e.volume.as_ref().unwrap().volume_id == v.volume_id).unwrap();
+    assert_eq!(entry.status.as_ref().unwrap().published_node_ids, ["node-a"]);
+    // A published volume is not deleted under its node.
+    let e = ctl
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), secrets: secrets(&key) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("node-a"), "{e:?}");
+
+    // Unpublished from node-a (twice: idempotent), node-b gets it.
+    ctl.controller_unpublish_volume(unpublish("node-a")).await.unwrap();
+    ctl.controller_unpublish_volume(unpublish("node-a")).await.unwrap();
+    assert!(published(&mut ctl).await.is_empty());
+    ctl.controller_publish_volume(publish_req(&v.volume_id, "node-b", Mode::SingleNodeWriter, &key)).await.unwrap();
+    assert_eq!(published(&mut ctl).await, ["node-b"]);
+    // Unpublish without a node ID: from every node.
+    ctl.controller_unpublish_volume(unpublish("")).await.unwrap();
+    assert!(published(&mut ctl).await.is_empty());
+    // Read-only for many nodes once nobody writes.
+    ctl.controller_publish_volume(publish_req(&v.volume_id, "node-c", Mode::MultiNodeReaderOnly, &key)).await.unwrap();
+    ctl.controller_publish_volume(publish_req(&v.volume_id, "node-d", Mode::MultiNodeReaderOnly, &key)).await.unwrap();
+    // A volume that does not exist: NOT_FOUND to publish, OK to unpublish.
+    let missing = v.volume_id.replace(&v.volume_id[v.volume_id.len() - 36..], "00000000-0000-4000-8000-000000000000");
+    let e =
+        ctl.controller_publish_volume(publish_req(&missing, "node-a", Mode::SingleNodeWriter, &key)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    ctl.controller_unpublish_volume(pb::ControllerUnpublishVolumeRequest {
+        volume_id: missing,
+        node_id: "node-a".into(),
+        secrets: secrets(&key),
+    })
+    .await
+    .unwrap();
+    // Deleted with its attach object.
+    ctl.delete_volume(pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), secrets: secrets(&key) })
+        .await
+        .unwrap();
+    let objects = String::from_utf8_lossy(&c.rados(&["-p", "rbd", "ls"]).unwrap()).into_owned();
+    assert!(!objects.contains("csi.rbd.attach."), "{objects}");
+}

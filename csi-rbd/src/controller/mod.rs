@@ -63,6 +63,15 @@ where
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("blocking task: {e}")))?
 }
 
+/// [`blocking`] for bodies that answer a gRPC status (`crate::attach`).
+async fn blocking_status<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("blocking task: {e}")))?
+}
+
 fn parse_id(id: &str, what: &str) -> Result<VolumeId, Error> {
     VolumeId::parse(id).map_err(|_| Error::NotFound(format!("{what} {id:?} not found")))
 }
@@ -123,6 +132,10 @@ impl ControllerService {
     }
 }
 
+fn cluster_of(volume_id: &str) -> String {
+    VolumeId::parse(volume_id).map(|v| v.cluster_id).unwrap_or_default()
+}
+
 fn rpc(t: csc::rpc::Type) -> pb::ControllerServiceCapability {
     pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) }
 }
@@ -144,6 +157,9 @@ impl pb::controller_server::Controller for ControllerService {
             T::GetCapacity,
             T::GetVolume,
             T::SingleNodeMultiWriter,
+            T::PublishUnpublishVolume,
+            T::PublishReadonly,
+            T::ListVolumesPublishedNodes,
         ]
         .into_iter()
         .map(rpc)
@@ -249,17 +265,26 @@ impl pb::controller_server::Controller for ControllerService {
             });
         }
         all.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
-        let (mut vols, next_token) = page(all, |v| v.volume_id.as_str(), req.max_entries, &req.starting_token)?;
-        // Sizes only for the page returned.
-        for v in &mut vols {
-            let Ok(id) = VolumeId::parse(&v.volume_id) else { continue };
-            let Ok(c) = self.conns.latest(&id.cluster_id) else { continue };
-            if let Ok(Some((_, _, info))) = blocking(move || ops::find_volume(c.rbd.as_ref(), &id)).await {
-                v.capacity_bytes = info.size as i64;
+        let (vols, next_token) = page(all, |v| v.volume_id.as_str(), req.max_entries, &req.starting_token)?;
+        // Sizes and attachments only for the page returned.
+        let mut entries = Vec::with_capacity(vols.len());
+        for mut v in vols {
+            let mut published_node_ids = Vec::new();
+            if let (Ok(id), Ok(c)) = (VolumeId::parse(&v.volume_id), self.conns.latest(&cluster_of(&v.volume_id))) {
+                let found = blocking_status(move || {
+                    let rbd = c.rbd.as_ref();
+                    let Some((pool, entry, info)) = ops::find_volume(rbd, &id)? else { return Ok(None) };
+                    Ok(Some((info.size, crate::attach::nodes(rbd, &pool, &entry.image)?)))
+                })
+                .await?;
+                if let Some((size, nodes)) = found {
+                    v.capacity_bytes = size as i64;
+                    published_node_ids = nodes;
+                }
             }
+            let status = pb::list_volumes_response::VolumeStatus { published_node_ids, volume_condition: None };
+            entries.push(pb::list_volumes_response::Entry { volume: Some(v), status: Some(status) });
         }
-        let entries =
-            vols.into_iter().map(|v| pb::list_volumes_response::Entry { volume: Some(v), status: None }).collect();
         Ok(Response::new(pb::ListVolumesResponse { entries, next_token }))
     }
 
@@ -299,11 +324,11 @@ impl pb::controller_server::Controller for ControllerService {
         let id = parse_id(&req.volume_id, "volume")?;
         let rbd = self.conns.latest(&id.cluster_id)?.rbd;
         let vid = id.clone();
-        let Some((_, entry, info)) = blocking(move || ops::find_volume(rbd.as_ref(), &vid)).await? else {
+        let Some((pool, entry, info)) = blocking(move || ops::find_volume(rbd.as_ref(), &vid)).await? else {
             return Err(validate::volume_not_found(&req.volume_id).into());
         };
-        // TODO(integrator): published_node_ids from h3's attach records
-        // (crate::attach) once that module is on the branch.
+        let (r, p, i) = (self.conns.latest(&id.cluster_id)?.rbd, pool, entry.image.clone());
+        let published = blocking_status(move || crate::attach::nodes(r.as_ref(), &p, &i)).await?;
         Ok(Response::new(pb::ControllerGetVolumeResponse {
             volume: Some(pb::Volume {
                 volume_id: req.volume_id,
@@ -313,7 +338,7 @@ impl pb::controller_server::Controller for ControllerService {
                 accessible_topology: Vec::new(),
             }),
             status: Some(pb::controller_get_volume_response::VolumeStatus {
-                published_node_ids: Vec::new(),
+                published_node_ids: published,
                 volume_condition: None,
             }),
         }))
@@ -342,6 +367,70 @@ impl pb::controller_server::Controller for ControllerService {
             // A filesystem grows on the node; a raw block device needs nothing more.
             node_expansion_required: !block,
         }))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        req: Request<pb::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<pb::ControllerPublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        validate::require_node_id(&req.node_id)?;
+        let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
+        let mode = cap.access_mode.as_ref().map(|m| m.mode).unwrap_or_default();
+        let readonly = req.readonly
+            || mode == AccessMode::SingleNodeReaderOnly as i32
+            || mode == AccessMode::MultiNodeReaderOnly as i32;
+        let id = parse_id(&req.volume_id, "volume")?;
+        let rbd = self.conn(&id.cluster_id, req.secrets).await?;
+        let _lock = self.locks.lock("volume-id", &req.volume_id).await;
+        let node = req.node_id.clone();
+        blocking_status(move || {
+            let rbd = rbd.as_ref();
+            let Some((pool, entry, _)) = ops::find_volume(rbd, &id)? else {
+                return Err(validate::volume_not_found(&id.to_string()).into());
+            };
+            // Already published read-write to this very node, now asked
+            // read-only: incompatible with the existing publication.
+            if readonly && crate::attach::holders(rbd, &pool, &entry.image)?.contains(&node) {
+                return Err(Status::already_exists(format!(
+                    "volume {id} is published read-write to node {node:?}: unpublish it before publishing it read-only"
+                )));
+            }
+            crate::attach::publish(rbd, &pool, &entry.image, &node, readonly)
+        })
+        .await?;
+        info!(volume_id = req.volume_id, node = req.node_id, readonly, "volume published");
+        Ok(Response::new(pb::ControllerPublishVolumeResponse { publish_context: HashMap::new() }))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        req: Request<pb::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::ControllerUnpublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        validate::require_volume_id(&req.volume_id)?;
+        let Ok(id) = VolumeId::parse(&req.volume_id) else {
+            // Not an RBD volume: published nowhere.
+            return Ok(Response::new(pb::ControllerUnpublishVolumeResponse {}));
+        };
+        let rbd = self.conn(&id.cluster_id, req.secrets).await?;
+        let _lock = self.locks.lock("volume-id", &req.volume_id).await;
+        let node = req.node_id.clone();
+        blocking_status(move || {
+            let rbd = rbd.as_ref();
+            // A volume that is gone is unpublished everywhere.
+            let Some((pool, entry, _)) = ops::find_volume(rbd, &id)? else { return Ok(()) };
+            // No node ID: from every node (the spec's meaning).
+            let nodes = if node.is_empty() { crate::attach::nodes(rbd, &pool, &entry.image)? } else { vec![node] };
+            for n in nodes {
+                crate::attach::unpublish(rbd, &pool, &entry.image, &n)?;
+            }
+            Ok(())
+        })
+        .await?;
+        info!(volume_id = req.volume_id, node = req.node_id, "volume unpublished");
+        Ok(Response::new(pb::ControllerUnpublishVolumeResponse {}))
     }
 
     async fn create_snapshot(

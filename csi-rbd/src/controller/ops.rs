@@ -89,6 +89,20 @@ fn ok_if<T>(r: ceph::Result<T>, pred: fn(&ceph::Error) -> bool) -> Result<(), Er
     }
 }
 
+/// A status from `crate::attach` as this crate's error, keeping its code.
+fn status_err(s: tonic::Status) -> Error {
+    let m = s.message().to_string();
+    match s.code() {
+        tonic::Code::NotFound => Error::NotFound(m),
+        tonic::Code::FailedPrecondition => Error::FailedPrecondition(m),
+        tonic::Code::PermissionDenied => Error::PermissionDenied(m),
+        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable => Error::Unavailable(m),
+        tonic::Code::InvalidArgument => Error::InvalidArgument(m),
+        tonic::Code::ResourceExhausted => Error::ResourceExhausted(m),
+        _ => Error::Internal(m),
+    }
+}
+
 fn exists(e: &ceph::Error) -> bool {
     matches!(e, ceph::Error::Exists(_))
 }
@@ -324,7 +338,18 @@ pub fn delete_volume(rbd: &dyn Rbd, id: &VolumeId) -> Result<(), Error> {
         info!(volume_id = %id, pool, "DeleteVolume: not in the journal: already deleted, nothing touched");
         return Ok(());
     };
+    // Published (ControllerPublishVolume or a stage holds the attach lock):
+    // the CO unpublishes first; a dead node is fenced by that unpublish.
+    let holders = crate::attach::holders(rbd, &pool, &entry.image).map_err(status_err)?;
+    if !holders.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "image {pool}/{} is attached read-write to node(s) {holders:?}: unpublish it first",
+            entry.image
+        )));
+    }
     remove_image_checked(rbd, &pool, &entry.image, &entry.uuid)?;
+    // The attach object (h3's records) goes with its image.
+    ok_if(rbd.remove_object(&pool, &crate::attach::object(&entry.image)), not_found)?;
     journal::remove(rbd, &pool, VOLUMES, &entry).map_err(ceph_err)?;
     info!(volume_id = %id, pool, image = entry.image, "volume deleted");
     Ok(())
