@@ -2,8 +2,9 @@
 //! cluster's bridge), every single-node scenario batched into one boot:
 //! stage/publish/write, idempotency, expansion while published, read-only
 //! publish, xfs, a raw block volume, the rbd-nbd mounter, the volume ID
-//! fallback, NOT_FOUND for a missing image, and unstage with the cluster
-//! frozen (bounded in time).
+//! fallback, NOT_FOUND for a missing image, PERMISSION_DENIED for a wrong
+//! key, a restarted plugin working from the stage record, and unstage with
+//! the cluster frozen (bounded in time).
 
 mod node_common;
 
@@ -37,10 +38,22 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     assert!(c.lock_holders("no-such-image").is_empty());
     assert_eq!(g.sh_ok("ls /sys/bus/rbd/devices | wc -l").unwrap(), "0");
 
-    // ext4: stage (twice), publish, write, stats.
+    // A wrong key: PERMISSION_DENIED, within the connection's bound.
     c.image("vol-ext4", 64);
     let v = Vol::with_context("vol-ext4", &[]);
     let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    let mut bad = v.stage_req(&c, cap.clone());
+    let other = std::process::Command::new("ceph-authtool").arg("--gen-print-key").output().unwrap();
+    let other_key = String::from_utf8(other.stdout).unwrap().trim().to_string();
+    bad.secrets.insert("userKey".into(), other_key.clone());
+    let t = Instant::now();
+    let e = n.node_stage_volume(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(20), "wrong key answered after {:?}", t.elapsed());
+    assert!(!e.message().contains(&other_key), "the key is in the error: {}", e.message());
+    assert_eq!(g.sh_ok("ls /sys/bus/rbd/devices | wc -l").unwrap(), "0");
+
+    // ext4: stage (twice), publish, write, stats.
     let t = Instant::now();
     n.node_stage_volume(v.stage_req(&c, cap.clone())).await.unwrap();
     eprintln!("stage (map + mkfs.ext4 + mount) took {:?}", t.elapsed());
@@ -176,6 +189,43 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
         ""
     );
     assert!(c.lock_holders("vol-nbd").is_empty());
+
+    // A restarted plugin (a second process, nothing in memory) publishes and
+    // unstages from the stage record alone.
+    c.image("vol-restart", 64);
+    let vr = Vol::with_context("vol-restart", &[]);
+    n.node_stage_volume(vr.stage_req(&c, cap.clone())).await.unwrap();
+    n.node_publish_volume(vr.publish_req(1, cap.clone(), false)).await.unwrap();
+    let sumr = write_data(&g, &format!("{}/data", vr.target(1)), 1);
+    let second = format!("{}:10002", g.addr());
+    g.sh_ok(&format!(
+        "setsid nohup {} --mode node --node-id node-a --cluster-config {} --state-dir /var/lib/csi-rbd \
+         --endpoint tcp://{second} >/run/second-plugin.log 2>&1 < /dev/null & echo $! > /run/second-plugin.pid",
+        env!("CARGO_BIN_EXE_csi-rbd"),
+        c.config.display()
+    ))
+    .unwrap();
+    let mut n2 = {
+        let ep = csi_core::flags::Endpoint::Tcp(second.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match csi_core::client::connect(&ep).await {
+                Ok(ch) => break csi_core::pb::node_client::NodeClient::new(ch),
+                Err(e) if Instant::now() > deadline => panic!("second plugin at {second}: {e}"),
+                // Bounded poll for the second process's listener.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    };
+    n2.node_publish_volume(vr.publish_req(2, cap.clone(), true)).await.unwrap();
+    assert_eq!(sha(&g, &format!("{}/data", vr.target(2))), sumr);
+    for t in [1, 2] {
+        n2.node_unpublish_volume(vr.unpublish_req(t)).await.unwrap();
+    }
+    n2.node_unstage_volume(vr.unstage_req()).await.unwrap();
+    assert_eq!(g.sh_ok("ls /sys/bus/rbd/devices | wc -l").unwrap(), "0");
+    assert!(c.lock_holders("vol-restart").is_empty(), "the restarted plugin did not release the lock");
+    g.sh_ok("kill $(cat /run/second-plugin.pid)").unwrap();
 
     // Unstage with the cluster frozen: bounded, and the device is gone.
     c.image("vol-frozen", 64);

@@ -283,3 +283,63 @@ fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_found_whole_and_killed_whole() {
+        // A session leader whose grandchild moves to a process group of its
+        // own, as `timeout` does in run.sh: killpg would miss it.
+        let mut cmd = Command::new("bash");
+        // `set -m`: the background job gets a process group of its own.
+        cmd.args(["-c", "set -m; sleep 300 & exec sleep 301"]);
+        // SAFETY: setsid(2) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        }
+        let child = cmd.spawn().unwrap();
+        let sid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while session_members(sid).len() < 2 {
+            assert!(Instant::now() < deadline, "members of {sid}: {:?}", session_members(sid));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pgrp = |pid: i32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(2).map(str::to_string))
+        };
+        let groups: std::collections::BTreeSet<_> = session_members(sid).into_iter().map(pgrp).collect();
+        assert!(groups.len() >= 2, "the background job shares the leader's process group: {groups:?}");
+        let mut g = Guest {
+            name: "t".into(),
+            addr: Ipv4Addr::LOCALHOST,
+            child: Some(child),
+            sid,
+            log: std::env::temp_dir().join(format!("guest-test-{}.log", std::process::id())),
+            booted: Instant::now(),
+        };
+        g.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Killed processes linger as zombies until reaped by init: wait for them to go.
+        while session_members(sid).iter().any(|p| !is_zombie(*p)) {
+            assert!(Instant::now() < deadline, "still alive in session {sid}: {:?}", session_members(sid));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!g.running());
+    }
+
+    fn is_zombie(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    }
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}
