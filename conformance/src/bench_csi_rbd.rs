@@ -394,10 +394,7 @@ pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> 
     // wait for their clients on SIGTERM.
     drop(plugins);
     drop(rt);
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|(w, ours, base)| json!({"what": w, "ours": ours, "base": base}))
-        .collect();
+    let rows: Vec<Value> = rows.iter().map(|(w, ours, base)| json!({"what": w, "ours": ours, "base": base})).collect();
     #[allow(clippy::print_stdout)]
     {
         println!("{MARK}{}", json!({"rows": rows, "notes": notes}));
@@ -428,15 +425,11 @@ fn rounds(
     let size = format!("{size_mib}M");
     let bytes = i64::try_from(size_mib << 20).map_err(|e| format!("size: {e}"))?;
     let sec = secrets(env);
-    let params: HashMap<String, String> = [
-        ("clusterID", CLUSTER_ID),
-        ("pool", POOL),
-        ("imageFeatures", FEATURES),
-        ("csi.storage.k8s.io/fstype", "ext4"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let params: HashMap<String, String> =
+        [("clusterID", CLUSTER_ID), ("pool", POOL), ("imageFeatures", FEATURES), ("csi.storage.k8s.io/fstype", "ext4")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     let node = |p: &Plugin| NodeClient::new(p.ch.clone());
     let grpc = |what: &str, e: tonic::Status| format!("{what}: {e}");
     for i in 0..n {
@@ -594,10 +587,9 @@ fn rounds(
         unstage(b, &stage_b)?;
         unpublish("bench-b")?;
         let t = Instant::now();
-        rt.block_on(ctl().delete_volume(pb::DeleteVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            secrets: sec.clone(),
-        }))
+        rt.block_on(
+            ctl().delete_volume(pb::DeleteVolumeRequest { volume_id: vol.volume_id.clone(), secrets: sec.clone() }),
+        )
         .map_err(|e| grpc("DeleteVolume", e))?;
         rows[5].1.push(ms(t));
         for d in [&stage_a, &stage_b, &pod] {
@@ -623,7 +615,9 @@ fn rounds(
 fn advertises_publish(rt: &tokio::runtime::Runtime, ch: &Channel) -> R<bool> {
     use pb::controller_service_capability::rpc::Type;
     let caps = rt
-        .block_on(ControllerClient::new(ch.clone()).controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}))
+        .block_on(
+            ControllerClient::new(ch.clone()).controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}),
+        )
         .map_err(|e| format!("ControllerGetCapabilities: {e}"))?
         .into_inner()
         .capabilities;

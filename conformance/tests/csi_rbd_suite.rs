@@ -103,12 +103,7 @@ fn every_spec_passes_against_csi_rbd_on_ceph_in_a_guest_and_no_image_is_left() {
             "--rpc-timeout".as_ref(),
             "120".as_ref(),
         ],
-        &[
-            ("GUEST_NETWORK", &net),
-            ("GUEST_ADDR", &addr),
-            ("GUEST_MODULES", "rbd"),
-            ("GUEST_TIMEOUT", "1500"),
-        ],
+        &[("GUEST_NETWORK", &net), ("GUEST_ADDR", &addr), ("GUEST_MODULES", "rbd"), ("GUEST_TIMEOUT", "1500")],
     );
 
     let s = summary(&stdout).unwrap_or_else(|| panic!("the guest printed no suite summary ({status:?}, output above)"));
@@ -116,7 +111,12 @@ fn every_spec_passes_against_csi_rbd_on_ceph_in_a_guest_and_no_image_is_left() {
     assert_eq!(s.failed, 0, "specs failed (output above)");
     assert_eq!(s.filtered, 0, "every spec applies to csi-rbd: nothing may be filtered");
     assert_eq!(s.passed + s.skipped, s.total, "{s:?}");
-    assert!(s.passed >= 70, "only {} of {} specs passed: capabilities csi-rbd should advertise are missing", s.passed, s.total);
+    assert!(
+        s.passed >= 70,
+        "only {} of {} specs passed: capabilities csi-rbd should advertise are missing",
+        s.passed,
+        s.total
+    );
     assert!(status.success(), "guest script failed: {status:?}");
     let left: Vec<&str> = stdout.lines().filter(|l| l.starts_with("LEFT: ")).collect();
     assert!(left.is_empty(), "the run left devices or mounts in the guest: {left:?}");
