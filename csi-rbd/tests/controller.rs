@@ -204,6 +204,12 @@ async fn volumes_are_idempotent_concurrent_safe_expandable_listed_and_deleted() 
     let e = ctl.create_volume(nosecret).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("userKey"), "{e:?}");
+    // No secrets at all, on an RPC whose secrets StorageClasses always name.
+    let e = ctl
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), secrets: HashMap::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // N concurrent CreateVolume for one name on one controller, and on a
     // second controller at the same time: one image, one ID.

@@ -10,7 +10,9 @@
 //!    B cannot have them; takeover (`csi-rbd takeover` for one,
 //!    `attach::unpublish` — ControllerUnpublishVolume's path — for the
 //!    other) fences A's clients; B stages both at once with the data
-//!    fsynced before the kill intact, and A's clients are blocklisted.
+//!    fsynced before the kill intact, and A's clients are blocklisted;
+//!    A reboots at the same address and stages and writes again (a new
+//!    client, a new nonce: the blocklist is for the dead client only).
 
 mod node_common;
 
@@ -116,6 +118,7 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     assert_ne!(clients[0], clients[1], "every mapping has a client of its own (noshare)");
     let killed = Instant::now();
     ga.kill();
+    drop(a);
     let e = b.node_stage_volume(vols[0].stage_req(&c, cap.clone())).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "a dead node's lock still holds until takeover: {e:?}");
 
@@ -138,6 +141,9 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     b.node_stage_volume(vols[1].stage_req(&c, cap.clone())).await.expect("B stages after ControllerUnpublish");
 
     eprintln!("MEASURE takeover: node A killed → volume staged on node B in {:.2} s", migrated.as_secs_f64());
+    // Node A reboots (same address) while B takes over: its new kernel
+    // client has a new nonce, so the blocklist does not touch it.
+    let mut ga = c.boot("node-a", 10);
     assert!(migrated < TAKEOVER_BOUND, "kill → B staged took {migrated:?}");
     for (v, sum) in vols.iter().zip(&sums) {
         b.node_publish_volume(v.publish_req(1, cap.clone(), false)).await.unwrap();
@@ -157,4 +163,17 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
         b.node_unpublish_volume(v.unpublish_req(1)).await.unwrap();
         b.node_unstage_volume(v.unstage_req()).await.unwrap();
     }
+
+    // The rebooted A, at the address whose old clients are blocklisted, stages and writes.
+    let mut a = node(&mut ga).await;
+    a.node_stage_volume(vols[0].stage_req(&c, cap.clone())).await.expect("the rebooted node A stages");
+    a.node_publish_volume(vols[0].publish_req(1, cap.clone(), false)).await.unwrap();
+    assert_eq!(sha(&ga, &format!("{}/data", vols[0].target(1))), sums[0]);
+    write_data(&ga, &format!("{}/more", vols[0].target(1)), 1);
+    let id = ga.sh_ok(&format!("findmnt -n -o SOURCE {}", vols[0].staging())).unwrap();
+    let addr =
+        ga.sh_ok(&format!("cat /sys/bus/rbd/devices/{}/client_addr", id.trim_start_matches("/dev/rbd"))).unwrap();
+    assert!(addr.starts_with(&format!("{}:", ga.addr())) && !clients.contains(&addr), "{addr} vs {clients:?}");
+    a.node_unpublish_volume(vols[0].unpublish_req(1)).await.unwrap();
+    a.node_unstage_volume(vols[0].unstage_req()).await.unwrap();
 }

@@ -176,6 +176,11 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     let src = g.sh_ok(&format!("findmnt -n -o SOURCE {}", vn.staging())).unwrap();
     assert!(src.starts_with("/dev/nbd"), "staged from {src}");
     let sumn = write_data(&g, &format!("{}/data", vn.target(1)), 2);
+    // rbd-nbd's client (the watcher that came with the map) is recorded for fencing.
+    let rec = c.attachment("vol-nbd", "node-a");
+    let addr = rec["client_addr"].as_str().unwrap_or_default();
+    assert!(addr.starts_with(&format!("{}:", g.addr())), "recorded client of rbd-nbd: {rec}");
+    assert_eq!(rec["mounter"], "rbd-nbd", "{rec}");
     assert_eq!(sha(&g, &format!("{}/data", vn.target(1))), sumn);
     assert_eq!(
         g.sh_ok("ls -A /var/lib/csi-rbd/ | grep -c nbd-key || true").unwrap(),

@@ -101,6 +101,14 @@ impl ControllerService {
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
+    /// A connection for `cluster` with `secrets`, which the RPC must carry
+    /// (INVALID_ARGUMENT without `userID`/`userKey`): CreateVolume,
+    /// DeleteVolume, ControllerExpandVolume and the snapshot RPCs, whose
+    /// secrets every ceph-csi StorageClass names.
+    async fn conn_with(&self, cluster: &str, secrets: HashMap<String, String>) -> Result<Arc<dyn ceph::Rbd>, Error> {
+        Ok(self.conns.get(cluster, &Secrets::from(secrets)).await?.rbd)
+    }
+
     /// A connection for `cluster` with `secrets`, or without secrets the
     /// last one used for it.
     async fn conn(&self, cluster: &str, secrets: HashMap<String, String>) -> Result<Arc<dyn ceph::Rbd>, Error> {
@@ -177,7 +185,7 @@ impl pb::controller_server::Controller for ControllerService {
         let cap = validate::capacity_range(req.capacity_range.as_ref())?;
         let p = CreateParams::parse(&req.parameters)?;
         let source_key = ops::content_source_key(req.volume_content_source.as_ref());
-        let rbd = self.conn(&p.cluster_id, req.secrets).await?;
+        let rbd = self.conn_with(&p.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("volume", &req.name).await;
         let started = std::time::Instant::now();
         let name = req.name.clone();
@@ -208,7 +216,7 @@ impl pb::controller_server::Controller for ControllerService {
             );
             return Ok(Response::new(pb::DeleteVolumeResponse {}));
         };
-        let rbd = self.conn(&id.cluster_id, req.secrets).await?;
+        let rbd = self.conn_with(&id.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("volume-id", &req.volume_id).await;
         blocking(move || ops::delete_volume(rbd.as_ref(), &id)).await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
@@ -359,7 +367,7 @@ impl pb::controller_server::Controller for ControllerService {
             req.volume_capability.as_ref().and_then(|c| c.access_type.as_ref()),
             Some(pb::volume_capability::AccessType::Block(_))
         );
-        let rbd = self.conn(&id.cluster_id, req.secrets).await?;
+        let rbd = self.conn_with(&id.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("volume-id", &req.volume_id).await;
         let size = blocking(move || ops::expand_volume(rbd.as_ref(), &id, &cap)).await?;
         Ok(Response::new(pb::ControllerExpandVolumeResponse {
@@ -452,7 +460,7 @@ impl pb::controller_server::Controller for ControllerService {
             ))
             .into());
         }
-        let rbd = self.conn(&src.cluster_id, req.secrets).await?;
+        let rbd = self.conn_with(&src.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("snapshot", &req.name).await;
         let started = std::time::Instant::now();
         let (name, s) = (req.name.clone(), src.clone());
@@ -480,7 +488,7 @@ impl pb::controller_server::Controller for ControllerService {
             );
             return Ok(Response::new(pb::DeleteSnapshotResponse {}));
         };
-        let rbd = self.conn(&id.cluster_id, req.secrets).await?;
+        let rbd = self.conn_with(&id.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("snapshot-id", &req.snapshot_id).await;
         blocking(move || ops::delete_snapshot(rbd.as_ref(), &id)).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))

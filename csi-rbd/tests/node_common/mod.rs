@@ -88,6 +88,18 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// What `node` recorded in image's attach object (`rados getomapval`
+    /// into a file: the value as written, JSON).
+    pub fn attachment(&self, image: &str, node: &str) -> serde_json::Value {
+        let out = self.ceph.dir().join(format!("omap-{image}-{node}.json"));
+        let obj = format!("csi.rbd.attach.{image}");
+        let key = format!("node.{node}");
+        self.ceph.rados(&["-p", "rbd", "getomapval", &obj, &key, &out.display().to_string()]).unwrap();
+        let v = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&out);
+        v
+    }
+
     /// `ceph osd blocklist ls` (JSON) addresses. Ceph 16 prints two JSON
     /// lists one after the other (addresses, then ranges).
     pub fn blocklist(&self) -> Vec<String> {
