@@ -119,22 +119,38 @@ fn every_spec_passes_against_csi_rbd_on_ceph_in_a_guest_and_no_image_is_left() {
 
     let s = summary(&stdout).unwrap_or_else(|| panic!("the guest printed no suite summary ({status:?}, output above)"));
     eprintln!("csi-rbd suite: {s:?}");
-    assert_eq!(s.failed, 0, "specs failed (output above)");
-    assert_eq!(s.filtered, 1, "only {NOT_APPLICABLE:?} may be filtered");
-    assert_eq!(s.passed + s.skipped + s.filtered, s.total, "{s:?}");
-    assert!(
-        s.passed >= 70,
-        "only {} of {} specs passed: capabilities csi-rbd should advertise are missing",
-        s.passed,
-        s.total
-    );
-    assert!(status.success(), "guest script failed: {status:?}");
+    // Every problem at once, so that one run shows them all.
+    let mut problems = Vec::new();
+    if s.failed != 0 {
+        problems.push(format!("{} specs failed (output above)", s.failed));
+    }
+    if s.filtered != 1 {
+        problems.push(format!("{} specs filtered: only {NOT_APPLICABLE:?} may be", s.filtered));
+    }
+    if s.passed + s.skipped + s.filtered + s.failed != s.total {
+        problems.push(format!("counts do not add up: {s:?}"));
+    }
+    if s.passed < 80 {
+        problems.push(format!(
+            "only {} of {} specs passed: capabilities csi-rbd should advertise are missing",
+            s.passed, s.total
+        ));
+    }
+    if !status.success() {
+        problems.push(format!("guest script failed: {status:?}"));
+    }
     let left: Vec<&str> = stdout.lines().filter(|l| l.starts_with("LEFT: ")).collect();
-    assert!(left.is_empty(), "the run left devices or mounts in the guest: {left:?}");
-
+    if !left.is_empty() {
+        problems.push(format!("the run left devices or mounts in the guest: {left:?}"));
+    }
     // The pool: no image (volumes, and the csi-snap-* images behind snapshots), nothing in the trash.
     let images = c.rbd(&["ls", "rbd"]).expect("rbd ls");
-    assert_eq!(images.trim(), "", "images left in the pool");
+    if !images.trim().is_empty() {
+        problems.push(format!("images left in the pool: {}", images.split_whitespace().collect::<Vec<_>>().join(" ")));
+    }
     let trash = c.rbd(&["trash", "ls", "rbd"]).expect("rbd trash ls");
-    assert_eq!(trash.trim(), "", "images left in the pool's trash");
+    if !trash.trim().is_empty() {
+        problems.push(format!("images left in the pool's trash: {trash}"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
