@@ -16,7 +16,10 @@
 //! - missing `userID`/`userKey` or an unknown clusterID: INVALID_ARGUMENT;
 //! - a wrong key: UNAUTHENTICATED (cephx refused the secrets);
 //! - no monitor answers within `--ceph-timeout`: UNAVAILABLE, naming the
-//!   monitors and the bound.
+//!   monitors and the bound;
+//! - the controller's own client blocklisted (by an admin, or a fence
+//!   gone wrong): UNAVAILABLE once, the connection is dropped, and the
+//!   retry reconnects.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -144,6 +147,7 @@ impl Connections {
                 tracing::info!(
                     cluster_id,
                     monitors = monitors.join(","),
+                    client = rbd.client_address().unwrap_or_default(),
                     ms = started.elapsed().as_millis() as u64,
                     "connected to the cluster"
                 );
@@ -175,6 +179,20 @@ impl Connections {
                      controller has not served a call with secrets for that cluster since it started"
                 ))
             })
+    }
+
+    /// Drops `rbd` from the cache when `e` says its client was blocklisted:
+    /// such a connection never works again, and the next call makes a new
+    /// one (with a new client address). Returns `e`, saying so.
+    pub fn drop_if_blocklisted(&self, rbd: &Arc<dyn ceph::Rbd>, e: Error) -> Error {
+        let Error::PermissionDenied(m) = &e else { return e };
+        if !m.contains("blocklisted") {
+            return e;
+        }
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, c| !Arc::ptr_eq(c, rbd));
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, c| !Arc::ptr_eq(c, rbd));
+        tracing::warn!("{m}: connection dropped, the next call reconnects");
+        Error::Unavailable(format!("{m}: the controller's connection was blocklisted and is dropped; retry"))
     }
 
     /// Every cluster with a connection, for listings.

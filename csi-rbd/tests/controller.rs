@@ -133,6 +133,35 @@ fn max_avail(c: &Ceph, pool: &str) -> i64 {
     }
 }
 
+/// The client addresses the driver logged on each connect, in order.
+fn connected_clients(log: &str) -> Vec<String> {
+    let plain = strip_ansi(log);
+    plain
+        .lines()
+        .filter(|l| l.contains("connected to the cluster"))
+        .filter_map(|l| l.split("client=").nth(1))
+        .map(|v| v.split_whitespace().next().unwrap_or("").trim_matches('"').to_string())
+        .collect()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 fn scratch(hint: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(hint).tempdir().unwrap()
 }
@@ -655,6 +684,20 @@ async fn a_wrong_key_and_an_unreachable_monitor_fail_fast_with_clear_codes() {
     assert!(e.message().contains(&dead), "{e:?}");
     assert!(took < Duration::from_secs(8), "{took:?}");
     eprintln!("unreachable monitor answered in {took:?}");
+
+    // The controller's own client blocklisted (by an admin, or a fence
+    // aimed at the wrong address): that call fails UNAVAILABLE, the
+    // connection is dropped, and the retry reconnects with a new address.
+    let clients = connected_clients(&d.log());
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    c.ceph(&["osd", "blocklist", "add", &clients[0]]).unwrap();
+    let e = ctl.create_volume(create_req("pvc-bl", MIB, &key)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("blocklisted"), "{e:?}");
+    ctl.create_volume(create_req("pvc-bl", MIB, &key)).await.unwrap();
+    let clients = connected_clients(&d.log());
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    assert_ne!(clients[0], clients[1]);
 
     // A hung cluster (daemons stopped) after connecting: a bounded error, not a hang.
     c.freeze();

@@ -190,7 +190,10 @@ impl pb::controller_server::Controller for ControllerService {
         let started = std::time::Instant::now();
         let name = req.name.clone();
         let cluster = p.cluster_id.clone();
-        let made = blocking(move || ops::create_volume(rbd.as_ref(), &name, &p, cap, &source_key)).await?;
+        let r = Arc::clone(&rbd);
+        let made = blocking(move || ops::create_volume(r.as_ref(), &name, &p, cap, &source_key))
+            .await
+            .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
         self.remember_pool(&cluster, &made.pool);
         info!(
             name = req.name,
@@ -218,7 +221,10 @@ impl pb::controller_server::Controller for ControllerService {
         };
         let rbd = self.conn_with(&id.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("volume-id", &req.volume_id).await;
-        blocking(move || ops::delete_volume(rbd.as_ref(), &id)).await?;
+        let r = Arc::clone(&rbd);
+        blocking(move || ops::delete_volume(r.as_ref(), &id))
+            .await
+            .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
     }
 
@@ -234,7 +240,11 @@ impl pb::controller_server::Controller for ControllerService {
         let id = parse_id(&req.volume_id, "volume")?;
         let rbd = self.conn(&id.cluster_id, req.secrets.clone()).await?;
         let vid = id.clone();
-        if blocking(move || ops::find_volume(rbd.as_ref(), &vid)).await?.is_none() {
+        let r = Arc::clone(&rbd);
+        let found = blocking(move || ops::find_volume(r.as_ref(), &vid))
+            .await
+            .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
+        if found.is_none() {
             return Err(validate::volume_not_found(&req.volume_id).into());
         }
         if let Some(e) = req.volume_capabilities.iter().find_map(|c| validate::check_capability(c, &SUPPORT).err()) {
@@ -369,7 +379,10 @@ impl pb::controller_server::Controller for ControllerService {
         );
         let rbd = self.conn_with(&id.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("volume-id", &req.volume_id).await;
-        let size = blocking(move || ops::expand_volume(rbd.as_ref(), &id, &cap)).await?;
+        let r = Arc::clone(&rbd);
+        let size = blocking(move || ops::expand_volume(r.as_ref(), &id, &cap))
+            .await
+            .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
         Ok(Response::new(pb::ControllerExpandVolumeResponse {
             capacity_bytes: size as i64,
             // A filesystem grows on the node; a raw block device needs nothing more.
@@ -464,7 +477,10 @@ impl pb::controller_server::Controller for ControllerService {
         let _lock = self.locks.lock("snapshot", &req.name).await;
         let started = std::time::Instant::now();
         let (name, s) = (req.name.clone(), src.clone());
-        let (pool, snapshot) = blocking(move || ops::create_snapshot(rbd.as_ref(), &name, &s, &sp)).await?;
+        let r = Arc::clone(&rbd);
+        let (pool, snapshot) = blocking(move || ops::create_snapshot(r.as_ref(), &name, &s, &sp))
+            .await
+            .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
         self.remember_pool(&src.cluster_id, &pool);
         info!(
             name = req.name,
@@ -490,7 +506,10 @@ impl pb::controller_server::Controller for ControllerService {
         };
         let rbd = self.conn_with(&id.cluster_id, req.secrets).await?;
         let _lock = self.locks.lock("snapshot-id", &req.snapshot_id).await;
-        blocking(move || ops::delete_snapshot(rbd.as_ref(), &id)).await?;
+        let r = Arc::clone(&rbd);
+        blocking(move || ops::delete_snapshot(r.as_ref(), &id))
+            .await
+            .map_err(|e| self.conns.drop_if_blocklisted(&rbd, e))?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 
