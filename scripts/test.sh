@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lints, unit + integration tests in real
-# network namespaces (CNI) and against a real nfs-ganesha and a guest kernel's NFS
-# client (CSI), the CNI conformance suite against our plugins and the reference ones,
-# fuzzing, and the side-by-side benchmarks (printed, not asserted).
+# network namespaces (CNI), against a real nfs-ganesha and a guest kernel's NFS
+# client (csi-nfs) and against a real single-node Ceph cluster with guest kernels as
+# the RBD nodes (csi-rbd), the CNI conformance suite against our plugins and the
+# reference ones, fuzzing, and the side-by-side benchmarks (printed, not asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -26,10 +27,13 @@ msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
 [[ -n $msrv ]] || { echo "no rust-version in Cargo.toml" >&2; exit 1; }
 cargo +"$msrv" build --release --workspace
 
-step "unit and integration tests (real netns, nftables, host-local interop, nfs-ganesha; csi-nfs node in one guest kernel)"
-# `conformance csi` (csi-sanity's 90 specs) runs against csi-nfs twice in here: identity,
-# controller and snapshots on this host (conformance/tests/csi_suite.rs), and all of it,
-# node specs included, inside the guest kernel (conformance/tests/csi_nfs_node.rs).
+step "unit and integration tests (real netns, nftables, host-local interop, nfs-ganesha, Ceph; CSI nodes in guest kernels)"
+# The build step above made every binary the guest tests copy into their guests (csi-nfs,
+# csi-rbd, conformance). `conformance csi` (csi-sanity's specs) runs against csi-nfs twice in
+# here: identity, controller and snapshots on this host (conformance/tests/csi_suite.rs), and
+# all of it, node specs included, inside the guest kernel (conformance/tests/csi_nfs_node.rs);
+# and against csi-rbd once, all of it, driver and suite in one guest kernel on the Ceph
+# fixture's bridge (conformance/tests/csi_rbd_suite.rs).
 cargo test --release --workspace -- --test-threads=2
 
 step "conformance: ours (cni-bridge + cni-ipam)"
@@ -56,6 +60,8 @@ plugins=$(bash scripts/build-plugins.sh "$T/cni-plugins" | tail -n 1)
 "$T"/release/conformance bench cni --n 50 --plugin-dir "$plugins"
 "$T"/release/conformance bench overlay --plugin-dir "$plugins"
 "$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs
+# csi-rbd vs rbd create / map + mkfs + mount / bind mount / a migration, in one guest kernel.
+"$T"/release/conformance bench csi-rbd --n 10 --driver "$T"/release/csi-rbd
 # Clean csi-nfs moves in the 3-host overlay lab, in one guest kernel (docs/migration.md).
 GUEST_MODULES="bridge veth vxlan nfsv4 nf_tables" GUEST_TIMEOUT=900 \
   bash scripts/guest/run.sh scripts/guest/migrate.sh "$T"/release bench migrate --n 5

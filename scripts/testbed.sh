@@ -17,8 +17,9 @@ PACKAGES=(
   # nfsd), libnfs for the controller's userspace NFS client, nfs-ls for debugging
   nfs-ganesha nfs-ganesha-vfs libnfs-dev libnfs-utils
   libclang-dev                  # bindgen generates csi-nfs's libnfs bindings from libnfs-dev's headers
-  # csi-rbd: a real single-node Ceph 16 cluster for its tests (monitor + in-memory OSD),
-  # ceph-mgr (Pacific serves `df`, pool capacity, from the manager), librados/librbd headers for the bindings, rbd-nbd for the alternative mounter,
+  # csi-rbd: a real single-node Ceph 16 cluster for its tests (monitor + in-memory OSD, and a
+  # manager for the pool statistics GetCapacity reports),
+  # librados/librbd headers for the bindings, rbd-nbd for the alternative mounter,
   # xfsprogs for XFS volumes
   ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev rbd-nbd xfsprogs
   # bgp: the speaker's interop tests and golden captures peer with the daemons the industry runs
@@ -40,7 +41,7 @@ if [[ "${WITH_FUZZ:-1}" == 1 ]] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "testbed: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked >&2
 fi
-for tool in ip nft ping ganesha.nfsd ceph-mon ceph-osd rbd rbd-nbd mkfs.xfs bird gobgpd; do
+for tool in ip nft ping ganesha.nfsd ceph-mon ceph-osd ceph-mgr rbd rbd-nbd mkfs.xfs bird gobgpd; do
   command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "testbed: reference CNI plugins missing" >&2; exit 1; }

@@ -1,4 +1,4 @@
-//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|migrate`,
+//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|csi-rbd|migrate`,
 //! `demo [--overlay]`, `migrate`, `list`, `cleanup`, `completions SHELL`.
 //! Tables and JSON go to stdout, progress to stderr. Exit codes: 0 ok, 1 checks
 //! failed, 2 usage or setup error (clap's own usage errors included).
@@ -203,6 +203,12 @@ pub enum BenchCmd {
     /// (host, nfs-ganesha), NodePublish/Unpublish vs mount/umount (one guest kernel).
     #[command(name = "csi-nfs")]
     CsiNfs(BenchCsiArgs),
+    /// csi-rbd vs the raw operations, in one guest kernel on a throwaway Ceph
+    /// cluster: CreateVolume vs `rbd create`, NodeStage vs map + mkfs.ext4 + mount,
+    /// NodePublish vs a bind mount, a migration between two node plugins vs
+    /// umount + unmap + map + mount, DeleteVolume vs `rbd rm`.
+    #[command(name = "csi-rbd")]
+    CsiRbd(BenchCsiRbdArgs),
     /// Clean csi-nfs moves in the migration lab: our calls vs the same kernel work done
     /// in-process (kernel floor) and vs the exec'd mount/umount and ip commands, medians
     /// over N moves (needs a kernel NFS client).
@@ -261,6 +267,28 @@ pub struct BenchCsiArgs {
     /// The NFS server's port, for --node-only.
     #[arg(long, hide = true)]
     pub port: Option<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCsiRbdArgs {
+    /// The csi-rbd binary (default: csi-rbd next to this binary).
+    #[arg(long, value_name = "PATH", conflicts_with = "raw_only")]
+    pub driver: Option<PathBuf>,
+    /// Rounds (1..=200); each creates, stages, publishes, moves and deletes one image per side.
+    #[arg(long, default_value_t = 10)]
+    pub n: usize,
+    /// Each image's size in MiB (4..=4096).
+    #[arg(long, default_value_t = 64)]
+    pub size_mib: u64,
+    /// Only the raw sequence (no driver): what the cluster and the guest kernel take.
+    #[arg(long)]
+    pub raw_only: bool,
+    /// JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Run the guest half (scripts/guest/bench-csi-rbd.sh), files from the host in DIR.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub in_guest: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -366,6 +394,10 @@ fn dispatch(cmd: Cmd) -> R<i32> {
         Cmd::Bench(BenchCmd::CsiNfs(a)) => {
             need_root()?;
             cmd_bench_csi(a)
+        }
+        Cmd::Bench(BenchCmd::CsiRbd(a)) => {
+            need_root()?;
+            cmd_bench_csi_rbd(a)
         }
         Cmd::Demo(a) if a.overlay => {
             need_root()?;
@@ -536,6 +568,21 @@ fn cmd_bench_csi(a: BenchCsiArgs) -> R<i32> {
     Ok(0)
 }
 
+fn cmd_bench_csi_rbd(a: BenchCsiRbdArgs) -> R<i32> {
+    let driver = (!a.raw_only).then(|| a.driver.unwrap_or_else(|| own_dir().join("csi-rbd")));
+    if let Some(work) = a.in_guest {
+        crate::bench_csi_rbd::in_guest(driver.as_deref(), &work, a.n, a.size_mib)?;
+        return Ok(0);
+    }
+    let r = crate::bench_csi_rbd::run(&crate::bench_csi_rbd::Opts { driver, n: a.n, size_mib: a.size_mib })?;
+    if a.json {
+        println!("{}", r.to_json());
+    } else {
+        print!("{}", r.table());
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +694,13 @@ mod tests {
             panic!()
         };
         assert_eq!((a.server.as_deref(), a.port), (Some("10.0.2.2"), Some(2049)));
+        let Cmd::Bench(BenchCmd::CsiRbd(a)) = ok(&["bench", "csi-rbd"]) else { panic!() };
+        assert_eq!((a.n, a.size_mib, a.raw_only, a.driver), (10, 64, false, None));
+        let Cmd::Bench(BenchCmd::CsiRbd(a)) = ok(&["bench", "csi-rbd", "--raw-only", "--n", "3", "--json"]) else {
+            panic!()
+        };
+        assert!(a.raw_only && a.json && a.n == 3);
+        assert!(parse(&["bench", "csi-rbd", "--raw-only", "--driver", "/d"]).is_err());
         let Cmd::Demo(a) =
             ok(&["demo", "--plugin-dir", "/usr/lib/cni", "--bridge-type", "bridge", "--ipam-type", "host-local"])
         else {

@@ -7,6 +7,7 @@
 //! * [`bench`]: ADD/DEL latency, ours vs reference.
 //! * [`bench_overlay`]: the overlay in a lab: convergence, throughput, allocations.
 //! * [`bench_csi`]: csi-nfs against the raw NFS and mount operations.
+//! * [`bench_csi_rbd`]: csi-rbd against the raw RBD and mount operations (one guest kernel).
 //! * [`demo`]: three containers, pings, verified teardown (and the overlay demo).
 //! * [`migrate`]: a container moves between lab hosts with its CSI volume (and `bench migrate`).
 //!
@@ -15,6 +16,7 @@
 
 pub mod bench;
 pub mod bench_csi;
+pub mod bench_csi_rbd;
 pub mod bench_overlay;
 pub mod cli;
 pub mod demo;

@@ -1,6 +1,6 @@
-//! docs/csi-rbd-controller.md against the driver: the flags `csi-rbd --help`
+//! docs/csi-rbd.md (the controller part) against the driver: the flags `csi-rbd --help`
 //! lists (the real binary) are csi-core's common flags plus the page's own
-//! table and the node page's, with their defaults; the StorageClass table lists exactly
+//! table and its Node flags table, with their defaults; the StorageClass table lists exactly
 //! `params::PARAMETERS` and the VolumeSnapshotClass table exactly
 //! `params::SNAPSHOT_PARAMETERS`, the lists the controller validates against.
 
@@ -10,7 +10,7 @@ use std::path::Path;
 use csi_rbd::params::{PARAMETERS, SNAPSHOT_PARAMETERS};
 use docs_check::{assert_same_keys, defaults_missing, flag_keys, help_flags, run_help, table_under};
 
-const PAGE: &str = "docs/csi-rbd-controller.md";
+const PAGE: &str = "docs/csi-rbd.md";
 
 #[test]
 fn every_flag_of_the_binary_is_documented_with_its_default() {
@@ -18,11 +18,11 @@ fn every_flag_of_the_binary_is_documented_with_its_default() {
     let flags = help_flags(&help);
     let own = table_under(PAGE, "Flags");
     let common = table_under("docs/csi-core.md", "Flags");
-    let node = table_under("docs/csi-rbd-node.md", "Node flags");
+    let node = table_under(PAGE, "Node flags");
     let documented: BTreeSet<String> =
         own.keys().union(&common.keys()).cloned().collect::<BTreeSet<_>>().union(&node.keys()).cloned().collect();
     assert_same_keys(
-        &format!("{PAGE} + csi-rbd-node.md + csi-core.md flags vs `csi-rbd --help`"),
+        &format!("{PAGE} (Flags, Node flags) + csi-core.md flags vs `csi-rbd --help`"),
         &documented,
         &flag_keys(&flags, "--"),
     );

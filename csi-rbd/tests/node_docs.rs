@@ -1,4 +1,4 @@
-//! docs/csi-rbd-node.md against the code: every flag of the "Node flags"
+//! docs/csi-rbd.md (the node part) against the code: every flag of the "Node flags"
 //! table is one `csi-rbd --help` lists, with its default; the stage record
 //! example has exactly the keys `StageRecord` has; the takeover flags the
 //! page names are the ones `csi-rbd takeover` parses.
@@ -8,7 +8,7 @@ use std::path::Path;
 
 use docs_check::{defaults_missing, flag_keys, help_flags, run_help, table_under};
 
-const PAGE: &str = "docs/csi-rbd-node.md";
+const PAGE: &str = "docs/csi-rbd.md";
 
 #[test]
 fn every_node_flag_is_one_the_binary_has_with_its_default() {

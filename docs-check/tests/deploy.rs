@@ -11,8 +11,8 @@
 //! dir, the overlay given a subnet file, the cluster IPAM pointed at a throw-away etcd), so
 //! each config parses and validates as the plugins read it.
 //!
-//! Needs `cni-bridge`, `cni-ipam`, `cni-overlay` and `csi-nfs` built beside the test (`cargo
-//! build --release --workspace`) and etcd installed; fails saying so otherwise.
+//! Needs `cni-bridge`, `cni-ipam`, `cni-overlay`, `csi-nfs` and `csi-rbd` built beside the test
+//! (`cargo build --release --workspace`) and etcd installed; fails saying so otherwise.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -57,7 +57,7 @@ fn binary(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.is_file(),
-        "{} is missing: build it first (cargo build --release -p cni-bridge -p cni-ipam -p cni-overlay -p csi-nfs)",
+        "{} is missing: build it first (cargo build --release -p cni-bridge -p cni-ipam -p cni-overlay -p csi-nfs -p csi-rbd)",
         p.display()
     );
     p
@@ -108,17 +108,31 @@ fn our_argv(c: &Value) -> Option<(String, Vec<String>)> {
     argv.extend(strs(&c["args"]));
     let argv: Vec<String> = argv.iter().map(|a| expand(a, &env)).collect();
     let bin = Path::new(argv.first()?).file_name()?.to_string_lossy().into_owned();
-    ["csi-nfs", "cni-overlay"].contains(&bin.as_str()).then(|| (bin, argv[1..].to_vec()))
+    ["csi-nfs", "csi-rbd", "cni-overlay"].contains(&bin.as_str()).then(|| (bin, argv[1..].to_vec()))
 }
 
-fn csi_nfs_default_driver_name() -> String {
-    let help = run_help(&binary("csi-nfs"), &["--help"]);
+fn default_driver_name(bin: &str) -> String {
+    let help = run_help(&binary(bin), &["--help"]);
     help_flags(&help)
         .into_iter()
         .find(|(f, _)| f == "driver-name")
         .and_then(|(_, d)| d)
-        .expect("csi-nfs --help shows the default --driver-name")
+        .unwrap_or_else(|| panic!("{bin} --help shows the default --driver-name"))
 }
+
+/// What differs between the CSI drivers' manifests.
+struct CsiDeploy {
+    bin: &'static str,
+    /// ControllerPublish (external-attacher, CSIDriver attachRequired).
+    attach: bool,
+    /// Node stage/unstage: kubelet's plugins dir (staging paths) shared Bidirectional too.
+    stage: bool,
+}
+
+const CSI_DRIVERS: [CsiDeploy; 2] = [
+    CsiDeploy { bin: "csi-nfs", attach: false, stage: false },
+    CsiDeploy { bin: "csi-rbd", attach: true, stage: true },
+];
 
 /// The keys of a CNI config object that are neither the spec's nor documented in `table`,
 /// recursing into arrays (`ranges[][].subnet`), and into `cluster` / `delegate` with their
@@ -250,24 +264,32 @@ fn our_binaries_accept_every_command_line_the_manifests_give_them() {
         seen.insert(format!("{bin} (systemd)"));
     }
     let want: BTreeSet<String> =
-        ["cni-overlay", "cni-overlay (systemd)", "csi-nfs"].iter().map(|s| s.to_string()).collect();
+        ["cni-overlay", "cni-overlay (systemd)", "csi-nfs", "csi-rbd"].iter().map(|s| s.to_string()).collect();
     assert_eq!(seen, want, "the manifests should run each of our daemons");
 }
 
 #[test]
 fn the_csi_sockets_and_kubelet_paths_line_up() {
-    let driver = csi_nfs_default_driver_name();
+    for d in &CSI_DRIVERS {
+        csi_sockets_and_kubelet_paths_line_up(d);
+    }
+}
+
+fn csi_sockets_and_kubelet_paths_line_up(cd: &CsiDeploy) {
+    let bin = cd.bin;
+    let driver = default_driver_name(bin);
     let mut checked = Vec::new();
-    for f in ["deploy/csi-nfs/controller.yaml", "deploy/csi-nfs/node.yaml"] {
+    for f in [format!("deploy/{bin}/controller.yaml"), format!("deploy/{bin}/node.yaml")] {
+        let f = f.as_str();
         for d in yaml_docs(f) {
             let Some(spec) = pod_spec(&d) else { continue };
             let cs = containers(spec);
             let (ours, argv) = cs
                 .iter()
-                .find_map(|c| our_argv(c).filter(|(b, _)| b == "csi-nfs").map(|(_, a)| (*c, a)))
-                .unwrap_or_else(|| panic!("{f}: no csi-nfs container"));
+                .find_map(|c| our_argv(c).filter(|(b, _)| b == bin).map(|(_, a)| (*c, a)))
+                .unwrap_or_else(|| panic!("{f}: no {bin} container"));
             assert_eq!(flag(&argv, "driver-name").unwrap_or(driver.clone()), driver, "{f}");
-            let endpoint = flag(&argv, "endpoint").unwrap_or_else(|| panic!("{f}: csi-nfs without --endpoint"));
+            let endpoint = flag(&argv, "endpoint").unwrap_or_else(|| panic!("{f}: {bin} without --endpoint"));
             let sock = endpoint.strip_prefix("unix://").unwrap_or_else(|| panic!("{f}: {endpoint} is not unix://"));
             let sock_dir = Path::new(sock).parent().unwrap().to_str().unwrap().to_string();
             let mount_of = |c: &Value, dir: &str| {
@@ -279,7 +301,7 @@ fn the_csi_sockets_and_kubelet_paths_line_up() {
                     .map(|m| m["name"].clone())
             };
             let sock_vol =
-                mount_of(ours, &sock_dir).unwrap_or_else(|| panic!("{f}: csi-nfs has no volume at {sock_dir}"));
+                mount_of(ours, &sock_dir).unwrap_or_else(|| panic!("{f}: {bin} has no volume at {sock_dir}"));
             let mode = flag(&argv, "mode").unwrap_or_else(|| "all".into());
             let mut sidecars = 0;
             for c in &cs {
@@ -307,50 +329,59 @@ fn the_csi_sockets_and_kubelet_paths_line_up() {
             if mode == "node" {
                 assert_eq!(d["kind"], "DaemonSet", "{f}");
                 assert_eq!(ours["securityContext"]["privileged"], true, "{f}: the node plugin mounts");
-                let pods = ours["volumeMounts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|m| m["mountPath"] == "/var/lib/kubelet/pods")
-                    .unwrap_or_else(|| panic!("{f}: csi-nfs node without /var/lib/kubelet/pods"));
-                assert_eq!(pods["mountPropagation"], "Bidirectional", "{f}");
-                assert_eq!(spec["hostNetwork"], true, "{f}: NFS mounts connect from the mounting process's netns");
+                let mut shared = vec!["/var/lib/kubelet/pods"];
+                if cd.stage {
+                    shared.push("/var/lib/kubelet/plugins");
+                }
+                for dir in shared {
+                    let m = ours["volumeMounts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|m| m["mountPath"] == dir)
+                        .unwrap_or_else(|| panic!("{f}: {bin} node without {dir}"));
+                    assert_eq!(m["mountPropagation"], "Bidirectional", "{f}: {dir}");
+                }
+                assert_eq!(spec["hostNetwork"], true, "{f}: kernel mounts connect from the mounting process's netns");
                 assert_eq!(sidecars, 2, "{f}: node-driver-registrar and livenessprobe");
             } else {
                 assert_eq!(mode, "controller", "{f}");
                 assert_eq!(d["kind"], "Deployment", "{f}");
-                // provisioner, snapshotter, resizer, livenessprobe; no attacher (no ControllerPublish).
-                assert_eq!(sidecars, 4, "{f}");
-                assert!(!cs.iter().any(|c| c["image"].as_str().unwrap_or("").contains("csi-attacher")), "{f}");
+                // provisioner, snapshotter, resizer, livenessprobe, and the attacher iff ControllerPublish.
+                let attacher = cs.iter().any(|c| c["image"].as_str().unwrap_or("").contains("csi-attacher"));
+                assert_eq!(attacher, cd.attach, "{f}: csi-attacher");
+                assert_eq!(sidecars, 4 + usize::from(cd.attach), "{f}");
             }
             checked.push(mode);
         }
     }
     assert_eq!(checked, ["controller", "node"]);
 
-    let objs: Vec<Value> = yaml_docs("deploy/csi-nfs/csidriver.yaml")
+    let objs: Vec<Value> = yaml_docs(&format!("deploy/{bin}/csidriver.yaml"))
         .into_iter()
-        .chain(yaml_docs("deploy/csi-nfs/storageclass.yaml"))
+        .chain(yaml_docs(&format!("deploy/{bin}/storageclass.yaml")))
         .collect();
-    let by_kind = |k: &str| objs.iter().find(|o| o["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
+    let by_kind = |k: &str| objs.iter().find(|o| o["kind"] == k).unwrap_or_else(|| panic!("{bin}: no {k}"));
     assert_eq!(by_kind("CSIDriver")["metadata"]["name"], driver.as_str());
-    assert_eq!(by_kind("CSIDriver")["spec"]["attachRequired"], false, "csi-nfs has no ControllerPublish");
+    assert_eq!(by_kind("CSIDriver")["spec"]["attachRequired"], cd.attach, "{bin}: ControllerPublish");
     assert_eq!(by_kind("StorageClass")["provisioner"], driver.as_str());
     assert_eq!(by_kind("VolumeSnapshotClass")["driver"], driver.as_str());
 }
 
 #[test]
 fn storageclass_parameters_and_conflists_use_only_documented_keys() {
-    let params = table_under("docs/csi-nfs.md", "CreateVolume parameters").keys();
-    for d in yaml_docs("deploy/csi-nfs/storageclass.yaml") {
-        if d["kind"] != "StorageClass" {
-            continue;
-        }
-        for k in d["parameters"].as_object().expect("parameters").keys() {
-            assert!(
-                params.iter().any(|p| p.eq_ignore_ascii_case(k)) || k.starts_with("csi.storage.k8s.io/"),
-                "StorageClass parameter {k} is not in docs/csi-nfs.md"
-            );
+    for bin in ["csi-nfs", "csi-rbd"] {
+        let page = format!("docs/{bin}.md");
+        let params = table_under(&page, "CreateVolume parameters").keys();
+        for d in yaml_docs(&format!("deploy/{bin}/storageclass.yaml")) {
+            if d["kind"] != "StorageClass" {
+                continue;
+            }
+            for k in d["parameters"].as_object().expect("parameters").keys() {
+                // Parameters are case-insensitive in csi-nfs (csi-driver-nfs's rule), exact in csi-rbd (ceph-csi's).
+                let known = params.iter().any(|p| if bin == "csi-nfs" { p.eq_ignore_ascii_case(k) } else { p == k });
+                assert!(known || k.starts_with("csi.storage.k8s.io/"), "StorageClass parameter {k} is not in {page}");
+            }
         }
     }
     let lists = conflists();

@@ -633,7 +633,8 @@ impl NodeService {
     }
 
     /// NodePublishVolume's work (blocking).
-    fn publish(&self, rec: &StageRecord, target: &Path, block: bool, readonly: bool) -> Result<(), Status> {
+    fn publish(&self, rec: &StageRecord, target: &Path, how: Publish) -> Result<(), Status> {
+        let Publish { block, readonly, single_writer } = how;
         if block != rec.is_block() {
             return Err(Status::invalid_argument(format!(
                 "volume {} was staged as a {} volume and cannot be published as a {} one",
@@ -659,6 +660,16 @@ impl NodeService {
                 "{} is already published, with another volume or read-only setting",
                 target.display()
             )));
+        }
+        if single_writer {
+            // SINGLE_NODE_SINGLE_WRITER: one target path on this node at most.
+            if let Some(other) = other_publication(&table, rec, target, block)? {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
+                    rec.volume_id,
+                    other.display()
+                )));
+            }
         }
         if block {
             if let Some(parent) = target.parent() {
@@ -855,12 +866,19 @@ impl pb::node_server::Node for Node {
         validate::require_staging_path(&req.staging_target_path)?;
         validate::require_target_path(&req.target_path)?;
         let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
-        let block = matches!(cap.access_type, Some(AccessType::Block(_)));
+        let how = Publish {
+            block: matches!(cap.access_type, Some(AccessType::Block(_))),
+            readonly: req.readonly,
+            single_writer: cap
+                .access_mode
+                .as_ref()
+                .is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32),
+        };
         let target = mount::normalize(Path::new(&req.target_path))?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;
         let svc = Arc::clone(&self.0);
-        blocking(move || svc.publish(&rec, &target, block, req.readonly)).await?;
+        blocking(move || svc.publish(&rec, &target, how)).await?;
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
 
@@ -944,6 +962,45 @@ impl pb::node_server::Node for Node {
             ..Default::default()
         }))
     }
+}
+
+/// How NodePublishVolume asks for a volume.
+#[derive(Debug, Clone, Copy)]
+struct Publish {
+    /// Raw block (the device node bound onto a file), else the filesystem.
+    block: bool,
+    /// Bind read-only.
+    readonly: bool,
+    /// SINGLE_NODE_SINGLE_WRITER: at most one target path on this node.
+    single_writer: bool,
+}
+
+/// Another target path this staged volume is already published at, if
+/// any: a bind mount of the staging mount (same device number), or for a
+/// raw block volume a bind of its device node.
+fn other_publication(
+    table: &[mount::MountInfo],
+    rec: &StageRecord,
+    target: &Path,
+    block: bool,
+) -> Result<Option<PathBuf>, Status> {
+    let elsewhere = |m: &&mount::MountInfo| m.mount_point != target && m.mount_point != rec.staging_path;
+    if block {
+        let dev = Path::new(&rec.device).file_name();
+        return Ok(table
+            .iter()
+            .filter(elsewhere)
+            .find(|m| {
+                dev.is_some()
+                    && Path::new(&m.root).file_name() == dev
+                    && (m.source == rec.device || m.source == "devtmpfs" || m.source == "udev")
+            })
+            .map(|m| m.mount_point.clone()));
+    }
+    let Some(staged) = mount::find_mount(table, &rec.staging_path)? else {
+        return Ok(None);
+    };
+    Ok(table.iter().filter(elsewhere).find(|m| m.dev == staged.dev).map(|m| m.mount_point.clone()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,678 @@
+//! `conformance bench csi-rbd`: what csi-rbd adds on top of the RBD and
+//! mount operations it performs, measured side by side in one run.
+//!
+//! This host kernel has no `rbd`, so everything runs in ONE guest kernel
+//! attached to a throwaway Ceph cluster's bridge ([`csi_suite::ceph::Ceph`]):
+//! the driver (`--mode all`, node ID `bench-a`), a second node plugin
+//! (`--mode node`, node ID `bench-b`) and the raw operations, interleaved
+//! round by round, so both sides pay the same emulated CPU:
+//!
+//! | ours | raw |
+//! |---|---|
+//! | CreateVolume | `rbd create` (the CLI: connect + create, same size and features) |
+//! | NodeStageVolume (new image) | map through sysfs + `mkfs.ext4` + mount(2) |
+//! | NodePublishVolume | mount(2) `MS_BIND` |
+//! | NodeUnpublishVolume | umount(2) + rmdir |
+//! | migration: NodeUnstage on A + NodeStage on B | umount + unmap + map + mount |
+//! | DeleteVolume | `rbd rm` (the CLI) |
+//!
+//! The migration's ControllerUnpublish(A) + ControllerPublish(B) (the
+//! attach lock moving) is measured too and printed as a note: the raw
+//! sequence has no such step, it is what exclusivity costs.
+//!
+//! Medians and 90th percentiles; the goal is ≤ 50 ms of overhead. Printed,
+//! never asserted: this machine is shared and noisy.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use csi_core::pb;
+use csi_core::pb::controller_client::ControllerClient;
+use csi_core::pb::node_client::NodeClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use csi_suite::ceph::Ceph;
+use csi_suite::csi_process::DriverProcess;
+use testkit::util::{median_p90, R};
+use testkit::{bail, ensure};
+
+/// The image features of both sides: csi-rbd's default `imageFeatures`.
+pub const FEATURES: &str = "layering,exclusive-lock,object-map,fast-diff,deep-flatten";
+/// The `clusterID` the bench's config.json names.
+const CLUSTER_ID: &str = "bench";
+/// The pool both sides use (the fixture's).
+const POOL: &str = "rbd";
+/// Marker of the guest half's JSON line in its output.
+const MARK: &str = "BENCH-CSI-RBD ";
+/// The mkfs.ext4 options of the raw side: ceph-csi's and csi-rbd's defaults
+/// (no discard of a fresh thin image, lazy init of inode tables and journal).
+pub const MKFS_EXT4: &[&str] = &["-q", "-F", "-m0", "-Enodiscard,lazy_itable_init=1,lazy_journal_init=1"];
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// The `csi-rbd` binary; `None`: the raw sequence alone (`--raw-only`).
+    pub driver: Option<PathBuf>,
+    /// Rounds.
+    pub n: usize,
+    /// Each image's size in MiB.
+    pub size_mib: u64,
+}
+
+/// One measured operation: ours against its baseline, in ms.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub what: &'static str,
+    pub baseline: &'static str,
+    pub ours_ms: Vec<f64>,
+    pub base_ms: Vec<f64>,
+}
+
+/// Everything measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub n: usize,
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+/// The files the host writes for the guest half (under the host's /tmp,
+/// which the guest sees).
+struct Work {
+    dir: PathBuf,
+}
+
+impl Work {
+    fn new(c: &Ceph) -> R<Work> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("bench-csi-rbd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let w = Work { dir };
+        let write = |name: &str, text: String| -> R<()> {
+            let p = w.dir.join(name);
+            std::fs::write(&p, text).map_err(|e| format!("write {}: {e}", p.display()))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {}: {e}", p.display()))
+        };
+        write("config.json", c.cluster_config_json(CLUSTER_ID))?;
+        write(
+            "env.json",
+            json!({"monitor": c.mon_addr().to_string(), "conf": c.conf(), "user": "admin", "key": c.admin_key()})
+                .to_string(),
+        )?;
+        Ok(w)
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Copies of binaries in a fresh directory under the temp dir (the guest
+/// sees the host's /tmp, not its /var/tmp), removed on drop.
+struct StagedBins {
+    dir: PathBuf,
+}
+
+impl StagedBins {
+    fn new(bins: &[(&Path, &str)]) -> R<StagedBins> {
+        let dir = std::env::temp_dir().join(format!("bench-csi-rbd-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let staged = StagedBins { dir };
+        for (from, name) in bins {
+            std::fs::copy(from, staged.dir.join(name)).map_err(|e| format!("copy {}: {e}", from.display()))?;
+        }
+        Ok(staged)
+    }
+}
+
+impl Drop for StagedBins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the benchmark: a Ceph cluster here, everything else in one guest.
+pub fn run(o: &Opts) -> R<Report> {
+    ensure!((1..=200).contains(&o.n), "--n must be 1..=200");
+    ensure!((4..=4096).contains(&o.size_mib), "--size-mib must be 4..=4096");
+    if let Some(d) = &o.driver {
+        ensure!(d.is_file(), "csi-rbd not found at {} (--driver)", d.display());
+    }
+    let c = Ceph::start().map_err(|e| format!("start ceph: {e}"))?;
+    let work = Work::new(&c)?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = root.join("scripts/guest/run.sh");
+    let script = root.join("scripts/guest/bench-csi-rbd.sh");
+    ensure!(run.is_file() && script.is_file(), "{} or {} missing", run.display(), script.display());
+    let me = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let mut bins: Vec<(&Path, &str)> = vec![(&me, "conformance")];
+    if let Some(d) = &o.driver {
+        bins.push((d, "csi-rbd"));
+    }
+    let stage = StagedBins::new(&bins)?;
+    // "-" tells the guest script: no driver.
+    let driver_arg = if o.driver.is_some() { stage.dir.join("csi-rbd") } else { PathBuf::from("-") };
+    let addr = format!("{}/{}", c.host(10), c.prefix_len());
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(&run)
+        .arg(&script)
+        .arg(stage.dir.join("conformance"))
+        .arg(&driver_arg)
+        .arg(&work.dir)
+        .arg(o.n.to_string())
+        .arg(o.size_mib.to_string())
+        .env("GUEST_NETWORK", format!("bridge:{}", c.bridge()))
+        .env("GUEST_ADDR", &addr)
+        .env("GUEST_MODULES", "rbd")
+        .env("GUEST_TIMEOUT", (300 + 60 * o.n).to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", run.display()))?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().find_map(|l| l.split_once(MARK).map(|(_, j)| j.to_string())) else {
+        bail!(
+            "the guest printed no result ({:?}):\n{}\n{}",
+            out.status,
+            testkit::util::clip(&stdout, 6000),
+            testkit::util::clip(&String::from_utf8_lossy(&out.stderr), 2000)
+        )
+    };
+    let v: Value = serde_json::from_str(&line).map_err(|e| format!("guest result {line:?}: {e}"))?;
+    let mut report = Report { n: o.n, ..Default::default() };
+    for r in v["rows"].as_array().into_iter().flatten() {
+        let nums = |k: &str| -> Vec<f64> {
+            r[k].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+        };
+        let what = ROWS.iter().find(|(w, _)| r["what"] == *w).ok_or_else(|| format!("unknown row {r}"))?;
+        report.rows.push(Row { what: what.0, baseline: what.1, ours_ms: nums("ours"), base_ms: nums("base") });
+    }
+    for n in v["notes"].as_array().into_iter().flatten() {
+        report.notes.push(n.as_str().unwrap_or_default().to_string());
+    }
+    report.notes.push(format!("one guest kernel under TCG (software CPU): boot + {} rounds took {took:.0?}", o.n));
+    // Nothing either side made may stay in the pool.
+    let left = c.rbd(&["ls", POOL]).map_err(|e| format!("rbd ls: {e}"))?;
+    if !left.trim().is_empty() {
+        report.notes.push(format!("left in pool {POOL}: {}", left.split_whitespace().collect::<Vec<_>>().join(" ")));
+    }
+    Ok(report)
+}
+
+/// The rows, in order: (operation, baseline).
+const ROWS: &[(&str, &str)] = &[
+    ("CreateVolume", "rbd create (CLI)"),
+    ("NodeStageVolume (mkfs)", "map+mkfs.ext4+mount"),
+    ("NodePublishVolume", "mount MS_BIND"),
+    ("NodeUnpublishVolume", "umount + rmdir"),
+    ("migrate: unstage A+stage B", "umount+unmap+map+mount"),
+    ("DeleteVolume", "rbd rm (CLI)"),
+];
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn runtime() -> R<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))
+}
+
+/// What the guest half reads from the host's env.json.
+struct Env {
+    monitor: String,
+    conf: String,
+    user: String,
+    key: String,
+}
+
+impl Env {
+    fn load(work: &Path) -> R<Env> {
+        let p = work.join("env.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let s = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("{}: no {k}", p.display()));
+        Ok(Env { monitor: s("monitor")?, conf: s("conf")?, user: s("user")?, key: s("key")? })
+    }
+
+    /// `rbd -c CONF ARGS`; fails unless it exits 0.
+    fn rbd(&self, args: &[&str]) -> R<()> {
+        let out = Command::new("rbd")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run rbd: {e}"))?;
+        ensure!(
+            out.status.success(),
+            "rbd {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+/// The raw kernel side: an image mapped through sysfs, its device's number.
+struct Mapped(u32);
+
+/// The raw side's map options: csi-rbd's krbd defaults (`noshare`: a Ceph
+/// client per mapping, so that fencing one volume leaves the others alone),
+/// so that both sides pay the same kernel work.
+pub const MAP_OPTIONS: &str = "ms_mode=prefer-crc,noshare";
+
+/// Maps `pool/image` as csi-rbd's krbd mounter does (the key in the
+/// written string, never in an argument) and waits for its device node.
+fn map(env: &Env, image: &str) -> R<Mapped> {
+    let spec = format!("{} name={},secret={},{MAP_OPTIONS} {POOL} {image} -", env.monitor, env.user, env.key);
+    std::fs::write("/sys/bus/rbd/add_single_major", spec)
+        .map_err(|e| format!("map {POOL}/{image}: write /sys/bus/rbd/add_single_major: {e}"))?;
+    for e in std::fs::read_dir("/sys/bus/rbd/devices").map_err(|e| format!("read /sys/bus/rbd/devices: {e}"))? {
+        let p = e.map_err(|e| format!("read /sys/bus/rbd/devices: {e}"))?.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default().trim().to_string();
+        if read("pool") == POOL && read("name") == image {
+            let id: u32 = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("odd rbd device {}", p.display()))?;
+            let dev = PathBuf::from(format!("/dev/rbd{id}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !dev.exists() {
+                ensure!(Instant::now() < deadline, "{} did not appear", dev.display());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            return Ok(Mapped(id));
+        }
+    }
+    bail!("{POOL}/{image} mapped but not under /sys/bus/rbd/devices")
+}
+
+/// Unmaps; EBUSY right after the umount (the filesystem still letting go of
+/// the device) is waited out with a 1 ms poll, bounded by 10 s.
+fn unmap(m: &Mapped) -> R<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::write("/sys/bus/rbd/remove_single_major", m.0.to_string()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => bail!("unmap rbd{}: {e}", m.0),
+        }
+    }
+}
+
+fn mount(src: &Path, target: &Path, fstype: Option<&str>, flags: nix::mount::MsFlags) -> R<()> {
+    nix::mount::mount(Some(src), target, fstype, flags, None::<&str>)
+        .map_err(|e| format!("mount {} on {}: {e}", src.display(), target.display()))
+}
+
+fn umount(target: &Path) -> R<()> {
+    nix::mount::umount2(target, nix::mount::MntFlags::empty()).map_err(|e| format!("umount {}: {e}", target.display()))
+}
+
+fn mkfs(dev: &Path) -> R<()> {
+    let out = Command::new("mkfs.ext4")
+        .args(MKFS_EXT4)
+        .arg(dev)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run mkfs.ext4: {e}"))?;
+    ensure!(out.status.success(), "mkfs.ext4 {}: {}", dev.display(), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+fn rwo_mount() -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_mode: Some(pb::volume_capability::AccessMode {
+            mode: pb::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(pb::volume_capability::AccessType::Mount(pb::volume_capability::MountVolume {
+            fs_type: "ext4".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A csi-rbd process in the guest, quiet unless BENCH_CSI_LOG says otherwise.
+fn start_driver(bin: &Path, mode: &str, node: &str, work: &Path) -> R<DriverProcess> {
+    let level = std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "warn".into());
+    let args: Vec<String> = vec![
+        format!("--mode={mode}"),
+        format!("--node-id={node}"),
+        format!("--log-level={level}"),
+        format!("--cluster-config={}", work.join("config.json").display()),
+        "--state-dir={dir}/state".into(),
+    ];
+    Ok(DriverProcess::start(bin, &format!("bench-csi-rbd-{node}"), &args)?)
+}
+
+/// One side's gRPC handles.
+struct Plugin {
+    d: DriverProcess,
+    ch: Channel,
+}
+
+fn secrets(env: &Env) -> HashMap<String, String> {
+    [("userID", env.user.as_str()), ("userKey", env.key.as_str())]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The guest half: `n` rounds of ours and raw, one JSON line after [`MARK`].
+pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> R<()> {
+    let env = Env::load(work)?;
+    let rt = runtime()?;
+    let scratch = work.join(format!("scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
+    let plugins = match driver {
+        Some(bin) => {
+            let a = start_driver(bin, "all", "bench-a", work)?;
+            let b = start_driver(bin, "node", "bench-b", work)?;
+            Some((Plugin { ch: rt.block_on(a.channel())?, d: a }, Plugin { ch: rt.block_on(b.channel())?, d: b }))
+        }
+        None => None,
+    };
+    let result = rounds(&rt, &env, plugins.as_ref(), &scratch, n, size_mib);
+    if result.is_err() {
+        for (name, p) in plugins.iter().flat_map(|(a, b)| [("bench-a", a), ("bench-b", b)]) {
+            eprintln!("--- {name} log (tail)\n{}", tail(&p.d.log(), 30));
+        }
+    }
+    let (rows, notes) = result?;
+    // The channels' connections live on `rt`: close them before the drivers
+    // wait for their clients on SIGTERM.
+    drop(plugins);
+    drop(rt);
+    let rows: Vec<Value> = rows.iter().map(|(w, ours, base)| json!({"what": w, "ours": ours, "base": base})).collect();
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{MARK}{}", json!({"rows": rows, "notes": notes}));
+    }
+    Ok(())
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+type Rows = Vec<(&'static str, Vec<f64>, Vec<f64>)>;
+
+fn rounds(
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    plugins: Option<&(Plugin, Plugin)>,
+    scratch: &Path,
+    n: usize,
+    size_mib: u64,
+) -> R<(Rows, Vec<String>)> {
+    let mut rows: Rows = ROWS.iter().map(|(w, _)| (*w, vec![], vec![])).collect();
+    let mut moves = vec![];
+    // Whether the controller advertises PUBLISH_UNPUBLISH_VOLUME: a CO calls
+    // ControllerPublish/Unpublish only then, and so does the bench.
+    let mut attach = false;
+    let size = format!("{size_mib}M");
+    let bytes = i64::try_from(size_mib << 20).map_err(|e| format!("size: {e}"))?;
+    let sec = secrets(env);
+    let params: HashMap<String, String> =
+        [("clusterID", CLUSTER_ID), ("pool", POOL), ("imageFeatures", FEATURES), ("csi.storage.k8s.io/fstype", "ext4")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let node = |p: &Plugin| NodeClient::new(p.ch.clone());
+    let grpc = |what: &str, e: tonic::Status| format!("{what}: {e}");
+    for i in 0..n {
+        // Raw: the CLI, then the kernel and mount(2).
+        let image = format!("raw-{}-{i}", std::process::id());
+        let features: Vec<&str> = FEATURES.split(',').flat_map(|f| ["--image-feature", f]).collect();
+        let mut create_args = vec!["create", "--size", &size];
+        create_args.extend(&features);
+        let spec = format!("{POOL}/{image}");
+        create_args.push(&spec);
+        let t = Instant::now();
+        env.rbd(&create_args)?;
+        rows[0].2.push(ms(t));
+        let staging = scratch.join(format!("raw-stage-{i}"));
+        let target = scratch.join(format!("raw-pod-{i}"));
+        std::fs::create_dir(&staging).map_err(|e| format!("mkdir: {e}"))?;
+        let t = Instant::now();
+        let m = map(env, &image)?;
+        let dev = PathBuf::from(format!("/dev/rbd{}", m.0));
+        mkfs(&dev)?;
+        mount(&dev, &staging, Some("ext4"), nix::mount::MsFlags::empty())?;
+        rows[1].2.push(ms(t));
+        let t = Instant::now();
+        std::fs::create_dir(&target).map_err(|e| format!("mkdir: {e}"))?;
+        mount(&staging, &target, None, nix::mount::MsFlags::MS_BIND)?;
+        rows[2].2.push(ms(t));
+        let t = Instant::now();
+        umount(&target)?;
+        std::fs::remove_dir(&target).map_err(|e| format!("rmdir: {e}"))?;
+        rows[3].2.push(ms(t));
+        let t = Instant::now();
+        umount(&staging)?;
+        unmap(&m)?;
+        let m = map(env, &image)?;
+        mount(&dev_of(&m), &staging, Some("ext4"), nix::mount::MsFlags::empty())?;
+        rows[4].2.push(ms(t));
+        umount(&staging)?;
+        unmap(&m)?;
+        std::fs::remove_dir(&staging).map_err(|e| format!("rmdir: {e}"))?;
+        let t = Instant::now();
+        env.rbd(&["rm", "--no-progress", &spec])?;
+        rows[5].2.push(ms(t));
+
+        // Ours: the same life over gRPC, the volume moving from A to B.
+        let Some((a, b)) = plugins else { continue };
+        let ctl = || ControllerClient::new(a.ch.clone());
+        if i == 0 {
+            attach = advertises_publish(rt, &a.ch)?;
+        }
+        let t = Instant::now();
+        let vol = rt
+            .block_on(ctl().create_volume(pb::CreateVolumeRequest {
+                name: format!("bench-{}-{i}", std::process::id()),
+                capacity_range: Some(pb::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+                volume_capabilities: vec![rwo_mount()],
+                parameters: params.clone(),
+                secrets: sec.clone(),
+                ..Default::default()
+            }))
+            .map_err(|e| grpc("CreateVolume", e))?
+            .into_inner()
+            .volume
+            .ok_or("CreateVolume returned no volume")?;
+        rows[0].1.push(ms(t));
+        let publish = |node_id: &str| -> R<HashMap<String, String>> {
+            if !attach {
+                return Ok(HashMap::new());
+            }
+            Ok(rt
+                .block_on(ctl().controller_publish_volume(pb::ControllerPublishVolumeRequest {
+                    volume_id: vol.volume_id.clone(),
+                    node_id: node_id.into(),
+                    volume_capability: Some(rwo_mount()),
+                    readonly: false,
+                    secrets: sec.clone(),
+                    volume_context: vol.volume_context.clone(),
+                }))
+                .map_err(|e| grpc("ControllerPublishVolume", e))?
+                .into_inner()
+                .publish_context)
+        };
+        let unpublish = |node_id: &str| -> R<()> {
+            if !attach {
+                return Ok(());
+            }
+            rt.block_on(ctl().controller_unpublish_volume(pb::ControllerUnpublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                node_id: node_id.into(),
+                secrets: sec.clone(),
+            }))
+            .map_err(|e| grpc("ControllerUnpublishVolume", e))?;
+            Ok(())
+        };
+        let stage = |p: &Plugin, path: &Path, pc: &HashMap<String, String>| -> R<()> {
+            std::fs::create_dir_all(path).map_err(|e| format!("mkdir: {e}"))?;
+            rt.block_on(node(p).node_stage_volume(pb::NodeStageVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                publish_context: pc.clone(),
+                staging_target_path: path.display().to_string(),
+                volume_capability: Some(rwo_mount()),
+                secrets: sec.clone(),
+                volume_context: vol.volume_context.clone(),
+            }))
+            .map_err(|e| grpc("NodeStageVolume", e))?;
+            Ok(())
+        };
+        let unstage = |p: &Plugin, path: &Path| -> R<()> {
+            rt.block_on(node(p).node_unstage_volume(pb::NodeUnstageVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                staging_target_path: path.display().to_string(),
+            }))
+            .map_err(|e| grpc("NodeUnstageVolume", e))?;
+            Ok(())
+        };
+        let stage_a = scratch.join(format!("a-stage-{i}"));
+        let stage_b = scratch.join(format!("b-stage-{i}"));
+        let pod = scratch.join(format!("a-pod-{i}"));
+        std::fs::create_dir_all(&pod).map_err(|e| format!("mkdir: {e}"))?;
+        let target = pod.join("mount");
+        let pc = publish("bench-a")?;
+        let t = Instant::now();
+        stage(a, &stage_a, &pc)?;
+        rows[1].1.push(ms(t));
+        let t = Instant::now();
+        rt.block_on(node(a).node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            publish_context: pc.clone(),
+            staging_target_path: stage_a.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rwo_mount()),
+            readonly: false,
+            secrets: sec.clone(),
+            volume_context: vol.volume_context.clone(),
+        }))
+        .map_err(|e| grpc("NodePublishVolume", e))?;
+        rows[2].1.push(ms(t));
+        let t = Instant::now();
+        rt.block_on(node(a).node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target.display().to_string(),
+        }))
+        .map_err(|e| grpc("NodeUnpublishVolume", e))?;
+        rows[3].1.push(ms(t));
+        let t = Instant::now();
+        unstage(a, &stage_a)?;
+        let mut took = ms(t);
+        let t = Instant::now();
+        unpublish("bench-a")?;
+        let pc = publish("bench-b")?;
+        moves.push(ms(t));
+        let t = Instant::now();
+        stage(b, &stage_b, &pc)?;
+        took += ms(t);
+        rows[4].1.push(took);
+        unstage(b, &stage_b)?;
+        unpublish("bench-b")?;
+        let t = Instant::now();
+        rt.block_on(
+            ctl().delete_volume(pb::DeleteVolumeRequest { volume_id: vol.volume_id.clone(), secrets: sec.clone() }),
+        )
+        .map_err(|e| grpc("DeleteVolume", e))?;
+        rows[5].1.push(ms(t));
+        for d in [&stage_a, &stage_b, &pod] {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    let notes = if plugins.is_some() && attach {
+        let (m, p) = median_p90(&moves);
+        vec![format!(
+            "migration's ControllerUnpublish(A) + ControllerPublish(B) (the attach lock moving; no raw \
+             equivalent): median {m:.1} ms, p90 {p:.1} ms"
+        )]
+    } else if plugins.is_some() {
+        vec!["the controller does not advertise PUBLISH_UNPUBLISH_VOLUME: no ControllerPublish/Unpublish \
+              calls (as a CO would not make them)"
+            .to_string()]
+    } else {
+        vec!["--raw-only: the raw sequence alone, no driver".to_string()]
+    };
+    Ok((rows, notes))
+}
+
+fn advertises_publish(rt: &tokio::runtime::Runtime, ch: &Channel) -> R<bool> {
+    use pb::controller_service_capability::rpc::Type;
+    let caps = rt
+        .block_on(
+            ControllerClient::new(ch.clone()).controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}),
+        )
+        .map_err(|e| format!("ControllerGetCapabilities: {e}"))?
+        .into_inner()
+        .capabilities;
+    Ok(caps.iter().any(|c| {
+        matches!(&c.r#type, Some(pb::controller_service_capability::Type::Rpc(r)) if r.r#type == Type::PublishUnpublishVolume as i32)
+    }))
+}
+
+fn dev_of(m: &Mapped) -> PathBuf {
+    PathBuf::from(format!("/dev/rbd{}", m.0))
+}
+
+impl Report {
+    /// The side-by-side table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "csi-rbd vs the raw operations it performs, n={} (median / p90 ms; goal: overhead ≤ 50 ms)\n",
+            self.n
+        );
+        s += &format!(
+            "{:<27} {:>15}  {:<23} {:>15} {:>10} {:>7}\n",
+            "operation", "ours", "baseline", "baseline ms", "overhead", "ratio"
+        );
+        for r in &self.rows {
+            let (om, op) = median_p90(&r.ours_ms);
+            let (bm, bp) = median_p90(&r.base_ms);
+            let ours = if r.ours_ms.is_empty() { "-".to_string() } else { format!("{om:>7.1} / {op:>5.1}") };
+            let (over, ratio) = if r.ours_ms.is_empty() {
+                ("-".to_string(), "-".to_string())
+            } else {
+                (format!("{:+.1}", om - bm), format!("{:.2}x", om / bm))
+            };
+            s += &format!(
+                "{:<27} {:>15}  {:<23} {:>7.1} / {:>5.1} {:>10} {:>7}\n",
+                r.what, ours, r.baseline, bm, bp, over, ratio
+            );
+        }
+        for n in &self.notes {
+            s += &format!("note: {n}\n");
+        }
+        s
+    }
+
+    /// The same as JSON.
+    pub fn to_json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let (om, op) = median_p90(&r.ours_ms);
+                let (bm, bp) = median_p90(&r.base_ms);
+                json!({"operation": r.what, "baseline": r.baseline, "ours_median_ms": om, "ours_p90_ms": op,
+                       "baseline_median_ms": bm, "baseline_p90_ms": bp, "overhead_ms": om - bm, "ratio": om / bm})
+            })
+            .collect();
+        json!({"n": self.n, "rows": rows, "notes": self.notes})
+    }
+}
