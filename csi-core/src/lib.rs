@@ -10,6 +10,9 @@
 //! - [`identity`]: the Identity service;
 //! - [`validate`]: request checks that return the spec's gRPC codes, and
 //!   the in-flight lock behind ABORTED;
+//! - [`locks`]: per-name async locks, so concurrent controller calls for
+//!   one name run in turn;
+//! - [`paging`]: ListVolumes/ListSnapshots pagination tokens;
 //! - [`redact`]: secrets never reach a log line;
 //! - [`mount`]: mount/unmount through syscalls, with time bounds;
 //! - [`client`]: dialing an endpoint (tests, the conformance suite);
@@ -19,8 +22,10 @@ pub mod client;
 pub mod error;
 pub mod flags;
 pub mod identity;
+pub mod locks;
 pub mod metrics;
 pub mod mount;
+pub mod paging;
 pub mod redact;
 pub mod server;
 pub mod validate;
