@@ -49,6 +49,25 @@ pub fn require_staging_path(staging_target_path: &str) -> Result<()> {
     require(staging_target_path, "staging target path")
 }
 
+/// `volume_path` (NodeExpandVolume, NodeGetVolumeStats).
+pub fn require_volume_path(volume_path: &str) -> Result<()> {
+    require(volume_path, "volume path")
+}
+
+/// `volume_path` of NodeGetVolumeStats: present, and absolute. The spec
+/// makes it absolute, but a relative one names no volume either, and
+/// NOT_FOUND is what the spec and csi-sanity ask for when no volume is at
+/// the path (csi-sanity sends `some/path`).
+pub fn require_stats_path(volume_path: &str) -> Result<()> {
+    require_volume_path(volume_path)?;
+    if !std::path::Path::new(volume_path).is_absolute() {
+        return Err(Error::NotFound(format!(
+            "no volume at {volume_path:?}: not an absolute path, so nothing is published there"
+        )));
+    }
+    Ok(())
+}
+
 /// The `name` of CreateVolume / CreateSnapshot: present, within the spec's
 /// 128 bytes, and free of the control characters the spec bans.
 pub fn require_name(name: &str) -> Result<()> {
@@ -278,6 +297,15 @@ mod tests {
         assert!(require_name(&"n".repeat(128)).is_ok());
         assert!(require_name("a\u{1}b").is_err());
         assert!(require_name("with space\tand tab").is_ok());
+    }
+
+    #[test]
+    fn a_stats_path_is_present_and_absolute() {
+        assert_eq!(require_stats_path("").unwrap_err().to_string(), "volume path missing in request");
+        assert_eq!(require_stats_path("some/path").unwrap_err().code(), Code::NotFound);
+        assert!(require_stats_path("/var/lib/kubelet/x").is_ok());
+        assert_eq!(require_volume_path("").unwrap_err().code(), Code::InvalidArgument);
+        assert!(require_volume_path("some/path").is_ok());
     }
 
     #[test]
