@@ -13,6 +13,7 @@
 //! - [`locks`]: per-name async locks, so concurrent controller calls for
 //!   one name run in turn;
 //! - [`paging`]: ListVolumes/ListSnapshots pagination tokens;
+//! - [`source`]: a volume's content source as a record key and back;
 //! - [`redact`]: secrets never reach a log line;
 //! - [`mount`]: mount/unmount through syscalls, with time bounds;
 //! - [`client`]: dialing an endpoint (tests, the conformance suite);
@@ -28,6 +29,7 @@ pub mod mount;
 pub mod paging;
 pub mod redact;
 pub mod server;
+pub mod source;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -29,7 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use csi_core::locks::Locks;
 use csi_core::paging::page;
-use csi_core::pb::{self, controller_service_capability as csc, volume_content_source as vcs};
+use csi_core::pb::{self, controller_service_capability as csc};
+use csi_core::source::{content_source_from, content_source_key};
 use csi_core::validate::{self, CapabilitySupport, Capacity};
 use csi_core::Error;
 use serde_json::{json, Value};
@@ -388,25 +389,6 @@ fn snapshot_from_record(v: &Value) -> pb::Snapshot {
     }
 }
 
-/// `snapshot:<id>` / `volume:<id>` / empty: how a record keeps the source.
-fn content_source_key(src: Option<&pb::VolumeContentSource>) -> Result<String, Error> {
-    match src.and_then(|s| s.r#type.as_ref()) {
-        None => Ok(String::new()),
-        Some(vcs::Type::Snapshot(s)) => Ok(format!("snapshot:{}", s.snapshot_id)),
-        Some(vcs::Type::Volume(v)) => Ok(format!("volume:{}", v.volume_id)),
-    }
-}
-
-fn content_source_from(key: &str) -> Option<pb::VolumeContentSource> {
-    let (kind, id) = key.split_once(':')?;
-    let r#type = match kind {
-        "snapshot" => vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: id.to_string() }),
-        "volume" => vcs::Type::Volume(vcs::VolumeSource { volume_id: id.to_string() }),
-        _ => return None,
-    };
-    Some(pb::VolumeContentSource { r#type: Some(r#type) })
-}
-
 /// Where a clone's files come from, checked before anything is made.
 enum Source {
     None,
@@ -683,7 +665,7 @@ impl pb::controller_server::Controller for ControllerService {
         validate::require_capabilities(&req.volume_capabilities, &CapabilitySupport::SHARED_FILESYSTEM)?;
         let cap = validate::capacity_range(req.capacity_range.as_ref())?;
         let p = CreateParams::parse(&req.name, &req.parameters, &self.config.mount_options)?;
-        let source_key = content_source_key(req.volume_content_source.as_ref())?;
+        let source_key = content_source_key(req.volume_content_source.as_ref());
         let source = resolve_source(&source_key, &p.id)?;
         let _lock = self.locks.lock("volume", &req.name).await;
         let share = self.share(&p.id.server, &p.id.share, Some(&p.mount_options));
@@ -1040,19 +1022,5 @@ impl pb::controller_server::Controller for ControllerService {
             capacity_bytes: size as i64,
             node_expansion_required: false,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_sources_round_trip_through_records() {
-        for key in ["snapshot:s#e#n#p#v", "volume:s#e#d##"] {
-            let src = content_source_from(key).unwrap();
-            assert_eq!(content_source_key(Some(&src)).unwrap(), key);
-        }
-        assert!(content_source_from("").is_none());
     }
 }
