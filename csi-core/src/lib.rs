@@ -16,9 +16,11 @@
 //! - [`source`]: a volume's content source as a record key and back;
 //! - [`redact`]: secrets never reach a log line;
 //! - [`mount`]: mount/unmount through syscalls, with time bounds;
+//! - [`caps`]: the Controller and Node capability lists;
 //! - [`client`]: dialing an endpoint (tests, the conformance suite);
 //! - [`error`]: the one error type and its gRPC code mapping.
 
+pub mod caps;
 pub mod client;
 pub mod error;
 pub mod flags;

@@ -625,10 +625,6 @@ fn mkdir_as_owner(c: &mut dyn ShareFs, subdir: &str, mode: u32, uid: u32, gid: u
     Ok(())
 }
 
-fn rpc(t: csc::rpc::Type) -> pb::ControllerServiceCapability {
-    pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) }
-}
-
 fn secret_mount_options(secrets: &HashMap<String, String>) -> Option<&str> {
     secrets.iter().find(|(k, _)| k.eq_ignore_ascii_case("mountOptions")).map(|(_, v)| v.as_str())
 }
@@ -640,7 +636,7 @@ impl pb::controller_server::Controller for ControllerService {
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
         use csc::rpc::Type as T;
-        let capabilities = [
+        let capabilities = csi_core::caps::controller([
             T::CreateDeleteVolume,
             T::CreateDeleteSnapshot,
             T::CloneVolume,
@@ -649,10 +645,7 @@ impl pb::controller_server::Controller for ControllerService {
             T::ListVolumes,
             T::ListSnapshots,
             T::GetCapacity,
-        ]
-        .into_iter()
-        .map(rpc)
-        .collect();
+        ]);
         Ok(Response::new(pb::ControllerGetCapabilitiesResponse { capabilities }))
     }
 

@@ -395,15 +395,12 @@ impl pb::node_server::Node for NodeService {
         &self,
         _: Request<pb::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
-        let cap = |t: NodeCap| pb::NodeServiceCapability {
-            r#type: Some(pb::node_service_capability::Type::Rpc(pb::node_service_capability::Rpc { r#type: t as i32 })),
-        };
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                cap(NodeCap::GetVolumeStats),
-                cap(NodeCap::VolumeCondition),
-                cap(NodeCap::SingleNodeMultiWriter),
-            ],
+            capabilities: csi_core::caps::node([
+                NodeCap::GetVolumeStats,
+                NodeCap::VolumeCondition,
+                NodeCap::SingleNodeMultiWriter,
+            ]),
         }))
     }
 

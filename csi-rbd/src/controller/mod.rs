@@ -146,10 +146,6 @@ fn cluster_of(volume_id: &str) -> String {
     VolumeId::parse(volume_id).map(|v| v.cluster_id).unwrap_or_default()
 }
 
-fn rpc(t: csc::rpc::Type) -> pb::ControllerServiceCapability {
-    pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) }
-}
-
 #[tonic::async_trait]
 impl pb::controller_server::Controller for ControllerService {
     async fn controller_get_capabilities(
@@ -157,7 +153,7 @@ impl pb::controller_server::Controller for ControllerService {
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
         use csc::rpc::Type as T;
-        let capabilities = [
+        let capabilities = csi_core::caps::controller([
             T::CreateDeleteVolume,
             T::CreateDeleteSnapshot,
             T::CloneVolume,
@@ -170,10 +166,7 @@ impl pb::controller_server::Controller for ControllerService {
             T::PublishUnpublishVolume,
             T::PublishReadonly,
             T::ListVolumesPublishedNodes,
-        ]
-        .into_iter()
-        .map(rpc)
-        .collect();
+        ]);
         Ok(Response::new(pb::ControllerGetCapabilitiesResponse { capabilities }))
     }
 

@@ -892,17 +892,14 @@ impl pb::node_server::Node for Node {
         &self,
         _: Request<pb::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
-        let cap = |t: NodeCap| pb::NodeServiceCapability {
-            r#type: Some(pb::node_service_capability::Type::Rpc(pb::node_service_capability::Rpc { r#type: t as i32 })),
-        };
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                cap(NodeCap::StageUnstageVolume),
-                cap(NodeCap::ExpandVolume),
-                cap(NodeCap::GetVolumeStats),
-                cap(NodeCap::VolumeCondition),
-                cap(NodeCap::SingleNodeMultiWriter),
-            ],
+            capabilities: csi_core::caps::node([
+                NodeCap::StageUnstageVolume,
+                NodeCap::ExpandVolume,
+                NodeCap::GetVolumeStats,
+                NodeCap::VolumeCondition,
+                NodeCap::SingleNodeMultiWriter,
+            ]),
         }))
     }
 
