@@ -243,21 +243,7 @@ impl pb::controller_server::Controller for ControllerService {
         if found.is_none() {
             return Err(validate::volume_not_found(&req.volume_id).into());
         }
-        if let Some(e) = req.volume_capabilities.iter().find_map(|c| validate::check_capability(c, &SUPPORT).err()) {
-            return Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
-                confirmed: None,
-                message: e.to_string(),
-            }));
-        }
-        Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
-            confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
-                volume_context: req.volume_context,
-                volume_capabilities: req.volume_capabilities,
-                parameters: req.parameters,
-                mutable_parameters: req.mutable_parameters,
-            }),
-            message: String::new(),
-        }))
+        Ok(Response::new(validate::confirm_capabilities(req, &SUPPORT)))
     }
 
     async fn list_volumes(
