@@ -1,21 +1,7 @@
 //! Names derived from the attachment, so DEL, CHECK and GC find what ADD
 //! made: the host veth, its alias, the attachment record, the nft table.
 
-/// FNV-1a 64: stable across releases and machines (unlike std's hasher).
-fn fnv64(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            // A separator byte no name contains, so ("ab","c") != ("a","bc").
-            h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
-        }
-        for b in p.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
+use cni_core::names::fnv64;
 
 /// The MAC of every host-side veth (Calico's): the container's gateway
 /// 169.254.1.1 resolves to it, so no per-host address is ever needed.
@@ -43,28 +29,23 @@ pub fn is_cali(name: &str) -> bool {
 
 /// Alias of a host veth: `cni-bgp net=<network> cid=<container> if=<ifname>`.
 pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("cni-bgp net={network} cid={container_id} if={ifname}")
+    cni_core::names::veth_alias("cni-bgp", network, container_id, ifname)
 }
 
 /// Reads an alias written by [`veth_alias`] back into (network, container, ifname).
 pub fn parse_veth_alias(alias: &str) -> Option<(&str, &str, &str)> {
-    let rest = alias.strip_prefix("cni-bgp net=")?;
-    let (net, rest) = rest.split_once(" cid=")?;
-    let (cid, ifname) = rest.split_once(" if=")?;
-    Some((net, cid, ifname))
+    cni_core::names::parse_veth_alias("cni-bgp", alias)
 }
 
 /// File name of an attachment's record: network and container ID cannot
 /// hold `+` (CNI's name rules), so the name is unique per attachment.
 pub fn record_name(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{network}+{container_id}+{ifname}.json")
+    cni_core::names::record_name(network, container_id, ifname)
 }
 
 /// nftables table (inet) of one network's `natOutgoing` rules.
 pub fn nft_table(network: &str) -> String {
-    let clean: String =
-        network.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    format!("cni_bgp_{clean}_{:04x}", fnv64(&[network]) & 0xffff)
+    cni_core::names::nft_table("cni_bgp", network)
 }
 
 #[cfg(test)]

@@ -139,12 +139,7 @@ impl Plugin for Bridge {
                 if let Err(u) = ipam.verb(Command::Del, ctx) {
                     undo.push(format!("release addresses: {u}"));
                 }
-                if undo.is_empty() {
-                    Err(e)
-                } else {
-                    let details = if e.details.is_empty() { String::new() } else { format!("{}; ", e.details) };
-                    Err(Error { details: format!("{details}rollback also failed: {}", undo.join("; ")), ..e })
-                }
+                Err(e.with_rollback_failures(&undo))
             }
         }
     }

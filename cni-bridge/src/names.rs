@@ -1,21 +1,7 @@
 //! Names derived from the attachment, so DEL and GC find what ADD made
 //! without any state file: the host veth, nft tables and chains.
 
-/// FNV-1a 64: stable across releases and machines (unlike std's hasher).
-pub fn fnv64(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            // A separator byte no name contains, so ("ab","c") != ("a","bc").
-            h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
-        }
-        for b in p.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
+pub use cni_core::names::fnv64;
 
 /// Host-side veth of an attachment: `veth` + 11 hex digits (15 chars, the
 /// kernel's limit). The reference plugin's random names are 12 chars, so
@@ -40,22 +26,17 @@ pub fn host_veth_mac(network: &str, veth: &str) -> [u8; 6] {
 
 /// Alias of a host veth: `cni-bridge net=<network> cid=<container> if=<ifname>`.
 pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("cni-bridge net={network} cid={container_id} if={ifname}")
+    cni_core::names::veth_alias("cni-bridge", network, container_id, ifname)
 }
 
 /// Reads an alias written by [`veth_alias`] back into (network, container, ifname).
 pub fn parse_veth_alias(alias: &str) -> Option<(&str, &str, &str)> {
-    let rest = alias.strip_prefix("cni-bridge net=")?;
-    let (net, rest) = rest.split_once(" cid=")?;
-    let (cid, ifname) = rest.split_once(" if=")?;
-    Some((net, cid, ifname))
+    cni_core::names::parse_veth_alias("cni-bridge", alias)
 }
 
 /// nftables table of one network (inet family for masquerade, bridge family for macspoofchk).
 pub fn nft_table(network: &str) -> String {
-    let clean: String =
-        network.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    format!("cni_bridge_{clean}_{:04x}", fnv64(&[network]) & 0xffff)
+    cni_core::names::nft_table("cni_bridge", network)
 }
 
 /// The macspoofchk chain of one attachment.

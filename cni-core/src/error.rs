@@ -104,6 +104,17 @@ impl Error {
         self
     }
 
+    /// The error of an ADD whose rollback also failed: the same code and
+    /// message, with what could not be undone (`undo`) appended to the
+    /// details. Unchanged when `undo` is empty.
+    pub fn with_rollback_failures(self, undo: &[String]) -> Self {
+        if undo.is_empty() {
+            return self;
+        }
+        let details = if self.details.is_empty() { String::new() } else { format!("{}; ", self.details) };
+        Error { details: format!("{details}rollback also failed: {}", undo.join("; ")), ..self }
+    }
+
     /// The JSON object the spec prints on stdout.
     pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
         let wire = WireError {
@@ -158,5 +169,16 @@ mod tests {
         for n in [1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 999] {
             assert_eq!(Code::from_u32(n).as_u32(), n);
         }
+    }
+
+    #[test]
+    fn rollback_failures_are_appended_to_the_details() {
+        let e = Error::new(Code::Io, "add").with_details("disk full");
+        assert_eq!(e.clone().with_rollback_failures(&[]), e);
+        let r = e.with_rollback_failures(&["delete veth1: busy".into(), "release: gone".into()]);
+        assert_eq!((r.code, r.msg.as_str()), (Code::Io, "add"));
+        assert_eq!(r.details, "disk full; rollback also failed: delete veth1: busy; release: gone");
+        let bare = Error::new(Code::Io, "add").with_rollback_failures(&["x".into()]);
+        assert_eq!(bare.details, "rollback also failed: x");
     }
 }

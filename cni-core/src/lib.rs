@@ -5,12 +5,15 @@
 //! negotiation ([`version`]), the well-known error codes ([`error`]),
 //! `CNI_ARGS` ([`args`]), the environment contract and verb dispatch
 //! ([`skel`]), delegation to other plugins through `CNI_PATH`
-//! ([`delegate`]) and logging that never touches stdout ([`log`]).
+//! ([`delegate`]) and logging that never touches stdout ([`log`]). [`names`]
+//! holds the naming helpers the plugins share (a stable hash, veth aliases,
+//! record and nft table names), each plugin passing its own prefix.
 
 pub mod args;
 pub mod delegate;
 pub mod error;
 pub mod log;
+pub mod names;
 pub mod skel;
 pub mod types;
 pub mod version;

@@ -78,12 +78,7 @@ impl OverlayConf {
     }
 }
 
-/// File name of an attachment's record: network and container ID cannot hold
-/// `+` (CNI's name rules), so the name is unique per attachment, and it has
-/// no other dot-separated suffix than `.json`.
-pub fn record_name(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{network}+{container_id}+{ifname}.json")
-}
+pub use cni_core::names::record_name;
 
 /// What ADD saves: the attachment and the delegate config it ran.
 #[derive(Debug, serde::Serialize, Deserialize)]

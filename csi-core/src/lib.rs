@@ -10,19 +10,28 @@
 //! - [`identity`]: the Identity service;
 //! - [`validate`]: request checks that return the spec's gRPC codes, and
 //!   the in-flight lock behind ABORTED;
+//! - [`locks`]: per-name async locks, so concurrent controller calls for
+//!   one name run in turn;
+//! - [`paging`]: ListVolumes/ListSnapshots pagination tokens;
+//! - [`source`]: a volume's content source as a record key and back;
 //! - [`redact`]: secrets never reach a log line;
 //! - [`mount`]: mount/unmount through syscalls, with time bounds;
+//! - [`caps`]: the Controller and Node capability lists;
 //! - [`client`]: dialing an endpoint (tests, the conformance suite);
 //! - [`error`]: the one error type and its gRPC code mapping.
 
+pub mod caps;
 pub mod client;
 pub mod error;
 pub mod flags;
 pub mod identity;
+pub mod locks;
 pub mod metrics;
 pub mod mount;
+pub mod paging;
 pub mod redact;
 pub mod server;
+pub mod source;
 pub mod validate;
 
 pub use error::{Error, Result};

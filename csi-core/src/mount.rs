@@ -192,6 +192,31 @@ where
     }
 }
 
+/// `statvfs(2)` of `path`, giving up after `timeout` (a mount of a dead
+/// server blocks it).
+pub fn statvfs(path: &Path, timeout: Duration) -> Result<nix::sys::statvfs::Statvfs> {
+    let p = path.to_path_buf();
+    bounded_call(format!("statvfs {}", path.display()), timeout, move || nix::sys::statvfs::statvfs(&p))
+}
+
+/// NodeGetVolumeStats's usage of a mounted filesystem: bytes (counted in
+/// fragments, as `df` does) and inodes.
+pub fn volume_usage(s: &nix::sys::statvfs::Statvfs) -> Vec<crate::pb::VolumeUsage> {
+    use crate::pb::{volume_usage::Unit, VolumeUsage};
+    let frsize = s.fragment_size() as i64;
+    let (blocks, bfree, bavail) = (s.blocks() as i64, s.blocks_free() as i64, s.blocks_available() as i64);
+    let (files, ffree) = (s.files() as i64, s.files_free() as i64);
+    vec![
+        VolumeUsage {
+            unit: Unit::Bytes as i32,
+            total: blocks * frsize,
+            available: bavail * frsize,
+            used: (blocks - bfree) * frsize,
+        },
+        VolumeUsage { unit: Unit::Inodes as i32, total: files, available: ffree, used: files - ffree },
+    ]
+}
+
 /// `mount(2)` of `source` (type `fs_type`) at `target` with `flags` and
 /// filesystem `data` (e.g. NFS options), giving up after `timeout`.
 pub fn mount(
@@ -384,5 +409,17 @@ mod tests {
     fn own_mount_table_has_a_root() {
         let t = mounts().unwrap();
         assert!(t.iter().any(|m| m.mount_point == Path::new("/")));
+    }
+
+    #[test]
+    fn usage_of_the_root_filesystem_adds_up() {
+        let s = statvfs(Path::new("/"), Duration::from_secs(5)).unwrap();
+        let u = volume_usage(&s);
+        assert_eq!(u.len(), 2);
+        let bytes = &u[0];
+        assert_eq!(bytes.unit, crate::pb::volume_usage::Unit::Bytes as i32);
+        assert!(bytes.total > 0 && bytes.used >= 0 && bytes.available <= bytes.total - bytes.used);
+        assert_eq!(u[1].unit, crate::pb::volume_usage::Unit::Inodes as i32);
+        assert!(u[1].total >= u[1].used);
     }
 }

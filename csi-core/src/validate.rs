@@ -49,6 +49,47 @@ pub fn require_staging_path(staging_target_path: &str) -> Result<()> {
     require(staging_target_path, "staging target path")
 }
 
+/// `volume_path` (NodeExpandVolume, NodeGetVolumeStats).
+pub fn require_volume_path(volume_path: &str) -> Result<()> {
+    require(volume_path, "volume path")
+}
+
+/// `volume_path` of NodeGetVolumeStats: present, and absolute. The spec
+/// makes it absolute, but a relative one names no volume either, and
+/// NOT_FOUND is what the spec and csi-sanity ask for when no volume is at
+/// the path (csi-sanity sends `some/path`).
+pub fn require_stats_path(volume_path: &str) -> Result<()> {
+    require_volume_path(volume_path)?;
+    if !std::path::Path::new(volume_path).is_absolute() {
+        return Err(Error::NotFound(format!(
+            "no volume at {volume_path:?}: not an absolute path, so nothing is published there"
+        )));
+    }
+    Ok(())
+}
+
+/// ValidateVolumeCapabilities's answer once the volume is known to exist:
+/// confirmed (echoing the request's context, capabilities and parameters)
+/// when every capability is one `support` allows, otherwise unconfirmed
+/// with the first refusal as the message.
+pub fn confirm_capabilities(
+    req: pb::ValidateVolumeCapabilitiesRequest,
+    support: &CapabilitySupport,
+) -> pb::ValidateVolumeCapabilitiesResponse {
+    if let Some(e) = req.volume_capabilities.iter().find_map(|c| check_capability(c, support).err()) {
+        return pb::ValidateVolumeCapabilitiesResponse { confirmed: None, message: e.to_string() };
+    }
+    pb::ValidateVolumeCapabilitiesResponse {
+        confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
+            volume_context: req.volume_context,
+            volume_capabilities: req.volume_capabilities,
+            parameters: req.parameters,
+            mutable_parameters: req.mutable_parameters,
+        }),
+        message: String::new(),
+    }
+}
+
 /// The `name` of CreateVolume / CreateSnapshot: present, within the spec's
 /// 128 bytes, and free of the control characters the spec bans.
 pub fn require_name(name: &str) -> Result<()> {
@@ -278,6 +319,37 @@ mod tests {
         assert!(require_name(&"n".repeat(128)).is_ok());
         assert!(require_name("a\u{1}b").is_err());
         assert!(require_name("with space\tand tab").is_ok());
+    }
+
+    #[test]
+    fn capabilities_are_confirmed_with_the_request_echoed_or_refused_with_a_message() {
+        use pb::volume_capability::{AccessMode as Am, AccessType as At, BlockVolume, MountVolume};
+        let cap = |t: At| pb::VolumeCapability {
+            access_type: Some(t),
+            access_mode: Some(Am { mode: AccessMode::SingleNodeWriter as i32 }),
+        };
+        let req = |c: pb::VolumeCapability| pb::ValidateVolumeCapabilitiesRequest {
+            volume_id: "v".into(),
+            volume_context: [("k".to_string(), "x".to_string())].into(),
+            volume_capabilities: vec![c],
+            ..Default::default()
+        };
+        let ok =
+            confirm_capabilities(req(cap(At::Mount(MountVolume::default()))), &CapabilitySupport::SHARED_FILESYSTEM);
+        let confirmed = ok.confirmed.expect("a mount capability is confirmed");
+        assert_eq!((confirmed.volume_context["k"].as_str(), confirmed.volume_capabilities.len()), ("x", 1));
+        assert!(ok.message.is_empty());
+        let no = confirm_capabilities(req(cap(At::Block(BlockVolume {}))), &CapabilitySupport::SHARED_FILESYSTEM);
+        assert!(no.confirmed.is_none() && !no.message.is_empty(), "{no:?}");
+    }
+
+    #[test]
+    fn a_stats_path_is_present_and_absolute() {
+        assert_eq!(require_stats_path("").unwrap_err().to_string(), "volume path missing in request");
+        assert_eq!(require_stats_path("some/path").unwrap_err().code(), Code::NotFound);
+        assert!(require_stats_path("/var/lib/kubelet/x").is_ok());
+        assert_eq!(require_volume_path("").unwrap_err().code(), Code::InvalidArgument);
+        assert!(require_volume_path("some/path").is_ok());
     }
 
     #[test]

@@ -27,7 +27,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use csi_core::pb::{self, controller_service_capability as csc, volume_content_source as vcs};
+use csi_core::locks::Locks;
+use csi_core::paging::page;
+use csi_core::pb::{self, controller_service_capability as csc};
+use csi_core::source::{content_source_from, content_source_key};
 use csi_core::validate::{self, CapabilitySupport, Capacity};
 use csi_core::Error;
 use serde_json::{json, Value};
@@ -386,25 +389,6 @@ fn snapshot_from_record(v: &Value) -> pb::Snapshot {
     }
 }
 
-/// `snapshot:<id>` / `volume:<id>` / empty: how a record keeps the source.
-fn content_source_key(src: Option<&pb::VolumeContentSource>) -> Result<String, Error> {
-    match src.and_then(|s| s.r#type.as_ref()) {
-        None => Ok(String::new()),
-        Some(vcs::Type::Snapshot(s)) => Ok(format!("snapshot:{}", s.snapshot_id)),
-        Some(vcs::Type::Volume(v)) => Ok(format!("volume:{}", v.volume_id)),
-    }
-}
-
-fn content_source_from(key: &str) -> Option<pb::VolumeContentSource> {
-    let (kind, id) = key.split_once(':')?;
-    let r#type = match kind {
-        "snapshot" => vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: id.to_string() }),
-        "volume" => vcs::Type::Volume(vcs::VolumeSource { volume_id: id.to_string() }),
-        _ => return None,
-    };
-    Some(pb::VolumeContentSource { r#type: Some(r#type) })
-}
-
 /// Where a clone's files come from, checked before anything is made.
 enum Source {
     None,
@@ -641,90 +625,6 @@ fn mkdir_as_owner(c: &mut dyn ShareFs, subdir: &str, mode: u32, uid: u32, gid: u
     Ok(())
 }
 
-/// Per-name async locks: concurrent calls for one name run in turn.
-#[derive(Debug, Default)]
-struct Locks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
-
-struct LockGuard {
-    map: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    key: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Locks {
-    async fn lock(&self, kind: &str, key: &str) -> LockGuard {
-        let key = format!("{kind}\0{key}");
-        let m = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(key.clone()).or_default())
-        };
-        let guard = m.lock_owned().await;
-        LockGuard { map: Arc::clone(&self.0), key, guard: Some(guard) }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        drop(self.guard.take());
-        // Nobody else holds or waits for it (they clone under this lock).
-        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
-            map.remove(&self.key);
-        }
-    }
-}
-
-/// Marks our pagination tokens, so that a token we did not make is ABORTED.
-const TOKEN_PREFIX: &str = "after:";
-
-/// Pagination over a list sorted by `key`. The token names the last entry
-/// returned (`after:` and its key in hex), not an index: entries added or
-/// removed between two calls do not shift the next page, so an entry that
-/// stays in the list is returned exactly once, and the next page starts
-/// after the last one returned even when that one was deleted meanwhile.
-fn page<T>(all: Vec<T>, key: impl Fn(&T) -> &str, max_entries: i32, token: &str) -> Result<(Vec<T>, String), Error> {
-    if max_entries < 0 {
-        return Err(Error::InvalidArgument(format!("max_entries {max_entries} is negative")));
-    }
-    let after = match token {
-        "" => None,
-        t => Some(
-            t.strip_prefix(TOKEN_PREFIX)
-                .and_then(hex_decode)
-                .ok_or_else(|| Error::Aborted(format!("starting_token {t:?} is not one this driver made")))?,
-        ),
-    };
-    let mut rest: Vec<T> = match &after {
-        None => all,
-        Some(a) => all.into_iter().filter(|e| key(e) > a.as_str()).collect(),
-    };
-    let next = match max_entries {
-        n if n > 0 && rest.len() > n as usize => {
-            rest.truncate(n as usize);
-            rest.last().map(|e| format!("{TOKEN_PREFIX}{}", hex_encode(key(e)))).unwrap_or_default()
-        }
-        _ => String::new(),
-    };
-    Ok((rest, next))
-}
-
-fn hex_encode(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes =
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
-}
-
-fn rpc(t: csc::rpc::Type) -> pb::ControllerServiceCapability {
-    pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) }
-}
-
 fn secret_mount_options(secrets: &HashMap<String, String>) -> Option<&str> {
     secrets.iter().find(|(k, _)| k.eq_ignore_ascii_case("mountOptions")).map(|(_, v)| v.as_str())
 }
@@ -736,7 +636,7 @@ impl pb::controller_server::Controller for ControllerService {
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
         use csc::rpc::Type as T;
-        let capabilities = [
+        let capabilities = csi_core::caps::controller([
             T::CreateDeleteVolume,
             T::CreateDeleteSnapshot,
             T::CloneVolume,
@@ -745,10 +645,7 @@ impl pb::controller_server::Controller for ControllerService {
             T::ListVolumes,
             T::ListSnapshots,
             T::GetCapacity,
-        ]
-        .into_iter()
-        .map(rpc)
-        .collect();
+        ]);
         Ok(Response::new(pb::ControllerGetCapabilitiesResponse { capabilities }))
     }
 
@@ -761,7 +658,7 @@ impl pb::controller_server::Controller for ControllerService {
         validate::require_capabilities(&req.volume_capabilities, &CapabilitySupport::SHARED_FILESYSTEM)?;
         let cap = validate::capacity_range(req.capacity_range.as_ref())?;
         let p = CreateParams::parse(&req.name, &req.parameters, &self.config.mount_options)?;
-        let source_key = content_source_key(req.volume_content_source.as_ref())?;
+        let source_key = content_source_key(req.volume_content_source.as_ref());
         let source = resolve_source(&source_key, &p.id)?;
         let _lock = self.locks.lock("volume", &req.name).await;
         let share = self.share(&p.id.server, &p.id.share, Some(&p.mount_options));
@@ -855,25 +752,7 @@ impl pb::controller_server::Controller for ControllerService {
         if !matches!(exists, Some(st) if st.kind == nfs::FileType::Dir) {
             return Err(validate::volume_not_found(&req.volume_id).into());
         }
-        if let Some(e) = req
-            .volume_capabilities
-            .iter()
-            .find_map(|c| validate::check_capability(c, &CapabilitySupport::SHARED_FILESYSTEM).err())
-        {
-            return Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
-                confirmed: None,
-                message: e.to_string(),
-            }));
-        }
-        Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
-            confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
-                volume_context: req.volume_context,
-                volume_capabilities: req.volume_capabilities,
-                parameters: req.parameters,
-                mutable_parameters: req.mutable_parameters,
-            }),
-            message: String::new(),
-        }))
+        Ok(Response::new(validate::confirm_capabilities(req, &CapabilitySupport::SHARED_FILESYSTEM)))
     }
 
     async fn list_volumes(
@@ -1118,66 +997,5 @@ impl pb::controller_server::Controller for ControllerService {
             capacity_bytes: size as i64,
             node_expansion_required: false,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(s: &String) -> &str {
-        s
-    }
-
-    #[test]
-    fn pages_walk_the_list_and_a_bad_token_is_aborted() {
-        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-        let all = ids(&["a", "b", "c", "d", "e"]);
-        let (p1, t1) = page(all.clone(), key, 2, "").unwrap();
-        assert_eq!((p1, t1.as_str()), (ids(&["a", "b"]), "after:62"));
-        let (p2, t2) = page(all.clone(), key, 2, &t1).unwrap();
-        assert_eq!(p2, ids(&["c", "d"]));
-        assert_eq!(page(all.clone(), key, 2, &t2).unwrap(), (ids(&["e"]), String::new()));
-        assert_eq!(page(all.clone(), key, 0, "").unwrap(), (all.clone(), String::new()));
-        assert_eq!(page(all.clone(), key, 5, "").unwrap(), (all.clone(), String::new()));
-        for bad in ["x", "6", "after:6", "after:zz", "invalid-token"] {
-            assert!(matches!(page(all.clone(), key, 1, bad), Err(Error::Aborted(_))), "{bad}");
-        }
-        assert!(matches!(page(all, key, -1, ""), Err(Error::InvalidArgument(_))));
-    }
-
-    #[test]
-    fn pages_stay_right_when_the_list_changes_between_calls() {
-        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-        let (p1, t1) = page(ids(&["b", "d", "f", "h"]), key, 2, "").unwrap();
-        assert_eq!(p1, ids(&["b", "d"]));
-        // "d" (the token's own entry) and "b" removed, "a", "c" (before the
-        // token) and "e", "g" (after it) added: nothing that stayed is
-        // repeated or skipped, and new entries after the token show up.
-        let (p2, t2) = page(ids(&["a", "c", "e", "f", "g", "h"]), key, 2, &t1).unwrap();
-        assert_eq!(p2, ids(&["e", "f"]));
-        let (p3, t3) = page(ids(&["a", "c", "e", "f", "g", "h"]), key, 2, &t2).unwrap();
-        assert_eq!((p3, t3), (ids(&["g", "h"]), String::new()));
-    }
-
-    #[test]
-    fn content_sources_round_trip_through_records() {
-        for key in ["snapshot:s#e#n#p#v", "volume:s#e#d##"] {
-            let src = content_source_from(key).unwrap();
-            assert_eq!(content_source_key(Some(&src)).unwrap(), key);
-        }
-        assert!(content_source_from("").is_none());
-    }
-
-    #[tokio::test]
-    async fn one_name_at_a_time_and_locks_are_forgotten_after_use() {
-        let locks = Locks::default();
-        let a = locks.lock("volume", "x").await;
-        let other = locks.lock("volume", "y").await;
-        let waiting = tokio::time::timeout(Duration::from_millis(50), locks.lock("volume", "x")).await;
-        assert!(waiting.is_err(), "a second lock on one name waits");
-        drop((a, other));
-        let _again = locks.lock("volume", "x").await;
-        assert_eq!(locks.0.lock().unwrap().len(), 1);
     }
 }

@@ -231,13 +231,6 @@ fn mount_error(plan: &MountPlan, e: Error) -> Error {
     }
 }
 
-/// statvfs, abandoned after `timeout` (a hard NFS mount whose server is
-/// gone would block it for ever).
-fn bounded_statvfs(path: &Path, timeout: Duration) -> Result<nix::sys::statvfs::Statvfs, Error> {
-    let p = path.to_path_buf();
-    mount::bounded_call(format!("statvfs {}", path.display()), timeout, move || nix::sys::statvfs::statvfs(&p))
-}
-
 /// Runs blocking mount work off the async runtime.
 async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
@@ -327,30 +320,11 @@ fn stats(path: &Path) -> Result<pb::NodeGetVolumeStatsResponse, Error> {
             Ok(_) => Err(Error::NotFound(format!("no volume is mounted at {}", path.display()))),
         };
     }
-    match bounded_statvfs(path, STATS_TIMEOUT) {
-        Ok(s) => {
-            let frsize = s.fragment_size() as i64;
-            let (blocks, bfree, bavail) = (s.blocks() as i64, s.blocks_free() as i64, s.blocks_available() as i64);
-            let (files, ffree) = (s.files() as i64, s.files_free() as i64);
-            let usage = vec![
-                pb::VolumeUsage {
-                    unit: pb::volume_usage::Unit::Bytes as i32,
-                    total: blocks * frsize,
-                    available: bavail * frsize,
-                    used: (blocks - bfree) * frsize,
-                },
-                pb::VolumeUsage {
-                    unit: pb::volume_usage::Unit::Inodes as i32,
-                    total: files,
-                    available: ffree,
-                    used: files - ffree,
-                },
-            ];
-            Ok(pb::NodeGetVolumeStatsResponse {
-                usage,
-                volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
-            })
-        }
+    match mount::statvfs(path, STATS_TIMEOUT) {
+        Ok(s) => Ok(pb::NodeGetVolumeStatsResponse {
+            usage: mount::volume_usage(&s),
+            volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
+        }),
         // The server does not answer (or the handle is stale): say so in the
         // volume condition rather than fail or hang, so the CO can show it.
         Err(e @ (Error::Timeout { .. } | Error::Sys { errno: Errno::ESTALE | Errno::EIO, .. })) => {
@@ -411,19 +385,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
         validate::require_volume_id(&req.volume_id)?;
-        if req.volume_path.is_empty() {
-            return Err(Error::InvalidArgument("volume path missing in request".into()).into());
-        }
-        // The spec makes volume_path absolute, but a relative one names no
-        // volume either, and NOT_FOUND is what the spec and csi-sanity ask for
-        // when no volume is at the path (csi-sanity sends `some/path`).
-        if !Path::new(&req.volume_path).is_absolute() {
-            return Err(Error::NotFound(format!(
-                "no volume at {:?}: not an absolute path, so nothing is published there",
-                req.volume_path
-            ))
-            .into());
-        }
+        validate::require_stats_path(&req.volume_path)?;
         let path = mount::normalize(Path::new(&req.volume_path))?;
         let resp = blocking(move || stats(&path)).await?;
         Ok(Response::new(resp))
@@ -433,15 +395,12 @@ impl pb::node_server::Node for NodeService {
         &self,
         _: Request<pb::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
-        let cap = |t: NodeCap| pb::NodeServiceCapability {
-            r#type: Some(pb::node_service_capability::Type::Rpc(pb::node_service_capability::Rpc { r#type: t as i32 })),
-        };
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                cap(NodeCap::GetVolumeStats),
-                cap(NodeCap::VolumeCondition),
-                cap(NodeCap::SingleNodeMultiWriter),
-            ],
+            capabilities: csi_core::caps::node([
+                NodeCap::GetVolumeStats,
+                NodeCap::VolumeCondition,
+                NodeCap::SingleNodeMultiWriter,
+            ]),
         }))
     }
 

@@ -17,6 +17,8 @@ pub mod ops;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use csi_core::locks::Locks;
+use csi_core::paging::page;
 use csi_core::pb::{self, controller_service_capability as csc};
 use csi_core::redact::Secrets;
 use csi_core::validate::{self, CapabilitySupport};
@@ -144,10 +146,6 @@ fn cluster_of(volume_id: &str) -> String {
     VolumeId::parse(volume_id).map(|v| v.cluster_id).unwrap_or_default()
 }
 
-fn rpc(t: csc::rpc::Type) -> pb::ControllerServiceCapability {
-    pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) }
-}
-
 #[tonic::async_trait]
 impl pb::controller_server::Controller for ControllerService {
     async fn controller_get_capabilities(
@@ -155,7 +153,7 @@ impl pb::controller_server::Controller for ControllerService {
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
         use csc::rpc::Type as T;
-        let capabilities = [
+        let capabilities = csi_core::caps::controller([
             T::CreateDeleteVolume,
             T::CreateDeleteSnapshot,
             T::CloneVolume,
@@ -168,10 +166,7 @@ impl pb::controller_server::Controller for ControllerService {
             T::PublishUnpublishVolume,
             T::PublishReadonly,
             T::ListVolumesPublishedNodes,
-        ]
-        .into_iter()
-        .map(rpc)
-        .collect();
+        ]);
         Ok(Response::new(pb::ControllerGetCapabilitiesResponse { capabilities }))
     }
 
@@ -248,21 +243,7 @@ impl pb::controller_server::Controller for ControllerService {
         if found.is_none() {
             return Err(validate::volume_not_found(&req.volume_id).into());
         }
-        if let Some(e) = req.volume_capabilities.iter().find_map(|c| validate::check_capability(c, &SUPPORT).err()) {
-            return Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
-                confirmed: None,
-                message: e.to_string(),
-            }));
-        }
-        Ok(Response::new(pb::ValidateVolumeCapabilitiesResponse {
-            confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
-                volume_context: req.volume_context,
-                volume_capabilities: req.volume_capabilities,
-                parameters: req.parameters,
-                mutable_parameters: req.mutable_parameters,
-            }),
-            message: String::new(),
-        }))
+        Ok(Response::new(validate::confirm_capabilities(req, &SUPPORT)))
     }
 
     async fn list_volumes(
@@ -573,120 +554,9 @@ impl pb::controller_server::Controller for ControllerService {
     }
 }
 
-/// Per-name async locks: concurrent calls for one name run in turn (the
-/// second waits and then finds the first one's result in the journal)
-/// instead of failing with ABORTED.
-#[derive(Debug, Default)]
-struct Locks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
-
-struct LockGuard {
-    map: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    key: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Locks {
-    async fn lock(&self, kind: &str, key: &str) -> LockGuard {
-        let key = format!("{kind}\0{key}");
-        let m = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(key.clone()).or_default())
-        };
-        let guard = m.lock_owned().await;
-        LockGuard { map: Arc::clone(&self.0), key, guard: Some(guard) }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        drop(self.guard.take());
-        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
-            map.remove(&self.key);
-        }
-    }
-}
-
-/// Marks our pagination tokens, so that a token we did not make is ABORTED.
-const TOKEN_PREFIX: &str = "after:";
-
-/// Pagination over a sorted list; the token names the last entry returned
-/// (hex), so entries added or removed between calls do not shift pages.
-fn page<T>(all: Vec<T>, key: impl Fn(&T) -> &str, max_entries: i32, token: &str) -> Result<(Vec<T>, String), Error> {
-    if max_entries < 0 {
-        return Err(Error::InvalidArgument(format!("max_entries {max_entries} is negative")));
-    }
-    let after = match token {
-        "" => None,
-        t => Some(
-            t.strip_prefix(TOKEN_PREFIX)
-                .and_then(hex_decode)
-                .ok_or_else(|| Error::Aborted(format!("starting_token {t:?} is not one this driver made")))?,
-        ),
-    };
-    let mut rest: Vec<T> = match &after {
-        None => all,
-        Some(a) => all.into_iter().filter(|e| key(e) > a.as_str()).collect(),
-    };
-    let next = match max_entries {
-        n if n > 0 && rest.len() > n as usize => {
-            rest.truncate(n as usize);
-            rest.last().map(|e| format!("{TOKEN_PREFIX}{}", hex_encode(key(e)))).unwrap_or_default()
-        }
-        _ => String::new(),
-    };
-    Ok((rest, next))
-}
-
-fn hex_encode(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes =
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    fn key(s: &String) -> &str {
-        s
-    }
-
-    #[test]
-    fn pages_walk_the_list_and_a_bad_token_is_aborted() {
-        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-        let all = ids(&["a", "b", "c", "d", "e"]);
-        let (p1, t1) = page(all.clone(), key, 2, "").unwrap();
-        assert_eq!(p1, ids(&["a", "b"]));
-        let (p2, t2) = page(all.clone(), key, 2, &t1).unwrap();
-        assert_eq!(p2, ids(&["c", "d"]));
-        assert_eq!(page(all.clone(), key, 2, &t2).unwrap(), (ids(&["e"]), String::new()));
-        assert_eq!(page(all.clone(), key, 0, "").unwrap(), (all.clone(), String::new()));
-        for bad in ["x", "after:6", "after:zz"] {
-            assert!(matches!(page(all.clone(), key, 1, bad), Err(Error::Aborted(_))), "{bad}");
-        }
-        assert!(matches!(page(all, key, -1, ""), Err(Error::InvalidArgument(_))));
-    }
-
-    #[tokio::test]
-    async fn one_name_at_a_time_and_locks_are_forgotten_after_use() {
-        let locks = Locks::default();
-        let a = locks.lock("volume", "x").await;
-        let other = locks.lock("volume", "y").await;
-        let waiting = tokio::time::timeout(Duration::from_millis(50), locks.lock("volume", "x")).await;
-        assert!(waiting.is_err(), "a second lock on one name waits");
-        drop((a, other));
-        let _again = locks.lock("volume", "x").await;
-        assert_eq!(locks.0.lock().unwrap().len(), 1);
-    }
 
     #[test]
     fn two_writers_on_two_nodes_are_refused() {

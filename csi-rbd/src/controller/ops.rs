@@ -22,7 +22,7 @@
 use std::time::SystemTime;
 
 use ceph::{ImageInfo, ImageOptions, Rbd};
-use csi_core::pb::{self, volume_content_source as vcs};
+use csi_core::pb;
 use csi_core::validate::{self, Capacity};
 use csi_core::Error;
 use tracing::{info, warn};
@@ -166,25 +166,7 @@ fn clone_options(p: &CreateParams) -> ImageOptions {
     ImageOptions { features, data_pool: p.data_pool.clone(), order: None }
 }
 
-/// `snapshot:<id>` / `volume:<id>` / empty.
-pub fn content_source_key(src: Option<&pb::VolumeContentSource>) -> String {
-    match src.and_then(|s| s.r#type.as_ref()) {
-        None => String::new(),
-        Some(vcs::Type::Snapshot(s)) => format!("snapshot:{}", s.snapshot_id),
-        Some(vcs::Type::Volume(v)) => format!("volume:{}", v.volume_id),
-    }
-}
-
-/// The content source of a key made by [`content_source_key`].
-pub fn content_source_from(key: &str) -> Option<pb::VolumeContentSource> {
-    let (kind, id) = key.split_once(':')?;
-    let r#type = match kind {
-        "snapshot" => vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: id.to_string() }),
-        "volume" => vcs::Type::Volume(vcs::VolumeSource { volume_id: id.to_string() }),
-        _ => return None,
-    };
-    Some(pb::VolumeContentSource { r#type: Some(r#type) })
-}
+pub use csi_core::source::{content_source_from, content_source_key};
 
 /// A resolved content source: the image (and snapshot) to clone from.
 #[derive(Debug)]
@@ -612,13 +594,5 @@ mod tests {
         assert_eq!(pick_size(&c(None, Some(3 << 20)), 0).unwrap(), 3 << 20);
         assert_eq!(pick_size(&c(Some(10), None), 5 << 20).unwrap(), 5 << 20, "at least the source");
         assert!(matches!(pick_size(&c(Some(4097), Some(4100)), 0), Err(Error::OutOfRange(_))));
-    }
-
-    #[test]
-    fn content_sources_round_trip() {
-        for key in ["snapshot:0001-0001-a-0000000000000001-x", "volume:v"] {
-            assert_eq!(content_source_key(content_source_from(key).as_ref()), key);
-        }
-        assert!(content_source_from("").is_none());
     }
 }

@@ -735,32 +735,11 @@ impl NodeService {
         if mount::find_mount(&table, path)?.is_none() {
             return Err(Status::not_found(format!("no volume is mounted at {}", path.display())));
         }
-        let p = path.to_path_buf();
-        match mount::bounded_call(format!("statvfs {}", path.display()), STATS_TIMEOUT, move || {
-            nix::sys::statvfs::statvfs(&p)
-        }) {
-            Ok(s) => {
-                let frsize = s.fragment_size() as i64;
-                let (blocks, bfree, bavail) = (s.blocks() as i64, s.blocks_free() as i64, s.blocks_available() as i64);
-                let (files, ffree) = (s.files() as i64, s.files_free() as i64);
-                Ok(pb::NodeGetVolumeStatsResponse {
-                    usage: vec![
-                        pb::VolumeUsage {
-                            unit: pb::volume_usage::Unit::Bytes as i32,
-                            total: blocks * frsize,
-                            available: bavail * frsize,
-                            used: (blocks - bfree) * frsize,
-                        },
-                        pb::VolumeUsage {
-                            unit: pb::volume_usage::Unit::Inodes as i32,
-                            total: files,
-                            available: ffree,
-                            used: files - ffree,
-                        },
-                    ],
-                    volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
-                })
-            }
+        match mount::statvfs(path, STATS_TIMEOUT) {
+            Ok(s) => Ok(pb::NodeGetVolumeStatsResponse {
+                usage: mount::volume_usage(&s),
+                volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
+            }),
             Err(e @ Error::Timeout { .. }) => Ok(pb::NodeGetVolumeStatsResponse {
                 usage: Vec::new(),
                 volume_condition: Some(pb::VolumeCondition { abnormal: true, message: e.to_string() }),
@@ -901,12 +880,7 @@ impl pb::node_server::Node for Node {
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
         validate::require_volume_id(&req.volume_id)?;
-        if req.volume_path.is_empty() {
-            return Err(Status::invalid_argument("volume path missing in request"));
-        }
-        if !Path::new(&req.volume_path).is_absolute() {
-            return Err(Status::not_found(format!("no volume at {:?}: not an absolute path", req.volume_path)));
-        }
+        validate::require_stats_path(&req.volume_path)?;
         let path = mount::normalize(Path::new(&req.volume_path))?;
         let rec = self.0.record_of(&req.volume_id)?;
         let svc = Arc::clone(&self.0);
@@ -919,9 +893,7 @@ impl pb::node_server::Node for Node {
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let req = req.into_inner();
         validate::require_volume_id(&req.volume_id)?;
-        if req.volume_path.is_empty() {
-            return Err(Status::invalid_argument("volume path missing in request"));
-        }
+        validate::require_volume_path(&req.volume_path)?;
         let range = validate::capacity_range(req.capacity_range.as_ref())?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;
@@ -938,17 +910,14 @@ impl pb::node_server::Node for Node {
         &self,
         _: Request<pb::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
-        let cap = |t: NodeCap| pb::NodeServiceCapability {
-            r#type: Some(pb::node_service_capability::Type::Rpc(pb::node_service_capability::Rpc { r#type: t as i32 })),
-        };
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                cap(NodeCap::StageUnstageVolume),
-                cap(NodeCap::ExpandVolume),
-                cap(NodeCap::GetVolumeStats),
-                cap(NodeCap::VolumeCondition),
-                cap(NodeCap::SingleNodeMultiWriter),
-            ],
+            capabilities: csi_core::caps::node([
+                NodeCap::StageUnstageVolume,
+                NodeCap::ExpandVolume,
+                NodeCap::GetVolumeStats,
+                NodeCap::VolumeCondition,
+                NodeCap::SingleNodeMultiWriter,
+            ]),
         }))
     }
 
