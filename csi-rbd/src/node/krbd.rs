@@ -217,12 +217,16 @@ pub fn unmap(id: DevId, options: &str, cluster_hung: bool) -> Result<(), Error> 
         Err(Error::Sys { errno: Errno::EBUSY, .. }) => {}
         r => return r,
     }
+    // The filesystem just unmounted may still be letting go of the device
+    // (seen with xfs right after umount returns, and with ext4 under TCG):
+    // poll, 1 ms at first (it is usually a matter of milliseconds, and each
+    // wait is on the unstage's path), doubling up to 64 ms.
+    let mut pause = Duration::from_millis(1);
     loop {
         match gone(exec::sysfs_write(&remove, line.clone(), &what, UNMAP_TIMEOUT)) {
-            // The filesystem just unmounted may still be letting go of the
-            // device (seen with xfs right after umount returns): wait a little.
             Err(Error::Sys { errno: Errno::EBUSY, .. }) if std::time::Instant::now() < busy_until => {
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(64));
             }
             r => return r,
         }

@@ -24,6 +24,7 @@ pub mod fs;
 pub mod krbd;
 pub mod nbd;
 pub mod record;
+mod steps;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use csi_core::pb::volume_capability::access_mode::Mode as AccessMode;
 use csi_core::pb::volume_capability::AccessType;
 use csi_core::validate::{self, CapabilitySupport, InFlight};
 use csi_core::Error;
+use steps::Steps;
 use tonic::{Request, Response, Status};
 
 use crate::attach;
@@ -118,6 +120,40 @@ where
     match rx.recv_timeout(timeout) {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded(format!("{what}: Ceph did not answer within {timeout:?}"))),
+    }
+}
+
+/// Work started on its own thread by [`start_bounded`], waited for later.
+struct Pending<T> {
+    what: String,
+    rx: std::sync::mpsc::Receiver<Result<T, Status>>,
+}
+
+/// Starts `f` on its own thread and returns at once (the stage overlaps a
+/// Ceph round trip with its local work); [`Pending::wait`] collects it.
+fn start_bounded<T, F>(what: &str, f: F) -> Result<Pending<T>, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("csi-rbd-ceph".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| Status::internal(format!("{what}: start a thread: {e}")))?;
+    Ok(Pending { what: what.to_string(), rx })
+}
+
+impl<T> Pending<T> {
+    /// The result, waiting at most until `deadline`.
+    fn wait(self, deadline: Instant) -> Result<T, Status> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded(format!("{}: Ceph did not answer in time", self.what))),
+        }
     }
 }
 
@@ -350,6 +386,14 @@ impl NodeService {
 
     /// NodeStageVolume's work (blocking).
     fn stage(&self, r: StageReq) -> Result<(), Status> {
+        let mut steps = Steps::new();
+        let vol = r.volume_id.clone();
+        let res = self.stage_steps(r, &mut steps);
+        tracing::debug!(volume = %vol, "stage steps: {}", steps.summary());
+        res
+    }
+
+    fn stage_steps(&self, r: StageReq, steps: &mut Steps) -> Result<(), Status> {
         // A retry of a stage that completed: same path, still mapped and mounted.
         if let Some(rec) = self.records.load(&r.volume_id)? {
             if rec.staging_path != r.staging {
@@ -372,8 +416,10 @@ impl NodeService {
                 return Ok(());
             }
         }
+        steps.mark("load-record");
         let monitors = self.monitors(&r.target.cluster_id)?;
         let rbd = self.connect(&r.target.cluster_id, &r.user, &r.key, CEPH_TIMEOUT)?;
+        steps.mark("connect");
         let pool = match (&r.target.pool, r.target.pool_id) {
             (Some(p), _) => p.clone(),
             (None, Some(id)) => {
@@ -384,10 +430,12 @@ impl NodeService {
         };
         let image = r.target.image.clone();
         let node = self.cfg.node_id.clone();
+        steps.mark("pool");
 
         // Exclusivity first: nothing is mapped unless this node may have it.
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
         bounded("claim the attach lock", CEPH_TIMEOUT, move || attach::publish(c.as_ref(), &p, &i, &n, ro))?;
+        steps.mark("claim");
 
         let mut rec = StageRecord {
             volume_id: r.volume_id.clone(),
@@ -402,7 +450,7 @@ impl NodeService {
             node: node.clone(),
             readonly: r.readonly,
         };
-        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec);
+        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec, steps);
         if let Err(e) = result {
             tracing::warn!(volume = %r.volume_id, "stage failed, rolling back: {}", e.message());
             self.rollback(&rec, &rbd);
@@ -417,6 +465,7 @@ impl NodeService {
         monitors: &[String],
         rbd: &Arc<dyn ceph::Rbd>,
         rec: &mut StageRecord,
+        steps: &mut Steps,
     ) -> Result<(), Status> {
         // The record (and the secret, to release the lock at unstage) before
         // mapping: a crash after the map leaves what unstage needs.
@@ -424,6 +473,7 @@ impl NodeService {
             self.records.save_secret(&r.volume_id, &StageSecret { user: r.user.clone(), key: r.key.clone() })?;
         }
         self.records.save(rec)?;
+        steps.mark("save-record+secret");
         let (pool, image) = (rec.pool.clone(), rec.image.clone());
         let (device, client_addr) = match r.mounter {
             Mounter::Krbd => {
@@ -464,19 +514,43 @@ impl NodeService {
                 (dev, addr)
             }
         };
+        steps.mark("map");
         rec.device = device.clone();
         self.records.save(rec)?;
+        steps.mark("save-device");
         if client_addr.is_empty() {
             tracing::warn!(volume = %r.volume_id, %device, "the client address of the mapping is unknown: a takeover cannot fence it");
         }
         let a = attach::NodeAttachment::new(&client_addr, r.mounter.as_str(), &device, r.readonly);
         let (c, p, i, n) = (Arc::clone(rbd), pool.clone(), image.clone(), rec.node.clone());
-        bounded("record the attachment", CEPH_TIMEOUT, move || attach::record(c.as_ref(), &p, &i, &n, &a))?;
+        // The client address goes to Ceph while the filesystem is probed,
+        // made and mounted (one round trip off the critical path). Waited
+        // for before returning, success or failure: the stage succeeds only
+        // once a takeover can fence this client, and a rollback's release
+        // must come after this write, not race it.
+        let deadline = Instant::now() + CEPH_TIMEOUT;
+        let recording = start_bounded("record the attachment", move || attach::record(c.as_ref(), &p, &i, &n, &a))?;
+        let local = self.make_fs_and_mount(r, &device, rec, steps);
+        let recorded = recording.wait(deadline);
+        steps.mark("record-attachment");
+        local.and(recorded)
+    }
 
+    /// The filesystem half of a stage: probe (make on a blank device), mount.
+    fn make_fs_and_mount(
+        &self,
+        r: &StageReq,
+        device: &str,
+        rec: &mut StageRecord,
+        steps: &mut Steps,
+    ) -> Result<(), Status> {
+        let device = device.to_string();
         if rec.is_block() {
             return Ok(());
         }
-        let found = fs::probe(&device)?;
+        // Zeros at both ends: blank, no blkid process; anything else: blkid decides.
+        let found = if fs::zeroed_ends(&device)? { None } else { fs::probe(&device)? };
+        steps.mark("probe");
         let fs_type = match found {
             None if r.readonly => {
                 return Err(Status::failed_precondition(format!(
@@ -486,6 +560,7 @@ impl NodeService {
             }
             None => {
                 fs::mkfs(&device, &rec.fs_type)?;
+                steps.mark("mkfs");
                 rec.fs_type.clone()
             }
             Some(t) if fs::SUPPORTED.contains(&t.as_str()) => t,
@@ -502,6 +577,7 @@ impl NodeService {
             self.records.save(rec)?;
         }
         let table = mount::mounts()?;
+        steps.mark("mounts");
         if let Some(m) = mount::find_mount(&table, &r.staging)? {
             if m.source == device {
                 return Ok(());
@@ -517,6 +593,7 @@ impl NodeService {
         let (flags, mut data) = mount_flags(&r.mount_flags, r.readonly);
         data = vec![fs::mount_data(&fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
         mount::mount(&device, &r.staging, &fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT)?;
+        steps.mark("mount");
         Ok(())
     }
 
@@ -591,7 +668,9 @@ impl NodeService {
             return Ok(());
         };
         let started = Instant::now();
+        let mut steps = Steps::new();
         let cluster_hung = self.teardown(&rec)?;
+        steps.mark("teardown");
         if cluster_hung && !rec.readonly {
             tracing::warn!(
                 volume = volume_id,
@@ -621,7 +700,10 @@ impl NodeService {
                 ),
             }
         }
+        steps.mark("release");
         self.records.remove(volume_id)?;
+        steps.mark("remove-record");
+        tracing::debug!(volume = volume_id, "unstage steps: {}", steps.summary());
         tracing::info!(volume = volume_id, ms = started.elapsed().as_millis() as u64, "unstaged");
         Ok(())
     }
