@@ -549,7 +549,11 @@ impl NodeService {
             return Ok(());
         }
         // Zeros at both ends: blank, no blkid process; anything else: blkid decides.
-        let found = if fs::zeroed_ends(&device)? { None } else { fs::probe(&device)? };
+        let found = match fs::inspect(&device)? {
+            fs::Content::Blank => None,
+            fs::Content::Known(t) => Some(t.to_string()),
+            fs::Content::Other => fs::probe(&device)?,
+        };
         steps.mark("probe");
         let fs_type = match found {
             None if r.readonly => {
