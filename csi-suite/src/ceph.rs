@@ -13,6 +13,10 @@
 //! - Pool `rbd` exists and is initialised for RBD. [`Ceph::admin_key`] is
 //!   `client.admin`'s key, what a CSI secret's `userKey` carries.
 //!
+//! The monitor's store is a few MB in the temp dir; its refusal to start when
+//! the host's disk is over 95% full (`mon data avail crit`) is turned off:
+//! a test machine's full disk is not the cluster's business.
+//!
 //! Several clusters run side by side: each has its own dir, bridge and
 //! address, so tests that each start one may run in parallel.
 
@@ -27,6 +31,9 @@ use crate::{Error, Result};
 
 /// How long one setup step (a `ceph` or `rbd` command) may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many times [`Ceph::start`] tries before it gives up.
+pub const START_ATTEMPTS: usize = 3;
 
 /// The monitor's port (msgr2).
 pub const MON_PORT: u16 = 3300;
@@ -55,13 +62,22 @@ impl Ceph {
                 )));
             }
         }
-        let claim = SubnetClaim::new().map_err(Error::Ceph)?;
-        let bridge = testkit::util::unique_link(testkit::util::next_id());
-        let dir = std::env::temp_dir().join(format!("ceph-{}-{}", std::process::id(), bridge));
-        let fsid = uuid_v4();
-        let mut c = Ceph { dir, bridge, claim, fsid, admin_key: String::new(), mon: None, osd: None, mgr: None };
-        c.setup()?;
-        Ok(c)
+        // A start can fail for reasons of the moment (a port, a bridge, a
+        // loaded machine): try again with a fresh subnet, bridge and dir, and
+        // say every attempt's error (the daemons' stderr included).
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let claim = SubnetClaim::new().map_err(Error::Ceph)?;
+            let bridge = testkit::util::unique_link(testkit::util::next_id());
+            let dir = std::env::temp_dir().join(format!("ceph-{}-{}", std::process::id(), bridge));
+            let fsid = uuid_v4();
+            let mut c = Ceph { dir, bridge, claim, fsid, admin_key: String::new(), mon: None, osd: None, mgr: None };
+            match c.setup() {
+                Ok(()) => return Ok(c),
+                Err(e) => errors.push(e.to_string()), // dropping `c` removes what it made
+            }
+        }
+        Err(Error::Ceph(format!("no cluster after {START_ATTEMPTS} attempts:\n{}", errors.join("\n---\n"))))
     }
 
     /// The monitor's address (`IP:3300`), as ceph-csi's config.json lists it.
@@ -186,8 +202,11 @@ impl Ceph {
         ])?;
         let c = self.conf().to_string_lossy().into_owned();
         let data_s = data.to_string_lossy().into_owned();
-        self.mgr =
-            Some(spawn_daemon("ceph-mgr", &["-f", "-i", "x", "-c", &c, "--mgr-data", &data_s, "--keyring", &keyring])?);
+        self.mgr = Some(spawn_daemon(
+            &self.dir,
+            "ceph-mgr",
+            &["-f", "-i", "x", "-c", &c, "--mgr-data", &data_s, "--keyring", &keyring],
+        )?);
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             let df = self.ceph_json(&["df"])?;
@@ -296,11 +315,12 @@ impl Ceph {
         run_checked("monmaptool", &["--create", "--addv", "a", &v2, "--fsid", &self.fsid, &monmap])?;
         let c = conf.to_string_lossy().into_owned();
         run_checked("ceph-mon", &["--mkfs", "-i", "a", "-c", &c, "--monmap", &monmap, "--keyring", &kr])?;
-        self.mon = Some(spawn_daemon("ceph-mon", &["-f", "-i", "a", "-c", &c, "--public-addr", &ip.to_string()])?);
+        self.mon =
+            Some(spawn_daemon(&self.dir, "ceph-mon", &["-f", "-i", "a", "-c", &c, "--public-addr", &ip.to_string()])?);
         self.wait_for_mon()?;
         self.ceph(&["osd", "create"])?;
         run_checked("ceph-osd", &["-i", "0", "-c", &c, "--mkfs"])?;
-        self.osd = Some(spawn_daemon("ceph-osd", &["-f", "-i", "0", "-c", &c])?);
+        self.osd = Some(spawn_daemon(&self.dir, "ceph-osd", &["-f", "-i", "0", "-c", &c])?);
         self.create_pool("rbd")?;
         Ok(())
     }
@@ -309,7 +329,11 @@ impl Ceph {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             if !self.mon_running() {
-                return Err(Error::Ceph(format!("ceph-mon exited; log tail:\n{}", self.log_tail("mon.a", 20))));
+                return Err(Error::Ceph(format!(
+                    "ceph-mon exited; its stderr:\n{}\nlog tail:\n{}",
+                    self.log_tail("ceph-mon-stderr", 20),
+                    self.log_tail("mon.a", 20)
+                )));
             }
             if TcpStream::connect_timeout(&self.mon_addr(), Duration::from_millis(200)).is_ok() {
                 return Ok(());
@@ -347,6 +371,8 @@ impl Ceph {
              osd pool default min size = 1\n\
              mon allow pool size one = true\n\
              mon allow pool delete = true\n\
+             mon data avail crit = 0\n\
+             mon data avail warn = 0\n\
              osd objectstore = memstore\n\
              memstore device bytes = 2147483648\n\
              osd crush chooseleaf type = 0\n\
@@ -390,12 +416,16 @@ fn allow_qemu_bridges() -> Result<()> {
     std::fs::write(p, format!("{cur}allow all\n")).map_err(|e| Error::io("write /etc/qemu/bridge.conf", e))
 }
 
-fn spawn_daemon(prog: &str, args: &[&str]) -> Result<Child> {
+/// Starts a daemon in the foreground; its stderr goes to `log/<prog>-stderr.log`
+/// (what it says before its own log is open, e.g. a bind failure).
+fn spawn_daemon(dir: &Path, prog: &str, args: &[&str]) -> Result<Child> {
+    let path = dir.join("log").join(format!("{prog}-stderr.log"));
+    let stderr = std::fs::File::create(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
     Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| Error::io(format!("start {prog}"), e))
 }
