@@ -220,7 +220,7 @@ impl Drop for StagedBins {
 /// reads its JSON line.
 fn node_in_guest(o: &Opts, server: &Ganesha) -> R<Vec<Row>> {
     std::fs::create_dir_all(server.root().join("bench-node")).map_err(|e| format!("volume dir: {e}"))?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = testkit::util::workspace_root();
     let run = root.join("scripts/guest/run.sh");
     let script = root.join("scripts/guest/bench-csi-nfs.sh");
     ensure!(run.is_file() && script.is_file(), "{} or {} missing", run.display(), script.display());

@@ -76,9 +76,9 @@ pub const NODE_CSI_PORT: u16 = 10000;
 /// The port of the command server in a [`GuestConfig::node`] guest.
 pub const NODE_EXEC_PORT: u16 = 10001;
 
-/// The workspace root (where `scripts/` is).
+/// The workspace root (where `scripts/` is): [`testkit::util::workspace_root`].
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    testkit::util::workspace_root()
 }
 
 /// A running guest; its console goes to [`Guest::log_path`] (kept when

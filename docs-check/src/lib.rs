@@ -16,9 +16,11 @@ use std::path::{Path, PathBuf};
 
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
-/// The workspace root (this crate's parent directory).
+/// The workspace root, found at run time ([`testkit::util::workspace_root`]):
+/// the docs read are the checkout's under test, even when the build dir was
+/// last filled from another checkout.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("docs-check lives in the workspace").to_path_buf()
+    testkit::util::workspace_root()
 }
 
 /// Reads `rel` (relative to the workspace root), panicking with the path on failure.

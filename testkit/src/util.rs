@@ -238,6 +238,26 @@ pub fn sh(cmd: &str) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The workspace root (where `scripts/` and the workspace `Cargo.toml` are):
+/// `$CFT_ROOT` if set, else the nearest ancestor of the current directory
+/// that holds `scripts/guest/run.sh` (cargo runs tests in their crate's
+/// directory, scripts/test.sh runs the CLI at the root), else the checkout
+/// this crate was compiled in. Found at run time first because a build dir
+/// shared by two checkouts (a session's and CI's clone) keeps the
+/// compile-time path of whichever built it last.
+pub fn workspace_root() -> std::path::PathBuf {
+    if let Some(r) = std::env::var_os("CFT_ROOT") {
+        return r.into();
+    }
+    let marked = |d: &std::path::Path| d.join("scripts/guest/run.sh").is_file() && d.join("Cargo.toml").is_file();
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(d) = cwd.ancestors().find(|d| marked(d)) {
+            return d.to_path_buf();
+        }
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(std::path::Path::new(".")).to_path_buf()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
