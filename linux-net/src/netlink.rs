@@ -19,6 +19,31 @@ pub struct Netlink {
     buf: Vec<u8>,
 }
 
+/// Bound on waiting for one reply. rtnetlink answers a request before the
+/// send returns, so a reply that does not come is a lost message (a bug, or
+/// an ack dropped on a full buffer): the call fails instead of hanging.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn set_read_timeout(sock: &Socket, t: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as libc::suseconds_t };
+    // SAFETY: setsockopt on our own socket, with a pointer to a live timeval and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 impl Netlink {
     /// Opens a route socket in the calling thread's current network namespace.
     pub fn open() -> Result<Netlink> {
@@ -27,6 +52,7 @@ impl Netlink {
         sock.connect(&SocketAddr::new(0, 0)).map_err(|e| Error::io("connect netlink socket", e))?;
         // Extended acks make the kernel's refusals carry a reason; failure to enable is harmless.
         let _ = sock.set_ext_ack(true);
+        set_read_timeout(&sock, READ_TIMEOUT).map_err(|e| Error::io("set the netlink socket's read timeout", e))?;
         Ok(Netlink { sock, seq: 0, buf: vec![0; 64 * 1024] })
     }
 
@@ -186,7 +212,13 @@ impl Netlink {
     }
 
     fn receive(&mut self, op: &dyn Fn() -> String) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(|e| Error::io(op(), e))?;
+        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::io(
+                op(),
+                std::io::Error::new(e.kind(), format!("the kernel did not answer within {READ_TIMEOUT:?}")),
+            ),
+            _ => Error::io(op(), e),
+        })?;
         let mut msgs = Vec::new();
         let mut off = 0;
         while off < n {
