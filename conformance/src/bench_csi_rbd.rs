@@ -47,6 +47,8 @@ const CLUSTER_ID: &str = "bench";
 const POOL: &str = "rbd";
 /// Marker of the guest half's JSON line in its output.
 const MARK: &str = "BENCH-CSI-RBD ";
+/// Marker of a driver's per-step debug line passed from the guest half.
+const STEPS_MARK: &str = "BENCH-CSI-RBD-STEPS ";
 /// The mkfs.ext4 options of the raw side: ceph-csi's and csi-rbd's defaults
 /// (no discard of a fresh thin image, lazy init of inode tables and journal).
 pub const MKFS_EXT4: &[&str] = &["-q", "-F", "-m0", "-Enodiscard,lazy_itable_init=1,lazy_journal_init=1"];
@@ -146,7 +148,7 @@ pub fn run(o: &Opts) -> R<Report> {
     }
     let c = Ceph::start().map_err(|e| format!("start ceph: {e}"))?;
     let work = Work::new(&c)?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = testkit::util::workspace_root();
     let run = root.join("scripts/guest/run.sh");
     let script = root.join("scripts/guest/bench-csi-rbd.sh");
     ensure!(run.is_file() && script.is_file(), "{} or {} missing", run.display(), script.display());
@@ -171,6 +173,7 @@ pub fn run(o: &Opts) -> R<Report> {
         .env("GUEST_NETWORK", format!("bridge:{}", c.bridge()))
         .env("GUEST_ADDR", &addr)
         .env("GUEST_MODULES", "rbd")
+        .env("GUEST_ENV", "BENCH_CSI_LOG")
         .env("GUEST_TIMEOUT", (300 + 60 * o.n).to_string())
         .stdin(Stdio::null())
         .output()
@@ -186,6 +189,9 @@ pub fn run(o: &Opts) -> R<Report> {
         )
     };
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("guest result {line:?}: {e}"))?;
+    for l in stdout.lines().filter_map(|l| l.split_once(STEPS_MARK).map(|(_, s)| s)) {
+        eprintln!("{l}");
+    }
     let mut report = Report { n: o.n, ..Default::default() };
     for r in v["rows"].as_array().into_iter().flatten() {
         let nums = |k: &str| -> Vec<f64> {
@@ -390,6 +396,14 @@ pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> 
         }
     }
     let (rows, notes) = result?;
+    // With BENCH_CSI_LOG=debug the drivers log each stage's and unstage's
+    // steps: pass those lines to the host, which prints them.
+    #[allow(clippy::print_stdout)]
+    for (name, p) in plugins.iter().flat_map(|(a, b)| [("bench-a", a), ("bench-b", b)]) {
+        for l in p.d.log().lines().filter(|l| l.contains("steps:")) {
+            println!("{STEPS_MARK}{name}: {l}");
+        }
+    }
     // The channels' connections live on `rt`: close them before the drivers
     // wait for their clients on SIGTERM.
     drop(plugins);

@@ -155,6 +155,24 @@ pub fn publish(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, readonly: boo
     }
 }
 
+/// NodeStageVolume's claim. In a CO's flow ControllerPublishVolume has
+/// already claimed the image for this node (from the controller's client),
+/// so the holders are read first: one round trip when so, instead of a
+/// refused lock and then the read. Otherwise as [`publish`].
+pub fn claim_at_stage(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, readonly: bool) -> Result<(), Status> {
+    if readonly {
+        return publish(rbd, pool, image, node, true);
+    }
+    let held = holders(rbd, pool, image)?;
+    if held.iter().any(|h| h == node) {
+        return Ok(());
+    }
+    if let Some(other) = held.first() {
+        return Err(held_elsewhere(pool, image, other));
+    }
+    claim(rbd, pool, image, node)
+}
+
 /// NodeStageVolume, once mapped: records what `node` mapped.
 pub fn record(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, a: &NodeAttachment) -> Result<(), Status> {
     let v = serde_json::to_vec(a).map_err(|e| Status::internal(format!("encode attachment: {e}")))?;

@@ -27,6 +27,8 @@
 #                  guests on one bridge never share QEMU's default MAC). Use it when the
 #                  server must be reachable at one address from every guest (Ceph: its
 #                  monitor hands out the OSDs' addresses).
+#   GUEST_ENV      names of host environment variables to set in the guest too (space
+#                  separated; the guest starts with a bare environment), e.g. "BENCH_CSI_LOG"
 #   GUEST_MEMORY   guest memory (default 1G)
 #   GUEST_CPUS     guest vCPUs (default 2)
 #
@@ -92,6 +94,10 @@ case ${GUEST_NETWORK:-} in
     ;;
   *) die "GUEST_NETWORK=$GUEST_NETWORK: expected 'user' or 'bridge:NAME'" ;;
 esac
+for v in ${GUEST_ENV:-}; do
+  [[ $v =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "GUEST_ENV: $v is not a variable name"
+  [[ -n ${!v+set} ]] && guest_cmd+="; export $v=$(printf '%q' "${!v}")"
+done
 guest_cmd+="; exec bash $(printf '%q ' "$script" "$@")"
 
 # The guest's /var is an empty in-memory overlay, so a build dir under /var (test.sh's

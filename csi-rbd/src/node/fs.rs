@@ -123,7 +123,11 @@ fn read_ends(device: &str) -> std::io::Result<Content> {
     for (off, len) in ranges {
         let mut done = 0u64;
         while done < len {
-            let want = (len - done).min(buf.len() as u64) as usize;
+            // The first 4 KiB alone first: a filesystem's superblock is
+            // there, and one of ours staged again (a migration) is then
+            // named from one small read instead of a MiB.
+            let cap = if off == 0 && done == 0 { ALIGN } else { buf.len() };
+            let want = (len - done).min(cap as u64) as usize;
             let n = f.read_at(&mut buf[..want], off + done)?;
             if n == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short device"));

@@ -88,13 +88,20 @@ pub struct NodeConfig {
     pub max_volumes: i64,
 }
 
+/// (clusterID, user, hash of the key): a cached connection's key.
+type ConnKey = (String, String, u64);
+
 /// csi-rbd's Node service.
 #[derive(Debug)]
 pub struct NodeService {
     cfg: NodeConfig,
     records: Records,
     in_flight: InFlight,
-    conns: Arc<Mutex<HashMap<String, Arc<dyn ceph::Rbd>>>>,
+    /// Connections by (clusterID, user, hash of the key): as the
+    /// controller's cache (`connection.rs`), the secret itself is never a
+    /// map key.
+    conns: Arc<Mutex<HashMap<ConnKey, Arc<dyn ceph::Rbd>>>>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 /// A counter for unique temp names.
@@ -110,22 +117,15 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Status> + Send + 'static,
 {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("csi-rbd-ceph".into())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .map_err(|e| Status::internal(format!("{what}: start a thread: {e}")))?;
-    match rx.recv_timeout(timeout) {
-        Ok(r) => r,
-        Err(_) => Err(Status::deadline_exceeded(format!("{what}: Ceph did not answer within {timeout:?}"))),
-    }
+    let p = start_bounded(what, f)?;
+    let deadline = p.started + timeout;
+    p.wait(deadline)
 }
 
 /// Work started on its own thread by [`start_bounded`], waited for later.
 struct Pending<T> {
     what: String,
+    started: Instant,
     rx: std::sync::mpsc::Receiver<Result<T, Status>>,
 }
 
@@ -143,7 +143,7 @@ where
             let _ = tx.send(f());
         })
         .map_err(|e| Status::internal(format!("{what}: start a thread: {e}")))?;
-    Ok(Pending { what: what.to_string(), rx })
+    Ok(Pending { what: what.to_string(), started: Instant::now(), rx })
 }
 
 impl<T> Pending<T> {
@@ -152,7 +152,27 @@ impl<T> Pending<T> {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.rx.recv_timeout(left) {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!("{}: Ceph did not answer in time", self.what))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "{}: Ceph did not answer within {:?}",
+                self.what,
+                Duration::from_millis(deadline.saturating_duration_since(self.started).as_millis() as u64)
+            ))),
+        }
+    }
+}
+
+/// The stage's claim of the attach lock, running while the image is mapped.
+struct Claim {
+    pending: Option<Pending<()>>,
+    deadline: Instant,
+}
+
+impl Claim {
+    /// Waits for the claim (once; later calls return Ok).
+    fn confirm(&mut self) -> Result<(), Status> {
+        match self.pending.take() {
+            Some(p) => p.wait(self.deadline),
+            None => Ok(()),
         }
     }
 }
@@ -306,7 +326,7 @@ impl NodeService {
     /// The node service for `cfg`.
     pub fn new(cfg: NodeConfig) -> NodeService {
         let records = Records::new(&cfg.state_dir);
-        NodeService { cfg, records, in_flight: InFlight::default(), conns: Arc::default() }
+        NodeService { cfg, records, in_flight: InFlight::default(), conns: Arc::default(), hasher: Default::default() }
     }
 
     fn monitors(&self, cluster_id: &str) -> Result<Vec<String>, Status> {
@@ -326,7 +346,7 @@ impl NodeService {
         timeout: Duration,
     ) -> Result<Arc<dyn ceph::Rbd>, Status> {
         let monitors = self.monitors(cluster_id)?;
-        let cache_key = format!("{cluster_id}\0{user}\0{key}");
+        let cache_key = self.cache_key(cluster_id, user, key);
         if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
             return Ok(Arc::clone(c));
         }
@@ -343,7 +363,12 @@ impl NodeService {
     }
 
     fn forget_connection(&self, cluster_id: &str, user: &str, key: &str) {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("{cluster_id}\0{user}\0{key}"));
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.cache_key(cluster_id, user, key));
+    }
+
+    fn cache_key(&self, cluster_id: &str, user: &str, key: &str) -> ConnKey {
+        use std::hash::BuildHasher;
+        (cluster_id.to_string(), user.to_string(), self.hasher.hash_one(key))
     }
 
     fn stage_request(&self, req: pb::NodeStageVolumeRequest) -> Result<StageReq, Status> {
@@ -432,10 +457,17 @@ impl NodeService {
         let node = self.cfg.node_id.clone();
         steps.mark("pool");
 
-        // Exclusivity first: nothing is mapped unless this node may have it.
+        // Exclusivity: nothing is written (no mkfs, no mount, which writes
+        // the superblock; a raw block volume is not handed out) unless this
+        // node holds the image. The claim's round trip overlaps the map and
+        // the read-only probe; a refused claim undoes the map.
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
-        bounded("claim the attach lock", CEPH_TIMEOUT, move || attach::publish(c.as_ref(), &p, &i, &n, ro))?;
-        steps.mark("claim");
+        let mut claim = Claim {
+            pending: Some(start_bounded("claim the attach lock", move || {
+                attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)
+            })?),
+            deadline: Instant::now() + CEPH_TIMEOUT,
+        };
 
         let mut rec = StageRecord {
             volume_id: r.volume_id.clone(),
@@ -450,8 +482,11 @@ impl NodeService {
             node: node.clone(),
             readonly: r.readonly,
         };
-        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec, steps);
+        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec, &mut claim, steps);
+        let result = result.and_then(|()| claim.confirm());
         if let Err(e) = result {
+            // A claim still in flight lands before the rollback releases it.
+            let _ = claim.confirm();
             tracing::warn!(volume = %r.volume_id, "stage failed, rolling back: {}", e.message());
             self.rollback(&rec, &rbd);
             return Err(e);
@@ -465,6 +500,7 @@ impl NodeService {
         monitors: &[String],
         rbd: &Arc<dyn ceph::Rbd>,
         rec: &mut StageRecord,
+        claim: &mut Claim,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         // The record (and the secret, to release the lock at unstage) before
@@ -530,7 +566,7 @@ impl NodeService {
         // must come after this write, not race it.
         let deadline = Instant::now() + CEPH_TIMEOUT;
         let recording = start_bounded("record the attachment", move || attach::record(c.as_ref(), &p, &i, &n, &a))?;
-        let local = self.make_fs_and_mount(r, &device, rec, steps);
+        let local = self.make_fs_and_mount(r, &device, rec, claim, steps);
         let recorded = recording.wait(deadline);
         steps.mark("record-attachment");
         local.and(recorded)
@@ -542,11 +578,12 @@ impl NodeService {
         r: &StageReq,
         device: &str,
         rec: &mut StageRecord,
+        claim: &mut Claim,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         let device = device.to_string();
         if rec.is_block() {
-            return Ok(());
+            return claim.confirm();
         }
         // Zeros at both ends: blank, no blkid process; anything else: blkid decides.
         let found = match fs::inspect(&device)? {
@@ -555,6 +592,8 @@ impl NodeService {
             fs::Content::Other => fs::probe(&device)?,
         };
         steps.mark("probe");
+        claim.confirm()?;
+        steps.mark("claim");
         let fs_type = match found {
             None if r.readonly => {
                 return Err(Status::failed_precondition(format!(
@@ -642,6 +681,12 @@ impl NodeService {
     /// Returns whether the cluster looked hung (the unmount had to be forced).
     fn teardown(&self, rec: &StageRecord) -> Result<bool, Status> {
         let cluster_hung = unmount_all(&rec.staging_path)?;
+        self.unmap(rec, cluster_hung)?;
+        Ok(cluster_hung)
+    }
+
+    /// Unmaps the recorded device (or the image's mapping, found again).
+    fn unmap(&self, rec: &StageRecord, cluster_hung: bool) -> Result<(), Status> {
         match rec.mounter {
             Mounter::Krbd => {
                 let id = match krbd::DevId::from_device(&rec.device) {
@@ -661,7 +706,32 @@ impl NodeService {
                 }
             }
         }
-        Ok(cluster_hung)
+        Ok(())
+    }
+
+    /// Releases `rec`'s attach lock with the secret kept at stage; a failure
+    /// is logged and leaves the lock to ControllerUnpublishVolume.
+    fn release_lock(&self, rec: &StageRecord) {
+        let volume_id = rec.volume_id.as_str();
+        let Some(s) = self.records.load_secret(volume_id) else {
+            tracing::warn!(
+                volume = volume_id,
+                "no stage secret kept: the attach lock is left to ControllerUnpublishVolume"
+            );
+            return;
+        };
+        let released = self.connect(&rec.cluster_id, &s.user, &s.key, RELEASE_TIMEOUT).and_then(|rbd| {
+            let (p, i, n) = (rec.pool.clone(), rec.image.clone(), rec.node.clone());
+            bounded("release the attach lock", RELEASE_TIMEOUT, move || attach::release(rbd.as_ref(), &p, &i, &n))
+        });
+        if let Err(e) = released {
+            self.forget_connection(&rec.cluster_id, &s.user, &s.key);
+            tracing::warn!(
+                volume = volume_id,
+                "unstaged, but the attach lock stays held until ControllerUnpublishVolume breaks it: {}",
+                e.message()
+            );
+        }
     }
 
     /// NodeUnstageVolume's work (blocking).
@@ -673,38 +743,38 @@ impl NodeService {
         };
         let started = Instant::now();
         let mut steps = Steps::new();
-        let cluster_hung = self.teardown(&rec)?;
-        steps.mark("teardown");
+        let cluster_hung = unmount_all(&rec.staging_path)?;
+        steps.mark("umount");
         if cluster_hung && !rec.readonly {
             tracing::warn!(
                 volume = volume_id,
                 "the cluster does not answer: the attach lock stays held until ControllerUnpublishVolume fences this node"
             );
-        } else if !rec.readonly {
-            match self.records.load_secret(volume_id) {
-                Some(s) => {
-                    let released = self.connect(&rec.cluster_id, &s.user, &s.key, RELEASE_TIMEOUT).and_then(|rbd| {
-                        let (p, i, n) = (rec.pool.clone(), rec.image.clone(), rec.node.clone());
-                        bounded("release the attach lock", RELEASE_TIMEOUT, move || {
-                            attach::release(rbd.as_ref(), &p, &i, &n)
-                        })
-                    });
-                    if let Err(e) = released {
-                        self.forget_connection(&rec.cluster_id, &s.user, &s.key);
-                        tracing::warn!(
-                            volume = volume_id,
-                            "unstaged, but the attach lock stays held until ControllerUnpublishVolume breaks it: {}",
-                            e.message()
-                        );
-                    }
-                }
-                None => tracing::warn!(
-                    volume = volume_id,
-                    "no stage secret kept: the attach lock is left to ControllerUnpublishVolume"
-                ),
+        }
+        let release = !cluster_hung && !rec.readonly;
+        // Mounted nowhere else (a publish the CO never undid would keep the
+        // filesystem alive through its bind mount: a writer).
+        let unmounted = !rec.is_block() && !mount::mounts()?.iter().any(|m| m.source == rec.device);
+        if release && unmounted {
+            // The filesystem is unmounted: its writes reached the cluster
+            // before umount returned, and nothing here writes to the image
+            // again. So the lock goes while the device is unmapped (one
+            // Ceph round trip off a migration's path). A raw block device,
+            // or a filesystem still mounted elsewhere, is unmapped first:
+            // only the unmap (refused while open) proves no writer is left.
+            std::thread::scope(|sc| {
+                let releasing = sc.spawn(|| self.release_lock(&rec));
+                let unmapped = self.unmap(&rec, cluster_hung);
+                let _ = releasing.join();
+                unmapped
+            })?;
+        } else {
+            self.unmap(&rec, cluster_hung)?;
+            if release {
+                self.release_lock(&rec);
             }
         }
-        steps.mark("release");
+        steps.mark("unmap+release");
         self.records.remove(volume_id)?;
         steps.mark("remove-record");
         tracing::debug!(volume = volume_id, "unstage steps: {}", steps.summary());
