@@ -189,8 +189,16 @@ pub fn run(o: &Opts) -> R<Report> {
         )
     };
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("guest result {line:?}: {e}"))?;
+    let mut ours_busy = vec![];
+    let print_steps = std::env::var_os("BENCH_CSI_LOG").is_some();
     for l in stdout.lines().filter_map(|l| l.split_once(STEPS_MARK).map(|(_, s)| s)) {
-        eprintln!("{l}");
+        if print_steps {
+            eprintln!("{l}");
+        }
+        // Node A's unstages are the migrations' (B's are the clean-up).
+        if let Some(us) = l.strip_prefix("bench-a:").and_then(|l| l.split_once("unmap steps: busy=")) {
+            ours_busy.extend(us.1.split("µs").next().and_then(|n| n.parse::<f64>().ok()).map(|us| us / 1000.0));
+        }
     }
     let mut report = Report { n: o.n, ..Default::default() };
     for r in v["rows"].as_array().into_iter().flatten() {
@@ -202,6 +210,26 @@ pub fn run(o: &Opts) -> R<Report> {
     }
     for n in v["notes"].as_array().into_iter().flatten() {
         report.notes.push(n.as_str().unwrap_or_default().to_string());
+    }
+    // With the drivers' step lines (one `unmap steps: busy=` per migration
+    // on node A), the migration again with each side's own wait for the
+    // kernel to let go of the device taken out, round by round.
+    let raw_busy: Vec<f64> = v["raw_busy"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+    let migration = report.rows.iter().find(|r| r.what == MIGRATION.0).map(|r| (r.ours_ms.clone(), r.base_ms.clone()));
+    if let Some((ours, base)) = migration.filter(|(o, b)| o.len() == ours_busy.len() && b.len() == raw_busy.len()) {
+        let busy_rounds = ours_busy.iter().filter(|b| **b > 0.0).count();
+        report.rows.push(Row {
+            what: MIGRATION_NOT_BUSY.0,
+            baseline: MIGRATION_NOT_BUSY.1,
+            ours_ms: ours.iter().zip(&ours_busy).map(|(t, b)| t - b).collect(),
+            base_ms: base.iter().zip(&raw_busy).map(|(t, b)| t - b).collect(),
+        });
+        let (m, p) = median_p90(&ours_busy.iter().copied().filter(|b| *b > 0.0).collect::<Vec<_>>());
+        report.notes.push(format!(
+            "the migration's unmap on node A (driver log): busy after the umount in {busy_rounds} of {} rounds, \
+             median {m:.1} ms, p90 {p:.1} ms of those",
+            o.n
+        ));
     }
     report.notes.push(format!("one guest kernel under TCG (software CPU): boot + {} rounds took {took:.0?}", o.n));
     // Nothing either side made may stay in the pool.
@@ -218,9 +246,15 @@ const ROWS: &[(&str, &str)] = &[
     ("NodeStageVolume (mkfs)", "map+mkfs.ext4+mount"),
     ("NodePublishVolume", "mount MS_BIND"),
     ("NodeUnpublishVolume", "umount + rmdir"),
-    ("migrate: unstage A+stage B", "umount+unmap+map+mount"),
+    MIGRATION,
     ("DeleteVolume", "rbd rm (CLI)"),
 ];
+
+const MIGRATION: (&str, &str) = ("migrate: unstage A+stage B", "umount+unmap+map+mount");
+/// The migration less each side's wait for the kernel to release the
+/// device after the umount (EBUSY on unmap): host-side, from the drivers'
+/// step lines (at debug level, the bench's default for them).
+const MIGRATION_NOT_BUSY: (&str, &str) = ("migrate, less kernel busy", "same, less its busy wait");
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -303,13 +337,17 @@ fn map(env: &Env, image: &str) -> R<Mapped> {
 }
 
 /// Unmaps; EBUSY right after the umount (the filesystem still letting go of
-/// the device) is waited out with a 1 ms poll, bounded by 10 s.
-fn unmap(m: &Mapped) -> R<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// the device) is waited out with a 1 ms poll, bounded by 10 s. Returns how
+/// long the device stayed busy (ms).
+fn unmap(m: &Mapped) -> R<f64> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let mut busy = false;
     loop {
         match std::fs::write("/sys/bus/rbd/remove_single_major", m.0.to_string()) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(if busy { ms(started) } else { 0.0 }),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                busy = true;
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => bail!("unmap rbd{}: {e}", m.0),
@@ -349,9 +387,11 @@ fn rwo_mount() -> pb::VolumeCapability {
     }
 }
 
-/// A csi-rbd process in the guest, quiet unless BENCH_CSI_LOG says otherwise.
+/// A csi-rbd process in the guest, at debug level unless BENCH_CSI_LOG says
+/// otherwise: its per-step lines (a few per call; the gRPC stack stays at
+/// info) give the migration's row less the kernel's busy wait.
 fn start_driver(bin: &Path, mode: &str, node: &str, work: &Path) -> R<DriverProcess> {
-    let level = std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "warn".into());
+    let level = std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "debug".into());
     let args: Vec<String> = vec![
         format!("--mode={mode}"),
         format!("--node-id={node}"),
@@ -395,9 +435,9 @@ pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> 
             eprintln!("--- {name} log (tail)\n{}", tail(&p.d.log(), 30));
         }
     }
-    let (rows, notes) = result?;
-    // With BENCH_CSI_LOG=debug the drivers log each stage's and unstage's
-    // steps: pass those lines to the host, which prints them.
+    let (rows, notes, busy) = result?;
+    // The drivers log each stage's and unstage's steps at debug level: pass
+    // those lines to the host (it prints them when BENCH_CSI_LOG is set).
     #[allow(clippy::print_stdout)]
     for (name, p) in plugins.iter().flat_map(|(a, b)| [("bench-a", a), ("bench-b", b)]) {
         for l in p.d.log().lines().filter(|l| l.contains("steps:")) {
@@ -411,7 +451,7 @@ pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> 
     let rows: Vec<Value> = rows.iter().map(|(w, ours, base)| json!({"what": w, "ours": ours, "base": base})).collect();
     #[allow(clippy::print_stdout)]
     {
-        println!("{MARK}{}", json!({"rows": rows, "notes": notes}));
+        println!("{MARK}{}", json!({"rows": rows, "notes": notes, "raw_busy": busy}));
     }
     Ok(())
 }
@@ -430,9 +470,10 @@ fn rounds(
     scratch: &Path,
     n: usize,
     size_mib: u64,
-) -> R<(Rows, Vec<String>)> {
+) -> R<(Rows, Vec<String>, Vec<f64>)> {
     let mut rows: Rows = ROWS.iter().map(|(w, _)| (*w, vec![], vec![])).collect();
     let mut moves = vec![];
+    let mut busy = vec![];
     // Whether the controller advertises PUBLISH_UNPUBLISH_VOLUME: a CO calls
     // ControllerPublish/Unpublish only then, and so does the bench.
     let mut attach = false;
@@ -476,7 +517,7 @@ fn rounds(
         rows[3].2.push(ms(t));
         let t = Instant::now();
         umount(&staging)?;
-        unmap(&m)?;
+        busy.push(unmap(&m)?);
         let m = map(env, &image)?;
         mount(&dev_of(&m), &staging, Some("ext4"), nix::mount::MsFlags::empty())?;
         rows[4].2.push(ms(t));
@@ -610,7 +651,19 @@ fn rounds(
             let _ = std::fs::remove_dir(d);
         }
     }
-    let notes = if plugins.is_some() && attach {
+    let were_busy: Vec<f64> = busy.iter().copied().filter(|b| *b > 0.0).collect();
+    let (bm, bp) = median_p90(&were_busy);
+    let busy_note = if were_busy.is_empty() {
+        format!("the migration's unmap on the raw side: never busy after the umount in {n} rounds")
+    } else {
+        format!(
+            "the migration's unmap on the raw side: the kernel kept the device busy (EBUSY) after the umount in {} of \
+         {n} rounds, median {bm:.1} ms, p90 {bp:.1} ms of those (a filesystem made moments before; the driver \
+         waits the same out: its row less the busy wait is below)",
+            were_busy.len()
+        )
+    };
+    let mut notes = if plugins.is_some() && attach {
         let (m, p) = median_p90(&moves);
         vec![format!(
             "migration's ControllerUnpublish(A) + ControllerPublish(B) (the attach lock moving; no raw \
@@ -623,7 +676,8 @@ fn rounds(
     } else {
         vec!["--raw-only: the raw sequence alone, no driver".to_string()]
     };
-    Ok((rows, notes))
+    notes.push(busy_note);
+    Ok((rows, notes, busy))
 }
 
 fn advertises_publish(rt: &tokio::runtime::Runtime, ch: &Channel) -> R<bool> {

@@ -275,12 +275,23 @@ fn parse_level(s: &str) -> Result<tracing::Level> {
 }
 
 /// Sends `tracing` output to stderr at the flags' level. Call once at start.
+/// The gRPC stack's own events (h2's frames, hyper, tower, tonic) stop at
+/// info: `debug` is for the driver's steps, and h2 alone would log every
+/// frame of every call.
 pub fn init_logging(level: &str) -> Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = parse_level(level)?;
+    let stack = level.min(tracing::Level::INFO);
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_targets(["h2", "hyper", "hyper_util", "tower", "tonic"].map(|t| (t, stack)));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
+        .finish()
+        .with(filter)
         .try_init()
         .map_err(|e| Error::Internal(format!("install the log subscriber: {e}")))
 }

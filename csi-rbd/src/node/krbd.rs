@@ -215,20 +215,34 @@ pub fn unmap(id: DevId, options: &str, cluster_hung: bool) -> Result<(), Error> 
             };
         }
         Err(Error::Sys { errno: Errno::EBUSY, .. }) => {}
-        r => return r,
+        r => {
+            tracing::debug!(device = %id.device(), "unmap steps: busy=0µs tries=1");
+            return r;
+        }
     }
     // The filesystem just unmounted may still be letting go of the device
     // (seen with xfs right after umount returns, and with ext4 under TCG):
     // poll, 1 ms at first (it is usually a matter of milliseconds, and each
-    // wait is on the unstage's path), doubling up to 64 ms.
+    // wait is on the unstage's path), doubling up to 8 ms (a write that
+    // fails with EBUSY costs microseconds; a longer pause only delays).
     let mut pause = Duration::from_millis(1);
+    let busy_since = std::time::Instant::now();
+    let mut tries = 1u32;
     loop {
+        tries += 1;
         match gone(exec::sysfs_write(&remove, line.clone(), &what, UNMAP_TIMEOUT)) {
             Err(Error::Sys { errno: Errno::EBUSY, .. }) if std::time::Instant::now() < busy_until => {
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(64));
+                pause = (pause * 2).min(Duration::from_millis(8));
             }
-            r => return r,
+            r => {
+                tracing::debug!(
+                    device = %id.device(),
+                    "unmap steps: busy={}µs tries={tries}",
+                    busy_since.elapsed().as_micros()
+                );
+                return r;
+            }
         }
     }
 }

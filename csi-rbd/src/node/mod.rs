@@ -762,12 +762,22 @@ impl NodeService {
             // Ceph round trip off a migration's path). A raw block device,
             // or a filesystem still mounted elsewhere, is unmapped first:
             // only the unmap (refused while open) proves no writer is left.
-            std::thread::scope(|sc| {
-                let releasing = sc.spawn(|| self.release_lock(&rec));
+            let (unmapped, unmap_us, release_us) = std::thread::scope(|sc| {
+                let releasing = sc.spawn(|| {
+                    let t = Instant::now();
+                    self.release_lock(&rec);
+                    t.elapsed().as_micros()
+                });
+                let t = Instant::now();
                 let unmapped = self.unmap(&rec, cluster_hung);
-                let _ = releasing.join();
-                unmapped
-            })?;
+                let unmap_us = t.elapsed().as_micros();
+                (unmapped, unmap_us, releasing.join().unwrap_or_default())
+            });
+            tracing::debug!(
+                volume = volume_id,
+                "unstage steps (side by side): unmap={unmap_us}µs release={release_us}µs"
+            );
+            unmapped?;
         } else {
             self.unmap(&rec, cluster_hung)?;
             if release {
