@@ -122,6 +122,9 @@ pub trait BgpDaemon {
     fn withdraw(&mut self, prefix: IpNetwork) -> R<()>;
     /// The tail of the daemon's log, for failure messages.
     fn log_tail(&self) -> String;
+    /// Kills the daemon with SIGKILL, as a crash would: no NOTIFICATION, its sockets are
+    /// closed by the kernel (the instance's files stay until drop).
+    fn kill(&mut self);
 
     /// Polls until the session with `peer` is Established (every 200 ms, at most `timeout`).
     fn wait_established(&self, peer: IpAddr, timeout: Duration) -> R<()> {
@@ -147,6 +150,36 @@ pub trait BgpDaemon {
         poll(timeout, &format!("{}: route {prefix} gone", self.kind()), || {
             Ok(!self.routes()?.iter().any(|(p, _)| *p == prefix))
         })
+    }
+}
+
+/// Which daemon: for tests that run one body against each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bird,
+    Gobgp,
+    Frr,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Bird, Kind::Gobgp, Kind::Frr];
+
+    /// Starts this daemon in `ns` with `cfg`.
+    pub fn start(self, ns: &str, cfg: &PeerConfig) -> R<Box<dyn BgpDaemon>> {
+        Ok(match self {
+            Kind::Bird => Box::new(Bird::start(ns, cfg)?),
+            Kind::Gobgp => Box::new(Gobgp::start(ns, cfg)?),
+            Kind::Frr => Box::new(Frr::start(ns, cfg)?),
+        })
+    }
+
+    /// The protocol its kernel routes carry in `ip route` (None: GoBGP installs none).
+    pub fn kernel_protocol(self) -> Option<&'static str> {
+        match self {
+            Kind::Bird => Some("bird"),
+            Kind::Gobgp => None,
+            Kind::Frr => Some("bgp"),
+        }
     }
 }
 
@@ -288,6 +321,12 @@ fn stop_child(c: &mut Child) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// SIGKILL and reap.
+fn kill_child(c: &mut Child) {
     let _ = c.kill();
     let _ = c.wait();
 }
@@ -497,6 +536,9 @@ impl BgpDaemon for Bird {
     fn log_tail(&self) -> String {
         tail(&self.dir.file("bird.log"))
     }
+    fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
 }
 
 impl Drop for Bird {
@@ -657,6 +699,9 @@ impl BgpDaemon for Gobgp {
     }
     fn log_tail(&self) -> String {
         tail(&self.dir.file("gobgpd.log"))
+    }
+    fn kill(&mut self) {
+        kill_child(&mut self.child);
     }
 }
 
@@ -843,6 +888,12 @@ impl BgpDaemon for Frr {
     }
     fn log_tail(&self) -> String {
         format!("{}\n{}", tail(&self.dir.file("bgpd.log")), tail(&self.dir.file("zebra.log")))
+    }
+    fn kill(&mut self) {
+        if let Some(c) = self.bgpd.as_mut() {
+            kill_child(c);
+        }
+        kill_child(&mut self.zebra);
     }
 }
 
