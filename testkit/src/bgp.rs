@@ -1,7 +1,7 @@
 //! Real BGP peers for tests: BIRD 2, GoBGP 3 and FRR 8 (the Debian packages), each run inside a
 //! network namespace the test owns (`ip netns exec`), with a configuration this module writes.
 //!
-//! Every instance has its own directory (`/tmp/cft-bgp-<pid>-<n>`), control socket (BIRD),
+//! Every instance has its own directory (`/tmp/cft-bgp-<kind>-<pid>-<n>`), control socket (BIRD),
 //! API port (GoBGP) or pathspace (FRR `-N`), so several daemons of one kind run at once. The
 //! daemons run in the foreground as children of the test: [`Drop`] stops them (SIGTERM, then
 //! SIGKILL after 5 s) and removes their files, even when the test fails.
@@ -419,7 +419,6 @@ fn bird_config(cfg: &PeerConfig, routes: &[IpNetwork]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "router id {};", cfg.router_id);
     s.push_str("protocol device { scan time 2; }\n");
-    s.push_str("protocol direct { ipv4; ipv6; }\n");
     for (fam, v4) in [("ipv4", true), ("ipv6", false)] {
         let _ = writeln!(s, "protocol kernel k{fam} {{ {fam} {{ import none; export where source = RTS_BGP; }}; }}");
         let _ = write!(s, "protocol static s{fam} {{ {fam};");
@@ -448,8 +447,10 @@ fn bird_config(cfg: &PeerConfig, routes: &[IpNetwork]) -> String {
             }
             None => s.push_str("  graceful restart off;\n"),
         }
-        // iBGP next hops are on the shared link: resolve them directly, not through an IGP.
-        let _ = writeln!(s, "  {fam} {{ import all; export all; gateway direct; }};");
+        // The neighbor is on a shared link (for iBGP too, which BIRD otherwise treats as
+        // multihop and resolves through an IGP table): next hops are used directly.
+        s.push_str("  direct;\n");
+        let _ = writeln!(s, "  {fam} {{ import all; export all; }};");
         s.push_str("}\n");
     }
     s
