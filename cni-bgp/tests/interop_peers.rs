@@ -1,0 +1,233 @@
+//! Our speaker (`cni_bgp::speaker`, its Fib events applied by `cni_bgp::fib::Fib`) against the
+//! BGP daemons the industry runs: BIRD 2, GoBGP 3 and FRR 8 from Debian, each in a network
+//! namespace of its own (testkit::bgp fixtures), on one dual-stack L2 segment with ours.
+//! iBGP and eBGP; one session over IPv4 carrying IPv4 unicast and one over IPv6 carrying IPv6
+//! unicast (MP_REACH_NLRI). Routes flow both ways and reach each side's kernel: ours under
+//! protocol 76, BIRD's (`proto bird`) and FRR's (`proto bgp`); GoBGP runs with zebra off, so
+//! its side is checked in its RIB. A daemon that crashes has its routes withdrawn on our side
+//! (kernel included), and relearned when it comes back.
+//!
+//! Needs root, bird2, gobgpd and frr (a missing daemon fails the test). Hold times are the
+//! daemons' defaults (BIRD 240 s, GoBGP 90 s, FRR 180 s; ours 90 s): nothing here waits for one.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use cni_bgp::speaker::SpeakerConfig;
+use common::{net, peer, OurNode};
+use ipnetwork::IpNetwork;
+use testkit::bgp::{require_daemons, wait_kernel_route, wait_no_kernel_route, BgpDaemon, Kind, Neighbor, PeerConfig};
+use testkit::lab::Lab;
+
+const T: Duration = Duration::from_secs(60);
+
+struct Pair {
+    // Field order: the node and the daemon go before the lab's namespaces.
+    node: OurNode,
+    daemon: Box<dyn BgpDaemon>,
+    their_ns: String,
+    our4: Ipv4Addr,
+    our6: Ipv6Addr,
+    their4: Ipv4Addr,
+    their6: Ipv6Addr,
+    our_as: u32,
+    their_as: u32,
+    _lab: Lab,
+}
+
+const OURS: [&str; 2] = ["10.91.1.0/24", "fd00:91:1::/48"];
+const THEIRS: [&str; 2] = ["10.92.1.0/24", "fd00:92:1::/48"];
+
+fn their_config(p: &PairAddrs, their_as: u32, our_as: u32) -> PeerConfig {
+    PeerConfig::new(p.their4, their_as)
+        .neighbor(Neighbor::new(IpAddr::V4(p.our4), our_as))
+        .neighbor(Neighbor::new(IpAddr::V6(p.our6), our_as))
+        .route(net(THEIRS[0]))
+        .route(net(THEIRS[1]))
+}
+
+struct PairAddrs {
+    our4: Ipv4Addr,
+    our6: Ipv6Addr,
+    their4: Ipv4Addr,
+    their6: Ipv6Addr,
+}
+
+/// Our speaker on host 0, `kind` on host 1, both sessions configured on both sides and up.
+fn pair(kind: Kind, ebgp: bool, hint: &str) -> Pair {
+    require_daemons().unwrap();
+    let mut lab = Lab::new(hint).unwrap();
+    let seg = lab.segment_with_ipv6("10.90.0.0/24", "fd00:90::/64").unwrap();
+    let (h0, h1) = (lab.host(seg).unwrap(), lab.host(seg).unwrap());
+    let a = PairAddrs {
+        our4: lab.host_ip(h0),
+        our6: lab.host_ip6(h0).unwrap(),
+        their4: lab.host_ip(h1),
+        their6: lab.host_ip6(h1).unwrap(),
+    };
+    let (our_as, their_as) = if ebgp { (64601, 64602) } else { (64601, 64601) };
+    let their_ns = lab.host_ns(h1).to_string();
+    let daemon = kind.start(&their_ns, &their_config(&a, their_as, our_as)).unwrap();
+    let mut cfg = SpeakerConfig::new(our_as, a.our4);
+    cfg.listen = vec![(IpAddr::V4(a.our4), 179).into(), (IpAddr::V6(a.our6), 179).into()];
+    let node = OurNode::start(lab.host_ns(h0), cfg);
+    node.set_peers(vec![
+        peer(IpAddr::V4(a.their4), their_as, a.our4, Some(a.our6)),
+        peer(IpAddr::V6(a.their6), their_as, a.our4, Some(a.our6)),
+    ]);
+    node.originate(OURS.iter().map(|s| net(s)).collect());
+    for addr in [IpAddr::V4(a.their4), IpAddr::V6(a.their6)] {
+        node.wait_established(addr, T);
+    }
+    for addr in [IpAddr::V4(a.our4), IpAddr::V6(a.our6)] {
+        daemon.wait_established(addr, T).unwrap();
+    }
+    Pair {
+        node,
+        daemon,
+        their_ns,
+        our4: a.our4,
+        our6: a.our6,
+        their4: a.their4,
+        their6: a.their6,
+        our_as,
+        their_as,
+        _lab: lab,
+    }
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// Their routes in our RIB and kernel, via their addresses.
+fn check_theirs_reach_us(p: &Pair) {
+    let (t4, t6): (IpNetwork, IpNetwork) = (net(THEIRS[0]), net(THEIRS[1]));
+    let r4 = p.node.wait_learned(t4, T);
+    assert_eq!(r4.next_hop, Some(IpAddr::V4(p.their4)), "{r4:?}");
+    assert_eq!(r4.peer, Some(IpAddr::V4(p.their4)), "{r4:?}");
+    let r6 = p.node.wait_learned(t6, T);
+    let nh6 = r6.next_hop.expect("IPv6 next hop");
+    assert!(nh6 == IpAddr::V6(p.their6) || is_link_local(nh6), "{r6:?}");
+    if p.our_as != p.their_as {
+        assert_eq!(r4.as_path, vec![p.their_as], "eBGP AS path: {r4:?}");
+    } else {
+        assert!(r4.as_path.is_empty(), "iBGP AS path of an originated route: {r4:?}");
+    }
+    let k4 = p.node.wait_kernel(t4, T);
+    assert_eq!(k4.gateway, Some(IpAddr::V4(p.their4)), "{k4:?}");
+    let k6 = p.node.wait_kernel(t6, T);
+    let g6 = k6.gateway.expect("kernel IPv6 gateway");
+    assert!(g6 == IpAddr::V6(p.their6) || is_link_local(g6), "{k6:?}");
+}
+
+/// Our routes in their RIB with our addresses as next hops, and in their kernel.
+fn check_ours_reach_them(p: &Pair, kind: Kind) {
+    let (o4, o6): (IpNetwork, IpNetwork) = (net(OURS[0]), net(OURS[1]));
+    p.daemon.wait_route(o4, Some(IpAddr::V4(p.our4)), T).unwrap();
+    p.daemon.wait_route(o6, Some(IpAddr::V6(p.our6)), T).unwrap();
+    if let Some(proto) = kind.kernel_protocol() {
+        let k4 = wait_kernel_route(&p.their_ns, o4, Some(IpAddr::V4(p.our4)), T).unwrap();
+        assert_eq!(k4.protocol, proto, "{k4:?}");
+        let k6 = wait_kernel_route(&p.their_ns, o6, None, T).unwrap();
+        assert_eq!(k6.protocol, proto, "{k6:?}");
+    }
+}
+
+/// Withdrawals both ways: ours leave their RIB and kernel, theirs leave ours.
+fn check_withdrawals(p: &mut Pair, kind: Kind) {
+    let (o4, o6): (IpNetwork, IpNetwork) = (net(OURS[0]), net(OURS[1]));
+    let (t4, t6): (IpNetwork, IpNetwork) = (net(THEIRS[0]), net(THEIRS[1]));
+    // We stop originating the IPv4 block; the IPv6 one stays.
+    p.node.originate(vec![o6]);
+    p.daemon.wait_no_route(o4, T).unwrap();
+    if kind.kernel_protocol().is_some() {
+        wait_no_kernel_route(&p.their_ns, o4, T).unwrap();
+    }
+    assert!(p.daemon.routes().unwrap().iter().any(|(q, _)| *q == o6), "{o6} must stay with {kind:?}");
+    // They withdraw both of theirs.
+    p.daemon.withdraw(t4).unwrap();
+    p.daemon.withdraw(t6).unwrap();
+    p.node.wait_not_learned(t4, T);
+    p.node.wait_not_learned(t6, T);
+    p.node.wait_no_kernel(t4, T);
+    p.node.wait_no_kernel(t6, T);
+    // And announce one again at run time.
+    p.daemon.announce(t4).unwrap();
+    p.node.wait_learned(t4, T);
+    p.node.wait_kernel(t4, T);
+}
+
+fn exchange(kind: Kind, ebgp: bool, hint: &str) {
+    let mut p = pair(kind, ebgp, hint);
+    check_theirs_reach_us(&p);
+    check_ours_reach_them(&p, kind);
+    check_withdrawals(&mut p, kind);
+    // Both sessions stayed up through it all.
+    for a in [IpAddr::V4(p.their4), IpAddr::V6(p.their6)] {
+        assert_eq!(p.node.peer(a).map(|s| s.state), Some("Established".to_string()));
+    }
+    // The IPv4 session carries their IPv4 prefix; the IPv6 one their and our IPv6 prefixes
+    // (our IPv4 one was withdrawn above).
+    let st4 = p.node.peer(IpAddr::V4(p.their4)).unwrap();
+    assert_eq!((st4.prefixes_received, st4.prefixes_sent), (1, 0), "{st4:?}");
+    let st6 = p.node.peer(IpAddr::V6(p.their6)).unwrap();
+    assert_eq!((st6.prefixes_received, st6.prefixes_sent), (0, 1), "{st6:?}");
+}
+
+#[test]
+fn bird_ibgp_v4_v6() {
+    exchange(Kind::Bird, false, "birdi");
+}
+
+#[test]
+fn bird_ebgp_v4_v6() {
+    exchange(Kind::Bird, true, "birde");
+}
+
+#[test]
+fn gobgp_ibgp_v4_v6() {
+    exchange(Kind::Gobgp, false, "gobgpi");
+}
+
+#[test]
+fn gobgp_ebgp_v4_v6() {
+    exchange(Kind::Gobgp, true, "gobgpe");
+}
+
+#[test]
+fn frr_ibgp_v4_v6() {
+    exchange(Kind::Frr, false, "frri");
+}
+
+#[test]
+fn frr_ebgp_v4_v6() {
+    exchange(Kind::Frr, true, "frre");
+}
+
+/// BIRD crashes (SIGKILL: no NOTIFICATION, graceful restart off): our speaker drops the
+/// sessions and withdraws BIRD's routes from its RIB and the kernel; BIRD starts again with the
+/// same configuration: the sessions come back and the routes are relearned and reinstalled.
+#[test]
+fn bird_restart_withdraws_then_relearns() {
+    let mut p = pair(Kind::Bird, true, "birdrst");
+    check_theirs_reach_us(&p);
+    let (t4, t6): (IpNetwork, IpNetwork) = (net(THEIRS[0]), net(THEIRS[1]));
+    p.daemon.kill();
+    p.node.wait_not_learned(t4, T);
+    p.node.wait_not_learned(t6, T);
+    p.node.wait_no_kernel(t4, T);
+    p.node.wait_no_kernel(t6, T);
+    let st = p.node.peer(IpAddr::V4(p.their4)).unwrap();
+    assert_ne!(st.state, "Established", "{st:?}");
+    assert!(st.last_error.is_some(), "a dropped session says why: {st:?}");
+    let a = PairAddrs { our4: p.our4, our6: p.our6, their4: p.their4, their6: p.their6 };
+    p.daemon = Kind::Bird.start(&p.their_ns, &their_config(&a, p.their_as, p.our_as)).unwrap();
+    for addr in [IpAddr::V4(p.their4), IpAddr::V6(p.their6)] {
+        p.node.wait_established(addr, T);
+    }
+    check_theirs_reach_us(&p);
+    check_ours_reach_them(&p, Kind::Bird);
+}
