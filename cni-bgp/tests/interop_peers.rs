@@ -162,6 +162,11 @@ fn check_withdrawals(p: &mut Pair, kind: Kind) {
 
 fn exchange(kind: Kind, ebgp: bool, hint: &str) {
     let mut p = pair(kind, ebgp, hint);
+    // The smaller proposal wins (RFC 4271 §4.2): ours against the daemon's default.
+    let want = SpeakerConfig::new(p.our_as, p.our4).hold_time.min(kind.default_hold_time());
+    for a in [IpAddr::V4(p.our4), IpAddr::V6(p.our6)] {
+        assert_eq!(p.daemon.hold_time(a).unwrap(), want, "{kind:?} negotiated hold time with {a}");
+    }
     check_theirs_reach_us(&p);
     check_ours_reach_them(&p, kind);
     check_withdrawals(&mut p, kind);
@@ -207,12 +212,12 @@ fn frr_ebgp_v4_v6() {
     exchange(Kind::Frr, true, "frre");
 }
 
-/// BIRD crashes (SIGKILL: no NOTIFICATION, graceful restart off): our speaker drops the
-/// sessions and withdraws BIRD's routes from its RIB and the kernel; BIRD starts again with the
-/// same configuration: the sessions come back and the routes are relearned and reinstalled.
-#[test]
-fn bird_restart_withdraws_then_relearns() {
-    let mut p = pair(Kind::Bird, true, "birdrst");
+/// The daemon crashes (SIGKILL: no NOTIFICATION, graceful restart off): our speaker drops the
+/// sessions and withdraws its routes from its RIB and the kernel, and says why in its status;
+/// the daemon starts again with the same configuration: the sessions come back and the routes
+/// are relearned and reinstalled, both ways.
+fn restart_withdraws_then_relearns(kind: Kind, hint: &str) {
+    let mut p = pair(kind, true, hint);
     check_theirs_reach_us(&p);
     let (t4, t6): (IpNetwork, IpNetwork) = (net(THEIRS[0]), net(THEIRS[1]));
     p.daemon.kill();
@@ -224,10 +229,71 @@ fn bird_restart_withdraws_then_relearns() {
     assert_ne!(st.state, "Established", "{st:?}");
     assert!(st.last_error.is_some(), "a dropped session says why: {st:?}");
     let a = PairAddrs { our4: p.our4, our6: p.our6, their4: p.their4, their6: p.their6 };
-    p.daemon = Kind::Bird.start(&p.their_ns, &their_config(&a, p.their_as, p.our_as)).unwrap();
+    p.daemon = kind.start(&p.their_ns, &their_config(&a, p.their_as, p.our_as)).unwrap();
     for addr in [IpAddr::V4(p.their4), IpAddr::V6(p.their6)] {
         p.node.wait_established(addr, T);
     }
     check_theirs_reach_us(&p);
-    check_ours_reach_them(&p, Kind::Bird);
+    check_ours_reach_them(&p, kind);
+}
+
+#[test]
+fn bird_restart_withdraws_then_relearns() {
+    restart_withdraws_then_relearns(Kind::Bird, "birdrst");
+}
+
+#[test]
+fn gobgp_restart_withdraws_then_relearns() {
+    restart_withdraws_then_relearns(Kind::Gobgp, "gobgprst");
+}
+
+#[test]
+fn frr_restart_withdraws_then_relearns() {
+    restart_withdraws_then_relearns(Kind::Frr, "frrrst");
+}
+
+/// Each daemon proposes a hold time of 6 s, under our 90: the sessions run on 6 s (2 s
+/// keepalives) and stay Established on both sides for three hold times, watched all along.
+#[test]
+fn short_hold_time_is_negotiated_and_kept_alive() {
+    require_daemons().unwrap();
+    let mut lab = Lab::new("hold").unwrap();
+    let seg = lab.segment("10.90.0.0/24").unwrap();
+    let h_ours = lab.host(seg).unwrap();
+    let ours = lab.host_ip(h_ours);
+    let mut cfg = SpeakerConfig::new(64601, ours);
+    cfg.listen = vec![(IpAddr::V4(ours), 179).into()];
+    let node = OurNode::start(lab.host_ns(h_ours), cfg);
+    let mut daemons = Vec::new();
+    let mut peers = Vec::new();
+    for (i, kind) in Kind::ALL.into_iter().enumerate() {
+        let h = lab.host(seg).unwrap();
+        let (addr, asn) = (lab.host_ip(h), 64610 + i as u32);
+        let mut c = PeerConfig::new(addr, asn).neighbor(Neighbor::new(IpAddr::V4(ours), 64601));
+        c.hold_time = Some(6);
+        daemons.push((kind, IpAddr::V4(addr), kind.start(lab.host_ns(h), &c).unwrap()));
+        peers.push(peer(IpAddr::V4(addr), asn, ours, None));
+    }
+    node.set_peers(peers);
+    for (kind, addr, d) in &daemons {
+        node.wait_established(*addr, T);
+        d.wait_established(IpAddr::V4(ours), T).unwrap();
+        assert_eq!(d.hold_time(IpAddr::V4(ours)).unwrap(), 6, "{kind:?}");
+    }
+    // Watched every 500 ms for three hold times: a missed keepalive on either side would drop
+    // a session within one (time passing is what is tested, not a wait for a condition).
+    let watch = Duration::from_secs(18);
+    let start = std::time::Instant::now();
+    while start.elapsed() < watch {
+        for (kind, addr, d) in &daemons {
+            let st = node.peer(*addr).unwrap();
+            assert_eq!(st.state, "Established", "{kind:?} after {:?}: {st:?}", start.elapsed());
+            assert!(d.established(IpAddr::V4(ours)).unwrap(), "{kind:?} dropped us after {:?}", start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (kind, addr, _) in &daemons {
+        let st = node.peer(*addr).unwrap();
+        assert!(st.uptime_secs.is_some_and(|u| u >= watch.as_secs() - 1), "{kind:?}: {st:?}");
+    }
 }

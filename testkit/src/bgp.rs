@@ -114,6 +114,8 @@ pub trait BgpDaemon {
     fn netns(&self) -> &str;
     /// Whether the session with `peer` is Established now.
     fn established(&self, peer: IpAddr) -> R<bool>;
+    /// The hold time negotiated on the Established session with `peer` (s).
+    fn hold_time(&self, peer: IpAddr) -> R<u16>;
     /// The best route of every prefix in the daemon's RIB, both families.
     fn routes(&self) -> R<Vec<Route>>;
     /// Originates `prefix` at run time.
@@ -171,6 +173,15 @@ impl Kind {
             Kind::Gobgp => Box::new(Gobgp::start(ns, cfg)?),
             Kind::Frr => Box::new(Frr::start(ns, cfg)?),
         })
+    }
+
+    /// The hold time it proposes unless told otherwise (s).
+    pub fn default_hold_time(self) -> u16 {
+        match self {
+            Kind::Bird => 240,
+            Kind::Gobgp => 90,
+            Kind::Frr => 180,
+        }
     }
 
     /// The protocol its kernel routes carry in `ip route` (None: GoBGP installs none).
@@ -521,6 +532,14 @@ impl BgpDaemon for Bird {
             t.first() == Some(&name.as_str()) && t.contains(&"up") && t.contains(&"Established")
         }))
     }
+    fn hold_time(&self, peer: IpAddr) -> R<u16> {
+        let name = self.proto_name(peer)?;
+        let out = self.birdc(&["show", "protocols", "all", &name])?;
+        // "    Hold timer:       77.425/90": time left / negotiated hold time.
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("Hold timer:")?.trim().split('/').nth(1)?.trim().parse().ok())
+            .ok_or_else(|| format!("bird: no hold timer for {peer} in: {out}"))
+    }
     fn routes(&self) -> R<Vec<Route>> {
         Ok(parse_birdc_routes(&self.birdc(&["show", "route", "all"])?))
     }
@@ -684,6 +703,14 @@ impl BgpDaemon for Gobgp {
         let st = &v["state"]["session_state"];
         // The API's enum: 6 = ESTABLISHED (as a number, or its name in other builds).
         Ok(st == 6 || st.as_str().is_some_and(|s| s.eq_ignore_ascii_case("established")))
+    }
+    fn hold_time(&self, peer: IpAddr) -> R<u16> {
+        let out = self.gobgp(&["-j", "neighbor", &peer.to_string()])?;
+        let v: Value = serde_json::from_str(&out).ctx("parse gobgp -j neighbor")?;
+        v["timers"]["state"]["negotiated_hold_time"]
+            .as_u64()
+            .map(|h| h as u16)
+            .ok_or_else(|| format!("gobgp: no negotiated_hold_time for {peer} in: {}", crate::util::clip(&out, 600)))
     }
     fn routes(&self) -> R<Vec<Route>> {
         let mut r = parse_gobgp_rib(&self.gobgp(&["-j", "global", "rib", "-a", "ipv4"])?)?;
@@ -875,6 +902,15 @@ impl BgpDaemon for Frr {
         let out = self.vtysh(&["-c", &format!("show bgp neighbors {peer} json")])?;
         let v: Value = serde_json::from_str(&out).ctx("parse show bgp neighbors json")?;
         Ok(v[peer.to_string()]["bgpState"] == "Established")
+    }
+    fn hold_time(&self, peer: IpAddr) -> R<u16> {
+        let out = self.vtysh(&["-c", &format!("show bgp neighbors {peer} json")])?;
+        let v: Value = serde_json::from_str(&out).ctx("parse show bgp neighbors json")?;
+        // The negotiated value while Established (the configured one is bgpTimerConfigured…).
+        v[peer.to_string()]["bgpTimerHoldTimeMsecs"]
+            .as_u64()
+            .map(|ms| (ms / 1000) as u16)
+            .ok_or_else(|| format!("frr: no bgpTimerHoldTimeMsecs for {peer} in: {}", crate::util::clip(&out, 600)))
     }
     fn routes(&self) -> R<Vec<Route>> {
         let mut r = parse_frr_routes(&self.vtysh(&["-c", "show bgp ipv4 unicast json"])?)?;
