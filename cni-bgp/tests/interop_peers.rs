@@ -40,12 +40,14 @@ struct Pair {
 const OURS: [&str; 2] = ["10.91.1.0/24", "fd00:91:1::/48"];
 const THEIRS: [&str; 2] = ["10.92.1.0/24", "fd00:92:1::/48"];
 
-fn their_config(p: &PairAddrs, their_as: u32, our_as: u32) -> PeerConfig {
-    PeerConfig::new(p.their4, their_as)
+fn their_config(p: &PairAddrs, their_as: u32, our_as: u32, gr: Option<u16>) -> PeerConfig {
+    let mut c = PeerConfig::new(p.their4, their_as)
         .neighbor(Neighbor::new(IpAddr::V4(p.our4), our_as))
         .neighbor(Neighbor::new(IpAddr::V6(p.our6), our_as))
         .route(net(THEIRS[0]))
-        .route(net(THEIRS[1]))
+        .route(net(THEIRS[1]));
+    c.graceful_restart = gr;
+    c
 }
 
 struct PairAddrs {
@@ -57,6 +59,11 @@ struct PairAddrs {
 
 /// Our speaker on host 0, `kind` on host 1, both sessions configured on both sides and up.
 fn pair(kind: Kind, ebgp: bool, hint: &str) -> Pair {
+    pair_with(kind, ebgp, hint, None)
+}
+
+/// [`pair`], both sides advertising graceful restart with restart time `gr` when given.
+fn pair_with(kind: Kind, ebgp: bool, hint: &str, gr: Option<u16>) -> Pair {
     require_daemons().unwrap();
     let mut lab = Lab::new(hint).unwrap();
     let seg = lab.segment_with_ipv6("10.90.0.0/24", "fd00:90::/64").unwrap();
@@ -69,8 +76,9 @@ fn pair(kind: Kind, ebgp: bool, hint: &str) -> Pair {
     };
     let (our_as, their_as) = if ebgp { (64601, 64602) } else { (64601, 64601) };
     let their_ns = lab.host_ns(h1).to_string();
-    let daemon = kind.start(&their_ns, &their_config(&a, their_as, our_as)).unwrap();
+    let daemon = kind.start(&their_ns, &their_config(&a, their_as, our_as, gr)).unwrap();
     let mut cfg = SpeakerConfig::new(our_as, a.our4);
+    cfg.graceful_restart = gr;
     cfg.listen = vec![(IpAddr::V4(a.our4), 179).into(), (IpAddr::V6(a.our6), 179).into()];
     let node = OurNode::start(lab.host_ns(h0), cfg);
     node.set_peers(vec![
@@ -229,7 +237,7 @@ fn restart_withdraws_then_relearns(kind: Kind, hint: &str) {
     assert_ne!(st.state, "Established", "{st:?}");
     assert!(st.last_error.is_some(), "a dropped session says why: {st:?}");
     let a = PairAddrs { our4: p.our4, our6: p.our6, their4: p.their4, their6: p.their6 };
-    p.daemon = kind.start(&p.their_ns, &their_config(&a, p.their_as, p.our_as)).unwrap();
+    p.daemon = kind.start(&p.their_ns, &their_config(&a, p.their_as, p.our_as, None)).unwrap();
     for addr in [IpAddr::V4(p.their4), IpAddr::V6(p.their6)] {
         p.node.wait_established(addr, T);
     }
@@ -296,4 +304,51 @@ fn short_hold_time_is_negotiated_and_kept_alive() {
         let st = node.peer(*addr).unwrap();
         assert!(st.uptime_secs.is_some_and(|u| u >= watch.as_secs() - 1), "{kind:?}: {st:?}");
     }
+}
+
+/// Graceful restart with BIRD as the restarting speaker and ours as helper (RFC 4724): BIRD
+/// (restart time 120 s) is killed; its routes stay in our Loc-RIB and kernel while it is down
+/// (watched for 5 s); it comes back with `bird -R` (restart state, forwarding preserved) and
+/// re-sends them, followed by End-of-RIB. Our Fib never withdrew them through the whole cycle
+/// (every withdrawal event is recorded), and a withdrawal after it still goes through (the
+/// routes are not stuck as stale).
+#[test]
+fn bird_graceful_restart_keeps_its_routes_through_the_restart() {
+    let mut p = pair_with(Kind::Bird, true, "birdgr", Some(120));
+    check_theirs_reach_us(&p);
+    let (t4, t6): (IpNetwork, IpNetwork) = (net(THEIRS[0]), net(THEIRS[1]));
+    let withdrawn = |p: &Pair| -> Vec<String> {
+        p.node
+            .events()
+            .into_iter()
+            .filter(|e| e == &format!("withdraw {t4}") || e == &format!("withdraw {t6}"))
+            .collect()
+    };
+    p.daemon.kill();
+    testkit::bgp::poll(T, "our side sees BIRD gone", || {
+        Ok(p.node.peer(IpAddr::V4(p.their4)).is_some_and(|s| s.state != "Established"))
+    })
+    .unwrap();
+    // Down for 5 s, checked every 200 ms: still learned, still in the kernel.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let learned: Vec<IpNetwork> = p.node.routes().iter().filter(|r| r.peer.is_some()).map(|r| r.prefix).collect();
+        assert!(learned.contains(&t4) && learned.contains(&t6), "stale routes dropped: {learned:?}");
+        assert!(p.node.kernel(t4).is_some() && p.node.kernel(t6).is_some(), "kernel routes dropped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a = PairAddrs { our4: p.our4, our6: p.our6, their4: p.their4, their6: p.their6 };
+    let cfg = their_config(&a, p.their_as, p.our_as, Some(120));
+    p.daemon = Box::new(testkit::bgp::Bird::start_recovering(&p.their_ns, &cfg).unwrap());
+    for addr in [IpAddr::V4(p.their4), IpAddr::V6(p.their6)] {
+        p.node.wait_established(addr, T);
+    }
+    check_ours_reach_them(&p, Kind::Bird);
+    check_theirs_reach_us(&p);
+    assert_eq!(withdrawn(&p), Vec::<String>::new(), "events: {:?}", p.node.events());
+    // Not stuck: a withdrawal from the restarted BIRD goes through.
+    p.daemon.withdraw(t4).unwrap();
+    p.node.wait_not_learned(t4, T);
+    p.node.wait_no_kernel(t4, T);
+    assert!(p.node.kernel(t6).is_some());
 }

@@ -383,11 +383,27 @@ pub struct Bird {
 
 impl Bird {
     pub fn start(ns: &str, cfg: &PeerConfig) -> R<Bird> {
+        Bird::start_with(ns, cfg, false)
+    }
+
+    /// Starts BIRD as a gracefully restarting speaker (`bird -R`: restart state and the
+    /// forwarding-preserved bit in its OPENs, routes kept until its peers' End-of-RIB). Needs
+    /// [`PeerConfig::graceful_restart`].
+    pub fn start_recovering(ns: &str, cfg: &PeerConfig) -> R<Bird> {
+        ensure!(cfg.graceful_restart.is_some(), "bird -R needs graceful restart in the config");
+        Bird::start_with(ns, cfg, true)
+    }
+
+    fn start_with(ns: &str, cfg: &PeerConfig, recovery: bool) -> R<Bird> {
         let dir = WorkDir::new("bird")?;
         let conf = dir.file("bird.conf");
         fs::write(&conf, bird_config(cfg, &cfg.routes)).ctx("write bird.conf")?;
         let (c, s, p, log) = (dir.s("bird.conf"), dir.s("bird.ctl"), dir.s("bird.pid"), dir.file("bird.log"));
-        let child = spawn_in(ns, "bird", &["-f", "-c", &c, "-s", &s, "-P", &p], &log)?;
+        let mut args = vec!["-f", "-c", &c, "-s", &s, "-P", &p];
+        if recovery {
+            args.push("-R");
+        }
+        let child = spawn_in(ns, "bird", &args, &log)?;
         let mut b = Bird { ns: ns.to_string(), cfg: cfg.clone(), routes: cfg.routes.clone(), child, dir };
         let log = b.dir.file("bird.log");
         let mut child_err = Ok(());

@@ -25,7 +25,8 @@ pub struct OurNode {
     rt: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<linux_net::Result<()>>>,
-    /// PeerUp / PeerDown / Converged as they came, and kernel refusals, in words.
+    /// PeerUp / PeerDown / Converged as they came, every Fib withdrawal ("withdraw PREFIX")
+    /// and kernel refusals, in words.
     pub events: Arc<Mutex<Vec<String>>>,
 }
 
@@ -66,14 +67,21 @@ impl OurNode {
                         _ = &mut stop_rx => break,
                         ev = events.recv() => match ev {
                             None => break,
-                            Some(SpeakerEvent::Fib(changes)) => match fib.apply(changes) {
+                            Some(SpeakerEvent::Fib(changes)) => {
+                                let mut log = ev_log.lock().unwrap();
+                                for c in changes.iter().filter(|c| c.via.is_none()) {
+                                    log.push(format!("withdraw {}", c.prefix));
+                                }
+                                drop(log);
+                                match fib.apply(changes) {
                                 Ok(failures) => {
                                     for f in failures {
                                         ev_log.lock().unwrap().push(format!("fib refused {}: {}", f.prefix, f.error));
                                     }
                                 }
                                 Err(e) => ev_log.lock().unwrap().push(format!("fib error: {e}")),
-                            },
+                                }
+                            }
                             Some(SpeakerEvent::Converged) => ev_log.lock().unwrap().push("converged".into()),
                             Some(SpeakerEvent::PeerUp(a)) => ev_log.lock().unwrap().push(format!("up {a}")),
                             Some(SpeakerEvent::PeerDown { address, reason }) => {
