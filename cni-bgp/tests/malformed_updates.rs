@@ -95,6 +95,37 @@ fn announce(p: &str, nh: Ipv4Addr, extra: &[u8]) -> Vec<u8> {
 const KEEPALIVE: [u8; 19] =
     [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 19, 4];
 
+/// The scripted peer's OPEN through our codec: IPv4 and IPv6 unicast, 4-octet AS.
+fn good_open(id: Ipv4Addr) -> Vec<u8> {
+    let open = Open::new(
+        SCRIPT_AS,
+        90,
+        id,
+        vec![
+            Capability::Multiprotocol { afi: AFI_IPV4, safi: SAFI_UNICAST },
+            Capability::Multiprotocol { afi: AFI_IPV6, safi: SAFI_UNICAST },
+        ],
+    );
+    Message::Open(open).to_bytes(&SessionCaps::default()).unwrap()
+}
+
+/// A hand-made OPEN: version, My AS (also in the 4-octet AS capability), hold time, BGP
+/// identifier, and the optional parameters after the capabilities parameter.
+fn raw_open(version: u8, asn: u16, hold: u16, id: Ipv4Addr, extra_params: &[u8]) -> Vec<u8> {
+    let mut caps = vec![1, 4, 0, 1, 0, 1, 1, 4, 0, 2, 0, 1, 65, 4];
+    caps.extend_from_slice(&u32::from(asn).to_be_bytes());
+    let mut params = vec![2, caps.len() as u8];
+    params.extend(caps);
+    params.extend_from_slice(extra_params);
+    let mut b = vec![version];
+    b.extend_from_slice(&asn.to_be_bytes());
+    b.extend_from_slice(&hold.to_be_bytes());
+    b.extend_from_slice(&id.octets());
+    b.push(params.len() as u8);
+    b.extend(params);
+    msg(1, &b)
+}
+
 // ---- the scripted peer -----------------------------------------------------------------
 
 struct Scripted {
@@ -113,6 +144,23 @@ enum Got {
 impl Scripted {
     /// Connects from `src` (in netns `ns`) to the speaker and brings the session up.
     fn connect(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Scripted {
+        let mut sc = Scripted::tcp(ns, src, dst);
+        sc.send(&good_open(src));
+        sc.expect_open();
+        sc.send(&KEEPALIVE);
+        loop {
+            let (t, body) = sc.read_frame(T).expect("the speaker's KEEPALIVE");
+            match t {
+                4 => break,
+                3 => panic!("speaker refused the session: NOTIFICATION {body:?}"),
+                _ => {}
+            }
+        }
+        sc
+    }
+
+    /// Only the TCP connection, from `src` in netns `ns`.
+    fn tcp(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Scripted {
         let path = PathBuf::from(format!("/run/netns/{ns}"));
         let deadline = Instant::now() + T;
         // The speaker may not accept yet (its peer list is being applied): retry, bounded.
@@ -125,38 +173,18 @@ impl Scripted {
                 .expect("in netns");
             match r {
                 Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
                 Err(e) => panic!("scripted peer {src} cannot connect to {dst}:179: {e}"),
             }
         };
         s.set_nodelay(true).unwrap();
-        let mut sc = Scripted { s, buf: Vec::new() };
-        let open = Open::new(
-            SCRIPT_AS,
-            90,
-            src,
-            vec![
-                Capability::Multiprotocol { afi: AFI_IPV4, safi: SAFI_UNICAST },
-                Capability::Multiprotocol { afi: AFI_IPV6, safi: SAFI_UNICAST },
-            ],
-        );
-        sc.send(&Message::Open(open).to_bytes(&SessionCaps::default()).unwrap());
-        // Their OPEN, then KEEPALIVE both ways.
-        let (t, body) = sc.read_frame(T).expect("the speaker's OPEN");
+        Scripted { s, buf: Vec::new() }
+    }
+
+    /// Reads the speaker's OPEN (the session is then in OpenConfirm on its side once ours came).
+    fn expect_open(&mut self) {
+        let (t, body) = self.read_frame(T).expect("the speaker's OPEN");
         assert_eq!(t, 1, "expected OPEN, got type {t} {body:?}");
-        sc.send(&KEEPALIVE);
-        loop {
-            let (t, body) = sc.read_frame(T).expect("the speaker's KEEPALIVE");
-            match t {
-                4 => break,
-                3 => panic!("speaker refused the session: NOTIFICATION {body:?}"),
-                _ => {}
-            }
-        }
-        sc
     }
 
     fn send(&mut self, b: &[u8]) {
@@ -246,11 +274,27 @@ fn connect_from(src: Ipv4Addr, dst: Ipv4Addr) -> std::io::Result<TcpStream> {
 /// One session-reset case: the bytes, and the NOTIFICATION code/subcode expected back.
 struct ResetCase {
     name: &'static str,
+    /// When the bytes are sent.
+    at: Stage,
     bytes: Vec<u8>,
     code: (u8, u8),
 }
 
-fn reset_cases(nh: Ipv4Addr) -> Vec<ResetCase> {
+#[derive(Clone, Copy, PartialEq)]
+enum Stage {
+    /// Instead of our OPEN.
+    Open,
+    /// After both OPENs, instead of our KEEPALIVE.
+    OpenConfirm,
+    /// On the Established session.
+    Established,
+}
+
+fn reset_cases(nh: Ipv4Addr, speaker_id: Ipv4Addr) -> Vec<ResetCase> {
+    use Stage::*;
+    let id = Ipv4Addr::new(10, 94, 0, 99);
+    // A ROUTE-REFRESH (subtype 0) must be 23 octets: one of 24 (RFC 2918 §3, RFC 7313 §5).
+    let long_refresh = msg(5, &[0, 1, 0, 1, 0]);
     let mut bad_marker = KEEPALIVE.to_vec();
     bad_marker[3] = 0xfe;
     // A KEEPALIVE must be exactly 19 octets (RFC 4271 §6.1): one of 20.
@@ -286,15 +330,33 @@ fn reset_cases(nh: Ipv4Addr) -> Vec<ResetCase> {
     a.extend(attr(0x80, 14, &mp));
     a.extend(attr(0x80, 14, &mp));
     let mp_twice = update(&[], &a, &[]);
+    let c = |name, at, bytes, code| ResetCase { name, at, bytes, code };
     vec![
-        ResetCase { name: "marker not all ones", bytes: bad_marker, code: (1, 1) },
-        ResetCase { name: "KEEPALIVE of 20 octets", bytes: long_keepalive, code: (1, 2) },
-        ResetCase { name: "message type 9", bytes: msg(9, &[]), code: (1, 3) },
-        ResetCase { name: "attribute list overruns the message", bytes: attr_list_overrun, code: (3, 1) },
-        ResetCase { name: "unrecognised well-known attribute", bytes: unknown_well_known, code: (3, 2) },
-        ResetCase { name: "NLRI prefix length 33", bytes: bad_nlri, code: (3, 10) },
-        ResetCase { name: "MP_REACH_NLRI next hop of 5 octets", bytes: bad_mp_nh, code: (3, 9) },
-        ResetCase { name: "MP_REACH_NLRI twice", bytes: mp_twice, code: (3, 1) },
+        // Message header (RFC 4271 §6.1).
+        c("marker not all ones", Established, bad_marker, (1, 1)),
+        c("KEEPALIVE of 20 octets", Established, long_keepalive, (1, 2)),
+        c("ROUTE-REFRESH of 24 octets", Established, long_refresh, (1, 2)),
+        c("message type 9", Established, msg(9, &[]), (1, 3)),
+        // OPEN (RFC 4271 §6.2).
+        c("OPEN version 3", Open, raw_open(3, SCRIPT_AS as u16, 90, id, &[]), (2, 1)),
+        c("OPEN from AS 65399, configured 65301", Open, raw_open(4, 65399, 90, id, &[]), (2, 2)),
+        c("OPEN BGP identifier 0.0.0.0", Open, raw_open(4, SCRIPT_AS as u16, 90, Ipv4Addr::UNSPECIFIED, &[]), (2, 3)),
+        c("OPEN BGP identifier equal to ours", Open, raw_open(4, SCRIPT_AS as u16, 90, speaker_id, &[]), (2, 3)),
+        c(
+            "OPEN optional parameter 1 (authentication)",
+            Open,
+            raw_open(4, SCRIPT_AS as u16, 90, id, &[1, 1, 0]),
+            (2, 4),
+        ),
+        c("OPEN hold time 2", Open, raw_open(4, SCRIPT_AS as u16, 2, id, &[]), (2, 6)),
+        // FSM (RFC 4271 §6.6, RFC 6608 subcode 2: unexpected message in OpenConfirm).
+        c("UPDATE in OpenConfirm", OpenConfirm, update(&[], &[], &[]), (5, 2)),
+        // UPDATE (RFC 4271 §6.3, RFC 7606).
+        c("attribute list overruns the message", Established, attr_list_overrun, (3, 1)),
+        c("unrecognised well-known attribute", Established, unknown_well_known, (3, 2)),
+        c("NLRI prefix length 33", Established, bad_nlri, (3, 10)),
+        c("MP_REACH_NLRI next hop of 5 octets", Established, bad_mp_nh, (3, 9)),
+        c("MP_REACH_NLRI twice", Established, mp_twice, (3, 1)),
     ]
 }
 
@@ -307,7 +369,7 @@ fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
     let (ours, witness) = (lab.host_ip(h_ours), lab.host_ip(h_witness));
     let script_ns = lab.host_ns(h_script).to_string();
     // One scripted address per reset case, one for the treat-as-withdraw / discard session.
-    let cases = reset_cases(Ipv4Addr::new(10, 94, 0, 100));
+    let cases = reset_cases(Ipv4Addr::new(10, 94, 0, 100), ours);
     let script_addrs: Vec<Ipv4Addr> = (0..=cases.len()).map(|i| Ipv4Addr::new(10, 94, 0, 100 + i as u8)).collect();
     for a in &script_addrs {
         lab.exec_ok(h_script, &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"]).unwrap();
@@ -337,7 +399,16 @@ fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
     // Session reset, one connection per case.
     let mut failures = Vec::new();
     for (c, src) in cases.iter().zip(&script_addrs) {
-        let mut s = Scripted::connect(&script_ns, *src, ours);
+        let mut s = match c.at {
+            Stage::Established => Scripted::connect(&script_ns, *src, ours),
+            Stage::OpenConfirm => {
+                let mut s = Scripted::tcp(&script_ns, *src, ours);
+                s.send(&good_open(*src));
+                s.expect_open();
+                s
+            }
+            Stage::Open => Scripted::tcp(&script_ns, *src, ours),
+        };
         s.send(&c.bytes);
         let got = s.next_notification(Duration::from_secs(20));
         if got != Got::Notification(c.code.0, c.code.1) {
@@ -348,7 +419,11 @@ fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
             failures.push(format!("{}: the speaker did not close after its NOTIFICATION", c.name));
         }
         // The session's end reaches the status shortly after the socket closes.
-        let code = format!("{}/{}", c.code.0, c.code.1);
+        // In words: the NOTIFICATION's code, or for a wrong AS what the operator must fix.
+        let code = match c.code {
+            (2, 2) => "peer AS 65399, configured 65301".to_string(),
+            (a, b) => format!("{a}/{b}"),
+        };
         let named = testkit::bgp::poll(Duration::from_secs(10), "status names the NOTIFICATION", || {
             let st = node.peer(IpAddr::V4(*src));
             Ok(st.is_some_and(|st| st.state != "Established" && st.last_error.is_some_and(|e| e.contains(&code))))
