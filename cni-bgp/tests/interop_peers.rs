@@ -352,3 +352,66 @@ fn bird_graceful_restart_keeps_its_routes_through_the_restart() {
     p.node.wait_no_kernel(t4, T);
     assert!(p.node.kernel(t6).is_some());
 }
+
+/// Our speaker as a route reflector (RFC 4456, cluster ID set) in one AS with BIRD and FRR as
+/// its clients and GoBGP as a non-client, no session between the daemons: a client's route is
+/// reflected to the other client and to the non-client, the non-client's route to both
+/// clients, each with the originator's next hop kept (so BIRD and FRR install each other's
+/// routes via each other, directly on the shared link).
+#[test]
+fn route_reflector_between_bird_frr_and_gobgp() {
+    require_daemons().unwrap();
+    let mut lab = Lab::new("rrinterop").unwrap();
+    let seg = lab.segment("10.90.0.0/24").unwrap();
+    let h_ours = lab.host(seg).unwrap();
+    let ours = lab.host_ip(h_ours);
+    const AS: u32 = 64700;
+    let mut cfg = SpeakerConfig::new(AS, ours);
+    cfg.listen = vec![(IpAddr::V4(ours), 179).into()];
+    cfg.cluster_id = Some(ours);
+    let node = OurNode::start(lab.host_ns(h_ours), cfg);
+    let mut daemons = Vec::new();
+    let mut peers = Vec::new();
+    for (i, kind) in Kind::ALL.into_iter().enumerate() {
+        let h = lab.host(seg).unwrap();
+        let addr = lab.host_ip(h);
+        let own = net(&format!("10.97.{i}.0/24"));
+        let c = PeerConfig::new(addr, AS).neighbor(Neighbor::new(IpAddr::V4(ours), AS)).route(own);
+        let ns = lab.host_ns(h).to_string();
+        daemons.push((kind, IpAddr::V4(addr), own, ns.clone(), kind.start(&ns, &c).unwrap()));
+        let mut p = peer(IpAddr::V4(addr), AS, ours, None);
+        p.rr_client = kind != Kind::Gobgp;
+        p.kind = if p.rr_client { "route reflector client".into() } else { "peer".into() };
+        peers.push(p);
+    }
+    node.set_peers(peers);
+    for (_, addr, _, _, d) in &daemons {
+        node.wait_established(*addr, T);
+        d.wait_established(IpAddr::V4(ours), T).unwrap();
+    }
+    for (kind, _, _, ns, d) in &daemons {
+        for (other, o_addr, o_own, _, _) in daemons.iter().filter(|x| x.0 != *kind) {
+            d.wait_route(*o_own, Some(*o_addr), T)
+                .unwrap_or_else(|e| panic!("{kind:?} did not get {other:?}'s {o_own} reflected: {e}"));
+            if let Some(proto) = kind.kernel_protocol() {
+                let k = wait_kernel_route(ns, *o_own, Some(*o_addr), T).unwrap();
+                assert_eq!(k.protocol, proto, "{kind:?}: {k:?}");
+            }
+        }
+    }
+    // Our own kernel has all three, via their originators.
+    for (_, addr, own, _, _) in &daemons {
+        assert_eq!(node.wait_kernel(*own, T).gateway, Some(*addr));
+    }
+    // A client's withdrawal reaches the other client and the non-client.
+    let (bird_own, bird_addr) = (daemons[0].2, daemons[0].1);
+    daemons[0].4.withdraw(bird_own).unwrap();
+    for (kind, _, _, ns, d) in &daemons[1..] {
+        d.wait_no_route(bird_own, T).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        if kind.kernel_protocol().is_some() {
+            wait_no_kernel_route(ns, bird_own, T).unwrap();
+        }
+    }
+    node.wait_no_kernel(bird_own, T);
+    assert!(node.peer(bird_addr).is_some_and(|s| s.state == "Established"));
+}
