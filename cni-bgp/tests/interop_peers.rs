@@ -415,3 +415,57 @@ fn route_reflector_between_bird_frr_and_gobgp() {
     node.wait_no_kernel(bird_own, T);
     assert!(node.peer(bird_addr).is_some_and(|s| s.state == "Established"));
 }
+
+/// Calico's default export to external peers, against real ones: our speaker has BIRD as a
+/// cluster (iBGP) peer and FRR as an external eBGP peer (a top-of-rack router, say). FRR gets
+/// our own prefix but not the one we learned from BIRD; BIRD gets both ours and FRR's.
+#[test]
+fn external_peer_gets_only_our_own_routes() {
+    require_daemons().unwrap();
+    let mut lab = Lab::new("external").unwrap();
+    let seg = lab.segment("10.90.0.0/24").unwrap();
+    let (h_ours, h_bird, h_frr) = (lab.host(seg).unwrap(), lab.host(seg).unwrap(), lab.host(seg).unwrap());
+    let (ours, bird_ip, frr_ip) = (lab.host_ip(h_ours), lab.host_ip(h_bird), lab.host_ip(h_frr));
+    let (own, bird_own, frr_own) = (net("10.98.0.0/24"), net("10.98.1.0/24"), net("10.98.2.0/24"));
+    let mut cfg = SpeakerConfig::new(64800, ours);
+    cfg.listen = vec![(IpAddr::V4(ours), 179).into()];
+    let node = OurNode::start(lab.host_ns(h_ours), cfg);
+    let bird = Kind::Bird
+        .start(
+            lab.host_ns(h_bird),
+            &PeerConfig::new(bird_ip, 64800).neighbor(Neighbor::new(IpAddr::V4(ours), 64800)).route(bird_own),
+        )
+        .unwrap();
+    let frr = Kind::Frr
+        .start(
+            lab.host_ns(h_frr),
+            &PeerConfig::new(frr_ip, 64900).neighbor(Neighbor::new(IpAddr::V4(ours), 64800)).route(frr_own),
+        )
+        .unwrap();
+    let mut ext = peer(IpAddr::V4(frr_ip), 64900, ours, None);
+    ext.external = true;
+    ext.kind = "global peer".into();
+    node.set_peers(vec![peer(IpAddr::V4(bird_ip), 64800, ours, None), ext]);
+    node.originate(vec![own]);
+    for (d, a) in [(&bird, bird_ip), (&frr, frr_ip)] {
+        node.wait_established(IpAddr::V4(a), T);
+        d.wait_established(IpAddr::V4(ours), T).unwrap();
+    }
+    // We learned both daemons' prefixes.
+    node.wait_learned(bird_own, T);
+    node.wait_learned(frr_own, T);
+    // BIRD (cluster peer) gets ours and the external one's; FRR only ours.
+    bird.wait_route(own, Some(IpAddr::V4(ours)), T).unwrap();
+    bird.wait_route(frr_own, Some(IpAddr::V4(frr_ip)), T).unwrap();
+    frr.wait_route(own, Some(IpAddr::V4(ours)), T).unwrap();
+    // A barrier: a prefix we originate only now, after BIRD's route was learned and FRR's
+    // session was up. Once FRR has it, an export of BIRD's route, which would have been
+    // queued before it on the same session, would have arrived too.
+    let marker = net("10.98.9.0/24");
+    node.originate(vec![own, marker]);
+    frr.wait_route(marker, Some(IpAddr::V4(ours)), T).unwrap();
+    let got: Vec<IpNetwork> = frr.routes().unwrap().into_iter().map(|r| r.0).collect();
+    assert!(!got.contains(&bird_own), "the external peer got a route we learned from BIRD: {got:?}");
+    let st = node.peer(IpAddr::V4(frr_ip)).unwrap();
+    assert_eq!(st.prefixes_sent, 2, "ours and the marker: {st:?}");
+}
