@@ -688,3 +688,33 @@ fn a_hundred_thousand_prefixes_arrive_in_few_fib_batches() {
         assert!(a.has("11.1.134.0/24", B4));
     });
 }
+
+#[test]
+fn a_silent_peer_is_dropped_when_the_hold_timer_expires() {
+    block_on(async {
+        let (na, nb) = pair("ho");
+        let hold = |mut c: SpeakerConfig| {
+            c.hold_time = 3;
+            c.graceful_restart = Some(60);
+            c
+        };
+        let mut a = Node::start(&na, hold(cfg(64512, "192.0.2.1", &[A4])));
+        let b = Node::start(&nb, hold(cfg(64512, "192.0.2.2", &[B4])));
+        b.h.originate(vec![net("10.50.2.0/24")]).await;
+        a.h.set_peers(vec![peer(B4, 64512, A4, A6)]).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        a.until("a learns b's route", T, |n| n.has("10.50.2.0/24", B4)).await;
+        // Keepalives (every second) keep the session up past the hold time.
+        a.watch(Duration::from_secs(4)).await;
+        assert!(a.downs.is_empty(), "{:?}", a.downs);
+        // b goes silent without closing anything: its link goes down.
+        nb.ip(&["link", "set", "b0", "down"]);
+        let t0 = Instant::now();
+        a.until("withdrawn when the hold timer expires", Duration::from_secs(10), |n| withdrawn(n, "10.50.2.0/24"))
+            .await;
+        assert!(t0.elapsed() <= Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(a.downs.first().map(|d| d.1.as_str()), Some("hold timer expired"));
+        let s = a.status_until(B4, "not established", |s| s.state != "Established").await;
+        assert_eq!(s.last_error.as_deref(), Some("hold timer expired"));
+    });
+}
