@@ -718,3 +718,57 @@ fn a_silent_peer_is_dropped_when_the_hold_timer_expires() {
         assert_eq!(s.last_error.as_deref(), Some("hold timer expired"));
     });
 }
+
+/// `cargo test --release -p cni-bgp --test speaker -- --ignored --nocapture bench`: BIRD sends
+/// 100k IPv4 prefixes; prints the time from `set_peers` until all are in our FIB events, and
+/// how many events carried them.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn bench_bird_feeds_a_hundred_thousand_prefixes() {
+    block_on(async {
+        const N: u32 = 100_000;
+        let (na, nb) = pair("bb");
+        let mut conf = format!(
+            "router id {B4};\nprotocol device {{}}\nprotocol bgp ours {{ local {B4} as 64513; neighbor {A4} as 64512; \
+             ipv4 {{ import none; export all; }}; }}\nprotocol static s4 {{ ipv4;\n"
+        );
+        for i in 0..N {
+            conf.push_str(&format!("route {}/24 blackhole;\n", Ipv4Addr::from(0x0b00_0000 + (i << 8))));
+        }
+        conf.push_str("}\n");
+        let _bird = Bird::start(&nb, &conf);
+        let mut a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4]));
+        let t0 = Instant::now();
+        a.h.set_peers(vec![peer(B4, 64513, A4, A6)]).await;
+        let mut batches = 0usize;
+        let end = t0 + Duration::from_secs(300);
+        let mut up = None;
+        while a.fib.len() < N as usize {
+            match tokio::time::timeout_at(end, a.ev.recv()).await {
+                Ok(Some(e)) => {
+                    batches += usize::from(matches!(e, SpeakerEvent::Fib(_)));
+                    if matches!(e, SpeakerEvent::PeerUp(_)) {
+                        up = Some(t0.elapsed());
+                    }
+                    a.take(e);
+                }
+                other => panic!("{} of {N} after {:?}: {other:?}", a.fib.len(), t0.elapsed()),
+            }
+        }
+        eprintln!(
+            "speaker bench: session up after {up:?}; {N} prefixes from BIRD in the FIB events after {:?}, in {batches} \
+             batches; this process used {:.2} s of CPU",
+            t0.elapsed(),
+            cpu_secs()
+        );
+    });
+}
+
+/// User + system CPU time of this process so far (/proc/self/stat, clock ticks of 10 ms).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let after = stat.rsplit_once(") ").expect("comm").1;
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
