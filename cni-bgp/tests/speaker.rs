@@ -772,3 +772,33 @@ fn cpu_secs() -> f64 {
     let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
     ticks as f64 / 100.0
 }
+
+#[test]
+fn a_peer_that_restarts_unnoticed_replaces_its_old_session_and_keeps_its_routes() {
+    block_on(async {
+        let (na, nb) = pair("ru");
+        let (mut a, b) = gr_pair(&na, &nb, 30).await;
+        // b dies without a's noticing: its FIN and RST never leave its namespace.
+        nb.exec(&["nft", "add table inet h1drop"]);
+        nb.exec(&["nft", "add chain inet h1drop out { type filter hook output priority 0; }"]);
+        nb.exec(&["nft", "add rule inet h1drop out tcp flags & (fin | rst) != 0 drop"]);
+        b.h.abort().await;
+        drop(b);
+        // b's agent is back (restarting, its routes kept) and connects while a still holds
+        // the old session as Established: RFC 4724 §4.2, the old session is over, its routes
+        // stay (stale) and the new session takes over.
+        let mut c = cfg(64512, "192.0.2.2", &[B4]);
+        c.graceful_restart = Some(30);
+        c.restarting = true;
+        let mut b = Node::start(&nb, c);
+        b.h.originate(vec![net("10.50.2.0/24"), net("fd50:2::/64")]).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        b.until("b converges and relearns a's route", T, |n| n.converged && n.has("10.50.1.0/24", A4)).await;
+        a.until("a has the new session", T, |n| n.ups.len() == 2).await;
+        assert_eq!(a.downs.first().map(|d| d.1.as_str()), Some("the peer reconnected (graceful restart)"));
+        a.status_until(B4, "established again", |s| s.state == "Established" && s.prefixes_received == 2).await;
+        a.watch(Duration::from_millis(500)).await;
+        assert!(!withdrawn(&a, "10.50.2.0/24") && !withdrawn(&a, "fd50:2::/64"), "{:?}", a.changes);
+        nb.exec(&["nft", "delete table inet h1drop"]);
+    });
+}
