@@ -802,3 +802,31 @@ fn a_peer_that_restarts_unnoticed_replaces_its_old_session_and_keeps_its_routes(
         nb.exec(&["nft", "delete table inet h1drop"]);
     });
 }
+
+#[test]
+fn converged_comes_at_once_without_peers_and_waits_for_a_configured_one() {
+    block_on(async {
+        let (na, nb) = pair("cv");
+        let mut a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4]));
+        a.h.originate(vec![net("10.50.1.0/24")]).await;
+        a.h.set_peers(vec![]).await;
+        a.until("converged with no peers", Duration::from_secs(2), |n| n.converged).await;
+        drop(a);
+
+        // A restarting speaker with a peer that is not there yet: no Converged (the agent
+        // would sweep the kernel's stale routes) until the peer has sent its End-of-RIB.
+        let mut c = cfg(64512, "192.0.2.1", &[A4]);
+        c.graceful_restart = Some(120);
+        c.restarting = true;
+        let mut r = Node::start(&na, c);
+        r.h.set_peers(vec![peer(B4, 64512, A4, A6)]).await;
+        r.watch(Duration::from_millis(1500)).await;
+        assert!(!r.converged, "converged while the peer is away");
+        let b = Node::start(&nb, cfg(64512, "192.0.2.2", &[B4]));
+        b.h.originate(vec![net("10.50.2.0/24")]).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        r.until("converged once the peer's table is in", T, |n| n.converged).await;
+        // The deferred selection ran before Converged: the peer's route was in an earlier event.
+        assert!(r.has("10.50.2.0/24", B4));
+    });
+}

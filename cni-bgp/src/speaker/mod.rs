@@ -987,13 +987,10 @@ impl Actor {
         if self.converged || !self.peers_set || self.stopping.is_some() {
             return;
         }
-        let done = if self.rib.deferring() {
-            false
-        } else if self.cfg.restarting {
-            true
-        } else {
-            self.peers.values().all(|p| p.established.is_some() && p.families.iter().all(|f| p.eor.contains(f)))
-        };
+        // A restarting RIB may end its deferral early (a peer without graceful restart came
+        // up); the kernel's stale routes wait for every peer's End-of-RIB all the same.
+        let done = !self.rib.deferring()
+            && self.peers.values().all(|p| p.established.is_some() && p.families.iter().all(|f| p.eor.contains(f)));
         if done {
             tracing::info!("converged: every peer sent End-of-RIB");
             self.converged = true;
