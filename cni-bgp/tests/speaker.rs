@@ -830,3 +830,35 @@ fn converged_comes_at_once_without_peers_and_waits_for_a_configured_one() {
         assert!(r.has("10.50.2.0/24", B4));
     });
 }
+
+#[test]
+fn an_external_peer_gets_only_our_own_routes_until_it_is_a_mesh_peer() {
+    block_on(async {
+        let (na, nb) = pair("ex");
+        let nc = Ns::new("exc");
+        veth((&na, "a1", "10.204.0.1", "fd04::1"), (&nc, "c0", "10.204.0.2", "fd04::2"));
+        let a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4, "10.204.0.1"]));
+        let b = Node::start(&nb, cfg(64512, "192.0.2.2", &[B4]));
+        let mut c = Node::start(&nc, cfg(64513, "192.0.2.3", &["10.204.0.2"]));
+        a.h.originate(vec![net("10.50.1.0/24")]).await;
+        b.h.originate(vec![net("10.50.2.0/24")]).await;
+        c.h.set_peers(vec![peer("10.204.0.1", 64512, "10.204.0.2", "fd04::2")]).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        let mut ext = peer("10.204.0.2", 64513, "10.204.0.1", "fd04::1");
+        ext.external = true;
+        a.h.set_peers(vec![peer(B4, 64512, A4, A6), ext.clone()]).await;
+        c.until("c has a's own route, next hop a", T, |n| n.has("10.50.1.0/24", "10.204.0.1") && n.converged).await;
+        a.status_until(B4, "a learned b's route", |s| s.prefixes_received == 1).await;
+        c.watch(Duration::from_millis(300)).await;
+        assert!(!c.fib.contains_key(&net("10.50.2.0/24")), "b's route leaked to the external peer: {:?}", c.fib);
+        let s = a.status_until("10.204.0.2", "external", |s| s.state == "Established").await;
+        assert_eq!(s.prefixes_sent, 1);
+        // The same peer, no longer external (a changed spec: removed and added again): it gets
+        // what a learned too, with a's AS in front.
+        ext.external = false;
+        a.h.set_peers(vec![peer(B4, 64512, A4, A6), ext]).await;
+        c.until("c gets b's route through a", T, |n| n.has("10.50.2.0/24", "10.204.0.1")).await;
+        let r = c.route("10.50.2.0/24").await.expect("learned");
+        assert_eq!(r.as_path, vec![64512]);
+    });
+}
