@@ -1,10 +1,11 @@
 //! Real BGP peers for tests: BIRD 2, GoBGP 3 and FRR 8 (the Debian packages), each run inside a
 //! network namespace the test owns (`ip netns exec`), with a configuration this module writes.
 //!
-//! Every instance has its own directory (`/tmp/cft-bgp-<kind>-<pid>-<n>`), control socket (BIRD),
+//! Every instance has its own directory (`/tmp/cft-<pid>-bgp-<kind>-<n>`), control socket (BIRD),
 //! API port (GoBGP) or pathspace (FRR `-N`), so several daemons of one kind run at once. The
 //! daemons run in the foreground as children of the test: [`Drop`] stops them (SIGTERM, then
-//! SIGKILL after 5 s) and removes their files, even when the test fails.
+//! SIGKILL after 5 s) and removes their files, even when the test fails; what a killed run
+//! left behind is reclaimed by the next start ([`sweep_dead_daemons`]).
 //!
 //! What each fixture reads back is the daemon's own structured output where it has one:
 //! GoBGP `gobgp -j global rib` / `gobgp -j neighbor`, FRR `show bgp … json` /
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use crate::util::{next_id, pid, Context, R, SYS_PATH};
+use crate::util::{next_id, pid, pid_alive, Context, PREFIX, R, SYS_PATH};
 use crate::{bail, ensure};
 
 /// One BGP neighbor of a daemon.
@@ -272,6 +273,23 @@ pub fn require_daemons() -> R<()> {
 const FRR_BGPD: &str = "/usr/lib/frr/bgpd";
 const FRR_ZEBRA: &str = "/usr/lib/frr/zebra";
 
+/// Reclaims what runs that died left behind: their daemons (killed through the lab's owner
+/// marker), work dirs and FRR pathspaces. Called by every fixture's start.
+pub fn sweep_dead_daemons() -> Vec<String> {
+    let mut removed = crate::lab::sweep_dead_labs();
+    if let Ok(rd) = fs::read_dir("/var/run/frr") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner: Option<u32> =
+                name.strip_prefix("cft-").and_then(|r| r.split('-').next()).and_then(|p| p.parse().ok());
+            if owner.is_some_and(|o| o != pid() && !pid_alive(o)) && fs::remove_dir_all(e.path()).is_ok() {
+                removed.push(format!("FRR pathspace {name}"));
+            }
+        }
+    }
+    removed
+}
+
 /// A per-instance directory, removed on drop.
 #[derive(Debug)]
 struct WorkDir {
@@ -280,7 +298,8 @@ struct WorkDir {
 
 impl WorkDir {
     fn new(kind: &str) -> R<WorkDir> {
-        let path = PathBuf::from(format!("/tmp/cft-bgp-{kind}-{}-{}", pid(), next_id()));
+        // `cft-<pid>-…` in the temp dir: `net::sweep_dead_runs` removes it if this run dies.
+        let path = std::env::temp_dir().join(format!("cft-{}-bgp-{kind}-{}", pid(), next_id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).ctx(format!("create {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
@@ -310,6 +329,8 @@ fn spawn_in(ns: &str, prog: &str, args: &[&str], log: &Path) -> R<Child> {
         .args(["netns", "exec", ns, prog])
         .args(args)
         .env("PATH", SYS_PATH)
+        // The lab's owner marker: `lab::sweep_dead_labs` kills the daemon if this run dies.
+        .env(crate::lab::LAB_ENV, format!("{PREFIX}-{}-bgp", pid()))
         .stdin(Stdio::null())
         .stdout(f)
         .stderr(f2)
@@ -395,6 +416,7 @@ impl Bird {
     }
 
     fn start_with(ns: &str, cfg: &PeerConfig, recovery: bool) -> R<Bird> {
+        sweep_dead_daemons();
         let dir = WorkDir::new("bird")?;
         let conf = dir.file("bird.conf");
         fs::write(&conf, bird_config(cfg, &cfg.routes)).ctx("write bird.conf")?;
@@ -600,6 +622,7 @@ pub struct Gobgp {
 
 impl Gobgp {
     pub fn start(ns: &str, cfg: &PeerConfig) -> R<Gobgp> {
+        sweep_dead_daemons();
         let dir = WorkDir::new("gobgp")?;
         fs::write(dir.file("gobgpd.toml"), gobgp_config(cfg)).ctx("write gobgpd.toml")?;
         // The API listens inside the namespace; the port only has to differ between GoBGPs
@@ -773,6 +796,7 @@ pub struct Frr {
 
 impl Frr {
     pub fn start(ns: &str, cfg: &PeerConfig) -> R<Frr> {
+        sweep_dead_daemons();
         let dir = WorkDir::new("frr")?;
         let pathspace = format!("cft-{}-{}", pid(), next_id());
         let run_dir = format!("/var/run/frr/{pathspace}");
