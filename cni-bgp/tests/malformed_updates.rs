@@ -92,6 +92,21 @@ fn announce(p: &str, nh: Ipv4Addr, extra: &[u8]) -> Vec<u8> {
     update(&[], &a, &nlri4(p))
 }
 
+/// A valid IPv6 announcement of `p` in MP_REACH_NLRI with next hop `nh`, after ORIGIN `origin`
+/// and AS_PATH.
+fn announce6(p: &str, nh: std::net::Ipv6Addr, origin_value: u8) -> Vec<u8> {
+    let n: ipnetwork::Ipv6Network = p.parse().unwrap();
+    let mut mp = vec![0, 2, 1, 16];
+    mp.extend_from_slice(&nh.octets());
+    mp.push(0);
+    mp.push(n.prefix());
+    mp.extend_from_slice(&n.network().octets()[..n.prefix().div_ceil(8) as usize]);
+    let mut a = origin(origin_value);
+    a.extend(as_path(&[SCRIPT_AS]));
+    a.extend(attr(0x80, 14, &mp));
+    update(&[], &a, &[])
+}
+
 const KEEPALIVE: [u8; 19] =
     [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 19, 4];
 
@@ -364,7 +379,7 @@ fn reset_cases(nh: Ipv4Addr, speaker_id: Ipv4Addr) -> Vec<ResetCase> {
 fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
     require_daemons().unwrap();
     let mut lab = Lab::new("malform").unwrap();
-    let seg = lab.segment("10.94.0.0/24").unwrap();
+    let seg = lab.segment_with_ipv6("10.94.0.0/24", "fd00:94::/64").unwrap();
     let (h_ours, h_script, h_witness) = (lab.host(seg).unwrap(), lab.host(seg).unwrap(), lab.host(seg).unwrap());
     let (ours, witness) = (lab.host_ip(h_ours), lab.host_ip(h_witness));
     let script_ns = lab.host_ns(h_script).to_string();
@@ -506,6 +521,19 @@ fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
             failures.push(format!("treat-as-withdraw {name}: the session went down: {st:?}"));
             break;
         }
+    }
+    // Treat-as-withdraw of IPv6 routes carried in MP_REACH_NLRI (RFC 7606 §2: every route the
+    // UPDATE contains counts as withdrawn, those of MP_REACH_NLRI too): ORIGIN value 3.
+    let p6 = "fd00:96::/48";
+    let nh6: std::net::Ipv6Addr = "fd00:94::64".parse().unwrap();
+    s.send(&announce6(p6, nh6, 0));
+    let r6 = node.wait_learned(net(p6), T);
+    assert_eq!(r6.next_hop, Some(IpAddr::V6(nh6)), "{r6:?}");
+    s.send(&announce6(p6, nh6, 3));
+    if let Err(e) = testkit::bgp::poll(Duration::from_secs(20), "IPv6 treat-as-withdraw", || {
+        Ok(!node.routes().iter().any(|r| r.prefix == net(p6) && r.peer.is_some()))
+    }) {
+        failures.push(format!("treat-as-withdraw ORIGIN value 3 in an IPv6 (MP_REACH_NLRI) UPDATE: route stayed: {e}"));
     }
     // Attribute discard: the route is accepted, the attribute dropped.
     let discard: Vec<(&str, Vec<u8>)> = vec![
