@@ -383,10 +383,6 @@ fn run_in(ns: &str, prog: &str, args: &[&str]) -> R<String> {
     crate::util::run("ip", &a)
 }
 
-fn is_unspecified(a: IpAddr) -> bool {
-    a.is_unspecified()
-}
-
 // ---------------------------------------------------------------------------------------------
 // BIRD
 
@@ -724,7 +720,7 @@ pub fn parse_gobgp_rib(text: &str) -> R<Vec<Route>> {
                 .and_then(|a| a["nexthop"].as_str())
                 .and_then(|s| s.parse::<IpAddr>().ok())
         });
-        out.push((p, nh.filter(|a| !is_unspecified(*a))));
+        out.push((p, nh.filter(|a| !a.is_unspecified())));
     }
     Ok(out)
 }
@@ -925,7 +921,7 @@ pub fn parse_frr_routes(text: &str) -> R<Vec<Route>> {
             .and_then(|a| a.first())
             .and_then(|n| n["ip"].as_str())
             .and_then(|s| s.parse::<IpAddr>().ok())
-            .filter(|a| !is_unspecified(*a));
+            .filter(|a| !a.is_unspecified());
         out.push((p, nh));
     }
     Ok(out)
