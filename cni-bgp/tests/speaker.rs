@@ -862,3 +862,20 @@ fn an_external_peer_gets_only_our_own_routes_until_it_is_a_mesh_peer() {
         assert_eq!(r.as_path, vec![64512]);
     });
 }
+
+#[test]
+fn the_listening_port_is_free_when_stop_or_abort_returns() {
+    block_on(async {
+        let (_na, nb) = pair("lp");
+        let first = Node::start(&nb, cfg(64512, "192.0.2.2", &[B4, B6]));
+        // Taken while it runs: the error names the address.
+        let e = Node::try_start(&nb, cfg(64512, "192.0.2.2", &[B4])).err().expect("port 179 is taken");
+        assert!(e.to_string().starts_with("BGP listener on 10.201.0.2:179: "), "{e}");
+        first.h.abort().await;
+        // The old speaker's runtime still runs; its listener is closed all the same.
+        let second = Node::try_start(&nb, cfg(64512, "192.0.2.2", &[B4, B6])).expect("bound right after abort");
+        second.h.stop().await;
+        let _third = Node::try_start(&nb, cfg(64512, "192.0.2.2", &[B4, B6])).expect("bound right after stop");
+        drop(first);
+    });
+}
