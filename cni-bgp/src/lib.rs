@@ -6,6 +6,7 @@
 //! the cluster-wide BGP config and node registry in etcd, [`cli`] the admin
 //! commands that edit it.
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod fib;
@@ -27,6 +28,19 @@ pub enum Error {
     /// Another writer of the BGP config kept winning the revision race.
     #[error("the BGP config changed under us {0} times in a row; try again")]
     TooManyRaces(usize),
+    /// A command-line flag of the agent breaks a rule (exit code 2); the
+    /// message names the flag.
+    #[error("{0}")]
+    Flag(cluster::ConfigError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A part of the agent that must run for ever ended.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
