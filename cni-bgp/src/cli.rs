@@ -320,9 +320,8 @@ fn status_table(r: &StatusReply) -> String {
         n.listen_port,
         if n.ready { "ready" } else { "not ready" }
     );
-    let mut rows = vec![["PEER", "AS", "KIND", "STATE", "UPTIME", "RECEIVED", "SENT", "LAST ERROR"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows =
+        vec![["PEER", "AS", "KIND", "STATE", "UPTIME", "RECEIVED", "SENT", "LAST ERROR"].map(String::from).to_vec()];
     for p in &r.peers {
         rows.push(vec![
             p.address.to_string(),

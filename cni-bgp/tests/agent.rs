@@ -171,7 +171,11 @@ impl Cluster {
     fn peer_state(&self, i: usize, peer: usize) -> Option<String> {
         let addr = self.lab.host_ip(self.hosts[peer]).to_string();
         let s = self.status_json(i);
-        s["peers"].as_array()?.iter().find(|p| p["address"] == addr.as_str()).map(|p| p["state"].as_str().unwrap().to_string())
+        s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["address"] == addr.as_str())
+            .map(|p| p["state"].as_str().unwrap().to_string())
     }
 
     fn wait_established(&self, i: usize, peer: usize) {
@@ -269,7 +273,10 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     assert_eq!(s["node"]["name"], "node0");
     assert_eq!(s["node"]["ready"], true);
     let p = &s["peers"].as_array().unwrap()[0];
-    assert_eq!((p["address"].as_str(), p["asn"].as_u64(), p["kind"].as_str()), (Some(&*ip1.to_string()), Some(64512), Some("mesh")));
+    assert_eq!(
+        (p["address"].as_str(), p["asn"].as_u64(), p["kind"].as_str()),
+        (Some(&*ip1.to_string()), Some(64512), Some("mesh"))
+    );
     let t = String::from_utf8(c.cli(0, &["status"]).stdout).unwrap();
     assert!(t.contains("PEER") && t.contains(&ip1.to_string()) && t.contains("Established"), "{t}");
     let r = String::from_utf8(c.cli(0, &["routes"]).stdout).unwrap();
@@ -300,6 +307,15 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     assert_eq!(c.peer_state(0, 1).as_deref(), Some("Established"));
     assert_eq!(c.peer_state(0, 2).as_deref(), Some("Established"));
     assert!(c.has_route(0, &format!("10.70.0.64/26 via {ip1}")));
+    // An agent does not start on it, naming the key.
+    let mut args = c.agent_args(2, &[]);
+    let i = args.iter().position(|a| a == "--state-dir").unwrap();
+    args[i + 1] = c.lab.dir().join("state-refused").display().to_string();
+    let o =
+        c.lab.exec(c.hosts[2], &[&[bin()], &args.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat()).unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("asNumber: AS 0 is reserved"), "{o:?}");
+    c.etcdctl(&["del", &format!("{}/bgp/config", c.prefix)]);
 
     // node2 leaves for good (SIGTERM with --deregister-on-exit): unpeered
     // by the others at once, its block withdrawn; its sockets are gone.

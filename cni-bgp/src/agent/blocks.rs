@@ -92,7 +92,8 @@ async fn watch_loop(etcd: &EtcdClient, prefix: &str, mut blocks: Blocks, mut rev
             }
         };
         let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
-        let started = tokio::time::timeout(etcd.timeouts().request, client.watch(format!("{prefix}/"), Some(opts))).await;
+        let started =
+            tokio::time::timeout(etcd.timeouts().request, client.watch(format!("{prefix}/"), Some(opts))).await;
         let mut stream = match started {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

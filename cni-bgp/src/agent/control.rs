@@ -174,9 +174,9 @@ async fn serve_control(l: UnixListener, requests: mpsc::Sender<Request>) {
                         Err(_) => None,
                     }
                 }
-                (Ok(Ok(_)), other) => {
-                    Some(serde_json::json!({ "error": format!("unknown request {other:?}: status or routes") }).to_string())
-                }
+                (Ok(Ok(_)), other) => Some(
+                    serde_json::json!({ "error": format!("unknown request {other:?}: status or routes") }).to_string(),
+                ),
                 _ => Some(serde_json::json!({ "error": "no request line" }).to_string()),
             };
             let reply = reply.unwrap_or_else(|| serde_json::json!({ "error": "the agent is stopping" }).to_string());

@@ -159,7 +159,10 @@ impl AgentFlags {
             return Err(bad("--cluster-id", "only a route reflector has a cluster ID: add --route-reflector"));
         }
         if self.hold_time != 0 && self.hold_time < 3 {
-            return Err(bad("--hold-time", format!("{} s: the hold time is 0 or at least 3 s (RFC 4271)", self.hold_time)));
+            return Err(bad(
+                "--hold-time",
+                format!("{} s: the hold time is 0 or at least 3 s (RFC 4271)", self.hold_time),
+            ));
         }
         if self.graceful_restart_time > 4095 {
             return Err(bad("--graceful-restart-time", "at most 4095 s (a 12-bit field, RFC 4724)"));

@@ -102,7 +102,14 @@ pub fn desired_peers(cfg: &ClusterBgpConfig, nodes: &[NodeRecord], me: &Me, flag
         let Ok(address) = p.address.parse::<IpAddr>() else { continue };
         let kind = if p.node.is_some() { "node peer" } else { "global peer" };
         push(
-            DesiredPeer { address, asn: p.as_number, port: BGP_PORT, rr_client: false, external: true, kind: kind.into() },
+            DesiredPeer {
+                address,
+                asn: p.as_number,
+                port: BGP_PORT,
+                rr_client: false,
+                external: true,
+                kind: kind.into(),
+            },
             &mut out,
         );
     }
@@ -139,7 +146,14 @@ mod tests {
     }
 
     fn me(name: &str, last: u8) -> Me {
-        Me { name: name.into(), ipv4: Ipv4Addr::new(10, 0, 0, last), ipv6: None, as_number: None, route_reflector: false, port: 179 }
+        Me {
+            name: name.into(),
+            ipv4: Ipv4Addr::new(10, 0, 0, last),
+            ipv6: None,
+            as_number: None,
+            route_reflector: false,
+            port: 179,
+        }
     }
 
     fn summary(p: &[DesiredPeer]) -> Vec<(String, u32, bool, bool, &str)> {
@@ -171,12 +185,8 @@ mod tests {
     #[test]
     fn reflectors_and_clients() {
         // rr1 registered with --route-reflector, rr2 listed in the config; mesh on is ignored.
-        let nodes = [
-            NodeRecord { route_reflector: true, ..node("rr1", 1) },
-            node("rr2", 2),
-            node("c1", 3),
-            node("c2", 4),
-        ];
+        let nodes =
+            [NodeRecord { route_reflector: true, ..node("rr1", 1) }, node("rr2", 2), node("c1", 3), node("c2", 4)];
         let cfg = ClusterBgpConfig {
             route_reflectors: vec![RouteReflector { node: "rr2".into(), cluster_id: None }],
             ..Default::default()
@@ -203,11 +213,10 @@ mod tests {
         assert_eq!(rr1.iter().map(|p| p.rr_client).collect::<Vec<_>>(), [true, true, false]);
         // rr2 knows it reflects from the config alone.
         let rr2 = desired_peers(&cfg, &nodes, &me("rr2", 2), &[]);
-        assert_eq!(rr2.iter().map(|p| (p.address.to_string(), p.rr_client)).collect::<Vec<_>>(), [
-            ("10.0.0.3".into(), true),
-            ("10.0.0.4".into(), true),
-            ("10.0.0.1".into(), false)
-        ]);
+        assert_eq!(
+            rr2.iter().map(|p| (p.address.to_string(), p.rr_client)).collect::<Vec<_>>(),
+            [("10.0.0.3".into(), true), ("10.0.0.4".into(), true), ("10.0.0.1".into(), false)]
+        );
     }
 
     #[test]

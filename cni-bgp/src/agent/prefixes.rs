@@ -70,7 +70,9 @@ mod tests {
             exclusive: false,
             allocations: allocs
                 .iter()
-                .map(|(ip, h)| (ip.parse().unwrap(), Allocation { handle: format!("c-{ip}/eth0"), host: h.to_string() }))
+                .map(|(ip, h)| {
+                    (ip.parse().unwrap(), Allocation { handle: format!("c-{ip}/eth0"), host: h.to_string() })
+                })
                 .collect(),
         }
     }

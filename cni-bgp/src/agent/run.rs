@@ -33,9 +33,9 @@ use tokio::sync::mpsc;
 use super::blocks::{self, Blocks};
 use super::control::{InstalledRoute, NodeInfo, Request, RoutesReply, Sockets, StatusReply};
 use super::flags::{AgentConfig, AgentFlags};
+use super::host;
 use super::peers::{desired_peers, is_reflector, DesiredPeer, Me};
 use super::prefixes::{advertised, Advertised};
-use super::host;
 use crate::cluster::{BgpStore, ClusterBgpConfig, ClusterEvent, ConfigError, NodeRecord};
 use crate::fib::{self, Fib};
 use crate::speaker::{PeerSpec, Speaker, SpeakerConfig, SpeakerEvent, SpeakerHandle};
@@ -184,7 +184,11 @@ impl Agent {
     /// A new valid cluster config: applied unless it breaks a rule that
     /// concerns this node. A changed AS or reflector role restarts the
     /// speaker (sessions come back with the new OPEN).
-    async fn config_changed(&mut self, c: ClusterBgpConfig, events: &mut mpsc::Receiver<SpeakerEvent>) -> Result<(), Error> {
+    async fn config_changed(
+        &mut self,
+        c: ClusterBgpConfig,
+        events: &mut mpsc::Receiver<SpeakerEvent>,
+    ) -> Result<(), Error> {
         if let Err(e) = check_for_node(&c, &self.cfg) {
             tracing::error!("rejected BGP config change: {e}; the running config stays");
             return Ok(());
@@ -285,8 +289,7 @@ async fn start_speaker(sc: SpeakerConfig) -> Result<(SpeakerHandle, mpsc::Receiv
 /// Our routes in the kernel (protocol 76, main table, both families).
 fn installed_routes() -> Result<Vec<InstalledRoute>, Error> {
     let mut nl = Netlink::open()?;
-    let names: HashMap<u32, String> =
-        linux_net::link::list(&mut nl)?.into_iter().map(|l| (l.index, l.name)).collect();
+    let names: HashMap<u32, String> = linux_net::link::list(&mut nl)?.into_iter().map(|l| (l.index, l.name)).collect();
     let mut out = Vec::new();
     for v6 in [false, true] {
         for r in route::list_protocol(&mut nl, v6, fib::MAIN_TABLE, fib::PROTOCOL)? {
@@ -433,7 +436,10 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
 }
 
 /// The event loop, until `stop` (a signal) or a fatal error.
-async fn serve(s: Started, mut stop: std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>) -> Result<(), Error> {
+async fn serve(
+    s: Started,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>,
+) -> Result<(), Error> {
     let Started { mut a, sockets, mut reg, mut req_rx, mut speaker_events, mut cluster_events, mut block_events } = s;
     let every = (a.cfg.registration_ttl / 3).max(Duration::from_millis(500));
     let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
