@@ -280,7 +280,8 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     let t = String::from_utf8(c.cli(0, &["status"]).stdout).unwrap();
     assert!(t.contains("PEER") && t.contains(&ip1.to_string()) && t.contains("Established"), "{t}");
     let r = String::from_utf8(c.cli(0, &["routes"]).stdout).unwrap();
-    assert!(r.contains(&format!("10.70.0.64/26")) && r.contains("blackhole"), "{r}");
+    assert!(r.contains("10.70.0.64/26") && r.contains("blackhole") && r.contains("protocol 76"), "{r}");
+    eprintln!("cni-bgp status:\n{t}\ncni-bgp routes:\n{r}");
     let rj: Value = serde_json::from_slice(&c.cli(0, &["routes", "--json"]).stdout).unwrap();
     assert!(rj["installed"].as_array().unwrap().iter().any(|i| i["prefix"] == "10.70.0.64/26"), "{rj}");
     assert!(rj["learned"].as_array().unwrap().iter().any(|i| i["prefix"] == "10.70.0.64/26"), "{rj}");

@@ -301,7 +301,7 @@ fn installed_routes() -> Result<Vec<InstalledRoute>, Error> {
             });
         }
     }
-    out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    out.sort_by_key(|r| r.prefix);
     Ok(out)
 }
 
