@@ -415,9 +415,8 @@ fn reflector_and_clients_over_ipv4_and_ipv6_without_mesh() {
     let v6: Vec<String> = (0..4).map(|i| c.lab.host_ip6(c.hosts[i]).unwrap().to_string()).collect();
     let v4: Vec<String> = (0..4).map(|i| c.lab.host_ip(c.hosts[i]).to_string()).collect();
     c.start(0, &["--route-reflector", "--node-ipv6", &v6[0]]);
-    for i in 1..4 {
-        let a = v6[i].clone();
-        c.start(i, &["--node-ipv6", &a]);
+    for (i, a) in v6.iter().enumerate().skip(1) {
+        c.start(i, &["--node-ipv6", a]);
     }
     for i in 0..4 {
         c.wait_ready(i);
