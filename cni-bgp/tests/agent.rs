@@ -162,6 +162,28 @@ impl Cluster {
         );
     }
 
+    /// The CNI plugin's STATUS in host i, with `stateDir` = agent i's.
+    fn cni_status(&self, i: usize) -> (bool, Value) {
+        use std::io::Write;
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "bgpnet", "type": "cni-bgp",
+            "stateDir": self.state_dir(i),
+            "ipam": {"type": "cni-ipam", "ranges": [[{"subnet": "10.79.0.0/24"}]],
+                     "dataDir": self.lab.dir().join(format!("ipam{i}"))},
+        });
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.lab.host_ns(self.hosts[i]), bin()])
+            .env("CNI_COMMAND", "STATUS")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        (o.status.success(), serde_json::from_slice(&o.stdout).unwrap_or(Value::Null))
+    }
+
     fn cli(&self, i: usize, args: &[&str]) -> Output {
         Command::new(bin())
             .args(args)
@@ -266,7 +288,11 @@ fn status_socket_is_not_ready_while_etcd_is_unreachable_and_stale_files_are_repl
     assert!(ok, "{:?}\n{}", c.ready(0), c.log(0));
     let a = c.ready(0).unwrap();
     assert!(!a.ready, "{a:?}");
-    // The control socket answers too, and STATUS-like callers see not ready.
+    // The plugin's STATUS: code 50 with the agent's words.
+    let (ok, v) = c.cni_status(0);
+    assert!(!ok);
+    assert_eq!(v["code"], 50, "{v}");
+    assert!(v.to_string().contains("reading the BGP config from etcd"), "{v}");
     assert!(c.agents[0].as_ref().unwrap().is_running());
     // SIGTERM: the sockets go with the agent.
     let st = c.agents[0].as_ref().unwrap().terminate(Duration::from_secs(10));
@@ -292,6 +318,10 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     c.wait_route(1, &format!("10.70.0.0/26 via {ip0}"), true, Duration::from_secs(10));
     c.wait_route(0, "blackhole 10.70.0.0/26", true, Duration::from_secs(5));
     c.wait_route(1, "blackhole 10.70.0.64/26", true, Duration::from_secs(5));
+
+    // The plugin's STATUS asks the live agent: ready.
+    let (ok, v) = c.cni_status(0);
+    assert!(ok, "STATUS with a ready agent: {v}");
 
     // `cni-bgp status --json` and the tables.
     let s = c.status_json(0);
@@ -353,6 +383,8 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     let st = c.agents[2].as_ref().unwrap().terminate(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", c.log(2));
     assert!(matches!(c.ready(2), Err(status::QueryError::Missing(_))));
+    let (ok, v) = c.cni_status(2);
+    assert!(!ok && v["code"] == 50, "STATUS after the agent stopped: {v}");
     let ok = wait_until(Duration::from_secs(5), || c.peer_state(0, 2).is_none());
     assert!(ok, "node2 still a peer of node0: {}", c.status_json(0));
     c.wait_route(0, "10.70.0.128/26", false, Duration::from_secs(5));

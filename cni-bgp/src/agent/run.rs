@@ -410,6 +410,7 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
     }
 
     let store = Arc::new(BgpStore::new(&cfg.etcd)?);
+    sockets.set(Answer { ready: false, message: Some("reading the BGP config from etcd".into()) });
     let (cluster, _) = retry_etcd!("reading the BGP config", store.config());
     check_for_node(&cluster, &cfg).map_err(Error::Invalid)?;
     let id = identity(&cluster, &cfg);
