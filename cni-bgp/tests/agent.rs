@@ -272,16 +272,21 @@ fn without_default_route_or_node_ip_the_agent_says_which_flag() {
 
 #[test]
 fn status_socket_is_not_ready_while_etcd_is_unreachable_and_stale_files_are_replaced() {
-    let mut c = Cluster::new("notready", 1);
+    let mut c = Cluster::new("notready", 2);
     // A socket file left by a killed agent: nobody listens on it.
     let dir = c.state_dir(0);
     std::fs::create_dir_all(&dir).unwrap();
     drop(std::os::unix::net::UnixListener::bind(status::socket_path(&dir)).unwrap());
     assert!(matches!(c.ready(0), Err(status::QueryError::Connect { .. })));
-    // etcd on a port nobody serves.
+    // etcd on a port nobody serves; no --node-ip: the address of the
+    // default route's interface.
+    let gw = c.lab.host_ip(c.hosts[1]).to_string();
+    c.lab.exec_ok(c.hosts[0], &["ip", "route", "add", "default", "via", &gw, "dev", "eth0"]).unwrap();
     let mut args = c.agent_args(0, &[]);
     let i = args.iter().position(|a| a == "--etcd-endpoints").unwrap();
     args[i + 1] = format!("http://{}:9", c.lab.mgmt_gateway());
+    let i = args.iter().position(|a| a == "--node-ip").unwrap();
+    args.drain(i..i + 2);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     c.agents[0] = Some(c.lab.spawn(c.hosts[0], bin(), &args, &[]).unwrap());
     let ok = wait_until(Duration::from_secs(10), || c.ready(0).is_ok());
@@ -294,6 +299,12 @@ fn status_socket_is_not_ready_while_etcd_is_unreachable_and_stale_files_are_repl
     assert_eq!(v["code"], 50, "{v}");
     assert!(v.to_string().contains("reading the BGP config from etcd"), "{v}");
     assert!(c.agents[0].as_ref().unwrap().is_running());
+    // `cni-bgp status` says why, at once.
+    let o = c.cli(0, &["status"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not ready: reading the BGP config from etcd"), "{o:?}");
+    let ip0 = c.lab.host_ip(c.hosts[0]);
+    assert!(c.log(0).contains(&format!("ip={ip0}")), "--node-ip default: {}", c.log(0));
     // SIGTERM: the sockets go with the agent.
     let st = c.agents[0].as_ref().unwrap().terminate(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", c.log(0));
