@@ -384,6 +384,19 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("asNumber: AS 0 is reserved"), "{o:?}");
     c.etcdctl(&["del", &format!("{}/bgp/config", c.prefix)]);
 
+    // Another agent's listener holds node2's address and port: a second agent
+    // (own state dir) exits 1 naming the address, and leaves no registration.
+    let mut args = c.agent_args(2, &[]);
+    let i = args.iter().position(|a| a == "--state-dir").unwrap();
+    args[i + 1] = c.lab.dir().join("state-busy").display().to_string();
+    let i = args.iter().position(|a| a == "--node-name").unwrap();
+    args[i + 1] = "node2-twin".into();
+    let o =
+        c.lab.exec(c.hosts[2], &[&[bin()], &args.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat()).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{ip2}:179")), "{o:?}");
+    assert_eq!(c.etcdctl(&["get", &format!("{}/bgp/nodes/node2-twin", c.prefix)]), "");
+
     // node2 leaves for good (SIGTERM with --deregister-on-exit): unpeered
     // by the others at once, its block withdrawn; its sockets are gone.
     let g = c.agents[2].take().unwrap();

@@ -449,7 +449,16 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
     if let Some(v6) = cfg.node_ipv6 {
         listen.push(SocketAddr::new(IpAddr::V6(v6), cfg.listen_port));
     }
-    let (speaker, speaker_events) = Speaker::start(speaker_config(&cfg, id, listen, restarting)).await?;
+    let (speaker, speaker_events) = match Speaker::start(speaker_config(&cfg, id, listen, restarting)).await {
+        Ok(x) => x,
+        Err(e) => {
+            // Registered, but no speaker: the others must not keep trying to peer.
+            if let Err(d) = store.deregister(reg).await {
+                tracing::warn!("removing the node registration: {d}");
+            }
+            return Err(e);
+        }
+    };
     let mut a = Agent {
         me,
         record,
