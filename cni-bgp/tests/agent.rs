@@ -542,3 +542,33 @@ fn a_live_change_of_the_cluster_as_restarts_the_sessions_in_the_new_as() {
     c.wait_route(0, "10.73.0.64/26", false, Duration::from_secs(10));
     assert!(c.log(0).contains("restarting the BGP speaker"), "{}", c.log(0));
 }
+
+#[test]
+fn status_says_why_an_external_peer_is_down() {
+    let mut c = Cluster::new("words", 2);
+    let (ip0, ip1) = (c.lab.host_ip(c.hosts[0]).to_string(), c.lab.host_ip(c.hosts[1]).to_string());
+    c.start(0, &["--peer", &format!("{ip1},65099")]);
+    c.wait_ready(0);
+    // Nobody listens on host1 yet.
+    let want = format!("connection refused on {ip1}:179");
+    let ok =
+        wait_until(Duration::from_secs(20), || c.peer_field(0, &ip1, "lastError").is_some_and(|e| e.contains(&want)));
+    assert!(ok, "{}", c.status_json(0));
+    assert_eq!(c.peer_field(0, &ip1, "kind").as_deref(), Some("flag peer"));
+    let t = String::from_utf8(c.cli(0, &["status"]).stdout).unwrap();
+    assert!(t.contains(&want), "{t}");
+    // Another cluster's agent on host1 (its own prefix, AS 65001) peering
+    // with node0: node0 expects AS 65099 and says so.
+    let prefix1 = format!("{}-other", c.prefix);
+    let mut args = c.agent_args(1, &["--as", "65001", "--peer", &format!("{ip0},64512")]);
+    let i = args.iter().position(|a| a == "--etcd-prefix").unwrap();
+    args[i + 1] = prefix1;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.agents[1] = Some(c.lab.spawn(c.hosts[1], bin(), &args, &[]).unwrap());
+    c.wait_ready(1);
+    let want = "peer AS 65001, configured 65099";
+    let ok =
+        wait_until(Duration::from_secs(30), || c.peer_field(0, &ip1, "lastError").is_some_and(|e| e.contains(want)));
+    assert!(ok, "{}", c.status_json(0));
+    assert_ne!(c.peer_state(0, 1).as_deref(), Some("Established"));
+}
