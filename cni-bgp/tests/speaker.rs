@@ -625,7 +625,7 @@ protocol bgp ours {{
             assert!(Instant::now() < end, "still in BIRD's kernel: {}", bird.show(&["show", "route", "all"]));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // External peer: BIRD's routes are not sent back to it (nor anything not ours).
+        // BIRD holds our one route left (fd50:1::/64); we hold BIRD's two.
         let s = a.status_until(B4, "established", |s| s.state == "Established").await;
         assert_eq!((s.prefixes_sent, s.prefixes_received), (1, 2), "{s:?}");
     });
