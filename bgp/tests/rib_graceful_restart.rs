@@ -148,6 +148,32 @@ fn restarting_speaker_defers_selection_until_every_end_of_rib() {
 }
 
 #[test]
+fn a_peer_restarting_too_is_not_waited_for() {
+    // Both sides restarted (e.g. every agent of a cluster updated at once): each sets the
+    // Restart State bit, and neither may wait for the other's End-of-RIB (RFC 4724 §4.1).
+    let mut r = rib(false);
+    let e1 = r.add_peer(PeerConfig {
+        addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        asn: 65002,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
+    r.defer_selection();
+    r.originate(pfx("10.7.0.0/26"), PathAttrs::local(MpNextHop::Ipv4(Ipv4Addr::UNSPECIFIED)));
+    let mut restarting = gr_caps(false, 120);
+    if let Some(g) = restarting.peer_graceful_restart.as_mut() {
+        g.flags |= 0x8;
+    }
+    let c = r.peer_up(e1, restarting, router_id(2)).expect("up");
+    assert!(!r.deferring(), "the only peer restarts too: selection at once");
+    assert_eq!(c.iter().map(|c| c.prefix).collect::<Vec<_>>(), vec![pfx("10.7.0.0/26")]);
+    let ups = sent(&mut r, e1);
+    assert_eq!(announced(&ups), vec![pfx("10.7.0.0/26")]);
+    assert!(ups.iter().any(|u| u.end_of_rib_family().is_some()), "our End-of-RIB follows the table");
+}
+
+#[test]
 fn selection_deferral_timer_selects_without_the_missing_end_of_rib() {
     let mut r = rib(false);
     let e1 = r.add_peer(PeerConfig {

@@ -324,14 +324,18 @@ impl Rib {
         p.stale.retain(|f| gr_families.contains(f));
         p.eor_due = caps.families.clone();
         let gr_capable = caps.peer_graceful_restart.is_some();
+        // RFC 4724 §4.1: a peer that restarts too (its Restart State bit) defers its own
+        // selection, and so its End-of-RIB, until it has ours: waiting for it would hold both
+        // sides until their deferral timers.
+        let peer_restarting = caps.peer_graceful_restart.as_ref().is_some_and(|g| g.flags & 0x8 != 0);
         p.session = Some(Session { caps });
         p.router_id = router_id;
         p.eor_received.clear();
         p.out = JointPrefixMap::new();
         p.pending.clear();
         let mut changes = self.drop_paths(id, |pfx, path| path.stale && gone.contains(&pfx.family()));
-        // A restarting speaker waits only for peers that will send End-of-RIB.
-        if !gr_capable {
+        // A restarting speaker waits only for peers that will send End-of-RIB first.
+        if !gr_capable || peer_restarting {
             changes.extend(self.deferral_done(id));
         }
         let bests: Vec<(Prefix, Path)> =
