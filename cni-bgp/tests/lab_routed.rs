@@ -26,6 +26,9 @@ use testkit::lab::{ContainerId, HostId, Lab, Node, ProcessGuard, SegmentId};
 const NET: &str = "routed";
 /// Hold time the agents propose (s): small, so a dead host is noticed fast.
 const HOLD: u64 = 9;
+/// TTL of an agent's node record in etcd (`--registration-ttl`, s): a
+/// stopped agent's node is unpeered by the others after this.
+const TTL: u64 = 6;
 /// How long a cluster may take to converge after a start.
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -113,7 +116,7 @@ impl Cluster {
     fn start_agent(&mut self, h: HostId) {
         let ip = self.lab.host_ip(h).to_string();
         let state = self.state_dir(h).display().to_string();
-        let hold = HOLD.to_string();
+        let (hold, ttl) = (HOLD.to_string(), TTL.to_string());
         let mut args: Vec<&str> = vec![
             "agent",
             "--etcd-endpoints",
@@ -128,12 +131,13 @@ impl Cluster {
             &state,
             "--hold-time",
             &hold,
+            "--registration-ttl",
+            &ttl,
+            "--log-level",
+            "info",
         ];
         args.extend(self.flags[&h].iter().map(String::as_str));
-        let g = self
-            .lab
-            .spawn(h, bin().to_str().unwrap(), &args, &[("CNI_BGP_LOG", "info"), ("RUST_LOG", "info")])
-            .expect("spawn agent");
+        let g = self.lab.spawn(h, bin().to_str().unwrap(), &args, &[]).expect("spawn agent");
         let sock = status::socket_path(&self.state_dir(h));
         let deadline = Instant::now() + CONVERGE;
         loop {
@@ -601,11 +605,12 @@ fn agent_restart_loses_no_ping_a_stopped_peer_is_withdrawn_and_a_removed_host_is
     assert_eq!(tx, rx, "packets lost while h1's agent restarted:\n{}", k.logs());
     assert_eq!(k.learned(h1).get(&b2), Some(&g2));
 
-    // 2. h2's agent stops (SIGTERM: deregisters): the others withdraw its block; started again, it is back.
+    // 2. h2's agent stops (SIGTERM): its registration lapses after the TTL and the others
+    // withdraw its block (graceful restart kept it until then); started again, it is back.
     let g = k.agents.remove(&h2).unwrap();
     assert!(g.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()), "SIGTERM exit:\n{}", g.log());
     for h in [h1, h3] {
-        k.wait_learned(h, Duration::from_secs(HOLD), "h2's block withdrawn", |r| !r.contains_key(&b2));
+        k.wait_learned(h, Duration::from_secs(TTL + 3), "h2's block withdrawn", |r| !r.contains_key(&b2));
     }
     assert!(!k.lab.ping(c1, ip2));
     k.start_agent(h2);
@@ -620,11 +625,9 @@ fn agent_restart_loses_no_ping_a_stopped_peer_is_withdrawn_and_a_removed_host_is
     let t0 = Instant::now();
     k.agents.remove(&h3).unwrap().kill();
     for h in [h1, h2] {
-        k.wait_learned(h, Duration::from_secs(HOLD + 3), "the removed host's block withdrawn", |r| {
-            !r.contains_key(&b3)
-        });
+        k.wait_learned(h, Duration::from_secs(HOLD), "the removed host's block withdrawn", |r| !r.contains_key(&b3));
     }
-    eprintln!("removed host withdrawn everywhere after {:?} (hold time {HOLD} s)", t0.elapsed());
+    eprintln!("removed host withdrawn everywhere after {:?} (hold time {HOLD} s, node TTL {TTL} s)", t0.elapsed());
     assert!(!k.lab.ping(c1, ip3));
     // Its node record is gone with its lease, and cni-ipam remove-host frees its blocks.
     let deadline = Instant::now() + Duration::from_secs(30);
