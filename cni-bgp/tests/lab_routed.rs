@@ -363,7 +363,8 @@ fn three_hosts_in_a_mesh_ping_across_with_container_addresses_on_the_wire() {
 /// `(address, AS)` neighbour, its own AS `asn`, routes into its kernel.
 /// Toward neighbours of `strip` (the rack's AS) it removes that AS from
 /// the path, so hosts of one rack (one AS) accept each other's routes
-/// (what `as-override` does on other routers).
+/// (what `as-override` does on other routers), and sets itself as next
+/// hop, so all of the rack's traffic between blocks goes through it.
 fn start_tor(
     lab: &Lab,
     node: HostId,
@@ -380,7 +381,9 @@ fn start_tor(
          filter strip_rack {{ bgp_path.delete({strip}); accept; }}\n"
     );
     for (i, (ip, peer_as)) in neighbours.iter().enumerate() {
-        let export = if *peer_as == strip { "filter strip_rack" } else { "all" };
+        // Toward the rack: strip its AS, and next hop self (BIRD would otherwise pass a
+        // same-segment host's address on as a third-party next hop).
+        let export = if *peer_as == strip { "filter strip_rack; next hop self" } else { "all" };
         conf += &format!(
             "protocol bgp n{i} {{ local as {asn}; neighbor {ip} as {peer_as}; hold time {HOLD}; connect retry time 1; \
              ipv4 {{ import all; export {export}; }}; }}\n"
