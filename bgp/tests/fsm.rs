@@ -185,7 +185,7 @@ fn open_validation() {
         let n = f.last_notify().expect("last_notify after a NOTIFICATION");
         assert_eq!((n.code, n.subcode), want);
         if want == (2, 2) {
-            assert_eq!(n.detail, "peer AS 64999, configured 65000");
+            assert_eq!(n.detail, "peer AS 64999, configured 4200000001");
         }
     }
     // A family we require and the peer does not offer: 2/7 with the capability as data.
