@@ -13,7 +13,7 @@
 //! missing one fails the test with that hint.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -52,11 +52,15 @@ struct Cluster {
     lab: Lab,
     url: String,
     pool: String,
+    /// An IPv6 pool too (dual stack): agents get `--node-ipv6`.
+    pool6: Option<String>,
     plugin_dir: PathBuf,
     names: BTreeMap<HostId, String>,
     /// Extra agent flags per host (e.g. `--as`, `--route-reflector`).
     flags: BTreeMap<HostId, Vec<String>>,
     agents: BTreeMap<HostId, ProcessGuard>,
+    /// Every address of the last container's ADD result.
+    last_ips: Vec<IpAddr>,
 }
 
 impl Cluster {
@@ -71,10 +75,12 @@ impl Cluster {
             lab,
             url,
             pool: pool.into(),
+            pool6: None,
             plugin_dir,
             names: BTreeMap::new(),
             flags: BTreeMap::new(),
             agents: BTreeMap::new(),
+            last_ips: Vec::new(),
         }
     }
 
@@ -136,6 +142,10 @@ impl Cluster {
             "--log-level",
             "info",
         ];
+        let ip6 = self.lab.host_ip6(h).map(|a| a.to_string());
+        if let Some(a) = &ip6 {
+            args.extend(["--node-ipv6", a.as_str()]);
+        }
         args.extend(self.flags[&h].iter().map(String::as_str));
         let g = self.lab.spawn(h, bin().to_str().unwrap(), &args, &[]).expect("spawn agent");
         let sock = status::socket_path(&self.state_dir(h));
@@ -160,12 +170,17 @@ impl Cluster {
 
     fn conf(&self, h: HostId) -> Value {
         let d = self.host_dir(h);
+        let mut cluster = json!({"mode": "blocks", "etcdEndpoints": [self.url], "etcdPrefix": "/cni-ipam",
+                                 "pool": self.pool, "blockSize": 26, "host": self.name(h)});
+        if let Some(p6) = &self.pool6 {
+            cluster = json!({"mode": "blocks", "etcdEndpoints": [self.url], "etcdPrefix": "/cni-ipam",
+                             "pools": [{"cidr": self.pool, "blockSize": 26}, {"cidr": p6, "blockSize": 122}],
+                             "host": self.name(h)});
+        }
         json!({
             "cniVersion": "1.1.0", "name": NET, "type": "cni-bgp",
             "stateDir": self.state_dir(h), "dataDir": d.join("records"),
-            "ipam": {"type": "cni-ipam", "dataDir": d.join("ipam"),
-                     "cluster": {"mode": "blocks", "etcdEndpoints": [self.url], "etcdPrefix": "/cni-ipam",
-                                 "pool": self.pool, "blockSize": 26, "host": self.name(h)}},
+            "ipam": {"type": "cni-ipam", "dataDir": d.join("ipam"), "cluster": cluster},
         })
     }
 
@@ -179,7 +194,14 @@ impl Cluster {
         let plugin = self.plugin_dir.join("cni-bgp");
         let (ok, r) = self.lab.cni(h, &plugin, "ADD", c, "eth0", &conf, &[]).unwrap();
         assert!(ok, "ADD on {}: {r}", self.name(h));
-        let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+        let ips: Vec<IpAddr> = r["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap())
+            .collect();
+        let IpAddr::V4(ip) = ips[0] else { panic!("first address is not IPv4: {r}") };
+        self.last_ips = ips;
         (c, ip)
     }
 
@@ -193,10 +215,16 @@ impl Cluster {
         assert!(ok, "DEL on {}: {r}", self.name(h));
     }
 
-    /// The routes of ours (proto 76) in `h`'s kernel that lead somewhere:
+    /// The IPv4 routes of ours (proto 76) in `h`'s kernel that lead somewhere:
     /// destination -> gateway (blackholes of own blocks left out).
     fn learned(&self, h: HostId) -> BTreeMap<String, String> {
-        let out = self.lab.exec_ok(h, &["ip", "-j", "-4", "route", "show", "proto", "76"]).unwrap();
+        self.learned_of(h, "-4")
+    }
+
+    /// [`Cluster::learned`] for `-4` or `-6`.
+    fn learned_of(&self, h: HostId, family: &str) -> BTreeMap<String, String> {
+        let host_len = if family == "-6" { "/128" } else { "/32" };
+        let out = self.lab.exec_ok(h, &["ip", "-j", family, "route", "show", "proto", "76"]).unwrap();
         let v: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
         v.as_array()
             .unwrap()
@@ -204,7 +232,7 @@ impl Cluster {
             .filter(|r| r["type"].as_str() != Some("blackhole"))
             .map(|r| {
                 let dst = r["dst"].as_str().unwrap().to_string();
-                let dst = if dst.contains('/') { dst } else { format!("{dst}/32") };
+                let dst = if dst.contains('/') { dst } else { format!("{dst}{host_len}") };
                 (dst, r["gateway"].as_str().unwrap_or("").to_string())
             })
             .collect()
@@ -258,10 +286,24 @@ impl Cluster {
             .collect()
     }
 
-    /// The block of `host` (the first one etcd lists).
+    /// The IPv4 block of `host` (the first one etcd lists).
     fn block_of(&self, h: HostId) -> String {
         let name = self.name(h).to_string();
-        self.blocks().into_iter().find(|(_, owner)| *owner == name).map(|(b, _)| b).expect("host has a block")
+        self.blocks()
+            .into_iter()
+            .find(|(b, owner)| *owner == name && !b.contains(':'))
+            .map(|(b, _)| b)
+            .expect("host has a block")
+    }
+
+    /// The IPv6 block of `host`.
+    fn block6_of(&self, h: HostId) -> String {
+        let name = self.name(h).to_string();
+        self.blocks()
+            .into_iter()
+            .find(|(b, owner)| *owner == name && b.contains(':'))
+            .map(|(b, _)| b)
+            .expect("host has an IPv6 block")
     }
 
     /// `cni-bgp status --json` of `h`'s agent: its peers.
@@ -676,4 +718,49 @@ fn agent_restart_loses_no_ping_a_stopped_peer_is_withdrawn_and_a_removed_host_is
     assert!(!k.blocks().contains_key(&b3), "{:?}", k.blocks());
     // The remaining hosts still route to each other.
     assert!(k.lab.ping_until(c1, ip2, Duration::from_secs(5)));
+}
+
+#[test]
+fn dual_stack_mesh_routes_ipv6_blocks_over_ipv6_sessions() {
+    let mut k = Cluster::new("bgpv6", "10.66.0.0/16");
+    k.pool6 = Some("fd66::/48".into());
+    let seg = k.lab.segment_with_ipv6("192.168.169.0/24", "fd00:169::/64").unwrap();
+    let hosts: Vec<HostId> = (0..3).map(|_| k.host(seg, &[])).collect();
+    for h in &hosts {
+        k.start_agent(*h);
+    }
+    let mut v6 = Vec::new();
+    let mut ctrs = Vec::new();
+    for h in &hosts {
+        let (c, _) = k.container(*h);
+        let a6 = k.last_ips.iter().find(|a| a.is_ipv6()).copied().expect("an IPv6 address");
+        ctrs.push(c);
+        v6.push(a6);
+    }
+    for h in &hosts {
+        // Two sessions per other node: over IPv4 and over IPv6.
+        let p = k.wait_sessions(*h, 4);
+        assert_eq!(p.iter().filter(|x| x["address"].as_str().unwrap().contains(':')).count(), 2, "{p:?}");
+        let want: BTreeMap<String, String> = hosts
+            .iter()
+            .filter(|o| *o != h)
+            .map(|o| (k.block6_of(*o), k.lab.host_ip6(*o).unwrap().to_string()))
+            .collect();
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let r = k.learned_of(*h, "-6");
+            if want.iter().all(|(b, gw)| r.get(b) == Some(gw)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: IPv6 blocks {want:?}, have {r:?}\n{}", k.name(*h), k.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for (i, c) in ctrs.iter().enumerate() {
+        for (j, a) in v6.iter().enumerate() {
+            if i != j {
+                assert!(k.lab.ping_until(*c, *a, Duration::from_secs(5)), "c{i} -> {a}\n{}", k.logs());
+            }
+        }
+    }
 }
