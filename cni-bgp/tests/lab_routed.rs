@@ -209,6 +209,12 @@ impl Cluster {
         self.container_with(h, &[])
     }
 
+    /// The plugin's STATUS on `h` (the container only fills CNI_CONTAINERID).
+    fn status(&self, h: HostId, c: ContainerId) -> testkit::plugin::Outcome {
+        let plugin = self.plugin_dir.join("cni-bgp");
+        self.lab.cni_outcome(h, &plugin, "STATUS", c, "eth0", &self.conf(h), &[]).unwrap()
+    }
+
     fn del(&self, h: HostId, c: ContainerId) {
         let plugin = self.plugin_dir.join("cni-bgp");
         let (ok, r) = self.lab.cni(h, &plugin, "DEL", c, "eth0", &self.conf(h), &[]).unwrap();
@@ -647,7 +653,12 @@ fn agent_restart_loses_no_ping_a_stopped_peer_is_withdrawn_and_a_removed_host_is
     k.agents.remove(&h1).unwrap().kill();
     // The data path stays while no agent runs: its routes are still in the kernel.
     assert_eq!(k.learned(h1), routes_before, "the killed agent's routes stay in the kernel");
+    // STATUS on h1 fails with code 50 while no agent answers (its socket file is left behind).
+    let st = k.status(h1, c1);
+    assert!(!st.success() && st.error_code() == Some(50), "STATUS without agent: {}", st.describe());
     k.start_agent(h1);
+    let st = k.status(h1, c1);
+    assert!(st.success(), "STATUS with the agent back: {}", st.describe());
     for h in &hosts {
         k.wait_sessions(*h, 2);
     }
