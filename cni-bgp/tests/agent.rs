@@ -45,9 +45,19 @@ struct Cluster {
 
 impl Cluster {
     fn new(hint: &str, n: usize) -> Cluster {
+        Cluster::with_segment(hint, n, false)
+    }
+
+    /// `n` hosts on one segment, dual-stack when `v6`.
+    fn with_segment(hint: &str, n: usize, v6: bool) -> Cluster {
         let mut lab = Lab::new(hint).expect("lab");
         lab.start_etcd().expect("etcd");
-        let seg = lab.segment(&format!("192.168.{}.0/24", 100 + (std::process::id() % 100))).expect("segment");
+        let x = 100 + (std::process::id() % 100);
+        let seg = if v6 {
+            lab.segment_with_ipv6(&format!("192.168.{x}.0/24"), &format!("fd00:{x}::/64")).expect("segment")
+        } else {
+            lab.segment(&format!("192.168.{x}.0/24")).expect("segment")
+        };
         let hosts = (0..n).map(|_| lab.host(seg).expect("host")).collect();
         let prefix = format!("{PREFIX}-{hint}");
         Cluster { lab, hosts, agents: (0..n).map(|_| None).collect(), prefix }
@@ -169,6 +179,21 @@ impl Cluster {
     }
 
     fn peer_state(&self, i: usize, peer: usize) -> Option<String> {
+        self.peer_field(i, &self.lab.host_ip(self.hosts[peer]).to_string(), "state")
+    }
+
+    /// A field of the peer with `addr` in host i's `status --json`.
+    fn peer_field(&self, i: usize, addr: &str, field: &str) -> Option<String> {
+        let s = self.status_json(i);
+        s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["address"] == addr)
+            .map(|p| p[field].as_str().unwrap_or_default().to_string())
+    }
+
+    #[allow(dead_code)]
+    fn peer_state_old(&self, i: usize, peer: usize) -> Option<String> {
         let addr = self.lab.host_ip(self.hosts[peer]).to_string();
         let s = self.status_json(i);
         s["peers"]
@@ -280,7 +305,8 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     let t = String::from_utf8(c.cli(0, &["status"]).stdout).unwrap();
     assert!(t.contains("PEER") && t.contains(&ip1.to_string()) && t.contains("Established"), "{t}");
     let r = String::from_utf8(c.cli(0, &["routes"]).stdout).unwrap();
-    assert!(r.contains(&format!("10.70.0.64/26")) && r.contains("blackhole"), "{r}");
+    assert!(r.contains("10.70.0.64/26") && r.contains("blackhole") && r.contains("protocol 76"), "{r}");
+    eprintln!("cni-bgp status:\n{t}\ncni-bgp routes:\n{r}");
     let rj: Value = serde_json::from_slice(&c.cli(0, &["routes", "--json"]).stdout).unwrap();
     assert!(rj["installed"].as_array().unwrap().iter().any(|i| i["prefix"] == "10.70.0.64/26"), "{rj}");
     assert!(rj["learned"].as_array().unwrap().iter().any(|i| i["prefix"] == "10.70.0.64/26"), "{rj}");
@@ -371,4 +397,92 @@ fn a_killed_agent_keeps_its_routes_and_sweeps_stale_ones_after_restart() {
     assert!(c.log(0).contains("restarting gracefully"), "{}", c.log(0));
     // node1 kept node0's block through the restart (graceful-restart helper).
     assert!(c.has_route(1, &format!("10.71.0.0/26 via {}", c.lab.host_ip(c.hosts[0]))), "{}", c.kernel(1));
+}
+
+/// Host i's IPv6 block, as `ip route` prints it.
+fn block6(i: usize) -> String {
+    format!("fd72::{:x}/122", 64 * i).parse::<ipnetwork::IpNetwork>().unwrap().to_string()
+}
+
+#[test]
+fn reflector_and_clients_over_ipv4_and_ipv6_without_mesh() {
+    let mut c = Cluster::with_segment("rr", 4, true);
+    c.etcdctl(&["put", &format!("{}/bgp/config", c.prefix), r#"{"nodeToNodeMesh":false}"#]);
+    for i in 0..4 {
+        c.put_block("net1", &format!("10.72.0.{}/26", 64 * i), &c.name(i), &[]);
+        c.put_block("net6", &block6(i), &c.name(i), &[]);
+    }
+    let v6: Vec<String> = (0..4).map(|i| c.lab.host_ip6(c.hosts[i]).unwrap().to_string()).collect();
+    let v4: Vec<String> = (0..4).map(|i| c.lab.host_ip(c.hosts[i]).to_string()).collect();
+    c.start(0, &["--route-reflector", "--node-ipv6", &v6[0]]);
+    for (i, a) in v6.iter().enumerate().skip(1) {
+        c.start(i, &["--node-ipv6", a]);
+    }
+    for i in 0..4 {
+        c.wait_ready(i);
+    }
+    // Every client learns every other client's blocks, through the reflector,
+    // with the originating client as next hop (IPv6 via its IPv6 address).
+    for i in 1..4 {
+        for j in (0..4).filter(|j| *j != i) {
+            c.wait_route(i, &format!("10.72.0.{}/26 via {}", 64 * j, v4[j]), true, Duration::from_secs(30));
+            c.wait_route(i, &format!("{} via {}", block6(j), v6[j]), true, Duration::from_secs(30));
+        }
+    }
+    // No mesh: a client's only sessions are with the reflector, one per family.
+    let s = c.status_json(1);
+    let peers: Vec<(String, String)> = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["address"].as_str().unwrap().to_string(), p["kind"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(peers, [(v4[0].clone(), "route reflector".into()), (v6[0].clone(), "route reflector".into())], "{s}");
+    // The reflector sees its clients as clients.
+    assert_eq!(c.peer_field(0, &v4[2], "kind").as_deref(), Some("route reflector client"));
+    assert_eq!(c.status_json(0)["node"]["routeReflector"], true);
+    assert_eq!(c.status_json(0)["node"]["clusterId"], v4[0].as_str());
+}
+
+#[test]
+fn a_live_change_of_the_cluster_as_restarts_the_sessions_in_the_new_as() {
+    let mut c = Cluster::new("asnum", 2);
+    c.put_block("net1", "10.73.0.0/26", "node0", &[]);
+    c.put_block("net1", "10.73.0.64/26", "node1", &[]);
+    c.start(0, &[]);
+    c.start(1, &[]);
+    c.wait_ready(0);
+    c.wait_ready(1);
+    let ip1 = c.lab.host_ip(c.hosts[1]);
+    let learned = format!("10.73.0.64/26 via {ip1}");
+    c.wait_route(0, &learned, true, Duration::from_secs(30));
+    c.wait_established(0, 1);
+
+    let o = Command::new(bin())
+        .args(["config", "set", "--as", "65010", "--etcd-endpoints", &c.lab.etcd_local_url().unwrap()])
+        .args(["--etcd-prefix", &c.prefix])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    // Both speakers restart in AS 65010 and peer again; the route stays in
+    // the kernel all along (polled), and the status shows the new AS.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(c.has_route(0, &learned), "route left the kernel during the AS change\n{}", c.log(0));
+        let s = c.status_json(0);
+        let up = s["node"]["as"] == 65010
+            && s["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["asn"] == 65010 && p["state"] == "Established"));
+        if up {
+            break;
+        }
+        assert!(Instant::now() < end, "not re-peered in AS 65010: {s}\n{}", c.log(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The route now follows the new sessions: withdrawn when node1's block goes.
+    c.etcdctl(&["del", &format!("{}/net1/blocks/10.73.0.64-26", c.prefix)]);
+    c.wait_route(0, "10.73.0.64/26", false, Duration::from_secs(10));
+    assert!(c.log(0).contains("restarting the BGP speaker"), "{}", c.log(0));
 }
