@@ -802,3 +802,80 @@ fn a_peer_that_restarts_unnoticed_replaces_its_old_session_and_keeps_its_routes(
         nb.exec(&["nft", "delete table inet h1drop"]);
     });
 }
+
+#[test]
+fn converged_comes_at_once_without_peers_and_waits_for_a_configured_one() {
+    block_on(async {
+        let (na, nb) = pair("cv");
+        let mut a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4]));
+        a.h.originate(vec![net("10.50.1.0/24")]).await;
+        a.h.set_peers(vec![]).await;
+        a.until("converged with no peers", Duration::from_secs(2), |n| n.converged).await;
+        drop(a);
+
+        // A restarting speaker with a peer that is not there yet: no Converged (the agent
+        // would sweep the kernel's stale routes) until the peer has sent its End-of-RIB.
+        let mut c = cfg(64512, "192.0.2.1", &[A4]);
+        c.graceful_restart = Some(120);
+        c.restarting = true;
+        let mut r = Node::start(&na, c);
+        r.h.set_peers(vec![peer(B4, 64512, A4, A6)]).await;
+        r.watch(Duration::from_millis(1500)).await;
+        assert!(!r.converged, "converged while the peer is away");
+        let b = Node::start(&nb, cfg(64512, "192.0.2.2", &[B4]));
+        b.h.originate(vec![net("10.50.2.0/24")]).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        r.until("converged once the peer's table is in", T, |n| n.converged).await;
+        // The deferred selection ran before Converged: the peer's route was in an earlier event.
+        assert!(r.has("10.50.2.0/24", B4));
+    });
+}
+
+#[test]
+fn an_external_peer_gets_only_our_own_routes_until_it_is_a_mesh_peer() {
+    block_on(async {
+        let (na, nb) = pair("ex");
+        let nc = Ns::new("exc");
+        veth((&na, "a1", "10.204.0.1", "fd04::1"), (&nc, "c0", "10.204.0.2", "fd04::2"));
+        let a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4, "10.204.0.1"]));
+        let b = Node::start(&nb, cfg(64512, "192.0.2.2", &[B4]));
+        let mut c = Node::start(&nc, cfg(64513, "192.0.2.3", &["10.204.0.2"]));
+        a.h.originate(vec![net("10.50.1.0/24")]).await;
+        b.h.originate(vec![net("10.50.2.0/24")]).await;
+        c.h.set_peers(vec![peer("10.204.0.1", 64512, "10.204.0.2", "fd04::2")]).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        let mut ext = peer("10.204.0.2", 64513, "10.204.0.1", "fd04::1");
+        ext.external = true;
+        a.h.set_peers(vec![peer(B4, 64512, A4, A6), ext.clone()]).await;
+        c.until("c has a's own route, next hop a", T, |n| n.has("10.50.1.0/24", "10.204.0.1") && n.converged).await;
+        a.status_until(B4, "a learned b's route", |s| s.prefixes_received == 1).await;
+        c.watch(Duration::from_millis(300)).await;
+        assert!(!c.fib.contains_key(&net("10.50.2.0/24")), "b's route leaked to the external peer: {:?}", c.fib);
+        let s = a.status_until("10.204.0.2", "external", |s| s.state == "Established").await;
+        assert_eq!(s.prefixes_sent, 1);
+        // The same peer, no longer external (a changed spec: removed and added again): it gets
+        // what a learned too, with a's AS in front.
+        ext.external = false;
+        a.h.set_peers(vec![peer(B4, 64512, A4, A6), ext]).await;
+        c.until("c gets b's route through a", T, |n| n.has("10.50.2.0/24", "10.204.0.1")).await;
+        let r = c.route("10.50.2.0/24").await.expect("learned");
+        assert_eq!(r.as_path, vec![64512]);
+    });
+}
+
+#[test]
+fn the_listening_port_is_free_when_stop_or_abort_returns() {
+    block_on(async {
+        let (_na, nb) = pair("lp");
+        let first = Node::start(&nb, cfg(64512, "192.0.2.2", &[B4, B6]));
+        // Taken while it runs: the error names the address.
+        let e = Node::try_start(&nb, cfg(64512, "192.0.2.2", &[B4])).err().expect("port 179 is taken");
+        assert!(e.to_string().starts_with("BGP listener on 10.201.0.2:179: "), "{e}");
+        first.h.abort().await;
+        // The old speaker's runtime still runs; its listener is closed all the same.
+        let second = Node::try_start(&nb, cfg(64512, "192.0.2.2", &[B4, B6])).expect("bound right after abort");
+        second.h.stop().await;
+        let _third = Node::try_start(&nb, cfg(64512, "192.0.2.2", &[B4, B6])).expect("bound right after stop");
+        drop(first);
+    });
+}
