@@ -11,12 +11,14 @@
 //! * [`net`]: test networks, subnet claims, leftovers of dead runs.
 //! * [`plugin`]: executing a CNI plugin with the spec's environment and stdin.
 //! * [`report`]: a check's verdict, tables and JSON.
+//! * [`bgp`]: BIRD, GoBGP and FRR as BGP peers in a namespace (docs/testing-bgp.md).
 //! * [`lab`]: hosts as namespaces on L2 segments, a router, etcd, captures (docs/lab.md).
 //!
 //! Errors: every function returns [`util::R`], a `Result<T, String>` whose
 //! message says what failed and why; tests and the CLI print it as is.
 //! Build it with [`bail!`] / [`ensure!`] and add context with [`util::Context`].
 
+pub mod bgp;
 pub mod lab;
 pub mod net;
 pub mod netns;
