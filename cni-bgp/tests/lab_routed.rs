@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use cni_bgp::status;
 use serde_json::{json, Value};
+use testkit::bgp::{BgpDaemon, Frr, Neighbor, PeerConfig};
 use testkit::lab::{ContainerId, HostId, Lab, Node, ProcessGuard, SegmentId};
 
 /// The CNI network's name (also the cni-ipam blocks' `<network>`).
@@ -493,7 +494,12 @@ fn as_per_rack_hosts_peer_with_their_tor_and_cross_rack_traffic_goes_through_bot
         &[(k.lab.host_ip(a1), 65001), (k.lab.host_ip(a2), 65001), (t2s, 65102)],
         65001,
     );
-    let _bird2 = start_tor(&k.lab, tor2, t2s, 65102, &[(k.lab.host_ip(b1), 65002), (t1s, 65101)], 65002);
+    // Rack 2's ToR is FRR 8 (testkit::bgp's fixture: zebra installs its routes; one host in
+    // the rack, so nothing to strip; eBGP sets next hop self toward both neighbours).
+    let tor2_cfg = PeerConfig { hold_time: Some(HOLD as u16), ..PeerConfig::new(t2s, 65102) }
+        .neighbor(Neighbor::new(k.lab.host_ip(b1).into(), 65002))
+        .neighbor(Neighbor::new(t1s.into(), 65101));
+    let frr = Frr::start(k.lab.host_ns(tor2), &tor2_cfg).expect("FRR ToR");
     for h in [a1, a2, b1] {
         k.start_agent(h);
     }
@@ -516,6 +522,11 @@ fn as_per_rack_hosts_peer_with_their_tor_and_cross_rack_traffic_goes_through_bot
     }
     for (from, to) in [(ca1, ib1), (cb1, ia1), (ca2, ib1), (ca1, ia2)] {
         assert!(k.lab.ping_until(from, to, Duration::from_secs(10)), "ping {to}\n{}", k.logs());
+    }
+    // FRR has rack 1's blocks from BIRD and rack 2's from our agent.
+    let net = |b: &str| b.parse::<ipnetwork::IpNetwork>().unwrap();
+    for (b, via) in [(&ba1, t1s), (&ba2, t1s), (&bb1, k.lab.host_ip(b1))] {
+        frr.wait_route(net(b), Some(via.into()), CONVERGE).unwrap_or_else(|e| panic!("{e}\n{}", frr.log_tail()));
     }
     // Cross-rack: host a1, ToR1, ToR2, host b1 forward it (TTL 64 - 4), and rack 2's wire carries it.
     let sw = k.lab.switch_port(b1, rack2).unwrap();
