@@ -149,6 +149,11 @@ pub enum BlockError {
     /// No address left for this host in any pool of a family (code 110).
     #[error("no IP addresses available in pools {pools} for host {host}: {detail}")]
     PoolsExhausted { pools: String, host: String, detail: String },
+    /// A requested address (`ips`) that is allocated to another attachment
+    /// or in another host's exclusive block (code 7, as host-local's
+    /// "already leased").
+    #[error("{0}")]
+    Requested(String),
     /// Other writers kept changing the block under us (code 11: retry).
     #[error("block {block} changed under us {tries} times in a row; try again")]
     TooManyRaces { block: String, tries: u32 },
@@ -174,6 +179,7 @@ impl From<BlockError> for cni_core::Error {
         use cni_core::{Code, Error};
         match e {
             BlockError::Config(m) => Error::config(format!("invalid ipam.cluster config: {m}")),
+            BlockError::Requested(m) => Error::config(m),
             BlockError::Exhausted { .. } | BlockError::PoolsExhausted { .. } => {
                 Error::new(Code::Other(ipam::CODE_EXHAUSTED), e.to_string())
             }

@@ -48,11 +48,49 @@ pub fn cluster_config(ctx: &Context) -> CniRes<Option<ClusterConfig>> {
 }
 
 fn common_config(ctx: &Context) -> CniRes<IpamConfig> {
-    let conf = IpamConfig::without_ranges(ctx, "together with ipam.cluster (the ranges are the host's blocks)")?;
-    if !conf.requested.is_empty() {
-        return Err(Error::config("requesting specific IP addresses is not supported with ipam.cluster"));
+    IpamConfig::without_ranges(ctx, "together with ipam.cluster (the ranges are the host's blocks)")
+}
+
+/// The requested address of each family (`IP=`, `ips`, `runtimeConfig.ips`):
+/// (IPv4, IPv6). Only without strictAffinity (a strict host allocates only
+/// in its own exclusive blocks, so it could not follow a container); at
+/// most one per family; inside a pool, and an allocatable address of its
+/// block (not the network, gateway or broadcast address). Code 7 otherwise.
+fn requested_per_family(cc: &ClusterConfig, requested: &[IpAddr]) -> CniRes<(Option<IpAddr>, Option<IpAddr>)> {
+    if requested.is_empty() {
+        return Ok((None, None));
     }
-    Ok(conf)
+    if cc.strict_affinity {
+        return Err(Error::config(
+            "requesting specific IP addresses needs ipam.cluster.strictAffinity false (a strict host allocates only \
+             in its own blocks)",
+        ));
+    }
+    let (mut v4, mut v6) = (None, None);
+    for &ip in requested {
+        let Some(view) = cc.pool_of(ip) else {
+            return Err(Error::config(format!("requested IP address {ip} is not in any pool of ipam.cluster")));
+        };
+        let block = block_of(&view, ip);
+        if !super::block_addresses(block).any(|a| a == ip) {
+            return Err(Error::config(format!(
+                "requested IP address {ip} is the network, gateway or broadcast address of block {block}"
+            )));
+        }
+        let slot = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+        if let Some(other) = slot.replace(ip) {
+            return Err(Error::config(format!(
+                "requested IP addresses {other} and {ip} are of one family; one address per family"
+            )));
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// The block of `view`'s pool that holds `ip`.
+fn block_of(view: &ClusterConfig, ip: IpAddr) -> IpNetwork {
+    let n = IpNetwork::new(ip, view.block_size).expect("block size checked in the config");
+    IpNetwork::new(n.network(), view.block_size).expect("block size checked in the config")
 }
 
 /// The result entry of `ip`: inside one of our blocks (of any pool) it
@@ -103,21 +141,29 @@ pub fn add(ctx: &Context, cc: &ClusterConfig) -> CniRes<CniResult> {
             return Ok(CniResult { interfaces: Vec::new(), ips, routes: conf.routes.clone(), dns });
         }
     }
+    let (want4, want6) = requested_per_family(cc, &conf.requested)?;
     let mut ips = Vec::new();
     // Addresses this ADD took, with their pool: undone if a later family fails.
     let mut fresh: Vec<(ClusterConfig, IpAddr)> = Vec::new();
     for v4 in [true, false] {
         let views = cc.family(v4);
+        let want = if v4 { want4 } else { want6 };
         if views.is_empty() {
             continue;
         }
         let caches = read_caches(store.dir(), &views)?;
         if let Some(ip) = held_all.iter().copied().find(|ip| views.iter().any(|v| v.pool.contains(*ip))) {
+            if let Some(w) = want.filter(|w| *w != ip) {
+                undo_fresh(&*locked, store.dir(), &fresh, cid, ifname);
+                return Err(Error::config(format!("requested IP address {w}, but {cid}/{ifname} already holds {ip}")));
+            }
             tracing::info!(%ip, "attachment already holds an address; reusing it");
             ips.push(ip_config(ip, &caches));
             continue;
         }
-        let got = if cc.strict_affinity {
+        let got = if let Some(w) = want {
+            add_requested(&views, &*locked, store.dir(), caches, cid, ifname, w)
+        } else if cc.strict_affinity {
             // The allocator keeps its round-robin position in slot 0; the
             // fast path keeps one per family (slot = the family's place).
             let slot = usize::from(!v4 && !cc.family(true).is_empty());
@@ -529,6 +575,109 @@ fn add_shared(
         Ok(false) => Err(undo(Error::new(Code::Io, format!("{ip} is recorded free in etcd but leased locally")))),
         Err(e) => Err(undo(e.into())),
     }
+}
+
+/// Non-strict ADD of a requested address (`ips`): recorded in etcd in the
+/// block that holds it, whoever that block is affine to, then mirrored in
+/// the local store. This is how an address follows its container to
+/// another host: the new host borrows it from the old host's block (a /32
+/// or /128 in the result, which the routing agent advertises). A block
+/// nobody has claimed yet is claimed for this host with the record in it.
+/// Refused (code 7) when the address is allocated to another attachment or
+/// lies in another host's exclusive (strictAffinity) block.
+#[allow(clippy::too_many_arguments)]
+fn add_requested(
+    views: &[ClusterConfig],
+    locked: &dyn Locked,
+    dir: &Path,
+    mut caches: Vec<BlockCache>,
+    cid: &str,
+    ifname: &str,
+    ip: IpAddr,
+) -> CniRes<(ClusterConfig, IpConfig)> {
+    let i = views.iter().position(|v| v.pool.contains(ip)).expect("checked in requested_per_family");
+    let view = &views[i];
+    let h = handle(cid, ifname);
+    if locked.is_reserved(ip)? {
+        return Err(Error::config(format!("requested IP address {ip} is not available: already leased on this host")));
+    }
+    let endpoints = &view.etcd.endpoints;
+    let claimed = block_on(endpoints, PLUGIN_DEADLINE, take_requested(view, &h, ip))?;
+    let undo = |e: Error| -> Error {
+        if let Err(re) = block_on(endpoints, PLUGIN_DEADLINE, release_held(view, &h, &[ip])) {
+            tracing::error!(%ip, "rollback of the etcd allocation failed (GC will free it): {re}");
+        }
+        e
+    };
+    if let Some(cidr) = claimed {
+        let cache = &mut caches[i];
+        cache.blocks.push(cidr);
+        cache.blocks.sort_by_key(|b| to_u128(b.network()));
+        cache.blocks.dedup();
+        if let Err(e) = cache.write(dir, view) {
+            return Err(undo(e.into()));
+        }
+    }
+    match locked.reserve(cid, ifname, ip) {
+        Ok(true) => Ok((view.clone(), ip_config(ip, &caches))),
+        Ok(false) => Err(undo(Error::new(Code::Io, format!("{ip} is recorded free in etcd but leased locally")))),
+        Err(e) => Err(undo(e.into())),
+    }
+}
+
+/// The etcd side of [`add_requested`]: records `ip` for handle `h` of this
+/// host in its block (CAS), creating the block for this host if nobody has
+/// it. Returns the block's CIDR when this call claimed it.
+async fn take_requested(cc: &ClusterConfig, h: &str, ip: IpAddr) -> Result<Option<IpNetwork>> {
+    let client = BlockClient::connect(&cc.etcd, &cc.network).await?;
+    let cidr = block_of(cc, ip);
+    let rec = Allocation { handle: h.to_string(), host: cc.host.clone() };
+    for _ in 0..CLAIM_TRIES {
+        let Some(b) = client.get(cidr).await? else {
+            let mut v = BlockValue { host: cc.host.clone(), exclusive: false, allocations: BTreeMap::new() };
+            v.allocations.insert(ip, rec.clone());
+            if client.create(cidr, &v).await?.is_some() {
+                tracing::info!(block = %cidr, %ip, "claimed the block of a requested address");
+                return Ok(Some(cidr));
+            }
+            continue; // someone claimed it in between: take the address from their block
+        };
+        let mut refused = None;
+        let written = client
+            .modify(b, |cur| {
+                refused = None;
+                match cur.value.allocations.get(&ip) {
+                    Some(a) if *a == rec => return None, // a retried ADD
+                    Some(a) => {
+                        refused = Some(format!("it is allocated to {} on host {}", a.handle, a.host));
+                        return None;
+                    }
+                    None => {}
+                }
+                if cur.value.exclusive && cur.value.host != cc.host {
+                    refused =
+                        Some(format!("block {} is exclusive to host {} (strictAffinity)", cur.cidr, cur.value.host));
+                    return None;
+                }
+                let mut v = cur.value.clone();
+                v.allocations.insert(ip, rec.clone());
+                Some(Some(v))
+            })
+            .await?;
+        if let Some(why) = refused {
+            return Err(BlockError::Requested(format!("requested IP address {ip} is not available: {why}")));
+        }
+        match written {
+            Some(b) => {
+                if b.value.host != cc.host {
+                    tracing::info!(%ip, block = %b.cidr, owner = %b.value.host, "borrowed the requested address");
+                }
+                return Ok(None);
+            }
+            None => continue, // the block was deleted in between: claim it
+        }
+    }
+    Err(BlockError::TooManyRaces { block: block_key(cidr), tries: CLAIM_TRIES })
 }
 
 /// The etcd side of a non-strict ADD over the pools of one family

@@ -406,6 +406,86 @@ fn non_strict_hosts_borrow_when_the_pool_is_exhausted_and_del_frees_borrowed_add
     c.del("c0").unwrap();
 }
 
+/// The ADD context of `id` on `host` asking for `ip` (`runtimeConfig.ips`, the `ips` capability).
+fn add_requesting(host: &Host, id: &str, ip: &str) -> cni_core::Result<Value> {
+    let mut conf = host.conf.clone();
+    conf["runtimeConfig"] = json!({"ips": [ip]});
+    Ipam.add(&ctx("ADD", id, "eth0", &conf, "")).map(|r| r.to_json(cni_core::Version::V1_1_0))
+}
+
+#[test]
+fn a_requested_address_follows_its_container_to_another_host() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    // Four /28 blocks.
+    let cluster = json!({"pool": "10.219.0.0/26", "blockSize": 28});
+    let a = Host::new(&etcd, "node-a", cluster.clone());
+    let b = Host::new(&etcd, "node-b", cluster.clone());
+    let a0 = ip_of(&a.add_ok("a0"));
+    let b0 = b.add_ok("b0");
+    let ip: IpAddr = a0.parse().unwrap();
+
+    // While a0 holds it, nobody else gets it: code 7 naming the holder.
+    let e = add_requesting(&b, "moved", &a0).unwrap_err();
+    assert_eq!(e.code, Code::InvalidConfig, "{e}");
+    assert!(e.msg.contains("allocated to a0/eth0 on host node-a"), "{e}");
+    assert!(b.local().values().all(|o| !o.starts_with("moved\r")), "no lease left by the refused ADD");
+
+    // The container leaves host a; host b asks for its address and borrows it from a's block.
+    a.del("a0").unwrap();
+    let r = add_requesting(&b, "moved", &format!("{a0}/28")).unwrap();
+    assert_eq!(addresses(&r), [format!("{a0}/32")], "a borrowed address is a host route: {r}");
+    assert!(r["ips"][0].get("gateway").is_none(), "{r}");
+    let owner = blocks(&etcd).into_iter().find(|bl| bl.cidr.contains(ip)).unwrap();
+    assert_eq!(owner.value.host, "node-a", "the block stays a's");
+    assert_eq!(
+        owner.value.allocations[&ip],
+        cluster_ipam::Allocation { handle: "moved/eth0".into(), host: "node-b".into() }
+    );
+    assert!(!b.cached_blocks().contains(&owner.cidr.to_string()));
+    // A retried ADD gets the same address and writes no second record.
+    assert_eq!(addresses(&add_requesting(&b, "moved", &a0).unwrap()), [format!("{a0}/32")]);
+    assert_eq!(etcd_allocations(&etcd).len(), 2);
+    // The same attachment asking for another address is refused.
+    let e = add_requesting(&b, "moved", &ip_of(&b0)).unwrap_err();
+    assert!(e.msg.contains(&format!("but moved/eth0 already holds {a0}")), "{e}");
+    // a's next ADD does not get it.
+    assert_ne!(ip_of(&a.add_ok("a1")), a0);
+
+    // An address in a block nobody has claimed: b claims that block.
+    let taken: HashSet<String> = blocks(&etcd).iter().map(|bl| bl.cidr.to_string()).collect();
+    let free = ["10.219.0.0/28", "10.219.0.16/28", "10.219.0.32/28", "10.219.0.48/28"]
+        .into_iter()
+        .find(|c| !taken.contains(*c))
+        .unwrap();
+    let want = ip_of(free).parse::<std::net::Ipv4Addr>().unwrap();
+    let want = std::net::Ipv4Addr::from(u32::from(want) + 5).to_string();
+    let r = add_requesting(&b, "fresh", &want).unwrap();
+    assert_eq!(addresses(&r), [format!("{want}/28")], "{r}");
+    assert!(b.cached_blocks().contains(&free.to_string()), "{:?}", b.cached_blocks());
+    assert_eq!(blocks(&etcd).into_iter().find(|bl| bl.cidr.to_string() == free).unwrap().value.host, "node-b");
+
+    // Bad requests are code 7 with the reason.
+    let gw = std::net::Ipv4Addr::from(u32::from(ip_of(free).parse::<std::net::Ipv4Addr>().unwrap()) + 1).to_string();
+    for (req, why) in [(gw.as_str(), "gateway"), ("10.99.0.5", "not in any pool")] {
+        let e = add_requesting(&b, "bad", req).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig, "{e}");
+        assert!(e.msg.contains(why), "{req}: {e}");
+    }
+    let strict = Host::new(&etcd, "node-s", json!({"pool": "10.219.0.0/26", "blockSize": 28, "strictAffinity": true}));
+    let e = add_requesting(&strict, "s0", "10.219.0.60").unwrap_err();
+    assert!(e.msg.contains("strictAffinity false"), "{e}");
+
+    // DEL on b frees the borrowed record; the address is a's to hand out again.
+    b.del("moved").unwrap();
+    assert!(!etcd_allocations(&etcd).contains_key(&ip));
+    // Through the binary, as a runtime with the ips capability calls it.
+    let mut conf = a.conf.clone();
+    conf["runtimeConfig"] = json!({"ips": [format!("{a0}/28")]});
+    let (ok, v) = run_json(BIN, "ADD", "back", "eth0", &conf, "");
+    assert!(ok, "{v}");
+    assert_eq!(addresses(&v), [format!("{a0}/28")], "back in its own block: {v}");
+}
+
 #[test]
 fn strict_affinity_never_lends_and_reports_exhaustion() {
     let etcd = EtcdServer::start().expect("start etcd");
