@@ -127,8 +127,18 @@ impl Node {
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = linux_net::netns::spawn_in(&ns.path(), None, move || {
             rt().block_on(async move {
-                let _ = tx.send(Speaker::start(cfg).await);
-                let _ = stopped.await;
+                match Speaker::start(cfg).await {
+                    Ok((h, ev)) => {
+                        let _ = tx.send(Ok((h.clone(), ev)));
+                        let _ = stopped.await;
+                        // Returns once every task ended: the listener is closed before the
+                        // next speaker of the test binds the same address.
+                        h.abort().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
             })
         })
         .expect("thread in netns");
