@@ -162,6 +162,8 @@ pub struct Fsm {
     caps: SessionCaps,
     hold_time: u16,
     keepalive_time: u16,
+    /// The last error we sent a NOTIFICATION for, with its sentence.
+    last_notify: Option<Notify>,
 }
 
 impl Fsm {
@@ -176,6 +178,7 @@ impl Fsm {
             caps: SessionCaps::default(),
             hold_time: 0,
             keepalive_time: 0,
+            last_notify: None,
         }
     }
 
@@ -206,6 +209,12 @@ impl Fsm {
     }
     pub fn keepalive_time(&self) -> u16 {
         self.keepalive_time
+    }
+    /// The last error this FSM answered with a NOTIFICATION, with the sentence that says
+    /// what was wrong (e.g. "peer AS 64513, configured 64512"): what the NOTIFICATION in
+    /// [`DownReason::LocalNotification`] alone cannot tell.
+    pub fn last_notify(&self) -> Option<&Notify> {
+        self.last_notify.as_ref()
     }
 
     /// Sends an UPDATE in Established (RFC 4271 §8.2.2: sending one restarts the keepalive
@@ -396,6 +405,7 @@ impl Fsm {
 
     fn notify_and_idle(&mut self, a: &mut Vec<Action>, n: Notify) {
         let notification = n.to_notification();
+        self.last_notify = Some(n);
         a.push(Action::Send(Message::Notification(notification.clone())));
         self.connect_retry_counter += 1;
         self.enter_idle(a, DownReason::LocalNotification(notification));

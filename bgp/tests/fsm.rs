@@ -181,6 +181,12 @@ fn open_validation() {
         assert!(a.contains(&Action::DropConnection));
         assert!(matches!(a.last(), Some(Action::ConnectionFailed(DownReason::LocalNotification(_)))));
         assert_eq!(f.connect_retry_counter(), 1);
+        // The sentence behind the NOTIFICATION stays readable for status.
+        let n = f.last_notify().expect("last_notify after a NOTIFICATION");
+        assert_eq!((n.code, n.subcode), want);
+        if want == (2, 2) {
+            assert_eq!(n.detail, "peer AS 64999, configured 4200000001");
+        }
     }
     // A family we require and the peer does not offer: 2/7 with the capability as data.
     let mut c = fsm().config().clone();

@@ -365,3 +365,23 @@ fn ipv6_next_hop_for_ipv4_only_where_negotiated() {
     assert_eq!(announced(&ups), vec![pfx(P)]);
     assert_eq!(ups[0].mp_reach().map(|m| m.next_hop.addr()), Some("fd00::2".parse().expect("v6")));
 }
+
+#[test]
+fn next_hop_self_uses_the_addresses_set_before_the_session_comes_up() {
+    let mut r = rib(false);
+    r.originate(pfx(P), PathAttrs::local(MpNextHop::Ipv4(OUR_ID)));
+    // A peer configured without our addresses: nothing can be given next hop self.
+    let id = r.add_peer(bgp::rib::PeerConfig {
+        addr: "10.0.0.40".parse().expect("addr"),
+        asn: 65040,
+        rr_client: false,
+        local_v4: None,
+        local_v6: None,
+    });
+    r.set_local_addresses(id, Some(Ipv4Addr::new(10, 0, 0, 39)), None).expect("known peer");
+    r.peer_up(id, caps(false), router_id(40)).expect("peer up");
+    let ups = got(&mut r, id);
+    assert_eq!(announced(&ups), vec![pfx(P)]);
+    assert_eq!(ups[0].attr(3), Some(&AttrValue::NextHop(Ipv4Addr::new(10, 0, 0, 39))));
+    assert!(r.set_local_addresses(999, None, None).is_err());
+}

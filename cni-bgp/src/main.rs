@@ -1,7 +1,6 @@
-//! `cni-bgp`: the CNI plugin when CNI_COMMAND is set; otherwise the admin
-//! commands `config show|set`, `peer add|remove`, `nodes`, `completions`
-//! (`--help` for all). The agent (issue #13 item 2) is not part of this
-//! binary yet.
+//! `cni-bgp`: the CNI plugin when CNI_COMMAND is set; otherwise the node
+//! agent (`agent`) and the commands `status`, `routes`, `config show|set`,
+//! `peer add|remove`, `nodes`, `completions` (`--help` for all).
 
 use std::io::Write;
 
@@ -14,7 +13,10 @@ fn main() {
         cni_core::skel::run(&cni_bgp::plugin::Bgp);
     }
     let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
-    let level = std::env::var("CNI_BGP_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN);
+    let level = match &cli.cmd {
+        cli::Cmd::Agent(f) => f.log_level,
+        _ => std::env::var("CNI_BGP_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN),
+    };
     let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).try_init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -240,6 +240,17 @@ impl Rib {
         Ok(&self.peer(id)?.cfg)
     }
 
+    /// Sets our addresses on this peer's session (the next hop of routes we give it with next
+    /// hop self), e.g. from the local address of the TCP connection once it is up, when the
+    /// configuration did not name them. Call before [`Rib::peer_up`]: routes already in the
+    /// Adj-RIB-Out keep the next hop they were exported with.
+    pub fn set_local_addresses(&mut self, id: PeerId, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()> {
+        let p = self.peer_mut(id)?;
+        p.cfg.local_v4 = v4;
+        p.cfg.local_v6 = v6;
+        Ok(())
+    }
+
     fn peer(&self, id: PeerId) -> Result<&Peer> {
         self.peers.get(&id).ok_or(Error::UnknownPeer(id))
     }
