@@ -88,11 +88,14 @@ impl Drop for Ns {
     }
 }
 
-/// A veth between `a` (interface `an`, addresses `a4`/`a6`) and `b` (`bn`, `b4`/`b6`), /24 and
-/// /64, up (IPv6 without duplicate address detection, so the addresses can be bound at once).
-fn veth(a: &Ns, an: &str, a4: &str, a6: &str, b: &Ns, bn: &str, b4: &str, b6: &str) {
-    a.ip(&["link", "add", an, "type", "veth", "peer", "name", bn, "netns", &b.0]);
-    for (ns, n, v4, v6) in [(a, an, a4, a6), (b, bn, b4, b6)] {
+/// One end of a veth: namespace, interface name, IPv4 and IPv6 address.
+type End<'a> = (&'a Ns, &'a str, &'a str, &'a str);
+
+/// A veth between two ends, /24 and /64, up (IPv6 without duplicate address detection, so the
+/// addresses can be bound at once).
+fn veth(a: End<'_>, b: End<'_>) {
+    a.0.ip(&["link", "add", a.1, "type", "veth", "peer", "name", b.1, "netns", &b.0 .0]);
+    for (ns, n, v4, v6) in [a, b] {
         ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", n]);
         ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", n, "nodad"]);
         ns.ip(&["link", "set", n, "up"]);
@@ -235,7 +238,7 @@ fn peer(address: &str, asn: u32, v4: &str, v6: &str) -> PeerSpec {
 fn pair(tag: &str) -> (Ns, Ns) {
     let a = Ns::new(&format!("{tag}a"));
     let b = Ns::new(&format!("{tag}b"));
-    veth(&a, "a0", "10.201.0.1", "fd01::1", &b, "b0", "10.201.0.2", "fd01::2");
+    veth((&a, "a0", "10.201.0.1", "fd01::1"), (&b, "b0", "10.201.0.2", "fd01::2"));
     (a, b)
 }
 
@@ -462,16 +465,9 @@ fn a_route_reflector_reflects_between_its_clients() {
         let cs: Vec<Ns> = (1..=3).map(|i| Ns::new(&format!("rrc{i}"))).collect();
         for (i, c) in cs.iter().enumerate() {
             let i = i + 1;
-            veth(
-                &r,
-                &format!("r{i}"),
-                &format!("10.202.{i}.1"),
-                &format!("fd02:{i}::1"),
-                c,
-                "c0",
-                &format!("10.202.{i}.2"),
-                &format!("fd02:{i}::2"),
-            );
+            let (rn, r4, r6) = (format!("r{i}"), format!("10.202.{i}.1"), format!("fd02:{i}::1"));
+            let (c4, c6) = (format!("10.202.{i}.2"), format!("fd02:{i}::2"));
+            veth((&r, &rn, &r4, &r6), (c, "c0", &c4, &c6));
         }
         let mut rc = cfg(64512, "192.0.2.100", &["0.0.0.0"]);
         rc.cluster_id = Some("192.0.2.100".parse().expect("id"));
@@ -491,7 +487,7 @@ fn a_route_reflector_reflects_between_its_clients() {
         let mut clients = Vec::new();
         for (i, c) in cs.iter().enumerate() {
             let i = i + 1;
-            let mut n = Node::start(c, cfg(64512, &format!("192.0.2.{i}"), &[]));
+            let n = Node::start(c, cfg(64512, &format!("192.0.2.{i}"), &[]));
             n.h.originate(vec![net(&format!("10.60.{i}.0/24")), net(&format!("fd60:{i}::/64"))]).await;
             n.h.set_peers(vec![peer(
                 &format!("10.202.{i}.1"),
@@ -632,5 +628,93 @@ protocol bgp ours {{
         // External peer: BIRD's routes are not sent back to it (nor anything not ours).
         let s = a.status_until(B4, "established", |s| s.state == "Established").await;
         assert_eq!((s.prefixes_sent, s.prefixes_received), (1, 2), "{s:?}");
+    });
+}
+
+#[test]
+fn a_connection_from_an_address_that_is_not_a_peer_is_closed() {
+    block_on(async {
+        let (na, nb) = pair("un");
+        let a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4]));
+        a.h.set_peers(vec![peer("10.201.0.9", 64513, A4, A6)]).await;
+        // From b (not configured): the connection is accepted, then closed without a word.
+        let got = linux_net::netns::run_in_bounded(&nb.path(), None, Duration::from_secs(10), || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect((addr(A4), 179)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut buf = [0u8; 64];
+            s.read(&mut buf).map_err(|e| e.kind())
+        })
+        .expect("thread in b")
+        .expect("answered in time");
+        assert_eq!(got, Ok(0), "closed, nothing sent");
+        // No session came of it: a is still trying to reach 10.201.0.9 (nobody answers ARP).
+        let s = &a.h.status().await[0];
+        assert!(matches!(s.state.as_str(), "Connect" | "Active"), "{s:?}");
+    });
+}
+
+/// 100k prefixes from one speaker to another: they arrive in a few FIB batches (one per burst
+/// of messages, not one per prefix). Prints the time (bounded only loosely: the machine is
+/// shared).
+#[test]
+fn a_hundred_thousand_prefixes_arrive_in_few_fib_batches() {
+    block_on(async {
+        const N: u32 = 100_000;
+        let (na, nb) = pair("hk");
+        let mut a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4]));
+        let b = Node::start(&nb, cfg(64513, "192.0.2.2", &[B4]));
+        let many: Vec<IpNetwork> = (0..N)
+            .map(|i| IpNetwork::new(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + (i << 8))), 24).expect("prefix"))
+            .collect();
+        b.h.originate(many).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        let t0 = Instant::now();
+        a.h.set_peers(vec![peer(B4, 64513, A4, A6)]).await;
+        let mut batches = 0usize;
+        let end = t0 + Duration::from_secs(120);
+        while a.fib.len() < N as usize {
+            match tokio::time::timeout_at(end, a.ev.recv()).await {
+                Ok(Some(e)) => {
+                    batches += usize::from(matches!(e, SpeakerEvent::Fib(_)));
+                    a.take(e);
+                }
+                other => panic!("{} of {N} after {:?}: {other:?}", a.fib.len(), t0.elapsed()),
+            }
+        }
+        let took = t0.elapsed();
+        eprintln!("speaker: {N} prefixes in a's FIB events after {took:?}, in {batches} batches");
+        assert!(batches <= 2_000, "{batches} FIB events for {N} prefixes");
+        assert!(a.has("11.1.134.0/24", B4));
+    });
+}
+
+#[test]
+fn a_silent_peer_is_dropped_when_the_hold_timer_expires() {
+    block_on(async {
+        let (na, nb) = pair("ho");
+        let hold = |mut c: SpeakerConfig| {
+            c.hold_time = 3;
+            c.graceful_restart = Some(60);
+            c
+        };
+        let mut a = Node::start(&na, hold(cfg(64512, "192.0.2.1", &[A4])));
+        let b = Node::start(&nb, hold(cfg(64512, "192.0.2.2", &[B4])));
+        b.h.originate(vec![net("10.50.2.0/24")]).await;
+        a.h.set_peers(vec![peer(B4, 64512, A4, A6)]).await;
+        b.h.set_peers(vec![peer(A4, 64512, B4, B6)]).await;
+        a.until("a learns b's route", T, |n| n.has("10.50.2.0/24", B4)).await;
+        // Keepalives (every second) keep the session up past the hold time.
+        a.watch(Duration::from_secs(4)).await;
+        assert!(a.downs.is_empty(), "{:?}", a.downs);
+        // b goes silent without closing anything: its link goes down.
+        nb.ip(&["link", "set", "b0", "down"]);
+        let t0 = Instant::now();
+        a.until("withdrawn when the hold timer expires", Duration::from_secs(10), |n| withdrawn(n, "10.50.2.0/24"))
+            .await;
+        assert!(t0.elapsed() <= Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(a.downs.first().map(|d| d.1.as_str()), Some("hold timer expired"));
+        let s = a.status_until(B4, "not established", |s| s.state != "Established").await;
+        assert_eq!(s.last_error.as_deref(), Some("hold timer expired"));
     });
 }

@@ -625,11 +625,15 @@ impl Actor {
             FromSession::Down { conn, established, graceful, words } => {
                 let was_up = self.entry_of(conn).is_some_and(|p| p.established == Some(conn));
                 let belongs = self.entry_of(conn).is_some();
+                let retry = Duration::from_secs(u64::from(self.cfg.connect_retry));
+                // A session that lasted is tried again at once; one that failed early (the
+                // peer rejects what we send, say) only after the connect retry time.
+                let lasted =
+                    was_up && self.entry_of(conn).and_then(|p| p.up_since).is_some_and(|t| t.elapsed() >= retry);
                 let Some(c) = self.conns.remove(&conn) else { return };
                 if !belongs {
                     return;
                 }
-                let retry = Duration::from_secs(u64::from(self.cfg.connect_retry));
                 if was_up {
                     self.session_down(c.peer, graceful, words);
                 } else if let Some(p) = self.peers.get_mut(&c.peer) {
@@ -640,8 +644,7 @@ impl Actor {
                 let Some(p) = self.peers.get_mut(&c.peer) else { return };
                 p.conns.retain(|x| *x != conn);
                 if p.conns.is_empty() && p.next_connect.is_none() {
-                    // Back at once after a session that worked; after a failed attempt, wait.
-                    p.next_connect = Some(if established && was_up { Instant::now() } else { Instant::now() + retry });
+                    p.next_connect = Some(if established && lasted { Instant::now() } else { Instant::now() + retry });
                 }
             }
         }

@@ -41,8 +41,8 @@ pub(super) enum FromSession {
     Routes { conn: ConnId, updates: Vec<Update> },
     /// The peer asked for our routes of a family again (RFC 2918).
     Refresh { conn: ConnId, family: Family },
-    /// The connection is closed. `graceful`: it ended without a NOTIFICATION (TCP failure or
-    /// hold timer), so graceful restart helper mode applies. `words`: why, for status.
+    /// The connection is closed. `graceful`: it ended without a NOTIFICATION (a TCP failure),
+    /// so graceful restart helper mode applies. `words`: why, for status.
     Down { conn: ConnId, established: bool, graceful: bool, words: Option<String> },
 }
 
@@ -321,7 +321,9 @@ pub(super) async fn run(args: SessionArgs) {
         tracing::debug!(peer = %peer, "closing without flushing: the peer does not read");
     }
     let (established, reason) = s.down.take().unwrap_or((s.fsm.state() == State::Established, DownReason::Stopped));
-    let graceful = matches!(reason, DownReason::TcpFailed | DownReason::HoldTimerExpired);
+    // RFC 4724 helper mode is for a connection that ends without a NOTIFICATION. Our hold
+    // timer expiring sends one (4/0): a host that vanished is withdrawn within the hold time.
+    let graceful = matches!(reason, DownReason::TcpFailed);
     let detail = match &reason {
         DownReason::TcpFailed => s.tcp_error.clone(),
         DownReason::LocalNotification(_) => s.fsm.last_notify().map(|n| n.detail.clone()),
