@@ -11,7 +11,7 @@
 //! * **Receivers**, each in a fresh lab host (netns) per round, the order
 //!   alternating between rounds: ours (the `cni-bgp agent` binary with the
 //!   feeder as `--peer ADDR,AS` and the lab's etcd) and BIRD (`protocol
-//!   kernel { ipv4 { export all; }; }`, `connect delay time 1`).
+//!   kernel { ipv4 { export all; }; }`, `connect delay time 0`: BIRD at its fastest; its default is 5 s).
 //! * **Times** (wall clock, one clock for all): *start* is the spawn of the
 //!   receiver's process; *all in FIB* is the first poll (every 5 ms) at which
 //!   the receiver netns's main FIB holds N more prefixes than before the
@@ -83,6 +83,8 @@ pub struct Side {
     pub start_to_est_ms: Vec<f64>,
     pub rss_kib: Vec<f64>,
     pub hwm_kib: Vec<f64>,
+    /// VmRSS of the same receiver with no routes: ready, its one peer unreachable.
+    pub idle_rss_kib: Vec<f64>,
 }
 
 pub struct Mesh {
@@ -142,6 +144,8 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
     let bird_version = bird_version()?;
     let mut lab = Lab::new("bgpbench")?;
     lab.start_etcd()?;
+    // One session per receiver: no node-to-node mesh between the rounds' agents.
+    etcd_put(&lab, "/bench-bgp/bgp/config", &json!({"nodeToNodeMesh": false}).to_string())?;
     let seg = lab.segment(SEGMENT)?;
     progress(&format!("bench bgp: feeder BIRD loads {} static routes", o.routes));
     let feeder = Feeder::start(&mut lab, seg, o.routes)?;
@@ -171,6 +175,14 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
             side.start_to_est_ms.push(s.start_to_est);
             side.rss_kib.push(s.rss_kib);
             side.hwm_kib.push(s.hwm_kib);
+            let idle = idle_rss(&mut lab, seg, kind, bin.as_deref())?;
+            progress(&format!(
+                "  round {}: {:<4} idle (no routes) RSS {:.1} MiB",
+                round + 1,
+                kind.name(),
+                idle / 1024.0
+            ));
+            side.idle_rss_kib.push(idle);
         }
     }
     drop(feeder);
@@ -287,16 +299,7 @@ fn feed_round(
         }
         Kind::Bird => {
             let conf = dir.join("bird.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "router id {ip};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
-                     protocol bgp feed {{\n  local {ip} as {RECEIVER_AS};\n  neighbor {} as {FEEDER_AS};\n  \
-                     connect delay time 1;\n  ipv4 {{ import all; export none; }};\n}}\n",
-                    feeder.ip
-                ),
-            )
-            .ctx("write the receiver BIRD's config")?;
+            std::fs::write(&conf, receiver_bird_conf(ip, feeder.ip)).ctx("write the receiver BIRD's config")?;
             spawn_bird(lab, h, &conf, &dir.join("bird.ctl"))?
         }
     };
@@ -346,6 +349,74 @@ fn feed_round(
     Ok(s)
 }
 
+fn etcd_put(lab: &Lab, key: &str, val: &str) -> R<()> {
+    let local = lab.etcd_local_url().ok_or("etcd is not running")?;
+    let o = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &local, "put", key, val])
+        .output()
+        .ctx("run etcdctl")?;
+    ensure!(o.status.success(), "etcdctl put {key}: {}", String::from_utf8_lossy(&o.stderr));
+    Ok(())
+}
+
+/// The VmRSS of a receiver of `kind` that holds no routes: in a fresh host,
+/// its one peer an address nobody has, measured once it is ready (ours: its
+/// status socket answers ready; BIRD: `birdc show status` answers).
+fn idle_rss(lab: &mut Lab, seg: SegmentId, kind: Kind, bin: Option<&Path>) -> R<f64> {
+    let h = lab.host(seg)?;
+    let ip = lab.host_ip(h);
+    let nobody = Ipv4Addr::from(u32::from(lab.segment_net(seg).broadcast()) - 5);
+    let dir = lab.dir().join(format!("idle{}", h.0));
+    std::fs::create_dir_all(&dir).ctx("create the idle receiver's dir")?;
+    let (p, ready): (ProcessGuard, Box<dyn Fn() -> bool>) = match kind {
+        Kind::Ours => {
+            let bin = bin.ok_or("no cni-bgp binary")?;
+            let url = lab.etcd_url().ok_or("etcd is not running")?;
+            let args = agent_args(&url, &format!("idle{}", h.0), ip, &dir, &format!("{nobody},{FEEDER_AS}"));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let sock = dir.join("status.sock");
+            (lab.spawn(h, &bin.display().to_string(), &args, &[])?, Box::new(move || status_ready(&sock)))
+        }
+        Kind::Bird => {
+            let conf = dir.join("bird.conf");
+            std::fs::write(&conf, receiver_bird_conf(ip, nobody)).ctx("write the idle BIRD's config")?;
+            let ctl = dir.join("bird.ctl");
+            let p = spawn_bird(lab, h, &conf, &ctl)?;
+            (p, Box::new(move || birdc(&ctl, &["show", "status"]).1.contains("Daemon is up and running")))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        ensure!(p.is_running(), "idle {} receiver exited:\n{}", kind.name(), tail(&p.log(), 30));
+        ensure!(Instant::now() < deadline, "idle {} receiver not ready in 30 s:\n{}", kind.name(), tail(&p.log(), 30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (rss, _) = memory_kib(p.pid())?;
+    p.terminate(Duration::from_secs(10));
+    Ok(rss)
+}
+
+/// Whether the agent's status socket (docs/cni-bgp.md) answers `"ready":true`.
+fn status_ready(sock: &Path) -> bool {
+    use std::io::BufRead as _;
+    let Ok(s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    serde_json::from_str::<Value>(&line).is_ok_and(|v| v["ready"] == json!(true))
+}
+
+fn receiver_bird_conf(ip: Ipv4Addr, peer: Ipv4Addr) -> String {
+    format!(
+        "router id {ip};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
+         protocol bgp feed {{\n  local {ip} as {RECEIVER_AS};\n  neighbor {peer} as {FEEDER_AS};\n  \
+         connect delay time 0;\n  ipv4 {{ import all; export none; }};\n}}\n"
+    )
+}
+
 /// `cni-bgp agent` flags (contract B, issue #13 item 2).
 fn agent_args(etcd: &str, name: &str, ip: Ipv4Addr, state: &Path, peer: &str) -> Vec<String> {
     let mut a: Vec<String> = ["agent", "--etcd-endpoints", etcd, "--etcd-prefix", "/bench-bgp", "--node-name", name]
@@ -353,7 +424,7 @@ fn agent_args(etcd: &str, name: &str, ip: Ipv4Addr, state: &Path, peer: &str) ->
         .map(|s| s.to_string())
         .collect();
     a.extend(["--node-ip".into(), ip.to_string(), "--as".into(), RECEIVER_AS.to_string()]);
-    a.extend(["--state-dir".into(), state.display().to_string()]);
+    a.extend(["--state-dir".into(), state.display().to_string(), "--deregister-on-exit".into()]);
     if !peer.is_empty() {
         a.extend(["--peer".into(), peer.to_string()]);
     }
@@ -546,7 +617,7 @@ fn mesh_bird(hosts: usize) -> R<f64> {
         let mut c = format!(
             "router id {ip};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
              protocol static {{ ipv4; route {} blackhole; }}\n\
-             template bgp mesh {{\n  local {ip} as {RECEIVER_AS};\n  direct;\n  connect delay time 1;\n  \
+             template bgp mesh {{\n  local {ip} as {RECEIVER_AS};\n  direct;\n  connect delay time 0;\n  \
              ipv4 {{ import all; export all; next hop self; }};\n}}\n",
             mesh_block(i)
         );
@@ -586,20 +657,10 @@ fn mesh_ours(bin: &Path, hosts: usize) -> R<f64> {
     let seg = lab.segment(SEGMENT)?;
     let hs: Vec<HostId> = (0..hosts).map(|_| lab.host(seg)).collect::<R<_>>()?;
     let nss: Vec<String> = hs.iter().map(|h| lab.host_ns(*h).to_string()).collect();
-    let etcdctl = |key: &str, val: &str| -> R<()> {
-        let local = lab.etcd_local_url().ok_or("etcd is not running")?;
-        let o = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &local, "put", key, val])
-            .output()
-            .ctx("run etcdctl")?;
-        ensure!(o.status.success(), "etcdctl put {key}: {}", String::from_utf8_lossy(&o.stderr));
-        Ok(())
-    };
     let put_block = |i: usize| -> R<()> {
         let b = mesh_block(i);
         let key = format!("/bench-bgp/bench/blocks/{}-{}", b.network(), b.prefix());
-        etcdctl(&key, &json!({"host": format!("node{i}"), "exclusive": true, "allocations": {}}).to_string())
+        etcd_put(&lab, &key, &json!({"host": format!("node{i}"), "exclusive": true, "allocations": {}}).to_string())
     };
     let spawn = |lab: &Lab, i: usize| -> R<ProcessGuard> {
         let dir = lab.dir().join(format!("mesh{i}"));
@@ -644,18 +705,23 @@ fn word(b: Option<bool>) -> &'static str {
 }
 
 impl Report {
-    fn per_100k(&self, kib: f64) -> f64 {
-        kib / 1024.0 * 100_000.0 / self.routes as f64
+    /// MiB per 100k routes of a side: (RSS converged - RSS idle), medians, scaled.
+    fn per_100k(&self, x: &Side) -> f64 {
+        (median(&x.rss_kib) - median(&x.idle_rss_kib)) / 1024.0 * 100_000.0 / self.routes as f64
     }
 
-    /// (time, memory): at most BIRD's, when ours was measured.
-    pub fn goal_met(&self) -> (Option<bool>, Option<bool>) {
+    /// (time, memory per 100k routes, total RSS): each at most BIRD's, when
+    /// ours was measured. Time is Established -> all routes in the FIB (the
+    /// work on the feed, without BIRD's connect delay).
+    pub fn goal_met(&self) -> (Option<bool>, Option<bool>, Option<bool>) {
         let Some(o) = &self.ours else {
-            return (None, None);
+            return (None, None, None);
         };
-        let time = median(&o.start_to_fib_ms) <= median(&self.bird.start_to_fib_ms);
-        let mem = median(&o.rss_kib) <= median(&self.bird.rss_kib);
-        (Some(time), Some(mem))
+        let b = &self.bird;
+        let time = median(&o.est_to_fib_ms) <= median(&b.est_to_fib_ms);
+        let per = self.per_100k(o) <= self.per_100k(b);
+        let total = median(&o.rss_kib) <= median(&b.rss_kib);
+        (Some(time), Some(per), Some(total))
     }
 
     pub fn table(&self) -> String {
@@ -687,9 +753,11 @@ impl Report {
         }
         let (orss, brss) = med(|x| &x.rss_kib);
         let (ohwm, bhwm) = med(|x| &x.hwm_kib);
+        let (oidle, bidle) = med(|x| &x.idle_rss_kib);
         row(&mut s, "RSS after convergence, MiB", orss.map(|k| k / 1024.0), brss / 1024.0);
-        row(&mut s, "RSS per 100k routes, MiB", orss.map(|k| self.per_100k(k)), self.per_100k(brss));
         row(&mut s, "peak RSS (VmHWM), MiB", ohwm.map(|k| k / 1024.0), bhwm / 1024.0);
+        row(&mut s, "RSS idle (ready, no routes), MiB", oidle.map(|k| k / 1024.0), bidle / 1024.0);
+        row(&mut s, "RSS growth per 100k routes, MiB", o.map(|o| self.per_100k(o)), self.per_100k(b));
         match &self.mesh {
             Some(m) => {
                 let what = format!("mesh: node {} joins {}, ms", m.hosts, m.hosts - 1);
@@ -704,12 +772,13 @@ impl Report {
                 let _ = writeln!(s, "{:<44} {}", "mesh join", self.mesh_note.as_deref().unwrap_or("not measured"));
             }
         }
-        let (time, mem) = self.goal_met();
+        let (time, per, total) = self.goal_met();
         let _ = writeln!(
             s,
-            "goal: at most BIRD's time (start -> all in FIB) {}, at most BIRD's memory (RSS) {}",
+            "goal, at most BIRD's: time (Established -> all in FIB) {}; memory per 100k routes {}; total RSS {}",
             word(time),
-            word(mem)
+            word(per),
+            word(total)
         );
         s
     }
@@ -719,11 +788,11 @@ impl Report {
             json!({
                 "start_to_fib_ms": x.start_to_fib_ms, "established_to_fib_ms": x.est_to_fib_ms,
                 "accepted_to_established_ms": x.accept_to_est_ms, "start_to_established_ms": x.start_to_est_ms,
-                "rss_kib": x.rss_kib, "hwm_kib": x.hwm_kib,
+                "rss_kib": x.rss_kib, "hwm_kib": x.hwm_kib, "idle_rss_kib": x.idle_rss_kib,
                 "median_start_to_fib_ms": median(&x.start_to_fib_ms),
                 "median_established_to_fib_ms": median(&x.est_to_fib_ms),
                 "median_accepted_to_established_ms": median(&x.accept_to_est_ms),
-                "median_rss_mib_per_100k": self.per_100k(median(&x.rss_kib)),
+                "median_rss_growth_mib_per_100k": self.per_100k(x),
             })
         };
         let b = &self.bird;
@@ -733,9 +802,10 @@ impl Report {
                 "established_to_fib": ratio(median(&o.est_to_fib_ms), median(&b.est_to_fib_ms)),
                 "accepted_to_established": ratio(median(&o.accept_to_est_ms), median(&b.accept_to_est_ms)),
                 "rss": ratio(median(&o.rss_kib), median(&b.rss_kib)),
+                "rss_growth_per_100k": ratio(self.per_100k(o), self.per_100k(b)),
             })
         });
-        let (time, mem) = self.goal_met();
+        let (time, per, total) = self.goal_met();
         json!({
             "routes": self.routes, "rounds": self.n, "bird_version": self.bird_version,
             "ours": self.ours.as_ref().map(side), "bird": side(b), "ratios": ratios,
@@ -744,7 +814,7 @@ impl Report {
                 "ratio": (!m.ours_ms.is_empty()).then(|| ratio(median(&m.ours_ms), median(&m.bird_ms))),
             })),
             "mesh_note": self.mesh_note,
-            "goal_time_met": time, "goal_memory_met": mem,
+            "goal_time_met": time, "goal_memory_per_100k_met": per, "goal_total_rss_met": total,
         })
     }
 }
