@@ -24,7 +24,9 @@
 //!   also given from Established, which leaves out process start-up, etcd
 //!   registration and the connect delay.
 //! * **Memory**: VmRSS and VmHWM (peak) of the receiver process right after
-//!   all routes are in the FIB, also scaled to 100k routes.
+//!   all routes are in the FIB, and the VmRSS of the same receiver idle (in
+//!   another fresh host, ready, its one peer unreachable): the growth per
+//!   100k routes is (converged - idle) scaled to 100k.
 //! * **Mesh join**: M-1 nodes in an iBGP full mesh on one segment, each
 //!   originating one /26 block; the M-th starts and the time until every
 //!   other node has the M-th's block in its kernel FIB is measured. Ours:
