@@ -698,6 +698,9 @@ fn ratio(ours: f64, bird: f64) -> f64 {
     ours / bird
 }
 
+/// One sample series of a [`Side`].
+type Field = fn(&Side) -> &Vec<f64>;
+
 fn word(b: Option<bool>) -> &'static str {
     match b {
         Some(true) => "met",
@@ -742,8 +745,8 @@ impl Report {
             };
         };
         let (o, b) = (self.ours.as_ref(), &self.bird);
-        let med = |f: fn(&Side) -> &Vec<f64>| (o.map(|o| median(f(o))), median(f(b)));
-        let rows: [(&str, fn(&Side) -> &Vec<f64>); 4] = [
+        let med = |f: Field| (o.map(|o| median(f(o))), median(f(b)));
+        let rows: [(&str, Field); 4] = [
             ("start -> all routes in the kernel FIB, ms", |x| &x.start_to_fib_ms),
             ("Established -> all routes in the FIB, ms", |x| &x.est_to_fib_ms),
             ("session accepted -> Established, ms", |x| &x.accept_to_est_ms),
