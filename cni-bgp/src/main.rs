@@ -17,7 +17,18 @@ fn main() {
         cli::Cmd::Agent(f) => f.log_level,
         _ => std::env::var("CNI_BGP_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN),
     };
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).try_init();
+    // The level applies to our crates; the etcd client's transport (tonic,
+    // hyper, tower) logs at warn at most, or its debug lines drown ours.
+    let ours = ["cni_bgp", "bgp", "etcd_kv", "linux_net", "cluster_ipam"];
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_targets(ours.map(|t| (t, level)))
+        .with_default(level.min(tracing::Level::WARN));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
+        .with(filter)
+        .try_init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

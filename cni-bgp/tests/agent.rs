@@ -45,9 +45,19 @@ struct Cluster {
 
 impl Cluster {
     fn new(hint: &str, n: usize) -> Cluster {
+        Cluster::with_segment(hint, n, false)
+    }
+
+    /// `n` hosts on one segment, dual-stack when `v6`.
+    fn with_segment(hint: &str, n: usize, v6: bool) -> Cluster {
         let mut lab = Lab::new(hint).expect("lab");
         lab.start_etcd().expect("etcd");
-        let seg = lab.segment(&format!("192.168.{}.0/24", 100 + (std::process::id() % 100))).expect("segment");
+        let x = 100 + (std::process::id() % 100);
+        let seg = if v6 {
+            lab.segment_with_ipv6(&format!("192.168.{x}.0/24"), &format!("fd00:{x}::/64")).expect("segment")
+        } else {
+            lab.segment(&format!("192.168.{x}.0/24")).expect("segment")
+        };
         let hosts = (0..n).map(|_| lab.host(seg).expect("host")).collect();
         let prefix = format!("{PREFIX}-{hint}");
         Cluster { lab, hosts, agents: (0..n).map(|_| None).collect(), prefix }
@@ -152,6 +162,28 @@ impl Cluster {
         );
     }
 
+    /// The CNI plugin's STATUS in host i, with `stateDir` = agent i's.
+    fn cni_status(&self, i: usize) -> (bool, Value) {
+        use std::io::Write;
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "bgpnet", "type": "cni-bgp",
+            "stateDir": self.state_dir(i),
+            "ipam": {"type": "cni-ipam", "ranges": [[{"subnet": "10.79.0.0/24"}]],
+                     "dataDir": self.lab.dir().join(format!("ipam{i}"))},
+        });
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.lab.host_ns(self.hosts[i]), bin()])
+            .env("CNI_COMMAND", "STATUS")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        (o.status.success(), serde_json::from_slice(&o.stdout).unwrap_or(Value::Null))
+    }
+
     fn cli(&self, i: usize, args: &[&str]) -> Output {
         Command::new(bin())
             .args(args)
@@ -169,6 +201,21 @@ impl Cluster {
     }
 
     fn peer_state(&self, i: usize, peer: usize) -> Option<String> {
+        self.peer_field(i, &self.lab.host_ip(self.hosts[peer]).to_string(), "state")
+    }
+
+    /// A field of the peer with `addr` in host i's `status --json`.
+    fn peer_field(&self, i: usize, addr: &str, field: &str) -> Option<String> {
+        let s = self.status_json(i);
+        s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["address"] == addr)
+            .map(|p| p[field].as_str().unwrap_or_default().to_string())
+    }
+
+    #[allow(dead_code)]
+    fn peer_state_old(&self, i: usize, peer: usize) -> Option<String> {
         let addr = self.lab.host_ip(self.hosts[peer]).to_string();
         let s = self.status_json(i);
         s["peers"]
@@ -225,24 +272,39 @@ fn without_default_route_or_node_ip_the_agent_says_which_flag() {
 
 #[test]
 fn status_socket_is_not_ready_while_etcd_is_unreachable_and_stale_files_are_replaced() {
-    let mut c = Cluster::new("notready", 1);
+    let mut c = Cluster::new("notready", 2);
     // A socket file left by a killed agent: nobody listens on it.
     let dir = c.state_dir(0);
     std::fs::create_dir_all(&dir).unwrap();
     drop(std::os::unix::net::UnixListener::bind(status::socket_path(&dir)).unwrap());
     assert!(matches!(c.ready(0), Err(status::QueryError::Connect { .. })));
-    // etcd on a port nobody serves.
+    // etcd on a port nobody serves; no --node-ip: the address of the
+    // default route's interface.
+    let gw = c.lab.host_ip(c.hosts[1]).to_string();
+    c.lab.exec_ok(c.hosts[0], &["ip", "route", "add", "default", "via", &gw, "dev", "eth0"]).unwrap();
     let mut args = c.agent_args(0, &[]);
     let i = args.iter().position(|a| a == "--etcd-endpoints").unwrap();
     args[i + 1] = format!("http://{}:9", c.lab.mgmt_gateway());
+    let i = args.iter().position(|a| a == "--node-ip").unwrap();
+    args.drain(i..i + 2);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     c.agents[0] = Some(c.lab.spawn(c.hosts[0], bin(), &args, &[]).unwrap());
     let ok = wait_until(Duration::from_secs(10), || c.ready(0).is_ok());
     assert!(ok, "{:?}\n{}", c.ready(0), c.log(0));
     let a = c.ready(0).unwrap();
     assert!(!a.ready, "{a:?}");
-    // The control socket answers too, and STATUS-like callers see not ready.
+    // The plugin's STATUS: code 50 with the agent's words.
+    let (ok, v) = c.cni_status(0);
+    assert!(!ok);
+    assert_eq!(v["code"], 50, "{v}");
+    assert!(v.to_string().contains("reading the BGP config from etcd"), "{v}");
     assert!(c.agents[0].as_ref().unwrap().is_running());
+    // `cni-bgp status` says why, at once.
+    let o = c.cli(0, &["status"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not ready: reading the BGP config from etcd"), "{o:?}");
+    let ip0 = c.lab.host_ip(c.hosts[0]);
+    assert!(c.log(0).contains(&format!("ip={ip0}")), "--node-ip default: {}", c.log(0));
     // SIGTERM: the sockets go with the agent.
     let st = c.agents[0].as_ref().unwrap().terminate(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", c.log(0));
@@ -268,6 +330,10 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     c.wait_route(0, "blackhole 10.70.0.0/26", true, Duration::from_secs(5));
     c.wait_route(1, "blackhole 10.70.0.64/26", true, Duration::from_secs(5));
 
+    // The plugin's STATUS asks the live agent: ready.
+    let (ok, v) = c.cni_status(0);
+    assert!(ok, "STATUS with a ready agent: {v}");
+
     // `cni-bgp status --json` and the tables.
     let s = c.status_json(0);
     assert_eq!(s["node"]["name"], "node0");
@@ -280,7 +346,8 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     let t = String::from_utf8(c.cli(0, &["status"]).stdout).unwrap();
     assert!(t.contains("PEER") && t.contains(&ip1.to_string()) && t.contains("Established"), "{t}");
     let r = String::from_utf8(c.cli(0, &["routes"]).stdout).unwrap();
-    assert!(r.contains(&format!("10.70.0.64/26")) && r.contains("blackhole"), "{r}");
+    assert!(r.contains("10.70.0.64/26") && r.contains("blackhole") && r.contains("protocol 76"), "{r}");
+    eprintln!("cni-bgp status:\n{t}\ncni-bgp routes:\n{r}");
     let rj: Value = serde_json::from_slice(&c.cli(0, &["routes", "--json"]).stdout).unwrap();
     assert!(rj["installed"].as_array().unwrap().iter().any(|i| i["prefix"] == "10.70.0.64/26"), "{rj}");
     assert!(rj["learned"].as_array().unwrap().iter().any(|i| i["prefix"] == "10.70.0.64/26"), "{rj}");
@@ -317,6 +384,19 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("asNumber: AS 0 is reserved"), "{o:?}");
     c.etcdctl(&["del", &format!("{}/bgp/config", c.prefix)]);
 
+    // Another agent's listener holds node2's address and port: a second agent
+    // (own state dir) exits 1 naming the address, and leaves no registration.
+    let mut args = c.agent_args(2, &[]);
+    let i = args.iter().position(|a| a == "--state-dir").unwrap();
+    args[i + 1] = c.lab.dir().join("state-busy").display().to_string();
+    let i = args.iter().position(|a| a == "--node-name").unwrap();
+    args[i + 1] = "node2-twin".into();
+    let o =
+        c.lab.exec(c.hosts[2], &[&[bin()], &args.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat()).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{ip2}:179")), "{o:?}");
+    assert_eq!(c.etcdctl(&["get", &format!("{}/bgp/nodes/node2-twin", c.prefix)]), "");
+
     // node2 leaves for good (SIGTERM with --deregister-on-exit): unpeered
     // by the others at once, its block withdrawn; its sockets are gone.
     let g = c.agents[2].take().unwrap();
@@ -327,6 +407,8 @@ fn two_agents_mesh_advertise_blocks_and_borrowed_addresses() {
     let st = c.agents[2].as_ref().unwrap().terminate(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", c.log(2));
     assert!(matches!(c.ready(2), Err(status::QueryError::Missing(_))));
+    let (ok, v) = c.cni_status(2);
+    assert!(!ok && v["code"] == 50, "STATUS after the agent stopped: {v}");
     let ok = wait_until(Duration::from_secs(5), || c.peer_state(0, 2).is_none());
     assert!(ok, "node2 still a peer of node0: {}", c.status_json(0));
     c.wait_route(0, "10.70.0.128/26", false, Duration::from_secs(5));
@@ -370,5 +452,144 @@ fn a_killed_agent_keeps_its_routes_and_sweeps_stale_ones_after_restart() {
     assert!(c.has_route(0, &learned));
     assert!(c.log(0).contains("restarting gracefully"), "{}", c.log(0));
     // node1 kept node0's block through the restart (graceful-restart helper).
-    assert!(c.has_route(1, &format!("10.71.0.0/26 via {}", c.lab.host_ip(c.hosts[0]))), "{}", c.kernel(1));
+    let block0 = format!("10.71.0.0/26 via {}", c.lab.host_ip(c.hosts[0]));
+    assert!(c.has_route(1, &block0), "{}", c.kernel(1));
+
+    // SIGTERM and start again (what systemd or a DaemonSet update does):
+    // exit 0, and neither side's route leaves its kernel at any point.
+    c.wait_established(0, 1);
+    let st = c.agents[0].take().unwrap().terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert!(c.has_route(0, &learned) && c.has_route(1, &block0));
+    c.start(0, &[]);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(c.has_route(0, &learned), "node0 lost its learned route\n{}", c.log(0));
+        assert!(c.has_route(1, &block0), "node1 lost node0's block\n{}", c.log(1));
+        if c.ready(0).is_ok_and(|a| a.ready) && c.peer_state(0, 1).as_deref() == Some("Established") {
+            break;
+        }
+        assert!(Instant::now() < end, "not back: {:?}\n{}", c.ready(0), c.log(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // node1 never unpeered node0: its registration did not lapse.
+    assert!(!c.log(1).contains("BGP peer removed"), "{}", c.log(1));
+}
+
+/// Host i's IPv6 block, as `ip route` prints it.
+fn block6(i: usize) -> String {
+    format!("fd72::{:x}/122", 64 * i).parse::<ipnetwork::IpNetwork>().unwrap().to_string()
+}
+
+#[test]
+fn reflector_and_clients_over_ipv4_and_ipv6_without_mesh() {
+    let mut c = Cluster::with_segment("rr", 4, true);
+    c.etcdctl(&["put", &format!("{}/bgp/config", c.prefix), r#"{"nodeToNodeMesh":false}"#]);
+    for i in 0..4 {
+        c.put_block("net1", &format!("10.72.0.{}/26", 64 * i), &c.name(i), &[]);
+        c.put_block("net6", &block6(i), &c.name(i), &[]);
+    }
+    let v6: Vec<String> = (0..4).map(|i| c.lab.host_ip6(c.hosts[i]).unwrap().to_string()).collect();
+    let v4: Vec<String> = (0..4).map(|i| c.lab.host_ip(c.hosts[i]).to_string()).collect();
+    c.start(0, &["--route-reflector", "--node-ipv6", &v6[0]]);
+    for (i, a) in v6.iter().enumerate().skip(1) {
+        c.start(i, &["--node-ipv6", a]);
+    }
+    for i in 0..4 {
+        c.wait_ready(i);
+    }
+    // Every client learns every other client's blocks, through the reflector,
+    // with the originating client as next hop (IPv6 via its IPv6 address).
+    for i in 1..4 {
+        for j in (0..4).filter(|j| *j != i) {
+            c.wait_route(i, &format!("10.72.0.{}/26 via {}", 64 * j, v4[j]), true, Duration::from_secs(30));
+            c.wait_route(i, &format!("{} via {}", block6(j), v6[j]), true, Duration::from_secs(30));
+        }
+    }
+    // No mesh: a client's only sessions are with the reflector, one per family.
+    let s = c.status_json(1);
+    let peers: Vec<(String, String)> = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["address"].as_str().unwrap().to_string(), p["kind"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(peers, [(v4[0].clone(), "route reflector".into()), (v6[0].clone(), "route reflector".into())], "{s}");
+    // The reflector sees its clients as clients.
+    assert_eq!(c.peer_field(0, &v4[2], "kind").as_deref(), Some("route reflector client"));
+    assert_eq!(c.status_json(0)["node"]["routeReflector"], true);
+    assert_eq!(c.status_json(0)["node"]["clusterId"], v4[0].as_str());
+}
+
+#[test]
+fn a_live_change_of_the_cluster_as_restarts_the_sessions_in_the_new_as() {
+    let mut c = Cluster::new("asnum", 2);
+    c.put_block("net1", "10.73.0.0/26", "node0", &[]);
+    c.put_block("net1", "10.73.0.64/26", "node1", &[]);
+    c.start(0, &[]);
+    c.start(1, &[]);
+    c.wait_ready(0);
+    c.wait_ready(1);
+    let ip1 = c.lab.host_ip(c.hosts[1]);
+    let learned = format!("10.73.0.64/26 via {ip1}");
+    c.wait_route(0, &learned, true, Duration::from_secs(30));
+    c.wait_established(0, 1);
+
+    let o = Command::new(bin())
+        .args(["config", "set", "--as", "65010", "--etcd-endpoints", &c.lab.etcd_local_url().unwrap()])
+        .args(["--etcd-prefix", &c.prefix])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    // Both speakers restart in AS 65010 and peer again; the route stays in
+    // the kernel all along (polled), and the status shows the new AS.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(c.has_route(0, &learned), "route left the kernel during the AS change\n{}", c.log(0));
+        let s = c.status_json(0);
+        let up = s["node"]["as"] == 65010
+            && s["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["asn"] == 65010 && p["state"] == "Established"));
+        if up {
+            break;
+        }
+        assert!(Instant::now() < end, "not re-peered in AS 65010: {s}\n{}", c.log(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The route now follows the new sessions: withdrawn when node1's block goes.
+    c.etcdctl(&["del", &format!("{}/net1/blocks/10.73.0.64-26", c.prefix)]);
+    c.wait_route(0, "10.73.0.64/26", false, Duration::from_secs(10));
+    assert!(c.log(0).contains("restarting the BGP speaker"), "{}", c.log(0));
+}
+
+#[test]
+fn status_says_why_an_external_peer_is_down() {
+    let mut c = Cluster::new("words", 2);
+    let (ip0, ip1) = (c.lab.host_ip(c.hosts[0]).to_string(), c.lab.host_ip(c.hosts[1]).to_string());
+    c.start(0, &["--peer", &format!("{ip1},65099")]);
+    c.wait_ready(0);
+    // Nobody listens on host1 yet.
+    let want = format!("connection refused on {ip1}:179");
+    let ok =
+        wait_until(Duration::from_secs(20), || c.peer_field(0, &ip1, "lastError").is_some_and(|e| e.contains(&want)));
+    assert!(ok, "{}", c.status_json(0));
+    assert_eq!(c.peer_field(0, &ip1, "kind").as_deref(), Some("flag peer"));
+    let t = String::from_utf8(c.cli(0, &["status"]).stdout).unwrap();
+    assert!(t.contains(&want), "{t}");
+    // Another cluster's agent on host1 (its own prefix, AS 65001) peering
+    // with node0: node0 expects AS 65099 and says so.
+    let prefix1 = format!("{}-other", c.prefix);
+    let mut args = c.agent_args(1, &["--as", "65001", "--peer", &format!("{ip0},64512")]);
+    let i = args.iter().position(|a| a == "--etcd-prefix").unwrap();
+    args[i + 1] = prefix1;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.agents[1] = Some(c.lab.spawn(c.hosts[1], bin(), &args, &[]).unwrap());
+    c.wait_ready(1);
+    let want = "peer AS 65001, configured 65099";
+    let ok =
+        wait_until(Duration::from_secs(30), || c.peer_field(0, &ip1, "lastError").is_some_and(|e| e.contains(want)));
+    assert!(ok, "{}", c.status_json(0));
+    assert_ne!(c.peer_state(0, 1).as_deref(), Some("Established"));
 }

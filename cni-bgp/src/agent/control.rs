@@ -121,8 +121,8 @@ impl Sockets {
         let mut sockets = Sockets { paths: vec![status_path], answer: answer.clone() };
         let ctl = UnixListener::bind(&control_path)?;
         sockets.paths.push(control_path);
-        tokio::spawn(serve_status(st, answer));
-        tokio::spawn(serve_control(ctl, requests));
+        tokio::spawn(serve_status(st, answer.clone()));
+        tokio::spawn(serve_control(ctl, requests, answer));
         Ok(sockets)
     }
 
@@ -150,16 +150,24 @@ async fn serve_status(l: UnixListener, answer: Arc<Mutex<Answer>>) {
     }
 }
 
-async fn serve_control(l: UnixListener, requests: mpsc::Sender<Request>) {
+async fn serve_control(l: UnixListener, requests: mpsc::Sender<Request>, answer: Arc<Mutex<Answer>>) {
     loop {
         let Ok((s, _)) = l.accept().await else { continue };
         let requests = requests.clone();
+        // Until ready the main loop does not serve requests: say why.
+        let starting = {
+            let a = answer.lock().unwrap();
+            (!a.ready).then(|| a.message.clone().unwrap_or_else(|| "not ready".into()))
+        };
         tokio::spawn(async move {
             let (r, mut w) = s.into_split();
             let mut line = String::new();
             let mut r = TokioBufReader::new(tokio::io::AsyncReadExt::take(r, MAX_REQUEST as u64));
             let read = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
             let reply = match (read, line.trim()) {
+                (Ok(Ok(_)), "status" | "routes") if starting.is_some() => Some(
+                    serde_json::json!({ "error": format!("not ready: {}", starting.unwrap_or_default()) }).to_string(),
+                ),
                 (Ok(Ok(_)), "status") => {
                     let (tx, rx) = oneshot::channel();
                     match requests.send(Request::Status(tx)).await {

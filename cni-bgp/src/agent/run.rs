@@ -20,12 +20,13 @@
 //! its registration lapses after `--registration-ttl` unless it comes back
 //! (or at once with `--deregister-on-exit`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_kv::{EtcdClient, Timeouts};
+use ipnetwork::IpNetwork;
 use linux_net::netlink::Netlink;
 use linux_net::route::{self, RouteKind};
 use tokio::sync::mpsc;
@@ -117,6 +118,10 @@ struct Agent {
     restarting: bool,
     speaker: SpeakerHandle,
     ready: bool,
+    /// After a speaker restart: the prefixes the old speaker had learned,
+    /// still in the kernel; those the new one has not learned again by its
+    /// `Converged` are withdrawn from the kernel then.
+    restart_sweep: Option<HashSet<IpNetwork>>,
 }
 
 impl Agent {
@@ -199,6 +204,15 @@ impl Agent {
         if id != self.id {
             tracing::warn!(old = ?self.id, new = ?id, "this node's AS or route-reflector role changed: restarting the BGP speaker");
             self.id = id;
+            let learned: HashSet<IpNetwork> =
+                self.speaker.routes().await.into_iter().filter(|r| r.peer.is_some()).map(|r| r.prefix).collect();
+            self.restart_sweep = Some(learned);
+            // The kernel keeps the routes (swept on the new speaker's
+            // `Converged`), peers that are graceful-restart helpers keep
+            // ours. Not announced as a restart: every node changes AS at
+            // once, and two restarting speakers would each wait for the
+            // other's End-of-RIB.
+            self.restarting = false;
             self.speaker.abort().await;
             let (s, ev) = start_speaker(self.speaker_config()).await?;
             self.speaker = s;
@@ -242,6 +256,30 @@ impl Agent {
                 };
                 let _ = tx.send(RoutesReply { learned, installed });
             }
+        }
+    }
+
+    /// The speaker converged: stale routes go.
+    async fn converged(&mut self) {
+        match self.fib.sweep_stale() {
+            Ok((n, failures)) => {
+                tracing::info!(swept = n, "converged: stale routes of the previous run removed");
+                for f in failures {
+                    tracing::error!(prefix = %f.prefix, "removing a stale route: {}", f.error);
+                }
+            }
+            Err(e) => tracing::error!("removing stale routes: {e}"),
+        }
+        if let Some(before) = self.restart_sweep.take() {
+            let now: HashSet<IpNetwork> =
+                self.speaker.routes().await.into_iter().filter(|r| r.peer.is_some()).map(|r| r.prefix).collect();
+            let gone: Vec<fib::Change> =
+                before.difference(&now).map(|p| fib::Change { prefix: *p, via: None }).collect();
+            tracing::info!(
+                withdrawn = gone.len(),
+                "speaker restarted and converged: routes not learned again withdrawn"
+            );
+            self.apply(gone);
         }
     }
 
@@ -301,7 +339,7 @@ fn installed_routes() -> Result<Vec<InstalledRoute>, Error> {
             });
         }
     }
-    out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    out.sort_by_key(|r| r.prefix);
     Ok(out)
 }
 
@@ -372,6 +410,7 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
     }
 
     let store = Arc::new(BgpStore::new(&cfg.etcd)?);
+    sockets.set(Answer { ready: false, message: Some("reading the BGP config from etcd".into()) });
     let (cluster, _) = retry_etcd!("reading the BGP config", store.config());
     check_for_node(&cluster, &cfg).map_err(Error::Invalid)?;
     let id = identity(&cluster, &cfg);
@@ -410,7 +449,16 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
     if let Some(v6) = cfg.node_ipv6 {
         listen.push(SocketAddr::new(IpAddr::V6(v6), cfg.listen_port));
     }
-    let (speaker, speaker_events) = Speaker::start(speaker_config(&cfg, id, listen, restarting)).await?;
+    let (speaker, speaker_events) = match Speaker::start(speaker_config(&cfg, id, listen, restarting)).await {
+        Ok(x) => x,
+        Err(e) => {
+            // Registered, but no speaker: the others must not keep trying to peer.
+            if let Err(d) = store.deregister(reg).await {
+                tracing::warn!("removing the node registration: {d}");
+            }
+            return Err(e);
+        }
+    };
     let mut a = Agent {
         me,
         record,
@@ -425,6 +473,7 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
         restarting,
         speaker,
         ready: false,
+        restart_sweep: None,
         cfg,
     };
     a.readvertise(true).await;
@@ -447,15 +496,7 @@ async fn serve(
         tokio::select! {
             ev = speaker_events.recv() => match ev {
                 Some(SpeakerEvent::Fib(changes)) => a.apply(changes),
-                Some(SpeakerEvent::Converged) => match a.fib.sweep_stale() {
-                    Ok((n, failures)) => {
-                        tracing::info!(swept = n, "converged: stale routes of the previous run removed");
-                        for f in failures {
-                            tracing::error!(prefix = %f.prefix, "removing a stale route: {}", f.error);
-                        }
-                    }
-                    Err(e) => tracing::error!("removing stale routes: {e}"),
-                },
+                Some(SpeakerEvent::Converged) => a.converged().await,
                 Some(SpeakerEvent::PeerUp(p)) => tracing::info!(peer = %p, "session established"),
                 Some(SpeakerEvent::PeerDown { address, reason }) => tracing::warn!(peer = %address, "session down: {reason}"),
                 None => break Err(Error::Stopped("the BGP speaker stopped".into())),

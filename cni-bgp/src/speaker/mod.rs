@@ -373,7 +373,8 @@ struct Actor {
 
 enum Flow {
     Continue,
-    Exit,
+    /// End the speaker, then answer these.
+    Exit(Vec<oneshot::Sender<()>>),
 }
 
 fn to_net(p: Prefix) -> Option<IpNetwork> {
@@ -404,8 +405,8 @@ impl Actor {
                 }
                 c = cmds.recv(), if cmds_open => match c {
                     Some(c) => {
-                        if let Flow::Exit = self.on_command(c) {
-                            return;
+                        if let Flow::Exit(waiting) = self.on_command(c) {
+                            return self.finish(waiting).await;
                         }
                     }
                     // Every handle is gone: the speaker goes on.
@@ -420,9 +421,20 @@ impl Actor {
                 }
             }
             self.flush();
-            if self.stop_done() {
-                return;
+            if let Some(waiting) = self.stop_done() {
+                return self.finish(waiting).await;
             }
+        }
+    }
+
+    /// Ends every task and waits until they are gone (so that the listening sockets are
+    /// closed when `stop` or `abort` returns: a new speaker can bind them at once).
+    async fn finish(mut self, waiting: Vec<oneshot::Sender<()>>) {
+        for t in self.abort_all() {
+            let _ = t.await;
+        }
+        for w in waiting {
+            let _ = w.send(());
         }
     }
 
@@ -796,7 +808,7 @@ impl Actor {
                             t.abort();
                         }
                     }
-                    for l in self.listeners.drain(..) {
+                    for l in &self.listeners {
                         l.abort();
                     }
                     self.stopping = Some((Instant::now() + STOP_TIMEOUT, vec![reply]));
@@ -804,40 +816,30 @@ impl Actor {
             },
             Command::Abort(reply) => {
                 tracing::info!("BGP speaker aborted");
-                self.abort_all();
-                let _ = reply.send(());
-                return Flow::Exit;
+                return Flow::Exit(vec![reply]);
             }
         }
         Flow::Continue
     }
 
-    fn abort_all(&mut self) {
-        for (_, c) in self.conns.drain() {
-            c.task.abort();
+    /// Aborts every task (sessions, connection attempts, listeners); returns their handles.
+    fn abort_all(&mut self) -> Vec<JoinHandle<()>> {
+        let mut all: Vec<JoinHandle<()>> = self.conns.drain().map(|(_, c)| c.task).collect();
+        all.extend(self.peers.values_mut().filter_map(|p| p.connecting.take()));
+        all.append(&mut self.listeners);
+        for t in &all {
+            t.abort();
         }
-        for p in self.peers.values_mut() {
-            if let Some(t) = p.connecting.take() {
-                t.abort();
-            }
-        }
-        for l in self.listeners.drain(..) {
-            l.abort();
-        }
+        all
     }
 
-    fn stop_done(&mut self) -> bool {
-        let Some((deadline, _)) = &self.stopping else { return false };
+    /// Stopping, and every session is gone or the time is up: who waits for the end.
+    fn stop_done(&mut self) -> Option<Vec<oneshot::Sender<()>>> {
+        let (deadline, _) = self.stopping.as_ref()?;
         if !self.conns.is_empty() && Instant::now() < *deadline {
-            return false;
+            return None;
         }
-        self.abort_all();
-        if let Some((_, waiting)) = self.stopping.take() {
-            for w in waiting {
-                let _ = w.send(());
-            }
-        }
-        true
+        self.stopping.take().map(|(_, waiting)| waiting)
     }
 
     fn set_peers(&mut self, specs: Vec<PeerSpec>) {
@@ -987,13 +989,10 @@ impl Actor {
         if self.converged || !self.peers_set || self.stopping.is_some() {
             return;
         }
-        let done = if self.rib.deferring() {
-            false
-        } else if self.cfg.restarting {
-            true
-        } else {
-            self.peers.values().all(|p| p.established.is_some() && p.families.iter().all(|f| p.eor.contains(f)))
-        };
+        // A restarting RIB may end its deferral early (a peer without graceful restart came
+        // up); the kernel's stale routes wait for every peer's End-of-RIB all the same.
+        let done = !self.rib.deferring()
+            && self.peers.values().all(|p| p.established.is_some() && p.families.iter().all(|f| p.eor.contains(f)));
         if done {
             tracing::info!("converged: every peer sent End-of-RIB");
             self.converged = true;
