@@ -755,7 +755,28 @@ mod tests {
         assert!(parse(&["migrate", "--data-mib", "0"]).is_err());
         let Cmd::Bench(BenchCmd::Bgp { routes, n, mesh_hosts, .. }) = ok(&["bench", "bgp"]) else { panic!() };
         assert_eq!((routes, n, mesh_hosts), (100_000, 3, 30));
+        let Cmd::Bench(BenchCmd::Bgp { plugin_dir, routes, n, mesh_hosts, bird_only, json }) = ok(&[
+            "bench",
+            "bgp",
+            "--plugin-dir",
+            "/d",
+            "--routes",
+            "4194304",
+            "--n",
+            "5",
+            "--mesh-hosts",
+            "0",
+            "--bird-only",
+            "--json",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            (plugin_dir, routes, n, mesh_hosts, bird_only, json),
+            (Some("/d".into()), 4_194_304, 5, 0, true, true)
+        );
         assert!(parse(&["bench", "bgp", "--routes", "0"]).is_err());
+        assert!(parse(&["bench", "bgp", "--routes", "4194305"]).is_err());
         assert!(parse(&["bench", "bgp", "--mesh-hosts", "1000"]).is_err());
         let Cmd::Bench(BenchCmd::Migrate { n, data_mib, .. }) = ok(&["bench", "migrate", "--n", "3"]) else { panic!() };
         assert_eq!((n, data_mib), (3, 4));
