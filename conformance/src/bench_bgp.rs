@@ -25,6 +25,9 @@
 //!   OPEN/KEEPALIVE exchange as the feeder sees it), and the FIB time is
 //!   also given from Established, which leaves out process start-up, etcd
 //!   registration and the connect delay.
+//! * **CPU**: utime + stime of the receiver (all threads; the kernel's work
+//!   on its netlink writes included) from start until all routes are in
+//!   the FIB: its work, which the machine's load does not stretch.
 //! * **Memory**: VmRSS and VmHWM (peak) of the receiver process right after
 //!   all routes are in the FIB, and the VmRSS of the same receiver idle (in
 //!   another fresh host, ready, its one peer unreachable): the growth per
@@ -85,6 +88,9 @@ pub struct Side {
     pub est_to_fib_ms: Vec<f64>,
     pub accept_to_est_ms: Vec<f64>,
     pub start_to_est_ms: Vec<f64>,
+    /// CPU time (user + system, all threads) the receiver used from its
+    /// start until all routes were in the FIB: its work, whatever the load.
+    pub cpu_ms: Vec<f64>,
     pub rss_kib: Vec<f64>,
     pub hwm_kib: Vec<f64>,
     /// VmRSS of the same receiver with no routes: ready, its one peer unreachable.
@@ -177,6 +183,7 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
             side.est_to_fib_ms.push(s.est_to_fib);
             side.accept_to_est_ms.push(s.accept_to_est);
             side.start_to_est_ms.push(s.start_to_est);
+            side.cpu_ms.push(s.cpu_ms);
             side.rss_kib.push(s.rss_kib);
             side.hwm_kib.push(s.hwm_kib);
             let idle = idle_rss(&mut lab, seg, kind, bin.as_deref())?;
@@ -271,6 +278,7 @@ struct Sample {
     est_to_fib: f64,
     accept_to_est: f64,
     start_to_est: f64,
+    cpu_ms: f64,
     rss_kib: f64,
     hwm_kib: f64,
 }
@@ -338,6 +346,7 @@ fn feed_round(
         std::thread::sleep(pause);
     };
     let (rss_kib, hwm_kib) = memory_kib(p.pid())?;
+    let cpu_ms = cpu_ms(p.pid())?;
     let start_to_fib = ms(t_fib - t0);
     let log = std::fs::read_to_string(&feeder.log).ctx("read the feeder's log")?;
     let (accepted, established) = session_times(&log, ip)
@@ -348,6 +357,7 @@ fn feed_round(
         est_to_fib: start_to_fib - start_to_est,
         accept_to_est: (established - accepted) * 1000.0,
         start_to_est,
+        cpu_ms,
         rss_kib,
         hwm_kib,
     };
@@ -490,6 +500,19 @@ fn memory_kib(pid: u32) -> R<(f64, f64)> {
             .ok_or_else(|| format!("no {k} in /proc/{pid}/status"))
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// utime + stime of a process (all its threads) in ms, from `/proc/PID/stat`.
+fn cpu_ms(pid: u32) -> R<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ctx("read the receiver's /proc stat")?;
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).ok_or("malformed /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let tick = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).ok_or("malformed /proc stat");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((tick(14)? + tick(15)?) * 1000.0 / hz)
 }
 
 /// The feeder's view of `peer`'s last session: (accepted, Established), Unix seconds.
@@ -753,11 +776,12 @@ impl Report {
         };
         let (o, b) = (self.ours.as_ref(), &self.bird);
         let med = |f: Field| (o.map(|o| median(f(o))), median(f(b)));
-        let rows: [(&str, Field); 4] = [
+        let rows: [(&str, Field); 5] = [
             ("start -> all routes in the kernel FIB, ms", |x| &x.start_to_fib_ms),
             ("Established -> all routes in the FIB, ms", |x| &x.est_to_fib_ms),
             ("session accepted -> Established, ms", |x| &x.accept_to_est_ms),
             ("start -> Established, ms", |x| &x.start_to_est_ms),
+            ("CPU time, start -> all in FIB, ms", |x| &x.cpu_ms),
         ];
         for (what, f) in rows {
             let (om, bm) = med(f);
@@ -800,6 +824,7 @@ impl Report {
             json!({
                 "start_to_fib_ms": x.start_to_fib_ms, "established_to_fib_ms": x.est_to_fib_ms,
                 "accepted_to_established_ms": x.accept_to_est_ms, "start_to_established_ms": x.start_to_est_ms,
+                "cpu_ms": x.cpu_ms, "median_cpu_ms": median(&x.cpu_ms),
                 "rss_kib": x.rss_kib, "hwm_kib": x.hwm_kib, "idle_rss_kib": x.idle_rss_kib,
                 "median_start_to_fib_ms": median(&x.start_to_fib_ms),
                 "median_established_to_fib_ms": median(&x.est_to_fib_ms),
@@ -813,6 +838,7 @@ impl Report {
                 "start_to_fib": ratio(median(&o.start_to_fib_ms), median(&b.start_to_fib_ms)),
                 "established_to_fib": ratio(median(&o.est_to_fib_ms), median(&b.est_to_fib_ms)),
                 "accepted_to_established": ratio(median(&o.accept_to_est_ms), median(&b.accept_to_est_ms)),
+                "cpu": ratio(median(&o.cpu_ms), median(&b.cpu_ms)),
                 "rss": ratio(median(&o.rss_kib), median(&b.rss_kib)),
                 "rss_growth_per_100k": ratio(self.per_100k(o), self.per_100k(b)),
             })

@@ -49,7 +49,12 @@ fn bench_bgp_measures_both_receivers_and_the_mesh() {
     assert_eq!(r["routes"], 3000);
     for side in ["ours", "bird"] {
         let s = &r[side];
-        for k in ["median_start_to_fib_ms", "median_established_to_fib_ms", "median_accepted_to_established_ms"] {
+        for k in [
+            "median_start_to_fib_ms",
+            "median_established_to_fib_ms",
+            "median_accepted_to_established_ms",
+            "median_cpu_ms",
+        ] {
             positive(&s[k], &format!("{side}.{k}"));
         }
         let rss = positive(&s["rss_kib"][0], &format!("{side}.rss_kib"));
