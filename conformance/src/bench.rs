@@ -26,7 +26,7 @@ use cni_suite::checks::{container_ip, Ctr, IFNAME};
 use cni_suite::interop::bridge_conf;
 use testkit::net::{Range, TestNet};
 use testkit::plugin::{PluginSet, Request};
-use testkit::util::{median_p90, R};
+use testkit::util::{median as med, median_p90, R};
 use testkit::{bail, ensure};
 
 /// Fresh networks per configuration whose only ADD is timed as a "first
@@ -394,10 +394,6 @@ impl ProcessFloor {
 }
 
 /// Median, NaN when there are no samples.
-fn med(v: &[f64]) -> f64 {
-    median_p90(v).0
-}
-
 /// Steady-state ratios of one of our configurations to the reference.
 struct Ratio {
     ours: &'static str,

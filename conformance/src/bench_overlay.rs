@@ -17,7 +17,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::{json, Value};
 
 use testkit::lab::{ContainerId, HostId, Lab, Node, ProcessGuard};
-use testkit::util::{next_id, unique_name, Context as _, R};
+use testkit::util::{median, next_id, unique_name, Context as _, R};
 use testkit::{bail, ensure};
 
 use subnet_lease::{EtcdConfig, Event, SubnetManager};
@@ -218,16 +218,6 @@ pub struct Alloc {
     pub blocks_disk: f64,
     /// Affine blocks, non-strict: every ADD is a CAS on its block in etcd.
     pub blocks_shared: f64,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 impl Report {

@@ -1,4 +1,4 @@
-//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|csi-rbd|migrate`,
+//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|csi-rbd|migrate|bgp`,
 //! `demo [--overlay]`, `migrate`, `list`, `cleanup`, `completions SHELL`.
 //! Tables and JSON go to stdout, progress to stderr. Exit codes: 0 ok, 1 checks
 //! failed, 2 usage or setup error (clap's own usage errors included).
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::{bench, bench_overlay, demo, migrate};
+use crate::{bench, bench_bgp, bench_overlay, demo, migrate};
 use cni_suite::checks::{catalog, Suite};
 use cni_suite::interop::{self, own_dir};
 use csi_core::flags::Endpoint;
@@ -222,6 +222,30 @@ pub enum BenchCmd {
         /// The big file's size in MiB.
         #[arg(long, default_value_t = 4)]
         data_mib: usize,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// cni-bgp's agent vs BIRD 2 receiving the same feed of N routes from a BIRD:
+    /// time until all are in the kernel FIB, RSS, session establishment; and a
+    /// node joining an iBGP full mesh (ours with etcd vs BIRDs). Ratios ours/BIRD.
+    Bgp {
+        /// Where cni-bgp is (default: this binary's directory).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// IPv4 /32 routes the feeder announces.
+        #[arg(long, default_value_t = 100_000,
+              value_parser = clap::value_parser!(u32).range(1..=bench_bgp::MAX_ROUTES as i64))]
+        routes: u32,
+        /// Rounds: each receiver (and each mesh) measured this many times.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+        n: u16,
+        /// Mesh size for the join measurement, the joining node included (0: not measured).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(0..=200))]
+        mesh_hosts: u16,
+        /// Measure only the BIRD baseline (no cni-bgp needed).
+        #[arg(long)]
+        bird_only: bool,
         /// JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -445,6 +469,23 @@ fn dispatch(cmd: Cmd) -> R<i32> {
                 bad: false,
             };
             let r = migrate::bench::run(&o, n.max(1), &mut |l| eprintln!("{l}"))?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(0)
+        }
+        Cmd::Bench(BenchCmd::Bgp { plugin_dir, routes, n, mesh_hosts, bird_only, json }) => {
+            need_root()?;
+            let o = bench_bgp::Opts {
+                plugin_dir: plugin_dir.unwrap_or_else(own_dir),
+                routes: routes as usize,
+                n: usize::from(n),
+                mesh_hosts: usize::from(mesh_hosts),
+                bird_only,
+            };
+            let r = bench_bgp::run(&o, &mut |l| eprintln!("{l}"))?;
             if json {
                 println!("{}", r.to_json());
             } else {
@@ -712,6 +753,31 @@ mod tests {
         let Cmd::Migrate(a) = ok(&["migrate", "--plugin-dir", "/p", "--data-mib", "8", "--json"]) else { panic!() };
         assert!(a.json && !a.clean_only && a.data_mib == 8);
         assert!(parse(&["migrate", "--data-mib", "0"]).is_err());
+        let Cmd::Bench(BenchCmd::Bgp { routes, n, mesh_hosts, .. }) = ok(&["bench", "bgp"]) else { panic!() };
+        assert_eq!((routes, n, mesh_hosts), (100_000, 3, 30));
+        let Cmd::Bench(BenchCmd::Bgp { plugin_dir, routes, n, mesh_hosts, bird_only, json }) = ok(&[
+            "bench",
+            "bgp",
+            "--plugin-dir",
+            "/d",
+            "--routes",
+            "4194304",
+            "--n",
+            "5",
+            "--mesh-hosts",
+            "0",
+            "--bird-only",
+            "--json",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            (plugin_dir, routes, n, mesh_hosts, bird_only, json),
+            (Some("/d".into()), 4_194_304, 5, 0, true, true)
+        );
+        assert!(parse(&["bench", "bgp", "--routes", "0"]).is_err());
+        assert!(parse(&["bench", "bgp", "--routes", "4194305"]).is_err());
+        assert!(parse(&["bench", "bgp", "--mesh-hosts", "1000"]).is_err());
         let Cmd::Bench(BenchCmd::Migrate { n, data_mib, .. }) = ok(&["bench", "migrate", "--n", "3"]) else { panic!() };
         assert_eq!((n, data_mib), (3, 4));
         assert!(matches!(ok(&["list", "--markdown"]), Cmd::List { markdown: true }));

@@ -5,6 +5,7 @@
 //!
 //! * [`cli`]: the command line.
 //! * [`bench`]: ADD/DEL latency, ours vs reference.
+//! * [`bench_bgp`]: cni-bgp's agent vs BIRD receiving one BGP feed; a node joining a mesh.
 //! * [`bench_overlay`]: the overlay in a lab: convergence, throughput, allocations.
 //! * [`bench_csi`]: csi-nfs against the raw NFS and mount operations.
 //! * [`bench_csi_rbd`]: csi-rbd against the raw RBD and mount operations (one guest kernel).
@@ -15,6 +16,7 @@
 //! with exit code 2.
 
 pub mod bench;
+pub mod bench_bgp;
 pub mod bench_csi;
 pub mod bench_csi_rbd;
 pub mod bench_overlay;

@@ -173,7 +173,9 @@ pub fn clip(s: &str, max: usize) -> String {
     }
 }
 
-/// Median and 90th percentile (nearest-rank) of a sample, in the sample's unit.
+/// Median and 90th percentile (nearest-rank) of a sample, in the sample's
+/// unit (NaN for an empty sample). The one copy of this arithmetic: every
+/// bench of `conformance` reports through it or [`median`].
 pub fn median_p90(v: &[f64]) -> (f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN);
@@ -183,6 +185,11 @@ pub fn median_p90(v: &[f64]) -> (f64, f64) {
     let med = if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
     let rank = ((0.9 * s.len() as f64).ceil() as usize).clamp(1, s.len());
     (med, s[rank - 1])
+}
+
+/// The median of a sample (mean of the middle two for an even count; NaN if empty).
+pub fn median(v: &[f64]) -> f64 {
+    median_p90(v).0
 }
 
 /// Splits a line the way a POSIX shell would for double-quoted words with
@@ -277,6 +284,8 @@ mod tests {
         assert_eq!(p, 9.0);
         let (m, p) = median_p90(&[3.0]);
         assert_eq!((m, p), (3.0, 3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0]), 3.0);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use testkit::util::{median_p90, R};
+use testkit::util::{median as med, R};
 use testkit::{bail, ensure};
 
 use super::{Opts, World};
@@ -45,10 +45,6 @@ pub struct BenchReport {
     pub floor_mount_data: String,
     pub floor_mount_fstype: String,
     pub move_total: Vec<f64>,
-}
-
-fn med(v: &[f64]) -> f64 {
-    median_p90(v).0
 }
 
 impl BenchReport {
