@@ -47,6 +47,8 @@ const T: Duration = Duration::from_secs(60);
 const CLUSTER_AS: u32 = 64512;
 const EXT_AS: u32 = 65101;
 const PREFIX: &str = "/t-agent-interop";
+/// The hold time the iBGP daemon proposes (under the agent's 90 s, so the sessions use it).
+const FROZEN_HOLD: u16 = 9;
 
 const OUR4: &str = "10.81.0.0/26";
 const OUR6: &str = "fd00:81::/122";
@@ -247,15 +249,16 @@ impl Site {
     }
 }
 
-/// Starts `kind` in host `h` in AS `asn`, neighbors our two addresses in `our_as`, originating
-/// `routes`.
-fn start_daemon(site: &Site, h: HostId, kind: Kind, asn: u32, routes: [&str; 2]) -> Daemon {
+/// Starts `kind` in host `h` in AS `asn`, neighbors our two addresses in the cluster's AS,
+/// originating `routes`, proposing hold time `hold` (None: its default).
+fn start_daemon(site: &Site, h: HostId, kind: Kind, asn: u32, routes: [&str; 2], hold: Option<u16>) -> Daemon {
     let (v4, v6) = (site.lab.host_ip(h), site.lab.host_ip6(h).unwrap());
-    let cfg = PeerConfig::new(v4, asn)
+    let mut cfg = PeerConfig::new(v4, asn)
         .neighbor(Neighbor::new(IpAddr::V4(site.our4), CLUSTER_AS))
         .neighbor(Neighbor::new(IpAddr::V6(site.our6), CLUSTER_AS))
         .route(net(routes[0]))
         .route(net(routes[1]));
+    cfg.hold_time = hold;
     let ns = site.lab.host_ns(h).to_string();
     let d = kind.start(&ns, &cfg).unwrap_or_else(|e| panic!("{kind:?} in AS {asn}: {e}"));
     Daemon { d, cfg, ns, v4, v6 }
@@ -310,8 +313,8 @@ fn exchange(kind: Kind, hint: &str) {
     let (mut site, hosts) = Site::new(hint, "10.80.0.0/24", "fd00:80::/64");
     site.put_block("net1", OUR4);
     site.put_block("net6", OUR6);
-    let mut ext = start_daemon(&site, hosts[0], kind, EXT_AS, EXT);
-    let mut int = start_daemon(&site, hosts[1], kind, CLUSTER_AS, INT);
+    let mut ext = start_daemon(&site, hosts[0], kind, EXT_AS, EXT, None);
+    let mut int = start_daemon(&site, hosts[1], kind, CLUSTER_AS, INT, Some(FROZEN_HOLD));
     // iBGP: the cluster config's global peers; eBGP: this agent's flags.
     site.admin(&["peer", "add", &format!("{},{CLUSTER_AS}", int.v4)]);
     site.admin(&["peer", "add", &format!("{},{CLUSTER_AS}", int.v6)]);
@@ -408,7 +411,71 @@ fn exchange(kind: Kind, hint: &str) {
         let up = p["uptimeSecs"].as_u64().unwrap_or(0);
         assert!(p["state"] == "Established" && up >= gone_after.as_secs(), "{p}");
     }
+
+    // The iBGP daemon freezes (SIGSTOP: its TCP connections stay open, it sends nothing more).
+    // The agent's hold timer (9 s, the daemon's proposal; keepalives every 3 s) expires: its
+    // routes leave our kernel between 6 and 9 s later, the status says why, the eBGP sessions
+    // stay. Thawed, it is peered again and its routes come back.
+    for a in int.addrs() {
+        assert_eq!(
+            int.d.hold_time(if a.is_ipv4() { IpAddr::V4(site.our4) } else { IpAddr::V6(site.our6) }).unwrap(),
+            FROZEN_HOLD
+        );
+    }
+    let frozen = Frozen::new(&int.ns);
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(u64::from(FROZEN_HOLD) + 3);
+    site.wait_no_kernel(INT[0], limit);
+    site.wait_no_kernel(INT[1], limit);
+    let expired_after = t0.elapsed();
+    eprintln!("{kind:?}: a frozen daemon's routes left our kernel after {expired_after:?} (hold time {FROZEN_HOLD} s)");
+    assert!(expired_after >= Duration::from_secs(5), "gone before a hold time could expire: {expired_after:?}");
+    for a in int.addrs() {
+        let p = site.peer(a).unwrap();
+        assert!(p["state"] != "Established" && p["lastError"] == "hold timer expired", "{p}");
+    }
+    for a in ext.addrs() {
+        assert!(site.established(a), "{}", site.status_json());
+    }
+    assert!(site.kernel_via(EXT[0]).is_some() && site.kernel_via(EXT[1]).is_some(), "{}", site.kernel());
+    drop(frozen);
+    for a in int.addrs() {
+        site.wait_established(a);
+    }
+    site.wait_kernel(INT[0], IpAddr::V4(int.v4));
+    site.wait_kernel(INT[1], IpAddr::V6(int.v6));
+    int.check_has_ours(&site, kind);
+
+    let t = Command::new(bin()).args(["status", "--state-dir"]).arg(site.state_dir()).output().unwrap();
+    eprintln!("{kind:?}: cni-bgp status:\n{}\nour kernel:\n{}", String::from_utf8_lossy(&t.stdout), site.kernel());
     assert!(site.agent.as_ref().unwrap().is_running());
+}
+
+/// Every process of a namespace stopped (SIGSTOP) until drop (SIGCONT).
+struct Frozen {
+    pids: Vec<i32>,
+}
+
+impl Frozen {
+    fn new(ns: &str) -> Frozen {
+        let out = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+        assert!(out.status.success(), "ip netns pids {ns}: {out:?}");
+        let pids: Vec<i32> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        assert!(!pids.is_empty(), "no process in {ns}");
+        for p in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGSTOP);
+        }
+        Frozen { pids }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for p in &self.pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGCONT);
+        }
+    }
 }
 
 #[test]
