@@ -15,9 +15,10 @@
 //! GoBGP runs with zebra off in the fixture, so its side is checked in its RIB. We install the
 //! daemons' prefixes under protocol 76 (`ip route show proto 76`, `ip -6 route show proto 76`);
 //! `cni-bgp status --json` shows the four peers Established with their AS, kind and prefix
-//! counts. Withdrawals both ways; a killed daemon's routes leave our kernel (TCP close: well
-//! within its hold time) while the other daemon's sessions stay up, and come back when it
-//! restarts.
+//! counts. Withdrawals both ways. The eBGP daemon is killed: its routes leave our kernel at
+//! once (TCP close, well within its hold time) while the other daemon's sessions stay up, and
+//! come back when it restarts. The iBGP daemon (hold time 9 s) is frozen with SIGSTOP, its
+//! connections open: the agent's hold timer drops its routes, and they come back once thawed.
 //!
 //! A scripted peer (a raw TCP socket speaking OPEN and KEEPALIVE, then hand-made bytes, as in
 //! malformed_updates.rs) sends the agent an UPDATE with an NLRI of prefix length 33: the agent
