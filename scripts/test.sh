@@ -60,6 +60,8 @@ plugins=$(bash scripts/build-plugins.sh "$T/cni-plugins" | tail -n 1)
 "$T"/release/conformance bench cni --n 50 --plugin-dir "$plugins"
 "$T"/release/conformance bench overlay --plugin-dir "$plugins"
 "$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs
+# The cni-bgp agent vs BIRD 2 receiving the same 100k routes, and a 30th node joining a mesh.
+"$T"/release/conformance bench bgp --plugin-dir "$T"/release
 # csi-rbd vs rbd create / map + mkfs + mount / bind mount / a migration, in one guest kernel.
 "$T"/release/conformance bench csi-rbd --n 10 --driver "$T"/release/csi-rbd
 # Clean csi-nfs moves in the 3-host overlay lab, in one guest kernel (docs/migration.md).
