@@ -184,13 +184,55 @@ impl From<Dir> for Direction {
     }
 }
 
+/// A scalar as written: checked inside the deserializer's visit, so serde_yaml_ng puts the
+/// field's own path and line on the error.
+enum Scalar<'a> {
+    Int(i128),
+    Str(&'a str),
+}
+
+fn scalar<'de, D, T, F>(d: D, expecting: &'static str, f: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(Scalar<'_>) -> Result<T, String>,
+{
+    struct V<F>(F, &'static str);
+    impl<T, F: FnOnce(Scalar<'_>) -> Result<T, String>> de::Visitor<'_> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(Scalar::Str(v)).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            (self.0)(Scalar::Int(v.into())).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            (self.0)(Scalar::Int(v.into())).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V(f, expecting))
+}
+
+/// A string scalar.
+fn string<'de, D, T, F>(d: D, expecting: &'static str, f: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(&str) -> Result<T, String>,
+{
+    scalar(d, expecting, |s| match s {
+        Scalar::Str(s) => f(s),
+        Scalar::Int(i) => f(&i.to_string()),
+    })
+}
+
 /// A Calico selector string, parsed where it is read.
 struct Sel(Selector);
 
 impl<'de> Deserialize<'de> for Sel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Selector::parse(&s).map(Sel).map_err(de::Error::custom)
+        string(d, "a selector", |s| Selector::parse(s).map(Sel).map_err(|e| e.to_string()))
     }
 }
 
@@ -209,8 +251,7 @@ struct Net(IpNetwork);
 
 impl<'de> Deserialize<'de> for Net {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse::<IpNetwork>().map(Net).map_err(|e| de::Error::custom(format!("{s:?} is not a CIDR: {e}")))
+        string(d, "a CIDR", |s| s.parse::<IpNetwork>().map(Net).map_err(|e| format!("{s:?} is not a CIDR: {e}")))
     }
 }
 
@@ -219,24 +260,19 @@ struct Proto(u8);
 
 impl<'de> Deserialize<'de> for Proto {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Number(n) => match n.as_u64() {
-                Some(p @ 1..=255) => Ok(Proto(p as u8)),
-                _ => Err(de::Error::custom(format!("protocol number {n} is not in 1..=255"))),
-            },
-            Value::String(s) => match s.to_ascii_lowercase().as_str() {
+        scalar(d, "a protocol name or number", |v| match v {
+            Scalar::Int(n @ 1..=255) => Ok(Proto(n as u8)),
+            Scalar::Int(n) => Err(format!("protocol number {n} is not in 1..=255")),
+            Scalar::Str(s) => match s.to_ascii_lowercase().as_str() {
                 "tcp" => Ok(Proto(proto::TCP)),
                 "udp" => Ok(Proto(proto::UDP)),
                 "icmp" => Ok(Proto(proto::ICMP)),
                 "icmpv6" => Ok(Proto(proto::ICMPV6)),
                 "sctp" => Ok(Proto(proto::SCTP)),
                 "udplite" => Ok(Proto(proto::UDPLITE)),
-                _ => Err(de::Error::custom(format!(
-                    "unknown protocol {s:?} (TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or a number 1-255)"
-                ))),
+                _ => Err(format!("unknown protocol {s:?} (TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or a number 1-255)")),
             },
-            _ => Err(de::Error::custom("protocol must be a name or a number")),
-        }
+        })
     }
 }
 
@@ -255,30 +291,29 @@ impl<'de> Deserialize<'de> for CalicoPort {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let range = |first: u16, last: u16| {
             if first > last {
-                Err(de::Error::custom(format!("port range {first}:{last} is empty")))
+                Err(format!("port range {first}:{last} is empty"))
             } else {
                 Ok(CalicoPort(PortRange { first, last }))
             }
         };
-        match Value::deserialize(d)? {
-            Value::Number(n) => match n.as_u64().and_then(|p| u16::try_from(p).ok()) {
-                Some(p) => range(p, p),
-                None => Err(de::Error::custom(format!("port {n} is not in 0..=65535"))),
+        scalar(d, "a port number or \"first:last\"", |v| match v {
+            Scalar::Int(n) => match u16::try_from(n) {
+                Ok(p) => range(p, p),
+                Err(_) => Err(format!("port {n} is not in 0..=65535")),
             },
-            Value::String(s) => {
-                if let Some(p) = port_number(&s) {
+            Scalar::Str(s) => {
+                if let Some(p) = port_number(s) {
                     return range(p, p);
                 }
                 if let Some((a, b)) = s.split_once(':') {
                     if let (Some(a), Some(b)) = (port_number(a), port_number(b)) {
                         return range(a, b);
                     }
-                    return Err(de::Error::custom(format!("port range {s:?} is not first:last in 0..=65535")));
+                    return Err(format!("port range {s:?} is not first:last in 0..=65535"));
                 }
-                Err(de::Error::custom(named_port_error(&s)))
+                Err(named_port_error(s))
             }
-            _ => Err(de::Error::custom("a port is a number or \"first:last\"")),
-        }
+        })
     }
 }
 
@@ -633,8 +668,26 @@ impl<'de> Deserialize<'de> for K8sPeer {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct K8sPortFields {
     protocol: Option<String>,
-    port: Option<Value>,
+    port: Option<K8sPortNumber>,
     end_port: Option<u16>,
+}
+
+/// `port`: a number 1–65535 (names are refused).
+struct K8sPortNumber(u16);
+
+impl<'de> Deserialize<'de> for K8sPortNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar(d, "a port number", |v| match v {
+            Scalar::Int(n) => match u16::try_from(n) {
+                Ok(p) if p > 0 => Ok(K8sPortNumber(p)),
+                _ => Err(format!("port {n} is not in 1..=65535")),
+            },
+            Scalar::Str(s) => match port_number(s) {
+                Some(p) if p > 0 => Ok(K8sPortNumber(p)),
+                _ => Err(named_port_error(s)),
+            },
+        })
+    }
 }
 
 /// A port entry: protocol (TCP by default) and an optional port range.
@@ -653,18 +706,7 @@ impl<'de> Deserialize<'de> for K8sPort {
             Some("SCTP") => proto::SCTP,
             Some(p) => return Err(err(format!("protocol {p:?}: TCP, UDP or SCTP"))),
         };
-        let port = match f.port {
-            None => None,
-            Some(Value::Number(n)) => match n.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
-                Some(p) => Some(p),
-                None => return Err(err(format!("port {n} is not in 1..=65535"))),
-            },
-            Some(Value::String(s)) => match port_number(&s) {
-                Some(p) if p > 0 => Some(p),
-                _ => return Err(err(named_port_error(&s))),
-            },
-            Some(_) => return Err(err("port must be a number".to_string())),
-        };
+        let port = f.port.map(|p| p.0);
         let ports = match (port, f.end_port) {
             (None, None) => None,
             (None, Some(_)) => return Err(err("endPort needs port".to_string())),

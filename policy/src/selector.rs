@@ -100,24 +100,18 @@ impl Selector {
         }
         for e in &sel.match_expressions {
             let values: BTreeSet<String> = e.values.iter().cloned().collect();
-            let needs_values = matches!(e.operator.as_str(), "In" | "NotIn");
+            let needs_values = matches!(e.operator, K8sOperator::In | K8sOperator::NotIn);
             if needs_values && values.is_empty() {
-                return Err(format!("matchExpressions key {:?}: operator {} needs values", e.key, e.operator));
+                return Err(format!("matchExpressions key {:?}: operator {:?} needs values", e.key, e.operator));
             }
             if !needs_values && !values.is_empty() {
-                return Err(format!("matchExpressions key {:?}: operator {} takes no values", e.key, e.operator));
+                return Err(format!("matchExpressions key {:?}: operator {:?} takes no values", e.key, e.operator));
             }
-            parts.push(match e.operator.as_str() {
-                "In" => Selector::In(e.key.clone(), values),
-                "NotIn" => Selector::NotIn(e.key.clone(), values),
-                "Exists" => Selector::Has(e.key.clone()),
-                "DoesNotExist" => Selector::Not(Box::new(Selector::Has(e.key.clone()))),
-                other => {
-                    return Err(format!(
-                        "matchExpressions key {:?}: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)",
-                        e.key
-                    ))
-                }
+            parts.push(match e.operator {
+                K8sOperator::In => Selector::In(e.key.clone(), values),
+                K8sOperator::NotIn => Selector::NotIn(e.key.clone(), values),
+                K8sOperator::Exists => Selector::Has(e.key.clone()),
+                K8sOperator::DoesNotExist => Selector::Not(Box::new(Selector::Has(e.key.clone()))),
             });
         }
         Ok(match parts.len() {
@@ -138,12 +132,21 @@ pub struct K8sLabelSelector {
     pub match_expressions: Vec<K8sSelectorRequirement>,
 }
 
+/// A `matchExpressions` operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum K8sOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
 /// One `matchExpressions` entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct K8sSelectorRequirement {
     pub key: String,
-    pub operator: String,
+    pub operator: K8sOperator,
     #[serde(default)]
     pub values: Vec<String>,
 }
