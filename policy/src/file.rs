@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::model::{
-    proto, Action, Direction, EndpointSelector, EntityMatch, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicyKind,
+    proto, Origin, Action, Direction, EndpointSelector, EntityMatch, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicyKind,
     PolicySet, PortRange, Rule, Tier, TierDefault, DEFAULT_TIER, K8S_POLICY_ORDER,
 };
 use crate::selector::{K8sLabelSelector, Selector};
@@ -28,7 +28,13 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
     // value to learn its kind, the second deserializes it as that kind. Both report lines
     // counted from the start of the file.
     let typed = serde_yaml_ng::Deserializer::from_str(text);
-    for (plain, doc) in serde_yaml_ng::Deserializer::from_str(text).zip(typed) {
+    let starts = document_starts(text);
+    for (index, (plain, doc)) in serde_yaml_ng::Deserializer::from_str(text).zip(typed).enumerate() {
+        let d_line = |value: &Value| DocAnchor {
+            start: starts.get(index).copied().unwrap_or(1),
+            end: starts.get(index + 1).copied().unwrap_or(usize::MAX),
+            name: value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_string),
+        };
         let value = Value::deserialize(plain).map_err(|e| yaml_error(file, &e))?;
         if value.is_null() {
             IgnoredAny::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
@@ -40,7 +46,9 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
             ("projectcalico.org/v3", "NetworkPolicy" | "GlobalNetworkPolicy") => {
                 let global = kind == "GlobalNetworkPolicy";
                 let d: CalicoDoc = CalicoDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
-                set.policies.push(d.into_policy(global).map_err(|m| doc_error(file, text, &d_line(&value), m))?);
+                let mut p = d.into_policy(global).map_err(|m| doc_error(file, text, &d_line(&value), m))?;
+                p.origin = origin(file, text, &d_line(&value));
+                add_policy(&mut set, p)?;
             }
             ("projectcalico.org/v3", "Tier") => {
                 let d: TierDoc = TierDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
@@ -56,7 +64,9 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
             }
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 let d: K8sDoc = K8sDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
-                set.policies.push(d.into_policy());
+                let mut p = d.into_policy();
+                p.origin = origin(file, text, &d_line(&value));
+                add_policy(&mut set, p)?;
             }
             ("v1", "Namespace") => {
                 let d: NamespaceDoc = NamespaceDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
@@ -72,6 +82,31 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
         }
     }
     Ok(set)
+}
+
+fn origin(file: &Path, text: &str, anchor: &DocAnchor) -> Origin {
+    Origin { file: file.to_path_buf(), line: anchor.line(text).unwrap_or(1) }
+}
+
+/// Adds a policy unless one of the same kind, namespace and name exists: the API server
+/// would keep only one of them, and which one a reader could not tell.
+fn add_policy(set: &mut PolicySet, p: Policy) -> Result<(), Error> {
+    if let Some(old) = set.policies.iter().find(|o| o.kind == p.kind && o.namespace == p.namespace && o.name == p.name) {
+        return Err(Error::File {
+            file: p.origin.file.clone(),
+            line: Some(p.origin.line),
+            message: format!(
+                "metadata.name: {:?} {:?}{} is already defined at {}:{}",
+                p.kind,
+                p.name,
+                p.namespace.as_ref().map_or(String::new(), |ns| format!(" in namespace {ns:?}")),
+                old.origin.file.display(),
+                old.origin.line
+            ),
+        });
+    }
+    set.policies.push(p);
+    Ok(())
 }
 
 /// Reads and parses one file.
@@ -95,7 +130,21 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Error> {
     files.sort();
     let mut set = PolicySet::default();
     for f in files {
-        set.extend(load_file(&f)?);
+        let more = load_file(&f)?;
+        for p in more.policies {
+            add_policy(&mut set, p)?;
+        }
+        for t in more.tiers {
+            if set.tiers.iter().any(|o| o.name == t.name) {
+                return Err(Error::File {
+                    file: f.clone(),
+                    line: None,
+                    message: format!("metadata.name: tier {:?} is declared in an earlier file too", t.name),
+                });
+            }
+            set.tiers.push(t);
+        }
+        set.namespace_labels.extend(more.namespace_labels);
     }
     Ok(set)
 }
@@ -116,24 +165,42 @@ fn doc_error(file: &Path, text: &str, anchor: &DocAnchor, message: String) -> Er
     Error::File { file: file.to_path_buf(), line: anchor.line(text), message }
 }
 
-/// Where a document is, found again in the text by its `metadata.name` (plain values carry no
-/// positions).
-struct DocAnchor {
-    name: Option<String>,
+/// The first line of each document: line 1, then each `---` line after some content (a
+/// leading `---` opens the first document rather than a second).
+fn document_starts(text: &str) -> Vec<usize> {
+    let mut starts = vec![1];
+    let mut content = false;
+    for (i, l) in text.lines().enumerate() {
+        let marker = l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
+        if marker && content {
+            starts.push(i + 1);
+        } else if marker {
+            *starts.last_mut().expect("one") = i + 1;
+        }
+        content |= marker || !(l.trim().is_empty() || l.trim_start().starts_with('#'));
+    }
+    starts
 }
 
-fn d_line(value: &Value) -> DocAnchor {
-    DocAnchor { name: value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_string) }
+/// Where a document is: plain values carry no positions, so the error points at the
+/// document's `name:` line (or its first line).
+struct DocAnchor {
+    start: usize,
+    end: usize,
+    name: Option<String>,
 }
 
 impl DocAnchor {
     fn line(&self, text: &str) -> Option<usize> {
-        let name = self.name.as_ref()?;
-        text.lines().position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix("name:").is_some_and(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == name)
-        })
-        .map(|i| i + 1)
+        let found = self.name.as_ref().and_then(|name| {
+            text.lines().enumerate().skip(self.start - 1).take(self.end.saturating_sub(self.start)).find_map(|(i, l)| {
+                let v = l.trim_start().trim_start_matches("metadata:").trim_start().trim_start_matches('{').trim_start();
+                let v = v.strip_prefix("name:")?;
+                let v = v.split([',', '}']).next().unwrap_or(v).trim().trim_matches(|c| c == '"' || c == '\'');
+                (v == name).then_some(i + 1)
+            })
+        });
+        Some(found.unwrap_or(self.start))
     }
 }
 
@@ -516,6 +583,7 @@ impl CalicoDoc {
                 .collect::<Vec<_>>()
         };
         Ok(Policy {
+            origin: Origin::default(),
             kind: if global { PolicyKind::CalicoGlobalNetworkPolicy } else { PolicyKind::CalicoNetworkPolicy },
             name: self.metadata.name,
             tier: s.tier.unwrap_or_else(|| DEFAULT_TIER.into()),
@@ -775,6 +843,7 @@ impl K8sDoc {
             out
         };
         Policy {
+            origin: Origin::default(),
             kind: PolicyKind::KubernetesNetworkPolicy,
             name: self.metadata.name,
             namespace: Some(ns.clone()),

@@ -151,8 +151,16 @@ pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
 /// Order Calico gives Kubernetes NetworkPolicies within the default tier.
 pub const K8S_POLICY_ORDER: f64 = 1000.0;
 
+/// Where a policy was read: its file and the line of its `name:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub file: std::path::PathBuf,
+    pub line: usize,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    pub origin: Origin,
     pub kind: PolicyKind,
     pub name: String,
     /// `Some` for namespaced policies: they select only endpoints of this namespace.

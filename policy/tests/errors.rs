@@ -123,3 +123,28 @@ fn a_directory_loads_its_yaml_files_in_name_order_or_reports_the_first_bad_one()
     let e = policy::load_dir(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
 }
+
+#[test]
+fn a_policy_defined_twice_is_refused_at_its_second_definition() {
+    let np = |name: &str| format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: a\nspec: {{}}\n");
+    // Same name in another kind or namespace is another policy; the same one twice is not.
+    let yaml = format!("{}---\n{}---\n{}", np("x"), np("x").replace("namespace: a", "namespace: b"), np("x"));
+    assert_error(&yaml, 18, &["metadata.name", "\"x\" in namespace \"a\" is already defined at /etc/cni/policy.d/p.yaml:4"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), np("x")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), format!("{GOOD}---\n{}", np("x"))).unwrap();
+    let e = policy::load_dir(dir.path()).unwrap_err();
+    let Error::File { file, line, message } = &e else { panic!("{e}") };
+    assert_eq!((file.clone(), *line), (dir.path().join("b.yaml"), Some(9)), "{e}");
+    assert!(message.contains(&format!("already defined at {}:4", dir.path().join("a.yaml").display())), "{e}");
+}
+
+#[test]
+fn a_document_error_points_at_that_documents_name_line() {
+    // The first document has the same name; the error is about the second.
+    let yaml = format!(
+        "{}---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: ok}}\nspec:\n  namespaceSelector: all()\n",
+        GOOD
+    );
+    assert_error(&yaml, 8, &["spec.namespaceSelector"]);
+}
