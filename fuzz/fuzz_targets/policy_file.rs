@@ -25,7 +25,12 @@ fuzz_target!(|data: &[u8]| {
             labels: [("app".to_string(), "web".to_string())].into(),
             addrs: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
         },
-        Endpoint { name: "b".into(), namespace: "prod".into(), labels: Default::default(), addrs: vec!["10.0.0.2".parse().unwrap()] },
+        Endpoint {
+            name: "b".into(),
+            namespace: "prod".into(),
+            labels: Default::default(),
+            addrs: vec!["10.0.0.2".parse().unwrap()],
+        },
     ];
     let pkts = [
         Packet::tcp("10.0.0.2".parse().unwrap(), 1000, "10.0.0.1".parse().unwrap(), 80),

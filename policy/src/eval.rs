@@ -195,8 +195,12 @@ fn entity_matches(set: &PolicySet, endpoints: &[Endpoint], m: &EntityMatch, addr
     if !m.ports.is_empty() && !port.is_some_and(|p| m.ports.iter().any(|r| r.contains(p))) {
         return false;
     }
-    if !m.not_ports.is_empty() && !port.is_some_and(|p| !m.not_ports.iter().any(|r| r.contains(p))) {
-        return false;
+    if !m.not_ports.is_empty() {
+        // Ports are only matched for port protocols: a packet without one matches neither.
+        match port {
+            Some(p) if !m.not_ports.iter().any(|r| r.contains(p)) => {}
+            _ => return false,
+        }
     }
     true
 }

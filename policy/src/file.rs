@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::model::{
-    proto, Origin, Action, Direction, EndpointSelector, EntityMatch, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicyKind,
-    PolicySet, PortRange, Rule, Tier, TierDefault, DEFAULT_TIER, K8S_POLICY_ORDER,
+    proto, Action, Direction, EndpointSelector, EntityMatch, IcmpMatch, IpVersion, NamespaceMatch, Origin, Policy,
+    PolicyKind, PolicySet, PortRange, Rule, Tier, TierDefault, DEFAULT_TIER, K8S_POLICY_ORDER,
 };
 use crate::selector::{K8sLabelSelector, Selector};
 use crate::Error;
@@ -91,7 +91,8 @@ fn origin(file: &Path, text: &str, anchor: &DocAnchor) -> Origin {
 /// Adds a policy unless one of the same kind, namespace and name exists: the API server
 /// would keep only one of them, and which one a reader could not tell.
 fn add_policy(set: &mut PolicySet, p: Policy) -> Result<(), Error> {
-    if let Some(old) = set.policies.iter().find(|o| o.kind == p.kind && o.namespace == p.namespace && o.name == p.name) {
+    if let Some(old) = set.policies.iter().find(|o| o.kind == p.kind && o.namespace == p.namespace && o.name == p.name)
+    {
         return Err(Error::File {
             file: p.origin.file.clone(),
             line: Some(p.origin.line),
@@ -193,12 +194,19 @@ struct DocAnchor {
 impl DocAnchor {
     fn line(&self, text: &str) -> Option<usize> {
         let found = self.name.as_ref().and_then(|name| {
-            text.lines().enumerate().skip(self.start - 1).take(self.end.saturating_sub(self.start)).find_map(|(i, l)| {
-                let v = l.trim_start().trim_start_matches("metadata:").trim_start().trim_start_matches('{').trim_start();
-                let v = v.strip_prefix("name:")?;
-                let v = v.split([',', '}']).next().unwrap_or(v).trim().trim_matches(|c| c == '"' || c == '\'');
-                (v == name).then_some(i + 1)
-            })
+            text.lines().enumerate().skip(self.start - 1).take(self.end.saturating_sub(self.start)).find_map(
+                |(i, l)| {
+                    let v = l
+                        .trim_start()
+                        .trim_start_matches("metadata:")
+                        .trim_start()
+                        .trim_start_matches('{')
+                        .trim_start();
+                    let v = v.strip_prefix("name:")?;
+                    let v = v.split([',', '}']).next().unwrap_or(v).trim().trim_matches(|c| c == '"' || c == '\'');
+                    (v == name).then_some(i + 1)
+                },
+            )
         });
         Some(found.unwrap_or(self.start))
     }
@@ -536,8 +544,10 @@ impl CalicoEntity {
             namespaces: namespaces.clone(),
             labels: self.selector.as_ref().map_or(Selector::All, |s| s.0.clone()),
         });
-        let not_endpoints =
-            self.not_selector.as_ref().map(|s| EndpointSelector { namespaces: namespaces.clone(), labels: s.0.clone() });
+        let not_endpoints = self
+            .not_selector
+            .as_ref()
+            .map(|s| EndpointSelector { namespaces: namespaces.clone(), labels: s.0.clone() });
         EntityMatch {
             nets: self.nets.iter().map(|n| n.0).collect(),
             not_nets: self.not_nets.iter().map(|n| n.0).collect(),
@@ -714,7 +724,9 @@ impl<'de> Deserialize<'de> for K8sPeer {
                 let cidr = b.cidr.0;
                 let mut except = Vec::new();
                 for e in b.except {
-                    let inside = e.0.is_ipv4() == cidr.is_ipv4() && e.0.prefix() >= cidr.prefix() && cidr.contains(e.0.network());
+                    let inside = e.0.is_ipv4() == cidr.is_ipv4()
+                        && e.0.prefix() >= cidr.prefix()
+                        && cidr.contains(e.0.network());
                     if !inside {
                         return Err(de::Error::custom(format!("ipBlock.except {} is not inside cidr {cidr}", e.0)));
                     }
@@ -722,12 +734,13 @@ impl<'de> Deserialize<'de> for K8sPeer {
                 }
                 Ok(K8sPeer::IpBlock { cidr, except })
             }
-            (Some(_), _, _) => Err(de::Error::custom("ipBlock cannot be combined with podSelector or namespaceSelector")),
+            (Some(_), _, _) => {
+                Err(de::Error::custom("ipBlock cannot be combined with podSelector or namespaceSelector"))
+            }
             (None, None, None) => Err(de::Error::custom("a peer needs podSelector, namespaceSelector or ipBlock")),
-            (None, pods, namespaces) => Ok(K8sPeer::Pods {
-                pods: pods.map_or(Selector::All, |s| s.0),
-                namespaces: namespaces.map(|s| s.0),
-            }),
+            (None, pods, namespaces) => {
+                Ok(K8sPeer::Pods { pods: pods.map_or(Selector::All, |s| s.0), namespaces: namespaces.map(|s| s.0) })
+            }
         }
     }
 }

@@ -12,9 +12,11 @@ const PAGE: &str = "docs/policy.md";
 
 #[test]
 fn the_calico_tables_list_the_accepted_fields() {
-    for (heading, ty) in
-        [("Calico spec", "CalicoSpec"), ("Calico rules", "CalicoRuleFields"), ("Calico source and destination", "CalicoEntity")]
-    {
+    for (heading, ty) in [
+        ("Calico spec", "CalicoSpec"),
+        ("Calico rules", "CalicoRuleFields"),
+        ("Calico source and destination", "CalicoEntity"),
+    ] {
         let table = table_under(PAGE, heading);
         assert_same_keys(&format!("{PAGE} {heading} vs {ty}"), &table.keys(), &serde_keys(FILE, ty));
     }

@@ -43,12 +43,28 @@ fn a_bad_value_names_its_field() {
     // line, and the fields in the message.
     let rule = |r: &str| format!("{GOOD}---\n{}", GOOD.replace("spec: {}", &format!("spec:\n  ingress:\n  - {r}\n")));
     assert_error(&rule("action: Alow"), 11, &["spec.ingress[0].action", "unknown variant `Alow`"]);
-    assert_error(&rule("{action: Allow, source: {selector: app = 'x'}}"), 11, &["spec.ingress[0].source.selector", "column 5"]);
-    assert_error(&rule("{action: Allow, source: {nets: [10.0.0.0/33]}}"), 11, &["spec.ingress[0].source.nets[0]", "not a CIDR"]);
-    assert_error(&rule("{action: Allow, protocol: TCP, destination: {ports: [http]}}"), 11, &["ports[0]", "named port \"http\" is not supported"]);
+    assert_error(
+        &rule("{action: Allow, source: {selector: app = 'x'}}"),
+        11,
+        &["spec.ingress[0].source.selector", "column 5"],
+    );
+    assert_error(
+        &rule("{action: Allow, source: {nets: [10.0.0.0/33]}}"),
+        11,
+        &["spec.ingress[0].source.nets[0]", "not a CIDR"],
+    );
+    assert_error(
+        &rule("{action: Allow, protocol: TCP, destination: {ports: [http]}}"),
+        11,
+        &["ports[0]", "named port \"http\" is not supported"],
+    );
     assert_error(&rule("{action: Allow, protocol: TCP, destination: {ports: ['90:80']}}"), 11, &["ports[0]", "empty"]);
     assert_error(&rule("{action: Allow, protocol: TPC}"), 11, &["spec.ingress[0].protocol", "unknown protocol"]);
-    assert_error(&rule("{action: Allow, destination: {ports: [80]}}"), 11, &["spec.ingress: ports and notPorts need protocol TCP"]);
+    assert_error(
+        &rule("{action: Allow, destination: {ports: [80]}}"),
+        11,
+        &["spec.ingress: ports and notPorts need protocol TCP"],
+    );
     assert_error(&rule("{action: Allow, icmp: {type: 8}}"), 11, &["spec.ingress: icmp and notICMP need protocol ICMP"]);
     assert_error(&rule("{action: Allow, ipVersion: 5}"), 11, &["spec.ingress: ipVersion 5"]);
     let yaml = format!("{GOOD}---\n{}", GOOD.replace("spec: {}", "spec:\n  selector: \"has(a\"\n"));
@@ -63,7 +79,11 @@ fn kubernetes_mistakes_are_refused() {
     assert_error(&k8s("  ingress:\n  - ports: [{port: http}]\n"), 7, &["spec.ingress[0].ports[0]", "named port"]);
     assert_error(&k8s("  ingress:\n  - ports: [{protocol: TCP, endPort: 90}]\n"), 7, &["endPort needs port"]);
     assert_error(&k8s("  ingress:\n  - ports: [{port: 90, endPort: 80}]\n"), 7, &["endPort 80 is below port 90"]);
-    assert_error(&k8s("  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/24]}\n"), 8, &["spec.ingress[0].from: ipBlock.except 11.0.0.0/24 is not inside"]);
+    assert_error(
+        &k8s("  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/24]}\n"),
+        8,
+        &["spec.ingress[0].from: ipBlock.except 11.0.0.0/24 is not inside"],
+    );
     assert_error(
         &k8s("  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8}\n      podSelector: {}\n"),
         8,
@@ -90,7 +110,8 @@ fn an_unsupported_kind_or_a_misplaced_field_names_the_document() {
 
 #[test]
 fn a_yaml_syntax_error_has_its_line() {
-    let yaml = format!("{GOOD}---\napiVersion: projectcalico.org/v3\nkind: [GlobalNetworkPolicy\nmetadata: {{name: x}}\n");
+    let yaml =
+        format!("{GOOD}---\napiVersion: projectcalico.org/v3\nkind: [GlobalNetworkPolicy\nmetadata: {{name: x}}\n");
     let (line, m) = error(&yaml);
     assert!(matches!(line, Some(7..=8)), "{line:?} {m}");
 }
@@ -126,10 +147,16 @@ fn a_directory_loads_its_yaml_files_in_name_order_or_reports_the_first_bad_one()
 
 #[test]
 fn a_policy_defined_twice_is_refused_at_its_second_definition() {
-    let np = |name: &str| format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: a\nspec: {{}}\n");
+    let np = |name: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: a\nspec: {{}}\n")
+    };
     // Same name in another kind or namespace is another policy; the same one twice is not.
     let yaml = format!("{}---\n{}---\n{}", np("x"), np("x").replace("namespace: a", "namespace: b"), np("x"));
-    assert_error(&yaml, 18, &["metadata.name", "\"x\" in namespace \"a\" is already defined at /etc/cni/policy.d/p.yaml:4"]);
+    assert_error(
+        &yaml,
+        18,
+        &["metadata.name", "\"x\" in namespace \"a\" is already defined at /etc/cni/policy.d/p.yaml:4"],
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.yaml"), np("x")).unwrap();
     std::fs::write(dir.path().join("b.yaml"), format!("{GOOD}---\n{}", np("x"))).unwrap();

@@ -131,7 +131,9 @@ fn calico_policies_apply_by_order_lowest_first_and_unordered_last() {
     let deny = |order: &str| {
         format!("{GNP_HEAD}metadata: {{name: deny-22}}\nspec:\n  {order}\n  ingress: [{{action: Deny, protocol: TCP, destination: {{ports: [22]}}}}]\n")
     };
-    let allow = |order: &str| format!("{GNP_HEAD}metadata: {{name: allow-all}}\nspec:\n  {order}\n  ingress: [{{action: Allow}}]\n");
+    let allow = |order: &str| {
+        format!("{GNP_HEAD}metadata: {{name: allow-all}}\nspec:\n  {order}\n  ingress: [{{action: Allow}}]\n")
+    };
     let w = world();
     let web = &w[0];
     let ssh = || tcp("192.0.2.1", "10.0.0.1", 22);
@@ -181,7 +183,10 @@ fn pass_skips_the_rest_of_the_tier_and_the_next_tier_decides() {
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 5432)), Allow);
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 6000)), Deny);
     // A tier whose default action is Pass lets undecided packets through to the next tier.
-    let set = policies(&format!("{}---{K8S_DB_FROM_WEB}", TIERS.replace("{order: 100}", "{order: 100, defaultAction: Pass}")));
+    let set = policies(&format!(
+        "{}---{K8S_DB_FROM_WEB}",
+        TIERS.replace("{order: 100}", "{order: 100, defaultAction: Pass}")
+    ));
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 5432)), Deny, "k8s policy decides");
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 5432)), Allow);
     // A tier with an order lower than security's comes first.
@@ -266,11 +271,16 @@ fn selectors_of_a_namespaced_policy_look_in_its_namespace_unless_a_namespace_sel
     );
     let set = k8s("{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}");
     assert_eq!(
-        (verdict(&set, &w, db, Ingress, from_prod_web()), verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 1))),
+        (
+            verdict(&set, &w, db, Ingress, from_prod_web()),
+            verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 1))
+        ),
         (Allow, Deny)
     );
     // A GlobalNetworkPolicy's own namespaceSelector limits which endpoints it applies to.
-    let set = policies(&format!("{GNP_HEAD}metadata: {{name: dev-only}}\nspec: {{namespaceSelector: projectcalico.org/name == 'dev'}}\n"));
+    let set = policies(&format!(
+        "{GNP_HEAD}metadata: {{name: dev-only}}\nspec: {{namespaceSelector: projectcalico.org/name == 'dev'}}\n"
+    ));
     assert_eq!(verdict(&set, &w, &w[3], Ingress, tcp("10.0.0.1", "10.0.1.1", 1)), Deny);
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 1)), Allow);
 }
@@ -298,10 +308,7 @@ fn end_port_makes_a_range_and_calico_ranges_and_not_ports_match_the_same_way() {
     let w = world();
     let web = &w[0];
     let udp = |port| Packet::udp(ip("192.0.2.1"), 5, ip("10.0.0.1"), port);
-    assert_eq!(
-        [7999, 8000, 8010, 8011].map(|p| verdict(&set, &w, web, Ingress, udp(p))),
-        [Deny, Allow, Allow, Deny]
-    );
+    assert_eq!([7999, 8000, 8010, 8011].map(|p| verdict(&set, &w, web, Ingress, udp(p))), [Deny, Allow, Allow, Deny]);
     let set = policies(&format!(
         "{GNP_HEAD}metadata: {{name: p}}\nspec:\n  ingress: [{{action: Allow, protocol: UDP, destination: {{ports: ['8000:8010'], notPorts: [8005]}}}}]\n"
     ));
@@ -313,13 +320,16 @@ fn end_port_makes_a_range_and_calico_ranges_and_not_ports_match_the_same_way() {
 
 #[test]
 fn ip_version_limits_a_rule_to_one_family() {
-    let set = policies(&format!("{GNP_HEAD}metadata: {{name: v6}}\nspec:\n  ingress: [{{action: Allow, ipVersion: 6}}]\n"));
+    let set =
+        policies(&format!("{GNP_HEAD}metadata: {{name: v6}}\nspec:\n  ingress: [{{action: Allow, ipVersion: 6}}]\n"));
     let w = world();
     let db = &w[1];
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("fd00::1", "fd00::2", 80)), Allow);
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 80)), Deny);
     // nets of the other family never match.
-    let set = policies(&format!("{GNP_HEAD}metadata: {{name: n}}\nspec:\n  ingress: [{{action: Allow, source: {{notNets: [10.0.0.0/8]}}}}]\n"));
+    let set = policies(&format!(
+        "{GNP_HEAD}metadata: {{name: n}}\nspec:\n  ingress: [{{action: Allow, source: {{notNets: [10.0.0.0/8]}}}}]\n"
+    ));
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("fd00::1", "fd00::2", 80)), Allow);
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 80)), Deny);
 }
