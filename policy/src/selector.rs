@@ -164,10 +164,10 @@ impl fmt::Display for Selector {
     /// quote characters, which the grammar cannot express).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let set = |s: &BTreeSet<String>| s.iter().map(|x| quote(x)).collect::<Vec<_>>().join(", ");
-        let grouped = |e: &Selector| match e {
-            Selector::And(_) | Selector::Or(_) => format!("({e})"),
-            _ => e.to_string(),
-        };
+        // Parentheses only where the parser needed them (an `&&` or `||` inside `&&`, an `||`
+        // inside `||`, either under `!`), so printing never nests deeper than the input did.
+        let paren = |e: &Selector, needs: bool| if needs { format!("({e})") } else { e.to_string() };
+        let and_or = |e: &Selector| matches!(e, Selector::And(_) | Selector::Or(_));
         match self {
             Selector::All => write!(f, "all()"),
             Selector::Global => write!(f, "global()"),
@@ -179,12 +179,15 @@ impl fmt::Display for Selector {
             Selector::Contains(k, v) => write!(f, "{k} contains {}", quote(v)),
             Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quote(v)),
             Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quote(v)),
-            Selector::Not(e) => match **e {
-                Selector::All | Selector::Global | Selector::Has(_) | Selector::Not(_) => write!(f, "!{e}"),
-                _ => write!(f, "!({e})"),
-            },
-            Selector::And(v) => write!(f, "{}", v.iter().map(grouped).collect::<Vec<_>>().join(" && ")),
-            Selector::Or(v) => write!(f, "{}", v.iter().map(grouped).collect::<Vec<_>>().join(" || ")),
+            Selector::Not(e) => write!(f, "!{}", paren(e, and_or(e))),
+            Selector::And(v) => {
+                write!(f, "{}", v.iter().map(|e| paren(e, and_or(e))).collect::<Vec<_>>().join(" && "))
+            }
+            Selector::Or(v) => write!(
+                f,
+                "{}",
+                v.iter().map(|e| paren(e, matches!(e, Selector::Or(_)))).collect::<Vec<_>>().join(" || ")
+            ),
         }
     }
 }
@@ -413,6 +416,20 @@ mod tests {
         ] {
             let p = Selector::parse(s).unwrap();
             assert_eq!(Selector::parse(&p.to_string()).unwrap(), p, "{s} -> {p}");
+        }
+    }
+
+    #[test]
+    fn printing_never_nests_deeper_than_the_input() {
+        // Up to the 64 levels the parser takes: the printed form must parse too.
+        let bangs = format!("{}k == 'v'", "!".repeat(64));
+        let mut alt = "z == '0'".to_string();
+        for i in 0..40 {
+            alt = format!("x{i} == 'a' || y{i} == 'b' && ({alt})");
+        }
+        for s in [bangs, alt] {
+            let p = Selector::parse(&s).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(Selector::parse(&p.to_string()).unwrap(), p);
         }
     }
 
