@@ -400,3 +400,29 @@ fn selector_errors_give_the_column() {
         assert!(e.message.contains(words), "{s}: {e}");
     }
 }
+
+#[test]
+fn kubernetes_policies_sit_at_order_1000_of_the_default_tier_among_calico_ones() {
+    let calico = |name: &str, order: u32, action: &str| {
+        format!(
+            "{GNP_HEAD}metadata: {{name: {name}}}\nspec:\n  order: {order}\n  selector: app == 'db'\n  ingress: [{{action: {action}, protocol: TCP, destination: {{ports: [5432, 6000]}}}}]\n"
+        )
+    };
+    let w = world();
+    let db = &w[1];
+    let web_5432 = || tcp("10.0.0.1", "10.0.0.2", 5432);
+    let web_6000 = || tcp("10.0.0.1", "10.0.0.2", 6000);
+    // A Calico Deny before 1000 wins over the Kubernetes allow.
+    let set = policies(&format!("{}---{K8S_DB_FROM_WEB}", calico("early", 999, "Deny")));
+    assert_eq!(verdict(&set, &w, db, Ingress, web_5432()), Deny);
+    // After 1000, the Kubernetes allow comes first; and what no policy of the tier decided
+    // so far can still be allowed by a later policy: the deny is the tier's end, not the
+    // Kubernetes policy's.
+    let set = policies(&format!("{}---{K8S_DB_FROM_WEB}", calico("late", 1001, "Allow")));
+    assert_eq!(verdict(&set, &w, db, Ingress, web_5432()), Allow);
+    assert_eq!(verdict(&set, &w, db, Ingress, web_6000()), Allow);
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 7000)), Deny);
+    let set = policies(&format!("{}---{K8S_DB_FROM_WEB}", calico("late", 1001, "Deny")));
+    assert_eq!(verdict(&set, &w, db, Ingress, web_5432()), Allow);
+    assert_eq!(verdict(&set, &w, db, Ingress, web_6000()), Deny);
+}
