@@ -1,0 +1,30 @@
+//! ACL policy, pure and I/O-free apart from reading policy files: the model that Calico
+//! (`projectcalico.org/v3` NetworkPolicy, GlobalNetworkPolicy, Tier) and Kubernetes
+//! (`networking.k8s.io/v1` NetworkPolicy) files map to, their parsers, the Calico selector
+//! language, and a reference evaluator written from the specifications. The nftables compiler
+//! builds on the model; the differential test holds the kernel to the evaluator.
+
+pub mod eval;
+pub mod file;
+pub mod model;
+pub mod selector;
+
+use std::path::PathBuf;
+
+pub use eval::{evaluate, evaluate_path, Evaluation, Packet, Verdict};
+pub use file::{load_dir, load_file, parse_str};
+pub use model::{Action, Direction, Endpoint, Policy, PolicySet, Rule};
+pub use selector::{Selector, SelectorError};
+
+/// The crate's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A policy file that does not parse or validate: file, line (when known), and the message,
+    /// which starts with the field's path (`spec.ingress[0].action: …`).
+    #[error("{}:{}: {message}", file.display(), line.map_or_else(|| "?".to_string(), |l| l.to_string()))]
+    File { file: PathBuf, line: Option<usize>, message: String },
+    #[error("read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
