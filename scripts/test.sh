@@ -50,7 +50,7 @@ sed -e 's/"cni-bridge"/"bridge"/' -e 's/"cni-ipam"/"host-local"/' -e 's/"1.1.0"/
 "$T"/release/conformance cni --plugin-dir /usr/lib/cni --config "$work/ref.json" || echo "(reference failures are expected; see docs/conformance.md)"
 
 step "fuzzing (${FUZZ_SECONDS}s per target)"
-for t in config result cni_args bgp_message; do
+for t in config result cni_args bgp_message policy_file policy_selector; do
   mkdir -p "fuzz/corpus/$t"
   (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | tail -n 4)
 done
