@@ -1,23 +1,29 @@
-//! The admin command line (issue #13, item 4): `config show|set`,
-//! `peer add|remove`, `nodes`, `completions`. Tables by default, `--json`
-//! for scripts. Exit codes: 0 ok, 2 usage or invalid config, 1 etcd.
+//! The command line (issue #13, items 2 and 4): `agent` (the node agent, in
+//! the foreground), `status` and `routes` (ask the running agent on its
+//! control socket), `config show|set`, `peer add|remove`, `nodes`,
+//! `completions`. Tables by default, `--json` for scripts. Exit codes: 0 ok,
+//! 2 usage or invalid config (or flag), 1 etcd, the agent or the kernel.
 //!
 //! `main` looks at `CNI_COMMAND` first: with it set the binary is the CNI
 //! plugin and nothing here runs.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use etcd_kv::flags::{Endpoints, TlsFlags};
 use etcd_kv::EtcdConfig;
 
+use crate::agent::control::{self, RoutesReply, StatusReply};
+use crate::agent::AgentFlags;
 use crate::cluster::{self, BgpStore, ClusterBgpConfig, ConfigError, GlobalPeer, NodeRecord, RouteReflector};
 use crate::Error;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "cni-bgp",
-    about = "Routed networking with our own BGP speaker: the cluster-wide BGP config and node registry in etcd",
+    about = "Routed networking with our own BGP speaker: the node agent, its status, and the cluster-wide BGP config in etcd",
     after_help = "With CNI_COMMAND set, cni-bgp is the CNI plugin (type \"cni-bgp\").",
     arg_required_else_help = true
 )]
@@ -42,8 +48,26 @@ pub struct Common {
     pub json: bool,
 }
 
+/// How `status` and `routes` find the agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentClient {
+    /// The agent's state directory (where control.sock is)
+    #[arg(long, value_name = "DIR", default_value = crate::status::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// Runs the node agent in the foreground (one per host): registers the node, peers over BGP,
+    /// advertises its IPAM blocks and installs learned routes
+    Agent(Box<AgentFlags>),
+    /// The running agent's BGP sessions: address, AS, state, uptime, prefixes, last error
+    Status(AgentClient),
+    /// The running agent's routes: learned (the Loc-RIB) and installed in the kernel
+    Routes(AgentClient),
     /// The cluster-wide BGP config: default AS, node-to-node mesh, route reflectors
     Config {
         #[command(subcommand)]
@@ -159,7 +183,7 @@ pub struct Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match &e {
-            Error::Invalid(_) => 2,
+            Error::Invalid(_) | Error::Flag(_) => 2,
             Error::Etcd(etcd_kv::Error::InvalidSettings(_)) => 2,
             _ => 1,
         };
@@ -178,6 +202,18 @@ impl Common {
 /// Runs one admin command; the text to print on success.
 pub async fn run(cmd: Cmd) -> Result<String, Failure> {
     match cmd {
+        Cmd::Agent(flags) => {
+            crate::agent::run(*flags).await?;
+            Ok(String::new())
+        }
+        Cmd::Status(c) => {
+            let r: StatusReply = ask(&c, "status")?;
+            Ok(if c.json { json(&r) } else { status_table(&r) })
+        }
+        Cmd::Routes(c) => {
+            let r: RoutesReply = ask(&c, "routes")?;
+            Ok(if c.json { json(&r) } else { routes_table(&r) })
+        }
         Cmd::Completions { shell } => Ok(String::from_utf8_lossy(&Cli::completions(shell)).into_owned()),
         Cmd::Nodes(common) => {
             let (nodes, bad, _) = common.store()?.nodes().await?;
@@ -247,6 +283,90 @@ pub async fn run(cmd: Cmd) -> Result<String, Failure> {
             Ok(show(&c, common.json))
         }
     }
+}
+
+/// How long `status` and `routes` wait for the agent.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn ask<T: for<'de> serde::Deserialize<'de>>(c: &AgentClient, request: &str) -> Result<T, Failure> {
+    control::ask(&c.state_dir, request, AGENT_TIMEOUT).map_err(|e| Failure { code: 1, message: e.to_string() })
+}
+
+/// `3d04h`, `2h05m`, `4m07s`, `12s`.
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+fn status_table(r: &StatusReply) -> String {
+    let n = &r.node;
+    let role = match (n.route_reflector, n.cluster_id) {
+        (true, Some(id)) => format!(", route reflector (cluster {id})"),
+        (true, None) => ", route reflector".into(),
+        _ => String::new(),
+    };
+    let v6 = n.ipv6.map(|a| format!(" {a}")).unwrap_or_default();
+    let mut out = format!(
+        "node {} {}{v6} AS {} router ID {} port {}{role}, {}\n\n",
+        n.name,
+        n.ipv4,
+        n.as_number,
+        n.router_id,
+        n.listen_port,
+        if n.ready { "ready" } else { "not ready" }
+    );
+    let mut rows =
+        vec![["PEER", "AS", "KIND", "STATE", "UPTIME", "RECEIVED", "SENT", "LAST ERROR"].map(String::from).to_vec()];
+    for p in &r.peers {
+        rows.push(vec![
+            p.address.to_string(),
+            p.asn.to_string(),
+            p.kind.clone(),
+            p.state.clone(),
+            p.uptime_secs.map(duration).unwrap_or_else(|| "-".into()),
+            p.prefixes_received.to_string(),
+            p.prefixes_sent.to_string(),
+            p.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out += &table(&rows);
+    out
+}
+
+fn routes_table(r: &RoutesReply) -> String {
+    let mut rows = vec![["PREFIX", "NEXT HOP", "FROM", "AS PATH", "LOCAL PREF"].map(String::from).to_vec()];
+    for l in &r.learned {
+        rows.push(vec![
+            l.prefix.to_string(),
+            l.next_hop.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            l.peer.map(|a| a.to_string()).unwrap_or_else(|| "local".into()),
+            if l.as_path.is_empty() {
+                "-".into()
+            } else {
+                l.as_path.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
+            },
+            l.local_pref.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let mut out = format!("learned ({}):\n", r.learned.len());
+    out += &table(&rows);
+    let mut rows = vec![["PREFIX", "KIND", "VIA", "DEV"].map(String::from).to_vec()];
+    for i in &r.installed {
+        rows.push(vec![
+            i.prefix.to_string(),
+            i.kind.clone(),
+            i.via.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            i.dev.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out += &format!("\ninstalled in the kernel, protocol {} ({}):\n", crate::fib::PROTOCOL, r.installed.len());
+    out += &table(&rows);
+    out
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {

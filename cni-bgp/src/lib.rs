@@ -7,6 +7,7 @@
 //! commands that edit it. [`speaker`] is the BGP speaker runtime on tokio
 //! (sessions, timers, the RIB) that the agent drives.
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod fib;
@@ -29,6 +30,19 @@ pub enum Error {
     /// Another writer of the BGP config kept winning the revision race.
     #[error("the BGP config changed under us {0} times in a row; try again")]
     TooManyRaces(usize),
+    /// A command-line flag of the agent breaks a rule (exit code 2); the
+    /// message names the flag.
+    #[error("{0}")]
+    Flag(cluster::ConfigError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A part of the agent that must run for ever ended.
+    #[error("{0}")]
+    Stopped(String),
     /// The BGP speaker could not listen on an address (in use, not ours).
     #[error("BGP listener on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },

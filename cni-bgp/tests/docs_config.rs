@@ -60,3 +60,28 @@ fn every_cli_flag_is_documented_with_the_codes_default() {
         assert!(cell.text.contains(d.to_str().unwrap()), "--{l}: docs say {:?}, code {d:?}", cell.text);
     }
 }
+
+#[test]
+fn every_agent_flag_is_documented_with_the_codes_default() {
+    use clap::CommandFactory;
+    let table = table_under(PAGE, "Agent flags");
+    let cmd = cni_bgp::cli::Cli::command();
+    let agent = cmd.find_subcommand("agent").expect("agent command");
+    let code: BTreeSet<String> =
+        agent.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "help").map(|l| format!("--{l}")).collect();
+    assert_same_keys(&format!("{PAGE} Agent flags vs `cni-bgp agent`"), &table.keys(), &code);
+    for a in agent.get_arguments() {
+        let (Some(l), Some(d)) = (a.get_long(), a.get_default_values().first()) else { continue };
+        let cell = table.cell(&format!("--{l}"), "default").unwrap();
+        assert!(cell.text.contains(d.to_str().unwrap()), "--{l}: docs say {:?}, code {d:?}", cell.text);
+    }
+    // status and routes: their flags are in the command column.
+    let table = table_under(PAGE, "Status and routes");
+    for name in ["status", "routes"] {
+        let sub = cmd.find_subcommand(name).unwrap();
+        let row = table.rows.iter().find(|r| r[0].text.contains(&format!("cni-bgp {name}"))).expect(name);
+        for l in sub.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "help") {
+            assert!(row[0].text.contains(&format!("--{l}")), "{name}: --{l} not documented");
+        }
+    }
+}
