@@ -367,22 +367,22 @@ fn withdrawn(n: &Node, p: &str) -> bool {
 fn abort_with_graceful_restart_keeps_routes_until_the_restart_timer() {
     block_on(async {
         let (na, nb) = pair("gr");
-        let (mut a, b) = gr_pair(&na, &nb, 3).await;
+        let (mut a, b) = gr_pair(&na, &nb, 4).await;
         b.h.abort().await;
         a.until("a sees the session drop", T, |n| !n.downs.is_empty()).await;
         let down = Instant::now();
         assert_eq!(a.downs[0].0, addr(B4));
-        // Helper mode: b's routes stay (stale) for b's restart time, 3 s.
+        // Helper mode: b's routes stay (stale) for b's restart time, 4 s.
         a.watch(Duration::from_millis(2000)).await;
         assert!(a.has("10.50.2.0/24", B4) && a.has("fd50:2::/64", B6), "kept during the restart time: {:?}", a.fib);
         assert!(!withdrawn(&a, "10.50.2.0/24"), "{:?}", a.changes);
         assert_eq!(a.route("10.50.2.0/24").await.and_then(|r| r.peer), Some(addr(B4)));
-        a.until("withdrawn when the restart timer fires", Duration::from_secs(10), |n| {
+        a.until("withdrawn when the restart timer fires", Duration::from_secs(12), |n| {
             withdrawn(n, "10.50.2.0/24") && withdrawn(n, "fd50:2::/64")
         })
         .await;
         let after = down.elapsed();
-        assert!(after >= Duration::from_millis(2500) && after < Duration::from_secs(8), "withdrawn after {after:?}");
+        assert!(after >= Duration::from_millis(3500) && after < Duration::from_secs(10), "withdrawn after {after:?}");
     });
 }
 
@@ -625,7 +625,7 @@ protocol bgp ours {{
             assert!(Instant::now() < end, "still in BIRD's kernel: {}", bird.show(&["show", "route", "all"]));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // External peer: BIRD's routes are not sent back to it (nor anything not ours).
+        // BIRD holds our one route left (fd50:1::/64); we hold BIRD's two.
         let s = a.status_until(B4, "established", |s| s.state == "Established").await;
         assert_eq!((s.prefixes_sent, s.prefixes_received), (1, 2), "{s:?}");
     });
@@ -738,6 +738,7 @@ fn bench_bird_feeds_a_hundred_thousand_prefixes() {
         conf.push_str("}\n");
         let _bird = Bird::start(&nb, &conf);
         let mut a = Node::start(&na, cfg(64512, "192.0.2.1", &[A4]));
+        let rss0 = rss_kib();
         let t0 = Instant::now();
         a.h.set_peers(vec![peer(B4, 64513, A4, A6)]).await;
         let mut batches = 0usize;
@@ -757,9 +758,10 @@ fn bench_bird_feeds_a_hundred_thousand_prefixes() {
         }
         eprintln!(
             "speaker bench: session up after {up:?}; {N} prefixes from BIRD in the FIB events after {:?}, in {batches} \
-             batches; this process used {:.2} s of CPU",
+             batches; this process used {:.2} s of CPU; its RSS grew by {} KiB (the test's FIB map included)",
             t0.elapsed(),
-            cpu_secs()
+            cpu_secs(),
+            rss_kib() - rss0
         );
     });
 }
@@ -878,4 +880,11 @@ fn the_listening_port_is_free_when_stop_or_abort_returns() {
         let _third = Node::try_start(&nb, cfg(64512, "192.0.2.2", &[B4, B6])).expect("bound right after stop");
         drop(first);
     });
+}
+
+/// This process's resident set (VmRSS, KiB).
+fn rss_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
 }
