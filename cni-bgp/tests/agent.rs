@@ -452,7 +452,28 @@ fn a_killed_agent_keeps_its_routes_and_sweeps_stale_ones_after_restart() {
     assert!(c.has_route(0, &learned));
     assert!(c.log(0).contains("restarting gracefully"), "{}", c.log(0));
     // node1 kept node0's block through the restart (graceful-restart helper).
-    assert!(c.has_route(1, &format!("10.71.0.0/26 via {}", c.lab.host_ip(c.hosts[0]))), "{}", c.kernel(1));
+    let block0 = format!("10.71.0.0/26 via {}", c.lab.host_ip(c.hosts[0]));
+    assert!(c.has_route(1, &block0), "{}", c.kernel(1));
+
+    // SIGTERM and start again (what systemd or a DaemonSet update does):
+    // exit 0, and neither side's route leaves its kernel at any point.
+    c.wait_established(0, 1);
+    let st = c.agents[0].take().unwrap().terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert!(c.has_route(0, &learned) && c.has_route(1, &block0));
+    c.start(0, &[]);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(c.has_route(0, &learned), "node0 lost its learned route\n{}", c.log(0));
+        assert!(c.has_route(1, &block0), "node1 lost node0's block\n{}", c.log(1));
+        if c.ready(0).is_ok_and(|a| a.ready) && c.peer_state(0, 1).as_deref() == Some("Established") {
+            break;
+        }
+        assert!(Instant::now() < end, "not back: {:?}\n{}", c.ready(0), c.log(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // node1 never unpeered node0: its registration did not lapse.
+    assert!(!c.log(1).contains("BGP peer removed"), "{}", c.log(1));
 }
 
 /// Host i's IPv6 block, as `ip route` prints it.
