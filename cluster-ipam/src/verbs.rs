@@ -1007,34 +1007,74 @@ pub fn check(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
 /// host has no block with room left. Either failure is code 50 ("the
 /// plugin is not available"), so a runtime stops sending ADDs that would
 /// fail with 11.
+///
+/// Under strictAffinity STATUS also answers 50 when the next ADD would fail
+/// with 110: the host's blocks have no address that is not leased locally
+/// (the host is the only allocator in its exclusive blocks, so its leases
+/// are exact) and every block of the family's pools is claimed in etcd
+/// (counted by key, without values). Non-strict, an exhausted pool is not
+/// detected: an ADD may still borrow, and knowing that takes every
+/// block's value, too much for a call runtimes repeat every few seconds.
 pub fn status(ctx: &Context, cc: &ClusterConfig) -> CniRes<()> {
     let conf = common_config(ctx)?;
     let store = ipam::disk_store(&conf.data_dir, &conf.network)?;
     store.check_writable().map_err(|e| Error::new(Code::Unavailable, "IPAM store is not writable").with_details(e))?;
-    // strict: some family has no cached block with room in any of its pools.
-    let mut needs_etcd = !cc.strict_affinity;
+    if !cc.strict_affinity {
+        return probe_etcd(cc);
+    }
+    let taken: HashSet<IpAddr> = store
+        .reserved_ips()
+        .map_err(|e| Error::new(Code::Unavailable, "cannot read the IPAM store").with_details(e))?
+        .into_iter()
+        .collect();
+    // The families whose cached blocks are all used up locally.
+    let mut full = Vec::new();
     for v4 in [true, false] {
         let views = cc.family(v4);
-        if needs_etcd || views.is_empty() {
+        if views.is_empty() {
             continue;
         }
         let mut room = false;
         for v in &views {
             let cache = BlockCache::read(store.dir(), v)?;
-            let full = cache::read_full(store.dir(), v);
-            room |= cache.blocks.iter().any(|b| !full.contains(b));
+            room |= cache.blocks.iter().any(|b| super::block_addresses(*b).any(|ip| !taken.contains(&ip)));
         }
-        needs_etcd = !room;
+        if !room {
+            full.push(views);
+        }
     }
-    if needs_etcd {
-        block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, async {
-            BlockClient::connect(&cc.etcd, &cc.network).await?.probe().await
-        })
-        .map_err(|e| {
-            Error::new(Code::Unavailable, "cluster IPAM: etcd unavailable, ADDs would fail").with_details(&e)
-        })?;
+    if full.is_empty() {
+        return Ok(());
+    }
+    let claimed = block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, async {
+        BlockClient::connect(&cc.etcd, &cc.network).await?.list_cidrs().await
+    })
+    .map_err(|e| Error::new(Code::Unavailable, "cluster IPAM: etcd unavailable, ADDs would fail").with_details(&e))?;
+    for views in full {
+        let free = views.iter().any(|v| {
+            let taken = claimed.iter().filter(|b| v.is_block(**b)).count() as u128;
+            taken < v.block_count()
+        });
+        if !free {
+            let pools: Vec<String> = views.iter().map(|v| v.pool.to_string()).collect();
+            return Err(Error::new(
+                Code::Unavailable,
+                format!("no IP addresses available in pool {} for host {}", pools.join(", "), cc.host),
+            )
+            .with_details("every block is claimed, this host's blocks are full, and strictAffinity is true"));
+        }
     }
     Ok(())
+}
+
+/// The etcd part of a non-strict STATUS: a linearizable count of the
+/// network's block keys, so it needs a member with a leader.
+fn probe_etcd(cc: &ClusterConfig) -> CniRes<()> {
+    block_on(&cc.etcd.endpoints, PLUGIN_DEADLINE, async {
+        BlockClient::connect(&cc.etcd, &cc.network).await?.probe().await
+    })
+    .map(|_| ())
+    .map_err(|e| Error::new(Code::Unavailable, "cluster IPAM: etcd unavailable, ADDs would fail").with_details(&e))
 }
 
 /// GC: the local GC, then in etcd every record of this host whose handle

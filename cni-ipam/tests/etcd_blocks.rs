@@ -700,6 +700,38 @@ fn non_strict_del_reads_only_its_block_and_status_reports_50_when_etcd_is_needed
     status(&h).unwrap();
 }
 
+/// Under strictAffinity STATUS says 50 exactly when the next ADD would get 110: the host's
+/// blocks are used up locally and every block of the pool is claimed.
+#[test]
+fn strict_status_reports_50_when_the_pool_is_used_up_and_0_once_an_address_is_free() {
+    let etcd = EtcdServer::start().unwrap();
+    // Two /30 blocks of one address each.
+    let cluster = json!({"pool": "10.219.8.0/29", "blockSize": 30, "strictAffinity": true});
+    let a = Host::new(&etcd, "node-a", cluster.clone());
+    let b = Host::new(&etcd, "node-b", cluster);
+    let status = |host: &Host| Ipam.status(&ctx("STATUS", "", "", &host.conf, ""));
+    status(&a).unwrap();
+    a.add_ok("a0");
+    // a's block is used up, but a free block is left to claim.
+    status(&a).unwrap();
+    b.add_ok("b0");
+    for (h, name) in [(&a, "node-a"), (&b, "node-b")] {
+        let e = status(h).unwrap_err();
+        assert_eq!(e.code, Code::Unavailable, "{e}");
+        let want = format!("no IP addresses available in pool 10.219.8.0/29 for host {name}");
+        assert!(e.to_string().contains(&want), "{e}");
+    }
+    // The ADD agrees.
+    let e = a.add("a1").unwrap_err();
+    assert_eq!(e.code, Code::Other(110), "{e}");
+    let (ok, v) = run_json(BIN, "STATUS", "", "", &a.conf, "");
+    assert!(!ok && v["code"] == 50, "{v}");
+    // A freed address is room again (local, no etcd needed); b is still full.
+    a.del("a0").unwrap();
+    status(&a).unwrap();
+    assert_eq!(status(&b).unwrap_err().code, Code::Unavailable);
+}
+
 #[test]
 fn non_strict_add_with_full_cached_blocks_claims_without_listing_and_finds_a_lost_claims_record() {
     let etcd = EtcdServer::start().unwrap();

@@ -1,6 +1,8 @@
 //! The files in deploy/ (docs/install.md): every YAML file parses, document by document, into
 //! Kubernetes objects; every command line given to our binaries (the containers' `command` +
-//! `args`, the systemd unit's `ExecStart`) is accepted by the real binary; the CSI sockets the
+//! `args` and exec probes, the systemd units' `ExecStart`) is accepted by the real binary; the
+//! cni-bgp agent, its readiness probe and its conflists agree on the state dir, the etcd prefix
+//! and where the TLS files are; the CSI sockets the
 //! sidecars dial are the one the driver serves, and kubelet's registration path is where that
 //! socket is on the host; the node plugin's pod directory is mounted with Bidirectional
 //! propagation; the driver name agrees everywhere with the binary's default; StorageClass
@@ -8,11 +10,14 @@
 //! the plugins' own `tests/docs_*.rs`).
 //!
 //! Every conflist also passes STATUS with the real plugins (its `dataDir`s moved to a temp
-//! dir, the overlay given a subnet file, the cluster IPAM pointed at a throw-away etcd), so
-//! each config parses and validates as the plugins read it.
+//! dir, the overlay given a subnet file, the cluster IPAM pointed at a throw-away etcd, with
+//! TLS when the conflist names TLS files), so each config parses and validates as the plugins
+//! read it. `cni-bgp`'s STATUS needs its live agent (conformance/tests/bgp_suite.rs runs the
+//! suite with one): here it must parse the config and answer code 50 naming the agent, and its
+//! IPAM section must pass `cni-ipam`'s STATUS.
 //!
-//! Needs `cni-bridge`, `cni-ipam`, `cni-overlay`, `csi-nfs` and `csi-rbd` built beside the test
-//! (`cargo build --release --workspace`) and etcd installed; fails saying so otherwise.
+//! Needs `cni-bridge`, `cni-ipam`, `cni-overlay`, `cni-bgp`, `csi-nfs` and `csi-rbd` built beside
+//! the test (`cargo build --release --workspace`) and etcd installed; fails saying so otherwise.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -57,14 +62,14 @@ fn binary(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.is_file(),
-        "{} is missing: build it first (cargo build --release -p cni-bridge -p cni-ipam -p cni-overlay -p csi-nfs -p csi-rbd)",
+        "{} is missing: build it first (cargo build --release -p cni-bridge -p cni-ipam -p cni-overlay -p cni-bgp -p csi-nfs -p csi-rbd)",
         p.display()
     );
     p
 }
 
 /// `$(VAR)` replaced as kubelet does: from the container's `env` (a literal value, or a sample
-/// for a `fieldRef`).
+/// for a `fieldRef` or the etcd Secret's endpoints).
 fn expand(arg: &str, env: &[Value]) -> String {
     let mut s = arg.to_string();
     for e in env {
@@ -73,6 +78,10 @@ fn expand(arg: &str, env: &[Value]) -> String {
             (Value::String(v), _) => v.clone(),
             (_, Some("status.podIP")) => "10.0.0.9".into(),
             (_, Some("spec.nodeName")) => "node-1".into(),
+            (_, Some("status.hostIP")) => "10.0.0.11".into(),
+            _ if e["valueFrom"]["secretKeyRef"]["key"] == "etcd-endpoints" => {
+                "https://10.0.0.1:2379,https://10.0.0.2:2379".into()
+            }
             other => panic!("env {name}: no sample for {other:?}"),
         };
         s = s.replace(&format!("$({name})"), &value);
@@ -108,7 +117,24 @@ fn our_argv(c: &Value) -> Option<(String, Vec<String>)> {
     argv.extend(strs(&c["args"]));
     let argv: Vec<String> = argv.iter().map(|a| expand(a, &env)).collect();
     let bin = Path::new(argv.first()?).file_name()?.to_string_lossy().into_owned();
-    ["csi-nfs", "csi-rbd", "cni-overlay"].contains(&bin.as_str()).then(|| (bin, argv[1..].to_vec()))
+    ours(bin, &argv)
+}
+
+/// `(binary name, its arguments)` when `argv[0]` is one of our daemons' binaries.
+fn ours(bin: String, argv: &[String]) -> Option<(String, Vec<String>)> {
+    ["csi-nfs", "csi-rbd", "cni-overlay", "cni-bgp"].contains(&bin.as_str()).then(|| (bin, argv[1..].to_vec()))
+}
+
+/// A container's exec probes that run one of our binaries: (probe, binary, arguments).
+fn our_probes(c: &Value) -> Vec<(String, String, Vec<String>)> {
+    ["readinessProbe", "livenessProbe", "startupProbe"]
+        .iter()
+        .filter_map(|k| {
+            let argv = strs(&c[*k]["exec"]["command"]);
+            let bin = Path::new(argv.first()?).file_name()?.to_string_lossy().into_owned();
+            ours(bin, &argv).map(|(b, a)| (k.to_string(), b, a))
+        })
+        .collect()
 }
 
 fn default_driver_name(bin: &str) -> String {
@@ -184,6 +210,7 @@ fn check_conflist(what: &str, text: &str) {
         let table: Table = match p["type"].as_str() {
             Some("cni-bridge") => table_under("docs/cni-bridge.md", "Config fields"),
             Some("cni-overlay") => table_under("docs/cni-overlay.md", "The plugin"),
+            Some("cni-bgp") => table_under("docs/cni-bgp.md", "Config fields"),
             other => panic!("{what}: plugin type {other:?} is not one of ours"),
         };
         let mut bad = Vec::new();
@@ -250,10 +277,14 @@ fn our_binaries_accept_every_command_line_the_manifests_give_them() {
                     accepted_by(&bin, &argv);
                     seen.insert(bin);
                 }
+                for (probe, bin, argv) in our_probes(c) {
+                    accepted_by(&bin, &argv);
+                    seen.insert(format!("{bin} ({probe})"));
+                }
             }
         }
     }
-    // The systemd unit.
+    // The systemd units.
     for f in deploy_files().into_iter().filter(|f| f.ends_with(".service")) {
         let text = read(&f).replace("\\\n", " ");
         let exec =
@@ -263,8 +294,18 @@ fn our_binaries_accept_every_command_line_the_manifests_give_them() {
         accepted_by(&bin, &argv[1..]);
         seen.insert(format!("{bin} (systemd)"));
     }
-    let want: BTreeSet<String> =
-        ["cni-overlay", "cni-overlay (systemd)", "csi-nfs", "csi-rbd"].iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> = [
+        "cni-overlay",
+        "cni-overlay (systemd)",
+        "cni-bgp",
+        "cni-bgp (systemd)",
+        "cni-bgp (readinessProbe)",
+        "csi-nfs",
+        "csi-rbd",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(seen, want, "the manifests should run each of our daemons");
 }
 
@@ -389,7 +430,7 @@ fn storageclass_parameters_and_conflists_use_only_documented_keys() {
         check_conflist(what, text);
     }
     let n = lists.len();
-    assert!(n >= 4, "{n} conflists checked");
+    assert!(n >= 6, "{n} conflists checked");
 }
 
 #[test]
@@ -460,6 +501,8 @@ fn every_conflist_passes_status_with_the_real_plugins() {
     // The delegates, found through CNI_PATH.
     binary("cni-bridge");
     binary("cni-ipam");
+    // For a conflist that names etcd TLS files: an etcd that requires client certificates.
+    let mut etcd_tls: Option<etcd_kv::testing::EtcdServer> = None;
     let mut n = 0;
     for (i, (what, text)) in conflists().into_iter().enumerate() {
         let list: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -474,11 +517,35 @@ fn every_conflist_passes_status_with_the_real_plugins() {
             }
             if conf["ipam"].is_object() {
                 conf["ipam"]["dataDir"] = Value::String(data.to_string_lossy().into_owned());
-                if conf["ipam"]["cluster"].is_object() {
-                    conf["ipam"]["cluster"]["etcdEndpoints"] = serde_json::json!([etcd.endpoint()]);
+                let cluster = &mut conf["ipam"]["cluster"];
+                if cluster.is_object() && cluster["etcdCaFile"].is_string() {
+                    let e = etcd_tls.get_or_insert_with(|| {
+                        etcd_kv::testing::EtcdServer::start_tls().expect("start etcd with TLS (needs openssl)")
+                    });
+                    let tls = e.tls_files().expect("TLS files");
+                    cluster["etcdEndpoints"] = serde_json::json!([e.endpoint()]);
+                    cluster["etcdCaFile"] = serde_json::json!(tls.ca);
+                    cluster["etcdCertFile"] = serde_json::json!(tls.client_cert);
+                    cluster["etcdKeyFile"] = serde_json::json!(tls.client_key);
+                } else if cluster.is_object() {
+                    cluster["etcdEndpoints"] = serde_json::json!([etcd.endpoint()]);
                 }
             }
             let ty = conf["type"].as_str().unwrap().to_string();
+            if ty == "cni-bgp" {
+                // No agent on this (empty) state dir: code 50 naming it, after the config parsed.
+                conf["stateDir"] = Value::String(tmp.path().join(format!("state-{i}")).to_string_lossy().into_owned());
+                let out = status(&ty, &conf);
+                let err: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                assert!(
+                    err["code"] == 50 && err["msg"].as_str().is_some_and(|m| m.contains("cni-bgp agent")),
+                    "{what}: STATUS of cni-bgp without its agent: {}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // cni-bgp's own IPAM check is cni-ipam's STATUS on the same config.
+            let ty = if ty == "cni-bgp" { "cni-ipam".to_string() } else { ty };
             let out = status(&ty, &conf);
             assert!(
                 out.status.success() && out.stdout.is_empty(),
@@ -490,7 +557,8 @@ fn every_conflist_passes_status_with_the_real_plugins() {
             n += 1;
         }
     }
-    assert!(n >= 4, "{n} plugin configs checked");
+    assert!(n >= 6, "{n} plugin configs checked");
+    assert!(etcd_tls.is_some(), "no conflist with etcd TLS was checked");
     // And STATUS can fail: the overlay without its subnet file is not ready (code 50).
     std::fs::remove_file(&subnet_file).unwrap();
     let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "overlay", "type": "cni-overlay",
@@ -498,4 +566,132 @@ fn every_conflist_passes_status_with_the_real_plugins() {
     let out = status("cni-overlay", &conf);
     let err: Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
     assert_eq!(err["code"], 50, "{err}");
+}
+
+/// The value of `--flag` in `argv`, else the binary's default as `--help` shows it.
+fn flag_or_default(bin: &str, sub: &str, argv: &[String], name: &str) -> String {
+    flag(argv, name).unwrap_or_else(|| {
+        let help = run_help(&binary(bin), &[sub, "--help"]);
+        help_flags(&help)
+            .into_iter()
+            .find(|(f, _)| f == name)
+            .and_then(|(_, d)| d)
+            .unwrap_or_else(|| panic!("{bin} {sub} --help shows no default for --{name}"))
+    })
+}
+
+/// The cni-bgp plugin entries of a conflist's text.
+fn bgp_plugins(what: &str, text: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: {e}"));
+    v["plugins"].as_array().into_iter().flatten().filter(|p| p["type"] == "cni-bgp").cloned().collect()
+}
+
+/// The cni-bgp agent and the conflist it serves (the plugin's STATUS asks the agent's
+/// `status.sock`; the plugin's IPAM writes the blocks the agent advertises) agree: state dir,
+/// etcd prefix, and, in the DaemonSet, a hostPath state dir shared with the host, the node name
+/// from the downward API, TLS files from the etcd Secret, and a readiness probe on the same
+/// state dir.
+#[test]
+fn the_bgp_agent_and_its_conflists_line_up() {
+    const DEFAULT_STATE_DIR: &str = "/run/cni-bgp";
+    let agent_default = flag_or_default("cni-bgp", "agent", &[], "state-dir");
+    assert_eq!(agent_default, DEFAULT_STATE_DIR, "the agent's default --state-dir");
+    let fields = table_under("docs/cni-bgp.md", "Config fields");
+    let plugin_default = fields.cell("stateDir", "Default").map(|c| c.text.clone()).unwrap_or_default();
+    assert!(plugin_default.contains(DEFAULT_STATE_DIR), "the plugin's stateDir default: {plugin_default}");
+    let prefix_default = flag_or_default("cni-bgp", "agent", &[], "etcd-prefix");
+    let line_up = |what: &str, argv: &[String], conflist: &str| {
+        let plugins = bgp_plugins(what, conflist);
+        assert_eq!(plugins.len(), 1, "{what}: one cni-bgp plugin");
+        let p = &plugins[0];
+        let state = flag(argv, "state-dir").unwrap_or(agent_default.clone());
+        assert_eq!(p["stateDir"].as_str().unwrap_or(DEFAULT_STATE_DIR), state, "{what}: stateDir");
+        let prefix = flag(argv, "etcd-prefix").unwrap_or(prefix_default.clone());
+        let cluster = &p["ipam"]["cluster"];
+        assert_eq!(cluster["mode"], "blocks", "{what}: the agent advertises cni-ipam's cluster blocks");
+        assert_eq!(cluster["etcdPrefix"].as_str().unwrap_or("/cni-ipam"), prefix, "{what}: etcdPrefix");
+        state
+    };
+
+    // systemd: the unit with deploy/cni/10-bgp.conflist.
+    let unit = read("deploy/cni-bgp/cni-bgp-agent.service").replace("\\\n", " ");
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let argv: Vec<String> = exec.split_whitespace().skip(1).map(str::to_string).collect();
+    assert_eq!(argv.first().map(String::as_str), Some("agent"));
+    let endpoints = flag(&argv, "etcd-endpoints").expect("--etcd-endpoints");
+    let conflist = read("deploy/cni/10-bgp.conflist");
+    line_up("the unit and deploy/cni/10-bgp.conflist", &argv, &conflist);
+    let p = &bgp_plugins("10-bgp.conflist", &conflist)[0];
+    assert_eq!(strs(&p["ipam"]["cluster"]["etcdEndpoints"]).join(","), endpoints, "the unit's etcd is the conflist's");
+
+    // Kubernetes: the DaemonSet with its ConfigMap's conflist.
+    let f = "deploy/cni-bgp/cni-bgp.yaml";
+    let docs = yaml_docs(f);
+    let conflist = docs
+        .iter()
+        .find_map(|d| d["data"]["10-bgp.conflist"].as_str())
+        .unwrap_or_else(|| panic!("{f}: no ConfigMap with 10-bgp.conflist"));
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap_or_else(|| panic!("{f}: no DaemonSet"));
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], true, "{f}: the agent peers and routes in the host's netns");
+    let agent = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| our_argv(c).is_some_and(|(b, a)| b == "cni-bgp" && a.first().map(String::as_str) == Some("agent")))
+        .unwrap_or_else(|| panic!("{f}: no cni-bgp agent container"));
+    let (_, argv) = our_argv(agent).unwrap();
+    let state = line_up(f, &argv, conflist);
+    let volume = |name: &Value| {
+        spec["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == *name).cloned().unwrap_or_default()
+    };
+    let mount_at = |dir: &str| {
+        agent["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["mountPath"].as_str().is_some_and(|p| dir == p || dir.starts_with(&format!("{p}/"))))
+            .max_by_key(|m| m["mountPath"].as_str().unwrap_or_default().len())
+            .map(|m| volume(&m["name"]))
+            .unwrap_or_else(|| panic!("{f}: the agent has nothing mounted at {dir}"))
+    };
+    assert_eq!(mount_at(&state)["hostPath"]["path"], state.as_str(), "{f}: the state dir is the host's");
+    // The node name from the downward API.
+    let raw: Vec<String> = strs(&agent["args"]);
+    let node_var = flag(&raw, "node-name").and_then(|v| v.strip_prefix("$(")?.strip_suffix(')').map(str::to_string));
+    let node_var = node_var.unwrap_or_else(|| panic!("{f}: --node-name=$(VAR)"));
+    let env = agent["env"].as_array().cloned().unwrap_or_default();
+    let from = env.iter().find(|e| e["name"] == node_var.as_str()).expect("the node name's env");
+    assert_eq!(from["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName", "{f}");
+    // etcd endpoints and TLS files from one Secret.
+    let secret = |v: &Value| v["secret"]["secretName"].as_str().map(str::to_string);
+    let ep_var = flag(&raw, "etcd-endpoints").expect("--etcd-endpoints");
+    let ep_env = env.iter().find(|e| format!("$({})", e["name"].as_str().unwrap_or_default()) == ep_var);
+    let ep_secret = ep_env.and_then(|e| e["valueFrom"]["secretKeyRef"]["name"].as_str()).map(str::to_string);
+    assert!(ep_secret.is_some(), "{f}: --etcd-endpoints from a Secret");
+    for tls in ["etcd-cafile", "etcd-certfile", "etcd-keyfile"] {
+        let file = flag(&argv, tls).unwrap_or_else(|| panic!("{f}: --{tls}"));
+        let v = mount_at(Path::new(&file).parent().unwrap().to_str().unwrap());
+        assert_eq!(secret(&v), ep_secret, "{f}: --{tls} {file} from the endpoints' Secret");
+        let name = Path::new(&file).file_name().unwrap().to_str().unwrap();
+        assert!(
+            v["secret"]["items"].as_array().into_iter().flatten().any(|it| it["path"] == name),
+            "{f}: the Secret volume has no {name}"
+        );
+    }
+    // The CNI side reads TLS files on the host, where the init container copies them.
+    let cluster = &bgp_plugins(f, conflist)[0]["ipam"]["cluster"];
+    let init = spec["initContainers"][0]["args"][0].as_str().expect("install-cni script");
+    for key in ["etcdCaFile", "etcdCertFile", "etcdKeyFile"] {
+        let file = cluster[key].as_str().unwrap_or_else(|| panic!("{f}: ipam.cluster.{key}"));
+        let name = Path::new(file).file_name().unwrap().to_str().unwrap();
+        let dir = Path::new(file).parent().unwrap().to_str().unwrap();
+        let installed = init.contains(&format!("/host{dir}/$f")) && init.contains(name);
+        assert!(installed, "{f}: {key} {file} is not installed");
+    }
+    // Ready only when the agent on this state dir says so.
+    let probes = our_probes(agent);
+    let (_, _, probe) = probes.iter().find(|(k, _, _)| k == "readinessProbe").expect("a readiness probe");
+    assert_eq!(probe.first().map(String::as_str), Some("status"), "{f}: readiness is `cni-bgp status`");
+    assert_eq!(flag(probe, "state-dir").unwrap_or(agent_default.clone()), state, "{f}: the probe asks this agent");
 }

@@ -109,8 +109,31 @@ fn host_routes() -> Vec<Ipv4Network> {
 pub enum Range {
     /// The whole subnet (IPAM defaults: .2 - .254, gateway .1).
     Full,
-    /// Exactly `n` addresses starting at .10 (`rangeStart`..`rangeEnd`).
+    /// Exactly `n` addresses starting at .10 (`rangeStart`..`rangeEnd`; with
+    /// `ipam.cluster`, /30 blocks of one address each, see [`cluster_pools`]).
     Tiny(u8),
+}
+
+/// `ipam.cluster.pools` (cni-ipam's cluster blocks mode) for `range` in the
+/// claimed /24. Full: the /24 in blocks of `block_size`. Tiny(n): /30 blocks,
+/// each holding exactly one address (network, gateway and broadcast are
+/// never handed out), in pools of 2^k blocks from .8 on, one pool per bit of
+/// n (n ≤ 31): Tiny(1) is .8/30 (address .10), Tiny(3) is .8/29 and .16/30.
+fn cluster_pools(claim: &SubnetClaim, range: Range, block_size: u8) -> Value {
+    let k = match range {
+        Range::Full => return json!([{"cidr": claim.net.to_string(), "blockSize": block_size}]),
+        Range::Tiny(k) => u32::from(k.clamp(1, 31)),
+    };
+    let mut pools = Vec::new();
+    let mut offset = 8u32;
+    for bit in (0..6).rev().filter(|b| k & (1 << b) != 0) {
+        let size = 4u32 << bit;
+        offset = offset.div_ceil(size) * size;
+        let start = claim.host(offset as u8);
+        pools.push(json!({"cidr": format!("{start}/{}", 30 - bit), "blockSize": 30}));
+        offset += size;
+    }
+    Value::Array(pools)
 }
 
 /// A unique network derived from the user's config; removes all traces on drop.
@@ -143,12 +166,21 @@ impl TestNet {
             for k in ["subnet", "rangeStart", "rangeEnd", "gateway"] {
                 ipam.remove(k);
             }
-            let mut r = json!({"subnet": claim.net.to_string()});
-            if let Range::Tiny(k) = range {
-                r["rangeStart"] = json!(claim.host(10).to_string());
-                r["rangeEnd"] = json!(claim.host(10 + k.max(1) - 1).to_string());
+            if let Some(cluster) = ipam.get_mut("cluster").and_then(Value::as_object_mut) {
+                // cni-ipam's cluster blocks mode refuses `ranges`: the pools are the range.
+                let bs = cluster.get("blockSize").and_then(Value::as_u64).filter(|b| (24..=30).contains(b));
+                for k in ["pool", "pools", "blockSize"] {
+                    cluster.remove(k);
+                }
+                cluster.insert("pools".into(), cluster_pools(&claim, range, bs.unwrap_or(26) as u8));
+            } else {
+                let mut r = json!({"subnet": claim.net.to_string()});
+                if let Range::Tiny(k) = range {
+                    r["rangeStart"] = json!(claim.host(10).to_string());
+                    r["rangeEnd"] = json!(claim.host(10 + k.max(1) - 1).to_string());
+                }
+                ipam.insert("ranges".into(), json!([[r]]));
             }
-            ipam.insert("ranges".into(), json!([[r]]));
             ipam.insert("dataDir".into(), json!(data_dir.display().to_string()));
         }
         Ok(TestNet { name, bridge, claim, data_dir, conf })
@@ -374,6 +406,31 @@ pub fn sweep_dead_runs() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_pools_hold_exactly_the_tiny_ranges_size() {
+        let claim = SubnetClaim { net: "10.230.7.0/24".parse().unwrap(), file: PathBuf::from("/nonexistent") };
+        let pools = |r| cluster_pools(&claim, r, 26).to_string();
+        assert_eq!(pools(Range::Full), r#"[{"blockSize":26,"cidr":"10.230.7.0/24"}]"#);
+        assert_eq!(pools(Range::Tiny(1)), r#"[{"blockSize":30,"cidr":"10.230.7.8/30"}]"#);
+        assert_eq!(pools(Range::Tiny(2)), r#"[{"blockSize":30,"cidr":"10.230.7.8/29"}]"#);
+        assert_eq!(
+            pools(Range::Tiny(3)),
+            r#"[{"blockSize":30,"cidr":"10.230.7.8/29"},{"blockSize":30,"cidr":"10.230.7.16/30"}]"#
+        );
+        // One allocatable address per /30 block: n blocks in all, none overlapping, inside the /24.
+        for n in 1..=31u8 {
+            let v = cluster_pools(&claim, Range::Tiny(n), 26);
+            let nets: Vec<Ipv4Network> =
+                v.as_array().unwrap().iter().map(|p| p["cidr"].as_str().unwrap().parse().unwrap()).collect();
+            let blocks: u32 = nets.iter().map(|p| 1u32 << (30 - p.prefix())).sum();
+            assert_eq!(blocks, u32::from(n), "{v}");
+            for (i, a) in nets.iter().enumerate() {
+                assert!(claim.net.contains(a.network()) && claim.net.contains(a.broadcast()), "{v}");
+                assert!(nets[i + 1..].iter().all(|b| !overlaps(a, b)), "{v}");
+            }
+        }
+    }
 
     #[test]
     fn masq_markers_match_only_their_network() {

@@ -108,10 +108,29 @@ impl SuiteRun {
 
 /// Runs `conformance cni --json` with `config` written to a temp file.
 pub fn run_suite(plugin_dir: &Path, ipam_dir: Option<&Path>, config: &Value, only: &[&str]) -> SuiteRun {
+    run_suite_in(None, plugin_dir, ipam_dir, config, only)
+}
+
+/// [`run_suite`] inside the named network namespace (`ip netns exec`): the
+/// plugin's host side is then that namespace.
+pub fn run_suite_in(
+    netns: Option<&str>,
+    plugin_dir: &Path,
+    ipam_dir: Option<&Path>,
+    config: &Value,
+    only: &[&str],
+) -> SuiteRun {
     let tmp = TempDir::new("cfg");
     let cfg = tmp.0.join("net.json");
     std::fs::write(&cfg, config.to_string()).expect("write config");
-    let mut cmd = Command::new(conformance_bin());
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(conformance_bin());
+            c
+        }
+        None => Command::new(conformance_bin()),
+    };
     cmd.arg("cni").arg("--plugin-dir").arg(plugin_dir).arg("--config").arg(&cfg).arg("--json");
     if let Some(d) = ipam_dir {
         cmd.arg("--ipam-plugin-dir").arg(d);
