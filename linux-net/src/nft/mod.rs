@@ -10,6 +10,9 @@
 //!   the kernel's replies, pure as well;
 //! * [`io`]: the `NETLINK_NETFILTER` socket in the calling thread's network
 //!   namespace, one batch and its acks, dumps and their retry;
+//! * [`txn`]: the general transaction API ([`Transaction`]): tables,
+//!   chains, sets, interval sets, verdict maps, elements and rules from
+//!   [`Match`]es, in one atomic batch;
 //! * this file: the public operations, composed from the above.
 //!
 //! Every mutating public operation is exactly one
@@ -34,7 +37,13 @@ mod parse;
 mod rules;
 #[cfg(test)]
 mod tests;
+mod txn;
 mod wire;
+
+pub use txn::{
+    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, Match, Rule, SetDef, SetElem, SetKey,
+    TableRef, Transaction, Verdict,
+};
 
 use ipnetwork::IpNetwork;
 use netlink_sys::Socket;
