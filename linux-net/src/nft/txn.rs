@@ -569,6 +569,11 @@ impl Transaction {
         self.batch.len() == 0
     }
 
+    #[cfg(test)]
+    pub(super) fn into_batch(self) -> Batch {
+        self.batch
+    }
+
     /// `add table` (no-op if it exists).
     pub fn add_table(&mut self, t: &TableRef) -> NftResult<&mut Self> {
         self.batch.new_table(t.family, &t.name)?;
