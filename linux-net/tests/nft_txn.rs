@@ -168,6 +168,18 @@ impl Lab {
             .success()
     }
 
+    /// Waits (bounded, 20 s) until every client address reaches the
+    /// server with no rules in place: neighbour discovery and routes of a
+    /// fresh lab settle first, so that a later dropped ping means a rule.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (src, dst) in [(A_OK4, B4), (A_BAD4, B4), (A_OK6, B6), (A_BAD6, B6)] {
+            while !self.ping(src, dst) {
+                assert!(Instant::now() < deadline, "lab broken: {src} cannot reach {dst} without rules");
+            }
+        }
+    }
+
     /// A TCP connect + HTTP exchange from `src` to `dst:port`; true if the
     /// server's answer arrived (3 s connect timeout).
     fn tcp(&self, src: &str, dst: &str, port: u16) -> bool {
@@ -269,7 +281,7 @@ fn forward_acl_sets_vmap_ct_and_atomic_failure() {
     lab.serve(&format!("{B4}:6000"));
 
     // before any rule: everything flows (proves the lab itself works)
-    assert!(lab.ping(A_BAD4, B4), "lab broken: no forwarding without rules");
+    lab.wait_ready();
     assert!(lab.tcp(A_BAD4, B4, 6000), "lab broken: no TCP without rules");
 
     commit_in(&router, acl(&t)).expect("apply the ACL");
@@ -368,6 +380,7 @@ fn oifname_goto_map_and_invalid_arguments() {
     let lab = Lab::new("g");
     let router = lab.ns.open(1);
     let t = TableRef::new(Family::Inet, "nxtgoto");
+    lab.wait_ready();
     let outmap = SetDef::verdict_map("outmap", SetKey::IfName);
     let mut x = Transaction::new();
     x.add_table(&t).unwrap();
@@ -400,6 +413,15 @@ fn oifname_goto_map_and_invalid_arguments() {
     assert!(!lab.ping(A_BAD4, B4));
     assert!(lab.tcp(A_BAD4, B4, 5001), "TCP inside the range dropped");
     assert!(!lab.tcp(A_BAD4, B4, 6001), "TCP outside the range passed");
+
+    // re-adding the base chain with another policy updates it in place
+    let mut x = Transaction::new();
+    x.add_chain(&t, "acl_fwd", Some(&BaseChain::filter(Hook::Forward, 0, ChainPolicy::Drop))).unwrap();
+    commit_in(&router, x).expect("policy update");
+    let listing = sh(&["ip", "netns", "exec", lab.ns.name(1), "nft", "list", "chain", "inet", "nxtgoto", "acl_fwd"]);
+    assert!(listing.contains("policy drop;"), "{listing}");
+    // to_b ends with the base chain's policy (goto), now drop
+    assert!(!lab.ping(A_OK4, B4), "policy drop not in force");
 
     // refused before sending: wrong element type, range in a plain set,
     // ifname too long, a set as a map
