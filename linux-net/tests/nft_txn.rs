@@ -499,13 +499,13 @@ fn scale_1k_chains_and_sets_apply_and_one_element() {
             let rs = ruleset(ns.name(0));
             assert_eq!(elements(&rs, "nets").len(), N + 1);
             assert_eq!(elements(&rs, "eps").len(), N);
-            println!("full batch: {msgs} messages");
+            eprintln!("full batch: {msgs} messages");
         }
         let mut x = Transaction::new();
         x.delete_table(&t).unwrap();
         commit_in(&netns, x).expect("delete table");
     }
-    println!(
+    eprintln!(
         "nft scale: 1k chains x 1 rule + 1k-entry vmap + 1k-CIDR interval set from nothing: median {:.1} ms (all {:?}); one element on top: median {:.3} ms (all {:?})",
         median(full.clone()).as_secs_f64() * 1e3,
         full,

@@ -208,6 +208,25 @@ pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
     nest_end(buf, elem);
 }
 
+/// A set's attributes as sent: flags, (key type, key length), key byte
+/// order (userdata) and the data type of a map.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SetWire {
+    pub(super) flags: u32,
+    pub(super) key: (u32, u32),
+    pub(super) key_byteorder: u32,
+    pub(super) data_type: Option<u32>,
+}
+
+/// One set element as sent: key bytes, element flags, and the verdict
+/// (code, chain) of a map entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct WireElem {
+    pub(super) key: Vec<u8>,
+    pub(super) flags: u32,
+    pub(super) verdict: Option<(u32, Option<String>)>,
+}
+
 /// One nf_tables transaction under construction: BATCH_BEGIN, then one
 /// message per operation (each with NLM_F_ACK and its own sequence number),
 /// BATCH_END added by [`Batch::finish`].
@@ -317,16 +336,8 @@ impl Batch {
 
     /// NEWSET without NLM_F_EXCL. `data_type` makes it a map
     /// (`NFT_DATA_VERDICT` for a verdict map, whose data length is implied).
-    pub(super) fn new_set(
-        &mut self,
-        family: Family,
-        table: &str,
-        set: &str,
-        flags: u32,
-        key: (u32, u32),
-        key_byteorder: u32,
-        data_type: Option<u32>,
-    ) -> NftResult<()> {
+    pub(super) fn new_set(&mut self, family: Family, table: &str, set: &str, spec: &SetWire) -> NftResult<()> {
+        let SetWire { flags, key, key_byteorder, data_type } = *spec;
         check_name("table", table)?;
         check_name("set", set)?;
         if data_type.is_some_and(|dt| dt != NFT_DATA_VERDICT) {
@@ -387,7 +398,7 @@ impl Batch {
         table: &str,
         set: &str,
         add: bool,
-        elems: &[(Vec<u8>, u32, Option<(u32, Option<String>)>)],
+        elems: &[WireElem],
     ) -> NftResult<()> {
         check_name("table", table)?;
         check_name("set", set)?;
@@ -403,7 +414,7 @@ impl Batch {
             put_strz(b, NFTA_SET_ELEM_LIST_SET, set);
             let list = nest_start(b, NFTA_SET_ELEM_LIST_ELEMENTS);
             let mut n = 0;
-            for (key, eflags, data) in rest {
+            for WireElem { key, flags: eflags, verdict: data } in rest {
                 if b.len() - list > CHUNK_BYTES {
                     break;
                 }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::build::Batch;
+use super::build::{Batch, SetWire, WireElem};
 use super::io::execute;
 use super::rules::{addr_bytes, prefix_match, Expr};
 use super::wire::*;
@@ -634,7 +634,8 @@ impl Transaction {
         }
         let data = def.verdict_map.then_some(NFT_DATA_VERDICT);
         let order = if def.key == SetKey::IfName { BYTEORDER_HOST_ENDIAN } else { BYTEORDER_BIG_ENDIAN };
-        self.batch.new_set(t.family, &t.name, &def.name, flags, def.key.type_len(), order, data)?;
+        let spec = SetWire { flags, key: def.key.type_len(), key_byteorder: order, data_type: data };
+        self.batch.new_set(t.family, &t.name, &def.name, &spec)?;
         Ok(self)
     }
 
@@ -697,7 +698,7 @@ impl Transaction {
             let data = verdict.map(Verdict::code_chain).transpose()?;
             for (i, (key, flags)) in elem_keys(def, elem)?.into_iter().enumerate() {
                 // the data goes on the start element; the end carries none
-                wire.push((key, flags, if i == 0 { data.clone() } else { None }));
+                wire.push(WireElem { key, flags, verdict: if i == 0 { data.clone() } else { None } });
             }
         }
         if !wire.is_empty() {
