@@ -357,6 +357,22 @@ fn forward_acl_sets_vmap_ct_and_atomic_failure() {
     assert!(!lab.ping(A_BAD6, B6), "failed batch opened the filter");
     assert!(!lab.tcp(A_OK4, B4, 6000), "failed batch's element add took effect");
 
+    // destroy (delete if present): absent elements, map keys, sets and
+    // chains are no error, present ones go
+    let mut x = Transaction::new();
+    x.destroy_elements(&t, &allow_v4(), &[SetElem::Net(net("192.0.2.0/24")), SetElem::Addr(A_BAD4.parse().unwrap())])
+        .unwrap();
+    x.destroy_map_entries(&t, &ifmap(), &[SetElem::IfName("nosuchif".into())]).unwrap();
+    x.destroy_set(&t, "no_such_set").unwrap();
+    x.destroy_chain(&t, "no_such_chain").unwrap();
+    commit_in(&router, x).expect("destroy of absent objects");
+    assert_eq!(elements(&ruleset(lab.ns.name(1)), "allow_v4"), ["10.81.1.0/30", "10.81.9.0/24"]);
+    assert!(!lab.ping(A_BAD4, B4), "destroyed element still allows");
+    let mut x = Transaction::new();
+    x.delete_elements(&t, &allow_v4(), &[SetElem::Net(net("192.0.2.0/24"))]).unwrap();
+    let err = commit_in(&router, x).expect_err("delete of an absent element");
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+
     // deleting what the ACL added, in dependency order, in one batch
     let mut x = Transaction::new();
     x.flush_table(&t).unwrap();
@@ -371,6 +387,10 @@ fn forward_acl_sets_vmap_ct_and_atomic_failure() {
     let mut x = Transaction::new();
     x.delete_table(&t).unwrap();
     commit_in(&router, x).expect("delete table");
+    let mut x = Transaction::new();
+    x.destroy_table(&t).unwrap();
+    commit_in(&router, x).expect("destroy of an absent table");
+    assert!(ruleset(lab.ns.name(1)).iter().all(|o| o.get("table").is_none()), "a table is left");
 }
 
 /// Verdict map dispatch by output interface with goto, and arguments that

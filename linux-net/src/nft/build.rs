@@ -388,7 +388,7 @@ impl Batch {
         Ok(())
     }
 
-    /// NEWSETELEM (`add`) or DELSETELEM (`!add`) for `elems`: each is
+    /// NEWSETELEM, DELSETELEM or DESTROYSETELEM (`msg`) for `elems`: each is
     /// (key bytes, element flags, verdict data of a map entry). Split into
     /// several messages of the same batch when the element list would
     /// outgrow a 16-bit attribute length.
@@ -397,14 +397,17 @@ impl Batch {
         family: Family,
         table: &str,
         set: &str,
-        add: bool,
+        msg: u16,
         elems: &[WireElem],
     ) -> NftResult<()> {
         check_name("table", table)?;
         check_name("set", set)?;
         const CHUNK_BYTES: usize = 32 * 1024;
-        let (msg, verb, flags) =
-            if add { (NFT_MSG_NEWSETELEM, "add", NLM_F_CREATE) } else { (NFT_MSG_DELSETELEM, "delete", 0) };
+        let (verb, flags) = match msg {
+            NFT_MSG_NEWSETELEM => ("add", NLM_F_CREATE),
+            NFT_MSG_DESTROYSETELEM => ("destroy", 0),
+            _ => ("delete", 0),
+        };
         let mut rest = elems;
         while !rest.is_empty() {
             let op = format!("{verb} elements of set {set} in table {family} {table}");
@@ -435,6 +438,20 @@ impl Batch {
             msg_end(b, m);
             rest = &rest[n..];
         }
+        Ok(())
+    }
+
+    /// DESTROYTABLE, DESTROYCHAIN or DESTROYSET (`msg`): delete if present
+    /// (Linux >= 6.3); `attrs` name the object as for the DEL message.
+    pub(super) fn destroy(&mut self, msg: u16, family: Family, attrs: &[(u16, &str)], op: String) -> NftResult<()> {
+        for (_, name) in attrs {
+            check_name("object", name)?;
+        }
+        let m = self.start(msg, 0, family, op);
+        for (ty, name) in attrs {
+            put_strz(&mut self.buf, *ty, name);
+        }
+        msg_end(&mut self.buf, m);
         Ok(())
     }
 

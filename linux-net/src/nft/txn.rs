@@ -653,13 +653,43 @@ impl Transaction {
 
     /// `add element` to a set (not a map).
     pub fn add_elements(&mut self, t: &TableRef, def: &SetDef, elems: &[SetElem]) -> NftResult<&mut Self> {
-        self.elements(t, def, elems.iter().map(|e| (e, None)), true)
+        self.elements(t, def, elems.iter().map(|e| (e, None)), NFT_MSG_NEWSETELEM)
     }
 
     /// `delete element` from a set; an interval is removed by giving the
     /// same CIDR or range it was added with.
     pub fn delete_elements(&mut self, t: &TableRef, def: &SetDef, elems: &[SetElem]) -> NftResult<&mut Self> {
-        self.elements(t, def, elems.iter().map(|e| (e, None)), false)
+        self.elements(t, def, elems.iter().map(|e| (e, None)), NFT_MSG_DELSETELEM)
+    }
+
+    /// `destroy element`: like [`delete_elements`](Self::delete_elements)
+    /// but an element that is not in the set is no error (Linux >= 6.3).
+    pub fn destroy_elements(&mut self, t: &TableRef, def: &SetDef, elems: &[SetElem]) -> NftResult<&mut Self> {
+        self.elements(t, def, elems.iter().map(|e| (e, None)), NFT_MSG_DESTROYSETELEM)
+    }
+
+    /// `destroy table`: delete if present (Linux >= 6.3).
+    pub fn destroy_table(&mut self, t: &TableRef) -> NftResult<&mut Self> {
+        let op = format!("destroy table {} {}", t.family, t.name);
+        self.batch.destroy(NFT_MSG_DESTROYTABLE, t.family, &[(NFTA_TABLE_NAME, &t.name)], op)?;
+        Ok(self)
+    }
+
+    /// `destroy chain`: delete if present (Linux >= 6.3); if present it
+    /// must be empty and unreferenced, as for [`delete_chain`](Self::delete_chain).
+    pub fn destroy_chain(&mut self, t: &TableRef, chain: &str) -> NftResult<&mut Self> {
+        let op = format!("destroy chain {chain} in table {} {}", t.family, t.name);
+        let attrs = [(NFTA_CHAIN_TABLE, t.name.as_str()), (NFTA_CHAIN_NAME, chain)];
+        self.batch.destroy(NFT_MSG_DESTROYCHAIN, t.family, &attrs, op)?;
+        Ok(self)
+    }
+
+    /// `destroy set|map`: delete if present (Linux >= 6.3).
+    pub fn destroy_set(&mut self, t: &TableRef, name: &str) -> NftResult<&mut Self> {
+        let op = format!("destroy set {name} in table {} {}", t.family, t.name);
+        let attrs = [(NFTA_SET_TABLE, t.name.as_str()), (NFTA_SET_NAME, name)];
+        self.batch.destroy(NFT_MSG_DESTROYSET, t.family, &attrs, op)?;
+        Ok(self)
     }
 
     /// `add element` to a verdict map: `key : verdict` entries.
@@ -672,7 +702,7 @@ impl Transaction {
         if !def.verdict_map {
             return Err(NftError::Invalid(format!("{} is a set, not a verdict map", def.name)));
         }
-        self.elements(t, def, entries.iter().map(|(k, v)| (k, Some(v))), true)
+        self.elements(t, def, entries.iter().map(|(k, v)| (k, Some(v))), NFT_MSG_NEWSETELEM)
     }
 
     /// `delete element` from a verdict map, by key.
@@ -680,7 +710,16 @@ impl Transaction {
         if !def.verdict_map {
             return Err(NftError::Invalid(format!("{} is a set, not a verdict map", def.name)));
         }
-        self.elements(t, def, keys.iter().map(|k| (k, None)), false)
+        self.elements(t, def, keys.iter().map(|k| (k, None)), NFT_MSG_DELSETELEM)
+    }
+
+    /// `destroy element` of a verdict map: no error for an absent key
+    /// (Linux >= 6.3).
+    pub fn destroy_map_entries(&mut self, t: &TableRef, def: &SetDef, keys: &[SetElem]) -> NftResult<&mut Self> {
+        if !def.verdict_map {
+            return Err(NftError::Invalid(format!("{} is a set, not a verdict map", def.name)));
+        }
+        self.elements(t, def, keys.iter().map(|k| (k, None)), NFT_MSG_DESTROYSETELEM)
     }
 
     fn elements<'a>(
@@ -688,8 +727,9 @@ impl Transaction {
         t: &TableRef,
         def: &SetDef,
         items: impl Iterator<Item = (&'a SetElem, Option<&'a Verdict>)>,
-        add: bool,
+        msg: u16,
     ) -> NftResult<&mut Self> {
+        let add = msg == NFT_MSG_NEWSETELEM;
         let mut wire = Vec::new();
         for (elem, verdict) in items {
             if add && def.verdict_map && verdict.is_none() {
@@ -702,7 +742,7 @@ impl Transaction {
             }
         }
         if !wire.is_empty() {
-            self.batch.set_elems(t.family, &t.name, &def.name, add, &wire)?;
+            self.batch.set_elems(t.family, &t.name, &def.name, msg, &wire)?;
         }
         Ok(self)
     }
