@@ -28,8 +28,10 @@
 //! Why no crate: `nftnl` binds the C libnftnl (a C dependency on every
 //! node), `nftables` drives the `nft` binary (an exec per ADD),
 //! `rustables` is GPL-3.0 (this workspace is Apache-2.0) and `nf_tables`
-//! 0.1 is an early single-author release. What we use is small: three
-//! message kinds to write, two to read, six expression types.
+//! 0.1 is an early single-author release. What we use is small: the
+//! table, chain, rule, set and element messages, chain and rule dumps, and
+//! twelve expression types (meta, payload, bitwise, cmp, range, immediate,
+//! lookup, ct, counter, log, masq, and verdicts with a chain).
 
 mod build;
 mod io;
