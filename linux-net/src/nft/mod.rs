@@ -30,8 +30,8 @@
 //! `rustables` is GPL-3.0 (this workspace is Apache-2.0) and `nf_tables`
 //! 0.1 is an early single-author release. What we use is small: the
 //! table, chain, rule, set and element messages, chain and rule dumps, and
-//! twelve expression types (meta, payload, bitwise, cmp, range, immediate,
-//! lookup, ct, counter, log, masq, and verdicts with a chain).
+//! eleven expression types (meta, payload, bitwise, cmp, range, immediate
+//! with a verdict and optional chain, lookup, ct, counter, log, masq).
 
 mod build;
 mod io;
