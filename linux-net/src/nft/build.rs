@@ -104,6 +104,16 @@ pub(super) fn put_data_value(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
     nest_end(buf, n);
 }
 
+/// `NFTA_DATA_VERDICT { CODE, [CHAIN] }` (the caller opened the data nest).
+pub(super) fn put_verdict(buf: &mut Vec<u8>, code: u32, chain: Option<&str>) {
+    let v = nest_start(buf, NFTA_DATA_VERDICT);
+    put_be32(buf, NFTA_VERDICT_CODE, code);
+    if let Some(c) = chain {
+        put_strz(buf, NFTA_VERDICT_CHAIN, c);
+    }
+    nest_end(buf, v);
+}
+
 /// Appends one `NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA {...} }`.
 /// Attribute order follows libnftnl so the bytes equal nft's.
 pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
@@ -115,6 +125,12 @@ pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
         Expr::Cmp { .. } => "cmp",
         Expr::Verdict { .. } => "immediate",
         Expr::Masq => "masq",
+        Expr::VerdictChain { .. } => "immediate",
+        Expr::Lookup { .. } => "lookup",
+        Expr::Ct { .. } => "ct",
+        Expr::Counter => "counter",
+        Expr::Log { .. } => "log",
+        Expr::Range { .. } => "range",
     };
     put_strz(buf, NFTA_EXPR_NAME, name);
     if *expr != Expr::Masq {
@@ -151,10 +167,64 @@ pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
                 nest_end(buf, d);
             }
             Expr::Masq => unreachable!("masq carries no data"),
+            Expr::VerdictChain { code, chain } => {
+                put_be32(buf, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+                let d = nest_start(buf, NFTA_IMMEDIATE_DATA);
+                put_verdict(buf, *code, Some(chain));
+                nest_end(buf, d);
+            }
+            Expr::Lookup { set, vmap, invert } => {
+                put_strz(buf, NFTA_LOOKUP_SET, set);
+                put_be32(buf, NFTA_LOOKUP_SREG, NFT_REG_1);
+                if *vmap {
+                    put_be32(buf, NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
+                }
+                if *invert {
+                    put_be32(buf, NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+                }
+            }
+            Expr::Ct { key } => {
+                put_be32(buf, NFTA_CT_KEY, *key);
+                put_be32(buf, NFTA_CT_DREG, NFT_REG_1);
+            }
+            Expr::Counter => {
+                put_attr(buf, NFTA_COUNTER_BYTES, &0u64.to_be_bytes());
+                put_attr(buf, NFTA_COUNTER_PACKETS, &0u64.to_be_bytes());
+            }
+            Expr::Range { op, from, to } => {
+                put_be32(buf, NFTA_RANGE_SREG, NFT_REG_1);
+                put_be32(buf, NFTA_RANGE_OP, *op);
+                put_data_value(buf, NFTA_RANGE_FROM_DATA, from);
+                put_data_value(buf, NFTA_RANGE_TO_DATA, to);
+            }
+            Expr::Log { prefix } => {
+                if let Some(p) = prefix {
+                    put_strz(buf, NFTA_LOG_PREFIX, p);
+                }
+            }
         }
         nest_end(buf, data);
     }
     nest_end(buf, elem);
+}
+
+/// A set's attributes as sent: flags, (key type, key length), key byte
+/// order (userdata) and the data type of a map.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SetWire {
+    pub(super) flags: u32,
+    pub(super) key: (u32, u32),
+    pub(super) key_byteorder: u32,
+    pub(super) data_type: Option<u32>,
+}
+
+/// One set element as sent: key bytes, element flags, and the verdict
+/// (code, chain) of a map entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct WireElem {
+    pub(super) key: Vec<u8>,
+    pub(super) flags: u32,
+    pub(super) verdict: Option<(u32, Option<String>)>,
 }
 
 /// One nf_tables transaction under construction: BATCH_BEGIN, then one
@@ -224,6 +294,18 @@ impl Batch {
         hooknum: u32,
         priority: i32,
     ) -> NftResult<()> {
+        self.new_chain(family, table, chain, Some((chain_type, hooknum, priority, NF_ACCEPT)))
+    }
+
+    /// NEWCHAIN without NLM_F_EXCL: a regular chain (`base` = `None`) or a
+    /// base chain `(type, hook number, priority, policy verdict)`.
+    pub(super) fn new_chain(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        base: Option<(&str, u32, i32, u32)>,
+    ) -> NftResult<()> {
         check_name("table", table)?;
         check_name("chain", chain)?;
         let op = format!("add chain {chain} in table {family} {table}");
@@ -231,14 +313,151 @@ impl Batch {
         let b = &mut self.buf;
         put_strz(b, NFTA_CHAIN_TABLE, table);
         put_strz(b, NFTA_CHAIN_NAME, chain);
-        put_strz(b, NFTA_CHAIN_TYPE, chain_type);
-        let h = nest_start(b, NFTA_CHAIN_HOOK);
-        put_be32(b, NFTA_HOOK_HOOKNUM, hooknum);
-        put_be32(b, NFTA_HOOK_PRIORITY, priority as u32);
-        nest_end(b, h);
-        put_be32(b, NFTA_CHAIN_POLICY, NF_ACCEPT);
+        if let Some((chain_type, hooknum, priority, policy)) = base {
+            put_strz(b, NFTA_CHAIN_TYPE, chain_type);
+            let h = nest_start(b, NFTA_CHAIN_HOOK);
+            put_be32(b, NFTA_HOOK_HOOKNUM, hooknum);
+            put_be32(b, NFTA_HOOK_PRIORITY, priority as u32);
+            nest_end(b, h);
+            put_be32(b, NFTA_CHAIN_POLICY, policy);
+        }
         msg_end(b, m);
         Ok(())
+    }
+
+    /// DELRULE with only the table: deletes every rule of every chain.
+    pub(super) fn flush_table(&mut self, family: Family, table: &str) -> NftResult<()> {
+        check_name("table", table)?;
+        let m = self.start(NFT_MSG_DELRULE, 0, family, format!("flush table {family} {table}"));
+        put_strz(&mut self.buf, NFTA_RULE_TABLE, table);
+        msg_end(&mut self.buf, m);
+        Ok(())
+    }
+
+    /// NEWSET without NLM_F_EXCL. `data_type` makes it a map
+    /// (`NFT_DATA_VERDICT` for a verdict map, whose data length is implied).
+    pub(super) fn new_set(&mut self, family: Family, table: &str, set: &str, spec: &SetWire) -> NftResult<()> {
+        let SetWire { flags, key, key_byteorder, data_type } = *spec;
+        check_name("table", table)?;
+        check_name("set", set)?;
+        if data_type.is_some_and(|dt| dt != NFT_DATA_VERDICT) {
+            return Err(NftError::Invalid("only verdict maps are supported".into()));
+        }
+        let id = self.next_seq; // unique in the batch, which is all NFTA_SET_ID needs
+        let op = format!("add set {set} in table {family} {table}");
+        let m = self.start(NFT_MSG_NEWSET, NLM_F_CREATE, family, op);
+        let b = &mut self.buf;
+        put_strz(b, NFTA_SET_TABLE, table);
+        put_strz(b, NFTA_SET_NAME, set);
+        put_be32(b, NFTA_SET_FLAGS, flags);
+        put_be32(b, NFTA_SET_KEY_TYPE, key.0);
+        put_be32(b, NFTA_SET_KEY_LEN, key.1);
+        if let Some(dt) = data_type {
+            put_be32(b, NFTA_SET_DATA_TYPE, dt);
+        }
+        put_be32(b, NFTA_SET_ID, id);
+        // libnftnl userdata: the key's byte order (NFTNL_UDATA_SET_KEYBYTEORDER,
+        // a native u32: 1 host, 2 big endian). Without it nft assumes the
+        // datatype's order and prints interface names byte-swapped (empty).
+        let mut u = vec![NFTNL_UDATA_SET_KEYBYTEORDER, 4];
+        u.extend_from_slice(&key_byteorder.to_ne_bytes());
+        put_attr(b, NFTA_SET_USERDATA, &u);
+        msg_end(b, m);
+        Ok(())
+    }
+
+    /// DELSET (the set and its elements; the kernel refuses while a rule uses it).
+    pub(super) fn del_set(&mut self, family: Family, table: &str, set: &str) -> NftResult<()> {
+        check_name("table", table)?;
+        check_name("set", set)?;
+        let m = self.start(NFT_MSG_DELSET, 0, family, format!("delete set {set} in table {family} {table}"));
+        put_strz(&mut self.buf, NFTA_SET_TABLE, table);
+        put_strz(&mut self.buf, NFTA_SET_NAME, set);
+        msg_end(&mut self.buf, m);
+        Ok(())
+    }
+
+    /// DELSETELEM without an element list: removes every element.
+    pub(super) fn flush_set(&mut self, family: Family, table: &str, set: &str) -> NftResult<()> {
+        check_name("table", table)?;
+        check_name("set", set)?;
+        let m = self.start(NFT_MSG_DELSETELEM, 0, family, format!("flush set {set} in table {family} {table}"));
+        put_strz(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+        put_strz(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
+        msg_end(&mut self.buf, m);
+        Ok(())
+    }
+
+    /// NEWSETELEM, DELSETELEM or DESTROYSETELEM (`msg`) for `elems`: each is
+    /// (key bytes, element flags, verdict data of a map entry). Split into
+    /// several messages of the same batch when the element list would
+    /// outgrow a 16-bit attribute length.
+    pub(super) fn set_elems(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        msg: u16,
+        elems: &[WireElem],
+    ) -> NftResult<()> {
+        check_name("table", table)?;
+        check_name("set", set)?;
+        const CHUNK_BYTES: usize = 32 * 1024;
+        let (verb, flags) = match msg {
+            NFT_MSG_NEWSETELEM => ("add", NLM_F_CREATE),
+            NFT_MSG_DESTROYSETELEM => ("destroy", 0),
+            _ => ("delete", 0),
+        };
+        let mut rest = elems;
+        while !rest.is_empty() {
+            let op = format!("{verb} elements of set {set} in table {family} {table}");
+            let m = self.start(msg, flags, family, op);
+            let b = &mut self.buf;
+            put_strz(b, NFTA_SET_ELEM_LIST_TABLE, table);
+            put_strz(b, NFTA_SET_ELEM_LIST_SET, set);
+            let list = nest_start(b, NFTA_SET_ELEM_LIST_ELEMENTS);
+            let mut n = 0;
+            for WireElem { key, flags: eflags, verdict: data } in rest {
+                if b.len() - list > CHUNK_BYTES {
+                    break;
+                }
+                let e = nest_start(b, NFTA_LIST_ELEM);
+                put_data_value(b, NFTA_SET_ELEM_KEY, key);
+                if *eflags != 0 {
+                    put_be32(b, NFTA_SET_ELEM_FLAGS, *eflags);
+                }
+                if let Some((code, chain)) = data {
+                    let d = nest_start(b, NFTA_SET_ELEM_DATA);
+                    put_verdict(b, *code, chain.as_deref());
+                    nest_end(b, d);
+                }
+                nest_end(b, e);
+                n += 1;
+            }
+            nest_end(b, list);
+            msg_end(b, m);
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// DESTROYTABLE, DESTROYCHAIN or DESTROYSET (`msg`): delete if present
+    /// (Linux >= 6.3); `attrs` name the object as for the DEL message.
+    pub(super) fn destroy(&mut self, msg: u16, family: Family, attrs: &[(u16, &str)], op: String) -> NftResult<()> {
+        for (_, name) in attrs {
+            check_name("object", name)?;
+        }
+        let m = self.start(msg, 0, family, op);
+        for (ty, name) in attrs {
+            put_strz(&mut self.buf, *ty, name);
+        }
+        msg_end(&mut self.buf, m);
+        Ok(())
+    }
+
+    /// Number of messages between BATCH_BEGIN and BATCH_END so far.
+    pub(super) fn len(&self) -> usize {
+        self.ops.len()
     }
 
     pub(super) fn del_chain(&mut self, family: Family, table: &str, chain: &str) -> NftResult<()> {

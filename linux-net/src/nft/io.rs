@@ -66,6 +66,7 @@ pub(super) fn execute(batch: Batch, enoent_ok: bool) -> NftResult<()> {
 
 pub(super) fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftResult<()> {
     let (bytes, begin_seq, ops) = batch.finish();
+    grow_buffers(sock, bytes.len(), ops.len());
     let sent = sock.send(&bytes, 0)?;
     if sent != bytes.len() {
         return Err(NftError::Protocol(format!("short send: {sent} of {} bytes", bytes.len())));
@@ -125,6 +126,36 @@ pub(super) fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftRes
             Err(NftError::Kernel { op, errno })
         }
     }
+}
+
+/// A batch is one datagram, refused with EMSGSIZE beyond the socket's send
+/// buffer (~208 KiB by default), and every message is acked, so a large
+/// batch also needs room for its acks: raise both buffers (as nft does)
+/// when the defaults are too small. Failure only leaves the defaults,
+/// and the send then reports the real error.
+fn grow_buffers(sock: &Socket, batch_bytes: usize, msgs: usize) {
+    const DEFAULT: usize = 200 * 1024;
+    // an ack of a capped message: nlmsghdr + error + echoed nlmsghdr, plus
+    // the kernel's per-skb overhead, generously
+    let acks = msgs * 512;
+    let set = |opt: libc::c_int, want: usize| {
+        if want <= DEFAULT {
+            return;
+        }
+        let v = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid socket fd and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::SO_SNDBUFFORCE, batch_bytes + 64 * 1024);
+    set(libc::SO_RCVBUFFORCE, acks);
 }
 
 pub(super) enum DumpError {

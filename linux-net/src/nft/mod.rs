@@ -10,6 +10,9 @@
 //!   the kernel's replies, pure as well;
 //! * [`io`]: the `NETLINK_NETFILTER` socket in the calling thread's network
 //!   namespace, one batch and its acks, dumps and their retry;
+//! * [`txn`]: the general transaction API ([`Transaction`]): tables,
+//!   chains, sets, interval sets, verdict maps, elements and rules from
+//!   [`Match`]es, in one atomic batch;
 //! * this file: the public operations, composed from the above.
 //!
 //! Every mutating public operation is exactly one
@@ -25,8 +28,10 @@
 //! Why no crate: `nftnl` binds the C libnftnl (a C dependency on every
 //! node), `nftables` drives the `nft` binary (an exec per ADD),
 //! `rustables` is GPL-3.0 (this workspace is Apache-2.0) and `nf_tables`
-//! 0.1 is an early single-author release. What we use is small: three
-//! message kinds to write, two to read, six expression types.
+//! 0.1 is an early single-author release. What we use is small: the
+//! table, chain, rule, set and element messages, chain and rule dumps, and
+//! eleven expression types (meta, payload, bitwise, cmp, range, immediate
+//! with a verdict and optional chain, lookup, ct, counter, log, masq).
 
 mod build;
 mod io;
@@ -34,7 +39,13 @@ mod parse;
 mod rules;
 #[cfg(test)]
 mod tests;
+mod txn;
 mod wire;
+
+pub use txn::{
+    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, Match, Rule, SetDef, SetElem, SetKey,
+    TableRef, Transaction, Verdict,
+};
 
 use ipnetwork::IpNetwork;
 use netlink_sys::Socket;

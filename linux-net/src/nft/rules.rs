@@ -23,6 +23,18 @@ pub(super) enum Expr {
     Verdict { code: u32 },
     /// `masq`
     Masq,
+    /// `immediate reg 0 jump|goto <chain>`
+    VerdictChain { code: u32, chain: String },
+    /// `lookup reg 1 set <set> [0x1]`, or `... dreg 0` for a verdict map
+    Lookup { set: String, vmap: bool, invert: bool },
+    /// `ct load <key> => reg 1`
+    Ct { key: u32 },
+    /// `counter packets 0 bytes 0`
+    Counter,
+    /// `range eq|neq reg 1 <from> <to>`
+    Range { op: u32, from: Vec<u8>, to: Vec<u8> },
+    /// `log [prefix <p>]`
+    Log { prefix: Option<String> },
 }
 
 pub(super) fn canonical(subnet: IpNetwork) -> (IpAddr, u8) {

@@ -405,3 +405,136 @@ fn rule_handle_is_parsed() {
     assert_eq!((r.table.as_str(), r.chain.as_str(), r.handle), ("t", "c", Some(42)));
     assert_eq!(r.exprs, Some(vec![]));
 }
+
+// ---------------------------------------------------------------------------
+// transaction API: element keys, rule expressions, batch contents
+// ---------------------------------------------------------------------------
+
+mod txn_encoding {
+    use super::super::txn::elem_keys;
+    use super::*;
+
+    const END: u32 = NFT_SET_ELEM_INTERVAL_END;
+
+    #[test]
+    fn interval_elements_are_start_and_end_plus_one() {
+        let v4 = SetDef::interval_set("s", SetKey::Ipv4Addr);
+        assert_eq!(
+            elem_keys(&v4, &SetElem::Net(net("10.1.2.3/24"))).unwrap(),
+            [(vec![10, 1, 2, 0], 0), (vec![10, 1, 3, 0], END)]
+        );
+        assert_eq!(
+            elem_keys(&v4, &SetElem::Addr("10.0.0.255".parse().unwrap())).unwrap(),
+            [(vec![10, 0, 0, 255], 0), (vec![10, 0, 1, 0], END)]
+        );
+        // a range up to the largest value has no end element
+        assert_eq!(elem_keys(&v4, &SetElem::Net(net("0.0.0.0/0"))).unwrap(), [(vec![0, 0, 0, 0], 0)]);
+        assert_eq!(elem_keys(&v4, &SetElem::Net(net("255.255.255.0/24"))).unwrap(), [(vec![255, 255, 255, 0], 0)]);
+        let v6 = SetDef::interval_set("s", SetKey::Ipv6Addr);
+        let keys = elem_keys(&v6, &SetElem::Net(net("fd00::/8"))).unwrap();
+        assert_eq!(keys[0].0[..2], [0xfd, 0]);
+        assert_eq!(keys[1], ([vec![0xfe], vec![0; 15]].concat(), END));
+        let ports = SetDef::interval_set("p", SetKey::InetService);
+        assert_eq!(
+            elem_keys(&ports, &SetElem::PortRange(5000, 5010)).unwrap(),
+            [(vec![0x13, 0x88], 0), (vec![0x13, 0x93], END)]
+        );
+        assert_eq!(elem_keys(&ports, &SetElem::PortRange(1, 65535)).unwrap(), [(vec![0, 1], 0)]);
+    }
+
+    #[test]
+    fn plain_sets_refuse_ranges_and_wrong_types() {
+        let v4 = SetDef::set("s", SetKey::Ipv4Addr);
+        assert_eq!(elem_keys(&v4, &SetElem::Net(net("10.0.0.1/32"))).unwrap(), [(vec![10, 0, 0, 1], 0)]);
+        assert!(elem_keys(&v4, &SetElem::Net(net("10.0.0.0/31"))).is_err());
+        assert!(elem_keys(&v4, &SetElem::Addr("::1".parse().unwrap())).is_err());
+        assert!(elem_keys(&v4, &SetElem::Port(80)).is_err());
+        let ports = SetDef::set("p", SetKey::InetService);
+        assert!(elem_keys(&ports, &SetElem::PortRange(1, 2)).is_err());
+        assert!(elem_keys(&SetDef::interval_set("p", SetKey::InetService), &SetElem::PortRange(2, 1)).is_err());
+        let names = SetDef::verdict_map("m", SetKey::IfName);
+        let key = elem_keys(&names, &SetElem::IfName("vra".into())).unwrap();
+        assert_eq!(key, [([b"vra".to_vec(), vec![0; 13]].concat(), 0)]);
+        assert!(elem_keys(&names, &SetElem::IfName("sixteen-bytes-xx".into())).is_err());
+        assert!(elem_keys(&SetDef::interval_set("i", SetKey::IfName), &SetElem::IfName("a".into())).is_err());
+    }
+
+    #[test]
+    fn rule_expressions_match_nft() {
+        // nft --debug=netlink for `ct state established,related accept`:
+        // ct load state => reg 1; bitwise reg 1 = (reg 1 & 0x00000006) ^ 0;
+        // cmp neq reg 1 0x00000000; immediate reg 0 accept
+        let r = Rule::new(
+            vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
+            Verdict::Accept,
+        );
+        assert_eq!(
+            r.exprs().unwrap(),
+            [
+                Expr::Ct { key: NFT_CT_STATE },
+                Expr::Bitwise { mask: 6u32.to_ne_bytes().to_vec() },
+                Expr::Cmp { op: NFT_CMP_NEQ, data: vec![0; 4] },
+                Expr::Verdict { code: NF_ACCEPT },
+            ]
+        );
+        // `ip6 saddr != @s tcp dport 80-90 counter log prefix "x" jump c`
+        let r = Rule {
+            matches: vec![
+                Match::AddrInSet { version: IpVersion::V6, dir: Dir::Src, set: "s".into(), negate: true },
+                Match::PortRange { proto: proto::TCP, dir: Dir::Dst, first: 80, last: 90, negate: false },
+            ],
+            counter: true,
+            log_prefix: Some("x".into()),
+            action: Some(Action::Verdict(Verdict::Jump("c".into()))),
+            comment: None,
+        };
+        assert_eq!(
+            r.exprs().unwrap(),
+            [
+                Expr::Meta { key: NFT_META_NFPROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV6] },
+                Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 8, len: 16 },
+                Expr::Lookup { set: "s".into(), vmap: false, invert: true },
+                Expr::Meta { key: NFT_META_L4PROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![6] },
+                Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2 },
+                Expr::Cmp { op: NFT_CMP_GTE, data: vec![0, 80] },
+                Expr::Cmp { op: NFT_CMP_LTE, data: vec![0, 90] },
+                Expr::Counter,
+                Expr::Log { prefix: Some("x".into()) },
+                Expr::VerdictChain { code: NFT_JUMP, chain: "c".into() },
+            ]
+        );
+        let r = Rule { action: Some(Action::IfNameVmap { dir: IfDir::Out, map: "m".into() }), ..Default::default() };
+        assert_eq!(
+            r.exprs().unwrap(),
+            [Expr::Meta { key: NFT_META_OIFNAME }, Expr::Lookup { set: "m".into(), vmap: true, invert: false }]
+        );
+        let bad = Rule::new(
+            vec![Match::PortRange { proto: proto::ICMP, dir: Dir::Dst, first: 1, last: 1, negate: false }],
+            Verdict::Drop,
+        );
+        assert!(matches!(bad.exprs(), Err(NftError::Invalid(_))));
+    }
+
+    #[test]
+    fn large_element_lists_are_split_into_messages_of_one_batch() {
+        let t = TableRef::new(Family::Inet, "t");
+        let map = SetDef::verdict_map("m", SetKey::IfName);
+        let entries: Vec<(SetElem, Verdict)> =
+            (0..2000).map(|i| (SetElem::IfName(format!("if{i}")), Verdict::Goto(format!("chain{i}")))).collect();
+        let mut x = Transaction::new();
+        x.add_map_entries(&t, &map, &entries).unwrap();
+        assert!(x.len() > 1, "2000 entries must not fit one 64 KiB attribute");
+        let (bytes, _, _) = x.into_batch().finish();
+        let msgs = parse_msgs(&bytes).unwrap();
+        let mut seen = 0;
+        for m in &msgs[1..msgs.len() - 1] {
+            assert_eq!(m.ty, nft_type(NFT_MSG_NEWSETELEM));
+            let attrs = parse_attrs(&m.payload[NFGENMSG_LEN..]);
+            let list = find_attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS).unwrap();
+            seen += parse_attrs(list).len();
+        }
+        assert_eq!(seen, 2000);
+    }
+}

@@ -127,3 +127,83 @@ pub(super) const fn align4(n: usize) -> usize {
 pub(super) const fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
+
+// --- sets, maps, elements and the expressions of the transaction API ---
+// (linux/netfilter/nf_tables.h, enum nf_tables_msg_types continued)
+pub(super) const NFT_MSG_NEWSET: u16 = 9;
+pub(super) const NFT_MSG_DELSET: u16 = 11;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
+// enum nft_set_attributes
+pub(super) const NFTA_SET_TABLE: u16 = 1;
+pub(super) const NFTA_SET_NAME: u16 = 2;
+pub(super) const NFTA_SET_FLAGS: u16 = 3;
+pub(super) const NFTA_SET_KEY_TYPE: u16 = 4;
+pub(super) const NFTA_SET_KEY_LEN: u16 = 5;
+pub(super) const NFTA_SET_DATA_TYPE: u16 = 6;
+pub(super) const NFTA_SET_ID: u16 = 10;
+// enum nft_set_flags
+pub(super) const NFT_SET_INTERVAL: u32 = 0x4;
+pub(super) const NFT_SET_MAP: u32 = 0x8;
+/// `NFT_DATA_VERDICT`: the data type of a verdict map's values.
+pub(super) const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+// enum nft_set_elem_list_attributes / nft_set_elem_attributes / flags
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+// enum nft_lookup_attributes / flags
+pub(super) const NFTA_LOOKUP_SET: u16 = 1;
+pub(super) const NFTA_LOOKUP_SREG: u16 = 2;
+pub(super) const NFTA_LOOKUP_DREG: u16 = 3;
+pub(super) const NFTA_LOOKUP_FLAGS: u16 = 5;
+pub(super) const NFT_LOOKUP_F_INV: u32 = 0x1;
+// enum nft_ct_attributes / nft_ct_keys
+pub(super) const NFTA_CT_DREG: u16 = 1;
+pub(super) const NFTA_CT_KEY: u16 = 2;
+pub(super) const NFT_CT_STATE: u32 = 0;
+// enum nft_counter_attributes
+pub(super) const NFTA_COUNTER_BYTES: u16 = 1;
+pub(super) const NFTA_COUNTER_PACKETS: u16 = 2;
+// enum nft_log_attributes
+pub(super) const NFTA_LOG_PREFIX: u16 = 2;
+// more nft_meta_keys, nft_cmp_ops, payload bases
+pub(super) const NFT_META_OIFNAME: u32 = 7;
+pub(super) const NFT_META_L4PROTO: u32 = 16;
+pub(super) const NFT_CMP_LTE: u32 = 3;
+pub(super) const NFT_CMP_GTE: u32 = 5;
+pub(super) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+// enum nft_verdicts (negative, sent as u32)
+pub(super) const NFT_JUMP: u32 = -3i32 as u32;
+pub(super) const NFT_GOTO: u32 = -4i32 as u32;
+pub(super) const NFT_RETURN: u32 = -5i32 as u32;
+// linux/netfilter.h hooks
+pub(super) const NF_INET_PRE_ROUTING: u32 = 0;
+pub(super) const NF_INET_LOCAL_IN: u32 = 1;
+pub(super) const NF_INET_FORWARD: u32 = 2;
+pub(super) const NF_INET_LOCAL_OUT: u32 = 3;
+// nftables' datatype ids (src/datatype.h), stored as the set's key type
+// so that `nft list` prints the elements as addresses, names, ports.
+pub(super) const NFT_TYPE_IPADDR: u32 = 7;
+pub(super) const NFT_TYPE_IP6ADDR: u32 = 8;
+pub(super) const NFT_TYPE_INET_SERVICE: u32 = 13;
+pub(super) const NFT_TYPE_IFNAME: u32 = 41;
+// enum nft_range_attributes / nft_range_ops
+pub(super) const NFTA_RANGE_SREG: u16 = 1;
+pub(super) const NFTA_RANGE_OP: u16 = 2;
+pub(super) const NFTA_RANGE_FROM_DATA: u16 = 3;
+pub(super) const NFTA_RANGE_TO_DATA: u16 = 4;
+pub(super) const NFT_RANGE_NEQ: u32 = 1;
+pub(super) const NFTA_SET_USERDATA: u16 = 13;
+// libnftnl set userdata TLV and nftables' byte orders
+pub(super) const NFTNL_UDATA_SET_KEYBYTEORDER: u8 = 0;
+pub(super) const BYTEORDER_HOST_ENDIAN: u32 = 1;
+pub(super) const BYTEORDER_BIG_ENDIAN: u32 = 2;
+// Linux >= 6.3: delete if present, no ENOENT
+pub(super) const NFT_MSG_DESTROYTABLE: u16 = 26;
+pub(super) const NFT_MSG_DESTROYCHAIN: u16 = 27;
+pub(super) const NFT_MSG_DESTROYSET: u16 = 29;
+pub(super) const NFT_MSG_DESTROYSETELEM: u16 = 30;
