@@ -510,13 +510,18 @@ fn configure(
     Ok(())
 }
 
-/// The pool an address came from: the cluster pool (`ipam.cluster.pool`)
-/// or the range subnet of the IPAM config that holds it, else the prefix
-/// IPAM returned it with.
+/// The pool an address came from: the cluster pool (`ipam.cluster.pool`, or
+/// the one of `ipam.cluster.pools[].cidr` that holds it) or the range subnet
+/// of the IPAM config that holds it, else the prefix IPAM returned it with.
 fn ipam_subnet(ip: &cni_core::IpConfig, raw: &Value) -> Option<IpNetwork> {
     let a = ip.address.ip();
-    let cluster_pool = raw["ipam"]["cluster"]["pool"].as_str().and_then(|s| s.parse::<IpNetwork>().ok());
-    if let Some(p) = cluster_pool.filter(|p| p.contains(a)) {
+    let cluster = &raw["ipam"]["cluster"];
+    let pools = cluster["pools"].as_array().into_iter().flatten().map(|p| &p["cidr"]);
+    let cluster_pool = std::iter::once(&cluster["pool"])
+        .chain(pools)
+        .filter_map(|v| v.as_str().and_then(|s| s.parse::<IpNetwork>().ok()))
+        .find(|p| p.contains(a));
+    if let Some(p) = cluster_pool {
         return Some(p);
     }
     let ranges = raw["ipam"]["ranges"].as_array().cloned().unwrap_or_default();
@@ -690,6 +695,11 @@ mod tests {
         assert_eq!(ipam_subnet(&ip("fd00:1::5/64"), &ranges), Some("fd00:1::/64".parse().unwrap()));
         assert_eq!(ipam_subnet(&ip("10.9.0.5/24"), &ranges), Some("10.9.0.5/24".parse().unwrap()));
         assert_eq!(ipam_subnet(&ip("10.9.0.5/32"), &json!({})), None, "a lone /32 names no pool");
+        // Several pools: the one holding the address, also for a borrowed /32.
+        let pools = json!({"ipam": {"cluster": {"pools": [{"cidr": "10.244.0.0/16"}, {"cidr": "fd00:244::/48"}]}}});
+        assert_eq!(ipam_subnet(&ip("10.244.3.7/26"), &pools), Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(ipam_subnet(&ip("10.244.9.9/32"), &pools), Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(ipam_subnet(&ip("fd00:244::7/122"), &pools), Some("fd00:244::/48".parse().unwrap()));
     }
 
     #[test]
