@@ -570,9 +570,7 @@ fn check(ctx: &Context, conf: &BgpConf, prev: &CniResult) -> Result<()> {
         if v6 {
             let have = addr::list(&mut nl, Some(host.index)).map_err(kernel)?;
             if !have.iter().any(|(_, a)| a.ip() == IpAddr::V6(GATEWAY_V6)) {
-                return Err(drift(format!(
-                    "host veth {host_veth} lacks {GATEWAY_V6}, the container's IPv6 next hop"
-                )));
+                return Err(drift(format!("host veth {host_veth} lacks {GATEWAY_V6}, the container's IPv6 next hop")));
             }
         }
         let routes = route::list_oif(&mut nl, v6, host.index).map_err(kernel)?;

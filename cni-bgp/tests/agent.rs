@@ -605,7 +605,10 @@ fn the_agent_enables_forwarding_without_any_container() {
     for i in 0..2 {
         let h = c.hosts[i];
         c.lab.exec_ok(h, &["sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"]).unwrap();
-        assert_eq!((sysctl(&c, i, "net.ipv4.ip_forward"), sysctl(&c, i, "net.ipv6.conf.all.forwarding")), ("0".into(), "0".into()));
+        assert_eq!(
+            (sysctl(&c, i, "net.ipv4.ip_forward"), sysctl(&c, i, "net.ipv6.conf.all.forwarding")),
+            ("0".into(), "0".into())
+        );
     }
     // node0: IPv4 only; node1: --node-ipv6. No container, no block yet.
     let v6_1 = c.lab.host_ip6(c.hosts[1]).unwrap().to_string();
@@ -665,7 +668,9 @@ fn a_config_conflicting_with_this_node_is_refused_at_start_and_rejected_live() {
     assert_eq!(c.status_json(0)["node"]["clusterId"], "1.1.1.1");
     put_config(&c, r#"{"asNumber":65011,"peers":[{"address":"192.0.2.9","as":65002}]}"#);
     let ok = wait_until(Duration::from_secs(10), || {
-        c.log(0).lines().any(|l| l.contains("rejected BGP config change: peers[0]") && l.contains("`--peer 192.0.2.9,65001`"))
+        c.log(0)
+            .lines()
+            .any(|l| l.contains("rejected BGP config change: peers[0]") && l.contains("`--peer 192.0.2.9,65001`"))
     });
     assert!(ok, "{}", c.log(0));
     assert_eq!(as_now(&c), 64512, "the running config stays");

@@ -322,7 +322,11 @@ mod tests {
     #[test]
     fn an_address_with_two_ases_across_sources_is_refused_naming_both() {
         let cfg = ClusterBgpConfig {
-            peers: vec![peer("192.0.2.1", 65001, None), peer("192.0.2.7", 65007, Some("n2")), peer("10.0.0.9", 65002, None)],
+            peers: vec![
+                peer("192.0.2.1", 65001, None),
+                peer("192.0.2.7", 65007, Some("n2")),
+                peer("10.0.0.9", 65002, None),
+            ],
             ..Default::default()
         };
         // Config vs flag, different AS.

@@ -613,12 +613,14 @@ mod tests {
 
     #[test]
     fn check_for_node_names_the_key_of_what_concerns_this_node() {
-        let a = flags(&["--node-ip", "192.0.2.10", "--node-name", "n1", "--route-reflector", "--cluster-id", "1.1.1.1"])
-            .check("n1".into(), Ipv4Addr::new(192, 0, 2, 10))
-            .unwrap();
+        let a =
+            flags(&["--node-ip", "192.0.2.10", "--node-name", "n1", "--route-reflector", "--cluster-id", "1.1.1.1"])
+                .check("n1".into(), Ipv4Addr::new(192, 0, 2, 10))
+                .unwrap();
         let mut cfg = ClusterBgpConfig::default();
         check_for_node(&cfg, &a).unwrap();
-        cfg.route_reflectors = vec![crate::cluster::RouteReflector { node: "n1".into(), cluster_id: Some(Ipv4Addr::new(2, 2, 2, 2)) }];
+        cfg.route_reflectors =
+            vec![crate::cluster::RouteReflector { node: "n1".into(), cluster_id: Some(Ipv4Addr::new(2, 2, 2, 2)) }];
         let e = check_for_node(&cfg, &a).unwrap_err();
         assert_eq!(e.key, "routeReflectors[0].clusterId");
         cfg.route_reflectors[0].node = "n2".into();
