@@ -437,6 +437,13 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
     // The watch starts from the config's revision read again after the
     // registration: nothing between the reads and the watch is missed.
     let (cluster, crev) = retry_etcd!("reading the BGP config", store.config());
+    // Written between the two reads: the same rules, before anything runs on it.
+    if let Err(e) = check_for_node(&cluster, &cfg) {
+        if let Err(d) = store.deregister(reg).await {
+            tracing::warn!("removing the node registration: {d}");
+        }
+        return Err(Error::Invalid(e));
+    }
     let (nodes, bad, nrev) = retry_etcd!("listing the nodes", store.nodes());
     for (n, e) in bad {
         tracing::warn!(node = %n, "ignoring a node record: {e}");
