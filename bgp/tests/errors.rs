@@ -341,3 +341,24 @@ fn notification_names() {
     let b = Message::Notification(n.clone()).to_bytes(&caps()).expect("encode");
     assert_eq!(decode_message(&b, &caps()), Ok(Message::Notification(n)));
 }
+
+#[test]
+fn an_ipv6_next_hop_for_ipv4_routes_needs_the_extended_next_hop_capability() {
+    // MP_REACH_NLRI: AFI 1 SAFI 1, next hop fd00::1 (16 octets), reserved, 10.1.2.0/24.
+    let mut v = vec![0, 1, 1, 16];
+    v.extend_from_slice(&"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v.push(0);
+    v.extend_from_slice(NLRI);
+    let mp = attr(0x80, 14, &v);
+    let bytes = update(&[ORIGIN, AS_PATH_4, &mp], &[]);
+    // Not negotiated: treat-as-withdraw naming MP_REACH_NLRI, not a reset.
+    assert_eq!(withdraws(&bytes, &caps()), vec![14]);
+    let u = decoded(&bytes, &caps());
+    let Verdict::TreatAsWithdraw(p) = &u.verdict else { unreachable!() };
+    assert!(p[0].reason.contains("RFC 8950"), "{p:?}");
+    // Negotiated: accepted with its IPv6 next hop.
+    let ext = SessionCaps { extended_next_hop: vec![(Family::Ipv4Unicast, 2)], ..caps() };
+    let u = decoded(&bytes, &ext);
+    assert_eq!(u.verdict, Verdict::Accept);
+    assert_eq!(u.announced().len(), 1);
+}

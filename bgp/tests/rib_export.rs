@@ -339,7 +339,21 @@ fn route_refresh_resends_the_family() {
 #[test]
 fn ipv6_next_hop_for_ipv4_only_where_negotiated() {
     let mut r = rib(false);
-    let e1 = peer(&mut r, 2, 65002, false);
+    let with_ext = |ibgp: bool| {
+        let mut c = caps(ibgp);
+        c.extended_next_hop = vec![(Family::Ipv4Unicast, bgp::packet::AFI_IPV6)];
+        c
+    };
+    // e1 negotiated extended next hop, e3 did not.
+    let e1 = r.add_peer(bgp::rib::PeerConfig {
+        addr: "10.0.0.2".parse().expect("addr"),
+        asn: 65002,
+        rr_client: false,
+        local_v4: Some(OUR_ID),
+        local_v6: None,
+    });
+    r.peer_up(e1, with_ext(false), router_id(2)).expect("up");
+    let e3 = peer(&mut r, 5, 65005, false);
     let i1 = peer(&mut r, 3, OUR_AS, false);
     let i2 = r.add_peer(bgp::rib::PeerConfig {
         addr: "10.0.0.4".parse().expect("addr"),
@@ -348,20 +362,32 @@ fn ipv6_next_hop_for_ipv4_only_where_negotiated() {
         local_v4: Some(OUR_ID),
         local_v6: None,
     });
-    let mut ext = caps(true);
-    ext.extended_next_hop = vec![(Family::Ipv4Unicast, bgp::packet::AFI_IPV6)];
-    r.peer_up(i2, ext, router_id(4)).expect("up");
-    drain(&mut r, &[e1, i1, i2]);
-    let mut a = attrs(&[65002], vec![]);
-    a.push(AttrValue::MpReach(bgp::packet::MpReach {
-        family: Family::Ipv4Unicast,
-        next_hop: MpNextHop::Ipv6 { global: "fd00::2".parse().expect("v6"), link_local: None },
-        nlri: vec![pfx(P).into()],
-    }));
-    r.receive(e1, &wire(Update::new(a, vec![]), &caps(false))).expect("receive");
+    r.peer_up(i2, with_ext(true), router_id(4)).expect("up");
+    drain(&mut r, &[e1, e3, i1, i2]);
+    // Each session decodes with its own negotiated capabilities.
+    let update = |asn: u32, c: &bgp::packet::SessionCaps| {
+        let mut a = attrs(&[asn], vec![]);
+        a.push(AttrValue::MpReach(bgp::packet::MpReach {
+            family: Family::Ipv4Unicast,
+            next_hop: MpNextHop::Ipv6 { global: "fd00::2".parse().expect("v6"), link_local: None },
+            nlri: vec![pfx(P).into()],
+        }));
+        wire(Update::new(a, vec![]), c)
+    };
+    // Without the capability the route is treat-as-withdraw (RFC 8950, RFC 7606's spirit).
+    r.receive(e3, &update(65005, &caps(false))).expect("receive");
+    assert!(r.best(pfx(P)).is_none(), "an IPv6 next hop from a peer that did not negotiate it");
+    r.receive(e1, &update(65002, &with_ext(false))).expect("receive");
     assert!(r.best(pfx(P)).is_some());
     assert!(got(&mut r, i1).is_empty(), "i1 did not negotiate extended next hop");
-    let ups = got(&mut r, i2);
+    // i2 decodes what it gets with the capabilities it negotiated.
+    let ups: Vec<Update> = r
+        .updates(i2)
+        .expect("updates")
+        .into_iter()
+        .filter(|u| u.end_of_rib_family().is_none())
+        .map(|u| wire(u, &with_ext(true)))
+        .collect();
     assert_eq!(announced(&ups), vec![pfx(P)]);
     assert_eq!(ups[0].mp_reach().map(|m| m.next_hop.addr()), Some("fd00::2".parse().expect("v6")));
 }

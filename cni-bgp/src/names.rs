@@ -12,7 +12,9 @@ pub const HOST_MAC: [u8; 6] = [0xee; 6];
 pub const GATEWAY_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 1, 1);
 
 /// The container's IPv6 next hop: the host side's EUI-64 link-local address
-/// (derived from [`HOST_MAC`] by the kernel).
+/// (derived from [`HOST_MAC`] by the kernel; ADD sets the host veth's
+/// addrgenmode to eui64, so the host's `addr_gen_mode` default does not
+/// matter, and CHECK verifies the address is there).
 pub const GATEWAY_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
 
 /// Host-side veth of an attachment: `cali` + 11 hex digits of a hash of

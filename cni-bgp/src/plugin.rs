@@ -4,7 +4,8 @@
 //! ee:ee:ee:ee:ee:ee, no address, proxy ARP on) is routed to, not bridged:
 //! the host holds a /32 (/128) route to the container's address through it,
 //! and the container reaches everything through 169.254.1.1 (IPv6: the
-//! host end's link-local), resolved by a permanent neighbour entry, so it
+//! host end's link-local fe80::ecee:eeff:feee:eeee, EUI-64 by construction:
+//! ADD sets the link's addrgenmode to eui64), resolved by a permanent neighbour entry, so it
 //! works on a host without any default route. Addresses come from the IPAM
 //! section (our `cni-ipam`: in-process for its local store, exec'd for its
 //! cluster modes; any other IPAM through `CNI_PATH`).
@@ -424,6 +425,14 @@ fn configure(
     *created = true;
     let alias = names::veth_alias(&ctx.conf.name, &ctx.container_id, &ctx.ifname);
     link::set_port(&mut nl, host.index, Some(&alias), Vec::new()).map_err(kernel)?;
+    if has_v6 {
+        // The container's IPv6 next hop is GATEWAY_V6, the EUI-64
+        // link-local of HOST_MAC: made true here, before the link goes up
+        // (the address is generated then), whatever the host's
+        // net.ipv6.conf.default.addr_gen_mode (stable-privacy or none
+        // would give another address, or none).
+        link::set_addr_gen_mode_eui64(&mut nl, host.index).map_err(kernel)?;
+    }
     link::set_up(&mut nl, host.index, true).map_err(kernel)?;
 
     // Host side: forwarding, proxy ARP (answers for anything the host
@@ -562,6 +571,12 @@ fn check(ctx: &Context, conf: &BgpConf, prev: &CniResult) -> Result<()> {
     for v6 in [false, true] {
         if !ips.iter().any(|ip| ip.is_ipv6() == v6) {
             continue;
+        }
+        if v6 {
+            let have = addr::list(&mut nl, Some(host.index)).map_err(kernel)?;
+            if !have.iter().any(|(_, a)| a.ip() == IpAddr::V6(GATEWAY_V6)) {
+                return Err(drift(format!("host veth {host_veth} lacks {GATEWAY_V6}, the container's IPv6 next hop")));
+            }
         }
         let routes = route::list_oif(&mut nl, v6, host.index).map_err(kernel)?;
         for ip in ips.iter().filter(|ip| ip.is_ipv6() == v6) {

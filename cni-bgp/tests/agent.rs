@@ -593,3 +593,91 @@ fn status_says_why_an_external_peer_is_down() {
     assert!(ok, "{}", c.status_json(0));
     assert_ne!(c.peer_state(0, 1).as_deref(), Some("Established"));
 }
+
+/// `sysctl -n KEY` in host i.
+fn sysctl(c: &Cluster, i: usize, key: &str) -> String {
+    c.lab.exec_ok(c.hosts[i], &["sysctl", "-n", key]).unwrap().trim().to_string()
+}
+
+#[test]
+fn the_agent_enables_forwarding_without_any_container() {
+    let mut c = Cluster::with_segment("fwd", 2, true);
+    for i in 0..2 {
+        let h = c.hosts[i];
+        c.lab.exec_ok(h, &["sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"]).unwrap();
+        assert_eq!(
+            (sysctl(&c, i, "net.ipv4.ip_forward"), sysctl(&c, i, "net.ipv6.conf.all.forwarding")),
+            ("0".into(), "0".into())
+        );
+    }
+    // node0: IPv4 only; node1: --node-ipv6. No container, no block yet.
+    let v6_1 = c.lab.host_ip6(c.hosts[1]).unwrap().to_string();
+    c.start(0, &["--graceful-restart-time", "0"]);
+    c.start(1, &["--node-ipv6", &v6_1, "--graceful-restart-time", "0"]);
+    c.wait_ready(0);
+    c.wait_ready(1);
+    assert_eq!(sysctl(&c, 0, "net.ipv4.ip_forward"), "1", "IPv4 forwarding at start\n{}", c.log(0));
+    assert_eq!(sysctl(&c, 0, "net.ipv6.conf.all.forwarding"), "0", "no IPv6 yet on node0");
+    assert_eq!(sysctl(&c, 1, "net.ipv4.ip_forward"), "1");
+    assert_eq!(sysctl(&c, 1, "net.ipv6.conf.all.forwarding"), "1", "IPv6 forwarding with --node-ipv6\n{}", c.log(1));
+    // An IPv6 block of node0 (carried over IPv4 sessions): IPv6 forwarding on.
+    c.put_block("net6", &block6(0), "node0", &[]);
+    let ok = wait_until(Duration::from_secs(10), || sysctl(&c, 0, "net.ipv6.conf.all.forwarding") == "1");
+    assert!(ok, "IPv6 forwarding once an IPv6 block is advertised\n{}", c.log(0));
+}
+
+/// Puts `<prefix>/bgp/config`.
+fn put_config(c: &Cluster, json: &str) {
+    c.etcdctl(&["put", &format!("{}/bgp/config", c.prefix), json]);
+}
+
+#[test]
+fn a_config_conflicting_with_this_node_is_refused_at_start_and_rejected_live() {
+    let mut c = Cluster::new("reject", 1);
+    // At start: the stored config names the --peer address with another AS.
+    put_config(&c, r#"{"peers":[{"address":"192.0.2.1","as":65001},{"address":"192.0.2.9","as":65002}]}"#);
+    c.start(0, &["--peer", "192.0.2.9,65001"]);
+    let g = c.agents[0].take().unwrap();
+    let st = g.wait_timeout(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| !s.success()), "started with a conflicting peer: {st:?}\n{}", g.log());
+    let log = g.log();
+    assert!(log.contains("peers[1]") && log.contains("`--peer 192.0.2.9,65001`"), "{log}");
+    drop(g);
+
+    // The same AS from both sources: one peer, the config's.
+    put_config(&c, r#"{"peers":[{"address":"192.0.2.9","as":65001}]}"#);
+    c.start(0, &["--peer", "192.0.2.9,65001", "--route-reflector", "--cluster-id", "1.1.1.1"]);
+    c.wait_ready(0);
+    let peers = c.status_json(0)["peers"].clone();
+    let p: Vec<&Value> = peers.as_array().unwrap().iter().filter(|p| p["address"] == "192.0.2.9").collect();
+    assert_eq!(p.len(), 1, "{peers}");
+    assert_eq!(p[0]["kind"], "global peer", "{peers}");
+
+    // Live: another cluster ID for this reflector, then a peer conflicting
+    // with the flag; each with a new AS that must not be applied.
+    let as_now = |c: &Cluster| c.status_json(0)["node"]["as"].clone();
+    put_config(
+        &c,
+        r#"{"asNumber":65010,"peers":[{"address":"192.0.2.9","as":65001}],"routeReflectors":[{"node":"node0","clusterId":"2.2.2.2"}]}"#,
+    );
+    let ok = wait_until(Duration::from_secs(10), || {
+        c.log(0).contains("rejected BGP config change: routeReflectors[0].clusterId")
+    });
+    assert!(ok, "{}", c.log(0));
+    assert_eq!(as_now(&c), 64512);
+    assert_eq!(c.status_json(0)["node"]["clusterId"], "1.1.1.1");
+    put_config(&c, r#"{"asNumber":65011,"peers":[{"address":"192.0.2.9","as":65002}]}"#);
+    let ok = wait_until(Duration::from_secs(10), || {
+        c.log(0)
+            .lines()
+            .any(|l| l.contains("rejected BGP config change: peers[0]") && l.contains("`--peer 192.0.2.9,65001`"))
+    });
+    assert!(ok, "{}", c.log(0));
+    assert_eq!(as_now(&c), 64512, "the running config stays");
+    let peers = c.status_json(0)["peers"].clone();
+    assert!(peers.as_array().unwrap().iter().any(|p| p["address"] == "192.0.2.9" && p["asn"] == 65001), "{peers}");
+    // A valid change is applied: the watch was alive all along.
+    put_config(&c, r#"{"asNumber":65012}"#);
+    let ok = wait_until(Duration::from_secs(20), || as_now(&c) == 65012);
+    assert!(ok, "{}\n{}", c.status_json(0), c.log(0));
+}

@@ -33,6 +33,15 @@ const OUR_AS: u32 = 65300;
 const SCRIPT_AS: u32 = 65301;
 const WITNESS_AS: u32 = 65302;
 
+/// The attribute type codes of the witness's best path for `p` (`gobgp -j global rib`).
+fn witness_attr_types(w: &Gobgp, p: &str) -> Option<Vec<u64>> {
+    let out = w.gobgp(&["-j", "global", "rib", "-a", "ipv4"]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+    let paths = v.get(p)?.as_array()?;
+    let best = paths.iter().find(|x| x["best"] == true).or(paths.first())?;
+    Some(best["attrs"].as_array()?.iter().filter_map(|a| a["type"].as_u64()).collect())
+}
+
 // ---- hand-made messages ----------------------------------------------------------------
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -535,21 +544,48 @@ fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
     }) {
         failures.push(format!("treat-as-withdraw ORIGIN value 3 in an IPv6 (MP_REACH_NLRI) UPDATE: route stayed: {e}"));
     }
-    // Attribute discard: the route is accepted, the attribute dropped.
-    let discard: Vec<(&str, Vec<u8>)> = vec![
-        ("ATOMIC_AGGREGATE of 1 octet (7606 §7.6)", announce(p, src, &attr(0x40, 6, &[0]))),
-        ("AGGREGATOR of 5 octets (7606 §7.7)", announce(p, src, &attr(0xc0, 7, &[0, 0, 1, 2, 3]))),
-        ("LOCAL_PREF from an external peer (7606 §7.5)", announce(p, src, &attr(0x40, 5, &500u32.to_be_bytes()))),
+    // Attribute discard: the route is accepted, the attribute dropped. Our Loc-RIB view
+    // (`routes()`) shows LOCAL_PREF but no aggregation attributes; the route our speaker
+    // passes on to the witness carries every transitive attribute it kept (ATOMIC_AGGREGATE
+    // and AGGREGATOR are both transitive), so the witness's copy shows whether the attribute
+    // was dropped. The first two cases are the control: valid ones arrive there.
+    let discard: Vec<(&str, Vec<u8>, Option<u64>, bool)> = vec![
+        ("valid ATOMIC_AGGREGATE (control)", announce(p, src, &attr(0x40, 6, &[])), Some(6), true),
+        (
+            "valid AGGREGATOR (control)",
+            announce(p, src, &attr(0xc0, 7, &[0, 0, 0xfe, 0x4d, 10, 0, 0, 1])),
+            Some(7),
+            true,
+        ),
+        ("ATOMIC_AGGREGATE of 1 octet (7606 §7.6)", announce(p, src, &attr(0x40, 6, &[0])), Some(6), false),
+        ("AGGREGATOR of 5 octets (7606 §7.7)", announce(p, src, &attr(0xc0, 7, &[0, 0, 1, 2, 3])), Some(7), false),
+        (
+            "LOCAL_PREF from an external peer (7606 §7.5)",
+            announce(p, src, &attr(0x40, 5, &500u32.to_be_bytes())),
+            None,
+            false,
+        ),
     ];
-    for (name, bytes) in &discard {
+    for (name, bytes, code, present) in &discard {
         s.send(&update(&nlri4(p), &[], &[]));
         node.wait_not_learned(pn, T);
+        witness_d.wait_no_route(pn, T).unwrap_or_else(|e| panic!("{name}: {e}"));
         s.send(bytes);
         let r = node.wait_learned(pn, T);
         if r.local_pref == Some(500) {
             failures.push(format!("attribute discard {name}: LOCAL_PREF 500 from eBGP was kept: {r:?}"));
         }
         assert_eq!(r.next_hop, Some(IpAddr::V4(src)), "{name}: {r:?}");
+        if let Some(code) = code {
+            witness_d.wait_route(pn, Some(IpAddr::V4(ours)), T).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let types = witness_attr_types(&witness_d, p);
+            if types.as_ref().map(|t| t.contains(code)) != Some(*present) {
+                failures.push(format!(
+                    "attribute discard {name}: attribute {code} {} at the witness: {types:?}",
+                    if *present { "missing" } else { "passed on" }
+                ));
+            }
+        }
     }
     // The session is still up: no NOTIFICATION came, and a KEEPALIVE and a valid UPDATE still work.
     s.send(&KEEPALIVE);

@@ -257,6 +257,60 @@ fn dual_stack_containers_route_v6_via_the_host_link_local() {
     assert!(ok, "CHECK of a dual-stack attachment: {v}");
 }
 
+/// The IPv6 next hop in a host namespace whose new links would get a
+/// stable-privacy link-local (mode 3) or none at all (mode 1): ADD makes
+/// the host end's address the EUI-64 one the container routes through,
+/// and CHECK notices when it is gone.
+fn v6_gateway_with_host_addr_gen_mode(mode: u8) {
+    let mut h = Host::new("10.71.0.0/24");
+    h.conf["ipam"]["ranges"] = json!([[{"subnet": "10.71.0.0/24"}], [{"subnet": "fd00:71::/64"}]]);
+    must(&format!("ip netns exec {} sysctl -qw net.ipv6.conf.default.stable_secret=fd00:1:2:3:4:5:6:7", h.ns));
+    must(&format!("ip netns exec {} sysctl -qw net.ipv6.conf.default.addr_gen_mode={mode}", h.ns));
+    let (c1, c2) = (h.container(), h.container());
+    let r1 = h.add("cid-g1", &c1);
+    let r2 = h.add("cid-g2", &c2);
+    let v6 = |r: &Value| -> String {
+        let a = r["ips"].as_array().unwrap().iter().find(|i| i["address"].as_str().unwrap().contains(':')).unwrap();
+        a["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    };
+    let veth1 = names::host_veth("cid-g1", "eth0");
+    let ll = format!("{}", names::GATEWAY_V6);
+    let ready = |v: &str| {
+        (0..50).any(|_| {
+            let out = h.sh(&format!("ip -6 addr show dev {v} scope link")).1;
+            out.contains(&ll) && !out.contains("tentative") || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                false
+            }
+        })
+    };
+    assert!(
+        ready(&veth1) && ready(&names::host_veth("cid-g2", "eth0")),
+        "addr_gen_mode={mode}: the host end has {ll}: {}",
+        h.sh(&format!("ip -6 addr show dev {veth1}")).1
+    );
+    let (a1, a2) = (v6(&r1), v6(&r2));
+    let ping6 =
+        |ns: &str, ip: &str| (0..3).any(|_| sh(&format!("ip netns exec {ns} ping -6 -c1 -W1 {ip} >/dev/null 2>&1")).0);
+    assert!(ping6(&c1, &a2) && ping6(&c2, &a1), "addr_gen_mode={mode}: v6 container to container");
+    let (ok, v) = h.check("cid-g1", &c1, &r1);
+    assert!(ok, "CHECK: {v}");
+    must(&format!("ip netns exec {} ip -6 addr del {ll}/64 dev {veth1}", h.ns));
+    let (ok, v) = h.check("cid-g1", &c1, &r1);
+    assert!(!ok && v["code"] == 120, "CHECK without the gateway address: {v}");
+    assert!(v["msg"].as_str().unwrap().contains(&ll), "{v}");
+}
+
+#[test]
+fn v6_gateway_exists_with_stable_privacy_addresses_on_the_host() {
+    v6_gateway_with_host_addr_gen_mode(3);
+}
+
+#[test]
+fn v6_gateway_exists_with_no_automatic_addresses_on_the_host() {
+    v6_gateway_with_host_addr_gen_mode(1);
+}
+
 #[test]
 fn a_failed_add_leaves_nothing_behind() {
     let mut h = Host::new("10.62.0.0/24");

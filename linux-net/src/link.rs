@@ -2,8 +2,9 @@
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecBridge, AfSpecInet6, AfSpecUnspec, BridgeVlanInfo, BridgeVlanInfoFlags, In6AddrGenMode, InfoBridge,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -403,6 +404,19 @@ pub fn set_port(nl: &mut Netlink, index: u32, alias: Option<&str>, opts: Vec<Inf
         ]));
     }
     nl.request(RouteNetlinkMessage::NewLink(msg), 0, &|| format!("set alias and port options of link #{index}"))
+}
+
+/// Makes the link's IPv6 link-local address the EUI-64 of its MAC
+/// (`ip link set … addrgenmode eui64`), whatever the namespace's
+/// `net.ipv6.conf.default.addr_gen_mode` says (stable-privacy, none). Set it
+/// before the link goes up: the address is generated then.
+pub fn set_addr_gen_mode_eui64(nl: &mut Netlink, index: u32) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::Eui64,
+    )])]));
+    nl.request(RouteNetlinkMessage::SetLink(msg), 0, &|| format!("set addrgenmode eui64 on link #{index}"))
 }
 
 pub fn set_up(nl: &mut Netlink, index: u32, up: bool) -> Result<()> {

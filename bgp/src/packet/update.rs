@@ -633,6 +633,25 @@ impl Update {
             u.attrs.push(Attr { flags, value: v });
         }
 
+        // RFC 8950: an IPv6 next hop for IPv4 routes only where the extended next hop
+        // capability was negotiated. Without it the peer broke the session's contract, but
+        // the attribute is well-formed and locates its NLRI: treat-as-withdraw (RFC 7606's
+        // spirit), not a reset.
+        let ext_nh = caps.extended_next_hop.contains(&(Family::Ipv4Unicast, super::AFI_IPV6));
+        for a in &u.attrs {
+            if let AttrValue::MpReach(m) = &a.value {
+                if m.family == Family::Ipv4Unicast && matches!(m.next_hop, MpNextHop::Ipv6 { .. }) && !ext_nh {
+                    problems.push(AttrProblem {
+                        code: ATTR_MP_REACH,
+                        remedy: Remedy::TreatAsWithdraw,
+                        reason: "IPv6 next hop for IPv4 routes, but the extended next hop capability \
+                                 (RFC 8950) was not negotiated"
+                            .to_string(),
+                    });
+                }
+            }
+        }
+
         // RFC 7606 §3 d: missing well-known mandatory attributes when there is NLRI.
         if !u.reach_nlri().is_empty() {
             let present = |c: u8| u.attrs.iter().any(|a| a.value.code() == c);

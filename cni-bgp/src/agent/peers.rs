@@ -12,12 +12,18 @@
 //!   node's, and the `--peer` flags. Only local routes are exported to them.
 //! * Never this node itself. A node with an IPv6 address, when this node
 //!   has one too, gets a second session over IPv6.
-//! * One session per address: the first of node, config, flag wins.
+//! * One session per address. An external address named twice for this
+//!   node (a `peers` entry and a `--peer` flag, or a global and a node
+//!   `peers` entry) with a different AS or port is refused by
+//!   [`check_duplicates`] (at start, and live: the running config stays);
+//!   with the same AS and port it is one peer, the first source's (config
+//!   entries in their order, then flags). A node's address wins over an
+//!   external one.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::cluster::{ClusterBgpConfig, NodeRecord};
+use crate::cluster::{ClusterBgpConfig, ConfigError, NodeRecord};
 
 use super::flags::{FlagPeer, BGP_PORT};
 
@@ -48,6 +54,61 @@ pub struct DesiredPeer {
     /// "mesh", "route reflector", "route reflector client", "global peer",
     /// "node peer" (config peer of this node only), "flag peer" (`--peer`).
     pub kind: String,
+}
+
+/// One external peer of this node as the user wrote it: (where, address, AS, port).
+struct Source {
+    label: String,
+    address: IpAddr,
+    asn: u32,
+    port: u16,
+    from_config: bool,
+}
+
+fn external_sources(cfg: &ClusterBgpConfig, node: &str, flags: &[FlagPeer]) -> Vec<Source> {
+    let mut out = Vec::new();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        if p.node.as_ref().is_some_and(|n| n != node) {
+            continue;
+        }
+        let Ok(address) = p.address.parse::<IpAddr>() else { continue };
+        out.push(Source { label: format!("peers[{i}]"), address, asn: p.as_number, port: BGP_PORT, from_config: true });
+    }
+    for f in flags {
+        let port = if f.port == BGP_PORT { String::new() } else { format!(",{}", f.port) };
+        out.push(Source {
+            label: format!("--peer {},{}{port}", f.address, f.asn),
+            address: f.address,
+            asn: f.asn,
+            port: f.port,
+            from_config: false,
+        });
+    }
+    out
+}
+
+/// The external peers of node `node` from the config and its `--peer`
+/// flags name each address once, or twice with the same AS and port (one
+/// peer then: the first source's). An address named with two ASes (or
+/// ports) is an error naming both sources, keyed by the config entry.
+pub fn check_duplicates(cfg: &ClusterBgpConfig, node: &str, flags: &[FlagPeer]) -> Result<(), ConfigError> {
+    let sources = external_sources(cfg, node, flags);
+    for (j, b) in sources.iter().enumerate() {
+        let Some(a) = sources[..j].iter().find(|a| a.address == b.address) else { continue };
+        if a.asn == b.asn && a.port == b.port {
+            continue;
+        }
+        // Key: the config entry (what a live change is refused for).
+        let (key, other) = if b.from_config { (b, a) } else { (a, b) };
+        return Err(ConfigError {
+            key: key.label.clone(),
+            reason: format!(
+                "peer {} AS {} port {} is also `{}` with AS {} port {}: one session per address; remove one",
+                key.address, key.asn, key.port, other.label, other.asn, other.port
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Whether `name` reflects: registered as one, or listed in the config.
@@ -228,13 +289,13 @@ mod tests {
                 GlobalPeer { address: "192.0.2.1".into(), as_number: 65001, node: None },
                 GlobalPeer { address: "192.0.2.2".into(), as_number: 65002, node: Some("n1".into()) },
                 GlobalPeer { address: "192.0.2.3".into(), as_number: 65003, node: Some("n2".into()) },
-                // The same address as a flag peer: one session, the config's.
+                // The same address and AS as a flag peer: one session, the config's.
                 GlobalPeer { address: "192.0.2.9".into(), as_number: 65009, node: None },
             ],
             ..Default::default()
         };
         let flags = [
-            FlagPeer { address: "192.0.2.9".parse().unwrap(), asn: 65099, port: 179 },
+            FlagPeer { address: "192.0.2.9".parse().unwrap(), asn: 65009, port: 179 },
             FlagPeer { address: "fd00::9".parse().unwrap(), asn: 65010, port: 1790 },
         ];
         let p = desired_peers(&cfg, &nodes, &me("n1", 1), &flags);
@@ -248,6 +309,63 @@ mod tests {
             ]
         );
         assert_eq!(p[3].port, 1790);
+    }
+
+    fn peer(a: &str, asn: u32, node: Option<&str>) -> GlobalPeer {
+        GlobalPeer { address: a.into(), as_number: asn, node: node.map(Into::into) }
+    }
+
+    fn flag(a: &str, asn: u32, port: u16) -> FlagPeer {
+        FlagPeer { address: a.parse().unwrap(), asn, port }
+    }
+
+    #[test]
+    fn an_address_with_two_ases_across_sources_is_refused_naming_both() {
+        let cfg = ClusterBgpConfig {
+            peers: vec![
+                peer("192.0.2.1", 65001, None),
+                peer("192.0.2.7", 65007, Some("n2")),
+                peer("10.0.0.9", 65002, None),
+            ],
+            ..Default::default()
+        };
+        // Config vs flag, different AS.
+        let e = check_duplicates(&cfg, "n1", &[flag("10.0.0.9", 65001, 179)]).unwrap_err();
+        assert_eq!(e.key, "peers[2]");
+        assert_eq!(
+            e.to_string(),
+            "peers[2]: peer 10.0.0.9 AS 65002 port 179 is also `--peer 10.0.0.9,65001` with AS 65001 port 179: \
+             one session per address; remove one"
+        );
+        // Same AS, another port: refused too, the flag named with its port.
+        let e = check_duplicates(&cfg, "n1", &[flag("10.0.0.9", 65002, 1790)]).unwrap_err();
+        assert!(e.to_string().contains("`--peer 10.0.0.9,65002,1790`"), "{e}");
+        // A node-scoped entry of another node does not concern n1, it does n2.
+        check_duplicates(&cfg, "n1", &[flag("192.0.2.7", 65099, 179)]).unwrap();
+        let e = check_duplicates(&cfg, "n2", &[flag("192.0.2.7", 65099, 179)]).unwrap_err();
+        assert_eq!(e.key, "peers[1]");
+        // A global and a node entry of this node with the same address.
+        let cfg2 = ClusterBgpConfig {
+            peers: vec![peer("192.0.2.1", 65001, None), peer("192.0.2.1", 65003, Some("n1"))],
+            ..Default::default()
+        };
+        let e = check_duplicates(&cfg2, "n1", &[]).unwrap_err();
+        assert_eq!(e.key, "peers[1]");
+        assert!(e.reason.contains("`peers[0]` with AS 65001"), "{e}");
+        check_duplicates(&cfg2, "n2", &[]).unwrap();
+    }
+
+    #[test]
+    fn the_same_peer_from_two_sources_is_one_peer_the_configs() {
+        let cfg = ClusterBgpConfig {
+            node_to_node_mesh: false,
+            peers: vec![peer("10.0.0.9", 65002, None)],
+            ..Default::default()
+        };
+        let flags = [flag("10.0.0.9", 65002, 179)];
+        check_duplicates(&cfg, "n1", &flags).unwrap();
+        let p = desired_peers(&cfg, &[], &me("n1", 1), &flags);
+        assert_eq!(summary(&p), [("10.0.0.9".into(), 65002, false, true, "global peer")]);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Start order (each step needs the one before):
 //! 1. check the flags (and resolve `--node-name`, `--node-ip`);
 //! 2. bind `status.sock` and `control.sock` (not ready yet);
-//! 3. enable IPv4 (and, with `--node-ipv6`, IPv6) forwarding;
+//! 3. enable IPv4 (and, with `--node-ipv6`, IPv6) forwarding (IPv6 is also
+//!    enabled as soon as an IPv6 block is advertised);
 //! 4. `Fib::reconcile_start`: routes of ours already in the kernel mean a
 //!    restart (graceful restart as restarting speaker: they stay until
 //!    every session has re-converged);
@@ -35,7 +36,7 @@ use super::blocks::{self, Blocks};
 use super::control::{InstalledRoute, NodeInfo, Request, RoutesReply, Sockets, StatusReply};
 use super::flags::{AgentConfig, AgentFlags};
 use super::host;
-use super::peers::{desired_peers, is_reflector, DesiredPeer, Me};
+use super::peers::{check_duplicates, desired_peers, is_reflector, DesiredPeer, Me};
 use super::prefixes::{advertised, Advertised};
 use crate::cluster::{BgpStore, ClusterBgpConfig, ClusterEvent, ConfigError, NodeRecord};
 use crate::fib::{self, Fib};
@@ -76,8 +77,10 @@ struct Identity {
 }
 
 /// The config rules that concern this node only: its `--cluster-id`
-/// against its `routeReflectors` entry.
+/// against its `routeReflectors` entry, its external peers (config and
+/// `--peer`) against each other.
 fn check_for_node(cfg: &ClusterBgpConfig, a: &AgentConfig) -> Result<(), ConfigError> {
+    check_duplicates(cfg, &a.node_name, &a.peers)?;
     for (i, r) in cfg.route_reflectors.iter().enumerate() {
         if r.node == a.node_name {
             if let (Some(flag), Some(conf)) = (a.cluster_id, r.cluster_id) {
@@ -170,6 +173,13 @@ impl Agent {
         let adv = advertised(&self.cfg.node_name, &self.blocks);
         if adv == self.adv && !force {
             return;
+        }
+        // Routing to an IPv6 block's containers needs IPv6 forwarding, also
+        // without --node-ipv6 (IPv4 sessions may carry IPv6 blocks).
+        if adv.prefixes.iter().any(|p| p.is_ipv6()) {
+            if let Err(e) = fib::enable_forwarding(false, true) {
+                tracing::error!("enabling IPv6 forwarding for the advertised IPv6 blocks: {e}");
+            }
         }
         if adv.own_blocks != self.adv.own_blocks || force {
             match self.fib.set_own_blocks(&adv.own_blocks) {
@@ -427,6 +437,13 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
     // The watch starts from the config's revision read again after the
     // registration: nothing between the reads and the watch is missed.
     let (cluster, crev) = retry_etcd!("reading the BGP config", store.config());
+    // Written between the two reads: the same rules, before anything runs on it.
+    if let Err(e) = check_for_node(&cluster, &cfg) {
+        if let Err(d) = store.deregister(reg).await {
+            tracing::warn!("removing the node registration: {d}");
+        }
+        return Err(Error::Invalid(e));
+    }
     let (nodes, bad, nrev) = retry_etcd!("listing the nodes", store.nodes());
     for (n, e) in bad {
         tracing::warn!(node = %n, "ignoring a node record: {e}");
@@ -573,4 +590,47 @@ async fn serve(
         }
     }
     result.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        f: AgentFlags,
+    }
+
+    fn flags(v: &[&str]) -> AgentFlags {
+        Cmd::try_parse_from(std::iter::once("agent").chain(v.iter().copied())).unwrap().f
+    }
+
+    #[test]
+    fn the_node_name_defaults_to_the_hostname() {
+        let want = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+        assert!(!want.is_empty());
+        let c = resolve(&flags(&["--node-ip", "192.0.2.10"])).unwrap();
+        assert_eq!(c.node_name, want);
+        let c = resolve(&flags(&["--node-ip", "192.0.2.10", "--node-name", "other-name"])).unwrap();
+        assert_eq!(c.node_name, "other-name");
+    }
+
+    #[test]
+    fn check_for_node_names_the_key_of_what_concerns_this_node() {
+        let a =
+            flags(&["--node-ip", "192.0.2.10", "--node-name", "n1", "--route-reflector", "--cluster-id", "1.1.1.1"])
+                .check("n1".into(), Ipv4Addr::new(192, 0, 2, 10))
+                .unwrap();
+        let mut cfg = ClusterBgpConfig::default();
+        check_for_node(&cfg, &a).unwrap();
+        cfg.route_reflectors =
+            vec![crate::cluster::RouteReflector { node: "n1".into(), cluster_id: Some(Ipv4Addr::new(2, 2, 2, 2)) }];
+        let e = check_for_node(&cfg, &a).unwrap_err();
+        assert_eq!(e.key, "routeReflectors[0].clusterId");
+        cfg.route_reflectors[0].node = "n2".into();
+        check_for_node(&cfg, &a).unwrap();
+    }
 }
