@@ -265,6 +265,11 @@ fn unknown_optional_attributes_pass_with_the_partial_bit() {
     assert_eq!(t.for_propagation().map(|a| a.flags), Some(0xe0));
     let nt = u.attrs.iter().find(|a| a.value.code() == 98).expect("non-transitive kept");
     assert_eq!(nt.for_propagation(), None);
+    // The unused low-order flag bits a peer set are ignored, and cleared when we pass it on.
+    let u = decoded(&update(&[ORIGIN, AS_PATH_4, NEXT_HOP, &attr(0xcf, 99, &[1, 2])], NLRI), &c);
+    assert_eq!(u.verdict, Verdict::Accept);
+    let t = u.attrs.iter().find(|a| a.value.code() == 99).expect("transitive kept");
+    assert_eq!(t.for_propagation().map(|a| a.flags), Some(0xe0));
     // An MP_REACH_NLRI of a family we do not carry is kept raw, not an error.
     let u = decoded(&update(&[ORIGIN, AS_PATH_4, &attr(0x90, 14, &[0, 25, 70, 0, 0])], &[]), &c);
     assert_eq!(u.verdict, Verdict::Accept);

@@ -332,12 +332,15 @@ impl Attr {
     /// attributes get the partial bit (RFC 4271 §5), unrecognised non-transitive ones and
     /// malformed ones are dropped.
     pub fn for_propagation(&self) -> Option<Attr> {
+        // RFC 4271 §4.3: the four low-order flag bits are unused and MUST be zero when sent,
+        // whatever the peer we learned the attribute from put there.
+        let flags = self.flags & 0xf0;
         match &self.value {
             AttrValue::Malformed { .. } => None,
             AttrValue::Unknown { code, .. } if expected_flags(*code).is_none() => {
-                (self.optional() && self.transitive()).then(|| Attr { flags: self.flags | PARTIAL, ..self.clone() })
+                (self.optional() && self.transitive()).then(|| Attr { flags: flags | PARTIAL, ..self.clone() })
             }
-            _ => Some(self.clone()),
+            _ => Some(Attr { flags, ..self.clone() }),
         }
     }
 
