@@ -90,6 +90,62 @@ struct Entry {
     installed: u32,
 }
 
+impl Entry {
+    const EMPTY: Entry = Entry { learned: NONE, installed: NONE };
+
+    fn is_empty(&self) -> bool {
+        self.learned == NONE && self.installed == NONE
+    }
+}
+
+/// The [`Entry`] of each prefix, IPv4 apart: an IPv4 key is its address and length (8 octets
+/// with padding) where an `IpNetwork` takes 18 (20 with padding), so an IPv4 slot is 16 octets
+/// instead of 28.
+#[derive(Debug, Default)]
+struct Entries {
+    v4: HashMap<(u32, u8), Entry>,
+    v6: HashMap<IpNetwork, Entry>,
+}
+
+// The per-route cost docs/cni-bgp.md quotes.
+const _: () = assert!(std::mem::size_of::<((u32, u8), Entry)>() == 16);
+
+impl Entries {
+    fn get(&self, p: &IpNetwork) -> Option<Entry> {
+        match p {
+            IpNetwork::V4(n) => self.v4.get(&(u32::from(n.ip()), n.prefix())).copied(),
+            IpNetwork::V6(_) => self.v6.get(p).copied(),
+        }
+    }
+
+    /// Changes the entry of `p` (empty if it has none) with `f`; an entry left empty is removed.
+    fn update(&mut self, p: IpNetwork, f: impl FnOnce(&mut Entry)) {
+        match p {
+            IpNetwork::V4(n) => update_in(&mut self.v4, (u32::from(n.ip()), n.prefix()), f),
+            IpNetwork::V6(_) => update_in(&mut self.v6, p, f),
+        }
+    }
+}
+
+fn update_in<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Entry>, k: K, f: impl FnOnce(&mut Entry)) {
+    use std::collections::hash_map::Entry as Slot;
+    match map.entry(k) {
+        Slot::Occupied(mut o) => {
+            f(o.get_mut());
+            if o.get().is_empty() {
+                o.remove();
+            }
+        }
+        Slot::Vacant(v) => {
+            let mut e = Entry::EMPTY;
+            f(&mut e);
+            if !e.is_empty() {
+                v.insert(e);
+            }
+        }
+    }
+}
+
 /// The next hops in use, each stored once and counted by the [`Entry`] fields naming it.
 #[derive(Debug, Default)]
 struct NextHops {
@@ -145,7 +201,7 @@ pub struct Fib {
     /// Per prefix: what the RIB chose (learned) and what the kernel holds under our protocol,
     /// as far as our writes and the start-up dump tell (installed). A prefix is here while
     /// either is set.
-    entries: HashMap<IpNetwork, Entry>,
+    entries: Entries,
     hops: NextHops,
     /// Installed routes of a shape we do not write ([`OTHER`]).
     other: HashMap<IpNetwork, Box<Route>>,
@@ -163,7 +219,7 @@ impl Fib {
         Fib {
             nl,
             table,
-            entries: HashMap::new(),
+            entries: Entries::default(),
             hops: NextHops::default(),
             other: HashMap::new(),
             installed: 0,
@@ -239,12 +295,8 @@ impl Fib {
 
     fn set_learned(&mut self, p: IpNetwork, via: Option<&NextHop>) {
         let code = via.map_or(NONE, |nh| self.hops.hold(nh));
-        let e = self.entries.entry(p).or_insert(Entry { learned: NONE, installed: NONE });
-        let old = std::mem::replace(&mut e.learned, code);
-        let empty = e.learned == NONE && e.installed == NONE;
-        if empty {
-            self.entries.remove(&p);
-        }
+        let mut old = NONE;
+        self.entries.update(p, |e| old = std::mem::replace(&mut e.learned, code));
         self.hops.release(old);
     }
 
@@ -267,12 +319,8 @@ impl Fib {
             }
             Some(Target::Via(nh)) => self.hops.hold(&nh),
         };
-        let e = self.entries.entry(p).or_insert(Entry { learned: NONE, installed: NONE });
-        let old = std::mem::replace(&mut e.installed, code);
-        let empty = e.learned == NONE && e.installed == NONE;
-        if empty {
-            self.entries.remove(&p);
-        }
+        let mut old = NONE;
+        self.entries.update(p, |e| old = std::mem::replace(&mut e.installed, code));
         if old == OTHER && code != OTHER {
             self.other.remove(&p);
         }
