@@ -38,7 +38,7 @@ pub const MAIN_TABLE: u32 = 254;
 /// Where a learned prefix goes: the BGP next hop, and the link to reach it
 /// by when the agent knows it (`onlink` for a next hop not in a connected
 /// subnet of that link, e.g. a /32 peer address).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NextHop {
     pub gw: IpAddr,
     pub oif: Option<u32>,
@@ -74,13 +74,139 @@ enum Target {
     Other(Box<Route>),
 }
 
+/// No next hop in an [`Entry`] field.
+const NONE: u32 = u32::MAX;
+/// [`Entry::installed`]: a blackhole of ours.
+const BLACKHOLE: u32 = u32::MAX - 1;
+/// [`Entry::installed`]: a route in [`Fib::other`].
+const OTHER: u32 = u32::MAX - 2;
+
+/// One prefix's state, 8 octets: the next hop the RIB chose for it and what the kernel holds,
+/// each an index into [`NextHops`] (or [`NONE`] / [`BLACKHOLE`] / [`OTHER`]). 100k routes
+/// share a handful of next hops, so a route costs its key and these two indices.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    learned: u32,
+    installed: u32,
+}
+
+impl Entry {
+    const EMPTY: Entry = Entry { learned: NONE, installed: NONE };
+
+    fn is_empty(&self) -> bool {
+        self.learned == NONE && self.installed == NONE
+    }
+}
+
+/// The [`Entry`] of each prefix, IPv4 apart: an IPv4 key is its address and length (8 octets
+/// with padding) where an `IpNetwork` takes 18 (20 with padding), so an IPv4 slot is 16 octets
+/// instead of 28.
+#[derive(Debug, Default)]
+struct Entries {
+    v4: HashMap<(u32, u8), Entry>,
+    v6: HashMap<IpNetwork, Entry>,
+}
+
+// The per-route cost docs/cni-bgp.md quotes.
+const _: () = assert!(std::mem::size_of::<((u32, u8), Entry)>() == 16);
+
+impl Entries {
+    fn get(&self, p: &IpNetwork) -> Option<Entry> {
+        match p {
+            IpNetwork::V4(n) => self.v4.get(&(u32::from(n.ip()), n.prefix())).copied(),
+            IpNetwork::V6(_) => self.v6.get(p).copied(),
+        }
+    }
+
+    /// Changes the entry of `p` (empty if it has none) with `f`; an entry left empty is removed.
+    fn update(&mut self, p: IpNetwork, f: impl FnOnce(&mut Entry)) {
+        match p {
+            IpNetwork::V4(n) => update_in(&mut self.v4, (u32::from(n.ip()), n.prefix()), f),
+            IpNetwork::V6(_) => update_in(&mut self.v6, p, f),
+        }
+    }
+}
+
+fn update_in<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Entry>, k: K, f: impl FnOnce(&mut Entry)) {
+    use std::collections::hash_map::Entry as Slot;
+    match map.entry(k) {
+        Slot::Occupied(mut o) => {
+            f(o.get_mut());
+            if o.get().is_empty() {
+                o.remove();
+            }
+        }
+        Slot::Vacant(v) => {
+            let mut e = Entry::EMPTY;
+            f(&mut e);
+            if !e.is_empty() {
+                v.insert(e);
+            }
+        }
+    }
+}
+
+/// The next hops in use, each stored once and counted by the [`Entry`] fields naming it.
+#[derive(Debug, Default)]
+struct NextHops {
+    list: Vec<(NextHop, u32)>,
+    index: HashMap<NextHop, u32>,
+    free: Vec<u32>,
+}
+
+impl NextHops {
+    /// A reference to `nh` (interned).
+    fn hold(&mut self, nh: &NextHop) -> u32 {
+        if let Some(&i) = self.index.get(nh) {
+            self.list[i as usize].1 += 1;
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.list[i as usize] = (nh.clone(), 1);
+                i
+            }
+            None => {
+                self.list.push((nh.clone(), 1));
+                // Far fewer next hops than u32::MAX - 2 exist (one per peer and link).
+                u32::try_from(self.list.len() - 1).expect("next hop count fits u32")
+            }
+        };
+        self.index.insert(nh.clone(), i);
+        i
+    }
+
+    /// Drops a reference taken by [`NextHops::hold`] (codes other than an index are ignored).
+    fn release(&mut self, i: u32) {
+        let Some(slot) = self.list.get_mut(i as usize) else { return };
+        slot.1 -= 1;
+        if slot.1 == 0 {
+            self.index.remove(&slot.0);
+            self.free.push(i);
+        }
+    }
+
+    fn get(&self, i: u32) -> Option<&NextHop> {
+        self.list.get(i as usize).filter(|(_, refs)| *refs > 0).map(|(nh, _)| nh)
+    }
+}
+
+/// How many prefixes [`Fib::sync`] turns into netlink requests at a time: bounds the memory a
+/// burst of 100k changes takes on top of the routes themselves.
+const SYNC_CHUNK: usize = 4096;
+
 pub struct Fib {
     nl: Netlink,
     table: u32,
-    /// What the kernel holds under our protocol, as far as our writes and
-    /// the start-up dump tell.
-    installed: HashMap<IpNetwork, Target>,
-    learned: HashMap<IpNetwork, NextHop>,
+    /// Per prefix: what the RIB chose (learned) and what the kernel holds under our protocol,
+    /// as far as our writes and the start-up dump tell (installed). A prefix is here while
+    /// either is set.
+    entries: Entries,
+    hops: NextHops,
+    /// Installed routes of a shape we do not write ([`OTHER`]).
+    other: HashMap<IpNetwork, Box<Route>>,
+    /// How many entries have something installed.
+    installed: usize,
     own: HashSet<IpNetwork>,
     /// Found at start, not yet re-asserted by a change or an own block.
     stale: HashSet<IpNetwork>,
@@ -93,8 +219,10 @@ impl Fib {
         Fib {
             nl,
             table,
-            installed: HashMap::new(),
-            learned: HashMap::new(),
+            entries: Entries::default(),
+            hops: NextHops::default(),
+            other: HashMap::new(),
+            installed: 0,
             own: HashSet::new(),
             stale: HashSet::new(),
         }
@@ -113,7 +241,7 @@ impl Fib {
                 // Not a shape we write (multipath, a link route): ours all the same, to sweep.
                 (RouteKind::Unicast, None) => Target::Other(Box::new(r.clone())),
             };
-            self.installed.insert(r.dst, target);
+            self.set_installed(r.dst, Some(target));
             self.stale.insert(r.dst);
         }
         tracing::info!(routes = found.len(), protocol = PROTOCOL, "adopted routes of a previous run as stale");
@@ -126,10 +254,7 @@ impl Fib {
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<Vec<Failure>> {
         let mut touched = Vec::new();
         for c in changes {
-            match c.via {
-                Some(nh) => self.learned.insert(c.prefix, nh),
-                None => self.learned.remove(&c.prefix),
-            };
+            self.set_learned(c.prefix, c.via.as_ref());
             touched.push(c.prefix);
         }
         self.sync(touched)
@@ -151,9 +276,9 @@ impl Fib {
     /// were deleted, and the refusals.
     pub fn sweep_stale(&mut self) -> Result<(usize, Vec<Failure>)> {
         let stale: Vec<IpNetwork> = self.stale.drain().collect();
-        let before = self.installed.len();
+        let before = self.installed;
         let failed = self.sync(stale)?;
-        let swept = before - self.installed.len();
+        let swept = before - self.installed;
         tracing::info!(swept, failed = failed.len(), "swept stale routes");
         Ok((swept, failed))
     }
@@ -165,14 +290,54 @@ impl Fib {
 
     /// How many routes we hold in the kernel.
     pub fn installed(&self) -> usize {
-        self.installed.len()
+        self.installed
+    }
+
+    fn set_learned(&mut self, p: IpNetwork, via: Option<&NextHop>) {
+        let code = via.map_or(NONE, |nh| self.hops.hold(nh));
+        let mut old = NONE;
+        self.entries.update(p, |e| old = std::mem::replace(&mut e.learned, code));
+        self.hops.release(old);
+    }
+
+    fn installed_target(&self, p: &IpNetwork) -> Option<Target> {
+        match self.entries.get(p)?.installed {
+            NONE => None,
+            BLACKHOLE => Some(Target::Blackhole),
+            OTHER => self.other.get(p).map(|r| Target::Other(r.clone())),
+            i => self.hops.get(i).cloned().map(Target::Via),
+        }
+    }
+
+    fn set_installed(&mut self, p: IpNetwork, t: Option<Target>) {
+        let code = match t {
+            None => NONE,
+            Some(Target::Blackhole) => BLACKHOLE,
+            Some(Target::Other(r)) => {
+                self.other.insert(p, r);
+                OTHER
+            }
+            Some(Target::Via(nh)) => self.hops.hold(&nh),
+        };
+        let mut old = NONE;
+        self.entries.update(p, |e| old = std::mem::replace(&mut e.installed, code));
+        if old == OTHER && code != OTHER {
+            self.other.remove(&p);
+        }
+        match (old == NONE, code == NONE) {
+            (true, false) => self.installed += 1,
+            (false, true) => self.installed -= 1,
+            _ => {}
+        }
+        self.hops.release(old);
     }
 
     fn want(&self, p: &IpNetwork) -> Option<Target> {
         if self.own.contains(p) {
             return Some(Target::Blackhole);
         }
-        self.learned.get(p).cloned().map(Target::Via)
+        let e = self.entries.get(p)?;
+        self.hops.get(e.learned).cloned().map(Target::Via)
     }
 
     fn route(&self, p: IpNetwork, t: &Target) -> Route {
@@ -190,16 +355,25 @@ impl Fib {
         r
     }
 
-    /// Brings each of `prefixes` to what [`Fib::want`] says, in one batch.
+    /// Brings each of `prefixes` to what [`Fib::want`] says, [`SYNC_CHUNK`] prefixes per batch.
     fn sync(&mut self, mut prefixes: Vec<IpNetwork>) -> Result<Vec<Failure>> {
         prefixes.sort_unstable();
         prefixes.dedup();
+        let mut failures = Vec::new();
+        for chunk in prefixes.chunks(SYNC_CHUNK) {
+            failures.extend(self.sync_chunk(chunk)?);
+        }
+        Ok(failures)
+    }
+
+    /// Brings each of `prefixes` to what [`Fib::want`] says, in one batch.
+    fn sync_chunk(&mut self, prefixes: &[IpNetwork]) -> Result<Vec<Failure>> {
         let mut ops = Vec::new();
         let mut targets = Vec::new();
-        for p in prefixes {
+        for &p in prefixes {
             let want = self.want(&p);
-            let have = self.installed.get(&p);
-            if want.is_some() && want.as_ref() == have {
+            let have = self.installed_target(&p);
+            if want.is_some() && want == have {
                 self.stale.remove(&p);
                 continue;
             }
@@ -213,7 +387,7 @@ impl Fib {
                     targets.push(Some(w));
                 }
                 (None, Some(h)) => {
-                    let mut r = self.route(p, h);
+                    let mut r = self.route(p, &h);
                     // RT_SCOPE_NOWHERE: match whatever scope it was added with (IPv4 checks).
                     r.scope = Some(255);
                     ops.push(Op::Delete(r));
@@ -237,10 +411,7 @@ impl Fib {
                 continue;
             }
             self.stale.remove(&p);
-            match target {
-                Some(t) => self.installed.insert(p, t),
-                None => self.installed.remove(&p),
-            };
+            self.set_installed(p, target);
         }
         Ok(failures)
     }

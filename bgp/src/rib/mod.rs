@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use prefix_trie::joint::map::JointPrefixMap;
+use smallvec::SmallVec;
 
 pub use attrs::{AttrPool, PathAttrs};
 pub use best::{compare, Candidate, PeerFacts, Step, DEFAULT_LOCAL_PREF};
@@ -104,8 +105,9 @@ struct Path {
 #[derive(Debug, Clone, Default)]
 struct Dest {
     /// The Adj-RIB-In entries of every peer for this prefix, and the local route: the Loc-RIB
-    /// stores them once rather than one trie per peer.
-    paths: Vec<Path>,
+    /// stores them once rather than one trie per peer. Nearly always one path: it is stored
+    /// inline, so a prefix with one path takes no allocation of its own.
+    paths: SmallVec<[Path; 1]>,
     /// Index of the best path in `paths`.
     best: Option<u32>,
 }
@@ -720,5 +722,5 @@ impl Path {
     }
 }
 
-// The per-route cost the docs quote: a path is 16 octets, a trie entry 32.
+// The per-route cost the docs quote: a path is 16 octets, a trie entry 32 with one path inline.
 const _: () = assert!(std::mem::size_of::<Path>() == 16 && std::mem::size_of::<Dest>() == 32);

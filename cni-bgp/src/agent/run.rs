@@ -125,6 +125,23 @@ struct Agent {
     /// still in the kernel; those the new one has not learned again by its
     /// `Converged` are withdrawn from the kernel then.
     restart_sweep: Option<HashSet<IpNetwork>>,
+    /// FIB changes applied since the heap was last trimmed ([`release_free_heap`]).
+    since_trim: usize,
+}
+
+/// After this many FIB changes, the freed heap is returned to the kernel ([`release_free_heap`]):
+/// at most 25 trims while 100k routes arrive.
+const TRIM_AFTER: usize = 4096;
+
+/// Gives the heap's free pages back to the kernel (glibc's `malloc_trim(0)`). A burst of routes
+/// leaves the buffers it was decoded, selected and written with freed, and glibc keeps freed
+/// pages inside its heap resident: they count in the RSS operators see until reused.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl Agent {
@@ -294,7 +311,13 @@ impl Agent {
     }
 
     fn apply(&mut self, changes: Vec<fib::Change>) {
-        match self.fib.apply(changes) {
+        self.since_trim += changes.len();
+        let result = self.fib.apply(changes);
+        if self.since_trim >= TRIM_AFTER {
+            self.since_trim = 0;
+            release_free_heap();
+        }
+        match result {
             Ok(failures) => {
                 for f in failures {
                     tracing::error!(prefix = %f.prefix, "installing a learned route: {}", f.error);
@@ -491,6 +514,7 @@ async fn start(cfg: AgentConfig) -> Result<Started, Error> {
         speaker,
         ready: false,
         restart_sweep: None,
+        since_trim: 0,
         cfg,
     };
     a.readvertise(true).await;
