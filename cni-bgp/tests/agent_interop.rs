@@ -27,18 +27,18 @@
 //!
 //! Needs root, etcd, bird2, gobgpd and frr (a missing one fails the test).
 
+mod scripted;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream};
-use std::os::fd::OwnedFd;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bgp::packet::{Capability, Message, Open, SessionCaps, AFI_IPV4, AFI_IPV6, SAFI_UNICAST};
 use cluster_ipam::BlockValue;
 use cni_bgp::status;
 use ipnetwork::IpNetwork;
+use scripted::{attr, msg, Got, Scripted, SCRIPT_AS};
 use serde_json::Value;
 use testkit::bgp::{require_daemons, wait_kernel_route, wait_no_kernel_route, BgpDaemon, Kind, Neighbor, PeerConfig};
 use testkit::lab::{HostId, Lab, ProcessGuard};
@@ -496,22 +496,7 @@ fn agent_with_frr_ebgp_and_ibgp_v4_v6() {
 
 // ---- a scripted peer (malformed_updates.rs speaks the same way) --------------------------
 
-const SCRIPT_AS: u32 = 65301;
 const WITNESS_AS: u32 = 65302;
-
-fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![0xff; 16];
-    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
-    m.push(kind);
-    m.extend_from_slice(body);
-    m
-}
-
-fn attr(flags: u8, code: u8, value: &[u8]) -> Vec<u8> {
-    let mut a = vec![flags, code, value.len() as u8];
-    a.extend_from_slice(value);
-    a
-}
 
 /// ORIGIN IGP, AS_PATH [SCRIPT_AS] (4-octet), NEXT_HOP `nh`.
 fn attrs(nh: Ipv4Addr) -> Vec<u8> {
@@ -531,137 +516,19 @@ fn update(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
     msg(2, &b)
 }
 
-const KEEPALIVE: [u8; 19] =
-    [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 19, 4];
-
-struct Scripted {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Scripted {
-    /// Connects from `src` (in netns `ns`) to `dst`:179 and brings the session up: OPEN both
-    /// ways, KEEPALIVE both ways. Retried (every 200 ms, at most [`T`]) while the agent does not
-    /// accept the connection or refuses the session (e.g. not configured yet).
-    fn connect(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Scripted {
-        let deadline = Instant::now() + T;
-        loop {
-            match Scripted::try_connect(ns, src, dst) {
-                Ok(s) => return s,
-                Err(e) if Instant::now() >= deadline => panic!("scripted peer {src} -> {dst}:179: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
+/// Connects from `src` (in netns `ns`) to the agent and brings the session up; retried (every
+/// 200 ms, at most [`T`]) while the agent does not accept the connection or refuses the
+/// session (e.g. not configured yet).
+fn connect(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Scripted {
+    let deadline = Instant::now() + T;
+    loop {
+        let mut sc = Scripted::tcp(ns, src, dst, T);
+        match sc.open_session(src, Duration::from_secs(10)) {
+            Ok(()) => return sc,
+            Err(e) if Instant::now() >= deadline => panic!("scripted peer {src} -> {dst}:179: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
-
-    fn try_connect(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Result<Scripted, String> {
-        let path = PathBuf::from(format!("/run/netns/{ns}"));
-        let s = linux_net::netns::spawn_in(&path, None, move || connect_from(src, dst))
-            .expect("thread in netns")
-            .join()
-            .expect("join")
-            .expect("in netns")
-            .map_err(|e| format!("connect: {e}"))?;
-        s.set_nodelay(true).unwrap();
-        let mut sc = Scripted { s, buf: Vec::new() };
-        let open = Open::new(
-            SCRIPT_AS,
-            90,
-            src,
-            vec![
-                Capability::Multiprotocol { afi: AFI_IPV4, safi: SAFI_UNICAST },
-                Capability::Multiprotocol { afi: AFI_IPV6, safi: SAFI_UNICAST },
-            ],
-        );
-        sc.s.write_all(&Message::Open(open).to_bytes(&SessionCaps::default()).unwrap()).map_err(|e| e.to_string())?;
-        match sc.read_frame(Duration::from_secs(10)) {
-            Some((1, _)) => {}
-            other => return Err(format!("expected the agent's OPEN, got {other:?}")),
-        }
-        sc.s.write_all(&KEEPALIVE).map_err(|e| e.to_string())?;
-        loop {
-            match sc.read_frame(Duration::from_secs(10)) {
-                Some((4, _)) => return Ok(sc),
-                Some((3, body)) => return Err(format!("the agent refused the session: NOTIFICATION {body:?}")),
-                Some(_) => {}
-                None => return Err("no KEEPALIVE from the agent".into()),
-            }
-        }
-    }
-
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("send to the agent");
-    }
-
-    /// One whole message (type, body), or None at EOF / timeout.
-    fn read_frame(&mut self, timeout: Duration) -> Option<(u8, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.buf.len() >= 19 {
-                let len = u16::from_be_bytes([self.buf[16], self.buf[17]]) as usize;
-                if len >= 19 && self.buf.len() >= len {
-                    let t = self.buf[18];
-                    let body = self.buf[19..len].to_vec();
-                    self.buf.drain(..len);
-                    return Some((t, body));
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 4096];
-            match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Reads past KEEPALIVEs and UPDATEs until a NOTIFICATION (code, subcode), or None at the
-    /// end of the connection or after `timeout`.
-    fn next_notification(&mut self, timeout: Duration) -> Option<(u8, u8)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.read_frame(left)? {
-                (3, body) => return Some((body.first().copied().unwrap_or(0), body.get(1).copied().unwrap_or(0))),
-                _ => continue,
-            }
-        }
-    }
-
-    /// EOF within `timeout` (the agent closed after its NOTIFICATION).
-    fn closed(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 4096];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return false
-                }
-                Err(_) => return true,
-            }
-        }
-    }
-}
-
-/// A TCP connection from `src` (bound before connecting, so the agent sees that peer).
-fn connect_from(src: Ipv4Addr, dst: Ipv4Addr) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    use std::os::fd::AsRawFd;
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)))?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(dst, 179)))?;
-    Ok(TcpStream::from(fd))
 }
 
 /// A `--peer` sends an UPDATE whose NLRI has prefix length 33 (RFC 4271 §6.3, Invalid Network
@@ -693,7 +560,7 @@ fn agent_answers_a_malformed_update_with_a_notification_and_serves_on() {
     site.wait_kernel(witness_route, IpAddr::V4(witness));
     let witness_up_at = Instant::now();
 
-    let mut s = Scripted::connect(&script_ns, src, site.our4);
+    let mut s = connect(&script_ns, src, site.our4);
     site.wait_established(IpAddr::V4(src));
     // A valid route first: it reaches our kernel via the scripted peer.
     let script_route = "10.89.0.0/24";
@@ -705,7 +572,7 @@ fn agent_answers_a_malformed_update_with_a_notification_and_serves_on() {
     nlri = vec![33, 10, 89, 1, 0, 0];
     s.send(&update(&attrs(src), &nlri));
     let got = s.next_notification(Duration::from_secs(20));
-    assert_eq!(got, Some((3, 10)), "NOTIFICATION for an NLRI of length 33\n{}", site.log());
+    assert_eq!(got, Got::Notification(3, 10), "NOTIFICATION for an NLRI of length 33\n{}", site.log());
     assert!(s.closed(Duration::from_secs(10)), "the agent did not close after its NOTIFICATION");
     site.wait_no_kernel(script_route, Duration::from_secs(10));
     let named = wait_until(Duration::from_secs(10), || {
@@ -728,7 +595,7 @@ fn agent_answers_a_malformed_update_with_a_notification_and_serves_on() {
     assert!(site.kernel_via(witness_route).is_some(), "{}", site.kernel());
     // And the peer that sent it may come back.
     drop(s);
-    let mut s = Scripted::connect(&script_ns, src, site.our4);
+    let mut s = connect(&script_ns, src, site.our4);
     site.wait_established(IpAddr::V4(src));
     s.send(&update(&attrs(src), &[24, 10, 89, 0]));
     site.wait_kernel(script_route, IpAddr::V4(src));

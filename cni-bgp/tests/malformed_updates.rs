@@ -15,22 +15,19 @@
 //! carries the speaker's route. Needs root and gobgpd (missing: the test fails).
 
 mod common;
+mod scripted;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bgp::packet::{Capability, Message, Open, SessionCaps, AFI_IPV4, AFI_IPV6, SAFI_UNICAST};
 use cni_bgp::speaker::SpeakerConfig;
 use common::{net, peer, OurNode};
+use scripted::{attr, good_open, msg, Got, Scripted, KEEPALIVE, SCRIPT_AS};
 use testkit::bgp::{require_daemons, BgpDaemon, Gobgp, Neighbor, PeerConfig};
 use testkit::lab::Lab;
 
 const T: Duration = Duration::from_secs(60);
 const OUR_AS: u32 = 65300;
-const SCRIPT_AS: u32 = 65301;
 const WITNESS_AS: u32 = 65302;
 
 /// The attribute type codes of the witness's best path for `p` (`gobgp -j global rib`).
@@ -43,20 +40,6 @@ fn witness_attr_types(w: &Gobgp, p: &str) -> Option<Vec<u64>> {
 }
 
 // ---- hand-made messages ----------------------------------------------------------------
-
-fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![0xff; 16];
-    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
-    m.push(kind);
-    m.extend_from_slice(body);
-    m
-}
-
-fn attr(flags: u8, code: u8, value: &[u8]) -> Vec<u8> {
-    let mut a = vec![flags, code, value.len() as u8];
-    a.extend_from_slice(value);
-    a
-}
 
 fn origin(v: u8) -> Vec<u8> {
     attr(0x40, 1, &[v])
@@ -116,23 +99,6 @@ fn announce6(p: &str, nh: std::net::Ipv6Addr, origin_value: u8) -> Vec<u8> {
     update(&[], &a, &[])
 }
 
-const KEEPALIVE: [u8; 19] =
-    [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 19, 4];
-
-/// The scripted peer's OPEN through our codec: IPv4 and IPv6 unicast, 4-octet AS.
-fn good_open(id: Ipv4Addr) -> Vec<u8> {
-    let open = Open::new(
-        SCRIPT_AS,
-        90,
-        id,
-        vec![
-            Capability::Multiprotocol { afi: AFI_IPV4, safi: SAFI_UNICAST },
-            Capability::Multiprotocol { afi: AFI_IPV6, safi: SAFI_UNICAST },
-        ],
-    );
-    Message::Open(open).to_bytes(&SessionCaps::default()).unwrap()
-}
-
 /// A hand-made OPEN: version, My AS (also in the 4-octet AS capability), hold time, BGP
 /// identifier, and the optional parameters after the capabilities parameter.
 fn raw_open(version: u8, asn: u16, hold: u16, id: Ipv4Addr, extra_params: &[u8]) -> Vec<u8> {
@@ -152,145 +118,11 @@ fn raw_open(version: u8, asn: u16, hold: u16, id: Ipv4Addr, extra_params: &[u8])
 
 // ---- the scripted peer -----------------------------------------------------------------
 
-struct Scripted {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// What the speaker sent, as far as the test cares.
-#[derive(Debug, PartialEq)]
-enum Got {
-    Notification(u8, u8),
-    Closed,
-    Timeout,
-}
-
-impl Scripted {
-    /// Connects from `src` (in netns `ns`) to the speaker and brings the session up.
-    fn connect(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Scripted {
-        let mut sc = Scripted::tcp(ns, src, dst);
-        sc.send(&good_open(src));
-        sc.expect_open();
-        sc.send(&KEEPALIVE);
-        loop {
-            let (t, body) = sc.read_frame(T).expect("the speaker's KEEPALIVE");
-            match t {
-                4 => break,
-                3 => panic!("speaker refused the session: NOTIFICATION {body:?}"),
-                _ => {}
-            }
-        }
-        sc
-    }
-
-    /// Only the TCP connection, from `src` in netns `ns`.
-    fn tcp(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Scripted {
-        let path = PathBuf::from(format!("/run/netns/{ns}"));
-        let deadline = Instant::now() + T;
-        // The speaker may not accept yet (its peer list is being applied): retry, bounded.
-        let s = loop {
-            let p = path.clone();
-            let r = linux_net::netns::spawn_in(&p, None, move || connect_from(src, dst))
-                .expect("thread in netns")
-                .join()
-                .expect("join")
-                .expect("in netns");
-            match r {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                Err(e) => panic!("scripted peer {src} cannot connect to {dst}:179: {e}"),
-            }
-        };
-        s.set_nodelay(true).unwrap();
-        Scripted { s, buf: Vec::new() }
-    }
-
-    /// Reads the speaker's OPEN (the session is then in OpenConfirm on its side once ours came).
-    fn expect_open(&mut self) {
-        let (t, body) = self.read_frame(T).expect("the speaker's OPEN");
-        assert_eq!(t, 1, "expected OPEN, got type {t} {body:?}");
-    }
-
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("send to the speaker");
-    }
-
-    /// One whole message (type, body), or None at EOF / timeout.
-    fn read_frame(&mut self, timeout: Duration) -> Option<(u8, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.buf.len() >= 19 {
-                let len = u16::from_be_bytes([self.buf[16], self.buf[17]]) as usize;
-                if len >= 19 && self.buf.len() >= len {
-                    let t = self.buf[18];
-                    let body = self.buf[19..len].to_vec();
-                    self.buf.drain(..len);
-                    return Some((t, body));
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 4096];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return None
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Reads past KEEPALIVEs and UPDATEs until a NOTIFICATION, the end of the connection, or
-    /// `timeout`.
-    fn next_notification(&mut self, timeout: Duration) -> Got {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.read_frame(left) {
-                Some((3, body)) => {
-                    return Got::Notification(body.first().copied().unwrap_or(0), body.get(1).copied().unwrap_or(0))
-                }
-                Some(_) => continue,
-                None if Instant::now() >= deadline => return Got::Timeout,
-                None => return Got::Closed,
-            }
-        }
-    }
-
-    /// After a NOTIFICATION the speaker closes: EOF within `timeout`.
-    fn closed(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 4096];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return false
-                }
-                Err(_) => return true,
-            }
-        }
-    }
-}
-
-/// A TCP connection from `src` (bound before connecting, so the speaker sees that peer).
-fn connect_from(src: Ipv4Addr, dst: Ipv4Addr) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)))?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(dst, 179)))?;
-    Ok(TcpStream::from(fd))
+/// Connects from `src` (in netns `ns`) to the speaker and brings the session up.
+fn connect(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Scripted {
+    let mut sc = Scripted::tcp(ns, src, dst, T);
+    sc.open_session(src, T).unwrap_or_else(|e| panic!("scripted peer {src}: {e}"));
+    sc
 }
 
 // ---- the test ----------------------------------------------------------------------------
@@ -424,14 +256,14 @@ fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
     let mut failures = Vec::new();
     for (c, src) in cases.iter().zip(&script_addrs) {
         let mut s = match c.at {
-            Stage::Established => Scripted::connect(&script_ns, *src, ours),
+            Stage::Established => connect(&script_ns, *src, ours),
             Stage::OpenConfirm => {
-                let mut s = Scripted::tcp(&script_ns, *src, ours);
+                let mut s = Scripted::tcp(&script_ns, *src, ours, T);
                 s.send(&good_open(*src));
-                s.expect_open();
+                s.expect_open(T);
                 s
             }
-            Stage::Open => Scripted::tcp(&script_ns, *src, ours),
+            Stage::Open => Scripted::tcp(&script_ns, *src, ours, T),
         };
         s.send(&c.bytes);
         let got = s.next_notification(Duration::from_secs(20));
@@ -460,7 +292,7 @@ fn malformed_messages_get_the_rfc_answer_and_the_speaker_serves_on() {
 
     // Treat-as-withdraw and attribute discard, all on one session that must stay up.
     let src = *script_addrs.last().unwrap();
-    let mut s = Scripted::connect(&script_ns, src, ours);
+    let mut s = connect(&script_ns, src, ours);
     let p = "10.96.0.0/24";
     let pn = net(p);
     let taw: Vec<(&str, Vec<u8>)> = vec![
