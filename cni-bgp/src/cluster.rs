@@ -448,35 +448,11 @@ impl BgpStore {
             if tx.is_closed() {
                 return;
             }
-            let (handle, mut client) = match self.etcd.stream_client().await {
+            let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+            let (handle, mut stream) = match self.etcd.start_watch(format!("{}/bgp/", self.prefix), opts).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("BGP config watch: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
-            let started = tokio::time::timeout(
-                self.etcd.timeouts().request,
-                client.watch(format!("{}/bgp/", self.prefix), Some(opts)),
-            )
-            .await;
-            let mut stream = match started {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!("BGP config watch: cannot start: {e}");
-                    if etcd_kv::is_transport_error(&e) {
-                        self.etcd.stream_failed(handle);
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("BGP config watch: no answer to the watch request");
-                    self.etcd.stream_failed(handle);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;

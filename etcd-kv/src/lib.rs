@@ -421,6 +421,32 @@ impl EtcdClient {
     pub fn stream_failed(&self, h: StreamHandle) {
         self.failed(h.endpoint, h.generation)
     }
+
+    /// Starts a watch of `key` with `opts` on the preferred endpoint, waiting
+    /// at most the request timeout for the server to take it. On failure the
+    /// endpoint is marked failed where the transport (or the silence) is the
+    /// cause, and the reason comes back in words for the caller's log line
+    /// and backoff.
+    pub async fn start_watch(
+        &self,
+        key: String,
+        opts: etcd_client::WatchOptions,
+    ) -> std::result::Result<(StreamHandle, etcd_client::WatchStream), String> {
+        let (handle, mut client) = self.stream_client().await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.timeouts.request, client.watch(key, Some(opts))).await {
+            Ok(Ok(stream)) => Ok((handle, stream)),
+            Ok(Err(e)) => {
+                if is_transport_error(&e) {
+                    self.stream_failed(handle);
+                }
+                Err(format!("cannot start: {e}"))
+            }
+            Err(_) => {
+                self.stream_failed(handle);
+                Err("no answer to the watch request".into())
+            }
+        }
+    }
 }
 
 /// Which endpoint (and channel generation) a stream runs on.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use etcd_kv::is_transport_error;
 
-use super::manager::{Inner, REQUEST_TIMEOUT};
+use super::manager::Inner;
 use super::{parse_subnet_key, Event};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -118,30 +118,11 @@ async fn run(inner: Arc<Inner>, revision: i64, tx: mpsc::Sender<Event>) {
             }
         }
 
-        let (handle, mut client) = match inner.etcd.stream_client().await {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+        let (handle, mut stream) = match inner.etcd.start_watch(inner.subnets_prefix.clone(), opts).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("subnet watch: {e}");
-                pause(&mut backoff).await;
-                continue;
-            }
-        };
-        let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
-        let prefix = inner.subnets_prefix.clone();
-        let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, client.watch(prefix, Some(opts))).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!("subnet watch: cannot start: {e}");
-                if is_transport_error(&e) {
-                    inner.etcd.stream_failed(handle);
-                }
-                resync = true;
-                pause(&mut backoff).await;
-                continue;
-            }
-            Err(_) => {
-                tracing::debug!("subnet watch: no answer within {REQUEST_TIMEOUT:?}");
-                inner.etcd.stream_failed(handle);
                 resync = true;
                 pause(&mut backoff).await;
                 continue;

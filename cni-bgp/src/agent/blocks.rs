@@ -81,34 +81,11 @@ async fn watch_loop(etcd: &EtcdClient, prefix: &str, mut blocks: Blocks, mut rev
                 }
             }
         }
-        let (handle, mut client) = match etcd.stream_client().await {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+        let (handle, mut stream) = match etcd.start_watch(format!("{prefix}/"), opts).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("IPAM blocks watch: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                relist = true;
-                continue;
-            }
-        };
-        let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
-        let started =
-            tokio::time::timeout(etcd.timeouts().request, client.watch(format!("{prefix}/"), Some(opts))).await;
-        let mut stream = match started {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!("IPAM blocks watch: cannot start: {e}");
-                if etcd_kv::is_transport_error(&e) {
-                    etcd.stream_failed(handle);
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                relist = true;
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!("IPAM blocks watch: no answer to the watch request");
-                etcd.stream_failed(handle);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 relist = true;
