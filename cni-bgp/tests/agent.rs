@@ -15,25 +15,12 @@ use cluster_ipam::{Allocation, BlockValue};
 use cni_bgp::status;
 use serde_json::Value;
 use testkit::lab::{HostId, Lab, ProcessGuard};
+use testkit::util::wait_until;
 
 const PREFIX: &str = "/t-bgp-agent";
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cni-bgp")
-}
-
-/// Polls `f` every 50 ms until it is true or `timeout` passed.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 struct Cluster {

@@ -42,6 +42,7 @@ use scripted::{attr, msg, Got, Scripted, SCRIPT_AS};
 use serde_json::Value;
 use testkit::bgp::{require_daemons, wait_kernel_route, wait_no_kernel_route, BgpDaemon, Kind, Neighbor, PeerConfig};
 use testkit::lab::{HostId, Lab, ProcessGuard};
+use testkit::util::wait_until;
 
 const T: Duration = Duration::from_secs(60);
 /// The cluster's AS when the config does not say (`asNumber`'s default).
@@ -63,20 +64,6 @@ fn bin() -> &'static str {
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
-}
-
-/// Polls `f` every 50 ms until it is true or `timeout` passed.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn is_link_local(a: IpAddr) -> bool {
