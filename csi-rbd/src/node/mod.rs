@@ -117,9 +117,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Status> + Send + 'static,
 {
-    let p = start_bounded(what, f)?;
-    let deadline = p.started + timeout;
-    p.wait(deadline)
+    start_bounded(what, f)?.wait_for(timeout)
 }
 
 /// Work started on its own thread by [`start_bounded`], waited for later.
@@ -147,6 +145,12 @@ where
 }
 
 impl<T> Pending<T> {
+    /// The result, waiting at most `timeout` from the start.
+    fn wait_for(self, timeout: Duration) -> Result<T, Status> {
+        let deadline = self.started + timeout;
+        self.wait(deadline)
+    }
+
     /// The result, waiting at most until `deadline`.
     fn wait(self, deadline: Instant) -> Result<T, Status> {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -162,16 +166,14 @@ impl<T> Pending<T> {
 }
 
 /// The stage's claim of the attach lock, running while the image is mapped.
-struct Claim {
-    pending: Option<Pending<()>>,
-    deadline: Instant,
-}
+struct Claim(Option<Pending<()>>);
 
 impl Claim {
-    /// Waits for the claim (once; later calls return Ok).
+    /// Waits for the claim, at most [`CEPH_TIMEOUT`] from its start (once;
+    /// later calls return Ok).
     fn confirm(&mut self) -> Result<(), Status> {
-        match self.pending.take() {
-            Some(p) => p.wait(self.deadline),
+        match self.0.take() {
+            Some(p) => p.wait_for(CEPH_TIMEOUT),
             None => Ok(()),
         }
     }
@@ -462,12 +464,9 @@ impl NodeService {
         // node holds the image. The claim's round trip overlaps the map and
         // the read-only probe; a refused claim undoes the map.
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
-        let mut claim = Claim {
-            pending: Some(start_bounded("claim the attach lock", move || {
-                attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)
-            })?),
-            deadline: Instant::now() + CEPH_TIMEOUT,
-        };
+        let mut claim = Claim(Some(start_bounded("claim the attach lock", move || {
+            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)
+        })?));
 
         let mut rec = StageRecord {
             volume_id: r.volume_id.clone(),
