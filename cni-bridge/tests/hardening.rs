@@ -332,3 +332,27 @@ fn a_panicking_plugin_still_answers_with_a_cni_error() {
         assert!(v["msg"].as_str().unwrap().contains(&format!("asked for a panic in {verb}")), "{v}");
     }
 }
+
+#[test]
+fn a_plugin_whose_reader_is_gone_exits_with_an_error_instead_of_dying_of_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    // A broken pipe stands for any peer that closed its end: stdout here, an
+    // etcd member's connection in cluster IPAM. The plugin must see EPIPE as
+    // an error (and answer if it still can), never be killed by the signal.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_cni-bridge"))
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_ne!(status.signal(), Some(libc_sigpipe()), "killed by SIGPIPE: {status:?}");
+    assert!(!status.success(), "a result that could not be written is a failure: {status:?}");
+}
+
+/// SIGPIPE's number on Linux (every architecture we build for).
+fn libc_sigpipe() -> i32 {
+    13
+}

@@ -212,8 +212,11 @@ pub trait Plugin {
 ///
 /// A CNI plugin is a process per operation, so process start-up is part of
 /// every ADD. Skipping std's runtime set-up (stack-guard discovery through
-/// `/proc/self/maps`, the SIGSEGV alt stack, SIGPIPE) saves ~0.1 ms per call;
-/// args, environment and stdio work as usual. Release builds abort on panic.
+/// `/proc/self/maps`, the SIGSEGV alt stack) saves ~0.1 ms per call; args,
+/// environment and stdio work as usual. Release builds abort on panic.
+/// [`run`] ignores SIGPIPE itself, as std's runtime would have: a write to a
+/// connection the peer has closed (an etcd member killed mid-request) must be
+/// an error the plugin answers with, not a signal that kills it silently.
 #[macro_export]
 macro_rules! plugin_main {
     ($plugin:expr) => {
@@ -231,6 +234,9 @@ pub const PANIC_FOR_TEST: &str = "CNI_PANIC_FOR_TEST";
 
 /// What a plugin binary's `main` calls. Never returns.
 pub fn run(plugin: &dyn Plugin) -> ! {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no handler to race
+    // with, and no other thread exists yet.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     install_panic_hook();
     let env = |k: &str| std::env::var(k).ok();
     let ok = dispatch(plugin, &env, &mut std::io::stdin(), &mut std::io::stdout());
@@ -330,11 +336,15 @@ pub fn dispatch(
         Ok(out)
     })();
     match outcome {
-        Ok(Some(v)) => {
-            let _ = writeln!(stdout, "{v}");
-            let _ = stdout.flush();
-            true
-        }
+        // A result the runtime cannot read is a failure: it exits non-zero
+        // (the runtime calls DEL for an ADD whose result it never got).
+        Ok(Some(v)) => match writeln!(stdout, "{v}").and_then(|_| stdout.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("write the result to stdout: {e}");
+                false
+            }
+        },
         Ok(None) => true,
         Err(e) => {
             tracing::warn!(code = e.code.as_u32(), "{e}");
