@@ -486,6 +486,7 @@ mod txn_encoding {
             counter: true,
             log_prefix: Some("x".into()),
             action: Some(Action::Verdict(Verdict::Jump("c".into()))),
+            mark: None,
             comment: None,
         };
         assert_eq!(
