@@ -127,7 +127,7 @@ fn errno_name(errno: i32) -> String {
 }
 
 /// nftables address family of a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     Inet,
     Ip,

@@ -20,7 +20,7 @@ use super::wire::*;
 use super::{Family, NftError, NftResult};
 
 /// A table: family + name. Every object of a [`Transaction`] lives in one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TableRef {
     pub family: Family,
     pub name: String,
