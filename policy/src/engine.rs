@@ -195,17 +195,18 @@ impl Engine {
         let mut counts: BTreeMap<TableRef, Option<BTreeMap<String, usize>>> = BTreeMap::new();
         let mut kernel_maps: BTreeMap<(TableRef, String), Vec<(SetElem, Verdict)>> = BTreeMap::new();
         for k in &keys {
-            let want_t = c
-                .tables()
-                .iter()
-                .find(|t| t.table == k.table)
-                .ok_or_else(|| Error::Check(format!("{ep}: table {} {} is not compiled", k.table.family, k.table.name)))?;
+            let want_t = c.tables().iter().find(|t| t.table == k.table).ok_or_else(|| {
+                Error::Check(format!("{ep}: table {} {} is not compiled", k.table.family, k.table.name))
+            })?;
             let map = want_t.maps.get(&k.map).ok_or_else(|| {
                 Error::Check(format!("{ep}: map {} is not in table {} {}", k.map, k.table.family, k.table.name))
             })?;
-            let want = map.entries.iter().find(|(e, _)| *e == k.key).map(|(_, v)| v).ok_or_else(|| {
-                Error::Check(format!("{ep}: map {} has no entry for {:?}", k.map, k.key))
-            })?;
+            let want = map
+                .entries
+                .iter()
+                .find(|(e, _)| *e == k.key)
+                .map(|(_, v)| v)
+                .ok_or_else(|| Error::Check(format!("{ep}: map {} has no entry for {:?}", k.map, k.key)))?;
             let id = (k.table.clone(), k.map.clone());
             if !kernel_maps.contains_key(&id) {
                 kernel_maps.insert(id.clone(), map_entries(&k.table, &map.def)?);
@@ -218,7 +219,8 @@ impl Engine {
                 )));
             }
             // the chains this entry leads to, and the base chains that reach the map
-            let mut todo: Vec<String> = want_t.chains.iter().filter(|(_, c)| c.base.is_some()).map(|(n, _)| n.clone()).collect();
+            let mut todo: Vec<String> =
+                want_t.chains.iter().filter(|(_, c)| c.base.is_some()).map(|(n, _)| n.clone()).collect();
             todo.extend(verdict_chain(want));
             let mut seen = BTreeSet::new();
             if !counts.contains_key(&k.table) {
@@ -231,9 +233,10 @@ impl Engine {
                 if !seen.insert(name.clone()) {
                     continue;
                 }
-                let chain = want_t.chains.get(&name).ok_or_else(|| {
-                    Error::Check(format!("{ep}: chain {name} is referenced but not compiled"))
-                })?;
+                let chain = want_t
+                    .chains
+                    .get(&name)
+                    .ok_or_else(|| Error::Check(format!("{ep}: chain {name} is referenced but not compiled")))?;
                 match kernel.get(&name) {
                     Some(n) if *n == chain.rules.len() => {}
                     Some(n) => {
