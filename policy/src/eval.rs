@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, EntityMatch, IcmpMatch, IpVersion, NamespaceMatch, Policy,
-    PolicySet, Rule, TierDefault,
+    PolicyKind, PolicySet, Rule, TierDefault,
 };
 
 /// The first packet of a connection.
@@ -101,16 +101,7 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
     if applying.is_empty() {
         return Evaluation { verdict: Verdict::Allow, logged, decided_by: None };
     }
-    // Policies by (tier order, tier name, policy order, policy name); `None` orders last.
-    let key = |o: Option<f64>| o.unwrap_or(f64::INFINITY);
-    applying.sort_by(|a, b| {
-        let (ta, tb) = (set.tier(&a.tier), set.tier(&b.tier));
-        key(ta.order)
-            .total_cmp(&key(tb.order))
-            .then_with(|| ta.name.cmp(&tb.name))
-            .then_with(|| key(a.order).total_cmp(&key(b.order)))
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    sort_policies(set, &mut applying);
     let mut i = 0;
     while i < applying.len() {
         let tier = applying[i].tier.clone();
@@ -139,6 +130,31 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
         i = end;
     }
     Evaluation { verdict: Verdict::Allow, logged, decided_by: None }
+}
+
+/// Sorts policies into evaluation order: by tier (order, then name), then by policy order,
+/// then by `name/namespace/kind` (Felix's `PolKVLess` tie-break, so two policies of one name
+/// in different namespaces or kinds still have one order); a missing order sorts last.
+pub fn sort_policies(set: &PolicySet, policies: &mut [&Policy]) {
+    let key = |o: Option<f64>| o.unwrap_or(f64::INFINITY);
+    policies.sort_by(|a, b| {
+        let (ta, tb) = (set.tier(&a.tier), set.tier(&b.tier));
+        key(ta.order)
+            .total_cmp(&key(tb.order))
+            .then_with(|| ta.name.cmp(&tb.name))
+            .then_with(|| key(a.order).total_cmp(&key(b.order)))
+            .then_with(|| tie_break(a).cmp(&tie_break(b)))
+    });
+}
+
+/// Felix's tie-break string for policies of equal order.
+fn tie_break(p: &Policy) -> String {
+    let kind = match p.kind {
+        PolicyKind::CalicoNetworkPolicy => "NetworkPolicy",
+        PolicyKind::CalicoGlobalNetworkPolicy => "GlobalNetworkPolicy",
+        PolicyKind::KubernetesNetworkPolicy => "KubernetesNetworkPolicy",
+    };
+    format!("{}/{}/{}", p.name, p.namespace.as_deref().unwrap_or(""), kind)
 }
 
 /// A routed packet between addresses: allowed when the egress of the endpoint owning `src`
