@@ -20,10 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use linux_net::nft::state::{ChainState, MapState, SetState, TableState};
 use linux_net::nft::{
-    Action as NftAction, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion as Fam, MarkStmt,
-    Match, Rule as NftRule, SetDef, SetElem, SetKey, TableRef, Verdict as NftVerdict,
+    Action as NftAction, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion as Fam, MarkStmt, Match,
+    Rule as NftRule, SetDef, SetElem, SetKey, TableRef, TableState, Verdict as NftVerdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +79,8 @@ pub struct EndpointInfo {
     /// Every chain its traffic can traverse (direction chains, the policy chains they jump
     /// to, the anti-spoof chain), with the table family.
     pub chains: Vec<(Family, String)>,
+    /// Its addresses that dispatch to its chains (an address of two endpoints is the first's).
+    pub addrs: Vec<IpAddr>,
 }
 
 /// The whole desired state of both tables, and per endpoint what concerns it.
@@ -227,35 +228,54 @@ fn merged_ports(ports: &[PortRange]) -> Vec<(u16, u16)> {
     out
 }
 
-/// A table being built: sets, maps and chains by name.
+/// A table being built: sets, maps and chains by name (maps keyed so an entry is set once).
 struct Builder {
-    t: TableState,
+    table: TableRef,
+    sets: BTreeMap<String, (SetDef, Vec<SetElem>)>,
+    maps: BTreeMap<String, (SetDef, BTreeMap<SetElem, NftVerdict>)>,
+    chains: BTreeMap<String, (Option<BaseChain>, Vec<NftRule>)>,
 }
 
 impl Builder {
     fn new(family: Family) -> Builder {
-        Builder { t: TableState::new(TableRef::new(family, TABLE)) }
+        Builder {
+            table: TableRef::new(family, TABLE),
+            sets: BTreeMap::new(),
+            maps: BTreeMap::new(),
+            chains: BTreeMap::new(),
+        }
     }
 
     fn set(&mut self, def: SetDef, elems: Vec<SetElem>) -> String {
         let name = def.name.clone();
-        self.t.sets.entry(name.clone()).or_insert_with(|| SetState { def, elems: elems.into_iter().collect() });
+        self.sets.entry(name.clone()).or_insert((def, elems));
         name
     }
 
-    fn map(&mut self, name: &str, key: SetKey) -> &mut MapState {
-        self.t
-            .maps
-            .entry(name.to_string())
-            .or_insert_with(|| MapState { def: SetDef::verdict_map(name, key), entries: BTreeMap::new() })
+    fn map(&mut self, name: &str, key: SetKey) -> &mut BTreeMap<SetElem, NftVerdict> {
+        &mut self.maps.entry(name.to_string()).or_insert_with(|| (SetDef::verdict_map(name, key), BTreeMap::new())).1
     }
 
     fn chain(&mut self, name: &str, base: Option<BaseChain>, rules: Vec<NftRule>) {
-        self.t.chains.insert(name.to_string(), ChainState { base, rules });
+        self.chains.insert(name.to_string(), (base, rules));
     }
 
     fn has_chain(&self, name: &str) -> bool {
-        self.t.chains.contains_key(name)
+        self.chains.contains_key(name)
+    }
+
+    fn finish(self) -> TableState {
+        let mut t = TableState::new(self.table);
+        for (_, (def, elems)) in self.sets {
+            t.put_set(def, elems);
+        }
+        for (_, (def, entries)) in self.maps {
+            t.put_map(def, entries.into_iter().collect());
+        }
+        for (name, (base, rules)) in self.chains {
+            t.put_chain(name, base, rules);
+        }
+        t
     }
 }
 
@@ -287,18 +307,26 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
     }
     for b in [&mut inet, &mut bridge] {
         b.map(SPOOF_MAP, SetKey::IfName);
-        let prio = if b.t.table.family == Family::Bridge { BRIDGE_SPOOF_PRIORITY } else { SPOOF_PRIORITY };
-        let dispatch =
-            NftRule { action: Some(NftAction::IfNameVmap { dir: IfDir::In, map: SPOOF_MAP.into() }), ..NftRule::default() };
+        let prio = if b.table.family == Family::Bridge { BRIDGE_SPOOF_PRIORITY } else { SPOOF_PRIORITY };
+        let dispatch = NftRule {
+            action: Some(NftAction::IfNameVmap { dir: IfDir::In, map: SPOOF_MAP.into() }),
+            ..NftRule::default()
+        };
         b.chain(SPOOF_CHAIN, Some(BaseChain::filter(Hook::Prerouting, prio, ChainPolicy::Accept)), vec![dispatch]);
     }
 
     let mut c = Ctx { set, endpoints, inet };
     let mut infos = BTreeMap::new();
+    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for ep in endpoints {
+        for a in &ep.addrs {
+            owner.entry(*a).or_insert(ep.name.as_str());
+        }
+    }
     for ep in endpoints {
         let mut chains = Vec::new();
         let mut all_applying: Vec<&Policy> = Vec::new();
-        let mut dir_chain = |c: &mut Ctx, dir: Direction| {
+        let mut dir_chain = |c: &mut Ctx<'_>, dir: Direction| {
             let mut applying: Vec<&Policy> =
                 set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
             sort_policies(set, &mut applying);
@@ -313,7 +341,7 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
             for a in &ep.addrs {
                 let v = IpVersion::of(a);
                 // An address of two endpoints belongs to the first, as in the evaluator.
-                let entries = &mut c.inet.map(dispatch_map(dir, v), addr_key(v)).entries;
+                let entries = c.inet.map(dispatch_map(dir, v), addr_key(v));
                 entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
             }
             name
@@ -324,11 +352,12 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
         let spoof_chain = ep.host_ifname.as_ref().map(|ifname| {
             let b = if ep.bridged { &mut bridge } else { &mut c.inet };
             let name = spoof_chain(b, ep, ifname);
-            (b.t.table.family, name)
+            (b.table.family, name)
         });
         chains.extend(spoof_chain.clone());
         chains.sort();
         chains.dedup();
+        let addrs = ep.addrs.iter().filter(|a| owner.get(a) == Some(&ep.name.as_str())).copied().collect();
         infos.insert(
             ep.name.clone(),
             EndpointInfo {
@@ -337,10 +366,11 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
                 egress_chain,
                 spoof_chain,
                 chains,
+                addrs,
             },
         );
     }
-    Compiled { tables: vec![c.inet.t, bridge.t], endpoints: infos }
+    Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
 }
 
 /// The anti-spoof chain of one endpoint in `b`'s table: its own addresses and IPv6's
@@ -362,7 +392,7 @@ fn spoof_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
     }
     b.chain(&name, None, rules);
     let key = SetElem::IfName(ifname.to_string());
-    b.map(SPOOF_MAP, SetKey::IfName).entries.insert(key, NftVerdict::Jump(name.clone()));
+    b.map(SPOOF_MAP, SetKey::IfName).insert(key, NftVerdict::Jump(name.clone()));
     name
 }
 
@@ -420,11 +450,8 @@ impl Ctx<'_> {
         }
         let mut rules = Vec::new();
         for (index, r) in p.rules(dir).iter().enumerate() {
-            let families: &[Option<IpVersion>] = if needs_family(r) {
-                &[Some(IpVersion::V4), Some(IpVersion::V6)]
-            } else {
-                &[None]
-            };
+            let families: &[Option<IpVersion>] =
+                if needs_family(r) { &[Some(IpVersion::V4), Some(IpVersion::V6)] } else { &[None] };
             for fam in families {
                 if let Some(matches) = self.rule_matches(r, *fam) {
                     rules.extend(self.actions(p, dir, index, r.action, matches));
@@ -544,7 +571,7 @@ impl Ctx<'_> {
     fn selector_set(&mut self, sel: &EndpointSelector, v: IpVersion) -> String {
         let key = scope_key(sel);
         let name = format!("sel{}-{}", fam_digit(v), hash(&[&key]));
-        if self.inet.t.sets.contains_key(&name) {
+        if self.inet.sets.contains_key(&name) {
             return name;
         }
         let elems: BTreeSet<IpAddr> = self
@@ -572,9 +599,9 @@ fn needs_family(r: &Rule) -> bool {
     r.ip_version.is_some()
         || r.icmp.is_some()
         || r.not_icmp.is_some()
-        || [&r.source, &r.destination].iter().any(|e| {
-            !e.nets.is_empty() || !e.not_nets.is_empty() || e.endpoints.is_some() || e.not_endpoints.is_some()
-        })
+        || [&r.source, &r.destination]
+            .iter()
+            .any(|e| !e.nets.is_empty() || !e.not_nets.is_empty() || e.endpoints.is_some() || e.not_endpoints.is_some())
 }
 
 /// `cnp <in|out> <ns/name> #<index> `: at most 127 bytes (the name shortened if need be).
@@ -592,4 +619,36 @@ fn log_prefix(p: &Policy, dir: Direction, index: usize) -> String {
         name.truncate(cut);
     }
     format!("{head}{name}{tail}")
+}
+
+impl crate::engine::Desired for Compiled {
+    fn tables(&self) -> &[TableState] {
+        &self.tables
+    }
+
+    fn dispatch_keys(&self, ep: &str) -> Option<Vec<crate::engine::DispatchKey>> {
+        let info = self.endpoints.get(ep)?;
+        let mut keys = Vec::new();
+        for t in &self.tables {
+            for (map, m) in &t.maps {
+                for (key, verdict) in &m.entries {
+                    let NftVerdict::Jump(chain) = verdict else { continue };
+                    let own = if map == SPOOF_MAP {
+                        info.spoof_chain.as_ref().is_some_and(|(f, c)| *f == t.table.family && c == chain)
+                    } else {
+                        // An address key of this endpoint (its chains may be shared, its keys not).
+                        matches!(key, SetElem::Addr(a) if info.addrs.contains(a))
+                    };
+                    if own {
+                        keys.push(crate::engine::DispatchKey {
+                            table: t.table.clone(),
+                            map: map.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Some(keys)
+    }
 }
