@@ -9,7 +9,7 @@
 //! - endpoint dispatch by address: `ip saddr vmap @egress4` (and `ip6`, and `daddr` for
 //!   ingress) jumps to the endpoint's direction chain;
 //! - an endpoint direction chain (shared by every endpoint with the same ordered list of
-//!   applying policies) drops `ct state invalid`, then per tier clears the pass bit, jumps to
+//!   applying policies) accepts IPv6 neighbour discovery, drops `ct state invalid`, then per tier clears the pass bit, jumps to
 //!   the tier's policy chains while the bit is clear, and ends the tier with a drop (default
 //!   action Deny) unless the bit is set; after the last tier it accepts (the profile);
 //! - a policy chain (per policy and direction, shared by every endpoint the policy selects)
@@ -26,7 +26,7 @@ use linux_net::nft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{selects, sort_policies};
+use crate::eval::{selects, sort_policies, NEIGHBOUR_DISCOVERY};
 use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicySet,
     PortRange, Rule, TierDefault,
@@ -415,8 +415,15 @@ impl Ctx<'_> {
         if self.inet.has_chain(&name) {
             return name;
         }
-        let mut rules =
-            vec![rule(vec![Match::CtState { states: CtStates::INVALID, negate: false }], Some(NftVerdict::Drop))];
+        // IPv6 neighbour discovery first: conntrack does not track it (`ct state` reads
+        // invalid) and IPv6 needs it whatever the policy (the evaluator allows it too).
+        let mut rules: Vec<NftRule> = NEIGHBOUR_DISCOVERY
+            .map(|t| {
+                let icmp = Match::Icmp { version: Fam::V6, icmp_type: t, code: None, negate: false };
+                rule(vec![icmp], Some(NftVerdict::Accept))
+            })
+            .collect();
+        rules.push(rule(vec![Match::CtState { states: CtStates::INVALID, negate: false }], Some(NftVerdict::Drop)));
         let clear_bit = Match::MarkBits { mask: PASS_MARK, set: false };
         let mut i = 0;
         while i < applying.len() {

@@ -8,7 +8,8 @@
 //! 1. The policies that apply: their `types` hold the direction, their `selector` (and a
 //!    namespaced policy's namespace, a global one's `namespaceSelector`) match the endpoint.
 //!    None apply: the endpoint's profile decides, and it allows (as the namespace profiles
-//!    Calico gives every Kubernetes pod do).
+//!    Calico gives every Kubernetes pod do). IPv6 neighbour discovery (ICMPv6 133-136) is
+//!    allowed before any policy, as ARP is.
 //! 2. Tiers holding such policies, by tier order; within a tier, policies by order (then by
 //!    name); within a policy, its rules of that direction in file order. The first rule that
 //!    matches with Allow or Deny decides; Log records and goes on; Pass leaves the tier.
@@ -98,7 +99,7 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
     let mut applying: Vec<&Policy> =
         set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
     let mut logged = Vec::new();
-    if applying.is_empty() {
+    if applying.is_empty() || is_neighbour_discovery(pkt) {
         return Evaluation { verdict: Verdict::Allow, logged, decided_by: None };
     }
     sort_policies(set, &mut applying);
@@ -130,6 +131,16 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
         i = end;
     }
     Evaluation { verdict: Verdict::Allow, logged, decided_by: None }
+}
+
+/// ICMPv6 router and neighbour solicitations and advertisements (types 133-136): IPv6's
+/// ARP, allowed whatever the policy says (as ARP is, which is not IP), since IPv6 does not
+/// work without them; conntrack does not track them, so they never count as a reply.
+pub const NEIGHBOUR_DISCOVERY: std::ops::RangeInclusive<u8> = 133..=136;
+
+/// Whether `pkt` is one of the [`NEIGHBOUR_DISCOVERY`] messages.
+pub fn is_neighbour_discovery(pkt: &Packet) -> bool {
+    pkt.protocol == proto::ICMPV6 && pkt.icmp.is_some_and(|(t, _)| NEIGHBOUR_DISCOVERY.contains(&t))
 }
 
 /// Sorts policies into evaluation order: by tier (order, then name), then by policy order,

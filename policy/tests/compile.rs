@@ -102,9 +102,22 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
     assert!(matches!(fwd[0].matches[..], [Match::CtState { negate: false, .. }]));
     assert!(matches!(&fwd[1].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if map == "ingress4"));
     assert!(matches!(&fwd[2].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if map == "ingress6"));
-    // Every endpoint chain starts by dropping ct state invalid.
+    // Every endpoint chain starts by accepting IPv6 neighbour discovery (untracked, so it
+    // would read as invalid), then drops ct state invalid.
     for name in chains_named(inet, "ep-") {
-        let first = &inet.chains[name].rules[0];
+        let rules = &inet.chains[name].rules;
+        let nd: Vec<u8> = rules[..4]
+            .iter()
+            .map(|r| match (&r.matches[..], &r.action) {
+                (
+                    [Match::Icmp { version: Fam::V6, icmp_type, code: None, negate: false }],
+                    Some(NftAction::Verdict(Verdict::Accept)),
+                ) => *icmp_type,
+                _ => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(nd, [133, 134, 135, 136]);
+        let first = &rules[4];
         assert!(matches!(first.matches[..], [Match::CtState { negate: false, .. }]), "{name}");
         assert_eq!(first.action, Some(NftAction::Verdict(Verdict::Drop)), "{name}");
     }
@@ -266,7 +279,9 @@ spec: {order: 1, ingress: [{action: Allow, protocol: TCP}]}
     let rules = &inet(&c).chains[&c.endpoints["web1"].ingress_chain].rules;
     let clear = Some(MarkStmt::Clear(PASS_MARK));
     let bit_clear = Match::MarkBits { mask: PASS_MARK, set: false };
-    // invalid drop; [sec] clear, jump a; [default] clear, jump b, drop; clear + accept.
+    // neighbour discovery, invalid drop; [sec] clear, jump a; [default] clear, jump b, drop;
+    // clear + accept.
+    let rules = &rules[4..];
     assert_eq!(rules.len(), 7, "{rules:#?}");
     assert_eq!(rules[1].mark, clear);
     assert_eq!(rules[2].matches, [bit_clear.clone()]);

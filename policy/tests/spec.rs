@@ -474,3 +474,12 @@ fn kubernetes_policies_sit_at_order_1000_of_the_default_tier_among_calico_ones()
     assert_eq!(verdict(&set, &w, db, Ingress, web_5432()), Allow);
     assert_eq!(verdict(&set, &w, db, Ingress, web_6000()), Deny);
 }
+
+#[test]
+fn ipv6_neighbour_discovery_is_allowed_whatever_the_policy() {
+    let set = policies(K8S_DB_FROM_WEB);
+    let w = world();
+    let db = &w[1];
+    let icmp6 = |t| verdict(&set, &w, db, Ingress, Packet::icmp(ip("fd00::1"), ip("fd00::2"), t, 0));
+    assert_eq!([icmp6(128), icmp6(133), icmp6(135), icmp6(136), icmp6(137)], [Deny, Allow, Allow, Allow, Deny]);
+}
