@@ -187,13 +187,20 @@ impl Host {
         out
     }
 
-    /// Rules in both tables, as the kernel lists them.
+    /// Rules in both tables, as the kernel reports them over netlink (a chain dump and a rule
+    /// dump in the host netns). nft 1.0.6 cannot print every bridge-family expression, so the
+    /// count does not go through `nft -j`.
     pub fn kernel_rules(&self) -> usize {
-        ["inet", "bridge"]
-            .iter()
-            .filter_map(|f| self.nft_table(f))
-            .map(|t| t["nftables"].as_array().unwrap().iter().filter(|o| o.get("rule").is_some()).count())
-            .sum()
+        let ns = linux_net::netns::NetNs::open(Path::new(&format!("/var/run/netns/{}", self.ns))).unwrap();
+        let counts = ns
+            .run(|| {
+                policy::engine::owned_tables()
+                    .iter()
+                    .map(|t| linux_net::nft::state::chain_rule_counts(t).unwrap().map_or(0, |m| m.values().sum::<usize>()))
+                    .sum::<usize>()
+            })
+            .unwrap();
+        counts
     }
 
     /// Spawns `cni-policy watch` in the host netns with piped stderr.
