@@ -27,7 +27,8 @@ fn every_config_key_is_documented_with_its_default() {
 #[test]
 fn every_flag_is_documented_with_its_default() {
     let table = table_under(PAGE, "Flags");
-    let documented: BTreeSet<String> = table.keys().into_iter().map(|k| k.trim_start_matches("--").to_string()).collect();
+    let documented: BTreeSet<String> =
+        table.keys().into_iter().map(|k| k.trim_start_matches("--").to_string()).collect();
     let cmd = Cli::command();
     let mut code = BTreeSet::new();
     for sub in cmd.get_subcommands() {

@@ -30,7 +30,12 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
     let mut h = Host::new();
     let c = h.container();
     // An endpoint registered by the plugin with an empty policy directory: nothing selects it.
-    let (_, (ok, v)) = h.add("w1", &c, "K8S_POD_NAMESPACE=prod", json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}));
+    let (_, (ok, v)) = h.add(
+        "w1",
+        &c,
+        "K8S_POD_NAMESPACE=prod",
+        json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}),
+    );
     assert!(ok, "{v}");
     let empty_rules = h.kernel_rules();
 
