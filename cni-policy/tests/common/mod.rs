@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 use testkit::util::{sh, uniq};
 
 /// Where cargo put this crate's and the other plugins' binaries.
+/// Where Debian's containernetworking-plugins puts the reference plugins.
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
 pub fn bin(name: &str) -> PathBuf {
     if name == "cni-policy" {
         return PathBuf::from(env!("CARGO_BIN_EXE_cni-policy"));
@@ -104,6 +107,26 @@ impl Host {
         let out = feed(c, conf.to_string().as_bytes());
         let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         eprintln!("{prog} {cmd} {cid}: exit {:?} {v}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), v)
+    }
+
+    /// Runs a reference plugin (containernetworking/plugins, `/usr/lib/cni`) with ifname eth0.
+    pub fn reference(&self, ty: &str, cmd: &str, cid: &str, netns: &str, conf: &Value) -> (bool, Value) {
+        let p = Path::new(REFERENCE_DIR).join(ty);
+        assert!(
+            p.is_file(),
+            "{} not found: install the reference CNI plugins (containernetworking-plugins)",
+            p.display()
+        );
+        let mut c = self.cmd(&p);
+        c.env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", REFERENCE_DIR)
+            .env("CNI_NETNS", format!("/var/run/netns/{netns}"));
+        let out = feed(c, conf.to_string().as_bytes());
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        eprintln!("{ty} {cmd} {cid}: exit {:?} {v}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), v)
     }
 
