@@ -71,6 +71,17 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "", &h.policy_conf(None));
     assert!(!ok && v["code"] == 50 && v["msg"].as_str().unwrap().contains("bridge-nf-call"), "{v}");
     set_sysctls(1);
+    // The table removed behind our back: CHECK says so; the next apply (here a repeated ADD)
+    // puts it back whole and CHECK passes again.
+    assert!(testkit::util::sh(&format!("ip netns exec {} nft delete table inet cni-policy", h.ns)).0);
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
+    assert!(!ok && v["code"] == 120, "CHECK without the table: {v}");
+    let mut again = h.policy_conf(Some(&bridge_res));
+    again["args"] = json!({"cni": {"labels": [{"key": "app", "value": "web"}]}});
+    let (ok, v) = h.plugin("cni-policy", "ADD", "c1", Some(&c), args, &again);
+    assert!(ok, "repeated ADD: {v}");
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
+    assert!(ok, "CHECK after the table came back: {v}");
     // CHECK of an attachment that was never added fails.
     let (ok, v) = h.plugin("cni-policy", "CHECK", "nope", Some(&c), "", &h.policy_conf(Some(&bridge_res)));
     assert!(!ok && v["code"].as_u64().is_some(), "{v}");
