@@ -46,11 +46,11 @@ mod tests;
 mod txn;
 mod wire;
 
-pub use txn::{
-    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, MarkStmt, Match, Rule, SetDef, SetElem, SetKey,
-    TableRef, Transaction, Verdict,
-};
 pub use state::{ChainState, MapState, SetState, TableState};
+pub use txn::{
+    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, MarkStmt, Match, Rule, SetDef,
+    SetElem, SetKey, TableRef, Transaction, Verdict,
+};
 
 use ipnetwork::IpNetwork;
 use netlink_sys::Socket;

@@ -423,3 +423,177 @@ fn elem_of_key(key: SetKey, b: &[u8]) -> Option<SetElem> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::txn::{Action, ChainPolicy, Dir, Hook, IpVersion, Match};
+    use super::super::Family;
+    use super::*;
+
+    fn addr(s: &str) -> SetElem {
+        SetElem::Addr(s.parse().unwrap())
+    }
+
+    /// The ops a diff or replace queues, as the batch describes them,
+    /// without the ` in table inet t` suffix.
+    fn ops(f: impl FnOnce(&mut Transaction) -> NftResult<()>) -> Vec<String> {
+        let mut x = Transaction::new();
+        f(&mut x).unwrap();
+        let (_, _, ops) = x.into_batch().finish();
+        ops.into_iter().map(|(_, op)| op.replace(" in table inet t", "")).collect()
+    }
+
+    fn base() -> TableState {
+        let mut s = TableState::new(TableRef::new(Family::Inet, "t"));
+        s.put_set(SetDef::set("a4", SetKey::Ipv4Addr), vec![addr("10.0.0.1"), addr("10.0.0.2")]);
+        s.put_map(SetDef::verdict_map("ing4", SetKey::Ipv4Addr), vec![(addr("10.0.0.1"), Verdict::Jump("ep1".into()))]);
+        let dispatch = Rule {
+            action: Some(Action::AddrVmap { version: IpVersion::V4, dir: Dir::Dst, map: "ing4".into() }),
+            ..Default::default()
+        };
+        s.put_chain("fwd", Some(BaseChain::filter(Hook::Forward, 0, ChainPolicy::Accept)), vec![dispatch]);
+        let from_a4 = Match::AddrInSet { version: IpVersion::V4, dir: Dir::Src, set: "a4".into(), negate: false };
+        s.put_chain("ep1", None, vec![Rule::new(vec![from_a4], Verdict::Accept), Rule::new(vec![], Verdict::Drop)]);
+        s
+    }
+
+    #[test]
+    fn replace_destroys_then_creates_in_dependency_order() {
+        let s = base();
+        assert_eq!(
+            ops(|x| TableState::replace(&s, x)),
+            [
+                "destroy table inet t",
+                "add table inet t",
+                "add set a4",
+                "add elements of set a4",
+                "add set ing4",
+                "add chain ep1",
+                "add chain fwd",
+                "add rule to chain ep1",
+                "add rule to chain ep1",
+                "add rule to chain fwd",
+                "add elements of set ing4",
+            ]
+        );
+    }
+
+    #[test]
+    fn equal_states_queue_nothing() {
+        assert!(ops(|x| TableState::diff(&base(), &base(), x)).is_empty());
+    }
+
+    #[test]
+    fn one_element_is_one_message() {
+        let mut next = base();
+        next.sets.get_mut("a4").unwrap().elems.push(addr("10.0.0.3"));
+        assert_eq!(ops(|x| TableState::diff(&base(), &next, x)), ["add elements of set a4"]);
+        let mut next = base();
+        next.sets.get_mut("a4").unwrap().elems.remove(0);
+        assert_eq!(ops(|x| TableState::diff(&base(), &next, x)), ["delete elements of set a4"]);
+    }
+
+    #[test]
+    fn changed_chain_is_flushed_and_refilled_and_map_entry_replaced() {
+        let mut next = base();
+        next.chains.get_mut("ep1").unwrap().rules.pop();
+        next.put_map(SetDef::verdict_map("ing4", SetKey::Ipv4Addr), vec![(addr("10.0.0.1"), Verdict::Drop)]);
+        assert_eq!(
+            ops(|x| TableState::diff(&base(), &next, x)),
+            ["flush chain ep1", "add rule to chain ep1", "delete elements of set ing4", "add elements of set ing4"]
+        );
+    }
+
+    #[test]
+    fn new_objects_first_removed_ones_last() {
+        // endpoint 10.0.0.2 gets its own chain ep2 jumping on a new set; ep1 and a4 go away
+        let prev = base();
+        let mut next = base();
+        next.sets.remove("a4");
+        next.chains.remove("ep1");
+        next.put_set(SetDef::interval_set("n4", SetKey::Ipv4Addr), vec![SetElem::Net("10.1.0.0/16".parse().unwrap())]);
+        let from_n4 = Match::AddrInSet { version: IpVersion::V4, dir: Dir::Src, set: "n4".into(), negate: false };
+        next.put_chain("ep2", None, vec![Rule::new(vec![from_n4], Verdict::Accept)]);
+        next.put_map(
+            SetDef::verdict_map("ing4", SetKey::Ipv4Addr),
+            vec![(addr("10.0.0.2"), Verdict::Goto("ep2".into()))],
+        );
+        assert_eq!(
+            ops(|x| TableState::diff(&prev, &next, x)),
+            [
+                "add set n4",
+                "add chain ep2",
+                "add elements of set n4",
+                "add rule to chain ep2",
+                "flush chain ep1",
+                "delete elements of set ing4",
+                "add elements of set ing4",
+                "delete chain ep1",
+                "delete set a4",
+            ]
+        );
+    }
+
+    #[test]
+    fn policy_change_readds_chain_hook_change_replaces_table() {
+        let mut next = base();
+        next.chains.get_mut("fwd").unwrap().base = Some(BaseChain::filter(Hook::Forward, 0, ChainPolicy::Drop));
+        assert_eq!(ops(|x| TableState::diff(&base(), &next, x)), ["add chain fwd"]);
+        next.chains.get_mut("fwd").unwrap().base = Some(BaseChain::filter(Hook::Input, 0, ChainPolicy::Accept));
+        assert_eq!(ops(|x| TableState::diff(&base(), &next, x))[..2], ["destroy table inet t", "add table inet t"]);
+        let mut next = base();
+        next.put_set(SetDef::interval_set("a4", SetKey::Ipv4Addr), vec![]);
+        assert_eq!(ops(|x| TableState::diff(&base(), &next, x))[0], "destroy table inet t");
+    }
+
+    #[test]
+    fn inconsistent_states_are_refused_before_anything_is_queued() {
+        let mut bad = base();
+        bad.put_map(
+            SetDef::verdict_map("ing4", SetKey::Ipv4Addr),
+            vec![(addr("10.0.0.1"), Verdict::Accept), (addr("10.0.0.1"), Verdict::Drop)],
+        );
+        let mut x = Transaction::new();
+        assert!(matches!(TableState::diff(&base(), &bad, &mut x), Err(NftError::Invalid(_))));
+        assert!(x.is_empty());
+        let mut bad = base();
+        bad.sets.insert("other".into(), bad.sets["a4"].clone());
+        assert!(TableState::replace(&bad, &mut x).is_err());
+        let other = TableState::new(TableRef::new(Family::Inet, "u"));
+        assert!(TableState::diff(&base(), &other, &mut x).is_err());
+        assert!(x.is_empty());
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let s = base();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<TableState>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn map_elements_parse_back() {
+        use super::super::build::{nest_end, nest_start, put_attr, put_data_value, put_strz, put_verdict};
+        let def = SetDef::verdict_map("m", SetKey::Ipv6Addr);
+        let mut p = vec![NFPROTO_INET, 0, 0, 0];
+        put_strz(&mut p, NFTA_SET_ELEM_LIST_TABLE, "t");
+        put_strz(&mut p, NFTA_SET_ELEM_LIST_SET, "m");
+        let list = nest_start(&mut p, NFTA_SET_ELEM_LIST_ELEMENTS);
+        for (key, code, chain) in [("fd00::1", NFT_JUMP, Some("c1")), ("fd00::2", NF_DROP, None)] {
+            let e = nest_start(&mut p, NFTA_LIST_ELEM);
+            let a: std::net::Ipv6Addr = key.parse().unwrap();
+            put_data_value(&mut p, NFTA_SET_ELEM_KEY, &a.octets());
+            let d = nest_start(&mut p, NFTA_SET_ELEM_DATA);
+            put_verdict(&mut p, code, chain);
+            nest_end(&mut p, d);
+            put_attr(&mut p, NFTA_SET_ELEM_FLAGS, &0u32.to_be_bytes());
+            nest_end(&mut p, e);
+        }
+        nest_end(&mut p, list);
+        assert_eq!(
+            map_elems_of(&p, &def).unwrap(),
+            [(addr("fd00::1"), Verdict::Jump("c1".into())), (addr("fd00::2"), Verdict::Drop)]
+        );
+        assert!(map_elems_of(&p, &SetDef::verdict_map("m", SetKey::Ipv4Addr)).is_err());
+    }
+}
