@@ -284,7 +284,7 @@ spec: {order: 1, ingress: [{action: Allow, protocol: TCP}]}
     let rules = &rules[4..];
     assert_eq!(rules.len(), 7, "{rules:#?}");
     assert_eq!(rules[1].mark, clear);
-    assert_eq!(rules[2].matches, [bit_clear.clone()]);
+    assert_eq!(rules[2].matches, std::slice::from_ref(&bit_clear));
     assert!(matches!(&rules[2].action, Some(NftAction::Verdict(Verdict::Jump(j))) if j.starts_with("pol-i-a-")));
     assert_eq!(rules[3].mark, clear);
     assert!(matches!(&rules[4].action, Some(NftAction::Verdict(Verdict::Jump(j))) if j.starts_with("pol-i-b-")));
