@@ -239,7 +239,7 @@ pub fn label(state_dir: &Path, container_id: &str, args: &[String]) -> Result<Ve
     }
     let policy_dir = policy_dir_of(&state)?;
     let set = reconcile::load_policies(&policy_dir)?;
-    reconcile::commit(&state, &set, &Change { put: mine.clone(), remove: vec![] })?;
+    reconcile::commit(&state, &reconcile::engine(&state), &set, &Change { put: mine.clone(), remove: vec![] })?;
     state.set_config(&StateConfig { policy_dir })?;
     Ok(mine)
 }

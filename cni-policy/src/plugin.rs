@@ -193,7 +193,7 @@ impl Plugin for PolicyPlugin {
             }
         }
         let change = Change { put: vec![rec], remove: vec![] };
-        let (_, report) = reconcile::commit(&state, &set, &change).map_err(to_cni)?;
+        let (_, report) = reconcile::commit(&state, &reconcile::engine(&state), &set, &change).map_err(to_cni)?;
         tracing::info!(full = report.full, ops = report.ops, elapsed = ?report.elapsed, "applied");
         state.set_config(&StateConfig { policy_dir: conf.policy_dir.clone() }).map_err(to_cni)?;
         Ok(prev)
@@ -230,7 +230,7 @@ impl Plugin for PolicyPlugin {
         }
         let set = reconcile::load_policies(&conf.policy_dir).map_err(to_cni)?;
         let c = reconcile::compile(&set, &state.list().map_err(to_cni)?);
-        reconcile::check(&state, &c, &rec.name).map_err(to_cni)
+        reconcile::check(&reconcile::engine(&state), &c, &rec.name).map_err(to_cni)
     }
 
     fn status(&self, ctx: &Context) -> CniRes<()> {
@@ -289,7 +289,7 @@ fn forget(state: &StateDir, policy_dir: &Path, gone: Vec<(String, String)>) -> C
         }
     };
     let change = Change { put: vec![], remove: gone };
-    reconcile::commit(state, &set, &change).map_err(to_cni)?;
+    reconcile::commit(state, &reconcile::engine(state), &set, &change).map_err(to_cni)?;
     state.set_config(&StateConfig { policy_dir: policy_dir.to_path_buf() }).map_err(to_cni)?;
     Ok(())
 }
