@@ -365,5 +365,5 @@ fn a_thousand_endpoints_of_ten_profiles_share_twenty_direction_chains() {
     assert_eq!(entries(inet, "ingress4").len(), 1000);
     assert_eq!(entries(inet, "egress6").len(), 1000);
     assert_eq!(inet.sets.len(), 20, "one selector set per app and family");
-    println!("compile: 1000 endpoints x 1000 rules in {took:?}, {} nft rules", c.rule_count());
+    eprintln!("compile: 1000 endpoints x 1000 rules in {took:?}, {} nft rules", c.rule_count());
 }
