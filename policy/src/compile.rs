@@ -9,9 +9,10 @@
 //! - endpoint dispatch by address: `ip saddr vmap @egress4` (and `ip6`, and `daddr` for
 //!   ingress) jumps to the endpoint's direction chain;
 //! - an endpoint direction chain (shared by every endpoint with the same ordered list of
-//!   applying policies) accepts IPv6 neighbour discovery, drops `ct state invalid`, then per tier clears the pass bit, jumps to
-//!   the tier's policy chains while the bit is clear, and ends the tier with a drop (default
-//!   action Deny) unless the bit is set; after the last tier it accepts (the profile);
+//!   applying policies) accepts IPv6 neighbour discovery, drops `ct state invalid`, then per
+//!   tier clears the pass bit, jumps to the tier's policy chains while the bit is clear, and
+//!   ends the tier with a drop (default action Deny) unless the bit is set; after the last
+//!   tier it accepts (the profile);
 //! - a policy chain (per policy and direction, shared by every endpoint the policy selects)
 //!   holds the policy's rules in order: Allow `accept`, Deny `drop`, Log `log prefix` and go
 //!   on, Pass sets the pass bit and returns.
@@ -49,7 +50,7 @@ pub const BASE_CHAINS: [(&str, Hook, i32, Direction); 4] = [
 /// The inet anti-spoof base chain (routed host interfaces), prerouting priority -150.
 pub const SPOOF_CHAIN: &str = "spoof";
 /// Priority of the inet `spoof` chain: after conntrack (-200), with mangle, before the
-/// filter chains and routing.
+/// filter chains and routing (the contract's value).
 pub const SPOOF_PRIORITY: i32 = -150;
 /// Priority of the bridge family's `spoof` chain (the bridge `filter` priority).
 pub const BRIDGE_SPOOF_PRIORITY: i32 = -200;
