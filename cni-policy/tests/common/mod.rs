@@ -218,22 +218,22 @@ impl Host {
         out
     }
 
-    /// Rules in both tables, as the kernel reports them over netlink (a chain dump and a rule
-    /// dump in the host netns). nft 1.0.6 cannot print every bridge-family expression, so the
-    /// count does not go through `nft -j`.
+    /// Rules in both tables, as `nft -j list table` shows them (an independent reader: not the
+    /// engine's own netlink read-back). A table that exists but nft cannot list fails the test.
     pub fn kernel_rules(&self) -> usize {
-        let ns = linux_net::netns::NetNs::open(Path::new(&format!("/var/run/netns/{}", self.ns))).unwrap();
-        let counts = ns
-            .run(|| {
-                policy::engine::owned_tables()
-                    .iter()
-                    .map(|t| {
-                        linux_net::nft::state::chain_rule_counts(t).unwrap().map_or(0, |m| m.values().sum::<usize>())
-                    })
-                    .sum::<usize>()
+        ["inet", "bridge"]
+            .iter()
+            .map(|f| {
+                let (_, tables) = sh(&format!("ip netns exec {} nft list tables", self.ns));
+                if !tables.lines().any(|l| l.trim() == format!("table {f} cni-policy")) {
+                    return 0;
+                }
+                let (ok, out) = sh(&format!("ip netns exec {} nft -j list table {f} cni-policy", self.ns));
+                assert!(ok, "nft cannot list table {f} cni-policy");
+                let t: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("nft -j list table {f}: {e}"));
+                t["nftables"].as_array().unwrap().iter().filter(|o| o.get("rule").is_some()).count()
             })
-            .unwrap();
-        counts
+            .sum()
     }
 
     /// Spawns `cni-policy watch` in the host netns with piped stderr.
