@@ -354,3 +354,29 @@ fn concurrent_adds_all_end_in_force() {
     }
     assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
 }
+
+/// Dispatch is keyed on addresses: a second endpoint claiming a registered address is refused
+/// (code 121, naming the holder), and neither the registry nor the kernel changes.
+#[test]
+fn an_address_registered_to_another_endpoint_is_refused() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let c1 = h.container();
+    let (res1, (ok, v)) = h.add("a1", &c1, "", json!({}));
+    assert!(ok, "{v}");
+    let before = h.nft_table("inet").unwrap();
+    // A result that names a1's address for another container (a buggy or overlapping IPAM).
+    let c2 = h.container();
+    let mut forged = res1.clone();
+    forged["interfaces"][2]["sandbox"] = json!(format!("/var/run/netns/{c2}"));
+    let (ok, v) = h.plugin("cni-policy", "ADD", "a2", Some(&c2), "", &h.policy_conf(Some(&forged)));
+    assert!(!ok);
+    assert_eq!(v["code"], 121, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("a1/eth0"), "{v}");
+    let names: Vec<Value> = h.status()["endpoints"].as_array().unwrap().iter().map(|e| e["name"].clone()).collect();
+    assert_eq!(names, [json!("a1/eth0")]);
+    assert_eq!(h.nft_table("inet").unwrap(), before);
+    // Re-ADD of the holder itself is not a conflict.
+    let (ok, v) = h.plugin("cni-policy", "ADD", "a1", Some(&c1), "", &h.policy_conf(Some(&res1)));
+    assert!(ok, "{v}");
+}
