@@ -50,6 +50,7 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     assert_eq!(ep["bridged"], true);
     assert_eq!(ep["policies"], json!(["allow-web"]));
     assert!(ep["rules"].as_u64().unwrap() > 0, "{ep}");
+    assert_eq!(ep["inForce"], true);
     assert_eq!(st["policyDir"], json!(h.policy_dir()));
 
     // In force in the kernel before ADD returned: every address is dispatched, and the rule
@@ -76,6 +77,7 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     assert!(testkit::util::sh(&format!("ip netns exec {} nft delete table inet cni-policy", h.ns)).0);
     let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
     assert!(!ok && v["code"] == 120, "CHECK without the table: {v}");
+    assert_eq!(endpoint(&h.status(), "c1/eth0").unwrap()["inForce"], false);
     let mut again = h.policy_conf(Some(&bridge_res));
     again["args"] = json!({"cni": {"labels": [{"key": "app", "value": "web"}]}});
     let (ok, v) = h.plugin("cni-policy", "ADD", "c1", Some(&c), args, &again);
