@@ -299,7 +299,7 @@ fn scale_full_apply_and_deltas() {
     assert!(shm.is_dir(), "/dev/shm (tmpfs) is needed for the tmpfs measurement");
     for (what, parent) in [("tmpfs", Some(shm)), ("disk", None)] {
         let (mut full, mut one, mut ep) = (Vec::new(), Vec::new(), Vec::new());
-        let mut full_ops = 0;
+        let (mut full_ops, mut state_bytes) = (0, 0);
         for _ in 0..5 {
             let dir = match &parent {
                 Some(p) => tempfile::tempdir_in(p).unwrap(),
@@ -310,6 +310,7 @@ fn scale_full_apply_and_deltas() {
             assert!(r.full);
             full_ops = r.ops;
             full.push(r);
+            state_bytes = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap().len();
             let r = apply(&ns, &e, &plus_elem);
             assert_eq!((r.full, r.ops), (false, 1), "{r:?}");
             one.push(r);
@@ -327,7 +328,7 @@ fn scale_full_apply_and_deltas() {
             )
         };
         eprintln!(
-            "policy engine scale, state on {what} ({N} endpoint chains x 3 rules = {rules} rules, {N}-entry address map, {N}-address set, {N}-CIDR interval set, {N}-entry anti-spoof map; {full_ops} messages): full apply {} (all {:?}); one set element {}; one endpoint (chain + 2 map entries) {}",
+            "policy engine scale, state on {what} ({N} endpoint chains x 3 rules = {rules} rules, {N}-entry address map, {N}-address set, {N}-CIDR interval set, {N}-entry anti-spoof map; {full_ops} messages; state file {state_bytes} bytes): full apply {} (all {:?}); one set element {}; one endpoint (chain + 2 map entries) {}",
             show(&full),
             full.iter().map(|r| ms(r.elapsed)).collect::<Vec<_>>(),
             show(&one),
