@@ -229,6 +229,32 @@ fn refused_apply_changes_neither_kernel_nor_state() {
     // and the previous state is still a valid base for a delta
     let r = apply(&ns, &e, &d);
     assert_eq!((r.full, r.ops), (false, 0), "{r:?}");
+    // the same table twice is refused before anything is sent
+    let twice = Hand { tables: vec![d.tables[0].clone(), d.tables[0].clone()], keys: d.keys.clone() };
+    let err = ns.run(|| e.apply(&twice)).expect_err("table twice");
+    assert!(err.to_string().contains("given twice"), "{err}");
+    assert_eq!(ns.nft(&["list", "ruleset"]), before_kernel);
+}
+
+#[test]
+fn state_that_cannot_be_written_is_forgotten() {
+    let ns = Namespace::new("w");
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::new(dir.path());
+    let d = layout(2, 2);
+    apply(&ns, &e, &d);
+    // a directory where the temp file would go: the write fails after the commit
+    let tmp = dir.path().join(format!(".{STATE_FILE}.{}", std::process::id()));
+    std::fs::create_dir(&tmp).unwrap();
+    let mut d2 = d.clone();
+    d2.tables[0].sets.get_mut("sel").unwrap().elems.push(v4(77));
+    let err = ns.run(|| e.apply(&d2)).expect_err("state not written");
+    assert!(matches!(err, Error::State { .. }), "{err}");
+    assert!(ns.nft(&["list", "set", "inet", TABLE_NAME, "sel"]).contains("10.100.0.77"), "the policy is in force");
+    assert!(!dir.path().join(STATE_FILE).exists(), "the stale state is gone");
+    std::fs::remove_dir(&tmp).unwrap();
+    let r = apply(&ns, &e, &d2);
+    assert!(r.full, "no state: a full replace {r:?}");
 }
 
 #[test]
