@@ -367,3 +367,19 @@ fn a_thousand_endpoints_of_ten_profiles_share_twenty_direction_chains() {
     assert_eq!(inet.sets.len(), 20, "one selector set per app and family");
     eprintln!("compile: 1000 endpoints x 1000 rules in {took:?}, {} nft rules", c.rule_count());
 }
+
+#[test]
+fn a_log_prefix_names_the_policy_and_rule_within_127_bytes() {
+    let long = "l".repeat(250);
+    let yaml = format!(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: {long}, namespace: prod}}\n\
+         spec:\n  egress: [{{action: Allow}}, {{action: Log}}]\n"
+    );
+    let c = compile(&policies(&yaml), &world());
+    let inet = inet(&c);
+    let rules = &inet.chains[chains_named(inet, "pol-e-")[0]].rules;
+    let prefix = rules[1].log_prefix.as_deref().expect("a log rule");
+    assert!(prefix.len() <= 127, "{} bytes", prefix.len());
+    assert!(prefix.starts_with("cnp out prod/lll") && prefix.ends_with(" #1 "), "{prefix:?}");
+    assert!(chains_named(inet, "pol-e-")[0].len() <= 64);
+}

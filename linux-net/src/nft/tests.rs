@@ -674,6 +674,10 @@ mod txn_encoding {
         assert!(serde_json::from_str::<BaseChain>(&json.replace("filter", "bogus")).is_err());
         let e = vec![SetElem::Net(net("fd00::/64")), SetElem::PortRange(1, 2), SetElem::IfName("x".into())];
         assert_eq!(serde_json::from_str::<Vec<SetElem>>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
+        // fields at their default are left out of the JSON (the engine persists thousands of rules)
+        let plain = serde_json::to_string(&Rule::new(vec![], Verdict::Drop)).unwrap();
+        assert_eq!(plain, r#"{"matches":[],"action":{"Verdict":"Drop"}}"#);
+        assert_eq!(serde_json::from_str::<Rule>(&plain).unwrap(), Rule::new(vec![], Verdict::Drop));
         // a rule written before `mark` and ICMP `negate` existed still reads
         let old = r#"{"matches":[{"Icmp":{"version":"V4","icmp_type":8,"code":null}}],"counter":false,"log_prefix":null,"action":null,"comment":null}"#;
         let r: Rule = serde_json::from_str(old).unwrap();

@@ -355,14 +355,18 @@ pub enum MarkStmt {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Rule {
     pub matches: Vec<Match>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub counter: bool,
     /// `log prefix "<p>"` (kernel log; 127 bytes max).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_prefix: Option<String>,
     /// Set or clear bits of the packet mark (after the log, before the action).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark: Option<MarkStmt>,
     /// `None`: no verdict, the chain continues (e.g. a log or counter rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
 }
 
