@@ -10,6 +10,7 @@
 //! * [`netns`]: a network namespace that is deleted on drop.
 //! * [`net`]: test networks, subnet claims, leftovers of dead runs.
 //! * [`plugin`]: executing a CNI plugin with the spec's environment and stdin.
+//! * [`probe`]: TCP, UDP, ICMP probes and a long-lived stream, sent from inside namespaces.
 //! * [`report`]: a check's verdict, tables and JSON.
 //! * [`bgp`]: BIRD, GoBGP and FRR as BGP peers in a namespace (docs/testing-bgp.md).
 //! * [`lab`]: hosts as namespaces on L2 segments, a router, etcd, captures (docs/lab.md).
@@ -23,5 +24,6 @@ pub mod lab;
 pub mod net;
 pub mod netns;
 pub mod plugin;
+pub mod probe;
 pub mod report;
 pub mod util;
