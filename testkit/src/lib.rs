@@ -8,6 +8,7 @@
 //!
 //! * [`util`]: host tools, unique names, the error alias.
 //! * [`netns`]: a network namespace that is deleted on drop.
+//! * [`node`]: a node in a namespace, plugin chains (conflists) attaching containers to it.
 //! * [`net`]: test networks, subnet claims, leftovers of dead runs.
 //! * [`plugin`]: executing a CNI plugin with the spec's environment and stdin.
 //! * [`probe`]: TCP, UDP, ICMP probes and a long-lived stream, sent from inside namespaces.
@@ -23,6 +24,7 @@ pub mod bgp;
 pub mod lab;
 pub mod net;
 pub mod netns;
+pub mod node;
 pub mod plugin;
 pub mod probe;
 pub mod report;
