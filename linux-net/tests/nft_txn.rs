@@ -244,7 +244,12 @@ fn acl(t: &TableRef) -> Transaction {
     x.add_rule(t, "acl_fwd", &vmap).unwrap();
     for (v, set) in [(IpVersion::V4, "allow_v4"), (IpVersion::V6, "allow_v6")] {
         let src = Match::AddrInSet { version: v, dir: Dir::Src, set: set.into(), negate: false };
-        let echo = Match::Icmp { version: v, icmp_type: if v == IpVersion::V4 { 8 } else { 128 }, code: Some(0) };
+        let echo = Match::Icmp {
+            version: v,
+            icmp_type: if v == IpVersion::V4 { 8 } else { 128 },
+            code: Some(0),
+            negate: false,
+        };
         x.add_rule(t, "from_a", &Rule::new(vec![src.clone(), echo], Verdict::Accept)).unwrap();
         let dport = Match::PortInSet { proto: proto::TCP, dir: Dir::Dst, set: "ports".into(), negate: false };
         let mut r = Rule::new(vec![src, dport], Verdict::Accept);

@@ -1,0 +1,303 @@
+//! The operator's commands (clap derive). `main` looks at `CNI_COMMAND` first: with it set the
+//! binary is the plugin and nothing here runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::reconcile::{self, Change};
+use crate::registry::{EndpointRecord, StateConfig, StateDir};
+use crate::{Error, Result, DEFAULT_POLICY_DIR, DEFAULT_STATE_DIR};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cni-policy",
+    about = "ACL policy from Calico and Kubernetes policy files, enforced with nftables, for any CNI network",
+    after_help = "With CNI_COMMAND set, cni-policy is the chained CNI plugin (type \"cni-policy\").\n\
+                  Log level: CNI_POLICY_LOG=debug|info|warn (stderr).",
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Applies the policy files of DIR and re-applies them whenever they change (foreground;
+    /// SIGTERM or SIGINT stops it). A file that does not parse is logged with its file, line
+    /// and field, and the policy in force stays as it was
+    Watch {
+        /// The policy directory (every *.yaml and *.yml file in it)
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Validates policy files without applying them: OK, or each error with its file, line and
+    /// field (exit status 1)
+    Check {
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Lists the endpoints, the policies that select each one and the rendered rule counts
+    Status {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes the labels of a container's endpoints and their policy at once (key=value sets,
+    /// key- removes)
+    Label {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(value_name = "CONTAINER_ID")]
+        container_id: String,
+        #[arg(value_name = "key=value|key-", required = true)]
+        labels: Vec<String>,
+    },
+}
+
+/// What `status --json` prints (the shape the contract fixes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    #[serde(rename = "policyDir")]
+    pub policy_dir: PathBuf,
+    pub endpoints: Vec<EndpointStatus>,
+    /// nft rules in total.
+    pub rules: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStatus {
+    pub name: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    pub network: String,
+    pub namespace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub addrs: Vec<std::net::IpAddr>,
+    #[serde(rename = "hostIfname")]
+    pub host_ifname: Option<String>,
+    pub bridged: bool,
+    /// Policies that apply to it, in evaluation order (`ns/name` or `name`).
+    pub policies: Vec<String>,
+    /// Rules its traffic can traverse.
+    pub rules: usize,
+}
+
+/// The policy directory a state directory's writers used (`DEFAULT_POLICY_DIR` before any).
+pub fn policy_dir_of(state: &StateDir) -> Result<PathBuf> {
+    Ok(state.config()?.map(|c| c.policy_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_DIR)))
+}
+
+/// Compiles the registry with the recorded policy directory, as the writers did.
+pub fn status(state_dir: &Path) -> Result<Status> {
+    let state = StateDir::new(state_dir);
+    let policy_dir = policy_dir_of(&state)?;
+    let set = reconcile::load_policies(&policy_dir)?;
+    let records = state.list()?;
+    let c = reconcile::compile(&set, &records);
+    let endpoints = records
+        .into_iter()
+        .map(|r| EndpointStatus {
+            policies: c.policies_of(&r.name),
+            rules: c.endpoint_rules(&r.name),
+            name: r.name,
+            container_id: r.container_id,
+            ifname: r.ifname,
+            network: r.network,
+            namespace: r.namespace,
+            pod: r.pod,
+            labels: r.labels,
+            addrs: r.addrs,
+            host_ifname: r.host_ifname,
+            bridged: r.bridged,
+        })
+        .collect();
+    Ok(Status { policy_dir, endpoints, rules: c.rule_count() })
+}
+
+/// The table for humans.
+pub fn status_table(s: &Status) -> String {
+    let mut out = format!("policy dir: {}\n", s.policy_dir.display());
+    let head = ["ENDPOINT", "NAMESPACE", "ADDRESSES", "HOST IF", "LABELS", "POLICIES", "RULES"];
+    let mut rows: Vec<[String; 7]> = vec![head.map(str::to_string)];
+    for e in &s.endpoints {
+        let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let addrs: Vec<String> = e.addrs.iter().map(|a| a.to_string()).collect();
+        let host = match (&e.host_ifname, e.bridged) {
+            (Some(h), true) => format!("{h} (bridge port)"),
+            (Some(h), false) => h.clone(),
+            (None, _) => "-".into(),
+        };
+        let or_dash = |v: Vec<String>| if v.is_empty() { "-".to_string() } else { v.join(",") };
+        rows.push([
+            e.name.clone(),
+            e.namespace.clone(),
+            or_dash(addrs),
+            host,
+            or_dash(labels),
+            or_dash(e.policies.clone()),
+            e.rules.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let _ = writeln!(out, "{} endpoints, {} rules", s.endpoints.len(), s.rules);
+    out
+}
+
+/// Validates each file on its own and then all of them together (as one directory would be
+/// read): `Ok` or every error, one per line.
+pub fn check_files(files: &[PathBuf]) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    let mut all = policy::PolicySet::default();
+    for f in files {
+        match policy::load_file(f) {
+            Ok(set) => all.extend(set),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        // Duplicate names across the files are what a directory of them would reject.
+        let mut seen: BTreeMap<(String, Option<String>, String), &policy::Policy> = BTreeMap::new();
+        for p in &all.policies {
+            let key = (format!("{:?}", p.kind), p.namespace.clone(), p.name.clone());
+            if let Some(old) = seen.insert(key, p) {
+                errors.push(format!(
+                    "{}:{}: metadata.name: {:?} is already defined at {}:{}",
+                    p.origin.file.display(),
+                    p.origin.line,
+                    p.name,
+                    old.origin.file.display(),
+                    old.origin.line
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// One `label` argument: `key=value` sets, `key-` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelEdit {
+    Set(String, String),
+    Remove(String),
+}
+
+pub fn parse_label(arg: &str) -> Result<LabelEdit> {
+    let bad = || Error::BadLabel(arg.to_string());
+    let ok_key = |k: &str| !k.is_empty() && !k.chars().any(|c| c.is_whitespace() || c == '=');
+    if let Some((k, v)) = arg.split_once('=') {
+        if !ok_key(k) || v.chars().any(char::is_whitespace) {
+            return Err(bad());
+        }
+        return Ok(LabelEdit::Set(k.into(), v.into()));
+    }
+    match arg.strip_suffix('-') {
+        Some(k) if ok_key(k) => Ok(LabelEdit::Remove(k.into())),
+        _ => Err(bad()),
+    }
+}
+
+/// Relabels every endpoint of `container_id` and re-applies, under the lock: the registry and
+/// the kernel change together or not at all. Returns the endpoints changed.
+pub fn label(state_dir: &Path, container_id: &str, args: &[String]) -> Result<Vec<EndpointRecord>> {
+    let edits = args.iter().map(|a| parse_label(a)).collect::<Result<Vec<_>>>()?;
+    let state = StateDir::new(state_dir);
+    if !state.exists() {
+        return Err(Error::UnknownContainer(container_id.to_string()));
+    }
+    let _lock = state.lock()?;
+    let mut mine: Vec<EndpointRecord> =
+        state.list()?.into_iter().filter(|r| r.container_id == container_id).collect();
+    if mine.is_empty() {
+        return Err(Error::UnknownContainer(container_id.to_string()));
+    }
+    for r in &mut mine {
+        for e in &edits {
+            match e {
+                LabelEdit::Set(k, v) => r.labels.insert(k.clone(), v.clone()),
+                LabelEdit::Remove(k) => r.labels.remove(k),
+            };
+        }
+    }
+    let policy_dir = policy_dir_of(&state)?;
+    let set = reconcile::load_policies(&policy_dir)?;
+    reconcile::commit(&state, &set, &Change { put: mine.clone(), remove: vec![] })?;
+    state.set_config(&StateConfig { policy_dir })?;
+    Ok(mine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_arguments() {
+        assert_eq!(parse_label("app=web").unwrap(), LabelEdit::Set("app".into(), "web".into()));
+        assert_eq!(parse_label("app=").unwrap(), LabelEdit::Set("app".into(), "".into()));
+        assert_eq!(parse_label("example.com/tier-").unwrap(), LabelEdit::Remove("example.com/tier".into()));
+        for bad in ["app", "-", "=web", "a b=c", "app=x y"] {
+            assert!(parse_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_shapes() {
+        let c = Cli::try_parse_from(["cni-policy", "watch", "--dir", "/p"]).unwrap();
+        match c.cmd {
+            Cmd::Watch { dir, state_dir } => {
+                assert_eq!(dir, Path::new("/p"));
+                assert_eq!(state_dir, Path::new(DEFAULT_STATE_DIR));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["cni-policy", "label", "--state-dir", "/s", "c1", "a=b", "c-"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Label { ref labels, .. } if labels.len() == 2));
+        assert!(Cli::try_parse_from(["cni-policy", "check"]).is_err(), "check needs a file");
+        assert!(Cli::try_parse_from(["cni-policy", "label", "c1"]).is_err(), "label needs a label");
+        assert!(Cli::try_parse_from(["cni-policy", "watch"]).is_err(), "watch needs --dir");
+    }
+
+    #[test]
+    fn check_reports_file_line_and_field_and_cross_file_duplicates() {
+        let d = tempfile::tempdir().unwrap();
+        let good = d.path().join("a.yaml");
+        std::fs::write(
+            &good,
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  selector: all()\n",
+        )
+        .unwrap();
+        assert_eq!(check_files(std::slice::from_ref(&good)), Ok(()));
+        let bad = d.path().join("b.yaml");
+        std::fs::write(
+            &bad,
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: h\nspec:\n  selector: all()\n  ingress:\n  - action: Frob\n",
+        )
+        .unwrap();
+        let errs = check_files(&[good.clone(), bad]).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("b.yaml:") && errs[0].contains("ingress[0].action"), "{errs:?}");
+        let dup = d.path().join("c.yaml");
+        std::fs::copy(&good, &dup).unwrap();
+        let errs = check_files(&[good, dup]).unwrap_err();
+        assert!(errs[0].contains("c.yaml:4") && errs[0].contains("already defined"), "{errs:?}");
+    }
+}

@@ -1,0 +1,246 @@
+//! The chained plugin after the real cni-bridge, in network namespaces: what the runtime sees
+//! (results, error codes), what the registry holds, and what the kernel's `cni-policy` tables
+//! hold. (Packets through the tables are the policy tests' subject.)
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn endpoint<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == name)
+}
+
+fn mapped(h: &Host, addr: &str) -> bool {
+    h.map_keys().iter().any(|(_, k)| k == addr)
+}
+
+#[test]
+fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let c = h.container();
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0";
+    let labels = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let (bridge_res, (ok, res)) = h.add("c1", &c, args, labels);
+    assert!(ok, "cni-policy ADD: {res}");
+    // A chained plugin passes the previous result on unchanged.
+    assert_eq!(res, bridge_res);
+
+    // Registered with what prevResult and CNI_ARGS said.
+    let st = h.status();
+    let ep = endpoint(&st, "c1/eth0").unwrap_or_else(|| panic!("no c1/eth0 in {st}"));
+    assert_eq!(ep["namespace"], "prod");
+    assert_eq!(ep["pod"], "web-0");
+    assert_eq!(ep["labels"], json!({"app": "web"}));
+    let want: Vec<Value> = addrs(&bridge_res).into_iter().map(Value::from).collect();
+    assert_eq!(ep["addrs"].as_array().unwrap(), &want);
+    let host_if = ep["hostIfname"].as_str().unwrap().to_string();
+    assert_ne!(host_if, h.bridge, "the host side is the veth, not the bridge");
+    assert_eq!(ep["bridged"], true);
+    assert_eq!(ep["policies"], json!(["allow-web"]));
+    assert!(ep["rules"].as_u64().unwrap() > 0, "{ep}");
+    assert_eq!(st["policyDir"], json!(h.policy_dir()));
+
+    // In force in the kernel before ADD returned: every address is dispatched, and the rule
+    // count the compiler reports is what the kernel lists.
+    for a in addrs(&bridge_res) {
+        assert!(mapped(&h, &a), "{a} not in the verdict maps: {:?}", h.map_keys());
+    }
+    assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
+    // Bridged traffic is made to meet the inet hooks.
+    let (_, v) = testkit::util::sh(&format!(
+        "ip netns exec {} sysctl -n net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables",
+        h.ns
+    ));
+    assert_eq!(v.split_whitespace().collect::<Vec<_>>(), ["1", "1"]);
+
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), "eth0", args, &h.policy_conf(Some(&bridge_res)));
+    assert!(ok, "CHECK: {v}");
+    // CHECK of an attachment that was never added fails.
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "nope", Some(&c), "eth0", "", &h.policy_conf(Some(&bridge_res)));
+    assert!(!ok && v["code"].as_u64().is_some(), "{v}");
+
+    // DEL forgets it and takes it out of the kernel; a second DEL is fine.
+    let (ok, v) = h.del("c1", Some(&c));
+    assert!(ok, "DEL: {v}");
+    assert!(endpoint(&h.status(), "c1/eth0").is_none());
+    for a in addrs(&bridge_res) {
+        assert!(!mapped(&h, &a), "{a} still mapped after DEL");
+    }
+    let (ok, v) = h.plugin("cni-policy", "DEL", "c1", None, "eth0", "", &h.policy_conf(None));
+    assert!(ok, "second DEL: {v}");
+    // And so is a DEL before anything ever ran (no state directory).
+    let mut fresh = h.policy_conf(None);
+    fresh["stateDir"] = json!(h.tmp.path().join("never"));
+    let (ok, v) = h.plugin("cni-policy", "DEL", "c9", None, "eth0", "", &fresh);
+    assert!(ok, "DEL without state: {v}");
+    assert!(!h.tmp.path().join("never").exists(), "DEL must not create state");
+}
+
+#[test]
+fn add_without_prev_result_is_code_7() {
+    let h = Host::new();
+    let c = "cpolnone";
+    let (ok, v) = h.plugin("cni-policy", "ADD", "c1", Some(c), "eth0", "", &h.policy_conf(None));
+    assert!(!ok);
+    assert_eq!(v["code"], 7);
+    assert_eq!(v["msg"], "cni-policy must be chained after a network plugin");
+    assert!(h.state_dir().join("endpoints").read_dir().map_or(true, |mut d| d.next().is_none()));
+}
+
+#[test]
+fn a_bad_policy_file_fails_add_with_file_line_field_keeps_the_policy_and_status_says_50() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let c1 = h.container();
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let (res1, (ok, v)) = h.add("c1", &c1, "", web.clone());
+    assert!(ok, "{v}");
+    let before = h.nft_table("inet").unwrap();
+
+    let status_conf = h.policy_conf(None);
+    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "eth0", "", &status_conf);
+    assert!(ok, "STATUS with good files: {v}");
+
+    h.write_policy("20-bad.yaml", BAD_ACTION);
+    let c2 = h.container();
+    let (res2, (ok, v)) = h.add("c2", &c2, "", web);
+    assert!(!ok, "ADD with a bad file must fail");
+    assert_eq!(v["code"], 7, "{v}");
+    let details = v["details"].as_str().unwrap();
+    assert!(details.contains("20-bad.yaml:8"), "file and line: {details}");
+    assert!(details.contains("spec.ingress[0].action"), "field: {details}");
+    // Rolled back: c2 is not registered, and the kernel holds what it held.
+    assert!(endpoint(&h.status_or_null(), "c2/eth0").is_none());
+    assert_eq!(h.nft_table("inet").unwrap(), before);
+    for a in addrs(&res2) {
+        assert!(!mapped(&h, &a));
+    }
+    for a in addrs(&res1) {
+        assert!(mapped(&h, &a));
+    }
+    let (ok, v) = h.plugin("cni-bridge", "DEL", "c2", Some(&c2), "eth0", "", &h.bridge_conf());
+    assert!(ok, "{v}");
+
+    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "eth0", "", &status_conf);
+    assert!(!ok);
+    assert_eq!(v["code"], 50, "{v}");
+    assert!(v["details"].as_str().unwrap().contains("20-bad.yaml:8"), "{v}");
+
+    // DEL still works with the bad file in place.
+    let (ok, v) = h.del("c1", Some(&c1));
+    assert!(ok, "DEL with a bad policy dir: {v}");
+}
+
+#[test]
+fn gc_drops_only_this_networks_entries_the_runtime_no_longer_lists() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let mut res = vec![];
+    for cid in ["g1", "g2", "g3"] {
+        let c = h.container();
+        let (r, (ok, v)) = h.add(cid, &c, "", json!({}));
+        assert!(ok, "{v}");
+        res.push(r);
+    }
+    // g3 belongs to another network sharing the state directory.
+    let sd = h.state_dir();
+    let p = sd.join("endpoints/g3@eth0.json");
+    let mut e: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    e["network"] = json!("other-net");
+    std::fs::write(&p, e.to_string()).unwrap();
+
+    let mut gc = h.policy_conf(None);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "g1", "ifname": "eth0"}]);
+    let (ok, v) = h.plugin("cni-policy", "GC", "", None, "", "", &gc);
+    assert!(ok, "GC: {v}");
+    let st = h.status();
+    let names: Vec<&str> = st["endpoints"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["g1/eth0", "g3/eth0"]);
+    for a in addrs(&res[1]) {
+        assert!(!mapped(&h, &a), "g2's {a} still mapped after GC");
+    }
+    for a in addrs(&res[0]).into_iter().chain(addrs(&res[2])) {
+        assert!(mapped(&h, &a), "{a} must stay");
+    }
+}
+
+#[test]
+fn label_relabels_and_reapplies_status_shows_it() {
+    let mut h = Host::new();
+    h.write_policy("10-db.yaml", DB_ONLY_FROM_WEB);
+    let c = h.container();
+    let (_, (ok, v)) = h.add("l1", &c, "K8S_POD_NAMESPACE=prod", json!({}));
+    assert!(ok, "{v}");
+    let st = h.status();
+    assert_eq!(endpoint(&st, "l1/eth0").unwrap()["policies"], json!([]));
+    let rules_before = h.kernel_rules();
+
+    let sd = h.state_dir();
+    let sd = sd.to_str().unwrap();
+    let (code, out, err) = h.cli(&["label", "--state-dir", sd, "l1", "role=db", "tier=backend"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("l1/eth0"), "{out}");
+    let st = h.status();
+    let ep = endpoint(&st, "l1/eth0").unwrap();
+    assert_eq!(ep["labels"], json!({"role": "db", "tier": "backend"}));
+    assert_eq!(ep["policies"], json!(["prod/db"]));
+    // The kernel changed with the registry.
+    assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
+    assert_ne!(h.kernel_rules(), rules_before);
+
+    let (code, _, err) = h.cli(&["label", "--state-dir", sd, "l1", "role-"]);
+    assert_eq!(code, 0, "{err}");
+    let st = h.status();
+    let ep = endpoint(&st, "l1/eth0").unwrap();
+    assert_eq!(ep["labels"], json!({"tier": "backend"}));
+    assert_eq!(ep["policies"], json!([]));
+    assert_eq!(h.kernel_rules(), rules_before);
+
+    let (code, _, err) = h.cli(&["label", "--state-dir", sd, "ghost", "a=b"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("ghost"), "{err}");
+    let (code, _, err) = h.cli(&["label", "--state-dir", sd, "l1", "bad label"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad label"), "{err}");
+
+    // The table for humans names the endpoint and its labels.
+    let (code, out, _) = h.cli(&["status", "--state-dir", sd]);
+    assert_eq!(code, 0);
+    assert!(out.contains("l1/eth0") && out.contains("tier=backend"), "{out}");
+}
+
+#[test]
+fn check_command_validates_files() {
+    let h = Host::new();
+    h.write_policy("a.yaml", ALLOW_WEB);
+    h.write_policy("b.yaml", BAD_ACTION);
+    let a = h.policy_dir().join("a.yaml");
+    let b = h.policy_dir().join("b.yaml");
+    let (code, out, _) = h.cli(&["check", a.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"));
+    let (code, out, err) = h.cli(&["check", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("b.yaml:8") && err.contains("spec.ingress[0].action"), "{err}");
+}
+
+trait StatusOrNull {
+    fn status_or_null(&self) -> Value;
+}
+
+impl StatusOrNull for Host {
+    /// `status` while the policy directory does not parse fails: read the registry instead.
+    fn status_or_null(&self) -> Value {
+        let mut eps = vec![];
+        if let Ok(d) = std::fs::read_dir(self.state_dir().join("endpoints")) {
+            for e in d.flatten() {
+                if e.path().extension().is_some_and(|x| x == "json") {
+                    eps.push(serde_json::from_slice::<Value>(&std::fs::read(e.path()).unwrap()).unwrap());
+                }
+            }
+        }
+        json!({"endpoints": eps})
+    }
+}
