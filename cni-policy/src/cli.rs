@@ -225,8 +225,7 @@ pub fn label(state_dir: &Path, container_id: &str, args: &[String]) -> Result<Ve
         return Err(Error::UnknownContainer(container_id.to_string()));
     }
     let _lock = state.lock()?;
-    let mut mine: Vec<EndpointRecord> =
-        state.list()?.into_iter().filter(|r| r.container_id == container_id).collect();
+    let mut mine: Vec<EndpointRecord> = state.list()?.into_iter().filter(|r| r.container_id == container_id).collect();
     if mine.is_empty() {
         return Err(Error::UnknownContainer(container_id.to_string()));
     }

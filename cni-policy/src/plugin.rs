@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use cni_core::{Code, CniResult, Context, Error as CniError, Plugin, Result as CniRes};
+use cni_core::{CniResult, Code, Context, Error as CniError, Plugin, Result as CniRes};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -114,11 +114,8 @@ pub fn attachment(
     }
     let hostside: Vec<&str> =
         prev.interfaces.iter().filter(|i| i.sandbox.is_empty()).map(|i| i.name.as_str()).collect();
-    let host_ifname = hostside
-        .iter()
-        .find(|n| is_port(n))
-        .or_else(|| hostside.iter().find(|n| !is_bridge(n)))
-        .map(|n| n.to_string());
+    let host_ifname =
+        hostside.iter().find(|n| is_port(n)).or_else(|| hostside.iter().find(|n| !is_bridge(n))).map(|n| n.to_string());
     Ok(Attachment { addrs, host_ifname })
 }
 
@@ -180,9 +177,8 @@ impl PolicyPlugin {
 impl Plugin for PolicyPlugin {
     fn add(&self, ctx: &Context) -> CniRes<CniResult> {
         let conf = PolicyConf::parse(&ctx.raw)?;
-        let prev = ctx
-            .prev_result()?
-            .ok_or_else(|| CniError::config("cni-policy must be chained after a network plugin"))?;
+        let prev =
+            ctx.prev_result()?.ok_or_else(|| CniError::config("cni-policy must be chained after a network plugin"))?;
         let att = attachment(&prev, &ctx.ifname, &sys_is_port, &sys_is_bridge)?;
         let bridged = att.host_ifname.as_deref().is_some_and(sys_is_port);
         let rec = self.record(ctx, att, bridged)?;
@@ -221,7 +217,10 @@ impl Plugin for PolicyPlugin {
         let state = StateDir::new(&conf.state_dir);
         let _lock = state.lock().map_err(to_cni)?;
         let rec = state.get(&ctx.container_id, &ctx.ifname).map_err(to_cni)?.ok_or_else(|| {
-            CniError::new(Code::Other(CODE_CHECK_DRIFT), format!("endpoint {}/{} is not registered", ctx.container_id, ctx.ifname))
+            CniError::new(
+                Code::Other(CODE_CHECK_DRIFT),
+                format!("endpoint {}/{} is not registered", ctx.container_id, ctx.ifname),
+            )
         })?;
         if rec.bridged && bridge_nf_on() != Some(true) {
             return Err(CniError::new(
@@ -358,7 +357,8 @@ mod tests {
 
     #[test]
     fn labels_follow_the_conventions_shape() {
-        let raw = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}, {"key": "tier", "value": "fe"}]}}});
+        let raw =
+            json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}, {"key": "tier", "value": "fe"}]}}});
         let l = conventions_labels(&raw).unwrap();
         assert_eq!(l.get("app").map(String::as_str), Some("web"));
         assert_eq!(l.len(), 2);

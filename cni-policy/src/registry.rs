@@ -135,10 +135,8 @@ impl StateDir {
 
     /// Writes (or replaces) an endpoint's entry atomically.
     pub fn put(&self, rec: &EndpointRecord) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(rec).map_err(|source| Error::Entry {
-            path: self.entry_path(&rec.container_id, &rec.ifname),
-            source,
-        })?;
+        let bytes = serde_json::to_vec_pretty(rec)
+            .map_err(|source| Error::Entry { path: self.entry_path(&rec.container_id, &rec.ifname), source })?;
         write_atomic(&self.entry_path(&rec.container_id, &rec.ifname), &bytes)
     }
 

@@ -89,7 +89,9 @@ pub fn run(dir: &Path, state_dir: &Path) -> Result<()> {
                     break;
                 }
                 gone |= events.iter().any(|e| {
-                    e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED)
+                    e.mask.intersects(
+                        AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED,
+                    )
                 });
             }
             if gone {

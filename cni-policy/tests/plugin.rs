@@ -55,10 +55,10 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     ));
     assert_eq!(v.split_whitespace().collect::<Vec<_>>(), ["1", "1"]);
 
-    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), "eth0", args, &h.policy_conf(Some(&bridge_res)));
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
     assert!(ok, "CHECK: {v}");
     // CHECK of an attachment that was never added fails.
-    let (ok, v) = h.plugin("cni-policy", "CHECK", "nope", Some(&c), "eth0", "", &h.policy_conf(Some(&bridge_res)));
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "nope", Some(&c), "", &h.policy_conf(Some(&bridge_res)));
     assert!(!ok && v["code"].as_u64().is_some(), "{v}");
 
     // DEL forgets it and takes it out of the kernel; a second DEL is fine.
@@ -68,12 +68,12 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     for a in addrs(&bridge_res) {
         assert!(!mapped(&h, &a), "{a} still mapped after DEL");
     }
-    let (ok, v) = h.plugin("cni-policy", "DEL", "c1", None, "eth0", "", &h.policy_conf(None));
+    let (ok, v) = h.plugin("cni-policy", "DEL", "c1", None, "", &h.policy_conf(None));
     assert!(ok, "second DEL: {v}");
     // And so is a DEL before anything ever ran (no state directory).
     let mut fresh = h.policy_conf(None);
     fresh["stateDir"] = json!(h.tmp.path().join("never"));
-    let (ok, v) = h.plugin("cni-policy", "DEL", "c9", None, "eth0", "", &fresh);
+    let (ok, v) = h.plugin("cni-policy", "DEL", "c9", None, "", &fresh);
     assert!(ok, "DEL without state: {v}");
     assert!(!h.tmp.path().join("never").exists(), "DEL must not create state");
 }
@@ -82,7 +82,7 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
 fn add_without_prev_result_is_code_7() {
     let h = Host::new();
     let c = "cpolnone";
-    let (ok, v) = h.plugin("cni-policy", "ADD", "c1", Some(c), "eth0", "", &h.policy_conf(None));
+    let (ok, v) = h.plugin("cni-policy", "ADD", "c1", Some(c), "", &h.policy_conf(None));
     assert!(!ok);
     assert_eq!(v["code"], 7);
     assert_eq!(v["msg"], "cni-policy must be chained after a network plugin");
@@ -100,7 +100,7 @@ fn a_bad_policy_file_fails_add_with_file_line_field_keeps_the_policy_and_status_
     let before = h.nft_table("inet").unwrap();
 
     let status_conf = h.policy_conf(None);
-    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "eth0", "", &status_conf);
+    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "", &status_conf);
     assert!(ok, "STATUS with good files: {v}");
 
     h.write_policy("20-bad.yaml", BAD_ACTION);
@@ -120,10 +120,10 @@ fn a_bad_policy_file_fails_add_with_file_line_field_keeps_the_policy_and_status_
     for a in addrs(&res1) {
         assert!(mapped(&h, &a));
     }
-    let (ok, v) = h.plugin("cni-bridge", "DEL", "c2", Some(&c2), "eth0", "", &h.bridge_conf());
+    let (ok, v) = h.plugin("cni-bridge", "DEL", "c2", Some(&c2), "", &h.bridge_conf());
     assert!(ok, "{v}");
 
-    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "eth0", "", &status_conf);
+    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "", &status_conf);
     assert!(!ok);
     assert_eq!(v["code"], 50, "{v}");
     assert!(v["details"].as_str().unwrap().contains("20-bad.yaml:8"), "{v}");
@@ -153,7 +153,7 @@ fn gc_drops_only_this_networks_entries_the_runtime_no_longer_lists() {
 
     let mut gc = h.policy_conf(None);
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "g1", "ifname": "eth0"}]);
-    let (ok, v) = h.plugin("cni-policy", "GC", "", None, "", "", &gc);
+    let (ok, v) = h.plugin("cni-policy", "GC", "", None, "", &gc);
     assert!(ok, "GC: {v}");
     let st = h.status();
     let names: Vec<&str> = st["endpoints"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();

@@ -13,16 +13,34 @@ use testkit::util::wait_until;
 
 const T: Duration = Duration::from_secs(20);
 
+/// Kills the daemon if the test ends before it does (a failed assertion).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
     let mut h = Host::new();
     let c = h.container();
     // An endpoint registered by the plugin with an empty policy directory: nothing selects it.
-    let (_, (ok, v)) = h.add("w1", &c, "K8S_POD_NAMESPACE=prod", json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}));
+    let (_, (ok, v)) = h.add(
+        "w1",
+        &c,
+        "K8S_POD_NAMESPACE=prod",
+        json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}),
+    );
     assert!(ok, "{v}");
     let empty_rules = h.kernel_rules();
 
-    let mut child = h.spawn_watch();
+    let mut child = Reap(h.spawn_watch());
+    let child = &mut child.0;
     let (tx, rx) = mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {

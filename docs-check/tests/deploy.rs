@@ -16,7 +16,7 @@
 //! suite with one): here it must parse the config and answer code 50 naming the agent, and its
 //! IPAM section must pass `cni-ipam`'s STATUS.
 //!
-//! Needs `cni-bridge`, `cni-ipam`, `cni-overlay`, `cni-bgp`, `csi-nfs` and `csi-rbd` built beside
+//! Needs `cni-bridge`, `cni-ipam`, `cni-overlay`, `cni-bgp`, `cni-policy`, `csi-nfs` and `csi-rbd` built beside
 //! the test (`cargo build --release --workspace`) and etcd installed; fails saying so otherwise.
 
 use std::collections::BTreeSet;
@@ -211,6 +211,7 @@ fn check_conflist(what: &str, text: &str) {
             Some("cni-bridge") => table_under("docs/cni-bridge.md", "Config fields"),
             Some("cni-overlay") => table_under("docs/cni-overlay.md", "The plugin"),
             Some("cni-bgp") => table_under("docs/cni-bgp.md", "Config fields"),
+            Some("cni-policy") => table_under("docs/cni-policy.md", "Config fields"),
             other => panic!("{what}: plugin type {other:?} is not one of ours"),
         };
         let mut bad = Vec::new();
@@ -530,6 +531,13 @@ fn every_conflist_passes_status_with_the_real_plugins() {
                 } else if cluster.is_object() {
                     cluster["etcdEndpoints"] = serde_json::json!([etcd.endpoint()]);
                 }
+            }
+            if conf["type"] == "cni-policy" {
+                // Its policy directory (empty: no policy parses) and registry, moved to the temp dir.
+                let pd = tmp.path().join(format!("policy-{i}"));
+                std::fs::create_dir_all(&pd).unwrap();
+                conf["policyDir"] = Value::String(pd.to_string_lossy().into_owned());
+                conf["stateDir"] = Value::String(data.to_string_lossy().into_owned());
             }
             let ty = conf["type"].as_str().unwrap().to_string();
             if ty == "cni-bgp" {

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use linux_net::nft::state::{chain_rule_counts, map_entries, table_exists};
@@ -49,21 +50,52 @@ pub struct ApplyReport {
     pub full: bool,
     /// nf_tables messages in the transaction (0: nothing to change).
     pub ops: usize,
-    /// Building and committing the transaction, and persisting the state.
+    /// Everything: reading the previous state, building and committing
+    /// the transaction, persisting the new state.
     pub elapsed: Duration,
+    /// The kernel's part: sending the batch and collecting its acks.
+    pub commit: Duration,
 }
 
 /// The persisted state: what the last successful apply put in the kernel.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Applied {
     tables: Vec<TableState>,
 }
 
+/// [`Applied`] as written, borrowing the tables.
+#[derive(Serialize)]
+struct AppliedRef<'a> {
+    tables: &'a [TableState],
+}
+
+/// Identity of one version of the state file: every store renames a new
+/// file into place, so (device, inode, size, mtime) changes with it.
+type Stamp = (u64, u64, u64, Option<std::time::SystemTime>);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()))
+}
+
 /// Applies compiled policy to the kernel of the calling thread's network
 /// namespace.
-#[derive(Debug, Clone)]
+///
+/// A long-lived engine (the watch daemon) keeps the state it last wrote in
+/// memory and reads the file again only when another writer (the plugin,
+/// the label command) replaced it since: parsing the JSON of a 1k-endpoint
+/// state costs milliseconds, more than the kernel's part of a delta.
+#[derive(Debug)]
 pub struct Engine {
     state_dir: PathBuf,
+    cache: Mutex<Option<(Stamp, Arc<Applied>)>>,
+}
+
+impl Clone for Engine {
+    fn clone(&self) -> Self {
+        Engine::new(&self.state_dir)
+    }
 }
 
 /// The state file inside the state directory.
@@ -73,7 +105,7 @@ impl Engine {
     /// An engine keeping its applied state in `<state_dir>/applied.json`
     /// (the directory is created on the first apply).
     pub fn new(state_dir: &Path) -> Engine {
-        Engine { state_dir: state_dir.to_path_buf() }
+        Engine { state_dir: state_dir.to_path_buf(), cache: Mutex::new(None) }
     }
 
     fn state_path(&self) -> PathBuf {
@@ -82,11 +114,24 @@ impl Engine {
 
     /// The persisted state; `None` when missing or unreadable (then the
     /// next apply is a full replace).
-    fn load(&self) -> Option<Applied> {
+    fn load(&self) -> Option<Arc<Applied>> {
         let path = self.state_path();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(&path);
+        match (&*cache, now) {
+            (_, None) => return None,
+            (Some((s, a)), Some(now)) if *s == now => return Some(a.clone()),
+            _ => {}
+        }
+        *cache = None;
         let text = fs::read(&path).ok()?;
-        match serde_json::from_slice(&text) {
-            Ok(a) => Some(a),
+        match serde_json::from_slice::<Applied>(&text) {
+            Ok(a) => {
+                let a = Arc::new(a);
+                // the stamp taken before the read: a concurrent rewrite makes it stale, not wrong
+                *cache = now.map(|s| (s, a.clone()));
+                Some(a)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "applied policy state unreadable: full replace");
                 None
@@ -100,7 +145,7 @@ impl Engine {
         fs::create_dir_all(&self.state_dir).map_err(|e| err(&self.state_dir, e))?;
         let path = self.state_path();
         let tmp = self.state_dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
-        let json = serde_json::to_vec(&Applied { tables: tables.to_vec() })
+        let json = serde_json::to_vec(&AppliedRef { tables })
             .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
@@ -109,14 +154,19 @@ impl Engine {
             fs::rename(&tmp, &path)?;
             fs::File::open(&self.state_dir)?.sync_all()
         };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        *cache = None;
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             err(&path, e)
-        })
+        })?;
+        *cache = stamp(&path).map(|s| (s, Arc::new(Applied { tables: tables.to_vec() })));
+        Ok(())
     }
 
     /// Forgets the persisted state (the next apply is a full replace).
     fn forget(&self) -> Result<()> {
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match fs::remove_file(self.state_path()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::State { path: self.state_path(), message: e.to_string() })
@@ -158,12 +208,14 @@ impl Engine {
                 }
             }
             let ops = x_delta.len();
+            let c0 = Instant::now();
             match x_delta.commit() {
                 Ok(()) => {
+                    let commit = c0.elapsed();
                     if ops > 0 {
                         self.store(next)?;
                     }
-                    return Ok(ApplyReport { full: !all_delta, ops, elapsed: start.elapsed() });
+                    return Ok(ApplyReport { full: !all_delta, ops, elapsed: start.elapsed(), commit });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "policy delta refused by the kernel: full replace");
@@ -180,9 +232,11 @@ impl Engine {
         }
         let ops = x.len();
         // until the commit succeeds the old file still describes the kernel
+        let c0 = Instant::now();
         x.commit()?;
+        let commit = c0.elapsed();
         self.store(next)?;
-        Ok(ApplyReport { full: true, ops, elapsed: start.elapsed() })
+        Ok(ApplyReport { full: true, ops, elapsed: start.elapsed(), commit })
     }
 
     /// Endpoint `ep` is protected as `c` says: each of its dispatch
@@ -219,9 +273,11 @@ impl Engine {
                 )));
             }
             // the chains this entry leads to, and the base chains that reach the map
-            let mut todo: Vec<String> =
-                want_t.chains.iter().filter(|(_, c)| c.base.is_some()).map(|(n, _)| n.clone()).collect();
-            todo.extend(verdict_chain(want));
+            // (chain, follow the verdict maps its rules look up): a base
+            // chain's dispatch map leads to every endpoint, only ours counts
+            let mut todo: Vec<(String, bool)> =
+                want_t.chains.iter().filter(|(_, c)| c.base.is_some()).map(|(n, _)| (n.clone(), false)).collect();
+            todo.extend(verdict_chain(want).map(|c| (c, true)));
             let mut seen = BTreeSet::new();
             if !counts.contains_key(&k.table) {
                 counts.insert(k.table.clone(), chain_rule_counts(&k.table)?);
@@ -229,7 +285,7 @@ impl Engine {
             let Some(kernel) = &counts[&k.table] else {
                 return Err(Error::Check(format!("{ep}: table {} {} is missing", k.table.family, k.table.name)));
             };
-            while let Some(name) = todo.pop() {
+            while let Some((name, follow_maps)) = todo.pop() {
                 if !seen.insert(name.clone()) {
                     continue;
                 }
@@ -249,13 +305,13 @@ impl Engine {
                 }
                 for r in &chain.rules {
                     match &r.action {
-                        Some(Action::Verdict(v)) => todo.extend(verdict_chain(v)),
-                        Some(Action::IfNameVmap { map, .. }) | Some(Action::AddrVmap { map, .. }) => {
+                        Some(Action::Verdict(v)) => todo.extend(verdict_chain(v).map(|c| (c, true))),
+                        Some(Action::IfNameVmap { map, .. }) | Some(Action::AddrVmap { map, .. }) if follow_maps => {
                             if let Some(m) = want_t.maps.get(map) {
-                                todo.extend(m.entries.iter().filter_map(|(_, v)| verdict_chain(v)));
+                                todo.extend(m.entries.iter().filter_map(|(_, v)| verdict_chain(v)).map(|c| (c, true)));
                             }
                         }
-                        None => {}
+                        _ => {}
                     }
                 }
             }
@@ -270,7 +326,7 @@ impl Engine {
         let mut x = Transaction::new();
         let mut tables: BTreeSet<TableRef> = extra.iter().cloned().collect();
         if let Some(prev) = self.load() {
-            tables.extend(prev.tables.into_iter().map(|t| t.table));
+            tables.extend(prev.tables.iter().map(|t| t.table.clone()));
         }
         for t in &tables {
             x.destroy_table(t)?;

@@ -6,6 +6,7 @@
 //! part that touches the kernel (through `linux_net::nft`); the differential test holds the
 //! kernel to the evaluator.
 
+pub mod compile;
 pub mod engine;
 pub mod eval;
 pub mod file;
@@ -14,6 +15,7 @@ pub mod selector;
 
 use std::path::PathBuf;
 
+pub use compile::{compile, Compiled};
 pub use eval::{evaluate, evaluate_path, Evaluation, Packet, Verdict};
 pub use file::{load_dir, load_file, parse_str};
 pub use model::{Action, Direction, Endpoint, Policy, PolicySet, Rule};

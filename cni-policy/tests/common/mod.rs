@@ -81,13 +81,21 @@ impl Host {
         c
     }
 
-    /// Runs a plugin binary with the CNI variables and `conf` on stdin.
-    pub fn plugin(&self, prog: &str, cmd: &str, cid: &str, netns: Option<&str>, ifname: &str, args: &str, conf: &Value) -> (bool, Value) {
+    /// Runs a plugin binary with the CNI variables (`CNI_IFNAME` eth0) and `conf` on stdin.
+    pub fn plugin(
+        &self,
+        prog: &str,
+        cmd: &str,
+        cid: &str,
+        netns: Option<&str>,
+        args: &str,
+        conf: &Value,
+    ) -> (bool, Value) {
         let mut c = self.cmd(&bin(prog));
         let cni_path = bin("cni-policy").parent().unwrap().display().to_string();
         c.env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", cid)
-            .env("CNI_IFNAME", ifname)
+            .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", format!("{cni_path}:{}", bin("cni-ipam").parent().unwrap().display()))
             .env("CNI_ARGS", args);
         if let Some(ns) = netns {
@@ -124,20 +132,20 @@ impl Host {
 
     /// The conflist's ADD: cni-bridge, then cni-policy with its result. Returns both answers.
     pub fn add(&self, cid: &str, netns: &str, args: &str, extra: Value) -> (Value, (bool, Value)) {
-        let (ok, bridge_res) = self.plugin("cni-bridge", "ADD", cid, Some(netns), "eth0", args, &self.bridge_conf());
+        let (ok, bridge_res) = self.plugin("cni-bridge", "ADD", cid, Some(netns), args, &self.bridge_conf());
         assert!(ok, "cni-bridge ADD: {bridge_res}");
         let mut conf = self.policy_conf(Some(&bridge_res));
         for (k, v) in extra.as_object().unwrap() {
             conf[k] = v.clone();
         }
-        let pol = self.plugin("cni-policy", "ADD", cid, Some(netns), "eth0", args, &conf);
+        let pol = self.plugin("cni-policy", "ADD", cid, Some(netns), args, &conf);
         (bridge_res, pol)
     }
 
     /// The conflist's DEL, in reverse order.
     pub fn del(&self, cid: &str, netns: Option<&str>) -> (bool, Value) {
-        let r = self.plugin("cni-policy", "DEL", cid, netns, "eth0", "", &self.policy_conf(None));
-        let (ok, v) = self.plugin("cni-bridge", "DEL", cid, netns, "eth0", "", &self.bridge_conf());
+        let r = self.plugin("cni-policy", "DEL", cid, netns, "", &self.policy_conf(None));
+        let (ok, v) = self.plugin("cni-bridge", "DEL", cid, netns, "", &self.bridge_conf());
         assert!(ok, "cni-bridge DEL: {v}");
         r
     }
@@ -187,13 +195,22 @@ impl Host {
         out
     }
 
-    /// Rules in both tables, as the kernel lists them.
+    /// Rules in both tables, as the kernel reports them over netlink (a chain dump and a rule
+    /// dump in the host netns). nft 1.0.6 cannot print every bridge-family expression, so the
+    /// count does not go through `nft -j`.
     pub fn kernel_rules(&self) -> usize {
-        ["inet", "bridge"]
-            .iter()
-            .filter_map(|f| self.nft_table(f))
-            .map(|t| t["nftables"].as_array().unwrap().iter().filter(|o| o.get("rule").is_some()).count())
-            .sum()
+        let ns = linux_net::netns::NetNs::open(Path::new(&format!("/var/run/netns/{}", self.ns))).unwrap();
+        let counts = ns
+            .run(|| {
+                policy::engine::owned_tables()
+                    .iter()
+                    .map(|t| {
+                        linux_net::nft::state::chain_rule_counts(t).unwrap().map_or(0, |m| m.values().sum::<usize>())
+                    })
+                    .sum::<usize>()
+            })
+            .unwrap();
+        counts
     }
 
     /// Spawns `cni-policy watch` in the host netns with piped stderr.
@@ -228,7 +245,12 @@ fn feed(mut c: Command, stdin: &[u8]) -> Output {
 
 /// The container's addresses in a cni-bridge result.
 pub fn addrs(res: &Value) -> Vec<String> {
-    res["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string()).collect()
+    res["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+        .collect()
 }
 
 pub const ALLOW_WEB: &str = "apiVersion: projectcalico.org/v3

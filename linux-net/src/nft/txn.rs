@@ -307,8 +307,12 @@ pub enum Match {
     PortRange { proto: u8, dir: Dir, first: u16, last: u16, negate: bool },
     /// `icmp|icmpv6 type T [code C]`; negated, `icmp|icmpv6 type != T`
     /// or, with a code, "type and code are not both T and C" (one 2-byte
-    /// compare of the ICMP header's first two bytes). Either way only ICMP
-    /// (ICMPv6) packets of that IP version match.
+    /// compare of the ICMP header's first two bytes, what nft itself
+    /// generates for a merged type/code match, with `!=`). Either way only
+    /// ICMP (ICMPv6) packets of that IP version match. Beware: `nft list`
+    /// prints the 2-byte form as `icmp type != T icmp code != C`, which
+    /// reads as "neither"; the kernel compares both bytes at once ("not
+    /// both").
     Icmp {
         version: IpVersion,
         icmp_type: u8,
