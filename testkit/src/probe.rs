@@ -70,7 +70,7 @@ pub enum Outcome {
     Answered,
     /// A TCP reset or ICMP unreachable: the packet reached the peer's kernel, which refused it.
     Refused,
-    /// Nothing within the wait.
+    /// Nothing within the wait (or the sender's own output path refused to send it).
     Silent,
 }
 
@@ -179,7 +179,9 @@ fn udp_request(dst: SocketAddr, src_port: u16, wait: Duration) -> std::io::Resul
     let s = UdpSocket::bind(any_addr(dst.ip(), src_port))?;
     s.connect(dst)?;
     let msg = nonce().to_be_bytes();
-    s.send(&msg)?;
+    if let Err(e) = s.send(&msg) {
+        return dropped_on_send(e);
+    }
     let end = Instant::now() + wait;
     let mut buf = [0u8; 64];
     loop {
@@ -195,6 +197,17 @@ fn udp_request(dst: SocketAddr, src_port: u16, wait: Duration) -> std::io::Resul
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Ok(Outcome::Silent),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A packet that a filter of the sending namespace's own output path drops fails its `send`
+/// with EPERM: silence, as far as the peer is concerned (TCP retransmits its SYN instead and
+/// times out). Anything else is a failure of the probe.
+fn dropped_on_send(e: std::io::Error) -> std::io::Result<Outcome> {
+    if e.raw_os_error() == Some(libc::EPERM) {
+        Ok(Outcome::Silent)
+    } else {
+        Err(e)
     }
 }
 
@@ -237,7 +250,9 @@ fn icmp_request(dst: IpAddr, icmp_type: u8, code: u8, wait: Duration) -> std::io
         let c = checksum(&pkt);
         pkt[2..4].copy_from_slice(&c.to_be_bytes());
     }
-    s.send_to(&pkt, &SockAddr::from(SocketAddr::new(dst, 0)))?;
+    if let Err(e) = s.send_to(&pkt, &SockAddr::from(SocketAddr::new(dst, 0))) {
+        return dropped_on_send(e);
+    }
     let end = Instant::now() + wait;
     let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
     loop {
