@@ -459,3 +459,35 @@ fn chained_after_the_reference_bridge() {
     w.node.verb(&db, "CHECK").unwrap_or_else(|e| panic!("{e}"));
     w.del(other);
 }
+
+#[test]
+fn routed_veths_without_a_bridge() {
+    let mut w = World::new(Network::ReferencePtp);
+    w.write_policy("web-db.yaml", WEB_DB);
+    let web = w.add("prod", "web", &[("app", "web")]);
+    let db = w.add("prod", "db", &[("app", "db")]);
+    let other = w.add("prod", "other", &[("app", "other")]);
+    let node = w.node.path().to_path_buf();
+    w.serve(&node);
+    let st = w.status();
+    assert!(
+        st["endpoints"].as_array().unwrap().iter().all(|e| e["bridged"] == false && e["hostIfname"].is_string()),
+        "routed endpoints: {st}"
+    );
+    for (fam, db_a, other_a, gw) in [("v4", db.v4(), other.v4(), w.gw4()), ("v6", db.v6(), other.v6(), w.gw6())] {
+        expect(
+            &format!("{fam}: routed through the node"),
+            &[
+                ("web->db 5432", probe(web.path(), db_a, P::Tcp(5432)), Pass),
+                ("web->db udp 9000", probe(web.path(), db_a, P::Udp(9000)), Pass),
+                ("web->db ping", probe(web.path(), db_a, P::Ping), Pass),
+                ("other->db 5432", probe(other.path(), db_a, P::Tcp(5432)), Drop),
+                ("node->db 5432", probe(&node, db_a, P::Tcp(5432)), Drop),
+                ("web->other 80 (egress)", probe(web.path(), other_a, P::Tcp(80)), Drop),
+                ("web->node 443", probe(web.path(), gw, P::Tcp(443)), Pass),
+                ("other->db 80 from an unrestricted peer", probe(other.path(), db_a, P::Tcp(80)), Drop),
+                ("db->other 80", probe(db.path(), other_a, P::Tcp(80)), Pass),
+            ],
+        );
+    }
+}

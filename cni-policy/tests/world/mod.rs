@@ -38,6 +38,9 @@ pub enum Network {
     Bridge,
     /// The reference `bridge` with `host-local` from /usr/lib/cni.
     ReferenceBridge,
+    /// Routed veths without a bridge (the shape of cni-bgp's attachments): the reference
+    /// `ptp` with `host-local`; the node's end of every veth holds the gateway addresses.
+    ReferencePtp,
 }
 
 pub struct World {
@@ -69,6 +72,13 @@ impl World {
                     "/usr/lib/cni/bridge and host-local are missing (apt-get install containernetworking-plugins)"
                 );
                 ("bridge", "host-local", "1.0.0")
+            }
+            Network::ReferencePtp => {
+                assert!(
+                    Path::new("/usr/lib/cni/ptp").is_file() && Path::new("/usr/lib/cni/host-local").is_file(),
+                    "/usr/lib/cni/ptp and host-local are missing (apt-get install containernetworking-plugins)"
+                );
+                ("ptp", "host-local", "1.0.0")
             }
         };
         let node = Node::new(plugins).unwrap_or_else(|e| panic!("node: {e}"));
