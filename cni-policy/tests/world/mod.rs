@@ -237,10 +237,7 @@ pub fn expect(what: &str, cases: &[(&str, Probe, Want)]) {
     let got = run_all(&probes);
     let mut bad = Vec::new();
     for ((name, p, want), got) in cases.iter().zip(got) {
-        let ok = match (&got, want) {
-            (Ok(Outcome::Answered), Want::Pass) | (Ok(Outcome::Silent), Want::Drop) => true,
-            _ => false,
-        };
+        let ok = matches!((&got, want), (Ok(Outcome::Answered), Want::Pass) | (Ok(Outcome::Silent), Want::Drop));
         if !ok {
             bad.push(format!("  {name}: {:?} wanted {want:?}, got {got:?}", p.kind));
         }
