@@ -92,6 +92,9 @@ pub struct EndpointStatus {
     pub policies: Vec<String>,
     /// Rules its traffic can traverse.
     pub rules: usize,
+    /// The kernel has its dispatch entries and chains as compiled (`Engine::check`).
+    #[serde(rename = "inForce")]
+    pub in_force: bool,
 }
 
 /// The policy directory a state directory's writers used (`DEFAULT_POLICY_DIR` before any).
@@ -106,9 +109,11 @@ pub fn status(state_dir: &Path) -> Result<Status> {
     let set = reconcile::load_policies(&policy_dir)?;
     let records = state.list()?;
     let c = reconcile::compile(&set, &records);
+    let engine = reconcile::engine(&state);
     let endpoints = records
         .into_iter()
         .map(|r| EndpointStatus {
+            in_force: reconcile::check(&engine, &c, &r.name).is_ok(),
             policies: c.policies_of(&r.name),
             rules: c.endpoint_rules(&r.name),
             name: r.name,
@@ -129,8 +134,8 @@ pub fn status(state_dir: &Path) -> Result<Status> {
 /// The table for humans.
 pub fn status_table(s: &Status) -> String {
     let mut out = format!("policy dir: {}\n", s.policy_dir.display());
-    let head = ["ENDPOINT", "NAMESPACE", "ADDRESSES", "HOST IF", "LABELS", "POLICIES", "RULES"];
-    let mut rows: Vec<[String; 7]> = vec![head.map(str::to_string)];
+    let head = ["ENDPOINT", "NAMESPACE", "ADDRESSES", "HOST IF", "LABELS", "POLICIES", "RULES", "IN FORCE"];
+    let mut rows: Vec<[String; 8]> = vec![head.map(str::to_string)];
     for e in &s.endpoints {
         let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let addrs: Vec<String> = e.addrs.iter().map(|a| a.to_string()).collect();
@@ -148,9 +153,10 @@ pub fn status_table(s: &Status) -> String {
             or_dash(labels),
             or_dash(e.policies.clone()),
             e.rules.to_string(),
+            if e.in_force { "yes" } else { "NO" }.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     for r in &rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
@@ -239,7 +245,7 @@ pub fn label(state_dir: &Path, container_id: &str, args: &[String]) -> Result<Ve
     }
     let policy_dir = policy_dir_of(&state)?;
     let set = reconcile::load_policies(&policy_dir)?;
-    reconcile::commit(&state, &set, &Change { put: mine.clone(), remove: vec![] })?;
+    reconcile::commit(&state, &reconcile::engine(&state), &set, &Change { put: mine.clone(), remove: vec![] })?;
     state.set_config(&StateConfig { policy_dir })?;
     Ok(mine)
 }

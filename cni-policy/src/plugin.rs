@@ -21,6 +21,9 @@ use crate::{Error, DEFAULT_POLICY_DIR, DEFAULT_STATE_DIR};
 /// Plugin-defined code of a CHECK that finds the endpoint's chains out of order.
 pub const CODE_CHECK_DRIFT: u32 = 120;
 
+/// Plugin-defined code of an ADD whose address is registered to another endpoint.
+pub const CODE_ADDRESS_CONFLICT: u32 = 121;
+
 /// The sysctls that make bridged IP traffic traverse the inet hooks.
 pub const BRIDGE_NF_SYSCTLS: [&str; 2] = ["net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"];
 
@@ -184,6 +187,17 @@ impl Plugin for PolicyPlugin {
         let rec = self.record(ctx, att, bridged)?;
         let state = StateDir::new(&conf.state_dir);
         let _lock = state.lock().map_err(to_cni)?;
+        // Dispatch is keyed on addresses: an address of two endpoints would put one under the
+        // other's policy. Refused, naming the holder (a DEL or GC of it frees the address).
+        for other in state.list().map_err(to_cni)?.iter().filter(|o| o.name != rec.name) {
+            if let Some(a) = rec.addrs.iter().find(|a| other.addrs.contains(a)) {
+                return Err(CniError::new(
+                    Code::Other(CODE_ADDRESS_CONFLICT),
+                    format!("address {a} is registered to endpoint {}", other.name),
+                )
+                .with_details(format!("network {:?}; DEL or GC that endpoint first", other.network)));
+            }
+        }
         let set = reconcile::load_policies(&conf.policy_dir).map_err(to_cni)?;
         if bridged {
             // Bridged IP traffic only meets the inet hooks with these on (Kubernetes needs them too).
@@ -193,7 +207,7 @@ impl Plugin for PolicyPlugin {
             }
         }
         let change = Change { put: vec![rec], remove: vec![] };
-        let (_, report) = reconcile::commit(&state, &set, &change).map_err(to_cni)?;
+        let (_, report) = reconcile::commit(&state, &reconcile::engine(&state), &set, &change).map_err(to_cni)?;
         tracing::info!(full = report.full, ops = report.ops, elapsed = ?report.elapsed, "applied");
         state.set_config(&StateConfig { policy_dir: conf.policy_dir.clone() }).map_err(to_cni)?;
         Ok(prev)
@@ -230,7 +244,7 @@ impl Plugin for PolicyPlugin {
         }
         let set = reconcile::load_policies(&conf.policy_dir).map_err(to_cni)?;
         let c = reconcile::compile(&set, &state.list().map_err(to_cni)?);
-        reconcile::check(&state, &c, &rec.name).map_err(to_cni)
+        reconcile::check(&reconcile::engine(&state), &c, &rec.name).map_err(to_cni)
     }
 
     fn status(&self, ctx: &Context) -> CniRes<()> {
@@ -289,7 +303,7 @@ fn forget(state: &StateDir, policy_dir: &Path, gone: Vec<(String, String)>) -> C
         }
     };
     let change = Change { put: vec![], remove: gone };
-    reconcile::commit(state, &set, &change).map_err(to_cni)?;
+    reconcile::commit(state, &reconcile::engine(state), &set, &change).map_err(to_cni)?;
     state.set_config(&StateConfig { policy_dir: policy_dir.to_path_buf() }).map_err(to_cni)?;
     Ok(())
 }

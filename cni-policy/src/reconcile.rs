@@ -36,23 +36,20 @@ pub fn compile(set: &PolicySet, records: &[EndpointRecord]) -> Compiled {
     policy::compile::compile(set, &eps)
 }
 
-fn engine(state: &StateDir) -> Engine {
+/// The engine of a state directory (its record of what it applied is `<stateDir>/applied.json`).
+/// A long-lived one (`watch`) keeps that record in memory between applies.
+pub fn engine(state: &StateDir) -> Engine {
     Engine::new(state.root())
 }
 
 /// Applies `c` in one atomic transaction (the engine keeps the kernel unchanged on error).
-pub fn apply(state: &StateDir, c: &Compiled) -> Result<ApplyReport> {
-    engine(state).apply(c).map_err(|e| Error::Engine(format!("apply the policy: {e}")))
+pub fn apply(engine: &Engine, c: &Compiled) -> Result<ApplyReport> {
+    engine.apply(c).map_err(|e| Error::Engine(format!("apply the policy: {e}")))
 }
 
 /// Whether endpoint `name`'s chains are in force as `c` says.
-pub fn check(state: &StateDir, c: &Compiled, name: &str) -> Result<()> {
-    engine(state).check(c, name).map_err(|e| Error::Check(format!("endpoint {name}: {e}")))
-}
-
-/// Removes the policy tables (uninstall, tests).
-pub fn remove_tables(state: &StateDir) -> Result<()> {
-    engine(state).remove().map_err(|e| Error::Engine(format!("remove the policy tables: {e}")))
+pub fn check(engine: &Engine, c: &Compiled, name: &str) -> Result<()> {
+    engine.check(c, name).map_err(|e| Error::Check(format!("endpoint {name}: {e}")))
 }
 
 /// A registry change: entries to write and entries to drop (by container ID and ifname).
@@ -65,7 +62,7 @@ pub struct Change {
 /// Makes `change` to the registry, compiles the whole registry with `set` and applies it. Any
 /// failure puts every touched entry back as it was (the engine leaves the kernel as it was),
 /// so the registry always describes what is in force. The caller holds the lock.
-pub fn commit(state: &StateDir, set: &PolicySet, change: &Change) -> Result<(Compiled, ApplyReport)> {
+pub fn commit(state: &StateDir, engine: &Engine, set: &PolicySet, change: &Change) -> Result<(Compiled, ApplyReport)> {
     let mut before: Vec<(String, String, Option<EndpointRecord>)> = Vec::new();
     let outcome = (|| -> Result<(Compiled, ApplyReport)> {
         for r in &change.put {
@@ -78,7 +75,7 @@ pub fn commit(state: &StateDir, set: &PolicySet, change: &Change) -> Result<(Com
         }
         let records = state.list()?;
         let c = compile(set, &records);
-        let report = apply(state, &c)?;
+        let report = apply(engine, &c)?;
         Ok((c, report))
     })();
     if outcome.is_err() {
@@ -94,7 +91,7 @@ pub fn commit(state: &StateDir, set: &PolicySet, change: &Change) -> Result<(Com
 
 /// Re-applies the registry as it is with the files of `policy_dir` (`watch`, and the verbs that
 /// only need the current state in force). The caller holds the lock.
-pub fn reapply(state: &StateDir, policy_dir: &Path) -> Result<(Compiled, ApplyReport)> {
+pub fn reapply(state: &StateDir, engine: &Engine, policy_dir: &Path) -> Result<(Compiled, ApplyReport)> {
     let set = load_policies(policy_dir)?;
-    commit(state, &set, &Change::default())
+    commit(state, engine, &set, &Change::default())
 }

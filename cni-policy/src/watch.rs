@@ -13,28 +13,31 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use policy::engine::Engine;
+
 use crate::reconcile;
 use crate::registry::{StateConfig, StateDir};
 use crate::{Error, Result};
 
 /// One reload: the files of `dir` and the registry, under the lock. Errors are the caller's to
 /// log; on error nothing changed.
-pub fn reload(state: &StateDir, dir: &Path) -> Result<()> {
+pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<()> {
     let _lock = state.lock()?;
-    let (c, report) = reconcile::reapply(state, dir)?;
+    let (c, report) = reconcile::reapply(state, engine, dir)?;
     state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
     tracing::info!(
         rules = c.rule_count(),
         full = report.full,
         ops = report.ops,
         elapsed_us = report.elapsed.as_micros() as u64,
+        kernel_us = report.commit.as_micros() as u64,
         "policy applied"
     );
     Ok(())
 }
 
-fn reload_logged(state: &StateDir, dir: &Path) {
-    if let Err(e) = reload(state, dir) {
+fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path) {
+    if let Err(e) = reload(state, engine, dir) {
         tracing::error!("{e}; the policy in force is unchanged");
     }
 }
@@ -65,9 +68,12 @@ pub fn run(dir: &Path, state_dir: &Path) -> Result<()> {
     )
     .map_err(io("watch"))?;
     let state = StateDir::new(state_dir);
+    // One engine for the daemon's life: it keeps what it applied in memory and reads the
+    // record again only when another writer (the plugin, `label`) replaced it.
+    let engine = reconcile::engine(&state);
     tracing::info!(dir = %dir.display(), state = %state_dir.display(), "watching");
     // The watch is in place before the first read: a change from here on is seen.
-    reload_logged(&state, dir);
+    reload_logged(&state, &engine, dir);
     loop {
         let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -99,7 +105,7 @@ pub fn run(dir: &Path, state_dir: &Path) -> Result<()> {
                 // supervisor restarts us on the new directory.
                 return Err(Error::NoPolicyDir(dir.to_path_buf()));
             }
-            reload_logged(&state, dir);
+            reload_logged(&state, &engine, dir);
         }
     }
 }

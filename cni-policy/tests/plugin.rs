@@ -20,6 +20,16 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
     let c = h.container();
+    // Off before ADD, so the test sees ADD turn them on.
+    let sysctls = "net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables";
+    let set_sysctls = |v: u8| {
+        let (ok, _) = testkit::util::sh(&format!(
+            "ip netns exec {} sysctl -q -w net.bridge.bridge-nf-call-iptables={v} net.bridge.bridge-nf-call-ip6tables={v}",
+            h.ns
+        ));
+        assert!(ok, "set the bridge-nf-call sysctls in {}", h.ns);
+    };
+    set_sysctls(0);
     let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0";
     let labels = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
     let (bridge_res, (ok, res)) = h.add("c1", &c, args, labels);
@@ -40,6 +50,7 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     assert_eq!(ep["bridged"], true);
     assert_eq!(ep["policies"], json!(["allow-web"]));
     assert!(ep["rules"].as_u64().unwrap() > 0, "{ep}");
+    assert_eq!(ep["inForce"], true);
     assert_eq!(st["policyDir"], json!(h.policy_dir()));
 
     // In force in the kernel before ADD returned: every address is dispatched, and the rule
@@ -49,14 +60,30 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     }
     assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
     // Bridged traffic is made to meet the inet hooks.
-    let (_, v) = testkit::util::sh(&format!(
-        "ip netns exec {} sysctl -n net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables",
-        h.ns
-    ));
+    let (_, v) = testkit::util::sh(&format!("ip netns exec {} sysctl -n {sysctls}", h.ns));
     assert_eq!(v.split_whitespace().collect::<Vec<_>>(), ["1", "1"]);
 
     let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
     assert!(ok, "CHECK: {v}");
+    // Turned off behind our back: CHECK and STATUS say bridged traffic bypasses the policy.
+    set_sysctls(0);
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
+    assert!(!ok && v["code"] == 120 && v["msg"].as_str().unwrap().contains("bridge-nf-call"), "{v}");
+    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "", &h.policy_conf(None));
+    assert!(!ok && v["code"] == 50 && v["msg"].as_str().unwrap().contains("bridge-nf-call"), "{v}");
+    set_sysctls(1);
+    // The table removed behind our back: CHECK says so; the next apply (here a repeated ADD)
+    // puts it back whole and CHECK passes again.
+    assert!(testkit::util::sh(&format!("ip netns exec {} nft delete table inet cni-policy", h.ns)).0);
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
+    assert!(!ok && v["code"] == 120, "CHECK without the table: {v}");
+    assert_eq!(endpoint(&h.status(), "c1/eth0").unwrap()["inForce"], false);
+    let mut again = h.policy_conf(Some(&bridge_res));
+    again["args"] = json!({"cni": {"labels": [{"key": "app", "value": "web"}]}});
+    let (ok, v) = h.plugin("cni-policy", "ADD", "c1", Some(&c), args, &again);
+    assert!(ok, "repeated ADD: {v}");
+    let (ok, v) = h.plugin("cni-policy", "CHECK", "c1", Some(&c), args, &h.policy_conf(Some(&bridge_res)));
+    assert!(ok, "CHECK after the table came back: {v}");
     // CHECK of an attachment that was never added fails.
     let (ok, v) = h.plugin("cni-policy", "CHECK", "nope", Some(&c), "", &h.policy_conf(Some(&bridge_res)));
     assert!(!ok && v["code"].as_u64().is_some(), "{v}");
@@ -243,4 +270,115 @@ impl StatusOrNull for Host {
         }
         json!({"endpoints": eps})
     }
+}
+
+/// Another vendor's plugins before cni-policy: the reference `bridge` (a bridge port) and the
+/// reference `ptp` (a routed veth, no bridge), from containernetworking/plugins.
+#[test]
+fn chained_after_the_reference_bridge_and_ptp() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    for (i, ty) in ["bridge", "ptp"].into_iter().enumerate() {
+        let c = h.container();
+        let cid = format!("ref{i}");
+        let mut net = json!({
+            "cniVersion": "1.0.0", "name": h.network, "type": ty, "isGateway": true,
+            "ipam": {"type": "host-local", "dataDir": h.tmp.path().join("host-local"),
+                     "ranges": [[{"subnet": format!("10.79.{i}.0/24")}]]},
+        });
+        if ty == "bridge" {
+            net["bridge"] = json!(format!("cpref{}", h.u));
+        }
+        let (ok, res) = h.reference(ty, "ADD", &cid, &c, &net);
+        assert!(ok, "reference {ty} ADD: {res}");
+        let mut conf = h.policy_conf(Some(&res));
+        conf["cniVersion"] = json!("1.0.0");
+        conf["args"] = web["args"].clone();
+        let (ok, out) = h.plugin("cni-policy", "ADD", &cid, Some(&c), "", &conf);
+        assert!(ok, "cni-policy after {ty}: {out}");
+        // The same result (the reference prints an empty `dns: {}` that ours leaves out).
+        let decode = |v: &Value| cni_core::CniResult::from_json(v).unwrap();
+        assert_eq!(decode(&out), decode(&res), "prevResult unchanged");
+        assert_eq!(out["cniVersion"], "1.0.0");
+        let st = h.status();
+        let ep = endpoint(&st, &format!("{cid}/eth0")).unwrap();
+        assert_eq!(ep["bridged"], ty == "bridge", "{ep}");
+        let host = ep["hostIfname"].as_str().unwrap();
+        assert!(res["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == host && i.get("sandbox").is_none()));
+        assert_eq!(ep["policies"], json!(["allow-web"]));
+        for a in addrs(&res) {
+            assert!(mapped(&h, &a), "{a} not mapped after {ty}");
+        }
+        let (ok, v) = h.plugin("cni-policy", "CHECK", &cid, Some(&c), "", &conf);
+        assert!(ok, "CHECK after {ty}: {v}");
+    }
+    assert_eq!(h.status()["rules"].as_u64().unwrap() as usize, h.kernel_rules());
+}
+
+/// ADDs racing each other: the lock serialises registry change + compile + apply, so every
+/// endpoint ends registered and in the kernel (a lost update would leave one out).
+#[test]
+fn concurrent_adds_all_end_in_force() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    // The network plugin first, one by one (its own concurrency is not this test's subject).
+    let mut prevs = vec![];
+    for i in 0..8 {
+        let c = h.container();
+        let cid = format!("cc{i}");
+        let (ok, res) = h.plugin("cni-bridge", "ADD", &cid, Some(&c), "", &h.bridge_conf());
+        assert!(ok, "{res}");
+        prevs.push((cid, c, res));
+    }
+    let h = &h;
+    std::thread::scope(|s| {
+        let runs: Vec<_> = prevs
+            .iter()
+            .map(|(cid, c, res)| {
+                let mut conf = h.policy_conf(Some(res));
+                conf["args"] = web["args"].clone();
+                s.spawn(move || h.plugin("cni-policy", "ADD", cid, Some(c), "", &conf))
+            })
+            .collect();
+        for r in runs {
+            let (ok, v) = r.join().unwrap();
+            assert!(ok, "{v}");
+        }
+    });
+    let st = h.status();
+    assert_eq!(st["endpoints"].as_array().unwrap().len(), 8);
+    for (_, _, res) in &prevs {
+        for a in addrs(res) {
+            assert!(mapped(h, &a), "{a} lost in a race");
+        }
+    }
+    assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
+}
+
+/// Dispatch is keyed on addresses: a second endpoint claiming a registered address is refused
+/// (code 121, naming the holder), and neither the registry nor the kernel changes.
+#[test]
+fn an_address_registered_to_another_endpoint_is_refused() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let c1 = h.container();
+    let (res1, (ok, v)) = h.add("a1", &c1, "", json!({}));
+    assert!(ok, "{v}");
+    let before = h.nft_table("inet").unwrap();
+    // A result that names a1's address for another container (a buggy or overlapping IPAM).
+    let c2 = h.container();
+    let mut forged = res1.clone();
+    forged["interfaces"][2]["sandbox"] = json!(format!("/var/run/netns/{c2}"));
+    let (ok, v) = h.plugin("cni-policy", "ADD", "a2", Some(&c2), "", &h.policy_conf(Some(&forged)));
+    assert!(!ok);
+    assert_eq!(v["code"], 121, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("a1/eth0"), "{v}");
+    let names: Vec<Value> = h.status()["endpoints"].as_array().unwrap().iter().map(|e| e["name"].clone()).collect();
+    assert_eq!(names, [json!("a1/eth0")]);
+    assert_eq!(h.nft_table("inet").unwrap(), before);
+    // Re-ADD of the holder itself is not a conflict.
+    let (ok, v) = h.plugin("cni-policy", "ADD", "a1", Some(&c1), "", &h.policy_conf(Some(&res1)));
+    assert!(ok, "{v}");
 }

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 use testkit::util::{sh, uniq};
 
 /// Where cargo put this crate's and the other plugins' binaries.
+/// Where Debian's containernetworking-plugins puts the reference plugins.
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
 pub fn bin(name: &str) -> PathBuf {
     if name == "cni-policy" {
         return PathBuf::from(env!("CARGO_BIN_EXE_cni-policy"));
@@ -107,6 +110,26 @@ impl Host {
         (out.status.success(), v)
     }
 
+    /// Runs a reference plugin (containernetworking/plugins, `/usr/lib/cni`) with ifname eth0.
+    pub fn reference(&self, ty: &str, cmd: &str, cid: &str, netns: &str, conf: &Value) -> (bool, Value) {
+        let p = Path::new(REFERENCE_DIR).join(ty);
+        assert!(
+            p.is_file(),
+            "{} not found: install the reference CNI plugins (containernetworking-plugins)",
+            p.display()
+        );
+        let mut c = self.cmd(&p);
+        c.env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", REFERENCE_DIR)
+            .env("CNI_NETNS", format!("/var/run/netns/{netns}"));
+        let out = feed(c, conf.to_string().as_bytes());
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        eprintln!("{ty} {cmd} {cid}: exit {:?} {v}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), v)
+    }
+
     /// The cni-bridge config of this host's network (IPv4 and IPv6).
     pub fn bridge_conf(&self) -> Value {
         json!({
@@ -195,22 +218,22 @@ impl Host {
         out
     }
 
-    /// Rules in both tables, as the kernel reports them over netlink (a chain dump and a rule
-    /// dump in the host netns). nft 1.0.6 cannot print every bridge-family expression, so the
-    /// count does not go through `nft -j`.
+    /// Rules in both tables, as `nft -j list table` shows them (an independent reader: not the
+    /// engine's own netlink read-back). A table that exists but nft cannot list fails the test.
     pub fn kernel_rules(&self) -> usize {
-        let ns = linux_net::netns::NetNs::open(Path::new(&format!("/var/run/netns/{}", self.ns))).unwrap();
-        let counts = ns
-            .run(|| {
-                policy::engine::owned_tables()
-                    .iter()
-                    .map(|t| {
-                        linux_net::nft::state::chain_rule_counts(t).unwrap().map_or(0, |m| m.values().sum::<usize>())
-                    })
-                    .sum::<usize>()
+        ["inet", "bridge"]
+            .iter()
+            .map(|f| {
+                let (_, tables) = sh(&format!("ip netns exec {} nft list tables", self.ns));
+                if !tables.lines().any(|l| l.trim() == format!("table {f} cni-policy")) {
+                    return 0;
+                }
+                let (ok, out) = sh(&format!("ip netns exec {} nft -j list table {f} cni-policy", self.ns));
+                assert!(ok, "nft cannot list table {f} cni-policy");
+                let t: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("nft -j list table {f}: {e}"));
+                t["nftables"].as_array().unwrap().iter().filter(|o| o.get("rule").is_some()).count()
             })
-            .unwrap();
-        counts
+            .sum()
     }
 
     /// Spawns `cni-policy watch` in the host netns with piped stderr.
