@@ -491,3 +491,45 @@ fn routed_veths_without_a_bridge() {
         );
     }
 }
+
+/// A container that takes another endpoint's address gets nothing through with it: web may
+/// send UDP 9000 to db, other may not, and other sending as web is dropped by the anti-spoof
+/// chain of its host interface (bridge port or routed veth), before any policy.
+fn forged_source_is_dropped(net: Network) {
+    let mut w = World::new(net);
+    w.write_policy("web-db.yaml", WEB_DB);
+    let web = w.add("prod", "web", &[("app", "web")]);
+    let db = w.add("prod", "db", &[("app", "db")]);
+    let other = w.add("prod", "other", &[("app", "other")]);
+    let ifname = other.spec.ifname.clone();
+    for (web_a, db_a, len) in [(web.v4(), db.v4(), "32"), (web.v6(), db.v6(), "128")] {
+        // A legitimate packet first (db's policy drops it), so other knows db's MAC and the
+        // forged one is the only new thing.
+        assert!(!answered(&probe(other.path(), db_a, P::Udp(9000))), "other->db udp 9000 must be dropped");
+        let dst = SocketAddr::new(db_a, 9000);
+        let sink = w.echo(db.path(), 9000);
+        // Control: from web itself, db receives it.
+        let real = SocketAddr::new(web_a, 41_001);
+        testkit::probe::udp_send_from(web.path(), real, dst).unwrap();
+        assert!(sink.udp_received_from(real, Duration::from_secs(2)), "{net:?}: web->db udp 9000 did not arrive");
+        // Forged: web's address on other's interface.
+        let (ok, out) = other.ns.exec(&["ip", "addr", "add", &format!("{web_a}/{len}"), "dev", &ifname, "nodad"]);
+        assert!(ok, "add {web_a} to other: {out}");
+        let forged = SocketAddr::new(web_a, 41_002);
+        testkit::probe::udp_send_from(other.path(), forged, dst).unwrap();
+        assert!(
+            !sink.udp_received_from(forged, testkit::probe::DROP_WAIT),
+            "{net:?}: a datagram from other claiming {web_a} reached db"
+        );
+    }
+}
+
+#[test]
+fn a_forged_source_address_is_dropped_on_a_bridge_port() {
+    forged_source_is_dropped(Network::Bridge);
+}
+
+#[test]
+fn a_forged_source_address_is_dropped_on_a_routed_veth() {
+    forged_source_is_dropped(Network::ReferencePtp);
+}

@@ -129,6 +129,19 @@ impl Probe {
     }
 }
 
+/// Sends one UDP datagram from `src` (an address of the namespace, possibly one it has no
+/// right to) to `dst`, for a receiver-side check with [`EchoServer::udp_received_from`].
+pub fn udp_send_from(netns: &Path, src: SocketAddr, dst: SocketAddr) -> R<()> {
+    in_netns(netns, move || -> std::io::Result<()> {
+        let s = UdpSocket::bind(src)?;
+        match s.send_to(&nonce().to_be_bytes(), dst) {
+            Err(e) if e.raw_os_error() != Some(libc::EPERM) => Err(e),
+            _ => Ok(()),
+        }
+    })?
+    .ctx(format!("udp {src} -> {dst} from {}", netns.display()))
+}
+
 /// Runs all probes at once (one thread each), so a batch costs one wait, not one per probe.
 pub fn run_all(probes: &[Probe]) -> Vec<R<Outcome>> {
     std::thread::scope(|s| {
@@ -284,6 +297,9 @@ pub struct EchoServer {
     pub port: u16,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Where the datagrams came from, in arrival order: what a receiver saw, for packets
+    /// whose reply cannot reach the sender (a forged source address).
+    udp_from: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl EchoServer {
@@ -321,15 +337,37 @@ impl EchoServer {
             }
         });
         let st = stop.clone();
+        let udp_from = Arc::new(Mutex::new(Vec::new()));
+        let seen = udp_from.clone();
         let t_udp = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !st.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6 addresses.
+                    let from = match from.ip() {
+                        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(from, |v4| SocketAddr::new(v4.into(), from.port())),
+                        IpAddr::V4(_) => from,
+                    };
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).push(from);
                     let _ = udp.send_to(&buf[..n], from);
                 }
             }
         });
-        Ok(EchoServer { port, stop, threads: vec![t_tcp, t_udp] })
+        Ok(EchoServer { port, stop, threads: vec![t_tcp, t_udp], udp_from })
+    }
+
+    /// Waits up to `timeout` for a datagram from `from`; whether one arrived.
+    pub fn udp_received_from(&self, from: SocketAddr, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.udp_from.lock().unwrap_or_else(|p| p.into_inner()).contains(&from) {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 

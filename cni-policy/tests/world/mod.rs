@@ -45,7 +45,7 @@ pub enum Network {
 
 pub struct World {
     // Field order is drop order: echo servers and the daemon go before the namespaces.
-    echo: Vec<EchoServer>,
+    echo: Vec<(PathBuf, EchoServer)>,
     watch: Option<Watch>,
     pub node: Node,
     pub policy_dir: PathBuf,
@@ -134,8 +134,13 @@ impl World {
     /// Echo servers on [`PORTS`] in a namespace (a container's or the node's).
     pub fn serve(&mut self, netns: &Path) {
         for p in PORTS {
-            self.echo.push(EchoServer::start(netns, p).unwrap_or_else(|e| panic!("{e}")));
+            self.echo.push((netns.to_path_buf(), EchoServer::start(netns, p).unwrap_or_else(|e| panic!("{e}"))));
         }
+    }
+
+    /// The echo server of a namespace on a port.
+    pub fn echo(&self, netns: &Path, port: u16) -> &EchoServer {
+        self.echo.iter().find(|(n, e)| n == netns && e.port == port).map(|(_, e)| e).expect("an echo server there")
     }
 
     pub fn del(&self, c: Container) {
