@@ -37,7 +37,7 @@ fn p(ns: &Netns) -> &Path {
 #[test]
 fn probes_are_answered_on_an_open_path_and_silent_behind_a_drop() {
     let pr = pair();
-    let _echo = EchoServer::start(p(&pr.b), 7001).unwrap();
+    let echo = EchoServer::start(p(&pr.b), 7001).unwrap();
     let (b4, b6): (IpAddr, IpAddr) = ("10.255.77.2".parse().unwrap(), "fd00:77::2".parse().unwrap());
     let probes = |port: u16| {
         let mut v = Vec::new();
@@ -75,6 +75,22 @@ fn probes_are_answered_on_an_open_path_and_silent_behind_a_drop() {
          add rule inet probe_t in icmpv6 type echo-request drop\n");
     let got: Vec<Outcome> = run_all(&probes(7001)).into_iter().map(|r| r.unwrap()).collect();
     assert!(got.iter().all(|o| *o == Outcome::Silent), "behind a drop: {got:?}");
+    // The receiver's record: a datagram that arrived, and one the drop rule kept away.
+    let a4: IpAddr = "10.255.77.1".parse().unwrap();
+    let (early, late) = (SocketAddr::new(a4, 41_001), SocketAddr::new(a4, 41_002));
+    let echo3 = EchoServer::start(p(&pr.b), 7003).unwrap();
+    testkit::probe::udp_send_from(p(&pr.a), late, SocketAddr::new(b4, 7003)).unwrap();
+    assert!(echo3.udp_received_from(late, Duration::from_secs(2)), "7003 is open");
+    testkit::probe::udp_send_from(p(&pr.a), early, SocketAddr::new(b4, 7001)).unwrap();
+    assert!(!echo.udp_received_from(early, Duration::from_millis(300)), "7001 is dropped");
+    // A drop in the sender's own output path: the send fails with EPERM, the probe is silent.
+    let out = "table inet probe_o {\n chain out {\n type filter hook output priority 0\n udp dport 7003 drop\n }\n}\n";
+    let file = std::env::temp_dir().join(format!("probe-rules-{}.nft", uniq()));
+    std::fs::write(&file, out).unwrap();
+    let r = run("ip", &["netns", "exec", pr.a.name(), "nft", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    r.unwrap();
+    assert_eq!(Probe::udp(p(&pr.a), SocketAddr::new(b4, 7003)).run().unwrap(), Outcome::Silent);
     // The established stream is untouched by the new rules.
     stream.advance(20, Duration::from_secs(5)).unwrap();
     let stats = stream.stop().unwrap();
