@@ -8,8 +8,10 @@
 //!
 //! * [`util`]: host tools, unique names, the error alias.
 //! * [`netns`]: a network namespace that is deleted on drop.
+//! * [`node`]: a node in a namespace, plugin chains (conflists) attaching containers to it.
 //! * [`net`]: test networks, subnet claims, leftovers of dead runs.
 //! * [`plugin`]: executing a CNI plugin with the spec's environment and stdin.
+//! * [`probe`]: TCP, UDP, ICMP probes and a long-lived stream, sent from inside namespaces.
 //! * [`report`]: a check's verdict, tables and JSON.
 //! * [`bgp`]: BIRD, GoBGP and FRR as BGP peers in a namespace (docs/testing-bgp.md).
 //! * [`lab`]: hosts as namespaces on L2 segments, a router, etcd, captures (docs/lab.md).
@@ -22,6 +24,8 @@ pub mod bgp;
 pub mod lab;
 pub mod net;
 pub mod netns;
+pub mod node;
 pub mod plugin;
+pub mod probe;
 pub mod report;
 pub mod util;
