@@ -24,6 +24,9 @@ PACKAGES=(
   ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev rbd-nbd xfsprogs
   # bgp: the speaker's interop tests and golden captures peer with the daemons the industry runs
   bird2 gobgpd frr
+  # policy: the Felix-style iptables baseline of `bench policy` (iptables-restore, ipsets), and
+  # `dmesg` for the Log action's kernel log lines in the traffic tests
+  iptables ipset util-linux
 )
 
 missing=()
