@@ -222,11 +222,7 @@ pub fn commit(state: &StateDir, engine: &Engine, set: &PolicySet, change: &Chang
 /// Re-applies the registry as it is with the files of `policy_dir`, or the last good set when
 /// they do not load (`watch`). The caller holds the lock. The error of the directory, if any, is
 /// returned beside the result.
-pub fn reapply(
-    state: &StateDir,
-    engine: &Engine,
-    policy_dir: &Path,
-) -> Result<(Compiled, ApplyReport, Option<Error>)> {
+pub fn reapply(state: &StateDir, engine: &Engine, policy_dir: &Path) -> Result<(Compiled, ApplyReport, Option<Error>)> {
     let loaded = load_or_last_good(state, policy_dir, true)?;
     let (c, report) = commit(state, engine, &loaded.set, &Change::default())?;
     Ok((c, report, loaded.error))
