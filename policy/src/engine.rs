@@ -6,9 +6,16 @@
 //! and chains against the kernel (CHECK), and removes the tables.
 //!
 //! The applied state is persisted as JSON in `<state_dir>/applied.json`,
-//! written (temp file, fsync, rename, fsync of the directory) only after
-//! the kernel accepted the transaction, so the file never describes a
-//! state the kernel refused. Callers serialise writers (the registry lock).
+//! written (temp file, rename) only after the kernel accepted the
+//! transaction, so the file never describes a state the kernel refused.
+//! Its identity is in the kernel too, put there by the same transaction:
+//! each table carries an empty chain `gen-<hash of the state>` and the
+//! comment `owner <state dir>`. A delta is computed only against a file
+//! whose generation chain the kernel has, in a table owned by this state
+//! directory; anything else is a full replace, or, for a table another
+//! live state directory owns, a refusal. So a lost or torn state write
+//! costs a full replace, never a wrong delta, and the file needs no fsync.
+//! Callers serialise writers (the registry lock).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -17,8 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use linux_net::nft::state::{map_entry, rule_counts_of, table_exists};
-use linux_net::nft::{Action, NftError, SetElem, TableRef, TableState, Transaction, Verdict};
+use linux_net::nft::state::{map_entry, rule_counts_of, table_comment, verdict_map_sizes};
+use linux_net::nft::{
+    Action, NftError, SetDef, SetElem, SetKey, TableRef, TableState, Transaction, Verdict, MAX_COMMENT_LEN,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -57,16 +66,40 @@ pub struct ApplyReport {
     pub commit: Duration,
 }
 
-/// The persisted state: what the last successful apply put in the kernel.
+/// The persisted state: what the last successful apply put in the kernel,
+/// and its generation (the name of the marker chain it put in each table;
+/// a file without one is never a base for a delta).
 #[derive(Debug, Deserialize)]
 struct Applied {
+    #[serde(default)]
+    gen: String,
     tables: Vec<TableState>,
 }
 
-/// [`Applied`] as written, borrowing the tables.
-#[derive(Serialize)]
-struct AppliedRef<'a> {
-    tables: &'a [TableState],
+/// The verdict map holding the applied state's generation, one entry
+/// `"<15 hex digits>" : accept` (an ifname key: the cheapest marker to
+/// swap in a commit; changing a chain costs the kernel milliseconds at
+/// 1k chains). No rule looks it up.
+pub const GEN_MAP: &str = "gen";
+
+fn gen_def() -> SetDef {
+    SetDef::verdict_map(GEN_MAP, SetKey::IfName)
+}
+
+fn gen_elem(gen: &str) -> SetElem {
+    SetElem::IfName(gen[..15].to_string())
+}
+/// Prefix of the table comment naming the owning state directory.
+pub const OWNER_PREFIX: &str = "owner ";
+
+/// The generation of a state: 16 hex digits of a 64-bit hash of its JSON.
+/// Only compared with what the same file recorded, so the hash need not
+/// be stable across builds.
+fn generation(json: &[u8]) -> String {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(json);
+    format!("{:016x}", h.finish())
 }
 
 /// Identity of one version of the state file: every store renames a new
@@ -90,6 +123,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub struct Engine {
     state_dir: PathBuf,
     cache: Mutex<Option<(Stamp, Arc<Applied>)>>,
+    /// The canonical state directory, once created.
+    owner: std::sync::OnceLock<PathBuf>,
 }
 
 impl Clone for Engine {
@@ -105,7 +140,69 @@ impl Engine {
     /// An engine keeping its applied state in `<state_dir>/applied.json`
     /// (the directory is created on the first apply).
     pub fn new(state_dir: &Path) -> Engine {
-        Engine { state_dir: state_dir.to_path_buf(), cache: Mutex::new(None) }
+        Engine { state_dir: state_dir.to_path_buf(), cache: Mutex::new(None), owner: std::sync::OnceLock::new() }
+    }
+
+    /// The canonical path of the state directory (created if need be):
+    /// the owner named in the tables.
+    fn owner(&self) -> Result<&Path> {
+        if let Some(p) = self.owner.get() {
+            return Ok(p);
+        }
+        let err = |e: std::io::Error| Error::State { path: self.state_dir.clone(), message: e.to_string() };
+        fs::create_dir_all(&self.state_dir).map_err(err)?;
+        let p = fs::canonicalize(&self.state_dir).map_err(err)?;
+        let comment_len = p.to_str().map(|s| OWNER_PREFIX.len() + s.len());
+        if comment_len.is_none_or(|n| n > MAX_COMMENT_LEN) {
+            return Err(Error::State {
+                path: p,
+                message: format!(
+                    "the state directory's path must be UTF-8 and at most {} bytes: the tables name their owner in a comment",
+                    MAX_COMMENT_LEN - OWNER_PREFIX.len()
+                ),
+            });
+        }
+        Ok(self.owner.get_or_init(|| p))
+    }
+
+    fn owner_comment(&self) -> Result<String> {
+        Ok(format!("{OWNER_PREFIX}{}", self.owner()?.display()))
+    }
+
+    /// Whether table `t` is ours (`Some(true)`), absent or ours to take over
+    /// (`Some(false)`: it must be replaced), or owned by another live state
+    /// directory (`Err(Error::Owner)`). A table without our comment is taken
+    /// over when it names no owner (made by hand or by an engine before
+    /// owners were recorded), when its owner's directory no longer exists,
+    /// or when it dispatches nothing (no entry in any of its verdict maps:
+    /// no container of the other owner loses protection).
+    fn ownership(&self, t: &TableRef, ours: &str) -> Result<bool> {
+        let comment = match table_comment(t)? {
+            None => return Ok(false),
+            Some(Some(c)) if c == ours => return Ok(true),
+            Some(c) => c,
+        };
+        let Some(other) = comment.as_deref().and_then(|c| c.strip_prefix(OWNER_PREFIX)) else {
+            tracing::warn!(table = %format!("{} {}", t.family, t.name), comment = ?comment, "policy table names no owner: replacing it");
+            return Ok(false);
+        };
+        let other = PathBuf::from(other);
+        if !other.exists() {
+            tracing::warn!(table = %format!("{} {}", t.family, t.name), owner = %other.display(), "policy table's owner state directory is gone: taking it over");
+            return Ok(false);
+        }
+        let mut maps = verdict_map_sizes(t)?;
+        maps.remove(GEN_MAP);
+        if maps.values().all(|&n| n == 0) {
+            tracing::warn!(table = %format!("{} {}", t.family, t.name), owner = %other.display(), "policy table of another state directory dispatches no endpoint: taking it over");
+            return Ok(false);
+        }
+        Err(Error::Owner {
+            table: format!("{} {}", t.family, t.name),
+            owner: other,
+            ours: self.owner()?.to_path_buf(),
+            entries: maps.values().sum(),
+        })
     }
 
     fn state_path(&self) -> PathBuf {
@@ -139,20 +236,22 @@ impl Engine {
         }
     }
 
-    /// Writes the state atomically: temp file, fsync, rename, fsync dir.
-    fn store(&self, tables: &[TableState]) -> Result<()> {
+    /// Writes the state atomically (temp file, rename), without fsync: a
+    /// file lost or torn by a crash names a generation the kernel does not
+    /// have (or does not parse), which means a full replace, not a wrong
+    /// delta. `tables_json` is `tables` serialised, `gen` its generation.
+    fn store(&self, tables: &[TableState], tables_json: &[u8], gen: &str) -> Result<()> {
         let err = |path: &Path, e: std::io::Error| Error::State { path: path.to_path_buf(), message: e.to_string() };
         fs::create_dir_all(&self.state_dir).map_err(|e| err(&self.state_dir, e))?;
         let path = self.state_path();
         let tmp = self.state_dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
-        let json = serde_json::to_vec(&AppliedRef { tables })
-            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.state_dir)?.sync_all()
+            write!(f, "{{\"gen\":\"{gen}\",\"tables\":")?;
+            f.write_all(tables_json)?;
+            f.write_all(b"}")?;
+            drop(f);
+            fs::rename(&tmp, &path)
         };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = None;
@@ -160,7 +259,7 @@ impl Engine {
             let _ = fs::remove_file(&tmp);
             err(&path, e)
         })?;
-        *cache = stamp(&path).map(|s| (s, Arc::new(Applied { tables: tables.to_vec() })));
+        *cache = stamp(&path).map(|s| (s, Arc::new(Applied { gen: gen.to_string(), tables: tables.to_vec() })));
         Ok(())
     }
 
@@ -168,8 +267,8 @@ impl Engine {
     /// written, the old file no longer describes the kernel, so it is
     /// removed (the next apply is then a full replace) and the error
     /// returned.
-    fn store_after_commit(&self, tables: &[TableState]) -> Result<()> {
-        self.store(tables).inspect_err(|e| {
+    fn store_after_commit(&self, tables: &[TableState], tables_json: &[u8], gen: &str) -> Result<()> {
+        self.store(tables, tables_json, gen).inspect_err(|e| {
             tracing::error!(error = %e, "policy applied but its state not saved: the next apply replaces the tables");
             let _ = self.forget();
         })
@@ -187,16 +286,33 @@ impl Engine {
     }
 
     /// Applies `c`: a delta against the persisted previous state for each
-    /// table that state knows and the kernel still has, else a replace of
-    /// that table (destroy + create); tables of the previous state that
-    /// `c` no longer has are destroyed. All in ONE transaction. If a delta
-    /// is refused (the kernel's table was changed behind our back), the
-    /// whole apply is retried once as a full replace. On error the kernel
-    /// and the persisted state are unchanged, with one exception: when
-    /// the kernel accepted the transaction but the state file cannot be
-    /// written (`Error::State`), the new policy is in force and the old
-    /// file is removed, so that the next apply is a full replace.
+    /// table that state knows and the kernel still has as that state left
+    /// it (the table is owned by this state directory and carries the
+    /// state's generation chain), else a replace of that table (destroy +
+    /// create); tables of the previous state that `c` no longer has are
+    /// destroyed. All in ONE transaction, which also moves every table's
+    /// generation chain to the new state's. A table owned by another state
+    /// directory that still exists and still dispatches endpoints is not
+    /// touched: `Error::Owner`, nothing sent. If a delta is refused (the
+    /// kernel's table was changed behind our back), the whole apply is
+    /// retried once as a full replace. On error the kernel and the
+    /// persisted state are unchanged, with one exception: when the kernel
+    /// accepted the transaction but the state file cannot be written
+    /// (`Error::State`), the new policy is in force and the old file is
+    /// removed, so that the next apply is a full replace.
     pub fn apply<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
+        self.apply_with(c, false)
+    }
+
+    /// [`apply`](Self::apply) as a full replace of every table, whatever
+    /// the state file says: heals hand edits a delta would not touch (a
+    /// rule added to a chain the new state does not change), e.g. after
+    /// [`check`](Self::check) found one. The owner rules still apply.
+    pub fn apply_full<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
+        self.apply_with(c, true)
+    }
+
+    fn apply_with<D: Desired + ?Sized>(&self, c: &D, full: bool) -> Result<ApplyReport> {
         let start = Instant::now();
         let next = c.tables();
         for (i, t) in next.iter().enumerate() {
@@ -205,17 +321,45 @@ impl Engine {
                 return Err(NftError::Invalid(format!("table {} {} given twice", t.table.family, t.table.name)).into());
             }
         }
-        let prev = self.load();
+        let ours = self.owner_comment()?;
+        let json =
+            serde_json::to_vec(next).map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?;
+        let gen = generation(&json);
+        let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
+        let prev = if full { None } else { self.load() };
+        // every table this apply may touch must be ours or free to take over
+        let mut owned: BTreeMap<&TableRef, bool> = BTreeMap::new();
+        for t in next.iter().map(|n| &n.table).chain(prev.iter().flat_map(|p| p.tables.iter().map(|t| &t.table))) {
+            if !owned.contains_key(t) {
+                owned.insert(t, self.ownership(t, &ours)?);
+            }
+        }
         let mut x = Transaction::new();
         if let Some(prev) = &prev {
+            let prev_entry = (prev.gen.len() == 16).then(|| gen_elem(&prev.gen));
             let mut x_delta = Transaction::new();
             let mut all_delta = true;
             for n in next {
-                match prev.tables.iter().find(|p| p.table == n.table) {
-                    Some(p) if table_exists(&n.table)? => TableState::diff(p, n, &mut x_delta)?,
-                    _ => {
+                let base = prev
+                    .tables
+                    .iter()
+                    .find(|p| p.table == n.table)
+                    .filter(|p| owned[&n.table] && !p.maps.contains_key(GEN_MAP) && TableState::compatible(p, n));
+                let base = match (base, &prev_entry) {
+                    (Some(p), Some(e)) if map_entry(&n.table, &gen_def(), e)? == Some(Verdict::Accept) => Some((p, e)),
+                    _ => None,
+                };
+                match base {
+                    Some((p, prev_entry)) => {
+                        TableState::diff(p, n, &mut x_delta)?;
+                        if *prev_entry != gen_entry[0].0 {
+                            x_delta.delete_map_entries(&n.table, &gen_def(), std::slice::from_ref(prev_entry))?;
+                            x_delta.add_map_entries(&n.table, &gen_def(), &gen_entry)?;
+                        }
+                    }
+                    None => {
                         all_delta = false;
-                        TableState::replace(n, &mut x_delta)?;
+                        Self::replace_table(n, &ours, &gen_entry, &mut x_delta)?;
                     }
                 }
             }
@@ -230,7 +374,7 @@ impl Engine {
                 Ok(()) => {
                     let commit = c0.elapsed();
                     if ops > 0 {
-                        self.store_after_commit(next)?;
+                        self.store_after_commit(next, &json, &gen)?;
                     }
                     return Ok(ApplyReport { full: !all_delta, ops, elapsed: start.elapsed(), commit });
                 }
@@ -245,15 +389,31 @@ impl Engine {
             }
         }
         for n in next {
-            TableState::replace(n, &mut x)?;
+            Self::replace_table(n, &ours, &gen_entry, &mut x)?;
         }
         let ops = x.len();
         // until the commit succeeds the old file still describes the kernel
         let c0 = Instant::now();
         x.commit()?;
         let commit = c0.elapsed();
-        self.store_after_commit(next)?;
+        self.store_after_commit(next, &json, &gen)?;
         Ok(ApplyReport { full: true, ops, elapsed: start.elapsed(), commit })
+    }
+
+    /// Queues the replace of table `n`: owned by `ours`, marked with the
+    /// generation `gen_entry`.
+    fn replace_table(n: &TableState, ours: &str, gen_entry: &[(SetElem, Verdict)], x: &mut Transaction) -> Result<()> {
+        if n.maps.contains_key(GEN_MAP) || n.sets.contains_key(GEN_MAP) {
+            return Err(NftError::Invalid(format!(
+                "{GEN_MAP} is the engine's name in table {} {}",
+                n.table.family, n.table.name
+            ))
+            .into());
+        }
+        TableState::replace_with_comment(n, ours, x)?;
+        x.add_set(&n.table, &gen_def())?;
+        x.add_map_entries(&n.table, &gen_def(), gen_entry)?;
+        Ok(())
     }
 
     /// Endpoint `ep` is protected as `c` says: each of its dispatch
@@ -340,11 +500,17 @@ impl Engine {
     /// Destroys every table of the persisted state and of `extra` (the
     /// tables the policy owns, for when the state file is gone), in one
     /// transaction, then forgets the state.
+    /// A table another live state directory owns and uses is refused
+    /// (`Error::Owner`, nothing destroyed).
     pub fn remove_tables(&self, extra: &[TableRef]) -> Result<()> {
         let mut x = Transaction::new();
         let mut tables: BTreeSet<TableRef> = extra.iter().cloned().collect();
         if let Some(prev) = self.load() {
             tables.extend(prev.tables.iter().map(|t| t.table.clone()));
+        }
+        let ours = self.owner_comment()?;
+        for t in &tables {
+            self.ownership(t, &ours)?;
         }
         for t in &tables {
             x.destroy_table(t)?;
