@@ -9,11 +9,12 @@
 //! written (temp file, rename) only after the kernel accepted the
 //! transaction, so the file never describes a state the kernel refused.
 //! Its identity is in the kernel too, put there by the same transaction:
-//! each table carries an empty chain `gen-<hash of the state>` and the
-//! comment `owner <state dir>`. A delta is computed only against a file
-//! whose generation chain the kernel has, in a table owned by this state
-//! directory; anything else is a full replace, or, for a table another
-//! live state directory owns, a refusal. So a lost or torn state write
+//! each table carries the comment `owner <state dir>` and, in its map
+//! `gen`, the generation of every apply since the last cleanup (a
+//! sequence number and a hash of the state). A delta is computed only
+//! against a file whose generation is the newest the kernel has, in a
+//! table owned by this state directory; anything else is a full replace,
+//! or, for a table another live state directory owns, a refusal. So a lost or torn state write
 //! costs a full replace, never a wrong delta, and the file needs no fsync.
 //! Callers serialise writers (the registry lock).
 
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use linux_net::nft::state::{map_entry, rule_counts_of, table_comment, verdict_map_sizes};
+use linux_net::nft::state::{map_entries, map_entry, rule_counts_of, table_comment, verdict_map_sizes};
 use linux_net::nft::{
     Action, NftError, SetDef, SetElem, SetKey, TableRef, TableState, Transaction, Verdict, MAX_COMMENT_LEN,
 };
@@ -67,8 +68,8 @@ pub struct ApplyReport {
 }
 
 /// The persisted state: what the last successful apply put in the kernel,
-/// and its generation (the name of the marker chain it put in each table;
-/// a file without one is never a base for a delta).
+/// and its generation (the key it added to each table's `gen` map; a file
+/// without one is never a base for a delta).
 #[derive(Debug, Deserialize)]
 struct Applied {
     #[serde(default)]
@@ -76,30 +77,44 @@ struct Applied {
     tables: Vec<TableState>,
 }
 
-/// The verdict map holding the applied state's generation, one entry
-/// `"<15 hex digits>" : accept` (an ifname key: the cheapest marker to
-/// swap in a commit; changing a chain costs the kernel milliseconds at
-/// 1k chains). No rule looks it up.
+/// The verdict map holding the generations applied to a table: entries
+/// `"<7 hex: sequence><8 hex: hash of the state>" : accept` (an ifname
+/// key, 15 characters), the newest (highest sequence) being what the
+/// kernel has. No rule looks it up. Old entries are only added to, and
+/// deleted [`GEN_KEEP`] at a time: a commit that deletes anything (an
+/// element, a chain) waits for an RCU grace period, 8-16 ms on this VM,
+/// where an added element costs microseconds.
 pub const GEN_MAP: &str = "gen";
+
+/// When a table's `gen` map holds this many entries, the apply that adds
+/// the next one deletes the others.
+pub const GEN_KEEP: usize = 16;
+
+/// Highest sequence number before a wrap, which forces a full replace.
+const GEN_SEQ_MAX: u32 = 0x0fff_ffff;
+
+fn gen_seq(gen: &str) -> Option<u32> {
+    (gen.len() == 15).then(|| u32::from_str_radix(&gen[..7], 16).ok()).flatten()
+}
 
 fn gen_def() -> SetDef {
     SetDef::verdict_map(GEN_MAP, SetKey::IfName)
 }
 
 fn gen_elem(gen: &str) -> SetElem {
-    SetElem::IfName(gen[..15].to_string())
+    SetElem::IfName(gen.to_string())
 }
 /// Prefix of the table comment naming the owning state directory.
 pub const OWNER_PREFIX: &str = "owner ";
 
-/// The generation of a state: 16 hex digits of a 64-bit hash of its JSON.
-/// Only compared with what the same file recorded, so the hash need not
-/// be stable across builds.
-fn generation(json: &[u8]) -> String {
+/// The generation of the `seq`th state, `json`: 7 hex digits of `seq`,
+/// 8 of a hash of the JSON. Only compared with what the same file
+/// recorded, so the hash need not be stable across builds.
+fn generation(seq: u32, json: &[u8]) -> String {
     use std::hash::{DefaultHasher, Hasher};
     let mut h = DefaultHasher::new();
     h.write(json);
-    format!("{:016x}", h.finish())
+    format!("{seq:07x}{:08x}", h.finish() as u32)
 }
 
 /// Identity of one version of the state file: every store renames a new
@@ -287,11 +302,11 @@ impl Engine {
 
     /// Applies `c`: a delta against the persisted previous state for each
     /// table that state knows and the kernel still has as that state left
-    /// it (the table is owned by this state directory and carries the
-    /// state's generation chain), else a replace of that table (destroy +
-    /// create); tables of the previous state that `c` no longer has are
-    /// destroyed. All in ONE transaction, which also moves every table's
-    /// generation chain to the new state's. A table owned by another state
+    /// it (the table is owned by this state directory and the newest entry
+    /// of its `gen` map is the state's generation), else a replace of that
+    /// table (destroy + create); tables of the previous state that `c` no
+    /// longer has are destroyed. All in ONE transaction, which also adds
+    /// the new generation to every table. A table owned by another state
     /// directory that still exists and still dispatches endpoints is not
     /// touched: `Error::Owner`, nothing sent. If a delta is refused (the
     /// kernel's table was changed behind our back), the whole apply is
@@ -324,9 +339,12 @@ impl Engine {
         let ours = self.owner_comment()?;
         let json =
             serde_json::to_vec(next).map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?;
-        let gen = generation(&json);
-        let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
         let prev = if full { None } else { self.load() };
+        let prev_seq = prev.as_ref().and_then(|p| gen_seq(&p.gen));
+        // a wrapped sequence cannot say which entry is the newest: replace
+        let prev = prev.filter(|_| prev_seq.is_some_and(|s| s < GEN_SEQ_MAX));
+        let gen = generation(prev_seq.map_or(1, |s| s + 1), &json);
+        let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
         // every table this apply may touch must be ours or free to take over
         let mut owned: BTreeMap<&TableRef, bool> = BTreeMap::new();
         for t in next.iter().map(|n| &n.table).chain(prev.iter().flat_map(|p| p.tables.iter().map(|t| &t.table))) {
@@ -336,7 +354,9 @@ impl Engine {
         }
         let mut x = Transaction::new();
         if let Some(prev) = &prev {
-            let prev_entry = (prev.gen.len() == 16).then(|| gen_elem(&prev.gen));
+            let prev_entry = gen_elem(&prev.gen);
+            // per delta table: the older generation keys to delete
+            let mut gens: Vec<(&TableRef, Vec<SetElem>)> = Vec::new();
             let mut x_delta = Transaction::new();
             let mut all_delta = true;
             for n in next {
@@ -345,17 +365,27 @@ impl Engine {
                     .iter()
                     .find(|p| p.table == n.table)
                     .filter(|p| owned[&n.table] && !p.maps.contains_key(GEN_MAP) && TableState::compatible(p, n));
-                let base = match (base, &prev_entry) {
-                    (Some(p), Some(e)) if map_entry(&n.table, &gen_def(), e)? == Some(Verdict::Accept) => Some((p, e)),
-                    _ => None,
+                let base = match base {
+                    Some(p) => {
+                        // the newest generation in the kernel must be the file's
+                        let have = map_entries(&n.table, &gen_def())?;
+                        let newest = have.iter().filter_map(|(k, _)| match k {
+                            SetElem::IfName(g) => gen_seq(g).map(|s| (s, k)),
+                            _ => None,
+                        });
+                        match newest.max_by_key(|(s, _)| *s) {
+                            Some((_, k)) if *k == prev_entry => {
+                                Some((p, have.into_iter().map(|(k, _)| k).collect::<Vec<_>>()))
+                            }
+                            _ => None,
+                        }
+                    }
+                    None => None,
                 };
                 match base {
-                    Some((p, prev_entry)) => {
+                    Some((p, old)) => {
                         TableState::diff(p, n, &mut x_delta)?;
-                        if *prev_entry != gen_entry[0].0 {
-                            x_delta.delete_map_entries(&n.table, &gen_def(), std::slice::from_ref(prev_entry))?;
-                            x_delta.add_map_entries(&n.table, &gen_def(), &gen_entry)?;
-                        }
+                        gens.push((&n.table, old));
                     }
                     None => {
                         all_delta = false;
@@ -366,6 +396,15 @@ impl Engine {
             for p in &prev.tables {
                 if !next.iter().any(|n| n.table == p.table) {
                     x_delta.destroy_table(&p.table)?;
+                }
+            }
+            // something changes: the delta tables record the new generation
+            if !x_delta.is_empty() {
+                for (t, old) in gens {
+                    if old.len() >= GEN_KEEP {
+                        x_delta.delete_map_entries(t, &gen_def(), &old)?;
+                    }
+                    x_delta.add_map_entries(t, &gen_def(), &gen_entry)?;
                 }
             }
             let ops = x_delta.len();
