@@ -1,7 +1,8 @@
 //! The policy engine against the kernel, in fresh network namespaces
 //! (`npe<pid><tag>`, deleted by a Drop guard): full apply from nothing,
 //! deltas, the fall-backs to a full replace (state file missing or
-//! unreadable, table gone, delta refused), a refused apply leaving kernel
+//! unreadable, stale or torn, table gone, delta refused), a second state
+//! directory refused, hand edits healed, a refused apply leaving kernel
 //! and state file as they were, CHECK catching tampering, remove, and the
 //! timings of a 1k-chain / 1k-entry / 1k-element apply and of one-element
 //! and one-endpoint deltas (printed; run with --nocapture).
@@ -464,8 +465,8 @@ fn ms(d: Duration) -> String {
 /// (state persisted), then one element added to a set, then one endpoint
 /// added (chain + map entries). Medians of 5 rounds, printed, with the
 /// state directory on tmpfs (`/dev/shm`, as `/run` is on a usual host)
-/// and on this machine's disk (a tempdir): the fsync of the state file
-/// is most of a delta's time on disk.
+/// and on this machine's disk (a tempdir; the state file is not fsynced,
+/// the kernel holds its generation).
 #[test]
 fn scale_full_apply_and_deltas() {
     const N: usize = 1000;
