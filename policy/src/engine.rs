@@ -342,7 +342,8 @@ impl Engine {
         let prev = if full { None } else { self.load() };
         let prev_seq = prev.as_ref().and_then(|p| gen_seq(&p.gen));
         // a wrapped sequence cannot say which entry is the newest: replace
-        let prev = prev.filter(|_| prev_seq.is_some_and(|s| s < GEN_SEQ_MAX));
+        let prev_seq = prev_seq.filter(|&s| s < GEN_SEQ_MAX);
+        let prev = prev.filter(|_| prev_seq.is_some());
         let gen = generation(prev_seq.map_or(1, |s| s + 1), &json);
         let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
         // every table this apply may touch must be ours or free to take over
@@ -579,5 +580,23 @@ fn verdict_chain(v: &Verdict) -> Option<String> {
     match v {
         Verdict::Jump(c) | Verdict::Goto(c) => Some(c.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_fit_an_ifname_and_parse_back() {
+        for seq in [1, 2, 0xabc, GEN_SEQ_MAX] {
+            let g = generation(seq, b"{}");
+            assert_eq!(g.len(), 15, "{g}");
+            assert_eq!(gen_seq(&g), Some(seq));
+            assert!(matches!(gen_elem(&g), SetElem::IfName(ref n) if n.len() < 16));
+        }
+        assert_ne!(generation(1, b"{}"), generation(1, b"[]"));
+        assert_eq!(gen_seq("0123456789abcdef"), None, "a file from before sequence numbers");
+        assert_eq!(gen_seq(""), None);
     }
 }
