@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use linux_net::netns::NetNs;
-use linux_net::nft::state::{chain_rule_counts, map_entries, map_entry, rule_counts_of, table_exists};
+use linux_net::nft::state::{
+    chain_rule_counts, map_entries, map_entry, rule_counts_of, table_comment, table_exists, verdict_map_sizes,
+};
 use linux_net::nft::{
     proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion, MarkStmt, Match, NftError,
     Rule, SetDef, SetElem, SetKey, TableRef, TableState, Transaction, Verdict,
@@ -340,10 +342,22 @@ fn read_back_over_netlink_sees_what_was_committed() {
     sh(&["ip", "netns", "exec", &ns.0[0], "nft", "flush", "chain", "inet", "t", "pol-1"]);
     assert_eq!(in_ns(&a, || chain_rule_counts(&table())).unwrap().unwrap()["pol-1"], 0);
     assert_eq!(in_ns(&a, || rule_counts_of(&table(), &["pol-1"])).unwrap()["pol-1"], Some(0));
+    // the table has no comment; its verdict maps, counted as the kernel has them
+    assert_eq!(in_ns(&a, || table_comment(&table())).unwrap(), Some(None));
+    let sizes: BTreeMap<String, usize> = next.maps.values().map(|m| (m.def.name.clone(), m.entries.len())).collect();
+    assert!(!sizes.is_empty());
+    assert_eq!(in_ns(&a, || verdict_map_sizes(&table())).unwrap(), sizes);
     // and a table that is gone
     sh(&["ip", "netns", "exec", &ns.0[0], "nft", "delete", "table", "inet", "t"]);
     assert_eq!(in_ns(&a, || rule_counts_of(&table(), &["pol-1"])).unwrap()["pol-1"], None);
     assert_eq!(in_ns(&a, || map_entry(&table(), ingress4, &addr("10.0.0.1"))).unwrap(), None);
+    assert_eq!(in_ns(&a, || table_comment(&table())).unwrap(), None);
+    assert!(in_ns(&a, || verdict_map_sizes(&table())).unwrap().is_empty());
+    // a replace with a comment: nft prints it, the get reads it back
+    commit_in(&a, |x| TableState::replace_with_comment(&next, "owner /run/x", x)).expect("apply");
+    assert_eq!(in_ns(&a, || table_comment(&table())).unwrap(), Some(Some("owner /run/x".to_string())));
+    let listed = sh(&["ip", "netns", "exec", &ns.0[0], "nft", "list", "table", "inet", "t"]);
+    assert!(listed.contains("comment \"owner /run/x\""), "{listed}");
 }
 
 /// Anti-spoofing in a bridge-family table, with packets: a bridge with two

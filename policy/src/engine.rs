@@ -6,9 +6,17 @@
 //! and chains against the kernel (CHECK), and removes the tables.
 //!
 //! The applied state is persisted as JSON in `<state_dir>/applied.json`,
-//! written (temp file, fsync, rename, fsync of the directory) only after
-//! the kernel accepted the transaction, so the file never describes a
-//! state the kernel refused. Callers serialise writers (the registry lock).
+//! written (temp file, rename) only after the kernel accepted the
+//! transaction, so the file never describes a state the kernel refused.
+//! Its identity is in the kernel too, put there by the same transaction:
+//! each table carries the comment `owner <state dir>` and, in its map
+//! `gen`, the generation of every apply since the last cleanup (a
+//! sequence number and a hash of the state). A delta is computed only
+//! against a file whose generation is the newest the kernel has, in a
+//! table owned by this state directory; anything else is a full replace,
+//! or, for a table another live state directory owns, a refusal. So a lost or torn state write
+//! costs a full replace, never a wrong delta, and the file needs no fsync.
+//! Callers serialise writers (the registry lock).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -17,8 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use linux_net::nft::state::{map_entry, rule_counts_of, table_exists};
-use linux_net::nft::{Action, NftError, SetElem, TableRef, TableState, Transaction, Verdict};
+use linux_net::nft::state::{map_entries, map_entry, rule_counts_of, table_comment, verdict_map_sizes};
+use linux_net::nft::{
+    Action, NftError, SetDef, SetElem, SetKey, TableRef, TableState, Transaction, Verdict, MAX_COMMENT_LEN,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -57,16 +67,54 @@ pub struct ApplyReport {
     pub commit: Duration,
 }
 
-/// The persisted state: what the last successful apply put in the kernel.
+/// The persisted state: what the last successful apply put in the kernel,
+/// and its generation (the key it added to each table's `gen` map; a file
+/// without one is never a base for a delta).
 #[derive(Debug, Deserialize)]
 struct Applied {
+    #[serde(default)]
+    gen: String,
     tables: Vec<TableState>,
 }
 
-/// [`Applied`] as written, borrowing the tables.
-#[derive(Serialize)]
-struct AppliedRef<'a> {
-    tables: &'a [TableState],
+/// The verdict map holding the generations applied to a table: entries
+/// `"<7 hex: sequence><8 hex: hash of the state>" : accept` (an ifname
+/// key, 15 characters), the newest (highest sequence) being what the
+/// kernel has. No rule looks it up. Old entries are only added to, and
+/// deleted [`GEN_KEEP`] at a time: a commit that deletes anything (an
+/// element, a chain) waits for an RCU grace period, 8-16 ms on this VM,
+/// where an added element costs microseconds.
+pub const GEN_MAP: &str = "gen";
+
+/// When a table's `gen` map holds this many entries, the apply that adds
+/// the next one deletes the others.
+pub const GEN_KEEP: usize = 16;
+
+/// Highest sequence number before a wrap, which forces a full replace.
+const GEN_SEQ_MAX: u32 = 0x0fff_ffff;
+
+fn gen_seq(gen: &str) -> Option<u32> {
+    (gen.len() == 15).then(|| u32::from_str_radix(&gen[..7], 16).ok()).flatten()
+}
+
+fn gen_def() -> SetDef {
+    SetDef::verdict_map(GEN_MAP, SetKey::IfName)
+}
+
+fn gen_elem(gen: &str) -> SetElem {
+    SetElem::IfName(gen.to_string())
+}
+/// Prefix of the table comment naming the owning state directory.
+pub const OWNER_PREFIX: &str = "owner ";
+
+/// The generation of the `seq`th state, `json`: 7 hex digits of `seq`,
+/// 8 of a hash of the JSON. Only compared with what the same file
+/// recorded, so the hash need not be stable across builds.
+fn generation(seq: u32, json: &[u8]) -> String {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(json);
+    format!("{seq:07x}{:08x}", h.finish() as u32)
 }
 
 /// Identity of one version of the state file: every store renames a new
@@ -90,6 +138,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub struct Engine {
     state_dir: PathBuf,
     cache: Mutex<Option<(Stamp, Arc<Applied>)>>,
+    /// The canonical state directory, once created.
+    owner: std::sync::OnceLock<PathBuf>,
 }
 
 impl Clone for Engine {
@@ -105,7 +155,69 @@ impl Engine {
     /// An engine keeping its applied state in `<state_dir>/applied.json`
     /// (the directory is created on the first apply).
     pub fn new(state_dir: &Path) -> Engine {
-        Engine { state_dir: state_dir.to_path_buf(), cache: Mutex::new(None) }
+        Engine { state_dir: state_dir.to_path_buf(), cache: Mutex::new(None), owner: std::sync::OnceLock::new() }
+    }
+
+    /// The canonical path of the state directory (created if need be):
+    /// the owner named in the tables.
+    fn owner(&self) -> Result<&Path> {
+        if let Some(p) = self.owner.get() {
+            return Ok(p);
+        }
+        let err = |e: std::io::Error| Error::State { path: self.state_dir.clone(), message: e.to_string() };
+        fs::create_dir_all(&self.state_dir).map_err(err)?;
+        let p = fs::canonicalize(&self.state_dir).map_err(err)?;
+        let comment_len = p.to_str().map(|s| OWNER_PREFIX.len() + s.len());
+        if comment_len.is_none_or(|n| n > MAX_COMMENT_LEN) {
+            return Err(Error::State {
+                path: p,
+                message: format!(
+                    "the state directory's path must be UTF-8 and at most {} bytes: the tables name their owner in a comment",
+                    MAX_COMMENT_LEN - OWNER_PREFIX.len()
+                ),
+            });
+        }
+        Ok(self.owner.get_or_init(|| p))
+    }
+
+    fn owner_comment(&self) -> Result<String> {
+        Ok(format!("{OWNER_PREFIX}{}", self.owner()?.display()))
+    }
+
+    /// Whether table `t` is ours (`Some(true)`), absent or ours to take over
+    /// (`Some(false)`: it must be replaced), or owned by another live state
+    /// directory (`Err(Error::Owner)`). A table without our comment is taken
+    /// over when it names no owner (made by hand or by an engine before
+    /// owners were recorded), when its owner's directory no longer exists,
+    /// or when it dispatches nothing (no entry in any of its verdict maps:
+    /// no container of the other owner loses protection).
+    fn ownership(&self, t: &TableRef, ours: &str) -> Result<bool> {
+        let comment = match table_comment(t)? {
+            None => return Ok(false),
+            Some(Some(c)) if c == ours => return Ok(true),
+            Some(c) => c,
+        };
+        let Some(other) = comment.as_deref().and_then(|c| c.strip_prefix(OWNER_PREFIX)) else {
+            tracing::warn!(table = %format!("{} {}", t.family, t.name), comment = ?comment, "policy table names no owner: replacing it");
+            return Ok(false);
+        };
+        let other = PathBuf::from(other);
+        if !other.exists() {
+            tracing::warn!(table = %format!("{} {}", t.family, t.name), owner = %other.display(), "policy table's owner state directory is gone: taking it over");
+            return Ok(false);
+        }
+        let mut maps = verdict_map_sizes(t)?;
+        maps.remove(GEN_MAP);
+        if maps.values().all(|&n| n == 0) {
+            tracing::warn!(table = %format!("{} {}", t.family, t.name), owner = %other.display(), "policy table of another state directory dispatches no endpoint: taking it over");
+            return Ok(false);
+        }
+        Err(Error::Owner {
+            table: format!("{} {}", t.family, t.name),
+            owner: other,
+            ours: self.owner()?.to_path_buf(),
+            entries: maps.values().sum(),
+        })
     }
 
     fn state_path(&self) -> PathBuf {
@@ -139,20 +251,22 @@ impl Engine {
         }
     }
 
-    /// Writes the state atomically: temp file, fsync, rename, fsync dir.
-    fn store(&self, tables: &[TableState]) -> Result<()> {
+    /// Writes the state atomically (temp file, rename), without fsync: a
+    /// file lost or torn by a crash names a generation the kernel does not
+    /// have (or does not parse), which means a full replace, not a wrong
+    /// delta. `tables_json` is `tables` serialised, `gen` its generation.
+    fn store(&self, tables: &[TableState], tables_json: &[u8], gen: &str) -> Result<()> {
         let err = |path: &Path, e: std::io::Error| Error::State { path: path.to_path_buf(), message: e.to_string() };
         fs::create_dir_all(&self.state_dir).map_err(|e| err(&self.state_dir, e))?;
         let path = self.state_path();
         let tmp = self.state_dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
-        let json = serde_json::to_vec(&AppliedRef { tables })
-            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.state_dir)?.sync_all()
+            write!(f, "{{\"gen\":\"{gen}\",\"tables\":")?;
+            f.write_all(tables_json)?;
+            f.write_all(b"}")?;
+            drop(f);
+            fs::rename(&tmp, &path)
         };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = None;
@@ -160,7 +274,7 @@ impl Engine {
             let _ = fs::remove_file(&tmp);
             err(&path, e)
         })?;
-        *cache = stamp(&path).map(|s| (s, Arc::new(Applied { tables: tables.to_vec() })));
+        *cache = stamp(&path).map(|s| (s, Arc::new(Applied { gen: gen.to_string(), tables: tables.to_vec() })));
         Ok(())
     }
 
@@ -168,8 +282,8 @@ impl Engine {
     /// written, the old file no longer describes the kernel, so it is
     /// removed (the next apply is then a full replace) and the error
     /// returned.
-    fn store_after_commit(&self, tables: &[TableState]) -> Result<()> {
-        self.store(tables).inspect_err(|e| {
+    fn store_after_commit(&self, tables: &[TableState], tables_json: &[u8], gen: &str) -> Result<()> {
+        self.store(tables, tables_json, gen).inspect_err(|e| {
             tracing::error!(error = %e, "policy applied but its state not saved: the next apply replaces the tables");
             let _ = self.forget();
         })
@@ -187,16 +301,33 @@ impl Engine {
     }
 
     /// Applies `c`: a delta against the persisted previous state for each
-    /// table that state knows and the kernel still has, else a replace of
-    /// that table (destroy + create); tables of the previous state that
-    /// `c` no longer has are destroyed. All in ONE transaction. If a delta
-    /// is refused (the kernel's table was changed behind our back), the
-    /// whole apply is retried once as a full replace. On error the kernel
-    /// and the persisted state are unchanged, with one exception: when
-    /// the kernel accepted the transaction but the state file cannot be
-    /// written (`Error::State`), the new policy is in force and the old
-    /// file is removed, so that the next apply is a full replace.
+    /// table that state knows and the kernel still has as that state left
+    /// it (the table is owned by this state directory and the newest entry
+    /// of its `gen` map is the state's generation), else a replace of that
+    /// table (destroy + create); tables of the previous state that `c` no
+    /// longer has are destroyed. All in ONE transaction, which also adds
+    /// the new generation to every table. A table owned by another state
+    /// directory that still exists and still dispatches endpoints is not
+    /// touched: `Error::Owner`, nothing sent. If a delta is refused (the
+    /// kernel's table was changed behind our back), the whole apply is
+    /// retried once as a full replace. On error the kernel and the
+    /// persisted state are unchanged, with one exception: when the kernel
+    /// accepted the transaction but the state file cannot be written
+    /// (`Error::State`), the new policy is in force and the old file is
+    /// removed, so that the next apply is a full replace.
     pub fn apply<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
+        self.apply_with(c, false)
+    }
+
+    /// [`apply`](Self::apply) as a full replace of every table, whatever
+    /// the state file says: heals hand edits a delta would not touch (a
+    /// rule added to a chain the new state does not change), e.g. after
+    /// [`check`](Self::check) found one. The owner rules still apply.
+    pub fn apply_full<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
+        self.apply_with(c, true)
+    }
+
+    fn apply_with<D: Desired + ?Sized>(&self, c: &D, full: bool) -> Result<ApplyReport> {
         let start = Instant::now();
         let next = c.tables();
         for (i, t) in next.iter().enumerate() {
@@ -205,17 +336,61 @@ impl Engine {
                 return Err(NftError::Invalid(format!("table {} {} given twice", t.table.family, t.table.name)).into());
             }
         }
-        let prev = self.load();
+        let ours = self.owner_comment()?;
+        let json =
+            serde_json::to_vec(next).map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?;
+        let prev = if full { None } else { self.load() };
+        let prev_seq = prev.as_ref().and_then(|p| gen_seq(&p.gen));
+        // a wrapped sequence cannot say which entry is the newest: replace
+        let prev_seq = prev_seq.filter(|&s| s < GEN_SEQ_MAX);
+        let prev = prev.filter(|_| prev_seq.is_some());
+        let gen = generation(prev_seq.map_or(1, |s| s + 1), &json);
+        let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
+        // every table this apply may touch must be ours or free to take over
+        let mut owned: BTreeMap<&TableRef, bool> = BTreeMap::new();
+        for t in next.iter().map(|n| &n.table).chain(prev.iter().flat_map(|p| p.tables.iter().map(|t| &t.table))) {
+            if !owned.contains_key(t) {
+                owned.insert(t, self.ownership(t, &ours)?);
+            }
+        }
         let mut x = Transaction::new();
         if let Some(prev) = &prev {
+            let prev_entry = gen_elem(&prev.gen);
+            // per delta table: the older generation keys to delete
+            let mut gens: Vec<(&TableRef, Vec<SetElem>)> = Vec::new();
             let mut x_delta = Transaction::new();
             let mut all_delta = true;
             for n in next {
-                match prev.tables.iter().find(|p| p.table == n.table) {
-                    Some(p) if table_exists(&n.table)? => TableState::diff(p, n, &mut x_delta)?,
-                    _ => {
+                let base = prev
+                    .tables
+                    .iter()
+                    .find(|p| p.table == n.table)
+                    .filter(|p| owned[&n.table] && !p.maps.contains_key(GEN_MAP) && TableState::compatible(p, n));
+                let base = match base {
+                    Some(p) => {
+                        // the newest generation in the kernel must be the file's
+                        let have = map_entries(&n.table, &gen_def())?;
+                        let newest = have.iter().filter_map(|(k, _)| match k {
+                            SetElem::IfName(g) => gen_seq(g).map(|s| (s, k)),
+                            _ => None,
+                        });
+                        match newest.max_by_key(|(s, _)| *s) {
+                            Some((_, k)) if *k == prev_entry => {
+                                Some((p, have.into_iter().map(|(k, _)| k).collect::<Vec<_>>()))
+                            }
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                };
+                match base {
+                    Some((p, old)) => {
+                        TableState::diff(p, n, &mut x_delta)?;
+                        gens.push((&n.table, old));
+                    }
+                    None => {
                         all_delta = false;
-                        TableState::replace(n, &mut x_delta)?;
+                        Self::replace_table(n, &ours, &gen_entry, &mut x_delta)?;
                     }
                 }
             }
@@ -224,13 +399,22 @@ impl Engine {
                     x_delta.destroy_table(&p.table)?;
                 }
             }
+            // something changes: the delta tables record the new generation
+            if !x_delta.is_empty() {
+                for (t, old) in gens {
+                    if old.len() >= GEN_KEEP {
+                        x_delta.delete_map_entries(t, &gen_def(), &old)?;
+                    }
+                    x_delta.add_map_entries(t, &gen_def(), &gen_entry)?;
+                }
+            }
             let ops = x_delta.len();
             let c0 = Instant::now();
             match x_delta.commit() {
                 Ok(()) => {
                     let commit = c0.elapsed();
                     if ops > 0 {
-                        self.store_after_commit(next)?;
+                        self.store_after_commit(next, &json, &gen)?;
                     }
                     return Ok(ApplyReport { full: !all_delta, ops, elapsed: start.elapsed(), commit });
                 }
@@ -245,15 +429,31 @@ impl Engine {
             }
         }
         for n in next {
-            TableState::replace(n, &mut x)?;
+            Self::replace_table(n, &ours, &gen_entry, &mut x)?;
         }
         let ops = x.len();
         // until the commit succeeds the old file still describes the kernel
         let c0 = Instant::now();
         x.commit()?;
         let commit = c0.elapsed();
-        self.store_after_commit(next)?;
+        self.store_after_commit(next, &json, &gen)?;
         Ok(ApplyReport { full: true, ops, elapsed: start.elapsed(), commit })
+    }
+
+    /// Queues the replace of table `n`: owned by `ours`, marked with the
+    /// generation `gen_entry`.
+    fn replace_table(n: &TableState, ours: &str, gen_entry: &[(SetElem, Verdict)], x: &mut Transaction) -> Result<()> {
+        if n.maps.contains_key(GEN_MAP) || n.sets.contains_key(GEN_MAP) {
+            return Err(NftError::Invalid(format!(
+                "{GEN_MAP} is the engine's name in table {} {}",
+                n.table.family, n.table.name
+            ))
+            .into());
+        }
+        TableState::replace_with_comment(n, ours, x)?;
+        x.add_set(&n.table, &gen_def())?;
+        x.add_map_entries(&n.table, &gen_def(), gen_entry)?;
+        Ok(())
     }
 
     /// Endpoint `ep` is protected as `c` says: each of its dispatch
@@ -340,11 +540,17 @@ impl Engine {
     /// Destroys every table of the persisted state and of `extra` (the
     /// tables the policy owns, for when the state file is gone), in one
     /// transaction, then forgets the state.
+    /// A table another live state directory owns and uses is refused
+    /// (`Error::Owner`, nothing destroyed).
     pub fn remove_tables(&self, extra: &[TableRef]) -> Result<()> {
         let mut x = Transaction::new();
         let mut tables: BTreeSet<TableRef> = extra.iter().cloned().collect();
         if let Some(prev) = self.load() {
             tables.extend(prev.tables.iter().map(|t| t.table.clone()));
+        }
+        let ours = self.owner_comment()?;
+        for t in &tables {
+            self.ownership(t, &ours)?;
         }
         for t in &tables {
             x.destroy_table(t)?;
@@ -374,5 +580,23 @@ fn verdict_chain(v: &Verdict) -> Option<String> {
     match v {
         Verdict::Jump(c) | Verdict::Goto(c) => Some(c.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_fit_an_ifname_and_parse_back() {
+        for seq in [1, 2, 0xabc, GEN_SEQ_MAX] {
+            let g = generation(seq, b"{}");
+            assert_eq!(g.len(), 15, "{g}");
+            assert_eq!(gen_seq(&g), Some(seq));
+            assert!(matches!(gen_elem(&g), SetElem::IfName(ref n) if n.len() < 16));
+        }
+        assert_ne!(generation(1, b"{}"), generation(1, b"[]"));
+        assert_eq!(gen_seq("0123456789abcdef"), None, "a file from before sequence numbers");
+        assert_eq!(gen_seq(""), None);
     }
 }

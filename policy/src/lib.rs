@@ -36,6 +36,11 @@ pub enum Error {
     /// The engine's persisted state could not be written.
     #[error("policy state {}: {message}", path.display())]
     State { path: PathBuf, message: String },
+    /// A table the engine would change belongs to another state directory
+    /// that still exists and still dispatches endpoints (`entries` verdict-map
+    /// entries): changing it would strip their protection. Nothing was sent.
+    #[error("table {table} is managed from state directory {} ({entries} dispatch entries), not from {}: two state directories cannot share one table; use one stateDir per node, or remove the other one's endpoints", owner.display(), ours.display())]
+    Owner { table: String, owner: PathBuf, ours: PathBuf, entries: usize },
     /// CHECK found an endpoint not protected as the compiled policy says.
     #[error("policy check: {0}")]
     Check(String),

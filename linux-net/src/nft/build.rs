@@ -86,7 +86,7 @@ pub(super) fn check_name(what: &str, name: &str) -> NftResult<()> {
 pub(super) fn comment_userdata(comment: &str) -> NftResult<Vec<u8>> {
     if comment.len() > MAX_COMMENT_LEN || comment.contains('\0') {
         return Err(NftError::Invalid(format!(
-            "rule comment must be at most {MAX_COMMENT_LEN} bytes without NUL, got {} bytes",
+            "comment must be at most {MAX_COMMENT_LEN} bytes without NUL, got {} bytes",
             comment.len()
         )));
     }
@@ -281,9 +281,19 @@ impl Batch {
 
     /// NEWTABLE without NLM_F_EXCL: creates, or no-op if it exists.
     pub(super) fn new_table(&mut self, family: Family, table: &str) -> NftResult<()> {
+        self.new_table_with(family, table, None)
+    }
+
+    /// NEWTABLE with an optional comment (table userdata, one comment TLV
+    /// as nft writes it; the kernel keeps it only when it creates the table).
+    pub(super) fn new_table_with(&mut self, family: Family, table: &str, comment: Option<&str>) -> NftResult<()> {
         check_name("table", table)?;
+        let udata = comment.map(comment_userdata).transpose()?;
         let m = self.start(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, format!("add table {family} {table}"));
         put_strz(&mut self.buf, NFTA_TABLE_NAME, table);
+        if let Some(u) = udata {
+            put_attr(&mut self.buf, NFTA_TABLE_USERDATA, &u);
+        }
         msg_end(&mut self.buf, m);
         Ok(())
     }

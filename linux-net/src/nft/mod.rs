@@ -51,6 +51,7 @@ pub use txn::{
     proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, MarkStmt, Match, Rule, SetDef,
     SetElem, SetKey, TableRef, Transaction, Verdict,
 };
+pub use wire::MAX_COMMENT_LEN;
 
 use ipnetwork::IpNetwork;
 use netlink_sys::Socket;

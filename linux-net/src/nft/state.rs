@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::build::{check_name, dump_request, get_request};
 use super::io::{dump, open_socket, DumpError, DUMP_SEQ};
-use super::parse::{attr_str, be32, chain_of, data_value, find_attr, parse_attrs, rule_of};
+use super::parse::{attr_str, be32, chain_of, data_value, find_attr, parse_attrs, parse_comment, rule_of};
 use super::txn::{BaseChain, Rule, SetDef, SetElem, SetKey, TableRef, Transaction, Verdict};
 use super::wire::*;
 use super::{retry_interrupted, NftError, NftResult};
@@ -127,6 +127,16 @@ impl TableState {
         next.create_contents(x)
     }
 
+    /// [`replace`](Self::replace), the new table carrying `comment` (what
+    /// [`table_comment`] reads back; e.g. the name of its owner).
+    pub fn replace_with_comment(next: &TableState, comment: &str, x: &mut Transaction) -> NftResult<()> {
+        next.validate()?;
+        let t = &next.table;
+        x.destroy_table(t)?;
+        x.add_table_with_comment(t, comment)?;
+        next.create_contents(x)
+    }
+
     /// Everything inside an existing, empty table.
     fn create_contents(&self, x: &mut Transaction) -> NftResult<()> {
         let t = &self.table;
@@ -155,8 +165,8 @@ impl TableState {
     /// table, and every set, map and chain present in both has the same
     /// definition (key type, flags; base chain type, hook and priority; a
     /// base chain's policy may change). The kernel cannot change those on
-    /// a live object.
-    fn compatible(prev: &TableState, next: &TableState) -> bool {
+    /// a live object. When they differ, [`diff`](Self::diff) replaces.
+    pub fn compatible(prev: &TableState, next: &TableState) -> bool {
         let same_base = |a: &Option<BaseChain>, b: &Option<BaseChain>| match (a, b) {
             (None, None) => true,
             (Some(a), Some(b)) => (a.chain_type, a.hook, a.priority) == (b.chain_type, b.hook, b.priority),
@@ -316,6 +326,71 @@ pub fn table_exists(t: &TableRef) -> NftResult<bool> {
         dump(&sock, &req, nft_type(NFT_MSG_NEWTABLE), &what, |_| found = true)?;
         Ok(found)
     })
+}
+
+/// Whether table `t` exists and, if so, its comment (`Some(None)`: a table
+/// without one): one single-object get.
+pub fn table_comment(t: &TableRef) -> NftResult<Option<Option<String>>> {
+    check_name("table", &t.name)?;
+    let sock = open_socket()?;
+    let req = get_request(NFT_MSG_GETTABLE, NLM_F_ACK, t.family, DUMP_SEQ + 10, &[(NFTA_TABLE_NAME, &t.name)]);
+    let what = format!("get table {} {}", t.family, t.name);
+    read(&what, || {
+        let mut found = None;
+        dump(&sock, &req, nft_type(NFT_MSG_NEWTABLE), &what, |p| {
+            let attrs = parse_attrs(p.get(NFGENMSG_LEN..).unwrap_or(&[]));
+            found = Some(find_attr(&attrs, NFTA_TABLE_USERDATA).and_then(parse_comment));
+        })?;
+        Ok(found)
+    })
+}
+
+/// The verdict maps of table `t` (as found in the kernel, whatever wrote
+/// them), each with its number of entries; empty if the table does not
+/// exist. One set dump and one element dump per verdict map.
+pub fn verdict_map_sizes(t: &TableRef) -> NftResult<BTreeMap<String, usize>> {
+    check_name("table", &t.name)?;
+    let sock = open_socket()?;
+    let what = format!("list verdict maps of table {} {}", t.family, t.name);
+    let req = dump_request(NFT_MSG_GETSET, t.family, DUMP_SEQ + 12, &[(NFTA_SET_TABLE, &t.name)]);
+    let maps = read(&what, || {
+        let mut maps = Vec::new();
+        dump(&sock, &req, nft_type(NFT_MSG_NEWSET), &what, |p| {
+            let attrs = parse_attrs(p.get(NFGENMSG_LEN..).unwrap_or(&[]));
+            let table = find_attr(&attrs, NFTA_SET_TABLE).map(attr_str);
+            let name = find_attr(&attrs, NFTA_SET_NAME).map(attr_str);
+            let flags = find_attr(&attrs, NFTA_SET_FLAGS).and_then(be32).unwrap_or(0);
+            let data = find_attr(&attrs, NFTA_SET_DATA_TYPE).and_then(be32);
+            if let (Some(table), Some(name)) = (table, name) {
+                if table == t.name && flags & NFT_SET_MAP != 0 && data == Some(NFT_DATA_VERDICT) {
+                    maps.push(name);
+                }
+            }
+        })?;
+        Ok(maps)
+    })?;
+    let mut out = BTreeMap::new();
+    for (i, name) in maps.into_iter().enumerate() {
+        let what = format!("list elements of map {name} in table {} {}", t.family, t.name);
+        let req = dump_request(
+            NFT_MSG_GETSETELEM,
+            t.family,
+            DUMP_SEQ + 32 + i as u32,
+            &[(NFTA_SET_ELEM_LIST_TABLE, &t.name), (NFTA_SET_ELEM_LIST_SET, &name)],
+        );
+        let n = read(&what, || {
+            let mut n = 0;
+            dump(&sock, &req, nft_type(NFT_MSG_NEWSETELEM), &what, |p| {
+                let attrs = parse_attrs(p.get(NFGENMSG_LEN..).unwrap_or(&[]));
+                if let Some(list) = find_attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS) {
+                    n += parse_attrs(list).iter().filter(|(ty, _)| *ty == NFTA_LIST_ELEM).count();
+                }
+            })?;
+            Ok(n)
+        })?;
+        out.insert(name, n);
+    }
+    Ok(out)
 }
 
 /// The chains of table `t`, each with its number of rules; `None` if the

@@ -711,6 +711,14 @@ impl Transaction {
         Ok(self)
     }
 
+    /// `add table` with `comment "…"` (at most [`MAX_COMMENT_LEN`] bytes).
+    /// The kernel keeps the comment only when this creates the table: an
+    /// existing table's comment cannot be changed, only destroyed with it.
+    pub fn add_table_with_comment(&mut self, t: &TableRef, comment: &str) -> NftResult<&mut Self> {
+        self.batch.new_table_with(t.family, &t.name, Some(comment))?;
+        Ok(self)
+    }
+
     /// `delete table`: the table and everything in it.
     pub fn delete_table(&mut self, t: &TableRef) -> NftResult<&mut Self> {
         self.batch.del_table(t.family, &t.name)?;

@@ -33,6 +33,8 @@ pub(super) const NFT_MSG_DELRULE: u16 = 8;
 
 // enum nft_table_attributes
 pub(super) const NFTA_TABLE_NAME: u16 = 1;
+/// `NFTA_TABLE_USERDATA` (Linux >= 5.13): where nft keeps a table's comment.
+pub(super) const NFTA_TABLE_USERDATA: u16 = 6;
 // enum nft_chain_attributes
 pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
 pub(super) const NFTA_CHAIN_NAME: u16 = 3;
@@ -211,5 +213,6 @@ pub(super) const NFT_MSG_DESTROYSETELEM: u16 = 30;
 pub(super) const NFTA_META_SREG: u16 = 3;
 pub(super) const NFT_META_MARK: u32 = 3;
 pub(super) const NFT_MSG_GETTABLE: u16 = 1;
+pub(super) const NFT_MSG_GETSET: u16 = 10;
 pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
 pub(super) const NFT_META_PROTOCOL: u32 = 1;
