@@ -159,6 +159,10 @@ pub fn to_cni(e: Error) -> CniError {
             CniError::config("policyDir cannot be read").with_details(e.to_string())
         }
         Error::Io { .. } | Error::Entry { .. } => CniError::new(Code::Io, "endpoint registry").with_details(e),
+        // Two stateDirs on one host: a configuration error, and nothing was changed.
+        Error::Policy(policy::Error::Owner { .. }) => {
+            CniError::config("another stateDir manages this host's policy tables").with_details(e.to_string())
+        }
         Error::Check(_) => CniError::new(Code::Other(CODE_CHECK_DRIFT), e.to_string()),
         Error::UnknownContainer(_) => CniError::new(Code::UnknownContainer, e.to_string()),
         other => CniError::internal(other.to_string()),

@@ -174,7 +174,11 @@ pub fn engine(state: &StateDir) -> Engine {
 
 /// Applies `c` in one atomic transaction (the engine keeps the kernel unchanged on error).
 pub fn apply(engine: &Engine, c: &Compiled) -> Result<ApplyReport> {
-    engine.apply(c).map_err(|e| Error::Engine(format!("apply the policy: {e}")))
+    engine.apply(c).map_err(|e| match e {
+        // Kept whole: the plugin answers it as a configuration error (two stateDirs).
+        e @ policy::Error::Owner { .. } => Error::Policy(e),
+        e => Error::Engine(format!("apply the policy: {e}")),
+    })
 }
 
 /// Whether endpoint `name`'s chains are in force as `c` says.

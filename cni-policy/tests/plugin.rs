@@ -552,3 +552,29 @@ spec:
   egress:
   - action: Allow
 ";
+
+/// Two networks with different `stateDir`s on one host: the second must not take the tables
+/// over while the first still protects containers (each would strip the other's endpoints).
+#[test]
+fn a_second_state_dir_is_refused_with_code_7_and_changes_nothing() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let c1 = h.container();
+    let (res1, (ok, v)) = h.add("s1", &c1, "", json!({}));
+    assert!(ok, "{v}");
+    let before = h.nft_table("inet").unwrap();
+    let other = h.state_dir().with_file_name("other-state");
+    let c2 = h.container();
+    let (_, (ok, v)) = h.add("s2", &c2, "", json!({ "stateDir": other }));
+    assert!(!ok);
+    assert_eq!(v["code"], 7, "{v}");
+    assert_eq!(v["msg"], "another stateDir manages this host's policy tables", "{v}");
+    let details = v["details"].as_str().unwrap();
+    assert!(details.contains(h.state_dir().to_str().unwrap()) && details.contains("other-state"), "{v}");
+    assert_eq!(h.nft_table("inet").unwrap(), before, "the first state dir's tables changed");
+    for a in addrs(&res1) {
+        assert!(mapped(&h, &a), "{a} of the first state dir's container lost its dispatch entry");
+    }
+    let left = other.join("endpoints").read_dir().map_or(0, |d| d.count());
+    assert_eq!(left, 0, "the refused ADD left a registry entry");
+}
