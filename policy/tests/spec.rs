@@ -477,11 +477,28 @@ fn kubernetes_policies_sit_at_order_1000_of_the_default_tier_among_calico_ones()
 
 #[test]
 fn ipv6_neighbour_discovery_is_allowed_whatever_the_policy() {
-    let set = policies(K8S_DB_FROM_WEB);
+    // An endpoint may solicit routers and neighbours and take part in MLD, whatever its
+    // egress policy, but not advertise itself as a router nor send redirects; it receives
+    // router advertisements and redirects (from the host's router) but not solicitations
+    // meant for routers.
+    let set = policies(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: closed}\n\
+         spec: {selector: all(), types: [Ingress, Egress]}\n",
+    );
     let w = world();
     let db = &w[1];
-    let icmp6 = |t| verdict(&set, &w, db, Ingress, Packet::icmp(ip("fd00::1"), ip("fd00::2"), t, 0));
-    assert_eq!([icmp6(128), icmp6(133), icmp6(135), icmp6(136), icmp6(137)], [Deny, Allow, Allow, Allow, Deny]);
+    let types = [128, 130, 131, 132, 133, 134, 135, 136, 137, 143];
+    let icmp6 = |dir, t| verdict(&set, &w, db, dir, Packet::icmp(ip("fd00::2"), ip("fd00::1"), t, 0));
+    assert_eq!(
+        types.map(|t| icmp6(Egress, t)),
+        [Deny, Allow, Allow, Allow, Allow, Deny, Allow, Allow, Deny, Allow],
+        "egress {types:?}"
+    );
+    assert_eq!(
+        types.map(|t| icmp6(Ingress, t)),
+        [Deny, Allow, Allow, Allow, Deny, Allow, Allow, Allow, Allow, Allow],
+        "ingress {types:?}"
+    );
 }
 
 #[test]
