@@ -521,3 +521,59 @@ fn kubernetes_empty_selectors_mean_all_pods_of_the_namespace_or_of_every_namespa
     assert_eq!(from(&k8s("{}")), [Allow, Allow, Allow]);
     assert_eq!(from(&k8s("")), [Deny, Deny, Deny], "ingress: [] selects and allows nothing");
 }
+
+#[test]
+fn kubectl_lists_and_exported_metadata_load_unchanged() {
+    // What `kubectl get networkpolicies,globalnetworkpolicies -o yaml` prints: a List (and the
+    // typed NetworkPolicyList / GlobalNetworkPolicyList), items with the metadata the API
+    // server adds (ownerReferences, finalizers, deletionTimestamp, …), all accepted; the
+    // items are the policies, with their own lines.
+    let yaml = r#"apiVersion: v1
+items:
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata:
+    creationTimestamp: "2026-01-01T00:00:00Z"
+    deletionGracePeriodSeconds: 0
+    deletionTimestamp: "2026-01-02T00:00:00Z"
+    finalizers: [example.com/keep]
+    generateName: db-
+    generation: 1
+    name: db
+    namespace: prod
+    ownerReferences:
+    - {apiVersion: apps/v1, kind: Deployment, name: db, uid: 1d2c}
+    resourceVersion: "42"
+    selfLink: /apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/db
+    uid: 0a1b
+  spec:
+    podSelector: {matchLabels: {app: db}}
+    ingress:
+    - from: [{podSelector: {matchLabels: {app: web}}}]
+
+# a comment between items
+- apiVersion: projectcalico.org/v3
+  kind: GlobalNetworkPolicy
+  metadata: {name: g}
+  spec: {selector: app == 'web', egress: [{action: Deny, protocol: UDP}]}
+kind: List
+metadata:
+  resourceVersion: ""
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicyList
+metadata: {}
+items:
+  - apiVersion: projectcalico.org/v3
+    kind: NetworkPolicy
+    metadata: {name: c, namespace: dev}
+    spec: {selector: all()}
+"#;
+    let set = policies(yaml);
+    let names: Vec<(&str, usize)> = set.policies.iter().map(|p| (p.name.as_str(), p.origin.line)).collect();
+    assert_eq!(names, [("db", 12), ("g", 27), ("c", 39)]);
+    let w = world();
+    let db = &w[1];
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 5432)), Allow);
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 5432)), Deny);
+}
