@@ -179,6 +179,23 @@ impl Claim {
     }
 }
 
+/// Why [`NodeService::mount_staging`] did not mount.
+enum Mounted {
+    /// mount(2) refused (e.g. EINVAL: not that filesystem).
+    Failed(Error),
+    /// Anything else (the staging path, the record, a hung mount).
+    Other(Status),
+}
+
+impl Mounted {
+    fn status(self) -> Status {
+        match self {
+            Mounted::Failed(e) => e.into(),
+            Mounted::Other(s) => s,
+        }
+    }
+}
+
 /// Runs blocking work off the async runtime.
 async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
@@ -467,6 +484,15 @@ impl NodeService {
         let mut claim = Claim(Some(start_bounded("claim the attach lock", move || {
             attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)
         })?));
+        // The filesystem a read-write stage recorded on the image (a
+        // migration's second node): read while the image maps, it spares
+        // the probe ([`NodeService::make_fs_and_mount`]).
+        let hint = if r.fs_type.is_empty() {
+            None
+        } else {
+            let (c, p, i) = (Arc::clone(&rbd), pool.clone(), image.clone());
+            Some(start_bounded("read the image's filesystem hint", move || attach::filesystem(c.as_ref(), &p, &i))?)
+        };
 
         let mut rec = StageRecord {
             volume_id: r.volume_id.clone(),
@@ -481,7 +507,7 @@ impl NodeService {
             node: node.clone(),
             readonly: r.readonly,
         };
-        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec, &mut claim, steps);
+        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec, &mut claim, hint, steps);
         let result = result.and_then(|()| claim.confirm());
         if let Err(e) = result {
             // A claim still in flight lands before the rollback releases it.
@@ -493,6 +519,7 @@ impl NodeService {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn map_and_mount(
         &self,
         r: &StageReq,
@@ -500,14 +527,21 @@ impl NodeService {
         rbd: &Arc<dyn ceph::Rbd>,
         rec: &mut StageRecord,
         claim: &mut Claim,
+        hint: Option<Pending<Option<String>>>,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         // The record (and the secret, to release the lock at unstage) before
-        // mapping: a crash after the map leaves what unstage needs.
+        // mapping: a plugin that dies after the map leaves what unstage and
+        // a restarted plugin need. Written, not yet fsynced: a process's
+        // crash keeps them (the page cache is the kernel's), and a machine's
+        // crash takes the mapping with it; they are fsynced while the
+        // filesystem is probed and mounted, before the stage returns
+        // (`record.rs`).
         if !r.readonly {
-            self.records.save_secret(&r.volume_id, &StageSecret { user: r.user.clone(), key: r.key.clone() })?;
+            self.records
+                .save_secret_visible(&r.volume_id, &StageSecret { user: r.user.clone(), key: r.key.clone() })?;
         }
-        self.records.save(rec)?;
+        self.records.save_visible(rec)?;
         steps.mark("save-record+secret");
         let (pool, image) = (rec.pool.clone(), rec.image.clone());
         let (device, client_addr) = match r.mounter {
@@ -551,7 +585,16 @@ impl NodeService {
         };
         steps.mark("map");
         rec.device = device.clone();
-        self.records.save(rec)?;
+        // The record gets the device, and reaches the disk with the secret,
+        // on a thread of its own while the filesystem is probed and mounted;
+        // waited for before the stage returns. Until then a record without
+        // the device is what a crash leaves, as before the map: a retried
+        // stage finds the mapping again, unstage unmaps it by pool and image.
+        let (records, with_device) = (self.records.clone(), rec.clone());
+        let mut syncing = Some(start_bounded("write the stage record", move || {
+            records.save_visible(&with_device)?;
+            records.sync(&with_device.volume_id).map_err(Status::from)
+        })?);
         steps.mark("save-device");
         if client_addr.is_empty() {
             tracing::warn!(volume = %r.volume_id, %device, "the client address of the mapping is unknown: a takeover cannot fence it");
@@ -565,24 +608,68 @@ impl NodeService {
         // must come after this write, not race it.
         let deadline = Instant::now() + CEPH_TIMEOUT;
         let recording = start_bounded("record the attachment", move || attach::record(c.as_ref(), &p, &i, &n, &a))?;
-        let local = self.make_fs_and_mount(r, &device, rec, claim, steps);
+        let local = self.make_fs_and_mount(r, &device, rec, claim, hint, rbd, &mut syncing, steps);
         let recorded = recording.wait(deadline);
         steps.mark("record-attachment");
-        local.and(recorded)
+        let synced = syncing.map_or(Ok(()), |p| p.wait_for(MOUNT_TIMEOUT));
+        steps.mark("sync-record");
+        local.and(recorded).and(synced)
     }
 
     /// The filesystem half of a stage: probe (make on a blank device), mount.
+    ///
+    /// When the image's attach object names the filesystem a read-write
+    /// stage of this driver made or mounted on it (a migration: node B
+    /// stages what node A used), the probe is skipped: the mount reads and
+    /// checks the superblock anyway. If that mount fails, the device is
+    /// probed as usual, and only a device the probe finds blank is ever
+    /// formatted.
+    #[allow(clippy::too_many_arguments)]
     fn make_fs_and_mount(
         &self,
         r: &StageReq,
         device: &str,
         rec: &mut StageRecord,
         claim: &mut Claim,
+        hint: Option<Pending<Option<String>>>,
+        rbd: &Arc<dyn ceph::Rbd>,
+        syncing: &mut Option<Pending<()>>,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         let device = device.to_string();
         if rec.is_block() {
             return claim.confirm();
+        }
+        let hinted = hint.and_then(|h| match h.wait_for(CEPH_TIMEOUT) {
+            Ok(Some(t)) if fs::SUPPORTED.contains(&t.as_str()) => Some(t),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(volume = %r.volume_id, "no filesystem hint: {}", e.message());
+                None
+            }
+        });
+        if let Some(t) = &hinted {
+            steps.mark("hint");
+            claim.confirm()?;
+            steps.mark("claim");
+            match self.mount_staging(r, &device, t, rec, syncing) {
+                Ok(()) => {
+                    steps.mark("mount");
+                    return Ok(());
+                }
+                Err(Mounted::Failed(e)) => {
+                    tracing::info!(
+                        volume = %r.volume_id,
+                        "mounting {device} as {t}, the filesystem recorded for the image, failed ({e}); probing the device"
+                    );
+                    // What the probe finds decides now; a blank device gets what was asked.
+                    if rec.fs_type != r.fs_type {
+                        rec.fs_type = r.fs_type.clone();
+                        self.save_after(rec, syncing)?;
+                    }
+                }
+                Err(Mounted::Other(e)) => return Err(e),
+            }
         }
         // Zeros at both ends: blank, no blkid process; anything else: blkid decides.
         let found = match fs::inspect(&device)? {
@@ -613,30 +700,70 @@ impl NodeService {
                 )))
             }
         };
+        // The next stage of this image (elsewhere, after this node
+        // unstages) may skip the probe: recorded while the filesystem is
+        // mounted, waited for (a failure only costs that stage its probe).
+        let remembering = if !r.readonly && hinted.as_deref() != Some(fs_type.as_str()) {
+            let (c, p, i, t) = (Arc::clone(rbd), rec.pool.clone(), rec.image.clone(), fs_type.clone());
+            Some(start_bounded("record the image's filesystem", move || {
+                attach::remember_filesystem(c.as_ref(), &p, &i, &t)
+            })?)
+        } else {
+            None
+        };
+        let mounted = self.mount_staging(r, &device, &fs_type, rec, syncing).map_err(Mounted::status);
+        steps.mark("mount");
+        if let Some(Err(e)) = remembering.map(|p| p.wait_for(CEPH_TIMEOUT)) {
+            tracing::warn!(volume = %r.volume_id, "the image's filesystem is not recorded in Ceph: {}", e.message());
+        }
+        mounted
+    }
+
+    /// Mounts `device` (holding `fs_type`) at the staging path, or finds it
+    /// mounted there already. [`Mounted::Failed`] is mount(2)'s own refusal.
+    fn mount_staging(
+        &self,
+        r: &StageReq,
+        device: &str,
+        fs_type: &str,
+        rec: &mut StageRecord,
+        syncing: &mut Option<Pending<()>>,
+    ) -> Result<(), Mounted> {
         if fs_type != rec.fs_type {
             tracing::info!(volume = %r.volume_id, "mounting the existing {fs_type} filesystem (asked for {})", rec.fs_type);
-            rec.fs_type = fs_type.clone();
-            self.records.save(rec)?;
+            rec.fs_type = fs_type.to_string();
+            // Durable before the mount: a retried stage that finds it mounted trusts the record.
+            self.save_after(rec, syncing).map_err(Mounted::Other)?;
         }
-        let table = mount::mounts()?;
-        steps.mark("mounts");
-        if let Some(m) = mount::find_mount(&table, &r.staging)? {
+        let table = mount::mounts().map_err(|e| Mounted::Other(e.into()))?;
+        if let Some(m) = mount::find_mount(&table, &r.staging).map_err(|e| Mounted::Other(e.into()))? {
             if m.source == device {
                 return Ok(());
             }
-            return Err(Status::already_exists(format!(
+            return Err(Mounted::Other(Status::already_exists(format!(
                 "{} is already a mount of {}, not of {device}",
                 r.staging.display(),
                 m.source
-            )));
+            ))));
         }
         std::fs::create_dir_all(&r.staging)
-            .map_err(|e| Error::io(format!("create staging path {}", r.staging.display()), e))?;
+            .map_err(|e| Mounted::Other(Error::io(format!("create staging path {}", r.staging.display()), e).into()))?;
         let (flags, mut data) = mount_flags(&r.mount_flags, r.readonly);
-        data = vec![fs::mount_data(&fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
-        mount::mount(&device, &r.staging, &fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT)?;
-        steps.mark("mount");
-        Ok(())
+        data = vec![fs::mount_data(fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
+        match mount::mount(device, &r.staging, fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(e @ Error::Sys { .. }) => Err(Mounted::Failed(e)),
+            Err(e) => Err(Mounted::Other(e.into())),
+        }
+    }
+
+    /// Saves `rec` durably once the record's background write is done
+    /// (one writer at a time).
+    fn save_after(&self, rec: &StageRecord, syncing: &mut Option<Pending<()>>) -> Result<(), Status> {
+        if let Some(p) = syncing.take() {
+            p.wait_for(MOUNT_TIMEOUT)?;
+        }
+        Ok(self.records.save(rec)?)
     }
 
     /// Undoes a failed stage: unmount, unmap, release, forget (best effort).
@@ -742,7 +869,7 @@ impl NodeService {
         };
         let started = Instant::now();
         let mut steps = Steps::new();
-        let cluster_hung = unmount_all(&rec.staging_path)?;
+        let (cluster_hung, table) = unmount_all_then(&rec.staging_path)?;
         steps.mark("umount");
         if cluster_hung && !rec.readonly {
             tracing::warn!(
@@ -753,7 +880,7 @@ impl NodeService {
         let release = !cluster_hung && !rec.readonly;
         // Mounted nowhere else (a publish the CO never undid would keep the
         // filesystem alive through its bind mount: a writer).
-        let unmounted = !rec.is_block() && !mount::mounts()?.iter().any(|m| m.source == rec.device);
+        let unmounted = !rec.is_block() && !table.iter().any(|m| m.source == rec.device);
         if release && unmounted {
             // The filesystem is unmounted: its writes reached the cluster
             // before umount returned, and nothing here writes to the image
@@ -919,13 +1046,20 @@ impl NodeService {
 /// not return in [`UNMOUNT_TIMEOUT`] (the cluster hangs, so the flush
 /// cannot finish) a forced detach. Returns whether the unmount hung.
 fn unmount_all(path: &Path) -> Result<bool, Status> {
+    unmount_all_then(path).map(|(hung, _)| hung)
+}
+
+/// [`unmount_all`], also returning the mount table it read last (with
+/// nothing left at `path`), for a caller that looks at the table next.
+fn unmount_all_then(path: &Path) -> Result<(bool, Vec<mount::MountInfo>), Status> {
     use csi_core::mount::MntFlags;
     use nix::errno::Errno;
     let gone = |e: &Error| matches!(e, Error::Sys { errno: Errno::EINVAL | Errno::ENOENT, .. });
     let mut hung = false;
     for _ in 0..16 {
-        if !mount::is_mount_point(path)? {
-            return Ok(hung);
+        let table = mount::mounts()?;
+        if mount::find_mount(&table, path)?.is_none() {
+            return Ok((hung, table));
         }
         match mount::umount2(path, MntFlags::empty(), UNMOUNT_TIMEOUT) {
             Ok(()) => {}
@@ -954,10 +1088,11 @@ fn unmount_all(path: &Path) -> Result<bool, Status> {
             Err(e) => return Err(e.into()),
         }
     }
-    if mount::is_mount_point(path)? {
+    let table = mount::mounts()?;
+    if mount::find_mount(&table, path)?.is_some() {
         return Err(Status::failed_precondition(format!("{} still mounted after 16 unmounts", path.display())));
     }
-    Ok(hung)
+    Ok((hung, table))
 }
 
 /// The service behind an `Arc`, so that blocking work can own it.
