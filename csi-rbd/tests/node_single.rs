@@ -1,7 +1,7 @@
 //! csi-rbd's node service on one node (a guest kernel on a real Ceph
 //! cluster's bridge), every single-node scenario batched into one boot:
 //! stage/publish/write, idempotency, expansion while published, read-only
-//! publish, xfs, a raw block volume, the rbd-nbd mounter, the volume ID
+//! publish, xfs, the filesystem hint (and its fallback to the probe), a raw block volume, the rbd-nbd mounter, the volume ID
 //! fallback, NOT_FOUND for a missing image, PERMISSION_DENIED for a wrong
 //! key, a restarted plugin working from the stage record, and unstage with
 //! the cluster frozen (bounded in time).

@@ -165,15 +165,27 @@ impl<T> Pending<T> {
     }
 }
 
-/// The stage's claim of the attach lock, running while the image is mapped.
-struct Claim(Option<Pending<()>>);
+/// The stage's claim of the attach lock, then the read of the image's
+/// filesystem hint, on one thread while the image is mapped.
+struct Claim {
+    pending: Option<Pending<Option<String>>>,
+    /// The filesystem hint, once confirmed.
+    hint: Option<String>,
+}
 
 impl Claim {
+    fn new(pending: Pending<Option<String>>) -> Claim {
+        Claim { pending: Some(pending), hint: None }
+    }
+
     /// Waits for the claim, at most [`CEPH_TIMEOUT`] from its start (once;
     /// later calls return Ok).
     fn confirm(&mut self) -> Result<(), Status> {
-        match self.0.take() {
-            Some(p) => p.wait_for(CEPH_TIMEOUT),
+        match self.pending.take() {
+            Some(p) => {
+                self.hint = p.wait_for(CEPH_TIMEOUT)?;
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -480,19 +492,22 @@ impl NodeService {
         // the superblock; a raw block volume is not handed out) unless this
         // node holds the image. The claim's round trip overlaps the map and
         // the read-only probe; a refused claim undoes the map.
+        // After the claim, on the same thread: the filesystem a read-write
+        // stage recorded on the image (a migration's second node), which
+        // spares the probe ([`NodeService::make_fs_and_mount`]). A failed
+        // read of it only costs the probe.
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
-        let mut claim = Claim(Some(start_bounded("claim the attach lock", move || {
-            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)
-        })?));
-        // The filesystem a read-write stage recorded on the image (a
-        // migration's second node): read while the image maps, it spares
-        // the probe ([`NodeService::make_fs_and_mount`]).
-        let hint = if r.fs_type.is_empty() {
-            None
-        } else {
-            let (c, p, i) = (Arc::clone(&rbd), pool.clone(), image.clone());
-            Some(start_bounded("read the image's filesystem hint", move || attach::filesystem(c.as_ref(), &p, &i))?)
-        };
+        let (want_hint, vol) = (!r.fs_type.is_empty(), r.volume_id.clone());
+        let mut claim = Claim::new(start_bounded("claim the attach lock", move || {
+            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)?;
+            if !want_hint {
+                return Ok(None);
+            }
+            Ok(attach::filesystem(c.as_ref(), &p, &i).unwrap_or_else(|e| {
+                tracing::debug!(volume = %vol, "no filesystem hint: {}", e.message());
+                None
+            }))
+        })?);
 
         let mut rec = StageRecord {
             volume_id: r.volume_id.clone(),
@@ -507,7 +522,7 @@ impl NodeService {
             node: node.clone(),
             readonly: r.readonly,
         };
-        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec, &mut claim, hint, steps);
+        let result = self.map_and_mount(&r, &monitors, &rbd, &mut rec, &mut claim, steps);
         let result = result.and_then(|()| claim.confirm());
         if let Err(e) = result {
             // A claim still in flight lands before the rollback releases it.
@@ -519,7 +534,6 @@ impl NodeService {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn map_and_mount(
         &self,
         r: &StageReq,
@@ -527,7 +541,6 @@ impl NodeService {
         rbd: &Arc<dyn ceph::Rbd>,
         rec: &mut StageRecord,
         claim: &mut Claim,
-        hint: Option<Pending<Option<String>>>,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         // The record (and the secret, to release the lock at unstage) before
@@ -585,35 +598,36 @@ impl NodeService {
         };
         steps.mark("map");
         rec.device = device.clone();
-        // The record gets the device, and reaches the disk with the secret,
-        // on a thread of its own while the filesystem is probed and mounted;
-        // waited for before the stage returns. Until then a record without
-        // the device is what a crash leaves, as before the map: a retried
-        // stage finds the mapping again, unstage unmaps it by pool and image.
-        let (records, with_device) = (self.records.clone(), rec.clone());
-        let mut syncing = Some(start_bounded("write the stage record", move || {
-            records.save_visible(&with_device)?;
-            records.sync(&with_device.volume_id).map_err(Status::from)
-        })?);
-        steps.mark("save-device");
         if client_addr.is_empty() {
             tracing::warn!(volume = %r.volume_id, %device, "the client address of the mapping is unknown: a takeover cannot fence it");
         }
         let a = attach::NodeAttachment::new(&client_addr, r.mounter.as_str(), &device, r.readonly);
         let (c, p, i, n) = (Arc::clone(rbd), pool.clone(), image.clone(), rec.node.clone());
-        // The client address goes to Ceph while the filesystem is probed,
-        // made and mounted (one round trip off the critical path). Waited
-        // for before returning, success or failure: the stage succeeds only
-        // once a takeover can fence this client, and a rollback's release
-        // must come after this write, not race it.
-        let deadline = Instant::now() + CEPH_TIMEOUT;
-        let recording = start_bounded("record the attachment", move || attach::record(c.as_ref(), &p, &i, &n, &a))?;
-        let local = self.make_fs_and_mount(r, &device, rec, claim, hint, rbd, &mut syncing, steps);
-        let recorded = recording.wait(deadline);
-        steps.mark("record-attachment");
-        let synced = syncing.map_or(Ok(()), |p| p.wait_for(MOUNT_TIMEOUT));
-        steps.mark("sync-record");
-        local.and(recorded).and(synced)
+        let (records, with_device) = (self.records.clone(), rec.clone());
+        // On one thread while the filesystem is probed, made and mounted
+        // (off the critical path), waited for before returning, success or
+        // failure:
+        // - the stage record gets the device and reaches the disk with the
+        //   secret (until then a record without the device is what a crash
+        //   leaves, as before the map: a retried stage finds the mapping
+        //   again, unstage unmaps it by pool and image);
+        // - the client address goes to Ceph: the stage succeeds only once a
+        //   takeover can fence this client, and a rollback's release must
+        //   come after this write, not race it.
+        let recording = start_bounded("record the attachment", move || {
+            let saved = records
+                .save_visible(&with_device)
+                .and_then(|()| records.sync(&with_device.volume_id))
+                .map_err(Status::from);
+            let recorded = attach::record(c.as_ref(), &p, &i, &n, &a);
+            saved.and(recorded)
+        })?;
+        steps.mark("start-records");
+        let mut recording = Some(recording);
+        let local = self.make_fs_and_mount(r, &device, rec, claim, rbd, &mut recording, steps);
+        let recorded = recording.map_or(Ok(()), |p| p.wait_for(CEPH_TIMEOUT));
+        steps.mark("records");
+        local.and(recorded)
     }
 
     /// The filesystem half of a stage: probe (make on a blank device), mount.
@@ -631,28 +645,20 @@ impl NodeService {
         device: &str,
         rec: &mut StageRecord,
         claim: &mut Claim,
-        hint: Option<Pending<Option<String>>>,
         rbd: &Arc<dyn ceph::Rbd>,
-        syncing: &mut Option<Pending<()>>,
+        recording: &mut Option<Pending<()>>,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         let device = device.to_string();
         if rec.is_block() {
             return claim.confirm();
         }
-        let hinted = hint.and_then(|h| match h.wait_for(CEPH_TIMEOUT) {
-            Ok(Some(t)) if fs::SUPPORTED.contains(&t.as_str()) => Some(t),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(volume = %r.volume_id, "no filesystem hint: {}", e.message());
-                None
-            }
-        });
+        // The claim (and the hint after it) ran while the image mapped.
+        claim.confirm()?;
+        steps.mark("claim");
+        let hinted = claim.hint.clone().filter(|t| fs::SUPPORTED.contains(&t.as_str()));
         if let Some(t) = &hinted {
-            steps.mark("hint");
-            claim.confirm()?;
-            steps.mark("claim");
-            match self.mount_staging(r, &device, t, rec, syncing) {
+            match self.mount_staging(r, &device, t, rec, recording) {
                 Ok(()) => {
                     steps.mark("mount");
                     return Ok(());
@@ -665,7 +671,7 @@ impl NodeService {
                     // What the probe finds decides now; a blank device gets what was asked.
                     if rec.fs_type != r.fs_type {
                         rec.fs_type = r.fs_type.clone();
-                        self.save_after(rec, syncing)?;
+                        self.save_after(rec, recording)?;
                     }
                 }
                 Err(Mounted::Other(e)) => return Err(e),
@@ -678,8 +684,6 @@ impl NodeService {
             fs::Content::Other => fs::probe(&device)?,
         };
         steps.mark("probe");
-        claim.confirm()?;
-        steps.mark("claim");
         let fs_type = match found {
             None if r.readonly => {
                 return Err(Status::failed_precondition(format!(
@@ -711,7 +715,7 @@ impl NodeService {
         } else {
             None
         };
-        let mounted = self.mount_staging(r, &device, &fs_type, rec, syncing).map_err(Mounted::status);
+        let mounted = self.mount_staging(r, &device, &fs_type, rec, recording).map_err(Mounted::status);
         steps.mark("mount");
         if let Some(Err(e)) = remembering.map(|p| p.wait_for(CEPH_TIMEOUT)) {
             tracing::warn!(volume = %r.volume_id, "the image's filesystem is not recorded in Ceph: {}", e.message());
@@ -727,13 +731,13 @@ impl NodeService {
         device: &str,
         fs_type: &str,
         rec: &mut StageRecord,
-        syncing: &mut Option<Pending<()>>,
+        recording: &mut Option<Pending<()>>,
     ) -> Result<(), Mounted> {
         if fs_type != rec.fs_type {
             tracing::info!(volume = %r.volume_id, "mounting the existing {fs_type} filesystem (asked for {})", rec.fs_type);
             rec.fs_type = fs_type.to_string();
             // Durable before the mount: a retried stage that finds it mounted trusts the record.
-            self.save_after(rec, syncing).map_err(Mounted::Other)?;
+            self.save_after(rec, recording).map_err(Mounted::Other)?;
         }
         let table = mount::mounts().map_err(|e| Mounted::Other(e.into()))?;
         if let Some(m) = mount::find_mount(&table, &r.staging).map_err(|e| Mounted::Other(e.into()))? {
@@ -757,11 +761,11 @@ impl NodeService {
         }
     }
 
-    /// Saves `rec` durably once the record's background write is done
-    /// (one writer at a time).
-    fn save_after(&self, rec: &StageRecord, syncing: &mut Option<Pending<()>>) -> Result<(), Status> {
-        if let Some(p) = syncing.take() {
-            p.wait_for(MOUNT_TIMEOUT)?;
+    /// Saves `rec` durably once the recording thread, which writes the
+    /// record too, is done (one writer of the record at a time).
+    fn save_after(&self, rec: &StageRecord, recording: &mut Option<Pending<()>>) -> Result<(), Status> {
+        if let Some(p) = recording.take() {
+            p.wait_for(CEPH_TIMEOUT)?;
         }
         Ok(self.records.save(rec)?)
     }
