@@ -867,8 +867,10 @@ impl NodeService {
     /// NodeUnstageVolume's work (blocking).
     fn unstage(&self, volume_id: &str, staging: &Path) -> Result<(), Status> {
         let Some(rec) = self.records.load(volume_id)? else {
-            // Nothing staged here by us; leave no mount at the path either way.
+            // Nothing staged here by us; leave no mount at the path either way,
+            // nor what a machine crash in a stage left (an empty record, its secret).
             unmount_all(staging)?;
+            self.records.remove(volume_id)?;
             return Ok(());
         };
         let started = Instant::now();
