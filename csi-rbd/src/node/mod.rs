@@ -1330,4 +1330,24 @@ mod tests {
         assert!(f.contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY));
         assert_eq!(d, vec!["discard"]);
     }
+
+    #[test]
+    fn unstage_after_a_machine_crash_in_a_stage_succeeds_and_leaves_no_files() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let svc = NodeService::new(NodeConfig {
+            node_id: "n".into(),
+            state_dir: state.clone(),
+            clusters: ClusterConfig::default(),
+            max_volumes: 0,
+        });
+        // What a machine crash between the rename and the fsync can leave:
+        // an empty record, and the secret.
+        svc.records.save_secret_visible("v", &StageSecret { user: "u".into(), key: "K".into() }).unwrap();
+        std::fs::write(state.join("v.json"), b"").unwrap();
+        let staging = d.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        svc.unstage("v", &staging).unwrap();
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "files left in the state dir");
+    }
 }
