@@ -12,7 +12,12 @@
 //!   this node";
 //! - omap key `node.<ID>` = [`NodeAttachment`]: what the node mapped, above
 //!   all its client's address (`IP:0/NONCE`) as Ceph sees it: what fencing
-//!   blocklists.
+//!   blocklists;
+//! - omap key `fs` = `ext4` or `xfs` ([`filesystem`]): the filesystem a
+//!   read-write stage made or mounted on the image. A hint that lets the
+//!   next stage (a migration) mount without probing the device first; the
+//!   mount checks the superblock itself, and a failed mount falls back to
+//!   the probe. Nothing is ever formatted on the hint's word.
 //!
 //! Why our own object and not the image header's exclusive lock: krbd and
 //! librbd take and pass that lock among themselves on every write (it is
@@ -177,6 +182,22 @@ pub fn claim_at_stage(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, readon
 pub fn record(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, a: &NodeAttachment) -> Result<(), Status> {
     let v = serde_json::to_vec(a).map_err(|e| Status::internal(format!("encode attachment: {e}")))?;
     rbd.omap_set(pool, &object(image), &[(&node_key(node), &v)], &ceph::Guard::None).map_err(status)
+}
+
+/// The omap key of the filesystem hint in the attach object.
+pub const FS_KEY: &str = "fs";
+
+/// The filesystem a read-write stage last made or mounted on the image,
+/// if one recorded it (see the module's doc: a hint, checked by the mount).
+pub fn filesystem(rbd: &dyn Rbd, pool: &str, image: &str) -> Result<Option<String>, Status> {
+    let m = rbd.omap_get(pool, &object(image), &[FS_KEY]).map_err(status)?;
+    Ok(m.get(FS_KEY).and_then(|v| String::from_utf8(v.clone()).ok()))
+}
+
+/// Records `fs` as the image's filesystem (after a read-write stage made
+/// or mounted it).
+pub fn remember_filesystem(rbd: &dyn Rbd, pool: &str, image: &str, fs: &str) -> Result<(), Status> {
+    rbd.omap_set(pool, &object(image), &[(FS_KEY, fs.as_bytes())], &ceph::Guard::None).map_err(status)
 }
 
 /// What `node` recorded, if anything.

@@ -1,7 +1,7 @@
 //! csi-rbd's node service on one node (a guest kernel on a real Ceph
 //! cluster's bridge), every single-node scenario batched into one boot:
 //! stage/publish/write, idempotency, expansion while published, read-only
-//! publish, xfs, a raw block volume, the rbd-nbd mounter, the volume ID
+//! publish, xfs, the filesystem hint (and its fallback to the probe), a raw block volume, the rbd-nbd mounter, the volume ID
 //! fallback, NOT_FOUND for a missing image, PERMISSION_DENIED for a wrong
 //! key, a restarted plugin working from the stage record, and unstage with
 //! the cluster frozen (bounded in time).
@@ -139,6 +139,37 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     assert_eq!(sha(&g, &format!("{}/data", vx.target(1))), sumx, "data lost: mkfs ran on a device with a filesystem?");
     n.node_unpublish_volume(vx.unpublish_req(1)).await.unwrap();
     n.node_unstage_volume(vx.unstage_req()).await.unwrap();
+    // The first stage recorded xfs in the image's attach object; the second
+    // mounted on that hint, without probing (the data above is intact).
+    assert_eq!(c.fs_hint(&image).as_deref(), Some("xfs"));
+    // A wrong hint costs a failed mount, then the probe decides: the xfs is
+    // mounted with its data, not formatted, and the hint is corrected.
+    c.set_fs_hint(&image, "ext4");
+    n.node_stage_volume(vx.stage_req(&c, capx.clone())).await.unwrap();
+    n.node_publish_volume(vx.publish_req(1, capx.clone(), false)).await.unwrap();
+    assert_eq!(g.sh_ok(&format!("stat -f -c %T {}", vx.target(1))).unwrap(), "xfs");
+    assert_eq!(sha(&g, &format!("{}/data", vx.target(1))), sumx, "data lost after a wrong filesystem hint");
+    assert_eq!(c.fs_hint(&image).as_deref(), Some("xfs"), "the stage did not correct the hint");
+    n.node_unpublish_volume(vx.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vx.unstage_req()).await.unwrap();
+    // A hint on a device that holds no filesystem of ours (swap): the mount
+    // fails, the probe names it, the stage is refused and the device is
+    // left as it was (never formatted on the hint's word).
+    let swap = c.ceph.dir().join("swap.img");
+    std::fs::File::create(&swap).unwrap().set_len(32 << 20).unwrap();
+    let out = std::process::Command::new("mkswap").arg(&swap).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    c.ceph.rbd(&["import", "--no-progress", &swap.display().to_string(), "vol-swap"]).unwrap();
+    c.set_fs_hint("vol-swap", "ext4");
+    let vs = Vol::with_context("vol-swap", &[]);
+    let e = n.node_stage_volume(vs.stage_req(&c, cap.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("swap"), "{e:?}");
+    assert_eq!(g.sh_ok("ls /sys/bus/rbd/devices | wc -l").unwrap(), "0", "left mapped");
+    assert!(c.lock_holders("vol-swap").is_empty(), "lock not released");
+    let back = c.ceph.dir().join("swap.back");
+    c.ceph.rbd(&["export", "--no-progress", "vol-swap", &back.display().to_string()]).unwrap();
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&swap).unwrap(), "the swap image was written to");
 
     // Raw block: write and read through the published device file.
     c.image("vol-block", 32);

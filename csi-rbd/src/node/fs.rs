@@ -104,17 +104,18 @@ fn read_ends(device: &str) -> std::io::Result<Content> {
     use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     const ALIGN: usize = 4096;
-    let size = std::fs::File::open(device)?.seek(SeekFrom::End(0))?;
     // O_DIRECT: exactly these bytes. Through the page cache, a mapped
     // image's readahead (twice its 4 MiB object size) would read and copy
-    // 8 MiB per end. Files that refuse it (tmpfs) are read buffered.
-    let direct = size % ALIGN as u64 == 0;
-    let f =
-        match std::fs::OpenOptions::new().read(true).custom_flags(if direct { libc::O_DIRECT } else { 0 }).open(device)
-        {
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => std::fs::File::open(device)?,
-            r => r?,
-        };
+    // 8 MiB per end. Files that refuse it (tmpfs), or whose size is not a
+    // multiple of the alignment, are read buffered. One open for a device.
+    let mut f = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(device) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => std::fs::File::open(device)?,
+        r => r?,
+    };
+    let size = f.seek(SeekFrom::End(0))?;
+    if size % ALIGN as u64 != 0 {
+        f = std::fs::File::open(device)?;
+    }
     let ranges = if size <= 2 * END_SPAN { vec![(0, size)] } else { vec![(0, END_SPAN), (size - END_SPAN, END_SPAN)] };
     // A buffer aligned for O_DIRECT.
     let mut raw = vec![0u8; END_SPAN as usize + ALIGN];

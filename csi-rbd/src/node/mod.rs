@@ -165,16 +165,45 @@ impl<T> Pending<T> {
     }
 }
 
-/// The stage's claim of the attach lock, running while the image is mapped.
-struct Claim(Option<Pending<()>>);
+/// The stage's claim of the attach lock, then the read of the image's
+/// filesystem hint, on one thread while the image is mapped.
+struct Claim {
+    pending: Option<Pending<Option<String>>>,
+    /// The filesystem hint, once confirmed.
+    hint: Option<String>,
+}
 
 impl Claim {
+    fn new(pending: Pending<Option<String>>) -> Claim {
+        Claim { pending: Some(pending), hint: None }
+    }
+
     /// Waits for the claim, at most [`CEPH_TIMEOUT`] from its start (once;
     /// later calls return Ok).
     fn confirm(&mut self) -> Result<(), Status> {
-        match self.0.take() {
-            Some(p) => p.wait_for(CEPH_TIMEOUT),
+        match self.pending.take() {
+            Some(p) => {
+                self.hint = p.wait_for(CEPH_TIMEOUT)?;
+                Ok(())
+            }
             None => Ok(()),
+        }
+    }
+}
+
+/// Why [`NodeService::mount_staging`] did not mount.
+enum Mounted {
+    /// mount(2) refused (e.g. EINVAL: not that filesystem).
+    Failed(Error),
+    /// Anything else (the staging path, the record, a hung mount).
+    Other(Status),
+}
+
+impl Mounted {
+    fn status(self) -> Status {
+        match self {
+            Mounted::Failed(e) => e.into(),
+            Mounted::Other(s) => s,
         }
     }
 }
@@ -463,10 +492,22 @@ impl NodeService {
         // the superblock; a raw block volume is not handed out) unless this
         // node holds the image. The claim's round trip overlaps the map and
         // the read-only probe; a refused claim undoes the map.
+        // After the claim, on the same thread: the filesystem a read-write
+        // stage recorded on the image (a migration's second node), which
+        // spares the probe ([`NodeService::make_fs_and_mount`]). A failed
+        // read of it only costs the probe.
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
-        let mut claim = Claim(Some(start_bounded("claim the attach lock", move || {
-            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)
-        })?));
+        let (want_hint, vol) = (!r.fs_type.is_empty(), r.volume_id.clone());
+        let mut claim = Claim::new(start_bounded("claim the attach lock", move || {
+            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)?;
+            if !want_hint {
+                return Ok(None);
+            }
+            Ok(attach::filesystem(c.as_ref(), &p, &i).unwrap_or_else(|e| {
+                tracing::debug!(volume = %vol, "no filesystem hint: {}", e.message());
+                None
+            }))
+        })?);
 
         let mut rec = StageRecord {
             volume_id: r.volume_id.clone(),
@@ -503,11 +544,17 @@ impl NodeService {
         steps: &mut Steps,
     ) -> Result<(), Status> {
         // The record (and the secret, to release the lock at unstage) before
-        // mapping: a crash after the map leaves what unstage needs.
+        // mapping: a plugin that dies after the map leaves what unstage and
+        // a restarted plugin need. Written, not yet fsynced: a process's
+        // crash keeps them (the page cache is the kernel's), and a machine's
+        // crash takes the mapping with it; they are fsynced while the
+        // filesystem is probed and mounted, before the stage returns
+        // (`record.rs`).
         if !r.readonly {
-            self.records.save_secret(&r.volume_id, &StageSecret { user: r.user.clone(), key: r.key.clone() })?;
+            self.records
+                .save_secret_visible(&r.volume_id, &StageSecret { user: r.user.clone(), key: r.key.clone() })?;
         }
-        self.records.save(rec)?;
+        self.records.save_visible(rec)?;
         steps.mark("save-record+secret");
         let (pool, image) = (rec.pool.clone(), rec.image.clone());
         let (device, client_addr) = match r.mounter {
@@ -551,38 +598,84 @@ impl NodeService {
         };
         steps.mark("map");
         rec.device = device.clone();
-        self.records.save(rec)?;
-        steps.mark("save-device");
         if client_addr.is_empty() {
             tracing::warn!(volume = %r.volume_id, %device, "the client address of the mapping is unknown: a takeover cannot fence it");
         }
         let a = attach::NodeAttachment::new(&client_addr, r.mounter.as_str(), &device, r.readonly);
         let (c, p, i, n) = (Arc::clone(rbd), pool.clone(), image.clone(), rec.node.clone());
-        // The client address goes to Ceph while the filesystem is probed,
-        // made and mounted (one round trip off the critical path). Waited
-        // for before returning, success or failure: the stage succeeds only
-        // once a takeover can fence this client, and a rollback's release
-        // must come after this write, not race it.
-        let deadline = Instant::now() + CEPH_TIMEOUT;
-        let recording = start_bounded("record the attachment", move || attach::record(c.as_ref(), &p, &i, &n, &a))?;
-        let local = self.make_fs_and_mount(r, &device, rec, claim, steps);
-        let recorded = recording.wait(deadline);
-        steps.mark("record-attachment");
+        let (records, with_device) = (self.records.clone(), rec.clone());
+        // On one thread while the filesystem is probed, made and mounted
+        // (off the critical path), waited for before returning, success or
+        // failure:
+        // - the stage record gets the device and reaches the disk with the
+        //   secret (until then a record without the device is what a crash
+        //   leaves, as before the map: a retried stage finds the mapping
+        //   again, unstage unmaps it by pool and image);
+        // - the client address goes to Ceph: the stage succeeds only once a
+        //   takeover can fence this client, and a rollback's release must
+        //   come after this write, not race it.
+        let recording = start_bounded("record the attachment", move || {
+            let saved = records
+                .save_visible(&with_device)
+                .and_then(|()| records.sync(&with_device.volume_id))
+                .map_err(Status::from);
+            let recorded = attach::record(c.as_ref(), &p, &i, &n, &a);
+            saved.and(recorded)
+        })?;
+        steps.mark("start-records");
+        let mut recording = Some(recording);
+        let local = self.make_fs_and_mount(r, &device, rec, claim, rbd, &mut recording, steps);
+        let recorded = recording.map_or(Ok(()), |p| p.wait_for(CEPH_TIMEOUT));
+        steps.mark("records");
         local.and(recorded)
     }
 
     /// The filesystem half of a stage: probe (make on a blank device), mount.
+    ///
+    /// When the image's attach object names the filesystem a read-write
+    /// stage of this driver made or mounted on it (a migration: node B
+    /// stages what node A used), the probe is skipped: the mount reads and
+    /// checks the superblock anyway. If that mount fails, the device is
+    /// probed as usual, and only a device the probe finds blank is ever
+    /// formatted.
+    #[allow(clippy::too_many_arguments)]
     fn make_fs_and_mount(
         &self,
         r: &StageReq,
         device: &str,
         rec: &mut StageRecord,
         claim: &mut Claim,
+        rbd: &Arc<dyn ceph::Rbd>,
+        recording: &mut Option<Pending<()>>,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         let device = device.to_string();
         if rec.is_block() {
             return claim.confirm();
+        }
+        // The claim (and the hint after it) ran while the image mapped.
+        claim.confirm()?;
+        steps.mark("claim");
+        let hinted = claim.hint.clone().filter(|t| fs::SUPPORTED.contains(&t.as_str()));
+        if let Some(t) = &hinted {
+            match self.mount_staging(r, &device, t, rec, recording) {
+                Ok(()) => {
+                    steps.mark("mount");
+                    return Ok(());
+                }
+                Err(Mounted::Failed(e)) => {
+                    tracing::info!(
+                        volume = %r.volume_id,
+                        "mounting {device} as {t}, the filesystem recorded for the image, failed ({e}); probing the device"
+                    );
+                    // What the probe finds decides now; a blank device gets what was asked.
+                    if rec.fs_type != r.fs_type {
+                        rec.fs_type = r.fs_type.clone();
+                        self.save_after(rec, recording)?;
+                    }
+                }
+                Err(Mounted::Other(e)) => return Err(e),
+            }
         }
         // Zeros at both ends: blank, no blkid process; anything else: blkid decides.
         let found = match fs::inspect(&device)? {
@@ -591,8 +684,6 @@ impl NodeService {
             fs::Content::Other => fs::probe(&device)?,
         };
         steps.mark("probe");
-        claim.confirm()?;
-        steps.mark("claim");
         let fs_type = match found {
             None if r.readonly => {
                 return Err(Status::failed_precondition(format!(
@@ -613,30 +704,70 @@ impl NodeService {
                 )))
             }
         };
+        // The next stage of this image (elsewhere, after this node
+        // unstages) may skip the probe: recorded while the filesystem is
+        // mounted, waited for (a failure only costs that stage its probe).
+        let remembering = if !r.readonly && hinted.as_deref() != Some(fs_type.as_str()) {
+            let (c, p, i, t) = (Arc::clone(rbd), rec.pool.clone(), rec.image.clone(), fs_type.clone());
+            Some(start_bounded("record the image's filesystem", move || {
+                attach::remember_filesystem(c.as_ref(), &p, &i, &t)
+            })?)
+        } else {
+            None
+        };
+        let mounted = self.mount_staging(r, &device, &fs_type, rec, recording).map_err(Mounted::status);
+        steps.mark("mount");
+        if let Some(Err(e)) = remembering.map(|p| p.wait_for(CEPH_TIMEOUT)) {
+            tracing::warn!(volume = %r.volume_id, "the image's filesystem is not recorded in Ceph: {}", e.message());
+        }
+        mounted
+    }
+
+    /// Mounts `device` (holding `fs_type`) at the staging path, or finds it
+    /// mounted there already. [`Mounted::Failed`] is mount(2)'s own refusal.
+    fn mount_staging(
+        &self,
+        r: &StageReq,
+        device: &str,
+        fs_type: &str,
+        rec: &mut StageRecord,
+        recording: &mut Option<Pending<()>>,
+    ) -> Result<(), Mounted> {
         if fs_type != rec.fs_type {
             tracing::info!(volume = %r.volume_id, "mounting the existing {fs_type} filesystem (asked for {})", rec.fs_type);
-            rec.fs_type = fs_type.clone();
-            self.records.save(rec)?;
+            rec.fs_type = fs_type.to_string();
+            // Durable before the mount: a retried stage that finds it mounted trusts the record.
+            self.save_after(rec, recording).map_err(Mounted::Other)?;
         }
-        let table = mount::mounts()?;
-        steps.mark("mounts");
-        if let Some(m) = mount::find_mount(&table, &r.staging)? {
+        let table = mount::mounts().map_err(|e| Mounted::Other(e.into()))?;
+        if let Some(m) = mount::find_mount(&table, &r.staging).map_err(|e| Mounted::Other(e.into()))? {
             if m.source == device {
                 return Ok(());
             }
-            return Err(Status::already_exists(format!(
+            return Err(Mounted::Other(Status::already_exists(format!(
                 "{} is already a mount of {}, not of {device}",
                 r.staging.display(),
                 m.source
-            )));
+            ))));
         }
         std::fs::create_dir_all(&r.staging)
-            .map_err(|e| Error::io(format!("create staging path {}", r.staging.display()), e))?;
+            .map_err(|e| Mounted::Other(Error::io(format!("create staging path {}", r.staging.display()), e).into()))?;
         let (flags, mut data) = mount_flags(&r.mount_flags, r.readonly);
-        data = vec![fs::mount_data(&fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
-        mount::mount(&device, &r.staging, &fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT)?;
-        steps.mark("mount");
-        Ok(())
+        data = vec![fs::mount_data(fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
+        match mount::mount(device, &r.staging, fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(e @ Error::Sys { .. }) => Err(Mounted::Failed(e)),
+            Err(e) => Err(Mounted::Other(e.into())),
+        }
+    }
+
+    /// Saves `rec` durably once the recording thread, which writes the
+    /// record too, is done (one writer of the record at a time).
+    fn save_after(&self, rec: &StageRecord, recording: &mut Option<Pending<()>>) -> Result<(), Status> {
+        if let Some(p) = recording.take() {
+            p.wait_for(CEPH_TIMEOUT)?;
+        }
+        Ok(self.records.save(rec)?)
     }
 
     /// Undoes a failed stage: unmount, unmap, release, forget (best effort).
@@ -736,13 +867,15 @@ impl NodeService {
     /// NodeUnstageVolume's work (blocking).
     fn unstage(&self, volume_id: &str, staging: &Path) -> Result<(), Status> {
         let Some(rec) = self.records.load(volume_id)? else {
-            // Nothing staged here by us; leave no mount at the path either way.
+            // Nothing staged here by us; leave no mount at the path either way,
+            // nor what a machine crash in a stage left (an empty record, its secret).
             unmount_all(staging)?;
+            self.records.remove(volume_id)?;
             return Ok(());
         };
         let started = Instant::now();
         let mut steps = Steps::new();
-        let cluster_hung = unmount_all(&rec.staging_path)?;
+        let (cluster_hung, table) = unmount_all_then(&rec.staging_path)?;
         steps.mark("umount");
         if cluster_hung && !rec.readonly {
             tracing::warn!(
@@ -753,7 +886,7 @@ impl NodeService {
         let release = !cluster_hung && !rec.readonly;
         // Mounted nowhere else (a publish the CO never undid would keep the
         // filesystem alive through its bind mount: a writer).
-        let unmounted = !rec.is_block() && !mount::mounts()?.iter().any(|m| m.source == rec.device);
+        let unmounted = !rec.is_block() && !table.iter().any(|m| m.source == rec.device);
         if release && unmounted {
             // The filesystem is unmounted: its writes reached the cluster
             // before umount returned, and nothing here writes to the image
@@ -919,13 +1052,20 @@ impl NodeService {
 /// not return in [`UNMOUNT_TIMEOUT`] (the cluster hangs, so the flush
 /// cannot finish) a forced detach. Returns whether the unmount hung.
 fn unmount_all(path: &Path) -> Result<bool, Status> {
+    unmount_all_then(path).map(|(hung, _)| hung)
+}
+
+/// [`unmount_all`], also returning the mount table it read last (with
+/// nothing left at `path`), for a caller that looks at the table next.
+fn unmount_all_then(path: &Path) -> Result<(bool, Vec<mount::MountInfo>), Status> {
     use csi_core::mount::MntFlags;
     use nix::errno::Errno;
     let gone = |e: &Error| matches!(e, Error::Sys { errno: Errno::EINVAL | Errno::ENOENT, .. });
     let mut hung = false;
     for _ in 0..16 {
-        if !mount::is_mount_point(path)? {
-            return Ok(hung);
+        let table = mount::mounts()?;
+        if mount::find_mount(&table, path)?.is_none() {
+            return Ok((hung, table));
         }
         match mount::umount2(path, MntFlags::empty(), UNMOUNT_TIMEOUT) {
             Ok(()) => {}
@@ -954,10 +1094,11 @@ fn unmount_all(path: &Path) -> Result<bool, Status> {
             Err(e) => return Err(e.into()),
         }
     }
-    if mount::is_mount_point(path)? {
+    let table = mount::mounts()?;
+    if mount::find_mount(&table, path)?.is_some() {
         return Err(Status::failed_precondition(format!("{} still mounted after 16 unmounts", path.display())));
     }
-    Ok(hung)
+    Ok((hung, table))
 }
 
 /// The service behind an `Arc`, so that blocking work can own it.
@@ -1188,5 +1329,25 @@ mod tests {
         let (f, d) = mount_flags(&["noatime,discard".into(), "ro".into()], false);
         assert!(f.contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY));
         assert_eq!(d, vec!["discard"]);
+    }
+
+    #[test]
+    fn unstage_after_a_machine_crash_in_a_stage_succeeds_and_leaves_no_files() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let svc = NodeService::new(NodeConfig {
+            node_id: "n".into(),
+            state_dir: state.clone(),
+            clusters: ClusterConfig::default(),
+            max_volumes: 0,
+        });
+        // What a machine crash between the rename and the fsync can leave:
+        // an empty record, and the secret.
+        svc.records.save_secret_visible("v", &StageSecret { user: "u".into(), key: "K".into() }).unwrap();
+        std::fs::write(state.join("v.json"), b"").unwrap();
+        let staging = d.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        svc.unstage("v", &staging).unwrap();
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "files left in the state dir");
     }
 }

@@ -10,6 +10,22 @@
 //! staged read-write, `<volume>.secret` (mode 0600) keeps the stage secret's
 //! user and key: NodeUnstageVolume carries no secrets, yet releasing the
 //! attach lock in Ceph needs them. Both go at unstage.
+//!
+//! Two kinds of crash, two guarantees:
+//!
+//! - The plugin dies (killed, restarted): what it wrote is in the kernel's
+//!   page cache, and the next process reads it, fsynced or not. Stage
+//!   writes its record and secret before mapping with
+//!   [`Records::save_visible`] / [`Records::save_secret_visible`] (a
+//!   write and a rename, no fsync), so that a crash after the map always
+//!   leaves what unstage needs.
+//! - The machine dies: its mappings and mounts die with it, so what must
+//!   survive is only the result of a stage that returned. Stage fsyncs the
+//!   record, the secret and the directory ([`Records::sync`]) while it
+//!   probes and mounts, and returns only once that is done. A machine that
+//!   dies before that may leave a record of zero bytes (the rename reached
+//!   the disk, the data did not): [`Records::load`] takes it for no record,
+//!   since nothing it described outlived the machine.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -101,6 +117,9 @@ impl std::fmt::Debug for StageSecret {
 #[derive(Clone, Debug)]
 pub struct Records {
     dir: PathBuf,
+    /// The directory was made (mode 0700) by this process: a write goes
+    /// straight to its file (every syscall counts on a stage's path).
+    dir_ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A volume ID as a file name: letters, digits, `-`, `_` and `.` as they
@@ -120,7 +139,7 @@ pub fn file_stem(volume_id: &str) -> String {
 impl Records {
     /// Records kept in `dir` (created, mode 0700, on first write).
     pub fn new(dir: &Path) -> Records {
-        Records { dir: dir.to_path_buf() }
+        Records { dir: dir.to_path_buf(), dir_ready: Default::default() }
     }
 
     /// The directory.
@@ -138,30 +157,87 @@ impl Records {
             .map_err(|e| Error::io(format!("chmod 0700 {}", self.dir.display()), e))
     }
 
-    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {
-        self.ensure_dir()?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-        f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))
+    /// Writes `data` to a temp file and renames it to `path`; with
+    /// `durable`, the data is fsynced before the rename and the directory
+    /// after it (on a machine crash: the old file or the new one, never a
+    /// truncated one). Without, the new file is visible to every process at
+    /// once and reaches the disk later (see the module's doc).
+    fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> Result<(), Error> {
+        // One temp name per file (the record's and the secret's differ).
+        let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+        let open = || std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp);
+        use std::sync::atomic::Ordering;
+        if !self.dir_ready.load(Ordering::Relaxed) {
+            self.ensure_dir()?;
+            self.dir_ready.store(true, Ordering::Relaxed);
+        }
+        let mut f = match open() {
+            // Removed behind this process's back: made again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.ensure_dir()?;
+                open()
+            }
+            r => r,
+        }
+        .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        f.write_all(data)
+            .and_then(|()| if durable { f.sync_all() } else { Ok(()) })
+            .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))?;
+        if durable {
+            self.sync_dir()?;
+        }
+        Ok(())
     }
 
-    /// Saves (replaces) the record of `r.volume_id`.
+    fn sync_dir(&self) -> Result<(), Error> {
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("fsync {}", self.dir.display()), e))
+    }
+
+    fn encode(r: &StageRecord) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec_pretty(r).map_err(|e| Error::Internal(format!("encode stage record: {e}")))
+    }
+
+    /// Saves (replaces) the record of `r.volume_id`, durably.
     pub fn save(&self, r: &StageRecord) -> Result<(), Error> {
-        let data = serde_json::to_vec_pretty(r).map_err(|e| Error::Internal(format!("encode stage record: {e}")))?;
-        self.write_atomic(&self.path(&r.volume_id, "json"), &data)
+        self.write_atomic(&self.path(&r.volume_id, "json"), &Self::encode(r)?, true)
     }
 
-    /// The record of `volume_id`, if staged here.
+    /// Saves (replaces) the record of `r.volume_id` for every process on
+    /// this machine, not yet for the disk: [`Records::sync`] follows.
+    pub fn save_visible(&self, r: &StageRecord) -> Result<(), Error> {
+        self.write_atomic(&self.path(&r.volume_id, "json"), &Self::encode(r)?, false)
+    }
+
+    /// Makes what [`Records::save_visible`] and
+    /// [`Records::save_secret_visible`] wrote for `volume_id` durable: the
+    /// record, the secret (if any) and the directory, fsynced.
+    pub fn sync(&self, volume_id: &str) -> Result<(), Error> {
+        for ext in ["secret", "json"] {
+            let p = self.path(volume_id, ext);
+            match std::fs::File::open(&p) {
+                Ok(f) => f.sync_all().map_err(|e| Error::io(format!("fsync {}", p.display()), e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && ext == "secret" => {}
+                Err(e) => return Err(Error::io(format!("open {}", p.display()), e)),
+            }
+        }
+        self.sync_dir()
+    }
+
+    /// The record of `volume_id`, if staged here. A record of zero bytes
+    /// is no record: only a machine crash between [`Records::save_visible`]
+    /// and [`Records::sync`] leaves one, and the mapping it was about to
+    /// describe did not survive that crash.
     pub fn load(&self, volume_id: &str) -> Result<Option<StageRecord>, Error> {
         let p = self.path(volume_id, "json");
         match std::fs::read(&p) {
+            Ok(b) if b.is_empty() => {
+                tracing::warn!(record = %p.display(), "empty stage record (a machine crash during a stage): no record");
+                Ok(None)
+            }
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
                 .map_err(|e| Error::Internal(format!("stage record {} is corrupt: {e}", p.display()))),
@@ -191,10 +267,11 @@ impl Records {
         Ok(out)
     }
 
-    /// Saves the stage secret of `volume_id` (mode 0600).
-    pub fn save_secret(&self, volume_id: &str, s: &StageSecret) -> Result<(), Error> {
+    /// Saves the stage secret of `volume_id` (mode 0600) for every process
+    /// on this machine, not yet for the disk: [`Records::sync`] follows.
+    pub fn save_secret_visible(&self, volume_id: &str, s: &StageSecret) -> Result<(), Error> {
         let data = serde_json::to_vec(s).map_err(|e| Error::Internal(format!("encode stage secret: {e}")))?;
-        self.write_atomic(&self.path(volume_id, "secret"), &data)
+        self.write_atomic(&self.path(volume_id, "secret"), &data, false)
     }
 
     /// The stage secret of `volume_id`, if kept.
@@ -242,7 +319,7 @@ mod tests {
         let r = Records::new(&d.path().join("state"));
         assert_eq!(r.load("v1").unwrap(), None);
         r.save(&rec("v1")).unwrap();
-        r.save_secret("v1", &StageSecret { user: "admin".into(), key: "K".into() }).unwrap();
+        r.save_secret_visible("v1", &StageSecret { user: "admin".into(), key: "K".into() }).unwrap();
         assert_eq!(r.load("v1").unwrap(), Some(rec("v1")));
         assert_eq!(r.all().unwrap(), vec![rec("v1")]);
         let mode = std::fs::metadata(r.path("v1", "secret")).unwrap().permissions().mode() & 0o777;
@@ -253,6 +330,31 @@ mod tests {
         r.remove("v1").unwrap();
         assert_eq!(r.load("v1").unwrap(), None);
         assert!(r.load_secret("v1").is_none());
+    }
+
+    #[test]
+    fn a_visible_record_is_read_at_once_synced_later_and_an_empty_one_is_none() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Records::new(&d.path().join("state"));
+        // What another process (a restarted plugin) reads right after the write, before any fsync.
+        r.save_visible(&rec("v2")).unwrap();
+        assert_eq!(r.load("v2").unwrap(), Some(rec("v2")));
+        r.sync("v2").unwrap();
+        r.save_secret_visible("v2", &StageSecret { user: "admin".into(), key: "K".into() }).unwrap();
+        assert_eq!(r.load_secret("v2").unwrap().user, "admin");
+        r.sync("v2").unwrap();
+        assert!(r.sync("never-saved").is_err(), "a sync of a record that is not there must fail");
+        // No temp file is left behind.
+        let mut names: Vec<String> =
+            std::fs::read_dir(r.dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, vec!["v2.json", "v2.secret"]);
+        // What a machine crash between the rename and the fsync can leave: the name, no data.
+        std::fs::write(r.path("v3", "json"), b"").unwrap();
+        assert_eq!(r.load("v3").unwrap(), None);
+        // Anything else unreadable is an error, never silently no record.
+        std::fs::write(r.path("v4", "json"), b"{").unwrap();
+        assert!(r.load("v4").is_err());
     }
 
     #[test]

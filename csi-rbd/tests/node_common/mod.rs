@@ -100,6 +100,22 @@ impl Cluster {
         v
     }
 
+    /// The filesystem hint in image's attach object (omap key `fs`), if any.
+    pub fn fs_hint(&self, image: &str) -> Option<String> {
+        let out = self.ceph.dir().join(format!("omap-{image}-fs"));
+        let obj = format!("csi.rbd.attach.{image}");
+        self.ceph.rados(&["-p", "rbd", "getomapval", &obj, "fs", &out.display().to_string()]).ok()?;
+        let v = std::fs::read_to_string(&out).ok();
+        let _ = std::fs::remove_file(&out);
+        v
+    }
+
+    /// Sets image's filesystem hint (as a stage on another node would have).
+    pub fn set_fs_hint(&self, image: &str, fs: &str) {
+        let obj = format!("csi.rbd.attach.{image}");
+        self.ceph.rados(&["-p", "rbd", "setomapval", &obj, "fs", fs]).unwrap();
+    }
+
     /// `ceph osd blocklist ls` (JSON) addresses. Ceph 16 prints two JSON
     /// lists one after the other (addresses, then ranges).
     pub fn blocklist(&self) -> Vec<String> {
