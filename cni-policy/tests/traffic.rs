@@ -187,6 +187,12 @@ fn calico_tiers_order_pass_and_log() {
     let hit = logged(web.path(), 7777, sport);
     let miss = logged(web.path(), 80, sport + 1);
     eventually(Duration::from_secs(5), &format!("kernel log line with {hit:?}"), || dmesg().contains(&hit));
+    // The line names the policy and the rule: compile.rs's prefix `cnp <in|out> <policy> #<rule>`
+    // (audit's first ingress rule), followed by the kernel's fields.
+    let log = dmesg();
+    let line = log.lines().find(|l| l.contains(&hit)).expect("the logged line");
+    let fields = line.find(" IN=").map(|i| &line[..i]).unwrap_or_else(|| panic!("no IN= in {line:?}"));
+    assert!(fields.ends_with("cnp in audit #0"), "the log line names another policy or rule: {line:?}");
     assert!(!dmesg().contains(&miss), "TCP to 80 matches no Log rule but was logged");
 }
 
