@@ -36,6 +36,9 @@ pub enum Cmd {
         dir: PathBuf,
         #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// How often the tables are verified in force (and put back if not): 10s, 500ms, 2m
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+        resync_interval: std::time::Duration,
     },
     /// Validates policy files without applying them: OK, or each error with its file, line and
     /// field (exit status 1)
@@ -68,6 +71,10 @@ pub enum Cmd {
 pub struct Status {
     #[serde(rename = "policyDir")]
     pub policy_dir: PathBuf,
+    /// Why the policy directory is not what is in force (`file:line: field: what`); the
+    /// endpoints are then shown with the last good set (or with none, if there is none).
+    #[serde(rename = "policyError", skip_serializing_if = "Option::is_none")]
+    pub policy_error: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
     /// nft rules in total.
     pub rules: usize,
@@ -88,6 +95,9 @@ pub struct EndpointStatus {
     #[serde(rename = "hostIfname")]
     pub host_ifname: Option<String>,
     pub bridged: bool,
+    /// False for an attachment registered with `allowUnenforceable`: no host-side interface,
+    /// its traffic is not filtered here.
+    pub enforced: bool,
     /// Policies that apply to it, in evaluation order (`ns/name` or `name`).
     pub policies: Vec<String>,
     /// Rules its traffic can traverse.
@@ -106,7 +116,14 @@ pub fn policy_dir_of(state: &StateDir) -> Result<PathBuf> {
 pub fn status(state_dir: &Path) -> Result<Status> {
     let state = StateDir::new(state_dir);
     let policy_dir = policy_dir_of(&state)?;
-    let set = reconcile::load_policies(&policy_dir)?;
+    // Read only: `status` takes no lock and writes nothing.
+    let (set, policy_error) = match reconcile::load_or_last_good(&state, &policy_dir, false) {
+        Ok(l) => (l.set, l.error.map(|e| format!("{e} (the last good set is in force)"))),
+        Err(e @ (Error::Policy(_) | Error::NoPolicyDir(_))) => {
+            (policy::PolicySet::default(), Some(format!("{e} (and there is no last good set)")))
+        }
+        Err(e) => return Err(e),
+    };
     let records = state.list()?;
     let c = reconcile::compile(&set, &records);
     let engine = reconcile::engine(&state);
@@ -126,14 +143,18 @@ pub fn status(state_dir: &Path) -> Result<Status> {
             addrs: r.addrs,
             host_ifname: r.host_ifname,
             bridged: r.bridged,
+            enforced: r.enforced,
         })
         .collect();
-    Ok(Status { policy_dir, endpoints, rules: c.rule_count() })
+    Ok(Status { policy_dir, policy_error, endpoints, rules: c.rule_count() })
 }
 
 /// The table for humans.
 pub fn status_table(s: &Status) -> String {
     let mut out = format!("policy dir: {}\n", s.policy_dir.display());
+    if let Some(e) = &s.policy_error {
+        let _ = writeln!(out, "POLICY ERROR: {e}");
+    }
     let head = ["ENDPOINT", "NAMESPACE", "ADDRESSES", "HOST IF", "LABELS", "POLICIES", "RULES", "IN FORCE"];
     let mut rows: Vec<[String; 8]> = vec![head.map(str::to_string)];
     for e in &s.endpoints {
@@ -153,7 +174,12 @@ pub fn status_table(s: &Status) -> String {
             or_dash(labels),
             or_dash(e.policies.clone()),
             e.rules.to_string(),
-            if e.in_force { "yes" } else { "NO" }.to_string(),
+            match (e.enforced, e.in_force) {
+                (false, _) => "NO (no host-side interface)",
+                (true, true) => "yes",
+                (true, false) => "NO",
+            }
+            .to_string(),
         ]);
     }
     let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
@@ -200,6 +226,23 @@ pub fn check_files(files: &[PathBuf]) -> Result<(), Vec<String>> {
     }
 }
 
+/// `--resync-interval`: a positive number with `ms`, `s` or `m` (a bare number is seconds).
+pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: want a number with ms, s or m"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "" | "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?}: the unit is ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than 0"));
+    }
+    Ok(d)
+}
+
 /// One `label` argument: `key=value` sets, `key-` removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LabelEdit {
@@ -244,7 +287,7 @@ pub fn label(state_dir: &Path, container_id: &str, args: &[String]) -> Result<Ve
         }
     }
     let policy_dir = policy_dir_of(&state)?;
-    let set = reconcile::load_policies(&policy_dir)?;
+    let set = reconcile::load_or_last_good(&state, &policy_dir, true)?.set;
     reconcile::commit(&state, &reconcile::engine(&state), &set, &Change { put: mine.clone(), remove: vec![] })?;
     state.set_config(&StateConfig { policy_dir })?;
     Ok(mine)
@@ -265,12 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn resync_intervals() {
+        use std::time::Duration;
+        assert_eq!(parse_interval("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_interval("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "0s", "s", "1h", "-1s", "1.5s"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn cli_shapes() {
         let c = Cli::try_parse_from(["cni-policy", "watch", "--dir", "/p"]).unwrap();
         match c.cmd {
-            Cmd::Watch { dir, state_dir } => {
+            Cmd::Watch { dir, state_dir, resync_interval } => {
                 assert_eq!(dir, Path::new("/p"));
                 assert_eq!(state_dir, Path::new(DEFAULT_STATE_DIR));
+                assert_eq!(resync_interval, std::time::Duration::from_secs(10));
             }
             other => panic!("{other:?}"),
         }

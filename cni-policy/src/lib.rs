@@ -50,6 +50,16 @@ pub enum Error {
     /// Checking an endpoint found something out of order.
     #[error("{0}")]
     Check(String),
+    /// `watch --dir` names another policy directory than the plugin's `policyDir` recorded in
+    /// the state directory: the two would fight over the tables.
+    #[error(
+        "--dir {} is not the policy directory the plugin uses ({}, recorded in {}): the two would \
+         apply different policies to the same tables",
+        dir.display(),
+        recorded.display(),
+        config.display()
+    )]
+    DirMismatch { dir: PathBuf, recorded: PathBuf, config: PathBuf },
 }
 
 impl Error {

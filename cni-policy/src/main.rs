@@ -16,8 +16,12 @@ fn main() {
     let level = std::env::var("CNI_POLICY_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::INFO);
     let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).try_init();
     let code = match cli.cmd {
-        Cmd::Watch { dir, state_dir } => match watch::run(&dir, &state_dir) {
+        Cmd::Watch { dir, state_dir, resync_interval } => match watch::run(&dir, &state_dir, resync_interval) {
             Ok(()) => 0,
+            Err(e @ cni_policy::Error::DirMismatch { .. }) => {
+                fail("watch", &e);
+                2
+            }
             Err(e) => fail("watch", &e),
         },
         Cmd::Check { files } => match cli::check_files(&files) {
@@ -30,8 +34,21 @@ fn main() {
             }
         },
         Cmd::Status { state_dir, json } => match cli::status(&state_dir) {
-            Ok(s) if json => out(&format!("{}\n", serde_json::to_string_pretty(&s).unwrap_or_default())),
-            Ok(s) => out(&cli::status_table(&s)),
+            Ok(s) => {
+                let printed = if json {
+                    out(&format!("{}\n", serde_json::to_string_pretty(&s).unwrap_or_default()))
+                } else {
+                    out(&cli::status_table(&s))
+                };
+                // The endpoints first, then the error: an operator sees both.
+                match &s.policy_error {
+                    Some(e) => {
+                        eprintln!("cni-policy status: {e}");
+                        1
+                    }
+                    None => printed,
+                }
+            }
             Err(e) => fail("status", &e),
         },
         Cmd::Label { state_dir, container_id, labels } => match cli::label(&state_dir, &container_id, &labels) {

@@ -24,6 +24,10 @@ pub const CODE_CHECK_DRIFT: u32 = 120;
 /// Plugin-defined code of an ADD whose address is registered to another endpoint.
 pub const CODE_ADDRESS_CONFLICT: u32 = 121;
 
+/// The label ADD gives an endpoint from `K8S_POD_NAME`, so selectors can name a pod. It wins
+/// over a label of the same key in `args.cni.labels` (the runtime's pod name is the truth).
+pub const POD_NAME_LABEL: &str = "cni-policy/pod-name";
+
 /// The sysctls that make bridged IP traffic traverse the inet hooks.
 pub const BRIDGE_NF_SYSCTLS: [&str; 2] = ["net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"];
 
@@ -34,6 +38,10 @@ pub struct PolicyConf {
     pub policy_dir: PathBuf,
     #[serde(rename = "stateDir", default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Register an attachment without a host-side interface (macvlan, ipvlan, host-device,
+    /// SR-IOV) instead of refusing it: selectors see it, but its own traffic is not filtered.
+    #[serde(rename = "allowUnenforceable", default)]
+    pub allow_unenforceable: bool,
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -161,18 +169,24 @@ pub struct PolicyPlugin;
 
 impl PolicyPlugin {
     fn record(&self, ctx: &Context, att: Attachment, bridged: bool) -> CniRes<EndpointRecord> {
-        let labels = conventions_labels(&ctx.raw)?;
+        let mut labels = conventions_labels(&ctx.raw)?;
+        let pod = ctx.args.get("K8S_POD_NAME").filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(p) = &pod {
+            labels.insert(POD_NAME_LABEL.to_string(), p.clone());
+        }
+        let enforced = att.host_ifname.is_some();
         Ok(EndpointRecord {
             name: EndpointRecord::key(&ctx.container_id, &ctx.ifname),
             container_id: ctx.container_id.clone(),
             ifname: ctx.ifname.clone(),
             network: ctx.conf.name.clone(),
             namespace: ctx.args.get("K8S_POD_NAMESPACE").filter(|s| !s.is_empty()).unwrap_or("default").to_string(),
-            pod: ctx.args.get("K8S_POD_NAME").filter(|s| !s.is_empty()).map(str::to_string),
+            pod,
             labels,
             addrs: att.addrs,
             host_ifname: att.host_ifname,
             bridged,
+            enforced,
         })
     }
 }
@@ -183,6 +197,22 @@ impl Plugin for PolicyPlugin {
         let prev =
             ctx.prev_result()?.ok_or_else(|| CniError::config("cni-policy must be chained after a network plugin"))?;
         let att = attachment(&prev, &ctx.ifname, &sys_is_port, &sys_is_bridge)?;
+        if att.host_ifname.is_none() {
+            // macvlan, ipvlan, host-device, SR-IOV: the container's packets leave through the
+            // parent device (or its own) without ever meeting this host's IP stack, so no rule
+            // here can see them. Registering it silently would fail open.
+            let why = format!(
+                "{} has no host-side interface: its traffic does not cross this host's netfilter, so policy cannot be enforced",
+                ctx.ifname
+            );
+            if !conf.allow_unenforceable {
+                return Err(CniError::config(why).with_details(
+                    "prevResult lists no interface outside the sandbox (macvlan, ipvlan, host-device, SR-IOV); \
+                     set \"allowUnenforceable\": true to register it for selectors anyway",
+                ));
+            }
+            tracing::warn!("{why}; registered for selectors only (allowUnenforceable)");
+        }
         let bridged = att.host_ifname.as_deref().is_some_and(sys_is_port);
         let rec = self.record(ctx, att, bridged)?;
         let state = StateDir::new(&conf.state_dir);
@@ -198,7 +228,7 @@ impl Plugin for PolicyPlugin {
                 .with_details(format!("network {:?}; DEL or GC that endpoint first", other.network)));
             }
         }
-        let set = reconcile::load_policies(&conf.policy_dir).map_err(to_cni)?;
+        let set = reconcile::load_or_last_good(&state, &conf.policy_dir, true).map_err(to_cni)?.set;
         if bridged {
             // Bridged IP traffic only meets the inet hooks with these on (Kubernetes needs them too).
             for k in BRIDGE_NF_SYSCTLS {
@@ -242,7 +272,7 @@ impl Plugin for PolicyPlugin {
                 "net.bridge.bridge-nf-call-iptables/-ip6tables are off: bridged traffic bypasses the policy",
             ));
         }
-        let set = reconcile::load_policies(&conf.policy_dir).map_err(to_cni)?;
+        let set = reconcile::load_or_last_good(&state, &conf.policy_dir, true).map_err(to_cni)?.set;
         let c = reconcile::compile(&set, &state.list().map_err(to_cni)?);
         reconcile::check(&reconcile::engine(&state), &c, &rec.name).map_err(to_cni)
     }
@@ -287,21 +317,13 @@ impl Plugin for PolicyPlugin {
     }
 }
 
-/// DEL and GC: drop entries and re-apply. With a policy directory that does not parse the
-/// entries are still dropped (a DEL must not fail on a typo elsewhere) and the policy in force
-/// stays as it was until the next apply that succeeds; that only leaves rules for addresses
-/// nobody holds, never opens anything.
+/// DEL and GC: drop entries and re-apply, with the last good set when the policy directory does
+/// not load, so the addresses leave the dispatch maps and the selector sets at once (an address
+/// a later container receives is never treated as the old holder's). With no last good set
+/// either, the same code 7 as ADD and nothing changes: dropping the entry without re-applying
+/// would leave the address in other endpoints' allow sets.
 fn forget(state: &StateDir, policy_dir: &Path, gone: Vec<(String, String)>) -> CniRes<()> {
-    let set = match reconcile::load_policies(policy_dir) {
-        Ok(set) => set,
-        Err(e) => {
-            tracing::warn!("{e}; dropping the registry entries without re-applying");
-            for (cid, ifname) in &gone {
-                state.remove(cid, ifname).map_err(to_cni)?;
-            }
-            return Ok(());
-        }
-    };
+    let set = reconcile::load_or_last_good(state, policy_dir, true).map_err(to_cni)?.set;
     let change = Change { put: vec![], remove: gone };
     reconcile::commit(state, &reconcile::engine(state), &set, &change).map_err(to_cni)?;
     state.set_config(&StateConfig { policy_dir: policy_dir.to_path_buf() }).map_err(to_cni)?;

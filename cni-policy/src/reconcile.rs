@@ -1,7 +1,8 @@
 //! Policy files + registry → compiled desired state → the kernel, the one path every writer
 //! (the plugin's verbs, `watch`, `label`) takes, always under the state directory's lock.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use policy::compile::Compiled;
 use policy::engine::{ApplyReport, Engine};
@@ -17,6 +18,135 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet> {
         return Err(Error::NoPolicyDir(dir.to_path_buf()));
     }
     Ok(policy::load_dir(dir)?)
+}
+
+/// The last policy set that loaded cleanly: `<stateDir>/policy-good/`, a copy of the policy
+/// files (byte for byte) and `.source`, the policy directory they came from.
+pub const GOOD_DIR: &str = "policy-good";
+const GOOD_SOURCE: &str = ".source";
+
+/// What a writer applies: the files of the policy directory, or, when they do not load, the last
+/// set that did (`error` says why the directory was not used).
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: PolicySet,
+    pub error: Option<Error>,
+}
+
+/// The policy files of `dir` as (file name, bytes), in name order: what [`policy::load_dir`]
+/// reads.
+fn read_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    if !dir.is_dir() {
+        return Err(Error::NoPolicyDir(dir.to_path_buf()));
+    }
+    let io = |e| Error::io("read policy directory", dir, e);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if yaml && path.is_file() {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push((name, std::fs::read(&path).map_err(|e| Error::io("read policy file", &path, e))?));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The files of the last good copy, if it came from `dir`.
+fn good_files(state: &StateDir, dir: &Path) -> Option<Vec<(String, Vec<u8>)>> {
+    let good = state.root().join(GOOD_DIR);
+    let source = std::fs::read(good.join(GOOD_SOURCE)).ok()?;
+    (source == dir.as_os_str().as_encoded_bytes()).then(|| read_files(&good).ok()).flatten()
+}
+
+/// Loads the files of `dir`; when they load, and `save` is set, a copy of exactly the bytes that
+/// loaded becomes the last good set (written to a temporary directory, parsed there, and
+/// exchanged with the old copy by one `renameat2(RENAME_EXCHANGE)`, so a reader sees the old set
+/// or the new one whole). When they do not load (a file that does not parse or validate, a
+/// directory that is gone), the last good set of the same directory is used instead and the
+/// error returned beside it; without one, the error. The caller holds the lock when `save`.
+pub fn load_or_last_good(state: &StateDir, dir: &Path, save: bool) -> Result<Loaded> {
+    let fresh = read_files(dir).and_then(|files| {
+        if good_files(state, dir).as_ref() == Some(&files) {
+            // Unchanged since the last good load: parse the copy (the same bytes).
+            return Ok(policy::load_dir(&state.root().join(GOOD_DIR))?);
+        }
+        if !save {
+            return load_policies(dir);
+        }
+        save_good(state, dir, &files)
+    });
+    match fresh {
+        Ok(set) => Ok(Loaded { set, error: None }),
+        Err(e @ (Error::Policy(_) | Error::NoPolicyDir(_))) => {
+            let good = state.root().join(GOOD_DIR);
+            if good_files(state, dir).is_none() {
+                return Err(e);
+            }
+            let set = match policy::load_dir(&good) {
+                Ok(set) => set,
+                Err(ge) => {
+                    tracing::error!("the last good policy set does not load either: {ge}");
+                    return Err(e);
+                }
+            };
+            if save {
+                tracing::error!("{e}; applying the last policy set that loaded ({})", good.display());
+            }
+            Ok(Loaded { set, error: Some(e) })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `files` to a temporary directory in the state directory, parses them there, and on
+/// success swaps the directory in as the last good set. A parse error names the file of `dir`.
+fn save_good(state: &StateDir, dir: &Path, files: &[(String, Vec<u8>)]) -> Result<PolicySet> {
+    let root = state.root();
+    let tmp = root.join(format!(".{GOOD_DIR}.new.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let io = |what, p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::io(what, p, e)
+    };
+    std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+    let cleanup = |r: Error| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        r
+    };
+    for (name, bytes) in files {
+        crate::registry::write_atomic(&tmp.join(name), bytes).map_err(cleanup)?;
+    }
+    crate::registry::write_atomic(&tmp.join(GOOD_SOURCE), dir.as_os_str().as_encoded_bytes()).map_err(cleanup)?;
+    let set = match policy::load_dir(&tmp) {
+        Ok(set) => set,
+        // Name the operator's file, not our copy of it.
+        Err(policy::Error::File { file, line, message }) => {
+            let file = dir.join(file.file_name().unwrap_or_default());
+            return Err(cleanup(Error::Policy(policy::Error::File { file, line, message })));
+        }
+        Err(e) => return Err(cleanup(e.into())),
+    };
+    let good = root.join(GOOD_DIR);
+    let swap = || -> std::io::Result<()> {
+        if good.is_dir() {
+            let d = File::open(root)?;
+            nix::fcntl::renameat2(&d, &tmp, &d, &good, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+                .map_err(std::io::Error::from)?;
+            std::fs::remove_dir_all(&tmp)?;
+        } else {
+            std::fs::rename(&tmp, &good)?;
+        }
+        File::open(root)?.sync_all()
+    };
+    swap().map_err(|e| cleanup(Error::io("keep the last good policy set", good.clone(), e)))?;
+    Ok(set)
+}
+
+/// Where the last good copy lives.
+pub fn good_dir(state: &StateDir) -> PathBuf {
+    state.root().join(GOOD_DIR)
 }
 
 /// The policy model's view of a registered endpoint.
@@ -89,9 +219,15 @@ pub fn commit(state: &StateDir, engine: &Engine, set: &PolicySet, change: &Chang
     outcome
 }
 
-/// Re-applies the registry as it is with the files of `policy_dir` (`watch`, and the verbs that
-/// only need the current state in force). The caller holds the lock.
-pub fn reapply(state: &StateDir, engine: &Engine, policy_dir: &Path) -> Result<(Compiled, ApplyReport)> {
-    let set = load_policies(policy_dir)?;
-    commit(state, engine, &set, &Change::default())
+/// Re-applies the registry as it is with the files of `policy_dir`, or the last good set when
+/// they do not load (`watch`). The caller holds the lock. The error of the directory, if any, is
+/// returned beside the result.
+pub fn reapply(
+    state: &StateDir,
+    engine: &Engine,
+    policy_dir: &Path,
+) -> Result<(Compiled, ApplyReport, Option<Error>)> {
+    let loaded = load_or_last_good(state, policy_dir, true)?;
+    let (c, report) = commit(state, engine, &loaded.set, &Change::default())?;
+    Ok((c, report, loaded.error))
 }

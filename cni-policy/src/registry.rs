@@ -39,6 +39,15 @@ pub struct EndpointRecord {
     /// The host interface is a bridge port.
     #[serde(default)]
     pub bridged: bool,
+    /// Its traffic crosses this host's netfilter (it has a host-side interface). `false` only
+    /// for an attachment registered with `allowUnenforceable` (macvlan, ipvlan, host-device,
+    /// SR-IOV): selectors see it, but nothing here can filter its packets.
+    #[serde(default = "enforced_default")]
+    pub enforced: bool,
+}
+
+fn enforced_default() -> bool {
+    true
 }
 
 impl EndpointRecord {
@@ -225,6 +234,7 @@ mod tests {
             addrs: vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
             host_ifname: Some("veth1234".into()),
             bridged: true,
+            enforced: true,
         }
     }
 

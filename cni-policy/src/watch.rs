@@ -1,30 +1,40 @@
 //! `cni-policy watch --dir DIR`: applies the files of DIR, then re-applies them on every change
-//! the kernel reports through inotify on DIR (a file written, created, deleted, renamed, or a
-//! ConfigMap's `..data` symlink swapped). One thread waits with `poll` on the inotify
-//! descriptor and on a signalfd for SIGTERM/SIGINT, so a stop request is served between two
-//! applies, never in the middle of one. A file that does not parse is logged with its file,
-//! line and field, and the policy in force stays as it was.
+//! the kernel reports through inotify on DIR once a file is complete: closed after writing,
+//! created, deleted, renamed in or out (a ConfigMap's `..data` symlink swap is a rename). Never on
+//! `IN_MODIFY`: a half-written file must not be applied. One thread waits with `poll` on the
+//! inotify descriptor and on a signalfd for SIGTERM/SIGINT, so a stop request is served between
+//! two applies, never in the middle of one; the poll's timeout is the resync tick, which verifies
+//! the tables are still in the kernel (and puts them back if not) and that bridged traffic still
+//! meets them. A file that does not parse is logged with its file, line and field, and the last
+//! good set stays in force.
 
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use policy::engine::Engine;
+use linux_net::nft::TableRef;
+use policy::engine::{Desired, Engine};
 
+use crate::plugin::{bridge_nf_on, BRIDGE_NF_SYSCTLS};
 use crate::reconcile;
 use crate::registry::{StateConfig, StateDir};
 use crate::{Error, Result};
 
-/// One reload: the files of `dir` and the registry, under the lock. Errors are the caller's to
-/// log; on error nothing changed.
-pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<()> {
+/// One reload: the files of `dir` (or the last good set when they do not load) and the
+/// registry, under the lock. Returns the tables applied. Errors are the caller's to log; on
+/// error nothing changed.
+pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<Vec<TableRef>> {
     let _lock = state.lock()?;
-    let (c, report) = reconcile::reapply(state, engine, dir)?;
+    let (c, report, dir_error) = reconcile::reapply(state, engine, dir)?;
     state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
+    // A directory that did not load was logged with its file, line and field (and the last
+    // good set applied instead) by the loader.
+    let _ = dir_error;
     tracing::info!(
         rules = c.rule_count(),
         full = report.full,
@@ -33,21 +43,86 @@ pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<()> {
         kernel_us = report.commit.as_micros() as u64,
         "policy applied"
     );
-    Ok(())
+    Ok(c.tables().iter().map(|t| t.table.clone()).collect())
 }
 
-fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path) {
-    if let Err(e) = reload(state, engine, dir) {
-        tracing::error!("{e}; the policy in force is unchanged");
+fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path) -> Option<Vec<TableRef>> {
+    reload(state, engine, dir).map_err(|e| tracing::error!("{e}; the policy in force is unchanged")).ok()
+}
+
+/// The resync tick: the tables last applied are still in the kernel (one get per table), and a
+/// bridged endpoint's traffic still meets them (the bridge-nf-call sysctls). Puts back what is
+/// missing; returns whether the tables had to be re-applied.
+fn resync(state: &StateDir, engine: &Engine, dir: &Path, applied: &mut Option<Vec<TableRef>>) -> bool {
+    if state.list().is_ok_and(|l| l.iter().any(|r| r.bridged)) && bridge_nf_on() == Some(false) {
+        tracing::warn!("net.bridge.bridge-nf-call-iptables/-ip6tables were turned off: turning them on again");
+        for k in BRIDGE_NF_SYSCTLS {
+            if let Err(e) = linux_net::sysctl::ensure(k, "1") {
+                tracing::error!("enable {k}: {e}");
+            }
+        }
+    }
+    let gone = match applied {
+        // The last reload failed: try again.
+        None => Some("the last apply failed".to_string()),
+        Some(tables) => tables.iter().find_map(|t| match linux_net::nft::state::table_exists(t) {
+            Ok(true) => None,
+            Ok(false) => Some(format!("table {} {} is gone", t.family, t.name)),
+            Err(e) => Some(format!("table {} {}: {e}", t.family, t.name)),
+        }),
+    };
+    match gone {
+        Some(why) => {
+            tracing::warn!("{why}: re-applying");
+            *applied = reload_logged(state, engine, dir);
+            true
+        }
+        None => false,
     }
 }
 
-/// Runs until SIGTERM or SIGINT (then `Ok`). Errors only when the watch itself cannot be set up.
-pub fn run(dir: &Path, state_dir: &Path) -> Result<()> {
+/// Whether an event means a finished change: a file closed after writing, renamed in or out,
+/// deleted, or a directory or symlink created (a symlink is complete when it appears; a regular
+/// file only when closed, so a half-written one is never read on its own account).
+fn complete(dir: &Path, mask: AddWatchFlags, name: Option<&std::ffi::OsStr>) -> bool {
+    if mask.intersects(
+        AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE,
+    ) {
+        return true;
+    }
+    mask.contains(AddWatchFlags::IN_CREATE)
+        && (mask.contains(AddWatchFlags::IN_ISDIR)
+            || name.is_some_and(|n| dir.join(n).symlink_metadata().is_ok_and(|m| m.file_type().is_symlink())))
+}
+
+/// The plugin's `policyDir` recorded in the state directory must be `dir` (when one is recorded):
+/// two directories would apply two policies to the same tables, in turn.
+fn same_dir(state: &StateDir, dir: &Path) -> Result<()> {
+    let Some(cfg) = state.config()? else { return Ok(()) };
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canon(&cfg.policy_dir) != canon(dir) {
+        return Err(Error::DirMismatch {
+            dir: dir.to_path_buf(),
+            recorded: cfg.policy_dir,
+            config: state.root().join("config.json"),
+        });
+    }
+    Ok(())
+}
+
+/// Runs until SIGTERM or SIGINT (then `Ok`). Errors when the watch itself cannot be set up, when
+/// `dir` is not the plugin's recorded `policyDir` ([`Error::DirMismatch`]), or when `dir` itself
+/// is deleted or moved.
+pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
     let io = |what: &'static str| move |e: nix::Error| Error::io(what, dir, std::io::Error::from(e));
     if !dir.is_dir() {
         return Err(Error::NoPolicyDir(dir.to_path_buf()));
     }
+    let state = StateDir::new(state_dir);
+    same_dir(&state, dir)?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
@@ -61,22 +136,27 @@ pub fn run(dir: &Path, state_dir: &Path) -> Result<()> {
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_MODIFY
-            | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF,
     )
     .map_err(io("watch"))?;
-    let state = StateDir::new(state_dir);
     // One engine for the daemon's life: it keeps what it applied in memory and reads the
     // record again only when another writer (the plugin, `label`) replaced it.
     let engine = reconcile::engine(&state);
     tracing::info!(dir = %dir.display(), state = %state_dir.display(), "watching");
     // The watch is in place before the first read: a change from here on is seen.
-    reload_logged(&state, &engine, dir);
+    let mut applied = reload_logged(&state, &engine, dir);
+    let mut next_resync = Instant::now() + resync_every;
     loop {
+        let now = Instant::now();
+        if now >= next_resync {
+            resync(&state, &engine, dir, &mut applied);
+            next_resync = Instant::now() + resync_every;
+            continue;
+        }
+        let timeout = PollTimeout::try_from(next_resync - now).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(io("poll")(e)),
@@ -90,6 +170,7 @@ pub fn run(dir: &Path, state_dir: &Path) -> Result<()> {
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             // Everything queued so far is one reload: an editor's save is several events.
             let mut gone = false;
+            let mut changed = false;
             while let Ok(events) = ino.read_events() {
                 if events.is_empty() {
                     break;
@@ -99,13 +180,16 @@ pub fn run(dir: &Path, state_dir: &Path) -> Result<()> {
                         AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED,
                     )
                 });
+                changed |= events.iter().any(|e| complete(dir, e.mask, e.name.as_deref()));
             }
             if gone {
                 // The directory itself went away: keep what is in force, say so, and stop, so a
                 // supervisor restarts us on the new directory.
                 return Err(Error::NoPolicyDir(dir.to_path_buf()));
             }
-            reload_logged(&state, &engine, dir);
+            if changed {
+                applied = reload_logged(&state, &engine, dir);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ fn mapped(h: &Host, addr: &str) -> bool {
 fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
+    h.write_policy("20-pod.yaml", PIN_WEB_0);
     let c = h.container();
     // Off before ADD, so the test sees ADD turn them on.
     let sysctls = "net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables";
@@ -31,7 +32,9 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     };
     set_sysctls(0);
     let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0";
-    let labels = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    // A label of the pod-name key in args.cni.labels loses to K8S_POD_NAME.
+    let labels = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"},
+                                                    {"key": "cni-policy/pod-name", "value": "spoofed"}]}}});
     let (bridge_res, (ok, res)) = h.add("c1", &c, args, labels);
     assert!(ok, "cni-policy ADD: {res}");
     // A chained plugin passes the previous result on unchanged.
@@ -42,13 +45,15 @@ fn add_registers_and_protects_check_passes_del_forgets_idempotently() {
     let ep = endpoint(&st, "c1/eth0").unwrap_or_else(|| panic!("no c1/eth0 in {st}"));
     assert_eq!(ep["namespace"], "prod");
     assert_eq!(ep["pod"], "web-0");
-    assert_eq!(ep["labels"], json!({"app": "web"}));
+    assert_eq!(ep["labels"], json!({"app": "web", "cni-policy/pod-name": "web-0"}));
+    assert_eq!(ep["enforced"], true);
     let want: Vec<Value> = addrs(&bridge_res).into_iter().map(Value::from).collect();
     assert_eq!(ep["addrs"].as_array().unwrap(), &want);
     let host_if = ep["hostIfname"].as_str().unwrap().to_string();
     assert_ne!(host_if, h.bridge, "the host side is the veth, not the bridge");
     assert_eq!(ep["bridged"], true);
-    assert_eq!(ep["policies"], json!(["allow-web"]));
+    // A selector on the pod name selects it.
+    assert_eq!(ep["policies"], json!(["allow-web", "pin-web-0"]));
     assert!(ep["rules"].as_u64().unwrap() > 0, "{ep}");
     assert_eq!(ep["inForce"], true);
     assert_eq!(st["policyDir"], json!(h.policy_dir()));
@@ -116,48 +121,119 @@ fn add_without_prev_result_is_code_7() {
     assert!(h.state_dir().join("endpoints").read_dir().map_or(true, |mut d| d.next().is_none()));
 }
 
+/// `status` while the policy directory does not parse: exit status 1, the error on stderr, the
+/// endpoints and the error in the JSON.
+fn status_with_error(h: &Host) -> (i32, Value, String) {
+    let sd = h.state_dir();
+    let (code, out, err) = h.cli(&["status", "--state-dir", sd.to_str().unwrap(), "--json"]);
+    (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out} {err}")), err)
+}
+
+/// The rendered inet table (`nft list table`), for what the rules say.
+fn nft_text(h: &Host) -> String {
+    testkit::util::sh(&format!("ip netns exec {} nft list table inet cni-policy", h.ns)).1
+}
+
 #[test]
-fn a_bad_policy_file_fails_add_with_file_line_field_keeps_the_policy_and_status_says_50() {
+fn a_bad_policy_file_keeps_the_last_good_set_in_force_for_add_label_del_and_status_says_50() {
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
     let c1 = h.container();
     let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
     let (res1, (ok, v)) = h.add("c1", &c1, "", web.clone());
     assert!(ok, "{v}");
-    let before = h.nft_table("inet").unwrap();
+    // The set that loaded is kept, byte for byte.
+    let good = h.state_dir().join("policy-good");
+    assert_eq!(std::fs::read_to_string(good.join("10-web.yaml")).unwrap(), ALLOW_WEB);
+    assert!(nft_text(&h).contains("dport 80 accept"), "{}", nft_text(&h));
 
     let status_conf = h.policy_conf(None);
     let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "", &status_conf);
     assert!(ok, "STATUS with good files: {v}");
 
+    // One typo, and an edit of the good file in the same directory: the directory does not
+    // parse, so neither reaches the kernel.
     h.write_policy("20-bad.yaml", BAD_ACTION);
+    h.write_policy("10-web.yaml", &ALLOW_WEB.replace("ports: [80]", "ports: [443]"));
     let c2 = h.container();
-    let (res2, (ok, v)) = h.add("c2", &c2, "", web);
-    assert!(!ok, "ADD with a bad file must fail");
-    assert_eq!(v["code"], 7, "{v}");
-    let details = v["details"].as_str().unwrap();
-    assert!(details.contains("20-bad.yaml:8"), "file and line: {details}");
-    assert!(details.contains("spec.ingress[0].action"), "field: {details}");
-    // Rolled back: c2 is not registered, and the kernel holds what it held.
-    assert!(endpoint(&h.status_or_null(), "c2/eth0").is_none());
-    assert_eq!(h.nft_table("inet").unwrap(), before);
-    for a in addrs(&res2) {
-        assert!(!mapped(&h, &a));
+    let (res2, (ok, v)) = h.add("c2", &c2, "", web.clone());
+    assert!(ok, "ADD with a bad file applies the last good set: {v}");
+    let text = nft_text(&h);
+    assert!(text.contains("dport 80 accept") && !text.contains("443"), "the bad directory leaked in: {text}");
+    for a in addrs(&res1).into_iter().chain(addrs(&res2)) {
+        assert!(mapped(&h, &a), "{a} not mapped");
     }
-    for a in addrs(&res1) {
-        assert!(mapped(&h, &a));
-    }
-    let (ok, v) = h.plugin("cni-bridge", "DEL", "c2", Some(&c2), "", &h.bridge_conf());
-    assert!(ok, "{v}");
+    assert_eq!(std::fs::read_to_string(good.join("10-web.yaml")).unwrap(), ALLOW_WEB, "the good copy changed");
+    assert!(!good.join("20-bad.yaml").exists());
 
+    // STATUS still reports the directory.
     let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "", &status_conf);
     assert!(!ok);
     assert_eq!(v["code"], 50, "{v}");
     assert!(v["details"].as_str().unwrap().contains("20-bad.yaml:8"), "{v}");
 
-    // DEL still works with the bad file in place.
+    // `status`: the error and the endpoints (with the set in force), exit status 1.
+    let (code, st, err) = status_with_error(&h);
+    assert_eq!(code, 1);
+    assert!(err.contains("20-bad.yaml:8") && err.contains("spec.ingress[0].action"), "{err}");
+    assert!(st["policyError"].as_str().unwrap().contains("20-bad.yaml:8"), "{st}");
+    let eps = st["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 2, "{st}");
+    for e in eps {
+        assert_eq!(e["policies"], json!(["allow-web"]), "{e}");
+        assert_eq!(e["inForce"], true, "{e}");
+    }
+    assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
+
+    // `label` too: relabelled and re-applied with the last good set.
+    let sd = h.state_dir();
+    let (code, _, err) = h.cli(&["label", "--state-dir", sd.to_str().unwrap(), "c2", "app=db"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, st, _) = status_with_error(&h);
+    assert_eq!(endpoint(&st, "c2/eth0").unwrap()["policies"], json!([]), "{st}");
+    assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
+
+    // DEL too: c1 leaves the kernel at once (not only the registry).
     let (ok, v) = h.del("c1", Some(&c1));
     assert!(ok, "DEL with a bad policy dir: {v}");
+    for a in addrs(&res1) {
+        assert!(!mapped(&h, &a), "{a} still mapped after DEL");
+    }
+    let (_, st, _) = status_with_error(&h);
+    assert_eq!(st["rules"].as_u64().unwrap() as usize, h.kernel_rules());
+
+    // Fixed: the next ADD applies the directory and it becomes the good set.
+    std::fs::remove_file(h.policy_dir().join("20-bad.yaml")).unwrap();
+    let c3 = h.container();
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let (_, (ok, v)) = h.add("c3", &c3, "", web);
+    assert!(ok, "{v}");
+    assert!(nft_text(&h).contains("dport 443 accept"));
+    assert!(std::fs::read_to_string(good.join("10-web.yaml")).unwrap().contains("[443]"));
+}
+
+#[test]
+fn a_bad_policy_file_without_a_last_good_set_fails_add_with_file_line_field() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    h.write_policy("20-bad.yaml", BAD_ACTION);
+    let c1 = h.container();
+    let (res1, (ok, v)) = h.add("c1", &c1, "", json!({}));
+    assert!(!ok, "ADD with a bad file and no good set must fail");
+    assert_eq!(v["code"], 7, "{v}");
+    assert_eq!(v["msg"], "policyDir does not parse");
+    let details = v["details"].as_str().unwrap();
+    assert!(details.contains("20-bad.yaml:8"), "file and line: {details}");
+    assert!(details.contains("spec.ingress[0].action"), "field: {details}");
+    // Rolled back: not registered, nothing in the kernel, no good set.
+    assert!(endpoint(&h.status_or_null(), "c1/eth0").is_none());
+    assert!(h.nft_table("inet").is_none());
+    assert!(!h.state_dir().join("policy-good").exists());
+    for a in addrs(&res1) {
+        assert!(!mapped(&h, &a));
+    }
+    let (ok, v) = h.plugin("cni-policy", "STATUS", "", None, "", &h.policy_conf(None));
+    assert!(!ok && v["code"] == 50, "{v}");
 }
 
 #[test]
@@ -382,3 +458,97 @@ fn an_address_registered_to_another_endpoint_is_refused() {
     let (ok, v) = h.plugin("cni-policy", "ADD", "a1", Some(&c1), "", &h.policy_conf(Some(&res1)));
     assert!(ok, "{v}");
 }
+
+/// The reference macvlan: no host-side interface, the container's packets leave through the
+/// parent device and never meet this host's netfilter. ADD refuses (code 7, saying why) unless
+/// `allowUnenforceable`; then the endpoint is registered for selectors and shown unenforced.
+#[test]
+fn an_attachment_without_a_host_side_interface_is_refused_unless_allowed() {
+    let mut h = Host::new();
+    h.write_policy("10-from-mv.yaml", ALLOW_FROM_MV);
+    let parent = format!("cpmv{}", h.u);
+    assert!(
+        testkit::util::sh(&format!(
+            "ip -n {ns} link add {parent} type veth peer name {parent}p && ip -n {ns} link set {parent} up",
+            ns = h.ns
+        ))
+        .0,
+        "a parent for macvlan (a veth: the kernel has no dummy)"
+    );
+    let c = h.container();
+    let net = json!({
+        "cniVersion": "1.0.0", "name": h.network, "type": "macvlan", "master": parent, "mode": "bridge",
+        "ipam": {"type": "host-local", "dataDir": h.tmp.path().join("host-local"),
+                 "ranges": [[{"subnet": "10.78.0.0/24"}]]},
+    });
+    let (ok, res) = h.reference("macvlan", "ADD", "mv1", &c, &net);
+    assert!(ok, "reference macvlan ADD: {res}");
+    let mut conf = h.policy_conf(Some(&res));
+    conf["cniVersion"] = json!("1.0.0");
+    conf["args"] = json!({"cni": {"labels": [{"key": "app", "value": "mv"}]}});
+    let (ok, v) = h.plugin("cni-policy", "ADD", "mv1", Some(&c), "", &conf);
+    assert!(!ok, "macvlan must be refused: {v}");
+    assert_eq!(v["code"], 7, "{v}");
+    assert_eq!(
+        v["msg"],
+        "eth0 has no host-side interface: its traffic does not cross this host's netfilter, so policy cannot be enforced"
+    );
+    assert!(v["details"].as_str().unwrap().contains("allowUnenforceable"), "{v}");
+    assert!(endpoint(&h.status_or_null(), "mv1/eth0").is_none(), "refused, yet registered");
+
+    // A policed web endpoint whose policy allows from app == 'mv'.
+    let cw = h.container();
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let (_, (ok, v)) = h.add("w1", &cw, "", web);
+    assert!(ok, "{v}");
+    assert!(!in_a_set(&h, &addrs(&res)[0]), "the macvlan address is in a set before it is registered");
+
+    // Opted in: registered, selectable, shown as not enforced.
+    conf["allowUnenforceable"] = json!(true);
+    let (ok, v) = h.plugin("cni-policy", "ADD", "mv1", Some(&c), "", &conf);
+    assert!(ok, "with allowUnenforceable: {v}");
+    let st = h.status();
+    let ep = endpoint(&st, "mv1/eth0").unwrap();
+    assert_eq!(ep["enforced"], false, "{ep}");
+    assert_eq!(ep["hostIfname"], Value::Null, "{ep}");
+    assert_eq!(endpoint(&st, "w1/eth0").unwrap()["enforced"], true);
+    // The web endpoint's rule selects it: its address is in the selector's set.
+    assert!(in_a_set(&h, &addrs(&res)[0]), "the macvlan address is not in any set: {}", nft_text(&h));
+    let sd = h.state_dir();
+    let (code, out, _) = h.cli(&["status", "--state-dir", sd.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("mv1/eth0") && l.contains("no host-side interface")), "{out}");
+}
+
+/// Whether `addr` is an element of a named set of the inet table (not a verdict map).
+fn in_a_set(h: &Host, addr: &str) -> bool {
+    let Some(t) = h.nft_table("inet") else { return false };
+    t["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("set")).any(|s| {
+        s["elem"].as_array().is_some_and(|es| es.iter().any(|e| e.to_string().contains(&format!("\"{addr}\""))))
+    })
+}
+
+const ALLOW_FROM_MV: &str = "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: from-mv
+spec:
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    source:
+      selector: app == 'mv'
+";
+
+const PIN_WEB_0: &str = "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: pin-web-0
+spec:
+  order: 20
+  selector: cni-policy/pod-name == 'web-0'
+  types: [Egress]
+  egress:
+  - action: Allow
+";

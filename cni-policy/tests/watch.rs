@@ -98,3 +98,127 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
     }));
     assert_eq!(status.unwrap().code(), Some(0), "watch exit status on SIGTERM");
 }
+
+/// The daemon's stderr as a channel of lines (echoed to the test's stderr).
+fn log_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("watch: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `t` for a line containing `pat`.
+fn wait_log(rx: &mpsc::Receiver<String>, pat: &str, t: Duration) -> bool {
+    let end = std::time::Instant::now() + t;
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(pat) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn sysctls(h: &Host) -> String {
+    testkit::util::sh(&format!(
+        "ip netns exec {} sysctl -n net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables",
+        h.ns
+    ))
+    .1
+    .split_whitespace()
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// Someone deletes our table (or turns bridge-nf-call off): the resync tick puts it back within
+/// the interval, with no file change and no CNI call.
+#[test]
+fn watch_heals_a_deleted_table_and_the_bridge_sysctls_within_the_resync_interval() {
+    let mut h = Host::new();
+    h.write_policy("10-web.yaml", ALLOW_WEB);
+    let c = h.container();
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let (_, (ok, v)) = h.add("r1", &c, "", web);
+    assert!(ok, "{v}");
+    let mut child = Reap(h.spawn_watch_with(&h.policy_dir(), &["--resync-interval", "1s"]));
+    let rx = log_lines(&mut child.0);
+    assert!(wait_log(&rx, "policy applied", T), "watch never applied");
+    let rules = h.kernel_rules();
+    assert!(rules > 0);
+
+    assert!(testkit::util::sh(&format!("ip netns exec {} nft delete table inet cni-policy", h.ns)).0);
+    assert!(h.nft_table("inet").is_none());
+    // Within the interval (1 s) plus the apply; the bound leaves room for a loaded machine.
+    let start = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || h.nft_table("inet").is_some() && h.kernel_rules() == rules),
+        "the deleted table was not put back"
+    );
+    eprintln!("healed in {:?}", start.elapsed());
+    assert_eq!(h.status()["endpoints"][0]["inForce"], true);
+
+    assert!(testkit::util::sh(&format!(
+        "ip netns exec {} sysctl -q -w net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0",
+        h.ns
+    ))
+    .0);
+    assert!(wait_until(Duration::from_secs(5), || sysctls(&h) == "1 1"), "bridge-nf-call left off: {}", sysctls(&h));
+}
+
+/// A file written in two steps (open, part, pause, rest, close): nothing is applied until it is
+/// closed. The first part alone is a valid policy that would select the endpoint with no rule
+/// (deny all ingress): applied on IN_MODIFY, it would cut the endpoint off while the editor
+/// pauses.
+#[test]
+fn a_file_written_in_two_steps_is_applied_only_after_close() {
+    use std::io::Write;
+    let mut h = Host::new();
+    let c = h.container();
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let (_, (ok, v)) = h.add("p1", &c, "", web);
+    assert!(ok, "{v}");
+    let empty = h.nft_table("inet").unwrap();
+    let mut child = Reap(h.spawn_watch_with(&h.policy_dir(), &["--resync-interval", "1m"]));
+    let rx = log_lines(&mut child.0);
+    assert!(wait_log(&rx, "policy applied", T), "watch never applied");
+
+    let (head, tail) = ALLOW_WEB.split_at(ALLOW_WEB.find("  ingress:").unwrap());
+    assert!(policy::parse_str(std::path::Path::new("x.yaml"), head).is_ok(), "the first part is a policy alone");
+    let mut f = std::fs::File::create(h.policy_dir().join("10-web.yaml")).unwrap();
+    f.write_all(head.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    // The writer pauses (the scenario, not a synchronisation): during it no apply may happen.
+    assert!(!wait_log(&rx, "policy applied", Duration::from_millis(1500)), "a half-written file was applied");
+    assert_eq!(h.nft_table("inet").unwrap(), empty, "the kernel changed while the file was open");
+    f.write_all(tail.as_bytes()).unwrap();
+    drop(f);
+    assert!(wait_log(&rx, "policy applied", T), "the closed file was not applied");
+    assert_eq!(h.status()["endpoints"][0]["policies"], json!(["allow-web"]));
+    let text = testkit::util::sh(&format!("ip netns exec {} nft list table inet cni-policy", h.ns)).1;
+    assert!(text.contains("dport 80 accept"), "{text}");
+}
+
+/// `watch --dir` must be the plugin's policyDir (recorded in the state directory): else exit 2.
+#[test]
+fn watch_refuses_another_directory_than_the_plugins() {
+    let mut h = Host::new();
+    let c = h.container();
+    let (_, (ok, v)) = h.add("d1", &c, "", json!({}));
+    assert!(ok, "{v}");
+    let other = h.tmp.path().join("other.d");
+    std::fs::create_dir_all(&other).unwrap();
+    let child = h.spawn_watch_with(&other, &[]);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("other.d") && err.contains(h.policy_dir().to_str().unwrap()), "{err}");
+    // The plugin's own directory is accepted (the earlier tests run it).
+}

@@ -238,10 +238,15 @@ impl Host {
 
     /// Spawns `cni-policy watch` in the host netns with piped stderr.
     pub fn spawn_watch(&self) -> Child {
-        let pd = self.policy_dir();
+        self.spawn_watch_with(&self.policy_dir(), &[])
+    }
+
+    /// `cni-policy watch --dir DIR EXTRA…` in the host netns with piped stderr.
+    pub fn spawn_watch_with(&self, dir: &Path, extra: &[&str]) -> Child {
         let sd = self.state_dir();
         let mut c = self.cmd(&bin("cni-policy"));
-        c.args(["watch", "--dir", pd.to_str().unwrap(), "--state-dir", sd.to_str().unwrap()])
+        c.args(["watch", "--dir", dir.to_str().unwrap(), "--state-dir", sd.to_str().unwrap()])
+            .args(extra)
             .env("CNI_POLICY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
