@@ -27,7 +27,9 @@ use linux_net::nft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{selects, sort_policies, NEIGHBOUR_DISCOVERY};
+use crate::eval::{
+    neighbour_discovery, selects, sort_policies, NEIGHBOUR_DISCOVERY_EGRESS, NEIGHBOUR_DISCOVERY_INGRESS,
+};
 use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicySet,
     PortRange, Rule, TierDefault,
@@ -56,6 +58,22 @@ pub const SPOOF_PRIORITY: i32 = -150;
 pub const BRIDGE_SPOOF_PRIORITY: i32 = -200;
 /// Interface → anti-spoof chain map, in both tables.
 pub const SPOOF_MAP: &str = "spoof-if";
+/// The chain, in both tables, a link-local (`fe80::/10`) or unspecified (`::`) source goes
+/// to from an anti-spoof chain: neighbour discovery and MLD an endpoint may send return,
+/// anything else is dropped.
+pub const SPOOF_LINK_LOCAL_CHAIN: &str = "spoof-ll";
+/// Base chains (both tables) of the delivery guard: `oifname vmap @deliver-if` on packets
+/// leaving towards an endpoint's host interface (forward and output hooks).
+pub const DELIVER_CHAINS: [(&str, Hook); 2] = [("deliver-fwd", Hook::Forward), ("deliver-out", Hook::Output)];
+/// Priority of the delivery guard's base chains (after the policy's, which are 0 and 1).
+pub const DELIVER_PRIORITY: i32 = 10;
+/// Interface → delivery guard chain map, in both tables: only endpoints whose ingress is
+/// restricted (some policy applies to them in Ingress) have an entry.
+pub const DELIVER_MAP: &str = "deliver-if";
+/// The chain, in both tables, an ICMPv6 packet not addressed to one of the endpoint's
+/// addresses goes to from a delivery guard chain: neighbour discovery and MLD an endpoint may
+/// receive return, anything else is dropped.
+pub const DELIVER_ND_CHAIN: &str = "deliver-nd";
 
 /// Dispatch map of a direction and family: `egress4`, `egress6`, `ingress4`, `ingress6`.
 pub fn dispatch_map(dir: Direction, fam: IpVersion) -> &'static str {
@@ -78,8 +96,13 @@ pub struct EndpointInfo {
     pub egress_chain: String,
     /// Its anti-spoof chain and the table family it is in (`None`: no host interface).
     pub spoof_chain: Option<(Family, String)>,
+    /// Its delivery guard chain (drops broadcast and multicast towards it) and the table
+    /// family it is in: `None` without a host interface or when its ingress is not restricted.
+    #[serde(default)]
+    pub deliver_chain: Option<(Family, String)>,
     /// Every chain its traffic can traverse (direction chains, the policy chains they jump
-    /// to, the anti-spoof chain), with the table family.
+    /// to, the anti-spoof and delivery guard chains and the shared chains they go to), with
+    /// the table family.
     pub chains: Vec<(Family, String)>,
     /// Its addresses that dispatch to its chains (an address of two endpoints is the first's).
     pub addrs: Vec<IpAddr>,
@@ -315,6 +338,17 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
             ..NftRule::default()
         };
         b.chain(SPOOF_CHAIN, Some(BaseChain::filter(Hook::Prerouting, prio, ChainPolicy::Accept)), vec![dispatch]);
+        b.chain(SPOOF_LINK_LOCAL_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_EGRESS));
+        b.map(DELIVER_MAP, SetKey::IfName);
+        for (name, hook) in DELIVER_CHAINS {
+            let dispatch = NftRule {
+                action: Some(NftAction::IfNameVmap { dir: IfDir::Out, map: DELIVER_MAP.into() }),
+                ..NftRule::default()
+            };
+            let base = BaseChain::filter(hook, DELIVER_PRIORITY, ChainPolicy::Accept);
+            b.chain(name, Some(base), vec![dispatch]);
+        }
+        b.chain(DELIVER_ND_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_INGRESS));
     }
 
     let labels = endpoints.iter().map(Endpoint::selector_labels).collect();
@@ -343,8 +377,21 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
             let name = spoof_chain(b, ep, ifname);
             (b.table.family, name)
         });
+        let deliver_chain = ep.host_ifname.as_ref().filter(|_| prof.ingress_restricted).map(|ifname| {
+            let b = if ep.bridged { &mut bridge } else { &mut c.inet };
+            let name = deliver_chain(b, ep, ifname);
+            (b.table.family, name)
+        });
         let mut chains = prof.chains.clone();
-        chains.extend(spoof_chain.clone());
+        for (fam, name) in spoof_chain.iter().chain(&deliver_chain) {
+            chains.push((*fam, name.clone()));
+        }
+        if let Some((fam, _)) = &spoof_chain {
+            chains.push((*fam, SPOOF_LINK_LOCAL_CHAIN.to_string()));
+        }
+        if let Some((fam, _)) = &deliver_chain {
+            chains.push((*fam, DELIVER_ND_CHAIN.to_string()));
+        }
         chains.sort();
         chains.dedup();
         let addrs = ep.addrs.iter().filter(|a| owner.get(a) == Some(&ep.name.as_str())).copied().collect();
@@ -355,6 +402,7 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
                 ingress_chain: prof.ingress_chain.clone(),
                 egress_chain: prof.egress_chain.clone(),
                 spoof_chain,
+                deliver_chain,
                 chains,
                 addrs,
             },
@@ -363,18 +411,19 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
     Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
 }
 
-/// The anti-spoof chain of one endpoint in `b`'s table: its own addresses and IPv6's
-/// link-local and unspecified sources (neighbour discovery, DAD) return, any other IPv4 or
-/// IPv6 packet is dropped. ARP and the rest pass.
+/// The anti-spoof chain of one endpoint in `b`'s table: a link-local (`fe80::/10`) or
+/// unspecified (`::`) source goes to [`SPOOF_LINK_LOCAL_CHAIN`] (neighbour discovery and MLD
+/// only: nothing else may use an address the dispatch maps do not know), its own addresses
+/// return, any other IPv4 or IPv6 packet is dropped. ARP and the rest pass.
 fn spoof_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
     let name = format!("spoof-{}-{}", readable(ifname, 15), hash(&[&ep.name]));
     let mut rules = Vec::new();
-    let mut addrs: Vec<IpNetwork> = ep.addrs.iter().map(|a| IpNetwork::from(*a)).collect();
-    addrs.sort();
-    addrs.dedup();
-    addrs.push("fe80::/10".parse().expect("a CIDR"));
-    addrs.push("::/128".parse().expect("a CIDR"));
-    for net in addrs {
+    for net in ["fe80::/10", "::/128"] {
+        let net = net.parse().expect("a CIDR");
+        let to = NftVerdict::Goto(SPOOF_LINK_LOCAL_CHAIN.into());
+        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(to)));
+    }
+    for net in own_nets(ep) {
         rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(NftVerdict::Return)));
     }
     for v in [Fam::V4, Fam::V6] {
@@ -386,8 +435,53 @@ fn spoof_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
     name
 }
 
+/// The delivery guard chain of an endpoint whose ingress is restricted, in `b`'s table: a
+/// packet leaving towards its host interface addressed to one of its addresses returns (the
+/// policy has judged it by that address), an ICMPv6 packet goes to [`DELIVER_ND_CHAIN`]
+/// (neighbour discovery and MLD, often to multicast groups, return), any other IPv4 or IPv6
+/// packet (broadcast, multicast, an address the dispatch maps do not know) is dropped.
+fn deliver_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
+    let name = format!("deliver-{}-{}", readable(ifname, 15), hash(&[&ep.name]));
+    let mut rules = Vec::new();
+    for net in own_nets(ep) {
+        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Dst, net, negate: false }], Some(NftVerdict::Return)));
+    }
+    let icmpv6 = vec![Match::IpVersion(Fam::V6), Match::L4Proto { proto: proto::ICMPV6, negate: false }];
+    rules.push(rule(icmpv6, Some(NftVerdict::Goto(DELIVER_ND_CHAIN.into()))));
+    for v in [Fam::V4, Fam::V6] {
+        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
+    }
+    b.chain(&name, None, rules);
+    let key = SetElem::IfName(ifname.to_string());
+    b.map(DELIVER_MAP, SetKey::IfName).insert(key, NftVerdict::Jump(name.clone()));
+    name
+}
+
+/// An endpoint's addresses as host prefixes, sorted, without duplicates.
+fn own_nets(ep: &Endpoint) -> Vec<IpNetwork> {
+    let mut nets: Vec<IpNetwork> = ep.addrs.iter().map(|a| IpNetwork::from(*a)).collect();
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// A chain that returns for ICMPv6 packets of the given types and drops everything else.
+fn icmpv6_only(types: &[u8]) -> Vec<NftRule> {
+    let mut rules: Vec<NftRule> = types
+        .iter()
+        .map(|&t| {
+            let icmp = Match::Icmp { version: Fam::V6, icmp_type: t, code: None, negate: false };
+            rule(vec![icmp], Some(NftVerdict::Return))
+        })
+        .collect();
+    rules.push(rule(Vec::new(), Some(NftVerdict::Drop)));
+    rules
+}
+
 /// What endpoints of one namespace and label set share.
 struct Profile {
+    /// Some policy applies to these endpoints in Ingress.
+    ingress_restricted: bool,
     ingress_chain: String,
     egress_chain: String,
     /// Direction and policy chains.
@@ -410,9 +504,11 @@ impl Ctx<'_> {
         let mut chains = Vec::new();
         let mut all_applying: Vec<&Policy> = Vec::new();
         let mut names = Vec::new();
+        let mut ingress_restricted = false;
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut applying: Vec<&Policy> =
                 set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
+            ingress_restricted |= dir == Direction::Ingress && !applying.is_empty();
             sort_policies(set, &mut applying);
             let name = self.endpoint_chain(dir, &applying);
             chains.push((Family::Inet, name.clone()));
@@ -428,6 +524,7 @@ impl Ctx<'_> {
         let egress_chain = names.pop().expect("two directions");
         let ingress_chain = names.pop().expect("two directions");
         Profile {
+            ingress_restricted,
             ingress_chain,
             egress_chain,
             chains,
@@ -449,8 +546,9 @@ impl Ctx<'_> {
         }
         // IPv6 neighbour discovery first: conntrack does not track it (`ct state` reads
         // invalid) and IPv6 needs it whatever the policy (the evaluator allows it too).
-        let mut rules: Vec<NftRule> = NEIGHBOUR_DISCOVERY
-            .map(|t| {
+        let mut rules: Vec<NftRule> = neighbour_discovery(dir)
+            .iter()
+            .map(|&t| {
                 let icmp = Match::Icmp { version: Fam::V6, icmp_type: t, code: None, negate: false };
                 rule(vec![icmp], Some(NftVerdict::Accept))
             })
@@ -674,8 +772,9 @@ impl crate::engine::Desired for Compiled {
             for (map, m) in &t.maps {
                 for (key, verdict) in &m.entries {
                     let NftVerdict::Jump(chain) = verdict else { continue };
-                    let own = if map == SPOOF_MAP {
-                        info.spoof_chain.as_ref().is_some_and(|(f, c)| *f == t.table.family && c == chain)
+                    let own = if map == SPOOF_MAP || map == DELIVER_MAP {
+                        let guard = if map == SPOOF_MAP { &info.spoof_chain } else { &info.deliver_chain };
+                        guard.as_ref().is_some_and(|(f, c)| *f == t.table.family && c == chain)
                     } else {
                         // An address key of this endpoint (its chains may be shared, its keys not).
                         matches!(key, SetElem::Addr(a) if info.addrs.contains(a))

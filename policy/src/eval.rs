@@ -8,8 +8,9 @@
 //! 1. The policies that apply: their `types` hold the direction, their `selector` (and a
 //!    namespaced policy's namespace, a global one's `namespaceSelector`) match the endpoint.
 //!    None apply: the endpoint's profile decides, and it allows (as the namespace profiles
-//!    Calico gives every Kubernetes pod do). IPv6 neighbour discovery (ICMPv6 133-136) is
-//!    allowed before any policy, as ARP is.
+//!    Calico gives every Kubernetes pod do). IPv6 neighbour discovery and MLD are allowed
+//!    before any policy, as ARP is ([`neighbour_discovery`]: an endpoint may solicit but not
+//!    advertise routers, nor send redirects).
 //! 2. Tiers holding such policies, by tier order; within a tier, policies by order (then by
 //!    name); within a policy, its rules of that direction in file order. The first rule that
 //!    matches with Allow or Deny decides; Log records and goes on; Pass leaves the tier.
@@ -99,7 +100,7 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
     let mut applying: Vec<&Policy> =
         set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
     let mut logged = Vec::new();
-    if applying.is_empty() || is_neighbour_discovery(pkt) {
+    if applying.is_empty() || is_neighbour_discovery(dir, pkt) {
         return Evaluation { verdict: Verdict::Allow, logged, decided_by: None };
     }
     sort_policies(set, &mut applying);
@@ -133,14 +134,30 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
     Evaluation { verdict: Verdict::Allow, logged, decided_by: None }
 }
 
-/// ICMPv6 router and neighbour solicitations and advertisements (types 133-136): IPv6's
-/// ARP, allowed whatever the policy says (as ARP is, which is not IP), since IPv6 does not
-/// work without them; conntrack does not track them, so they never count as a reply.
-pub const NEIGHBOUR_DISCOVERY: std::ops::RangeInclusive<u8> = 133..=136;
+/// ICMPv6 messages an endpoint may *send* whatever its egress policy says: multicast
+/// listener query, report and done (130-132), router solicitation (133), neighbour
+/// solicitation and advertisement (135, 136) and the MLDv2 report (143). IPv6 does not work
+/// without them (they are its ARP); conntrack does not track them, so they never count as a
+/// reply. Router advertisements (134) and redirects (137) are not among them: only a router
+/// sends those, and a pod is none (Felix allows the same list out of a workload, less 143).
+pub const NEIGHBOUR_DISCOVERY_EGRESS: [u8; 7] = [130, 131, 132, 133, 135, 136, 143];
 
-/// Whether `pkt` is one of the [`NEIGHBOUR_DISCOVERY`] messages.
-pub fn is_neighbour_discovery(pkt: &Packet) -> bool {
-    pkt.protocol == proto::ICMPV6 && pkt.icmp.is_some_and(|(t, _)| NEIGHBOUR_DISCOVERY.contains(&t))
+/// ICMPv6 messages an endpoint may *receive* whatever its ingress policy says: MLD (130-132,
+/// 143), router advertisements (134, from the host's router), neighbour solicitation and
+/// advertisement (135, 136) and redirects (137). Router solicitations (133) are for routers.
+pub const NEIGHBOUR_DISCOVERY_INGRESS: [u8; 8] = [130, 131, 132, 134, 135, 136, 137, 143];
+
+/// The neighbour discovery and MLD types allowed before policy in `dir`.
+pub fn neighbour_discovery(dir: Direction) -> &'static [u8] {
+    match dir {
+        Direction::Egress => &NEIGHBOUR_DISCOVERY_EGRESS,
+        Direction::Ingress => &NEIGHBOUR_DISCOVERY_INGRESS,
+    }
+}
+
+/// Whether `pkt` is one of the messages [`neighbour_discovery`] allows in `dir`.
+pub fn is_neighbour_discovery(dir: Direction, pkt: &Packet) -> bool {
+    pkt.protocol == proto::ICMPV6 && pkt.icmp.is_some_and(|(t, _)| neighbour_discovery(dir).contains(&t))
 }
 
 /// Sorts policies into evaluation order: by tier (order, then name), then by policy order,

@@ -24,6 +24,13 @@ use crate::Error;
 /// Parses the text of one file (`file` is only for messages).
 pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
     let mut set = PolicySet::default();
+    parse_into(&mut set, file, text, true)?;
+    Ok(set)
+}
+
+/// Adds the documents of `text` to `set`; `lists`: a `List` document may hold items (not
+/// within another list's items).
+fn parse_into(set: &mut PolicySet, file: &Path, text: &str, lists: bool) -> Result<(), Error> {
     // Two passes over the same stream in step: the first reads each document as a plain
     // value to learn its kind, the second deserializes it as that kind. Both report lines
     // counted from the start of the file.
@@ -48,7 +55,7 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
                 let d: CalicoDoc = CalicoDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
                 let mut p = d.into_policy(global).map_err(|m| doc_error(file, text, &d_line(&value), m))?;
                 p.origin = origin(file, text, &d_line(&value));
-                add_policy(&mut set, p)?;
+                add_policy(set, p)?;
             }
             ("projectcalico.org/v3", "Tier") => {
                 let d: TierDoc = TierDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
@@ -76,11 +83,30 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
                 let d: K8sDoc = K8sDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
                 let mut p = d.into_policy();
                 p.origin = origin(file, text, &d_line(&value));
-                add_policy(&mut set, p)?;
+                add_policy(set, p)?;
             }
             ("v1", "Namespace") => {
                 let d: NamespaceDoc = NamespaceDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
                 set.namespace_labels.insert(d.metadata.name, d.metadata.labels);
+            }
+            ("v1", "List")
+            | ("networking.k8s.io/v1", "NetworkPolicyList")
+            | ("projectcalico.org/v3", "NetworkPolicyList" | "GlobalNetworkPolicyList")
+                if lists =>
+            {
+                let d: ListDoc = ListDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
+                let anchor = d_line(&value);
+                let items = list_items(text, anchor.start, anchor.end);
+                if items.len() != d.items.len() {
+                    let m = "items: write a list's items as a block sequence (`- apiVersion: …`), as kubectl does"
+                        .to_string();
+                    return Err(doc_error(file, text, &anchor, m));
+                }
+                for (first_line, item) in items {
+                    // Padded with empty lines so the item's lines keep their numbers.
+                    let padded = format!("{}{item}", "\n".repeat(first_line - 1));
+                    parse_into(set, file, &padded, false)?;
+                }
             }
             _ => {
                 let m = format!(
@@ -91,7 +117,48 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
             }
         }
     }
-    Ok(set)
+    Ok(())
+}
+
+/// The items of a list document written as a block sequence under a top-level `items:` key,
+/// within lines `start..end` of `text`: each item's first line and its text, un-indented so
+/// it reads as a document of its own (line for line, so positions stay right).
+fn list_items(text: &str, start: usize, end: usize) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let last = end.saturating_sub(1).min(lines.len());
+    let Some(key) = (start.saturating_sub(1)..last).find(|&i| lines[i].trim_end() == "items:") else {
+        return Vec::new();
+    };
+    let mut items: Vec<(usize, String)> = Vec::new();
+    let mut indent = None;
+    for (i, line) in lines.iter().enumerate().take(last).skip(key + 1) {
+        let content = line.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            if let Some((_, t)) = items.last_mut() {
+                t.push('\n');
+            }
+            continue;
+        }
+        let ind = line.len() - content.len();
+        let dash = content == "-" || content.starts_with("- ");
+        match indent {
+            None if dash => indent = Some(ind),
+            None => break,
+            Some(n) if ind < n || (ind == n && !dash) => break,
+            Some(_) => {}
+        }
+        let n = indent.expect("set above");
+        if ind == n && dash {
+            // The item's first key moves left as much as its other lines (by the `- `).
+            let rest = content[1..].trim_start_matches(' ');
+            let pad = content.len() - rest.len();
+            items.push((i + 1, format!("{}{rest}\n", " ".repeat(pad.saturating_sub(2)))));
+        } else if let Some((_, t)) = items.last_mut() {
+            t.push_str(line.get(n + 2..).unwrap_or(""));
+            t.push('\n');
+        }
+    }
+    items
 }
 
 fn origin(file: &Path, text: &str, anchor: &DocAnchor) -> Origin {
@@ -218,11 +285,35 @@ impl DocAnchor {
                 },
             )
         });
-        Some(found.unwrap_or(self.start))
+        // Else its first line with content (a list item is parsed after blank lines that
+        // keep its line numbers).
+        let first = || {
+            text.lines().enumerate().skip(self.start - 1).take(self.end.saturating_sub(self.start)).find_map(
+                |(i, l)| {
+                    let l = l.trim();
+                    (!(l.is_empty() || l.starts_with('#') || l.starts_with("---"))).then_some(i + 1)
+                },
+            )
+        };
+        Some(found.or_else(first).unwrap_or(self.start))
     }
 }
 
 // ---- shared field types -------------------------------------------------------------------
+
+/// A list of objects (`kubectl get -o yaml` of several): its items are read as documents.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ListDoc {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    metadata: Option<IgnoredAny>,
+    items: Vec<IgnoredAny>,
+}
 
 /// The part of `metadata` we read; the fields `kubectl get -o yaml` adds are accepted and
 /// ignored so exported files load unchanged.
@@ -252,6 +343,24 @@ struct Meta {
     #[serde(default)]
     #[allow(dead_code)]
     managed_fields: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    owner_references: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    finalizers: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    deletion_timestamp: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    deletion_grace_period_seconds: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    generate_name: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    self_link: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -519,6 +628,19 @@ impl<'de> Deserialize<'de> for CalicoRule {
             if let Some((v, name, n)) = family {
                 if ip_version.is_some_and(|iv| iv != v) {
                     return Err(err(format!("{field} {name} requires ipVersion {n}")));
+                }
+            }
+        }
+        // Calico's rule validation: with an ipVersion, every CIDR of the rule is of that
+        // version (a rule whose nets are all of the other version would match nothing).
+        if let Some(iv) = ip_version {
+            for (side, e) in [("source", &f.source), ("destination", &f.destination)] {
+                for (name, nets) in [("nets", &e.nets), ("notNets", &e.not_nets)] {
+                    let other = nets.iter().find(|n| (n.0.is_ipv4()) != (iv == IpVersion::V4));
+                    if let Some(n) = other {
+                        let (nv, rv) = if iv == IpVersion::V4 { (6, 4) } else { (4, 6) };
+                        return Err(err(format!("{side}.{name}: {} is an IPv{nv} CIDR but ipVersion is {rv}", n.0)));
+                    }
                 }
             }
         }

@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use linux_net::nft::{Action as NftAction, Family, IpVersion as Fam, MarkStmt, Match, SetElem, TableState, Verdict};
-use policy::compile::{compile, Compiled, PASS_MARK, SPOOF_MAP, TABLE};
+use linux_net::nft::{
+    Action as NftAction, Dir, Family, IpVersion as Fam, MarkStmt, Match, SetElem, TableState, Verdict,
+};
+use policy::compile::{
+    compile, Compiled, DELIVER_MAP, DELIVER_ND_CHAIN, PASS_MARK, SPOOF_LINK_LOCAL_CHAIN, SPOOF_MAP, TABLE,
+};
 use policy::engine::Desired;
 use policy::model::Endpoint;
 use policy::PolicySet;
@@ -90,11 +94,14 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
         t.validate().expect("a valid table state");
     }
     let inet = inet(&c);
-    for base in ["egress-fwd", "ingress-fwd", "egress-in", "ingress-out", "spoof"] {
+    for base in ["egress-fwd", "ingress-fwd", "egress-in", "ingress-out", "spoof", "deliver-fwd", "deliver-out"] {
         assert!(inet.chains[base].base.is_some(), "{base} is a base chain");
     }
-    for map in ["egress4", "egress6", "ingress4", "ingress6", SPOOF_MAP] {
+    for map in ["egress4", "egress6", "ingress4", "ingress6", SPOOF_MAP, DELIVER_MAP] {
         assert!(inet.maps.contains_key(map), "{map}");
+    }
+    for base in ["spoof", "deliver-fwd", "deliver-out"] {
+        assert!(bridge(&c).chains[base].base.is_some(), "bridge {base} is a base chain");
     }
     // Each policy base chain: ct established,related accept, then the two address vmaps.
     let fwd = &inet.chains["ingress-fwd"].rules;
@@ -102,11 +109,17 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
     assert!(matches!(fwd[0].matches[..], [Match::CtState { negate: false, .. }]));
     assert!(matches!(&fwd[1].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if map == "ingress4"));
     assert!(matches!(&fwd[2].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if map == "ingress6"));
-    // Every endpoint chain starts by accepting IPv6 neighbour discovery (untracked, so it
-    // would read as invalid), then drops ct state invalid.
+    // Every endpoint chain starts by accepting IPv6 neighbour discovery and MLD (untracked,
+    // so it would read as invalid), then drops ct state invalid. An endpoint may solicit
+    // routers but not advertise them nor send redirects; it may receive both.
     for name in chains_named(inet, "ep-") {
         let rules = &inet.chains[name].rules;
-        let nd: Vec<u8> = rules[..4]
+        let (want, n): (&[u8], usize) = if name.starts_with("ep-e-") {
+            (&[130, 131, 132, 133, 135, 136, 143], 7)
+        } else {
+            (&[130, 131, 132, 134, 135, 136, 137, 143], 8)
+        };
+        let nd: Vec<u8> = rules[..n]
             .iter()
             .map(|r| match (&r.matches[..], &r.action) {
                 (
@@ -116,8 +129,8 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
                 _ => panic!("{r:?}"),
             })
             .collect();
-        assert_eq!(nd, [133, 134, 135, 136]);
-        let first = &rules[4];
+        assert_eq!(nd, want, "{name}");
+        let first = &rules[n];
         assert!(matches!(first.matches[..], [Match::CtState { negate: false, .. }]), "{name}");
         assert_eq!(first.action, Some(NftAction::Verdict(Verdict::Drop)), "{name}");
     }
@@ -134,7 +147,41 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
             _ => None,
         })
         .collect();
-    assert_eq!(returns, ["10.0.0.1/32", "fd00::1/128", "fe80::/10", "::/128"]);
+    assert_eq!(returns, ["fe80::/10", "::/128", "10.0.0.1/32", "fd00::1/128"]);
+    // Link-local and unspecified sources go to the shared chain that lets only neighbour
+    // discovery and MLD through; the own addresses return.
+    let ll = Some(NftAction::Verdict(Verdict::Goto(SPOOF_LINK_LOCAL_CHAIN.into())));
+    assert!(rules[..2].iter().all(|r| r.action == ll));
+    assert!(rules[2..4].iter().all(|r| r.action == Some(NftAction::Verdict(Verdict::Return))));
+    assert!(rules.iter().rev().take(2).all(|r| r.action == Some(NftAction::Verdict(Verdict::Drop))));
+    for t in [inet, bridge(&c)] {
+        let ll = &t.chains[SPOOF_LINK_LOCAL_CHAIN].rules;
+        let types: Vec<u8> = ll
+            .iter()
+            .filter_map(|r| match r.matches[..] {
+                [Match::Icmp { version: Fam::V6, icmp_type, code: None, negate: false }] => Some(icmp_type),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(types, [130, 131, 132, 133, 135, 136, 143], "no router advertisement or redirect");
+        let last = ll.last().unwrap();
+        assert!(last.matches.is_empty() && last.action == Some(NftAction::Verdict(Verdict::Drop)));
+    }
+    // The delivery guard: every endpoint of the world is ingress-restricted (admin selects
+    // all); bridged ones are in the bridge table, keyed on the host interface.
+    let deliver = entries(bridge(&c), DELIVER_MAP);
+    assert_eq!(deliver.len(), 4);
+    let Verdict::Jump(chain) = &deliver[&SetElem::IfName("vethweb1".into())] else { panic!("a jump") };
+    let rules = &bridge(&c).chains[chain].rules;
+    let to_own: Vec<String> = rules
+        .iter()
+        .filter_map(|r| match r.matches[..] {
+            [Match::AddrInNet { net, negate: false, dir: Dir::Dst }] => Some(net.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to_own, ["10.0.0.1/32", "fd00::1/128"]);
+    assert_eq!(rules[2].action, Some(NftAction::Verdict(Verdict::Goto(DELIVER_ND_CHAIN.into()))));
     assert!(rules.iter().rev().take(2).all(|r| r.action == Some(NftAction::Verdict(Verdict::Drop))));
 }
 
@@ -184,7 +231,8 @@ fn names_are_short_and_stay_put_when_an_endpoint_is_added() {
             assert_eq!(Some(chain), a.chains.get(name), "chain {name} changed");
         }
         let new: Vec<&String> = a.chains.keys().filter(|k| !b.chains.contains_key(*k)).collect();
-        let expect_new = usize::from(b.table.family == Family::Bridge);
+        // Its anti-spoof and delivery guard chains (admin restricts every endpoint's ingress).
+        let expect_new = 2 * usize::from(b.table.family == Family::Bridge);
         assert_eq!(new.len(), expect_new, "{new:?}");
         assert_eq!(a.sets.keys().collect::<Vec<_>>(), b.sets.keys().collect::<Vec<_>>());
         for (name, s) in &b.sets {
@@ -194,7 +242,11 @@ fn names_are_short_and_stay_put_when_an_endpoint_is_added() {
     }
     assert_eq!(after.endpoints["web3"].ingress_chain, after.endpoints["web1"].ingress_chain);
     let (fam, spoof) = after.endpoints["web3"].spoof_chain.clone().expect("a host interface");
-    assert_eq!(after.rule_count(), before.rule_count() + after.chain_len(fam, &spoof));
+    let (dfam, deliver) = after.endpoints["web3"].deliver_chain.clone().expect("ingress restricted");
+    assert_eq!(
+        after.rule_count(),
+        before.rule_count() + after.chain_len(fam, &spoof) + after.chain_len(dfam, &deliver)
+    );
 }
 
 #[test]
@@ -281,7 +333,7 @@ spec: {order: 1, ingress: [{action: Allow, protocol: TCP}]}
     let bit_clear = Match::MarkBits { mask: PASS_MARK, set: false };
     // neighbour discovery, invalid drop; [sec] clear, jump a; [default] clear, jump b, drop;
     // clear + accept.
-    let rules = &rules[4..];
+    let rules = &rules[8..];
     assert_eq!(rules.len(), 7, "{rules:#?}");
     assert_eq!(rules[1].mark, clear);
     assert_eq!(rules[2].matches, std::slice::from_ref(&bit_clear));
@@ -294,10 +346,10 @@ spec: {order: 1, ingress: [{action: Allow, protocol: TCP}]}
     );
     assert_eq!((rules[6].mark, rules[6].action.clone()), (clear, Some(NftAction::Verdict(Verdict::Accept))));
     assert_eq!(c.policies_of("web1"), ["a", "b"]);
-    // web1's traffic can traverse its two direction chains, the two policy chains and its
-    // anti-spoof chain.
+    // web1's traffic can traverse its two direction chains, the two policy chains, its
+    // anti-spoof and delivery guard chains and the two shared chains they go to.
     let info = &c.endpoints["web1"];
-    assert_eq!(info.chains.len(), 5, "{:?}", info.chains);
+    assert_eq!(info.chains.len(), 8, "{:?}", info.chains);
     let expect: usize = info.chains.iter().map(|(f, n)| c.chain_len(*f, n)).sum();
     assert_eq!(c.endpoint_rules("web1"), expect);
     assert_eq!(c.rule_count(), c.tables.iter().map(TableState::rule_count).sum::<usize>());
@@ -318,6 +370,7 @@ fn dispatch_keys_name_the_endpoints_own_map_entries() {
         (Family::Inet, "ingress4".to_string(), a("10.0.0.1")),
         (Family::Inet, "ingress6".to_string(), a("fd00::1")),
         (Family::Inet, SPOOF_MAP.to_string(), SetElem::IfName("vethweb1".into())),
+        (Family::Inet, DELIVER_MAP.to_string(), SetElem::IfName("vethweb1".into())),
     ];
     expect.sort();
     assert_eq!(seen, expect);

@@ -7,10 +7,16 @@
 //! host traffic, tiers with Pass, notPorts, nets, selectors of both families, the default
 //! deny of a Kubernetes policy, and anti-spoofing of routed and bridged endpoints.
 //!
+//! The guards around the policy are checked too: a link-local source carries only neighbour
+//! discovery and MLD (TCP to a pod's `fe80::` address is dropped), broadcast and multicast
+//! do not reach an endpoint whose ingress is restricted, and a pod's router advertisements
+//! are dropped while its neighbour advertisements pass.
+//!
 //! Needs root, `ip`, `ping` and `sysctl`. Namespaces are named `cpk<pid><tag>` and deleted by a
 //! guard even when an assertion fails; the tables live inside them.
 
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -72,6 +78,9 @@ const C4: &str = "10.78.1.3";
 const C_SPOOF4: &str = "10.78.1.99";
 /// The same on the bridge, for A.
 const A_SPOOF4: &str = "10.78.0.99";
+/// B's link-local address (A's is fe80::a; both added without DAD, so the test need not
+/// wait for it).
+const B_LL: &str = "fe80::b";
 
 /// host: bridge br0 (10.78.0.254/24, fd78::fe/64) with ports va (A) and vb (B); vc (C)
 /// routed, 10.78.1.254/24. A and B: 10.78.0.1/2 and fd78::1/2; C: 10.78.1.3 (and 10.78.1.99).
@@ -81,8 +90,8 @@ fn topology() -> Namespaces {
     let h = n(HOST);
     sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"]);
     for (i, port, addrs) in [
-        (A, "va", vec!["10.78.0.1/24", "fd78::1/64", "10.78.0.99/24"]),
-        (B, "vb", vec!["10.78.0.2/24", "fd78::2/64"]),
+        (A, "va", vec!["10.78.0.1/24", "fd78::1/64", "10.78.0.99/24", "fe80::a/64"]),
+        (B, "vb", vec!["10.78.0.2/24", "fd78::2/64", "fe80::b/64"]),
         (C, "vc", vec!["10.78.1.3/24", "10.78.1.99/24"]),
     ] {
         let c = n(i);
@@ -204,6 +213,73 @@ fn listen(ns: &Namespaces, at: usize, ports: &[u16]) -> Vec<TcpListener> {
         .collect()
 }
 
+/// The index of `eth0` in namespace `i` (the scope of its link-local addresses).
+fn eth0_index(ns: &Namespaces, i: usize) -> u32 {
+    sh(&["ip", "netns", "exec", &ns.0[i], "cat", "/sys/class/net/eth0/ifindex"]).trim().parse().expect("an index")
+}
+
+/// A TCP connect from namespace `from` to a link-local address on its eth0.
+fn tcp_link_local(ns: &Namespaces, from: usize, dst: &str, port: u16, wait: Duration) -> Option<bool> {
+    let to = SocketAddr::V6(SocketAddrV6::new(dst.parse().unwrap(), port, 0, eth0_index(ns, from)));
+    let r = ns.open(from).run(|| TcpStream::connect_timeout(&to, wait)).expect("enter netns");
+    match r {
+        Ok(_) => Some(true),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Some(false),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => None,
+        Err(e) => panic!("connect {to}: {e}"),
+    }
+}
+
+/// A UDP socket bound in namespace `at` (a receiver of broadcast and multicast).
+fn udp_bound(ns: &Namespaces, at: usize, addr: SocketAddr) -> UdpSocket {
+    let s = ns.open(at).run(|| UdpSocket::bind(addr)).expect("enter netns").expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+    s
+}
+
+/// Whether `marker` arrives on `rx` (within its read timeout), after `send` sent it.
+fn arrives(rx: &UdpSocket, marker: &[u8], send: impl FnOnce()) -> bool {
+    while rx.recv(&mut [0u8; 64]).is_ok() {} // stale datagrams
+    send();
+    let mut buf = [0u8; 1500];
+    while let Ok(n) = rx.recv(&mut buf) {
+        if buf[..n].ends_with(marker) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Sends `payload` by UDP from namespace `from`, bound to `src`, to `dst` (broadcast allowed).
+/// A drop in the sender's own output path reads as EPERM: sent, and dropped.
+fn udp_send(ns: &Namespaces, from: usize, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+    ns.open(from)
+        .run(|| {
+            let s = UdpSocket::bind(src).expect("bind");
+            s.set_broadcast(true).unwrap();
+            match s.send_to(payload, dst) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) => panic!("send to {dst}: {e}"),
+            }
+        })
+        .expect("enter netns");
+}
+
+/// A raw ICMPv6 socket in namespace `at` (checksums are the kernel's), as a `UdpSocket` for
+/// its send_to/recv and timeouts: both are plain sendto/recvfrom on an AF_INET6 socket.
+fn icmpv6_raw(ns: &Namespaces, at: usize) -> UdpSocket {
+    let fd = ns
+        .open(at)
+        .run(|| unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) })
+        .expect("enter netns");
+    assert!(fd >= 0, "raw ICMPv6 socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh socket this function owns and hands over.
+    let s = unsafe { UdpSocket::from_raw_fd(fd) };
+    s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+    s
+}
+
 struct Flow {
     from: usize,
     src: &'static str,
@@ -222,6 +298,38 @@ fn compiled_tables_give_the_evaluators_verdicts_in_the_kernel() {
             assert!(Instant::now() < deadline, "topology broken: {from} cannot reach {dst}");
         }
     }
+    // What the guards will drop works without them: TCP over link-local, broadcast and
+    // multicast into B, a router advertisement from A.
+    assert_eq!(tcp_link_local(&ns, A, B_LL, 5433, Duration::from_secs(3)), Some(true), "link-local TCP");
+    let b_rx = udp_bound(&ns, B, "[::]:7777".parse().unwrap());
+    let c_rx = udp_bound(&ns, C, "0.0.0.0:7777".parse().unwrap());
+    let a_raw = icmpv6_raw(&ns, A);
+    let b_raw = icmpv6_raw(&ns, B);
+    let all_nodes =
+        SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, eth0_index(&ns, A)));
+    let mcast =
+        SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 7777, 0, eth0_index(&ns, A)));
+    let bcast: SocketAddr = "10.78.0.255:7777".parse().unwrap();
+    let from_a4: SocketAddr = SocketAddr::new(ip(A4), 0);
+    let from_a6: SocketAddr = "[fd78::1]:0".parse().unwrap();
+    let ra = |t: u8, mark: &'static [u8]| {
+        let a_raw = &a_raw;
+        move || {
+            let mut msg = vec![t, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            msg.extend_from_slice(mark);
+            a_raw.send_to(&msg, all_nodes).expect("send ICMPv6");
+        }
+    };
+    assert!(arrives(&b_rx, b"pre-bcast", || udp_send(&ns, A, from_a4, bcast, b"pre-bcast")), "broadcast");
+    assert!(arrives(&b_rx, b"pre-mcast", || udp_send(&ns, A, from_a6, mcast, b"pre-mcast")), "multicast");
+    assert!(arrives(&b_raw, b"pre-ra", ra(134, b"pre-ra")), "router advertisement");
+    let nsr = &ns;
+    let host_b = |m: &'static [u8]| move || udp_send(nsr, HOST, SocketAddr::new(ip(BR4), 0), bcast, m);
+    let (from_host_c, c_bcast): (SocketAddr, SocketAddr) =
+        ("10.78.1.254:0".parse().unwrap(), "10.78.1.255:7777".parse().unwrap());
+    let host_c = |m: &'static [u8]| move || udp_send(nsr, HOST, from_host_c, c_bcast, m);
+    assert!(arrives(&b_rx, b"pre-hb", host_b(b"pre-hb")), "broadcast host → B");
+    assert!(arrives(&c_rx, b"pre-hc", host_c(b"pre-hc")), "broadcast host → C");
     let set: PolicySet = policy::parse_str(std::path::Path::new("kernel.yaml"), POLICIES).expect("policies");
 
     // Full apply with A and C, then B added as a delta on top.
@@ -279,4 +387,19 @@ fn compiled_tables_give_the_evaluators_verdicts_in_the_kernel() {
     // And of a bridge port (the bridge family's chain): A to the host from another address.
     assert!(ping(&ns, A, Some(A4), BR4, "1"), "A's own address");
     assert!(!ping(&ns, A, Some(A_SPOOF4), BR4, "1"), "a spoofed source from a bridge port is dropped");
+
+    // A link-local source carries neighbour discovery and MLD only: TCP from A to B's
+    // link-local address (which no dispatch map knows) is dropped at A's bridge port.
+    assert_eq!(tcp_link_local(&ns, A, B_LL, 5433, Duration::from_millis(1500)), Some(false), "link-local TCP");
+    // Broadcast and multicast do not reach B (its ingress is restricted): from A over the
+    // bridge (bridge forward hook), from the host (bridge output hook), nor the routed C from
+    // the host (inet output hook); unicast to B's own address still does when allowed.
+    assert!(!arrives(&b_rx, b"bcast", || udp_send(&ns, A, from_a4, bcast, b"bcast")), "broadcast A → B");
+    assert!(!arrives(&b_rx, b"mcast", || udp_send(&ns, A, from_a6, mcast, b"mcast")), "multicast A → B");
+    assert!(!arrives(&b_rx, b"hbcast", host_b(b"hbcast")), "broadcast host → B");
+    assert!(!arrives(&c_rx, b"hc", host_c(b"hc")), "broadcast host → routed C");
+    // A pod may not advertise itself as a router, but its neighbour advertisements (to the
+    // all-nodes group, from its link-local address) still reach B.
+    assert!(!arrives(&b_raw, b"post-ra", ra(134, b"post-ra")), "router advertisement from a pod");
+    assert!(arrives(&b_raw, b"post-na", ra(136, b"post-na")), "neighbour advertisement from a pod");
 }

@@ -81,6 +81,18 @@ fn a_bad_value_names_its_field() {
         11,
         &["notProtocol ICMPv6 requires ipVersion 6"],
     );
+    // As Calico's validator: with an ipVersion, no CIDR of the rule may be of the other
+    // version (nets of only the other version would make the rule match nothing).
+    assert_error(
+        &rule("{action: Allow, ipVersion: 6, source: {nets: [10.0.0.0/8]}}"),
+        11,
+        &["spec.ingress: source.nets: 10.0.0.0/8 is an IPv4 CIDR but ipVersion is 6"],
+    );
+    assert_error(
+        &rule("{action: Deny, ipVersion: 4, destination: {notNets: [10.0.0.0/8, 'fd00::/8']}}"),
+        11,
+        &["destination.notNets: fd00::/8 is an IPv6 CIDR but ipVersion is 4"],
+    );
     let yaml = format!("{GOOD}---\n{}", GOOD.replace("spec: {}", "spec:\n  selector: \"has(a\"\n"));
     assert_error(&yaml, 10, &["spec.selector", "column 6"]);
 }
@@ -201,4 +213,21 @@ fn the_default_tier_keeps_calicos_order_and_default_action() {
     assert_error(&tier("{order: 5}"), 3, &["\"default\" tier"]);
     let set = policy::parse_str(Path::new("t.yaml"), &tier("{order: 1000000, defaultAction: Deny}")).unwrap();
     assert_eq!(set.tiers.len(), 1);
+}
+
+#[test]
+fn an_error_in_a_list_item_names_its_own_line() {
+    // `kubectl get networkpolicies -o yaml`: a List whose items are the policies; an error
+    // inside the second item points at its line in the file.
+    let yaml = "apiVersion: v1\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  \
+                metadata: {name: a, namespace: prod}\n  spec: {podSelector: {}}\n\
+                - apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata:\n    name: b\n  \
+                spec:\n    podSelector: {}\n    ingres: []\nkind: List\nmetadata: {resourceVersion: \"\"}\n";
+    assert_error(yaml, 13, &["spec", "unknown field `ingres`"]);
+    // A list within a list's items is not a policy file.
+    let nested = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: []\n";
+    assert_error(nested, 4, &["kind \"List\" is not supported"]);
+    // Items in flow style cannot be given lines: refused, saying how to write them.
+    let flow = "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: x}}]\n";
+    assert_error(flow, 1, &["items: write a list's items as a block sequence"]);
 }

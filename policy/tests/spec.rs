@@ -477,11 +477,28 @@ fn kubernetes_policies_sit_at_order_1000_of_the_default_tier_among_calico_ones()
 
 #[test]
 fn ipv6_neighbour_discovery_is_allowed_whatever_the_policy() {
-    let set = policies(K8S_DB_FROM_WEB);
+    // An endpoint may solicit routers and neighbours and take part in MLD, whatever its
+    // egress policy, but not advertise itself as a router nor send redirects; it receives
+    // router advertisements and redirects (from the host's router) but not solicitations
+    // meant for routers.
+    let set = policies(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: closed}\n\
+         spec: {selector: all(), types: [Ingress, Egress]}\n",
+    );
     let w = world();
     let db = &w[1];
-    let icmp6 = |t| verdict(&set, &w, db, Ingress, Packet::icmp(ip("fd00::1"), ip("fd00::2"), t, 0));
-    assert_eq!([icmp6(128), icmp6(133), icmp6(135), icmp6(136), icmp6(137)], [Deny, Allow, Allow, Allow, Deny]);
+    let types = [128, 130, 131, 132, 133, 134, 135, 136, 137, 143];
+    let icmp6 = |dir, t| verdict(&set, &w, db, dir, Packet::icmp(ip("fd00::2"), ip("fd00::1"), t, 0));
+    assert_eq!(
+        types.map(|t| icmp6(Egress, t)),
+        [Deny, Allow, Allow, Allow, Allow, Deny, Allow, Allow, Deny, Allow],
+        "egress {types:?}"
+    );
+    assert_eq!(
+        types.map(|t| icmp6(Ingress, t)),
+        [Deny, Allow, Allow, Allow, Deny, Allow, Allow, Allow, Allow, Allow],
+        "ingress {types:?}"
+    );
 }
 
 #[test]
@@ -503,4 +520,60 @@ fn kubernetes_empty_selectors_mean_all_pods_of_the_namespace_or_of_every_namespa
     assert_eq!(from(&k8s("{from: [{namespaceSelector: {}}]}")), [Allow, Allow, Deny]);
     assert_eq!(from(&k8s("{}")), [Allow, Allow, Allow]);
     assert_eq!(from(&k8s("")), [Deny, Deny, Deny], "ingress: [] selects and allows nothing");
+}
+
+#[test]
+fn kubectl_lists_and_exported_metadata_load_unchanged() {
+    // What `kubectl get networkpolicies,globalnetworkpolicies -o yaml` prints: a List (and the
+    // typed NetworkPolicyList / GlobalNetworkPolicyList), items with the metadata the API
+    // server adds (ownerReferences, finalizers, deletionTimestamp, …), all accepted; the
+    // items are the policies, with their own lines.
+    let yaml = r#"apiVersion: v1
+items:
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata:
+    creationTimestamp: "2026-01-01T00:00:00Z"
+    deletionGracePeriodSeconds: 0
+    deletionTimestamp: "2026-01-02T00:00:00Z"
+    finalizers: [example.com/keep]
+    generateName: db-
+    generation: 1
+    name: db
+    namespace: prod
+    ownerReferences:
+    - {apiVersion: apps/v1, kind: Deployment, name: db, uid: 1d2c}
+    resourceVersion: "42"
+    selfLink: /apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/db
+    uid: 0a1b
+  spec:
+    podSelector: {matchLabels: {app: db}}
+    ingress:
+    - from: [{podSelector: {matchLabels: {app: web}}}]
+
+# a comment between items
+- apiVersion: projectcalico.org/v3
+  kind: GlobalNetworkPolicy
+  metadata: {name: g}
+  spec: {selector: app == 'web', egress: [{action: Deny, protocol: UDP}]}
+kind: List
+metadata:
+  resourceVersion: ""
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicyList
+metadata: {}
+items:
+  - apiVersion: projectcalico.org/v3
+    kind: NetworkPolicy
+    metadata: {name: c, namespace: dev}
+    spec: {selector: all()}
+"#;
+    let set = policies(yaml);
+    let names: Vec<(&str, usize)> = set.policies.iter().map(|p| (p.name.as_str(), p.origin.line)).collect();
+    assert_eq!(names, [("db", 12), ("g", 27), ("c", 39)]);
+    let w = world();
+    let db = &w[1];
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 5432)), Allow);
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 5432)), Deny);
 }
