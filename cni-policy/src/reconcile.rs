@@ -222,12 +222,66 @@ pub fn commit(state: &StateDir, engine: &Engine, set: &PolicySet, change: &Chang
 /// Re-applies the registry as it is with the files of `policy_dir`, or the last good set when
 /// they do not load (`watch`). The caller holds the lock. The error of the directory, if any, is
 /// returned beside the result.
-pub fn reapply(
-    state: &StateDir,
-    engine: &Engine,
-    policy_dir: &Path,
-) -> Result<(Compiled, ApplyReport, Option<Error>)> {
+pub fn reapply(state: &StateDir, engine: &Engine, policy_dir: &Path) -> Result<(Compiled, ApplyReport, Option<Error>)> {
     let loaded = load_or_last_good(state, policy_dir, true)?;
     let (c, report) = commit(state, engine, &loaded.set, &Change::default())?;
     Ok((c, report, loaded.error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str =
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  selector: all()\n";
+    const BAD: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: h\nspec:\n  selector: all()\n  ingress:\n  - action: Frob\n";
+
+    #[test]
+    fn the_last_good_set_is_kept_used_for_its_own_directory_only_and_never_written_by_readers() {
+        let d = tempfile::tempdir().unwrap();
+        let state = StateDir::new(d.path().join("state"));
+        std::fs::create_dir_all(state.root()).unwrap();
+        let a = d.path().join("a.d");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::write(a.join("10-g.yaml"), GOOD).unwrap();
+        std::fs::write(a.join("notes.txt"), "not a policy").unwrap();
+
+        // No good set yet and a bad directory: the error.
+        std::fs::write(a.join("20-bad.yaml"), BAD).unwrap();
+        let e = load_or_last_good(&state, &a, true).unwrap_err().to_string();
+        assert!(e.contains(&format!("{}:8", a.join("20-bad.yaml").display())), "names the operator's file: {e}");
+        assert!(!good_dir(&state).exists());
+
+        std::fs::remove_file(a.join("20-bad.yaml")).unwrap();
+        let l = load_or_last_good(&state, &a, true).unwrap();
+        assert!(l.error.is_none());
+        assert_eq!(l.set.policies.len(), 1);
+        assert_eq!(std::fs::read_to_string(good_dir(&state).join("10-g.yaml")).unwrap(), GOOD);
+        assert!(!good_dir(&state).join("notes.txt").exists(), "only what load_dir reads");
+
+        // A typo: the last good set, with the error beside it.
+        std::fs::write(a.join("20-bad.yaml"), BAD).unwrap();
+        let l = load_or_last_good(&state, &a, true).unwrap();
+        assert_eq!(l.set.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["g"]);
+        assert!(l.error.unwrap().to_string().contains("20-bad.yaml:8"));
+        // Never another directory's good set.
+        let b = d.path().join("b.d");
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(b.join("20-bad.yaml"), BAD).unwrap();
+        assert!(load_or_last_good(&state, &b, true).is_err());
+
+        // A reader (save false) loads a new good directory without replacing the copy; a writer
+        // replaces it (by exchange: no temporary directory is left).
+        std::fs::remove_file(a.join("20-bad.yaml")).unwrap();
+        std::fs::write(a.join("30-more.yaml"), GOOD.replace("name: g", "name: m")).unwrap();
+        assert_eq!(load_or_last_good(&state, &a, false).unwrap().set.policies.len(), 2);
+        assert!(!good_dir(&state).join("30-more.yaml").exists());
+        assert_eq!(load_or_last_good(&state, &a, true).unwrap().set.policies.len(), 2);
+        assert!(good_dir(&state).join("30-more.yaml").exists());
+        let left: Vec<String> = std::fs::read_dir(state.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [GOOD_DIR], "{left:?}");
+    }
 }

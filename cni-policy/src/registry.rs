@@ -28,7 +28,7 @@ pub struct EndpointRecord {
     pub network: String,
     /// `K8S_POD_NAMESPACE`, `default` without it.
     pub namespace: String,
-    /// `K8S_POD_NAME` when the runtime sent it (shown by `status`, not a label: see docs).
+    /// `K8S_POD_NAME` when the runtime sent it (also the label `cni-policy/pod-name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     pub labels: BTreeMap<String, String>,

@@ -165,11 +165,13 @@ fn watch_heals_a_deleted_table_and_the_bridge_sysctls_within_the_resync_interval
     eprintln!("healed in {:?}", start.elapsed());
     assert_eq!(h.status()["endpoints"][0]["inForce"], true);
 
-    assert!(testkit::util::sh(&format!(
-        "ip netns exec {} sysctl -q -w net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0",
-        h.ns
-    ))
-    .0);
+    assert!(
+        testkit::util::sh(&format!(
+            "ip netns exec {} sysctl -q -w net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0",
+            h.ns
+        ))
+        .0
+    );
     assert!(wait_until(Duration::from_secs(5), || sysctls(&h) == "1 1"), "bridge-nf-call left off: {}", sysctls(&h));
 }
 
