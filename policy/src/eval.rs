@@ -200,6 +200,30 @@ pub fn evaluate_path(set: &PolicySet, endpoints: &[Endpoint], pkt: &Packet) -> V
     Verdict::Allow
 }
 
+/// A packet the network delivers to endpoint `to` although its destination is none of `to`'s
+/// addresses: broadcast, multicast, or an address no endpoint has (the link-local addresses
+/// the kernel gives every interface). Policy is keyed on addresses, so such a packet cannot be
+/// judged by `to`'s rules: when some policy applies to `to` in Ingress it is dropped, except
+/// the [`neighbour_discovery`] messages an endpoint may receive; otherwise it is delivered
+/// when the sender's egress allows it (as in [`evaluate_path`]). A packet addressed to one of
+/// `to`'s addresses is [`evaluate_path`]'s.
+pub fn evaluate_delivery(set: &PolicySet, endpoints: &[Endpoint], to: &Endpoint, pkt: &Packet) -> Verdict {
+    if to.addrs.contains(&pkt.dst) {
+        return evaluate_path(set, endpoints, pkt);
+    }
+    let owner = endpoints.iter().find(|e| e.addrs.contains(&pkt.src));
+    if let Some(src) = owner {
+        if evaluate(set, endpoints, src, Direction::Egress, pkt).verdict == Verdict::Deny {
+            return Verdict::Deny;
+        }
+    }
+    let restricted = set.policies.iter().any(|p| p.types.contains(&Direction::Ingress) && selects(set, p, to));
+    if restricted && !is_neighbour_discovery(Direction::Ingress, pkt) {
+        return Verdict::Deny;
+    }
+    Verdict::Allow
+}
+
 /// Whether every match criterion of `rule` holds for `pkt`.
 pub fn rule_matches(set: &PolicySet, endpoints: &[Endpoint], rule: &Rule, pkt: &Packet) -> bool {
     if rule.ip_version.is_some_and(|v| v != IpVersion::of(&pkt.src)) {

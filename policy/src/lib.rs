@@ -16,7 +16,7 @@ pub mod selector;
 use std::path::PathBuf;
 
 pub use compile::{compile, Compiled};
-pub use eval::{evaluate, evaluate_path, Evaluation, Packet, Verdict};
+pub use eval::{evaluate, evaluate_delivery, evaluate_path, Evaluation, Packet, Verdict};
 pub use file::{load_dir, load_file, parse_str};
 pub use model::{Action, Direction, Endpoint, Policy, PolicySet, Rule};
 pub use selector::{Selector, SelectorError};

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use linux_net::netns::NetNs;
 use linux_net::nft::{TableState, Transaction};
 use policy::compile::compile;
-use policy::eval::{evaluate_path, Packet, Verdict};
+use policy::eval::{evaluate_delivery, evaluate_path, Packet, Verdict};
 use policy::model::Endpoint;
 use policy::PolicySet;
 
@@ -394,6 +394,14 @@ fn compiled_tables_give_the_evaluators_verdicts_in_the_kernel() {
     // Broadcast and multicast do not reach B (its ingress is restricted): from A over the
     // bridge (bridge forward hook), from the host (bridge output hook), nor the routed C from
     // the host (inet output hook); unicast to B's own address still does when allowed.
+    let b_ep = eps.iter().find(|e| e.name == "b/eth0").expect("B");
+    for dst in ["10.78.0.255", "ff02::1"] {
+        let src = if dst.contains(':') { A6 } else { A4 };
+        let pkt = Packet::udp(ip(src), 1000, ip(dst), 7777);
+        assert_eq!(evaluate_delivery(&set, &eps, b_ep, &pkt), Verdict::Deny, "the evaluator agrees: {dst}");
+    }
+    let ll = Packet::tcp(ip("fe80::a"), 40000, ip(B_LL), 5433);
+    assert_eq!(evaluate_delivery(&set, &eps, b_ep, &ll), Verdict::Deny, "the evaluator agrees: link-local");
     assert!(!arrives(&b_rx, b"bcast", || udp_send(&ns, A, from_a4, bcast, b"bcast")), "broadcast A → B");
     assert!(!arrives(&b_rx, b"mcast", || udp_send(&ns, A, from_a6, mcast, b"mcast")), "multicast A → B");
     assert!(!arrives(&b_rx, b"hbcast", host_b(b"hbcast")), "broadcast host → B");

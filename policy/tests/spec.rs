@@ -7,7 +7,7 @@ use std::path::Path;
 
 use policy::model::Direction::{Egress, Ingress};
 use policy::model::{Direction, Endpoint};
-use policy::{evaluate, evaluate_path, Packet, PolicySet, Verdict};
+use policy::{evaluate, evaluate_delivery, evaluate_path, Packet, PolicySet, Verdict};
 
 fn policies(yaml: &str) -> PolicySet {
     policy::parse_str(Path::new("test.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"))
@@ -576,4 +576,28 @@ items:
     let db = &w[1];
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 5432)), Allow);
     assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 5432)), Deny);
+}
+
+#[test]
+fn broadcast_and_multicast_reach_only_endpoints_whose_ingress_is_open() {
+    // db's ingress is restricted (it takes web only); web's is not. A packet delivered to an
+    // endpoint but addressed to none of its addresses cannot be judged by address: dropped
+    // for db (but neighbour discovery), delivered to web; addressed to db, the rules decide.
+    let set = policies(K8S_DB_FROM_WEB);
+    let w = world();
+    let (web, db) = (&w[0], &w[1]);
+    let bcast = Packet::udp(ip("10.0.0.1"), 1000, ip("10.0.0.255"), 7777);
+    let mcast = Packet::udp(ip("fd00::3"), 1000, ip("ff02::1"), 7777);
+    let link_local = tcp("fe80::1", "fe80::2", 5432);
+    for pkt in [bcast, mcast, link_local] {
+        assert_eq!(evaluate_delivery(&set, &w, db, &pkt), Deny, "{pkt:?} to db");
+        assert_eq!(evaluate_delivery(&set, &w, web, &pkt), Allow, "{pkt:?} to web");
+    }
+    let na = Packet::icmp(ip("fe80::1"), ip("ff02::1"), 136, 0);
+    let ra = Packet::icmp(ip("fe80::1"), ip("ff02::1"), 134, 0);
+    let echo = Packet::icmp(ip("fe80::1"), ip("ff02::1"), 128, 0);
+    assert_eq!([na, ra, echo].map(|p| evaluate_delivery(&set, &w, db, &p)), [Allow, Allow, Deny]);
+    let unicast = tcp("10.0.0.1", "10.0.0.2", 5432);
+    assert_eq!(evaluate_delivery(&set, &w, db, &unicast), evaluate_path(&set, &w, &unicast));
+    assert_eq!(evaluate_delivery(&set, &w, db, &tcp("10.0.0.3", "10.0.0.2", 5432)), Deny);
 }
