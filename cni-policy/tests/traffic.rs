@@ -187,6 +187,12 @@ fn calico_tiers_order_pass_and_log() {
     let hit = logged(web.path(), 7777, sport);
     let miss = logged(web.path(), 80, sport + 1);
     eventually(Duration::from_secs(5), &format!("kernel log line with {hit:?}"), || dmesg().contains(&hit));
+    // The line names the policy and the rule: compile.rs's prefix `cnp <in|out> <policy> #<rule>`
+    // (audit's first ingress rule), followed by the kernel's fields.
+    let log = dmesg();
+    let line = log.lines().find(|l| l.contains(&hit)).expect("the logged line");
+    let fields = line.find(" IN=").map(|i| &line[..i]).unwrap_or_else(|| panic!("no IN= in {line:?}"));
+    assert!(fields.ends_with("cnp in audit #0"), "the log line names another policy or rule: {line:?}");
     assert!(!dmesg().contains(&miss), "TCP to 80 matches no Log rule but was logged");
 }
 
@@ -373,11 +379,24 @@ fn a_policy_edit_does_not_cut_an_established_tcp_stream() {
     }
 }
 
+/// Whether a line of the daemon's log says the policy in force stays (with the plugin's
+/// last-good set the daemon applies that set again: "applying the last policy set that loaded";
+/// without one, "unchanged").
+fn kept(line: &str) -> bool {
+    line.contains("unchanged") || line.contains("stays in force") || line.contains("last policy set that loaded")
+}
+
 /// Waits until the daemon has logged `n` applies.
 fn wait_applied(w: &World, n: usize) {
-    eventually(Duration::from_secs(10), &format!("{n} applies by cni-policy watch"), || {
-        w.watch_log().matches("policy applied").count() >= n
-    });
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while w.watch_log().matches("policy applied").count() < n {
+        assert!(
+            std::time::Instant::now() < end,
+            "not within 10 s: {n} applies by cni-policy watch; its log:\n{}",
+            w.watch_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -405,7 +424,7 @@ fn a_bad_file_leaves_the_old_policy_in_force() {
     let typo = WEB_DB.replace("podSelector: {matchLabels: {app: db}}", "podSelectr: {matchLabels: {app: db}}");
     w.write_policy("web-db.yaml", &typo);
     eventually(Duration::from_secs(10), "the daemon reports web-db.yaml", || {
-        w.watch_log().lines().any(|l| l.contains("web-db.yaml:") && l.contains("unchanged"))
+        w.watch_log().lines().any(|l| l.contains("web-db.yaml:") && kept(l))
     });
     in_force("after a bad edit");
     let check = w.cli(&["check", w.policy_dir.join("web-db.yaml").to_str().unwrap()]);
@@ -419,13 +438,17 @@ fn a_bad_file_leaves_the_old_policy_in_force() {
     wait_applied(&w, 2);
     w.write_policy("zz-broken.yaml", "apiVersion: [unclosed\n");
     eventually(Duration::from_secs(10), "the daemon reports zz-broken.yaml", || {
-        w.watch_log().lines().any(|l| l.contains("zz-broken.yaml:") && l.contains("unchanged"))
+        w.watch_log().lines().any(|l| l.contains("zz-broken.yaml:") && kept(l))
     });
     in_force("after a broken file");
     // Fixed: the new content applies (db now takes other instead of web).
     w.remove_policy("zz-broken.yaml");
     w.write_policy("web-db.yaml", &WEB_DB.replace("{app: web}}}]", "{app: other}}}]"));
-    wait_applied(&w, 3);
+    // A reload of a bad directory also ends in `policy applied` (the last good set, again), so
+    // the count of those lines cannot tell this apply: wait for its effect.
+    eventually(Duration::from_secs(10), "the fixed files applied", || {
+        answered(&probe(other.path(), db.v4(), P::Tcp(5432)))
+    });
     expect(
         "after the fix",
         &[
@@ -434,6 +457,59 @@ fn a_bad_file_leaves_the_old_policy_in_force() {
             ("other->db 5432 v6", probe(other.path(), db.v6(), P::Tcp(5432)), Pass),
         ],
     );
+}
+
+/// `cni-policy label` while a file of the directory does not parse: the labels change and the
+/// last policy set that loaded (kept by the plugin's ADD) applies to the new labels; the
+/// error names the bad file. Without this, a typo would freeze every relabel.
+#[test]
+fn a_relabel_with_a_bad_file_applies_the_last_good_policy() {
+    let mut w = World::new(Network::Bridge);
+    w.write_policy("web-db.yaml", WEB_DB);
+    let web = w.add("prod", "web", &[("app", "web")]);
+    let db = w.add("prod", "db", &[("app", "db")]);
+    let x = w.add("prod", "x", &[("app", "other")]);
+    expect(
+        "before",
+        &[
+            ("web->db 5432", probe(web.path(), db.v4(), P::Tcp(5432)), Pass),
+            ("x->db 5432", probe(x.path(), db.v4(), P::Tcp(5432)), Drop),
+        ],
+    );
+    w.write_policy("zz-broken.yaml", "apiVersion: [unclosed\n");
+    // x becomes a web under the last good set (WEB_DB): let into db, on 5432 only.
+    let sd = w.state_dir.display().to_string();
+    let out = w.cli(&["label", "--state-dir", &sd, x.id(), "app=web"]);
+    assert!(out.success(), "label with a bad file in the directory: {}", out.describe());
+    assert!(out.stderr.contains("zz-broken.yaml"), "label must name the bad file: {}", out.describe());
+    expect(
+        "x relabelled app=web, the last good set in force",
+        &[
+            ("x->db 5432", probe(x.path(), db.v4(), P::Tcp(5432)), Pass),
+            ("x->db 5432 v6", probe(x.path(), db.v6(), P::Tcp(5432)), Pass),
+            ("x->db 80 (port)", probe(x.path(), db.v4(), P::Tcp(80)), Drop),
+            ("web->db 5432", probe(web.path(), db.v4(), P::Tcp(5432)), Pass),
+        ],
+    );
+    // And web stops being one: dropped at once, the bad file still there.
+    w.label(&web, &["app=other"]);
+    expect(
+        "web relabelled app=other",
+        &[
+            ("web->db 5432", probe(web.path(), db.v4(), P::Tcp(5432)), Drop),
+            ("x->db 5432", probe(x.path(), db.v4(), P::Tcp(5432)), Pass),
+        ],
+    );
+    // status lists the endpoints and, as the directory does not parse, exits 1 naming the file.
+    let out = w.cli(&["status", "--state-dir", &sd, "--json"]);
+    assert!(!out.success() && out.stderr.contains("zz-broken.yaml"), "status: {}", out.describe());
+    let st = out.json().unwrap_or_else(|| panic!("status is not JSON: {}", out.stdout));
+    let labels = |c: &testkit::node::Container| {
+        st["endpoints"].as_array().unwrap().iter().find(|e| e["containerID"] == c.id()).unwrap()["labels"]["app"]
+            .clone()
+    };
+    assert_eq!(labels(&x), "web", "{st}");
+    assert_eq!(labels(&web), "other", "{st}");
 }
 
 #[test]

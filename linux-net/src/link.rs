@@ -186,7 +186,12 @@ pub fn ensure_bridge(nl: &mut Netlink, spec: &BridgeSpec<'_>) -> Result<Link> {
     let mut link = match get(nl, spec.name)? {
         Some(l) => l,
         None => {
-            let mut msg = new_link_message(spec.name, spec.mtu, None);
+            // A MAC of its own, given at creation: the kernel then keeps it (an address it
+            // assigned itself a bridge trades for the lowest of its ports' on every port
+            // added or removed, so each ADD or DEL could change the gateway's MAC under the
+            // containers' neighbour caches and cut them off from the host until they
+            // re-resolve it; the differential test saw exactly that).
+            let mut msg = new_link_message(spec.name, spec.mtu, Some(random_mac()?));
             let mut data = vec![];
             if spec.vlan_filtering {
                 data.push(InfoBridge::VlanFiltering(true));

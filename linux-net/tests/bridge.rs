@@ -90,3 +90,29 @@ fn a_link_of_that_name_that_is_not_a_bridge_is_refused() {
         .expect_err("a veth is no bridge");
     assert!(e.to_string().contains("it is a veth"), "{e}");
 }
+
+/// The bridge's MAC as the kernel reports it now.
+fn mac_of(ns: &Ns, dev: &str) -> String {
+    let out = Command::new("ip").args(["-n", &ns.0, "-br", "link", "show", dev]).output().expect("exec ip");
+    assert!(out.status.success(), "ip link show {dev}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace().nth(2).unwrap_or_else(|| panic!("no MAC in {text:?}")).to_string()
+}
+
+#[test]
+fn the_bridge_keeps_its_mac_when_ports_come_and_go() {
+    // A bridge whose address the kernel assigned takes its lowest port's MAC: each port added
+    // or removed could then change the gateway's MAC under the containers' neighbour caches.
+    let ns = Ns::new("m");
+    let mut nl = ns.open().netlink().expect("netlink in netns");
+    link::ensure_bridge(&mut nl, &BridgeSpec { name: "br-mac", ..Default::default() }).expect("create");
+    let mac = mac_of(&ns, "br-mac");
+    // The lowest unicast MAC there is, then one above it, as ports.
+    for (port, peer, port_mac) in [("pm0", "pm0p", "02:00:00:00:00:01"), ("pm1", "pm1p", "02:00:00:00:00:02")] {
+        ns.ip(&["link", "add", port, "address", port_mac, "type", "veth", "peer", "name", peer]);
+        ns.ip(&["link", "set", port, "master", "br-mac", "up"]);
+        assert_eq!(mac_of(&ns, "br-mac"), mac, "the bridge's MAC changed when {port} ({port_mac}) joined");
+    }
+    ns.ip(&["link", "del", "pm0"]);
+    assert_eq!(mac_of(&ns, "br-mac"), mac, "the bridge's MAC changed when a port left");
+}
