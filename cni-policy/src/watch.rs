@@ -46,6 +46,8 @@ pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<Vec<Table
     Ok(c.tables().iter().map(|t| t.table.clone()).collect())
 }
 
+type Fingerprint = Vec<(std::ffi::OsString, u64, i64, i64)>;
+
 fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path) -> Option<Vec<TableRef>> {
     reload(state, engine, dir).map_err(|e| tracing::error!("{e}; the policy in force is unchanged")).ok()
 }
@@ -53,7 +55,33 @@ fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path) -> Option<Vec<Ta
 /// The resync tick: the tables last applied are still in the kernel (one get per table), and a
 /// bridged endpoint's traffic still meets them (the bridge-nf-call sysctls). Puts back what is
 /// missing; returns whether the tables had to be re-applied.
-fn resync(state: &StateDir, engine: &Engine, dir: &Path, applied: &mut Option<Vec<TableRef>>) -> bool {
+/// What the policy directory holds, cheaply: each entry's name, size and modification time, in
+/// name order. The resync tick compares it with the one taken at the last reload, so a change
+/// that inotify did not report (or that was lost) is still applied within one interval.
+fn fingerprint(dir: &Path) -> Vec<(std::ffi::OsString, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    // Through symlinks, as the loader reads them (a ConfigMap's `..data`).
+                    let m = std::fs::metadata(e.path()).ok()?;
+                    Some((e.file_name(), m.size(), m.mtime(), m.mtime_nsec()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn resync(
+    state: &StateDir,
+    engine: &Engine,
+    dir: &Path,
+    applied: &mut Option<Vec<TableRef>>,
+    seen: &mut Fingerprint,
+) -> bool {
     if state.list().is_ok_and(|l| l.iter().any(|r| r.bridged)) && bridge_nf_on() == Some(false) {
         tracing::warn!("net.bridge.bridge-nf-call-iptables/-ip6tables were turned off: turning them on again");
         for k in BRIDGE_NF_SYSCTLS {
@@ -62,9 +90,11 @@ fn resync(state: &StateDir, engine: &Engine, dir: &Path, applied: &mut Option<Ve
             }
         }
     }
+    let now = fingerprint(dir);
     let gone = match applied {
         // The last reload failed: try again.
         None => Some("the last apply failed".to_string()),
+        _ if now != *seen => Some("the policy directory changed without an inotify event".to_string()),
         Some(tables) => tables.iter().find_map(|t| match linux_net::nft::state::table_exists(t) {
             Ok(true) => None,
             Ok(false) => Some(format!("table {} {} is gone", t.family, t.name)),
@@ -74,6 +104,7 @@ fn resync(state: &StateDir, engine: &Engine, dir: &Path, applied: &mut Option<Ve
     match gone {
         Some(why) => {
             tracing::warn!("{why}: re-applying");
+            *seen = now;
             *applied = reload_logged(state, engine, dir);
             true
         }
@@ -145,12 +176,13 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
     let engine = reconcile::engine(&state);
     tracing::info!(dir = %dir.display(), state = %state_dir.display(), "watching");
     // The watch is in place before the first read: a change from here on is seen.
+    let mut seen = fingerprint(dir);
     let mut applied = reload_logged(&state, &engine, dir);
     let mut next_resync = Instant::now() + resync_every;
     loop {
         let now = Instant::now();
         if now >= next_resync {
-            resync(&state, &engine, dir, &mut applied);
+            resync(&state, &engine, dir, &mut applied, &mut seen);
             next_resync = Instant::now() + resync_every;
             continue;
         }
@@ -187,7 +219,9 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
                 // supervisor restarts us on the new directory.
                 return Err(Error::NoPolicyDir(dir.to_path_buf()));
             }
+            tracing::debug!(changed, "inotify events read");
             if changed {
+                seen = fingerprint(dir);
                 applied = reload_logged(&state, &engine, dir);
             }
         }

@@ -224,3 +224,43 @@ fn watch_refuses_another_directory_than_the_plugins() {
     assert!(err.contains("other.d") && err.contains(h.policy_dir().to_str().unwrap()), "{err}");
     // The plugin's own directory is accepted (the earlier tests run it).
 }
+
+/// A change inotify on the policy directory cannot see (the target of a symlink edited where it
+/// lives, as with files kept elsewhere and linked in) is still applied: the resync tick compares
+/// the directory's fingerprint, through symlinks, with the one of the last reload.
+#[test]
+fn a_change_inotify_does_not_report_is_applied_within_the_resync_interval() {
+    let mut h = Host::new();
+    let outside = h.state_dir().with_file_name("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("10-web.yaml"), ALLOW_WEB).unwrap();
+    std::os::unix::fs::symlink(outside.join("10-web.yaml"), h.policy_dir().join("10-web.yaml")).unwrap();
+    let c = h.container();
+    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let (_, (ok, v)) = h.add("f1", &c, "", web);
+    assert!(ok, "{v}");
+    let mut child = Reap(h.spawn_watch_with(&h.policy_dir(), &["--resync-interval", "1s"]));
+    let rx = log_lines(&mut child.0);
+    assert!(wait_log(&rx, "policy applied", T), "watch never applied");
+    let before = h.kernel_rules();
+    // Two more ports: more rules in the policy's chain. Written beside the link's target, so the
+    // watched directory itself sees no event.
+    let tmp = outside.join(".10-web.yaml.tmp");
+    std::fs::write(
+        &tmp,
+        ALLOW_WEB.replace(
+            "ports: [80]",
+            "ports: [80]\n  - action: Allow\n    protocol: UDP\n    destination:\n      ports: [53]",
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, outside.join("10-web.yaml")).unwrap();
+    assert!(
+        wait_log(&rx, "changed without an inotify event", Duration::from_secs(5)),
+        "the resync tick did not notice"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || h.kernel_rules() > before),
+        "the edited policy never reached the kernel"
+    );
+}
