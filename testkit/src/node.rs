@@ -101,6 +101,21 @@ impl Node {
     /// are up. Nothing else is sent before the caller's first packet.
     pub fn add(&self, list: &Value, spec: ContainerSpec) -> R<Container> {
         let ns = Netns::new()?;
+        // No duplicate address detection in the container either: the reference `ptp` adds its
+        // IPv6 routes right after the address, and a tentative address makes that fail
+        // ("invalid argument") now and then. Nothing is sent by this.
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns.name(),
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
         let mut c =
             Container { ns, spec, list: list.clone(), result: Value::Null, deleted: false, node: self.name().into() };
         let mut prev: Option<Value> = None;

@@ -180,9 +180,13 @@ impl World {
             .arg(&self.policy_dir)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            // The daemon's safety net for a change inotify did not report is its resync tick
+            // (10 s by default, as long as the tests wait): 2 s keeps a missed event from
+            // failing a test, and the debug log shows each inotify batch, so a miss is visible.
+            .args(["--resync-interval", "2s"])
             .env_clear()
             .env("PATH", SYS_PATH)
-            .env("CNI_POLICY_LOG", "info")
+            .env("CNI_POLICY_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
