@@ -41,29 +41,9 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
 
     let mut child = Reap(h.spawn_watch());
     let child = &mut child.0;
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("watch: {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     // Ready once it has applied (and logged) the directory as it is.
-    let wait_log = |pat: &str| -> bool {
-        let end = std::time::Instant::now() + T;
-        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
-            match rx.recv_timeout(left) {
-                Ok(l) if l.contains(pat) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    };
-    assert!(wait_log("policy applied"), "watch never applied");
+    let rx = log_lines(child);
+    assert!(wait_log(&rx, "policy applied", T), "watch never applied");
 
     // A new file: applied without anyone calling anything.
     h.write_policy("10-web.yaml", ALLOW_WEB);
@@ -78,7 +58,7 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
 
     // A bad file: logged with file, line and field; the kernel keeps the policy in force.
     h.write_policy("20-bad.yaml", BAD_ACTION);
-    assert!(wait_log("20-bad.yaml:8"), "the bad file was not reported");
+    assert!(wait_log(&rx, "20-bad.yaml:8", T), "the bad file was not reported");
     assert_eq!(h.nft_table("inet").unwrap(), good, "a bad file changed the policy in force");
 
     // Fixed: applied again (the bad file removed, the web policy edited to another port).
