@@ -30,12 +30,7 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
     let mut h = Host::new();
     let c = h.container();
     // An endpoint registered by the plugin with an empty policy directory: nothing selects it.
-    let (_, (ok, v)) = h.add(
-        "w1",
-        &c,
-        "K8S_POD_NAMESPACE=prod",
-        json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}),
-    );
+    let (_, (ok, v)) = h.add("w1", &c, "K8S_POD_NAMESPACE=prod", labels(&[("app", "web")]));
     assert!(ok, "{v}");
     let empty_rules = h.kernel_rules();
 
@@ -125,9 +120,8 @@ fn watch_heals_a_deleted_table_and_the_bridge_sysctls_within_the_resync_interval
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
     let c = h.container();
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
-    let (_, (ok, v)) = h.add("r1", &c, "", web);
-    assert!(ok, "{v}");
+    let web = labels(&[("app", "web")]);
+    h.add_ok("r1", &c, "", web);
     let mut child = Reap(h.spawn_watch_with(&h.policy_dir(), &["--resync-interval", "1s"]));
     let rx = log_lines(&mut child.0);
     assert!(wait_log(&rx, "policy applied", T), "watch never applied");
@@ -164,9 +158,8 @@ fn a_file_written_in_two_steps_is_applied_only_after_close() {
     use std::io::Write;
     let mut h = Host::new();
     let c = h.container();
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
-    let (_, (ok, v)) = h.add("p1", &c, "", web);
-    assert!(ok, "{v}");
+    let web = labels(&[("app", "web")]);
+    h.add_ok("p1", &c, "", web);
     let empty = h.nft_table("inet").unwrap();
     let mut child = Reap(h.spawn_watch_with(&h.policy_dir(), &["--resync-interval", "1m"]));
     let rx = log_lines(&mut child.0);
@@ -193,8 +186,7 @@ fn a_file_written_in_two_steps_is_applied_only_after_close() {
 fn watch_refuses_another_directory_than_the_plugins() {
     let mut h = Host::new();
     let c = h.container();
-    let (_, (ok, v)) = h.add("d1", &c, "", json!({}));
-    assert!(ok, "{v}");
+    h.add_ok("d1", &c, "", json!({}));
     let other = h.tmp.path().join("other.d");
     std::fs::create_dir_all(&other).unwrap();
     let child = h.spawn_watch_with(&other, &[]);
