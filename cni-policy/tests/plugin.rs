@@ -139,9 +139,8 @@ fn a_bad_policy_file_keeps_the_last_good_set_in_force_for_add_label_del_and_stat
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
     let c1 = h.container();
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
-    let (res1, (ok, v)) = h.add("c1", &c1, "", web.clone());
-    assert!(ok, "{v}");
+    let web = labels(&[("app", "web")]);
+    let res1 = h.add_ok("c1", &c1, "", web.clone());
     // The set that loaded is kept, byte for byte.
     let good = h.state_dir().join("policy-good");
     assert_eq!(std::fs::read_to_string(good.join("10-web.yaml")).unwrap(), ALLOW_WEB);
@@ -205,9 +204,8 @@ fn a_bad_policy_file_keeps_the_last_good_set_in_force_for_add_label_del_and_stat
     // Fixed: the next ADD applies the directory and it becomes the good set.
     std::fs::remove_file(h.policy_dir().join("20-bad.yaml")).unwrap();
     let c3 = h.container();
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
-    let (_, (ok, v)) = h.add("c3", &c3, "", web);
-    assert!(ok, "{v}");
+    let web = labels(&[("app", "web")]);
+    h.add_ok("c3", &c3, "", web);
     assert!(nft_text(&h).contains("dport 443 accept"));
     assert!(std::fs::read_to_string(good.join("10-web.yaml")).unwrap().contains("[443]"));
 }
@@ -243,8 +241,7 @@ fn gc_drops_only_this_networks_entries_the_runtime_no_longer_lists() {
     let mut res = vec![];
     for cid in ["g1", "g2", "g3"] {
         let c = h.container();
-        let (r, (ok, v)) = h.add(cid, &c, "", json!({}));
-        assert!(ok, "{v}");
+        let r = h.add_ok(cid, &c, "", json!({}));
         res.push(r);
     }
     // g3 belongs to another network sharing the state directory.
@@ -274,8 +271,7 @@ fn label_relabels_and_reapplies_status_shows_it() {
     let mut h = Host::new();
     h.write_policy("10-db.yaml", DB_ONLY_FROM_WEB);
     let c = h.container();
-    let (_, (ok, v)) = h.add("l1", &c, "K8S_POD_NAMESPACE=prod", json!({}));
-    assert!(ok, "{v}");
+    h.add_ok("l1", &c, "K8S_POD_NAMESPACE=prod", json!({}));
     let st = h.status();
     assert_eq!(endpoint(&st, "l1/eth0").unwrap()["policies"], json!([]));
     let rules_before = h.kernel_rules();
@@ -354,7 +350,7 @@ impl StatusOrNull for Host {
 fn chained_after_the_reference_bridge_and_ptp() {
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let web = labels(&[("app", "web")]);
     for (i, ty) in ["bridge", "ptp"].into_iter().enumerate() {
         let c = h.container();
         let cid = format!("ref{i}");
@@ -398,7 +394,7 @@ fn chained_after_the_reference_bridge_and_ptp() {
 fn concurrent_adds_all_end_in_force() {
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+    let web = labels(&[("app", "web")]);
     // The network plugin first, one by one (its own concurrency is not this test's subject).
     let mut prevs = vec![];
     for i in 0..8 {
@@ -440,8 +436,7 @@ fn an_address_registered_to_another_endpoint_is_refused() {
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
     let c1 = h.container();
-    let (res1, (ok, v)) = h.add("a1", &c1, "", json!({}));
-    assert!(ok, "{v}");
+    let res1 = h.add_ok("a1", &c1, "", json!({}));
     let before = h.nft_table("inet").unwrap();
     // A result that names a1's address for another container (a buggy or overlapping IPAM).
     let c2 = h.container();
@@ -498,9 +493,8 @@ fn an_attachment_without_a_host_side_interface_is_refused_unless_allowed() {
 
     // A policed web endpoint whose policy allows from app == 'mv'.
     let cw = h.container();
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
-    let (_, (ok, v)) = h.add("w1", &cw, "", web);
-    assert!(ok, "{v}");
+    let web = labels(&[("app", "web")]);
+    h.add_ok("w1", &cw, "", web);
     assert!(!in_a_set(&h, &addrs(&res)[0]), "the macvlan address is in a set before it is registered");
 
     // Opted in: registered, selectable, shown as not enforced.
@@ -560,8 +554,7 @@ fn a_second_state_dir_is_refused_with_code_7_and_changes_nothing() {
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
     let c1 = h.container();
-    let (res1, (ok, v)) = h.add("s1", &c1, "", json!({}));
-    assert!(ok, "{v}");
+    let res1 = h.add_ok("s1", &c1, "", json!({}));
     let before = h.nft_table("inet").unwrap();
     let other = h.state_dir().with_file_name("other-state");
     let c2 = h.container();

@@ -30,40 +30,15 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
     let mut h = Host::new();
     let c = h.container();
     // An endpoint registered by the plugin with an empty policy directory: nothing selects it.
-    let (_, (ok, v)) = h.add(
-        "w1",
-        &c,
-        "K8S_POD_NAMESPACE=prod",
-        json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}),
-    );
+    let (_, (ok, v)) = h.add("w1", &c, "K8S_POD_NAMESPACE=prod", labels(&[("app", "web")]));
     assert!(ok, "{v}");
     let empty_rules = h.kernel_rules();
 
     let mut child = Reap(h.spawn_watch());
     let child = &mut child.0;
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("watch: {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     // Ready once it has applied (and logged) the directory as it is.
-    let wait_log = |pat: &str| -> bool {
-        let end = std::time::Instant::now() + T;
-        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
-            match rx.recv_timeout(left) {
-                Ok(l) if l.contains(pat) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    };
-    assert!(wait_log("policy applied"), "watch never applied");
+    let rx = log_lines(child);
+    assert!(wait_log(&rx, "policy applied", T), "watch never applied");
 
     // A new file: applied without anyone calling anything.
     h.write_policy("10-web.yaml", ALLOW_WEB);
@@ -78,7 +53,7 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
 
     // A bad file: logged with file, line and field; the kernel keeps the policy in force.
     h.write_policy("20-bad.yaml", BAD_ACTION);
-    assert!(wait_log("20-bad.yaml:8"), "the bad file was not reported");
+    assert!(wait_log(&rx, "20-bad.yaml:8", T), "the bad file was not reported");
     assert_eq!(h.nft_table("inet").unwrap(), good, "a bad file changed the policy in force");
 
     // Fixed: applied again (the bad file removed, the web policy edited to another port).
@@ -145,9 +120,8 @@ fn watch_heals_a_deleted_table_and_the_bridge_sysctls_within_the_resync_interval
     let mut h = Host::new();
     h.write_policy("10-web.yaml", ALLOW_WEB);
     let c = h.container();
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
-    let (_, (ok, v)) = h.add("r1", &c, "", web);
-    assert!(ok, "{v}");
+    let web = labels(&[("app", "web")]);
+    h.add_ok("r1", &c, "", web);
     let mut child = Reap(h.spawn_watch_with(&h.policy_dir(), &["--resync-interval", "1s"]));
     let rx = log_lines(&mut child.0);
     assert!(wait_log(&rx, "policy applied", T), "watch never applied");
@@ -184,9 +158,8 @@ fn a_file_written_in_two_steps_is_applied_only_after_close() {
     use std::io::Write;
     let mut h = Host::new();
     let c = h.container();
-    let web = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
-    let (_, (ok, v)) = h.add("p1", &c, "", web);
-    assert!(ok, "{v}");
+    let web = labels(&[("app", "web")]);
+    h.add_ok("p1", &c, "", web);
     let empty = h.nft_table("inet").unwrap();
     let mut child = Reap(h.spawn_watch_with(&h.policy_dir(), &["--resync-interval", "1m"]));
     let rx = log_lines(&mut child.0);
@@ -213,8 +186,7 @@ fn a_file_written_in_two_steps_is_applied_only_after_close() {
 fn watch_refuses_another_directory_than_the_plugins() {
     let mut h = Host::new();
     let c = h.container();
-    let (_, (ok, v)) = h.add("d1", &c, "", json!({}));
-    assert!(ok, "{v}");
+    h.add_ok("d1", &c, "", json!({}));
     let other = h.tmp.path().join("other.d");
     std::fs::create_dir_all(&other).unwrap();
     let child = h.spawn_watch_with(&other, &[]);

@@ -10,7 +10,6 @@
 //! an assertion fails.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use linux_net::netns::NetNs;
@@ -22,36 +21,8 @@ use linux_net::nft::{
     Rule, SetDef, SetElem, SetKey, TableRef, TableState, Transaction, Verdict,
 };
 
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn new(tags: &[&str]) -> Namespaces {
-        let guard = Namespaces(tags.iter().map(|t| format!("nst{}{t}", std::process::id())).collect());
-        for ns in &guard.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-        }
-        guard
-    }
-
-    fn open(&self, i: usize) -> NetNs {
-        NetNs::open(&PathBuf::from(format!("/run/netns/{}", self.0[i]))).expect("open netns")
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("exec");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{sh, Namespaces};
 
 fn in_ns<T>(ns: &NetNs, f: impl FnOnce() -> T) -> T {
     ns.run(f).expect("enter netns")
@@ -246,7 +217,7 @@ fn next_state() -> TableState {
 
 #[test]
 fn diff_on_top_of_prev_equals_next_from_scratch() {
-    let ns = Namespaces::new(&["d1", "d2"]);
+    let ns = Namespaces::new("nst", &["d1", "d2"]);
     let (a, b) = (ns.open(0), ns.open(1));
     let (prev, next) = (prev_state(), next_state());
     commit_in(&a, |x| TableState::replace(&prev, x)).expect("prev from scratch");
@@ -278,7 +249,7 @@ fn diff_on_top_of_prev_equals_next_from_scratch() {
 
 #[test]
 fn nft_prints_the_new_pieces_as_it_writes_them() {
-    let ns = Namespaces::new(&["p"]);
+    let ns = Namespaces::new("nst", &["p"]);
     let a = ns.open(0);
     commit_in(&a, |x| TableState::replace(&next_state(), x)).expect("apply");
     let text = sh(&["ip", "netns", "exec", &ns.0[0], "nft", "list", "table", "inet", "t"]);
@@ -304,7 +275,7 @@ fn nft_prints_the_new_pieces_as_it_writes_them() {
 
 #[test]
 fn read_back_over_netlink_sees_what_was_committed() {
-    let ns = Namespaces::new(&["r"]);
+    let ns = Namespaces::new("nst", &["r"]);
     let a = ns.open(0);
     let next = next_state();
     assert!(!in_ns(&a, || table_exists(&table())).unwrap());
@@ -368,7 +339,7 @@ fn read_back_over_netlink_sees_what_was_committed() {
 /// and nft could not list the table).
 #[test]
 fn bridge_family_address_matches_with_packets() {
-    let ns = Namespaces::new(&["bh", "ba", "bb"]);
+    let ns = Namespaces::new("nst", &["bh", "ba", "bb"]);
     let (h, a, b) = (ns.0[0].clone(), ns.0[1].clone(), ns.0[2].clone());
     sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"]);
     for (peer, port) in [(&a, "vha"), (&b, "vhb")] {

@@ -10,11 +10,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ipnetwork::IpNetwork;
 use linux_net::netns::NetNs;
 use linux_net::nft::{
     proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion, Match, NftError, Rule,
@@ -23,50 +21,12 @@ use linux_net::nft::{
 use nftables::expr::{Expression, NamedExpression};
 use nftables::schema::{NfListObject, NfObject};
 
+mod common;
+use common::{net, sh, Namespaces};
+
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-/// Network namespaces `nxt<pid><tag>`, created (after removing leftovers)
-/// and deleted with everything inside when dropped.
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn new(tags: &[&str]) -> Namespaces {
-        let guard = Namespaces(tags.iter().map(|t| format!("nxt{}{t}", std::process::id())).collect());
-        for ns in &guard.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-        }
-        guard
-    }
-
-    fn name(&self, i: usize) -> &str {
-        &self.0[i]
-    }
-
-    fn open(&self, i: usize) -> NetNs {
-        NetNs::open(&PathBuf::from(format!("/run/netns/{}", self.0[i]))).expect("open netns")
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("exec");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
-}
 
 /// Commits `txn` inside namespace `ns`.
 fn commit_in(ns: &NetNs, txn: Transaction) -> Result<(), NftError> {
@@ -128,7 +88,7 @@ const B6: &str = "fd81:2::2";
 
 impl Lab {
     fn new(tag: &str) -> Lab {
-        let ns = Namespaces::new(&[&format!("{tag}a"), &format!("{tag}r"), &format!("{tag}b")]);
+        let ns = Namespaces::new("nxt", &[&format!("{tag}a"), &format!("{tag}r"), &format!("{tag}b")]);
         let (a, r, b) = (ns.name(0).to_string(), ns.name(1).to_string(), ns.name(2).to_string());
         // links are created inside the namespaces: their names are private
         sh(&["ip", "-n", &r, "link", "add", "vra", "type", "veth", "peer", "name", "eth0", "netns", &a]);
@@ -474,7 +434,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[test]
 fn scale_1k_chains_and_sets_apply_and_one_element() {
     const N: usize = 1000;
-    let ns = Namespaces::new(&["s"]);
+    let ns = Namespaces::new("nxt", &["s"]);
     let netns = ns.open(0);
     let t = TableRef::new(Family::Inet, "nxtscale");
     let nets = SetDef::interval_set("nets", SetKey::Ipv4Addr);

@@ -9,7 +9,6 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use ipnetwork::IpNetwork;
@@ -20,41 +19,12 @@ use linux_net::route::{self, Route};
 use linux_net::vxlan::{ensure_vxlan, vxlan_info, VxlanInfo, VxlanSpec};
 use linux_net::{addr, neigh};
 
+mod common;
+use common::{ip, net, sh, Namespaces};
+
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-/// Network namespaces `vxt<pid><tag>`, created on construction (after
-/// removing leftovers of a previous run with the same pid) and deleted,
-/// with every link inside, when dropped.
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn new(tags: &[&str]) -> Namespaces {
-        let guard = Namespaces(tags.iter().map(|t| format!("vxt{}{t}", std::process::id())).collect());
-        for ns in &guard.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-        }
-        guard
-    }
-
-    fn name(&self, i: usize) -> &str {
-        &self.0[i]
-    }
-
-    fn open(&self, i: usize) -> NetNs {
-        NetNs::open(&PathBuf::from(format!("/run/netns/{}", self.0[i]))).expect("open netns")
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
 
 /// Kills (and reaps) a child process when dropped, e.g. a tcpdump left
 /// behind by a failed assertion.
@@ -67,20 +37,6 @@ impl Drop for ChildGuard {
             let _ = c.wait();
         }
     }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("exec");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
 }
 
 fn up(nl: &mut Netlink, name: &str) -> Link {
@@ -150,7 +106,7 @@ fn peer(nl: &mut Netlink, local: &Vtep, remote: &Vtep) {
 
 #[test]
 fn ping_across_the_overlay_is_vxlan_on_the_underlay() {
-    let ns = Namespaces::new(&["pa", "pb"]);
+    let ns = Namespaces::new("vxt", &["pa", "pb"]);
     let (a, b) = (ns.open(0), ns.open(1));
     let (mut nla, mut nlb) = (a.netlink().unwrap(), b.netlink().unwrap());
     let (ul_a, ul_b) = underlay(&mut nla, &mut nlb, &b, "ul0");
@@ -224,7 +180,7 @@ fn ping_across_the_overlay_is_vxlan_on_the_underlay() {
 
 #[test]
 fn ensure_vxlan_keeps_a_matching_link_and_recreates_a_different_one() {
-    let ns = Namespaces::new(&["e"]);
+    let ns = Namespaces::new("vxt", &["e"]);
     let h = ns.open(0);
     let mut nl = h.netlink().unwrap();
     let mut nl2 = h.netlink().unwrap();
@@ -315,7 +271,7 @@ fn ensure_vxlan_keeps_a_matching_link_and_recreates_a_different_one() {
 
 #[test]
 fn neigh_and_fdb_entries_replace_list_and_delete() {
-    let ns = Namespaces::new(&["n"]);
+    let ns = Namespaces::new("vxt", &["n"]);
     let h = ns.open(0);
     let mut nl = h.netlink().unwrap();
     let mut nl2 = h.netlink().unwrap();

@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 
+mod common;
+
+use common::policies;
 use linux_net::nft::{
     Action as NftAction, Dir, Family, IpVersion as Fam, MarkStmt, Match, SetElem, TableState, Verdict,
 };
@@ -16,21 +18,10 @@ use policy::compile::{
 };
 use policy::engine::Desired;
 use policy::model::Endpoint;
-use policy::PolicySet;
 
-fn policies(yaml: &str) -> PolicySet {
-    policy::parse_str(Path::new("test.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"))
-}
-
+/// A bridged endpoint whose host-side veth is `veth<name>`.
 fn ep(name: &str, namespace: &str, labels: &[(&str, &str)], addrs: &[&str]) -> Endpoint {
-    Endpoint {
-        name: name.into(),
-        namespace: namespace.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-        addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-        host_ifname: Some(format!("veth{name}")),
-        bridged: true,
-    }
+    Endpoint { host_ifname: Some(format!("veth{name}")), bridged: true, ..common::ep(name, namespace, labels, addrs) }
 }
 
 fn inet(c: &Compiled) -> &TableState {

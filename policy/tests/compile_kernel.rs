@@ -15,9 +15,8 @@
 //! Needs root, `ip`, `ping` and `sysctl`. Namespaces are named `cpk<pid><tag>` and deleted by a
 //! guard even when an assertion fails; the tables live inside them.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::FromRawFd;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -28,40 +27,9 @@ use policy::eval::{evaluate_delivery, evaluate_path, Packet, Verdict};
 use policy::model::Endpoint;
 use policy::PolicySet;
 
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn new(tags: &[&str]) -> Namespaces {
-        let guard = Namespaces(tags.iter().map(|t| format!("cpk{}{t}", std::process::id())).collect());
-        for ns in &guard.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-        }
-        guard
-    }
-
-    fn open(&self, i: usize) -> NetNs {
-        NetNs::open(&PathBuf::from(format!("/run/netns/{}", self.0[i]))).expect("open netns")
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("exec");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+#[path = "../../linux-net/tests/common/mod.rs"]
+mod netns;
+use netns::{ip, sh, Namespaces};
 
 const HOST: usize = 0;
 const A: usize = 1;
@@ -85,7 +53,7 @@ const B_LL: &str = "fe80::b";
 /// host: bridge br0 (10.78.0.254/24, fd78::fe/64) with ports va (A) and vb (B); vc (C)
 /// routed, 10.78.1.254/24. A and B: 10.78.0.1/2 and fd78::1/2; C: 10.78.1.3 (and 10.78.1.99).
 fn topology() -> Namespaces {
-    let ns = Namespaces::new(&["h", "a", "b", "c"]);
+    let ns = Namespaces::new("cpk", &["h", "a", "b", "c"]);
     let n = |i: usize| ns.0[i].clone();
     let h = n(HOST);
     sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"]);
@@ -184,7 +152,11 @@ fn apply(ns: &NetNs, prev: Option<&[TableState]>, next: &[TableState]) {
 /// A TCP connect from namespace `from` (source address chosen by routing); `Some(true)`
 /// connected, `Some(false)` no answer within `wait`, `None` refused (allowed, no listener).
 fn tcp(ns: &Namespaces, from: usize, dst: &str, port: u16, wait: Duration) -> Option<bool> {
-    let to = SocketAddr::new(ip(dst), port);
+    connect(ns, from, SocketAddr::new(ip(dst), port), wait)
+}
+
+/// A TCP connect from namespace `from` to `to`, with `tcp`'s outcomes.
+fn connect(ns: &Namespaces, from: usize, to: SocketAddr, wait: Duration) -> Option<bool> {
     let r = ns.open(from).run(|| TcpStream::connect_timeout(&to, wait)).expect("enter netns");
     match r {
         Ok(_) => Some(true),
@@ -221,13 +193,7 @@ fn eth0_index(ns: &Namespaces, i: usize) -> u32 {
 /// A TCP connect from namespace `from` to a link-local address on its eth0.
 fn tcp_link_local(ns: &Namespaces, from: usize, dst: &str, port: u16, wait: Duration) -> Option<bool> {
     let to = SocketAddr::V6(SocketAddrV6::new(dst.parse().unwrap(), port, 0, eth0_index(ns, from)));
-    let r = ns.open(from).run(|| TcpStream::connect_timeout(&to, wait)).expect("enter netns");
-    match r {
-        Ok(_) => Some(true),
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Some(false),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => None,
-        Err(e) => panic!("connect {to}: {e}"),
-    }
+    connect(ns, from, to, wait)
 }
 
 /// A UDP socket bound in namespace `at` (a receiver of broadcast and multicast).

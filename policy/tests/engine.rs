@@ -13,10 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use linux_net::netns::NetNs;
 use linux_net::nft::{
     Action, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion, Match, Rule, SetDef, SetElem,
     SetKey, TableRef, TableState, Verdict,
@@ -24,35 +22,33 @@ use linux_net::nft::{
 use policy::engine::{ApplyReport, Desired, DispatchKey, Engine, GEN_KEEP, GEN_MAP, STATE_FILE, TABLE_NAME};
 use policy::Error;
 
-struct Namespace(String);
+#[path = "../../linux-net/tests/common/mod.rs"]
+mod netns;
+use netns::{sh, Namespaces};
+
+/// One namespace `npe<pid><tag>` (the shared guard deletes it on drop).
+struct Namespace(Namespaces);
 
 impl Namespace {
     fn new(tag: &str) -> Namespace {
-        let name = format!("npe{}{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        Namespace(name)
+        Namespace(Namespaces::new("npe", &[tag]))
     }
 
     fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        NetNs::open(&PathBuf::from(format!("/run/netns/{}", self.0))).expect("open netns").run(f).expect("enter netns")
+        self.0.open(0).run(f).expect("enter netns")
     }
 
     fn nft(&self, args: &[&str]) -> String {
-        sh(&[&["ip", "netns", "exec", &self.0, "nft"], args].concat())
+        sh(&[&["ip", "netns", "exec", self.0.name(0), "nft"], args].concat())
     }
 }
 
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("exec");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A fresh namespace `npe<pid><tag>` and an engine whose state directory is a fresh
+/// temporary directory (kept alive by the caller).
+fn engine_in(tag: &str) -> (Namespace, tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::new(dir.path());
+    (Namespace::new(tag), dir, e)
 }
 
 /// A hand-built desired state.
@@ -211,9 +207,7 @@ fn full_then_delta_then_fallbacks() {
 
 #[test]
 fn refused_apply_changes_neither_kernel_nor_state() {
-    let ns = Namespace::new("f");
-    let dir = tempfile::tempdir().unwrap();
-    let e = Engine::new(dir.path());
+    let (ns, dir, e) = engine_in("f");
     let d = layout(2, 2);
     apply(&ns, &e, &d);
     let before_kernel = ns.nft(&["list", "ruleset"]);
@@ -240,9 +234,7 @@ fn refused_apply_changes_neither_kernel_nor_state() {
 
 #[test]
 fn state_that_cannot_be_written_is_forgotten() {
-    let ns = Namespace::new("w");
-    let dir = tempfile::tempdir().unwrap();
-    let e = Engine::new(dir.path());
+    let (ns, dir, e) = engine_in("w");
     let d = layout(2, 2);
     apply(&ns, &e, &d);
     // a directory where the temp file would go: the write fails after the commit
@@ -261,9 +253,7 @@ fn state_that_cannot_be_written_is_forgotten() {
 
 #[test]
 fn check_catches_what_was_changed_behind_our_back() {
-    let ns = Namespace::new("c");
-    let dir = tempfile::tempdir().unwrap();
-    let e = Engine::new(dir.path());
+    let (ns, _dir, e) = engine_in("c");
     let d = layout(3, 3);
     let check = |ep: &str| ns.run(|| e.check(&d, ep));
     // nothing applied yet
@@ -324,9 +314,7 @@ fn fresh(ns: &Namespace, e: &Engine, d: &Hand) -> serde_json::Value {
 
 #[test]
 fn stale_state_file_means_full_replace() {
-    let ns = Namespace::new("g");
-    let dir = tempfile::tempdir().unwrap();
-    let e = Engine::new(dir.path());
+    let (ns, dir, e) = engine_in("g");
     let d = layout(3, 3);
     apply(&ns, &e, &d);
     let old = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
@@ -379,9 +367,7 @@ fn stale_state_file_means_full_replace() {
 
 #[test]
 fn hand_edited_chain_is_caught_by_check_and_healed_by_the_next_apply_of_it() {
-    let ns = Namespace::new("h");
-    let dir = tempfile::tempdir().unwrap();
-    let e = Engine::new(dir.path());
+    let (ns, _dir, e) = engine_in("h");
     let d = layout(3, 3);
     apply(&ns, &e, &d);
     ns.nft(&["add", "rule", "inet", TABLE_NAME, "ep-1", "ip", "saddr", "192.0.2.1", "accept"]);

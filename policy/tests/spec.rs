@@ -3,25 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use policy::model::Direction::{Egress, Ingress};
 use policy::model::{Direction, Endpoint};
+mod common;
+
+use common::{ep, policies};
 use policy::{evaluate, evaluate_delivery, evaluate_path, Packet, PolicySet, Verdict};
-
-fn policies(yaml: &str) -> PolicySet {
-    policy::parse_str(Path::new("test.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ep(name: &str, namespace: &str, labels: &[(&str, &str)], addrs: &[&str]) -> Endpoint {
-    Endpoint {
-        name: name.into(),
-        namespace: namespace.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-        addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-        ..Endpoint::default()
-    }
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

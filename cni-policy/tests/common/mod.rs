@@ -165,6 +165,13 @@ impl Host {
         (bridge_res, pol)
     }
 
+    /// `add` that must succeed: the bridge's result (the policy plugin's error fails the test).
+    pub fn add_ok(&self, cid: &str, netns: &str, args: &str, extra: Value) -> Value {
+        let (res, (ok, v)) = self.add(cid, netns, args, extra);
+        assert!(ok, "{v}");
+        res
+    }
+
     /// The conflist's DEL, in reverse order.
     pub fn del(&self, cid: &str, netns: Option<&str>) -> (bool, Value) {
         let r = self.plugin("cni-policy", "DEL", cid, netns, "", &self.policy_conf(None));
@@ -326,3 +333,9 @@ spec:
   ingress:
   - action: Frobnicate
 ";
+
+/// The runtime config `{"args": {"cni": {"labels": [...]}}}` that gives a container these labels.
+pub fn labels(pairs: &[(&str, &str)]) -> Value {
+    let l: Vec<Value> = pairs.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+    json!({"args": {"cni": {"labels": l}}})
+}
