@@ -24,12 +24,14 @@ fuzz_target!(|data: &[u8]| {
             namespace: "default".into(),
             labels: [("app".to_string(), "web".to_string())].into(),
             addrs: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            ..Endpoint::default()
         },
         Endpoint {
             name: "b".into(),
             namespace: "prod".into(),
             labels: Default::default(),
             addrs: vec!["10.0.0.2".parse().unwrap()],
+            ..Endpoint::default()
         },
     ];
     let pkts = [

@@ -244,7 +244,12 @@ fn acl(t: &TableRef) -> Transaction {
     x.add_rule(t, "acl_fwd", &vmap).unwrap();
     for (v, set) in [(IpVersion::V4, "allow_v4"), (IpVersion::V6, "allow_v6")] {
         let src = Match::AddrInSet { version: v, dir: Dir::Src, set: set.into(), negate: false };
-        let echo = Match::Icmp { version: v, icmp_type: if v == IpVersion::V4 { 8 } else { 128 }, code: Some(0) };
+        let echo = Match::Icmp {
+            version: v,
+            icmp_type: if v == IpVersion::V4 { 8 } else { 128 },
+            code: Some(0),
+            negate: false,
+        };
         x.add_rule(t, "from_a", &Rule::new(vec![src.clone(), echo], Verdict::Accept)).unwrap();
         let dport = Match::PortInSet { proto: proto::TCP, dir: Dir::Dst, set: "ports".into(), negate: false };
         let mut r = Rule::new(vec![src, dport], Verdict::Accept);
@@ -532,4 +537,85 @@ fn scale_1k_chains_and_sets_apply_and_one_element() {
         median(one.clone()).as_secs_f64() * 1e3,
         one
     );
+}
+
+/// The policy engine's pieces with real packets: dispatch by destination
+/// address (`ip daddr vmap`, `ip6 daddr vmap`), a tier whose Pass sets a
+/// mark bit and returns, the bit cleared before the tier and tested after
+/// it, other mark bits kept by both statements, and negated ICMP matches
+/// (type only, and type + code meaning "not both"), changed by a diff.
+#[test]
+fn address_vmap_pass_mark_and_negated_icmp_with_packets() {
+    use linux_net::nft::{MarkStmt, TableState};
+    const PASS: u32 = 0x0010_0000;
+    let lab = Lab::new("m");
+    lab.wait_ready();
+    let r = lab.ns.open(1);
+    let t = TableRef::new(Family::Inet, "t");
+    let state = |icmp4: Match| {
+        let mut s = TableState::new(t.clone());
+        let b4 = SetElem::Addr(B4.parse().unwrap());
+        let b6 = SetElem::Addr(B6.parse().unwrap());
+        s.put_map(SetDef::verdict_map("disp4", SetKey::Ipv4Addr), vec![(b4, Verdict::Jump("ep_b".into()))]);
+        s.put_map(SetDef::verdict_map("disp6", SetKey::Ipv6Addr), vec![(b6, Verdict::Jump("ep_b".into()))]);
+        let vmap = |version, map: &str| Rule {
+            action: Some(Action::AddrVmap { version, dir: Dir::Dst, map: map.into() }),
+            ..Default::default()
+        };
+        s.put_chain(
+            "fwd",
+            Some(BaseChain::filter(Hook::Forward, 0, ChainPolicy::Accept)),
+            vec![
+                Rule::new(
+                    vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
+                    Verdict::Accept,
+                ),
+                // another bit of the mark, which the Pass statements must keep
+                Rule { mark: Some(MarkStmt::Set(0x1)), ..Default::default() },
+                vmap(IpVersion::V4, "disp4"),
+                vmap(IpVersion::V6, "disp6"),
+            ],
+        );
+        let passed = |v: bool| Match::MarkBits { mask: PASS, set: v };
+        s.put_chain(
+            "ep_b",
+            None,
+            vec![
+                Rule::new(vec![icmp4], Verdict::Drop),
+                Rule::new(
+                    vec![Match::Icmp { version: IpVersion::V6, icmp_type: 128, code: None, negate: true }],
+                    Verdict::Drop,
+                ),
+                Rule { mark: Some(MarkStmt::Clear(PASS)), ..Default::default() },
+                Rule::new(vec![], Verdict::Jump("tier".into())),
+                Rule::new(vec![passed(false)], Verdict::Drop),
+                Rule::new(vec![Match::MarkBits { mask: 0x1, set: false }], Verdict::Drop),
+            ],
+        );
+        let pass_from = |a: &str| Rule {
+            matches: vec![Match::AddrInNet { dir: Dir::Src, net: net(a), negate: false }],
+            mark: Some(MarkStmt::Set(PASS)),
+            action: Some(Action::Verdict(Verdict::Return)),
+            ..Default::default()
+        };
+        s.put_chain("tier", None, vec![pass_from(&format!("{A_OK4}/32")), pass_from(&format!("{A_OK6}/128"))]);
+        s
+    };
+    let not_echo_request =
+        |code: u8| Match::Icmp { version: IpVersion::V4, icmp_type: 8, code: Some(code), negate: true };
+    let first = state(not_echo_request(0));
+    let mut x = Transaction::new();
+    TableState::replace(&first, &mut x).unwrap();
+    commit_in(&r, x).expect("apply");
+    assert!(lab.ping(A_OK4, B4), "passed by the tier (echo request is type 8 code 0)");
+    assert!(lab.ping(A_OK6, B6), "passed by the tier (echo request is type 128)");
+    assert!(!lab.ping(A_BAD4, B4), "not passed: dropped after the tier");
+    assert!(!lab.ping(A_BAD6, B6), "not passed: dropped after the tier");
+    // (type, code) != (8, 1) holds for an echo request (8, 0): dropped
+    let second = state(not_echo_request(1));
+    let mut x = Transaction::new();
+    TableState::diff(&first, &second, &mut x).unwrap();
+    commit_in(&r, x).expect("diff");
+    assert!(!lab.ping(A_OK4, B4), "8/0 is not 8/1: the negated match drops it");
+    assert!(lab.ping(A_OK6, B6), "IPv6 untouched by the diff");
 }

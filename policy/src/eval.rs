@@ -8,7 +8,8 @@
 //! 1. The policies that apply: their `types` hold the direction, their `selector` (and a
 //!    namespaced policy's namespace, a global one's `namespaceSelector`) match the endpoint.
 //!    None apply: the endpoint's profile decides, and it allows (as the namespace profiles
-//!    Calico gives every Kubernetes pod do).
+//!    Calico gives every Kubernetes pod do). IPv6 neighbour discovery (ICMPv6 133-136) is
+//!    allowed before any policy, as ARP is.
 //! 2. Tiers holding such policies, by tier order; within a tier, policies by order (then by
 //!    name); within a policy, its rules of that direction in file order. The first rule that
 //!    matches with Allow or Deny decides; Log records and goes on; Pass leaves the tier.
@@ -23,7 +24,7 @@ use std::net::IpAddr;
 
 use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, EntityMatch, IcmpMatch, IpVersion, NamespaceMatch, Policy,
-    PolicySet, Rule, TierDefault,
+    PolicyKind, PolicySet, Rule, TierDefault,
 };
 
 /// The first packet of a connection.
@@ -98,19 +99,10 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
     let mut applying: Vec<&Policy> =
         set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
     let mut logged = Vec::new();
-    if applying.is_empty() {
+    if applying.is_empty() || is_neighbour_discovery(pkt) {
         return Evaluation { verdict: Verdict::Allow, logged, decided_by: None };
     }
-    // Policies by (tier order, tier name, policy order, policy name); `None` orders last.
-    let key = |o: Option<f64>| o.unwrap_or(f64::INFINITY);
-    applying.sort_by(|a, b| {
-        let (ta, tb) = (set.tier(&a.tier), set.tier(&b.tier));
-        key(ta.order)
-            .total_cmp(&key(tb.order))
-            .then_with(|| ta.name.cmp(&tb.name))
-            .then_with(|| key(a.order).total_cmp(&key(b.order)))
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    sort_policies(set, &mut applying);
     let mut i = 0;
     while i < applying.len() {
         let tier = applying[i].tier.clone();
@@ -139,6 +131,41 @@ pub fn evaluate(set: &PolicySet, endpoints: &[Endpoint], ep: &Endpoint, dir: Dir
         i = end;
     }
     Evaluation { verdict: Verdict::Allow, logged, decided_by: None }
+}
+
+/// ICMPv6 router and neighbour solicitations and advertisements (types 133-136): IPv6's
+/// ARP, allowed whatever the policy says (as ARP is, which is not IP), since IPv6 does not
+/// work without them; conntrack does not track them, so they never count as a reply.
+pub const NEIGHBOUR_DISCOVERY: std::ops::RangeInclusive<u8> = 133..=136;
+
+/// Whether `pkt` is one of the [`NEIGHBOUR_DISCOVERY`] messages.
+pub fn is_neighbour_discovery(pkt: &Packet) -> bool {
+    pkt.protocol == proto::ICMPV6 && pkt.icmp.is_some_and(|(t, _)| NEIGHBOUR_DISCOVERY.contains(&t))
+}
+
+/// Sorts policies into evaluation order: by tier (order, then name), then by policy order,
+/// then by `name/namespace/kind` (Felix's `PolKVLess` tie-break, so two policies of one name
+/// in different namespaces or kinds still have one order); a missing order sorts last.
+pub fn sort_policies(set: &PolicySet, policies: &mut [&Policy]) {
+    let key = |o: Option<f64>| o.unwrap_or(f64::INFINITY);
+    policies.sort_by(|a, b| {
+        let (ta, tb) = (set.tier(&a.tier), set.tier(&b.tier));
+        key(ta.order)
+            .total_cmp(&key(tb.order))
+            .then_with(|| ta.name.cmp(&tb.name))
+            .then_with(|| key(a.order).total_cmp(&key(b.order)))
+            .then_with(|| tie_break(a).cmp(&tie_break(b)))
+    });
+}
+
+/// Felix's tie-break string for policies of equal order.
+fn tie_break(p: &Policy) -> String {
+    let kind = match p.kind {
+        PolicyKind::CalicoNetworkPolicy => "NetworkPolicy",
+        PolicyKind::CalicoGlobalNetworkPolicy => "GlobalNetworkPolicy",
+        PolicyKind::KubernetesNetworkPolicy => "KubernetesNetworkPolicy",
+    };
+    format!("{}/{}/{}", p.name, p.namespace.as_deref().unwrap_or(""), kind)
 }
 
 /// A routed packet between addresses: allowed when the egress of the endpoint owning `src`

@@ -16,7 +16,7 @@ use serde_yaml_ng::Value;
 
 use crate::model::{
     proto, Action, Direction, EndpointSelector, EntityMatch, IcmpMatch, IpVersion, NamespaceMatch, Origin, Policy,
-    PolicyKind, PolicySet, PortRange, Rule, Tier, TierDefault, DEFAULT_TIER, K8S_POLICY_ORDER,
+    PolicyKind, PolicySet, PortRange, Rule, Tier, TierDefault, DEFAULT_TIER, DEFAULT_TIER_ORDER, K8S_POLICY_ORDER,
 };
 use crate::selector::{K8sLabelSelector, Selector};
 use crate::Error;
@@ -54,6 +54,16 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PolicySet, Error> {
                 let d: TierDoc = TierDoc::deserialize(doc).map_err(|e| yaml_error(file, &e))?;
                 if set.tiers.iter().any(|t| t.name == d.metadata.name) {
                     let m = format!("metadata.name: tier {:?} declared twice", d.metadata.name);
+                    return Err(doc_error(file, text, &d_line(&value), m));
+                }
+                // Calico fixes the default tier: order 1000000, defaultAction Deny.
+                let fixed = d.metadata.name == DEFAULT_TIER
+                    && (d.spec.order.is_some_and(|o| o != DEFAULT_TIER_ORDER)
+                        || d.spec.default_action.is_some_and(|a| a != TierDefault::Deny));
+                if fixed {
+                    let m = format!(
+                        "spec: the {DEFAULT_TIER:?} tier has order {DEFAULT_TIER_ORDER} and defaultAction Deny"
+                    );
                     return Err(doc_error(file, text, &d_line(&value), m));
                 }
                 set.tiers.push(Tier {
@@ -440,10 +450,14 @@ struct CalicoIcmp {
 }
 
 impl CalicoIcmp {
-    fn to_match(&self) -> Result<IcmpMatch, String> {
-        match self.icmp_type {
-            Some(icmp_type) => Ok(IcmpMatch { icmp_type, code: self.code }),
-            None => Err("an ICMP match needs a type (a code alone means nothing)".into()),
+    /// Calico's `ICMPFields`: type 0–254 (255 is refused), code 0–255 and only with a type;
+    /// `{}` (neither) puts no condition on the message.
+    fn to_match(&self) -> Result<Option<IcmpMatch>, String> {
+        match (self.icmp_type, self.code) {
+            (Some(255), _) => Err("icmp type 255 is not in 0..=254".into()),
+            (Some(icmp_type), code) => Ok(Some(IcmpMatch { icmp_type, code })),
+            (None, Some(_)) => Err("ICMP code specified without an ICMP type".into()),
+            (None, None) => Ok(None),
         }
     }
 }
@@ -493,8 +507,21 @@ impl<'de> Deserialize<'de> for CalicoRule {
         if (f.icmp.is_some() || f.not_icmp.is_some()) && !is_icmp(protocol) {
             return Err(err("icmp and notICMP need protocol ICMP or ICMPv6".to_string()));
         }
-        let icmp = f.icmp.as_ref().map(CalicoIcmp::to_match).transpose().map_err(err)?;
-        let not_icmp = f.not_icmp.as_ref().map(CalicoIcmp::to_match).transpose().map_err(err)?;
+        let icmp = f.icmp.as_ref().map(CalicoIcmp::to_match).transpose().map_err(err)?.flatten();
+        let not_icmp = f.not_icmp.as_ref().map(CalicoIcmp::to_match).transpose().map_err(err)?.flatten();
+        // Calico's Rule validation: ICMP is IPv4's, ICMPv6 IPv6's.
+        for (field, p) in [("protocol", protocol), ("notProtocol", f.not_protocol.as_ref().map(|p| p.0))] {
+            let family = match p {
+                Some(proto::ICMP) => Some((IpVersion::V4, "ICMP", 4)),
+                Some(proto::ICMPV6) => Some((IpVersion::V6, "ICMPv6", 6)),
+                _ => None,
+            };
+            if let Some((v, name, n)) = family {
+                if ip_version.is_some_and(|iv| iv != v) {
+                    return Err(err(format!("{field} {name} requires ipVersion {n}")));
+                }
+            }
+        }
         let action = match f.action {
             CalicoAction::Allow => Action::Allow,
             CalicoAction::Deny => Action::Deny,
@@ -534,20 +561,32 @@ struct CalicoEntity {
 impl CalicoEntity {
     /// `namespace`: the policy's, for a namespaced policy (its selectors look there unless a
     /// `namespaceSelector` says otherwise).
+    ///
+    /// As Calico's rule conversion does (libcalico-go `updateprocessors/rules.go`,
+    /// `getEndpointSelector`): the namespace scope (`namespaceSelector`, else a namespaced
+    /// policy's own namespace) narrows the *positive* endpoint match as soon as any of
+    /// `selector`, `notSelector` or `namespaceSelector` is given, while `notSelector` itself is
+    /// matched against the endpoints of every namespace.
     fn to_match(&self, namespace: Option<&str>) -> EntityMatch {
         let namespaces = match (&self.namespace_selector, namespace) {
-            (Some(s), _) => NamespaceMatch::Selector(s.0.clone()),
-            (None, Some(ns)) => NamespaceMatch::Named(ns.to_string()),
-            (None, None) => NamespaceMatch::Any,
+            (Some(s), _) => Some(NamespaceMatch::Selector(s.0.clone())),
+            (None, Some(ns)) => Some(NamespaceMatch::Named(ns.to_string())),
+            (None, None) => None,
         };
-        let endpoints = (self.selector.is_some() || self.namespace_selector.is_some()).then(|| EndpointSelector {
-            namespaces: namespaces.clone(),
-            labels: self.selector.as_ref().map_or(Selector::All, |s| s.0.clone()),
-        });
+        let any_selector = self.selector.is_some() || self.not_selector.is_some() || self.namespace_selector.is_some();
+        let endpoints = match (&self.selector, &namespaces) {
+            (Some(s), ns) => {
+                Some(EndpointSelector { namespaces: ns.clone().unwrap_or(NamespaceMatch::Any), labels: s.0.clone() })
+            }
+            (None, Some(ns)) if any_selector => {
+                Some(EndpointSelector { namespaces: ns.clone(), labels: Selector::All })
+            }
+            (None, _) => None,
+        };
         let not_endpoints = self
             .not_selector
             .as_ref()
-            .map(|s| EndpointSelector { namespaces: namespaces.clone(), labels: s.0.clone() });
+            .map(|s| EndpointSelector { namespaces: NamespaceMatch::Any, labels: s.0.clone() });
         EntityMatch {
             nets: self.nets.iter().map(|n| n.0).collect(),
             not_nets: self.not_nets.iter().map(|n| n.0).collect(),

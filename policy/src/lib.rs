@@ -1,9 +1,13 @@
-//! ACL policy, pure and I/O-free apart from reading policy files: the model that Calico
+//! ACL policy: the model that Calico
 //! (`projectcalico.org/v3` NetworkPolicy, GlobalNetworkPolicy, Tier) and Kubernetes
 //! (`networking.k8s.io/v1` NetworkPolicy) files map to, their parsers, the Calico selector
-//! language, and a reference evaluator written from the specifications. The nftables compiler
-//! builds on the model; the differential test holds the kernel to the evaluator.
+//! language, and a reference evaluator written from the specifications, all pure apart from
+//! reading policy files. The nftables compiler builds on the model; the [`engine`] is the only
+//! part that touches the kernel (through `linux_net::nft`); the differential test holds the
+//! kernel to the evaluator.
 
+pub mod compile;
+pub mod engine;
 pub mod eval;
 pub mod file;
 pub mod model;
@@ -11,6 +15,7 @@ pub mod selector;
 
 use std::path::PathBuf;
 
+pub use compile::{compile, Compiled};
 pub use eval::{evaluate, evaluate_path, Evaluation, Packet, Verdict};
 pub use file::{load_dir, load_file, parse_str};
 pub use model::{Action, Direction, Endpoint, Policy, PolicySet, Rule};
@@ -25,6 +30,15 @@ pub enum Error {
     File { file: PathBuf, line: Option<usize>, message: String },
     #[error("read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    /// The kernel refused or could not be asked (nothing was changed).
+    #[error(transparent)]
+    Nft(#[from] linux_net::nft::NftError),
+    /// The engine's persisted state could not be written.
+    #[error("policy state {}: {message}", path.display())]
+    State { path: PathBuf, message: String },
+    /// CHECK found an endpoint not protected as the compiled policy says.
+    #[error("policy check: {0}")]
+    Check(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -245,12 +245,19 @@ impl PolicySet {
 }
 
 /// A container interface that policies protect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The registry key: `<containerID>/<ifname>` (CNI's identity of an attachment).
     pub name: String,
     pub namespace: String,
     pub labels: Labels,
     pub addrs: Vec<IpAddr>,
+    /// The host side of the endpoint's interface (a veth peer), for anti-spoofing: a packet
+    /// entering the host from it must carry one of `addrs`. `None`: no anti-spoofing.
+    pub host_ifname: Option<String>,
+    /// `host_ifname` is a bridge port (anti-spoofing in the bridge family), not a routed
+    /// interface (anti-spoofing in inet prerouting).
+    pub bridged: bool,
 }
 
 impl Endpoint {

@@ -67,6 +67,20 @@ fn a_bad_value_names_its_field() {
     );
     assert_error(&rule("{action: Allow, icmp: {type: 8}}"), 11, &["spec.ingress: icmp and notICMP need protocol ICMP"]);
     assert_error(&rule("{action: Allow, ipVersion: 5}"), 11, &["spec.ingress: ipVersion 5"]);
+    // Calico's ICMPFields and Rule checks: a code needs a type, type 255 is out of range,
+    // ICMP belongs to IPv4 and ICMPv6 to IPv6.
+    assert_error(
+        &rule("{action: Allow, protocol: ICMP, icmp: {code: 0}}"),
+        11,
+        &["spec.ingress: ICMP code specified without an ICMP type"],
+    );
+    assert_error(&rule("{action: Allow, protocol: ICMP, icmp: {type: 255}}"), 11, &["icmp type 255"]);
+    assert_error(&rule("{action: Allow, protocol: ICMP, ipVersion: 6}"), 11, &["protocol ICMP requires ipVersion 4"]);
+    assert_error(
+        &rule("{action: Allow, notProtocol: ICMPv6, ipVersion: 4}"),
+        11,
+        &["notProtocol ICMPv6 requires ipVersion 6"],
+    );
     let yaml = format!("{GOOD}---\n{}", GOOD.replace("spec: {}", "spec:\n  selector: \"has(a\"\n"));
     assert_error(&yaml, 10, &["spec.selector", "column 6"]);
 }
@@ -174,4 +188,15 @@ fn a_document_error_points_at_that_documents_name_line() {
         GOOD
     );
     assert_error(&yaml, 8, &["spec.namespaceSelector"]);
+}
+
+#[test]
+fn the_default_tier_keeps_calicos_order_and_default_action() {
+    let tier = |spec: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {{name: default}}\nspec: {spec}\n")
+    };
+    assert_error(&tier("{defaultAction: Pass}"), 3, &["the \"default\" tier has order 1000000 and defaultAction Deny"]);
+    assert_error(&tier("{order: 5}"), 3, &["\"default\" tier"]);
+    let set = policy::parse_str(Path::new("t.yaml"), &tier("{order: 1000000, defaultAction: Deny}")).unwrap();
+    assert_eq!(set.tiers.len(), 1);
 }

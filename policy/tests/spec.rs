@@ -19,6 +19,7 @@ fn ep(name: &str, namespace: &str, labels: &[(&str, &str)], addrs: &[&str]) -> E
         namespace: namespace.into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        ..Endpoint::default()
     }
 }
 
@@ -219,15 +220,62 @@ fn log_records_and_goes_on_to_the_next_rule() {
 
 #[test]
 fn not_selector_matches_every_address_but_the_selected_endpoints() {
+    // In a GlobalNetworkPolicy without namespaceSelector, notSelector alone puts no other
+    // condition: any address but those of the selected endpoints.
+    let set = policies(&format!(
+        "{GNP_HEAD}metadata: {{name: no-other}}\nspec:\n  selector: app == 'db'\n  ingress: [{{action: Allow, source: {{notSelector: app == 'other'}}}}]\n"
+    ));
+    let w = world();
+    let db = &w[1];
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 1)), Deny);
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 1)), Allow);
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.1.1", "10.0.0.2", 1)), Allow, "another namespace");
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("192.0.2.1", "10.0.0.2", 1)), Allow, "not an endpoint");
+}
+
+#[test]
+fn not_selector_in_a_namespaced_policy_also_means_an_endpoint_of_its_namespace() {
+    // Calico's rule conversion (libcalico-go updateprocessors/rules.go) narrows the rule to the
+    // policy's namespace as soon as a notSelector is given, even without a selector.
     let set = policies(
         "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: no-other, namespace: prod}\n\
          spec:\n  selector: app == 'db'\n  ingress: [{action: Allow, source: {notSelector: app == 'other'}}]\n",
     );
     let w = world();
     let db = &w[1];
-    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 1)), Deny);
-    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 1)), Allow);
-    assert_eq!(verdict(&set, &w, db, Ingress, tcp("192.0.2.1", "10.0.0.2", 1)), Allow, "not an endpoint");
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.3", "10.0.0.2", 1)), Deny, "selected by notSelector");
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 1)), Allow, "web of prod");
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.1.1", "10.0.0.2", 1)), Deny, "an endpoint of dev");
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("192.0.2.1", "10.0.0.2", 1)), Deny, "not an endpoint");
+}
+
+#[test]
+fn policies_of_equal_order_and_name_sort_by_namespace_then_kind_not_by_file_order() {
+    // Felix's tie-break is "name/namespace/kind": the GlobalNetworkPolicy "p" (empty
+    // namespace) comes before the NetworkPolicy "p" of prod, whichever file order.
+    let gnp = format!(
+        "{GNP_HEAD}metadata: {{name: p}}\nspec:\n  order: 10\n  ingress: [{{action: Deny, protocol: TCP, destination: {{ports: [1]}}}}]\n"
+    );
+    let np = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\n\
+              spec:\n  order: 10\n  ingress: [{action: Allow}]\n";
+    let w = world();
+    let db = &w[1];
+    for yaml in [format!("{gnp}---\n{np}"), format!("{np}---\n{gnp}")] {
+        let set = policies(&yaml);
+        assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 1)), Deny, "{yaml}");
+        assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 2)), Allow, "{yaml}");
+    }
+}
+
+#[test]
+fn an_empty_icmp_match_puts_no_condition_on_the_message() {
+    let set = policies(&format!(
+        "{GNP_HEAD}metadata: {{name: ping}}\nspec:\n  ingress:\n  - {{action: Allow, protocol: ICMP, icmp: {{}}, notICMP: {{}}}}\n"
+    ));
+    let w = world();
+    let db = &w[1];
+    assert_eq!(verdict(&set, &w, db, Ingress, Packet::icmp(ip("10.0.0.1"), ip("10.0.0.2"), 13, 0)), Allow);
+    assert_eq!(verdict(&set, &w, db, Ingress, tcp("10.0.0.1", "10.0.0.2", 1)), Deny, "not ICMP");
 }
 
 #[test]
@@ -425,4 +473,13 @@ fn kubernetes_policies_sit_at_order_1000_of_the_default_tier_among_calico_ones()
     let set = policies(&format!("{}---{K8S_DB_FROM_WEB}", calico("late", 1001, "Deny")));
     assert_eq!(verdict(&set, &w, db, Ingress, web_5432()), Allow);
     assert_eq!(verdict(&set, &w, db, Ingress, web_6000()), Deny);
+}
+
+#[test]
+fn ipv6_neighbour_discovery_is_allowed_whatever_the_policy() {
+    let set = policies(K8S_DB_FROM_WEB);
+    let w = world();
+    let db = &w[1];
+    let icmp6 = |t| verdict(&set, &w, db, Ingress, Packet::icmp(ip("fd00::1"), ip("fd00::2"), t, 0));
+    assert_eq!([icmp6(128), icmp6(133), icmp6(135), icmp6(136), icmp6(137)], [Deny, Allow, Allow, Allow, Deny]);
 }

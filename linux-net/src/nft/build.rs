@@ -121,7 +121,8 @@ pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
     let name = match expr {
         Expr::Meta { .. } => "meta",
         Expr::Payload { .. } => "payload",
-        Expr::Bitwise { .. } => "bitwise",
+        Expr::Bitwise { .. } | Expr::MaskXor { .. } => "bitwise",
+        Expr::MetaSet { .. } => "meta",
         Expr::Cmp { .. } => "cmp",
         Expr::Verdict { .. } => "immediate",
         Expr::Masq => "masq",
@@ -152,6 +153,17 @@ pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
                 put_be32(buf, NFTA_BITWISE_LEN, mask.len() as u32);
                 put_data_value(buf, NFTA_BITWISE_MASK, mask);
                 put_data_value(buf, NFTA_BITWISE_XOR, &vec![0; mask.len()]);
+            }
+            Expr::MaskXor { mask, xor } => {
+                put_be32(buf, NFTA_BITWISE_SREG, NFT_REG_1);
+                put_be32(buf, NFTA_BITWISE_DREG, NFT_REG_1);
+                put_be32(buf, NFTA_BITWISE_LEN, mask.len() as u32);
+                put_data_value(buf, NFTA_BITWISE_MASK, mask);
+                put_data_value(buf, NFTA_BITWISE_XOR, xor);
+            }
+            Expr::MetaSet { key } => {
+                put_be32(buf, NFTA_META_KEY, *key);
+                put_be32(buf, NFTA_META_SREG, NFT_REG_1);
             }
             Expr::Cmp { op, data } => {
                 put_be32(buf, NFTA_CMP_SREG, NFT_REG_1);

@@ -10,6 +10,9 @@
 //!   the kernel's replies, pure as well;
 //! * [`io`]: the `NETLINK_NETFILTER` socket in the calling thread's network
 //!   namespace, one batch and its acks, dumps and their retry;
+//! * [`state`]: desired state of a table ([`TableState`]) and the
+//!   transaction between two states; read-back of tables, rule counts
+//!   and verdict maps;
 //! * [`txn`]: the general transaction API ([`Transaction`]): tables,
 //!   chains, sets, interval sets, verdict maps, elements and rules from
 //!   [`Match`]es, in one atomic batch;
@@ -37,14 +40,16 @@ mod build;
 mod io;
 mod parse;
 mod rules;
+pub mod state;
 #[cfg(test)]
 mod tests;
 mod txn;
 mod wire;
 
+pub use state::{ChainState, MapState, SetState, TableState};
 pub use txn::{
-    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, Match, Rule, SetDef, SetElem, SetKey,
-    TableRef, Transaction, Verdict,
+    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, MarkStmt, Match, Rule, SetDef,
+    SetElem, SetKey, TableRef, Transaction, Verdict,
 };
 
 use ipnetwork::IpNetwork;
@@ -122,7 +127,7 @@ fn errno_name(errno: i32) -> String {
 }
 
 /// nftables address family of a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     Inet,
     Ip,

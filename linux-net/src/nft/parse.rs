@@ -170,6 +170,7 @@ pub(super) fn decode_expr(elem: &[u8]) -> Option<Expr> {
     let reg1 = |ty| u(ty) == Some(NFT_REG_1);
     match name.as_str() {
         "meta" if reg1(NFTA_META_DREG) => Some(Expr::Meta { key: u(NFTA_META_KEY)? }),
+        "meta" if reg1(NFTA_META_SREG) => Some(Expr::MetaSet { key: u(NFTA_META_KEY)? }),
         "payload" if reg1(NFTA_PAYLOAD_DREG) => Some(Expr::Payload {
             base: u(NFTA_PAYLOAD_BASE)?,
             offset: u(NFTA_PAYLOAD_OFFSET)?,
@@ -180,7 +181,10 @@ pub(super) fn decode_expr(elem: &[u8]) -> Option<Expr> {
             let xor = data_value(find_attr(&d, NFTA_BITWISE_XOR)?)?;
             let op_ok = u(NFTA_BITWISE_OP).unwrap_or(0) == 0; // NFT_BITWISE_MASK_XOR
             let len_ok = u(NFTA_BITWISE_LEN)? as usize == mask.len();
-            (op_ok && len_ok && xor.iter().all(|&b| b == 0)).then_some(Expr::Bitwise { mask })
+            if !(op_ok && len_ok && xor.len() == mask.len()) {
+                return None;
+            }
+            Some(if xor.iter().all(|&b| b == 0) { Expr::Bitwise { mask } } else { Expr::MaskXor { mask, xor } })
         }
         "cmp" if reg1(NFTA_CMP_SREG) => {
             Some(Expr::Cmp { op: u(NFTA_CMP_OP)?, data: data_value(find_attr(&d, NFTA_CMP_DATA)?)? })

@@ -17,6 +17,10 @@ pub(super) enum Expr {
     Payload { base: u32, offset: u32, len: u32 },
     /// `bitwise reg 1 = (reg 1 & mask) ^ 0`
     Bitwise { mask: Vec<u8> },
+    /// `bitwise reg 1 = (reg 1 & mask) ^ xor`
+    MaskXor { mask: Vec<u8>, xor: Vec<u8> },
+    /// `meta set <key> with reg 1`
+    MetaSet { key: u32 },
     /// `cmp <op> reg 1 <data>`
     Cmp { op: u32, data: Vec<u8> },
     /// `immediate reg 0 <verdict>`

@@ -486,6 +486,7 @@ mod txn_encoding {
             counter: true,
             log_prefix: Some("x".into()),
             action: Some(Action::Verdict(Verdict::Jump("c".into()))),
+            mark: None,
             comment: None,
         };
         assert_eq!(
@@ -536,5 +537,147 @@ mod txn_encoding {
             seen += parse_attrs(list).len();
         }
         assert_eq!(seen, 2000);
+    }
+
+    #[test]
+    fn policy_pieces_match_nft() {
+        // nft --debug=netlink (1.0.6), table inet:
+        // `ip saddr vmap @m4`: meta load nfproto; cmp eq 2; payload 4b @ nh + 12; lookup set m4 dreg 0
+        let r = Rule {
+            action: Some(Action::AddrVmap { version: IpVersion::V4, dir: Dir::Src, map: "m4".into() }),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs().unwrap(),
+            [
+                Expr::Meta { key: NFT_META_NFPROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV4] },
+                Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 12, len: 4 },
+                Expr::Lookup { set: "m4".into(), vmap: true, invert: false },
+            ]
+        );
+        // `ip6 daddr vmap @m6`: ... payload 16b @ nh + 24; lookup set m6 dreg 0
+        let r = Rule {
+            action: Some(Action::AddrVmap { version: IpVersion::V6, dir: Dir::Dst, map: "m6".into() }),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs().unwrap()[1..3],
+            [
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV6] },
+                Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 24, len: 16 },
+            ]
+        );
+        // `meta mark & 0x00100000 != 0 return`:
+        // meta load mark; bitwise (reg & 0x00100000) ^ 0; cmp neq 0; immediate return
+        let bit = 0x0010_0000u32;
+        let r = Rule::new(vec![Match::MarkBits { mask: bit, set: true }], Verdict::Return);
+        assert_eq!(
+            r.exprs().unwrap(),
+            [
+                Expr::Meta { key: NFT_META_MARK },
+                Expr::Bitwise { mask: bit.to_ne_bytes().to_vec() },
+                Expr::Cmp { op: NFT_CMP_NEQ, data: vec![0; 4] },
+                Expr::Verdict { code: NFT_RETURN },
+            ]
+        );
+        let r = Rule::new(vec![Match::MarkBits { mask: bit, set: false }], Verdict::Accept);
+        assert_eq!(r.exprs().unwrap()[2], Expr::Cmp { op: NFT_CMP_EQ, data: vec![0; 4] });
+        // `meta mark set meta mark | 0x00100000 return`:
+        // meta load mark; bitwise (reg & 0xffefffff) ^ 0x00100000; meta set mark with reg 1; return
+        let r = Rule {
+            mark: Some(MarkStmt::Set(bit)),
+            action: Some(Action::Verdict(Verdict::Return)),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs().unwrap(),
+            [
+                Expr::Meta { key: NFT_META_MARK },
+                Expr::MaskXor { mask: (!bit).to_ne_bytes().to_vec(), xor: bit.to_ne_bytes().to_vec() },
+                Expr::MetaSet { key: NFT_META_MARK },
+                Expr::Verdict { code: NFT_RETURN },
+            ]
+        );
+        // `meta mark set meta mark & 0xffefffff`: (reg & 0xffefffff) ^ 0
+        let r = Rule { mark: Some(MarkStmt::Clear(bit)), ..Default::default() };
+        assert_eq!(r.exprs().unwrap()[1], Expr::MaskXor { mask: (!bit).to_ne_bytes().to_vec(), xor: vec![0; 4] });
+        // `icmp type != 8`: nfproto ipv4, l4proto icmp, payload 1b @ th + 0, cmp neq 8
+        let r = Rule {
+            matches: vec![Match::Icmp { version: IpVersion::V4, icmp_type: 8, code: None, negate: true }],
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs().unwrap(),
+            [
+                Expr::Meta { key: NFT_META_NFPROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV4] },
+                Expr::Meta { key: NFT_META_L4PROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![proto::ICMP] },
+                Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 1 },
+                Expr::Cmp { op: NFT_CMP_NEQ, data: vec![8] },
+            ]
+        );
+        // not (type 128 and code 0): the two header bytes at once
+        let r = Rule {
+            matches: vec![Match::Icmp { version: IpVersion::V6, icmp_type: 128, code: Some(0), negate: true }],
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs().unwrap()[3..],
+            [
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![proto::ICMPV6] },
+                Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 2 },
+                Expr::Cmp { op: NFT_CMP_NEQ, data: vec![128, 0] },
+            ]
+        );
+    }
+
+    #[test]
+    fn mark_statements_encode_and_decode() {
+        // bitwise with a xor value, meta set with sreg, as libnftnl orders the attributes
+        let mut b = Vec::new();
+        put_expr(&mut b, &Expr::MetaSet { key: NFT_META_MARK });
+        let a = parse_attrs(&b);
+        let data = parse_attrs(find_attr(&parse_attrs(a[0].1), NFTA_EXPR_DATA).unwrap());
+        assert_eq!(data, [(NFTA_META_KEY, &3u32.to_be_bytes()[..]), (NFTA_META_SREG, &1u32.to_be_bytes()[..])]);
+        for e in [
+            Expr::MetaSet { key: NFT_META_MARK },
+            Expr::MaskXor { mask: vec![0xff, 0xff, 0xef, 0xff], xor: vec![0, 0, 0x10, 0] },
+        ] {
+            let mut b = Vec::new();
+            put_expr(&mut b, &e);
+            assert_eq!(decode_exprs(&b), Some(vec![e]));
+        }
+    }
+
+    #[test]
+    fn txn_types_round_trip_through_json() {
+        let r = Rule {
+            matches: vec![
+                Match::CtState { states: CtStates::NEW, negate: false },
+                Match::AddrInNet { dir: Dir::Src, net: net("10.0.0.0/8"), negate: true },
+                Match::Icmp { version: IpVersion::V6, icmp_type: 128, code: Some(0), negate: true },
+                Match::MarkBits { mask: 0x10_0000, set: false },
+            ],
+            counter: true,
+            log_prefix: Some("p".into()),
+            mark: Some(MarkStmt::Clear(0x10_0000)),
+            action: Some(Action::AddrVmap { version: IpVersion::V4, dir: Dir::Dst, map: "m".into() }),
+            comment: Some("c".into()),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), r);
+        let b = BaseChain::filter(Hook::Forward, 1, ChainPolicy::Accept);
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(serde_json::from_str::<BaseChain>(&json).unwrap(), b);
+        assert!(serde_json::from_str::<BaseChain>(&json.replace("filter", "bogus")).is_err());
+        let e = vec![SetElem::Net(net("fd00::/64")), SetElem::PortRange(1, 2), SetElem::IfName("x".into())];
+        assert_eq!(serde_json::from_str::<Vec<SetElem>>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
+        // a rule written before `mark` and ICMP `negate` existed still reads
+        let old = r#"{"matches":[{"Icmp":{"version":"V4","icmp_type":8,"code":null}}],"counter":false,"log_prefix":null,"action":null,"comment":null}"#;
+        let r: Rule = serde_json::from_str(old).unwrap();
+        assert_eq!(r.mark, None);
+        assert_eq!(r.matches, [Match::Icmp { version: IpVersion::V4, icmp_type: 8, code: None, negate: false }]);
     }
 }

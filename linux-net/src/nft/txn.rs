@@ -11,6 +11,7 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
 
 use super::build::{Batch, SetWire, WireElem};
 use super::io::execute;
@@ -19,7 +20,7 @@ use super::wire::*;
 use super::{Family, NftError, NftResult};
 
 /// A table: family + name. Every object of a [`Transaction`] lives in one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TableRef {
     pub family: Family,
     pub name: String,
@@ -32,7 +33,7 @@ impl TableRef {
 }
 
 /// Netfilter hook of a base chain (the inet/ip/ip6 hooks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hook {
     Prerouting,
     Input,
@@ -54,7 +55,7 @@ impl Hook {
 }
 
 /// Policy of a base chain: what happens to a packet no rule decided on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChainPolicy {
     Accept,
     Drop,
@@ -72,6 +73,41 @@ pub struct BaseChain {
     pub policy: ChainPolicy,
 }
 
+/// [`BaseChain`] as stored: the chain type as a string, which must be one
+/// of nftables' three chain types to read back.
+#[derive(Serialize, Deserialize)]
+struct BaseChainWire {
+    chain_type: String,
+    hook: Hook,
+    priority: i32,
+    policy: ChainPolicy,
+}
+
+impl TryFrom<BaseChainWire> for BaseChain {
+    type Error = String;
+    fn try_from(w: BaseChainWire) -> Result<Self, String> {
+        let chain_type = ["filter", "nat", "route"]
+            .into_iter()
+            .find(|t| *t == w.chain_type)
+            .ok_or_else(|| format!("chain type {:?} is not filter, nat or route", w.chain_type))?;
+        Ok(BaseChain { chain_type, hook: w.hook, priority: w.priority, policy: w.policy })
+    }
+}
+
+impl Serialize for BaseChain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let b = self.clone();
+        BaseChainWire { chain_type: b.chain_type.to_string(), hook: b.hook, priority: b.priority, policy: b.policy }
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for BaseChain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BaseChain::try_from(BaseChainWire::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl BaseChain {
     /// `type filter hook <hook> priority <priority>; policy <policy>;`
     pub fn filter(hook: Hook, priority: i32, policy: ChainPolicy) -> Self {
@@ -80,7 +116,7 @@ impl BaseChain {
 }
 
 /// Key type of a set or verdict map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetKey {
     /// `ipv4_addr`, 4 bytes.
     Ipv4Addr,
@@ -106,7 +142,7 @@ impl SetKey {
 /// A named set (`set NAME { type KEY; [flags interval;] }`) or verdict map
 /// (`map NAME { type KEY : verdict; }`). Passed both to create it and to
 /// add or delete its elements, so elements are checked against its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetDef {
     pub name: String,
     pub key: SetKey,
@@ -132,7 +168,7 @@ impl SetDef {
 }
 
 /// One element (key) of a set or map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum SetElem {
     /// An address (`ipv4_addr` / `ipv6_addr` sets).
     Addr(IpAddr),
@@ -148,7 +184,7 @@ pub enum SetElem {
 }
 
 /// A verdict: of a rule, of a map entry, or a base chain's policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Verdict {
     Accept,
     Drop,
@@ -182,7 +218,7 @@ impl Verdict {
 }
 
 /// IP version of a match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IpVersion {
     V4,
     V6,
@@ -198,14 +234,14 @@ impl IpVersion {
 }
 
 /// Source or destination (address or port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Dir {
     Src,
     Dst,
 }
 
 /// Incoming or outgoing interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IfDir {
     /// `iifname`
     In,
@@ -223,7 +259,7 @@ impl IfDir {
 }
 
 /// Conntrack states, OR-able: `ct state` bits as the kernel defines them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CtStates(pub u32);
 
 impl CtStates {
@@ -253,7 +289,7 @@ pub mod proto {
 /// One condition of a [`Rule`]; all of a rule's matches must hold.
 /// Matches that need a protocol (addresses, ports, ICMP) include the
 /// `meta nfproto` / `meta l4proto` check themselves, as nft does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Match {
     /// `ct state S1,S2` (any of them); `ct state != S1,S2` when negated.
     CtState { states: CtStates, negate: bool },
@@ -269,29 +305,61 @@ pub enum Match {
     PortInSet { proto: u8, dir: Dir, set: String, negate: bool },
     /// `meta l4proto P th sport|dport [!=] FIRST-LAST` (or a single port)
     PortRange { proto: u8, dir: Dir, first: u16, last: u16, negate: bool },
-    /// `icmp|icmpv6 type T [code C]`
-    Icmp { version: IpVersion, icmp_type: u8, code: Option<u8> },
+    /// `icmp|icmpv6 type T [code C]`; negated, `icmp|icmpv6 type != T`
+    /// or, with a code, "type and code are not both T and C" (one 2-byte
+    /// compare of the ICMP header's first two bytes, what nft itself
+    /// generates for a merged type/code match, with `!=`). Either way only
+    /// ICMP (ICMPv6) packets of that IP version match. Beware: `nft list`
+    /// prints the 2-byte form as `icmp type != T icmp code != C`, which
+    /// reads as "neither"; the kernel compares both bytes at once ("not
+    /// both").
+    Icmp {
+        version: IpVersion,
+        icmp_type: u8,
+        code: Option<u8>,
+        #[serde(default)]
+        negate: bool,
+    },
+    /// `meta mark & MASK != 0` (`set`: some bit of `mask` is set) or
+    /// `meta mark & MASK == 0` (none is).
+    MarkBits { mask: u32, set: bool },
     /// `iifname|oifname [!=] NAME`
     IfName { dir: IfDir, name: String, negate: bool },
 }
 
 /// The final statement of a [`Rule`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// accept, drop, return, jump, goto.
     Verdict(Verdict),
     /// `iifname|oifname vmap @map`: the map's verdict for the interface;
     /// no entry means the rule does not match (the chain goes on).
     IfNameVmap { dir: IfDir, map: String },
+    /// `ip|ip6 saddr|daddr vmap @map` (the `meta nfproto` check included,
+    /// as nft writes it): the map's verdict for the packet's address; no
+    /// entry (or another IP version) means the rule does not match.
+    AddrVmap { version: IpVersion, dir: Dir, map: String },
 }
 
-/// One rule: `MATCHES [counter] [log prefix P] [ACTION] [comment C]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A statement on the packet mark that keeps the mark's other bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MarkStmt {
+    /// `meta mark set meta mark | BITS`
+    Set(u32),
+    /// `meta mark set meta mark & ~BITS`
+    Clear(u32),
+}
+
+/// One rule: `MATCHES [counter] [log prefix P] [meta mark set ...] [ACTION] [comment C]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Rule {
     pub matches: Vec<Match>,
     pub counter: bool,
     /// `log prefix "<p>"` (kernel log; 127 bytes max).
     pub log_prefix: Option<String>,
+    /// Set or clear bits of the packet mark (after the log, before the action).
+    #[serde(default)]
+    pub mark: Option<MarkStmt>,
     /// `None`: no verdict, the chain continues (e.g. a log or counter rule).
     pub action: Option<Action>,
     pub comment: Option<String>,
@@ -318,12 +386,29 @@ impl Rule {
             }
             e.push(Expr::Log { prefix: Some(p.clone()) });
         }
+        if let Some(m) = self.mark {
+            // nft: meta load mark; bitwise (reg & mask) ^ xor; meta set mark
+            let (mask, xor) = match m {
+                MarkStmt::Set(bits) => (!bits, bits),
+                MarkStmt::Clear(bits) => (!bits, 0),
+            };
+            e.push(Expr::Meta { key: NFT_META_MARK });
+            e.push(Expr::MaskXor { mask: mask.to_ne_bytes().to_vec(), xor: xor.to_ne_bytes().to_vec() });
+            e.push(Expr::MetaSet { key: NFT_META_MARK });
+        }
         match &self.action {
             None => {}
             Some(Action::Verdict(v)) => e.push(v.expr()?),
             Some(Action::IfNameVmap { dir, map }) => {
                 super::build::check_name("map", map)?;
                 e.push(Expr::Meta { key: dir.meta_key() });
+                e.push(Expr::Lookup { set: map.clone(), vmap: true, invert: false });
+            }
+            Some(Action::AddrVmap { version, dir, map }) => {
+                super::build::check_name("map", map)?;
+                nfproto_exprs(*version, &mut e);
+                let (offset, len) = addr_offset(*version, *dir);
+                e.push(Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len });
                 e.push(Expr::Lookup { set: map.clone(), vmap: true, invert: false });
             }
         }
@@ -436,7 +521,25 @@ fn match_exprs(m: &Match, e: &mut Vec<Expr>) -> NftResult<()> {
                 e.push(Expr::Cmp { op: NFT_CMP_LTE, data: last.to_be_bytes().to_vec() });
             }
         }
-        Match::Icmp { version, icmp_type, code } => {
+        Match::Icmp { version, icmp_type, code: Some(c), negate: true } => {
+            // not (type T and code C): the two bytes are compared at once
+            nfproto_exprs(*version, e);
+            l4proto_exprs(if *version == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 }, e);
+            e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 2 });
+            e.push(Expr::Cmp { op: NFT_CMP_NEQ, data: vec![*icmp_type, *c] });
+        }
+        Match::Icmp { version, icmp_type, code: None, negate: true } => {
+            nfproto_exprs(*version, e);
+            l4proto_exprs(if *version == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 }, e);
+            e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 1 });
+            e.push(Expr::Cmp { op: NFT_CMP_NEQ, data: vec![*icmp_type] });
+        }
+        Match::MarkBits { mask, set } => {
+            e.push(Expr::Meta { key: NFT_META_MARK });
+            e.push(Expr::Bitwise { mask: mask.to_ne_bytes().to_vec() });
+            e.push(Expr::Cmp { op: if *set { NFT_CMP_NEQ } else { NFT_CMP_EQ }, data: vec![0; 4] });
+        }
+        Match::Icmp { version, icmp_type, code, negate: false } => {
             nfproto_exprs(*version, e);
             l4proto_exprs(if *version == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 }, e);
             e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 1 });

@@ -207,3 +207,8 @@ pub(super) const NFT_MSG_DESTROYTABLE: u16 = 26;
 pub(super) const NFT_MSG_DESTROYCHAIN: u16 = 27;
 pub(super) const NFT_MSG_DESTROYSET: u16 = 29;
 pub(super) const NFT_MSG_DESTROYSETELEM: u16 = 30;
+// meta mark (load and set) and the lists read back for CHECK
+pub(super) const NFTA_META_SREG: u16 = 3;
+pub(super) const NFT_META_MARK: u32 = 3;
+pub(super) const NFT_MSG_GETTABLE: u16 = 1;
+pub(super) const NFT_MSG_GETSETELEM: u16 = 13;

@@ -1,0 +1,661 @@
+//! The policy compiler: policies and endpoints in, the whole desired content of the two
+//! nftables tables out (`table inet cni-policy` for the policy, `table bridge cni-policy` for
+//! anti-spoofing of bridge ports). Pure: no I/O, the same input gives the same output, and
+//! the names of sets and chains are derived from what they stand for, so an endpoint added
+//! or a policy edited changes only the objects that concern it (the engine applies the
+//! difference; `docs/policy.md` "The compiled tables" describes the layout).
+//!
+//! The verdict the tables give is [`crate::eval::evaluate`]'s, rule by rule:
+//! - endpoint dispatch by address: `ip saddr vmap @egress4` (and `ip6`, and `daddr` for
+//!   ingress) jumps to the endpoint's direction chain;
+//! - an endpoint direction chain (shared by every endpoint with the same ordered list of
+//!   applying policies) accepts IPv6 neighbour discovery, drops `ct state invalid`, then per tier clears the pass bit, jumps to
+//!   the tier's policy chains while the bit is clear, and ends the tier with a drop (default
+//!   action Deny) unless the bit is set; after the last tier it accepts (the profile);
+//! - a policy chain (per policy and direction, shared by every endpoint the policy selects)
+//!   holds the policy's rules in order: Allow `accept`, Deny `drop`, Log `log prefix` and go
+//!   on, Pass sets the pass bit and returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use linux_net::nft::{
+    Action as NftAction, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion as Fam, MarkStmt, Match,
+    Rule as NftRule, SetDef, SetElem, SetKey, TableRef, TableState, Verdict as NftVerdict,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{selects, sort_policies, NEIGHBOUR_DISCOVERY};
+use crate::model::{
+    proto, Action, Direction, Endpoint, EndpointSelector, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicySet,
+    PortRange, Rule, TierDefault,
+};
+
+/// Name of both tables.
+pub const TABLE: &str = "cni-policy";
+/// The packet-mark bit a `Pass` sets (Felix reserves 0xffff0000 by default for its own
+/// marks and kube-proxy uses 0x4000/0x8000; this bit is set and cleared keeping the others).
+pub const PASS_MARK: u32 = 0x0010_0000;
+
+/// inet base chains of the policy: (name, hook, priority, the direction they evaluate).
+pub const BASE_CHAINS: [(&str, Hook, i32, Direction); 4] = [
+    ("egress-fwd", Hook::Forward, 0, Direction::Egress),
+    ("ingress-fwd", Hook::Forward, 1, Direction::Ingress),
+    ("egress-in", Hook::Input, 0, Direction::Egress),
+    ("ingress-out", Hook::Output, 0, Direction::Ingress),
+];
+/// The inet anti-spoof base chain (routed host interfaces), prerouting priority -150.
+pub const SPOOF_CHAIN: &str = "spoof";
+/// Priority of the inet `spoof` chain: after conntrack (-200), with mangle, before the
+/// filter chains and routing.
+pub const SPOOF_PRIORITY: i32 = -150;
+/// Priority of the bridge family's `spoof` chain (the bridge `filter` priority).
+pub const BRIDGE_SPOOF_PRIORITY: i32 = -200;
+/// Interface → anti-spoof chain map, in both tables.
+pub const SPOOF_MAP: &str = "spoof-if";
+
+/// Dispatch map of a direction and family: `egress4`, `egress6`, `ingress4`, `ingress6`.
+pub fn dispatch_map(dir: Direction, fam: IpVersion) -> &'static str {
+    match (dir, fam) {
+        (Direction::Egress, IpVersion::V4) => "egress4",
+        (Direction::Egress, IpVersion::V6) => "egress6",
+        (Direction::Ingress, IpVersion::V4) => "ingress4",
+        (Direction::Ingress, IpVersion::V6) => "ingress6",
+    }
+}
+
+/// What the compiler knows about one endpoint, for `status` and `check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// Policies applying to it in either direction, in evaluation order: `ns/name` for
+    /// namespaced policies, `name` for global ones.
+    pub policies: Vec<String>,
+    /// Its ingress and egress chains in the inet table.
+    pub ingress_chain: String,
+    pub egress_chain: String,
+    /// Its anti-spoof chain and the table family it is in (`None`: no host interface).
+    pub spoof_chain: Option<(Family, String)>,
+    /// Every chain its traffic can traverse (direction chains, the policy chains they jump
+    /// to, the anti-spoof chain), with the table family.
+    pub chains: Vec<(Family, String)>,
+    /// Its addresses that dispatch to its chains (an address of two endpoints is the first's).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// The whole desired state of both tables, and per endpoint what concerns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compiled {
+    /// `table inet cni-policy`, then `table bridge cni-policy`.
+    pub tables: Vec<TableState>,
+    pub endpoints: BTreeMap<String, EndpointInfo>,
+}
+
+impl Compiled {
+    /// nft rules in total, in both tables.
+    pub fn rule_count(&self) -> usize {
+        self.tables.iter().flat_map(|t| t.chains.values()).map(|c| c.rules.len()).sum()
+    }
+
+    /// Rules an endpoint's traffic can traverse: those of its direction chains, of the policy
+    /// chains they jump to and of its anti-spoof chain (the few base-chain rules every packet
+    /// sees are not counted). 0 for an unknown endpoint.
+    pub fn endpoint_rules(&self, ep: &str) -> usize {
+        self.endpoints.get(ep).map_or(0, |info| info.chains.iter().map(|(f, c)| self.chain_len(*f, c)).sum())
+    }
+
+    /// The policies applying to `ep`, in evaluation order (`ns/name` or `name`).
+    pub fn policies_of(&self, ep: &str) -> Vec<String> {
+        self.endpoints.get(ep).map(|i| i.policies.clone()).unwrap_or_default()
+    }
+
+    /// The table of `family`.
+    pub fn table(&self, family: Family) -> Option<&TableState> {
+        self.tables.iter().find(|t| t.table.family == family)
+    }
+
+    /// Rules of a chain (0 if it does not exist).
+    pub fn chain_len(&self, family: Family, chain: &str) -> usize {
+        self.table(family).and_then(|t| t.chains.get(chain)).map_or(0, |c| c.rules.len())
+    }
+}
+
+/// A stable 64-bit hash (FNV-1a) of `parts`, as 16 hex digits. Names built from it stay the
+/// same from run to run and release to release, which std's hasher does not promise.
+fn hash(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// `kind/ns/name`: a policy's identity.
+fn policy_id(p: &Policy) -> String {
+    format!("{:?}/{}/{}", p.kind, p.namespace.as_deref().unwrap_or(""), p.name)
+}
+
+/// `ns/name` or `name`, as `status` shows it.
+pub fn policy_display(p: &Policy) -> String {
+    match &p.namespace {
+        Some(ns) => format!("{ns}/{}", p.name),
+        None => p.name.clone(),
+    }
+}
+
+fn dir_letter(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "i",
+        Direction::Egress => "e",
+    }
+}
+
+/// Up to `n` bytes of `s` made of `[a-z0-9.-]` (for names people read in `nft list`).
+fn readable(s: &str, n: usize) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).take(n).collect()
+}
+
+/// Chain of a policy's rules in one direction: `pol-<i|e>-<name>-<hash of kind/ns/name>`.
+fn policy_chain(p: &Policy, d: Direction) -> String {
+    format!("pol-{}-{}-{}", dir_letter(d), readable(&p.name, 32), hash(&[&policy_id(p)]))
+}
+
+/// Keys of a set of endpoint addresses picked by a selector in a namespace scope.
+fn scope_key(s: &EndpointSelector) -> String {
+    let ns = match &s.namespaces {
+        NamespaceMatch::Any => "*".to_string(),
+        NamespaceMatch::Named(n) => format!("ns={n}"),
+        NamespaceMatch::Selector(sel) => format!("nssel={sel}"),
+    };
+    format!("{ns}|{}", s.labels)
+}
+
+fn fam_of(v: IpVersion) -> Fam {
+    match v {
+        IpVersion::V4 => Fam::V4,
+        IpVersion::V6 => Fam::V6,
+    }
+}
+
+fn fam_digit(v: IpVersion) -> &'static str {
+    match v {
+        IpVersion::V4 => "4",
+        IpVersion::V6 => "6",
+    }
+}
+
+fn addr_key(v: IpVersion) -> SetKey {
+    match v {
+        IpVersion::V4 => SetKey::Ipv4Addr,
+        IpVersion::V6 => SetKey::Ipv6Addr,
+    }
+}
+
+fn net_family(n: &IpNetwork) -> IpVersion {
+    if n.is_ipv4() {
+        IpVersion::V4
+    } else {
+        IpVersion::V6
+    }
+}
+
+/// CIDRs of one family without those inside another of the list (an interval set refuses
+/// overlapping elements; two CIDRs either nest or are disjoint), sorted.
+fn outermost(nets: &[IpNetwork]) -> Vec<IpNetwork> {
+    let canon: BTreeSet<IpNetwork> =
+        nets.iter().map(|n| IpNetwork::new(n.network(), n.prefix()).expect("a CIDR's own prefix")).collect();
+    canon
+        .iter()
+        .filter(|n| !canon.iter().any(|o| o != *n && o.prefix() < n.prefix() && o.contains(n.network())))
+        .copied()
+        .collect()
+}
+
+/// Port ranges merged where they overlap or touch, sorted.
+fn merged_ports(ports: &[PortRange]) -> Vec<(u16, u16)> {
+    let mut v: Vec<(u16, u16)> = ports.iter().map(|p| (p.first, p.last)).collect();
+    v.sort();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// A table being built: sets, maps and chains by name (maps keyed so an entry is set once).
+struct Builder {
+    table: TableRef,
+    sets: BTreeMap<String, (SetDef, Vec<SetElem>)>,
+    maps: BTreeMap<String, (SetDef, BTreeMap<SetElem, NftVerdict>)>,
+    chains: BTreeMap<String, (Option<BaseChain>, Vec<NftRule>)>,
+}
+
+impl Builder {
+    fn new(family: Family) -> Builder {
+        Builder {
+            table: TableRef::new(family, TABLE),
+            sets: BTreeMap::new(),
+            maps: BTreeMap::new(),
+            chains: BTreeMap::new(),
+        }
+    }
+
+    fn set(&mut self, def: SetDef, elems: Vec<SetElem>) -> String {
+        let name = def.name.clone();
+        self.sets.entry(name.clone()).or_insert((def, elems));
+        name
+    }
+
+    fn map(&mut self, name: &str, key: SetKey) -> &mut BTreeMap<SetElem, NftVerdict> {
+        &mut self.maps.entry(name.to_string()).or_insert_with(|| (SetDef::verdict_map(name, key), BTreeMap::new())).1
+    }
+
+    fn chain(&mut self, name: &str, base: Option<BaseChain>, rules: Vec<NftRule>) {
+        self.chains.insert(name.to_string(), (base, rules));
+    }
+
+    fn has_chain(&self, name: &str) -> bool {
+        self.chains.contains_key(name)
+    }
+
+    fn finish(self) -> TableState {
+        let mut t = TableState::new(self.table);
+        for (_, (def, elems)) in self.sets {
+            t.put_set(def, elems);
+        }
+        for (_, (def, entries)) in self.maps {
+            t.put_map(def, entries.into_iter().collect());
+        }
+        for (name, (base, rules)) in self.chains {
+            t.put_chain(name, base, rules);
+        }
+        t
+    }
+}
+
+fn rule(matches: Vec<Match>, verdict: Option<NftVerdict>) -> NftRule {
+    NftRule { matches, action: verdict.map(NftAction::Verdict), ..NftRule::default() }
+}
+
+/// Compiles `set` for `endpoints` into the desired state of both tables.
+pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
+    let mut inet = Builder::new(Family::Inet);
+    let mut bridge = Builder::new(Family::Bridge);
+
+    // Base chains: established/related first, then dispatch on the endpoint's address.
+    for (name, hook, prio, dir) in BASE_CHAINS {
+        let addr_dir = if dir == Direction::Egress { Dir::Src } else { Dir::Dst };
+        let mut rules = vec![rule(
+            vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
+            Some(NftVerdict::Accept),
+        )];
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let map = dispatch_map(dir, v);
+            inet.map(map, addr_key(v));
+            rules.push(NftRule {
+                action: Some(NftAction::AddrVmap { version: fam_of(v), dir: addr_dir, map: map.to_string() }),
+                ..NftRule::default()
+            });
+        }
+        inet.chain(name, Some(BaseChain::filter(hook, prio, ChainPolicy::Accept)), rules);
+    }
+    for b in [&mut inet, &mut bridge] {
+        b.map(SPOOF_MAP, SetKey::IfName);
+        let prio = if b.table.family == Family::Bridge { BRIDGE_SPOOF_PRIORITY } else { SPOOF_PRIORITY };
+        let dispatch = NftRule {
+            action: Some(NftAction::IfNameVmap { dir: IfDir::In, map: SPOOF_MAP.into() }),
+            ..NftRule::default()
+        };
+        b.chain(SPOOF_CHAIN, Some(BaseChain::filter(Hook::Prerouting, prio, ChainPolicy::Accept)), vec![dispatch]);
+    }
+
+    let mut c = Ctx { set, endpoints, inet };
+    let mut infos = BTreeMap::new();
+    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for ep in endpoints {
+        for a in &ep.addrs {
+            owner.entry(*a).or_insert(ep.name.as_str());
+        }
+    }
+    for ep in endpoints {
+        let mut chains = Vec::new();
+        let mut all_applying: Vec<&Policy> = Vec::new();
+        let mut dir_chain = |c: &mut Ctx<'_>, dir: Direction| {
+            let mut applying: Vec<&Policy> =
+                set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
+            sort_policies(set, &mut applying);
+            let name = c.endpoint_chain(dir, &applying);
+            chains.push((Family::Inet, name.clone()));
+            for p in &applying {
+                chains.push((Family::Inet, policy_chain(p, dir)));
+                if !all_applying.iter().any(|q| std::ptr::eq(*q, *p)) {
+                    all_applying.push(p);
+                }
+            }
+            for a in &ep.addrs {
+                let v = IpVersion::of(a);
+                // An address of two endpoints belongs to the first, as in the evaluator.
+                let entries = c.inet.map(dispatch_map(dir, v), addr_key(v));
+                entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
+            }
+            name
+        };
+        let ingress_chain = dir_chain(&mut c, Direction::Ingress);
+        let egress_chain = dir_chain(&mut c, Direction::Egress);
+        sort_policies(set, &mut all_applying);
+        let spoof_chain = ep.host_ifname.as_ref().map(|ifname| {
+            let b = if ep.bridged { &mut bridge } else { &mut c.inet };
+            let name = spoof_chain(b, ep, ifname);
+            (b.table.family, name)
+        });
+        chains.extend(spoof_chain.clone());
+        chains.sort();
+        chains.dedup();
+        let addrs = ep.addrs.iter().filter(|a| owner.get(a) == Some(&ep.name.as_str())).copied().collect();
+        infos.insert(
+            ep.name.clone(),
+            EndpointInfo {
+                policies: all_applying.iter().map(|p| policy_display(p)).collect(),
+                ingress_chain,
+                egress_chain,
+                spoof_chain,
+                chains,
+                addrs,
+            },
+        );
+    }
+    Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
+}
+
+/// The anti-spoof chain of one endpoint in `b`'s table: its own addresses and IPv6's
+/// link-local and unspecified sources (neighbour discovery, DAD) return, any other IPv4 or
+/// IPv6 packet is dropped. ARP and the rest pass.
+fn spoof_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
+    let name = format!("spoof-{}-{}", readable(ifname, 15), hash(&[&ep.name]));
+    let mut rules = Vec::new();
+    let mut addrs: Vec<IpNetwork> = ep.addrs.iter().map(|a| IpNetwork::from(*a)).collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs.push("fe80::/10".parse().expect("a CIDR"));
+    addrs.push("::/128".parse().expect("a CIDR"));
+    for net in addrs {
+        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(NftVerdict::Return)));
+    }
+    for v in [Fam::V4, Fam::V6] {
+        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
+    }
+    b.chain(&name, None, rules);
+    let key = SetElem::IfName(ifname.to_string());
+    b.map(SPOOF_MAP, SetKey::IfName).insert(key, NftVerdict::Jump(name.clone()));
+    name
+}
+
+struct Ctx<'a> {
+    set: &'a PolicySet,
+    endpoints: &'a [Endpoint],
+    inet: Builder,
+}
+
+impl Ctx<'_> {
+    /// The direction chain for an ordered list of applying policies (created once, shared).
+    fn endpoint_chain(&mut self, dir: Direction, applying: &[&Policy]) -> String {
+        let mut key: Vec<String> = vec![format!("{dir:?}")];
+        for p in applying {
+            let tier = self.set.tier(&p.tier);
+            key.push(format!("{}|{:?}|{}", tier.name, tier.default_action, policy_id(p)));
+        }
+        let parts: Vec<&str> = key.iter().map(String::as_str).collect();
+        let name = format!("ep-{}-{}", dir_letter(dir), hash(&parts));
+        if self.inet.has_chain(&name) {
+            return name;
+        }
+        // IPv6 neighbour discovery first: conntrack does not track it (`ct state` reads
+        // invalid) and IPv6 needs it whatever the policy (the evaluator allows it too).
+        let mut rules: Vec<NftRule> = NEIGHBOUR_DISCOVERY
+            .map(|t| {
+                let icmp = Match::Icmp { version: Fam::V6, icmp_type: t, code: None, negate: false };
+                rule(vec![icmp], Some(NftVerdict::Accept))
+            })
+            .collect();
+        rules.push(rule(vec![Match::CtState { states: CtStates::INVALID, negate: false }], Some(NftVerdict::Drop)));
+        let clear_bit = Match::MarkBits { mask: PASS_MARK, set: false };
+        let mut i = 0;
+        while i < applying.len() {
+            let tier = applying[i].tier.clone();
+            let end = i + applying[i..].iter().take_while(|p| p.tier == tier).count();
+            rules.push(NftRule { mark: Some(MarkStmt::Clear(PASS_MARK)), ..NftRule::default() });
+            for p in &applying[i..end] {
+                let chain = self.policy_chain(p, dir);
+                rules.push(rule(vec![clear_bit.clone()], Some(NftVerdict::Jump(chain))));
+            }
+            if self.set.tier(&tier).default_action == TierDefault::Deny {
+                rules.push(rule(vec![clear_bit.clone()], Some(NftVerdict::Drop)));
+            }
+            i = end;
+        }
+        // The profile: allow (leaving the pass bit as it was before this chain).
+        rules.push(NftRule {
+            mark: (!applying.is_empty()).then_some(MarkStmt::Clear(PASS_MARK)),
+            action: Some(NftAction::Verdict(NftVerdict::Accept)),
+            ..NftRule::default()
+        });
+        self.inet.chain(&name, None, rules);
+        name
+    }
+
+    /// The chain of a policy's rules in `dir` (created once, shared).
+    fn policy_chain(&mut self, p: &Policy, dir: Direction) -> String {
+        let name = policy_chain(p, dir);
+        if self.inet.has_chain(&name) {
+            return name;
+        }
+        let mut rules = Vec::new();
+        for (index, r) in p.rules(dir).iter().enumerate() {
+            let families: &[Option<IpVersion>] =
+                if needs_family(r) { &[Some(IpVersion::V4), Some(IpVersion::V6)] } else { &[None] };
+            for fam in families {
+                if let Some(matches) = self.rule_matches(r, *fam) {
+                    rules.extend(self.actions(p, dir, index, r.action, matches));
+                }
+            }
+        }
+        self.inet.chain(&name, None, rules);
+        name
+    }
+
+    /// The nft rules of one policy rule with these matches.
+    fn actions(&self, p: &Policy, dir: Direction, index: usize, action: Action, matches: Vec<Match>) -> Vec<NftRule> {
+        match action {
+            Action::Allow => vec![rule(matches, Some(NftVerdict::Accept))],
+            Action::Deny => vec![rule(matches, Some(NftVerdict::Drop))],
+            Action::Log => vec![NftRule { matches, log_prefix: Some(log_prefix(p, dir, index)), ..NftRule::default() }],
+            Action::Pass => vec![NftRule {
+                matches,
+                mark: Some(MarkStmt::Set(PASS_MARK)),
+                action: Some(NftAction::Verdict(NftVerdict::Return)),
+                ..NftRule::default()
+            }],
+        }
+    }
+
+    /// The matches of `r` for family `fam` (`None`: a rule with no family-specific part,
+    /// emitted once), or `None` when it can never match a packet of that family.
+    fn rule_matches(&mut self, r: &Rule, fam: Option<IpVersion>) -> Option<Vec<Match>> {
+        let mut m = Vec::new();
+        if let Some(v) = fam {
+            if r.ip_version.is_some_and(|rv| rv != v) {
+                return None;
+            }
+            m.push(Match::IpVersion(fam_of(v)));
+        }
+        if let Some(p) = r.protocol {
+            m.push(Match::L4Proto { proto: p, negate: false });
+        }
+        if let Some(p) = r.not_protocol {
+            m.push(Match::L4Proto { proto: p, negate: true });
+        }
+        for (icmp, negate) in [(r.icmp, false), (r.not_icmp, true)] {
+            let Some(IcmpMatch { icmp_type, code }) = icmp else { continue };
+            let v = fam.expect("ICMP matches are per family");
+            // ICMP is IPv4's message protocol and ICMPv6 IPv6's: the other pairing never carries
+            // a type the evaluator would see.
+            let own = if v == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 };
+            if r.protocol != Some(own) {
+                return None;
+            }
+            m.push(Match::Icmp { version: fam_of(v), icmp_type, code, negate });
+        }
+        for (entity, dir) in [(&r.source, Dir::Src), (&r.destination, Dir::Dst)] {
+            if !entity.nets.is_empty() {
+                let v = fam.expect("nets are per family");
+                let nets: Vec<IpNetwork> = entity.nets.iter().filter(|n| net_family(n) == v).copied().collect();
+                if nets.is_empty() {
+                    return None;
+                }
+                m.push(self.nets_match(dir, v, &nets, false));
+            }
+            if !entity.not_nets.is_empty() {
+                let v = fam.expect("nets are per family");
+                let nets: Vec<IpNetwork> = entity.not_nets.iter().filter(|n| net_family(n) == v).copied().collect();
+                if !nets.is_empty() {
+                    m.push(self.nets_match(dir, v, &nets, true));
+                }
+            }
+            for (sel, negate) in [(&entity.endpoints, false), (&entity.not_endpoints, true)] {
+                if let Some(sel) = sel {
+                    let v = fam.expect("selectors are per family");
+                    let set = self.selector_set(sel, v);
+                    m.push(Match::AddrInSet { version: fam_of(v), dir, set, negate });
+                }
+            }
+            for (ports, negate) in [(&entity.ports, false), (&entity.not_ports, true)] {
+                if ports.is_empty() {
+                    continue;
+                }
+                // The parser makes ports need a port protocol.
+                let p = r.protocol.filter(|p| proto::has_ports(*p))?;
+                m.push(self.ports_match(p, dir, ports, negate));
+            }
+        }
+        Some(m)
+    }
+
+    fn nets_match(&mut self, dir: Dir, v: IpVersion, nets: &[IpNetwork], negate: bool) -> Match {
+        let nets = outermost(nets);
+        if let [net] = nets[..] {
+            return Match::AddrInNet { dir, net, negate };
+        }
+        let strs: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        let parts: Vec<&str> = strs.iter().map(String::as_str).collect();
+        let name = format!("net{}-{}", fam_digit(v), hash(&parts));
+        let def = SetDef::interval_set(name, addr_key(v));
+        let set = self.inet.set(def, nets.into_iter().map(SetElem::Net).collect());
+        Match::AddrInSet { version: fam_of(v), dir, set, negate }
+    }
+
+    fn ports_match(&mut self, p: u8, dir: Dir, ports: &[PortRange], negate: bool) -> Match {
+        let ports = merged_ports(ports);
+        if let [(first, last)] = ports[..] {
+            return Match::PortRange { proto: p, dir, first, last, negate };
+        }
+        let strs: Vec<String> = ports.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        let parts: Vec<&str> = strs.iter().map(String::as_str).collect();
+        let name = format!("port-{}", hash(&parts));
+        let def = SetDef::interval_set(name, SetKey::InetService);
+        let set = self.inet.set(def, ports.into_iter().map(|(a, b)| SetElem::PortRange(a, b)).collect());
+        Match::PortInSet { proto: p, dir, set, negate }
+    }
+
+    /// The set of the addresses (of family `v`) of the endpoints `sel` picks; it exists even
+    /// when empty (a lookup in it never matches), so an endpoint added later only adds an
+    /// element.
+    fn selector_set(&mut self, sel: &EndpointSelector, v: IpVersion) -> String {
+        let key = scope_key(sel);
+        let name = format!("sel{}-{}", fam_digit(v), hash(&[&key]));
+        if self.inet.sets.contains_key(&name) {
+            return name;
+        }
+        let elems: BTreeSet<IpAddr> = self
+            .endpoints
+            .iter()
+            .filter(|e| selector_picks(self.set, sel, e))
+            .flat_map(|e| e.addrs.iter().copied())
+            .filter(|a| IpVersion::of(a) == v)
+            .collect();
+        self.inet.set(SetDef::set(name, addr_key(v)), elems.into_iter().map(SetElem::Addr).collect())
+    }
+}
+
+/// Whether a rule selector picks endpoint `e` (as the evaluator's `owned_by_selected`).
+fn selector_picks(set: &PolicySet, sel: &EndpointSelector, e: &Endpoint) -> bool {
+    (match &sel.namespaces {
+        NamespaceMatch::Any => true,
+        NamespaceMatch::Named(ns) => e.namespace == *ns,
+        NamespaceMatch::Selector(s) => s.matches(&set.namespace_labels(&e.namespace)),
+    }) && sel.labels.matches(&e.selector_labels())
+}
+
+/// Whether a rule has a family-specific part, and so is emitted once per family.
+fn needs_family(r: &Rule) -> bool {
+    r.ip_version.is_some()
+        || r.icmp.is_some()
+        || r.not_icmp.is_some()
+        || [&r.source, &r.destination]
+            .iter()
+            .any(|e| !e.nets.is_empty() || !e.not_nets.is_empty() || e.endpoints.is_some() || e.not_endpoints.is_some())
+}
+
+/// `cnp <in|out> <ns/name> #<index> `: at most 127 bytes (the name shortened if need be).
+fn log_prefix(p: &Policy, dir: Direction, index: usize) -> String {
+    let d = if dir == Direction::Ingress { "in" } else { "out" };
+    let tail = format!(" #{index} ");
+    let head = format!("cnp {d} ");
+    let room = 127 - head.len() - tail.len();
+    let mut name = policy_display(p);
+    if name.len() > room {
+        let mut cut = room;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    format!("{head}{name}{tail}")
+}
+
+impl crate::engine::Desired for Compiled {
+    fn tables(&self) -> &[TableState] {
+        &self.tables
+    }
+
+    fn dispatch_keys(&self, ep: &str) -> Option<Vec<crate::engine::DispatchKey>> {
+        let info = self.endpoints.get(ep)?;
+        let mut keys = Vec::new();
+        for t in &self.tables {
+            for (map, m) in &t.maps {
+                for (key, verdict) in &m.entries {
+                    let NftVerdict::Jump(chain) = verdict else { continue };
+                    let own = if map == SPOOF_MAP {
+                        info.spoof_chain.as_ref().is_some_and(|(f, c)| *f == t.table.family && c == chain)
+                    } else {
+                        // An address key of this endpoint (its chains may be shared, its keys not).
+                        matches!(key, SetElem::Addr(a) if info.addrs.contains(a))
+                    };
+                    if own {
+                        keys.push(crate::engine::DispatchKey {
+                            table: t.table.clone(),
+                            map: map.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Some(keys)
+    }
+}

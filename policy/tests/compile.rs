@@ -1,0 +1,328 @@
+//! The compiled structure: which chains, sets and map entries the compiler produces, that
+//! endpoints with the same policies share chains, that names stay put when an endpoint is
+//! added or a policy edited (the engine's delta relies on it), and that rules are split per
+//! address family. The kernel's behaviour is `compile_kernel.rs`'s and the differential
+//! test's business.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use linux_net::nft::{Action as NftAction, Family, IpVersion as Fam, MarkStmt, Match, SetElem, TableState, Verdict};
+use policy::compile::{compile, Compiled, PASS_MARK, SPOOF_MAP, TABLE};
+use policy::engine::Desired;
+use policy::model::Endpoint;
+use policy::PolicySet;
+
+fn policies(yaml: &str) -> PolicySet {
+    policy::parse_str(Path::new("test.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn ep(name: &str, namespace: &str, labels: &[(&str, &str)], addrs: &[&str]) -> Endpoint {
+    Endpoint {
+        name: name.into(),
+        namespace: namespace.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        host_ifname: Some(format!("veth{name}")),
+        bridged: true,
+    }
+}
+
+fn inet(c: &Compiled) -> &TableState {
+    c.table(Family::Inet).expect("inet table")
+}
+
+fn bridge(c: &Compiled) -> &TableState {
+    c.table(Family::Bridge).expect("bridge table")
+}
+
+const POLICIES: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: admin}
+spec:
+  tier: default
+  order: 10
+  selector: all()
+  ingress:
+  - {action: Log, protocol: TCP, destination: {ports: [22]}}
+  - {action: Deny, protocol: TCP, destination: {ports: [22]}}
+  - {action: Pass, source: {nets: [192.0.2.0/24, "2001:db8::/32"]}}
+  egress:
+  - {action: Allow, protocol: ICMP, notICMP: {type: 8, code: 1}}
+  - {action: Allow, ipVersion: 6, protocol: UDP, destination: {ports: [53, 5353, "100:200", "150:300"]}}
+  - {action: Allow, destination: {nets: ["2001:db8::/32", "2001:db8:1::/48"]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 5432}]
+"#;
+
+fn world() -> Vec<Endpoint> {
+    vec![
+        ep("web1", "prod", &[("app", "web")], &["10.0.0.1", "fd00::1"]),
+        ep("web2", "prod", &[("app", "web")], &["10.0.0.2", "fd00::2"]),
+        ep("db1", "prod", &[("app", "db")], &["10.0.0.3"]),
+        ep("db2", "prod", &[("app", "db")], &["10.0.0.4"]),
+    ]
+}
+
+fn chains_named<'a>(t: &'a TableState, prefix: &str) -> Vec<&'a str> {
+    t.chains.keys().filter(|k| k.starts_with(prefix)).map(String::as_str).collect()
+}
+
+fn entries(t: &TableState, map: &str) -> BTreeMap<SetElem, Verdict> {
+    t.maps[map].entries.iter().cloned().collect()
+}
+
+#[test]
+fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
+    let c = compile(&policies(POLICIES), &world());
+    assert_eq!(c.tables.len(), 2);
+    for t in &c.tables {
+        assert_eq!(t.table.name, TABLE);
+        t.validate().expect("a valid table state");
+    }
+    let inet = inet(&c);
+    for base in ["egress-fwd", "ingress-fwd", "egress-in", "ingress-out", "spoof"] {
+        assert!(inet.chains[base].base.is_some(), "{base} is a base chain");
+    }
+    for map in ["egress4", "egress6", "ingress4", "ingress6", SPOOF_MAP] {
+        assert!(inet.maps.contains_key(map), "{map}");
+    }
+    // Each policy base chain: ct established,related accept, then the two address vmaps.
+    let fwd = &inet.chains["ingress-fwd"].rules;
+    assert_eq!(fwd.len(), 3);
+    assert!(matches!(fwd[0].matches[..], [Match::CtState { negate: false, .. }]));
+    assert!(matches!(&fwd[1].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if map == "ingress4"));
+    assert!(matches!(&fwd[2].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if map == "ingress6"));
+    // Every endpoint chain starts by accepting IPv6 neighbour discovery (untracked, so it
+    // would read as invalid), then drops ct state invalid.
+    for name in chains_named(inet, "ep-") {
+        let rules = &inet.chains[name].rules;
+        let nd: Vec<u8> = rules[..4]
+            .iter()
+            .map(|r| match (&r.matches[..], &r.action) {
+                (
+                    [Match::Icmp { version: Fam::V6, icmp_type, code: None, negate: false }],
+                    Some(NftAction::Verdict(Verdict::Accept)),
+                ) => *icmp_type,
+                _ => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(nd, [133, 134, 135, 136]);
+        let first = &rules[4];
+        assert!(matches!(first.matches[..], [Match::CtState { negate: false, .. }]), "{name}");
+        assert_eq!(first.action, Some(NftAction::Verdict(Verdict::Drop)), "{name}");
+    }
+    // Bridged endpoints' anti-spoofing lives in the bridge table, keyed on the host interface.
+    let spoof = entries(bridge(&c), SPOOF_MAP);
+    assert_eq!(spoof.len(), 4);
+    assert!(entries(inet, SPOOF_MAP).is_empty());
+    let Verdict::Jump(chain) = &spoof[&SetElem::IfName("vethweb1".into())] else { panic!("a jump") };
+    let rules = &bridge(&c).chains[chain].rules;
+    let returns: Vec<String> = rules
+        .iter()
+        .filter_map(|r| match r.matches[..] {
+            [Match::AddrInNet { net, negate: false, .. }] => Some(net.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(returns, ["10.0.0.1/32", "fd00::1/128", "fe80::/10", "::/128"]);
+    assert!(rules.iter().rev().take(2).all(|r| r.action == Some(NftAction::Verdict(Verdict::Drop))));
+}
+
+#[test]
+fn endpoints_with_the_same_policies_share_chains() {
+    let c = compile(&policies(POLICIES), &world());
+    let inet = inet(&c);
+    // web: admin only (ingress, egress); db: admin + db-from-web (ingress), admin (egress).
+    // Egress lists are equal for all four, ingress lists form two groups.
+    assert_eq!(chains_named(inet, "ep-i-").len(), 2, "{:?}", chains_named(inet, "ep-i-"));
+    assert_eq!(chains_named(inet, "ep-e-").len(), 1);
+    assert_eq!(c.endpoints["web1"].ingress_chain, c.endpoints["web2"].ingress_chain);
+    assert_eq!(c.endpoints["db1"].ingress_chain, c.endpoints["db2"].ingress_chain);
+    assert_ne!(c.endpoints["web1"].ingress_chain, c.endpoints["db1"].ingress_chain);
+    // One chain per (policy, direction) that has applying endpoints.
+    assert_eq!(chains_named(inet, "pol-").len(), 3, "{:?}", chains_named(inet, "pol-"));
+    // Dispatch: each address to its endpoint's chain.
+    let in4 = entries(inet, "ingress4");
+    let a = |s: &str| SetElem::Addr(s.parse().unwrap());
+    assert_eq!(in4[&a("10.0.0.3")], Verdict::Jump(c.endpoints["db1"].ingress_chain.clone()));
+    assert_eq!(entries(inet, "egress6").len(), 2);
+    // The k8s rule's source selector is a set of the web pods' addresses, per family.
+    let set4: Vec<&SetElem> =
+        inet.sets.values().filter(|s| s.def.name.starts_with("sel4-")).flat_map(|s| &s.elems).collect();
+    assert_eq!(set4, [&a("10.0.0.1"), &a("10.0.0.2")]);
+    assert_eq!(c.policies_of("db1"), ["admin", "prod/db-from-web"]);
+    assert_eq!(c.policies_of("web1"), ["admin"]);
+    assert!(c.policies_of("nobody").is_empty());
+}
+
+#[test]
+fn names_are_short_and_stay_put_when_an_endpoint_is_added() {
+    let set = policies(POLICIES);
+    let mut w = world();
+    let before = compile(&set, &w);
+    for t in &before.tables {
+        for name in t.chains.keys().chain(t.sets.keys()).chain(t.maps.keys()) {
+            assert!(name.len() <= 64, "{name}");
+        }
+    }
+    // Another web pod: every chain is the same (names and rules); only the selector set,
+    // the dispatch maps and the anti-spoof map gain its entries, and it has a new spoof chain.
+    w.push(ep("web3", "prod", &[("app", "web")], &["10.0.0.5", "fd00::5"]));
+    let after = compile(&set, &w);
+    for (b, a) in before.tables.iter().zip(&after.tables) {
+        for (name, chain) in &b.chains {
+            assert_eq!(Some(chain), a.chains.get(name), "chain {name} changed");
+        }
+        let new: Vec<&String> = a.chains.keys().filter(|k| !b.chains.contains_key(*k)).collect();
+        let expect_new = usize::from(b.table.family == Family::Bridge);
+        assert_eq!(new.len(), expect_new, "{new:?}");
+        assert_eq!(a.sets.keys().collect::<Vec<_>>(), b.sets.keys().collect::<Vec<_>>());
+        for (name, s) in &b.sets {
+            let grew = a.sets[name].elems.len() - s.elems.len();
+            assert!(grew <= 1, "set {name}");
+        }
+    }
+    assert_eq!(after.endpoints["web3"].ingress_chain, after.endpoints["web1"].ingress_chain);
+    let (fam, spoof) = after.endpoints["web3"].spoof_chain.clone().expect("a host interface");
+    assert_eq!(after.rule_count(), before.rule_count() + after.chain_len(fam, &spoof));
+}
+
+#[test]
+fn a_policy_edit_changes_only_its_own_chain() {
+    let w = world();
+    let before = compile(&policies(POLICIES), &w);
+    let edited = POLICIES.replace("ports: [{port: 5432}]", "ports: [{port: 5433}]");
+    let after = compile(&policies(&edited), &w);
+    let (b, a) = (inet(&before), inet(&after));
+    let changed: Vec<&String> = b.chains.iter().filter(|(k, v)| a.chains.get(*k) != Some(v)).map(|(k, _)| k).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].starts_with("pol-i-db-from-web-"), "{changed:?}");
+    assert_eq!(a.chains.keys().collect::<Vec<_>>(), b.chains.keys().collect::<Vec<_>>());
+    assert_eq!(a.maps, b.maps, "dispatch untouched");
+}
+
+#[test]
+fn rules_split_per_family_and_rules_that_cannot_match_a_family_are_left_out() {
+    let c = compile(&policies(POLICIES), &world());
+    let inet = inet(&c);
+    let chain = |prefix: &str| &inet.chains[chains_named(inet, prefix)[0]].rules;
+    let fams = |r: &linux_net::nft::Rule| -> Vec<Fam> {
+        r.matches.iter().filter_map(|m| if let Match::IpVersion(v) = m { Some(*v) } else { None }).collect()
+    };
+    // admin ingress: Log + Deny on port 22 need no family (one rule each); Pass from nets of
+    // both families is one rule per family.
+    let ing = chain("pol-i-admin-");
+    assert_eq!(ing.len(), 4);
+    assert!(fams(&ing[0]).is_empty() && fams(&ing[1]).is_empty());
+    assert_eq!([fams(&ing[2]), fams(&ing[3])], [vec![Fam::V4], vec![Fam::V6]]);
+    assert_eq!(ing[0].log_prefix.as_deref(), Some("cnp in admin #0 "));
+    assert_eq!(ing[0].action, None, "Log goes on");
+    assert_eq!(ing[1].action, Some(NftAction::Verdict(Verdict::Drop)));
+    for pass in &ing[2..] {
+        assert_eq!(pass.mark, Some(MarkStmt::Set(PASS_MARK)));
+        assert_eq!(pass.action, Some(NftAction::Verdict(Verdict::Return)));
+    }
+    // admin egress: notICMP (ICMP, an IPv4 protocol) only for IPv4; the ipVersion 6 rule
+    // only for IPv6, its four port entries merged into one interval set of two ranges; the
+    // nested IPv6 nets only for IPv6, reduced to the outer one and matched inline.
+    let eg = chain("pol-e-admin-");
+    assert_eq!(eg.len(), 3, "{eg:#?}");
+    assert_eq!(fams(&eg[0]), [Fam::V4]);
+    assert!(eg[0].matches.contains(&Match::Icmp { version: Fam::V4, icmp_type: 8, code: Some(1), negate: true }));
+    assert_eq!(fams(&eg[1]), [Fam::V6]);
+    let Some(Match::PortInSet { set, negate: false, .. }) =
+        eg[1].matches.iter().find(|m| matches!(m, Match::PortInSet { .. }))
+    else {
+        panic!("a port set: {:?}", eg[1]);
+    };
+    assert_eq!(
+        inet.sets[set].elems,
+        [SetElem::PortRange(53, 53), SetElem::PortRange(100, 300), SetElem::PortRange(5353, 5353)]
+    );
+    assert_eq!(fams(&eg[2]), [Fam::V6]);
+    assert!(eg[2]
+        .matches
+        .iter()
+        .any(|m| matches!(m, Match::AddrInNet { net, .. } if net.to_string() == "2001:db8::/32")));
+}
+
+#[test]
+fn tiers_clear_the_pass_bit_jump_while_it_is_clear_and_end_with_a_drop() {
+    let yaml = r#"
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: sec}
+spec: {order: 100, defaultAction: Pass}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: a}
+spec: {tier: sec, order: 1, ingress: [{action: Pass}]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: b}
+spec: {order: 1, ingress: [{action: Allow, protocol: TCP}]}
+"#;
+    let w = world();
+    let c = compile(&policies(yaml), &w);
+    let rules = &inet(&c).chains[&c.endpoints["web1"].ingress_chain].rules;
+    let clear = Some(MarkStmt::Clear(PASS_MARK));
+    let bit_clear = Match::MarkBits { mask: PASS_MARK, set: false };
+    // neighbour discovery, invalid drop; [sec] clear, jump a; [default] clear, jump b, drop;
+    // clear + accept.
+    let rules = &rules[4..];
+    assert_eq!(rules.len(), 7, "{rules:#?}");
+    assert_eq!(rules[1].mark, clear);
+    assert_eq!(rules[2].matches, [bit_clear.clone()]);
+    assert!(matches!(&rules[2].action, Some(NftAction::Verdict(Verdict::Jump(j))) if j.starts_with("pol-i-a-")));
+    assert_eq!(rules[3].mark, clear);
+    assert!(matches!(&rules[4].action, Some(NftAction::Verdict(Verdict::Jump(j))) if j.starts_with("pol-i-b-")));
+    assert_eq!(
+        (rules[5].matches.clone(), rules[5].action.clone()),
+        (vec![bit_clear], Some(NftAction::Verdict(Verdict::Drop)))
+    );
+    assert_eq!((rules[6].mark, rules[6].action.clone()), (clear, Some(NftAction::Verdict(Verdict::Accept))));
+    assert_eq!(c.policies_of("web1"), ["a", "b"]);
+    // web1's traffic can traverse its two direction chains, the two policy chains and its
+    // anti-spoof chain.
+    let info = &c.endpoints["web1"];
+    assert_eq!(info.chains.len(), 5, "{:?}", info.chains);
+    let expect: usize = info.chains.iter().map(|(f, n)| c.chain_len(*f, n)).sum();
+    assert_eq!(c.endpoint_rules("web1"), expect);
+    assert_eq!(c.rule_count(), c.tables.iter().map(TableState::rule_count).sum::<usize>());
+}
+
+#[test]
+fn dispatch_keys_name_the_endpoints_own_map_entries() {
+    let mut w = world();
+    w[0].bridged = false; // web1 on a routed veth: its anti-spoofing is in the inet table
+    let c = compile(&policies(POLICIES), &w);
+    let keys = c.dispatch_keys("web1").expect("known");
+    let mut seen: Vec<(Family, String, SetElem)> = keys.into_iter().map(|k| (k.table.family, k.map, k.key)).collect();
+    seen.sort();
+    let a = |s: &str| SetElem::Addr(s.parse::<IpAddr>().unwrap());
+    let mut expect = vec![
+        (Family::Inet, "egress4".to_string(), a("10.0.0.1")),
+        (Family::Inet, "egress6".to_string(), a("fd00::1")),
+        (Family::Inet, "ingress4".to_string(), a("10.0.0.1")),
+        (Family::Inet, "ingress6".to_string(), a("fd00::1")),
+        (Family::Inet, SPOOF_MAP.to_string(), SetElem::IfName("vethweb1".into())),
+    ];
+    expect.sort();
+    assert_eq!(seen, expect);
+    assert!(c.dispatch_keys("nobody").is_none());
+    // The state round-trips through JSON (the engine persists it).
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<Compiled>(&json).unwrap(), c);
+}
