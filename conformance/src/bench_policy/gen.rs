@@ -78,8 +78,9 @@ pub fn addr_of(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(ENDPOINT_NET) + i as u32 + 2)
 }
 
-/// Endpoint `i` (the bench's endpoint add uses `i == endpoints`). Its host interface is
-/// `host_ifname` for the two that carry traffic, a name of no interface for the others.
+/// Endpoint `i` (the bench's endpoint add uses `i == endpoints`): a bridge port as host
+/// interface, `host_ifname` for the two that carry traffic, a name of no interface in the
+/// node namespace for the others (as a node with that many pods would have).
 pub fn endpoint(i: usize, host_ifname: Option<&str>) -> Endpoint {
     let p = profile_of(i);
     let labels = BTreeMap::from([
@@ -87,8 +88,9 @@ pub fn endpoint(i: usize, host_ifname: Option<&str>) -> Endpoint {
         ("role".to_string(), ROLES[p % ROLES.len()].to_string()),
         ("pod".to_string(), format!("pod{i}")),
     ]);
-    let _ = host_ifname;
     Endpoint {
+        host_ifname: Some(host_ifname.map_or_else(|| format!("bpe{i:05x}"), str::to_string)),
+        bridged: true,
         name: format!("bench{i:05}/eth0"),
         namespace: namespace_of(p),
         labels,

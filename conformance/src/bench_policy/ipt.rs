@@ -99,6 +99,8 @@ struct Renderer<'a> {
     set: &'a PolicySet,
     endpoints: &'a [Endpoint],
     out: Ruleset,
+    /// A rule's matches do not depend on the endpoint: rendered once, by the rule's address.
+    cache: std::collections::HashMap<*const Rule, Option<String>>,
 }
 
 impl Renderer<'_> {
@@ -251,7 +253,16 @@ impl Renderer<'_> {
             let mut passed = false;
             for p in &pols[i..end] {
                 for (k, r) in p.rules(dir).iter().enumerate() {
-                    let Some(m) = self.rule(r)? else { continue };
+                    let key: *const Rule = r;
+                    let m = match self.cache.get(&key) {
+                        Some(m) => m.clone(),
+                        None => {
+                            let m = self.rule(r)?;
+                            self.cache.insert(key, m.clone());
+                            m
+                        }
+                    };
+                    let Some(m) = m else { continue };
                     let guard = if passed { format!("-m mark --mark 0x0/{PASS_BIT:#x} ") } else { String::new() };
                     let target = match r.action {
                         Action::Allow => format!("-j {allow}"),
@@ -285,7 +296,7 @@ impl Renderer<'_> {
 
 /// Renders `set` for `endpoints` (chains are named by the endpoint's index).
 pub fn render(set: &PolicySet, endpoints: &[Endpoint]) -> R<Ruleset> {
-    let mut r = Renderer { set, endpoints, out: Ruleset::default() };
+    let mut r = Renderer { set, endpoints, out: Ruleset::default(), cache: Default::default() };
     let est = "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string();
     let mut fwd_e = Vec::new();
     let mut fwd_i = Vec::new();
