@@ -132,23 +132,23 @@ fn thread_cpu() -> Duration {
 /// whatever else the machine runs.
 pub fn connect_rate(t: &Topology, port: u16, count: usize) -> R<(f64, f64)> {
     let listener = listener_in(&t.server, port)?;
-    listener.set_nonblocking(true).ctx("nonblocking listener")?;
+    // A deep accept queue (std listens with a short one): a queue that fills drops SYNs, and
+    // a dropped SYN costs the client a one-second retransmit, not the path's cost.
+    // SAFETY: listen(2) on a listening socket only changes its backlog.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    ensure!(rc == 0, "listen backlog: {}", std::io::Error::last_os_error());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
-    // The accepting side: drains the queue so it never overflows.
+    // The accepting side: blocks in accept; the client wakes it with one last connection
+    // after setting `stop`.
     let acceptor = std::thread::spawn(move || {
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            match listener.accept() {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(_) => {}
-            }
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = listener.accept();
         }
     });
     let dst = SocketAddr::from((t.server_ip, port));
-    let res = linux_net::netns::spawn_in(Path::new(t.client.path()), None, move || -> R<(f64, f64)> {
+    let stop3 = stop.clone();
+    let measure = move || -> R<(f64, f64)> {
         let start = Instant::now();
         let cpu0 = thread_cpu();
         for i in 0..count {
@@ -169,12 +169,20 @@ pub fn connect_rate(t: &Topology, port: u16, count: usize) -> R<(f64, f64)> {
         }
         let cpu = thread_cpu().saturating_sub(cpu0);
         Ok((count as f64 / start.elapsed().as_secs_f64(), cpu.as_secs_f64() * 1e6 / count as f64))
+    };
+    let res = linux_net::netns::spawn_in(Path::new(t.client.path()), None, move || -> R<(f64, f64)> {
+        let r = measure();
+        stop3.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the acceptor (allowed by the policy: the measured port).
+        let _ = TcpStream::connect_timeout(&dst, Duration::from_secs(3));
+        r
     })
     .map_err(|e| e.to_string())?
     .join()
     .map_err(|_| "client thread panicked")?;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = acceptor.join();
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = acceptor.join();
+    }
     res.map_err(|e| e.to_string())?
 }
 
