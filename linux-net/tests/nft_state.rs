@@ -326,3 +326,87 @@ fn read_back_over_netlink_sees_what_was_committed() {
     sh(&["ip", "netns", "exec", &ns.0[0], "nft", "flush", "chain", "inet", "t", "pol-1"]);
     assert_eq!(in_ns(&a, || chain_rule_counts(&table())).unwrap().unwrap()["pol-1"], 0);
 }
+
+/// Anti-spoofing in a bridge-family table, with packets: a bridge with two
+/// ports; frames from port `vha` must carry client A's allowed addresses
+/// (IPv4 and IPv6; link-local for neighbour discovery), others are
+/// dropped. In the bridge family the IP version check of address matches
+/// is `meta protocol` (with `meta nfproto` they would never match there,
+/// and nft could not list the table).
+#[test]
+fn bridge_family_address_matches_with_packets() {
+    let ns = Namespaces::new(&["bh", "ba", "bb"]);
+    let (h, a, b) = (ns.0[0].clone(), ns.0[1].clone(), ns.0[2].clone());
+    sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"]);
+    for (peer, port) in [(&a, "vha"), (&b, "vhb")] {
+        sh(&["ip", "-n", &h, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", peer]);
+        sh(&["ip", "-n", &h, "link", "set", port, "master", "br0", "up"]);
+    }
+    sh(&["ip", "-n", &h, "link", "set", "br0", "up"]);
+    for (n, addrs) in [
+        (&a, vec!["10.82.0.2/24", "10.82.0.5/24", "fd82::2/64", "fd82::5/64"]),
+        (&b, vec!["10.82.0.3/24", "fd82::3/64"]),
+    ] {
+        for ad in addrs {
+            sh(&["ip", "-n", n, "addr", "add", ad, "dev", "eth0", "nodad"]);
+        }
+        sh(&["ip", "-n", n, "link", "set", "eth0", "up"]);
+    }
+    let ping = |src: &str, dst: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &a, "ping", "-c1", "-W2", "-I", src, dst])
+            .output()
+            .expect("exec ping")
+            .status
+            .success()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for (src, dst) in
+        [("10.82.0.2", "10.82.0.3"), ("10.82.0.5", "10.82.0.3"), ("fd82::2", "fd82::3"), ("fd82::5", "fd82::3")]
+    {
+        while !ping(src, dst) {
+            assert!(std::time::Instant::now() < deadline, "bridge lab broken: {src} cannot reach {dst} without rules");
+        }
+    }
+    // flush the neighbour caches so that the checks below need fresh ND/ARP through the rules
+    sh(&["ip", "-n", &a, "neigh", "flush", "all"]);
+    sh(&["ip", "-n", &b, "neigh", "flush", "all"]);
+
+    let t = TableRef::new(Family::Bridge, "t");
+    let mut s = TableState::new(t.clone());
+    s.put_map(
+        SetDef::verdict_map("ports", SetKey::IfName),
+        vec![(SetElem::IfName("vha".into()), Verdict::Jump("spoof-a".into()))],
+    );
+    s.put_chain(
+        "spoof",
+        Some(BaseChain::filter(Hook::Prerouting, -200, ChainPolicy::Accept)),
+        vec![Rule { action: Some(Action::IfNameVmap { dir: IfDir::In, map: "ports".into() }), ..Default::default() }],
+    );
+    let from = |n: &str| {
+        Rule::new(vec![Match::AddrInNet { dir: Dir::Src, net: n.parse().unwrap(), negate: false }], Verdict::Return)
+    };
+    s.put_chain(
+        "spoof-a",
+        None,
+        vec![
+            from("10.82.0.2/32"),
+            from("fd82::2/128"),
+            from("fe80::/10"),
+            from("::/128"),
+            Rule::new(vec![Match::IpVersion(IpVersion::V4)], Verdict::Drop),
+            Rule::new(vec![Match::IpVersion(IpVersion::V6)], Verdict::Drop),
+        ],
+    );
+    commit_in(&ns.open(0), |x| TableState::replace(&s, x)).expect("apply");
+    let listed = sh(&["ip", "netns", "exec", &h, "nft", "list", "table", "bridge", "t"]);
+    for line in
+        ["ip saddr 10.82.0.2 return", "ip6 saddr fd82::2 return", "meta protocol ip drop", "meta protocol ip6 drop"]
+    {
+        assert!(listed.contains(line), "`{line}` missing from\n{listed}");
+    }
+    assert!(ping("10.82.0.2", "10.82.0.3"), "allowed IPv4 source");
+    assert!(ping("fd82::2", "fd82::3"), "allowed IPv6 source");
+    assert!(!ping("10.82.0.5", "10.82.0.3"), "spoofed IPv4 source dropped");
+    assert!(!ping("fd82::5", "fd82::3"), "spoofed IPv6 source dropped");
+}

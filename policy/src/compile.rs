@@ -9,9 +9,10 @@
 //! - endpoint dispatch by address: `ip saddr vmap @egress4` (and `ip6`, and `daddr` for
 //!   ingress) jumps to the endpoint's direction chain;
 //! - an endpoint direction chain (shared by every endpoint with the same ordered list of
-//!   applying policies) accepts IPv6 neighbour discovery, drops `ct state invalid`, then per tier clears the pass bit, jumps to
-//!   the tier's policy chains while the bit is clear, and ends the tier with a drop (default
-//!   action Deny) unless the bit is set; after the last tier it accepts (the profile);
+//!   applying policies) accepts IPv6 neighbour discovery, drops `ct state invalid`, then per
+//!   tier clears the pass bit, jumps to the tier's policy chains while the bit is clear, and
+//!   ends the tier with a drop (default action Deny) unless the bit is set; after the last
+//!   tier it accepts (the profile);
 //! - a policy chain (per policy and direction, shared by every endpoint the policy selects)
 //!   holds the policy's rules in order: Allow `accept`, Deny `drop`, Log `log prefix` and go
 //!   on, Pass sets the pass bit and returns.
@@ -31,6 +32,7 @@ use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicySet,
     PortRange, Rule, TierDefault,
 };
+use crate::selector::Labels;
 
 /// Name of both tables.
 pub const TABLE: &str = "cni-policy";
@@ -48,7 +50,7 @@ pub const BASE_CHAINS: [(&str, Hook, i32, Direction); 4] = [
 /// The inet anti-spoof base chain (routed host interfaces), prerouting priority -150.
 pub const SPOOF_CHAIN: &str = "spoof";
 /// Priority of the inet `spoof` chain: after conntrack (-200), with mangle, before the
-/// filter chains and routing.
+/// filter chains and routing (the contract's value).
 pub const SPOOF_PRIORITY: i32 = -150;
 /// Priority of the bridge family's `spoof` chain (the bridge `filter` priority).
 pub const BRIDGE_SPOOF_PRIORITY: i32 = -200;
@@ -315,7 +317,8 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
         b.chain(SPOOF_CHAIN, Some(BaseChain::filter(Hook::Prerouting, prio, ChainPolicy::Accept)), vec![dispatch]);
     }
 
-    let mut c = Ctx { set, endpoints, inet };
+    let labels = endpoints.iter().map(Endpoint::selector_labels).collect();
+    let mut c = Ctx { set, endpoints, labels, inet };
     let mut infos = BTreeMap::new();
     let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
     for ep in endpoints {
@@ -323,37 +326,24 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
             owner.entry(*a).or_insert(ep.name.as_str());
         }
     }
+    // Endpoints of the same namespace and labels have the same policies: worked out once.
+    let mut profiles: BTreeMap<(&str, &Labels), Profile> = BTreeMap::new();
     for ep in endpoints {
-        let mut chains = Vec::new();
-        let mut all_applying: Vec<&Policy> = Vec::new();
-        let mut dir_chain = |c: &mut Ctx<'_>, dir: Direction| {
-            let mut applying: Vec<&Policy> =
-                set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
-            sort_policies(set, &mut applying);
-            let name = c.endpoint_chain(dir, &applying);
-            chains.push((Family::Inet, name.clone()));
-            for p in &applying {
-                chains.push((Family::Inet, policy_chain(p, dir)));
-                if !all_applying.iter().any(|q| std::ptr::eq(*q, *p)) {
-                    all_applying.push(p);
-                }
-            }
+        let prof = profiles.entry((ep.namespace.as_str(), &ep.labels)).or_insert_with(|| c.profile(ep));
+        for (dir, name) in [(Direction::Ingress, &prof.ingress_chain), (Direction::Egress, &prof.egress_chain)] {
             for a in &ep.addrs {
                 let v = IpVersion::of(a);
                 // An address of two endpoints belongs to the first, as in the evaluator.
                 let entries = c.inet.map(dispatch_map(dir, v), addr_key(v));
                 entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
             }
-            name
-        };
-        let ingress_chain = dir_chain(&mut c, Direction::Ingress);
-        let egress_chain = dir_chain(&mut c, Direction::Egress);
-        sort_policies(set, &mut all_applying);
+        }
         let spoof_chain = ep.host_ifname.as_ref().map(|ifname| {
             let b = if ep.bridged { &mut bridge } else { &mut c.inet };
             let name = spoof_chain(b, ep, ifname);
             (b.table.family, name)
         });
+        let mut chains = prof.chains.clone();
         chains.extend(spoof_chain.clone());
         chains.sort();
         chains.dedup();
@@ -361,9 +351,9 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
         infos.insert(
             ep.name.clone(),
             EndpointInfo {
-                policies: all_applying.iter().map(|p| policy_display(p)).collect(),
-                ingress_chain,
-                egress_chain,
+                policies: prof.policies.clone(),
+                ingress_chain: prof.ingress_chain.clone(),
+                egress_chain: prof.egress_chain.clone(),
                 spoof_chain,
                 chains,
                 addrs,
@@ -396,13 +386,55 @@ fn spoof_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
     name
 }
 
+/// What endpoints of one namespace and label set share.
+struct Profile {
+    ingress_chain: String,
+    egress_chain: String,
+    /// Direction and policy chains.
+    chains: Vec<(Family, String)>,
+    policies: Vec<String>,
+}
+
 struct Ctx<'a> {
     set: &'a PolicySet,
     endpoints: &'a [Endpoint],
+    /// `endpoints`' selector labels, computed once.
+    labels: Vec<Labels>,
     inet: Builder,
 }
 
 impl Ctx<'_> {
+    /// The chains (created as needed) and the policies of endpoints like `ep`.
+    fn profile(&mut self, ep: &Endpoint) -> Profile {
+        let set = self.set;
+        let mut chains = Vec::new();
+        let mut all_applying: Vec<&Policy> = Vec::new();
+        let mut names = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let mut applying: Vec<&Policy> =
+                set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
+            sort_policies(set, &mut applying);
+            let name = self.endpoint_chain(dir, &applying);
+            chains.push((Family::Inet, name.clone()));
+            for p in &applying {
+                chains.push((Family::Inet, policy_chain(p, dir)));
+                if !all_applying.iter().any(|q| std::ptr::eq(*q, *p)) {
+                    all_applying.push(p);
+                }
+            }
+            names.push(name);
+        }
+        sort_policies(set, &mut all_applying);
+        let egress_chain = names.pop().expect("two directions");
+        let ingress_chain = names.pop().expect("two directions");
+        Profile {
+            ingress_chain,
+            egress_chain,
+            chains,
+            policies: all_applying.iter().map(|p| policy_display(p)).collect(),
+        }
+    }
+
     /// The direction chain for an ordered list of applying policies (created once, shared).
     fn endpoint_chain(&mut self, dir: Direction, applying: &[&Policy]) -> String {
         let mut key: Vec<String> = vec![format!("{dir:?}")];
@@ -584,21 +616,23 @@ impl Ctx<'_> {
         let elems: BTreeSet<IpAddr> = self
             .endpoints
             .iter()
-            .filter(|e| selector_picks(self.set, sel, e))
-            .flat_map(|e| e.addrs.iter().copied())
+            .zip(&self.labels)
+            .filter(|(e, labels)| selector_picks(self.set, sel, e, labels))
+            .flat_map(|(e, _)| e.addrs.iter().copied())
             .filter(|a| IpVersion::of(a) == v)
             .collect();
         self.inet.set(SetDef::set(name, addr_key(v)), elems.into_iter().map(SetElem::Addr).collect())
     }
 }
 
-/// Whether a rule selector picks endpoint `e` (as the evaluator's `owned_by_selected`).
-fn selector_picks(set: &PolicySet, sel: &EndpointSelector, e: &Endpoint) -> bool {
+/// Whether a rule selector picks endpoint `e`, whose selector labels are `labels` (as the
+/// evaluator's `owned_by_selected`).
+fn selector_picks(set: &PolicySet, sel: &EndpointSelector, e: &Endpoint, labels: &Labels) -> bool {
     (match &sel.namespaces {
         NamespaceMatch::Any => true,
         NamespaceMatch::Named(ns) => e.namespace == *ns,
         NamespaceMatch::Selector(s) => s.matches(&set.namespace_labels(&e.namespace)),
-    }) && sel.labels.matches(&e.selector_labels())
+    }) && sel.labels.matches(labels)
 }
 
 /// Whether a rule has a family-specific part, and so is emitted once per family.

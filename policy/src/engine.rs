@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use linux_net::nft::state::{chain_rule_counts, map_entries, table_exists};
-use linux_net::nft::{Action, SetElem, TableRef, TableState, Transaction, Verdict};
+use linux_net::nft::{Action, NftError, SetElem, TableRef, TableState, Transaction, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -164,6 +164,17 @@ impl Engine {
         Ok(())
     }
 
+    /// [`store`](Self::store) after a commit: if the new state cannot be
+    /// written, the old file no longer describes the kernel, so it is
+    /// removed (the next apply is then a full replace) and the error
+    /// returned.
+    fn store_after_commit(&self, tables: &[TableState]) -> Result<()> {
+        self.store(tables).inspect_err(|e| {
+            tracing::error!(error = %e, "policy applied but its state not saved: the next apply replaces the tables");
+            let _ = self.forget();
+        })
+    }
+
     /// Forgets the persisted state (the next apply is a full replace).
     fn forget(&self) -> Result<()> {
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -181,12 +192,18 @@ impl Engine {
     /// `c` no longer has are destroyed. All in ONE transaction. If a delta
     /// is refused (the kernel's table was changed behind our back), the
     /// whole apply is retried once as a full replace. On error the kernel
-    /// and the persisted state are unchanged.
+    /// and the persisted state are unchanged, with one exception: when
+    /// the kernel accepted the transaction but the state file cannot be
+    /// written (`Error::State`), the new policy is in force and the old
+    /// file is removed, so that the next apply is a full replace.
     pub fn apply<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
         let start = Instant::now();
         let next = c.tables();
-        for t in next {
+        for (i, t) in next.iter().enumerate() {
             t.validate()?;
+            if next[..i].iter().any(|o| o.table == t.table) {
+                return Err(NftError::Invalid(format!("table {} {} given twice", t.table.family, t.table.name)).into());
+            }
         }
         let prev = self.load();
         let mut x = Transaction::new();
@@ -213,7 +230,7 @@ impl Engine {
                 Ok(()) => {
                     let commit = c0.elapsed();
                     if ops > 0 {
-                        self.store(next)?;
+                        self.store_after_commit(next)?;
                     }
                     return Ok(ApplyReport { full: !all_delta, ops, elapsed: start.elapsed(), commit });
                 }
@@ -235,7 +252,7 @@ impl Engine {
         let c0 = Instant::now();
         x.commit()?;
         let commit = c0.elapsed();
-        self.store(next)?;
+        self.store_after_commit(next)?;
         Ok(ApplyReport { full: true, ops, elapsed: start.elapsed(), commit })
     }
 

@@ -5,7 +5,7 @@
 //! must equal `eval::evaluate_path`'s verdict. The random differential test is elsewhere
 //! (cni-policy); this one pins down the layout: dispatch by address for bridged, routed and
 //! host traffic, tiers with Pass, notPorts, nets, selectors of both families, the default
-//! deny of a Kubernetes policy, and anti-spoofing.
+//! deny of a Kubernetes policy, and anti-spoofing of routed and bridged endpoints.
 //!
 //! Needs root, `ip`, `ping` and `sysctl`. Namespaces are named `cpk<pid><tag>` and deleted by a
 //! guard even when an assertion fails; the tables live inside them.
@@ -70,6 +70,8 @@ const BR4: &str = "10.78.0.254";
 const C4: &str = "10.78.1.3";
 /// An address C also holds but is not its endpoint's: the anti-spoof chain drops it.
 const C_SPOOF4: &str = "10.78.1.99";
+/// The same on the bridge, for A.
+const A_SPOOF4: &str = "10.78.0.99";
 
 /// host: bridge br0 (10.78.0.254/24, fd78::fe/64) with ports va (A) and vb (B); vc (C)
 /// routed, 10.78.1.254/24. A and B: 10.78.0.1/2 and fd78::1/2; C: 10.78.1.3 (and 10.78.1.99).
@@ -79,7 +81,7 @@ fn topology() -> Namespaces {
     let h = n(HOST);
     sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"]);
     for (i, port, addrs) in [
-        (A, "va", vec!["10.78.0.1/24", "fd78::1/64"]),
+        (A, "va", vec!["10.78.0.1/24", "fd78::1/64", "10.78.0.99/24"]),
         (B, "vb", vec!["10.78.0.2/24", "fd78::2/64"]),
         (C, "vc", vec!["10.78.1.3/24", "10.78.1.99/24"]),
     ] {
@@ -274,4 +276,7 @@ fn compiled_tables_give_the_evaluators_verdicts_in_the_kernel() {
     assert!(ping(&ns, C, Some(C4), A4, "1"), "C's own address");
     assert!(!ping(&ns, C, Some(C_SPOOF4), A4, "1"), "a spoofed source from a routed endpoint is dropped");
     assert_eq!(evaluate_path(&set, &eps, &Packet::icmp(ip(C_SPOOF4), ip(A4), 8, 0)), Verdict::Allow);
+    // And of a bridge port (the bridge family's chain): A to the host from another address.
+    assert!(ping(&ns, A, Some(A4), BR4, "1"), "A's own address");
+    assert!(!ping(&ns, A, Some(A_SPOOF4), BR4, "1"), "a spoofed source from a bridge port is dropped");
 }

@@ -229,6 +229,32 @@ fn refused_apply_changes_neither_kernel_nor_state() {
     // and the previous state is still a valid base for a delta
     let r = apply(&ns, &e, &d);
     assert_eq!((r.full, r.ops), (false, 0), "{r:?}");
+    // the same table twice is refused before anything is sent
+    let twice = Hand { tables: vec![d.tables[0].clone(), d.tables[0].clone()], keys: d.keys.clone() };
+    let err = ns.run(|| e.apply(&twice)).expect_err("table twice");
+    assert!(err.to_string().contains("given twice"), "{err}");
+    assert_eq!(ns.nft(&["list", "ruleset"]), before_kernel);
+}
+
+#[test]
+fn state_that_cannot_be_written_is_forgotten() {
+    let ns = Namespace::new("w");
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::new(dir.path());
+    let d = layout(2, 2);
+    apply(&ns, &e, &d);
+    // a directory where the temp file would go: the write fails after the commit
+    let tmp = dir.path().join(format!(".{STATE_FILE}.{}", std::process::id()));
+    std::fs::create_dir(&tmp).unwrap();
+    let mut d2 = d.clone();
+    d2.tables[0].sets.get_mut("sel").unwrap().elems.push(v4(77));
+    let err = ns.run(|| e.apply(&d2)).expect_err("state not written");
+    assert!(matches!(err, Error::State { .. }), "{err}");
+    assert!(ns.nft(&["list", "set", "inet", TABLE_NAME, "sel"]).contains("10.100.0.77"), "the policy is in force");
+    assert!(!dir.path().join(STATE_FILE).exists(), "the stale state is gone");
+    std::fs::remove_dir(&tmp).unwrap();
+    let r = apply(&ns, &e, &d2);
+    assert!(r.full, "no state: a full replace {r:?}");
 }
 
 #[test]
@@ -299,7 +325,7 @@ fn scale_full_apply_and_deltas() {
     assert!(shm.is_dir(), "/dev/shm (tmpfs) is needed for the tmpfs measurement");
     for (what, parent) in [("tmpfs", Some(shm)), ("disk", None)] {
         let (mut full, mut one, mut ep) = (Vec::new(), Vec::new(), Vec::new());
-        let mut full_ops = 0;
+        let (mut full_ops, mut state_bytes) = (0, 0);
         for _ in 0..5 {
             let dir = match &parent {
                 Some(p) => tempfile::tempdir_in(p).unwrap(),
@@ -310,6 +336,7 @@ fn scale_full_apply_and_deltas() {
             assert!(r.full);
             full_ops = r.ops;
             full.push(r);
+            state_bytes = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap().len();
             let r = apply(&ns, &e, &plus_elem);
             assert_eq!((r.full, r.ops), (false, 1), "{r:?}");
             one.push(r);
@@ -327,7 +354,7 @@ fn scale_full_apply_and_deltas() {
             )
         };
         eprintln!(
-            "policy engine scale, state on {what} ({N} endpoint chains x 3 rules = {rules} rules, {N}-entry address map, {N}-address set, {N}-CIDR interval set, {N}-entry anti-spoof map; {full_ops} messages): full apply {} (all {:?}); one set element {}; one endpoint (chain + 2 map entries) {}",
+            "policy engine scale, state on {what} ({N} endpoint chains x 3 rules = {rules} rules, {N}-entry address map, {N}-address set, {N}-CIDR interval set, {N}-entry anti-spoof map; {full_ops} messages; state file {state_bytes} bytes): full apply {} (all {:?}); one set element {}; one endpoint (chain + 2 map entries) {}",
             show(&full),
             full.iter().map(|r| ms(r.elapsed)).collect::<Vec<_>>(),
             show(&one),

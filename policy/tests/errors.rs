@@ -103,6 +103,8 @@ fn kubernetes_mistakes_are_refused() {
         8,
         &["cannot be combined"],
     );
+    // An empty peer is refused, as the API server's validation does ("must specify a peer").
+    assert_error(&k8s("  ingress:\n  - from: [{}]\n"), 7, &["spec.ingress[0].from", "a peer needs"]);
     assert_error(
         &k8s("  egress:\n  - to:\n    - podSelector: {matchExpressions: [{key: a, operator: Is, values: [x]}]}\n"),
         8,

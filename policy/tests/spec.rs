@@ -483,3 +483,24 @@ fn ipv6_neighbour_discovery_is_allowed_whatever_the_policy() {
     let icmp6 = |t| verdict(&set, &w, db, Ingress, Packet::icmp(ip("fd00::1"), ip("fd00::2"), t, 0));
     assert_eq!([icmp6(128), icmp6(133), icmp6(135), icmp6(136), icmp6(137)], [Deny, Allow, Allow, Allow, Deny]);
 }
+
+#[test]
+fn kubernetes_empty_selectors_mean_all_pods_of_the_namespace_or_of_every_namespace() {
+    // podSelector {} alone: every pod of the policy's namespace; namespaceSelector {} alone:
+    // every pod of every namespace; no `from` at all: any source, endpoint or not.
+    let k8s = |ingress: &str| {
+        policies(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: k, namespace: prod}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{ingress}]\n"
+        ))
+    };
+    let w = world();
+    let db = &w[1];
+    let from = |set: &PolicySet| {
+        ["10.0.0.1", "10.0.1.1", "192.0.2.1"].map(|src| verdict(set, &w, db, Ingress, tcp(src, "10.0.0.2", 1)))
+    };
+    assert_eq!(from(&k8s("{from: [{podSelector: {}}]}")), [Allow, Deny, Deny]);
+    assert_eq!(from(&k8s("{from: [{namespaceSelector: {}}]}")), [Allow, Allow, Deny]);
+    assert_eq!(from(&k8s("{}")), [Allow, Allow, Allow]);
+    assert_eq!(from(&k8s("")), [Deny, Deny, Deny], "ingress: [] selects and allows nothing");
+}

@@ -227,7 +227,7 @@ impl TableState {
         for (n, s) in &next.sets {
             let old: HashSet<&SetElem> = prev.sets.get(n).map(|p| p.elems.iter().collect()).unwrap_or_default();
             let new: HashSet<&SetElem> = s.elems.iter().collect();
-            let gone: Vec<SetElem> = dedup(&prev.sets.get(n).map_or(&[][..], |p| &p.elems[..]))
+            let gone: Vec<SetElem> = dedup(prev.sets.get(n).map_or(&[][..], |p| &p.elems[..]))
                 .into_iter()
                 .filter(|e| !new.contains(e))
                 .collect();

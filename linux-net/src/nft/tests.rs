@@ -674,10 +674,42 @@ mod txn_encoding {
         assert!(serde_json::from_str::<BaseChain>(&json.replace("filter", "bogus")).is_err());
         let e = vec![SetElem::Net(net("fd00::/64")), SetElem::PortRange(1, 2), SetElem::IfName("x".into())];
         assert_eq!(serde_json::from_str::<Vec<SetElem>>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
+        // fields at their default are left out of the JSON (the engine persists thousands of rules)
+        let plain = serde_json::to_string(&Rule::new(vec![], Verdict::Drop)).unwrap();
+        assert_eq!(plain, r#"{"matches":[],"action":{"Verdict":"Drop"}}"#);
+        assert_eq!(serde_json::from_str::<Rule>(&plain).unwrap(), Rule::new(vec![], Verdict::Drop));
         // a rule written before `mark` and ICMP `negate` existed still reads
         let old = r#"{"matches":[{"Icmp":{"version":"V4","icmp_type":8,"code":null}}],"counter":false,"log_prefix":null,"action":null,"comment":null}"#;
         let r: Rule = serde_json::from_str(old).unwrap();
         assert_eq!(r.mark, None);
         assert_eq!(r.matches, [Match::Icmp { version: IpVersion::V4, icmp_type: 8, code: None, negate: false }]);
+    }
+
+    #[test]
+    fn bridge_family_uses_meta_protocol() {
+        // nft --debug=netlink, table bridge: `ip saddr 10.0.0.1 return`:
+        // meta load protocol; cmp eq 0x0008; payload 4b @ nh + 12; cmp eq; return
+        let r = Rule::new(
+            vec![Match::AddrInNet { dir: Dir::Src, net: net("10.0.0.1/32"), negate: false }],
+            Verdict::Return,
+        );
+        assert_eq!(
+            r.exprs_in(Family::Bridge).unwrap(),
+            [
+                Expr::Meta { key: NFT_META_PROTOCOL },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![0x08, 0x00] },
+                Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 12, len: 4 },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 0, 0, 1] },
+                Expr::Verdict { code: NFT_RETURN },
+            ]
+        );
+        // `meta protocol ip6 drop`
+        let r = Rule::new(vec![Match::IpVersion(IpVersion::V6)], Verdict::Drop);
+        assert_eq!(
+            r.exprs_in(Family::Bridge).unwrap()[..2],
+            [Expr::Meta { key: NFT_META_PROTOCOL }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![0x86, 0xdd] }]
+        );
+        // inet (and ip, ip6) keep meta nfproto
+        assert_eq!(r.exprs_in(Family::Inet).unwrap()[0], Expr::Meta { key: NFT_META_NFPROTO });
     }
 }

@@ -288,12 +288,13 @@ pub mod proto {
 
 /// One condition of a [`Rule`]; all of a rule's matches must hold.
 /// Matches that need a protocol (addresses, ports, ICMP) include the
-/// `meta nfproto` / `meta l4proto` check themselves, as nft does.
+/// `meta nfproto` / `meta l4proto` check themselves, as nft does; in a
+/// bridge-family table the IP version check is `meta protocol` instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Match {
     /// `ct state S1,S2` (any of them); `ct state != S1,S2` when negated.
     CtState { states: CtStates, negate: bool },
-    /// `meta nfproto ipv4|ipv6`
+    /// `meta nfproto ipv4|ipv6` (`meta protocol ip|ip6` in a bridge table)
     IpVersion(IpVersion),
     /// `meta l4proto P` / `meta l4proto != P`
     L4Proto { proto: u8, negate: bool },
@@ -354,14 +355,18 @@ pub enum MarkStmt {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Rule {
     pub matches: Vec<Match>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub counter: bool,
     /// `log prefix "<p>"` (kernel log; 127 bytes max).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_prefix: Option<String>,
     /// Set or clear bits of the packet mark (after the log, before the action).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark: Option<MarkStmt>,
     /// `None`: no verdict, the chain continues (e.g. a log or counter rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
 }
 
@@ -372,10 +377,20 @@ impl Rule {
     }
 
     /// The expression list of this rule.
+    /// The expression list of this rule in an `inet` (or `ip`, `ip6`) table.
+    #[cfg(test)]
     pub(super) fn exprs(&self) -> NftResult<Vec<Expr>> {
+        self.exprs_in(super::Family::Inet)
+    }
+
+    /// The expression list of this rule in a table of `family`: in the
+    /// bridge family the IP version dependency is `meta protocol` (the
+    /// frame's ethertype), as nft writes it there; `meta nfproto` is
+    /// NFPROTO_BRIDGE for every packet of a bridge chain.
+    pub(super) fn exprs_in(&self, family: super::Family) -> NftResult<Vec<Expr>> {
         let mut e = Vec::new();
         for m in &self.matches {
-            match_exprs(m, &mut e)?;
+            match_exprs(m, family, &mut e)?;
         }
         if self.counter {
             e.push(Expr::Counter);
@@ -406,7 +421,7 @@ impl Rule {
             }
             Some(Action::AddrVmap { version, dir, map }) => {
                 super::build::check_name("map", map)?;
-                nfproto_exprs(*version, &mut e);
+                nfproto_exprs(*version, family, &mut e);
                 let (offset, len) = addr_offset(*version, *dir);
                 e.push(Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len });
                 e.push(Expr::Lookup { set: map.clone(), vmap: true, invert: false });
@@ -424,7 +439,18 @@ fn cmp_op(negate: bool) -> u32 {
     }
 }
 
-fn nfproto_exprs(v: IpVersion, e: &mut Vec<Expr>) {
+/// The IP version dependency: `meta nfproto ipv4|ipv6`, or in the bridge
+/// family `meta protocol ip|ip6` (ethertype 0x0800 / 0x86dd, big-endian).
+fn nfproto_exprs(v: IpVersion, family: super::Family, e: &mut Vec<Expr>) {
+    if family == super::Family::Bridge {
+        let ethertype: u16 = match v {
+            IpVersion::V4 => 0x0800,
+            IpVersion::V6 => 0x86dd,
+        };
+        e.push(Expr::Meta { key: NFT_META_PROTOCOL });
+        e.push(Expr::Cmp { op: NFT_CMP_EQ, data: ethertype.to_be_bytes().to_vec() });
+        return;
+    }
     e.push(Expr::Meta { key: NFT_META_NFPROTO });
     e.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![v.nfproto()] });
 }
@@ -471,7 +497,7 @@ pub(super) fn ifname_bytes(name: &str) -> NftResult<Vec<u8>> {
     Ok(b)
 }
 
-fn match_exprs(m: &Match, e: &mut Vec<Expr>) -> NftResult<()> {
+fn match_exprs(m: &Match, family: super::Family, e: &mut Vec<Expr>) -> NftResult<()> {
     match m {
         Match::CtState { states, negate } => {
             // ct state is a host-order u32 bit mask: (state & S) != 0
@@ -479,21 +505,21 @@ fn match_exprs(m: &Match, e: &mut Vec<Expr>) -> NftResult<()> {
             e.push(Expr::Bitwise { mask: states.0.to_ne_bytes().to_vec() });
             e.push(Expr::Cmp { op: if *negate { NFT_CMP_EQ } else { NFT_CMP_NEQ }, data: vec![0; 4] });
         }
-        Match::IpVersion(v) => nfproto_exprs(*v, e),
+        Match::IpVersion(v) => nfproto_exprs(*v, family, e),
         Match::L4Proto { proto, negate } => {
             e.push(Expr::Meta { key: NFT_META_L4PROTO });
             e.push(Expr::Cmp { op: cmp_op(*negate), data: vec![*proto] });
         }
         Match::AddrInSet { version, dir, set, negate } => {
             super::build::check_name("set", set)?;
-            nfproto_exprs(*version, e);
+            nfproto_exprs(*version, family, e);
             let (offset, len) = addr_offset(*version, *dir);
             e.push(Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len });
             e.push(Expr::Lookup { set: set.clone(), vmap: false, invert: *negate });
         }
         Match::AddrInNet { dir, net, negate } => {
             let v = if net.is_ipv4() { IpVersion::V4 } else { IpVersion::V6 };
-            nfproto_exprs(v, e);
+            nfproto_exprs(v, family, e);
             let (offset, _) = addr_offset(v, *dir);
             e.extend(prefix_match(offset, net.network(), net.prefix(), cmp_op(*negate)));
         }
@@ -523,13 +549,13 @@ fn match_exprs(m: &Match, e: &mut Vec<Expr>) -> NftResult<()> {
         }
         Match::Icmp { version, icmp_type, code: Some(c), negate: true } => {
             // not (type T and code C): the two bytes are compared at once
-            nfproto_exprs(*version, e);
+            nfproto_exprs(*version, family, e);
             l4proto_exprs(if *version == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 }, e);
             e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 2 });
             e.push(Expr::Cmp { op: NFT_CMP_NEQ, data: vec![*icmp_type, *c] });
         }
         Match::Icmp { version, icmp_type, code: None, negate: true } => {
-            nfproto_exprs(*version, e);
+            nfproto_exprs(*version, family, e);
             l4proto_exprs(if *version == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 }, e);
             e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 1 });
             e.push(Expr::Cmp { op: NFT_CMP_NEQ, data: vec![*icmp_type] });
@@ -540,7 +566,7 @@ fn match_exprs(m: &Match, e: &mut Vec<Expr>) -> NftResult<()> {
             e.push(Expr::Cmp { op: if *set { NFT_CMP_NEQ } else { NFT_CMP_EQ }, data: vec![0; 4] });
         }
         Match::Icmp { version, icmp_type, code, negate: false } => {
-            nfproto_exprs(*version, e);
+            nfproto_exprs(*version, family, e);
             l4proto_exprs(if *version == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 }, e);
             e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 1 });
             e.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![*icmp_type] });
@@ -852,7 +878,7 @@ impl Transaction {
 
     /// `add rule` at the end of `chain`.
     pub fn add_rule(&mut self, t: &TableRef, chain: &str, rule: &Rule) -> NftResult<&mut Self> {
-        let exprs = rule.exprs()?;
+        let exprs = rule.exprs_in(t.family)?;
         self.batch.new_rule(t.family, &t.name, chain, &exprs, rule.comment.as_deref())?;
         Ok(self)
     }

@@ -212,3 +212,4 @@ pub(super) const NFTA_META_SREG: u16 = 3;
 pub(super) const NFT_META_MARK: u32 = 3;
 pub(super) const NFT_MSG_GETTABLE: u16 = 1;
 pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
+pub(super) const NFT_META_PROTOCOL: u32 = 1;
