@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use linux_net::netns::NetNs;
-use linux_net::nft::state::{chain_rule_counts, map_entries, table_exists};
+use linux_net::nft::state::{chain_rule_counts, map_entries, map_entry, rule_counts_of, table_exists};
 use linux_net::nft::{
     proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion, MarkStmt, Match, NftError,
     Rule, SetDef, SetElem, SetKey, TableRef, TableState, Transaction, Verdict,
@@ -319,12 +319,31 @@ fn read_back_over_netlink_sees_what_was_committed() {
         want.sort_by_key(|(k, _)| k.clone());
         assert_eq!(got, want, "map {}", m.def.name);
     }
+    // single-entry gets agree, and say None for what is not there
+    for m in next.maps.values() {
+        for (k, v) in &m.entries {
+            assert_eq!(in_ns(&a, || map_entry(&table(), &m.def, k)).unwrap().as_ref(), Some(v), "{k:?}");
+        }
+    }
+    let ingress4 = &next.maps["ingress4"].def;
+    assert_eq!(in_ns(&a, || map_entry(&table(), ingress4, &addr("10.0.0.99"))).unwrap(), None);
     // a map that is not there reads as empty
     let absent = SetDef::verdict_map("absent", SetKey::Ipv4Addr);
     assert!(in_ns(&a, || map_entries(&table(), &absent)).unwrap().is_empty());
+    assert_eq!(in_ns(&a, || map_entry(&table(), &absent, &addr("10.0.0.1"))).unwrap(), None);
+    // per-chain counts, None for a chain that is not there
+    let some = in_ns(&a, || rule_counts_of(&table(), &["pol-1", "ep-c", "nope"])).unwrap();
+    assert_eq!(some["pol-1"], Some(next.chains["pol-1"].rules.len()));
+    assert_eq!(some["ep-c"], Some(1));
+    assert_eq!(some["nope"], None);
     // a chain emptied behind our back shows up in the counts
     sh(&["ip", "netns", "exec", &ns.0[0], "nft", "flush", "chain", "inet", "t", "pol-1"]);
     assert_eq!(in_ns(&a, || chain_rule_counts(&table())).unwrap().unwrap()["pol-1"], 0);
+    assert_eq!(in_ns(&a, || rule_counts_of(&table(), &["pol-1"])).unwrap()["pol-1"], Some(0));
+    // and a table that is gone
+    sh(&["ip", "netns", "exec", &ns.0[0], "nft", "delete", "table", "inet", "t"]);
+    assert_eq!(in_ns(&a, || rule_counts_of(&table(), &["pol-1"])).unwrap()["pol-1"], None);
+    assert_eq!(in_ns(&a, || map_entry(&table(), ingress4, &addr("10.0.0.1"))).unwrap(), None);
 }
 
 /// Anti-spoofing in a bridge-family table, with packets: a bridge with two

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use linux_net::nft::state::{chain_rule_counts, map_entries, table_exists};
+use linux_net::nft::state::{map_entry, rule_counts_of, table_exists};
 use linux_net::nft::{Action, NftError, SetElem, TableRef, TableState, Transaction, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -263,63 +263,48 @@ impl Engine {
     /// with the rule count `c` gives them.
     pub fn check<D: Desired + ?Sized>(&self, c: &D, ep: &str) -> Result<()> {
         let keys = c.dispatch_keys(ep).ok_or_else(|| Error::Check(format!("endpoint {ep} is not in the policy")))?;
-        let mut counts: BTreeMap<TableRef, Option<BTreeMap<String, usize>>> = BTreeMap::new();
-        let mut kernel_maps: BTreeMap<(TableRef, String), Vec<(SetElem, Verdict)>> = BTreeMap::new();
+        // per table: the chains to count, from the desired state
+        let mut wanted: BTreeMap<TableRef, BTreeSet<String>> = BTreeMap::new();
         for k in &keys {
-            let want_t = c.tables().iter().find(|t| t.table == k.table).ok_or_else(|| {
-                Error::Check(format!("{ep}: table {} {} is not compiled", k.table.family, k.table.name))
-            })?;
-            let map = want_t.maps.get(&k.map).ok_or_else(|| {
-                Error::Check(format!("{ep}: map {} is not in table {} {}", k.map, k.table.family, k.table.name))
-            })?;
+            let (tf, tn) = (k.table.family, &k.table.name);
+            let want_t = c
+                .tables()
+                .iter()
+                .find(|t| t.table == k.table)
+                .ok_or_else(|| Error::Check(format!("{ep}: table {tf} {tn} is not compiled")))?;
+            let map = want_t
+                .maps
+                .get(&k.map)
+                .ok_or_else(|| Error::Check(format!("{ep}: map {} is not in table {tf} {tn}", k.map)))?;
             let want = map
                 .entries
                 .iter()
                 .find(|(e, _)| *e == k.key)
                 .map(|(_, v)| v)
                 .ok_or_else(|| Error::Check(format!("{ep}: map {} has no entry for {:?}", k.map, k.key)))?;
-            let id = (k.table.clone(), k.map.clone());
-            if !kernel_maps.contains_key(&id) {
-                kernel_maps.insert(id.clone(), map_entries(&k.table, &map.def)?);
-            }
-            let have = kernel_maps[&id].iter().find(|(e, _)| *e == k.key).map(|(_, v)| v);
-            if have != Some(want) {
+            let have = map_entry(&k.table, &map.def, &k.key)?;
+            if have.as_ref() != Some(want) {
                 return Err(Error::Check(format!(
-                    "{ep}: map {} in table {} {}: entry {:?} is {have:?}, want {want:?}",
-                    k.map, k.table.family, k.table.name, k.key
+                    "{ep}: map {} in table {tf} {tn}: entry {:?} is {have:?}, want {want:?}",
+                    k.map, k.key
                 )));
             }
-            // the chains this entry leads to, and the base chains that reach the map
             // (chain, follow the verdict maps its rules look up): a base
             // chain's dispatch map leads to every endpoint, only ours counts
             let mut todo: Vec<(String, bool)> =
                 want_t.chains.iter().filter(|(_, c)| c.base.is_some()).map(|(n, _)| (n.clone(), false)).collect();
             todo.extend(verdict_chain(want).map(|c| (c, true)));
-            let mut seen = BTreeSet::new();
-            if !counts.contains_key(&k.table) {
-                counts.insert(k.table.clone(), chain_rule_counts(&k.table)?);
-            }
-            let Some(kernel) = &counts[&k.table] else {
-                return Err(Error::Check(format!("{ep}: table {} {} is missing", k.table.family, k.table.name)));
-            };
+            let seen = wanted.entry(k.table.clone()).or_default();
+            let mut followed = BTreeSet::new();
             while let Some((name, follow_maps)) = todo.pop() {
-                if !seen.insert(name.clone()) {
+                if !followed.insert((name.clone(), follow_maps)) {
                     continue;
                 }
                 let chain = want_t
                     .chains
                     .get(&name)
                     .ok_or_else(|| Error::Check(format!("{ep}: chain {name} is referenced but not compiled")))?;
-                match kernel.get(&name) {
-                    Some(n) if *n == chain.rules.len() => {}
-                    Some(n) => {
-                        return Err(Error::Check(format!(
-                            "{ep}: chain {name} has {n} rules in the kernel, want {}",
-                            chain.rules.len()
-                        )))
-                    }
-                    None => return Err(Error::Check(format!("{ep}: chain {name} is missing from the kernel"))),
-                }
+                seen.insert(name);
                 for r in &chain.rules {
                     match &r.action {
                         Some(Action::Verdict(v)) => todo.extend(verdict_chain(v).map(|c| (c, true))),
@@ -330,6 +315,22 @@ impl Engine {
                         }
                         _ => {}
                     }
+                }
+            }
+        }
+        for (t, chains) in &wanted {
+            let want_t = c.tables().iter().find(|w| w.table == *t).expect("checked above");
+            let names: Vec<&str> = chains.iter().map(String::as_str).collect();
+            for (name, have) in rule_counts_of(t, &names)? {
+                let want = want_t.chains[&name].rules.len();
+                match have {
+                    Some(n) if n == want => {}
+                    Some(n) => {
+                        return Err(Error::Check(format!(
+                            "{ep}: chain {name} has {n} rules in the kernel, want {want}"
+                        )))
+                    }
+                    None => return Err(Error::Check(format!("{ep}: chain {name} is missing from the kernel"))),
                 }
             }
         }

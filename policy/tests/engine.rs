@@ -324,7 +324,7 @@ fn scale_full_apply_and_deltas() {
     let shm = PathBuf::from("/dev/shm");
     assert!(shm.is_dir(), "/dev/shm (tmpfs) is needed for the tmpfs measurement");
     for (what, parent) in [("tmpfs", Some(shm)), ("disk", None)] {
-        let (mut full, mut one, mut ep) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut full, mut one, mut ep, mut checks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut full_ops, mut state_bytes) = (0, 0);
         for _ in 0..5 {
             let dir = match &parent {
@@ -343,7 +343,9 @@ fn scale_full_apply_and_deltas() {
             let r = apply(&ns, &e, &plus_ep);
             assert!(!r.full && r.ops <= 6, "{r:?}");
             ep.push(r);
+            let t0 = std::time::Instant::now();
             ns.run(|| e.check(&plus_ep, &format!("c{N}/eth0"))).expect("new endpoint in place");
+            checks.push(t0.elapsed());
             ns.run(|| e.remove()).expect("remove");
         }
         let show = |v: &[ApplyReport]| {
@@ -354,11 +356,12 @@ fn scale_full_apply_and_deltas() {
             )
         };
         eprintln!(
-            "policy engine scale, state on {what} ({N} endpoint chains x 3 rules = {rules} rules, {N}-entry address map, {N}-address set, {N}-CIDR interval set, {N}-entry anti-spoof map; {full_ops} messages; state file {state_bytes} bytes): full apply {} (all {:?}); one set element {}; one endpoint (chain + 2 map entries) {}",
+            "policy engine scale, state on {what} ({N} endpoint chains x 3 rules = {rules} rules, {N}-entry address map, {N}-address set, {N}-CIDR interval set, {N}-entry anti-spoof map; {full_ops} messages; state file {state_bytes} bytes): full apply {} (all {:?}); one set element {}; one endpoint (chain + 2 map entries) {}; check of one endpoint median {}",
             show(&full),
             full.iter().map(|r| ms(r.elapsed)).collect::<Vec<_>>(),
             show(&one),
             show(&ep),
+            ms(median(checks)),
         );
     }
 }

@@ -712,4 +712,21 @@ mod txn_encoding {
         // inet (and ip, ip6) keep meta nfproto
         assert_eq!(r.exprs_in(Family::Inet).unwrap()[0], Expr::Meta { key: NFT_META_NFPROTO });
     }
+
+    #[test]
+    fn icmp_type_and_code_are_one_compare_as_nft_merges_them() {
+        // nft --debug=netlink for `icmp type 8 icmp code 0`:
+        // nfproto ipv4; l4proto icmp; payload load 2b @ transport header + 0; cmp eq 0x0008
+        let r = Rule {
+            matches: vec![Match::Icmp { version: IpVersion::V4, icmp_type: 8, code: Some(0), negate: false }],
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs().unwrap()[4..],
+            [
+                Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 2 },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![8, 0] },
+            ]
+        );
+    }
 }

@@ -568,12 +568,14 @@ fn match_exprs(m: &Match, family: super::Family, e: &mut Vec<Expr>) -> NftResult
         Match::Icmp { version, icmp_type, code, negate: false } => {
             nfproto_exprs(*version, family, e);
             l4proto_exprs(if *version == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 }, e);
-            e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: 1 });
-            e.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![*icmp_type] });
-            if let Some(c) = code {
-                e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 1, len: 1 });
-                e.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![*c] });
-            }
+            // with a code, type and code in one 2-byte compare: nft merges
+            // the two adjacent payload matches the same way
+            let data = match code {
+                None => vec![*icmp_type],
+                Some(c) => vec![*icmp_type, *c],
+            };
+            e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 0, len: data.len() as u32 });
+            e.push(Expr::Cmp { op: NFT_CMP_EQ, data });
         }
         Match::IfName { dir, name, negate } => {
             e.push(Expr::Meta { key: dir.meta_key() });
