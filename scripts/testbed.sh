@@ -24,6 +24,8 @@ PACKAGES=(
   ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev rbd-nbd xfsprogs
   # bgp: the speaker's interop tests and golden captures peer with the daemons the industry runs
   bird2 gobgpd frr
+  # policy bench: the Felix-style baseline it compares the nftables engine with
+  iptables ipset
 )
 
 missing=()
@@ -41,7 +43,7 @@ if [[ "${WITH_FUZZ:-1}" == 1 ]] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "testbed: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked >&2
 fi
-for tool in ip nft ping ganesha.nfsd ceph-mon ceph-osd ceph-mgr rbd rbd-nbd mkfs.xfs bird gobgpd; do
+for tool in ip nft iptables-restore ipset ping ganesha.nfsd ceph-mon ceph-osd ceph-mgr rbd rbd-nbd mkfs.xfs bird gobgpd; do
   command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "testbed: reference CNI plugins missing" >&2; exit 1; }

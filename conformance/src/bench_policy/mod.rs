@@ -158,7 +158,14 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
 
 type Sides = (Side, Option<Side>, Side, usize);
 
+/// Ctrl-C (or SIGTERM) ends the run between steps, the namespaces and tables cleaned up.
+fn not_interrupted() -> R<()> {
+    ensure!(!testkit::util::interrupted(), "interrupted");
+    Ok(())
+}
+
 fn traffic(topo: &net::Topology, o: &Opts, side: &mut Side, what: &str, check_drop: bool) -> R<()> {
+    not_interrupted()?;
     if check_drop {
         ensure!(
             net::dropped(topo, DENIED_PORT, Duration::from_millis(500))?,
@@ -215,6 +222,7 @@ fn rounds(
     let mut ours = (!o.baseline_only).then(Side::default);
     let mut ipt = Side { rules: base.rule_count(), edit_touched: edit_delta.chains, add_touched: add_delta.chains, deltas: true, ..Side::default() };
     for round in 0..o.n {
+        not_interrupted()?;
         progress(&format!("round {} of {}: no policy", round + 1, o.n));
         topo.clear()?;
         traffic(topo, o, &mut none, "no policy", false)?;
@@ -227,6 +235,7 @@ fn rounds(
             topo.clear()?;
         }
 
+        not_interrupted()?;
         progress(&format!("round {} of {}: iptables", round + 1, o.n));
         topo.clear()?;
         let k1 = topo.node_exec(&["ipset", "restore"], &ipset_file)?;
