@@ -827,7 +827,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((endpoints, rules, n, connects, iperf_secs, baseline_only, json), (1000, 1000, 5, 2000, 5, false, false));
+        assert_eq!(
+            (endpoints, rules, n, connects, iperf_secs, baseline_only, json),
+            (1000, 1000, 5, 2000, 5, false, false)
+        );
         let Cmd::Bench(BenchCmd::Policy { endpoints, rules, n, baseline_only, .. }) =
             ok(&["bench", "policy", "--endpoints", "10", "--rules", "20", "--n", "1", "--baseline-only"])
         else {

@@ -128,7 +128,10 @@ spec:
     let denied = verdicts.iter().filter(|v| v.1 == Verdict::Deny && mine.contains(&v.0));
     let denied = denied.chain(verdicts.iter().filter(|v| v.1 == Verdict::Deny).step_by(9).take(8));
     let mut checked = (0, 0);
-    eprintln!("verdicts of the ports the test adds: {:?}", verdicts.iter().filter(|v| mine.contains(&v.0)).collect::<Vec<_>>());
+    eprintln!(
+        "verdicts of the ports the test adds: {:?}",
+        verdicts.iter().filter(|v| mine.contains(&v.0)).collect::<Vec<_>>()
+    );
     let mut wrong = Vec::new();
     for &(port, want) in allowed.chain(denied) {
         // A dropped SYN times out; one that got through is answered (reset, or the iperf

@@ -315,7 +315,8 @@ pub fn render(set: &PolicySet, endpoints: &[Endpoint]) -> R<Ruleset> {
         }
     }
     let mut out = r.out;
-    let fwd: Vec<String> = std::iter::once(est.clone()).chain(fwd_e.iter().cloned()).chain(fwd_i.iter().cloned()).collect();
+    let fwd: Vec<String> =
+        std::iter::once(est.clone()).chain(fwd_e.iter().cloned()).chain(fwd_i.iter().cloned()).collect();
     out.builtins.insert("FORWARD", fwd);
     out.builtins.insert("INPUT", std::iter::once(est.clone()).chain(fwd_e).collect());
     out.builtins.insert("OUTPUT", std::iter::once(est).chain(fwd_i).collect());

@@ -220,7 +220,13 @@ fn rounds(
 
     let mut none = Side::default();
     let mut ours = (!o.baseline_only).then(Side::default);
-    let mut ipt = Side { rules: base.rule_count(), edit_touched: edit_delta.chains, add_touched: add_delta.chains, deltas: true, ..Side::default() };
+    let mut ipt = Side {
+        rules: base.rule_count(),
+        edit_touched: edit_delta.chains,
+        add_touched: add_delta.chains,
+        deltas: true,
+        ..Side::default()
+    };
     for round in 0..o.n {
         not_interrupted()?;
         progress(&format!("round {} of {}: no policy", round + 1, o.n));
@@ -313,19 +319,68 @@ impl Report {
         let o = self.ours.as_ref();
         let ok = |v: Option<f64>, goal: f64| v.map(|v| v < goal);
         let full = o.map(|o| t(&o.full_compile, &o.full_kernel));
-        row(&mut s, "full apply from nothing, total", full, Some(t(&i.full_compile, &i.full_kernel)), "< 100 ms", ok(full, 100.0));
-        row(&mut s, "  compile (ours) / render (iptables)", o.map(|o| med(&o.full_compile)), Some(med(&i.full_compile)), "", None);
-        row(&mut s, "  apply (engine) / ipset + iptables-restore", o.map(|o| med(&o.full_kernel)), Some(med(&i.full_kernel)), "", None);
+        row(
+            &mut s,
+            "full apply from nothing, total",
+            full,
+            Some(t(&i.full_compile, &i.full_kernel)),
+            "< 100 ms",
+            ok(full, 100.0),
+        );
+        row(
+            &mut s,
+            "  compile (ours) / render (iptables)",
+            o.map(|o| med(&o.full_compile)),
+            Some(med(&i.full_compile)),
+            "",
+            None,
+        );
+        row(
+            &mut s,
+            "  apply (engine) / ipset + iptables-restore",
+            o.map(|o| med(&o.full_kernel)),
+            Some(med(&i.full_kernel)),
+            "",
+            None,
+        );
         row(&mut s, "    of which the kernel's commit", o.map(|o| med(&o.full_commit)), None, "", None);
         let edit = o.map(|o| t(&o.edit_compile, &o.edit_kernel));
-        row(&mut s, "one policy edit on top, total", edit, Some(t(&i.edit_compile, &i.edit_kernel)), "< 5 ms", ok(edit, 5.0));
+        row(
+            &mut s,
+            "one policy edit on top, total",
+            edit,
+            Some(t(&i.edit_compile, &i.edit_kernel)),
+            "< 5 ms",
+            ok(edit, 5.0),
+        );
         row(&mut s, "  compile / render", o.map(|o| med(&o.edit_compile)), Some(med(&i.edit_compile)), "", None);
-        row(&mut s, "  apply (delta) / iptables-restore --noflush", o.map(|o| med(&o.edit_kernel)), Some(med(&i.edit_kernel)), "< 5 ms", ok(o.map(|o| med(&o.edit_kernel)), 5.0));
+        row(
+            &mut s,
+            "  apply (delta) / iptables-restore --noflush",
+            o.map(|o| med(&o.edit_kernel)),
+            Some(med(&i.edit_kernel)),
+            "< 5 ms",
+            ok(o.map(|o| med(&o.edit_kernel)), 5.0),
+        );
         row(&mut s, "    of which the kernel's commit", o.map(|o| med(&o.edit_commit)), None, "", None);
         let add = o.map(|o| t(&o.add_compile, &o.add_kernel));
-        row(&mut s, "one endpoint add on top, total", add, Some(t(&i.add_compile, &i.add_kernel)), "< 5 ms", ok(add, 5.0));
+        row(
+            &mut s,
+            "one endpoint add on top, total",
+            add,
+            Some(t(&i.add_compile, &i.add_kernel)),
+            "< 5 ms",
+            ok(add, 5.0),
+        );
         row(&mut s, "  compile / render", o.map(|o| med(&o.add_compile)), Some(med(&i.add_compile)), "", None);
-        row(&mut s, "  apply (delta) / ipset + --noflush", o.map(|o| med(&o.add_kernel)), Some(med(&i.add_kernel)), "< 5 ms", ok(o.map(|o| med(&o.add_kernel)), 5.0));
+        row(
+            &mut s,
+            "  apply (delta) / ipset + --noflush",
+            o.map(|o| med(&o.add_kernel)),
+            Some(med(&i.add_kernel)),
+            "< 5 ms",
+            ok(o.map(|o| med(&o.add_kernel)), 5.0),
+        );
         row(&mut s, "    of which the kernel's commit", o.map(|o| med(&o.add_commit)), None, "", None);
         row(&mut s, "  apply by a new engine (plugin ADD)", o.map(|o| med(&o.add_fresh_kernel)), None, "", None);
         let _ = writeln!(

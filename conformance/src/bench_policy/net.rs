@@ -44,7 +44,21 @@ impl Topology {
         run_ok(&["ip", "-n", &n, "link", "add", "br0", "type", "bridge"])?;
         run_ok(&["ip", "-n", &n, "link", "set", "br0", "up"])?;
         for (host_if, ns, ip) in [(CLIENT_IF, &client, client_ip), (SERVER_IF, &server, server_ip)] {
-            run_ok(&["ip", "-n", &n, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+            run_ok(&[
+                "ip",
+                "-n",
+                &n,
+                "link",
+                "add",
+                host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
             run_ok(&["ip", "-n", &n, "link", "set", host_if, "master", "br0", "up"])?;
             let cidr = format!("{ip}/{ENDPOINT_PREFIX}");
             run_ok(&["ip", "-n", ns.name(), "addr", "add", &cidr, "dev", "eth0"])?;
@@ -71,12 +85,12 @@ impl Topology {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .ctx(&format!("spawn {}", args[0]))?;
+            .ctx(format!("spawn {}", args[0]))?;
         let mut stdin = c.stdin.take().ok_or("no stdin")?;
         // A writer thread: the program may fill its stdout pipe before reading all of stdin.
         let text = input.to_string();
         let w = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
-        let out = c.wait_with_output().ctx(&format!("wait for {}", args[0]))?;
+        let out = c.wait_with_output().ctx(format!("wait for {}", args[0]))?;
         let el = t.elapsed();
         w.join().map_err(|_| "stdin writer panicked")?.ctx("write stdin")?;
         ensure!(
@@ -100,7 +114,10 @@ impl Topology {
     pub fn clear(&self) -> R<()> {
         self.node_exec(&["nft", "flush", "ruleset"], "")?;
         if super::IptablesBackend::detect()? == super::IptablesBackend::Legacy {
-            self.node_exec(&["iptables-restore"], "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")?;
+            self.node_exec(
+                &["iptables-restore"],
+                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+            )?;
         }
         self.node_exec(&["ipset", "destroy"], "")?;
         Ok(())
@@ -191,12 +208,11 @@ pub fn connect_rate(t: &Topology, port: u16, count: usize) -> R<(f64, f64)> {
 /// a packet that got through is answered with a reset at once.
 pub fn dropped(t: &Topology, port: u16, wait: Duration) -> R<bool> {
     let dst = SocketAddr::from((t.server_ip, port));
-    let r = linux_net::netns::spawn_in(Path::new(t.client.path()), None, move || {
-        match TcpStream::connect_timeout(&dst, wait) {
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => true,
-            _ => false,
-        }
-    })
+    let r = linux_net::netns::spawn_in(
+        Path::new(t.client.path()),
+        None,
+        move || matches!(TcpStream::connect_timeout(&dst, wait), Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+    )
     .map_err(|e| e.to_string())?
     .join()
     .map_err(|_| "client thread panicked")?;
