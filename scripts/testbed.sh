@@ -44,7 +44,7 @@ if [[ "${WITH_FUZZ:-1}" == 1 ]] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "testbed: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked >&2
 fi
-for tool in ip nft ping ganesha.nfsd ceph-mon ceph-osd ceph-mgr rbd rbd-nbd mkfs.xfs bird gobgpd; do
+for tool in ip nft iptables-restore ipset ping ganesha.nfsd ceph-mon ceph-osd ceph-mgr rbd rbd-nbd mkfs.xfs bird gobgpd; do
   command -v "$tool" >/dev/null || { echo "testbed: $tool missing after install" >&2; exit 1; }
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "testbed: reference CNI plugins missing" >&2; exit 1; }

@@ -1,4 +1,4 @@
-//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|csi-rbd|migrate|bgp`,
+//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|csi-rbd|migrate|bgp|policy`,
 //! `demo [--overlay]`, `migrate`, `list`, `cleanup`, `completions SHELL`.
 //! Tables and JSON go to stdout, progress to stderr. Exit codes: 0 ok, 1 checks
 //! failed, 2 usage or setup error (clap's own usage errors included).
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::{bench, bench_bgp, bench_overlay, demo, migrate};
+use crate::{bench, bench_bgp, bench_overlay, bench_policy, demo, migrate};
 use cni_suite::checks::{catalog, Suite};
 use cni_suite::interop::{self, own_dir};
 use csi_core::flags::Endpoint;
@@ -246,6 +246,32 @@ pub enum BenchCmd {
         /// Measure only the BIRD baseline (no cni-bgp needed).
         #[arg(long)]
         bird_only: bool,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The policy engine (nftables) vs the same rules as a Felix-style iptables ruleset
+    /// (iptables-restore + ipsets): full apply, one policy edit, one endpoint add; connections/s
+    /// and iperf3 throughput with each against no policy. Ratios and the goals.
+    Policy {
+        /// Endpoints (2..=60000); two of them carry the traffic.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..=60_000))]
+        endpoints: u32,
+        /// Policy rules, about ten per policy (1..=100000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rules: u32,
+        /// Rounds: every number is a median over them (1..=100).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+        n: u16,
+        /// TCP connections per connection-rate sample (1..=20000).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+        connects: u32,
+        /// Seconds of each iperf3 run (1..=60).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=60))]
+        iperf_secs: u32,
+        /// Only the iptables side and the no-policy numbers.
+        #[arg(long)]
+        baseline_only: bool,
         /// JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -486,6 +512,24 @@ fn dispatch(cmd: Cmd) -> R<i32> {
                 bird_only,
             };
             let r = bench_bgp::run(&o, &mut |l| eprintln!("{l}"))?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(0)
+        }
+        Cmd::Bench(BenchCmd::Policy { endpoints, rules, n, connects, iperf_secs, baseline_only, json }) => {
+            need_root()?;
+            let o = bench_policy::Opts {
+                endpoints: endpoints as usize,
+                rules: rules as usize,
+                n: usize::from(n),
+                connects: connects as usize,
+                iperf_secs,
+                baseline_only,
+            };
+            let r = bench_policy::run(&o, &mut |l| eprintln!("{l}"))?;
             if json {
                 println!("{}", r.to_json());
             } else {
@@ -778,6 +822,22 @@ mod tests {
         assert!(parse(&["bench", "bgp", "--routes", "0"]).is_err());
         assert!(parse(&["bench", "bgp", "--routes", "4194305"]).is_err());
         assert!(parse(&["bench", "bgp", "--mesh-hosts", "1000"]).is_err());
+        let Cmd::Bench(BenchCmd::Policy { endpoints, rules, n, connects, iperf_secs, baseline_only, json }) =
+            ok(&["bench", "policy"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (endpoints, rules, n, connects, iperf_secs, baseline_only, json),
+            (1000, 1000, 5, 2000, 5, false, false)
+        );
+        let Cmd::Bench(BenchCmd::Policy { endpoints, rules, n, baseline_only, .. }) =
+            ok(&["bench", "policy", "--endpoints", "10", "--rules", "20", "--n", "1", "--baseline-only"])
+        else {
+            panic!()
+        };
+        assert_eq!((endpoints, rules, n, baseline_only), (10, 20, 1, true));
+        assert!(parse(&["bench", "policy", "--endpoints", "1"]).is_err());
         let Cmd::Bench(BenchCmd::Migrate { n, data_mib, .. }) = ok(&["bench", "migrate", "--n", "3"]) else { panic!() };
         assert_eq!((n, data_mib), (3, 4));
         assert!(matches!(ok(&["list", "--markdown"]), Cmd::List { markdown: true }));

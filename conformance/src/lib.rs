@@ -20,6 +20,7 @@ pub mod bench_bgp;
 pub mod bench_csi;
 pub mod bench_csi_rbd;
 pub mod bench_overlay;
+pub mod bench_policy;
 pub mod cli;
 pub mod demo;
 pub mod migrate;
