@@ -22,6 +22,8 @@ plugins=$(bash scripts/build-plugins.sh "$T/cni-plugins" | tail -n 1)
 "$T"/release/conformance bench csi-nfs --n 20 --driver "$T"/release/csi-nfs
 # The cni-bgp agent vs BIRD 2 receiving the same 100k routes, and a 30th node joining a mesh.
 "$T"/release/conformance bench bgp --plugin-dir "$T"/release
+# The policy engine (nftables) vs a Felix-style iptables ruleset, 1k endpoints x 1k rules (docs/conformance.md).
+"$T"/release/conformance bench policy --n 3
 # csi-rbd vs rbd create / map + mkfs + mount / bind mount / a migration, in one guest kernel.
 "$T"/release/conformance bench csi-rbd --n 10 --driver "$T"/release/csi-rbd
 # Clean csi-nfs moves in the 3-host overlay lab, in one guest kernel (docs/migration.md).
