@@ -4,7 +4,7 @@
 # client (csi-nfs) and against a real single-node Ceph cluster with guest kernels as
 # the RBD nodes (csi-rbd), the CNI conformance suite against our plugins and the
 # reference ones, and fuzzing. The side-by-side benchmarks are scripts/bench.sh (CI does
-# not run it: they print, they assert nothing, and they cost minutes). `bench cni`,
+# not run it: they print, they assert nothing, and they cost minutes). `bench cni`, `bench policy`,
 # `bench overlay`, `bench bgp` and `bench csi-rbd` also run one short round as tests of the
 # suite (conformance/tests/), so they cannot rot unnoticed; `bench csi-nfs` and `bench migrate`
 # run only in scripts/bench.sh.
