@@ -43,11 +43,8 @@ impl IpVersion {
 
 /// IP protocol numbers of the names the formats accept.
 pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMPV6: u8 = 58;
-    pub const SCTP: u8 = 132;
+    /// The numbers the compiled rules match on, from the one place that encodes them.
+    pub use linux_net::nft::proto::{ICMP, ICMPV6, SCTP, TCP, UDP};
     pub const UDPLITE: u8 = 136;
 
     /// Whether ports can be matched for this protocol.
