@@ -34,23 +34,35 @@ pub struct Loaded {
 }
 
 /// The policy files of `dir` as (file name, bytes), in name order: what [`policy::load_dir`]
-/// reads.
+/// reads ([`policy::dir_files`]).
 fn read_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     if !dir.is_dir() {
         return Err(Error::NoPolicyDir(dir.to_path_buf()));
     }
-    let io = |e| Error::io("read policy directory", dir, e);
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
-        if yaml && path.is_file() {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            out.push((name, std::fs::read(&path).map_err(|e| Error::io("read policy file", &path, e))?));
-        }
+    let files = policy::dir_files(dir).map_err(|e| match e {
+        policy::Error::Io { source, .. } => Error::io("read policy directory", dir, source),
+        e => e.into(),
+    })?;
+    let mut out = Vec::with_capacity(files.len());
+    for path in files {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        out.push((name, std::fs::read(&path).map_err(|e| Error::io("read policy file", &path, e))?));
     }
-    out.sort();
     Ok(out)
+}
+
+/// Parses `files` (as [`read_files`] gave them) from memory, naming them as files of `dir`.
+fn parse(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<PolicySet> {
+    let mut texts = Vec::with_capacity(files.len());
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        let text = String::from_utf8(bytes.clone()).map_err(|_| policy::Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"),
+        })?;
+        texts.push((path, text));
+    }
+    Ok(policy::parse_files(&texts)?)
 }
 
 /// The files of the last good copy, if it came from `dir`.
@@ -61,19 +73,16 @@ fn good_files(state: &StateDir, dir: &Path) -> Option<Vec<(String, Vec<u8>)>> {
 }
 
 /// Loads the files of `dir`; when they load, and `save` is set, a copy of exactly the bytes that
-/// loaded becomes the last good set (written to a temporary directory, parsed there, and
-/// exchanged with the old copy by one `renameat2(RENAME_EXCHANGE)`, so a reader sees the old set
-/// or the new one whole). When they do not load (a file that does not parse or validate, a
+/// loaded becomes the last good set (parsed from the bytes read, written to a temporary
+/// directory and exchanged with the old copy by one `renameat2(RENAME_EXCHANGE)`, so a reader
+/// sees the old set or the new one whole). The files are read once and parsed from memory. When they do not load (a file that does not parse or validate, a
 /// directory that is gone), the last good set of the same directory is used instead and the
 /// error returned beside it; without one, the error. The caller holds the lock when `save`.
 pub fn load_or_last_good(state: &StateDir, dir: &Path, save: bool) -> Result<Loaded> {
     let fresh = read_files(dir).and_then(|files| {
-        if good_files(state, dir).as_ref() == Some(&files) {
-            // Unchanged since the last good load: parse the copy (the same bytes).
-            return Ok(policy::load_dir(&state.root().join(GOOD_DIR))?);
-        }
-        if !save {
-            return load_policies(dir);
+        if !save || good_files(state, dir).as_ref() == Some(&files) {
+            // Unchanged since the last good load (or a reader): parse the bytes just read.
+            return parse(dir, &files);
         }
         save_good(state, dir, &files)
     });
@@ -100,9 +109,10 @@ pub fn load_or_last_good(state: &StateDir, dir: &Path, save: bool) -> Result<Loa
     }
 }
 
-/// Writes `files` to a temporary directory in the state directory, parses them there, and on
-/// success swaps the directory in as the last good set. A parse error names the file of `dir`.
+/// Parses `files` and, when they load, writes them to a temporary directory in the state
+/// directory and swaps that in as the last good set. A parse error names the file of `dir`.
 fn save_good(state: &StateDir, dir: &Path, files: &[(String, Vec<u8>)]) -> Result<PolicySet> {
+    let set = parse(dir, files)?;
     let root = state.root();
     let tmp = root.join(format!(".{GOOD_DIR}.new.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -119,15 +129,6 @@ fn save_good(state: &StateDir, dir: &Path, files: &[(String, Vec<u8>)]) -> Resul
         crate::registry::write_atomic(&tmp.join(name), bytes).map_err(cleanup)?;
     }
     crate::registry::write_atomic(&tmp.join(GOOD_SOURCE), dir.as_os_str().as_encoded_bytes()).map_err(cleanup)?;
-    let set = match policy::load_dir(&tmp) {
-        Ok(set) => set,
-        // Name the operator's file, not our copy of it.
-        Err(policy::Error::File { file, line, message }) => {
-            let file = dir.join(file.file_name().unwrap_or_default());
-            return Err(cleanup(Error::Policy(policy::Error::File { file, line, message })));
-        }
-        Err(e) => return Err(cleanup(e.into())),
-    };
     let good = root.join(GOOD_DIR);
     let swap = || -> std::io::Result<()> {
         if good.is_dir() {

@@ -7,7 +7,7 @@
 //! checks that need the whole document report the line where the document starts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use serde::de::{self, Deserializer, IgnoredAny};
@@ -196,6 +196,17 @@ pub fn load_file(path: &Path) -> Result<PolicySet, Error> {
 /// Every `*.yaml` and `*.yml` file of `dir` (not its subdirectories), in name order: all
 /// their policies, or the first error.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Error> {
+    let mut set = PolicySet::default();
+    for f in dir_files(dir)? {
+        let more = load_file(&f)?;
+        merge(&mut set, &f, more)?;
+    }
+    Ok(set)
+}
+
+/// The policy files of `dir`, as [`load_dir`] reads them: every `*.yaml` and `*.yml` file
+/// directly in it, in name order.
+pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let io = |source| Error::Io { path: dir.to_path_buf(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -206,25 +217,36 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Error> {
         }
     }
     files.sort();
+    Ok(files)
+}
+
+/// Parses files already read, `(path, text)` in order, into one set, as [`load_dir`] does
+/// (a policy or tier defined twice across them is an error naming the later file).
+pub fn parse_files(files: &[(PathBuf, String)]) -> Result<PolicySet, Error> {
     let mut set = PolicySet::default();
-    for f in files {
-        let more = load_file(&f)?;
-        for p in more.policies {
-            add_policy(&mut set, p)?;
-        }
-        for t in more.tiers {
-            if set.tiers.iter().any(|o| o.name == t.name) {
-                return Err(Error::File {
-                    file: f.clone(),
-                    line: None,
-                    message: format!("metadata.name: tier {:?} is declared in an earlier file too", t.name),
-                });
-            }
-            set.tiers.push(t);
-        }
-        set.namespace_labels.extend(more.namespace_labels);
+    for (f, text) in files {
+        merge(&mut set, f, parse_str(f, text)?)?;
     }
     Ok(set)
+}
+
+/// Adds what file `f` said to `set`: a policy or tier already defined is an error naming `f`.
+fn merge(set: &mut PolicySet, f: &Path, more: PolicySet) -> Result<(), Error> {
+    for p in more.policies {
+        add_policy(set, p)?;
+    }
+    for t in more.tiers {
+        if set.tiers.iter().any(|o| o.name == t.name) {
+            return Err(Error::File {
+                file: f.to_path_buf(),
+                line: None,
+                message: format!("metadata.name: tier {:?} is declared in an earlier file too", t.name),
+            });
+        }
+        set.tiers.push(t);
+    }
+    set.namespace_labels.extend(more.namespace_labels);
+    Ok(())
 }
 
 // ---- errors -------------------------------------------------------------------------------

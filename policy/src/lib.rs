@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use compile::{compile, Compiled};
 pub use eval::{evaluate, evaluate_delivery, evaluate_path, Evaluation, Packet, Verdict};
-pub use file::{load_dir, load_file, parse_str};
+pub use file::{dir_files, load_dir, load_file, parse_files, parse_str};
 pub use model::{Action, Direction, Endpoint, Policy, PolicySet, Rule};
 pub use selector::{Selector, SelectorError};
 
