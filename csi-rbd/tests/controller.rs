@@ -735,6 +735,41 @@ enum KillAt {
     ImageMade,
 }
 
+/// The watchers of an image (`rbd status`).
+fn watchers(c: &Ceph, spec: &str) -> Vec<serde_json::Value> {
+    let out = c.rbd(&["status", spec, "--format", "json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["watchers"].as_array().cloned().unwrap_or_default()
+}
+
+/// Opens `spec` in a `rbd watch` process, waits until its watch is
+/// registered, and SIGKILLs it: the watch stays at the OSD, as a killed
+/// controller's does, until the watch timeout.
+fn leave_a_stale_watch(c: &Ceph, spec: &str) {
+    let before = watchers(c, spec).len();
+    let conf = c.conf();
+    let mut child = Command::new("rbd")
+        .args(["-c", conf.to_str().unwrap(), "--admin-socket", "", "watch", spec])
+        // It watches until a line arrives on its stdin: a pipe kept open.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rbd watch");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watchers(c, spec).len() <= before {
+        assert!(Instant::now() < deadline, "rbd watch never registered a watch on {spec}");
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!("rbd watch {spec} exited: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!watchers(c, spec).is_empty(), "the killed client's watch is gone at once: the test proves nothing");
+}
+
 /// The controller of the kill test's CreateVolume rounds: every clone is
 /// flattened (`--max-clone-depth=0`), so the kill lands in a flatten.
 const FLATTEN_ALL: &[&str] = &["--max-clone-depth=0"];
@@ -789,6 +824,15 @@ async fn a_controller_killed_in_createvolume_leaves_exactly_one_image_after_the_
         eprintln!("killed at {at:?}: images then {:?}", images(&c));
         drop(ctl);
         drop(d);
+        if matches!(at, KillAt::ImageMade) {
+            // Whether the killed controller's own watch on the clone is still
+            // up depends on where the kill landed; a client killed while it
+            // watches the unfinished clone makes that case certain: the OSD
+            // keeps a dead client's watch for its watch timeout (30 s).
+            let unfinished: Vec<String> = images(&c).into_iter().filter(|i| !want.contains(i)).collect();
+            assert_eq!(unfinished.len(), 1, "{unfinished:?}");
+            leave_a_stale_watch(&c, &format!("rbd/{}", unfinished[0]));
+        }
 
         // A new controller, the retry: exactly one image for the name, the
         // source's contents, and no temporary snapshot left on the source.
@@ -807,6 +851,7 @@ async fn a_controller_killed_in_createvolume_leaves_exactly_one_image_after_the_
         assert_eq!(omap_keys(&c, VOL_DIR).len(), want.len());
         if matches!(at, KillAt::ImageMade) {
             assert!(d.log().contains("discarding the unfinished clone"), "{}", d.log());
+            assert!(d.log().contains("waiting for the interrupted CreateVolume's watch to lapse"), "{}", d.log());
         }
     }
 

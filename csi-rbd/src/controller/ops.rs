@@ -19,7 +19,7 @@
 //! broken; librbd's flatten copies only the objects the child lacks, so a
 //! delete killed in the middle continues where it stopped when retried.
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ceph::{ImageInfo, ImageOptions, Rbd};
 use csi_core::pb;
@@ -272,7 +272,7 @@ pub fn create_volume(
                     // never returned (the entry has no mark), so nobody uses
                     // it: start it again.
                     warn!(name, image, "discarding the unfinished clone of an interrupted CreateVolume");
-                    discard_clone(rbd, &p.pool, &image, &entry.uuid, &source)?;
+                    discard_clone(rbd, &p.pool, &image, &entry.uuid, &source, STALE_WATCH_WAIT)?;
                 }
             }
             if found.is_none() || !matches!(source, Source::None) {
@@ -322,8 +322,54 @@ fn make_image(
     }
 }
 
+/// How long a discard waits for the watch of an interrupted CreateVolume's
+/// client to go: the OSD drops a dead client's watch after
+/// `osd_client_watch_timeout` (30 s by default), plus a margin.
+pub const STALE_WATCH_WAIT: Duration = Duration::from_secs(35);
+
 /// Removes an unfinished clone and the temporary snapshot it was cloned from.
-fn discard_clone(rbd: &dyn Rbd, pool: &str, image: &str, uuid: &str, source: &Source) -> Result<(), Error> {
+///
+/// The clone was never returned (its journal entry has no completion mark),
+/// so no node maps it: a client still watching it is the controller that was
+/// making it. librbd's remove cannot take the exclusive lock from that client
+/// while its watch stands (EBUSY after ~10 s). A dead controller's watch
+/// lapses at the OSD's watch timeout, and librbd then breaks its lock itself;
+/// so the discard waits for the watchers to go, bounded by `wait`. A watch
+/// that outlives the bound belongs to a live controller still at work on the
+/// same name: ABORTED (an operation for this volume is in progress), and
+/// nothing is touched.
+fn discard_clone(
+    rbd: &dyn Rbd,
+    pool: &str,
+    image: &str,
+    uuid: &str,
+    source: &Source,
+    wait: Duration,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let watchers = match rbd.image_watchers(pool, image) {
+            Ok(w) => w,
+            Err(ceph::Error::NotFound(_)) => break,
+            Err(e) => return Err(ceph_err(e)),
+        };
+        if watchers.is_empty() {
+            break;
+        }
+        let who: Vec<&str> = watchers.iter().map(|w| w.address.as_str()).collect();
+        if Instant::now() >= deadline {
+            return Err(Error::Aborted(format!(
+                "image {pool}/{image} of an unfinished CreateVolume is still open by {} after {} s: \
+                 another controller is still creating this volume; retry later",
+                who.join(", "),
+                wait.as_secs()
+            )));
+        }
+        info!(pool, image, watchers = ?who, "waiting for the interrupted CreateVolume's watch to lapse");
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
     ok_if(rbd.remove_image(pool, image), not_found)?;
     if let Source::Volume { pool: sp, image: simg, .. } = source {
         ok_if(rbd.snap_remove(sp, simg, &format!("{TMP_SNAP_PREFIX}{uuid}")), not_found)?;
