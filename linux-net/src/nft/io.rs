@@ -104,9 +104,12 @@ pub(super) fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftRes
                 }
                 continue;
             }
-            let Some(idx) = ops.iter().position(|(s, _)| *s == seq) else {
+            // Messages are numbered one after another from the batch begin: the ack's
+            // message is found by subtraction (a search per ack is quadratic in the batch).
+            let idx = seq.wrapping_sub(begin_seq).wrapping_sub(1) as usize;
+            if ops.get(idx).is_none_or(|(s, _)| *s != seq) {
                 continue;
-            };
+            }
             if pending[idx] {
                 pending[idx] = false;
                 remaining -= 1;
