@@ -649,3 +649,22 @@ fn concatenated_ifname_address_maps_pair_sources_with_interfaces() {
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.contains(&(pair("vrb", A_BAD6), Verdict::Return)), "{all:?}");
 }
+
+/// Every message of a batch is acked, and the acks queue up in the receive buffer before the
+/// first is read: batches of every size between the default buffer's capacity (about 250
+/// acks) and well beyond it commit, none fails with ENOBUFS.
+#[test]
+fn batches_around_the_receive_buffers_capacity_are_all_acked() {
+    let ns = Namespaces::new("nxt", &["acks"]);
+    let netns = ns.open(0);
+    for n in [100, 200, 240, 250, 260, 300, 350, 400, 450, 600, 1000] {
+        let t = TableRef::new(Family::Inet, format!("nxtacks{n}"));
+        let mut x = Transaction::new();
+        x.add_table(&t).unwrap();
+        for i in 1..n {
+            x.add_set(&t, &SetDef::set(format!("s{i}"), SetKey::Ipv4Addr)).unwrap();
+        }
+        assert_eq!(x.len(), n);
+        commit_in(&netns, x).unwrap_or_else(|e| panic!("a batch of {n} messages: {e}"));
+    }
+}

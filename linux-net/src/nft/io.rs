@@ -138,9 +138,12 @@ pub(super) fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftRes
 /// and the send then reports the real error.
 fn grow_buffers(sock: &Socket, batch_bytes: usize, msgs: usize) {
     const DEFAULT: usize = 200 * 1024;
-    // an ack of a capped message: nlmsghdr + error + echoed nlmsghdr, plus
-    // the kernel's per-skb overhead, generously
-    let acks = msgs * 512;
+    // An ack of a capped message is nlmsghdr + error + echoed nlmsghdr, but
+    // what counts against the receive buffer is its skb's truesize, about
+    // 800 bytes on 6.18: 1 KiB each (which the kernel doubles). At 512 a
+    // batch of 250–400 messages fell between the default buffer and the
+    // raise, and the kernel dropped acks with ENOBUFS.
+    let acks = msgs * 1024;
     let set = |opt: libc::c_int, want: usize| {
         if want <= DEFAULT {
             return;
