@@ -93,6 +93,15 @@ pub struct StepRow {
     pub raw_ms: Vec<f64>,
 }
 
+impl StepRow {
+    /// The median of the rounds' ours-raw (both sides measured in every round).
+    pub fn paired(&self) -> Option<f64> {
+        (!self.raw_ms.is_empty() && self.raw_ms.len() == self.ours_ms.len()).then(|| {
+            testkit::util::median(&self.ours_ms.iter().zip(&self.raw_ms).map(|(o, r)| o - r).collect::<Vec<_>>())
+        })
+    }
+}
+
 /// The raw new-image stage's steps, in the order the bench times them.
 const RAW_STAGE_STEPS: [&str; 3] = ["map", "mkfs", "mount"];
 /// The part of our stage outside the driver's own steps.
@@ -310,6 +319,13 @@ pub fn run(o: &Opts) -> R<Report> {
         .flatten()
         .map(|r| r.as_array().into_iter().flatten().filter_map(Value::as_f64).collect())
         .collect();
+    if print_steps {
+        for (i, r) in raw_stage.iter().enumerate() {
+            let parts: Vec<String> =
+                RAW_STAGE_STEPS.iter().zip(r).map(|(n, ms)| format!("{n}={:.0}µs", ms * 1000.0)).collect();
+            eprintln!("raw: round {i}: stage steps: {}", parts.join(" "));
+        }
+    }
     if let Some(stage) = report.rows.iter().find(|r| r.what == ROWS[1].0) {
         report.steps = step_rows(&ours_stage, &stage.ours_ms, &raw_stage, &stage.base_ms);
     }
@@ -830,14 +846,16 @@ impl Report {
         }
         if !self.steps.is_empty() {
             s += "\nNodeStageVolume of a new image, step by step (median / p90 ms; ours: node A's step log, raw: \
-                  timed in the bench; medians of steps do not add up to the median of totals)\n";
-            s += &format!("{:<42} {:>15} {:>15} {:>10}\n", "step", "ours", "raw", "ours-raw");
+                  timed in the bench; medians of steps do not add up to the median of totals; paired: the \
+                  median of each round's ours-raw, which the machine's drift from round to round leaves out)\n";
+            s += &format!("{:<42} {:>15} {:>15} {:>10} {:>8}\n", "step", "ours", "raw", "ours-raw", "paired");
             for r in &self.steps {
                 let (om, op) = median_p90(&r.ours_ms);
                 let (rm, rp) = median_p90(&r.raw_ms);
                 let raw = if r.raw_ms.is_empty() { "-".to_string() } else { format!("{rm:>7.1} / {rp:>5.1}") };
                 let diff = if r.raw_ms.is_empty() { format!("{om:+.1}") } else { format!("{:+.1}", om - rm) };
-                s += &format!("{:<42} {:>7.1} / {:>5.1} {:>15} {:>10}\n", r.step, om, op, raw, diff);
+                let paired = r.paired().map_or("-".to_string(), |d| format!("{d:+.1}"));
+                s += &format!("{:<42} {:>7.1} / {:>5.1} {:>15} {:>10} {:>8}\n", r.step, om, op, raw, diff, paired);
             }
         }
         for n in &self.notes {
@@ -865,7 +883,8 @@ impl Report {
                 let (om, op) = median_p90(&r.ours_ms);
                 let raw = (!r.raw_ms.is_empty()).then(|| median_p90(&r.raw_ms));
                 json!({"step": r.step, "ours_median_ms": om, "ours_p90_ms": op,
-                       "raw_median_ms": raw.map(|r| r.0), "raw_p90_ms": raw.map(|r| r.1)})
+                       "raw_median_ms": raw.map(|r| r.0), "raw_p90_ms": raw.map(|r| r.1),
+                       "paired_median_ms": r.paired()})
             })
             .collect();
         json!({"n": self.n, "rows": rows, "stage_steps": steps, "notes": self.notes})
@@ -890,6 +909,8 @@ mod tests {
         assert!(get("load-record").raw_ms.is_empty());
         assert!((get(OUTSIDE_STEPS).ours_ms[0] - 4.988).abs() < 1e-9);
         assert_eq!(get("total").ours_ms, [215.0]);
+        assert_eq!(get("mkfs").paired(), Some(10.0));
+        assert_eq!(get("load-record").paired(), None);
         // A round without its step line: no table rather than a wrong one.
         assert!(step_rows(&[], &[215.0], &[], &[]).is_empty());
     }
