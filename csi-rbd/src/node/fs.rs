@@ -102,7 +102,8 @@ fn known_superblock(head: &[u8]) -> Option<&'static str> {
 
 fn read_ends(device: &str) -> std::io::Result<Content> {
     use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const ALIGN: usize = 4096;
     // O_DIRECT: exactly these bytes. Through the page cache, a mapped
     // image's readahead (twice its 4 MiB object size) would read and copy
     // 8 MiB per end. Files that refuse it (tmpfs), or whose size is not a
@@ -115,85 +116,32 @@ fn read_ends(device: &str) -> std::io::Result<Content> {
     if size % ALIGN as u64 != 0 {
         f = std::fs::File::open(device)?;
     }
-    // The first 4 KiB on its own (a filesystem's superblock is there: one
-    // of ours is named from it), the rest of the first span and the last
-    // span: three reads at once on the one descriptor, so the probe waits
-    // for one round trip to the cluster, not three in a row (each is one
-    // RBD object read; on a new image, the OSD's answer that the object
-    // does not exist yet).
-    let head = size.min(ALIGN as u64);
-    let mut ranges = vec![(0, head)];
-    if size <= 2 * END_SPAN {
-        ranges.push((head, size - head));
-    } else {
-        ranges.extend([(head, END_SPAN - head), (size - END_SPAN, END_SPAN)]);
-    }
-    ranges.retain(|(_, len)| *len > 0);
-    let results: Vec<std::io::Result<Seen>> = std::thread::scope(|s| {
-        // The first range on this thread, the others on threads of their own.
-        let others: Vec<_> = ranges
-            .iter()
-            .skip(1)
-            .map(|&(off, len)| {
-                let f = &f;
-                s.spawn(move || read_range(f, off, len))
-            })
-            .collect();
-        let first = ranges.first().map(|&(off, len)| read_range(&f, off, len));
-        first
-            .into_iter()
-            .chain(
-                others
-                    .into_iter()
-                    .map(|r| r.join().unwrap_or_else(|_| Err(std::io::Error::other("probe reader panicked")))),
-            )
-            .collect()
-    });
-    // In range order, as one reader would have gone: the first range that
-    // is not zeros decides (the device's start: a superblock of ours?).
-    for (i, r) in results.into_iter().enumerate() {
-        match r? {
-            Seen::Zeros => {}
-            Seen::Data(head) if i == 0 => return Ok(known_superblock(&head).map_or(Content::Other, Content::Known)),
-            Seen::Data(_) => return Ok(Content::Other),
+    let ranges = if size <= 2 * END_SPAN { vec![(0, size)] } else { vec![(0, END_SPAN), (size - END_SPAN, END_SPAN)] };
+    // A buffer aligned for O_DIRECT.
+    let mut raw = vec![0u8; END_SPAN as usize + ALIGN];
+    let skip = raw.as_ptr().align_offset(ALIGN);
+    let buf = &mut raw[skip..skip + END_SPAN as usize];
+    for (off, len) in ranges {
+        let mut done = 0u64;
+        while done < len {
+            // The first 4 KiB alone first: a filesystem's superblock is
+            // there, and one of ours staged again (a migration) is then
+            // named from one small read instead of a MiB.
+            let cap = if off == 0 && done == 0 { ALIGN } else { buf.len() };
+            let want = (len - done).min(cap as u64) as usize;
+            let n = f.read_at(&mut buf[..want], off + done)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short device"));
+            }
+            // OR-folds vectorize (an early-exit byte loop does not).
+            if buf[..n].chunks(64 << 10).any(|c| c.iter().fold(0u8, |a, b| a | b) != 0) {
+                let head = if off == 0 && done == 0 { known_superblock(&buf[..n.min(ALIGN)]) } else { None };
+                return Ok(head.map_or(Content::Other, Content::Known));
+            }
+            done += n as u64;
         }
     }
     Ok(Content::Blank)
-}
-
-/// O_DIRECT alignment (and the length of the first read).
-const ALIGN: usize = 4096;
-
-/// What one range of the device holds.
-enum Seen {
-    Zeros,
-    /// Not all zeros: the range's first bytes (up to [`ALIGN`]), for
-    /// [`known_superblock`] when it is the device's start.
-    Data(Vec<u8>),
-}
-
-/// Reads `len` bytes at `off` (in chunks of at most [`END_SPAN`]) into an
-/// aligned buffer of its own; stops at the first chunk that is not zeros.
-fn read_range(f: &std::fs::File, off: u64, len: u64) -> std::io::Result<Seen> {
-    use std::os::unix::fs::FileExt;
-    let cap = len.min(END_SPAN) as usize;
-    let mut raw = vec![0u8; cap + ALIGN];
-    let skip = raw.as_ptr().align_offset(ALIGN);
-    let buf = &mut raw[skip..skip + cap];
-    let mut done = 0u64;
-    while done < len {
-        let want = (len - done).min(cap as u64) as usize;
-        let n = f.read_at(&mut buf[..want], off + done)?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short device"));
-        }
-        // OR-folds vectorize (an early-exit byte loop does not).
-        if buf[..n].chunks(64 << 10).any(|c| c.iter().fold(0u8, |a, b| a | b) != 0) {
-            return Ok(Seen::Data(buf[..n.min(ALIGN)].to_vec()));
-        }
-        done += n as u64;
-    }
-    Ok(Seen::Zeros)
 }
 
 /// The content type in blkid's `KEY=value` lines.
