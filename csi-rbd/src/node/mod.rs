@@ -225,6 +225,9 @@ impl Recording {
     /// Starts the records of `rec` (with the device), and `fs` as the
     /// image's filesystem hint in the same Ceph write; once.
     fn start(&mut self, rec: &StageRecord, fs: Option<String>) -> Result<(), Status> {
+        if !self.is_deferred() {
+            return Ok(());
+        }
         let Recording::Deferred(r) = std::mem::replace(self, Recording::Done) else {
             return Ok(());
         };
