@@ -79,6 +79,83 @@ pub struct Report {
     pub n: usize,
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
+    /// The new-image NodeStageVolume step by step, ours against raw
+    /// (empty without the drivers' debug lines).
+    pub steps: Vec<StepRow>,
+}
+
+/// One step of the new-image stage: ours (node A's `stage steps:` line)
+/// and the raw side's same step, if it has one, in ms per round.
+#[derive(Clone, Debug)]
+pub struct StepRow {
+    pub step: String,
+    pub ours_ms: Vec<f64>,
+    pub raw_ms: Vec<f64>,
+}
+
+impl StepRow {
+    /// The median of the rounds' ours-raw (both sides measured in every round).
+    pub fn paired(&self) -> Option<f64> {
+        (!self.raw_ms.is_empty() && self.raw_ms.len() == self.ours_ms.len()).then(|| {
+            testkit::util::median(&self.ours_ms.iter().zip(&self.raw_ms).map(|(o, r)| o - r).collect::<Vec<_>>())
+        })
+    }
+}
+
+/// The raw new-image stage's steps, in the order the bench times them.
+const RAW_STAGE_STEPS: [&str; 3] = ["map", "mkfs", "mount"];
+/// The part of our stage outside the driver's own steps.
+const OUTSIDE_STEPS: &str = "outside the steps (gRPC, request checks)";
+
+/// The `name=NNNµs` pairs of a driver's `stage steps:` line (not an
+/// `unstage steps:` one), in ms.
+fn stage_steps(line: &str) -> Option<Vec<(String, f64)>> {
+    if line.contains("unstage steps:") {
+        return None;
+    }
+    let (_, rest) = line.split_once("stage steps: ")?;
+    let steps: Vec<(String, f64)> = rest
+        .split_whitespace()
+        .map_while(|t| {
+            let (name, us) = t.split_once('=')?;
+            Some((name.to_string(), us.strip_suffix("µs")?.parse::<f64>().ok()? / 1000.0))
+        })
+        .collect();
+    (!steps.is_empty()).then_some(steps)
+}
+
+/// Our steps (in the order the driver logs them) beside the raw side's,
+/// then what lies outside our steps (the call's time less their sum) and
+/// the totals. Empty unless every round has its step line.
+fn step_rows(ours: &[Vec<(String, f64)>], ours_total: &[f64], raw: &[Vec<f64>], raw_total: &[f64]) -> Vec<StepRow> {
+    if ours.is_empty() || ours.len() != ours_total.len() || raw.len() != raw_total.len() {
+        return vec![];
+    }
+    let mut names: Vec<&str> = vec![];
+    for (n, _) in ours.iter().flatten() {
+        if !names.contains(&n.as_str()) {
+            names.push(n);
+        }
+    }
+    let mut rows: Vec<StepRow> = names
+        .iter()
+        .map(|name| StepRow {
+            step: name.to_string(),
+            ours_ms: ours.iter().flat_map(|r| r.iter().filter(|(n, _)| n == name).map(|(_, ms)| *ms)).collect(),
+            raw_ms: RAW_STAGE_STEPS
+                .iter()
+                .position(|s| s == name)
+                .map(|i| raw.iter().filter_map(|r| r.get(i).copied()).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    rows.push(StepRow {
+        step: OUTSIDE_STEPS.into(),
+        ours_ms: ours.iter().zip(ours_total).map(|(r, t)| t - r.iter().map(|(_, ms)| ms).sum::<f64>()).collect(),
+        raw_ms: raw.iter().zip(raw_total).map(|(r, t)| t - r.iter().sum::<f64>()).collect(),
+    });
+    rows.push(StepRow { step: "total".into(), ours_ms: ours_total.to_vec(), raw_ms: raw_total.to_vec() });
+    rows
 }
 
 /// The files the host writes for the guest half (under the host's /tmp,
@@ -173,7 +250,7 @@ pub fn run(o: &Opts) -> R<Report> {
         .env("GUEST_NETWORK", format!("bridge:{}", c.bridge()))
         .env("GUEST_ADDR", &addr)
         .env("GUEST_MODULES", "rbd")
-        .env("GUEST_ENV", "BENCH_CSI_LOG")
+        .env("GUEST_ENV", "BENCH_CSI_LOG BENCH_CSI_TMP")
         .env("GUEST_TIMEOUT", (300 + 60 * o.n).to_string())
         .stdin(Stdio::null())
         .output()
@@ -190,6 +267,7 @@ pub fn run(o: &Opts) -> R<Report> {
     };
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("guest result {line:?}: {e}"))?;
     let mut ours_busy = vec![];
+    let mut ours_stage = vec![];
     let print_steps = std::env::var_os("BENCH_CSI_LOG").is_some();
     for l in stdout.lines().filter_map(|l| l.split_once(STEPS_MARK).map(|(_, s)| s)) {
         if print_steps {
@@ -198,6 +276,10 @@ pub fn run(o: &Opts) -> R<Report> {
         // Node A's unstages are the migrations' (B's are the clean-up).
         if let Some(us) = l.strip_prefix("bench-a:").and_then(|l| l.split_once("unmap steps: busy=")) {
             ours_busy.extend(us.1.split("µs").next().and_then(|n| n.parse::<f64>().ok()).map(|us| us / 1000.0));
+        }
+        // Node A's stages are the new images' (B's are the migrations').
+        if let Some(steps) = l.strip_prefix("bench-a:").and_then(stage_steps) {
+            ours_stage.push(steps);
         }
     }
     let mut report = Report { n: o.n, ..Default::default() };
@@ -230,6 +312,22 @@ pub fn run(o: &Opts) -> R<Report> {
              median {m:.1} ms, p90 {p:.1} ms of those",
             o.n
         ));
+    }
+    let raw_stage: Vec<Vec<f64>> = v["raw_stage"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r.as_array().into_iter().flatten().filter_map(Value::as_f64).collect())
+        .collect();
+    if print_steps {
+        for (i, r) in raw_stage.iter().enumerate() {
+            let parts: Vec<String> =
+                RAW_STAGE_STEPS.iter().zip(r).map(|(n, ms)| format!("{n}={:.0}µs", ms * 1000.0)).collect();
+            eprintln!("raw: round {i}: stage steps: {}", parts.join(" "));
+        }
+    }
+    if let Some(stage) = report.rows.iter().find(|r| r.what == ROWS[1].0) {
+        report.steps = step_rows(&ours_stage, &stage.ours_ms, &raw_stage, &stage.base_ms);
     }
     report.notes.push(format!("one guest kernel under TCG (software CPU): boot + {} rounds took {took:.0?}", o.n));
     // Nothing either side made may stay in the pool.
@@ -419,7 +517,9 @@ fn secrets(env: &Env) -> HashMap<String, String> {
 pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> R<()> {
     let env = Env::load(work)?;
     let rt = runtime()?;
-    let scratch = work.join(format!("scratch-{}", std::process::id()));
+    // Under TMPDIR: the guest-local filesystem bench-csi-rbd.sh mounts (the
+    // drivers' state dirs and logs are there too, see DriverProcess).
+    let scratch = std::env::temp_dir().join(format!("bench-csi-rbd-scratch-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
     let plugins = match driver {
         Some(bin) => {
@@ -435,7 +535,7 @@ pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> 
             eprintln!("--- {name} log (tail)\n{}", tail(&p.d.log(), 30));
         }
     }
-    let (rows, notes, busy) = result?;
+    let RoundsOut { rows, notes, busy, raw_stage } = result?;
     // The drivers log each stage's and unstage's steps at debug level: pass
     // those lines to the host (it prints them when BENCH_CSI_LOG is set).
     #[allow(clippy::print_stdout)]
@@ -448,10 +548,13 @@ pub fn in_guest(driver: Option<&Path>, work: &Path, n: usize, size_mib: u64) -> 
     // wait for their clients on SIGTERM.
     drop(plugins);
     drop(rt);
+    // Empty by now (every round unmounts and removes its dirs); never
+    // recursive, in case a mount were left under it.
+    let _ = std::fs::remove_dir(&scratch);
     let rows: Vec<Value> = rows.iter().map(|(w, ours, base)| json!({"what": w, "ours": ours, "base": base})).collect();
     #[allow(clippy::print_stdout)]
     {
-        println!("{MARK}{}", json!({"rows": rows, "notes": notes, "raw_busy": busy}));
+        println!("{MARK}{}", json!({"rows": rows, "notes": notes, "raw_busy": busy, "raw_stage": raw_stage}));
     }
     Ok(())
 }
@@ -463,6 +566,16 @@ fn tail(s: &str, n: usize) -> String {
 
 type Rows = Vec<(&'static str, Vec<f64>, Vec<f64>)>;
 
+/// What the rounds measured.
+struct RoundsOut {
+    rows: Rows,
+    notes: Vec<String>,
+    /// The raw migration's wait for the kernel to release the device, per round.
+    busy: Vec<f64>,
+    /// The raw new-image stage's steps per round: [`RAW_STAGE_STEPS`], ms.
+    raw_stage: Vec<[f64; 3]>,
+}
+
 fn rounds(
     rt: &tokio::runtime::Runtime,
     env: &Env,
@@ -470,10 +583,11 @@ fn rounds(
     scratch: &Path,
     n: usize,
     size_mib: u64,
-) -> R<(Rows, Vec<String>, Vec<f64>)> {
+) -> R<RoundsOut> {
     let mut rows: Rows = ROWS.iter().map(|(w, _)| (*w, vec![], vec![])).collect();
     let mut moves = vec![];
     let mut busy = vec![];
+    let mut raw_stage = vec![];
     // Whether the controller advertises PUBLISH_UNPUBLISH_VOLUME: a CO calls
     // ControllerPublish/Unpublish only then, and so does the bench.
     let mut attach = false;
@@ -501,12 +615,19 @@ fn rounds(
         let staging = scratch.join(format!("raw-stage-{i}"));
         let target = scratch.join(format!("raw-pod-{i}"));
         std::fs::create_dir(&staging).map_err(|e| format!("mkdir: {e}"))?;
+        // Timed step by step as the driver logs its own (map, mkfs, mount).
         let t = Instant::now();
         let m = map(env, &image)?;
+        let map_ms = ms(t);
         let dev = PathBuf::from(format!("/dev/rbd{}", m.0));
+        let s = Instant::now();
         mkfs(&dev)?;
+        let mkfs_ms = ms(s);
+        let s = Instant::now();
         mount(&dev, &staging, Some("ext4"), nix::mount::MsFlags::empty())?;
+        let mount_ms = ms(s);
         rows[1].2.push(ms(t));
+        raw_stage.push([map_ms, mkfs_ms, mount_ms]);
         let t = Instant::now();
         std::fs::create_dir(&target).map_err(|e| format!("mkdir: {e}"))?;
         mount(&staging, &target, None, nix::mount::MsFlags::MS_BIND)?;
@@ -677,7 +798,7 @@ fn rounds(
         vec!["--raw-only: the raw sequence alone, no driver".to_string()]
     };
     notes.push(busy_note);
-    Ok((rows, notes, busy))
+    Ok(RoundsOut { rows, notes, busy, raw_stage })
 }
 
 fn advertises_publish(rt: &tokio::runtime::Runtime, ch: &Channel) -> R<bool> {
@@ -723,6 +844,20 @@ impl Report {
                 r.what, ours, r.baseline, bm, bp, over, ratio
             );
         }
+        if !self.steps.is_empty() {
+            s += "\nNodeStageVolume of a new image, step by step (median / p90 ms; ours: node A's step log, raw: \
+                  timed in the bench; medians of steps do not add up to the median of totals; paired: the \
+                  median of each round's ours-raw, which the machine's drift from round to round leaves out)\n";
+            s += &format!("{:<42} {:>15} {:>15} {:>10} {:>8}\n", "step", "ours", "raw", "ours-raw", "paired");
+            for r in &self.steps {
+                let (om, op) = median_p90(&r.ours_ms);
+                let (rm, rp) = median_p90(&r.raw_ms);
+                let raw = if r.raw_ms.is_empty() { "-".to_string() } else { format!("{rm:>7.1} / {rp:>5.1}") };
+                let diff = if r.raw_ms.is_empty() { format!("{om:+.1}") } else { format!("{:+.1}", om - rm) };
+                let paired = r.paired().map_or("-".to_string(), |d| format!("{d:+.1}"));
+                s += &format!("{:<42} {:>7.1} / {:>5.1} {:>15} {:>10} {:>8}\n", r.step, om, op, raw, diff, paired);
+            }
+        }
         for n in &self.notes {
             s += &format!("note: {n}\n");
         }
@@ -741,6 +876,42 @@ impl Report {
                        "baseline_median_ms": bm, "baseline_p90_ms": bp, "overhead_ms": om - bm, "ratio": om / bm})
             })
             .collect();
-        json!({"n": self.n, "rows": rows, "notes": self.notes})
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|r| {
+                let (om, op) = median_p90(&r.ours_ms);
+                let raw = (!r.raw_ms.is_empty()).then(|| median_p90(&r.raw_ms));
+                json!({"step": r.step, "ours_median_ms": om, "ours_p90_ms": op,
+                       "raw_median_ms": raw.map(|r| r.0), "raw_p90_ms": raw.map(|r| r.1),
+                       "paired_median_ms": r.paired()})
+            })
+            .collect();
+        json!({"n": self.n, "rows": rows, "stage_steps": steps, "notes": self.notes})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_step_lines_parse_and_line_up_with_the_raw_steps() {
+        let line = "2026-12-07T10:00:00.1Z DEBUG stage steps: load-record=12µs map=40000µs mkfs=150000µs \
+                    mount=20000µs \x1b[3mvolume\x1b[0m=0001-x";
+        let steps = stage_steps(line).unwrap();
+        assert_eq!(steps.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["load-record", "map", "mkfs", "mount"]);
+        assert_eq!(steps[1].1, 40.0);
+        assert!(stage_steps("DEBUG unstage steps: umount=1µs").is_none());
+        let rows = step_rows(&[steps], &[215.0], &[vec![30.0, 140.0, 15.0]], &[186.0]);
+        let get = |n: &str| rows.iter().find(|r| r.step == n).unwrap();
+        assert_eq!(get("mkfs").raw_ms, [140.0]);
+        assert!(get("load-record").raw_ms.is_empty());
+        assert!((get(OUTSIDE_STEPS).ours_ms[0] - 4.988).abs() < 1e-9);
+        assert_eq!(get("total").ours_ms, [215.0]);
+        assert_eq!(get("mkfs").paired(), Some(10.0));
+        assert_eq!(get("load-record").paired(), None);
+        // A round without its step line: no table rather than a wrong one.
+        assert!(step_rows(&[], &[215.0], &[], &[]).is_empty());
     }
 }

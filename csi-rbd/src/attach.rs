@@ -17,7 +17,9 @@
 //!   read-write stage made or mounted on the image. A hint that lets the
 //!   next stage (a migration) mount without probing the device first; the
 //!   mount checks the superblock itself, and a failed mount falls back to
-//!   the probe. Nothing is ever formatted on the hint's word.
+//!   the probe. Nothing is ever formatted on the hint's word, which is
+//!   why a new image's stage may write it with [`record`] before its mkfs
+//!   has finished.
 //!
 //! Why our own object and not the image header's exclusive lock: krbd and
 //! librbd take and pass that lock among themselves on every write (it is
@@ -178,10 +180,24 @@ pub fn claim_at_stage(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, readon
     claim(rbd, pool, image, node)
 }
 
-/// NodeStageVolume, once mapped: records what `node` mapped.
-pub fn record(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, a: &NodeAttachment) -> Result<(), Status> {
+/// NodeStageVolume, once mapped: records what `node` mapped, and with
+/// `fs` the image's filesystem hint ([`remember_filesystem`]) in the same
+/// write.
+pub fn record(
+    rbd: &dyn Rbd,
+    pool: &str,
+    image: &str,
+    node: &str,
+    a: &NodeAttachment,
+    fs: Option<&str>,
+) -> Result<(), Status> {
     let v = serde_json::to_vec(a).map_err(|e| Status::internal(format!("encode attachment: {e}")))?;
-    rbd.omap_set(pool, &object(image), &[(&node_key(node), &v)], &ceph::Guard::None).map_err(status)
+    let key = node_key(node);
+    let mut entries: Vec<(&str, &[u8])> = vec![(&key, &v)];
+    if let Some(fs) = fs {
+        entries.push((FS_KEY, fs.as_bytes()));
+    }
+    rbd.omap_set(pool, &object(image), &entries, &ceph::Guard::None).map_err(status)
 }
 
 /// The omap key of the filesystem hint in the attach object.

@@ -57,6 +57,10 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     let t = Instant::now();
     n.node_stage_volume(v.stage_req(&c, cap.clone())).await.unwrap();
     eprintln!("stage (map + mkfs.ext4 + mount) took {:?}", t.elapsed());
+    // A new image's stage records the filesystem it made as the image's
+    // hint, in the same write as the attachment (the client to fence).
+    assert_eq!(c.fs_hint("vol-ext4").as_deref(), Some("ext4"));
+    assert!(c.attachment("vol-ext4", "node-a")["client_addr"].as_str().is_some_and(|a| !a.is_empty()));
     n.node_stage_volume(v.stage_req(&c, cap.clone())).await.expect("a second stage is idempotent");
     assert_eq!(c.lock_holders("vol-ext4"), vec!["node-a"]);
     n.node_publish_volume(v.publish_req(1, cap.clone(), false)).await.unwrap();
@@ -170,6 +174,27 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     let back = c.ceph.dir().join("swap.back");
     c.ceph.rbd(&["export", "--no-progress", "vol-swap", &back.display().to_string()]).unwrap();
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&swap).unwrap(), "the swap image was written to");
+
+    // A hint on a blank device: what a new image's stage leaves when it dies
+    // or fails after that write, before its mkfs finished (the hint goes
+    // with the attachment, before mkfs). The mount fails, the probe finds
+    // the device blank, and only then is it formatted.
+    c.image("vol-early-hint", 64);
+    c.set_fs_hint("vol-early-hint", "ext4");
+    let ve = Vol::with_context("vol-early-hint", &[]);
+    n.node_stage_volume(ve.stage_req(&c, cap.clone())).await.unwrap();
+    n.node_publish_volume(ve.publish_req(1, cap.clone(), false)).await.unwrap();
+    assert_eq!(g.sh_ok(&format!("findmnt -n -o FSTYPE {}", ve.staging())).unwrap(), "ext4");
+    let sume = write_data(&g, &format!("{}/data", ve.target(1)), 1);
+    n.node_unpublish_volume(ve.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(ve.unstage_req()).await.unwrap();
+    // Staged again on the (now true) hint: mounted, not formatted.
+    n.node_stage_volume(ve.stage_req(&c, cap.clone())).await.unwrap();
+    n.node_publish_volume(ve.publish_req(1, cap.clone(), false)).await.unwrap();
+    assert_eq!(sha(&g, &format!("{}/data", ve.target(1))), sume, "data lost on the second stage");
+    n.node_unpublish_volume(ve.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(ve.unstage_req()).await.unwrap();
+    assert_eq!(c.fs_hint("vol-early-hint").as_deref(), Some("ext4"));
 
     // Raw block: write and read through the published device file.
     c.image("vol-block", 32);

@@ -191,6 +191,84 @@ impl Claim {
     }
 }
 
+/// What a stage records once the image is mapped, on a thread of its own
+/// while the filesystem is probed, made and mounted (off the critical
+/// path), waited for before the stage returns, success or failure:
+/// - the stage record gets the device and reaches the disk with the
+///   secret (until then a record without the device is what a crash
+///   leaves, as before the map: a retried stage finds the mapping again,
+///   unstage unmaps it by pool and image);
+/// - the client address goes to Ceph (with the image's filesystem hint,
+///   for a new image): the stage succeeds only once a takeover can fence
+///   this client, and a rollback's release must come after this write,
+///   not race it.
+struct Recorder {
+    records: Records,
+    rbd: Arc<dyn ceph::Rbd>,
+    attachment: attach::NodeAttachment,
+}
+
+/// The [`Recorder`]'s state in a stage.
+enum Recording {
+    /// Not started yet (a new image: once the probe has named the filesystem).
+    Deferred(Recorder),
+    Started(Pending<()>),
+    /// Waited for (or never needed: the stage failed before it started).
+    Done,
+}
+
+impl Recording {
+    fn is_deferred(&self) -> bool {
+        matches!(self, Recording::Deferred(_))
+    }
+
+    /// Starts the records of `rec` (with the device), and `fs` as the
+    /// image's filesystem hint in the same Ceph write; once.
+    fn start(&mut self, rec: &StageRecord, fs: Option<String>) -> Result<(), Status> {
+        if !self.is_deferred() {
+            return Ok(());
+        }
+        let Recording::Deferred(r) = std::mem::replace(self, Recording::Done) else {
+            return Ok(());
+        };
+        let with_device = rec.clone();
+        let Recorder { records, rbd, attachment } = r;
+        *self = Recording::Started(start_bounded("record the attachment", move || {
+            let saved = records
+                .save_visible(&with_device)
+                .and_then(|()| records.sync(&with_device.volume_id))
+                .map_err(Status::from);
+            let (p, i, n) = (&with_device.pool, &with_device.image, &with_device.node);
+            let recorded = attach::record(rbd.as_ref(), p, i, n, &attachment, fs.as_deref());
+            saved.and(recorded)
+        })?);
+        Ok(())
+    }
+
+    /// Waits for the records if started (then, the record may be saved
+    /// again without racing them). A stage that fails before they started
+    /// records nothing: its rollback removes the record and releases the
+    /// lock.
+    fn settle(&mut self) -> Result<(), Status> {
+        match std::mem::replace(self, Recording::Done) {
+            Recording::Started(p) => p.wait_for(CEPH_TIMEOUT),
+            Recording::Deferred(r) => {
+                *self = Recording::Deferred(r);
+                Ok(())
+            }
+            Recording::Done => Ok(()),
+        }
+    }
+
+    /// The records' result (Ok if never started).
+    fn wait(self) -> Result<(), Status> {
+        match self {
+            Recording::Started(p) => p.wait_for(CEPH_TIMEOUT),
+            Recording::Deferred(_) | Recording::Done => Ok(()),
+        }
+    }
+}
+
 /// Why [`NodeService::mount_staging`] did not mount.
 enum Mounted {
     /// mount(2) refused (e.g. EINVAL: not that filesystem).
@@ -601,31 +679,26 @@ impl NodeService {
         if client_addr.is_empty() {
             tracing::warn!(volume = %r.volume_id, %device, "the client address of the mapping is unknown: a takeover cannot fence it");
         }
-        let a = attach::NodeAttachment::new(&client_addr, r.mounter.as_str(), &device, r.readonly);
-        let (c, p, i, n) = (Arc::clone(rbd), pool.clone(), image.clone(), rec.node.clone());
-        let (records, with_device) = (self.records.clone(), rec.clone());
-        // On one thread while the filesystem is probed, made and mounted
-        // (off the critical path), waited for before returning, success or
-        // failure:
-        // - the stage record gets the device and reaches the disk with the
-        //   secret (until then a record without the device is what a crash
-        //   leaves, as before the map: a retried stage finds the mapping
-        //   again, unstage unmaps it by pool and image);
-        // - the client address goes to Ceph: the stage succeeds only once a
-        //   takeover can fence this client, and a rollback's release must
-        //   come after this write, not race it.
-        let recording = start_bounded("record the attachment", move || {
-            let saved = records
-                .save_visible(&with_device)
-                .and_then(|()| records.sync(&with_device.volume_id))
-                .map_err(Status::from);
-            let recorded = attach::record(c.as_ref(), &p, &i, &n, &a);
-            saved.and(recorded)
-        })?;
-        steps.mark("start-records");
-        let mut recording = Some(recording);
+        let recorder = Recorder {
+            records: self.records.clone(),
+            rbd: Arc::clone(rbd),
+            attachment: attach::NodeAttachment::new(&client_addr, r.mounter.as_str(), &device, r.readonly),
+        };
+        // The claim ran while the image mapped: nothing is recorded for a
+        // node that does not hold the image.
+        claim.confirm()?;
+        steps.mark("claim");
+        // A read-write filesystem stage without a hint (a new image) records
+        // the filesystem with the attachment, in one Ceph write: it starts
+        // once the probe has named it (what it found, or what mkfs makes).
+        let hinted = claim.hint.as_deref().is_some_and(|t| fs::SUPPORTED.contains(&t));
+        let mut recording = Recording::Deferred(recorder);
+        if rec.is_block() || r.readonly || hinted {
+            recording.start(rec, None)?;
+            steps.mark("start-records");
+        }
         let local = self.make_fs_and_mount(r, &device, rec, claim, rbd, &mut recording, steps);
-        let recorded = recording.map_or(Ok(()), |p| p.wait_for(CEPH_TIMEOUT));
+        let recorded = recording.wait();
         steps.mark("records");
         local.and(recorded)
     }
@@ -646,7 +719,7 @@ impl NodeService {
         rec: &mut StageRecord,
         claim: &mut Claim,
         rbd: &Arc<dyn ceph::Rbd>,
-        recording: &mut Option<Pending<()>>,
+        recording: &mut Recording,
         steps: &mut Steps,
     ) -> Result<(), Status> {
         let device = device.to_string();
@@ -655,7 +728,6 @@ impl NodeService {
         }
         // The claim (and the hint after it) ran while the image mapped.
         claim.confirm()?;
-        steps.mark("claim");
         let hinted = claim.hint.clone().filter(|t| fs::SUPPORTED.contains(&t.as_str()));
         if let Some(t) = &hinted {
             match self.mount_staging(r, &device, t, rec, recording) {
@@ -684,6 +756,7 @@ impl NodeService {
             fs::Content::Other => fs::probe(&device)?,
         };
         steps.mark("probe");
+        let blank = found.is_none();
         let fs_type = match found {
             None if r.readonly => {
                 return Err(Status::failed_precondition(format!(
@@ -691,11 +764,7 @@ impl NodeService {
                     r.volume_id
                 )))
             }
-            None => {
-                fs::mkfs(&device, &rec.fs_type)?;
-                steps.mark("mkfs");
-                rec.fs_type.clone()
-            }
+            None => rec.fs_type.clone(),
             Some(t) if fs::SUPPORTED.contains(&t.as_str()) => t,
             Some(other) => {
                 return Err(Status::failed_precondition(format!(
@@ -705,9 +774,23 @@ impl NodeService {
             }
         };
         // The next stage of this image (elsewhere, after this node
-        // unstages) may skip the probe: recorded while the filesystem is
-        // mounted, waited for (a failure only costs that stage its probe).
-        let remembering = if !r.readonly && hinted.as_deref() != Some(fs_type.as_str()) {
+        // unstages) may skip the probe. A new image: with the attachment,
+        // in its one write (started now, while mkfs runs). Written before
+        // the filesystem is complete, which is safe: a hint only ever
+        // spares a probe (a failed mount falls back to it), it never
+        // decides a mkfs.
+        let carried = recording.is_deferred().then(|| fs_type.clone());
+        recording.start(rec, carried.clone())?;
+        steps.mark("start-records");
+        if blank {
+            fs::mkfs(&device, &rec.fs_type)?;
+            steps.mark("mkfs");
+        }
+        // A hinted stage whose hint was wrong (its mount failed, the probe
+        // named another filesystem): the hint is corrected while the
+        // filesystem mounts, waited for (a failure only costs the next
+        // stage its probe).
+        let remembering = if !r.readonly && carried.is_none() && hinted.as_deref() != Some(fs_type.as_str()) {
             let (c, p, i, t) = (Arc::clone(rbd), rec.pool.clone(), rec.image.clone(), fs_type.clone());
             Some(start_bounded("record the image's filesystem", move || {
                 attach::remember_filesystem(c.as_ref(), &p, &i, &t)
@@ -731,7 +814,7 @@ impl NodeService {
         device: &str,
         fs_type: &str,
         rec: &mut StageRecord,
-        recording: &mut Option<Pending<()>>,
+        recording: &mut Recording,
     ) -> Result<(), Mounted> {
         if fs_type != rec.fs_type {
             tracing::info!(volume = %r.volume_id, "mounting the existing {fs_type} filesystem (asked for {})", rec.fs_type);
@@ -763,10 +846,8 @@ impl NodeService {
 
     /// Saves `rec` durably once the recording thread, which writes the
     /// record too, is done (one writer of the record at a time).
-    fn save_after(&self, rec: &StageRecord, recording: &mut Option<Pending<()>>) -> Result<(), Status> {
-        if let Some(p) = recording.take() {
-            p.wait_for(CEPH_TIMEOUT)?;
-        }
+    fn save_after(&self, rec: &StageRecord, recording: &mut Recording) -> Result<(), Status> {
+        recording.settle()?;
         Ok(self.records.save(rec)?)
     }
 
