@@ -18,7 +18,7 @@
 //! costs a full replace, never a wrong delta, and the file needs no fsync.
 //! Callers serialise writers (the registry lock).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -416,8 +416,7 @@ impl Engine {
             if names.is_empty() {
                 continue;
             }
-            let (ps, ns) = (part(p, &names), part(n, &names));
-            ns.validate()?;
+            let (ps, ns) = parts(p, n, &names)?;
             if ns.maps.contains_key(GEN_MAP) || ns.sets.contains_key(GEN_MAP) {
                 return Err(NftError::Invalid(format!(
                     "{GEN_MAP} is the engine's name in table {} {}",
@@ -483,9 +482,10 @@ impl Engine {
         if let Some(k) = cache.as_mut() {
             let a = Arc::make_mut(&mut k.applied);
             for (p, n) in a.tables.iter_mut().zip(next) {
+                let Some((ps, ns)) = subs.iter().find(|(_, ns)| ns.table == n.table) else { continue };
                 for (t, name) in &changes.objects {
                     if *t == n.table {
-                        copy_object(n, p, name);
+                        update_object(p, n, ps, ns, name);
                     }
                 }
             }
@@ -735,33 +735,110 @@ impl Engine {
     }
 }
 
-/// The objects of `t` named in `names` (of any kind), in a table of their own.
-fn part(t: &TableState, names: &BTreeSet<&str>) -> TableState {
-    let mut out = TableState::new(t.table.clone());
-    for n in names {
-        if let Some(s) = t.sets.get(*n) {
-            out.sets.insert(n.to_string(), s.clone());
+/// The objects named in `names` (of any kind) of `p` (before) and `n`
+/// (after), each in a table of its own, as far as they differ: of a set or
+/// a map both have with the same definition, only the elements or entries
+/// of one and not the other. `TableState::diff` of the two sends what a
+/// diff of the whole tables would, without copying a 1,000-entry map for
+/// one entry added.
+fn parts(p: &TableState, n: &TableState, names: &BTreeSet<&str>) -> Result<(TableState, TableState)> {
+    let (mut ps, mut ns) = (TableState::new(p.table.clone()), TableState::new(n.table.clone()));
+    let invalid = |m: String| Error::from(NftError::Invalid(m));
+    for name in names {
+        let name = *name;
+        if let Some(c) = p.chains.get(name) {
+            ps.chains.insert(name.to_string(), c.clone());
         }
-        if let Some(m) = t.maps.get(*n) {
-            out.maps.insert(n.to_string(), m.clone());
+        if let Some(c) = n.chains.get(name) {
+            ns.chains.insert(name.to_string(), c.clone());
         }
-        if let Some(c) = t.chains.get(*n) {
-            out.chains.insert(n.to_string(), c.clone());
+        // as TableState::validate, for this object
+        if n.sets.get(name).is_some_and(|b| b.def.name != name || b.def.verdict_map)
+            || n.maps.get(name).is_some_and(|b| b.def.name != name || !b.def.verdict_map)
+        {
+            return Err(invalid(format!("{name}: name or kind does not match its definition")));
+        }
+        if n.sets.contains_key(name) && n.maps.contains_key(name) {
+            return Err(invalid(format!("{name} is both a set and a map")));
+        }
+        match (p.sets.get(name), n.sets.get(name)) {
+            (Some(a), Some(b)) if a.def == b.def => {
+                let (old, new): (HashSet<&SetElem>, HashSet<&SetElem>) =
+                    (a.elems.iter().collect(), b.elems.iter().collect());
+                let gone = a.elems.iter().filter(|e| !new.contains(e)).cloned().collect();
+                let added = b.elems.iter().filter(|e| !old.contains(e)).cloned().collect();
+                ps.put_set(a.def.clone(), gone);
+                ns.put_set(b.def.clone(), added);
+            }
+            (a, b) => {
+                if let Some(a) = a {
+                    ps.sets.insert(name.to_string(), a.clone());
+                }
+                if let Some(b) = b {
+                    ns.sets.insert(name.to_string(), b.clone());
+                }
+            }
+        }
+        if let Some(b) = n.maps.get(name) {
+            let mut keys = HashSet::with_capacity(b.entries.len());
+            if let Some((k, _)) = b.entries.iter().find(|(k, _)| !keys.insert(k)) {
+                return Err(invalid(format!("map {name}: key {k:?} appears twice")));
+            }
+        }
+        match (p.maps.get(name), n.maps.get(name)) {
+            (Some(a), Some(b)) if a.def == b.def => {
+                let old: HashMap<&SetElem, &Verdict> = a.entries.iter().map(|(k, v)| (k, v)).collect();
+                let new: HashMap<&SetElem, &Verdict> = b.entries.iter().map(|(k, v)| (k, v)).collect();
+                let gone = a.entries.iter().filter(|(k, v)| new.get(k) != Some(&v)).cloned().collect();
+                let added = b.entries.iter().filter(|(k, v)| old.get(k) != Some(&v)).cloned().collect();
+                ps.put_map(a.def.clone(), gone);
+                ns.put_map(b.def.clone(), added);
+            }
+            (a, b) => {
+                if let Some(a) = a {
+                    ps.maps.insert(name.to_string(), a.clone());
+                }
+                if let Some(b) = b {
+                    ns.maps.insert(name.to_string(), b.clone());
+                }
+            }
         }
     }
-    out
+    Ok((ps, ns))
 }
 
-/// Makes the objects named `name` in `to` what they are in `from` (absent if absent).
-fn copy_object(from: &TableState, to: &mut TableState, name: &str) {
-    match from.sets.get(name) {
-        Some(s) => to.sets.insert(name.to_string(), s.clone()),
-        None => to.sets.remove(name),
-    };
-    match from.maps.get(name) {
-        Some(m) => to.maps.insert(name.to_string(), m.clone()),
-        None => to.maps.remove(name),
-    };
+/// Makes the objects named `name` in `to` (the state before) what they are
+/// in `from` (after; absent if absent): a set or map `parts` reduced to
+/// what differs (`ps` before, `ns` after) by taking out and putting in
+/// those elements (their order is of no consequence), the rest copied.
+fn update_object(to: &mut TableState, from: &TableState, ps: &TableState, ns: &TableState, name: &str) {
+    match (to.sets.get_mut(name), from.sets.get(name)) {
+        (Some(a), Some(b)) if a.def == b.def => {
+            let gone: HashSet<&SetElem> = ps.sets.get(name).map(|s| s.elems.iter().collect()).unwrap_or_default();
+            a.elems.retain(|e| !gone.contains(e));
+            a.elems.extend(ns.sets.get(name).map(|s| s.elems.clone()).unwrap_or_default());
+        }
+        (_, Some(b)) => {
+            to.sets.insert(name.to_string(), b.clone());
+        }
+        (_, None) => {
+            to.sets.remove(name);
+        }
+    }
+    match (to.maps.get_mut(name), from.maps.get(name)) {
+        (Some(a), Some(b)) if a.def == b.def => {
+            let gone: HashSet<&SetElem> =
+                ps.maps.get(name).map(|m| m.entries.iter().map(|(k, _)| k).collect()).unwrap_or_default();
+            a.entries.retain(|(k, _)| !gone.contains(k));
+            a.entries.extend(ns.maps.get(name).map(|m| m.entries.clone()).unwrap_or_default());
+        }
+        (_, Some(b)) => {
+            to.maps.insert(name.to_string(), b.clone());
+        }
+        (_, None) => {
+            to.maps.remove(name);
+        }
+    }
     match from.chains.get(name) {
         Some(c) => to.chains.insert(name.to_string(), c.clone()),
         None => to.chains.remove(name),
