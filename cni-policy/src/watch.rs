@@ -79,7 +79,9 @@ fn reload_logged(
     dir: &Path,
     full: bool,
 ) -> Option<Vec<TableRef>> {
-    reload(state, engine, compiler, dir, full).map_err(|e| tracing::error!("{e}; the policy in force is unchanged")).ok()
+    reload(state, engine, compiler, dir, full)
+        .map_err(|e| tracing::error!("{e}; the policy in force is unchanged"))
+        .ok()
 }
 
 /// The resync tick: the tables last applied are still in the kernel (one get per table), and a

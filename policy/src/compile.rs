@@ -682,7 +682,10 @@ impl<'a> Ctx<'a> {
         }
         let mut rules = vec![m];
         for group in alts {
-            rules = rules.iter().flat_map(|r| group.iter().map(move |g| [&r[..], &[g.clone()]].concat())).collect();
+            rules = rules
+                .iter()
+                .flat_map(|r| group.iter().map(move |g| [&r[..], std::slice::from_ref(g)].concat()))
+                .collect();
         }
         Some(rules)
     }
@@ -706,7 +709,10 @@ impl<'a> Ctx<'a> {
     fn ports_match(&mut self, p: u8, dir: Dir, ports: &[PortRange], negate: bool, inline: usize) -> Vec<Match> {
         let ports = merged_ports(ports);
         if ports.len() <= inline.max(1) {
-            return ports.into_iter().map(|(first, last)| Match::PortRange { proto: p, dir, first, last, negate }).collect();
+            return ports
+                .into_iter()
+                .map(|(first, last)| Match::PortRange { proto: p, dir, first, last, negate })
+                .collect();
         }
         let strs: Vec<String> = ports.iter().map(|(a, b)| format!("{a}-{b}")).collect();
         let parts: Vec<&str> = strs.iter().map(String::as_str).collect();

@@ -25,8 +25,8 @@ use std::net::IpAddr;
 use linux_net::nft::{ChainState, Family, SetDef, SetElem, TableRef, TableState, Verdict as NftVerdict};
 
 use super::{
-    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, selector_picks, Builder, Compiled,
-    Ctx, Profile, NAMESPACE_LABEL, rule_label_keys,
+    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys, selector_picks,
+    Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
 };
 use crate::engine::Changes;
 use crate::model::{Direction, Endpoint, EndpointSelector, IpVersion, Policy, PolicySet};
@@ -462,8 +462,7 @@ impl Compiler {
             self.all = true;
             return;
         }
-        let edited: Vec<usize> =
-            (0..set.policies.len()).filter(|&i| set.policies[i] != self.set.policies[i]).collect();
+        let edited: Vec<usize> = (0..set.policies.len()).filter(|&i| set.policies[i] != self.set.policies[i]).collect();
         self.set = set;
         self.rule_keys = rule_label_keys(&self.set);
         self.picks.clear();
@@ -516,7 +515,8 @@ impl Compiler {
         slot.n += 1;
         // its dispatch entries and guard, as `compile` makes them
         let [mut inet, mut bridge] = scratch();
-        for (dir, name) in [(Direction::Ingress, &slot.prof.ingress_chain), (Direction::Egress, &slot.prof.egress_chain)]
+        for (dir, name) in
+            [(Direction::Ingress, &slot.prof.ingress_chain), (Direction::Egress, &slot.prof.egress_chain)]
         {
             for a in &ep.addrs {
                 let v = IpVersion::of(a);
@@ -569,7 +569,7 @@ impl Compiler {
                     let u = self.units.remove(unit).expect("just seen");
                     for (_, name) in self.live.remove(&u.contrib, 0) {
                         self.selectors.remove(&name);
-                    self.picks.clear();
+                        self.picks.clear();
                     }
                 }
             }
@@ -578,7 +578,8 @@ impl Compiler {
 
     /// `EndpointInfo::addrs` of the endpoints having one of `addrs`: the addresses they own.
     fn reown(&mut self, addrs: &[IpAddr]) {
-        let names: BTreeSet<&String> = addrs.iter().filter_map(|a| self.owners.get(a)).flat_map(|o| o.values()).collect();
+        let names: BTreeSet<&String> =
+            addrs.iter().filter_map(|a| self.owners.get(a)).flat_map(|o| o.values()).collect();
         for name in names {
             let Some(slot) = self.names.get(name).and_then(|o| self.eps.get(o)) else { continue };
             let owned: Vec<IpAddr> = slot
@@ -675,4 +676,3 @@ fn only_rules_differ(a: &PolicySet, b: &PolicySet) -> bool {
                 == (&q.kind, &q.name, &q.namespace, &q.tier, &q.order, &q.selector, &q.namespace_selector, &q.types)
         })
 }
-
