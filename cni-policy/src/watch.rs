@@ -18,6 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use linux_net::nft::TableRef;
+use policy::compile::Compiler;
 use policy::engine::{Desired, Engine};
 
 use crate::plugin::{bridge_nf_on, BRIDGE_NF_SYSCTLS};
@@ -26,30 +27,61 @@ use crate::registry::{StateConfig, StateDir};
 use crate::{Error, Result};
 
 /// One reload: the files of `dir` (or the last good set when they do not load) and the
-/// registry, under the lock. Returns the tables applied. Errors are the caller's to log; on
-/// error nothing changed.
-pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<Vec<TableRef>> {
+/// registry, under the lock, through the daemon's incremental compiler: only what changed since
+/// the last reload is compiled and sent (`Engine::apply_changes`), unless `full`, which compares
+/// everything with the kernel (`Engine::apply`: tables gone or changed behind our back are put
+/// back). The engine's state file is written after the change is in force, still under the
+/// lock. Returns the tables applied. Errors are the caller's to log; on error nothing changed
+/// in the kernel, and the compiler keeps the changes for the next reload.
+pub fn reload(
+    state: &StateDir,
+    engine: &Engine,
+    compiler: &mut Option<Compiler>,
+    dir: &Path,
+    full: bool,
+) -> Result<Vec<TableRef>> {
     let _lock = state.lock()?;
-    let (c, report, dir_error) = reconcile::reapply(state, engine, dir)?;
-    state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
-    // A directory that did not load was logged with its file, line and field (and the last
+    // A directory that does not load is logged with its file, line and field (and the last
     // good set applied instead) by the loader.
-    let _ = dir_error;
+    let loaded = reconcile::load_or_last_good(state, dir, true)?;
+    let eps: Vec<policy::Endpoint> = state.list()?.iter().map(reconcile::endpoint).collect();
+    let c = match compiler {
+        Some(c) => {
+            c.set_policies(loaded.set);
+            c.set_endpoints(&eps);
+            c
+        }
+        None => compiler.insert(Compiler::new(loaded.set, &eps)),
+    };
+    let report = if full { reconcile::apply(engine, c.compiled()) } else { reconcile::apply_changes(engine, c) }?;
+    c.applied();
+    if let Err(e) = engine.flush() {
+        tracing::error!("{e}: the next apply by another writer replaces the tables");
+    }
+    state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
     tracing::info!(
-        rules = c.rule_count(),
+        rules = c.compiled().rule_count(),
         full = report.full,
         ops = report.ops,
         elapsed_us = report.elapsed.as_micros() as u64,
         kernel_us = report.commit.as_micros() as u64,
         "policy applied"
     );
-    Ok(c.tables().iter().map(|t| t.table.clone()).collect())
+    Ok(c.compiled().tables().iter().map(|t| t.table.clone()).collect())
 }
 
 type Fingerprint = Vec<(std::ffi::OsString, u64, i64, i64)>;
 
-fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path) -> Option<Vec<TableRef>> {
-    reload(state, engine, dir).map_err(|e| tracing::error!("{e}; the policy in force is unchanged")).ok()
+fn reload_logged(
+    state: &StateDir,
+    engine: &Engine,
+    compiler: &mut Option<Compiler>,
+    dir: &Path,
+    full: bool,
+) -> Option<Vec<TableRef>> {
+    reload(state, engine, compiler, dir, full)
+        .map_err(|e| tracing::error!("{e}; the policy in force is unchanged"))
+        .ok()
 }
 
 /// The resync tick: the tables last applied are still in the kernel (one get per table), and a
@@ -78,6 +110,7 @@ fn fingerprint(dir: &Path) -> Vec<(std::ffi::OsString, u64, i64, i64)> {
 fn resync(
     state: &StateDir,
     engine: &Engine,
+    compiler: &mut Option<Compiler>,
     dir: &Path,
     applied: &mut Option<Vec<TableRef>>,
     seen: &mut Fingerprint,
@@ -105,7 +138,7 @@ fn resync(
         Some(why) => {
             tracing::warn!("{why}: re-applying");
             *seen = now;
-            *applied = reload_logged(state, engine, dir);
+            *applied = reload_logged(state, engine, compiler, dir, true);
             true
         }
         None => false,
@@ -177,12 +210,14 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
     tracing::info!(dir = %dir.display(), state = %state_dir.display(), "watching");
     // The watch is in place before the first read: a change from here on is seen.
     let mut seen = fingerprint(dir);
-    let mut applied = reload_logged(&state, &engine, dir);
+    // ... and one incremental compiler: a reload compiles and sends only what changed.
+    let mut compiler = None;
+    let mut applied = reload_logged(&state, &engine, &mut compiler, dir, false);
     let mut next_resync = Instant::now() + resync_every;
     loop {
         let now = Instant::now();
         if now >= next_resync {
-            resync(&state, &engine, dir, &mut applied, &mut seen);
+            resync(&state, &engine, &mut compiler, dir, &mut applied, &mut seen);
             next_resync = Instant::now() + resync_every;
             continue;
         }
@@ -222,7 +257,7 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
             tracing::debug!(changed, "inotify events read");
             if changed {
                 seen = fingerprint(dir);
-                applied = reload_logged(&state, &engine, dir);
+                applied = reload_logged(&state, &engine, &mut compiler, dir, false);
             }
         }
     }

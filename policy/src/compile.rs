@@ -32,9 +32,12 @@ use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicySet,
     PortRange, Rule, TierDefault,
 };
-use crate::selector::Labels;
+use crate::selector::{Labels, Selector};
 
 mod guard;
+mod incremental;
+
+pub use incremental::Compiler;
 
 pub use guard::{
     BRIDGE_SPOOF_PRIORITY, DELIVER_CHAINS, DELIVER_CHECK_CHAIN, DELIVER_MAP, DELIVER_ND_CHAIN, DELIVER_PRIORITY,
@@ -43,6 +46,9 @@ pub use guard::{
 
 /// Name of both tables.
 pub const TABLE: &str = "cni-policy";
+/// Nets or ports lists of at most this many entries are matched inline, and a rule's inline
+/// lists make at most this many nft rules; longer ones are looked up in a set.
+pub const INLINE: usize = 4;
 /// The packet-mark bit a `Pass` sets (Felix reserves 0xffff0000 by default for its own
 /// marks and kube-proxy uses 0x4000/0x8000; this bit is set and cleared keeping the others).
 pub const PASS_MARK: u32 = 0x0010_0000;
@@ -296,6 +302,38 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
     let mut inet = Builder::new(Family::Inet);
     let mut bridge = Builder::new(Family::Bridge);
 
+    base(&mut inet, &mut bridge);
+
+    let mut c = Ctx::new(set, endpoints, inet);
+    let mut infos = BTreeMap::new();
+    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for ep in endpoints {
+        for a in &ep.addrs {
+            owner.entry(*a).or_insert(ep.name.as_str());
+        }
+    }
+    // Endpoints of the same namespace and the same values of the labels policy selectors
+    // name have the same policies: worked out once per such profile.
+    let keys = policy_label_keys(set);
+    let mut profiles: BTreeMap<(&str, Labels), Profile> = BTreeMap::new();
+    for ep in endpoints {
+        let prof = profiles.entry((ep.namespace.as_str(), project(&ep.labels, &keys))).or_insert_with(|| c.profile(ep));
+        for (dir, name) in [(Direction::Ingress, &prof.ingress_chain), (Direction::Egress, &prof.egress_chain)] {
+            for a in &ep.addrs {
+                let v = IpVersion::of(a);
+                // An address of two endpoints belongs to the first, as in the evaluator.
+                let entries = c.inet.map(dispatch_map(dir, v), addr_key(v));
+                entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
+            }
+        }
+        let g = guard::add_endpoint(&mut c.inet, &mut bridge, ep, prof.ingress_restricted);
+        infos.insert(ep.name.clone(), endpoint_info(prof, g, ep, |a| owner.get(a) == Some(&ep.name.as_str())));
+    }
+    Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
+}
+
+/// The tables' fixed part: the inet base chains with their dispatch maps, and the guard's.
+fn base(inet: &mut Builder, bridge: &mut Builder) {
     // Base chains: established/related first, then dispatch on the endpoint's address.
     for (name, hook, prio, dir) in BASE_CHAINS {
         let addr_dir = if dir == Direction::Egress { Dir::Src } else { Dir::Dst };
@@ -313,50 +351,75 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
         }
         inet.chain(name, Some(BaseChain::filter(hook, prio, ChainPolicy::Accept)), rules);
     }
-    guard::base(&mut inet, &mut bridge);
+    guard::base(inet, bridge);
+}
 
-    let labels = endpoints.iter().map(Endpoint::selector_labels).collect();
-    let mut c = Ctx { set, endpoints, labels, inet };
-    let mut infos = BTreeMap::new();
-    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for ep in endpoints {
-        for a in &ep.addrs {
-            owner.entry(*a).or_insert(ep.name.as_str());
-        }
+/// What `status` and `check` know of endpoint `ep`, of profile `prof` and guard `g`; `owns`
+/// says whether an address of it dispatches to its chains (the first endpoint's of an address).
+fn endpoint_info(prof: &Profile, g: guard::Guard, ep: &Endpoint, owns: impl Fn(&IpAddr) -> bool) -> EndpointInfo {
+    let mut chains = prof.chains.clone();
+    chains.extend(g.chains);
+    chains.sort();
+    chains.dedup();
+    EndpointInfo {
+        policies: prof.policies.clone(),
+        ingress_chain: prof.ingress_chain.clone(),
+        egress_chain: prof.egress_chain.clone(),
+        spoof_chain: g.spoof_chain,
+        deliver_chain: g.deliver_chain,
+        guard_keys: g.keys,
+        chains,
+        addrs: ep.addrs.iter().filter(|a| owns(a)).copied().collect(),
     }
-    // Endpoints of the same namespace and labels have the same policies: worked out once.
-    let mut profiles: BTreeMap<(&str, &Labels), Profile> = BTreeMap::new();
-    for ep in endpoints {
-        let prof = profiles.entry((ep.namespace.as_str(), &ep.labels)).or_insert_with(|| c.profile(ep));
-        for (dir, name) in [(Direction::Ingress, &prof.ingress_chain), (Direction::Egress, &prof.egress_chain)] {
-            for a in &ep.addrs {
-                let v = IpVersion::of(a);
-                // An address of two endpoints belongs to the first, as in the evaluator.
-                let entries = c.inet.map(dispatch_map(dir, v), addr_key(v));
-                entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
+}
+
+/// Every label key a selector reads.
+fn selector_keys(s: &Selector, out: &mut BTreeSet<String>) {
+    match s {
+        Selector::All | Selector::Global => {}
+        Selector::Has(k)
+        | Selector::Eq(k, _)
+        | Selector::Ne(k, _)
+        | Selector::In(k, _)
+        | Selector::NotIn(k, _)
+        | Selector::Contains(k, _)
+        | Selector::StartsWith(k, _)
+        | Selector::EndsWith(k, _) => {
+            out.insert(k.clone());
+        }
+        Selector::Not(e) => selector_keys(e, out),
+        Selector::And(v) | Selector::Or(v) => v.iter().for_each(|e| selector_keys(e, out)),
+    }
+}
+
+/// The endpoint label keys the policies' own `selector`s read: which policies apply to an
+/// endpoint depends only on its namespace and its values of these.
+fn policy_label_keys(set: &PolicySet) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for p in &set.policies {
+        selector_keys(&p.selector, &mut keys);
+    }
+    keys
+}
+
+/// The endpoint label keys the rules' selectors read.
+fn rule_label_keys(set: &PolicySet) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for p in &set.policies {
+        for r in p.ingress.iter().chain(&p.egress) {
+            for e in [&r.source, &r.destination] {
+                for s in e.endpoints.iter().chain(&e.not_endpoints) {
+                    selector_keys(&s.labels, &mut keys);
+                }
             }
         }
-        let g = guard::add_endpoint(&mut c.inet, &mut bridge, ep, prof.ingress_restricted);
-        let mut chains = prof.chains.clone();
-        chains.extend(g.chains);
-        chains.sort();
-        chains.dedup();
-        let addrs = ep.addrs.iter().filter(|a| owner.get(a) == Some(&ep.name.as_str())).copied().collect();
-        infos.insert(
-            ep.name.clone(),
-            EndpointInfo {
-                policies: prof.policies.clone(),
-                ingress_chain: prof.ingress_chain.clone(),
-                egress_chain: prof.egress_chain.clone(),
-                spoof_chain: g.spoof_chain,
-                deliver_chain: g.deliver_chain,
-                guard_keys: g.keys,
-                chains,
-                addrs,
-            },
-        );
     }
-    Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
+    keys
+}
+
+/// `labels` with only the entries of `keys`.
+fn project(labels: &Labels, keys: &BTreeSet<String>) -> Labels {
+    labels.iter().filter(|(k, _)| keys.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// What endpoints of one namespace and label set share.
@@ -368,17 +431,61 @@ struct Profile {
     /// Direction and policy chains.
     chains: Vec<(Family, String)>,
     policies: Vec<String>,
+    /// The policy chains its direction chains jump to: (index in `set.policies`, direction).
+    units: Vec<(usize, Direction)>,
+}
+
+/// The index of `p` in `set.policies`.
+fn policy_index(set: &PolicySet, p: &Policy) -> usize {
+    set.policies.iter().position(|q| std::ptr::eq(q, p)).expect("a policy of the set")
 }
 
 struct Ctx<'a> {
     set: &'a PolicySet,
     endpoints: &'a [Endpoint],
-    /// `endpoints`' selector labels, computed once.
-    labels: Vec<Labels>,
+    /// `endpoints` grouped by what rule selectors can tell apart (made on first use).
+    groups: Option<Vec<Group>>,
     inet: Builder,
+    /// The selector and family of every selector set made (for the incremental compiler).
+    selectors: BTreeMap<String, (EndpointSelector, IpVersion)>,
+    /// Whether a direction chain also makes the policy chains it jumps to (the incremental
+    /// compiler makes those on their own).
+    policy_chains: bool,
 }
 
-impl Ctx<'_> {
+/// Endpoints of one namespace with the same values of the label keys rule selectors read: a
+/// rule selector picks all of them or none.
+struct Group {
+    namespace: String,
+    /// The selector labels, restricted to those keys (and the namespace's label).
+    labels: Labels,
+    /// The members' addresses.
+    addrs: Vec<IpAddr>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(set: &'a PolicySet, endpoints: &'a [Endpoint], inet: Builder) -> Ctx<'a> {
+        Ctx { set, endpoints, groups: None, inet, selectors: BTreeMap::new(), policy_chains: true }
+    }
+
+    fn groups(&mut self) -> &[Group] {
+        let (set, endpoints) = (self.set, self.endpoints);
+        self.groups.get_or_insert_with(|| {
+            if endpoints.is_empty() {
+                return Vec::new();
+            }
+            let mut keys = rule_label_keys(set);
+            keys.insert(NAMESPACE_LABEL.to_string());
+            let mut by: BTreeMap<(&str, Labels), Vec<IpAddr>> = BTreeMap::new();
+            for e in endpoints {
+                let mut labels = project(&e.labels, &keys);
+                labels.insert(NAMESPACE_LABEL.into(), e.namespace.clone());
+                by.entry((e.namespace.as_str(), labels)).or_default().extend(e.addrs.iter().copied());
+            }
+            by.into_iter().map(|((ns, labels), addrs)| Group { namespace: ns.to_string(), labels, addrs }).collect()
+        })
+    }
+
     /// The chains (created as needed) and the policies of endpoints like `ep`.
     fn profile(&mut self, ep: &Endpoint) -> Profile {
         let set = self.set;
@@ -386,6 +493,7 @@ impl Ctx<'_> {
         let mut all_applying: Vec<&Policy> = Vec::new();
         let mut names = Vec::new();
         let mut ingress_restricted = false;
+        let mut units = Vec::new();
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut applying: Vec<&Policy> =
                 set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
@@ -395,6 +503,7 @@ impl Ctx<'_> {
             chains.push((Family::Inet, name.clone()));
             for p in &applying {
                 chains.push((Family::Inet, policy_chain(p, dir)));
+                units.push((policy_index(set, p), dir));
                 if !all_applying.iter().any(|q| std::ptr::eq(*q, *p)) {
                     all_applying.push(p);
                 }
@@ -410,6 +519,7 @@ impl Ctx<'_> {
             egress_chain,
             chains,
             policies: all_applying.iter().map(|p| policy_display(p)).collect(),
+            units,
         }
     }
 
@@ -442,7 +552,7 @@ impl Ctx<'_> {
             let end = i + applying[i..].iter().take_while(|p| p.tier == tier).count();
             rules.push(NftRule { mark: Some(MarkStmt::Clear(PASS_MARK)), ..NftRule::default() });
             for p in &applying[i..end] {
-                let chain = self.policy_chain(p, dir);
+                let chain = if self.policy_chains { self.policy_chain(p, dir) } else { policy_chain(p, dir) };
                 rules.push(rule(vec![clear_bit.clone()], Some(NftVerdict::Jump(chain))));
             }
             if self.set.tier(&tier).default_action == TierDefault::Deny {
@@ -471,7 +581,7 @@ impl Ctx<'_> {
             let families: &[Option<IpVersion>] =
                 if needs_family(r) { &[Some(IpVersion::V4), Some(IpVersion::V6)] } else { &[None] };
             for fam in families {
-                if let Some(matches) = self.rule_matches(r, *fam) {
+                for matches in self.rule_matches(r, *fam).unwrap_or_default() {
                     rules.extend(self.actions(p, dir, index, r.action, matches));
                 }
             }
@@ -497,8 +607,16 @@ impl Ctx<'_> {
 
     /// The matches of `r` for family `fam` (`None`: a rule with no family-specific part,
     /// emitted once), or `None` when it can never match a packet of that family.
-    fn rule_matches(&mut self, r: &Rule, fam: Option<IpVersion>) -> Option<Vec<Match>> {
+    /// A short list of nets or ports (at most [`INLINE`] after merging) is matched inline: a
+    /// negated one as that many `!=` matches, a positive one by one nft rule per entry (they
+    /// are disjoint, so at most one matches and a Log logs once), as long as the rule makes at
+    /// most [`INLINE`] nft rules; longer lists are looked up in a set. Few sets: the kernel
+    /// finds a set by name walking a list, for every rule and element that names one.
+    fn rule_matches(&mut self, r: &Rule, fam: Option<IpVersion>) -> Option<Vec<Vec<Match>>> {
         let mut m = Vec::new();
+        // groups of alternatives (one of each must match), and the nft rules they make
+        let mut alts: Vec<Vec<Match>> = Vec::new();
+        let mut product = 1;
         if let Some(v) = fam {
             if r.ip_version.is_some_and(|rv| rv != v) {
                 return None;
@@ -529,13 +647,15 @@ impl Ctx<'_> {
                 if nets.is_empty() {
                     return None;
                 }
-                m.push(self.nets_match(dir, v, &nets, false));
+                let ms = self.nets_match(dir, v, &nets, false, INLINE / product);
+                product *= ms.len();
+                alts.push(ms);
             }
             if !entity.not_nets.is_empty() {
                 let v = fam.expect("nets are per family");
                 let nets: Vec<IpNetwork> = entity.not_nets.iter().filter(|n| net_family(n) == v).copied().collect();
                 if !nets.is_empty() {
-                    m.push(self.nets_match(dir, v, &nets, true));
+                    m.extend(self.nets_match(dir, v, &nets, true, INLINE));
                 }
             }
             for (sel, negate) in [(&entity.endpoints, false), (&entity.not_endpoints, true)] {
@@ -551,36 +671,55 @@ impl Ctx<'_> {
                 }
                 // The parser makes ports need a port protocol.
                 let p = r.protocol.filter(|p| proto::has_ports(*p))?;
-                m.push(self.ports_match(p, dir, ports, negate));
+                if negate {
+                    m.extend(self.ports_match(p, dir, ports, true, INLINE));
+                } else {
+                    let ms = self.ports_match(p, dir, ports, false, INLINE / product);
+                    product *= ms.len();
+                    alts.push(ms);
+                }
             }
         }
-        Some(m)
+        let mut rules = vec![m];
+        for group in alts {
+            rules = rules
+                .iter()
+                .flat_map(|r| group.iter().map(move |g| [&r[..], std::slice::from_ref(g)].concat()))
+                .collect();
+        }
+        Some(rules)
     }
 
-    fn nets_match(&mut self, dir: Dir, v: IpVersion, nets: &[IpNetwork], negate: bool) -> Match {
+    /// Matches of `nets`: inline when at most `inline` (one each, [`Ctx::rule_matches`]),
+    /// else one set lookup.
+    fn nets_match(&mut self, dir: Dir, v: IpVersion, nets: &[IpNetwork], negate: bool, inline: usize) -> Vec<Match> {
         let nets = outermost(nets);
-        if let [net] = nets[..] {
-            return Match::AddrInNet { dir, net, negate };
+        if nets.len() <= inline.max(1) {
+            return nets.into_iter().map(|net| Match::AddrInNet { dir, net, negate }).collect();
         }
         let strs: Vec<String> = nets.iter().map(ToString::to_string).collect();
         let parts: Vec<&str> = strs.iter().map(String::as_str).collect();
         let name = format!("net{}-{}", fam_digit(v), hash(&parts));
         let def = SetDef::interval_set(name, addr_key(v));
         let set = self.inet.set(def, nets.into_iter().map(SetElem::Net).collect());
-        Match::AddrInSet { version: fam_of(v), dir, set, negate }
+        vec![Match::AddrInSet { version: fam_of(v), dir, set, negate }]
     }
 
-    fn ports_match(&mut self, p: u8, dir: Dir, ports: &[PortRange], negate: bool) -> Match {
+    /// Matches of `ports`, as [`Ctx::nets_match`].
+    fn ports_match(&mut self, p: u8, dir: Dir, ports: &[PortRange], negate: bool, inline: usize) -> Vec<Match> {
         let ports = merged_ports(ports);
-        if let [(first, last)] = ports[..] {
-            return Match::PortRange { proto: p, dir, first, last, negate };
+        if ports.len() <= inline.max(1) {
+            return ports
+                .into_iter()
+                .map(|(first, last)| Match::PortRange { proto: p, dir, first, last, negate })
+                .collect();
         }
         let strs: Vec<String> = ports.iter().map(|(a, b)| format!("{a}-{b}")).collect();
         let parts: Vec<&str> = strs.iter().map(String::as_str).collect();
         let name = format!("port-{}", hash(&parts));
         let def = SetDef::interval_set(name, SetKey::InetService);
         let set = self.inet.set(def, ports.into_iter().map(|(a, b)| SetElem::PortRange(a, b)).collect());
-        Match::PortInSet { proto: p, dir, set, negate }
+        vec![Match::PortInSet { proto: p, dir, set, negate }]
     }
 
     /// The set of the addresses (of family `v`) of the endpoints `sel` picks; it exists even
@@ -592,25 +731,29 @@ impl Ctx<'_> {
         if self.inet.sets.contains_key(&name) {
             return name;
         }
+        let set = self.set;
         let elems: BTreeSet<IpAddr> = self
-            .endpoints
+            .groups()
             .iter()
-            .zip(&self.labels)
-            .filter(|(e, labels)| selector_picks(self.set, sel, e, labels))
-            .flat_map(|(e, _)| e.addrs.iter().copied())
+            .filter(|g| selector_picks(set, sel, &g.namespace, &g.labels))
+            .flat_map(|g| g.addrs.iter().copied())
             .filter(|a| IpVersion::of(a) == v)
             .collect();
+        self.selectors.insert(name.clone(), (sel.clone(), v));
         self.inet.set(SetDef::set(name, addr_key(v)), elems.into_iter().map(SetElem::Addr).collect())
     }
 }
 
-/// Whether a rule selector picks endpoint `e`, whose selector labels are `labels` (as the
-/// evaluator's `owned_by_selected`).
-fn selector_picks(set: &PolicySet, sel: &EndpointSelector, e: &Endpoint, labels: &Labels) -> bool {
+/// The label an endpoint's namespace is in for selectors (`Endpoint::selector_labels`).
+const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+
+/// Whether a rule selector picks an endpoint of namespace `ns` whose selector labels are
+/// `labels` (as the evaluator's `owned_by_selected`).
+fn selector_picks(set: &PolicySet, sel: &EndpointSelector, ns: &str, labels: &Labels) -> bool {
     (match &sel.namespaces {
         NamespaceMatch::Any => true,
-        NamespaceMatch::Named(ns) => e.namespace == *ns,
-        NamespaceMatch::Selector(s) => s.matches(&set.namespace_labels(&e.namespace)),
+        NamespaceMatch::Named(n) => ns == n,
+        NamespaceMatch::Selector(s) => s.matches(&set.namespace_labels(ns)),
     }) && sel.labels.matches(labels)
 }
 
