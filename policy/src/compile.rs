@@ -309,7 +309,10 @@ fn rule(matches: Vec<Match>, verdict: Option<NftVerdict>) -> NftRule {
 }
 
 /// Compiles `set` for `endpoints` into the desired state of both tables.
+/// Remote endpoints ([`Endpoint::remote`]) only add their addresses to selector sets.
 pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
+    let shadowed = crate::model::local_first(endpoints);
+    let endpoints = shadowed.as_deref().unwrap_or(endpoints);
     let mut inet = Builder::new(Family::Inet);
     let mut bridge = Builder::new(Family::Bridge);
 
@@ -355,14 +358,15 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
     let mut c = Ctx { set, endpoints, labels, inet };
     let mut infos = BTreeMap::new();
     let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for ep in endpoints {
+    let local = || endpoints.iter().filter(|e| e.remote.is_none());
+    for ep in local() {
         for a in &ep.addrs {
             owner.entry(*a).or_insert(ep.name.as_str());
         }
     }
     // Endpoints of the same namespace and labels have the same policies: worked out once.
     let mut profiles: BTreeMap<(&str, &Labels), Profile> = BTreeMap::new();
-    for ep in endpoints {
+    for ep in local() {
         let prof = profiles.entry((ep.namespace.as_str(), &ep.labels)).or_insert_with(|| c.profile(ep));
         for (dir, name) in [(Direction::Ingress, &prof.ingress_chain), (Direction::Egress, &prof.egress_chain)] {
             for a in &ep.addrs {
