@@ -20,6 +20,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use linux_net::nft::TableRef;
 use policy::engine::{Desired, Engine};
 
+use crate::cluster::{self, Cluster, ClusterConf};
 use crate::plugin::{bridge_nf_on, BRIDGE_NF_SYSCTLS};
 use crate::reconcile;
 use crate::registry::{StateConfig, StateDir};
@@ -28,9 +29,21 @@ use crate::{Error, Result};
 /// One reload: the files of `dir` (or the last good set when they do not load) and the
 /// registry, under the lock. Returns the tables applied. Errors are the caller's to log; on
 /// error nothing changed.
-pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<Vec<TableRef>> {
+///
+/// In cluster mode the other hosts' endpoints are read from etcd first (etcd down: those last
+/// read stay in use), and this host's registry is published after.
+pub fn reload(state: &StateDir, engine: &Engine, dir: &Path, cluster: Option<&Cluster>) -> Result<Vec<TableRef>> {
     let _lock = state.lock()?;
+    let listing = cluster.and_then(|cl| {
+        cl.refresh(state)
+            .map_err(|e| tracing::warn!("{e}: the other hosts' endpoints last read stay in use"))
+            .ok()
+            .map(|l| (cl, l))
+    });
     let (c, report, dir_error) = reconcile::reapply(state, engine, dir)?;
+    if let Some((cl, l)) = &listing {
+        cluster::publish_logged(state, cl, l);
+    }
     state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
     // A directory that did not load was logged with its file, line and field (and the last
     // good set applied instead) by the loader.
@@ -48,8 +61,8 @@ pub fn reload(state: &StateDir, engine: &Engine, dir: &Path) -> Result<Vec<Table
 
 type Fingerprint = Vec<(std::ffi::OsString, u64, i64, i64)>;
 
-fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path) -> Option<Vec<TableRef>> {
-    reload(state, engine, dir).map_err(|e| tracing::error!("{e}; the policy in force is unchanged")).ok()
+fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path, cluster: Option<&Cluster>) -> Option<Vec<TableRef>> {
+    reload(state, engine, dir, cluster).map_err(|e| tracing::error!("{e}; the policy in force is unchanged")).ok()
 }
 
 /// The resync tick: the tables last applied are still in the kernel (one get per table), and a
@@ -81,6 +94,7 @@ fn resync(
     dir: &Path,
     applied: &mut Option<Vec<TableRef>>,
     seen: &mut Fingerprint,
+    cluster: Option<&Cluster>,
 ) -> bool {
     if state.list().is_ok_and(|l| l.iter().any(|r| r.bridged)) && bridge_nf_on() == Some(false) {
         tracing::warn!("net.bridge.bridge-nf-call-iptables/-ip6tables were turned off: turning them on again");
@@ -91,10 +105,28 @@ fn resync(
         }
     }
     let now = fingerprint(dir);
+    // Cluster mode: re-list etcd (a change the watch missed), and publish what this host's
+    // records lack (an ADD, DEL or relabel while etcd was down).
+    let remote_changed = cluster.and_then(|cl| {
+        let _lock = state.lock().map_err(|e| tracing::error!("{e}")).ok()?;
+        let before = cluster::read_cache(state).ok().flatten();
+        match cl.refresh(state) {
+            Ok(l) if before.as_ref() != Some(&l.others) => Some("the other hosts' endpoints changed".to_string()),
+            Ok(l) => {
+                cluster::publish_logged(state, cl, &l);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("resync: {e}");
+                None
+            }
+        }
+    });
     let gone = match applied {
         // The last reload failed: try again.
         None => Some("the last apply failed".to_string()),
         _ if now != *seen => Some("the policy directory changed without an inotify event".to_string()),
+        _ if remote_changed.is_some() => remote_changed,
         Some(tables) => tables.iter().find_map(|t| match linux_net::nft::state::table_exists(t) {
             Ok(true) => None,
             Ok(false) => Some(format!("table {} {} is gone", t.family, t.name)),
@@ -105,7 +137,7 @@ fn resync(
         Some(why) => {
             tracing::warn!("{why}: re-applying");
             *seen = now;
-            *applied = reload_logged(state, engine, dir);
+            *applied = reload_logged(state, engine, dir, cluster);
             true
         }
         None => false,
@@ -147,7 +179,12 @@ fn same_dir(state: &StateDir, dir: &Path) -> Result<()> {
 /// Runs until SIGTERM or SIGINT (then `Ok`). Errors when the watch itself cannot be set up, when
 /// `dir` is not the plugin's recorded `policyDir` ([`Error::DirMismatch`]), or when `dir` itself
 /// is deleted or moved.
-pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
+///
+/// `cluster`: share endpoints with the other hosts through etcd (docs/cni-policy.md, "Across
+/// hosts"): the other hosts' records are watched, and a change is applied within
+/// [`cluster::DEBOUNCE`] of the last of a burst (at most [`cluster::DEBOUNCE_MAX`] after the
+/// first).
+pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration, cluster_conf: Option<ClusterConf>) -> Result<()> {
     let io = |what: &'static str| move |e: nix::Error| Error::io(what, dir, std::io::Error::from(e));
     if !dir.is_dir() {
         return Err(Error::NoPolicyDir(dir.to_path_buf()));
@@ -175,19 +212,55 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
     // record again only when another writer (the plugin, `label`) replaced it.
     let engine = reconcile::engine(&state);
     tracing::info!(dir = %dir.display(), state = %state_dir.display(), "watching");
+    // Cluster mode: the etcd watch thread signals changes of other hosts' records on `rx`.
+    let (cluster, rx) = match &cluster_conf {
+        Some(cc) => {
+            let (tx, rx) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| Error::io("set up the etcd watch", "socketpair", e))?;
+            rx.set_nonblocking(true).map_err(|e| Error::io("set up the etcd watch", "socketpair", e))?;
+            cluster::spawn_notifier(cc.clone(), tx)?;
+            let daemon = etcd_kv::Timeouts { keep_alive: None, ..etcd_kv::Timeouts::DAEMON };
+            (Some(Cluster::with(cc, daemon, Duration::from_secs(10))?), Some(rx))
+        }
+        None => {
+            // The plugin's config decides cluster mode; a daemon without etcd settings never
+            // compiles remote endpoints it cannot keep up to date.
+            if cluster::settings(&state)?.is_some() {
+                tracing::warn!("the plugin shares endpoints through etcd but watch has no etcd settings");
+            }
+            (None, None)
+        }
+    };
+    let cluster = cluster.as_ref();
     // The watch is in place before the first read: a change from here on is seen.
     let mut seen = fingerprint(dir);
-    let mut applied = reload_logged(&state, &engine, dir);
+    let mut applied = reload_logged(&state, &engine, dir, cluster);
     let mut next_resync = Instant::now() + resync_every;
+    // A burst of remote changes: (its first, its last).
+    let mut pending: Option<(Instant, Instant)> = None;
     loop {
         let now = Instant::now();
         if now >= next_resync {
-            resync(&state, &engine, dir, &mut applied, &mut seen);
+            resync(&state, &engine, dir, &mut applied, &mut seen, cluster);
             next_resync = Instant::now() + resync_every;
             continue;
         }
-        let timeout = PollTimeout::try_from(next_resync - now).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut wake = next_resync;
+        if let Some((first, last)) = pending {
+            let due = (last + cluster::DEBOUNCE).min(first + cluster::DEBOUNCE_MAX);
+            if now >= due {
+                pending = None;
+                tracing::debug!("the other hosts' endpoints changed: re-applying");
+                applied = reload_logged(&state, &engine, dir, cluster);
+                continue;
+            }
+            wake = wake.min(due);
+        }
+        let timeout = PollTimeout::try_from(wake - now).unwrap_or(PollTimeout::MAX);
+        let mut fds = vec![PollFd::new(ino.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(rx) = &rx {
+            fds.push(PollFd::new(rx.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -222,7 +295,19 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
             tracing::debug!(changed, "inotify events read");
             if changed {
                 seen = fingerprint(dir);
-                applied = reload_logged(&state, &engine, dir);
+                applied = reload_logged(&state, &engine, dir, cluster);
+            }
+        }
+        if let (Some(rx), Some(f)) = (&rx, fds.get(2)) {
+            if f.revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)) {
+                return Err(Error::Cluster("the etcd watch thread ended".into()));
+            }
+            if f.revents().is_some_and(|r| !r.is_empty()) {
+                use std::io::Read as _;
+                let mut buf = [0u8; 256];
+                while matches!((&*rx).read(&mut buf), Ok(n) if n > 0) {}
+                let now = Instant::now();
+                pending = Some((pending.map_or(now, |(first, _)| first), now));
             }
         }
     }
