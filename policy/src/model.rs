@@ -277,7 +277,9 @@ pub fn local_first(endpoints: &[Endpoint]) -> Option<Vec<Endpoint>> {
             .iter()
             .map(|e| match e.remote {
                 None => e.clone(),
-                Some(_) => Endpoint { addrs: e.addrs.iter().filter(|a| !local.contains(a)).copied().collect(), ..e.clone() },
+                Some(_) => {
+                    Endpoint { addrs: e.addrs.iter().filter(|a| !local.contains(a)).copied().collect(), ..e.clone() }
+                }
             })
             .collect(),
     )

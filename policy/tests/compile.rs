@@ -443,12 +443,8 @@ fn a_remote_endpoint_only_adds_its_addresses_to_selector_sets() {
     eps.push(remote("stale/eth0", "web", &["10.0.0.3"]));
     let c = compile(&policies(POLICIES), &eps);
     let t = inet(&c);
-    let web4: Vec<&SetElem> = t
-        .sets
-        .iter()
-        .filter(|(n, _)| n.starts_with("sel4-"))
-        .flat_map(|(_, s)| s.elems.iter())
-        .collect();
+    let web4: Vec<&SetElem> =
+        t.sets.iter().filter(|(n, _)| n.starts_with("sel4-")).flat_map(|(_, s)| s.elems.iter()).collect();
     let a = |s: &str| SetElem::Addr(s.parse::<IpAddr>().unwrap());
     assert!(web4.contains(&&a("10.9.0.7")), "the remote web pod is in the app == web set: {web4:?}");
     assert!(!web4.contains(&&a("10.0.0.3")), "db1's address stays db1's (local wins): {web4:?}");
