@@ -391,7 +391,7 @@ impl Plugin for PolicyPlugin {
 /// would leave the address in other endpoints' allow sets.
 ///
 /// In cluster mode the records go from etcd after the local change (or, etcd down, at the watch
-/// daemon's next resync); a DEL or GC never waits on etcd.
+/// daemon's next resync); a DEL or GC does not fail because etcd is down.
 fn forget(state: &StateDir, conf: &PolicyConf, gone: Vec<(String, String)>) -> CniRes<()> {
     let policy_dir = &conf.policy_dir;
     let set = reconcile::load_or_last_good(state, policy_dir, true).map_err(to_cni)?.set;
