@@ -22,19 +22,24 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use linux_net::nft::{
-    Action as NftAction, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion as Fam, MarkStmt, Match,
+    Action as NftAction, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IpVersion as Fam, MarkStmt, Match,
     Rule as NftRule, SetDef, SetElem, SetKey, TableRef, TableState, Verdict as NftVerdict,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{
-    neighbour_discovery, selects, sort_policies, NEIGHBOUR_DISCOVERY_EGRESS, NEIGHBOUR_DISCOVERY_INGRESS,
-};
+use crate::eval::{neighbour_discovery, selects, sort_policies};
 use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicySet,
     PortRange, Rule, TierDefault,
 };
 use crate::selector::Labels;
+
+mod guard;
+
+pub use guard::{
+    BRIDGE_SPOOF_PRIORITY, DELIVER_CHAINS, DELIVER_MAP, DELIVER_ND_CHAIN, DELIVER_PRIORITY, SPOOF_CHAIN,
+    SPOOF_LINK_LOCAL_CHAIN, SPOOF_MAP, SPOOF_PRIORITY,
+};
 
 /// Name of both tables.
 pub const TABLE: &str = "cni-policy";
@@ -49,32 +54,6 @@ pub const BASE_CHAINS: [(&str, Hook, i32, Direction); 4] = [
     ("egress-in", Hook::Input, 0, Direction::Egress),
     ("ingress-out", Hook::Output, 0, Direction::Ingress),
 ];
-/// The inet anti-spoof base chain (routed host interfaces), prerouting priority -150.
-pub const SPOOF_CHAIN: &str = "spoof";
-/// Priority of the inet `spoof` chain: after conntrack (-200), with mangle, before the
-/// filter chains and routing (the contract's value).
-pub const SPOOF_PRIORITY: i32 = -150;
-/// Priority of the bridge family's `spoof` chain (the bridge `filter` priority).
-pub const BRIDGE_SPOOF_PRIORITY: i32 = -200;
-/// Interface → anti-spoof chain map, in both tables.
-pub const SPOOF_MAP: &str = "spoof-if";
-/// The chain, in both tables, a link-local (`fe80::/10`) or unspecified (`::`) source goes
-/// to from an anti-spoof chain: neighbour discovery and MLD an endpoint may send return,
-/// anything else is dropped.
-pub const SPOOF_LINK_LOCAL_CHAIN: &str = "spoof-ll";
-/// Base chains (both tables) of the delivery guard: `oifname vmap @deliver-if` on packets
-/// leaving towards an endpoint's host interface (forward and output hooks).
-pub const DELIVER_CHAINS: [(&str, Hook); 2] = [("deliver-fwd", Hook::Forward), ("deliver-out", Hook::Output)];
-/// Priority of the delivery guard's base chains (after the policy's, which are 0 and 1).
-pub const DELIVER_PRIORITY: i32 = 10;
-/// Interface → delivery guard chain map, in both tables: only endpoints whose ingress is
-/// restricted (some policy applies to them in Ingress) have an entry.
-pub const DELIVER_MAP: &str = "deliver-if";
-/// The chain, in both tables, an ICMPv6 packet not addressed to one of the endpoint's
-/// addresses goes to from a delivery guard chain: neighbour discovery and MLD an endpoint may
-/// receive return, anything else is dropped.
-pub const DELIVER_ND_CHAIN: &str = "deliver-nd";
-
 /// Dispatch map of a direction and family: `egress4`, `egress6`, `ingress4`, `ingress6`.
 pub fn dispatch_map(dir: Direction, fam: IpVersion) -> &'static str {
     match (dir, fam) {
@@ -100,6 +79,10 @@ pub struct EndpointInfo {
     /// family it is in: `None` without a host interface or when its ingress is not restricted.
     #[serde(default)]
     pub deliver_chain: Option<(Family, String)>,
+    /// Its entries in the guard's maps (anti-spoofing, delivery guard): what
+    /// [`crate::engine::Desired::dispatch_keys`] lists besides its address keys.
+    #[serde(default)]
+    pub guard_keys: Vec<crate::engine::DispatchKey>,
     /// Every chain its traffic can traverse (direction chains, the policy chains they jump
     /// to, the anti-spoof and delivery guard chains and the shared chains they go to), with
     /// the table family.
@@ -333,26 +316,7 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
         }
         inet.chain(name, Some(BaseChain::filter(hook, prio, ChainPolicy::Accept)), rules);
     }
-    for b in [&mut inet, &mut bridge] {
-        b.map(SPOOF_MAP, SetKey::IfName);
-        let prio = if b.table.family == Family::Bridge { BRIDGE_SPOOF_PRIORITY } else { SPOOF_PRIORITY };
-        let dispatch = NftRule {
-            action: Some(NftAction::IfNameVmap { dir: IfDir::In, map: SPOOF_MAP.into() }),
-            ..NftRule::default()
-        };
-        b.chain(SPOOF_CHAIN, Some(BaseChain::filter(Hook::Prerouting, prio, ChainPolicy::Accept)), vec![dispatch]);
-        b.chain(SPOOF_LINK_LOCAL_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_EGRESS));
-        b.map(DELIVER_MAP, SetKey::IfName);
-        for (name, hook) in DELIVER_CHAINS {
-            let dispatch = NftRule {
-                action: Some(NftAction::IfNameVmap { dir: IfDir::Out, map: DELIVER_MAP.into() }),
-                ..NftRule::default()
-            };
-            let base = BaseChain::filter(hook, DELIVER_PRIORITY, ChainPolicy::Accept);
-            b.chain(name, Some(base), vec![dispatch]);
-        }
-        b.chain(DELIVER_ND_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_INGRESS));
-    }
+    guard::base(&mut inet, &mut bridge);
 
     let labels = endpoints.iter().map(Endpoint::selector_labels).collect();
     let mut c = Ctx { set, endpoints, labels, inet };
@@ -376,26 +340,9 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
                 entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
             }
         }
-        let spoof_chain = ep.host_ifname.as_ref().map(|ifname| {
-            let b = if ep.bridged { &mut bridge } else { &mut c.inet };
-            let name = spoof_chain(b, ep, ifname);
-            (b.table.family, name)
-        });
-        let deliver_chain = ep.host_ifname.as_ref().filter(|_| prof.ingress_restricted).map(|ifname| {
-            let b = if ep.bridged { &mut bridge } else { &mut c.inet };
-            let name = deliver_chain(b, ep, ifname);
-            (b.table.family, name)
-        });
+        let g = guard::add_endpoint(&mut c.inet, &mut bridge, ep, prof.ingress_restricted);
         let mut chains = prof.chains.clone();
-        for (fam, name) in spoof_chain.iter().chain(&deliver_chain) {
-            chains.push((*fam, name.clone()));
-        }
-        if let Some((fam, _)) = &spoof_chain {
-            chains.push((*fam, SPOOF_LINK_LOCAL_CHAIN.to_string()));
-        }
-        if let Some((fam, _)) = &deliver_chain {
-            chains.push((*fam, DELIVER_ND_CHAIN.to_string()));
-        }
+        chains.extend(g.chains);
         chains.sort();
         chains.dedup();
         let addrs = ep.addrs.iter().filter(|a| owner.get(a) == Some(&ep.name.as_str())).copied().collect();
@@ -405,81 +352,15 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
                 policies: prof.policies.clone(),
                 ingress_chain: prof.ingress_chain.clone(),
                 egress_chain: prof.egress_chain.clone(),
-                spoof_chain,
-                deliver_chain,
+                spoof_chain: g.spoof_chain,
+                deliver_chain: g.deliver_chain,
+                guard_keys: g.keys,
                 chains,
                 addrs,
             },
         );
     }
     Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
-}
-
-/// The anti-spoof chain of one endpoint in `b`'s table: a link-local (`fe80::/10`) or
-/// unspecified (`::`) source goes to [`SPOOF_LINK_LOCAL_CHAIN`] (neighbour discovery and MLD
-/// only: nothing else may use an address the dispatch maps do not know), its own addresses
-/// return, any other IPv4 or IPv6 packet is dropped. ARP and the rest pass.
-fn spoof_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
-    let name = format!("spoof-{}-{}", readable(ifname, 15), hash(&[&ep.name]));
-    let mut rules = Vec::new();
-    for net in ["fe80::/10", "::/128"] {
-        let net = net.parse().expect("a CIDR");
-        let to = NftVerdict::Goto(SPOOF_LINK_LOCAL_CHAIN.into());
-        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(to)));
-    }
-    for net in own_nets(ep) {
-        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(NftVerdict::Return)));
-    }
-    for v in [Fam::V4, Fam::V6] {
-        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
-    }
-    b.chain(&name, None, rules);
-    let key = SetElem::IfName(ifname.to_string());
-    b.map(SPOOF_MAP, SetKey::IfName).insert(key, NftVerdict::Jump(name.clone()));
-    name
-}
-
-/// The delivery guard chain of an endpoint whose ingress is restricted, in `b`'s table: a
-/// packet leaving towards its host interface addressed to one of its addresses returns (the
-/// policy has judged it by that address), an ICMPv6 packet goes to [`DELIVER_ND_CHAIN`]
-/// (neighbour discovery and MLD, often to multicast groups, return), any other IPv4 or IPv6
-/// packet (broadcast, multicast, an address the dispatch maps do not know) is dropped.
-fn deliver_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
-    let name = format!("deliver-{}-{}", readable(ifname, 15), hash(&[&ep.name]));
-    let mut rules = Vec::new();
-    for net in own_nets(ep) {
-        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Dst, net, negate: false }], Some(NftVerdict::Return)));
-    }
-    let icmpv6 = vec![Match::IpVersion(Fam::V6), Match::L4Proto { proto: proto::ICMPV6, negate: false }];
-    rules.push(rule(icmpv6, Some(NftVerdict::Goto(DELIVER_ND_CHAIN.into()))));
-    for v in [Fam::V4, Fam::V6] {
-        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
-    }
-    b.chain(&name, None, rules);
-    let key = SetElem::IfName(ifname.to_string());
-    b.map(DELIVER_MAP, SetKey::IfName).insert(key, NftVerdict::Jump(name.clone()));
-    name
-}
-
-/// An endpoint's addresses as host prefixes, sorted, without duplicates.
-fn own_nets(ep: &Endpoint) -> Vec<IpNetwork> {
-    let mut nets: Vec<IpNetwork> = ep.addrs.iter().map(|a| IpNetwork::from(*a)).collect();
-    nets.sort();
-    nets.dedup();
-    nets
-}
-
-/// A chain that returns for ICMPv6 packets of the given types and drops everything else.
-fn icmpv6_only(types: &[u8]) -> Vec<NftRule> {
-    let mut rules: Vec<NftRule> = types
-        .iter()
-        .map(|&t| {
-            let icmp = Match::Icmp { version: Fam::V6, icmp_type: t, code: None, negate: false };
-            rule(vec![icmp], Some(NftVerdict::Return))
-        })
-        .collect();
-    rules.push(rule(Vec::new(), Some(NftVerdict::Drop)));
-    rules
 }
 
 /// What endpoints of one namespace and label set share.
@@ -775,14 +656,12 @@ impl crate::engine::Desired for Compiled {
         for t in &self.tables {
             for (map, m) in &t.maps {
                 for (key, verdict) in &m.entries {
-                    let NftVerdict::Jump(chain) = verdict else { continue };
-                    let own = if map == SPOOF_MAP || map == DELIVER_MAP {
-                        let guard = if map == SPOOF_MAP { &info.spoof_chain } else { &info.deliver_chain };
-                        guard.as_ref().is_some_and(|(f, c)| *f == t.table.family && c == chain)
-                    } else {
-                        // An address key of this endpoint (its chains may be shared, its keys not).
-                        matches!(key, SetElem::Addr(a) if info.addrs.contains(a))
-                    };
+                    if !matches!(verdict, NftVerdict::Jump(_)) {
+                        continue;
+                    }
+                    // An address key of this endpoint (its chains may be shared, its keys not);
+                    // the guard's maps are keyed on interfaces: `guard_keys` has those.
+                    let own = matches!(key, SetElem::Addr(a) if info.addrs.contains(a));
                     if own {
                         keys.push(crate::engine::DispatchKey {
                             table: t.table.clone(),
@@ -793,6 +672,7 @@ impl crate::engine::Desired for Compiled {
                 }
             }
         }
+        keys.extend(info.guard_keys.iter().cloned());
         Some(keys)
     }
 }
