@@ -147,7 +147,16 @@ fn a_selector_on_one_host_matches_pods_of_another_host_and_follows_relabel_and_d
     b.watch_with(&["--etcd-endpoints", &endpoint, "--etcd-prefix", &prefix, "--node-name", "host-b"]);
     let bounded = Duration::from_secs(5);
     eventually(Duration::from_secs(10), "B's watch is running", || b.watch_log().contains("watching the other hosts"));
+    // The pod's address is in B's `app == 'bad'` set (the policy's only selector set) until B
+    // re-applies the relabel.
+    let bad_addr = bad.v4();
+    let was_bad = |w: &World| in_sets(w, bad_addr);
+    assert!(was_bad(&b), "before the relabel B's app == 'bad' set holds {bad_addr}");
+    let t0 = std::time::Instant::now();
     a.label(&bad, &["app=good"]);
+    let label_returned = t0.elapsed();
+    eventually(bounded, "B re-applies after the relabel", || !was_bad(&b));
+    eprintln!("label on host A returned after {label_returned:?}; host B's sets followed after {:?}", t0.elapsed());
     eventually(bounded, "the relabelled pod gets through to B's srv", || {
         answered(&probe(bad.path(), srv.v4(), P::Tcp(80)))
     });
@@ -162,8 +171,14 @@ fn a_selector_on_one_host_matches_pods_of_another_host_and_follows_relabel_and_d
     // DEL of the (now bad) pod on A: its addresses leave B's sets.
     let gone = good.addrs();
     assert!(gone.iter().all(|ip| in_sets(&b, *ip)), "before DEL B's sets hold {gone:?}");
+    let t0 = std::time::Instant::now();
     a.del(good);
+    let del_returned = t0.elapsed();
     eventually(bounded, "the deleted pod's addresses leave B's sets", || !gone.iter().any(|ip| in_sets(&b, *ip)));
+    eprintln!(
+        "DEL on host A returned after {del_returned:?}; its addresses left host B's sets after {:?}",
+        t0.elapsed()
+    );
     assert_eq!(remote_names(&b), vec![("host-a".to_string(), format!("{}/eth0", bad.id()))]);
     verdicts_after_del(&bad, &srv);
     drop(etcd);
