@@ -376,7 +376,9 @@ impl Plugin for PolicyPlugin {
             .filter(|r| !valid.iter().any(|a| a.container_id == r.container_id && a.ifname == r.ifname))
             .map(|r| (r.container_id, r.ifname))
             .collect();
-        if stale.is_empty() {
+        // In cluster mode GC goes on with nothing stale here: its publish step deletes this
+        // host's etcd records the registry no longer has (a DEL while etcd was down).
+        if stale.is_empty() && conf.etcd_endpoints.is_none() {
             return Ok(());
         }
         tracing::info!(count = stale.len(), "GC drops stale endpoints");

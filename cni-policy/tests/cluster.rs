@@ -192,16 +192,18 @@ fn verdicts_after_del(bad: &testkit::node::Container, srv: &testkit::node::Conta
 }
 
 /// The failure behaviour chosen (docs/cni-policy.md, "When etcd does not answer"): an ADD on a
-/// host that never read etcd fails with code 11 and changes nothing; once read, an ADD or DEL
-/// while etcd is down succeeds with the remote endpoints last read, the pod's policy in force
-/// before ADD returns, and `cni-policy watch` publishes what differs once etcd is back.
+/// host that never read etcd fails with code 11 and changes nothing; once read, ADD, DEL and
+/// `label` while etcd is down succeed with the remote endpoints last read, the pod's policy in
+/// force before ADD returns, nothing published; once etcd is back a GC deletes this host's
+/// records the registry no longer has (and publishes what is missing), and `cni-policy watch`
+/// publishes what differs.
 #[test]
-fn with_etcd_down_add_is_covered_locally_and_published_by_the_watch_once_etcd_is_back() {
+fn with_etcd_down_add_is_covered_locally_and_published_by_gc_and_the_watch_once_etcd_is_back() {
     let t = tag();
     let prefix = format!("/cni-policy-test-{t}");
     let mut w = host("10.73.0.0/24", "fd73::/64", json!({}));
-    // etcd on the node's loopback, not started yet: pick its address first.
-    let mut etcd = in_netns(w.node.path(), || EtcdCluster::start_on(1, "127.0.0.1".parse().unwrap()))
+    let node_path = w.node.path().to_path_buf();
+    let mut etcd = in_netns(&node_path, || EtcdCluster::start_on(1, "127.0.0.1".parse().unwrap()))
         .unwrap()
         .expect("start etcd in the node");
     let endpoint = etcd.endpoints()[0].clone();
@@ -209,40 +211,53 @@ fn with_etcd_down_add_is_covered_locally_and_published_by_the_watch_once_etcd_is
         w.list_mut()["plugins"][1][k] = v.clone();
     }
     w.write_policy("deny-bad.yaml", DENY_BAD);
-    let node_path = w.node.path().to_path_buf();
-    let keys = |etcd: &EtcdCluster| -> Vec<String> {
-        let out = in_netns(&node_path, || etcd.etcdctl(&["get", "--prefix", "--keys-only", &prefix]))
-            .unwrap()
-            .expect("etcdctl");
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+    // This host's records in etcd: key (after `<prefix>/endpoints/solo/`) → labels.
+    let records = |etcd: &EtcdCluster| -> Vec<(String, Value)> {
+        let out = in_netns(&node_path, || etcd.etcdctl(&["get", "--prefix", &prefix])).unwrap().expect("etcdctl");
+        assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        let own = format!("{prefix}/endpoints/solo/");
+        lines
+            .chunks(2)
+            .map(|kv| {
+                let key = kv[0].strip_prefix(&own).unwrap_or_else(|| panic!("a key of another host: {}", kv[0]));
+                let v: Value = serde_json::from_str(kv[1]).unwrap();
+                (key.to_string(), v["labels"].clone())
+            })
+            .collect()
     };
+    let keys = |etcd: &EtcdCluster| -> Vec<String> { records(etcd).into_iter().map(|(k, _)| k).collect() };
+    let key = |c: &testkit::node::Container| format!("{}@eth0", c.id());
 
     // 1. Never read etcd and etcd down: ADD fails with code 11, no registry entry, no record.
     etcd.kill(0);
-    let labels = json!([{"key": "app", "value": "srv"}]);
     let mut list = w.list_mut().clone();
     for p in list["plugins"].as_array_mut().unwrap() {
-        p["args"] = json!({"cni": {"labels": labels}});
+        p["args"] = json!({"cni": {"labels": [{"key": "app", "value": "srv"}]}});
     }
     let err = w.node.add(&list, testkit::node::ContainerSpec::pod("default", "first")).unwrap_err();
     assert!(err.contains("\"code\":11"), "code 11 (try again later): {err}");
     let registered = std::fs::read_dir(w.state_dir.join("endpoints")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(registered, 0, "nothing registered");
     assert!(!w.state_dir.join("remote.json").exists(), "no remote cache");
-
-    // 2. etcd up: an ADD reads it (the remote cache now exists) and publishes.
     in_netns(&node_path, || etcd.start_again(0)).unwrap().expect("etcd again");
     assert!(keys(&etcd).is_empty(), "no record of the failed ADD");
-    let srv = w.add("default", "srv", &[("app", "srv")]);
-    eventually(Duration::from_secs(5), "srv published", || keys(&etcd).len() == 1);
-    assert!(keys(&etcd)[0].ends_with(&format!("/endpoints/solo/{}@eth0", srv.id())), "{:?}", keys(&etcd));
 
-    // 3. etcd down again: ADD succeeds, and the pod's policy is in force before it returns.
+    // 2. etcd up: ADDs read it (the remote cache now exists) and publish.
+    let srv = w.add("default", "srv", &[("app", "srv")]);
+    let old = w.add("default", "old", &[("app", "old")]);
+    let mut want = vec![key(&srv), key(&old)];
+    want.sort();
+    assert_eq!(keys(&etcd), want, "both published before ADD returned");
+
+    // 3. etcd down again: ADD succeeds, and the pod's policy is in force before it returns;
+    //    DEL succeeds; nothing reaches etcd.
     etcd.kill(0);
     let bad = w.add("default", "bad", &[("app", "bad")]);
     let good = w.add("default", "good", &[("app", "good")]);
     expect(
-        "a pod added while etcd is down is covered at once (local selectors)",
+        "pods added while etcd is down are covered at once (local selectors)",
         &[
             ("bad -> srv tcp 80", probe(bad.path(), srv.v4(), P::Tcp(80)), Drop),
             ("good -> srv tcp 80", probe(good.path(), srv.v4(), P::Tcp(80)), Pass),
@@ -251,16 +266,38 @@ fn with_etcd_down_add_is_covered_locally_and_published_by_the_watch_once_etcd_is
     let s = w.status();
     let in_force = s["endpoints"].as_array().unwrap().iter().all(|e| e["inForce"] == json!(true));
     assert!(in_force, "every endpoint in force: {s}");
-    // DEL while etcd is down succeeds too.
     w.del(good);
-
-    // 4. etcd back, the daemon running: its resync publishes bad and never the deleted pod.
+    w.del(old);
     in_netns(&node_path, || etcd.start_again(0)).unwrap().expect("etcd again");
-    assert_eq!(keys(&etcd).len(), 1, "nothing was published while etcd was down");
+    assert_eq!(keys(&etcd), want, "nothing was published or deleted while etcd was down");
+
+    // 4. GC (the runtime lists srv and bad): old's stale record goes, bad is published.
+    let mut gc = w.list_mut()["plugins"][1].clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["name"] = json!("polnet");
+    gc["cni.dev/valid-attachments"] =
+        json!([{"containerID": srv.id(), "ifname": "eth0"}, {"containerID": bad.id(), "ifname": "eth0"}]);
+    let out = w.node.exec_plugin(&gc, "GC", &testkit::node::ContainerSpec::new(), "");
+    assert!(out.success(), "GC: {}", out.describe());
+    let mut want = vec![key(&srv), key(&bad)];
+    want.sort();
+    assert_eq!(keys(&etcd), want, "GC deleted the stale record and published the missing one");
+
+    // 5. A relabel while etcd is down succeeds here; the watch, started once etcd is back with
+    //    the settings the plugin recorded, publishes it.
+    etcd.kill(0);
+    w.label(&bad, &["app=worse"]);
+    expect(
+        "the relabel is in force here at once",
+        &[("bad (now worse) -> srv tcp 80", probe(bad.path(), srv.v4(), P::Tcp(80)), Pass)],
+    );
+    in_netns(&node_path, || etcd.start_again(0)).unwrap().expect("etcd again");
+    let labels_of_bad = |etcd: &EtcdCluster| records(etcd).into_iter().find(|(k, _)| *k == key(&bad)).map(|(_, l)| l);
+    assert_eq!(labels_of_bad(&etcd).unwrap()["app"], json!("bad"), "the relabel was not published while etcd was down");
     w.watch();
-    eventually(Duration::from_secs(10), "the watch publishes what etcd lacks", || {
-        let k = keys(&etcd);
-        k.len() == 2 && k.iter().any(|k| k.ends_with(&format!("{}@eth0", bad.id())))
+    eventually(Duration::from_secs(10), "the watch publishes the relabel", || {
+        labels_of_bad(&etcd).is_some_and(|l| l["app"] == json!("worse"))
     });
+    assert_eq!(keys(&etcd), want);
     assert!(Path::new(&w.state_dir).join("remote.json").is_file());
 }
