@@ -164,10 +164,12 @@ pub fn endpoint(r: &EndpointRecord) -> policy::Endpoint {
 }
 
 /// Compiles the registry's endpoints and `remotes` (other hosts' endpoints,
-/// [`crate::cluster::remote_endpoints`]: their addresses enter selector sets only).
+/// [`crate::cluster::remote_endpoints`]: their addresses enter selector sets only, less those a
+/// local endpoint has: the local one wins, [`policy::model::local_first`]).
 pub fn compile(set: &PolicySet, records: &[EndpointRecord], remotes: &[policy::Endpoint]) -> Compiled {
     let mut eps: Vec<policy::Endpoint> = records.iter().map(endpoint).collect();
     eps.extend_from_slice(remotes);
+    let eps = policy::model::local_first(&eps).unwrap_or(eps);
     policy::compile::compile(set, &eps)
 }
 

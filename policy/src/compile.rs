@@ -32,9 +32,12 @@ use crate::model::{
     proto, Action, Direction, Endpoint, EndpointSelector, IcmpMatch, IpVersion, NamespaceMatch, Policy, PolicySet,
     PortRange, Rule, TierDefault,
 };
-use crate::selector::Labels;
+use crate::selector::{Labels, Selector};
 
 mod guard;
+mod incremental;
+
+pub use incremental::Compiler;
 
 pub use guard::{
     BRIDGE_SPOOF_PRIORITY, DELIVER_CHAINS, DELIVER_MAP, DELIVER_ND_CHAIN, DELIVER_PRIORITY, SPOOF_CHAIN,
@@ -292,13 +295,46 @@ fn rule(matches: Vec<Match>, verdict: Option<NftVerdict>) -> NftRule {
 }
 
 /// Compiles `set` for `endpoints` into the desired state of both tables.
-/// Remote endpoints ([`Endpoint::remote`]) only add their addresses to selector sets.
+///
+/// Remote endpoints ([`Endpoint::remote`]) only add their addresses to selector sets (the
+/// caller trims those a local endpoint has: [`crate::model::local_first`]).
 pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
-    let shadowed = crate::model::local_first(endpoints);
-    let endpoints = shadowed.as_deref().unwrap_or(endpoints);
     let mut inet = Builder::new(Family::Inet);
     let mut bridge = Builder::new(Family::Bridge);
 
+    base(&mut inet, &mut bridge);
+
+    let mut c = Ctx::new(set, endpoints, inet);
+    let mut infos = BTreeMap::new();
+    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    let local = || endpoints.iter().filter(|e| e.remote.is_none());
+    for ep in local() {
+        for a in &ep.addrs {
+            owner.entry(*a).or_insert(ep.name.as_str());
+        }
+    }
+    // Endpoints of the same namespace and the same values of the labels policy selectors
+    // name have the same policies: worked out once per such profile.
+    let keys = policy_label_keys(set);
+    let mut profiles: BTreeMap<(&str, Labels), Profile> = BTreeMap::new();
+    for ep in local() {
+        let prof = profiles.entry((ep.namespace.as_str(), project(&ep.labels, &keys))).or_insert_with(|| c.profile(ep));
+        for (dir, name) in [(Direction::Ingress, &prof.ingress_chain), (Direction::Egress, &prof.egress_chain)] {
+            for a in &ep.addrs {
+                let v = IpVersion::of(a);
+                // An address of two endpoints belongs to the first, as in the evaluator.
+                let entries = c.inet.map(dispatch_map(dir, v), addr_key(v));
+                entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
+            }
+        }
+        let g = guard::add_endpoint(&mut c.inet, &mut bridge, ep, prof.ingress_restricted);
+        infos.insert(ep.name.clone(), endpoint_info(prof, g, ep, |a| owner.get(a) == Some(&ep.name.as_str())));
+    }
+    Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
+}
+
+/// The tables' fixed part: the inet base chains with their dispatch maps, and the guard's.
+fn base(inet: &mut Builder, bridge: &mut Builder) {
     // Base chains: established/related first, then dispatch on the endpoint's address.
     for (name, hook, prio, dir) in BASE_CHAINS {
         let addr_dir = if dir == Direction::Egress { Dir::Src } else { Dir::Dst };
@@ -316,51 +352,75 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
         }
         inet.chain(name, Some(BaseChain::filter(hook, prio, ChainPolicy::Accept)), rules);
     }
-    guard::base(&mut inet, &mut bridge);
+    guard::base(inet, bridge);
+}
 
-    let labels = endpoints.iter().map(Endpoint::selector_labels).collect();
-    let mut c = Ctx { set, endpoints, labels, inet };
-    let mut infos = BTreeMap::new();
-    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    let local = || endpoints.iter().filter(|e| e.remote.is_none());
-    for ep in local() {
-        for a in &ep.addrs {
-            owner.entry(*a).or_insert(ep.name.as_str());
-        }
+/// What `status` and `check` know of endpoint `ep`, of profile `prof` and guard `g`; `owns`
+/// says whether an address of it dispatches to its chains (the first endpoint's of an address).
+fn endpoint_info(prof: &Profile, g: guard::Guard, ep: &Endpoint, owns: impl Fn(&IpAddr) -> bool) -> EndpointInfo {
+    let mut chains = prof.chains.clone();
+    chains.extend(g.chains);
+    chains.sort();
+    chains.dedup();
+    EndpointInfo {
+        policies: prof.policies.clone(),
+        ingress_chain: prof.ingress_chain.clone(),
+        egress_chain: prof.egress_chain.clone(),
+        spoof_chain: g.spoof_chain,
+        deliver_chain: g.deliver_chain,
+        guard_keys: g.keys,
+        chains,
+        addrs: ep.addrs.iter().filter(|a| owns(a)).copied().collect(),
     }
-    // Endpoints of the same namespace and labels have the same policies: worked out once.
-    let mut profiles: BTreeMap<(&str, &Labels), Profile> = BTreeMap::new();
-    for ep in local() {
-        let prof = profiles.entry((ep.namespace.as_str(), &ep.labels)).or_insert_with(|| c.profile(ep));
-        for (dir, name) in [(Direction::Ingress, &prof.ingress_chain), (Direction::Egress, &prof.egress_chain)] {
-            for a in &ep.addrs {
-                let v = IpVersion::of(a);
-                // An address of two endpoints belongs to the first, as in the evaluator.
-                let entries = c.inet.map(dispatch_map(dir, v), addr_key(v));
-                entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
+}
+
+/// Every label key a selector reads.
+fn selector_keys(s: &Selector, out: &mut BTreeSet<String>) {
+    match s {
+        Selector::All | Selector::Global => {}
+        Selector::Has(k)
+        | Selector::Eq(k, _)
+        | Selector::Ne(k, _)
+        | Selector::In(k, _)
+        | Selector::NotIn(k, _)
+        | Selector::Contains(k, _)
+        | Selector::StartsWith(k, _)
+        | Selector::EndsWith(k, _) => {
+            out.insert(k.clone());
+        }
+        Selector::Not(e) => selector_keys(e, out),
+        Selector::And(v) | Selector::Or(v) => v.iter().for_each(|e| selector_keys(e, out)),
+    }
+}
+
+/// The endpoint label keys the policies' own `selector`s read: which policies apply to an
+/// endpoint depends only on its namespace and its values of these.
+fn policy_label_keys(set: &PolicySet) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for p in &set.policies {
+        selector_keys(&p.selector, &mut keys);
+    }
+    keys
+}
+
+/// The endpoint label keys the rules' selectors read.
+fn rule_label_keys(set: &PolicySet) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for p in &set.policies {
+        for r in p.ingress.iter().chain(&p.egress) {
+            for e in [&r.source, &r.destination] {
+                for s in e.endpoints.iter().chain(&e.not_endpoints) {
+                    selector_keys(&s.labels, &mut keys);
+                }
             }
         }
-        let g = guard::add_endpoint(&mut c.inet, &mut bridge, ep, prof.ingress_restricted);
-        let mut chains = prof.chains.clone();
-        chains.extend(g.chains);
-        chains.sort();
-        chains.dedup();
-        let addrs = ep.addrs.iter().filter(|a| owner.get(a) == Some(&ep.name.as_str())).copied().collect();
-        infos.insert(
-            ep.name.clone(),
-            EndpointInfo {
-                policies: prof.policies.clone(),
-                ingress_chain: prof.ingress_chain.clone(),
-                egress_chain: prof.egress_chain.clone(),
-                spoof_chain: g.spoof_chain,
-                deliver_chain: g.deliver_chain,
-                guard_keys: g.keys,
-                chains,
-                addrs,
-            },
-        );
     }
-    Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
+    keys
+}
+
+/// `labels` with only the entries of `keys`.
+fn project(labels: &Labels, keys: &BTreeSet<String>) -> Labels {
+    labels.iter().filter(|(k, _)| keys.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// What endpoints of one namespace and label set share.
@@ -372,17 +432,61 @@ struct Profile {
     /// Direction and policy chains.
     chains: Vec<(Family, String)>,
     policies: Vec<String>,
+    /// The policy chains its direction chains jump to: (index in `set.policies`, direction).
+    units: Vec<(usize, Direction)>,
+}
+
+/// The index of `p` in `set.policies`.
+fn policy_index(set: &PolicySet, p: &Policy) -> usize {
+    set.policies.iter().position(|q| std::ptr::eq(q, p)).expect("a policy of the set")
 }
 
 struct Ctx<'a> {
     set: &'a PolicySet,
     endpoints: &'a [Endpoint],
-    /// `endpoints`' selector labels, computed once.
-    labels: Vec<Labels>,
+    /// `endpoints` grouped by what rule selectors can tell apart (made on first use).
+    groups: Option<Vec<Group>>,
     inet: Builder,
+    /// The selector and family of every selector set made (for the incremental compiler).
+    selectors: BTreeMap<String, (EndpointSelector, IpVersion)>,
+    /// Whether a direction chain also makes the policy chains it jumps to (the incremental
+    /// compiler makes those on their own).
+    policy_chains: bool,
 }
 
-impl Ctx<'_> {
+/// Endpoints of one namespace with the same values of the label keys rule selectors read: a
+/// rule selector picks all of them or none.
+struct Group {
+    namespace: String,
+    /// The selector labels, restricted to those keys (and the namespace's label).
+    labels: Labels,
+    /// The members' addresses.
+    addrs: Vec<IpAddr>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(set: &'a PolicySet, endpoints: &'a [Endpoint], inet: Builder) -> Ctx<'a> {
+        Ctx { set, endpoints, groups: None, inet, selectors: BTreeMap::new(), policy_chains: true }
+    }
+
+    fn groups(&mut self) -> &[Group] {
+        let (set, endpoints) = (self.set, self.endpoints);
+        self.groups.get_or_insert_with(|| {
+            if endpoints.is_empty() {
+                return Vec::new();
+            }
+            let mut keys = rule_label_keys(set);
+            keys.insert(NAMESPACE_LABEL.to_string());
+            let mut by: BTreeMap<(&str, Labels), Vec<IpAddr>> = BTreeMap::new();
+            for e in endpoints {
+                let mut labels = project(&e.labels, &keys);
+                labels.insert(NAMESPACE_LABEL.into(), e.namespace.clone());
+                by.entry((e.namespace.as_str(), labels)).or_default().extend(e.addrs.iter().copied());
+            }
+            by.into_iter().map(|((ns, labels), addrs)| Group { namespace: ns.to_string(), labels, addrs }).collect()
+        })
+    }
+
     /// The chains (created as needed) and the policies of endpoints like `ep`.
     fn profile(&mut self, ep: &Endpoint) -> Profile {
         let set = self.set;
@@ -390,6 +494,7 @@ impl Ctx<'_> {
         let mut all_applying: Vec<&Policy> = Vec::new();
         let mut names = Vec::new();
         let mut ingress_restricted = false;
+        let mut units = Vec::new();
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut applying: Vec<&Policy> =
                 set.policies.iter().filter(|p| p.types.contains(&dir) && selects(set, p, ep)).collect();
@@ -399,6 +504,7 @@ impl Ctx<'_> {
             chains.push((Family::Inet, name.clone()));
             for p in &applying {
                 chains.push((Family::Inet, policy_chain(p, dir)));
+                units.push((policy_index(set, p), dir));
                 if !all_applying.iter().any(|q| std::ptr::eq(*q, *p)) {
                     all_applying.push(p);
                 }
@@ -414,6 +520,7 @@ impl Ctx<'_> {
             egress_chain,
             chains,
             policies: all_applying.iter().map(|p| policy_display(p)).collect(),
+            units,
         }
     }
 
@@ -446,7 +553,7 @@ impl Ctx<'_> {
             let end = i + applying[i..].iter().take_while(|p| p.tier == tier).count();
             rules.push(NftRule { mark: Some(MarkStmt::Clear(PASS_MARK)), ..NftRule::default() });
             for p in &applying[i..end] {
-                let chain = self.policy_chain(p, dir);
+                let chain = if self.policy_chains { self.policy_chain(p, dir) } else { policy_chain(p, dir) };
                 rules.push(rule(vec![clear_bit.clone()], Some(NftVerdict::Jump(chain))));
             }
             if self.set.tier(&tier).default_action == TierDefault::Deny {
@@ -596,25 +703,29 @@ impl Ctx<'_> {
         if self.inet.sets.contains_key(&name) {
             return name;
         }
+        let set = self.set;
         let elems: BTreeSet<IpAddr> = self
-            .endpoints
+            .groups()
             .iter()
-            .zip(&self.labels)
-            .filter(|(e, labels)| selector_picks(self.set, sel, e, labels))
-            .flat_map(|(e, _)| e.addrs.iter().copied())
+            .filter(|g| selector_picks(set, sel, &g.namespace, &g.labels))
+            .flat_map(|g| g.addrs.iter().copied())
             .filter(|a| IpVersion::of(a) == v)
             .collect();
+        self.selectors.insert(name.clone(), (sel.clone(), v));
         self.inet.set(SetDef::set(name, addr_key(v)), elems.into_iter().map(SetElem::Addr).collect())
     }
 }
 
-/// Whether a rule selector picks endpoint `e`, whose selector labels are `labels` (as the
-/// evaluator's `owned_by_selected`).
-fn selector_picks(set: &PolicySet, sel: &EndpointSelector, e: &Endpoint, labels: &Labels) -> bool {
+/// The label an endpoint's namespace is in for selectors (`Endpoint::selector_labels`).
+const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+
+/// Whether a rule selector picks an endpoint of namespace `ns` whose selector labels are
+/// `labels` (as the evaluator's `owned_by_selected`).
+fn selector_picks(set: &PolicySet, sel: &EndpointSelector, ns: &str, labels: &Labels) -> bool {
     (match &sel.namespaces {
         NamespaceMatch::Any => true,
-        NamespaceMatch::Named(ns) => e.namespace == *ns,
-        NamespaceMatch::Selector(s) => s.matches(&set.namespace_labels(&e.namespace)),
+        NamespaceMatch::Named(n) => ns == n,
+        NamespaceMatch::Selector(s) => s.matches(&set.namespace_labels(ns)),
     }) && sel.labels.matches(labels)
 }
 

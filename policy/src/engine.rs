@@ -18,7 +18,7 @@
 //! costs a full replace, never a wrong delta, and the file needs no fsync.
 //! Callers serialise writers (the registry lock).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,10 +67,30 @@ pub struct ApplyReport {
     pub commit: Duration,
 }
 
+/// What may differ between a desired state and the one applied last: the
+/// objects (sets, maps, chains) by table and name, or everything. The
+/// incremental compiler (`policy::compile::Compiler`) says it; see
+/// [`Engine::apply_changes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Anything may differ: a whole-state delta.
+    pub all: bool,
+    /// (table, name) of every set, map or chain that may differ (a name
+    /// stands for the object of that name of any kind).
+    pub objects: BTreeSet<(TableRef, String)>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.objects.is_empty()
+    }
+}
+
 /// The persisted state: what the last successful apply put in the kernel,
 /// and its generation (the key it added to each table's `gen` map; a file
 /// without one is never a base for a delta).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Applied {
     #[serde(default)]
     gen: String,
@@ -137,9 +157,19 @@ fn stamp(path: &Path) -> Option<Stamp> {
 #[derive(Debug)]
 pub struct Engine {
     state_dir: PathBuf,
-    cache: Mutex<Option<(Stamp, Arc<Applied>)>>,
+    cache: Mutex<Option<Cache>>,
     /// The canonical state directory, once created.
     owner: std::sync::OnceLock<PathBuf>,
+}
+
+/// What the engine applied last, and the version of the state file it
+/// read or wrote last (`stamp`). `unsaved`: `applied` is newer than that
+/// file ([`Engine::apply_changes`] leaves the write to [`Engine::flush`]).
+#[derive(Debug)]
+struct Cache {
+    stamp: Stamp,
+    applied: Arc<Applied>,
+    unsaved: bool,
 }
 
 impl Clone for Engine {
@@ -232,7 +262,7 @@ impl Engine {
         let now = stamp(&path);
         match (&*cache, now) {
             (_, None) => return None,
-            (Some((s, a)), Some(now)) if *s == now => return Some(a.clone()),
+            (Some(k), Some(now)) if k.stamp == now => return Some(k.applied.clone()),
             _ => {}
         }
         *cache = None;
@@ -241,7 +271,7 @@ impl Engine {
             Ok(a) => {
                 let a = Arc::new(a);
                 // the stamp taken before the read: a concurrent rewrite makes it stale, not wrong
-                *cache = now.map(|s| (s, a.clone()));
+                *cache = now.map(|stamp| Cache { stamp, applied: a.clone(), unsaved: false });
                 Some(a)
             }
             Err(e) => {
@@ -274,8 +304,33 @@ impl Engine {
             let _ = fs::remove_file(&tmp);
             err(&path, e)
         })?;
-        *cache = stamp(&path).map(|s| (s, Arc::new(Applied { gen: gen.to_string(), tables: tables.to_vec() })));
+        *cache = stamp(&path).map(|stamp| Cache {
+            stamp,
+            applied: Arc::new(Applied { gen: gen.to_string(), tables: tables.to_vec() }),
+            unsaved: false,
+        });
         Ok(())
+    }
+
+    /// Writes the state [`apply_changes`](Self::apply_changes) left unsaved,
+    /// if any: the state file then describes the kernel again (until then it
+    /// names an older generation, so another engine reading it replaces the
+    /// tables rather than compute a delta from it). Nothing is written when
+    /// another writer replaced the file since this engine last read or
+    /// wrote it: that file is newer than this engine's state. Callers
+    /// serialise writers (the registry lock), as for `apply`.
+    pub fn flush(&self) -> Result<()> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(k) = cache.as_ref().filter(|k| k.unsaved) else { return Ok(()) };
+        if stamp(&self.state_path()) != Some(k.stamp) {
+            *cache = None;
+            return Ok(());
+        }
+        let applied = k.applied.clone();
+        drop(cache);
+        let json = serde_json::to_vec(&applied.tables)
+            .map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?;
+        self.store_after_commit(&applied.tables, &json, &applied.gen)
     }
 
     /// [`store`](Self::store) after a commit: if the new state cannot be
@@ -325,6 +380,119 @@ impl Engine {
     /// [`check`](Self::check) found one. The owner rules still apply.
     pub fn apply_full<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
         self.apply_with(c, true)
+    }
+
+    /// [`apply`](Self::apply) when only the objects `changes` names may
+    /// differ from what this engine applied last: only those are compared
+    /// and sent, and the state file is not written ([`flush`](Self::flush)
+    /// writes it, e.g. once the change is in force). Everything else is as
+    /// in `apply`: one transaction, the owner and the newest generation of
+    /// every table checked first, the new generation added. Falls back to
+    /// `apply` when this engine has no state in memory that is still the
+    /// state file's (a new engine, another writer since), when `changes`
+    /// says everything changed, or when a changed object cannot be changed in
+    /// place; to a full replace when the kernel refuses the delta.
+    pub fn apply_changes<D: Desired + ?Sized>(&self, c: &D, changes: &Changes) -> Result<ApplyReport> {
+        let start = Instant::now();
+        if changes.all {
+            return self.apply(c);
+        }
+        let next = c.tables();
+        let prev = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.as_ref().filter(|k| stamp(&self.state_path()) == Some(k.stamp)).map(|k| k.applied.clone())
+        };
+        let Some(prev) = prev else { return self.apply(c) };
+        let same_tables =
+            prev.tables.len() == next.len() && prev.tables.iter().zip(next).all(|(p, n)| p.table == n.table);
+        let Some(prev_seq) = gen_seq(&prev.gen).filter(|&s| same_tables && s < GEN_SEQ_MAX) else {
+            return self.apply(c);
+        };
+        // the changed objects of each table, before and after
+        let mut subs = Vec::new();
+        for (p, n) in prev.tables.iter().zip(next) {
+            let names: BTreeSet<&str> =
+                changes.objects.iter().filter(|(t, _)| *t == n.table).map(|(_, o)| o.as_str()).collect();
+            if names.is_empty() {
+                continue;
+            }
+            let (ps, ns) = parts(p, n, &names)?;
+            if ns.maps.contains_key(GEN_MAP) || ns.sets.contains_key(GEN_MAP) {
+                return Err(NftError::Invalid(format!(
+                    "{GEN_MAP} is the engine's name in table {} {}",
+                    n.table.family, n.table.name
+                ))
+                .into());
+            }
+            if !TableState::compatible(&ps, &ns) {
+                return self.apply(c);
+            }
+            subs.push((ps, ns));
+        }
+        let mut x = Transaction::new();
+        for (ps, ns) in &subs {
+            TableState::diff(ps, ns, &mut x)?;
+        }
+        if x.is_empty() {
+            return Ok(ApplyReport { full: false, ops: 0, elapsed: start.elapsed(), commit: Duration::ZERO });
+        }
+        // every table must be ours and as the state left it, and gets the new generation
+        let ours = self.owner_comment()?;
+        let mut hashed = prev.gen.clone().into_bytes();
+        for (_, ns) in &subs {
+            hashed.extend(
+                serde_json::to_vec(ns).map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?,
+            );
+        }
+        let gen = generation(prev_seq + 1, &hashed);
+        let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
+        let prev_entry = gen_elem(&prev.gen);
+        for n in next {
+            if !self.ownership(&n.table, &ours)? {
+                return self.apply(c);
+            }
+            let have = map_entries(&n.table, &gen_def())?;
+            let newest = have
+                .iter()
+                .filter_map(|(k, _)| match k {
+                    SetElem::IfName(g) => gen_seq(g).map(|s| (s, k)),
+                    _ => None,
+                })
+                .max_by_key(|(s, _)| *s)
+                .map(|(_, k)| k.clone());
+            if newest.as_ref() != Some(&prev_entry) {
+                return self.apply(c);
+            }
+            if have.len() >= GEN_KEEP {
+                let old: Vec<SetElem> = have.into_iter().map(|(k, _)| k).collect();
+                x.delete_map_entries(&n.table, &gen_def(), &old)?;
+            }
+            x.add_map_entries(&n.table, &gen_def(), &gen_entry)?;
+        }
+        let ops = x.len();
+        let c0 = Instant::now();
+        if let Err(e) = x.commit() {
+            tracing::warn!(error = %e, "policy delta refused by the kernel: full replace");
+            return self.apply_with(c, true);
+        }
+        let commit = c0.elapsed();
+        // the kernel has it: so does the state in memory (the file follows on flush)
+        drop(prev);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.as_mut() {
+            let a = Arc::make_mut(&mut k.applied);
+            for (p, n) in a.tables.iter_mut().zip(next) {
+                let Some((ps, ns)) = subs.iter().find(|(_, ns)| ns.table == n.table) else { continue };
+                for (t, name) in &changes.objects {
+                    if *t == n.table {
+                        update_object(p, n, ps, ns, name);
+                    }
+                }
+            }
+            a.gen = gen;
+            k.unsaved = true;
+        }
+        Ok(ApplyReport { full: false, ops, elapsed: start.elapsed(), commit })
     }
 
     fn apply_with<D: Desired + ?Sized>(&self, c: &D, full: bool) -> Result<ApplyReport> {
@@ -565,6 +733,116 @@ impl Engine {
     pub fn remove(&self) -> Result<()> {
         self.remove_tables(&owned_tables())
     }
+}
+
+/// The objects named in `names` (of any kind) of `p` (before) and `n`
+/// (after), each in a table of its own, as far as they differ: of a set or
+/// a map both have with the same definition, only the elements or entries
+/// of one and not the other. `TableState::diff` of the two sends what a
+/// diff of the whole tables would, without copying a 1,000-entry map for
+/// one entry added.
+fn parts(p: &TableState, n: &TableState, names: &BTreeSet<&str>) -> Result<(TableState, TableState)> {
+    let (mut ps, mut ns) = (TableState::new(p.table.clone()), TableState::new(n.table.clone()));
+    let invalid = |m: String| Error::from(NftError::Invalid(m));
+    for name in names {
+        let name = *name;
+        if let Some(c) = p.chains.get(name) {
+            ps.chains.insert(name.to_string(), c.clone());
+        }
+        if let Some(c) = n.chains.get(name) {
+            ns.chains.insert(name.to_string(), c.clone());
+        }
+        // as TableState::validate, for this object
+        if n.sets.get(name).is_some_and(|b| b.def.name != name || b.def.verdict_map)
+            || n.maps.get(name).is_some_and(|b| b.def.name != name || !b.def.verdict_map)
+        {
+            return Err(invalid(format!("{name}: name or kind does not match its definition")));
+        }
+        if n.sets.contains_key(name) && n.maps.contains_key(name) {
+            return Err(invalid(format!("{name} is both a set and a map")));
+        }
+        match (p.sets.get(name), n.sets.get(name)) {
+            (Some(a), Some(b)) if a.def == b.def => {
+                let (old, new): (HashSet<&SetElem>, HashSet<&SetElem>) =
+                    (a.elems.iter().collect(), b.elems.iter().collect());
+                let gone = a.elems.iter().filter(|e| !new.contains(e)).cloned().collect();
+                let added = b.elems.iter().filter(|e| !old.contains(e)).cloned().collect();
+                ps.put_set(a.def.clone(), gone);
+                ns.put_set(b.def.clone(), added);
+            }
+            (a, b) => {
+                if let Some(a) = a {
+                    ps.sets.insert(name.to_string(), a.clone());
+                }
+                if let Some(b) = b {
+                    ns.sets.insert(name.to_string(), b.clone());
+                }
+            }
+        }
+        if let Some(b) = n.maps.get(name) {
+            let mut keys = HashSet::with_capacity(b.entries.len());
+            if let Some((k, _)) = b.entries.iter().find(|(k, _)| !keys.insert(k)) {
+                return Err(invalid(format!("map {name}: key {k:?} appears twice")));
+            }
+        }
+        match (p.maps.get(name), n.maps.get(name)) {
+            (Some(a), Some(b)) if a.def == b.def => {
+                let old: HashMap<&SetElem, &Verdict> = a.entries.iter().map(|(k, v)| (k, v)).collect();
+                let new: HashMap<&SetElem, &Verdict> = b.entries.iter().map(|(k, v)| (k, v)).collect();
+                let gone = a.entries.iter().filter(|(k, v)| new.get(k) != Some(&v)).cloned().collect();
+                let added = b.entries.iter().filter(|(k, v)| old.get(k) != Some(&v)).cloned().collect();
+                ps.put_map(a.def.clone(), gone);
+                ns.put_map(b.def.clone(), added);
+            }
+            (a, b) => {
+                if let Some(a) = a {
+                    ps.maps.insert(name.to_string(), a.clone());
+                }
+                if let Some(b) = b {
+                    ns.maps.insert(name.to_string(), b.clone());
+                }
+            }
+        }
+    }
+    Ok((ps, ns))
+}
+
+/// Makes the objects named `name` in `to` (the state before) what they are
+/// in `from` (after; absent if absent): a set or map `parts` reduced to
+/// what differs (`ps` before, `ns` after) by taking out and putting in
+/// those elements (their order is of no consequence), the rest copied.
+fn update_object(to: &mut TableState, from: &TableState, ps: &TableState, ns: &TableState, name: &str) {
+    match (to.sets.get_mut(name), from.sets.get(name)) {
+        (Some(a), Some(b)) if a.def == b.def => {
+            let gone: HashSet<&SetElem> = ps.sets.get(name).map(|s| s.elems.iter().collect()).unwrap_or_default();
+            a.elems.retain(|e| !gone.contains(e));
+            a.elems.extend(ns.sets.get(name).map(|s| s.elems.clone()).unwrap_or_default());
+        }
+        (_, Some(b)) => {
+            to.sets.insert(name.to_string(), b.clone());
+        }
+        (_, None) => {
+            to.sets.remove(name);
+        }
+    }
+    match (to.maps.get_mut(name), from.maps.get(name)) {
+        (Some(a), Some(b)) if a.def == b.def => {
+            let gone: HashSet<&SetElem> =
+                ps.maps.get(name).map(|m| m.entries.iter().map(|(k, _)| k).collect()).unwrap_or_default();
+            a.entries.retain(|(k, _)| !gone.contains(k));
+            a.entries.extend(ns.maps.get(name).map(|m| m.entries.clone()).unwrap_or_default());
+        }
+        (_, Some(b)) => {
+            to.maps.insert(name.to_string(), b.clone());
+        }
+        (_, None) => {
+            to.maps.remove(name);
+        }
+    }
+    match from.chains.get(name) {
+        Some(c) => to.chains.insert(name.to_string(), c.clone()),
+        None => to.chains.remove(name),
+    };
 }
 
 /// The tables of the layout: `inet cni-policy` and `bridge cni-policy`.

@@ -274,11 +274,8 @@ fn entity_matches(set: &PolicySet, endpoints: &[Endpoint], m: &EntityMatch, addr
 }
 
 fn owned_by_selected(set: &PolicySet, endpoints: &[Endpoint], sel: &EndpointSelector, addr: IpAddr) -> bool {
-    // A remote endpoint's address that a local endpoint also has is the local one's.
-    let local_has = || endpoints.iter().any(|e| e.remote.is_none() && e.addrs.contains(&addr));
     endpoints.iter().any(|e| {
         e.addrs.contains(&addr)
-            && (e.remote.is_none() || !local_has())
             && match &sel.namespaces {
                 NamespaceMatch::Any => true,
                 NamespaceMatch::Named(ns) => e.namespace == *ns,

@@ -257,8 +257,9 @@ pub struct Endpoint {
     pub bridged: bool,
     /// `Some(node)`: an endpoint of another host (shared through etcd). It only puts its
     /// addresses in the selector sets of this host's rules: no policy applies to it here, it
-    /// has no chains, no dispatch entry and no anti-spoofing. An address a local endpoint also
-    /// has is the local one's ([`local_first`]). `None`: an endpoint of this host.
+    /// has no chains, no dispatch entry and no anti-spoofing. The caller gives a remote
+    /// endpoint none of a local endpoint's addresses ([`local_first`]: the local one wins).
+    /// `None`: an endpoint of this host.
     pub remote: Option<String>,
 }
 

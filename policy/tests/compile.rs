@@ -440,7 +440,11 @@ fn a_remote_endpoint_only_adds_its_addresses_to_selector_sets() {
     let local = compile(&policies(POLICIES), &eps);
     // A remote web pod, and a stale remote record claiming db1's address with app=web.
     eps.push(remote("rweb/eth0", "web", &["10.9.0.7", "fd00::97"]));
-    eps.push(remote("stale/eth0", "web", &["10.0.0.3"]));
+    eps.push(remote("stale/eth0", "web", &["10.0.0.3", "10.9.0.9"]));
+    // The local endpoint wins: the caller trims the stale record's copy of db1's address.
+    let eps = policy::model::local_first(&eps).expect("there are remote endpoints");
+    assert_eq!(eps.last().unwrap().addrs, ["10.9.0.9".parse::<IpAddr>().unwrap()]);
+    assert_eq!(eps[..4], world()[..], "local endpoints untouched");
     let c = compile(&policies(POLICIES), &eps);
     let t = inet(&c);
     let web4: Vec<&SetElem> =
@@ -462,4 +466,21 @@ fn a_remote_endpoint_only_adds_its_addresses_to_selector_sets() {
     let v = |src| policy::evaluate(&set, &eps, &db1, policy::Direction::Ingress, &pkt(src)).verdict;
     assert_eq!(v("10.9.0.7"), policy::Verdict::Allow);
     assert_eq!(v("10.9.0.8"), policy::Verdict::Deny);
+    // The incremental compiler gives the same tables, built at once or endpoint by endpoint.
+    let built = policy::compile::Compiler::new(set.clone(), &eps);
+    assert_eq!(built.compiled(), &c);
+    let mut inc = policy::compile::Compiler::new(set.clone(), &world());
+    for e in &eps[4..] {
+        inc.put_endpoint(e.clone());
+    }
+    assert_eq!(inc.compiled(), &c, "remote endpoints added one by one");
+    inc.remove_endpoint("rweb/eth0");
+    let without: Vec<Endpoint> = eps.iter().filter(|e| e.name != "rweb/eth0").cloned().collect();
+    assert_eq!(inc.compiled(), &compile(&set, &without), "a remote endpoint removed");
+    let mut relabelled = eps[4].clone();
+    relabelled.labels.insert("app".into(), "db".into());
+    inc.put_endpoint(relabelled.clone());
+    let mut with = without.clone();
+    with.push(relabelled);
+    assert_eq!(inc.compiled(), &compile(&set, &with), "a remote endpoint relabelled");
 }

@@ -1,0 +1,634 @@
+//! The incremental compiler: what [`compile`](super::compile) gives, kept up to date through
+//! changes (an endpoint added, removed or relabelled, the policies' rules edited) by touching
+//! only the objects concerned, and naming them ([`Changes`]) so that the engine diffs only
+//! those ([`crate::engine::Engine::apply_changes`]).
+//!
+//! The tables are the sum of contributions, each made by the same code `compile` runs, into
+//! an empty scratch table: the fixed part ([`super::base`]), one per *profile* (the direction
+//! chains of endpoints of one namespace and the same values of the label keys policy
+//! selectors read), one per *policy chain* (a policy in a direction, with the net, port and
+//! selector sets its rules need, the latter empty) and one per endpoint (its dispatch map
+//! entries and its guard). A contribution is counted in: an object exists while some
+//! contribution has it, a map key goes to the earliest endpoint that has it (as `compile`
+//! gives an address to the first endpoint), a set element is there while some contribution
+//! or selected endpoint has it. A profile lives while an endpoint has it, a policy chain while
+//! a live profile jumps to it; the elements of a selector set are the addresses of the
+//! endpoints its selector picks, updated as endpoints come and go.
+//!
+//! A policy set whose policies differ only in their rules (same policies, same order,
+//! selectors, types, tiers and namespaces) rebuilds the chains of the edited policies; any
+//! other change rebuilds everything (`Changes::all`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use linux_net::nft::{ChainState, Family, SetDef, SetElem, TableRef, TableState, Verdict as NftVerdict};
+
+use super::{
+    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys, selector_picks,
+    Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
+};
+use crate::engine::Changes;
+use crate::model::{Direction, Endpoint, EndpointSelector, IpVersion, Policy, PolicySet};
+use crate::selector::Labels;
+
+/// The two tables by index: 0 inet, 1 bridge (`Compiled::tables`' order).
+const FAMILIES: [Family; 2] = [Family::Inet, Family::Bridge];
+
+/// What one contributor adds to the tables.
+#[derive(Debug, Default, Clone)]
+struct Contrib {
+    chains: Vec<(usize, String, ChainState)>,
+    sets: Vec<(usize, SetDef, Vec<SetElem>)>,
+    maps: Vec<(usize, SetDef)>,
+    entries: Vec<(usize, String, SetElem, NftVerdict)>,
+}
+
+impl Contrib {
+    /// The content of scratch tables.
+    fn of(builders: [Builder; 2]) -> Contrib {
+        let mut c = Contrib::default();
+        for (i, b) in builders.into_iter().enumerate() {
+            for (_, (def, elems)) in b.sets {
+                c.sets.push((i, def, elems));
+            }
+            for (name, (def, entries)) in b.maps {
+                c.maps.push((i, def));
+                c.entries.extend(entries.into_iter().map(|(k, v)| (i, name.clone(), k, v)));
+            }
+            for (name, (base, rules)) in b.chains {
+                c.chains.push((i, name, ChainState { base, rules }));
+            }
+        }
+        c
+    }
+}
+
+fn scratch() -> [Builder; 2] {
+    [Builder::new(Family::Inet), Builder::new(Family::Bridge)]
+}
+
+type Key = (usize, String);
+
+/// The tables, with how many contributors have each object.
+struct Live {
+    /// The tables, and the endpoints' information.
+    out: Compiled,
+    chains: HashMap<Key, usize>,
+    sets: HashMap<Key, usize>,
+    elems: HashMap<Key, HashMap<SetElem, usize>>,
+    maps: HashMap<Key, usize>,
+    /// Per map key: the contributors' verdicts by contributor order (lowest wins).
+    entries: HashMap<(usize, String, SetElem), BTreeMap<u64, NftVerdict>>,
+    changed: [BTreeSet<String>; 2],
+}
+
+impl Live {
+    fn new() -> Live {
+        Live {
+            out: Compiled {
+                tables: FAMILIES.iter().map(|f| TableState::new(TableRef::new(*f, super::TABLE))).collect(),
+                endpoints: BTreeMap::new(),
+            },
+            chains: HashMap::new(),
+            sets: HashMap::new(),
+            elems: HashMap::new(),
+            maps: HashMap::new(),
+            entries: HashMap::new(),
+            changed: Default::default(),
+        }
+    }
+
+    fn touch(&mut self, t: usize, name: &str) {
+        if !self.changed[t].contains(name) {
+            self.changed[t].insert(name.to_string());
+        }
+    }
+
+    /// Adds `c` (contributor `order`); returns the sets it created.
+    fn add(&mut self, c: &Contrib, order: u64) -> Vec<Key> {
+        let mut created = Vec::new();
+        for (t, def) in &c.maps {
+            let n = self.maps.entry((*t, def.name.clone())).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.out.tables[*t].put_map(def.clone(), Vec::new());
+                self.touch(*t, &def.name);
+            }
+        }
+        for (t, def, elems) in &c.sets {
+            let key = (*t, def.name.clone());
+            let n = self.sets.entry(key.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.out.tables[*t].put_set(def.clone(), Vec::new());
+                self.touch(*t, &def.name);
+                created.push(key);
+            }
+            for e in elems {
+                self.add_elem(*t, &def.name, e);
+            }
+        }
+        for (t, name, chain) in &c.chains {
+            let n = self.chains.entry((*t, name.clone())).or_insert(0);
+            *n += 1;
+            // a policy chain edited: its new contribution comes before the old one goes
+            if self.out.tables[*t].chains.get(name) != Some(chain) {
+                self.out.tables[*t].chains.insert(name.clone(), chain.clone());
+                self.touch(*t, name);
+            }
+        }
+        for (t, map, k, v) in &c.entries {
+            let cands = self.entries.entry((*t, map.clone(), k.clone())).or_default();
+            cands.insert(order, v.clone());
+            self.settle(*t, map, k);
+        }
+        created
+    }
+
+    /// Takes `c` (contributor `order`) away; returns the sets it removed.
+    fn remove(&mut self, c: &Contrib, order: u64) -> Vec<Key> {
+        let mut removed = Vec::new();
+        for (t, map, k, _) in &c.entries {
+            let key = (*t, map.clone(), k.clone());
+            if let Some(cands) = self.entries.get_mut(&key) {
+                cands.remove(&order);
+                if cands.is_empty() {
+                    self.entries.remove(&key);
+                }
+            }
+            self.settle(*t, map, k);
+        }
+        for (t, name, _) in &c.chains {
+            if dec(&mut self.chains, &(*t, name.clone())) {
+                self.out.tables[*t].chains.remove(name);
+                self.touch(*t, name);
+            }
+        }
+        for (t, def, elems) in &c.sets {
+            for e in elems {
+                self.remove_elem(*t, &def.name, e);
+            }
+            let key = (*t, def.name.clone());
+            if dec(&mut self.sets, &key) {
+                self.out.tables[*t].sets.remove(&def.name);
+                self.elems.remove(&key);
+                self.touch(*t, &def.name);
+                removed.push(key);
+            }
+        }
+        for (t, def) in &c.maps {
+            if dec(&mut self.maps, &(*t, def.name.clone())) {
+                self.out.tables[*t].maps.remove(&def.name);
+                self.touch(*t, &def.name);
+            }
+        }
+        removed
+    }
+
+    /// The map entry of key `k` is the lowest contributor's verdict, or none.
+    fn settle(&mut self, t: usize, map: &str, k: &SetElem) {
+        let want = self.entries.get(&(t, map.to_string(), k.clone())).and_then(|c| c.values().next()).cloned();
+        let Some(m) = self.out.tables[t].maps.get_mut(map) else { return };
+        let at = m.entries.binary_search_by(|(e, _)| e.cmp(k));
+        let changed = match (at, want) {
+            (Ok(i), Some(v)) if m.entries[i].1 == v => false,
+            (Ok(i), Some(v)) => {
+                m.entries[i].1 = v;
+                true
+            }
+            (Ok(i), None) => {
+                m.entries.remove(i);
+                true
+            }
+            (Err(i), Some(v)) => {
+                m.entries.insert(i, (k.clone(), v));
+                true
+            }
+            (Err(_), None) => false,
+        };
+        if changed {
+            self.touch(t, map);
+        }
+    }
+
+    fn add_elem(&mut self, t: usize, set: &str, e: &SetElem) {
+        let n = self.elems.entry((t, set.to_string())).or_default().entry(e.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            if let Some(s) = self.out.tables[t].sets.get_mut(set) {
+                if let Err(i) = s.elems.binary_search(e) {
+                    s.elems.insert(i, e.clone());
+                }
+                self.touch(t, set);
+            }
+        }
+    }
+
+    fn remove_elem(&mut self, t: usize, set: &str, e: &SetElem) {
+        let Some(counts) = self.elems.get_mut(&(t, set.to_string())) else { return };
+        let Some(n) = counts.get_mut(e) else { return };
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(e);
+            if let Some(s) = self.out.tables[t].sets.get_mut(set) {
+                if let Ok(i) = s.elems.binary_search(e) {
+                    s.elems.remove(i);
+                }
+                self.touch(t, set);
+            }
+        }
+    }
+}
+
+/// Decrements a count; true when it reached zero (and the entry is gone).
+fn dec(counts: &mut HashMap<Key, usize>, key: &Key) -> bool {
+    match counts.get_mut(key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(key);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A profile: namespace and the values of the label keys policy selectors read.
+type ProfileKey = (String, Labels);
+
+struct ProfileSlot {
+    /// Endpoints with this profile.
+    n: usize,
+    prof: Profile,
+    contrib: Contrib,
+}
+
+struct UnitSlot {
+    /// Live profiles jumping to this policy chain.
+    n: usize,
+    contrib: Contrib,
+}
+
+struct EpSlot {
+    ep: Endpoint,
+    /// Its rank among contributors: the earlier endpoint owns a shared address.
+    order: u64,
+    profile: ProfileKey,
+    /// Its selector labels (namespace label included).
+    labels: Labels,
+    contrib: Contrib,
+}
+
+/// The incremental compiler (see the module's documentation). Its tables are always exactly
+/// `compile(self.policies(), &self.endpoints())`'s.
+pub struct Compiler {
+    set: PolicySet,
+    /// Label keys policy selectors read (profiles are keyed on them).
+    keys: BTreeSet<String>,
+    eps: Vec<EpSlot>,
+    next_order: u64,
+    live: Live,
+    profiles: HashMap<ProfileKey, ProfileSlot>,
+    units: HashMap<(usize, Direction), UnitSlot>,
+    /// Live selector sets (inet table): name → (selector, family).
+    selectors: HashMap<String, (EndpointSelector, IpVersion)>,
+    /// Per address, the endpoints that have it by order (the first owns it).
+    owners: HashMap<IpAddr, BTreeMap<u64, String>>,
+    all: bool,
+    /// Per group of endpoints rule selectors cannot tell apart (namespace, values of the label
+    /// keys they read): the live selector sets that pick them. Emptied when a selector set
+    /// comes or goes.
+    picks: HashMap<ProfileKey, Vec<String>>,
+    /// Label keys rule selectors read.
+    rule_keys: BTreeSet<String>,
+}
+
+impl Compiler {
+    /// `compile(set, endpoints)`, kept for changes.
+    pub fn new(set: PolicySet, endpoints: &[Endpoint]) -> Compiler {
+        let keys = policy_label_keys(&set);
+        let mut c = Compiler {
+            set,
+            keys,
+            eps: Vec::new(),
+            next_order: 1,
+            live: Live::new(),
+            profiles: HashMap::new(),
+            units: HashMap::new(),
+            selectors: HashMap::new(),
+            owners: HashMap::new(),
+            all: true,
+            picks: HashMap::new(),
+            rule_keys: BTreeSet::new(),
+        };
+        c.rule_keys = rule_label_keys(&c.set);
+        let [mut inet, mut bridge] = scratch();
+        base(&mut inet, &mut bridge);
+        c.live.add(&Contrib::of([inet, bridge]), 0);
+        for ep in endpoints {
+            c.add_endpoint(ep.clone());
+        }
+        c
+    }
+
+    /// The compiled state: the same as `compile(self.policies(), &self.endpoints())`.
+    pub fn compiled(&self) -> &Compiled {
+        &self.live.out
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.set
+    }
+
+    /// The endpoints, in the order that decides who owns an address two of them have (the
+    /// order they were added in; a relabelled one keeps its place).
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.eps.iter().map(|s| s.ep.clone()).collect()
+    }
+
+    /// What changed since [`applied`](Self::applied) was last called (or since the start:
+    /// everything).
+    pub fn changes(&self) -> Changes {
+        let mut objects = BTreeSet::new();
+        for (t, names) in self.live.changed.iter().enumerate() {
+            let table = TableRef::new(FAMILIES[t], super::TABLE);
+            objects.extend(names.iter().map(|n| (table.clone(), n.clone())));
+        }
+        Changes { all: self.all, objects }
+    }
+
+    /// The changes so far are in the kernel: forget them.
+    pub fn applied(&mut self) {
+        self.all = false;
+        self.live.changed = Default::default();
+    }
+
+    /// Adds an endpoint, or replaces the one of the same name (keeping its place).
+    pub fn put_endpoint(&mut self, ep: Endpoint) {
+        if let Some(i) = self.eps.iter().position(|s| s.ep.name == ep.name) {
+            if self.eps[i].ep == ep {
+                return;
+            }
+            let order = self.eps[i].order;
+            self.remove_at(i);
+            self.insert(i, ep, order);
+        } else {
+            self.add_endpoint(ep);
+        }
+    }
+
+    /// Removes the endpoint named `name` (nothing if there is none).
+    pub fn remove_endpoint(&mut self, name: &str) {
+        if let Some(i) = self.eps.iter().position(|s| s.ep.name == name) {
+            self.remove_at(i);
+        }
+    }
+
+    /// Makes the endpoints `endpoints`: those gone removed, those changed replaced in place,
+    /// new ones added at the end, in their order.
+    pub fn set_endpoints(&mut self, endpoints: &[Endpoint]) {
+        let want: BTreeMap<&str, &Endpoint> = endpoints.iter().map(|e| (e.name.as_str(), e)).collect();
+        let gone: Vec<String> =
+            self.eps.iter().filter(|s| !want.contains_key(s.ep.name.as_str())).map(|s| s.ep.name.clone()).collect();
+        for name in gone {
+            self.remove_endpoint(&name);
+        }
+        for e in endpoints {
+            self.put_endpoint(e.clone());
+        }
+    }
+
+    /// Makes the policy set `set`. When only the rules of some policies differ, their chains
+    /// are rebuilt; otherwise everything is (`Changes::all`).
+    pub fn set_policies(&mut self, set: PolicySet) {
+        if set == self.set {
+            return;
+        }
+        if !only_rules_differ(&self.set, &set) {
+            let eps = self.endpoints();
+            let changed = std::mem::take(&mut self.live.changed);
+            *self = Compiler::new(set, &eps);
+            self.live.changed = changed;
+            self.all = true;
+            return;
+        }
+        let edited: Vec<usize> = (0..set.policies.len()).filter(|&i| set.policies[i] != self.set.policies[i]).collect();
+        self.set = set;
+        self.rule_keys = rule_label_keys(&self.set);
+        self.picks.clear();
+        for i in edited {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let Some(old) = self.units.get(&(i, dir)) else { continue };
+                let (old_contrib, n) = (old.contrib.clone(), old.n);
+                let (contrib, selectors) = self.unit(i, dir);
+                // new first: objects both have (a selector set) stay, with their elements
+                let created = self.live.add(&contrib, 0);
+                self.fill_sets(&created, &selectors);
+                let removed = self.live.remove(&old_contrib, 0);
+                for (_, name) in removed {
+                    self.selectors.remove(&name);
+                    self.picks.clear();
+                }
+                self.units.insert((i, dir), UnitSlot { n, contrib });
+            }
+        }
+    }
+
+    fn add_endpoint(&mut self, ep: Endpoint) {
+        let order = self.next_order;
+        self.next_order += 1;
+        self.insert(self.eps.len(), ep, order);
+    }
+
+    /// Puts `ep` at index `at` of the endpoints, as contributor `order`.
+    fn insert(&mut self, at: usize, ep: Endpoint, order: u64) {
+        let mut labels = ep.labels.clone();
+        labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
+        let profile = (ep.namespace.clone(), project(&ep.labels, &self.keys));
+        // its addresses in the live selector sets that pick it; sets made below scan it
+        for name in self.picked(&ep.namespace, &labels) {
+            let v = self.selectors[&name].1;
+            for a in ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
+                self.live.add_elem(0, &name, &SetElem::Addr(*a));
+            }
+        }
+        self.eps.insert(at, EpSlot { ep, order, profile: profile.clone(), labels, contrib: Contrib::default() });
+        if self.eps[at].ep.remote.is_some() {
+            // another host's: only its addresses in the selector sets (above), as in `compile`
+            return;
+        }
+        let ep = &self.eps[at].ep;
+        if !self.profiles.contains_key(&profile) {
+            let slot = self.make_profile(ep.clone());
+            self.profiles.insert(profile.clone(), slot);
+        }
+        let ep = self.eps[at].ep.clone();
+        let slot = self.profiles.get_mut(&profile).expect("made above");
+        slot.n += 1;
+        // its dispatch entries and guard, as `compile` makes them
+        let [mut inet, mut bridge] = scratch();
+        for (dir, name) in
+            [(Direction::Ingress, &slot.prof.ingress_chain), (Direction::Egress, &slot.prof.egress_chain)]
+        {
+            for a in &ep.addrs {
+                let v = IpVersion::of(a);
+                let entries = inet.map(dispatch_map(dir, v), addr_key(v));
+                entries.entry(SetElem::Addr(*a)).or_insert_with(|| NftVerdict::Jump(name.clone()));
+            }
+        }
+        let g = guard::add_endpoint(&mut inet, &mut bridge, &ep, slot.prof.ingress_restricted);
+        let info = endpoint_info(&slot.prof, g, &ep, |_| false);
+        let contrib = Contrib::of([inet, bridge]);
+        self.live.add(&contrib, order);
+        self.eps[at].contrib = contrib;
+        self.live.out.endpoints.insert(ep.name.clone(), info);
+        for a in &ep.addrs {
+            self.owners.entry(*a).or_default().insert(order, ep.name.clone());
+        }
+        self.reown(&ep.addrs);
+    }
+
+    /// Removes the endpoint at index `i`.
+    fn remove_at(&mut self, i: usize) {
+        let slot = self.eps.remove(i);
+        self.live.remove(&slot.contrib, slot.order);
+        for name in self.picked(&slot.ep.namespace, &slot.labels) {
+            let v = self.selectors[&name].1;
+            for a in slot.ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
+                self.live.remove_elem(0, &name, &SetElem::Addr(*a));
+            }
+        }
+        if slot.ep.remote.is_some() {
+            return;
+        }
+        self.live.out.endpoints.remove(&slot.ep.name);
+        for a in &slot.ep.addrs {
+            if let Some(o) = self.owners.get_mut(a) {
+                o.remove(&slot.order);
+                if o.is_empty() {
+                    self.owners.remove(a);
+                }
+            }
+        }
+        self.reown(&slot.ep.addrs);
+        let p = self.profiles.get_mut(&slot.profile).expect("an endpoint's profile is live");
+        p.n -= 1;
+        if p.n == 0 {
+            let p = self.profiles.remove(&slot.profile).expect("just seen");
+            self.live.remove(&p.contrib, 0);
+            for unit in &p.prof.units {
+                let u = self.units.get_mut(unit).expect("a live profile's policy chain is live");
+                u.n -= 1;
+                if u.n == 0 {
+                    let u = self.units.remove(unit).expect("just seen");
+                    for (_, name) in self.live.remove(&u.contrib, 0) {
+                        self.selectors.remove(&name);
+                        self.picks.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// `EndpointInfo::addrs` of the endpoints having one of `addrs`: the addresses they own.
+    fn reown(&mut self, addrs: &[IpAddr]) {
+        let names: BTreeSet<&String> =
+            addrs.iter().filter_map(|a| self.owners.get(a)).flat_map(|o| o.values()).collect();
+        for name in names {
+            let Some(slot) = self.eps.iter().find(|s| s.ep.name == *name) else { continue };
+            let owned: Vec<IpAddr> = slot
+                .ep
+                .addrs
+                .iter()
+                .filter(|a| self.owners.get(a).and_then(|o| o.values().next()) == Some(name))
+                .copied()
+                .collect();
+            if let Some(info) = self.live.out.endpoints.get_mut(name) {
+                info.addrs = owned;
+            }
+        }
+    }
+
+    /// The live selector sets that pick an endpoint of namespace `ns` with selector labels
+    /// `labels`.
+    fn picked(&mut self, ns: &str, labels: &Labels) -> Vec<String> {
+        let key = (ns.to_string(), project(labels, &self.rule_keys));
+        if let Some(v) = self.picks.get(&key) {
+            return v.clone();
+        }
+        let v: Vec<String> = self
+            .selectors
+            .iter()
+            .filter(|(_, (sel, _))| selector_picks(&self.set, sel, ns, labels))
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.picks.insert(key, v.clone());
+        v
+    }
+
+    /// The profile of endpoint `ep` (not yet counted): its direction chains, and the policy
+    /// chains they jump to made live.
+    fn make_profile(&mut self, ep: Endpoint) -> ProfileSlot {
+        let [inet, bridge] = scratch();
+        let mut ctx = Ctx::new(&self.set, &[], inet);
+        ctx.policy_chains = false;
+        let prof = ctx.profile(&ep);
+        let contrib = Contrib::of([ctx.inet, bridge]);
+        for unit in &prof.units {
+            if let Some(u) = self.units.get_mut(unit) {
+                u.n += 1;
+                continue;
+            }
+            let (contrib, selectors) = self.unit(unit.0, unit.1);
+            let created = self.live.add(&contrib, 0);
+            self.fill_sets(&created, &selectors);
+            self.units.insert(*unit, UnitSlot { n: 1, contrib });
+        }
+        self.live.add(&contrib, 0);
+        ProfileSlot { n: 0, prof, contrib }
+    }
+
+    /// The chain of policy `i` in `dir`, with its sets (selector sets empty).
+    fn unit(&self, i: usize, dir: Direction) -> (Contrib, BTreeMap<String, (EndpointSelector, IpVersion)>) {
+        let [inet, bridge] = scratch();
+        let mut ctx = Ctx::new(&self.set, &[], inet);
+        let p: &Policy = &self.set.policies[i];
+        ctx.policy_chain(p, dir);
+        let selectors = std::mem::take(&mut ctx.selectors);
+        (Contrib::of([ctx.inet, bridge]), selectors)
+    }
+
+    /// Selector sets just made live get the addresses of every endpoint they pick.
+    fn fill_sets(&mut self, created: &[Key], selectors: &BTreeMap<String, (EndpointSelector, IpVersion)>) {
+        for (t, name) in created {
+            let Some((sel, v)) = selectors.get(name) else { continue };
+            let addrs: Vec<IpAddr> = self
+                .eps
+                .iter()
+                .filter(|s| selector_picks(&self.set, sel, &s.ep.namespace, &s.labels))
+                .flat_map(|s| s.ep.addrs.iter().copied())
+                .filter(|a| IpVersion::of(a) == *v)
+                .collect();
+            for a in addrs {
+                self.live.add_elem(*t, name, &SetElem::Addr(a));
+            }
+            self.selectors.insert(name.clone(), (sel.clone(), *v));
+            self.picks.clear();
+        }
+    }
+}
+
+/// The same policies in the same order with the same selection, tiers and namespaces: only
+/// rules may differ.
+fn only_rules_differ(a: &PolicySet, b: &PolicySet) -> bool {
+    a.tiers == b.tiers
+        && a.namespace_labels == b.namespace_labels
+        && a.policies.len() == b.policies.len()
+        && a.policies.iter().zip(&b.policies).all(|(p, q)| {
+            (&p.kind, &p.name, &p.namespace, &p.tier, &p.order, &p.selector, &p.namespace_selector, &p.types)
+                == (&q.kind, &q.name, &q.namespace, &q.tier, &q.order, &q.selector, &q.namespace_selector, &q.types)
+        })
+}
