@@ -401,6 +401,36 @@ mod tests {
         assert!(Cli::try_parse_from(["cni-policy", "check"]).is_err(), "check needs a file");
         assert!(Cli::try_parse_from(["cni-policy", "label", "c1"]).is_err(), "label needs a label");
         assert!(Cli::try_parse_from(["cni-policy", "watch"]).is_err(), "watch needs --dir");
+        for needs_endpoints in [["--etcd-prefix", "/p"], ["--node-name", "n"]] {
+            let mut args = vec!["cni-policy", "watch", "--dir", "/p"];
+            args.extend(needs_endpoints);
+            assert!(Cli::try_parse_from(&args).is_err(), "{needs_endpoints:?} needs --etcd-endpoints");
+        }
+        let c = Cli::try_parse_from([
+            "cni-policy",
+            "watch",
+            "--dir",
+            "/p",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--node-name",
+            "n1",
+        ])
+        .unwrap();
+        let Cmd::Watch { state_dir, etcd_endpoints, etcd_prefix, etcd_tls, node_name, .. } = c.cmd else {
+            panic!("watch")
+        };
+        let cc =
+            watch_cluster(&state_dir, etcd_endpoints.as_ref(), etcd_prefix.as_deref(), &etcd_tls, node_name.as_deref())
+                .unwrap()
+                .unwrap();
+        assert_eq!(cc.endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!((cc.prefix.as_str(), cc.node.as_str()), (crate::cluster::DEFAULT_PREFIX, "n1"));
+        // TLS files without endpoints: an error, not silently this host only.
+        let tls = etcd_kv::flags::TlsFlags { etcd_cafile: Some("/ca".into()), ..Default::default() };
+        let d = tempfile::tempdir().unwrap();
+        assert!(watch_cluster(d.path(), None, None, &tls, None).is_err());
+        assert_eq!(watch_cluster(d.path(), None, None, &Default::default(), None).unwrap(), None);
     }
 
     #[test]

@@ -487,4 +487,44 @@ mod tests {
         assert_eq!(e.code, Code::InvalidConfig);
         assert_eq!(PolicyConf::parse(&json!({"stateDir": 3})).unwrap_err().code, Code::InvalidConfig);
     }
+
+    #[test]
+    fn cluster_keys_are_optional_and_checked() {
+        assert_eq!(PolicyConf::parse(&json!({})).unwrap().cluster().unwrap(), None);
+        let c = PolicyConf::parse(&json!({"etcdEndpoints": ["http://10.0.0.1:2379"], "nodeName": "n1"}))
+            .unwrap()
+            .cluster()
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.prefix.as_str(), c.node.as_str()), ("/cni-policy", "n1"));
+        assert_eq!(
+            c.key(&EndpointRecord {
+                name: "c1/eth0".into(),
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                network: "n".into(),
+                namespace: "default".into(),
+                pod: None,
+                labels: BTreeMap::new(),
+                addrs: vec![],
+                host_ifname: None,
+                bridged: false,
+                enforced: true,
+            }),
+            "/cni-policy/endpoints/n1/c1@eth0"
+        );
+        for (bad, want) in [
+            (json!({"etcdPrefix": "/p"}), "need etcdEndpoints"),
+            (json!({"nodeName": "n"}), "need etcdEndpoints"),
+            (json!({"etcdEndpoints": ["10.0.0.1:2379"]}), "not an http:// or https:// URL"),
+            (json!({"etcdEndpoints": ["http://e:1"], "etcdPrefix": "p"}), "must start with '/'"),
+            (json!({"etcdEndpoints": ["http://e:1"], "etcdCaFile": "/ca.pem"}), "is not https://"),
+            (json!({"etcdEndpoints": ["https://e:1"], "etcdCertFile": "/c.pem"}), "go together"),
+            (json!({"etcdEndpoints": ["http://e:1"], "nodeName": "a/b"}), "one etcd key segment"),
+        ] {
+            let e = PolicyConf::parse(&bad).unwrap().cluster().unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{bad}");
+            assert!(format!("{} {}", e.msg, e.details).contains(want), "{bad}: {e} (want {want})");
+        }
+    }
 }
