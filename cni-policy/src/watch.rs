@@ -219,8 +219,8 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration, cluster_conf: O
                 .map_err(|e| Error::io("set up the etcd watch", "socketpair", e))?;
             rx.set_nonblocking(true).map_err(|e| Error::io("set up the etcd watch", "socketpair", e))?;
             cluster::spawn_notifier(cc.clone(), tx)?;
-            let daemon = etcd_kv::Timeouts { keep_alive: None, ..etcd_kv::Timeouts::DAEMON };
-            (Some(Cluster::with(cc, daemon, Duration::from_secs(10))?), Some(rx))
+            // The plugin's budget: these calls hold the lock, which ADDs wait for.
+            (Some(Cluster::new(cc)?), Some(rx))
         }
         None => {
             // The plugin's config decides cluster mode; a daemon without etcd settings never
