@@ -188,6 +188,15 @@ pub fn apply(engine: &Engine, c: &Compiled) -> Result<ApplyReport> {
     })
 }
 
+/// Applies what changed in `c` since its last [`policy::compile::Compiler::applied`] (one atomic transaction,
+/// only the objects concerned; the engine's state file is left to `Engine::flush`).
+pub fn apply_changes(engine: &Engine, c: &policy::compile::Compiler) -> Result<ApplyReport> {
+    engine.apply_changes(c.compiled(), &c.changes()).map_err(|e| match e {
+        e @ policy::Error::Owner { .. } => Error::Policy(e),
+        e => Error::Engine(format!("apply the policy: {e}")),
+    })
+}
+
 /// Whether endpoint `name`'s chains are in force as `c` says.
 pub fn check(engine: &Engine, c: &Compiled, name: &str) -> Result<()> {
     engine.check(c, name).map_err(|e| Error::Check(format!("endpoint {name}: {e}")))
@@ -228,15 +237,6 @@ pub fn commit(state: &StateDir, engine: &Engine, set: &PolicySet, change: &Chang
         }
     }
     outcome
-}
-
-/// Re-applies the registry as it is with the files of `policy_dir`, or the last good set when
-/// they do not load (`watch`). The caller holds the lock. The error of the directory, if any, is
-/// returned beside the result.
-pub fn reapply(state: &StateDir, engine: &Engine, policy_dir: &Path) -> Result<(Compiled, ApplyReport, Option<Error>)> {
-    let loaded = load_or_last_good(state, policy_dir, true)?;
-    let (c, report) = commit(state, engine, &loaded.set, &Change::default())?;
-    Ok((c, report, loaded.error))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use linux_net::nft::TableRef;
+use policy::compile::Compiler;
 use policy::engine::{Desired, Engine};
 
 use crate::cluster::{self, Cluster, ClusterConf};
@@ -27,12 +28,24 @@ use crate::registry::{StateConfig, StateDir};
 use crate::{Error, Result};
 
 /// One reload: the files of `dir` (or the last good set when they do not load) and the
-/// registry, under the lock. Returns the tables applied. Errors are the caller's to log; on
-/// error nothing changed.
+/// registry, under the lock, through the daemon's incremental compiler: only what changed since
+/// the last reload is compiled and sent (`Engine::apply_changes`), unless `full`, which compares
+/// everything with the kernel (`Engine::apply`: tables gone or changed behind our back are put
+/// back). The engine's state file is written after the change is in force, still under the
+/// lock. Returns the tables applied. Errors are the caller's to log; on error nothing changed
+/// in the kernel, and the compiler keeps the changes for the next reload.
 ///
 /// In cluster mode the other hosts' endpoints are read from etcd first (etcd down: those last
-/// read stay in use), and this host's registry is published after.
-pub fn reload(state: &StateDir, engine: &Engine, dir: &Path, cluster: Option<&Cluster>) -> Result<Vec<TableRef>> {
+/// read stay in use) and compiled as remote endpoints, and this host's registry is published
+/// after.
+pub fn reload(
+    state: &StateDir,
+    engine: &Engine,
+    compiler: &mut Option<Compiler>,
+    dir: &Path,
+    full: bool,
+    cluster: Option<&Cluster>,
+) -> Result<Vec<TableRef>> {
     let _lock = state.lock()?;
     let listing = cluster.and_then(|cl| {
         cl.refresh(state)
@@ -40,29 +53,54 @@ pub fn reload(state: &StateDir, engine: &Engine, dir: &Path, cluster: Option<&Cl
             .ok()
             .map(|l| (cl, l))
     });
-    let (c, report, dir_error) = reconcile::reapply(state, engine, dir)?;
+    // A directory that does not load is logged with its file, line and field (and the last
+    // good set applied instead) by the loader.
+    let loaded = reconcile::load_or_last_good(state, dir, true)?;
+    let mut eps: Vec<policy::Endpoint> = state.list()?.iter().map(reconcile::endpoint).collect();
+    // Other hosts' endpoints (cluster mode), less the addresses a local endpoint has.
+    eps.extend(cluster::remote_endpoints(state)?);
+    let eps = policy::model::local_first(&eps).unwrap_or(eps);
+    let c = match compiler {
+        Some(c) => {
+            c.set_policies(loaded.set);
+            c.set_endpoints(&eps);
+            c
+        }
+        None => compiler.insert(Compiler::new(loaded.set, &eps)),
+    };
+    let report = if full { reconcile::apply(engine, c.compiled()) } else { reconcile::apply_changes(engine, c) }?;
+    c.applied();
+    if let Err(e) = engine.flush() {
+        tracing::error!("{e}: the next apply by another writer replaces the tables");
+    }
+    state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
     if let Some((cl, l)) = &listing {
         cluster::publish_logged(state, cl, l);
     }
-    state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
-    // A directory that did not load was logged with its file, line and field (and the last
-    // good set applied instead) by the loader.
-    let _ = dir_error;
     tracing::info!(
-        rules = c.rule_count(),
+        rules = c.compiled().rule_count(),
         full = report.full,
         ops = report.ops,
         elapsed_us = report.elapsed.as_micros() as u64,
         kernel_us = report.commit.as_micros() as u64,
         "policy applied"
     );
-    Ok(c.tables().iter().map(|t| t.table.clone()).collect())
+    Ok(c.compiled().tables().iter().map(|t| t.table.clone()).collect())
 }
 
 type Fingerprint = Vec<(std::ffi::OsString, u64, i64, i64)>;
 
-fn reload_logged(state: &StateDir, engine: &Engine, dir: &Path, cluster: Option<&Cluster>) -> Option<Vec<TableRef>> {
-    reload(state, engine, dir, cluster).map_err(|e| tracing::error!("{e}; the policy in force is unchanged")).ok()
+fn reload_logged(
+    state: &StateDir,
+    engine: &Engine,
+    compiler: &mut Option<Compiler>,
+    dir: &Path,
+    full: bool,
+    cluster: Option<&Cluster>,
+) -> Option<Vec<TableRef>> {
+    reload(state, engine, compiler, dir, full, cluster)
+        .map_err(|e| tracing::error!("{e}; the policy in force is unchanged"))
+        .ok()
 }
 
 /// The resync tick: the tables last applied are still in the kernel (one get per table), and a
@@ -91,6 +129,7 @@ fn fingerprint(dir: &Path) -> Vec<(std::ffi::OsString, u64, i64, i64)> {
 fn resync(
     state: &StateDir,
     engine: &Engine,
+    compiler: &mut Option<Compiler>,
     dir: &Path,
     applied: &mut Option<Vec<TableRef>>,
     seen: &mut Fingerprint,
@@ -137,7 +176,7 @@ fn resync(
         Some(why) => {
             tracing::warn!("{why}: re-applying");
             *seen = now;
-            *applied = reload_logged(state, engine, dir, cluster);
+            *applied = reload_logged(state, engine, compiler, dir, true, cluster);
             true
         }
         None => false,
@@ -234,14 +273,16 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration, cluster_conf: O
     let cluster = cluster.as_ref();
     // The watch is in place before the first read: a change from here on is seen.
     let mut seen = fingerprint(dir);
-    let mut applied = reload_logged(&state, &engine, dir, cluster);
+    // ... and one incremental compiler: a reload compiles and sends only what changed.
+    let mut compiler = None;
+    let mut applied = reload_logged(&state, &engine, &mut compiler, dir, false, cluster);
     let mut next_resync = Instant::now() + resync_every;
     // A burst of remote changes: (its first, its last).
     let mut pending: Option<(Instant, Instant)> = None;
     loop {
         let now = Instant::now();
         if now >= next_resync {
-            resync(&state, &engine, dir, &mut applied, &mut seen, cluster);
+            resync(&state, &engine, &mut compiler, dir, &mut applied, &mut seen, cluster);
             next_resync = Instant::now() + resync_every;
             continue;
         }
@@ -251,7 +292,7 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration, cluster_conf: O
             if now >= due {
                 pending = None;
                 tracing::debug!("the other hosts' endpoints changed: re-applying");
-                applied = reload_logged(&state, &engine, dir, cluster);
+                applied = reload_logged(&state, &engine, &mut compiler, dir, false, cluster);
                 continue;
             }
             wake = wake.min(due);
@@ -295,7 +336,7 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration, cluster_conf: O
             tracing::debug!(changed, "inotify events read");
             if changed {
                 seen = fingerprint(dir);
-                applied = reload_logged(&state, &engine, dir, cluster);
+                applied = reload_logged(&state, &engine, &mut compiler, dir, false, cluster);
             }
         }
         if let (Some(rx), Some(f)) = (&rx, fds.get(2)) {

@@ -61,6 +61,12 @@ fn watch_reapplies_on_change_and_keeps_the_old_policy_on_a_bad_file() {
     h.write_policy("10-web.yaml", &ALLOW_WEB.replace("ports: [80]", "ports: [80, 443]"));
     assert!(wait_until(T, || h.nft_table("inet").is_some_and(|t| t != good)), "the edit never reached the kernel");
     assert_eq!(h.kernel_rules(), h.status()["rules"].as_u64().unwrap() as usize);
+    // Through the daemon's incremental compiler: deltas of what changed, never a replace.
+    let applied: Vec<String> = std::iter::from_fn(|| rx.recv_timeout(Duration::from_millis(500)).ok())
+        .filter(|l| l.contains("policy applied"))
+        .collect();
+    assert!(applied.iter().any(|l| l.contains("full=false") && !l.contains(" ops=0 ")), "{applied:?}");
+    assert!(!applied.iter().any(|l| l.contains("full=true")), "{applied:?}");
 
     // SIGTERM: exit status 0.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);

@@ -1,14 +1,17 @@
-//! Our side of a round: `policy::compile` (pure) and `policy::engine::Engine::apply` (one
-//! nftables transaction), run on a thread inside the node namespace. One engine serves the
-//! whole round, as in the `cni-policy watch` daemon (it keeps the state it wrote in memory);
-//! the endpoint add is also measured the way the chained plugin's ADD does it, with a new
+//! Our side of a round, run on a thread inside the node namespace, as the `cni-policy watch`
+//! daemon does it: one incremental compiler (`policy::compile::Compiler`) and one engine for
+//! the whole round; the full apply builds the compiler and applies everything, the edit and
+//! the add go through the compiler and `Engine::apply_changes` (only the objects concerned are
+//! compiled, compared and sent; the state file is written after, by `Engine::flush`, outside
+//! the timed part, as the daemon writes it once the change is in force). The endpoint add is
+//! also measured the way the chained plugin's ADD does it: `compile()` from scratch and a new
 //! engine that reads the state file.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use policy::compile::{compile, Compiled};
+use policy::compile::{compile, Compiled, Compiler};
 use policy::engine::Engine;
 use policy::{Endpoint, PolicySet};
 use testkit::util::R;
@@ -32,6 +35,7 @@ struct Step {
     ops: usize,
 }
 
+/// The plugin's way: `compile()` from scratch, `apply`.
 fn step(engine: &Engine, set: &PolicySet, eps: &[Endpoint]) -> R<(Step, Compiled)> {
     let t = Instant::now();
     let c = compile(set, eps);
@@ -39,6 +43,20 @@ fn step(engine: &Engine, set: &PolicySet, eps: &[Endpoint]) -> R<(Step, Compiled
     let t = Instant::now();
     let rep = engine.apply(&c).map_err(|e| format!("engine apply: {e}"))?;
     Ok((Step { compile: compile_t, apply: t.elapsed(), commit: rep.commit, full: rep.full, ops: rep.ops }, c))
+}
+
+/// The daemon's way: `change` on the compiler (timed as the compile), `apply_changes`, then
+/// the state file written (not timed: the change is in force before).
+fn incremental(engine: &Engine, c: &mut Compiler, change: impl FnOnce(&mut Compiler)) -> R<Step> {
+    let t = Instant::now();
+    change(c);
+    let compile_t = t.elapsed();
+    let t = Instant::now();
+    let rep = engine.apply_changes(c.compiled(), &c.changes()).map_err(|e| format!("engine apply: {e}"))?;
+    let apply_t = t.elapsed();
+    c.applied();
+    engine.flush().map_err(|e| format!("write the engine's state: {e}"))?;
+    Ok(Step { compile: compile_t, apply: apply_t, commit: rep.commit, full: rep.full, ops: rep.ops })
 }
 
 /// Runs `f` on a thread in the node namespace.
@@ -59,10 +77,18 @@ pub fn round(
     traffic: impl FnOnce(&mut Side) -> R<()>,
 ) -> R<()> {
     let engine = Arc::new(Engine::new(state_dir));
-    let (e, i) = (engine.clone(), inputs.clone());
+    let compiler = Arc::new(Mutex::new(None));
+    let (e, i, cc) = (engine.clone(), inputs.clone(), compiler.clone());
     let (full, rules) = in_node(topo, move || {
-        let (s, c) = step(&e, &i.set, &i.endpoints)?;
-        Ok((s, c.rule_count()))
+        let t = Instant::now();
+        let c = Compiler::new(i.set.clone(), &i.endpoints);
+        let compile_t = t.elapsed();
+        let t = Instant::now();
+        let rep = e.apply_changes(c.compiled(), &c.changes()).map_err(|e| format!("engine apply: {e}"))?;
+        let s = Step { compile: compile_t, apply: t.elapsed(), commit: rep.commit, full: rep.full, ops: rep.ops };
+        let rules = c.compiled().rule_count();
+        *cc.lock().map_err(|_| "poisoned")? = Some(c);
+        Ok((s, rules))
     })?;
     ensure!(full.full, "the first apply into an empty namespace was not a full replace");
     side.full_compile.push(ms(full.compile));
@@ -73,13 +99,21 @@ pub fn round(
 
     let (e, i, dir) = (engine.clone(), inputs.clone(), state_dir.to_path_buf());
     let (edit, add, add_fresh) = in_node(topo, move || {
-        let (edit, _) = step(&e, &i.edited, &i.endpoints)?;
-        let (add, c) = step(&e, &i.edited, &i.more)?;
-        let new_ep = i.more.last().map(|x| x.name.clone()).ok_or("no endpoint added")?;
-        e.check(&c, &new_ep).map_err(|err| format!("check of the added endpoint {new_ep}: {err}"))?;
+        let mut guard = compiler.lock().map_err(|_| "poisoned")?;
+        let c = guard.as_mut().ok_or("no compiler")?;
+        c.applied();
+        let edited = i.edited.clone();
+        let edit = incremental(&e, c, move |c| c.set_policies(edited))?;
+        let new_ep = i.more.last().cloned().ok_or("no endpoint added")?;
+        let name = new_ep.name.clone();
+        let add = incremental(&e, c, move |c| c.put_endpoint(new_ep))?;
+        e.check(c.compiled(), &name).map_err(|err| format!("check of the added endpoint {name}: {err}"))?;
+        if *c.compiled() != compile(&i.edited, &i.more) {
+            bail!("the incremental compiler's tables differ from compile()'s");
+        }
         // The plugin's ADD: a new process, so a new engine reading the state file. Undo the
         // add first (long-lived engine), then add again from a fresh one.
-        step(&e, &i.edited, &i.endpoints)?;
+        incremental(&e, c, |c| c.remove_endpoint(&name))?;
         let fresh = Engine::new(&PathBuf::from(&dir));
         let (add_fresh, _) = step(&fresh, &i.edited, &i.more)?;
         Ok((edit, add, add_fresh))

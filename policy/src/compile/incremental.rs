@@ -288,7 +288,10 @@ pub struct Compiler {
     set: PolicySet,
     /// Label keys policy selectors read (profiles are keyed on them).
     keys: BTreeSet<String>,
-    eps: Vec<EpSlot>,
+    /// By contributor order: the endpoints' order.
+    eps: BTreeMap<u64, EpSlot>,
+    /// Endpoint name → its order.
+    names: HashMap<String, u64>,
     next_order: u64,
     live: Live,
     profiles: HashMap<ProfileKey, ProfileSlot>,
@@ -313,7 +316,8 @@ impl Compiler {
         let mut c = Compiler {
             set,
             keys,
-            eps: Vec::new(),
+            eps: BTreeMap::new(),
+            names: HashMap::new(),
             next_order: 1,
             live: Live::new(),
             profiles: HashMap::new(),
@@ -346,7 +350,7 @@ impl Compiler {
     /// The endpoints, in the order that decides who owns an address two of them have (the
     /// order they were added in; a relabelled one keeps its place).
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.eps.iter().map(|s| s.ep.clone()).collect()
+        self.eps.values().map(|s| s.ep.clone()).collect()
     }
 
     /// What changed since [`applied`](Self::applied) was last called (or since the start:
@@ -368,13 +372,12 @@ impl Compiler {
 
     /// Adds an endpoint, or replaces the one of the same name (keeping its place).
     pub fn put_endpoint(&mut self, ep: Endpoint) {
-        if let Some(i) = self.eps.iter().position(|s| s.ep.name == ep.name) {
-            if self.eps[i].ep == ep {
+        if let Some(&order) = self.names.get(&ep.name) {
+            if self.eps[&order].ep == ep {
                 return;
             }
-            let order = self.eps[i].order;
-            self.remove_at(i);
-            self.insert(i, ep, order);
+            self.remove_at(order);
+            self.insert(ep, order);
         } else {
             self.add_endpoint(ep);
         }
@@ -382,8 +385,8 @@ impl Compiler {
 
     /// Removes the endpoint named `name` (nothing if there is none).
     pub fn remove_endpoint(&mut self, name: &str) {
-        if let Some(i) = self.eps.iter().position(|s| s.ep.name == name) {
-            self.remove_at(i);
+        if let Some(&order) = self.names.get(name) {
+            self.remove_at(order);
         }
     }
 
@@ -392,7 +395,7 @@ impl Compiler {
     pub fn set_endpoints(&mut self, endpoints: &[Endpoint]) {
         let want: BTreeMap<&str, &Endpoint> = endpoints.iter().map(|e| (e.name.as_str(), e)).collect();
         let gone: Vec<String> =
-            self.eps.iter().filter(|s| !want.contains_key(s.ep.name.as_str())).map(|s| s.ep.name.clone()).collect();
+            self.eps.values().filter(|s| !want.contains_key(s.ep.name.as_str())).map(|s| s.ep.name.clone()).collect();
         for name in gone {
             self.remove_endpoint(&name);
         }
@@ -440,11 +443,11 @@ impl Compiler {
     fn add_endpoint(&mut self, ep: Endpoint) {
         let order = self.next_order;
         self.next_order += 1;
-        self.insert(self.eps.len(), ep, order);
+        self.insert(ep, order);
     }
 
-    /// Puts `ep` at index `at` of the endpoints, as contributor `order`.
-    fn insert(&mut self, at: usize, ep: Endpoint, order: u64) {
+    /// Puts `ep` among the endpoints as contributor `order`.
+    fn insert(&mut self, ep: Endpoint, order: u64) {
         let mut labels = ep.labels.clone();
         labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
         let profile = (ep.namespace.clone(), project(&ep.labels, &self.keys));
@@ -455,17 +458,18 @@ impl Compiler {
                 self.live.add_elem(0, &name, &SetElem::Addr(*a));
             }
         }
-        self.eps.insert(at, EpSlot { ep, order, profile: profile.clone(), labels, contrib: Contrib::default() });
-        if self.eps[at].ep.remote.is_some() {
+        self.names.insert(ep.name.clone(), order);
+        self.eps.insert(order, EpSlot { ep, order, profile: profile.clone(), labels, contrib: Contrib::default() });
+        if self.eps[&order].ep.remote.is_some() {
             // another host's: only its addresses in the selector sets (above), as in `compile`
             return;
         }
-        let ep = &self.eps[at].ep;
+        let ep = &self.eps[&order].ep;
         if !self.profiles.contains_key(&profile) {
             let slot = self.make_profile(ep.clone());
             self.profiles.insert(profile.clone(), slot);
         }
-        let ep = self.eps[at].ep.clone();
+        let ep = self.eps[&order].ep.clone();
         let slot = self.profiles.get_mut(&profile).expect("made above");
         slot.n += 1;
         // its dispatch entries and guard, as `compile` makes them
@@ -483,7 +487,7 @@ impl Compiler {
         let info = endpoint_info(&slot.prof, g, &ep, |_| false);
         let contrib = Contrib::of([inet, bridge]);
         self.live.add(&contrib, order);
-        self.eps[at].contrib = contrib;
+        self.eps.get_mut(&order).expect("inserted above").contrib = contrib;
         self.live.out.endpoints.insert(ep.name.clone(), info);
         for a in &ep.addrs {
             self.owners.entry(*a).or_default().insert(order, ep.name.clone());
@@ -491,9 +495,10 @@ impl Compiler {
         self.reown(&ep.addrs);
     }
 
-    /// Removes the endpoint at index `i`.
-    fn remove_at(&mut self, i: usize) {
-        let slot = self.eps.remove(i);
+    /// Removes the endpoint of order `order`.
+    fn remove_at(&mut self, order: u64) {
+        let slot = self.eps.remove(&order).expect("a live endpoint");
+        self.names.remove(&slot.ep.name);
         self.live.remove(&slot.contrib, slot.order);
         for name in self.picked(&slot.ep.namespace, &slot.labels) {
             let v = self.selectors[&name].1;
@@ -538,7 +543,7 @@ impl Compiler {
         let names: BTreeSet<&String> =
             addrs.iter().filter_map(|a| self.owners.get(a)).flat_map(|o| o.values()).collect();
         for name in names {
-            let Some(slot) = self.eps.iter().find(|s| s.ep.name == *name) else { continue };
+            let Some(slot) = self.names.get(name).and_then(|o| self.eps.get(o)) else { continue };
             let owned: Vec<IpAddr> = slot
                 .ep
                 .addrs
@@ -607,7 +612,7 @@ impl Compiler {
             let Some((sel, v)) = selectors.get(name) else { continue };
             let addrs: Vec<IpAddr> = self
                 .eps
-                .iter()
+                .values()
                 .filter(|s| selector_picks(&self.set, sel, &s.ep.namespace, &s.labels))
                 .flat_map(|s| s.ep.addrs.iter().copied())
                 .filter(|a| IpVersion::of(a) == *v)
