@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use linux_net::netns::NetNs;
 use linux_net::nft::{
-    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion, Match, NftError, Rule,
-    SetDef, SetElem, SetKey, TableRef, Transaction, Verdict,
+    proto, Action, AddrField, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion, Match, NftError,
+    Rule, SetDef, SetElem, SetKey, TableRef, Transaction, Verdict,
 };
 use nftables::expr::{Expression, NamedExpression};
 use nftables::schema::{NfListObject, NfObject};
@@ -578,4 +578,93 @@ fn address_vmap_pass_mark_and_negated_icmp_with_packets() {
     commit_in(&r, x).expect("diff");
     assert!(!lab.ping(A_OK4, B4), "8/0 is not 8/1: the negated match drops it");
     assert!(lab.ping(A_OK6, B6), "IPv6 untouched by the diff");
+}
+
+/// `iifname . ip saddr vmap @own4` (a concatenated key) with real packets: a source address
+/// is accepted on the interface it is paired with only; the kernel takes our encoding of
+/// the key type, length and elements, nft prints them back, and a single element reads back.
+#[test]
+fn concatenated_ifname_address_maps_pair_sources_with_interfaces() {
+    let lab = Lab::new("c");
+    let router = lab.ns.open(1);
+    let t = TableRef::new(Family::Inet, "nxtconcat");
+    lab.wait_ready();
+    let own4 = SetDef::verdict_map("own4", SetKey::IfNameIpv4);
+    let own6 = SetDef::verdict_map("own6", SetKey::IfNameIpv6);
+    let pair = |ifname: &str, a: &str| SetElem::IfNameAddr(ifname.into(), a.parse().unwrap());
+    let mut x = Transaction::new();
+    x.add_table(&t).unwrap();
+    x.add_set(&t, &own4).unwrap();
+    x.add_set(&t, &own6).unwrap();
+    // A_OK is paired with the client's interface; A_BAD only with the server's (wrong side)
+    x.add_map_entries(&t, &own4, &[(pair("vra", A_OK4), Verdict::Return), (pair("vrb", A_BAD4), Verdict::Return)])
+        .unwrap();
+    x.add_map_entries(&t, &own6, &[(pair("vra", A_OK6), Verdict::Return), (pair("vrb", A_BAD6), Verdict::Return)])
+        .unwrap();
+    x.add_chain(&t, "guard", Some(&BaseChain::filter(Hook::Prerouting, -150, ChainPolicy::Accept))).unwrap();
+    for (version, map) in [(IpVersion::V4, "own4"), (IpVersion::V6, "own6")] {
+        let addr = AddrField::Ip { version, dir: Dir::Src };
+        let lookup = Action::IfAddrVmap { iface: IfDir::In, addr, map: map.into() };
+        x.add_rule(&t, "guard", &Rule { action: Some(lookup), ..Default::default() }).unwrap();
+    }
+    let from_client = Match::IfName { dir: IfDir::In, name: "vra".into(), negate: false };
+    for v in [IpVersion::V4, IpVersion::V6] {
+        x.add_rule(&t, "guard", &Rule::new(vec![from_client.clone(), Match::IpVersion(v)], Verdict::Drop)).unwrap();
+    }
+    // ARP lives in bridge tables only: refused here before anything is sent
+    let arp = Rule {
+        action: Some(Action::IfAddrVmap { iface: IfDir::In, addr: AddrField::ArpSender, map: "own4".into() }),
+        ..Default::default()
+    };
+    assert!(matches!(x.add_rule(&t, "guard", &arp), Err(NftError::Invalid(_))));
+    commit_in(&router, x).expect("apply");
+
+    let listing = sh(&["ip", "netns", "exec", lab.ns.name(1), "nft", "list", "table", "inet", "nxtconcat"]);
+    for want in [
+        "type ifname . ipv4_addr : verdict",
+        "type ifname . ipv6_addr : verdict",
+        "\"vra\" . 10.81.1.2 : return",
+        "\"vrb\" . fd81:1::5 : return",
+        "iifname . ip saddr vmap @own4",
+        "iifname . ip6 saddr vmap @own6",
+    ] {
+        assert!(listing.contains(want), "missing {want:?} in\n{listing}");
+    }
+    // nft's JSON has the pairs as concatenations
+    let objects = ruleset(lab.ns.name(1));
+    let map = objects.iter().find_map(|o| o.get("map").filter(|m| m["name"] == "own4")).expect("own4 listed");
+    let keys: Vec<String> = map["elem"].as_array().unwrap().iter().map(|e| e[0]["concat"].to_string()).collect();
+    assert!(keys.contains(&"[\"vra\",\"10.81.1.2\"]".to_string()), "{keys:?}");
+
+    assert!(lab.ping(A_OK4, B4), "the paired source was dropped");
+    assert!(!lab.ping(A_BAD4, B4), "a source paired with another interface passed");
+    assert!(lab.ping(A_OK6, B6), "the paired IPv6 source was dropped");
+    assert!(!lab.ping(A_BAD6, B6), "an IPv6 source paired with another interface passed");
+
+    let got = router.run(|| linux_net::nft::state::map_entry(&t, &own4, &pair("vra", A_OK4))).unwrap().unwrap();
+    assert_eq!(got, Some(Verdict::Return));
+    let none = router.run(|| linux_net::nft::state::map_entry(&t, &own4, &pair("vra", A_BAD4))).unwrap().unwrap();
+    assert_eq!(none, None);
+    let all = router.run(|| linux_net::nft::state::map_entries(&t, &own6)).unwrap().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.contains(&(pair("vrb", A_BAD6), Verdict::Return)), "{all:?}");
+}
+
+/// Every message of a batch is acked, and the acks queue up in the receive buffer before the
+/// first is read: batches of every size between the default buffer's capacity (about 250
+/// acks) and well beyond it commit, none fails with ENOBUFS.
+#[test]
+fn batches_around_the_receive_buffers_capacity_are_all_acked() {
+    let ns = Namespaces::new("nxt", &["acks"]);
+    let netns = ns.open(0);
+    for n in [100, 200, 240, 250, 260, 300, 350, 400, 450, 600, 1000] {
+        let t = TableRef::new(Family::Inet, format!("nxtacks{n}"));
+        let mut x = Transaction::new();
+        x.add_table(&t).unwrap();
+        for i in 1..n {
+            x.add_set(&t, &SetDef::set(format!("s{i}"), SetKey::Ipv4Addr)).unwrap();
+        }
+        assert_eq!(x.len(), n);
+        commit_in(&netns, x).unwrap_or_else(|e| panic!("a batch of {n} messages: {e}"));
+    }
 }

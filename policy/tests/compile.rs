@@ -11,10 +11,11 @@ mod common;
 
 use common::policies;
 use linux_net::nft::{
-    Action as NftAction, Dir, Family, IpVersion as Fam, MarkStmt, Match, SetElem, TableState, Verdict,
+    Action as NftAction, AddrField, Dir, Family, IfDir, IpVersion as Fam, MarkStmt, Match, SetElem, TableState, Verdict,
 };
 use policy::compile::{
-    compile, Compiled, DELIVER_MAP, DELIVER_ND_CHAIN, PASS_MARK, SPOOF_LINK_LOCAL_CHAIN, SPOOF_MAP, TABLE,
+    compile, Compiled, DELIVER_CHECK_CHAIN, DELIVER_MAP, DELIVER_ND_CHAIN, OWN4_MAP, OWN6_MAP, PASS_MARK,
+    SPOOF_CHECK_CHAIN, SPOOF_LINK_LOCAL_CHAIN, SPOOF_MAP, TABLE,
 };
 use policy::engine::Desired;
 use policy::model::Endpoint;
@@ -88,7 +89,7 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
     for base in ["egress-fwd", "ingress-fwd", "egress-in", "ingress-out", "spoof", "deliver-fwd", "deliver-out"] {
         assert!(inet.chains[base].base.is_some(), "{base} is a base chain");
     }
-    for map in ["egress4", "egress6", "ingress4", "ingress6", SPOOF_MAP, DELIVER_MAP] {
+    for map in ["egress4", "egress6", "ingress4", "ingress6", SPOOF_MAP, DELIVER_MAP, OWN4_MAP, OWN6_MAP] {
         assert!(inet.maps.contains_key(map), "{map}");
     }
     for base in ["spoof", "deliver-fwd", "deliver-out"] {
@@ -125,26 +126,59 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
         assert!(matches!(first.matches[..], [Match::CtState { negate: false, .. }]), "{name}");
         assert_eq!(first.action, Some(NftAction::Verdict(Verdict::Drop)), "{name}");
     }
-    // Bridged endpoints' anti-spoofing lives in the bridge table, keyed on the host interface.
+    // Bridged endpoints' anti-spoofing lives in the bridge table, keyed on the host interface:
+    // each guarded interface jumps to the one shared check chain, and its own addresses are
+    // `ifname . address : return` pairs.
     let spoof = entries(bridge(&c), SPOOF_MAP);
     assert_eq!(spoof.len(), 4);
     assert!(entries(inet, SPOOF_MAP).is_empty());
-    let Verdict::Jump(chain) = &spoof[&SetElem::IfName("vethweb1".into())] else { panic!("a jump") };
-    let rules = &bridge(&c).chains[chain].rules;
-    let returns: Vec<String> = rules
+    assert!(spoof.values().all(|v| *v == Verdict::Jump(SPOOF_CHECK_CHAIN.into())), "{spoof:?}");
+    let own = |t: &TableState, m: &str| -> Vec<String> {
+        entries(t, m)
+            .iter()
+            .map(|(k, v)| match (k, v) {
+                (SetElem::IfNameAddr(i, a), Verdict::Return) => format!("{i} {a}"),
+                _ => panic!("{k:?} : {v:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(
+        own(bridge(&c), OWN4_MAP),
+        ["vethdb1 10.0.0.3", "vethdb2 10.0.0.4", "vethweb1 10.0.0.1", "vethweb2 10.0.0.2"]
+    );
+    assert_eq!(own(bridge(&c), OWN6_MAP), ["vethweb1 fd00::1", "vethweb2 fd00::2"]);
+    assert!(own(inet, OWN4_MAP).is_empty());
+    // The check: its own IPv4 source returns; link-local and unspecified sources go to the
+    // shared chain that lets only neighbour discovery and MLD through; its own IPv6 source
+    // returns; other IPv4 and IPv6 is dropped; then ARP: its own sender address or a probe's
+    // 0.0.0.0 returns, other ARP is dropped.
+    let rules = &bridge(&c).chains[SPOOF_CHECK_CHAIN].rules;
+    let lookup = |r: &linux_net::nft::Rule| match &r.action {
+        Some(NftAction::IfAddrVmap { iface: IfDir::In, addr, map }) => Some((*addr, map.clone())),
+        _ => None,
+    };
+    assert_eq!(lookup(&rules[0]), Some((AddrField::Ip { version: Fam::V4, dir: Dir::Src }, OWN4_MAP.into())));
+    let ll = Some(NftAction::Verdict(Verdict::Goto(SPOOF_LINK_LOCAL_CHAIN.into())));
+    let nets: Vec<String> = rules[1..3]
         .iter()
-        .filter_map(|r| match r.matches[..] {
-            [Match::AddrInNet { net, negate: false, .. }] => Some(net.to_string()),
-            _ => None,
+        .map(|r| match r.matches[..] {
+            [Match::AddrInNet { net, negate: false, dir: Dir::Src }] if r.action == ll => net.to_string(),
+            _ => panic!("{r:?}"),
         })
         .collect();
-    assert_eq!(returns, ["fe80::/10", "::/128", "10.0.0.1/32", "fd00::1/128"]);
-    // Link-local and unspecified sources go to the shared chain that lets only neighbour
-    // discovery and MLD through; the own addresses return.
-    let ll = Some(NftAction::Verdict(Verdict::Goto(SPOOF_LINK_LOCAL_CHAIN.into())));
-    assert!(rules[..2].iter().all(|r| r.action == ll));
-    assert!(rules[2..4].iter().all(|r| r.action == Some(NftAction::Verdict(Verdict::Return))));
-    assert!(rules.iter().rev().take(2).all(|r| r.action == Some(NftAction::Verdict(Verdict::Drop))));
+    assert_eq!(nets, ["fe80::/10", "::/128"]);
+    assert_eq!(lookup(&rules[3]), Some((AddrField::Ip { version: Fam::V6, dir: Dir::Src }, OWN6_MAP.into())));
+    let drop = Some(NftAction::Verdict(Verdict::Drop));
+    assert_eq!((&rules[4].matches[..], &rules[4].action), (&[Match::IpVersion(Fam::V4)][..], &drop));
+    assert_eq!((&rules[5].matches[..], &rules[5].action), (&[Match::IpVersion(Fam::V6)][..], &drop));
+    assert_eq!(lookup(&rules[6]), Some((AddrField::ArpSender, OWN4_MAP.into())));
+    assert_eq!(rules[7].matches, [Match::ArpSenderIp { addr: "0.0.0.0".parse().unwrap(), negate: false }]);
+    assert_eq!(rules[7].action, Some(NftAction::Verdict(Verdict::Return)));
+    assert_eq!((&rules[8].matches[..], &rules[8].action), (&[Match::Arp][..], &drop));
+    assert_eq!(rules.len(), 9);
+    // The inet table's check (routed veths) is the same without ARP, which inet never sees.
+    assert_eq!(inet.chains[SPOOF_CHECK_CHAIN].rules[..], rules[..6]);
+    assert_eq!(inet.chains[SPOOF_CHECK_CHAIN].rules.len(), 6);
     for t in [inet, bridge(&c)] {
         let ll = &t.chains[SPOOF_LINK_LOCAL_CHAIN].rules;
         let types: Vec<u8> = ll
@@ -159,21 +193,30 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
         assert!(last.matches.is_empty() && last.action == Some(NftAction::Verdict(Verdict::Drop)));
     }
     // The delivery guard: every endpoint of the world is ingress-restricted (admin selects
-    // all); bridged ones are in the bridge table, keyed on the host interface.
+    // all); bridged ones are in the bridge table, keyed on the host interface, all jumping
+    // to the shared check, which looks the (output interface, destination) pair up in the
+    // same own4/own6 maps.
     let deliver = entries(bridge(&c), DELIVER_MAP);
     assert_eq!(deliver.len(), 4);
-    let Verdict::Jump(chain) = &deliver[&SetElem::IfName("vethweb1".into())] else { panic!("a jump") };
-    let rules = &bridge(&c).chains[chain].rules;
-    let to_own: Vec<String> = rules
+    assert!(deliver.values().all(|v| *v == Verdict::Jump(DELIVER_CHECK_CHAIN.into())), "{deliver:?}");
+    let rules = &bridge(&c).chains[DELIVER_CHECK_CHAIN].rules;
+    let to_own: Vec<(AddrField, String)> = rules
         .iter()
-        .filter_map(|r| match r.matches[..] {
-            [Match::AddrInNet { net, negate: false, dir: Dir::Dst }] => Some(net.to_string()),
+        .filter_map(|r| match &r.action {
+            Some(NftAction::IfAddrVmap { iface: IfDir::Out, addr, map }) => Some((*addr, map.clone())),
             _ => None,
         })
         .collect();
-    assert_eq!(to_own, ["10.0.0.1/32", "fd00::1/128"]);
+    assert_eq!(
+        to_own,
+        [
+            (AddrField::Ip { version: Fam::V4, dir: Dir::Dst }, OWN4_MAP.to_string()),
+            (AddrField::Ip { version: Fam::V6, dir: Dir::Dst }, OWN6_MAP.to_string())
+        ]
+    );
     assert_eq!(rules[2].action, Some(NftAction::Verdict(Verdict::Goto(DELIVER_ND_CHAIN.into()))));
-    assert!(rules.iter().rev().take(2).all(|r| r.action == Some(NftAction::Verdict(Verdict::Drop))));
+    assert!(rules.iter().rev().take(2).all(|r| r.action == drop));
+    assert_eq!(rules.len(), 5);
 }
 
 #[test]
@@ -214,7 +257,7 @@ fn names_are_short_and_stay_put_when_an_endpoint_is_added() {
         }
     }
     // Another web pod: every chain is the same (names and rules); only the selector set,
-    // the dispatch maps and the anti-spoof map gain its entries, and it has a new spoof chain.
+    // the dispatch maps and the guard's maps gain its entries: no chain and no rule is new.
     w.push(ep("web3", "prod", &[("app", "web")], &["10.0.0.5", "fd00::5"]));
     let after = compile(&set, &w);
     for (b, a) in before.tables.iter().zip(&after.tables) {
@@ -222,9 +265,7 @@ fn names_are_short_and_stay_put_when_an_endpoint_is_added() {
             assert_eq!(Some(chain), a.chains.get(name), "chain {name} changed");
         }
         let new: Vec<&String> = a.chains.keys().filter(|k| !b.chains.contains_key(*k)).collect();
-        // Its anti-spoof and delivery guard chains (admin restricts every endpoint's ingress).
-        let expect_new = 2 * usize::from(b.table.family == Family::Bridge);
-        assert_eq!(new.len(), expect_new, "{new:?}");
+        assert!(new.is_empty(), "{new:?}");
         assert_eq!(a.sets.keys().collect::<Vec<_>>(), b.sets.keys().collect::<Vec<_>>());
         for (name, s) in &b.sets {
             let grew = a.sets[name].elems.len() - s.elems.len();
@@ -232,12 +273,12 @@ fn names_are_short_and_stay_put_when_an_endpoint_is_added() {
         }
     }
     assert_eq!(after.endpoints["web3"].ingress_chain, after.endpoints["web1"].ingress_chain);
-    let (fam, spoof) = after.endpoints["web3"].spoof_chain.clone().expect("a host interface");
-    let (dfam, deliver) = after.endpoints["web3"].deliver_chain.clone().expect("ingress restricted");
-    assert_eq!(
-        after.rule_count(),
-        before.rule_count() + after.chain_len(fam, &spoof) + after.chain_len(dfam, &deliver)
-    );
+    assert_eq!(after.endpoints["web3"].spoof_chain, Some((Family::Bridge, SPOOF_CHECK_CHAIN.to_string())));
+    assert_eq!(after.endpoints["web3"].deliver_chain, Some((Family::Bridge, DELIVER_CHECK_CHAIN.to_string())));
+    assert_eq!(after.rule_count(), before.rule_count());
+    // Its guard: 2 interface keys and 2 address pairs in the bridge table.
+    let grew = |m: &str| entries(bridge(&after), m).len() - entries(bridge(&before), m).len();
+    assert_eq!([SPOOF_MAP, DELIVER_MAP, OWN4_MAP, OWN6_MAP].map(grew), [1, 1, 1, 1]);
 }
 
 #[test]
@@ -337,8 +378,8 @@ spec: {order: 1, ingress: [{action: Allow, protocol: TCP}]}
     );
     assert_eq!((rules[6].mark, rules[6].action.clone()), (clear, Some(NftAction::Verdict(Verdict::Accept))));
     assert_eq!(c.policies_of("web1"), ["a", "b"]);
-    // web1's traffic can traverse its two direction chains, the two policy chains, its
-    // anti-spoof and delivery guard chains and the two shared chains they go to.
+    // web1's traffic can traverse its two direction chains, the two policy chains, the
+    // shared anti-spoof and delivery guard checks and the two chains they go to.
     let info = &c.endpoints["web1"];
     assert_eq!(info.chains.len(), 8, "{:?}", info.chains);
     let expect: usize = info.chains.iter().map(|(f, n)| c.chain_len(*f, n)).sum();
@@ -362,6 +403,8 @@ fn dispatch_keys_name_the_endpoints_own_map_entries() {
         (Family::Inet, "ingress6".to_string(), a("fd00::1")),
         (Family::Inet, SPOOF_MAP.to_string(), SetElem::IfName("vethweb1".into())),
         (Family::Inet, DELIVER_MAP.to_string(), SetElem::IfName("vethweb1".into())),
+        (Family::Inet, OWN4_MAP.to_string(), SetElem::IfNameAddr("vethweb1".into(), "10.0.0.1".parse().unwrap())),
+        (Family::Inet, OWN6_MAP.to_string(), SetElem::IfNameAddr("vethweb1".into(), "fd00::1".parse().unwrap())),
     ];
     expect.sort();
     assert_eq!(seen, expect);

@@ -12,8 +12,13 @@
 //! do not reach an endpoint whose ingress is restricted, and a pod's router advertisements
 //! are dropped while its neighbour advertisements pass.
 //!
-//! Needs root, `ip`, `ping` and `sysctl`. Namespaces are named `cpk<pid><tag>` and deleted by a
-//! guard even when an assertion fails; the tables live inside them.
+//! ARP on a bridge port is checked with forged frames: a pod that claims another pod's or the
+//! gateway's address does not change the host's or the other pod's neighbour table, while
+//! the same frames do without the tables, and an ARP packet naming the pod's own address does.
+//!
+//! Needs root, `ip`, `ping` and `sysctl`. Namespaces are named `cpk<pid><tag>` (`cpa<pid><tag>`
+//! for the ARP test) and deleted by a guard even when an assertion fails; the tables live
+//! inside them.
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::FromRawFd;
@@ -52,8 +57,8 @@ const B_LL: &str = "fe80::b";
 
 /// host: bridge br0 (10.78.0.254/24, fd78::fe/64) with ports va (A) and vb (B); vc (C)
 /// routed, 10.78.1.254/24. A and B: 10.78.0.1/2 and fd78::1/2; C: 10.78.1.3 (and 10.78.1.99).
-fn topology() -> Namespaces {
-    let ns = Namespaces::new("cpk", &["h", "a", "b", "c"]);
+fn topology(prefix: &str) -> Namespaces {
+    let ns = Namespaces::new(prefix, &["h", "a", "b", "c"]);
     let n = |i: usize| ns.0[i].clone();
     let h = n(HOST);
     sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"]);
@@ -256,7 +261,7 @@ struct Flow {
 
 #[test]
 fn compiled_tables_give_the_evaluators_verdicts_in_the_kernel() {
-    let ns = topology();
+    let ns = topology("cpk");
     let _l = [listen(&ns, B, &[5432, 5433, 6000]), listen(&ns, A, &[7000, 7001]), listen(&ns, HOST, &[8080])];
     // The paths work before any table (bounded: neighbour discovery of a fresh lab settles).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -377,4 +382,162 @@ fn compiled_tables_give_the_evaluators_verdicts_in_the_kernel() {
     // all-nodes group, from its link-local address) still reach B.
     assert!(!arrives(&b_raw, b"post-ra", ra(134, b"post-ra")), "router advertisement from a pod");
     assert!(arrives(&b_raw, b"post-na", ra(136, b"post-na")), "neighbour advertisement from a pod");
+}
+
+/// The MAC address of `dev` in namespace `i`.
+fn mac_of(ns: &Namespaces, i: usize, dev: &str) -> [u8; 6] {
+    let s = sh(&["ip", "netns", "exec", &ns.0[i], "cat", &format!("/sys/class/net/{dev}/address")]);
+    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect();
+    v.try_into().expect("6 bytes")
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The link-layer address namespace `i`'s neighbour table has for `addr` on `dev`, if any.
+fn neigh(ns: &Namespaces, i: usize, addr: &str, dev: &str) -> Option<String> {
+    let out = sh(&["ip", "-n", &ns.0[i], "neigh", "show", addr, "dev", dev]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words.iter().position(|w| *w == "lladdr").map(|p| words[p + 1].to_string())
+}
+
+/// Sets namespace `i`'s neighbour entry for `addr` on `dev` to `mac`, in a state an ARP
+/// packet may update (stale; `locktime` is 0 in the test, so at once).
+fn set_neigh(ns: &Namespaces, i: usize, addr: &str, dev: &str, mac: &str) {
+    sh(&["ip", "-n", &ns.0[i], "neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "stale"]);
+}
+
+/// Sends from namespace `from`'s eth0 one broadcast Ethernet/IPv4 ARP request (`op` 1) or
+/// reply (2) with sender `sha`/`spa` asking for `tpa`, through a raw packet socket: what a
+/// pod that owns its network namespace can send.
+fn send_arp(ns: &Namespaces, from: usize, sha: [u8; 6], spa: &str, tpa: &str, op: u8) {
+    let ifindex = eth0_index(ns, from) as i32;
+    let (spa, tpa): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (spa.parse().unwrap(), tpa.parse().unwrap());
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&sha);
+    frame.extend_from_slice(&[0x08, 0x06]); // ARP
+    frame.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, op]); // Ethernet, IPv4, op
+    frame.extend_from_slice(&sha);
+    frame.extend_from_slice(&spa.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&tpa.octets());
+    let sent = ns
+        .open(from)
+        .run(|| unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+            let mut to: libc::sockaddr_ll = std::mem::zeroed();
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_protocol = 0x0806u16.to_be();
+            to.sll_ifindex = ifindex;
+            to.sll_halen = 6;
+            to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+            let n = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            (n, err)
+        })
+        .expect("enter netns");
+    assert_eq!(sent.0, frame.len() as isize, "send ARP: {}", sent.1);
+}
+
+/// Waits (bounded) until namespace `i`'s entry for `addr` on `dev` is `mac`.
+fn wait_neigh(ns: &Namespaces, i: usize, addr: &str, dev: &str, mac: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if neigh(ns, i, addr, dev).as_deref() == Some(mac) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn forged_arp_from_a_bridge_port_does_not_poison_neighbour_caches() {
+    let ns = topology("cpa");
+    for (i, s) in [
+        (HOST, "net.ipv4.neigh.br0.locktime=0"),
+        (B, "net.ipv4.neigh.eth0.locktime=0"),
+        (HOST, "net.ipv4.conf.br0.arp_accept=1"),
+        (B, "net.ipv4.conf.eth0.arp_accept=1"),
+    ] {
+        sh(&["ip", "netns", "exec", &ns.0[i], "sysctl", "-qw", s]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (from, dst) in [(A, BR4), (B, BR4), (A, B4)] {
+        while !ping(&ns, from, None, dst, "1") {
+            assert!(Instant::now() < deadline, "topology broken: {from} cannot reach {dst}");
+        }
+    }
+    let a_mac = mac_of(&ns, A, "eth0");
+    let (a, b) = (mac_str(a_mac), mac_str(mac_of(&ns, B, "eth0")));
+    let gw = mac_str(mac_of(&ns, HOST, "br0"));
+    let dummy = "02:00:00:00:00:99";
+    // A pod claims B's address to the host, and the gateway's to B; then (so that the forged
+    // ones have been processed when it shows) one naming its own address to each.
+    let round = |expect_poisoned: bool, what: &str| {
+        set_neigh(&ns, HOST, B4, "br0", &b);
+        set_neigh(&ns, B, BR4, "eth0", &gw);
+        set_neigh(&ns, HOST, A4, "br0", dummy);
+        set_neigh(&ns, B, A4, "eth0", dummy);
+        send_arp(&ns, A, a_mac, B4, BR4, 1); // request to the host "from B"
+        send_arp(&ns, A, a_mac, BR4, B4, 2); // reply to B "from the gateway"
+        send_arp(&ns, A, a_mac, A4, BR4, 1); // its own address, to the host
+        send_arp(&ns, A, a_mac, A4, B4, 2); // and to B
+        assert!(wait_neigh(&ns, HOST, A4, "br0", &a), "{what}: the host did not learn A's own address");
+        assert!(wait_neigh(&ns, B, A4, "eth0", &a), "{what}: B did not learn A's own address");
+        let (host_b, b_gw) = (neigh(&ns, HOST, B4, "br0"), neigh(&ns, B, BR4, "eth0"));
+        if expect_poisoned {
+            assert_eq!(host_b.as_deref(), Some(a.as_str()), "{what}: the host's entry for B");
+            assert_eq!(b_gw.as_deref(), Some(a.as_str()), "{what}: B's entry for the gateway");
+        } else {
+            assert_eq!(host_b.as_deref(), Some(b.as_str()), "{what}: the host's entry for B was poisoned");
+            assert_eq!(b_gw.as_deref(), Some(gw.as_str()), "{what}: B's entry for the gateway was poisoned");
+        }
+    };
+    // Without the tables the forged frames work (so the test can see a poisoning)...
+    round(true, "no tables");
+    // ...with them they are dropped at A's bridge port, and A's own address still gets through.
+    let set: PolicySet = policy::parse_str(std::path::Path::new("kernel.yaml"), POLICIES).expect("policies");
+    apply(&ns.open(HOST), None, &compile(&set, &endpoints(true)).tables);
+    round(false, "with the tables");
+    // An ARP probe (sender 0.0.0.0, RFC 5227) from A still reaches B, which answers it: the
+    // answer is what duplicate address detection waits for.
+    assert!(probe_answered(&ns, A, a_mac, B4), "B did not answer A's ARP probe");
+}
+
+/// Whether an ARP probe (sender address 0.0.0.0) for `tpa` sent from namespace `from`'s eth0
+/// gets an ARP reply naming `tpa` as its sender within 3 s (read on a packet socket there).
+fn probe_answered(ns: &Namespaces, from: usize, sha: [u8; 6], tpa: &str) -> bool {
+    let want: std::net::Ipv4Addr = tpa.parse().unwrap();
+    let fd = ns
+        .open(from)
+        .run(|| unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(0x0806u16.to_be())) })
+        .expect("enter netns");
+    assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh socket, closed when `rx` drops; recv and timeouts as on any datagram socket.
+    let rx = unsafe { UdpSocket::from_raw_fd(fd) };
+    rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    send_arp(ns, from, sha, "0.0.0.0", tpa, 1);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        let Ok(n) = rx.recv(&mut buf) else { continue };
+        // Ethernet (14) + ARP: op at 20..22, sender address at 28..32
+        if n >= 42 && buf[12..14] == [0x08, 0x06] && buf[20..22] == [0, 2] && buf[28..32] == want.octets() {
+            return true;
+        }
+    }
+    false
 }

@@ -129,8 +129,8 @@ fn rule(r: &mut Rng) -> String {
 
 /// A Calico policy `p<i>` (namespaced or global, maybe in tier t1), with `sel` as selector.
 fn calico(r: &mut Rng, i: usize, sel: &str, rules_seed: u64) -> String {
-    let global = i % 2 == 0;
-    let tier = i % 3 == 0;
+    let global = i.is_multiple_of(2);
+    let tier = i.is_multiple_of(3);
     let name = if tier { format!("t1.p{i}") } else { format!("p{i}") };
     let mut y = String::from("apiVersion: projectcalico.org/v3\n");
     if global {

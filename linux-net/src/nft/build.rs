@@ -120,7 +120,7 @@ pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
     let elem = nest_start(buf, NFTA_LIST_ELEM);
     let name = match expr {
         Expr::Meta { .. } => "meta",
-        Expr::Payload { .. } => "payload",
+        Expr::Payload { .. } | Expr::PayloadTo { .. } => "payload",
         Expr::Bitwise { .. } | Expr::MaskXor { .. } => "bitwise",
         Expr::MetaSet { .. } => "meta",
         Expr::Cmp { .. } => "cmp",
@@ -143,6 +143,12 @@ pub(super) fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
             }
             Expr::Payload { base, offset, len } => {
                 put_be32(buf, NFTA_PAYLOAD_DREG, NFT_REG_1);
+                put_be32(buf, NFTA_PAYLOAD_BASE, *base);
+                put_be32(buf, NFTA_PAYLOAD_OFFSET, *offset);
+                put_be32(buf, NFTA_PAYLOAD_LEN, *len);
+            }
+            Expr::PayloadTo { base, offset, len, dreg } => {
+                put_be32(buf, NFTA_PAYLOAD_DREG, *dreg);
                 put_be32(buf, NFTA_PAYLOAD_BASE, *base);
                 put_be32(buf, NFTA_PAYLOAD_OFFSET, *offset);
                 put_be32(buf, NFTA_PAYLOAD_LEN, *len);

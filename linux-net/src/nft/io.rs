@@ -104,9 +104,12 @@ pub(super) fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftRes
                 }
                 continue;
             }
-            let Some(idx) = ops.iter().position(|(s, _)| *s == seq) else {
+            // Messages are numbered one after another from the batch begin: the ack's
+            // message is found by subtraction (a search per ack is quadratic in the batch).
+            let idx = seq.wrapping_sub(begin_seq).wrapping_sub(1) as usize;
+            if ops.get(idx).is_none_or(|(s, _)| *s != seq) {
                 continue;
-            };
+            }
             if pending[idx] {
                 pending[idx] = false;
                 remaining -= 1;
@@ -135,9 +138,12 @@ pub(super) fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftRes
 /// and the send then reports the real error.
 fn grow_buffers(sock: &Socket, batch_bytes: usize, msgs: usize) {
     const DEFAULT: usize = 200 * 1024;
-    // an ack of a capped message: nlmsghdr + error + echoed nlmsghdr, plus
-    // the kernel's per-skb overhead, generously
-    let acks = msgs * 512;
+    // An ack of a capped message is nlmsghdr + error + echoed nlmsghdr, but
+    // what counts against the receive buffer is its skb's truesize, about
+    // 800 bytes on 6.18: 1 KiB each (which the kernel doubles). At 512 a
+    // batch of 250–400 messages fell between the default buffer and the
+    // raise, and the kernel dropped acks with ENOBUFS.
+    let acks = msgs * 1024;
     let set = |opt: libc::c_int, want: usize| {
         if want <= DEFAULT {
             return;

@@ -48,8 +48,8 @@ mod wire;
 
 pub use state::{ChainState, MapState, SetState, TableState};
 pub use txn::{
-    proto, Action, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, MarkStmt, Match, Rule, SetDef,
-    SetElem, SetKey, TableRef, Transaction, Verdict,
+    proto, Action, AddrField, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, MarkStmt, Match, Rule,
+    SetDef, SetElem, SetKey, TableRef, Transaction, Verdict,
 };
 pub use wire::MAX_COMMENT_LEN;
 

@@ -15,6 +15,10 @@ pub(super) enum Expr {
     Meta { key: u32 },
     /// `payload load <len>b @ <base> + <offset> => reg 1`
     Payload { base: u32, offset: u32, len: u32 },
+    /// `payload load <len>b @ <base> + <offset> => reg <dreg>`: the second
+    /// part of a concatenated key (the first, in reg 1, fills it when it is
+    /// 16 bytes, an interface name: the next part goes to reg 2)
+    PayloadTo { base: u32, offset: u32, len: u32, dreg: u32 },
     /// `bitwise reg 1 = (reg 1 & mask) ^ 0`
     Bitwise { mask: Vec<u8> },
     /// `bitwise reg 1 = (reg 1 & mask) ^ xor`

@@ -588,11 +588,22 @@ fn elem_of_key(key: SetKey, b: &[u8]) -> Option<SetElem> {
         SetKey::Ipv4Addr => SetElem::Addr(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
         SetKey::Ipv6Addr => SetElem::Addr(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
         SetKey::InetService => SetElem::Port(u16::from_be_bytes(b.try_into().ok()?)),
-        SetKey::IfName => {
-            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-            SetElem::IfName(String::from_utf8(b[..end].to_vec()).ok()?)
+        SetKey::IfName => SetElem::IfName(ifname_of(b)?),
+        SetKey::IfNameIpv4 | SetKey::IfNameIpv6 => {
+            let (name, addr) = (b.get(..16)?, b.get(16..)?);
+            let addr = match key {
+                SetKey::IfNameIpv4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
+                _ => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
+            };
+            SetElem::IfNameAddr(ifname_of(name)?, addr)
         }
     })
+}
+
+/// An interface name from its NUL-padded key bytes.
+fn ifname_of(b: &[u8]) -> Option<String> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8(b[..end].to_vec()).ok()
 }
 
 #[cfg(test)]

@@ -634,6 +634,106 @@ mod txn_encoding {
     }
 
     #[test]
+    fn concatenated_keys_match_nft() {
+        // nft --debug=netlink (1.0.6), table bridge, map own4 { type ifname . ipv4_addr : verdict; }:
+        // `iifname . ip saddr vmap @own4`: meta load protocol => reg 1; cmp eq reg 1 0x0008;
+        // meta load iifname => reg 1; payload load 4b @ network header + 12 => reg 2;
+        // lookup reg 1 set own4 dreg 0
+        let r = Rule {
+            action: Some(Action::IfAddrVmap {
+                iface: IfDir::In,
+                addr: AddrField::Ip { version: IpVersion::V4, dir: Dir::Src },
+                map: "own4".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs_in(Family::Bridge).unwrap(),
+            [
+                Expr::Meta { key: NFT_META_PROTOCOL },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![0x08, 0x00] },
+                Expr::Meta { key: NFT_META_IIFNAME },
+                Expr::PayloadTo { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 12, len: 4, dreg: NFT_REG_2 },
+                Expr::Lookup { set: "own4".into(), vmap: true, invert: false },
+            ]
+        );
+        // `oifname . ip6 daddr vmap @own6` in inet: nfproto ipv6, oifname, 16b @ nh + 24 => reg 2
+        let r = Rule {
+            action: Some(Action::IfAddrVmap {
+                iface: IfDir::Out,
+                addr: AddrField::Ip { version: IpVersion::V6, dir: Dir::Dst },
+                map: "own6".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.exprs_in(Family::Inet).unwrap()[1..4],
+            [
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV6] },
+                Expr::Meta { key: NFT_META_OIFNAME },
+                Expr::PayloadTo { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 24, len: 16, dreg: NFT_REG_2 },
+            ]
+        );
+        // `iifname . arp saddr ip vmap @own4`: payload load 2b @ link header + 12 => reg 1;
+        // cmp eq reg 1 0x0608; meta load iifname; payload load 4b @ network header + 14 => reg 2
+        let arp = Rule {
+            action: Some(Action::IfAddrVmap { iface: IfDir::In, addr: AddrField::ArpSender, map: "own4".into() }),
+            ..Default::default()
+        };
+        assert_eq!(
+            arp.exprs_in(Family::Bridge).unwrap()[..4],
+            [
+                Expr::Payload { base: NFT_PAYLOAD_LL_HEADER, offset: 12, len: 2 },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![0x08, 0x06] },
+                Expr::Meta { key: NFT_META_IIFNAME },
+                Expr::PayloadTo { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 14, len: 4, dreg: NFT_REG_2 },
+            ]
+        );
+        // ARP is only seen in a bridge table: refused elsewhere
+        assert!(matches!(arp.exprs_in(Family::Inet), Err(NftError::Invalid(_))));
+        // `arp saddr ip 0.0.0.0 return`
+        let probe =
+            Rule::new(vec![Match::ArpSenderIp { addr: "0.0.0.0".parse().unwrap(), negate: false }], Verdict::Return);
+        assert_eq!(
+            probe.exprs_in(Family::Bridge).unwrap()[2..4],
+            [
+                Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 14, len: 4 },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![0; 4] },
+            ]
+        );
+        // the payload into reg 2, with libnftnl's attribute order
+        let mut b = Vec::new();
+        put_expr(&mut b, &Expr::PayloadTo { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 12, len: 4, dreg: NFT_REG_2 });
+        let mut want = Vec::new();
+        let el = nest_start(&mut want, NFTA_LIST_ELEM);
+        put_strz(&mut want, NFTA_EXPR_NAME, "payload");
+        let d = nest_start(&mut want, NFTA_EXPR_DATA);
+        put_be32(&mut want, NFTA_PAYLOAD_DREG, 2);
+        put_be32(&mut want, NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER);
+        put_be32(&mut want, NFTA_PAYLOAD_OFFSET, 12);
+        put_be32(&mut want, NFTA_PAYLOAD_LEN, 4);
+        nest_end(&mut want, d);
+        nest_end(&mut want, el);
+        assert_eq!(b, want);
+        // nft --debug=mnl: the set's key type (41 << 6) | 7 = 0x0a47, length 20 (16 + 4); the
+        // element `"veth0" . 10.0.0.1` is the NUL-padded name then the address
+        assert_eq!(SetKey::IfNameIpv4.type_len(), (0x0a47, 20));
+        assert_eq!(SetKey::IfNameIpv6.type_len(), ((41 << 6) | 8, 32));
+        let def = SetDef::verdict_map("own4", SetKey::IfNameIpv4);
+        let e = SetElem::IfNameAddr("veth0".into(), "10.0.0.1".parse().unwrap());
+        let mut key = b"veth0".to_vec();
+        key.resize(16, 0);
+        key.extend_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(elem_keys(&def, &e).unwrap(), [(key, 0)]);
+        // the other family's address, an interval concatenation and a long name are refused
+        let v6 = SetElem::IfNameAddr("veth0".into(), "fd00::1".parse().unwrap());
+        assert!(elem_keys(&def, &v6).is_err());
+        assert!(elem_keys(&SetDef::interval_set("x", SetKey::IfNameIpv4), &e).is_err());
+        let long = SetElem::IfNameAddr("a-very-long-ifname".into(), "10.0.0.1".parse().unwrap());
+        assert!(elem_keys(&def, &long).is_err());
+    }
+
+    #[test]
     fn mark_statements_encode_and_decode() {
         // bitwise with a xor value, meta set with sreg, as libnftnl orders the attributes
         let mut b = Vec::new();

@@ -8,7 +8,7 @@
 //! and their bytes are produced here, the way nft 1.0.6 encodes the same
 //! rule, so `nft list ruleset` prints it as if nft had written it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -126,15 +126,34 @@ pub enum SetKey {
     IfName,
     /// `inet_service`, a port, 2 bytes big-endian.
     InetService,
+    /// `ifname . ipv4_addr`: an interface name and an IPv4 address, one
+    /// concatenated key of 20 bytes (16 + 4; each part fills whole 4-byte
+    /// registers). Elements are [`SetElem::IfNameAddr`].
+    IfNameIpv4,
+    /// `ifname . ipv6_addr`, 32 bytes (16 + 16).
+    IfNameIpv6,
 }
 
 impl SetKey {
-    fn type_len(self) -> (u32, u32) {
+    pub(super) fn type_len(self) -> (u32, u32) {
         match self {
             SetKey::Ipv4Addr => (NFT_TYPE_IPADDR, 4),
             SetKey::Ipv6Addr => (NFT_TYPE_IP6ADDR, 16),
             SetKey::IfName => (NFT_TYPE_IFNAME, IFNAMSIZ as u32),
             SetKey::InetService => (NFT_TYPE_INET_SERVICE, 2),
+            SetKey::IfNameIpv4 => ((NFT_TYPE_IFNAME << NFT_TYPE_BITS) | NFT_TYPE_IPADDR, IFNAMSIZ as u32 + 4),
+            SetKey::IfNameIpv6 => ((NFT_TYPE_IFNAME << NFT_TYPE_BITS) | NFT_TYPE_IP6ADDR, IFNAMSIZ as u32 + 16),
+        }
+    }
+
+    /// The byte order nft records for the key (its set userdata): an
+    /// interface name is a host-order string, addresses and ports are
+    /// big-endian, a concatenation has none (what nft itself writes).
+    fn byteorder(self) -> u32 {
+        match self {
+            SetKey::IfName => BYTEORDER_HOST_ENDIAN,
+            SetKey::IfNameIpv4 | SetKey::IfNameIpv6 => BYTEORDER_INVALID,
+            SetKey::Ipv4Addr | SetKey::Ipv6Addr | SetKey::InetService => BYTEORDER_BIG_ENDIAN,
         }
     }
 }
@@ -181,6 +200,9 @@ pub enum SetElem {
     Port(u16),
     /// An inclusive port range; interval sets only, unless first == last.
     PortRange(u16, u16),
+    /// An interface name and an address (`ifname . ipv4_addr` /
+    /// `ifname . ipv6_addr` sets and maps).
+    IfNameAddr(String, IpAddr),
 }
 
 /// A verdict: of a rule, of a map entry, or a base chain's policy.
@@ -258,6 +280,17 @@ impl IfDir {
     }
 }
 
+/// The address part of a concatenated `ifname . address` lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AddrField {
+    /// `ip saddr`, `ip daddr`, `ip6 saddr`, `ip6 daddr` (with the IP
+    /// version check: `meta nfproto`, or `meta protocol` in a bridge table).
+    Ip { version: IpVersion, dir: Dir },
+    /// `arp saddr ip`: the sender protocol address of an Ethernet/IPv4 ARP
+    /// packet (with `ether type arp`); bridge tables only.
+    ArpSender,
+}
+
 /// Conntrack states, OR-able: `ct state` bits as the kernel defines them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CtStates(pub u32);
@@ -326,6 +359,10 @@ pub enum Match {
     MarkBits { mask: u32, set: bool },
     /// `iifname|oifname [!=] NAME`
     IfName { dir: IfDir, name: String, negate: bool },
+    /// `ether type arp`: an ARP frame (bridge tables only).
+    Arp,
+    /// `arp saddr ip [!=] ADDR` (with `ether type arp`; bridge tables only).
+    ArpSenderIp { addr: Ipv4Addr, negate: bool },
 }
 
 /// The final statement of a [`Rule`].
@@ -340,6 +377,11 @@ pub enum Action {
     /// as nft writes it): the map's verdict for the packet's address; no
     /// entry (or another IP version) means the rule does not match.
     AddrVmap { version: IpVersion, dir: Dir, map: String },
+    /// `iifname|oifname . ADDR vmap @map` (e.g. `iifname . ip saddr vmap
+    /// @own4`), with the address field's protocol check first: the map's
+    /// verdict for the pair (an [`SetKey::IfNameIpv4`] / `IfNameIpv6` map);
+    /// no entry (or another protocol) means the rule does not match.
+    IfAddrVmap { iface: IfDir, addr: AddrField, map: String },
 }
 
 /// A statement on the packet mark that keeps the mark's other bits.
@@ -426,6 +468,24 @@ impl Rule {
                 e.push(Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len });
                 e.push(Expr::Lookup { set: map.clone(), vmap: true, invert: false });
             }
+            Some(Action::IfAddrVmap { iface, addr, map }) => {
+                super::build::check_name("map", map)?;
+                // as nft: the dependency, the name into reg 1 (16 bytes: four
+                // 32-bit registers), the address into reg 2, one lookup of both
+                let (offset, len) = match addr {
+                    AddrField::Ip { version, dir } => {
+                        nfproto_exprs(*version, family, &mut e);
+                        addr_offset(*version, *dir)
+                    }
+                    AddrField::ArpSender => {
+                        arp_exprs(family, &mut e)?;
+                        (ARP_SPA_OFFSET, 4)
+                    }
+                };
+                e.push(Expr::Meta { key: iface.meta_key() });
+                e.push(Expr::PayloadTo { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg: NFT_REG_2 });
+                e.push(Expr::Lookup { set: map.clone(), vmap: true, invert: false });
+            }
         }
         Ok(e)
     }
@@ -453,6 +513,17 @@ fn nfproto_exprs(v: IpVersion, family: super::Family, e: &mut Vec<Expr>) {
     }
     e.push(Expr::Meta { key: NFT_META_NFPROTO });
     e.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![v.nfproto()] });
+}
+
+/// `ether type arp` (the frame's EtherType, as nft writes the dependency of
+/// an `arp` match); only a bridge table sees ARP frames.
+fn arp_exprs(family: super::Family, e: &mut Vec<Expr>) -> NftResult<()> {
+    if family != super::Family::Bridge {
+        return Err(NftError::Invalid(format!("ARP matches need a bridge table, not {family}")));
+    }
+    e.push(Expr::Payload { base: NFT_PAYLOAD_LL_HEADER, offset: ETHERTYPE_OFFSET, len: 2 });
+    e.push(Expr::Cmp { op: NFT_CMP_EQ, data: ETH_P_ARP.to_be_bytes().to_vec() });
+    Ok(())
 }
 
 fn l4proto_exprs(proto: u8, e: &mut Vec<Expr>) {
@@ -581,6 +652,12 @@ fn match_exprs(m: &Match, family: super::Family, e: &mut Vec<Expr>) -> NftResult
             e.push(Expr::Meta { key: dir.meta_key() });
             e.push(Expr::Cmp { op: cmp_op(*negate), data: ifname_bytes(name)? });
         }
+        Match::Arp => arp_exprs(family, e)?,
+        Match::ArpSenderIp { addr, negate } => {
+            arp_exprs(family, e)?;
+            e.push(Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: ARP_SPA_OFFSET, len: 4 });
+            e.push(Expr::Cmp { op: cmp_op(*negate), data: addr.octets().to_vec() });
+        }
     }
     Ok(())
 }
@@ -618,6 +695,15 @@ pub(super) fn elem_keys(def: &SetDef, elem: &SetElem) -> NftResult<Vec<(Vec<u8>,
                 return Err(NftError::Invalid(format!("interval set {} cannot hold interface names", def.name)));
             }
             return Ok(vec![(ifname_bytes(name)?, 0)]);
+        }
+        (SetKey::IfNameIpv4, SetElem::IfNameAddr(name, a @ IpAddr::V4(_)))
+        | (SetKey::IfNameIpv6, SetElem::IfNameAddr(name, a @ IpAddr::V6(_))) => {
+            if def.interval {
+                return Err(NftError::Invalid(format!("interval set {} cannot hold concatenations", def.name)));
+            }
+            let mut key = ifname_bytes(name)?;
+            key.extend_from_slice(&addr_bytes(*a));
+            return Ok(vec![(key, 0)]);
         }
         (SetKey::InetService, SetElem::Port(p)) => (p.to_be_bytes().to_vec(), p.to_be_bytes().to_vec()),
         (SetKey::InetService, SetElem::PortRange(a, b)) if a <= b => {
@@ -772,8 +858,7 @@ impl Transaction {
             }
         }
         let data = def.verdict_map.then_some(NFT_DATA_VERDICT);
-        let order = if def.key == SetKey::IfName { BYTEORDER_HOST_ENDIAN } else { BYTEORDER_BIG_ENDIAN };
-        let spec = SetWire { flags, key: def.key.type_len(), key_byteorder: order, data_type: data };
+        let spec = SetWire { flags, key: def.key.type_len(), key_byteorder: def.key.byteorder(), data_type: data };
         self.batch.new_set(t.family, &t.name, &def.name, &spec)?;
         Ok(self)
     }

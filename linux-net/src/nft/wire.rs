@@ -93,6 +93,7 @@ pub(super) const NFT_META_NFPROTO: u32 = 15;
 // enum nft_registers
 pub(super) const NFT_REG_VERDICT: u32 = 0;
 pub(super) const NFT_REG_1: u32 = 1;
+pub(super) const NFT_REG_2: u32 = 2;
 // linux/netfilter.h
 pub(super) const NF_DROP: u32 = 0;
 pub(super) const NF_ACCEPT: u32 = 1;
@@ -193,6 +194,15 @@ pub(super) const NFT_TYPE_IPADDR: u32 = 7;
 pub(super) const NFT_TYPE_IP6ADDR: u32 = 8;
 pub(super) const NFT_TYPE_INET_SERVICE: u32 = 13;
 pub(super) const NFT_TYPE_IFNAME: u32 = 41;
+/// A concatenated key's type: each part's datatype id shifted in by
+/// `TYPE_BITS` (nftables' `concat_subtype_add`), the first part highest.
+pub(super) const NFT_TYPE_BITS: u32 = 6;
+/// ARP's ethertype (`ether type arp`), and the offset of the sender's
+/// IPv4 address in an Ethernet/IPv4 ARP packet (`arp saddr ip`).
+pub(super) const ETH_P_ARP: u16 = 0x0806;
+pub(super) const ARP_SPA_OFFSET: u32 = 14;
+/// Offset of the EtherType in the Ethernet header.
+pub(super) const ETHERTYPE_OFFSET: u32 = 12;
 // enum nft_range_attributes / nft_range_ops
 pub(super) const NFTA_RANGE_SREG: u16 = 1;
 pub(super) const NFTA_RANGE_OP: u16 = 2;
@@ -202,6 +212,8 @@ pub(super) const NFT_RANGE_NEQ: u32 = 1;
 pub(super) const NFTA_SET_USERDATA: u16 = 13;
 // libnftnl set userdata TLV and nftables' byte orders
 pub(super) const NFTNL_UDATA_SET_KEYBYTEORDER: u8 = 0;
+/// nft writes this (no single byte order) for a concatenated key.
+pub(super) const BYTEORDER_INVALID: u32 = 0;
 pub(super) const BYTEORDER_HOST_ENDIAN: u32 = 1;
 pub(super) const BYTEORDER_BIG_ENDIAN: u32 = 2;
 // Linux >= 6.3: delete if present, no ENOENT

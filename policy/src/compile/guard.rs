@@ -1,17 +1,28 @@
 //! The guard part of the compiled tables: anti-spoofing (a packet entering the host from an
-//! endpoint's host interface must carry one of the endpoint's addresses) and the delivery
-//! guard (a packet leaving towards the host interface of an endpoint whose ingress is
-//! restricted must be addressed to one of its addresses, or be neighbour discovery), in the
-//! inet table for routed interfaces and in the bridge table for bridge ports.
+//! endpoint's host interface must carry one of the endpoint's addresses; on a bridge port an
+//! ARP packet must give one of them as its sender) and the delivery guard (a packet leaving
+//! towards the host interface of an endpoint whose ingress is restricted must be addressed to
+//! one of its addresses, or be neighbour discovery), in the inet table for routed interfaces
+//! and in the bridge table for bridge ports.
+//!
+//! Every chain here is shared: what is per endpoint are map entries only, an interface key in
+//! `spoof-if` (and `deliver-if`) that jumps to the shared `spoof-check` (`deliver-check`)
+//! chain, and one `ifname . address : return` entry per address in `own4` / `own6`, which
+//! both checks look up (`iifname . ip saddr`, `oifname . ip daddr`). So an endpoint costs the
+//! kernel a few set elements, not chains and rules, and a table holds the same 30-odd guard
+//! rules for one endpoint or ten thousand.
+//!
 //! [`compile`](super::compile) calls [`base`] once and [`add_endpoint`] per endpoint.
 
-use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+
 use linux_net::nft::{
-    Action as NftAction, BaseChain, ChainPolicy, Dir, Family, Hook, IfDir, IpVersion as Fam, Match, Rule as NftRule,
-    SetElem, SetKey, Verdict as NftVerdict,
+    Action as NftAction, AddrField, BaseChain, ChainPolicy, Dir, Family, Hook, IfDir, IpVersion as Fam, Match,
+    Rule as NftRule, SetElem, SetKey, Verdict as NftVerdict,
 };
 
-use super::{hash, readable, rule, Builder};
+use super::rule;
+use super::Builder;
 use crate::engine::DispatchKey;
 use crate::eval::{NEIGHBOUR_DISCOVERY_EGRESS, NEIGHBOUR_DISCOVERY_INGRESS};
 use crate::model::{proto, Endpoint};
@@ -23,36 +34,108 @@ pub const SPOOF_CHAIN: &str = "spoof";
 pub const SPOOF_PRIORITY: i32 = -150;
 /// Priority of the bridge family's `spoof` chain (the bridge `filter` priority).
 pub const BRIDGE_SPOOF_PRIORITY: i32 = -200;
-/// Interface → anti-spoof chain map, in both tables.
+/// Interface → `jump spoof-check` map, in both tables: an entry per guarded host interface.
 pub const SPOOF_MAP: &str = "spoof-if";
+/// The anti-spoof chain every guarded interface's packets go through, in both tables.
+pub const SPOOF_CHECK_CHAIN: &str = "spoof-check";
 /// The chain, in both tables, a link-local (`fe80::/10`) or unspecified (`::`) source goes
-/// to from an anti-spoof chain: neighbour discovery and MLD an endpoint may send return,
-/// anything else is dropped.
+/// to from `spoof-check`: neighbour discovery and MLD an endpoint may send return, anything
+/// else is dropped.
 pub const SPOOF_LINK_LOCAL_CHAIN: &str = "spoof-ll";
+/// The `ifname . ipv4_addr : return` map of every guarded endpoint's IPv4 addresses on its
+/// host interface, in both tables (looked up by both checks).
+pub const OWN4_MAP: &str = "own4";
+/// The same for IPv6 addresses: `ifname . ipv6_addr : return`.
+pub const OWN6_MAP: &str = "own6";
 /// Base chains (both tables) of the delivery guard: `oifname vmap @deliver-if` on packets
 /// leaving towards an endpoint's host interface (forward and output hooks).
 pub const DELIVER_CHAINS: [(&str, Hook); 2] = [("deliver-fwd", Hook::Forward), ("deliver-out", Hook::Output)];
 /// Priority of the delivery guard's base chains (after the policy's, which are 0 and 1).
 pub const DELIVER_PRIORITY: i32 = 10;
-/// Interface → delivery guard chain map, in both tables: only endpoints whose ingress is
+/// Interface → `jump deliver-check` map, in both tables: only endpoints whose ingress is
 /// restricted (some policy applies to them in Ingress) have an entry.
 pub const DELIVER_MAP: &str = "deliver-if";
+/// The delivery guard chain every restricted endpoint's interface goes through.
+pub const DELIVER_CHECK_CHAIN: &str = "deliver-check";
 /// The chain, in both tables, an ICMPv6 packet not addressed to one of the endpoint's
-/// addresses goes to from a delivery guard chain: neighbour discovery and MLD an endpoint may
+/// addresses goes to from `deliver-check`: neighbour discovery and MLD an endpoint may
 /// receive return, anything else is dropped.
 pub const DELIVER_ND_CHAIN: &str = "deliver-nd";
 
+fn own_map(v: Fam) -> &'static str {
+    match v {
+        Fam::V4 => OWN4_MAP,
+        Fam::V6 => OWN6_MAP,
+    }
+}
+
+/// `iifname . ip saddr vmap @own4` and the like: returns for an endpoint's own address on
+/// its own interface.
+fn own_lookup(iface: IfDir, addr: AddrField) -> NftRule {
+    let map = match addr {
+        AddrField::Ip { version, .. } => own_map(version),
+        AddrField::ArpSender => OWN4_MAP,
+    };
+    NftRule { action: Some(NftAction::IfAddrVmap { iface, addr, map: map.into() }), ..NftRule::default() }
+}
+
+/// `spoof-check`: the endpoint's own IPv4 source returns; a link-local or unspecified IPv6
+/// source goes to `spoof-ll`; its own IPv6 source returns; any other IPv4 or IPv6 packet is
+/// dropped. In the bridge table also ARP: the sender address (`arp saddr ip`) must be one of
+/// the endpoint's IPv4 addresses, or 0.0.0.0 (a probe, RFC 5227, which no neighbour cache
+/// learns from); any other ARP packet is dropped. Other protocols pass.
+fn spoof_check(family: Family) -> Vec<NftRule> {
+    let mut rules = vec![own_lookup(IfDir::In, AddrField::Ip { version: Fam::V4, dir: Dir::Src })];
+    for net in ["fe80::/10", "::/128"] {
+        let net = net.parse().expect("a CIDR");
+        let to = NftVerdict::Goto(SPOOF_LINK_LOCAL_CHAIN.into());
+        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(to)));
+    }
+    rules.push(own_lookup(IfDir::In, AddrField::Ip { version: Fam::V6, dir: Dir::Src }));
+    for v in [Fam::V4, Fam::V6] {
+        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
+    }
+    if family == Family::Bridge {
+        rules.push(own_lookup(IfDir::In, AddrField::ArpSender));
+        let probe = Match::ArpSenderIp { addr: std::net::Ipv4Addr::UNSPECIFIED, negate: false };
+        rules.push(rule(vec![probe], Some(NftVerdict::Return)));
+        rules.push(rule(vec![Match::Arp], Some(NftVerdict::Drop)));
+    }
+    rules
+}
+
+/// `deliver-check`: a packet addressed to one of the endpoint's addresses returns (the
+/// policy has judged it by that address), ICMPv6 goes to `deliver-nd` (neighbour discovery
+/// and MLD, often to multicast groups, return), any other IPv4 or IPv6 packet (broadcast,
+/// multicast, an address the dispatch maps do not know) is dropped.
+fn deliver_check() -> Vec<NftRule> {
+    let mut rules = vec![
+        own_lookup(IfDir::Out, AddrField::Ip { version: Fam::V4, dir: Dir::Dst }),
+        own_lookup(IfDir::Out, AddrField::Ip { version: Fam::V6, dir: Dir::Dst }),
+    ];
+    let icmpv6 = vec![Match::IpVersion(Fam::V6), Match::L4Proto { proto: proto::ICMPV6, negate: false }];
+    rules.push(rule(icmpv6, Some(NftVerdict::Goto(DELIVER_ND_CHAIN.into()))));
+    for v in [Fam::V4, Fam::V6] {
+        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
+    }
+    rules
+}
+
 /// The guard's base chains, maps and shared chains, in both tables (present even with no
-/// endpoint, so an endpoint added later only adds its own objects).
+/// endpoint, so an endpoint added later only adds map entries).
 pub(super) fn base(inet: &mut Builder, bridge: &mut Builder) {
     for b in [inet, bridge] {
+        let family = b.table.family;
         b.map(SPOOF_MAP, SetKey::IfName);
-        let prio = if b.table.family == Family::Bridge { BRIDGE_SPOOF_PRIORITY } else { SPOOF_PRIORITY };
+        b.map(OWN4_MAP, SetKey::IfNameIpv4);
+        b.map(OWN6_MAP, SetKey::IfNameIpv6);
+        let prio = if family == Family::Bridge { BRIDGE_SPOOF_PRIORITY } else { SPOOF_PRIORITY };
         let dispatch = NftRule {
             action: Some(NftAction::IfNameVmap { dir: IfDir::In, map: SPOOF_MAP.into() }),
             ..NftRule::default()
         };
         b.chain(SPOOF_CHAIN, Some(BaseChain::filter(Hook::Prerouting, prio, ChainPolicy::Accept)), vec![dispatch]);
+        b.chain(SPOOF_CHECK_CHAIN, None, spoof_check(family));
         b.chain(SPOOF_LINK_LOCAL_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_EGRESS));
         b.map(DELIVER_MAP, SetKey::IfName);
         for (name, hook) in DELIVER_CHAINS {
@@ -63,99 +146,60 @@ pub(super) fn base(inet: &mut Builder, bridge: &mut Builder) {
             let base = BaseChain::filter(hook, DELIVER_PRIORITY, ChainPolicy::Accept);
             b.chain(name, Some(base), vec![dispatch]);
         }
+        b.chain(DELIVER_CHECK_CHAIN, None, deliver_check());
         b.chain(DELIVER_ND_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_INGRESS));
     }
 }
 
 /// What the guard compiled for one endpoint.
 pub(super) struct Guard {
-    /// Its anti-spoof chain and the family of its table (`None`: no host interface).
+    /// Its anti-spoof chain (the shared `spoof-check`) and the family of its table (`None`:
+    /// no host interface).
     pub(super) spoof_chain: Option<(Family, String)>,
-    /// Its delivery guard chain (`None`: no host interface, or ingress not restricted).
+    /// Its delivery guard chain (the shared `deliver-check`; `None`: no host interface, or
+    /// ingress not restricted).
     pub(super) deliver_chain: Option<(Family, String)>,
-    /// Every guard chain its traffic can traverse (its own and the shared ones).
+    /// Every guard chain its traffic can traverse.
     pub(super) chains: Vec<(Family, String)>,
     /// Its entries in the guard's maps, for [`crate::engine::Desired::dispatch_keys`].
     pub(super) keys: Vec<DispatchKey>,
 }
 
 /// The guard of endpoint `ep` (bridge table for a bridge port, inet table for a routed
-/// interface): its anti-spoof chain when it has a host interface, and its delivery guard
-/// chain when its ingress is also restricted (some policy applies to it in Ingress).
+/// interface), when it has a host interface: its interface in `spoof-if`, its addresses on
+/// that interface in `own4`/`own6`, and, when its ingress is restricted (some policy applies
+/// to it in Ingress), its interface in `deliver-if`.
 pub(super) fn add_endpoint(inet: &mut Builder, bridge: &mut Builder, ep: &Endpoint, ingress_restricted: bool) -> Guard {
     let Some(ifname) = ep.host_ifname.as_deref() else {
         return Guard { spoof_chain: None, deliver_chain: None, chains: Vec::new(), keys: Vec::new() };
     };
     let b = if ep.bridged { bridge } else { inet };
     let family = b.table.family;
-    let key = SetElem::IfName(ifname.to_string());
-    let dispatch = |map: &str| DispatchKey { table: b.table.clone(), map: map.to_string(), key: key.clone() };
-    let mut keys = vec![dispatch(SPOOF_MAP)];
-    if ingress_restricted {
-        keys.push(dispatch(DELIVER_MAP));
+    let mut keys = Vec::new();
+    let mut put = |b: &mut Builder, map: &str, key: SetKey, elem: SetElem, verdict: NftVerdict| {
+        b.map(map, key).insert(elem.clone(), verdict);
+        keys.push(DispatchKey { table: b.table.clone(), map: map.to_string(), key: elem });
+    };
+    let iface = SetElem::IfName(ifname.to_string());
+    put(b, SPOOF_MAP, SetKey::IfName, iface.clone(), NftVerdict::Jump(SPOOF_CHECK_CHAIN.into()));
+    let mut addrs: Vec<IpAddr> = ep.addrs.clone();
+    addrs.sort();
+    addrs.dedup();
+    for a in addrs {
+        let (map, key) = match a {
+            IpAddr::V4(_) => (OWN4_MAP, SetKey::IfNameIpv4),
+            IpAddr::V6(_) => (OWN6_MAP, SetKey::IfNameIpv6),
+        };
+        put(b, map, key, SetElem::IfNameAddr(ifname.to_string(), a), NftVerdict::Return);
     }
-    let spoof = spoof_chain(b, ep, ifname);
-    let mut chains = vec![(family, spoof.clone()), (family, SPOOF_LINK_LOCAL_CHAIN.to_string())];
-    let deliver = ingress_restricted.then(|| deliver_chain(b, ep, ifname));
-    if let Some(d) = &deliver {
-        chains.push((family, d.clone()));
+    let mut chains = vec![(family, SPOOF_CHECK_CHAIN.to_string()), (family, SPOOF_LINK_LOCAL_CHAIN.to_string())];
+    let deliver = ingress_restricted.then(|| {
+        put(b, DELIVER_MAP, SetKey::IfName, iface, NftVerdict::Jump(DELIVER_CHECK_CHAIN.into()));
+        chains.push((family, DELIVER_CHECK_CHAIN.to_string()));
         chains.push((family, DELIVER_ND_CHAIN.to_string()));
-    }
-    Guard { spoof_chain: Some((family, spoof)), deliver_chain: deliver.map(|d| (family, d)), chains, keys }
-}
-
-/// The anti-spoof chain of one endpoint in `b`'s table: a link-local (`fe80::/10`) or
-/// unspecified (`::`) source goes to [`SPOOF_LINK_LOCAL_CHAIN`] (neighbour discovery and MLD
-/// only: nothing else may use an address the dispatch maps do not know), its own addresses
-/// return, any other IPv4 or IPv6 packet is dropped. ARP and the rest pass.
-fn spoof_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
-    let name = format!("spoof-{}-{}", readable(ifname, 15), hash(&[&ep.name]));
-    let mut rules = Vec::new();
-    for net in ["fe80::/10", "::/128"] {
-        let net = net.parse().expect("a CIDR");
-        let to = NftVerdict::Goto(SPOOF_LINK_LOCAL_CHAIN.into());
-        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(to)));
-    }
-    for net in own_nets(ep) {
-        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Src, net, negate: false }], Some(NftVerdict::Return)));
-    }
-    for v in [Fam::V4, Fam::V6] {
-        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
-    }
-    b.chain(&name, None, rules);
-    let key = SetElem::IfName(ifname.to_string());
-    b.map(SPOOF_MAP, SetKey::IfName).insert(key, NftVerdict::Jump(name.clone()));
-    name
-}
-
-/// The delivery guard chain of an endpoint whose ingress is restricted, in `b`'s table: a
-/// packet leaving towards its host interface addressed to one of its addresses returns (the
-/// policy has judged it by that address), an ICMPv6 packet goes to [`DELIVER_ND_CHAIN`]
-/// (neighbour discovery and MLD, often to multicast groups, return), any other IPv4 or IPv6
-/// packet (broadcast, multicast, an address the dispatch maps do not know) is dropped.
-fn deliver_chain(b: &mut Builder, ep: &Endpoint, ifname: &str) -> String {
-    let name = format!("deliver-{}-{}", readable(ifname, 15), hash(&[&ep.name]));
-    let mut rules = Vec::new();
-    for net in own_nets(ep) {
-        rules.push(rule(vec![Match::AddrInNet { dir: Dir::Dst, net, negate: false }], Some(NftVerdict::Return)));
-    }
-    let icmpv6 = vec![Match::IpVersion(Fam::V6), Match::L4Proto { proto: proto::ICMPV6, negate: false }];
-    rules.push(rule(icmpv6, Some(NftVerdict::Goto(DELIVER_ND_CHAIN.into()))));
-    for v in [Fam::V4, Fam::V6] {
-        rules.push(rule(vec![Match::IpVersion(v)], Some(NftVerdict::Drop)));
-    }
-    b.chain(&name, None, rules);
-    let key = SetElem::IfName(ifname.to_string());
-    b.map(DELIVER_MAP, SetKey::IfName).insert(key, NftVerdict::Jump(name.clone()));
-    name
-}
-
-/// An endpoint's addresses as host prefixes, sorted, without duplicates.
-fn own_nets(ep: &Endpoint) -> Vec<IpNetwork> {
-    let mut nets: Vec<IpNetwork> = ep.addrs.iter().map(|a| IpNetwork::from(*a)).collect();
-    nets.sort();
-    nets.dedup();
-    nets
+        (family, DELIVER_CHECK_CHAIN.to_string())
+    });
+    Guard { spoof_chain: Some((family, SPOOF_CHECK_CHAIN.to_string())), deliver_chain: deliver, chains, keys }
 }
 
 /// A chain that returns for ICMPv6 packets of the given types and drops everything else.
