@@ -46,6 +46,9 @@ pub use guard::{
 
 /// Name of both tables.
 pub const TABLE: &str = "cni-policy";
+/// Nets or ports lists of at most this many entries are matched inline, and a rule's inline
+/// lists make at most this many nft rules; longer ones are looked up in a set.
+pub const INLINE: usize = 4;
 /// The packet-mark bit a `Pass` sets (Felix reserves 0xffff0000 by default for its own
 /// marks and kube-proxy uses 0x4000/0x8000; this bit is set and cleared keeping the others).
 pub const PASS_MARK: u32 = 0x0010_0000;
@@ -582,7 +585,7 @@ impl<'a> Ctx<'a> {
             let families: &[Option<IpVersion>] =
                 if needs_family(r) { &[Some(IpVersion::V4), Some(IpVersion::V6)] } else { &[None] };
             for fam in families {
-                if let Some(matches) = self.rule_matches(r, *fam) {
+                for matches in self.rule_matches(r, *fam).unwrap_or_default() {
                     rules.extend(self.actions(p, dir, index, r.action, matches));
                 }
             }
@@ -608,8 +611,16 @@ impl<'a> Ctx<'a> {
 
     /// The matches of `r` for family `fam` (`None`: a rule with no family-specific part,
     /// emitted once), or `None` when it can never match a packet of that family.
-    fn rule_matches(&mut self, r: &Rule, fam: Option<IpVersion>) -> Option<Vec<Match>> {
+    /// A short list of nets or ports (at most [`INLINE`] after merging) is matched inline: a
+    /// negated one as that many `!=` matches, a positive one by one nft rule per entry (they
+    /// are disjoint, so at most one matches and a Log logs once), as long as the rule makes at
+    /// most [`INLINE`] nft rules; longer lists are looked up in a set. Few sets: the kernel
+    /// finds a set by name walking a list, for every rule and element that names one.
+    fn rule_matches(&mut self, r: &Rule, fam: Option<IpVersion>) -> Option<Vec<Vec<Match>>> {
         let mut m = Vec::new();
+        // groups of alternatives (one of each must match), and the nft rules they make
+        let mut alts: Vec<Vec<Match>> = Vec::new();
+        let mut product = 1;
         if let Some(v) = fam {
             if r.ip_version.is_some_and(|rv| rv != v) {
                 return None;
@@ -640,13 +651,15 @@ impl<'a> Ctx<'a> {
                 if nets.is_empty() {
                     return None;
                 }
-                m.push(self.nets_match(dir, v, &nets, false));
+                let ms = self.nets_match(dir, v, &nets, false, INLINE / product);
+                product *= ms.len();
+                alts.push(ms);
             }
             if !entity.not_nets.is_empty() {
                 let v = fam.expect("nets are per family");
                 let nets: Vec<IpNetwork> = entity.not_nets.iter().filter(|n| net_family(n) == v).copied().collect();
                 if !nets.is_empty() {
-                    m.push(self.nets_match(dir, v, &nets, true));
+                    m.extend(self.nets_match(dir, v, &nets, true, INLINE));
                 }
             }
             for (sel, negate) in [(&entity.endpoints, false), (&entity.not_endpoints, true)] {
@@ -662,36 +675,55 @@ impl<'a> Ctx<'a> {
                 }
                 // The parser makes ports need a port protocol.
                 let p = r.protocol.filter(|p| proto::has_ports(*p))?;
-                m.push(self.ports_match(p, dir, ports, negate));
+                if negate {
+                    m.extend(self.ports_match(p, dir, ports, true, INLINE));
+                } else {
+                    let ms = self.ports_match(p, dir, ports, false, INLINE / product);
+                    product *= ms.len();
+                    alts.push(ms);
+                }
             }
         }
-        Some(m)
+        let mut rules = vec![m];
+        for group in alts {
+            rules = rules
+                .iter()
+                .flat_map(|r| group.iter().map(move |g| [&r[..], std::slice::from_ref(g)].concat()))
+                .collect();
+        }
+        Some(rules)
     }
 
-    fn nets_match(&mut self, dir: Dir, v: IpVersion, nets: &[IpNetwork], negate: bool) -> Match {
+    /// Matches of `nets`: inline when at most `inline` (one each, [`Ctx::rule_matches`]),
+    /// else one set lookup.
+    fn nets_match(&mut self, dir: Dir, v: IpVersion, nets: &[IpNetwork], negate: bool, inline: usize) -> Vec<Match> {
         let nets = outermost(nets);
-        if let [net] = nets[..] {
-            return Match::AddrInNet { dir, net, negate };
+        if nets.len() <= inline.max(1) {
+            return nets.into_iter().map(|net| Match::AddrInNet { dir, net, negate }).collect();
         }
         let strs: Vec<String> = nets.iter().map(ToString::to_string).collect();
         let parts: Vec<&str> = strs.iter().map(String::as_str).collect();
         let name = format!("net{}-{}", fam_digit(v), hash(&parts));
         let def = SetDef::interval_set(name, addr_key(v));
         let set = self.inet.set(def, nets.into_iter().map(SetElem::Net).collect());
-        Match::AddrInSet { version: fam_of(v), dir, set, negate }
+        vec![Match::AddrInSet { version: fam_of(v), dir, set, negate }]
     }
 
-    fn ports_match(&mut self, p: u8, dir: Dir, ports: &[PortRange], negate: bool) -> Match {
+    /// Matches of `ports`, as [`Ctx::nets_match`].
+    fn ports_match(&mut self, p: u8, dir: Dir, ports: &[PortRange], negate: bool, inline: usize) -> Vec<Match> {
         let ports = merged_ports(ports);
-        if let [(first, last)] = ports[..] {
-            return Match::PortRange { proto: p, dir, first, last, negate };
+        if ports.len() <= inline.max(1) {
+            return ports
+                .into_iter()
+                .map(|(first, last)| Match::PortRange { proto: p, dir, first, last, negate })
+                .collect();
         }
         let strs: Vec<String> = ports.iter().map(|(a, b)| format!("{a}-{b}")).collect();
         let parts: Vec<&str> = strs.iter().map(String::as_str).collect();
         let name = format!("port-{}", hash(&parts));
         let def = SetDef::interval_set(name, SetKey::InetService);
         let set = self.inet.set(def, ports.into_iter().map(|(a, b)| SetElem::PortRange(a, b)).collect());
-        Match::PortInSet { proto: p, dir, set, negate }
+        vec![Match::PortInSet { proto: p, dir, set, negate }]
     }
 
     /// The set of the addresses (of family `v`) of the endpoints `sel` picks; it exists even

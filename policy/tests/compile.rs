@@ -317,27 +317,68 @@ fn rules_split_per_family_and_rules_that_cannot_match_a_family_are_left_out() {
         assert_eq!(pass.action, Some(NftAction::Verdict(Verdict::Return)));
     }
     // admin egress: notICMP (ICMP, an IPv4 protocol) only for IPv4; the ipVersion 6 rule
-    // only for IPv6, its four port entries merged into one interval set of two ranges; the
-    // nested IPv6 nets only for IPv6, reduced to the outer one and matched inline.
+    // only for IPv6, its four port entries merged into three ranges, matched inline: one nft
+    // rule per range; the nested IPv6 nets only for IPv6, reduced to the outer one and matched
+    // inline.
     let eg = chain("pol-e-admin-");
-    assert_eq!(eg.len(), 3, "{eg:#?}");
+    assert_eq!(eg.len(), 5, "{eg:#?}");
     assert_eq!(fams(&eg[0]), [Fam::V4]);
     assert!(eg[0].matches.contains(&Match::Icmp { version: Fam::V4, icmp_type: 8, code: Some(1), negate: true }));
-    assert_eq!(fams(&eg[1]), [Fam::V6]);
-    let Some(Match::PortInSet { set, negate: false, .. }) =
-        eg[1].matches.iter().find(|m| matches!(m, Match::PortInSet { .. }))
-    else {
-        panic!("a port set: {:?}", eg[1]);
-    };
-    assert_eq!(
-        inet.sets[set].elems,
-        [SetElem::PortRange(53, 53), SetElem::PortRange(100, 300), SetElem::PortRange(5353, 5353)]
-    );
-    assert_eq!(fams(&eg[2]), [Fam::V6]);
-    assert!(eg[2]
+    let ranges: Vec<(u16, u16)> = eg[1..4]
+        .iter()
+        .map(|r| {
+            assert_eq!(fams(r), [Fam::V6]);
+            let ports: Vec<_> = r
+                .matches
+                .iter()
+                .filter_map(|m| match m {
+                    Match::PortRange { first, last, negate: false, .. } => Some((*first, *last)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(ports.len(), 1, "{r:?}");
+            ports[0]
+        })
+        .collect();
+    assert_eq!(ranges, [(53, 53), (100, 300), (5353, 5353)]);
+    assert_eq!(fams(&eg[4]), [Fam::V6]);
+    assert!(eg[4]
         .matches
         .iter()
         .any(|m| matches!(m, Match::AddrInNet { net, .. } if net.to_string() == "2001:db8::/32")));
+}
+
+#[test]
+fn short_port_and_net_lists_are_inline_and_long_ones_are_sets() {
+    let yaml = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: lists}
+spec:
+  selector: all()
+  ingress:
+  - {action: Allow, protocol: TCP, source: {nets: [10.1.0.0/16, 10.2.0.0/16]}, destination: {ports: [1, 3]}}
+  - {action: Deny, protocol: TCP, source: {notNets: [10.3.0.0/16, 10.4.0.0/16]}, destination: {notPorts: [7, 9]}}
+  - {action: Allow, protocol: TCP, destination: {ports: [11, 13, 15, 17, 19]}}
+  - {action: Allow, protocol: TCP, source: {nets: [10.1.0.0/16, 10.2.0.0/16, 10.5.0.0/16]}, destination: {ports: [1, 3]}}
+"#;
+    let c = compile(&policies(yaml), &world());
+    let inet = inet(&c);
+    let rules = &inet.chains[chains_named(inet, "pol-i-lists-")[0]].rules;
+    let count = |r: &linux_net::nft::Rule, f: fn(&Match) -> bool| r.matches.iter().filter(|m| f(m)).count();
+    let net = |m: &Match| matches!(m, Match::AddrInNet { .. });
+    let port = |m: &Match| matches!(m, Match::PortRange { .. });
+    let set = |m: &Match| matches!(m, Match::AddrInSet { .. } | Match::PortInSet { .. });
+    // 2 nets x 2 ports: four rules of one net and one port each (IPv4 only: the nets are)
+    assert!(rules[..4].iter().all(|r| count(r, net) == 1 && count(r, port) == 1 && count(r, set) == 0), "{rules:#?}");
+    // negated lists: one rule per family, every entry a `!=` match (IPv6 has no such nets)
+    assert_eq!((count(&rules[4], net), count(&rules[4], port), count(&rules[4], set)), (2, 2, 0));
+    assert_eq!((count(&rules[5], net), count(&rules[5], port), count(&rules[5], set)), (0, 2, 0));
+    // five ports: a set
+    assert_eq!((count(&rules[6], port), count(&rules[6], set)), (0, 1));
+    // 3 nets inline leave room for 1 port rule each: the two ports become a set
+    assert!(rules[7..10].iter().all(|r| count(r, net) == 1 && count(r, set) == 1), "{rules:#?}");
+    assert_eq!(rules.len(), 10);
 }
 
 #[test]

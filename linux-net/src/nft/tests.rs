@@ -734,6 +734,54 @@ mod txn_encoding {
     }
 
     #[test]
+    fn a_protocol_check_is_made_once_per_rule() {
+        // `meta l4proto tcp tcp dport 80 accept`: the port match's own `meta l4proto tcp` is
+        // the rule's first match already, as nft writes it
+        let r = Rule::new(
+            vec![
+                Match::L4Proto { proto: proto::TCP, negate: false },
+                Match::PortRange { proto: proto::TCP, dir: Dir::Dst, first: 80, last: 80, negate: false },
+            ],
+            Verdict::Accept,
+        );
+        let e = r.exprs().unwrap();
+        assert_eq!(e.iter().filter(|x| **x == Expr::Meta { key: NFT_META_L4PROTO }).count(), 1, "{e:?}");
+        // two address matches of one family: one `meta nfproto ipv4`
+        let r = Rule::new(
+            vec![
+                Match::IpVersion(IpVersion::V4),
+                Match::AddrInNet { dir: Dir::Src, net: net("10.0.0.0/8"), negate: false },
+                Match::AddrInNet { dir: Dir::Dst, net: net("10.1.0.0/16"), negate: true },
+            ],
+            Verdict::Drop,
+        );
+        let e = r.exprs().unwrap();
+        assert_eq!(e.iter().filter(|x| **x == Expr::Meta { key: NFT_META_NFPROTO }).count(), 1, "{e:?}");
+        assert_eq!(
+            e[..2],
+            [Expr::Meta { key: NFT_META_NFPROTO }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV4] }]
+        );
+        // a negated protocol (`!=`) is a condition, not a dependency: both checks stay
+        let r = Rule::new(
+            vec![
+                Match::L4Proto { proto: proto::UDP, negate: true },
+                Match::PortRange { proto: proto::TCP, dir: Dir::Dst, first: 80, last: 80, negate: false },
+            ],
+            Verdict::Accept,
+        );
+        assert_eq!(r.exprs().unwrap().iter().filter(|x| **x == Expr::Meta { key: NFT_META_L4PROTO }).count(), 2);
+        // another protocol's check is not a repeat (such a rule never matches, as written)
+        let r = Rule::new(
+            vec![
+                Match::L4Proto { proto: proto::UDP, negate: false },
+                Match::PortRange { proto: proto::TCP, dir: Dir::Dst, first: 80, last: 80, negate: false },
+            ],
+            Verdict::Accept,
+        );
+        assert_eq!(r.exprs().unwrap().iter().filter(|x| **x == Expr::Meta { key: NFT_META_L4PROTO }).count(), 2);
+    }
+
+    #[test]
     fn mark_statements_encode_and_decode() {
         // bitwise with a xor value, meta set with sreg, as libnftnl orders the attributes
         let mut b = Vec::new();

@@ -434,6 +434,7 @@ impl Rule {
         for m in &self.matches {
             match_exprs(m, family, &mut e)?;
         }
+        drop_repeated_dependencies(&mut e);
         if self.counter {
             e.push(Expr::Counter);
         }
@@ -489,6 +490,41 @@ impl Rule {
         }
         Ok(e)
     }
+}
+
+/// Drops a protocol check (`meta nfproto|l4proto|protocol == X`, `ether
+/// type == X`) that an earlier one of the same rule already made: each
+/// match carries its own dependency (an address match its IP version, a
+/// port match its transport protocol), so `meta l4proto tcp th dport 80`
+/// after `meta l4proto tcp` would check the protocol twice. nft elides
+/// such repeats too. Fewer expressions make a rule cheaper per packet and
+/// to load: the kernel finds every expression's type by name in a list of
+/// all registered types.
+fn drop_repeated_dependencies(e: &mut Vec<Expr>) {
+    let is_dependency = |x: &Expr| match x {
+        Expr::Meta { key } => matches!(*key, NFT_META_NFPROTO | NFT_META_L4PROTO | NFT_META_PROTOCOL),
+        Expr::Payload { base, offset, len } => {
+            *base == NFT_PAYLOAD_LL_HEADER && *offset == ETHERTYPE_OFFSET && *len == 2
+        }
+        _ => false,
+    };
+    let mut seen: Vec<(Expr, Expr)> = Vec::new();
+    let mut out = Vec::with_capacity(e.len());
+    let mut it = std::mem::take(e).into_iter().peekable();
+    while let Some(x) = it.next() {
+        if is_dependency(&x) && matches!(it.peek(), Some(Expr::Cmp { op: NFT_CMP_EQ, .. })) {
+            let cmp = it.next().expect("peeked");
+            let pair = (x, cmp);
+            if !seen.contains(&pair) {
+                out.push(pair.0.clone());
+                out.push(pair.1.clone());
+                seen.push(pair);
+            }
+            continue;
+        }
+        out.push(x);
+    }
+    *e = out;
 }
 
 fn cmp_op(negate: bool) -> u32 {

@@ -225,6 +225,28 @@ impl Live {
         }
     }
 
+    /// [`add_elem`](Self::add_elem) of many.
+    fn add_elems(&mut self, t: usize, set: &str, elems: impl Iterator<Item = SetElem>) {
+        let counts = self.elems.entry((t, set.to_string())).or_default();
+        let mut new = Vec::new();
+        for e in elems {
+            let n = counts.entry(e.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                new.push(e);
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        if let Some(s) = self.out.tables[t].sets.get_mut(set) {
+            s.elems.extend(new);
+            s.elems.sort();
+            s.elems.dedup();
+            self.touch(t, set);
+        }
+    }
+
     fn remove_elem(&mut self, t: usize, set: &str, e: &SetElem) {
         let Some(counts) = self.elems.get_mut(&(t, set.to_string())) else { return };
         let Some(n) = counts.get_mut(e) else { return };
@@ -307,6 +329,8 @@ pub struct Compiler {
     picks: HashMap<ProfileKey, Vec<String>>,
     /// Label keys rule selectors read.
     rule_keys: BTreeSet<String>,
+    /// Building: selector sets are filled at the end, not endpoint by endpoint.
+    bulk: bool,
 }
 
 impl Compiler {
@@ -327,13 +351,33 @@ impl Compiler {
             all: true,
             picks: HashMap::new(),
             rule_keys: BTreeSet::new(),
+            bulk: true,
         };
         c.rule_keys = rule_label_keys(&c.set);
         let [mut inet, mut bridge] = scratch();
         base(&mut inet, &mut bridge);
         c.live.add(&Contrib::of([inet, bridge]), 0);
+        // every endpoint first, then every selector set filled once, per group of endpoints
+        // rule selectors cannot tell apart (as `compile` does)
         for ep in endpoints {
             c.add_endpoint(ep.clone());
+        }
+        c.bulk = false;
+        let mut groups: BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)> = BTreeMap::new();
+        for slot in c.eps.values() {
+            let key = (slot.ep.namespace.clone(), project(&slot.labels, &c.rule_keys));
+            let g = groups.entry(key).or_insert_with(|| (slot.labels.clone(), Vec::new()));
+            g.1.extend(slot.ep.addrs.iter().copied());
+        }
+        let sels: Vec<(String, EndpointSelector, IpVersion)> =
+            c.selectors.iter().map(|(n, (sel, v))| (n.clone(), sel.clone(), *v)).collect();
+        for (name, sel, v) in sels {
+            let elems = groups
+                .iter()
+                .filter(|((ns, _), (labels, _))| selector_picks(&c.set, &sel, ns, labels))
+                .flat_map(|(_, (_, addrs))| addrs.iter().filter(|a| IpVersion::of(a) == v))
+                .map(|a| SetElem::Addr(*a));
+            c.live.add_elems(0, &name, elems);
         }
         c
     }
@@ -452,7 +496,8 @@ impl Compiler {
         labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
         let profile = (ep.namespace.clone(), project(&ep.labels, &self.keys));
         // its addresses in the live selector sets that pick it; sets made below scan it
-        for name in self.picked(&ep.namespace, &labels) {
+        let picked = if self.bulk { Vec::new() } else { self.picked(&ep.namespace, &labels) };
+        for name in picked {
             let v = self.selectors[&name].1;
             for a in ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
                 self.live.add_elem(0, &name, &SetElem::Addr(*a));
@@ -610,6 +655,11 @@ impl Compiler {
     fn fill_sets(&mut self, created: &[Key], selectors: &BTreeMap<String, (EndpointSelector, IpVersion)>) {
         for (t, name) in created {
             let Some((sel, v)) = selectors.get(name) else { continue };
+            self.selectors.insert(name.clone(), (sel.clone(), *v));
+            self.picks.clear();
+            if self.bulk {
+                continue;
+            }
             let addrs: Vec<IpAddr> = self
                 .eps
                 .values()
@@ -617,11 +667,7 @@ impl Compiler {
                 .flat_map(|s| s.ep.addrs.iter().copied())
                 .filter(|a| IpVersion::of(a) == *v)
                 .collect();
-            for a in addrs {
-                self.live.add_elem(*t, name, &SetElem::Addr(a));
-            }
-            self.selectors.insert(name.clone(), (sel.clone(), *v));
-            self.picks.clear();
+            self.live.add_elems(*t, name, addrs.into_iter().map(SetElem::Addr));
         }
     }
 }
