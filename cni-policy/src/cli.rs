@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::cluster::{self, SharedEndpoint};
 use crate::reconcile::{self, Change};
 use crate::registry::{EndpointRecord, StateConfig, StateDir};
 use crate::{Error, Result, DEFAULT_POLICY_DIR, DEFAULT_STATE_DIR};
@@ -39,6 +40,18 @@ pub enum Cmd {
         /// How often the tables are verified in force (and put back if not): 10s, 500ms, 2m
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
         resync_interval: std::time::Duration,
+        /// Share endpoints with the other hosts through this etcd (comma-separated URLs); the
+        /// default is the plugin's etcdEndpoints recorded in the state directory, if any
+        #[arg(long, value_name = "URLS")]
+        etcd_endpoints: Option<etcd_kv::flags::Endpoints>,
+        /// Key prefix in etcd (with --etcd-endpoints; default /cni-policy)
+        #[arg(long, value_name = "PREFIX", requires = "etcd_endpoints")]
+        etcd_prefix: Option<String>,
+        #[command(flatten)]
+        etcd_tls: etcd_kv::flags::TlsFlags,
+        /// This host's name in the etcd keys (with --etcd-endpoints; default the hostname)
+        #[arg(long, value_name = "NAME", requires = "etcd_endpoints")]
+        node_name: Option<String>,
     },
     /// Validates policy files without applying them: OK, or each error with its file, line and
     /// field (exit status 1)
@@ -76,6 +89,10 @@ pub struct Status {
     #[serde(rename = "policyError", skip_serializing_if = "Option::is_none")]
     pub policy_error: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
+    /// Other hosts' endpoints (cluster mode), as last read from etcd: their addresses are in
+    /// the selector sets here, nothing else of them.
+    #[serde(rename = "remoteEndpoints", skip_serializing_if = "Vec::is_empty")]
+    pub remote_endpoints: Vec<SharedEndpoint>,
     /// nft rules in total.
     pub rules: usize,
 }
@@ -125,7 +142,9 @@ pub fn status(state_dir: &Path) -> Result<Status> {
         Err(e) => return Err(e),
     };
     let records = state.list()?;
-    let c = reconcile::compile(&set, &records);
+    let remote_endpoints = cluster::read_cache(&state)?.unwrap_or_default();
+    let remotes: Vec<policy::Endpoint> = remote_endpoints.iter().map(SharedEndpoint::endpoint).collect();
+    let c = reconcile::compile(&set, &records, &remotes);
     let engine = reconcile::engine(&state);
     let endpoints = records
         .into_iter()
@@ -146,7 +165,7 @@ pub fn status(state_dir: &Path) -> Result<Status> {
             enforced: r.enforced,
         })
         .collect();
-    Ok(Status { policy_dir, policy_error, endpoints, rules: c.rule_count() })
+    Ok(Status { policy_dir, policy_error, endpoints, remote_endpoints, rules: c.rule_count() })
 }
 
 /// The table for humans.
@@ -187,7 +206,26 @@ pub fn status_table(s: &Status) -> String {
         let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
-    let _ = writeln!(out, "{} endpoints, {} rules", s.endpoints.len(), s.rules);
+    if !s.remote_endpoints.is_empty() {
+        let _ = writeln!(out, "\nremote endpoints (other hosts, as last read from etcd; selector sets only):");
+        let mut rows: Vec<[String; 5]> =
+            vec![["NODE", "ENDPOINT", "NAMESPACE", "ADDRESSES", "LABELS"].map(str::to_string)];
+        for e in &s.remote_endpoints {
+            let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let addrs: Vec<String> = e.addrs.iter().map(ToString::to_string).collect();
+            rows.push([e.node.clone(), e.name.clone(), e.namespace.clone(), addrs.join(","), labels.join(",")]);
+        }
+        let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+        for r in &rows {
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+    }
+    let remote = match s.remote_endpoints.len() {
+        0 => String::new(),
+        n => format!(", {n} remote endpoints"),
+    };
+    let _ = writeln!(out, "{} endpoints{remote}, {} rules", s.endpoints.len(), s.rules);
     out
 }
 
@@ -223,6 +261,27 @@ pub fn check_files(files: &[PathBuf]) -> Result<(), Vec<String>> {
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// `watch`'s cluster settings: its flags, or without `--etcd-endpoints` the plugin's recorded in
+/// the state directory (`None`: this host's endpoints only).
+pub fn watch_cluster(
+    state_dir: &Path,
+    endpoints: Option<&etcd_kv::flags::Endpoints>,
+    prefix: Option<&str>,
+    tls: &etcd_kv::flags::TlsFlags,
+    node: Option<&str>,
+) -> Result<Option<cluster::ClusterConf>> {
+    match endpoints {
+        Some(eps) => {
+            let etcd = tls.config(eps, prefix.unwrap_or(cluster::DEFAULT_PREFIX)).map_err(Error::Cluster)?;
+            cluster::ClusterConf::new(etcd, node.map(str::to_string)).map(Some)
+        }
+        None if *tls != etcd_kv::flags::TlsFlags::default() => {
+            Err(Error::Cluster("the --etcd-* TLS files need --etcd-endpoints".into()))
+        }
+        None => cluster::settings(&StateDir::new(state_dir)),
     }
 }
 
@@ -288,8 +347,15 @@ pub fn label(state_dir: &Path, container_id: &str, args: &[String]) -> Result<Ve
     }
     let policy_dir = policy_dir_of(&state)?;
     let set = reconcile::load_or_last_good(&state, &policy_dir, true)?.set;
+    // Cluster mode (the plugin recorded its etcd settings): read the other hosts' endpoints
+    // first, publish the new labels after (or, etcd down, `watch` does once it answers).
+    let read = match cluster::settings(&state)? {
+        Some(cc) => cluster::before_change(&state, &cc, false)?,
+        None => None,
+    };
     reconcile::commit(&state, &reconcile::engine(&state), &set, &Change { put: mine.clone(), remove: vec![] })?;
     state.set_config(&StateConfig { policy_dir })?;
+    cluster::after_change(&state, read);
     Ok(mine)
 }
 
@@ -323,7 +389,7 @@ mod tests {
     fn cli_shapes() {
         let c = Cli::try_parse_from(["cni-policy", "watch", "--dir", "/p"]).unwrap();
         match c.cmd {
-            Cmd::Watch { dir, state_dir, resync_interval } => {
+            Cmd::Watch { dir, state_dir, resync_interval, .. } => {
                 assert_eq!(dir, Path::new("/p"));
                 assert_eq!(state_dir, Path::new(DEFAULT_STATE_DIR));
                 assert_eq!(resync_interval, std::time::Duration::from_secs(10));
@@ -335,6 +401,36 @@ mod tests {
         assert!(Cli::try_parse_from(["cni-policy", "check"]).is_err(), "check needs a file");
         assert!(Cli::try_parse_from(["cni-policy", "label", "c1"]).is_err(), "label needs a label");
         assert!(Cli::try_parse_from(["cni-policy", "watch"]).is_err(), "watch needs --dir");
+        for needs_endpoints in [["--etcd-prefix", "/p"], ["--node-name", "n"]] {
+            let mut args = vec!["cni-policy", "watch", "--dir", "/p"];
+            args.extend(needs_endpoints);
+            assert!(Cli::try_parse_from(&args).is_err(), "{needs_endpoints:?} needs --etcd-endpoints");
+        }
+        let c = Cli::try_parse_from([
+            "cni-policy",
+            "watch",
+            "--dir",
+            "/p",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--node-name",
+            "n1",
+        ])
+        .unwrap();
+        let Cmd::Watch { state_dir, etcd_endpoints, etcd_prefix, etcd_tls, node_name, .. } = c.cmd else {
+            panic!("watch")
+        };
+        let cc =
+            watch_cluster(&state_dir, etcd_endpoints.as_ref(), etcd_prefix.as_deref(), &etcd_tls, node_name.as_deref())
+                .unwrap()
+                .unwrap();
+        assert_eq!(cc.endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!((cc.prefix.as_str(), cc.node.as_str()), (crate::cluster::DEFAULT_PREFIX, "n1"));
+        // TLS files without endpoints: an error, not silently this host only.
+        let tls = etcd_kv::flags::TlsFlags { etcd_cafile: Some("/ca".into()), ..Default::default() };
+        let d = tempfile::tempdir().unwrap();
+        assert!(watch_cluster(d.path(), None, None, &tls, None).is_err());
+        assert_eq!(watch_cluster(d.path(), None, None, &Default::default(), None).unwrap(), None);
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //!   written atomically) and the lock every writer holds.
 //! - [`reconcile`]: policy files + registry → [`policy::compile`] → [`policy::engine::Engine`],
 //!   the one path every writer (plugin, `watch`, `label`) goes through.
+//! - [`cluster`]: the endpoints of every host, shared through etcd.
 //! - [`plugin`]: the CNI verbs. [`cli`]: the commands. [`watch`]: the daemon.
 
 pub mod cli;
+pub mod cluster;
 pub mod plugin;
 pub mod reconcile;
 pub mod registry;
@@ -60,6 +62,12 @@ pub enum Error {
         config.display()
     )]
     DirMismatch { dir: PathBuf, recorded: PathBuf, config: PathBuf },
+    /// Bad cluster settings (`etcdEndpoints`, `etcdPrefix`, TLS files, `nodeName`).
+    #[error("{0}")]
+    Cluster(String),
+    /// etcd did not answer, or refused a request.
+    #[error("{0}")]
+    Etcd(#[from] etcd_kv::Error),
 }
 
 impl Error {

@@ -16,14 +16,24 @@ fn main() {
     let level = std::env::var("CNI_POLICY_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::INFO);
     let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).try_init();
     let code = match cli.cmd {
-        Cmd::Watch { dir, state_dir, resync_interval } => match watch::run(&dir, &state_dir, resync_interval) {
-            Ok(()) => 0,
-            Err(e @ cni_policy::Error::DirMismatch { .. }) => {
-                fail("watch", &e);
-                2
+        Cmd::Watch { dir, state_dir, resync_interval, etcd_endpoints, etcd_prefix, etcd_tls, node_name } => {
+            match cli::watch_cluster(
+                &state_dir,
+                etcd_endpoints.as_ref(),
+                etcd_prefix.as_deref(),
+                &etcd_tls,
+                node_name.as_deref(),
+            )
+            .and_then(|cluster| watch::run(&dir, &state_dir, resync_interval, cluster))
+            {
+                Ok(()) => 0,
+                Err(e @ cni_policy::Error::DirMismatch { .. }) => {
+                    fail("watch", &e);
+                    2
+                }
+                Err(e) => fail("watch", &e),
             }
-            Err(e) => fail("watch", &e),
-        },
+        }
         Cmd::Check { files } => match cli::check_files(&files) {
             Ok(()) => out("OK\n"),
             Err(errors) => {

@@ -14,6 +14,7 @@ use cni_core::{CniResult, Code, Context, Error as CniError, Plugin, Result as Cn
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cluster::{self, ClusterConf};
 use crate::reconcile::{self, Change};
 use crate::registry::{EndpointRecord, StateConfig, StateDir};
 use crate::{Error, DEFAULT_POLICY_DIR, DEFAULT_STATE_DIR};
@@ -42,6 +43,21 @@ pub struct PolicyConf {
     /// SR-IOV) instead of refusing it: selectors see it, but its own traffic is not filtered.
     #[serde(rename = "allowUnenforceable", default)]
     pub allow_unenforceable: bool,
+    /// Share endpoints with the other hosts through this etcd (docs/cni-policy.md, "Across
+    /// hosts"); without it the registry is this host's only.
+    #[serde(rename = "etcdEndpoints", default)]
+    pub etcd_endpoints: Option<Vec<String>>,
+    #[serde(rename = "etcdPrefix", default)]
+    pub etcd_prefix: Option<String>,
+    #[serde(rename = "etcdCaFile", default)]
+    pub etcd_ca_file: Option<PathBuf>,
+    #[serde(rename = "etcdCertFile", default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    #[serde(rename = "etcdKeyFile", default)]
+    pub etcd_key_file: Option<PathBuf>,
+    /// This host's name in the etcd keys (default: the hostname).
+    #[serde(rename = "nodeName", default)]
+    pub node_name: Option<String>,
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -62,6 +78,41 @@ impl PolicyConf {
             }
         }
         Ok(c)
+    }
+
+    /// The cluster settings, `None` without `etcdEndpoints` (code 7 when they are wrong).
+    pub fn cluster(&self) -> CniRes<Option<ClusterConf>> {
+        let Some(endpoints) = &self.etcd_endpoints else {
+            if self.etcd_prefix.is_some() || self.node_name.is_some() {
+                return Err(CniError::config("etcdPrefix and nodeName need etcdEndpoints"));
+            }
+            return Ok(None);
+        };
+        let file = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let etcd = etcd_kv::EtcdConfig {
+            endpoints: endpoints.clone(),
+            prefix: self.etcd_prefix.clone().unwrap_or_default(),
+            ca_file: file(&self.etcd_ca_file),
+            cert_file: file(&self.etcd_cert_file),
+            key_file: file(&self.etcd_key_file),
+        };
+        ClusterConf::new(etcd, self.node_name.clone())
+            .map(Some)
+            .map_err(|e| CniError::config("invalid cni-policy cluster settings").with_details(e.to_string()))
+    }
+
+    /// Cluster mode's first step (lock held): the settings recorded, etcd read into the remote
+    /// cache ([`cluster::before_change`]); without `etcdEndpoints`, the settings and the cache
+    /// removed.
+    fn before_change(
+        &self,
+        state: &StateDir,
+        need_cache: bool,
+    ) -> CniRes<Option<(cluster::Cluster, cluster::Listing)>> {
+        match self.cluster()? {
+            Some(cc) => cluster::before_change(state, &cc, need_cache).map_err(to_cni),
+            None => cluster::set_settings(state, None).map(|_| None).map_err(to_cni),
+        }
     }
 }
 
@@ -165,6 +216,12 @@ pub fn to_cni(e: Error) -> CniError {
         }
         Error::Check(_) => CniError::new(Code::Other(CODE_CHECK_DRIFT), e.to_string()),
         Error::UnknownContainer(_) => CniError::new(Code::UnknownContainer, e.to_string()),
+        // ADD on a host that has never read etcd: nothing was changed, try again later.
+        Error::Etcd(ref ee) if ee.is_unavailable() => {
+            CniError::new(Code::TryAgainLater, "etcd unavailable, and no remote endpoints were ever read on this host")
+                .with_details(e.to_string())
+        }
+        Error::Cluster(_) => CniError::config("invalid cni-policy cluster settings").with_details(e.to_string()),
         other => CniError::internal(other.to_string()),
     }
 }
@@ -240,10 +297,15 @@ impl Plugin for PolicyPlugin {
                     .map_err(|e| CniError::new(Code::Io, format!("enable {k}")).with_details(e))?;
             }
         }
+        // Cluster mode: the other hosts' endpoints read (or, etcd down, those last read) before
+        // compiling; this endpoint published only once it is in force here, so a failed ADD
+        // leaves no record in etcd.
+        let read = conf.before_change(&state, true)?;
         let change = Change { put: vec![rec], remove: vec![] };
         let (_, report) = reconcile::commit(&state, &reconcile::engine(&state), &set, &change).map_err(to_cni)?;
         tracing::info!(full = report.full, ops = report.ops, elapsed = ?report.elapsed, "applied");
         state.set_config(&StateConfig { policy_dir: conf.policy_dir.clone() }).map_err(to_cni)?;
+        cluster::after_change(&state, read);
         Ok(prev)
     }
 
@@ -257,7 +319,7 @@ impl Plugin for PolicyPlugin {
         if state.get(&ctx.container_id, &ctx.ifname).map_err(to_cni)?.is_none() {
             return Ok(());
         }
-        forget(&state, &conf.policy_dir, vec![(ctx.container_id.clone(), ctx.ifname.clone())])
+        forget(&state, &conf, vec![(ctx.container_id.clone(), ctx.ifname.clone())])
     }
 
     fn check(&self, ctx: &Context) -> CniRes<()> {
@@ -277,7 +339,8 @@ impl Plugin for PolicyPlugin {
             ));
         }
         let set = reconcile::load_or_last_good(&state, &conf.policy_dir, true).map_err(to_cni)?.set;
-        let c = reconcile::compile(&set, &state.list().map_err(to_cni)?);
+        let remotes = cluster::remote_endpoints(&state).map_err(to_cni)?;
+        let c = reconcile::compile(&set, &state.list().map_err(to_cni)?, &remotes);
         reconcile::check(&reconcile::engine(&state), &c, &rec.name).map_err(to_cni)
     }
 
@@ -313,11 +376,13 @@ impl Plugin for PolicyPlugin {
             .filter(|r| !valid.iter().any(|a| a.container_id == r.container_id && a.ifname == r.ifname))
             .map(|r| (r.container_id, r.ifname))
             .collect();
-        if stale.is_empty() {
+        // In cluster mode GC goes on with nothing stale here: its publish step deletes this
+        // host's etcd records the registry no longer has (a DEL while etcd was down).
+        if stale.is_empty() && conf.etcd_endpoints.is_none() {
             return Ok(());
         }
         tracing::info!(count = stale.len(), "GC drops stale endpoints");
-        forget(&state, &conf.policy_dir, stale)
+        forget(&state, &conf, stale)
     }
 }
 
@@ -326,11 +391,17 @@ impl Plugin for PolicyPlugin {
 /// a later container receives is never treated as the old holder's). With no last good set
 /// either, the same code 7 as ADD and nothing changes: dropping the entry without re-applying
 /// would leave the address in other endpoints' allow sets.
-fn forget(state: &StateDir, policy_dir: &Path, gone: Vec<(String, String)>) -> CniRes<()> {
+///
+/// In cluster mode the records go from etcd after the local change (or, etcd down, at the watch
+/// daemon's next resync); a DEL or GC does not fail because etcd is down.
+fn forget(state: &StateDir, conf: &PolicyConf, gone: Vec<(String, String)>) -> CniRes<()> {
+    let policy_dir = &conf.policy_dir;
     let set = reconcile::load_or_last_good(state, policy_dir, true).map_err(to_cni)?.set;
+    let read = conf.before_change(state, false)?;
     let change = Change { put: vec![], remove: gone };
     reconcile::commit(state, &reconcile::engine(state), &set, &change).map_err(to_cni)?;
     state.set_config(&StateConfig { policy_dir: policy_dir.to_path_buf() }).map_err(to_cni)?;
+    cluster::after_change(state, read);
     Ok(())
 }
 
@@ -415,5 +486,45 @@ mod tests {
         let e = PolicyConf::parse(&json!({"policyDir": "policy.d"})).unwrap_err();
         assert_eq!(e.code, Code::InvalidConfig);
         assert_eq!(PolicyConf::parse(&json!({"stateDir": 3})).unwrap_err().code, Code::InvalidConfig);
+    }
+
+    #[test]
+    fn cluster_keys_are_optional_and_checked() {
+        assert_eq!(PolicyConf::parse(&json!({})).unwrap().cluster().unwrap(), None);
+        let c = PolicyConf::parse(&json!({"etcdEndpoints": ["http://10.0.0.1:2379"], "nodeName": "n1"}))
+            .unwrap()
+            .cluster()
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.prefix.as_str(), c.node.as_str()), ("/cni-policy", "n1"));
+        assert_eq!(
+            c.key(&EndpointRecord {
+                name: "c1/eth0".into(),
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                network: "n".into(),
+                namespace: "default".into(),
+                pod: None,
+                labels: BTreeMap::new(),
+                addrs: vec![],
+                host_ifname: None,
+                bridged: false,
+                enforced: true,
+            }),
+            "/cni-policy/endpoints/n1/c1@eth0"
+        );
+        for (bad, want) in [
+            (json!({"etcdPrefix": "/p"}), "need etcdEndpoints"),
+            (json!({"nodeName": "n"}), "need etcdEndpoints"),
+            (json!({"etcdEndpoints": ["10.0.0.1:2379"]}), "not an http:// or https:// URL"),
+            (json!({"etcdEndpoints": ["http://e:1"], "etcdPrefix": "p"}), "must start with '/'"),
+            (json!({"etcdEndpoints": ["http://e:1"], "etcdCaFile": "/ca.pem"}), "is not https://"),
+            (json!({"etcdEndpoints": ["https://e:1"], "etcdCertFile": "/c.pem"}), "go together"),
+            (json!({"etcdEndpoints": ["http://e:1"], "nodeName": "a/b"}), "one etcd key segment"),
+        ] {
+            let e = PolicyConf::parse(&bad).unwrap().cluster().unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{bad}");
+            assert!(format!("{} {}", e.msg, e.details).contains(want), "{bad}: {e} (want {want})");
+        }
     }
 }

@@ -159,11 +159,17 @@ pub fn endpoint(r: &EndpointRecord) -> policy::Endpoint {
         addrs: r.addrs.clone(),
         host_ifname: r.host_ifname.clone(),
         bridged: r.bridged,
+        remote: None,
     }
 }
 
-pub fn compile(set: &PolicySet, records: &[EndpointRecord]) -> Compiled {
-    let eps: Vec<policy::Endpoint> = records.iter().map(endpoint).collect();
+/// Compiles the registry's endpoints and `remotes` (other hosts' endpoints,
+/// [`crate::cluster::remote_endpoints`]: their addresses enter selector sets only, less those a
+/// local endpoint has: the local one wins, [`policy::model::local_first`]).
+pub fn compile(set: &PolicySet, records: &[EndpointRecord], remotes: &[policy::Endpoint]) -> Compiled {
+    let mut eps: Vec<policy::Endpoint> = records.iter().map(endpoint).collect();
+    eps.extend_from_slice(remotes);
+    let eps = policy::model::local_first(&eps).unwrap_or(eps);
     policy::compile::compile(set, &eps)
 }
 
@@ -218,7 +224,7 @@ pub fn commit(state: &StateDir, engine: &Engine, set: &PolicySet, change: &Chang
             before.push((cid.clone(), ifname.clone(), old));
         }
         let records = state.list()?;
-        let c = compile(set, &records);
+        let c = compile(set, &records, &crate::cluster::remote_endpoints(state)?);
         let report = apply(engine, &c)?;
         Ok((c, report))
     })();

@@ -21,6 +21,7 @@ use linux_net::nft::TableRef;
 use policy::compile::Compiler;
 use policy::engine::{Desired, Engine};
 
+use crate::cluster::{self, Cluster, ClusterConf};
 use crate::plugin::{bridge_nf_on, BRIDGE_NF_SYSCTLS};
 use crate::reconcile;
 use crate::registry::{StateConfig, StateDir};
@@ -33,18 +34,32 @@ use crate::{Error, Result};
 /// back). The engine's state file is written after the change is in force, still under the
 /// lock. Returns the tables applied. Errors are the caller's to log; on error nothing changed
 /// in the kernel, and the compiler keeps the changes for the next reload.
+///
+/// In cluster mode the other hosts' endpoints are read from etcd first (etcd down: those last
+/// read stay in use) and compiled as remote endpoints, and this host's registry is published
+/// after.
 pub fn reload(
     state: &StateDir,
     engine: &Engine,
     compiler: &mut Option<Compiler>,
     dir: &Path,
     full: bool,
+    cluster: Option<&Cluster>,
 ) -> Result<Vec<TableRef>> {
     let _lock = state.lock()?;
+    let listing = cluster.and_then(|cl| {
+        cl.refresh(state)
+            .map_err(|e| tracing::warn!("{e}: the other hosts' endpoints last read stay in use"))
+            .ok()
+            .map(|l| (cl, l))
+    });
     // A directory that does not load is logged with its file, line and field (and the last
     // good set applied instead) by the loader.
     let loaded = reconcile::load_or_last_good(state, dir, true)?;
-    let eps: Vec<policy::Endpoint> = state.list()?.iter().map(reconcile::endpoint).collect();
+    let mut eps: Vec<policy::Endpoint> = state.list()?.iter().map(reconcile::endpoint).collect();
+    // Other hosts' endpoints (cluster mode), less the addresses a local endpoint has.
+    eps.extend(cluster::remote_endpoints(state)?);
+    let eps = policy::model::local_first(&eps).unwrap_or(eps);
     let c = match compiler {
         Some(c) => {
             c.set_policies(loaded.set);
@@ -59,6 +74,9 @@ pub fn reload(
         tracing::error!("{e}: the next apply by another writer replaces the tables");
     }
     state.set_config(&StateConfig { policy_dir: dir.to_path_buf() })?;
+    if let Some((cl, l)) = &listing {
+        cluster::publish_logged(state, cl, l);
+    }
     tracing::info!(
         rules = c.compiled().rule_count(),
         full = report.full,
@@ -78,8 +96,9 @@ fn reload_logged(
     compiler: &mut Option<Compiler>,
     dir: &Path,
     full: bool,
+    cluster: Option<&Cluster>,
 ) -> Option<Vec<TableRef>> {
-    reload(state, engine, compiler, dir, full)
+    reload(state, engine, compiler, dir, full, cluster)
         .map_err(|e| tracing::error!("{e}; the policy in force is unchanged"))
         .ok()
 }
@@ -114,6 +133,7 @@ fn resync(
     dir: &Path,
     applied: &mut Option<Vec<TableRef>>,
     seen: &mut Fingerprint,
+    cluster: Option<&Cluster>,
 ) -> bool {
     if state.list().is_ok_and(|l| l.iter().any(|r| r.bridged)) && bridge_nf_on() == Some(false) {
         tracing::warn!("net.bridge.bridge-nf-call-iptables/-ip6tables were turned off: turning them on again");
@@ -124,10 +144,28 @@ fn resync(
         }
     }
     let now = fingerprint(dir);
+    // Cluster mode: re-list etcd (a change the watch missed), and publish what this host's
+    // records lack (an ADD, DEL or relabel while etcd was down).
+    let remote_changed = cluster.and_then(|cl| {
+        let _lock = state.lock().map_err(|e| tracing::error!("{e}")).ok()?;
+        let before = cluster::read_cache(state).ok().flatten();
+        match cl.refresh(state) {
+            Ok(l) if before.as_ref() != Some(&l.others) => Some("the other hosts' endpoints changed".to_string()),
+            Ok(l) => {
+                cluster::publish_logged(state, cl, &l);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("resync: {e}");
+                None
+            }
+        }
+    });
     let gone = match applied {
         // The last reload failed: try again.
         None => Some("the last apply failed".to_string()),
         _ if now != *seen => Some("the policy directory changed without an inotify event".to_string()),
+        _ if remote_changed.is_some() => remote_changed,
         Some(tables) => tables.iter().find_map(|t| match linux_net::nft::state::table_exists(t) {
             Ok(true) => None,
             Ok(false) => Some(format!("table {} {} is gone", t.family, t.name)),
@@ -138,7 +176,7 @@ fn resync(
         Some(why) => {
             tracing::warn!("{why}: re-applying");
             *seen = now;
-            *applied = reload_logged(state, engine, compiler, dir, true);
+            *applied = reload_logged(state, engine, compiler, dir, true, cluster);
             true
         }
         None => false,
@@ -180,7 +218,12 @@ fn same_dir(state: &StateDir, dir: &Path) -> Result<()> {
 /// Runs until SIGTERM or SIGINT (then `Ok`). Errors when the watch itself cannot be set up, when
 /// `dir` is not the plugin's recorded `policyDir` ([`Error::DirMismatch`]), or when `dir` itself
 /// is deleted or moved.
-pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
+///
+/// `cluster`: share endpoints with the other hosts through etcd (docs/cni-policy.md, "Across
+/// hosts"): the other hosts' records are watched, and a change is applied within
+/// [`cluster::DEBOUNCE`] of the last of a burst (at most [`cluster::DEBOUNCE_MAX`] after the
+/// first).
+pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration, cluster_conf: Option<ClusterConf>) -> Result<()> {
     let io = |what: &'static str| move |e: nix::Error| Error::io(what, dir, std::io::Error::from(e));
     if !dir.is_dir() {
         return Err(Error::NoPolicyDir(dir.to_path_buf()));
@@ -208,21 +251,57 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
     // record again only when another writer (the plugin, `label`) replaced it.
     let engine = reconcile::engine(&state);
     tracing::info!(dir = %dir.display(), state = %state_dir.display(), "watching");
+    // Cluster mode: the etcd watch thread signals changes of other hosts' records on `rx`.
+    let (cluster, rx) = match &cluster_conf {
+        Some(cc) => {
+            let (tx, rx) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| Error::io("set up the etcd watch", "socketpair", e))?;
+            rx.set_nonblocking(true).map_err(|e| Error::io("set up the etcd watch", "socketpair", e))?;
+            cluster::spawn_notifier(cc.clone(), tx)?;
+            // The plugin's budget: these calls hold the lock, which ADDs wait for.
+            (Some(Cluster::new(cc)?), Some(rx))
+        }
+        None => {
+            // The plugin's config decides cluster mode; a daemon without etcd settings never
+            // compiles remote endpoints it cannot keep up to date.
+            if cluster::settings(&state)?.is_some() {
+                tracing::warn!("the plugin shares endpoints through etcd but watch has no etcd settings");
+            }
+            (None, None)
+        }
+    };
+    let cluster = cluster.as_ref();
     // The watch is in place before the first read: a change from here on is seen.
     let mut seen = fingerprint(dir);
     // ... and one incremental compiler: a reload compiles and sends only what changed.
     let mut compiler = None;
-    let mut applied = reload_logged(&state, &engine, &mut compiler, dir, false);
+    let mut applied = reload_logged(&state, &engine, &mut compiler, dir, false, cluster);
     let mut next_resync = Instant::now() + resync_every;
+    // A burst of remote changes: (its first, its last).
+    let mut pending: Option<(Instant, Instant)> = None;
     loop {
         let now = Instant::now();
         if now >= next_resync {
-            resync(&state, &engine, &mut compiler, dir, &mut applied, &mut seen);
+            resync(&state, &engine, &mut compiler, dir, &mut applied, &mut seen, cluster);
             next_resync = Instant::now() + resync_every;
             continue;
         }
-        let timeout = PollTimeout::try_from(next_resync - now).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut wake = next_resync;
+        if let Some((first, last)) = pending {
+            let due = (last + cluster::DEBOUNCE).min(first + cluster::DEBOUNCE_MAX);
+            if now >= due {
+                pending = None;
+                tracing::debug!("the other hosts' endpoints changed: re-applying");
+                applied = reload_logged(&state, &engine, &mut compiler, dir, false, cluster);
+                continue;
+            }
+            wake = wake.min(due);
+        }
+        let timeout = PollTimeout::try_from(wake - now).unwrap_or(PollTimeout::MAX);
+        let mut fds = vec![PollFd::new(ino.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(rx) = &rx {
+            fds.push(PollFd::new(rx.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -257,7 +336,19 @@ pub fn run(dir: &Path, state_dir: &Path, resync_every: Duration) -> Result<()> {
             tracing::debug!(changed, "inotify events read");
             if changed {
                 seen = fingerprint(dir);
-                applied = reload_logged(&state, &engine, &mut compiler, dir, false);
+                applied = reload_logged(&state, &engine, &mut compiler, dir, false, cluster);
+            }
+        }
+        if let (Some(rx), Some(f)) = (&rx, fds.get(2)) {
+            if f.revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)) {
+                return Err(Error::Cluster("the etcd watch thread ended".into()));
+            }
+            if f.revents().is_some_and(|r| !r.is_empty()) {
+                use std::io::Read as _;
+                let mut buf = [0u8; 256];
+                while matches!((&*rx).read(&mut buf), Ok(n) if n > 0) {}
+                let now = Instant::now();
+                pending = Some((pending.map_or(now, |(first, _)| first), now));
             }
         }
     }

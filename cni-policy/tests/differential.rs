@@ -488,6 +488,7 @@ impl From<StatusEndpoint> for Endpoint {
             addrs: s.addrs,
             host_ifname: s.host_ifname,
             bridged: s.bridged,
+            remote: None,
         }
     }
 }

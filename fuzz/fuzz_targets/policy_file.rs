@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             addrs: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
             host_ifname: Some("veth0123456789a".into()),
             bridged: true,
+            remote: None,
         },
         Endpoint {
             name: "b".into(),
@@ -38,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
             addrs: vec!["10.0.0.2".parse().unwrap()],
             host_ifname: Some("cali1".into()),
             bridged: false,
+            remote: None,
         },
         Endpoint {
             name: "c".into(),

@@ -298,6 +298,9 @@ fn rule(matches: Vec<Match>, verdict: Option<NftVerdict>) -> NftRule {
 }
 
 /// Compiles `set` for `endpoints` into the desired state of both tables.
+///
+/// Remote endpoints ([`Endpoint::remote`]) only add their addresses to selector sets (the
+/// caller trims those a local endpoint has: [`crate::model::local_first`]).
 pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
     let mut inet = Builder::new(Family::Inet);
     let mut bridge = Builder::new(Family::Bridge);
@@ -307,7 +310,8 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
     let mut c = Ctx::new(set, endpoints, inet);
     let mut infos = BTreeMap::new();
     let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for ep in endpoints {
+    let local = || endpoints.iter().filter(|e| e.remote.is_none());
+    for ep in local() {
         for a in &ep.addrs {
             owner.entry(*a).or_insert(ep.name.as_str());
         }
@@ -316,7 +320,7 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
     // name have the same policies: worked out once per such profile.
     let keys = policy_label_keys(set);
     let mut profiles: BTreeMap<(&str, Labels), Profile> = BTreeMap::new();
-    for ep in endpoints {
+    for ep in local() {
         let prof = profiles.entry((ep.namespace.as_str(), project(&ep.labels, &keys))).or_insert_with(|| c.profile(ep));
         for (dir, name) in [(Direction::Ingress, &prof.ingress_chain), (Direction::Egress, &prof.egress_chain)] {
             for a in &ep.addrs {

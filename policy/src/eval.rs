@@ -188,7 +188,7 @@ fn tie_break(p: &Policy) -> String {
 /// A routed packet between addresses: allowed when the egress of the endpoint owning `src`
 /// (if any) and the ingress of the endpoint owning `dst` (if any) both allow it.
 pub fn evaluate_path(set: &PolicySet, endpoints: &[Endpoint], pkt: &Packet) -> Verdict {
-    let owner = |a: IpAddr| endpoints.iter().find(|e| e.addrs.contains(&a));
+    let owner = |a: IpAddr| endpoints.iter().find(|e| e.remote.is_none() && e.addrs.contains(&a));
     if let Some(src) = owner(pkt.src) {
         if evaluate(set, endpoints, src, Direction::Egress, pkt).verdict == Verdict::Deny {
             return Verdict::Deny;
@@ -211,7 +211,7 @@ pub fn evaluate_delivery(set: &PolicySet, endpoints: &[Endpoint], to: &Endpoint,
     if to.addrs.contains(&pkt.dst) {
         return evaluate_path(set, endpoints, pkt);
     }
-    let owner = endpoints.iter().find(|e| e.addrs.contains(&pkt.src));
+    let owner = endpoints.iter().find(|e| e.remote.is_none() && e.addrs.contains(&pkt.src));
     if let Some(src) = owner {
         if evaluate(set, endpoints, src, Direction::Egress, pkt).verdict == Verdict::Deny {
             return Verdict::Deny;

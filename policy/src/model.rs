@@ -255,6 +255,35 @@ pub struct Endpoint {
     /// `host_ifname` is a bridge port (anti-spoofing in the bridge family), not a routed
     /// interface (anti-spoofing in inet prerouting).
     pub bridged: bool,
+    /// `Some(node)`: an endpoint of another host (shared through etcd). It only puts its
+    /// addresses in the selector sets of this host's rules: no policy applies to it here, it
+    /// has no chains, no dispatch entry and no anti-spoofing. The caller gives a remote
+    /// endpoint none of a local endpoint's addresses ([`local_first`]: the local one wins).
+    /// `None`: an endpoint of this host.
+    pub remote: Option<String>,
+}
+
+/// `endpoints` with, when some are remote, every remote endpoint's addresses that a local
+/// endpoint also has removed (the local registry is the truth about this host's addresses; a
+/// remote record naming one is stale or wrong). `None` when there is no remote endpoint: use
+/// `endpoints` as they are.
+pub fn local_first(endpoints: &[Endpoint]) -> Option<Vec<Endpoint>> {
+    if endpoints.iter().all(|e| e.remote.is_none()) {
+        return None;
+    }
+    let local: std::collections::BTreeSet<IpAddr> =
+        endpoints.iter().filter(|e| e.remote.is_none()).flat_map(|e| e.addrs.iter().copied()).collect();
+    Some(
+        endpoints
+            .iter()
+            .map(|e| match e.remote {
+                None => e.clone(),
+                Some(_) => {
+                    Endpoint { addrs: e.addrs.iter().filter(|a| !local.contains(a)).copied().collect(), ..e.clone() }
+                }
+            })
+            .collect(),
+    )
 }
 
 impl Endpoint {

@@ -511,3 +511,60 @@ fn a_log_prefix_names_the_policy_and_rule_within_127_bytes() {
     assert!(prefix.starts_with("cnp out prod/lll") && prefix.ends_with(" #1 "), "{prefix:?}");
     assert!(chains_named(inet, "pol-e-")[0].len() <= 64);
 }
+
+/// An endpoint of another host only adds its addresses to selector sets: no dispatch entry, no
+/// chain, no guard, no `EndpointInfo`; an address a local endpoint also has stays the local one's.
+#[test]
+fn a_remote_endpoint_only_adds_its_addresses_to_selector_sets() {
+    let remote = |name: &str, app: &str, addrs: &[&str]| Endpoint {
+        remote: Some("node-b".into()),
+        ..common::ep(name, "prod", &[("app", app)], addrs)
+    };
+    let mut eps = world();
+    let local = compile(&policies(POLICIES), &eps);
+    // A remote web pod, and a stale remote record claiming db1's address with app=web.
+    eps.push(remote("rweb/eth0", "web", &["10.9.0.7", "fd00::97"]));
+    eps.push(remote("stale/eth0", "web", &["10.0.0.3", "10.9.0.9"]));
+    // The local endpoint wins: the caller trims the stale record's copy of db1's address.
+    let eps = policy::model::local_first(&eps).expect("there are remote endpoints");
+    assert_eq!(eps.last().unwrap().addrs, ["10.9.0.9".parse::<IpAddr>().unwrap()]);
+    assert_eq!(eps[..4], world()[..], "local endpoints untouched");
+    let c = compile(&policies(POLICIES), &eps);
+    let t = inet(&c);
+    let web4: Vec<&SetElem> =
+        t.sets.iter().filter(|(n, _)| n.starts_with("sel4-")).flat_map(|(_, s)| s.elems.iter()).collect();
+    let a = |s: &str| SetElem::Addr(s.parse::<IpAddr>().unwrap());
+    assert!(web4.contains(&&a("10.9.0.7")), "the remote web pod is in the app == web set: {web4:?}");
+    assert!(!web4.contains(&&a("10.0.0.3")), "db1's address stays db1's (local wins): {web4:?}");
+    for map in ["egress4", "egress6", "ingress4", "ingress6"] {
+        assert_eq!(entries(t, map), entries(inet(&local), map), "no dispatch entry for a remote endpoint ({map})");
+    }
+    assert_eq!(c.endpoints.keys().collect::<Vec<_>>(), local.endpoints.keys().collect::<Vec<_>>());
+    assert_eq!(t.chains.keys().collect::<Vec<_>>(), inet(&local).chains.keys().collect::<Vec<_>>());
+    assert_eq!(bridge(&c), bridge(&local), "no anti-spoofing or delivery guard for a remote endpoint");
+    // The evaluator agrees: db1 (prod, app=db) admits 5432 from the remote web pod, not from
+    // an address only a stale remote record calls web.
+    let set = policies(POLICIES);
+    let db1 = eps.iter().find(|e| e.name == "db1").unwrap().clone();
+    let pkt = |src: &str| policy::Packet::tcp(src.parse().unwrap(), 40000, "10.0.0.3".parse().unwrap(), 5432);
+    let v = |src| policy::evaluate(&set, &eps, &db1, policy::Direction::Ingress, &pkt(src)).verdict;
+    assert_eq!(v("10.9.0.7"), policy::Verdict::Allow);
+    assert_eq!(v("10.9.0.8"), policy::Verdict::Deny);
+    // The incremental compiler gives the same tables, built at once or endpoint by endpoint.
+    let built = policy::compile::Compiler::new(set.clone(), &eps);
+    assert_eq!(built.compiled(), &c);
+    let mut inc = policy::compile::Compiler::new(set.clone(), &world());
+    for e in &eps[4..] {
+        inc.put_endpoint(e.clone());
+    }
+    assert_eq!(inc.compiled(), &c, "remote endpoints added one by one");
+    inc.remove_endpoint("rweb/eth0");
+    let without: Vec<Endpoint> = eps.iter().filter(|e| e.name != "rweb/eth0").cloned().collect();
+    assert_eq!(inc.compiled(), &compile(&set, &without), "a remote endpoint removed");
+    let mut relabelled = eps[4].clone();
+    relabelled.labels.insert("app".into(), "db".into());
+    inc.put_endpoint(relabelled.clone());
+    let mut with = without.clone();
+    with.push(relabelled);
+    assert_eq!(inc.compiled(), &compile(&set, &with), "a remote endpoint relabelled");
+}

@@ -104,6 +104,7 @@ fn endpoints(with_b: bool) -> Vec<Endpoint> {
         addrs: addrs.iter().map(|a| ip(a)).collect(),
         host_ifname: Some(ifname.into()),
         bridged,
+        remote: None,
     };
     let mut v = vec![ep("a", "prod", "web", &[A4, A6], "va", true), ep("c", "dev", "other", &[C4], "vc", false)];
     if with_b {

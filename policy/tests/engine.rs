@@ -542,6 +542,7 @@ fn incremental_ep(i: usize, app: &str) -> policy::Endpoint {
         addrs: vec![format!("10.7.0.{}", i + 1).parse().unwrap()],
         host_ifname: Some(format!("vi{i}")),
         bridged: i.is_multiple_of(2),
+        remote: None,
     }
 }
 

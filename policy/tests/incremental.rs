@@ -207,6 +207,7 @@ fn endpoint(r: &mut Rng, n: usize) -> Endpoint {
         addrs: addrs(r, n),
         host_ifname: r.chance(85).then(|| format!("veth{n:04}")),
         bridged: r.chance(50),
+        remote: None,
     }
 }
 

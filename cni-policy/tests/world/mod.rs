@@ -93,6 +93,12 @@ impl World {
         World { echo: Vec::new(), watch: None, node, policy_dir, state_dir, list }
     }
 
+    /// The conflist (network plugin, then cni-policy), for a test that needs other subnets or
+    /// more cni-policy keys (`plugins[1]`).
+    pub fn list_mut(&mut self) -> &mut Value {
+        &mut self.list
+    }
+
     /// The node's addresses on the bridge (the gateways).
     pub fn gw4(&self) -> IpAddr {
         "10.66.0.1".parse().unwrap()
@@ -171,6 +177,11 @@ impl World {
 
     /// Starts `cni-policy watch` on this node's directories (stopped when the world goes).
     pub fn watch(&mut self) {
+        self.watch_with(&[]);
+    }
+
+    /// [`World::watch`] with more arguments.
+    pub fn watch_with(&mut self, extra: &[&str]) {
         let log = self.node.dir.join("watch.log");
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
@@ -184,6 +195,7 @@ impl World {
             // (10 s by default, as long as the tests wait): 2 s keeps a missed event from
             // failing a test, and the debug log shows each inotify batch, so a miss is visible.
             .args(["--resync-interval", "2s"])
+            .args(extra)
             .env_clear()
             .env("PATH", SYS_PATH)
             .env("CNI_POLICY_LOG", "debug")

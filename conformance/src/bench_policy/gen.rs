@@ -95,6 +95,7 @@ pub fn endpoint(i: usize, host_ifname: Option<&str>) -> Endpoint {
         namespace: namespace_of(p),
         labels,
         addrs: vec![IpAddr::V4(addr_of(i))],
+        remote: None,
     }
 }
 

@@ -505,6 +505,10 @@ impl Compiler {
         }
         self.names.insert(ep.name.clone(), order);
         self.eps.insert(order, EpSlot { ep, order, profile: profile.clone(), labels, contrib: Contrib::default() });
+        if self.eps[&order].ep.remote.is_some() {
+            // another host's: only its addresses in the selector sets (above), as in `compile`
+            return;
+        }
         let ep = &self.eps[&order].ep;
         if !self.profiles.contains_key(&profile) {
             let slot = self.make_profile(ep.clone());
@@ -546,6 +550,9 @@ impl Compiler {
             for a in slot.ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
                 self.live.remove_elem(0, &name, &SetElem::Addr(*a));
             }
+        }
+        if slot.ep.remote.is_some() {
+            return;
         }
         self.live.out.endpoints.remove(&slot.ep.name);
         for a in &slot.ep.addrs {
