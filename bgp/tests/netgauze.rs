@@ -97,22 +97,8 @@ fn golden_messages_agree() {
     assert!(n >= 60, "{n} golden messages");
 }
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-}
+/// xorshift64* (`testkit::rng`): deterministic.
+use testkit::rng::{Draw as _, XorShift64Star as Rng};
 
 fn prefix(r: &mut Rng, f: Family) -> Prefix {
     match f {

@@ -134,7 +134,7 @@ fn kill_9_at_random_instants_keeps_the_store_consistent() {
     let t = TestDir::new("crash");
     let conf = t.conf(NET, json!({"ranges":[[{"subnet":"10.40.0.0/26"}],[{"subnet":"fd40::/122"}]]}));
     let mut w = World { t, conf, live: BTreeMap::new(), stats: Stats::default() };
-    let mut rng = Rng::from_time();
+    let mut rng = rng_from_time();
     let started = Instant::now();
     let mut iterations = 0;
     while iterations < ITERATIONS && started.elapsed() < TIME_BUDGET {

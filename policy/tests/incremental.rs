@@ -16,27 +16,8 @@ use policy::compile::{compile, Compiled, Compiler};
 use policy::engine::Changes;
 use policy::{Endpoint, PolicySet};
 
-/// splitmix64: the same numbers from the same seed everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
+/// splitmix64 (`testkit::rng`): a seed printed by CI reproduces the run here.
+use testkit::rng::{Draw as _, SplitMix64 as Rng};
 
 const NAMESPACES: [&str; 3] = ["prod", "dev", "ops"];
 const APPS: [&str; 4] = ["web", "db", "api", "cache"];

@@ -28,4 +28,5 @@ pub mod node;
 pub mod plugin;
 pub mod probe;
 pub mod report;
+pub mod rng;
 pub mod util;

@@ -152,30 +152,17 @@ pub fn ip_of(addr: &str) -> String {
     addr.split('/').next().unwrap().to_string()
 }
 
-/// xorshift64*: enough randomness for the tests without a dependency.
-pub struct Rng(u64);
+/// xorshift64* (`testkit::rng`): enough randomness for the tests without a dependency.
+#[allow(unused_imports)] // not every test binary draws
+pub use testkit::rng::{Draw, XorShift64Star as Rng};
 
-impl Rng {
-    pub fn from_time() -> Rng {
-        let seed = std::env::var("IPAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
-        eprintln!("rng seed {seed} (set IPAM_TEST_SEED to replay)");
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+/// A generator seeded from `IPAM_TEST_SEED`, else the clock (the seed is printed to replay).
+pub fn rng_from_time() -> Rng {
+    let seed = std::env::var("IPAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    eprintln!("rng seed {seed} (set IPAM_TEST_SEED to replay)");
+    Rng(seed)
 }
 
 pub fn host_local_available() -> bool {

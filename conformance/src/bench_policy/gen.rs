@@ -36,22 +36,7 @@ pub const ENDPOINT_PREFIX: u8 = 16;
 pub const MAX_ENDPOINTS: usize = 60_000;
 
 /// A small deterministic generator (xorshift64*): the same sizes give the same workload.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
+use testkit::rng::{Draw as _, XorShift64Star as Rng};
 
 pub struct Workload {
     /// The policy files' text (one YAML stream).

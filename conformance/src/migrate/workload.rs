@@ -50,13 +50,10 @@ fn hex(b: &[u8]) -> String {
 
 /// Deterministic bytes from a seed (xorshift64*), so two runs differ only by tag.
 fn fill(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = testkit::rng::XorShift64Star(seed | 1);
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        v.extend_from_slice(&x.next().to_le_bytes());
     }
     v.truncate(len);
     v
