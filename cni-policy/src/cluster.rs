@@ -192,6 +192,20 @@ pub struct Cluster {
     deadline: Duration,
 }
 
+/// A current-thread runtime and an etcd client made inside it (the client's connection tasks
+/// belong to that runtime). No I/O: the first request connects.
+fn runtime_and_client(conf: &ClusterConf, timeouts: Timeouts) -> Result<(tokio::runtime::Runtime, EtcdClient)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Cluster(format!("cannot start a runtime: {e}")))?;
+    let client = {
+        let _g = rt.enter();
+        EtcdClient::new(&conf.etcd(), timeouts)?
+    };
+    Ok((rt, client))
+}
+
 impl Cluster {
     /// Checks the settings; no I/O.
     pub fn new(conf: &ClusterConf) -> Result<Cluster> {
@@ -199,14 +213,7 @@ impl Cluster {
     }
 
     pub fn with(conf: &ClusterConf, timeouts: Timeouts, deadline: Duration) -> Result<Cluster> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Cluster(format!("cannot start a runtime: {e}")))?;
-        let client = {
-            let _g = rt.enter();
-            EtcdClient::new(&conf.etcd(), timeouts)?
-        };
+        let (rt, client) = runtime_and_client(conf, timeouts)?;
         Ok(Cluster { conf: conf.clone(), rt, client, deadline })
     }
 
@@ -414,14 +421,7 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 pub fn spawn_notifier(conf: ClusterConf, tx: std::os::unix::net::UnixStream) -> Result<()> {
     use std::io::Write as _;
     tx.set_nonblocking(true).map_err(|e| Error::io("set up the etcd watch", "socketpair", e))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Cluster(format!("cannot start a runtime: {e}")))?;
-    let client = {
-        let _g = rt.enter();
-        EtcdClient::new(&conf.etcd(), Timeouts::DAEMON)?
-    };
+    let (rt, client) = runtime_and_client(&conf, Timeouts::DAEMON)?;
     // false: the main thread is gone.
     let notify = move || match (&tx).write(&[1]) {
         Ok(_) => true,
