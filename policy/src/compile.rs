@@ -41,7 +41,7 @@ pub use incremental::Compiler;
 
 pub use guard::{
     BRIDGE_SPOOF_PRIORITY, DELIVER_CHAINS, DELIVER_CHECK_CHAIN, DELIVER_MAP, DELIVER_ND_CHAIN, DELIVER_PRIORITY,
-    OWN4_MAP, OWN6_MAP, SPOOF_CHAIN, SPOOF_CHECK_CHAIN, SPOOF_LINK_LOCAL_CHAIN, SPOOF_MAP, SPOOF_PRIORITY,
+    OWN4_MAP, OWN6_MAP, SPOOF_CHAIN, SPOOF_CHECK_CHAIN, SPOOF_LINK_LOCAL_CHAIN, SPOOF_MAP,
 };
 
 /// Name of both tables.
@@ -338,13 +338,17 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
 
 /// The tables' fixed part: the inet base chains with their dispatch maps, and the guard's.
 fn base(inet: &mut Builder, bridge: &mut Builder) {
-    // Base chains: established/related first, then dispatch on the endpoint's address.
+    // Base chains: the guard of routed interfaces (every packet, established or not), then
+    // established/related accepted, then dispatch on the endpoint's address.
     for (name, hook, prio, dir) in BASE_CHAINS {
         let addr_dir = if dir == Direction::Egress { Dir::Src } else { Dir::Dst };
-        let mut rules = vec![rule(
-            vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
-            Some(NftVerdict::Accept),
-        )];
+        let mut rules = vec![
+            guard::inet_rule(dir),
+            rule(
+                vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
+                Some(NftVerdict::Accept),
+            ),
+        ];
         for v in [IpVersion::V4, IpVersion::V6] {
             let map = dispatch_map(dir, v);
             inet.map(map, addr_key(v));

@@ -12,6 +12,14 @@
 //! kernel a few set elements, not chains and rules, and a table holds the same 30-odd guard
 //! rules for one endpoint or ten thousand.
 //!
+//! Where the checks run: in the bridge table, base chains of their own (prerouting for
+//! anti-spoofing, forward and output for the delivery guard), each starting with the check's
+//! common case, one `ifname . address` lookup that ends the chain for an endpoint's own
+//! address; in the inet table, no base chain of the guard's: [`inet_rule`] is the first rule
+//! of the policy's base chains (`iifname vmap @spoof-if` in the egress ones, `oifname vmap
+//! @deliver-if` in the ingress ones), before their `ct state established,related accept`, so
+//! every packet meets it and a packet of no routed endpoint pays one lookup, not a hook.
+//!
 //! [`compile`](super::compile) calls [`base`] once and [`add_endpoint`] per endpoint.
 
 use std::net::IpAddr;
@@ -23,16 +31,16 @@ use linux_net::nft::{
 
 use super::rule;
 use super::Builder;
+use crate::model::Direction;
 use crate::engine::DispatchKey;
 use crate::eval::{NEIGHBOUR_DISCOVERY_EGRESS, NEIGHBOUR_DISCOVERY_INGRESS};
 use crate::model::{proto, Endpoint};
 
-/// The inet anti-spoof base chain (routed host interfaces), prerouting priority -150.
+/// The bridge table's anti-spoof base chain (bridge ports), hook prerouting.
 pub const SPOOF_CHAIN: &str = "spoof";
-/// Priority of the inet `spoof` chain: after conntrack (-200), with mangle, before the
-/// filter chains and routing (the contract's value).
-pub const SPOOF_PRIORITY: i32 = -150;
-/// Priority of the bridge family's `spoof` chain (the bridge `filter` priority).
+/// Priority of the bridge family's `spoof` chain (the bridge `filter` priority): before
+/// br_netfilter (0) hands the frame to the inet prerouting hook, so a forged packet never
+/// reaches conntrack (a forged reset would otherwise move another pod's connection's state).
 pub const BRIDGE_SPOOF_PRIORITY: i32 = -200;
 /// Interface → `jump spoof-check` map, in both tables: an entry per guarded host interface.
 pub const SPOOF_MAP: &str = "spoof-if";
@@ -47,10 +55,10 @@ pub const SPOOF_LINK_LOCAL_CHAIN: &str = "spoof-ll";
 pub const OWN4_MAP: &str = "own4";
 /// The same for IPv6 addresses: `ifname . ipv6_addr : return`.
 pub const OWN6_MAP: &str = "own6";
-/// Base chains (both tables) of the delivery guard: `oifname vmap @deliver-if` on packets
-/// leaving towards an endpoint's host interface (forward and output hooks).
+/// The bridge table's base chains of the delivery guard: `oifname vmap @deliver-if` on
+/// frames leaving towards a bridge port (forward and output hooks).
 pub const DELIVER_CHAINS: [(&str, Hook); 2] = [("deliver-fwd", Hook::Forward), ("deliver-out", Hook::Output)];
-/// Priority of the delivery guard's base chains (after the policy's, which are 0 and 1).
+/// Priority of the bridge table's delivery guard chains.
 pub const DELIVER_PRIORITY: i32 = 10;
 /// Interface → `jump deliver-check` map, in both tables: only endpoints whose ingress is
 /// restricted (some policy applies to them in Ingress) have an entry.
@@ -121,33 +129,64 @@ fn deliver_check() -> Vec<NftRule> {
     rules
 }
 
-/// The guard's base chains, maps and shared chains, in both tables (present even with no
-/// endpoint, so an endpoint added later only adds map entries).
+/// The guard's rule in a base chain of the inet table's policy: `iifname vmap @spoof-if`
+/// (anti-spoofing of routed interfaces) in an egress chain, `oifname vmap @deliver-if` (their
+/// delivery guard) in an ingress chain. Its verdicts jump to the shared check chain, which
+/// returns (the base chain goes on) or drops.
+pub(super) fn inet_rule(dir: Direction) -> NftRule {
+    let (iface, map) = match dir {
+        Direction::Egress => (IfDir::In, SPOOF_MAP),
+        Direction::Ingress => (IfDir::Out, DELIVER_MAP),
+    };
+    NftRule { action: Some(NftAction::IfNameVmap { dir: iface, map: map.into() }), ..NftRule::default() }
+}
+
+/// A bridge base chain of the guard: first the check's common case, the packet's address
+/// (source on the way in, destination on the way out) among the port's own (`return` in a
+/// base chain ends it with its policy, accept: what `spoof-check` / `deliver-check` would
+/// give, with one lookup where the full check takes two and a jump), then the interface's
+/// entry into the full check.
+fn bridge_base_rules(iface: IfDir) -> Vec<NftRule> {
+    let (dir, map) = match iface {
+        IfDir::In => (Dir::Src, SPOOF_MAP),
+        IfDir::Out => (Dir::Dst, DELIVER_MAP),
+    };
+    let mut rules = vec![own_lookup(iface, AddrField::Ip { version: Fam::V4, dir })];
+    let mut v6 = own_lookup(iface, AddrField::Ip { version: Fam::V6, dir });
+    if iface == IfDir::In {
+        // `spoof-check` sends a link-local or unspecified source to `spoof-ll` before it
+        // looks at `own6`: the fast path leaves those to it.
+        v6.matches = ["fe80::/10", "::/128"]
+            .iter()
+            .map(|n| Match::AddrInNet { dir: Dir::Src, net: n.parse().expect("a CIDR"), negate: true })
+            .collect();
+    }
+    rules.push(v6);
+    rules.push(NftRule { action: Some(NftAction::IfNameVmap { dir: iface, map: map.into() }), ..NftRule::default() });
+    rules
+}
+
+/// The guard's maps and shared chains, in both tables, and its base chains in the bridge
+/// table (present even with no endpoint, so an endpoint added later only adds map entries).
 pub(super) fn base(inet: &mut Builder, bridge: &mut Builder) {
     for b in [inet, bridge] {
         let family = b.table.family;
         b.map(SPOOF_MAP, SetKey::IfName);
         b.map(OWN4_MAP, SetKey::IfNameIpv4);
         b.map(OWN6_MAP, SetKey::IfNameIpv6);
-        let prio = if family == Family::Bridge { BRIDGE_SPOOF_PRIORITY } else { SPOOF_PRIORITY };
-        let dispatch = NftRule {
-            action: Some(NftAction::IfNameVmap { dir: IfDir::In, map: SPOOF_MAP.into() }),
-            ..NftRule::default()
-        };
-        b.chain(SPOOF_CHAIN, Some(BaseChain::filter(Hook::Prerouting, prio, ChainPolicy::Accept)), vec![dispatch]);
         b.chain(SPOOF_CHECK_CHAIN, None, spoof_check(family));
         b.chain(SPOOF_LINK_LOCAL_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_EGRESS));
         b.map(DELIVER_MAP, SetKey::IfName);
-        for (name, hook) in DELIVER_CHAINS {
-            let dispatch = NftRule {
-                action: Some(NftAction::IfNameVmap { dir: IfDir::Out, map: DELIVER_MAP.into() }),
-                ..NftRule::default()
-            };
-            let base = BaseChain::filter(hook, DELIVER_PRIORITY, ChainPolicy::Accept);
-            b.chain(name, Some(base), vec![dispatch]);
-        }
         b.chain(DELIVER_CHECK_CHAIN, None, deliver_check());
         b.chain(DELIVER_ND_CHAIN, None, icmpv6_only(&NEIGHBOUR_DISCOVERY_INGRESS));
+        if family == Family::Bridge {
+            let spoof = BaseChain::filter(Hook::Prerouting, BRIDGE_SPOOF_PRIORITY, ChainPolicy::Accept);
+            b.chain(SPOOF_CHAIN, Some(spoof), bridge_base_rules(IfDir::In));
+            for (name, hook) in DELIVER_CHAINS {
+                let base = BaseChain::filter(hook, DELIVER_PRIORITY, ChainPolicy::Accept);
+                b.chain(name, Some(base), bridge_base_rules(IfDir::Out));
+            }
+        }
     }
 }
 
