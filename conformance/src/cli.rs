@@ -269,6 +269,9 @@ pub enum BenchCmd {
         /// Seconds of each iperf3 run (1..=60).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=60))]
         iperf_secs: u32,
+        /// One-byte round trips over an established connection per CPU sample (1..=1000000).
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        round_trips: u32,
         /// Only the iptables side and the no-policy numbers.
         #[arg(long)]
         baseline_only: bool,
@@ -519,7 +522,16 @@ fn dispatch(cmd: Cmd) -> R<i32> {
             }
             Ok(0)
         }
-        Cmd::Bench(BenchCmd::Policy { endpoints, rules, n, connects, iperf_secs, baseline_only, json }) => {
+        Cmd::Bench(BenchCmd::Policy {
+            endpoints,
+            rules,
+            n,
+            connects,
+            iperf_secs,
+            round_trips,
+            baseline_only,
+            json,
+        }) => {
             need_root()?;
             let o = bench_policy::Opts {
                 endpoints: endpoints as usize,
@@ -527,6 +539,7 @@ fn dispatch(cmd: Cmd) -> R<i32> {
                 n: usize::from(n),
                 connects: connects as usize,
                 iperf_secs,
+                round_trips: round_trips as usize,
                 baseline_only,
             };
             let r = bench_policy::run(&o, &mut |l| eprintln!("{l}"))?;
@@ -822,14 +835,22 @@ mod tests {
         assert!(parse(&["bench", "bgp", "--routes", "0"]).is_err());
         assert!(parse(&["bench", "bgp", "--routes", "4194305"]).is_err());
         assert!(parse(&["bench", "bgp", "--mesh-hosts", "1000"]).is_err());
-        let Cmd::Bench(BenchCmd::Policy { endpoints, rules, n, connects, iperf_secs, baseline_only, json }) =
-            ok(&["bench", "policy"])
+        let Cmd::Bench(BenchCmd::Policy {
+            endpoints,
+            rules,
+            n,
+            connects,
+            iperf_secs,
+            round_trips,
+            baseline_only,
+            json,
+        }) = ok(&["bench", "policy"])
         else {
             panic!()
         };
         assert_eq!(
-            (endpoints, rules, n, connects, iperf_secs, baseline_only, json),
-            (1000, 1000, 5, 2000, 5, false, false)
+            (endpoints, rules, n, connects, iperf_secs, round_trips, baseline_only, json),
+            (1000, 1000, 5, 2000, 5, 20_000, false, false)
         );
         let Cmd::Bench(BenchCmd::Policy { endpoints, rules, n, baseline_only, .. }) =
             ok(&["bench", "policy", "--endpoints", "10", "--rules", "20", "--n", "1", "--baseline-only"])

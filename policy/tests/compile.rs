@@ -107,20 +107,33 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
     ] {
         let r = &inet.chains[name].rules;
         assert_eq!(r.len(), 4, "{name}");
-        assert!(matches!(&r[0].action, Some(NftAction::IfNameVmap { dir, map: m }) if *dir == iface && m == map), "{name}");
+        assert!(
+            matches!(&r[0].action, Some(NftAction::IfNameVmap { dir, map: m }) if *dir == iface && m == map),
+            "{name}"
+        );
         assert!(matches!(r[1].matches[..], [Match::CtState { negate: false, .. }]), "{name}");
         assert_eq!(r[1].action, Some(NftAction::Verdict(Verdict::Accept)), "{name}");
         let (m4, m6) = (format!("{dispatch}4"), format!("{dispatch}6"));
-        assert!(matches!(&r[2].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if *map == m4), "{name}");
-        assert!(matches!(&r[3].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if *map == m6), "{name}");
+        assert!(
+            matches!(&r[2].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if *map == m4),
+            "{name}"
+        );
+        assert!(
+            matches!(&r[3].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if *map == m6),
+            "{name}"
+        );
     }
     // The bridge guard's base chains start with the common case: the packet's address among
     // the port's own (one lookup, `return` ends the base chain: accept), then the full check.
     for (name, iface, map) in [("spoof", IfDir::In, SPOOF_MAP), ("deliver-fwd", IfDir::Out, DELIVER_MAP)] {
         let r = &bridge(&c).chains[name].rules;
         assert_eq!(r.len(), 3, "{name}");
-        assert!(matches!(&r[0].action, Some(NftAction::IfAddrVmap { iface: i, map: m, .. }) if *i == iface && m == OWN4_MAP));
-        assert!(matches!(&r[1].action, Some(NftAction::IfAddrVmap { iface: i, map: m, .. }) if *i == iface && m == OWN6_MAP));
+        assert!(
+            matches!(&r[0].action, Some(NftAction::IfAddrVmap { iface: i, map: m, .. }) if *i == iface && m == OWN4_MAP)
+        );
+        assert!(
+            matches!(&r[1].action, Some(NftAction::IfAddrVmap { iface: i, map: m, .. }) if *i == iface && m == OWN6_MAP)
+        );
         assert!(matches!(&r[2].action, Some(NftAction::IfNameVmap { dir, map: m }) if *dir == iface && m == map));
     }
     // Every endpoint chain starts by accepting IPv6 neighbour discovery and MLD (untracked,

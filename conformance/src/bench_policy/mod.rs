@@ -30,6 +30,8 @@ pub struct Opts {
     /// TCP connections per connection-rate sample.
     pub connects: usize,
     pub iperf_secs: u32,
+    /// One-byte round trips over an established connection per CPU sample.
+    pub round_trips: usize,
     /// Only the iptables side and the no-policy numbers.
     pub baseline_only: bool,
 }
@@ -85,6 +87,9 @@ pub struct Side {
     pub connects_per_s: Vec<f64>,
     /// The connecting thread's CPU per connection (µs): the path's cost, load-independent.
     pub connect_cpu_us: Vec<f64>,
+    /// Client and server threads' CPU per one-byte round trip over an established
+    /// connection (µs): two established packets' whole path, load-independent.
+    pub round_trip_cpu_us: Vec<f64>,
     pub gbps: Vec<f64>,
     /// Rules in the kernel after the full apply.
     pub rules: usize,
@@ -103,9 +108,13 @@ pub struct Report {
     pub n: usize,
     pub connects: usize,
     pub iperf_secs: u32,
+    pub round_trips: usize,
     pub backend: String,
     pub congestion_control: String,
+    /// No policy and no conntrack: an empty node namespace.
     pub none: Side,
+    /// No policy, conntrack on (what every policy turns on): the baseline of the goal.
+    pub conntrack: Side,
     pub ours: Option<Side>,
     pub iptables: Side,
     /// Chains of the iptables file, and rules a connection between the two endpoints walks.
@@ -120,6 +129,7 @@ fn total(a: &[f64], b: &[f64]) -> Vec<f64> {
 pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
     ensure!(o.n >= 1, "--n must be at least 1");
     ensure!(o.connects >= 1, "--connects must be at least 1");
+    ensure!(o.round_trips >= 1, "--round-trips must be at least 1");
     for tool in ["iptables-restore", "ipset", "iperf3", "nft", "ip", "ss"] {
         ensure!(testkit::util::have_tool(tool), "{tool} not found (scripts/testbed.sh installs it)");
     }
@@ -138,7 +148,7 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
     let res = rounds(o, &w, &topo, &state_dir, progress);
     let _ = topo.clear();
     let _ = std::fs::remove_dir_all(&state_dir);
-    let (none, ours, iptables, ipt_chains) = res?;
+    let (none, conntrack, ours, iptables, ipt_chains) = res?;
     let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
     Ok(Report {
         endpoints: w.endpoints.len(),
@@ -147,16 +157,18 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> R<Report> {
         n: o.n,
         connects: o.connects,
         iperf_secs: o.iperf_secs,
+        round_trips: o.round_trips,
         backend: backend.name().to_string(),
         congestion_control: cc.trim().to_string(),
         none,
+        conntrack,
         ours,
         iptables,
         ipt_chains,
     })
 }
 
-type Sides = (Side, Option<Side>, Side, usize);
+type Sides = (Side, Side, Option<Side>, Side, usize);
 
 /// Ctrl-C (or SIGTERM) ends the run between steps, the namespaces and tables cleaned up.
 fn not_interrupted() -> R<()> {
@@ -175,6 +187,8 @@ fn traffic(topo: &net::Topology, o: &Opts, side: &mut Side, what: &str, check_dr
     let (rate, cpu) = net::connect_rate(topo, CONNECT_PORT, o.connects)?;
     side.connects_per_s.push(rate);
     side.connect_cpu_us.push(cpu);
+    // The connections were reset (no TIME_WAIT), so the port is free for the round trips.
+    side.round_trip_cpu_us.push(net::round_trip_cpu(topo, CONNECT_PORT, o.round_trips)?);
     side.gbps.push(net::iperf(topo, IPERF_PORT, o.iperf_secs)?);
     Ok(())
 }
@@ -219,6 +233,7 @@ fn rounds(
     });
 
     let mut none = Side::default();
+    let mut conntrack = Side::default();
     let mut ours = (!o.baseline_only).then(Side::default);
     let mut ipt = Side {
         rules: base.rule_count(),
@@ -227,58 +242,87 @@ fn rounds(
         deltas: true,
         ..Side::default()
     };
+    // The sides take turns within a round, in reverse order every other round, so that a
+    // change of the machine's load during a run spreads over all of them alike.
+    let mut order = [Which::None, Which::Conntrack, Which::Ours, Which::Iptables];
     for round in 0..o.n {
-        not_interrupted()?;
-        progress(&format!("round {} of {}: no policy", round + 1, o.n));
-        topo.clear()?;
-        traffic(topo, o, &mut none, "no policy", false)?;
-
-        if let Some(s) = ours.as_mut() {
-            progress(&format!("round {} of {}: ours", round + 1, o.n));
+        for which in order {
+            not_interrupted()?;
+            progress(&format!("round {} of {}: {}", round + 1, o.n, which.name()));
             topo.clear()?;
-            let _ = std::fs::remove_dir_all(state_dir);
-            ours::round(topo, &inputs, state_dir, s, |s| traffic(topo, o, s, "ours", round == 0))?;
+            match which {
+                Which::None => traffic(topo, o, &mut none, "no policy", false)?,
+                Which::Conntrack => {
+                    net::conntrack_only(topo)?;
+                    traffic(topo, o, &mut conntrack, "no policy, conntrack on", false)?;
+                    let n = net::conntrack_count(topo)?;
+                    ensure!(n > 0, "no policy, conntrack on: the node namespace tracks no connection");
+                }
+                Which::Ours => {
+                    let Some(s) = ours.as_mut() else { continue };
+                    let _ = std::fs::remove_dir_all(state_dir);
+                    ours::round(topo, &inputs, state_dir, s, |s| traffic(topo, o, s, "ours", round == 0))?;
+                }
+                Which::Iptables => {
+                    let k1 = topo.node_exec(&["ipset", "restore"], &ipset_file)?;
+                    let k2 = topo.node_exec(&["iptables-restore"], &restore_file)?;
+                    ipt.full_compile.push(render_ms);
+                    ipt.full_kernel.push(ms(k1 + k2));
+                    traffic(topo, o, &mut ipt, "iptables", round == 0)?;
+                    let load = |d: &ipt::Delta| -> R<f64> {
+                        let mut t = Duration::ZERO;
+                        if !d.ipset_before.is_empty() {
+                            t += topo.node_exec(&["ipset", "restore"], &d.ipset_before)?;
+                        }
+                        t += topo.node_exec(&["iptables-restore", "--noflush"], &d.iptables)?;
+                        if !d.ipset_after.is_empty() {
+                            t += topo.node_exec(&["ipset", "restore"], &d.ipset_after)?;
+                        }
+                        Ok(ms(t))
+                    };
+                    ipt.edit_compile.push(edit_render_ms);
+                    ipt.edit_kernel.push(load(&edit_delta)?);
+                    ipt.add_compile.push(add_render_ms);
+                    ipt.add_kernel.push(load(&add_delta)?);
+                    if round == 0 {
+                        // The deltas must leave exactly what a full load of the final state gives.
+                        let got = topo.node_exec_out(&["iptables-save", "-t", "filter"])?;
+                        topo.clear()?;
+                        topo.node_exec(&["ipset", "restore"], &added.ipset_file())?;
+                        topo.node_exec(&["iptables-restore"], &added.restore_file())?;
+                        let want = topo.node_exec_out(&["iptables-save", "-t", "filter"])?;
+                        ensure!(
+                            rules_of(&got) == rules_of(&want),
+                            "iptables: edit + add deltas differ from a full load of the final ruleset"
+                        );
+                    }
+                }
+            }
             topo.clear()?;
         }
-
-        not_interrupted()?;
-        progress(&format!("round {} of {}: iptables", round + 1, o.n));
-        topo.clear()?;
-        let k1 = topo.node_exec(&["ipset", "restore"], &ipset_file)?;
-        let k2 = topo.node_exec(&["iptables-restore"], &restore_file)?;
-        ipt.full_compile.push(render_ms);
-        ipt.full_kernel.push(ms(k1 + k2));
-        traffic(topo, o, &mut ipt, "iptables", round == 0)?;
-        let load = |d: &ipt::Delta| -> R<f64> {
-            let mut t = Duration::ZERO;
-            if !d.ipset_before.is_empty() {
-                t += topo.node_exec(&["ipset", "restore"], &d.ipset_before)?;
-            }
-            t += topo.node_exec(&["iptables-restore", "--noflush"], &d.iptables)?;
-            if !d.ipset_after.is_empty() {
-                t += topo.node_exec(&["ipset", "restore"], &d.ipset_after)?;
-            }
-            Ok(ms(t))
-        };
-        ipt.edit_compile.push(edit_render_ms);
-        ipt.edit_kernel.push(load(&edit_delta)?);
-        ipt.add_compile.push(add_render_ms);
-        ipt.add_kernel.push(load(&add_delta)?);
-        if round == 0 {
-            // The deltas must leave exactly what a full load of the final state gives.
-            let got = topo.node_exec_out(&["iptables-save", "-t", "filter"])?;
-            topo.clear()?;
-            topo.node_exec(&["ipset", "restore"], &added.ipset_file())?;
-            topo.node_exec(&["iptables-restore"], &added.restore_file())?;
-            let want = topo.node_exec_out(&["iptables-save", "-t", "filter"])?;
-            ensure!(
-                rules_of(&got) == rules_of(&want),
-                "iptables: edit + add deltas differ from a full load of the final ruleset"
-            );
-        }
-        topo.clear()?;
+        order.reverse();
     }
-    Ok((none, ours, ipt, base.chains.len() + 3))
+    Ok((none, conntrack, ours, ipt, base.chains.len() + 3))
+}
+
+/// The four sides of a round.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    None,
+    Conntrack,
+    Ours,
+    Iptables,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::None => "no policy",
+            Which::Conntrack => "no policy, conntrack on",
+            Which::Ours => "ours",
+            Which::Iptables => "iptables",
+        }
+    }
 }
 
 /// The rule lines of `iptables-save` output, sorted per chain (counters and comments off).
@@ -401,54 +445,71 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "== traffic between two containers on one bridge (TCP; {} connects per sample, iperf3 {} s one stream, congestion control {})",
-            self.connects, self.iperf_secs, self.congestion_control
+            "== traffic between two containers on one bridge (TCP; {} connects and {} one-byte round trips per sample, iperf3 {} s one stream, congestion control {}); median [min-max] of {} rounds",
+            self.connects, self.round_trips, self.iperf_secs, self.congestion_control, self.n
         );
-        let _ = writeln!(s, "{:<44} {:>12} {:>12} {:>12}", "", "no policy", "ours", "iptables");
-        let n = &self.none;
-        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let (n, c) = (&self.none, &self.conntrack);
+        let _ = writeln!(s, "{:<40} {:>20} {:>20} {:>20} {:>20}", "", "no policy", "conntrack on", "ours", "iptables");
+        let traffic_row = |s: &mut String, what: &str, get: &dyn Fn(&Side) -> &[f64], prec: usize| {
+            let cell = |x: Option<&Side>| {
+                x.map_or("-".to_string(), |x| {
+                    let v = get(x);
+                    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    format!("{:.p$} [{lo:.p$}-{hi:.p$}]", med(v), p = prec)
+                })
+            };
+            let _ = writeln!(
+                s,
+                "{what:<40} {:>20} {:>20} {:>20} {:>20}",
+                cell(Some(n)),
+                cell(Some(c)),
+                cell(o),
+                cell(Some(i))
+            );
+        };
+        traffic_row(&mut s, "connections/s", &|x| &x.connects_per_s, 0);
+        traffic_row(&mut s, "CPU per connection, µs (connecting thread)", &|x| &x.connect_cpu_us, 1);
+        traffic_row(&mut s, "CPU per round trip, µs (both threads)", &|x| &x.round_trip_cpu_us, 2);
+        traffic_row(&mut s, "iperf3 Gbit/s", &|x| &x.gbps, 2);
+        let ratios = |s: &mut String, base: &Side, what: &str| {
+            let cr = |x: &Side| med(&x.connects_per_s) / med(&base.connects_per_s);
+            let tr = |x: &Side| med(&x.gbps) / med(&base.gbps);
+            let _ = writeln!(
+                s,
+                "ratio to {what}: connections/s ours {} iptables {:.2}; throughput ours {} iptables {:.2}",
+                o.map_or("-".into(), |o| format!("{:.2}", cr(o))),
+                cr(i),
+                o.map_or("-".into(), |o| format!("{:.3}", tr(o))),
+                tr(i),
+            );
+        };
+        ratios(&mut s, c, "no policy, conntrack on");
+        ratios(&mut s, n, "no policy, no conntrack");
+        let rt = |x: &Side| med(&x.round_trip_cpu_us) - med(&c.round_trip_cpu_us);
         let _ = writeln!(
             s,
-            "{:<44} {:>12.0} {:>12} {:>12.0}",
-            "connections/s",
-            med(&n.connects_per_s),
-            f(o.map(|o| med(&o.connects_per_s))),
-            med(&i.connects_per_s)
+            "an established packet's cost over conntrack alone (half the round trip's extra CPU): ours {} ns, iptables {:.0} ns; conntrack over none {:.0} ns",
+            o.map_or("-".into(), |o| format!("{:.0}", rt(o) * 500.0)),
+            rt(i) * 500.0,
+            (med(&c.round_trip_cpu_us) - med(&n.round_trip_cpu_us)) * 500.0
         );
+        let goal = o.map(|o| med(&o.gbps) / med(&c.gbps));
         let _ = writeln!(
             s,
-            "{:<44} {:>12.1} {:>12} {:>12.1}",
-            "CPU per connection, µs (connecting thread)",
-            med(&n.connect_cpu_us),
-            o.map_or("-".to_string(), |o| format!("{:.1}", med(&o.connect_cpu_us))),
-            med(&i.connect_cpu_us)
-        );
-        let g = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-        let _ = writeln!(
-            s,
-            "{:<44} {:>12.2} {:>12} {:>12.2}",
-            "iperf3 Gbit/s",
-            med(&n.gbps),
-            g(o.map(|o| med(&o.gbps))),
-            med(&i.gbps)
-        );
-        let cr = |x: &Side| med(&x.connects_per_s) / med(&n.connects_per_s);
-        let tr = |x: &Side| med(&x.gbps) / med(&n.gbps);
-        let _ = writeln!(
-            s,
-            "ratio to no policy: connections/s ours {} iptables {:.2}; throughput ours {} iptables {:.2} (goal ours >= 0.95: {})",
-            o.map_or("-".into(), |o| format!("{:.2}", cr(o))),
-            cr(i),
-            o.map_or("-".into(), |o| format!("{:.2}", tr(o))),
-            tr(i),
-            o.map_or("not measured", |o| if tr(o) >= 0.95 { "met" } else { "NOT met" })
+            "goal: throughput with our policy >= 0.95 of without (conntrack on both): {}",
+            goal.map_or("not measured".to_string(), |g| format!(
+                "{g:.3}, {}",
+                if g >= 0.95 { "met" } else { "NOT met" }
+            ))
         );
         if let Some(o) = o {
             let _ = writeln!(
                 s,
-                "ratio ours/iptables: connections/s {:.2}, CPU per connection {:.2}, throughput {:.2}",
+                "ratio ours/iptables: connections/s {:.2}, CPU per connection {:.2}, CPU per round trip {:.2}, throughput {:.2}",
                 med(&o.connects_per_s) / med(&i.connects_per_s),
                 med(&o.connect_cpu_us) / med(&i.connect_cpu_us),
+                med(&o.round_trip_cpu_us) / med(&i.round_trip_cpu_us),
                 med(&o.gbps) / med(&i.gbps)
             );
         }
@@ -463,15 +524,17 @@ impl Report {
                 "addCompileMs": x.add_compile, "addKernelMs": x.add_kernel,
                 "fullCommitMs": x.full_commit, "editCommitMs": x.edit_commit, "addCommitMs": x.add_commit,
                 "addNewEngineMs": x.add_fresh_kernel,
-                "connectsPerS": x.connects_per_s, "connectCpuUs": x.connect_cpu_us, "gbps": x.gbps, "rules": x.rules,
+                "connectsPerS": x.connects_per_s, "connectCpuUs": x.connect_cpu_us,
+                "roundTripCpuUs": x.round_trip_cpu_us, "gbps": x.gbps, "rules": x.rules,
                 "editTouched": x.edit_touched, "addTouched": x.add_touched, "deltas": x.deltas,
             })
         };
         json!({
             "endpoints": self.endpoints, "rules": self.rules, "policies": self.policies, "n": self.n,
-            "connects": self.connects, "iperfSecs": self.iperf_secs, "iptablesBackend": self.backend,
+            "connects": self.connects, "roundTrips": self.round_trips, "iperfSecs": self.iperf_secs,
+            "iptablesBackend": self.backend,
             "congestionControl": self.congestion_control,
-            "none": side(&self.none), "ours": self.ours.as_ref().map(side), "iptables": side(&self.iptables),
+            "none": side(&self.none), "conntrack": side(&self.conntrack), "ours": self.ours.as_ref().map(side), "iptables": side(&self.iptables),
             "iptablesChains": self.ipt_chains,
         })
     }

@@ -31,9 +31,9 @@ use linux_net::nft::{
 
 use super::rule;
 use super::Builder;
-use crate::model::Direction;
 use crate::engine::DispatchKey;
 use crate::eval::{NEIGHBOUR_DISCOVERY_EGRESS, NEIGHBOUR_DISCOVERY_INGRESS};
+use crate::model::Direction;
 use crate::model::{proto, Endpoint};
 
 /// The bridge table's anti-spoof base chain (bridge ports), hook prerouting.
