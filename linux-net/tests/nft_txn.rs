@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use linux_net::netns::NetNs;
 use linux_net::nft::{
     proto, Action, AddrField, BaseChain, ChainPolicy, CtStates, Dir, Family, Hook, IfDir, IpVersion, Match, NftError,
-    Rule, SetDef, SetElem, SetKey, TableRef, Transaction, Verdict,
+    Rule, Session, SetDef, SetElem, SetKey, TableRef, Transaction, Verdict,
 };
 use nftables::expr::{Expression, NamedExpression};
 use nftables::schema::{NfListObject, NfObject};
 
 mod common;
-use common::{net, sh, Namespaces};
+use common::{ip, net, sh, Namespaces};
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -667,4 +667,54 @@ fn batches_around_the_receive_buffers_capacity_are_all_acked() {
         assert_eq!(x.len(), n);
         commit_in(&netns, x).unwrap_or_else(|e| panic!("a batch of {n} messages: {e}"));
     }
+}
+
+/// A `Session` keeps one socket across operations: a batch the kernel refuses does not
+/// confuse the operations after it on the same socket, its operations go to the network
+/// namespace of the calling thread (a new socket when that changes), and what it commits is
+/// what the same transactions commit without it.
+#[test]
+fn a_session_keeps_one_socket_per_namespace_and_survives_a_refused_batch() {
+    let ns = Namespaces::new("nxs", &["a", "b"]);
+    let (a, b) = (ns.open(0), ns.open(1));
+    let t = TableRef::new(Family::Inet, "nxsess");
+    let set = SetDef::set("s", SetKey::Ipv4Addr);
+    let add = |addr: &str, create: bool| {
+        let mut x = Transaction::new();
+        if create {
+            x.add_table(&t).unwrap();
+            x.add_set(&t, &set).unwrap();
+        }
+        x.add_elements(&t, &set, &[SetElem::Addr(ip(addr))]).unwrap();
+        x
+    };
+    let mut session = Session::new();
+    assert!(!session.is_open());
+    a.run(|| {
+        session.run(|| {
+            add("10.0.0.1", true).commit().expect("first commit");
+            // 200 elements, then a rule in a chain that does not exist: refused, nothing applied
+            let mut x = Transaction::new();
+            let many: Vec<SetElem> = (0..200).map(|i| SetElem::Addr(ip(&format!("10.1.0.{}", i + 1)))).collect();
+            x.add_elements(&t, &set, &many).unwrap();
+            x.add_rule(&t, "missing", &Rule::new(vec![], Verdict::Accept)).unwrap();
+            let e = x.commit().expect_err("a rule in a missing chain");
+            assert!(matches!(e, NftError::Kernel { errno: libc::ENOENT, .. }), "{e}");
+            assert!(linux_net::nft::state::table_exists(&t).expect("get table"));
+            add("10.0.0.2", false).commit().expect("commit after the refused one");
+        })
+    })
+    .expect("enter a");
+    assert!(session.is_open(), "the socket stays open between runs");
+    b.run(|| {
+        session.run(|| {
+            assert!(!linux_net::nft::state::table_exists(&t).expect("get table"), "namespace b has no table yet");
+            add("10.0.0.3", true).commit().expect("commit in b");
+        })
+    })
+    .expect("enter b");
+    let mut got = elements(&ruleset(ns.name(0)), "s");
+    got.sort();
+    assert_eq!(got, ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(elements(&ruleset(ns.name(1)), "s"), ["10.0.0.3"]);
 }

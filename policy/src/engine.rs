@@ -137,6 +137,15 @@ fn generation(seq: u32, json: &[u8]) -> String {
     format!("{seq:07x}{:08x}", h.finish() as u32)
 }
 
+/// Bytes that differ from one call to the next (time, process, counter): what a deferred
+/// state's generation hashes.
+fn nonce() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{}.{}", t.as_nanos(), std::process::id(), N.fetch_add(1, Ordering::Relaxed)).into_bytes()
+}
+
 /// Identity of one version of the state file: every store renames a new
 /// file into place, so (device, inode, size, mtime) changes with it.
 type Stamp = (u64, u64, u64, Option<std::time::SystemTime>);
@@ -160,6 +169,12 @@ pub struct Engine {
     cache: Mutex<Option<Cache>>,
     /// The canonical state directory, once created.
     owner: std::sync::OnceLock<PathBuf>,
+    /// One netlink socket for all of this engine's nftables operations,
+    /// kept open between them: closing one right after a commit that
+    /// deleted anything (a flushed chain, an element) waits for the
+    /// kernel's cleanup of the transaction, an RCU grace period
+    /// (linux-net's `Session`).
+    session: Mutex<linux_net::nft::Session>,
 }
 
 /// What the engine applied last, and the version of the state file it
@@ -167,7 +182,8 @@ pub struct Engine {
 /// file ([`Engine::apply_changes`] leaves the write to [`Engine::flush`]).
 #[derive(Debug)]
 struct Cache {
-    stamp: Stamp,
+    /// `None`: there was no file.
+    stamp: Option<Stamp>,
     applied: Arc<Applied>,
     unsaved: bool,
 }
@@ -185,7 +201,22 @@ impl Engine {
     /// An engine keeping its applied state in `<state_dir>/applied.json`
     /// (the directory is created on the first apply).
     pub fn new(state_dir: &Path) -> Engine {
-        Engine { state_dir: state_dir.to_path_buf(), cache: Mutex::new(None), owner: std::sync::OnceLock::new() }
+        Engine {
+            state_dir: state_dir.to_path_buf(),
+            cache: Mutex::new(None),
+            owner: std::sync::OnceLock::new(),
+            session: Mutex::new(linux_net::nft::Session::new()),
+        }
+    }
+
+    /// Runs `f` with this engine's netlink session (see `session`); when
+    /// another thread holds it, or this one does further up, `f` runs
+    /// without it (then in the caller's session, or with its own sockets).
+    fn in_session<T>(&self, f: impl FnOnce() -> T) -> T {
+        match self.session.try_lock() {
+            Ok(mut s) => s.run(f),
+            Err(_) => f(),
+        }
     }
 
     /// The canonical path of the state directory (created if need be):
@@ -262,7 +293,7 @@ impl Engine {
         let now = stamp(&path);
         match (&*cache, now) {
             (_, None) => return None,
-            (Some(k), Some(now)) if k.stamp == now => return Some(k.applied.clone()),
+            (Some(k), Some(now)) if k.stamp == Some(now) => return Some(k.applied.clone()),
             _ => {}
         }
         *cache = None;
@@ -271,7 +302,7 @@ impl Engine {
             Ok(a) => {
                 let a = Arc::new(a);
                 // the stamp taken before the read: a concurrent rewrite makes it stale, not wrong
-                *cache = now.map(|stamp| Cache { stamp, applied: a.clone(), unsaved: false });
+                *cache = now.map(|stamp| Cache { stamp: Some(stamp), applied: a.clone(), unsaved: false });
                 Some(a)
             }
             Err(e) => {
@@ -305,7 +336,7 @@ impl Engine {
             err(&path, e)
         })?;
         *cache = stamp(&path).map(|stamp| Cache {
-            stamp,
+            stamp: Some(stamp),
             applied: Arc::new(Applied { gen: gen.to_string(), tables: tables.to_vec() }),
             unsaved: false,
         });
@@ -322,7 +353,7 @@ impl Engine {
     pub fn flush(&self) -> Result<()> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let Some(k) = cache.as_ref().filter(|k| k.unsaved) else { return Ok(()) };
-        if stamp(&self.state_path()) != Some(k.stamp) {
+        if stamp(&self.state_path()) != k.stamp {
             *cache = None;
             return Ok(());
         }
@@ -342,6 +373,23 @@ impl Engine {
             tracing::error!(error = %e, "policy applied but its state not saved: the next apply replaces the tables");
             let _ = self.forget();
         })
+    }
+
+    /// After a commit of `tables` (generation `gen`): the state file written
+    /// from `tables_json`, or, without it, the state kept in memory as
+    /// unsaved for [`flush`](Self::flush) (the file, if any, names an older
+    /// generation until then: a reader replaces the tables).
+    fn record(&self, tables: &[TableState], tables_json: Option<&[u8]>, gen: &str) -> Result<()> {
+        if let Some(json) = tables_json {
+            return self.store_after_commit(tables, json, gen);
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        *cache = Some(Cache {
+            stamp: stamp(&self.state_path()),
+            applied: Arc::new(Applied { gen: gen.to_string(), tables: tables.to_vec() }),
+            unsaved: true,
+        });
+        Ok(())
     }
 
     /// Forgets the persisted state (the next apply is a full replace).
@@ -371,7 +419,7 @@ impl Engine {
     /// (`Error::State`), the new policy is in force and the old file is
     /// removed, so that the next apply is a full replace.
     pub fn apply<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
-        self.apply_with(c, false)
+        self.apply_with(c, false, false)
     }
 
     /// [`apply`](Self::apply) as a full replace of every table, whatever
@@ -379,7 +427,7 @@ impl Engine {
     /// rule added to a chain the new state does not change), e.g. after
     /// [`check`](Self::check) found one. The owner rules still apply.
     pub fn apply_full<D: Desired + ?Sized>(&self, c: &D) -> Result<ApplyReport> {
-        self.apply_with(c, true)
+        self.apply_with(c, true, false)
     }
 
     /// [`apply`](Self::apply) when only the objects `changes` names may
@@ -393,20 +441,24 @@ impl Engine {
     /// says everything changed, or when a changed object cannot be changed in
     /// place; to a full replace when the kernel refuses the delta.
     pub fn apply_changes<D: Desired + ?Sized>(&self, c: &D, changes: &Changes) -> Result<ApplyReport> {
+        self.in_session(|| self.apply_changes_in_session(c, changes))
+    }
+
+    fn apply_changes_in_session<D: Desired + ?Sized>(&self, c: &D, changes: &Changes) -> Result<ApplyReport> {
         let start = Instant::now();
         if changes.all {
-            return self.apply(c);
+            return self.apply_with(c, false, true);
         }
         let next = c.tables();
         let prev = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.as_ref().filter(|k| stamp(&self.state_path()) == Some(k.stamp)).map(|k| k.applied.clone())
+            cache.as_ref().filter(|k| stamp(&self.state_path()) == k.stamp).map(|k| k.applied.clone())
         };
-        let Some(prev) = prev else { return self.apply(c) };
+        let Some(prev) = prev else { return self.apply_with(c, false, true) };
         let same_tables =
             prev.tables.len() == next.len() && prev.tables.iter().zip(next).all(|(p, n)| p.table == n.table);
         let Some(prev_seq) = gen_seq(&prev.gen).filter(|&s| same_tables && s < GEN_SEQ_MAX) else {
-            return self.apply(c);
+            return self.apply_with(c, false, true);
         };
         // the changed objects of each table, before and after
         let mut subs = Vec::new();
@@ -425,7 +477,7 @@ impl Engine {
                 .into());
             }
             if !TableState::compatible(&ps, &ns) {
-                return self.apply(c);
+                return self.apply_with(c, false, true);
             }
             subs.push((ps, ns));
         }
@@ -449,7 +501,7 @@ impl Engine {
         let prev_entry = gen_elem(&prev.gen);
         for n in next {
             if !self.ownership(&n.table, &ours)? {
-                return self.apply(c);
+                return self.apply_with(c, false, true);
             }
             let have = map_entries(&n.table, &gen_def())?;
             let newest = have
@@ -461,7 +513,7 @@ impl Engine {
                 .max_by_key(|(s, _)| *s)
                 .map(|(_, k)| k.clone());
             if newest.as_ref() != Some(&prev_entry) {
-                return self.apply(c);
+                return self.apply_with(c, false, true);
             }
             if have.len() >= GEN_KEEP {
                 let old: Vec<SetElem> = have.into_iter().map(|(k, _)| k).collect();
@@ -473,7 +525,7 @@ impl Engine {
         let c0 = Instant::now();
         if let Err(e) = x.commit() {
             tracing::warn!(error = %e, "policy delta refused by the kernel: full replace");
-            return self.apply_with(c, true);
+            return self.apply_with(c, true, true);
         }
         let commit = c0.elapsed();
         // the kernel has it: so does the state in memory (the file follows on flush)
@@ -495,7 +547,15 @@ impl Engine {
         Ok(ApplyReport { full: false, ops, elapsed: start.elapsed(), commit })
     }
 
-    fn apply_with<D: Desired + ?Sized>(&self, c: &D, full: bool) -> Result<ApplyReport> {
+    /// `apply` (`full`: `apply_full`); `defer`: the state file is left to
+    /// [`flush`](Self::flush), as `apply_changes` leaves it, and the
+    /// generation's hash is of a nonce rather than of the state's JSON
+    /// (serialising a 1k-endpoint state costs milliseconds).
+    fn apply_with<D: Desired + ?Sized>(&self, c: &D, full: bool, defer: bool) -> Result<ApplyReport> {
+        self.in_session(|| self.apply_with_in_session(c, full, defer))
+    }
+
+    fn apply_with_in_session<D: Desired + ?Sized>(&self, c: &D, full: bool, defer: bool) -> Result<ApplyReport> {
         let start = Instant::now();
         let next = c.tables();
         for (i, t) in next.iter().enumerate() {
@@ -505,14 +565,20 @@ impl Engine {
             }
         }
         let ours = self.owner_comment()?;
-        let json =
-            serde_json::to_vec(next).map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?;
+        let json = if defer {
+            None
+        } else {
+            Some(
+                serde_json::to_vec(next)
+                    .map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?,
+            )
+        };
         let prev = if full { None } else { self.load() };
         let prev_seq = prev.as_ref().and_then(|p| gen_seq(&p.gen));
         // a wrapped sequence cannot say which entry is the newest: replace
         let prev_seq = prev_seq.filter(|&s| s < GEN_SEQ_MAX);
         let prev = prev.filter(|_| prev_seq.is_some());
-        let gen = generation(prev_seq.map_or(1, |s| s + 1), &json);
+        let gen = generation(prev_seq.map_or(1, |s| s + 1), json.as_deref().unwrap_or(&nonce()));
         let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
         // every table this apply may touch must be ours or free to take over
         let mut owned: BTreeMap<&TableRef, bool> = BTreeMap::new();
@@ -582,7 +648,7 @@ impl Engine {
                 Ok(()) => {
                     let commit = c0.elapsed();
                     if ops > 0 {
-                        self.store_after_commit(next, &json, &gen)?;
+                        self.record(next, json.as_deref(), &gen)?;
                     }
                     return Ok(ApplyReport { full: !all_delta, ops, elapsed: start.elapsed(), commit });
                 }
@@ -604,7 +670,7 @@ impl Engine {
         let c0 = Instant::now();
         x.commit()?;
         let commit = c0.elapsed();
-        self.store_after_commit(next, &json, &gen)?;
+        self.record(next, json.as_deref(), &gen)?;
         Ok(ApplyReport { full: true, ops, elapsed: start.elapsed(), commit })
     }
 
@@ -630,6 +696,10 @@ impl Engine {
     /// maps rules look up), as well as the base chains of the table, exist
     /// with the rule count `c` gives them.
     pub fn check<D: Desired + ?Sized>(&self, c: &D, ep: &str) -> Result<()> {
+        self.in_session(|| self.check_in_session(c, ep))
+    }
+
+    fn check_in_session<D: Desired + ?Sized>(&self, c: &D, ep: &str) -> Result<()> {
         let keys = c.dispatch_keys(ep).ok_or_else(|| Error::Check(format!("endpoint {ep} is not in the policy")))?;
         // per table: the chains to count, from the desired state
         let mut wanted: BTreeMap<TableRef, BTreeSet<String>> = BTreeMap::new();
@@ -711,6 +781,10 @@ impl Engine {
     /// A table another live state directory owns and uses is refused
     /// (`Error::Owner`, nothing destroyed).
     pub fn remove_tables(&self, extra: &[TableRef]) -> Result<()> {
+        self.in_session(|| self.remove_tables_in_session(extra))
+    }
+
+    fn remove_tables_in_session(&self, extra: &[TableRef]) -> Result<()> {
         let mut x = Transaction::new();
         let mut tables: BTreeSet<TableRef> = extra.iter().cloned().collect();
         if let Some(prev) = self.load() {

@@ -559,6 +559,8 @@ fn changes_applied_incrementally_leave_what_a_full_apply_of_compile_leaves() {
         r
     };
     assert!(apply_changes(&mut c).full, "from nothing");
+    // the full replace, too, leaves the state file to flush
+    assert!(!dir.path().join(policy::engine::STATE_FILE).exists(), "written before flush");
     // an endpoint added: a delta, and it is protected
     c.put_endpoint(incremental_ep(20, "db"));
     let r = apply_changes(&mut c);
@@ -575,8 +577,8 @@ fn changes_applied_incrementally_leave_what_a_full_apply_of_compile_leaves() {
     c.remove_endpoint("c5/eth0");
     assert!(!apply_changes(&mut c).full);
     assert_eq!(apply_changes(&mut c).ops, 0, "nothing changed: nothing sent");
-    // the state file was not written since the first apply: another engine (the plugin's ADD)
-    // finds it names an older generation than the kernel's newest, and replaces
+    // the state file was never written: another engine (the plugin's ADD) finds none (or one
+    // naming an older generation than the kernel's newest), and replaces
     let other = Engine::new(dir.path());
     c.put_endpoint(incremental_ep(21, "api"));
     let r = ns.run(|| other.apply(c.compiled())).expect("apply by another engine");

@@ -1,6 +1,7 @@
 //! I/O: the `NETLINK_NETFILTER` socket, sending one batch and collecting its
 //! acks, and dumps (with their interruption by concurrent ruleset changes).
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -16,7 +17,7 @@ pub(super) const RECV_BUF: usize = 64 * 1024;
 /// Sequence numbers of dump requests; batches start at 1.
 pub(super) const DUMP_SEQ: u32 = 0x1000;
 
-pub(super) fn open_socket() -> NftResult<Socket> {
+fn new_socket() -> NftResult<Socket> {
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
@@ -24,6 +25,120 @@ pub(super) fn open_socket() -> NftResult<Socket> {
     // purely an optimisation, so a refusal is ignored.
     let _ = sock.set_cap_ack(true);
     Ok(sock)
+}
+
+thread_local! {
+    /// The socket of the [`Session`] running on this thread: `None` outside
+    /// [`Session::run`], `Some(None)` while its socket is in use (or not
+    /// opened yet).
+    static SESSION: RefCell<Option<Option<Socket>>> = const { RefCell::new(None) };
+}
+
+/// A socket for one operation: the running [`Session`]'s (given back to it
+/// when dropped), or a fresh one (closed when dropped).
+pub(super) struct Sock(Option<Socket>);
+
+impl std::ops::Deref for Sock {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        self.0.as_ref().expect("a socket until dropped")
+    }
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        let Some(sock) = self.0.take() else { return };
+        // back to the session if one runs and has no socket; else closed here
+        let _ = SESSION.try_with(move |s| match s.borrow_mut().as_mut() {
+            Some(slot @ None) => *slot = Some(sock),
+            _ => drop(sock),
+        });
+    }
+}
+
+/// The socket of the running session (leftover replies of an earlier
+/// operation that failed half-way read and dropped), or a fresh one.
+pub(super) fn open_socket() -> NftResult<Sock> {
+    let cached = SESSION.try_with(|s| s.borrow_mut().as_mut().and_then(Option::take)).ok().flatten();
+    if let Some(sock) = cached {
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        for _ in 0..10_000 {
+            match recv_into(&sock, &mut buf, libc::MSG_DONTWAIT) {
+                Ok(true) => continue,
+                Ok(false) => return Ok(Sock(Some(sock))),
+                Err(_) => break,
+            }
+        }
+        // unreadable, or replies without end: closed, a fresh one instead
+    }
+    Ok(Sock(Some(new_socket()?)))
+}
+
+/// The network namespace of the calling thread (device and inode of its
+/// nsfs file).
+fn netns_id() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// One `NETLINK_NETFILTER` socket kept open across operations: every
+/// operation of this module run inside [`Session::run`] (batches, dumps,
+/// gets) uses it instead of opening and closing its own.
+///
+/// Why: when a netfilter netlink socket is closed, nf_tables waits for its
+/// pending transaction cleanup (`nft_rcv_nl_event` flushes the destroy
+/// work, which waits for an RCU grace period) whenever a recent commit
+/// deleted anything: a rule (a flushed chain), an element, a chain. That
+/// wait, 6-20 ms on the development VM, was most of a small delta's
+/// "commit". Kept open, the cleanup runs in the background.
+///
+/// The socket belongs to the network namespace it was opened in: `run` on
+/// a thread of another namespace opens a new one. Dropping the session
+/// closes the socket (and may wait then).
+#[derive(Default)]
+pub struct Session {
+    sock: Option<((u64, u64), Socket)>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("open", &self.sock.is_some()).finish()
+    }
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// Whether the session holds a socket (between two `run`s).
+    pub fn is_open(&self) -> bool {
+        self.sock.is_some()
+    }
+
+    /// Runs `f` with this session's socket for the calling thread's nftables
+    /// operations. Inside another session's `run` on the same thread, `f`
+    /// simply runs in that one.
+    pub fn run<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        if SESSION.with(|s| s.borrow().is_some()) {
+            return f();
+        }
+        let ns = netns_id();
+        let sock = match self.sock.take() {
+            Some((id, sock)) if Some(id) == ns => Some(sock),
+            _ => None,
+        };
+        struct Restore<'a>(&'a mut Session, Option<(u64, u64)>);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let sock = SESSION.with(|s| s.borrow_mut().take()).flatten();
+                self.0.sock = self.1.zip(sock);
+            }
+        }
+        SESSION.with(|s| *s.borrow_mut() = Some(sock));
+        let _restore = Restore(self, ns);
+        f()
+    }
 }
 
 /// Receives one datagram into `buf`. `Ok(false)` when non-blocking and
@@ -61,7 +176,7 @@ pub(super) fn wait_readable(sock: &Socket, timeout: Duration) -> NftResult<bool>
 /// errors after it) becomes the error. With `enoent_ok`, an ENOENT failure
 /// is success: the transaction was aborted, nothing existed to remove.
 pub(super) fn execute(batch: Batch, enoent_ok: bool) -> NftResult<()> {
-    execute_on(&open_socket()?, batch, enoent_ok)
+    execute_on(&*open_socket()?, batch, enoent_ok)
 }
 
 pub(super) fn execute_on(sock: &Socket, batch: Batch, enoent_ok: bool) -> NftResult<()> {

@@ -46,6 +46,7 @@ mod tests;
 mod txn;
 mod wire;
 
+pub use io::Session;
 pub use state::{ChainState, MapState, SetState, TableState};
 pub use txn::{
     proto, Action, AddrField, BaseChain, ChainPolicy, CtStates, Dir, Hook, IfDir, IpVersion, MarkStmt, Match, Rule,
