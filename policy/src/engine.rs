@@ -101,9 +101,10 @@ struct Applied {
 /// `"<7 hex: sequence><8 hex: hash of the state>" : accept` (an ifname
 /// key, 15 characters), the newest (highest sequence) being what the
 /// kernel has. No rule looks it up. Old entries are only added to, and
-/// deleted [`GEN_KEEP`] at a time: a commit that deletes anything (an
-/// element, a chain) waits for an RCU grace period, 8-16 ms on this VM,
-/// where an added element costs microseconds.
+/// deleted [`GEN_KEEP`] at a time: after a commit that deletes anything
+/// (an element, a chain) closing its netlink socket waits for an RCU grace
+/// period, 8-16 ms on this VM, where an added element costs microseconds
+/// (an engine keeps its socket open, but the plugin's process exits).
 pub const GEN_MAP: &str = "gen";
 
 /// When a table's `gen` map holds this many entries, the apply that adds
@@ -490,12 +491,10 @@ impl Engine {
         }
         // every table must be ours and as the state left it, and gets the new generation
         let ours = self.owner_comment()?;
+        // the previous generation and a nonce: serialising the changed objects (an endpoint
+        // add changes the 1k-entry dispatch maps) cost milliseconds
         let mut hashed = prev.gen.clone().into_bytes();
-        for (_, ns) in &subs {
-            hashed.extend(
-                serde_json::to_vec(ns).map_err(|e| Error::State { path: self.state_path(), message: e.to_string() })?,
-            );
-        }
+        hashed.extend(nonce());
         let gen = generation(prev_seq + 1, &hashed);
         let gen_entry = [(gen_elem(&gen), Verdict::Accept)];
         let prev_entry = gen_elem(&prev.gen);
