@@ -112,3 +112,55 @@ fn one_connection_serves_many_threads() {
         assert_eq!(r.omap_list("rbd", &format!("obj-{t}"), "", 100).unwrap().len(), 5);
     }
 }
+
+/// `image_data`: Ceph's own proof that an image was never written (no
+/// parent, no snapshot, no data object in a valid object map), and every
+/// case where it must not claim so.
+#[test]
+fn image_data_is_empty_only_for_an_unwritten_image_without_parent() {
+    use ceph::ImageData;
+    let c = common::cluster();
+    let r = common::connect(&c);
+
+    r.create_image("rbd", "fresh", 64 * MIB, &csi_features()).unwrap();
+    assert_eq!(r.image_data("rbd", "fresh").unwrap(), ImageData::Empty);
+    // Resized (the map grows with it): still nothing written.
+    r.resize_image("rbd", "fresh", 128 * MIB).unwrap();
+    assert_eq!(r.image_data("rbd", "fresh").unwrap(), ImageData::Empty);
+
+    // One byte in the middle, far from both ends (what a device probe of
+    // the ends would miss): the object map shows its object.
+    r.create_image("rbd", "written", 64 * MIB, &csi_features()).unwrap();
+    r.write_image("rbd", "written", 40 * MIB + 7, &[1]).unwrap();
+    assert_eq!(r.image_data("rbd", "written").unwrap(), ImageData::Written);
+    // Zeros written are data objects too (the map cannot tell them apart).
+    r.create_image("rbd", "zeros", 64 * MIB, &csi_features()).unwrap();
+    r.write_image("rbd", "zeros", 0, &[0; 4096]).unwrap();
+    assert_eq!(r.image_data("rbd", "zeros").unwrap(), ImageData::Written);
+    // Written by the CLI, another client (its own object map update).
+    let src = c.dir().join("image-data.bin");
+    std::fs::write(&src, vec![0xabu8; MIB as usize]).unwrap();
+    c.rbd(&["import", "--no-progress", &src.display().to_string(), "rbd/imported"]).unwrap();
+    assert_eq!(r.image_data("rbd", "imported").unwrap(), ImageData::Written);
+
+    // A clone of a snapshot of a written image: its own map is empty, yet
+    // it reads its parent's data.
+    r.snap_create("rbd", "written", "s1").unwrap();
+    r.clone_image("rbd", "written", "s1", "rbd", "child", &csi_features()).unwrap();
+    assert_eq!(r.image_data("rbd", "child").unwrap(), ImageData::HasParent);
+    // Snapshots: not answered from the map.
+    r.snap_create("rbd", "fresh", "s1").unwrap();
+    assert!(matches!(r.image_data("rbd", "fresh").unwrap(), ImageData::Unknown(m) if m.contains("snapshots")));
+
+    // Without the object map: unknown, never empty.
+    let plain = ImageOptions { features: vec!["layering".into()], ..Default::default() };
+    r.create_image("rbd", "no-map", 64 * MIB, &plain).unwrap();
+    assert!(matches!(r.image_data("rbd", "no-map").unwrap(), ImageData::Unknown(m) if m.contains("features")));
+    // An object map flagged invalid: unknown.
+    r.create_image("rbd", "invalid-map", 64 * MIB, &csi_features()).unwrap();
+    c.rbd(&["feature", "disable", "rbd/invalid-map", "fast-diff", "object-map"]).unwrap();
+    c.rbd(&["feature", "enable", "rbd/invalid-map", "object-map", "fast-diff"]).unwrap();
+    assert!(matches!(r.image_data("rbd", "invalid-map").unwrap(), ImageData::Unknown(m) if m.contains("invalid")));
+
+    assert!(matches!(r.image_data("rbd", "missing"), Err(ceph::Error::NotFound(_))));
+}

@@ -121,6 +121,7 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     drop(a);
     let e = b.node_stage_volume(vols[0].stage_req(&c, cap.clone())).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "a dead node's lock still holds until takeover: {e:?}");
+    let refused = killed.elapsed();
 
     // Takeover by hand for the first volume: the admin command, key from the environment.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_csi-rbd"))
@@ -132,8 +133,16 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "takeover: {said} {}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains(&clients[0]), "takeover names the fenced client: {said}");
+    let fenced = killed.elapsed();
     b.node_stage_volume(vols[0].stage_req(&c, cap.clone())).await.expect("B stages after the takeover");
     let migrated = killed.elapsed();
+    // Where a slow takeover spends its time.
+    eprintln!(
+        "MEASURE takeover phases: B refused at {:.2} s, takeover command done at {:.2} s, B staged at {:.2} s",
+        refused.as_secs_f64(),
+        fenced.as_secs_f64(),
+        migrated.as_secs_f64()
+    );
 
     // The second through ControllerUnpublishVolume's path.
     csi_rbd::attach::unpublish(rbd.as_ref(), "rbd", &vols[1].image, "node-a").unwrap();

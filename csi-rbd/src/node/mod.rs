@@ -165,17 +165,30 @@ impl<T> Pending<T> {
     }
 }
 
+/// What the claim's thread learnt of the image after the claim.
+#[derive(Default)]
+struct Learnt {
+    /// The filesystem hint in the image's attach object.
+    hint: Option<String>,
+    /// Ceph's metadata proves the image unwritten (no hint, no parent, no
+    /// snapshot, no data object in a valid object map): it reads as zeros.
+    unwritten: bool,
+}
+
 /// The stage's claim of the attach lock, then the read of the image's
-/// filesystem hint, on one thread while the image is mapped.
+/// filesystem hint (and, without one, of its object map), on one thread
+/// while the image is mapped.
 struct Claim {
-    pending: Option<Pending<Option<String>>>,
+    pending: Option<Pending<Learnt>>,
     /// The filesystem hint, once confirmed.
     hint: Option<String>,
+    /// See [`Learnt::unwritten`], once confirmed.
+    unwritten: bool,
 }
 
 impl Claim {
-    fn new(pending: Pending<Option<String>>) -> Claim {
-        Claim { pending: Some(pending), hint: None }
+    fn new(pending: Pending<Learnt>) -> Claim {
+        Claim { pending: Some(pending), hint: None, unwritten: false }
     }
 
     /// Waits for the claim, at most [`CEPH_TIMEOUT`] from its start (once;
@@ -183,7 +196,9 @@ impl Claim {
     fn confirm(&mut self) -> Result<(), Status> {
         match self.pending.take() {
             Some(p) => {
-                self.hint = p.wait_for(CEPH_TIMEOUT)?;
+                let l = p.wait_for(CEPH_TIMEOUT)?;
+                self.hint = l.hint;
+                self.unwritten = l.unwritten;
                 Ok(())
             }
             None => Ok(()),
@@ -574,17 +589,23 @@ impl NodeService {
         // stage recorded on the image (a migration's second node), which
         // spares the probe ([`NodeService::make_fs_and_mount`]). A failed
         // read of it only costs the probe.
+        // Without a hint, a read-write stage asks Ceph whether the image was
+        // ever written ([`attach::unwritten`]): a new image, proven blank
+        // from its metadata, is not probed. Still on the claim's thread, so
+        // it holds the attach lock and overlaps the map.
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
         let (want_hint, vol) = (!r.fs_type.is_empty(), r.volume_id.clone());
         let mut claim = Claim::new(start_bounded("claim the attach lock", move || {
             attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)?;
             if !want_hint {
-                return Ok(None);
+                return Ok(Learnt::default());
             }
-            Ok(attach::filesystem(c.as_ref(), &p, &i).unwrap_or_else(|e| {
+            let hint = attach::filesystem(c.as_ref(), &p, &i).unwrap_or_else(|e| {
                 tracing::debug!(volume = %vol, "no filesystem hint: {}", e.message());
                 None
-            }))
+            });
+            let unwritten = hint.is_none() && !ro && attach::unwritten(c.as_ref(), &p, &i, &vol);
+            Ok(Learnt { hint, unwritten })
         })?);
 
         let mut rec = StageRecord {
@@ -730,7 +751,7 @@ impl NodeService {
         claim.confirm()?;
         let hinted = claim.hint.clone().filter(|t| fs::SUPPORTED.contains(&t.as_str()));
         if let Some(t) = &hinted {
-            match self.mount_staging(r, &device, t, rec, recording) {
+            match self.mount_staging(r, &device, t, rec, recording, steps) {
                 Ok(()) => {
                     steps.mark("mount");
                     return Ok(());
@@ -749,13 +770,20 @@ impl NodeService {
                 Err(Mounted::Other(e)) => return Err(e),
             }
         }
-        // Zeros at both ends: blank, no blkid process; anything else: blkid decides.
-        let found = match fs::inspect(&device)? {
-            fs::Content::Blank => None,
-            fs::Content::Known(t) => Some(t.to_string()),
-            fs::Content::Other => fs::probe(&device)?,
+        // Proven unwritten by Ceph (read while the image mapped): blank, not
+        // read. Otherwise zeros at both ends: blank, no blkid process;
+        // anything else: blkid decides.
+        let (found, why) = if claim.unwritten && hinted.is_none() {
+            (None, "no data object in the image's object map, no parent: not probed")
+        } else {
+            let found = match fs::inspect(&device)? {
+                fs::Content::Blank => None,
+                fs::Content::Known(t) => Some(t.to_string()),
+                fs::Content::Other => fs::probe(&device)?,
+            };
+            steps.mark("probe");
+            (found, "the device probe found no signature")
         };
-        steps.mark("probe");
         let blank = found.is_none();
         let fs_type = match found {
             None if r.readonly => {
@@ -783,6 +811,9 @@ impl NodeService {
         recording.start(rec, carried.clone())?;
         steps.mark("start-records");
         if blank {
+            if !r.readonly {
+                tracing::info!("making {} on {device} for volume {}, blank: {why}", rec.fs_type, r.volume_id);
+            }
             fs::mkfs(&device, &rec.fs_type)?;
             steps.mark("mkfs");
         }
@@ -798,7 +829,7 @@ impl NodeService {
         } else {
             None
         };
-        let mounted = self.mount_staging(r, &device, &fs_type, rec, recording).map_err(Mounted::status);
+        let mounted = self.mount_staging(r, &device, &fs_type, rec, recording, steps).map_err(Mounted::status);
         steps.mark("mount");
         if let Some(Err(e)) = remembering.map(|p| p.wait_for(CEPH_TIMEOUT)) {
             tracing::warn!(volume = %r.volume_id, "the image's filesystem is not recorded in Ceph: {}", e.message());
@@ -815,6 +846,7 @@ impl NodeService {
         fs_type: &str,
         rec: &mut StageRecord,
         recording: &mut Recording,
+        steps: &mut Steps,
     ) -> Result<(), Mounted> {
         if fs_type != rec.fs_type {
             tracing::info!(volume = %r.volume_id, "mounting the existing {fs_type} filesystem (asked for {})", rec.fs_type);
@@ -837,6 +869,9 @@ impl NodeService {
             .map_err(|e| Mounted::Other(Error::io(format!("create staging path {}", r.staging.display()), e).into()))?;
         let (flags, mut data) = mount_flags(&r.mount_flags, r.readonly);
         data = vec![fs::mount_data(fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
+        // The mount table read and the staging directory: apart from the
+        // mount itself in the step log.
+        steps.mark("mount-prep");
         match mount::mount(device, &r.staging, fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT) {
             Ok(()) => Ok(()),
             Err(e @ Error::Sys { .. }) => Err(Mounted::Failed(e)),
