@@ -52,8 +52,7 @@ const RADOS_FUNCTIONS: &[&str] = &[
     "rados_buffer_free",
 ];
 
-/// The librbd calls: images, snapshots, clones, metadata, watchers, and the
-/// object map (flags, whole-object diff) that proves an image unwritten.
+/// The librbd calls: images, snapshots, clones, metadata, watchers.
 const RBD_FUNCTIONS: &[&str] = &[
     "rbd_image_options_create",
     "rbd_image_options_destroy",
@@ -90,8 +89,6 @@ const RBD_FUNCTIONS: &[&str] = &[
     "rbd_read",
     "rbd_write",
     "rbd_list_children3",
-    "rbd_get_flags",
-    "rbd_diff_iterate2",
 ];
 
 const TYPES: &[&str] = &[
@@ -119,7 +116,6 @@ const VARS: &[&str] = &[
     "LIBRADOS_LOCK_FLAG_RENEW",
     "RBD_IMAGE_OPTION_.*",
     "RBD_FEATURE_.*",
-    "RBD_FLAG_.*",
 ];
 
 fn main() {

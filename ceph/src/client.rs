@@ -12,8 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::check;
 use crate::sys;
 use crate::{
-    ConnectSpec, Error, Guard, ImageData, ImageInfo, ImageOptions, Locker, ParentSpec, PoolStats, Rbd, Result,
-    SnapInfo, Watcher,
+    ConnectSpec, Error, Guard, ImageInfo, ImageOptions, Locker, ParentSpec, PoolStats, Rbd, Result, SnapInfo, Watcher,
 };
 
 /// Connects to the cluster as `client.<user>` with the key, monitors and
@@ -998,75 +997,6 @@ impl Rbd for Client {
         // those in the trash namespace included.
         let img = self.open_image(&io, pool, image, Open::ReadOnly)?;
         list_children(&img, &format!("{pool}/{image}"))
-    }
-
-    fn image_data(&self, pool: &str, image: &str) -> Result<ImageData> {
-        let io = self.ioctx(pool)?;
-        // Read-only: no watch, no exclusive lock requested from a mapper.
-        let img = self.open_image(&io, pool, image, Open::ReadOnly)?;
-        let op = || format!("object map of image {pool}/{image}");
-        let mut bits = 0u64;
-        // SAFETY: open image, out-pointer to a local.
-        check(unsafe { sys::rbd_get_features(img.0, &mut bits) }.into(), op)?;
-        let need = u64::from(sys::RBD_FEATURE_OBJECT_MAP) | u64::from(sys::RBD_FEATURE_FAST_DIFF);
-        if bits & need != need {
-            return Ok(ImageData::Unknown("no object-map and fast-diff features".into()));
-        }
-        let mut flags = 0u64;
-        // SAFETY: open image, out-pointer to a local.
-        check(unsafe { sys::rbd_get_flags(img.0, &mut flags) }.into(), op)?;
-        let invalid = u64::from(sys::RBD_FLAG_OBJECT_MAP_INVALID) | u64::from(sys::RBD_FLAG_FAST_DIFF_INVALID);
-        if flags & invalid != 0 {
-            return Ok(ImageData::Unknown(format!("object map flagged invalid (flags {flags:#x})")));
-        }
-        let mut pspec = sys::rbd_linked_image_spec_t::default();
-        let mut sspec = sys::rbd_snap_spec_t::default();
-        // SAFETY: open image, out-structs; librbd allocates their strings
-        // on success, freed below.
-        let rc = unsafe { sys::rbd_get_parent(img.0, &mut pspec, &mut sspec) };
-        if rc != -libc::ENOENT {
-            check(rc.into(), || format!("parent of image {pool}/{image}"))?;
-            // SAFETY: filled in by librbd, freed once.
-            unsafe {
-                sys::rbd_linked_image_spec_cleanup(&mut pspec);
-                sys::rbd_snap_spec_cleanup(&mut sspec);
-            }
-            return Ok(ImageData::HasParent);
-        }
-        if !snap_list(&img, pool, image)?.is_empty() {
-            return Ok(ImageData::Unknown("the image has snapshots".into()));
-        }
-        let mut info = sys::rbd_image_info_t::default();
-        // SAFETY: open image; info is a local of the size we pass.
-        check(unsafe { sys::rbd_stat(img.0, &mut info, std::mem::size_of::<sys::rbd_image_info_t>()) }.into(), op)?;
-        /// Called by librbd for each object the object map does not show
-        /// as absent: one is enough, so the walk stops there.
-        unsafe extern "C" fn seen(_off: u64, _len: usize, _exists: c_int, arg: *mut c_void) -> c_int {
-            // SAFETY: arg is the &mut bool passed below, alive for the call.
-            unsafe { *(arg as *mut bool) = true };
-            -libc::ECANCELED
-        }
-        let mut any = false;
-        // SAFETY: open image; from the beginning of time (no snapshot name),
-        // the whole image, whole objects (with a valid fast-diff map librbd
-        // reads only the object map); `any` outlives the call.
-        let rc = unsafe {
-            sys::rbd_diff_iterate2(
-                img.0,
-                ptr::null(),
-                0,
-                info.size,
-                0,
-                1,
-                Some(seen),
-                &mut any as *mut bool as *mut c_void,
-            )
-        };
-        if any {
-            return Ok(ImageData::Written);
-        }
-        check(rc.into(), op)?;
-        Ok(ImageData::Empty)
     }
 
     fn read_image(&self, pool: &str, image: &str, snap: Option<&str>, offset: u64, len: usize) -> Result<Vec<u8>> {

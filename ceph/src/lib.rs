@@ -123,23 +123,6 @@ pub struct Watcher {
     pub address: String,
 }
 
-/// What an image's object map says of its data ([`Rbd::image_data`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageData {
-    /// No parent, no snapshot, and no data object in the (valid) object map
-    /// of its head: every byte of the image reads as zero.
-    Empty,
-    /// The object map names at least one data object.
-    Written,
-    /// The image is a clone: its parent may supply data the child's object
-    /// map does not show.
-    HasParent,
-    /// The object map cannot answer (the `object-map` or `fast-diff`
-    /// feature is off, the map is flagged invalid, or the image has
-    /// snapshots); the reason.
-    Unknown(String),
-}
-
 /// A pool's usage, from the monitor's `df`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -217,13 +200,6 @@ pub trait Rbd: Send + Sync + std::fmt::Debug {
     /// The image's user snapshots (not the trashed ones clone v2 children
     /// still hold, nor group or mirror snapshots).
     fn snap_list(&self, pool: &str, image: &str) -> Result<Vec<SnapInfo>>;
-    /// Whether the image's head holds data, from Ceph's metadata alone (no
-    /// data object is read): the features and flags, the parent, the
-    /// snapshots, then the object map through a whole-object
-    /// `rbd_diff_iterate2` from the beginning of time, which with a valid
-    /// fast-diff map reads only that map. [`ImageData::Empty`] only when all
-    /// of them say so.
-    fn image_data(&self, pool: &str, image: &str) -> Result<ImageData>;
     /// A clone v2 of `pool/parent@snap` (no protection needed).
     fn clone_image(
         &self,

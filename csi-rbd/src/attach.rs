@@ -210,25 +210,6 @@ pub fn filesystem(rbd: &dyn Rbd, pool: &str, image: &str) -> Result<Option<Strin
     Ok(m.get(FS_KEY).and_then(|v| String::from_utf8(v.clone()).ok()))
 }
 
-/// Whether Ceph's metadata proves the image never written
-/// ([`ceph::Rbd::image_data`]: no parent, no snapshot, no data object in a
-/// valid object map), so that its device reads as zeros everywhere and a
-/// stage may format it without reading it. Any other answer, or an error
-/// (logged at debug), is false: the stage probes the device as before.
-pub fn unwritten(rbd: &dyn Rbd, pool: &str, image: &str, volume: &str) -> bool {
-    match rbd.image_data(pool, image) {
-        Ok(ceph::ImageData::Empty) => true,
-        Ok(other) => {
-            tracing::debug!(volume, "not proven blank by Ceph ({other:?}): the device is probed");
-            false
-        }
-        Err(e) => {
-            tracing::debug!(volume, "no object map answer ({e}): the device is probed");
-            false
-        }
-    }
-}
-
 /// Records `fs` as the image's filesystem (after a read-write stage made
 /// or mounted it).
 pub fn remember_filesystem(rbd: &dyn Rbd, pool: &str, image: &str, fs: &str) -> Result<(), Status> {

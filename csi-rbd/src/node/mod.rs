@@ -165,30 +165,17 @@ impl<T> Pending<T> {
     }
 }
 
-/// What the claim's thread learnt of the image after the claim.
-#[derive(Default)]
-struct Learnt {
-    /// The filesystem hint in the image's attach object.
-    hint: Option<String>,
-    /// Ceph's metadata proves the image unwritten (no hint, no parent, no
-    /// snapshot, no data object in a valid object map): it reads as zeros.
-    unwritten: bool,
-}
-
 /// The stage's claim of the attach lock, then the read of the image's
-/// filesystem hint (and, without one, of its object map), on one thread
-/// while the image is mapped.
+/// filesystem hint, on one thread while the image is mapped.
 struct Claim {
-    pending: Option<Pending<Learnt>>,
+    pending: Option<Pending<Option<String>>>,
     /// The filesystem hint, once confirmed.
     hint: Option<String>,
-    /// See [`Learnt::unwritten`], once confirmed.
-    unwritten: bool,
 }
 
 impl Claim {
-    fn new(pending: Pending<Learnt>) -> Claim {
-        Claim { pending: Some(pending), hint: None, unwritten: false }
+    fn new(pending: Pending<Option<String>>) -> Claim {
+        Claim { pending: Some(pending), hint: None }
     }
 
     /// Waits for the claim, at most [`CEPH_TIMEOUT`] from its start (once;
@@ -196,9 +183,7 @@ impl Claim {
     fn confirm(&mut self) -> Result<(), Status> {
         match self.pending.take() {
             Some(p) => {
-                let l = p.wait_for(CEPH_TIMEOUT)?;
-                self.hint = l.hint;
-                self.unwritten = l.unwritten;
+                self.hint = p.wait_for(CEPH_TIMEOUT)?;
                 Ok(())
             }
             None => Ok(()),
@@ -589,23 +574,17 @@ impl NodeService {
         // stage recorded on the image (a migration's second node), which
         // spares the probe ([`NodeService::make_fs_and_mount`]). A failed
         // read of it only costs the probe.
-        // Without a hint, a read-write stage asks Ceph whether the image was
-        // ever written ([`attach::unwritten`]): a new image, proven blank
-        // from its metadata, is not probed. Still on the claim's thread, so
-        // it holds the attach lock and overlaps the map.
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
         let (want_hint, vol) = (!r.fs_type.is_empty(), r.volume_id.clone());
         let mut claim = Claim::new(start_bounded("claim the attach lock", move || {
             attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)?;
             if !want_hint {
-                return Ok(Learnt::default());
+                return Ok(None);
             }
-            let hint = attach::filesystem(c.as_ref(), &p, &i).unwrap_or_else(|e| {
+            Ok(attach::filesystem(c.as_ref(), &p, &i).unwrap_or_else(|e| {
                 tracing::debug!(volume = %vol, "no filesystem hint: {}", e.message());
                 None
-            });
-            let unwritten = hint.is_none() && !ro && attach::unwritten(c.as_ref(), &p, &i, &vol);
-            Ok(Learnt { hint, unwritten })
+            }))
         })?);
 
         let mut rec = StageRecord {
@@ -770,20 +749,13 @@ impl NodeService {
                 Err(Mounted::Other(e)) => return Err(e),
             }
         }
-        // Proven unwritten by Ceph (read while the image mapped): blank, not
-        // read. Otherwise zeros at both ends: blank, no blkid process;
-        // anything else: blkid decides.
-        let (found, why) = if claim.unwritten && hinted.is_none() {
-            (None, "no data object in the image's object map, no parent: not probed")
-        } else {
-            let found = match fs::inspect(&device)? {
-                fs::Content::Blank => None,
-                fs::Content::Known(t) => Some(t.to_string()),
-                fs::Content::Other => fs::probe(&device)?,
-            };
-            steps.mark("probe");
-            (found, "the device probe found no signature")
+        // Zeros at both ends: blank, no blkid process; anything else: blkid decides.
+        let found = match fs::inspect(&device)? {
+            fs::Content::Blank => None,
+            fs::Content::Known(t) => Some(t.to_string()),
+            fs::Content::Other => fs::probe(&device)?,
         };
+        steps.mark("probe");
         let blank = found.is_none();
         let fs_type = match found {
             None if r.readonly => {
@@ -812,7 +784,11 @@ impl NodeService {
         steps.mark("start-records");
         if blank {
             if !r.readonly {
-                tracing::info!("making {} on {device} for volume {}, blank: {why}", rec.fs_type, r.volume_id);
+                tracing::info!(
+                    "making {} on {device} for volume {}: the device probe found it blank",
+                    rec.fs_type,
+                    r.volume_id
+                );
             }
             fs::mkfs(&device, &rec.fs_type)?;
             steps.mark("mkfs");
