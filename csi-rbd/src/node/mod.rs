@@ -568,16 +568,29 @@ impl NodeService {
 
         // Exclusivity: nothing is written (no mkfs, no mount, which writes
         // the superblock; a raw block volume is not handed out) unless this
-        // node holds the image. The claim's round trip overlaps the map and
-        // the read-only probe; a refused claim undoes the map.
+        // node holds the image. The claim's round trip (taking the lock when
+        // the look below found it free) overlaps the map; a refused claim
+        // undoes the map.
         // After the claim, on the same thread: the filesystem a read-write
         // stage recorded on the image (a migration's second node), which
         // spares the probe ([`NodeService::make_fs_and_mount`]). A failed
         // read of it only costs the probe.
+        // A read-write stage first looks who holds the image (one round
+        // trip): held by another node, it is refused before anything is
+        // mapped ([`attach::held_here`]: the map alone would take the
+        // image's exclusive lock from that node's kernel, and wait out a
+        // dead one's watch).
+        let held = if r.readonly {
+            false
+        } else {
+            let (c, p, i, n) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone());
+            bounded("read the attach lock", CEPH_TIMEOUT, move || attach::held_here(c.as_ref(), &p, &i, &n))?
+        };
+        steps.mark("holders");
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
         let (want_hint, vol) = (!r.fs_type.is_empty(), r.volume_id.clone());
         let mut claim = Claim::new(start_bounded("claim the attach lock", move || {
-            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)?;
+            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro, held)?;
             if !want_hint {
                 return Ok(None);
             }
