@@ -107,10 +107,10 @@ pub fn status(e: ceph::Error) -> Status {
     }
 }
 
-/// The nodes holding the read-write lock (normally zero or one).
+/// The nodes holding the read-write lock (normally zero or one): the
+/// cookies, in one round trip.
 pub fn holders(rbd: &dyn Rbd, pool: &str, image: &str) -> Result<Vec<String>, Status> {
-    let mut nodes: Vec<String> =
-        rbd.lockers(pool, &object(image), LOCK_NAME).map_err(status)?.into_iter().map(|l| l.cookie).collect();
+    let mut nodes: Vec<String> = rbd.lock_cookies(pool, &object(image), LOCK_NAME).map_err(status)?;
     nodes.sort();
     nodes.dedup();
     Ok(nodes)
