@@ -702,57 +702,24 @@ impl Rbd for Client {
     }
 
     fn lockers(&self, pool: &str, oid: &str, name: &str) -> Result<Vec<Locker>> {
-        let op = format!("list lockers of {name} on {pool}/{oid}");
         let io = self.ioctx(pool)?;
-        let (coid, cname) = (cstr("object", oid)?, cstr("lock name", name)?);
-        let mut sizes = [256usize; 4];
-        let (n, clients, cookies, addrs) = loop {
-            let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|s| vec![0u8; *s]).collect();
-            let mut lens = sizes;
-            let mut exclusive: c_int = 0;
-            let [tag, clients, cookies, addrs] = &mut bufs[..] else { unreachable!() };
-            // SAFETY: each buffer has the length passed with it; librados
-            // writes at most that many bytes and updates the lengths.
-            let rc = unsafe {
-                sys::rados_list_lockers(
-                    io.0,
-                    coid.as_ptr(),
-                    cname.as_ptr(),
-                    &mut exclusive,
-                    tag.as_mut_ptr() as *mut c_char,
-                    &mut lens[0],
-                    clients.as_mut_ptr() as *mut c_char,
-                    &mut lens[1],
-                    cookies.as_mut_ptr() as *mut c_char,
-                    &mut lens[2],
-                    addrs.as_mut_ptr() as *mut c_char,
-                    &mut lens[3],
-                )
-            };
-            if rc == -(libc::ERANGE as isize) && sizes.iter().all(|s| *s < 64 << 20) {
-                for (s, l) in sizes.iter_mut().zip(lens) {
-                    *s = (*s * 2).max(l);
-                }
-                continue;
-            }
-            if rc == -(libc::ENOENT as isize) {
-                return Ok(Vec::new());
-            }
-            let n = check(rc as i64, || op.clone())? as usize;
-            break (n, split_nul(&clients[..lens[1]]), split_nul(&cookies[..lens[2]]), split_nul(&addrs[..lens[3]]));
-        };
-        if n == 0 {
+        let listed = list_lockers(&io, pool, oid, name)?;
+        if listed.is_empty() {
             return Ok(Vec::new());
         }
         let descriptions = self.lock_descriptions(&IoCtxRef(&io), pool, oid, name)?;
-        Ok((0..n)
-            .map(|i| {
-                let client = clients.get(i).cloned().unwrap_or_default();
-                let cookie = cookies.get(i).cloned().unwrap_or_default();
+        Ok(listed
+            .into_iter()
+            .map(|(client, cookie, address)| {
                 let description = descriptions.get(&(client.clone(), cookie.clone())).cloned().unwrap_or_default();
-                Locker { client, cookie, address: plain_address(addrs.get(i).map_or("", |s| s)), description }
+                Locker { client, cookie, address, description }
             })
             .collect())
+    }
+
+    fn lock_cookies(&self, pool: &str, oid: &str, name: &str) -> Result<Vec<String>> {
+        let io = self.ioctx(pool)?;
+        Ok(list_lockers(&io, pool, oid, name)?.into_iter().map(|(_, cookie, _)| cookie).collect())
     }
 
     fn break_lock(&self, pool: &str, oid: &str, name: &str, client: &str, cookie: &str) -> Result<()> {
@@ -1041,6 +1008,59 @@ impl Rbd for Client {
             done += wrote;
         }
         Ok(())
+    }
+}
+
+/// The holders of lock `name` on `oid` as (client, cookie, address), in
+/// one `rados_list_lockers` (one round trip); a missing object has none.
+fn list_lockers(io: &IoCtx, pool: &str, oid: &str, name: &str) -> Result<Vec<(String, String, String)>> {
+    let op = format!("list lockers of {name} on {pool}/{oid}");
+    let (coid, cname) = (cstr("object", oid)?, cstr("lock name", name)?);
+    let mut sizes = [256usize; 4];
+    loop {
+        let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|s| vec![0u8; *s]).collect();
+        let mut lens = sizes;
+        let mut exclusive: c_int = 0;
+        let [tag, clients, cookies, addrs] = &mut bufs[..] else { unreachable!() };
+        // SAFETY: each buffer has the length passed with it; librados
+        // writes at most that many bytes and updates the lengths.
+        let rc = unsafe {
+            sys::rados_list_lockers(
+                io.0,
+                coid.as_ptr(),
+                cname.as_ptr(),
+                &mut exclusive,
+                tag.as_mut_ptr() as *mut c_char,
+                &mut lens[0],
+                clients.as_mut_ptr() as *mut c_char,
+                &mut lens[1],
+                cookies.as_mut_ptr() as *mut c_char,
+                &mut lens[2],
+                addrs.as_mut_ptr() as *mut c_char,
+                &mut lens[3],
+            )
+        };
+        if rc == -(libc::ERANGE as isize) && sizes.iter().all(|s| *s < 64 << 20) {
+            for (s, l) in sizes.iter_mut().zip(lens) {
+                *s = (*s * 2).max(l);
+            }
+            continue;
+        }
+        if rc == -(libc::ENOENT as isize) {
+            return Ok(Vec::new());
+        }
+        let n = check(rc as i64, || op.clone())? as usize;
+        let (clients, cookies, addrs) =
+            (split_nul(&clients[..lens[1]]), split_nul(&cookies[..lens[2]]), split_nul(&addrs[..lens[3]]));
+        return Ok((0..n)
+            .map(|i| {
+                (
+                    clients.get(i).cloned().unwrap_or_default(),
+                    cookies.get(i).cloned().unwrap_or_default(),
+                    plain_address(addrs.get(i).map_or("", |s| s)),
+                )
+            })
+            .collect());
     }
 }
 

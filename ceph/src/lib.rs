@@ -171,6 +171,9 @@ pub trait Rbd: Send + Sync + std::fmt::Debug {
     fn lock_exclusive(&self, pool: &str, oid: &str, name: &str, cookie: &str, description: &str) -> Result<()>;
     /// The lock's holders (empty when free or when the object is missing).
     fn lockers(&self, pool: &str, oid: &str, name: &str) -> Result<Vec<Locker>>;
+    /// The holders' cookies only: one round trip, where [`Rbd::lockers`]
+    /// takes a second for the descriptions when the lock is held.
+    fn lock_cookies(&self, pool: &str, oid: &str, name: &str) -> Result<Vec<String>>;
     /// Breaks `client`'s (`client.4110`) lock with that cookie; a lock
     /// already gone is fine.
     fn break_lock(&self, pool: &str, oid: &str, name: &str, client: &str, cookie: &str) -> Result<()>;

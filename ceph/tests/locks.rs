@@ -18,6 +18,7 @@ fn an_exclusive_lock_has_one_holder_and_can_be_broken() {
     let oid = "csi.rbd.attach.csi-vol-1";
 
     assert!(a.lockers("rbd", oid, LOCK).unwrap().is_empty(), "missing object: no lockers");
+    assert!(a.lock_cookies("rbd", oid, LOCK).unwrap().is_empty(), "missing object: no cookies");
     a.lock_exclusive("rbd", oid, LOCK, "node-a", r#"{"node":"node-a"}"#).unwrap();
     a.lock_exclusive("rbd", oid, LOCK, "node-a", r#"{"node":"node-a"}"#).unwrap(); // renew: idempotent
 
@@ -28,6 +29,9 @@ fn an_exclusive_lock_has_one_holder_and_can_be_broken() {
     assert_eq!(l.cookie, "node-a");
     assert_eq!(l.description, r#"{"node":"node-a"}"#);
     assert_eq!(l.address, a.client_address().unwrap(), "the holder's address is the one to blocklist");
+    // The cookies alone (one round trip), from either client.
+    assert_eq!(a.lock_cookies("rbd", oid, LOCK).unwrap(), ["node-a"]);
+    assert_eq!(b.lock_cookies("rbd", oid, LOCK).unwrap(), ["node-a"]);
     // The CLI agrees.
     let cli: serde_json::Value =
         serde_json::from_slice(&c.rados(&["-p", "rbd", "lock", "info", oid, LOCK, "--format", "json"]).unwrap())

@@ -43,7 +43,8 @@ fn bench_csi_rbd_measures_every_operation_on_both_sides() {
             "migrate: unstage A+stage B",
             "DeleteVolume",
             // From the drivers' step lines (they run at debug level in the bench).
-            "migrate, less kernel busy"
+            "migrate, less kernel busy",
+            "NodeStageVolume less mkfs"
         ]
     );
     for r in rows {
@@ -51,6 +52,11 @@ fn bench_csi_rbd_measures_every_operation_on_both_sides() {
             let ms = r[k].as_f64().unwrap_or(f64::NAN);
             assert!(ms.is_finite() && ms > 0.0, "{}: {k} = {ms}", r["operation"]);
         }
+        // Every row is measured on both sides in every round: the paired
+        // difference and its spread.
+        let p = &r["paired"];
+        let (lo, med, hi) = (p["min_ms"].as_f64(), p["median_ms"].as_f64(), p["max_ms"].as_f64());
+        assert!(matches!((lo, med, hi), (Some(l), Some(m), Some(h)) if l <= m && m <= h), "{}: {p}", r["operation"]);
     }
     let notes: Vec<&str> = v["notes"].as_array().expect("notes").iter().filter_map(Value::as_str).collect();
     assert!(notes.iter().any(|n| n.starts_with("migration's ControllerUnpublish(A)")), "{notes:?}");

@@ -107,10 +107,10 @@ pub fn status(e: ceph::Error) -> Status {
     }
 }
 
-/// The nodes holding the read-write lock (normally zero or one).
+/// The nodes holding the read-write lock (normally zero or one): the
+/// cookies, in one round trip.
 pub fn holders(rbd: &dyn Rbd, pool: &str, image: &str) -> Result<Vec<String>, Status> {
-    let mut nodes: Vec<String> =
-        rbd.lockers(pool, &object(image), LOCK_NAME).map_err(status)?.into_iter().map(|l| l.cookie).collect();
+    let mut nodes: Vec<String> = rbd.lock_cookies(pool, &object(image), LOCK_NAME).map_err(status)?;
     nodes.sort();
     nodes.dedup();
     Ok(nodes)
@@ -162,20 +162,43 @@ pub fn publish(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, readonly: boo
     }
 }
 
-/// NodeStageVolume's claim. In a CO's flow ControllerPublishVolume has
-/// already claimed the image for this node (from the controller's client),
-/// so the holders are read first: one round trip when so, instead of a
-/// refused lock and then the read. Otherwise as [`publish`].
-pub fn claim_at_stage(rbd: &dyn Rbd, pool: &str, image: &str, node: &str, readonly: bool) -> Result<(), Status> {
+/// NodeStageVolume's look before it maps a read-write stage: Ok(true) when
+/// `node` holds the read-write attachment already (in a CO's flow
+/// ControllerPublishVolume claimed it, from the controller's client),
+/// Ok(false) when nobody does, FAILED_PRECONDITION naming the holder
+/// otherwise. One round trip. A stage refused here maps nothing: the
+/// kernel's map of an image with `object-map` reads the partition table,
+/// which takes the image's exclusive lock from its owner, and from a dead
+/// owner whose watch has not expired yet only after that watch times out
+/// (30 s), then blocklisting it: a refused node must not do either.
+pub fn held_here(rbd: &dyn Rbd, pool: &str, image: &str, node: &str) -> Result<bool, Status> {
+    let held = holders(rbd, pool, image)?;
+    if held.iter().any(|h| h == node) {
+        return Ok(true);
+    }
+    match held.first() {
+        Some(other) => Err(held_elsewhere(pool, image, other)),
+        None => Ok(false),
+    }
+}
+
+/// NodeStageVolume's claim, after [`held_here`] (`held`: its answer; a
+/// read-write stage it found held here needs nothing more). Otherwise as
+/// [`publish`]: the lock for read-write (a node that took it since the
+/// look is named), the check that no other node holds it for read-only.
+pub fn claim_at_stage(
+    rbd: &dyn Rbd,
+    pool: &str,
+    image: &str,
+    node: &str,
+    readonly: bool,
+    held: bool,
+) -> Result<(), Status> {
     if readonly {
         return publish(rbd, pool, image, node, true);
     }
-    let held = holders(rbd, pool, image)?;
-    if held.iter().any(|h| h == node) {
+    if held {
         return Ok(());
-    }
-    if let Some(other) = held.first() {
-        return Err(held_elsewhere(pool, image, other));
     }
     claim(rbd, pool, image, node)
 }

@@ -7,7 +7,7 @@
 //! 2. NodeStage on A and B at once: exactly one wins, the other gets
 //!    FAILED_PRECONDITION naming the winner;
 //! 3. A dies (its guest SIGKILLed, no unstage) with two volumes staged;
-//!    B cannot have them; takeover (`csi-rbd takeover` for one,
+//!    B cannot have them (refused at once, nothing mapped); takeover (`csi-rbd takeover` for one,
 //!    `attach::unpublish` — ControllerUnpublishVolume's path — for the
 //!    other) fences A's clients; B stages both at once with the data
 //!    fsynced before the kill intact, and A's clients are blocklisted;
@@ -25,6 +25,10 @@ use tonic::Code;
 /// Kill → B staged, asserted. The goal is under 10 s; under TCG on a
 /// shared machine a stage alone (map + mount) takes seconds.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(30);
+/// Kill → B's stage refused (the image still held by the dead A): one look
+/// at the attach lock, no map. Far below the OSD's watch timeout (30 s),
+/// which a map of the image would wait out.
+const REFUSED_BOUND: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seconds() {
@@ -121,6 +125,11 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     drop(a);
     let e = b.node_stage_volume(vols[0].stage_req(&c, cap.clone())).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "a dead node's lock still holds until takeover: {e:?}");
+    let refused = killed.elapsed();
+    // Refused before anything is mapped: a map would read the partition
+    // table, which waits for the dead holder's exclusive lock on the image
+    // header until its watch times out (30 s; what this step took before).
+    assert!(refused < REFUSED_BOUND, "the refused stage took {refused:?}");
 
     // Takeover by hand for the first volume: the admin command, key from the environment.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_csi-rbd"))
@@ -132,8 +141,16 @@ async fn an_image_is_never_staged_on_two_nodes_and_moves_off_a_dead_node_in_seco
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "takeover: {said} {}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains(&clients[0]), "takeover names the fenced client: {said}");
+    let fenced = killed.elapsed();
     b.node_stage_volume(vols[0].stage_req(&c, cap.clone())).await.expect("B stages after the takeover");
     let migrated = killed.elapsed();
+    // Where a slow takeover spends its time.
+    eprintln!(
+        "MEASURE takeover phases: B refused at {:.2} s, takeover command done at {:.2} s, B staged at {:.2} s",
+        refused.as_secs_f64(),
+        fenced.as_secs_f64(),
+        migrated.as_secs_f64()
+    );
 
     // The second through ControllerUnpublishVolume's path.
     csi_rbd::attach::unpublish(rbd.as_ref(), "rbd", &vols[1].image, "node-a").unwrap();

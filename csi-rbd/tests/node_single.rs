@@ -1,7 +1,9 @@
 //! csi-rbd's node service on one node (a guest kernel on a real Ceph
 //! cluster's bridge), every single-node scenario batched into one boot:
 //! stage/publish/write, idempotency, expansion while published, read-only
-//! publish, xfs, the filesystem hint (and its fallback to the probe), a raw block volume, the rbd-nbd mounter, the volume ID
+//! publish, xfs, the filesystem hint (and its fallback to the probe), an
+//! image written outside the driver (data, a filesystem, a clone of it:
+//! probed, never formatted over a filesystem), a raw block volume, the rbd-nbd mounter, the volume ID
 //! fallback, NOT_FOUND for a missing image, PERMISSION_DENIED for a wrong
 //! key, a restarted plugin working from the stage record, and unstage with
 //! the cluster frozen (bounded in time).
@@ -14,6 +16,17 @@ use csi_core::pb;
 use csi_core::pb::volume_capability::access_mode::Mode;
 use node_common::*;
 use tonic::Code;
+
+/// Waits (bounded) for the node's log line of a mkfs for `volume`.
+fn mkfs_logged(g: &csi_suite::guest::Guest, volume: &str) {
+    let needle = format!("for volume {volume}: the device probe found it blank");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !g.log().contains(&needle) {
+        assert!(Instant::now() < deadline, "no mkfs line for {volume} in the node's log");
+        // Bounded poll: the guest's console reaches its log file a little later.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 /// Unstage with a frozen cluster: unmount (5 s, then lazy) + unmap (10 s,
 /// then forced, 10 s) + lock release (5 s), with margin for TCG.
@@ -195,6 +208,64 @@ async fn one_node_stages_publishes_expands_and_unstages_every_kind_of_volume() {
     n.node_unpublish_volume(ve.unpublish_req(1)).await.unwrap();
     n.node_unstage_volume(ve.unstage_req()).await.unwrap();
     assert_eq!(c.fs_hint("vol-early-hint").as_deref(), Some("ext4"));
+
+    // Every mkfs is logged with the volume: the new images above were
+    // formatted (the probe found them blank).
+    mkfs_logged(&g, &v.id);
+    mkfs_logged(&g, &vx.id);
+    // Data written through the kernel client (a raw block stage, as an
+    // admin's `rbd map` would), no filesystem signature, zeros at both
+    // ends: the device probe finds it blank, and it is formatted.
+    c.image("vol-krbd-data", 64);
+    let vd = Vol::with_context("vol-krbd-data", &[]);
+    n.node_stage_volume(vd.stage_req(&c, block_cap())).await.unwrap();
+    n.node_publish_volume(vd.publish_req(1, block_cap(), false)).await.unwrap();
+    g.sh_ok(&format!(
+        "head -c 1048576 /dev/urandom | dd of={} bs=1M seek=16 oflag=direct status=none && sync",
+        vd.target(1)
+    ))
+    .unwrap();
+    n.node_unpublish_volume(vd.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vd.unstage_req()).await.unwrap();
+    n.node_stage_volume(vd.stage_req(&c, cap.clone())).await.unwrap();
+    mkfs_logged(&g, &vd.id);
+    n.node_unstage_volume(vd.unstage_req()).await.unwrap();
+    // A filesystem made through the kernel client, outside the driver (no
+    // hint): probed, found, mounted with its data, never formatted.
+    c.image("vol-krbd-fs", 64);
+    let vk = Vol::with_context("vol-krbd-fs", &[]);
+    n.node_stage_volume(vk.stage_req(&c, block_cap())).await.unwrap();
+    n.node_publish_volume(vk.publish_req(1, block_cap(), false)).await.unwrap();
+    let sumk = g
+        .sh_ok(&format!(
+            "mkfs.ext4 -q -F {dev} && mkdir -p /run/krbd-fs && mount {dev} /run/krbd-fs && \
+             head -c 1048576 /dev/urandom > /run/krbd-fs/data && sha256sum < /run/krbd-fs/data && \
+             umount /run/krbd-fs",
+            dev = vk.target(1)
+        ))
+        .unwrap();
+    let sumk = sumk.split_whitespace().next().unwrap().to_string();
+    n.node_unpublish_volume(vk.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vk.unstage_req()).await.unwrap();
+    assert_eq!(c.fs_hint("vol-krbd-fs"), None, "a block stage recorded a filesystem");
+    n.node_stage_volume(vk.stage_req(&c, cap.clone())).await.unwrap();
+    n.node_publish_volume(vk.publish_req(1, cap.clone(), false)).await.unwrap();
+    assert_eq!(sha(&g, &format!("{}/data", vk.target(1))), sumk, "a filesystem made outside the driver was formatted");
+    assert!(!g.log().contains(&format!("for volume {}:", vk.id)), "mkfs ran on vol-krbd-fs");
+    n.node_unpublish_volume(vk.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vk.unstage_req()).await.unwrap();
+    // A clone of its snapshot: no data object of its own, but a parent
+    // with a filesystem. Probed (never trusted blank), mounted with the data.
+    c.ceph.rbd(&["snap", "create", "vol-krbd-fs@s1"]).unwrap();
+    c.ceph.rbd(&["snap", "protect", "vol-krbd-fs@s1"]).unwrap();
+    c.ceph.rbd(&["clone", "vol-krbd-fs@s1", "vol-krbd-clone"]).unwrap();
+    let vc = Vol::with_context("vol-krbd-clone", &[]);
+    n.node_stage_volume(vc.stage_req(&c, cap.clone())).await.unwrap();
+    n.node_publish_volume(vc.publish_req(1, cap.clone(), false)).await.unwrap();
+    assert_eq!(sha(&g, &format!("{}/data", vc.target(1))), sumk, "the clone of a filesystem was formatted");
+    assert!(!g.log().contains(&format!("for volume {}:", vc.id)), "mkfs ran on vol-krbd-clone");
+    n.node_unpublish_volume(vc.unpublish_req(1)).await.unwrap();
+    n.node_unstage_volume(vc.unstage_req()).await.unwrap();
 
     // Raw block: write and read through the published device file.
     c.image("vol-block", 32);

@@ -568,16 +568,29 @@ impl NodeService {
 
         // Exclusivity: nothing is written (no mkfs, no mount, which writes
         // the superblock; a raw block volume is not handed out) unless this
-        // node holds the image. The claim's round trip overlaps the map and
-        // the read-only probe; a refused claim undoes the map.
+        // node holds the image. The claim's round trip (taking the lock when
+        // the look below found it free) overlaps the map; a refused claim
+        // undoes the map.
         // After the claim, on the same thread: the filesystem a read-write
         // stage recorded on the image (a migration's second node), which
         // spares the probe ([`NodeService::make_fs_and_mount`]). A failed
         // read of it only costs the probe.
+        // A read-write stage first looks who holds the image (one round
+        // trip): held by another node, it is refused before anything is
+        // mapped ([`attach::held_here`]: the map alone would take the
+        // image's exclusive lock from that node's kernel, and wait out a
+        // dead one's watch).
+        let held = if r.readonly {
+            false
+        } else {
+            let (c, p, i, n) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone());
+            bounded("read the attach lock", CEPH_TIMEOUT, move || attach::held_here(c.as_ref(), &p, &i, &n))?
+        };
+        steps.mark("holders");
         let (c, p, i, n, ro) = (Arc::clone(&rbd), pool.clone(), image.clone(), node.clone(), r.readonly);
         let (want_hint, vol) = (!r.fs_type.is_empty(), r.volume_id.clone());
         let mut claim = Claim::new(start_bounded("claim the attach lock", move || {
-            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro)?;
+            attach::claim_at_stage(c.as_ref(), &p, &i, &n, ro, held)?;
             if !want_hint {
                 return Ok(None);
             }
@@ -730,7 +743,7 @@ impl NodeService {
         claim.confirm()?;
         let hinted = claim.hint.clone().filter(|t| fs::SUPPORTED.contains(&t.as_str()));
         if let Some(t) = &hinted {
-            match self.mount_staging(r, &device, t, rec, recording) {
+            match self.mount_staging(r, &device, t, rec, recording, steps) {
                 Ok(()) => {
                     steps.mark("mount");
                     return Ok(());
@@ -783,6 +796,13 @@ impl NodeService {
         recording.start(rec, carried.clone())?;
         steps.mark("start-records");
         if blank {
+            if !r.readonly {
+                tracing::info!(
+                    "making {} on {device} for volume {}: the device probe found it blank",
+                    rec.fs_type,
+                    r.volume_id
+                );
+            }
             fs::mkfs(&device, &rec.fs_type)?;
             steps.mark("mkfs");
         }
@@ -798,7 +818,7 @@ impl NodeService {
         } else {
             None
         };
-        let mounted = self.mount_staging(r, &device, &fs_type, rec, recording).map_err(Mounted::status);
+        let mounted = self.mount_staging(r, &device, &fs_type, rec, recording, steps).map_err(Mounted::status);
         steps.mark("mount");
         if let Some(Err(e)) = remembering.map(|p| p.wait_for(CEPH_TIMEOUT)) {
             tracing::warn!(volume = %r.volume_id, "the image's filesystem is not recorded in Ceph: {}", e.message());
@@ -815,6 +835,7 @@ impl NodeService {
         fs_type: &str,
         rec: &mut StageRecord,
         recording: &mut Recording,
+        steps: &mut Steps,
     ) -> Result<(), Mounted> {
         if fs_type != rec.fs_type {
             tracing::info!(volume = %r.volume_id, "mounting the existing {fs_type} filesystem (asked for {})", rec.fs_type);
@@ -837,6 +858,9 @@ impl NodeService {
             .map_err(|e| Mounted::Other(Error::io(format!("create staging path {}", r.staging.display()), e).into()))?;
         let (flags, mut data) = mount_flags(&r.mount_flags, r.readonly);
         data = vec![fs::mount_data(fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
+        // The mount table read and the staging directory: apart from the
+        // mount itself in the step log.
+        steps.mark("mount-prep");
         match mount::mount(device, &r.staging, fs_type, flags, data.first().map(String::as_str), MOUNT_TIMEOUT) {
             Ok(()) => Ok(()),
             Err(e @ Error::Sys { .. }) => Err(Mounted::Failed(e)),

@@ -35,7 +35,9 @@ impl Cluster {
         Cluster { ceph, config }
     }
 
-    /// Boots node `name` at `.host` (10 and up) running `csi-rbd --mode node`.
+    /// Boots node `name` at `.host` (10 and up) running `csi-rbd --mode node`,
+    /// at debug level: the guest's console (its path is printed) then holds
+    /// every stage's and unstage's step times, where a slow one spent them.
     pub fn boot(&self, name: &str, host: u8) -> Guest {
         let args: Vec<String> = [
             "--mode",
@@ -47,7 +49,7 @@ impl Cluster {
             "--state-dir",
             "/var/lib/csi-rbd",
             "--log-level",
-            "info",
+            "debug",
         ]
         .iter()
         .map(|s| s.to_string())
