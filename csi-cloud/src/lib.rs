@@ -1,1 +1,4 @@
-//! CSI driver for AWS EBS: filled by the csi-cloud issue; nothing here yet.
+//! CSI driver for AWS EBS.
+
+pub mod device;
+pub mod node;

@@ -1,0 +1,3 @@
+//! Fixtures shared by csi-cloud's tests.
+
+pub mod hypervisor;
