@@ -15,6 +15,7 @@
 //! * [`report`]: a check's verdict, tables and JSON.
 //! * [`bgp`]: BIRD, GoBGP and FRR as BGP peers in a namespace (docs/testing-bgp.md).
 //! * [`lab`]: hosts as namespaces on L2 segments, a router, etcd, captures (docs/lab.md).
+//! * [`moto`]: the AWS API emulator for csi-cloud's tests, one server per fixture.
 //!
 //! Errors: every function returns [`util::R`], a `Result<T, String>` whose
 //! message says what failed and why; tests and the CLI print it as is.
@@ -22,6 +23,7 @@
 
 pub mod bgp;
 pub mod lab;
+pub mod moto;
 pub mod net;
 pub mod netns;
 pub mod node;
