@@ -13,6 +13,7 @@
 //! retried unstage or unpublish finds nothing left to do, and one of a
 //! path that was never mounted succeeds.
 
+pub mod info;
 pub mod limits;
 pub mod record;
 
@@ -44,12 +45,6 @@ pub const RESIZE_WAIT: Duration = Duration::from_secs(30);
 /// Default of `--device-wait`: how long stage waits for an attached
 /// volume's device to appear (udev may lag behind AttachVolume).
 pub const DEFAULT_DEVICE_WAIT: Duration = Duration::from_secs(10);
-
-/// The topology key of the zone (aws-ebs-csi-driver's, so existing
-/// StorageClasses' `allowedTopologies` keep working).
-pub const ZONE_KEY: &str = "topology.ebs.csi.aws.com/zone";
-/// The well-known Kubernetes zone key, reported too.
-pub const K8S_ZONE_KEY: &str = "topology.kubernetes.io/zone";
 
 /// An EBS volume attaches to one instance (io2 Multi-Attach is not offered).
 const MODES: &[AccessMode] = &[
@@ -392,10 +387,64 @@ fn unmount_all(path: &Path) -> Result<(), Status> {
 #[derive(Clone, Debug)]
 pub struct Node(Arc<NodeService>);
 
+/// `--state-dir`'s default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/csi-cloud";
+
+/// The node's own command-line flags (csi-core's `ExtraFlag`s), for main.rs.
+pub const FLAGS: &[csi_core::flags::ExtraFlag] = &[
+    csi_core::flags::ExtraFlag {
+        name: "state-dir",
+        default: Some(DEFAULT_STATE_DIR),
+        help: "where the node keeps its stage records",
+    },
+    csi_core::flags::ExtraFlag {
+        name: "device-wait",
+        default: Some("10"),
+        help: "seconds NodeStageVolume waits for an attached volume's device to appear",
+    },
+    csi_core::flags::ExtraFlag {
+        name: "volume-attach-limit",
+        default: Some("-1"),
+        help: "NodeGetInfo's max_volumes_per_node (negative: from the instance type)",
+    },
+    csi_core::flags::ExtraFlag {
+        name: "reserved-volume-attachments",
+        default: Some("-1"),
+        help: "attachments kept for volumes the driver does not manage (negative: the launch-time block device mappings + 1)",
+    },
+];
+
 impl Node {
     /// The node service for `cfg`.
     pub fn new(cfg: NodeConfig) -> Node {
         Node(Arc::new(NodeService::new(cfg)))
+    }
+
+    /// The node service for the command line: its flags ([`FLAGS`]) read,
+    /// its identity, zone and limit found ([`info::resolve`]; EC2 is asked
+    /// through `ec2` only for what the metadata and environment do not say).
+    pub async fn start(flags: &csi_core::flags::Flags, ec2: Option<&aws_sdk_ec2::Client>) -> crate::Result<Node> {
+        let num = |name: &str, default: &str| -> crate::Result<i64> {
+            let v = flags.extra(name).unwrap_or(default);
+            v.parse::<i64>().map_err(|_| csi_core::Error::Usage(format!("--{name}: {v:?} is not a number")).into())
+        };
+        let wait = num("device-wait", "10")?;
+        if wait < 0 {
+            return Err(csi_core::Error::Usage("--device-wait: not negative".into()).into());
+        }
+        let id = info::InfoFlags {
+            node_id: flags.node_id.clone(),
+            attach_limit: num("volume-attach-limit", "-1")?,
+            reserved: num("reserved-volume-attachments", "-1")?,
+        };
+        let found = info::resolve(&id, ec2).await?;
+        Ok(Node::new(NodeConfig {
+            node_id: found.node_id,
+            zone: found.zone,
+            max_volumes: found.max_volumes,
+            state_dir: PathBuf::from(flags.extra("state-dir").unwrap_or(DEFAULT_STATE_DIR)),
+            device_wait: Duration::from_secs(wait as u64),
+        }))
     }
 }
 
@@ -516,9 +565,12 @@ impl pb::node_server::Node for Node {
     ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
         let cfg = &self.0.cfg;
         let accessible_topology = (!cfg.zone.is_empty()).then(|| pb::Topology {
-            segments: [(ZONE_KEY.to_string(), cfg.zone.clone()), (K8S_ZONE_KEY.to_string(), cfg.zone.clone())]
-                .into_iter()
-                .collect(),
+            segments: [
+                (crate::ZONE_KEY.to_string(), cfg.zone.clone()),
+                (crate::ZONE_KEY_DRIVER.to_string(), cfg.zone.clone()),
+            ]
+            .into_iter()
+            .collect(),
         });
         Ok(Response::new(pb::NodeGetInfoResponse {
             node_id: cfg.node_id.clone(),
