@@ -116,8 +116,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     };
     match rt.block_on(execute(cli)) {
         Ok(report) => {
-            println!("{report}");
-            0
+            // The report is the command's output (a CLI, not the plugin): stdout.
+            use std::io::Write;
+            match writeln!(std::io::stdout().lock(), "{report}") {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("csi-cloud snapshot: write the report: {e}");
+                    1
+                }
+            }
         }
         Err(e) => {
             eprintln!("csi-cloud snapshot: {e}");
