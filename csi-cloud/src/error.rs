@@ -50,6 +50,11 @@ pub enum Error {
     /// The AWS SDK could not be set up (region, endpoint, credentials chain).
     #[error("AWS configuration: {0}")]
     Config(String),
+
+    // Snapshot export/import (h5).
+    /// Data that does not match its checksum (a snapshot block): DATA_LOSS.
+    #[error("{0}")]
+    Integrity(String),
 }
 
 /// The crate's result type.
@@ -73,6 +78,7 @@ impl Error {
                 AwsClass::Other => Code::Internal,
             },
             Error::Config(_) => Code::FailedPrecondition,
+            Error::Integrity(_) => Code::DataLoss,
         }
     }
 

@@ -7,12 +7,18 @@
 //! - [`params`]: CreateVolume's and ControllerModifyVolume's parameters;
 //! - [`controller`]: volumes, attachments, snapshots, resizing and
 //!   modification through the EC2 API;
+//! - [`node`]: the Node service: device discovery ([`device`]), stage,
+//!   publish, expand, stats, and the node's identity and volume limit;
+//! - [`snapshot_io`]: snapshot export and import through the EBS direct APIs;
 //! - [`error`]: the crate's one error type.
 
 pub mod aws;
 pub mod controller;
+pub mod device;
 pub mod error;
+pub mod node;
 pub mod params;
+pub mod snapshot_io;
 
 pub use error::{Error, Result};
 

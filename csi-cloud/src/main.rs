@@ -1,8 +1,8 @@
-//! `csi-cloud`: serves the CSI Identity and Controller services for AWS EBS
-//! (the Node service joins with the node side).
+//! `csi-cloud`: serves the CSI Identity, Controller and Node services for
+//! AWS EBS; `csi-cloud snapshot export|import` moves snapshot data through
+//! the EBS direct APIs.
 
 use csi_core::flags::{Defaults, ExtraFlag, Flags};
-use csi_core::pb::node_server::Node;
 
 const DEFAULTS: Defaults = Defaults {
     program: "csi-cloud",
@@ -26,13 +26,12 @@ const DEFAULTS: Defaults = Defaults {
     ],
 };
 
-/// No Node service in this build: `--mode node` serves Identity only.
-enum NoNode {}
-
-impl Node for NoNode {}
-
 fn main() {
-    let flags = Flags::from_env(&DEFAULTS);
+    if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
+        std::process::exit(csi_cloud::snapshot_io::cli::run(std::env::args_os().skip(2)));
+    }
+    let extra = Box::leak([DEFAULTS.extra, csi_cloud::node::FLAGS].concat().into_boxed_slice());
+    let flags = Flags::from_env(&Defaults { extra, ..DEFAULTS });
     if let Err(e) = csi_core::flags::init_logging(&flags.log_level) {
         eprintln!("csi-cloud: {e}");
         std::process::exit(2);
@@ -63,13 +62,20 @@ fn main() {
         } else {
             None
         };
+        let node = if flags.mode.node() {
+            // EC2 only for what the instance metadata does not say (the zone, off EC2).
+            let ec2 = csi_cloud::aws::Clients::load(flags.extra("aws-endpoint-url")).await.ok();
+            Some(csi_cloud::node::Node::start(&flags, ec2.as_ref().map(|c| &c.ec2)).await?)
+        } else {
+            None
+        };
         let plugin = csi_core::server::Plugin {
             identity: csi_core::identity::Identity::new(&flags.driver_name)
                 .vendor_version(env!("CARGO_PKG_VERSION"))
                 .accessibility_constraints(true)
                 .volume_expansion(csi_core::pb::plugin_capability::volume_expansion::Type::Online),
             controller,
-            node: None::<NoNode>,
+            node,
         };
         csi_core::server::run_with_metrics(&flags, plugin, prom_endpoint::Registry::default())
             .await

@@ -16,13 +16,17 @@
 //! - [`source`]: a volume's content source as a record key and back;
 //! - [`redact`]: secrets never reach a log line;
 //! - [`mount`]: mount/unmount through syscalls, with time bounds;
+//! - [`exec`]: running a node tool with a time bound;
+//! - [`blockfs`]: filesystems on block devices: blank probe, mkfs, grow;
 //! - [`caps`]: the Controller and Node capability lists;
 //! - [`client`]: dialing an endpoint (tests, the conformance suite);
 //! - [`error`]: the one error type and its gRPC code mapping.
 
+pub mod blockfs;
 pub mod caps;
 pub mod client;
 pub mod error;
+pub mod exec;
 pub mod flags;
 pub mod identity;
 pub mod locks;

@@ -20,7 +20,7 @@
 //! left to do.
 
 pub mod exec;
-pub mod fs;
+pub use csi_core::blockfs as fs;
 pub mod krbd;
 pub mod nbd;
 pub mod record;

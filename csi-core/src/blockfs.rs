@@ -1,13 +1,13 @@
-//! Filesystems on mapped images: detect (blkid's machine-readable
-//! `-o export` output), create only on a blank device, grow after an
-//! expansion. The tools run with time bounds ([`super::exec`]).
+//! Filesystems on block devices (a mapped RBD image, an attached EBS
+//! volume): detect (blkid's machine-readable `-o export` output), create
+//! only on a blank device, grow after an expansion. The tools run with time
+//! bounds ([`crate::exec`]).
 
 use std::path::Path;
 use std::time::Duration;
 
-use csi_core::Error;
-
-use super::exec;
+use crate::exec;
+use crate::Error;
 
 /// Bound on blkid.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,7 +77,7 @@ pub fn inspect(device: &str) -> Result<Content, Error> {
     let dev = device.to_string();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
-        .name("csi-rbd-probe".into())
+        .name("csi-probe".into())
         .spawn(move || {
             let _ = tx.send(read_ends(&dev));
         })
