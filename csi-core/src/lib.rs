@@ -16,6 +16,7 @@
 //! - [`source`]: a volume's content source as a record key and back;
 //! - [`redact`]: secrets never reach a log line;
 //! - [`mount`]: mount/unmount through syscalls, with time bounds;
+//! - [`node`]: what node services share: the blocking hop, NodeUnpublishVolume;
 //! - [`exec`]: running a node tool with a time bound;
 //! - [`blockfs`]: filesystems on block devices: blank probe, mkfs, grow;
 //! - [`caps`]: the Controller and Node capability lists;
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod locks;
 pub mod metrics;
 pub mod mount;
+pub mod node;
 pub mod paging;
 pub mod redact;
 pub mod server;

@@ -12,10 +12,11 @@
 //! NodeGetVolumeStats (which then reports an abnormal volume condition).
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use csi_core::mount::{self, MsFlags};
+use csi_core::node::blocking;
 use csi_core::pb;
 use csi_core::pb::node_service_capability::rpc::Type as NodeCap;
 use csi_core::pb::volume_capability::access_mode::Mode as AccessMode;
@@ -231,18 +232,6 @@ fn mount_error(plan: &MountPlan, e: Error) -> Error {
     }
 }
 
-/// Runs blocking mount work off the async runtime.
-async fn blocking<T, F>(f: F) -> Result<T, Status>
-where
-    F: FnOnce() -> Result<T, Error> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Status::from),
-        Err(e) => Err(Status::internal(format!("worker panicked: {e}"))),
-    }
-}
-
 /// NodePublishVolume's work once the request is checked.
 fn publish(plan: &MountPlan, target: &Path, single_writer: bool) -> Result<(), Error> {
     let table = mount::mounts()?;
@@ -370,13 +359,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
-        let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_target_path(&req.target_path)?;
-        let target: PathBuf = mount::normalize(Path::new(&req.target_path))?;
-        let _guard = self.in_flight.lock(&req.volume_id)?;
-        blocking(move || mount::cleanup_target(&target, UNMOUNT_TIMEOUT)).await?;
-        Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
+        csi_core::node::unpublish(&self.in_flight, req.into_inner(), UNMOUNT_TIMEOUT).await
     }
 
     async fn node_get_volume_stats(

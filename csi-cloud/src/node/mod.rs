@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use csi_core::blockfs as fs;
 use csi_core::mount::{self, MsFlags};
+use csi_core::node::blocking;
 use csi_core::pb;
 use csi_core::pb::node_service_capability::rpc::Type as NodeCap;
 use csi_core::pb::volume_capability::access_mode::Mode as AccessMode;
@@ -97,18 +98,6 @@ struct StageReq {
 struct Publish {
     block: bool,
     readonly: bool,
-}
-
-/// Runs blocking work off the async runtime.
-async fn blocking<T, F>(f: F) -> Result<T, Status>
-where
-    F: FnOnce() -> Result<T, Status> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(Status::internal(format!("worker panicked: {e}"))),
-    }
 }
 
 /// Mount flags and filesystem data from the capability's `mount_flags`.
@@ -501,13 +490,7 @@ impl pb::node_server::Node for Node {
         &self,
         req: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
-        let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_target_path(&req.target_path)?;
-        let target = mount::normalize(Path::new(&req.target_path))?;
-        let _guard = self.0.in_flight.lock(&req.volume_id)?;
-        blocking(move || mount::cleanup_target(&target, UNMOUNT_TIMEOUT).map_err(Status::from)).await?;
-        Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
+        csi_core::node::unpublish(&self.0.in_flight, req.into_inner(), UNMOUNT_TIMEOUT).await
     }
 
     async fn node_get_volume_stats(

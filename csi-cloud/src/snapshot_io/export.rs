@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::progress::Progress;
-use super::{b64, check_block_size, is_zero, sha256, Manifest, BLOCK_SIZE, GIB};
+use super::{b64, check_block_size, flatten, is_zero, sha256, Manifest, BLOCK_SIZE, GIB};
 use crate::aws::classify;
 use crate::Error;
 
@@ -266,11 +266,6 @@ pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<Ex
         read_mib_per_s: size as f64 / (1 << 20) as f64 / seconds.max(1e-9),
         manifest,
     })
-}
-
-/// A task's result, its panic included.
-fn flatten(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
-    r.map_err(|e| Error::from(csi_core::Error::Internal(format!("block worker: {e}"))))?
 }
 
 /// The size of a file or block device (a block device's metadata says 0).

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::progress::Progress;
-use super::{b64, check_block_size, sha256, BLOCK_SIZE, GIB};
+use super::{b64, check_block_size, flatten, sha256, BLOCK_SIZE, GIB};
 use crate::aws::classify;
 use crate::Error;
 
@@ -180,8 +180,4 @@ pub async fn import(ebs: &aws_sdk_ebs::Client, opts: ImportOptions) -> Result<Im
         seconds,
         write_mib_per_s: (blocks_written * BLOCK_SIZE) as f64 / (1 << 20) as f64 / seconds.max(1e-9),
     })
-}
-
-fn flatten(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
-    r.map_err(|e| Error::from(csi_core::Error::Internal(format!("block worker: {e}"))))?
 }

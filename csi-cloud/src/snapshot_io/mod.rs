@@ -109,6 +109,11 @@ pub fn is_zero(data: &[u8]) -> bool {
     data.chunks(64 << 10).all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
 }
 
+/// A block worker's result: its own error, or INTERNAL when it panicked.
+fn flatten(r: Result<Result<(), crate::Error>, tokio::task::JoinError>) -> Result<(), crate::Error> {
+    r.map_err(|e| crate::Error::from(csi_core::Error::Internal(format!("block worker: {e}"))))?
+}
+
 /// Checks the block size EBS answered.
 fn check_block_size(what: &str, got: Option<i32>) -> Result<(), crate::Error> {
     match got {
