@@ -23,10 +23,9 @@ use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use super::progress::Progress;
-use super::{b64, check_block_size, flatten, is_zero, sha256, Manifest, BLOCK_SIZE, GIB};
+use super::{b64, check_block_size, for_each_bounded, is_zero, sha256, Manifest, BLOCK_SIZE, GIB};
 use crate::aws::classify;
 use crate::Error;
 
@@ -134,22 +133,9 @@ pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<Ex
     let progress = Progress::new(opts.progress, &format!("export {src} → {snapshot_id}"), blocks * BLOCK_SIZE);
     let file = Arc::new(file);
     let parent = Arc::new(parent);
-    let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let sent = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
     let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let mut first_error: Option<Error> = None;
-    for index in 0..blocks {
-        let permit = Arc::clone(&sem).acquire_owned().await.expect("the semaphore is never closed");
-        // Collect finished work as we go, so an error stops the loop early.
-        while let Some(done) = tasks.try_join_next() {
-            if let Err(e) = flatten(done) {
-                first_error.get_or_insert(e);
-            }
-        }
-        if first_error.is_some() {
-            break;
-        }
+    let done = for_each_bounded(0..blocks, opts.concurrency, |index| {
         let (ebs, file, parent, sent, outcomes, progress) = (
             ebs.clone(),
             Arc::clone(&file),
@@ -159,8 +145,7 @@ pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<Ex
             progress.clone(),
         );
         let (snap, src) = (snapshot_id.clone(), src.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
+        async move {
             let index = u32::try_from(index).map_err(|_| {
                 csi_core::Error::InvalidArgument(format!("{src}: block {index} is past EBS's last index"))
             })?;
@@ -198,16 +183,12 @@ pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<Ex
             };
             outcomes.lock().unwrap_or_else(|p| p.into_inner()).push(outcome);
             progress.inc(len as u64);
-            Ok::<(), Error>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = flatten(done) {
-            first_error.get_or_insert(e);
+            Ok(())
         }
-    }
+    })
+    .await;
     progress.finish();
-    if let Some(e) = first_error {
+    if let Err(e) = done {
         tracing::warn!(snapshot = %snapshot_id, "export failed; EBS fails the unfinished snapshot after {} min", opts.timeout_minutes);
         return Err(e);
     }

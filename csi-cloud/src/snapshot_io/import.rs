@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 use super::progress::Progress;
-use super::{b64, check_block_size, flatten, sha256, BLOCK_SIZE, GIB};
+use super::{b64, check_block_size, for_each_bounded, sha256, BLOCK_SIZE, GIB};
 use crate::aws::classify;
 use crate::Error;
 
@@ -98,24 +97,11 @@ pub async fn import(ebs: &aws_sdk_ebs::Client, opts: ImportOptions) -> Result<Im
 
     let progress = Progress::new(opts.progress, &format!("import {snap} → {target}"), blocks.len() as u64 * BLOCK_SIZE);
     let file = Arc::new(file);
-    let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let written = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut first_error: Option<Error> = None;
-    for (index, token) in blocks {
-        let permit = Arc::clone(&sem).acquire_owned().await.expect("the semaphore is never closed");
-        while let Some(done) = tasks.try_join_next() {
-            if let Err(e) = flatten(done) {
-                first_error.get_or_insert(e);
-            }
-        }
-        if first_error.is_some() {
-            break;
-        }
+    let done = for_each_bounded(blocks, opts.concurrency, |(index, token)| {
         let (ebs, file, written, progress, snap, target) =
             (ebs.clone(), Arc::clone(&file), Arc::clone(&written), progress.clone(), snap.clone(), target.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
+        async move {
             let out = ebs
                 .get_snapshot_block()
                 .snapshot_id(&snap)
@@ -153,18 +139,12 @@ pub async fn import(ebs: &aws_sdk_ebs::Client, opts: ImportOptions) -> Result<Im
                 .map_err(|e| csi_core::Error::io(format!("write block {index} to {target}"), e))?;
             written.fetch_add(1, Ordering::Relaxed);
             progress.inc(BLOCK_SIZE);
-            Ok::<(), Error>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = flatten(done) {
-            first_error.get_or_insert(e);
+            Ok(())
         }
-    }
+    })
+    .await;
     progress.finish();
-    if let Some(e) = first_error {
-        return Err(e);
-    }
+    done?;
     let f = Arc::clone(&file);
     tokio::task::spawn_blocking(move || f.sync_all())
         .await

@@ -109,9 +109,47 @@ pub fn is_zero(data: &[u8]) -> bool {
     data.chunks(64 << 10).all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
 }
 
-/// A block worker's result: its own error, or INTERNAL when it panicked.
-fn flatten(r: Result<Result<(), crate::Error>, tokio::task::JoinError>) -> Result<(), crate::Error> {
-    r.map_err(|e| crate::Error::from(csi_core::Error::Internal(format!("block worker: {e}"))))?
+/// Runs `work` on every item, at most `concurrency` (at least 1) at a time, as export and
+/// import move blocks. At the first error seen it starts nothing more, waits for what is still
+/// running, and returns that error; a worker's panic is INTERNAL.
+async fn for_each_bounded<T, F, Fut>(
+    items: impl IntoIterator<Item = T>,
+    concurrency: usize,
+    mut work: F,
+) -> Result<(), crate::Error>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::Error>> + Send + 'static,
+{
+    fn flatten(r: Result<Result<(), crate::Error>, tokio::task::JoinError>) -> Result<(), crate::Error> {
+        r.map_err(|e| crate::Error::from(csi_core::Error::Internal(format!("block worker: {e}"))))?
+    }
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    for item in items {
+        let permit = std::sync::Arc::clone(&sem).acquire_owned().await.expect("the semaphore is never closed");
+        // Collect finished work as we go, so an error stops the loop early.
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(e) = flatten(done) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if first_error.is_some() {
+            break;
+        }
+        let job = work(item);
+        tasks.spawn(async move {
+            let _permit = permit;
+            job.await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = flatten(done) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Checks the block size EBS answered.
