@@ -12,6 +12,7 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() {
         cni_core::skel::run(&cni_bgp::plugin::Bgp);
     }
+    cni_core::skel::abort_on_panic();
     let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
     let level = match &cli.cmd {
         cli::Cmd::Agent(f) => f.log_level,

@@ -213,7 +213,7 @@ pub trait Plugin {
 /// A CNI plugin is a process per operation, so process start-up is part of
 /// every ADD. Skipping std's runtime set-up (stack-guard discovery through
 /// `/proc/self/maps`, the SIGSEGV alt stack) saves ~0.1 ms per call; args,
-/// environment and stdio work as usual. Release builds abort on panic.
+/// environment and stdio work as usual. A panic ends in [`install_panic_hook`].
 /// [`run`] ignores SIGPIPE itself, as std's runtime would have: a write to a
 /// connection the peer has closed (an etcd member killed mid-request) must be
 /// an error the plugin answers with, not a signal that kills it silently.
@@ -252,10 +252,11 @@ fn set_answer_version(v: &str) {
     }
 }
 
-/// A plugin must always answer with a CNI error object, and release builds
-/// abort on panic without unwinding to `dispatch`. The hook runs before the
-/// abort: it prints the error (code 999, the panic message) on stdout, flushes
-/// it and exits non-zero itself.
+/// A plugin must always answer with a CNI error object, whether the build
+/// unwinds (release, tests) or aborts (the shipped `plugin` profile). The hook
+/// runs before either: it prints the error (code 999, the panic message) on
+/// stdout, flushes it and exits non-zero itself, so nothing unwinds into
+/// `dispatch` and no later code runs.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let what = info
@@ -277,6 +278,19 @@ pub fn install_panic_hook() {
         let _ = writeln!(out, "{}", err.to_json(&version));
         let _ = out.flush();
         std::process::exit(1);
+    }));
+}
+
+/// For the long-running commands next to a plugin (agents, watchers): a panic
+/// anywhere, also in a task the runtime would otherwise catch, ends the process
+/// after the usual report, so a supervisor restarts it instead of it running on
+/// without the task. Release builds unwind (the test harness needs it); this
+/// keeps the abort they had.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
     }));
 }
 

@@ -13,6 +13,7 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() {
         cni_core::skel::run(&plugin::Overlay);
     }
+    cni_core::skel::abort_on_panic();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = Cli::try_parse_args(&args).unwrap_or_else(|e| e.exit());
     let name = args.first().cloned().unwrap_or_default();

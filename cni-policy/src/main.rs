@@ -12,6 +12,7 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() {
         cni_core::skel::run(&plugin::PolicyPlugin);
     }
+    cni_core::skel::abort_on_panic();
     let cli = Cli::parse();
     let level = std::env::var("CNI_POLICY_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::INFO);
     let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).try_init();

@@ -30,6 +30,7 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
         std::process::exit(csi_cloud::snapshot_io::cli::run(std::env::args_os().skip(2)));
     }
+    csi_core::server::abort_on_panic();
     let extra = Box::leak([DEFAULTS.extra, csi_cloud::node::FLAGS].concat().into_boxed_slice());
     let flags = Flags::from_env(&Defaults { extra, ..DEFAULTS });
     if let Err(e) = csi_core::flags::init_logging(&flags.log_level) {

@@ -43,6 +43,19 @@ pub struct Plugin<C, N> {
     pub node: Option<N>,
 }
 
+/// A driver's first call: a panic anywhere, also in a request's task that the
+/// runtime would catch, ends the process after the usual report, so the
+/// orchestrator restarts the driver rather than it serving on with a poisoned
+/// lock or a dead task. Release builds unwind (the test harness needs it);
+/// this keeps the abort they had.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 /// Serves `plugin` per `flags` until SIGTERM or SIGINT.
 pub async fn run<C, N>(flags: &Flags, plugin: Plugin<C, N>) -> Result<()>
 where

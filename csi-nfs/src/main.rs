@@ -35,6 +35,7 @@ const DEFAULTS: Defaults = Defaults {
 };
 
 fn main() {
+    csi_core::server::abort_on_panic();
     let flags = Flags::from_env(&DEFAULTS);
     if let Err(e) = csi_core::flags::init_logging(&flags.log_level) {
         eprintln!("csi-nfs: {e}");

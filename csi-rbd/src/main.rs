@@ -49,6 +49,7 @@ fn number(flags: &Flags, name: &str, range: std::ops::RangeInclusive<u64>) -> u6
 }
 
 fn main() {
+    csi_core::server::abort_on_panic();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("takeover") {
         std::process::exit(csi_rbd::takeover::main(&args[2..]));

@@ -494,10 +494,30 @@ impl Report {
             rt(i) * 500.0,
             (med(&c.round_trip_cpu_us) - med(&n.round_trip_cpu_us)) * 500.0
         );
-        let goal = o.map(|o| med(&o.gbps) / med(&c.gbps));
+        // The goal is judged on each round's own pair (ours and conntrack-on ran next to each
+        // other), the median of those ratios: a drift of the machine's speed over the run
+        // moves both halves of a pair, where it would move a ratio of medians.
+        let paired = |x: &Side| -> Vec<f64> { x.gbps.iter().zip(&c.gbps).map(|(a, b)| a / b).collect() };
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("[{lo:.3}-{hi:.3}]")
+        };
+        let ip = paired(i);
         let _ = writeln!(
             s,
-            "goal: throughput with our policy >= 0.95 of without (conntrack on both): {}",
+            "throughput per round, paired with conntrack on (median [min-max]): ours {}, iptables {:.3} {}",
+            o.map_or("-".into(), |o| {
+                let v = paired(o);
+                format!("{:.3} {}", med(&v), spread(&v))
+            }),
+            med(&ip),
+            spread(&ip)
+        );
+        let goal = o.map(|o| med(&paired(o)));
+        let _ = writeln!(
+            s,
+            "goal: throughput with our policy >= 0.95 of without (conntrack on both, paired per round): {}",
             goal.map_or("not measured".to_string(), |g| format!(
                 "{g:.3}, {}",
                 if g >= 0.95 { "met" } else { "NOT met" }

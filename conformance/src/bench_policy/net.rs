@@ -308,7 +308,10 @@ pub fn dropped(t: &Topology, port: u16, wait: Duration) -> R<bool> {
     r.map_err(|e| e.to_string())
 }
 
-/// One iperf3 TCP run, client → server, `secs` seconds: Gbit/s received.
+/// One iperf3 TCP run, client → server, `secs` seconds after one unmeasured
+/// second (TCP's ramp): Gbit/s received. With two CPUs or more the client and
+/// the server each keep one CPU (`-A 0,1`), so the scheduler moving them about
+/// does not vary the runs more than a policy does; every side runs alike.
 pub fn iperf(t: &Topology, port: u16, secs: u32) -> R<f64> {
     let p = port.to_string();
     let mut srv = Command::new("ip")
@@ -332,7 +335,13 @@ pub fn iperf(t: &Topology, port: u16, secs: u32) -> R<f64> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let dst = t.server_ip.to_string();
-    let (ok, out) = t.client.exec(&["iperf3", "-c", &dst, "-p", &p, "-t", &secs.to_string(), "-J"]);
+    let mut args = vec!["iperf3", "-c", &dst, "-p", &p, "-t"];
+    let secs = secs.to_string();
+    args.extend([secs.as_str(), "-O", "1", "-J"]);
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+        args.extend(["-A", "0,1"]);
+    }
+    let (ok, out) = t.client.exec(&args);
     let _ = srv.kill();
     let _ = srv.wait();
     ensure!(ok, "iperf3 -c {dst}: {}", testkit::util::clip(&out, 300));
