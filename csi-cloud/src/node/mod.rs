@@ -98,6 +98,8 @@ struct StageReq {
 struct Publish {
     block: bool,
     readonly: bool,
+    /// SINGLE_NODE_SINGLE_WRITER: at most one target path on this node.
+    single_writer: bool,
 }
 
 /// Mount flags and filesystem data from the capability's `mount_flags`.
@@ -255,7 +257,7 @@ impl NodeService {
 
     /// NodePublishVolume's work (blocking).
     fn publish(&self, rec: &StageRecord, target: &Path, how: Publish) -> Result<(), Status> {
-        let Publish { block, readonly } = how;
+        let Publish { block, readonly, single_writer } = how;
         if block != rec.is_block() {
             return Err(Status::invalid_argument(format!(
                 "volume {} was staged as a {} volume and cannot be published as a {} one",
@@ -279,6 +281,15 @@ impl NodeService {
                 "{} is already published, with another volume or read-only setting",
                 target.display()
             )));
+        }
+        if single_writer {
+            if let Some(other) = other_publication(&table, rec, target, block)? {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
+                    rec.volume_id,
+                    other.display()
+                )));
+            }
         }
         let source = if block {
             if let Some(parent) = target.parent() {
@@ -362,6 +373,34 @@ impl NodeService {
 
 /// Unmounts everything stacked at `path` (each unmount escalated and
 /// bounded as csi-core's `unmount`); the directory stays (the CO owns it).
+/// Another target path where the volume of `rec` is published on this node
+/// (a bind mount of its staging mount, or of its device for block), other
+/// than `target`.
+fn other_publication(
+    table: &[mount::MountInfo],
+    rec: &StageRecord,
+    target: &Path,
+    block: bool,
+) -> Result<Option<PathBuf>, Status> {
+    let elsewhere = |m: &&mount::MountInfo| m.mount_point != target && m.mount_point != rec.staging_path;
+    if block {
+        let dev = Path::new(&rec.device).file_name();
+        return Ok(table
+            .iter()
+            .filter(elsewhere)
+            .find(|m| {
+                dev.is_some()
+                    && m.root.file_name() == dev
+                    && (m.source == rec.device || m.source == "devtmpfs" || m.source == "udev")
+            })
+            .map(|m| m.mount_point.clone()));
+    }
+    let Some(staged) = mount::find_mount(table, &rec.staging_path)? else {
+        return Ok(None);
+    };
+    Ok(table.iter().filter(elsewhere).find(|m| m.dev == staged.dev).map(|m| m.mount_point.clone()))
+}
+
 fn unmount_all(path: &Path) -> Result<(), Status> {
     for _ in 0..16 {
         if !mount::is_mount_point(path)? {
@@ -477,7 +516,14 @@ impl pb::node_server::Node for Node {
         validate::require_staging_path(&req.staging_target_path)?;
         validate::require_target_path(&req.target_path)?;
         let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
-        let how = Publish { block: matches!(cap.access_type, Some(AccessType::Block(_))), readonly: req.readonly };
+        let how = Publish {
+            block: matches!(cap.access_type, Some(AccessType::Block(_))),
+            readonly: req.readonly,
+            single_writer: cap
+                .access_mode
+                .as_ref()
+                .is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32),
+        };
         let target = mount::normalize(Path::new(&req.target_path))?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;
