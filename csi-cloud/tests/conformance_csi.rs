@@ -103,7 +103,7 @@ fn every_spec_passes_against_csi_cloud_and_the_run_leaks_nothing() {
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(summary.contains(" 0 failed"), "specs failed:\n{report}");
     assert!(out.status.success(), "exit status {:?}:\n{report}", out.status);
-    let filtered = if ext4_grows { "0 filtered" } else { "1 filtered" };
+    let filtered = if ext4_grows { ", 0 filtered" } else { ", 1 filtered" };
     assert!(summary.ends_with(filtered), "expected {filtered}:\n{report}");
     assert!(!stderr.contains("cleanup:"), "cleanup reported a problem:\n{report}");
     // The report (seen with --nocapture): what was skipped and why.

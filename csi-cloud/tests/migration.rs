@@ -218,7 +218,7 @@ async fn a_volume_moves_from_node_a_to_node_b_with_its_data_also_when_a_dies() {
         parameters: [("type".to_string(), "gp3".to_string())].into(),
         ..Default::default()
     };
-    let vol = ctl.create_volume(create("h2-migrate")).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let vol = ctl.create_volume(create("pvc-migrate")).await.unwrap().into_inner().volume.unwrap().volume_id;
 
     // On A: attach, stage, publish, write.
     let ctx = publish(&mut ctl, &vol, &a_id).await.expect("ControllerPublish to A");
@@ -239,17 +239,20 @@ async fn a_volume_moves_from_node_a_to_node_b_with_its_data_also_when_a_dies() {
     assert_eq!(published_nodes(&mut ctl, &vol).await, Vec::<String>::new());
     host.settle();
     assert!(!host.exposed().contains_key(&vol), "still exposed after the detach: {:?}", host.exposed());
+    let link = csi_cloud::device::nvme_path(&vol).unwrap();
+    assert!(!link.exists(), "{} is still on the host after the detach", link.display());
 
     // On B: the same data.
     let ctx = publish(&mut ctl, &vol, &b_id).await.expect("ControllerPublish to B");
     let on_b = b.mount(&vol, &ctx).await;
     assert_eq!(read_sum(&on_b), sum, "the data written on A differs on B");
     assert_eq!(host.exposed().get(&vol), Some(&b_id));
+    assert!(link.exists(), "{} is not on the host after the attach to B", link.display());
     assert_eq!(published_nodes(&mut ctl, &vol).await, vec![b_id.clone()]);
 
     // A second volume on A, and then A dies without unpublishing: its
     // instance stops in EC2, its node plugin and mounts are gone.
-    let vol2 = ctl.create_volume(create("h2-migrate-dead")).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let vol2 = ctl.create_volume(create("pvc-migrate-dead-node")).await.unwrap().into_inner().volume.unwrap().volume_id;
     let ctx = publish(&mut ctl, &vol2, &a_id).await.expect("ControllerPublish of the second volume to A");
     let on_a = a.mount(&vol2, &ctx).await;
     let sum2 = write_data(&on_a, 2);

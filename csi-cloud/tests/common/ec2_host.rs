@@ -84,7 +84,7 @@ fn run(prog: &str, args: &[&str]) -> Result<String, String> {
 impl Ec2Host {
     /// Starts serving `instances` of the moto at `endpoint`.
     pub fn start(endpoint: &str, instances: &[String]) -> Ec2Host {
-        let dir = tempfile::Builder::new().prefix("h2-ec2host-").tempdir_in("/var/tmp").unwrap();
+        let dir = tempfile::Builder::new().prefix("csi-cloud-ec2host-").tempdir_in("/var/tmp").unwrap();
         let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let clients = Clients::for_emulator(endpoint, testkit::moto::REGION, "testing", "testing");

@@ -27,7 +27,7 @@ impl CsiCloud {
     /// Starts `csi-cloud --endpoint unix://<dir>/csi.sock --state-dir <dir>/state ARGS`
     /// with moto's environment, and returns once the socket exists.
     pub fn start(name: &str, moto: &testkit::moto::Moto, args: &[&str]) -> CsiCloud {
-        let dir = tempfile::Builder::new().prefix(&format!("h2-csi-cloud-{name}-")).tempdir_in("/var/tmp").unwrap();
+        let dir = tempfile::Builder::new().prefix(&format!("csi-cloud-{name}-")).tempdir_in("/var/tmp").unwrap();
         let sock = dir.path().join("csi.sock");
         let log = std::fs::File::create(dir.path().join("driver.log")).unwrap();
         let child = Command::new(bin())
@@ -85,8 +85,12 @@ impl CsiCloud {
 
 impl Drop for CsiCloud {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // Signal it only while it is ours: not once reaped (`kill`), when
+        // its pid may belong to another process.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
         let started = Instant::now();
         while matches!(self.child.try_wait(), Ok(None)) && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
