@@ -162,6 +162,18 @@ fn read_sum(dir: &Path) -> Vec<u8> {
     Sha256::digest(std::fs::read(dir.join("data")).unwrap()).to_vec()
 }
 
+/// How long after now `link` appears, polled every 10 ms for at most the
+/// node's default `--device-wait` (10 s): the stand-in's lag, which that
+/// wait must cover.
+fn device_lag(link: &Path) -> std::time::Duration {
+    let t = Instant::now();
+    while !link.exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "{} did not appear within 10 s", link.display());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
 /// `text` without terminal colour sequences (the driver's log has them).
 fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -244,6 +256,11 @@ async fn a_volume_moves_from_node_a_to_node_b_with_its_data_also_when_a_dies() {
 
     // On B: the same data.
     let ctx = publish(&mut ctl, &vol, &b_id).await.expect("ControllerPublish to B");
+    let lag = device_lag(&link);
+    eprintln!(
+        "MEASURE the stand-in's device appeared {:.0} ms after ControllerPublish returned",
+        lag.as_secs_f64() * 1e3
+    );
     let on_b = b.mount(&vol, &ctx).await;
     assert_eq!(read_sum(&on_b), sum, "the data written on A differs on B");
     assert_eq!(host.exposed().get(&vol), Some(&b_id));
