@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csi_core::blockfs as fs;
+use csi_core::blocknode;
 use csi_core::mount::{self, MsFlags};
 use csi_core::node::blocking;
 use csi_core::pb;
@@ -283,7 +284,7 @@ impl NodeService {
             )));
         }
         if single_writer {
-            if let Some(other) = other_publication(&table, rec, target, block)? {
+            if let Some(other) = blocknode::other_publication(&table, &rec.staged(), target, block)? {
                 return Err(Status::failed_precondition(format!(
                     "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
                     rec.volume_id,
@@ -373,34 +374,6 @@ impl NodeService {
 
 /// Unmounts everything stacked at `path` (each unmount escalated and
 /// bounded as csi-core's `unmount`); the directory stays (the CO owns it).
-/// Another target path where the volume of `rec` is published on this node
-/// (a bind mount of its staging mount, or of its device for block), other
-/// than `target`.
-fn other_publication(
-    table: &[mount::MountInfo],
-    rec: &StageRecord,
-    target: &Path,
-    block: bool,
-) -> Result<Option<PathBuf>, Status> {
-    let elsewhere = |m: &&mount::MountInfo| m.mount_point != target && m.mount_point != rec.staging_path;
-    if block {
-        let dev = Path::new(&rec.device).file_name();
-        return Ok(table
-            .iter()
-            .filter(elsewhere)
-            .find(|m| {
-                dev.is_some()
-                    && m.root.file_name() == dev
-                    && (m.source == rec.device || m.source == "devtmpfs" || m.source == "udev")
-            })
-            .map(|m| m.mount_point.clone()));
-    }
-    let Some(staged) = mount::find_mount(table, &rec.staging_path)? else {
-        return Ok(None);
-    };
-    Ok(table.iter().filter(elsewhere).find(|m| m.dev == staged.dev).map(|m| m.mount_point.clone()))
-}
-
 fn unmount_all(path: &Path) -> Result<(), Status> {
     for _ in 0..16 {
         if !mount::is_mount_point(path)? {
