@@ -162,6 +162,27 @@ impl CreateParams {
         Ok(p)
     }
 
+    /// CreateVolume's `parameters` with its `mutable_parameters` (a
+    /// VolumeAttributesClass's) over them: the CSI spec gives those
+    /// precedence, and only what ControllerModifyVolume takes (type, iops,
+    /// throughput) is allowed there; anything else is INVALID_ARGUMENT.
+    pub fn parse_with_mutable(
+        params: &HashMap<String, String>,
+        mutable: &HashMap<String, String>,
+    ) -> Result<CreateParams, Error> {
+        if mutable.is_empty() {
+            return CreateParams::parse(params);
+        }
+        ModifyParams::parse(mutable)?;
+        let mut merged: HashMap<String, String> = params
+            .iter()
+            .filter(|(k, _)| !mutable.keys().any(|m| m.eq_ignore_ascii_case(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        merged.extend(mutable.iter().map(|(k, v)| (k.clone(), v.clone())));
+        CreateParams::parse(&merged)
+    }
+
     /// `{{ .PVCName }}`, `{{ .PVCNamespace }}` and `{{ .PVName }}` in a tag
     /// value, as aws-ebs-csi-driver's templates (empty when unknown).
     fn template(&self, v: &str) -> String {
@@ -301,6 +322,25 @@ mod tests {
                 .unwrap();
         assert_eq!(p.iops_for(4).unwrap(), Some(100));
         assert_eq!(CreateParams::parse(&HashMap::new()).unwrap().iops_for(10).unwrap(), None);
+    }
+
+    #[test]
+    fn mutable_parameters_win_at_creation_and_only_modifiable_keys_pass() {
+        let p = CreateParams::parse_with_mutable(
+            &map(&[("type", "gp3"), ("Throughput", "125"), ("encrypted", "true")]),
+            &map(&[("throughput", "200"), ("IOPS", "4000")]),
+        )
+        .unwrap();
+        assert_eq!((p.volume_type.as_str(), p.throughput, p.iops, p.encrypted), ("gp3", Some(200), Some(4000), true));
+        let p = CreateParams::parse_with_mutable(&map(&[("type", "gp3")]), &HashMap::new()).unwrap();
+        assert_eq!(p.throughput, None);
+        for bad in [vec![("XXX_FakeKey", "XXX_FakeValue")], vec![("encrypted", "true")], vec![("type", "gp9")]] {
+            let e = CreateParams::parse_with_mutable(&map(&[("type", "gp3")]), &map(&bad)).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e}");
+        }
+        // The merged set is checked as a whole: throughput on gp2 is refused.
+        let e = CreateParams::parse_with_mutable(&map(&[("throughput", "200")]), &map(&[("type", "gp2")])).unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("throughput")), "{e}");
     }
 
     #[test]

@@ -277,8 +277,10 @@ fn parse_level(s: &str) -> Result<tracing::Level> {
 /// Sends `tracing` output to stderr at the flags' level. Call once at start.
 /// The gRPC stack's own events (h2's frames, hyper, tower, tonic) stop at
 /// info: `debug` is for the driver's steps, and h2 alone would log every
-/// frame of every call.
+/// frame of every call. Colour only when stderr is a terminal: kubelet and
+/// the tests send it to a file, where escape codes break every grep.
 pub fn init_logging(level: &str) -> Result<()> {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let level = parse_level(level)?;
@@ -288,6 +290,7 @@ pub fn init_logging(level: &str) -> Result<()> {
         .with_targets(["h2", "hyper", "hyper_util", "tower", "tonic"].map(|t| (t, stack)));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(level)
         .with_target(false)
         .finish()

@@ -19,11 +19,13 @@
 //! - [`node`]: what node services share: the blocking hop, NodeUnpublishVolume;
 //! - [`exec`]: running a node tool with a time bound;
 //! - [`blockfs`]: filesystems on block devices: blank probe, mkfs, grow;
+//! - [`blocknode`]: node steps shared by the block-device drivers once a volume is staged;
 //! - [`caps`]: the Controller and Node capability lists;
 //! - [`client`]: dialing an endpoint (tests, the conformance suite);
 //! - [`error`]: the one error type and its gRPC code mapping.
 
 pub mod blockfs;
+pub mod blocknode;
 pub mod caps;
 pub mod client;
 pub mod error;

@@ -135,31 +135,11 @@ fn max_avail(c: &Ceph, pool: &str) -> i64 {
 
 /// The client addresses the driver logged on each connect, in order.
 fn connected_clients(log: &str) -> Vec<String> {
-    let plain = strip_ansi(log);
-    plain
-        .lines()
+    log.lines()
         .filter(|l| l.contains("connected to the cluster"))
         .filter_map(|l| l.split("client=").nth(1))
         .map(|v| v.split_whitespace().next().unwrap_or("").trim_matches('"').to_string())
         .collect()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            // ESC [ ... letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 /// The number of ancestors of image `spec` (`rbd info`'s parent links).

@@ -245,7 +245,7 @@ impl ControllerService {
         validate::require_name(&req.name)?;
         validate::require_capabilities(&req.volume_capabilities, &SUPPORT)?;
         let range = validate::capacity_range(req.capacity_range.as_ref())?;
-        let p = CreateParams::parse(&req.parameters)?;
+        let p = CreateParams::parse_with_mutable(&req.parameters, &req.mutable_parameters)?;
         let snapshot_id = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
             Some(pb::volume_content_source::Type::Snapshot(s)) => Some(s.snapshot_id.clone()),

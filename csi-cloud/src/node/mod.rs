@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csi_core::blockfs as fs;
+use csi_core::blocknode;
 use csi_core::mount::{self, MsFlags};
 use csi_core::node::blocking;
 use csi_core::pb;
@@ -98,6 +99,8 @@ struct StageReq {
 struct Publish {
     block: bool,
     readonly: bool,
+    /// SINGLE_NODE_SINGLE_WRITER: at most one target path on this node.
+    single_writer: bool,
 }
 
 /// Mount flags and filesystem data from the capability's `mount_flags`.
@@ -255,7 +258,7 @@ impl NodeService {
 
     /// NodePublishVolume's work (blocking).
     fn publish(&self, rec: &StageRecord, target: &Path, how: Publish) -> Result<(), Status> {
-        let Publish { block, readonly } = how;
+        let Publish { block, readonly, single_writer } = how;
         if block != rec.is_block() {
             return Err(Status::invalid_argument(format!(
                 "volume {} was staged as a {} volume and cannot be published as a {} one",
@@ -279,6 +282,15 @@ impl NodeService {
                 "{} is already published, with another volume or read-only setting",
                 target.display()
             )));
+        }
+        if single_writer {
+            if let Some(other) = blocknode::other_publication(&table, &rec.staged(), target, block)? {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
+                    rec.volume_id,
+                    other.display()
+                )));
+            }
         }
         let source = if block {
             if let Some(parent) = target.parent() {
@@ -477,7 +489,14 @@ impl pb::node_server::Node for Node {
         validate::require_staging_path(&req.staging_target_path)?;
         validate::require_target_path(&req.target_path)?;
         let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
-        let how = Publish { block: matches!(cap.access_type, Some(AccessType::Block(_))), readonly: req.readonly };
+        let how = Publish {
+            block: matches!(cap.access_type, Some(AccessType::Block(_))),
+            readonly: req.readonly,
+            single_writer: cap
+                .access_mode
+                .as_ref()
+                .is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32),
+        };
         let target = mount::normalize(Path::new(&req.target_path))?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;

@@ -29,6 +29,17 @@ pub struct StageRecord {
 }
 
 impl StageRecord {
+    /// The record as csi-core's shared node steps read it.
+    pub fn staged(&self) -> csi_core::blocknode::Staged<'_> {
+        csi_core::blocknode::Staged {
+            volume_id: &self.volume_id,
+            device: &self.device,
+            staging_path: &self.staging_path,
+            fs_type: &self.fs_type,
+            readonly: self.readonly,
+        }
+    }
+
     /// A raw block volume (no filesystem, nothing mounted at stage).
     pub fn is_block(&self) -> bool {
         self.fs_type.is_empty()

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use csi_core::blocknode;
 use csi_core::mount::{self, MsFlags};
 use csi_core::node::blocking;
 use csi_core::pb;
@@ -1055,7 +1056,7 @@ impl NodeService {
         }
         if single_writer {
             // SINGLE_NODE_SINGLE_WRITER: one target path on this node at most.
-            if let Some(other) = other_publication(&table, rec, target, block)? {
+            if let Some(other) = blocknode::other_publication(&table, &rec.staged(), target, block)? {
                 return Err(Status::failed_precondition(format!(
                     "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
                     rec.volume_id,
@@ -1336,34 +1337,6 @@ struct Publish {
     readonly: bool,
     /// SINGLE_NODE_SINGLE_WRITER: at most one target path on this node.
     single_writer: bool,
-}
-
-/// Another target path this staged volume is already published at, if
-/// any: a bind mount of the staging mount (same device number), or for a
-/// raw block volume a bind of its device node.
-fn other_publication(
-    table: &[mount::MountInfo],
-    rec: &StageRecord,
-    target: &Path,
-    block: bool,
-) -> Result<Option<PathBuf>, Status> {
-    let elsewhere = |m: &&mount::MountInfo| m.mount_point != target && m.mount_point != rec.staging_path;
-    if block {
-        let dev = Path::new(&rec.device).file_name();
-        return Ok(table
-            .iter()
-            .filter(elsewhere)
-            .find(|m| {
-                dev.is_some()
-                    && Path::new(&m.root).file_name() == dev
-                    && (m.source == rec.device || m.source == "devtmpfs" || m.source == "udev")
-            })
-            .map(|m| m.mount_point.clone()));
-    }
-    let Some(staged) = mount::find_mount(table, &rec.staging_path)? else {
-        return Ok(None);
-    };
-    Ok(table.iter().filter(elsewhere).find(|m| m.dev == staged.dev).map(|m| m.mount_point.clone()))
 }
 
 #[cfg(test)]
