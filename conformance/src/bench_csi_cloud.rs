@@ -28,6 +28,12 @@
 //! (the CLI's own `seconds`, the loop's own time), the wait for `completed`
 //! included. moto is reset after each round (it keeps blocks in memory).
 //!
+//! `--rtt-ms`: moto answers on loopback in a few ms, where AWS is a network
+//! round trip away. With it, every client (driver, CLI, SDK side) talks to
+//! moto through a proxy in this process that holds every byte for half the
+//! round trip in each direction ([`DelayProxy`]): what parallel transfers
+//! buy, and what a call's own overhead weighs, when the round trip counts.
+//!
 //! Printed, never asserted: this machine is shared and noisy.
 
 use std::io::{BufRead, BufReader, Write};
@@ -64,6 +70,8 @@ pub struct Opts {
     pub n: usize,
     /// The image's size in MiB for the throughput rows.
     pub size_mib: u64,
+    /// An emulated network round trip to moto, ms (0: plain loopback).
+    pub rtt_ms: u64,
 }
 
 /// A side of a controller row.
@@ -99,6 +107,7 @@ pub struct Rate {
 pub struct Report {
     pub n: usize,
     pub size_mib: u64,
+    pub rtt_ms: u64,
     pub rows: Vec<Row>,
     pub rates: Vec<Rate>,
     pub notes: Vec<String>,
@@ -150,10 +159,10 @@ struct Sdk {
 }
 
 impl Sdk {
-    fn start(driver: &Path, moto: &Moto, log: &Path) -> R<Sdk> {
+    fn start(driver: &Path, moto: &Moto, endpoint: &str, log: &Path) -> R<Sdk> {
         let log = std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let mut child = Command::new(driver)
-            .args(["bench-baseline", "--aws-endpoint-url", &moto.endpoint()])
+            .args(["bench-baseline", "--aws-endpoint-url", endpoint])
             .envs(moto.env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -206,15 +215,20 @@ pub fn run(o: &Opts) -> R<Report> {
     let dir = Scratch(PathBuf::from(format!("/var/tmp/bench-csi-cloud-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).map_err(|e| format!("create {}: {e}", dir.0.display()))?;
     let moto = Moto::start_ebs_corrected(&dir.0)?;
-    eprintln!("bench csi-cloud: moto at {}", moto.endpoint());
-    let mut sdk = Sdk::start(&o.driver, &moto, &dir.0.join("baseline.log"))?;
+    let proxy = match o.rtt_ms {
+        0 => None,
+        rtt => Some(DelayProxy::start(&moto.endpoint(), Duration::from_micros(rtt * 500))?),
+    };
+    let endpoint = proxy.as_ref().map_or_else(|| moto.endpoint(), DelayProxy::endpoint);
+    eprintln!("bench csi-cloud: moto at {} (clients use {endpoint})", moto.endpoint());
+    let mut sdk = Sdk::start(&o.driver, &moto, &endpoint, &dir.0.join("baseline.log"))?;
     let sock = dir.0.join("csi.sock");
     let log = std::fs::File::create(dir.0.join("driver.log")).map_err(|e| format!("driver.log: {e}"))?;
     let mut driver = Proc(
         Command::new(&o.driver)
             .args(["--mode", "controller", "--log-level", "warn", "--default-zone", ZONE])
             .arg(format!("--endpoint=unix://{}", sock.display()))
-            .args(["--aws-endpoint-url", &moto.endpoint()])
+            .args(["--aws-endpoint-url", &endpoint])
             .envs(moto.env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -239,25 +253,35 @@ pub fn run(o: &Opts) -> R<Report> {
         .block_on(csi_core::client::connect(&csi_core::flags::Endpoint::Unix(sock.clone())))
         .map_err(|e| format!("connect to csi-cloud: {e}"))?;
 
-    let mut report = Report { n: o.n, size_mib: o.size_mib, ..Default::default() };
+    let mut report = Report { n: o.n, size_mib: o.size_mib, rtt_ms: o.rtt_ms, ..Default::default() };
     report.rows = controller_rows(&rt, &ch, &mut sdk, o.n)?;
     moto.reset()?;
-    report.rates = transfer_rows(o, &moto, &mut sdk, &dir.0)?;
+    report.rates = transfer_rows(o, &moto, &endpoint, &mut sdk, &dir.0)?;
     report.notes = vec![
         "CreateVolume first looks the name up by its CSIVolumeName tag (DescribeVolumes, all pages): the \
          idempotency issue #15 demands (no second volume after a retry, a restart or EC2's 24 h token memory); \
          the 'SDK + same checks' column makes that lookup too"
             .into(),
-        "ControllerPublishVolume reads the volume (attached elsewhere?), the instance (zone, device names in use) \
-         and its type's attachment limit before AttachVolume; ControllerUnpublishVolume reads the volume and the \
+        "ControllerPublishVolume reads the volume (attached elsewhere?) and the instance (zone, device names in \
+         use) before AttachVolume (its type's attachment limit is asked once per type); ControllerUnpublishVolume reads the volume and the \
          instance (dead: forced detach); CreateSnapshot looks the name up by tag and checks the source volume"
             .into(),
-        "moto answers on loopback in a few ms and attaches/detaches at once: each wait is one poll on both sides; \
-         against EC2 the calls take tens of ms and the waits seconds, so the lookups weigh less there"
+        "moto attaches and detaches at once: each wait is one poll on both sides; against EC2 the waits take \
+         seconds, so the lookups weigh less there"
             .into(),
-        "moto is one Python process that parses every 512 KiB block: it, not the round trip, limits the \
-         transfers here; against EBS each block is a network round trip, which the CLI's 16 blocks in flight hide"
-            .into(),
+        if o.rtt_ms == 0 {
+            "no emulated round trip (--rtt-ms 0): moto answers on loopback in a few ms, so the gRPC hop (about \
+             0.3 to 0.7 ms) is a visible share of the cheap calls; moto is one Python process that parses every \
+             512 KiB block: it, not a round trip, limits the transfers, and blocks in flight cannot help"
+                .to_string()
+        } else {
+            format!(
+                "every client reached moto through a proxy adding {} ms of round trip ({} ms each way), as a \
+                 network to AWS does",
+                o.rtt_ms,
+                o.rtt_ms as f64 / 2.0
+            )
+        },
     ];
     drop(driver);
     Ok(report)
@@ -278,7 +302,7 @@ fn controller_rows(rt: &tokio::runtime::Runtime, ch: &Channel, sdk: &mut Sdk, n:
         row(
             "ControllerPublishVolume",
             "AttachVolume + poll until attached",
-            Some("+ DescribeVolumes, DescribeInstances, DescribeInstanceTypes"),
+            Some("+ DescribeVolumes, DescribeInstances"),
         ),
         row("ControllerGetVolume", "DescribeVolumes (ID)", None),
         row("ListVolumes", "DescribeVolumes (cluster tag, all pages)", None),
@@ -490,11 +514,11 @@ fn same_data(image: &Path, copy: &Path) -> R<bool> {
 }
 
 /// `csi-cloud snapshot ARGS`: its JSON report.
-fn cli(driver: &Path, moto: &Moto, args: &[&str]) -> R<Value> {
+fn cli(driver: &Path, moto: &Moto, endpoint: &str, args: &[&str]) -> R<Value> {
     let out = Command::new(driver)
         .arg("snapshot")
         .args(args)
-        .args(["--no-progress", "--aws-endpoint-url", &moto.endpoint()])
+        .args(["--no-progress", "--aws-endpoint-url", endpoint])
         .envs(moto.env())
         .output()
         .map_err(|e| format!("run {} snapshot: {e}", driver.display()))?;
@@ -507,7 +531,7 @@ fn cli(driver: &Path, moto: &Moto, args: &[&str]) -> R<Value> {
 }
 
 /// The throughput rows.
-fn transfer_rows(o: &Opts, moto: &Moto, sdk: &mut Sdk, dir: &Path) -> R<Vec<Rate>> {
+fn transfer_rows(o: &Opts, moto: &Moto, endpoint: &str, sdk: &mut Sdk, dir: &Path) -> R<Vec<Rate>> {
     let image = dir.join("image.raw");
     write_image(&image, o.size_mib)?;
     let img = image.to_str().ok_or("scratch path not UTF-8")?.to_string();
@@ -521,11 +545,11 @@ fn transfer_rows(o: &Opts, moto: &Moto, sdk: &mut Sdk, dir: &Path) -> R<Vec<Rate
             let target = dir.join(if ours { "ours.raw" } else { "sdk.raw" });
             let tgt = target.to_str().ok_or("scratch path not UTF-8")?.to_string();
             if ours {
-                let r = cli(&o.driver, moto, &["export", "--source", &img])?;
+                let r = cli(&o.driver, moto, endpoint, &["export", "--source", &img])?;
                 ensure!(r["state"] == "completed", "export: {r}");
                 export.ours.push(mib / r["seconds"].as_f64().ok_or("export: no seconds")?);
                 let snap = r["snapshot_id"].as_str().ok_or("export: no snapshot")?.to_string();
-                let r = cli(&o.driver, moto, &["import", "--snapshot-id", &snap, "--target", &tgt])?;
+                let r = cli(&o.driver, moto, endpoint, &["import", "--snapshot-id", &snap, "--target", &tgt])?;
                 import.ours.push(mib / r["seconds"].as_f64().ok_or("import: no seconds")?);
             } else {
                 let (t, v) = sdk.timed(json!({"op": "export", "source": img}))?;
@@ -541,6 +565,95 @@ fn transfer_rows(o: &Opts, moto: &Moto, sdk: &mut Sdk, dir: &Path) -> R<Vec<Rate
     }
     let _ = std::fs::remove_file(&image);
     Ok(vec![export, import])
+}
+
+/// A TCP proxy to moto that holds every chunk it forwards for `one_way`
+/// before writing it on, in each direction: a network's round trip of twice
+/// that, on loopback. Threads: an acceptor, and per connection and direction
+/// a reader and a writer (so holding one chunk never delays reading the
+/// next). Stops accepting on drop; open connections end with their peers.
+pub struct DelayProxy {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayProxy {
+    /// Listens on a free loopback port, forwarding to `target` (`http://host:port`).
+    pub fn start(target: &str, one_way: Duration) -> R<DelayProxy> {
+        use std::net::{TcpListener, TcpStream};
+        let upstream: std::net::SocketAddr = target
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|e| format!("proxy target {target}: {e}"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("proxy: bind: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| format!("proxy: {e}"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    if let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) {
+                        pump(from, to, one_way);
+                    }
+                }
+            }
+        });
+        Ok(DelayProxy { addr, stop })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the acceptor so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read; EOF
+/// (or an error) is passed on as a shutdown of `to`'s write side.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::Read;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((read_at, data)) = rx.recv() {
+            // The emulated latency: hold the chunk until its time has come.
+            let due = read_at + delay;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&data).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }
 
 fn iqr(v: &[f64], prec: usize) -> String {
@@ -565,8 +678,9 @@ impl Report {
 
     pub fn table(&self) -> String {
         let mut s = format!(
-            "csi-cloud vs the AWS SDK, same requests to moto on loopback, n={} (median [q1, q3] ms; goal: ours ≤ {GOAL_LATENCY_RATIO}× the SDK call)\n",
-            self.n
+            "csi-cloud vs the AWS SDK, same requests to moto on loopback (+{} ms emulated round trip), n={} \
+             (median [q1, q3] ms; goal: ours ≤ {GOAL_LATENCY_RATIO}× the SDK call)\n",
+            self.rtt_ms, self.n
         );
         s += &format!(
             "{:<26} {:>22}  {:>22} {:>6}  {:>22} {:>6}\n",
@@ -659,7 +773,7 @@ impl Report {
             })
             .collect();
         let goals: Vec<Value> = self.goals().into_iter().map(|(g, met)| json!({"goal": g, "met": met})).collect();
-        json!({"n": self.n, "size_mib": self.size_mib, "rows": rows, "throughput": rates, "goals": goals,
+        json!({"n": self.n, "size_mib": self.size_mib, "rtt_ms": self.rtt_ms, "rows": rows, "throughput": rates, "goals": goals,
                "notes": self.notes})
     }
 }

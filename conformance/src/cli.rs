@@ -360,6 +360,9 @@ pub struct BenchCsiCloudArgs {
     /// The transferred image's size in MiB (1..=4096).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub size_mib: u64,
+    /// An emulated network round trip between the clients and moto, ms (0..=1000; 0: plain loopback).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub rtt_ms: u64,
     /// JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -479,6 +482,7 @@ fn dispatch(cmd: Cmd) -> R<i32> {
                 driver,
                 n: usize::from(a.n),
                 size_mib: a.size_mib,
+                rtt_ms: a.rtt_ms,
             })?;
             if a.json {
                 println!("{}", r.to_json());
@@ -828,13 +832,13 @@ mod tests {
         };
         assert_eq!((a.server.as_deref(), a.port), (Some("10.0.2.2"), Some(2049)));
         let Cmd::Bench(BenchCmd::CsiCloud(a)) = ok(&["bench", "csi-cloud"]) else { panic!() };
-        assert_eq!((a.n, a.size_mib, a.driver, a.json), (5, 128, None, false));
+        assert_eq!((a.n, a.size_mib, a.rtt_ms, a.driver, a.json), (5, 128, 0, None, false));
         let Cmd::Bench(BenchCmd::CsiCloud(a)) =
-            ok(&["bench", "csi-cloud", "--n", "1", "--size-mib", "16", "--driver", "/d", "--json"])
+            ok(&["bench", "csi-cloud", "--n", "1", "--size-mib", "16", "--rtt-ms", "20", "--driver", "/d", "--json"])
         else {
             panic!()
         };
-        assert_eq!((a.n, a.size_mib, a.driver, a.json), (1, 16, Some(PathBuf::from("/d")), true));
+        assert_eq!((a.n, a.size_mib, a.rtt_ms, a.driver, a.json), (1, 16, 20, Some(PathBuf::from("/d")), true));
         assert!(parse(&["bench", "csi-cloud", "--n", "0"]).is_err());
         let Cmd::Bench(BenchCmd::CsiRbd(a)) = ok(&["bench", "csi-rbd"]) else { panic!() };
         assert_eq!((a.n, a.size_mib, a.raw_only, a.driver), (10, 64, false, None));
