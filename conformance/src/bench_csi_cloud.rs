@@ -289,14 +289,7 @@ pub fn run(o: &Opts) -> R<Report> {
 
 /// The controller rows.
 fn controller_rows(rt: &tokio::runtime::Runtime, ch: &Channel, sdk: &mut Sdk, n: usize) -> R<Vec<Row>> {
-    let row = |what, sdk, checks| Row {
-        what,
-        sdk,
-        checks,
-        ours_ms: vec![],
-        sdk_ms: vec![],
-        checked_ms: vec![],
-    };
+    let row = |what, sdk, checks| Row { what, sdk, checks, ours_ms: vec![], sdk_ms: vec![], checked_ms: vec![] };
     let mut rows = vec![
         row("CreateVolume", "CreateVolume + poll until available", Some("+ DescribeVolumes by name tag")),
         row(
@@ -316,8 +309,10 @@ fn controller_rows(rt: &tokio::runtime::Runtime, ch: &Channel, sdk: &mut Sdk, n:
         row("DeleteVolume", "DeleteVolume", None),
     ];
     let inst = sdk.call(json!({"op": "run_instances", "n": 3, "zone": ZONE, "image": IMAGE}))?;
-    let inst: Vec<String> =
-        inst["instances"].as_array().map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let inst: Vec<String> = inst["instances"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
     ensure!(inst.len() == 3, "run_instances: {inst:?}");
     let ctl = || ControllerClient::new(ch.clone());
     let tag = std::process::id();
@@ -350,8 +345,8 @@ fn controller_rows(rt: &tokio::runtime::Runtime, ch: &Channel, sdk: &mut Sdk, n:
                                     accessibility_requirements: Some(pb::TopologyRequirement {
                                         requisite: vec![],
                                         preferred: vec![pb::Topology {
-                                            segments: [("topology.kubernetes.io/zone".to_string(), ZONE.to_string())]
-                                                .into(),
+                                            segments:
+                                                [("topology.kubernetes.io/zone".to_string(), ZONE.to_string())].into(),
                                         }],
                                     }),
                                     ..Default::default()
@@ -522,11 +517,7 @@ fn cli(driver: &Path, moto: &Moto, endpoint: &str, args: &[&str]) -> R<Value> {
         .envs(moto.env())
         .output()
         .map_err(|e| format!("run {} snapshot: {e}", driver.display()))?;
-    ensure!(
-        out.status.success(),
-        "csi-cloud snapshot {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ensure!(out.status.success(), "csi-cloud snapshot {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
     serde_json::from_slice(&out.stdout).map_err(|e| format!("csi-cloud snapshot {args:?}: report: {e}"))
 }
 
@@ -536,8 +527,10 @@ fn transfer_rows(o: &Opts, moto: &Moto, endpoint: &str, sdk: &mut Sdk, dir: &Pat
     write_image(&image, o.size_mib)?;
     let img = image.to_str().ok_or("scratch path not UTF-8")?.to_string();
     let mib = o.size_mib as f64;
-    let (mut export, mut import) =
-        (Rate { what: "snapshot export", ours: vec![], sdk: vec![] }, Rate { what: "snapshot import", ours: vec![], sdk: vec![] });
+    let (mut export, mut import) = (
+        Rate { what: "snapshot export", ours: vec![], sdk: vec![] },
+        Rate { what: "snapshot import", ours: vec![], sdk: vec![] },
+    );
     for round in 0..o.n {
         eprintln!("bench csi-cloud: transfer round {}/{} ({} MiB)", round + 1, o.n, o.size_mib);
         let ours_first = round % 2 == 0;
@@ -581,10 +574,8 @@ impl DelayProxy {
     /// Listens on a free loopback port, forwarding to `target` (`http://host:port`).
     pub fn start(target: &str, one_way: Duration) -> R<DelayProxy> {
         use std::net::{TcpListener, TcpStream};
-        let upstream: std::net::SocketAddr = target
-            .trim_start_matches("http://")
-            .parse()
-            .map_err(|e| format!("proxy target {target}: {e}"))?;
+        let upstream: std::net::SocketAddr =
+            target.trim_start_matches("http://").parse().map_err(|e| format!("proxy target {target}: {e}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("proxy: bind: {e}"))?;
         let addr = listener.local_addr().map_err(|e| format!("proxy: {e}"))?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -715,7 +706,10 @@ impl Report {
             "\n\nsnapshot transfers of a {} MiB image (7/8 data), MiB/s, median [q1, q3] (goal: export ≥ {GOAL_EXPORT_SPEEDUP}× the loop)\n",
             self.size_mib
         );
-        s += &format!("{:<18} {:>28}  {:>28} {:>7}\n", "transfer", "csi-cloud snapshot (16)", "sequential SDK loop", "ratio");
+        s += &format!(
+            "{:<18} {:>28}  {:>28} {:>7}\n",
+            "transfer", "csi-cloud snapshot (16)", "sequential SDK loop", "ratio"
+        );
         for r in &self.rates {
             s += &format!(
                 "{:<18} {:>28}  {:>28} {:>7}\n",
@@ -740,7 +734,10 @@ impl Report {
         let worst_plain = self.rows.iter().map(Report::ratio).fold(0.0, f64::max);
         let export = self.rates.iter().find(|r| r.what == "snapshot export").map(|r| med(&r.ours) / med(&r.sdk));
         vec![
-            (format!("every call ≤ {GOAL_LATENCY_RATIO}× the SDK doing the same lookups (worst {worst:.2}x)"), worst <= GOAL_LATENCY_RATIO),
+            (
+                format!("every call ≤ {GOAL_LATENCY_RATIO}× the SDK doing the same lookups (worst {worst:.2}x)"),
+                worst <= GOAL_LATENCY_RATIO,
+            ),
             (
                 format!("every call ≤ {GOAL_LATENCY_RATIO}× the plain SDK call (worst {worst_plain:.2}x)"),
                 worst_plain <= GOAL_LATENCY_RATIO,

@@ -29,8 +29,8 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ebs::primitives::ByteStream;
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     Filter, InstanceType, Placement, ResourceType, Tag, TagSpecification, VolumeAttachmentState, VolumeState,
     VolumeType,
@@ -309,7 +309,9 @@ async fn handle(c: &Clients, req: &Value) -> R<Value> {
 async fn describe(c: &Clients, id: &str) -> R<Option<aws_sdk_ec2::types::Volume>> {
     match c.ec2.describe_volumes().volume_ids(id).send().await {
         Ok(out) => Ok(out.volumes().iter().find(|v| v.volume_id() == Some(id)).cloned()),
-        Err(e) if e.as_service_error().and_then(ProvideErrorMetadata::code) == Some("InvalidVolume.NotFound") => Ok(None),
+        Err(e) if e.as_service_error().and_then(ProvideErrorMetadata::code) == Some("InvalidVolume.NotFound") => {
+            Ok(None)
+        }
         Err(e) => Err(format!("describe volume {id}: {e:?}")),
     }
 }
@@ -404,9 +406,7 @@ async fn import_sequential(c: &Clients, snap: &str, target: &str) -> R<Value> {
             .await
             .map_err(|e| format!("list blocks: {e:?}"))?;
         size_gib = out.volume_size().unwrap_or(size_gib);
-        blocks.extend(
-            out.blocks().iter().filter_map(|b| Some((b.block_index()?, b.block_token()?.to_string()))),
-        );
+        blocks.extend(out.blocks().iter().filter_map(|b| Some((b.block_index()?, b.block_token()?.to_string()))));
         match out.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_string()),
             _ => break,

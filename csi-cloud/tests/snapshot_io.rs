@@ -125,14 +125,16 @@ async fn export_import_and_an_incremental_export_through_moto() {
     // The child onto the disk that holds its parent, incrementally: only the
     // blocks ListChangedBlocks names (2, 90 and the zeroed 5, which the child
     // holds as a block of zeros), and the disk is the changed source.
-    let i2 = snapshot_io::import(ebs, import_opts(&r2.snapshot_id, &b.loop_dev, Some(&r1.snapshot_id), 4)).await.unwrap();
+    let i2 =
+        snapshot_io::import(ebs, import_opts(&r2.snapshot_id, &b.loop_dev, Some(&r1.snapshot_id), 4)).await.unwrap();
     eprintln!("incremental import: {i2:?}");
     assert_eq!((i2.blocks_written, i2.blocks_zeroed), (3, 0), "exactly the changed blocks");
     assert_eq!(i2.onto_parent.as_deref(), Some(r1.snapshot_id.as_str()));
     assert!(whole(&b) == whole(&a), "after the incremental import the disk differs from the source");
     // And back: the parent onto the disk holding the child. Block 90 is only
     // in the child: the parent has no block there, so it becomes zeros.
-    let back = snapshot_io::import(ebs, import_opts(&r1.snapshot_id, &b.loop_dev, Some(&r2.snapshot_id), 4)).await.unwrap();
+    let back =
+        snapshot_io::import(ebs, import_opts(&r1.snapshot_id, &b.loop_dev, Some(&r2.snapshot_id), 4)).await.unwrap();
     assert_eq!((back.blocks_written, back.blocks_zeroed), (2, 1), "blocks 2 and 5 fetched, 90 zeroed");
     assert!(whole(&b) == original, "rolled back to the parent, the disk differs from the first export's source");
 
@@ -147,7 +149,9 @@ async fn export_import_and_an_incremental_export_through_moto() {
     assert!(e.to_string().contains("not of the parent"), "{e}");
     // An unknown snapshot: NOT_FOUND from EBS, named.
     let x = dir.path().join("x.img");
-    let e = snapshot_io::import(ebs, import_opts("snap-0123456789abcdef0", x.to_str().unwrap(), None, 4)).await.unwrap_err();
+    let e = snapshot_io::import(ebs, import_opts("snap-0123456789abcdef0", x.to_str().unwrap(), None, 4))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("snap-0123456789abcdef0"), "{e}");
 
     // A snapshot never completed: the wait polls with backoff and gives up
