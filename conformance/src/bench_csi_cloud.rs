@@ -34,6 +34,9 @@
 //! round trip in each direction ([`DelayProxy`]): what parallel transfers
 //! buy, and what a call's own overhead weighs, when the round trip counts.
 //!
+//! `BENCH_CSI_LOG=debug` runs the driver at that level and prints its log on
+//! stderr at the end (each AWS call with its timestamps).
+//!
 //! Printed, never asserted: this machine is shared and noisy.
 
 use std::io::{BufRead, BufReader, Write};
@@ -224,9 +227,12 @@ pub fn run(o: &Opts) -> R<Report> {
     let mut sdk = Sdk::start(&o.driver, &moto, &endpoint, &dir.0.join("baseline.log"))?;
     let sock = dir.0.join("csi.sock");
     let log = std::fs::File::create(dir.0.join("driver.log")).map_err(|e| format!("driver.log: {e}"))?;
+    // BENCH_CSI_LOG=debug: the driver's log (AWS calls with timestamps) on stderr at the end.
+    let log_level = std::env::var("BENCH_CSI_LOG").unwrap_or_else(|_| "warn".into());
     let mut driver = Proc(
         Command::new(&o.driver)
-            .args(["--mode", "controller", "--log-level", "warn", "--default-zone", ZONE])
+            .args(["--mode", "controller", "--default-zone", ZONE])
+            .arg(format!("--log-level={log_level}"))
             .arg(format!("--endpoint=unix://{}", sock.display()))
             .args(["--aws-endpoint-url", &endpoint])
             .envs(moto.env())
@@ -284,6 +290,9 @@ pub fn run(o: &Opts) -> R<Report> {
         },
     ];
     drop(driver);
+    if log_level != "warn" {
+        eprintln!("--- driver log\n{}", std::fs::read_to_string(dir.0.join("driver.log")).unwrap_or_default());
+    }
     Ok(report)
 }
 
