@@ -26,6 +26,10 @@ plugins=$(bash scripts/build-plugins.sh "$T/cni-plugins" | tail -n 1)
 "$T"/release/conformance bench policy --n 3
 # csi-rbd vs rbd create / map + mkfs + mount / bind mount / a migration, in one guest kernel.
 "$T"/release/conformance bench csi-rbd --n 10 --driver "$T"/release/csi-rbd
+# csi-cloud's controller calls and snapshot export/import vs the plain AWS SDK, both against moto (docs/csi-cloud.md).
+"$T"/release/conformance bench csi-cloud --n 10 --driver "$T"/release/csi-cloud
+# The same with a 30 ms round trip to moto (a delaying proxy), as a network to AWS has.
+"$T"/release/conformance bench csi-cloud --n 5 --rtt-ms 30 --driver "$T"/release/csi-cloud
 # Clean csi-nfs moves in the 3-host overlay lab, in one guest kernel (docs/migration.md).
 GUEST_MODULES="bridge veth vxlan nfsv4 nf_tables" GUEST_TIMEOUT=900 \
   bash scripts/guest/run.sh scripts/guest/migrate.sh "$T"/release bench migrate --n 5

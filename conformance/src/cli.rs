@@ -1,4 +1,4 @@
-//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|csi-rbd|migrate|bgp|policy`,
+//! Command line (clap): `cni`, `csi [list]`, `interop`, `bench cni|overlay|csi-nfs|csi-rbd|csi-cloud|migrate|bgp|policy`,
 //! `demo [--overlay]`, `migrate`, `list`, `cleanup`, `completions SHELL`.
 //! Tables and JSON go to stdout, progress to stderr. Exit codes: 0 ok, 1 checks
 //! failed, 2 usage or setup error (clap's own usage errors included).
@@ -209,6 +209,11 @@ pub enum BenchCmd {
     /// umount + unmap + map + mount, DeleteVolume vs `rbd rm`.
     #[command(name = "csi-rbd")]
     CsiRbd(BenchCsiRbdArgs),
+    /// csi-cloud vs the AWS SDK making the same requests to the same moto: controller
+    /// call latency (CreateVolume, publish, unpublish, get, list, snapshot, delete) and
+    /// snapshot export/import MiB/s vs a sequential SDK loop. Ratios and the goals.
+    #[command(name = "csi-cloud")]
+    CsiCloud(BenchCsiCloudArgs),
     /// Clean csi-nfs moves in the migration lab: our calls vs the same kernel work done
     /// in-process (kernel floor) and vs the exec'd mount/umount and ip commands, medians
     /// over N moves (needs a kernel NFS client).
@@ -345,6 +350,25 @@ pub struct BenchCsiRbdArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchCsiCloudArgs {
+    /// The csi-cloud binary (default: csi-cloud next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub driver: Option<PathBuf>,
+    /// Rounds (1..=100): each side's volume life, and one export and import each.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub n: u16,
+    /// The transferred image's size in MiB (1..=4096).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub size_mib: u64,
+    /// An emulated network round trip between the clients and moto, ms (0..=1000; 0: plain loopback).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub rtt_ms: u64,
+    /// JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct DemoArgs {
     /// The overlay demo instead of the bridge one.
     #[arg(long)]
@@ -451,6 +475,21 @@ fn dispatch(cmd: Cmd) -> R<i32> {
         Cmd::Bench(BenchCmd::CsiRbd(a)) => {
             need_root()?;
             cmd_bench_csi_rbd(a)
+        }
+        Cmd::Bench(BenchCmd::CsiCloud(a)) => {
+            let driver = a.driver.unwrap_or_else(|| own_dir().join("csi-cloud"));
+            let r = crate::bench_csi_cloud::run(&crate::bench_csi_cloud::Opts {
+                driver,
+                n: usize::from(a.n),
+                size_mib: a.size_mib,
+                rtt_ms: a.rtt_ms,
+            })?;
+            if a.json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(0)
         }
         Cmd::Demo(a) if a.overlay => {
             need_root()?;
@@ -792,6 +831,15 @@ mod tests {
             panic!()
         };
         assert_eq!((a.server.as_deref(), a.port), (Some("10.0.2.2"), Some(2049)));
+        let Cmd::Bench(BenchCmd::CsiCloud(a)) = ok(&["bench", "csi-cloud"]) else { panic!() };
+        assert_eq!((a.n, a.size_mib, a.rtt_ms, a.driver, a.json), (5, 128, 0, None, false));
+        let Cmd::Bench(BenchCmd::CsiCloud(a)) =
+            ok(&["bench", "csi-cloud", "--n", "1", "--size-mib", "16", "--rtt-ms", "20", "--driver", "/d", "--json"])
+        else {
+            panic!()
+        };
+        assert_eq!((a.n, a.size_mib, a.rtt_ms, a.driver, a.json), (1, 16, 20, Some(PathBuf::from("/d")), true));
+        assert!(parse(&["bench", "csi-cloud", "--n", "0"]).is_err());
         let Cmd::Bench(BenchCmd::CsiRbd(a)) = ok(&["bench", "csi-rbd"]) else { panic!() };
         assert_eq!((a.n, a.size_mib, a.raw_only, a.driver), (10, 64, false, None));
         let Cmd::Bench(BenchCmd::CsiRbd(a)) = ok(&["bench", "csi-rbd", "--raw-only", "--n", "3", "--json"]) else {

@@ -9,6 +9,7 @@
 //! * [`bench_overlay`]: the overlay in a lab: convergence, throughput, allocations.
 //! * [`bench_csi`]: csi-nfs against the raw NFS and mount operations.
 //! * [`bench_csi_rbd`]: csi-rbd against the raw RBD and mount operations (one guest kernel).
+//! * [`bench_csi_cloud`]: csi-cloud against the plain AWS SDK, both to moto.
 //! * [`demo`]: three containers, pings, verified teardown (and the overlay demo).
 //! * [`migrate`]: a container moves between lab hosts with its CSI volume (and `bench migrate`).
 //!
@@ -18,6 +19,7 @@
 pub mod bench;
 pub mod bench_bgp;
 pub mod bench_csi;
+pub mod bench_csi_cloud;
 pub mod bench_csi_rbd;
 pub mod bench_overlay;
 pub mod bench_policy;

@@ -13,6 +13,9 @@
 //! - [`error`]: the crate's one error type.
 
 pub mod aws;
+/// `csi-cloud bench-baseline`: the plain-SDK side of `conformance bench csi-cloud`.
+#[doc(hidden)]
+pub mod bench_baseline;
 pub mod controller;
 pub mod device;
 pub mod error;

@@ -30,6 +30,10 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
         std::process::exit(csi_cloud::snapshot_io::cli::run(std::env::args_os().skip(2)));
     }
+    // Hidden: the plain-SDK side of `conformance bench csi-cloud` (JSON lines on stdin/stdout).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "bench-baseline") {
+        std::process::exit(csi_cloud::bench_baseline::run(std::env::args_os().skip(2)));
+    }
     csi_core::server::abort_on_panic();
     let extra = Box::leak([DEFAULTS.extra, csi_cloud::node::FLAGS].concat().into_boxed_slice());
     let flags = Flags::from_env(&Defaults { extra, ..DEFAULTS });

@@ -136,7 +136,7 @@ impl CreateParams {
                 }
                 // Other keys the provisioner adds for everyone.
                 k if k.starts_with("csi.storage.k8s.io/") => {}
-                _ => return Err(bad(key, value, "unknown parameter (docs/csi-cloud.md, \"Parameters\")")),
+                _ => return Err(bad(key, value, "unknown parameter (docs/csi-cloud.md, \"CreateVolume parameters\")")),
             }
         }
         tag_specs.sort();

@@ -78,6 +78,9 @@ pub struct ControllerService {
     locks: Locks,
     devices: devices::Allocator,
     default_zone: tokio::sync::OnceCell<String>,
+    /// Instance type → its `MaximumEbsAttachments`, as EC2 answered (a
+    /// type's limit never changes): one DescribeInstanceTypes per type.
+    attach_limits: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// One poll's verdict.
@@ -95,6 +98,7 @@ impl ControllerService {
             locks: Locks::default(),
             devices: devices::Allocator::default(),
             default_zone: tokio::sync::OnceCell::new(),
+            attach_limits: Default::default(),
         }
     }
 
@@ -223,17 +227,29 @@ impl ControllerService {
             .ok_or_else(|| csi_core::Error::NotFound(format!("instance {id} not found")).into())
     }
 
-    /// EBS attachments `instance` can take: its type's limit from EC2, else [`DEFAULT_ATTACH_LIMIT`].
+    /// EBS attachments `instance` can take: its type's limit from EC2
+    /// (asked once per type), else [`DEFAULT_ATTACH_LIMIT`].
     async fn attach_limit(&self, instance: &Instance) -> usize {
         let Some(t) = instance.instance_type() else { return DEFAULT_ATTACH_LIMIT };
+        let known = |m: &std::sync::Mutex<std::collections::HashMap<String, usize>>| {
+            m.lock().unwrap_or_else(|p| p.into_inner()).get(t.as_str()).copied()
+        };
+        if let Some(n) = known(&self.attach_limits) {
+            return n;
+        }
         match self.clients.ec2.describe_instance_types().instance_types(t.clone()).send().await {
-            Ok(out) => out
-                .instance_types()
-                .first()
-                .and_then(|t| t.ebs_info())
-                .and_then(|e| e.maximum_ebs_attachments())
-                .map(|n| n.max(1) as usize)
-                .unwrap_or(DEFAULT_ATTACH_LIMIT),
+            Ok(out) => {
+                let limit = out
+                    .instance_types()
+                    .first()
+                    .and_then(|t| t.ebs_info())
+                    .and_then(|e| e.maximum_ebs_attachments())
+                    .map(|n| n.max(1) as usize);
+                if let Some(n) = limit {
+                    self.attach_limits.lock().unwrap_or_else(|p| p.into_inner()).insert(t.as_str().to_string(), n);
+                }
+                limit.unwrap_or(DEFAULT_ATTACH_LIMIT)
+            }
             Err(e) => {
                 warn!(instance_type = t.as_str(), error = %classify("describe instance type", e), "using the default attach limit");
                 DEFAULT_ATTACH_LIMIT
@@ -262,7 +278,7 @@ impl ControllerService {
         if let Some(v) = self.volume_named(&req.name).await? {
             let id = v.volume_id().unwrap_or_default().to_string();
             check_same(&req.name, &v, &p, &range, snapshot_id.as_deref(), &zones)?;
-            let v = self.wait_created(&id).await?;
+            let v = self.wait_created(&id).await?.ok_or_else(|| validate::volume_not_found(&id))?;
             info!(name = %req.name, volume = %id, "volume exists");
             return Ok(pb::CreateVolumeResponse { volume: Some(csi_volume(&v)) });
         }
@@ -348,14 +364,10 @@ impl ControllerService {
             };
             // EC2 answers a known token with that token's volume, which may
             // be one of this name deleted since: then the next token.
-            match self.volume(&id).await? {
-                Some(v) if !matches!(v.state(), Some(VolumeState::Deleting | VolumeState::Deleted)) => {}
-                _ => {
-                    warn!(name = %req.name, volume = %id, attempt, "client token names a deleted volume; trying the next");
-                    continue;
-                }
-            }
-            let v = self.wait_created(&id).await?;
+            let Some(v) = self.wait_created(&id).await? else {
+                warn!(name = %req.name, volume = %id, attempt, "client token names a deleted volume; trying the next");
+                continue;
+            };
             info!(name = %req.name, volume = %id, zone = %zone, gib, "volume created");
             return Ok(pb::CreateVolumeResponse { volume: Some(csi_volume(&v)) });
         }
@@ -367,18 +379,23 @@ impl ControllerService {
     }
 
     /// Waits until a new volume is available; one that fails (an unusable
-    /// KMS key, no capacity) is deleted and the call fails.
-    async fn wait_created(&self, id: &str) -> Result<Volume> {
+    /// KMS key, no capacity) is deleted and the call fails. `None`: the
+    /// volume is gone or being deleted (a client token of a deleted volume).
+    async fn wait_created(&self, id: &str) -> Result<Option<Volume>> {
         let what = format!("volume {id} becoming available");
         let v = self
             .wait(&what, || async {
-                let v = self.existing_volume(id).await?;
-                Ok(match v.state() {
-                    Some(VolumeState::Creating) => Poll::Wait("creating".into()),
-                    _ => Poll::Done(v),
+                Ok(match self.volume(id).await? {
+                    None => Poll::Done(None),
+                    Some(v) if matches!(v.state(), Some(VolumeState::Deleting | VolumeState::Deleted)) => {
+                        Poll::Done(None)
+                    }
+                    Some(v) if v.state() == Some(&VolumeState::Creating) => Poll::Wait("creating".into()),
+                    Some(v) => Poll::Done(Some(v)),
                 })
             })
             .await?;
+        let Some(v) = v else { return Ok(None) };
         if v.state() == Some(&VolumeState::Error) {
             let _ = self.clients.ec2.delete_volume().volume_id(id).send().await;
             return Err(csi_core::Error::ResourceExhausted(format!(
@@ -386,7 +403,7 @@ impl ControllerService {
             ))
             .into());
         }
-        Ok(v)
+        Ok(Some(v))
     }
 
     async fn delete(&self, req: pb::DeleteVolumeRequest) -> Result<()> {

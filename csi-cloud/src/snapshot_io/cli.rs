@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::completion::DEFAULT_WAIT_MINUTES;
 use super::{
     export, import, ExportOptions, ImportOptions, Manifest, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MINUTES,
     MAX_CONCURRENCY,
@@ -70,6 +71,13 @@ struct ExportArgs {
     /// Minutes EBS waits for the export to complete before failing the snapshot.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_MINUTES)]
     timeout_minutes: i32,
+    /// Return after CompleteSnapshot, without waiting for the snapshot to be `completed`.
+    #[arg(long)]
+    no_wait: bool,
+    /// Minutes to wait for the snapshot to be `completed` (1 to 1440).
+    #[arg(long, default_value_t = DEFAULT_WAIT_MINUTES, conflicts_with = "no_wait",
+          value_parser = clap::value_parser!(u64).range(1..=1440))]
+    wait_timeout_minutes: u64,
     /// No progress bar on stderr.
     #[arg(long)]
     no_progress: bool,
@@ -83,6 +91,10 @@ struct ImportArgs {
     /// The block device or image file to write (a missing file is created).
     #[arg(long)]
     target: PathBuf,
+    /// The target already holds this snapshot (an ancestor of --snapshot-id):
+    /// write only the blocks that differ from it (ListChangedBlocks).
+    #[arg(long, value_name = "SNAPSHOT_ID")]
+    onto_parent: Option<String>,
     /// Blocks in flight at once (1 to 256).
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = concurrency)]
     concurrency: usize,
@@ -141,7 +153,7 @@ async fn execute(cli: SnapshotCli) -> Result<String, crate::Error> {
                 .map_err(|e| csi_core::Error::InvalidArgument(format!("--tag {e}")))?;
             let parent_manifest = a.parent_manifest.as_deref().map(Manifest::load).transpose()?;
             let report = export(
-                &clients.ebs,
+                &clients,
                 ExportOptions {
                     source: a.source,
                     parent: a.parent,
@@ -152,6 +164,7 @@ async fn execute(cli: SnapshotCli) -> Result<String, crate::Error> {
                     concurrency: a.concurrency,
                     timeout_minutes: a.timeout_minutes,
                     progress: !a.no_progress,
+                    wait: (!a.no_wait).then(|| std::time::Duration::from_secs(a.wait_timeout_minutes * 60)),
                 },
             )
             .await?;
@@ -168,6 +181,7 @@ async fn execute(cli: SnapshotCli) -> Result<String, crate::Error> {
                     target: a.target,
                     concurrency: a.concurrency,
                     progress: !a.no_progress,
+                    onto_parent: a.onto_parent,
                 },
             )
             .await?;
@@ -200,5 +214,7 @@ mod tests {
         assert_eq!(run(a(&["export", "--source", "/x", "--parent-manifest", "/m"])), 2, "a manifest needs --parent");
         assert_eq!(run(a(&["import", "--snapshot-id", "s", "--target", "/t", "--concurrency", "0"])), 2);
         assert_eq!(run(a(&["frobnicate"])), 2);
+        assert_eq!(run(a(&["export", "--source", "/x", "--no-wait", "--wait-timeout-minutes", "5"])), 2);
+        assert_eq!(run(a(&["export", "--source", "/x", "--wait-timeout-minutes", "0"])), 2);
     }
 }

@@ -12,12 +12,15 @@
 //! Without the parent's manifest, "the parent has data at i" comes from
 //! ListSnapshotBlocks of the parent (indices only, no data), and every
 //! non-zero block is sent: telling an unchanged block would need its data.
+//!
+//! After CompleteSnapshot the export waits (unless told not to) until EC2
+//! says the snapshot is `completed` ([`super::completion`]).
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};
@@ -26,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::progress::Progress;
 use super::{b64, check_block_size, for_each_bounded, is_zero, sha256, Manifest, BLOCK_SIZE, GIB};
-use crate::aws::classify;
+use crate::aws::{classify, Clients};
 use crate::Error;
 
 /// What to export.
@@ -50,6 +53,9 @@ pub struct ExportOptions {
     pub timeout_minutes: i32,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// After CompleteSnapshot, wait at most this long until the snapshot is
+    /// `completed`; `None`: return at once with CompleteSnapshot's status.
+    pub wait: Option<Duration>,
 }
 
 /// What an export did.
@@ -69,9 +75,16 @@ pub struct ExportReport {
     pub blocks_zero_skipped: u64,
     /// Blocks not sent because the parent's manifest has the same checksum.
     pub blocks_unchanged_skipped: u64,
-    /// Wall time, seconds.
+    /// The snapshot's state when the export returned: `completed` after the
+    /// wait; without it, CompleteSnapshot's answer (`pending` or `completed`).
+    pub state: String,
+    /// DescribeSnapshots polls until `completed` (0: not waited).
+    pub completion_polls: u32,
+    /// Seconds of that wait.
+    pub wait_seconds: f64,
+    /// Wall time, seconds, the wait included.
     pub seconds: f64,
-    /// Source bytes read per second, MiB/s.
+    /// Source bytes read per second over `seconds`, MiB/s.
     pub read_mib_per_s: f64,
     /// The new snapshot's manifest (not serialized into the report).
     #[serde(skip)]
@@ -94,8 +107,10 @@ enum Outcome {
     Sent { index: u32, digest: [u8; 32], zero: bool },
 }
 
-/// Exports `opts.source` into a new snapshot.
-pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<ExportReport, Error> {
+/// Exports `opts.source` into a new snapshot (EBS direct APIs), then waits
+/// for it to complete (EC2 DescribeSnapshots) if `opts.wait` says so.
+pub async fn export(clients: &Clients, opts: ExportOptions) -> Result<ExportReport, Error> {
+    let ebs = &clients.ebs;
     let started = Instant::now();
     let src = opts.source.display().to_string();
     let file = std::fs::File::open(&opts.source).map_err(|e| csi_core::Error::io(format!("open {src}"), e))?;
@@ -224,7 +239,8 @@ pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<Ex
         linear.update(d);
     }
     let blocks_sent = sent.load(Ordering::Relaxed);
-    ebs.complete_snapshot()
+    let completed = ebs
+        .complete_snapshot()
         .snapshot_id(&snapshot_id)
         .changed_blocks_count(blocks_sent as i32)
         .checksum(b64(&linear.finalize()))
@@ -233,8 +249,16 @@ pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<Ex
         .send()
         .await
         .map_err(|e| classify(format!("complete snapshot {snapshot_id}"), e))?;
+    let mut state = completed.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+    let (mut completion_polls, mut wait_seconds) = (0, 0.0);
+    if let Some(timeout) = opts.wait {
+        let waited = Instant::now();
+        completion_polls = super::completion::wait_completed(&clients.ec2, &snapshot_id, timeout).await?;
+        wait_seconds = waited.elapsed().as_secs_f64();
+        state = "completed".into();
+    }
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(snapshot = %snapshot_id, blocks_sent, zero_skipped, unchanged, seconds, "export complete");
+    tracing::info!(snapshot = %snapshot_id, blocks_sent, zero_skipped, unchanged, %state, seconds, "export complete");
     Ok(ExportReport {
         snapshot_id,
         parent_snapshot_id: opts.parent.clone(),
@@ -243,6 +267,9 @@ pub async fn export(ebs: &aws_sdk_ebs::Client, opts: ExportOptions) -> Result<Ex
         blocks_sent,
         blocks_zero_skipped: zero_skipped,
         blocks_unchanged_skipped: unchanged,
+        state,
+        completion_polls,
+        wait_seconds,
         seconds,
         read_mib_per_s: size as f64 / (1 << 20) as f64 / seconds.max(1e-9),
         manifest,

@@ -7,8 +7,10 @@
 //! - [`export`]: reads the source in [`BLOCK_SIZE`] blocks, skips zero
 //!   blocks and, against a parent snapshot, the blocks the parent's
 //!   [`Manifest`] says are unchanged; sends the rest with their SHA-256;
-//! - [`import`]: lists the snapshot's blocks, fetches them, checks each
-//!   against its SHA-256 and writes it at its offset;
+//!   then waits until EC2 says the snapshot is `completed` ([`completion`]);
+//! - [`import`]: lists the snapshot's blocks (or, onto a device holding its
+//!   parent, only those that differ: ListChangedBlocks), fetches them,
+//!   checks each against its SHA-256 and writes it at its offset;
 //! - [`cli`]: `csi-cloud snapshot export|import`.
 //!
 //! Transfers run [`DEFAULT_CONCURRENCY`] blocks at a time (`--concurrency`),
@@ -21,6 +23,7 @@
 //! blocks skipped, the LINEAR checksum at completion) is the one used here.
 
 pub mod cli;
+pub mod completion;
 pub mod export;
 pub mod import;
 mod progress;
