@@ -25,11 +25,11 @@ use std::net::IpAddr;
 use linux_net::nft::{ChainState, Family, SetDef, SetElem, TableRef, TableState, Verdict as NftVerdict};
 
 use super::{
-    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys, selector_picks,
-    Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
+    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys, rule_selectors,
+    selector_picks, Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
 };
 use crate::engine::Changes;
-use crate::model::{Direction, Endpoint, EndpointSelector, IpVersion, Policy, PolicySet};
+use crate::model::{Direction, Endpoint, EndpointSelector, IpVersion, PolicySet};
 use crate::selector::Labels;
 
 /// The two tables by index: 0 inet, 1 bridge (`Compiled::tables`' order).
@@ -292,6 +292,22 @@ struct UnitSlot {
     /// Live profiles jumping to this policy chain.
     n: usize,
     contrib: Contrib,
+    /// The selectors its rules look at (tracked while it lives).
+    sels: BTreeSet<String>,
+}
+
+/// A policy chain: (index in the policy set, direction).
+type UnitKey = (usize, Direction);
+
+/// A selector some live policy chain looks at, in one family: the addresses its set has (or
+/// would have: the set is in the tables only while a rule that can match names it).
+struct SelSlot {
+    sel: EndpointSelector,
+    v: IpVersion,
+    /// The picked endpoints' addresses of family `v`, with how many of them have each.
+    addrs: HashMap<IpAddr, usize>,
+    /// The live policy chains that look at it: remade when it turns empty or not.
+    units: BTreeSet<UnitKey>,
 }
 
 struct EpSlot {
@@ -317,20 +333,24 @@ pub struct Compiler {
     next_order: u64,
     live: Live,
     profiles: HashMap<ProfileKey, ProfileSlot>,
-    units: HashMap<(usize, Direction), UnitSlot>,
-    /// Live selector sets (inet table): name → (selector, family).
-    selectors: HashMap<String, (EndpointSelector, IpVersion)>,
+    units: HashMap<UnitKey, UnitSlot>,
+    /// Selectors of the live policy chains, by set name (inet table).
+    selectors: HashMap<String, SelSlot>,
+    /// Policy chains to remake: a selector they look at turned empty or not.
+    dirty: BTreeSet<UnitKey>,
     /// Per address, the endpoints that have it by order (the first owns it).
     owners: HashMap<IpAddr, BTreeMap<u64, String>>,
     all: bool,
     /// Per group of endpoints rule selectors cannot tell apart (namespace, values of the label
-    /// keys they read): the live selector sets that pick them. Emptied when a selector set
-    /// comes or goes.
+    /// keys they read): the tracked selectors that pick them. Emptied when a selector comes or
+    /// goes.
     picks: HashMap<ProfileKey, Vec<String>>,
     /// Label keys rule selectors read.
     rule_keys: BTreeSet<String>,
-    /// Building: selector sets are filled at the end, not endpoint by endpoint.
-    bulk: bool,
+    /// Building: every endpoint grouped as `picks` is keyed (with its selector labels and
+    /// addresses), so that a selector is worked out once per group and not endpoint by
+    /// endpoint; `None` once built.
+    bulk: Option<BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)>>,
 }
 
 impl Compiler {
@@ -347,38 +367,31 @@ impl Compiler {
             profiles: HashMap::new(),
             units: HashMap::new(),
             selectors: HashMap::new(),
+            dirty: BTreeSet::new(),
             owners: HashMap::new(),
             all: true,
             picks: HashMap::new(),
             rule_keys: BTreeSet::new(),
-            bulk: true,
+            bulk: None,
         };
         c.rule_keys = rule_label_keys(&c.set);
         let [mut inet, mut bridge] = scratch();
         base(&mut inet, &mut bridge);
         c.live.add(&Contrib::of([inet, bridge]), 0);
-        // every endpoint first, then every selector set filled once, per group of endpoints
+        // every endpoint known before any selector is worked out, once per group of endpoints
         // rule selectors cannot tell apart (as `compile` does)
+        let mut groups: BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)> = BTreeMap::new();
+        for ep in endpoints {
+            let mut labels = ep.labels.clone();
+            labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
+            let g = groups.entry((ep.namespace.clone(), project(&labels, &c.rule_keys))).or_insert((labels, Vec::new()));
+            g.1.extend(ep.addrs.iter().copied());
+        }
+        c.bulk = Some(groups);
         for ep in endpoints {
             c.add_endpoint(ep.clone());
         }
-        c.bulk = false;
-        let mut groups: BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)> = BTreeMap::new();
-        for slot in c.eps.values() {
-            let key = (slot.ep.namespace.clone(), project(&slot.labels, &c.rule_keys));
-            let g = groups.entry(key).or_insert_with(|| (slot.labels.clone(), Vec::new()));
-            g.1.extend(slot.ep.addrs.iter().copied());
-        }
-        let sels: Vec<(String, EndpointSelector, IpVersion)> =
-            c.selectors.iter().map(|(n, (sel, v))| (n.clone(), sel.clone(), *v)).collect();
-        for (name, sel, v) in sels {
-            let elems = groups
-                .iter()
-                .filter(|((ns, _), (labels, _))| selector_picks(&c.set, &sel, ns, labels))
-                .flat_map(|(_, (_, addrs))| addrs.iter().filter(|a| IpVersion::of(a) == v))
-                .map(|a| SetElem::Addr(*a));
-            c.live.add_elems(0, &name, elems);
-        }
+        c.bulk = None;
         c
     }
 
@@ -468,18 +481,111 @@ impl Compiler {
         self.picks.clear();
         for i in edited {
             for dir in [Direction::Ingress, Direction::Egress] {
-                let Some(old) = self.units.get(&(i, dir)) else { continue };
-                let (old_contrib, n) = (old.contrib.clone(), old.n);
-                let (contrib, selectors) = self.unit(i, dir);
-                // new first: objects both have (a selector set) stay, with their elements
-                let created = self.live.add(&contrib, 0);
-                self.fill_sets(&created, &selectors);
-                let removed = self.live.remove(&old_contrib, 0);
-                for (_, name) in removed {
-                    self.selectors.remove(&name);
-                    self.picks.clear();
+                self.remake_unit((i, dir));
+            }
+        }
+    }
+
+    /// Remakes live policy chain `key` (its policy edited, or a selector it looks at turned
+    /// empty or not).
+    fn remake_unit(&mut self, key: UnitKey) {
+        let Some(old) = self.units.get(&key) else { return };
+        let (old_contrib, n, old_sels) = (old.contrib.clone(), old.n, old.sels.clone());
+        let (contrib, sels) = self.unit(key);
+        // new first: objects both have (a selector set) stay, with their elements
+        let created = self.live.add(&contrib, 0);
+        self.fill_sets(&created);
+        self.live.remove(&old_contrib, 0);
+        for name in old_sels.difference(&sels) {
+            self.untrack(name, key);
+        }
+        self.units.insert(key, UnitSlot { n, contrib, sels });
+    }
+
+    /// Remakes the policy chains whose selectors turned empty or not.
+    fn remake_dirty(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            self.remake_unit(key);
+        }
+    }
+
+    /// Starts tracking the selector of set `name` for policy chain `key`: a new one gets the
+    /// addresses of every endpoint it picks.
+    fn track(&mut self, name: &str, sel: &EndpointSelector, v: IpVersion, key: UnitKey) {
+        if let Some(slot) = self.selectors.get_mut(name) {
+            slot.units.insert(key);
+            return;
+        }
+        let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
+        let mut count = |a: &IpAddr| {
+            if IpVersion::of(a) == v {
+                *addrs.entry(*a).or_insert(0) += 1;
+            }
+        };
+        if let Some(groups) = &self.bulk {
+            for ((ns, _), (labels, ga)) in groups {
+                if selector_picks(&self.set, sel, ns, labels) {
+                    ga.iter().for_each(&mut count);
                 }
-                self.units.insert((i, dir), UnitSlot { n, contrib });
+            }
+        } else {
+            for s in self.eps.values() {
+                if selector_picks(&self.set, sel, &s.ep.namespace, &s.labels) {
+                    s.ep.addrs.iter().for_each(&mut count);
+                }
+            }
+        }
+        let units = BTreeSet::from([key]);
+        self.selectors.insert(name.to_string(), SelSlot { sel: sel.clone(), v, addrs, units });
+        self.picks.clear();
+    }
+
+    /// Policy chain `key` no longer looks at the selector of set `name`.
+    fn untrack(&mut self, name: &str, key: UnitKey) {
+        let Some(slot) = self.selectors.get_mut(name) else { return };
+        slot.units.remove(&key);
+        if slot.units.is_empty() {
+            self.selectors.remove(name);
+            self.picks.clear();
+        }
+    }
+
+    /// `addrs` of an endpoint in (`add`) or out of the tracked selectors that pick an endpoint
+    /// of namespace `ns` with selector labels `labels`: the live sets' elements, and the policy
+    /// chains of a selector that turns empty or not marked for remaking.
+    fn count_addrs(&mut self, ns: &str, labels: &Labels, addrs: &[IpAddr], add: bool) {
+        for name in self.picked(ns, labels) {
+            let slot = self.selectors.get_mut(&name).expect("picked selectors are tracked");
+            let was_empty = slot.addrs.is_empty();
+            let mut changed = Vec::new();
+            for a in addrs.iter().filter(|a| IpVersion::of(a) == slot.v) {
+                if add {
+                    let n = slot.addrs.entry(*a).or_insert(0);
+                    *n += 1;
+                    if *n == 1 {
+                        changed.push(*a);
+                    }
+                } else if let Some(n) = slot.addrs.get_mut(a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        slot.addrs.remove(a);
+                        changed.push(*a);
+                    }
+                }
+            }
+            if was_empty != slot.addrs.is_empty() {
+                self.dirty.extend(slot.units.iter().copied());
+            }
+            // a set not in the tables (no rule that can match names it) gets them when made
+            if !self.live.sets.contains_key(&(0, name.clone())) {
+                continue;
+            }
+            for a in changed {
+                if add {
+                    self.live.add_elem(0, &name, &SetElem::Addr(a));
+                } else {
+                    self.live.remove_elem(0, &name, &SetElem::Addr(a));
+                }
             }
         }
     }
@@ -495,18 +601,16 @@ impl Compiler {
         let mut labels = ep.labels.clone();
         labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
         let profile = (ep.namespace.clone(), project(&ep.labels, &self.keys));
-        // its addresses in the live selector sets that pick it; sets made below scan it
-        let picked = if self.bulk { Vec::new() } else { self.picked(&ep.namespace, &labels) };
-        for name in picked {
-            let v = self.selectors[&name].1;
-            for a in ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
-                self.live.add_elem(0, &name, &SetElem::Addr(*a));
-            }
+        // its addresses in the tracked selectors that pick it (when building, a selector
+        // counts every endpoint when it is made); selectors made below scan it
+        if self.bulk.is_none() {
+            self.count_addrs(&ep.namespace, &labels, &ep.addrs, true);
         }
         self.names.insert(ep.name.clone(), order);
         self.eps.insert(order, EpSlot { ep, order, profile: profile.clone(), labels, contrib: Contrib::default() });
         if self.eps[&order].ep.remote.is_some() {
             // another host's: only its addresses in the selector sets (above), as in `compile`
+            self.remake_dirty();
             return;
         }
         let ep = &self.eps[&order].ep;
@@ -538,6 +642,7 @@ impl Compiler {
             self.owners.entry(*a).or_default().insert(order, ep.name.clone());
         }
         self.reown(&ep.addrs);
+        self.remake_dirty();
     }
 
     /// Removes the endpoint of order `order`.
@@ -545,13 +650,9 @@ impl Compiler {
         let slot = self.eps.remove(&order).expect("a live endpoint");
         self.names.remove(&slot.ep.name);
         self.live.remove(&slot.contrib, slot.order);
-        for name in self.picked(&slot.ep.namespace, &slot.labels) {
-            let v = self.selectors[&name].1;
-            for a in slot.ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
-                self.live.remove_elem(0, &name, &SetElem::Addr(*a));
-            }
-        }
+        self.count_addrs(&slot.ep.namespace, &slot.labels, &slot.ep.addrs, false);
         if slot.ep.remote.is_some() {
+            self.remake_dirty();
             return;
         }
         self.live.out.endpoints.remove(&slot.ep.name);
@@ -574,13 +675,14 @@ impl Compiler {
                 u.n -= 1;
                 if u.n == 0 {
                     let u = self.units.remove(unit).expect("just seen");
-                    for (_, name) in self.live.remove(&u.contrib, 0) {
-                        self.selectors.remove(&name);
-                        self.picks.clear();
+                    self.live.remove(&u.contrib, 0);
+                    for name in &u.sels {
+                        self.untrack(name, *unit);
                     }
                 }
             }
         }
+        self.remake_dirty();
     }
 
     /// `EndpointInfo::addrs` of the endpoints having one of `addrs`: the addresses they own.
@@ -602,7 +704,7 @@ impl Compiler {
         }
     }
 
-    /// The live selector sets that pick an endpoint of namespace `ns` with selector labels
+    /// The tracked selectors that pick an endpoint of namespace `ns` with selector labels
     /// `labels`.
     fn picked(&mut self, ns: &str, labels: &Labels) -> Vec<String> {
         let key = (ns.to_string(), project(labels, &self.rule_keys));
@@ -612,7 +714,7 @@ impl Compiler {
         let v: Vec<String> = self
             .selectors
             .iter()
-            .filter(|(_, (sel, _))| selector_picks(&self.set, sel, ns, labels))
+            .filter(|(_, slot)| selector_picks(&self.set, &slot.sel, ns, labels))
             .map(|(n, _)| n.clone())
             .collect();
         self.picks.insert(key, v.clone());
@@ -632,42 +734,38 @@ impl Compiler {
                 u.n += 1;
                 continue;
             }
-            let (contrib, selectors) = self.unit(unit.0, unit.1);
+            let (contrib, sels) = self.unit(*unit);
             let created = self.live.add(&contrib, 0);
-            self.fill_sets(&created, &selectors);
-            self.units.insert(*unit, UnitSlot { n: 1, contrib });
+            self.fill_sets(&created);
+            self.units.insert(*unit, UnitSlot { n: 1, contrib, sels });
         }
         self.live.add(&contrib, 0);
         ProfileSlot { n: 0, prof, contrib }
     }
 
-    /// The chain of policy `i` in `dir`, with its sets (selector sets empty).
-    fn unit(&self, i: usize, dir: Direction) -> (Contrib, BTreeMap<String, (EndpointSelector, IpVersion)>) {
+    /// The chain of policy `key.0` in direction `key.1`, with its sets (selector sets empty),
+    /// and the selectors its rules look at, tracked for it from now on.
+    fn unit(&mut self, key: UnitKey) -> (Contrib, BTreeSet<String>) {
+        let sels = rule_selectors(&self.set.policies[key.0], key.1);
+        for (name, (sel, v)) in &sels {
+            self.track(name, sel, *v, key);
+        }
+        let nonempty: BTreeSet<String> =
+            sels.keys().filter(|n| self.selectors.get(*n).is_some_and(|s| !s.addrs.is_empty())).cloned().collect();
         let [inet, bridge] = scratch();
         let mut ctx = Ctx::new(&self.set, &[], inet);
-        let p: &Policy = &self.set.policies[i];
-        ctx.policy_chain(p, dir);
-        let selectors = std::mem::take(&mut ctx.selectors);
-        (Contrib::of([ctx.inet, bridge]), selectors)
+        ctx.nonempty = Some(&nonempty);
+        ctx.policy_chain(&self.set.policies[key.0], key.1);
+        let inet = ctx.inet;
+        (Contrib::of([inet, bridge]), sels.into_keys().collect())
     }
 
-    /// Selector sets just made live get the addresses of every endpoint they pick.
-    fn fill_sets(&mut self, created: &[Key], selectors: &BTreeMap<String, (EndpointSelector, IpVersion)>) {
+    /// Selector sets just made live get the addresses of the endpoints they pick.
+    fn fill_sets(&mut self, created: &[Key]) {
         for (t, name) in created {
-            let Some((sel, v)) = selectors.get(name) else { continue };
-            self.selectors.insert(name.clone(), (sel.clone(), *v));
-            self.picks.clear();
-            if self.bulk {
-                continue;
-            }
-            let addrs: Vec<IpAddr> = self
-                .eps
-                .values()
-                .filter(|s| selector_picks(&self.set, sel, &s.ep.namespace, &s.labels))
-                .flat_map(|s| s.ep.addrs.iter().copied())
-                .filter(|a| IpVersion::of(a) == *v)
-                .collect();
-            self.live.add_elems(*t, name, addrs.into_iter().map(SetElem::Addr));
+            let Some(slot) = self.selectors.get(name) else { continue };
+            let elems: Vec<SetElem> = slot.addrs.keys().map(|a| SetElem::Addr(*a)).collect();
+            self.live.add_elems(*t, name, elems.into_iter());
         }
     }
 }
