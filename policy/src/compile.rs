@@ -228,6 +228,16 @@ fn outermost(nets: &[IpNetwork]) -> Vec<IpNetwork> {
         .collect()
 }
 
+/// The `nets` of family `v` not inside one of `not_nets`: a packet in such a net is in a
+/// `notNets` one too, so it can never match (the generated `nets: [a, b], notNets: [b]`).
+fn positive_nets(nets: &[IpNetwork], not_nets: &[IpNetwork], v: IpVersion) -> Vec<IpNetwork> {
+    nets.iter()
+        .filter(|n| net_family(n) == v)
+        .filter(|n| !not_nets.iter().any(|o| net_family(o) == v && o.prefix() <= n.prefix() && o.contains(n.network())))
+        .copied()
+        .collect()
+}
+
 /// Port ranges merged where they overlap or touch, sorted.
 fn merged_ports(ports: &[PortRange]) -> Vec<(u16, u16)> {
     let mut v: Vec<(u16, u16)> = ports.iter().map(|p| (p.first, p.last)).collect();
@@ -657,7 +667,7 @@ impl<'a> Ctx<'a> {
         for (entity, dir) in [(&r.source, Dir::Src), (&r.destination, Dir::Dst)] {
             if !entity.nets.is_empty() {
                 let v = fam.expect("nets are per family");
-                let nets: Vec<IpNetwork> = entity.nets.iter().filter(|n| net_family(n) == v).copied().collect();
+                let nets = positive_nets(&entity.nets, &entity.not_nets, v);
                 if nets.is_empty() {
                     return None;
                 }
@@ -756,7 +766,7 @@ impl<'a> Ctx<'a> {
             return false;
         }
         for entity in [&r.source, &r.destination] {
-            if !entity.nets.is_empty() && !entity.nets.iter().any(|n| net_family(n) == v) {
+            if !entity.nets.is_empty() && positive_nets(&entity.nets, &entity.not_nets, v).is_empty() {
                 return false;
             }
             if let Some(sel) = &entity.endpoints {
