@@ -70,16 +70,20 @@ fn scratch() -> [Builder; 2] {
 
 type Key = (usize, String);
 
+/// Per table (`FAMILIES`' index), by object name: looked up with a `&str`, so that counting a
+/// contribution in allocates only for what is new.
+type PerTable<T> = [HashMap<String, T>; 2];
+
 /// The tables, with how many contributors have each object.
 struct Live {
     /// The tables, and the endpoints' information.
     out: Compiled,
-    chains: HashMap<Key, usize>,
-    sets: HashMap<Key, usize>,
-    elems: HashMap<Key, HashMap<SetElem, usize>>,
-    maps: HashMap<Key, usize>,
-    /// Per map key: the contributors' verdicts by contributor order (lowest wins).
-    entries: HashMap<(usize, String, SetElem), BTreeMap<u64, NftVerdict>>,
+    chains: PerTable<usize>,
+    sets: PerTable<usize>,
+    elems: PerTable<HashMap<SetElem, usize>>,
+    maps: PerTable<usize>,
+    /// Per map and key: the contributors' verdicts by contributor order (lowest wins).
+    entries: PerTable<HashMap<SetElem, BTreeMap<u64, NftVerdict>>>,
     changed: [BTreeSet<String>; 2],
 }
 
@@ -90,11 +94,11 @@ impl Live {
                 tables: FAMILIES.iter().map(|f| TableState::new(TableRef::new(*f, super::TABLE))).collect(),
                 endpoints: BTreeMap::new(),
             },
-            chains: HashMap::new(),
-            sets: HashMap::new(),
-            elems: HashMap::new(),
-            maps: HashMap::new(),
-            entries: HashMap::new(),
+            chains: Default::default(),
+            sets: Default::default(),
+            elems: Default::default(),
+            maps: Default::default(),
+            entries: Default::default(),
             changed: Default::default(),
         }
     }
@@ -109,29 +113,23 @@ impl Live {
     fn add(&mut self, c: &Contrib, order: u64) -> Vec<Key> {
         let mut created = Vec::new();
         for (t, def) in &c.maps {
-            let n = self.maps.entry((*t, def.name.clone())).or_insert(0);
-            *n += 1;
-            if *n == 1 {
+            if inc(&mut self.maps[*t], &def.name) {
                 self.out.tables[*t].put_map(def.clone(), Vec::new());
                 self.touch(*t, &def.name);
             }
         }
         for (t, def, elems) in &c.sets {
-            let key = (*t, def.name.clone());
-            let n = self.sets.entry(key.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
+            if inc(&mut self.sets[*t], &def.name) {
                 self.out.tables[*t].put_set(def.clone(), Vec::new());
                 self.touch(*t, &def.name);
-                created.push(key);
+                created.push((*t, def.name.clone()));
             }
             for e in elems {
                 self.add_elem(*t, &def.name, e);
             }
         }
         for (t, name, chain) in &c.chains {
-            let n = self.chains.entry((*t, name.clone())).or_insert(0);
-            *n += 1;
+            inc(&mut self.chains[*t], name);
             // a policy chain edited: its new contribution comes before the old one goes
             if self.out.tables[*t].chains.get(name) != Some(chain) {
                 self.out.tables[*t].chains.insert(name.clone(), chain.clone());
@@ -139,8 +137,18 @@ impl Live {
             }
         }
         for (t, map, k, v) in &c.entries {
-            let cands = self.entries.entry((*t, map.clone(), k.clone())).or_default();
-            cands.insert(order, v.clone());
+            if !self.entries[*t].contains_key(map.as_str()) {
+                self.entries[*t].insert(map.clone(), HashMap::new());
+            }
+            let keys = self.entries[*t].get_mut(map.as_str()).expect("inserted above");
+            match keys.get_mut(k) {
+                Some(cands) => {
+                    cands.insert(order, v.clone());
+                }
+                None => {
+                    keys.insert(k.clone(), BTreeMap::from([(order, v.clone())]));
+                }
+            }
             self.settle(*t, map, k);
         }
         created
@@ -150,17 +158,21 @@ impl Live {
     fn remove(&mut self, c: &Contrib, order: u64) -> Vec<Key> {
         let mut removed = Vec::new();
         for (t, map, k, _) in &c.entries {
-            let key = (*t, map.clone(), k.clone());
-            if let Some(cands) = self.entries.get_mut(&key) {
-                cands.remove(&order);
-                if cands.is_empty() {
-                    self.entries.remove(&key);
+            if let Some(keys) = self.entries[*t].get_mut(map.as_str()) {
+                if let Some(cands) = keys.get_mut(k) {
+                    cands.remove(&order);
+                    if cands.is_empty() {
+                        keys.remove(k);
+                    }
+                }
+                if keys.is_empty() {
+                    self.entries[*t].remove(map.as_str());
                 }
             }
             self.settle(*t, map, k);
         }
         for (t, name, _) in &c.chains {
-            if dec(&mut self.chains, &(*t, name.clone())) {
+            if dec(&mut self.chains[*t], name) {
                 self.out.tables[*t].chains.remove(name);
                 self.touch(*t, name);
             }
@@ -169,16 +181,15 @@ impl Live {
             for e in elems {
                 self.remove_elem(*t, &def.name, e);
             }
-            let key = (*t, def.name.clone());
-            if dec(&mut self.sets, &key) {
+            if dec(&mut self.sets[*t], &def.name) {
                 self.out.tables[*t].sets.remove(&def.name);
-                self.elems.remove(&key);
+                self.elems[*t].remove(def.name.as_str());
                 self.touch(*t, &def.name);
-                removed.push(key);
+                removed.push((*t, def.name.clone()));
             }
         }
         for (t, def) in &c.maps {
-            if dec(&mut self.maps, &(*t, def.name.clone())) {
+            if dec(&mut self.maps[*t], &def.name) {
                 self.out.tables[*t].maps.remove(&def.name);
                 self.touch(*t, &def.name);
             }
@@ -188,13 +199,13 @@ impl Live {
 
     /// The map entry of key `k` is the lowest contributor's verdict, or none.
     fn settle(&mut self, t: usize, map: &str, k: &SetElem) {
-        let want = self.entries.get(&(t, map.to_string(), k.clone())).and_then(|c| c.values().next()).cloned();
+        let want = self.entries[t].get(map).and_then(|keys| keys.get(k)).and_then(|c| c.values().next());
         let Some(m) = self.out.tables[t].maps.get_mut(map) else { return };
         let at = m.entries.binary_search_by(|(e, _)| e.cmp(k));
         let changed = match (at, want) {
-            (Ok(i), Some(v)) if m.entries[i].1 == v => false,
+            (Ok(i), Some(v)) if m.entries[i].1 == *v => false,
             (Ok(i), Some(v)) => {
-                m.entries[i].1 = v;
+                m.entries[i].1 = v.clone();
                 true
             }
             (Ok(i), None) => {
@@ -202,7 +213,7 @@ impl Live {
                 true
             }
             (Err(i), Some(v)) => {
-                m.entries.insert(i, (k.clone(), v));
+                m.entries.insert(i, (k.clone(), v.clone()));
                 true
             }
             (Err(_), None) => false,
@@ -213,7 +224,14 @@ impl Live {
     }
 
     fn add_elem(&mut self, t: usize, set: &str, e: &SetElem) {
-        let n = self.elems.entry((t, set.to_string())).or_default().entry(e.clone()).or_insert(0);
+        if !self.elems[t].contains_key(set) {
+            self.elems[t].insert(set.to_string(), HashMap::new());
+        }
+        let counts = self.elems[t].get_mut(set).expect("inserted above");
+        if !counts.contains_key(e) {
+            counts.insert(e.clone(), 0);
+        }
+        let n = counts.get_mut(e).expect("inserted above");
         *n += 1;
         if *n == 1 {
             if let Some(s) = self.out.tables[t].sets.get_mut(set) {
@@ -227,7 +245,7 @@ impl Live {
 
     /// [`add_elem`](Self::add_elem) of many.
     fn add_elems(&mut self, t: usize, set: &str, elems: impl Iterator<Item = SetElem>) {
-        let counts = self.elems.entry((t, set.to_string())).or_default();
+        let counts = self.elems[t].entry(set.to_string()).or_default();
         let mut new = Vec::new();
         for e in elems {
             let n = counts.entry(e.clone()).or_insert(0);
@@ -248,7 +266,7 @@ impl Live {
     }
 
     fn remove_elem(&mut self, t: usize, set: &str, e: &SetElem) {
-        let Some(counts) = self.elems.get_mut(&(t, set.to_string())) else { return };
+        let Some(counts) = self.elems[t].get_mut(set) else { return };
         let Some(n) = counts.get_mut(e) else { return };
         *n -= 1;
         if *n == 0 {
@@ -263,15 +281,25 @@ impl Live {
     }
 }
 
+/// Increments a count; true when it became 1 (a new entry).
+fn inc(counts: &mut HashMap<String, usize>, name: &str) -> bool {
+    if let Some(n) = counts.get_mut(name) {
+        *n += 1;
+        return false;
+    }
+    counts.insert(name.to_string(), 1);
+    true
+}
+
 /// Decrements a count; true when it reached zero (and the entry is gone).
-fn dec(counts: &mut HashMap<Key, usize>, key: &Key) -> bool {
-    match counts.get_mut(key) {
+fn dec(counts: &mut HashMap<String, usize>, name: &str) -> bool {
+    match counts.get_mut(name) {
         Some(n) if *n > 1 => {
             *n -= 1;
             false
         }
         Some(_) => {
-            counts.remove(key);
+            counts.remove(name);
             true
         }
         None => false,
@@ -577,7 +605,7 @@ impl Compiler {
                 self.dirty.extend(slot.units.iter().copied());
             }
             // a set not in the tables (no rule that can match names it) gets them when made
-            if !self.live.sets.contains_key(&(0, name.clone())) {
+            if !self.live.sets[0].contains_key(&name) {
                 continue;
             }
             for a in changed {
