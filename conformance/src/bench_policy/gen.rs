@@ -257,12 +257,15 @@ pub fn generate(endpoints: usize, rules: usize, client_if: &str, server_if: &str
 /// one more destination port, or (if it has none) one more net. A rule with `nets` always
 /// makes nft rules; one with only a selector makes none when its selector picks no endpoint
 /// (the compiler leaves out what can never match), and editing it would change nothing in the
-/// kernel. Returns the policy's name.
+/// kernel. Without such a rule (a tiny workload), its first rule. Returns the policy's name.
 pub fn edit(set: &mut PolicySet) -> R<String> {
     let k = set.policies.iter().filter(|p| p.name.starts_with("bench-p")).count() / 2;
     let p = set.policies.iter_mut().filter(|p| p.name.starts_with("bench-p")).nth(k).ok_or("no policy to edit")?;
-    let r = p.ingress.iter_mut().chain(p.egress.iter_mut()).find(|r| !r.source.nets.is_empty() || !r.destination.nets.is_empty());
-    let r = r.ok_or("the edited policy has no rule with nets")?;
+    let has_nets = |r: &policy::model::Rule| !r.source.nets.is_empty() || !r.destination.nets.is_empty();
+    let i = p.ingress.iter().chain(&p.egress).position(has_nets).unwrap_or(0);
+    let n = p.ingress.len();
+    let r = if i < n { p.ingress.get_mut(i) } else { p.egress.get_mut(i - n) };
+    let r = r.ok_or("the edited policy has no rule")?;
     let d = &mut r.destination;
     if !d.ports.is_empty() {
         d.ports.push(policy::model::PortRange { first: 9999, last: 9999 });

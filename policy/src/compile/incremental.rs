@@ -7,13 +7,16 @@
 //! an empty scratch table: the fixed part ([`super::base`]), one per *profile* (the direction
 //! chains of endpoints of one namespace and the same values of the label keys policy
 //! selectors read), one per *policy chain* (a policy in a direction, with the net, port and
-//! selector sets its rules need, the latter empty) and one per endpoint (its dispatch map
-//! entries and its guard). A contribution is counted in: an object exists while some
-//! contribution has it, a map key goes to the earliest endpoint that has it (as `compile`
+//! selector sets its rules that can match need, the latter empty) and one per endpoint (its
+//! dispatch map entries and its guard). A contribution is counted in: an object exists while
+//! some contribution has it, a map key goes to the earliest endpoint that has it (as `compile`
 //! gives an address to the first endpoint), a set element is there while some contribution
 //! or selected endpoint has it. A profile lives while an endpoint has it, a policy chain while
-//! a live profile jumps to it; the elements of a selector set are the addresses of the
-//! endpoints its selector picks, updated as endpoints come and go.
+//! a live profile jumps to it. Every selector (per family) a live policy chain's rules name is
+//! tracked with the addresses of the endpoints it picks, updated as endpoints come and go: a
+//! rule whose positive selector picks none is left out (as `compile` leaves it out), so a
+//! policy chain is remade when one of its selectors turns empty or non-empty, and a selector
+//! set made then gets the tracked addresses.
 //!
 //! A policy set whose policies differ only in their rules (same policies, same order,
 //! selectors, types, tiers and namespaces) rebuilds the chains of the edited policies; any
@@ -412,7 +415,8 @@ impl Compiler {
         for ep in endpoints {
             let mut labels = ep.labels.clone();
             labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
-            let g = groups.entry((ep.namespace.clone(), project(&labels, &c.rule_keys))).or_insert((labels, Vec::new()));
+            let g =
+                groups.entry((ep.namespace.clone(), project(&labels, &c.rule_keys))).or_insert((labels, Vec::new()));
             g.1.extend(ep.addrs.iter().copied());
         }
         c.bulk = Some(groups);
