@@ -228,6 +228,16 @@ fn outermost(nets: &[IpNetwork]) -> Vec<IpNetwork> {
         .collect()
 }
 
+/// The `nets` of family `v` not inside one of `not_nets`: a packet in such a net is in a
+/// `notNets` one too, so it can never match (the generated `nets: [a, b], notNets: [b]`).
+fn positive_nets(nets: &[IpNetwork], not_nets: &[IpNetwork], v: IpVersion) -> Vec<IpNetwork> {
+    nets.iter()
+        .filter(|n| net_family(n) == v)
+        .filter(|n| !not_nets.iter().any(|o| net_family(o) == v && o.prefix() <= n.prefix() && o.contains(n.network())))
+        .copied()
+        .collect()
+}
+
 /// Port ranges merged where they overlap or touch, sorted.
 fn merged_ports(ports: &[PortRange]) -> Vec<(u16, u16)> {
     let mut v: Vec<(u16, u16)> = ports.iter().map(|p| (p.first, p.last)).collect();
@@ -454,8 +464,11 @@ struct Ctx<'a> {
     /// `endpoints` grouped by what rule selectors can tell apart (made on first use).
     groups: Option<Vec<Group>>,
     inet: Builder,
-    /// The selector and family of every selector set made (for the incremental compiler).
-    selectors: BTreeMap<String, (EndpointSelector, IpVersion)>,
+    /// The addresses of every selector set worked out, by set name (made on first use).
+    picked: BTreeMap<String, Vec<SetElem>>,
+    /// Given by the incremental compiler: the selector sets that are not empty (their
+    /// elements are its business); `None`: worked out from `endpoints`.
+    nonempty: Option<&'a BTreeSet<String>>,
     /// Whether a direction chain also makes the policy chains it jumps to (the incremental
     /// compiler makes those on their own).
     policy_chains: bool,
@@ -473,7 +486,7 @@ struct Group {
 
 impl<'a> Ctx<'a> {
     fn new(set: &'a PolicySet, endpoints: &'a [Endpoint], inet: Builder) -> Ctx<'a> {
-        Ctx { set, endpoints, groups: None, inet, selectors: BTreeMap::new(), policy_chains: true }
+        Ctx { set, endpoints, groups: None, inet, picked: BTreeMap::new(), nonempty: None, policy_chains: true }
     }
 
     fn groups(&mut self) -> &[Group] {
@@ -589,6 +602,9 @@ impl<'a> Ctx<'a> {
             let families: &[Option<IpVersion>] =
                 if needs_family(r) { &[Some(IpVersion::V4), Some(IpVersion::V6)] } else { &[None] };
             for fam in families {
+                if !self.can_match(r, *fam) {
+                    continue;
+                }
                 for matches in self.rule_matches(r, *fam).unwrap_or_default() {
                     rules.extend(self.actions(p, dir, index, r.action, matches));
                 }
@@ -651,7 +667,7 @@ impl<'a> Ctx<'a> {
         for (entity, dir) in [(&r.source, Dir::Src), (&r.destination, Dir::Dst)] {
             if !entity.nets.is_empty() {
                 let v = fam.expect("nets are per family");
-                let nets: Vec<IpNetwork> = entity.nets.iter().filter(|n| net_family(n) == v).copied().collect();
+                let nets = positive_nets(&entity.nets, &entity.not_nets, v);
                 if nets.is_empty() {
                     return None;
                 }
@@ -669,6 +685,11 @@ impl<'a> Ctx<'a> {
             for (sel, negate) in [(&entity.endpoints, false), (&entity.not_endpoints, true)] {
                 if let Some(sel) = sel {
                     let v = fam.expect("selectors are per family");
+                    // not in an empty set: every packet of the family (`can_match` left out
+                    // the rule when a positive selector's set is empty)
+                    if !self.selector_nonempty(sel, v) {
+                        continue;
+                    }
                     let set = self.selector_set(sel, v);
                     m.push(Match::AddrInSet { version: fam_of(v), dir, set, negate });
                 }
@@ -730,26 +751,92 @@ impl<'a> Ctx<'a> {
         vec![Match::PortInSet { proto: p, dir, set, negate }]
     }
 
-    /// The set of the addresses (of family `v`) of the endpoints `sel` picks; it exists even
-    /// when empty (a lookup in it never matches), so an endpoint added later only adds an
-    /// element.
+    /// Whether `r` can match a packet of family `fam` at all (`None`: a rule without a
+    /// family-specific part, which can). It cannot when its `ipVersion` is the other one, when
+    /// its ICMP matches are of the other family's ICMP, when a `nets` list has no CIDR of the
+    /// family, or when a positive selector picks no address of the family: such a rule makes
+    /// no nft rule for the family, and the sets it would name are not made.
+    fn can_match(&mut self, r: &Rule, fam: Option<IpVersion>) -> bool {
+        let Some(v) = fam else { return true };
+        if r.ip_version.is_some_and(|rv| rv != v) {
+            return false;
+        }
+        let own = if v == IpVersion::V4 { proto::ICMP } else { proto::ICMPV6 };
+        if (r.icmp.is_some() || r.not_icmp.is_some()) && r.protocol != Some(own) {
+            return false;
+        }
+        for entity in [&r.source, &r.destination] {
+            if !entity.nets.is_empty() && positive_nets(&entity.nets, &entity.not_nets, v).is_empty() {
+                return false;
+            }
+            if let Some(sel) = &entity.endpoints {
+                if !self.selector_nonempty(sel, v) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether the set of the addresses of family `v` of the endpoints `sel` picks has any.
+    fn selector_nonempty(&mut self, sel: &EndpointSelector, v: IpVersion) -> bool {
+        let name = selector_set_name(sel, v);
+        if let Some(known) = self.nonempty {
+            return known.contains(&name);
+        }
+        !self.selector_elems(&name, sel, v).is_empty()
+    }
+
+    /// The addresses (of family `v`) of the endpoints `sel` picks, as set elements.
+    fn selector_elems(&mut self, name: &str, sel: &EndpointSelector, v: IpVersion) -> &[SetElem] {
+        if !self.picked.contains_key(name) {
+            let set = self.set;
+            let elems: BTreeSet<IpAddr> = self
+                .groups()
+                .iter()
+                .filter(|g| selector_picks(set, sel, &g.namespace, &g.labels))
+                .flat_map(|g| g.addrs.iter().copied())
+                .filter(|a| IpVersion::of(a) == v)
+                .collect();
+            self.picked.insert(name.to_string(), elems.into_iter().map(SetElem::Addr).collect());
+        }
+        &self.picked[name]
+    }
+
+    /// The set of the addresses (of family `v`) of the endpoints `sel` picks, made when a rule
+    /// that can match names it (so it is not empty, [`Ctx::can_match`]; the incremental
+    /// compiler makes it empty and fills it itself).
     fn selector_set(&mut self, sel: &EndpointSelector, v: IpVersion) -> String {
-        let key = scope_key(sel);
-        let name = format!("sel{}-{}", fam_digit(v), hash(&[&key]));
+        let name = selector_set_name(sel, v);
         if self.inet.sets.contains_key(&name) {
             return name;
         }
-        let set = self.set;
-        let elems: BTreeSet<IpAddr> = self
-            .groups()
-            .iter()
-            .filter(|g| selector_picks(set, sel, &g.namespace, &g.labels))
-            .flat_map(|g| g.addrs.iter().copied())
-            .filter(|a| IpVersion::of(a) == v)
-            .collect();
-        self.selectors.insert(name.clone(), (sel.clone(), v));
-        self.inet.set(SetDef::set(name, addr_key(v)), elems.into_iter().map(SetElem::Addr).collect())
+        let elems = if self.nonempty.is_some() { Vec::new() } else { self.selector_elems(&name, sel, v).to_vec() };
+        self.inet.set(SetDef::set(name, addr_key(v)), elems)
     }
+}
+
+/// `sel4-<hash>` / `sel6-<hash>`: the set of the addresses of family `v` of the endpoints
+/// `sel` picks (hash of the selector and its namespace scope).
+fn selector_set_name(sel: &EndpointSelector, v: IpVersion) -> String {
+    format!("sel{}-{}", fam_digit(v), hash(&[&scope_key(sel)]))
+}
+
+/// The selector sets the rules of `p` in `dir` look at, in both families, by name (what the
+/// incremental compiler tracks for a policy chain: a rule is made or left out as they are
+/// empty or not).
+fn rule_selectors(p: &Policy, dir: Direction) -> BTreeMap<String, (EndpointSelector, IpVersion)> {
+    let mut out = BTreeMap::new();
+    for r in p.rules(dir) {
+        for e in [&r.source, &r.destination] {
+            for sel in e.endpoints.iter().chain(&e.not_endpoints) {
+                for v in [IpVersion::V4, IpVersion::V6] {
+                    out.insert(selector_set_name(sel, v), (sel.clone(), v));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The label an endpoint's namespace is in for selectors (`Endpoint::selector_labels`).

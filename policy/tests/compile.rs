@@ -603,3 +603,48 @@ fn a_remote_endpoint_only_adds_its_addresses_to_selector_sets() {
     with.push(relabelled);
     assert_eq!(inc.compiled(), &compile(&set, &with), "a remote endpoint relabelled");
 }
+
+#[test]
+fn a_net_inside_a_not_net_and_a_selector_picking_nobody_make_no_rule() {
+    let yaml = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: never}
+spec:
+  selector: all()
+  ingress:
+  - {action: Allow, protocol: TCP, source: {nets: [10.1.0.0/16, 10.2.0.0/16], notNets: [10.2.0.0/16]}}
+  - {action: Allow, protocol: TCP, source: {nets: [10.2.3.0/24], notNets: [10.2.0.0/16]}}
+  - {action: Allow, protocol: TCP, source: {selector: "app == 'nobody'"}}
+  - {action: Allow, protocol: TCP, source: {selector: "app == 'db'"}}
+  - {action: Deny, protocol: UDP, source: {notSelector: "app == 'nobody'"}}
+"#;
+    let c = compile(&policies(yaml), &world());
+    let inet = inet(&c);
+    let rules = &inet.chains[chains_named(inet, "pol-i-never-")[0]].rules;
+    let nets = |r: &linux_net::nft::Rule| -> Vec<String> {
+        r.matches
+            .iter()
+            .filter_map(|m| match m {
+                Match::AddrInNet { net, negate: false, .. } => Some(net.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    // rule 0: only the net not inside `notNets`; rule 1: none; rule 2: nobody is `nobody`;
+    // rule 3: the db pods have IPv4 addresses only; rule 4: not in an empty set is every
+    // packet of each family, no lookup
+    assert_eq!(rules.len(), 4, "{rules:#?}");
+    assert_eq!(nets(&rules[0]), ["10.1.0.0/16"]);
+    assert!(rules[1].matches.contains(&Match::AddrInSet {
+        version: Fam::V4,
+        dir: Dir::Src,
+        set: inet.sets.keys().find(|n| n.starts_with("sel4-")).unwrap().clone(),
+        negate: false
+    }));
+    for r in &rules[2..] {
+        assert!(!r.matches.iter().any(|m| matches!(m, Match::AddrInSet { .. })), "{r:?}");
+        assert_eq!(r.action, Some(NftAction::Verdict(Verdict::Drop)));
+    }
+    assert_eq!(inet.sets.keys().filter(|n| n.starts_with("sel")).count(), 1, "{:?}", inet.sets.keys());
+}

@@ -391,3 +391,73 @@ fn an_endpoint_add_and_a_rule_edit_change_only_their_objects() {
     assert!(ch.objects.len() * 4 < total, "an edit touches {} of {total} objects", ch.objects.len());
     same(&c, "edit", 7, 1);
 }
+
+/// A rule whose selector picks no address of a family makes no nft rule for that family, and
+/// its set is not made; the incremental compiler remakes the policy chain when the selector's
+/// set turns non-empty (an endpoint with the only IPv6 address it picks added, or relabelled
+/// into it) and empty again (removed, relabelled out), and a `notSelector` on an empty set
+/// still matches every packet of the family.
+#[test]
+fn a_selector_turning_empty_or_not_in_a_family_remakes_its_policy_chain() {
+    let yaml = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: solo}
+spec:
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - {action: Allow, protocol: TCP, source: {selector: "app == 'solo'"}, destination: {ports: [80]}}
+  - {action: Deny, protocol: UDP, source: {notSelector: "app == 'solo'"}}
+"#;
+    let set = policy::parse_str(Path::new("solo.yaml"), yaml).unwrap();
+    let ep = |name: &str, app: &str, addrs: &[&str]| Endpoint {
+        name: name.to_string(),
+        namespace: "prod".to_string(),
+        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        host_ifname: Some(format!("veth-{name}")),
+        bridged: false,
+        remote: None,
+    };
+    // (sel4 sets, sel6 sets, rules in the policy chain)
+    let shape = |c: &Compiled| {
+        let t = &c.tables[0];
+        let sets = |p: &str| t.sets.keys().filter(|n| n.starts_with(p)).count();
+        let chain = t.chains.iter().find(|(n, _)| n.starts_with("pol-i-solo-")).map(|(_, c)| c.rules.len());
+        (sets("sel4-"), sets("sel6-"), chain.unwrap_or(0))
+    };
+    let web = ep("web", "web", &["10.0.0.1", "fd00::1"]);
+    let mut c = Compiler::new(set, std::slice::from_ref(&web));
+    same(&c, "no solo", 1, 0);
+    // nobody is `solo`: the Allow makes no rule, the Deny one per family (not in an empty set:
+    // no set lookup at all)
+    assert_eq!(shape(c.compiled()), (0, 0, 2));
+    c.applied();
+    let mut step = 0;
+    let mut check = |c: &mut Compiler, what: &str, want: (usize, usize, usize), before: &Compiled| {
+        step += 1;
+        same(c, what, 1, step);
+        covered(before, c, &c.changes(), what, 1, step);
+        assert_eq!(shape(c.compiled()), want, "{what}");
+        c.applied();
+    };
+    let before = c.compiled().clone();
+    c.put_endpoint(ep("solo4", "solo", &["10.0.0.2"]));
+    check(&mut c, "an IPv4 solo added", (1, 0, 3), &before);
+    let before = c.compiled().clone();
+    c.put_endpoint(ep("solo6", "solo", &["10.0.0.3", "fd00::3"]));
+    check(&mut c, "the only IPv6 solo added", (1, 1, 4), &before);
+    let before = c.compiled().clone();
+    c.put_endpoint(ep("solo6", "other", &["10.0.0.3", "fd00::3"]));
+    check(&mut c, "the only IPv6 solo relabelled out", (1, 0, 3), &before);
+    let before = c.compiled().clone();
+    c.put_endpoint(ep("solo6", "solo", &["10.0.0.3", "fd00::3"]));
+    check(&mut c, "relabelled back in", (1, 1, 4), &before);
+    let before = c.compiled().clone();
+    c.remove_endpoint("solo6");
+    check(&mut c, "the only IPv6 solo removed", (1, 0, 3), &before);
+    let before = c.compiled().clone();
+    c.remove_endpoint("solo4");
+    check(&mut c, "the last solo removed", (0, 0, 2), &before);
+}

@@ -253,12 +253,18 @@ pub fn generate(endpoints: usize, rules: usize, client_if: &str, server_if: &str
     Ok(Workload { yaml, set, endpoints: eps, client, server, rules: rules + 2 })
 }
 
-/// A policy edit: the first rule of the middle policy gets one more destination port, or
-/// (if it has none) one more source net. Returns the policy's name.
+/// A policy edit: the first rule with `nets` of the middle policy (ingress rules first) gets
+/// one more destination port, or (if it has none) one more net. A rule with `nets` always
+/// makes nft rules; one with only a selector makes none when its selector picks no endpoint
+/// (the compiler leaves out what can never match), and editing it would change nothing in the
+/// kernel. Without such a rule (a tiny workload), its first rule. Returns the policy's name.
 pub fn edit(set: &mut PolicySet) -> R<String> {
     let k = set.policies.iter().filter(|p| p.name.starts_with("bench-p")).count() / 2;
     let p = set.policies.iter_mut().filter(|p| p.name.starts_with("bench-p")).nth(k).ok_or("no policy to edit")?;
-    let r = if p.ingress.is_empty() { p.egress.first_mut() } else { p.ingress.first_mut() };
+    let has_nets = |r: &policy::model::Rule| !r.source.nets.is_empty() || !r.destination.nets.is_empty();
+    let i = p.ingress.iter().chain(&p.egress).position(has_nets).unwrap_or(0);
+    let n = p.ingress.len();
+    let r = if i < n { p.ingress.get_mut(i) } else { p.egress.get_mut(i - n) };
     let r = r.ok_or("the edited policy has no rule")?;
     let d = &mut r.destination;
     if !d.ports.is_empty() {

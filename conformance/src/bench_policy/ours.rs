@@ -122,6 +122,9 @@ pub fn round(
         if s.full {
             bail!("the {what} was applied as a full replace, not a delta");
         }
+        if s.ops == 0 {
+            bail!("the {what} changed nothing in the kernel: it measures nothing");
+        }
     }
     side.edit_compile.push(ms(edit.compile));
     side.edit_kernel.push(ms(edit.apply));

@@ -499,11 +499,42 @@ mod txn_encoding {
                 Expr::Meta { key: NFT_META_L4PROTO },
                 Expr::Cmp { op: NFT_CMP_EQ, data: vec![6] },
                 Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2 },
-                Expr::Cmp { op: NFT_CMP_GTE, data: vec![0, 80] },
-                Expr::Cmp { op: NFT_CMP_LTE, data: vec![0, 90] },
+                Expr::Range { op: NFT_RANGE_EQ, from: vec![0, 80], to: vec![0, 90] },
                 Expr::Counter,
                 Expr::Log { prefix: Some("x".into()) },
                 Expr::VerdictChain { code: NFT_JUMP, chain: "c".into() },
+            ]
+        );
+        // `tcp dport != 80 tcp dport != 1000-2000 ip saddr != 10.0.0.0/8 ip saddr != @s drop`:
+        // the port is loaded once for its two compares; the mask in between makes the address
+        // be loaded again for the lookup
+        let r = Rule::new(
+            vec![
+                Match::PortRange { proto: proto::TCP, dir: Dir::Dst, first: 80, last: 80, negate: true },
+                Match::PortRange { proto: proto::TCP, dir: Dir::Dst, first: 1000, last: 2000, negate: true },
+                Match::AddrInNet { dir: Dir::Src, net: "10.0.0.0/7".parse().unwrap(), negate: true },
+                Match::AddrInSet { version: IpVersion::V4, dir: Dir::Src, set: "s".into(), negate: true },
+            ],
+            Verdict::Drop,
+        );
+        let sport = Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2 };
+        let saddr = Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 12, len: 4 };
+        assert_eq!(
+            r.exprs().unwrap(),
+            [
+                Expr::Meta { key: NFT_META_L4PROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![6] },
+                sport,
+                Expr::Cmp { op: NFT_CMP_NEQ, data: vec![0, 80] },
+                Expr::Range { op: NFT_RANGE_NEQ, from: vec![3, 232], to: vec![7, 208] },
+                Expr::Meta { key: NFT_META_NFPROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV4] },
+                saddr.clone(),
+                Expr::Bitwise { mask: vec![254, 0, 0, 0] },
+                Expr::Cmp { op: NFT_CMP_NEQ, data: vec![10, 0, 0, 0] },
+                saddr,
+                Expr::Lookup { set: "s".into(), vmap: false, invert: true },
+                Expr::Verdict { code: NF_DROP },
             ]
         );
         let r = Rule { action: Some(Action::IfNameVmap { dir: IfDir::Out, map: "m".into() }), ..Default::default() };
@@ -761,7 +792,9 @@ mod txn_encoding {
             e[..2],
             [Expr::Meta { key: NFT_META_NFPROTO }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV4] }]
         );
-        // a negated protocol (`!=`) is a condition, not a dependency: both checks stay
+        // a negated protocol (`!=`) is a condition, not a dependency: both checks stay (on one
+        // load of the protocol: the compare leaves the register as it was)
+        let l4 = Expr::Meta { key: NFT_META_L4PROTO };
         let r = Rule::new(
             vec![
                 Match::L4Proto { proto: proto::UDP, negate: true },
@@ -769,7 +802,9 @@ mod txn_encoding {
             ],
             Verdict::Accept,
         );
-        assert_eq!(r.exprs().unwrap().iter().filter(|x| **x == Expr::Meta { key: NFT_META_L4PROTO }).count(), 2);
+        let e = r.exprs().unwrap();
+        let (neq, eq) = (Expr::Cmp { op: NFT_CMP_NEQ, data: vec![17] }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![6] });
+        assert_eq!(e[..3], [l4.clone(), neq, eq], "{e:?}");
         // another protocol's check is not a repeat (such a rule never matches, as written)
         let r = Rule::new(
             vec![
@@ -778,7 +813,9 @@ mod txn_encoding {
             ],
             Verdict::Accept,
         );
-        assert_eq!(r.exprs().unwrap().iter().filter(|x| **x == Expr::Meta { key: NFT_META_L4PROTO }).count(), 2);
+        let e = r.exprs().unwrap();
+        let (udp, tcp) = (Expr::Cmp { op: NFT_CMP_EQ, data: vec![17] }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![6] });
+        assert_eq!(e[..3], [l4, udp, tcp], "{e:?}");
     }
 
     #[test]

@@ -435,6 +435,7 @@ impl Rule {
             match_exprs(m, family, &mut e)?;
         }
         drop_repeated_dependencies(&mut e);
+        drop_repeated_loads(&mut e);
         if self.counter {
             e.push(Expr::Counter);
         }
@@ -525,6 +526,29 @@ fn drop_repeated_dependencies(e: &mut Vec<Expr>) {
         out.push(x);
     }
     *e = out;
+}
+
+/// Leaves out a load into register 1 (`meta`, `payload`) of what register 1 already holds:
+/// compares, ranges and set lookups read the register without changing it, so a rule with
+/// several `!=` matches of one field (`tcp dport != 80 tcp dport != 443`) loads the field
+/// once. Every expression left out is one the kernel no longer looks up by type name, builds
+/// and runs. Anything else (a mask, another load, a verdict map) ends what is known.
+fn drop_repeated_loads(e: &mut Vec<Expr>) {
+    let mut held: Option<Expr> = None;
+    e.retain(|x| match x {
+        Expr::Meta { .. } | Expr::Payload { .. } => {
+            if held.as_ref() == Some(x) {
+                return false;
+            }
+            held = Some(x.clone());
+            true
+        }
+        Expr::Cmp { .. } | Expr::Range { .. } | Expr::Lookup { vmap: false, .. } => true,
+        _ => {
+            held = None;
+            true
+        }
+    });
 }
 
 fn cmp_op(negate: bool) -> u32 {
@@ -646,12 +670,10 @@ fn match_exprs(m: &Match, family: super::Family, e: &mut Vec<Expr>) -> NftResult
             e.push(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: port_offset(*dir), len: 2 });
             if first == last {
                 e.push(Expr::Cmp { op: cmp_op(*negate), data: first.to_be_bytes().to_vec() });
-            } else if *negate {
-                let (from, to) = (first.to_be_bytes().to_vec(), last.to_be_bytes().to_vec());
-                e.push(Expr::Range { op: NFT_RANGE_NEQ, from, to });
             } else {
-                e.push(Expr::Cmp { op: NFT_CMP_GTE, data: first.to_be_bytes().to_vec() });
-                e.push(Expr::Cmp { op: NFT_CMP_LTE, data: last.to_be_bytes().to_vec() });
+                // one `range` rather than `cmp gte` + `cmp lte`: one expression less to load
+                let (from, to) = (first.to_be_bytes().to_vec(), last.to_be_bytes().to_vec());
+                e.push(Expr::Range { op: if *negate { NFT_RANGE_NEQ } else { NFT_RANGE_EQ }, from, to });
             }
         }
         Match::Icmp { version, icmp_type, code: Some(c), negate: true } => {

@@ -176,8 +176,6 @@ pub(super) const NFTA_LOG_PREFIX: u16 = 2;
 // more nft_meta_keys, nft_cmp_ops, payload bases
 pub(super) const NFT_META_OIFNAME: u32 = 7;
 pub(super) const NFT_META_L4PROTO: u32 = 16;
-pub(super) const NFT_CMP_LTE: u32 = 3;
-pub(super) const NFT_CMP_GTE: u32 = 5;
 pub(super) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 // enum nft_verdicts (negative, sent as u32)
 pub(super) const NFT_JUMP: u32 = -3i32 as u32;
@@ -208,6 +206,7 @@ pub(super) const NFTA_RANGE_SREG: u16 = 1;
 pub(super) const NFTA_RANGE_OP: u16 = 2;
 pub(super) const NFTA_RANGE_FROM_DATA: u16 = 3;
 pub(super) const NFTA_RANGE_TO_DATA: u16 = 4;
+pub(super) const NFT_RANGE_EQ: u32 = 0;
 pub(super) const NFT_RANGE_NEQ: u32 = 1;
 pub(super) const NFTA_SET_USERDATA: u16 = 13;
 // libnftnl set userdata TLV and nftables' byte orders

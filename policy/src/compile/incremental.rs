@@ -7,13 +7,16 @@
 //! an empty scratch table: the fixed part ([`super::base`]), one per *profile* (the direction
 //! chains of endpoints of one namespace and the same values of the label keys policy
 //! selectors read), one per *policy chain* (a policy in a direction, with the net, port and
-//! selector sets its rules need, the latter empty) and one per endpoint (its dispatch map
-//! entries and its guard). A contribution is counted in: an object exists while some
-//! contribution has it, a map key goes to the earliest endpoint that has it (as `compile`
+//! selector sets its rules that can match need, the latter empty) and one per endpoint (its
+//! dispatch map entries and its guard). A contribution is counted in: an object exists while
+//! some contribution has it, a map key goes to the earliest endpoint that has it (as `compile`
 //! gives an address to the first endpoint), a set element is there while some contribution
 //! or selected endpoint has it. A profile lives while an endpoint has it, a policy chain while
-//! a live profile jumps to it; the elements of a selector set are the addresses of the
-//! endpoints its selector picks, updated as endpoints come and go.
+//! a live profile jumps to it. Every selector (per family) a live policy chain's rules name is
+//! tracked with the addresses of the endpoints it picks, updated as endpoints come and go: a
+//! rule whose positive selector picks none is left out (as `compile` leaves it out), so a
+//! policy chain is remade when one of its selectors turns empty or non-empty, and a selector
+//! set made then gets the tracked addresses.
 //!
 //! A policy set whose policies differ only in their rules (same policies, same order,
 //! selectors, types, tiers and namespaces) rebuilds the chains of the edited policies; any
@@ -25,11 +28,11 @@ use std::net::IpAddr;
 use linux_net::nft::{ChainState, Family, SetDef, SetElem, TableRef, TableState, Verdict as NftVerdict};
 
 use super::{
-    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys, selector_picks,
-    Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
+    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys, rule_selectors,
+    selector_picks, Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
 };
 use crate::engine::Changes;
-use crate::model::{Direction, Endpoint, EndpointSelector, IpVersion, Policy, PolicySet};
+use crate::model::{Direction, Endpoint, EndpointSelector, IpVersion, PolicySet};
 use crate::selector::Labels;
 
 /// The two tables by index: 0 inet, 1 bridge (`Compiled::tables`' order).
@@ -70,16 +73,20 @@ fn scratch() -> [Builder; 2] {
 
 type Key = (usize, String);
 
+/// Per table (`FAMILIES`' index), by object name: looked up with a `&str`, so that counting a
+/// contribution in allocates only for what is new.
+type PerTable<T> = [HashMap<String, T>; 2];
+
 /// The tables, with how many contributors have each object.
 struct Live {
     /// The tables, and the endpoints' information.
     out: Compiled,
-    chains: HashMap<Key, usize>,
-    sets: HashMap<Key, usize>,
-    elems: HashMap<Key, HashMap<SetElem, usize>>,
-    maps: HashMap<Key, usize>,
-    /// Per map key: the contributors' verdicts by contributor order (lowest wins).
-    entries: HashMap<(usize, String, SetElem), BTreeMap<u64, NftVerdict>>,
+    chains: PerTable<usize>,
+    sets: PerTable<usize>,
+    elems: PerTable<HashMap<SetElem, usize>>,
+    maps: PerTable<usize>,
+    /// Per map and key: the contributors' verdicts by contributor order (lowest wins).
+    entries: PerTable<HashMap<SetElem, BTreeMap<u64, NftVerdict>>>,
     changed: [BTreeSet<String>; 2],
 }
 
@@ -90,11 +97,11 @@ impl Live {
                 tables: FAMILIES.iter().map(|f| TableState::new(TableRef::new(*f, super::TABLE))).collect(),
                 endpoints: BTreeMap::new(),
             },
-            chains: HashMap::new(),
-            sets: HashMap::new(),
-            elems: HashMap::new(),
-            maps: HashMap::new(),
-            entries: HashMap::new(),
+            chains: Default::default(),
+            sets: Default::default(),
+            elems: Default::default(),
+            maps: Default::default(),
+            entries: Default::default(),
             changed: Default::default(),
         }
     }
@@ -109,29 +116,23 @@ impl Live {
     fn add(&mut self, c: &Contrib, order: u64) -> Vec<Key> {
         let mut created = Vec::new();
         for (t, def) in &c.maps {
-            let n = self.maps.entry((*t, def.name.clone())).or_insert(0);
-            *n += 1;
-            if *n == 1 {
+            if inc(&mut self.maps[*t], &def.name) {
                 self.out.tables[*t].put_map(def.clone(), Vec::new());
                 self.touch(*t, &def.name);
             }
         }
         for (t, def, elems) in &c.sets {
-            let key = (*t, def.name.clone());
-            let n = self.sets.entry(key.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
+            if inc(&mut self.sets[*t], &def.name) {
                 self.out.tables[*t].put_set(def.clone(), Vec::new());
                 self.touch(*t, &def.name);
-                created.push(key);
+                created.push((*t, def.name.clone()));
             }
             for e in elems {
                 self.add_elem(*t, &def.name, e);
             }
         }
         for (t, name, chain) in &c.chains {
-            let n = self.chains.entry((*t, name.clone())).or_insert(0);
-            *n += 1;
+            inc(&mut self.chains[*t], name);
             // a policy chain edited: its new contribution comes before the old one goes
             if self.out.tables[*t].chains.get(name) != Some(chain) {
                 self.out.tables[*t].chains.insert(name.clone(), chain.clone());
@@ -139,8 +140,18 @@ impl Live {
             }
         }
         for (t, map, k, v) in &c.entries {
-            let cands = self.entries.entry((*t, map.clone(), k.clone())).or_default();
-            cands.insert(order, v.clone());
+            if !self.entries[*t].contains_key(map.as_str()) {
+                self.entries[*t].insert(map.clone(), HashMap::new());
+            }
+            let keys = self.entries[*t].get_mut(map.as_str()).expect("inserted above");
+            match keys.get_mut(k) {
+                Some(cands) => {
+                    cands.insert(order, v.clone());
+                }
+                None => {
+                    keys.insert(k.clone(), BTreeMap::from([(order, v.clone())]));
+                }
+            }
             self.settle(*t, map, k);
         }
         created
@@ -150,17 +161,21 @@ impl Live {
     fn remove(&mut self, c: &Contrib, order: u64) -> Vec<Key> {
         let mut removed = Vec::new();
         for (t, map, k, _) in &c.entries {
-            let key = (*t, map.clone(), k.clone());
-            if let Some(cands) = self.entries.get_mut(&key) {
-                cands.remove(&order);
-                if cands.is_empty() {
-                    self.entries.remove(&key);
+            if let Some(keys) = self.entries[*t].get_mut(map.as_str()) {
+                if let Some(cands) = keys.get_mut(k) {
+                    cands.remove(&order);
+                    if cands.is_empty() {
+                        keys.remove(k);
+                    }
+                }
+                if keys.is_empty() {
+                    self.entries[*t].remove(map.as_str());
                 }
             }
             self.settle(*t, map, k);
         }
         for (t, name, _) in &c.chains {
-            if dec(&mut self.chains, &(*t, name.clone())) {
+            if dec(&mut self.chains[*t], name) {
                 self.out.tables[*t].chains.remove(name);
                 self.touch(*t, name);
             }
@@ -169,16 +184,15 @@ impl Live {
             for e in elems {
                 self.remove_elem(*t, &def.name, e);
             }
-            let key = (*t, def.name.clone());
-            if dec(&mut self.sets, &key) {
+            if dec(&mut self.sets[*t], &def.name) {
                 self.out.tables[*t].sets.remove(&def.name);
-                self.elems.remove(&key);
+                self.elems[*t].remove(def.name.as_str());
                 self.touch(*t, &def.name);
-                removed.push(key);
+                removed.push((*t, def.name.clone()));
             }
         }
         for (t, def) in &c.maps {
-            if dec(&mut self.maps, &(*t, def.name.clone())) {
+            if dec(&mut self.maps[*t], &def.name) {
                 self.out.tables[*t].maps.remove(&def.name);
                 self.touch(*t, &def.name);
             }
@@ -188,13 +202,13 @@ impl Live {
 
     /// The map entry of key `k` is the lowest contributor's verdict, or none.
     fn settle(&mut self, t: usize, map: &str, k: &SetElem) {
-        let want = self.entries.get(&(t, map.to_string(), k.clone())).and_then(|c| c.values().next()).cloned();
+        let want = self.entries[t].get(map).and_then(|keys| keys.get(k)).and_then(|c| c.values().next());
         let Some(m) = self.out.tables[t].maps.get_mut(map) else { return };
         let at = m.entries.binary_search_by(|(e, _)| e.cmp(k));
         let changed = match (at, want) {
-            (Ok(i), Some(v)) if m.entries[i].1 == v => false,
+            (Ok(i), Some(v)) if m.entries[i].1 == *v => false,
             (Ok(i), Some(v)) => {
-                m.entries[i].1 = v;
+                m.entries[i].1 = v.clone();
                 true
             }
             (Ok(i), None) => {
@@ -202,7 +216,7 @@ impl Live {
                 true
             }
             (Err(i), Some(v)) => {
-                m.entries.insert(i, (k.clone(), v));
+                m.entries.insert(i, (k.clone(), v.clone()));
                 true
             }
             (Err(_), None) => false,
@@ -213,7 +227,14 @@ impl Live {
     }
 
     fn add_elem(&mut self, t: usize, set: &str, e: &SetElem) {
-        let n = self.elems.entry((t, set.to_string())).or_default().entry(e.clone()).or_insert(0);
+        if !self.elems[t].contains_key(set) {
+            self.elems[t].insert(set.to_string(), HashMap::new());
+        }
+        let counts = self.elems[t].get_mut(set).expect("inserted above");
+        if !counts.contains_key(e) {
+            counts.insert(e.clone(), 0);
+        }
+        let n = counts.get_mut(e).expect("inserted above");
         *n += 1;
         if *n == 1 {
             if let Some(s) = self.out.tables[t].sets.get_mut(set) {
@@ -227,7 +248,7 @@ impl Live {
 
     /// [`add_elem`](Self::add_elem) of many.
     fn add_elems(&mut self, t: usize, set: &str, elems: impl Iterator<Item = SetElem>) {
-        let counts = self.elems.entry((t, set.to_string())).or_default();
+        let counts = self.elems[t].entry(set.to_string()).or_default();
         let mut new = Vec::new();
         for e in elems {
             let n = counts.entry(e.clone()).or_insert(0);
@@ -248,7 +269,7 @@ impl Live {
     }
 
     fn remove_elem(&mut self, t: usize, set: &str, e: &SetElem) {
-        let Some(counts) = self.elems.get_mut(&(t, set.to_string())) else { return };
+        let Some(counts) = self.elems[t].get_mut(set) else { return };
         let Some(n) = counts.get_mut(e) else { return };
         *n -= 1;
         if *n == 0 {
@@ -263,15 +284,25 @@ impl Live {
     }
 }
 
+/// Increments a count; true when it became 1 (a new entry).
+fn inc(counts: &mut HashMap<String, usize>, name: &str) -> bool {
+    if let Some(n) = counts.get_mut(name) {
+        *n += 1;
+        return false;
+    }
+    counts.insert(name.to_string(), 1);
+    true
+}
+
 /// Decrements a count; true when it reached zero (and the entry is gone).
-fn dec(counts: &mut HashMap<Key, usize>, key: &Key) -> bool {
-    match counts.get_mut(key) {
+fn dec(counts: &mut HashMap<String, usize>, name: &str) -> bool {
+    match counts.get_mut(name) {
         Some(n) if *n > 1 => {
             *n -= 1;
             false
         }
         Some(_) => {
-            counts.remove(key);
+            counts.remove(name);
             true
         }
         None => false,
@@ -292,6 +323,22 @@ struct UnitSlot {
     /// Live profiles jumping to this policy chain.
     n: usize,
     contrib: Contrib,
+    /// The selectors its rules look at (tracked while it lives).
+    sels: BTreeSet<String>,
+}
+
+/// A policy chain: (index in the policy set, direction).
+type UnitKey = (usize, Direction);
+
+/// A selector some live policy chain looks at, in one family: the addresses its set has (or
+/// would have: the set is in the tables only while a rule that can match names it).
+struct SelSlot {
+    sel: EndpointSelector,
+    v: IpVersion,
+    /// The picked endpoints' addresses of family `v`, with how many of them have each.
+    addrs: HashMap<IpAddr, usize>,
+    /// The live policy chains that look at it: remade when it turns empty or not.
+    units: BTreeSet<UnitKey>,
 }
 
 struct EpSlot {
@@ -317,20 +364,24 @@ pub struct Compiler {
     next_order: u64,
     live: Live,
     profiles: HashMap<ProfileKey, ProfileSlot>,
-    units: HashMap<(usize, Direction), UnitSlot>,
-    /// Live selector sets (inet table): name → (selector, family).
-    selectors: HashMap<String, (EndpointSelector, IpVersion)>,
+    units: HashMap<UnitKey, UnitSlot>,
+    /// Selectors of the live policy chains, by set name (inet table).
+    selectors: HashMap<String, SelSlot>,
+    /// Policy chains to remake: a selector they look at turned empty or not.
+    dirty: BTreeSet<UnitKey>,
     /// Per address, the endpoints that have it by order (the first owns it).
     owners: HashMap<IpAddr, BTreeMap<u64, String>>,
     all: bool,
     /// Per group of endpoints rule selectors cannot tell apart (namespace, values of the label
-    /// keys they read): the live selector sets that pick them. Emptied when a selector set
-    /// comes or goes.
+    /// keys they read): the tracked selectors that pick them. Emptied when a selector comes or
+    /// goes.
     picks: HashMap<ProfileKey, Vec<String>>,
     /// Label keys rule selectors read.
     rule_keys: BTreeSet<String>,
-    /// Building: selector sets are filled at the end, not endpoint by endpoint.
-    bulk: bool,
+    /// Building: every endpoint grouped as `picks` is keyed (with its selector labels and
+    /// addresses), so that a selector is worked out once per group and not endpoint by
+    /// endpoint; `None` once built.
+    bulk: Option<BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)>>,
 }
 
 impl Compiler {
@@ -347,38 +398,32 @@ impl Compiler {
             profiles: HashMap::new(),
             units: HashMap::new(),
             selectors: HashMap::new(),
+            dirty: BTreeSet::new(),
             owners: HashMap::new(),
             all: true,
             picks: HashMap::new(),
             rule_keys: BTreeSet::new(),
-            bulk: true,
+            bulk: None,
         };
         c.rule_keys = rule_label_keys(&c.set);
         let [mut inet, mut bridge] = scratch();
         base(&mut inet, &mut bridge);
         c.live.add(&Contrib::of([inet, bridge]), 0);
-        // every endpoint first, then every selector set filled once, per group of endpoints
+        // every endpoint known before any selector is worked out, once per group of endpoints
         // rule selectors cannot tell apart (as `compile` does)
+        let mut groups: BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)> = BTreeMap::new();
+        for ep in endpoints {
+            let mut labels = ep.labels.clone();
+            labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
+            let g =
+                groups.entry((ep.namespace.clone(), project(&labels, &c.rule_keys))).or_insert((labels, Vec::new()));
+            g.1.extend(ep.addrs.iter().copied());
+        }
+        c.bulk = Some(groups);
         for ep in endpoints {
             c.add_endpoint(ep.clone());
         }
-        c.bulk = false;
-        let mut groups: BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)> = BTreeMap::new();
-        for slot in c.eps.values() {
-            let key = (slot.ep.namespace.clone(), project(&slot.labels, &c.rule_keys));
-            let g = groups.entry(key).or_insert_with(|| (slot.labels.clone(), Vec::new()));
-            g.1.extend(slot.ep.addrs.iter().copied());
-        }
-        let sels: Vec<(String, EndpointSelector, IpVersion)> =
-            c.selectors.iter().map(|(n, (sel, v))| (n.clone(), sel.clone(), *v)).collect();
-        for (name, sel, v) in sels {
-            let elems = groups
-                .iter()
-                .filter(|((ns, _), (labels, _))| selector_picks(&c.set, &sel, ns, labels))
-                .flat_map(|(_, (_, addrs))| addrs.iter().filter(|a| IpVersion::of(a) == v))
-                .map(|a| SetElem::Addr(*a));
-            c.live.add_elems(0, &name, elems);
-        }
+        c.bulk = None;
         c
     }
 
@@ -468,18 +513,111 @@ impl Compiler {
         self.picks.clear();
         for i in edited {
             for dir in [Direction::Ingress, Direction::Egress] {
-                let Some(old) = self.units.get(&(i, dir)) else { continue };
-                let (old_contrib, n) = (old.contrib.clone(), old.n);
-                let (contrib, selectors) = self.unit(i, dir);
-                // new first: objects both have (a selector set) stay, with their elements
-                let created = self.live.add(&contrib, 0);
-                self.fill_sets(&created, &selectors);
-                let removed = self.live.remove(&old_contrib, 0);
-                for (_, name) in removed {
-                    self.selectors.remove(&name);
-                    self.picks.clear();
+                self.remake_unit((i, dir));
+            }
+        }
+    }
+
+    /// Remakes live policy chain `key` (its policy edited, or a selector it looks at turned
+    /// empty or not).
+    fn remake_unit(&mut self, key: UnitKey) {
+        let Some(old) = self.units.get(&key) else { return };
+        let (old_contrib, n, old_sels) = (old.contrib.clone(), old.n, old.sels.clone());
+        let (contrib, sels) = self.unit(key);
+        // new first: objects both have (a selector set) stay, with their elements
+        let created = self.live.add(&contrib, 0);
+        self.fill_sets(&created);
+        self.live.remove(&old_contrib, 0);
+        for name in old_sels.difference(&sels) {
+            self.untrack(name, key);
+        }
+        self.units.insert(key, UnitSlot { n, contrib, sels });
+    }
+
+    /// Remakes the policy chains whose selectors turned empty or not.
+    fn remake_dirty(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            self.remake_unit(key);
+        }
+    }
+
+    /// Starts tracking the selector of set `name` for policy chain `key`: a new one gets the
+    /// addresses of every endpoint it picks.
+    fn track(&mut self, name: &str, sel: &EndpointSelector, v: IpVersion, key: UnitKey) {
+        if let Some(slot) = self.selectors.get_mut(name) {
+            slot.units.insert(key);
+            return;
+        }
+        let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
+        let mut count = |a: &IpAddr| {
+            if IpVersion::of(a) == v {
+                *addrs.entry(*a).or_insert(0) += 1;
+            }
+        };
+        if let Some(groups) = &self.bulk {
+            for ((ns, _), (labels, ga)) in groups {
+                if selector_picks(&self.set, sel, ns, labels) {
+                    ga.iter().for_each(&mut count);
                 }
-                self.units.insert((i, dir), UnitSlot { n, contrib });
+            }
+        } else {
+            for s in self.eps.values() {
+                if selector_picks(&self.set, sel, &s.ep.namespace, &s.labels) {
+                    s.ep.addrs.iter().for_each(&mut count);
+                }
+            }
+        }
+        let units = BTreeSet::from([key]);
+        self.selectors.insert(name.to_string(), SelSlot { sel: sel.clone(), v, addrs, units });
+        self.picks.clear();
+    }
+
+    /// Policy chain `key` no longer looks at the selector of set `name`.
+    fn untrack(&mut self, name: &str, key: UnitKey) {
+        let Some(slot) = self.selectors.get_mut(name) else { return };
+        slot.units.remove(&key);
+        if slot.units.is_empty() {
+            self.selectors.remove(name);
+            self.picks.clear();
+        }
+    }
+
+    /// `addrs` of an endpoint in (`add`) or out of the tracked selectors that pick an endpoint
+    /// of namespace `ns` with selector labels `labels`: the live sets' elements, and the policy
+    /// chains of a selector that turns empty or not marked for remaking.
+    fn count_addrs(&mut self, ns: &str, labels: &Labels, addrs: &[IpAddr], add: bool) {
+        for name in self.picked(ns, labels) {
+            let slot = self.selectors.get_mut(&name).expect("picked selectors are tracked");
+            let was_empty = slot.addrs.is_empty();
+            let mut changed = Vec::new();
+            for a in addrs.iter().filter(|a| IpVersion::of(a) == slot.v) {
+                if add {
+                    let n = slot.addrs.entry(*a).or_insert(0);
+                    *n += 1;
+                    if *n == 1 {
+                        changed.push(*a);
+                    }
+                } else if let Some(n) = slot.addrs.get_mut(a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        slot.addrs.remove(a);
+                        changed.push(*a);
+                    }
+                }
+            }
+            if was_empty != slot.addrs.is_empty() {
+                self.dirty.extend(slot.units.iter().copied());
+            }
+            // a set not in the tables (no rule that can match names it) gets them when made
+            if !self.live.sets[0].contains_key(&name) {
+                continue;
+            }
+            for a in changed {
+                if add {
+                    self.live.add_elem(0, &name, &SetElem::Addr(a));
+                } else {
+                    self.live.remove_elem(0, &name, &SetElem::Addr(a));
+                }
             }
         }
     }
@@ -495,18 +633,16 @@ impl Compiler {
         let mut labels = ep.labels.clone();
         labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
         let profile = (ep.namespace.clone(), project(&ep.labels, &self.keys));
-        // its addresses in the live selector sets that pick it; sets made below scan it
-        let picked = if self.bulk { Vec::new() } else { self.picked(&ep.namespace, &labels) };
-        for name in picked {
-            let v = self.selectors[&name].1;
-            for a in ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
-                self.live.add_elem(0, &name, &SetElem::Addr(*a));
-            }
+        // its addresses in the tracked selectors that pick it (when building, a selector
+        // counts every endpoint when it is made); selectors made below scan it
+        if self.bulk.is_none() {
+            self.count_addrs(&ep.namespace, &labels, &ep.addrs, true);
         }
         self.names.insert(ep.name.clone(), order);
         self.eps.insert(order, EpSlot { ep, order, profile: profile.clone(), labels, contrib: Contrib::default() });
         if self.eps[&order].ep.remote.is_some() {
             // another host's: only its addresses in the selector sets (above), as in `compile`
+            self.remake_dirty();
             return;
         }
         let ep = &self.eps[&order].ep;
@@ -538,6 +674,7 @@ impl Compiler {
             self.owners.entry(*a).or_default().insert(order, ep.name.clone());
         }
         self.reown(&ep.addrs);
+        self.remake_dirty();
     }
 
     /// Removes the endpoint of order `order`.
@@ -545,13 +682,9 @@ impl Compiler {
         let slot = self.eps.remove(&order).expect("a live endpoint");
         self.names.remove(&slot.ep.name);
         self.live.remove(&slot.contrib, slot.order);
-        for name in self.picked(&slot.ep.namespace, &slot.labels) {
-            let v = self.selectors[&name].1;
-            for a in slot.ep.addrs.iter().filter(|a| IpVersion::of(a) == v) {
-                self.live.remove_elem(0, &name, &SetElem::Addr(*a));
-            }
-        }
+        self.count_addrs(&slot.ep.namespace, &slot.labels, &slot.ep.addrs, false);
         if slot.ep.remote.is_some() {
+            self.remake_dirty();
             return;
         }
         self.live.out.endpoints.remove(&slot.ep.name);
@@ -574,13 +707,14 @@ impl Compiler {
                 u.n -= 1;
                 if u.n == 0 {
                     let u = self.units.remove(unit).expect("just seen");
-                    for (_, name) in self.live.remove(&u.contrib, 0) {
-                        self.selectors.remove(&name);
-                        self.picks.clear();
+                    self.live.remove(&u.contrib, 0);
+                    for name in &u.sels {
+                        self.untrack(name, *unit);
                     }
                 }
             }
         }
+        self.remake_dirty();
     }
 
     /// `EndpointInfo::addrs` of the endpoints having one of `addrs`: the addresses they own.
@@ -602,7 +736,7 @@ impl Compiler {
         }
     }
 
-    /// The live selector sets that pick an endpoint of namespace `ns` with selector labels
+    /// The tracked selectors that pick an endpoint of namespace `ns` with selector labels
     /// `labels`.
     fn picked(&mut self, ns: &str, labels: &Labels) -> Vec<String> {
         let key = (ns.to_string(), project(labels, &self.rule_keys));
@@ -612,7 +746,7 @@ impl Compiler {
         let v: Vec<String> = self
             .selectors
             .iter()
-            .filter(|(_, (sel, _))| selector_picks(&self.set, sel, ns, labels))
+            .filter(|(_, slot)| selector_picks(&self.set, &slot.sel, ns, labels))
             .map(|(n, _)| n.clone())
             .collect();
         self.picks.insert(key, v.clone());
@@ -632,42 +766,38 @@ impl Compiler {
                 u.n += 1;
                 continue;
             }
-            let (contrib, selectors) = self.unit(unit.0, unit.1);
+            let (contrib, sels) = self.unit(*unit);
             let created = self.live.add(&contrib, 0);
-            self.fill_sets(&created, &selectors);
-            self.units.insert(*unit, UnitSlot { n: 1, contrib });
+            self.fill_sets(&created);
+            self.units.insert(*unit, UnitSlot { n: 1, contrib, sels });
         }
         self.live.add(&contrib, 0);
         ProfileSlot { n: 0, prof, contrib }
     }
 
-    /// The chain of policy `i` in `dir`, with its sets (selector sets empty).
-    fn unit(&self, i: usize, dir: Direction) -> (Contrib, BTreeMap<String, (EndpointSelector, IpVersion)>) {
+    /// The chain of policy `key.0` in direction `key.1`, with its sets (selector sets empty),
+    /// and the selectors its rules look at, tracked for it from now on.
+    fn unit(&mut self, key: UnitKey) -> (Contrib, BTreeSet<String>) {
+        let sels = rule_selectors(&self.set.policies[key.0], key.1);
+        for (name, (sel, v)) in &sels {
+            self.track(name, sel, *v, key);
+        }
+        let nonempty: BTreeSet<String> =
+            sels.keys().filter(|n| self.selectors.get(*n).is_some_and(|s| !s.addrs.is_empty())).cloned().collect();
         let [inet, bridge] = scratch();
         let mut ctx = Ctx::new(&self.set, &[], inet);
-        let p: &Policy = &self.set.policies[i];
-        ctx.policy_chain(p, dir);
-        let selectors = std::mem::take(&mut ctx.selectors);
-        (Contrib::of([ctx.inet, bridge]), selectors)
+        ctx.nonempty = Some(&nonempty);
+        ctx.policy_chain(&self.set.policies[key.0], key.1);
+        let inet = ctx.inet;
+        (Contrib::of([inet, bridge]), sels.into_keys().collect())
     }
 
-    /// Selector sets just made live get the addresses of every endpoint they pick.
-    fn fill_sets(&mut self, created: &[Key], selectors: &BTreeMap<String, (EndpointSelector, IpVersion)>) {
+    /// Selector sets just made live get the addresses of the endpoints they pick.
+    fn fill_sets(&mut self, created: &[Key]) {
         for (t, name) in created {
-            let Some((sel, v)) = selectors.get(name) else { continue };
-            self.selectors.insert(name.clone(), (sel.clone(), *v));
-            self.picks.clear();
-            if self.bulk {
-                continue;
-            }
-            let addrs: Vec<IpAddr> = self
-                .eps
-                .values()
-                .filter(|s| selector_picks(&self.set, sel, &s.ep.namespace, &s.labels))
-                .flat_map(|s| s.ep.addrs.iter().copied())
-                .filter(|a| IpVersion::of(a) == *v)
-                .collect();
-            self.live.add_elems(*t, name, addrs.into_iter().map(SetElem::Addr));
+            let Some(slot) = self.selectors.get(name) else { continue };
+            let elems: Vec<SetElem> = slot.addrs.keys().map(|a| SetElem::Addr(*a)).collect();
+            self.live.add_elems(*t, name, elems.into_iter());
         }
     }
 }
