@@ -119,20 +119,6 @@ fn is_block_device(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
 }
 
-/// The size in bytes of the block device `device` (sysfs, in 512-byte sectors).
-pub fn size(device: &Path) -> Result<u64, Error> {
-    let real = std::fs::canonicalize(device).map_err(|e| Error::io(format!("resolve {}", device.display()), e))?;
-    let name = real
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Internal(format!("{} has no device name", real.display())))?;
-    let p = Path::new("/sys/class/block").join(name).join("size");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
-    let sectors: u64 =
-        text.trim().parse().map_err(|_| Error::Internal(format!("{}: not a number: {text:?}", p.display())))?;
-    Ok(sectors * 512)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use aws_sdk_ec2::types::{Filter, InstanceType, Placement};
 use common::ec2_host::Ec2Host;
-use common::process::{self, CsiCloud};
+use common::process;
 use csi_cloud::aws::Clients;
 use testkit::moto::Moto;
 
@@ -74,7 +74,7 @@ fn every_spec_passes_against_csi_cloud_and_the_run_leaks_nothing() {
     let root_volumes = rt.block_on(volume_ids(&clients));
 
     let host = Ec2Host::start(&moto.endpoint(), std::slice::from_ref(&node));
-    let driver = CsiCloud::start("suite", &moto, &["--mode", "all", "--node-id", &node, "--default-zone", ZONE]);
+    let driver = process::start("suite", &moto, &["--mode", "all", "--node-id", &node, "--default-zone", ZONE]);
     let params = driver.dir().join("params.json");
     std::fs::write(&params, r#"{"type": "gp3"}"#).unwrap();
     let mutable = driver.dir().join("mutable.json");
@@ -128,7 +128,7 @@ fn every_spec_passes_against_csi_cloud_and_the_run_leaks_nothing() {
     assert_eq!(exposed, root_volumes, "volumes still attached to the instance");
     let loops: BTreeSet<String> = host.loop_devices().into_iter().map(|(_, v)| v).collect();
     assert_eq!(loops, root_volumes, "loop devices left behind");
-    assert_eq!(process::mounts_under(driver.dir()), Vec::<String>::new(), "mounts left behind");
+    assert_eq!(testkit::service::mounts_under(driver.dir()), Vec::<String>::new(), "mounts left behind");
     let entries: Vec<_> = std::fs::read_dir(&mount_dir).unwrap().collect();
     assert!(entries.is_empty(), "spec directories left in {}", mount_dir.display());
     let records: Vec<_> = std::fs::read_dir(driver.dir().join("state")).map(|d| d.collect()).unwrap_or_default();

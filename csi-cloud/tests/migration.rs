@@ -19,13 +19,14 @@ use std::time::Instant;
 
 use aws_sdk_ec2::types::{InstanceType, Placement};
 use common::ec2_host::Ec2Host;
-use common::process::{self, CsiCloud};
+use common::process;
 use csi_cloud::aws::Clients;
 use csi_core::pb::{self, volume_capability as vc};
 use pb::controller_client::ControllerClient;
 use pb::node_client::NodeClient;
 use sha2::{Digest, Sha256};
 use testkit::moto::Moto;
+use testkit::service::ServiceProcess;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -42,14 +43,14 @@ fn cap() -> pb::VolumeCapability {
 /// A node plugin and the paths the CO gives it for one volume.
 struct NodeSide {
     id: String,
-    proc: CsiCloud,
+    proc: ServiceProcess,
     client: NodeClient<Channel>,
 }
 
 impl NodeSide {
     async fn start(name: &str, moto: &Moto, id: &str) -> NodeSide {
-        let proc = CsiCloud::start(name, moto, &["--mode", "node", "--node-id", id]);
-        let client = NodeClient::new(proc.channel().await);
+        let proc = process::start(name, moto, &["--mode", "node", "--node-id", id]);
+        let client = NodeClient::new(process::channel(&proc).await);
         NodeSide { id: id.to_string(), proc, client }
     }
 
@@ -111,7 +112,7 @@ impl NodeSide {
             .await
             .unwrap_or_else(|e| panic!("NodeUnstage {vol} on {}: {e}", self.id));
         let left: Vec<String> =
-            process::mounts_under(self.proc.dir()).into_iter().filter(|m| m.contains(vol)).collect();
+            testkit::service::mounts_under(self.proc.dir()).into_iter().filter(|m| m.contains(vol)).collect();
         assert_eq!(left, Vec::<String>::new(), "{} still mounts {vol}", self.id);
     }
 }
@@ -200,8 +201,8 @@ async fn a_volume_moves_from_node_a_to_node_b_with_its_data_also_when_a_dies() {
     let root_volumes = volume_ids(&clients).await;
 
     let host = Ec2Host::start(&moto.endpoint(), &ids);
-    let controller = CsiCloud::start("controller", &moto, &["--mode", "controller", "--default-zone", ZONE]);
-    let mut ctl = ControllerClient::new(controller.channel().await);
+    let controller = process::start("controller", &moto, &["--mode", "controller", "--default-zone", ZONE]);
+    let mut ctl = ControllerClient::new(process::channel(&controller).await);
     let mut a = NodeSide::start("node-a", &moto, &a_id).await;
     let mut b = NodeSide::start("node-b", &moto, &b_id).await;
     for n in [&mut a, &mut b] {
@@ -260,7 +261,7 @@ async fn a_volume_moves_from_node_a_to_node_b_with_its_data_also_when_a_dies() {
     let on_a = a.mount(&vol2, &ctx).await;
     let sum2 = write_data(&on_a, 2);
     a.proc.kill();
-    assert!(process::unmount_under(a.proc.dir()) > 0, "A's mounts were not there");
+    assert!(testkit::service::unmount_under(a.proc.dir()) > 0, "A's mounts were not there");
     clients.ec2.stop_instances().instance_ids(&a_id).send().await.unwrap();
 
     // EC2 still shows the attachment: B is refused, naming A.
@@ -290,7 +291,7 @@ async fn a_volume_moves_from_node_a_to_node_b_with_its_data_also_when_a_dies() {
             .unwrap_or_else(|e| panic!("DeleteVolume {v}: {e}"));
     }
     assert_eq!(volume_ids(&clients).await, root_volumes);
-    assert_eq!(process::mounts_under(b.proc.dir()), Vec::<String>::new());
+    assert_eq!(testkit::service::mounts_under(b.proc.dir()), Vec::<String>::new());
     host.settle();
     let exposed: BTreeSet<String> = host.exposed().into_keys().collect();
     assert_eq!(exposed, root_volumes, "only the instances' root volumes may stay attached");

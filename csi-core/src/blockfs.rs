@@ -1,7 +1,7 @@
 //! Filesystems on block devices (a mapped RBD image, an attached EBS
 //! volume): detect (blkid's machine-readable `-o export` output), create
-//! only on a blank device, grow after an expansion. The tools run with time
-//! bounds ([`crate::exec`]).
+//! only on a blank device, grow after an expansion; a device's size. The
+//! tools run with time bounds ([`crate::exec`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -177,6 +177,21 @@ pub fn mount_data(fs: &str, extra: &[String]) -> String {
         d.push("nouuid".into());
     }
     d.join(",")
+}
+
+/// The size in bytes of the block device `device` (a device node, or a
+/// link to one such as an EBS by-id name): sysfs's count of 512-byte sectors.
+pub fn device_size(device: &Path) -> Result<u64, Error> {
+    let real = std::fs::canonicalize(device).map_err(|e| Error::io(format!("resolve {}", device.display()), e))?;
+    let name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Internal(format!("{} has no device name", real.display())))?;
+    let p = Path::new("/sys/class/block").join(name).join("size");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+    let sectors: u64 =
+        text.trim().parse().map_err(|_| Error::Internal(format!("{}: not a number: {text:?}", p.display())))?;
+    Ok(sectors * 512)
 }
 
 /// Grows the mounted filesystem `fs` on `device` (mounted at `mount_point`)

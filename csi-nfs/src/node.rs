@@ -296,36 +296,6 @@ fn apply_permissions(target: &Path, mode: u32) -> Result<(), Error> {
     })
 }
 
-/// NodeGetVolumeStats's answer for a mounted volume at `path`.
-fn stats(path: &Path) -> Result<pb::NodeGetVolumeStatsResponse, Error> {
-    let table = mount::mounts()?;
-    if mount::find_mount(&table, path)?.is_none() {
-        // Not mounted: a plain local lookup, which cannot hang.
-        return match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::NotFound(format!("volume path {} does not exist", path.display())))
-            }
-            Err(e) => Err(Error::io(format!("stat {}", path.display()), e)),
-            Ok(_) => Err(Error::NotFound(format!("no volume is mounted at {}", path.display()))),
-        };
-    }
-    match mount::statvfs(path, STATS_TIMEOUT) {
-        Ok(s) => Ok(pb::NodeGetVolumeStatsResponse {
-            usage: mount::volume_usage(&s),
-            volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
-        }),
-        // The server does not answer (or the handle is stale): say so in the
-        // volume condition rather than fail or hang, so the CO can show it.
-        Err(e @ (Error::Timeout { .. } | Error::Sys { errno: Errno::ESTALE | Errno::EIO, .. })) => {
-            Ok(pb::NodeGetVolumeStatsResponse {
-                usage: Vec::new(),
-                volume_condition: Some(pb::VolumeCondition { abnormal: true, message: e.to_string() }),
-            })
-        }
-        Err(e) => Err(e),
-    }
-}
-
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeService {
     async fn node_publish_volume(
@@ -370,7 +340,8 @@ impl pb::node_server::Node for NodeService {
         validate::require_volume_id(&req.volume_id)?;
         validate::require_stats_path(&req.volume_path)?;
         let path = mount::normalize(Path::new(&req.volume_path))?;
-        let resp = blocking(move || stats(&path)).await?;
+        // A server that stopped answering is an abnormal volume condition.
+        let resp = blocking(move || csi_core::node::filesystem_stats(&path, STATS_TIMEOUT)).await?;
         Ok(Response::new(resp))
     }
 
@@ -465,12 +436,5 @@ mod tests {
         assert_eq!(resolve("127.0.0.1").unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
         assert!(resolve("localhost").unwrap().is_loopback());
         assert!(matches!(resolve("no-such-host.invalid"), Err(Error::Unavailable(_))));
-    }
-
-    #[test]
-    fn stats_of_a_missing_path_is_not_found_and_of_a_plain_dir_too() {
-        let d = tempfile::tempdir().unwrap();
-        assert!(matches!(stats(&d.path().join("nope")), Err(Error::NotFound(_))));
-        assert!(matches!(stats(d.path()), Err(Error::NotFound(_))));
     }
 }

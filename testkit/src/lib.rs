@@ -16,6 +16,7 @@
 //! * [`bgp`]: BIRD, GoBGP and FRR as BGP peers in a namespace (docs/testing-bgp.md).
 //! * [`lab`]: hosts as namespaces on L2 segments, a router, etcd, captures (docs/lab.md).
 //! * [`moto`]: the AWS API emulator for csi-cloud's tests, one server per fixture.
+//! * [`service`]: a server (a CSI driver) run as a process on a unix socket of its own.
 //!
 //! Errors: every function returns [`util::R`], a `Result<T, String>` whose
 //! message says what failed and why; tests and the CLI print it as is.
@@ -31,4 +32,5 @@ pub mod plugin;
 pub mod probe;
 pub mod report;
 pub mod rng;
+pub mod service;
 pub mod util;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use csi_core::blockfs as fs;
 use csi_core::blocknode;
-use csi_core::mount::{self, MsFlags};
+use csi_core::mount;
 use csi_core::node::blocking;
 use csi_core::pb;
 use csi_core::pb::node_service_capability::rpc::Type as NodeCap;
@@ -92,36 +92,6 @@ struct StageReq {
     mount_flags: Vec<String>,
     readonly: bool,
     hint: Option<String>,
-}
-
-/// How NodePublishVolume asks for a volume.
-#[derive(Debug, Clone, Copy)]
-struct Publish {
-    block: bool,
-    readonly: bool,
-    /// SINGLE_NODE_SINGLE_WRITER: at most one target path on this node.
-    single_writer: bool,
-}
-
-/// Mount flags and filesystem data from the capability's `mount_flags`.
-fn mount_flags(flags: &[String], readonly: bool) -> (MsFlags, Vec<String>) {
-    let mut f = if readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-    let mut data = Vec::new();
-    for o in flags.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
-        match o {
-            "ro" => f |= MsFlags::MS_RDONLY,
-            "rw" | "defaults" | "_netdev" => {}
-            "noatime" => f |= MsFlags::MS_NOATIME,
-            "nodiratime" => f |= MsFlags::MS_NODIRATIME,
-            "relatime" => f |= MsFlags::MS_RELATIME,
-            "nosuid" => f |= MsFlags::MS_NOSUID,
-            "nodev" => f |= MsFlags::MS_NODEV,
-            "noexec" => f |= MsFlags::MS_NOEXEC,
-            "sync" => f |= MsFlags::MS_SYNCHRONOUS,
-            other => data.push(other.to_string()),
-        }
-    }
-    (f, data)
 }
 
 impl NodeService {
@@ -217,7 +187,7 @@ impl NodeService {
             self.records.save(&StageRecord { fs_type: fs_type.clone(), ..rec.clone() })?;
         }
         std::fs::create_dir_all(&r.staging).map_err(|e| Error::io(format!("create {}", r.staging.display()), e))?;
-        let (flags, extra) = mount_flags(&r.mount_flags, r.readonly);
+        let (flags, extra) = blocknode::mount_flags(&r.mount_flags, r.readonly);
         let data = fs::mount_data(&fs_type, &extra);
         let data = (!data.is_empty()).then_some(data);
         mount::mount(&dev, &r.staging, &fs_type, flags, data.as_deref(), MOUNT_TIMEOUT)?;
@@ -254,121 +224,6 @@ impl NodeService {
         self.records
             .load(volume_id)?
             .ok_or_else(|| Status::not_found(format!("volume {volume_id:?} is not staged on this node")))
-    }
-
-    /// NodePublishVolume's work (blocking).
-    fn publish(&self, rec: &StageRecord, target: &Path, how: Publish) -> Result<(), Status> {
-        let Publish { block, readonly, single_writer } = how;
-        if block != rec.is_block() {
-            return Err(Status::invalid_argument(format!(
-                "volume {} was staged as a {} volume and cannot be published as a {} one",
-                rec.volume_id,
-                if rec.is_block() { "block" } else { "filesystem" },
-                if block { "block" } else { "filesystem" }
-            )));
-        }
-        let readonly = readonly || rec.readonly;
-        let table = mount::mounts()?;
-        if let Some(m) = mount::find_mount(&table, target)? {
-            let same_source = if block {
-                m.source == rec.device || m.source == "devtmpfs" || m.source == "udev"
-            } else {
-                mount::find_mount(&table, &rec.staging_path)?.is_some_and(|s| s.dev == m.dev)
-            };
-            if same_source && m.read_only() == readonly {
-                return Ok(());
-            }
-            return Err(Status::already_exists(format!(
-                "{} is already published, with another volume or read-only setting",
-                target.display()
-            )));
-        }
-        if single_writer {
-            if let Some(other) = blocknode::other_publication(&table, &rec.staged(), target, block)? {
-                return Err(Status::failed_precondition(format!(
-                    "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
-                    rec.volume_id,
-                    other.display()
-                )));
-            }
-        }
-        let source = if block {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(target)
-                .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
-            PathBuf::from(&rec.device)
-        } else {
-            if mount::find_mount(&table, &rec.staging_path)?.is_none() {
-                return Err(Status::failed_precondition(format!(
-                    "volume {}: nothing is mounted at its staging path {}",
-                    rec.volume_id,
-                    rec.staging_path.display()
-                )));
-            }
-            std::fs::create_dir_all(target).map_err(|e| Error::io(format!("create {}", target.display()), e))?;
-            rec.staging_path.clone()
-        };
-        mount::bind_mount(&source, target, readonly, MOUNT_TIMEOUT)?;
-        Ok(())
-    }
-
-    /// NodeExpandVolume's work (blocking): wait for the device to show the
-    /// size the controller asked EC2 for, then grow the filesystem.
-    fn expand(&self, rec: &StageRecord, required: u64) -> Result<u64, Status> {
-        let deadline = Instant::now() + RESIZE_WAIT;
-        let size = loop {
-            let s = device::size(Path::new(&rec.device))?;
-            if s >= required {
-                break s;
-            }
-            if Instant::now() > deadline {
-                return Err(Status::failed_precondition(format!(
-                    "volume {}: {} is {s} bytes after {RESIZE_WAIT:?}, not the {required} asked: was it expanded (ControllerExpandVolume)?",
-                    rec.volume_id, rec.device
-                )));
-            }
-            // The guest learns a new EBS size on its own (NVMe namespace change).
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        if !rec.is_block() {
-            fs::grow(&rec.device, &rec.staging_path, &rec.fs_type)?;
-        }
-        Ok(size)
-    }
-
-    fn stats(&self, rec: &StageRecord, path: &Path) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
-        if std::fs::symlink_metadata(path).is_err() {
-            return Err(Status::not_found(format!("volume path {} does not exist", path.display())));
-        }
-        let healthy = Some(pb::VolumeCondition { abnormal: false, message: String::new() });
-        if rec.is_block() {
-            let size = device::size(Path::new(&rec.device))?;
-            return Ok(pb::NodeGetVolumeStatsResponse {
-                usage: vec![pb::VolumeUsage {
-                    unit: pb::volume_usage::Unit::Bytes as i32,
-                    total: size as i64,
-                    ..Default::default()
-                }],
-                volume_condition: healthy,
-            });
-        }
-        let table = mount::mounts()?;
-        if mount::find_mount(&table, path)?.is_none() {
-            return Err(Status::not_found(format!("no volume is mounted at {}", path.display())));
-        }
-        match mount::statvfs(path, STATS_TIMEOUT) {
-            Ok(s) => Ok(pb::NodeGetVolumeStatsResponse { usage: mount::volume_usage(&s), volume_condition: healthy }),
-            Err(e @ Error::Timeout { .. }) => Ok(pb::NodeGetVolumeStatsResponse {
-                usage: Vec::new(),
-                volume_condition: Some(pb::VolumeCondition { abnormal: true, message: e.to_string() }),
-            }),
-            Err(e) => Err(e.into()),
-        }
     }
 }
 
@@ -485,23 +340,10 @@ impl pb::node_server::Node for Node {
         req: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_staging_path(&req.staging_target_path)?;
-        validate::require_target_path(&req.target_path)?;
-        let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
-        let how = Publish {
-            block: matches!(cap.access_type, Some(AccessType::Block(_))),
-            readonly: req.readonly,
-            single_writer: cap
-                .access_mode
-                .as_ref()
-                .is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32),
-        };
-        let target = mount::normalize(Path::new(&req.target_path))?;
+        let (target, how) = blocknode::check_publish(&req, &SUPPORT)?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;
-        let svc = Arc::clone(&self.0);
-        blocking(move || svc.publish(&rec, &target, how)).await?;
+        blocking(move || blocknode::publish(&rec.staged(), &target, how, MOUNT_TIMEOUT)).await?;
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
 
@@ -517,13 +359,10 @@ impl pb::node_server::Node for Node {
         req: Request<pb::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_stats_path(&req.volume_path)?;
+        let path = blocknode::check_stats(&req)?;
         device::nvme_serial(&req.volume_id)?;
-        let path = mount::normalize(Path::new(&req.volume_path))?;
         let rec = self.0.record_of(&req.volume_id)?;
-        let svc = Arc::clone(&self.0);
-        Ok(Response::new(blocking(move || svc.stats(&rec, &path)).await?))
+        Ok(Response::new(blocking(move || blocknode::stats(&rec.staged(), &path, STATS_TIMEOUT)).await?))
     }
 
     async fn node_expand_volume(
@@ -531,18 +370,13 @@ impl pb::node_server::Node for Node {
         req: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_volume_path(&req.volume_path)?;
+        let required = blocknode::check_expand(&req)?;
         device::nvme_serial(&req.volume_id)?;
-        let range = validate::capacity_range(req.capacity_range.as_ref())?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;
-        if std::fs::symlink_metadata(&req.volume_path).is_err() {
-            return Err(Status::not_found(format!("volume path {} does not exist", req.volume_path)));
-        }
-        let required = range.required.or(range.limit).unwrap_or(0);
-        let svc = Arc::clone(&self.0);
-        let size = blocking(move || svc.expand(&rec, required)).await?;
+        let path = PathBuf::from(req.volume_path);
+        // The guest learns a new EBS size on its own (NVMe namespace change).
+        let size = blocking(move || blocknode::expand(&rec.staged(), &path, required, RESIZE_WAIT)).await?;
         Ok(Response::new(pb::NodeExpandVolumeResponse { capacity_bytes: size as i64 }))
     }
 
@@ -579,17 +413,5 @@ impl pb::node_server::Node for Node {
             max_volumes_per_node: cfg.max_volumes,
             accessible_topology,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_flags_split_into_flags_and_data() {
-        let (f, d) = mount_flags(&["noatime,discard".into(), "ro".into()], false);
-        assert!(f.contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY));
-        assert_eq!(d, vec!["discard".to_string()]);
     }
 }

@@ -275,17 +275,6 @@ pub fn refresh(id: DevId) -> Result<(), Error> {
     exec::sysfs_write(&id.dir().join("refresh"), "1".into(), &format!("refresh {}", id.device()), UNMAP_TIMEOUT)
 }
 
-/// Size in bytes of a block device (`/dev/rbd0`, `/dev/nbd0`) as the
-/// kernel sees it now.
-pub fn device_size(device: &str) -> Result<u64, Error> {
-    let name = Path::new(device).file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let p = Path::new("/sys/class/block").join(name).join("size");
-    let s = read_attr(p.parent().unwrap_or(Path::new("/")), "size")?;
-    s.parse::<u64>()
-        .map(|sectors| sectors * 512)
-        .map_err(|_| Error::Internal(format!("{}: not a number: {s:?}", p.display())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

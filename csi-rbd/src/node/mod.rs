@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use csi_core::blocknode;
-use csi_core::mount::{self, MsFlags};
+use csi_core::mount;
 use csi_core::node::blocking;
 use csi_core::pb;
 use csi_core::pb::node_service_capability::rpc::Type as NodeCap;
@@ -367,27 +367,6 @@ pub fn krbd_options(spec: &str, readonly: bool) -> Vec<String> {
         out.push("ro".into());
     }
     out
-}
-
-/// Mount flags and data from the capability's `mount_flags`.
-fn mount_flags(flags: &[String], readonly: bool) -> (MsFlags, Vec<String>) {
-    let mut f = if readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-    let mut data = Vec::new();
-    for o in flags.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
-        match o {
-            "ro" => f |= MsFlags::MS_RDONLY,
-            "rw" | "defaults" | "_netdev" => {}
-            "noatime" => f |= MsFlags::MS_NOATIME,
-            "nodiratime" => f |= MsFlags::MS_NODIRATIME,
-            "relatime" => f |= MsFlags::MS_RELATIME,
-            "nosuid" => f |= MsFlags::MS_NOSUID,
-            "nodev" => f |= MsFlags::MS_NODEV,
-            "noexec" => f |= MsFlags::MS_NOEXEC,
-            "sync" => f |= MsFlags::MS_SYNCHRONOUS,
-            other => data.push(other.to_string()),
-        }
-    }
-    (f, data)
 }
 
 /// What NodeStageVolume was asked, checked. Its Debug leaves the key out.
@@ -846,7 +825,7 @@ impl NodeService {
         }
         std::fs::create_dir_all(&r.staging)
             .map_err(|e| Mounted::Other(Error::io(format!("create staging path {}", r.staging.display()), e).into()))?;
-        let (flags, mut data) = mount_flags(&r.mount_flags, r.readonly);
+        let (flags, mut data) = blocknode::mount_flags(&r.mount_flags, r.readonly);
         data = vec![fs::mount_data(fs_type, &data)].into_iter().filter(|d| !d.is_empty()).collect();
         // The mount table read and the staging directory: apart from the
         // mount itself in the step log.
@@ -1025,120 +1004,16 @@ impl NodeService {
             .ok_or_else(|| Status::not_found(format!("volume {volume_id:?} is not staged on this node")))
     }
 
-    /// NodePublishVolume's work (blocking).
-    fn publish(&self, rec: &StageRecord, target: &Path, how: Publish) -> Result<(), Status> {
-        let Publish { block, readonly, single_writer } = how;
-        if block != rec.is_block() {
-            return Err(Status::invalid_argument(format!(
-                "volume {} was staged as a {} volume and cannot be published as a {} one",
-                rec.volume_id,
-                if rec.is_block() { "block" } else { "filesystem" },
-                if block { "block" } else { "filesystem" }
-            )));
-        }
-        let source = if block { PathBuf::from(&rec.device) } else { rec.staging_path.clone() };
-        let table = mount::mounts()?;
-        if let Some(m) = mount::find_mount(&table, target)? {
-            let same_ro = m.read_only() == (readonly || rec.readonly);
-            let staged = mount::find_mount(&table, &rec.staging_path)?;
-            let same_source = if block {
-                m.source == rec.device || m.source == "devtmpfs" || m.source == "udev"
-            } else {
-                staged.is_some_and(|s| s.dev == m.dev)
-            };
-            if same_source && same_ro {
-                return Ok(());
-            }
-            return Err(Status::already_exists(format!(
-                "{} is already published, with another volume or read-only setting",
-                target.display()
-            )));
-        }
-        if single_writer {
-            // SINGLE_NODE_SINGLE_WRITER: one target path on this node at most.
-            if let Some(other) = blocknode::other_publication(&table, &rec.staged(), target, block)? {
-                return Err(Status::failed_precondition(format!(
-                    "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
-                    rec.volume_id,
-                    other.display()
-                )));
-            }
-        }
-        if block {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(target)
-                .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
-        } else {
-            std::fs::create_dir_all(target).map_err(|e| Error::io(format!("create {}", target.display()), e))?;
-        }
-        mount::bind_mount(&source, target, readonly || rec.readonly, MOUNT_TIMEOUT)?;
-        Ok(())
-    }
-
-    /// NodeExpandVolume's work (blocking): wait for the kernel to see the
-    /// new size, then grow the filesystem. Returns the device's size.
-    fn expand(&self, rec: &StageRecord, required: u64) -> Result<u64, Status> {
+    /// NodeExpandVolume's work (blocking): krbd re-reads the image's size
+    /// (rbd-nbd and krbd's header watch pick it up on their own), then the
+    /// shared wait for the new size and filesystem grow.
+    fn expand(&self, rec: &StageRecord, volume_path: &Path, required: u64) -> Result<u64, Status> {
         if rec.mounter == Mounter::Krbd {
             if let Some(id) = krbd::DevId::from_device(&rec.device) {
                 krbd::refresh(id)?;
             }
         }
-        let deadline = Instant::now() + RESIZE_WAIT;
-        let size = loop {
-            let s = krbd::device_size(&rec.device)?;
-            if s >= required {
-                break s;
-            }
-            if Instant::now() > deadline {
-                return Err(Status::failed_precondition(format!(
-                    "{} is {s} bytes after {RESIZE_WAIT:?}, not the {required} asked: was the image expanded (ControllerExpandVolume)?",
-                    rec.device
-                )));
-            }
-            // rbd-nbd (and krbd's header watch) pick the new size up on their own.
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        if !rec.is_block() {
-            fs::grow(&rec.device, &rec.staging_path, &rec.fs_type)?;
-        }
-        Ok(size)
-    }
-
-    fn stats(&self, rec: &StageRecord, path: &Path) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
-        if std::fs::symlink_metadata(path).is_err() {
-            return Err(Status::not_found(format!("volume path {} does not exist", path.display())));
-        }
-        if rec.is_block() {
-            let size = krbd::device_size(&rec.device)?;
-            return Ok(pb::NodeGetVolumeStatsResponse {
-                usage: vec![pb::VolumeUsage {
-                    unit: pb::volume_usage::Unit::Bytes as i32,
-                    total: size as i64,
-                    ..Default::default()
-                }],
-                volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
-            });
-        }
-        let table = mount::mounts()?;
-        if mount::find_mount(&table, path)?.is_none() {
-            return Err(Status::not_found(format!("no volume is mounted at {}", path.display())));
-        }
-        match mount::statvfs(path, STATS_TIMEOUT) {
-            Ok(s) => Ok(pb::NodeGetVolumeStatsResponse {
-                usage: mount::volume_usage(&s),
-                volume_condition: Some(pb::VolumeCondition { abnormal: false, message: String::new() }),
-            }),
-            Err(e @ Error::Timeout { .. }) => Ok(pb::NodeGetVolumeStatsResponse {
-                usage: Vec::new(),
-                volume_condition: Some(pb::VolumeCondition { abnormal: true, message: e.to_string() }),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        blocknode::expand(&rec.staged(), volume_path, required, RESIZE_WAIT)
     }
 }
 
@@ -1242,23 +1117,10 @@ impl pb::node_server::Node for Node {
         req: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_staging_path(&req.staging_target_path)?;
-        validate::require_target_path(&req.target_path)?;
-        let cap = validate::require_capability(req.volume_capability.as_ref(), &SUPPORT)?;
-        let how = Publish {
-            block: matches!(cap.access_type, Some(AccessType::Block(_))),
-            readonly: req.readonly,
-            single_writer: cap
-                .access_mode
-                .as_ref()
-                .is_some_and(|m| m.mode == AccessMode::SingleNodeSingleWriter as i32),
-        };
-        let target = mount::normalize(Path::new(&req.target_path))?;
+        let (target, how) = blocknode::check_publish(&req, &SUPPORT)?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;
-        let svc = Arc::clone(&self.0);
-        blocking(move || svc.publish(&rec, &target, how)).await?;
+        blocking(move || blocknode::publish(&rec.staged(), &target, how, MOUNT_TIMEOUT)).await?;
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
 
@@ -1274,12 +1136,9 @@ impl pb::node_server::Node for Node {
         req: Request<pb::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_stats_path(&req.volume_path)?;
-        let path = mount::normalize(Path::new(&req.volume_path))?;
+        let path = blocknode::check_stats(&req)?;
         let rec = self.0.record_of(&req.volume_id)?;
-        let svc = Arc::clone(&self.0);
-        Ok(Response::new(blocking(move || svc.stats(&rec, &path)).await?))
+        Ok(Response::new(blocking(move || blocknode::stats(&rec.staged(), &path, STATS_TIMEOUT)).await?))
     }
 
     async fn node_expand_volume(
@@ -1287,17 +1146,12 @@ impl pb::node_server::Node for Node {
         req: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let req = req.into_inner();
-        validate::require_volume_id(&req.volume_id)?;
-        validate::require_volume_path(&req.volume_path)?;
-        let range = validate::capacity_range(req.capacity_range.as_ref())?;
+        let required = blocknode::check_expand(&req)?;
         let _guard = self.0.in_flight.lock(&req.volume_id)?;
         let rec = self.0.record_of(&req.volume_id)?;
-        if std::fs::symlink_metadata(&req.volume_path).is_err() {
-            return Err(Status::not_found(format!("volume path {} does not exist", req.volume_path)));
-        }
-        let required = range.required.or(range.limit).unwrap_or(0);
         let svc = Arc::clone(&self.0);
-        let size = blocking(move || svc.expand(&rec, required)).await?;
+        let path = PathBuf::from(req.volume_path);
+        let size = blocking(move || svc.expand(&rec, &path, required)).await?;
         Ok(Response::new(pb::NodeExpandVolumeResponse { capacity_bytes: size as i64 }))
     }
 
@@ -1326,17 +1180,6 @@ impl pb::node_server::Node for Node {
             ..Default::default()
         }))
     }
-}
-
-/// How NodePublishVolume asks for a volume.
-#[derive(Debug, Clone, Copy)]
-struct Publish {
-    /// Raw block (the device node bound onto a file), else the filesystem.
-    block: bool,
-    /// Bind read-only.
-    readonly: bool,
-    /// SINGLE_NODE_SINGLE_WRITER: at most one target path on this node.
-    single_writer: bool,
 }
 
 #[cfg(test)]
@@ -1383,13 +1226,6 @@ mod tests {
             vec!["try-netlink", "io-timeout=9"]
         );
         assert_eq!(options_for("force", Mounter::Krbd), vec!["force"]);
-    }
-
-    #[test]
-    fn mount_flags_split_into_flags_and_data() {
-        let (f, d) = mount_flags(&["noatime,discard".into(), "ro".into()], false);
-        assert!(f.contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY));
-        assert_eq!(d, vec!["discard"]);
     }
 
     #[test]
