@@ -133,6 +133,9 @@ pub struct CsiArgs {
     /// Deadline of each RPC in seconds (at least 1).
     #[arg(long, value_name = "SECS")]
     pub rpc_timeout: Option<u64>,
+    /// Filesystem type every mount capability asks for (default: none, the driver's default).
+    #[arg(long, value_name = "TYPE")]
+    pub fs_type: Option<String>,
 }
 
 /// csi-core's endpoint syntax; clap names the flag, so drop csi-core's own prefix.
@@ -628,6 +631,9 @@ fn cmd_csi(a: CsiArgs) -> R<i32> {
     }
     if let Some(t) = file("secrets", &a.secrets)? {
         o.secrets = csi_suite::csi::config::parse_secrets(&t).map_err(|e| format!("--secrets: {e}"))?;
+    }
+    if let Some(t) = a.fs_type {
+        o.fs_type = t;
     }
     if let Some(d) = a.mount_dir {
         o.mount_dir = d;

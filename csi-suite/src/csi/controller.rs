@@ -435,7 +435,7 @@ async fn validate_no_caps(c: &mut Ctx) -> Res {
 /// If the plugin confirms, it must say which capabilities it confirmed.
 async fn validate_plain(c: &mut Ctx) -> Res {
     let v = c.must_create_volume(c.required_req(&c.unique("sanity-controller-validate"))).await?;
-    let r = ok("ValidateVolumeCapabilities", c.validate(validate_req(c, &v.volume_id, vec![Ctx::snw()])).await)?;
+    let r = ok("ValidateVolumeCapabilities", c.validate(validate_req(c, &v.volume_id, vec![c.snw()])).await)?;
     if let Some(conf) = &r.confirmed {
         ensure!(!conf.volume_capabilities.is_empty(), "confirmed is set but lists no volume_capabilities");
     }
@@ -443,7 +443,7 @@ async fn validate_plain(c: &mut Ctx) -> Res {
 }
 
 async fn validate_missing(c: &mut Ctx) -> Res {
-    let req = validate_req(c, &c.fake_volume_id(), vec![Ctx::snw()]);
+    let req = validate_req(c, &c.fake_volume_id(), vec![c.snw()]);
     expect_code("ValidateVolumeCapabilities", c.validate(req).await, Code::NotFound)
 }
 
@@ -480,13 +480,13 @@ async fn publish_no_cap(c: &mut Ctx) -> Res {
 }
 
 async fn publish_missing_volume(c: &mut Ctx) -> Res {
-    let req = publish_req(c, &c.fake_volume_id(), &c.fake_node_id(), Some(Ctx::snw()));
+    let req = publish_req(c, &c.fake_volume_id(), &c.fake_node_id(), Some(c.snw()));
     expect_code("ControllerPublishVolume", c.ctrl_publish(req).await, Code::NotFound)
 }
 
 async fn publish_missing_node(c: &mut Ctx) -> Res {
     let v = c.must_create_volume(c.required_req(&c.unique("sanity-controller-wrong-node"))).await?;
-    let req = publish_req(c, &v.volume_id, &c.fake_node_id(), Some(Ctx::snw()));
+    let req = publish_req(c, &v.volume_id, &c.fake_node_id(), Some(c.snw()));
     expect_code("ControllerPublishVolume", c.ctrl_publish(req).await, Code::NotFound)
 }
 
@@ -499,7 +499,7 @@ async fn node_id(c: &mut Ctx) -> Res<pb::NodeGetInfoResponse> {
 async fn publish_incompatible(c: &mut Ctx) -> Res {
     let v = c.must_create_volume(c.required_req(&c.unique("sanity-controller-published-incompatible"))).await?;
     let ni = node_id(c).await?;
-    let mut req = publish_req(c, &v.volume_id, &ni.node_id, Some(Ctx::snw()));
+    let mut req = publish_req(c, &v.volume_id, &ni.node_id, Some(c.snw()));
     ok("ControllerPublishVolume", c.ctrl_publish(req.clone()).await)?;
     req.readonly = true;
     expect_code("ControllerPublishVolume (again, readonly)", c.ctrl_publish(req).await, Code::AlreadyExists)

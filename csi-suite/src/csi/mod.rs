@@ -142,6 +142,8 @@ pub struct Options {
     pub expand_size: i64,
     /// Bound on every RPC.
     pub rpc_timeout: Duration,
+    /// The filesystem type every mount capability asks for (empty: the driver's default).
+    pub fs_type: String,
 }
 
 impl Options {
@@ -158,6 +160,7 @@ impl Options {
             volume_size: DEFAULT_VOLUME_SIZE,
             expand_size: 0,
             rpc_timeout: Duration::from_secs(30),
+            fs_type: String::new(),
         }
     }
 
@@ -321,18 +324,21 @@ impl Ctx {
         self.s.caps.has(c)
     }
 
-    /// A mount volume capability with access mode `mode`.
-    pub fn mount_cap(mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
+    /// A mount volume capability with access mode `mode` (and `--fs-type`).
+    pub fn mount_cap(&self, mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
         use pb::volume_capability::{AccessMode, AccessType, MountVolume};
         pb::VolumeCapability {
             access_mode: Some(AccessMode { mode: mode as i32 }),
-            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: self.s.opts.fs_type.clone(),
+                ..MountVolume::default()
+            })),
         }
     }
 
     /// The capability every spec uses: mount, SINGLE_NODE_WRITER.
-    pub fn snw() -> pb::VolumeCapability {
-        Ctx::mount_cap(pb::volume_capability::access_mode::Mode::SingleNodeWriter)
+    pub fn snw(&self) -> pb::VolumeCapability {
+        self.mount_cap(pb::volume_capability::access_mode::Mode::SingleNodeWriter)
     }
 
     /// A CreateVolume request with the user's parameters and secrets.
@@ -340,7 +346,7 @@ impl Ctx {
         pb::CreateVolumeRequest {
             name: name.to_string(),
             capacity_range: capacity,
-            volume_capabilities: vec![Ctx::snw()],
+            volume_capabilities: vec![self.snw()],
             parameters: self.s.opts.params.clone(),
             secrets: self.secret("CreateVolumeSecret"),
             ..Default::default()
@@ -383,7 +389,7 @@ impl Ctx {
         pb::ControllerPublishVolumeRequest {
             volume_id: vol.volume_id.clone(),
             node_id: node.to_string(),
-            volume_capability: Some(Ctx::snw()),
+            volume_capability: Some(self.snw()),
             readonly: false,
             secrets: self.secret("ControllerPublishVolumeSecret"),
             volume_context: vol.volume_context.clone(),
@@ -403,7 +409,7 @@ impl Ctx {
             volume_id: id.to_string(),
             capacity_range: Some(pb::CapacityRange { required_bytes: self.expand_size(), limit_bytes: 0 }),
             secrets: self.secret("ControllerExpandVolumeSecret"),
-            volume_capability: Some(Ctx::snw()),
+            volume_capability: Some(self.snw()),
         }
     }
 

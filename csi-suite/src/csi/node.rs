@@ -174,12 +174,12 @@ fn stage_req(c: &Ctx, volume: &str, path: &str, cap: Option<pb::VolumeCapability
 
 async fn stage_no_id(c: &mut Ctx) -> Res {
     let staging = c.staging_path()?;
-    let req = stage_req(c, "", &staging, Some(Ctx::snw()));
+    let req = stage_req(c, "", &staging, Some(c.snw()));
     expect_code("NodeStageVolume", c.node_stage(req).await, Code::InvalidArgument)
 }
 
 async fn stage_no_path(c: &mut Ctx) -> Res {
-    let req = stage_req(c, &c.fake_volume_id(), "", Some(Ctx::snw()));
+    let req = stage_req(c, &c.fake_volume_id(), "", Some(c.snw()));
     expect_code("NodeStageVolume", c.node_stage(req).await, Code::InvalidArgument)
 }
 
@@ -217,8 +217,9 @@ struct Published {
 /// Creates a volume and publishes it on this node, each step `count` times
 /// (csi-sanity's runControllerTest).
 async fn publish_new(c: &mut Ctx, prefix: &str, count: usize) -> Res<Published> {
-    let (vol, node_id) = create_for_node(c, prefix, Ctx::snw()).await?;
-    publish(c, vol, node_id, count, Ctx::snw()).await
+    let cap = c.snw();
+    let (vol, node_id) = create_for_node(c, prefix, cap.clone()).await?;
+    publish(c, vol, node_id, count, cap).await
 }
 
 /// A volume for this node (honouring its topology) with capability `cap`,
@@ -354,7 +355,7 @@ async fn idempotent(c: &mut Ctx) -> Res {
 /// published at another: FAILED_PRECONDITION (the spec's code for "not
 /// MULTI_NODE, already published elsewhere").
 async fn publish_snsw_twice(c: &mut Ctx) -> Res {
-    let cap = Ctx::mount_cap(pb::volume_capability::access_mode::Mode::SingleNodeSingleWriter);
+    let cap = c.mount_cap(pb::volume_capability::access_mode::Mode::SingleNodeSingleWriter);
     let (vol, node_id) = create_for_node(c, "sanity-node-publish-single-node-single-writer", cap.clone()).await?;
     let p = publish(c, vol, node_id, 1, cap.clone()).await?;
     let other = format!("{}/other_target", c.target_parent()?);
@@ -438,7 +439,7 @@ fn node_expand_req(c: &Ctx, volume: &str, path: &str) -> pb::NodeExpandVolumeReq
     pb::NodeExpandVolumeRequest {
         volume_id: volume.to_string(),
         volume_path: path.to_string(),
-        volume_capability: Some(Ctx::snw()),
+        volume_capability: Some(c.snw()),
         secrets: c.secret("NodeExpandVolumeSecret"),
         ..Default::default()
     }
@@ -470,7 +471,8 @@ async fn expand_missing(c: &mut Ctx) -> Res {
 /// As csi-sanity: controller expansion (when advertised) before publishing,
 /// node expansion of the published volume after.
 async fn expand_after_publish(c: &mut Ctx) -> Res {
-    let (vol, node_id) = create_for_node(c, "sanity-node-expand-volume", Ctx::snw()).await?;
+    let cap = c.snw();
+    let (vol, node_id) = create_for_node(c, "sanity-node-expand-volume", cap).await?;
     if c.has(Cap::Ctrl(CtrlCap::ExpandVolume)) {
         let mut req = c.expand_req(&vol.volume_id);
         req.volume_capability = None;
@@ -482,7 +484,8 @@ async fn expand_after_publish(c: &mut Ctx) -> Res {
             c.expand_size()
         );
     }
-    let p = publish(c, vol, node_id, 1, Ctx::snw()).await?;
+    let cap = c.snw();
+    let p = publish(c, vol, node_id, 1, cap).await?;
     let mut req = node_expand_req(c, &p.vol.volume_id, &p.target);
     req.capacity_range = Some(pb::CapacityRange { required_bytes: c.expand_size(), limit_bytes: 0 });
     req.staging_target_path = p.staging.clone().unwrap_or_default();
