@@ -230,14 +230,45 @@ impl Ceph {
     }
 
     /// Freezes the monitor and the OSD (SIGSTOP): the address still accepts
-    /// TCP connections but nothing answers, as with a hung cluster.
+    /// TCP connections but nothing answers, as with a hung cluster. Returns
+    /// once every thread of every daemon is stopped: kill(2) only queues the
+    /// stop, and a thread busy on a loaded machine could otherwise still answer
+    /// the next request.
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);
+        self.wait_threads(true);
     }
 
-    /// Lets a frozen cluster run again (SIGCONT).
+    /// Lets a frozen cluster run again (SIGCONT), and returns once no thread
+    /// of the daemons is stopped.
     pub fn thaw(&self) {
         self.signal(libc::SIGCONT);
+        self.wait_threads(false);
+    }
+
+    /// Waits (bounded, 10 s) until every thread of the daemons is stopped
+    /// (`stopped`) or none is; a thread gone meanwhile counts as done.
+    fn wait_threads(&self, stopped: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pids: Vec<u32> = [&self.mon, &self.osd, &self.mgr].into_iter().flatten().map(|c| c.id()).collect();
+        loop {
+            let done = pids.iter().all(|pid| {
+                let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+                tasks.flatten().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // The state follows the command's closing parenthesis.
+                    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                    match state {
+                        None => true,
+                        Some(s) => matches!(s, 'Z' | 'X') || matches!(s, 'T' | 't') == stopped,
+                    }
+                })
+            });
+            if done || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The last `lines` lines of a daemon's log (`"mon.a"`, `"osd.0"`).
