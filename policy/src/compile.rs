@@ -343,25 +343,49 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
         let g = guard::add_endpoint(&mut c.inet, &mut bridge, ep, prof.ingress_restricted);
         infos.insert(ep.name.clone(), endpoint_info(prof, g, ep, |a| owner.get(a) == Some(&ep.name.as_str())));
     }
+    let guards = [guarded(&c.inet, Direction::Egress), guarded(&c.inet, Direction::Ingress)];
+    base_chains(&mut c.inet, guards);
     Compiled { tables: vec![c.inet.finish(), bridge.finish()], endpoints: infos }
 }
 
-/// The tables' fixed part: the inet base chains with their dispatch maps, and the guard's.
+/// The tables' fixed part: the inet dispatch maps and the guard's maps and chains (the inet
+/// base chains depend on the endpoints: [`base_chains`]).
 fn base(inet: &mut Builder, bridge: &mut Builder) {
-    // Base chains: the guard of routed interfaces (every packet, established or not), then
-    // established/related accepted, then dispatch on the endpoint's address.
+    for (_, _, _, dir) in BASE_CHAINS {
+        for v in [IpVersion::V4, IpVersion::V6] {
+            inet.map(dispatch_map(dir, v), addr_key(v));
+        }
+    }
+    guard::base(inet, bridge);
+}
+
+/// Whether the inet base chains of direction `dir` start with the guard's rule
+/// ([`guard::inet_rule`]): while the guard's map of that direction in `inet` (`spoof-if` for
+/// egress, `deliver-if` for ingress) has an entry, that is while some endpoint has a routed
+/// host interface there. An empty map's lookup matches no packet: leaving the rule out
+/// changes no verdict and saves every packet the lookup.
+fn guarded(inet: &Builder, dir: Direction) -> bool {
+    let map = match dir {
+        Direction::Egress => SPOOF_MAP,
+        Direction::Ingress => DELIVER_MAP,
+    };
+    inet.maps.get(map).is_some_and(|(_, entries)| !entries.is_empty())
+}
+
+/// The inet base chains: the guard of routed interfaces (every packet, established or not)
+/// in the directions `guarded` says (egress, ingress), then established/related accepted,
+/// then dispatch on the endpoint's address.
+fn base_chains(inet: &mut Builder, guarded: [bool; 2]) {
     for (name, hook, prio, dir) in BASE_CHAINS {
         let addr_dir = if dir == Direction::Egress { Dir::Src } else { Dir::Dst };
-        let mut rules = vec![
-            guard::inet_rule(dir),
-            rule(
-                vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
-                Some(NftVerdict::Accept),
-            ),
-        ];
+        let guard = if dir == Direction::Egress { guarded[0] } else { guarded[1] };
+        let mut rules: Vec<NftRule> = guard.then(|| guard::inet_rule(dir)).into_iter().collect();
+        rules.push(rule(
+            vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
+            Some(NftVerdict::Accept),
+        ));
         for v in [IpVersion::V4, IpVersion::V6] {
             let map = dispatch_map(dir, v);
-            inet.map(map, addr_key(v));
             rules.push(NftRule {
                 action: Some(NftAction::AddrVmap { version: fam_of(v), dir: addr_dir, map: map.to_string() }),
                 ..NftRule::default()
@@ -369,7 +393,6 @@ fn base(inet: &mut Builder, bridge: &mut Builder) {
         }
         inet.chain(name, Some(BaseChain::filter(hook, prio, ChainPolicy::Accept)), rules);
     }
-    guard::base(inet, bridge);
 }
 
 /// What `status` and `check` know of endpoint `ep`, of profile `prof` and guard `g`; `owns`

@@ -96,32 +96,42 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
     for base in ["spoof", "deliver-fwd", "deliver-out"] {
         assert!(bridge(&c).chains[base].base.is_some(), "bridge {base} is a base chain");
     }
-    // Each policy base chain: the guard of routed interfaces (every packet meets it, so it
-    // comes before established/related is accepted), ct established,related accept, then the
-    // two address vmaps.
-    for (name, iface, map, dispatch) in [
-        ("egress-fwd", IfDir::In, SPOOF_MAP, "egress"),
-        ("egress-in", IfDir::In, SPOOF_MAP, "egress"),
-        ("ingress-fwd", IfDir::Out, DELIVER_MAP, "ingress"),
-        ("ingress-out", IfDir::Out, DELIVER_MAP, "ingress"),
-    ] {
-        let r = &inet.chains[name].rules;
-        assert_eq!(r.len(), 4, "{name}");
-        assert!(
-            matches!(&r[0].action, Some(NftAction::IfNameVmap { dir, map: m }) if *dir == iface && m == map),
-            "{name}"
-        );
-        assert!(matches!(r[1].matches[..], [Match::CtState { negate: false, .. }]), "{name}");
-        assert_eq!(r[1].action, Some(NftAction::Verdict(Verdict::Accept)), "{name}");
-        let (m4, m6) = (format!("{dispatch}4"), format!("{dispatch}6"));
-        assert!(
-            matches!(&r[2].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if *map == m4),
-            "{name}"
-        );
-        assert!(
-            matches!(&r[3].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if *map == m6),
-            "{name}"
-        );
+    // Each policy base chain: the guard of routed interfaces while some endpoint has one
+    // (every packet meets it, so it comes before established/related is accepted; with bridge
+    // ports only, as here, its lookup could match nothing and it is left out), ct
+    // established,related accept, then the two address vmaps.
+    let routed = Endpoint { bridged: false, ..ep("db3", "prod", &[("app", "db")], &["10.0.1.5"]) };
+    let with_routed = compile(&policies(POLICIES), &[world(), vec![routed]].concat());
+    let routed_inet = with_routed.table(Family::Inet).expect("inet table");
+    assert!(!entries(routed_inet, SPOOF_MAP).is_empty() && !entries(routed_inet, DELIVER_MAP).is_empty());
+    for (t, guarded) in [(inet, false), (routed_inet, true)] {
+        for (name, iface, map, dispatch) in [
+            ("egress-fwd", IfDir::In, SPOOF_MAP, "egress"),
+            ("egress-in", IfDir::In, SPOOF_MAP, "egress"),
+            ("ingress-fwd", IfDir::Out, DELIVER_MAP, "ingress"),
+            ("ingress-out", IfDir::Out, DELIVER_MAP, "ingress"),
+        ] {
+            let mut r = &t.chains[name].rules[..];
+            assert_eq!(r.len(), 3 + usize::from(guarded), "{name} guarded {guarded}");
+            if guarded {
+                assert!(
+                    matches!(&r[0].action, Some(NftAction::IfNameVmap { dir, map: m }) if *dir == iface && m == map),
+                    "{name}"
+                );
+                r = &r[1..];
+            }
+            assert!(matches!(r[0].matches[..], [Match::CtState { negate: false, .. }]), "{name}");
+            assert_eq!(r[0].action, Some(NftAction::Verdict(Verdict::Accept)), "{name}");
+            let (m4, m6) = (format!("{dispatch}4"), format!("{dispatch}6"));
+            assert!(
+                matches!(&r[1].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if *map == m4),
+                "{name}"
+            );
+            assert!(
+                matches!(&r[2].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if *map == m6),
+                "{name}"
+            );
+        }
     }
     // The bridge guard's base chains start with the common case: the packet's address among
     // the port's own (one lookup, `return` ends the base chain: accept), then the full check.

@@ -384,6 +384,81 @@ fn compiled_tables_give_the_evaluators_verdicts_in_the_kernel() {
     assert!(arrives(&b_raw, b"post-na", ra(136, b"post-na")), "neighbour advertisement from a pod");
 }
 
+const GUARD_POLICY: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: all-in}
+spec:
+  types: [Ingress]
+  ingress:
+  - {action: Allow}
+"#;
+
+/// The inet base chains start with the guard of routed interfaces only while some endpoint
+/// has one: with bridge ports only they have no guard rule (and a spoofed source from a
+/// veth that is no endpoint's passes: nothing guards it); the routed C added, the incremental
+/// compiler's delta, applied by the engine, puts the rule into the four chains and C's
+/// spoofed source and a broadcast towards C are dropped while its own address passes; C
+/// removed, the rule is gone again and the spoofed source passes. After every change the
+/// incremental state equals `compile()`'s.
+#[test]
+fn the_inet_guard_rule_is_there_only_while_an_endpoint_has_a_routed_interface() {
+    use policy::compile::Compiler;
+    use policy::engine::Engine;
+    let ns = topology("cpg");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ping(&ns, C, Some(C4), A4, "1") {
+        assert!(Instant::now() < deadline, "topology broken: C cannot reach A");
+    }
+    let c_rx = udp_bound(&ns, C, "0.0.0.0:7777".parse().unwrap());
+    let (from_host_c, c_bcast): (SocketAddr, SocketAddr) =
+        ("10.78.1.254:0".parse().unwrap(), "10.78.1.255:7777".parse().unwrap());
+    let nsr = &ns;
+    let host_c = |m: &'static [u8]| move || udp_send(nsr, HOST, from_host_c, c_bcast, m);
+    let set: PolicySet = policy::parse_str(std::path::Path::new("guard.yaml"), GUARD_POLICY).expect("policies");
+    let all = endpoints(true);
+    let (bridged, routed): (Vec<Endpoint>, Vec<Endpoint>) = all.into_iter().partition(|e| e.bridged);
+    let dir = tempfile::tempdir().expect("a state dir");
+    let engine = Engine::new(dir.path());
+    let host = ns.open(HOST);
+    let base_chains = ["egress-fwd", "egress-in", "ingress-fwd", "ingress-out"];
+    // (compiled has the guard rule in each base chain, the kernel lists it in each)
+    let guard_rules = |c: &Compiler| {
+        let inet = &c.compiled().tables[0];
+        let compiled = base_chains.map(|n| {
+            inet.chains[n].rules.iter().any(|r| matches!(r.action, Some(linux_net::nft::Action::IfNameVmap { .. })))
+        });
+        let kernel = base_chains.map(|n| {
+            let out = sh(&["ip", "netns", "exec", &ns.0[HOST], "nft", "list", "chain", "inet", "cni-policy", n]);
+            out.contains("vmap @spoof-if") || out.contains("vmap @deliver-if")
+        });
+        (compiled, kernel)
+    };
+    let mut c = Compiler::new(set.clone(), &bridged);
+    let apply = |c: &mut Compiler| {
+        assert_eq!(c.compiled(), &compile(&set, &c.endpoints()), "incremental == compile");
+        host.run(|| engine.apply_changes(c.compiled(), &c.changes())).expect("enter netns").expect("apply");
+        c.applied();
+    };
+    apply(&mut c);
+    assert_eq!(guard_rules(&c), ([false; 4], [false; 4]), "bridge ports only: no inet guard rule");
+    assert!(ping(&ns, C, Some(C_SPOOF4), A4, "1"), "C is no endpoint: nothing guards its source");
+
+    c.put_endpoint(routed[0].clone());
+    assert!(!c.changes().all, "a delta");
+    apply(&mut c);
+    assert_eq!(guard_rules(&c), ([true; 4], [true; 4]), "a routed endpoint: the guard rule in every base chain");
+    assert!(ping(&ns, C, Some(C4), A4, "1"), "C's own address");
+    assert!(!ping(&ns, C, Some(C_SPOOF4), A4, "1"), "a spoofed source from the routed endpoint is dropped");
+    assert!(!arrives(&c_rx, b"guarded", host_c(b"guarded")), "broadcast host → routed C (ingress restricted)");
+
+    c.remove_endpoint(&routed[0].name);
+    apply(&mut c);
+    assert_eq!(guard_rules(&c), ([false; 4], [false; 4]), "the routed endpoint gone: the rule is gone");
+    assert!(ping(&ns, C, Some(C_SPOOF4), A4, "1"), "no guard for C any more");
+    assert!(arrives(&c_rx, b"unguarded", host_c(b"unguarded")), "broadcast host → C");
+}
+
 /// The MAC address of `dev` in namespace `i`.
 fn mac_of(ns: &Namespaces, i: usize, dev: &str) -> [u8; 6] {
     let s = sh(&["ip", "netns", "exec", &ns.0[i], "cat", &format!("/sys/class/net/{dev}/address")]);

@@ -28,8 +28,8 @@ use std::net::IpAddr;
 use linux_net::nft::{ChainState, Family, SetDef, SetElem, TableRef, TableState, Verdict as NftVerdict};
 
 use super::{
-    addr_key, base, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys, rule_selectors,
-    selector_picks, Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
+    addr_key, base, base_chains, dispatch_map, endpoint_info, guard, policy_label_keys, project, rule_label_keys,
+    rule_selectors, selector_picks, Builder, Compiled, Ctx, Profile, NAMESPACE_LABEL,
 };
 use crate::engine::Changes;
 use crate::model::{Direction, Endpoint, EndpointSelector, IpVersion, PolicySet};
@@ -382,6 +382,9 @@ pub struct Compiler {
     /// addresses), so that a selector is worked out once per group and not endpoint by
     /// endpoint; `None` once built.
     bulk: Option<BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)>>,
+    /// The inet base chains, and whether they have the guard's rule (egress, ingress): remade
+    /// when the guard's map of a direction turns empty or not.
+    base_chains: (Contrib, [bool; 2]),
 }
 
 impl Compiler {
@@ -404,11 +407,16 @@ impl Compiler {
             picks: HashMap::new(),
             rule_keys: BTreeSet::new(),
             bulk: None,
+            base_chains: (Contrib::default(), [false; 2]),
         };
         c.rule_keys = rule_label_keys(&c.set);
         let [mut inet, mut bridge] = scratch();
         base(&mut inet, &mut bridge);
         c.live.add(&Contrib::of([inet, bridge]), 0);
+        let [mut inet, bridge] = scratch();
+        base_chains(&mut inet, [false; 2]);
+        c.base_chains.0 = Contrib::of([inet, bridge]);
+        c.live.add(&c.base_chains.0, 0);
         // every endpoint known before any selector is worked out, once per group of endpoints
         // rule selectors cannot tell apart (as `compile` does)
         let mut groups: BTreeMap<ProfileKey, (Labels, Vec<IpAddr>)> = BTreeMap::new();
@@ -534,11 +542,32 @@ impl Compiler {
         self.units.insert(key, UnitSlot { n, contrib, sels });
     }
 
-    /// Remakes the policy chains whose selectors turned empty or not.
+    /// Remakes the policy chains whose selectors turned empty or not, and the inet base chains
+    /// when a guard map turned empty or not.
     fn remake_dirty(&mut self) {
         for key in std::mem::take(&mut self.dirty) {
             self.remake_unit(key);
         }
+        self.remake_base_chains();
+    }
+
+    /// Remakes the inet base chains when whether they need the guard's rule changed (the first
+    /// routed interface in `spoof-if` or `deliver-if` came, or the last went): new content
+    /// first, so the chains stay and only their rules change (one flush and refill in the
+    /// engine's transaction).
+    fn remake_base_chains(&mut self) {
+        let inet = &self.live.out.tables[0];
+        let has = |map: &str| inet.maps.get(map).is_some_and(|m| !m.entries.is_empty());
+        let want = [has(guard::SPOOF_MAP), has(guard::DELIVER_MAP)];
+        if want == self.base_chains.1 {
+            return;
+        }
+        let [mut inet, bridge] = scratch();
+        base_chains(&mut inet, want);
+        let contrib = Contrib::of([inet, bridge]);
+        self.live.add(&contrib, 0);
+        self.live.remove(&self.base_chains.0.clone(), 0);
+        self.base_chains = (contrib, want);
     }
 
     /// Starts tracking the selector of set `name` for policy chain `key`: a new one gets the
