@@ -4,7 +4,8 @@
 //! those ([`crate::engine::Engine::apply_changes`]).
 //!
 //! The tables are the sum of contributions, each made by the same code `compile` runs, into
-//! an empty scratch table: the fixed part ([`super::base`]), one per *profile* (the direction
+//! an empty scratch table: the fixed part ([`super::base`]), the inet base chains
+//! ([`super::base_chains`], remade when a guard map turns empty or not), one per *profile* (the direction
 //! chains of endpoints of one namespace and the same values of the label keys policy
 //! selectors read), one per *policy chain* (a policy in a direction, with the net, port and
 //! selector sets its rules that can match need, the latter empty) and one per endpoint (its
