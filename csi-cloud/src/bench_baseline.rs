@@ -32,7 +32,7 @@ use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Filter, InstanceType, Placement, ResourceType, Tag, TagSpecification, VolumeAttachmentState, VolumeState,
+    Filter, InstanceType, Placement, ResourceType, Tag, TagSpecification, Volume, VolumeAttachmentState, VolumeState,
     VolumeType,
 };
 use serde_json::{json, Value};
@@ -104,6 +104,27 @@ fn s<'a>(req: &'a Value, key: &str) -> R<&'a str> {
     req[key].as_str().ok_or_else(|| format!("{key} missing"))
 }
 
+/// Every volume matching `filter`, across EC2's pages (as the controller reads them).
+async fn volumes(c: &Clients, filter: Filter, what: &str) -> Result<Vec<Volume>, String> {
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = c
+            .ec2
+            .describe_volumes()
+            .filters(filter.clone())
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(err(what))?;
+        all.extend(out.volumes().iter().cloned());
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return Ok(all),
+        }
+    }
+}
+
 fn err<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> String + '_ {
     move |e| format!("{what}: {e:?}")
 }
@@ -136,23 +157,9 @@ async fn handle(c: &Clients, req: &Value) -> R<Value> {
             let t = Instant::now();
             if checks {
                 let filter = Filter::builder().name(format!("tag:{TAG_VOLUME_NAME}")).values(name).build();
-                let mut token: Option<String> = None;
-                loop {
-                    let out = c
-                        .ec2
-                        .describe_volumes()
-                        .filters(filter.clone())
-                        .set_next_token(token.take())
-                        .send()
-                        .await
-                        .map_err(err("look up by name"))?;
-                    if out.volumes().iter().any(|v| v.state() != Some(&VolumeState::Deleted)) {
-                        return Err(format!("volume {name} exists"));
-                    }
-                    match out.next_token() {
-                        Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                        _ => break,
-                    }
+                let found = volumes(c, filter, "look up by name").await?;
+                if found.iter().any(|v| v.state() != Some(&VolumeState::Deleted)) {
+                    return Err(format!("volume {name} exists"));
                 }
             }
             let tags = TagSpecification::builder()
@@ -238,23 +245,7 @@ async fn handle(c: &Clients, req: &Value) -> R<Value> {
         "list_volumes" => {
             let filter = Filter::builder().name(format!("tag:{}", s(req, "cluster_tag")?)).values("true").build();
             let t = Instant::now();
-            let mut token: Option<String> = None;
-            let mut n = 0;
-            loop {
-                let out = c
-                    .ec2
-                    .describe_volumes()
-                    .filters(filter.clone())
-                    .set_next_token(token.take())
-                    .send()
-                    .await
-                    .map_err(err("list volumes"))?;
-                n += out.volumes().len();
-                match out.next_token() {
-                    Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                    _ => break,
-                }
-            }
+            let n = volumes(c, filter, "list volumes").await?.len();
             Ok(json!({"ms": ms(t), "volumes": n}))
         }
         "create_snapshot" => {
