@@ -53,12 +53,21 @@ pub const INLINE: usize = 4;
 /// marks and kube-proxy uses 0x4000/0x8000; this bit is set and cleared keeping the others).
 pub const PASS_MARK: u32 = 0x0010_0000;
 
-/// inet base chains of the policy: (name, hook, priority, the direction they evaluate).
-pub const BASE_CHAINS: [(&str, Hook, i32, Direction); 4] = [
-    ("egress-fwd", Hook::Forward, 0, Direction::Egress),
-    ("ingress-fwd", Hook::Forward, 1, Direction::Ingress),
-    ("egress-in", Hook::Input, 0, Direction::Egress),
-    ("ingress-out", Hook::Output, 0, Direction::Ingress),
+/// The packet-mark bit an egress `Allow` (and the egress profile's allow) sets on the way back
+/// to the base chain, where the packet goes on to its ingress evaluation: a forwarded packet
+/// is judged in one base chain, egress then ingress, so egress cannot end it with `accept`.
+/// While it is set, the rest of the egress chain is skipped (as for `Pass`, which sets
+/// [`PASS_MARK`]); the egress chain clears both before it returns.
+pub const ALLOW_MARK: u32 = 0x0020_0000;
+
+/// inet base chains of the policy: (name, hook, priority, the directions they evaluate, in
+/// order). A forwarded packet meets one chain, which evaluates the source endpoint's egress and
+/// then the destination endpoint's ingress: every base chain on the path costs each
+/// established packet a hook call (docs/policy.md, "Cost per packet").
+pub const BASE_CHAINS: [(&str, Hook, i32, &[Direction]); 3] = [
+    ("forward", Hook::Forward, 0, &[Direction::Egress, Direction::Ingress]),
+    ("egress-in", Hook::Input, 0, &[Direction::Egress]),
+    ("ingress-out", Hook::Output, 0, &[Direction::Ingress]),
 ];
 /// Dispatch map of a direction and family: `egress4`, `egress6`, `ingress4`, `ingress6`.
 pub fn dispatch_map(dir: Direction, fam: IpVersion) -> &'static str {
@@ -351,7 +360,7 @@ pub fn compile(set: &PolicySet, endpoints: &[Endpoint]) -> Compiled {
 /// The tables' fixed part: the inet dispatch maps and the guard's maps and chains (the inet
 /// base chains depend on the endpoints: [`base_chains`]).
 fn base(inet: &mut Builder, bridge: &mut Builder) {
-    for (_, _, _, dir) in BASE_CHAINS {
+    for dir in [Direction::Egress, Direction::Ingress] {
         for v in [IpVersion::V4, IpVersion::V6] {
             inet.map(dispatch_map(dir, v), addr_key(v));
         }
@@ -374,22 +383,28 @@ fn guarded(inet: &Builder, dir: Direction) -> bool {
 
 /// The inet base chains: the guard of routed interfaces (every packet, established or not)
 /// in the directions `guarded` says (egress, ingress), then established/related accepted,
-/// then dispatch on the endpoint's address.
+/// then dispatch on the endpoint's address, direction by direction (an egress chain returns
+/// what it allows, so `forward` goes on to the ingress dispatch).
 fn base_chains(inet: &mut Builder, guarded: [bool; 2]) {
-    for (name, hook, prio, dir) in BASE_CHAINS {
-        let addr_dir = if dir == Direction::Egress { Dir::Src } else { Dir::Dst };
-        let guard = if dir == Direction::Egress { guarded[0] } else { guarded[1] };
-        let mut rules: Vec<NftRule> = guard.then(|| guard::inet_rule(dir)).into_iter().collect();
+    for (name, hook, prio, dirs) in BASE_CHAINS {
+        let mut rules: Vec<NftRule> = dirs
+            .iter()
+            .filter(|&&d| if d == Direction::Egress { guarded[0] } else { guarded[1] })
+            .map(|&d| guard::inet_rule(d))
+            .collect();
         rules.push(rule(
             vec![Match::CtState { states: CtStates::ESTABLISHED | CtStates::RELATED, negate: false }],
             Some(NftVerdict::Accept),
         ));
-        for v in [IpVersion::V4, IpVersion::V6] {
-            let map = dispatch_map(dir, v);
-            rules.push(NftRule {
-                action: Some(NftAction::AddrVmap { version: fam_of(v), dir: addr_dir, map: map.to_string() }),
-                ..NftRule::default()
-            });
+        for &dir in dirs {
+            let addr_dir = if dir == Direction::Egress { Dir::Src } else { Dir::Dst };
+            for v in [IpVersion::V4, IpVersion::V6] {
+                let map = dispatch_map(dir, v);
+                rules.push(NftRule {
+                    action: Some(NftAction::AddrVmap { version: fam_of(v), dir: addr_dir, map: map.to_string() }),
+                    ..NftRule::default()
+                });
+            }
         }
         inet.chain(name, Some(BaseChain::filter(hook, prio, ChainPolicy::Accept)), rules);
     }
@@ -579,22 +594,31 @@ impl<'a> Ctx<'a> {
         if self.inet.has_chain(&name) {
             return name;
         }
+        // What this direction's evaluation gives a packet it allows: ingress accepts; egress
+        // returns with ALLOW_MARK cleared, and the base chain goes on to the ingress dispatch.
+        let (allowed, skip) = match dir {
+            Direction::Ingress => (NftVerdict::Accept, PASS_MARK),
+            Direction::Egress => (NftVerdict::Return, PASS_MARK | ALLOW_MARK),
+        };
         // IPv6 neighbour discovery first: conntrack does not track it (`ct state` reads
         // invalid) and IPv6 needs it whatever the policy (the evaluator allows it too).
         let mut rules: Vec<NftRule> = neighbour_discovery(dir)
             .iter()
             .map(|&t| {
                 let icmp = Match::Icmp { version: Fam::V6, icmp_type: t, code: None, negate: false };
-                rule(vec![icmp], Some(NftVerdict::Accept))
+                rule(vec![icmp], Some(allowed.clone()))
             })
             .collect();
         rules.push(rule(vec![Match::CtState { states: CtStates::INVALID, negate: false }], Some(NftVerdict::Drop)));
-        let clear_bit = Match::MarkBits { mask: PASS_MARK, set: false };
+        // A policy is looked at while neither a Pass of its tier nor (egress) an Allow came before.
+        let clear_bit = Match::MarkBits { mask: skip, set: false };
         let mut i = 0;
         while i < applying.len() {
             let tier = applying[i].tier.clone();
             let end = i + applying[i..].iter().take_while(|p| p.tier == tier).count();
-            rules.push(NftRule { mark: Some(MarkStmt::Clear(PASS_MARK)), ..NftRule::default() });
+            // The first tier also clears ALLOW_MARK: a mark the packet came with decides nothing.
+            let clear = if i == 0 { skip } else { PASS_MARK };
+            rules.push(NftRule { mark: Some(MarkStmt::Clear(clear)), ..NftRule::default() });
             for p in &applying[i..end] {
                 let chain = if self.policy_chains { self.policy_chain(p, dir) } else { policy_chain(p, dir) };
                 rules.push(rule(vec![clear_bit.clone()], Some(NftVerdict::Jump(chain))));
@@ -604,10 +628,11 @@ impl<'a> Ctx<'a> {
             }
             i = end;
         }
-        // The profile: allow (leaving the pass bit as it was before this chain).
+        // The profile, or an egress Allow: allowed (leaving the bits as they were before this
+        // chain).
         rules.push(NftRule {
-            mark: (!applying.is_empty()).then_some(MarkStmt::Clear(PASS_MARK)),
-            action: Some(NftAction::Verdict(NftVerdict::Accept)),
+            mark: (!applying.is_empty()).then_some(MarkStmt::Clear(skip)),
+            action: Some(NftAction::Verdict(allowed)),
             ..NftRule::default()
         });
         self.inet.chain(&name, None, rules);
@@ -640,7 +665,17 @@ impl<'a> Ctx<'a> {
     /// The nft rules of one policy rule with these matches.
     fn actions(&self, p: &Policy, dir: Direction, index: usize, action: Action, matches: Vec<Match>) -> Vec<NftRule> {
         match action {
-            Action::Allow => vec![rule(matches, Some(NftVerdict::Accept))],
+            Action::Allow => match dir {
+                Direction::Ingress => vec![rule(matches, Some(NftVerdict::Accept))],
+                // back to the endpoint chain, which skips the rest and returns: the base chain
+                // goes on to the destination's ingress
+                Direction::Egress => vec![NftRule {
+                    matches,
+                    mark: Some(MarkStmt::Set(ALLOW_MARK)),
+                    action: Some(NftAction::Verdict(NftVerdict::Return)),
+                    ..NftRule::default()
+                }],
+            },
             Action::Deny => vec![rule(matches, Some(NftVerdict::Drop))],
             Action::Log => vec![NftRule { matches, log_prefix: Some(log_prefix(p, dir, index)), ..NftRule::default() }],
             Action::Pass => vec![NftRule {

@@ -87,9 +87,10 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
     }
     let inet = inet(&c);
     let inet_bases: Vec<&str> = inet.chains.iter().filter(|(_, c)| c.base.is_some()).map(|(n, _)| n.as_str()).collect();
-    // The guard of routed interfaces has no base chain of its own in the inet table: one
-    // hook invocation fewer per chain for every packet the host forwards, receives or sends.
-    assert_eq!(inet_bases, ["egress-fwd", "egress-in", "ingress-fwd", "ingress-out"]);
+    // The guard of routed interfaces has no base chain of its own in the inet table, and a
+    // forwarded packet is judged in one chain, egress then ingress: every base chain on the
+    // path is a hook invocation for every packet the host forwards, receives or sends.
+    assert_eq!(inet_bases, ["egress-in", "forward", "ingress-out"]);
     for map in ["egress4", "egress6", "ingress4", "ingress6", SPOOF_MAP, DELIVER_MAP, OWN4_MAP, OWN6_MAP] {
         assert!(inet.maps.contains_key(map), "{map}");
     }
@@ -99,38 +100,40 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
     // Each policy base chain: the guard of routed interfaces while some endpoint has one
     // (every packet meets it, so it comes before established/related is accepted; with bridge
     // ports only, as here, its lookup could match nothing and it is left out), ct
-    // established,related accept, then the two address vmaps.
+    // established,related accept, then the address vmaps of its directions, egress first.
     let routed = Endpoint { bridged: false, ..ep("db3", "prod", &[("app", "db")], &["10.0.1.5"]) };
     let with_routed = compile(&policies(POLICIES), &[world(), vec![routed]].concat());
     let routed_inet = with_routed.table(Family::Inet).expect("inet table");
     assert!(!entries(routed_inet, SPOOF_MAP).is_empty() && !entries(routed_inet, DELIVER_MAP).is_empty());
+    let egress = (IfDir::In, SPOOF_MAP, "egress");
+    let ingress = (IfDir::Out, DELIVER_MAP, "ingress");
     for (t, guarded) in [(inet, false), (routed_inet, true)] {
-        for (name, iface, map, dispatch) in [
-            ("egress-fwd", IfDir::In, SPOOF_MAP, "egress"),
-            ("egress-in", IfDir::In, SPOOF_MAP, "egress"),
-            ("ingress-fwd", IfDir::Out, DELIVER_MAP, "ingress"),
-            ("ingress-out", IfDir::Out, DELIVER_MAP, "ingress"),
-        ] {
+        for (name, dirs) in
+            [("forward", vec![egress, ingress]), ("egress-in", vec![egress]), ("ingress-out", vec![ingress])]
+        {
             let mut r = &t.chains[name].rules[..];
-            assert_eq!(r.len(), 3 + usize::from(guarded), "{name} guarded {guarded}");
-            if guarded {
+            let guards = if guarded { dirs.len() } else { 0 };
+            assert_eq!(r.len(), guards + 1 + 2 * dirs.len(), "{name} guarded {guarded}");
+            for (iface, map, _) in &dirs[..guards] {
                 assert!(
-                    matches!(&r[0].action, Some(NftAction::IfNameVmap { dir, map: m }) if *dir == iface && m == map),
+                    matches!(&r[0].action, Some(NftAction::IfNameVmap { dir, map: m }) if dir == iface && m == map),
                     "{name}"
                 );
                 r = &r[1..];
             }
             assert!(matches!(r[0].matches[..], [Match::CtState { negate: false, .. }]), "{name}");
             assert_eq!(r[0].action, Some(NftAction::Verdict(Verdict::Accept)), "{name}");
-            let (m4, m6) = (format!("{dispatch}4"), format!("{dispatch}6"));
-            assert!(
-                matches!(&r[1].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if *map == m4),
-                "{name}"
-            );
-            assert!(
-                matches!(&r[2].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if *map == m6),
-                "{name}"
-            );
+            for (i, (_, _, dispatch)) in dirs.iter().enumerate() {
+                let (m4, m6) = (format!("{dispatch}4"), format!("{dispatch}6"));
+                assert!(
+                    matches!(&r[1 + 2 * i].action, Some(NftAction::AddrVmap { version: Fam::V4, map, .. }) if *map == m4),
+                    "{name}"
+                );
+                assert!(
+                    matches!(&r[2 + 2 * i].action, Some(NftAction::AddrVmap { version: Fam::V6, map, .. }) if *map == m6),
+                    "{name}"
+                );
+            }
         }
     }
     // The bridge guard's base chains start with the common case: the packet's address among
@@ -146,23 +149,25 @@ fn the_layout_has_the_contracts_tables_base_chains_and_maps() {
         );
         assert!(matches!(&r[2].action, Some(NftAction::IfNameVmap { dir, map: m }) if *dir == iface && m == map));
     }
-    // Every endpoint chain starts by accepting IPv6 neighbour discovery and MLD (untracked,
+    // Every endpoint chain starts by allowing IPv6 neighbour discovery and MLD (untracked,
     // so it would read as invalid), then drops ct state invalid. An endpoint may solicit
-    // routers but not advertise them nor send redirects; it may receive both.
+    // routers but not advertise them nor send redirects; it may receive both. Allowed in
+    // egress is `return` (the base chain goes on to the destination's ingress), in ingress
+    // `accept`.
     for name in chains_named(inet, "ep-") {
         let rules = &inet.chains[name].rules;
-        let (want, n): (&[u8], usize) = if name.starts_with("ep-e-") {
-            (&[130, 131, 132, 133, 135, 136, 143], 7)
+        let (want, n, allowed): (&[u8], usize, _) = if name.starts_with("ep-e-") {
+            (&[130, 131, 132, 133, 135, 136, 143], 7, Verdict::Return)
         } else {
-            (&[130, 131, 132, 134, 135, 136, 137, 143], 8)
+            (&[130, 131, 132, 134, 135, 136, 137, 143], 8, Verdict::Accept)
         };
         let nd: Vec<u8> = rules[..n]
             .iter()
             .map(|r| match (&r.matches[..], &r.action) {
                 (
                     [Match::Icmp { version: Fam::V6, icmp_type, code: None, negate: false }],
-                    Some(NftAction::Verdict(Verdict::Accept)),
-                ) => *icmp_type,
+                    Some(NftAction::Verdict(v)),
+                ) if *v == allowed => *icmp_type,
                 _ => panic!("{r:?}"),
             })
             .collect();

@@ -421,7 +421,7 @@ fn the_inet_guard_rule_is_there_only_while_an_endpoint_has_a_routed_interface() 
     let dir = tempfile::tempdir().expect("a state dir");
     let engine = Engine::new(dir.path());
     let host = ns.open(HOST);
-    let base_chains = ["egress-fwd", "egress-in", "ingress-fwd", "ingress-out"];
+    let base_chains = ["forward", "egress-in", "ingress-out"];
     // (compiled has the guard rule in each base chain, the kernel lists it in each)
     let guard_rules = |c: &Compiler| {
         let inet = &c.compiled().tables[0];
@@ -441,20 +441,20 @@ fn the_inet_guard_rule_is_there_only_while_an_endpoint_has_a_routed_interface() 
         c.applied();
     };
     apply(&mut c);
-    assert_eq!(guard_rules(&c), ([false; 4], [false; 4]), "bridge ports only: no inet guard rule");
+    assert_eq!(guard_rules(&c), ([false; 3], [false; 3]), "bridge ports only: no inet guard rule");
     assert!(ping(&ns, C, Some(C_SPOOF4), A4, "1"), "C is no endpoint: nothing guards its source");
 
     c.put_endpoint(routed[0].clone());
     assert!(!c.changes().all, "a delta");
     apply(&mut c);
-    assert_eq!(guard_rules(&c), ([true; 4], [true; 4]), "a routed endpoint: the guard rule in every base chain");
+    assert_eq!(guard_rules(&c), ([true; 3], [true; 3]), "a routed endpoint: the guard rule in every base chain");
     assert!(ping(&ns, C, Some(C4), A4, "1"), "C's own address");
     assert!(!ping(&ns, C, Some(C_SPOOF4), A4, "1"), "a spoofed source from the routed endpoint is dropped");
     assert!(!arrives(&c_rx, b"guarded", host_c(b"guarded")), "broadcast host → routed C (ingress restricted)");
 
     c.remove_endpoint(&routed[0].name);
     apply(&mut c);
-    assert_eq!(guard_rules(&c), ([false; 4], [false; 4]), "the routed endpoint gone: the rule is gone");
+    assert_eq!(guard_rules(&c), ([false; 3], [false; 3]), "the routed endpoint gone: the rule is gone");
     assert!(ping(&ns, C, Some(C_SPOOF4), A4, "1"), "no guard for C any more");
     assert!(arrives(&c_rx, b"unguarded", host_c(b"unguarded")), "broadcast host → C");
 }

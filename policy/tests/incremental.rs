@@ -266,8 +266,13 @@ fn covered(before: &Compiled, c: &Compiler, ch: &Changes, what: &str, seed: u64,
 /// Whether the inet base chains start with the guard of routed interfaces (egress, ingress):
 /// only while some endpoint has a routed interface in that direction's map.
 fn inet_guard(c: &Compiled) -> [bool; 2] {
-    let first = |chain: &str| c.tables[0].chains[chain].rules.len() == 4;
-    [first("egress-fwd"), first("ingress-fwd")]
+    let guard = |chain: &str| {
+        c.tables[0].chains[chain]
+            .rules
+            .iter()
+            .any(|r| matches!(r.action, Some(linux_net::nft::Action::IfNameVmap { .. })))
+    };
+    [guard("egress-in"), guard("ingress-out")]
 }
 
 /// Runs seed `seed`; returns how many changes turned the inet guard rule of a direction on or
