@@ -628,8 +628,7 @@ impl<'a> Ctx<'a> {
             }
             i = end;
         }
-        // The profile, or an egress Allow: allowed (leaving the bits as they were before this
-        // chain).
+        // The profile, or an egress Allow: allowed (clearing the two bits, keeping the others).
         rules.push(NftRule {
             mark: (!applying.is_empty()).then_some(MarkStmt::Clear(skip)),
             action: Some(NftAction::Verdict(allowed)),
