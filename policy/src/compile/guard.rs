@@ -15,9 +15,9 @@
 //! Where the checks run: in the bridge table, base chains of their own (prerouting for
 //! anti-spoofing, forward and output for the delivery guard), each starting with the check's
 //! common case, one `ifname . address` lookup that ends the chain for an endpoint's own
-//! address; in the inet table, no base chain of the guard's: [`inet_rule`] is the first rule
-//! of the policy's base chains (`iifname vmap @spoof-if` in the egress ones, `oifname vmap
-//! @deliver-if` in the ingress ones), before their `ct state established,related accept`, so
+//! address; in the inet table, no base chain of the guard's: [`inet_rule`] leads the policy's
+//! base chains (`iifname vmap @spoof-if` for egress, `oifname vmap @deliver-if` for ingress,
+//! `forward` both), before their `ct state established,related accept`, so
 //! every packet meets it and a packet of no routed endpoint pays one lookup, not a hook; and
 //! only while that map has an entry (some endpoint has a routed interface there): an empty
 //! map's lookup matches nothing, so a bridge-only host does not pay it at all.
@@ -132,8 +132,8 @@ fn deliver_check() -> Vec<NftRule> {
 }
 
 /// The guard's rule in a base chain of the inet table's policy: `iifname vmap @spoof-if`
-/// (anti-spoofing of routed interfaces) in an egress chain, `oifname vmap @deliver-if` (their
-/// delivery guard) in an ingress chain. Its verdicts jump to the shared check chain, which
+/// (anti-spoofing of routed interfaces) for the egress direction, `oifname vmap @deliver-if`
+/// (their delivery guard) for ingress. Its verdicts jump to the shared check chain, which
 /// returns (the base chain goes on) or drops. Rendered only while the map has an entry
 /// ([`super::base_chains`]).
 pub(super) fn inet_rule(dir: Direction) -> NftRule {
