@@ -64,25 +64,10 @@ inet_one_noguard='table inet p {
 }'
 # The delivery guard before br_netfilter's forward hook (priority 0) instead of after it: a
 # bridge hook after br_netfilter's is run by br_nf_hook_thresh, one more walk of the hook list.
-bridge_guard_early='table bridge g {
-  map own4 { type ifname . ipv4_addr : verdict; elements = { "nc" . 10.99.0.1 : return, "ns" . 10.99.0.2 : return } }
-  chain spoof { type filter hook prerouting priority -200; policy accept;
-    iifname . ip saddr vmap @own4
-  }
-  chain deliver { type filter hook forward priority -10; policy accept;
-    oifname . ip daddr vmap @own4
-  }
-}'
+bridge_guard_early=${bridge_guard/forward priority 10/forward priority -10}
 # Both lookups keyed on the interface index (4 bytes) instead of its name (16).
-bridge_guard_index="table bridge g {
-  map own4 { type iface_index . ipv4_addr : verdict; elements = { \"nc\" . 10.99.0.1 : return, \"ns\" . 10.99.0.2 : return } }
-  chain spoof { type filter hook prerouting priority -200; policy accept;
-    iif . ip saddr vmap @own4
-  }
-  chain deliver { type filter hook forward priority 10; policy accept;
-    oif . ip daddr vmap @own4
-  }
-}"
+bridge_guard_index=$(sed -e 's/ifname \. ipv4_addr/iface_index . ipv4_addr/' -e 's/iifname \./iif ./' \
+  -e 's/oifname \./oif ./' <<< "$bridge_guard")
 apply() { ip netns exec $N nft flush ruleset; for r in "$@"; do echo "$r" | ip netns exec $N nft -f -; done; }
 iperf() {
   ip netns exec $S iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
